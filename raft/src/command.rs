@@ -1,0 +1,205 @@
+//! The versioned boundary: every type that is written into the Raft log, a snapshot or
+//! a Raft RPC body.
+//!
+//! These types are encoded with bincode, which identifies enum variants by position.
+//! Compatibility rules: append new variants and new commands at the end; never reorder,
+//! remove or change the fields of an existing variant; bump [`FORMAT_VERSION`] when a
+//! change cannot follow these rules.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+use crate::NodeId;
+
+/// Version of the log, snapshot and RPC encoding defined in this module.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Longest app or stream name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Identifies one client request across retries, so a retried command is applied once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId(pub u128);
+
+impl RequestId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        RequestId(rand::random())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// `app/name` of a live stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StreamKey {
+    pub app: String,
+    pub name: String,
+}
+
+/// Why an app or stream name is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("{0} is longer than {MAX_NAME_LEN} bytes")]
+    TooLong(&'static str),
+    #[error("{0} may contain only letters, digits and . _ - (got {1:?})")]
+    BadChar(&'static str, String),
+}
+
+/// Checks an app or stream name: 1..=128 bytes of `[A-Za-z0-9._-]`.
+pub fn validate_name(what: &'static str, s: &str) -> Result<(), NameError> {
+    if s.is_empty() {
+        return Err(NameError::Empty(what));
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(what));
+    }
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(NameError::BadChar(what, s.to_owned()));
+    }
+    Ok(())
+}
+
+impl StreamKey {
+    /// A validated stream key.
+    pub fn new(app: &str, name: &str) -> Result<Self, NameError> {
+        validate_name("app", app)?;
+        validate_name("stream name", name)?;
+        Ok(StreamKey { app: app.to_owned(), name: name.to_owned() })
+    }
+}
+
+impl fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.app, self.name)
+    }
+}
+
+/// One entry of the Raft log's application data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client-chosen id; a retry reuses it and gets the first answer back.
+    pub id: RequestId,
+    /// Wall-clock milliseconds, stamped by the leader when it proposes. The state
+    /// machine never reads a clock.
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.id, self.command)
+    }
+}
+
+/// Scope of a publish key: a whole app, or one stream of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KeyScope {
+    App(String),
+    Stream(StreamKey),
+}
+
+impl fmt::Display for KeyScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyScope::App(app) => f.write_str(app),
+            KeyScope::Stream(key) => key.fmt(f),
+        }
+    }
+}
+
+/// A replicated command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Claim a stream for a publishing session. The leader has chosen `owner`. Succeeds
+    /// when the stream is free, when the same session claims it again, or when
+    /// `takeover` is set (the edge verified the publish key of a reconnecting publisher).
+    /// The claim's epoch is the log index of this entry.
+    ClaimStream { stream: StreamKey, owner: NodeId, edge: String, session: String, takeover: bool },
+    /// Release a claim; only the holder of the current epoch can.
+    ReleaseStream { stream: StreamKey, epoch: u64 },
+    /// Move a stream to another owner origin, fencing the expected (current) epoch.
+    ReassignStream { stream: StreamKey, expected_epoch: u64, owner: NodeId },
+    /// Drop every claim published through `edge` (the edge is gone).
+    DropEdgeClaims { edge: String },
+    /// Set slots of a shared object, creating it if needed; with `if_version`, only if
+    /// the object's current version (0 when absent) equals it.
+    SetSlots { object: String, slots: Vec<(String, Value)>, if_version: Option<u64>, persistent: bool },
+    /// Delete one slot.
+    DeleteSlot { object: String, slot: String, if_version: Option<u64> },
+    /// Remove every slot of an object (the object and its version remain).
+    ClearObject { object: String, if_version: Option<u64> },
+    /// Store the hash of a publish key for an app or a stream (replacing an older one).
+    SetPublishKey { scope: KeyScope, key_hash: String },
+    /// Whether publishing to `app` requires a key.
+    SetAppPolicy { app: String, publish_key_required: bool },
+}
+
+/// A stream's current claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamClaim {
+    /// The origin that receives and fans out the stream's media.
+    pub owner: NodeId,
+    /// Log index of the claim or the latest re-assignment; fences older holders.
+    pub epoch: u64,
+    /// The edge the publisher is connected to.
+    pub edge: String,
+    /// The publishing session on that edge.
+    pub session: String,
+    /// Leader time of the claim, in Unix milliseconds.
+    pub since_ms: u64,
+}
+
+/// The answer of the state machine to one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The stream is (now) held under this claim.
+    Claimed(StreamClaim),
+    /// The claim was released.
+    Released,
+    /// Claims dropped by `DropEdgeClaims`.
+    EdgeDropped { streams: Vec<StreamKey> },
+    /// A shared-object write applied; the object's new version.
+    ObjectVersion { version: u64 },
+    /// A publish key or policy was stored.
+    Stored,
+    /// The command was refused; nothing changed.
+    Rejected(Rejection),
+    /// The answer to a log entry that carries no command (blank or membership entries).
+    Noop,
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// Another live session holds the stream.
+    StreamOwned { owner: NodeId, epoch: u64, edge: String },
+    /// The epoch given is not the stream's current one (`None`: no claim exists).
+    StaleEpoch { current: Option<u64> },
+    /// A conditional write's expected version differs from the current one.
+    VersionMismatch { current: u64 },
+    /// The object or slot does not exist.
+    NotFound,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::StreamOwned { owner, epoch, edge } => {
+                write!(f, "stream is owned by origin {owner} at epoch {epoch} (published via {edge})")
+            }
+            Rejection::StaleEpoch { current: Some(c) } => write!(f, "stale epoch; current epoch is {c}"),
+            Rejection::StaleEpoch { current: None } => f.write_str("stale epoch; the stream has no claim"),
+            Rejection::VersionMismatch { current } => write!(f, "version mismatch; current version is {current}"),
+            Rejection::NotFound => f.write_str("not found"),
+        }
+    }
+}

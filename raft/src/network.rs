@@ -1,0 +1,128 @@
+//! The client side of Raft RPC: openraft's `RaftNetworkFactory` over HTTP (reqwest).
+//!
+//! Connection failures map to `Unreachable` (openraft backs off), timeouts follow the
+//! `RPCOption` openraft passes with each call, and errors the remote Raft returned come
+//! back as `RemoteError`.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::rpc::{self, ClusterSecret, SECRET_HEADER};
+use crate::{NodeAddr, NodeId, TypeConfig};
+
+/// How long to wait for a TCP connection to a peer before calling it unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Creates one [`PeerClient`] per replication target; they share one connection pool.
+#[derive(Clone)]
+pub struct HttpNetwork {
+    id: NodeId,
+    client: reqwest::Client,
+    secret: ClusterSecret,
+}
+
+impl HttpNetwork {
+    pub fn new(id: NodeId, secret: ClusterSecret) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(HttpNetwork { id, client, secret })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
+        PeerClient { net: self.clone(), target, addr: node.http.clone() }
+    }
+}
+
+/// Sends Raft RPCs to one peer.
+pub struct PeerClient {
+    net: HttpNetwork,
+    target: NodeId,
+    addr: String,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&self, action: RPCTypes, path: &str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let timeout = option.hard_ttl();
+        let res = self
+            .net
+            .client
+            .post(format!("http://{}{}", self.addr, path))
+            .header(SECRET_HEADER, self.net.secret.as_str())
+            .timeout(timeout)
+            .body(rpc::encode(req))
+            .send()
+            .await;
+        let res = match res {
+            Ok(res) => res,
+            Err(e) if e.is_timeout() => {
+                return Err(RPCError::Timeout(Timeout { action, id: self.net.id, target: self.target, timeout }))
+            }
+            Err(e) if e.is_connect() => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
+        };
+        let status = res.status();
+        let body = match res.bytes().await {
+            Ok(body) => body,
+            Err(e) if e.is_timeout() => {
+                return Err(RPCError::Timeout(Timeout { action, id: self.net.id, target: self.target, timeout }))
+            }
+            Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
+        };
+        if !status.is_success() {
+            let msg = String::from_utf8_lossy(&body);
+            let err = std::io::Error::other(format!("{} answered {status}: {msg}", self.addr));
+            return Err(RPCError::Network(NetworkError::new(&err)));
+        }
+        match rpc::decode::<Result<Resp, RaftError<NodeId, E>>>(&body) {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RPCTypes::AppendEntries, "/raft/append", &req, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        req: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RPCTypes::InstallSnapshot, "/raft/snapshot", &req, &option).await
+    }
+
+    async fn vote(&mut self, req: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RPCTypes::Vote, "/raft/vote", &req, &option).await
+    }
+}

@@ -1,0 +1,145 @@
+//! Raft RPC between origins over HTTP: the wire encoding, the cluster-secret check and
+//! the server routes (`/raft/append`, `/raft/vote`, `/raft/snapshot`).
+//!
+//! Bodies are bincode 2 (serde). Every route requires the cluster secret in
+//! [`SECRET_HEADER`]; a request without it is refused before its body is decoded.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::typ::Raft;
+
+/// Header carrying the cluster secret on every origin-to-origin request.
+pub const SECRET_HEADER: &str = "x-raftcast-cluster-secret";
+
+/// Largest Raft RPC body accepted (append batches and snapshot chunks stay far below).
+pub const MAX_RPC_BODY: usize = 64 * 1024 * 1024;
+
+/// The shared secret that authenticates origins to each other (and edges to origins).
+#[derive(Clone)]
+pub struct ClusterSecret(Arc<str>);
+
+impl ClusterSecret {
+    /// Shortest secret accepted: short secrets are guessable.
+    pub const MIN_LEN: usize = 16;
+
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let secret = secret.trim();
+        if secret.len() < Self::MIN_LEN {
+            return Err(format!("the cluster secret must be at least {} characters", Self::MIN_LEN));
+        }
+        Ok(ClusterSecret(secret.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `headers` carry this secret (compared in constant time).
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(SECRET_HEADER)
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), self.0.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+/// Compares two byte strings without an early exit on the first difference.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<MAX_RPC_BODY>> {
+    bincode::config::standard().with_limit::<MAX_RPC_BODY>()
+}
+
+/// Encodes a value for the wire or the disk.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding into a Vec only fails for types serde cannot express in bincode
+    // (e.g. `deserialize_any`-only types); none of ours are.
+    bincode::serde::encode_to_vec(value, config()).expect("raftcast types always encode with bincode")
+}
+
+/// Decodes a value; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, config()).map_err(DecodeError::Bincode)?;
+    if read != bytes.len() {
+        return Err(DecodeError::Trailing(bytes.len() - read));
+    }
+    Ok(value)
+}
+
+/// A body that is not a valid encoding of the expected type.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid bincode: {0}")]
+    Bincode(bincode::error::DecodeError),
+    #[error("{0} trailing bytes after the value")]
+    Trailing(usize),
+}
+
+/// The Raft RPC routes, served next to the admin API.
+pub fn routes(raft: Raft, secret: ClusterSecret) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
+        .with_state(RpcState { raft, secret })
+}
+
+#[derive(Clone)]
+struct RpcState {
+    raft: Raft,
+    secret: ClusterSecret,
+}
+
+/// Authenticates and decodes an RPC body, or answers why not.
+pub fn admit<T: DeserializeOwned>(secret: &ClusterSecret, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
+    if !secret.admits(headers) {
+        return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response());
+    }
+    decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad RPC body: {e}")).into_response())
+}
+
+/// A bincode response body.
+pub fn reply<T: Serialize>(value: &T) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], encode(value)).into_response()
+}
+
+async fn append(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
+    match admit(&s.secret, &headers, &body) {
+        Ok(req) => reply(&s.raft.append_entries(req).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn vote(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
+    match admit(&s.secret, &headers, &body) {
+        Ok(req) => reply(&s.raft.vote(req).await),
+        Err(resp) => resp,
+    }
+}
+
+async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
+    match admit(&s.secret, &headers, &body) {
+        Ok(req) => reply(&s.raft.install_snapshot(req).await),
+        Err(resp) => resp,
+    }
+}

@@ -1,0 +1,399 @@
+//! The replicated state machine: a plain struct and a pure `apply`.
+//!
+//! `apply` reads no clock and does no I/O; the same log always produces the same state.
+//! Every command is idempotent by request id (a retried command gets its first answer
+//! back and changes nothing) or guarded by an epoch or version.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::command::{Command, KeyScope, Rejection, Request, RequestId, Response, StreamClaim, StreamKey};
+use crate::value::Value;
+
+/// How many recent request ids the state machine remembers for de-duplication. A retry
+/// older than this many writes is applied again (writers retry within seconds).
+pub const DEDUP_WINDOW: usize = 65_536;
+
+/// A shared object: versioned slots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SharedObject {
+    /// Bumped once per applied write; 0 means "does not exist".
+    pub version: u64,
+    /// Persistent objects outlive their subscribers.
+    pub persistent: bool,
+    pub slots: BTreeMap<String, Value>,
+}
+
+/// A committed change, for watchers (SSE, edges). Produced by `apply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A stream's claim changed; `None` means released.
+    Stream { stream: StreamKey, claim: Option<StreamClaim> },
+    /// A shared object changed to `version`.
+    Object { object: String, version: u64, change: ObjectChange },
+}
+
+/// What a shared-object write did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ObjectChange {
+    Set { slots: Vec<(String, Value)> },
+    Deleted { slot: String },
+    Cleared,
+}
+
+/// The result of applying one log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub response: Response,
+    /// Changes to announce; empty for rejected or de-duplicated commands.
+    pub events: Vec<Event>,
+}
+
+/// Everything the origin cluster replicates (besides openraft's membership).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateMachine {
+    pub streams: BTreeMap<StreamKey, StreamClaim>,
+    pub objects: BTreeMap<String, SharedObject>,
+    /// Scope → hex SHA-256 of the publish key.
+    pub publish_keys: BTreeMap<KeyScope, String>,
+    /// Apps that require a publish key.
+    pub key_required_apps: BTreeSet<String>,
+    /// Answers of recent requests, for idempotent retries.
+    recent: HashMap<RequestId, Response>,
+    /// Order in which `recent` was filled, oldest first.
+    recent_order: VecDeque<RequestId>,
+}
+
+/// The hex SHA-256 under which a publish key is stored. Keys are random 128-bit
+/// secrets, so a plain hash is enough to keep the log free of usable keys.
+pub fn hash_publish_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl StateMachine {
+    /// Applies the command of the log entry at `index`.
+    pub fn apply(&mut self, index: u64, req: &Request) -> Applied {
+        if let Some(previous) = self.recent.get(&req.id) {
+            return Applied { response: previous.clone(), events: Vec::new() };
+        }
+        let mut events = Vec::new();
+        let response = self.execute(index, req.at_ms, &req.command, &mut events);
+        self.remember(req.id, response.clone());
+        Applied { response, events }
+    }
+
+    fn remember(&mut self, id: RequestId, response: Response) {
+        if self.recent_order.len() >= DEDUP_WINDOW {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+        self.recent_order.push_back(id);
+        self.recent.insert(id, response);
+    }
+
+    fn execute(&mut self, index: u64, at_ms: u64, command: &Command, events: &mut Vec<Event>) -> Response {
+        match command {
+            Command::ClaimStream { stream, owner, edge, session, takeover } => {
+                if let Some(current) = self.streams.get(stream) {
+                    if current.edge == *edge && current.session == *session {
+                        return Response::Claimed(current.clone());
+                    }
+                    if !takeover {
+                        return Response::Rejected(Rejection::StreamOwned {
+                            owner: current.owner,
+                            epoch: current.epoch,
+                            edge: current.edge.clone(),
+                        });
+                    }
+                }
+                let claim = StreamClaim {
+                    owner: *owner,
+                    epoch: index,
+                    edge: edge.clone(),
+                    session: session.clone(),
+                    since_ms: at_ms,
+                };
+                self.streams.insert(stream.clone(), claim.clone());
+                events.push(Event::Stream { stream: stream.clone(), claim: Some(claim.clone()) });
+                Response::Claimed(claim)
+            }
+            Command::ReleaseStream { stream, epoch } => match self.streams.get(stream) {
+                Some(current) if current.epoch == *epoch => {
+                    self.streams.remove(stream);
+                    events.push(Event::Stream { stream: stream.clone(), claim: None });
+                    Response::Released
+                }
+                current => Response::Rejected(Rejection::StaleEpoch { current: current.map(|c| c.epoch) }),
+            },
+            Command::ReassignStream { stream, expected_epoch, owner } => match self.streams.get_mut(stream) {
+                Some(current) if current.epoch == *expected_epoch => {
+                    current.owner = *owner;
+                    current.epoch = index;
+                    let claim = current.clone();
+                    events.push(Event::Stream { stream: stream.clone(), claim: Some(claim.clone()) });
+                    Response::Claimed(claim)
+                }
+                current => Response::Rejected(Rejection::StaleEpoch { current: current.map(|c| c.epoch) }),
+            },
+            Command::DropEdgeClaims { edge } => {
+                let dropped: Vec<StreamKey> =
+                    self.streams.iter().filter(|(_, c)| c.edge == *edge).map(|(k, _)| k.clone()).collect();
+                for stream in &dropped {
+                    self.streams.remove(stream);
+                    events.push(Event::Stream { stream: stream.clone(), claim: None });
+                }
+                Response::EdgeDropped { streams: dropped }
+            }
+            Command::SetSlots { object, slots, if_version, persistent } => {
+                let current = self.objects.get(object).map_or(0, |o| o.version);
+                if let Some(expected) = if_version {
+                    if *expected != current {
+                        return Response::Rejected(Rejection::VersionMismatch { current });
+                    }
+                }
+                let obj = self.objects.entry(object.clone()).or_default();
+                obj.persistent |= *persistent;
+                obj.version += 1;
+                for (slot, value) in slots {
+                    obj.slots.insert(slot.clone(), value.clone());
+                }
+                events.push(Event::Object {
+                    object: object.clone(),
+                    version: obj.version,
+                    change: crate::state::ObjectChange::Set { slots: slots.clone() },
+                });
+                Response::ObjectVersion { version: obj.version }
+            }
+            Command::DeleteSlot { object, slot, if_version } => {
+                let Some(obj) = self.objects.get_mut(object) else {
+                    return Response::Rejected(Rejection::NotFound);
+                };
+                if let Some(expected) = if_version {
+                    if *expected != obj.version {
+                        return Response::Rejected(Rejection::VersionMismatch { current: obj.version });
+                    }
+                }
+                if obj.slots.remove(slot).is_none() {
+                    return Response::Rejected(Rejection::NotFound);
+                }
+                obj.version += 1;
+                events.push(Event::Object {
+                    object: object.clone(),
+                    version: obj.version,
+                    change: ObjectChange::Deleted { slot: slot.clone() },
+                });
+                Response::ObjectVersion { version: obj.version }
+            }
+            Command::ClearObject { object, if_version } => {
+                let Some(obj) = self.objects.get_mut(object) else {
+                    return Response::Rejected(Rejection::NotFound);
+                };
+                if let Some(expected) = if_version {
+                    if *expected != obj.version {
+                        return Response::Rejected(Rejection::VersionMismatch { current: obj.version });
+                    }
+                }
+                obj.slots.clear();
+                obj.version += 1;
+                events.push(Event::Object { object: object.clone(), version: obj.version, change: ObjectChange::Cleared });
+                Response::ObjectVersion { version: obj.version }
+            }
+            Command::SetPublishKey { scope, key_hash } => {
+                self.publish_keys.insert(scope.clone(), key_hash.clone());
+                Response::Stored
+            }
+            Command::SetAppPolicy { app, publish_key_required } => {
+                if *publish_key_required {
+                    self.key_required_apps.insert(app.clone());
+                } else {
+                    self.key_required_apps.remove(app);
+                }
+                Response::Stored
+            }
+        }
+    }
+
+    /// Whether `key` may publish `stream`: always when its app is open, otherwise when
+    /// it matches the stream's key or the app's key.
+    pub fn publish_allowed(&self, stream: &StreamKey, key: Option<&str>) -> bool {
+        if !self.key_required_apps.contains(&stream.app) {
+            return true;
+        }
+        let Some(key) = key else { return false };
+        let hash = hash_publish_key(key);
+        [KeyScope::Stream(stream.clone()), KeyScope::App(stream.app.clone())]
+            .iter()
+            .any(|scope| self.publish_keys.get(scope) == Some(&hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(id: u128, command: Command) -> Request {
+        Request { id: RequestId(id), at_ms: 1_000 + id as u64, command }
+    }
+
+    fn foo() -> StreamKey {
+        StreamKey::new("live", "foo").unwrap()
+    }
+
+    fn claim(edge: &str, session: &str, owner: u64, takeover: bool) -> Command {
+        Command::ClaimStream { stream: foo(), owner, edge: edge.into(), session: session.into(), takeover }
+    }
+
+    fn set(object: &str, slot: &str, v: f64, if_version: Option<u64>) -> Command {
+        Command::SetSlots {
+            object: object.into(),
+            slots: vec![(slot.into(), Value::Number(v))],
+            if_version,
+            persistent: true,
+        }
+    }
+
+    #[test]
+    fn claim_epoch_is_the_log_index_and_time_comes_from_the_command() {
+        let mut sm = StateMachine::default();
+        let out = sm.apply(7, &req(1, claim("edge-1", "s1", 2, false)));
+        let Response::Claimed(c) = out.response else { panic!("{out:?}") };
+        assert_eq!((c.epoch, c.owner, c.since_ms), (7, 2, 1_001));
+        assert_eq!(out.events.len(), 1);
+    }
+
+    #[test]
+    fn a_second_publisher_is_refused_unless_it_takes_over() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, claim("edge-1", "s1", 1, false)));
+        let out = sm.apply(2, &req(2, claim("edge-2", "s2", 2, false)));
+        assert_eq!(
+            out.response,
+            Response::Rejected(Rejection::StreamOwned { owner: 1, epoch: 1, edge: "edge-1".into() })
+        );
+        assert!(out.events.is_empty());
+        let out = sm.apply(3, &req(3, claim("edge-2", "s2", 2, true)));
+        assert!(matches!(out.response, Response::Claimed(StreamClaim { epoch: 3, owner: 2, .. })));
+    }
+
+    #[test]
+    fn the_same_session_reclaiming_keeps_its_epoch() {
+        let mut sm = StateMachine::default();
+        sm.apply(4, &req(1, claim("edge-1", "s1", 1, false)));
+        let out = sm.apply(9, &req(2, claim("edge-1", "s1", 3, false)));
+        assert!(matches!(out.response, Response::Claimed(StreamClaim { epoch: 4, owner: 1, .. })));
+    }
+
+    #[test]
+    fn a_stale_epoch_never_wins() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, claim("edge-1", "s1", 1, false)));
+        // Re-assign from epoch 1 to origin 2: new epoch 5.
+        let out = sm.apply(5, &req(2, Command::ReassignStream { stream: foo(), expected_epoch: 1, owner: 2 }));
+        assert!(matches!(out.response, Response::Claimed(StreamClaim { epoch: 5, owner: 2, .. })));
+        // A second re-assignment that still believes in epoch 1 loses.
+        let out = sm.apply(6, &req(3, Command::ReassignStream { stream: foo(), expected_epoch: 1, owner: 3 }));
+        assert_eq!(out.response, Response::Rejected(Rejection::StaleEpoch { current: Some(5) }));
+        // So does a release under the old epoch.
+        let out = sm.apply(7, &req(4, Command::ReleaseStream { stream: foo(), epoch: 1 }));
+        assert_eq!(out.response, Response::Rejected(Rejection::StaleEpoch { current: Some(5) }));
+        assert_eq!(sm.streams[&foo()].owner, 2);
+        // The current epoch releases.
+        let out = sm.apply(8, &req(5, Command::ReleaseStream { stream: foo(), epoch: 5 }));
+        assert_eq!(out.response, Response::Released);
+        assert!(sm.streams.is_empty());
+        // Nothing to re-assign any more.
+        let out = sm.apply(9, &req(6, Command::ReassignStream { stream: foo(), expected_epoch: 5, owner: 1 }));
+        assert_eq!(out.response, Response::Rejected(Rejection::StaleEpoch { current: None }));
+    }
+
+    #[test]
+    fn dropping_an_edge_releases_only_its_claims() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, claim("edge-1", "s1", 1, false)));
+        let bar = StreamKey::new("live", "bar").unwrap();
+        let c = Command::ClaimStream { stream: bar.clone(), owner: 1, edge: "edge-2".into(), session: "x".into(), takeover: false };
+        sm.apply(2, &req(2, c));
+        let out = sm.apply(3, &req(3, Command::DropEdgeClaims { edge: "edge-1".into() }));
+        assert_eq!(out.response, Response::EdgeDropped { streams: vec![foo()] });
+        assert_eq!(sm.streams.keys().collect::<Vec<_>>(), vec![&bar]);
+    }
+
+    #[test]
+    fn conditional_writes_apply_only_at_the_expected_version() {
+        let mut sm = StateMachine::default();
+        // Version 0 means "absent": create-if-absent.
+        assert_eq!(sm.apply(1, &req(1, set("chat", "a", 1.0, Some(0)))).response, Response::ObjectVersion { version: 1 });
+        assert_eq!(
+            sm.apply(2, &req(2, set("chat", "a", 2.0, Some(0)))).response,
+            Response::Rejected(Rejection::VersionMismatch { current: 1 })
+        );
+        assert_eq!(sm.apply(3, &req(3, set("chat", "a", 3.0, Some(1)))).response, Response::ObjectVersion { version: 2 });
+        assert_eq!(sm.objects["chat"].slots["a"], Value::Number(3.0));
+        let del = Command::DeleteSlot { object: "chat".into(), slot: "a".into(), if_version: Some(1) };
+        assert_eq!(sm.apply(4, &req(4, del)).response, Response::Rejected(Rejection::VersionMismatch { current: 2 }));
+        let del = Command::DeleteSlot { object: "chat".into(), slot: "a".into(), if_version: Some(2) };
+        assert_eq!(sm.apply(5, &req(5, del)).response, Response::ObjectVersion { version: 3 });
+        let del = Command::DeleteSlot { object: "chat".into(), slot: "a".into(), if_version: None };
+        assert_eq!(sm.apply(6, &req(6, del)).response, Response::Rejected(Rejection::NotFound));
+        // Unconditional writes always apply.
+        assert_eq!(sm.apply(7, &req(7, set("chat", "b", 1.0, None))).response, Response::ObjectVersion { version: 4 });
+        let clear = Command::ClearObject { object: "chat".into(), if_version: None };
+        assert_eq!(sm.apply(8, &req(8, clear)).response, Response::ObjectVersion { version: 5 });
+        assert!(sm.objects["chat"].slots.is_empty());
+    }
+
+    #[test]
+    fn a_retried_command_answers_the_same_and_changes_nothing_twice() {
+        let mut sm = StateMachine::default();
+        let write = req(42, set("chat", "a", 1.0, Some(0)));
+        let first = sm.apply(1, &write);
+        assert_eq!(first.response, Response::ObjectVersion { version: 1 });
+        let after_first = sm.clone();
+        // The same request id at a later index (a retry after a lost answer): same
+        // answer, no second version bump, no event — although as a fresh command the
+        // condition would now fail.
+        let retry = sm.apply(2, &write);
+        assert_eq!(retry.response, first.response);
+        assert!(retry.events.is_empty());
+        assert_eq!(sm, after_first);
+
+        let c = req(43, claim("edge-1", "s1", 1, false));
+        let first = sm.apply(3, &c);
+        sm.apply(4, &req(44, Command::ReleaseStream { stream: foo(), epoch: 3 }));
+        // A retried claim after the release must not resurrect it.
+        assert_eq!(sm.apply(5, &c).response, first.response);
+        assert!(sm.streams.is_empty());
+    }
+
+    #[test]
+    fn the_dedup_window_is_bounded() {
+        let mut sm = StateMachine::default();
+        for i in 0..(DEDUP_WINDOW as u128 + 10) {
+            sm.apply(i as u64 + 1, &req(i, set("o", "s", i as f64, None)));
+        }
+        assert_eq!(sm.recent.len(), DEDUP_WINDOW);
+        assert_eq!(sm.recent_order.len(), DEDUP_WINDOW);
+    }
+
+    #[test]
+    fn publish_keys_are_checked_by_hash_for_apps_that_require_them() {
+        let mut sm = StateMachine::default();
+        let stream = foo();
+        assert!(sm.publish_allowed(&stream, None), "apps are open by default");
+        sm.apply(1, &req(1, Command::SetAppPolicy { app: "live".into(), publish_key_required: true }));
+        assert!(!sm.publish_allowed(&stream, None));
+        let scope = KeyScope::Stream(stream.clone());
+        sm.apply(2, &req(2, Command::SetPublishKey { scope, key_hash: hash_publish_key("s3cret") }));
+        assert!(sm.publish_allowed(&stream, Some("s3cret")));
+        assert!(!sm.publish_allowed(&stream, Some("guess")));
+        assert!(!sm.publish_keys.values().any(|h| h.contains("s3cret")));
+        let other = StreamKey::new("live", "other").unwrap();
+        assert!(!sm.publish_allowed(&other, Some("s3cret")), "a stream key does not open the app");
+        sm.apply(3, &req(3, Command::SetPublishKey { scope: KeyScope::App("live".into()), key_hash: hash_publish_key("appkey") }));
+        assert!(sm.publish_allowed(&other, Some("appkey")));
+    }
+}

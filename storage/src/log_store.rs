@@ -1,0 +1,234 @@
+//! The Raft log and vote in sled.
+//!
+//! Trees: `log` maps a big-endian index to a bincode entry; `meta` holds the vote,
+//! the committed log id and the last purged log id. Appends become durable through
+//! one flusher task that group-commits every append queued while it syncs, and
+//! reports them to openraft in order.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageError, StorageIOError};
+use raftcast_raft::rpc::{decode, encode};
+use raftcast_raft::typ::{Entry, LogId, Vote};
+use raftcast_raft::{NodeId, TypeConfig};
+use tokio::sync::mpsc;
+
+use crate::sync::Syncer;
+
+/// Appends waiting for the flusher. When full, `append` waits: the disk sets the pace.
+pub const FLUSH_QUEUE: usize = 1024;
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// Reads log entries; cheap to clone (sled trees are reference-counted).
+#[derive(Clone)]
+pub struct LogReader {
+    log: sled::Tree,
+}
+
+/// The log store openraft writes through.
+pub struct LogStore {
+    reader: LogReader,
+    meta: sled::Tree,
+    syncer: Syncer,
+    flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn read_logs_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+impl LogStore {
+    /// Opens the trees and checks that what is stored decodes and has no gaps.
+    pub(crate) fn open(db: &sled::Db, syncer: Syncer) -> Result<Self, String> {
+        let log = db.open_tree("log").map_err(|e| e.to_string())?;
+        let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
+        for key in [VOTE, COMMITTED, LAST_PURGED] {
+            if let Some(bytes) = meta.get(key).map_err(|e| e.to_string())? {
+                let ok = match key {
+                    VOTE => decode::<Vote>(&bytes).is_ok(),
+                    _ => decode::<Option<LogId>>(&bytes).is_ok(),
+                };
+                if !ok {
+                    return Err(format!("the stored {key} does not decode"));
+                }
+            }
+        }
+        let mut expected: Option<u64> = None;
+        for item in log.iter() {
+            let (key, value) = item.map_err(|e| e.to_string())?;
+            let index = index_of(&key).ok_or_else(|| "a log key is not an index".to_string())?;
+            let entry: Entry = decode(&value).map_err(|e| format!("log entry {index} does not decode: {e}"))?;
+            if entry.log_id.index != index {
+                return Err(format!("log entry stored at {index} claims index {}", entry.log_id.index));
+            }
+            if let Some(expected) = expected {
+                if index != expected {
+                    return Err(format!("the log has a gap: expected index {expected}, found {index}"));
+                }
+            }
+            expected = Some(index + 1);
+        }
+        let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
+        tokio::spawn(flusher(syncer.clone(), rx));
+        Ok(LogStore { reader: LogReader { log }, meta, syncer, flushes: tx })
+    }
+
+    fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
+        match self.meta.get(key).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))? {
+            Some(bytes) => decode(&bytes).map(Some).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Group commit: take every queued append, sync once, complete them in order.
+async fn flusher(syncer: Syncer, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, FLUSH_QUEUE).await > 0 {
+        let result = syncer.sync().await;
+        for callback in batch.drain(..) {
+            let result = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.log_io_completed(result);
+        }
+    }
+}
+
+fn key_of(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn index_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let log = self.log.clone();
+        // A range scan may touch the disk: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let iter = match end {
+                Some(end) => log.range(key_of(start)..key_of(end)),
+                None => log.range(key_of(start)..),
+            };
+            iter.map(|item| {
+                let (_, value) = item.map_err(read_logs_err)?;
+                decode::<Entry>(&value).map_err(read_logs_err)
+            })
+            .collect()
+        })
+        .await
+        .map_err(read_logs_err)?
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        self.reader.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged: Option<LogId> = self.meta_get::<Option<LogId>>(LAST_PURGED)?.flatten();
+        let last = match self.reader.log.last().map_err(read_logs_err)? {
+            Some((_, value)) => Some(decode::<Entry>(&value).map_err(read_logs_err)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError<NodeId>> {
+        let write_err = |e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e);
+        self.meta.insert(VOTE, encode(vote)).map_err(|e| write_err(crate::sync::sled_io(e)))?;
+        // A vote must be on disk before it is acted on.
+        self.syncer.sync().await.map_err(write_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<NodeId>> {
+        self.meta_get(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<NodeId>> {
+        // Not synced: a lost committed index is re-learned from the leader.
+        self.meta
+            .insert(COMMITTED, encode(&committed))
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<NodeId>> {
+        Ok(self.meta_get::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&key_of(entry.log_id.index), encode(&entry));
+        }
+        self.reader.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // Durable when the flusher's next sync completes; it then calls back.
+        self.flushes.send(callback).await.map_err(|e| {
+            io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other(format!("flusher stopped: {e}")))
+        })
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        let mut batch = sled::Batch::default();
+        for item in self.reader.log.range(key_of(log_id.index)..) {
+            let (key, _) = item.map_err(read_logs_err)?;
+            batch.remove(key);
+        }
+        self.reader.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        // Record the purge point first, so a crash in between never shows a gap.
+        self.meta
+            .insert(LAST_PURGED, encode(&Some(log_id)))
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let mut batch = sled::Batch::default();
+        for item in self.reader.log.range(..=key_of(log_id.index)) {
+            let (key, _) = item.map_err(read_logs_err)?;
+            batch.remove(key);
+        }
+        self.reader.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}

@@ -1,0 +1,275 @@
+//! The state machine store: the replicated [`StateMachine`] in memory, its snapshots
+//! on disk, and a feed of committed changes.
+//!
+//! The state machine itself is not written per entry: the durable log is the source of
+//! truth. On restart the store loads the latest snapshot and openraft re-applies the
+//! log from there up to the persisted committed index. Snapshots are one file, written
+//! to a temporary name, fsynced and renamed, and carry a SHA-256 of their data.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError};
+use raftcast_raft::rpc::{decode, encode};
+use raftcast_raft::state::Event;
+use raftcast_raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
+use raftcast_raft::{NodeId, Response, StateMachine, TypeConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+
+/// Committed changes buffered for watchers. A watcher that falls further behind
+/// receives `Lagged` and must re-read the state.
+pub const NOTICE_BUFFER: usize = 4096;
+
+const SNAPSHOT_FILE: &str = "current.snap";
+
+/// What watchers of the state machine hear, in commit order.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// The entry at `index` applied and produced these changes.
+    Applied { index: u64, events: Arc<Vec<Event>> },
+    /// The whole state was replaced by a snapshot up to `index`: re-read everything.
+    Replaced { index: u64 },
+}
+
+/// The state and what openraft needs to know about it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Image {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    sm: StateMachine,
+}
+
+/// A snapshot as stored on disk.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta,
+    sha256: Vec<u8>,
+    data: Vec<u8>,
+}
+
+/// Observes the duration of each applied batch (for metrics).
+pub type ApplyObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
+
+struct Shared {
+    image: RwLock<Image>,
+    notices: broadcast::Sender<Notice>,
+    observer: RwLock<Option<ApplyObserver>>,
+}
+
+/// Read access to the applied state and its change feed; cheap to clone.
+#[derive(Clone)]
+pub struct StateHandle {
+    shared: Arc<Shared>,
+}
+
+impl StateHandle {
+    /// Runs `f` on the applied state. Never hold on to work here: apply waits.
+    pub fn read<T>(&self, f: impl FnOnce(&StateMachine) -> T) -> T {
+        let image = self.shared.image.read().unwrap_or_else(|p| p.into_inner());
+        f(&image.sm)
+    }
+
+    /// Index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        let image = self.shared.image.read().unwrap_or_else(|p| p.into_inner());
+        image.last_applied.map_or(0, |l| l.index)
+    }
+
+    /// Subscribes to committed changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.shared.notices.subscribe()
+    }
+
+    /// Installs a callback that observes each apply batch's duration and size.
+    pub fn set_apply_observer(&self, observer: ApplyObserver) {
+        *self.shared.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+}
+
+/// openraft's state machine over [`StateMachine`].
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+}
+
+fn snapshot_err(meta: Option<&SnapshotMeta>, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::new(&e)).into()
+}
+
+impl StateMachineStore {
+    /// Loads the current snapshot, if any.
+    pub(crate) fn open(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let image = match read_snapshot(dir)? {
+            Some(file) => {
+                let mut image: Image = decode(&file.data).map_err(|e| format!("snapshot does not decode: {e}"))?;
+                image.last_applied = file.meta.last_log_id;
+                image.membership = file.meta.last_membership.clone();
+                image
+            }
+            None => Image::default(),
+        };
+        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
+        let shared = Arc::new(Shared { image: RwLock::new(image), notices, observer: RwLock::new(None) });
+        Ok(StateMachineStore { shared, dir: dir.to_owned() })
+    }
+
+    /// A handle for reading the state and following its changes.
+    pub fn handle(&self) -> StateHandle {
+        StateHandle { shared: self.shared.clone() }
+    }
+}
+
+/// Reads and verifies the snapshot file. A file that exists but does not verify is an
+/// error, never ignored.
+fn read_snapshot(dir: &Path) -> Result<Option<SnapshotFile>, String> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let file: SnapshotFile = decode(&bytes).map_err(|e| format!("{} does not decode: {e}", path.display()))?;
+    if Sha256::digest(&file.data).as_slice() != file.sha256.as_slice() {
+        return Err(format!("{} fails its checksum", path.display()));
+    }
+    Ok(Some(file))
+}
+
+/// Writes the snapshot durably: temp file, fsync, rename, fsync the directory.
+fn write_snapshot(dir: &Path, meta: &SnapshotMeta, data: Vec<u8>) -> std::io::Result<()> {
+    use std::io::Write;
+    let sha256 = Sha256::digest(&data).to_vec();
+    let bytes = encode(&SnapshotFile { meta: meta.clone(), sha256, data });
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    crate::sync::fsync(dir)
+}
+
+async fn persist_snapshot(dir: PathBuf, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError<NodeId>> {
+    let m = meta.clone();
+    tokio::task::spawn_blocking(move || write_snapshot(&dir, &m, data))
+        .await
+        .map_err(|e| snapshot_err(Some(&meta), e))?
+        .map_err(|e| snapshot_err(Some(&meta), e))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError<NodeId>> {
+        let image = self.shared.image.read().unwrap_or_else(|p| p.into_inner());
+        Ok((image.last_applied, image.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let started = Instant::now();
+        let mut responses = Vec::new();
+        let mut notices = Vec::new();
+        {
+            let mut image = self.shared.image.write().unwrap_or_else(|p| p.into_inner());
+            for entry in entries {
+                image.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::Noop,
+                    EntryPayload::Membership(m) => {
+                        image.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Response::Noop
+                    }
+                    EntryPayload::Normal(req) => {
+                        let applied = image.sm.apply(entry.log_id.index, &req);
+                        if !applied.events.is_empty() {
+                            notices.push(Notice::Applied { index: entry.log_id.index, events: Arc::new(applied.events) });
+                        }
+                        applied.response
+                    }
+                };
+                responses.push(response);
+            }
+        }
+        for notice in notices {
+            // No receivers is fine: nobody is watching.
+            let _ = self.shared.notices.send(notice);
+        }
+        let observer = self.shared.observer.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(observe) = observer {
+            observe(started.elapsed(), responses.len());
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { shared: self.shared.clone(), dir: self.dir.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let mut image: Image = decode(&data).map_err(|e| snapshot_err(Some(meta), e))?;
+        image.last_applied = meta.last_log_id;
+        image.membership = meta.last_membership.clone();
+        // Durable first: once installed, openraft may purge the log it replaces.
+        persist_snapshot(self.dir.clone(), meta.clone(), data).await?;
+        // Replace everything: no key of the old state survives.
+        *self.shared.image.write().unwrap_or_else(|p| p.into_inner()) = image;
+        let _ = self.shared.notices.send(Notice::Replaced { index: meta.last_log_id.map_or(0, |l| l.index) });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError<NodeId>> {
+        let dir = self.dir.clone();
+        let file = tokio::task::spawn_blocking(move || read_snapshot(&dir))
+            .await
+            .map_err(sm_err)?
+            .map_err(|e| -> StorageError<NodeId> { StorageIOError::read_snapshot(None, AnyError::error(e)).into() })?;
+        Ok(file.map(|f| Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken under the lock.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError<NodeId>> {
+        // Encode under the read lock: apply runs concurrently and must not interleave.
+        let (data, last_applied, membership) = {
+            let image = self.shared.image.read().unwrap_or_else(|p| p.into_inner());
+            (encode(&*image), image.last_applied, image.membership.clone())
+        };
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, unique_suffix()),
+            None => format!("empty-{}", unique_suffix()),
+        };
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        persist_snapshot(self.dir.clone(), meta.clone(), data.clone()).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+fn unique_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
