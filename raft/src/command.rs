@@ -203,3 +203,45 @@ impl fmt::Display for Rejection {
         }
     }
 }
+
+/// A request an origin forwards to the node it believes leads (Raft RPC route
+/// `/raft/forward`). The leader executes it locally; it never forwards again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Forward {
+    /// Propose a command. The leader re-stamps `at_ms`.
+    Write(Request),
+    /// Add a node as a learner (waits until it has caught up).
+    AddLearner { id: NodeId, addr: crate::NodeAddr },
+    /// Make exactly these nodes the voters.
+    SetVoters { ids: std::collections::BTreeSet<NodeId> },
+    /// Remove a node from voters and learners.
+    RemoveNode { id: NodeId },
+    /// Confirm leadership with a quorum and return the index a linearizable read
+    /// must wait for.
+    ReadIndex,
+}
+
+/// The leader's answer to a [`Forward`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ForwardReply {
+    /// The command committed and applied with this response.
+    Written(Response),
+    /// The membership change committed.
+    Done,
+    /// Reads at or after this applied index are linearizable.
+    ReadIndex(u64),
+    /// This node does not lead; `leader` is who it believes does (retry there).
+    NotLeader { leader: Option<NodeId> },
+    /// The request cannot succeed as given.
+    Failed { kind: FailKind, message: String },
+}
+
+/// Classes of non-retryable failure, mapped to HTTP status codes by the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailKind {
+    BadRequest,
+    NotFound,
+    Conflict,
+    /// Raft on the leader has stopped.
+    Unavailable,
+}

@@ -12,7 +12,7 @@ pub mod rpc;
 pub mod state;
 pub mod value;
 
-pub use command::{Command, Rejection, Request, RequestId, Response, StreamKey};
+pub use command::{Command, FailKind, Forward, ForwardReply, Rejection, Request, RequestId, Response, StreamKey};
 pub use node::NodeAddr;
 pub use state::{Event, StateMachine};
 pub use value::Value;

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Start, stop or inspect a three-origin raftcast cluster on loopback.
+#
+#   scripts/bootstrap.sh start    build if needed, start what is not running, init once, wait for a leader
+#   scripts/bootstrap.sh stop     stop exactly the processes this script started
+#   scripts/bootstrap.sh status   processes and the cluster's view of itself
+#
+# Everything lives under $RAFTCAST_DATA_DIR (default ./data): one folder per node,
+# logs/, pids/, and the generated secrets cluster-secret and admin-token (mode 0600).
+#
+# Environment:
+#   RAFTCAST_DATA_DIR    data root                         [./data]
+#   RAFTCAST_BIN         raftcast binary to run            [target/release/raftcast, built if needed]
+#   RAFTCAST_HTTP_BASE   origin N serves HTTP on BASE+N    [8100]
+#   RAFTCAST_MEDIA_BASE  origin N serves media on BASE+N   [9100]
+#   RAFTCAST_WAIT_SECS   how long start waits for a leader [30]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${RAFTCAST_DATA_DIR:-./data}
+HTTP_BASE=${RAFTCAST_HTTP_BASE:-8100}
+MEDIA_BASE=${RAFTCAST_MEDIA_BASE:-9100}
+WAIT_SECS=${RAFTCAST_WAIT_SECS:-30}
+ORIGINS=(1 2 3)
+
+die() { echo "bootstrap: $*" >&2; exit 1; }
+
+binary() {
+  if [[ -n "${RAFTCAST_BIN:-}" ]]; then
+    [[ -x "$RAFTCAST_BIN" ]] || die "RAFTCAST_BIN=$RAFTCAST_BIN is not executable"
+    echo "$RAFTCAST_BIN"
+    return
+  fi
+  command -v cargo >/dev/null || die "cargo not found; install Rust or set RAFTCAST_BIN"
+  # A no-op when the release binary is up to date.
+  (cd "$ROOT" && cargo build --release --quiet --bin raftcast) >&2 || die "cargo build --release failed"
+  echo "$ROOT/target/release/raftcast"
+}
+
+http_addr() { echo "127.0.0.1:$((HTTP_BASE + $1))"; }
+media_addr() { echo "127.0.0.1:$((MEDIA_BASE + $1))"; }
+origin_list() { local a=(); for i in "${ORIGINS[@]}"; do a+=("$(http_addr "$i")"); done; (IFS=,; echo "${a[*]}"); }
+
+# The pid in $1's pid file, if that process is alive and is a raftcast process.
+live_pid() {
+  local file="$DATA/pids/$1.pid" pid
+  [[ -f "$file" ]] || return 1
+  pid=$(<"$file")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  # Guard against a recycled pid: the process must be ours.
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "raftcast origin --id ${1#origin-} " || return 1
+  echo "$pid"
+}
+
+secret_file() {
+  local f="$DATA/$1"
+  if [[ ! -s "$f" ]]; then
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$f")
+  fi
+  chmod 600 "$f"
+}
+
+ctl() { "$BIN" ctl --origin "$(origin_list)" --token-file "$DATA/admin-token" "$@"; }
+
+start() {
+  mkdir -p "$DATA/logs" "$DATA/pids"
+  DATA=$(cd "$DATA" && pwd)
+  secret_file cluster-secret
+  secret_file admin-token
+  BIN=$(binary)
+  local started=0
+  for i in "${ORIGINS[@]}"; do
+    local name="origin-$i"
+    if pid=$(live_pid "$name"); then
+      echo "$name already running (pid $pid)"
+      continue
+    fi
+    setsid "$BIN" origin --id "$i" \
+      --http "$(http_addr "$i")" --media "$(media_addr "$i")" \
+      --data-dir "$DATA/$name" \
+      --cluster-secret-file "$DATA/cluster-secret" --admin-token-file "$DATA/admin-token" \
+      </dev/null >>"$DATA/logs/$name.log" 2>&1 &
+    echo $! >"$DATA/pids/$name.pid"
+    echo "started $name (pid $!) http=$(http_addr "$i") media=$(media_addr "$i")"
+    started=$((started + 1))
+  done
+  if [[ ! -f "$DATA/initialized" ]]; then
+    local nodes=() deadline=$((SECONDS + WAIT_SECS))
+    for i in "${ORIGINS[@]}"; do nodes+=(--node "$i=$(http_addr "$i"),$(media_addr "$i")"); done
+    # The first origin may still be binding its port.
+    until out=$("$BIN" ctl --origin "$(http_addr 1)" --token-file "$DATA/admin-token" init "${nodes[@]}" 2>&1); do
+      (( SECONDS < deadline )) || die "could not initialize the cluster ($out); see $DATA/logs/origin-1.log"
+      sleep 0.3
+    done
+    echo "$out"
+    touch "$DATA/initialized"
+  fi
+  ctl wait --voters "${#ORIGINS[@]}" --timeout-secs "$WAIT_SECS" >/dev/null \
+    || die "no leader with ${#ORIGINS[@]} voters after ${WAIT_SECS}s; see $DATA/logs/"
+  echo
+  ctl status
+  echo
+  echo "logs:    $DATA/logs/"
+  echo "secrets: $DATA/cluster-secret, $DATA/admin-token"
+  echo "admin:   $BIN ctl --origin $(origin_list) status"
+}
+
+stop() {
+  [[ -d "$DATA/pids" ]] || { echo "nothing to stop"; return; }
+  local pids=()
+  for i in "${ORIGINS[@]}"; do
+    local name="origin-$i"
+    if pid=$(live_pid "$name"); then
+      kill -TERM "$pid" && pids+=("$pid") && echo "stopping $name (pid $pid)"
+    fi
+    rm -f "$DATA/pids/$name.pid"
+  done
+  local deadline=$((SECONDS + 10))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null; do
+      if (( SECONDS >= deadline )); then
+        echo "pid $pid ignored SIGTERM for 10s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+        break
+      fi
+      sleep 0.1
+    done
+  done
+  echo "stopped"
+}
+
+status() {
+  for i in "${ORIGINS[@]}"; do
+    local name="origin-$i"
+    if pid=$(live_pid "$name"); then echo "$name running (pid $pid)"; else echo "$name not running"; fi
+  done
+  if [[ -f "$DATA/admin-token" ]]; then
+    BIN=$(binary)
+    echo
+    ctl status || true
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,432 @@
+//! `raftcast ctl`: the admin client. Talks to any origin's admin API (trying the
+//! given origins in turn), prints tables for people and JSON (`--json`) for scripts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// Default origins: the three of `scripts/bootstrap.sh`.
+const DEFAULT_ORIGINS: &str = "127.0.0.1:8101,127.0.0.1:8102,127.0.0.1:8103";
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Origin admin addresses (host:port), comma-separated; tried in order.
+    #[arg(long, env = "RAFTCAST_CTL_ORIGIN", default_value = DEFAULT_ORIGINS, value_delimiter = ',')]
+    origin: Vec<String>,
+    /// File with the admin token [default: $RAFTCAST_DATA_DIR/admin-token when it exists].
+    #[arg(long, env = "RAFTCAST_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Show every node's view of the cluster.
+    Status,
+    /// Initialize the cluster (idempotent with the same members).
+    Init {
+        /// ID=HTTP,MEDIA, repeated [default: the three bootstrap origins].
+        #[arg(long = "node", value_name = "ID=HTTP,MEDIA")]
+        nodes: Vec<String>,
+    },
+    /// Add a node as a learner (it catches up before this returns).
+    AddLearner {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        http: String,
+        #[arg(long)]
+        media: String,
+    },
+    /// Make exactly these nodes the voters.
+    Voters { ids: Vec<u64> },
+    /// Remove a node from the cluster.
+    Remove { id: u64 },
+    /// List live streams and their owners.
+    Streams {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Shared objects.
+    #[command(subcommand)]
+    So(SoCommand),
+    /// Publish keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Wait until the cluster has a leader and this many voters.
+    Wait {
+        #[arg(long, default_value_t = 3)]
+        voters: usize,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SoCommand {
+    /// Print an object.
+    Get {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Set a slot to a JSON value.
+    Set {
+        name: String,
+        slot: String,
+        value: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Delete a slot.
+    Del {
+        name: String,
+        slot: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Follow an object's changes (Server-Sent Events) until interrupted.
+    Watch { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a publish key for an app, or for one stream of it.
+    Add { app: String, name: Option<String> },
+    /// Require (or with --off, stop requiring) publish keys for an app.
+    Require {
+        app: String,
+        #[arg(long)]
+        off: bool,
+    },
+}
+
+/// A failed call, printed as `error: ...`.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error("{status} {code}: {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("no origin reachable ({0})")]
+    Unreachable(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+struct Client {
+    http: reqwest::Client,
+    origins: Vec<String>,
+    token: Option<String>,
+}
+
+impl Client {
+    fn request(&self, origin: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, format!("http://{origin}{path}"));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    /// Sends to the first origin that answers.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, String)]) -> Result<Value, CtlError> {
+        let mut last_error = String::new();
+        for origin in &self.origins {
+            let mut req = self.request(origin, method.clone(), path);
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            match req.send().await {
+                Ok(res) => return decode(res).await,
+                Err(e) => last_error = format!("{origin}: {e}"),
+            }
+        }
+        Err(CtlError::Unreachable(last_error))
+    }
+
+    async fn get_from(&self, origin: &str, path: &str) -> Result<Value, CtlError> {
+        match self.request(origin, reqwest::Method::GET, path).send().await {
+            Ok(res) => decode(res).await,
+            Err(e) => Err(CtlError::Unreachable(format!("{origin}: {e}"))),
+        }
+    }
+}
+
+async fn decode(res: reqwest::Response) -> Result<Value, CtlError> {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    let err = &body["error"];
+    Err(CtlError::Api {
+        status: status.as_u16(),
+        code: err["code"].as_str().unwrap_or("error").to_owned(),
+        message: err["message"].as_str().unwrap_or("(no message)").to_owned(),
+    })
+}
+
+/// Entry point of `raftcast ctl`.
+pub fn main(args: CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_token(file: Option<PathBuf>) -> Result<Option<String>, CtlError> {
+    let env = std::env::var("RAFTCAST_ADMIN_TOKEN").ok();
+    let file = file.or_else(|| {
+        let dir = std::env::var("RAFTCAST_DATA_DIR").unwrap_or_else(|_| "data".into());
+        let default = PathBuf::from(dir).join("admin-token");
+        default.exists().then_some(default)
+    });
+    crate::secrets::load(env.as_deref(), file.as_deref()).map_err(CtlError::Usage)
+}
+
+fn print(json_mode: bool, value: &Value, human: impl FnOnce(&Value)) {
+    if json_mode {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        human(value);
+    }
+}
+
+async fn run(args: CtlArgs) -> Result<(), CtlError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| CtlError::Usage(e.to_string()))?;
+    let client = Client { http, origins: args.origin.clone(), token: load_token(args.token_file)? };
+    let json_mode = args.json;
+    use reqwest::Method;
+    match args.command {
+        CtlCommand::Status => {
+            let first = client.call(Method::GET, "/cluster/status", None, &[]).await?;
+            let mut views = BTreeMap::new();
+            if let Some(nodes) = first["nodes"].as_object() {
+                for (id, node) in nodes {
+                    let addr = node["http"].as_str().unwrap_or_default();
+                    let view = client.get_from(addr, "/cluster/status").await.unwrap_or(Value::Null);
+                    views.insert(id.clone(), json!({ "http": addr, "media": node["media"], "status": view }));
+                }
+            }
+            let all = json!({ "cluster": first, "nodes": views });
+            print(json_mode, &all, |_| print_status(&first, &views));
+        }
+        CtlCommand::Init { nodes } => {
+            let nodes = parse_nodes(&nodes)?;
+            let body = json!({ "nodes": nodes });
+            let out = client.call(Method::POST, "/cluster/init", Some(&body), &[]).await?;
+            print(json_mode, &out, |v| {
+                if v["initialized"] == json!(true) {
+                    println!("cluster initialized with nodes {}", nodes.keys().cloned().collect::<Vec<_>>().join(", "));
+                } else {
+                    println!("cluster already initialized with these members");
+                }
+            });
+        }
+        CtlCommand::AddLearner { id, http, media } => {
+            let body = json!({ "id": id, "http": http, "media": media });
+            let out = client.call(Method::POST, "/cluster/learners", Some(&body), &[]).await?;
+            print(json_mode, &out, |_| println!("node {id} added as a learner"));
+        }
+        CtlCommand::Voters { ids } => {
+            let body = json!({ "ids": ids });
+            let out = client.call(Method::PUT, "/cluster/voters", Some(&body), &[]).await?;
+            print(json_mode, &out, |v| println!("voters are now {}", v["voters"]));
+        }
+        CtlCommand::Remove { id } => {
+            let out = client.call(Method::DELETE, &format!("/cluster/nodes/{id}"), None, &[]).await?;
+            print(json_mode, &out, |_| println!("node {id} removed"));
+        }
+        CtlCommand::Streams { stale } => {
+            let path = if stale { "/streams?stale=true" } else { "/streams" };
+            let out = client.call(Method::GET, path, None, &[]).await?;
+            print(json_mode, &out, |v| {
+                println!("{:<32} {:>6} {:>8}  {}", "STREAM", "OWNER", "EPOCH", "EDGE");
+                for s in v["streams"].as_array().into_iter().flatten() {
+                    let key = format!("{}/{}", s["app"].as_str().unwrap_or("?"), s["name"].as_str().unwrap_or("?"));
+                    println!("{key:<32} {:>6} {:>8}  {}", s["owner"].to_string(), s["epoch"].to_string(), s["edge"].as_str().unwrap_or("?"));
+                }
+            });
+        }
+        CtlCommand::So(cmd) => so(&client, json_mode, cmd).await?,
+        CtlCommand::Keys(KeysCommand::Add { app, name }) => {
+            let body = json!({ "app": app, "name": name });
+            let out = client.call(Method::POST, "/keys", Some(&body), &[]).await?;
+            print(json_mode, &out, |v| {
+                println!("publish key for {}: {}", v["scope"].as_str().unwrap_or("?"), v["key"].as_str().unwrap_or("?"));
+                println!("(shown once: only its hash is stored)");
+            });
+        }
+        CtlCommand::Keys(KeysCommand::Require { app, off }) => {
+            let body = json!({ "publish_key_required": !off });
+            let out = client.call(Method::PUT, &format!("/apps/{app}"), Some(&body), &[]).await?;
+            print(json_mode, &out, |_| {
+                println!("publishing to {app} {} a key", if off { "no longer requires" } else { "now requires" })
+            });
+        }
+        CtlCommand::Wait { voters, timeout_secs } => wait(&client, voters, Duration::from_secs(timeout_secs)).await?,
+    }
+    Ok(())
+}
+
+fn parse_nodes(specs: &[String]) -> Result<BTreeMap<String, Value>, CtlError> {
+    if specs.is_empty() {
+        return Ok((1..=3)
+            .map(|i| (i.to_string(), json!({ "http": format!("127.0.0.1:{}", 8100 + i), "media": format!("127.0.0.1:{}", 9100 + i) })))
+            .collect());
+    }
+    specs
+        .iter()
+        .map(|spec| {
+            let bad = || CtlError::Usage(format!("--node wants ID=HTTP,MEDIA, got {spec:?}"));
+            let (id, addrs) = spec.split_once('=').ok_or_else(bad)?;
+            let (http, media) = addrs.split_once(',').ok_or_else(bad)?;
+            id.parse::<u64>().map_err(|_| bad())?;
+            Ok((id.to_owned(), json!({ "http": http, "media": media })))
+        })
+        .collect()
+}
+
+fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
+    println!(
+        "{:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}",
+        "NODE", "STATE", "LEADER", "TERM", "LAST_LOG", "APPLIED", "HTTP", "MEDIA"
+    );
+    let voters: Vec<String> = first["voters"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
+    for (id, view) in views {
+        let s = &view["status"];
+        let role = if voters.contains(id) { "" } else { " (learner)" };
+        if s.is_null() {
+            println!("{id:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}", "DOWN", "-", "-", "-", "-", view["http"].as_str().unwrap_or("?"), view["media"].as_str().unwrap_or("?"));
+        } else {
+            let leader = s["leader_id"].as_u64().map_or("-".to_owned(), |l| l.to_string());
+            println!(
+                "{id:<5} {:<10} {leader:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}",
+                s["state"].as_str().unwrap_or("?"),
+                s["term"].to_string(),
+                s["last_log_index"].to_string(),
+                s["applied_index"].to_string(),
+                view["http"].as_str().unwrap_or("?"),
+                view["media"].as_str().unwrap_or("?"),
+            );
+        }
+    }
+    println!("voters: [{}]  learners: {}", voters.join(", "), first["learners"]);
+}
+
+async fn so(client: &Client, json_mode: bool, cmd: SoCommand) -> Result<(), CtlError> {
+    use reqwest::Method;
+    let enc = |s: &str| urlencode(s);
+    match cmd {
+        SoCommand::Get { name, stale } => {
+            let q = if stale { "?stale=true" } else { "" };
+            let out = client.call(Method::GET, &format!("/shared-objects/{}{q}", enc(&name)), None, &[]).await?;
+            print(json_mode, &out, |v| {
+                println!("{} version {}{}", name, v["version"], if v["persistent"] == json!(true) { " (persistent)" } else { "" });
+                for (slot, value) in v["slots"].as_object().into_iter().flatten() {
+                    println!("  {slot} = {value}");
+                }
+            });
+        }
+        SoCommand::Set { name, slot, value, if_version } => {
+            let value: Value = serde_json::from_str(&value)
+                .map_err(|e| CtlError::Usage(format!("the value must be JSON (quote strings: '\"text\"'): {e}")))?;
+            let headers: Vec<(&str, String)> = if_version.map(|v| ("if-match", v.to_string())).into_iter().collect();
+            let path = format!("/shared-objects/{}/slots/{}", enc(&name), enc(&slot));
+            let out = client.call(Method::PUT, &path, Some(&value), &headers).await?;
+            print(json_mode, &out, |v| println!("{name} is now at version {}", v["version"]));
+        }
+        SoCommand::Del { name, slot, if_version } => {
+            let headers: Vec<(&str, String)> = if_version.map(|v| ("if-match", v.to_string())).into_iter().collect();
+            let path = format!("/shared-objects/{}/slots/{}", enc(&name), enc(&slot));
+            let out = client.call(Method::DELETE, &path, None, &headers).await?;
+            print(json_mode, &out, |v| println!("{name} is now at version {}", v["version"]));
+        }
+        SoCommand::Watch { name } => {
+            use futures::StreamExt;
+            let path = format!("/shared-objects/{}/events", enc(&name));
+            let mut last = String::new();
+            for origin in &client.origins {
+                let res = client.request(origin, Method::GET, &path).timeout(Duration::from_secs(u64::MAX / 4)).send().await;
+                let res = match res {
+                    Ok(res) if res.status().is_success() => res,
+                    Ok(res) => return decode(res).await.map(drop),
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                };
+                let mut body = res.bytes_stream();
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| CtlError::Unreachable(e.to_string()))?;
+                    print!("{}", String::from_utf8_lossy(&chunk));
+                }
+                return Ok(());
+            }
+            return Err(CtlError::Unreachable(last));
+        }
+    }
+    Ok(())
+}
+
+async fn wait(client: &Client, voters: usize, timeout: Duration) -> Result<(), CtlError> {
+    let started = Instant::now();
+    let mut last = String::from("no answer yet");
+    while started.elapsed() < timeout {
+        match client.call(reqwest::Method::GET, "/cluster/status", None, &[]).await {
+            Ok(s) => {
+                let n = s["voters"].as_array().map_or(0, Vec::len);
+                match s["leader_id"].as_u64() {
+                    Some(leader) if n >= voters => {
+                        println!("leader {leader}, {n} voters");
+                        return Ok(());
+                    }
+                    _ => last = format!("leader {}, {n} voters", s["leader_id"]),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(CtlError::Usage(format!("timed out after {timeout:?} waiting for a leader and {voters} voters (last: {last})")))
+}
+
+/// Percent-encodes a path segment.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

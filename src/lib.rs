@@ -1,0 +1,9 @@
+//! raftcast: the origin (Raft + admin API), and the admin client.
+//!
+//! The replicated state machine and Raft transport live in `raftcast-raft`, durable
+//! storage in `raftcast-storage`; this crate wires them into processes.
+
+pub mod ctl;
+pub mod logging;
+pub mod origin;
+pub mod secrets;

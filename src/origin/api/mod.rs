@@ -1,0 +1,155 @@
+//! The origin's admin HTTP API (DESIGN.md "Admin HTTP API"): routes, bearer-token
+//! authentication, and the JSON error contract.
+//!
+//! Handlers read replicated state through [`StateHandle`] and change it only through
+//! the [`Proposer`]; they never touch storage or Raft internals directly.
+
+mod cluster;
+mod error;
+mod extract;
+mod objects;
+mod streams;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use raftcast_raft::rpc::constant_time_eq;
+use raftcast_raft::typ::Raft;
+use raftcast_raft::NodeId;
+use raftcast_storage::StateHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use super::metrics::Metrics;
+use super::proposer::Proposer;
+
+/// Largest admin request body.
+pub const MAX_ADMIN_BODY: usize = 256 * 1024;
+
+/// What every admin handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub id: NodeId,
+    pub http: std::net::SocketAddr,
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub state: StateHandle,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Option<Arc<str>>,
+    /// Cancelled when the process shuts down; ends long-lived responses (SSE).
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Waits until local state is linearizable, unless the client asked for a stale
+    /// read with `?stale=true`.
+    pub async fn read_point(&self, query: Option<&str>) -> Result<(), ApiError> {
+        if stale_requested(query) {
+            return Ok(());
+        }
+        self.proposer.read_barrier().await.map_err(ApiError::from)
+    }
+}
+
+fn stale_requested(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| matches!(kv, "stale" | "stale=true" | "stale=1")))
+}
+
+/// All admin routes, with authentication and a body limit.
+pub fn router(app: AppState) -> Router {
+    let admin = Router::new()
+        .route("/cluster/status", get(cluster::status))
+        .route("/cluster/init", post(cluster::init))
+        .route("/cluster/learners", post(cluster::add_learner))
+        .route("/cluster/voters", put(cluster::set_voters))
+        .route("/cluster/nodes/{id}", delete(cluster::remove_node))
+        .route("/streams", get(streams::list))
+        .route("/keys", post(streams::add_key))
+        .route("/apps", get(streams::apps))
+        .route("/apps/{app}", put(streams::set_app))
+        .route("/shared-objects/{name}", get(objects::get))
+        .route("/shared-objects/{name}/slots/{slot}", put(objects::put_slot).delete(objects::delete_slot))
+        .route("/shared-objects/{name}/events", get(objects::events))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));
+    let open = Router::new().route("/health", get(health)).route("/ready", get(ready));
+    admin.merge(open).with_state(app)
+}
+
+/// Answers unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// Answers known routes called with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+async fn authenticate(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.admin_token {
+        if !bearer_matches(req.headers(), token) {
+            let mut resp =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token").into_response();
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(app): State<AppState>) -> Response {
+    let leader = app.raft.metrics().borrow().current_leader;
+    match leader {
+        Some(leader) => axum::Json(serde_json::json!({ "status": "ready", "leader_id": leader })).into_response(),
+        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "this node knows no leader").into_response(),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let body = app.metrics.render(&app.raft.metrics().borrow());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_reads_are_opt_in() {
+        assert!(!stale_requested(None));
+        assert!(!stale_requested(Some("stale=false")));
+        assert!(stale_requested(Some("x=1&stale=true")));
+        assert!(stale_requested(Some("stale")));
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let mut h = HeaderMap::new();
+        assert!(!bearer_matches(&h, "tok"));
+        h.insert(header::AUTHORIZATION, "Bearer tok".parse().unwrap());
+        assert!(bearer_matches(&h, "tok"));
+        assert!(!bearer_matches(&h, "toke"));
+        h.insert(header::AUTHORIZATION, "Basic tok".parse().unwrap());
+        assert!(!bearer_matches(&h, "tok"));
+    }
+}

@@ -1,0 +1,181 @@
+//! `/shared-objects/*`: read, write and watch Remote Shared Objects over HTTP.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raftcast_raft::state::{Event, ObjectChange, SharedObject};
+use raftcast_raft::value::Value;
+use raftcast_raft::{Command, Response as SmResponse};
+use raftcast_storage::Notice;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::extract::{ApiJson, ApiPath};
+use super::{ApiError, AppState};
+
+/// Longest object or slot name, in bytes.
+pub const MAX_NAME: usize = 256;
+/// Largest slot value (its AMF0 size).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be 1 to {MAX_NAME} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads `If-Match: 5` (or the quoted form `"5"`).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .map(|s| s.trim().trim_matches('"'))
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("If-Match must be an object version (a non-negative integer)"))
+}
+
+fn object_json(name: &str, obj: &SharedObject) -> serde_json::Value {
+    let slots: serde_json::Map<String, serde_json::Value> =
+        obj.slots.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    json!({ "name": name, "version": obj.version, "persistent": obj.persistent, "slots": slots })
+}
+
+fn versioned(version: u64) -> Response {
+    let mut resp = Json(json!({ "version": version })).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn answer(resp: SmResponse) -> Result<Response, ApiError> {
+    match resp {
+        SmResponse::ObjectVersion { version } => Ok(versioned(version)),
+        SmResponse::Rejected(r) => Err(r.into()),
+        other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}"))),
+    }
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    check_name("object name", &name)?;
+    app.read_point(query.as_deref()).await?;
+    let obj = app.state.read(|sm| sm.objects.get(&name).cloned());
+    let obj = obj.ok_or_else(|| ApiError::not_found(format!("no shared object {name:?}")))?;
+    let mut resp = Json(object_json(&name, &obj)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", obj.version)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+pub async fn put_slot(
+    State(app): State<AppState>,
+    ApiPath((name, slot)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    check_name("object name", &name)?;
+    check_name("slot name", &slot)?;
+    let if_version = if_match(&headers)?;
+    let value = Value::from_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if value.encoded_len() > MAX_VALUE_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("a slot value may take at most {MAX_VALUE_BYTES} bytes"),
+        ));
+    }
+    // Objects created through HTTP are persistent (DESIGN.md).
+    let command = Command::SetSlots { object: name, slots: vec![(slot, value)], if_version, persistent: true };
+    answer(app.proposer.write(command).await?)
+}
+
+pub async fn delete_slot(
+    State(app): State<AppState>,
+    ApiPath((name, slot)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_name("object name", &name)?;
+    check_name("slot name", &slot)?;
+    let if_version = if_match(&headers)?;
+    answer(app.proposer.write(Command::DeleteSlot { object: name, slot, if_version }).await?)
+}
+
+/// Server-Sent Events for one object: first `state` (the whole object, version 0 when
+/// it does not exist yet), then one `change` per committed change in commit order. If
+/// this watcher falls behind or the node installs a snapshot, a fresh `state` follows.
+pub async fn events(State(app): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
+    check_name("object name", &name)?;
+    // Subscribe before reading, so no change between the two is missed.
+    let notices = app.state.subscribe();
+    let stream = ObjectEvents { app: app.clone(), name, notices, version: None, pending: Default::default() };
+    let stream = futures::stream::unfold(stream, |mut s| async move { s.next().await.map(|e| (e, s)) });
+    let shutdown = app.shutdown.clone();
+    let stream = futures::StreamExt::take_until(stream, async move { shutdown.cancelled().await });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+struct ObjectEvents {
+    app: AppState,
+    name: String,
+    notices: tokio::sync::broadcast::Receiver<Notice>,
+    /// Version last sent; `None` until the first `state` event.
+    version: Option<u64>,
+    pending: std::collections::VecDeque<SseEvent>,
+}
+
+impl ObjectEvents {
+    fn state_event(&mut self) -> SseEvent {
+        let obj = self.app.state.read(|sm| sm.objects.get(&self.name).cloned()).unwrap_or_default();
+        self.version = Some(obj.version);
+        SseEvent::default().event("state").id(obj.version.to_string()).data(object_json(&self.name, &obj).to_string())
+    }
+
+    async fn next(&mut self) -> Option<Result<SseEvent, Infallible>> {
+        if self.version.is_none() {
+            return Some(Ok(self.state_event()));
+        }
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(Ok(e));
+            }
+            match self.notices.recv().await {
+                Ok(Notice::Applied { events, .. }) => {
+                    for event in events.iter() {
+                        let Event::Object { object, version, change } = event else { continue };
+                        if *object != self.name || Some(*version) <= self.version {
+                            continue;
+                        }
+                        self.version = Some(*version);
+                        let data = match change {
+                            ObjectChange::Set { slots } => {
+                                let slots: serde_json::Map<_, _> =
+                                    slots.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+                                json!({ "version": version, "set": slots })
+                            }
+                            ObjectChange::Deleted { slot } => json!({ "version": version, "deleted": slot }),
+                            ObjectChange::Cleared => json!({ "version": version, "cleared": true }),
+                        };
+                        let e = SseEvent::default().event("change").id(version.to_string()).data(data.to_string());
+                        self.pending.push_back(e);
+                    }
+                }
+                Ok(Notice::Replaced { .. }) | Err(RecvError::Lagged(_)) => return Some(Ok(self.state_event())),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}

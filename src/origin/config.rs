@@ -1,0 +1,197 @@
+//! Origin settings: raw command-line/env/file input ([`OriginArgs`]) validated once into
+//! an immutable [`OriginConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raftcast_raft::rpc::ClusterSecret;
+use raftcast_raft::NodeId;
+use serde::Deserialize;
+
+/// Command-line flags of `raftcast origin`. Every flag has an environment twin, and
+/// a TOML file (`--config`) may carry the same settings (kebab-case keys); flags and
+/// environment win over the file.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct OriginArgs {
+    /// TOML file with any of these settings.
+    #[arg(long, env = "RAFTCAST_ORIGIN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Node id, unique in the cluster and never reused after a data dir is wiped.
+    #[arg(long, env = "RAFTCAST_ORIGIN_ID")]
+    pub id: Option<NodeId>,
+    /// Admin API and Raft RPC listener [default: 127.0.0.1:8100+id].
+    #[arg(long, env = "RAFTCAST_ORIGIN_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Media link listener, for edges [default: 127.0.0.1:9100+id].
+    #[arg(long, env = "RAFTCAST_ORIGIN_MEDIA")]
+    pub media: Option<SocketAddr>,
+    /// Where the Raft log, vote and snapshots live [default: ./data/origin-<id>].
+    #[arg(long, env = "RAFTCAST_ORIGIN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the cluster secret (or set RAFTCAST_CLUSTER_SECRET).
+    #[arg(long, env = "RAFTCAST_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// File holding the admin bearer token (or set RAFTCAST_ADMIN_TOKEN).
+    #[arg(long, env = "RAFTCAST_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Leader heartbeat period in ms [default: 50].
+    #[arg(long, env = "RAFTCAST_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Shortest election timeout in ms [default: 200].
+    #[arg(long, env = "RAFTCAST_ELECTION_MIN_MS")]
+    pub election_min_ms: Option<u64>,
+    /// Longest election timeout in ms [default: 350].
+    #[arg(long, env = "RAFTCAST_ELECTION_MAX_MS")]
+    pub election_max_ms: Option<u64>,
+    /// Take a snapshot after this many log entries [default: 10000].
+    #[arg(long, env = "RAFTCAST_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// How long a write or linearizable read may wait for a leader, in ms [default: 5000].
+    #[arg(long, env = "RAFTCAST_REQUEST_DEADLINE_MS")]
+    pub request_deadline_ms: Option<u64>,
+}
+
+/// Validated origin configuration.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    pub id: NodeId,
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+    pub data_dir: PathBuf,
+    pub secret: ClusterSecret,
+    pub admin_token: Option<String>,
+    pub raft: openraft::Config,
+    pub request_deadline: Duration,
+}
+
+fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
+    OriginArgs {
+        config: cli.config,
+        id: cli.id.or(file.id),
+        http: cli.http.or(file.http),
+        media: cli.media.or(file.media),
+        data_dir: cli.data_dir.or(file.data_dir),
+        cluster_secret_file: cli.cluster_secret_file.or(file.cluster_secret_file),
+        admin_token_file: cli.admin_token_file.or(file.admin_token_file),
+        heartbeat_ms: cli.heartbeat_ms.or(file.heartbeat_ms),
+        election_min_ms: cli.election_min_ms.or(file.election_min_ms),
+        election_max_ms: cli.election_max_ms.or(file.election_max_ms),
+        snapshot_every: cli.snapshot_every.or(file.snapshot_every),
+        request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
+    }
+}
+
+fn read_file(path: &Path) -> Result<OriginArgs, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl OriginConfig {
+    /// Validates the raw settings. `env` looks up environment variables (injectable
+    /// for tests).
+    pub fn from_args(args: OriginArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => OriginArgs::default(),
+        };
+        let a = merge(args, file);
+        let id = a.id.ok_or("--id is required")?;
+        if id == 0 {
+            return Err("--id must be at least 1".into());
+        }
+        let port = |base: u16| {
+            u16::try_from(id).ok().and_then(|i| base.checked_add(i)).ok_or(format!("no default port for id {id}"))
+        };
+        let http = match a.http {
+            Some(addr) => addr,
+            None => SocketAddr::from(([127, 0, 0, 1], port(8100)?)),
+        };
+        let media = match a.media {
+            Some(addr) => addr,
+            None => SocketAddr::from(([127, 0, 0, 1], port(9100)?)),
+        };
+        let data_dir = a.data_dir.unwrap_or_else(|| PathBuf::from(format!("data/origin-{id}")));
+        let secret = crate::secrets::load(env("RAFTCAST_CLUSTER_SECRET").as_deref(), a.cluster_secret_file.as_deref())?
+            .ok_or("a cluster secret is required: set RAFTCAST_CLUSTER_SECRET or --cluster-secret-file")?;
+        let secret = ClusterSecret::new(&secret)?;
+        let admin_token = crate::secrets::load(env("RAFTCAST_ADMIN_TOKEN").as_deref(), a.admin_token_file.as_deref())?;
+        if admin_token.is_none() && !http.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve the admin API on non-loopback {http} without an admin token \
+                 (set RAFTCAST_ADMIN_TOKEN or --admin-token-file)"
+            ));
+        }
+        if let Some(token) = &admin_token {
+            if token.len() < 16 {
+                return Err("the admin token must be at least 16 characters".into());
+            }
+        }
+        let heartbeat = a.heartbeat_ms.unwrap_or(50);
+        let raft = openraft::Config {
+            cluster_name: "raftcast".into(),
+            heartbeat_interval: heartbeat,
+            election_timeout_min: a.election_min_ms.unwrap_or(200),
+            election_timeout_max: a.election_max_ms.unwrap_or(350),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(a.snapshot_every.unwrap_or(10_000)),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        };
+        if raft.election_timeout_min <= 2 * heartbeat {
+            return Err(format!(
+                "the election timeout ({} ms) must exceed two heartbeats ({heartbeat} ms each)",
+                raft.election_timeout_min
+            ));
+        }
+        let raft = raft.validate().map_err(|e| format!("invalid Raft timing: {e}"))?;
+        let request_deadline = Duration::from_millis(a.request_deadline_ms.unwrap_or(5_000));
+        Ok(OriginConfig { id, http, media, data_dir, secret, admin_token, raft, request_deadline })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(secret: &'static str) -> impl Fn(&str) -> Option<String> {
+        move |k| (k == "RAFTCAST_CLUSTER_SECRET").then(|| secret.to_owned())
+    }
+
+    #[test]
+    fn defaults_follow_the_node_id() {
+        let args = OriginArgs { id: Some(2), ..Default::default() };
+        let c = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap();
+        assert_eq!(c.http.to_string(), "127.0.0.1:8102");
+        assert_eq!(c.media.to_string(), "127.0.0.1:9102");
+        assert_eq!(c.data_dir, PathBuf::from("data/origin-2"));
+    }
+
+    #[test]
+    fn a_public_admin_api_needs_a_token() {
+        let args = OriginArgs { id: Some(1), http: Some("0.0.0.0:8101".parse().unwrap()), ..Default::default() };
+        let err = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap_err();
+        assert!(err.contains("without an admin token"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_is_required_and_must_be_long() {
+        let args = OriginArgs { id: Some(1), ..Default::default() };
+        assert!(OriginConfig::from_args(args.clone(), |_| None).unwrap_err().contains("cluster secret"));
+        assert!(OriginConfig::from_args(args, env("short")).unwrap_err().contains("at least"));
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("origin.toml");
+        std::fs::write(&path, "id = 3\nheartbeat-ms = 50\nelection-min-ms = 300\n").unwrap();
+        let args = OriginArgs { config: Some(path.clone()), heartbeat_ms: Some(60), ..Default::default() };
+        let c = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap();
+        assert_eq!((c.id, c.raft.heartbeat_interval, c.raft.election_timeout_min), (3, 60, 300));
+        std::fs::write(&path, "id = 3\nbogus = 1\n").unwrap();
+        let args = OriginArgs { config: Some(path), ..Default::default() };
+        assert!(OriginConfig::from_args(args, env("0123456789abcdef0123")).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! `raftcast origin`: a Raft voter over sled storage, serving the admin API and Raft
+//! RPC on one HTTP listener.
+//!
+//! This module wires the pieces and owns the process lifecycle (start, signals,
+//! graceful shutdown); the pieces live in `config`, `proposer`, `api` and `metrics`.
+//! The media origin joins here with the edge work.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod proposer;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use axum::Router;
+use raftcast_raft::network::HttpNetwork;
+use raftcast_raft::rpc::{self, MAX_RPC_BODY};
+use raftcast_raft::typ::Raft;
+use raftcast_storage::StoreOptions;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{OriginArgs, OriginConfig};
+
+use metrics::Metrics;
+use proposer::Proposer;
+
+/// How long shutdown waits for in-flight HTTP requests before it stops anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Entry point of `raftcast origin`.
+pub fn main(args: OriginArgs) -> ExitCode {
+    crate::logging::init();
+    let config = match OriginConfig::from_args(args, |k| std::env::var(k).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("raftcast origin: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raftcast origin: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let span = tracing::info_span!("origin", node.id = config.id);
+    match runtime.block_on(tracing::Instrument::instrument(run(config), span)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("raftcast origin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an origin until SIGINT or SIGTERM.
+pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
+    let store_dir = config.data_dir.clone();
+    let (log, sm) = raftcast_storage::open(&store_dir, &StoreOptions::default())?;
+    let state = sm.handle();
+    let metrics = Arc::new(Metrics::new());
+    {
+        let metrics = metrics.clone();
+        state.set_apply_observer(Arc::new(move |took, n| metrics.observe_apply(took, n)));
+    }
+    let network = HttpNetwork::new(config.id, config.secret.clone()).context("building the Raft HTTP client")?;
+    let raft = Raft::new(config.id, Arc::new(config.raft.clone()), network, log, sm)
+        .await
+        .context("starting Raft")?;
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http))?;
+    let proposer = Proposer::new(raft.clone(), config.id, config.secret.clone(), config.request_deadline, metrics.clone());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(tracing::Instrument::in_current_span(watch_raft(raft.clone(), metrics.clone(), shutdown.clone())));
+
+    let app = api::AppState {
+        id: config.id,
+        http: config.http,
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+        state,
+        metrics,
+        admin_token: config.admin_token.as_deref().map(Arc::from),
+        shutdown: shutdown.clone(),
+    };
+    let internal = Router::new()
+        .route("/raft/forward", post(proposer::forward_route))
+        .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
+        .with_state(proposer);
+    let router = api::router(app)
+        .merge(rpc::routes(raft.clone(), config.secret.clone()))
+        .merge(internal)
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::new());
+
+    tracing::info!(http = %config.http, media = %config.media, data_dir = %store_dir.display(), "origin serving");
+    let server = axum::serve(listener, router).with_graceful_shutdown({
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    });
+    let server = tokio::spawn(async move { server.await });
+    crate::logging::terminated().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!("HTTP requests still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
+    }
+    raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Follows openraft's metrics for leader changes and logs role transitions.
+async fn watch_raft(raft: Raft, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut rx = raft.metrics();
+    let mut last = (None, None);
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            metrics.observe_raft(&m);
+            let now = (m.current_leader, Some(m.state));
+            if now != last {
+                tracing::info!(node.id = m.id, leader = ?m.current_leader, state = ?m.state, term = m.current_term, "raft role");
+                last = now;
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Getting writes, membership changes and linearizable reads to the leader, from any
+//! origin.
+//!
+//! [`Proposer::submit`] runs a request here if this node leads, otherwise forwards it
+//! to the leader over `/raft/forward`, and retries — across elections, on the new
+//! leader — until it succeeds, fails for good, or the deadline passes. A retried write
+//! keeps its request id, so the state machine applies it at most once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response as HttpResponse;
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use raftcast_raft::rpc::{self, ClusterSecret, SECRET_HEADER};
+use raftcast_raft::typ::Raft;
+use raftcast_raft::{Command, FailKind, Forward, ForwardReply, NodeAddr, NodeId, Request, RequestId, Response};
+use std::sync::Arc;
+
+use super::metrics::{Metrics, ResultLabel};
+
+/// Pause between retries while no leader is known; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Why a request did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// No leader answered within the deadline (election, partition, minority).
+    #[error("the cluster has no reachable leader (waited {0:?})")]
+    Unavailable(Duration),
+    /// The request cannot succeed as given.
+    #[error("{message}")]
+    Failed { kind: FailKind, message: String },
+}
+
+/// Submits requests to the leader. Cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    raft: Raft,
+    id: NodeId,
+    secret: ClusterSecret,
+    client: reqwest::Client,
+    deadline: Duration,
+    metrics: Arc<Metrics>,
+}
+
+fn failed(kind: FailKind, message: impl Into<String>) -> ForwardReply {
+    ForwardReply::Failed { kind, message: message.into() }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Proposer {
+    pub fn new(raft: Raft, id: NodeId, secret: ClusterSecret, deadline: Duration, metrics: Arc<Metrics>) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(250))
+            .tcp_nodelay(true)
+            .build()
+            .expect("a plain HTTP client always builds");
+        Proposer { raft, id, secret, client, deadline, metrics }
+    }
+
+    /// Proposes a command and returns the state machine's answer.
+    pub async fn write(&self, command: Command) -> Result<Response, ProposeError> {
+        let req = Request { id: RequestId::random(), at_ms: 0, command };
+        match self.submit(Forward::Write(req)).await? {
+            ForwardReply::Written(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn add_learner(&self, id: NodeId, addr: NodeAddr) -> Result<(), ProposeError> {
+        self.submit(Forward::AddLearner { id, addr }).await.map(drop)
+    }
+
+    pub async fn set_voters(&self, ids: BTreeSet<NodeId>) -> Result<(), ProposeError> {
+        self.submit(Forward::SetVoters { ids }).await.map(drop)
+    }
+
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ProposeError> {
+        self.submit(Forward::RemoveNode { id }).await.map(drop)
+    }
+
+    /// Returns once this node has applied everything committed before the call: a
+    /// read of local state after it is linearizable (ReadIndex, also on followers).
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let started = Instant::now();
+        let index = match self.submit(Forward::ReadIndex).await? {
+            ForwardReply::ReadIndex(index) => index,
+            other => return Err(unexpected(other)),
+        };
+        let remaining = self.deadline.saturating_sub(started.elapsed());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(drop)
+            .map_err(|_| ProposeError::Unavailable(self.deadline))
+    }
+
+    /// Runs `req` where the leader is, retrying until the deadline.
+    pub async fn submit(&self, req: Forward) -> Result<ForwardReply, ProposeError> {
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let reply = match self.execute_here(&req).await {
+                ForwardReply::NotLeader { leader: Some(leader) } if leader != self.id => {
+                    self.forward(leader, &req, self.deadline.saturating_sub(started.elapsed())).await
+                }
+                reply => reply,
+            };
+            match reply {
+                ForwardReply::NotLeader { .. } => {}
+                ForwardReply::Failed { kind, message } => return Err(ProposeError::Failed { kind, message }),
+                ok => return Ok(ok),
+            }
+            if started.elapsed() + backoff > self.deadline {
+                if matches!(req, Forward::Write(_)) {
+                    self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
+                }
+                return Err(ProposeError::Unavailable(self.deadline));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Sends `req` to `leader`'s `/raft/forward`. Transport failures read as "no
+    /// leader known", so the caller retries.
+    async fn forward(&self, leader: NodeId, req: &Forward, remaining: Duration) -> ForwardReply {
+        let not_leader = ForwardReply::NotLeader { leader: None };
+        let Some(addr) = self.node_addr(leader) else { return not_leader };
+        let res = self
+            .client
+            .post(format!("http://{}/raft/forward", addr.http))
+            .header(SECRET_HEADER, self.secret.as_str())
+            .timeout(remaining.max(Duration::from_millis(50)))
+            .body(rpc::encode(req))
+            .send()
+            .await;
+        let body = match res {
+            Ok(res) if res.status().is_success() => res.bytes().await,
+            Ok(res) => {
+                tracing::warn!(leader, status = %res.status(), "leader refused a forwarded request");
+                return not_leader;
+            }
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "forwarding to the leader failed");
+                return not_leader;
+            }
+        };
+        match body.map_err(|e| e.to_string()).and_then(|b| rpc::decode::<ForwardReply>(&b).map_err(|e| e.to_string())) {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!(leader, error = %e, "unreadable answer from the leader");
+                not_leader
+            }
+        }
+    }
+
+    fn node_addr(&self, id: NodeId) -> Option<NodeAddr> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
+    }
+
+    fn membership(&self) -> (BTreeSet<NodeId>, BTreeMap<NodeId, NodeAddr>) {
+        let metrics = self.raft.metrics().borrow().membership_config.clone();
+        let m = metrics.membership();
+        (m.voter_ids().collect(), m.nodes().map(|(id, n)| (*id, n.clone())).collect())
+    }
+
+    /// Executes `req` if this node leads; otherwise says who does.
+    pub async fn execute_here(&self, req: &Forward) -> ForwardReply {
+        match req {
+            Forward::Write(req) => self.write_here(req).await,
+            Forward::ReadIndex => match self.raft.ensure_linearizable().await {
+                Ok(read) => ForwardReply::ReadIndex(read.map_or(0, |l| l.index)),
+                Err(e) => leadership_error(e),
+            },
+            Forward::AddLearner { id, addr } => {
+                if let Err(e) = self.raft.ensure_linearizable().await {
+                    return leadership_error(e);
+                }
+                match self.membership().1.get(id) {
+                    Some(existing) if existing == addr => return ForwardReply::Done,
+                    Some(existing) => {
+                        return failed(
+                            FailKind::Conflict,
+                            format!("node {id} already exists at {existing}; remove it before adding it again"),
+                        )
+                    }
+                    None => {}
+                }
+                membership_reply(self.raft.add_learner(*id, addr.clone(), true).await.map(drop))
+            }
+            Forward::SetVoters { ids } => {
+                if ids.is_empty() {
+                    return failed(FailKind::BadRequest, "the voter set must not be empty");
+                }
+                if let Err(e) = self.raft.ensure_linearizable().await {
+                    return leadership_error(e);
+                }
+                let (_, nodes) = self.membership();
+                let unknown: Vec<_> = ids.iter().filter(|id| !nodes.contains_key(id)).collect();
+                if !unknown.is_empty() {
+                    return failed(FailKind::NotFound, format!("unknown node ids {unknown:?}: add them as learners first"));
+                }
+                membership_reply(self.raft.change_membership(ids.clone(), false).await.map(drop))
+            }
+            Forward::RemoveNode { id } => {
+                if let Err(e) = self.raft.ensure_linearizable().await {
+                    return leadership_error(e);
+                }
+                let (voters, nodes) = self.membership();
+                if !nodes.contains_key(id) {
+                    return failed(FailKind::NotFound, format!("node {id} is not a member"));
+                }
+                let result = if voters.contains(id) {
+                    let rest: BTreeSet<NodeId> = voters.iter().copied().filter(|v| v != id).collect();
+                    if rest.is_empty() {
+                        return failed(FailKind::BadRequest, "cannot remove the last voter");
+                    }
+                    self.raft.change_membership(rest, false).await
+                } else {
+                    self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false).await
+                };
+                membership_reply(result.map(drop))
+            }
+        }
+    }
+
+    async fn write_here(&self, req: &Request) -> ForwardReply {
+        // The leader stamps the time; the state machine never reads a clock.
+        let req = Request { at_ms: now_ms(), ..req.clone() };
+        let started = Instant::now();
+        match self.raft.client_write(req).await {
+            Ok(resp) => {
+                self.metrics.proposal_seconds.observe(started.elapsed().as_secs_f64());
+                let result = if matches!(resp.data, Response::Rejected(_)) { "rejected" } else { "committed" };
+                self.metrics.proposals.get_or_create(&ResultLabel { result }).inc();
+                ForwardReply::Written(resp.data)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => ForwardReply::NotLeader { leader: f.leader_id },
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => failed(FailKind::Conflict, e.to_string()),
+            Err(RaftError::Fatal(e)) => {
+                self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
+                failed(FailKind::Unavailable, format!("raft stopped: {e}"))
+            }
+        }
+    }
+}
+
+fn unexpected(reply: ForwardReply) -> ProposeError {
+    ProposeError::Failed { kind: FailKind::Unavailable, message: format!("unexpected answer from the leader: {reply:?}") }
+}
+
+fn leadership_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>) -> ForwardReply {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => ForwardReply::NotLeader { leader: f.leader_id },
+        // Leader without a quorum right now: retry (maybe elsewhere) until the deadline.
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => ForwardReply::NotLeader { leader: None },
+        RaftError::Fatal(e) => failed(FailKind::Unavailable, format!("raft stopped: {e}")),
+    }
+}
+
+fn membership_reply(result: Result<(), RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>>) -> ForwardReply {
+    match result {
+        Ok(()) => ForwardReply::Done,
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => ForwardReply::NotLeader { leader: f.leader_id },
+        // Another change is still being committed: retry shortly.
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) => {
+            ForwardReply::NotLeader { leader: None }
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => failed(FailKind::Conflict, e.to_string()),
+        Err(RaftError::Fatal(e)) => failed(FailKind::Unavailable, format!("raft stopped: {e}")),
+    }
+}
+
+/// `/raft/forward`: executes a request forwarded by another origin.
+pub async fn forward_route(State(proposer): State<Proposer>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    match rpc::admit::<Forward>(&proposer.secret, &headers, &body) {
+        Ok(req) => rpc::reply(&proposer.execute_here(&req).await),
+        Err(refused) => refused,
+    }
+}
