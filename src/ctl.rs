@@ -64,7 +64,7 @@ enum CtlCommand {
     /// Publish keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Wait until the cluster has a leader and this many voters.
+    /// Wait until the cluster has a leader and this many voters, all answering.
     Wait {
         #[arg(long, default_value_t = 3)]
         voters: usize,
@@ -139,7 +139,13 @@ impl Client {
     }
 
     /// Sends to the first origin that answers.
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>, headers: &[(&str, String)]) -> Result<Value, CtlError> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> Result<Value, CtlError> {
         let mut last_error = String::new();
         for origin in &self.origins {
             let mut req = self.request(origin, method.clone(), path);
@@ -268,10 +274,15 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             let path = if stale { "/streams?stale=true" } else { "/streams" };
             let out = client.call(Method::GET, path, None, &[]).await?;
             print(json_mode, &out, |v| {
-                println!("{:<32} {:>6} {:>8}  {}", "STREAM", "OWNER", "EPOCH", "EDGE");
+                println!("{:<32} {:>6} {:>8}  EDGE", "STREAM", "OWNER", "EPOCH");
                 for s in v["streams"].as_array().into_iter().flatten() {
                     let key = format!("{}/{}", s["app"].as_str().unwrap_or("?"), s["name"].as_str().unwrap_or("?"));
-                    println!("{key:<32} {:>6} {:>8}  {}", s["owner"].to_string(), s["epoch"].to_string(), s["edge"].as_str().unwrap_or("?"));
+                    println!(
+                        "{key:<32} {:>6} {:>8}  {}",
+                        s["owner"].to_string(),
+                        s["epoch"].to_string(),
+                        s["edge"].as_str().unwrap_or("?")
+                    );
                 }
             });
         }
@@ -280,7 +291,11 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             let body = json!({ "app": app, "name": name });
             let out = client.call(Method::POST, "/keys", Some(&body), &[]).await?;
             print(json_mode, &out, |v| {
-                println!("publish key for {}: {}", v["scope"].as_str().unwrap_or("?"), v["key"].as_str().unwrap_or("?"));
+                println!(
+                    "publish key for {}: {}",
+                    v["scope"].as_str().unwrap_or("?"),
+                    v["key"].as_str().unwrap_or("?")
+                );
                 println!("(shown once: only its hash is stored)");
             });
         }
@@ -299,7 +314,12 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
 fn parse_nodes(specs: &[String]) -> Result<BTreeMap<String, Value>, CtlError> {
     if specs.is_empty() {
         return Ok((1..=3)
-            .map(|i| (i.to_string(), json!({ "http": format!("127.0.0.1:{}", 8100 + i), "media": format!("127.0.0.1:{}", 9100 + i) })))
+            .map(|i| {
+                (
+                    i.to_string(),
+                    json!({ "http": format!("127.0.0.1:{}", 8100 + i), "media": format!("127.0.0.1:{}", 9100 + i) }),
+                )
+            })
             .collect());
     }
     specs
@@ -324,7 +344,16 @@ fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
         let s = &view["status"];
         let role = if voters.contains(id) { "" } else { " (learner)" };
         if s.is_null() {
-            println!("{id:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}", "DOWN", "-", "-", "-", "-", view["http"].as_str().unwrap_or("?"), view["media"].as_str().unwrap_or("?"));
+            println!(
+                "{id:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}",
+                "DOWN",
+                "-",
+                "-",
+                "-",
+                "-",
+                view["http"].as_str().unwrap_or("?"),
+                view["media"].as_str().unwrap_or("?")
+            );
         } else {
             let leader = s["leader_id"].as_u64().map_or("-".to_owned(), |l| l.to_string());
             println!(
@@ -349,7 +378,12 @@ async fn so(client: &Client, json_mode: bool, cmd: SoCommand) -> Result<(), CtlE
             let q = if stale { "?stale=true" } else { "" };
             let out = client.call(Method::GET, &format!("/shared-objects/{}{q}", enc(&name)), None, &[]).await?;
             print(json_mode, &out, |v| {
-                println!("{} version {}{}", name, v["version"], if v["persistent"] == json!(true) { " (persistent)" } else { "" });
+                println!(
+                    "{} version {}{}",
+                    name,
+                    v["version"],
+                    if v["persistent"] == json!(true) { " (persistent)" } else { "" }
+                );
                 for (slot, value) in v["slots"].as_object().into_iter().flatten() {
                     println!("  {slot} = {value}");
                 }
@@ -374,7 +408,8 @@ async fn so(client: &Client, json_mode: bool, cmd: SoCommand) -> Result<(), CtlE
             let path = format!("/shared-objects/{}/events", enc(&name));
             let mut last = String::new();
             for origin in &client.origins {
-                let res = client.request(origin, Method::GET, &path).timeout(Duration::from_secs(u64::MAX / 4)).send().await;
+                let res =
+                    client.request(origin, Method::GET, &path).timeout(Duration::from_secs(u64::MAX / 4)).send().await;
                 let res = match res {
                     Ok(res) if res.status().is_success() => res,
                     Ok(res) => return decode(res).await.map(drop),
@@ -400,22 +435,35 @@ async fn wait(client: &Client, voters: usize, timeout: Duration) -> Result<(), C
     let started = Instant::now();
     let mut last = String::from("no answer yet");
     while started.elapsed() < timeout {
-        match client.call(reqwest::Method::GET, "/cluster/status", None, &[]).await {
-            Ok(s) => {
-                let n = s["voters"].as_array().map_or(0, Vec::len);
-                match s["leader_id"].as_u64() {
-                    Some(leader) if n >= voters => {
-                        println!("leader {leader}, {n} voters");
-                        return Ok(());
-                    }
-                    _ => last = format!("leader {}, {n} voters", s["leader_id"]),
-                }
+        match all_voters_agree(client, voters).await {
+            Ok(leader) => {
+                println!("leader {leader}, {voters} voters up");
+                return Ok(());
             }
-            Err(e) => last = e.to_string(),
+            Err(why) => last = why,
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(CtlError::Usage(format!("timed out after {timeout:?} waiting for a leader and {voters} voters (last: {last})")))
+}
+
+/// The leader's id if there are at least `voters` voters, and every one of them
+/// answers and names that same leader.
+async fn all_voters_agree(client: &Client, voters: usize) -> Result<u64, String> {
+    let s = client.call(reqwest::Method::GET, "/cluster/status", None, &[]).await.map_err(|e| e.to_string())?;
+    let leader = s["leader_id"].as_u64().ok_or("no leader yet")?;
+    let ids: Vec<String> = s["voters"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
+    if ids.len() < voters {
+        return Err(format!("{} of {voters} voters", ids.len()));
+    }
+    for id in &ids {
+        let addr = s["nodes"][id]["http"].as_str().ok_or(format!("no address for node {id}"))?;
+        let view = client.get_from(addr, "/cluster/status").await.map_err(|e| format!("node {id}: {e}"))?;
+        if view["leader_id"].as_u64() != Some(leader) {
+            return Err(format!("node {id} does not follow leader {leader} yet"));
+        }
+    }
+    Ok(leader)
 }
 
 /// Percent-encodes a path segment.

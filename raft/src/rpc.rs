@@ -45,9 +45,7 @@ impl ClusterSecret {
 
     /// Whether `headers` carry this secret (compared in constant time).
     pub fn admits(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get(SECRET_HEADER)
-            .is_some_and(|v| constant_time_eq(v.as_bytes(), self.0.as_bytes()))
+        headers.get(SECRET_HEADER).is_some_and(|v| constant_time_eq(v.as_bytes(), self.0.as_bytes()))
     }
 }
 
@@ -65,7 +63,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn config() -> bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<MAX_RPC_BODY>> {
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_RPC_BODY>,
+> {
     bincode::config::standard().with_limit::<MAX_RPC_BODY>()
 }
 
@@ -111,11 +113,21 @@ struct RpcState {
 }
 
 /// Authenticates and decodes an RPC body, or answers why not.
-pub fn admit<T: DeserializeOwned>(secret: &ClusterSecret, headers: &HeaderMap, body: &[u8]) -> Result<T, Response> {
+pub fn admit<T: DeserializeOwned>(secret: &ClusterSecret, headers: &HeaderMap, body: &[u8]) -> Result<T, Refused> {
     if !secret.admits(headers) {
-        return Err((StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response());
+        return Err(Refused(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret".into()));
     }
-    decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad RPC body: {e}")).into_response())
+    decode(body).map_err(|e| Refused(StatusCode::BAD_REQUEST, format!("bad RPC body: {e}")))
+}
+
+/// An RPC refused before it reached Raft: its status and a plain-text reason.
+#[derive(Debug)]
+pub struct Refused(pub StatusCode, pub String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
 }
 
 /// A bincode response body.
@@ -126,20 +138,20 @@ pub fn reply<T: Serialize>(value: &T) -> Response {
 async fn append(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&s.secret, &headers, &body) {
         Ok(req) => reply(&s.raft.append_entries(req).await),
-        Err(resp) => resp,
+        Err(refused) => refused.into_response(),
     }
 }
 
 async fn vote(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&s.secret, &headers, &body) {
         Ok(req) => reply(&s.raft.vote(req).await),
-        Err(resp) => resp,
+        Err(refused) => refused.into_response(),
     }
 }
 
 async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
     match admit(&s.secret, &headers, &body) {
         Ok(req) => reply(&s.raft.install_snapshot(req).await),
-        Err(resp) => resp,
+        Err(refused) => refused.into_response(),
     }
 }

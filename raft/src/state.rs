@@ -199,7 +199,11 @@ impl StateMachine {
                 }
                 obj.slots.clear();
                 obj.version += 1;
-                events.push(Event::Object { object: object.clone(), version: obj.version, change: ObjectChange::Cleared });
+                events.push(Event::Object {
+                    object: object.clone(),
+                    version: obj.version,
+                    change: ObjectChange::Cleared,
+                });
                 Response::ObjectVersion { version: obj.version }
             }
             Command::SetPublishKey { scope, key_hash } => {
@@ -315,7 +319,13 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, claim("edge-1", "s1", 1, false)));
         let bar = StreamKey::new("live", "bar").unwrap();
-        let c = Command::ClaimStream { stream: bar.clone(), owner: 1, edge: "edge-2".into(), session: "x".into(), takeover: false };
+        let c = Command::ClaimStream {
+            stream: bar.clone(),
+            owner: 1,
+            edge: "edge-2".into(),
+            session: "x".into(),
+            takeover: false,
+        };
         sm.apply(2, &req(2, c));
         let out = sm.apply(3, &req(3, Command::DropEdgeClaims { edge: "edge-1".into() }));
         assert_eq!(out.response, Response::EdgeDropped { streams: vec![foo()] });
@@ -326,12 +336,18 @@ mod tests {
     fn conditional_writes_apply_only_at_the_expected_version() {
         let mut sm = StateMachine::default();
         // Version 0 means "absent": create-if-absent.
-        assert_eq!(sm.apply(1, &req(1, set("chat", "a", 1.0, Some(0)))).response, Response::ObjectVersion { version: 1 });
+        assert_eq!(
+            sm.apply(1, &req(1, set("chat", "a", 1.0, Some(0)))).response,
+            Response::ObjectVersion { version: 1 }
+        );
         assert_eq!(
             sm.apply(2, &req(2, set("chat", "a", 2.0, Some(0)))).response,
             Response::Rejected(Rejection::VersionMismatch { current: 1 })
         );
-        assert_eq!(sm.apply(3, &req(3, set("chat", "a", 3.0, Some(1)))).response, Response::ObjectVersion { version: 2 });
+        assert_eq!(
+            sm.apply(3, &req(3, set("chat", "a", 3.0, Some(1)))).response,
+            Response::ObjectVersion { version: 2 }
+        );
         assert_eq!(sm.objects["chat"].slots["a"], Value::Number(3.0));
         let del = Command::DeleteSlot { object: "chat".into(), slot: "a".into(), if_version: Some(1) };
         assert_eq!(sm.apply(4, &req(4, del)).response, Response::Rejected(Rejection::VersionMismatch { current: 2 }));
@@ -393,7 +409,13 @@ mod tests {
         assert!(!sm.publish_keys.values().any(|h| h.contains("s3cret")));
         let other = StreamKey::new("live", "other").unwrap();
         assert!(!sm.publish_allowed(&other, Some("s3cret")), "a stream key does not open the app");
-        sm.apply(3, &req(3, Command::SetPublishKey { scope: KeyScope::App("live".into()), key_hash: hash_publish_key("appkey") }));
+        sm.apply(
+            3,
+            &req(
+                3,
+                Command::SetPublishKey { scope: KeyScope::App("live".into()), key_hash: hash_publish_key("appkey") },
+            ),
+        );
         assert!(sm.publish_allowed(&other, Some("appkey")));
     }
 }

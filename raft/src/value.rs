@@ -58,12 +58,9 @@ impl Value {
                 _ => return Err(ValueError::BadNumber(n.to_string())),
             },
             serde_json::Value::String(s) => Value::String(s.clone()),
-            serde_json::Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|v| Self::from_json_at(v, depth + 1))
-                    .collect::<Result<_, _>>()?,
-            ),
+            serde_json::Value::Array(items) => {
+                Value::Array(items.iter().map(|v| Self::from_json_at(v, depth + 1)).collect::<Result<_, _>>()?)
+            }
             serde_json::Value::Object(map) => {
                 if map.len() == 1 {
                     if let Some(d) = map.get("$date") {
@@ -91,9 +88,9 @@ impl Value {
             Value::String(s) => serde_json::Value::String(s.clone()),
             Value::Date(ms) => serde_json::json!({ "$date": number_json(*ms) }),
             Value::Array(items) => serde_json::Value::Array(items.iter().map(Value::to_json).collect()),
-            Value::Object(map) => serde_json::Value::Object(
-                map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
-            ),
+            Value::Object(map) => {
+                serde_json::Value::Object(map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
         }
     }
 
@@ -106,9 +103,7 @@ impl Value {
             Value::Date(_) => 11,
             Value::String(s) => 5 + s.len(),
             Value::Array(items) => 5 + items.iter().map(Value::encoded_len).sum::<usize>(),
-            Value::Object(map) => {
-                4 + map.iter().map(|(k, v)| 2 + k.len() + v.encoded_len()).sum::<usize>()
-            }
+            Value::Object(map) => 4 + map.iter().map(|(k, v)| 2 + k.len() + v.encoded_len()).sum::<usize>(),
         }
     }
 }
@@ -160,8 +155,7 @@ mod tests {
     fn values_survive_bincode() {
         let v = Value::Object(BTreeMap::from([("x".into(), Value::Date(5.0))]));
         let bytes = bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap();
-        let (back, _): (Value, usize) =
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        let (back, _): (Value, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(back, v);
     }
 }

@@ -76,7 +76,11 @@ impl Metrics {
             m.replication_lag.clone(),
         );
         registry.register("raft_proposals", "Proposals by outcome", m.proposals.clone());
-        registry.register("raft_proposal_seconds", "Proposal to applied response, on the leader", m.proposal_seconds.clone());
+        registry.register(
+            "raft_proposal_seconds",
+            "Proposal to applied response, on the leader",
+            m.proposal_seconds.clone(),
+        );
         registry.register("raft_apply_seconds", "Time to apply a batch of entries", m.apply_seconds.clone());
         registry.register("raft_applied_entries", "Entries applied to the state machine", m.applied_entries.clone());
         registry.register("raft_leader_changes", "Leader changes seen by this node", m.leader_changes.clone());

@@ -71,13 +71,12 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         state.set_apply_observer(Arc::new(move |took, n| metrics.observe_apply(took, n)));
     }
     let network = HttpNetwork::new(config.id, config.secret.clone()).context("building the Raft HTTP client")?;
-    let raft = Raft::new(config.id, Arc::new(config.raft.clone()), network, log, sm)
-        .await
-        .context("starting Raft")?;
+    let raft = Raft::new(config.id, Arc::new(config.raft.clone()), network, log, sm).await.context("starting Raft")?;
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen on {}", config.http))?;
-    let proposer = Proposer::new(raft.clone(), config.id, config.secret.clone(), config.request_deadline, metrics.clone());
+    let proposer =
+        Proposer::new(raft.clone(), config.id, config.secret.clone(), config.request_deadline, metrics.clone());
     let shutdown = CancellationToken::new();
     tokio::spawn(tracing::Instrument::in_current_span(watch_raft(raft.clone(), metrics.clone(), shutdown.clone())));
 

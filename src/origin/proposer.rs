@@ -187,16 +187,23 @@ impl Proposer {
                     return leadership_error(e);
                 }
                 match self.membership().1.get(id) {
-                    Some(existing) if existing == addr => return ForwardReply::Done,
+                    Some(existing) if existing == addr => {}
                     Some(existing) => {
                         return failed(
                             FailKind::Conflict,
                             format!("node {id} already exists at {existing}; remove it before adding it again"),
                         )
                     }
-                    None => {}
+                    None => {
+                        let added = self.raft.add_learner(*id, addr.clone(), false).await.map(drop);
+                        if let reply @ (ForwardReply::NotLeader { .. } | ForwardReply::Failed { .. }) =
+                            membership_reply(added)
+                        {
+                            return reply;
+                        }
+                    }
                 }
-                membership_reply(self.raft.add_learner(*id, addr.clone(), true).await.map(drop))
+                self.wait_caught_up(*id, addr).await
             }
             Forward::SetVoters { ids } => {
                 if ids.is_empty() {
@@ -208,7 +215,10 @@ impl Proposer {
                 let (_, nodes) = self.membership();
                 let unknown: Vec<_> = ids.iter().filter(|id| !nodes.contains_key(id)).collect();
                 if !unknown.is_empty() {
-                    return failed(FailKind::NotFound, format!("unknown node ids {unknown:?}: add them as learners first"));
+                    return failed(
+                        FailKind::NotFound,
+                        format!("unknown node ids {unknown:?}: add them as learners first"),
+                    );
                 }
                 membership_reply(self.raft.change_membership(ids.clone(), false).await.map(drop))
             }
@@ -234,6 +244,38 @@ impl Proposer {
         }
     }
 
+    /// Waits until learner `id` has replicated everything up to now, so "added"
+    /// means reachable and caught up (openraft's own blocking `add_learner` accepts a
+    /// learner that is thousands of entries behind, even one that is not running).
+    async fn wait_caught_up(&self, id: NodeId, addr: &NodeAddr) -> ForwardReply {
+        let target = self.raft.metrics().borrow().last_log_index;
+        let caught_up = self
+            .raft
+            .wait(Some(self.deadline))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id))
+                        .is_some_and(|matched| matched.map(|l| l.index) >= target)
+                },
+                "learner caught up",
+            )
+            .await;
+        match caught_up {
+            Ok(_) => ForwardReply::Done,
+            Err(_) if self.raft.metrics().borrow().replication.is_none() => ForwardReply::NotLeader { leader: None },
+            Err(_) => failed(
+                FailKind::Unavailable,
+                format!(
+                    "node {id} is a learner now but has not caught up within {:?}; is it running at {}? \
+                     Retry the same request once it is",
+                    self.deadline, addr.http
+                ),
+            ),
+        }
+    }
+
     async fn write_here(&self, req: &Request) -> ForwardReply {
         // The leader stamps the time; the state machine never reads a clock.
         let req = Request { at_ms: now_ms(), ..req.clone() };
@@ -245,8 +287,12 @@ impl Proposer {
                 self.metrics.proposals.get_or_create(&ResultLabel { result }).inc();
                 ForwardReply::Written(resp.data)
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => ForwardReply::NotLeader { leader: f.leader_id },
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => failed(FailKind::Conflict, e.to_string()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                ForwardReply::NotLeader { leader: f.leader_id }
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                failed(FailKind::Conflict, e.to_string())
+            }
             Err(RaftError::Fatal(e)) => {
                 self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
                 failed(FailKind::Unavailable, format!("raft stopped: {e}"))
@@ -256,7 +302,10 @@ impl Proposer {
 }
 
 fn unexpected(reply: ForwardReply) -> ProposeError {
-    ProposeError::Failed { kind: FailKind::Unavailable, message: format!("unexpected answer from the leader: {reply:?}") }
+    ProposeError::Failed {
+        kind: FailKind::Unavailable,
+        message: format!("unexpected answer from the leader: {reply:?}"),
+    }
 }
 
 fn leadership_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>) -> ForwardReply {
@@ -271,12 +320,16 @@ fn leadership_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>) 
 fn membership_reply(result: Result<(), RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>>) -> ForwardReply {
     match result {
         Ok(()) => ForwardReply::Done,
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => ForwardReply::NotLeader { leader: f.leader_id },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            ForwardReply::NotLeader { leader: f.leader_id }
+        }
         // Another change is still being committed: retry shortly.
         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) => {
             ForwardReply::NotLeader { leader: None }
         }
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => failed(FailKind::Conflict, e.to_string()),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            failed(FailKind::Conflict, e.to_string())
+        }
         Err(RaftError::Fatal(e)) => failed(FailKind::Unavailable, format!("raft stopped: {e}")),
     }
 }
@@ -285,6 +338,6 @@ fn membership_reply(result: Result<(), RaftError<NodeId, ClientWriteError<NodeId
 pub async fn forward_route(State(proposer): State<Proposer>, headers: HeaderMap, body: Bytes) -> HttpResponse {
     match rpc::admit::<Forward>(&proposer.secret, &headers, &body) {
         Ok(req) => rpc::reply(&proposer.execute_here(&req).await),
-        Err(refused) => refused,
+        Err(refused) => axum::response::IntoResponse::into_response(refused),
     }
 }

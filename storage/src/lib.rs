@@ -11,6 +11,10 @@
 //!
 //! This crate knows nothing of HTTP, media or the admin API.
 
+// openraft's storage traits return its `StorageError` (224 bytes) by value; our helpers
+// return the same type so `?` works without conversions.
+#![allow(clippy::result_large_err)]
+
 mod log_store;
 mod state_machine;
 pub mod sync;
@@ -84,11 +88,8 @@ pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<(LogStore, StateM
             reason: "the directory exists but holds no sled database file".into(),
         });
     }
-    let db = sled::Config::new()
-        .path(&layout.sled)
-        .cache_capacity(options.cache_bytes)
-        .open()
-        .map_err(|e| match e {
+    let db =
+        sled::Config::new().path(&layout.sled).cache_capacity(options.cache_bytes).open().map_err(|e| match e {
             sled::Error::Io(source) if !fresh => OpenError::Io { path: layout.sled.clone(), source },
             sled::Error::Io(source) => OpenError::Io { path: layout.sled.clone(), source },
             other => OpenError::Corrupted { path: layout.sled.clone(), reason: other.to_string() },
@@ -105,17 +106,13 @@ pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<(LogStore, StateM
         }
         None if fresh => {
             meta.insert("format", FORMAT_MARKER).map_err(|e| corrupted(e.to_string()))?;
-            sync::Syncer::new(db.clone(), layout.sled.clone())
-                .sync_blocking()
-                .map_err(io(&layout.sled))?;
+            sync::Syncer::new(db.clone(), layout.sled.clone()).sync_blocking().map_err(io(&layout.sled))?;
         }
         None => return Err(corrupted("the format marker is missing".into())),
     }
     let syncer = sync::Syncer::new(db.clone(), layout.sled.clone());
     let log = LogStore::open(&db, syncer.clone()).map_err(corrupted)?;
-    let sm = StateMachineStore::open(&layout.snapshots).map_err(|reason| OpenError::Corrupted {
-        path: layout.snapshots.clone(),
-        reason,
-    })?;
+    let sm = StateMachineStore::open(&layout.snapshots)
+        .map_err(|reason| OpenError::Corrupted { path: layout.snapshots.clone(), reason })?;
     Ok((log, sm))
 }

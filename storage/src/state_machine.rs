@@ -195,7 +195,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(req) => {
                         let applied = image.sm.apply(entry.log_id.index, &req);
                         if !applied.events.is_empty() {
-                            notices.push(Notice::Applied { index: entry.log_id.index, events: Arc::new(applied.events) });
+                            notices
+                                .push(Notice::Applied { index: entry.log_id.index, events: Arc::new(applied.events) });
                         }
                         applied.response
                     }
@@ -222,7 +223,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
         let mut image: Image = decode(&data).map_err(|e| snapshot_err(Some(meta), e))?;
         image.last_applied = meta.last_log_id;
@@ -269,7 +274,5 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn unique_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }

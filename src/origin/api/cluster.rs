@@ -19,10 +19,8 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let learners: Vec<NodeId> = membership.learner_ids().collect();
-    let nodes: BTreeMap<String, Value> = membership
-        .nodes()
-        .map(|(id, n)| (id.to_string(), json!({ "http": n.http, "media": n.media })))
-        .collect();
+    let nodes: BTreeMap<String, Value> =
+        membership.nodes().map(|(id, n)| (id.to_string(), json!({ "http": n.http, "media": n.media }))).collect();
     Json(json!({
         "id": m.id,
         "state": format!("{:?}", m.state),
@@ -84,10 +82,7 @@ pub async fn init(State(app): State<AppState>, ApiJson(body): ApiJson<InitBody>)
         return Err(ApiError::bad_request(format!("the initial members must include this node ({})", app.id)));
     };
     if !app.http.ip().is_unspecified() && me.http != app.http.to_string() {
-        return Err(ApiError::bad_request(format!(
-            "node {} is listening on {}, not {}",
-            app.id, app.http, me.http
-        )));
+        return Err(ApiError::bad_request(format!("node {} is listening on {}, not {}", app.id, app.http, me.http)));
     }
     match app.raft.initialize(nodes.clone()).await {
         Ok(()) => Ok(Json(json!({ "initialized": true }))),
@@ -121,7 +116,10 @@ pub struct LearnerBody {
     media: String,
 }
 
-pub async fn add_learner(State(app): State<AppState>, ApiJson(body): ApiJson<LearnerBody>) -> Result<Json<Value>, ApiError> {
+pub async fn add_learner(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<LearnerBody>,
+) -> Result<Json<Value>, ApiError> {
     let addr = NodeBody { http: body.http, media: body.media }.into_addr(body.id)?;
     app.proposer.add_learner(body.id, addr).await?;
     Ok(Json(json!({ "added": body.id })))
@@ -133,7 +131,10 @@ pub struct VotersBody {
     ids: BTreeSet<NodeId>,
 }
 
-pub async fn set_voters(State(app): State<AppState>, ApiJson(body): ApiJson<VotersBody>) -> Result<Json<Value>, ApiError> {
+pub async fn set_voters(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<VotersBody>,
+) -> Result<Json<Value>, ApiError> {
     app.proposer.set_voters(body.ids.clone()).await?;
     Ok(Json(json!({ "voters": body.ids })))
 }

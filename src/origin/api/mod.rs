@@ -97,7 +97,8 @@ async fn authenticate(State(app): State<AppState>, req: Request, next: Next) -> 
     if let Some(token) = &app.admin_token {
         if !bearer_matches(req.headers(), token) {
             let mut resp =
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token").into_response();
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token")
+                    .into_response();
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             return resp;
         }
@@ -121,7 +122,9 @@ async fn ready(State(app): State<AppState>) -> Response {
     let leader = app.raft.metrics().borrow().current_leader;
     match leader {
         Some(leader) => axum::Json(serde_json::json!({ "status": "ready", "leader_id": leader })).into_response(),
-        None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "this node knows no leader").into_response(),
+        None => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "this node knows no leader").into_response()
+        }
     }
 }
 

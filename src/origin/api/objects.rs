@@ -25,9 +25,7 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "{what} must be 1 to {MAX_NAME} bytes without control characters"
-        )));
+        return Err(ApiError::bad_request(format!("{what} must be 1 to {MAX_NAME} bytes without control characters")));
     }
     Ok(())
 }
@@ -61,7 +59,9 @@ fn answer(resp: SmResponse) -> Result<Response, ApiError> {
     match resp {
         SmResponse::ObjectVersion { version } => Ok(versioned(version)),
         SmResponse::Rejected(r) => Err(r.into()),
-        other => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}"))),
+        other => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}")))
+        }
     }
 }
 
@@ -117,7 +117,10 @@ pub async fn delete_slot(
 /// Server-Sent Events for one object: first `state` (the whole object, version 0 when
 /// it does not exist yet), then one `change` per committed change in commit order. If
 /// this watcher falls behind or the node installs a snapshot, a fresh `state` follows.
-pub async fn events(State(app): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn events(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
     check_name("object name", &name)?;
     // Subscribe before reading, so no change between the two is missed.
     let notices = app.state.subscribe();

@@ -40,7 +40,9 @@ pub struct KeyBody {
 /// hash is replicated.
 pub async fn add_key(State(app): State<AppState>, ApiJson(body): ApiJson<KeyBody>) -> Result<Response, ApiError> {
     let scope = match &body.name {
-        Some(name) => KeyScope::Stream(StreamKey::new(&body.app, name).map_err(|e| ApiError::bad_request(e.to_string()))?),
+        Some(name) => {
+            KeyScope::Stream(StreamKey::new(&body.app, name).map_err(|e| ApiError::bad_request(e.to_string()))?)
+        }
         None => {
             validate_name("app", &body.app).map_err(|e| ApiError::bad_request(e.to_string()))?;
             KeyScope::App(body.app.clone())

@@ -1,0 +1,116 @@
+//! `scripts/bootstrap.sh`: start forms a three-voter cluster, a second start adds no
+//! duplicates, start restarts a killed node, stop leaves no process behind.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn script(data: &Path, http_base: u16, action: &str) -> Output {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bootstrap.sh"))
+        .arg(action)
+        .env("RAFTCAST_BIN", common::BIN)
+        .env("RAFTCAST_DATA_DIR", data)
+        .env("RAFTCAST_HTTP_BASE", http_base.to_string())
+        .env("RAFTCAST_MEDIA_BASE", (http_base + 10).to_string())
+        .env_remove("RAFTCAST_ADMIN_TOKEN")
+        .env_remove("RAFTCAST_CLUSTER_SECRET")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bootstrap failed:\n{text}");
+    text
+}
+
+/// A base port whose next twenty ports are free.
+fn free_base() -> u16 {
+    for _ in 0..100 {
+        let base = 20_000 + (rand::random::<u16>() % 30_000);
+        if (1..=20).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+fn pids(data: &Path) -> Vec<(String, u32)> {
+    (1..=3)
+        .map(|i| {
+            let name = format!("origin-{i}");
+            let pid = std::fs::read_to_string(data.join(format!("pids/{name}.pid"))).unwrap().trim().parse().unwrap();
+            (name, pid)
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes; /proc/PID/stat's third field says.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn status(data: &Path, http_base: u16) -> Value {
+    let origins: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", http_base + i)).collect();
+    let out = Command::new(common::BIN)
+        .args(["ctl", "--json", "--origin", &origins.join(","), "--token-file"])
+        .arg(data.join("admin-token"))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bootstrap_starts_three_voters_restarts_the_dead_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = free_base();
+    let out = ok(script(&data, base, "start"));
+    assert!(out.contains("cluster initialized"), "{out}");
+    let s = status(&data, base);
+    assert_eq!(s["cluster"]["voters"].as_array().unwrap().len(), 3, "{s}");
+    let leaders: Vec<_> =
+        s["nodes"].as_object().unwrap().values().filter(|n| n["status"]["state"] == "Leader").collect();
+    assert_eq!(leaders.len(), 1, "{s}");
+    for secret in ["cluster-secret", "admin-token"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join(secret)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
+
+    // Running start again starts nothing new.
+    let first = pids(&data);
+    let out = ok(script(&data, base, "start"));
+    assert_eq!(out.matches("already running").count(), 3, "{out}");
+    assert!(!out.contains("cluster initialized"), "initialized twice: {out}");
+    assert_eq!(pids(&data), first);
+
+    // A killed node is restarted from its data and rejoins.
+    let (_, victim) = first[1];
+    Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alive(victim) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = ok(script(&data, base, "start"));
+    assert!(out.contains("started origin-2"), "{out}");
+    let restarted = pids(&data);
+    assert_ne!(restarted[1].1, victim);
+    let s = status(&data, base);
+    assert!(!s["nodes"]["2"]["status"].is_null(), "origin-2 not serving: {s}");
+
+    // stop ends exactly what start started.
+    ok(script(&data, base, "stop"));
+    for (name, pid) in restarted {
+        assert!(!alive(pid), "{name} (pid {pid}) still running after stop");
+    }
+    assert!(!alive(victim));
+}

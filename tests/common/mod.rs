@@ -1,0 +1,253 @@
+//! Test harness: real `raftcast origin` processes on loopback, driven over HTTP.
+//!
+//! Every wait is a condition polled against a deadline, never a bare sleep.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_raftcast");
+
+/// A free loopback port (bound, then released).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub struct Origin {
+    pub id: u64,
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+    pub child: Option<Child>,
+}
+
+/// A cluster of origin processes sharing one temporary directory.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub token: String,
+    pub secret: String,
+    pub origins: BTreeMap<u64, Origin>,
+    pub client: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `n` origins (ids 1..=n), initializes them through node 1 and waits for a
+    /// leader and `n` voters.
+    pub async fn start(n: u64) -> Cluster {
+        let mut c = Cluster::new();
+        for id in 1..=n {
+            c.add_origin(id);
+        }
+        c.init().await;
+        c.wait_voters(n as usize).await;
+        c
+    }
+
+    pub fn new() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "cluster-secret-for-tests-0123456789".to_owned();
+        let token = "admin-token-for-tests-0123456789".to_owned();
+        std::fs::write(dir.path().join("cluster-secret"), &secret).unwrap();
+        std::fs::write(dir.path().join("admin-token"), &token).unwrap();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+        Cluster { dir, token, secret, origins: BTreeMap::new(), client }
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("origin-{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("origin-{id}.log"))
+    }
+
+    /// Registers and starts origin `id` on fresh ports.
+    pub fn add_origin(&mut self, id: u64) {
+        let origin = Origin { id, http: free_addr(), media: free_addr(), child: None };
+        self.origins.insert(id, origin);
+        self.spawn(id);
+    }
+
+    /// (Re)starts the process of origin `id` with its original ports and data dir.
+    pub fn spawn(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).unwrap();
+        let o = &self.origins[&id];
+        let child = Command::new(BIN)
+            .arg("origin")
+            .args(["--id", &id.to_string()])
+            .args(["--http", &o.http.to_string()])
+            .args(["--media", &o.media.to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .arg("--cluster-secret-file")
+            .arg(self.dir.path().join("cluster-secret"))
+            .arg("--admin-token-file")
+            .arg(self.dir.path().join("admin-token"))
+            .env_remove("RAFTCAST_CLUSTER_SECRET")
+            .env_remove("RAFTCAST_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.origins.get_mut(&id).unwrap().child = Some(child);
+    }
+
+    /// SIGKILLs origin `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.origins.get_mut(&id).unwrap().child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn http(&self, id: u64) -> SocketAddr {
+        self.origins[&id].http
+    }
+
+    pub fn nodes_json(&self) -> Value {
+        let nodes: serde_json::Map<String, Value> = self
+            .origins
+            .values()
+            .map(|o| (o.id.to_string(), json!({ "http": o.http.to_string(), "media": o.media.to_string() })))
+            .collect();
+        json!({ "nodes": nodes })
+    }
+
+    pub async fn init(&self) {
+        let body = self.nodes_json();
+        eventually(Duration::from_secs(20), "cluster init", || async {
+            let (status, _) = self.call(1, Method::POST, "/cluster/init", Some(&body), &[]).await.ok()?;
+            status.is_success().then_some(())
+        })
+        .await;
+    }
+
+    /// Sends an authenticated admin request to origin `via`.
+    pub async fn call(
+        &self,
+        via: u64,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, Value), reqwest::Error> {
+        let mut req =
+            self.client.request(method, format!("http://{}{}", self.http(via), path)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let text = res.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    pub async fn status(&self, id: u64) -> Option<Value> {
+        match self.call(id, Method::GET, "/cluster/status", None, &[]).await {
+            Ok((s, v)) if s.is_success() => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The node that reports itself leader, if any (excluding `except`).
+    pub async fn leader(&self, except: Option<u64>) -> Option<u64> {
+        for id in self.origins.keys().copied().filter(|id| Some(*id) != except) {
+            if let Some(s) = self.status(id).await {
+                if s["state"] == "Leader" {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&self, except: Option<u64>, timeout: Duration) -> u64 {
+        eventually(timeout, "a leader", || self.leader(except)).await
+    }
+
+    pub async fn wait_voters(&self, n: usize) {
+        eventually(Duration::from_secs(20), "leader and voters", || async {
+            let leader = self.leader(None).await?;
+            let s = self.status(leader).await?;
+            (s["voters"].as_array()?.len() == n).then_some(())
+        })
+        .await;
+    }
+
+    /// PUTs a slot; returns the status and body.
+    pub async fn put_slot(
+        &self,
+        via: u64,
+        object: &str,
+        slot: &str,
+        value: &Value,
+        if_match: Option<u64>,
+    ) -> Result<(StatusCode, Value), reqwest::Error> {
+        let m = if_match.map(|v| v.to_string());
+        let headers: Vec<(&str, &str)> = m.as_deref().map(|v| ("if-match", v)).into_iter().collect();
+        self.call(via, Method::PUT, &format!("/shared-objects/{object}/slots/{slot}"), Some(value), &headers).await
+    }
+
+    pub async fn object(&self, via: u64, object: &str, stale: bool) -> Option<Value> {
+        let q = if stale { "?stale=true" } else { "" };
+        match self.call(via, Method::GET, &format!("/shared-objects/{object}{q}"), None, &[]).await {
+            Ok((s, v)) if s.is_success() => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Prints each origin's log (for failed tests).
+    pub fn dump_logs(&self) {
+        for id in self.origins.keys() {
+            if let Ok(log) = std::fs::read_to_string(self.log_path(*id)) {
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                eprintln!("--- origin-{id} log (last 40 lines) ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for o in self.origins.values_mut() {
+            if let Some(mut child) = o.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
