@@ -3,6 +3,7 @@
 //! The replicated state machine and Raft transport live in `raftcast-raft`, durable
 //! storage in `raftcast-storage`; this crate wires them into processes.
 
+pub mod bench;
 pub mod ctl;
 pub mod logging;
 pub mod origin;

@@ -15,6 +15,9 @@ enum Cmd {
     Origin(raftcast::origin::OriginArgs),
     /// Administer a running cluster through any origin's admin API.
     Ctl(raftcast::ctl::CtlArgs),
+    /// Load generators with a JSON report.
+    #[command(subcommand)]
+    Bench(raftcast::bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -22,5 +25,6 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Cmd::Origin(args) => raftcast::origin::main(args),
         Cmd::Ctl(args) => raftcast::ctl::main(args),
+        Cmd::Bench(cmd) => raftcast::bench::main(cmd),
     }
 }

@@ -264,3 +264,24 @@ async fn an_origin_with_a_corrupted_store_refuses_to_start() {
     .await;
     assert!(!code.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries() {
+    let c = Arc::new(Cluster::start(3).await);
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let before = c.status(leader).await.unwrap()["last_log_index"].as_u64().unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.put_slot(leader, "batch", &format!("s{i}"), &json!(i), None).await.unwrap().0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let after = c.status(leader).await.unwrap()["last_log_index"].as_u64().unwrap();
+    let obj = c.object(leader, "batch", false).await.unwrap();
+    assert_eq!(obj["slots"].as_object().unwrap().len(), 64);
+    assert_eq!(obj["version"], 64, "one version per write, batched or not");
+    assert!(after - before < 64, "64 concurrent writes took {} log entries: no batching", after - before);
+}

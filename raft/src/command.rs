@@ -83,7 +83,34 @@ impl fmt::Display for StreamKey {
     }
 }
 
-/// One entry of the Raft log's application data.
+/// The application data of one Raft log entry: requests applied in order.
+///
+/// The leader batches concurrent requests into one entry (openraft 0.9 makes every
+/// append wait for its own flush, so one entry per request would cap writes at one
+/// fsync each). Stream-ownership commands always travel alone, so a claim's epoch —
+/// the entry's log index — names exactly one claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub requests: Vec<Request>,
+}
+
+impl Proposal {
+    pub fn single(request: Request) -> Self {
+        Proposal { requests: vec![request] }
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proposal of {} requests", self.requests.len())
+    }
+}
+
+/// The state machine's answers to one entry: one per request of its [`Proposal`]
+/// (none for blank and membership entries).
+pub type Responses = Vec<Response>;
+
+/// One client request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     /// Client-chosen id; a retry reuses it and gets the first answer back.
@@ -113,6 +140,19 @@ impl fmt::Display for KeyScope {
             KeyScope::App(app) => f.write_str(app),
             KeyScope::Stream(key) => key.fmt(f),
         }
+    }
+}
+
+impl Command {
+    /// Whether this command may share a log entry with others (see [`Proposal`]).
+    pub fn batchable(&self) -> bool {
+        !matches!(
+            self,
+            Command::ClaimStream { .. }
+                | Command::ReleaseStream { .. }
+                | Command::ReassignStream { .. }
+                | Command::DropEdgeClaims { .. }
+        )
     }
 }
 
@@ -173,8 +213,6 @@ pub enum Response {
     Stored,
     /// The command was refused; nothing changed.
     Rejected(Rejection),
-    /// The answer to a log entry that carries no command (blank or membership entries).
-    Noop,
 }
 
 /// Why a command changed nothing.

@@ -12,7 +12,9 @@ pub mod rpc;
 pub mod state;
 pub mod value;
 
-pub use command::{Command, FailKind, Forward, ForwardReply, Rejection, Request, RequestId, Response, StreamKey};
+pub use command::{
+    Command, FailKind, Forward, ForwardReply, Proposal, Rejection, Request, RequestId, Response, Responses, StreamKey,
+};
 pub use node::NodeAddr;
 pub use state::{Event, StateMachine};
 pub use value::Value;
@@ -23,8 +25,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// openraft type configuration of the raftcast origin cluster.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Proposal,
+        R = Responses,
         NodeId = NodeId,
         Node = NodeAddr,
         SnapshotData = std::io::Cursor<Vec<u8>>,

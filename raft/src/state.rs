@@ -386,6 +386,16 @@ mod tests {
     }
 
     #[test]
+    fn only_non_ownership_commands_share_a_log_entry() {
+        assert!(set("o", "s", 1.0, None).batchable());
+        assert!(Command::SetAppPolicy { app: "a".into(), publish_key_required: true }.batchable());
+        assert!(!claim("e", "s", 1, false).batchable());
+        assert!(!Command::ReleaseStream { stream: foo(), epoch: 1 }.batchable());
+        assert!(!Command::ReassignStream { stream: foo(), expected_epoch: 1, owner: 2 }.batchable());
+        assert!(!Command::DropEdgeClaims { edge: "e".into() }.batchable());
+    }
+
+    #[test]
     fn the_dedup_window_is_bounded() {
         let mut sm = StateMachine::default();
         for i in 0..(DEDUP_WINDOW as u128 + 10) {

@@ -17,10 +17,21 @@ use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteErro
 use openraft::ChangeMembers;
 use raftcast_raft::rpc::{self, ClusterSecret, SECRET_HEADER};
 use raftcast_raft::typ::Raft;
-use raftcast_raft::{Command, FailKind, Forward, ForwardReply, NodeAddr, NodeId, Request, RequestId, Response};
+use raftcast_raft::{
+    Command, FailKind, Forward, ForwardReply, NodeAddr, NodeId, Proposal, Request, RequestId, Response,
+};
 use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::metrics::{Metrics, ResultLabel};
+
+/// Most requests the leader puts into one log entry.
+pub const MAX_BATCH: usize = 256;
+/// Requests waiting for the batcher. When full, callers wait: Raft sets the pace.
+pub const BATCH_QUEUE: usize = 4096;
+/// Batches proposed at once. openraft 0.9 appends one entry at a time anyway; a second
+/// batch in flight keeps the next one ready while the first is flushed.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Pause between retries while no leader is known; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -46,6 +57,13 @@ pub struct Proposer {
     client: reqwest::Client,
     deadline: Duration,
     metrics: Arc<Metrics>,
+    batcher: mpsc::Sender<Pending>,
+}
+
+/// A request waiting to be proposed, and where its answer goes.
+struct Pending {
+    request: Request,
+    reply: oneshot::Sender<ForwardReply>,
 }
 
 fn failed(kind: FailKind, message: impl Into<String>) -> ForwardReply {
@@ -63,7 +81,9 @@ impl Proposer {
             .tcp_nodelay(true)
             .build()
             .expect("a plain HTTP client always builds");
-        Proposer { raft, id, secret, client, deadline, metrics }
+        let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
+        tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone()));
+        Proposer { raft, id, secret, client, deadline, metrics, batcher }
     }
 
     /// Proposes a command and returns the state machine's answer.
@@ -276,26 +296,70 @@ impl Proposer {
         }
     }
 
-    async fn write_here(&self, req: &Request) -> ForwardReply {
-        // The leader stamps the time; the state machine never reads a clock.
-        let req = Request { at_ms: now_ms(), ..req.clone() };
-        let started = Instant::now();
-        match self.raft.client_write(req).await {
-            Ok(resp) => {
-                self.metrics.proposal_seconds.observe(started.elapsed().as_secs_f64());
-                let result = if matches!(resp.data, Response::Rejected(_)) { "rejected" } else { "committed" };
-                self.metrics.proposals.get_or_create(&ResultLabel { result }).inc();
-                ForwardReply::Written(resp.data)
+    /// Queues `request` for the batcher and waits for its answer.
+    async fn write_here(&self, request: &Request) -> ForwardReply {
+        let (reply, answer) = oneshot::channel();
+        if self.batcher.send(Pending { request: request.clone(), reply }).await.is_err() {
+            return failed(FailKind::Unavailable, "the proposer has stopped");
+        }
+        answer.await.unwrap_or_else(|_| failed(FailKind::Unavailable, "the proposer has stopped"))
+    }
+}
+
+/// Takes every request queued while earlier batches were in flight and proposes them as
+/// one log entry (stream-ownership commands as entries of their own).
+async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>, metrics: Arc<Metrics>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut taken = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut taken, MAX_BATCH).await > 0 {
+        let (batch, alone): (Vec<Pending>, Vec<Pending>) = taken.drain(..).partition(|p| p.request.command.batchable());
+        for group in std::iter::once(batch).chain(alone.into_iter().map(|p| vec![p])) {
+            if group.is_empty() {
+                continue;
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                ForwardReply::NotLeader { leader: f.leader_id }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            let (raft, metrics) = (raft.clone(), metrics.clone());
+            tokio::spawn(async move {
+                propose(&raft, group, &metrics).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Proposes one batch and answers each of its callers.
+async fn propose(raft: &Raft, batch: Vec<Pending>, metrics: &Metrics) {
+    // The leader stamps the time; the state machine never reads a clock.
+    let at_ms = now_ms();
+    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardReply>>) =
+        batch.into_iter().map(|p| (Request { at_ms, ..p.request }, p.reply)).unzip();
+    let started = Instant::now();
+    let count =
+        |result: &'static str, n: usize| metrics.proposals.get_or_create(&ResultLabel { result }).inc_by(n as u64);
+    match raft.client_write(Proposal { requests }).await {
+        Ok(resp) => {
+            let took = started.elapsed().as_secs_f64();
+            for (answer, reply) in resp.data.into_iter().zip(replies) {
+                metrics.proposal_seconds.observe(took);
+                count(if matches!(answer, Response::Rejected(_)) { "rejected" } else { "committed" }, 1);
+                let _ = reply.send(ForwardReply::Written(answer));
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                failed(FailKind::Conflict, e.to_string())
-            }
-            Err(RaftError::Fatal(e)) => {
-                self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
-                failed(FailKind::Unavailable, format!("raft stopped: {e}"))
+        }
+        Err(e) => {
+            let reply = match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    ForwardReply::NotLeader { leader: f.leader_id }
+                }
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                    failed(FailKind::Conflict, e.to_string())
+                }
+                RaftError::Fatal(e) => {
+                    count("failed", replies.len());
+                    failed(FailKind::Unavailable, format!("raft stopped: {e}"))
+                }
+            };
+            for tx in replies {
+                let _ = tx.send(reply.clone());
             }
         }
     }

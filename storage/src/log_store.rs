@@ -94,7 +94,9 @@ impl LogStore {
 async fn flusher(syncer: Syncer, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, FLUSH_QUEUE).await > 0 {
+        let started = std::time::Instant::now();
         let result = syncer.sync().await;
+        tracing::debug!(appends = batch.len(), took_us = started.elapsed().as_micros() as u64, "log sync");
         for callback in batch.drain(..) {
             let result = match &result {
                 Ok(()) => Ok(()),

@@ -16,7 +16,7 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Storag
 use raftcast_raft::rpc::{decode, encode};
 use raftcast_raft::state::Event;
 use raftcast_raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
-use raftcast_raft::{NodeId, Response, StateMachine, TypeConfig};
+use raftcast_raft::{NodeId, Responses, StateMachine, TypeConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
@@ -174,7 +174,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((image.last_applied, image.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Responses>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -186,22 +186,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut image = self.shared.image.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
                 image.last_applied = Some(entry.log_id);
-                let response = match entry.payload {
-                    EntryPayload::Blank => Response::Noop,
+                let answers = match entry.payload {
+                    EntryPayload::Blank => Vec::new(),
                     EntryPayload::Membership(m) => {
                         image.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Response::Noop
+                        Vec::new()
                     }
-                    EntryPayload::Normal(req) => {
-                        let applied = image.sm.apply(entry.log_id.index, &req);
-                        if !applied.events.is_empty() {
-                            notices
-                                .push(Notice::Applied { index: entry.log_id.index, events: Arc::new(applied.events) });
+                    EntryPayload::Normal(proposal) => {
+                        let mut events = Vec::new();
+                        let answers = proposal
+                            .requests
+                            .iter()
+                            .map(|req| {
+                                let applied = image.sm.apply(entry.log_id.index, req);
+                                events.extend(applied.events);
+                                applied.response
+                            })
+                            .collect();
+                        if !events.is_empty() {
+                            notices.push(Notice::Applied { index: entry.log_id.index, events: Arc::new(events) });
                         }
-                        applied.response
+                        answers
                     }
                 };
-                responses.push(response);
+                responses.push(answers);
             }
         }
         for notice in notices {

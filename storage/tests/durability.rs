@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, Vote};
-use raftcast_raft::{Command, Request, RequestId, TypeConfig, Value};
+use raftcast_raft::{Command, Proposal, Request, RequestId, TypeConfig, Value};
 use raftcast_storage::{OpenError, StoreOptions};
 use tempfile::TempDir;
 
@@ -26,7 +26,10 @@ fn entry(index: u64, slot: &str) -> Entry<TypeConfig> {
             persistent: true,
         },
     };
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(req) }
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal::single(req)),
+    }
 }
 
 fn slots(state: &raftcast_storage::StateHandle) -> BTreeSet<String> {

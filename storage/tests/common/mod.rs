@@ -10,7 +10,7 @@ use std::time::Duration;
 use raftcast_raft::network::HttpNetwork;
 use raftcast_raft::rpc::ClusterSecret;
 use raftcast_raft::typ::Raft;
-use raftcast_raft::{Command, NodeAddr, Request, RequestId, Response, Value};
+use raftcast_raft::{Command, NodeAddr, Proposal, Request, RequestId, Response, Value};
 use raftcast_storage::{StateHandle, StoreOptions};
 
 pub fn raft_config() -> Arc<openraft::Config> {
@@ -52,8 +52,8 @@ pub async fn write_slot(raft: &Raft, object: &str, slot: &str, value: f64) -> u6
             persistent: true,
         },
     };
-    match raft.client_write(req).await.expect("write").data {
-        Response::ObjectVersion { version } => version,
+    match raft.client_write(Proposal::single(req)).await.expect("write").data.as_slice() {
+        [Response::ObjectVersion { version }] => *version,
         other => panic!("unexpected response {other:?}"),
     }
 }

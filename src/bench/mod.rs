@@ -1,0 +1,77 @@
+//! `raftcast bench`: load generators that print a JSON report. Each workload is one
+//! file; they share the latency summary here.
+
+pub mod so;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Shared-object writes through the admin API.
+    So(so::SoArgs),
+}
+
+/// Entry point of `raftcast bench`.
+pub fn main(command: BenchCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command {
+        BenchCommand::So(args) => runtime.block_on(so::run(args)),
+    };
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Summarizes samples (sorted in place).
+    pub fn of(samples: &mut [Duration]) -> Option<Latency> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples[i].as_secs_f64() * 1000.0
+        };
+        Some(Latency { p50_ms: at(0.50), p90_ms: at(0.90), p99_ms: at(0.99), max_ms: at(1.0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_right_samples() {
+        let mut s: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let l = Latency::of(&mut s).unwrap();
+        assert_eq!((l.p50_ms.round(), l.p99_ms, l.max_ms), (51.0, 99.0, 100.0));
+        assert!(Latency::of(&mut []).is_none());
+    }
+}
