@@ -285,3 +285,36 @@ async fn concurrent_writes_share_log_entries() {
     assert_eq!(obj["version"], 64, "one version per write, batched or not");
     assert!(after - before < 64, "64 concurrent writes took {} log entries: no batching", after - before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() {
+    let mut c = Cluster::start_with(3, &["--snapshot-every", "20", "--snapshot-keep", "0"]).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    c.kill(lagging);
+    // Sequential writes: one log entry each, so the log outruns the snapshot interval.
+    for i in 0..120 {
+        let (s, _) = c.put_slot(leader, "snap", &format!("s{i}"), &json!(i), None).await.unwrap();
+        assert_eq!(s, StatusCode::OK);
+    }
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+    };
+    let metrics = c.call(leader, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+    let snapshot_index = metric(metrics.as_str().unwrap(), "raftcast_raft_snapshot_index ");
+    assert!(snapshot_index >= 100, "leader snapshot at {snapshot_index}");
+
+    c.spawn(lagging);
+    let target = c.status(leader).await.unwrap()["last_log_index"].as_u64().unwrap();
+    eventually(Duration::from_secs(20), "the lagging node to catch up", || async {
+        let s = c.status(lagging).await?;
+        (s["applied_index"].as_u64()? >= target).then_some(())
+    })
+    .await;
+    let obj = c.object(lagging, "snap", true).await.unwrap();
+    assert_eq!(obj["slots"].as_object().unwrap().len(), 120);
+    assert_eq!(obj["version"], 120);
+    // It got there through a snapshot: its own snapshot covers most of the log.
+    let metrics = c.call(lagging, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+    assert!(metric(metrics.as_str().unwrap(), "raftcast_raft_snapshot_index ") >= 100);
+}

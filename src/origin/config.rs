@@ -49,6 +49,10 @@ pub struct OriginArgs {
     /// Take a snapshot after this many log entries [default: 10000].
     #[arg(long, env = "RAFTCAST_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot for lagging followers [default: 1000]; a follower
+    /// further behind receives the snapshot instead.
+    #[arg(long, env = "RAFTCAST_SNAPSHOT_KEEP")]
+    pub snapshot_keep: Option<u64>,
     /// How long a write or linearizable read may wait for a leader, in ms [default: 5000].
     #[arg(long, env = "RAFTCAST_REQUEST_DEADLINE_MS")]
     pub request_deadline_ms: Option<u64>,
@@ -80,6 +84,7 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         election_min_ms: cli.election_min_ms.or(file.election_min_ms),
         election_max_ms: cli.election_max_ms.or(file.election_max_ms),
         snapshot_every: cli.snapshot_every.or(file.snapshot_every),
+        snapshot_keep: cli.snapshot_keep.or(file.snapshot_keep),
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
     }
 }
@@ -136,7 +141,7 @@ impl OriginConfig {
             election_timeout_min: a.election_min_ms.unwrap_or(200),
             election_timeout_max: a.election_max_ms.unwrap_or(350),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(a.snapshot_every.unwrap_or(10_000)),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: a.snapshot_keep.unwrap_or(1_000),
             ..Default::default()
         };
         if raft.election_timeout_min <= 2 * heartbeat {

@@ -52,13 +52,21 @@ pub struct Cluster {
     pub secret: String,
     pub origins: BTreeMap<u64, Origin>,
     pub client: reqwest::Client,
+    /// Extra flags for every origin started from now on.
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `n` origins (ids 1..=n), initializes them through node 1 and waits for a
     /// leader and `n` voters.
     pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], passing `args` to every origin.
+    pub async fn start_with(n: u64, args: &[&str]) -> Cluster {
         let mut c = Cluster::new();
+        c.extra_args = args.iter().map(|a| a.to_string()).collect();
         for id in 1..=n {
             c.add_origin(id);
         }
@@ -74,7 +82,7 @@ impl Cluster {
         std::fs::write(dir.path().join("cluster-secret"), &secret).unwrap();
         std::fs::write(dir.path().join("admin-token"), &token).unwrap();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
-        Cluster { dir, token, secret, origins: BTreeMap::new(), client }
+        Cluster { dir, token, secret, origins: BTreeMap::new(), client, extra_args: Vec::new() }
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -107,6 +115,7 @@ impl Cluster {
             .arg(self.dir.path().join("cluster-secret"))
             .arg("--admin-token-file")
             .arg(self.dir.path().join("admin-token"))
+            .args(&self.extra_args)
             .env_remove("RAFTCAST_CLUSTER_SECRET")
             .env_remove("RAFTCAST_ADMIN_TOKEN")
             .stdin(Stdio::null())

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests and scripts need on Debian, if it is missing. Idempotent;
+# a no-op when everything is present. Run as root or with sudo available.
+set -euo pipefail
+
+# Debian packages the test suite and scripts use:
+#   util-linux  setsid (scripts/bootstrap.sh detaches the nodes with it)
+#   procps      kill/pgrep used by scripts
+#   python3     scripts/bench-origin.py (figures, not the tests)
+PACKAGES=(util-linux procps python3)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# Rust components CI checks with.
+if command -v rustup >/dev/null; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi
