@@ -245,24 +245,12 @@ async fn an_origin_with_a_corrupted_store_refuses_to_start() {
     let len = std::fs::metadata(&db).unwrap().len() as usize;
     std::fs::write(&db, vec![0x5Au8; len]).unwrap();
     c.spawn(1);
-    let mut child = c.origins.get_mut(&1).unwrap().child.take().unwrap();
-    let code = eventually(Duration::from_secs(10), "the origin to exit", || {
-        let r = child.try_wait().unwrap();
-        async move { r }
-    })
-    .await;
-    assert!(!code.success());
+    assert!(!c.wait_exit(1).await.success());
     let log = std::fs::read_to_string(c.log_path(1)).unwrap();
     assert!(log.contains("is damaged") && log.contains("refusing to start"), "{log}");
     // The refusal sticks: the failed start did not "repair" the store into an empty one.
     c.spawn(1);
-    let mut child = c.origins.get_mut(&1).unwrap().child.take().unwrap();
-    let code = eventually(Duration::from_secs(10), "the second start to exit", || {
-        let r = child.try_wait().unwrap();
-        async move { r }
-    })
-    .await;
-    assert!(!code.success());
+    assert!(!c.wait_exit(1).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

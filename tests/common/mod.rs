@@ -134,6 +134,16 @@ impl Cluster {
         }
     }
 
+    /// Waits (10 s at most) for origin `id`'s process to exit on its own.
+    pub async fn wait_exit(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut child = self.origins.get_mut(&id).unwrap().child.take().expect("origin running");
+        eventually(Duration::from_secs(10), "the origin to exit", || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
     pub fn http(&self, id: u64) -> SocketAddr {
         self.origins[&id].http
     }
