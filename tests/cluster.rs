@@ -306,3 +306,71 @@ async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() {
     let metrics = c.call(lagging, Method::GET, "/metrics", None, &[]).await.unwrap().1;
     assert!(metric(metrics.as_str().unwrap(), "raftcast_raft_snapshot_index ") >= 100);
 }
+
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_follower_succeeds_while_the_leader_is_paused() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let pid = c.origins[&leader].child.as_ref().unwrap().id();
+    signal(pid, "-STOP");
+    let started = Instant::now();
+    let result = c.put_slot(follower, "paused", "x", &json!(1), None).await;
+    let took = started.elapsed();
+    signal(pid, "-CONT");
+    let (status, body) = result.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body} after {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(c.object(leader, "paused", false).await.unwrap()["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_a_quorum_answers_outcome_unknown_not_a_hang() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    let paused: Vec<u32> =
+        (1..=3).filter(|id| *id != survivor).map(|id| c.origins[&id].child.as_ref().unwrap().id()).collect();
+    for pid in &paused {
+        signal(*pid, "-STOP");
+    }
+    let started = Instant::now();
+    let result = c.put_slot(survivor, "nq", "x", &json!(1), None).await;
+    let took = started.elapsed();
+    for pid in &paused {
+        signal(*pid, "-CONT");
+    }
+    let (status, body) = result.unwrap();
+    // It reached the paused leader's socket, so it may yet be applied: not a plain 503.
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "outcome_unknown");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    // The cluster recovers once the nodes run again.
+    let (s, _) = c.put_slot(survivor, "nq", "y", &json!(2), None).await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_idempotency_key_is_applied_once() {
+    let c = Cluster::start(3).await;
+    let put = |via: u64, key: &'static str| {
+        let c = &c;
+        async move {
+            let headers = [("if-match", "0"), ("idempotency-key", key)];
+            c.call(via, Method::PUT, "/shared-objects/idem/slots/x", Some(&json!("first")), &headers).await.unwrap()
+        }
+    };
+    let (s, b) = put(1, "req-1").await;
+    assert_eq!((s, &b["version"]), (StatusCode::OK, &json!(1)));
+    // The retry would fail its If-Match as a new write; as a retry it gets the first answer.
+    let (s, b) = put(2, "req-1").await;
+    assert_eq!((s, &b["version"]), (StatusCode::OK, &json!(1)), "{b}");
+    assert_eq!(c.object(3, "idem", false).await.unwrap()["version"], 1);
+    // Another key is another write.
+    let (s, b) = put(3, "req-2").await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{b}");
+}

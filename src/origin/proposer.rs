@@ -33,6 +33,12 @@ pub const BATCH_QUEUE: usize = 4096;
 /// batch in flight keeps the next one ready while the first is flushed.
 const BATCHES_IN_FLIGHT: usize = 2;
 
+/// How long one attempt of a write or read may take before it is retried (with the
+/// same request id), so a leader that went silent costs about this much, not the whole
+/// deadline. Membership changes get the whole deadline: a learner may take a while to
+/// catch up.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Pause between retries while no leader is known; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(250);
@@ -40,9 +46,16 @@ const MAX_BACKOFF: Duration = Duration::from_millis(250);
 /// Why a request did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
-    /// No leader answered within the deadline (election, partition, minority).
+    /// No leader answered within the deadline (election, partition, minority), and the
+    /// request was never proposed.
     #[error("the cluster has no reachable leader (waited {0:?})")]
     Unavailable(Duration),
+    /// A write was sent towards a leader but no answer came within the deadline: it
+    /// may or may not be applied. Retrying with the same request id is safe.
+    #[error(
+        "no answer within {0:?}: the write may or may not have been applied; retry it with the same Idempotency-Key"
+    )]
+    Uncertain(Duration),
     /// The request cannot succeed as given.
     #[error("{message}")]
     Failed { kind: FailKind, message: String },
@@ -88,7 +101,13 @@ impl Proposer {
 
     /// Proposes a command and returns the state machine's answer.
     pub async fn write(&self, command: Command) -> Result<Response, ProposeError> {
-        let req = Request { id: RequestId::random(), at_ms: 0, command };
+        self.write_as(RequestId::random(), command).await
+    }
+
+    /// Proposes a command under a caller-chosen request id: a retry with the same id
+    /// gets the first answer and is not applied twice.
+    pub async fn write_as(&self, id: RequestId, command: Command) -> Result<Response, ProposeError> {
+        let req = Request { id, at_ms: 0, command };
         match self.submit(Forward::Write(req)).await? {
             ForwardReply::Written(resp) => Ok(resp),
             other => Err(unexpected(other)),
@@ -127,13 +146,30 @@ impl Proposer {
     /// Runs `req` where the leader is, retrying until the deadline.
     pub async fn submit(&self, req: Forward) -> Result<ForwardReply, ProposeError> {
         let started = Instant::now();
+        let remaining = || {
+            let left = self.deadline.saturating_sub(started.elapsed());
+            match req {
+                Forward::Write(_) | Forward::ReadIndex => left.min(ATTEMPT_TIMEOUT),
+                _ => left,
+            }
+        };
         let mut backoff = FIRST_BACKOFF;
+        // Whether some attempt may have been proposed without our seeing the answer.
+        let mut uncertain = false;
         loop {
-            let reply = match self.execute_here(&req).await {
-                ForwardReply::NotLeader { leader: Some(leader) } if leader != self.id => {
-                    self.forward(leader, &req, self.deadline.saturating_sub(started.elapsed())).await
+            // Bounded even here: an isolated ex-leader holds uncommitted entries until
+            // they are committed or truncated, which may take arbitrarily long.
+            let reply = match tokio::time::timeout(remaining(), self.execute_here(&req)).await {
+                Ok(ForwardReply::NotLeader { leader: Some(leader) }) if leader != self.id => {
+                    let (reply, delivered) = self.forward(leader, &req, remaining()).await;
+                    uncertain |= delivered && matches!(reply, ForwardReply::NotLeader { leader: None });
+                    reply
                 }
-                reply => reply,
+                Ok(reply) => reply,
+                Err(_) => {
+                    uncertain = true;
+                    ForwardReply::NotLeader { leader: None }
+                }
             };
             match reply {
                 ForwardReply::NotLeader { .. } => {}
@@ -141,10 +177,15 @@ impl Proposer {
                 ok => return Ok(ok),
             }
             if started.elapsed() + backoff > self.deadline {
-                if matches!(req, Forward::Write(_)) {
+                let is_write = matches!(req, Forward::Write(_));
+                if is_write {
                     self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
                 }
-                return Err(ProposeError::Unavailable(self.deadline));
+                return Err(if uncertain && is_write {
+                    ProposeError::Uncertain(self.deadline)
+                } else {
+                    ProposeError::Unavailable(self.deadline)
+                });
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -152,10 +193,11 @@ impl Proposer {
     }
 
     /// Sends `req` to `leader`'s `/raft/forward`. Transport failures read as "no
-    /// leader known", so the caller retries.
-    async fn forward(&self, leader: NodeId, req: &Forward, remaining: Duration) -> ForwardReply {
+    /// leader known", so the caller retries; the flag says whether the request may
+    /// have reached the leader (anything but a refused connection).
+    async fn forward(&self, leader: NodeId, req: &Forward, remaining: Duration) -> (ForwardReply, bool) {
         let not_leader = ForwardReply::NotLeader { leader: None };
-        let Some(addr) = self.node_addr(leader) else { return not_leader };
+        let Some(addr) = self.node_addr(leader) else { return (not_leader, false) };
         let res = self
             .client
             .post(format!("http://{}/raft/forward", addr.http))
@@ -168,18 +210,18 @@ impl Proposer {
             Ok(res) if res.status().is_success() => res.bytes().await,
             Ok(res) => {
                 tracing::warn!(leader, status = %res.status(), "leader refused a forwarded request");
-                return not_leader;
+                return (not_leader, false);
             }
             Err(e) => {
                 tracing::debug!(leader, error = %e, "forwarding to the leader failed");
-                return not_leader;
+                return (not_leader, !e.is_connect());
             }
         };
         match body.map_err(|e| e.to_string()).and_then(|b| rpc::decode::<ForwardReply>(&b).map_err(|e| e.to_string())) {
-            Ok(reply) => reply,
+            Ok(reply) => (reply, false),
             Err(e) => {
                 tracing::warn!(leader, error = %e, "unreadable answer from the leader");
-                not_leader
+                (not_leader, true)
             }
         }
     }

@@ -51,6 +51,7 @@ impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", e.to_string()),
+            ProposeError::Uncertain(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", e.to_string()),
             ProposeError::Failed { kind, message } => {
                 let (status, code) = match kind {
                     FailKind::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),

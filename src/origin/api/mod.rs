@@ -20,8 +20,9 @@ use axum::routing::{delete, get, post, put};
 use axum::Router;
 use raftcast_raft::rpc::constant_time_eq;
 use raftcast_raft::typ::Raft;
-use raftcast_raft::NodeId;
+use raftcast_raft::{NodeId, RequestId};
 use raftcast_storage::StateHandle;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
@@ -55,6 +56,23 @@ impl AppState {
         }
         self.proposer.read_barrier().await.map_err(ApiError::from)
     }
+}
+
+/// The request id of a write: derived from the client's `Idempotency-Key` header when
+/// it sends one (so its retries are applied once), random otherwise. The key is scoped
+/// by `scope` (method and path), so the same key on two routes names two writes.
+pub fn request_id(headers: &HeaderMap, scope: &str) -> Result<RequestId, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else { return Ok(RequestId::random()) };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters"))?;
+    let digest =
+        Sha256::new().chain_update(scope.as_bytes()).chain_update([0u8]).chain_update(key.as_bytes()).finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    Ok(RequestId(u128::from_be_bytes(id)))
 }
 
 fn stale_requested(query: Option<&str>) -> bool {
@@ -136,6 +154,17 @@ async fn metrics(State(app): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_are_scoped_by_route() {
+        let mut h = HeaderMap::new();
+        assert_ne!(request_id(&h, "a").unwrap(), request_id(&h, "a").unwrap(), "no key: random ids");
+        h.insert("idempotency-key", "k1".parse().unwrap());
+        assert_eq!(request_id(&h, "PUT /x").unwrap(), request_id(&h, "PUT /x").unwrap());
+        assert_ne!(request_id(&h, "PUT /x").unwrap(), request_id(&h, "PUT /y").unwrap());
+        h.insert("idempotency-key", "".parse().unwrap());
+        assert!(request_id(&h, "PUT /x").is_err());
+    }
 
     #[test]
     fn stale_reads_are_opt_in() {

@@ -98,9 +98,10 @@ pub async fn put_slot(
             format!("a slot value may take at most {MAX_VALUE_BYTES} bytes"),
         ));
     }
+    let id = super::request_id(&headers, &format!("PUT {name}/{slot}"))?;
     // Objects created through HTTP are persistent (DESIGN.md).
     let command = Command::SetSlots { object: name, slots: vec![(slot, value)], if_version, persistent: true };
-    answer(app.proposer.write(command).await?)
+    answer(app.proposer.write_as(id, command).await?)
 }
 
 pub async fn delete_slot(
@@ -111,7 +112,8 @@ pub async fn delete_slot(
     check_name("object name", &name)?;
     check_name("slot name", &slot)?;
     let if_version = if_match(&headers)?;
-    answer(app.proposer.write(Command::DeleteSlot { object: name, slot, if_version }).await?)
+    let id = super::request_id(&headers, &format!("DELETE {name}/{slot}"))?;
+    answer(app.proposer.write_as(id, Command::DeleteSlot { object: name, slot, if_version }).await?)
 }
 
 /// Server-Sent Events for one object: first `state` (the whole object, version 0 when
