@@ -39,6 +39,10 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// catch up.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The leader answers a forwarded membership change this long before the forwarding
+/// node's own deadline, so its answer ("not caught up") arrives rather than a timeout.
+const ANSWER_MARGIN: Duration = Duration::from_millis(750);
+
 /// Pause between retries while no leader is known; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(250);
@@ -311,9 +315,10 @@ impl Proposer {
     /// learner that is thousands of entries behind, even one that is not running).
     async fn wait_caught_up(&self, id: NodeId, addr: &NodeAddr) -> ForwardReply {
         let target = self.raft.metrics().borrow().last_log_index;
+        let budget = self.deadline.saturating_sub(ANSWER_MARGIN);
         let caught_up = self
             .raft
-            .wait(Some(self.deadline))
+            .wait(Some(budget))
             .metrics(
                 |m| {
                     m.replication
@@ -332,7 +337,7 @@ impl Proposer {
                 format!(
                     "node {id} is a learner now but has not caught up within {:?}; is it running at {}? \
                      Retry the same request once it is",
-                    self.deadline, addr.http
+                    budget, addr.http
                 ),
             ),
         }
