@@ -155,3 +155,68 @@ async fn snapshot(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) ->
         Err(refused) => refused.into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::typ::Entry;
+    use crate::{Forward, ForwardReply, Proposal};
+    use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+    use proptest::prelude::*;
+
+    fn decode_everything(bytes: &[u8]) {
+        // Every type that arrives from the network: errors are fine, panics are not.
+        let _ = decode::<AppendEntriesRequest<crate::TypeConfig>>(bytes);
+        let _ = decode::<VoteRequest<crate::NodeId>>(bytes);
+        let _ = decode::<InstallSnapshotRequest<crate::TypeConfig>>(bytes);
+        let _ = decode::<Forward>(bytes);
+        let _ = decode::<ForwardReply>(bytes);
+        let _ = decode::<Entry>(bytes);
+        let _ = decode::<Proposal>(bytes);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            decode_everything(&bytes);
+        }
+
+        #[test]
+        fn mutated_valid_messages_never_panic_the_decoder(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let req = crate::Request {
+                id: crate::RequestId(7),
+                at_ms: 1,
+                command: crate::Command::SetSlots {
+                    object: "o".into(),
+                    slots: vec![("s".into(), crate::Value::Array(vec![crate::Value::String("x".into())]))],
+                    if_version: Some(3),
+                    persistent: true,
+                },
+            };
+            let mut bytes = encode(&Forward::Write(req));
+            for (at, x) in flips {
+                let i = at % bytes.len();
+                bytes[i] ^= x;
+            }
+            decode_everything(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_huge_length_prefix_is_refused_without_allocating_it() {
+        // A Vec length of u64::MAX must fail (the limit), not abort on allocation.
+        let mut bytes = vec![0u8]; // Forward::Write variant
+        bytes.extend([0xff; 9]);
+        assert!(decode::<Forward>(&bytes).is_err());
+        assert!(decode::<Proposal>(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = encode(&Forward::ReadIndex);
+        bytes.push(0);
+        assert!(matches!(decode::<Forward>(&bytes), Err(DecodeError::Trailing(1))));
+    }
+}
