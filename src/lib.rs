@@ -7,4 +7,5 @@ pub mod bench;
 pub mod ctl;
 pub mod logging;
 pub mod origin;
+pub mod rtmp;
 pub mod secrets;
