@@ -5,3 +5,4 @@
 //! `edge` feed it bytes and `now`.
 
 pub mod flv;
+pub mod handshake;
