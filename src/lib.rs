@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod ctl;
 pub mod logging;
+pub mod media;
 pub mod origin;
 pub mod rtmp;
 pub mod secrets;

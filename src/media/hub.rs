@@ -1,0 +1,247 @@
+//! The per-stream fan-out hub: one publisher pushes frames, any number of readers
+//! subscribe. A new reader starts from the GOP cache; each reader has its own bounded
+//! queue, so a slow one only loses its own frames.
+//!
+//! Publishing never waits: it takes the hub's lock, appends to each reader's queue
+//! (each under its own short lock) and wakes the reader. No lock is held across an
+//! `.await`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::frame::Frame;
+use super::gop::{GopCache, GopLimits};
+use super::queue::{Queue, QueueLimits};
+
+/// Limits of a hub and of each of its readers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HubLimits {
+    pub gop: GopLimits,
+    pub queue: QueueLimits,
+}
+
+/// One stream's hub.
+pub struct Hub {
+    limits: HubLimits,
+    state: Mutex<HubState>,
+}
+
+struct HubState {
+    gop: GopCache,
+    readers: Vec<Arc<Reader>>,
+    next_id: u64,
+    ended: bool,
+}
+
+struct Reader {
+    id: u64,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    ended: AtomicBool,
+}
+
+/// A reader's end of a hub. Dropping it unsubscribes.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    reader: Arc<Reader>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not take the stream down with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(limits: HubLimits) -> Arc<Hub> {
+        Arc::new(Hub {
+            limits,
+            state: Mutex::new(HubState {
+                gop: GopCache::new(limits.gop),
+                readers: Vec::new(),
+                next_id: 0,
+                ended: false,
+            }),
+        })
+    }
+
+    /// Delivers a frame to every reader and the GOP cache. Never blocks on readers.
+    pub fn publish(&self, frame: Frame) {
+        let mut state = lock(&self.state);
+        if state.ended {
+            return;
+        }
+        state.gop.push(&frame);
+        let start = state.gop.is_start(&frame);
+        for reader in &state.readers {
+            lock(&reader.queue).push(frame.clone(), start);
+            reader.wake.notify_one();
+        }
+    }
+
+    /// Subscribes a new reader, primed with the headers and the current GOP.
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        let mut state = lock(&self.state);
+        let mut queue = Queue::new(self.limits.queue);
+        for frame in state.gop.start_frames() {
+            let start = state.gop.is_start(frame);
+            queue.push(frame.clone(), start);
+        }
+        let reader = Arc::new(Reader {
+            id: state.next_id,
+            queue: Mutex::new(queue),
+            wake: Notify::new(),
+            ended: AtomicBool::new(state.ended),
+        });
+        state.next_id += 1;
+        state.readers.push(reader.clone());
+        Subscription { hub: self.clone(), reader }
+    }
+
+    /// The stream ended: readers get what is queued, then `None`.
+    pub fn end(&self) {
+        let mut state = lock(&self.state);
+        state.ended = true;
+        for reader in &state.readers {
+            reader.ended.store(true, Ordering::Release);
+            reader.wake.notify_one();
+        }
+    }
+
+    pub fn reader_count(&self) -> usize {
+        lock(&self.state).readers.len()
+    }
+}
+
+impl Subscription {
+    /// The next frame, waiting for one; `None` once the stream has ended and the queue
+    /// is drained.
+    pub async fn recv(&self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.try_recv() {
+                return Some(frame);
+            }
+            if self.reader.ended.load(Ordering::Acquire) {
+                // Frames pushed before `end` are already queued.
+                return self.try_recv();
+            }
+            self.reader.wake.notified().await;
+        }
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&self) -> Option<Frame> {
+        lock(&self.reader.queue).pop()
+    }
+
+    /// Frames this reader lost because it was behind.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.reader.queue).dropped()
+    }
+
+    /// Frames waiting for this reader.
+    pub fn backlog(&self) -> usize {
+        lock(&self.reader.queue).len()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let id = self.reader.id;
+        lock(&self.hub.state).readers.retain(|r| r.id != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::frame::FrameKind;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn video(ts: u32, key: bool) -> Frame {
+        Frame::video(ts, Bytes::from(vec![if key { 0x17 } else { 0x27 }, 0x01, 0, 0, 0, (ts % 251) as u8]))
+    }
+
+    fn small() -> HubLimits {
+        HubLimits { gop: GopLimits::default(), queue: QueueLimits { max_frames: 64, max_bytes: usize::MAX } }
+    }
+
+    #[tokio::test]
+    async fn a_late_reader_starts_with_headers_and_the_keyframe() {
+        let hub = Hub::new(small());
+        hub.publish(Frame::metadata(0, Bytes::from_static(b"meta")));
+        hub.publish(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])));
+        hub.publish(video(0, true));
+        hub.publish(video(40, false));
+        let sub = hub.subscribe();
+        hub.publish(video(80, false));
+        let mut got = Vec::new();
+        while let Some(f) = sub.try_recv() {
+            got.push((f.kind, f.timestamp, f.keyframe, f.header));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (FrameKind::Data, 0, false, true),
+                (FrameKind::Video, 0, false, true),
+                (FrameKind::Video, 0, true, false),
+                (FrameKind::Video, 40, false, false),
+                (FrameKind::Video, 80, false, false),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_reader_loses_only_its_own_frames() {
+        let hub = Hub::new(small());
+        let fast = hub.subscribe();
+        let slow = hub.subscribe();
+        let mut fast_got = 0;
+        for i in 0..1000u32 {
+            hub.publish(video(i * 33, i % 60 == 0));
+            while fast.try_recv().is_some() {
+                fast_got += 1;
+            }
+        }
+        assert_eq!(fast_got, 1000, "the fast reader got every frame");
+        assert_eq!(fast.dropped(), 0);
+        assert!(slow.backlog() <= 64, "bounded: {}", slow.backlog());
+        assert!(slow.dropped() > 900, "dropped {}", slow.dropped());
+        // What the slow reader has starts at a keyframe.
+        assert!(slow.try_recv().unwrap().keyframe);
+    }
+
+    #[tokio::test]
+    async fn readers_wake_for_frames_and_see_the_end() {
+        let hub = Hub::new(small());
+        let sub = hub.subscribe();
+        let reader = tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(_f) = sub.recv().await {
+                n += 1;
+            }
+            n
+        });
+        for i in 0..10u32 {
+            hub.publish(video(i * 40, i == 0));
+            tokio::task::yield_now().await;
+        }
+        hub.end();
+        let n = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap();
+        assert_eq!(n, 10);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscription_unsubscribes() {
+        let hub = Hub::new(small());
+        let a = hub.subscribe();
+        let b = hub.subscribe();
+        assert_eq!(hub.reader_count(), 2);
+        drop(a);
+        assert_eq!(hub.reader_count(), 1);
+        drop(b);
+        assert_eq!(hub.reader_count(), 0);
+    }
+}
