@@ -4,5 +4,6 @@
 //! Nothing in this module knows tokio, sockets or the clock; the connection drivers in
 //! `edge` feed it bytes and `now`.
 
+pub mod amf0;
 pub mod flv;
 pub mod handshake;
