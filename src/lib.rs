@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod ctl;
+pub mod link;
 pub mod logging;
 pub mod media;
 pub mod origin;

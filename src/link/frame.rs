@@ -1,0 +1,254 @@
+//! Link framing. Every frame is `length: u32 BE` (bytes that follow, at most
+//! [`MAX_FRAME`]) then a tag byte:
+//!
+//! - `0x01` control: a bincode-encoded [`Control`];
+//! - `0x02` media: `channel: u32 BE, kind: u8 (FLV tag type 8/9/18), flags: u8,
+//!   timestamp: u32 BE`, then the FLV tag body, untouched.
+//!
+//! Media flags: bit 0 keyframe, bit 1 header (sequence header or metadata). Decoded
+//! media payloads share the receive buffer (no copy).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::protocol::{ChannelId, Control};
+use crate::media::{Frame, FrameKind};
+
+/// Largest frame body: an RTMP message can be 16 MiB - 1, plus the media header.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024 + 16;
+/// Largest control frame body (control messages are small).
+pub const MAX_CONTROL: usize = 64 * 1024;
+
+const TAG_CONTROL: u8 = 0x01;
+const TAG_MEDIA: u8 = 0x02;
+const MEDIA_HEADER: usize = 4 + 1 + 1 + 4;
+const FLAG_KEYFRAME: u8 = 0b01;
+const FLAG_HEADER: u8 = 0b10;
+
+/// A media frame on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFrame {
+    pub channel: ChannelId,
+    pub frame: Frame,
+}
+
+/// One frame of the link.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkFrame {
+    Control(Control),
+    Media(MediaFrame),
+}
+
+/// Why bytes from a link peer were refused. The link is closed; other links are not
+/// affected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LinkError {
+    /// A length prefix above the limit for its kind.
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// An empty frame (no tag).
+    #[error("empty frame")]
+    Empty,
+    /// A tag that is neither control nor media.
+    #[error("unknown frame tag {0:#04x}")]
+    UnknownTag(u8),
+    /// A control body that is not a valid `Control`.
+    #[error("invalid control frame: {0}")]
+    BadControl(String),
+    /// A media frame shorter than its header, or with an unknown media kind.
+    #[error("invalid media frame: {0}")]
+    BadMedia(&'static str),
+}
+
+/// Encodes and decodes link frames.
+#[derive(Debug, Default)]
+pub struct FrameCodec;
+
+fn kind_byte(kind: FrameKind) -> u8 {
+    match kind {
+        FrameKind::Audio => 8,
+        FrameKind::Video => 9,
+        FrameKind::Data => 18,
+    }
+}
+
+impl FrameCodec {
+    /// Appends `frame` to `out`.
+    pub fn encode(frame: &LinkFrame, out: &mut BytesMut) {
+        match frame {
+            LinkFrame::Control(control) => {
+                let body = raftcast_raft::rpc::encode(control);
+                out.reserve(5 + body.len());
+                out.put_u32(1 + body.len() as u32);
+                out.put_u8(TAG_CONTROL);
+                out.put_slice(&body);
+            }
+            LinkFrame::Media(m) => {
+                let f = &m.frame;
+                out.reserve(5 + MEDIA_HEADER + f.payload.len());
+                out.put_u32((1 + MEDIA_HEADER + f.payload.len()) as u32);
+                out.put_u8(TAG_MEDIA);
+                out.put_u32(m.channel.0);
+                out.put_u8(kind_byte(f.kind));
+                out.put_u8(if f.keyframe { FLAG_KEYFRAME } else { 0 } | if f.header { FLAG_HEADER } else { 0 });
+                out.put_u32(f.timestamp);
+                out.put_slice(&f.payload);
+            }
+        }
+    }
+
+    /// Takes the next complete frame from `buf`, or `Ok(None)` when more bytes are
+    /// needed. A length prefix is checked before any of its bytes are awaited.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<LinkFrame>, LinkError> {
+        let Some(prefix) = buf.get(..4) else { return Ok(None) };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len == 0 {
+            return Err(LinkError::Empty);
+        }
+        if len > MAX_FRAME {
+            return Err(LinkError::TooLarge(len));
+        }
+        let Some(&tag) = buf.get(4) else { return Ok(None) };
+        match tag {
+            TAG_CONTROL if len > MAX_CONTROL => return Err(LinkError::TooLarge(len)),
+            TAG_CONTROL | TAG_MEDIA => {}
+            other => return Err(LinkError::UnknownTag(other)),
+        }
+        // Memory grows only with bytes that arrived, never with a declared length.
+        if buf.len() < 4 + len {
+            return Ok(None);
+        }
+        buf.advance(5);
+        let mut body = buf.split_to(len - 1).freeze();
+        match tag {
+            TAG_CONTROL => raftcast_raft::rpc::decode::<Control>(&body)
+                .map(|c| Some(LinkFrame::Control(c)))
+                .map_err(|e| LinkError::BadControl(e.to_string())),
+            _ => {
+                if body.len() < MEDIA_HEADER {
+                    return Err(LinkError::BadMedia("shorter than its header"));
+                }
+                let channel = ChannelId(body.get_u32());
+                let kind = match body.get_u8() {
+                    8 => FrameKind::Audio,
+                    9 => FrameKind::Video,
+                    18 => FrameKind::Data,
+                    _ => return Err(LinkError::BadMedia("unknown media kind")),
+                };
+                let flags = body.get_u8();
+                let timestamp = body.get_u32();
+                let frame = Frame {
+                    kind,
+                    timestamp,
+                    keyframe: flags & FLAG_KEYFRAME != 0,
+                    header: flags & FLAG_HEADER != 0,
+                    payload: body,
+                };
+                Ok(Some(LinkFrame::Media(MediaFrame { channel, frame })))
+            }
+        }
+    }
+}
+
+/// A frame's payload as shared bytes (for tests and tools).
+pub fn encode_to_bytes(frame: &LinkFrame) -> Bytes {
+    let mut out = BytesMut::new();
+    FrameCodec::encode(frame, &mut out);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use raftcast_raft::StreamKey;
+
+    fn media(channel: u32, ts: u32, key: bool, payload: &'static [u8]) -> LinkFrame {
+        let frame = Frame {
+            kind: FrameKind::Video,
+            timestamp: ts,
+            keyframe: key,
+            header: false,
+            payload: Bytes::from_static(payload),
+        };
+        LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })
+    }
+
+    #[test]
+    fn media_frames_have_the_documented_layout() {
+        let bytes = encode_to_bytes(&media(7, 0x0102_0304, true, b"\x17\x01xyz"));
+        assert_eq!(&bytes[..], &[0, 0, 0, 16, 0x02, 0, 0, 0, 7, 9, 0b01, 1, 2, 3, 4, 0x17, 0x01, b'x', b'y', b'z'][..]);
+    }
+
+    #[test]
+    fn frames_round_trip_byte_by_byte_and_all_at_once() {
+        let frames = vec![
+            LinkFrame::Control(Control::Hello { protocol: 1, edge: "edge-1".into(), secret: "s".repeat(20) }),
+            media(1, 0, true, b"\x17\x01abc"),
+            LinkFrame::Control(Control::Subscribe {
+                channel: ChannelId(2),
+                stream: StreamKey::new("live", "foo").unwrap(),
+            }),
+            media(2, 40, false, b""),
+            LinkFrame::Control(Control::Ping { seq: 9 }),
+        ];
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            FrameCodec::encode(f, &mut wire);
+        }
+        let all = wire.clone();
+        let mut got = Vec::new();
+        while let Some(f) = FrameCodec::decode(&mut wire).unwrap() {
+            got.push(f);
+        }
+        assert_eq!(got, frames);
+        assert!(wire.is_empty());
+        // One byte at a time: nothing until each frame is complete, then the same frames.
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in all.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = FrameCodec::decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn bad_frames_are_refused_before_their_bytes_arrive() {
+        let mut huge = BytesMut::from(&[0x7f, 0xff, 0xff, 0xff, TAG_MEDIA][..]);
+        assert_eq!(FrameCodec::decode(&mut huge), Err(LinkError::TooLarge(0x7fff_ffff)));
+        let mut big_control = BytesMut::from(&[0, 0x10, 0, 0, TAG_CONTROL][..]);
+        assert!(matches!(FrameCodec::decode(&mut big_control), Err(LinkError::TooLarge(_))));
+        let mut empty = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert_eq!(FrameCodec::decode(&mut empty), Err(LinkError::Empty));
+        let mut tag = BytesMut::from(&[0, 0, 0, 1, 0x7e][..]);
+        assert_eq!(FrameCodec::decode(&mut tag), Err(LinkError::UnknownTag(0x7e)));
+        let mut short = BytesMut::from(&[0, 0, 0, 3, TAG_MEDIA, 0, 0][..]);
+        assert_eq!(FrameCodec::decode(&mut short), Err(LinkError::BadMedia("shorter than its header")));
+        let mut kind = BytesMut::from(&[0, 0, 0, 11, TAG_MEDIA, 0, 0, 0, 1, 42, 0, 0, 0, 0, 0][..]);
+        assert_eq!(FrameCodec::decode(&mut kind), Err(LinkError::BadMedia("unknown media kind")));
+        let mut control = BytesMut::from(&[0, 0, 0, 3, TAG_CONTROL, 0xff, 0xff][..]);
+        assert!(matches!(FrameCodec::decode(&mut control), Err(LinkError::BadControl(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = FrameCodec::decode(&mut buf) {}
+        }
+
+        #[test]
+        fn media_round_trips(channel: u32, ts: u32, key: bool, header: bool, kind in 0..3u8,
+                             payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let kind = [FrameKind::Audio, FrameKind::Video, FrameKind::Data][kind as usize];
+            let frame = Frame { kind, timestamp: ts, keyframe: key, header, payload: Bytes::from(payload) };
+            let f = LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame });
+            let mut buf = BytesMut::new();
+            FrameCodec::encode(&f, &mut buf);
+            prop_assert_eq!(FrameCodec::decode(&mut buf).unwrap(), Some(f));
+            prop_assert!(buf.is_empty());
+        }
+    }
+}

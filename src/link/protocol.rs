@@ -1,0 +1,81 @@
+//! Control messages of the link, encoded with bincode (see `frame`). This is a
+//! versioned boundary: append variants at the end, never reorder or change them, and
+//! bump [`PROTOCOL_VERSION`] when that rule cannot hold.
+
+use raftcast_raft::{NodeId, StreamKey};
+use serde::{Deserialize, Serialize};
+
+/// Version spoken on the link; the origin refuses a `Hello` with another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Names one stream's media on one link, assigned by the edge when it publishes or
+/// subscribes, so media frames need not repeat the stream's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChannelId(pub u32);
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    /// The edge's first frame: who it is, authenticated by the cluster secret.
+    Hello {
+        protocol: u32,
+        edge: String,
+        secret: String,
+    },
+    /// The origin accepted the link.
+    Welcome {
+        protocol: u32,
+        origin: NodeId,
+    },
+    /// The origin refused the link (wrong secret or version); it closes next.
+    Refused {
+        reason: String,
+    },
+    /// Liveness, both ways; answered with `Pong` carrying the same sequence number.
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    /// Edge → origin: media for `stream` follows on `channel`, under claim `epoch`.
+    Publish {
+        channel: ChannelId,
+        stream: StreamKey,
+        epoch: u64,
+    },
+    /// Origin → edge: the publish is accepted (the epoch is current).
+    PublishAccepted {
+        channel: ChannelId,
+    },
+    /// Origin → edge: the publish is refused (a stale epoch, not the owner, …).
+    PublishRefused {
+        channel: ChannelId,
+        reason: String,
+    },
+    /// Edge → origin: the publisher stopped.
+    Unpublish {
+        channel: ChannelId,
+    },
+    /// Edge → origin: send `stream`'s media on `channel`, starting from the GOP cache.
+    Subscribe {
+        channel: ChannelId,
+        stream: StreamKey,
+    },
+    /// Origin → edge: the subscription is live.
+    Subscribed {
+        channel: ChannelId,
+    },
+    /// Origin → edge: this origin has no such stream.
+    NotFound {
+        channel: ChannelId,
+    },
+    /// Edge → origin: stop sending `channel`.
+    Unsubscribe {
+        channel: ChannelId,
+    },
+    /// Origin → edge: the stream on `channel` ended.
+    Ended {
+        channel: ChannelId,
+    },
+}
