@@ -39,3 +39,36 @@ fn link_frame_regressions_decode_without_panicking() {
         }
     }
 }
+
+#[test]
+fn rtmp_chunk_regressions_decode_without_panicking() {
+    use bytes::BytesMut;
+    use raftcast::rtmp::chunk::{ChunkDecoder, DecoderLimits};
+    use raftcast::rtmp::message::Message;
+    for (_name, bytes) in inputs("rtmp_chunks") {
+        let mut decoder = ChunkDecoder::new(DecoderLimits::default());
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(raw)) = decoder.decode(&mut buf) {
+            let _ = Message::parse(&raw);
+        }
+    }
+}
+
+/// The input that makes rml_rtmp 0.8's decoder panic (NOTES.md): a 300-byte video
+/// message at chunk size 128 on csid 4 with a whole audio message on csid 5 between
+/// its first and second chunk. Both messages must come out whole.
+#[test]
+fn interleaved_chunk_streams_decode_to_whole_messages() {
+    use bytes::BytesMut;
+    use raftcast::rtmp::chunk::{ChunkDecoder, DecoderLimits};
+    let bytes =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions/rtmp_chunks/interleaved-notes-case"))
+            .unwrap();
+    let mut decoder = ChunkDecoder::new(DecoderLimits::default());
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut got = Vec::new();
+    while let Some(m) = decoder.decode(&mut buf).unwrap() {
+        got.push((m.csid, m.type_id, m.payload.len()));
+    }
+    assert_eq!(got, vec![(5, 8, 20), (4, 9, 300)]);
+}

@@ -459,6 +459,7 @@ fn payload_len(msg: &RawMessage) -> u32 {
 /// Writes `msg` as a chunk with a header of type `fmt`, whose timestamp field is `field`
 /// (absolute for type 0, a delta otherwise), followed by type-3 continuation chunks.
 fn write_message(msg: &RawMessage, fmt: u8, field: u32, chunk_size: u32, out: &mut BytesMut) {
+    let length = payload_len(msg);
     let extended = (field >= MAX_FIELD).then_some(field);
     let chunk_size = chunk_size as usize;
     let continuation_len = 3 + if extended.is_some() { 4 } else { 0 };
@@ -469,7 +470,7 @@ fn write_message(msg: &RawMessage, fmt: u8, field: u32, chunk_size: u32, out: &m
         out.put_uint(u64::from(field.min(MAX_FIELD)), 3);
     }
     if fmt < 2 {
-        out.put_uint(u64::from(payload_len(msg)), 3);
+        out.put_uint(u64::from(length), 3);
         out.put_u8(msg.type_id);
     }
     if fmt == 0 {
@@ -806,6 +807,8 @@ mod tests {
         prop_oneof![Just(128u32), Just(1u32), 1..=4096u32]
     }
 
+    /// Messages biased towards repeating csid, stream id, type, length and timestamp step, so
+    /// that every header type and extended timestamps (also on type-3 chunks) occur.
     fn arb_messages() -> impl Strategy<Value = Vec<RawMessage>> {
         let start = prop_oneof![Just(0u32), 0xFF_FF00..0x100_0100u32, any::<u32>()];
         let step = prop_oneof![
@@ -816,18 +819,21 @@ mod tests {
             0xFF_FFF0..0x100_0010u32,
             any::<u32>()
         ];
-        let payload = prop_oneof![Just(100usize), 0..=2000usize].prop_flat_map(|len| vec(any::<u8>(), len));
+        let len = prop_oneof![Just(0usize), Just(100usize), Just(300usize), 0..=2000usize];
         let message = (
-            prop_oneof![2..=6u32, 2..=400u32],
+            prop_oneof![3 => 2..=4u32, 1 => 2..=400u32],
             step,
-            payload,
-            prop_oneof![Just(9u8), 3..=255u8],
-            prop_oneof![Just(1u32), any::<u32>()],
+            len.prop_flat_map(|len| vec(any::<u8>(), len)),
+            prop_oneof![3 => Just(9u8), 1 => 3..=255u8],
+            prop_oneof![3 => Just(1u32), 1 => any::<u32>()],
         );
-        (start, vec(message, 0..16)).prop_map(|(mut timestamp, messages)| {
+        (start, vec(message, 0..16)).prop_map(|(start, messages)| {
+            // Each chunk stream advances its own clock by the message's step.
+            let mut clocks = HashMap::new();
             let to_message = |(csid, step, payload, type_id, stream_id): (u32, u32, Vec<u8>, u8, u32)| {
-                timestamp = timestamp.wrapping_add(step);
-                RawMessage { csid, timestamp, type_id, stream_id, payload: payload.into() }
+                let clock = clocks.entry(csid).or_insert(start);
+                *clock = u32::wrapping_add(*clock, step);
+                RawMessage { csid, timestamp: *clock, type_id, stream_id, payload: payload.into() }
             };
             messages.into_iter().map(to_message).collect()
         })
