@@ -419,6 +419,12 @@ impl ChunkEncoder {
         self.remember(msg, None);
     }
 
+    /// Forgets what was last sent on `csid`, so the next message there gets a full
+    /// type-0 header (after bytes chunked elsewhere whose headers are unknown).
+    pub fn forget(&mut self, csid: u32) {
+        self.streams.remove(&csid);
+    }
+
     fn remember(&mut self, msg: &RawMessage, delta: Option<u32>) {
         let header = OutHeader {
             timestamp: msg.timestamp,
@@ -557,6 +563,22 @@ mod tests {
         let mut out = BytesMut::new();
         messages.iter().for_each(|m| encoder.encode(m, &mut out));
         out.to_vec()
+    }
+
+    #[test]
+    fn forgetting_a_chunk_stream_forces_a_full_header() {
+        let msg =
+            |ts| RawMessage { csid: 6, timestamp: ts, type_id: 8, stream_id: 1, payload: Bytes::from_static(b"ab") };
+        let mut enc = ChunkEncoder::new();
+        let mut out = BytesMut::new();
+        enc.encode(&msg(0), &mut out);
+        out.clear();
+        enc.encode(&msg(20), &mut out);
+        assert_ne!(out[0] >> 6, 0, "compressed against the previous message");
+        enc.forget(6);
+        out.clear();
+        enc.encode(&msg(40), &mut out);
+        assert_eq!(out[0] >> 6, 0, "type 0 after forget");
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod chunk;
 pub mod flv;
 pub mod handshake;
 pub mod message;
+pub mod session;

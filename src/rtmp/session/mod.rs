@@ -57,7 +57,7 @@ pub const MAX_NAME_LEN: usize = 4096;
 const MAX_PAYLOAD: usize = 0xFF_FFFF;
 /// Largest valid chunk size.
 const MAX_CHUNK_SIZE: u32 = 0xFF_FFFF;
-/// A message stream id sessions never use; see [`Wire::forget`].
+/// A message stream id sessions never hand out (a client refuses it from a server).
 const NO_STREAM: u32 = u32::MAX;
 
 /// Why a session failed. Every variant is fatal: the driver closes the connection.
@@ -182,9 +182,7 @@ impl Wire {
     fn send_foreign(&mut self, bytes: &[u8], csids: &[u32]) {
         self.outbox.extend_from_slice(bytes);
         for &csid in csids {
-            let placeholder =
-                RawMessage { csid, timestamp: 0, type_id: 0, stream_id: NO_STREAM, payload: Bytes::new() };
-            self.encoder.note_sent(&placeholder);
+            self.encoder.forget(csid);
         }
     }
 
@@ -204,7 +202,7 @@ struct Status<'a> {
 }
 
 impl<'a> Status<'a> {
-    fn status(code: &'a str, description: &'a str) -> Self {
+    fn new(code: &'a str, description: &'a str) -> Self {
         Self { level: "status", code, description, details: None }
     }
 
@@ -216,14 +214,21 @@ impl<'a> Status<'a> {
         Self { details: Some(name), ..self }
     }
 
-    fn info(self) -> Amf0Value {
+    fn properties(self) -> Vec<(String, Amf0Value)> {
         let text = |s: &str| Amf0Value::String(s.to_owned());
-        let mut props =
-            vec![("level", text(self.level)), ("code", text(self.code)), ("description", text(self.description))];
+        let mut props = vec![
+            ("level".to_owned(), text(self.level)),
+            ("code".to_owned(), text(self.code)),
+            ("description".to_owned(), text(self.description)),
+        ];
         if let Some(name) = self.details {
-            props.push(("details", text(name)));
+            props.push(("details".to_owned(), text(name)));
         }
-        Amf0Value::object(props)
+        props
+    }
+
+    fn info(self) -> Amf0Value {
+        Amf0Value::Object(self.properties())
     }
 }
 
@@ -248,7 +253,11 @@ fn stream_name(arg: Option<&Amf0Value>) -> Option<(String, Option<String>)> {
 
 /// A transaction id or stream id carried as an AMF0 number, if it is a whole number in `u32`.
 fn as_u32(value: Option<&Amf0Value>) -> Option<u32> {
-    let n = value?.as_f64()?;
+    whole_u32(value?.as_f64()?)
+}
+
+/// `n` as a `u32` if it is a whole number in range (not NaN, not infinite, not fractional).
+fn whole_u32(n: f64) -> Option<u32> {
     (n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n)).then_some(n as u32)
 }
 

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use super::super::amf0::Amf0Value;
+use super::super::chunk::RawMessage;
+use super::super::message::{self, Command, Message, UserControl};
 use super::{
-    as_u32, split_aggregate, split_query, stream_name, MediaKind, SessionError, Status, Wire, CSID_AUDIO,
-    CSID_COMMAND, CSID_DATA, CSID_PROTOCOL, CSID_STATUS, CSID_VIDEO, MAX_NAME_LEN,
+    as_u32, split_aggregate, split_query, stream_name, MediaKind, SessionError, Status, Wire, CSID_AUDIO, CSID_COMMAND,
+    CSID_DATA, CSID_PROTOCOL, CSID_VIDEO, MAX_NAME_LEN,
 };
-use crate::rtmp::amf0::Amf0Value;
-use crate::rtmp::chunk::RawMessage;
-use crate::rtmp::message::{self, Command, Message, UserControl};
 
 /// The server's side of the connection parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +132,19 @@ enum Stream {
     /// Created, neither publishing nor playing.
     Idle,
     /// `publish` reported; waiting for the driver's decision.
-    PublishPending { name: String },
-    Publishing { name: String },
+    PublishPending {
+        name: String,
+    },
+    Publishing {
+        name: String,
+    },
     /// `play` reported; waiting for the driver's decision.
-    PlayPending { name: String },
-    Playing { name: String },
+    PlayPending {
+        name: String,
+    },
+    Playing {
+        name: String,
+    },
 }
 
 /// The server side of one RTMP connection after the handshake.
@@ -221,11 +229,7 @@ impl ServerSession {
             ("capabilities", Amf0Value::Number(31.0)),
             ("mode", Amf0Value::Number(1.0)),
         ]);
-        let Amf0Value::Object(mut info) =
-            Status::status("NetConnection.Connect.Success", "Connection succeeded.").info()
-        else {
-            unreachable!("Status::info builds an object")
-        };
+        let mut info = Status::new("NetConnection.Connect.Success", "Connection succeeded.").properties();
         info.push(("objectEncoding".into(), Amf0Value::Number(object_encoding)));
         let args = vec![Amf0Value::Object(info)];
         let command = Command { name: "_result".into(), transaction_id, object: properties, args };
@@ -249,7 +253,7 @@ impl ServerSession {
         let name = std::mem::take(name);
         self.wire.send_user_control(UserControl::StreamBegin(stream_id));
         let description = format!("{name} is now published.");
-        self.wire.send_status(stream_id, Status::status("NetStream.Publish.Start", &description).details(&name));
+        self.wire.send_status(stream_id, Status::new("NetStream.Publish.Start", &description).details(&name));
         *stream = Stream::Publishing { name };
     }
 
@@ -271,9 +275,9 @@ impl ServerSession {
         let name = std::mem::take(name);
         self.wire.send_user_control(UserControl::StreamBegin(stream_id));
         let reset = format!("Playing and resetting {name}.");
-        self.wire.send_status(stream_id, Status::status("NetStream.Play.Reset", &reset).details(&name));
+        self.wire.send_status(stream_id, Status::new("NetStream.Play.Reset", &reset).details(&name));
         let start = format!("Started playing {name}.");
-        self.wire.send_status(stream_id, Status::status("NetStream.Play.Start", &start).details(&name));
+        self.wire.send_status(stream_id, Status::new("NetStream.Play.Start", &start).details(&name));
         let sample_access =
             [Amf0Value::String("|RtmpSampleAccess".into()), Amf0Value::Boolean(true), Amf0Value::Boolean(true)];
         self.wire.send_data(stream_id, &sample_access);
@@ -300,7 +304,7 @@ impl ServerSession {
     pub fn end_of_stream(&mut self, stream_id: u32) {
         let Some(Stream::Playing { name }) = self.streams.get(&stream_id) else { return };
         let description = format!("{name} is now unpublished.");
-        let status = Status::status("NetStream.Play.UnpublishNotify", &description).details(name);
+        let status = Status::new("NetStream.Play.UnpublishNotify", &description).details(name);
         self.wire.send_status(stream_id, status);
         self.wire.send_user_control(UserControl::StreamEof(stream_id));
     }
@@ -309,7 +313,7 @@ impl ServerSession {
     pub fn publish_notify(&mut self, stream_id: u32) {
         let Some(Stream::Playing { name }) = self.streams.get(&stream_id) else { return };
         let description = format!("{name} is now published.");
-        let status = Status::status("NetStream.Play.PublishNotify", &description).details(name);
+        let status = Status::new("NetStream.Play.PublishNotify", &description).details(name);
         self.wire.send_user_control(UserControl::StreamBegin(stream_id));
         self.wire.send_status(stream_id, status);
     }
@@ -472,9 +476,9 @@ impl ServerSession {
                 let name = truncate(name_arg().unwrap_or(""), MAX_NAME_LEN).to_owned();
                 self.notify("onFCSubscribe", "NetStream.Play.Start", &name);
             }
-            // Replies and notifications to us, and stream controls we have nothing to say to.
+            // Replies and notifications to us, and stream controls a live server has nothing to say to.
             "_result" | "_error" | "onStatus" | "onBWDone" | "FCUnsubscribe" | "receiveAudio" | "receiveVideo"
-            | "pause" | "seek" => self.result_if_asked(txn),
+            | "pause" | "seek" => {}
             _ => self.call_failed(txn, "Method not found."),
         }
     }
@@ -540,7 +544,7 @@ impl ServerSession {
         match previous {
             Some(Stream::Publishing { name }) => {
                 let description = format!("{name} is now unpublished.");
-                let status = Status::status("NetStream.Unpublish.Success", &description).details(&name);
+                let status = Status::new("NetStream.Unpublish.Success", &description).details(&name);
                 self.wire.send_status(stream_id, status);
                 events.push(ServerEvent::StreamClosed { stream_id });
             }
@@ -556,10 +560,6 @@ impl ServerSession {
         if txn != 0.0 {
             self.wire.send_command(CSID_COMMAND, 0, "_result", txn, vec![value]);
         }
-    }
-
-    fn result_if_asked(&mut self, txn: f64) {
-        self.result(txn, Amf0Value::Null);
     }
 
     /// `_error` `NetConnection.Call.Failed` when the client asked for an answer.
