@@ -257,6 +257,9 @@ pub enum Forward {
     /// Confirm leadership with a quorum and return the index a linearizable read
     /// must wait for.
     ReadIndex,
+    /// Claim a stream for a publishing session; the leader picks the owner origin and
+    /// proposes `Command::ClaimStream` under `id`.
+    Claim { id: RequestId, stream: StreamKey, edge: String, session: String, takeover: bool },
 }
 
 /// The leader's answer to a [`Forward`].

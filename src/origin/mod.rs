@@ -3,10 +3,11 @@
 //!
 //! This module wires the pieces and owns the process lifecycle (start, signals,
 //! graceful shutdown); the pieces live in `config`, `proposer`, `api` and `metrics`.
-//! The media origin joins here with the edge work.
+//! `link_server` serves the edges' media links.
 
 pub mod api;
 pub mod config;
+pub mod link_server;
 pub mod metrics;
 pub mod proposer;
 
@@ -75,9 +76,21 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen on {}", config.http))?;
-    let proposer =
-        Proposer::new(raft.clone(), config.id, config.secret.clone(), config.request_deadline, metrics.clone());
+    let media_listener = tokio::net::TcpListener::bind(config.media)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.media))?;
+    let proposer = Proposer::new(
+        raft.clone(),
+        config.id,
+        config.secret.clone(),
+        config.request_deadline,
+        metrics.clone(),
+        state.clone(),
+    );
     let shutdown = CancellationToken::new();
+    let links = link_server::LinkContext::new(config.id, config.secret.clone(), raft.clone(), state.clone());
+    let link_task =
+        tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(media_listener, links, shutdown.clone())));
     tokio::spawn(tracing::Instrument::in_current_span(watch_raft(raft.clone(), metrics.clone(), shutdown.clone())));
 
     let app = api::AppState {
@@ -123,6 +136,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
+    let _ = link_task.await;
     raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())

@@ -18,8 +18,9 @@ use openraft::ChangeMembers;
 use raftcast_raft::rpc::{self, ClusterSecret, SECRET_HEADER};
 use raftcast_raft::typ::Raft;
 use raftcast_raft::{
-    Command, FailKind, Forward, ForwardReply, NodeAddr, NodeId, Proposal, Request, RequestId, Response,
+    Command, FailKind, Forward, ForwardReply, NodeAddr, NodeId, Proposal, Request, RequestId, Response, StreamKey,
 };
+use raftcast_storage::StateHandle;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -42,6 +43,10 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The leader answers a forwarded membership change this long before the forwarding
 /// node's own deadline, so its answer ("not caught up") arrives rather than a timeout.
 const ANSWER_MARGIN: Duration = Duration::from_millis(750);
+
+/// A follower this many entries behind the leader is not given new streams (it is
+/// probably down).
+const LIVE_LAG: u64 = 64;
 
 /// Pause between retries while no leader is known; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -75,6 +80,7 @@ pub struct Proposer {
     deadline: Duration,
     metrics: Arc<Metrics>,
     batcher: mpsc::Sender<Pending>,
+    state: StateHandle,
 }
 
 /// A request waiting to be proposed, and where its answer goes.
@@ -92,7 +98,14 @@ fn now_ms() -> u64 {
 }
 
 impl Proposer {
-    pub fn new(raft: Raft, id: NodeId, secret: ClusterSecret, deadline: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        raft: Raft,
+        id: NodeId,
+        secret: ClusterSecret,
+        deadline: Duration,
+        metrics: Arc<Metrics>,
+        state: StateHandle,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(250))
             .tcp_nodelay(true)
@@ -100,7 +113,7 @@ impl Proposer {
             .expect("a plain HTTP client always builds");
         let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
         tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone()));
-        Proposer { raft, id, secret, client, deadline, metrics, batcher }
+        Proposer { raft, id, secret, client, deadline, metrics, batcher, state }
     }
 
     /// Proposes a command and returns the state machine's answer.
@@ -130,6 +143,58 @@ impl Proposer {
         self.submit(Forward::RemoveNode { id }).await.map(drop)
     }
 
+    /// Claims `stream` for a publishing session; the leader picks the owner origin.
+    pub async fn claim(
+        &self,
+        stream: StreamKey,
+        edge: String,
+        session: String,
+        takeover: bool,
+    ) -> Result<Response, ProposeError> {
+        let req = Forward::Claim { id: RequestId::random(), stream, edge, session, takeover };
+        match self.submit(req).await? {
+            ForwardReply::Written(resp) => Ok(resp),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The origin that should own a new stream: among voters that are live (this node,
+    /// and followers no more than [`LIVE_LAG`] entries behind), the one owning the fewest
+    /// streams; ties spread by a hash of the stream key.
+    fn pick_owner(&self, stream: &StreamKey) -> NodeId {
+        let (me, live) = {
+            let m = self.raft.metrics().borrow().clone();
+            let last = m.last_log_index.unwrap_or(0);
+            let replication = m.replication.clone().unwrap_or_default();
+            let live: Vec<NodeId> = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| {
+                    *v == m.id
+                        || replication
+                            .get(v)
+                            .is_some_and(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)) <= LIVE_LAG)
+                })
+                .collect();
+            (m.id, live)
+        };
+        let load = self.state.read(|sm| {
+            let mut load = std::collections::HashMap::<NodeId, usize>::new();
+            for claim in sm.streams.values() {
+                *load.entry(claim.owner).or_default() += 1;
+            }
+            load
+        });
+        let spread = |node: NodeId| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (stream, node).hash(&mut h);
+            h.finish()
+        };
+        live.into_iter().min_by_key(|n| (load.get(n).copied().unwrap_or(0), spread(*n))).unwrap_or(me)
+    }
+
     /// Returns once this node has applied everything committed before the call: a
     /// read of local state after it is linearizable (ReadIndex, also on followers).
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
@@ -153,7 +218,7 @@ impl Proposer {
         let remaining = || {
             let left = self.deadline.saturating_sub(started.elapsed());
             match req {
-                Forward::Write(_) | Forward::ReadIndex => left.min(ATTEMPT_TIMEOUT),
+                Forward::Write(_) | Forward::ReadIndex | Forward::Claim { .. } => left.min(ATTEMPT_TIMEOUT),
                 _ => left,
             }
         };
@@ -181,7 +246,7 @@ impl Proposer {
                 ok => return Ok(ok),
             }
             if started.elapsed() + backoff > self.deadline {
-                let is_write = matches!(req, Forward::Write(_));
+                let is_write = matches!(req, Forward::Write(_) | Forward::Claim { .. });
                 if is_write {
                     self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
                 }
@@ -244,6 +309,21 @@ impl Proposer {
     pub async fn execute_here(&self, req: &Forward) -> ForwardReply {
         match req {
             Forward::Write(req) => self.write_here(req).await,
+            Forward::Claim { id, stream, edge, session, takeover } => {
+                // Leading and up to date, so the owner is chosen from current state.
+                if let Err(e) = self.raft.ensure_linearizable().await {
+                    return leadership_error(e);
+                }
+                let owner = self.pick_owner(stream);
+                let command = Command::ClaimStream {
+                    stream: stream.clone(),
+                    owner,
+                    edge: edge.clone(),
+                    session: session.clone(),
+                    takeover: *takeover,
+                };
+                self.write_here(&Request { id: *id, at_ms: 0, command }).await
+            }
             Forward::ReadIndex => match self.raft.ensure_linearizable().await {
                 Ok(read) => ForwardReply::ReadIndex(read.map_or(0, |l| l.index)),
                 Err(e) => leadership_error(e),

@@ -1,0 +1,193 @@
+//! The origin's media link with real origin processes and a fake edge speaking the link
+//! protocol: claim through the leader, publish under the claim's epoch, subscribe from
+//! another link and receive the GOP then live frames; wrong secrets, stale epochs and
+//! non-owners are refused.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::Cluster;
+use raftcast::link::{ChannelId, Control, FrameCodec, LinkFrame, MediaFrame, PROTOCOL_VERSION};
+use raftcast::media::Frame;
+use raftcast_raft::command::StreamClaim;
+use raftcast_raft::{Forward, ForwardReply, RequestId, Response, StreamKey};
+use reqwest::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Claims `stream` the way an edge does: `/raft/forward` on any origin, following the
+/// leader.
+async fn claim(c: &Cluster, stream: &StreamKey, edge: &str, takeover: bool) -> Response {
+    let req = Forward::Claim {
+        id: RequestId::random(),
+        stream: stream.clone(),
+        edge: edge.into(),
+        session: format!("{edge}-session"),
+        takeover,
+    };
+    for _ in 0..100 {
+        for id in c.origins.keys() {
+            let res = c
+                .client
+                .post(format!("http://{}/raft/forward", c.http(*id)))
+                .header("x-raftcast-cluster-secret", &c.secret)
+                .body(raftcast_raft::rpc::encode(&req))
+                .send()
+                .await;
+            let Ok(res) = res else { continue };
+            let body = res.bytes().await.unwrap();
+            if let Ok(ForwardReply::Written(resp)) = raftcast_raft::rpc::decode::<ForwardReply>(&body) {
+                return resp;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader accepted the claim");
+}
+
+struct FakeEdge {
+    socket: TcpStream,
+    buf: BytesMut,
+}
+
+impl FakeEdge {
+    async fn connect(addr: std::net::SocketAddr, secret: &str) -> (FakeEdge, Control) {
+        let socket = TcpStream::connect(addr).await.unwrap();
+        let mut edge = FakeEdge { socket, buf: BytesMut::new() };
+        edge.send(LinkFrame::Control(Control::Hello {
+            protocol: PROTOCOL_VERSION,
+            edge: "edge-t".into(),
+            secret: secret.into(),
+        }))
+        .await;
+        let answer = edge.control().await;
+        (edge, answer)
+    }
+
+    async fn send(&mut self, frame: LinkFrame) {
+        let mut out = BytesMut::new();
+        FrameCodec::encode(&frame, &mut out);
+        self.socket.write_all(&out).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Option<LinkFrame> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(f) = FrameCodec::decode(&mut self.buf).unwrap() {
+                    return Some(f);
+                }
+                if self.socket.read_buf(&mut self.buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        })
+        .await
+        .expect("a frame within 5 s")
+    }
+
+    /// The next control frame, skipping media and pongs.
+    async fn control(&mut self) -> Control {
+        loop {
+            match self.next().await.expect("link open") {
+                LinkFrame::Control(Control::Pong { .. }) | LinkFrame::Media(_) => {}
+                LinkFrame::Control(c) => return c,
+            }
+        }
+    }
+}
+
+fn video(ts: u32, key: bool) -> Frame {
+    Frame::video(ts, Bytes::from(vec![if key { 0x17 } else { 0x27 }, 0x01, 0, 0, 0, ts as u8]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_streams_through_its_owner_to_a_subscribed_edge() {
+    let c = Cluster::start(3).await;
+    let stream = StreamKey::new("live", "foo").unwrap();
+    let Response::Claimed(StreamClaim { owner, epoch, .. }) = claim(&c, &stream, "edge-1", false).await else {
+        panic!("claim refused")
+    };
+    let owner_media = c.origins[&owner].media;
+
+    // A second claim by another session is refused (one owner per stream).
+    assert!(matches!(claim(&c, &stream, "edge-2", false).await, Response::Rejected(_)));
+
+    let (mut publisher, welcome) = FakeEdge::connect(owner_media, &c.secret).await;
+    assert_eq!(welcome, Control::Welcome { protocol: PROTOCOL_VERSION, origin: owner });
+    publisher.send(LinkFrame::Control(Control::Publish { channel: ChannelId(1), stream: stream.clone(), epoch })).await;
+    assert_eq!(publisher.control().await, Control::PublishAccepted { channel: ChannelId(1) });
+    let media = |frame: Frame| LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame });
+    publisher.send(media(Frame::metadata(0, Bytes::from_static(b"\x02\x00\x0aonMetaData")))).await;
+    publisher.send(media(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])))).await;
+    publisher.send(media(video(0, true))).await;
+    publisher.send(media(video(33, false))).await;
+
+    // Another edge subscribes: the GOP cache first, then live frames.
+    let (mut player, _) = FakeEdge::connect(owner_media, &c.secret).await;
+    player.send(LinkFrame::Control(Control::Subscribe { channel: ChannelId(7), stream: stream.clone() })).await;
+    assert_eq!(player.control().await, Control::Subscribed { channel: ChannelId(7) });
+    publisher.send(media(video(66, false))).await;
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        if let Some(LinkFrame::Media(MediaFrame { channel, frame })) = player.next().await {
+            assert_eq!(channel, ChannelId(7));
+            got.push((frame.timestamp, frame.keyframe, frame.header));
+        }
+    }
+    assert_eq!(got, vec![(0, false, true), (0, false, true), (0, true, false), (33, false, false), (66, false, false)]);
+
+    // The stream is listed with its owner and epoch.
+    let (_, streams) = c.call(1, Method::GET, "/streams", None, &[]).await.unwrap();
+    assert_eq!(streams["streams"][0]["owner"], owner);
+    assert_eq!(streams["streams"][0]["epoch"], epoch);
+    assert_eq!(streams["streams"][0]["edge"], "edge-1");
+
+    // The publisher leaves: the subscriber hears the end.
+    publisher.send(LinkFrame::Control(Control::Unpublish { channel: ChannelId(1) })).await;
+    assert_eq!(player.control().await, Control::Ended { channel: ChannelId(7) });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_with_a_wrong_secret_stale_epochs_and_non_owners_are_refused() {
+    let c = Cluster::start(3).await;
+    let (mut edge, answer) = FakeEdge::connect(c.origins[&1].media, "not-the-secret-at-all").await;
+    assert!(matches!(answer, Control::Refused { .. }), "{answer:?}");
+    assert_eq!(edge.next().await, None, "the origin closes a refused link");
+
+    let stream = StreamKey::new("live", "bar").unwrap();
+    let Response::Claimed(first) = claim(&c, &stream, "edge-1", false).await else { panic!() };
+    // A takeover (a reconnecting publisher) gets a new epoch, which fences the first.
+    let Response::Claimed(second) = claim(&c, &stream, "edge-2", true).await else { panic!() };
+    assert!(second.epoch > first.epoch);
+    let (mut edge, _) = FakeEdge::connect(c.origins[&second.owner].media, &c.secret).await;
+    edge.send(LinkFrame::Control(Control::Publish {
+        channel: ChannelId(1),
+        stream: stream.clone(),
+        epoch: first.epoch,
+    }))
+    .await;
+    assert!(matches!(edge.control().await, Control::PublishRefused { .. }));
+
+    // An origin that does not own the stream refuses its media and has nothing to play.
+    let other = (1..=3).find(|id| *id != second.owner).unwrap();
+    let (mut edge, _) = FakeEdge::connect(c.origins[&other].media, &c.secret).await;
+    edge.send(LinkFrame::Control(Control::Publish {
+        channel: ChannelId(2),
+        stream: stream.clone(),
+        epoch: second.epoch,
+    }))
+    .await;
+    assert!(matches!(edge.control().await, Control::PublishRefused { .. }));
+    edge.send(LinkFrame::Control(Control::Subscribe { channel: ChannelId(3), stream })).await;
+    assert_eq!(edge.control().await, Control::NotFound { channel: ChannelId(3) });
+
+    // Garbage closes only that link; the origin keeps serving.
+    let mut raw = TcpStream::connect(c.origins[&1].media).await.unwrap();
+    raw.write_all(&[0xff; 64]).await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await.unwrap();
+    let (_, welcome) = FakeEdge::connect(c.origins[&1].media, &c.secret).await;
+    assert!(matches!(welcome, Control::Welcome { .. }));
+}
