@@ -83,6 +83,21 @@ fn resolve_packet_type(mut packet_type: u8, mut rest: &[u8]) -> Option<(u8, &[u8
     Some((packet_type, rest))
 }
 
+/// The real packet type and the FourCC of an Enhanced RTMP audio or video tag, looking
+/// through ModEx wrappers and a multitrack header. `packet_type` is the low nibble of
+/// byte 0, `rest` the bytes after it.
+fn enhanced_packet(packet_type: u8, rest: &[u8]) -> Option<(u8, FourCc)> {
+    let (packet_type, rest) = resolve_packet_type(packet_type, rest)?;
+    let (packet_type, rest) = if packet_type == MULTITRACK {
+        // [multitrack type:4][packet type:4], then the (first) track's FourCC.
+        let (&b1, tail) = rest.split_first()?;
+        (b1 & 0x0F, tail)
+    } else {
+        (packet_type, rest)
+    };
+    Some((packet_type, rest.get(..4)?.try_into().ok()?))
+}
+
 /// Facts of a video tag body, or `None` when it is too short to tell.
 pub fn video_facts(body: &[u8]) -> Option<VideoFacts> {
     let (&b0, rest) = body.split_first()?;
@@ -101,14 +116,7 @@ pub fn video_facts(body: &[u8]) -> Option<VideoFacts> {
     // Enhanced: [IsExHeader:1][FrameType:3][PacketType:4], then the FourCC (or, for
     // multitrack, [multitrack type:4][packet type:4] and a FourCC).
     let frame_type = (b0 >> 4) & 0x07;
-    let (packet_type, rest) = resolve_packet_type(b0 & 0x0F, rest)?;
-    let (packet_type, rest) = if packet_type == MULTITRACK {
-        let (&b1, tail) = rest.split_first()?;
-        (b1 & 0x0F, tail)
-    } else {
-        (packet_type, rest)
-    };
-    let fourcc: FourCc = rest.get(..4)?.try_into().ok()?;
+    let (packet_type, fourcc) = enhanced_packet(b0 & 0x0F, rest)?;
     let command = frame_type == 5;
     Some(VideoFacts {
         codec: VideoCodec::FourCc(fourcc),
@@ -125,14 +133,7 @@ pub fn audio_facts(body: &[u8]) -> Option<AudioFacts> {
     let format = b0 >> 4;
     if format == EX_AUDIO {
         // Enhanced: [SoundFormat=9:4][PacketType:4], then a FourCC (or multitrack).
-        let (packet_type, rest) = resolve_packet_type(b0 & 0x0F, rest)?;
-        let (packet_type, rest) = if packet_type == MULTITRACK {
-            let (&b1, tail) = rest.split_first()?;
-            (b1 & 0x0F, tail)
-        } else {
-            (packet_type, rest)
-        };
-        let fourcc: FourCc = rest.get(..4)?.try_into().ok()?;
+        let (packet_type, fourcc) = enhanced_packet(b0 & 0x0F, rest)?;
         return Some(AudioFacts { codec: AudioCodec::FourCc(fourcc), sequence_header: packet_type == SEQUENCE_START });
     }
     let sequence_header = format == AAC && *rest.first()? == 0;
