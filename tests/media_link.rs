@@ -191,3 +191,62 @@ async fn links_with_a_wrong_secret_stale_epochs_and_non_owners_are_refused() {
     let (_, welcome) = FakeEdge::connect(c.origins[&1].media, &c.secret).await;
     assert!(matches!(welcome, Control::Welcome { .. }));
 }
+
+fn signal(pid: u32, sig: &str) {
+    assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+/// Waits for the next Up or Down event, skipping frames.
+async fn next_transition(
+    events: &mut tokio::sync::mpsc::Receiver<raftcast::link::LinkEvent>,
+    timeout: Duration,
+) -> raftcast::link::LinkEvent {
+    use raftcast::link::LinkEvent;
+    tokio::time::timeout(timeout, async {
+        loop {
+            match events.recv().await.expect("link task running") {
+                LinkEvent::Frame(_) => {}
+                e => return e,
+            }
+        }
+    })
+    .await
+    .expect("a link transition in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_link_notices_dead_and_paused_origins_and_reconnects() {
+    use raftcast::link::client::{spawn, LinkTiming};
+    use raftcast::link::LinkEvent;
+    let mut c = Cluster::start(3).await;
+    let target = 2;
+    let (tx, mut events) = tokio::sync::mpsc::channel(64);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let secret = raftcast_raft::rpc::ClusterSecret::new(&c.secret).unwrap();
+    let link = spawn(c.origins[&target].media, "edge-t".into(), secret, LinkTiming::default(), tx, shutdown.clone());
+    assert_eq!(next_transition(&mut events, Duration::from_secs(5)).await, LinkEvent::Up { origin: target });
+    assert!(link.send(LinkFrame::Control(Control::Ping { seq: 1 })).is_ok());
+
+    // Killed: the closed socket is noticed at once.
+    let killed_at = std::time::Instant::now();
+    c.kill(target);
+    assert!(matches!(next_transition(&mut events, Duration::from_secs(5)).await, LinkEvent::Down { .. }));
+    let noticed = killed_at.elapsed();
+    assert!(link.send(LinkFrame::Control(Control::Ping { seq: 2 })).is_err(), "no sends while down");
+    c.spawn(target);
+    assert_eq!(next_transition(&mut events, Duration::from_secs(10)).await, LinkEvent::Up { origin: target });
+
+    // Paused: nothing closes, the silence is noticed within `dead_after` (500 ms) plus
+    // scheduling slack.
+    let pid = c.origins[&target].child.as_ref().unwrap().id();
+    signal(pid, "-STOP");
+    let paused_at = std::time::Instant::now();
+    let down = next_transition(&mut events, Duration::from_secs(5)).await;
+    let silent_for = paused_at.elapsed();
+    signal(pid, "-CONT");
+    assert!(matches!(down, LinkEvent::Down { ref reason } if reason.contains("silent")), "{down:?}");
+    assert!(silent_for < Duration::from_millis(1500), "noticed after {silent_for:?}");
+    assert_eq!(next_transition(&mut events, Duration::from_secs(10)).await, LinkEvent::Up { origin: target });
+    eprintln!("kill noticed after {noticed:?}; pause noticed after {silent_for:?}");
+    shutdown.cancel();
+}

@@ -4,8 +4,10 @@
 //!
 //! The codec knows no sockets and no clock.
 
+pub mod client;
 pub mod frame;
 pub mod protocol;
 
+pub use client::{LinkEvent, LinkHandle, LinkState, LinkTiming};
 pub use frame::{FrameCodec, LinkError, LinkFrame, MediaFrame};
 pub use protocol::{ChannelId, Control, PROTOCOL_VERSION};

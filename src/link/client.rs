@@ -1,0 +1,268 @@
+//! The edge's end of a link to one origin: connects, says `Hello`, pings, notices a
+//! dead or silent origin, and reconnects with backoff — for as long as the edge runs.
+//!
+//! The lifecycle is [`LinkState`]: `Connecting → Live → Backoff → Connecting …`. Frames
+//! are sent only while `Live`; the layer above re-publishes and re-subscribes on every
+//! `Up` (and resends what it buffered), so nothing here queues across reconnects.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use raftcast_raft::rpc::ClusterSecret;
+use raftcast_raft::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{FrameCodec, LinkFrame};
+use super::protocol::{Control, PROTOCOL_VERSION};
+
+/// Frames waiting to be written to the origin; `send` fails fast when it is full.
+pub const SEND_QUEUE: usize = 1024;
+
+/// Timing of a link.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkTiming {
+    /// How often to ping the origin.
+    pub ping_every: Duration,
+    /// Silence (no frame at all) after which the origin is considered dead.
+    pub dead_after: Duration,
+    /// Connect + Hello must finish within this.
+    pub connect_timeout: Duration,
+    /// First and longest pause between reconnect attempts (doubling).
+    pub backoff: (Duration, Duration),
+}
+
+impl Default for LinkTiming {
+    fn default() -> Self {
+        LinkTiming {
+            ping_every: Duration::from_millis(100),
+            dead_after: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(2),
+            backoff: (Duration::from_millis(50), Duration::from_secs(2)),
+        }
+    }
+}
+
+/// Where a link is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    Connecting,
+    Live {
+        origin: NodeId,
+    },
+    /// Waiting before the next attempt; `reason` says why the last one ended.
+    Backoff {
+        reason: String,
+    },
+}
+
+/// What the link tells the layer above, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    /// A (new) connection is live: publish and subscribe again.
+    Up { origin: NodeId },
+    /// The connection ended; everything in flight on it is lost.
+    Down { reason: String },
+    /// A frame from the origin (pongs are handled here).
+    Frame(LinkFrame),
+}
+
+/// Why a frame was not sent.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("the link is not live")]
+    NotLive,
+    #[error("the link's send queue is full")]
+    Full,
+}
+
+/// A running link; dropping it does not stop the task (cancel its token for that).
+#[derive(Clone)]
+pub struct LinkHandle {
+    tx: mpsc::Sender<LinkFrame>,
+    state: watch::Receiver<LinkState>,
+}
+
+impl LinkHandle {
+    /// Queues a frame for the origin if the link is live.
+    pub fn send(&self, frame: LinkFrame) -> Result<(), SendError> {
+        if !matches!(*self.state.borrow(), LinkState::Live { .. }) {
+            return Err(SendError::NotLive);
+        }
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::NotLive,
+        })
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change.
+    pub fn watch(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+}
+
+/// Starts a link to the origin at `addr`. Events go to `events` (bounded: the link
+/// waits for the layer above to keep up).
+pub fn spawn(
+    addr: SocketAddr,
+    edge: String,
+    secret: ClusterSecret,
+    timing: LinkTiming,
+    events: mpsc::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+) -> LinkHandle {
+    let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    let (state_tx, state) = watch::channel(LinkState::Connecting);
+    let span = tracing::info_span!("uplink", origin.addr = %addr);
+    tokio::spawn(tracing::Instrument::instrument(
+        run(addr, edge, secret, timing, rx, state_tx, events, shutdown),
+        span,
+    ));
+    LinkHandle { tx, state }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    addr: SocketAddr,
+    edge: String,
+    secret: ClusterSecret,
+    timing: LinkTiming,
+    mut outgoing: mpsc::Receiver<LinkFrame>,
+    state: watch::Sender<LinkState>,
+    events: mpsc::Sender<LinkEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = timing.backoff.0;
+    loop {
+        state.send_replace(LinkState::Connecting);
+        let connected = tokio::select! {
+            c = tokio::time::timeout(timing.connect_timeout, connect(addr, &edge, &secret)) => c,
+            _ = shutdown.cancelled() => return,
+        };
+        let reason = match connected {
+            Ok(Ok((socket, origin, buf))) => {
+                tracing::info!(origin, "link up");
+                backoff = timing.backoff.0;
+                // Frames queued for a previous connection belong to it.
+                while outgoing.try_recv().is_ok() {}
+                state.send_replace(LinkState::Live { origin });
+                if events.send(LinkEvent::Up { origin }).await.is_err() {
+                    return;
+                }
+                let reason = tokio::select! {
+                    r = live(socket, buf, &timing, &mut outgoing, &events) => r,
+                    _ = shutdown.cancelled() => return,
+                };
+                let _ = events.send(LinkEvent::Down { reason: reason.clone() }).await;
+                reason
+            }
+            Ok(Err(e)) => e,
+            Err(_) => format!("no welcome within {:?}", timing.connect_timeout),
+        };
+        tracing::warn!(reason, ?backoff, "link down");
+        state.send_replace(LinkState::Backoff { reason });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(timing.backoff.1);
+    }
+}
+
+/// Connects and exchanges `Hello`/`Welcome`.
+async fn connect(
+    addr: SocketAddr,
+    edge: &str,
+    secret: &ClusterSecret,
+) -> Result<(TcpStream, NodeId, BytesMut), String> {
+    let mut socket = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let _ = socket.set_nodelay(true);
+    let hello =
+        Control::Hello { protocol: PROTOCOL_VERSION, edge: edge.to_owned(), secret: secret.as_str().to_owned() };
+    let mut out = BytesMut::new();
+    FrameCodec::encode(&LinkFrame::Control(hello), &mut out);
+    socket.write_all(&out).await.map_err(|e| format!("hello: {e}"))?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        match FrameCodec::decode(&mut buf).map_err(|e| e.to_string())? {
+            Some(LinkFrame::Control(Control::Welcome { origin, .. })) => return Ok((socket, origin, buf)),
+            Some(LinkFrame::Control(Control::Refused { reason })) => return Err(format!("refused: {reason}")),
+            Some(other) => return Err(format!("expected Welcome, got {other:?}")),
+            None => {}
+        }
+        if socket.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed before Welcome".into());
+        }
+    }
+}
+
+/// Runs a live connection until it fails; returns why.
+async fn live(
+    socket: TcpStream,
+    mut buf: BytesMut,
+    timing: &LinkTiming,
+    outgoing: &mut mpsc::Receiver<LinkFrame>,
+    events: &mpsc::Sender<LinkEvent>,
+) -> String {
+    let (mut reader, mut writer) = socket.into_split();
+    let mut ping = tokio::time::interval(timing.ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut batch = Vec::with_capacity(64);
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        // Deliver everything already decoded before waiting again.
+        loop {
+            match FrameCodec::decode(&mut buf) {
+                Ok(Some(LinkFrame::Control(Control::Pong { .. }))) => {}
+                Ok(Some(LinkFrame::Control(Control::Ping { seq }))) => {
+                    FrameCodec::encode(&LinkFrame::Control(Control::Pong { seq }), &mut out);
+                }
+                Ok(Some(frame)) => {
+                    if events.send(LinkEvent::Frame(frame)).await.is_err() {
+                        return "the edge stopped".into();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return format!("bad frame from the origin: {e}"),
+            }
+        }
+        if !out.is_empty() {
+            // A paused origin stops reading: bound the write by the same silence limit.
+            match tokio::time::timeout_at(last_heard + timing.dead_after, writer.write_all(&out)).await {
+                Ok(Ok(())) => out.clear(),
+                Ok(Err(e)) => return format!("write: {e}"),
+                Err(_) => return format!("origin silent for {:?}", timing.dead_after),
+            }
+        }
+        let silence = tokio::time::sleep_until(last_heard + timing.dead_after);
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) => return "closed by the origin".into(),
+                Ok(_) => last_heard = tokio::time::Instant::now(),
+                Err(e) => return format!("read: {e}"),
+            },
+            n = outgoing.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    return "the edge stopped".into();
+                }
+                for frame in batch.drain(..) {
+                    FrameCodec::encode(&frame, &mut out);
+                }
+            }
+            _ = ping.tick() => {
+                seq += 1;
+                FrameCodec::encode(&LinkFrame::Control(Control::Ping { seq }), &mut out);
+            }
+            _ = silence => return format!("origin silent for {:?}", timing.dead_after),
+        }
+    }
+}
