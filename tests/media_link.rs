@@ -20,31 +20,46 @@ use tokio::net::TcpStream;
 /// Claims `stream` the way an edge does: `/raft/forward` on any origin, following the
 /// leader.
 async fn claim(c: &Cluster, stream: &StreamKey, edge: &str, takeover: bool) -> Response {
+    claim_with_key(c, stream, edge, takeover, None).await
+}
+
+async fn claim_with_key(c: &Cluster, stream: &StreamKey, edge: &str, takeover: bool, key: Option<&str>) -> Response {
     let req = Forward::Claim {
         id: RequestId::random(),
         stream: stream.clone(),
         edge: edge.into(),
         session: format!("{edge}-session"),
         takeover,
+        key: key.map(String::from),
     };
+    match forward(c, &req).await {
+        ForwardReply::Written(resp) => resp,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Sends an internal request the way an edge does: `/raft/forward` on any origin,
+/// following the leader until one answers.
+async fn forward(c: &Cluster, req: &Forward) -> ForwardReply {
     for _ in 0..100 {
         for id in c.origins.keys() {
             let res = c
                 .client
                 .post(format!("http://{}/raft/forward", c.http(*id)))
                 .header("x-raftcast-cluster-secret", &c.secret)
-                .body(raftcast_raft::rpc::encode(&req))
+                .body(raftcast_raft::rpc::encode(req))
                 .send()
                 .await;
             let Ok(res) = res else { continue };
             let body = res.bytes().await.unwrap();
-            if let Ok(ForwardReply::Written(resp)) = raftcast_raft::rpc::decode::<ForwardReply>(&body) {
-                return resp;
+            match raftcast_raft::rpc::decode::<ForwardReply>(&body) {
+                Ok(ForwardReply::NotLeader { .. }) | Err(_) => {}
+                Ok(reply) => return reply,
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("no leader accepted the claim");
+    panic!("no origin answered {req:?}");
 }
 
 struct FakeEdge {
@@ -249,4 +264,45 @@ async fn the_edge_link_notices_dead_and_paused_origins_and_reconnects() {
     assert_eq!(next_transition(&mut events, Duration::from_secs(10)).await, LinkEvent::Up { origin: target });
     eprintln!("kill noticed after {noticed:?}; pause noticed after {silent_for:?}");
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_check_publish_keys_and_lookups_find_the_owner() {
+    use raftcast_raft::Rejection;
+    let c = Cluster::start(3).await;
+    let stream = StreamKey::new("secure", "cam").unwrap();
+    let (s, _) = c
+        .call(1, Method::PUT, "/apps/secure", Some(&serde_json::json!({"publish_key_required": true})), &[])
+        .await
+        .unwrap();
+    assert!(s.is_success());
+    let (s, key) = c
+        .call(2, Method::POST, "/keys", Some(&serde_json::json!({"app": "secure", "name": "cam"})), &[])
+        .await
+        .unwrap();
+    assert!(s.is_success(), "{key}");
+    let key = key["key"].as_str().unwrap().to_owned();
+
+    assert_eq!(claim(&c, &stream, "edge-1", false).await, Response::Rejected(Rejection::PublishDenied));
+    assert_eq!(
+        claim_with_key(&c, &stream, "edge-1", false, Some("guess")).await,
+        Response::Rejected(Rejection::PublishDenied)
+    );
+    let Response::Claimed(claimed) = claim_with_key(&c, &stream, "edge-1", false, Some(&key)).await else {
+        panic!("a valid key is refused")
+    };
+    // An open app needs no key.
+    assert!(matches!(claim(&c, &StreamKey::new("live", "open").unwrap(), "edge-1", false).await, Response::Claimed(_)));
+
+    // Any origin answers who owns the stream and where its media link is.
+    for id in 1..=3u64 {
+        let reply = forward(&c, &Forward::Lookup { stream: stream.clone() }).await;
+        let ForwardReply::Owner { claim: Some(found), media: Some(media) } = reply else {
+            panic!("node {id}: {reply:?}")
+        };
+        assert_eq!(found, claimed);
+        assert_eq!(media, c.origins[&claimed.owner].media.to_string());
+    }
+    let missing = forward(&c, &Forward::Lookup { stream: StreamKey::new("live", "nobody").unwrap() }).await;
+    assert_eq!(missing, ForwardReply::Owner { claim: None, media: None });
 }

@@ -226,6 +226,8 @@ pub enum Rejection {
     VersionMismatch { current: u64 },
     /// The object or slot does not exist.
     NotFound,
+    /// The app requires a publish key and none given matched.
+    PublishDenied,
 }
 
 impl fmt::Display for Rejection {
@@ -238,6 +240,7 @@ impl fmt::Display for Rejection {
             Rejection::StaleEpoch { current: None } => f.write_str("stale epoch; the stream has no claim"),
             Rejection::VersionMismatch { current } => write!(f, "version mismatch; current version is {current}"),
             Rejection::NotFound => f.write_str("not found"),
+            Rejection::PublishDenied => f.write_str("publishing requires a valid key"),
         }
     }
 }
@@ -257,9 +260,13 @@ pub enum Forward {
     /// Confirm leadership with a quorum and return the index a linearizable read
     /// must wait for.
     ReadIndex,
-    /// Claim a stream for a publishing session; the leader picks the owner origin and
-    /// proposes `Command::ClaimStream` under `id`.
-    Claim { id: RequestId, stream: StreamKey, edge: String, session: String, takeover: bool },
+    /// Claim a stream for a publishing session: the leader checks `key` against the
+    /// replicated publish keys, picks the owner origin and proposes
+    /// `Command::ClaimStream` under `id`.
+    Claim { id: RequestId, stream: StreamKey, edge: String, session: String, takeover: bool, key: Option<String> },
+    /// Who owns `stream` and where its media link is (answered from any node's applied
+    /// state; players tolerate a stale answer and follow ownership changes).
+    Lookup { stream: StreamKey },
 }
 
 /// The leader's answer to a [`Forward`].
@@ -275,6 +282,8 @@ pub enum ForwardReply {
     NotLeader { leader: Option<NodeId> },
     /// The request cannot succeed as given.
     Failed { kind: FailKind, message: String },
+    /// The answer to `Lookup`: the stream's claim and its owner's media address.
+    Owner { claim: Option<StreamClaim>, media: Option<String> },
 }
 
 /// Classes of non-retryable failure, mapped to HTTP status codes by the admin API.

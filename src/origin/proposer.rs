@@ -143,21 +143,6 @@ impl Proposer {
         self.submit(Forward::RemoveNode { id }).await.map(drop)
     }
 
-    /// Claims `stream` for a publishing session; the leader picks the owner origin.
-    pub async fn claim(
-        &self,
-        stream: StreamKey,
-        edge: String,
-        session: String,
-        takeover: bool,
-    ) -> Result<Response, ProposeError> {
-        let req = Forward::Claim { id: RequestId::random(), stream, edge, session, takeover };
-        match self.submit(req).await? {
-            ForwardReply::Written(resp) => Ok(resp),
-            other => Err(unexpected(other)),
-        }
-    }
-
     /// The origin that should own a new stream: among voters that are live (this node,
     /// and followers no more than [`LIVE_LAG`] entries behind), the one owning the fewest
     /// streams; ties spread by a hash of the stream key.
@@ -309,10 +294,19 @@ impl Proposer {
     pub async fn execute_here(&self, req: &Forward) -> ForwardReply {
         match req {
             Forward::Write(req) => self.write_here(req).await,
-            Forward::Claim { id, stream, edge, session, takeover } => {
-                // Leading and up to date, so the owner is chosen from current state.
+            Forward::Lookup { stream } => {
+                let claim = self.state.read(|sm| sm.streams.get(stream).cloned());
+                let media = claim.as_ref().and_then(|c| self.node_addr(c.owner)).map(|a| a.media);
+                ForwardReply::Owner { claim, media }
+            }
+            Forward::Claim { id, stream, edge, session, takeover, key } => {
+                // Leading and up to date, so the key check and the owner choice use
+                // current state.
                 if let Err(e) = self.raft.ensure_linearizable().await {
                     return leadership_error(e);
+                }
+                if !self.state.read(|sm| sm.publish_allowed(stream, key.as_deref())) {
+                    return ForwardReply::Written(Response::Rejected(raftcast_raft::Rejection::PublishDenied));
                 }
                 let owner = self.pick_owner(stream);
                 let command = Command::ClaimStream {

@@ -76,6 +76,7 @@ impl From<Rejection> for ApiError {
             Rejection::NotFound => ApiError::not_found(message),
             Rejection::StreamOwned { .. } => ApiError::new(StatusCode::CONFLICT, "stream_owned", message),
             Rejection::StaleEpoch { .. } => ApiError::new(StatusCode::CONFLICT, "stale_epoch", message),
+            Rejection::PublishDenied => ApiError::new(StatusCode::FORBIDDEN, "publish_denied", message),
         }
     }
 }
