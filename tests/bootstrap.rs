@@ -68,11 +68,24 @@ fn status(data: &Path, http_base: u16) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs `bootstrap.sh stop` when dropped, so a failing test leaves no cluster behind.
+struct StopOnDrop<'a> {
+    data: &'a Path,
+    base: u16,
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = script(self.data, self.base, "stop");
+    }
+}
+
 #[test]
 fn bootstrap_starts_three_voters_restarts_the_dead_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let base = free_base();
+    let _cleanup = StopOnDrop { data: &data, base };
     let out = ok(script(&data, base, "start"));
     assert!(out.contains("cluster initialized"), "{out}");
     let s = status(&data, base);
