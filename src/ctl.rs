@@ -203,16 +203,6 @@ pub fn main(args: CtlArgs) -> ExitCode {
     }
 }
 
-fn load_token(file: Option<PathBuf>) -> Result<Option<String>, CtlError> {
-    let env = std::env::var("RAFTCAST_ADMIN_TOKEN").ok();
-    let file = file.or_else(|| {
-        let dir = std::env::var("RAFTCAST_DATA_DIR").unwrap_or_else(|_| "data".into());
-        let default = PathBuf::from(dir).join("admin-token");
-        default.exists().then_some(default)
-    });
-    crate::secrets::load(env.as_deref(), file.as_deref()).map_err(CtlError::Usage)
-}
-
 fn print(json_mode: bool, value: &Value, human: impl FnOnce(&Value)) {
     if json_mode {
         println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
@@ -227,7 +217,11 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| CtlError::Usage(e.to_string()))?;
-    let client = Client { http, origins: args.origin.clone(), token: load_token(args.token_file)? };
+    let client = Client {
+        http,
+        origins: args.origin.clone(),
+        token: crate::secrets::admin_token(args.token_file.as_deref()).map_err(CtlError::Usage)?,
+    };
     let json_mode = args.json;
     use reqwest::Method;
     match args.command {

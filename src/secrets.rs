@@ -23,3 +23,13 @@ pub fn generate() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The admin token a client uses: `RAFTCAST_ADMIN_TOKEN`, else `file`, else
+/// `$RAFTCAST_DATA_DIR/admin-token` (default `./data/admin-token`) when it exists.
+pub fn admin_token(file: Option<&Path>) -> Result<Option<String>, String> {
+    let env = std::env::var("RAFTCAST_ADMIN_TOKEN").ok();
+    let default = std::path::PathBuf::from(std::env::var("RAFTCAST_DATA_DIR").unwrap_or_else(|_| "data".into()))
+        .join("admin-token");
+    let file = file.map(Path::to_path_buf).or_else(|| default.exists().then_some(default));
+    load(env.as_deref(), file.as_deref())
+}

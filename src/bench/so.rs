@@ -55,12 +55,7 @@ struct Report {
 
 pub async fn run(args: SoArgs) -> anyhow::Result<String> {
     anyhow::ensure!(args.concurrency > 0 && args.objects > 0, "--concurrency and --objects must be positive");
-    let env = std::env::var("RAFTCAST_ADMIN_TOKEN").ok();
-    let file = args.token_file.clone().or_else(|| {
-        let dir = std::env::var("RAFTCAST_DATA_DIR").unwrap_or_else(|_| "data".into());
-        Some(std::path::PathBuf::from(dir).join("admin-token")).filter(|p| p.exists())
-    });
-    let token = crate::secrets::load(env.as_deref(), file.as_deref()).map_err(anyhow::Error::msg)?;
+    let token = crate::secrets::admin_token(args.token_file.as_deref()).map_err(anyhow::Error::msg)?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(args.concurrency)

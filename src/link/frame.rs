@@ -8,7 +8,7 @@
 //! Media flags: bit 0 keyframe, bit 1 header (sequence header or metadata). Decoded
 //! media payloads share the receive buffer (no copy).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use super::protocol::{ChannelId, Control};
 use crate::media::{Frame, FrameKind};
@@ -149,18 +149,18 @@ impl FrameCodec {
     }
 }
 
-/// A frame's payload as shared bytes (for tests and tools).
-pub fn encode_to_bytes(frame: &LinkFrame) -> Bytes {
-    let mut out = BytesMut::new();
-    FrameCodec::encode(frame, &mut out);
-    out.freeze()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use proptest::prelude::*;
     use raftcast_raft::StreamKey;
+
+    fn encode_to_bytes(frame: &LinkFrame) -> Bytes {
+        let mut out = BytesMut::new();
+        FrameCodec::encode(frame, &mut out);
+        out.freeze()
+    }
 
     fn media(channel: u32, ts: u32, key: bool, payload: &'static [u8]) -> LinkFrame {
         let frame = Frame {

@@ -47,12 +47,17 @@ fn object_json(name: &str, obj: &SharedObject) -> serde_json::Value {
     json!({ "name": name, "version": obj.version, "persistent": obj.persistent, "slots": slots })
 }
 
-fn versioned(version: u64) -> Response {
-    let mut resp = Json(json!({ "version": version })).into_response();
+/// `body` as JSON with `ETag: "<version>"`.
+fn with_etag(body: serde_json::Value, version: u64) -> Response {
+    let mut resp = Json(body).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         resp.headers_mut().insert(header::ETAG, v);
     }
     resp
+}
+
+fn versioned(version: u64) -> Response {
+    with_etag(json!({ "version": version }), version)
 }
 
 fn answer(resp: SmResponse) -> Result<Response, ApiError> {
@@ -74,11 +79,7 @@ pub async fn get(
     app.read_point(query.as_deref()).await?;
     let obj = app.state.read(|sm| sm.objects.get(&name).cloned());
     let obj = obj.ok_or_else(|| ApiError::not_found(format!("no shared object {name:?}")))?;
-    let mut resp = Json(object_json(&name, &obj)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", obj.version)) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(resp)
+    Ok(with_etag(object_json(&name, &obj), obj.version))
 }
 
 pub async fn put_slot(
