@@ -160,6 +160,9 @@ async fn run(
                     r = live(socket, buf, &timing, &mut outgoing, &events) => r,
                     _ = shutdown.cancelled() => return,
                 };
+                // The state leaves `Live` before anyone hears `Down`, so a sender that
+                // reacts to the event can never still get a frame queued.
+                state.send_replace(LinkState::Backoff { reason: reason.clone() });
                 let _ = events.send(LinkEvent::Down { reason: reason.clone() }).await;
                 reason
             }
