@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Start, stop or inspect a three-origin raftcast cluster on loopback.
+# Start, stop or inspect a raftcast cluster on loopback: three origins and two edges.
 #
-#   scripts/bootstrap.sh start    build if needed, start what is not running, init once, wait for a leader
+#   scripts/bootstrap.sh start    build if needed, start what is not running, init once, wait for a leader,
+#                                 print the publish and play URLs
 #   scripts/bootstrap.sh stop     stop exactly the processes this script started
 #   scripts/bootstrap.sh status   processes and the cluster's view of itself
 #
@@ -13,6 +14,8 @@
 #   RAFTCAST_BIN         raftcast binary to run            [target/release/raftcast, built if needed]
 #   RAFTCAST_HTTP_BASE   origin N serves HTTP on BASE+N    [8100]
 #   RAFTCAST_MEDIA_BASE  origin N serves media on BASE+N   [9100]
+#   RAFTCAST_RTMP_BASE   edge-N serves RTMP on BASE+N      [1934]
+#   RAFTCAST_EDGE_HTTP_BASE  edge-N serves HTTP on BASE+N  [8080]
 #   RAFTCAST_WAIT_SECS   how long start waits for a leader [30]
 set -euo pipefail
 
@@ -20,8 +23,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA=${RAFTCAST_DATA_DIR:-./data}
 HTTP_BASE=${RAFTCAST_HTTP_BASE:-8100}
 MEDIA_BASE=${RAFTCAST_MEDIA_BASE:-9100}
+RTMP_BASE=${RAFTCAST_RTMP_BASE:-1934}
+EDGE_HTTP_BASE=${RAFTCAST_EDGE_HTTP_BASE:-8080}
 WAIT_SECS=${RAFTCAST_WAIT_SECS:-30}
 ORIGINS=(1 2 3)
+EDGES=(1 2)
 
 die() { echo "bootstrap: $*" >&2; exit 1; }
 
@@ -39,6 +45,10 @@ binary() {
 
 http_addr() { echo "127.0.0.1:$((HTTP_BASE + $1))"; }
 media_addr() { echo "127.0.0.1:$((MEDIA_BASE + $1))"; }
+rtmp_addr() { echo "127.0.0.1:$((RTMP_BASE + $1))"; }
+edge_http_addr() { echo "127.0.0.1:$((EDGE_HTTP_BASE + $1))"; }
+# Every process this script runs, origins first.
+names() { for i in "${ORIGINS[@]}"; do echo "origin-$i"; done; for i in "${EDGES[@]}"; do echo "edge-$i"; done; }
 origin_list() { local a=(); for i in "${ORIGINS[@]}"; do a+=("$(http_addr "$i")"); done; (IFS=,; echo "${a[*]}"); }
 
 # The pid in $1's pid file, if that process is alive and is a raftcast process.
@@ -49,7 +59,12 @@ live_pid() {
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
   # Guard against a recycled pid: the process must be ours.
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "raftcast origin --id ${1#origin-} " || return 1
+  local want
+  case "$1" in
+    origin-*) want="raftcast origin --id ${1#origin-} " ;;
+    edge-*) want="raftcast edge --id $1 " ;;
+  esac
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$want" || return 1
   echo "$pid"
 }
 
@@ -98,19 +113,53 @@ start() {
   fi
   ctl wait --voters "${#ORIGINS[@]}" --timeout-secs "$WAIT_SECS" >/dev/null \
     || die "no leader with ${#ORIGINS[@]} voters after ${WAIT_SECS}s; see $DATA/logs/"
+  for i in "${EDGES[@]}"; do
+    local name="edge-$i"
+    if pid=$(live_pid "$name"); then
+      echo "$name already running (pid $pid)"
+      continue
+    fi
+    setsid "$BIN" edge --id "$name" \
+      --rtmp "$(rtmp_addr "$i")" --http "$(edge_http_addr "$i")" --origins "$(origin_list)" \
+      --cluster-secret-file "$DATA/cluster-secret" \
+      </dev/null >>"$DATA/logs/$name.log" 2>&1 &
+    echo $! >"$DATA/pids/$name.pid"
+    echo "started $name (pid $!) rtmp=$(rtmp_addr "$i") http=$(edge_http_addr "$i")"
+  done
+  for i in "${EDGES[@]}"; do
+    local deadline=$((SECONDS + WAIT_SECS))
+    until curl -fsS "http://$(edge_http_addr "$i")/health" >/dev/null 2>&1; do
+      (( SECONDS < deadline )) || die "edge-$i does not answer on $(edge_http_addr "$i"); see $DATA/logs/edge-$i.log"
+      sleep 0.2
+    done
+  done
   echo
   ctl status
+  local pub play1 play2 flv
+  pub="rtmp://$(rtmp_addr 1)/live/test"
+  play2="rtmp://$(rtmp_addr 2)/live/test"
+  flv="http://$(edge_http_addr 2)/live/test.flv"
+  echo
+  echo "publish: $pub"
+  echo "play:    $play2   (or rtmp://$(rtmp_addr 1)/live/test)"
+  echo "http-flv: $flv"
+  echo
+  echo "# publish a test pattern through edge-1:"
+  echo "ffmpeg -nostdin -re -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440 \\"
+  echo "  -c:v libx264 -preset ultrafast -tune zerolatency -g 60 -c:a aac -f flv $pub"
+  echo "# watch it through edge-2:"
+  echo "ffplay -rw_timeout 5000000 $play2"
   echo
   echo "logs:    $DATA/logs/"
   echo "secrets: $DATA/cluster-secret, $DATA/admin-token"
   echo "admin:   $BIN ctl --origin $(origin_list) status"
+  echo "streams: $BIN ctl --origin $(origin_list) streams"
 }
 
-stop() {
-  [[ -d "$DATA/pids" ]] || { echo "nothing to stop"; return; }
-  local pids=()
-  for i in "${ORIGINS[@]}"; do
-    local name="origin-$i"
+# Sends SIGTERM to the named processes and waits for them (SIGKILL after 10 s).
+stop_group() {
+  local pids=() name pid
+  for name in "$@"; do
     if pid=$(live_pid "$name"); then
       kill -TERM "$pid" && pids+=("$pid") && echo "stopping $name (pid $pid)"
     fi
@@ -127,12 +176,19 @@ stop() {
       sleep 0.1
     done
   done
+}
+
+stop() {
+  [[ -d "$DATA/pids" ]] || { echo "nothing to stop"; return; }
+  # Edges first, so publishers' claims are released while the origins still serve.
+  stop_group $(names | grep '^edge-')
+  stop_group $(names | grep '^origin-')
   echo "stopped"
 }
 
 status() {
-  for i in "${ORIGINS[@]}"; do
-    local name="origin-$i"
+  local name
+  for name in $(names); do
     if pid=$(live_pid "$name"); then echo "$name running (pid $pid)"; else echo "$name not running"; fi
   done
   if [[ -f "$DATA/admin-token" ]]; then

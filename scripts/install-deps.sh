@@ -7,7 +7,10 @@ set -euo pipefail
 #   util-linux  setsid (scripts/bootstrap.sh detaches the nodes with it)
 #   procps      kill/pgrep used by scripts
 #   python3     scripts/bench-origin.py (figures, not the tests)
-PACKAGES=(util-linux procps python3)
+#   curl        scripts/bootstrap.sh waits for the edges' /health
+#   ffmpeg      real publisher and players (ffmpeg, ffprobe) in tests/edge.rs
+#   rtmpdump    a librtmp player in tests/edge.rs
+PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

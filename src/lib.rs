@@ -1,10 +1,12 @@
-//! raftcast: the origin (Raft + admin API), and the admin client.
+//! raftcast: the origin (Raft + admin API + media origin), the edge (RTMP and HTTP-FLV
+//! front door), the admin client and the load generators.
 //!
 //! The replicated state machine and Raft transport live in `raftcast-raft`, durable
 //! storage in `raftcast-storage`; this crate wires them into processes.
 
 pub mod bench;
 pub mod ctl;
+pub mod edge;
 pub mod link;
 pub mod logging;
 pub mod media;

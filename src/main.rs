@@ -11,8 +11,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run an origin: Raft voter, admin API (and, later, the media origin).
+    /// Run an origin: Raft voter, admin API and media origin.
     Origin(raftcast::origin::OriginArgs),
+    /// Run an edge: RTMP and HTTP-FLV front door for publishers and players.
+    Edge(raftcast::edge::EdgeArgs),
     /// Administer a running cluster through any origin's admin API.
     Ctl(raftcast::ctl::CtlArgs),
     /// Load generators with a JSON report.
@@ -24,6 +26,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Origin(args) => raftcast::origin::main(args),
+        Cmd::Edge(args) => raftcast::edge::main(args),
         Cmd::Ctl(args) => raftcast::ctl::main(args),
         Cmd::Bench(cmd) => raftcast::bench::main(cmd),
     }

@@ -1,7 +1,9 @@
 //! `raftcast bench`: load generators that print a JSON report. Each workload is one
 //! file; they share the latency summary here.
 
+pub mod client;
 pub mod so;
+pub mod synth;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -98,6 +98,20 @@ impl LinkHandle {
         })
     }
 
+    /// Queues a frame for the origin if the link is live, waiting up to `limit` for room
+    /// in the send queue (a publisher's frames wait briefly rather than being lost to a
+    /// momentary burst).
+    pub async fn send_wait(&self, frame: LinkFrame, limit: Duration) -> Result<(), SendError> {
+        if !matches!(*self.state.borrow(), LinkState::Live { .. }) {
+            return Err(SendError::NotLive);
+        }
+        match tokio::time::timeout(limit, self.tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SendError::NotLive),
+            Err(_) => Err(SendError::Full),
+        }
+    }
+
     pub fn state(&self) -> LinkState {
         self.state.borrow().clone()
     }
@@ -120,7 +134,8 @@ pub fn spawn(
 ) -> LinkHandle {
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
     let (state_tx, state) = watch::channel(LinkState::Connecting);
-    let span = tracing::info_span!("uplink", origin.addr = %addr);
+    // Detached from whichever session happened to open the link first.
+    let span = tracing::info_span!(parent: None, "uplink", origin.addr = %addr);
     tokio::spawn(tracing::Instrument::instrument(
         run(addr, edge, secret, timing, rx, state_tx, events, shutdown),
         span,

@@ -142,6 +142,7 @@ impl FrameCodec {
                     keyframe: flags & FLAG_KEYFRAME != 0,
                     header: flags & FLAG_HEADER != 0,
                     payload: body,
+                    wire: Default::default(),
                 };
                 Ok(Some(LinkFrame::Media(MediaFrame { channel, frame })))
             }
@@ -169,6 +170,7 @@ mod tests {
             keyframe: key,
             header: false,
             payload: Bytes::from_static(payload),
+            wire: Default::default(),
         };
         LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })
     }
@@ -243,7 +245,7 @@ mod tests {
         fn media_round_trips(channel: u32, ts: u32, key: bool, header: bool, kind in 0..3u8,
                              payload in proptest::collection::vec(any::<u8>(), 0..300)) {
             let kind = [FrameKind::Audio, FrameKind::Video, FrameKind::Data][kind as usize];
-            let frame = Frame { kind, timestamp: ts, keyframe: key, header, payload: Bytes::from(payload) };
+            let frame = Frame { kind, timestamp: ts, keyframe: key, header, payload: Bytes::from(payload), wire: Default::default() };
             let f = LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame });
             let mut buf = BytesMut::new();
             FrameCodec::encode(&f, &mut buf);

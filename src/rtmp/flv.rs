@@ -140,6 +140,33 @@ pub fn audio_facts(body: &[u8]) -> Option<AudioFacts> {
     Some(AudioFacts { codec: AudioCodec::Legacy(format), sequence_header })
 }
 
+/// The FLV file header for a stream with audio and video, followed by the first
+/// `PreviousTagSize0` (zero): what an HTTP-FLV response starts with.
+pub const FILE_HEADER: [u8; 13] = [b'F', b'L', b'V', 1, 0x05, 0, 0, 0, 9, 0, 0, 0, 0];
+
+/// Largest tag body FLV can describe (a 24-bit size).
+pub const MAX_TAG_BODY: usize = 0xFF_FFFF;
+
+/// Appends one FLV tag: the 11-byte header (type, 24-bit size, timestamp with its
+/// extension byte, stream id 0), the body untouched, then the 4-byte previous tag size.
+/// Returns `false` (appending nothing) for a body larger than [`MAX_TAG_BODY`].
+pub fn write_tag(tag_type: u8, timestamp: u32, body: &[u8], out: &mut bytes::BytesMut) -> bool {
+    use bytes::BufMut;
+    if body.len() > MAX_TAG_BODY {
+        return false;
+    }
+    let size = body.len() as u32;
+    out.reserve(11 + body.len() + 4);
+    out.put_u8(tag_type);
+    out.put_slice(&size.to_be_bytes()[1..]);
+    out.put_slice(&(timestamp & 0xFF_FFFF).to_be_bytes()[1..]);
+    out.put_u8((timestamp >> 24) as u8);
+    out.put_slice(&[0, 0, 0]);
+    out.put_slice(body);
+    out.put_u32(size + 11);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +228,17 @@ mod tests {
         // A command frame is never a keyframe or header.
         let cmd = video_facts(&[0xD0, b'h', b'v', b'c', b'1']).unwrap();
         assert!(cmd.command && !cmd.keyframe && !cmd.sequence_header);
+    }
+
+    #[test]
+    fn tags_carry_size_extended_timestamp_and_back_pointer() {
+        let mut out = bytes::BytesMut::new();
+        assert!(write_tag(9, 0x0123_4567, &[0x17, 1, 2], &mut out));
+        assert_eq!(
+            &out[..],
+            &[9, 0, 0, 3, 0x23, 0x45, 0x67, 0x01, 0, 0, 0, 0x17, 1, 2, 0, 0, 0, 14][..],
+            "timestamp's low 24 bits, then its high byte; previous tag size = 11 + 3"
+        );
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! An async RTMP client over the project's sans-IO [`ClientSession`]: what the load
+//! generator and the integration tests publish and play with.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::rtmp::handshake::{Handshake, Progress};
+use crate::rtmp::session::{ClientConfig, ClientEvent, ClientSession};
+
+/// How long connect, publish and play wait for the server's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(15);
+
+/// One RTMP client connection.
+pub struct RtmpClient {
+    socket: TcpStream,
+    session: ClientSession,
+    buf: BytesMut,
+    events: VecDeque<ClientEvent>,
+    /// Bytes read from the server so far.
+    pub bytes_in: u64,
+}
+
+impl RtmpClient {
+    /// Connects, shakes hands and sends `connect` for `app`; returns once the server
+    /// accepted it.
+    pub async fn connect(addr: SocketAddr, app: &str) -> anyhow::Result<RtmpClient> {
+        Self::connect_with(addr, app, None, ClientConfig::default()).await
+    }
+
+    /// Like [`connect`](Self::connect), with a receive buffer size (small: a player that
+    /// reads slowly backs up quickly) and session settings.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        app: &str,
+        recv_buffer: Option<u32>,
+        config: ClientConfig,
+    ) -> anyhow::Result<RtmpClient> {
+        let socket = if let Some(size) = recv_buffer {
+            let s = tokio::net::TcpSocket::new_v4()?;
+            s.set_recv_buffer_size(size)?;
+            s.connect(addr).await
+        } else {
+            TcpStream::connect(addr).await
+        }
+        .with_context(|| format!("connecting to {addr}"))?;
+        socket.set_nodelay(true)?;
+        let mut client = RtmpClient {
+            socket,
+            session: ClientSession::new(config),
+            buf: BytesMut::new(),
+            events: VecDeque::new(),
+            bytes_in: 0,
+        };
+        tokio::time::timeout(ANSWER_WAIT, client.handshake()).await.map_err(|_| anyhow!("handshake timed out"))??;
+        client.session.connect(app, &format!("rtmp://{addr}/{app}"))?;
+        client.flush().await?;
+        match client.wait(|e| matches!(e, ClientEvent::Connected | ClientEvent::ConnectRejected { .. })).await? {
+            ClientEvent::Connected => Ok(client),
+            other => bail!("connect refused: {other:?}"),
+        }
+    }
+
+    async fn handshake(&mut self) -> anyhow::Result<()> {
+        let (mut hs, c0c1) = Handshake::client()?;
+        self.socket.write_all(&c0c1).await?;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = self.socket.read(&mut buf).await?;
+            if n == 0 {
+                bail!("closed during the handshake");
+            }
+            match hs.feed(&buf[..n])? {
+                Progress::InProgress { send } => self.socket.write_all(&send).await?,
+                Progress::Done { send, leftover } => {
+                    self.socket.write_all(&send).await?;
+                    self.buf.extend_from_slice(&leftover);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Publishes `name` (may carry `?key=…`) on a new stream; returns its stream id once
+    /// the server said `NetStream.Publish.Start`, or the status code it answered.
+    pub async fn publish(&mut self, name: &str) -> anyhow::Result<u32> {
+        let stream_id = self.create_stream().await?;
+        self.session.publish(stream_id, name)?;
+        self.flush().await?;
+        loop {
+            match self.wait(|e| matches!(e, ClientEvent::PublishStarted { .. } | ClientEvent::Status { .. })).await? {
+                ClientEvent::PublishStarted { .. } => return Ok(stream_id),
+                ClientEvent::Status { code, description, level, .. } if level == "error" => {
+                    return Err(StatusError { code, description }.into())
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Plays `name` on a new stream; returns its stream id once the server said
+    /// `NetStream.Play.Start`, or the status code it answered (e.g.
+    /// `NetStream.Play.StreamNotFound`).
+    pub async fn play(&mut self, name: &str) -> anyhow::Result<u32> {
+        let stream_id = self.create_stream().await?;
+        self.session.play(stream_id, name)?;
+        self.flush().await?;
+        loop {
+            match self.wait(|e| matches!(e, ClientEvent::PlayStarted { .. } | ClientEvent::Status { .. })).await? {
+                ClientEvent::PlayStarted { .. } => return Ok(stream_id),
+                ClientEvent::Status { code, description, level, .. }
+                    if level == "error" || code.ends_with("NotFound") =>
+                {
+                    return Err(StatusError { code, description }.into())
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn create_stream(&mut self) -> anyhow::Result<u32> {
+        self.session.create_stream()?;
+        self.flush().await?;
+        match self.wait(|e| matches!(e, ClientEvent::StreamCreated { .. } | ClientEvent::CallFailed { .. })).await? {
+            ClientEvent::StreamCreated { stream_id } => Ok(stream_id),
+            other => bail!("createStream failed: {other:?}"),
+        }
+    }
+
+    /// Waits for the first event matching `want`; other events stay queued in order.
+    async fn wait(&mut self, want: impl Fn(&ClientEvent) -> bool) -> anyhow::Result<ClientEvent> {
+        let work = async {
+            loop {
+                if let Some(i) = self.events.iter().position(&want) {
+                    return Ok(self.events.remove(i).expect("present"));
+                }
+                if !self.read_more().await? {
+                    bail!("the server closed the connection");
+                }
+            }
+        };
+        tokio::time::timeout(ANSWER_WAIT, work).await.map_err(|_| anyhow!("no answer within {ANSWER_WAIT:?}"))?
+    }
+
+    /// Reads once from the socket; `false` at end of stream.
+    async fn read_more(&mut self) -> anyhow::Result<bool> {
+        let n = self.socket.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.bytes_in += n as u64;
+        let bytes = self.buf.split();
+        self.events.extend(self.session.handle_input(&bytes)?);
+        self.flush().await?;
+        if self.buf.capacity() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        Ok(true)
+    }
+
+    /// The next event from the server; `None` once it closed the connection.
+    pub async fn next_event(&mut self) -> anyhow::Result<Option<ClientEvent>> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(Some(e));
+            }
+            if !self.read_more().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Sends a video message on a published stream.
+    pub async fn send_video(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> anyhow::Result<()> {
+        self.session.send_video(stream_id, timestamp, payload)?;
+        self.flush().await
+    }
+
+    /// Sends an audio message on a published stream.
+    pub async fn send_audio(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> anyhow::Result<()> {
+        self.session.send_audio(stream_id, timestamp, payload)?;
+        self.flush().await
+    }
+
+    /// Sends a data message (e.g. `onMetaData`) on a published stream.
+    pub async fn send_data(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> anyhow::Result<()> {
+        self.session.send_data(stream_id, timestamp, payload)?;
+        self.flush().await
+    }
+
+    /// Writes raw bytes as they are (for tests of hostile or unusual input).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.socket.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Sends `closeStream` for a stream.
+    pub async fn close_stream(&mut self, stream_id: u32) -> anyhow::Result<()> {
+        self.session.close_stream(stream_id)?;
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let out = self.session.take_output();
+        if !out.is_empty() {
+            self.socket.write_all(&out).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A status code the server answered instead of what was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {description}")]
+pub struct StatusError {
+    pub code: String,
+    pub description: String,
+}

@@ -1,0 +1,220 @@
+//! Edge settings: raw command-line/env/file input ([`EdgeArgs`]) validated once into an
+//! immutable [`EdgeConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raftcast_raft::rpc::ClusterSecret;
+use serde::Deserialize;
+
+use crate::link::client::LinkTiming;
+
+/// Command-line flags of `raftcast edge`. Every flag has an environment twin, and a TOML
+/// file (`--config`) may carry the same settings (kebab-case keys); flags and
+/// environment win over the file.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EdgeArgs {
+    /// TOML file with any of these settings.
+    #[arg(long, env = "RAFTCAST_EDGE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Edge name, unique in the cluster (claims record which edge a publisher is on).
+    #[arg(long, env = "RAFTCAST_EDGE_ID")]
+    pub id: Option<String>,
+    /// RTMP listener [default: 127.0.0.1:1935].
+    #[arg(long, env = "RAFTCAST_EDGE_RTMP")]
+    pub rtmp: Option<SocketAddr>,
+    /// HTTP listener: HTTP-FLV, /status, /metrics, /health [default: 127.0.0.1:8081].
+    #[arg(long, env = "RAFTCAST_EDGE_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Admin/RPC HTTP addresses of the origins, comma-separated (any subset works; the
+    /// edge finds the leader and the owners' media links through them).
+    #[arg(long, env = "RAFTCAST_EDGE_ORIGINS", value_delimiter = ',')]
+    pub origins: Option<Vec<SocketAddr>>,
+    /// File holding the cluster secret (or set RAFTCAST_CLUSTER_SECRET).
+    #[arg(long, env = "RAFTCAST_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Most RTMP connections at once; more are closed at accept [default: 10000].
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// The RTMP handshake must finish within this many ms [default: 5000].
+    #[arg(long, env = "RAFTCAST_EDGE_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// A connection that sends nothing for this many ms, and plays nothing, is closed
+    /// [default: 30000].
+    #[arg(long, env = "RAFTCAST_EDGE_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// A player whose socket accepts no bytes for this many ms is closed [default: 30000].
+    #[arg(long, env = "RAFTCAST_EDGE_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
+    /// How long a play waits for a stream that is not (yet) published before it answers
+    /// `NetStream.Play.StreamNotFound` (HTTP-FLV: 404), in ms [default: 5000].
+    #[arg(long, env = "RAFTCAST_EDGE_PLAY_WAIT_MS")]
+    pub play_wait_ms: Option<u64>,
+    /// Outgoing RTMP chunk size [default: 4096].
+    #[arg(long, env = "RAFTCAST_EDGE_CHUNK_SIZE")]
+    pub chunk_size: Option<u32>,
+    /// Link heartbeat period in ms [default: 100].
+    #[arg(long, env = "RAFTCAST_EDGE_LINK_PING_MS")]
+    pub link_ping_ms: Option<u64>,
+    /// A link silent for this many ms is dead [default: 500].
+    #[arg(long, env = "RAFTCAST_EDGE_LINK_DEAD_MS")]
+    pub link_dead_ms: Option<u64>,
+    /// How long control requests (claims, lookups) may take in all, in ms [default: 5000].
+    #[arg(long, env = "RAFTCAST_EDGE_REQUEST_DEADLINE_MS")]
+    pub request_deadline_ms: Option<u64>,
+    /// How long shutdown drains players before closing them, in ms [default: 2000].
+    #[arg(long, env = "RAFTCAST_EDGE_DRAIN_MS")]
+    pub drain_ms: Option<u64>,
+}
+
+/// Validated edge configuration.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub id: String,
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    pub origins: Vec<SocketAddr>,
+    pub secret: ClusterSecret,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub play_wait: Duration,
+    pub chunk_size: u32,
+    pub link: LinkTiming,
+    pub request_deadline: Duration,
+    pub drain: Duration,
+}
+
+fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
+    EdgeArgs {
+        config: cli.config,
+        id: cli.id.or(file.id),
+        rtmp: cli.rtmp.or(file.rtmp),
+        http: cli.http.or(file.http),
+        origins: cli.origins.or(file.origins),
+        cluster_secret_file: cli.cluster_secret_file.or(file.cluster_secret_file),
+        max_connections: cli.max_connections.or(file.max_connections),
+        handshake_timeout_ms: cli.handshake_timeout_ms.or(file.handshake_timeout_ms),
+        idle_timeout_ms: cli.idle_timeout_ms.or(file.idle_timeout_ms),
+        write_timeout_ms: cli.write_timeout_ms.or(file.write_timeout_ms),
+        play_wait_ms: cli.play_wait_ms.or(file.play_wait_ms),
+        chunk_size: cli.chunk_size.or(file.chunk_size),
+        link_ping_ms: cli.link_ping_ms.or(file.link_ping_ms),
+        link_dead_ms: cli.link_dead_ms.or(file.link_dead_ms),
+        request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
+        drain_ms: cli.drain_ms.or(file.drain_ms),
+    }
+}
+
+fn read_file(path: &Path) -> Result<EdgeArgs, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl EdgeConfig {
+    /// Validates the raw settings. `env` looks up environment variables (injectable for
+    /// tests).
+    pub fn from_args(args: EdgeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => EdgeArgs::default(),
+        };
+        let a = merge(args, file);
+        let id = a.id.ok_or("--id is required")?;
+        raftcast_raft::command::validate_name("edge id", &id).map_err(|e| e.to_string())?;
+        let origins = a.origins.unwrap_or_default();
+        if origins.is_empty() {
+            return Err("--origins is required: the HTTP addresses of one or more origins".into());
+        }
+        let secret = crate::secrets::load(env("RAFTCAST_CLUSTER_SECRET").as_deref(), a.cluster_secret_file.as_deref())?
+            .ok_or("a cluster secret is required: set RAFTCAST_CLUSTER_SECRET or --cluster-secret-file")?;
+        let secret = ClusterSecret::new(&secret)?;
+        let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
+        let chunk_size = a.chunk_size.unwrap_or(4096);
+        if !(128..=65536).contains(&chunk_size) {
+            return Err(format!("--chunk-size {chunk_size} is outside 128..=65536"));
+        }
+        let link = LinkTiming {
+            ping_every: ms(a.link_ping_ms, 100),
+            dead_after: ms(a.link_dead_ms, 500),
+            ..LinkTiming::default()
+        };
+        if link.dead_after <= link.ping_every * 2 {
+            return Err(format!(
+                "--link-dead-ms ({:?}) must exceed two heartbeats ({:?} each)",
+                link.dead_after, link.ping_every
+            ));
+        }
+        let max_connections = a.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(EdgeConfig {
+            id,
+            rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
+            http: a.http.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            origins,
+            secret,
+            max_connections,
+            handshake_timeout: ms(a.handshake_timeout_ms, 5_000),
+            idle_timeout: ms(a.idle_timeout_ms, 30_000),
+            write_timeout: ms(a.write_timeout_ms, 30_000),
+            play_wait: ms(a.play_wait_ms, 5_000),
+            chunk_size,
+            link,
+            request_deadline: ms(a.request_deadline_ms, 5_000),
+            drain: ms(a.drain_ms, 2_000),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "RAFTCAST_CLUSTER_SECRET").then(|| "0123456789abcdef0123".to_owned())
+    }
+
+    fn args() -> EdgeArgs {
+        EdgeArgs {
+            id: Some("edge-1".into()),
+            origins: Some(vec!["127.0.0.1:8101".parse().unwrap()]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_design_ports() {
+        let c = EdgeConfig::from_args(args(), env).unwrap();
+        assert_eq!((c.rtmp.to_string(), c.http.to_string()), ("127.0.0.1:1935".into(), "127.0.0.1:8081".into()));
+        assert_eq!((c.play_wait, c.chunk_size), (Duration::from_secs(5), 4096));
+    }
+
+    #[test]
+    fn missing_or_bad_settings_are_explained() {
+        let no_origins = EdgeArgs { origins: None, ..args() };
+        assert!(EdgeConfig::from_args(no_origins, env).unwrap_err().contains("--origins"));
+        assert!(EdgeConfig::from_args(args(), |_| None).unwrap_err().contains("cluster secret"));
+        let bad_id = EdgeArgs { id: Some("a b/c".into()), ..args() };
+        assert!(EdgeConfig::from_args(bad_id, env).is_err());
+        let tiny = EdgeArgs { chunk_size: Some(1), ..args() };
+        assert!(EdgeConfig::from_args(tiny, env).unwrap_err().contains("chunk-size"));
+        let racy = EdgeArgs { link_ping_ms: Some(300), link_dead_ms: Some(500), ..args() };
+        assert!(EdgeConfig::from_args(racy, env).unwrap_err().contains("heartbeats"));
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.toml");
+        std::fs::write(&path, "id = \"edge-9\"\nplay-wait-ms = 100\norigins = [\"127.0.0.1:8101\"]\n").unwrap();
+        let cli = EdgeArgs { config: Some(path), play_wait_ms: Some(250), ..Default::default() };
+        let c = EdgeConfig::from_args(cli, env).unwrap();
+        assert_eq!((c.id.as_str(), c.play_wait), ("edge-9", Duration::from_millis(250)));
+    }
+}

@@ -1,0 +1,164 @@
+//! The edge's control channel to the cluster: stream claims, releases and owner lookups,
+//! sent as [`Forward`] requests to `/raft/forward` on the origins.
+//!
+//! Any origin answers a lookup; writes must reach the leader, which the edge finds by
+//! trying the origins it knows, starting with the one that led last time. Every write
+//! carries one request id across retries, so a retry after a lost answer is answered by
+//! the state machine's dedup instead of being applied twice.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use raftcast_raft::command::StreamClaim;
+use raftcast_raft::rpc::{self, ClusterSecret, SECRET_HEADER};
+use raftcast_raft::{Command, FailKind, Forward, ForwardReply, Request, RequestId, Response, StreamKey};
+use tokio::time::Instant;
+
+/// One attempt at one origin may take this long.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause after every origin has been tried without an answer (an election, usually).
+const ROUND_PAUSE: Duration = Duration::from_millis(50);
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ControlError {
+    /// No origin answered within the deadline (no leader, or none reachable).
+    #[error("the cluster did not answer within {0:?}")]
+    Unavailable(Duration),
+    /// The cluster refused the request as given.
+    #[error("the cluster refused: {message}")]
+    Failed { kind: FailKind, message: String },
+    /// An answer that does not fit the request.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+/// Where a stream's media goes, as one origin knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub claim: StreamClaim,
+    pub media: SocketAddr,
+}
+
+/// Sends control requests to the cluster.
+#[derive(Clone)]
+pub struct Control {
+    http: reqwest::Client,
+    origins: std::sync::Arc<[SocketAddr]>,
+    secret: ClusterSecret,
+    /// The origin to try first: the last one that answered a write.
+    preferred: std::sync::Arc<AtomicUsize>,
+    deadline: Duration,
+}
+
+impl Control {
+    pub fn new(origins: Vec<SocketAddr>, secret: ClusterSecret, deadline: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            .connect_timeout(Duration::from_millis(300))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Control { http, origins: origins.into(), secret, preferred: std::sync::Arc::default(), deadline })
+    }
+
+    /// Asks origins in turn, from the preferred one, until one answers with something
+    /// other than `NotLeader`, within the deadline.
+    async fn send(&self, req: &Forward) -> Result<ForwardReply, ControlError> {
+        let body = rpc::encode(req);
+        let started = Instant::now();
+        let n = self.origins.len();
+        loop {
+            let first = self.preferred.load(Ordering::Relaxed);
+            for i in 0..n {
+                let at = (first + i) % n;
+                let url = format!("http://{}/raft/forward", self.origins[at]);
+                let attempt = self.http.post(url).header(SECRET_HEADER, self.secret.as_str()).body(body.clone()).send();
+                let remaining = self.deadline.saturating_sub(started.elapsed());
+                let Ok(Ok(res)) = tokio::time::timeout(remaining, attempt).await else { continue };
+                let Ok(bytes) = res.bytes().await else { continue };
+                match rpc::decode::<ForwardReply>(&bytes) {
+                    Ok(ForwardReply::NotLeader { .. }) => {}
+                    Ok(reply) => {
+                        self.preferred.store(at, Ordering::Relaxed);
+                        return Ok(reply);
+                    }
+                    Err(e) => tracing::debug!(origin = %self.origins[at], error = %e, "unreadable control answer"),
+                }
+                if started.elapsed() >= self.deadline {
+                    break;
+                }
+            }
+            if started.elapsed() + ROUND_PAUSE >= self.deadline {
+                return Err(ControlError::Unavailable(self.deadline));
+            }
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+    }
+
+    /// A write through the leader; the state machine's response.
+    async fn write(&self, req: &Forward) -> Result<Response, ControlError> {
+        match self.send(req).await? {
+            ForwardReply::Written(response) => Ok(response),
+            ForwardReply::Failed { kind, message } => Err(ControlError::Failed { kind, message }),
+            other => Err(ControlError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Claims `stream` for a publishing session (the leader checks `key` and picks the
+    /// owner).
+    pub async fn claim(
+        &self,
+        stream: &StreamKey,
+        edge: &str,
+        session: &str,
+        takeover: bool,
+        key: Option<String>,
+    ) -> Result<Response, ControlError> {
+        let req = Forward::Claim {
+            id: RequestId::random(),
+            stream: stream.clone(),
+            edge: edge.to_owned(),
+            session: session.to_owned(),
+            takeover,
+            key,
+        };
+        self.write(&req).await
+    }
+
+    /// Releases `stream` if it is still held under `epoch`.
+    pub async fn release(&self, stream: &StreamKey, epoch: u64) -> Result<Response, ControlError> {
+        let command = Command::ReleaseStream { stream: stream.clone(), epoch };
+        self.write(&Forward::Write(Request { id: RequestId::random(), at_ms: 0, command })).await
+    }
+
+    /// Who owns `stream` and where its media link is, as the first origin to answer
+    /// knows it (`None`: not published).
+    pub async fn lookup(&self, stream: &StreamKey) -> Result<Option<Owner>, ControlError> {
+        match self.send(&Forward::Lookup { stream: stream.clone() }).await? {
+            ForwardReply::Owner { claim: Some(claim), media: Some(media) } => {
+                let media = media.parse().map_err(|_| {
+                    ControlError::Unexpected(format!("origin {} has media address {media:?}", claim.owner))
+                })?;
+                Ok(Some(Owner { claim, media }))
+            }
+            ForwardReply::Owner { .. } => Ok(None),
+            ForwardReply::Failed { kind, message } => Err(ControlError::Failed { kind, message }),
+            other => Err(ControlError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Looks `stream` up until an origin knows it at `epoch` or later: right after a
+    /// claim commits, a follower may not have applied it yet.
+    pub async fn lookup_at_least(&self, stream: &StreamKey, epoch: u64) -> Result<Owner, ControlError> {
+        let started = Instant::now();
+        loop {
+            match self.lookup(stream).await? {
+                Some(owner) if owner.claim.epoch >= epoch => return Ok(owner),
+                _ if started.elapsed() >= self.deadline => return Err(ControlError::Unavailable(self.deadline)),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The edge's HTTP side: HTTP-FLV players (`GET /{app}/{name}.flv`), `/status`,
+//! `/metrics`, `/health`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use raftcast_raft::StreamKey;
+use serde_json::json;
+
+use super::streams::Lease;
+use super::EdgeContext;
+use crate::link::LinkState;
+use crate::media::{Frame, FrameKind, Subscription};
+use crate::rtmp::flv;
+
+pub fn router(ctx: Arc<EdgeContext>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/{app}/{file}", get(flv_play))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(ctx)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
+}
+
+/// Plays a stream as one endless FLV file: the FLV header, then the stream's metadata,
+/// sequence headers and GOP, then live tags. The response ends when the publisher
+/// stops; a missing stream is a 404 after the configured play wait.
+async fn flv_play(State(ctx): State<Arc<EdgeContext>>, Path((app, file)): Path<(String, String)>) -> Response {
+    let Some(name) = file.strip_suffix(".flv") else {
+        return error(StatusCode::NOT_FOUND, "not_found", "players ask for /{app}/{name}.flv");
+    };
+    let Ok(stream) = StreamKey::new(&app, name) else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "invalid app or stream name");
+    };
+    if ctx.shutdown.is_cancelled() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down");
+    }
+    let lease = ctx.relays.join(&ctx, &stream);
+    let mut hubs = lease.relay.hub();
+    let hub = match tokio::time::timeout(ctx.config.play_wait, hubs.wait_for(Option::is_some)).await {
+        Ok(Ok(hub)) => hub.clone(),
+        _ => return error(StatusCode::NOT_FOUND, "stream_not_found", &format!("{stream} is not being published")),
+    };
+    let Some(hub) = hub else { return error(StatusCode::NOT_FOUND, "stream_not_found", "not published") };
+    let subscription = hub.subscribe();
+    ctx.stats.players_flv.fetch_add(1, Ordering::Relaxed);
+    let player = FlvPlayer { ctx: ctx.clone(), _lease: lease, subscription, header_sent: false, counted: 0 };
+    let body = futures::stream::unfold(player, |mut p| async move {
+        let chunk = p.next().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), p))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/x-flv")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// One HTTP-FLV player: the body pulls from it only as fast as the client reads, so a
+/// slow client's hub queue skips to the next keyframe (counted).
+struct FlvPlayer {
+    ctx: Arc<EdgeContext>,
+    _lease: Lease,
+    subscription: Subscription,
+    header_sent: bool,
+    counted: u64,
+}
+
+impl FlvPlayer {
+    async fn next(&mut self) -> Option<Bytes> {
+        if !self.header_sent {
+            self.header_sent = true;
+            return Some(Bytes::from_static(&flv::FILE_HEADER));
+        }
+        loop {
+            let frame = tokio::select! {
+                frame = self.subscription.recv() => frame?,
+                _ = self.ctx.shutdown.cancelled() => return None,
+            };
+            if frame.keyframe {
+                self.count_drops();
+            }
+            let tag = frame.wire.flv(|| tag(&frame));
+            if !tag.is_empty() {
+                self.ctx.stats.bytes_out.fetch_add(tag.len() as u64, Ordering::Relaxed);
+                return Some(tag);
+            }
+        }
+    }
+
+    fn count_drops(&mut self) {
+        let dropped = self.subscription.dropped();
+        self.ctx.stats.player_drops.fetch_add(dropped - self.counted, Ordering::Relaxed);
+        self.counted = dropped;
+    }
+}
+
+impl Drop for FlvPlayer {
+    fn drop(&mut self) {
+        self.count_drops();
+        self.ctx.stats.players_flv.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn tag(frame: &Frame) -> Bytes {
+    let tag_type = match frame.kind {
+        FrameKind::Audio => 8,
+        FrameKind::Video => 9,
+        FrameKind::Data => 18,
+    };
+    let mut out = BytesMut::new();
+    flv::write_tag(tag_type, frame.timestamp, &frame.payload, &mut out);
+    out.freeze()
+}
+
+fn link_state(state: &LinkState) -> (&'static str, u8) {
+    match state {
+        LinkState::Connecting => ("connecting", 0),
+        LinkState::Live { .. } => ("live", 1),
+        LinkState::Backoff { .. } => ("backoff", 2),
+    }
+}
+
+async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> {
+    let s = &ctx.stats;
+    let streams: Vec<_> = ctx
+        .relays
+        .snapshot()
+        .into_iter()
+        .map(|(stream, players, owner)| json!({"app": stream.app, "name": stream.name, "players": players, "owner": (owner != 0).then_some(owner)}))
+        .collect();
+    let upstreams: Vec<_> = ctx
+        .upstreams
+        .all()
+        .into_iter()
+        .map(|u| {
+            let state = u.state();
+            let origin = match state {
+                LinkState::Live { origin } => Some(origin),
+                _ => None,
+            };
+            json!({
+                "addr": u.addr.to_string(), "state": link_state(&state).0, "origin": origin,
+                "channels": u.channel_count(),
+                "bytes_in": u.bytes_in.load(Ordering::Relaxed), "bytes_out": u.bytes_out.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    Json(json!({
+        "id": ctx.config.id,
+        "rtmp": ctx.config.rtmp.to_string(),
+        "http": ctx.config.http.to_string(),
+        "uptime_s": ctx.started.elapsed().as_secs(),
+        "connections": s.connections.load(Ordering::Relaxed),
+        "publishers": s.publishers.load(Ordering::Relaxed),
+        "players": {"rtmp": s.players_rtmp.load(Ordering::Relaxed), "flv": s.players_flv.load(Ordering::Relaxed)},
+        "relays": streams,
+        "upstreams": upstreams,
+    }))
+}
+
+async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
+    use std::fmt::Write;
+    let s = &ctx.stats;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    metric("edge_connections", "gauge", "Open RTMP connections", &[(String::new(), load(&s.connections))]);
+    metric(
+        "edge_connections_total",
+        "counter",
+        "RTMP connections accepted",
+        &[(String::new(), load(&s.connections_total))],
+    );
+    metric(
+        "edge_connections_refused_total",
+        "counter",
+        "RTMP connections closed at accept because of the connection limit",
+        &[(String::new(), load(&s.connections_refused))],
+    );
+    metric("edge_publishers", "gauge", "Publishing sessions", &[(String::new(), load(&s.publishers))]);
+    metric(
+        "edge_players",
+        "gauge",
+        "Playing sessions by protocol",
+        &[("{protocol=\"rtmp\"}".into(), load(&s.players_rtmp)), ("{protocol=\"flv\"}".into(), load(&s.players_flv))],
+    );
+    metric("edge_client_bytes_in_total", "counter", "Bytes read from clients", &[(String::new(), load(&s.bytes_in))]);
+    metric(
+        "edge_client_bytes_out_total",
+        "counter",
+        "Bytes written to clients",
+        &[(String::new(), load(&s.bytes_out))],
+    );
+    metric(
+        "edge_frames_published_total",
+        "counter",
+        "Media frames received from publishers",
+        &[(String::new(), load(&s.frames_published))],
+    );
+    metric(
+        "edge_frames_dropped_total",
+        "counter",
+        "Frames dropped: players that fell behind skip to the next keyframe; publishers' frames the link could not take",
+        &[
+            ("{side=\"player\"}".into(), load(&s.player_drops)),
+            ("{side=\"publisher\"}".into(), load(&s.publisher_drops)),
+        ],
+    );
+    let ups = ctx.upstreams.all();
+    let label = |u: &super::upstream::Upstream| format!("{{origin_addr=\"{}\"}}", u.addr);
+    let states: Vec<_> = ups.iter().map(|u| (label(u), u64::from(link_state(&u.state()).1))).collect();
+    metric("edge_upstream_link_state", "gauge", "Link to an origin: 0 connecting, 1 live, 2 backoff", &states);
+    let bytes_in: Vec<_> = ups.iter().map(|u| (label(u), load(&u.bytes_in))).collect();
+    metric("edge_upstream_bytes_in_total", "counter", "Media payload bytes received from an origin", &bytes_in);
+    let bytes_out: Vec<_> = ups.iter().map(|u| (label(u), load(&u.bytes_out))).collect();
+    metric("edge_upstream_bytes_out_total", "counter", "Media payload bytes sent to an origin", &bytes_out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,501 @@
+//! RTMP connections: the accept loop and one task per connection driving the sans-IO
+//! [`ServerSession`].
+//!
+//! The connection task is the only owner of the socket and the session. Decisions that
+//! need the cluster (claims, lookups) run as futures polled by the same task, so the
+//! connection keeps reading (pings, acknowledgements, media) while they are pending.
+//! Each play has a pump task that turns frames of the stream's local hub into chunk
+//! bytes — encoded once per stream and shared ([`crate::media::frame::WireCache`]) — and
+//! hands them over through a small bounded queue; when the player reads too slowly the
+//! queue stays full, the pump waits, and the hub's reader queue skips to the next
+//! keyframe (counted). The publisher and other players never wait for a player.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use raftcast_raft::StreamKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::streams::{Lease, Publication, Refusal};
+use super::EdgeContext;
+use crate::media::{Frame, FrameKind};
+use crate::rtmp::chunk::RawMessage;
+use crate::rtmp::handshake::{Handshake, Progress};
+use crate::rtmp::message;
+use crate::rtmp::session::{
+    prechunk, PublishRejection, ServerConfig, ServerEvent, ServerSession, CSID_AUDIO, CSID_DATA, CSID_VIDEO,
+};
+
+/// Chunk bytes queued from a connection's play pumps; beyond this the pumps wait.
+const PLAY_QUEUE: usize = 64;
+/// Bytes waiting for the socket beyond which no more media is taken from the pumps.
+const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Read buffer size.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Accepts RTMP connections until `shutdown`; connections above the limit are closed
+/// at once (counted) rather than left waiting in the backlog.
+pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let mut next = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, limit = ctx.config.max_connections, "connection limit reached; closing");
+            drop(socket);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        next += 1;
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("rtmp", conn = next, %peer);
+        tokio::spawn(
+            async move {
+                ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+                match connection(socket, peer, next, &ctx, shutdown).await {
+                    Ok(()) => tracing::debug!("closed"),
+                    Err(e) => tracing::info!(error = %e, "closed"),
+                }
+                ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// What the play pumps hand to their connection.
+enum Out {
+    /// Chunk bytes for the socket.
+    Media(Bytes),
+    /// The stream (re)appeared: `NetStream.Play.PublishNotify`.
+    Published(u32),
+    /// The publisher left: `NetStream.Play.UnpublishNotify`.
+    Unpublished(u32),
+}
+
+/// The answer to a decision the cluster had to help with.
+enum Decision {
+    Publish { stream_id: u32, result: Result<Publication, Refusal> },
+    Play { stream_id: u32, name: String, lease: Option<Lease> },
+}
+
+struct Conn {
+    ctx: Arc<EdgeContext>,
+    id: u64,
+    session: ServerSession,
+    app: Option<String>,
+    connect_query: Option<String>,
+    publishing: HashMap<u32, Publication>,
+    playing: HashMap<u32, JoinHandle<()>>,
+    /// Streams with a decision pending; a stream closed meanwhile is dropped from here.
+    pending_ids: HashSet<u32>,
+    decisions: FuturesUnordered<BoxFuture<'static, Decision>>,
+    out_tx: mpsc::Sender<Out>,
+    /// Cancelled when a newer claim fences one of this connection's publications.
+    fenced: CancellationToken,
+}
+
+async fn handshake(socket: &mut TcpStream, ctx: &EdgeContext) -> Result<Vec<u8>, String> {
+    let mut hs = Handshake::server();
+    let mut buf = vec![0u8; 4096];
+    let work = async {
+        loop {
+            let n = socket.read(&mut buf).await.map_err(|e| format!("handshake read: {e}"))?;
+            if n == 0 {
+                return Err("closed during the handshake".to_owned());
+            }
+            ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            match hs.feed(&buf[..n]).map_err(|e| e.to_string())? {
+                Progress::InProgress { send } => socket.write_all(&send).await.map_err(|e| e.to_string())?,
+                Progress::Done { send, leftover } => {
+                    socket.write_all(&send).await.map_err(|e| e.to_string())?;
+                    return Ok(leftover);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(ctx.config.handshake_timeout, work)
+        .await
+        .map_err(|_| format!("no handshake within {:?}", ctx.config.handshake_timeout))?
+}
+
+async fn connection(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    ctx: &Arc<EdgeContext>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let leftover = handshake(&mut socket, ctx).await?;
+    tracing::debug!(%peer, "handshake done");
+    let (mut reader, mut writer) = socket.into_split();
+    let config = ServerConfig { chunk_size: ctx.config.chunk_size, ..ServerConfig::default() };
+    let (out_tx, mut out_rx) = mpsc::channel(PLAY_QUEUE);
+    let mut conn = Conn {
+        ctx: ctx.clone(),
+        id,
+        session: ServerSession::new(config),
+        app: None,
+        connect_query: None,
+        publishing: HashMap::new(),
+        playing: HashMap::new(),
+        pending_ids: HashSet::new(),
+        decisions: FuturesUnordered::new(),
+        out_tx,
+        fenced: CancellationToken::new(),
+    };
+    let mut pending = BytesMut::new();
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut last_read = Instant::now();
+    let mut last_write = Instant::now();
+    let result = async {
+        conn.input(&leftover)?;
+        loop {
+            pending.extend_from_slice(&conn.session.take_output());
+            let idle_at = last_read + ctx.config.idle_timeout;
+            let stalled_at = last_write + ctx.config.write_timeout;
+            tokio::select! {
+                read = reader.read_buf(&mut inbuf) => {
+                    match read {
+                        Ok(0) => return Err("closed by the client".to_owned()),
+                        Ok(n) => {
+                            ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                            last_read = Instant::now();
+                            let bytes = inbuf.split();
+                            conn.input(&bytes)?;
+                            if inbuf.capacity() < READ_CHUNK / 4 {
+                                inbuf.reserve(READ_CHUNK);
+                            }
+                        }
+                        Err(e) => return Err(format!("read: {e}")),
+                    }
+                }
+                Some(decision) = conn.decisions.next() => conn.decided(decision),
+                out = out_rx.recv(), if pending.len() < WRITE_HIGH_WATER => {
+                    // `out_tx` lives in `conn`: the queue never closes here.
+                    let Some(out) = out else { return Ok(()) };
+                    conn.out(out, &mut pending);
+                    while pending.len() < WRITE_HIGH_WATER {
+                        match out_rx.try_recv() {
+                            Ok(out) => conn.out(out, &mut pending),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                written = writer.write(&pending), if !pending.is_empty() => {
+                    match written {
+                        Ok(0) => return Err("write: closed".to_owned()),
+                        Ok(n) => {
+                            ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                            pending.advance(n);
+                            last_write = Instant::now();
+                        }
+                        Err(e) => return Err(format!("write: {e}")),
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at), if conn.playing.is_empty() && conn.publishing.is_empty() => {
+                    return Err(format!("idle for {:?}", ctx.config.idle_timeout));
+                }
+                _ = tokio::time::sleep_until(stalled_at), if !pending.is_empty() => {
+                    return Err(format!("the client read nothing for {:?}", ctx.config.write_timeout));
+                }
+                _ = conn.fenced.cancelled() => return Err("a newer publisher took the stream over".to_owned()),
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            if pending.is_empty() {
+                last_write = Instant::now();
+            }
+        }
+    }
+    .await;
+    // Players hear that the stream ended; what is queued gets a short drain.
+    let ids: Vec<u32> = conn.playing.keys().copied().collect();
+    for stream_id in ids {
+        conn.session.end_of_stream(stream_id);
+    }
+    conn.close();
+    pending.extend_from_slice(&conn.session.take_output());
+    if !pending.is_empty() && result.is_ok() {
+        let _ = tokio::time::timeout(ctx.config.drain, writer.write_all(&pending)).await;
+    }
+    let _ = writer.shutdown().await;
+    result
+}
+
+impl Conn {
+    fn input(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let events = self.session.handle_input(bytes).map_err(|e| format!("protocol error: {e}"))?;
+        for event in events {
+            self.event(event);
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: ServerEvent) {
+        match event {
+            ServerEvent::Connect { app, query, tc_url, .. } => {
+                tracing::debug!(app, ?tc_url, "connect");
+                self.app = Some(app);
+                self.connect_query = query;
+                self.session.accept_connect();
+            }
+            ServerEvent::CreateStream { .. } => {}
+            ServerEvent::Publish { stream_id, name, query, .. } => self.publish(stream_id, name, query),
+            ServerEvent::Play { stream_id, name, .. } => self.play(stream_id, name),
+            ServerEvent::Audio { stream_id, timestamp, payload } => {
+                self.media(stream_id, || Frame::audio(timestamp, payload));
+            }
+            ServerEvent::Video { stream_id, timestamp, payload } => {
+                self.media(stream_id, || Frame::video(timestamp, payload));
+            }
+            ServerEvent::Data { stream_id, timestamp, payload } => {
+                self.media(stream_id, || {
+                    if message::data_name(&payload).as_deref() == Some("onMetaData") {
+                        Frame::metadata(timestamp, payload)
+                    } else {
+                        Frame::data(timestamp, payload)
+                    }
+                });
+            }
+            // Shared objects arrive with their own issue; until then they are ignored.
+            ServerEvent::SharedObject { .. } => {}
+            ServerEvent::StreamClosed { stream_id } => self.stream_closed(stream_id),
+        }
+    }
+
+    fn stream_key(&self, name: &str) -> Option<StreamKey> {
+        StreamKey::new(self.app.as_deref()?, name).ok()
+    }
+
+    fn publish(&mut self, stream_id: u32, name: String, query: Option<String>) {
+        let Some(stream) = self.stream_key(&name) else {
+            let why = format!("{name:?} is not a valid stream name (letters, digits, '.', '_', '-')");
+            self.session.reject_publish(stream_id, PublishRejection::BadName, &why);
+            return;
+        };
+        let key = query_param(query.as_deref(), "key").or_else(|| query_param(self.connect_query.as_deref(), "key"));
+        let ctx = self.ctx.clone();
+        let session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
+        let fenced = self.fenced.clone();
+        self.pending_ids.insert(stream_id);
+        self.decisions.push(Box::pin(async move {
+            let result = Publication::start(&ctx, stream, session, key, fenced).await;
+            Decision::Publish { stream_id, result }
+        }));
+    }
+
+    fn play(&mut self, stream_id: u32, name: String) {
+        let Some(stream) = self.stream_key(&name) else {
+            self.session.play_not_found(stream_id, &name);
+            return;
+        };
+        let ctx = self.ctx.clone();
+        self.pending_ids.insert(stream_id);
+        self.decisions.push(Box::pin(async move {
+            let lease = ctx.relays.join(&ctx, &stream);
+            let mut hub = lease.relay.hub();
+            let found = tokio::time::timeout(ctx.config.play_wait, hub.wait_for(Option::is_some)).await;
+            let lease = matches!(found, Ok(Ok(_))).then_some(lease);
+            Decision::Play { stream_id, name, lease }
+        }));
+    }
+
+    fn decided(&mut self, decision: Decision) {
+        match decision {
+            Decision::Publish { stream_id, result } => {
+                if !self.pending_ids.remove(&stream_id) {
+                    // Closed meanwhile: dropping the publication unpublishes and releases.
+                    return;
+                }
+                match result {
+                    Ok(publication) => {
+                        self.session.accept_publish(stream_id);
+                        self.publishing.insert(stream_id, publication);
+                    }
+                    Err((code, why)) => {
+                        tracing::info!(code = code.code(), why, "publish refused");
+                        self.session.reject_publish(stream_id, code, &why);
+                    }
+                }
+            }
+            Decision::Play { stream_id, name, lease } => {
+                if !self.pending_ids.remove(&stream_id) {
+                    return;
+                }
+                let Some(lease) = lease else {
+                    self.session.play_not_found(stream_id, &name);
+                    return;
+                };
+                self.session.accept_play(stream_id);
+                let pump = Pump {
+                    ctx: self.ctx.clone(),
+                    stream_id,
+                    chunk_size: self.session.outgoing_chunk_size(),
+                    out: self.out_tx.clone(),
+                };
+                self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
+                if let Some(old) = self.playing.insert(stream_id, tokio::spawn(pump.run(lease))) {
+                    old.abort();
+                }
+            }
+        }
+    }
+
+    fn media(&mut self, stream_id: u32, frame: impl FnOnce() -> Frame) {
+        if let Some(publication) = self.publishing.get(&stream_id) {
+            self.ctx.stats.frames_published.fetch_add(1, Ordering::Relaxed);
+            publication.push(frame());
+        }
+    }
+
+    fn stream_closed(&mut self, stream_id: u32) {
+        self.pending_ids.remove(&stream_id);
+        if let Some(publication) = self.publishing.remove(&stream_id) {
+            self.ctx.stats.publisher_drops.fetch_add(publication.dropped(), Ordering::Relaxed);
+        }
+        if let Some(pump) = self.playing.remove(&stream_id) {
+            pump.abort();
+            self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn out(&mut self, out: Out, pending: &mut BytesMut) {
+        match out {
+            Out::Media(bytes) => {
+                self.session.send_prechunked(bytes);
+                pending.extend_from_slice(&self.session.take_output());
+            }
+            Out::Published(stream_id) => self.session.publish_notify(stream_id),
+            Out::Unpublished(stream_id) => self.session.end_of_stream(stream_id),
+        }
+    }
+
+    /// Ends every publication and play of the connection.
+    fn close(&mut self) {
+        self.publishing.clear();
+        for (_, pump) in self.playing.drain() {
+            pump.abort();
+            self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The value of `name` in a URL query string (`key=abc&x=1`).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_owned())
+    })
+}
+
+/// Moves one play's frames from the stream's hub to its connection.
+struct Pump {
+    ctx: Arc<EdgeContext>,
+    stream_id: u32,
+    chunk_size: u32,
+    out: mpsc::Sender<Out>,
+}
+
+impl Pump {
+    async fn run(self, lease: Lease) {
+        let mut hubs = lease.relay.hub();
+        let mut first = true;
+        loop {
+            let Ok(hub) = hubs.wait_for(Option::is_some).await.map(|h| h.clone()) else { return };
+            let Some(hub) = hub else { return };
+            if !first && self.out.send(Out::Published(self.stream_id)).await.is_err() {
+                return;
+            }
+            first = false;
+            let subscription = hub.subscribe();
+            let mut counted = 0;
+            while let Some(frame) = subscription.recv().await {
+                if frame.keyframe {
+                    counted = self.count_drops(subscription.dropped(), counted);
+                }
+                if let Some(bytes) = self.chunks(&frame) {
+                    if self.out.send(Out::Media(bytes)).await.is_err() {
+                        self.count_drops(subscription.dropped(), counted);
+                        return;
+                    }
+                }
+            }
+            self.count_drops(subscription.dropped(), counted);
+            if self.out.send(Out::Unpublished(self.stream_id)).await.is_err() {
+                return;
+            }
+            // Wait for the next publishing generation.
+            let ended = hub;
+            if hubs.wait_for(|h| h.as_ref().is_none_or(|h| !Arc::ptr_eq(h, &ended))).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn count_drops(&self, dropped: u64, counted: u64) -> u64 {
+        self.ctx.stats.player_drops.fetch_add(dropped - counted, Ordering::Relaxed);
+        dropped
+    }
+
+    /// The frame's chunks for this player, shared with every player of the stream
+    /// using the same chunk size and message stream id.
+    fn chunks(&self, frame: &Frame) -> Option<Bytes> {
+        let (csid, type_id) = match frame.kind {
+            FrameKind::Audio => (CSID_AUDIO, message::AUDIO),
+            FrameKind::Video => (CSID_VIDEO, message::VIDEO),
+            FrameKind::Data => (CSID_DATA, message::DATA_AMF0),
+        };
+        let bytes = frame.wire.rtmp(self.chunk_size, self.stream_id, || {
+            let msg = RawMessage {
+                csid,
+                timestamp: frame.timestamp,
+                type_id,
+                stream_id: self.stream_id,
+                payload: frame.payload.clone(),
+            };
+            prechunk(&msg, self.chunk_size).unwrap_or_default()
+        });
+        (!bytes.is_empty()).then_some(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn keys_come_from_the_query() {
+        assert_eq!(query_param(Some("key=abc&x=1"), "key").as_deref(), Some("abc"));
+        assert_eq!(query_param(Some("x=1&key=abc"), "key").as_deref(), Some("abc"));
+        assert_eq!(query_param(Some("key="), "key"), None);
+        assert_eq!(query_param(Some("keys=abc"), "key"), None);
+        assert_eq!(query_param(None, "key"), None);
+    }
+}

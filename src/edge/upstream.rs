@@ -1,0 +1,200 @@
+//! The edge's links to origins: one per origin media address, shared by every session
+//! on the edge, with channels multiplexed over it.
+//!
+//! A dispatcher task per link routes what the origin sends: media frames of a
+//! subscribed channel go straight into that channel's [`Hub`] (no extra hop), control
+//! frames and link ups and downs go to the channel's owner through a small bounded
+//! queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftcast_raft::rpc::ClusterSecret;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::link::client::{self, LinkHandle, LinkState, LinkTiming, SendError};
+use crate::link::{ChannelId, Control, LinkEvent, LinkFrame, MediaFrame};
+use crate::media::Hub;
+
+/// Control events queued for one channel's owner; a channel sees a handful in its life.
+const CHANNEL_EVENTS: usize = 32;
+/// Link events waiting for the dispatcher.
+const LINK_EVENTS: usize = 1024;
+
+/// What a channel's owner hears.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelEvent {
+    /// A control frame for this channel (`PublishAccepted`, `Subscribed`, `Ended`, …).
+    Control(Control),
+    /// The link (re)connected.
+    Up,
+    /// The link went down: everything on the channel is gone at the origin.
+    Down(String),
+}
+
+struct Channel {
+    events: mpsc::Sender<ChannelEvent>,
+    /// Where media arriving on the channel goes (subscriptions).
+    hub: Option<Arc<Hub>>,
+}
+
+/// All links of this edge.
+pub struct Upstreams {
+    edge: String,
+    secret: ClusterSecret,
+    timing: LinkTiming,
+    shutdown: CancellationToken,
+    links: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+}
+
+/// One link, to the origin at `addr`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    handle: LinkHandle,
+    channels: Mutex<HashMap<ChannelId, Channel>>,
+    next_channel: AtomicU32,
+    /// Media frames received and their payload bytes.
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Media frames sent and their payload bytes.
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Upstreams {
+    pub fn new(edge: String, secret: ClusterSecret, timing: LinkTiming, shutdown: CancellationToken) -> Self {
+        Upstreams { edge, secret, timing, shutdown, links: Mutex::default() }
+    }
+
+    /// The link to `addr`, started on first use.
+    pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
+        let mut links = lock(&self.links);
+        if let Some(up) = links.get(&addr) {
+            return up.clone();
+        }
+        let (tx, rx) = mpsc::channel(LINK_EVENTS);
+        let handle =
+            client::spawn(addr, self.edge.clone(), self.secret.clone(), self.timing, tx, self.shutdown.clone());
+        let up = Arc::new(Upstream {
+            addr,
+            handle,
+            channels: Mutex::default(),
+            next_channel: AtomicU32::new(1),
+            frames_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        });
+        tokio::spawn(dispatch(up.clone(), rx));
+        links.insert(addr, up.clone());
+        up
+    }
+
+    /// Every link, for status and metrics.
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
+        let mut all: Vec<_> = lock(&self.links).values().cloned().collect();
+        all.sort_by_key(|u| u.addr);
+        all
+    }
+}
+
+impl Upstream {
+    pub fn state(&self) -> LinkState {
+        self.handle.state()
+    }
+
+    /// Waits until the link is live, at most `limit`.
+    pub async fn live(&self, limit: Duration) -> bool {
+        let mut watch = self.handle.watch();
+        let ready = tokio::time::timeout(limit, watch.wait_for(|s| matches!(s, LinkState::Live { .. }))).await;
+        matches!(ready, Ok(Ok(_)))
+    }
+
+    /// Opens a channel; its events arrive on the returned receiver, and media on it goes
+    /// into `hub` when given. Close it with [`close`](Self::close).
+    pub fn open(&self, hub: Option<Arc<Hub>>) -> (ChannelId, mpsc::Receiver<ChannelEvent>) {
+        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        let id = ChannelId(self.next_channel.fetch_add(1, Ordering::Relaxed));
+        lock(&self.channels).insert(id, Channel { events: tx, hub });
+        (id, rx)
+    }
+
+    /// Forgets a channel: nothing more is routed to it.
+    pub fn close(&self, channel: ChannelId) {
+        lock(&self.channels).remove(&channel);
+    }
+
+    /// Sends a control frame if the link is live.
+    pub fn control(&self, control: Control) -> Result<(), SendError> {
+        self.handle.send(LinkFrame::Control(control))
+    }
+
+    /// Queues a media frame, waiting up to `limit` for room in the link's send queue.
+    pub async fn media(&self, frame: MediaFrame, limit: Duration) -> Result<(), SendError> {
+        let bytes = frame.frame.payload.len() as u64;
+        self.handle.send_wait(LinkFrame::Media(frame), limit).await?;
+        self.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn channel_count(&self) -> usize {
+        lock(&self.channels).len()
+    }
+}
+
+/// Routes one link's events to its channels until the link task ends.
+async fn dispatch(up: Arc<Upstream>, mut events: mpsc::Receiver<LinkEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            LinkEvent::Frame(LinkFrame::Media(MediaFrame { channel, frame })) => {
+                up.frames_in.fetch_add(1, Ordering::Relaxed);
+                up.bytes_in.fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+                let hub = lock(&up.channels).get(&channel).and_then(|c| c.hub.clone());
+                if let Some(hub) = hub {
+                    hub.publish(frame);
+                }
+            }
+            LinkEvent::Frame(LinkFrame::Control(control)) => {
+                let Some(channel) = channel_of(&control) else {
+                    tracing::debug!(?control, "control frame for no channel");
+                    continue;
+                };
+                let tx = lock(&up.channels).get(&channel).map(|c| c.events.clone());
+                if let Some(tx) = tx {
+                    if tx.try_send(ChannelEvent::Control(control)).is_err() {
+                        tracing::warn!(?channel, "a channel's owner is not reading its events");
+                    }
+                }
+            }
+            LinkEvent::Up { .. } => broadcast(&up, ChannelEvent::Up),
+            LinkEvent::Down { reason } => broadcast(&up, ChannelEvent::Down(reason)),
+        }
+    }
+}
+
+fn broadcast(up: &Upstream, event: ChannelEvent) {
+    for channel in lock(&up.channels).values() {
+        let _ = channel.events.try_send(event.clone());
+    }
+}
+
+/// The channel a control frame from the origin is about.
+fn channel_of(control: &Control) -> Option<ChannelId> {
+    match control {
+        Control::PublishAccepted { channel }
+        | Control::PublishRefused { channel, .. }
+        | Control::Subscribed { channel }
+        | Control::NotFound { channel }
+        | Control::Ended { channel } => Some(*channel),
+        _ => None,
+    }
+}

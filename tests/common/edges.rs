@@ -1,0 +1,189 @@
+//! Test harness for edges and real clients: `raftcast edge` processes in front of a
+//! [`Cluster`], and ffmpeg/ffprobe/rtmpdump child processes that are killed when their
+//! guard drops.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{eventually, free_addr, Cluster, BIN};
+
+/// A running `raftcast edge`.
+pub struct EdgeProc {
+    pub name: String,
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl EdgeProc {
+    /// Starts edge `name` in front of every origin of `c` and waits for `/health`.
+    pub async fn start(c: &Cluster, name: &str, extra: &[&str]) -> EdgeProc {
+        let origins: Vec<String> = c.origins.values().map(|o| o.http.to_string()).collect();
+        let (rtmp, http) = (free_addr(), free_addr());
+        let log = c.dir.path().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("edge")
+            .args(["--id", name])
+            .args(["--rtmp", &rtmp.to_string()])
+            .args(["--http", &http.to_string()])
+            .args(["--origins", &origins.join(",")])
+            .arg("--cluster-secret-file")
+            .arg(c.dir.path().join("cluster-secret"))
+            .args(extra)
+            .env_remove("RAFTCAST_CLUSTER_SECRET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let edge = EdgeProc { name: name.to_owned(), rtmp, http, log, child: Some(child) };
+        let client = reqwest::Client::new();
+        let url = format!("http://{http}/health");
+        eventually(Duration::from_secs(10), "the edge to serve /health", || {
+            let req = client.get(&url).send();
+            async move { req.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        edge
+    }
+
+    pub fn rtmp_url(&self, app: &str, name: &str) -> String {
+        format!("rtmp://{}/{app}/{name}", self.rtmp)
+    }
+
+    pub fn flv_url(&self, app: &str, name: &str) -> String {
+        format!("http://{}/{app}/{name}.flv", self.http)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then waits for the exit status (10 s at most).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        eventually(Duration::from_secs(10), "the edge to exit", || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
+    pub async fn status(&self) -> Value {
+        reqwest::get(format!("http://{}/status", self.http)).await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http)).await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of the sample `series` (name with labels, as printed) in `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        metric_value(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    pub fn dump_log(&self) {
+        if let Ok(log) = std::fs::read_to_string(&self.log) {
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- {} log (last 60 lines) ---", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// The value of `series` in a Prometheus text page.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+impl Drop for EdgeProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_log();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a tool is installed; a test that needs a missing one fails loudly (the
+/// project's `scripts/install-deps.sh` installs them).
+pub fn require(tool: &str) {
+    let found = Command::new(tool).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    assert!(found, "{tool} is not installed: run scripts/install-deps.sh (Debian packages ffmpeg, rtmpdump)");
+}
+
+/// ffmpeg publishing a libx264 + AAC test pattern (30 fps, 2 s GOP) in real time to `url`.
+pub fn ffmpeg_publish(url: &str, log: PathBuf) -> Proc {
+    require("ffmpeg");
+    let file = std::fs::File::create(log).unwrap();
+    let child = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "60", "-threads", "1"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// Video packets ffprobe reads from `url` in `secs` seconds of stream time.
+pub async fn ffprobe_video_packets(url: &str, secs: u32) -> Result<u64, String> {
+    require("ffprobe");
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "5000000", "-select_streams", "v:0", "-count_packets"])
+        .args(["-read_intervals", &format!("%+{secs}"), "-show_entries", "stream=nb_read_packets,codec_name"])
+        .args(["-of", "json", url])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(u64::from(secs) + 20), out)
+        .await
+        .map_err(|_| format!("ffprobe {url} hung"))?
+        .map_err(|e| e.to_string())?;
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("ffprobe output: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let stream = &json["streams"][0];
+    if stream["codec_name"] != "h264" {
+        return Err(format!("expected an h264 stream, got {json}"));
+    }
+    stream["nb_read_packets"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no packet count in {json}: {}", String::from_utf8_lossy(&out.stderr)))
+}
