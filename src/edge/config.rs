@@ -9,6 +9,7 @@ use raftcast_raft::rpc::ClusterSecret;
 use serde::Deserialize;
 
 use crate::link::client::LinkTiming;
+use crate::media::queue::QueueLimits;
 
 /// Command-line flags of `raftcast edge`. Every flag has an environment twin, and a TOML
 /// file (`--config`) may carry the same settings (kebab-case keys); flags and
@@ -53,6 +54,12 @@ pub struct EdgeArgs {
     /// `NetStream.Play.StreamNotFound` (HTTP-FLV: 404), in ms [default: 5000].
     #[arg(long, env = "RAFTCAST_EDGE_PLAY_WAIT_MS")]
     pub play_wait_ms: Option<u64>,
+    /// Frames a player may fall behind before it skips to the next keyframe [default: 512].
+    #[arg(long, env = "RAFTCAST_EDGE_PLAYER_QUEUE_FRAMES")]
+    pub player_queue_frames: Option<usize>,
+    /// Bytes a player may fall behind before it skips to the next keyframe [default: 4 MiB].
+    #[arg(long, env = "RAFTCAST_EDGE_PLAYER_QUEUE_BYTES")]
+    pub player_queue_bytes: Option<usize>,
     /// Outgoing RTMP chunk size [default: 4096].
     #[arg(long, env = "RAFTCAST_EDGE_CHUNK_SIZE")]
     pub chunk_size: Option<u32>,
@@ -84,6 +91,7 @@ pub struct EdgeConfig {
     pub write_timeout: Duration,
     pub play_wait: Duration,
     pub chunk_size: u32,
+    pub player_queue: QueueLimits,
     pub link: LinkTiming,
     pub request_deadline: Duration,
     pub drain: Duration,
@@ -103,6 +111,8 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         write_timeout_ms: cli.write_timeout_ms.or(file.write_timeout_ms),
         play_wait_ms: cli.play_wait_ms.or(file.play_wait_ms),
         chunk_size: cli.chunk_size.or(file.chunk_size),
+        player_queue_frames: cli.player_queue_frames.or(file.player_queue_frames),
+        player_queue_bytes: cli.player_queue_bytes.or(file.player_queue_bytes),
         link_ping_ms: cli.link_ping_ms.or(file.link_ping_ms),
         link_dead_ms: cli.link_dead_ms.or(file.link_dead_ms),
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
@@ -149,6 +159,14 @@ impl EdgeConfig {
                 link.dead_after, link.ping_every
             ));
         }
+        let defaults = QueueLimits::default();
+        let player_queue = QueueLimits {
+            max_frames: a.player_queue_frames.unwrap_or(defaults.max_frames),
+            max_bytes: a.player_queue_bytes.unwrap_or(defaults.max_bytes),
+        };
+        if player_queue.max_frames < 16 || player_queue.max_bytes < 64 * 1024 {
+            return Err("a player queue needs at least 16 frames and 64 KiB".into());
+        }
         let max_connections = a.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
@@ -165,6 +183,7 @@ impl EdgeConfig {
             write_timeout: ms(a.write_timeout_ms, 30_000),
             play_wait: ms(a.play_wait_ms, 5_000),
             chunk_size,
+            player_queue,
             link,
             request_deadline: ms(a.request_deadline_ms, 5_000),
             drain: ms(a.drain_ms, 2_000),

@@ -56,7 +56,7 @@ async fn flv_play(State(ctx): State<Arc<EdgeContext>>, Path((app, file)): Path<(
     let Some(hub) = hub else { return error(StatusCode::NOT_FOUND, "stream_not_found", "not published") };
     let subscription = hub.subscribe();
     ctx.stats.players_flv.fetch_add(1, Ordering::Relaxed);
-    let player = FlvPlayer { ctx: ctx.clone(), _lease: lease, subscription, header_sent: false, counted: 0 };
+    let player = FlvPlayer { ctx: ctx.clone(), _lease: lease, subscription, header_sent: false };
     let body = futures::stream::unfold(player, |mut p| async move {
         let chunk = p.next().await?;
         Some((Ok::<Bytes, std::convert::Infallible>(chunk), p))
@@ -76,7 +76,6 @@ struct FlvPlayer {
     _lease: Lease,
     subscription: Subscription,
     header_sent: bool,
-    counted: u64,
 }
 
 impl FlvPlayer {
@@ -90,9 +89,6 @@ impl FlvPlayer {
                 frame = self.subscription.recv() => frame?,
                 _ = self.ctx.shutdown.cancelled() => return None,
             };
-            if frame.keyframe {
-                self.count_drops();
-            }
             let tag = frame.wire.flv(|| tag(&frame));
             if !tag.is_empty() {
                 self.ctx.stats.bytes_out.fetch_add(tag.len() as u64, Ordering::Relaxed);
@@ -100,17 +96,10 @@ impl FlvPlayer {
             }
         }
     }
-
-    fn count_drops(&mut self) {
-        let dropped = self.subscription.dropped();
-        self.ctx.stats.player_drops.fetch_add(dropped - self.counted, Ordering::Relaxed);
-        self.counted = dropped;
-    }
 }
 
 impl Drop for FlvPlayer {
     fn drop(&mut self) {
-        self.count_drops();
         self.ctx.stats.players_flv.fetch_sub(1, Ordering::Relaxed);
     }
 }

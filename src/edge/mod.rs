@@ -37,7 +37,8 @@ pub struct EdgeStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub frames_published: AtomicU64,
-    pub player_drops: AtomicU64,
+    /// Shared by every relay hub: drops are counted the moment a queue drops.
+    pub player_drops: Arc<AtomicU64>,
     pub publisher_drops: AtomicU64,
 }
 

@@ -354,12 +354,7 @@ impl Conn {
                     return;
                 };
                 self.session.accept_play(stream_id);
-                let pump = Pump {
-                    ctx: self.ctx.clone(),
-                    stream_id,
-                    chunk_size: self.session.outgoing_chunk_size(),
-                    out: self.out_tx.clone(),
-                };
+                let pump = Pump { stream_id, chunk_size: self.session.outgoing_chunk_size(), out: self.out_tx.clone() };
                 self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
                 if let Some(old) = self.playing.insert(stream_id, tokio::spawn(pump.run(lease))) {
                     old.abort();
@@ -417,7 +412,6 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 /// Moves one play's frames from the stream's hub to its connection.
 struct Pump {
-    ctx: Arc<EdgeContext>,
     stream_id: u32,
     chunk_size: u32,
     out: mpsc::Sender<Out>,
@@ -435,19 +429,13 @@ impl Pump {
             }
             first = false;
             let subscription = hub.subscribe();
-            let mut counted = 0;
             while let Some(frame) = subscription.recv().await {
-                if frame.keyframe {
-                    counted = self.count_drops(subscription.dropped(), counted);
-                }
                 if let Some(bytes) = self.chunks(&frame) {
                     if self.out.send(Out::Media(bytes)).await.is_err() {
-                        self.count_drops(subscription.dropped(), counted);
                         return;
                     }
                 }
             }
-            self.count_drops(subscription.dropped(), counted);
             if self.out.send(Out::Unpublished(self.stream_id)).await.is_err() {
                 return;
             }
@@ -457,11 +445,6 @@ impl Pump {
                 return;
             }
         }
-    }
-
-    fn count_drops(&self, dropped: u64, counted: u64) -> u64 {
-        self.ctx.stats.player_drops.fetch_add(dropped - counted, Ordering::Relaxed);
-        dropped
     }
 
     /// The frame's chunks for this player, shared with every player of the stream

@@ -311,7 +311,8 @@ async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
         if !up.live(LINK_WAIT).await {
             continue;
         }
-        let hub = Hub::new(HubLimits::default());
+        let limits = HubLimits { queue: ctx.config.player_queue, ..HubLimits::default() };
+        let hub = Hub::with_drop_counter(limits, ctx.stats.player_drops.clone());
         let (channel, mut events) = up.open(Some(hub.clone()));
         if up.control(Control::Subscribe { channel, stream: stream.clone() }).is_err() {
             up.close(channel);

@@ -6,7 +6,7 @@
 //! (each under its own short lock) and wakes the reader. No lock is held across an
 //! `.await`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -26,6 +26,9 @@ pub struct HubLimits {
 pub struct Hub {
     limits: HubLimits,
     state: Mutex<HubState>,
+    /// Frames dropped from any reader's queue, counted as they are dropped (a reader
+    /// stuck on a slow socket never looks at its own counter).
+    drops: Arc<AtomicU64>,
 }
 
 struct HubState {
@@ -55,8 +58,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     pub fn new(limits: HubLimits) -> Arc<Hub> {
+        Self::with_drop_counter(limits, Arc::default())
+    }
+
+    /// A hub adding every reader's drops to `drops` (shared by many hubs for a total).
+    pub fn with_drop_counter(limits: HubLimits, drops: Arc<AtomicU64>) -> Arc<Hub> {
         Arc::new(Hub {
             limits,
+            drops,
             state: Mutex::new(HubState {
                 gop: GopCache::new(limits.gop),
                 readers: Vec::new(),
@@ -75,9 +84,21 @@ impl Hub {
         state.gop.push(&frame);
         let start = state.gop.is_start(&frame);
         for reader in &state.readers {
-            lock(&reader.queue).push(frame.clone(), start);
+            let mut queue = lock(&reader.queue);
+            let before = queue.dropped();
+            queue.push(frame.clone(), start);
+            let dropped = queue.dropped() - before;
+            drop(queue);
+            if dropped > 0 {
+                self.drops.fetch_add(dropped, Ordering::Relaxed);
+            }
             reader.wake.notify_one();
         }
+    }
+
+    /// Frames dropped from readers' queues so far (all hubs sharing the counter).
+    pub fn drops(&self) -> u64 {
+        self.drops.load(Ordering::Relaxed)
     }
 
     /// Subscribes a new reader, primed with the headers and the current GOP.
@@ -209,6 +230,7 @@ mod tests {
         assert_eq!(fast.dropped(), 0);
         assert!(slow.backlog() <= 64, "bounded: {}", slow.backlog());
         assert!(slow.dropped() > 900, "dropped {}", slow.dropped());
+        assert_eq!(hub.drops(), slow.dropped(), "the hub counts drops as they happen");
         // What the slow reader has starts at a keyframe.
         assert!(slow.try_recv().unwrap().keyframe);
     }
