@@ -113,11 +113,12 @@ fn publish_synthetic(
         let mut longest_send = Duration::ZERO;
         let mut last_video = 0;
         loop {
-            let (due, frame) = synth.next_frame();
+            let due = synth.next_due();
             if due >= duration {
                 break;
             }
             tokio::time::sleep_until((started + due).into()).await;
+            let (_, frame) = synth.next_frame();
             let t = Instant::now();
             match frame {
                 SynthFrame::Video { timestamp, payload, .. } => {

@@ -2,6 +2,7 @@
 //! file; they share the latency summary here.
 
 pub mod client;
+pub mod fanout;
 pub mod so;
 pub mod synth;
 
@@ -15,6 +16,11 @@ use serde::Serialize;
 pub enum BenchCommand {
     /// Shared-object writes through the admin API.
     So(so::SoArgs),
+    /// Synthetic publishers and many players through RTMP servers: continuity,
+    /// latency, time to first frame, server CPU and memory.
+    Fanout(fanout::FanoutArgs),
+    /// Idle RTMP connections, for memory per connection.
+    Idle(fanout::IdleArgs),
 }
 
 /// Entry point of `raftcast bench`.
@@ -28,6 +34,8 @@ pub fn main(command: BenchCommand) -> ExitCode {
     };
     let result = match command {
         BenchCommand::So(args) => runtime.block_on(so::run(args)),
+        BenchCommand::Fanout(args) => runtime.block_on(fanout::run(args)),
+        BenchCommand::Idle(args) => runtime.block_on(fanout::idle(args)),
     };
     match result {
         Ok(report) => {

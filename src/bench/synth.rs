@@ -92,8 +92,13 @@ impl Synth {
         Synth { shape, epoch, video_seq: 0, audio_seq: 0, filler: Bytes::from(filler) }
     }
 
-    /// When the frame after the last one is due, relative to the stream's start.
-    fn next_due(&self) -> (Duration, bool) {
+    /// When the next frame is due, relative to the stream's start: sleep until then,
+    /// then call [`next_frame`](Self::next_frame), which stamps the current time.
+    pub fn next_due(&self) -> Duration {
+        self.next_kind().0
+    }
+
+    fn next_kind(&self) -> (Duration, bool) {
         let video_at = Duration::from_micros(self.video_seq * 1_000_000 / u64::from(self.shape.fps.max(1)));
         if !self.shape.audio {
             return (video_at, true);
@@ -106,9 +111,10 @@ impl Synth {
         }
     }
 
-    /// The next frame and when it is due after the stream's start.
+    /// The next frame, stamped with the current time, and when it was due after the
+    /// stream's start.
     pub fn next_frame(&mut self) -> (Duration, SynthFrame) {
-        let (due, video) = self.next_due();
+        let (due, video) = self.next_kind();
         let sent_us = self.epoch.elapsed().as_micros() as u64;
         let timestamp = due.as_millis() as u32;
         if video {

@@ -10,7 +10,8 @@
 //! queue stays full, the pump waits, and the hub's reader queue skips to the next
 //! keyframe (counted). The publisher and other players never wait for a player.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ use crate::rtmp::session::{
 const PLAY_QUEUE: usize = 64;
 /// Bytes waiting for the socket beyond which no more media is taken from the pumps.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Buffers handed to one vectored write.
+const WRITE_SLICES: usize = 64;
 /// Read buffer size.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -171,16 +174,17 @@ async fn connection(
         out_tx,
         fenced: CancellationToken::new(),
     };
-    let mut pending = BytesMut::new();
+    let mut pending = Outbox::default();
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
+    let check_every = (ctx.config.idle_timeout.min(ctx.config.write_timeout) / 4).max(Duration::from_millis(50));
+    let mut housekeeping = tokio::time::interval(check_every);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = async {
         conn.input(&leftover)?;
         loop {
-            pending.extend_from_slice(&conn.session.take_output());
-            let idle_at = last_read + ctx.config.idle_timeout;
-            let stalled_at = last_write + ctx.config.write_timeout;
+            pending.push(conn.session.take_output());
             tokio::select! {
                 read = reader.read_buf(&mut inbuf) => {
                     match read {
@@ -209,7 +213,7 @@ async fn connection(
                         }
                     }
                 }
-                written = writer.write(&pending), if !pending.is_empty() => {
+                written = pending.write_to(&mut writer), if !pending.is_empty() => {
                     match written {
                         Ok(0) => return Err("write: closed".to_owned()),
                         Ok(n) => {
@@ -220,11 +224,15 @@ async fn connection(
                         Err(e) => return Err(format!("write: {e}")),
                     }
                 }
-                _ = tokio::time::sleep_until(idle_at), if conn.playing.is_empty() && conn.publishing.is_empty() => {
-                    return Err(format!("idle for {:?}", ctx.config.idle_timeout));
-                }
-                _ = tokio::time::sleep_until(stalled_at), if !pending.is_empty() => {
-                    return Err(format!("the client read nothing for {:?}", ctx.config.write_timeout));
+                // One periodic check instead of two timers re-armed on every wake.
+                _ = housekeeping.tick() => {
+                    let idle = conn.playing.is_empty() && conn.publishing.is_empty() && conn.pending_ids.is_empty();
+                    if idle && last_read.elapsed() >= ctx.config.idle_timeout {
+                        return Err(format!("idle for {:?}", ctx.config.idle_timeout));
+                    }
+                    if !pending.is_empty() && last_write.elapsed() >= ctx.config.write_timeout {
+                        return Err(format!("the client read nothing for {:?}", ctx.config.write_timeout));
+                    }
                 }
                 _ = conn.fenced.cancelled() => return Err("a newer publisher took the stream over".to_owned()),
                 _ = shutdown.cancelled() => return Ok(()),
@@ -241,9 +249,17 @@ async fn connection(
         conn.session.end_of_stream(stream_id);
     }
     conn.close();
-    pending.extend_from_slice(&conn.session.take_output());
+    pending.push(conn.session.take_output());
     if !pending.is_empty() && result.is_ok() {
-        let _ = tokio::time::timeout(ctx.config.drain, writer.write_all(&pending)).await;
+        let drain = async {
+            while !pending.is_empty() {
+                match pending.write_to(&mut writer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending.advance(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(ctx.config.drain, drain).await;
     }
     let _ = writer.shutdown().await;
     result
@@ -381,11 +397,15 @@ impl Conn {
         }
     }
 
-    fn out(&mut self, out: Out, pending: &mut BytesMut) {
+    fn out(&mut self, out: Out, pending: &mut Outbox) {
         match out {
             Out::Media(bytes) => {
-                self.session.send_prechunked(bytes);
-                pending.extend_from_slice(&self.session.take_output());
+                // Whatever the session queued goes first; the shared chunks follow
+                // without a copy.
+                pending.push(self.session.take_output());
+                if self.session.prechunked_by_driver() {
+                    pending.push(bytes);
+                }
             }
             Out::Published(stream_id) => self.session.publish_notify(stream_id),
             Out::Unpublished(stream_id) => self.session.end_of_stream(stream_id),
@@ -398,6 +418,56 @@ impl Conn {
         for (_, pump) in self.playing.drain() {
             pump.abort();
             self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Bytes waiting for the socket, as the shared buffers they came in (media chunks are
+/// shared by every player of a stream: queued here by reference, never copied).
+#[derive(Default)]
+struct Outbox {
+    bufs: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.bufs.push_back(bytes);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first buffers, for one vectored write.
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        self.bufs.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect()
+    }
+
+    /// One vectored write of the first buffers; the caller advances by what was written.
+    async fn write_to(&self, writer: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<usize> {
+        let slices = self.slices();
+        writer.write_vectored(&slices).await
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.bufs.front_mut() else { return };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.bufs.pop_front();
         }
     }
 }
@@ -471,7 +541,22 @@ impl Pump {
 
 #[cfg(test)]
 mod tests {
-    use super::query_param;
+    use super::{query_param, Outbox};
+    use bytes::Bytes;
+
+    #[test]
+    fn the_outbox_advances_across_buffers() {
+        let mut o = Outbox::default();
+        o.push(Bytes::from_static(b"abc"));
+        o.push(Bytes::new());
+        o.push(Bytes::from_static(b"defg"));
+        assert_eq!((o.len(), o.slices().len()), (7, 2));
+        o.advance(4);
+        assert_eq!(o.len(), 3);
+        assert_eq!(&*o.slices()[0], b"efg");
+        o.advance(3);
+        assert!(o.is_empty() && o.slices().is_empty());
+    }
 
     #[test]
     fn keys_come_from_the_query() {

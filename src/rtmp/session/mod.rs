@@ -181,6 +181,12 @@ impl Wire {
     /// so its next message on each of them has a type-0 header whatever those bytes said.
     fn send_foreign(&mut self, bytes: &[u8], csids: &[u32]) {
         self.outbox.extend_from_slice(bytes);
+        self.forget(csids);
+    }
+
+    /// Makes the encoder forget what it last sent on `csids`: someone else sent chunks
+    /// there, so its next message on them needs a full header.
+    fn forget(&mut self, csids: &[u32]) {
         for &csid in csids {
             self.encoder.forget(csid);
         }

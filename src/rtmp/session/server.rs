@@ -343,6 +343,15 @@ impl ServerSession {
         }
     }
 
+    /// The zero-copy form of [`send_prechunked`](Self::send_prechunked): the driver writes
+    /// the shared bytes itself, right after everything [`take_output`](Self::take_output)
+    /// returned before this call. Returns whether to send them (only when connected);
+    /// the session makes its encoder forget the media chunk streams either way.
+    pub fn prechunked_by_driver(&mut self) -> bool {
+        self.wire.forget(&[CSID_AUDIO, CSID_VIDEO, CSID_DATA]);
+        self.connection == Connection::Connected
+    }
+
     fn send_media(&mut self, csid: u32, type_id: u8, stream_id: u32, timestamp: u32, payload: Bytes) {
         if matches!(self.streams.get(&stream_id), Some(Stream::Playing { .. })) {
             self.wire.send_raw(RawMessage { csid, timestamp, type_id, stream_id, payload });
