@@ -306,3 +306,81 @@ async fn claims_check_publish_keys_and_lookups_find_the_owner() {
     let missing = forward(&c, &Forward::Lookup { stream: StreamKey::new("live", "nobody").unwrap() }).await;
     assert_eq!(missing, ForwardReply::Owner { claim: None, media: None });
 }
+
+/// Counts the listed streams per owner.
+async fn owners(c: &Cluster) -> std::collections::BTreeMap<u64, usize> {
+    let (s, body) = c.call(1, Method::GET, "/streams", None, &[]).await.unwrap();
+    assert!(s.is_success(), "{body}");
+    let mut owners = std::collections::BTreeMap::new();
+    for stream in body["streams"].as_array().unwrap() {
+        *owners.entry(stream["owner"].as_u64().unwrap()).or_default() += 1;
+    }
+    owners
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_streams_go_to_their_origin_and_spread_by_load_once_unpinned() {
+    use serde_json::json;
+    let mut c = Cluster::start(3).await;
+    let claimed_owner = |resp: Response| match resp {
+        Response::Claimed(claim) => claim.owner,
+        other => panic!("claim refused: {other:?}"),
+    };
+
+    // Only members can be pinned to.
+    let (s, body) = c.call(1, Method::PUT, "/pins/live/pinned-*", Some(&json!({"origin": 9})), &[]).await.unwrap();
+    assert_eq!(s, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_origin");
+    assert!(body["error"]["message"].as_str().unwrap().contains("origin 9 is not a member"), "{body}");
+
+    // Any origin takes the rules (writes go to the leader); the exact name beats the glob.
+    let (s, body) = c.call(2, Method::PUT, "/pins/live/pinned-%2A", Some(&json!({"origin": 3})), &[]).await.unwrap();
+    assert!(s.is_success(), "{body}");
+    assert_eq!(body, json!({"app": "live", "pattern": "pinned-*", "origin": 3}));
+    let (s, _) = c.call(3, Method::PUT, "/pins/live/pinned-b", Some(&json!({"origin": 2})), &[]).await.unwrap();
+    assert!(s.is_success());
+    let (_, pins) = c.call(1, Method::GET, "/pins", None, &[]).await.unwrap();
+    assert_eq!(
+        pins,
+        json!({"pins": [
+            {"app": "live", "pattern": "pinned-*", "origin": 3},
+            {"app": "live", "pattern": "pinned-b", "origin": 2},
+        ]})
+    );
+    let key = |name: &str| StreamKey::new("live", name).unwrap();
+    assert_eq!(claimed_owner(claim(&c, &key("pinned-a"), "edge-1", false).await), 3);
+    assert_eq!(claimed_owner(claim(&c, &key("pinned-b"), "edge-1", false).await), 2);
+
+    // Without the rules, new streams spread by load: a pin still in force would put all
+    // five on origin 3 (six streams there).
+    let (s, _) = c.call(1, Method::DELETE, "/pins/live/pinned-*", None, &[]).await.unwrap();
+    assert!(s.is_success());
+    let (s, _) = c.call(1, Method::DELETE, "/pins/live/pinned-*", None, &[]).await.unwrap();
+    assert_eq!(s, reqwest::StatusCode::NOT_FOUND, "a second delete finds nothing");
+    let (s, _) = c.call(2, Method::DELETE, "/pins/live/pinned-b", None, &[]).await.unwrap();
+    assert!(s.is_success());
+    for name in ["pinned-c", "pinned-d", "pinned-e", "pinned-f", "pinned-g"] {
+        claim(&c, &key(name), "edge-1", false).await;
+    }
+    let load = owners(&c).await;
+    assert_eq!(load.values().sum::<usize>(), 7);
+    let (min, max) = (load.values().min().unwrap(), load.values().max().unwrap());
+    assert!(load.len() == 3 && max - min <= 1, "not spread by load: {load:?}");
+
+    // A pinned origin that is not live is skipped (and the leader says so).
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let (s, _) =
+        c.call(leader, Method::PUT, "/pins/live/fallback-%2A", Some(&json!({"origin": follower})), &[]).await.unwrap();
+    assert!(s.is_success());
+    c.kill(follower);
+    // The leader calls a follower live until it is more than 64 entries behind.
+    for i in 0..80 {
+        let (s, body) = c.put_slot(leader, "lag", "n", &json!(i), None).await.unwrap();
+        assert!(s.is_success(), "{body}");
+    }
+    let owner = claimed_owner(claim(&c, &key("fallback-a"), "edge-1", false).await);
+    assert_ne!(owner, follower, "placed on the pinned origin although it is down");
+    let log = std::fs::read_to_string(c.log_path(leader)).unwrap();
+    assert!(log.contains("the pinned origin is not a live voter"), "the fallback is not logged");
+}

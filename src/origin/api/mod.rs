@@ -8,6 +8,7 @@ mod cluster;
 mod error;
 mod extract;
 mod objects;
+mod pins;
 mod streams;
 
 use std::sync::Arc;
@@ -91,6 +92,8 @@ pub fn router(app: AppState) -> Router {
         .route("/keys", post(streams::add_key))
         .route("/apps", get(streams::apps))
         .route("/apps/{app}", put(streams::set_app))
+        .route("/pins", get(pins::list))
+        .route("/pins/{app}/{pattern}", put(pins::put).delete(pins::delete))
         .route("/shared-objects/{name}", get(objects::get))
         .route("/shared-objects/{name}/slots/{slot}", put(objects::put_slot).delete(objects::delete_slot))
         .route("/shared-objects/{name}/events", get(objects::events))
