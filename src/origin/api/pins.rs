@@ -38,7 +38,7 @@ pub struct PinBody {
 }
 
 /// `PUT /pins/{app}/{pattern}` with `{"origin": N}`: creates or replaces a rule. The
-/// origin must be a member (voter or learner) now; a rule naming an origin that later
+/// origin must be a member (voter or learner) as of the latest committed membership; a rule naming an origin that later
 /// leaves, or is down, is skipped by the leader (streams are placed by load).
 pub async fn put(
     State(app): State<AppState>,
@@ -47,6 +47,9 @@ pub async fn put(
     ApiJson(body): ApiJson<PinBody>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = scope(&app_name, &pattern)?;
+    // Up to date with the leader first: a node that just joined (or lags) may not know
+    // the current members yet.
+    app.read_point(None).await?;
     let (voters, learners) = {
         let m = app.raft.metrics().borrow().membership_config.clone();
         let membership = m.membership();
