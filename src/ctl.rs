@@ -286,18 +286,7 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Streams { stale } => {
             let path = if stale { "/streams?stale=true" } else { "/streams" };
             let out = client.call(Method::GET, path, None, &[]).await?;
-            print(json_mode, &out, |v| {
-                println!("{:<32} {:>6} {:>8}  EDGE", "STREAM", "OWNER", "EPOCH");
-                for s in v["streams"].as_array().into_iter().flatten() {
-                    let key = format!("{}/{}", s["app"].as_str().unwrap_or("?"), s["name"].as_str().unwrap_or("?"));
-                    println!(
-                        "{key:<32} {:>6} {:>8}  {}",
-                        s["owner"].to_string(),
-                        s["epoch"].to_string(),
-                        s["edge"].as_str().unwrap_or("?")
-                    );
-                }
-            });
+            print(json_mode, &out, print_streams);
         }
         CtlCommand::So(cmd) => so(&client, json_mode, cmd).await?,
         CtlCommand::Keys(KeysCommand::Add { app, name }) => {
@@ -325,6 +314,36 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Wait { voters, timeout_secs } => wait(&client, voters, Duration::from_secs(timeout_secs)).await?,
     }
     Ok(())
+}
+
+/// The streams table. Live columns show `?` when the owner did not answer.
+fn print_streams(v: &Value) {
+    println!(
+        "{:<32} {:>5} {:>8}  {:<16} {:<4} {:>9} {:>12}  SUBSCRIBERS",
+        "STREAM", "OWNER", "EPOCH", "EDGE", "PUB", "KBPS", "BYTES_IN"
+    );
+    for s in v["streams"].as_array().into_iter().flatten() {
+        let key = format!("{}/{}", s["app"].as_str().unwrap_or("?"), s["name"].as_str().unwrap_or("?"));
+        let publishing = match s["publishing"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        };
+        let or_unknown = |v: &Value| if v.is_null() { "?".to_owned() } else { v.to_string() };
+        let subscribers = match s["subscribers"].as_array() {
+            Some(edges) if edges.is_empty() => "-".to_owned(),
+            Some(edges) => edges.iter().map(|e| e.as_str().unwrap_or("?")).collect::<Vec<_>>().join(","),
+            None => "?".to_owned(),
+        };
+        println!(
+            "{key:<32} {:>5} {:>8}  {:<16} {publishing:<4} {:>9} {:>12}  {subscribers}",
+            s["owner"].to_string(),
+            s["epoch"].to_string(),
+            s["edge"].as_str().unwrap_or("?"),
+            or_unknown(&s["bitrate_kbps"]),
+            or_unknown(&s["bytes_in"]),
+        );
+    }
 }
 
 fn parse_nodes(specs: &[String]) -> Result<BTreeMap<String, Value>, CtlError> {

@@ -225,6 +225,17 @@ async fn raft_rpc_requires_the_cluster_secret_and_a_valid_body() {
             c.client.post(url(path)).header("x-raftcast-cluster-secret", &c.secret).body(garbage).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path} with garbage");
     }
+    // The owner's live stream facts are for origins only.
+    let live = url("/internal/streams");
+    let res = c.client.get(&live).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "live facts without a secret");
+    let res = c.client.get(&live).bearer_auth(&c.token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "the admin token is not the cluster secret");
+    let res = c.client.get(&live).header("x-raftcast-cluster-secret", "wrong").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "live facts with a wrong secret");
+    let res = c.client.get(&live).header("x-raftcast-cluster-secret", &c.secret).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"origin": 1, "streams": []}));
     // A huge length prefix must not make the node allocate it.
     let mut huge = vec![0xffu8; 9];
     huge[0] = 0xfd;
