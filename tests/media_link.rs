@@ -455,6 +455,13 @@ async fn pinned_streams_go_to_their_origin_and_spread_by_load_once_unpinned() {
     assert!(log.contains("the pinned origin is not a live voter"), "the fallback is not logged");
 }
 
+/// The names of the streams origin 1 lists.
+async fn listed_names(c: &Cluster) -> Vec<String> {
+    let (s, body) = c.call(1, Method::GET, "/streams", None, &[]).await.unwrap();
+    assert!(s.is_success(), "{body}");
+    body["streams"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+}
+
 async fn put_pin(c: &Cluster, name: &str, origin: u64) {
     let body = serde_json::json!({ "origin": origin });
     let (s, body) = c.call(1, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
@@ -577,4 +584,66 @@ async fn publishers_of_a_superseded_or_moved_claim_are_fenced() {
     assert_eq!(player.control().await, Control::Ended { channel: ChannelId(9) });
     b.send(LinkFrame::Media(MediaFrame { channel: ChannelId(4), frame: video(5066, false) })).await;
     assert!(matches!(b.control().await, Control::PublishRefused { channel: ChannelId(4), .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_claims_are_released_after_the_grace_while_published_streams_stay() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let c = Cluster::start_with(3, &["--orphan-grace", "2s"]).await;
+
+    // A claim nobody publishes (its edge died right after claiming) ...
+    let orphan = StreamKey::new("live", "orphan").unwrap();
+    let Response::Claimed(orphaned) = claim(&c, &orphan, "edge-dead", false).await else { panic!() };
+    let claimed_at = std::time::Instant::now();
+    // ... and one with a live publisher.
+    let kept = StreamKey::new("live", "kept").unwrap();
+    let Response::Claimed(live) = claim(&c, &kept, "edge-1", false).await else { panic!() };
+    let (mut edge, _) = FakeEdge::connect_as(c.origins[&live.owner].media, &c.secret, "edge-1").await;
+    edge.send(LinkFrame::Control(Control::Publish { channel: ChannelId(1), stream: kept.clone(), epoch: live.epoch }))
+        .await;
+    assert_eq!(edge.control().await, Control::PublishAccepted { channel: ChannelId(1) });
+
+    // Keep publishing (which also keeps the link alive) while watching the list.
+    let mut ts = 0;
+    let mut next_frame = || {
+        ts += 200;
+        LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame: video(ts, ts % 2000 == 0) })
+    };
+    let released_after = loop {
+        let names = listed_names(&c).await;
+        assert!(names.contains(&"kept".to_owned()), "the published stream was released: {names:?}");
+        if !names.contains(&"orphan".to_owned()) {
+            break claimed_at.elapsed();
+        }
+        assert!(claimed_at.elapsed() < GRACE + Duration::from_secs(10), "the orphaned claim is never released");
+        edge.send(next_frame()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(released_after >= GRACE, "released after {released_after:?}, before the grace of {GRACE:?}");
+    eprintln!("orphaned claim released {released_after:?} after it was made");
+    let (_, text) = c.call(orphaned.owner, Method::GET, "/metrics", None, &[]).await.unwrap();
+    assert!(text.as_str().unwrap().contains("raftcast_orphans_released_total 1"), "{text}");
+
+    // The published stream stays for well over the grace period.
+    let watch_until = std::time::Instant::now() + 2 * GRACE;
+    while std::time::Instant::now() < watch_until {
+        let entry = listed(&c, 1, "kept").await;
+        assert_eq!(entry["publishing"], true, "{entry}");
+        edge.send(next_frame()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Its publisher leaves without releasing the claim (the edge's release failed):
+    // the claim goes too, a grace period later.
+    edge.send(LinkFrame::Control(Control::Unpublish { channel: ChannelId(1) })).await;
+    let left_at = std::time::Instant::now();
+    let gone_after = loop {
+        if !listed_names(&c).await.contains(&"kept".to_owned()) {
+            break left_at.elapsed();
+        }
+        assert!(left_at.elapsed() < GRACE + Duration::from_secs(10), "the abandoned claim is never released");
+        edge.send(LinkFrame::Control(Control::Ping { seq: 1 })).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(gone_after >= GRACE, "released {gone_after:?} after the publisher left, before the grace");
 }

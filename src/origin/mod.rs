@@ -4,7 +4,8 @@
 //! This module wires the pieces and owns the process lifecycle (start, signals,
 //! graceful shutdown); the pieces live in `config`, `proposer`, `api` and `metrics`.
 //! `link_server` serves the edges' media links, with `ingest` counting what publishers
-//! send; `live` shares the owner's view of its streams with the other origins.
+//! send; `live` shares the owner's view of its streams with the other origins;
+//! `orphans` releases owned claims whose publisher stays away.
 
 pub mod api;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod ingest;
 pub mod link_server;
 pub mod live;
 pub mod metrics;
+pub mod orphans;
 pub mod proposer;
 
 use std::process::ExitCode;
@@ -105,6 +107,15 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     )));
     tokio::spawn(tracing::Instrument::in_current_span(watch_raft(raft.clone(), metrics.clone(), shutdown.clone())));
+    let supervisor = orphans::Supervisor {
+        id: config.id,
+        grace: config.orphan_grace,
+        state: state.clone(),
+        links: links.clone(),
+        proposer: proposer.clone(),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(tracing::Instrument::in_current_span(orphans::supervise(supervisor, shutdown.clone())));
 
     let app = api::AppState {
         id: config.id,
@@ -129,7 +140,10 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::new());
 
-    tracing::info!(http = %config.http, media = %config.media, data_dir = %store_dir.display(), "origin serving");
+    tracing::info!(
+        http = %config.http, media = %config.media, data_dir = %store_dir.display(),
+        orphan_grace = ?config.orphan_grace, "origin serving"
+    );
     // Without TCP_NODELAY a response split over two segments waits for the peer's
     // delayed ACK (40 ms): one Raft round trip would cost 40 ms on loopback.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
