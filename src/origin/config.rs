@@ -58,7 +58,7 @@ pub struct OriginArgs {
     pub request_deadline_ms: Option<u64>,
     /// How long a stream this origin owns may have no publisher before its claim is
     /// released (an edge died, or its release failed): a number with a unit, `ms`,
-    /// `s` or `m` (a bare number means seconds), from 100ms to 24h [default: 10s].
+    /// `s`, `m` or `h` (a bare number means seconds), from 100ms to 24h [default: 10s].
     #[arg(long, env = "RAFTCAST_ORPHAN_GRACE")]
     pub orphan_grace: Option<String>,
 }
@@ -81,17 +81,18 @@ pub struct OriginConfig {
 /// Default of `--orphan-grace`.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
-/// Parses a duration such as `500ms`, `10s`, `2m` or `10` (seconds).
+/// Parses a duration such as `500ms`, `10s`, `2m`, `1h` or `10` (seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
-    let bad = || format!("{text:?} is not a duration (examples: 500ms, 10s, 2m)");
+    let bad = || format!("{text:?} is not a duration (examples: 500ms, 10s, 2m, 1h)");
     let n: u64 = number.parse().map_err(|_| bad())?;
     let ms = match unit.trim() {
         "ms" => Some(n),
         "" | "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
         _ => return Err(bad()),
     };
     ms.map(Duration::from_millis).ok_or_else(bad)
@@ -227,7 +228,8 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        for bad in ["", "s", "1.5s", "-1s", "10h", "ten", "99999999999999999999m", "18446744073709551615m"] {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1.5s", "-1s", "10d", "ten", "99999999999999999999m", "18446744073709551615m"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
         }
         let config = |grace: Option<&str>| {
@@ -237,6 +239,7 @@ mod tests {
         assert_eq!(config(None).unwrap().orphan_grace, DEFAULT_ORPHAN_GRACE);
         assert_eq!(config(Some("1s")).unwrap().orphan_grace, Duration::from_secs(1));
         assert!(config(Some("10ms")).unwrap_err().contains("between 100ms and 24h"));
+        assert!(config(Some("25h")).unwrap_err().contains("between 100ms and 24h"));
         assert!(config(Some("2 days")).unwrap_err().contains("--orphan-grace"));
     }
 
