@@ -391,7 +391,8 @@ async fn owners(c: &Cluster) -> std::collections::BTreeMap<u64, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_streams_go_to_their_origin_and_spread_by_load_once_unpinned() {
     use serde_json::json;
-    let mut c = Cluster::start(3).await;
+    // These claims never get a publisher: keep them for the whole test.
+    let mut c = Cluster::start_with(3, &["--orphan-grace", "1h"]).await;
     let claimed_owner = |resp: Response| match resp {
         Response::Claimed(claim) => claim.owner,
         other => panic!("claim refused: {other:?}"),
