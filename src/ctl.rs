@@ -64,6 +64,12 @@ enum CtlCommand {
     /// Publish keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Pin rules: new streams of APP whose name matches PATTERN go to one origin
+    /// (while it is a live voter). Lists the rules without a subcommand.
+    Pins {
+        #[command(subcommand)]
+        command: Option<PinsCommand>,
+    },
     /// Wait until the cluster has a leader and this many voters, all answering.
     Wait {
         #[arg(long, default_value_t = 3)]
@@ -110,6 +116,19 @@ enum KeysCommand {
         #[arg(long)]
         off: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PinsCommand {
+    /// List the rules.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Pin APP/PATTERN to ORIGIN (PATTERN: an exact name, or a glob with `*`; quote it).
+    Set { app: String, pattern: String, origin: u64 },
+    /// Remove the rule for exactly APP/PATTERN.
+    Del { app: String, pattern: String },
 }
 
 /// A failed call, printed as `error: ...`.
@@ -267,18 +286,7 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Streams { stale } => {
             let path = if stale { "/streams?stale=true" } else { "/streams" };
             let out = client.call(Method::GET, path, None, &[]).await?;
-            print(json_mode, &out, |v| {
-                println!("{:<32} {:>6} {:>8}  EDGE", "STREAM", "OWNER", "EPOCH");
-                for s in v["streams"].as_array().into_iter().flatten() {
-                    let key = format!("{}/{}", s["app"].as_str().unwrap_or("?"), s["name"].as_str().unwrap_or("?"));
-                    println!(
-                        "{key:<32} {:>6} {:>8}  {}",
-                        s["owner"].to_string(),
-                        s["epoch"].to_string(),
-                        s["edge"].as_str().unwrap_or("?")
-                    );
-                }
-            });
+            print(json_mode, &out, print_streams);
         }
         CtlCommand::So(cmd) => so(&client, json_mode, cmd).await?,
         CtlCommand::Keys(KeysCommand::Add { app, name }) => {
@@ -300,9 +308,42 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 println!("publishing to {app} {} a key", if off { "no longer requires" } else { "now requires" })
             });
         }
+        CtlCommand::Pins { command } => {
+            pins(&client, json_mode, command.unwrap_or(PinsCommand::List { stale: false })).await?
+        }
         CtlCommand::Wait { voters, timeout_secs } => wait(&client, voters, Duration::from_secs(timeout_secs)).await?,
     }
     Ok(())
+}
+
+/// The streams table. Live columns show `?` when the owner did not answer.
+fn print_streams(v: &Value) {
+    println!(
+        "{:<32} {:>5} {:>8}  {:<16} {:<4} {:>9} {:>12}  SUBSCRIBERS",
+        "STREAM", "OWNER", "EPOCH", "EDGE", "PUB", "KBPS", "BYTES_IN"
+    );
+    for s in v["streams"].as_array().into_iter().flatten() {
+        let key = format!("{}/{}", s["app"].as_str().unwrap_or("?"), s["name"].as_str().unwrap_or("?"));
+        let publishing = match s["publishing"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        };
+        let or_unknown = |v: &Value| if v.is_null() { "?".to_owned() } else { v.to_string() };
+        let subscribers = match s["subscribers"].as_array() {
+            Some(edges) if edges.is_empty() => "-".to_owned(),
+            Some(edges) => edges.iter().map(|e| e.as_str().unwrap_or("?")).collect::<Vec<_>>().join(","),
+            None => "?".to_owned(),
+        };
+        println!(
+            "{key:<32} {:>5} {:>8}  {:<16} {publishing:<4} {:>9} {:>12}  {subscribers}",
+            s["owner"].to_string(),
+            s["epoch"].to_string(),
+            s["edge"].as_str().unwrap_or("?"),
+            or_unknown(&s["bitrate_kbps"]),
+            or_unknown(&s["bytes_in"]),
+        );
+    }
 }
 
 fn parse_nodes(specs: &[String]) -> Result<BTreeMap<String, Value>, CtlError> {
@@ -420,6 +461,38 @@ async fn so(client: &Client, json_mode: bool, cmd: SoCommand) -> Result<(), CtlE
                 return Ok(());
             }
             return Err(CtlError::Unreachable(last));
+        }
+    }
+    Ok(())
+}
+
+async fn pins(client: &Client, json_mode: bool, cmd: PinsCommand) -> Result<(), CtlError> {
+    use reqwest::Method;
+    match cmd {
+        PinsCommand::List { stale } => {
+            let path = if stale { "/pins?stale=true" } else { "/pins" };
+            let out = client.call(Method::GET, path, None, &[]).await?;
+            print(json_mode, &out, |v| {
+                println!("{:<16} {:<32} {:>6}", "APP", "PATTERN", "ORIGIN");
+                for p in v["pins"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<16} {:<32} {:>6}",
+                        p["app"].as_str().unwrap_or("?"),
+                        p["pattern"].as_str().unwrap_or("?"),
+                        p["origin"].to_string()
+                    );
+                }
+            });
+        }
+        PinsCommand::Set { app, pattern, origin } => {
+            let path = format!("/pins/{}/{}", urlencode(&app), urlencode(&pattern));
+            let out = client.call(Method::PUT, &path, Some(&json!({ "origin": origin })), &[]).await?;
+            print(json_mode, &out, |_| println!("{app}/{pattern} is pinned to origin {origin}"));
+        }
+        PinsCommand::Del { app, pattern } => {
+            let path = format!("/pins/{}/{}", urlencode(&app), urlencode(&pattern));
+            let out = client.call(Method::DELETE, &path, None, &[]).await?;
+            print(json_mode, &out, |_| println!("pin {app}/{pattern} removed"));
         }
     }
     Ok(())

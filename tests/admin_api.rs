@@ -109,6 +109,15 @@ fn corpus(c: &Cluster) -> Vec<Bad> {
             Some("{\"publish_key_required\": \"yes\"}"),
             S::BAD_REQUEST,
         ),
+        bad("pin to an origin that is not a member", M::PUT, "/pins/live/x", Some("{\"origin\": 99}"), S::BAD_REQUEST),
+        bad("pin origin of the wrong type", M::PUT, "/pins/live/x", Some("{\"origin\": \"2\"}"), S::BAD_REQUEST),
+        bad("pin with an unknown field", M::PUT, "/pins/live/x", Some("{\"origin\": 2, \"x\": 1}"), S::BAD_REQUEST),
+        bad("pin without a body", M::PUT, "/pins/live/x", Some("{"), S::BAD_REQUEST),
+        bad("pin pattern with a space", M::PUT, "/pins/live/a%20b", Some("{\"origin\": 2}"), S::BAD_REQUEST),
+        bad("pin pattern with a slash", M::PUT, "/pins/live/a%2Fb", Some("{\"origin\": 2}"), S::BAD_REQUEST),
+        bad("pin app with a glob", M::PUT, "/pins/li*e/x", Some("{\"origin\": 2}"), S::BAD_REQUEST),
+        bad("delete a missing pin", M::DELETE, "/pins/live/nothing-here", None, S::NOT_FOUND),
+        bad("pins route without a pattern", M::PUT, "/pins/live", Some("{\"origin\": 2}"), S::NOT_FOUND),
         bad("unknown route", M::GET, "/cluster/nope", None, S::NOT_FOUND),
         bad("root", M::GET, "/", None, S::NOT_FOUND),
         bad("wrong method", M::DELETE, "/cluster/status", None, S::METHOD_NOT_ALLOWED),
@@ -132,7 +141,7 @@ fn corpus(c: &Cluster) -> Vec<Bad> {
     bad_match.headers.push(("if-match", "yesterday"));
     v.push(bad_match);
     for (what, auth) in [("no token", Auth::None), ("wrong token", Auth::Wrong)] {
-        for path in ["/cluster/status", "/streams", "/shared-objects/o", "/metrics"] {
+        for path in ["/cluster/status", "/streams", "/shared-objects/o", "/metrics", "/pins"] {
             let mut b = bad(what, M::GET, path, None, S::UNAUTHORIZED);
             b.auth = auth;
             v.push(b);
@@ -216,6 +225,17 @@ async fn raft_rpc_requires_the_cluster_secret_and_a_valid_body() {
             c.client.post(url(path)).header("x-raftcast-cluster-secret", &c.secret).body(garbage).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path} with garbage");
     }
+    // The owner's live stream facts are for origins only.
+    let live = url("/internal/streams");
+    let res = c.client.get(&live).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "live facts without a secret");
+    let res = c.client.get(&live).bearer_auth(&c.token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "the admin token is not the cluster secret");
+    let res = c.client.get(&live).header("x-raftcast-cluster-secret", "wrong").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "live facts with a wrong secret");
+    let res = c.client.get(&live).header("x-raftcast-cluster-secret", &c.secret).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"origin": 1, "streams": []}));
     // A huge length prefix must not make the node allocate it.
     let mut huge = vec![0xffu8; 9];
     huge[0] = 0xfd;

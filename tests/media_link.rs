@@ -69,11 +69,15 @@ struct FakeEdge {
 
 impl FakeEdge {
     async fn connect(addr: std::net::SocketAddr, secret: &str) -> (FakeEdge, Control) {
+        Self::connect_as(addr, secret, "edge-t").await
+    }
+
+    async fn connect_as(addr: std::net::SocketAddr, secret: &str, name: &str) -> (FakeEdge, Control) {
         let socket = TcpStream::connect(addr).await.unwrap();
         let mut edge = FakeEdge { socket, buf: BytesMut::new() };
         edge.send(LinkFrame::Control(Control::Hello {
             protocol: PROTOCOL_VERSION,
-            edge: "edge-t".into(),
+            edge: name.into(),
             secret: secret.into(),
         }))
         .await;
@@ -102,6 +106,21 @@ impl FakeEdge {
         .expect("a frame within 5 s")
     }
 
+    /// The next control frame (skipping media and pongs), pinging every 500 ms
+    /// meanwhile so the origin keeps the link; at most 10 s.
+    async fn control_keepalive(&mut self) -> Control {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no control frame within 10 s");
+            match tokio::time::timeout(Duration::from_millis(500), self.next()).await {
+                Ok(Some(LinkFrame::Control(Control::Pong { .. }) | LinkFrame::Media(_))) => {}
+                Ok(Some(LinkFrame::Control(c))) => return c,
+                Ok(None) => panic!("link closed"),
+                Err(_) => self.send(LinkFrame::Control(Control::Ping { seq: 0 })).await,
+            }
+        }
+    }
+
     /// The next control frame, skipping media and pongs.
     async fn control(&mut self) -> Control {
         loop {
@@ -117,9 +136,16 @@ fn video(ts: u32, key: bool) -> Frame {
     Frame::video(ts, Bytes::from(vec![if key { 0x17 } else { 0x27 }, 0x01, 0, 0, 0, ts as u8]))
 }
 
+/// The `/streams` entry of `name`, as origin `via` lists it.
+async fn listed(c: &Cluster, via: u64, name: &str) -> serde_json::Value {
+    let (s, body) = c.call(via, Method::GET, "/streams", None, &[]).await.unwrap();
+    assert!(s.is_success(), "{body}");
+    body["streams"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_streams_through_its_owner_to_a_subscribed_edge() {
-    let c = Cluster::start(3).await;
+    let mut c = Cluster::start(3).await;
     let stream = StreamKey::new("live", "foo").unwrap();
     let Response::Claimed(StreamClaim { owner, epoch, .. }) = claim(&c, &stream, "edge-1", false).await else {
         panic!("claim refused")
@@ -129,20 +155,35 @@ async fn a_publisher_streams_through_its_owner_to_a_subscribed_edge() {
     // A second claim by another session is refused (one owner per stream).
     assert!(matches!(claim(&c, &stream, "edge-2", false).await, Response::Rejected(_)));
 
-    let (mut publisher, welcome) = FakeEdge::connect(owner_media, &c.secret).await;
+    // Before anyone publishes, the owner reports the claim as not publishing.
+    let other = (1..=3).find(|id| *id != owner).unwrap();
+    let entry = listed(&c, other, "foo").await;
+    assert_eq!(
+        (&entry["publishing"], &entry["subscribers"], &entry["bytes_in"]),
+        (&false.into(), &serde_json::json!([]), &0.into()),
+        "{entry}"
+    );
+
+    let (mut publisher, welcome) = FakeEdge::connect_as(owner_media, &c.secret, "edge-1").await;
     assert_eq!(welcome, Control::Welcome { protocol: PROTOCOL_VERSION, origin: owner });
     publisher.send(LinkFrame::Control(Control::Publish { channel: ChannelId(1), stream: stream.clone(), epoch })).await;
     assert_eq!(publisher.control().await, Control::PublishAccepted { channel: ChannelId(1) });
     let media = |frame: Frame| LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame });
-    publisher.send(media(Frame::metadata(0, Bytes::from_static(b"\x02\x00\x0aonMetaData")))).await;
-    publisher.send(media(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])))).await;
-    publisher.send(media(video(0, true))).await;
-    publisher.send(media(video(33, false))).await;
+    let mut sent = vec![
+        Frame::metadata(0, Bytes::from_static(b"\x02\x00\x0aonMetaData")),
+        Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])),
+        video(0, true),
+        video(33, false),
+    ];
+    for frame in &sent {
+        publisher.send(media(frame.clone())).await;
+    }
 
     // Another edge subscribes: the GOP cache first, then live frames.
-    let (mut player, _) = FakeEdge::connect(owner_media, &c.secret).await;
+    let (mut player, _) = FakeEdge::connect_as(owner_media, &c.secret, "edge-2").await;
     player.send(LinkFrame::Control(Control::Subscribe { channel: ChannelId(7), stream: stream.clone() })).await;
     assert_eq!(player.control().await, Control::Subscribed { channel: ChannelId(7) });
+    sent.push(video(66, false));
     publisher.send(media(video(66, false))).await;
     let mut got = Vec::new();
     while got.len() < 5 {
@@ -153,15 +194,44 @@ async fn a_publisher_streams_through_its_owner_to_a_subscribed_edge() {
     }
     assert_eq!(got, vec![(0, false, true), (0, false, true), (0, true, false), (33, false, false), (66, false, false)]);
 
-    // The stream is listed with its owner and epoch.
-    let (_, streams) = c.call(1, Method::GET, "/streams", None, &[]).await.unwrap();
-    assert_eq!(streams["streams"][0]["owner"], owner);
-    assert_eq!(streams["streams"][0]["epoch"], epoch);
-    assert_eq!(streams["streams"][0]["edge"], "edge-1");
+    // Every origin lists the stream with its owner, epoch and the owner's live facts.
+    let bytes: usize = sent.iter().map(|f| f.payload.len()).sum();
+    for via in [owner, other] {
+        let entry = listed(&c, via, "foo").await;
+        assert_eq!(entry["owner"], owner, "{entry}");
+        assert_eq!(entry["epoch"], epoch);
+        assert_eq!(entry["edge"], "edge-1");
+        assert_eq!(entry["publishing"], true, "via {via}: {entry}");
+        assert_eq!(entry["subscribers"], serde_json::json!(["edge-2"]), "via {via}: {entry}");
+        assert_eq!(entry["bytes_in"], bytes, "via {via}: {entry}");
+        assert_eq!(entry["frames_in"], sent.len(), "via {via}: {entry}");
+        assert!(entry["bitrate_kbps"].as_f64().unwrap() > 0.0, "via {via}: {entry}");
+    }
+    // And the owner's metrics count the link traffic and its stream.
+    let (_, text) = c.call(owner, Method::GET, "/metrics", None, &[]).await.unwrap();
+    let text = text.as_str().unwrap();
+    assert!(text.contains("raftcast_link_connections 2"), "{text}");
+    assert!(text.contains(&format!("raftcast_streams_owned{{origin=\"{owner}\"}} 1")), "{text}");
+    assert!(text.contains("raftcast_link_publishers 1") && text.contains("raftcast_link_subscriptions 1"));
+    let bytes_in = text.lines().find_map(|l| l.strip_prefix("raftcast_link_bytes_in_total ")).unwrap();
+    assert!(bytes_in.parse::<u64>().unwrap() > bytes as u64, "{bytes_in}");
 
-    // The publisher leaves: the subscriber hears the end.
+    // The publisher leaves: the subscriber hears the end, and the claim (not released
+    // by this fake edge) shows no publisher and no subscriber.
     publisher.send(LinkFrame::Control(Control::Unpublish { channel: ChannelId(1) })).await;
     assert_eq!(player.control().await, Control::Ended { channel: ChannelId(7) });
+    let entry = listed(&c, other, "foo").await;
+    assert_eq!((&entry["publishing"], &entry["subscribers"]), (&false.into(), &serde_json::json!([])), "{entry}");
+
+    // An owner that does not answer costs only the live fields of its streams.
+    c.kill(owner);
+    let started = std::time::Instant::now();
+    let entry = listed(&c, other, "foo").await;
+    assert_eq!(entry["owner"], owner, "{entry}");
+    for field in ["publishing", "subscribers", "bitrate_kbps", "bytes_in", "frames_in"] {
+        assert!(entry[field].is_null(), "{field} of a dead owner: {entry}");
+    }
+    eprintln!("/streams with a dead owner answered in {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,4 +375,276 @@ async fn claims_check_publish_keys_and_lookups_find_the_owner() {
     }
     let missing = forward(&c, &Forward::Lookup { stream: StreamKey::new("live", "nobody").unwrap() }).await;
     assert_eq!(missing, ForwardReply::Owner { claim: None, media: None });
+}
+
+/// Counts the listed streams per owner.
+async fn owners(c: &Cluster) -> std::collections::BTreeMap<u64, usize> {
+    let (s, body) = c.call(1, Method::GET, "/streams", None, &[]).await.unwrap();
+    assert!(s.is_success(), "{body}");
+    let mut owners = std::collections::BTreeMap::new();
+    for stream in body["streams"].as_array().unwrap() {
+        *owners.entry(stream["owner"].as_u64().unwrap()).or_default() += 1;
+    }
+    owners
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_streams_go_to_their_origin_and_spread_by_load_once_unpinned() {
+    use serde_json::json;
+    // These claims never get a publisher: keep them for the whole test.
+    let mut c = Cluster::start_with(3, &["--orphan-grace", "1h"]).await;
+    let claimed_owner = |resp: Response| match resp {
+        Response::Claimed(claim) => claim.owner,
+        other => panic!("claim refused: {other:?}"),
+    };
+
+    // Only members can be pinned to.
+    let (s, body) = c.call(1, Method::PUT, "/pins/live/pinned-*", Some(&json!({"origin": 9})), &[]).await.unwrap();
+    assert_eq!(s, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_origin");
+    assert!(body["error"]["message"].as_str().unwrap().contains("origin 9 is not a member"), "{body}");
+
+    // Any origin takes the rules (writes go to the leader); the exact name beats the glob.
+    let (s, body) = c.call(2, Method::PUT, "/pins/live/pinned-%2A", Some(&json!({"origin": 3})), &[]).await.unwrap();
+    assert!(s.is_success(), "{body}");
+    assert_eq!(body, json!({"app": "live", "pattern": "pinned-*", "origin": 3}));
+    let (s, _) = c.call(3, Method::PUT, "/pins/live/pinned-b", Some(&json!({"origin": 2})), &[]).await.unwrap();
+    assert!(s.is_success());
+    let (_, pins) = c.call(1, Method::GET, "/pins", None, &[]).await.unwrap();
+    assert_eq!(
+        pins,
+        json!({"pins": [
+            {"app": "live", "pattern": "pinned-*", "origin": 3},
+            {"app": "live", "pattern": "pinned-b", "origin": 2},
+        ]})
+    );
+    let key = |name: &str| StreamKey::new("live", name).unwrap();
+    assert_eq!(claimed_owner(claim(&c, &key("pinned-a"), "edge-1", false).await), 3);
+    assert_eq!(claimed_owner(claim(&c, &key("pinned-b"), "edge-1", false).await), 2);
+
+    // Without the rules, new streams spread by load: a pin still in force would put all
+    // five on origin 3 (six streams there).
+    let (s, _) = c.call(1, Method::DELETE, "/pins/live/pinned-*", None, &[]).await.unwrap();
+    assert!(s.is_success());
+    let (s, _) = c.call(1, Method::DELETE, "/pins/live/pinned-*", None, &[]).await.unwrap();
+    assert_eq!(s, reqwest::StatusCode::NOT_FOUND, "a second delete finds nothing");
+    let (s, _) = c.call(2, Method::DELETE, "/pins/live/pinned-b", None, &[]).await.unwrap();
+    assert!(s.is_success());
+    for name in ["pinned-c", "pinned-d", "pinned-e", "pinned-f", "pinned-g"] {
+        claim(&c, &key(name), "edge-1", false).await;
+    }
+    let load = owners(&c).await;
+    assert_eq!(load.values().sum::<usize>(), 7);
+    let (min, max) = (load.values().min().unwrap(), load.values().max().unwrap());
+    assert!(load.len() == 3 && max - min <= 1, "not spread by load: {load:?}");
+
+    // A pinned origin that is not live is skipped (and the leader says so).
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let (s, _) =
+        c.call(leader, Method::PUT, "/pins/live/fallback-%2A", Some(&json!({"origin": follower})), &[]).await.unwrap();
+    assert!(s.is_success());
+    c.kill(follower);
+    // The leader calls a follower live until it is more than 64 entries behind.
+    for i in 0..80 {
+        let (s, body) = c.put_slot(leader, "lag", "n", &json!(i), None).await.unwrap();
+        assert!(s.is_success(), "{body}");
+    }
+    let owner = claimed_owner(claim(&c, &key("fallback-a"), "edge-1", false).await);
+    assert_ne!(owner, follower, "placed on the pinned origin although it is down");
+    let log = std::fs::read_to_string(c.log_path(leader)).unwrap();
+    assert!(log.contains("the pinned origin is not a live voter"), "the fallback is not logged");
+}
+
+/// The names of the streams origin 1 lists.
+async fn listed_names(c: &Cluster) -> Vec<String> {
+    let (s, body) = c.call(1, Method::GET, "/streams", None, &[]).await.unwrap();
+    assert!(s.is_success(), "{body}");
+    body["streams"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn put_pin(c: &Cluster, name: &str, origin: u64) {
+    let body = serde_json::json!({ "origin": origin });
+    let (s, body) = c.call(1, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
+    assert!(s.is_success(), "{body}");
+}
+
+/// Media frames received on `channel` until `n` have arrived: (timestamp, keyframe, header).
+async fn receive(edge: &mut FakeEdge, channel: ChannelId, n: usize) -> Vec<(u32, bool, bool)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match edge.next().await.expect("link open") {
+            LinkFrame::Media(MediaFrame { channel: c, frame }) if c == channel => {
+                got.push((frame.timestamp, frame.keyframe, frame.header))
+            }
+            LinkFrame::Control(Control::Ended { .. }) => panic!("ended after {got:?}"),
+            _ => {}
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_waiting_for_its_claim_holds_media_and_never_stalls_the_link() {
+    let c = Cluster::start(3).await;
+    // Pin the stream so we know its owner before it is claimed.
+    put_pin(&c, "held-a", 2).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let last = c.status(leader).await.unwrap()["last_log_index"].as_u64().unwrap();
+    common::eventually(Duration::from_secs(10), "origin 2 to apply everything", || async {
+        (c.status(2).await?["applied_index"].as_u64()? >= last).then_some(())
+    })
+    .await;
+
+    // The edge publishes under the epoch the claim will get (the next log entry of this
+    // quiet cluster), before the claim exists, and sends media right away, as an edge
+    // whose link came back does.
+    let stream = StreamKey::new("live", "held-a").unwrap();
+    let (mut edge, _) = FakeEdge::connect_as(c.origins[&2].media, &c.secret, "edge-1").await;
+    edge.send(LinkFrame::Control(Control::Publish { channel: ChannelId(1), stream: stream.clone(), epoch: last + 1 }))
+        .await;
+    // A second publish whose claim never comes.
+    let never = StreamKey::new("live", "never").unwrap();
+    edge.send(LinkFrame::Control(Control::Publish { channel: ChannelId(3), stream: never, epoch: last + 10_000 }))
+        .await;
+    let media = |frame: Frame| LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame });
+    edge.send(media(Frame::metadata(0, Bytes::from_static(b"\x02\x00\x0aonMetaData")))).await;
+    edge.send(media(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])))).await;
+    edge.send(media(video(0, true))).await;
+    edge.send(media(video(33, false))).await;
+
+    // Both publishes wait for claims (2 s at most), yet the link answers at once.
+    let asked = std::time::Instant::now();
+    edge.send(LinkFrame::Control(Control::Ping { seq: 42 })).await;
+    let first = edge.next().await.expect("link open");
+    assert_eq!(first, LinkFrame::Control(Control::Pong { seq: 42 }), "the first answer is the pong");
+    let answered = asked.elapsed();
+    assert!(answered < Duration::from_millis(500), "the link stalled for {answered:?}");
+
+    let Response::Claimed(claimed) = claim(&c, &stream, "edge-1", false).await else { panic!("claim refused") };
+    assert_eq!((claimed.owner, claimed.epoch), (2, last + 1), "the cluster was not quiet: the claim is elsewhere");
+    assert_eq!(edge.control_keepalive().await, Control::PublishAccepted { channel: ChannelId(1) });
+
+    // What the edge sent while the publish waited is in the hub, in order.
+    let (mut player, _) = FakeEdge::connect_as(c.origins[&2].media, &c.secret, "edge-2").await;
+    player.send(LinkFrame::Control(Control::Subscribe { channel: ChannelId(7), stream })).await;
+    assert_eq!(player.control().await, Control::Subscribed { channel: ChannelId(7) });
+    assert_eq!(
+        receive(&mut player, ChannelId(7), 4).await,
+        vec![(0, false, true), (0, false, true), (0, true, false), (33, false, false)]
+    );
+
+    // The publish whose claim never came is refused once its wait is over.
+    let refused = edge.control_keepalive().await;
+    assert!(matches!(refused, Control::PublishRefused { channel: ChannelId(3), .. }), "{refused:?}");
+    let (_, text) = c.call(2, Method::GET, "/metrics", None, &[]).await.unwrap();
+    assert!(text.as_str().unwrap().contains("raftcast_link_pending_dropped_frames_total 0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_of_a_superseded_or_moved_claim_are_fenced() {
+    let c = Cluster::start(3).await;
+    put_pin(&c, "fence-a", 2).await;
+    let stream = StreamKey::new("live", "fence-a").unwrap();
+    let owner_media = c.origins[&2].media;
+    let Response::Claimed(first) = claim(&c, &stream, "edge-1", false).await else { panic!() };
+    assert_eq!(first.owner, 2);
+    let (mut a, _) = FakeEdge::connect_as(owner_media, &c.secret, "edge-1").await;
+    a.send(LinkFrame::Control(Control::Publish { channel: ChannelId(1), stream: stream.clone(), epoch: first.epoch }))
+        .await;
+    assert_eq!(a.control().await, Control::PublishAccepted { channel: ChannelId(1) });
+    a.send(LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame: video(0, true) })).await;
+    let (mut player, _) = FakeEdge::connect_as(owner_media, &c.secret, "edge-3").await;
+    player.send(LinkFrame::Control(Control::Subscribe { channel: ChannelId(9), stream: stream.clone() })).await;
+    assert_eq!(player.control().await, Control::Subscribed { channel: ChannelId(9) });
+    assert_eq!(receive(&mut player, ChannelId(9), 1).await, vec![(0, true, false)]);
+
+    // A reconnecting publisher takes the stream over on another link of the same owner:
+    // the first publisher is told at its next frame, which goes nowhere.
+    let Response::Claimed(second) = claim(&c, &stream, "edge-2", true).await else { panic!() };
+    assert_eq!(second.owner, 2);
+    let (mut b, _) = FakeEdge::connect_as(owner_media, &c.secret, "edge-2").await;
+    b.send(LinkFrame::Control(Control::Publish { channel: ChannelId(4), stream: stream.clone(), epoch: second.epoch }))
+        .await;
+    assert_eq!(b.control().await, Control::PublishAccepted { channel: ChannelId(4) });
+    a.send(LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame: video(1000, true) })).await;
+    let fenced = a.control().await;
+    assert!(
+        matches!(&fenced, Control::PublishRefused { channel: ChannelId(1), reason } if reason.contains("fenced")),
+        "{fenced:?}"
+    );
+    b.send(LinkFrame::Media(MediaFrame { channel: ChannelId(4), frame: video(5000, true) })).await;
+    b.send(LinkFrame::Media(MediaFrame { channel: ChannelId(4), frame: video(5033, false) })).await;
+    assert_eq!(receive(&mut player, ChannelId(9), 2).await, vec![(5000, true, false), (5033, false, false)]);
+
+    // The claim moves to another origin: the stream ends here, and the publisher still
+    // sending here is told.
+    put_pin(&c, "fence-a", 3).await;
+    let Response::Claimed(third) = claim(&c, &stream, "edge-4", true).await else { panic!() };
+    assert_eq!(third.owner, 3);
+    assert_eq!(player.control().await, Control::Ended { channel: ChannelId(9) });
+    b.send(LinkFrame::Media(MediaFrame { channel: ChannelId(4), frame: video(5066, false) })).await;
+    assert!(matches!(b.control().await, Control::PublishRefused { channel: ChannelId(4), .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_claims_are_released_after_the_grace_while_published_streams_stay() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let c = Cluster::start_with(3, &["--orphan-grace", "2s"]).await;
+
+    // A claim nobody publishes (its edge died right after claiming) ...
+    let orphan = StreamKey::new("live", "orphan").unwrap();
+    let Response::Claimed(orphaned) = claim(&c, &orphan, "edge-dead", false).await else { panic!() };
+    let claimed_at = std::time::Instant::now();
+    // ... and one with a live publisher.
+    let kept = StreamKey::new("live", "kept").unwrap();
+    let Response::Claimed(live) = claim(&c, &kept, "edge-1", false).await else { panic!() };
+    let (mut edge, _) = FakeEdge::connect_as(c.origins[&live.owner].media, &c.secret, "edge-1").await;
+    edge.send(LinkFrame::Control(Control::Publish { channel: ChannelId(1), stream: kept.clone(), epoch: live.epoch }))
+        .await;
+    assert_eq!(edge.control().await, Control::PublishAccepted { channel: ChannelId(1) });
+
+    // Keep publishing (which also keeps the link alive) while watching the list.
+    let mut ts = 0;
+    let mut next_frame = || {
+        ts += 200;
+        LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame: video(ts, ts % 2000 == 0) })
+    };
+    let released_after = loop {
+        let names = listed_names(&c).await;
+        assert!(names.contains(&"kept".to_owned()), "the published stream was released: {names:?}");
+        if !names.contains(&"orphan".to_owned()) {
+            break claimed_at.elapsed();
+        }
+        assert!(claimed_at.elapsed() < GRACE + Duration::from_secs(10), "the orphaned claim is never released");
+        edge.send(next_frame()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(released_after >= GRACE, "released after {released_after:?}, before the grace of {GRACE:?}");
+    eprintln!("orphaned claim released {released_after:?} after it was made");
+    let (_, text) = c.call(orphaned.owner, Method::GET, "/metrics", None, &[]).await.unwrap();
+    assert!(text.as_str().unwrap().contains("raftcast_orphans_released_total 1"), "{text}");
+
+    // The published stream stays for well over the grace period.
+    let watch_until = std::time::Instant::now() + 2 * GRACE;
+    while std::time::Instant::now() < watch_until {
+        let entry = listed(&c, 1, "kept").await;
+        assert_eq!(entry["publishing"], true, "{entry}");
+        edge.send(next_frame()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Its publisher leaves without releasing the claim (the edge's release failed):
+    // the claim goes too, a grace period later.
+    edge.send(LinkFrame::Control(Control::Unpublish { channel: ChannelId(1) })).await;
+    let left_at = std::time::Instant::now();
+    let gone_after = loop {
+        if !listed_names(&c).await.contains(&"kept".to_owned()) {
+            break left_at.elapsed();
+        }
+        assert!(left_at.elapsed() < GRACE + Duration::from_secs(10), "the abandoned claim is never released");
+        edge.send(LinkFrame::Control(Control::Ping { seq: 1 })).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(gone_after >= GRACE, "released {gone_after:?} after the publisher left, before the grace");
 }

@@ -52,6 +52,8 @@ pub enum NameError {
     TooLong(&'static str),
     #[error("{0} may contain only letters, digits and . _ - (got {1:?})")]
     BadChar(&'static str, String),
+    #[error("a pin pattern may contain only letters, digits, . _ - and * (got {0:?})")]
+    BadPatternChar(String),
 }
 
 /// Checks an app or stream name: 1..=128 bytes of `[A-Za-z0-9._-]`.
@@ -75,6 +77,79 @@ impl StreamKey {
         validate_name("stream name", name)?;
         Ok(StreamKey { app: app.to_owned(), name: name.to_owned() })
     }
+}
+
+/// Which streams a pin rule covers: those of `app` whose name matches `pattern`, an
+/// exact name or a glob in which each `*` matches any run of characters (`vip-*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PinScope {
+    pub app: String,
+    pub pattern: String,
+}
+
+impl PinScope {
+    /// A validated scope: `app` is a name, `pattern` a name that may contain `*`.
+    pub fn new(app: &str, pattern: &str) -> Result<Self, NameError> {
+        validate_name("app", app)?;
+        if pattern.is_empty() {
+            return Err(NameError::Empty("pattern"));
+        }
+        if pattern.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong("pattern"));
+        }
+        if !pattern.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-*".contains(&b)) {
+            return Err(NameError::BadPatternChar(pattern.to_owned()));
+        }
+        Ok(PinScope { app: app.to_owned(), pattern: pattern.to_owned() })
+    }
+
+    /// Whether the pattern is an exact name (no `*`).
+    pub fn is_exact(&self) -> bool {
+        !self.pattern.contains('*')
+    }
+
+    /// Whether this rule covers `stream`.
+    pub fn covers(&self, stream: &StreamKey) -> bool {
+        self.app == stream.app && glob_match(self.pattern.as_bytes(), stream.name.as_bytes())
+    }
+
+    /// How specific the rule is; the most specific matching rule wins. An exact name
+    /// beats any glob; among globs, more literal (non-`*`) characters win.
+    pub fn specificity(&self) -> (bool, usize) {
+        (self.is_exact(), self.pattern.bytes().filter(|b| *b != b'*').count())
+    }
+}
+
+impl fmt::Display for PinScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.app, self.pattern)
+    }
+}
+
+/// Glob matching where `*` matches any run of bytes (also none) and every other byte
+/// matches itself. Linear backtracking to the last `*`: O(len(pattern) * len(name)) at
+/// worst, and both are at most [`MAX_NAME_LEN`] bytes.
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    // Where the last `*` was, and the name position it currently stands for.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == name[n] {
+            p += 1;
+            n += 1;
+        } else if let Some((sp, sn)) = star {
+            // Let the last `*` swallow one more byte and retry after it.
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|b| *b == b'*')
 }
 
 impl fmt::Display for StreamKey {
@@ -181,6 +256,13 @@ pub enum Command {
     SetPublishKey { scope: KeyScope, key_hash: String },
     /// Whether publishing to `app` requires a key.
     SetAppPolicy { app: String, publish_key_required: bool },
+    /// Pin the streams `scope` covers to origin `origin` (replacing the rule with the
+    /// same scope). The leader gives new claims of those streams to that origin while
+    /// it is a live voter. Answers `Stored`.
+    SetPin { scope: PinScope, origin: NodeId },
+    /// Remove the pin rule with exactly this scope. Answers `Stored`, or
+    /// `Rejected(NotFound)` when there is none.
+    DeletePin { scope: PinScope },
 }
 
 /// A stream's current claim.

@@ -13,7 +13,8 @@ pub mod state;
 pub mod value;
 
 pub use command::{
-    Command, FailKind, Forward, ForwardReply, Proposal, Rejection, Request, RequestId, Response, Responses, StreamKey,
+    Command, FailKind, Forward, ForwardReply, PinScope, Proposal, Rejection, Request, RequestId, Response, Responses,
+    StreamKey,
 };
 pub use node::NodeAddr;
 pub use state::{Event, StateMachine};

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::command::{Command, KeyScope, Rejection, Request, RequestId, Response, StreamClaim, StreamKey};
+use crate::command::{Command, KeyScope, PinScope, Rejection, Request, RequestId, Response, StreamClaim, StreamKey};
 use crate::value::Value;
+use crate::NodeId;
 
 /// How many recent request ids the state machine remembers for de-duplication. A retry
 /// older than this many writes is applied again (writers retry within seconds).
@@ -52,6 +53,10 @@ pub struct Applied {
 }
 
 /// Everything the origin cluster replicates (besides openraft's membership).
+///
+/// Snapshots encode this struct with bincode, field by field in declaration order: new
+/// fields go at the end, and a snapshot written before a field existed is read through
+/// the matching legacy layout ([`StateMachineV1`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateMachine {
     pub streams: BTreeMap<StreamKey, StreamClaim>,
@@ -64,6 +69,35 @@ pub struct StateMachine {
     recent: HashMap<RequestId, Response>,
     /// Order in which `recent` was filled, oldest first.
     recent_order: VecDeque<RequestId>,
+    /// Pin rules: the streams a scope covers go to this origin (see
+    /// [`StateMachine::pin_for`]). Added after format 1's first layout.
+    pub pins: BTreeMap<PinScope, NodeId>,
+}
+
+/// The layout of [`StateMachine`] in snapshots written before pin rules existed.
+/// Decoding only; converts into the current state with no pins.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StateMachineV1 {
+    streams: BTreeMap<StreamKey, StreamClaim>,
+    objects: BTreeMap<String, SharedObject>,
+    publish_keys: BTreeMap<KeyScope, String>,
+    key_required_apps: BTreeSet<String>,
+    recent: HashMap<RequestId, Response>,
+    recent_order: VecDeque<RequestId>,
+}
+
+impl From<StateMachineV1> for StateMachine {
+    fn from(v1: StateMachineV1) -> Self {
+        StateMachine {
+            streams: v1.streams,
+            objects: v1.objects,
+            publish_keys: v1.publish_keys,
+            key_required_apps: v1.key_required_apps,
+            recent: v1.recent,
+            recent_order: v1.recent_order,
+            pins: BTreeMap::new(),
+        }
+    }
 }
 
 /// The hex SHA-256 under which a publish key is stored. Keys are random 128-bit
@@ -218,7 +252,28 @@ impl StateMachine {
                 }
                 Response::Stored
             }
+            Command::SetPin { scope, origin } => {
+                self.pins.insert(scope.clone(), *origin);
+                Response::Stored
+            }
+            Command::DeletePin { scope } => match self.pins.remove(scope) {
+                Some(_) => Response::Stored,
+                None => Response::Rejected(Rejection::NotFound),
+            },
         }
+    }
+
+    /// The pin rule that decides where `stream` goes, if any covers it: the most
+    /// specific one ([`PinScope::specificity`]); between equally specific globs, the
+    /// one whose pattern sorts first, so the choice never depends on insertion order.
+    pub fn pin_for(&self, stream: &StreamKey) -> Option<(&PinScope, NodeId)> {
+        let from = PinScope { app: stream.app.clone(), pattern: String::new() };
+        self.pins
+            .range(from..)
+            .take_while(|(scope, _)| scope.app == stream.app)
+            .filter(|(scope, _)| scope.covers(stream))
+            .max_by(|(a, _), (b, _)| a.specificity().cmp(&b.specificity()).then_with(|| b.pattern.cmp(&a.pattern)))
+            .map(|(scope, origin)| (scope, *origin))
     }
 
     /// Whether `key` may publish `stream`: always when its app is open, otherwise when
@@ -427,5 +482,125 @@ mod tests {
             ),
         );
         assert!(sm.publish_allowed(&other, Some("appkey")));
+    }
+
+    fn pin(app: &str, pattern: &str, origin: u64) -> Command {
+        Command::SetPin { scope: PinScope::new(app, pattern).unwrap(), origin }
+    }
+
+    fn pinned_to(sm: &StateMachine, app: &str, name: &str) -> Option<u64> {
+        sm.pin_for(&StreamKey::new(app, name).unwrap()).map(|(_, origin)| origin)
+    }
+
+    #[test]
+    fn pin_rules_are_set_replaced_and_deleted() {
+        let mut sm = StateMachine::default();
+        assert_eq!(sm.apply(1, &req(1, pin("live", "vip-*", 3))).response, Response::Stored);
+        assert_eq!(pinned_to(&sm, "live", "vip-anna"), Some(3));
+        // The same scope again replaces the origin.
+        assert_eq!(sm.apply(2, &req(2, pin("live", "vip-*", 2))).response, Response::Stored);
+        assert_eq!(sm.pins.len(), 1);
+        assert_eq!(pinned_to(&sm, "live", "vip-anna"), Some(2));
+        let scope = PinScope::new("live", "vip-*").unwrap();
+        let del = Command::DeletePin { scope: scope.clone() };
+        assert_eq!(sm.apply(3, &req(3, del.clone())).response, Response::Stored);
+        assert_eq!(pinned_to(&sm, "live", "vip-anna"), None);
+        assert_eq!(sm.apply(4, &req(4, del)).response, Response::Rejected(Rejection::NotFound));
+        assert!(sm.pins.is_empty());
+    }
+
+    #[test]
+    fn the_most_specific_pin_wins() {
+        let mut sm = StateMachine::default();
+        for (i, (pattern, origin)) in
+            [("*", 1), ("vip-*", 2), ("vip-*-hd", 3), ("vip-anna", 4), ("*-hd", 5), ("vip*", 6)].into_iter().enumerate()
+        {
+            sm.apply(i as u64 + 1, &req(i as u128 + 1, pin("live", pattern, origin)));
+        }
+        // An exact name beats every glob.
+        assert_eq!(pinned_to(&sm, "live", "vip-anna"), Some(4));
+        // Among globs, more literal characters win: "vip-*-hd" (7) over "vip-*" (4).
+        assert_eq!(pinned_to(&sm, "live", "vip-bob-hd"), Some(3));
+        assert_eq!(pinned_to(&sm, "live", "vip-bob"), Some(2));
+        // "vip*" (3 literals) loses to "vip-*" but catches what "vip-*" does not.
+        assert_eq!(pinned_to(&sm, "live", "vipbob"), Some(6));
+        assert_eq!(pinned_to(&sm, "live", "news-hd"), Some(5));
+        assert_eq!(pinned_to(&sm, "live", "news"), Some(1), "the catch-all");
+        // Rules are per app.
+        assert_eq!(pinned_to(&sm, "other", "vip-anna"), None);
+        assert_eq!(pinned_to(&sm, "liv", "vip-anna"), None);
+        assert_eq!(pinned_to(&sm, "live2", "vip-anna"), None);
+    }
+
+    #[test]
+    fn equally_specific_globs_are_decided_by_pattern_order_not_insertion() {
+        for order in [["a*", "*a"], ["*a", "a*"]] {
+            let mut sm = StateMachine::default();
+            for (i, pattern) in order.iter().enumerate() {
+                let origin = if *pattern == "a*" { 1 } else { 2 };
+                sm.apply(i as u64 + 1, &req(i as u128 + 1, pin("live", pattern, origin)));
+            }
+            // "*a" sorts before "a*".
+            assert_eq!(pinned_to(&sm, "live", "aba"), Some(2), "{order:?}");
+        }
+    }
+
+    #[test]
+    fn globs_match_any_run_of_characters() {
+        let covers = |pattern: &str, name: &str| {
+            PinScope::new("live", pattern).unwrap().covers(&StreamKey::new("live", name).unwrap())
+        };
+        assert!(covers("vip-*", "vip-"));
+        assert!(covers("vip-*", "vip-x"));
+        assert!(!covers("vip-*", "vip"));
+        assert!(!covers("vip-*", "xvip-a"));
+        assert!(covers("*", "anything"));
+        assert!(covers("a*b*c", "aXXbYYc"));
+        assert!(covers("a*b*c", "abc"));
+        assert!(!covers("a*b*c", "acb"));
+        assert!(covers("*ab", "aab"), "backtracking past a partial match");
+        assert!(covers("a**b", "ab"));
+        assert!(!covers("exact", "exactly"));
+        assert!(covers("exact", "exact"));
+        // The worst case stays fast (and terminates).
+        let name = "a".repeat(128);
+        assert!(!covers(&format!("{}b", "*a".repeat(60)), &name));
+    }
+
+    #[test]
+    fn pin_patterns_are_validated() {
+        assert!(PinScope::new("live", "vip-*").is_ok());
+        assert!(PinScope::new("live", "*").is_ok());
+        assert!(matches!(PinScope::new("live", ""), Err(crate::command::NameError::Empty(_))));
+        assert!(matches!(PinScope::new("live", "a/b"), Err(crate::command::NameError::BadPatternChar(_))));
+        assert!(matches!(PinScope::new("live", "a?"), Err(crate::command::NameError::BadPatternChar(_))));
+        assert!(PinScope::new("live", &"*".repeat(129)).is_err());
+        assert!(PinScope::new("li*e", "x").is_err(), "the app is exact");
+    }
+
+    #[test]
+    fn a_snapshot_from_before_pins_decodes_with_no_pins() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, claim("edge-1", "s1", 2, false)));
+        sm.apply(2, &req(2, set("chat", "a", 1.0, None)));
+        // The old layout is the new one without the trailing (empty) pin map, whose
+        // encoding is its length: one zero byte.
+        let mut bytes = crate::rpc::encode(&sm);
+        assert_eq!(bytes.pop(), Some(0));
+        let old: StateMachineV1 = crate::rpc::decode(&bytes).unwrap();
+        assert_eq!(StateMachine::from(old), sm);
+        // The new layout does not decode from old bytes (so a reader can tell them apart).
+        assert!(crate::rpc::decode::<StateMachine>(&bytes).is_err());
+        // Pins survive an encode/decode round trip.
+        sm.apply(3, &req(3, pin("live", "vip-*", 3)));
+        let back: StateMachine = crate::rpc::decode(&crate::rpc::encode(&sm)).unwrap();
+        assert_eq!(back, sm);
+        assert_eq!(pinned_to(&back, "live", "vip-1"), Some(3));
+    }
+
+    #[test]
+    fn pin_commands_share_log_entries() {
+        assert!(pin("live", "x", 1).batchable());
+        assert!(Command::DeletePin { scope: PinScope::new("live", "x").unwrap() }.batchable());
     }
 }

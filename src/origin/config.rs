@@ -56,6 +56,11 @@ pub struct OriginArgs {
     /// How long a write or linearizable read may wait for a leader, in ms [default: 5000].
     #[arg(long, env = "RAFTCAST_REQUEST_DEADLINE_MS")]
     pub request_deadline_ms: Option<u64>,
+    /// How long a stream this origin owns may have no publisher before its claim is
+    /// released (an edge died, or its release failed): a number with a unit, `ms`,
+    /// `s`, `m` or `h` (a bare number means seconds), from 100ms to 24h [default: 10s].
+    #[arg(long, env = "RAFTCAST_ORPHAN_GRACE")]
+    pub orphan_grace: Option<String>,
 }
 
 /// Validated origin configuration.
@@ -69,6 +74,28 @@ pub struct OriginConfig {
     pub admin_token: Option<String>,
     pub raft: openraft::Config,
     pub request_deadline: Duration,
+    /// How long an owned stream may have no publisher before its claim is released.
+    pub orphan_grace: Duration,
+}
+
+/// Default of `--orphan-grace`.
+pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(10);
+
+/// Parses a duration such as `500ms`, `10s`, `2m`, `1h` or `10` (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let bad = || format!("{text:?} is not a duration (examples: 500ms, 10s, 2m, 1h)");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(bad()),
+    };
+    ms.map(Duration::from_millis).ok_or_else(bad)
 }
 
 fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
@@ -86,6 +113,7 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         snapshot_every: cli.snapshot_every.or(file.snapshot_every),
         snapshot_keep: cli.snapshot_keep.or(file.snapshot_keep),
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
+        orphan_grace: cli.orphan_grace.or(file.orphan_grace),
     }
 }
 
@@ -152,7 +180,14 @@ impl OriginConfig {
         }
         let raft = raft.validate().map_err(|e| format!("invalid Raft timing: {e}"))?;
         let request_deadline = Duration::from_millis(a.request_deadline_ms.unwrap_or(5_000));
-        Ok(OriginConfig { id, http, media, data_dir, secret, admin_token, raft, request_deadline })
+        let orphan_grace = match a.orphan_grace.as_deref() {
+            Some(text) => parse_duration(text).map_err(|e| format!("--orphan-grace: {e}"))?,
+            None => DEFAULT_ORPHAN_GRACE,
+        };
+        if !(Duration::from_millis(100)..=Duration::from_secs(24 * 3600)).contains(&orphan_grace) {
+            return Err(format!("--orphan-grace must be between 100ms and 24h, not {orphan_grace:?}"));
+        }
+        Ok(OriginConfig { id, http, media, data_dir, secret, admin_token, raft, request_deadline, orphan_grace })
     }
 }
 
@@ -188,13 +223,35 @@ mod tests {
     }
 
     #[test]
+    fn the_orphan_grace_takes_units_and_is_bounded() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1.5s", "-1s", "10d", "ten", "99999999999999999999m", "18446744073709551615m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+        let config = |grace: Option<&str>| {
+            let args = OriginArgs { id: Some(1), orphan_grace: grace.map(String::from), ..Default::default() };
+            OriginConfig::from_args(args, env("0123456789abcdef0123"))
+        };
+        assert_eq!(config(None).unwrap().orphan_grace, DEFAULT_ORPHAN_GRACE);
+        assert_eq!(config(Some("1s")).unwrap().orphan_grace, Duration::from_secs(1));
+        assert!(config(Some("10ms")).unwrap_err().contains("between 100ms and 24h"));
+        assert!(config(Some("25h")).unwrap_err().contains("between 100ms and 24h"));
+        assert!(config(Some("2 days")).unwrap_err().contains("--orphan-grace"));
+    }
+
+    #[test]
     fn flags_override_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("origin.toml");
-        std::fs::write(&path, "id = 3\nheartbeat-ms = 50\nelection-min-ms = 300\n").unwrap();
+        std::fs::write(&path, "id = 3\nheartbeat-ms = 50\nelection-min-ms = 300\norphan-grace = \"30s\"\n").unwrap();
         let args = OriginArgs { config: Some(path.clone()), heartbeat_ms: Some(60), ..Default::default() };
         let c = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap();
         assert_eq!((c.id, c.raft.heartbeat_interval, c.raft.election_timeout_min), (3, 60, 300));
+        assert_eq!(c.orphan_grace, Duration::from_secs(30));
         std::fs::write(&path, "id = 3\nbogus = 1\n").unwrap();
         let args = OriginArgs { config: Some(path), ..Default::default() };
         assert!(OriginConfig::from_args(args, env("0123456789abcdef0123")).is_err());

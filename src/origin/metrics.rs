@@ -1,7 +1,8 @@
 //! Prometheus metrics of an origin: Raft progress (refreshed from openraft's metrics at
-//! scrape time), proposals, and apply latency.
+//! scrape time), proposals, apply latency, the edge links, and streams.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,6 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use raftcast_raft::typ::RaftMetrics;
+use raftcast_raft::NodeId;
+
+use super::link_server::LinkStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -20,6 +24,22 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FollowerLabel {
     pub follower: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabel {
+    pub origin: String,
+}
+
+/// Values read at scrape time besides openraft's metrics.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    /// Streams each origin owns, from this node's applied state (every member listed,
+    /// with 0 for none).
+    pub owned: BTreeMap<NodeId, usize>,
+    /// Streams with a publisher attached on this origin, and link subscriptions.
+    pub publishing: usize,
+    pub subscriptions: usize,
 }
 
 /// Every metric an origin exports.
@@ -43,6 +63,13 @@ pub struct Metrics {
     /// Leader changes observed by this node.
     pub leader_changes: Counter,
     last_leader: Mutex<Option<u64>>,
+    /// The link server's counters (updated by the link tasks themselves).
+    pub links: Arc<LinkStats>,
+    streams_owned: Family<OriginLabel, Gauge>,
+    link_publishers: Gauge,
+    link_subscriptions: Gauge,
+    /// Claims this origin released because their publisher stayed away.
+    pub orphans_released: Counter,
 }
 
 impl Metrics {
@@ -62,6 +89,11 @@ impl Metrics {
             applied_entries: Counter::default(),
             leader_changes: Counter::default(),
             last_leader: Mutex::new(None),
+            links: Arc::default(),
+            streams_owned: Family::default(),
+            link_publishers: Gauge::default(),
+            link_subscriptions: Gauge::default(),
+            orphans_released: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.term.clone());
@@ -84,6 +116,35 @@ impl Metrics {
         registry.register("raft_apply_seconds", "Time to apply a batch of entries", m.apply_seconds.clone());
         registry.register("raft_applied_entries", "Entries applied to the state machine", m.applied_entries.clone());
         registry.register("raft_leader_changes", "Leader changes seen by this node", m.leader_changes.clone());
+        registry.register("link_connections", "Edge links open now", m.links.links.clone());
+        registry.register("link_bytes_in", "Bytes read from edge links", m.links.bytes_in.clone());
+        registry.register("link_bytes_out", "Bytes written to edge links", m.links.bytes_out.clone());
+        registry.register("link_refused", "Edge links refused at Hello", m.links.refused.clone());
+        registry.register(
+            "link_pending_dropped_frames",
+            "Media frames dropped while their publish waited for its claim",
+            m.links.pending_dropped.clone(),
+        );
+        registry.register(
+            "streams_owned",
+            "Streams each origin owns (replicated claims, as applied on this node)",
+            m.streams_owned.clone(),
+        );
+        registry.register(
+            "link_publishers",
+            "Streams with a publisher attached on this origin",
+            m.link_publishers.clone(),
+        );
+        registry.register(
+            "link_subscriptions",
+            "Edge subscriptions served by this origin",
+            m.link_subscriptions.clone(),
+        );
+        registry.register(
+            "orphans_released",
+            "Claims this origin released because their publisher stayed away past the grace period",
+            m.orphans_released.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -104,9 +165,15 @@ impl Metrics {
         }
     }
 
-    /// Refreshes the Raft gauges and renders the Prometheus text format.
-    pub fn render(&self, m: &RaftMetrics) -> String {
+    /// Refreshes the gauges read at scrape time and renders the Prometheus text format.
+    pub fn render(&self, m: &RaftMetrics, scrape: &Scrape) -> String {
         let set = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        self.streams_owned.clear();
+        for (origin, n) in &scrape.owned {
+            set(&self.streams_owned.get_or_create(&OriginLabel { origin: origin.to_string() }), *n as u64);
+        }
+        set(&self.link_publishers, scrape.publishing as u64);
+        set(&self.link_subscriptions, scrape.subscriptions as u64);
         set(&self.term, m.current_term);
         set(&self.leader, m.current_leader.unwrap_or(0));
         set(&self.is_leader, u64::from(m.current_leader == Some(m.id)));
@@ -134,5 +201,35 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_counters_and_stream_counts_are_exported() {
+        let metrics = Metrics::new();
+        metrics.links.links.inc();
+        metrics.links.bytes_in.inc_by(1234);
+        metrics.links.refused.inc();
+        let scrape = Scrape { owned: BTreeMap::from([(1, 2), (2, 0)]), publishing: 1, subscriptions: 3 };
+        let text = metrics.render(&RaftMetrics::new_initial(1), &scrape);
+        for line in [
+            "raftcast_link_connections 1",
+            "raftcast_link_bytes_in_total 1234",
+            "raftcast_link_bytes_out_total 0",
+            "raftcast_link_refused_total 1",
+            "raftcast_streams_owned{origin=\"1\"} 2",
+            "raftcast_streams_owned{origin=\"2\"} 0",
+            "raftcast_link_publishers 1",
+            "raftcast_link_subscriptions 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // A stream count of an origin that left is not kept from an earlier scrape.
+        let text = metrics.render(&RaftMetrics::new_initial(1), &Scrape::default());
+        assert!(!text.contains("raftcast_streams_owned{"), "{text}");
     }
 }

@@ -3,12 +3,17 @@
 //!
 //! This module wires the pieces and owns the process lifecycle (start, signals,
 //! graceful shutdown); the pieces live in `config`, `proposer`, `api` and `metrics`.
-//! `link_server` serves the edges' media links.
+//! `link_server` serves the edges' media links, with `ingest` counting what publishers
+//! send; `live` shares the owner's view of its streams with the other origins;
+//! `orphans` releases owned claims whose publisher stays away.
 
 pub mod api;
 pub mod config;
+pub mod ingest;
 pub mod link_server;
+pub mod live;
 pub mod metrics;
+pub mod orphans;
 pub mod proposer;
 
 use std::process::ExitCode;
@@ -17,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use raftcast_raft::network::HttpNetwork;
 use raftcast_raft::rpc::{self, MAX_RPC_BODY};
@@ -88,10 +93,29 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         state.clone(),
     );
     let shutdown = CancellationToken::new();
-    let links = link_server::LinkContext::new(config.id, config.secret.clone(), raft.clone(), state.clone());
-    let link_task =
-        tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(media_listener, links, shutdown.clone())));
+    let links = link_server::LinkContext::new(
+        config.id,
+        config.secret.clone(),
+        raft.clone(),
+        state.clone(),
+        metrics.links.clone(),
+    );
+    let live = live::LiveFacts::new(config.id, config.secret.clone(), links.clone());
+    let link_task = tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(
+        media_listener,
+        links.clone(),
+        shutdown.clone(),
+    )));
     tokio::spawn(tracing::Instrument::in_current_span(watch_raft(raft.clone(), metrics.clone(), shutdown.clone())));
+    let supervisor = orphans::Supervisor {
+        id: config.id,
+        grace: config.orphan_grace,
+        state: state.clone(),
+        links: links.clone(),
+        proposer: proposer.clone(),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(tracing::Instrument::in_current_span(orphans::supervise(supervisor, shutdown.clone())));
 
     let app = api::AppState {
         id: config.id,
@@ -100,13 +124,15 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         proposer: proposer.clone(),
         state,
         metrics,
+        live: live.clone(),
         admin_token: config.admin_token.as_deref().map(Arc::from),
         shutdown: shutdown.clone(),
     };
     let internal = Router::new()
         .route("/raft/forward", post(proposer::forward_route))
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
-        .with_state(proposer);
+        .with_state(proposer)
+        .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live));
     let router = api::router(app)
         .merge(rpc::routes(raft.clone(), config.secret.clone()))
         .merge(internal)
@@ -114,7 +140,10 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::new());
 
-    tracing::info!(http = %config.http, media = %config.media, data_dir = %store_dir.display(), "origin serving");
+    tracing::info!(
+        http = %config.http, media = %config.media, data_dir = %store_dir.display(),
+        orphan_grace = ?config.orphan_grace, "origin serving"
+    );
     // Without TCP_NODELAY a response split over two segments waits for the peer's
     // delayed ACK (40 ms): one Raft round trip would cost 40 ms on loopback.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

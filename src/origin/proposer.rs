@@ -6,7 +6,7 @@
 //! leader — until it succeeds, fails for good, or the deadline passes. A retried write
 //! keeps its request id, so the state machine applies it at most once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -143,9 +143,9 @@ impl Proposer {
         self.submit(Forward::RemoveNode { id }).await.map(drop)
     }
 
-    /// The origin that should own a new stream: among voters that are live (this node,
-    /// and followers no more than [`LIVE_LAG`] entries behind), the one owning the fewest
-    /// streams; ties spread by a hash of the stream key.
+    /// The origin that should own a new stream: the origin a pin rule names when it is
+    /// a live voter, otherwise (see [`place`]) the least loaded live voter. Live means
+    /// this node, or a follower no more than [`LIVE_LAG`] entries behind.
     fn pick_owner(&self, stream: &StreamKey) -> NodeId {
         let (me, live) = {
             let m = self.raft.metrics().borrow().clone();
@@ -164,20 +164,28 @@ impl Proposer {
                 .collect();
             (m.id, live)
         };
-        let load = self.state.read(|sm| {
-            let mut load = std::collections::HashMap::<NodeId, usize>::new();
+        let (load, pin) = self.state.read(|sm| {
+            let mut load = HashMap::<NodeId, usize>::new();
             for claim in sm.streams.values() {
                 *load.entry(claim.owner).or_default() += 1;
             }
-            load
+            (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)))
         });
-        let spread = |node: NodeId| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (stream, node).hash(&mut h);
-            h.finish()
-        };
-        live.into_iter().min_by_key(|n| (load.get(n).copied().unwrap_or(0), spread(*n))).unwrap_or(me)
+        let rule = || pin.as_ref().map(|(scope, _)| scope.to_string()).unwrap_or_default();
+        match place(stream, me, &live, &load, pin.as_ref().map(|(_, origin)| *origin)) {
+            Placement::Pinned(owner) => {
+                tracing::debug!(%stream, owner, pin = %rule(), "placed by a pin rule");
+                owner
+            }
+            Placement::ByLoad { owner, pinned_not_live: Some(pinned) } => {
+                tracing::warn!(
+                    %stream, pin = %rule(), pinned, owner, ?live,
+                    "the pinned origin is not a live voter; placing the stream by load instead"
+                );
+                owner
+            }
+            Placement::ByLoad { owner, pinned_not_live: None } => owner,
+        }
     }
 
     /// Returns once this node has applied everything committed before the call: a
@@ -427,6 +435,39 @@ impl Proposer {
     }
 }
 
+/// Where a new stream goes, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A pin rule names this live voter.
+    Pinned(NodeId),
+    /// The least loaded live voter; `pinned_not_live` is the origin a pin rule named
+    /// but which is not a live voter (down, lagging, a learner or removed).
+    ByLoad { owner: NodeId, pinned_not_live: Option<NodeId> },
+}
+
+/// Chooses the owner of a new stream: the pinned origin if it is live, otherwise the
+/// live origin owning the fewest streams, ties spread by a hash of the stream key (so
+/// equal loads do not all land on the same origin); `me` when nothing is live.
+pub fn place(
+    stream: &StreamKey,
+    me: NodeId,
+    live: &[NodeId],
+    load: &HashMap<NodeId, usize>,
+    pinned: Option<NodeId>,
+) -> Placement {
+    if let Some(pinned) = pinned.filter(|p| live.contains(p)) {
+        return Placement::Pinned(pinned);
+    }
+    let spread = |node: NodeId| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (stream, node).hash(&mut h);
+        h.finish()
+    };
+    let owner = live.iter().copied().min_by_key(|n| (load.get(n).copied().unwrap_or(0), spread(*n))).unwrap_or(me);
+    Placement::ByLoad { owner, pinned_not_live: pinned }
+}
+
 /// Takes every request queued while earlier batches were in flight and proposes them as
 /// one log entry (stream-ownership commands as entries of their own).
 async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>, metrics: Arc<Metrics>) {
@@ -524,5 +565,45 @@ pub async fn forward_route(State(proposer): State<Proposer>, headers: HeaderMap,
     match rpc::admit::<Forward>(&proposer.secret, &headers, &body) {
         Ok(req) => rpc::reply(&proposer.execute_here(&req).await),
         Err(refused) => axum::response::IntoResponse::into_response(refused),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> StreamKey {
+        StreamKey::new("live", name).unwrap()
+    }
+
+    #[test]
+    fn a_live_pinned_origin_wins_over_load() {
+        let load = HashMap::from([(1, 0), (2, 0), (3, 9)]);
+        assert_eq!(place(&key("a"), 1, &[1, 2, 3], &load, Some(3)), Placement::Pinned(3));
+    }
+
+    #[test]
+    fn a_pinned_origin_that_is_not_live_falls_back_to_the_least_loaded() {
+        let load = HashMap::from([(1, 4), (2, 1), (3, 0)]);
+        // Origin 3 is pinned but not live (down, lagging or only a learner).
+        assert_eq!(
+            place(&key("a"), 1, &[1, 2], &load, Some(3)),
+            Placement::ByLoad { owner: 2, pinned_not_live: Some(3) }
+        );
+        assert_eq!(place(&key("a"), 1, &[1, 2], &load, None), Placement::ByLoad { owner: 2, pinned_not_live: None });
+    }
+
+    #[test]
+    fn without_pins_streams_spread_by_load() {
+        let mut load = HashMap::new();
+        for i in 0..30 {
+            let Placement::ByLoad { owner, .. } = place(&key(&format!("s{i}")), 1, &[1, 2, 3], &load, None) else {
+                panic!()
+            };
+            *load.entry(owner).or_default() += 1;
+        }
+        assert_eq!(load, HashMap::from([(1, 10), (2, 10), (3, 10)]));
+        // With nothing live, this node takes it.
+        assert_eq!(place(&key("x"), 7, &[], &load, None), Placement::ByLoad { owner: 7, pinned_not_live: None });
     }
 }

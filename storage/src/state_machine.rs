@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError};
-use raftcast_raft::rpc::{decode, encode};
-use raftcast_raft::state::Event;
+use raftcast_raft::rpc::{decode, encode, DecodeError};
+use raftcast_raft::state::{Event, StateMachineV1};
 use raftcast_raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use raftcast_raft::{NodeId, Responses, StateMachine, TypeConfig};
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,27 @@ struct Image {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     sm: StateMachine,
+}
+
+/// [`Image`] as snapshots held it before the state machine had pin rules.
+#[derive(Deserialize)]
+struct ImageV1 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    sm: StateMachineV1,
+}
+
+/// Decodes snapshot data in the current layout or, failing that, the layout before pin
+/// rules (snapshots taken by an older build, on disk or sent by an older leader). The
+/// two never both decode: the newer layout is the older one plus trailing fields.
+fn decode_image(data: &[u8]) -> Result<Image, DecodeError> {
+    match decode::<Image>(data) {
+        Ok(image) => Ok(image),
+        Err(current) => match decode::<ImageV1>(data) {
+            Ok(old) => Ok(Image { last_applied: old.last_applied, membership: old.membership, sm: old.sm.into() }),
+            Err(_) => Err(current),
+        },
+    }
 }
 
 /// A snapshot as stored on disk.
@@ -111,7 +132,7 @@ impl StateMachineStore {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let image = match read_snapshot(dir)? {
             Some(file) => {
-                let mut image: Image = decode(&file.data).map_err(|e| format!("snapshot does not decode: {e}"))?;
+                let mut image = decode_image(&file.data).map_err(|e| format!("snapshot does not decode: {e}"))?;
                 image.last_applied = file.meta.last_log_id;
                 image.membership = file.meta.last_membership.clone();
                 image
@@ -237,7 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let mut image: Image = decode(&data).map_err(|e| snapshot_err(Some(meta), e))?;
+        let mut image = decode_image(&data).map_err(|e| snapshot_err(Some(meta), e))?;
         image.last_applied = meta.last_log_id;
         image.membership = meta.last_membership.clone();
         // Durable first: once installed, openraft may purge the log it replaces.
@@ -283,4 +304,72 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 fn unique_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use raftcast_raft::{Command, PinScope, Proposal, Request, RequestId, StreamKey};
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        let req = Request { id: RequestId(u128::from(index)), at_ms: 0, command };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal::single(req)),
+        }
+    }
+
+    fn pin(pattern: &str, origin: u64) -> Command {
+        Command::SetPin { scope: PinScope::new("live", pattern).unwrap(), origin }
+    }
+
+    #[tokio::test]
+    async fn pins_survive_a_snapshot_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = StateMachineStore::open(dir.path()).unwrap();
+            sm.apply([entry(1, pin("vip-*", 3)), entry(2, pin("news", 2))]).await.unwrap();
+            sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        }
+        let sm = StateMachineStore::open(dir.path()).unwrap();
+        let vip = StreamKey::new("live", "vip-1").unwrap();
+        assert_eq!(sm.handle().read(|s| s.pin_for(&vip).map(|(_, o)| o)), Some(3));
+        assert_eq!(sm.handle().read(|s| s.pins.len()), 2);
+        assert_eq!(sm.handle().applied_index(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_written_before_pins_existed_still_opens_and_installs() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = StreamKey::new("live", "foo").unwrap();
+        let claim = Command::ClaimStream {
+            stream: stream.clone(),
+            owner: 2,
+            edge: "edge-1".into(),
+            session: "s".into(),
+            takeover: false,
+        };
+        let (current, meta) = {
+            let mut sm = StateMachineStore::open(dir.path()).unwrap();
+            sm.apply([entry(1, claim)]).await.unwrap();
+            let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            (snap.snapshot.into_inner(), snap.meta)
+        };
+        // The old layout is the current one without the trailing empty pin map (one
+        // zero byte: its length).
+        let mut old = current.clone();
+        assert_eq!(old.pop(), Some(0));
+        assert!(decode::<Image>(&old).is_err());
+        write_snapshot(dir.path(), &meta, old.clone()).unwrap();
+        let mut sm = StateMachineStore::open(dir.path()).unwrap();
+        assert_eq!(sm.handle().read(|s| s.streams[&stream].owner), 2);
+        assert!(sm.handle().read(|s| s.pins.is_empty()));
+        // An older leader may also send one.
+        sm.install_snapshot(&meta, Box::new(Cursor::new(old))).await.unwrap();
+        assert_eq!(sm.handle().read(|s| s.streams[&stream].owner), 2);
+        // Garbage is still refused.
+        write_snapshot(dir.path(), &meta, vec![7; 16]).unwrap();
+        assert!(StateMachineStore::open(dir.path()).is_err());
+    }
 }

@@ -8,6 +8,7 @@ mod cluster;
 mod error;
 mod extract;
 mod objects;
+mod pins;
 mod streams;
 
 use std::sync::Arc;
@@ -27,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
-use super::metrics::Metrics;
+use super::live::LiveFacts;
+use super::metrics::{Metrics, Scrape};
 use super::proposer::Proposer;
 
 /// Largest admin request body.
@@ -42,6 +44,8 @@ pub struct AppState {
     pub proposer: Proposer,
     pub state: StateHandle,
     pub metrics: Arc<Metrics>,
+    /// This origin's live view of its streams, and other origins' on request.
+    pub live: LiveFacts,
     pub admin_token: Option<Arc<str>>,
     /// Cancelled when the process shuts down; ends long-lived responses (SSE).
     pub shutdown: CancellationToken,
@@ -91,6 +95,8 @@ pub fn router(app: AppState) -> Router {
         .route("/keys", post(streams::add_key))
         .route("/apps", get(streams::apps))
         .route("/apps/{app}", put(streams::set_app))
+        .route("/pins", get(pins::list))
+        .route("/pins/{app}/{pattern}", put(pins::put).delete(pins::delete))
         .route("/shared-objects/{name}", get(objects::get))
         .route("/shared-objects/{name}/slots/{slot}", put(objects::put_slot).delete(objects::delete_slot))
         .route("/shared-objects/{name}/events", get(objects::events))
@@ -147,7 +153,16 @@ async fn ready(State(app): State<AppState>) -> Response {
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let body = app.metrics.render(&app.raft.metrics().borrow());
+    let raft = app.raft.metrics().borrow().clone();
+    let mut owned: std::collections::BTreeMap<NodeId, usize> =
+        raft.membership_config.membership().nodes().map(|(id, _)| (*id, 0)).collect();
+    app.state.read(|sm| {
+        for claim in sm.streams.values() {
+            *owned.entry(claim.owner).or_default() += 1;
+        }
+    });
+    let (publishing, subscriptions) = app.live.links().counts();
+    let body = app.metrics.render(&raft, &Scrape { owned, publishing, subscriptions });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -1,31 +1,54 @@
-//! `/streams`, `/keys` and `/apps`: stream ownership (read-only here) and publish keys.
+//! `/streams`, `/keys` and `/apps`: stream ownership with the owners' live facts
+//! (read-only here) and publish keys.
+
+use std::collections::BTreeMap;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use raftcast_raft::command::{validate_name, KeyScope};
+use raftcast_raft::command::{validate_name, KeyScope, StreamClaim};
 use raftcast_raft::state::hash_publish_key;
-use raftcast_raft::{Command, StreamKey};
+use raftcast_raft::{Command, NodeId, StreamKey};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
 
+/// `GET /streams`: every claim (linearizable unless `?stale=true`), with the live
+/// facts its owner reports: `publishing` (a publisher is attached on the owner under
+/// the claim's epoch or a newer one), `subscribers` (one edge name per link
+/// subscription), `bitrate_kbps`, `bytes_in`, `frames_in`. Owners are asked
+/// concurrently; the live fields of an owner that does not answer in time are `null`.
 pub async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
     app.read_point(query.as_deref()).await?;
-    let streams: Vec<Value> = app.state.read(|sm| {
-        sm.streams
-            .iter()
-            .map(|(k, c)| {
-                json!({
-                    "app": k.app, "name": k.name, "owner": c.owner, "epoch": c.epoch,
-                    "edge": c.edge, "since": c.since_ms,
-                })
-            })
-            .collect()
-    });
+    let claims: Vec<(StreamKey, StreamClaim)> =
+        app.state.read(|sm| sm.streams.iter().map(|(k, c)| (k.clone(), c.clone())).collect());
+    let owners: BTreeMap<NodeId, Option<String>> = {
+        let m = app.raft.metrics().borrow().membership_config.clone();
+        claims.iter().map(|(_, c)| (c.owner, m.membership().get_node(&c.owner).map(|n| n.http.clone()))).collect()
+    };
+    let live = app.live.gather(owners).await;
+    let streams: Vec<Value> = claims
+        .iter()
+        .map(|(key, claim)| {
+            let mut out = json!({
+                "app": key.app, "name": key.name, "owner": claim.owner, "epoch": claim.epoch,
+                "edge": claim.edge, "since": claim.since_ms,
+                "publishing": null, "subscribers": null, "bitrate_kbps": null, "bytes_in": null, "frames_in": null,
+            });
+            if let Some(Some(facts)) = live.get(&claim.owner) {
+                let stream = facts.get(key);
+                out["publishing"] = json!(stream.and_then(|s| s.epoch).is_some_and(|e| e >= claim.epoch));
+                out["subscribers"] = json!(stream.map(|s| s.subscribers.clone()).unwrap_or_default());
+                out["bitrate_kbps"] = json!(stream.map_or(0.0, |s| (s.bitrate_kbps * 10.0).round() / 10.0));
+                out["bytes_in"] = json!(stream.map_or(0, |s| s.bytes_in));
+                out["frames_in"] = json!(stream.map_or(0, |s| s.frames_in));
+            }
+            out
+        })
+        .collect();
     Ok(Json(json!({ "streams": streams })))
 }
 

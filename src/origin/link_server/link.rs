@@ -1,0 +1,253 @@
+//! One authenticated link's state: the channels its edge publishes and subscribes on,
+//! and the publishes waiting for their claims.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use raftcast_raft::StreamKey;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::held::HeldFrames;
+use super::registry::{Attached, LinkContext, Publisher};
+use super::{CLAIM_WAIT, MAX_PENDING_PUBLISHES};
+use crate::link::{ChannelId, Control, LinkFrame, MediaFrame};
+use crate::media::{Frame, Hub};
+use crate::origin::ingest::IngestStats;
+
+/// A channel this edge publishes on, accepted under `epoch`.
+struct Publishing {
+    stream: StreamKey,
+    epoch: u64,
+    hub: Arc<Hub>,
+    ingest: Arc<IngestStats>,
+    /// The stream's [`Stream::fence`].
+    fence: Arc<AtomicU64>,
+}
+
+/// A publish waiting for this origin to apply the claim it names.
+///
+/// Waiting happens in a task of its own, never on the link's read loop, which serves
+/// every other session of the edge. Media arriving meanwhile is held, in order and
+/// bounded ([`HeldFrames`]), and goes into the hub right after the publish is
+/// accepted. Holding rather than dropping matters because an edge whose link came
+/// back re-publishes and re-sends its buffered GOP at once, without waiting for
+/// `PublishAccepted`; dropping would throw that GOP away. The bound keeps a
+/// misbehaving edge from growing memory for the [`CLAIM_WAIT`] this may take.
+struct PendingPublish {
+    stream: StreamKey,
+    epoch: u64,
+    /// Tells this wait's completion from an older one's on the same channel.
+    wait: u64,
+    waiter: JoinHandle<()>,
+    held: HeldFrames,
+}
+
+/// A pending publish's wait for its claim is over (applied, or timed out).
+pub(super) struct ClaimReady {
+    channel: ChannelId,
+    wait: u64,
+}
+
+/// The state of one authenticated link.
+pub(super) struct Link {
+    id: u64,
+    /// The edge's name, from its `Hello`.
+    edge: String,
+    ctx: LinkContext,
+    tx: mpsc::Sender<LinkFrame>,
+    /// Channels this edge publishes on.
+    publishing: HashMap<ChannelId, Publishing>,
+    /// Publishes waiting for their claims.
+    pending: HashMap<ChannelId, PendingPublish>,
+    /// Channels this edge subscribed to: the stream and its pump task.
+    pumps: HashMap<ChannelId, (StreamKey, JoinHandle<()>)>,
+    /// Where waits for claims report; the read loop takes them in turn with frames.
+    applied_tx: mpsc::Sender<ClaimReady>,
+    next_wait: u64,
+}
+
+impl Link {
+    /// The state of link `id` from edge `edge`, writing through `tx`; the receiver
+    /// gets the ends of claim waits, for the read loop to pass to [`Link::claim_ready`].
+    pub(super) fn new(
+        id: u64,
+        edge: String,
+        ctx: LinkContext,
+        tx: mpsc::Sender<LinkFrame>,
+    ) -> (Link, mpsc::Receiver<ClaimReady>) {
+        let (applied_tx, applied) = mpsc::channel(MAX_PENDING_PUBLISHES);
+        let link = Link {
+            id,
+            edge,
+            ctx,
+            tx,
+            publishing: HashMap::new(),
+            pending: HashMap::new(),
+            pumps: HashMap::new(),
+            applied_tx,
+            next_wait: 0,
+        };
+        (link, applied)
+    }
+
+    async fn send(&self, control: Control) {
+        let _ = self.tx.send(LinkFrame::Control(control)).await;
+    }
+
+    pub(super) async fn handle(&mut self, frame: LinkFrame) {
+        match frame {
+            LinkFrame::Media(MediaFrame { channel, frame }) => {
+                if let Some(p) = self.publishing.get(&channel) {
+                    if p.fence.load(Ordering::Relaxed) > p.epoch {
+                        self.fenced(channel).await;
+                        return;
+                    }
+                    p.ingest.record(frame.payload.len(), Instant::now());
+                    p.hub.publish(frame);
+                } else if let Some(p) = self.pending.get_mut(&channel) {
+                    let dropped = p.held.hold(frame);
+                    if dropped > 0 {
+                        self.ctx.stats.pending_dropped.inc_by(dropped);
+                    }
+                }
+            }
+            LinkFrame::Control(Control::Ping { seq }) => self.send(Control::Pong { seq }).await,
+            LinkFrame::Control(Control::Publish { channel, stream, epoch }) => {
+                self.publish(channel, stream, epoch).await
+            }
+            LinkFrame::Control(Control::Unpublish { channel }) => self.unpublish(channel),
+            LinkFrame::Control(Control::Subscribe { channel, stream }) => self.subscribe(channel, stream).await,
+            LinkFrame::Control(Control::Unsubscribe { channel }) => self.unsubscribe(channel),
+            LinkFrame::Control(other) => tracing::debug!(?other, "ignored control frame"),
+        }
+    }
+
+    async fn publish(&mut self, channel: ChannelId, stream: StreamKey, epoch: u64) {
+        if self.publishing.get(&channel).is_some_and(|p| p.stream == stream && p.epoch == epoch) {
+            // A repeat: still accepted.
+            self.send(Control::PublishAccepted { channel }).await;
+            return;
+        }
+        // Whatever this channel carried before ends here.
+        self.unpublish(channel);
+        if self.ctx.state.applied_index() >= epoch {
+            self.decide(channel, stream, epoch, VecDeque::new()).await;
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_PUBLISHES {
+            let reason = format!("{MAX_PENDING_PUBLISHES} publishes already wait for their claims; retry");
+            self.send(Control::PublishRefused { channel, reason }).await;
+            return;
+        }
+        // The claim's entry is not applied here yet: wait for it off the read loop.
+        self.next_wait += 1;
+        let wait = self.next_wait;
+        let (raft, ready) = (self.ctx.raft.clone(), self.applied_tx.clone());
+        let waiter = tokio::spawn(async move {
+            // Timing out is fine: `decide` then finds no matching claim and refuses.
+            let _ = raft.wait(Some(CLAIM_WAIT)).applied_index_at_least(Some(epoch), "claim applied").await;
+            let _ = ready.send(ClaimReady { channel, wait }).await;
+        });
+        self.pending.insert(channel, PendingPublish { stream, epoch, wait, waiter, held: HeldFrames::default() });
+    }
+
+    /// A wait for a claim ended: decide the publish it was for, if still pending.
+    pub(super) async fn claim_ready(&mut self, ready: ClaimReady) {
+        if self.pending.get(&ready.channel).is_none_or(|p| p.wait != ready.wait) {
+            return; // withdrawn or replaced meanwhile
+        }
+        if let Some(p) = self.pending.remove(&ready.channel) {
+            self.decide(ready.channel, p.stream, p.epoch, p.held.into_frames()).await;
+        }
+    }
+
+    /// Accepts or refuses a publish against the applied claim; on acceptance the
+    /// frames `held` while it waited go into the hub first, in order.
+    async fn decide(&mut self, channel: ChannelId, stream: StreamKey, epoch: u64, held: VecDeque<Frame>) {
+        let accepted = self.ctx.attach(&stream, Publisher { link: self.id, channel, epoch, edge: self.edge.clone() });
+        let Attached { hub, ingest, fence } = match accepted {
+            Ok(attached) => attached,
+            Err(reason) => {
+                tracing::info!(%stream, epoch, reason, "publish refused");
+                if !held.is_empty() {
+                    self.ctx.stats.pending_dropped.inc_by(held.len() as u64);
+                }
+                self.send(Control::PublishRefused { channel, reason }).await;
+                return;
+            }
+        };
+        tracing::info!(%stream, epoch, ?channel, held = held.len(), "publishing");
+        let now = Instant::now();
+        for frame in held {
+            ingest.record(frame.payload.len(), now);
+            hub.publish(frame);
+        }
+        self.publishing.insert(channel, Publishing { stream, epoch, hub, ingest, fence });
+        self.send(Control::PublishAccepted { channel }).await;
+    }
+
+    /// A newer publisher took the stream, or its claim was released: stop taking this
+    /// channel's media and tell the edge.
+    async fn fenced(&mut self, channel: ChannelId) {
+        if let Some(p) = self.publishing.remove(&channel) {
+            tracing::info!(stream = %p.stream, epoch = p.epoch, ?channel, "publisher fenced");
+        }
+        let reason = "fenced: a newer epoch publishes this stream, or its claim was released".to_owned();
+        self.send(Control::PublishRefused { channel, reason }).await;
+    }
+
+    /// Ends what `channel` publishes (or withdraws its waiting publish).
+    fn unpublish(&mut self, channel: ChannelId) {
+        if let Some(p) = self.pending.remove(&channel) {
+            p.waiter.abort();
+            if !p.held.is_empty() {
+                self.ctx.stats.pending_dropped.inc_by(p.held.len() as u64);
+            }
+        }
+        if let Some(p) = self.publishing.remove(&channel) {
+            self.ctx.detach(&p.stream, self.id, channel);
+        }
+    }
+
+    async fn subscribe(&mut self, channel: ChannelId, stream: StreamKey) {
+        // A channel carries one subscription: a new one replaces the old.
+        self.unsubscribe(channel);
+        let Some(hub) = self.ctx.subscribe(&stream, self.id, channel, &self.edge) else {
+            self.send(Control::NotFound { channel }).await;
+            return;
+        };
+        let subscription = hub.subscribe();
+        let tx = self.tx.clone();
+        self.send(Control::Subscribed { channel }).await;
+        let pump = tokio::spawn(async move {
+            while let Some(frame) = subscription.recv().await {
+                if tx.send(LinkFrame::Media(MediaFrame { channel, frame })).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(LinkFrame::Control(Control::Ended { channel })).await;
+        });
+        self.pumps.insert(channel, (stream, pump));
+    }
+
+    fn unsubscribe(&mut self, channel: ChannelId) {
+        if let Some((stream, pump)) = self.pumps.remove(&channel) {
+            pump.abort();
+            self.ctx.unsubscribe(&stream, self.id, channel);
+        }
+    }
+
+    /// The link is gone: stop its pumps and waits, and end the streams it published.
+    pub(super) fn close(&mut self) {
+        for channel in self.pumps.keys().copied().collect::<Vec<_>>() {
+            self.unsubscribe(channel);
+        }
+        let channels: Vec<ChannelId> = self.publishing.keys().chain(self.pending.keys()).copied().collect();
+        for channel in channels {
+            self.unpublish(channel);
+        }
+    }
+}

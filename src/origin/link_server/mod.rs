@@ -1,0 +1,224 @@
+//! The origin's side of the edge↔origin link: accepts links from edges, authenticates
+//! them, takes publishers' media under their claim's epoch into a per-stream [`Hub`],
+//! and fans each stream out once per subscribed edge.
+//!
+//! One task reads each link; one task writes it from a bounded queue; one pump task per
+//! subscription moves frames from the hub's bounded reader queue (which skips to the
+//! next keyframe when the edge falls behind) into the link's queue. A publish whose
+//! claim is not applied here yet waits in a task of its own, never on the read loop.
+//! One task follows the applied claims and fences publishers whose claim was
+//! released, moved to another origin or superseded.
+//!
+//! Per stream, the owner knows the attached publisher, the subscribed edges and the
+//! ingest counters; [`LinkContext::live_streams`] reports them. Never knows RTMP.
+
+mod held;
+mod link;
+mod registry;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use raftcast_raft::rpc::constant_time_eq;
+use raftcast_raft::state::Event;
+use raftcast_storage::Notice;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use held::{PENDING_BYTES, PENDING_FRAMES};
+pub use registry::LinkContext;
+
+use crate::link::{Control, FrameCodec, LinkFrame, PROTOCOL_VERSION};
+use link::Link;
+
+/// Most edge links an origin accepts at once; more wait in the listen backlog.
+pub const MAX_LINKS: usize = 256;
+/// Frames queued for one link's writer. Pumps wait when it is full; the hub's reader
+/// queue behind each pump is what drops (to a keyframe) when an edge cannot keep up.
+pub const LINK_SEND_QUEUE: usize = 1024;
+/// An edge must say `Hello` within this long after connecting.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A link silent for this long is dead (edges ping every 100 ms).
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(2);
+/// How long a publish waits for this origin to apply the claim it names.
+pub const CLAIM_WAIT: Duration = Duration::from_secs(2);
+/// Publishes one link may have waiting for their claims at once; more are refused
+/// (the edge retries). Also the capacity of the link's queue of finished waits, so a
+/// waiter never waits for room in it for long.
+pub const MAX_PENDING_PUBLISHES: usize = 8;
+
+/// Counters of the link server, exported in `/metrics`.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Authenticated links open now.
+    pub links: Gauge,
+    /// Bytes read from and written to links.
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    /// Links refused at `Hello` (wrong secret or protocol).
+    pub refused: Counter,
+    /// Media frames dropped while their publish waited for its claim (overflow, or the
+    /// publish was refused or withdrawn).
+    pub pending_dropped: Counter,
+}
+
+/// Follows the applied claims: after each change of a stream's claim, reconciles
+/// what this origin serves of it (see [`LinkContext::reconcile`]).
+async fn follow_claims(ctx: LinkContext, shutdown: CancellationToken) {
+    let mut notices = ctx.state.subscribe();
+    // Whatever changed before we subscribed.
+    ctx.reconcile_all();
+    loop {
+        let notice = tokio::select! {
+            notice = notices.recv() => notice,
+            _ = shutdown.cancelled() => return,
+        };
+        match notice {
+            Ok(Notice::Applied { events, .. }) => {
+                for event in events.iter() {
+                    if let Event::Stream { stream, .. } = event {
+                        ctx.reconcile(stream);
+                    }
+                }
+            }
+            // Missed changes, or a whole new state: look at everything.
+            Ok(Notice::Replaced { .. }) | Err(RecvError::Lagged(_)) => ctx.reconcile_all(),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Accepts links until `shutdown`.
+pub async fn serve(listener: TcpListener, ctx: LinkContext, shutdown: CancellationToken) {
+    tokio::spawn(follow_claims(ctx.clone(), shutdown.clone()).in_current_span());
+    let permits = Arc::new(Semaphore::new(MAX_LINKS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a link failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let link = ctx.next_link.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("link", link, peer = %peer);
+        tokio::spawn(
+            async move {
+                match run_link(socket, link, &ctx, shutdown).await {
+                    Ok(()) => tracing::info!("link closed"),
+                    Err(e) => tracing::warn!(error = %e, "link closed"),
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Reads one frame, waiting at most `limit`.
+async fn read_frame(
+    socket: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+    stats: &LinkStats,
+    limit: Duration,
+) -> Result<LinkFrame, String> {
+    loop {
+        if let Some(frame) = FrameCodec::decode(buf).map_err(|e| e.to_string())? {
+            return Ok(frame);
+        }
+        let n = tokio::time::timeout(limit, socket.read_buf(buf))
+            .await
+            .map_err(|_| format!("silent for {limit:?}"))?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed by the edge".into());
+        }
+        stats.bytes_in.inc_by(n as u64);
+    }
+}
+
+async fn run_link(socket: TcpStream, link: u64, ctx: &LinkContext, shutdown: CancellationToken) -> Result<(), String> {
+    let (mut reader, mut writer) = socket.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Authenticate before anything else; only a small control frame is accepted here.
+    let edge = match read_frame(&mut reader, &mut buf, &ctx.stats, HELLO_TIMEOUT).await? {
+        LinkFrame::Control(Control::Hello { protocol, edge, secret })
+            if protocol == PROTOCOL_VERSION && constant_time_eq(secret.as_bytes(), ctx.secret.as_str().as_bytes()) =>
+        {
+            edge
+        }
+        other => {
+            ctx.stats.refused.inc();
+            let reason = match other {
+                LinkFrame::Control(Control::Hello { protocol, .. }) if protocol != PROTOCOL_VERSION => {
+                    format!("protocol {protocol} is not {PROTOCOL_VERSION}")
+                }
+                LinkFrame::Control(Control::Hello { .. }) => "wrong cluster secret".to_owned(),
+                _ => "the first frame must be Hello".to_owned(),
+            };
+            let mut out = BytesMut::new();
+            FrameCodec::encode(&LinkFrame::Control(Control::Refused { reason: reason.clone() }), &mut out);
+            let _ = writer.write_all(&out).await;
+            return Err(reason);
+        }
+    };
+    tracing::info!(edge, "link up");
+    ctx.stats.links.inc();
+    let (tx, rx) = mpsc::channel::<LinkFrame>(LINK_SEND_QUEUE);
+    let writer_task = tokio::spawn(write_link(writer, rx, ctx.stats.clone()));
+    let _ = tx.send(LinkFrame::Control(Control::Welcome { protocol: PROTOCOL_VERSION, origin: ctx.id })).await;
+    let (mut link, mut applied) = Link::new(link, edge, ctx.clone(), tx);
+    let result = loop {
+        // `read_frame` is cancel-safe: bytes read so far stay in `buf`.
+        tokio::select! {
+            frame = read_frame(&mut reader, &mut buf, &ctx.stats, SILENCE_LIMIT) => match frame {
+                Ok(frame) => link.handle(frame).await,
+                Err(e) => break Err(e),
+            },
+            Some(ready) = applied.recv() => link.claim_ready(ready).await,
+            _ = shutdown.cancelled() => break Ok(()),
+        }
+    };
+    link.close();
+    drop(link);
+    let _ = writer_task.await;
+    ctx.stats.links.dec();
+    result
+}
+
+async fn write_link(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<LinkFrame>,
+    stats: Arc<LinkStats>,
+) {
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut frames = Vec::with_capacity(64);
+    while rx.recv_many(&mut frames, 64).await > 0 {
+        for frame in frames.drain(..) {
+            FrameCodec::encode(&frame, &mut out);
+        }
+        let n = out.len();
+        if writer.write_all(&out).await.is_err() {
+            return;
+        }
+        stats.bytes_out.inc_by(n as u64);
+        out.clear();
+    }
+}

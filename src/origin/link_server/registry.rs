@@ -1,0 +1,224 @@
+//! The streams this origin serves: per stream the hub, the attached publisher, the
+//! subscribed edges and the ingest counters, kept in line with the applied claims.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use raftcast_raft::rpc::ClusterSecret;
+use raftcast_raft::typ::Raft;
+use raftcast_raft::{NodeId, StreamKey};
+use raftcast_storage::StateHandle;
+
+use super::LinkStats;
+use crate::link::ChannelId;
+use crate::media::{Hub, HubLimits};
+use crate::origin::ingest::IngestStats;
+use crate::origin::live::LiveStream;
+
+/// The publisher attached to a stream.
+#[derive(Debug, Clone)]
+pub(super) struct Publisher {
+    pub link: u64,
+    pub channel: ChannelId,
+    pub epoch: u64,
+    pub edge: String,
+}
+
+/// A live stream on this origin.
+struct Stream {
+    hub: Arc<Hub>,
+    publisher: Option<Publisher>,
+    /// The edge of each subscription, by (link, channel).
+    subscribers: HashMap<(u64, ChannelId), String>,
+    ingest: Arc<IngestStats>,
+    /// Epoch of the latest accepted publisher or applied claim ([`RETIRED`] once the
+    /// claim is gone from this origin). Every publishing channel checks it per frame
+    /// (one relaxed load), so a publisher fenced from another link, by a newer claim
+    /// or by a release learns it at its next frame.
+    fence: Arc<AtomicU64>,
+}
+
+/// [`Stream::fence`] of a stream whose claim was released or moved away.
+const RETIRED: u64 = u64::MAX;
+
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            hub: Hub::new(HubLimits::default()),
+            publisher: None,
+            subscribers: HashMap::new(),
+            ingest: Arc::new(IngestStats::new(Instant::now())),
+            fence: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// What a publisher accepted by [`LinkContext::attach`] publishes into.
+pub(super) struct Attached {
+    pub hub: Arc<Hub>,
+    pub ingest: Arc<IngestStats>,
+    /// The stream's fence: a value above the publisher's epoch means it was fenced.
+    pub fence: Arc<AtomicU64>,
+}
+
+/// What every link task shares.
+#[derive(Clone)]
+pub struct LinkContext {
+    pub id: NodeId,
+    pub secret: ClusterSecret,
+    pub raft: Raft,
+    pub state: StateHandle,
+    pub stats: Arc<LinkStats>,
+    streams: Arc<Mutex<HashMap<StreamKey, Stream>>>,
+    pub(super) next_link: Arc<AtomicU64>,
+}
+
+impl LinkContext {
+    pub fn new(id: NodeId, secret: ClusterSecret, raft: Raft, state: StateHandle, stats: Arc<LinkStats>) -> Self {
+        LinkContext { id, secret, raft, state, stats, streams: Arc::default(), next_link: Arc::default() }
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Stream>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The applied claim of `stream`: (owner, epoch).
+    ///
+    /// Whoever changes the streams map on the strength of a claim reads the claim
+    /// while holding the map's lock (the lock order is: streams map, then state), so
+    /// that [`LinkContext::reconcile`], which runs after every claim change, never
+    /// works from an older claim than what it undoes.
+    fn claim(&self, stream: &StreamKey) -> Option<(NodeId, u64)> {
+        self.state.read(|sm| sm.streams.get(stream).map(|c| (c.owner, c.epoch)))
+    }
+
+    /// Registers a subscription and returns the stream's hub, created if this origin
+    /// owns the stream.
+    pub(super) fn subscribe(&self, stream: &StreamKey, link: u64, channel: ChannelId, edge: &str) -> Option<Arc<Hub>> {
+        let mut streams = self.streams();
+        if !streams.contains_key(stream) && self.claim(stream).is_none_or(|(owner, _)| owner != self.id) {
+            return None;
+        }
+        let s = streams.entry(stream.clone()).or_insert_with(Stream::new);
+        s.subscribers.insert((link, channel), edge.to_owned());
+        Some(s.hub.clone())
+    }
+
+    /// Attaches `publisher` to `stream` if the applied claim is exactly the one it
+    /// names and this origin owns it; whoever published before is fenced. Otherwise
+    /// says why not.
+    pub(super) fn attach(&self, stream: &StreamKey, publisher: Publisher) -> Result<Attached, String> {
+        let mut streams = self.streams();
+        let epoch = publisher.epoch;
+        match self.claim(stream) {
+            None => Err("the stream has no claim".to_owned()),
+            Some((_, current)) if current != epoch => {
+                Err(format!("stale epoch {epoch}; the current epoch is {current}"))
+            }
+            Some((owner, _)) if owner != self.id => Err(format!("origin {owner} owns this stream")),
+            Some(_) => {
+                let s = streams.entry(stream.clone()).or_insert_with(Stream::new);
+                s.publisher = Some(publisher);
+                s.fence.store(epoch, Ordering::Relaxed);
+                Ok(Attached { hub: s.hub.clone(), ingest: s.ingest.clone(), fence: s.fence.clone() })
+            }
+        }
+    }
+
+    /// The publisher on (`link`, `channel`) left: the stream ends (subscribers hear
+    /// `Ended`), unless someone else publishes it by now.
+    pub(super) fn detach(&self, stream: &StreamKey, link: u64, channel: ChannelId) {
+        let mut streams = self.streams();
+        let ours = |s: &Stream| s.publisher.as_ref().is_some_and(|p| p.link == link && p.channel == channel);
+        if streams.get(stream).is_some_and(ours) {
+            if let Some(s) = streams.remove(stream) {
+                s.hub.end();
+            }
+        }
+    }
+
+    /// Forgets a subscription; a stream left with neither publisher nor subscribers is
+    /// dropped (it is recreated on demand).
+    pub(super) fn unsubscribe(&self, stream: &StreamKey, link: u64, channel: ChannelId) {
+        let mut streams = self.streams();
+        let Some(s) = streams.get_mut(stream) else { return };
+        s.subscribers.remove(&(link, channel));
+        if s.publisher.is_none() && s.subscribers.is_empty() {
+            s.hub.end();
+            streams.remove(stream);
+        }
+    }
+
+    /// Epoch of the publisher attached to each stream that has one.
+    pub fn attached_publishers(&self) -> HashMap<StreamKey, u64> {
+        self.streams().iter().filter_map(|(k, s)| Some((k.clone(), s.publisher.as_ref()?.epoch))).collect()
+    }
+
+    /// Brings this origin's view of `stream` in line with its current applied claim
+    /// (run after every change of it). Released, or owned by another origin now: the
+    /// stream ends here (subscribers hear `Ended`, the publisher is refused at its next
+    /// frame). A newer claim owned here: the older publisher is fenced, and the stream
+    /// waits for the new claim's publisher with its hub and subscribers kept.
+    pub fn reconcile(&self, stream: &StreamKey) {
+        let mut streams = self.streams();
+        let Some(s) = streams.get_mut(stream) else { return };
+        match self.claim(stream) {
+            Some((owner, epoch)) if owner == self.id => {
+                if s.publisher.as_ref().is_some_and(|p| p.epoch < epoch) {
+                    tracing::info!(%stream, epoch, "a newer claim fences the attached publisher");
+                    s.fence.fetch_max(epoch, Ordering::Relaxed);
+                    s.publisher = None;
+                }
+            }
+            claim => {
+                if let Some(s) = streams.remove(stream) {
+                    tracing::info!(%stream, owner = ?claim.map(|c| c.0), "the claim left this origin; the stream ends here");
+                    s.fence.store(RETIRED, Ordering::Relaxed);
+                    s.hub.end();
+                }
+            }
+        }
+    }
+
+    /// [`LinkContext::reconcile`] for every stream this origin serves.
+    pub fn reconcile_all(&self) {
+        let keys: Vec<StreamKey> = self.streams().keys().cloned().collect();
+        for stream in &keys {
+            self.reconcile(stream);
+        }
+    }
+
+    /// The live facts of every stream this origin serves.
+    pub fn live_streams(&self, now: Instant) -> Vec<LiveStream> {
+        let streams = self.streams();
+        let mut live: Vec<LiveStream> = streams
+            .iter()
+            .map(|(key, s)| {
+                let mut subscribers: Vec<String> = s.subscribers.values().cloned().collect();
+                subscribers.sort();
+                let (bytes_in, frames_in) = s.ingest.totals();
+                LiveStream {
+                    app: key.app.clone(),
+                    name: key.name.clone(),
+                    epoch: s.publisher.as_ref().map(|p| p.epoch),
+                    edge: s.publisher.as_ref().map(|p| p.edge.clone()),
+                    subscribers,
+                    bytes_in,
+                    frames_in,
+                    bitrate_kbps: s.ingest.bitrate_kbps(now),
+                }
+            })
+            .collect();
+        live.sort_by(|a, b| (&a.app, &a.name).cmp(&(&b.app, &b.name)));
+        live
+    }
+
+    /// (streams with a publisher attached, link subscriptions), for metrics.
+    pub fn counts(&self) -> (usize, usize) {
+        let streams = self.streams();
+        let publishing = streams.values().filter(|s| s.publisher.is_some()).count();
+        (publishing, streams.values().map(|s| s.subscribers.len()).sum())
+    }
+}

@@ -1,0 +1,161 @@
+//! Live facts about streams, which only their owner origin knows: whether a publisher
+//! is attached (and from which edge), which edges subscribe, and what the publisher
+//! delivered. The owner serves its own on [`LIVE_ROUTE`] (cluster secret, JSON); any
+//! origin gathers them from every owner concurrently for `GET /streams`, each owner
+//! within [`LIVE_FETCH_TIMEOUT`], so one slow or dead owner costs the list its live
+//! fields for that owner's streams, never the whole answer.
+//!
+//! Replicated state (who owns what) is not here: callers merge the two.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raftcast_raft::rpc::{ClusterSecret, SECRET_HEADER};
+use raftcast_raft::{NodeId, StreamKey};
+use serde::{Deserialize, Serialize};
+
+use super::link_server::LinkContext;
+
+/// The internal route on which an origin serves the live facts of its streams.
+pub const LIVE_ROUTE: &str = "/internal/streams";
+
+/// How long `GET /streams` waits for each owner's live facts.
+pub const LIVE_FETCH_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Largest answer accepted from a peer (about 2,000 streams with a few subscribers each).
+const MAX_LIVE_ANSWER: usize = 4 * 1024 * 1024;
+
+/// One stream as its owner sees it right now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveStream {
+    pub app: String,
+    pub name: String,
+    /// Epoch under which the attached publisher was accepted.
+    pub epoch: Option<u64>,
+    /// Edge of the attached publisher.
+    pub edge: Option<String>,
+    /// One edge name per link subscription, sorted.
+    pub subscribers: Vec<String>,
+    /// Payload bytes and frames received since this origin started the stream's hub.
+    pub bytes_in: u64,
+    pub frames_in: u64,
+    /// Received bitrate over the last few seconds.
+    pub bitrate_kbps: f64,
+}
+
+impl LiveStream {
+    pub fn key(&self) -> Option<StreamKey> {
+        StreamKey::new(&self.app, &self.name).ok()
+    }
+}
+
+/// What an origin answers on [`LIVE_ROUTE`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveReport {
+    pub origin: NodeId,
+    pub streams: Vec<LiveStream>,
+}
+
+/// Live facts of one owner: `None` when it did not answer in time.
+pub type OwnerFacts = Option<HashMap<StreamKey, LiveStream>>;
+
+/// Serves this origin's live facts and gathers other origins'. Cheap to clone.
+#[derive(Clone)]
+pub struct LiveFacts {
+    id: NodeId,
+    secret: ClusterSecret,
+    links: LinkContext,
+    client: reqwest::Client,
+}
+
+impl LiveFacts {
+    pub fn new(id: NodeId, secret: ClusterSecret, links: LinkContext) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(LIVE_FETCH_TIMEOUT)
+            .timeout(LIVE_FETCH_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            .expect("a plain HTTP client always builds");
+        LiveFacts { id, secret, links, client }
+    }
+
+    /// The link server whose streams these are.
+    pub fn links(&self) -> &LinkContext {
+        &self.links
+    }
+
+    /// This origin's live facts.
+    pub fn local(&self) -> LiveReport {
+        LiveReport { origin: self.id, streams: self.links.live_streams(std::time::Instant::now()) }
+    }
+
+    /// The live facts of each owner in `owners` (id → admin HTTP address, `None` when
+    /// the membership names none), fetched concurrently; this origin's own without a
+    /// request.
+    pub async fn gather(&self, owners: BTreeMap<NodeId, Option<String>>) -> HashMap<NodeId, OwnerFacts> {
+        let fetches = owners.into_iter().map(|(owner, http)| async move {
+            let report = if owner == self.id {
+                Some(self.local())
+            } else {
+                match http {
+                    Some(http) => self.fetch(owner, &http).await,
+                    None => None,
+                }
+            };
+            let facts = report.map(|r| r.streams.into_iter().filter_map(|s| Some((s.key()?, s))).collect());
+            (owner, facts)
+        });
+        futures::future::join_all(fetches).await.into_iter().collect()
+    }
+
+    async fn fetch(&self, owner: NodeId, http: &str) -> Option<LiveReport> {
+        let attempt = async {
+            let res = self
+                .client
+                .get(format!("http://{http}{LIVE_ROUTE}"))
+                .header(SECRET_HEADER, self.secret.as_str())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !res.status().is_success() {
+                return Err(format!("status {}", res.status()));
+            }
+            if res.content_length().is_some_and(|n| n > MAX_LIVE_ANSWER as u64) {
+                return Err("answer too large".to_owned());
+            }
+            let body = res.bytes().await.map_err(|e| e.to_string())?;
+            if body.len() > MAX_LIVE_ANSWER {
+                return Err("answer too large".to_owned());
+            }
+            let report: LiveReport = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            if report.origin != owner {
+                return Err(format!("origin {} answered at {http}", report.origin));
+            }
+            Ok(report)
+        };
+        // The client's own timeout covers the request; this one covers everything.
+        match tokio::time::timeout(LIVE_FETCH_TIMEOUT, attempt).await {
+            Ok(Ok(report)) => Some(report),
+            Ok(Err(e)) => {
+                tracing::debug!(owner, error = %e, "no live stream facts from the owner");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(owner, "no live stream facts from the owner within {LIVE_FETCH_TIMEOUT:?}");
+                None
+            }
+        }
+    }
+}
+
+/// [`LIVE_ROUTE`]: this origin's live facts, for origins presenting the cluster secret.
+pub async fn route(State(live): State<LiveFacts>, headers: HeaderMap) -> Response {
+    if !live.secret.admits(&headers) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
+    }
+    Json(live.local()).into_response()
+}
