@@ -1,5 +1,6 @@
-//! `scripts/bootstrap.sh`: start forms a three-voter cluster, a second start adds no
-//! duplicates, start restarts a killed node, stop leaves no process behind.
+//! `scripts/bootstrap.sh`: start forms a three-voter cluster behind two edges and prints
+//! working publish and play URLs, a second start adds no duplicates, start restarts a
+//! killed node, stop leaves no process behind.
 
 mod common;
 
@@ -16,6 +17,8 @@ fn script(data: &Path, http_base: u16, action: &str) -> Output {
         .env("RAFTCAST_DATA_DIR", data)
         .env("RAFTCAST_HTTP_BASE", http_base.to_string())
         .env("RAFTCAST_MEDIA_BASE", (http_base + 10).to_string())
+        .env("RAFTCAST_RTMP_BASE", (http_base + 4).to_string())
+        .env("RAFTCAST_EDGE_HTTP_BASE", (http_base + 14).to_string())
         .env_remove("RAFTCAST_ADMIN_TOKEN")
         .env_remove("RAFTCAST_CLUSTER_SECRET")
         .output()
@@ -39,12 +42,14 @@ fn free_base() -> u16 {
     panic!("no free port range");
 }
 
+const NAMES: [&str; 5] = ["origin-1", "origin-2", "origin-3", "edge-1", "edge-2"];
+
 fn pids(data: &Path) -> Vec<(String, u32)> {
-    (1..=3)
-        .map(|i| {
-            let name = format!("origin-{i}");
+    NAMES
+        .iter()
+        .map(|name| {
             let pid = std::fs::read_to_string(data.join(format!("pids/{name}.pid"))).unwrap().trim().parse().unwrap();
-            (name, pid)
+            (name.to_string(), pid)
         })
         .collect()
 }
@@ -81,7 +86,7 @@ impl Drop for StopOnDrop<'_> {
 }
 
 #[test]
-fn bootstrap_starts_three_voters_restarts_the_dead_and_stops_cleanly() {
+fn bootstrap_starts_three_voters_and_two_edges_restarts_the_dead_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let base = free_base();
@@ -93,6 +98,19 @@ fn bootstrap_starts_three_voters_restarts_the_dead_and_stops_cleanly() {
     let leaders: Vec<_> =
         s["nodes"].as_object().unwrap().values().filter(|n| n["status"]["state"] == "Leader").collect();
     assert_eq!(leaders.len(), 1, "{s}");
+    // The printed URLs point at the edges, which serve.
+    let (rtmp1, rtmp2, http2) = (base + 5, base + 6, base + 16);
+    assert!(out.contains(&format!("publish: rtmp://127.0.0.1:{rtmp1}/live/test")), "{out}");
+    assert!(out.contains(&format!("rtmp://127.0.0.1:{rtmp2}/live/test")), "{out}");
+    assert!(out.contains(&format!("http://127.0.0.1:{http2}/live/test.flv")), "{out}");
+    assert!(out.contains("ffmpeg -nostdin -re") && out.contains("ffplay"), "{out}");
+    for port in [base + 15, http2] {
+        let health = Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/health")]).output().unwrap();
+        assert!(health.status.success(), "edge on {port} does not serve /health");
+    }
+    for port in [rtmp1, rtmp2] {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "no RTMP listener on {port}");
+    }
     for secret in ["cluster-secret", "admin-token"] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(data.join(secret)).unwrap().permissions().mode();
@@ -102,7 +120,7 @@ fn bootstrap_starts_three_voters_restarts_the_dead_and_stops_cleanly() {
     // Running start again starts nothing new.
     let first = pids(&data);
     let out = ok(script(&data, base, "start"));
-    assert_eq!(out.matches("already running").count(), 3, "{out}");
+    assert_eq!(out.matches("already running").count(), 5, "{out}");
     assert!(!out.contains("cluster initialized"), "initialized twice: {out}");
     assert_eq!(pids(&data), first);
 

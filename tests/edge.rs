@@ -499,7 +499,7 @@ async fn two_hundred_players_on_two_edges_get_every_frame_live_and_each_edge_get
     let epoch = Instant::now();
     let run = Duration::from_secs(14);
     let publisher = publish_synthetic(edge1.rtmp, "big", StreamShape::default(), epoch, run);
-    stream_entry(&c, "live", "big").await;
+    let owner = stream_entry(&c, "live", "big").await["owner"].as_u64().unwrap();
     let until = Instant::now() + run + Duration::from_secs(4);
     let mut players = Vec::new();
     for i in 0..200 {
@@ -529,7 +529,11 @@ async fn two_hundred_players_on_two_edges_get_every_frame_live_and_each_edge_get
     assert!(p99 < 1_000_000, "players kept in real time: p99 {p99} µs");
 
     // Each edge received the stream from the owner once, not once per player: its
-    // upstream media bytes are about the stream's size.
+    // upstream media bytes are about the stream's size, and the owner wrote about two
+    // streams' worth to its links (one per edge; edge-1 also sent the stream in).
+    let (_, metrics) = c.call(owner, Method::GET, "/metrics", None, &[]).await.unwrap();
+    let metrics = metrics.as_str().map(str::to_owned).unwrap_or_else(|| metrics.to_string());
+    let owner_out: f64 = edges::metric_value(&metrics, "raftcast_link_bytes_out_total").expect("owner link bytes");
     let stream_bytes = (published.last_video + 1) as f64 * 2_500_000.0 / 8.0 / 30.0;
     for edge in [&edge1, &edge2] {
         let status = edge.status().await;
@@ -539,6 +543,9 @@ async fn two_hundred_players_on_two_edges_get_every_frame_live_and_each_edge_get
         eprintln!("{}: {received} media bytes from the owner, {ratio:.2}x the video stream", edge.name);
         assert!((0.8..1.5).contains(&ratio), "{} received the stream {ratio:.2} times", edge.name);
     }
+    let owner_ratio = owner_out / stream_bytes;
+    eprintln!("owner origin {owner}: {owner_out} bytes to its links, {owner_ratio:.2}x the video stream");
+    assert!((1.6..3.0).contains(&owner_ratio), "the owner sent the stream {owner_ratio:.2} times for two edges");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
