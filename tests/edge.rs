@@ -615,3 +615,32 @@ async fn missing_streams_taken_names_keys_and_graceful_shutdown() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_takes_over_the_stream_of_a_dead_session_but_never_a_live_one() {
+    let c = Cluster::start(3).await;
+    let mut edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
+    let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
+    let epoch = Instant::now();
+    let first = publish_synthetic(edge1.rtmp, "phoenix", StreamShape::default(), epoch, Duration::from_secs(60));
+    let claimed = stream_entry(&c, "live", "phoenix").await;
+    // Past the young-claim guard, the session is judged by whether it publishes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut rival = RtmpClient::connect(edge2.rtmp, "live").await.unwrap();
+    let err = rival.publish("phoenix").await.unwrap_err().to_string();
+    assert!(err.contains("NetStream.Publish.BadName"), "a live session keeps its stream: {err}");
+
+    // edge-1 dies with its publisher's claim still committed: a publisher reconnecting
+    // through edge-2 takes the stream over at once, under a new epoch.
+    edge1.kill();
+    first.abort();
+    let mut again = RtmpClient::connect(edge2.rtmp, "live").await.unwrap();
+    let asked = Instant::now();
+    again.publish("phoenix").await.expect("the dead session's stream is taken over");
+    let took = asked.elapsed();
+    let now = stream_entry(&c, "live", "phoenix").await;
+    assert_eq!(now["edge"], "edge-2", "{now}");
+    assert!(now["epoch"].as_u64() > claimed["epoch"].as_u64(), "a new epoch: {claimed} then {now}");
+    eprintln!("takeover of a dead session accepted after {took:?}");
+    assert!(took < Duration::from_secs(3), "at once, not after the orphan grace: {took:?}");
+}

@@ -59,7 +59,13 @@ impl Publication {
         key: Option<String>,
         fenced: CancellationToken,
     ) -> Result<Publication, Refusal> {
-        let claim = match ctx.control.claim(&stream, &ctx.config.id, &session, false, key).await {
+        let mut answer = ctx.control.claim(&stream, &ctx.config.id, &session, false, key.clone()).await;
+        if matches!(answer, Ok(Response::Rejected(Rejection::StreamOwned { .. }))) {
+            // Someone holds the stream: the leader lets this publisher take it over
+            // only if that session is dead (a reconnecting publisher).
+            answer = ctx.control.claim(&stream, &ctx.config.id, &session, true, key).await;
+        }
+        let claim = match answer {
             Ok(Response::Claimed(claim)) => claim,
             Ok(Response::Rejected(Rejection::StreamOwned { edge, .. })) => {
                 return Err((PublishRejection::BadName, format!("{stream} is already being published (on {edge})")))

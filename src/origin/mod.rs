@@ -101,6 +101,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         metrics.links.clone(),
     );
     let live = live::LiveFacts::new(config.id, config.secret.clone(), links.clone());
+    proposer.set_live(live.clone());
     let link_task = tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(
         media_listener,
         links.clone(),

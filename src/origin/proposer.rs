@@ -81,7 +81,14 @@ pub struct Proposer {
     metrics: Arc<Metrics>,
     batcher: mpsc::Sender<Pending>,
     state: StateHandle,
+    /// Live stream facts, to tell a dead publishing session from a live one when a
+    /// publisher asks to take a stream over (set once the link server exists).
+    live: Arc<std::sync::OnceLock<super::live::LiveFacts>>,
 }
+
+/// A claim younger than this counts as alive even before its publisher attached: the
+/// edge is still between its claim and its `Publish`.
+const TAKEOVER_YOUNG_CLAIM: Duration = Duration::from_secs(3);
 
 /// A request waiting to be proposed, and where its answer goes.
 struct Pending {
@@ -113,7 +120,28 @@ impl Proposer {
             .expect("a plain HTTP client always builds");
         let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
         tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone()));
-        Proposer { raft, id, secret, client, deadline, metrics, batcher, state }
+        Proposer { raft, id, secret, client, deadline, metrics, batcher, state, live: Arc::default() }
+    }
+
+    /// Gives the proposer the live stream facts it consults for takeovers.
+    pub fn set_live(&self, live: super::live::LiveFacts) {
+        let _ = self.live.set(live);
+    }
+
+    /// Whether the session holding `claim` still publishes: its owner has a publisher
+    /// attached under the claim's epoch, or the claim is too young to tell. An owner
+    /// that does not answer cannot be receiving that publisher's media: dead.
+    async fn holder_alive(&self, stream: &StreamKey, claim: &raftcast_raft::command::StreamClaim) -> bool {
+        if now_ms().saturating_sub(claim.since_ms) < TAKEOVER_YOUNG_CLAIM.as_millis() as u64 {
+            return true;
+        }
+        let Some(live) = self.live.get() else { return true };
+        let http = self.node_addr(claim.owner).map(|a| a.http);
+        let facts = live.gather(BTreeMap::from([(claim.owner, http)])).await;
+        match facts.get(&claim.owner) {
+            Some(Some(streams)) => streams.get(stream).is_some_and(|s| s.epoch == Some(claim.epoch)),
+            _ => false,
+        }
     }
 
     /// Proposes a command and returns the state machine's answer.
@@ -315,6 +343,23 @@ impl Proposer {
                 }
                 if !self.state.read(|sm| sm.publish_allowed(stream, key.as_deref())) {
                     return ForwardReply::Written(Response::Rejected(raftcast_raft::Rejection::PublishDenied));
+                }
+                // A takeover replaces only a dead session: one whose owner has no
+                // publisher attached under its epoch (an edge that died, a publisher
+                // that went away without a release). A live one keeps the stream.
+                if *takeover {
+                    let current = self.state.read(|sm| sm.streams.get(stream).cloned());
+                    if let Some(current) = current.filter(|c| c.edge != *edge || c.session != *session) {
+                        if self.holder_alive(stream, &current).await {
+                            let rejection = raftcast_raft::Rejection::StreamOwned {
+                                owner: current.owner,
+                                epoch: current.epoch,
+                                edge: current.edge.clone(),
+                            };
+                            return ForwardReply::Written(Response::Rejected(rejection));
+                        }
+                        tracing::info!(%stream, epoch = current.epoch, edge = current.edge, "taking over a dead session");
+                    }
                 }
                 let owner = self.pick_owner(stream);
                 let command = Command::ClaimStream {
