@@ -349,6 +349,19 @@ pub enum Forward {
     /// Who owns `stream` and where its media link is (answered from any node's applied
     /// state; players tolerate a stale answer and follow ownership changes).
     Lookup { stream: StreamKey },
+    /// Move `stream` off `away_from` (an origin the asking edge cannot reach): the leader
+    /// picks a new owner among live voters other than `away_from` and proposes
+    /// `ReassignStream { expected_epoch }` under `id`. Answers `Written(Claimed(new))`, or
+    /// `Written(Rejected(StaleEpoch { current }))` when the claim is no longer at
+    /// `expected_epoch` (someone re-assigned or re-claimed it first), or
+    /// `Written(Rejected(NotFound))`-style rejection if there is no claim (use the existing
+    /// `Rejection::StaleEpoch { current: None }` for "no claim").
+    Reassign { id: RequestId, stream: StreamKey, expected_epoch: u64, away_from: NodeId },
+    /// Wait until the applied claim of `stream` differs from `known_epoch` (a new epoch,
+    /// a release, or a first claim when `known_epoch` is None), or `wait_ms` passed
+    /// (capped at 30 000), then answer `Owner { claim, media }` like `Lookup`. Answered by
+    /// any origin from its applied state (no leadership needed): the edges' change feed.
+    WatchStream { stream: StreamKey, known_epoch: Option<u64>, wait_ms: u32 },
 }
 
 /// The leader's answer to a [`Forward`].

@@ -41,6 +41,21 @@ pub struct Owner {
     pub media: SocketAddr,
 }
 
+/// The owner in a `Lookup` or `WatchStream` answer.
+fn owner_of(reply: ForwardReply) -> Result<Option<Owner>, ControlError> {
+    match reply {
+        ForwardReply::Owner { claim: Some(claim), media: Some(media) } => {
+            let media = media
+                .parse()
+                .map_err(|_| ControlError::Unexpected(format!("origin {} has media address {media:?}", claim.owner)))?;
+            Ok(Some(Owner { claim, media }))
+        }
+        ForwardReply::Owner { .. } => Ok(None),
+        ForwardReply::Failed { kind, message } => Err(ControlError::Failed { kind, message }),
+        other => Err(ControlError::Unexpected(format!("{other:?}"))),
+    }
+}
+
 /// Sends control requests to the cluster.
 #[derive(Clone)]
 pub struct Control {
@@ -66,6 +81,16 @@ impl Control {
     /// Asks origins in turn, from the preferred one, until one answers with something
     /// other than `NotLeader`, within the deadline.
     async fn send(&self, req: &Forward) -> Result<ForwardReply, ControlError> {
+        self.send_within(req, ATTEMPT_TIMEOUT, self.deadline).await
+    }
+
+    /// [`send`](Self::send) with its own per-attempt timeout and overall deadline.
+    async fn send_within(
+        &self,
+        req: &Forward,
+        attempt_timeout: Duration,
+        deadline: Duration,
+    ) -> Result<ForwardReply, ControlError> {
         let body = rpc::encode(req);
         let started = Instant::now();
         let n = self.origins.len();
@@ -74,8 +99,14 @@ impl Control {
             for i in 0..n {
                 let at = (first + i) % n;
                 let url = format!("http://{}/raft/forward", self.origins[at]);
-                let attempt = self.http.post(url).header(SECRET_HEADER, self.secret.as_str()).body(body.clone()).send();
-                let remaining = self.deadline.saturating_sub(started.elapsed());
+                let attempt = self
+                    .http
+                    .post(url)
+                    .timeout(attempt_timeout)
+                    .header(SECRET_HEADER, self.secret.as_str())
+                    .body(body.clone())
+                    .send();
+                let remaining = deadline.saturating_sub(started.elapsed());
                 let Ok(Ok(res)) = tokio::time::timeout(remaining, attempt).await else { continue };
                 let Ok(bytes) = res.bytes().await else { continue };
                 match rpc::decode::<ForwardReply>(&bytes) {
@@ -86,12 +117,12 @@ impl Control {
                     }
                     Err(e) => tracing::debug!(origin = %self.origins[at], error = %e, "unreadable control answer"),
                 }
-                if started.elapsed() >= self.deadline {
+                if started.elapsed() >= deadline {
                     break;
                 }
             }
-            if started.elapsed() + ROUND_PAUSE >= self.deadline {
-                return Err(ControlError::Unavailable(self.deadline));
+            if started.elapsed() + ROUND_PAUSE >= deadline {
+                return Err(ControlError::Unavailable(deadline));
             }
             tokio::time::sleep(ROUND_PAUSE).await;
         }
@@ -133,20 +164,36 @@ impl Control {
         self.write(&Forward::Write(Request { id: RequestId::random(), at_ms: 0, command })).await
     }
 
+    /// Asks the leader to move `stream`, held at `expected_epoch`, off `away_from` (an
+    /// origin this edge lost its link to). One request id across retries.
+    pub async fn reassign(
+        &self,
+        stream: &StreamKey,
+        expected_epoch: u64,
+        away_from: raftcast_raft::NodeId,
+    ) -> Result<Response, ControlError> {
+        let req = Forward::Reassign { id: RequestId::random(), stream: stream.clone(), expected_epoch, away_from };
+        self.write(&req).await
+    }
+
+    /// Waits up to `wait` until an origin's applied claim of `stream` differs from
+    /// `known` (the change feed players follow), then says who owns it now.
+    pub async fn watch(
+        &self,
+        stream: &StreamKey,
+        known: Option<u64>,
+        wait: Duration,
+    ) -> Result<Option<Owner>, ControlError> {
+        let wait_ms = wait.as_millis().min(30_000) as u32;
+        let req = Forward::WatchStream { stream: stream.clone(), known_epoch: known, wait_ms };
+        let attempt = wait + ATTEMPT_TIMEOUT;
+        owner_of(self.send_within(&req, attempt, attempt + self.deadline).await?)
+    }
+
     /// Who owns `stream` and where its media link is, as the first origin to answer
     /// knows it (`None`: not published).
     pub async fn lookup(&self, stream: &StreamKey) -> Result<Option<Owner>, ControlError> {
-        match self.send(&Forward::Lookup { stream: stream.clone() }).await? {
-            ForwardReply::Owner { claim: Some(claim), media: Some(media) } => {
-                let media = media.parse().map_err(|_| {
-                    ControlError::Unexpected(format!("origin {} has media address {media:?}", claim.owner))
-                })?;
-                Ok(Some(Owner { claim, media }))
-            }
-            ForwardReply::Owner { .. } => Ok(None),
-            ForwardReply::Failed { kind, message } => Err(ControlError::Failed { kind, message }),
-            other => Err(ControlError::Unexpected(format!("{other:?}"))),
-        }
+        owner_of(self.send(&Forward::Lookup { stream: stream.clone() }).await?)
     }
 
     /// Looks `stream` up until an origin knows it at `epoch` or later: right after a

@@ -214,6 +214,21 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
             ("{side=\"publisher\"}".into(), load(&s.publisher_drops)),
         ],
     );
+    metric(
+        "edge_failovers_total",
+        "counter",
+        "Moves to a new owner: publications re-attached, relays re-subscribed",
+        &[
+            ("{side=\"publisher\"}".into(), load(&s.publisher_failovers)),
+            ("{side=\"relay\"}".into(), load(&s.relay_failovers)),
+        ],
+    );
+    metric(
+        "edge_relay_duplicates_total",
+        "counter",
+        "Frames a relay dropped because its players already had them (replays after a move)",
+        &[(String::new(), load(&s.relay_duplicates))],
+    );
     let ups = ctx.upstreams.all();
     let label = |u: &super::upstream::Upstream| format!("{{origin_addr=\"{}\"}}", u.addr);
     let states: Vec<_> = ups.iter().map(|u| (label(u), u64::from(link_state(&u.state()).1))).collect();

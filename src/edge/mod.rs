@@ -40,6 +40,12 @@ pub struct EdgeStats {
     /// Shared by every relay hub: drops are counted the moment a queue drops.
     pub player_drops: Arc<AtomicU64>,
     pub publisher_drops: AtomicU64,
+    /// Publications moved to a new owner after losing theirs.
+    pub publisher_failovers: AtomicU64,
+    /// Relays that re-subscribed at a new owner.
+    pub relay_failovers: AtomicU64,
+    /// Frames a relay dropped because its players already had them (replays after a move).
+    pub relay_duplicates: AtomicU64,
 }
 
 /// What every task of the edge shares.

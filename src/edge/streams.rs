@@ -3,12 +3,18 @@
 //!
 //! A [`Publication`] is one publishing session: claimed through the leader, accepted
 //! by the owner under the claim's epoch, fed frames by the RTMP connection without ever
-//! making it wait, and finished (unpublished and released) when dropped.
+//! making it wait, and finished (unpublished and released) when dropped. Its forwarder
+//! keeps the stream back to a keyframe ([`Retained`]); when the link to the owner is
+//! lost it asks the leader to move the stream elsewhere (`Forward::Reassign` with the
+//! expected epoch), or follows a move the leader made, attaches to the new owner and
+//! re-sends from that keyframe — reading from the publisher all along.
 //!
 //! A [`Relay`] exists while at least one player holds a [`Lease`] on it. It follows the
-//! stream: looks up the owner, subscribes on the owner's link, and publishes what
-//! arrives into a fresh local [`Hub`] per publishing generation; players wait on
-//! [`Relay::hub`] for the current one.
+//! stream through the cluster's change feed (`Forward::WatchStream`): subscribes on the
+//! owner's link, re-subscribes at the new owner when ownership changes, and feeds one
+//! local [`Hub`] per publishing generation through a [`Continuity`] filter that drops
+//! what players already have and keeps timestamps monotonic; players wait on
+//! [`Relay::hub`] for the current hub.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,9 +25,12 @@ use raftcast_raft::{Rejection, Response, StreamKey};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{ChannelEvent, Upstream};
+use super::control::Owner;
+use super::upstream::{ChannelEvent, Sink, Upstream};
 use super::EdgeContext;
 use crate::link::{ChannelId, Control, MediaFrame};
+use crate::media::continuity::Continuity;
+use crate::media::retain::{RetainLimits, Retained};
 use crate::media::{Frame, Hub, HubLimits};
 use crate::rtmp::session::PublishRejection;
 
@@ -36,6 +45,11 @@ const ANSWER_WAIT: Duration = Duration::from_secs(3);
 const LINK_WAIT: Duration = Duration::from_secs(2);
 /// Pause between lookups while a watched stream is not published.
 const RELAY_RETRY: Duration = Duration::from_millis(200);
+/// How long one change-feed request waits for an ownership change.
+const WATCH_WAIT: Duration = Duration::from_secs(10);
+/// After losing its owner's link, how long a relay waits for the claim to move before
+/// trying the same owner again (its link may just have blinked).
+const LOST_OWNER_WAIT: Duration = Duration::from_millis(1500);
 
 /// A refused publish: the status code for the publisher and why.
 pub type Refusal = (PublishRejection, String);
@@ -63,7 +77,7 @@ impl Publication {
         if matches!(answer, Ok(Response::Rejected(Rejection::StreamOwned { .. }))) {
             // Someone holds the stream: the leader lets this publisher take it over
             // only if that session is dead (a reconnecting publisher).
-            answer = ctx.control.claim(&stream, &ctx.config.id, &session, true, key).await;
+            answer = ctx.control.claim(&stream, &ctx.config.id, &session, true, key.clone()).await;
         }
         let claim = match answer {
             Ok(Response::Claimed(claim)) => claim,
@@ -92,7 +106,7 @@ impl Publication {
         }
         let (channel, mut events) = up.open(None);
         let publish = Control::Publish { channel, stream: stream.clone(), epoch: claim.epoch };
-        if let Err(e) = up.control(publish.clone()) {
+        if let Err(e) = up.control(publish) {
             up.close(channel);
             return released(format!("link to origin {}: {e}", owner.claim.owner));
         }
@@ -117,9 +131,12 @@ impl Publication {
             ctx: ctx.clone(),
             up,
             channel,
-            publish,
             stream: stream.clone(),
+            session,
+            key,
             epoch: claim.epoch,
+            owner: owner.claim.owner,
+            retained: Retained::new(RetainLimits::default()),
             dropped: dropped.clone(),
             fenced,
         };
@@ -165,56 +182,227 @@ async fn release(ctx: &EdgeContext, stream: &StreamKey, epoch: u64) {
     }
 }
 
-/// Moves one publication's frames onto the owner's link.
+/// Moves one publication's frames onto the owner's link, and moves the publication to
+/// a new owner when that link is lost.
 struct Forwarder {
     ctx: Arc<EdgeContext>,
     up: Arc<Upstream>,
     channel: ChannelId,
-    publish: Control,
     stream: StreamKey,
+    /// This publishing session: a claim with this edge and session is ours.
+    session: String,
+    key: Option<String>,
     epoch: u64,
+    owner: u64,
+    retained: Retained,
     dropped: Arc<AtomicU64>,
     fenced: CancellationToken,
 }
 
+/// A publication attached to a (new) owner.
+struct Attached {
+    up: Arc<Upstream>,
+    channel: ChannelId,
+    events: mpsc::Receiver<ChannelEvent>,
+    epoch: u64,
+    owner: u64,
+}
+
+/// Why a move to a new owner ended without one.
+enum Lost {
+    /// Another session holds the stream now.
+    Fenced(String),
+    /// The edge is shutting down.
+    Stopped,
+}
+
 impl Forwarder {
-    async fn run(self, mut frames: mpsc::Receiver<Frame>, mut events: mpsc::Receiver<ChannelEvent>) {
+    async fn run(mut self, mut frames: mpsc::Receiver<Frame>, mut events: mpsc::Receiver<ChannelEvent>) {
+        // While a move is under way: the future doing it and when the owner was lost.
+        let mut moving: Option<(futures::future::BoxFuture<'static, Result<Attached, Lost>>, tokio::time::Instant)> =
+            None;
         loop {
-            tokio::select! {
+            let lost: Option<String> = tokio::select! {
                 frame = frames.recv() => {
                     let Some(frame) = frame else { break };
-                    let sent = self.up.media(MediaFrame { channel: self.channel, frame }, LINK_SEND_WAIT).await;
-                    if sent.is_err() {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    let live = moving.is_none();
+                    self.retained.push(frame.clone(), live);
+                    if live {
+                        self.send(frame).await.err()
+                    } else {
+                        None
                     }
                 }
-                event = events.recv() => match event {
-                    // The same origin is back: publish again under the same epoch.
-                    Some(ChannelEvent::Up) => {
-                        let _ = self.up.control(self.publish.clone());
-                    }
-                    Some(ChannelEvent::Down(reason)) => {
-                        tracing::warn!(stream = %self.stream, reason, "link to the owner lost");
-                    }
-                    Some(ChannelEvent::Control(Control::PublishRefused { reason, .. })) => {
-                        tracing::warn!(stream = %self.stream, epoch = self.epoch, reason, "fenced by the owner");
-                        self.fenced.cancel();
-                        break;
-                    }
-                    Some(ChannelEvent::Control(_)) => {}
-                    None => break,
+                event = events.recv(), if moving.is_none() => match event {
+                    Some(ChannelEvent::Down(reason)) => Some(format!("link down: {reason}")),
+                    // The owner fenced us: the claim moved on. Ours still (the leader
+                    // moved it), or someone else's: finding out is the same move.
+                    Some(ChannelEvent::Control(Control::PublishRefused { reason, .. })) => Some(format!("refused: {reason}")),
+                    Some(_) => None,
+                    None => Some("channel closed".to_owned()),
                 },
+                moved = async { moving.as_mut().expect("guarded").0.as_mut().await }, if moving.is_some() => {
+                    let since = moving.take().expect("guarded").1;
+                    match moved {
+                        Ok(attached) => {
+                            self.attach(attached, &mut events).await;
+                            self.ctx.stats.publisher_failovers.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(
+                                stream = %self.stream, epoch = self.epoch, owner = self.owner,
+                                took = ?since.elapsed(), resent = self.retained.len(),
+                                "publishing on a new owner"
+                            );
+                        }
+                        Err(Lost::Fenced(why)) => {
+                            tracing::warn!(stream = %self.stream, epoch = self.epoch, why, "fenced");
+                            self.fenced.cancel();
+                            break;
+                        }
+                        Err(Lost::Stopped) => break,
+                    }
+                    None
+                }
+            };
+            if let Some(why) = lost {
+                tracing::warn!(stream = %self.stream, epoch = self.epoch, owner = self.owner, why, "lost the owner; moving");
+                self.up.close(self.channel);
+                let work = relocate(
+                    self.ctx.clone(),
+                    self.stream.clone(),
+                    self.session.clone(),
+                    self.key.clone(),
+                    self.epoch,
+                    self.owner,
+                );
+                moving = Some((Box::pin(work), tokio::time::Instant::now()));
             }
         }
-        let _ = self.up.control(Control::Unpublish { channel: self.channel });
+        if moving.is_none() {
+            let _ = self.up.control(Control::Unpublish { channel: self.channel });
+        }
         self.up.close(self.channel);
-        self.ctx.stats.publisher_drops.fetch_add(self.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+        let lost = self.retained.lost();
+        self.ctx.stats.publisher_drops.fetch_add(self.dropped.load(Ordering::Relaxed) + lost, Ordering::Relaxed);
         if !self.fenced.is_cancelled() {
             release(&self.ctx, &self.stream, self.epoch).await;
         }
         // Counted down only after the release, so a shutdown can wait for it.
         self.ctx.stats.publishers.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(stream = %self.stream, epoch = self.epoch, "unpublished");
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), String> {
+        self.up.media(MediaFrame { channel: self.channel, frame }, LINK_SEND_WAIT).await.map_err(|e| e.to_string())
+    }
+
+    /// Switches to the new owner and re-sends what is retained: headers, then the frames
+    /// from a keyframe on (players' edges drop what they already delivered).
+    async fn attach(&mut self, attached: Attached, events: &mut mpsc::Receiver<ChannelEvent>) {
+        self.up = attached.up;
+        self.channel = attached.channel;
+        *events = attached.events;
+        self.epoch = attached.epoch;
+        self.owner = attached.owner;
+        let replay: Vec<Frame> = self.retained.replay().cloned().collect();
+        for frame in replay {
+            if self.send(frame).await.is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Moves a publication whose owner was lost: follows a move the leader already made,
+/// or asks for one away from `lost`, re-claims a claim that was released meanwhile,
+/// and attaches to whichever owner results. Retries until attached, fenced (another
+/// session holds the stream) or the edge stops.
+async fn relocate(
+    ctx: Arc<EdgeContext>,
+    stream: StreamKey,
+    session: String,
+    key: Option<String>,
+    mut epoch: u64,
+    mut lost: u64,
+) -> Result<Attached, Lost> {
+    let me = ctx.config.id.clone();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            return Err(Lost::Stopped);
+        }
+        let ours = |o: &Owner| o.claim.edge == me && o.claim.session == session;
+        let owner = match ctx.control.lookup(&stream).await {
+            Ok(Some(o)) if ours(&o) && o.claim.epoch == epoch && o.claim.owner == lost => {
+                // Still on the lost owner: ask for a move.
+                match ctx.control.reassign(&stream, epoch, lost).await {
+                    Ok(Response::Claimed(c)) if c.edge == me && c.session == session => {
+                        ctx.control.lookup_at_least(&stream, c.epoch).await.ok()
+                    }
+                    Ok(other) => {
+                        tracing::debug!(%stream, ?other, "reassign changed nothing; looking again");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(%stream, error = %e, "reassign failed");
+                        None
+                    }
+                }
+            }
+            Ok(Some(o)) if ours(&o) => Some(o),
+            Ok(Some(o)) if o.claim.epoch < epoch => None, // an origin behind; ask again
+            Ok(Some(o)) => {
+                return Err(Lost::Fenced(format!("{stream} is held by {} (epoch {})", o.claim.edge, o.claim.epoch)))
+            }
+            Ok(None) => {
+                // Released meanwhile (an owner gave up on it): claim it again.
+                match ctx.control.claim(&stream, &me, &session, false, key.clone()).await {
+                    Ok(Response::Claimed(c)) => ctx.control.lookup_at_least(&stream, c.epoch).await.ok(),
+                    Ok(Response::Rejected(Rejection::StreamOwned { edge, .. })) => {
+                        return Err(Lost::Fenced(format!("{stream} was claimed on {edge}")))
+                    }
+                    _ => None,
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%stream, error = %e, "lookup failed");
+                None
+            }
+        };
+        if let Some(o) = owner.filter(|o| o.claim.edge == me && o.claim.session == session) {
+            epoch = o.claim.epoch;
+            match attach(&ctx, &stream, &o).await {
+                Ok(attached) => return Ok(attached),
+                Err(why) => {
+                    tracing::warn!(%stream, owner = o.claim.owner, why, "new owner unusable");
+                    lost = o.claim.owner;
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Opens a channel on `owner`'s link and publishes under its epoch.
+async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner) -> Result<Attached, String> {
+    let up = ctx.upstreams.get(owner.media);
+    if !up.live(LINK_WAIT).await {
+        return Err(format!("no link to {}", owner.media));
+    }
+    let (channel, mut events) = up.open(None);
+    let publish = Control::Publish { channel, stream: stream.clone(), epoch: owner.claim.epoch };
+    if let Err(e) = up.control(publish) {
+        up.close(channel);
+        return Err(e.to_string());
+    }
+    match wait_answer(&mut events).await {
+        Some(Control::PublishAccepted { .. }) => {
+            Ok(Attached { up, channel, events, epoch: owner.claim.epoch, owner: owner.claim.owner })
+        }
+        other => {
+            up.close(channel);
+            Err(format!("not accepted: {other:?}"))
+        }
     }
 }
 
@@ -293,69 +481,167 @@ impl Relay {
     }
 }
 
-/// Follows one stream for its players until the last one leaves.
+/// Follows one stream for its players until the last one leaves: subscribes at the
+/// owner, re-subscribes wherever the claim moves (the change feed), and ends a
+/// generation when the claim is released.
 async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
     let stream = relay.stream.clone();
+    let mut generation: Option<Generation> = None;
+    // The claim epoch we know; `wait` says to wait for it to change rather than look now.
+    let mut known: Option<u64> = None;
+    let mut wait: Option<Duration> = None;
     while !relay.stop.is_cancelled() {
-        let owner = tokio::select! {
-            owner = ctx.control.lookup(&stream) => owner,
-            _ = relay.stop.cancelled() => break,
+        let found = match wait {
+            Some(d) => tokio::select! {
+                found = ctx.control.watch(&stream, known, d) => found,
+                _ = relay.stop.cancelled() => break,
+            },
+            None => tokio::select! {
+                found = ctx.control.lookup(&stream) => found,
+                _ = relay.stop.cancelled() => break,
+            },
         };
-        let owner = match owner {
+        let owner = match found {
             Ok(Some(owner)) => owner,
             Ok(None) => {
-                pause(&relay, RELAY_RETRY).await;
+                // Not published (or released): the generation, if any, is over.
+                if let Some(g) = generation.take() {
+                    g.end(&relay);
+                }
+                known = None;
+                wait = Some(WATCH_WAIT);
                 continue;
             }
             Err(e) => {
-                tracing::debug!(%stream, error = %e, "lookup failed");
+                tracing::debug!(%stream, error = %e, "owner lookup failed");
                 pause(&relay, RELAY_RETRY).await;
                 continue;
             }
         };
-        let up = ctx.upstreams.get(owner.media);
-        if !up.live(LINK_WAIT).await {
-            continue;
+        known = Some(owner.claim.epoch);
+        let g = match &mut generation {
+            Some(g) => {
+                if g.session != owner.claim.session {
+                    // Another publishing session took over: new timestamps, same players.
+                    g.continuity.lock().unwrap_or_else(|p| p.into_inner()).new_session();
+                    g.session = owner.claim.session.clone();
+                }
+                g
+            }
+            None => generation.insert(Generation::start(&ctx, &relay, &owner)),
+        };
+        match follow(&ctx, &relay, g, &owner).await {
+            Followed::Moved(next) => {
+                ctx.stats.relay_failovers.fetch_add(1, Ordering::Relaxed);
+                known = Some(next);
+                wait = None;
+            }
+            Followed::LostOwner => wait = Some(LOST_OWNER_WAIT),
+            Followed::Ended => wait = Some(Duration::from_millis(500)),
+            Followed::Refused => {
+                pause(&relay, RELAY_RETRY).await;
+                wait = None;
+            }
+            Followed::Stopped => break,
         }
+    }
+    if let Some(g) = generation.take() {
+        g.end(&relay);
+    }
+}
+
+/// One publishing generation of a relayed stream: the hub its players read.
+struct Generation {
+    hub: Arc<Hub>,
+    continuity: Arc<Mutex<Continuity>>,
+    session: String,
+}
+
+impl Generation {
+    fn start(ctx: &EdgeContext, relay: &Relay, owner: &Owner) -> Generation {
         let limits = HubLimits { queue: ctx.config.player_queue, ..HubLimits::default() };
         let hub = Hub::with_drop_counter(limits, ctx.stats.player_drops.clone());
-        let (channel, mut events) = up.open(Some(hub.clone()));
-        if up.control(Control::Subscribe { channel, stream: stream.clone() }).is_err() {
-            up.close(channel);
-            continue;
-        }
-        match wait_answer(&mut events).await {
-            Some(Control::Subscribed { .. }) => {}
-            other => {
-                tracing::debug!(%stream, ?other, "subscription not taken");
-                up.close(channel);
-                pause(&relay, RELAY_RETRY).await;
-                continue;
-            }
-        }
-        tracing::info!(%stream, owner = owner.claim.owner, epoch = owner.claim.epoch, "relaying");
-        relay.owner.store(owner.claim.owner, Ordering::Relaxed);
         relay.hub.send_replace(Some(hub.clone()));
-        let why = loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Some(ChannelEvent::Control(Control::Ended { .. })) => break "the publisher stopped".to_owned(),
-                    Some(ChannelEvent::Down(reason)) => break reason,
-                    Some(_) => {}
-                    None => break "the link ended".to_owned(),
-                },
-                _ = relay.stop.cancelled() => {
-                    let _ = up.control(Control::Unsubscribe { channel });
-                    break "no players left".to_owned();
-                }
-            }
-        };
-        tracing::info!(%stream, why, "relay ended");
-        up.close(channel);
+        Generation { hub, continuity: Arc::default(), session: owner.claim.session.clone() }
+    }
+
+    fn end(self, relay: &Relay) {
         relay.owner.store(0, Ordering::Relaxed);
         relay.hub.send_replace(None);
-        hub.end();
+        self.hub.end();
     }
+}
+
+/// How following one owner ended.
+enum Followed {
+    /// The claim moved to this epoch (another owner, or another session).
+    Moved(u64),
+    /// The owner's link went down: wait a little for the claim to move.
+    LostOwner,
+    /// The owner said the stream ended: released, or moving.
+    Ended,
+    /// The owner would not take the subscription (not applied there yet).
+    Refused,
+    Stopped,
+}
+
+/// Subscribes at `owner` and relays until the subscription ends or the claim moves.
+async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner) -> Followed {
+    let stream = &relay.stream;
+    let up = ctx.upstreams.get(owner.media);
+    if !up.live(LINK_WAIT).await {
+        return Followed::LostOwner;
+    }
+    let sink = Sink { hub: g.hub.clone(), continuity: g.continuity.clone() };
+    let (channel, mut events) = up.open(Some(sink));
+    if up.control(Control::Subscribe { channel, stream: stream.clone() }).is_err() {
+        up.close(channel);
+        return Followed::LostOwner;
+    }
+    match wait_answer(&mut events).await {
+        Some(Control::Subscribed { .. }) => {}
+        other => {
+            tracing::debug!(%stream, ?other, "subscription not taken");
+            up.close(channel);
+            return Followed::Refused;
+        }
+    }
+    tracing::info!(%stream, owner = owner.claim.owner, epoch = owner.claim.epoch, "relaying");
+    relay.owner.store(owner.claim.owner, Ordering::Relaxed);
+    let epoch = owner.claim.epoch;
+    let watch = async {
+        loop {
+            match ctx.control.watch(stream, Some(epoch), WATCH_WAIT).await {
+                Ok(Some(o)) if o.claim.epoch == epoch => {}
+                Ok(Some(o)) => return o.claim.epoch,
+                // Released: the owner's `Ended` says the rest.
+                Ok(None) => std::future::pending::<()>().await,
+                Err(_) => tokio::time::sleep(RELAY_RETRY).await,
+            }
+        }
+    };
+    tokio::pin!(watch);
+    let outcome = loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(ChannelEvent::Control(Control::Ended { .. })) => break Followed::Ended,
+                Some(ChannelEvent::Down(_)) | None => break Followed::LostOwner,
+                Some(_) => {}
+            },
+            next = &mut watch => break Followed::Moved(next),
+            _ = relay.stop.cancelled() => {
+                let _ = up.control(Control::Unsubscribe { channel });
+                break Followed::Stopped;
+            }
+        }
+    };
+    if matches!(outcome, Followed::Moved(_)) {
+        let _ = up.control(Control::Unsubscribe { channel });
+    }
+    up.close(channel);
+    let duplicates = std::mem::take(&mut g.continuity.lock().unwrap_or_else(|p| p.into_inner()).duplicates);
+    ctx.stats.relay_duplicates.fetch_add(duplicates, Ordering::Relaxed);
+    outcome
 }
 
 async fn pause(relay: &Relay, d: Duration) {

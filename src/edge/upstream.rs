@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::link::client::{self, LinkHandle, LinkState, LinkTiming, SendError};
 use crate::link::{ChannelId, Control, LinkEvent, LinkFrame, MediaFrame};
+use crate::media::continuity::Continuity;
 use crate::media::Hub;
 
 /// Control events queued for one channel's owner; a channel sees a handful in its life.
@@ -39,7 +40,25 @@ pub enum ChannelEvent {
 struct Channel {
     events: mpsc::Sender<ChannelEvent>,
     /// Where media arriving on the channel goes (subscriptions).
-    hub: Option<Arc<Hub>>,
+    sink: Option<Sink>,
+}
+
+/// Where a subscription's media goes: through the relay's continuity filter (shared by
+/// its successive subscriptions, so a replay from a new owner is not delivered twice)
+/// into its hub.
+#[derive(Clone)]
+pub struct Sink {
+    pub hub: Arc<Hub>,
+    pub continuity: Arc<Mutex<Continuity>>,
+}
+
+impl Sink {
+    fn deliver(&self, frame: crate::media::Frame) {
+        let admitted = self.continuity.lock().unwrap_or_else(|p| p.into_inner()).admit(frame);
+        if let Some(frame) = admitted {
+            self.hub.publish(frame);
+        }
+    }
 }
 
 /// All links of this edge.
@@ -119,11 +138,11 @@ impl Upstream {
     }
 
     /// Opens a channel; its events arrive on the returned receiver, and media on it goes
-    /// into `hub` when given. Close it with [`close`](Self::close).
-    pub fn open(&self, hub: Option<Arc<Hub>>) -> (ChannelId, mpsc::Receiver<ChannelEvent>) {
+    /// to `sink` when given. Close it with [`close`](Self::close).
+    pub fn open(&self, sink: Option<Sink>) -> (ChannelId, mpsc::Receiver<ChannelEvent>) {
         let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
         let id = ChannelId(self.next_channel.fetch_add(1, Ordering::Relaxed));
-        lock(&self.channels).insert(id, Channel { events: tx, hub });
+        lock(&self.channels).insert(id, Channel { events: tx, sink });
         (id, rx)
     }
 
@@ -158,9 +177,9 @@ async fn dispatch(up: Arc<Upstream>, mut events: mpsc::Receiver<LinkEvent>) {
             LinkEvent::Frame(LinkFrame::Media(MediaFrame { channel, frame })) => {
                 up.frames_in.fetch_add(1, Ordering::Relaxed);
                 up.bytes_in.fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
-                let hub = lock(&up.channels).get(&channel).and_then(|c| c.hub.clone());
-                if let Some(hub) = hub {
-                    hub.publish(frame);
+                let sink = lock(&up.channels).get(&channel).and_then(|c| c.sink.clone());
+                if let Some(sink) = sink {
+                    sink.deliver(frame);
                 }
             }
             LinkEvent::Frame(LinkFrame::Control(control)) => {

@@ -5,10 +5,12 @@
 //! Knows no sockets and no RTMP: publishers push [`Frame`]s, readers pull them. A slow
 //! reader never blocks the publisher or other readers.
 
+pub mod continuity;
 pub mod frame;
 pub mod gop;
 pub mod hub;
 pub mod queue;
+pub mod retain;
 
 pub use frame::{Frame, FrameKind};
 pub use hub::{Hub, HubLimits, Subscription};

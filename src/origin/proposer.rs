@@ -330,6 +330,10 @@ impl Proposer {
     pub async fn execute_here(&self, req: &Forward) -> ForwardReply {
         match req {
             Forward::Write(req) => self.write_here(req).await,
+            // Placeholder until the origin side of failover lands (branch failover-origin).
+            Forward::Reassign { .. } | Forward::WatchStream { .. } => {
+                failed(FailKind::BadRequest, "this origin does not support Reassign/WatchStream yet")
+            }
             Forward::Lookup { stream } => {
                 let claim = self.state.read(|sm| sm.streams.get(stream).cloned());
                 let media = claim.as_ref().and_then(|c| self.node_addr(c.owner)).map(|a| a.media);
