@@ -593,8 +593,15 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner)
         return Followed::LostOwner;
     }
     let sink = Sink { hub: g.hub.clone(), continuity: g.continuity.clone() };
+    let resume = g.continuity.lock().unwrap_or_else(|p| p.into_inner()).resume_point();
     let (channel, mut events) = up.open(Some(sink));
-    if up.control(Control::Subscribe { channel, stream: stream.clone() }).is_err() {
+    // Following the same session to a new owner: ask for what comes after what players
+    // have, so a keyframe the new owner got meanwhile cannot make us skip frames.
+    let subscribe = match resume {
+        Some(at) => Control::SubscribeAfter { channel, stream: stream.clone(), audio_ts: at.audio, video_ts: at.video },
+        None => Control::Subscribe { channel, stream: stream.clone() },
+    };
+    if up.control(subscribe).is_err() {
         up.close(channel);
         return Followed::LostOwner;
     }

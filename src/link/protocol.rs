@@ -78,4 +78,14 @@ pub enum Control {
     Ended {
         channel: ChannelId,
     },
+    /// Edge → origin: like `Subscribe`, for an edge that already has the stream up to
+    /// these publisher timestamps (it followed the stream here from another owner):
+    /// start right after them if the origin's history reaches back that far, else at
+    /// the GOP like `Subscribe`.
+    SubscribeAfter {
+        channel: ChannelId,
+        stream: StreamKey,
+        audio_ts: Option<u32>,
+        video_ts: Option<u32>,
+    },
 }

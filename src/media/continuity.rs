@@ -79,6 +79,13 @@ impl Continuity {
         self.rebase = true;
     }
 
+    /// Where players are in the current session, for a subscription that should resume
+    /// right after it (`None` before the session's first frame).
+    pub fn resume_point(&self) -> Option<super::hub::ResumePoint> {
+        let [audio, video, _] = self.last_source;
+        (audio.is_some() || video.is_some()).then_some(super::hub::ResumePoint { audio, video })
+    }
+
     /// The frame to hand to players, re-timestamped if needed, or `None` when players
     /// already have it.
     pub fn admit(&mut self, frame: Frame) -> Option<Frame> {

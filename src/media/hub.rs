@@ -12,14 +12,39 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::frame::Frame;
+use super::frame::FrameKind;
 use super::gop::{GopCache, GopLimits};
 use super::queue::{Queue, QueueLimits};
+use super::retain::{RetainLimits, Retained};
 
 /// Limits of a hub and of each of its readers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HubLimits {
     pub gop: GopLimits,
     pub queue: QueueLimits,
+    /// Keep this much history for readers that resume after an owner change
+    /// ([`Hub::subscribe_after`]); `None`: no history (edge hubs).
+    pub history: Option<RetainLimits>,
+}
+
+/// Where a resuming reader left off: the publisher's timestamps of the last audio and
+/// video frames it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResumePoint {
+    pub audio: Option<u32>,
+    pub video: Option<u32>,
+}
+
+impl ResumePoint {
+    /// Whether the reader still needs `frame`.
+    fn wants(&self, frame: &Frame) -> bool {
+        let after = match frame.kind {
+            FrameKind::Audio => self.audio,
+            FrameKind::Video => self.video,
+            FrameKind::Data => self.video.or(self.audio),
+        };
+        after.is_none_or(|ts| frame.timestamp > ts)
+    }
 }
 
 /// One stream's hub.
@@ -33,6 +58,7 @@ pub struct Hub {
 
 struct HubState {
     gop: GopCache,
+    history: Option<Retained>,
     readers: Vec<Arc<Reader>>,
     next_id: u64,
     ended: bool,
@@ -68,6 +94,7 @@ impl Hub {
             drops,
             state: Mutex::new(HubState {
                 gop: GopCache::new(limits.gop),
+                history: limits.history.map(Retained::new),
                 readers: Vec::new(),
                 next_id: 0,
                 ended: false,
@@ -82,6 +109,9 @@ impl Hub {
             return;
         }
         state.gop.push(&frame);
+        if let Some(history) = &mut state.history {
+            history.push(frame.clone(), true);
+        }
         let start = state.gop.is_start(&frame);
         for reader in &state.readers {
             let mut queue = lock(&reader.queue);
@@ -103,11 +133,33 @@ impl Hub {
 
     /// Subscribes a new reader, primed with the headers and the current GOP.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        self.subscribe_after(None).0
+    }
+
+    /// Subscribes a reader that already has the stream up to `after` (an edge
+    /// re-subscribing at a new owner): primed with the headers and every kept frame
+    /// after that point, when the history reaches back that far. Otherwise (or with
+    /// `None`) it starts like a new reader, at the GOP; the flag says whether it resumed.
+    pub fn subscribe_after(self: &Arc<Self>, after: Option<ResumePoint>) -> (Subscription, bool) {
         let mut state = lock(&self.state);
         let mut queue = Queue::new(self.limits.queue);
-        for frame in state.gop.start_frames() {
-            let start = state.gop.is_start(frame);
-            queue.push(frame.clone(), start);
+        let history = match (&state.history, after) {
+            (Some(history), Some(point)) if covers(history, &point) => Some((history, point)),
+            _ => None,
+        };
+        let resumed = history.is_some();
+        match history {
+            Some((history, point)) => {
+                for frame in history.replay().filter(|f| f.header || point.wants(f)) {
+                    queue.push(frame.clone(), state.gop.is_start(frame));
+                }
+            }
+            None => {
+                for frame in state.gop.start_frames() {
+                    let start = state.gop.is_start(frame);
+                    queue.push(frame.clone(), start);
+                }
+            }
         }
         let reader = Arc::new(Reader {
             id: state.next_id,
@@ -117,7 +169,7 @@ impl Hub {
         });
         state.next_id += 1;
         state.readers.push(reader.clone());
-        Subscription { hub: self.clone(), reader }
+        (Subscription { hub: self.clone(), reader }, resumed)
     }
 
     /// The stream ended: readers get what is queued, then `None`.
@@ -133,6 +185,19 @@ impl Hub {
     pub fn reader_count(&self) -> usize {
         lock(&self.state).readers.len()
     }
+}
+
+/// Whether `history` holds everything after `point`: it reaches back to (or before) the
+/// point for each kind the reader has.
+fn covers(history: &Retained, point: &ResumePoint) -> bool {
+    let oldest = |kind: FrameKind| history.replay().filter(|f| !f.header && f.kind == kind).map(|f| f.timestamp).next();
+    let ok = |kind, after: Option<u32>| match after {
+        None => true,
+        Some(ts) => oldest(kind).is_some_and(|first| first <= ts),
+    };
+    (point.audio.is_some() || point.video.is_some())
+        && ok(FrameKind::Audio, point.audio)
+        && ok(FrameKind::Video, point.video)
 }
 
 impl Subscription {
@@ -186,7 +251,35 @@ mod tests {
     }
 
     fn small() -> HubLimits {
-        HubLimits { gop: GopLimits::default(), queue: QueueLimits { max_frames: 64, max_bytes: usize::MAX } }
+        HubLimits { queue: QueueLimits { max_frames: 64, max_bytes: usize::MAX }, ..HubLimits::default() }
+    }
+
+    #[tokio::test]
+    async fn a_resuming_reader_gets_exactly_what_follows_its_point() {
+        let limits = HubLimits {
+            history: Some(RetainLimits { history_ms: 1000, max_bytes: usize::MAX, max_ms: 10_000 }),
+            queue: QueueLimits { max_frames: 1024, max_bytes: usize::MAX },
+            ..HubLimits::default()
+        };
+        let hub = Hub::new(limits);
+        hub.publish(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])));
+        for i in 0..90u32 {
+            hub.publish(video(i * 33, i % 30 == 0));
+        }
+        // A reader that had video up to 1980 ms (frame 60, a keyframe) and no audio.
+        let point = ResumePoint { audio: None, video: Some(60 * 33) };
+        let (sub, resumed) = hub.subscribe_after(Some(point));
+        assert!(resumed);
+        let got: Vec<u32> = std::iter::from_fn(|| sub.try_recv()).filter(|f| !f.header).map(|f| f.timestamp).collect();
+        assert_eq!(got, (61..90).map(|i| i * 33).collect::<Vec<_>>(), "frames after the point, none missing");
+        // A point older than the history falls back to the GOP start.
+        let (sub, resumed) = hub.subscribe_after(Some(ResumePoint { audio: None, video: Some(5) }));
+        assert!(!resumed);
+        assert!(std::iter::from_fn(|| sub.try_recv()).find(|f| !f.header).unwrap().keyframe);
+        // Without history, resuming is never possible.
+        let plain = Hub::new(small());
+        plain.publish(video(0, true));
+        assert!(!plain.subscribe_after(Some(point)).1);
     }
 
     #[tokio::test]

@@ -13,4 +13,4 @@ pub mod queue;
 pub mod retain;
 
 pub use frame::{Frame, FrameKind};
-pub use hub::{Hub, HubLimits, Subscription};
+pub use hub::{Hub, HubLimits, ResumePoint, Subscription};

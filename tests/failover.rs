@@ -1,0 +1,358 @@
+//! Origin failover that no RTMP client notices, with real processes and real clients:
+//! ffmpeg publishes a looped pre-encoded file through edge-1; ffmpeg plays it from
+//! edge-2 over RTMP and over HTTP-FLV, writing a hash of every video packet, and an
+//! in-process player measures stalls. Faults hit the stream's owner or the leader; the
+//! players must keep running and receive every frame, in order, once.
+
+mod common;
+#[path = "common/edges.rs"]
+mod edges;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, Cluster};
+use edges::{require, EdgeProc, Proc};
+use raftcast::bench::client::RtmpClient;
+use raftcast::rtmp::session::ClientEvent;
+use reqwest::Method;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+/// A 20 s libx264 + AAC file whose every video frame differs (testsrc draws a counter).
+fn source(dir: &Path) -> PathBuf {
+    require("ffmpeg");
+    let path = dir.join("source.flv");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-f", "lavfi", "-i", "sine=frequency=440"])
+        .args(["-t", "20", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-threads", "1"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "encoding the source failed");
+    path
+}
+
+/// The sha256 of each video packet, as ffmpeg's framehash muxer prints them.
+fn read_hashes(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with("0,"))
+        .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_owned()))
+        .collect()
+}
+
+fn reference(source: &Path, dir: &Path) -> Vec<String> {
+    let out = dir.join("reference.hash");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
+        .arg(source)
+        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let hashes = read_hashes(&out);
+    assert!(hashes.len() >= 590, "{} reference frames", hashes.len());
+    let unique: std::collections::HashSet<_> = hashes.iter().collect();
+    assert_eq!(unique.len(), hashes.len(), "every source frame is distinct");
+    hashes
+}
+
+/// Checks that `got` is a run of the looped `reference`: every frame after the first,
+/// in order, none missing, none twice. Returns how many frames it covers.
+fn assert_run_of(reference: &[String], got: &[String], who: &str) -> usize {
+    assert!(got.len() > 30, "{who} received only {} video frames", got.len());
+    let start = reference.iter().position(|h| *h == got[0]).unwrap_or_else(|| panic!("{who}: unknown first frame"));
+    for (i, h) in got.iter().enumerate() {
+        let want = &reference[(start + i) % reference.len()];
+        if h != want {
+            let at = reference.iter().position(|r| r == h);
+            panic!(
+                "{who}: frame {i} of {} is source frame {at:?}, expected {}",
+                got.len(),
+                (start + i) % reference.len()
+            );
+        }
+    }
+    got.len()
+}
+
+/// ffmpeg publishing `source` in a loop, in real time, to `url`.
+fn publish_file(source: &Path, url: &str, log: PathBuf) -> Proc {
+    let child = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i"])
+        .arg(source)
+        .args(["-c", "copy", "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// ffmpeg playing `url`, writing each video packet's hash to `out`.
+fn play_hashes(url: &str, out: &Path, log: PathBuf) -> Proc {
+    let child = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-rw_timeout", "15000000", "-i", url])
+        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256", "-flush_packets", "1", "-y"])
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// What the in-process player saw.
+#[derive(Debug, Default)]
+struct Probe {
+    hashes: Vec<String>,
+    /// Longest time between two video frames, and when it ended.
+    longest_gap: Duration,
+    /// Gaps above 300 ms, in order.
+    stalls: Vec<Duration>,
+    disconnected: Option<String>,
+}
+
+/// Plays `name` from `edge` until `stop`, hashing video packets like framehash does (the
+/// FLV body after its 5-byte AVC header) and timing the gaps between them.
+fn probe(edge: std::net::SocketAddr, name: &str, stop: tokio_util::sync::CancellationToken) -> JoinHandle<Probe> {
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        let mut p = Probe::default();
+        let mut client = RtmpClient::connect(edge, "live").await.expect("probe connects");
+        client.play(&name).await.expect("probe plays");
+        let mut last: Option<Instant> = None;
+        loop {
+            let event = tokio::select! {
+                e = client.next_event() => e,
+                _ = stop.cancelled() => break,
+            };
+            match event {
+                Ok(Some(ClientEvent::Video { payload, .. })) if payload.len() > 5 && payload[1] == 1 => {
+                    let now = Instant::now();
+                    if let Some(last) = last {
+                        let gap = now - last;
+                        p.longest_gap = p.longest_gap.max(gap);
+                        if gap > Duration::from_millis(300) {
+                            p.stalls.push(gap);
+                        }
+                    }
+                    last = Some(now);
+                    p.hashes.push(hex(&Sha256::digest(&payload[5..])));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    p.disconnected = Some("closed by the edge".into());
+                    break;
+                }
+                Err(e) => {
+                    p.disconnected = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        p
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+}
+
+async fn owner_of(c: &Cluster, via: u64, name: &str) -> Option<(u64, u64)> {
+    let (s, v) = c.call(via, Method::GET, "/streams", None, &[]).await.ok()?;
+    if !s.is_success() {
+        return None;
+    }
+    let e = v["streams"].as_array()?.iter().find(|e| e["app"] == "live" && e["name"] == name)?.clone();
+    Some((e["owner"].as_u64()?, e["epoch"].as_u64()?))
+}
+
+/// The whole scene: a cluster, two edges, a publisher and three players.
+struct Scene {
+    c: Cluster,
+    _edges: (EdgeProc, EdgeProc),
+    reference: Vec<String>,
+    publisher: Proc,
+    rtmp_player: Proc,
+    flv_player: Proc,
+    rtmp_out: PathBuf,
+    flv_out: PathBuf,
+    stop_probe: tokio_util::sync::CancellationToken,
+    probe: JoinHandle<Probe>,
+}
+
+impl Scene {
+    /// `on_follower`: pin the stream to an origin that does not lead, so killing the
+    /// leader and killing the owner are different faults.
+    async fn start(name: &str, on_follower: bool) -> Scene {
+        let c = Cluster::start(3).await;
+        if on_follower {
+            let leader = c.leader(None).await.expect("a leader");
+            let follower = (1..=3).find(|i| *i != leader).unwrap();
+            let body = serde_json::json!({ "origin": follower });
+            let (s, v) = c.call(leader, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
+            assert!(s.is_success(), "{v}");
+        }
+        let dir = c.dir.path().to_owned();
+        let source = source(&dir);
+        let reference = reference(&source, &dir);
+        let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
+        let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
+        let publisher = publish_file(&source, &edge1.rtmp_url("live", name), dir.join("publisher.log"));
+        eventually(Duration::from_secs(15), "the stream to be published", || owner_of(&c, 1, name)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rtmp_out, flv_out) = (dir.join("rtmp.hash"), dir.join("flv.hash"));
+        let rtmp_player = play_hashes(&edge2.rtmp_url("live", name), &rtmp_out, dir.join("rtmp-player.log"));
+        let flv_player = play_hashes(&edge2.flv_url("live", name), &flv_out, dir.join("flv-player.log"));
+        let stop_probe = tokio_util::sync::CancellationToken::new();
+        let probe = probe(edge2.rtmp, name, stop_probe.clone());
+        // Everyone is playing before any fault.
+        eventually(Duration::from_secs(15), "both ffmpeg players to receive frames", || async {
+            (read_hashes(&rtmp_out).len() > 60 && read_hashes(&flv_out).len() > 60).then_some(())
+        })
+        .await;
+        Scene {
+            c,
+            _edges: (edge1, edge2),
+            reference,
+            publisher,
+            rtmp_player,
+            flv_player,
+            rtmp_out,
+            flv_out,
+            stop_probe,
+            probe,
+        }
+    }
+
+    /// Stops the players and checks: nobody disconnected or exited, every frame after
+    /// each player's join arrived once and in order. Returns the probe's stalls.
+    async fn finish(mut self) -> Probe {
+        assert!(self.publisher.running(), "the publisher (ffmpeg) kept running");
+        assert!(self.rtmp_player.running(), "the RTMP player (ffmpeg) kept running");
+        assert!(self.flv_player.running(), "the HTTP-FLV player (ffmpeg) kept running");
+        self.stop_probe.cancel();
+        let probe = self.probe.await.unwrap();
+        assert_eq!(probe.disconnected, None, "the in-process player stayed connected");
+        // SIGINT makes ffmpeg finish its output.
+        for p in [&mut self.rtmp_player, &mut self.flv_player] {
+            signal(p.0.id(), "-INT");
+            let _ = p.0.wait();
+        }
+        let n = assert_run_of(&self.reference, &read_hashes(&self.rtmp_out), "the RTMP player");
+        let m = assert_run_of(&self.reference, &read_hashes(&self.flv_out), "the HTTP-FLV player");
+        let k = assert_run_of(&self.reference, &probe.hashes, "the in-process player");
+        eprintln!(
+            "frames received in order, none lost or doubled: rtmp {n}, http-flv {m}, probe {k}; longest gap {:?}, stalls {:?}",
+            probe.longest_gap, probe.stalls
+        );
+        probe
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_drops_no_client_and_loses_no_frame() {
+    let mut scene = Scene::start("killowner", true).await;
+    let (owner, epoch) = owner_of(&scene.c, 1, "killowner").await.unwrap();
+    let killed_at = Instant::now();
+    scene.c.kill(owner);
+    let via = if owner == 1 { 2 } else { 1 };
+    let (new_owner, new_epoch) = eventually(Duration::from_secs(10), "the stream to move", || async {
+        owner_of(&scene.c, via, "killowner").await.filter(|(o, _)| *o != owner)
+    })
+    .await;
+    eprintln!("owner {owner} killed; origin {new_owner} owns the stream after {:?}", killed_at.elapsed());
+    assert!(new_epoch > epoch);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The killed owner comes back: it must not reclaim or disturb anything.
+    scene.c.spawn(owner);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(owner_of(&scene.c, owner, "killowner").await, Some((new_owner, new_epoch)), "no reclaim");
+    let probe = scene.finish().await;
+    assert!(probe.longest_gap < Duration::from_secs(1), "longest stall {:?}", probe.longest_gap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_when_it_is_not_the_owner_is_invisible_to_clients() {
+    let mut scene = Scene::start("killleader", true).await;
+    let (owner, epoch) = owner_of(&scene.c, 1, "killleader").await.unwrap();
+    let leader = scene.c.leader(None).await.expect("a leader");
+    assert_ne!(leader, owner, "the stream is pinned to a follower");
+    scene.c.kill(leader);
+    let via = (1..=3).find(|i| *i != leader).unwrap();
+    scene.c.wait_leader(Some(leader), Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(owner_of(&scene.c, via, "killleader").await, Some((owner, epoch)), "the owner kept its stream");
+    scene.c.spawn(leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let probe = scene.finish().await;
+    assert!(probe.longest_gap < Duration::from_secs(1), "longest stall {:?}", probe.longest_gap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_the_owner_for_five_seconds_drops_no_client_and_loses_no_frame() {
+    let scene = Scene::start("pauseowner", true).await;
+    let (owner, epoch) = owner_of(&scene.c, 1, "pauseowner").await.unwrap();
+    let pid = scene.c.origins[&owner].child.as_ref().unwrap().id();
+    signal(pid, "-STOP");
+    let via = if owner == 1 { 2 } else { 1 };
+    let moved = eventually(Duration::from_secs(10), "the stream to move off the paused owner", || async {
+        owner_of(&scene.c, via, "pauseowner").await.filter(|(o, _)| *o != owner)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal(pid, "-CONT");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(moved.1 > epoch);
+    assert_eq!(owner_of(&scene.c, owner, "pauseowner").await, Some(moved), "the resumed owner does not reclaim");
+    let probe = scene.finish().await;
+    assert!(probe.longest_gap < Duration::from_secs(1), "longest stall {:?}", probe.longest_gap);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_owner_kills_with_restarts_drop_no_client_and_lose_no_frame() {
+    let mut scene = Scene::start("twenty", false).await;
+    let mut moves = Vec::new();
+    for round in 0..20 {
+        let Some((owner, epoch)) = owner_of(&scene.c, 1 + round % 3, "twenty").await else {
+            panic!("round {round}: no claim")
+        };
+        let killed_at = Instant::now();
+        scene.c.kill(owner);
+        let via = (1..=3).find(|i| *i != owner).unwrap();
+        eventually(Duration::from_secs(10), "the stream to move", || async {
+            owner_of(&scene.c, via, "twenty").await.filter(|(o, e)| *o != owner && *e > epoch)
+        })
+        .await;
+        moves.push(killed_at.elapsed());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        scene.c.spawn(owner);
+        // Back and caught up before the next round.
+        eventually(Duration::from_secs(10), "the restarted origin to catch up", || async {
+            owner_of(&scene.c, owner, "twenty").await
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let probe = scene.finish().await;
+    moves.sort();
+    let mut stalls = probe.stalls.clone();
+    stalls.sort();
+    eprintln!("20 owner kills: kill -> moved {moves:?}");
+    eprintln!("stalls above 300 ms at the player ({}): {stalls:?}; longest gap {:?}", stalls.len(), probe.longest_gap);
+    assert!(probe.longest_gap < Duration::from_secs(1), "longest stall {:?}", probe.longest_gap);
+}
