@@ -354,14 +354,27 @@ pub enum Forward {
     /// `ReassignStream { expected_epoch }` under `id`. Answers `Written(Claimed(new))`, or
     /// `Written(Rejected(StaleEpoch { current }))` when the claim is no longer at
     /// `expected_epoch` (someone re-assigned or re-claimed it first), or
-    /// `Written(Rejected(NotFound))`-style rejection if there is no claim (use the existing
-    /// `Rejection::StaleEpoch { current: None }` for "no claim").
+    /// `Written(Rejected(StaleEpoch { current: None }))` when there is no claim;
+    /// `Failed { kind: Unavailable, .. }` when no live voter other than `away_from`
+    /// exists. A retry with the same `id` gets the first answer.
     Reassign { id: RequestId, stream: StreamKey, expected_epoch: u64, away_from: NodeId },
     /// Wait until the applied claim of `stream` differs from `known_epoch` (a new epoch,
     /// a release, or a first claim when `known_epoch` is None), or `wait_ms` passed
-    /// (capped at 30 000), then answer `Owner { claim, media }` like `Lookup`. Answered by
-    /// any origin from its applied state (no leadership needed): the edges' change feed.
+    /// (capped at [`MAX_WATCH_MS`]), then answer `Owner { claim, media }` like `Lookup`.
+    /// Answered by any origin from its applied state (no leadership needed): the edges'
+    /// change feed.
     WatchStream { stream: StreamKey, known_epoch: Option<u64>, wait_ms: u32 },
+}
+
+/// Longest wait of a [`Forward::WatchStream`]; longer requests wait this long.
+pub const MAX_WATCH_MS: u32 = 30_000;
+
+impl Forward {
+    /// Whether the node that receives this request answers it from its own applied
+    /// state, never forwarding it to the leader nor retrying it there.
+    pub fn answered_locally(&self) -> bool {
+        matches!(self, Forward::Lookup { .. } | Forward::WatchStream { .. })
+    }
 }
 
 /// The leader's answer to a [`Forward`].

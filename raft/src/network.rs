@@ -3,8 +3,14 @@
 //! Connection failures map to `Unreachable` (openraft backs off), timeouts follow the
 //! `RPCOption` openraft passes with each call, and errors the remote Raft returned come
 //! back as `RemoteError`.
+//!
+//! Every answered RPC is recorded in [`Reachability`]: when each peer last answered, which
+//! is how the leader tells a live origin from a dead or paused one (its heartbeats reach
+//! every follower every 50 ms).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
@@ -21,12 +27,44 @@ use crate::{NodeAddr, NodeId, TypeConfig};
 /// How long to wait for a TCP connection to a peer before calling it unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Creates one [`PeerClient`] per replication target; they share one connection pool.
+/// When each peer last answered a Raft RPC (of any type) sent from this node. Shared
+/// by every [`PeerClient`] of one [`HttpNetwork`]; cheap to clone.
+///
+/// Only answers count: a refused connection, a timeout, an HTTP error status or a body
+/// that does not decode leaves the peer's time alone. An error the remote Raft returned
+/// does count, since the peer's process answered it.
+#[derive(Clone, Debug, Default)]
+pub struct Reachability {
+    last_ok: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl Reachability {
+    /// When `node` last answered, if it ever did since this process started.
+    pub fn last_ok(&self, node: NodeId) -> Option<Instant> {
+        self.lock().get(&node).copied()
+    }
+
+    /// Records that `node` answered at `at` (never moves a node's time backwards).
+    pub fn record(&self, node: NodeId, at: Instant) {
+        let mut last = self.lock();
+        let entry = last.entry(node).or_insert(at);
+        *entry = (*entry).max(at);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
+        // A panic elsewhere cannot leave a map of instants inconsistent.
+        self.last_ok.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Creates one [`PeerClient`] per replication target; they share one connection pool
+/// and one [`Reachability`].
 #[derive(Clone)]
 pub struct HttpNetwork {
     id: NodeId,
     client: reqwest::Client,
     secret: ClusterSecret,
+    reachability: Reachability,
 }
 
 impl HttpNetwork {
@@ -36,7 +74,12 @@ impl HttpNetwork {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
-        Ok(HttpNetwork { id, client, secret })
+        Ok(HttpNetwork { id, client, secret, reachability: Reachability::default() })
+    }
+
+    /// When each peer last answered this node's Raft RPCs.
+    pub fn reachability(&self) -> Reachability {
+        self.reachability.clone()
     }
 }
 
@@ -101,7 +144,11 @@ impl PeerClient {
             let err = std::io::Error::other(format!("{} answered {status}: {msg}", self.addr));
             return Err(RPCError::Network(NetworkError::new(&err)));
         }
-        match rpc::decode::<Result<Resp, RaftError<NodeId, E>>>(&body) {
+        let decoded = rpc::decode::<Result<Resp, RaftError<NodeId, E>>>(&body);
+        if decoded.is_ok() {
+            self.net.reachability.record(self.target, Instant::now());
+        }
+        match decoded {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
@@ -132,5 +179,25 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call(RPCTypes::Vote, "/raft/vote", &req, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reachability_keeps_the_latest_answer_per_node() {
+        let reach = Reachability::default();
+        let t0 = Instant::now();
+        assert_eq!(reach.last_ok(2), None);
+        reach.record(2, t0 + Duration::from_millis(50));
+        // An answer that completes late but was recorded out of order never rewinds.
+        reach.record(2, t0);
+        assert_eq!(reach.last_ok(2), Some(t0 + Duration::from_millis(50)));
+        // Clones share the record.
+        let clone = reach.clone();
+        clone.record(3, t0);
+        assert_eq!(reach.last_ok(3), Some(t0));
     }
 }

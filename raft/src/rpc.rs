@@ -214,6 +214,21 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_requests_keep_their_wire_positions() {
+        // bincode names enum variants by position: new variants only ever go at the end.
+        let stream = crate::StreamKey::new("live", "foo").unwrap();
+        assert_eq!(encode(&Forward::ReadIndex)[0], 4);
+        assert_eq!(encode(&Forward::Lookup { stream: stream.clone() })[0], 6);
+        let reassign = Forward::Reassign { id: crate::RequestId(1), stream: stream.clone(), expected_epoch: 9, away_from: 2 };
+        assert_eq!(encode(&reassign)[0], 7);
+        let watch = Forward::WatchStream { stream, known_epoch: Some(9), wait_ms: 500 };
+        assert_eq!(encode(&watch)[0], 8);
+        for req in [reassign, watch] {
+            assert_eq!(decode::<Forward>(&encode(&req)).unwrap(), req);
+        }
+    }
+
+    #[test]
     fn trailing_bytes_are_an_error() {
         let mut bytes = encode(&Forward::ReadIndex);
         bytes.push(0);

@@ -119,6 +119,12 @@ impl StateMachine {
         Applied { response, events }
     }
 
+    /// The answer already given to request `id`, if it applied within the
+    /// de-duplication window: a retry of it would get this answer and change nothing.
+    pub fn answered(&self, id: &RequestId) -> Option<&Response> {
+        self.recent.get(id)
+    }
+
     fn remember(&mut self, id: RequestId, response: Response) {
         if self.recent_order.len() >= DEDUP_WINDOW {
             if let Some(old) = self.recent_order.pop_front() {
@@ -367,6 +373,19 @@ mod tests {
         // Nothing to re-assign any more.
         let out = sm.apply(9, &req(6, Command::ReassignStream { stream: foo(), expected_epoch: 5, owner: 1 }));
         assert_eq!(out.response, Response::Rejected(Rejection::StaleEpoch { current: None }));
+    }
+
+    #[test]
+    fn answers_of_applied_requests_are_remembered_for_retries() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, claim("edge-1", "s1", 1, false)));
+        let moved = sm.apply(4, &req(2, Command::ReassignStream { stream: foo(), expected_epoch: 1, owner: 3 }));
+        assert_eq!(sm.answered(&RequestId(2)), Some(&moved.response));
+        assert_eq!(sm.answered(&RequestId(9)), None);
+        // The retry gets the same answer although the epoch it names is stale now.
+        let retry = sm.apply(6, &req(2, Command::ReassignStream { stream: foo(), expected_epoch: 1, owner: 2 }));
+        assert_eq!(retry.response, moved.response);
+        assert_eq!(sm.streams[&foo()].owner, 3);
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub struct OriginArgs {
     /// `s`, `m` or `h` (a bare number means seconds), from 100ms to 24h [default: 10s].
     #[arg(long, env = "RAFTCAST_ORPHAN_GRACE")]
     pub orphan_grace: Option<String>,
+    /// While this origin leads: how long another origin may leave its Raft RPCs
+    /// unanswered before it counts as dead, its streams are moved to live origins and
+    /// it gets no new ones, in ms (at least three heartbeats, at most 600000)
+    /// [default: 1000].
+    #[arg(long, env = "RAFTCAST_OWNER_DEAD_AFTER_MS")]
+    pub owner_dead_after_ms: Option<u64>,
 }
 
 /// Validated origin configuration.
@@ -76,10 +82,18 @@ pub struct OriginConfig {
     pub request_deadline: Duration,
     /// How long an owned stream may have no publisher before its claim is released.
     pub orphan_grace: Duration,
+    /// How long an origin may leave the leader's Raft RPCs unanswered before the leader
+    /// moves its streams and stops placing new ones there.
+    pub owner_dead_after: Duration,
 }
 
 /// Default of `--orphan-grace`.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(10);
+
+/// Default of `--owner-dead-after-ms`: twenty heartbeats. Well above a GC-like pause or
+/// a busy machine's scheduling hiccup (no flapping), and short enough that players
+/// stall for about a second when an origin dies.
+pub const DEFAULT_OWNER_DEAD_AFTER: Duration = Duration::from_millis(1_000);
 
 /// Parses a duration such as `500ms`, `10s`, `2m`, `1h` or `10` (seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -114,6 +128,7 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         snapshot_keep: cli.snapshot_keep.or(file.snapshot_keep),
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
         orphan_grace: cli.orphan_grace.or(file.orphan_grace),
+        owner_dead_after_ms: cli.owner_dead_after_ms.or(file.owner_dead_after_ms),
     }
 }
 
@@ -187,7 +202,28 @@ impl OriginConfig {
         if !(Duration::from_millis(100)..=Duration::from_secs(24 * 3600)).contains(&orphan_grace) {
             return Err(format!("--orphan-grace must be between 100ms and 24h, not {orphan_grace:?}"));
         }
-        Ok(OriginConfig { id, http, media, data_dir, secret, admin_token, raft, request_deadline, orphan_grace })
+        let owner_dead_after =
+            a.owner_dead_after_ms.map_or(DEFAULT_OWNER_DEAD_AFTER, Duration::from_millis);
+        let shortest = Duration::from_millis(3 * heartbeat);
+        if owner_dead_after < shortest || owner_dead_after > Duration::from_secs(600) {
+            return Err(format!(
+                "--owner-dead-after-ms must be between three heartbeats ({} ms) and 600000, not {}",
+                shortest.as_millis(),
+                owner_dead_after.as_millis()
+            ));
+        }
+        Ok(OriginConfig {
+            id,
+            http,
+            media,
+            data_dir,
+            secret,
+            admin_token,
+            raft,
+            request_deadline,
+            orphan_grace,
+            owner_dead_after,
+        })
     }
 }
 
@@ -241,6 +277,24 @@ mod tests {
         assert!(config(Some("10ms")).unwrap_err().contains("between 100ms and 24h"));
         assert!(config(Some("25h")).unwrap_err().contains("between 100ms and 24h"));
         assert!(config(Some("2 days")).unwrap_err().contains("--orphan-grace"));
+    }
+
+    #[test]
+    fn the_owner_dead_bound_defaults_to_a_second_and_exceeds_heartbeats() {
+        let config = |ms: Option<u64>| {
+            let args = OriginArgs { id: Some(1), owner_dead_after_ms: ms, ..Default::default() };
+            OriginConfig::from_args(args, env("0123456789abcdef0123"))
+        };
+        assert_eq!(config(None).unwrap().owner_dead_after, Duration::from_millis(1000));
+        assert_eq!(config(Some(150)).unwrap().owner_dead_after, Duration::from_millis(150));
+        assert!(config(Some(149)).unwrap_err().contains("three heartbeats (150 ms)"));
+        assert!(config(Some(600_001)).unwrap_err().contains("--owner-dead-after-ms"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("origin.toml");
+        std::fs::write(&path, "id = 1\nowner-dead-after-ms = 2500\n").unwrap();
+        let args = OriginArgs { config: Some(path), ..Default::default() };
+        let c = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap();
+        assert_eq!(c.owner_dead_after, Duration::from_millis(2500));
     }
 
     #[test]

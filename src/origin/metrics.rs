@@ -26,6 +26,13 @@ pub struct FollowerLabel {
     pub follower: String,
 }
 
+/// Why a stream moved to another owner: `unreachable` (the leader's failover
+/// supervisor) or `edge` (an edge that cannot reach the owner asked).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OriginLabel {
     pub origin: String,
@@ -40,6 +47,8 @@ pub struct Scrape {
     /// Streams with a publisher attached on this origin, and link subscriptions.
     pub publishing: usize,
     pub subscriptions: usize,
+    /// `WatchStream` requests waiting on this origin.
+    pub watches: usize,
 }
 
 /// Every metric an origin exports.
@@ -70,6 +79,9 @@ pub struct Metrics {
     link_subscriptions: Gauge,
     /// Claims this origin released because their publisher stayed away.
     pub orphans_released: Counter,
+    /// Streams this origin (as leader) moved to another owner, by reason.
+    pub streams_reassigned: Family<ReasonLabel, Counter>,
+    stream_watches: Gauge,
 }
 
 impl Metrics {
@@ -94,8 +106,14 @@ impl Metrics {
             link_publishers: Gauge::default(),
             link_subscriptions: Gauge::default(),
             orphans_released: Counter::default(),
+            streams_reassigned: Family::default(),
+            stream_watches: Gauge::default(),
             registry: Registry::default(),
         };
+        // Both reasons are exported from the start, at 0.
+        for reason in ["unreachable", "edge"] {
+            m.streams_reassigned.get_or_create(&ReasonLabel { reason }).inc_by(0);
+        }
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register("raft_leader_id", "Node id of the known leader (0: none)", m.leader.clone());
         registry.register("raft_is_leader", "1 when this node leads", m.is_leader.clone());
@@ -145,6 +163,14 @@ impl Metrics {
             "Claims this origin released because their publisher stayed away past the grace period",
             m.orphans_released.clone(),
         );
+        registry.register(
+            "streams_reassigned",
+            "Streams this origin, as leader, moved to another owner: reason=unreachable (the owner left the \
+             leader's Raft RPCs unanswered past --owner-dead-after-ms) or edge (an edge that cannot reach the \
+             owner asked)",
+            m.streams_reassigned.clone(),
+        );
+        registry.register("stream_watches", "WatchStream requests waiting on this origin", m.stream_watches.clone());
         Metrics { registry, ..m }
     }
 
@@ -174,6 +200,7 @@ impl Metrics {
         }
         set(&self.link_publishers, scrape.publishing as u64);
         set(&self.link_subscriptions, scrape.subscriptions as u64);
+        set(&self.stream_watches, scrape.watches as u64);
         set(&self.term, m.current_term);
         set(&self.leader, m.current_leader.unwrap_or(0));
         set(&self.is_leader, u64::from(m.current_leader == Some(m.id)));
@@ -214,7 +241,8 @@ mod tests {
         metrics.links.links.inc();
         metrics.links.bytes_in.inc_by(1234);
         metrics.links.refused.inc();
-        let scrape = Scrape { owned: BTreeMap::from([(1, 2), (2, 0)]), publishing: 1, subscriptions: 3 };
+        metrics.streams_reassigned.get_or_create(&ReasonLabel { reason: "unreachable" }).inc_by(2);
+        let scrape = Scrape { owned: BTreeMap::from([(1, 2), (2, 0)]), publishing: 1, subscriptions: 3, watches: 4 };
         let text = metrics.render(&RaftMetrics::new_initial(1), &scrape);
         for line in [
             "raftcast_link_connections 1",
@@ -225,6 +253,9 @@ mod tests {
             "raftcast_streams_owned{origin=\"2\"} 0",
             "raftcast_link_publishers 1",
             "raftcast_link_subscriptions 3",
+            "raftcast_stream_watches 4",
+            "raftcast_streams_reassigned_total{reason=\"unreachable\"} 2",
+            "raftcast_streams_reassigned_total{reason=\"edge\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

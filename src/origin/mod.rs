@@ -5,16 +5,21 @@
 //! graceful shutdown); the pieces live in `config`, `proposer`, `api` and `metrics`.
 //! `link_server` serves the edges' media links, with `ingest` counting what publishers
 //! send; `live` shares the owner's view of its streams with the other origins;
-//! `orphans` releases owned claims whose publisher stays away.
+//! `orphans` releases owned claims whose publisher stays away. For failover, `liveness`
+//! tells which origins answer the leader, `failover` moves the streams of those that do
+//! not, and `watch` lets edges wait for ownership changes.
 
 pub mod api;
 pub mod config;
+pub mod failover;
 pub mod ingest;
 pub mod link_server;
 pub mod live;
+pub mod liveness;
 pub mod metrics;
 pub mod orphans;
 pub mod proposer;
+pub mod watch;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,7 +30,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use raftcast_raft::network::HttpNetwork;
-use raftcast_raft::rpc::{self, MAX_RPC_BODY};
+use raftcast_raft::rpc;
 use raftcast_raft::typ::Raft;
 use raftcast_storage::StoreOptions;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +82,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         state.set_apply_observer(Arc::new(move |took, n| metrics.observe_apply(took, n)));
     }
     let network = HttpNetwork::new(config.id, config.secret.clone()).context("building the Raft HTTP client")?;
+    let liveness = liveness::Liveness::new(config.id, network.reachability(), config.owner_dead_after);
     let raft = Raft::new(config.id, Arc::new(config.raft.clone()), network, log, sm).await.context("starting Raft")?;
     let listener = tokio::net::TcpListener::bind(config.http)
         .await
@@ -84,6 +90,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let media_listener = tokio::net::TcpListener::bind(config.media)
         .await
         .with_context(|| format!("cannot listen on {}", config.media))?;
+    let shutdown = CancellationToken::new();
     let proposer = Proposer::new(
         raft.clone(),
         config.id,
@@ -91,8 +98,9 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         config.request_deadline,
         metrics.clone(),
         state.clone(),
+        liveness.clone(),
+        watch::StreamWatch::new(state.clone(), shutdown.clone()),
     );
-    let shutdown = CancellationToken::new();
     let links = link_server::LinkContext::new(
         config.id,
         config.secret.clone(),
@@ -107,7 +115,20 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         links.clone(),
         shutdown.clone(),
     )));
-    tokio::spawn(tracing::Instrument::in_current_span(watch_raft(raft.clone(), metrics.clone(), shutdown.clone())));
+    tokio::spawn(tracing::Instrument::in_current_span(watch_raft(
+        raft.clone(),
+        metrics.clone(),
+        liveness.clone(),
+        shutdown.clone(),
+    )));
+    let failover = failover::Supervisor {
+        id: config.id,
+        raft: raft.clone(),
+        state: state.clone(),
+        proposer: proposer.clone(),
+        liveness,
+    };
+    tokio::spawn(tracing::Instrument::in_current_span(failover::supervise(failover, shutdown.clone())));
     let supervisor = orphans::Supervisor {
         id: config.id,
         grace: config.orphan_grace,
@@ -131,7 +152,8 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     };
     let internal = Router::new()
         .route("/raft/forward", post(proposer::forward_route))
-        .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), proposer::require_secret))
+        .layer(DefaultBodyLimit::max(proposer::MAX_FORWARD_BODY))
         .with_state(proposer)
         .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live));
     let router = api::router(app)
@@ -143,7 +165,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
 
     tracing::info!(
         http = %config.http, media = %config.media, data_dir = %store_dir.display(),
-        orphan_grace = ?config.orphan_grace, "origin serving"
+        orphan_grace = ?config.orphan_grace, owner_dead_after = ?config.owner_dead_after, "origin serving"
     );
     // Without TCP_NODELAY a response split over two segments waits for the peer's
     // delayed ACK (40 ms): one Raft round trip would cost 40 ms on loopback.
@@ -172,14 +194,16 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Follows openraft's metrics for leader changes and logs role transitions.
-async fn watch_raft(raft: Raft, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Follows openraft's metrics for leader changes, logs role transitions and notes
+/// when this node starts leading (the failover bound counts from then).
+async fn watch_raft(raft: Raft, metrics: Arc<Metrics>, liveness: liveness::Liveness, shutdown: CancellationToken) {
     let mut rx = raft.metrics();
     let mut last = (None, None);
     loop {
         {
             let m = rx.borrow_and_update();
             metrics.observe_raft(&m);
+            liveness.observe(&m, std::time::Instant::now());
             let now = (m.current_leader, Some(m.state));
             if now != last {
                 tracing::info!(node.id = m.id, leader = ?m.current_leader, state = ?m.state, term = m.current_term, "raft role");

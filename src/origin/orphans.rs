@@ -5,7 +5,9 @@
 //! publisher is attached under the claim. A claim that never had a publisher here is
 //! absent from when this origin first saw it — also after a restart, which gives the
 //! edges a full grace period to re-publish. The release names the claim's epoch, so
-//! it can never remove a newer claim.
+//! it can never remove a newer claim; and before proposing it, the owner makes sure its
+//! applied state is current (a read barrier), so an origin coming back from a crash
+//! or a partition never acts on a claim it merely remembers (one that has moved).
 //!
 //! [`OrphanTracker`] decides (pure: the caller passes the clock and what it sees);
 //! [`supervise`] feeds it and proposes the releases.
@@ -167,6 +169,15 @@ async fn release(
     // the release commits is fenced when the release applies (the link server follows
     // the claims).
     if links.attached_publishers().get(stream).is_some_and(|e| *e >= epoch) {
+        return Outcome::Moot;
+    }
+    // Is the claim still ours, as of now and not as of our possibly stale state?
+    if let Err(e) = proposer.read_barrier().await {
+        tracing::debug!(%stream, epoch, error = %e, "cannot confirm an orphaned claim is current; later");
+        return Outcome::Retry;
+    }
+    let current = links.state.read(|sm| sm.streams.get(stream).map(|c| (c.owner, c.epoch)));
+    if current != Some((links.id, epoch)) {
         return Outcome::Moot;
     }
     match proposer.write(Command::ReleaseStream { stream: stream.clone(), epoch }).await {

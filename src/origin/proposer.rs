@@ -5,13 +5,17 @@
 //! to the leader over `/raft/forward`, and retries — across elections, on the new
 //! leader — until it succeeds, fails for good, or the deadline passes. A retried write
 //! keeps its request id, so the state machine applies it at most once.
+//!
+//! Some requests are answered by whichever node receives them, from its own applied
+//! state, and never travel to the leader: owner lookups and stream watches
+//! ([`Forward::answered_locally`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response as HttpResponse;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -24,7 +28,10 @@ use raftcast_storage::StateHandle;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::metrics::{Metrics, ResultLabel};
+use super::failover::Reason;
+use super::liveness::Liveness;
+use super::metrics::{Metrics, ReasonLabel, ResultLabel};
+use super::watch::StreamWatch;
 
 /// Most requests the leader puts into one log entry.
 pub const MAX_BATCH: usize = 256;
@@ -45,8 +52,14 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 const ANSWER_MARGIN: Duration = Duration::from_millis(750);
 
 /// A follower this many entries behind the leader is not given new streams (it is
-/// probably down).
+/// probably catching up after a restart).
 const LIVE_LAG: u64 = 64;
+
+/// Largest `/raft/forward` body. Forwarded writes come from admin requests of at most
+/// 256 KiB of JSON, which bincode never makes more than about 5 times larger; edges'
+/// requests are a few hundred bytes. Checked after the cluster secret, so nobody
+/// without it makes an origin buffer anything.
+pub const MAX_FORWARD_BODY: usize = 4 * 1024 * 1024;
 
 /// Pause between retries while no leader is known; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -84,6 +97,10 @@ pub struct Proposer {
     /// Live stream facts, to tell a dead publishing session from a live one when a
     /// publisher asks to take a stream over (set once the link server exists).
     live: Arc<std::sync::OnceLock<super::live::LiveFacts>>,
+    /// Which origins answer the leader: placement gives streams only to those.
+    liveness: Liveness,
+    /// Answers `Forward::WatchStream`.
+    watch: StreamWatch,
 }
 
 /// A claim younger than this counts as alive even before its publisher attached: the
@@ -105,6 +122,9 @@ fn now_ms() -> u64 {
 }
 
 impl Proposer {
+    // Each argument is a distinct collaborator wired once in `origin::run`; a parameter
+    // struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         raft: Raft,
         id: NodeId,
@@ -112,6 +132,8 @@ impl Proposer {
         deadline: Duration,
         metrics: Arc<Metrics>,
         state: StateHandle,
+        liveness: Liveness,
+        watch: StreamWatch,
     ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(250))
@@ -120,7 +142,24 @@ impl Proposer {
             .expect("a plain HTTP client always builds");
         let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
         tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone()));
-        Proposer { raft, id, secret, client, deadline, metrics, batcher, state, live: Arc::default() }
+        Proposer {
+            raft,
+            id,
+            secret,
+            client,
+            deadline,
+            metrics,
+            batcher,
+            state,
+            live: Arc::default(),
+            liveness,
+            watch,
+        }
+    }
+
+    /// `WatchStream` requests waiting on this origin now.
+    pub fn stream_watches(&self) -> usize {
+        self.watch.waiting()
     }
 
     /// Gives the proposer the live stream facts it consults for takeovers.
@@ -171,27 +210,40 @@ impl Proposer {
         self.submit(Forward::RemoveNode { id }).await.map(drop)
     }
 
-    /// The origin that should own a new stream: the origin a pin rule names when it is
-    /// a live voter, otherwise (see [`place`]) the least loaded live voter. Live means
-    /// this node, or a follower no more than [`LIVE_LAG`] entries behind.
-    fn pick_owner(&self, stream: &StreamKey) -> NodeId {
-        let (me, live) = {
-            let m = self.raft.metrics().borrow().clone();
-            let last = m.last_log_index.unwrap_or(0);
-            let replication = m.replication.clone().unwrap_or_default();
-            let live: Vec<NodeId> = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .filter(|v| {
-                    *v == m.id
-                        || replication
+    /// The voters that may own streams: this node, and followers that answered within
+    /// `--owner-dead-after-ms` (see [`Liveness`]) and are at most [`LIVE_LAG`] entries
+    /// behind.
+    fn live_voters(&self) -> (NodeId, Vec<NodeId>) {
+        let m = self.raft.metrics().borrow().clone();
+        let now = Instant::now();
+        // Not leading (a race with losing leadership): nobody has been judged yet.
+        let since = self.liveness.observe(&m, now).unwrap_or(now);
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.clone().unwrap_or_default();
+        let live = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| {
+                *v == m.id
+                    || (self.liveness.reachable(*v, since, now)
+                        && replication
                             .get(v)
-                            .is_some_and(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)) <= LIVE_LAG)
-                })
-                .collect();
-            (m.id, live)
-        };
+                            .is_some_and(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)) <= LIVE_LAG))
+            })
+            .collect();
+        (m.id, live)
+    }
+
+    /// The origin that should own `stream`: the origin a pin rule names when it is a
+    /// live voter, otherwise (see [`place`]) the least loaded live voter; never
+    /// `exclude`. `None` when no live voter but `exclude` exists.
+    fn pick_owner(&self, stream: &StreamKey, exclude: Option<NodeId>) -> Option<NodeId> {
+        let (me, mut live) = self.live_voters();
+        live.retain(|v| Some(*v) != exclude);
+        if live.is_empty() {
+            return None;
+        }
         let (load, pin) = self.state.read(|sm| {
             let mut load = HashMap::<NodeId, usize>::new();
             for claim in sm.streams.values() {
@@ -200,9 +252,13 @@ impl Proposer {
             (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)))
         });
         let rule = || pin.as_ref().map(|(scope, _)| scope.to_string()).unwrap_or_default();
-        match place(stream, me, &live, &load, pin.as_ref().map(|(_, origin)| *origin)) {
+        Some(match place(stream, me, &live, &load, pin.as_ref().map(|(_, origin)| *origin)) {
             Placement::Pinned(owner) => {
                 tracing::debug!(%stream, owner, pin = %rule(), "placed by a pin rule");
+                owner
+            }
+            Placement::ByLoad { owner, pinned_not_live: Some(pinned) } if Some(pinned) == exclude => {
+                tracing::info!(%stream, pin = %rule(), pinned, owner, "moving a pinned stream off its origin");
                 owner
             }
             Placement::ByLoad { owner, pinned_not_live: Some(pinned) } => {
@@ -213,7 +269,50 @@ impl Proposer {
                 owner
             }
             Placement::ByLoad { owner, pinned_not_live: None } => owner,
+        })
+    }
+
+    /// Moves `stream` from its claim at `expected_epoch` to a live voter other than
+    /// `away_from`, as [`Forward::Reassign`] describes; only on the leader (otherwise
+    /// `NotLeader`), never forwarded. A request id that already applied gets its first
+    /// answer without any check or proposal.
+    pub async fn reassign(
+        &self,
+        id: RequestId,
+        stream: &StreamKey,
+        expected_epoch: u64,
+        away_from: NodeId,
+        reason: Reason,
+    ) -> ForwardReply {
+        // Leading and up to date, so the epoch check and the placement use current
+        // state (and, on a retry, the first attempt's answer is applied if it was).
+        if let Err(e) = self.raft.ensure_linearizable().await {
+            return leadership_error(e);
         }
+        let (answered, current) =
+            self.state.read(|sm| (sm.answered(&id).cloned(), sm.streams.get(stream).map(|c| c.epoch)));
+        if let Some(first) = answered {
+            return ForwardReply::Written(first);
+        }
+        if current != Some(expected_epoch) {
+            return ForwardReply::Written(Response::Rejected(raftcast_raft::Rejection::StaleEpoch { current }));
+        }
+        let Some(owner) = self.pick_owner(stream, Some(away_from)) else {
+            return failed(
+                FailKind::Unavailable,
+                format!("no live origin other than {away_from} can take {stream}; retry when one is back"),
+            );
+        };
+        let command = Command::ReassignStream { stream: stream.clone(), expected_epoch, owner };
+        let reply = self.write_here(&Request { id, at_ms: 0, command }).await;
+        if let ForwardReply::Written(Response::Claimed(claim)) = &reply {
+            self.metrics.streams_reassigned.get_or_create(&ReasonLabel { reason: reason.label() }).inc();
+            tracing::info!(
+                %stream, from = away_from, to = claim.owner, epoch = claim.epoch, expected_epoch,
+                reason = reason.label(), "stream re-assigned"
+            );
+        }
+        reply
     }
 
     /// Returns once this node has applied everything committed before the call: a
@@ -233,13 +332,22 @@ impl Proposer {
             .map_err(|_| ProposeError::Unavailable(self.deadline))
     }
 
-    /// Runs `req` where the leader is, retrying until the deadline.
+    /// Runs `req` where the leader is, retrying until the deadline. Requests answered
+    /// locally ([`Forward::answered_locally`]) are answered here, once.
     pub async fn submit(&self, req: Forward) -> Result<ForwardReply, ProposeError> {
+        if req.answered_locally() {
+            return match self.execute_here(&req).await {
+                ForwardReply::Failed { kind, message } => Err(ProposeError::Failed { kind, message }),
+                reply => Ok(reply),
+            };
+        }
         let started = Instant::now();
         let remaining = || {
             let left = self.deadline.saturating_sub(started.elapsed());
             match req {
-                Forward::Write(_) | Forward::ReadIndex | Forward::Claim { .. } => left.min(ATTEMPT_TIMEOUT),
+                Forward::Write(_) | Forward::ReadIndex | Forward::Claim { .. } | Forward::Reassign { .. } => {
+                    left.min(ATTEMPT_TIMEOUT)
+                }
                 _ => left,
             }
         };
@@ -267,7 +375,7 @@ impl Proposer {
                 ok => return Ok(ok),
             }
             if started.elapsed() + backoff > self.deadline {
-                let is_write = matches!(req, Forward::Write(_) | Forward::Claim { .. });
+                let is_write = matches!(req, Forward::Write(_) | Forward::Claim { .. } | Forward::Reassign { .. });
                 if is_write {
                     self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
                 }
@@ -316,6 +424,12 @@ impl Proposer {
         }
     }
 
+    /// The answer to `Lookup` and `WatchStream`: the claim and its owner's media address.
+    fn owner_reply(&self, claim: Option<raftcast_raft::command::StreamClaim>) -> ForwardReply {
+        let media = claim.as_ref().and_then(|c| self.node_addr(c.owner)).map(|a| a.media);
+        ForwardReply::Owner { claim, media }
+    }
+
     fn node_addr(&self, id: NodeId) -> Option<NodeAddr> {
         self.raft.metrics().borrow().membership_config.membership().get_node(&id).cloned()
     }
@@ -330,14 +444,17 @@ impl Proposer {
     pub async fn execute_here(&self, req: &Forward) -> ForwardReply {
         match req {
             Forward::Write(req) => self.write_here(req).await,
-            // Placeholder until the origin side of failover lands (branch failover-origin).
-            Forward::Reassign { .. } | Forward::WatchStream { .. } => {
-                failed(FailKind::BadRequest, "this origin does not support Reassign/WatchStream yet")
-            }
             Forward::Lookup { stream } => {
                 let claim = self.state.read(|sm| sm.streams.get(stream).cloned());
-                let media = claim.as_ref().and_then(|c| self.node_addr(c.owner)).map(|a| a.media);
-                ForwardReply::Owner { claim, media }
+                self.owner_reply(claim)
+            }
+            Forward::WatchStream { stream, known_epoch, wait_ms } => {
+                let wait = Duration::from_millis(u64::from((*wait_ms).min(raftcast_raft::command::MAX_WATCH_MS)));
+                let claim = self.watch.wait(stream, *known_epoch, wait).await;
+                self.owner_reply(claim)
+            }
+            Forward::Reassign { id, stream, expected_epoch, away_from } => {
+                self.reassign(*id, stream, *expected_epoch, *away_from, Reason::Edge).await
             }
             Forward::Claim { id, stream, edge, session, takeover, key } => {
                 // Leading and up to date, so the key check and the owner choice use
@@ -365,7 +482,8 @@ impl Proposer {
                         tracing::info!(%stream, epoch = current.epoch, edge = current.edge, "taking over a dead session");
                     }
                 }
-                let owner = self.pick_owner(stream);
+                // This node is always live itself, so there is always an owner.
+                let owner = self.pick_owner(stream, None).unwrap_or(self.id);
                 let command = Command::ClaimStream {
                     stream: stream.clone(),
                     owner,
@@ -609,12 +727,27 @@ fn membership_reply(result: Result<(), RaftError<NodeId, ClientWriteError<NodeId
     }
 }
 
-/// `/raft/forward`: executes a request forwarded by another origin.
+/// `/raft/forward`: executes a request forwarded by another origin or sent by an edge.
+/// Mounted behind [`require_secret`] and a body limit of [`MAX_FORWARD_BODY`].
 pub async fn forward_route(State(proposer): State<Proposer>, headers: HeaderMap, body: Bytes) -> HttpResponse {
     match rpc::admit::<Forward>(&proposer.secret, &headers, &body) {
         Ok(req) => rpc::reply(&proposer.execute_here(&req).await),
         Err(refused) => axum::response::IntoResponse::into_response(refused),
     }
+}
+
+/// Refuses a request without the cluster secret before its body is read, so nobody
+/// without the secret makes an origin buffer a body.
+pub async fn require_secret(
+    State(secret): State<ClusterSecret>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> HttpResponse {
+    if !secret.admits(req.headers()) {
+        let refused = rpc::Refused(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret".into());
+        return axum::response::IntoResponse::into_response(refused);
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -162,7 +162,8 @@ async fn metrics(State(app): State<AppState>) -> Response {
         }
     });
     let (publishing, subscriptions) = app.live.links().counts();
-    let body = app.metrics.render(&raft, &Scrape { owned, publishing, subscriptions });
+    let scrape = Scrape { owned, publishing, subscriptions, watches: app.proposer.stream_watches() };
+    let body = app.metrics.render(&raft, &scrape);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -1,0 +1,184 @@
+//! The leader's failover supervisor: moves the streams of an origin that stopped
+//! answering to live origins, so player edges follow the new owner even when no
+//! publishing edge asks.
+//!
+//! While this node leads, every [`TICK`] it asks [`Liveness`] which voters have left
+//! its Raft RPCs unanswered for longer than `--owner-dead-after-ms` (counted from when
+//! it became leader at the earliest), and re-assigns every stream such an origin owns
+//! in the applied state, at the claim's current epoch, to an owner chosen by the same
+//! placement as claims (never an unreachable origin). The expected epoch makes every
+//! proposal safe to repeat and to race: under a leader change, against an edge's own
+//! `Reassign`, or against the owner coming back (its stream then stays moved).
+//!
+//! [`dead_voters`] decides (pure); [`supervise`] feeds it and proposes.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftcast_raft::typ::Raft;
+use raftcast_raft::{ForwardReply, NodeId, RequestId, Response, StreamKey};
+use raftcast_storage::StateHandle;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::liveness::Liveness;
+use super::proposer::Proposer;
+
+/// How often the leader looks for dead owners.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Re-assignments proposed at once; streams beyond wait for the next tick. Each is one
+/// log entry, so a dead origin with many streams costs this many entries in flight.
+pub const REASSIGNS_IN_FLIGHT: usize = 16;
+
+/// Why a stream is moved (the `reason` label of `raftcast_streams_reassigned_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The leader could not reach the owner within the bound.
+    Unreachable,
+    /// An edge that cannot reach the owner asked (`Forward::Reassign`).
+    Edge,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Unreachable => "unreachable",
+            Reason::Edge => "edge",
+        }
+    }
+}
+
+/// The voters other than `me` that have been silent for longer than `bound`, as a
+/// leader leading since `leading_since` judges them at `now` (`silence` gives each
+/// node's silence; see [`super::liveness::silence`]).
+pub fn dead_voters(
+    me: NodeId,
+    voters: impl IntoIterator<Item = NodeId>,
+    silence: impl Fn(NodeId) -> Duration,
+    bound: Duration,
+) -> BTreeSet<NodeId> {
+    voters.into_iter().filter(|v| *v != me && silence(*v) > bound).collect()
+}
+
+/// Everything the supervisor needs.
+pub struct Supervisor {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub state: StateHandle,
+    pub proposer: Proposer,
+    pub liveness: Liveness,
+}
+
+/// Runs until `shutdown`: while this node leads, moves the streams of dead owners.
+pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(REASSIGNS_IN_FLIGHT));
+    // Streams (at an epoch) with a re-assignment in flight; each holds a permit until
+    // its end is sent, so this channel never fills up.
+    let mut in_flight: HashSet<(StreamKey, u64)> = HashSet::new();
+    let (done_tx, mut done) = mpsc::channel::<(StreamKey, u64)>(REASSIGNS_IN_FLIGHT);
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            Some(finished) = done.recv() => {
+                in_flight.remove(&finished);
+                continue;
+            }
+            _ = shutdown.cancelled() => return,
+        }
+        let now = Instant::now();
+        let (leading_since, voters) = {
+            let m = s.raft.metrics().borrow().clone();
+            (s.liveness.observe(&m, now), m.membership_config.membership().voter_ids().collect::<Vec<_>>())
+        };
+        let Some(since) = leading_since else { continue };
+        let dead = dead_voters(s.id, voters, |v| s.liveness.silence(v, since, now), s.liveness.bound());
+        if dead.is_empty() {
+            continue;
+        }
+        let orphaned: Vec<(StreamKey, u64, NodeId)> = s.state.read(|sm| {
+            sm.streams
+                .iter()
+                .filter(|(_, c)| dead.contains(&c.owner))
+                .map(|(k, c)| (k.clone(), c.epoch, c.owner))
+                .collect()
+        });
+        for (stream, epoch, owner) in orphaned {
+            if in_flight.contains(&(stream.clone(), epoch)) {
+                continue;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+            in_flight.insert((stream.clone(), epoch));
+            let silent = s.liveness.silence(owner, since, now);
+            let (proposer, done_tx) = (s.proposer.clone(), done_tx.clone());
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
+                tracing::info!(%stream, owner, epoch, ?silent, "the owner does not answer; moving its stream");
+                // Only here: if this node no longer leads, the new leader judges for itself.
+                match proposer.reassign(RequestId::random(), &stream, epoch, owner, Reason::Unreachable).await {
+                    ForwardReply::Written(Response::Claimed(_)) => {}
+                    ForwardReply::Written(Response::Rejected(why)) => {
+                        tracing::debug!(%stream, epoch, %why, "the claim changed meanwhile; nothing to move");
+                    }
+                    other => tracing::warn!(%stream, epoch, ?other, "moving the stream of a dead owner failed"),
+                }
+                let _ = done_tx.send((stream, epoch)).await;
+                drop(permit);
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::liveness::silence;
+
+    const BOUND: Duration = Duration::from_millis(1000);
+
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn only_voters_silent_past_the_bound_are_dead_and_never_the_leader_itself() {
+        let t0 = Instant::now();
+        let since = t0;
+        let last = |v: NodeId| match v {
+            1 => None,                    // the leader itself: never judged
+            2 => Some(ms(t0, 1_950)),     // answered 50 ms ago
+            3 => Some(ms(t0, 700)),       // silent for 1.3 s
+            4 => Some(ms(t0, 1_000)),     // silent for exactly the bound: still alive
+            _ => None,                    // never answered in 2 s of leadership
+        };
+        let now = ms(t0, 2_000);
+        let dead = dead_voters(1, [1, 2, 3, 4, 5], |v| silence(last(v), since, now), BOUND);
+        assert_eq!(dead, BTreeSet::from([3, 5]));
+    }
+
+    #[test]
+    fn a_short_pause_is_never_judged_but_a_long_one_is() {
+        let t0 = Instant::now();
+        // Heartbeats every 50 ms until the node pauses at 10 s.
+        let paused_at = ms(t0, 10_000);
+        let judge = |now: Instant| dead_voters(1, [2], |_| silence(Some(paused_at), t0, now), BOUND);
+        // A 300 ms pause, seen at every 100 ms tick: never dead.
+        for tick in (10_000..=10_300).step_by(100) {
+            assert!(judge(ms(t0, tick)).is_empty());
+        }
+        // A pause past the bound: dead at the first tick after it.
+        assert!(judge(ms(t0, 11_000)).is_empty());
+        assert_eq!(judge(ms(t0, 11_100)), BTreeSet::from([2]));
+    }
+
+    #[test]
+    fn a_new_leader_waits_a_full_bound_even_for_nodes_it_never_heard() {
+        let t0 = Instant::now();
+        let became_leader = ms(t0, 5_000);
+        let judge = |now: Instant| dead_voters(2, [1, 2, 3], |_| silence(None, became_leader, now), BOUND);
+        assert!(judge(ms(t0, 5_999)).is_empty());
+        assert_eq!(judge(ms(t0, 6_001)), BTreeSet::from([1, 3]));
+    }
+}
