@@ -34,6 +34,14 @@ impl Default for RetainLimits {
     }
 }
 
+impl RetainLimits {
+    /// What an owner's hub keeps for edges resuming after a move: back to a keyframe at
+    /// least 4 s old, at most 12 s and 16 MiB.
+    pub fn default_history() -> Self {
+        RetainLimits { history_ms: 4_000, max_bytes: 16 * 1024 * 1024, max_ms: 12_000 }
+    }
+}
+
 /// The retained frames of one publication.
 #[derive(Debug)]
 pub struct Retained {

@@ -14,7 +14,7 @@ use super::held::HeldFrames;
 use super::registry::{Attached, LinkContext, Publisher};
 use super::{CLAIM_WAIT, MAX_PENDING_PUBLISHES};
 use crate::link::{ChannelId, Control, LinkFrame, MediaFrame};
-use crate::media::{Frame, Hub};
+use crate::media::{Frame, Hub, ResumePoint};
 use crate::origin::ingest::IngestStats;
 
 /// A channel this edge publishes on, accepted under `epoch`.
@@ -119,7 +119,11 @@ impl Link {
                 self.publish(channel, stream, epoch).await
             }
             LinkFrame::Control(Control::Unpublish { channel }) => self.unpublish(channel),
-            LinkFrame::Control(Control::Subscribe { channel, stream }) => self.subscribe(channel, stream).await,
+            LinkFrame::Control(Control::Subscribe { channel, stream }) => self.subscribe(channel, stream, None).await,
+            LinkFrame::Control(Control::SubscribeAfter { channel, stream, audio_ts, video_ts }) => {
+                let after = ResumePoint { audio: audio_ts, video: video_ts };
+                self.subscribe(channel, stream, Some(after)).await
+            }
             LinkFrame::Control(Control::Unsubscribe { channel }) => self.unsubscribe(channel),
             LinkFrame::Control(other) => tracing::debug!(?other, "ignored control frame"),
         }
@@ -212,14 +216,20 @@ impl Link {
         }
     }
 
-    async fn subscribe(&mut self, channel: ChannelId, stream: StreamKey) {
+    /// Subscribes `channel` to `stream`: from the GOP, or right after `after` (an edge
+    /// that followed the stream here from another owner) when the hub's history reaches
+    /// back that far.
+    async fn subscribe(&mut self, channel: ChannelId, stream: StreamKey, after: Option<ResumePoint>) {
         // A channel carries one subscription: a new one replaces the old.
         self.unsubscribe(channel);
         let Some(hub) = self.ctx.subscribe(&stream, self.id, channel, &self.edge) else {
             self.send(Control::NotFound { channel }).await;
             return;
         };
-        let subscription = hub.subscribe();
+        let (subscription, resumed) = hub.subscribe_after(after);
+        if after.is_some() {
+            tracing::debug!(%stream, ?after, resumed, "subscription following the stream here");
+        }
         let tx = self.tx.clone();
         self.send(Control::Subscribed { channel }).await;
         let pump = tokio::spawn(async move {

@@ -13,6 +13,7 @@ use raftcast_storage::StateHandle;
 
 use super::LinkStats;
 use crate::link::ChannelId;
+use crate::media::retain::RetainLimits;
 use crate::media::{Hub, HubLimits};
 use crate::origin::ingest::IngestStats;
 use crate::origin::live::LiveStream;
@@ -46,7 +47,9 @@ const RETIRED: u64 = u64::MAX;
 impl Stream {
     fn new() -> Self {
         Stream {
-            hub: Hub::new(HubLimits::default()),
+            // History lets an edge that followed the stream here resume exactly where its
+            // players are (`SubscribeAfter`), whatever keyframes came meanwhile.
+            hub: Hub::new(HubLimits { history: Some(RetainLimits::default_history()), ..HubLimits::default() }),
             publisher: None,
             subscribers: HashMap::new(),
             ingest: Arc::new(IngestStats::new(Instant::now())),
