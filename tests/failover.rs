@@ -357,3 +357,67 @@ async fn twenty_owner_kills_with_restarts_drop_no_client_and_lose_no_frame() {
     eprintln!("stalls above 100 ms at the player ({}): {stalls:?}; longest gap {:?}", stalls.len(), probe.longest_gap);
     assert!(probe.longest_gap < Duration::from_secs(1), "longest stall {:?}", probe.longest_gap);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rival_publisher_racing_a_failover_never_gets_the_stream() {
+    let mut scene = Scene::start("race", true).await;
+    let (owner, first_epoch) = owner_of(&scene.c, 1, "race").await.unwrap();
+    let edge2 = scene._edges.1.rtmp;
+    let via = (1..=3).find(|i| *i != owner).unwrap();
+    // Watch every claim that commits, and keep a rival trying to publish the same stream
+    // through the other edge all through the failover.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let client = scene.c.client.clone();
+    let url = format!("http://{}/streams", scene.c.http(via));
+    let token = scene.c.token.clone();
+    let watcher = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut seen = std::collections::BTreeMap::<u64, String>::new();
+            while !stop.is_cancelled() {
+                let res = client.get(&url).bearer_auth(&token).send().await;
+                if let Ok(v) = match res {
+                    Ok(r) => r.json::<serde_json::Value>().await,
+                    Err(e) => Err(e),
+                } {
+                    for e in v["streams"].as_array().into_iter().flatten().filter(|e| e["name"] == "race") {
+                        let (epoch, edge) = (e["epoch"].as_u64().unwrap(), e["edge"].as_str().unwrap().to_owned());
+                        let prev = seen.insert(epoch, edge.clone());
+                        assert!(prev.is_none_or(|p| p == edge), "epoch {epoch} held by two edges");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        }
+    });
+    let rival = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut tries, mut accepted) = (0, 0);
+            while !stop.is_cancelled() {
+                if let Ok(mut c) = RtmpClient::connect(edge2, "live").await {
+                    tries += 1;
+                    match c.publish("race").await {
+                        Ok(_) => accepted += 1,
+                        Err(e) => assert!(e.to_string().contains("BadName"), "{e}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (tries, accepted)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    scene.c.kill(owner);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.cancel();
+    let (tries, accepted) = rival.await.unwrap();
+    let seen = watcher.await.unwrap();
+    eprintln!("rival tried {tries} times during the failover, accepted {accepted}; claims seen {seen:?}");
+    assert_eq!(accepted, 0, "the live publisher kept its stream");
+    assert!(tries > 20);
+    assert!(seen.keys().any(|e| *e > first_epoch), "the stream moved: {seen:?}");
+    assert!(seen.values().all(|edge| edge == "edge-1"), "every committed epoch belonged to the one publisher");
+    scene.finish().await;
+}

@@ -25,7 +25,7 @@ use raftcast_raft::{
     Command, FailKind, Forward, ForwardReply, NodeAddr, NodeId, Proposal, Request, RequestId, Response, StreamKey,
 };
 use raftcast_storage::StateHandle;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::failover::Reason;
@@ -97,6 +97,9 @@ pub struct Proposer {
     /// Live stream facts, to tell a dead publishing session from a live one when a
     /// publisher asks to take a stream over (set once the link server exists).
     live: Arc<std::sync::OnceLock<super::live::LiveFacts>>,
+    /// Streams this leader moved recently: a takeover must not take them (see
+    /// `holder_alive`).
+    moves: Arc<Mutex<Moves>>,
     /// Which origins answer the leader: placement gives streams only to those.
     liveness: Liveness,
     /// Answers `Forward::WatchStream`.
@@ -104,8 +107,12 @@ pub struct Proposer {
 }
 
 /// A claim younger than this counts as alive even before its publisher attached: the
-/// edge is still between its claim and its `Publish`.
+/// edge is still between its claim and its `Publish`. The same holds for a stream
+/// moved to a new owner this recently.
 const TAKEOVER_YOUNG_CLAIM: Duration = Duration::from_secs(3);
+
+/// When this leader last re-assigned each stream (see `holder_alive`).
+type Moves = HashMap<StreamKey, Instant>;
 
 /// A request waiting to be proposed, and where its answer goes.
 struct Pending {
@@ -142,7 +149,20 @@ impl Proposer {
             .expect("a plain HTTP client always builds");
         let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
         tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone()));
-        Proposer { raft, id, secret, client, deadline, metrics, batcher, state, live: Arc::default(), liveness, watch }
+        Proposer {
+            raft,
+            id,
+            secret,
+            client,
+            deadline,
+            metrics,
+            batcher,
+            state,
+            live: Arc::default(),
+            moves: Arc::default(),
+            liveness,
+            watch,
+        }
     }
 
     /// `WatchStream` requests waiting on this origin now.
@@ -162,13 +182,40 @@ impl Proposer {
         if now_ms().saturating_sub(claim.since_ms) < TAKEOVER_YOUNG_CLAIM.as_millis() as u64 {
             return true;
         }
+        // A stream this leader moved moments ago is between owners: its publisher is
+        // re-attaching, not gone. A new leader does not know what was moved before it,
+        // so it treats every claim that way for its first moments.
+        if self.recently_moved(stream) {
+            return true;
+        }
         let Some(live) = self.live.get() else { return true };
         let http = self.node_addr(claim.owner).map(|a| a.http);
         let facts = live.gather(BTreeMap::from([(claim.owner, http)])).await;
         match facts.get(&claim.owner) {
             Some(Some(streams)) => streams.get(stream).is_some_and(|s| s.epoch == Some(claim.epoch)),
-            _ => false,
+            // The owner does not answer: its publisher may be alive and moving to a new
+            // owner (the move comes within the owner-dead bound). Only an owner that
+            // answers can say its publisher is gone.
+            _ => true,
         }
+    }
+
+    /// Whether `stream` was re-assigned by this leader, or this node became leader,
+    /// within [`TAKEOVER_YOUNG_CLAIM`].
+    fn recently_moved(&self, stream: &StreamKey) -> bool {
+        let now = Instant::now();
+        let leading_since = self.liveness.observe(&self.raft.metrics().borrow(), now);
+        if leading_since.is_none_or(|since| now.duration_since(since) < TAKEOVER_YOUNG_CLAIM) {
+            return true;
+        }
+        let moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+        moves.get(stream).is_some_and(|at| at.elapsed() < TAKEOVER_YOUNG_CLAIM)
+    }
+
+    fn note_moved(&self, stream: &StreamKey) {
+        let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+        moves.retain(|_, at| at.elapsed() < TAKEOVER_YOUNG_CLAIM);
+        moves.insert(stream.clone(), Instant::now());
     }
 
     /// Proposes a command and returns the state machine's answer.
@@ -294,6 +341,7 @@ impl Proposer {
         let command = Command::ReassignStream { stream: stream.clone(), expected_epoch, owner };
         let reply = self.write_here(&Request { id, at_ms: 0, command }).await;
         if let ForwardReply::Written(Response::Claimed(claim)) = &reply {
+            self.note_moved(stream);
             self.metrics.streams_reassigned.get_or_create(&ReasonLabel { reason: reason.label() }).inc();
             tracing::info!(
                 %stream, from = away_from, to = claim.owner, epoch = claim.epoch, expected_epoch,
