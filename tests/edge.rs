@@ -143,6 +143,8 @@ struct Played {
     /// From the play command to the first video frame (not a sequence header).
     first_frame: Option<Duration>,
     first_was_keyframe: bool,
+    /// Video timestamps as the player got them, in order.
+    video_ts: Vec<u32>,
     /// Video bodies, in order (for byte-level comparisons).
     videos: Vec<Bytes>,
     audios: Vec<Bytes>,
@@ -166,7 +168,8 @@ async fn play_on(client: &mut RtmpClient, name: &str, epoch: Instant, until: Ins
             _ = tokio::time::sleep_until(until.into()) => break,
         };
         match event {
-            Ok(Some(ClientEvent::Video { payload, .. })) => {
+            Ok(Some(ClientEvent::Video { payload, timestamp, .. })) => {
+                seen.video_ts.push(timestamp);
                 let header = payload.get(1) == Some(&0) && payload[0] & 0x0F == 7 || payload.first() == Some(&0x90);
                 if !header && seen.first_frame.is_none() {
                     seen.first_frame = Some(asked.elapsed());
@@ -630,17 +633,33 @@ async fn a_publisher_takes_over_the_stream_of_a_dead_session_but_never_a_live_on
     let err = rival.publish("phoenix").await.unwrap_err().to_string();
     assert!(err.contains("NetStream.Publish.BadName"), "a live session keeps its stream: {err}");
 
+    // A player on edge-2 watches through what follows.
+    let player = tokio::spawn(play(edge2.rtmp, "phoenix", epoch, Instant::now() + Duration::from_secs(6)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
     // edge-1 dies with its publisher's claim still committed: a publisher reconnecting
     // through edge-2 takes the stream over at once, under a new epoch.
     edge1.kill();
     first.abort();
-    let mut again = RtmpClient::connect(edge2.rtmp, "live").await.unwrap();
     let asked = Instant::now();
-    again.publish("phoenix").await.expect("the dead session's stream is taken over");
-    let took = asked.elapsed();
+    let second = publish_synthetic(edge2.rtmp, "phoenix", StreamShape::default(), epoch, Duration::from_secs(3));
+    let took = eventually(Duration::from_secs(5), "the takeover", || async {
+        let e = stream_entry(&c, "live", "phoenix").await;
+        (e["edge"] == "edge-2").then(|| asked.elapsed())
+    })
+    .await;
     let now = stream_entry(&c, "live", "phoenix").await;
     assert_eq!(now["edge"], "edge-2", "{now}");
     assert!(now["epoch"].as_u64() > claimed["epoch"].as_u64(), "a new epoch: {claimed} then {now}");
     eprintln!("takeover of a dead session accepted after {took:?}");
     assert!(took < Duration::from_secs(3), "at once, not after the orphan grace: {took:?}");
+    let second = second.await.unwrap();
+
+    // The player stayed connected and went on with the new publisher's frames (whose
+    // own sequence starts again at 0), its timestamps never going back.
+    let seen = player.await.unwrap();
+    let restarts = seen.video_seqs.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(restarts, 1, "the player saw the first publisher, then the second: {:?}", seen.video_seqs);
+    assert!(seen.video_ts.windows(2).all(|w| w[1] >= w[0]), "timestamps are monotonic across the takeover");
+    assert_eq!(seen.video_seqs.last(), Some(&second.last_video), "it played to the second publisher's end");
 }
