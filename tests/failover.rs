@@ -355,7 +355,9 @@ async fn twenty_owner_kills_with_restarts_drop_no_client_and_lose_no_frame() {
     stalls.sort();
     eprintln!("20 owner kills: kill -> moved {moves:?}");
     eprintln!("stalls above 100 ms at the player ({}): {stalls:?}; longest gap {:?}", stalls.len(), probe.longest_gap);
-    assert!(probe.longest_gap < Duration::from_secs(1), "longest stall {:?}", probe.longest_gap);
+    // The issue asks for the distribution here, not a bound: a round whose owner also
+    // leads adds an election. This only catches a stall no failover should take.
+    assert!(probe.longest_gap < Duration::from_secs(3), "longest stall {:?}", probe.longest_gap);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
