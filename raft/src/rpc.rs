@@ -219,7 +219,8 @@ mod tests {
         let stream = crate::StreamKey::new("live", "foo").unwrap();
         assert_eq!(encode(&Forward::ReadIndex)[0], 4);
         assert_eq!(encode(&Forward::Lookup { stream: stream.clone() })[0], 6);
-        let reassign = Forward::Reassign { id: crate::RequestId(1), stream: stream.clone(), expected_epoch: 9, away_from: 2 };
+        let reassign =
+            Forward::Reassign { id: crate::RequestId(1), stream: stream.clone(), expected_epoch: 9, away_from: 2 };
         assert_eq!(encode(&reassign)[0], 7);
         let watch = Forward::WatchStream { stream, known_epoch: Some(9), wait_ms: 500 };
         assert_eq!(encode(&watch)[0], 8);

@@ -202,8 +202,7 @@ impl OriginConfig {
         if !(Duration::from_millis(100)..=Duration::from_secs(24 * 3600)).contains(&orphan_grace) {
             return Err(format!("--orphan-grace must be between 100ms and 24h, not {orphan_grace:?}"));
         }
-        let owner_dead_after =
-            a.owner_dead_after_ms.map_or(DEFAULT_OWNER_DEAD_AFTER, Duration::from_millis);
+        let owner_dead_after = a.owner_dead_after_ms.map_or(DEFAULT_OWNER_DEAD_AFTER, Duration::from_millis);
         let shortest = Duration::from_millis(3 * heartbeat);
         if owner_dead_after < shortest || owner_dead_after > Duration::from_secs(600) {
             return Err(format!(

@@ -147,11 +147,11 @@ mod tests {
         let t0 = Instant::now();
         let since = t0;
         let last = |v: NodeId| match v {
-            1 => None,                    // the leader itself: never judged
-            2 => Some(ms(t0, 1_950)),     // answered 50 ms ago
-            3 => Some(ms(t0, 700)),       // silent for 1.3 s
-            4 => Some(ms(t0, 1_000)),     // silent for exactly the bound: still alive
-            _ => None,                    // never answered in 2 s of leadership
+            1 => None,                // the leader itself: never judged
+            2 => Some(ms(t0, 1_950)), // answered 50 ms ago
+            3 => Some(ms(t0, 700)),   // silent for 1.3 s
+            4 => Some(ms(t0, 1_000)), // silent for exactly the bound: still alive
+            _ => None,                // never answered in 2 s of leadership
         };
         let now = ms(t0, 2_000);
         let dead = dead_voters(1, [1, 2, 3, 4, 5], |v| silence(last(v), since, now), BOUND);

@@ -142,19 +142,7 @@ impl Proposer {
             .expect("a plain HTTP client always builds");
         let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
         tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone()));
-        Proposer {
-            raft,
-            id,
-            secret,
-            client,
-            deadline,
-            metrics,
-            batcher,
-            state,
-            live: Arc::default(),
-            liveness,
-            watch,
-        }
+        Proposer { raft, id, secret, client, deadline, metrics, batcher, state, live: Arc::default(), liveness, watch }
     }
 
     /// `WatchStream` requests waiting on this origin now.
