@@ -186,7 +186,10 @@ async fn a_killed_owner_s_streams_move_to_a_live_origin_after_the_bound() {
         let entry = body["streams"].as_array().unwrap().iter().find(|s| s["name"] == "dies").unwrap().clone();
         assert_eq!((entry["owner"].as_u64(), entry["epoch"].as_u64()), (Some(after.owner), Some(after.epoch)));
     }
-    assert_eq!(metric(&c, leader, "raftcast_streams_reassigned_total{reason=\"unreachable\"}").await.as_deref(), Some("1"));
+    assert_eq!(
+        metric(&c, leader, "raftcast_streams_reassigned_total{reason=\"unreachable\"}").await.as_deref(),
+        Some("1")
+    );
 
     // The dead origin gets no new streams, even pinned ones, although few entries were
     // written since it died.
@@ -298,7 +301,12 @@ async fn reassign_without_another_live_origin_is_unavailable() {
     let c = Cluster::start(1).await;
     let stream = key("alone");
     let before = claim(&c, &stream, "edge-1").await;
-    let req = Forward::Reassign { id: RequestId::random(), stream: stream.clone(), expected_epoch: before.epoch, away_from: 1 };
+    let req = Forward::Reassign {
+        id: RequestId::random(),
+        stream: stream.clone(),
+        expected_epoch: before.epoch,
+        away_from: 1,
+    };
     let reply = c.forward(&req).await;
     assert!(matches!(reply, ForwardReply::Failed { kind: FailKind::Unavailable, .. }), "{reply:?}");
     assert_eq!(lookup(&c, 1, &stream).await, Some(before));
@@ -382,8 +390,12 @@ async fn watch_stream_answers_on_any_origin_when_the_claim_changes_or_the_wait_e
     // A re-assignment ends it.
     let moving = watch(&c, via, &stream, Some(claimed.epoch), 10_000);
     watching(&c, via, 1).await;
-    let req =
-        Forward::Reassign { id: RequestId::random(), stream: stream.clone(), expected_epoch: claimed.epoch, away_from: claimed.owner };
+    let req = Forward::Reassign {
+        id: RequestId::random(),
+        stream: stream.clone(),
+        expected_epoch: claimed.epoch,
+        away_from: claimed.owner,
+    };
     let ForwardReply::Written(Response::Claimed(after)) = c.forward(&req).await else { panic!() };
     let committed_at = Instant::now();
     let (seen, _, answered_at) = moving.await.unwrap();
@@ -429,9 +441,20 @@ async fn a_restarted_owner_claims_nothing_and_refuses_its_old_epoch() {
     let (after, _) = moved(&c, leader, &stream, before.epoch, Duration::from_secs(10)).await;
     assert_ne!(after.owner, x);
 
-    // It comes back remembering that it owns the stream at the old epoch.
+    // It comes back remembering that it owns the stream at the old epoch. A publisher
+    // under that epoch, as early as the origin accepts links, is refused: it waits
+    // until the origin knows its state is current, and then the claim has moved.
     let restarted_at = Instant::now();
     c.spawn(x);
+    let media = c.origins[&x].media;
+    eventually(Duration::from_secs(10), "the restarted origin's media listener", || async {
+        TcpStream::connect(media).await.ok().map(drop)
+    })
+    .await;
+    let mut early = FakeEdge::connect(media, &c.secret).await;
+    let refused = early.publish(1, &stream, before.epoch).await;
+    eprintln!("publish under the old epoch right after the restart: {refused:?} after {:?}", restarted_at.elapsed());
+    assert!(matches!(refused, Control::PublishRefused { channel: ChannelId(1), .. }), "{refused:?}");
     caught_up(&c, x, leader).await;
     eprintln!("restarted origin caught up after {:?}", restarted_at.elapsed());
     assert_eq!(lookup(&c, x, &stream).await, Some(after.clone()));
@@ -449,6 +472,46 @@ async fn a_restarted_owner_claims_nothing_and_refuses_its_old_epoch() {
     // And it serves again: a new stream pinned to it goes there.
     put_pin(&c, "returns-2", x).await;
     assert_eq!(claim(&c, &key("returns-2"), "edge-1").await.owner, x);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_owner_accepts_no_publisher_before_it_confirms_its_state_even_while_the_leader_is_away() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let x = follower(&c, leader);
+    let stream = key("remembered");
+    put_pin(&c, "remembered", x).await;
+    let before = claim(&c, &stream, "edge-1").await;
+    // Make X remember the claim as committed across a crash: it persists the commit
+    // index it learnt with the next entries it appends (two more writes).
+    for name in ["filler-1", "filler-2"] {
+        put_pin(&c, name, x).await;
+        caught_up(&c, x, leader).await;
+    }
+    c.kill(x);
+    let (after, _) = moved(&c, leader, &stream, before.epoch, Duration::from_secs(10)).await;
+
+    // The leader that moved the stream is paused while X comes back: X's state says
+    // it owns the stream at the old epoch, and nobody has told it otherwise yet.
+    c.signal(leader, "-STOP");
+    c.spawn(x);
+    let media = c.origins[&x].media;
+    eventually(Duration::from_secs(10), "the restarted origin's media listener", || async {
+        TcpStream::connect(media).await.ok().map(drop)
+    })
+    .await;
+    let mut edge = FakeEdge::connect(media, &c.secret).await;
+    let asked_at = Instant::now();
+    let answer = edge.publish(1, &stream, before.epoch).await;
+    eprintln!("publish under the remembered epoch, leader paused: {answer:?} after {:?}", asked_at.elapsed());
+    c.signal(leader, "-CONT");
+    assert!(matches!(answer, Control::PublishRefused { channel: ChannelId(1), .. }), "{answer:?}");
+    // X and the third origin elected a leader between them, and X learnt the move.
+    eventually(Duration::from_secs(10), "the restarted origin to learn the move", || async {
+        (lookup(&c, x, &stream).await.is_some_and(|claim| claim.epoch >= after.epoch)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
