@@ -552,3 +552,37 @@ async fn a_leader_s_death_moves_only_the_streams_it_owned_and_a_full_bound_after
         Some("1")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_route_checks_the_secret_before_the_body_and_bounds_it() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(1).await;
+    let url = format!("http://{}/raft/forward", c.http(1));
+    let lookup = raftcast_raft::rpc::encode(&Forward::Lookup { stream: key("x") });
+    // Without the secret: refused, whatever the body.
+    let res = c.client.post(&url).body(lookup.clone()).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let res =
+        c.client.post(&url).header(raftcast_raft::rpc::SECRET_HEADER, "wrong").body(vec![0u8; 8 << 20]).send().await;
+    assert!(res.is_err() || res.unwrap().status() == reqwest::StatusCode::UNAUTHORIZED);
+    // With it: bodies past 4 MiB are refused, garbage is a 400, and the origin serves on.
+    let res = c
+        .client
+        .post(&url)
+        .header(raftcast_raft::rpc::SECRET_HEADER, &c.secret)
+        .body(vec![0u8; 5 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    let res = c
+        .client
+        .post(&url)
+        .header(raftcast_raft::rpc::SECRET_HEADER, &c.secret)
+        .body(vec![0xff; 64])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(matches!(c.forward_to(1, &Forward::Lookup { stream: key("x") }).await, Some(ForwardReply::Owner { .. })));
+}
