@@ -157,7 +157,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     };
     let internal = Router::new()
         .route("/raft/forward", post(proposer::forward_route))
-        .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), proposer::require_secret))
+        .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), rpc::require_secret))
         .layer(DefaultBodyLimit::max(proposer::MAX_FORWARD_BODY))
         .with_state(proposer)
         .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live));
