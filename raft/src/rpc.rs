@@ -2,7 +2,8 @@
 //! the server routes (`/raft/append`, `/raft/vote`, `/raft/snapshot`).
 //!
 //! Bodies are bincode 2 (serde). Every route requires the cluster secret in
-//! [`SECRET_HEADER`]; a request without it is refused before its body is decoded.
+//! [`SECRET_HEADER`]; a request without it is refused before its body is read
+//! ([`require_secret`]), so nobody without the secret makes an origin buffer a body.
 
 use std::sync::Arc;
 
@@ -102,8 +103,21 @@ pub fn routes(raft: Raft, secret: ClusterSecret) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        .route_layer(axum::middleware::from_fn_with_state(secret.clone(), require_secret))
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
         .with_state(RpcState { raft, secret })
+}
+
+/// Middleware: refuses a request without the cluster secret before its body is read.
+pub async fn require_secret(
+    State(secret): State<ClusterSecret>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !secret.admits(req.headers()) {
+        return Refused(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret".into()).into_response();
+    }
+    next.run(req).await
 }
 
 #[derive(Clone)]

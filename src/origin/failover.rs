@@ -115,14 +115,20 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
             let silent = s.liveness.silence(owner, since, now);
             let (proposer, done_tx) = (s.proposer.clone(), done_tx.clone());
             tokio::spawn(tracing::Instrument::in_current_span(async move {
-                tracing::info!(%stream, owner, epoch, ?silent, "the owner does not answer; moving its stream");
-                // Only here: if this node no longer leads, the new leader judges for itself.
+                tracing::debug!(%stream, owner, epoch, ?silent, "the owner does not answer; moving its stream");
+                // Only here: if this node no longer leads (or lost its quorum), the
+                // leader judges for itself. Success is logged at info by `reassign`.
                 match proposer.reassign(RequestId::random(), &stream, epoch, owner, Reason::Unreachable).await {
                     ForwardReply::Written(Response::Claimed(_)) => {}
                     ForwardReply::Written(Response::Rejected(why)) => {
                         tracing::debug!(%stream, epoch, %why, "the claim changed meanwhile; nothing to move");
                     }
-                    other => tracing::warn!(%stream, epoch, ?other, "moving the stream of a dead owner failed"),
+                    ForwardReply::NotLeader { .. } => {
+                        tracing::debug!(%stream, epoch, "not leading with a quorum; not moving the stream");
+                    }
+                    other => {
+                        tracing::warn!(%stream, epoch, ?other, ?silent, "moving the stream of a dead owner failed")
+                    }
                 }
                 let _ = done_tx.send((stream, epoch)).await;
                 drop(permit);

@@ -108,6 +108,11 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         state.clone(),
         metrics.links.clone(),
     );
+    tokio::spawn(tracing::Instrument::in_current_span(confirm_current(
+        proposer.clone(),
+        links.clone(),
+        shutdown.clone(),
+    )));
     let live = live::LiveFacts::new(config.id, config.secret.clone(), links.clone());
     proposer.set_live(live.clone());
     let link_task = tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(
@@ -152,7 +157,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     };
     let internal = Router::new()
         .route("/raft/forward", post(proposer::forward_route))
-        .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), proposer::require_secret))
+        .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), rpc::require_secret))
         .layer(DefaultBodyLimit::max(proposer::MAX_FORWARD_BODY))
         .with_state(proposer)
         .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live));
@@ -192,6 +197,30 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Confirms once, with a read barrier, that this origin's applied state is current,
+/// and then lets the link server accept publishers. Until then an origin back from a
+/// crash may still believe it owns streams that moved while it was away.
+async fn confirm_current(proposer: Proposer, links: link_server::LinkContext, shutdown: CancellationToken) {
+    loop {
+        let confirmed = tokio::select! {
+            confirmed = proposer.read_barrier() => confirmed,
+            _ = shutdown.cancelled() => return,
+        };
+        match confirmed {
+            Ok(()) => {
+                links.mark_current();
+                tracing::info!("applied state confirmed current; accepting publishers");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot confirm the applied state yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Follows openraft's metrics for leader changes, logs role transitions and notes

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response as HttpResponse;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -764,26 +764,12 @@ fn membership_reply(result: Result<(), RaftError<NodeId, ClientWriteError<NodeId
 }
 
 /// `/raft/forward`: executes a request forwarded by another origin or sent by an edge.
-/// Mounted behind [`require_secret`] and a body limit of [`MAX_FORWARD_BODY`].
+/// Mounted behind [`rpc::require_secret`] and a body limit of [`MAX_FORWARD_BODY`].
 pub async fn forward_route(State(proposer): State<Proposer>, headers: HeaderMap, body: Bytes) -> HttpResponse {
     match rpc::admit::<Forward>(&proposer.secret, &headers, &body) {
         Ok(req) => rpc::reply(&proposer.execute_here(&req).await),
         Err(refused) => axum::response::IntoResponse::into_response(refused),
     }
-}
-
-/// Refuses a request without the cluster secret before its body is read, so nobody
-/// without the secret makes an origin buffer a body.
-pub async fn require_secret(
-    State(secret): State<ClusterSecret>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> HttpResponse {
-    if !secret.admits(req.headers()) {
-        let refused = rpc::Refused(StatusCode::UNAUTHORIZED, "missing or wrong cluster secret".into());
-        return axum::response::IntoResponse::into_response(refused);
-    }
-    next.run(req).await
 }
 
 #[cfg(test)]

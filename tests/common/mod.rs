@@ -243,6 +243,44 @@ impl Cluster {
         }
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`, …) to origin `id`'s process.
+    pub fn signal(&self, id: u64, sig: &str) {
+        let pid = self.origins[&id].child.as_ref().expect("origin running").id();
+        let status = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
+    /// Sends an internal request to origin `id`'s `/raft/forward` (cluster secret) and
+    /// decodes its answer; `None` if it does not answer in 15 s or answers garbage.
+    pub async fn forward_to(&self, id: u64, req: &raftcast_raft::Forward) -> Option<raftcast_raft::ForwardReply> {
+        let res = self
+            .client
+            .post(format!("http://{}/raft/forward", self.http(id)))
+            .header(raftcast_raft::rpc::SECRET_HEADER, &self.secret)
+            .body(raftcast_raft::rpc::encode(req))
+            .send()
+            .await
+            .ok()?;
+        raftcast_raft::rpc::decode(&res.bytes().await.ok()?).ok()
+    }
+
+    /// Sends an internal request the way an edge does: to each running origin in turn
+    /// until one answers with something other than `NotLeader` (10 s at most).
+    pub async fn forward(&self, req: &raftcast_raft::Forward) -> raftcast_raft::ForwardReply {
+        use raftcast_raft::ForwardReply;
+        let running: Vec<u64> = self.origins.values().filter(|o| o.child.is_some()).map(|o| o.id).collect();
+        eventually(Duration::from_secs(10), "an origin to answer a forwarded request", || async {
+            for id in &running {
+                match self.forward_to(*id, req).await {
+                    None | Some(ForwardReply::NotLeader { .. }) => {}
+                    Some(reply) => return Some(reply),
+                }
+            }
+            None
+        })
+        .await
+    }
+
     /// Prints each origin's log (for failed tests).
     pub fn dump_logs(&self) {
         for id in self.origins.keys() {

@@ -27,7 +27,8 @@ struct Publishing {
     fence: Arc<AtomicU64>,
 }
 
-/// A publish waiting for this origin to apply the claim it names.
+/// A publish waiting for this origin to apply the claim it names (and, after a
+/// restart, to confirm its state is current: see [`LinkContext::mark_current`]).
 ///
 /// Waiting happens in a task of its own, never on the link's read loop, which serves
 /// every other session of the edge. Media arriving meanwhile is held, in order and
@@ -137,7 +138,7 @@ impl Link {
         }
         // Whatever this channel carried before ends here.
         self.unpublish(channel);
-        if self.ctx.state.applied_index() >= epoch {
+        if self.ctx.is_current() && self.ctx.state.applied_index() >= epoch {
             self.decide(channel, stream, epoch, VecDeque::new()).await;
             return;
         }
@@ -146,13 +147,18 @@ impl Link {
             self.send(Control::PublishRefused { channel, reason }).await;
             return;
         }
-        // The claim's entry is not applied here yet: wait for it off the read loop.
+        // The claim's entry is not applied here yet, or this origin has not confirmed
+        // its state since it started: wait for both off the read loop.
         self.next_wait += 1;
         let wait = self.next_wait;
-        let (raft, ready) = (self.ctx.raft.clone(), self.applied_tx.clone());
+        let (raft, ready, mut current) = (self.ctx.raft.clone(), self.applied_tx.clone(), self.ctx.current_watch());
         let waiter = tokio::spawn(async move {
             // Timing out is fine: `decide` then finds no matching claim and refuses.
-            let _ = raft.wait(Some(CLAIM_WAIT)).applied_index_at_least(Some(epoch), "claim applied").await;
+            let _ = tokio::time::timeout(CLAIM_WAIT, async {
+                let _ = current.wait_for(|current| *current).await;
+                let _ = raft.wait(None).applied_index_at_least(Some(epoch), "claim applied").await;
+            })
+            .await;
             let _ = ready.send(ClaimReady { channel, wait }).await;
         });
         self.pending.insert(channel, PendingPublish { stream, epoch, wait, waiter, held: HeldFrames::default() });

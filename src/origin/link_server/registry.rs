@@ -10,6 +10,7 @@ use raftcast_raft::rpc::ClusterSecret;
 use raftcast_raft::typ::Raft;
 use raftcast_raft::{NodeId, StreamKey};
 use raftcast_storage::StateHandle;
+use tokio::sync::watch;
 
 use super::LinkStats;
 use crate::link::ChannelId;
@@ -76,11 +77,41 @@ pub struct LinkContext {
     pub stats: Arc<LinkStats>,
     streams: Arc<Mutex<HashMap<StreamKey, Stream>>>,
     pub(super) next_link: Arc<AtomicU64>,
+    /// Whether this origin's applied state was confirmed current (a read barrier
+    /// succeeded) since it started. Until then its claims may be ones it merely
+    /// remembers from before a crash, moved elsewhere while it was away: no publisher
+    /// is accepted on their strength.
+    current: Arc<watch::Sender<bool>>,
 }
 
 impl LinkContext {
     pub fn new(id: NodeId, secret: ClusterSecret, raft: Raft, state: StateHandle, stats: Arc<LinkStats>) -> Self {
-        LinkContext { id, secret, raft, state, stats, streams: Arc::default(), next_link: Arc::default() }
+        LinkContext {
+            id,
+            secret,
+            raft,
+            state,
+            stats,
+            streams: Arc::default(),
+            next_link: Arc::default(),
+            current: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    /// This origin has confirmed with the cluster that its applied state is current;
+    /// publishes waiting for that go ahead.
+    pub fn mark_current(&self) {
+        self.current.send_replace(true);
+    }
+
+    /// Whether [`LinkContext::mark_current`] happened.
+    pub fn is_current(&self) -> bool {
+        *self.current.borrow()
+    }
+
+    /// Follows [`LinkContext::is_current`].
+    pub(super) fn current_watch(&self) -> watch::Receiver<bool> {
+        self.current.subscribe()
     }
 
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Stream>> {
@@ -113,6 +144,9 @@ impl LinkContext {
     /// names and this origin owns it; whoever published before is fenced. Otherwise
     /// says why not.
     pub(super) fn attach(&self, stream: &StreamKey, publisher: Publisher) -> Result<Attached, String> {
+        if !self.is_current() {
+            return Err("this origin has not confirmed its state with the cluster since it started; retry".to_owned());
+        }
         let mut streams = self.streams();
         let epoch = publisher.epoch;
         match self.claim(stream) {
