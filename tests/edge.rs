@@ -45,6 +45,13 @@ async fn ffmpeg_publishes_on_one_edge_and_ffprobe_rtmpdump_and_http_flv_play_fro
 
     let entry = stream_entry(&c, "live", "test").await;
     assert_eq!(entry["edge"], "edge-1", "{entry}");
+    // Probe only once media flows (an encoder on a busy machine may take a while to
+    // send its first frames after its publish is accepted).
+    eventually(Duration::from_secs(20), "the owner to receive frames", || async {
+        let e = stream_entry(&c, "live", "test").await;
+        (e["publishing"] == true && e["frames_in"].as_u64().unwrap_or(0) > 30).then_some(())
+    })
+    .await;
     let owner = entry["owner"].as_u64().expect("an owner");
     assert!((1..=3).contains(&owner), "{entry}");
 

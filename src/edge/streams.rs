@@ -114,10 +114,11 @@ impl Publication {
             Some(Control::PublishAccepted { .. }) => {}
             Some(Control::PublishRefused { reason, .. }) => {
                 up.close(channel);
-                return Err((
-                    PublishRejection::BadName,
-                    format!("origin {} refused {stream}: {reason}", owner.claim.owner),
-                ));
+                // A just-restarted owner that has not confirmed its state asks for a
+                // retry (the publisher may try again); anything else means the claim
+                // is not ours any more.
+                let code = if reason.contains("retry") { PublishRejection::Failed } else { PublishRejection::BadName };
+                return Err((code, format!("origin {} refused {stream}: {reason}", owner.claim.owner)));
             }
             _ => {
                 up.close(channel);
