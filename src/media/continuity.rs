@@ -108,9 +108,10 @@ impl Continuity {
             return Some(self.retime(frame, k));
         }
         let seen = fingerprint(&frame);
+        // Only a frame at or before the last delivered one of its kind can be a repeat;
+        // the common case (a newer frame) never scans the recent fingerprints.
         if let Some(last) = self.last_source[k] {
-            let behind = frame.timestamp < last || (frame.timestamp == last && self.recent.contains(&seen));
-            if behind || self.recent.contains(&seen) {
+            if frame.timestamp < last || (frame.timestamp == last && self.recent.contains(&seen)) {
                 self.duplicates += 1;
                 return None;
             }

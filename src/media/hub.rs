@@ -263,15 +263,15 @@ mod tests {
         };
         let hub = Hub::new(limits);
         hub.publish(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])));
-        for i in 0..90u32 {
+        for i in 0..150u32 {
             hub.publish(video(i * 33, i % 30 == 0));
         }
-        // A reader that had video up to 1980 ms (frame 60, a keyframe) and no audio.
-        let point = ResumePoint { audio: None, video: Some(60 * 33) };
+        // A reader that had video up to frame 100 (between keyframes) and no audio.
+        let point = ResumePoint { audio: None, video: Some(100 * 33) };
         let (sub, resumed) = hub.subscribe_after(Some(point));
         assert!(resumed);
         let got: Vec<u32> = std::iter::from_fn(|| sub.try_recv()).filter(|f| !f.header).map(|f| f.timestamp).collect();
-        assert_eq!(got, (61..90).map(|i| i * 33).collect::<Vec<_>>(), "frames after the point, none missing");
+        assert_eq!(got, (101..150).map(|i| i * 33).collect::<Vec<_>>(), "frames after the point, none missing");
         // A point older than the history falls back to the GOP start.
         let (sub, resumed) = hub.subscribe_after(Some(ResumePoint { audio: None, video: Some(5) }));
         assert!(!resumed);

@@ -92,8 +92,11 @@ impl Retained {
         }
         self.bytes += frame.cost();
         let newest = frame.timestamp;
+        let start = self.is_start(&frame);
         self.frames.push_back(frame);
-        if live {
+        // Trimmed when a start frame arrives (once per GOP), not on every frame: at most
+        // one GOP more is kept, and the duration and byte bounds below still hold.
+        if live && start {
             // The latest start at least `history_ms` older than the newest frame.
             let cut = self
                 .frames
