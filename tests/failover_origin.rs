@@ -557,21 +557,22 @@ async fn a_leader_s_death_moves_only_the_streams_it_owned_and_a_full_bound_after
 async fn internal_routes_check_the_secret_before_the_body_and_forward_bodies_are_bounded() {
     let _serial = SERIAL.lock().await;
     let c = Cluster::start(1).await;
+    // A refused body is left unread and its connection closed: no pooled connections.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let url = format!("http://{}/raft/forward", c.http(1));
     let lookup = raftcast_raft::rpc::encode(&Forward::Lookup { stream: key("x") });
     // Without the secret: refused, whatever the body.
-    let res = c.client.post(&url).body(lookup.clone()).send().await.unwrap();
+    let res = client.post(&url).body(lookup.clone()).send().await.unwrap();
     assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
     let res =
-        c.client.post(&url).header(raftcast_raft::rpc::SECRET_HEADER, "wrong").body(vec![0u8; 8 << 20]).send().await;
+        client.post(&url).header(raftcast_raft::rpc::SECRET_HEADER, "wrong").body(vec![0u8; 8 << 20]).send().await;
     assert!(res.is_err() || res.unwrap().status() == reqwest::StatusCode::UNAUTHORIZED);
     // The same holds for Raft's own routes (whose limit is 64 MiB, for snapshots).
     for route in ["/raft/append", "/raft/vote", "/raft/snapshot"] {
         let url = format!("http://{}{route}", c.http(1));
-        let res = c.client.post(&url).body(vec![0u8; 16]).send().await.unwrap();
+        let res = client.post(&url).body(vec![0u8; 16]).send().await.unwrap();
         assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED, "{route}");
-        let res = c
-            .client
+        let res = client
             .post(&url)
             .header(raftcast_raft::rpc::SECRET_HEADER, &c.secret)
             .body(vec![0xff; 16])
@@ -581,8 +582,7 @@ async fn internal_routes_check_the_secret_before_the_body_and_forward_bodies_are
         assert_eq!(res.status(), reqwest::StatusCode::BAD_REQUEST, "{route}");
     }
     // With it: bodies past 4 MiB are refused, garbage is a 400, and the origin serves on.
-    let res = c
-        .client
+    let res = client
         .post(&url)
         .header(raftcast_raft::rpc::SECRET_HEADER, &c.secret)
         .body(vec![0u8; 5 << 20])
@@ -590,8 +590,7 @@ async fn internal_routes_check_the_secret_before_the_body_and_forward_bodies_are
         .await
         .unwrap();
     assert_eq!(res.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
-    let res = c
-        .client
+    let res = client
         .post(&url)
         .header(raftcast_raft::rpc::SECRET_HEADER, &c.secret)
         .body(vec![0xff; 64])
