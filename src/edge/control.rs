@@ -78,6 +78,12 @@ impl Control {
         Ok(Control { http, origins: origins.into(), secret, preferred: std::sync::Arc::default(), deadline })
     }
 
+    /// Index (in the configured origins) of the origin that answered the last write:
+    /// the leader, as far as this edge knows.
+    pub fn likely_leader(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed)
+    }
+
     /// Asks origins in turn, from the preferred one, until one answers with something
     /// other than `NotLeader`, within the deadline.
     async fn send(&self, req: &Forward) -> Result<ForwardReply, ControlError> {

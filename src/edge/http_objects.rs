@@ -23,8 +23,9 @@ use super::shared_objects::{Snapshot, Subscription, Update, WriteError};
 use super::EdgeContext;
 use crate::origin::shared_objects::{change_json, check_broadcast, valid_name};
 
-/// How long a read waits for the object's first state from the cluster.
-const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
+/// How long a read waits for the object's first state from the cluster (an election
+/// takes about a second; a busy machine more).
+const FIRST_STATE_WAIT: Duration = Duration::from_secs(10);
 /// Largest request body (a JSON slot value or a broadcast).
 const MAX_BODY: usize = 256 * 1024;
 
@@ -219,12 +220,13 @@ pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String
     if let Err(r) = check("object name", &name) {
         return r.into_response();
     }
+    // The response starts at once; when this edge does not know the object yet, its
+    // `state` event follows as soon as the feed delivers it.
     let mut sub = ctx.objects.subscribe(&name);
-    let Some(first) = first_state(&mut sub).await else { return unavailable() };
     let state = |s: &Snapshot, name: &str| {
         SseEvent::default().event("state").id(s.version.to_string()).data(snapshot_json(name, s).to_string())
     };
-    let first = state(&first, &name);
+    let first = sub.initial.take().map(|s| Ok::<_, Infallible>(state(&s, &name)));
     let rest = futures::stream::unfold((sub, name), move |(mut sub, name)| async move {
         loop {
             let event = match sub.updates.recv().await {
@@ -245,7 +247,7 @@ pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String
             return Some((Ok::<_, Infallible>(event), (sub, name)));
         }
     });
-    let stream = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), rest);
+    let stream = futures::StreamExt::chain(futures::stream::iter(first), rest);
     let shutdown = ctx.shutdown.clone();
     let stream = futures::StreamExt::take_until(stream, async move { shutdown.cancelled().await });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()

@@ -339,26 +339,30 @@ fn parse_event(kind: &str, data: &str) -> Result<Option<FeedEvent>, String> {
 /// Keeps `object`'s feed open at some origin until its last subscriber leaves.
 async fn feed(registry: Arc<Registry>, object: Arc<Object>) {
     let n = registry.origins.len().max(1);
-    let mut at = rand::random::<u32>() as usize % n;
     let mut since: Option<u64> = None;
     let mut failures = 0u32;
     loop {
         if object.stop.is_cancelled() || registry.origins.is_empty() {
             return;
         }
+        // Start at the leader as this edge last saw it: it applies a change first
+        // (a follower learns of the commit with the leader's next message). After a
+        // failure, the next origins in turn.
+        let at = registry.control.likely_leader() + failures as usize;
         let origin = registry.origins[at % n];
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             _ = object.stop.cancelled() => return,
             outcome = follow(&registry, &object, origin, &mut since) => outcome,
         };
-        match outcome {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                failures += 1;
-                tracing::debug!(object = %object.name, %origin, error = %e, "shared-object feed lost; trying the next origin");
-            }
+        // A feed that lived a while was not a quick failure: start counting again.
+        if started.elapsed() > FEED_DEAD {
+            failures = 0;
         }
-        at += 1;
+        failures += 1;
+        if let Err(e) = outcome {
+            tracing::debug!(object = %object.name, %origin, error = %e, "shared-object feed lost; trying the next origin");
+        }
         // A pause after every origin failed in turn (an election, or all down).
         let pause = if failures as usize >= n { Duration::from_millis(300) } else { Duration::from_millis(20) };
         tokio::select! {
