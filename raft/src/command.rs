@@ -263,6 +263,10 @@ pub enum Command {
     /// Remove the pin rule with exactly this scope. Answers `Stored`, or
     /// `Rejected(NotFound)` when there is none.
     DeletePin { scope: PinScope },
+    /// Remove a whole object (a temporary one whose last subscriber left). Answers
+    /// `Stored`, `Rejected(NotFound)`, or `Rejected(VersionMismatch)` when `if_version`
+    /// is given and differs (the object changed since it was judged unused).
+    DeleteObject { object: String, if_version: Option<u64> },
 }
 
 /// A stream's current claim.
@@ -310,6 +314,9 @@ pub enum Rejection {
     NotFound,
     /// The app requires a publish key and none given matched.
     PublishDenied,
+    /// A limit of the replicated state would be exceeded (objects, slots per object,
+    /// value size); `what` says which, for the client.
+    LimitExceeded { what: String },
 }
 
 impl fmt::Display for Rejection {
@@ -323,6 +330,7 @@ impl fmt::Display for Rejection {
             Rejection::VersionMismatch { current } => write!(f, "version mismatch; current version is {current}"),
             Rejection::NotFound => f.write_str("not found"),
             Rejection::PublishDenied => f.write_str("publishing requires a valid key"),
+            Rejection::LimitExceeded { what } => write!(f, "limit exceeded: {what}"),
         }
     }
 }

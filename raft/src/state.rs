@@ -17,6 +17,13 @@ use crate::NodeId;
 /// older than this many writes is applied again (writers retry within seconds).
 pub const DEDUP_WINDOW: usize = 65_536;
 
+/// Most shared objects the cluster holds; a write that would create one more is refused.
+pub const MAX_OBJECTS: usize = 10_000;
+/// Most slots one shared object holds.
+pub const MAX_SLOTS: usize = 1024;
+/// Largest slot value, as [`Value::encoded_len`] counts it.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
 /// A shared object: versioned slots.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SharedObject {
@@ -39,9 +46,16 @@ pub enum Event {
 /// What a shared-object write did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ObjectChange {
-    Set { slots: Vec<(String, Value)> },
-    Deleted { slot: String },
+    Set {
+        slots: Vec<(String, Value)>,
+    },
+    Deleted {
+        slot: String,
+    },
     Cleared,
+    /// The whole object is gone (a temporary object nobody uses); its version is 0
+    /// again and a later write recreates it at version 1.
+    Removed,
 }
 
 /// The result of applying one log entry.
@@ -195,6 +209,9 @@ impl StateMachine {
                         return Response::Rejected(Rejection::VersionMismatch { current });
                     }
                 }
+                if let Some(refused) = self.over_limits(object, slots) {
+                    return Response::Rejected(refused);
+                }
                 let obj = self.objects.entry(object.clone()).or_default();
                 obj.persistent |= *persistent;
                 obj.version += 1;
@@ -266,7 +283,47 @@ impl StateMachine {
                 Some(_) => Response::Stored,
                 None => Response::Rejected(Rejection::NotFound),
             },
+            Command::DeleteObject { object, if_version } => {
+                let Some(obj) = self.objects.get(object) else {
+                    return Response::Rejected(Rejection::NotFound);
+                };
+                if let Some(expected) = if_version {
+                    if *expected != obj.version {
+                        return Response::Rejected(Rejection::VersionMismatch { current: obj.version });
+                    }
+                }
+                self.objects.remove(object);
+                events.push(Event::Object { object: object.clone(), version: 0, change: ObjectChange::Removed });
+                Response::Stored
+            }
         }
+    }
+
+    /// Why writing `slots` into `object` would break a limit, if it would.
+    fn over_limits(&self, object: &str, slots: &[(String, Value)]) -> Option<Rejection> {
+        let limit = |what: String| Some(Rejection::LimitExceeded { what });
+        if let Some((slot, value)) = slots.iter().find(|(_, v)| v.encoded_len() > MAX_VALUE_BYTES) {
+            return limit(format!(
+                "slot {slot:?} would take {} bytes; a value may take at most {MAX_VALUE_BYTES}",
+                value.encoded_len()
+            ));
+        }
+        let existing = self.objects.get(object);
+        if existing.is_none() && self.objects.len() >= MAX_OBJECTS {
+            return limit(format!("the cluster holds the most shared objects it may ({MAX_OBJECTS})"));
+        }
+        let held = existing.map(|o| &o.slots);
+        let mut new: Vec<&str> =
+            slots.iter().map(|(k, _)| k.as_str()).filter(|k| held.is_none_or(|h| !h.contains_key(*k))).collect();
+        new.sort_unstable();
+        new.dedup();
+        let count = held.map_or(0, BTreeMap::len) + new.len();
+        if count > MAX_SLOTS {
+            return limit(format!(
+                "object {object:?} would hold {count} slots; an object may hold at most {MAX_SLOTS}"
+            ));
+        }
+        None
     }
 
     /// The pin rule that decides where `stream` goes, if any covers it: the most

@@ -193,6 +193,12 @@ impl RtmpClient {
         self.flush().await
     }
 
+    /// Sends a shared-object message body (type 19, or type 16 when `amf3`).
+    pub async fn send_shared_object(&mut self, body: Bytes, amf3: bool) -> anyhow::Result<()> {
+        self.session.send_shared_object(body, amf3)?;
+        self.flush().await
+    }
+
     /// Writes raw bytes as they are (for tests of hostile or unusual input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.socket.write_all(bytes).await?;

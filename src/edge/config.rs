@@ -75,6 +75,10 @@ pub struct EdgeArgs {
     /// How long shutdown drains players before closing them, in ms [default: 2000].
     #[arg(long, env = "RAFTCAST_EDGE_DRAIN_MS")]
     pub drain_ms: Option<u64>,
+    /// A folder of static files served at `/webcast/` (e.g. examples/webcast, the
+    /// interactive-webcast page) [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_WWW")]
+    pub www: Option<std::path::PathBuf>,
 }
 
 /// Validated edge configuration.
@@ -95,6 +99,7 @@ pub struct EdgeConfig {
     pub link: LinkTiming,
     pub request_deadline: Duration,
     pub drain: Duration,
+    pub www: Option<std::path::PathBuf>,
 }
 
 fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
@@ -117,6 +122,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         link_dead_ms: cli.link_dead_ms.or(file.link_dead_ms),
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
         drain_ms: cli.drain_ms.or(file.drain_ms),
+        www: cli.www.or(file.www),
     }
 }
 
@@ -187,6 +193,7 @@ impl EdgeConfig {
             link,
             request_deadline: ms(a.request_deadline_ms, 5_000),
             drain: ms(a.drain_ms, 2_000),
+            www: a.www,
         })
     }
 }

@@ -137,6 +137,12 @@ impl Control {
         }
     }
 
+    /// Applies `command` through the leader (a fresh request id, kept across retries);
+    /// the state machine's answer once committed.
+    pub async fn write_command(&self, command: Command) -> Result<Response, ControlError> {
+        self.write(&Forward::Write(Request { id: RequestId::random(), at_ms: 0, command })).await
+    }
+
     /// Claims `stream` for a publishing session (the leader checks `key` and picks the
     /// owner).
     pub async fn claim(

@@ -1,5 +1,6 @@
-//! The edge's HTTP side: HTTP-FLV players (`GET /{app}/{name}.flv`), `/status`,
-//! `/metrics`, `/health`.
+//! The edge's HTTP side: HTTP-FLV players (`GET /{app}/{name}.flv`), shared objects
+//! (`/shared-objects/…`, see `http_objects`), static files at `/webcast/` (`--www`),
+//! `/status`, `/metrics`, `/health`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,12 +9,13 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use raftcast_raft::StreamKey;
 use serde_json::json;
 
+use super::http_objects;
 use super::streams::Lease;
 use super::EdgeContext;
 use crate::link::LinkState;
@@ -21,13 +23,20 @@ use crate::media::{Frame, FrameKind, Subscription};
 use crate::rtmp::flv;
 
 pub fn router(ctx: Arc<EdgeContext>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/{app}/{file}", get(flv_play))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .with_state(ctx)
+        .route("/shared-objects/{name}", get(http_objects::get))
+        .route("/shared-objects/{name}/slots/{slot}", put(http_objects::put_slot).delete(http_objects::delete_slot))
+        .route("/shared-objects/{name}/events", get(http_objects::events))
+        .route("/shared-objects/{name}/messages", post(http_objects::post_message))
+        .route("/{app}/{file}", get(flv_play));
+    let router = match &ctx.config.www {
+        Some(dir) => router.nest_service("/webcast", tower_http::services::ServeDir::new(dir)),
+        None => router,
+    };
+    router.fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(ctx)
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -6,12 +6,19 @@
 //!   upstream subscription per stream, fanned out to local players);
 //! - `upstream`: one link per origin, channels multiplexed over it;
 //! - `control`: claims, releases and lookups through the origins' `/raft/forward`;
-//! - `http`: HTTP-FLV, `/status`, `/metrics`, `/health`.
+//! - `shared_objects`: the edge's copy of each shared object its clients use, kept by
+//!   one change feed from an origin; writes and broadcasts through the cluster;
+//! - `so_session`: one RTMP connection's shared-object messages;
+//! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
+//!   `/metrics`, `/health`.
 
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod http_objects;
 pub mod rtmp_conn;
+pub mod shared_objects;
+pub mod so_session;
 pub mod streams;
 pub mod upstream;
 
@@ -54,6 +61,7 @@ pub struct EdgeContext {
     pub control: control::Control,
     pub upstreams: upstream::Upstreams,
     pub relays: streams::Relays,
+    pub objects: shared_objects::SharedObjects,
     pub stats: EdgeStats,
     /// Cancelled when the edge stops serving clients (relays and players end with it).
     pub shutdown: CancellationToken,
@@ -107,9 +115,16 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         .context("building the control client")?;
     let upstreams = upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, links.clone());
     let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let objects = shared_objects::SharedObjects::new(
+        config.origins.clone(),
+        config.secret.clone(),
+        control.clone(),
+        clients.clone(),
+    );
     let ctx = Arc::new(EdgeContext {
         config: config.clone(),
         control,
+        objects,
         upstreams,
         relays: streams::Relays::default(),
         stats: EdgeStats::default(),

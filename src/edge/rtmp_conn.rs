@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
 use super::EdgeContext;
 use crate::media::{Frame, FrameKind};
@@ -123,6 +124,8 @@ struct Conn {
     out_tx: mpsc::Sender<Out>,
     /// Cancelled when a newer claim fences one of this connection's publications.
     fenced: CancellationToken,
+    /// The shared objects this client uses.
+    objects: ConnObjects,
 }
 
 async fn handshake(socket: &mut TcpStream, ctx: &EdgeContext) -> Result<Vec<u8>, String> {
@@ -173,6 +176,7 @@ async fn connection(
         decisions: FuturesUnordered::new(),
         out_tx,
         fenced: CancellationToken::new(),
+        objects: ConnObjects::new(ctx.objects.clone()),
     };
     let mut pending = Outbox::default();
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -202,6 +206,11 @@ async fn connection(
                     }
                 }
                 Some(decision) = conn.decisions.next() => conn.decided(decision),
+                Some(delivery) = conn.objects.deliveries.recv() => {
+                    for (body, amf3) in conn.objects.delivery(delivery) {
+                        conn.session.send_shared_object(body.into(), amf3);
+                    }
+                }
                 out = out_rx.recv(), if pending.len() < WRITE_HIGH_WATER => {
                     // `out_tx` lives in `conn`: the queue never closes here.
                     let Some(out) = out else { return Ok(()) };
@@ -226,7 +235,10 @@ async fn connection(
                 }
                 // One periodic check instead of two timers re-armed on every wake.
                 _ = housekeeping.tick() => {
-                    let idle = conn.playing.is_empty() && conn.publishing.is_empty() && conn.pending_ids.is_empty();
+                    let idle = conn.playing.is_empty()
+                        && conn.publishing.is_empty()
+                        && conn.pending_ids.is_empty()
+                        && conn.objects.is_empty();
                     if idle && last_read.elapsed() >= ctx.config.idle_timeout {
                         return Err(format!("idle for {:?}", ctx.config.idle_timeout));
                     }
@@ -269,12 +281,12 @@ impl Conn {
     fn input(&mut self, bytes: &[u8]) -> Result<(), String> {
         let events = self.session.handle_input(bytes).map_err(|e| format!("protocol error: {e}"))?;
         for event in events {
-            self.event(event);
+            self.event(event)?;
         }
         Ok(())
     }
 
-    fn event(&mut self, event: ServerEvent) {
+    fn event(&mut self, event: ServerEvent) -> Result<(), String> {
         match event {
             ServerEvent::Connect { app, query, tc_url, .. } => {
                 tracing::debug!(app, ?tc_url, "connect");
@@ -300,10 +312,14 @@ impl Conn {
                     }
                 });
             }
-            // Shared objects arrive with their own issue; until then they are ignored.
-            ServerEvent::SharedObject { .. } => {}
+            ServerEvent::SharedObject { payload, amf3 } => {
+                for (body, amf3) in self.objects.handle(&payload, amf3)? {
+                    self.session.send_shared_object(body.into(), amf3);
+                }
+            }
             ServerEvent::StreamClosed { stream_id } => self.stream_closed(stream_id),
         }
+        Ok(())
     }
 
     fn stream_key(&self, name: &str) -> Option<StreamKey> {

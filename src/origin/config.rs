@@ -67,6 +67,11 @@ pub struct OriginArgs {
     /// [default: 1000].
     #[arg(long, env = "RAFTCAST_OWNER_DEAD_AFTER_MS")]
     pub owner_dead_after_ms: Option<u64>,
+    /// While this origin leads: how long a temporary shared object may go unwatched by
+    /// every edge and SSE client before it is removed, with a unit (`ms`, `s`, `m`,
+    /// `h`), from 1s to 24h [default: 5s].
+    #[arg(long, env = "RAFTCAST_TEMPORARY_GRACE")]
+    pub temporary_grace: Option<String>,
 }
 
 /// Validated origin configuration.
@@ -82,6 +87,8 @@ pub struct OriginConfig {
     pub request_deadline: Duration,
     /// How long an owned stream may have no publisher before its claim is released.
     pub orphan_grace: Duration,
+    /// How long a temporary shared object may go unwatched before the leader removes it.
+    pub temporary_grace: Duration,
     /// How long an origin may leave the leader's Raft RPCs unanswered before the leader
     /// moves its streams and stops placing new ones there.
     pub owner_dead_after: Duration,
@@ -129,6 +136,7 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
         orphan_grace: cli.orphan_grace.or(file.orphan_grace),
         owner_dead_after_ms: cli.owner_dead_after_ms.or(file.owner_dead_after_ms),
+        temporary_grace: cli.temporary_grace.or(file.temporary_grace),
     }
 }
 
@@ -211,8 +219,16 @@ impl OriginConfig {
                 owner_dead_after.as_millis()
             ));
         }
+        let temporary_grace = match a.temporary_grace.as_deref() {
+            Some(text) => parse_duration(text).map_err(|e| format!("--temporary-grace: {e}"))?,
+            None => crate::origin::shared_objects::TEMPORARY_GRACE,
+        };
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&temporary_grace) {
+            return Err(format!("--temporary-grace must be between 1s and 24h, not {temporary_grace:?}"));
+        }
         Ok(OriginConfig {
             id,
+            temporary_grace,
             http,
             media,
             data_dir,

@@ -19,6 +19,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod orphans;
 pub mod proposer;
+pub mod shared_objects;
 pub mod watch;
 
 use std::process::ExitCode;
@@ -144,6 +145,13 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     };
     tokio::spawn(tracing::Instrument::in_current_span(orphans::supervise(supervisor, shutdown.clone())));
 
+    let objects =
+        shared_objects::ObjectHub::new(config.id, config.secret.clone(), raft.clone(), state.clone(), proposer.clone());
+    tokio::spawn(tracing::Instrument::in_current_span(shared_objects::sweep_temporary(
+        objects.clone(),
+        config.temporary_grace,
+        shutdown.clone(),
+    )));
     let app = api::AppState {
         id: config.id,
         http: config.http,
@@ -152,6 +160,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         state,
         metrics,
         live: live.clone(),
+        objects: objects.clone(),
         admin_token: config.admin_token.as_deref().map(Arc::from),
         shutdown: shutdown.clone(),
     };
@@ -160,7 +169,14 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), rpc::require_secret))
         .layer(DefaultBodyLimit::max(proposer::MAX_FORWARD_BODY))
         .with_state(proposer)
-        .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live));
+        .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live))
+        .merge(
+            Router::new()
+                .route("/internal/objects/{name}/events", get(shared_objects::feed_route))
+                .route("/internal/objects/{name}/messages", post(shared_objects::message_route))
+                .route(shared_objects::WATCHED_ROUTE, get(shared_objects::watched_route))
+                .with_state((objects, shutdown.clone())),
+        );
     let router = api::router(app)
         .merge(rpc::routes(raft.clone(), config.secret.clone()))
         .merge(internal)

@@ -529,10 +529,20 @@ impl Proposer {
                 };
                 self.write_here(&Request { id: *id, at_ms: 0, command }).await
             }
-            Forward::ReadIndex => match self.raft.ensure_linearizable().await {
-                Ok(read) => ForwardReply::ReadIndex(read.map_or(0, |l| l.index)),
-                Err(e) => leadership_error(e),
-            },
+            Forward::ReadIndex => {
+                // openraft's read index is max(this leader's first entry, committed). A
+                // leader restarted in its own term reuses an old first entry, and its
+                // committed index restarts at what it had applied: an entry it committed
+                // before the restart would not be waited for (a stale read, found by
+                // tests/shared_objects.rs). Every entry in the leader's log when the
+                // read starts is waited for instead; entries it cannot commit fail the
+                // read once it is no longer the leader.
+                let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+                match self.raft.ensure_linearizable().await {
+                    Ok(read) => ForwardReply::ReadIndex(read.map_or(0, |l| l.index).max(last)),
+                    Err(e) => leadership_error(e),
+                }
+            }
             Forward::AddLearner { id, addr } => {
                 if let Err(e) = self.raft.ensure_linearizable().await {
                     return leadership_error(e);

@@ -326,7 +326,7 @@ fn read_u32_len(buf: &mut &[u8], what: &'static str) -> Result<usize, Amf0Error>
     Ok(usize::try_from(u32::from_be_bytes(take(buf, what)?)).unwrap_or(usize::MAX))
 }
 
-fn read_short_str(buf: &mut &[u8], what: &'static str) -> Result<String, Amf0Error> {
+pub(crate) fn read_short_str(buf: &mut &[u8], what: &'static str) -> Result<String, Amf0Error> {
     let len = u16::from_be_bytes(take(buf, what)?);
     read_str(buf, usize::from(len), what)
 }
@@ -352,7 +352,7 @@ fn write_properties(props: &[(String, Amf0Value)], out: &mut Vec<u8>) {
 }
 
 /// Writes a u16 length and the text, cut to fit (see [`encode`]).
-fn write_short_str(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_short_str(s: &str, out: &mut Vec<u8>) {
     let s = truncate_utf8(s, usize::from(u16::MAX));
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s.as_bytes());

@@ -77,6 +77,9 @@ impl From<Rejection> for ApiError {
             Rejection::StreamOwned { .. } => ApiError::new(StatusCode::CONFLICT, "stream_owned", message),
             Rejection::StaleEpoch { .. } => ApiError::new(StatusCode::CONFLICT, "stale_epoch", message),
             Rejection::PublishDenied => ApiError::new(StatusCode::FORBIDDEN, "publish_denied", message),
+            Rejection::LimitExceeded { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded", message)
+            }
         }
     }
 }

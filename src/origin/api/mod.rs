@@ -46,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// This origin's live view of its streams, and other origins' on request.
     pub live: LiveFacts,
+    /// Shared-object feeds and broadcasts.
+    pub objects: crate::origin::shared_objects::ObjectHub,
     pub admin_token: Option<Arc<str>>,
     /// Cancelled when the process shuts down; ends long-lived responses (SSE).
     pub shutdown: CancellationToken,
@@ -100,6 +102,7 @@ pub fn router(app: AppState) -> Router {
         .route("/shared-objects/{name}", get(objects::get))
         .route("/shared-objects/{name}/slots/{slot}", put(objects::put_slot).delete(objects::delete_slot))
         .route("/shared-objects/{name}/events", get(objects::events))
+        .route("/shared-objects/{name}/messages", post(objects::post_message))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));

@@ -1,27 +1,21 @@
 //! `/shared-objects/*`: read, write and watch Remote Shared Objects over HTTP.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use raftcast_raft::state::{Event, ObjectChange, SharedObject};
 use raftcast_raft::value::Value;
 use raftcast_raft::{Command, Response as SmResponse};
-use raftcast_storage::Notice;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+
+use crate::origin::shared_objects::object_json;
 
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
 
 /// Longest object or slot name, in bytes.
 pub const MAX_NAME: usize = 256;
-/// Largest slot value (its AMF0 size).
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub use raftcast_raft::state::MAX_VALUE_BYTES;
 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
@@ -39,12 +33,6 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .and_then(|s| s.parse().ok())
         .map(Some)
         .ok_or_else(|| ApiError::bad_request("If-Match must be an object version (a non-negative integer)"))
-}
-
-fn object_json(name: &str, obj: &SharedObject) -> serde_json::Value {
-    let slots: serde_json::Map<String, serde_json::Value> =
-        obj.slots.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-    json!({ "name": name, "version": obj.version, "persistent": obj.persistent, "slots": slots })
 }
 
 /// `body` as JSON with `ETag: "<version>"`.
@@ -118,70 +106,26 @@ pub async fn delete_slot(
 }
 
 /// Server-Sent Events for one object: first `state` (the whole object, version 0 when
-/// it does not exist yet), then one `change` per committed change in commit order. If
-/// this watcher falls behind or the node installs a snapshot, a fresh `state` follows.
+/// it does not exist yet), then one `change` per committed change in commit order, and
+/// `message` per send-message broadcast. If this watcher falls behind or the node
+/// installs a snapshot, a fresh `state` follows. See [`crate::origin::shared_objects`].
 pub async fn events(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_name("object name", &name)?;
-    // Subscribe before reading, so no change between the two is missed.
-    let notices = app.state.subscribe();
-    let stream = ObjectEvents { app: app.clone(), name, notices, version: None, pending: Default::default() };
-    let stream = futures::stream::unfold(stream, |mut s| async move { s.next().await.map(|e| (e, s)) });
-    let shutdown = app.shutdown.clone();
-    let stream = futures::StreamExt::take_until(stream, async move { shutdown.cancelled().await });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(app.objects.feed(name, None, app.shutdown.clone()))
 }
 
-struct ObjectEvents {
-    app: AppState,
-    name: String,
-    notices: tokio::sync::broadcast::Receiver<Notice>,
-    /// Version last sent; `None` until the first `state` event.
-    version: Option<u64>,
-    pending: std::collections::VecDeque<SseEvent>,
-}
-
-impl ObjectEvents {
-    fn state_event(&mut self) -> SseEvent {
-        let obj = self.app.state.read(|sm| sm.objects.get(&self.name).cloned()).unwrap_or_default();
-        self.version = Some(obj.version);
-        SseEvent::default().event("state").id(obj.version.to_string()).data(object_json(&self.name, &obj).to_string())
-    }
-
-    async fn next(&mut self) -> Option<Result<SseEvent, Infallible>> {
-        if self.version.is_none() {
-            return Some(Ok(self.state_event()));
-        }
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                return Some(Ok(e));
-            }
-            match self.notices.recv().await {
-                Ok(Notice::Applied { events, .. }) => {
-                    for event in events.iter() {
-                        let Event::Object { object, version, change } = event else { continue };
-                        if *object != self.name || Some(*version) <= self.version {
-                            continue;
-                        }
-                        self.version = Some(*version);
-                        let data = match change {
-                            ObjectChange::Set { slots } => {
-                                let slots: serde_json::Map<_, _> =
-                                    slots.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-                                json!({ "version": version, "set": slots })
-                            }
-                            ObjectChange::Deleted { slot } => json!({ "version": version, "deleted": slot }),
-                            ObjectChange::Cleared => json!({ "version": version, "cleared": true }),
-                        };
-                        let e = SseEvent::default().event("change").id(version.to_string()).data(data.to_string());
-                        self.pending.push_back(e);
-                    }
-                }
-                Ok(Notice::Replaced { .. }) | Err(RecvError::Lagged(_)) => return Some(Ok(self.state_event())),
-                Err(RecvError::Closed) => return None,
-            }
-        }
-    }
+/// `POST /shared-objects/{name}/messages`: a send-message broadcast,
+/// `{"handler": "…", "args": […]}`, to every watcher on every origin and edge; not stored.
+pub async fn post_message(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    check_name("object name", &name)?;
+    crate::origin::shared_objects::check_broadcast(&body).map_err(ApiError::bad_request)?;
+    app.objects.broadcast(name, body, false);
+    Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }

@@ -52,6 +52,9 @@ pub enum ClientEvent {
     Video { stream_id: u32, timestamp: u32, payload: Bytes },
     /// A data message on a stream we play (`onMetaData`, `|RtmpSampleAccess`, …).
     Data { stream_id: u32, timestamp: u32, payload: Bytes },
+    /// A shared-object message body (see [`crate::rtmp::shared_object`]); `amf3` when it
+    /// came as type 16.
+    SharedObject { payload: Bytes, amf3: bool },
 }
 
 /// The lifecycle of the NetConnection.
@@ -214,6 +217,14 @@ impl ClientSession {
         self.send_media(CSID_DATA, message::DATA_AMF0, stream_id, timestamp, payload)
     }
 
+    /// Sends a shared-object message body (see [`crate::rtmp::shared_object`]) as type 19,
+    /// or type 16 when `amf3`.
+    pub fn send_shared_object(&mut self, body: Bytes, amf3: bool) -> Result<(), SessionError> {
+        self.require_connected("a shared-object message")?;
+        self.wire.send(CSID_COMMAND, 0, 0, &Message::SharedObject { payload: body, amf3 });
+        Ok(())
+    }
+
     /// Feed bytes read from the socket. Returns what the server said or sent; replies (acks,
     /// pings) accumulate in the outbox. An error is fatal.
     pub fn handle_input(&mut self, bytes: &[u8]) -> Result<Vec<ClientEvent>, SessionError> {
@@ -321,6 +332,7 @@ impl ClientSession {
                     events.push(ClientEvent::Data { stream_id, timestamp, payload });
                 }
                 Message::Command { command, .. } => self.command(stream_id, command, events),
+                Message::SharedObject { payload, amf3 } => events.push(ClientEvent::SharedObject { payload, amf3 }),
                 _ => {}
             }
         }

@@ -318,6 +318,14 @@ impl ServerSession {
         self.wire.send_status(stream_id, status);
     }
 
+    /// Sends a shared-object message body (see [`crate::rtmp::shared_object`]) on message
+    /// stream 0, as type 19 or, when `amf3`, type 16. Ignored unless connected.
+    pub fn send_shared_object(&mut self, body: Bytes, amf3: bool) {
+        if self.connection == Connection::Connected {
+            self.wire.send(CSID_COMMAND, 0, 0, &Message::SharedObject { payload: body, amf3 });
+        }
+    }
+
     /// Sends audio to a playing stream (ignored on any other stream).
     pub fn send_audio(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) {
         self.send_media(CSID_AUDIO, message::AUDIO, stream_id, timestamp, payload);

@@ -1,0 +1,252 @@
+//! Shared objects over the edge's HTTP port, for web pages and bots: the same routes
+//! as the origins' admin API (`/shared-objects/…`, DESIGN.md) served from the edge's
+//! local copy, plus `POST …/messages` for broadcasts. An SSE watcher is a subscriber
+//! like an RTMP client: it keeps the object's feed open (and a temporary object alive).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use raftcast_raft::state::MAX_VALUE_BYTES;
+use raftcast_raft::value::Value;
+use raftcast_raft::Rejection;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::shared_objects::{Snapshot, Subscription, Update, WriteError};
+use super::EdgeContext;
+use crate::origin::shared_objects::{change_json, check_broadcast, valid_name};
+
+/// How long a read waits for the object's first state from the cluster.
+const FIRST_STATE_WAIT: Duration = Duration::from_secs(3);
+/// Largest request body (a JSON slot value or a broadcast).
+const MAX_BODY: usize = 256 * 1024;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response()
+}
+
+/// A refused request, answered as a JSON error.
+struct Refusal(StatusCode, &'static str, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1, self.2)
+    }
+}
+
+fn check(what: &str, name: &str) -> Result<(), Refusal> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{what} must be 1 to 256 bytes without control characters"),
+        ))
+    }
+}
+
+fn snapshot_json(name: &str, s: &Snapshot) -> serde_json::Value {
+    let slots: serde_json::Map<_, _> = s.slots.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    json!({ "name": name, "version": s.version, "persistent": s.persistent, "slots": slots })
+}
+
+/// The first whole state of a new subscription.
+async fn first_state(sub: &mut Subscription) -> Option<Snapshot> {
+    if let Some(s) = sub.initial.take() {
+        return Some(s);
+    }
+    let wait = async {
+        loop {
+            match sub.updates.recv().await {
+                Ok(u) => {
+                    if let Update::Sync(s) = &*u {
+                        return Some(s.clone());
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    if let Some(s) = sub.snapshot() {
+                        return Some(s);
+                    }
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(FIRST_STATE_WAIT, wait).await.ok().flatten()
+}
+
+fn unavailable() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no origin answered for this object in time")
+}
+
+/// `GET /shared-objects/{name}`: the whole object (version 0 when it does not exist).
+pub async fn get(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>) -> Response {
+    if let Err(r) = check("object name", &name) {
+        return r.into_response();
+    }
+    let mut sub = ctx.objects.subscribe(&name);
+    match first_state(&mut sub).await {
+        Some(s) => Json(snapshot_json(&name, &s)).into_response(),
+        None => unavailable(),
+    }
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    v.to_str().ok().map(|s| s.trim().trim_matches('"')).and_then(|s| s.parse().ok()).map(Some).ok_or_else(|| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "If-Match must be an object version (a non-negative integer)".to_owned(),
+        )
+    })
+}
+
+fn written(result: Result<u64, WriteError>) -> Response {
+    match result {
+        Ok(version) => {
+            let mut resp = Json(json!({ "version": version })).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+                resp.headers_mut().insert(header::ETAG, v);
+            }
+            resp
+        }
+        Err(WriteError::Rejected(r)) => {
+            let message = r.to_string();
+            match r {
+                Rejection::VersionMismatch { current } => {
+                    let body = json!({ "error": { "code": "version_mismatch", "message": message, "current_version": current } });
+                    (StatusCode::PRECONDITION_FAILED, Json(body)).into_response()
+                }
+                Rejection::NotFound => error(StatusCode::NOT_FOUND, "not_found", message),
+                Rejection::LimitExceeded { .. } => error(StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded", message),
+                _ => error(StatusCode::CONFLICT, "rejected", message),
+            }
+        }
+        Err(WriteError::Unavailable(message)) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+    }
+}
+
+/// `PUT /shared-objects/{name}/slots/{slot}`: sets a slot (JSON value; `If-Match:
+/// <version>` makes it conditional). Objects written over HTTP are persistent.
+pub async fn put_slot(
+    State(ctx): State<Arc<EdgeContext>>,
+    Path((name, slot)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = check("object name", &name).and_then(|()| check("slot name", &slot)) {
+        return r.into_response();
+    }
+    let if_version = match if_match(&headers) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    if body.len() > MAX_BODY {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("a body may take at most {MAX_BODY} bytes"),
+        );
+    }
+    let json: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not JSON: {e}")),
+    };
+    let value = match Value::from_json(&json) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    if value.encoded_len() > MAX_VALUE_BYTES {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("a slot value may take at most {MAX_VALUE_BYTES} bytes"),
+        );
+    }
+    written(ctx.objects.set(&name, &slot, value, if_version, true).await)
+}
+
+/// `DELETE /shared-objects/{name}/slots/{slot}`.
+pub async fn delete_slot(
+    State(ctx): State<Arc<EdgeContext>>,
+    Path((name, slot)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = check("object name", &name).and_then(|()| check("slot name", &slot)) {
+        return r.into_response();
+    }
+    match if_match(&headers) {
+        Ok(if_version) => written(ctx.objects.delete(&name, &slot, if_version).await),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// `POST /shared-objects/{name}/messages`: a broadcast `{"handler", "args"}` to every
+/// subscriber on every edge; not stored.
+pub async fn post_message(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>, body: Bytes) -> Response {
+    if let Err(r) = check("object name", &name) {
+        return r.into_response();
+    }
+    if body.len() > MAX_BODY {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("a body may take at most {MAX_BODY} bytes"));
+    }
+    let data: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not JSON: {e}")),
+    };
+    if let Err(e) = check_broadcast(&data) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", e);
+    }
+    match ctx.objects.send_message(&name, &data).await {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({}))).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
+}
+
+/// `GET /shared-objects/{name}/events`: Server-Sent Events — `state` (the whole
+/// object), then `change` per committed change in commit order and `message` per
+/// broadcast; a fresh `state` after a resynchronization.
+pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>) -> Response {
+    if let Err(r) = check("object name", &name) {
+        return r.into_response();
+    }
+    let mut sub = ctx.objects.subscribe(&name);
+    let Some(first) = first_state(&mut sub).await else { return unavailable() };
+    let state = |s: &Snapshot, name: &str| {
+        SseEvent::default().event("state").id(s.version.to_string()).data(snapshot_json(name, s).to_string())
+    };
+    let first = state(&first, &name);
+    let rest = futures::stream::unfold((sub, name), move |(mut sub, name)| async move {
+        loop {
+            let event = match sub.updates.recv().await {
+                Ok(u) => match &*u {
+                    Update::Sync(s) => state(s, &name),
+                    Update::Change { version, change } => SseEvent::default()
+                        .event("change")
+                        .id(version.to_string())
+                        .data(change_json(*version, change).to_string()),
+                    Update::Message(data) => SseEvent::default().event("message").data(data.to_string()),
+                },
+                Err(RecvError::Lagged(_)) => match sub.snapshot() {
+                    Some(s) => state(&s, &name),
+                    None => continue,
+                },
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, Infallible>(event), (sub, name)));
+        }
+    });
+    let stream = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), rest);
+    let shutdown = ctx.shutdown.clone();
+    let stream = futures::StreamExt::take_until(stream, async move { shutdown.cancelled().await });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
