@@ -93,10 +93,10 @@ async fn two_pages_on_two_edges_chat_vote_and_play_through_the_webcast_page() {
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    // chat.mjs bounds itself (150 s); this only guards against a hung node.
-    let output = tokio::time::timeout(Duration::from_secs(200), run)
+    // chat.mjs bounds itself (240 s); this only guards against a hung node.
+    let output = tokio::time::timeout(Duration::from_secs(300), run)
         .await
-        .expect("node test/chat.mjs hung for 200 s")
+        .expect("node test/chat.mjs hung for 300 s")
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -186,9 +186,12 @@
     for (const slot of keys) {
       if (!slot.startsWith('m-')) continue;
       const old = chatItems.get(slot);
+      const json = JSON.stringify(slots[slot]);
+      if (old && old.dataset.json === json) continue; // unchanged (a resync): not announced again
       if (old) { old.remove(); chatItems.delete(slot); }
       if (!validMessage(slots[slot])) continue;
       const li = chatItem(slot, slots[slot]);
+      li.dataset.json = json;
       // Slot names sort by time (13-digit ms timestamps): insert in order.
       const next = [...chatItems.keys()].filter((k) => k > slot).sort()[0];
       chatLog.insertBefore(li, next ? chatItems.get(next) : null);

@@ -14,10 +14,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
-/** How long one expectation may take. */
-const STEP_MS = Number(process.env.WEBCAST_STEP_MS || 20_000);
+/** How long one expectation may take (generous: CI machines have 2 busy cores). */
+const STEP_MS = Number(process.env.WEBCAST_STEP_MS || 30_000);
 /** The whole run is killed after this (a hung browser must not hang the test). */
-const TOTAL_MS = Number(process.env.WEBCAST_TOTAL_MS || 150_000);
+const TOTAL_MS = Number(process.env.WEBCAST_TOTAL_MS || 240_000);
 
 function parseArgs(argv) {
   const opts = {
