@@ -72,3 +72,17 @@ fn interleaved_chunk_streams_decode_to_whole_messages() {
     }
     assert_eq!(got, vec![(5, 8, 20), (4, 9, 300)]);
 }
+
+#[test]
+fn shared_object_regressions_decode_without_panicking() {
+    use raftcast::rtmp::shared_object;
+    let mut decoded = 0;
+    for (name, bytes) in inputs("shared_object") {
+        if let Ok(msg) = shared_object::decode(&bytes) {
+            decoded += 1;
+            let again = shared_object::decode(&shared_object::encode(&msg)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(format!("{again:?}"), format!("{msg:?}"), "{name}");
+        }
+    }
+    assert!(decoded >= 3, "the valid seeds decode");
+}

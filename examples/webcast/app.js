@@ -81,7 +81,8 @@
 
   /**
    * Keeps `slots` and `version` of one object from `GET …/events`: `state` replaces
-   * everything (first, and again after a resync), `change` applies one commit.
+   * everything (first, and again after a resync), `change` applies one commit
+   * (`set`, `deleted`, `cleared`, or `removed`: the object is gone, version 0).
    * Calls `onUpdate(changedSlots | null)` (null = whole state), `onMessage(data)`,
    * `onStatus(state)` with state "connecting" | "live" | "reconnecting".
    */
@@ -108,6 +109,13 @@
       });
       es.addEventListener('change', (e) => {
         const c = JSON.parse(e.data);
+        if (c.removed) {
+          // The object was removed (a temporary one nobody used); it restarts at version 1.
+          this.slots = {};
+          this.version = 0;
+          this.onUpdate(null);
+          return;
+        }
         if (c.version <= this.version) return; // already in the state we hold
         this.version = c.version;
         let changed = [];

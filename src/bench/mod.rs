@@ -4,6 +4,7 @@
 pub mod client;
 pub mod fanout;
 pub mod so;
+pub mod so_rtmp;
 pub mod synth;
 
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ pub enum BenchCommand {
     Fanout(fanout::FanoutArgs),
     /// Idle RTMP connections, for memory per connection.
     Idle(fanout::IdleArgs),
+    /// Shared objects through RTMP on two edges: write-to-subscriber latency and
+    /// committed writes per second.
+    SoRtmp(so_rtmp::SoRtmpArgs),
 }
 
 /// Entry point of `raftcast bench`.
@@ -36,6 +40,7 @@ pub fn main(command: BenchCommand) -> ExitCode {
         BenchCommand::So(args) => runtime.block_on(so::run(args)),
         BenchCommand::Fanout(args) => runtime.block_on(fanout::run(args)),
         BenchCommand::Idle(args) => runtime.block_on(fanout::idle(args)),
+        BenchCommand::SoRtmp(args) => runtime.block_on(so_rtmp::run(args)),
     };
     match result {
         Ok(report) => {
