@@ -42,8 +42,11 @@ fn require_browser_deps() {
                            `npm ci --no-audit --no-fund` in examples/webcast)";
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     assert!(Path::new(&chromium).exists(), "{chromium} is missing: {INSTALL}");
-    let node = std::process::Command::new("node").arg("--version").stdout(Stdio::null()).status();
-    assert!(node.is_ok_and(|s| s.success()), "node is missing: {INSTALL}");
+    let node = std::process::Command::new("node").arg("--version").output();
+    let version = node.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let major: u32 = version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    // playwright-core 1.65 needs Node.js 20 or newer.
+    assert!(major >= 20, "node 20 or newer is needed, found {version:?}: {INSTALL}");
     for module in ["mpegts.js/dist/mpegts.js", "playwright-core/package.json"] {
         let path = www().join("node_modules").join(module);
         assert!(path.exists(), "{} is missing: {INSTALL}", path.display());
