@@ -121,7 +121,7 @@ start() {
     fi
     setsid "$BIN" edge --id "$name" \
       --rtmp "$(rtmp_addr "$i")" --http "$(edge_http_addr "$i")" --origins "$(origin_list)" \
-      --cluster-secret-file "$DATA/cluster-secret" \
+      --cluster-secret-file "$DATA/cluster-secret" --www "$ROOT/examples/webcast" \
       </dev/null >>"$DATA/logs/$name.log" 2>&1 &
     echo $! >"$DATA/pids/$name.pid"
     echo "started $name (pid $!) rtmp=$(rtmp_addr "$i") http=$(edge_http_addr "$i")"
@@ -149,6 +149,8 @@ start() {
   echo "  -c:v libx264 -preset ultrafast -tune zerolatency -g 60 -c:a aac -f flv $pub"
   echo "# watch it through edge-2:"
   echo "ffplay -rw_timeout 5000000 $play2"
+  echo "# or open the interactive webcast page (examples/webcast) in a browser:"
+  echo "http://$(edge_http_addr 1)/webcast/?stream=live/test"
   echo
   echo "logs:    $DATA/logs/"
   echo "secrets: $DATA/cluster-secret, $DATA/admin-token"

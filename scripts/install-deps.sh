@@ -10,7 +10,11 @@ set -euo pipefail
 #   curl        scripts/bootstrap.sh waits for the edges' /health
 #   ffmpeg      real publisher and players (ffmpeg, ffprobe) in tests/edge.rs
 #   rtmpdump    a librtmp player in tests/edge.rs
-PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump)
+#   chromium    headless browser for tests/webcast.rs (examples/webcast/test/chat.mjs)
+#   fonts-noto-color-emoji  the page's reaction buttons in its screenshots
+#   nodejs npm  only when no `node` is on PATH: runs chat.mjs and installs its packages
+PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump chromium fonts-noto-color-emoji)
+command -v node >/dev/null || PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,6 +26,17 @@ if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# The webcast example's npm packages (player library, playwright-core), reinstalled
+# when package-lock.json changed since the last install.
+webcast="$(dirname "$0")/../examples/webcast"
+stamp="$webcast/node_modules/.raftcast-lock-sha256"
+lock_sum=$(sha256sum "$webcast/package-lock.json" | cut -d' ' -f1)
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$lock_sum" ]]; then
+  echo "installing examples/webcast/node_modules (npm ci)"
+  (cd "$webcast" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sum" >"$stamp"
 fi
 
 # Rust components CI checks with.
