@@ -10,7 +10,11 @@ set -euo pipefail
 #   curl        scripts/bootstrap.sh waits for the edges' /health
 #   ffmpeg      real publisher and players (ffmpeg, ffprobe) in tests/edge.rs
 #   rtmpdump    a librtmp player in tests/edge.rs
-PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump)
+#   iproute2    network namespaces, veths and the bridge of the chaos harness
+#   nftables    the chaos harness's partitions, one-way drops and packet loss
+#   iptables    (nf_tables backend) for poking at the same rules by hand
+#   libfaketime the chaos harness's wall-clock skew (LD_PRELOAD), and faketime(1)
+PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump iproute2 nftables iptables libfaketime faketime)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

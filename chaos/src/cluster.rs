@@ -51,6 +51,9 @@ pub struct Cluster {
     procs: BTreeMap<Node, Proc>,
     pub token: String,
     client: reqwest::Client,
+    /// Delaying proxies of healed latency faults: their connections run on at zero
+    /// delay until the cluster stops.
+    pub retired: Vec<crate::proxy::DelayProxy>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -81,7 +84,7 @@ impl Cluster {
             addrs.insert(node, a);
         }
         let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
-        let mut c = Cluster { backend, opts, addrs, procs: BTreeMap::new(), token, client };
+        let mut c = Cluster { backend, opts, addrs, procs: BTreeMap::new(), token, client, retired: Vec::new() };
         for id in ORIGINS {
             if c.opts.faketime {
                 c.set_skew(id, 0)?;
@@ -219,6 +222,7 @@ impl Cluster {
 
     /// Kills everything (edges first).
     pub async fn stop_all(&mut self) {
+        self.retired.clear();
         for node in [Node::Edge(1), Node::Edge(2), Node::Origin(1), Node::Origin(2), Node::Origin(3)] {
             if let Some(p) = self.procs.get(&node) {
                 let _ = Self::signal(p.pid, "-CONT").await;

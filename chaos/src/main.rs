@@ -12,6 +12,7 @@ mod cluster;
 mod history;
 mod nemesis;
 mod net;
+mod proxy;
 mod report;
 mod run;
 mod schedule;

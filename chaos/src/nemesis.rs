@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, ORIGINS};
 use crate::net::{Node, Rules, NODES};
+use crate::proxy::DelayProxy;
 use crate::workload::observer::Roles;
 
 /// Whom a process fault hits.
@@ -46,6 +47,9 @@ pub enum Fault {
     EdgeOwnerCut,
     /// Every link between nodes drops this share of packets.
     Loss { percent: u32 },
+    /// Every Raft link between origins delayed by `ms` each way (a delaying proxy per
+    /// directed link; the links' open connections are cut once to move them onto it).
+    Latency { ms: u64 },
     /// Every origin in turn: SIGTERM, restart, wait until it follows a leader again.
     RollingRestart,
     /// One origin's wall clock moves `secs` away (libfaketime).
@@ -63,6 +67,7 @@ impl Fault {
             Fault::OneWay => "one-way",
             Fault::EdgeOwnerCut => "edge-owner-cut",
             Fault::Loss { .. } => "loss",
+            Fault::Latency { .. } => "latency",
             Fault::RollingRestart => "rolling-restart",
             Fault::ClockSkew { .. } => "clock-skew",
         }
@@ -76,9 +81,10 @@ impl Fault {
 }
 
 /// What must be undone when a fault's window ends.
-#[derive(Debug)]
 pub enum Active {
     Restart(Node),
+    /// Redirections to remove from these origins; the proxies go on at zero delay.
+    Latency(Vec<DelayProxy>),
     Resume(Node),
     Rules,
     Skew(u32),
@@ -161,6 +167,25 @@ pub async fn inject(
                 count: 3,
             });
         }
+        Fault::Latency { ms } => {
+            let via = cluster.backend.harness_ip()?;
+            let mut proxies = Vec::new();
+            for from in ORIGINS {
+                let mut links = Vec::new();
+                for to in ORIGINS.iter().copied().filter(|t| *t != from) {
+                    let target = cluster.addrs(Node::Origin(to)).http;
+                    let p = DelayProxy::start(via, target, ms).await?;
+                    links.push((Node::Origin(to), target.port(), p.addr));
+                    proxies.push(p);
+                }
+                cluster.backend.redirect(Node::Origin(from), &links).await?;
+            }
+            return Ok(Injected {
+                active: Active::Latency(proxies),
+                detail: format!("+{ms} ms each way on every Raft link"),
+                count: 1,
+            });
+        }
         Fault::IsolateLeader => {
             let l = resolve(cluster, roles, Target::Leader, rng).await?;
             let others: Vec<Node> = NODES.iter().copied().filter(|n| *n != Node::Origin(l)).collect();
@@ -220,6 +245,17 @@ pub async fn heal(active: Active, cluster: &mut Cluster) -> anyhow::Result<()> {
         Active::Restart(node) => cluster.spawn(node).await,
         Active::Resume(node) => cluster.resume(node).await,
         Active::Rules => cluster.backend.apply(&Rules::default()).await,
+        Active::Latency(proxies) => {
+            for id in ORIGINS {
+                cluster.backend.redirect(Node::Origin(id), &[]).await?;
+            }
+            for p in &proxies {
+                p.set_delay(0);
+            }
+            // Connections through them live on; they end with the cluster.
+            cluster.retired.extend(proxies);
+            Ok(())
+        }
         Active::Skew(n) => cluster.set_skew(n, 0),
         Active::Nothing => Ok(()),
     }

@@ -7,6 +7,8 @@
 //!   hook (NOTES.md): a blocked directed pair `(from, to)` drops every packet from
 //!   `from`'s address to `to`'s, and a lossy pair drops a random share of them
 //!   (`numgen random`). The harness's own traffic (clients, probes) is never dropped.
+//!   For latency, new connections from a node to a peer are redirected (DNAT in the
+//!   node's namespace) to a delaying proxy on the harness's address (`proxy.rs`).
 //! - **loopback** (no root): every node on 127.0.0.1 with its own ports; process faults
 //!   work, network faults cannot be injected and the schedules that need them fail.
 //!
@@ -14,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 
 use anyhow::{bail, Context};
@@ -133,6 +135,37 @@ impl Backend {
         }
     }
 
+    /// The harness's own address on the nodes' network (netns only).
+    pub fn harness_ip(&self) -> anyhow::Result<IpAddr> {
+        match self {
+            Backend::Netns(n) => Ok(IpAddr::V4(Ipv4Addr::new(10, n.prefix.0, n.prefix.1, 254))),
+            Backend::Loopback => bail!("the loopback backend cannot redirect links through a proxy"),
+        }
+    }
+
+    /// Inside `node`'s namespace, sends new TCP connections to each `(to, port)` to
+    /// `via` instead (DNAT on its OUTPUT hook), then cuts its established connections to
+    /// those destinations so they reconnect through `via`. An empty list removes the
+    /// redirection (connections already through `via` stay).
+    pub async fn redirect(&self, node: Node, links: &[(Node, u16, SocketAddr)]) -> anyhow::Result<()> {
+        let Backend::Netns(n) = self else { bail!("the loopback backend cannot redirect links") };
+        let ns = n.ns(node);
+        let mut script = String::from("add table ip rcchaos-nat\ndelete table ip rcchaos-nat\n");
+        if !links.is_empty() {
+            script += "table ip rcchaos-nat {\n  chain out {\n    type nat hook output priority -100; policy accept;\n";
+            for (to, port, via) in links {
+                script += &format!("    ip daddr {} tcp dport {port} dnat to {via}\n", n.ip(*to));
+            }
+            script += "  }\n}\n";
+        }
+        nft_script(&["ip", "netns", "exec", &ns, "nft", "-f", "-"], &script).await?;
+        for (to, port, _) in links {
+            let ip = n.ip(*to).to_string();
+            run(&["ip", "netns", "exec", &ns, "ss", "-K", "dst", &ip, "dport", "=", &port.to_string()]).await?;
+        }
+        Ok(())
+    }
+
     /// Installs exactly `rules` (replacing the previous ones).
     pub async fn apply(&self, rules: &Rules) -> anyhow::Result<()> {
         match self {
@@ -234,20 +267,25 @@ impl Netns {
             );
         }
         script += "  }\n}\n";
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting nft")?;
-        let mut stdin = child.stdin.take().context("nft stdin")?;
-        stdin.write_all(script.as_bytes()).await?;
-        drop(stdin);
-        let out = child.wait_with_output().await?;
-        if !out.status.success() {
-            bail!("nft -f failed: {}\n{script}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
+        nft_script(&["nft", "-f", "-"], &script).await
     }
+}
+
+/// Runs `argv` (an `nft -f -`) with `script` on its standard input.
+async fn nft_script(argv: &[&str], script: &str) -> anyhow::Result<()> {
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nft")?;
+    let mut stdin = child.stdin.take().context("nft stdin")?;
+    stdin.write_all(script.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!("nft -f failed: {}\n{script}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }

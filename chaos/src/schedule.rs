@@ -51,22 +51,25 @@ fn twice(fault: Fault, hold: u64, recover: u64) -> Vec<Step> {
 /// A named schedule.
 pub fn named(name: &str) -> Option<Schedule> {
     let steps = match name {
-        "kill-leader" => twice(Fault::Kill { target: Target::Leader }, 5, 5),
-        "kill-owner" => twice(Fault::Kill { target: Target::Owner }, 5, 5),
-        "pause-owner" => twice(Fault::Pause { target: Target::Owner }, 5, 5),
-        "isolate-leader" => twice(Fault::IsolateLeader, 5, 5),
-        "halves" => twice(Fault::Halves, 5, 5),
-        "bridge" => twice(Fault::Bridge, 5, 5),
-        "flaky-links" => vec![Step { fault: Fault::Loss { percent: 5 }, hold: s(10), recover: s(4) }],
-        "edge-owner-cut" => twice(Fault::EdgeOwnerCut, 5, 5),
-        "rolling-restart" => vec![Step { fault: Fault::RollingRestart, hold: s(0), recover: s(4) }],
+        "kill-leader" => twice(Fault::Kill { target: Target::Leader }, 4, 4),
+        "kill-owner" => twice(Fault::Kill { target: Target::Owner }, 4, 4),
+        "pause-owner" => twice(Fault::Pause { target: Target::Owner }, 4, 4),
+        "isolate-leader" => twice(Fault::IsolateLeader, 4, 4),
+        "halves" => twice(Fault::Halves, 4, 4),
+        "bridge" => twice(Fault::Bridge, 4, 4),
+        "flaky-links" => vec![
+            Step { fault: Fault::Loss { percent: 5 }, hold: s(6), recover: s(3) },
+            Step { fault: Fault::Latency { ms: 60 }, hold: s(6), recover: s(3) },
+        ],
+        "edge-owner-cut" => twice(Fault::EdgeOwnerCut, 4, 4),
+        "rolling-restart" => vec![Step { fault: Fault::RollingRestart, hold: s(0), recover: s(3) }],
         "clock-skew" => vec![
-            Step { fault: Fault::ClockSkew { target: Target::Leader, secs: 300 }, hold: s(6), recover: s(3) },
-            Step { fault: Fault::ClockSkew { target: Target::Owner, secs: -300 }, hold: s(6), recover: s(3) },
+            Step { fault: Fault::ClockSkew { target: Target::Leader, secs: 300 }, hold: s(5), recover: s(3) },
+            Step { fault: Fault::ClockSkew { target: Target::Owner, secs: -300 }, hold: s(5), recover: s(3) },
         ],
         _ => return None,
     };
-    Some(Schedule { name: name.into(), warmup: s(4), steps })
+    Some(Schedule { name: name.into(), warmup: s(3), steps })
 }
 
 /// Faults drawn from `seed` until `duration` is filled.
@@ -80,7 +83,8 @@ pub fn random(seed: u64, duration: Duration) -> Schedule {
             1 => Target::Owner,
             _ => Target::Random,
         };
-        let fault = match rng.gen_range(0..11) {
+        let fault = match rng.gen_range(0..12) {
+            11 => Fault::Latency { ms: rng.gen_range(20..=150) },
             0 => Fault::Kill { target },
             1 => Fault::Pause { target },
             2 => Fault::IsolateLeader,
