@@ -21,8 +21,8 @@ pub struct RegisterOp {
     /// The `Idempotency-Key` a write was sent with (a retry gets the first answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idem: Option<String>,
-    /// The answer came from resending with the same `Idempotency-Key` after the run
-    /// (`ret_us` is then when that answer came, not when the write took effect).
+    /// The answer came from resending with the same `Idempotency-Key` after an unknown
+    /// outcome (`ret_us` is when that answer came, not when the write took effect).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resolved: bool,
 }

@@ -52,6 +52,11 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Re-checks a saved register history (`DIR/<schedule>/registers.jsonl`).
+    Check {
+        /// The history file.
+        history: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -103,7 +108,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// `check`: the linearizability checker over a saved history.
+fn recheck(path: &std::path::Path) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(path)?;
+    let ops: Vec<history::RegisterOp> =
+        text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let violations = check::linearizable::check(&ops);
+    for v in &violations {
+        println!("key {}: {} at {:?}", v.key, v.reason, v.op);
+    }
+    println!("{} operations, {} keys not linearizable", ops.len(), violations.len());
+    Ok(violations.is_empty())
+}
+
 async fn main_async(cli: Cli) -> anyhow::Result<bool> {
+    if let Cmd::Check { history } = &cli.command {
+        return recheck(history);
+    }
     cleanup::install_signal_handler();
     let (schedules, common, seed) = match cli.command {
         Cmd::Run { schedule, common, seed, duration } => {
@@ -117,6 +138,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
             (vec![s], common, seed)
         }
         Cmd::Smoke { common } => (schedule::NAMED.iter().filter_map(|n| schedule::named(n)).collect(), common, 1),
+        Cmd::Check { .. } => unreachable!("handled above"),
     };
     let bin = common.bin.or_else(default_bin).ok_or_else(|| {
         anyhow::anyhow!("no raftcast binary beside this program: build it (cargo build --release) or pass --bin")

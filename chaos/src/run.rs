@@ -234,10 +234,9 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
     let _ = play_tx.send(true);
     let player_traces = join_all(players).await;
 
-    // Resolve unknown outcomes through their idempotency keys, then read the set.
+    // Resolve unknown adds through their idempotency keys (unknown register writes were
+    // resent by their clients at once), then read the set.
     let addrs: Vec<SocketAddr> = origin_addrs.iter().map(|(_, a)| *a).collect();
-    let unknown_before = reg_ops.iter().filter(|o| o.output == RegisterOutput::Unknown).count();
-    register::resolve(&ctx, &mut reg_ops, &addrs).await;
     set::resolve(&ctx, &mut adds, &addrs).await;
     let mut reads = Vec::new();
     let periods = work_end_us / 1_000_000 / workload::PERIOD_SECS + 1;
@@ -339,8 +338,9 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
         .collect();
     let unknown_after = reg_ops.iter().filter(|o| o.output == RegisterOutput::Unknown).count();
     println!(
-        "[{tag}] {} register ops ({unknown_before} unknown, {unknown_after} after retries), {} set adds, {} claims seen",
+        "[{tag}] {} register ops ({} answered after resends, {unknown_after} unknown), {} set adds, {} claims seen",
         reg_ops.len(),
+        reg_ops.iter().filter(|o| o.resolved).count(),
         adds.len(),
         owners.claims
     );

@@ -52,7 +52,23 @@ pub async fn client(
         };
         let idem = (input != RegisterInput::Read).then(|| format!("c{client}-{counter}"));
         let call_us = ctx.now_us();
-        let output = send(&http, &ctx.token, addr, key, input, idem.as_deref()).await;
+        let mut output = send(&http, &ctx.token, addr, key, input, idem.as_deref()).await;
+        // An unknown write is sent again with its key, as a careful client does, until a
+        // definite answer: the first answer if it was applied, or it applies now. Done
+        // at once, well inside the cluster's dedup window (a resend long after could be
+        // applied twice). The operation spans from its first call to that answer.
+        let retried = output == RegisterOutput::Unknown && input != RegisterInput::Read;
+        if retried {
+            let deadline = tokio::time::Instant::now() + RETRY_FOR;
+            while output == RegisterOutput::Unknown && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                output = match send(&http, &ctx.token, addr, key, input, idem.as_deref()).await {
+                    // A refused resend says nothing about the first attempt.
+                    RegisterOutput::Failed => RegisterOutput::Unknown,
+                    other => other,
+                };
+            }
+        }
         let ret_us = (output != RegisterOutput::Unknown).then(|| ctx.now_us());
         match output {
             RegisterOutput::Read { version, .. }
@@ -67,7 +83,17 @@ pub async fn client(
             output,
             RegisterOutput::Read { .. } | RegisterOutput::Written { .. } | RegisterOutput::Mismatch { .. }
         );
-        ops.push(RegisterOp { client, origin, key, call_us, ret_us, input, output, idem, resolved: false });
+        ops.push(RegisterOp {
+            client,
+            origin,
+            key,
+            call_us,
+            ret_us,
+            input,
+            output,
+            idem,
+            resolved: retried && ret_us.is_some(),
+        });
         let pause = Duration::from_millis(if ok { rng.gen_range(10..40) } else { rng.gen_range(150..300) });
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
@@ -76,6 +102,9 @@ pub async fn client(
     }
     ops
 }
+
+/// How long a client keeps resending a write whose outcome is unknown.
+const RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Sends one operation; a refused connection is a definite failure (nothing was
 /// sent), any answer other than 2xx, 404 on a read or 412 is unknown.
@@ -123,26 +152,4 @@ pub async fn send(
             }
         }
     }
-}
-
-/// Sends every write whose outcome is unknown again, with its `Idempotency-Key`,
-/// through each origin in turn: the answer is the first one (if it was applied) or
-/// the write applies now. Either way the operation gets a definite answer that ends
-/// now. Operations still without an answer stay unknown.
-pub async fn resolve(ctx: &Ctx, ops: &mut [RegisterOp], origins: &[SocketAddr]) -> usize {
-    let Ok(http) = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() else { return 0 };
-    let mut resolved = 0;
-    for op in ops.iter_mut().filter(|o| o.output == RegisterOutput::Unknown && o.input != RegisterInput::Read) {
-        for addr in origins {
-            let out = send(&http, &ctx.token, *addr, op.key, op.input, op.idem.as_deref()).await;
-            if matches!(out, RegisterOutput::Written { .. } | RegisterOutput::Mismatch { .. }) {
-                op.output = out;
-                op.ret_us = Some(ctx.now_us());
-                op.resolved = true;
-                resolved += 1;
-                break;
-            }
-        }
-    }
-    resolved
 }
