@@ -13,7 +13,11 @@ set -euo pipefail
 #   chromium    headless browser for tests/webcast.rs (examples/webcast/test/chat.mjs)
 #   fonts-noto-color-emoji  the page's reaction buttons in its screenshots
 #   nodejs npm  only when no `node` is on PATH: runs chat.mjs and installs its packages
-PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump chromium fonts-noto-color-emoji)
+#   iproute2    network namespaces, veths and the bridge of the chaos harness
+#   nftables    the chaos harness's partitions, one-way drops and packet loss
+#   iptables    (nf_tables backend) for poking at the same rules by hand
+#   libfaketime the chaos harness's wall-clock skew (LD_PRELOAD), and faketime(1)
+PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump chromium fonts-noto-color-emoji iproute2 nftables iptables libfaketime faketime)
 command -v node >/dev/null || PACKAGES+=(nodejs npm)
 
 missing=()

@@ -290,9 +290,22 @@ async fn an_edge_moves_a_stream_with_reassign_and_retries_get_the_first_answer()
         Some("0")
     );
 
-    // A follower does not execute it: it says who leads.
-    let reply = c.forward_to(follower(&c, leader), &reassign(RequestId::random(), after.epoch, after.owner)).await;
-    assert_eq!(reply, Some(ForwardReply::NotLeader { leader: Some(leader) }));
+    // A follower does not execute a request another origin forwarded: it says who leads.
+    let req = reassign(RequestId::random(), after.epoch, after.owner);
+    let res = c
+        .client
+        .post(format!("http://{}/raft/forward", c.http(follower(&c, leader))))
+        .header(raftcast_raft::rpc::SECRET_HEADER, &c.secret)
+        .header("x-raftcast-forwarded", "1")
+        .body(raftcast_raft::rpc::encode(&req))
+        .send()
+        .await
+        .unwrap();
+    let reply: ForwardReply = raftcast_raft::rpc::decode(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(reply, ForwardReply::NotLeader { leader: Some(leader) });
+    // An edge's request is passed on to the leader once: the leader's answer comes back.
+    let reply = c.forward_to(follower(&c, leader), &req).await;
+    assert!(matches!(reply, Some(ForwardReply::Written(Response::Claimed(_)))), "{reply:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

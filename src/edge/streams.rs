@@ -7,7 +7,9 @@
 //! keeps the stream back to a keyframe ([`Retained`]); when the link to the owner is
 //! lost it asks the leader to move the stream elsewhere (`Forward::Reassign` with the
 //! expected epoch), or follows a move the leader made, attaches to the new owner and
-//! re-sends from that keyframe — reading from the publisher all along.
+//! re-sends from that keyframe — reading from the publisher all along. It also watches
+//! the claim, and follows a move even while the old owner still answers (an owner cut
+//! off from the other origins but not from this edge cannot fence it).
 //!
 //! A [`Relay`] exists while at least one player holds a [`Lease`] on it. It follows the
 //! stream through the cluster's change feed (`Forward::WatchStream`): subscribes on the
@@ -222,6 +224,11 @@ impl Forwarder {
         // While a move is under way: the future doing it and when the owner was lost.
         let mut moving: Option<(futures::future::BoxFuture<'static, Result<Attached, Lost>>, tokio::time::Instant)> =
             None;
+        // While attached: waits for the claim to move past our epoch. An owner cut off
+        // from the other origins, but not from this edge, keeps accepting our frames
+        // after the leader moved the stream away from it; players follow the claim to
+        // the new owner, so we must too, or they get nothing until the partition heals.
+        let mut claim_moved = watch_claim(self.ctx.clone(), self.stream.clone(), self.epoch);
         loop {
             let lost: Option<String> = tokio::select! {
                 frame = frames.recv() => {
@@ -242,11 +249,15 @@ impl Forwarder {
                     Some(_) => None,
                     None => Some("channel closed".to_owned()),
                 },
+                epoch = &mut claim_moved, if moving.is_none() => {
+                    Some(format!("the claim moved on to epoch {epoch}"))
+                }
                 moved = async { moving.as_mut().expect("guarded").0.as_mut().await }, if moving.is_some() => {
                     let since = moving.take().expect("guarded").1;
                     match moved {
                         Ok(attached) => {
                             self.attach(attached, &mut events).await;
+                            claim_moved = watch_claim(self.ctx.clone(), self.stream.clone(), self.epoch);
                             self.ctx.stats.publisher_failovers.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(
                                 stream = %self.stream, epoch = self.epoch, owner = self.owner,
@@ -311,6 +322,22 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// Resolves with the epoch of the stream's claim once it is newer than `epoch` (the
+/// change feed relays follow); never while the claim stays at `epoch` or is released
+/// (the owner's refusal or the link says the rest).
+fn watch_claim(ctx: Arc<EdgeContext>, stream: StreamKey, epoch: u64) -> futures::future::BoxFuture<'static, u64> {
+    Box::pin(async move {
+        loop {
+            match ctx.control.watch(&stream, Some(epoch), WATCH_WAIT).await {
+                Ok(Some(o)) if o.claim.epoch > epoch => return o.claim.epoch,
+                Ok(Some(o)) if o.claim.epoch == epoch => {}
+                // An origin behind us, or the claim released: look again shortly.
+                Ok(_) | Err(_) => tokio::time::sleep(RELAY_RETRY).await,
+            }
+        }
+    })
 }
 
 /// Moves a publication whose owner was lost: follows a move the leader already made,

@@ -283,6 +283,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_owner_s_history_covers_an_edge_cut_off_for_several_seconds() {
+        // Found by the chaos harness (edge-owner-cut): an edge cut off from the owner
+        // for 4 s came back 5.5 s after its players' last frame, and 4 s of history
+        // made it start at the live keyframe, losing what was in between.
+        let limits = HubLimits {
+            history: Some(RetainLimits::default_history()),
+            queue: QueueLimits { max_frames: 4096, max_bytes: usize::MAX },
+            ..HubLimits::default()
+        };
+        let hub = Hub::new(limits);
+        hub.publish(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])));
+        // 20 s at 25 fps, a keyframe every 2 s.
+        for i in 0..500u32 {
+            hub.publish(video(i * 40, i % 50 == 0));
+        }
+        // The edge's players last got frame 274, 9 s before the newest, mid-GOP.
+        let (sub, resumed) = hub.subscribe_after(Some(ResumePoint { audio: None, video: Some(274 * 40) }));
+        assert!(resumed, "the history reaches back 9 s");
+        let got: Vec<u32> = std::iter::from_fn(|| sub.try_recv()).filter(|f| !f.header).map(|f| f.timestamp).collect();
+        assert_eq!(got, (275..500).map(|i| i * 40).collect::<Vec<_>>(), "every frame after the point");
+    }
+
+    #[tokio::test]
     async fn a_late_reader_starts_with_headers_and_the_keyframe() {
         let hub = Hub::new(small());
         hub.publish(Frame::metadata(0, Bytes::from_static(b"meta")));

@@ -35,10 +35,13 @@ impl Default for RetainLimits {
 }
 
 impl RetainLimits {
-    /// What an owner's hub keeps for edges resuming after a move: back to a keyframe at
-    /// least 4 s old, at most 12 s and 16 MiB.
+    /// What an owner's hub keeps for edges resuming after a move or a lost link: back
+    /// to a keyframe at least 10 s old, at most 20 s and 16 MiB. An edge cut off from
+    /// the owner alone (nobody moves the stream) is away for the cut, 0.5 s to notice
+    /// and a reconnect; 4 s of history lost frames after a 4 s cut (chaos harness,
+    /// `edge-owner-cut`).
     pub fn default_history() -> Self {
-        RetainLimits { history_ms: 4_000, max_bytes: 16 * 1024 * 1024, max_ms: 12_000 }
+        RetainLimits { history_ms: 10_000, max_bytes: 16 * 1024 * 1024, max_ms: 20_000 }
     }
 }
 

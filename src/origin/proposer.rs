@@ -436,6 +436,7 @@ impl Proposer {
             .client
             .post(format!("http://{}/raft/forward", addr.http))
             .header(SECRET_HEADER, self.secret.as_str())
+            .header(FORWARDED_HEADER, "1")
             .timeout(remaining.max(Duration::from_millis(50)))
             .body(rpc::encode(req))
             .send()
@@ -773,11 +774,33 @@ fn membership_reply(result: Result<(), RaftError<NodeId, ClientWriteError<NodeId
     }
 }
 
+/// Marks a `/raft/forward` request one origin sent to the leader on behalf of a client:
+/// the receiver executes it or says who leads, and never forwards it again.
+const FORWARDED_HEADER: &str = "x-raftcast-forwarded";
+
+/// How long an origin waits for the leader's answer to a request an edge sent it: below
+/// the edge's own 1 s per attempt, so the edge hears back and tries elsewhere if need be.
+const EDGE_HOP_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// `/raft/forward`: executes a request forwarded by another origin or sent by an edge.
-/// Mounted behind [`rpc::require_secret`] and a body limit of [`MAX_FORWARD_BODY`].
+/// An edge's request that only the leader can execute is passed on to the leader once
+/// (an edge that cannot reach the leader, or lists only some origins, still gets its
+/// claims and moves through any origin); a request another origin forwarded is never
+/// passed on. Mounted behind [`rpc::require_secret`] and a body limit of
+/// [`MAX_FORWARD_BODY`].
 pub async fn forward_route(State(proposer): State<Proposer>, headers: HeaderMap, body: Bytes) -> HttpResponse {
     match rpc::admit::<Forward>(&proposer.secret, &headers, &body) {
-        Ok(req) => rpc::reply(&proposer.execute_here(&req).await),
+        Ok(req) => {
+            let reply = proposer.execute_here(&req).await;
+            let from_edge = !headers.contains_key(FORWARDED_HEADER);
+            let reply = match reply {
+                ForwardReply::NotLeader { leader: Some(leader) } if from_edge && leader != proposer.id => {
+                    proposer.forward(leader, &req, EDGE_HOP_TIMEOUT).await.0
+                }
+                reply => reply,
+            };
+            rpc::reply(&reply)
+        }
         Err(refused) => axum::response::IntoResponse::into_response(refused),
     }
 }

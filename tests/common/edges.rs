@@ -25,7 +25,13 @@ pub struct EdgeProc {
 impl EdgeProc {
     /// Starts edge `name` in front of every origin of `c` and waits for `/health`.
     pub async fn start(c: &Cluster, name: &str, extra: &[&str]) -> EdgeProc {
-        let origins: Vec<String> = c.origins.values().map(|o| o.http.to_string()).collect();
+        let origins: Vec<u64> = c.origins.keys().copied().collect();
+        Self::start_with_origins(c, name, &origins, extra).await
+    }
+
+    /// Starts edge `name` listing only the origins `ids` and waits for `/health`.
+    pub async fn start_with_origins(c: &Cluster, name: &str, ids: &[u64], extra: &[&str]) -> EdgeProc {
+        let origins: Vec<String> = ids.iter().map(|id| c.http(*id).to_string()).collect();
         let (rtmp, http) = (free_addr(), free_addr());
         let log = c.dir.path().join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();

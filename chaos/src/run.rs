@@ -1,0 +1,348 @@
+//! One schedule, end to end: a fresh cluster, the workloads, the faults at their times,
+//! the heal, the drain, the idempotent resolution of unknown outcomes, the final
+//! reads, the checkers, and the history files under `DIR/<schedule>/`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::check;
+use crate::cluster::{Cluster, ClusterOptions, FAKETIME_LIB, ORIGINS};
+use crate::history::{AddOutcome, FaultRecord, RegisterOutput};
+use crate::nemesis;
+use crate::net::{Backend, Node, NODES};
+use crate::report::{NodeStats, Outcome, ScheduleReport};
+use crate::schedule::Schedule;
+use crate::workload::{self, media, observer, register, set, Ctx};
+
+/// Register keys (one shared object each).
+const KEYS: u32 = 4;
+/// Register clients per origin.
+const CLIENTS_PER_ORIGIN: u32 = 2;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub bin: PathBuf,
+    pub out: PathBuf,
+    pub seed: u64,
+}
+
+/// Runs `schedule`; never panics on a product failure, it reports it.
+pub async fn run(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions) -> Outcome {
+    let started = Instant::now();
+    let dir = opts.out.join(&schedule.name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut outcome = match std::fs::create_dir_all(&dir) {
+        Ok(()) => match execute(backend, schedule, opts, &dir).await {
+            Ok(o) => o,
+            Err(e) => Outcome { problems: vec![format!("harness: {e:#}")], ..Default::default() },
+        },
+        Err(e) => Outcome { problems: vec![format!("cannot create {}: {e}", dir.display())], ..Default::default() },
+    };
+    outcome.report.schedule = schedule.name.clone();
+    outcome.wall_secs = started.elapsed().as_secs_f64();
+    let verdict = serde_json::json!({
+        "report": outcome.report,
+        "passed": outcome.passed(),
+        "problems": outcome.problems,
+        "nodes": outcome.nodes,
+        "wall_secs": outcome.wall_secs,
+    });
+    let _ = std::fs::write(dir.join("verdict.json"), serde_json::to_string_pretty(&verdict).unwrap_or_default());
+    outcome
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in items {
+        serde_json::to_writer(&mut f, i)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// Aborts the workload tasks it holds when dropped, so a schedule that ends early
+/// leaves no client reconnecting into the next one.
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::AbortHandle>);
+
+impl Tasks {
+    fn add<T>(&mut self, h: JoinHandle<T>) -> JoinHandle<T> {
+        self.0.push(h.abort_handle());
+        h
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+async fn join_all<T>(tasks: Vec<JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        if let Ok(v) = t.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn node_sample(cluster: &Cluster) -> Vec<(Option<u64>, Option<u64>)> {
+    NODES
+        .iter()
+        .map(|n| {
+            let data = match n {
+                Node::Origin(id) => Some(cluster.data_bytes(*id)),
+                Node::Edge(_) => None,
+            };
+            (cluster.rss_kib(*n), data)
+        })
+        .collect()
+}
+
+async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, dir: &Path) -> anyhow::Result<Outcome> {
+    let tag = &schedule.name;
+    let mut problems = Vec::new();
+    let needs_faketime = schedule.steps.iter().any(|s| s.fault.needs_faketime());
+    let faketime = needs_faketime && Path::new(FAKETIME_LIB).exists();
+    if needs_faketime && !faketime {
+        problems.push(format!("{FAKETIME_LIB} is missing (install libfaketime): clock skew cannot be injected"));
+    }
+    let mut cluster =
+        Cluster::start(backend.clone(), ClusterOptions { bin: opts.bin.clone(), dir: dir.to_path_buf(), faketime })
+            .await
+            .context("starting the cluster")?;
+    let ctx = Ctx { start: Instant::now(), token: cluster.token.clone() };
+    let origin_addrs: Vec<(u32, SocketAddr)> =
+        ORIGINS.iter().map(|o| (*o, cluster.addrs(Node::Origin(*o)).http)).collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (obs_tx, obs_rx) = watch::channel(false);
+    let (pub_tx, pub_rx) = watch::channel(false);
+    let (play_tx, play_rx) = watch::channel(false);
+    let roles = Arc::new(Mutex::new(observer::Roles::default()));
+    let stream_key = format!("{}/{}", media::APP, media::STREAM);
+    let mut guard = Tasks::default();
+    let obs =
+        guard.add(tokio::spawn(observer::run(ctx.clone(), origin_addrs.clone(), stream_key, roles.clone(), obs_rx)));
+
+    // Media first: the players must be receiving before the faults start.
+    let last_sent = Arc::new(AtomicU64::new(media::NONE));
+    let publisher = guard.add(tokio::spawn(media::publisher(
+        ctx.clone(),
+        cluster.addrs(Node::Edge(1)).media,
+        last_sent.clone(),
+        pub_rx,
+    )));
+    let mut players = Vec::new();
+    let mut seen = Vec::new();
+    for (name, edge) in [("player-edge-2", 2), ("player-edge-1", 1)] {
+        let s = Arc::new(AtomicU64::new(0));
+        seen.push(s.clone());
+        let addr = cluster.addrs(Node::Edge(edge)).media;
+        players.push(guard.add(tokio::spawn(media::player(ctx.clone(), name.into(), addr, s, play_rx.clone()))));
+    }
+    cluster
+        .wait_for(Duration::from_secs(30), "every player to receive frames", || {
+            let ok = seen.iter().all(|s| s.load(Ordering::Acquire) > 0);
+            async move { ok.then_some(()) }
+        })
+        .await?;
+
+    let mut regs = Vec::new();
+    let mut n = 0;
+    for (origin, addr) in &origin_addrs {
+        for _ in 0..CLIENTS_PER_ORIGIN {
+            n += 1;
+            regs.push(guard.add(tokio::spawn(register::client(ctx.clone(), n, *origin, *addr, KEYS, stop_rx.clone()))));
+        }
+    }
+    let sets: Vec<_> = origin_addrs
+        .iter()
+        .map(|(origin, addr)| guard.add(tokio::spawn(set::client(ctx.clone(), *origin, *addr, stop_rx.clone()))))
+        .collect();
+    let work_start_us = ctx.now_us();
+    let start_sample = node_sample(&cluster);
+
+    tokio::time::sleep(schedule.warmup).await;
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut faults = Vec::new();
+    let mut fault_count = 0;
+    for step in &schedule.steps {
+        let start_us = ctx.now_us();
+        match nemesis::inject(step.fault, &mut cluster, &roles, &mut rng).await {
+            Ok(injected) => {
+                println!("[{tag}] {:>6.1}s {}: {}", start_us as f64 / 1e6, step.fault.name(), injected.detail);
+                fault_count += injected.count;
+                tokio::time::sleep(step.hold).await;
+                if let Err(e) = nemesis::heal(injected.active, &mut cluster).await {
+                    problems.push(format!("healing {}: {e:#}", step.fault.name()));
+                }
+                faults.push(FaultRecord {
+                    kind: step.fault.name(),
+                    detail: injected.detail,
+                    start_us,
+                    end_us: ctx.now_us(),
+                });
+            }
+            Err(e) => problems.push(format!("injecting {}: {e:#}", step.fault.name())),
+        }
+        tokio::time::sleep(step.recover).await;
+    }
+
+    // Everything healed: the cluster must come back whole.
+    if let Err(e) = cluster.backend.apply(&Default::default()).await {
+        problems.push(format!("clearing network rules: {e:#}"));
+    }
+    if let Err(e) = cluster.wait_healthy(Duration::from_secs(30)).await {
+        problems.push(format!("after the faults: {e:#}"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let mut reg_ops: Vec<_> = join_all(regs).await.into_iter().flatten().collect();
+    let mut adds: Vec<_> = join_all(sets).await.into_iter().flatten().collect();
+    let work_end_us = ctx.now_us();
+
+    // Drain the stream: everything sent must arrive.
+    let _ = pub_tx.send(true);
+    let pub_trace = publisher.await.context("publisher task")?;
+    let sent = last_sent.load(Ordering::Acquire);
+    let target = if sent == media::NONE { 0 } else { sent + 1 };
+    let drained = cluster
+        .wait_for(Duration::from_secs(10), "every player to receive the last frame", || {
+            let ok = seen.iter().all(|s| s.load(Ordering::Acquire) >= target);
+            async move { ok.then_some(()) }
+        })
+        .await;
+    if let Err(e) = drained {
+        problems.push(format!("media: {e:#}"));
+    }
+    let _ = play_tx.send(true);
+    let player_traces = join_all(players).await;
+
+    // Resolve unknown adds through their idempotency keys (unknown register writes were
+    // resent by their clients at once), then read the set.
+    let addrs: Vec<SocketAddr> = origin_addrs.iter().map(|(_, a)| *a).collect();
+    set::resolve(&ctx, &mut adds, &addrs).await;
+    let mut reads = Vec::new();
+    let periods = work_end_us / 1_000_000 / workload::PERIOD_SECS + 1;
+    for (origin, addr) in &origin_addrs {
+        reads.push(set::final_read(&ctx, *origin, *addr, periods).await);
+    }
+    let _ = obs_tx.send(true);
+    let observed = obs.await.context("observer task")?;
+    let end_sample = node_sample(&cluster);
+    cluster.stop_all().await;
+
+    // History for replay.
+    reg_ops.sort_by_key(|o| o.call_us);
+    adds.sort_by_key(|a| a.call_us);
+    write_jsonl(&dir.join("registers.jsonl"), &reg_ops)?;
+    write_jsonl(&dir.join("set.jsonl"), &adds)?;
+    write_jsonl(&dir.join("set-final-reads.jsonl"), &reads)?;
+    write_jsonl(&dir.join("statuses.jsonl"), &observed.statuses)?;
+    write_jsonl(&dir.join("claims.jsonl"), &observed.claims)?;
+    write_jsonl(&dir.join("faults.jsonl"), &faults)?;
+    let mut traces = vec![pub_trace.clone()];
+    traces.extend(player_traces.iter().cloned());
+    write_jsonl(&dir.join("media.jsonl"), &traces)?;
+
+    // Checkers.
+    let violations = check::linearizable::check(&reg_ops);
+    for v in &violations {
+        problems.push(format!("key {} not linearizable at {:?}: {}", v.key, v.op, v.reason));
+    }
+    let set_verdict = check::lost::check(&adds, &reads);
+    if !set_verdict.lost.is_empty() {
+        problems.push(format!("{} acknowledged adds lost: {:?}", set_verdict.lost.len(), set_verdict.lost));
+    }
+    if !set_verdict.unexpected.is_empty() {
+        problems.push(format!("elements nobody added: {:?}", set_verdict.unexpected));
+    }
+    if !set_verdict.unread.is_empty() {
+        problems.push(format!("final set read failed through origins {:?}", set_verdict.unread));
+    }
+    let owners = check::owners::check(&observed.claims);
+    if owners.max_owners_per_epoch > 1 {
+        problems.push(format!("two owners at one epoch: {:?}", owners.conflicts));
+    }
+    let last = (sent != media::NONE).then_some(sent);
+    let mut frames_lost = 0;
+    let mut max_stall = 0;
+    let mut disconnects = check::media::disconnects(&pub_trace);
+    for t in &player_traces {
+        let v = check::media::check_player(t, last);
+        frames_lost += v.lost;
+        max_stall = max_stall.max(v.max_stall_ms);
+        disconnects += v.disconnects;
+        if v.lost > 0 {
+            problems.push(format!("{}: {} frames lost (gaps after seq, count: {:?})", t.client, v.lost, v.gaps));
+        }
+        if v.frames == 0 {
+            problems.push(format!("{}: no frames at all", t.client));
+        }
+    }
+    if disconnects > 0 {
+        let whys: Vec<String> = traces
+            .iter()
+            .flat_map(|t| {
+                t.events.iter().filter_map(move |e| match e {
+                    crate::history::MediaEvent::Disconnect { why, .. } => Some(format!("{}: {why}", t.client)),
+                    _ => None,
+                })
+            })
+            .collect();
+        problems.push(format!("{disconnects} RTMP disconnects: {whys:?}"));
+    }
+    let mut acks: Vec<u64> = reg_ops.iter().filter(|o| o.acked_write()).filter_map(|o| o.ret_us).collect();
+    acks.extend(adds.iter().filter(|a| a.outcome == AddOutcome::Acked).filter_map(|a| a.ret_us));
+    let acked_writes = acks.len() as u64;
+    let report = ScheduleReport {
+        schedule: schedule.name.clone(),
+        faults: fault_count,
+        operations: (reg_ops.len() + adds.len()) as u64,
+        acked_writes,
+        lost_writes: set_verdict.lost.len() as u64,
+        linearizable: violations.is_empty(),
+        max_unavailable_ms: check::availability::max_unavailable_ms(acks, work_start_us, work_end_us),
+        max_media_stall_ms: max_stall,
+        frames_lost,
+        client_disconnects: disconnects,
+        leader_changes: check::availability::leader_changes(&observed.statuses),
+        owners_per_epoch_max: owners.max_owners_per_epoch as u64,
+    };
+    let nodes = NODES
+        .iter()
+        .zip(start_sample.iter().zip(end_sample.iter()))
+        .map(|(n, (s, e))| NodeStats {
+            node: n.to_string(),
+            rss_kib_start: s.0,
+            rss_kib_end: e.0,
+            data_bytes_start: s.1,
+            data_bytes_end: e.1,
+        })
+        .collect();
+    let unknown_after = reg_ops.iter().filter(|o| o.output == RegisterOutput::Unknown).count();
+    println!(
+        "[{tag}] {} register ops ({} answered after resends, {unknown_after} unknown), {} set adds, {} claims seen",
+        reg_ops.len(),
+        reg_ops.iter().filter(|o| o.resolved).count(),
+        adds.len(),
+        owners.claims
+    );
+    Ok(Outcome { report, problems, nodes, wall_secs: 0.0 })
+}
