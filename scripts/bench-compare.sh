@@ -63,12 +63,15 @@ if [[ -z "${RAFTCAST_BIN:-}" ]]; then
   RAFTCAST_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/raftcast"
 fi
 [[ -x "$RAFTCAST_BIN" ]] || die "$RAFTCAST_BIN is not executable"
-BIN=$(cd "$(dirname "$RAFTCAST_BIN")" && pwd)/$(basename "$RAFTCAST_BIN")
-export RAFTCAST_BIN=$BIN
 
 OUT=${OUT:-$(mktemp -d /tmp/raftcast-compare.XXXXXX)}
-mkdir -p "$OUT/runs" "$OUT/logs"
+mkdir -p "$OUT/runs" "$OUT/logs" "$OUT/bin"
 OUT=$(cd "$OUT" && pwd)
+# A copy named `raftcast`: bootstrap.sh recognises its processes by that name, and a
+# rebuild during the run changes nothing.
+cp "$RAFTCAST_BIN" "$OUT/bin/raftcast"
+BIN=$OUT/bin/raftcast
+export RAFTCAST_BIN=$BIN
 log "results in $OUT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
