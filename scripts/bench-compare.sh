@@ -38,7 +38,7 @@ done
 if (( QUICK )); then
   PLAYERS=(100 500) KBPS=(600 2500) DURATION=5 RAMP=500 SO_CONC=(32) SO_SECS=4
 else
-  PLAYERS=(100 500 1000) KBPS=(600 2500) DURATION=20 RAMP=200 SO_CONC=(1 8 32) SO_SECS=10
+  PLAYERS=(100 500 1000) KBPS=(600 2500) DURATION=20 RAMP=500 SO_CONC=(1 8 32) SO_SECS=10
 fi
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
@@ -121,7 +121,7 @@ start_nginx() {
   cat >"$dir/nginx.conf" <<EOF
 load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
 worker_processes 1;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile 16384;
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;

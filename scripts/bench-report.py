@@ -6,7 +6,7 @@
 Prints the tables (markdown) on stdout; every ratio is raftcast / nginx-rtmp (or
 raftcast / etcd) from the same run. No network, standard library only.
 """
-import argparse, glob, json, os, sys
+import argparse, glob, json, math, os, sys
 
 SERVERS = ["nginx-rtmp", "rc-1e1o", "rc-3o2e"]
 COLORS = {"nginx-rtmp": "#2c7a2c", "rc-1e1o": "#1f5fbf", "rc-3o2e": "#c0392b"}
@@ -162,23 +162,34 @@ def svg_chart(media, machine):
     if not xs:
         return None
     W, H, PW, PH, ML, MT = 980, 430, 380, 300, 70, 50
-    panels = [("server CPU-seconds per GB delivered (all server processes)", "cpu_gb_all"),
-              ("publish → play latency p99, ms", "p99")]
+    panels = [("server CPU-seconds per GB delivered (all server processes)", "cpu_gb_all", False),
+              ("publish → play latency p99, ms (log scale)", "p99", True)]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
              '<rect width="100%" height="100%" fill="white"/>']
-    title = f"raftcast vs nginx-rtmp, loopback, {machine.get('nproc', '?')} cores ({machine.get('date', '')})"
+    loads = [float(r["load_before"].split()[0]) for r in media if r.get("load_before")]
+    load = f", load {min(loads):.0f}–{max(loads):.0f}" if loads else ""
+    title = f"raftcast vs nginx-rtmp, loopback, {machine.get('nproc', '?')} cores{load} ({machine.get('date', '')})"
     parts.append(f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>')
-    for pi, (label, key) in enumerate(panels):
+    for pi, (label, key, log) in enumerate(panels):
         x0 = ML + pi * (PW + 110)
-        vals = [f[key] for pts in series.values() for _, f in pts if f[key] is not None]
-        top = max(vals) * 1.1 if vals else 1
+        vals = [f[key] for pts in series.values() for _, f in pts if f[key] is not None and f[key] > 0]
+        if log:
+            lo = math.floor(math.log10(min(vals))) if vals else 0
+            hi = math.ceil(math.log10(max(vals))) if vals else 1
+            hi = max(hi, lo + 1)
+            frac = lambda v, lo=lo, hi=hi: (math.log10(max(v, 10 ** lo)) - lo) / (hi - lo)
+            ticks = [10 ** e for e in range(lo, hi + 1)]
+        else:
+            top = max(vals) * 1.1 if vals else 1
+            frac = lambda v, top=top: v / top
+            ticks = [top * i / 5 for i in range(6)]
         parts.append(f'<text x="{x0 + PW / 2}" y="{MT - 12}" text-anchor="middle">{label}</text>')
         parts.append(f'<rect x="{x0}" y="{MT}" width="{PW}" height="{PH}" fill="none" stroke="#888"/>')
-        for i in range(6):
-            v = top * i / 5
-            y = MT + PH - PH * i / 5
+        for v in ticks:
+            y = MT + PH - PH * frac(v)
             parts.append(f'<line x1="{x0}" y1="{y}" x2="{x0 + PW}" y2="{y}" stroke="#eee"/>')
-            parts.append(f'<text x="{x0 - 6}" y="{y + 4}" text-anchor="end">{v:.3g}</text>')
+            text = f"{v:,.0f}" if log and v >= 1 else f"{v:.3g}"
+            parts.append(f'<text x="{x0 - 6}" y="{y + 4}" text-anchor="end">{text}</text>')
 
         def px(players):
             return x0 + 20 + (PW - 40) * (xs.index(players) / max(1, len(xs) - 1))
@@ -187,14 +198,14 @@ def svg_chart(media, machine):
             parts.append(f'<text x="{px(xv)}" y="{MT + PH + 18}" text-anchor="middle">{xv}</text>')
         parts.append(f'<text x="{x0 + PW / 2}" y="{MT + PH + 36}" text-anchor="middle">players</text>')
         for (server, kbps), pts in sorted(series.items()):
-            pts = sorted((p, f[key]) for p, f in pts if f[key] is not None)
+            pts = sorted((p, f[key]) for p, f in pts if f[key] is not None and f[key] > 0)
             if not pts:
                 continue
             dash = "" if kbps == min(k for _, k in series) else ' stroke-dasharray="6 4"'
-            d = " ".join(f"{px(p)},{MT + PH - PH * v / top}" for p, v in pts)
+            d = " ".join(f"{px(p)},{MT + PH - PH * frac(v)}" for p, v in pts)
             parts.append(f'<polyline points="{d}" fill="none" stroke="{COLORS.get(server, "#555")}" stroke-width="2"{dash}/>')
             for p, v in pts:
-                parts.append(f'<circle cx="{px(p)}" cy="{MT + PH - PH * v / top}" r="3" fill="{COLORS.get(server, "#555")}"/>')
+                parts.append(f'<circle cx="{px(p)}" cy="{MT + PH - PH * frac(v)}" r="3" fill="{COLORS.get(server, "#555")}"/>')
     ly = H - 30
     lx = ML
     for server in SERVERS:
