@@ -17,6 +17,8 @@
 #   RAFTCAST_RTMP_BASE   edge-N serves RTMP on BASE+N      [1934]
 #   RAFTCAST_EDGE_HTTP_BASE  edge-N serves HTTP on BASE+N  [8080]
 #   RAFTCAST_WAIT_SECS   how long start waits for a leader [30]
+#   RAFTCAST_ORIGINS     how many origins                  [3]
+#   RAFTCAST_EDGES       how many edges                    [2]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,8 +28,8 @@ MEDIA_BASE=${RAFTCAST_MEDIA_BASE:-9100}
 RTMP_BASE=${RAFTCAST_RTMP_BASE:-1934}
 EDGE_HTTP_BASE=${RAFTCAST_EDGE_HTTP_BASE:-8080}
 WAIT_SECS=${RAFTCAST_WAIT_SECS:-30}
-ORIGINS=(1 2 3)
-EDGES=(1 2)
+read -ra ORIGINS <<<"$(seq 1 "${RAFTCAST_ORIGINS:-3}" | tr '\n' ' ')"
+read -ra EDGES <<<"$(seq 1 "${RAFTCAST_EDGES:-2}" | tr '\n' ' ')"
 
 die() { echo "bootstrap: $*" >&2; exit 1; }
 
@@ -135,10 +137,10 @@ start() {
   done
   echo
   ctl status
-  local pub play1 play2 flv
+  local pub play2 flv last=${EDGES[${#EDGES[@]}-1]}
   pub="rtmp://$(rtmp_addr 1)/live/test"
-  play2="rtmp://$(rtmp_addr 2)/live/test"
-  flv="http://$(edge_http_addr 2)/live/test.flv"
+  play2="rtmp://$(rtmp_addr "$last")/live/test"
+  flv="http://$(edge_http_addr "$last")/live/test.flv"
   echo
   echo "publish: $pub"
   echo "play:    $play2   (or rtmp://$(rtmp_addr 1)/live/test)"
@@ -147,7 +149,7 @@ start() {
   echo "# publish a test pattern through edge-1:"
   echo "ffmpeg -nostdin -re -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine=frequency=440 \\"
   echo "  -c:v libx264 -preset ultrafast -tune zerolatency -g 60 -c:a aac -f flv $pub"
-  echo "# watch it through edge-2:"
+  echo "# watch it through edge-$last:"
   echo "ffplay -rw_timeout 5000000 $play2"
   echo "# or open the interactive webcast page (examples/webcast) in a browser:"
   echo "http://$(edge_http_addr 1)/webcast/?stream=live/test"

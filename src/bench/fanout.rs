@@ -1,8 +1,9 @@
 //! `raftcast bench fanout`: publishers of a synthetic stream and many players, all in
 //! this process, through any RTMP server (raftcast edges, nginx-rtmp, …). Every frame
 //! carries a sequence number and its send time: players check continuity and measure
-//! publish→play latency without decoding. `raftcast bench idle` holds idle connections
-//! to measure memory per connection.
+//! publish→play latency without decoding. `raftcast bench publish` is the same engine
+//! with many publishers (and optionally a few checking players per stream).
+//! `raftcast bench idle` holds idle connections to measure memory per connection.
 //!
 //! Server cost is sampled from `/proc/<pid>` of the processes named with `--watch-pid`
 //! (CPU seconds and RSS over the measured window).
@@ -29,18 +30,44 @@ pub struct FanoutArgs {
     /// RTMP addresses players connect to, comma-separated (players spread round-robin).
     #[arg(long, default_value = "127.0.0.1:1936", value_delimiter = ',')]
     play: Vec<SocketAddr>,
-    /// RTMP application.
-    #[arg(long, default_value = "live")]
-    app: String,
-    /// Stream names are PREFIX-0, PREFIX-1, …
-    #[arg(long, default_value = "bench")]
-    name: String,
     /// Streams (one publisher each); players spread over them.
     #[arg(long, default_value_t = 1)]
     streams: usize,
     /// Players in all.
     #[arg(long, default_value_t = 100)]
     players: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// `raftcast bench publish`: many concurrent publishers, optionally each with players.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// RTMP address publishers connect to.
+    #[arg(long, default_value = "127.0.0.1:1935")]
+    publish: SocketAddr,
+    /// RTMP addresses the checking players connect to, comma-separated.
+    #[arg(long, default_value = "127.0.0.1:1936", value_delimiter = ',')]
+    play: Vec<SocketAddr>,
+    /// Concurrent publishers, each on its own stream.
+    #[arg(long, default_value_t = 100)]
+    publishers: usize,
+    /// Players per stream checking what the server delivers (0: publishers only).
+    #[arg(long, default_value_t = 0)]
+    players_per_stream: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Flags shared by `fanout` and `publish`.
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// RTMP application.
+    #[arg(long, default_value = "live")]
+    app: String,
+    /// Stream names are PREFIX-0, PREFIX-1, …
+    #[arg(long, default_value = "bench")]
+    name: String,
     /// Video bitrate of each stream, kbit/s (plus about 64 kbit/s of audio).
     #[arg(long, default_value_t = 2500)]
     kbps: u32,
@@ -49,18 +76,32 @@ pub struct FanoutArgs {
     /// Frames per GOP.
     #[arg(long, default_value_t = 60)]
     gop: u32,
-    /// Seconds measured, after every player has started.
+    /// Seconds measured, after every publisher and player has started.
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
     /// Players started per second.
     #[arg(long, default_value_t = 200.0)]
     ramp: f64,
+    /// Publishers started per second.
+    #[arg(long, default_value_t = 100.0)]
+    publisher_ramp: f64,
     /// Server processes whose CPU time and RSS to sample, e.g. the edge's pid.
     #[arg(long = "watch-pid")]
     watch_pids: Vec<u32>,
-    /// A player is lagging when its p99 latency exceeds this, in ms.
+    /// A player is lagging when its p99 latency exceeds this, in ms; a publisher when
+    /// its p99 send delay (from when a frame was due to when the server took it) does.
     #[arg(long, default_value_t = 1000.0)]
     lag_ms: f64,
+}
+
+/// What to run: the same engine serves `fanout` and `publish`.
+struct Plan {
+    workload: &'static str,
+    publish: SocketAddr,
+    play: Vec<SocketAddr>,
+    streams: usize,
+    players: usize,
+    common: CommonArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,7 +112,10 @@ struct ProcessCost {
     cpu_seconds_per_gb: Option<f64>,
     /// Share of one core over the measured window.
     cpu_percent: f64,
+    /// RSS at the end of the measured window.
     rss_kib: u64,
+    /// RSS before this run's first connection.
+    rss_kib_before: u64,
     /// RSS divided by the players.
     rss_kib_per_player: Option<f64>,
 }
@@ -94,6 +138,14 @@ struct FanoutReport {
     latency: Option<Latency>,
     /// From `play` to the first video frame.
     time_to_first_frame: Option<Latency>,
+    /// Payload bytes publishers handed to the server in the measured window.
+    bytes_published: u64,
+    publishers_keeping_up: usize,
+    publishers_lagging: usize,
+    publishers_failed: usize,
+    /// From when a frame was due to when the server had taken all of it (TCP back
+    /// pressure shows here), in the measured window.
+    publish_delay: Option<Latency>,
     errors: Vec<String>,
     processes: Vec<ProcessCost>,
 }
@@ -107,87 +159,209 @@ struct PlayerResult {
     failed: Option<String>,
 }
 
-/// Counters shared by all players, for the progress line.
+/// What one publisher did in the measured window.
+#[derive(Default)]
+struct PublisherResult {
+    delays: Vec<Duration>,
+    failed: Option<String>,
+}
+
+/// Counters shared by all clients, for the progress line.
 #[derive(Default)]
 struct Live {
     bytes: AtomicU64,
     frames: AtomicU64,
     playing: AtomicU64,
+    published: AtomicU64,
+    publishing: AtomicU64,
+}
+
+/// The measured window and when clients stop.
+#[derive(Clone, Copy)]
+struct Window {
+    from: Instant,
+    to: Instant,
+    stop: Instant,
 }
 
 pub async fn run(args: FanoutArgs) -> anyhow::Result<String> {
-    anyhow::ensure!(args.streams > 0 && !args.play.is_empty(), "--streams and --play must not be empty");
-    anyhow::ensure!(args.fps > 0 && args.gop > 0 && args.ramp > 0.0, "--fps, --gop and --ramp must be positive");
+    let plan = Plan {
+        workload: "fanout",
+        publish: args.publish,
+        play: args.play,
+        streams: args.streams,
+        players: args.players,
+        common: args.common,
+    };
+    run_plan(plan).await
+}
+
+pub async fn run_publish(args: PublishArgs) -> anyhow::Result<String> {
+    let plan = Plan {
+        workload: "publish",
+        publish: args.publish,
+        play: args.play,
+        streams: args.publishers,
+        players: args.publishers * args.players_per_stream,
+        common: args.common,
+    };
+    run_plan(plan).await
+}
+
+async fn run_plan(plan: Plan) -> anyhow::Result<String> {
+    let args = &plan.common;
+    anyhow::ensure!(plan.streams > 0, "at least one stream (publisher) is needed");
+    anyhow::ensure!(plan.players == 0 || !plan.play.is_empty(), "--play must not be empty");
+    anyhow::ensure!(
+        args.fps > 0 && args.gop > 0 && args.ramp > 0.0 && args.publisher_ramp > 0.0,
+        "--fps, --gop, --ramp and --publisher-ramp must be positive"
+    );
     let shape = StreamShape { video_kbps: args.kbps, fps: args.fps, gop: args.gop, ..StreamShape::default() };
+    let rss_before: Vec<_> = args.watch_pids.iter().map(|p| proc_rss_kib(*p)).collect();
     let epoch = Instant::now();
-    let ramp = Duration::from_secs_f64(args.players as f64 / args.ramp);
-    let measure_from = Instant::now() + Duration::from_secs(2) + ramp;
+    let publisher_ramp = Duration::from_secs_f64((plan.streams - 1) as f64 / args.publisher_ramp);
+    let players_from = Duration::from_millis(1500) + publisher_ramp;
+    let ramp = Duration::from_secs_f64(plan.players as f64 / args.ramp);
+    let from = epoch + players_from + Duration::from_millis(500) + ramp;
     let measure = Duration::from_secs_f64(args.duration);
-    let measure_to = measure_from + measure;
-    let stop = measure_to + Duration::from_millis(500);
-    let names: Vec<String> = (0..args.streams).map(|i| format!("{}-{i}", args.name)).collect();
+    let window = Window { from, to: from + measure, stop: from + measure + Duration::from_millis(500) };
+    let names: Vec<String> = (0..plan.streams).map(|i| format!("{}-{i}", args.name)).collect();
+    let live = Arc::new(Live::default());
 
     let mut publishers = Vec::new();
-    for name in &names {
-        let (addr, app, name) = (args.publish, args.app.clone(), name.clone());
-        publishers.push(tokio::spawn(async move { publish(addr, &app, &name, shape, epoch, stop).await }));
+    for (i, name) in names.iter().enumerate() {
+        let (addr, app, name, live) = (plan.publish, args.app.clone(), name.clone(), live.clone());
+        let start_at = tokio::time::Instant::now() + Duration::from_secs_f64(i as f64 / args.publisher_ramp);
+        publishers.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start_at).await;
+            publish(addr, &app, &name, shape, epoch, window, &live).await
+        }));
     }
-    // Give publishers a moment to be accepted before players ask for the streams.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let live = Arc::new(Live::default());
+    // Publishers get a moment to be accepted before players ask for the streams.
     let mut players = Vec::new();
-    for i in 0..args.players {
-        let addr = args.play[i % args.play.len()];
+    for i in 0..plan.players {
+        let addr = plan.play[i % plan.play.len()];
         let (app, name, live) = (args.app.clone(), names[i % names.len()].clone(), live.clone());
-        let start_at = tokio::time::Instant::now() + Duration::from_secs_f64(i as f64 / args.ramp);
+        let start_at =
+            tokio::time::Instant::from_std(epoch + players_from) + Duration::from_secs_f64(i as f64 / args.ramp);
         let gop = u64::from(args.gop);
         players.push(tokio::spawn(async move {
             tokio::time::sleep_until(start_at).await;
-            play(addr, &app, &name, epoch, gop, (measure_from, measure_to), &live).await
+            play(addr, &app, &name, epoch, gop, window, &live).await
         }));
     }
     let progress = tokio::spawn({
         let live = live.clone();
         async move {
-            let mut last = 0;
+            let (mut last_out, mut last_in) = (0, 0);
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let bytes = live.bytes.load(Ordering::Relaxed);
-                let phase = if Instant::now() < measure_from { "warming up" } else { "measuring" };
+                let (out, inn) = (live.bytes.load(Ordering::Relaxed), live.published.load(Ordering::Relaxed));
+                let phase = if Instant::now() < from { "warming up" } else { "measuring" };
                 eprintln!(
-                    "{phase}: {} players, {:.1} Mbit/s, {} frames",
+                    "{phase}: {} publishing {:.1} Mbit/s, {} players {:.1} Mbit/s, {} frames",
+                    live.publishing.load(Ordering::Relaxed),
+                    (inn - last_in) as f64 * 8.0 / 1e6,
                     live.playing.load(Ordering::Relaxed),
-                    (bytes - last) as f64 * 8.0 / 1e6,
+                    (out - last_out) as f64 * 8.0 / 1e6,
                     live.frames.load(Ordering::Relaxed)
                 );
-                last = bytes;
+                (last_out, last_in) = (out, inn);
             }
         }
     });
-    tokio::time::sleep_until(measure_from.into()).await;
+    tokio::time::sleep_until(window.from.into()).await;
     let before: Vec<_> = args.watch_pids.iter().map(|p| proc_cpu(*p)).collect();
-    let bytes_before = live.bytes.load(Ordering::Relaxed);
-    tokio::time::sleep_until(measure_to.into()).await;
+    let (bytes_before, published_before) = (live.bytes.load(Ordering::Relaxed), live.published.load(Ordering::Relaxed));
+    tokio::time::sleep_until(window.to.into()).await;
     let bytes_delivered = live.bytes.load(Ordering::Relaxed) - bytes_before;
+    let bytes_published = live.published.load(Ordering::Relaxed) - published_before;
     let after: Vec<_> = args.watch_pids.iter().map(|p| proc_cpu(*p)).collect();
     let rss: Vec<_> = args.watch_pids.iter().map(|p| proc_rss_kib(*p)).collect();
     progress.abort();
 
-    let mut errors = Vec::new();
+    let mut publisher_results = Vec::new();
     for p in publishers {
-        match p.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => errors.push(format!("publisher: {e:#}")),
-            Err(e) => errors.push(format!("publisher task: {e}")),
+        publisher_results
+            .push(p.await.unwrap_or_else(|e| PublisherResult { failed: Some(e.to_string()), ..Default::default() }));
+    }
+    let mut player_results = Vec::new();
+    for p in players {
+        player_results
+            .push(p.await.unwrap_or_else(|e| PlayerResult { failed: Some(e.to_string()), ..Default::default() }));
+    }
+    let seconds = measure.as_secs_f64();
+    let gb = bytes_delivered as f64 / 1e9;
+    let processes = args
+        .watch_pids
+        .iter()
+        .enumerate()
+        .map(|(i, pid)| {
+            let cpu = match (before[i], after[i]) {
+                (Some(b), Some(a)) => a - b,
+                _ => f64::NAN,
+            };
+            let rss = rss[i].unwrap_or(0);
+            ProcessCost {
+                pid: *pid,
+                cpu_seconds: cpu,
+                cpu_seconds_per_gb: (gb > 0.0).then(|| cpu / gb),
+                cpu_percent: cpu / seconds * 100.0,
+                rss_kib: rss,
+                rss_kib_before: rss_before[i].unwrap_or(0),
+                rss_kib_per_player: (plan.players > 0).then(|| rss as f64 / plan.players as f64),
+            }
+        })
+        .collect();
+    let totals = Totals { seconds, bytes_delivered, bytes_published };
+    let report = summarize(&plan, totals, player_results, publisher_results, processes);
+    Ok(serde_json::to_string_pretty(&report)?)
+}
+
+/// Byte counts of the measured window.
+struct Totals {
+    seconds: f64,
+    bytes_delivered: u64,
+    bytes_published: u64,
+}
+
+/// Errors kept in a report; the rest are only counted.
+const MAX_ERRORS: usize = 20;
+
+/// Turns what every client saw into the report.
+fn summarize(
+    plan: &Plan,
+    totals: Totals,
+    players: Vec<PlayerResult>,
+    publishers: Vec<PublisherResult>,
+    processes: Vec<ProcessCost>,
+) -> FanoutReport {
+    let lag_ms = plan.common.lag_ms;
+    let mut errors = Vec::new();
+    let (mut delays, mut pub_ok, mut pub_lagging, mut pub_failed) = (Vec::new(), 0, 0, 0);
+    for p in publishers {
+        if let Some(e) = p.failed {
+            pub_failed += 1;
+            if errors.len() < MAX_ERRORS {
+                errors.push(format!("publisher: {e}"));
+            }
+            continue;
         }
+        let mut own = p.delays.clone();
+        let p99 = Latency::of(&mut own).map_or(0.0, |l| l.p99_ms);
+        if p99 <= lag_ms {
+            pub_ok += 1;
+        } else {
+            pub_lagging += 1;
+        }
+        delays.extend(p.delays);
     }
     let (mut latencies, mut ttffs) = (Vec::new(), Vec::new());
     let (mut keeping_up, mut lagging, mut failed, mut lost) = (0, 0, 0, 0);
-    for p in players {
-        let r = p.await.unwrap_or_else(|e| PlayerResult { failed: Some(e.to_string()), ..Default::default() });
+    for r in players {
         if let Some(e) = r.failed {
             failed += 1;
-            if errors.len() < 20 {
+            if errors.len() < MAX_ERRORS {
                 errors.push(format!("player: {e}"));
             }
             continue;
@@ -195,7 +369,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<String> {
         lost += r.lost;
         let mut own = r.latencies.clone();
         let p99 = Latency::of(&mut own).map_or(f64::INFINITY, |l| l.p99_ms);
-        if r.lost == 0 && p99 <= args.lag_ms {
+        if r.lost == 0 && p99 <= lag_ms {
             keeping_up += 1;
         } else {
             lagging += 1;
@@ -203,46 +377,28 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<String> {
         latencies.extend(r.latencies);
         ttffs.extend(r.ttff);
     }
-    let seconds = measure.as_secs_f64();
-    let gb = bytes_delivered as f64 / 1e9;
-    let processes = args
-        .watch_pids
-        .iter()
-        .zip(before.iter().zip(after.iter()))
-        .zip(rss)
-        .map(|((pid, (b, a)), rss)| {
-            let cpu = match (b, a) {
-                (Some(b), Some(a)) => a - b,
-                _ => f64::NAN,
-            };
-            ProcessCost {
-                pid: *pid,
-                cpu_seconds: cpu,
-                cpu_seconds_per_gb: (gb > 0.0).then(|| cpu / gb),
-                cpu_percent: cpu / seconds * 100.0,
-                rss_kib: rss.unwrap_or(0),
-                rss_kib_per_player: (args.players > 0).then(|| rss.unwrap_or(0) as f64 / args.players as f64),
-            }
-        })
-        .collect();
-    let report = FanoutReport {
-        workload: "fanout",
-        streams: args.streams,
-        players: args.players,
-        kbps: args.kbps,
-        seconds,
-        bytes_delivered,
-        egress_mbit_per_sec: bytes_delivered as f64 * 8.0 / 1e6 / seconds,
+    FanoutReport {
+        workload: plan.workload,
+        streams: plan.streams,
+        players: plan.players,
+        kbps: plan.common.kbps,
+        seconds: totals.seconds,
+        bytes_delivered: totals.bytes_delivered,
+        egress_mbit_per_sec: totals.bytes_delivered as f64 * 8.0 / 1e6 / totals.seconds,
         players_keeping_up: keeping_up,
         players_lagging: lagging,
         players_failed: failed,
         frames_lost: lost,
         latency: Latency::of(&mut latencies),
         time_to_first_frame: Latency::of(&mut ttffs),
+        bytes_published: totals.bytes_published,
+        publishers_keeping_up: pub_ok,
+        publishers_lagging: pub_lagging,
+        publishers_failed: pub_failed,
+        publish_delay: Latency::of(&mut delays),
         errors,
         processes,
-    };
-    Ok(serde_json::to_string_pretty(&report)?)
+    }
 }
 
 async fn publish(
@@ -251,7 +407,28 @@ async fn publish(
     name: &str,
     shape: StreamShape,
     epoch: Instant,
-    stop: Instant,
+    window: Window,
+    live: &Live,
+) -> PublisherResult {
+    let mut result = PublisherResult::default();
+    live.publishing.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = publish_frames(addr, app, name, shape, epoch, window, live, &mut result.delays).await {
+        result.failed = Some(format!("{e:#}"));
+    }
+    live.publishing.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish_frames(
+    addr: SocketAddr,
+    app: &str,
+    name: &str,
+    shape: StreamShape,
+    epoch: Instant,
+    window: Window,
+    live: &Live,
+    delays: &mut Vec<Duration>,
 ) -> anyhow::Result<()> {
     let mut client = RtmpClient::connect(addr, app).await.context("publisher connect")?;
     let id = client.publish(name).await.context("publish")?;
@@ -262,14 +439,28 @@ async fn publish(
     let mut synth = Synth::new(shape, epoch);
     let started = tokio::time::Instant::now();
     loop {
-        if Instant::now() >= stop {
+        if Instant::now() >= window.stop {
             return Ok(());
         }
-        tokio::time::sleep_until(started + synth.next_due()).await;
+        let due = started + synth.next_due();
+        tokio::time::sleep_until(due).await;
         let (_, frame) = synth.next_frame();
-        match frame {
-            SynthFrame::Video { timestamp, payload, .. } => client.send_video(id, timestamp, payload).await?,
-            SynthFrame::Audio { timestamp, payload } => client.send_audio(id, timestamp, payload).await?,
+        let len = match frame {
+            SynthFrame::Video { timestamp, payload, .. } => {
+                let len = payload.len();
+                client.send_video(id, timestamp, payload).await?;
+                len
+            }
+            SynthFrame::Audio { timestamp, payload } => {
+                let len = payload.len();
+                client.send_audio(id, timestamp, payload).await?;
+                len
+            }
+        };
+        live.published.fetch_add(len as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        if now >= window.from && now < window.to {
+            delays.push(tokio::time::Instant::now().saturating_duration_since(due));
         }
     }
 }
@@ -280,9 +471,10 @@ async fn play(
     name: &str,
     epoch: Instant,
     gop: u64,
-    (from, to): (Instant, Instant),
+    window: Window,
     live: &Live,
 ) -> PlayerResult {
+    let (from, to) = (window.from, window.to);
     let mut result = PlayerResult::default();
     let mut client = match RtmpClient::connect(addr, app).await {
         Ok(c) => c,
@@ -419,4 +611,89 @@ fn proc_cpu(pid: u32) -> Option<f64> {
 fn proc_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(players: usize) -> Plan {
+        let common = CommonArgs {
+            app: "live".into(),
+            name: "t".into(),
+            kbps: 600,
+            fps: 30,
+            gop: 60,
+            duration: 10.0,
+            ramp: 100.0,
+            publisher_ramp: 100.0,
+            watch_pids: vec![],
+            lag_ms: 100.0,
+        };
+        let addr: SocketAddr = "127.0.0.1:1935".parse().unwrap();
+        Plan { workload: "fanout", publish: addr, play: vec![addr], streams: 2, players, common }
+    }
+
+    fn ms(v: &[u64]) -> Vec<Duration> {
+        v.iter().copied().map(Duration::from_millis).collect()
+    }
+
+    #[test]
+    fn the_report_counts_players_and_publishers_by_outcome() {
+        let players = vec![
+            PlayerResult { ttff: Some(Duration::from_millis(3)), latencies: ms(&[1, 2, 3]), ..Default::default() },
+            // Lost frames make a player lag whatever its latency.
+            PlayerResult { latencies: ms(&[1]), lost: 2, ..Default::default() },
+            PlayerResult { latencies: ms(&[500]), ..Default::default() },
+            PlayerResult { failed: Some("refused".into()), ..Default::default() },
+        ];
+        let publishers = vec![
+            PublisherResult { delays: ms(&[0, 1]), failed: None },
+            PublisherResult { delays: ms(&[300]), failed: None },
+            PublisherResult { failed: Some("reset".into()), ..Default::default() },
+        ];
+        let totals = Totals { seconds: 10.0, bytes_delivered: 125_000_000, bytes_published: 1_000 };
+        let r = summarize(&plan(4), totals, players, publishers, vec![]);
+        assert_eq!((r.players_keeping_up, r.players_lagging, r.players_failed, r.frames_lost), (1, 2, 1, 2));
+        assert_eq!((r.publishers_keeping_up, r.publishers_lagging, r.publishers_failed), (1, 1, 1));
+        assert_eq!(r.egress_mbit_per_sec, 100.0);
+        assert_eq!(r.latency.as_ref().unwrap().max_ms, 500.0);
+        assert_eq!(r.errors, vec!["publisher: reset".to_owned(), "player: refused".to_owned()]);
+
+        // The fields scripts/bench-compare.sh reads.
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for field in [
+            "workload",
+            "bytes_delivered",
+            "players_keeping_up",
+            "players_lagging",
+            "players_failed",
+            "frames_lost",
+            "latency",
+            "time_to_first_frame",
+            "publish_delay",
+            "errors",
+            "processes",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing");
+        }
+        assert_eq!(json["latency"]["p50_ms"], 2.0);
+        assert_eq!(json["time_to_first_frame"]["p99_ms"], 3.0);
+    }
+
+    #[test]
+    fn nothing_measured_gives_null_latencies() {
+        let totals = Totals { seconds: 1.0, bytes_delivered: 0, bytes_published: 0 };
+        let r = summarize(&plan(0), totals, vec![], vec![], vec![]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["latency"].is_null() && json["publish_delay"].is_null());
+        assert_eq!(json["players_keeping_up"], 0);
+    }
+
+    #[test]
+    fn proc_stat_of_this_process_parses() {
+        let me = std::process::id();
+        assert!(proc_cpu(me).is_some());
+        assert!(proc_rss_kib(me).unwrap() > 0);
+    }
 }

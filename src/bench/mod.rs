@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// Synthetic publishers and many players through RTMP servers: continuity,
     /// latency, time to first frame, server CPU and memory.
     Fanout(fanout::FanoutArgs),
+    /// Many concurrent publishers of the synthetic stream, optionally with players
+    /// checking what the server delivers.
+    Publish(fanout::PublishArgs),
     /// Idle RTMP connections, for memory per connection.
     Idle(fanout::IdleArgs),
     /// Shared objects through RTMP on two edges: write-to-subscriber latency and
@@ -39,6 +42,7 @@ pub fn main(command: BenchCommand) -> ExitCode {
     let result = match command {
         BenchCommand::So(args) => runtime.block_on(so::run(args)),
         BenchCommand::Fanout(args) => runtime.block_on(fanout::run(args)),
+        BenchCommand::Publish(args) => runtime.block_on(fanout::run_publish(args)),
         BenchCommand::Idle(args) => runtime.block_on(fanout::idle(args)),
         BenchCommand::SoRtmp(args) => runtime.block_on(so_rtmp::run(args)),
     };

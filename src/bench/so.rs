@@ -1,19 +1,38 @@
 //! `raftcast bench so`: concurrent shared-object writes (PUT slot) through the admin
 //! API, spread round-robin over the given origins as real clients would be.
+//!
+//! `--target etcd` runs the same clients against an etcd cluster's v3 JSON gateway
+//! (`POST /v3/kv/put`), so the two systems are measured by one tool: the same HTTP
+//! client (keep-alive, one pooled connection per worker), the same key per write
+//! (`bench-<object>/w<worker>-<n mod 64>`), the same value size, the same round-robin
+//! over the given endpoints, one write in flight per worker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::Latency;
 
+/// What `bench so` writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// raftcast origins: `PUT /shared-objects/{object}/slots/{slot}`.
+    Raftcast,
+    /// etcd members' v3 JSON gateway: `POST /v3/kv/put`.
+    Etcd,
+}
+
 #[derive(Debug, Args)]
 pub struct SoArgs {
-    /// Origin admin addresses, comma-separated.
+    /// What the addresses are.
+    #[arg(long, value_enum, default_value = "raftcast")]
+    target: Target,
+    /// Origin admin addresses (or etcd client addresses), comma-separated.
     #[arg(
         long,
         env = "RAFTCAST_CTL_ORIGIN",
@@ -44,6 +63,7 @@ pub struct SoArgs {
 #[derive(Debug, Serialize)]
 struct Report {
     workload: &'static str,
+    target: Target,
     concurrency: usize,
     origins: Vec<String>,
     writes: u64,
@@ -55,7 +75,10 @@ struct Report {
 
 pub async fn run(args: SoArgs) -> anyhow::Result<String> {
     anyhow::ensure!(args.concurrency > 0 && args.objects > 0, "--concurrency and --objects must be positive");
-    let token = crate::secrets::admin_token(args.token_file.as_deref()).map_err(anyhow::Error::msg)?;
+    let token = match args.target {
+        Target::Raftcast => crate::secrets::admin_token(args.token_file.as_deref()).map_err(anyhow::Error::msg)?,
+        Target::Etcd => None,
+    };
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(args.concurrency)
@@ -64,21 +87,24 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         .context("HTTP client")?;
     let budget = Arc::new(AtomicU64::new(args.writes.unwrap_or(u64::MAX)));
     let errors = Arc::new(AtomicU64::new(0));
-    let value = serde_json::Value::String("v".repeat(args.value_bytes));
+    let done = Arc::new(AtomicU64::new(0));
+    let value = "v".repeat(args.value_bytes);
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let progress = tokio::spawn({
-        let budget = budget.clone();
-        let total = args.writes;
+        let (done, errors) = (done.clone(), errors.clone());
         async move {
+            let mut last = 0;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let left = budget.load(Ordering::Relaxed);
-                if let Some(total) = total {
-                    eprint!("\r{} / {total} writes", total - left.min(total));
-                } else {
-                    eprint!("\r{:.0} s", started.elapsed().as_secs_f64());
-                }
+                let now = done.load(Ordering::Relaxed);
+                eprintln!(
+                    "{:.0} s: {now} writes ({}/s), {} errors",
+                    started.elapsed().as_secs_f64(),
+                    now - last,
+                    errors.load(Ordering::Relaxed)
+                );
+                last = now;
             }
         }
     });
@@ -88,9 +114,10 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         let token = token.clone();
         let origins = args.origins.clone();
         let budget = budget.clone();
-        let errors = errors.clone();
+        let (errors, done) = (errors.clone(), done.clone());
         let value = value.clone();
         let object = format!("bench-{}", w % args.objects);
+        let target = args.target;
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             for n in 0u64.. {
@@ -99,20 +126,32 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
                     break;
                 }
                 let origin = &origins[(w + n as usize) % origins.len()];
-                let url = format!("http://{origin}/shared-objects/{object}/slots/w{w}-{}", n % 64);
-                let mut req = client.put(url).json(&value);
+                let slot = format!("w{w}-{}", n % 64);
+                let mut req = match target {
+                    Target::Raftcast => {
+                        client.put(format!("http://{origin}/shared-objects/{object}/slots/{slot}")).json(&value)
+                    }
+                    Target::Etcd => client.post(format!("http://{origin}/v3/kv/put")).json(&serde_json::json!({
+                        "key": base64(format!("{object}/{slot}").as_bytes()),
+                        "value": base64(value.as_bytes()),
+                    })),
+                };
                 if let Some(t) = &token {
                     req = req.bearer_auth(t);
                 }
                 let t0 = Instant::now();
-                match req.send().await {
-                    Ok(res) if res.status().is_success() => {
-                        let _ = res.bytes().await;
-                        samples.push(t0.elapsed());
-                    }
-                    _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                let ok = match req.send().await {
+                    Ok(res) if res.status().is_success() => match res.bytes().await {
+                        Ok(body) => target == Target::Raftcast || etcd_put_revision(&body).is_ok(),
+                        Err(_) => false,
+                    },
+                    _ => false,
+                };
+                if ok {
+                    samples.push(t0.elapsed());
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
             samples
@@ -123,10 +162,10 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         samples.extend(w.await?);
     }
     progress.abort();
-    eprintln!();
     let seconds = started.elapsed().as_secs_f64();
     let report = Report {
         workload: "so-write",
+        target: args.target,
         concurrency: args.concurrency,
         origins: args.origins,
         writes: samples.len() as u64,
@@ -136,4 +175,64 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         latency: Latency::of(&mut samples),
     };
     Ok(serde_json::to_string_pretty(&report)?)
+}
+
+/// Standard base64 with padding (what etcd's JSON gateway expects for `bytes` fields).
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The revision an etcd `PutResponse` (JSON gateway) reports, or why the body is not
+/// one. int64 fields come as strings in the gateway's JSON.
+fn etcd_put_revision(body: &[u8]) -> Result<u64, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if let Some(message) = v.get("message").or_else(|| v.get("error")) {
+        return Err(format!("etcd error: {message}"));
+    }
+    let revision = v.get("header").and_then(|h| h.get("revision")).ok_or("no header.revision")?;
+    match revision {
+        serde_json::Value::String(s) => s.parse().map_err(|e| format!("revision {s:?}: {e}")),
+        serde_json::Value::Number(n) => n.as_u64().ok_or_else(|| format!("revision {n}")),
+        other => Err(format!("revision {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        let cases =
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE=")];
+        for (plain, encoded) in cases {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
+    }
+
+    #[test]
+    fn etcd_put_answers_parse() {
+        // What etcd 3.4's gateway answers to POST /v3/kv/put.
+        let ok = br#"{"header":{"cluster_id":"14841639068965178418","member_id":"10276657743932975437","revision":"42","raft_term":"2"}}"#;
+        assert_eq!(etcd_put_revision(ok), Ok(42));
+        assert_eq!(etcd_put_revision(br#"{"header":{"revision":7}}"#), Ok(7));
+        let err = br#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#;
+        assert!(etcd_put_revision(err).unwrap_err().contains("timed out"));
+        assert!(etcd_put_revision(b"{}").is_err());
+        assert!(etcd_put_revision(b"<html>").is_err());
+    }
 }

@@ -4,11 +4,13 @@
 //! The connection task is the only owner of the socket and the session. Decisions that
 //! need the cluster (claims, lookups) run as futures polled by the same task, so the
 //! connection keeps reading (pings, acknowledgements, media) while they are pending.
-//! Each play has a pump task that turns frames of the stream's local hub into chunk
-//! bytes — encoded once per stream and shared ([`crate::media::frame::WireCache`]) — and
-//! hands them over through a small bounded queue; when the player reads too slowly the
-//! queue stays full, the pump waits, and the hub's reader queue skips to the next
-//! keyframe (counted). The publisher and other players never wait for a player.
+//! Each play is a [`Pump`], a stream the connection task polls itself (no task of its
+//! own, no channel: one wakeup per frame per player), turning frames of the stream's
+//! local hub into chunk bytes — encoded once per stream and shared
+//! ([`crate::media::frame::WireCache`]). When the player reads too slowly the outbox
+//! passes its high-water mark, the task stops pulling, and the hub's reader queue
+//! skips to the next keyframe (counted). The publisher and other players never wait
+//! for a player.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
@@ -18,21 +20,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use raftcast_raft::StreamKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
+use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
 use super::EdgeContext;
-use crate::media::{Frame, FrameKind};
+use crate::media::{Frame, FrameKind, Hub, Subscription};
 use crate::rtmp::chunk::RawMessage;
 use crate::rtmp::handshake::{Handshake, Progress};
 use crate::rtmp::message;
@@ -40,9 +42,8 @@ use crate::rtmp::session::{
     prechunk, PublishRejection, ServerConfig, ServerEvent, ServerSession, CSID_AUDIO, CSID_DATA, CSID_VIDEO,
 };
 
-/// Chunk bytes queued from a connection's play pumps; beyond this the pumps wait.
-const PLAY_QUEUE: usize = 64;
-/// Bytes waiting for the socket beyond which no more media is taken from the pumps.
+/// Bytes waiting for the socket beyond which no more media is taken from the pumps
+/// (their hub reader queues then fill and skip to the next keyframe).
 const WRITE_HIGH_WATER: usize = 512 * 1024;
 /// Buffers handed to one vectored write.
 const WRITE_SLICES: usize = 64;
@@ -94,7 +95,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
     }
 }
 
-/// What the play pumps hand to their connection.
+/// What the play pumps yield to their connection.
 enum Out {
     /// Chunk bytes for the socket.
     Media(Bytes),
@@ -117,11 +118,11 @@ struct Conn {
     app: Option<String>,
     connect_query: Option<String>,
     publishing: HashMap<u32, Publication>,
-    playing: HashMap<u32, JoinHandle<()>>,
+    /// One pump per play, polled by this task; a pump never ends by itself.
+    playing: StreamMap<u32, BoxStream<'static, Out>>,
     /// Streams with a decision pending; a stream closed meanwhile is dropped from here.
     pending_ids: HashSet<u32>,
     decisions: FuturesUnordered<BoxFuture<'static, Decision>>,
-    out_tx: mpsc::Sender<Out>,
     /// Cancelled when a newer claim fences one of this connection's publications.
     fenced: CancellationToken,
     /// The shared objects this client uses.
@@ -163,7 +164,6 @@ async fn connection(
     tracing::debug!(%peer, "handshake done");
     let (mut reader, mut writer) = socket.into_split();
     let config = ServerConfig { chunk_size: ctx.config.chunk_size, ..ServerConfig::default() };
-    let (out_tx, mut out_rx) = mpsc::channel(PLAY_QUEUE);
     let mut conn = Conn {
         ctx: ctx.clone(),
         id,
@@ -171,10 +171,9 @@ async fn connection(
         app: None,
         connect_query: None,
         publishing: HashMap::new(),
-        playing: HashMap::new(),
+        playing: StreamMap::new(),
         pending_ids: HashSet::new(),
         decisions: FuturesUnordered::new(),
-        out_tx,
         fenced: CancellationToken::new(),
         objects: ConnObjects::new(ctx.objects.clone()),
     };
@@ -211,14 +210,13 @@ async fn connection(
                         conn.session.send_shared_object(body.into(), amf3);
                     }
                 }
-                out = out_rx.recv(), if pending.len() < WRITE_HIGH_WATER => {
-                    // `out_tx` lives in `conn`: the queue never closes here.
-                    let Some(out) = out else { return Ok(()) };
+                Some((_, out)) = conn.playing.next(), if pending.len() < WRITE_HIGH_WATER && !conn.playing.is_empty() => {
                     conn.out(out, &mut pending);
+                    // Whatever else is ready goes into the same write.
                     while pending.len() < WRITE_HIGH_WATER {
-                        match out_rx.try_recv() {
-                            Ok(out) => conn.out(out, &mut pending),
-                            Err(_) => break,
+                        match conn.playing.next().now_or_never() {
+                            Some(Some((_, out))) => conn.out(out, &mut pending),
+                            _ => break,
                         }
                     }
                 }
@@ -386,10 +384,10 @@ impl Conn {
                     return;
                 };
                 self.session.accept_play(stream_id);
-                let pump = Pump { stream_id, chunk_size: self.session.outgoing_chunk_size(), out: self.out_tx.clone() };
+                let pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease);
                 self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
-                if let Some(old) = self.playing.insert(stream_id, tokio::spawn(pump.run(lease))) {
-                    old.abort();
+                if self.playing.insert(stream_id, pump.into_stream()).is_some() {
+                    self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
@@ -407,8 +405,7 @@ impl Conn {
         if let Some(publication) = self.publishing.remove(&stream_id) {
             self.ctx.stats.publisher_drops.fetch_add(publication.dropped(), Ordering::Relaxed);
         }
-        if let Some(pump) = self.playing.remove(&stream_id) {
-            pump.abort();
+        if self.playing.remove(&stream_id).is_some() {
             self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -431,8 +428,9 @@ impl Conn {
     /// Ends every publication and play of the connection.
     fn close(&mut self) {
         self.publishing.clear();
-        for (_, pump) in self.playing.drain() {
-            pump.abort();
+        let ids: Vec<u32> = self.playing.keys().copied().collect();
+        for stream_id in ids {
+            self.playing.remove(&stream_id);
             self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -462,15 +460,21 @@ impl Outbox {
         self.len == 0
     }
 
-    /// The first buffers, for one vectored write.
-    fn slices(&self) -> Vec<IoSlice<'_>> {
-        self.bufs.iter().take(WRITE_SLICES).map(|b| IoSlice::new(b)).collect()
+    /// The first buffers, for one vectored write (no allocation per write).
+    fn slices(&self) -> ([IoSlice<'_>; WRITE_SLICES], usize) {
+        let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+        let mut n = 0;
+        for (slot, b) in slices.iter_mut().zip(&self.bufs) {
+            *slot = IoSlice::new(b);
+            n += 1;
+        }
+        (slices, n)
     }
 
     /// One vectored write of the first buffers; the caller advances by what was written.
     async fn write_to(&self, writer: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<usize> {
-        let slices = self.slices();
-        writer.write_vectored(&slices).await
+        let (slices, n) = self.slices();
+        writer.write_vectored(&slices[..n]).await
     }
 
     /// Drops `n` written bytes from the front.
@@ -496,63 +500,95 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-/// Moves one play's frames from the stream's hub to its connection.
+/// One play's frames, from whichever publishing generation of the stream's hub is
+/// current, as chunk bytes for its connection.
 struct Pump {
     stream_id: u32,
     chunk_size: u32,
-    out: mpsc::Sender<Out>,
+    hubs: watch::Receiver<Option<Arc<Hub>>>,
+    state: PumpState,
+    /// Keeps the relay (the upstream subscription) alive while the play lasts.
+    _lease: Lease,
+}
+
+enum PumpState {
+    /// Waiting for a publishing generation; `first` says no generation was played yet.
+    Waiting { first: bool },
+    /// Reading a generation's hub.
+    Reading(Subscription, Arc<Hub>),
+    /// That generation ended; waiting for the next.
+    Ended(Arc<Hub>),
+    /// The relay is gone: nothing more will come.
+    Done,
 }
 
 impl Pump {
-    async fn run(self, lease: Lease) {
-        let mut hubs = lease.relay.hub();
-        let mut first = true;
+    fn new(stream_id: u32, chunk_size: u32, lease: Lease) -> Pump {
+        let hubs = lease.relay.hub();
+        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, _lease: lease }
+    }
+
+    /// The pump as a stream that never ends (the connection decides when a play ends).
+    fn into_stream(self) -> BoxStream<'static, Out> {
+        futures::stream::unfold(self, |mut pump| async move { pump.next().await.map(|out| (out, pump)) })
+            .chain(futures::stream::pending())
+            .boxed()
+    }
+
+    /// What goes to the connection next.
+    async fn next(&mut self) -> Option<Out> {
         loop {
-            let Ok(hub) = hubs.wait_for(Option::is_some).await.map(|h| h.clone()) else { return };
-            let Some(hub) = hub else { return };
-            if !first && self.out.send(Out::Published(self.stream_id)).await.is_err() {
-                return;
-            }
-            first = false;
-            let subscription = hub.subscribe();
-            while let Some(frame) = subscription.recv().await {
-                if let Some(bytes) = self.chunks(&frame) {
-                    if self.out.send(Out::Media(bytes)).await.is_err() {
-                        return;
+            match &mut self.state {
+                PumpState::Waiting { first } => {
+                    let first = *first;
+                    let hub = match self.hubs.wait_for(Option::is_some).await {
+                        Ok(hub) => hub.clone(),
+                        Err(_) => None,
+                    };
+                    let Some(hub) = hub else {
+                        self.state = PumpState::Done;
+                        return None;
+                    };
+                    self.state = PumpState::Reading(hub.subscribe(), hub);
+                    if !first {
+                        return Some(Out::Published(self.stream_id));
                     }
                 }
-            }
-            if self.out.send(Out::Unpublished(self.stream_id)).await.is_err() {
-                return;
-            }
-            // Wait for the next publishing generation.
-            let ended = hub;
-            if hubs.wait_for(|h| h.as_ref().is_none_or(|h| !Arc::ptr_eq(h, &ended))).await.is_err() {
-                return;
+                PumpState::Reading(subscription, hub) => match subscription.recv().await {
+                    Some(frame) => {
+                        if let Some(bytes) = chunks(&frame, self.chunk_size, self.stream_id) {
+                            return Some(Out::Media(bytes));
+                        }
+                    }
+                    None => {
+                        self.state = PumpState::Ended(hub.clone());
+                        return Some(Out::Unpublished(self.stream_id));
+                    }
+                },
+                PumpState::Ended(ended) => {
+                    let ended = ended.clone();
+                    let next = self.hubs.wait_for(|h| h.as_ref().is_none_or(|h| !Arc::ptr_eq(h, &ended))).await;
+                    self.state = if next.is_ok() { PumpState::Waiting { first: false } } else { PumpState::Done };
+                }
+                PumpState::Done => return None,
             }
         }
     }
+}
 
-    /// The frame's chunks for this player, shared with every player of the stream
-    /// using the same chunk size and message stream id.
-    fn chunks(&self, frame: &Frame) -> Option<Bytes> {
-        let (csid, type_id) = match frame.kind {
-            FrameKind::Audio => (CSID_AUDIO, message::AUDIO),
-            FrameKind::Video => (CSID_VIDEO, message::VIDEO),
-            FrameKind::Data => (CSID_DATA, message::DATA_AMF0),
-        };
-        let bytes = frame.wire.rtmp(self.chunk_size, self.stream_id, || {
-            let msg = RawMessage {
-                csid,
-                timestamp: frame.timestamp,
-                type_id,
-                stream_id: self.stream_id,
-                payload: frame.payload.clone(),
-            };
-            prechunk(&msg, self.chunk_size).unwrap_or_default()
-        });
-        (!bytes.is_empty()).then_some(bytes)
-    }
+/// The frame's chunks for a player, shared with every player of the stream using the
+/// same chunk size and message stream id.
+fn chunks(frame: &Frame, chunk_size: u32, stream_id: u32) -> Option<Bytes> {
+    let (csid, type_id) = match frame.kind {
+        FrameKind::Audio => (CSID_AUDIO, message::AUDIO),
+        FrameKind::Video => (CSID_VIDEO, message::VIDEO),
+        FrameKind::Data => (CSID_DATA, message::DATA_AMF0),
+    };
+    let bytes = frame.wire.rtmp(chunk_size, stream_id, || {
+        let msg = RawMessage { csid, timestamp: frame.timestamp, type_id, stream_id, payload: frame.payload.clone() };
+        prechunk(&msg, chunk_size).unwrap_or_default()
+    });
+    (!bytes.is_empty()).then_some(bytes)
 }
 
 #[cfg(test)]
@@ -566,12 +602,12 @@ mod tests {
         o.push(Bytes::from_static(b"abc"));
         o.push(Bytes::new());
         o.push(Bytes::from_static(b"defg"));
-        assert_eq!((o.len(), o.slices().len()), (7, 2));
+        assert_eq!((o.len(), o.slices().1), (7, 2));
         o.advance(4);
         assert_eq!(o.len(), 3);
-        assert_eq!(&*o.slices()[0], b"efg");
+        assert_eq!(&*o.slices().0[0], b"efg");
         o.advance(3);
-        assert!(o.is_empty() && o.slices().is_empty());
+        assert!(o.is_empty() && o.slices().1 == 0);
     }
 
     #[test]

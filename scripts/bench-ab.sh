@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A/B of two raftcast binaries on the same fanout workload, runs interleaved so both
+# see the same background load: each binary gets its own one-origin, one-edge cluster
+# (publisher and players on the edge: edge -> origin -> edge).
+#
+#   scripts/bench-ab.sh BIN_A BIN_B [--players N] [--kbps "600 2500"] [--rounds R] [--duration S]
+#
+# Prints one line per run (edge and origin CPU per GB, latency) and writes the reports
+# under a new /tmp/raftcast-ab.* directory.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[[ $# -ge 2 ]] || { echo "usage: $0 BIN_A BIN_B [--players N] [--kbps \"600 2500\"] [--rounds R] [--duration S]" >&2; exit 2; }
+A=$(readlink -f "$1") B=$(readlink -f "$2"); shift 2
+PLAYERS=500 KBPS="600 2500" ROUNDS=3 DURATION=15
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --players) PLAYERS=$2; shift ;;
+    --kbps) KBPS=$2; shift ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+OUT=$(mktemp -d /tmp/raftcast-ab.XXXXXX)
+ulimit -n 65536 2>/dev/null || true
+# Copies named `raftcast`: bootstrap.sh recognises its processes by that name, and a
+# rebuild during the run changes nothing.
+mkdir -p "$OUT/bin-a" "$OUT/bin-b"
+cp "$A" "$OUT/bin-a/raftcast" && cp "$B" "$OUT/bin-b/raftcast"
+A=$OUT/bin-a/raftcast B=$OUT/bin-b/raftcast
+
+cluster_env() { # label base
+  echo RAFTCAST_DATA_DIR="$OUT/$1" RAFTCAST_ORIGINS=1 RAFTCAST_EDGES=1 RAFTCAST_HTTP_BASE=$(($2 + 100)) \
+    RAFTCAST_MEDIA_BASE=$(($2 + 200)) RAFTCAST_RTMP_BASE=$(($2 + 300)) RAFTCAST_EDGE_HTTP_BASE=$(($2 + 400))
+}
+stop_all() {
+  env $(cluster_env a 24000) RAFTCAST_BIN="$A" "$ROOT/scripts/bootstrap.sh" stop >/dev/null 2>&1 || true
+  env $(cluster_env b 25000) RAFTCAST_BIN="$B" "$ROOT/scripts/bootstrap.sh" stop >/dev/null 2>&1 || true
+}
+trap stop_all EXIT
+env $(cluster_env a 24000) RAFTCAST_BIN="$A" "$ROOT/scripts/bootstrap.sh" start >"$OUT/a.log" 2>&1
+env $(cluster_env b 25000) RAFTCAST_BIN="$B" "$ROOT/scripts/bootstrap.sh" start >"$OUT/b.log" 2>&1
+echo "A: $A"
+echo "B: $B"
+echo "reports: $OUT"
+for round in $(seq 1 "$ROUNDS"); do
+  for kbps in $KBPS; do
+    for side in a b; do
+      base=24000; [[ $side == b ]] && base=25000
+      rtmp=127.0.0.1:$((base + 301))
+      edge=$(cat "$OUT/$side/pids/edge-1.pid") origin=$(cat "$OUT/$side/pids/origin-1.pid")
+      load=$(cut -d' ' -f1 /proc/loadavg)
+      "$A" bench fanout --publish "$rtmp" --play "$rtmp" --players "$PLAYERS" --kbps "$kbps" --duration "$DURATION" \
+        --name "ab$round-$kbps" --watch-pid "$edge" --watch-pid "$origin" >"$OUT/$side-$kbps-$round.json" 2>/dev/null
+      jq -r --arg side "$side" --arg round "$round" --arg load "$load" \
+        '"\($side | ascii_upcase) round \($round) \(.kbps) kbit/s \(.players) players: edge \(.processes[0].cpu_seconds_per_gb * 100 | round / 100) s/GB (\(.processes[0].cpu_percent | round) % core), origin \(.processes[1].cpu_seconds_per_gb * 100 | round / 100) s/GB, keeping up \(.players_keeping_up), lost \(.frames_lost), p50 \((.latency.p50_ms // -1) * 10 | round / 10) ms, p99 \((.latency.p99_ms // -1) * 10 | round / 10) ms, load \($load)"' \
+        "$OUT/$side-$kbps-$round.json" || echo "$side round $round $kbps kbit/s: no report"
+    done
+  done
+done
