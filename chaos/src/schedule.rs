@@ -51,17 +51,17 @@ fn twice(fault: Fault, hold: u64, recover: u64) -> Vec<Step> {
 /// A named schedule.
 pub fn named(name: &str) -> Option<Schedule> {
     let steps = match name {
-        "kill-leader" => twice(Fault::Kill { target: Target::Leader }, 4, 4),
-        "kill-owner" => twice(Fault::Kill { target: Target::Owner }, 4, 4),
-        "pause-owner" => twice(Fault::Pause { target: Target::Owner }, 4, 4),
-        "isolate-leader" => twice(Fault::IsolateLeader, 4, 4),
-        "halves" => twice(Fault::Halves, 4, 4),
-        "bridge" => twice(Fault::Bridge, 4, 4),
+        "kill-leader" => twice(Fault::Kill { target: Target::Leader }, 3, 3),
+        "kill-owner" => twice(Fault::Kill { target: Target::Owner }, 3, 3),
+        "pause-owner" => twice(Fault::Pause { target: Target::Owner }, 3, 3),
+        "isolate-leader" => twice(Fault::IsolateLeader, 3, 3),
+        "halves" => twice(Fault::Halves, 3, 3),
+        "bridge" => twice(Fault::Bridge, 3, 3),
         "flaky-links" => vec![
-            Step { fault: Fault::Loss { percent: 5 }, hold: s(6), recover: s(3) },
-            Step { fault: Fault::Latency { ms: 60 }, hold: s(6), recover: s(3) },
+            Step { fault: Fault::Loss { percent: 5 }, hold: s(5), recover: s(3) },
+            Step { fault: Fault::Latency { ms: 60 }, hold: s(5), recover: s(3) },
         ],
-        "edge-owner-cut" => twice(Fault::EdgeOwnerCut, 4, 4),
+        "edge-owner-cut" => twice(Fault::EdgeOwnerCut, 3, 3),
         "rolling-restart" => vec![Step { fault: Fault::RollingRestart, hold: s(0), recover: s(3) }],
         "clock-skew" => vec![
             Step { fault: Fault::ClockSkew { target: Target::Leader, secs: 300 }, hold: s(5), recover: s(3) },
@@ -69,7 +69,7 @@ pub fn named(name: &str) -> Option<Schedule> {
         ],
         _ => return None,
     };
-    Some(Schedule { name: name.into(), warmup: s(3), steps })
+    Some(Schedule { name: name.into(), warmup: s(2), steps })
 }
 
 /// Faults drawn from `seed` until `duration` is filled.
