@@ -226,14 +226,10 @@ impl StateMachine {
                 Response::ObjectVersion { version: obj.version }
             }
             Command::DeleteSlot { object, slot, if_version } => {
-                let Some(obj) = self.objects.get_mut(object) else {
-                    return Response::Rejected(Rejection::NotFound);
+                let obj = match self.existing_at(object, *if_version) {
+                    Ok(obj) => obj,
+                    Err(r) => return Response::Rejected(r),
                 };
-                if let Some(expected) = if_version {
-                    if *expected != obj.version {
-                        return Response::Rejected(Rejection::VersionMismatch { current: obj.version });
-                    }
-                }
                 if obj.slots.remove(slot).is_none() {
                     return Response::Rejected(Rejection::NotFound);
                 }
@@ -246,14 +242,10 @@ impl StateMachine {
                 Response::ObjectVersion { version: obj.version }
             }
             Command::ClearObject { object, if_version } => {
-                let Some(obj) = self.objects.get_mut(object) else {
-                    return Response::Rejected(Rejection::NotFound);
+                let obj = match self.existing_at(object, *if_version) {
+                    Ok(obj) => obj,
+                    Err(r) => return Response::Rejected(r),
                 };
-                if let Some(expected) = if_version {
-                    if *expected != obj.version {
-                        return Response::Rejected(Rejection::VersionMismatch { current: obj.version });
-                    }
-                }
                 obj.slots.clear();
                 obj.version += 1;
                 events.push(Event::Object {
@@ -284,18 +276,22 @@ impl StateMachine {
                 None => Response::Rejected(Rejection::NotFound),
             },
             Command::DeleteObject { object, if_version } => {
-                let Some(obj) = self.objects.get(object) else {
-                    return Response::Rejected(Rejection::NotFound);
-                };
-                if let Some(expected) = if_version {
-                    if *expected != obj.version {
-                        return Response::Rejected(Rejection::VersionMismatch { current: obj.version });
-                    }
+                if let Err(r) = self.existing_at(object, *if_version) {
+                    return Response::Rejected(r);
                 }
                 self.objects.remove(object);
                 events.push(Event::Object { object: object.clone(), version: 0, change: ObjectChange::Removed });
                 Response::Stored
             }
+        }
+    }
+
+    /// `object`, if it exists and (when `if_version` is given) is at that version.
+    fn existing_at(&mut self, object: &str, if_version: Option<u64>) -> Result<&mut SharedObject, Rejection> {
+        let obj = self.objects.get_mut(object).ok_or(Rejection::NotFound)?;
+        match if_version {
+            Some(expected) if expected != obj.version => Err(Rejection::VersionMismatch { current: obj.version }),
+            _ => Ok(obj),
         }
     }
 

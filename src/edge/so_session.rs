@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::shared_objects::{SharedObjects, Snapshot, Update, WriteError};
+use crate::origin::shared_objects::valid_name;
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::shared_object::{self, SoEvent, SoMessage};
 
@@ -39,8 +40,6 @@ pub const MESSAGE_BURST: f64 = 100.0;
 const DELIVERIES: usize = 64;
 /// Writes and broadcasts queued behind the one in flight; past this, refused as too fast.
 const WRITES: usize = 64;
-/// Longest object or slot name, in bytes.
-const MAX_NAME: usize = 256;
 
 /// Something for the connection to tell its client.
 pub enum Delivery {
@@ -109,10 +108,6 @@ fn status(name: &str, amf3: bool, code: &str, extra: Vec<SoEvent>) -> Reply {
     let mut events = vec![SoEvent::Status { code: code.to_owned(), level: "error".to_owned() }];
     events.extend(extra);
     (shared_object::encode(&SoMessage { name: name.to_owned(), version: 0, persistent: false, events }), amf3)
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(char::is_control)
 }
 
 impl ConnObjects {

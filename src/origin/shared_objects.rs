@@ -114,7 +114,7 @@ impl ObjectHub {
         shutdown: CancellationToken,
     ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
         let feed = Feed {
-            guard: WatchGuard::new(self.clone(), name.clone()),
+            _watching: WatchGuard::new(self.clone(), name.clone()),
             notices: self.inner.state.subscribe(),
             messages: self.inner.messages.subscribe(),
             hub: self.clone(),
@@ -238,7 +238,8 @@ struct Feed {
     /// Version last sent (or known to the watcher); `None` before the first event.
     version: Option<u64>,
     pending: VecDeque<SseEvent>,
-    guard: WatchGuard,
+    /// Counts this feed as a watcher of the object while it lives.
+    _watching: WatchGuard,
 }
 
 impl Feed {
@@ -253,7 +254,6 @@ impl Feed {
     }
 
     async fn next(&mut self) -> Option<SseEvent> {
-        debug_assert_eq!(self.guard.name, self.name);
         if self.version.is_none() {
             match self.since.take() {
                 // This origin is level with the watcher, or behind it: changes only.
@@ -331,9 +331,13 @@ pub fn check_broadcast(data: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Object names as the admin API accepts them.
+/// Longest object or slot name, in bytes.
+pub const MAX_NAME: usize = 256;
+
+/// Object and slot names as every API accepts them: 1 to [`MAX_NAME`] bytes, no
+/// control characters.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control)
+    !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(char::is_control)
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,12 +13,11 @@ use crate::origin::shared_objects::object_json;
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
 
-/// Longest object or slot name, in bytes.
-pub const MAX_NAME: usize = 256;
+pub use crate::origin::shared_objects::MAX_NAME;
 pub use raftcast_raft::state::MAX_VALUE_BYTES;
 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+    if !crate::origin::shared_objects::valid_name(name) {
         return Err(ApiError::bad_request(format!("{what} must be 1 to {MAX_NAME} bytes without control characters")));
     }
     Ok(())
