@@ -4,6 +4,10 @@
 # (publisher and players on the edge: edge -> origin -> edge).
 #
 #   scripts/bench-ab.sh BIN_A BIN_B [--players N] [--kbps "600 2500"] [--rounds R] [--duration S]
+#                       [--a-env VAR=VALUE]... [--b-env VAR=VALUE]...
+#
+# --a-env/--b-env set environment for one side's cluster only, to compare settings of
+# one binary, e.g. --a-env RAFTCAST_EDGE_WRITE_MERGE_MS=0 --b-env RAFTCAST_EDGE_WRITE_MERGE_MS=20.
 #
 # Prints one line per run (edge and origin CPU per GB, latency) and writes the reports
 # under a new /tmp/raftcast-ab.* directory.
@@ -13,12 +17,15 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [[ $# -ge 2 ]] || { echo "usage: $0 BIN_A BIN_B [--players N] [--kbps \"600 2500\"] [--rounds R] [--duration S]" >&2; exit 2; }
 A=$(readlink -f "$1") B=$(readlink -f "$2"); shift 2
 PLAYERS=500 KBPS="600 2500" ROUNDS=3 DURATION=15
+A_ENV=() B_ENV=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --players) PLAYERS=$2; shift ;;
     --kbps) KBPS=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
+    --a-env) A_ENV+=("$2"); shift ;;
+    --b-env) B_ENV+=("$2"); shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
   shift
@@ -40,10 +47,10 @@ stop_all() {
   env $(cluster_env b 25000) RAFTCAST_BIN="$B" "$ROOT/scripts/bootstrap.sh" stop >/dev/null 2>&1 || true
 }
 trap stop_all EXIT
-env $(cluster_env a 24000) RAFTCAST_BIN="$A" "$ROOT/scripts/bootstrap.sh" start >"$OUT/a.log" 2>&1
-env $(cluster_env b 25000) RAFTCAST_BIN="$B" "$ROOT/scripts/bootstrap.sh" start >"$OUT/b.log" 2>&1
-echo "A: $A"
-echo "B: $B"
+env $(cluster_env a 24000) "${A_ENV[@]}" RAFTCAST_BIN="$A" "$ROOT/scripts/bootstrap.sh" start >"$OUT/a.log" 2>&1
+env $(cluster_env b 25000) "${B_ENV[@]}" RAFTCAST_BIN="$B" "$ROOT/scripts/bootstrap.sh" start >"$OUT/b.log" 2>&1
+echo "A: $A ${A_ENV[*]}"
+echo "B: $B ${B_ENV[*]}"
 echo "reports: $OUT"
 for round in $(seq 1 "$ROUNDS"); do
   for kbps in $KBPS; do

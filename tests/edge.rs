@@ -251,6 +251,94 @@ async fn a_new_player_starts_at_a_keyframe_within_200_ms_from_the_gop_cache() {
     assert!(ttff.iter().all(|t| *t < 1000), "every join well under the 2 s GOP: {ttff:?}");
 }
 
+/// Arrival times of the live synthetic video frames a player gets in `window` (after
+/// the GOP it starts with), as (sequence, arrival since `epoch`, publish-to-play µs),
+/// and the time from `play` to its first video frame.
+async fn video_arrivals(
+    edge: SocketAddr,
+    name: &str,
+    epoch: Instant,
+    window: Duration,
+) -> (Vec<(u64, u64, u64)>, Duration) {
+    let mut client = RtmpClient::connect(edge, "live").await.expect("player connects");
+    let asked = Instant::now();
+    client.play(name).await.expect("play accepted");
+    let until = Instant::now() + window;
+    let (mut frames, mut first, mut first_seq) = (Vec::new(), None, None);
+    loop {
+        let event = tokio::select! {
+            e = client.next_event() => e,
+            _ = tokio::time::sleep_until(until.into()) => break,
+        };
+        let Ok(Some(ClientEvent::Video { payload, .. })) = event else {
+            assert!(matches!(event, Ok(Some(_))), "the player lost its stream: {event:?}");
+            continue;
+        };
+        let Some((seq, sent)) = synth::read_stamp(&payload) else { continue };
+        let now = epoch.elapsed().as_micros() as u64;
+        first.get_or_insert_with(|| asked.elapsed());
+        let first_seq = *first_seq.get_or_insert(seq);
+        if seq >= first_seq + 60 {
+            frames.push((seq, now, now.saturating_sub(sent)));
+        }
+    }
+    (frames, first.expect("a video frame"))
+}
+
+/// Groups arrival times (µs) into bursts: frames less than `gap_us` apart.
+fn bursts(arrivals: &[(u64, u64, u64)], gap_us: u64) -> usize {
+    1 + arrivals.windows(2).filter(|w| w[1].1 - w[0].1 > gap_us).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_writes_gather_frames_within_their_bound_and_lose_none() {
+    let c = Cluster::start(3).await;
+    // Players on edge-1 get every frame as it comes; on edge-2, frames gathered for up
+    // to 400 ms (far above the default, so bursts are unmistakable on a busy machine).
+    let edge1 = EdgeProc::start(&c, "edge-1", &["--write-merge-ms", "0"]).await;
+    let edge2 = EdgeProc::start(&c, "edge-2", &["--write-merge-ms", "400"]).await;
+    let epoch = Instant::now();
+    let shape = StreamShape { video_kbps: 600, ..StreamShape::default() };
+    let publisher = publish_synthetic(edge1.rtmp, "merged", shape, epoch, Duration::from_secs(12));
+    stream_entry(&c, "live", "merged").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let window = Duration::from_secs(6);
+    let (eager, merged) = tokio::join!(
+        video_arrivals(edge1.rtmp, "merged", epoch, window),
+        video_arrivals(edge2.rtmp, "merged", epoch, window)
+    );
+    let ((eager, _), (merged, merged_first)) = (eager, merged);
+    publisher.await.unwrap();
+    for (who, frames) in [("unmerged player", &eager), ("merged player", &merged)] {
+        let seqs: Vec<u64> = frames.iter().map(|f| f.0).collect();
+        assert!(seqs.len() > 100, "{who} got {} live video frames in 6 s", seqs.len());
+        assert_continuous(&seqs, who);
+    }
+    // 30 video frames a second (plus audio between them): unmerged, they come one by
+    // one; merged, a window of 400 ms carries about 12 video frames.
+    let (eager_bursts, merged_bursts) = (bursts(&eager, 15_000), bursts(&merged, 100_000));
+    eprintln!(
+        "bursts in 6 s: unmerged {eager_bursts} for {} frames, merged {merged_bursts} for {} frames",
+        eager.len(),
+        merged.len()
+    );
+    assert!(eager_bursts * 2 > eager.len(), "unmerged: {eager_bursts} bursts for {} frames", eager.len());
+    // Bursts more than 100 ms apart, about one per window: frames were held (30 fps
+    // unmerged never leaves such a gap) and released together.
+    let span_ms = (merged[merged.len() - 1].1 - merged[0].1) / 1000;
+    let windows = span_ms as usize / 400 + 1;
+    assert!(
+        (windows * 6 / 10..=windows * 14 / 10 + 2).contains(&merged_bursts),
+        "merged: {merged_bursts} bursts over {span_ms} ms of 400 ms windows"
+    );
+    // The bound holds: no frame waited much more than the window (slack for a busy
+    // machine), and the play's first frames were not held at all.
+    let mut lat: Vec<u64> = merged.iter().map(|f| f.2 / 1000).collect();
+    lat.sort_unstable();
+    assert!(lat[lat.len() - 1] < 400 + 300, "merged latencies (ms) up to {:?}", &lat[lat.len() - 5..]);
+    assert!(merged_first < Duration::from_millis(300), "first frame after {merged_first:?}: held by a window");
+}
+
 /// A TCP connection to `addr` that completed the RTMP handshake as a client.
 async fn handshaken(addr: SocketAddr) -> TcpStream {
     let mut socket = TcpStream::connect(addr).await.unwrap();

@@ -11,6 +11,12 @@
 //! passes its high-water mark, the task stops pulling, and the hub's reader queue
 //! skips to the next keyframe (counted). The publisher and other players never wait
 //! for a player.
+//!
+//! Player writes are merged: media reaching an idle socket is held for up to
+//! `--write-merge-ms` (100 ms by default) and everything ready by then leaves in one
+//! vectored write, so a player costs one syscall and one TCP segment per window instead
+//! of one per frame (SRS's "merged write", with a bound in milliseconds rather than
+//! its 350 ms default). Control messages are never held.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
@@ -45,6 +51,9 @@ use crate::rtmp::session::{
 /// Bytes waiting for the socket beyond which no more media is taken from the pumps
 /// (their hub reader queues then fill and skip to the next keyframe).
 const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Media gathered beyond this is written at once instead of waiting for the merge
+/// window to close.
+const MERGE_FLUSH_BYTES: usize = 64 * 1024;
 /// Buffers handed to one vectored write.
 const WRITE_SLICES: usize = 64;
 /// Read buffer size.
@@ -78,14 +87,17 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
         next += 1;
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
-        let span = tracing::info_span!("rtmp", conn = next, %peer);
+        // A debug span: an enabled span is entered and left on every wakeup of the
+        // task, which costs more than the rest of a player's wakeup; the info lines
+        // below carry the connection and peer themselves.
+        let span = tracing::debug_span!("rtmp", conn = next, %peer);
         tokio::spawn(
             async move {
                 ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
                 ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
                 match connection(socket, peer, next, &ctx, shutdown).await {
                     Ok(()) => tracing::debug!("closed"),
-                    Err(e) => tracing::info!(error = %e, "closed"),
+                    Err(e) => tracing::info!(conn = next, %peer, error = %e, "closed"),
                 }
                 ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
@@ -127,6 +139,8 @@ struct Conn {
     fenced: CancellationToken,
     /// The shared objects this client uses.
     objects: ConnObjects,
+    /// A play just started: its first media is written without a merge window.
+    started_play: bool,
 }
 
 async fn handshake(socket: &mut TcpStream, ctx: &EdgeContext) -> Result<Vec<u8>, String> {
@@ -176,6 +190,7 @@ async fn connection(
         decisions: FuturesUnordered::new(),
         fenced: CancellationToken::new(),
         objects: ConnObjects::new(ctx.objects.clone()),
+        started_play: false,
     };
     let mut pending = Outbox::default();
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -184,10 +199,32 @@ async fn connection(
     let check_every = (ctx.config.idle_timeout.min(ctx.config.write_timeout) / 4).max(Duration::from_millis(50));
     let mut housekeeping = tokio::time::interval(check_every);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Merged writes. Media that finds the socket idle opens a window of `write_merge`:
+    // the pumps are not polled during it (their frames wait in the hub reader queues,
+    // no wakeup each) and when it closes, everything ready is released for one
+    // vectored write. The window opens on a frame rather than on a clock: for the same
+    // bound on the wait that gathers the most frames per write (a fixed 20 ms tick
+    // measured 25 % more edge CPU per GB at 500 players, for half the added latency).
+    // Control output is released at once, with whatever media precedes it.
+    let merge = ctx.config.write_merge;
+    let merge_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(merge_timer);
+    let mut window = false;
+    // Created once: a cancellation future made anew on every wakeup registers and
+    // deregisters itself each time.
+    let fenced = conn.fenced.clone();
+    let fenced = fenced.cancelled();
+    tokio::pin!(fenced);
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
     let result = async {
         conn.input(&leftover)?;
         loop {
-            pending.push(conn.session.take_output());
+            let control = conn.session.take_output();
+            if !control.is_empty() {
+                pending.push(control);
+                pending.release();
+            }
             tokio::select! {
                 read = reader.read_buf(&mut inbuf) => {
                     match read {
@@ -204,23 +241,34 @@ async fn connection(
                         Err(e) => return Err(format!("read: {e}")),
                     }
                 }
-                Some(decision) = conn.decisions.next() => conn.decided(decision),
-                Some(delivery) = conn.objects.deliveries.recv() => {
+                Some(decision) = conn.decisions.next(), if !conn.decisions.is_empty() => conn.decided(decision),
+                Some(delivery) = conn.objects.deliveries.recv(), if conn.objects.active() => {
                     for (body, amf3) in conn.objects.delivery(delivery) {
                         conn.session.send_shared_object(body.into(), amf3);
                     }
                 }
-                Some((_, out)) = conn.playing.next(), if pending.len() < WRITE_HIGH_WATER && !conn.playing.is_empty() => {
+                Some((_, out)) = conn.playing.next(), if !window && pending.len() < WRITE_HIGH_WATER && !conn.playing.is_empty() => {
+                    // With bytes still unwritten the socket is the bottleneck: the next
+                    // write takes whatever gathers meanwhile, no window needed.
+                    let idle = pending.is_empty();
                     conn.out(out, &mut pending);
-                    // Whatever else is ready goes into the same write.
-                    while pending.len() < WRITE_HIGH_WATER {
-                        match conn.playing.next().now_or_never() {
-                            Some(Some((_, out))) => conn.out(out, &mut pending),
-                            _ => break,
-                        }
+                    conn.pull_ready(&mut pending);
+                    if merge.is_zero() || !idle || conn.started_play || pending.len() >= MERGE_FLUSH_BYTES {
+                        // A play's first frames (the cached GOP) are not held: the time
+                        // to first frame stays what it was.
+                        conn.started_play = false;
+                        pending.release();
+                    } else {
+                        window = true;
+                        merge_timer.as_mut().reset(Instant::now() + merge);
                     }
                 }
-                written = pending.write_to(&mut writer), if !pending.is_empty() => {
+                _ = &mut merge_timer, if window => {
+                    conn.pull_ready(&mut pending);
+                    pending.release();
+                    window = false;
+                }
+                written = pending.write_to(&mut writer), if pending.ready() > 0 => {
                     match written {
                         Ok(0) => return Err("write: closed".to_owned()),
                         Ok(n) => {
@@ -240,14 +288,14 @@ async fn connection(
                     if idle && last_read.elapsed() >= ctx.config.idle_timeout {
                         return Err(format!("idle for {:?}", ctx.config.idle_timeout));
                     }
-                    if !pending.is_empty() && last_write.elapsed() >= ctx.config.write_timeout {
+                    if pending.ready() > 0 && last_write.elapsed() >= ctx.config.write_timeout {
                         return Err(format!("the client read nothing for {:?}", ctx.config.write_timeout));
                     }
                 }
-                _ = conn.fenced.cancelled() => return Err("a newer publisher took the stream over".to_owned()),
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = &mut fenced => return Err("a newer publisher took the stream over".to_owned()),
+                _ = &mut stopping => return Ok(()),
             }
-            if pending.is_empty() {
+            if pending.ready() == 0 {
                 last_write = Instant::now();
             }
         }
@@ -260,6 +308,7 @@ async fn connection(
     }
     conn.close();
     pending.push(conn.session.take_output());
+    pending.release();
     if !pending.is_empty() && result.is_ok() {
         let drain = async {
             while !pending.is_empty() {
@@ -370,7 +419,7 @@ impl Conn {
                         self.publishing.insert(stream_id, publication);
                     }
                     Err((code, why)) => {
-                        tracing::info!(code = code.code(), why, "publish refused");
+                        tracing::info!(conn = self.id, code = code.code(), why, "publish refused");
                         self.session.reject_publish(stream_id, code, &why);
                     }
                 }
@@ -384,6 +433,7 @@ impl Conn {
                     return;
                 };
                 self.session.accept_play(stream_id);
+                self.started_play = true;
                 let pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease);
                 self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
                 if self.playing.insert(stream_id, pump.into_stream()).is_some() {
@@ -407,6 +457,16 @@ impl Conn {
         }
         if self.playing.remove(&stream_id).is_some() {
             self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes whatever the pumps have ready, without waiting, up to the high-water mark.
+    fn pull_ready(&mut self, pending: &mut Outbox) {
+        while pending.len() < WRITE_HIGH_WATER {
+            match self.playing.next().now_or_never() {
+                Some(Some((_, out))) => self.out(out, pending),
+                _ => break,
+            }
         }
     }
 
@@ -437,11 +497,15 @@ impl Conn {
 }
 
 /// Bytes waiting for the socket, as the shared buffers they came in (media chunks are
-/// shared by every player of a stream: queued here by reference, never copied).
+/// shared by every player of a stream: queued here by reference, never copied). Only
+/// the released front part is written; media gathered in a merge window is not yet
+/// released.
 #[derive(Default)]
 struct Outbox {
     bufs: VecDeque<Bytes>,
     len: usize,
+    /// The first `ready` bytes may be written (always whole buffers).
+    ready: usize,
 }
 
 impl Outbox {
@@ -452,26 +516,40 @@ impl Outbox {
         }
     }
 
+    /// Everything queued may be written.
+    fn release(&mut self) {
+        self.ready = self.len;
+    }
+
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn ready(&self) -> usize {
+        self.ready
     }
 
     fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// The first buffers, for one vectored write (no allocation per write).
+    /// The first released buffers, for one vectored write (no allocation per write).
     fn slices(&self) -> ([IoSlice<'_>; WRITE_SLICES], usize) {
         let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-        let mut n = 0;
+        let (mut n, mut taken) = (0, 0);
         for (slot, b) in slices.iter_mut().zip(&self.bufs) {
+            if taken >= self.ready {
+                break;
+            }
             *slot = IoSlice::new(b);
+            taken += b.len();
             n += 1;
         }
         (slices, n)
     }
 
-    /// One vectored write of the first buffers; the caller advances by what was written.
+    /// One vectored write of the first released buffers; the caller advances by what
+    /// was written.
     async fn write_to(&self, writer: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<usize> {
         let (slices, n) = self.slices();
         writer.write_vectored(&slices[..n]).await
@@ -480,6 +558,7 @@ impl Outbox {
     /// Drops `n` written bytes from the front.
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
+        self.ready = self.ready.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.bufs.front_mut() else { return };
             if n < front.len() {
@@ -602,12 +681,28 @@ mod tests {
         o.push(Bytes::from_static(b"abc"));
         o.push(Bytes::new());
         o.push(Bytes::from_static(b"defg"));
+        o.release();
         assert_eq!((o.len(), o.slices().1), (7, 2));
         o.advance(4);
         assert_eq!(o.len(), 3);
         assert_eq!(&*o.slices().0[0], b"efg");
         o.advance(3);
         assert!(o.is_empty() && o.slices().1 == 0);
+    }
+
+    #[test]
+    fn only_released_bytes_are_written() {
+        let mut o = Outbox::default();
+        o.push(Bytes::from_static(b"abc"));
+        o.release();
+        o.push(Bytes::from_static(b"gathered"));
+        assert_eq!((o.len(), o.ready(), o.slices().1), (11, 3, 1));
+        o.advance(2);
+        assert_eq!((o.ready(), &*o.slices().0[0]), (1, &b"c"[..]));
+        o.advance(1);
+        assert_eq!((o.len(), o.ready(), o.slices().1), (8, 0, 0));
+        o.release();
+        assert_eq!((o.ready(), o.slices().1), (8, 1));
     }
 
     #[test]

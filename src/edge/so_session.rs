@@ -124,6 +124,12 @@ impl ConnObjects {
         }
     }
 
+    /// Whether anything can arrive on `deliveries`: an object in use or a write queued
+    /// once (the connection does not poll the channel before).
+    pub fn active(&self) -> bool {
+        !self.used.is_empty() || self.writes.is_some()
+    }
+
     /// Whether the connection uses no object (for its idle timeout).
     pub fn is_empty(&self) -> bool {
         self.used.is_empty()
