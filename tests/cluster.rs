@@ -275,6 +275,39 @@ async fn concurrent_writes_share_log_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_passes_concurrent_writes_on_in_shared_requests() {
+    let c = Arc::new(Cluster::start(3).await);
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let tasks: Vec<_> = (0..128)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(
+                async move { c.put_slot(follower, "relayed", &format!("s{i}"), &json!(i), None).await.unwrap().0 },
+            )
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    // Every write is there, once, whichever request carried it.
+    let obj = c.object(leader, "relayed", false).await.unwrap();
+    assert_eq!(obj["slots"].as_object().unwrap().len(), 128);
+    assert_eq!(obj["version"], 128);
+    for i in [0, 63, 127] {
+        assert_eq!(obj["slots"][format!("s{i}")], json!(i));
+    }
+    let metrics = c.call(follower, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+    let metrics = metrics.as_str().unwrap();
+    let (writes, requests) = (
+        metric(metrics, "raftcast_raft_forwarded_writes_total "),
+        metric(metrics, "raftcast_raft_forward_requests_total "),
+    );
+    assert_eq!(writes, 128, "{metrics}");
+    assert!(requests < writes, "128 concurrent writes took {requests} requests to the leader: no batching");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() {
     let mut c = Cluster::start_with(3, &["--snapshot-every", "20", "--snapshot-keep", "0"]).await;
     let leader = c.wait_leader(None, Duration::from_secs(10)).await;
@@ -285,9 +318,6 @@ async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() {
         let (s, _) = c.put_slot(leader, "snap", &format!("s{i}"), &json!(i), None).await.unwrap();
         assert_eq!(s, StatusCode::OK);
     }
-    let metric = |text: &str, name: &str| -> u64 {
-        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
-    };
     let metrics = c.call(leader, Method::GET, "/metrics", None, &[]).await.unwrap().1;
     let snapshot_index = metric(metrics.as_str().unwrap(), "raftcast_raft_snapshot_index ");
     assert!(snapshot_index >= 100, "leader snapshot at {snapshot_index}");
@@ -305,6 +335,11 @@ async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() {
     // It got there through a snapshot: its own snapshot covers most of the log.
     let metrics = c.call(lagging, Method::GET, "/metrics", None, &[]).await.unwrap().1;
     assert!(metric(metrics.as_str().unwrap(), "raftcast_raft_snapshot_index ") >= 100);
+}
+
+/// The value of the series `name` (with its trailing space) in a /metrics text; 0 when absent.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -341,6 +341,10 @@ impl fmt::Display for Rejection {
 pub enum Forward {
     /// Propose a command. The leader re-stamps `at_ms`.
     Write(Request),
+    /// Propose several commands: a follower passing on, in one request, the writes its
+    /// clients sent while its previous requests were in flight. Answered `Batch`, one
+    /// reply per request in the same order, each as `Write` would be answered.
+    WriteBatch(Vec<Request>),
     /// Add a node as a learner (waits until it has caught up).
     AddLearner { id: NodeId, addr: crate::NodeAddr },
     /// Make exactly these nodes the voters.
@@ -400,6 +404,8 @@ pub enum ForwardReply {
     Failed { kind: FailKind, message: String },
     /// The answer to `Lookup`: the stream's claim and its owner's media address.
     Owner { claim: Option<StreamClaim>, media: Option<String> },
+    /// The answers to `WriteBatch`, in its order.
+    Batch(Vec<ForwardReply>),
 }
 
 /// Classes of non-retryable failure, mapped to HTTP status codes by the admin API.

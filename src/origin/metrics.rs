@@ -66,6 +66,10 @@ pub struct Metrics {
     pub proposals: Family<ResultLabel, Counter>,
     /// Time from proposal to applied response, on the leader.
     pub proposal_seconds: Histogram,
+    /// Writes this node passed on to the leader, and the requests that carried them
+    /// (several writes share one request under load).
+    pub forwarded_writes: Counter,
+    pub forward_requests: Counter,
     /// Time to apply one batch of entries to the state machine.
     pub apply_seconds: Histogram,
     pub applied_entries: Counter,
@@ -97,6 +101,8 @@ impl Metrics {
             replication_lag: Family::default(),
             proposals: Family::default(),
             proposal_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
+            forwarded_writes: Counter::default(),
+            forward_requests: Counter::default(),
             apply_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 18)),
             applied_entries: Counter::default(),
             leader_changes: Counter::default(),
@@ -132,6 +138,12 @@ impl Metrics {
             m.proposal_seconds.clone(),
         );
         registry.register("raft_apply_seconds", "Time to apply a batch of entries", m.apply_seconds.clone());
+        registry.register("raft_forwarded_writes", "Writes passed on to the leader", m.forwarded_writes.clone());
+        registry.register(
+            "raft_forward_requests",
+            "Requests to the leader that carried forwarded writes",
+            m.forward_requests.clone(),
+        );
         registry.register("raft_applied_entries", "Entries applied to the state machine", m.applied_entries.clone());
         registry.register("raft_leader_changes", "Leader changes seen by this node", m.leader_changes.clone());
         registry.register("link_connections", "Edge links open now", m.links.links.clone());

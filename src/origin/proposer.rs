@@ -6,6 +6,12 @@
 //! leader — until it succeeds, fails for good, or the deadline passes. A retried write
 //! keeps its request id, so the state machine applies it at most once.
 //!
+//! A follower forwards writes in batches ([`Forward::WriteBatch`]): at most
+//! [`FORWARDS_IN_FLIGHT`] requests to the leader at a time, each carrying every write
+//! that arrived while the previous ones were out. Under load that is one HTTP exchange
+//! for many writes instead of one each (the leader puts them in one log entry anyway);
+//! a lone write goes out at once, alone.
+//!
 //! Some requests are answered by whichever node receives them, from its own applied
 //! state, and never travel to the leader: owner lookups and stream watches
 //! ([`Forward::answered_locally`]).
@@ -40,6 +46,10 @@ pub const BATCH_QUEUE: usize = 4096;
 /// Batches proposed at once. openraft 0.9 appends one entry at a time anyway; a second
 /// batch in flight keeps the next one ready while the first is flushed.
 const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Batches of writes a follower has on their way to the leader at once; writes that
+/// arrive meanwhile wait and leave together in the next.
+const FORWARDS_IN_FLIGHT: usize = 2;
 
 /// How long one attempt of a write or read may take before it is retried (with the
 /// same request id), so a leader that went silent costs about this much, not the whole
@@ -104,6 +114,16 @@ pub struct Proposer {
     liveness: Liveness,
     /// Answers `Forward::WatchStream`.
     watch: StreamWatch,
+    /// Writes on their way to the leader, batched (see [`forward_loop`]).
+    forwards: mpsc::Sender<Outgoing>,
+}
+
+/// A write this follower passes on to `leader`, and where the answer goes (with
+/// whether the write may have reached the leader).
+struct Outgoing {
+    leader: NodeId,
+    request: Request,
+    reply: oneshot::Sender<(ForwardReply, bool)>,
 }
 
 /// A claim younger than this counts as alive even before its publisher attached: the
@@ -149,7 +169,8 @@ impl Proposer {
             .expect("a plain HTTP client always builds");
         let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
         tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone()));
-        Proposer {
+        let (forwards, outgoing) = mpsc::channel(BATCH_QUEUE);
+        let proposer = Proposer {
             raft,
             id,
             secret,
@@ -162,7 +183,10 @@ impl Proposer {
             moves: Arc::default(),
             liveness,
             watch,
-        }
+            forwards,
+        };
+        tokio::spawn(forward_loop(proposer.clone(), outgoing));
+        proposer
     }
 
     /// `WatchStream` requests waiting on this origin now.
@@ -395,7 +419,10 @@ impl Proposer {
             // they are committed or truncated, which may take arbitrarily long.
             let reply = match tokio::time::timeout(remaining(), self.execute_here(&req)).await {
                 Ok(ForwardReply::NotLeader { leader: Some(leader) }) if leader != self.id => {
-                    let (reply, delivered) = self.forward(leader, &req, remaining()).await;
+                    let (reply, delivered) = match &req {
+                        Forward::Write(write) => self.forward_write(leader, write.clone(), remaining()).await,
+                        _ => self.forward(leader, &req, remaining()).await,
+                    };
                     uncertain |= delivered && matches!(reply, ForwardReply::NotLeader { leader: None });
                     reply
                 }
@@ -461,6 +488,70 @@ impl Proposer {
         }
     }
 
+    /// Passes a write on to `leader` in the next batch (see [`forward_loop`]); answers
+    /// like [`Proposer::forward`].
+    async fn forward_write(&self, leader: NodeId, request: Request, remaining: Duration) -> (ForwardReply, bool) {
+        let (reply, answer) = oneshot::channel();
+        let outgoing = Outgoing { leader, request, reply };
+        if tokio::time::timeout(remaining, self.forwards.send(outgoing)).await.is_err() {
+            return (ForwardReply::NotLeader { leader: None }, false);
+        }
+        match tokio::time::timeout(remaining, answer).await {
+            Ok(Ok(answer)) => answer,
+            // Queued and perhaps sent: it may have reached the leader.
+            _ => (ForwardReply::NotLeader { leader: None }, true),
+        }
+    }
+
+    /// Sends one batch of writes to their leaders: a lone write as `Write`, several as
+    /// `WriteBatch`, split until each request fits the leader's body limit.
+    async fn send_batch(&self, batch: Vec<Outgoing>) {
+        let mut by_leader: BTreeMap<NodeId, Vec<Outgoing>> = BTreeMap::new();
+        for outgoing in batch {
+            by_leader.entry(outgoing.leader).or_default().push(outgoing);
+        }
+        let sends = by_leader.into_iter().map(|(leader, group)| self.send_group(leader, group));
+        futures::future::join_all(sends).await;
+    }
+
+    fn send_group(&self, leader: NodeId, mut group: Vec<Outgoing>) -> futures::future::BoxFuture<'_, ()> {
+        use futures::FutureExt;
+        async move {
+            if group.len() == 1 {
+                self.metrics.forwarded_writes.inc();
+                self.metrics.forward_requests.inc();
+                let outgoing = group.pop().expect("one write");
+                let answer = self.forward(leader, &Forward::Write(outgoing.request), ATTEMPT_TIMEOUT).await;
+                let _ = outgoing.reply.send(answer);
+                return;
+            }
+            let req = Forward::WriteBatch(group.iter().map(|o| o.request.clone()).collect());
+            if rpc::encode(&req).len() > MAX_FORWARD_BODY {
+                let second = group.split_off(group.len() / 2);
+                futures::future::join(self.send_group(leader, group), self.send_group(leader, second)).await;
+                return;
+            }
+            self.metrics.forwarded_writes.inc_by(group.len() as u64);
+            self.metrics.forward_requests.inc();
+            let (reply, delivered) = self.forward(leader, &req, ATTEMPT_TIMEOUT).await;
+            match reply {
+                ForwardReply::Batch(replies) if replies.len() == group.len() => {
+                    for (outgoing, reply) in group.into_iter().zip(replies) {
+                        let _ = outgoing.reply.send((reply, false));
+                    }
+                }
+                // Not answered one by one (no leader, a transport failure, a refusal of
+                // the whole batch): every write gets the same answer.
+                reply => {
+                    for outgoing in group {
+                        let _ = outgoing.reply.send((reply.clone(), delivered));
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+
     /// The answer to `Lookup` and `WatchStream`: the claim and its owner's media address.
     fn owner_reply(&self, claim: Option<raftcast_raft::command::StreamClaim>) -> ForwardReply {
         let media = claim.as_ref().and_then(|c| self.node_addr(c.owner)).map(|a| a.media);
@@ -481,6 +572,12 @@ impl Proposer {
     pub async fn execute_here(&self, req: &Forward) -> ForwardReply {
         match req {
             Forward::Write(req) => self.write_here(req).await,
+            Forward::WriteBatch(reqs) if reqs.len() > MAX_BATCH => {
+                failed(FailKind::BadRequest, format!("{} writes in one batch; at most {MAX_BATCH}", reqs.len()))
+            }
+            Forward::WriteBatch(reqs) => {
+                ForwardReply::Batch(futures::future::join_all(reqs.iter().map(|req| self.write_here(req))).await)
+            }
             Forward::Lookup { stream } => {
                 let claim = self.state.read(|sm| sm.streams.get(stream).cloned());
                 self.owner_reply(claim)
@@ -682,18 +779,53 @@ pub fn place(
     Placement::ByLoad { owner, pinned_not_live: pinned }
 }
 
+/// Collects writes this follower passes on to the leader: waits for one, then for a
+/// free slot among [`FORWARDS_IN_FLIGHT`], and sends it with everything that queued
+/// meanwhile (up to [`MAX_BATCH`]) as one request.
+async fn forward_loop(proposer: Proposer, mut outgoing: mpsc::Receiver<Outgoing>) {
+    let slots = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
+    while let Some(first) = outgoing.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match outgoing.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let proposer = proposer.clone();
+        tokio::spawn(async move {
+            proposer.send_batch(batch).await;
+            drop(slot);
+        });
+    }
+}
+
 /// Takes every request queued while earlier batches were in flight and proposes them as
 /// one log entry (stream-ownership commands as entries of their own).
 async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>, metrics: Arc<Metrics>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut taken = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut taken, MAX_BATCH).await > 0 {
+    loop {
+        // A free slot first, then everything queued: requests that arrive while both
+        // batches are in flight leave together in the next, not one by one.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        if queue.recv_many(&mut taken, MAX_BATCH).await == 0 {
+            return;
+        }
         let (batch, alone): (Vec<Pending>, Vec<Pending>) = taken.drain(..).partition(|p| p.request.command.batchable());
+        let mut permit = Some(permit);
         for group in std::iter::once(batch).chain(alone.into_iter().map(|p| vec![p])) {
             if group.is_empty() {
                 continue;
             }
-            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            let permit = match permit.take() {
+                Some(permit) => permit,
+                None => match in_flight.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             let (raft, metrics) = (raft.clone(), metrics.clone());
             tokio::spawn(async move {
                 propose(&raft, group, &metrics).await;
