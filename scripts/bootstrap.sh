@@ -107,6 +107,12 @@ start() {
     for i in "${ORIGINS[@]}"; do nodes+=(--node "$i=$(http_addr "$i"),$(media_addr "$i")"); done
     # The first origin may still be binding its port.
     until out=$("$BIN" ctl --origin "$(http_addr 1)" --token-file "$DATA/admin-token" init "${nodes[@]}" 2>&1); do
+      # An origin that exited (a port in use, a bad data dir) explains itself in its log;
+      # another process on its port would answer "unauthorized" below.
+      for i in "${ORIGINS[@]}"; do
+        live_pid "origin-$i" >/dev/null \
+          || die "origin-$i exited: $(tail -n 1 "$DATA/logs/origin-$i.log" 2>/dev/null)"
+      done
       (( SECONDS < deadline )) || die "could not initialize the cluster ($out); see $DATA/logs/origin-1.log"
       sleep 0.3
     done
