@@ -337,6 +337,28 @@ async fn merged_writes_gather_frames_within_their_bound_and_lose_none() {
     lat.sort_unstable();
     assert!(lat[lat.len() - 1] < 400 + 300, "merged latencies (ms) up to {:?}", &lat[lat.len() - 5..]);
     assert!(merged_first < Duration::from_millis(300), "first frame after {merged_first:?}: held by a window");
+
+    // The edges' hop histograms see the same: waits of most of a window on edge-2, a
+    // few ms on edge-1, and the publisher's frames passing edge-1 on their way in.
+    let delivery = |le: &str| format!("edge_hop_seconds_bucket{{hop=\"delivery\",le=\"{le}\"}}");
+    let (m1, m2) = (edge1.metrics().await, edge2.metrics().await);
+    let share = |text: &str, le: &str| {
+        let all = edges::metric_value(text, &delivery("+Inf")).unwrap();
+        assert!(all > 100.0, "delivery waits counted: {all}");
+        edges::metric_value(text, &delivery(le)).unwrap() / all
+    };
+    assert!(share(&m1, "0.05") > 0.9, "unmerged waits over 50 ms: {}", 1.0 - share(&m1, "0.05"));
+    assert!(share(&m2, "0.1") < 0.5, "merged waits under 100 ms: {}", share(&m2, "0.1"));
+    assert!(share(&m2, "0.5") > 0.9, "merged waits over 500 ms: {}", 1.0 - share(&m2, "0.5"));
+    let ingest = edges::metric_value(&m1, "edge_hop_seconds_count{hop=\"ingest\"}").unwrap();
+    assert!(ingest > 300.0, "publisher frames counted on their way in: {ingest}");
+    // The owner counts the frames it relays to both edges.
+    let mut relayed = 0.0;
+    for id in 1..=3 {
+        let text = c.call(id, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+        relayed += edges::metric_value(text.as_str().unwrap(), "raftcast_link_hop_seconds_count").unwrap_or(0.0);
+    }
+    assert!(relayed > 600.0, "frames the owner relayed to the two edges: {relayed}");
 }
 
 /// A TCP connection to `addr` that completed the RTMP handshake as a client.

@@ -246,5 +246,9 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
     metric("edge_upstream_bytes_in_total", "counter", "Media payload bytes received from an origin", &bytes_in);
     let bytes_out: Vec<_> = ups.iter().map(|u| (label(u), load(&u.bytes_out))).collect();
     metric("edge_upstream_bytes_out_total", "counter", "Media payload bytes sent to an origin", &bytes_out);
+    let help = "How long frames wait in the edge: ingest, from a publisher to the owner's link; \
+                delivery, from the link to a player's socket (RTMP players, merge window included)";
+    s.hop_ingest.render(&mut out, "edge_hop_seconds", help, "hop=\"ingest\"");
+    s.hop_delivery.render(&mut out, "edge_hop_seconds", help, "hop=\"delivery\"");
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

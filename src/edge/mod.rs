@@ -53,6 +53,11 @@ pub struct EdgeStats {
     pub relay_failovers: AtomicU64,
     /// Frames a relay dropped because its players already had them (replays after a move).
     pub relay_duplicates: AtomicU64,
+    /// Publishers' frames: from the edge getting them to their link to the owner.
+    pub hop_ingest: crate::media::hop::HopLatency,
+    /// Players' live frames: from the link to the player's socket (merge window
+    /// included).
+    pub hop_delivery: crate::media::hop::HopLatency,
 }
 
 /// What every task of the edge shares.

@@ -40,6 +40,7 @@ use tracing::Instrument;
 use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
 use super::EdgeContext;
+use crate::media::hop::HopLatency;
 use crate::media::{Frame, FrameKind, Hub, Subscription};
 use crate::rtmp::chunk::RawMessage;
 use crate::rtmp::handshake::{Handshake, Progress};
@@ -109,8 +110,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
 
 /// What the play pumps yield to their connection.
 enum Out {
-    /// Chunk bytes for the socket.
-    Media(Bytes),
+    /// Chunk bytes for the socket, and when a live frame reached the edge (`None` for
+    /// the frames a play starts with, which came before it).
+    Media(Bytes, Option<std::time::Instant>),
     /// The stream (re)appeared: `NetStream.Play.PublishNotify`.
     Published(u32),
     /// The publisher left: `NetStream.Play.UnpublishNotify`.
@@ -223,7 +225,7 @@ async fn connection(
             let control = conn.session.take_output();
             if !control.is_empty() {
                 pending.push(control);
-                pending.release();
+                pending.release(&ctx.stats.hop_delivery);
             }
             tokio::select! {
                 read = reader.read_buf(&mut inbuf) => {
@@ -257,7 +259,7 @@ async fn connection(
                         // A play's first frames (the cached GOP) are not held: the time
                         // to first frame stays what it was.
                         conn.started_play = false;
-                        pending.release();
+                        pending.release(&ctx.stats.hop_delivery);
                     } else {
                         window = true;
                         merge_timer.as_mut().reset(Instant::now() + merge);
@@ -265,7 +267,7 @@ async fn connection(
                 }
                 _ = &mut merge_timer, if window => {
                     conn.pull_ready(&mut pending);
-                    pending.release();
+                    pending.release(&ctx.stats.hop_delivery);
                     window = false;
                 }
                 written = pending.write_to(&mut writer), if pending.ready() > 0 => {
@@ -308,7 +310,7 @@ async fn connection(
     }
     conn.close();
     pending.push(conn.session.take_output());
-    pending.release();
+    pending.release(&ctx.stats.hop_delivery);
     if !pending.is_empty() && result.is_ok() {
         let drain = async {
             while !pending.is_empty() {
@@ -472,12 +474,15 @@ impl Conn {
 
     fn out(&mut self, out: Out, pending: &mut Outbox) {
         match out {
-            Out::Media(bytes) => {
+            Out::Media(bytes, arrived) => {
                 // Whatever the session queued goes first; the shared chunks follow
                 // without a copy.
                 pending.push(self.session.take_output());
                 if self.session.prechunked_by_driver() {
                     pending.push(bytes);
+                    if let Some(arrived) = arrived {
+                        pending.arrivals.push(arrived);
+                    }
                 }
             }
             Out::Published(stream_id) => self.session.publish_notify(stream_id),
@@ -506,6 +511,8 @@ struct Outbox {
     len: usize,
     /// The first `ready` bytes may be written (always whole buffers).
     ready: usize,
+    /// When the live frames queued since the last release reached the edge.
+    arrivals: Vec<std::time::Instant>,
 }
 
 impl Outbox {
@@ -516,9 +523,12 @@ impl Outbox {
         }
     }
 
-    /// Everything queued may be written.
-    fn release(&mut self) {
+    /// Everything queued may be written; the frames' waits so far go to `hop`.
+    fn release(&mut self, hop: &HopLatency) {
         self.ready = self.len;
+        for arrived in self.arrivals.drain(..) {
+            hop.observe_since(arrived);
+        }
     }
 
     fn len(&self) -> usize {
@@ -586,6 +596,8 @@ struct Pump {
     chunk_size: u32,
     hubs: watch::Receiver<Option<Arc<Hub>>>,
     state: PumpState,
+    /// When the current generation's subscription began: earlier frames are replays.
+    since: std::time::Instant,
     /// Keeps the relay (the upstream subscription) alive while the play lasts.
     _lease: Lease,
 }
@@ -604,7 +616,8 @@ enum PumpState {
 impl Pump {
     fn new(stream_id: u32, chunk_size: u32, lease: Lease) -> Pump {
         let hubs = lease.relay.hub();
-        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, _lease: lease }
+        let since = std::time::Instant::now();
+        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, since, _lease: lease }
     }
 
     /// The pump as a stream that never ends (the connection decides when a play ends).
@@ -628,6 +641,7 @@ impl Pump {
                         self.state = PumpState::Done;
                         return None;
                     };
+                    self.since = std::time::Instant::now();
                     self.state = PumpState::Reading(hub.subscribe(), hub);
                     if !first {
                         return Some(Out::Published(self.stream_id));
@@ -636,7 +650,8 @@ impl Pump {
                 PumpState::Reading(subscription, hub) => match subscription.recv().await {
                     Some(frame) => {
                         if let Some(bytes) = chunks(&frame, self.chunk_size, self.stream_id) {
-                            return Some(Out::Media(bytes));
+                            let live = (frame.arrived.0 >= self.since).then_some(frame.arrived.0);
+                            return Some(Out::Media(bytes, live));
                         }
                     }
                     None => {
@@ -672,7 +687,7 @@ fn chunks(frame: &Frame, chunk_size: u32, stream_id: u32) -> Option<Bytes> {
 
 #[cfg(test)]
 mod tests {
-    use super::{query_param, Outbox};
+    use super::{query_param, HopLatency, Outbox};
     use bytes::Bytes;
 
     #[test]
@@ -681,7 +696,7 @@ mod tests {
         o.push(Bytes::from_static(b"abc"));
         o.push(Bytes::new());
         o.push(Bytes::from_static(b"defg"));
-        o.release();
+        o.release(&HopLatency::default());
         assert_eq!((o.len(), o.slices().1), (7, 2));
         o.advance(4);
         assert_eq!(o.len(), 3);
@@ -694,14 +709,14 @@ mod tests {
     fn only_released_bytes_are_written() {
         let mut o = Outbox::default();
         o.push(Bytes::from_static(b"abc"));
-        o.release();
+        o.release(&HopLatency::default());
         o.push(Bytes::from_static(b"gathered"));
         assert_eq!((o.len(), o.ready(), o.slices().1), (11, 3, 1));
         o.advance(2);
         assert_eq!((o.ready(), &*o.slices().0[0]), (1, &b"c"[..]));
         o.advance(1);
         assert_eq!((o.len(), o.ready(), o.slices().1), (8, 0, 0));
-        o.release();
+        o.release(&HopLatency::default());
         assert_eq!((o.ready(), o.slices().1), (8, 1));
     }
 

@@ -304,7 +304,10 @@ impl Forwarder {
     }
 
     async fn send(&self, frame: Frame) -> Result<(), String> {
-        self.up.media(MediaFrame { channel: self.channel, frame }, LINK_SEND_WAIT).await.map_err(|e| e.to_string())
+        let arrived = frame.arrived.0;
+        self.up.media(MediaFrame { channel: self.channel, frame }, LINK_SEND_WAIT).await.map_err(|e| e.to_string())?;
+        self.ctx.stats.hop_ingest.observe_since(arrived);
+        Ok(())
     }
 
     /// Switches to the new owner and re-sends what is retained: headers, then the frames

@@ -143,6 +143,7 @@ impl FrameCodec {
                     header: flags & FLAG_HEADER != 0,
                     payload: body,
                     wire: Default::default(),
+                    arrived: crate::media::frame::Arrival::now(),
                 };
                 Ok(Some(LinkFrame::Media(MediaFrame { channel, frame })))
             }
@@ -171,6 +172,7 @@ mod tests {
             header: false,
             payload: Bytes::from_static(payload),
             wire: Default::default(),
+            arrived: crate::media::frame::Arrival::now(),
         };
         LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })
     }
@@ -245,7 +247,7 @@ mod tests {
         fn media_round_trips(channel: u32, ts: u32, key: bool, header: bool, kind in 0..3u8,
                              payload in proptest::collection::vec(any::<u8>(), 0..300)) {
             let kind = [FrameKind::Audio, FrameKind::Video, FrameKind::Data][kind as usize];
-            let frame = Frame { kind, timestamp: ts, keyframe: key, header, payload: Bytes::from(payload), wire: Default::default() };
+            let frame = Frame { kind, timestamp: ts, keyframe: key, header, payload: Bytes::from(payload), wire: Default::default(), arrived: crate::media::frame::Arrival::now() };
             let f = LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame });
             let mut buf = BytesMut::new();
             FrameCodec::encode(&f, &mut buf);

@@ -1,6 +1,7 @@
 //! One audio, video or data message of a stream, with the facts the media plane needs.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -31,7 +32,28 @@ pub struct Frame {
     /// This frame serialized for players, computed by the first player that needs it
     /// and shared by every clone (see [`WireCache`]).
     pub wire: WireCache,
+    /// When this process got the frame (see [`crate::media::hop`]).
+    pub arrived: Arrival,
 }
+
+/// When a process got a frame: what its hop latency is measured from. Not part of a
+/// frame's identity (two frames with the same content are equal whenever they came).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
+impl Arrival {
+    pub fn now() -> Self {
+        Arrival(Instant::now())
+    }
+}
+
+impl PartialEq for Arrival {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Arrival {}
 
 /// Serialized forms of one frame, shared by all clones of it, so a stream is chunked
 /// once for all players with the same parameters instead of once per player. The
@@ -87,7 +109,15 @@ impl Frame {
     /// An audio frame; AAC and Enhanced sequence headers are recognised.
     pub fn audio(timestamp: u32, payload: Bytes) -> Frame {
         let header = flv::audio_facts(&payload).is_some_and(|f| f.sequence_header);
-        Frame { kind: FrameKind::Audio, timestamp, keyframe: false, header, payload, wire: WireCache::default() }
+        Frame {
+            kind: FrameKind::Audio,
+            timestamp,
+            keyframe: false,
+            header,
+            payload,
+            wire: WireCache::default(),
+            arrived: Arrival::now(),
+        }
     }
 
     /// A video frame; keyframes and sequence headers are recognised.
@@ -100,17 +130,34 @@ impl Frame {
             header: facts.is_some_and(|f| f.sequence_header),
             payload,
             wire: WireCache::default(),
+            arrived: Arrival::now(),
         }
     }
 
     /// Stream metadata (`onMetaData`): cached like a sequence header.
     pub fn metadata(timestamp: u32, payload: Bytes) -> Frame {
-        Frame { kind: FrameKind::Data, timestamp, keyframe: false, header: true, payload, wire: WireCache::default() }
+        Frame {
+            kind: FrameKind::Data,
+            timestamp,
+            keyframe: false,
+            header: true,
+            payload,
+            wire: WireCache::default(),
+            arrived: Arrival::now(),
+        }
     }
 
     /// Any other data message (`onCuePoint`, …): delivered in order, not cached.
     pub fn data(timestamp: u32, payload: Bytes) -> Frame {
-        Frame { kind: FrameKind::Data, timestamp, keyframe: false, header: false, payload, wire: WireCache::default() }
+        Frame {
+            kind: FrameKind::Data,
+            timestamp,
+            keyframe: false,
+            header: false,
+            payload,
+            wire: WireCache::default(),
+            arrived: Arrival::now(),
+        }
     }
 
     /// Bytes this frame accounts for in queue and cache limits.

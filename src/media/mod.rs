@@ -8,6 +8,7 @@
 pub mod continuity;
 pub mod frame;
 pub mod gop;
+pub mod hop;
 pub mod hub;
 pub mod queue;
 pub mod retain;

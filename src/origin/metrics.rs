@@ -233,7 +233,16 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        // Our own histogram goes before the OpenMetrics end marker.
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let tail = out.split_off(eof);
+        self.links.hop.render(
+            &mut out,
+            "raftcast_link_hop_seconds",
+            "How long live frames wait in this origin, from an ingest link to an edge's link",
+            "",
+        );
+        out + &tail
     }
 }
 

@@ -232,16 +232,24 @@ impl Link {
             self.send(Control::NotFound { channel }).await;
             return;
         };
+        // Frames that came before the subscription (the GOP, a resume's history) are
+        // replays, not waits: the hop latency counts frames that arrive after it.
+        let since = std::time::Instant::now();
         let (subscription, resumed) = hub.subscribe_after(after);
         if after.is_some() {
             tracing::debug!(%stream, ?after, resumed, "subscription following the stream here");
         }
         let tx = self.tx.clone();
         self.send(Control::Subscribed { channel }).await;
+        let stats = self.ctx.stats.clone();
         let pump = tokio::spawn(async move {
             while let Some(frame) = subscription.recv().await {
+                let arrived = frame.arrived.0;
                 if tx.send(LinkFrame::Media(MediaFrame { channel, frame })).await.is_err() {
                     return;
+                }
+                if arrived >= since {
+                    stats.hop.observe_since(arrived);
                 }
             }
             let _ = tx.send(LinkFrame::Control(Control::Ended { channel })).await;

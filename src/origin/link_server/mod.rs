@@ -68,6 +68,8 @@ pub struct LinkStats {
     /// Media frames dropped while their publish waited for its claim (overflow, or the
     /// publish was refused or withdrawn).
     pub pending_dropped: Counter,
+    /// Live frames: from an ingest link to an edge's link (see [`crate::media::hop`]).
+    pub hop: crate::media::hop::HopLatency,
 }
 
 /// Follows the applied claims: after each change of a stream's claim, reconciles
