@@ -152,6 +152,21 @@ start_raftcast() {
 
 # One fanout run: server name, path description, publish address, play address,
 # players, kbps, pids (player-facing first), count of player-facing pids.
+# Where each raftcast setup exposes its hop histograms (edges, then origins), and the
+# admin token its origins want.
+declare -A HOP_URLS=(
+  [rc-1e1o]="http://127.0.0.1:21401/metrics http://127.0.0.1:21101/metrics"
+  [rc-3o2e]="http://127.0.0.1:22401/metrics http://127.0.0.1:22402/metrics http://127.0.0.1:22101/metrics http://127.0.0.1:22102/metrics http://127.0.0.1:22103/metrics"
+)
+scrape_hops() { # server file
+  local url token=$OUT/$1/admin-token
+  : >"$2"
+  for url in ${HOP_URLS[$1]:-}; do
+    curl -s --max-time 5 -H "authorization: Bearer $(cat "$token" 2>/dev/null)" "$url" \
+      | grep -E '^(edge_hop_seconds|raftcast_link_hop_seconds)_bucket' >>"$2" || true
+  done
+}
+
 fanout() {
   local server=$1 path=$2 pub=$3 play=$4 players=$5 kbps=$6 front=$7; shift 7
   local pids=("$@") watch=() base=()
@@ -160,6 +175,8 @@ fanout() {
   local load_before load_after
   load_before=$(cut -d' ' -f1-3 /proc/loadavg)
   log "$name: $players players at $kbps kbit/s ($path), load $load_before"
+  # Hop latency covers the whole bench run (ramp included), as /metrics counts it.
+  scrape_hops "$server" "$OUT/logs/$name.hops-before"
   if ! "$BIN" bench fanout --publish "$pub" --play "$play" --players "$players" --kbps "$kbps" \
     --duration "$DURATION" --ramp "$RAMP" --name "r$kbps-$players" "${watch[@]}" \
     >"$OUT/runs/$name.report.json" 2>"$OUT/logs/$name.progress"; then
@@ -167,12 +184,16 @@ fanout() {
     echo '{"failed": true}' >"$OUT/runs/$name.report.json"
   fi
   load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+  scrape_hops "$server" "$OUT/logs/$name.hops-after"
+  local hops
+  hops=$(python3 "$ROOT/scripts/bench-report.py" --hops "$OUT/logs/$name.hops-before" "$OUT/logs/$name.hops-after" || echo '{}')
   jq -n --arg server "$server" --arg path "$path" --argjson players "$players" --argjson kbps "$kbps" \
     --argjson front "$front" --arg load_before "$load_before" --arg load_after "$load_after" \
-    --argjson baseline "[$(IFS=,; echo "${base[*]}")]" \
+    --argjson baseline "[$(IFS=,; echo "${base[*]}")]" --argjson hops "$hops" \
     --slurpfile report "$OUT/runs/$name.report.json" \
     '{server: $server, path: $path, players: $players, kbps: $kbps, player_facing_processes: $front,
-      rss_kib_baseline: $baseline, load_before: $load_before, load_after: $load_after, report: $report[0]}' \
+      rss_kib_baseline: $baseline, load_before: $load_before, load_after: $load_after, hops: $hops,
+      report: $report[0]}' \
     >"$OUT/runs/$name.json"
   rm "$OUT/runs/$name.report.json"
   jq -r '.report | "  keeping up \(.players_keeping_up)/\(.players), lost \(.frames_lost), p50 \(.latency.p50_ms // "-") ms, p99 \(.latency.p99_ms // "-") ms, cpu \([.processes[].cpu_percent] | add | floor) %"' \

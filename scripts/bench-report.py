@@ -2,6 +2,7 @@
 """Table and chart of a scripts/bench-compare.sh run, from the JSON it left in DIR/runs.
 
   scripts/bench-report.py DIR [--markdown FILE] [--svg FILE]
+  scripts/bench-report.py --hops BEFORE AFTER   # hop latency between two /metrics scrapes, as JSON
 
 Prints the tables (markdown) on stdout; every ratio is raftcast / nginx-rtmp (or
 raftcast / etcd) from the same run. No network, standard library only.
@@ -220,7 +221,76 @@ def svg_chart(media, machine):
     return "\n".join(parts)
 
 
+HOP_SERIES = {"edge_hop_seconds": "hop", "raftcast_link_hop_seconds": None}
+
+
+def hop_buckets(path):
+    """Cumulative bucket counts per hop, summed over every process scraped into `path`."""
+    hops = {}
+    with open(path) as f:
+        for line in f:
+            if "_bucket{" not in line:
+                continue
+            series, value = line.rsplit(" ", 1)
+            name, labels = series.split("_bucket{", 1)
+            labels = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(","))
+            labels = {k: v.strip('"') for k, v in labels.items()}
+            if name not in HOP_SERIES:
+                continue
+            hop = labels.get("hop", "relay") if HOP_SERIES[name] else "relay"
+            le = math.inf if labels["le"] == "+Inf" else float(labels["le"])
+            b = hops.setdefault(hop, {})
+            b[le] = b.get(le, 0) + float(value)
+    return hops
+
+
+def quantile(buckets, q):
+    """histogram_quantile: linear within the bucket holding the q-th wait, in ms."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank, prev_bound, prev_count = q * total, 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound * 1e3
+            width = count - prev_count
+            frac = (rank - prev_count) / width if width else 1.0
+            return (prev_bound + (bound - prev_bound) * frac) * 1e3
+        prev_bound, prev_count = bound, count
+    return None
+
+
+def hops_between(before, after):
+    b, a = hop_buckets(before), hop_buckets(after)
+    out = {}
+    for hop, buckets in a.items():
+        delta = {le: n - b.get(hop, {}).get(le, 0) for le, n in buckets.items()}
+        count = delta.get(math.inf, 0)
+        if count > 0:
+            out[hop] = {"frames": int(count), "p50_ms": quantile(delta, 0.5), "p99_ms": quantile(delta, 0.99)}
+    return out
+
+
+def hop_table(media):
+    rows = [r for r in media if r.get("hops")]
+    if not rows:
+        return ""
+    lines = ["| kbit/s | players | server | ingest p50 / p99 ms | origin relay p50 / p99 ms | delivery p50 / p99 ms (merge window included) |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["kbps"], r["players"], r["server"])):
+        h = r["hops"]
+        cell = lambda k: f"{fnum((h.get(k) or {}).get('p50_ms'), 2)} / {fnum((h.get(k) or {}).get('p99_ms'), 2)}"
+        lines.append(f"| {r['kbps']} | {r['players']} | {r['server']} | {cell('ingest')} | {cell('relay')} | {cell('delivery')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--hops":
+        json.dump(hops_between(sys.argv[2], sys.argv[3]), sys.stdout)
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir")
     ap.add_argument("--markdown")
@@ -234,6 +304,10 @@ def main():
                     f"{machine.get('duration_s')} s measured per media run.\n")
     if media:
         text.append(media_tables(media))
+        hops = hop_table(media)
+        if hops:
+            text.append("\nTime frames spend in each raftcast hop (edge and origin /metrics, same runs):\n")
+            text.append(hops)
     if so:
         text.append("\nShared-object writes (durable on both), same tool and concurrency:\n")
         text.append(so_table(so))
