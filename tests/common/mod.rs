@@ -70,6 +70,7 @@ impl Cluster {
         for id in 1..=n {
             c.add_origin(id);
         }
+        c.wait_listening().await;
         c.init().await;
         c.wait_voters(n as usize).await;
         c
@@ -98,6 +99,40 @@ impl Cluster {
         let origin = Origin { id, http: free_addr(), media: free_addr(), child: None };
         self.origins.insert(id, origin);
         self.spawn(id);
+    }
+
+    /// Waits until every origin serves `/health`. A port from [`free_addr`] can be taken
+    /// (by another test's outgoing connection) before the origin binds it; that origin
+    /// exits, and gets new ports and another start here, so a cluster never goes on
+    /// one origin short. Only before `init`: the ports are not yet in the membership.
+    pub async fn wait_listening(&mut self) {
+        let ids: Vec<u64> = self.origins.keys().copied().collect();
+        for id in ids {
+            for attempt in 1.. {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let up = loop {
+                    let url = format!("http://{}/health", self.origins[&id].http);
+                    if self.client.get(&url).send().await.is_ok() {
+                        break true;
+                    }
+                    let child = self.origins.get_mut(&id).unwrap().child.as_mut().expect("origin started");
+                    if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                if up {
+                    break;
+                }
+                let log = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+                assert!(attempt < 3, "origin {id} did not start {attempt} times; its log:\n{log}");
+                eprintln!("origin {id} did not start (attempt {attempt}); retrying on new ports");
+                self.kill(id);
+                let o = self.origins.get_mut(&id).unwrap();
+                (o.http, o.media) = (free_addr(), free_addr());
+                self.spawn(id);
+            }
+        }
     }
 
     /// (Re)starts the process of origin `id` with its original ports and data dir.
