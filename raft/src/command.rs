@@ -341,10 +341,6 @@ impl fmt::Display for Rejection {
 pub enum Forward {
     /// Propose a command. The leader re-stamps `at_ms`.
     Write(Request),
-    /// Propose several commands: a follower passing on, in one request, the writes its
-    /// clients sent while its previous requests were in flight. Answered `Batch`, one
-    /// reply per request in the same order, each as `Write` would be answered.
-    WriteBatch(Vec<Request>),
     /// Add a node as a learner (waits until it has caught up).
     AddLearner { id: NodeId, addr: crate::NodeAddr },
     /// Make exactly these nodes the voters.
@@ -376,6 +372,10 @@ pub enum Forward {
     /// Answered by any origin from its applied state (no leadership needed): the edges'
     /// change feed.
     WatchStream { stream: StreamKey, known_epoch: Option<u64>, wait_ms: u32 },
+    /// Propose several commands: a follower passing on, in one request, the writes its
+    /// clients sent while its previous requests were in flight. Answered `Batch`, one
+    /// reply per request in the same order, each as `Write` would be answered.
+    WriteBatch(Vec<Request>),
 }
 
 /// Longest wait of a [`Forward::WatchStream`]; longer requests wait this long.

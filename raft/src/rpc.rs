@@ -238,9 +238,18 @@ mod tests {
         assert_eq!(encode(&reassign)[0], 7);
         let watch = Forward::WatchStream { stream, known_epoch: Some(9), wait_ms: 500 };
         assert_eq!(encode(&watch)[0], 8);
-        for req in [reassign, watch] {
+        let batch = Forward::WriteBatch(vec![crate::Request {
+            id: crate::RequestId(2),
+            at_ms: 0,
+            command: crate::Command::DeleteObject { object: "o".into(), if_version: None },
+        }]);
+        assert_eq!(encode(&batch)[0], 9);
+        for req in [reassign, watch, batch] {
             assert_eq!(decode::<Forward>(&encode(&req)).unwrap(), req);
         }
+        let replies = crate::ForwardReply::Batch(vec![crate::ForwardReply::Done]);
+        assert_eq!(encode(&replies)[0], 6);
+        assert_eq!(decode::<crate::ForwardReply>(&encode(&replies)).unwrap(), replies);
     }
 
     #[test]
