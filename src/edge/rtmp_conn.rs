@@ -479,10 +479,7 @@ impl Conn {
                 // without a copy.
                 pending.push(self.session.take_output());
                 if self.session.prechunked_by_driver() {
-                    pending.push(bytes);
-                    if let Some(arrived) = arrived {
-                        pending.arrivals.push(arrived);
-                    }
+                    pending.push_frame(bytes, arrived);
                 }
             }
             Out::Published(stream_id) => self.session.publish_notify(stream_id),
@@ -523,11 +520,19 @@ impl Outbox {
         }
     }
 
+    /// Queues a frame's chunks; `arrived` (a live frame's arrival) is counted in the
+    /// delivery hop when the chunks are released.
+    fn push_frame(&mut self, bytes: Bytes, arrived: Option<std::time::Instant>) {
+        self.push(bytes);
+        self.arrivals.extend(arrived);
+    }
+
     /// Everything queued may be written; the frames' waits so far go to `hop`.
     fn release(&mut self, hop: &HopLatency) {
         self.ready = self.len;
+        let now = std::time::Instant::now();
         for arrived in self.arrivals.drain(..) {
-            hop.observe_since(arrived);
+            hop.observe(now.saturating_duration_since(arrived));
         }
     }
 
@@ -596,8 +601,6 @@ struct Pump {
     chunk_size: u32,
     hubs: watch::Receiver<Option<Arc<Hub>>>,
     state: PumpState,
-    /// When the current generation's subscription began: earlier frames are replays.
-    since: std::time::Instant,
     /// Keeps the relay (the upstream subscription) alive while the play lasts.
     _lease: Lease,
 }
@@ -605,8 +608,9 @@ struct Pump {
 enum PumpState {
     /// Waiting for a publishing generation; `first` says no generation was played yet.
     Waiting { first: bool },
-    /// Reading a generation's hub.
-    Reading(Subscription, Arc<Hub>),
+    /// Reading a generation's hub, subscribed at the instant given: frames that reached
+    /// the edge before it are replays (the GOP the play starts with), not waits.
+    Reading(Subscription, Arc<Hub>, std::time::Instant),
     /// That generation ended; waiting for the next.
     Ended(Arc<Hub>),
     /// The relay is gone: nothing more will come.
@@ -616,8 +620,7 @@ enum PumpState {
 impl Pump {
     fn new(stream_id: u32, chunk_size: u32, lease: Lease) -> Pump {
         let hubs = lease.relay.hub();
-        let since = std::time::Instant::now();
-        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, since, _lease: lease }
+        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, _lease: lease }
     }
 
     /// The pump as a stream that never ends (the connection decides when a play ends).
@@ -641,16 +644,15 @@ impl Pump {
                         self.state = PumpState::Done;
                         return None;
                     };
-                    self.since = std::time::Instant::now();
-                    self.state = PumpState::Reading(hub.subscribe(), hub);
+                    self.state = PumpState::Reading(hub.subscribe(), hub, std::time::Instant::now());
                     if !first {
                         return Some(Out::Published(self.stream_id));
                     }
                 }
-                PumpState::Reading(subscription, hub) => match subscription.recv().await {
+                PumpState::Reading(subscription, hub, since) => match subscription.recv().await {
                     Some(frame) => {
                         if let Some(bytes) = chunks(&frame, self.chunk_size, self.stream_id) {
-                            let live = (frame.arrived.0 >= self.since).then_some(frame.arrived.0);
+                            let live = (frame.arrived.0 >= *since).then_some(frame.arrived.0);
                             return Some(Out::Media(bytes, live));
                         }
                     }

@@ -136,15 +136,7 @@ impl FrameCodec {
                 };
                 let flags = body.get_u8();
                 let timestamp = body.get_u32();
-                let frame = Frame {
-                    kind,
-                    timestamp,
-                    keyframe: flags & FLAG_KEYFRAME != 0,
-                    header: flags & FLAG_HEADER != 0,
-                    payload: body,
-                    wire: Default::default(),
-                    arrived: crate::media::frame::Arrival::now(),
-                };
+                let frame = Frame::new(kind, timestamp, flags & FLAG_KEYFRAME != 0, flags & FLAG_HEADER != 0, body);
                 Ok(Some(LinkFrame::Media(MediaFrame { channel, frame })))
             }
         }
@@ -165,15 +157,7 @@ mod tests {
     }
 
     fn media(channel: u32, ts: u32, key: bool, payload: &'static [u8]) -> LinkFrame {
-        let frame = Frame {
-            kind: FrameKind::Video,
-            timestamp: ts,
-            keyframe: key,
-            header: false,
-            payload: Bytes::from_static(payload),
-            wire: Default::default(),
-            arrived: crate::media::frame::Arrival::now(),
-        };
+        let frame = Frame::new(FrameKind::Video, ts, key, false, Bytes::from_static(payload));
         LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })
     }
 
@@ -247,7 +231,7 @@ mod tests {
         fn media_round_trips(channel: u32, ts: u32, key: bool, header: bool, kind in 0..3u8,
                              payload in proptest::collection::vec(any::<u8>(), 0..300)) {
             let kind = [FrameKind::Audio, FrameKind::Video, FrameKind::Data][kind as usize];
-            let frame = Frame { kind, timestamp: ts, keyframe: key, header, payload: Bytes::from(payload), wire: Default::default(), arrived: crate::media::frame::Arrival::now() };
+            let frame = Frame::new(kind, ts, key, header, Bytes::from(payload));
             let f = LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame });
             let mut buf = BytesMut::new();
             FrameCodec::encode(&f, &mut buf);

@@ -106,58 +106,32 @@ impl std::fmt::Debug for WireCache {
 }
 
 impl Frame {
+    /// A frame with the given facts, arriving now, not yet serialized for anyone.
+    pub fn new(kind: FrameKind, timestamp: u32, keyframe: bool, header: bool, payload: Bytes) -> Frame {
+        Frame { kind, timestamp, keyframe, header, payload, wire: WireCache::default(), arrived: Arrival::now() }
+    }
+
     /// An audio frame; AAC and Enhanced sequence headers are recognised.
     pub fn audio(timestamp: u32, payload: Bytes) -> Frame {
         let header = flv::audio_facts(&payload).is_some_and(|f| f.sequence_header);
-        Frame {
-            kind: FrameKind::Audio,
-            timestamp,
-            keyframe: false,
-            header,
-            payload,
-            wire: WireCache::default(),
-            arrived: Arrival::now(),
-        }
+        Frame::new(FrameKind::Audio, timestamp, false, header, payload)
     }
 
     /// A video frame; keyframes and sequence headers are recognised.
     pub fn video(timestamp: u32, payload: Bytes) -> Frame {
         let facts = flv::video_facts(&payload);
-        Frame {
-            kind: FrameKind::Video,
-            timestamp,
-            keyframe: facts.is_some_and(|f| f.keyframe && !f.sequence_header),
-            header: facts.is_some_and(|f| f.sequence_header),
-            payload,
-            wire: WireCache::default(),
-            arrived: Arrival::now(),
-        }
+        let keyframe = facts.is_some_and(|f| f.keyframe && !f.sequence_header);
+        Frame::new(FrameKind::Video, timestamp, keyframe, facts.is_some_and(|f| f.sequence_header), payload)
     }
 
     /// Stream metadata (`onMetaData`): cached like a sequence header.
     pub fn metadata(timestamp: u32, payload: Bytes) -> Frame {
-        Frame {
-            kind: FrameKind::Data,
-            timestamp,
-            keyframe: false,
-            header: true,
-            payload,
-            wire: WireCache::default(),
-            arrived: Arrival::now(),
-        }
+        Frame::new(FrameKind::Data, timestamp, false, true, payload)
     }
 
     /// Any other data message (`onCuePoint`, …): delivered in order, not cached.
     pub fn data(timestamp: u32, payload: Bytes) -> Frame {
-        Frame {
-            kind: FrameKind::Data,
-            timestamp,
-            keyframe: false,
-            header: false,
-            payload,
-            wire: WireCache::default(),
-            arrived: Arrival::now(),
-        }
+        Frame::new(FrameKind::Data, timestamp, false, false, payload)
     }
 
     /// Bytes this frame accounts for in queue and cache limits.

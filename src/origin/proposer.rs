@@ -457,6 +457,11 @@ impl Proposer {
     /// leader known", so the caller retries; the flag says whether the request may
     /// have reached the leader (anything but a refused connection).
     async fn forward(&self, leader: NodeId, req: &Forward, remaining: Duration) -> (ForwardReply, bool) {
+        self.forward_encoded(leader, rpc::encode(req), remaining).await
+    }
+
+    /// [`Proposer::forward`] of a request already encoded.
+    async fn forward_encoded(&self, leader: NodeId, body: Vec<u8>, remaining: Duration) -> (ForwardReply, bool) {
         let not_leader = ForwardReply::NotLeader { leader: None };
         let Some(addr) = self.node_addr(leader) else { return (not_leader, false) };
         let res = self
@@ -465,7 +470,7 @@ impl Proposer {
             .header(SECRET_HEADER, self.secret.as_str())
             .header(FORWARDED_HEADER, "1")
             .timeout(remaining.max(Duration::from_millis(50)))
-            .body(rpc::encode(req))
+            .body(body)
             .send()
             .await;
         let body = match res {
@@ -525,15 +530,15 @@ impl Proposer {
                 let _ = outgoing.reply.send(answer);
                 return;
             }
-            let req = Forward::WriteBatch(group.iter().map(|o| o.request.clone()).collect());
-            if rpc::encode(&req).len() > MAX_FORWARD_BODY {
+            let body = rpc::encode(&Forward::WriteBatch(group.iter().map(|o| o.request.clone()).collect()));
+            if body.len() > MAX_FORWARD_BODY {
                 let second = group.split_off(group.len() / 2);
                 futures::future::join(self.send_group(leader, group), self.send_group(leader, second)).await;
                 return;
             }
             self.metrics.forwarded_writes.inc_by(group.len() as u64);
             self.metrics.forward_requests.inc();
-            let (reply, delivered) = self.forward(leader, &req, ATTEMPT_TIMEOUT).await;
+            let (reply, delivered) = self.forward_encoded(leader, body, ATTEMPT_TIMEOUT).await;
             match reply {
                 ForwardReply::Batch(replies) if replies.len() == group.len() => {
                     for (outgoing, reply) in group.into_iter().zip(replies) {
@@ -779,19 +784,16 @@ pub fn place(
     Placement::ByLoad { owner, pinned_not_live: pinned }
 }
 
-/// Collects writes this follower passes on to the leader: waits for one, then for a
-/// free slot among [`FORWARDS_IN_FLIGHT`], and sends it with everything that queued
-/// meanwhile (up to [`MAX_BATCH`]) as one request.
+/// Collects writes this follower passes on to the leader: waits for a free slot among
+/// [`FORWARDS_IN_FLIGHT`], then sends everything queued (up to [`MAX_BATCH`], at least
+/// one) as one request.
 async fn forward_loop(proposer: Proposer, mut outgoing: mpsc::Receiver<Outgoing>) {
     let slots = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
-    while let Some(first) = outgoing.recv().await {
+    loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match outgoing.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+        let mut batch = Vec::new();
+        if outgoing.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
         }
         let proposer = proposer.clone();
         tokio::spawn(async move {
