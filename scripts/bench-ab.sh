@@ -9,6 +9,10 @@
 # --a-env/--b-env set environment for one side's cluster only, to compare settings of
 # one binary, e.g. --a-env RAFTCAST_EDGE_WRITE_MERGE_MS=0 --b-env RAFTCAST_EDGE_WRITE_MERGE_MS=20.
 #
+# --so "1 32" runs shared-object writes instead of fanout: each binary gets a three-origin
+# cluster and `bench so` at each concurrency for --duration seconds; the line shows
+# writes/s, latency and the three origins' CPU per write (from /proc, client excluded).
+#
 # Prints one line per run (edge and origin CPU per GB, latency) and writes the reports
 # under a new /tmp/raftcast-ab.* directory.
 set -euo pipefail
@@ -16,7 +20,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [[ $# -ge 2 ]] || { echo "usage: $0 BIN_A BIN_B [--players N] [--kbps \"600 2500\"] [--rounds R] [--duration S]" >&2; exit 2; }
 A=$(readlink -f "$1") B=$(readlink -f "$2"); shift 2
-PLAYERS=500 KBPS="600 2500" ROUNDS=3 DURATION=15
+PLAYERS=500 KBPS="600 2500" ROUNDS=3 DURATION=15 SO=""
 A_ENV=() B_ENV=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -26,6 +30,7 @@ while [[ $# -gt 0 ]]; do
     --duration) DURATION=$2; shift ;;
     --a-env) A_ENV+=("$2"); shift ;;
     --b-env) B_ENV+=("$2"); shift ;;
+    --so) SO=$2; shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
   shift
@@ -38,8 +43,10 @@ mkdir -p "$OUT/bin-a" "$OUT/bin-b"
 cp "$A" "$OUT/bin-a/raftcast" && cp "$B" "$OUT/bin-b/raftcast"
 A=$OUT/bin-a/raftcast B=$OUT/bin-b/raftcast
 
+ORIGINS=1
+[[ -n $SO ]] && ORIGINS=3
 cluster_env() { # label base
-  echo RAFTCAST_DATA_DIR="$OUT/$1" RAFTCAST_ORIGINS=1 RAFTCAST_EDGES=1 RAFTCAST_HTTP_BASE=$(($2 + 100)) \
+  echo RAFTCAST_DATA_DIR="$OUT/$1" RAFTCAST_ORIGINS=$ORIGINS RAFTCAST_EDGES=1 RAFTCAST_HTTP_BASE=$(($2 + 100)) \
     RAFTCAST_MEDIA_BASE=$(($2 + 200)) RAFTCAST_RTMP_BASE=$(($2 + 300)) RAFTCAST_EDGE_HTTP_BASE=$(($2 + 400))
 }
 stop_all() {
@@ -52,6 +59,32 @@ env $(cluster_env b 25000) "${B_ENV[@]}" RAFTCAST_BIN="$B" "$ROOT/scripts/bootst
 echo "A: $A ${A_ENV[*]}"
 echo "B: $B ${B_ENV[*]}"
 echo "reports: $OUT"
+cpu_ticks() { # side: utime + stime of its origins, in clock ticks
+  local total=0 pid
+  for pid in $(cat "$OUT/$1"/pids/origin-*.pid); do
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+if [[ -n $SO ]]; then
+  hz=$(getconf CLK_TCK)
+  for round in $(seq 1 "$ROUNDS"); do
+    for conc in $SO; do
+      for side in a b; do
+        base=24000; [[ $side == b ]] && base=25000
+        origins=127.0.0.1:$((base + 101)),127.0.0.1:$((base + 102)),127.0.0.1:$((base + 103))
+        load=$(cut -d' ' -f1 /proc/loadavg) before=$(cpu_ticks "$side")
+        "$A" bench so --origins "$origins" --token-file "$OUT/$side/admin-token" --concurrency "$conc" \
+          --duration "$DURATION" >"$OUT/$side-so$conc-$round.json" 2>/dev/null || true
+        cpu=$(( $(cpu_ticks "$side") - before ))
+        jq -r --arg side "$side" --arg round "$round" --arg load "$load" --argjson cpu "$cpu" --argjson hz "$hz" \
+          '"\($side | ascii_upcase) round \($round) so \(.concurrency) clients: \(.writes_per_sec | floor) writes/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, errors \(.errors), origins \($cpu / $hz * 1000 / ([.writes, 1] | max) * 1000 | round / 1000) ms CPU/write, load \($load)"' \
+          "$OUT/$side-so$conc-$round.json" || echo "$side round $round so $conc: no report"
+      done
+    done
+  done
+  exit 0
+fi
 for round in $(seq 1 "$ROUNDS"); do
   for kbps in $KBPS; do
     for side in a b; do
