@@ -37,8 +37,7 @@ while [[ $# -gt 0 ]]; do
 done
 OUT=$(mktemp -d /tmp/raftcast-ab.XXXXXX)
 ulimit -n 65536 2>/dev/null || true
-# Copies named `raftcast`: bootstrap.sh recognises its processes by that name, and a
-# rebuild during the run changes nothing.
+# Copies, so a rebuild during the run changes nothing (and `ps` shows which side is which).
 mkdir -p "$OUT/bin-a" "$OUT/bin-b"
 cp "$A" "$OUT/bin-a/raftcast" && cp "$B" "$OUT/bin-b/raftcast"
 A=$OUT/bin-a/raftcast B=$OUT/bin-b/raftcast

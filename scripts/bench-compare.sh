@@ -67,8 +67,7 @@ fi
 OUT=${OUT:-$(mktemp -d /tmp/raftcast-compare.XXXXXX)}
 mkdir -p "$OUT/runs" "$OUT/logs" "$OUT/bin"
 OUT=$(cd "$OUT" && pwd)
-# A copy named `raftcast`: bootstrap.sh recognises its processes by that name, and a
-# rebuild during the run changes nothing.
+# A copy, so a rebuild during the run changes nothing.
 cp "$RAFTCAST_BIN" "$OUT/bin/raftcast"
 BIN=$OUT/bin/raftcast
 export RAFTCAST_BIN=$BIN

@@ -53,20 +53,22 @@ edge_http_addr() { echo "127.0.0.1:$((EDGE_HTTP_BASE + $1))"; }
 names() { for i in "${ORIGINS[@]}"; do echo "origin-$i"; done; for i in "${EDGES[@]}"; do echo "edge-$i"; done; }
 origin_list() { local a=(); for i in "${ORIGINS[@]}"; do a+=("$(http_addr "$i")"); done; (IFS=,; echo "${a[*]}"); }
 
-# The pid in $1's pid file, if that process is alive and is a raftcast process.
+# The pid in $1's pid file, if that process is alive and is the node we started.
 live_pid() {
   local file="$DATA/pids/$1.pid" pid
   [[ -f "$file" ]] || return 1
   pid=$(<"$file")
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  # Guard against a recycled pid: the process must be ours.
-  local want
+  # Guard against a recycled pid: the process must be ours. Its arguments are matched,
+  # not the binary's name, so a RAFTCAST_BIN under any name is found.
+  local want cmdline
   case "$1" in
-    origin-*) want="raftcast origin --id ${1#origin-} " ;;
-    edge-*) want="raftcast edge --id $1 " ;;
+    origin-*) want=" origin --id ${1#origin-} " ;;
+    edge-*) want=" edge --id $1 " ;;
   esac
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$want" || return 1
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ "$cmdline" == *"$want"* ]] || return 1
   echo "$pid"
 }
 

@@ -1,6 +1,8 @@
 //! `scripts/bootstrap.sh`: start forms a three-voter cluster behind two edges and prints
 //! working publish and play URLs, a second start adds no duplicates, start restarts a
-//! killed node, stop leaves no process behind.
+//! killed node, stop leaves no process behind. The binary runs under another name than
+//! `raftcast`, as an operator's copy might: the script must know its nodes by their
+//! arguments.
 
 mod common;
 
@@ -10,10 +12,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The binary the cluster in `data` runs: a copy of raftcast named `rc-node`, beside it.
+fn node_bin(data: &Path) -> std::path::PathBuf {
+    data.with_file_name("rc-node")
+}
+
 fn script(data: &Path, http_base: u16, action: &str) -> Output {
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bootstrap.sh"))
         .arg(action)
-        .env("RAFTCAST_BIN", common::BIN)
+        .env("RAFTCAST_BIN", node_bin(data))
         .env("RAFTCAST_DATA_DIR", data)
         .env("RAFTCAST_HTTP_BASE", http_base.to_string())
         .env("RAFTCAST_MEDIA_BASE", (http_base + 10).to_string())
@@ -89,6 +96,7 @@ impl Drop for StopOnDrop<'_> {
 fn bootstrap_starts_three_voters_and_two_edges_restarts_the_dead_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    std::fs::copy(common::BIN, node_bin(&data)).unwrap();
     let base = free_base();
     let _cleanup = StopOnDrop { data: &data, base };
     let out = ok(script(&data, base, "start"));
