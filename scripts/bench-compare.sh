@@ -149,8 +149,6 @@ start_raftcast() {
   env "$@" "$ROOT/scripts/bootstrap.sh" start >>"$OUT/logs/bootstrap.log" 2>&1 || die "bootstrap failed; see $OUT/logs/bootstrap.log"
 }
 
-# One fanout run: server name, path description, publish address, play address,
-# players, kbps, pids (player-facing first), count of player-facing pids.
 # Where each raftcast setup exposes its hop histograms (edges, then origins), and the
 # admin token its origins want.
 declare -A HOP_URLS=(
@@ -166,6 +164,8 @@ scrape_hops() { # server file
   done
 }
 
+# One fanout run: server name, path description, publish address, play address,
+# players, kbps, pids (player-facing first), count of player-facing pids.
 fanout() {
   local server=$1 path=$2 pub=$3 play=$4 players=$5 kbps=$6 front=$7; shift 7
   local pids=("$@") watch=() base=()
