@@ -416,4 +416,8 @@ pub enum FailKind {
     Conflict,
     /// Raft on the leader has stopped.
     Unavailable,
+    /// Admission control refused the write: replication or apply is behind, so the
+    /// write was never proposed. The client may retry after a second (HTTP 429 with
+    /// `Retry-After`, an RTMP shared-object status event).
+    Overloaded,
 }

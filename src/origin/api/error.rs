@@ -16,11 +16,13 @@ pub struct ApiError {
     pub message: String,
     /// Extra fields merged into the error object (e.g. the current version).
     pub details: Option<serde_json::Value>,
+    /// Seconds for a `Retry-After` header (overload refusals).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: None }
+        ApiError { status, code, message: message.into(), details: None, retry_after: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -29,6 +31,12 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// Asks the client to retry after `secs` seconds (a `Retry-After` header).
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
@@ -43,7 +51,11 @@ impl IntoResponse for ApiError {
         if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(map)) = (self.details, &mut error) {
             map.extend(extra);
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -58,6 +70,9 @@ impl From<ProposeError> for ApiError {
                     FailKind::NotFound => (StatusCode::NOT_FOUND, "unknown_node"),
                     FailKind::Conflict => (StatusCode::CONFLICT, "conflict"),
                     FailKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                    FailKind::Overloaded => {
+                        return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message).retry_after(1)
+                    }
                 };
                 ApiError::new(status, code, message)
             }
