@@ -267,6 +267,16 @@ pub enum Command {
     /// `Stored`, `Rejected(NotFound)`, or `Rejected(VersionMismatch)` when `if_version`
     /// is given and differs (the object changed since it was judged unused).
     DeleteObject { object: String, if_version: Option<u64> },
+    /// Add a token signing key (its id is one more than the highest so far) and drop the
+    /// oldest beyond [`crate::token::MAX_TOKEN_KEYS`]. With `only_if_none`, nothing
+    /// happens when a key exists (the first token issue races no one). Answers `Stored`.
+    AddTokenKey { key: crate::token::TokenKey, only_if_none: bool },
+    /// A slot write (`SetSlots` or `DeleteSlot`) by a client holding a token for
+    /// `subject`: objects it creates are charged to `subject` within `quota`, and
+    /// clients together create at most [`crate::state::MAX_CLIENT_OBJECTS`], so the
+    /// admin always has room. Answers what the inner command answers, or
+    /// `Rejected(QuotaExceeded)`.
+    ClientWrite { subject: String, quota: crate::token::Quota, command: Box<Command> },
 }
 
 /// A stream's current claim.
@@ -317,6 +327,9 @@ pub enum Rejection {
     /// A limit of the replicated state would be exceeded (objects, slots per object,
     /// value size); `what` says which, for the client.
     LimitExceeded { what: String },
+    /// A client write would exceed its subject's quota or the clients' share of the
+    /// object limit; `what` says which.
+    QuotaExceeded { what: String },
 }
 
 impl fmt::Display for Rejection {
@@ -331,6 +344,7 @@ impl fmt::Display for Rejection {
             Rejection::NotFound => f.write_str("not found"),
             Rejection::PublishDenied => f.write_str("publishing requires a valid key"),
             Rejection::LimitExceeded { what } => write!(f, "limit exceeded: {what}"),
+            Rejection::QuotaExceeded { what } => write!(f, "quota exceeded: {what}"),
         }
     }
 }

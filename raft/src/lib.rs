@@ -10,6 +10,7 @@ pub mod network;
 pub mod node;
 pub mod rpc;
 pub mod state;
+pub mod token;
 pub mod value;
 
 pub use command::{

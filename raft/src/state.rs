@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{Command, KeyScope, PinScope, Rejection, Request, RequestId, Response, StreamClaim, StreamKey};
+use crate::token::{Quota, TokenKeys, DEFAULT_QUOTA, MAX_TOKEN_KEYS};
 use crate::value::Value;
 use crate::NodeId;
 
@@ -23,6 +24,34 @@ pub const MAX_OBJECTS: usize = 10_000;
 pub const MAX_SLOTS: usize = 1024;
 /// Largest slot value, as [`Value::encoded_len`] counts it.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Most objects clients (token holders) may have created together; the rest of
+/// [`MAX_OBJECTS`] is the admin's, so no client load can lock the admin out.
+pub const MAX_CLIENT_OBJECTS: usize = MAX_OBJECTS * 4 / 5;
+
+/// An object a client created: who it is charged to and what it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientObject {
+    pub subject: String,
+    /// Slots it holds.
+    pub slots: u64,
+    /// Bytes of its slot names and encoded values.
+    pub bytes: u64,
+}
+
+/// A token subject's quota (as its latest write presented it) and usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectUsage {
+    pub quota: Quota,
+    /// Objects it created that still exist.
+    pub objects: u64,
+    pub slots: u64,
+    pub bytes: u64,
+}
+
+/// What one slot costs against a quota.
+fn slot_bytes(slot: &str, value: &Value) -> u64 {
+    (slot.len() + value.encoded_len()) as u64
+}
 
 /// A shared object: versioned slots.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -86,6 +115,40 @@ pub struct StateMachine {
     /// Pin rules: the streams a scope covers go to this origin (see
     /// [`StateMachine::pin_for`]). Added after format 1's first layout.
     pub pins: BTreeMap<PinScope, NodeId>,
+    /// Token signing keys by id (see [`crate::token`]). Added after pins.
+    pub token_keys: TokenKeys,
+    /// Objects clients created, and who is charged for them.
+    pub client_objects: BTreeMap<String, ClientObject>,
+    /// Quota and usage per token subject (only subjects owning an object).
+    pub subjects: BTreeMap<String, SubjectUsage>,
+}
+
+/// The layout of [`StateMachine`] in snapshots written before token keys and quotas.
+/// Decoding only; converts into the current state with no keys and no client objects.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StateMachineV2 {
+    streams: BTreeMap<StreamKey, StreamClaim>,
+    objects: BTreeMap<String, SharedObject>,
+    publish_keys: BTreeMap<KeyScope, String>,
+    key_required_apps: BTreeSet<String>,
+    recent: HashMap<RequestId, Response>,
+    recent_order: VecDeque<RequestId>,
+    pins: BTreeMap<PinScope, NodeId>,
+}
+
+impl From<StateMachineV2> for StateMachine {
+    fn from(v2: StateMachineV2) -> Self {
+        StateMachine {
+            streams: v2.streams,
+            objects: v2.objects,
+            publish_keys: v2.publish_keys,
+            key_required_apps: v2.key_required_apps,
+            recent: v2.recent,
+            recent_order: v2.recent_order,
+            pins: v2.pins,
+            ..StateMachine::default()
+        }
+    }
 }
 
 /// The layout of [`StateMachine`] in snapshots written before pin rules existed.
@@ -109,7 +172,7 @@ impl From<StateMachineV1> for StateMachine {
             key_required_apps: v1.key_required_apps,
             recent: v1.recent,
             recent_order: v1.recent_order,
-            pins: BTreeMap::new(),
+            ..StateMachine::default()
         }
     }
 }
@@ -129,6 +192,11 @@ impl StateMachine {
         }
         let mut events = Vec::new();
         let response = self.execute(index, req.at_ms, &req.command, &mut events);
+        for event in &events {
+            if let Event::Object { object, .. } = event {
+                self.recount(object);
+            }
+        }
         self.remember(req.id, response.clone());
         Applied { response, events }
     }
@@ -282,6 +350,115 @@ impl StateMachine {
                 self.objects.remove(object);
                 events.push(Event::Object { object: object.clone(), version: 0, change: ObjectChange::Removed });
                 Response::Stored
+            }
+            Command::AddTokenKey { key, only_if_none } => {
+                if *only_if_none && !self.token_keys.is_empty() {
+                    return Response::Stored;
+                }
+                let id = self.token_keys.keys().next_back().map_or(1, |k| k + 1);
+                self.token_keys.insert(id, key.clone());
+                while self.token_keys.len() > MAX_TOKEN_KEYS {
+                    self.token_keys.pop_first();
+                }
+                Response::Stored
+            }
+            Command::ClientWrite { subject, quota, command } => match &**command {
+                Command::SetSlots { object, slots, .. } => {
+                    if let Some(refused) = self.over_quota(subject, quota, object, slots) {
+                        return Response::Rejected(refused);
+                    }
+                    let creating = !self.objects.contains_key(object);
+                    let response = self.execute(index, at_ms, command, events);
+                    if creating && matches!(response, Response::ObjectVersion { .. }) {
+                        let owner = ClientObject { subject: subject.clone(), ..ClientObject::default() };
+                        self.client_objects.insert(object.clone(), owner);
+                        let usage = self.subjects.entry(subject.clone()).or_insert_with(|| SubjectUsage {
+                            quota: *quota,
+                            objects: 0,
+                            slots: 0,
+                            bytes: 0,
+                        });
+                        usage.objects += 1;
+                    }
+                    if let Some(usage) = self.subjects.get_mut(subject) {
+                        usage.quota = *quota;
+                    }
+                    response
+                }
+                Command::DeleteSlot { .. } => self.execute(index, at_ms, command, events),
+                _ => Response::Rejected(Rejection::QuotaExceeded {
+                    what: "a client may only set or delete slots".to_owned(),
+                }),
+            },
+        }
+    }
+
+    /// Why `subject` (presenting `quota`) may not write `slots` into `object`, if it
+    /// may not. Objects a client created are charged to that client's subject; objects
+    /// the admin created are bounded by the per-object limits only.
+    fn over_quota(&self, subject: &str, quota: &Quota, object: &str, slots: &[(String, Value)]) -> Option<Rejection> {
+        let refuse = |what: String| Some(Rejection::QuotaExceeded { what });
+        let existing = self.objects.get(object);
+        let owner = match (existing, self.client_objects.get(object)) {
+            (None, _) => {
+                if self.client_objects.len() >= MAX_CLIENT_OBJECTS {
+                    return refuse(format!("clients hold the most shared objects they may ({MAX_CLIENT_OBJECTS})"));
+                }
+                let held = self.subjects.get(subject).map_or(0, |u| u.objects);
+                if held >= u64::from(quota.objects) {
+                    return refuse(format!("{subject:?} holds {held} objects; its quota is {}", quota.objects));
+                }
+                subject
+            }
+            (Some(_), Some(owned)) => owned.subject.as_str(),
+            (Some(_), None) => return None,
+        };
+        let (limit, used) = match self.subjects.get(owner) {
+            Some(u) if owner == subject => (*quota, (u.slots, u.bytes)),
+            Some(u) => (u.quota, (u.slots, u.bytes)),
+            None => (if owner == subject { *quota } else { DEFAULT_QUOTA }, (0, 0)),
+        };
+        let (mut new_slots, mut grown) = (0u64, 0i64);
+        for (slot, value) in slots {
+            let old = existing.and_then(|o| o.slots.get(slot));
+            if old.is_none() {
+                new_slots += 1;
+            }
+            grown += slot_bytes(slot, value) as i64 - old.map_or(0, |v| slot_bytes(slot, v) as i64);
+        }
+        if used.0 + new_slots > u64::from(limit.slots) {
+            return refuse(format!("{owner:?} would hold {} slots; its quota is {}", used.0 + new_slots, limit.slots));
+        }
+        let bytes = used.1.saturating_add_signed(grown);
+        if grown > 0 && bytes > limit.bytes {
+            return refuse(format!("{owner:?} would hold {bytes} bytes; its quota is {}", limit.bytes));
+        }
+        None
+    }
+
+    /// Brings the usage charged for `object` (if a client created it) up to date after
+    /// a change to it, whoever made it.
+    fn recount(&mut self, object: &str) {
+        let Some(owned) = self.client_objects.get_mut(object) else { return };
+        let now = self.objects.get(object).map(|o| {
+            (o.slots.len() as u64, o.slots.iter().map(|(k, v)| slot_bytes(k, v)).sum::<u64>())
+        });
+        let (slots, bytes) = now.unwrap_or((0, 0));
+        let subject = owned.subject.clone();
+        let (old_slots, old_bytes) = (owned.slots, owned.bytes);
+        owned.slots = slots;
+        owned.bytes = bytes;
+        if now.is_none() {
+            self.client_objects.remove(object);
+        }
+        if let Some(usage) = self.subjects.get_mut(&subject) {
+            usage.slots = usage.slots.saturating_sub(old_slots) + slots;
+            usage.bytes = usage.bytes.saturating_sub(old_bytes) + bytes;
+            if now.is_none() {
+                usage.objects = usage.objects.saturating_sub(1);
+                if usage.objects == 0 {
+                    self.subjects.remove(&subject);
+                }
             }
         }
     }
@@ -655,10 +832,12 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, claim("edge-1", "s1", 2, false)));
         sm.apply(2, &req(2, set("chat", "a", 1.0, None)));
-        // The old layout is the new one without the trailing (empty) pin map, whose
-        // encoding is its length: one zero byte.
+        // The old layout is the new one without the trailing (empty) maps — pins, token
+        // keys, client objects, subjects — each encoded as its length: one zero byte.
         let mut bytes = crate::rpc::encode(&sm);
-        assert_eq!(bytes.pop(), Some(0));
+        for _ in 0..4 {
+            assert_eq!(bytes.pop(), Some(0));
+        }
         let old: StateMachineV1 = crate::rpc::decode(&bytes).unwrap();
         assert_eq!(StateMachine::from(old), sm);
         // The new layout does not decode from old bytes (so a reader can tell them apart).
@@ -674,5 +853,102 @@ mod tests {
     fn pin_commands_share_log_entries() {
         assert!(pin("live", "x", 1).batchable());
         assert!(Command::DeletePin { scope: PinScope::new("live", "x").unwrap() }.batchable());
+    }
+
+    fn client(subject: &str, quota: Quota, command: Command) -> Command {
+        Command::ClientWrite { subject: subject.into(), quota, command: Box::new(command) }
+    }
+
+    fn temp_set(object: &str, slot: &str, value: Value) -> Command {
+        Command::SetSlots { object: object.into(), slots: vec![(slot.into(), value)], if_version: None, persistent: false }
+    }
+
+    #[test]
+    fn a_snapshot_from_before_token_keys_decodes_without_them() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, pin("live", "vip-*", 3)));
+        let mut bytes = crate::rpc::encode(&sm);
+        for _ in 0..3 {
+            assert_eq!(bytes.pop(), Some(0));
+        }
+        let old: StateMachineV2 = crate::rpc::decode(&bytes).unwrap();
+        assert_eq!(StateMachine::from(old), sm);
+        assert!(crate::rpc::decode::<StateMachine>(&bytes).is_err());
+        // Keys and usage survive a round trip.
+        sm.apply(2, &req(2, Command::AddTokenKey { key: crate::token::TokenKey([1; 32]), only_if_none: false }));
+        sm.apply(3, &req(3, client("alice", DEFAULT_QUOTA, temp_set("o", "a", Value::Null))));
+        let back: StateMachine = crate::rpc::decode(&crate::rpc::encode(&sm)).unwrap();
+        assert_eq!(back, sm);
+        assert_eq!(back.subjects["alice"].objects, 1);
+    }
+
+    #[test]
+    fn token_keys_are_added_once_and_rotate_keeping_the_previous_one() {
+        let mut sm = StateMachine::default();
+        let key = |b: u8| crate::token::TokenKey([b; 32]);
+        sm.apply(1, &req(1, Command::AddTokenKey { key: key(1), only_if_none: true }));
+        // A second first-issue race changes nothing.
+        sm.apply(2, &req(2, Command::AddTokenKey { key: key(2), only_if_none: true }));
+        assert_eq!(sm.token_keys.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(sm.token_keys[&1], key(1));
+        sm.apply(3, &req(3, Command::AddTokenKey { key: key(3), only_if_none: false }));
+        assert_eq!(sm.token_keys.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        sm.apply(4, &req(4, Command::AddTokenKey { key: key(4), only_if_none: false }));
+        assert_eq!(sm.token_keys.keys().copied().collect::<Vec<_>>(), vec![2, 3], "the oldest is dropped");
+        assert_eq!(sm.token_keys[&3], key(4));
+    }
+
+    #[test]
+    fn client_quotas_hold_and_usage_follows_every_change() {
+        let mut sm = StateMachine::default();
+        let quota = Quota { objects: 2, slots: 3, bytes: 100 };
+        let ok = |r: &Response| matches!(r, Response::ObjectVersion { .. });
+        let quota_refused = |r: &Response| matches!(r, Response::Rejected(Rejection::QuotaExceeded { .. }));
+        assert!(ok(&sm.apply(1, &req(1, client("alice", quota, temp_set("a1", "x", Value::Null)))).response));
+        assert!(ok(&sm.apply(2, &req(2, client("alice", quota, temp_set("a2", "x", Value::Null)))).response));
+        // A third object is over alice's quota; bob has his own.
+        assert!(quota_refused(&sm.apply(3, &req(3, client("alice", quota, temp_set("a3", "x", Value::Null)))).response));
+        assert!(!sm.objects.contains_key("a3"));
+        assert!(ok(&sm.apply(4, &req(4, client("bob", quota, temp_set("b1", "x", Value::Null)))).response));
+        // Slots: alice holds 2; a third is fine, a fourth is not — whoever writes it.
+        assert!(ok(&sm.apply(5, &req(5, client("alice", quota, temp_set("a1", "y", Value::Null)))).response));
+        assert!(quota_refused(&sm.apply(6, &req(6, client("bob", quota, temp_set("a1", "z", Value::Null)))).response));
+        // Bytes: a big value is refused; overwriting an existing slot is charged the difference.
+        let big = Value::String("x".repeat(100));
+        assert!(quota_refused(&sm.apply(7, &req(7, client("alice", quota, temp_set("a2", "x", big)))).response));
+        assert_eq!(sm.subjects["alice"].slots, 3);
+        // The admin is never refused by a quota, and its writes are counted.
+        assert!(ok(&sm.apply(8, &req(8, set("a1", "admin", 1.0, None))).response));
+        assert_eq!(sm.subjects["alice"].slots, 4);
+        // Deleting a slot or the object frees it.
+        let del = Command::DeleteSlot { object: "a1".into(), slot: "admin".into(), if_version: None };
+        assert!(ok(&sm.apply(9, &req(9, client("bob", quota, del))).response));
+        assert_eq!(sm.subjects["alice"].slots, 3);
+        sm.apply(10, &req(10, Command::DeleteObject { object: "a2".into(), if_version: None }));
+        assert_eq!(sm.subjects["alice"].objects, 1);
+        assert_eq!(sm.subjects["alice"].slots, 2);
+        assert!(ok(&sm.apply(11, &req(11, client("alice", quota, temp_set("a3", "x", Value::Null)))).response));
+        sm.apply(12, &req(12, Command::DeleteObject { object: "a1".into(), if_version: None }));
+        sm.apply(13, &req(13, Command::DeleteObject { object: "a3".into(), if_version: None }));
+        assert!(!sm.subjects.contains_key("alice"), "a subject with no object is forgotten");
+        assert!(!sm.client_objects.contains_key("a1"));
+        // Only slot writes travel as client writes.
+        let other = client("bob", quota, Command::ClearObject { object: "b1".into(), if_version: None });
+        assert!(quota_refused(&sm.apply(14, &req(14, other)).response));
+    }
+
+    #[test]
+    fn clients_cannot_take_the_admins_share_of_objects() {
+        let mut sm = StateMachine::default();
+        let quota = Quota { objects: u32::MAX, slots: u32::MAX, bytes: u64::MAX };
+        for i in 0..MAX_CLIENT_OBJECTS as u128 {
+            let w = client("flood", quota, temp_set(&format!("o{i}"), "x", Value::Null));
+            assert!(matches!(sm.apply(i as u64 + 1, &req(i, w)).response, Response::ObjectVersion { .. }));
+        }
+        let one_more = client("other", quota, temp_set("late", "x", Value::Null));
+        let out = sm.apply(1_000_000, &req(1_000_000, one_more));
+        assert!(matches!(out.response, Response::Rejected(Rejection::QuotaExceeded { .. })), "{out:?}");
+        let admin = sm.apply(1_000_001, &req(1_000_001, set("admin-object", "x", 1.0, None)));
+        assert_eq!(admin.response, Response::ObjectVersion { version: 1 });
     }
 }

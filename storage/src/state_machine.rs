@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError};
 use raftcast_raft::rpc::{decode, encode, DecodeError};
-use raftcast_raft::state::{Event, StateMachineV1};
+use raftcast_raft::state::{Event, StateMachineV1, StateMachineV2};
 use raftcast_raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use raftcast_raft::{NodeId, Responses, StateMachine, TypeConfig};
 use serde::{Deserialize, Serialize};
@@ -52,16 +52,29 @@ struct ImageV1 {
     sm: StateMachineV1,
 }
 
-/// Decodes snapshot data in the current layout or, failing that, the layout before pin
-/// rules (snapshots taken by an older build, on disk or sent by an older leader). The
-/// two never both decode: the newer layout is the older one plus trailing fields.
+/// [`Image`] as snapshots held it before token keys and client quotas.
+#[derive(Deserialize)]
+struct ImageV2 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    sm: StateMachineV2,
+}
+
+/// Decodes snapshot data in the current layout or, failing that, the layouts before
+/// token keys and before pin rules (snapshots taken by an older build, on disk or sent
+/// by an older leader). No two decode the same bytes: each newer layout is the older
+/// one plus trailing fields.
 fn decode_image(data: &[u8]) -> Result<Image, DecodeError> {
-    match decode::<Image>(data) {
-        Ok(image) => Ok(image),
-        Err(current) => match decode::<ImageV1>(data) {
-            Ok(old) => Ok(Image { last_applied: old.last_applied, membership: old.membership, sm: old.sm.into() }),
-            Err(_) => Err(current),
-        },
+    let current = match decode::<Image>(data) {
+        Ok(image) => return Ok(image),
+        Err(e) => e,
+    };
+    if let Ok(old) = decode::<ImageV2>(data) {
+        return Ok(Image { last_applied: old.last_applied, membership: old.membership, sm: old.sm.into() });
+    }
+    match decode::<ImageV1>(data) {
+        Ok(old) => Ok(Image { last_applied: old.last_applied, membership: old.membership, sm: old.sm.into() }),
+        Err(_) => Err(current),
     }
 }
 
@@ -356,9 +369,14 @@ mod tests {
             let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
             (snap.snapshot.into_inner(), snap.meta)
         };
-        // The old layout is the current one without the trailing empty pin map (one
-        // zero byte: its length).
+        // The old layout is the current one without the trailing empty maps (pins,
+        // token keys, client objects, subjects: one zero byte each, their lengths).
         let mut old = current.clone();
+        for _ in 0..3 {
+            assert_eq!(old.pop(), Some(0));
+        }
+        assert!(decode::<Image>(&old).is_err());
+        assert!(decode_image(&old).is_ok(), "the layout before token keys");
         assert_eq!(old.pop(), Some(0));
         assert!(decode::<Image>(&old).is_err());
         write_snapshot(dir.path(), &meta, old.clone()).unwrap();
