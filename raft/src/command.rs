@@ -54,6 +54,10 @@ pub enum NameError {
     BadChar(&'static str, String),
     #[error("a pin pattern may contain only letters, digits, . _ - and * (got {0:?})")]
     BadPatternChar(String),
+    #[error("{0} is longer than {MAX_OBJECT_NAME_LEN} bytes")]
+    ObjectNameTooLong(&'static str),
+    #[error("{0} must have no control characters and not be . or .. (got \"{1}\")")]
+    BadObjectName(&'static str, String),
 }
 
 /// Checks an app or stream name: 1..=128 bytes of `[A-Za-z0-9._-]`.
@@ -77,6 +81,67 @@ impl StreamKey {
         validate_name("stream name", name)?;
         Ok(StreamKey { app: app.to_owned(), name: name.to_owned() })
     }
+}
+
+/// Longest shared-object or slot name, in bytes.
+pub const MAX_OBJECT_NAME_LEN: usize = 256;
+
+/// A shared-object (or slot) name, validated once where it enters (the edge's HTTP and
+/// RTMP input, the origin's routes): 1 to [`MAX_OBJECT_NAME_LEN`] bytes, no control
+/// characters, not `.` or `..` (which a URL would treat as a path step). Any other
+/// character is allowed (`live/test/chat`), so wherever a name goes into a URL it goes
+/// through [`ObjectName::url_segment`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectName(String);
+
+impl ObjectName {
+    /// A validated name; `what` names it in the error ("object name", "slot name").
+    pub fn parse(what: &'static str, s: &str) -> Result<Self, NameError> {
+        if s.is_empty() {
+            return Err(NameError::Empty(what));
+        }
+        if s.len() > MAX_OBJECT_NAME_LEN {
+            return Err(NameError::ObjectNameTooLong(what));
+        }
+        if s.chars().any(char::is_control) || s == "." || s == ".." {
+            return Err(NameError::BadObjectName(what, s.escape_debug().to_string()));
+        }
+        Ok(ObjectName(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// The name as one URL path segment: every byte but `A-Z a-z 0-9 - . _ ~`
+    /// percent-encoded, so `/`, `?`, `#` and `%` stay inside the segment.
+    pub fn url_segment(&self) -> String {
+        escape_segment(&self.0)
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `s` as one URL path segment (RFC 3986 unreserved bytes kept, all others
+/// percent-encoded).
+pub fn escape_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Which streams a pin rule covers: those of `app` whose name matches `pattern`, an
@@ -434,4 +499,22 @@ pub enum FailKind {
     /// write was never proposed. The client may retry after a second (HTTP 429 with
     /// `Retry-After`, an RTMP shared-object status event).
     Overloaded,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_validated_and_escaped_as_one_segment() {
+        let name = ObjectName::parse("object name", "../../raft/forward?").unwrap();
+        assert_eq!(name.url_segment(), "..%2F..%2Fraft%2Fforward%3F");
+        assert_eq!(ObjectName::parse("o", "live/test/chat").unwrap().url_segment(), "live%2Ftest%2Fchat");
+        assert_eq!(ObjectName::parse("o", "a b%c#é").unwrap().url_segment(), "a%20b%25c%23%C3%A9");
+        for bad in ["", ".", "..", "a\nb", "\u{7f}"] {
+            assert!(ObjectName::parse("o", bad).is_err(), "{bad:?}");
+        }
+        assert!(ObjectName::parse("o", &"x".repeat(MAX_OBJECT_NAME_LEN)).is_ok());
+        assert!(ObjectName::parse("o", &"x".repeat(MAX_OBJECT_NAME_LEN + 1)).is_err());
+    }
 }

@@ -14,8 +14,8 @@ pub mod token;
 pub mod value;
 
 pub use command::{
-    Command, FailKind, Forward, ForwardReply, PinScope, Proposal, Rejection, Request, RequestId, Response, Responses,
-    StreamKey,
+    Command, FailKind, Forward, ForwardReply, ObjectName, PinScope, Proposal, Rejection, Request, RequestId, Response,
+    Responses, StreamKey,
 };
 pub use node::NodeAddr;
 pub use state::{Event, StateMachine};

@@ -440,9 +440,10 @@ impl StateMachine {
     /// a change to it, whoever made it.
     fn recount(&mut self, object: &str) {
         let Some(owned) = self.client_objects.get_mut(object) else { return };
-        let now = self.objects.get(object).map(|o| {
-            (o.slots.len() as u64, o.slots.iter().map(|(k, v)| slot_bytes(k, v)).sum::<u64>())
-        });
+        let now = self
+            .objects
+            .get(object)
+            .map(|o| (o.slots.len() as u64, o.slots.iter().map(|(k, v)| slot_bytes(k, v)).sum::<u64>()));
         let (slots, bytes) = now.unwrap_or((0, 0));
         let subject = owned.subject.clone();
         let (old_slots, old_bytes) = (owned.slots, owned.bytes);
@@ -860,7 +861,12 @@ mod tests {
     }
 
     fn temp_set(object: &str, slot: &str, value: Value) -> Command {
-        Command::SetSlots { object: object.into(), slots: vec![(slot.into(), value)], if_version: None, persistent: false }
+        Command::SetSlots {
+            object: object.into(),
+            slots: vec![(slot.into(), value)],
+            if_version: None,
+            persistent: false,
+        }
     }
 
     #[test]
@@ -907,7 +913,9 @@ mod tests {
         assert!(ok(&sm.apply(1, &req(1, client("alice", quota, temp_set("a1", "x", Value::Null)))).response));
         assert!(ok(&sm.apply(2, &req(2, client("alice", quota, temp_set("a2", "x", Value::Null)))).response));
         // A third object is over alice's quota; bob has his own.
-        assert!(quota_refused(&sm.apply(3, &req(3, client("alice", quota, temp_set("a3", "x", Value::Null)))).response));
+        assert!(quota_refused(
+            &sm.apply(3, &req(3, client("alice", quota, temp_set("a3", "x", Value::Null)))).response
+        ));
         assert!(!sm.objects.contains_key("a3"));
         assert!(ok(&sm.apply(4, &req(4, client("bob", quota, temp_set("b1", "x", Value::Null)))).response));
         // Slots: alice holds 2; a third is fine, a fourth is not — whoever writes it.

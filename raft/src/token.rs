@@ -328,10 +328,7 @@ mod tests {
         // Changing the claims (a wider scope) breaks the signature.
         let (head, mac) = token.rsplit_once('.').unwrap();
         let forged_claims = claims("admin-only", Rights::Write, 100);
-        let forged = format!(
-            "rc1.{}.{mac}",
-            b64url_encode(&serde_json::to_vec(&forged_claims).unwrap())
-        );
+        let forged = format!("rc1.{}.{mac}", b64url_encode(&serde_json::to_vec(&forged_claims).unwrap()));
         assert_ne!(head, forged.rsplit_once('.').unwrap().0);
         assert_eq!(verify(&forged, &keys(), 0), Err(TokenError::BadSignature));
         for bad in ["", "rc1", "rc1.", "rc2.a.b", "rc1.!!.a", &"a".repeat(MAX_TOKEN_LEN + 1)] {

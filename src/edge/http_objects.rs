@@ -2,26 +2,33 @@
 //! as the origins' admin API (`/shared-objects/…`, DESIGN.md) served from the edge's
 //! local copy, plus `POST …/messages` for broadcasts. An SSE watcher is a subscriber
 //! like an RTMP client: it keeps the object's feed open (and a temporary object alive).
+//!
+//! Writes, deletes and broadcasts need a write token for the object
+//! (`Authorization: Bearer T` or `?token=T`): 401 `unauthorized` without a valid one,
+//! 403 `forbidden` when it covers other objects. Reads and watches are open (see
+//! `docs/shared-objects.md`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raftcast_raft::state::MAX_VALUE_BYTES;
+use raftcast_raft::token::{Claims, Rights};
 use raftcast_raft::value::Value;
-use raftcast_raft::Rejection;
+use raftcast_raft::{ObjectName, Rejection};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::shared_objects::{Snapshot, Subscription, Update, WriteError};
+use super::shared_objects::{Snapshot, Subscription, TooManyObjects, Update, WriteError};
+use super::tokens::{self, AuthError};
 use super::EdgeContext;
-use crate::origin::shared_objects::{change_json, check_broadcast, valid_name};
+use crate::origin::shared_objects::{change_json, check_broadcast};
 
 /// How long a read waits for the object's first state from the cluster (an election
 /// takes about a second; a busy machine more).
@@ -42,16 +49,44 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn check(what: &str, name: &str) -> Result<(), Refusal> {
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("{what} must be 1 to 256 bytes without control characters"),
-        ))
+/// `name` validated once, at this boundary.
+fn check(what: &'static str, name: &str) -> Result<ObjectName, Response> {
+    ObjectName::parse(what, name).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
+}
+
+/// The claims of the request's token when it may write `name`.
+async fn authorize(
+    ctx: &EdgeContext,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    name: &ObjectName,
+) -> Result<Claims, Response> {
+    let token = tokens::from_request(headers, query);
+    ctx.objects.authorize(token.as_deref(), name, Rights::Write).await.map_err(|e| denied(&e))
+}
+
+/// 401 for a missing or invalid token, 403 for one that covers something else.
+fn denied(e: &AuthError) -> Response {
+    match e {
+        AuthError::Missing | AuthError::Invalid(_) => {
+            let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp
+        }
+        AuthError::Forbidden { .. } => error(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
     }
+}
+
+fn too_many(e: TooManyObjects) -> Response {
+    let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "too_many_objects", e.to_string());
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+fn overloaded(message: String) -> Response {
+    let mut resp = error(StatusCode::TOO_MANY_REQUESTS, "overloaded", message);
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 fn snapshot_json(name: &str, s: &Snapshot) -> serde_json::Value {
@@ -90,12 +125,17 @@ fn unavailable() -> Response {
 
 /// `GET /shared-objects/{name}`: the whole object (version 0 when it does not exist).
 pub async fn get(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>) -> Response {
-    if let Err(r) = check("object name", &name) {
-        return r.into_response();
-    }
-    let mut sub = ctx.objects.subscribe(&name);
+    let name = match check("object name", &name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let mut sub = match ctx.objects.subscribe(&name) {
+        Ok(sub) => sub,
+        Err(e) => return too_many(e),
+    };
+    let name = name.as_str();
     match first_state(&mut sub).await {
-        Some(s) => Json(snapshot_json(&name, &s)).into_response(),
+        Some(s) => Json(snapshot_json(name, &s)).into_response(),
         None => unavailable(),
     }
 }
@@ -129,24 +169,34 @@ fn written(result: Result<u64, WriteError>) -> Response {
                 }
                 Rejection::NotFound => error(StatusCode::NOT_FOUND, "not_found", message),
                 Rejection::LimitExceeded { .. } => error(StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded", message),
+                Rejection::QuotaExceeded { .. } => error(StatusCode::FORBIDDEN, "quota_exceeded", message),
                 _ => error(StatusCode::CONFLICT, "rejected", message),
             }
         }
         Err(WriteError::Unavailable(message)) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+        Err(WriteError::Overloaded(message)) => overloaded(message),
+        Err(WriteError::Denied(e)) => denied(&e),
     }
 }
 
 /// `PUT /shared-objects/{name}/slots/{slot}`: sets a slot (JSON value; `If-Match:
-/// <version>` makes it conditional). Objects written over HTTP are persistent.
+/// <version>` makes it conditional). An object a client creates is temporary (removed
+/// once nobody watches it) unless its token says persistent.
 pub async fn put_slot(
     State(ctx): State<Arc<EdgeContext>>,
     Path((name, slot)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = check("object name", &name).and_then(|()| check("slot name", &slot)) {
-        return r.into_response();
-    }
+    let (name, slot) = match check("object name", &name).and_then(|n| Ok((n, check("slot name", &slot)?))) {
+        Ok(names) => names,
+        Err(r) => return r,
+    };
+    let claims = match authorize(&ctx, &headers, query.as_deref(), &name).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let if_version = match if_match(&headers) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
@@ -173,29 +223,45 @@ pub async fn put_slot(
             format!("a slot value may take at most {MAX_VALUE_BYTES} bytes"),
         );
     }
-    written(ctx.objects.set(&name, &slot, value, if_version, true).await)
+    written(ctx.objects.set(&claims, &name, &slot, value, if_version).await)
 }
 
 /// `DELETE /shared-objects/{name}/slots/{slot}`.
 pub async fn delete_slot(
     State(ctx): State<Arc<EdgeContext>>,
     Path((name, slot)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check("object name", &name).and_then(|()| check("slot name", &slot)) {
-        return r.into_response();
-    }
+    let (name, slot) = match check("object name", &name).and_then(|n| Ok((n, check("slot name", &slot)?))) {
+        Ok(names) => names,
+        Err(r) => return r,
+    };
+    let claims = match authorize(&ctx, &headers, query.as_deref(), &name).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     match if_match(&headers) {
-        Ok(if_version) => written(ctx.objects.delete(&name, &slot, if_version).await),
+        Ok(if_version) => written(ctx.objects.delete(&claims, &name, &slot, if_version).await),
         Err(r) => r.into_response(),
     }
 }
 
 /// `POST /shared-objects/{name}/messages`: a broadcast `{"handler", "args"}` to every
 /// subscriber on every edge; not stored.
-pub async fn post_message(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>, body: Bytes) -> Response {
-    if let Err(r) = check("object name", &name) {
-        return r.into_response();
+pub async fn post_message(
+    State(ctx): State<Arc<EdgeContext>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let name = match check("object name", &name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    if let Err(r) = authorize(&ctx, &headers, query.as_deref(), &name).await {
+        return r;
     }
     if body.len() > MAX_BODY {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("a body may take at most {MAX_BODY} bytes"));
@@ -209,6 +275,7 @@ pub async fn post_message(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<
     }
     match ctx.objects.send_message(&name, &data).await {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({}))).into_response(),
+        Err(WriteError::Overloaded(message)) => overloaded(message),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }
 }
@@ -217,12 +284,17 @@ pub async fn post_message(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<
 /// object), then `change` per committed change in commit order and `message` per
 /// broadcast; a fresh `state` after a resynchronization.
 pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>) -> Response {
-    if let Err(r) = check("object name", &name) {
-        return r.into_response();
-    }
+    let name = match check("object name", &name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
     // The response starts at once; when this edge does not know the object yet, its
     // `state` event follows as soon as the feed delivers it.
-    let mut sub = ctx.objects.subscribe(&name);
+    let mut sub = match ctx.objects.subscribe(&name) {
+        Ok(sub) => sub,
+        Err(e) => return too_many(e),
+    };
+    let name = name.into_string();
     let state = |s: &Snapshot, name: &str| {
         SseEvent::default().event("state").id(s.version.to_string()).data(snapshot_json(name, s).to_string())
     };

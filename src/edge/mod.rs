@@ -20,6 +20,7 @@ pub mod rtmp_conn;
 pub mod shared_objects;
 pub mod so_session;
 pub mod streams;
+pub mod tokens;
 pub mod upstream;
 
 use std::process::ExitCode;

@@ -340,6 +340,7 @@ impl Conn {
             ServerEvent::Connect { app, query, tc_url, .. } => {
                 tracing::debug!(app, ?tc_url, "connect");
                 self.app = Some(app);
+                self.objects.set_token(crate::edge::tokens::query_param(query.as_deref(), "token"));
                 self.connect_query = query;
                 self.session.accept_connect();
             }

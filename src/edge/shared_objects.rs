@@ -8,12 +8,18 @@
 //!   origin with `since` = the local version, so the new origin sends only what is
 //!   missing (or a fresh `state` when it cannot tell).
 //! - **Writes** go through Raft (`/raft/forward`) and are answered once committed;
-//!   the change then arrives on the feed like everyone else's.
+//!   the change then arrives on the feed like everyone else's. Every write is a
+//!   client's: it carries the verified token's subject and quota (`ClientWrite`), and
+//!   the callers authorize it first ([`SharedObjects::authorize`]).
 //! - **Broadcasts** (send-message) go to one origin, which relays them to the others;
 //!   every feed delivers them. They are not stored.
 //! - **Lifetime.** The feed stays open while at least one local client uses the
 //!   object; origins count open feeds to decide when a temporary object is unused
-//!   (see `origin::shared_objects`).
+//!   (see `origin::shared_objects`). At most [`MAX_EDGE_OBJECTS`] objects (feeds) are
+//!   in use at once; past that, new objects are refused ([`TooManyObjects`]) and the
+//!   ones in use carry on.
+//! - **Names** arrive validated ([`ObjectName`]) and go into origin URLs escaped as
+//!   one path segment.
 //!
 //! Knows nothing of RTMP or HTTP framing: `so_session` and `http` translate.
 
@@ -25,12 +31,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use raftcast_raft::rpc::{ClusterSecret, SECRET_HEADER};
 use raftcast_raft::state::ObjectChange;
+use raftcast_raft::token::{Claims, Rights};
 use raftcast_raft::value::Value;
-use raftcast_raft::{Command, Rejection, Response};
+use raftcast_raft::{Command, FailKind, ObjectName, Rejection, Response};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use raftcast_raft::command::escape_segment;
+
 use super::control::{Control, ControlError};
+use super::tokens::{AuthError, Verifier};
 
 /// Updates buffered per object for its slowest subscriber; one that falls further
 /// behind gets the whole state again instead of the updates it missed.
@@ -42,6 +52,15 @@ pub const FEED_DEAD: Duration = Duration::from_secs(3);
 const MAX_FEED_EVENT: usize = 96 * 1024 * 1024;
 /// One attempt to deliver a broadcast to an origin may take this long.
 const BROADCAST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most objects in use on one edge at once: each holds one feed (a connection) to an
+/// origin. Past it, a subscription to an object not yet in use is refused (HTTP 503,
+/// an RTMP status event) and the objects in use keep working.
+pub const MAX_EDGE_OBJECTS: usize = 1024;
+
+/// A subscription refused: this edge already uses [`MAX_EDGE_OBJECTS`] objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this edge serves the most shared objects it may ({0}); try again later")]
+pub struct TooManyObjects(pub usize);
 
 /// An object's whole state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,6 +89,12 @@ pub enum WriteError {
     Rejected(Rejection),
     #[error("{0}")]
     Unavailable(String),
+    /// The cluster's admission control refused the write; retry after a second.
+    #[error("the cluster is overloaded: {0}")]
+    Overloaded(String),
+    /// The client's token does not allow it.
+    #[error("{0}")]
+    Denied(AuthError),
 }
 
 /// The edge's shared objects. Cheap to clone.
@@ -83,7 +108,10 @@ struct Registry {
     origins: Arc<[SocketAddr]>,
     secret: ClusterSecret,
     control: Control,
+    verifier: Verifier,
     objects: Mutex<HashMap<String, Arc<Object>>>,
+    /// [`MAX_EDGE_OBJECTS`], smaller in tests.
+    max_objects: usize,
     shutdown: CancellationToken,
 }
 
@@ -148,16 +176,30 @@ impl SharedObjects {
             .tcp_nodelay(true)
             .build()
             .expect("a plain HTTP client always builds");
+        let origins: Arc<[SocketAddr]> = origins.into();
+        let verifier = Verifier::new(http.clone(), origins.clone(), secret.clone());
         SharedObjects {
             inner: Arc::new(Registry {
                 http,
-                origins: origins.into(),
+                origins,
                 secret,
                 control,
+                verifier,
                 objects: Mutex::default(),
+                max_objects: MAX_EDGE_OBJECTS,
                 shutdown,
             }),
         }
+    }
+
+    /// The claims of `token` when it allows `rights` on `object` (verified locally).
+    pub async fn authorize(
+        &self,
+        token: Option<&str>,
+        object: &ObjectName,
+        rights: Rights,
+    ) -> Result<Claims, AuthError> {
+        self.inner.verifier.authorize(token, object.as_str(), rights).await
     }
 
     /// Objects in use here.
@@ -165,9 +207,14 @@ impl SharedObjects {
         self.inner.objects.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Starts using `name` (opening its feed if nobody here uses it yet).
-    pub fn subscribe(&self, name: &str) -> Subscription {
+    /// Starts using `name` (opening its feed if nobody here uses it yet); refused when
+    /// it is not in use yet and [`MAX_EDGE_OBJECTS`] are.
+    pub fn subscribe(&self, name: &ObjectName) -> Result<Subscription, TooManyObjects> {
+        let name = name.as_str();
         let mut objects = self.inner.objects.lock().unwrap_or_else(|p| p.into_inner());
+        if !objects.contains_key(name) && objects.len() >= self.inner.max_objects {
+            return Err(TooManyObjects(self.inner.max_objects));
+        }
         let object = objects
             .entry(name.to_owned())
             .or_insert_with(|| {
@@ -187,38 +234,50 @@ impl SharedObjects {
         let updates = object.updates.subscribe();
         let initial = local.known.then(|| local.snapshot.clone());
         drop(local);
-        Subscription { registry: self.inner.clone(), object, updates, initial }
+        Ok(Subscription { registry: self.inner.clone(), object, updates, initial })
     }
 
-    /// Sets `slot` of `name` through Raft (only at version `if_version`, when given);
-    /// answers the committed version.
+    /// Sets `slot` of `name` through Raft for the holder of `claims` (only at version
+    /// `if_version`, when given); answers the committed version. The object is
+    /// persistent only when the token says so.
     pub async fn set(
         &self,
-        name: &str,
-        slot: &str,
+        claims: &Claims,
+        name: &ObjectName,
+        slot: &ObjectName,
         value: Value,
         if_version: Option<u64>,
-        persistent: bool,
     ) -> Result<u64, WriteError> {
         let command = Command::SetSlots {
-            object: name.to_owned(),
-            slots: vec![(slot.to_owned(), value)],
+            object: name.to_string(),
+            slots: vec![(slot.to_string(), value)],
             if_version,
-            persistent,
+            persistent: claims.persistent,
         };
-        self.write(command).await
+        self.write(claims, command).await
     }
 
-    /// Deletes `slot` of `name` through Raft; answers the committed version.
-    pub async fn delete(&self, name: &str, slot: &str, if_version: Option<u64>) -> Result<u64, WriteError> {
-        self.write(Command::DeleteSlot { object: name.to_owned(), slot: slot.to_owned(), if_version }).await
+    /// Deletes `slot` of `name` through Raft for the holder of `claims`; answers the
+    /// committed version.
+    pub async fn delete(
+        &self,
+        claims: &Claims,
+        name: &ObjectName,
+        slot: &ObjectName,
+        if_version: Option<u64>,
+    ) -> Result<u64, WriteError> {
+        let command = Command::DeleteSlot { object: name.to_string(), slot: slot.to_string(), if_version };
+        self.write(claims, command).await
     }
 
-    async fn write(&self, command: Command) -> Result<u64, WriteError> {
+    async fn write(&self, claims: &Claims, command: Command) -> Result<u64, WriteError> {
+        let command =
+            Command::ClientWrite { subject: claims.subject.clone(), quota: claims.quota, command: Box::new(command) };
         match self.inner.control.write_command(command).await {
             Ok(Response::ObjectVersion { version }) => Ok(version),
             Ok(Response::Rejected(r)) => Err(WriteError::Rejected(r)),
             Ok(other) => Err(WriteError::Unavailable(format!("unexpected answer {other:?}"))),
+            Err(ControlError::Failed { kind: FailKind::Overloaded, message }) => Err(WriteError::Overloaded(message)),
             Err(ControlError::Failed { message, .. }) => Err(WriteError::Unavailable(message)),
             Err(e) => Err(WriteError::Unavailable(e.to_string())),
         }
@@ -226,14 +285,15 @@ impl SharedObjects {
 
     /// Broadcasts `{"handler", "args"}` to every subscriber of `name` on every edge,
     /// through the first origin that takes it.
-    pub async fn send_message(&self, name: &str, data: &serde_json::Value) -> Result<(), WriteError> {
+    pub async fn send_message(&self, name: &ObjectName, data: &serde_json::Value) -> Result<(), WriteError> {
         let body = data.to_string();
+        let segment = name.url_segment();
         let mut last = String::from("no origin configured");
         for origin in self.inner.origins.iter() {
             let attempt = self
                 .inner
                 .http
-                .post(format!("http://{origin}/internal/objects/{name}/messages"))
+                .post(format!("http://{origin}/internal/objects/{segment}/messages"))
                 .timeout(BROADCAST_TIMEOUT)
                 .header(SECRET_HEADER, self.inner.secret.as_str())
                 .header("content-type", "application/json")
@@ -242,6 +302,9 @@ impl SharedObjects {
                 .await;
             match attempt {
                 Ok(res) if res.status().is_success() => return Ok(()),
+                Ok(res) if res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                    return Err(WriteError::Overloaded(format!("origin {origin} is overloaded")))
+                }
                 Ok(res) => last = format!("origin {origin} answered {}", res.status()),
                 Err(e) => last = format!("origin {origin}: {e}"),
             }
@@ -379,7 +442,7 @@ async fn follow(
     origin: SocketAddr,
     since: &mut Option<u64>,
 ) -> Result<(), String> {
-    let mut url = format!("http://{origin}/internal/objects/{}/events", object.name);
+    let mut url = format!("http://{origin}/internal/objects/{}/events", escape_segment(&object.name));
     if let Some(v) = since {
         url.push_str(&format!("?since={v}"));
     }

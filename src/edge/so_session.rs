@@ -9,6 +9,12 @@
 //! a change gets `success` in place of `change` for it — or, when its own change
 //! reached it through the feed before the commit answer, `change` and then `success`.
 //!
+//! Authorization: changes, removals and send-message need a write token for the
+//! object, passed on the connect URL (`rtmp://edge/app?token=T`); without a fitting one
+//! the client gets a `status` event (`SharedObject.Unauthorized` or
+//! `SharedObject.Forbidden`) and, for a change, the slot's committed value back.
+//! Using (reading) an object needs no token.
+//!
 //! Limits: [`MAX_OBJECTS_PER_CONNECTION`] objects in use, a value size of
 //! `MAX_VALUE_BYTES`, and [`MESSAGE_RATE`] shared-object messages per second
 //! (bursts of [`MESSAGE_BURST`]). Past one, the client gets a `status` event with
@@ -19,13 +25,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use raftcast_raft::state::{ObjectChange, MAX_VALUE_BYTES};
+use raftcast_raft::token::Rights;
 use raftcast_raft::value::Value;
+use raftcast_raft::{ObjectName, Rejection};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::shared_objects::{SharedObjects, Snapshot, Update, WriteError};
-use crate::origin::shared_objects::valid_name;
+use super::tokens::AuthError;
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::shared_object::{self, SoEvent, SoMessage};
 
@@ -64,9 +72,9 @@ pub enum Delivery {
 }
 
 enum Job {
-    Set { name: String, slot: String, value: Value, persistent: bool },
-    Delete { name: String, slot: String },
-    Broadcast { name: String, data: serde_json::Value },
+    Set { name: ObjectName, slot: ObjectName, value: Value },
+    Delete { name: ObjectName, slot: ObjectName },
+    Broadcast { name: ObjectName, data: serde_json::Value },
 }
 
 struct Used {
@@ -97,6 +105,8 @@ pub struct ConnObjects {
     /// What to tell the client; the connection polls this.
     pub deliveries: mpsc::Receiver<Delivery>,
     writes: Option<mpsc::Sender<Job>>,
+    /// The access token from the connect URL, checked on every write.
+    token: Option<String>,
     tokens: f64,
     refilled: Instant,
 }
@@ -119,9 +129,15 @@ impl ConnObjects {
             deliveries_tx,
             deliveries,
             writes: None,
+            token: None,
             tokens: MESSAGE_BURST,
             refilled: Instant::now(),
         }
+    }
+
+    /// The token the client passed on its connect URL (before any shared-object message).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
     }
 
     /// Whether anything can arrive on `deliveries`: an object in use or a write queued
@@ -152,10 +168,10 @@ impl ConnObjects {
     /// once. An error means the message does not parse: the connection closes.
     pub fn handle(&mut self, body: &[u8], amf3: bool) -> Result<Vec<Reply>, String> {
         let msg = shared_object::decode(body).map_err(|e| format!("invalid shared-object message: {e}"))?;
+        let Ok(object) = ObjectName::parse("object name", &msg.name) else {
+            return Ok(vec![status(&msg.name, amf3, "SharedObject.BadName", vec![])]);
+        };
         let name = msg.name;
-        if !valid_name(&name) {
-            return Ok(vec![status(&name, amf3, "SharedObject.BadName", vec![])]);
-        }
         if !self.take_token() {
             let reverts = self.reverts(&name, &msg.events);
             return Ok(vec![status(&name, amf3, "SharedObject.RateLimited", reverts)]);
@@ -182,7 +198,7 @@ impl ConnObjects {
                     }
                 }
                 SoEvent::SendMessage { handler, args } => {
-                    if !self.used.contains_key(&name) {
+                    if !self.used.contains_key(name.as_str()) {
                         replies.push(status(&name, amf3, "SharedObject.NotInUse", vec![]));
                         continue;
                     }
@@ -190,7 +206,7 @@ impl ConnObjects {
                     let data = serde_json::json!({ "handler": handler, "args": args });
                     if data.to_string().len() > MAX_VALUE_BYTES {
                         replies.push(status(&name, amf3, "SharedObject.LimitExceeded", vec![]));
-                    } else if !self.enqueue(Job::Broadcast { name: name.clone(), data }) {
+                    } else if !self.enqueue(Job::Broadcast { name: object.clone(), data }) {
                         replies.push(status(&name, amf3, "SharedObject.RateLimited", vec![]));
                     }
                 }
@@ -211,7 +227,16 @@ impl ConnObjects {
         if self.used.len() >= MAX_OBJECTS_PER_CONNECTION {
             return Some(status(name, amf3, "SharedObject.LimitExceeded", vec![]));
         }
-        let mut sub = self.shared.subscribe(name);
+        let Ok(object) = ObjectName::parse("object name", name) else {
+            return Some(status(name, amf3, "SharedObject.BadName", vec![]));
+        };
+        let mut sub = match self.shared.subscribe(&object) {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::debug!(object = %name, error = %e, "shared object refused");
+                return Some(status(name, amf3, "SharedObject.TooManyObjects", vec![]));
+            }
+        };
         let tx = self.deliveries_tx.clone();
         let owned = name.to_owned();
         let forwarder = tokio::spawn(async move {
@@ -252,16 +277,16 @@ impl ConnObjects {
             return Some(status(name, amf3, "SharedObject.NotInUse", vec![]));
         };
         let revert = || used_revert(used, &key);
-        if !valid_name(&key) {
+        let (Ok(object), Ok(slot)) = (ObjectName::parse("object name", name), ObjectName::parse("slot name", &key))
+        else {
             return Some(status(name, amf3, "SharedObject.BadName", revert()));
-        }
+        };
         let value = amf_to_value(&value);
         if value.encoded_len() > MAX_VALUE_BYTES {
             return Some(status(name, amf3, "SharedObject.LimitExceeded", revert()));
         }
-        let persistent = used.persistent;
         let reverts = revert();
-        if !self.enqueue(Job::Set { name: name.to_owned(), slot: key, value, persistent }) {
+        if !self.enqueue(Job::Set { name: object, slot, value }) {
             return Some(status(name, amf3, "SharedObject.RateLimited", reverts));
         }
         None
@@ -272,7 +297,11 @@ impl ConnObjects {
             return Some(status(name, amf3, "SharedObject.NotInUse", vec![]));
         };
         let reverts = used_revert(used, &key);
-        if !self.enqueue(Job::Delete { name: name.to_owned(), slot: key }) {
+        let (Ok(object), Ok(slot)) = (ObjectName::parse("object name", name), ObjectName::parse("slot name", &key))
+        else {
+            return Some(status(name, amf3, "SharedObject.BadName", reverts));
+        };
+        if !self.enqueue(Job::Delete { name: object, slot }) {
             return Some(status(name, amf3, "SharedObject.RateLimited", reverts));
         }
         None
@@ -295,7 +324,7 @@ impl ConnObjects {
     fn enqueue(&mut self, job: Job) -> bool {
         let writes = self.writes.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(WRITES);
-            tokio::spawn(writer(self.shared.clone(), rx, self.deliveries_tx.clone()));
+            tokio::spawn(writer(self.shared.clone(), rx, self.deliveries_tx.clone(), self.token.clone()));
             tx
         });
         writes.try_send(job).is_ok()
@@ -317,13 +346,7 @@ impl ConnObjects {
                         Vec::new()
                     }
                     Err(error) => {
-                        let code = match &error {
-                            WriteError::Rejected(raftcast_raft::Rejection::LimitExceeded { .. }) => {
-                                "SharedObject.LimitExceeded"
-                            }
-                            WriteError::Rejected(_) => "SharedObject.Rejected",
-                            WriteError::Unavailable(_) => "SharedObject.Unavailable",
-                        };
+                        let code = error_code(&error);
                         tracing::debug!(object = %name, %slot, %error, "shared-object write refused");
                         let reverts = used_revert(used, &slot);
                         vec![status(&name, used.amf3, code, reverts)]
@@ -333,7 +356,7 @@ impl ConnObjects {
             Delivery::BroadcastFailed { name, error } => {
                 tracing::debug!(object = %name, %error, "broadcast failed");
                 let amf3 = self.used.get(&name).is_some_and(|u| u.amf3);
-                vec![status(&name, amf3, "SharedObject.Unavailable", vec![])]
+                vec![status(&name, amf3, error_code(&error), vec![])]
             }
         }
     }
@@ -429,22 +452,57 @@ fn used_revert(used: &Used, key: &str) -> Vec<SoEvent> {
     }]
 }
 
-/// Runs a connection's writes and broadcasts one at a time, in order.
-async fn writer(shared: SharedObjects, mut jobs: mpsc::Receiver<Job>, tx: mpsc::Sender<Delivery>) {
+/// The `status` code a client gets for a failed write or broadcast.
+fn error_code(error: &WriteError) -> &'static str {
+    match error {
+        WriteError::Rejected(Rejection::LimitExceeded { .. }) => "SharedObject.LimitExceeded",
+        WriteError::Rejected(Rejection::QuotaExceeded { .. }) => "SharedObject.QuotaExceeded",
+        WriteError::Rejected(_) => "SharedObject.Rejected",
+        WriteError::Unavailable(_) => "SharedObject.Unavailable",
+        WriteError::Overloaded(_) => "SharedObject.Overloaded",
+        WriteError::Denied(AuthError::Forbidden { .. }) => "SharedObject.Forbidden",
+        WriteError::Denied(_) => "SharedObject.Unauthorized",
+    }
+}
+
+/// Runs a connection's writes and broadcasts one at a time, in order, each authorized
+/// by the connection's token first.
+async fn writer(
+    shared: SharedObjects,
+    mut jobs: mpsc::Receiver<Job>,
+    tx: mpsc::Sender<Delivery>,
+    token: Option<String>,
+) {
     while let Some(job) = jobs.recv().await {
-        let delivery = match job {
-            Job::Set { name, slot, value, persistent } => {
-                let result = shared.set(&name, &slot, value, None, persistent).await;
-                Delivery::Written { name, slot, result }
+        let object = match &job {
+            Job::Set { name, .. } | Job::Delete { name, .. } | Job::Broadcast { name, .. } => name.clone(),
+        };
+        let claims = shared.authorize(token.as_deref(), &object, Rights::Write).await.map_err(WriteError::Denied);
+        let delivery = match (job, claims) {
+            (Job::Set { name, slot, value }, claims) => {
+                let result = match claims {
+                    Ok(claims) => shared.set(&claims, &name, &slot, value, None).await,
+                    Err(e) => Err(e),
+                };
+                Delivery::Written { name: name.into_string(), slot: slot.into_string(), result }
             }
-            Job::Delete { name, slot } => {
-                let result = shared.delete(&name, &slot, None).await;
-                Delivery::Written { name, slot, result }
+            (Job::Delete { name, slot }, claims) => {
+                let result = match claims {
+                    Ok(claims) => shared.delete(&claims, &name, &slot, None).await,
+                    Err(e) => Err(e),
+                };
+                Delivery::Written { name: name.into_string(), slot: slot.into_string(), result }
             }
-            Job::Broadcast { name, data } => match shared.send_message(&name, &data).await {
-                Ok(()) => continue,
-                Err(error) => Delivery::BroadcastFailed { name, error },
-            },
+            (Job::Broadcast { name, data }, claims) => {
+                let result = match claims {
+                    Ok(_) => shared.send_message(&name, &data).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(()) => continue,
+                    Err(error) => Delivery::BroadcastFailed { name: name.into_string(), error },
+                }
+            }
         };
         if tx.send(delivery).await.is_err() {
             return;

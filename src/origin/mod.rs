@@ -175,6 +175,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
                 .route("/internal/objects/{name}/events", get(shared_objects::feed_route))
                 .route("/internal/objects/{name}/messages", post(shared_objects::message_route))
                 .route(shared_objects::WATCHED_ROUTE, get(shared_objects::watched_route))
+                .route(shared_objects::TOKEN_KEYS_ROUTE, get(shared_objects::token_keys_route))
                 .with_state((objects, shutdown.clone())),
         );
     let router = api::router(app)

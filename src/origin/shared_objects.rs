@@ -25,9 +25,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use raftcast_raft::command::escape_segment;
 use raftcast_raft::rpc::{ClusterSecret, SECRET_HEADER};
 use raftcast_raft::state::{Event, ObjectChange, SharedObject};
-use raftcast_raft::{Command, NodeId, Response as SmResponse};
+use raftcast_raft::{Command, NodeId, ObjectName, Response as SmResponse};
 use raftcast_storage::{Notice, StateHandle};
 use serde::Deserialize;
 use serde_json::json;
@@ -135,7 +136,7 @@ impl ObjectHub {
             let peers = self.peers();
             let body = data.to_string();
             for (peer, http) in peers {
-                let url = format!("http://{http}/internal/objects/{object}/messages?relayed=true");
+                let url = format!("http://{http}/internal/objects/{}/messages?relayed=true", escape_segment(&object));
                 let req = self
                     .inner
                     .client
@@ -331,13 +332,23 @@ pub fn check_broadcast(data: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Longest object or slot name, in bytes.
-pub const MAX_NAME: usize = 256;
+/// Route where edges fetch the token signing keys (cluster secret required).
+pub const TOKEN_KEYS_ROUTE: &str = "/internal/token-keys";
 
-/// Object and slot names as every API accepts them: 1 to [`MAX_NAME`] bytes, no
-/// control characters.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(char::is_control)
+/// The signing keys as [`TOKEN_KEYS_ROUTE`] answers them: `{"keys": {"<id>": "<hex>"}}`.
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
+pub struct TokenKeysAnswer {
+    pub keys: std::collections::BTreeMap<u32, String>,
+}
+
+/// [`TOKEN_KEYS_ROUTE`]: the replicated token signing keys, for edges, which verify
+/// tokens locally. Only with the cluster secret; the answer is never logged.
+pub async fn token_keys_route(State((hub, _)): State<(ObjectHub, CancellationToken)>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_without_secret(&hub, &headers) {
+        return refused;
+    }
+    let keys = hub.inner.state.read(|sm| sm.token_keys.iter().map(|(id, k)| (*id, k.to_hex())).collect());
+    Json(TokenKeysAnswer { keys }).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,9 +366,10 @@ pub async fn feed_route(
     if let Some(refused) = refuse_without_secret(&hub, &headers) {
         return refused;
     }
-    if !valid_name(&name) {
-        return bad_request("object name must be 1 to 256 bytes without control characters");
-    }
+    let name = match ObjectName::parse("object name", &name) {
+        Ok(name) => name.into_string(),
+        Err(e) => return bad_request(e.to_string()),
+    };
     if q.since.is_none() {
         // The first state a new watcher gets includes every write acknowledged before
         // it asked (when no leader answers, it gets this origin's state and catches up).
@@ -387,9 +399,10 @@ pub async fn message_route(
     if let Some(refused) = refuse_without_secret(&hub, &headers) {
         return refused;
     }
-    if !valid_name(&name) {
-        return bad_request("object name must be 1 to 256 bytes without control characters");
-    }
+    let name = match ObjectName::parse("object name", &name) {
+        Ok(name) => name.into_string(),
+        Err(e) => return bad_request(e.to_string()),
+    };
     if body.len() > MAX_MESSAGE_BYTES {
         return bad_request(format!("a broadcast may take at most {MAX_MESSAGE_BYTES} bytes"));
     }

@@ -95,6 +95,7 @@ impl From<Rejection> for ApiError {
             Rejection::LimitExceeded { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded", message)
             }
+            Rejection::QuotaExceeded { .. } => ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", message),
         }
     }
 }

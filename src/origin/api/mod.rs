@@ -10,6 +10,7 @@ mod extract;
 mod objects;
 mod pins;
 mod streams;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -99,7 +100,9 @@ pub fn router(app: AppState) -> Router {
         .route("/apps/{app}", put(streams::set_app))
         .route("/pins", get(pins::list))
         .route("/pins/{app}/{pattern}", put(pins::put).delete(pins::delete))
-        .route("/shared-objects/{name}", get(objects::get))
+        .route("/shared-objects/{name}", get(objects::get).delete(objects::delete_object))
+        .route("/tokens", post(tokens::issue))
+        .route("/tokens/rotate", post(tokens::rotate))
         .route("/shared-objects/{name}/slots/{slot}", put(objects::put_slot).delete(objects::delete_slot))
         .route("/shared-objects/{name}/events", get(objects::events))
         .route("/shared-objects/{name}/messages", post(objects::post_message))

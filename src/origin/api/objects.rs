@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raftcast_raft::value::Value;
-use raftcast_raft::{Command, Response as SmResponse};
+use raftcast_raft::{Command, ObjectName, Response as SmResponse};
 use serde_json::json;
 
 use crate::origin::shared_objects::object_json;
@@ -13,14 +13,11 @@ use crate::origin::shared_objects::object_json;
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
 
-pub use crate::origin::shared_objects::MAX_NAME;
 pub use raftcast_raft::state::MAX_VALUE_BYTES;
 
-fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    if !crate::origin::shared_objects::valid_name(name) {
-        return Err(ApiError::bad_request(format!("{what} must be 1 to {MAX_NAME} bytes without control characters")));
-    }
-    Ok(())
+/// `name` validated once, at this boundary.
+fn check_name(what: &'static str, name: &str) -> Result<ObjectName, ApiError> {
+    ObjectName::parse(what, name).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Reads `If-Match: 5` (or the quoted form `"5"`).
@@ -62,7 +59,7 @@ pub async fn get(
     ApiPath(name): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    check_name("object name", &name)?;
+    let name = check_name("object name", &name)?.into_string();
     app.read_point(query.as_deref()).await?;
     let obj = app.state.read(|sm| sm.objects.get(&name).cloned());
     let obj = obj.ok_or_else(|| ApiError::not_found(format!("no shared object {name:?}")))?;
@@ -75,8 +72,8 @@ pub async fn put_slot(
     headers: HeaderMap,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    check_name("object name", &name)?;
-    check_name("slot name", &slot)?;
+    let name = check_name("object name", &name)?.into_string();
+    let slot = check_name("slot name", &slot)?.into_string();
     let if_version = if_match(&headers)?;
     let value = Value::from_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if value.encoded_len() > MAX_VALUE_BYTES {
@@ -97,11 +94,27 @@ pub async fn delete_slot(
     ApiPath((name, slot)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_name("object name", &name)?;
-    check_name("slot name", &slot)?;
+    let name = check_name("object name", &name)?.into_string();
+    let slot = check_name("slot name", &slot)?.into_string();
     let if_version = if_match(&headers)?;
     let id = super::request_id(&headers, &format!("DELETE {name}/{slot}"))?;
     answer(app.proposer.write_as(id, Command::DeleteSlot { object: name, slot, if_version }).await?)
+}
+
+/// `DELETE /shared-objects/{name}`: removes the whole object (optional `If-Match`);
+/// `{}` once committed, 404 when it does not exist. Subscribers get a `removed` change.
+pub async fn delete_object(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = check_name("object name", &name)?.into_string();
+    let if_version = if_match(&headers)?;
+    let id = super::request_id(&headers, &format!("DELETE {name}"))?;
+    match app.proposer.write_as(id, Command::DeleteObject { object: name, if_version }).await? {
+        SmResponse::Stored => Ok(Json(json!({})).into_response()),
+        other => answer(other),
+    }
 }
 
 /// Server-Sent Events for one object: first `state` (the whole object, version 0 when
@@ -112,7 +125,7 @@ pub async fn events(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_name("object name", &name)?;
+    let name = check_name("object name", &name)?.into_string();
     Ok(app.objects.feed(name, None, app.shutdown.clone()))
 }
 
@@ -123,7 +136,7 @@ pub async fn post_message(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    check_name("object name", &name)?;
+    let name = check_name("object name", &name)?.into_string();
     crate::origin::shared_objects::check_broadcast(&body).map_err(ApiError::bad_request)?;
     app.objects.broadcast(name, body, false);
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())

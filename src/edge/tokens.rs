@@ -1,0 +1,173 @@
+//! Token verification on the edge: checks a client's shared-object token locally with
+//! the cluster's signing keys, fetched from any origin over the cluster-secret channel
+//! and cached. A token naming a key this edge does not know triggers one refetch (at
+//! most one per [`REFETCH_EVERY`], however many clients present such tokens).
+//!
+//! Knows nothing of HTTP routes or RTMP: callers pass the token string they found.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use raftcast_raft::rpc::{ClusterSecret, SECRET_HEADER};
+use raftcast_raft::token::{self, Claims, Rights, TokenError, TokenKey, TokenKeys};
+
+/// Least time between two fetches of the keys (a flood of tokens naming unknown keys
+/// costs the origins one request per this interval).
+pub const REFETCH_EVERY: Duration = Duration::from_secs(1);
+/// One key fetch at one origin may take this long.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest key answer accepted from an origin.
+const MAX_KEYS_ANSWER: usize = 64 * 1024;
+
+/// Why a request is not authorized.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuthError {
+    /// No token given (HTTP 401).
+    #[error("a token is required to write shared objects")]
+    Missing,
+    /// The token does not verify or expired (HTTP 401).
+    #[error("{0}")]
+    Invalid(TokenError),
+    /// The token is valid but does not cover this object or these rights (HTTP 403).
+    #[error("the token does not allow {rights} on object {object:?}")]
+    Forbidden { object: String, rights: &'static str },
+}
+
+/// Verifies tokens with cached keys. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    origins: Arc<[SocketAddr]>,
+    secret: ClusterSecret,
+    keys: Mutex<TokenKeys>,
+    /// Serializes fetches; holds when the last one started.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Verifier {
+    pub fn new(http: reqwest::Client, origins: Arc<[SocketAddr]>, secret: ClusterSecret) -> Self {
+        Verifier {
+            inner: Arc::new(Inner {
+                http,
+                origins,
+                secret,
+                keys: Mutex::default(),
+                fetching: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The claims of `token` when it allows `rights` on `object`.
+    pub async fn authorize(&self, token: Option<&str>, object: &str, rights: Rights) -> Result<Claims, AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        let claims = match self.verify(token) {
+            Err(TokenError::UnknownKey(_)) => {
+                self.refetch().await;
+                self.verify(token)
+            }
+            other => other,
+        }
+        .map_err(AuthError::Invalid)?;
+        if !claims.allows(object, rights) {
+            let rights = if rights == Rights::Write { "writes" } else { "reads" };
+            return Err(AuthError::Forbidden { object: object.to_owned(), rights });
+        }
+        Ok(claims)
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let keys = self.inner.keys.lock().unwrap_or_else(|p| p.into_inner());
+        token::verify(token, &keys, now_secs())
+    }
+
+    /// Fetches the keys again unless a fetch started within [`REFETCH_EVERY`].
+    async fn refetch(&self) {
+        let mut last = self.inner.fetching.lock().await;
+        if last.is_some_and(|t| t.elapsed() < REFETCH_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        for origin in self.inner.origins.iter() {
+            match self.fetch_from(*origin).await {
+                Ok(keys) => {
+                    *self.inner.keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+                    return;
+                }
+                Err(e) => tracing::debug!(%origin, error = %e, "could not fetch token keys"),
+            }
+        }
+    }
+
+    async fn fetch_from(&self, origin: SocketAddr) -> Result<TokenKeys, String> {
+        let url = format!("http://{origin}{}", crate::origin::shared_objects::TOKEN_KEYS_ROUTE);
+        let res = self
+            .inner
+            .http
+            .get(url)
+            .timeout(FETCH_TIMEOUT)
+            .header(SECRET_HEADER, self.inner.secret.as_str())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !res.status().is_success() {
+            return Err(format!("status {}", res.status()));
+        }
+        if res.content_length().is_some_and(|n| n > MAX_KEYS_ANSWER as u64) {
+            return Err("answer too large".to_owned());
+        }
+        let body = res.bytes().await.map_err(|e| e.to_string())?;
+        if body.len() > MAX_KEYS_ANSWER {
+            return Err("answer too large".to_owned());
+        }
+        let answer: crate::origin::shared_objects::TokenKeysAnswer =
+            serde_json::from_slice(&body).map_err(|e| format!("answer does not parse: {e}"))?;
+        answer
+            .keys
+            .into_iter()
+            .map(|(id, hex)| TokenKey::from_hex(&hex).map(|k| (id, k)).ok_or_else(|| format!("key {id} is not hex")))
+            .collect()
+    }
+}
+
+/// The token of an HTTP request: `Authorization: Bearer T`, else `token=T` in the query.
+pub fn from_request(headers: &axum::http::HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(t) = v.strip_prefix("Bearer ") {
+            return Some(t.trim().to_owned());
+        }
+    }
+    query_param(query, "token")
+}
+
+/// The value of `name` in a URL query string (`token=abc&x=1`); tokens need no
+/// percent-decoding (base64url and dots).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_header_or_the_query() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(from_request(&headers, Some("x=1&token=abc")).as_deref(), Some("abc"));
+        assert_eq!(from_request(&headers, Some("token=")), None);
+        assert_eq!(from_request(&headers, None), None);
+        headers.insert(axum::http::header::AUTHORIZATION, "Bearer rc1.x.y".parse().unwrap());
+        assert_eq!(from_request(&headers, Some("token=abc")).as_deref(), Some("rc1.x.y"));
+    }
+}
