@@ -1,7 +1,8 @@
 //! Remote Shared Objects through real edges and origins: RTMP clients (message type 19)
 //! on two edges, Server-Sent Events on an edge's HTTP port, the origins' admin API,
-//! a leader kill during writes, conflicting writers, hostile messages, limits, and the
-//! lifetime of temporary and persistent objects.
+//! a leader kill during writes, conflicting writers, hostile messages, limits, the
+//! lifetime of temporary and persistent objects, and authorization: write tokens,
+//! their scope, expiry, key rotation, quotas and escaped names.
 
 mod common;
 #[path = "common/edges.rs"]
@@ -32,8 +33,13 @@ struct SoClient {
 }
 
 impl SoClient {
-    async fn connect(addr: SocketAddr) -> SoClient {
-        let rtmp = RtmpClient::connect(addr, "live").await.expect("RTMP connect");
+    /// Connects with `token` on the connect URL (`rtmp://edge/live?token=T`).
+    async fn connect(addr: SocketAddr, token: Option<&str>) -> SoClient {
+        let app = match token {
+            Some(t) => format!("live?token={t}"),
+            None => "live".to_owned(),
+        };
+        let rtmp = RtmpClient::connect(addr, &app).await.expect("RTMP connect");
         SoClient { rtmp, log: Vec::new(), mirror: BTreeMap::new() }
     }
 
@@ -165,14 +171,34 @@ fn s(text: &str) -> Amf0Value {
     Amf0Value::String(text.into())
 }
 
+/// A token from the admin API (`POST /tokens` with `body`), once a leader answers.
+async fn issue(c: &Cluster, body: Value) -> String {
+    eventually(Duration::from_secs(20), "a token", || async {
+        let (status, answer) = c.call(1, Method::POST, "/tokens", Some(&body), &[]).await.ok()?;
+        assert!(status == 201 || status.is_server_error(), "POST /tokens {body}: {status} {answer}");
+        answer["token"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+/// A write token for exactly `object`.
+async fn write_token(c: &Cluster, object: &str) -> String {
+    issue(c, json!({ "object": object, "rights": "write" })).await
+}
+
+fn status_event(code: &str) -> SoEvent {
+    SoEvent::Status { code: code.into(), level: "error".into() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_edge_reaches_the_other_edge_sse_and_later_users() {
     let c = Cluster::start(3).await;
     let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
     let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
 
-    let mut a = SoClient::connect(edge1.rtmp).await;
-    let mut b = SoClient::connect(edge2.rtmp).await;
+    let token = write_token(&c, "room").await;
+    let mut a = SoClient::connect(edge1.rtmp, Some(&token)).await;
+    let mut b = SoClient::connect(edge2.rtmp, None).await;
     a.use_object("room", false).await;
     b.use_object("room", false).await;
     let mut sse = Sse::open(format!("http://{}/shared-objects/room/events", edge2.http)).await;
@@ -191,7 +217,7 @@ async fn a_change_on_one_edge_reaches_the_other_edge_sse_and_later_users() {
     assert_eq!(change["version"], mine.version);
 
     // A client that uses the object later gets the whole state.
-    let mut late = SoClient::connect(edge2.rtmp).await;
+    let mut late = SoClient::connect(edge2.rtmp, None).await;
     late.use_object("room", false).await;
     assert_eq!(late.mirror["room"].get("title"), Some(&s("hello")), "{:?}", late.log);
 
@@ -206,12 +232,19 @@ async fn a_change_on_one_edge_reaches_the_other_edge_sse_and_later_users() {
     // HTTP writes through the edge reach RTMP clients too; If-Match guards them.
     let http = reqwest::Client::new();
     let url = format!("http://{}/shared-objects/room/slots/topic", edge1.http);
-    let res = http.put(&url).json(&json!("news")).send().await.unwrap();
+    let res = http.put(&url).bearer_auth(&token).json(&json!("news")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let version = res.json::<Value>().await.unwrap()["version"].as_u64().unwrap();
     b.until(Duration::from_secs(10), |m| m.events.contains(&SoEvent::Change { key: "topic".into(), value: s("news") }))
         .await;
-    let stale = http.put(&url).header("if-match", (version - 1).to_string()).json(&json!("old")).send().await.unwrap();
+    let stale = http
+        .put(&url)
+        .bearer_auth(&token)
+        .header("if-match", (version - 1).to_string())
+        .json(&json!("old"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stale.status(), 412);
     let now = http.get(format!("http://{}/shared-objects/room", edge2.http)).send().await.unwrap();
     let now: Value = now.json().await.unwrap();
@@ -223,9 +256,10 @@ async fn a_leader_kill_during_writes_loses_no_acknowledged_write_and_subscribers
     let mut c = Cluster::start(3).await;
     let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
     let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
-    let mut writer = SoClient::connect(edge1.rtmp).await;
-    let mut s1 = SoClient::connect(edge1.rtmp).await;
-    let mut s2 = SoClient::connect(edge2.rtmp).await;
+    let token = write_token(&c, "ledger").await;
+    let mut writer = SoClient::connect(edge1.rtmp, Some(&token)).await;
+    let mut s1 = SoClient::connect(edge1.rtmp, None).await;
+    let mut s2 = SoClient::connect(edge2.rtmp, None).await;
     for client in [&mut writer, &mut s1, &mut s2] {
         client.use_object("ledger", true).await;
     }
@@ -307,8 +341,9 @@ async fn conflicting_writes_through_two_edges_converge_on_one_value() {
     let c = Cluster::start(3).await;
     let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
     let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
-    let mut a = SoClient::connect(edge1.rtmp).await;
-    let mut b = SoClient::connect(edge2.rtmp).await;
+    let token = write_token(&c, "score").await;
+    let mut a = SoClient::connect(edge1.rtmp, Some(&token)).await;
+    let mut b = SoClient::connect(edge2.rtmp, Some(&token)).await;
     a.use_object("score", false).await;
     b.use_object("score", false).await;
     let mut sse = Sse::open(format!("http://{}/shared-objects/score/events", edge1.http)).await;
@@ -353,7 +388,8 @@ async fn conflicting_writes_through_two_edges_converge_on_one_value() {
 async fn hostile_shared_object_messages_close_only_their_connection_and_limits_answer_statuses() {
     let c = Cluster::start(3).await;
     let edge = EdgeProc::start(&c, "edge-1", &[]).await;
-    let mut bystander = SoClient::connect(edge.rtmp).await;
+    let token = write_token(&c, "lobby").await;
+    let mut bystander = SoClient::connect(edge.rtmp, None).await;
     bystander.use_object("lobby", false).await;
 
     let valid = shared_object::encode(&SoMessage {
@@ -376,13 +412,13 @@ async fn hostile_shared_object_messages_close_only_their_connection_and_limits_a
         ("invalid AMF", bad_amf),
         ("truncated", truncated),
     ] {
-        let mut hostile = SoClient::connect(edge.rtmp).await;
+        let mut hostile = SoClient::connect(edge.rtmp, Some(&token)).await;
         hostile.rtmp.send_shared_object(Bytes::from(body), false).await.unwrap();
         let closed = tokio::time::timeout(Duration::from_secs(5), hostile.next()).await;
         assert!(matches!(closed, Ok(None)), "{what}: the sender's connection closes");
     }
     // The bystander is still served.
-    let mut writer = SoClient::connect(edge.rtmp).await;
+    let mut writer = SoClient::connect(edge.rtmp, Some(&token)).await;
     writer.use_object("lobby", false).await;
     writer.set("lobby", "after", s("still here")).await;
     bystander
@@ -419,6 +455,7 @@ async fn hostile_shared_object_messages_close_only_their_connection_and_limits_a
     let http = reqwest::Client::new();
     let res = http
         .put(format!("http://{}/shared-objects/lobby/slots/big", edge.http))
+        .bearer_auth(&token)
         .json(&json!("y".repeat(70_000)))
         .send()
         .await
@@ -431,14 +468,18 @@ async fn hostile_shared_object_messages_close_only_their_connection_and_limits_a
 async fn temporary_objects_vanish_after_their_last_user_and_persistent_ones_survive_a_full_restart() {
     let mut c = Cluster::start_with(3, &["--temporary-grace", "1s"]).await;
     let edge = EdgeProc::start(&c, "edge-1", &[]).await;
-    let mut a = SoClient::connect(edge.rtmp).await;
-    let mut b = SoClient::connect(edge.rtmp).await;
+    // Objects a client creates are temporary unless its token says persistent.
+    let temporary = write_token(&c, "tmp").await;
+    let persistent = issue(&c, json!({ "object": "perm", "rights": "write", "persistent": true })).await;
+    let mut a = SoClient::connect(edge.rtmp, Some(&temporary)).await;
+    let mut b = SoClient::connect(edge.rtmp, None).await;
+    let mut p = SoClient::connect(edge.rtmp, Some(&persistent)).await;
     a.use_object("tmp", false).await;
     b.use_object("tmp", false).await;
-    a.use_object("perm", true).await;
+    p.use_object("perm", false).await;
     a.set("tmp", "k", s("v")).await;
-    a.set("perm", "k", s("kept")).await;
-    a.until(Duration::from_secs(10), |m| m.name == "perm" && m.events.contains(&SoEvent::Success { key: "k".into() }))
+    p.set("perm", "k", s("kept")).await;
+    p.until(Duration::from_secs(10), |m| m.name == "perm" && m.events.contains(&SoEvent::Success { key: "k".into() }))
         .await;
     eventually(Duration::from_secs(10), "the temporary object to exist", || c.object(1, "tmp", false)).await;
     // One user left: the object stays.
@@ -453,6 +494,7 @@ async fn temporary_objects_vanish_after_their_last_user_and_persistent_ones_surv
     })
     .await;
     drop(a);
+    drop(p);
     drop(edge);
     // The whole cluster restarts; the persistent object is still there.
     for id in 1..=3 {
@@ -473,4 +515,213 @@ async fn temporary_objects_vanish_after_their_last_user_and_persistent_ones_surv
     })
     .await;
     assert_eq!(status, 404, "the temporary object stays removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_an_edge_need_a_token_for_that_object() {
+    let c = Cluster::start(3).await;
+    let edge = EdgeProc::start(&c, "edge-1", &[]).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/shared-objects", edge.http);
+    // The admin writes a slot; a watcher follows the object.
+    eventually(Duration::from_secs(20), "the admin's write", || async {
+        let (status, _) =
+            c.call(1, Method::PUT, "/shared-objects/chat/slots/topic", Some(&json!("admin's")), &[]).await.ok()?;
+        status.is_success().then_some(())
+    })
+    .await;
+    let mut sse = Sse::open(format!("{base}/chat/events")).await;
+    sse.until(Duration::from_secs(10), |k, d| k == "state" && d["slots"]["topic"] == "admin's").await;
+
+    let chat = write_token(&c, "chat").await;
+    let other = write_token(&c, "other").await;
+    let read_only = issue(&c, json!({ "object": "chat", "rights": "read" })).await;
+    let short = issue(&c, json!({ "object": "chat", "rights": "write", "ttl_secs": 1 })).await;
+    let mut forged = chat.clone();
+    forged.pop();
+    forged.push(if chat.ends_with('A') { 'B' } else { 'A' });
+
+    // No token, a forged one: 401. Another object's token, a read token: 403.
+    let put = |token: Option<&str>| {
+        let mut req = http.put(format!("{base}/chat/slots/topic")).json(&json!("spoofed"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(put(None).await.unwrap().status(), 401);
+    assert_eq!(put(Some(&forged)).await.unwrap().status(), 401);
+    assert_eq!(put(Some("rc1.garbage")).await.unwrap().status(), 401);
+    let res = put(Some(&other)).await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "forbidden");
+    assert_eq!(put(Some(&read_only)).await.unwrap().status(), 403);
+    let del = http.delete(format!("{base}/chat/slots/topic")).send().await.unwrap();
+    assert_eq!(del.status(), 401);
+    let del = http.delete(format!("{base}/chat/slots/topic")).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(del.status(), 403);
+    let spoof = json!({ "handler": "say", "args": ["spoofed"] });
+    let msg = http.post(format!("{base}/chat/messages")).json(&spoof).send().await.unwrap();
+    assert_eq!(msg.status(), 401);
+    let msg = http.post(format!("{base}/chat/messages?token={other}")).json(&spoof).send().await.unwrap();
+    assert_eq!(msg.status(), 403);
+
+    // An expired token is refused like a missing one.
+    let expired_at = Instant::now() + Duration::from_millis(2_100);
+    tokio::time::sleep_until(expired_at.into()).await;
+    let res = put(Some(&short)).await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.text().await.unwrap().contains("expired"));
+
+    // Over RTMP: without a token, and with another object's, a change is refused with a
+    // status and put back; with the object's token it commits.
+    for (token, code) in [(None, "SharedObject.Unauthorized"), (Some(other.as_str()), "SharedObject.Forbidden")] {
+        let mut client = SoClient::connect(edge.rtmp, token).await;
+        client.use_object("chat", false).await;
+        client.set("chat", "topic", s("spoofed")).await;
+        let m = client
+            .until(Duration::from_secs(10), |m| m.events.iter().any(|e| matches!(e, SoEvent::Status { .. })))
+            .await;
+        assert!(m.events.contains(&status_event(code)), "{m:?}");
+        assert!(m.events.contains(&SoEvent::Change { key: "topic".into(), value: s("admin's") }), "put back: {m:?}");
+        client
+            .send("chat", false, vec![SoEvent::SendMessage { handler: "say".into(), args: vec![s("spoofed")] }])
+            .await;
+        client.until(Duration::from_secs(10), |m| m.events.contains(&status_event(code))).await;
+    }
+    let object = c.object(1, "chat", false).await.unwrap();
+    assert_eq!(object["slots"], json!({ "topic": "admin's" }), "nothing unauthorized was applied");
+
+    // With the right token: a broadcast (the watcher's first message event is this one,
+    // so none of the refused ones got through), an HTTP write (also with ?token=) and
+    // an RTMP write.
+    let ok = json!({ "handler": "say", "args": ["hello"] });
+    let msg = http.post(format!("{base}/chat/messages?token={chat}")).json(&ok).send().await.unwrap();
+    assert_eq!(msg.status(), 202);
+    let first = sse.until(Duration::from_secs(10), |k, _| k == "message").await;
+    assert_eq!(first, ok);
+    let res = http.put(format!("{base}/chat/slots/note?token={chat}")).json(&json!("by token")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut writer = SoClient::connect(edge.rtmp, Some(&chat)).await;
+    writer.use_object("chat", false).await;
+    writer.set("chat", "topic", s("client's")).await;
+    writer.until(Duration::from_secs(10), |m| m.events.contains(&SoEvent::Success { key: "topic".into() })).await;
+    // The token for chat does not write other objects over RTMP either.
+    writer.use_object("other", false).await;
+    writer.set("other", "k", s("v")).await;
+    writer.until(Duration::from_secs(10), |m| m.events.contains(&status_event("SharedObject.Forbidden"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_looks_like_a_path_stays_one_object_name() {
+    let c = Cluster::start(3).await;
+    let edge = EdgeProc::start(&c, "edge-1", &[]).await;
+    let name = "../../raft/forward?";
+    let escaped = "..%2F..%2Fraft%2Fforward%3F";
+    let token = write_token(&c, name).await;
+    let http = reqwest::Client::new();
+    // The edge's feed and its broadcast both reach the object of that name (and nothing
+    // else: a message sent to /raft/forward would not come back on this feed).
+    let mut sse = Sse::open(format!("http://{}/shared-objects/{escaped}/events", edge.http)).await;
+    let state = sse.until(Duration::from_secs(10), |k, _| k == "state").await;
+    assert_eq!(state["name"], name);
+    let body = json!({ "handler": "h", "args": [1] });
+    let res = http
+        .post(format!("http://{}/shared-objects/{escaped}/messages", edge.http))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    assert_eq!(sse.until(Duration::from_secs(10), |k, _| k == "message").await, body);
+    let res = http
+        .put(format!("http://{}/shared-objects/{escaped}/slots/{escaped}", edge.http))
+        .bearer_auth(&token)
+        .json(&json!(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, object) = c.call(1, Method::GET, &format!("/shared-objects/{escaped}"), None, &[]).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(object["slots"], json!({ name: 1 }));
+    // A name that is not one is refused before anything is asked of an origin.
+    let res = http.get(format!("http://{}/shared-objects/a%0Ab/events", edge.http)).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_keeps_old_tokens_valid_until_the_old_key_is_dropped() {
+    let c = Cluster::start(3).await;
+    let edge = EdgeProc::start(&c, "edge-1", &[]).await;
+    let http = reqwest::Client::new();
+    let put = |token: String| {
+        http.put(format!("http://{}/shared-objects/rot/slots/k", edge.http)).bearer_auth(token).json(&json!(1)).send()
+    };
+    let first = write_token(&c, "rot").await;
+    assert_eq!(put(first.clone()).await.unwrap().status(), 200);
+    let rotate = || async {
+        let (status, answer) = c.call(1, Method::POST, "/tokens/rotate", None, &[]).await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    assert_eq!(rotate().await["key_ids"], json!([1, 2]));
+    // A token of the new key verifies at once (the edge fetches the key it lacks)…
+    let second = write_token(&c, "rot").await;
+    assert_ne!(first, second);
+    assert_eq!(put(second.clone()).await.unwrap().status(), 200);
+    // …and the old one still does.
+    assert_eq!(put(first.clone()).await.unwrap().status(), 200);
+    // The next rotation drops the first key: its tokens stop verifying (within the
+    // edge's key cache age); the second key's still verify.
+    assert_eq!(rotate().await["key_ids"], json!([2, 3]));
+    eventually(Duration::from_secs(15), "the dropped key's token to be refused", || async {
+        (put(first.clone()).await.ok()?.status() == 401).then_some(())
+    })
+    .await;
+    assert_eq!(put(second).await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_a_client_while_the_admin_still_writes_and_objects_can_be_deleted() {
+    let c = Cluster::start(3).await;
+    let edge = EdgeProc::start(&c, "edge-1", &[]).await;
+    let http = reqwest::Client::new();
+    let token = issue(
+        &c,
+        json!({ "object_prefix": "q-", "rights": "write", "subject": "greedy", "persistent": true,
+                "quota": { "objects": 1, "slots": 2, "bytes": 1000 } }),
+    )
+    .await;
+    let put = |object: &str, slot: &str, value: Value| {
+        http.put(format!("http://{}/shared-objects/{object}/slots/{slot}", edge.http))
+            .bearer_auth(&token)
+            .json(&value)
+            .send()
+    };
+    assert_eq!(put("q-a", "x", json!(1)).await.unwrap().status(), 200);
+    assert_eq!(put("q-a", "y", json!(2)).await.unwrap().status(), 200);
+    for (object, slot, value, what) in [
+        ("q-a", "z", json!(3), "a third slot"),
+        ("q-b", "x", json!(1), "a second object"),
+        ("q-a", "x", json!("v".repeat(2000)), "more bytes"),
+    ] {
+        let res = put(object, slot, value).await.unwrap();
+        assert_eq!(res.status(), 403, "{what}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "quota_exceeded", "{what}");
+    }
+    // The admin is not bound by the client's quota.
+    let (status, _) = c.call(1, Method::PUT, "/shared-objects/q-a/slots/z", Some(&json!(3)), &[]).await.unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = c.call(1, Method::PUT, "/shared-objects/q-admin/slots/x", Some(&json!(1)), &[]).await.unwrap();
+    assert_eq!(status, 200);
+    // Deleting the client's object (admin API) gives its quota back.
+    let (status, _) = c.call(1, Method::DELETE, "/shared-objects/q-a", None, &[]).await.unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = c.call(1, Method::GET, "/shared-objects/q-a", None, &[]).await.unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = c.call(1, Method::DELETE, "/shared-objects/q-a", None, &[]).await.unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(put("q-b", "x", json!(1)).await.unwrap().status(), 200);
 }

@@ -324,3 +324,23 @@ pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String
     let stream = futures::StreamExt::take_until(stream, async move { shutdown.cancelled().await });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftcast_raft::token::TokenError;
+
+    #[test]
+    fn refusals_map_to_their_statuses() {
+        let overloaded = written(Err(WriteError::Overloaded("behind".into())));
+        assert_eq!(overloaded.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(overloaded.headers()[header::RETRY_AFTER], "1");
+        let quota = written(Err(WriteError::Rejected(Rejection::QuotaExceeded { what: "x".into() })));
+        assert_eq!(quota.status(), StatusCode::FORBIDDEN);
+        assert_eq!(denied(&AuthError::Missing).status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(denied(&AuthError::Invalid(TokenError::Expired)).status(), StatusCode::UNAUTHORIZED);
+        let forbidden = AuthError::Forbidden { object: "a".into(), rights: "writes" };
+        assert_eq!(denied(&forbidden).status(), StatusCode::FORBIDDEN);
+        assert_eq!(too_many(TooManyObjects(2)).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

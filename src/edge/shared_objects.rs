@@ -192,6 +192,15 @@ impl SharedObjects {
         }
     }
 
+    /// The same registry with at most `n` objects in use (instead of
+    /// [`MAX_EDGE_OBJECTS`]); only right after [`new`](Self::new).
+    pub fn with_max_objects(mut self, n: usize) -> Self {
+        if let Some(registry) = Arc::get_mut(&mut self.inner) {
+            registry.max_objects = n;
+        }
+        self
+    }
+
     /// The claims of `token` when it allows `rights` on `object` (verified locally).
     pub async fn authorize(
         &self,
@@ -526,6 +535,25 @@ mod tests {
         assert!(parse_event("change", r#"{"version":5}"#).is_err());
         assert!(parse_event("state", "not json").is_err());
         assert_eq!(parse_event("other", "{}"), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_new_objects_are_refused_and_those_in_use_carry_on() {
+        let secret = ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
+        let control = Control::new(Vec::new(), secret.clone(), Duration::from_secs(1)).unwrap();
+        let objects = SharedObjects::new(Vec::new(), secret, control, CancellationToken::new()).with_max_objects(2);
+        let name = |s: &str| ObjectName::parse("object name", s).unwrap();
+        let a = objects.subscribe(&name("a")).unwrap();
+        let _b = objects.subscribe(&name("b")).unwrap();
+        assert_eq!(objects.subscribe(&name("c")).err(), Some(TooManyObjects(2)));
+        // An object already in use takes more subscribers.
+        let _a2 = objects.subscribe(&name("a")).unwrap();
+        assert_eq!(objects.in_use(), 2);
+        // Once an object is released, a new one fits.
+        drop(a);
+        assert!(objects.subscribe(&name("c")).is_err(), "a is still used by a2");
+        drop(_a2);
+        assert!(objects.subscribe(&name("c")).is_ok());
     }
 
     #[tokio::test]

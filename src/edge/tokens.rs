@@ -1,7 +1,9 @@
 //! Token verification on the edge: checks a client's shared-object token locally with
 //! the cluster's signing keys, fetched from any origin over the cluster-secret channel
 //! and cached. A token naming a key this edge does not know triggers one refetch (at
-//! most one per [`REFETCH_EVERY`], however many clients present such tokens).
+//! most one per [`REFETCH_EVERY`], however many clients present such tokens), and keys
+//! older than [`KEYS_MAX_AGE`] are refetched before use, so a key a rotation dropped
+//! stops verifying here within that time.
 //!
 //! Knows nothing of HTTP routes or RTMP: callers pass the token string they found.
 
@@ -15,6 +17,8 @@ use raftcast_raft::token::{self, Claims, Rights, TokenError, TokenKey, TokenKeys
 /// Least time between two fetches of the keys (a flood of tokens naming unknown keys
 /// costs the origins one request per this interval).
 pub const REFETCH_EVERY: Duration = Duration::from_secs(1);
+/// Cached keys older than this are fetched again before they verify a token.
+pub const KEYS_MAX_AGE: Duration = Duration::from_secs(5);
 /// One key fetch at one origin may take this long.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest key answer accepted from an origin.
@@ -44,7 +48,8 @@ struct Inner {
     http: reqwest::Client,
     origins: Arc<[SocketAddr]>,
     secret: ClusterSecret,
-    keys: Mutex<TokenKeys>,
+    /// The keys and when they were fetched (`None`: never).
+    keys: Mutex<(TokenKeys, Option<Instant>)>,
     /// Serializes fetches; holds when the last one started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -69,9 +74,16 @@ impl Verifier {
     /// The claims of `token` when it allows `rights` on `object`.
     pub async fn authorize(&self, token: Option<&str>, object: &str, rights: Rights) -> Result<Claims, AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
+        if token.len() > token::MAX_TOKEN_LEN {
+            return Err(AuthError::Invalid(TokenError::Malformed("too long")));
+        }
+        let fetched = self.fetched_at();
+        if fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE) {
+            self.refetch(fetched).await;
+        }
         let claims = match self.verify(token) {
             Err(TokenError::UnknownKey(_)) => {
-                self.refetch().await;
+                self.refetch(self.fetched_at()).await;
                 self.verify(token)
             }
             other => other,
@@ -84,22 +96,33 @@ impl Verifier {
         Ok(claims)
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let keys = self.inner.keys.lock().unwrap_or_else(|p| p.into_inner());
-        token::verify(token, &keys, now_secs())
+    /// When the cached keys were fetched.
+    fn fetched_at(&self) -> Option<Instant> {
+        self.inner.keys.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
-    /// Fetches the keys again unless a fetch started within [`REFETCH_EVERY`].
-    async fn refetch(&self) {
+    fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let keys = self.inner.keys.lock().unwrap_or_else(|p| p.into_inner());
+        token::verify(token, &keys.0, now_secs())
+    }
+
+    /// Fetches the keys again, unless they changed since the caller saw them fetched at
+    /// `seen` (another request fetched them meanwhile). Fetches start at least
+    /// [`REFETCH_EVERY`] apart: a caller waits for its turn, and callers waiting
+    /// together share one fetch.
+    async fn refetch(&self, seen: Option<Instant>) {
         let mut last = self.inner.fetching.lock().await;
-        if last.is_some_and(|t| t.elapsed() < REFETCH_EVERY) {
+        if self.fetched_at() != seen {
             return;
+        }
+        if let Some(t) = *last {
+            tokio::time::sleep_until((t + REFETCH_EVERY).into()).await;
         }
         *last = Some(Instant::now());
         for origin in self.inner.origins.iter() {
             match self.fetch_from(*origin).await {
                 Ok(keys) => {
-                    *self.inner.keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+                    *self.inner.keys.lock().unwrap_or_else(|p| p.into_inner()) = (keys, Some(Instant::now()));
                     return;
                 }
                 Err(e) => tracing::debug!(%origin, error = %e, "could not fetch token keys"),
