@@ -159,8 +159,14 @@ start() {
   echo "  -c:v libx264 -preset ultrafast -tune zerolatency -g 60 -c:a aac -f flv $pub"
   echo "# watch it through edge-$last:"
   echo "ffplay -rw_timeout 5000000 $play2"
-  echo "# or open the interactive webcast page (examples/webcast) in a browser:"
-  echo "http://$(edge_http_addr 1)/webcast/?stream=live/test"
+  # The webcast page writes its chat and poll with a token for exactly that stream's
+  # objects (webcast/live/test/…); without one the page is read-only.
+  local webcast_token
+  webcast_token=$(ctl tokens sign --object-prefix webcast/live/test/ --write --persistent \
+    --subject webcast-live-test --ttl 86400) || die "could not sign a webcast token"
+  echo "# or open the interactive webcast page (examples/webcast) in a browser (its write token"
+  echo "# is valid for 24 h; sign another with: ctl tokens sign --object-prefix webcast/live/test/ --write):"
+  echo "http://$(edge_http_addr 1)/webcast/?stream=live/test&token=$webcast_token"
   echo
   echo "logs:    $DATA/logs/"
   echo "secrets: $DATA/cluster-secret, $DATA/admin-token"

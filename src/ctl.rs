@@ -64,6 +64,9 @@ enum CtlCommand {
     /// Publish keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Shared-object access tokens for clients of the edges.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
     /// Pin rules: new streams of APP whose name matches PATTERN go to one origin
     /// (while it is a live voter). Lists the rules without a subcommand.
     Pins {
@@ -104,6 +107,40 @@ enum SoCommand {
     },
     /// Follow an object's changes (Server-Sent Events) until interrupted.
     Watch { name: String },
+    /// Remove a whole object (its subscribers see it removed).
+    Delete {
+        name: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Print a signed token for one object (--object) or every object whose name starts
+    /// with a prefix (--object-prefix), to read (--read) or write (--write).
+    Sign {
+        #[arg(long, conflicts_with = "object_prefix", required_unless_present = "object_prefix")]
+        object: Option<String>,
+        #[arg(long)]
+        object_prefix: Option<String>,
+        #[arg(long, conflicts_with = "write", required_unless_present = "write")]
+        read: bool,
+        #[arg(long)]
+        write: bool,
+        /// Lifetime in seconds (default 3600).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Who the quota is charged to (default: a fresh id per token).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Objects this token creates outlive their subscribers.
+        #[arg(long)]
+        persistent: bool,
+    },
+    /// Sign new tokens with a new key; the previous key still verifies until the next
+    /// rotation drops it.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +345,28 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 println!("publishing to {app} {} a key", if off { "no longer requires" } else { "now requires" })
             });
         }
+        CtlCommand::Tokens(TokensCommand::Sign { object, object_prefix, read, write: _, ttl, subject, persistent }) => {
+            let mut body = json!({ "rights": if read { "read" } else { "write" }, "persistent": persistent });
+            let extra = [
+                ("object", object.map(Value::from)),
+                ("object_prefix", object_prefix.map(Value::from)),
+                ("ttl_secs", ttl.map(Value::from)),
+                ("subject", subject.map(Value::from)),
+            ];
+            for (k, v) in extra {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            let out = client.call(Method::POST, "/tokens", Some(&body), &[]).await?;
+            print(json_mode, &out, |v| println!("{}", v["token"].as_str().unwrap_or("?")));
+        }
+        CtlCommand::Tokens(TokensCommand::Rotate) => {
+            let out = client.call(Method::POST, "/tokens/rotate", None, &[]).await?;
+            print(json_mode, &out, |v| {
+                println!("new tokens are signed with key {}; keys kept: {}", v["key_id"], v["key_ids"])
+            });
+        }
         CtlCommand::Pins { command } => {
             pins(&client, json_mode, command.unwrap_or(PinsCommand::List { stale: false })).await?
         }
@@ -437,6 +496,11 @@ async fn so(client: &Client, json_mode: bool, cmd: SoCommand) -> Result<(), CtlE
             let path = format!("/shared-objects/{}/slots/{}", enc(&name), enc(&slot));
             let out = client.call(Method::DELETE, &path, None, &headers).await?;
             print(json_mode, &out, |v| println!("{name} is now at version {}", v["version"]));
+        }
+        SoCommand::Delete { name, if_version } => {
+            let headers: Vec<(&str, String)> = if_version.map(|v| ("if-match", v.to_string())).into_iter().collect();
+            let out = client.call(Method::DELETE, &format!("/shared-objects/{}", enc(&name)), None, &headers).await?;
+            print(json_mode, &out, |_| println!("{name} removed"));
         }
         SoCommand::Watch { name } => {
             use futures::StreamExt;

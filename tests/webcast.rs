@@ -1,8 +1,9 @@
 //! The interactive-webcast example page (`examples/webcast`) end to end: three origins,
 //! two edges serving it with `--www`, ffmpeg publishing `live/test` through edge-1, and
 //! `examples/webcast/test/chat.mjs` driving two headless Chromium pages, one on each
-//! edge's HTTP port: chat both ways, a poll both pages vote in, a broadcast reaction,
-//! and HTTP-FLV video whose time advances.
+//! edge's HTTP port, both opened with a write token for the stream's webcast objects
+//! (`webcast/live/test/…`): chat both ways, a poll both pages vote in, a broadcast
+//! reaction, and HTTP-FLV video whose time advances.
 //!
 //! Artifacts: screenshots of both pages are kept in `target/test-artifacts/webcast/`
 //! (under `$CARGO_TARGET_DIR` when set): `edge-a.png` and `edge-b.png`, or
@@ -85,13 +86,23 @@ async fn two_pages_on_two_edges_chat_vote_and_play_through_the_webcast_page() {
     })
     .await;
 
+    // The page's write token, as `scripts/bootstrap.sh start` prints it in its URL.
+    let body = serde_json::json!({
+        "object_prefix": "webcast/live/test/", "rights": "write", "persistent": true, "subject": "webcast",
+    });
+    let token = eventually(Duration::from_secs(20), "a webcast token", || async {
+        let (s, v) = c.call(1, Method::POST, "/tokens", Some(&body), &[]).await.ok()?;
+        v["token"].as_str().filter(|_| s.is_success()).map(str::to_owned)
+    })
+    .await;
+
     let started = Instant::now();
     let run = tokio::process::Command::new("node")
         .arg("test/chat.mjs")
         .args([format!("http://{}", edge1.http), format!("http://{}", edge2.http)])
         .arg("--out")
         .arg(&out)
-        .args(["--stream", "live/test"])
+        .args(["--stream", "live/test", "--token", &token])
         .current_dir(www())
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -107,8 +118,12 @@ async fn two_pages_on_two_edges_chat_vote_and_play_through_the_webcast_page() {
     assert!(output.status.success(), "the webcast page test failed ({}):\n{stderr}", output.status);
 
     // What the pages wrote is in the cluster, read back through the edges' API.
-    let chat: Value =
-        reqwest::get(format!("http://{}/shared-objects/webcast-chat", edge2.http)).await.unwrap().json().await.unwrap();
+    let chat: Value = reqwest::get(format!("http://{}/shared-objects/webcast%2Flive%2Ftest%2Fchat", edge2.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let authors: Vec<&str> = chat["slots"]
         .as_object()
         .expect("chat slots")
@@ -117,8 +132,12 @@ async fn two_pages_on_two_edges_chat_vote_and_play_through_the_webcast_page() {
         .filter_map(|(_, m)| m["from"].as_str())
         .collect();
     assert!(authors.contains(&"Alice") && authors.contains(&"Bob"), "{chat}");
-    let poll: Value =
-        reqwest::get(format!("http://{}/shared-objects/webcast-poll", edge1.http)).await.unwrap().json().await.unwrap();
+    let poll: Value = reqwest::get(format!("http://{}/shared-objects/webcast%2Flive%2Ftest%2Fpoll", edge1.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = poll["slots"]["poll"]["id"].as_str().unwrap_or_else(|| panic!("no poll in {poll}"));
     let votes: Vec<&Value> = poll["slots"]
         .as_object()

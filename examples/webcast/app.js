@@ -4,14 +4,16 @@
 // at /webcast/ (`raftcast edge --www examples/webcast`).
 //
 // Conflict-free by design: every write touches a slot only its author writes.
-//   webcast-chat: one slot per message, `m-<ms, 13 digits>-<random>` → {from, text, at}
-//   webcast-poll: `poll` → {id, question, options}; one slot per voter,
-//                 `v-<voterId>` → {poll: id, option: index}
+//   webcast/<stream>/chat: one slot per message, `m-<ms, 13 digits>-<random>` → {from, text, at}
+//   webcast/<stream>/poll: `poll` → {id, question, options}; one slot per voter,
+//                          `v-<voterId>` → {poll: id, option: index}
+//
+// Writes need a write token for those objects, which the page takes from its URL
+// (`?token=…`, e.g. from `raftcast ctl tokens sign --object-prefix webcast/live/test/
+// --write`); without one the page is read-only: it shows the chat and the poll live.
 'use strict';
 
 (() => {
-  const CHAT = 'webcast-chat';
-  const POLL = 'webcast-poll';
   /** Chat messages kept; whoever posts past it deletes the oldest ones. */
   const MAX_CHAT = 200;
   /** Reconnect delays (ms) after an event stream fails for good (e.g. a 503). */
@@ -20,6 +22,10 @@
 
   const params = new URLSearchParams(location.search);
   const stream = (params.get('stream') || 'live/test').replace(/^\/+|\.flv$/g, '');
+  const CHAT = `webcast/${stream}/chat`;
+  const POLL = `webcast/${stream}/poll`;
+  /** The write token from the page's URL; none: read-only. */
+  const token = params.get('token') || '';
   const $ = (id) => document.getElementById(id);
 
   function randomId(n) {
@@ -54,6 +60,7 @@
 
   async function call(method, path, body, headers = {}) {
     const init = { method, headers: { ...headers } };
+    if (token) init.headers.Authorization = 'Bearer ' + token;
     if (body !== undefined) {
       init.headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);
@@ -62,7 +69,8 @@
     let json = null;
     try { json = await res.json(); } catch { /* empty body */ }
     if (!res.ok) {
-      const message = (json && json.error && json.error.message) || res.statusText;
+      let message = (json && json.error && json.error.message) || res.statusText;
+      if (res.status === 401) message = 'this page is read-only: open it with a write token (?token=…)';
       const err = new Error(`${method} ${path}: ${res.status} ${message}`);
       err.status = res.status;
       err.code = json && json.error && json.error.code;

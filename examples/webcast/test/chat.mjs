@@ -2,7 +2,10 @@
 // edge, see each other's chat messages, votes and reactions through shared objects,
 // and play the live stream over HTTP-FLV.
 //
-//   node test/chat.mjs EDGE_A EDGE_B [--out DIR] [--stream APP/NAME] [--no-video]
+//   node test/chat.mjs EDGE_A EDGE_B [--out DIR] [--stream APP/NAME] [--token T] [--no-video]
+//
+// --token is a write token for the stream's webcast objects (`webcast/APP/NAME/…`);
+// the pages get it in their URL.
 //
 // EDGE_A/EDGE_B are base URLs (http://127.0.0.1:8081) or host:port; they default to
 // $WEBCAST_EDGE_A and $WEBCAST_EDGE_B. Screenshots go to --out ($WEBCAST_OUT, default
@@ -24,18 +27,20 @@ function parseArgs(argv) {
     edges: [],
     out: process.env.WEBCAST_OUT || 'webcast-screenshots',
     stream: process.env.WEBCAST_STREAM || 'live/test',
+    token: process.env.WEBCAST_TOKEN || '',
     video: process.env.WEBCAST_NO_VIDEO ? false : true,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--out') opts.out = argv[++i];
     else if (a === '--stream') opts.stream = argv[++i];
+    else if (a === '--token') opts.token = argv[++i];
     else if (a === '--no-video') opts.video = false;
     else if (a.startsWith('--')) fail(`unknown option ${a}`);
     else opts.edges.push(a);
   }
   if (opts.edges.length === 0) opts.edges = [process.env.WEBCAST_EDGE_A, process.env.WEBCAST_EDGE_B].filter(Boolean);
-  if (opts.edges.length !== 2) fail('usage: node test/chat.mjs EDGE_A EDGE_B [--out DIR] [--stream APP/NAME] [--no-video]');
+  if (opts.edges.length !== 2) fail('usage: node test/chat.mjs EDGE_A EDGE_B [--out DIR] [--stream APP/NAME] [--token T] [--no-video]');
   opts.edges = opts.edges.map((e) => (/^https?:\/\//.test(e) ? e : `http://${e}`).replace(/\/+$/, ''));
   return opts;
 }
@@ -65,7 +70,8 @@ async function openPage(browser, label, edge, opts, name) {
   page.problems = [];
   page.on('console', (m) => { if (m.type() === 'error') page.problems.push(`console: ${m.text()}`); });
   page.on('pageerror', (e) => page.problems.push(`page error: ${e.message}`));
-  const url = `${edge}/webcast/?stream=${encodeURIComponent(opts.stream)}&name=${encodeURIComponent(name)}`;
+  const url = `${edge}/webcast/?stream=${encodeURIComponent(opts.stream)}&name=${encodeURIComponent(name)}`
+    + (opts.token ? `&token=${encodeURIComponent(opts.token)}` : '');
   const res = await page.goto(url, { timeout: STEP_MS, waitUntil: 'load' }).catch((e) => {
     throw new Error(`${page.label}: could not load ${url}: ${e.message.split('\n')[0]}`);
   });
