@@ -112,6 +112,22 @@ fn bootstrap_starts_three_voters_and_two_edges_restarts_the_dead_and_stops_clean
     assert!(out.contains(&format!("rtmp://127.0.0.1:{rtmp2}/live/test")), "{out}");
     assert!(out.contains(&format!("http://127.0.0.1:{http2}/live/test.flv")), "{out}");
     assert!(out.contains("ffmpeg -nostdin -re") && out.contains("ffplay"), "{out}");
+    // The webcast URL carries a write token for that stream's objects.
+    let webcast = out.lines().find(|l| l.contains("/webcast/?stream=live/test&token=rc1.")).expect(&out);
+    let token = webcast.split("token=").nth(1).unwrap().trim();
+    let edge_http = webcast.trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    let put = |object: &str| {
+        let url = format!("http://{edge_http}/shared-objects/{object}/slots/k");
+        let auth = format!("Authorization: Bearer {token}");
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", &auth])
+            .args(["-H", "content-type: application/json", "--data", "1", &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(put("webcast%2Flive%2Ftest%2Fchat"), "200");
+    assert_eq!(put("webcast%2Flive%2Fother%2Fchat"), "403");
     for port in [base + 15, http2] {
         let health = Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/health")]).output().unwrap();
         assert!(health.status.success(), "edge on {port} does not serve /health");
