@@ -137,6 +137,15 @@ enum TokensCommand {
         /// Objects this token creates outlive their subscribers.
         #[arg(long)]
         persistent: bool,
+        /// Quota of the subject: objects it may create (default 16)…
+        #[arg(long)]
+        quota_objects: Option<u32>,
+        /// …slots over those objects (default 1024)…
+        #[arg(long)]
+        quota_slots: Option<u32>,
+        /// …and bytes (default 1 MiB).
+        #[arg(long)]
+        quota_bytes: Option<u64>,
     },
     /// Sign new tokens with a new key; the previous key still verifies until the next
     /// rotation drops it.
@@ -345,8 +354,27 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 println!("publishing to {app} {} a key", if off { "no longer requires" } else { "now requires" })
             });
         }
-        CtlCommand::Tokens(TokensCommand::Sign { object, object_prefix, read, write: _, ttl, subject, persistent }) => {
+        CtlCommand::Tokens(TokensCommand::Sign {
+            object,
+            object_prefix,
+            read,
+            write: _,
+            ttl,
+            subject,
+            persistent,
+            quota_objects,
+            quota_slots,
+            quota_bytes,
+        }) => {
             let mut body = json!({ "rights": if read { "read" } else { "write" }, "persistent": persistent });
+            if quota_objects.is_some() || quota_slots.is_some() || quota_bytes.is_some() {
+                let d = raftcast_raft::token::DEFAULT_QUOTA;
+                body["quota"] = json!({
+                    "objects": quota_objects.unwrap_or(d.objects),
+                    "slots": quota_slots.unwrap_or(d.slots),
+                    "bytes": quota_bytes.unwrap_or(d.bytes),
+                });
+            }
             let extra = [
                 ("object", object.map(Value::from)),
                 ("object_prefix", object_prefix.map(Value::from)),

@@ -5,7 +5,9 @@
 //! its own object (cluster-wide).
 //!
 //! Every writer is one RTMP connection; the edge allows each connection 50 messages
-//! per second, so writers × 50 bounds the offered rate.
+//! per second, so writers × 50 bounds the offered rate. Writers pass `--token` (a write
+//! token covering the object names, e.g. `ctl tokens sign --object-prefix bench-so
+//! --write`) on their connect URL.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +46,9 @@ pub struct SoRtmpArgs {
     /// Object name (prefix, with --spread).
     #[arg(long, default_value = "bench-so")]
     object: String,
+    /// Write token for the objects (`ctl tokens sign --object-prefix bench-so --write`).
+    #[arg(long, env = "RAFTCAST_SO_TOKEN")]
+    token: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,8 +124,9 @@ pub async fn run(args: SoRtmpArgs) -> anyhow::Result<String> {
     for i in 0..args.writers {
         let name = objects[i % objects.len()].clone();
         let (addr, rate, sent) = (args.writer, args.rate, sent.clone());
+        let app = format!("live?token={}", args.token);
         writers.push(tokio::spawn(async move {
-            let mut client = RtmpClient::connect(addr, "live").await?;
+            let mut client = RtmpClient::connect(addr, &app).await?;
             use_object(&mut client, &name).await?;
             let slot = format!("w{i}");
             let every = Duration::from_secs_f64(1.0 / rate);

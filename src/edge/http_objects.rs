@@ -50,8 +50,8 @@ impl IntoResponse for Refusal {
 }
 
 /// `name` validated once, at this boundary.
-fn check(what: &'static str, name: &str) -> Result<ObjectName, Response> {
-    ObjectName::parse(what, name).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
+fn check(what: &'static str, name: &str) -> Result<ObjectName, Refusal> {
+    ObjectName::parse(what, name).map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
 }
 
 /// The claims of the request's token when it may write `name`.
@@ -127,7 +127,7 @@ fn unavailable() -> Response {
 pub async fn get(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>) -> Response {
     let name = match check("object name", &name) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut sub = match ctx.objects.subscribe(&name) {
         Ok(sub) => sub,
@@ -191,11 +191,11 @@ pub async fn put_slot(
 ) -> Response {
     let (name, slot) = match check("object name", &name).and_then(|n| Ok((n, check("slot name", &slot)?))) {
         Ok(names) => names,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let claims = match authorize(&ctx, &headers, query.as_deref(), &name).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let if_version = match if_match(&headers) {
         Ok(v) => v,
@@ -235,11 +235,11 @@ pub async fn delete_slot(
 ) -> Response {
     let (name, slot) = match check("object name", &name).and_then(|n| Ok((n, check("slot name", &slot)?))) {
         Ok(names) => names,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let claims = match authorize(&ctx, &headers, query.as_deref(), &name).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match if_match(&headers) {
         Ok(if_version) => written(ctx.objects.delete(&claims, &name, &slot, if_version).await),
@@ -258,7 +258,7 @@ pub async fn post_message(
 ) -> Response {
     let name = match check("object name", &name) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Err(r) = authorize(&ctx, &headers, query.as_deref(), &name).await {
         return r;
@@ -286,7 +286,7 @@ pub async fn post_message(
 pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>) -> Response {
     let name = match check("object name", &name) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     // The response starts at once; when this edge does not know the object yet, its
     // `state` event follows as soon as the feed delivers it.
