@@ -724,4 +724,30 @@ async fn quotas_refuse_a_client_while_the_admin_still_writes_and_objects_can_be_
     let (status, _) = c.call(1, Method::DELETE, "/shared-objects/q-a", None, &[]).await.unwrap();
     assert_eq!(status, 404);
     assert_eq!(put("q-b", "x", json!(1)).await.unwrap().status(), 200);
+
+    // The same through `raftcast ctl`: a token it signs writes, `so delete` removes.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(["ctl", "--origin", &c.http(1).to_string()])
+            .args(args)
+            .env("RAFTCAST_ADMIN_TOKEN", &c.token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let signed = ctl(&["tokens", "sign", "--object", "q-ctl", "--write", "--ttl", "60", "--quota-objects", "1"]);
+    assert!(signed.starts_with("rc1."), "{signed}");
+    let res = http
+        .put(format!("http://{}/shared-objects/q-ctl/slots/k", edge.http))
+        .bearer_auth(&signed)
+        .json(&json!(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    ctl(&["so", "delete", "q-ctl"]);
+    let (status, _) = c.call(1, Method::GET, "/shared-objects/q-ctl", None, &[]).await.unwrap();
+    assert_eq!(status, 404);
+    assert!(ctl(&["tokens", "rotate"]).contains("keys kept"));
 }

@@ -548,6 +548,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refused_writes_get_their_status_codes() {
+        assert_eq!(error_code(&WriteError::Overloaded("behind".into())), "SharedObject.Overloaded");
+        assert_eq!(error_code(&WriteError::Denied(AuthError::Missing)), "SharedObject.Unauthorized");
+        let forbidden = AuthError::Forbidden { object: "a".into(), rights: "writes" };
+        assert_eq!(error_code(&WriteError::Denied(forbidden)), "SharedObject.Forbidden");
+        let quota = WriteError::Rejected(Rejection::QuotaExceeded { what: "x".into() });
+        assert_eq!(error_code(&quota), "SharedObject.QuotaExceeded");
+    }
+
+    #[test]
     fn values_convert_both_ways() {
         let amf = Amf0Value::Object(vec![
             ("n".into(), Amf0Value::Number(2.5)),
