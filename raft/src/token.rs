@@ -273,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn hmac_matches_rfc_4231_case_2_shape() {
+    fn hmac_matches_rfc_4231_test_case_2() {
         // RFC 4231 test case 2 uses a 4-byte key; ours are 32 bytes. Check against the
         // definition with a key of "Jefe" zero-padded to 32 bytes, which HMAC treats
         // the same as "Jefe" (keys are zero-padded to the block size).
