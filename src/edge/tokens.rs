@@ -38,6 +38,17 @@ pub enum AuthError {
     Forbidden { object: String, rights: &'static str },
 }
 
+/// The keys as last fetched.
+#[derive(Default)]
+struct KeyCache {
+    keys: TokenKeys,
+    /// When they were fetched (`None`: never).
+    fetched: Option<Instant>,
+    /// Fetch attempts so far, successful or not: callers that waited for a fetch see
+    /// it change and do not start another.
+    attempts: u64,
+}
+
 /// Verifies tokens with cached keys. Cheap to clone.
 #[derive(Clone)]
 pub struct Verifier {
@@ -48,8 +59,7 @@ struct Inner {
     http: reqwest::Client,
     origins: Arc<[SocketAddr]>,
     secret: ClusterSecret,
-    /// The keys and when they were fetched (`None`: never).
-    keys: Mutex<(TokenKeys, Option<Instant>)>,
+    keys: Mutex<KeyCache>,
     /// Serializes fetches; holds when the last one started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -77,13 +87,13 @@ impl Verifier {
         if token.len() > token::MAX_TOKEN_LEN {
             return Err(AuthError::Invalid(TokenError::Malformed("too long")));
         }
-        let fetched = self.fetched_at();
+        let (fetched, attempts) = self.cache(|c| (c.fetched, c.attempts));
         if fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE) {
-            self.refetch(fetched).await;
+            self.refetch(attempts).await;
         }
         let claims = match self.verify(token) {
             Err(TokenError::UnknownKey(_)) => {
-                self.refetch(self.fetched_at()).await;
+                self.refetch(self.cache(|c| c.attempts)).await;
                 self.verify(token)
             }
             other => other,
@@ -96,38 +106,45 @@ impl Verifier {
         Ok(claims)
     }
 
-    /// When the cached keys were fetched.
-    fn fetched_at(&self) -> Option<Instant> {
-        self.inner.keys.lock().unwrap_or_else(|p| p.into_inner()).1
+    fn cache<T>(&self, f: impl FnOnce(&mut KeyCache) -> T) -> T {
+        f(&mut self.inner.keys.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let keys = self.inner.keys.lock().unwrap_or_else(|p| p.into_inner());
-        token::verify(token, &keys.0, now_secs())
+        self.cache(|c| token::verify(token, &c.keys, now_secs()))
     }
 
-    /// Fetches the keys again, unless they changed since the caller saw them fetched at
-    /// `seen` (another request fetched them meanwhile). Fetches start at least
-    /// [`REFETCH_EVERY`] apart: a caller waits for its turn, and callers waiting
-    /// together share one fetch.
-    async fn refetch(&self, seen: Option<Instant>) {
+    /// Fetches the keys again, unless a fetch was attempted since the caller saw
+    /// `attempts` (it waited for that one). Fetches start at least [`REFETCH_EVERY`]
+    /// apart: a caller waits for its turn, and callers waiting together share one
+    /// fetch, successful or not — so unreachable origins cost one try a second, not
+    /// one per request.
+    async fn refetch(&self, attempts: u64) {
         let mut last = self.inner.fetching.lock().await;
-        if self.fetched_at() != seen {
+        if self.cache(|c| c.attempts) != attempts {
             return;
         }
         if let Some(t) = *last {
             tokio::time::sleep_until((t + REFETCH_EVERY).into()).await;
         }
         *last = Some(Instant::now());
+        let mut fetched = None;
         for origin in self.inner.origins.iter() {
             match self.fetch_from(*origin).await {
                 Ok(keys) => {
-                    *self.inner.keys.lock().unwrap_or_else(|p| p.into_inner()) = (keys, Some(Instant::now()));
-                    return;
+                    fetched = Some(keys);
+                    break;
                 }
                 Err(e) => tracing::debug!(%origin, error = %e, "could not fetch token keys"),
             }
         }
+        self.cache(|c| {
+            c.attempts += 1;
+            if let Some(keys) = fetched {
+                c.keys = keys;
+                c.fetched = Some(Instant::now());
+            }
+        });
     }
 
     async fn fetch_from(&self, origin: SocketAddr) -> Result<TokenKeys, String> {
@@ -183,6 +200,37 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_waiting_for_keys_share_fetches_even_when_origins_are_unreachable() {
+        // A port nobody listens on: every fetch fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let secret = ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
+        let verifier = Verifier::new(reqwest::Client::new(), vec![closed].into(), secret);
+        let claims = Claims {
+            key_id: 9,
+            object: Some("o".into()),
+            object_prefix: None,
+            rights: Rights::Write,
+            expires_at: u64::MAX,
+            subject: "s".into(),
+            quota: token::DEFAULT_QUOTA,
+            persistent: false,
+        };
+        let forged = token::sign(&claims, &TokenKey([1; 32]));
+        let started = Instant::now();
+        let calls = (0..20).map(|_| {
+            let (verifier, forged) = (verifier.clone(), forged.clone());
+            tokio::spawn(async move { verifier.authorize(Some(&forged), "o", Rights::Write).await })
+        });
+        for result in futures::future::join_all(calls).await {
+            assert_eq!(result.unwrap(), Err(AuthError::Invalid(TokenError::UnknownKey(9))));
+        }
+        // One fetch for the first use and one for the unknown key, a second apart,
+        // shared by all 20 (one each would take 20 s or more).
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(verifier.cache(|c| c.attempts) <= 3);
+    }
 
     #[test]
     fn tokens_come_from_the_header_or_the_query() {
