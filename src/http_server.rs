@@ -177,3 +177,35 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
+
+/// Middleware for long-lived routes: takes a permit of `limit` for the peer's address
+/// (429 `too_many_requests` with `Retry-After: 1` when refused) and holds it until the
+/// response body ends, so a stream that lasts for hours keeps counting.
+pub async fn long_lived(
+    axum::extract::State(limit): axum::extract::State<Arc<Limit>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let permit = match limit.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            let body = serde_json::json!({ "error": { "code": "too_many_requests", "message": refused.to_string() } });
+            return (
+                hyper::StatusCode::TOO_MANY_REQUESTS,
+                [(hyper::header::RETRY_AFTER, "1")],
+                axum::Json(body),
+            )
+                .into_response();
+        }
+    };
+    let response = next.run(request).await;
+    response.map(|body| {
+        let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+            let _held = &permit;
+            chunk
+        });
+        axum::body::Body::from_stream(stream)
+    })
+}

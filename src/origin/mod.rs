@@ -38,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{OriginArgs, OriginConfig};
 
+use crate::http_server::HttpLimits;
+use crate::limits::Limit;
 use metrics::Metrics;
 use proposer::Proposer;
 
@@ -119,6 +121,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let link_task = tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(
         media_listener,
         links.clone(),
+        link_server::LinkCaps::new(&config.caps),
         shutdown.clone(),
     )));
     tokio::spawn(tracing::Instrument::in_current_span(watch_raft(
@@ -164,6 +167,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         admin_token: config.admin_token.as_deref().map(Arc::from),
         shutdown: shutdown.clone(),
     };
+    let long_polls = Limit::new("http_long_polls", config.caps.long_polls_per_address, config.caps.http_connections);
     let internal = Router::new()
         .route("/raft/forward", post(proposer::forward_route))
         .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), rpc::require_secret))
@@ -173,6 +177,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .merge(
             Router::new()
                 .route("/internal/objects/{name}/events", get(shared_objects::feed_route))
+                .route_layer(axum::middleware::from_fn_with_state(long_polls, crate::http_server::long_lived))
                 .route("/internal/objects/{name}/messages", post(shared_objects::message_route))
                 .route(shared_objects::WATCHED_ROUTE, get(shared_objects::watched_route))
                 .with_state((objects, shutdown.clone())),
@@ -188,24 +193,26 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         http = %config.http, media = %config.media, data_dir = %store_dir.display(),
         orphan_grace = ?config.orphan_grace, owner_dead_after = ?config.owner_dead_after, "origin serving"
     );
-    // Without TCP_NODELAY a response split over two segments waits for the peer's
-    // delayed ACK (40 ms): one Raft round trip would cost 40 ms on loopback.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move { shutdown.cancelled().await }
-    });
-    let server = tokio::spawn(async move { server.await });
+    // The listener's caps (`--http-max-connections[-per-address]`, header and body
+    // timeouts); feeds are capped per address above (`--max-long-polls-per-address`).
+    // Raft RPC shares this listener: origins are not meant to be reachable by clients
+    // (edges are the public side), and what a stranger could hold here is bounded by
+    // these caps and the header timeout.
+    let http_limits = HttpLimits {
+        header_timeout: config.caps.http_header_timeout,
+        body_timeout: config.caps.http_body_timeout,
+        connections: Limit::new(
+            "http_connections",
+            config.caps.http_connections_per_address,
+            config.caps.http_connections,
+        ),
+    };
+    let server = tokio::spawn(crate::http_server::serve(listener, router, http_limits, shutdown.clone()));
     crate::logging::terminated().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
