@@ -177,7 +177,6 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-
 /// Middleware for long-lived routes: takes a permit of `limit` for the peer's address
 /// (429 `too_many_requests` with `Retry-After: 1` when refused) and holds it until the
 /// response body ends, so a stream that lasts for hours keeps counting.
@@ -192,11 +191,7 @@ pub async fn long_lived(
         Ok(permit) => permit,
         Err(refused) => {
             let body = serde_json::json!({ "error": { "code": "too_many_requests", "message": refused.to_string() } });
-            return (
-                hyper::StatusCode::TOO_MANY_REQUESTS,
-                [(hyper::header::RETRY_AFTER, "1")],
-                axum::Json(body),
-            )
+            return (hyper::StatusCode::TOO_MANY_REQUESTS, [(hyper::header::RETRY_AFTER, "1")], axum::Json(body))
                 .into_response();
         }
     };

@@ -140,7 +140,8 @@ impl Drop for Permit {
 /// Writes Prometheus gauges and counters for `limits` under `prefix`
 /// (`{prefix}_limit_in_use{class}`, `{prefix}_limit_refused_total{class,scope}`).
 pub fn render(out: &mut String, prefix: &str, limits: &[&Limit]) {
-    let _ = writeln!(out, "# HELP {prefix}_limit_in_use Resources held now, by class\n# TYPE {prefix}_limit_in_use gauge");
+    let _ =
+        writeln!(out, "# HELP {prefix}_limit_in_use Resources held now, by class\n# TYPE {prefix}_limit_in_use gauge");
     for l in limits {
         let _ = writeln!(out, "{prefix}_limit_in_use{{class=\"{}\"}} {}", l.class, l.in_use());
     }
@@ -246,10 +247,7 @@ mod tests {
         let limit = Limit::new("conn", 2, 3);
         let a1 = limit.try_acquire(ip("127.0.0.2")).unwrap();
         let _a2 = limit.try_acquire(ip("127.0.0.2")).unwrap();
-        assert_eq!(
-            limit.try_acquire(ip("127.0.0.2")).unwrap_err(),
-            Refused::PerAddress { class: "conn", limit: 2 }
-        );
+        assert_eq!(limit.try_acquire(ip("127.0.0.2")).unwrap_err(), Refused::PerAddress { class: "conn", limit: 2 });
         let _b = limit.try_acquire(ip("127.0.0.1")).unwrap();
         assert_eq!(limit.try_acquire(ip("127.0.0.3")).unwrap_err(), Refused::Global { class: "conn", limit: 3 });
         assert_eq!((limit.in_use(), limit.refused()), (3, (1, 1)));

@@ -210,10 +210,16 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         start_timeout_ms: cli.start_timeout_ms.or(file.start_timeout_ms),
         max_publishes_per_address: cli.max_publishes_per_address.or(file.max_publishes_per_address),
         max_partial_bytes: cli.max_partial_bytes.or(file.max_partial_bytes),
-        max_partial_bytes_before_connect: cli.max_partial_bytes_before_connect.or(file.max_partial_bytes_before_connect),
-        max_partial_bytes_per_connection: cli.max_partial_bytes_per_connection.or(file.max_partial_bytes_per_connection),
+        max_partial_bytes_before_connect: cli
+            .max_partial_bytes_before_connect
+            .or(file.max_partial_bytes_before_connect),
+        max_partial_bytes_per_connection: cli
+            .max_partial_bytes_per_connection
+            .or(file.max_partial_bytes_per_connection),
         http_max_connections: cli.http_max_connections.or(file.http_max_connections),
-        http_max_connections_per_address: cli.http_max_connections_per_address.or(file.http_max_connections_per_address),
+        http_max_connections_per_address: cli
+            .http_max_connections_per_address
+            .or(file.http_max_connections_per_address),
         http_header_timeout_ms: cli.http_header_timeout_ms.or(file.http_header_timeout_ms),
         http_body_timeout_ms: cli.http_body_timeout_ms.or(file.http_body_timeout_ms),
         max_long_requests_per_address: cli.max_long_requests_per_address.or(file.max_long_requests_per_address),
@@ -339,7 +345,9 @@ impl EdgeCaps {
         if self.partial_bytes_per_connection < self.partial_bytes_before_connect
             || self.partial_bytes < self.partial_bytes_per_connection
         {
-            return Err("partial-message caps must grow: before connect <= per connection <= --max-partial-bytes".into());
+            return Err(
+                "partial-message caps must grow: before connect <= per connection <= --max-partial-bytes".into()
+            );
         }
         let times = [
             ("--start-timeout-ms", self.start_timeout),

@@ -377,7 +377,10 @@ mod tests {
         let ok = |p: &str| www_file(p).map(|(f, _)| f.to_string_lossy().into_owned());
         assert_eq!(ok("").as_deref(), Some("index.html"));
         assert_eq!(ok("app.js").as_deref(), Some("app.js"));
-        assert_eq!(ok("node_modules/mpegts.js/dist/mpegts.js").as_deref(), Some("node_modules/mpegts.js/dist/mpegts.js"));
+        assert_eq!(
+            ok("node_modules/mpegts.js/dist/mpegts.js").as_deref(),
+            Some("node_modules/mpegts.js/dist/mpegts.js")
+        );
         for refused in [
             ".npmrc",
             ".gitignore",

@@ -237,7 +237,8 @@ async fn connection(
     // Useful progress: a whole message received, or bytes a player took.
     let mut last_progress = Instant::now();
     let mut last_write = Instant::now();
-    let check_every = (ctx.config.idle_timeout.min(ctx.config.write_timeout) / 4).max(Duration::from_millis(50));
+    let check_every = (ctx.config.idle_timeout.min(ctx.config.write_timeout).min(ctx.config.caps.start_timeout) / 4)
+        .max(Duration::from_millis(50));
     let mut housekeeping = tokio::time::interval(check_every);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Merged writes. Media that finds the socket idle opens a window of `write_merge`:

@@ -169,7 +169,11 @@ mod tests {
             FrameCodec::decode_within(&mut buf, MAX_UNAUTHENTICATED),
             Err(LinkError::TooLarge(16 * 1024 * 1024))
         );
-        let hello = encode_to_bytes(&LinkFrame::Control(Control::Hello { protocol: 1, edge: "edge-1".into(), secret: "s".repeat(64) }));
+        let hello = encode_to_bytes(&LinkFrame::Control(Control::Hello {
+            protocol: 1,
+            edge: "edge-1".into(),
+            secret: "s".repeat(64),
+        }));
         let mut small = BytesMut::from(&hello[..]);
         assert!(FrameCodec::decode_within(&mut small, MAX_UNAUTHENTICATED).unwrap().is_some());
     }

@@ -177,12 +177,16 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         owner_dead_after_ms: cli.owner_dead_after_ms.or(file.owner_dead_after_ms),
         temporary_grace: cli.temporary_grace.or(file.temporary_grace),
         http_max_connections: cli.http_max_connections.or(file.http_max_connections),
-        http_max_connections_per_address: cli.http_max_connections_per_address.or(file.http_max_connections_per_address),
+        http_max_connections_per_address: cli
+            .http_max_connections_per_address
+            .or(file.http_max_connections_per_address),
         http_header_timeout_ms: cli.http_header_timeout_ms.or(file.http_header_timeout_ms),
         http_body_timeout_ms: cli.http_body_timeout_ms.or(file.http_body_timeout_ms),
         max_long_polls_per_address: cli.max_long_polls_per_address.or(file.max_long_polls_per_address),
         link_max_unauthenticated: cli.link_max_unauthenticated.or(file.link_max_unauthenticated),
-        link_max_unauthenticated_per_address: cli.link_max_unauthenticated_per_address.or(file.link_max_unauthenticated_per_address),
+        link_max_unauthenticated_per_address: cli
+            .link_max_unauthenticated_per_address
+            .or(file.link_max_unauthenticated_per_address),
         link_hello_timeout_ms: cli.link_hello_timeout_ms.or(file.link_hello_timeout_ms),
     }
 }
