@@ -10,6 +10,8 @@
 //!   same timer while waiting for the next request);
 //! - a request-body deadline: the whole body must arrive within it, counted from the
 //!   first poll of the body (a drip that resets a per-read timer does not help);
+//! - a reserve of the global cap for trusted addresses (an origin's fellow members):
+//!   a flood from elsewhere fills the rest and is refused, Raft RPC still connects;
 //! - graceful shutdown: stop accepting, let each connection finish the request in
 //!   flight, then wait for every connection task.
 //!
@@ -34,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::limits::Limit;
+use crate::limits::{Limit, Trusted};
 
 /// The caps and timeouts of one HTTP listener.
 #[derive(Debug, Clone)]
@@ -46,6 +48,9 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Open connections: per address and in all (a [`Limit`] of class `http_connections`).
     pub connections: Arc<Limit>,
+    /// Addresses that may use the connection cap's reserve (an origin's fellow Raft
+    /// members, so a flood cannot refuse the connections Raft RPC needs).
+    pub trusted: Option<Arc<Trusted>>,
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains the connections.
@@ -66,7 +71,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
                 continue;
             }
         };
-        let permit = match limits.connections.try_acquire(peer.ip()) {
+        let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
+        let permit = match limits.connections.try_acquire_as(peer.ip(), trusted) {
             Ok(permit) => permit,
             Err(refused) => {
                 tracing::debug!(%peer, %refused, "HTTP connection refused");

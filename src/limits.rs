@@ -12,11 +12,11 @@
 //! Models: nginx `limit_conn` (per-key counters), tokio's `OwnedSemaphorePermit`.
 //! Never knows sockets or protocols: callers pass the peer's address.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Why a permit was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +60,8 @@ pub struct Limit {
     class: &'static str,
     per_address: usize,
     global: usize,
+    /// Of `global`, what only trusted addresses may take (see [`Limit::try_acquire_as`]).
+    reserve: usize,
     /// Never held across an await; every operation is a few map steps.
     held: Mutex<Held>,
     refused_address: AtomicU64,
@@ -70,10 +72,17 @@ impl Limit {
     /// A class named `class` (a metric label) with at most `per_address` held by one
     /// address and `global` in all.
     pub fn new(class: &'static str, per_address: usize, global: usize) -> Arc<Limit> {
+        Self::with_reserve(class, per_address, global, 0)
+    }
+
+    /// Like [`Limit::new`], keeping the last `reserve` of `global` for trusted
+    /// addresses: strangers are refused once `global - reserve` are held.
+    pub fn with_reserve(class: &'static str, per_address: usize, global: usize, reserve: usize) -> Arc<Limit> {
         Arc::new(Limit {
             class,
             per_address,
             global,
+            reserve: reserve.min(global),
             held: Mutex::new(Held::default()),
             refused_address: AtomicU64::new(0),
             refused_global: AtomicU64::new(0),
@@ -82,11 +91,17 @@ impl Limit {
 
     /// Takes one permit for `ip`, or says which cap refused it (counted).
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
+        self.try_acquire_as(ip, false)
+    }
+
+    /// Takes one permit for `ip`; a `trusted` address may also take the reserve.
+    pub fn try_acquire_as(self: &Arc<Self>, ip: IpAddr, trusted: bool) -> Result<Permit, Refused> {
         let key = AddrKey::of(ip);
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.total >= self.global {
+        let global = if trusted { self.global } else { self.global - self.reserve };
+        if held.total >= global {
             self.refused_global.fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::Global { class: self.class, limit: self.global });
+            return Err(Refused::Global { class: self.class, limit: global });
         }
         let mine = held.by_addr.entry(key).or_insert(0);
         if *mine >= self.per_address {
@@ -121,6 +136,22 @@ impl Limit {
                 held.by_addr.remove(&key);
             }
         }
+    }
+}
+
+/// Addresses trusted with a [`Limit`]'s reserve (e.g. the cluster's own members), as
+/// [`AddrKey`]s. Replaced whole when the set changes; read on every accept.
+#[derive(Debug, Default)]
+pub struct Trusted(RwLock<HashSet<AddrKey>>);
+
+impl Trusted {
+    pub fn set(&self, ips: impl IntoIterator<Item = IpAddr>) {
+        let keys = ips.into_iter().map(AddrKey::of).collect();
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(&AddrKey::of(ip))
     }
 }
 
@@ -275,6 +306,20 @@ mod tests {
         let _b = limit.try_acquire(ip("2001:db8:1:3::1")).unwrap();
         let _c = limit.try_acquire(ip("192.0.2.7")).unwrap();
         assert!(limit.try_acquire(ip("::ffff:192.0.2.7")).is_err());
+    }
+
+    #[test]
+    fn the_reserve_is_left_to_trusted_addresses() {
+        let limit = Limit::with_reserve("http", 10, 4, 1);
+        let trusted = Trusted::default();
+        trusted.set([ip("10.0.0.1")]);
+        let held: Vec<_> = (0..3).map(|_| limit.try_acquire_as(ip("10.9.9.9"), false).unwrap()).collect();
+        assert_eq!(limit.try_acquire(ip("10.9.9.9")).unwrap_err(), Refused::Global { class: "http", limit: 3 });
+        let peer = ip("10.0.0.1");
+        let _member = limit.try_acquire_as(peer, trusted.contains(peer)).unwrap();
+        assert!(limit.try_acquire_as(peer, true).is_err(), "the reserve is finite too");
+        assert!(!trusted.contains(ip("10.0.0.2")));
+        drop(held);
     }
 
     #[test]

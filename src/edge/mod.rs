@@ -94,6 +94,7 @@ impl EdgeLimits {
                 header_timeout: c.http_header_timeout,
                 body_timeout: c.http_body_timeout,
                 connections: Limit::new("http_connections", c.http_connections_per_address, c.http_connections),
+                trusted: None,
             },
             partial: ByteBudget::new(c.partial_bytes),
         }

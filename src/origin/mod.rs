@@ -39,9 +39,12 @@ use tokio_util::sync::CancellationToken;
 pub use config::{OriginArgs, OriginConfig};
 
 use crate::http_server::HttpLimits;
-use crate::limits::Limit;
+use crate::limits::{Limit, Trusted};
 use metrics::Metrics;
 use proposer::Proposer;
+
+/// A quarter of `--http-max-connections` is kept for the cluster's own members.
+const PEER_RESERVE_DIVISOR: usize = 4;
 
 /// How long shutdown waits for in-flight HTTP requests before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -124,10 +127,12 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         link_server::LinkCaps::new(&config.caps),
         shutdown.clone(),
     )));
+    let members = Arc::new(Trusted::default());
     tokio::spawn(tracing::Instrument::in_current_span(watch_raft(
         raft.clone(),
         metrics.clone(),
         liveness.clone(),
+        members.clone(),
         shutdown.clone(),
     )));
     let failover = failover::Supervisor {
@@ -195,17 +200,20 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     );
     // The listener's caps (`--http-max-connections[-per-address]`, header and body
     // timeouts); feeds are capped per address above (`--max-long-polls-per-address`).
-    // Raft RPC shares this listener: origins are not meant to be reachable by clients
-    // (edges are the public side), and what a stranger could hold here is bounded by
-    // these caps and the header timeout.
+    // Raft RPC shares this listener. A flood of idle connections from elsewhere once
+    // filled the cap and Raft's new connections were reset: elections followed. So the
+    // last [`PEER_RESERVE_DIVISOR`]th of the cap is kept for the addresses of the
+    // cluster's members (`watch_raft` keeps the set current).
     let http_limits = HttpLimits {
         header_timeout: config.caps.http_header_timeout,
         body_timeout: config.caps.http_body_timeout,
-        connections: Limit::new(
+        connections: Limit::with_reserve(
             "http_connections",
             config.caps.http_connections_per_address,
             config.caps.http_connections,
+            config.caps.http_connections / PEER_RESERVE_DIVISOR,
         ),
+        trusted: Some(members.clone()),
     };
     let server = tokio::spawn(crate::http_server::serve(listener, router, http_limits, shutdown.clone()));
     crate::logging::terminated().await;
@@ -247,14 +255,30 @@ async fn confirm_current(proposer: Proposer, links: link_server::LinkContext, sh
 }
 
 /// Follows openraft's metrics for leader changes, logs role transitions and notes
-/// when this node starts leading (the failover bound counts from then).
-async fn watch_raft(raft: Raft, metrics: Arc<Metrics>, liveness: liveness::Liveness, shutdown: CancellationToken) {
+/// when this node starts leading (the failover bound counts from then); keeps the
+/// set of member addresses trusted with the HTTP cap's reserve.
+async fn watch_raft(
+    raft: Raft,
+    metrics: Arc<Metrics>,
+    liveness: liveness::Liveness,
+    members: Arc<Trusted>,
+    shutdown: CancellationToken,
+) {
     let mut rx = raft.metrics();
     let mut last = (None, None);
+    let mut last_members = None;
     loop {
         {
             let m = rx.borrow_and_update();
             metrics.observe_raft(&m);
+            // The members' addresses may use the HTTP connection cap's reserve.
+            let membership = m.membership_config.membership();
+            if last_members.as_ref() != Some(membership) {
+                // Addresses given as host names are not trusted (no lookups here).
+                let ip = |a: &str| a.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+                members.set(membership.nodes().flat_map(|(_, node)| [ip(&node.http), ip(&node.media)]).flatten());
+                last_members = Some(membership.clone());
+            }
             liveness.observe(&m, std::time::Instant::now());
             let now = (m.current_leader, Some(m.state));
             if now != last {
