@@ -323,6 +323,9 @@ async fn a_partial_message_flood_stays_within_the_byte_budget() {
     let partial = edge.metric("edge_rtmp_partial_bytes").await;
     assert!(partial > 5.0 * 1024.0 * 1024.0 && partial <= 8.0 * 1024.0 * 1024.0, "{partial} bytes held");
     let after = rss_kib(edge.pid());
+    eprintln!(
+        "edge RSS {before} KiB before the partial-message floods, {after} KiB after (partial bytes held {partial})"
+    );
     // 20 floods of 256 KiB plus 6 MiB held: without the caps this was ≈43 MiB a connection.
     assert!(after < before + 64 * 1024, "edge RSS grew from {before} KiB to {after} KiB");
     canary(edge.rtmp, "canary").await;

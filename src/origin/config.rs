@@ -286,7 +286,9 @@ impl OriginConfig {
             long_polls_per_address: a.max_long_polls_per_address.unwrap_or(1024),
             link_unauthenticated: a.link_max_unauthenticated.unwrap_or(64),
             link_unauthenticated_per_address: a.link_max_unauthenticated_per_address.unwrap_or(8),
-            link_hello_timeout: ms(a.link_hello_timeout_ms, 5_000),
+            link_hello_timeout: a
+                .link_hello_timeout_ms
+                .map_or(crate::origin::link_server::HELLO_TIMEOUT, Duration::from_millis),
         };
         for (flag, n) in [
             ("--http-max-connections", caps.http_connections),
