@@ -498,3 +498,33 @@ async fn www_serves_only_the_page_and_never_follows_a_link_out_of_its_folder() {
         assert!(!body.contains("secret") && !body.contains("token"), "{refused}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_flood_on_an_origin_leaves_the_members_their_reserve() {
+    // 40 connections in all, the last 10 kept for the members' addresses (127.0.0.1).
+    let c = Cluster::start_with(3, &["--http-max-connections", "40"]).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let target = c.origins.keys().copied().find(|id| *id != leader).unwrap();
+    let http = c.origins[&target].http;
+    // Strangers fill their share (30, less the members' pooled connections) and are
+    // then refused at accept.
+    let mut flood = Vec::new();
+    let mut refused = false;
+    for i in 0..40u32 {
+        let mut s = connect_from(&format!("127.0.3.{}", i + 1), http).await;
+        if closed_within(&mut s, Duration::from_millis(200)).await {
+            refused = true;
+            break;
+        }
+        flood.push(s);
+    }
+    assert!(refused, "the flood is refused once the strangers' share is full ({} held)", flood.len());
+    // A member's address still gets new connections: a fresh client, and a write
+    // through this follower (forwarded to the leader over Raft's own connections).
+    let fresh = reqwest::Client::new();
+    let health = fresh.get(format!("http://{http}/health")).send().await.expect("a member's address connects");
+    assert!(health.status().is_success());
+    let (status, body) = c.put_slot(target, "reserve", "s", &serde_json::json!(1), None).await.unwrap();
+    assert!(status.is_success(), "a write through the flooded origin commits: {status} {body}");
+    drop(flood);
+}

@@ -345,6 +345,20 @@ mod tests {
     }
 
     #[test]
+    fn listener_caps_have_defaults_and_refuse_zero() {
+        let args = OriginArgs { id: Some(1), ..Default::default() };
+        let c = OriginConfig::from_args(args.clone(), env("0123456789abcdef0123")).unwrap();
+        assert_eq!((c.caps.http_connections, c.caps.link_unauthenticated_per_address), (8192, 8));
+        assert_eq!(c.caps.link_hello_timeout, Duration::from_secs(5));
+        let zero = OriginArgs { link_max_unauthenticated: Some(0), ..args.clone() };
+        let err = OriginConfig::from_args(zero, env("0123456789abcdef0123")).unwrap_err();
+        assert!(err.contains("--link-max-unauthenticated"), "{err}");
+        let hasty = OriginArgs { http_header_timeout_ms: Some(5), ..args };
+        let err = OriginConfig::from_args(hasty, env("0123456789abcdef0123")).unwrap_err();
+        assert!(err.contains("--http-header-timeout-ms"), "{err}");
+    }
+
+    #[test]
     fn a_public_admin_api_needs_a_token() {
         let args = OriginArgs { id: Some(1), http: Some("0.0.0.0:8101".parse().unwrap()), ..Default::default() };
         let err = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap_err();
