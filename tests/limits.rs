@@ -141,6 +141,16 @@ async fn canary(edge: SocketAddr, name: &str) {
     assert_eq!(got.ok(), Some(true), "the canary player on {edge} gets video");
 }
 
+/// Waits until the edge's log says `what` (it is written as the connection task ends,
+/// just after the socket closes).
+async fn edge_logs(edge: &EdgeProc, what: &str) {
+    eventually(Duration::from_secs(5), &format!("the edge to log {what:?}"), || async {
+        let log = std::fs::read_to_string(&edge.log).unwrap();
+        log.contains(what).then_some(())
+    })
+    .await;
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -245,8 +255,7 @@ async fn rtmp_floods_from_one_address_leave_another_publishing_and_playing() {
         let n = edges::metric_value(&metrics, &series).unwrap_or(0.0);
         assert!(n >= 1.0, "{series} counts the refusal:\n{metrics}");
     }
-    let log = std::fs::read_to_string(&edge.log).unwrap();
-    assert!(log.contains("no complete message for"), "the edge says why it closed the drip");
+    edge_logs(&edge, "no complete message for").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,8 +276,7 @@ async fn an_unstarted_session_that_sends_only_control_messages_is_closed() {
         }
     }
     assert!(closed && started.elapsed() < Duration::from_secs(4), "closed after the start timeout");
-    let log = std::fs::read_to_string(&edge.log).unwrap();
-    assert!(log.contains("neither published, played nor used a shared object"), "the edge says why");
+    edge_logs(&edge, "neither published, played nor used a shared object").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,11 +323,7 @@ async fn a_partial_message_flood_stays_within_the_byte_budget() {
             assert!(tokio::time::timeout(Duration::from_secs(5), gone).await.is_ok(), "the third is closed");
         }
     }
-    eventually(Duration::from_secs(5), "the edge to log the budget", || async {
-        let log = std::fs::read_to_string(&edge.log).unwrap();
-        log.contains("over the edge's byte budget").then_some(())
-    })
-    .await;
+    edge_logs(&edge, "over the edge's byte budget").await;
     let partial = edge.metric("edge_rtmp_partial_bytes").await;
     assert!(partial > 5.0 * 1024.0 * 1024.0 && partial <= 8.0 * 1024.0 * 1024.0, "{partial} bytes held");
     let after = rss_kib(edge.pid());

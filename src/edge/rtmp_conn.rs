@@ -237,8 +237,11 @@ async fn connection(
     // Useful progress: a whole message received, or bytes a player took.
     let mut last_progress = Instant::now();
     let mut last_write = Instant::now();
-    let check_every = (ctx.config.idle_timeout.min(ctx.config.write_timeout).min(ctx.config.caps.start_timeout) / 4)
-        .max(Duration::from_millis(50));
+    let check_every = (ctx.config.idle_timeout.min(ctx.config.write_timeout) / 4).max(Duration::from_millis(50));
+    // Armed until the session starts; a play or publish still being decided at the
+    // deadline gets its answer first.
+    let start_timer = tokio::time::sleep_until(start_deadline);
+    tokio::pin!(start_timer);
     let mut housekeeping = tokio::time::interval(check_every);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Merged writes. Media that finds the socket idle opens a window of `write_merge`:
@@ -331,15 +334,15 @@ async fn connection(
                     if idle && last_progress.elapsed() >= ctx.config.idle_timeout {
                         return Err(format!("no complete message for {:?}", ctx.config.idle_timeout));
                     }
-                    if conn.unstarted.is_some() && conn.pending_ids.is_empty() && Instant::now() >= start_deadline {
-                        return Err(format!(
-                            "neither published, played nor used a shared object within {:?}",
-                            ctx.config.caps.start_timeout
-                        ));
-                    }
                     if pending.ready() > 0 && last_write.elapsed() >= ctx.config.write_timeout {
                         return Err(format!("the client read nothing for {:?}", ctx.config.write_timeout));
                     }
+                }
+                _ = &mut start_timer, if conn.unstarted.is_some() && conn.pending_ids.is_empty() => {
+                    return Err(format!(
+                        "neither published, played nor used a shared object within {:?}",
+                        ctx.config.caps.start_timeout
+                    ));
                 }
                 _ = &mut fenced => return Err("a newer publisher took the stream over".to_owned()),
                 _ = &mut stopping => return Ok(()),
