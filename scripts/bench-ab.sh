@@ -44,9 +44,15 @@ A=$OUT/bin-a/raftcast B=$OUT/bin-b/raftcast
 
 ORIGINS=1
 [[ -n $SO ]] && ORIGINS=3
+# The load tool opens every player from 127.0.0.1: the edges' per-address caps are
+# raised (a binary without these settings ignores them).
 cluster_env() { # label base
   echo RAFTCAST_DATA_DIR="$OUT/$1" RAFTCAST_ORIGINS=$ORIGINS RAFTCAST_EDGES=1 RAFTCAST_HTTP_BASE=$(($2 + 100)) \
-    RAFTCAST_MEDIA_BASE=$(($2 + 200)) RAFTCAST_RTMP_BASE=$(($2 + 300)) RAFTCAST_EDGE_HTTP_BASE=$(($2 + 400))
+    RAFTCAST_MEDIA_BASE=$(($2 + 200)) RAFTCAST_RTMP_BASE=$(($2 + 300)) RAFTCAST_EDGE_HTTP_BASE=$(($2 + 400)) \
+    RAFTCAST_EDGE_MAX_CONNECTIONS=20000 RAFTCAST_EDGE_MAX_CONNECTIONS_PER_ADDRESS=20000 \
+    RAFTCAST_EDGE_MAX_HANDSHAKES=20000 RAFTCAST_EDGE_MAX_HANDSHAKES_PER_ADDRESS=20000 \
+    RAFTCAST_EDGE_MAX_UNSTARTED=20000 RAFTCAST_EDGE_MAX_UNSTARTED_PER_ADDRESS=20000 \
+    RAFTCAST_EDGE_MAX_PUBLISHES_PER_ADDRESS=20000
 }
 stop_all() {
   env $(cluster_env a 24000) RAFTCAST_BIN="$A" "$ROOT/scripts/bootstrap.sh" stop >/dev/null 2>&1 || true

@@ -7,6 +7,8 @@
 pub mod bench;
 pub mod ctl;
 pub mod edge;
+pub mod http_server;
+pub mod limits;
 pub mod link;
 pub mod logging;
 pub mod media;

@@ -82,10 +82,77 @@ pub struct EdgeArgs {
     /// How long shutdown drains players before closing them, in ms [default: 2000].
     #[arg(long, env = "RAFTCAST_EDGE_DRAIN_MS")]
     pub drain_ms: Option<u64>,
+    /// RTMP connections one address (an IPv4 address or an IPv6 /64) may hold [default: 128]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+    /// RTMP handshakes in progress at once; more connections are closed at accept [default: 1000]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_HANDSHAKES")]
+    pub max_handshakes: Option<usize>,
+    /// RTMP handshakes in progress from one address [default: 128]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_HANDSHAKES_PER_ADDRESS")]
+    pub max_handshakes_per_address: Option<usize>,
+    /// RTMP sessions past the handshake that have not yet published, played or used a shared object [default: 2000]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_UNSTARTED")]
+    pub max_unstarted: Option<usize>,
+    /// Such not-yet-started sessions from one address [default: 128]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_UNSTARTED_PER_ADDRESS")]
+    pub max_unstarted_per_address: Option<usize>,
+    /// An RTMP session that has not published, played or used a shared object this many ms after its handshake is closed [default: 10000]
+    #[arg(long, env = "RAFTCAST_EDGE_START_TIMEOUT_MS")]
+    pub start_timeout_ms: Option<u64>,
+    /// Publishes (RTMP streams being published, and publishes waiting for their claim) from one address [default: 16]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_PUBLISHES_PER_ADDRESS")]
+    pub max_publishes_per_address: Option<usize>,
+    /// Bytes of partially received RTMP messages all connections together may hold; a connection that would take more is closed [default: 268435456 (256 MiB)]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_PARTIAL_BYTES")]
+    pub max_partial_bytes: Option<usize>,
+    /// Bytes of partial RTMP messages one connection may hold before its `connect` [default: 65536]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_PARTIAL_BYTES_BEFORE_CONNECT")]
+    pub max_partial_bytes_before_connect: Option<usize>,
+    /// Bytes of partial RTMP messages one connection may hold after `connect` [default: 33554432 (32 MiB)]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_PARTIAL_BYTES_PER_CONNECTION")]
+    pub max_partial_bytes_per_connection: Option<usize>,
+    /// HTTP connections at once; more are closed at accept [default: 10000]
+    #[arg(long, env = "RAFTCAST_EDGE_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// HTTP connections from one address [default: 128]
+    #[arg(long, env = "RAFTCAST_EDGE_HTTP_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub http_max_connections_per_address: Option<usize>,
+    /// An HTTP connection waiting for a request, or for the rest of its head, longer than this is closed (this is also the keep-alive idle timeout) [default: 10000]
+    #[arg(long, env = "RAFTCAST_EDGE_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+    /// A request body must arrive whole within this many ms [default: 30000]
+    #[arg(long, env = "RAFTCAST_EDGE_HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<u64>,
+    /// Long-lived HTTP requests (HTTP-FLV plays, including those waiting for a missing stream, and shared-object SSE) from one address [default: 64]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_LONG_REQUESTS_PER_ADDRESS")]
+    pub max_long_requests_per_address: Option<usize>,
     /// A folder of static files served at `/webcast/` (e.g. examples/webcast, the
     /// interactive-webcast page) [default: none].
     #[arg(long, env = "RAFTCAST_EDGE_WWW")]
     pub www: Option<std::path::PathBuf>,
+}
+
+/// Caps on what clients may hold at once, per address (an IPv4 address or an IPv6 /64)
+/// and in all; see [`crate::limits`].
+#[derive(Debug, Clone)]
+pub struct EdgeCaps {
+    pub connections_per_address: usize,
+    pub handshakes: usize,
+    pub handshakes_per_address: usize,
+    pub unstarted: usize,
+    pub unstarted_per_address: usize,
+    /// A session must publish, play or use a shared object within this after its handshake.
+    pub start_timeout: Duration,
+    pub publishes_per_address: usize,
+    pub partial_bytes: usize,
+    pub partial_bytes_before_connect: usize,
+    pub partial_bytes_per_connection: usize,
+    pub http_connections: usize,
+    pub http_connections_per_address: usize,
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
+    pub long_requests_per_address: usize,
 }
 
 /// Validated edge configuration.
@@ -109,6 +176,8 @@ pub struct EdgeConfig {
     pub request_deadline: Duration,
     pub drain: Duration,
     pub www: Option<std::path::PathBuf>,
+    /// Caps on what clients may hold (see [`EdgeCaps`]).
+    pub caps: EdgeCaps,
 }
 
 fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
@@ -133,6 +202,27 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
         drain_ms: cli.drain_ms.or(file.drain_ms),
         www: cli.www.or(file.www),
+        max_connections_per_address: cli.max_connections_per_address.or(file.max_connections_per_address),
+        max_handshakes: cli.max_handshakes.or(file.max_handshakes),
+        max_handshakes_per_address: cli.max_handshakes_per_address.or(file.max_handshakes_per_address),
+        max_unstarted: cli.max_unstarted.or(file.max_unstarted),
+        max_unstarted_per_address: cli.max_unstarted_per_address.or(file.max_unstarted_per_address),
+        start_timeout_ms: cli.start_timeout_ms.or(file.start_timeout_ms),
+        max_publishes_per_address: cli.max_publishes_per_address.or(file.max_publishes_per_address),
+        max_partial_bytes: cli.max_partial_bytes.or(file.max_partial_bytes),
+        max_partial_bytes_before_connect: cli
+            .max_partial_bytes_before_connect
+            .or(file.max_partial_bytes_before_connect),
+        max_partial_bytes_per_connection: cli
+            .max_partial_bytes_per_connection
+            .or(file.max_partial_bytes_per_connection),
+        http_max_connections: cli.http_max_connections.or(file.http_max_connections),
+        http_max_connections_per_address: cli
+            .http_max_connections_per_address
+            .or(file.http_max_connections_per_address),
+        http_header_timeout_ms: cli.http_header_timeout_ms.or(file.http_header_timeout_ms),
+        http_body_timeout_ms: cli.http_body_timeout_ms.or(file.http_body_timeout_ms),
+        max_long_requests_per_address: cli.max_long_requests_per_address.or(file.max_long_requests_per_address),
     }
 }
 
@@ -191,6 +281,24 @@ impl EdgeConfig {
         if max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
+        let caps = EdgeCaps {
+            connections_per_address: a.max_connections_per_address.unwrap_or(128),
+            handshakes: a.max_handshakes.unwrap_or(1000),
+            handshakes_per_address: a.max_handshakes_per_address.unwrap_or(128),
+            unstarted: a.max_unstarted.unwrap_or(2000),
+            unstarted_per_address: a.max_unstarted_per_address.unwrap_or(128),
+            start_timeout: ms(a.start_timeout_ms, 10_000),
+            publishes_per_address: a.max_publishes_per_address.unwrap_or(16),
+            partial_bytes: a.max_partial_bytes.unwrap_or(256 << 20),
+            partial_bytes_before_connect: a.max_partial_bytes_before_connect.unwrap_or(64 << 10),
+            partial_bytes_per_connection: a.max_partial_bytes_per_connection.unwrap_or(32 << 20),
+            http_connections: a.http_max_connections.unwrap_or(10_000),
+            http_connections_per_address: a.http_max_connections_per_address.unwrap_or(128),
+            http_header_timeout: ms(a.http_header_timeout_ms, 10_000),
+            http_body_timeout: ms(a.http_body_timeout_ms, 30_000),
+            long_requests_per_address: a.max_long_requests_per_address.unwrap_or(64),
+        };
+        caps.validate()?;
         Ok(EdgeConfig {
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
@@ -209,7 +317,47 @@ impl EdgeConfig {
             request_deadline: ms(a.request_deadline_ms, 5_000),
             drain: ms(a.drain_ms, 2_000),
             www: a.www,
+            caps,
         })
+    }
+}
+
+impl EdgeCaps {
+    fn validate(&self) -> Result<(), String> {
+        let counts = [
+            ("--max-connections-per-address", self.connections_per_address),
+            ("--max-handshakes", self.handshakes),
+            ("--max-handshakes-per-address", self.handshakes_per_address),
+            ("--max-unstarted", self.unstarted),
+            ("--max-unstarted-per-address", self.unstarted_per_address),
+            ("--max-publishes-per-address", self.publishes_per_address),
+            ("--http-max-connections", self.http_connections),
+            ("--http-max-connections-per-address", self.http_connections_per_address),
+            ("--max-long-requests-per-address", self.long_requests_per_address),
+        ];
+        if let Some((flag, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(format!("{flag} must be at least 1"));
+        }
+        // A legal chunk (up to 64 KiB + headers) must fit before connect.
+        if self.partial_bytes_before_connect < 4096 {
+            return Err("--max-partial-bytes-before-connect must be at least 4096".into());
+        }
+        if self.partial_bytes_per_connection < self.partial_bytes_before_connect
+            || self.partial_bytes < self.partial_bytes_per_connection
+        {
+            return Err(
+                "partial-message caps must grow: before connect <= per connection <= --max-partial-bytes".into()
+            );
+        }
+        let times = [
+            ("--start-timeout-ms", self.start_timeout),
+            ("--http-header-timeout-ms", self.http_header_timeout),
+            ("--http-body-timeout-ms", self.http_body_timeout),
+        ];
+        if let Some((flag, _)) = times.iter().find(|(_, t)| t.as_millis() < 100) {
+            return Err(format!("{flag} must be at least 100"));
+        }
+        Ok(())
     }
 }
 
@@ -249,6 +397,12 @@ mod tests {
         assert!(EdgeConfig::from_args(racy, env).unwrap_err().contains("heartbeats"));
         let sluggish = EdgeArgs { write_merge_ms: Some(5000), ..args() };
         assert!(EdgeConfig::from_args(sluggish, env).unwrap_err().contains("write-merge-ms"));
+        let capless = EdgeArgs { max_handshakes_per_address: Some(0), ..args() };
+        assert!(EdgeConfig::from_args(capless, env).unwrap_err().contains("--max-handshakes-per-address"));
+        let inverted = EdgeArgs { max_partial_bytes: Some(1 << 20), ..args() };
+        assert!(EdgeConfig::from_args(inverted, env).unwrap_err().contains("partial-message caps"));
+        let hasty = EdgeArgs { http_header_timeout_ms: Some(1), ..args() };
+        assert!(EdgeConfig::from_args(hasty, env).unwrap_err().contains("--http-header-timeout-ms"));
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! The edge's HTTP side: HTTP-FLV players (`GET /{app}/{name}.flv`), shared objects
 //! (`/shared-objects/…`, see `http_objects`), static files at `/webcast/` (`--www`),
 //! `/status`, `/metrics`, `/health`.
+//!
+//! Caps: the listener's own (connections, header and body timeouts) are in
+//! [`crate::http_server`]; HTTP-FLV plays and SSE hold a `long_requests` permit
+//! (`--max-long-requests-per-address`, 429 over it).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -18,6 +23,7 @@ use serde_json::json;
 use super::http_objects;
 use super::streams::Lease;
 use super::EdgeContext;
+use crate::limits::{Permit, Refused};
 use crate::link::LinkState;
 use crate::media::{Frame, FrameKind, Subscription};
 use crate::rtmp::flv;
@@ -33,7 +39,10 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
         .route("/shared-objects/{name}/messages", post(http_objects::post_message))
         .route("/{app}/{file}", get(flv_play));
     let router = match &ctx.config.www {
-        Some(dir) => router.nest_service("/webcast", tower_http::services::ServeDir::new(dir)),
+        Some(_) => router
+            .route("/webcast", get(|| async { axum::response::Redirect::permanent("/webcast/") }))
+            .route("/webcast/", get(www))
+            .route("/webcast/{*path}", get(www)),
         None => router,
     };
     router.fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(ctx)
@@ -43,10 +52,98 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
 }
 
+/// A long-lived request over a cap: 429 `too_many_requests` with `Retry-After`.
+pub fn too_many(refused: &Refused) -> Response {
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", &refused.to_string());
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// Extensions served from `--www`: what a web page needs, nothing else.
+const WWW_TYPES: &[(&str, &str)] = &[
+    ("html", "text/html; charset=utf-8"),
+    ("css", "text/css; charset=utf-8"),
+    ("js", "text/javascript; charset=utf-8"),
+    ("mjs", "text/javascript; charset=utf-8"),
+    ("map", "application/json"),
+    ("png", "image/png"),
+    ("jpg", "image/jpeg"),
+    ("jpeg", "image/jpeg"),
+    ("gif", "image/gif"),
+    ("svg", "image/svg+xml"),
+    ("ico", "image/x-icon"),
+    ("webp", "image/webp"),
+    ("woff2", "font/woff2"),
+];
+/// Largest static file served.
+const WWW_MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// Which file under the `--www` root a request path names, or `None` when it is not
+/// one the page may be served: no dotfiles or dot-folders, no `test/`, `tests/`,
+/// `package*.json`; inside `node_modules/` only a package's `dist/` build; only the
+/// extensions in [`WWW_TYPES`].
+fn www_file(path: &str) -> Option<(std::path::PathBuf, &'static str)> {
+    let path = if path.is_empty() || path.ends_with('/') { format!("{path}index.html") } else { path.to_owned() };
+    let segments: Vec<&str> = path.split('/').collect();
+    for segment in &segments {
+        let bad = segment.is_empty()
+            || segment.starts_with('.')
+            || segment.contains('\\')
+            || segment.contains('\0')
+            || matches!(*segment, "test" | "tests");
+        if bad {
+            return None;
+        }
+    }
+    let file = segments.last()?;
+    if file.starts_with("package") && file.ends_with(".json") {
+        return None;
+    }
+    if segments.iter().skip(1).any(|s| *s == "node_modules") {
+        return None;
+    }
+    if segments[0] == "node_modules" && (segments.len() < 4 || segments[2] != "dist") {
+        return None;
+    }
+    let ext = file.rsplit_once('.')?.1.to_ascii_lowercase();
+    let kind = WWW_TYPES.iter().find(|(e, _)| *e == ext)?.1;
+    Some((segments.iter().collect(), kind))
+}
+
+/// `GET /webcast/{path}`: a file of the `--www` folder. Links are resolved and the
+/// result must still lie inside the folder: a symlink pointing out of it is a 404.
+async fn www(State(ctx): State<Arc<EdgeContext>>, path: Option<Path<String>>) -> Response {
+    let not_found = || error(StatusCode::NOT_FOUND, "not_found", "no such file");
+    let Some(root) = ctx.config.www.as_ref() else { return not_found() };
+    let path = path.map(|Path(p)| p).unwrap_or_default();
+    let Some((relative, kind)) = www_file(&path) else { return not_found() };
+    let (Ok(root), Ok(file)) =
+        (tokio::fs::canonicalize(root).await, tokio::fs::canonicalize(root.join(&relative)).await)
+    else {
+        return not_found();
+    };
+    if !file.starts_with(&root) {
+        tracing::warn!(path, resolved = %file.display(), "a --www path resolves outside the folder; refused");
+        return not_found();
+    }
+    match tokio::fs::metadata(&file).await {
+        Ok(m) if m.is_file() && m.len() <= WWW_MAX_FILE => {}
+        _ => return not_found(),
+    }
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], bytes).into_response(),
+        Err(_) => not_found(),
+    }
+}
+
 /// Plays a stream as one endless FLV file: the FLV header, then the stream's metadata,
 /// sequence headers and GOP, then live tags. The response ends when the publisher
 /// stops; a missing stream is a 404 after the configured play wait.
-async fn flv_play(State(ctx): State<Arc<EdgeContext>>, Path((app, file)): Path<(String, String)>) -> Response {
+async fn flv_play(
+    State(ctx): State<Arc<EdgeContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((app, file)): Path<(String, String)>,
+) -> Response {
     let Some(name) = file.strip_suffix(".flv") else {
         return error(StatusCode::NOT_FOUND, "not_found", "players ask for /{app}/{name}.flv");
     };
@@ -56,6 +153,12 @@ async fn flv_play(State(ctx): State<Arc<EdgeContext>>, Path((app, file)): Path<(
     if ctx.shutdown.is_cancelled() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down");
     }
+    // Held while the play waits for its stream too: a flood of plays for missing
+    // streams costs one address at most `--max-long-requests-per-address`.
+    let permit = match ctx.limits.long_requests.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => return too_many(&refused),
+    };
     let lease = ctx.relays.join(&ctx, &stream);
     let mut hubs = lease.relay.hub();
     let hub = match tokio::time::timeout(ctx.config.play_wait, hubs.wait_for(Option::is_some)).await {
@@ -65,7 +168,7 @@ async fn flv_play(State(ctx): State<Arc<EdgeContext>>, Path((app, file)): Path<(
     let Some(hub) = hub else { return error(StatusCode::NOT_FOUND, "stream_not_found", "not published") };
     let subscription = hub.subscribe();
     ctx.stats.players_flv.fetch_add(1, Ordering::Relaxed);
-    let player = FlvPlayer { ctx: ctx.clone(), _lease: lease, subscription, header_sent: false };
+    let player = FlvPlayer { ctx: ctx.clone(), _lease: lease, _permit: permit, subscription, header_sent: false };
     let body = futures::stream::unfold(player, |mut p| async move {
         let chunk = p.next().await?;
         Some((Ok::<Bytes, std::convert::Infallible>(chunk), p))
@@ -83,6 +186,7 @@ async fn flv_play(State(ctx): State<Arc<EdgeContext>>, Path((app, file)): Path<(
 struct FlvPlayer {
     ctx: Arc<EdgeContext>,
     _lease: Lease,
+    _permit: Permit,
     subscription: Subscription,
     header_sent: bool,
 }
@@ -250,5 +354,49 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
                 delivery, from the link to a player's socket (RTMP players, merge window included)";
     s.hop_ingest.render(&mut out, "edge_hop_seconds", help, "hop=\"ingest\"");
     s.hop_delivery.render(&mut out, "edge_hop_seconds", help, "hop=\"delivery\"");
+    crate::limits::render(&mut out, "edge", &ctx.limits.all());
+    let partial = &ctx.limits.partial;
+    let _ = writeln!(
+        out,
+        "# HELP edge_rtmp_partial_bytes Bytes of partially received RTMP messages held, all connections\n\
+         # TYPE edge_rtmp_partial_bytes gauge\nedge_rtmp_partial_bytes {}\n\
+         # HELP edge_rtmp_partial_refused_total Connections closed for going over the partial-message budget\n\
+         # TYPE edge_rtmp_partial_refused_total counter\nedge_rtmp_partial_refused_total {}",
+        partial.used(),
+        partial.refused()
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::www_file;
+
+    #[test]
+    fn only_what_the_page_needs_is_served() {
+        let ok = |p: &str| www_file(p).map(|(f, _)| f.to_string_lossy().into_owned());
+        assert_eq!(ok("").as_deref(), Some("index.html"));
+        assert_eq!(ok("app.js").as_deref(), Some("app.js"));
+        assert_eq!(
+            ok("node_modules/mpegts.js/dist/mpegts.js").as_deref(),
+            Some("node_modules/mpegts.js/dist/mpegts.js")
+        );
+        for refused in [
+            ".npmrc",
+            ".gitignore",
+            "package.json",
+            "package-lock.json",
+            "test/chat.mjs",
+            "node_modules/mpegts.js/package.json",
+            "node_modules/mpegts.js/src/index.js",
+            "node_modules/x/dist/node_modules/y.js",
+            "../secret.js",
+            "a//b.js",
+            "README.md",
+            "cluster-secret",
+            "x/.git/config.js",
+        ] {
+            assert_eq!(ok(refused), None, "{refused} must not be served");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -283,10 +283,19 @@ pub async fn post_message(
 /// `GET /shared-objects/{name}/events`: Server-Sent Events — `state` (the whole
 /// object), then `change` per committed change in commit order and `message` per
 /// broadcast; a fresh `state` after a resynchronization.
-pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>) -> Response {
+pub async fn events(
+    State(ctx): State<Arc<EdgeContext>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path(name): Path<String>,
+) -> Response {
     let name = match check("object name", &name) {
         Ok(n) => n,
         Err(r) => return r.into_response(),
+    };
+    // `--max-long-requests-per-address`: held by the stream for as long as it lasts.
+    let permit = match ctx.limits.long_requests.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => return super::http::too_many(&refused),
     };
     // The response starts at once; when this edge does not know the object yet, its
     // `state` event follows as soon as the feed delivers it.
@@ -299,7 +308,7 @@ pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String
         SseEvent::default().event("state").id(s.version.to_string()).data(snapshot_json(name, s).to_string())
     };
     let first = sub.initial.take().map(|s| Ok::<_, Infallible>(state(&s, &name)));
-    let rest = futures::stream::unfold((sub, name), move |(mut sub, name)| async move {
+    let rest = futures::stream::unfold((sub, name, permit), move |(mut sub, name, permit)| async move {
         loop {
             let event = match sub.updates.recv().await {
                 Ok(u) => match &*u {
@@ -316,7 +325,7 @@ pub async fn events(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String
                 },
                 Err(RecvError::Closed) => return None,
             };
-            return Some((Ok::<_, Infallible>(event), (sub, name)));
+            return Some((Ok::<_, Infallible>(event), (sub, name, permit)));
         }
     });
     let stream = futures::StreamExt::chain(futures::stream::iter(first), rest);

@@ -31,7 +31,10 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{EdgeArgs, EdgeConfig};
+pub use config::{EdgeArgs, EdgeCaps, EdgeConfig};
+
+use crate::http_server::HttpLimits;
+use crate::limits::{ByteBudget, Limit};
 
 /// Counters of an edge, for `/status` and `/metrics`.
 #[derive(Debug, Default)]
@@ -61,6 +64,56 @@ pub struct EdgeStats {
     pub hop_delivery: crate::media::hop::HopLatency,
 }
 
+/// The caps the edge's listeners enforce (see [`crate::limits`] and [`EdgeCaps`]).
+pub struct EdgeLimits {
+    /// RTMP connections: `--max-connections-per-address`, `--max-connections`.
+    pub rtmp_connections: Arc<Limit>,
+    /// RTMP handshakes in progress.
+    pub handshakes: Arc<Limit>,
+    /// RTMP sessions that have not yet published, played or used a shared object.
+    pub unstarted: Arc<Limit>,
+    /// Publishes, from the request until the stream ends.
+    pub publishes: Arc<Limit>,
+    /// Long-lived HTTP requests: HTTP-FLV plays (waiting ones too) and shared-object SSE.
+    pub long_requests: Arc<Limit>,
+    /// The HTTP listener's connection cap and timeouts.
+    pub http: HttpLimits,
+    /// Partially received RTMP messages, over every connection.
+    pub partial: Arc<ByteBudget>,
+}
+
+impl EdgeLimits {
+    pub fn new(config: &EdgeConfig) -> EdgeLimits {
+        let c = &config.caps;
+        EdgeLimits {
+            rtmp_connections: Limit::new("rtmp_connections", c.connections_per_address, config.max_connections),
+            handshakes: Limit::new("rtmp_handshakes", c.handshakes_per_address, c.handshakes),
+            unstarted: Limit::new("rtmp_unstarted", c.unstarted_per_address, c.unstarted),
+            publishes: Limit::new("publishes", c.publishes_per_address, config.max_connections),
+            long_requests: Limit::new("http_long_requests", c.long_requests_per_address, c.http_connections),
+            http: HttpLimits {
+                header_timeout: c.http_header_timeout,
+                body_timeout: c.http_body_timeout,
+                connections: Limit::new("http_connections", c.http_connections_per_address, c.http_connections),
+                trusted: None,
+            },
+            partial: ByteBudget::new(c.partial_bytes),
+        }
+    }
+
+    /// Every counted class, for `/metrics`.
+    pub fn all(&self) -> [&Limit; 6] {
+        [
+            &self.rtmp_connections,
+            &self.handshakes,
+            &self.unstarted,
+            &self.publishes,
+            &self.long_requests,
+            &self.http.connections,
+        ]
+    }
+}
+
 /// What every task of the edge shares.
 pub struct EdgeContext {
     pub config: EdgeConfig,
@@ -69,6 +122,7 @@ pub struct EdgeContext {
     pub relays: streams::Relays,
     pub objects: shared_objects::SharedObjects,
     pub stats: EdgeStats,
+    pub limits: EdgeLimits,
     /// Cancelled when the edge stops serving clients (relays and players end with it).
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -134,17 +188,22 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         upstreams,
         relays: streams::Relays::default(),
         stats: EdgeStats::default(),
+        limits: EdgeLimits::new(&config),
         shutdown: clients.clone(),
         started: Instant::now(),
         started_ms,
     });
     let rtmp_task =
         tokio::spawn(tracing::Instrument::in_current_span(rtmp_conn::serve(rtmp, ctx.clone(), clients.clone())));
-    let http_server = axum::serve(http, http::router(ctx.clone())).with_graceful_shutdown({
-        let clients = clients.clone();
-        async move { clients.cancelled().await }
-    });
-    let http_task = tokio::spawn(async move { http_server.await });
+    // HTTP caps: `--http-max-connections[-per-address]`, `--http-header-timeout-ms`,
+    // `--http-body-timeout-ms`; long-lived requests are capped in their handlers
+    // (`--max-long-requests-per-address`).
+    let http_task = tokio::spawn(crate::http_server::serve(
+        http,
+        http::router(ctx.clone()),
+        ctx.limits.http.clone(),
+        clients.clone(),
+    ));
     tracing::info!(rtmp = %config.rtmp, http = %config.http, origins = ?config.origins, "edge serving");
 
     crate::logging::terminated().await;

@@ -31,7 +31,7 @@ use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use raftcast_raft::StreamKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,7 @@ use tracing::Instrument;
 use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
 use super::EdgeContext;
+use crate::limits::{Permit, Reservation};
 use crate::media::hop::HopLatency;
 use crate::media::{Frame, FrameKind, Hub, Subscription};
 use crate::rtmp::chunk::RawMessage;
@@ -60,10 +61,21 @@ const WRITE_SLICES: usize = 64;
 /// Read buffer size.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Accepts RTMP connections until `shutdown`; connections above the limit are closed
-/// at once (counted) rather than left waiting in the backlog.
+/// Accepts RTMP connections until `shutdown`. Caps, each refused at once (closed,
+/// counted in `edge_limit_refused_total`) rather than left waiting in the backlog:
+///
+/// - connections: `--max-connections` in all, `--max-connections-per-address`;
+/// - handshakes in progress: `--max-handshakes[-per-address]`, each finished within
+///   `--handshake-timeout-ms` in all (not per read);
+/// - sessions that have not published, played or used a shared object:
+///   `--max-unstarted[-per-address]`, closed `--start-timeout-ms` after the handshake;
+/// - publishes: `--max-publishes-per-address` (refused with `NetStream.Publish.Failed`);
+/// - partially received messages: `--max-partial-bytes-before-connect`, then
+///   `--max-partial-bytes-per-connection`, and `--max-partial-bytes` over all
+///   connections; going over closes that connection;
+/// - progress: a connection that completes no message for `--idle-timeout-ms`, and
+///   plays nothing, is closed (bytes that never make a message do not count).
 pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_connections));
     let mut next = 0u64;
     loop {
         let accepted = tokio::select! {
@@ -78,11 +90,20 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, limit = ctx.config.max_connections, "connection limit reached; closing");
-            drop(socket);
-            continue;
+        let permits = ctx
+            .limits
+            .rtmp_connections
+            .try_acquire(peer.ip())
+            .and_then(|conn| Ok((conn, ctx.limits.handshakes.try_acquire(peer.ip())?)));
+        let (permit, handshake_permit) = match permits {
+            Ok(permits) => permits,
+            Err(refused) => {
+                ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                // Counted per class in /metrics; a flood must not flood the log too.
+                tracing::debug!(%peer, %refused, "RTMP connection refused");
+                drop(socket);
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         next += 1;
@@ -96,7 +117,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
             async move {
                 ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
                 ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-                match connection(socket, peer, next, &ctx, shutdown).await {
+                match connection(socket, peer, next, &ctx, handshake_permit, shutdown).await {
                     Ok(()) => tracing::debug!("closed"),
                     Err(e) => tracing::info!(conn = next, %peer, error = %e, "closed"),
                 }
@@ -143,6 +164,13 @@ struct Conn {
     objects: ConnObjects,
     /// A play just started: its first media is written without a merge window.
     started_play: bool,
+    peer: SocketAddr,
+    /// Held until the session publishes, plays or uses a shared object.
+    unstarted: Option<Permit>,
+    /// One per publish, from the request until the stream closes.
+    publish_permits: HashMap<u32, Permit>,
+    /// This connection's share of the edge's budget for partial messages.
+    partial: Reservation,
 }
 
 async fn handshake(socket: &mut TcpStream, ctx: &EdgeContext) -> Result<Vec<u8>, String> {
@@ -174,16 +202,22 @@ async fn connection(
     peer: SocketAddr,
     id: u64,
     ctx: &Arc<EdgeContext>,
+    handshake_permit: Permit,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let leftover = handshake(&mut socket, ctx).await?;
+    drop(handshake_permit);
     tracing::debug!(%peer, "handshake done");
+    let unstarted = ctx.limits.unstarted.try_acquire(peer.ip()).map_err(|e| format!("refused: {e}"))?;
+    let start_deadline = Instant::now() + ctx.config.caps.start_timeout;
     let (mut reader, mut writer) = socket.into_split();
     let config = ServerConfig { chunk_size: ctx.config.chunk_size, ..ServerConfig::default() };
+    let mut session = ServerSession::new(config);
+    session.set_max_buffered(ctx.config.caps.partial_bytes_before_connect);
     let mut conn = Conn {
         ctx: ctx.clone(),
         id,
-        session: ServerSession::new(config),
+        session,
         app: None,
         connect_query: None,
         publishing: HashMap::new(),
@@ -193,12 +227,21 @@ async fn connection(
         fenced: CancellationToken::new(),
         objects: ConnObjects::new(ctx.objects.clone()),
         started_play: false,
+        peer,
+        unstarted: Some(unstarted),
+        publish_permits: HashMap::new(),
+        partial: ctx.limits.partial.reservation(),
     };
     let mut pending = Outbox::default();
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut last_read = Instant::now();
+    // Useful progress: a whole message received, or bytes a player took.
+    let mut last_progress = Instant::now();
     let mut last_write = Instant::now();
     let check_every = (ctx.config.idle_timeout.min(ctx.config.write_timeout) / 4).max(Duration::from_millis(50));
+    // Armed until the session starts; a play or publish still being decided at the
+    // deadline gets its answer first.
+    let start_timer = tokio::time::sleep_until(start_deadline);
+    tokio::pin!(start_timer);
     let mut housekeeping = tokio::time::interval(check_every);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Merged writes. Media that finds the socket idle opens a window of `write_merge`:
@@ -233,9 +276,10 @@ async fn connection(
                         Ok(0) => return Err("closed by the client".to_owned()),
                         Ok(n) => {
                             ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                            last_read = Instant::now();
                             let bytes = inbuf.split();
-                            conn.input(&bytes)?;
+                            if conn.input(&bytes)? > 0 {
+                                last_progress = Instant::now();
+                            }
                             if inbuf.capacity() < READ_CHUNK / 4 {
                                 inbuf.reserve(READ_CHUNK);
                             }
@@ -277,22 +321,28 @@ async fn connection(
                             ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                             pending.advance(n);
                             last_write = Instant::now();
+                            last_progress = last_write;
                         }
                         Err(e) => return Err(format!("write: {e}")),
                     }
                 }
                 // One periodic check instead of two timers re-armed on every wake.
                 _ = housekeeping.tick() => {
-                    let idle = conn.playing.is_empty()
-                        && conn.publishing.is_empty()
-                        && conn.pending_ids.is_empty()
-                        && conn.objects.is_empty();
-                    if idle && last_read.elapsed() >= ctx.config.idle_timeout {
-                        return Err(format!("idle for {:?}", ctx.config.idle_timeout));
+                    // A player waiting for its stream to come back, or a quiet
+                    // shared-object client, makes no progress and is not idle.
+                    let idle = conn.playing.is_empty() && conn.pending_ids.is_empty() && conn.objects.is_empty();
+                    if idle && last_progress.elapsed() >= ctx.config.idle_timeout {
+                        return Err(format!("no complete message for {:?}", ctx.config.idle_timeout));
                     }
                     if pending.ready() > 0 && last_write.elapsed() >= ctx.config.write_timeout {
                         return Err(format!("the client read nothing for {:?}", ctx.config.write_timeout));
                     }
+                }
+                _ = &mut start_timer, if conn.unstarted.is_some() && conn.pending_ids.is_empty() => {
+                    return Err(format!(
+                        "neither published, played nor used a shared object within {:?}",
+                        ctx.config.caps.start_timeout
+                    ));
                 }
                 _ = &mut fenced => return Err("a newer publisher took the stream over".to_owned()),
                 _ = &mut stopping => return Ok(()),
@@ -327,12 +377,28 @@ async fn connection(
 }
 
 impl Conn {
-    fn input(&mut self, bytes: &[u8]) -> Result<(), String> {
+    /// Feeds received bytes to the session; returns how many whole messages they
+    /// completed (events), the progress the idle timeout counts.
+    fn input(&mut self, bytes: &[u8]) -> Result<usize, String> {
         let events = self.session.handle_input(bytes).map_err(|e| format!("protocol error: {e}"))?;
+        let held = self.session.buffered_input();
+        if self.partial.set(held).is_err() {
+            tracing::warn!(
+                conn = self.id, peer = %self.peer, held, budget = self.ctx.limits.partial.limit(),
+                "partial RTMP messages over the edge's byte budget; closing this connection"
+            );
+            return Err(format!("partial messages over the edge's budget ({} bytes)", self.ctx.limits.partial.limit()));
+        }
+        let n = events.len();
         for event in events {
             self.event(event)?;
         }
-        Ok(())
+        Ok(n)
+    }
+
+    /// The session did something useful: it no longer counts as not started.
+    fn started(&mut self) {
+        self.unstarted = None;
     }
 
     fn event(&mut self, event: ServerEvent) -> Result<(), String> {
@@ -342,6 +408,7 @@ impl Conn {
                 self.app = Some(app);
                 self.objects.set_token(crate::edge::tokens::query_param(query.as_deref(), "token"));
                 self.connect_query = query;
+                self.session.set_max_buffered(self.ctx.config.caps.partial_bytes_per_connection);
                 self.session.accept_connect();
             }
             ServerEvent::CreateStream { .. } => {}
@@ -363,6 +430,7 @@ impl Conn {
                 });
             }
             ServerEvent::SharedObject { payload, amf3 } => {
+                self.started();
                 for (body, amf3) in self.objects.handle(&payload, amf3)? {
                     self.session.send_shared_object(body.into(), amf3);
                 }
@@ -382,6 +450,15 @@ impl Conn {
             self.session.reject_publish(stream_id, PublishRejection::BadName, &why);
             return;
         };
+        let permit = match self.ctx.limits.publishes.try_acquire(self.peer.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                tracing::info!(conn = self.id, peer = %self.peer, %refused, "publish refused");
+                self.session.reject_publish(stream_id, PublishRejection::Failed, &refused.to_string());
+                return;
+            }
+        };
+        self.publish_permits.insert(stream_id, permit);
         let key = query_param(query.as_deref(), "key").or_else(|| query_param(self.connect_query.as_deref(), "key"));
         let ctx = self.ctx.clone();
         let session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
@@ -420,8 +497,10 @@ impl Conn {
                     Ok(publication) => {
                         self.session.accept_publish(stream_id);
                         self.publishing.insert(stream_id, publication);
+                        self.started();
                     }
                     Err((code, why)) => {
+                        self.publish_permits.remove(&stream_id);
                         tracing::info!(conn = self.id, code = code.code(), why, "publish refused");
                         self.session.reject_publish(stream_id, code, &why);
                     }
@@ -437,6 +516,7 @@ impl Conn {
                 };
                 self.session.accept_play(stream_id);
                 self.started_play = true;
+                self.started();
                 let pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease);
                 self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
                 if self.playing.insert(stream_id, pump.into_stream()).is_some() {
@@ -455,6 +535,7 @@ impl Conn {
 
     fn stream_closed(&mut self, stream_id: u32) {
         self.pending_ids.remove(&stream_id);
+        self.publish_permits.remove(&stream_id);
         if let Some(publication) = self.publishing.remove(&stream_id) {
             self.ctx.stats.publisher_drops.fetch_add(publication.dropped(), Ordering::Relaxed);
         }
@@ -491,6 +572,7 @@ impl Conn {
     /// Ends every publication and play of the connection.
     fn close(&mut self) {
         self.publishing.clear();
+        self.publish_permits.clear();
         let ids: Vec<u32> = self.playing.keys().copied().collect();
         for stream_id in ids {
             self.playing.remove(&stream_id);

@@ -17,6 +17,9 @@ use crate::media::{Frame, FrameKind};
 pub const MAX_FRAME: usize = 16 * 1024 * 1024 + 16;
 /// Largest control frame body (control messages are small).
 pub const MAX_CONTROL: usize = 64 * 1024;
+/// Largest frame body before the peer has authenticated (a `Hello` is a few dozen
+/// bytes): a stranger cannot make a link buffer more than this.
+pub const MAX_UNAUTHENTICATED: usize = 4 * 1024;
 
 const TAG_CONTROL: u8 = 0x01;
 const TAG_MEDIA: u8 = 0x02;
@@ -99,12 +102,18 @@ impl FrameCodec {
     /// Takes the next complete frame from `buf`, or `Ok(None)` when more bytes are
     /// needed. A length prefix is checked before any of its bytes are awaited.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<LinkFrame>, LinkError> {
+        Self::decode_within(buf, MAX_FRAME)
+    }
+
+    /// [`decode`](Self::decode) with a lower bound on the frame length, e.g.
+    /// [`MAX_UNAUTHENTICATED`] until the peer has said `Hello`.
+    pub fn decode_within(buf: &mut BytesMut, max: usize) -> Result<Option<LinkFrame>, LinkError> {
         let Some(prefix) = buf.get(..4) else { return Ok(None) };
         let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
         if len == 0 {
             return Err(LinkError::Empty);
         }
-        if len > MAX_FRAME {
+        if len > max.min(MAX_FRAME) {
             return Err(LinkError::TooLarge(len));
         }
         let Some(&tag) = buf.get(4) else { return Ok(None) };
@@ -149,6 +158,25 @@ mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;
     use raftcast_raft::StreamKey;
+
+    #[test]
+    fn a_large_frame_is_refused_before_hello_from_its_prefix_alone() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(16 * 1024 * 1024);
+        buf.put_u8(TAG_MEDIA);
+        assert_eq!(FrameCodec::decode(&mut buf), Ok(None), "after Hello a 16 MiB frame is awaited");
+        assert_eq!(
+            FrameCodec::decode_within(&mut buf, MAX_UNAUTHENTICATED),
+            Err(LinkError::TooLarge(16 * 1024 * 1024))
+        );
+        let hello = encode_to_bytes(&LinkFrame::Control(Control::Hello {
+            protocol: 1,
+            edge: "edge-1".into(),
+            secret: "s".repeat(64),
+        }));
+        let mut small = BytesMut::from(&hello[..]);
+        assert!(FrameCodec::decode_within(&mut small, MAX_UNAUTHENTICATED).unwrap().is_some());
+    }
 
     fn encode_to_bytes(frame: &LinkFrame) -> Bytes {
         let mut out = BytesMut::new();

@@ -72,6 +72,30 @@ pub struct OriginArgs {
     /// `h`), from 1s to 24h [default: 5s].
     #[arg(long, env = "RAFTCAST_TEMPORARY_GRACE")]
     pub temporary_grace: Option<String>,
+    /// HTTP connections (admin API, Raft RPC, edges' requests) at once; more are closed at accept [default: 8192]
+    #[arg(long, env = "RAFTCAST_ORIGIN_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// HTTP connections from one address (an IPv4 address or an IPv6 /64); edges and peers keep pools of connections, so this is generous [default: 2048]
+    #[arg(long, env = "RAFTCAST_ORIGIN_HTTP_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub http_max_connections_per_address: Option<usize>,
+    /// An HTTP connection waiting for a request, or for the rest of its head, longer than this is closed (also the keep-alive idle timeout) [default: 10000]
+    #[arg(long, env = "RAFTCAST_ORIGIN_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+    /// A request body must arrive whole within this many ms [default: 30000]
+    #[arg(long, env = "RAFTCAST_ORIGIN_HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<u64>,
+    /// Long-lived HTTP requests from one address: shared-object feeds and SSE, stream watches [default: 1024]
+    #[arg(long, env = "RAFTCAST_ORIGIN_MAX_LONG_POLLS_PER_ADDRESS")]
+    pub max_long_polls_per_address: Option<usize>,
+    /// Media-link connections that have not said Hello yet, in all; they never take one of the 256 link slots [default: 64]
+    #[arg(long, env = "RAFTCAST_ORIGIN_LINK_MAX_UNAUTHENTICATED")]
+    pub link_max_unauthenticated: Option<usize>,
+    /// Such connections from one address [default: 8]
+    #[arg(long, env = "RAFTCAST_ORIGIN_LINK_MAX_UNAUTHENTICATED_PER_ADDRESS")]
+    pub link_max_unauthenticated_per_address: Option<usize>,
+    /// A media-link connection must have sent its whole Hello within this many ms of connecting [default: 5000]
+    #[arg(long, env = "RAFTCAST_ORIGIN_LINK_HELLO_TIMEOUT_MS")]
+    pub link_hello_timeout_ms: Option<u64>,
 }
 
 /// Validated origin configuration.
@@ -92,6 +116,21 @@ pub struct OriginConfig {
     /// How long an origin may leave the leader's Raft RPCs unanswered before the leader
     /// moves its streams and stops placing new ones there.
     pub owner_dead_after: Duration,
+    /// Caps on the HTTP listener and the media-link port.
+    pub caps: OriginCaps,
+}
+
+/// Caps on what one peer may hold of an origin's listeners (see [`crate::limits`]).
+#[derive(Debug, Clone)]
+pub struct OriginCaps {
+    pub http_connections: usize,
+    pub http_connections_per_address: usize,
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
+    pub long_polls_per_address: usize,
+    pub link_unauthenticated: usize,
+    pub link_unauthenticated_per_address: usize,
+    pub link_hello_timeout: Duration,
 }
 
 /// Default of `--orphan-grace`.
@@ -137,6 +176,18 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         orphan_grace: cli.orphan_grace.or(file.orphan_grace),
         owner_dead_after_ms: cli.owner_dead_after_ms.or(file.owner_dead_after_ms),
         temporary_grace: cli.temporary_grace.or(file.temporary_grace),
+        http_max_connections: cli.http_max_connections.or(file.http_max_connections),
+        http_max_connections_per_address: cli
+            .http_max_connections_per_address
+            .or(file.http_max_connections_per_address),
+        http_header_timeout_ms: cli.http_header_timeout_ms.or(file.http_header_timeout_ms),
+        http_body_timeout_ms: cli.http_body_timeout_ms.or(file.http_body_timeout_ms),
+        max_long_polls_per_address: cli.max_long_polls_per_address.or(file.max_long_polls_per_address),
+        link_max_unauthenticated: cli.link_max_unauthenticated.or(file.link_max_unauthenticated),
+        link_max_unauthenticated_per_address: cli
+            .link_max_unauthenticated_per_address
+            .or(file.link_max_unauthenticated_per_address),
+        link_hello_timeout_ms: cli.link_hello_timeout_ms.or(file.link_hello_timeout_ms),
     }
 }
 
@@ -226,8 +277,42 @@ impl OriginConfig {
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&temporary_grace) {
             return Err(format!("--temporary-grace must be between 1s and 24h, not {temporary_grace:?}"));
         }
+        let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
+        let caps = OriginCaps {
+            http_connections: a.http_max_connections.unwrap_or(8192),
+            http_connections_per_address: a.http_max_connections_per_address.unwrap_or(2048),
+            http_header_timeout: ms(a.http_header_timeout_ms, 10_000),
+            http_body_timeout: ms(a.http_body_timeout_ms, 30_000),
+            long_polls_per_address: a.max_long_polls_per_address.unwrap_or(1024),
+            link_unauthenticated: a.link_max_unauthenticated.unwrap_or(64),
+            link_unauthenticated_per_address: a.link_max_unauthenticated_per_address.unwrap_or(8),
+            link_hello_timeout: a
+                .link_hello_timeout_ms
+                .map_or(crate::origin::link_server::HELLO_TIMEOUT, Duration::from_millis),
+        };
+        for (flag, n) in [
+            ("--http-max-connections", caps.http_connections),
+            ("--http-max-connections-per-address", caps.http_connections_per_address),
+            ("--max-long-polls-per-address", caps.long_polls_per_address),
+            ("--link-max-unauthenticated", caps.link_unauthenticated),
+            ("--link-max-unauthenticated-per-address", caps.link_unauthenticated_per_address),
+        ] {
+            if n == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        for (flag, t) in [
+            ("--http-header-timeout-ms", caps.http_header_timeout),
+            ("--http-body-timeout-ms", caps.http_body_timeout),
+            ("--link-hello-timeout-ms", caps.link_hello_timeout),
+        ] {
+            if t < Duration::from_millis(100) {
+                return Err(format!("{flag} must be at least 100"));
+            }
+        }
         Ok(OriginConfig {
             id,
+            caps,
             temporary_grace,
             http,
             media,
@@ -257,6 +342,20 @@ mod tests {
         assert_eq!(c.http.to_string(), "127.0.0.1:8102");
         assert_eq!(c.media.to_string(), "127.0.0.1:9102");
         assert_eq!(c.data_dir, PathBuf::from("data/origin-2"));
+    }
+
+    #[test]
+    fn listener_caps_have_defaults_and_refuse_zero() {
+        let args = OriginArgs { id: Some(1), ..Default::default() };
+        let c = OriginConfig::from_args(args.clone(), env("0123456789abcdef0123")).unwrap();
+        assert_eq!((c.caps.http_connections, c.caps.link_unauthenticated_per_address), (8192, 8));
+        assert_eq!(c.caps.link_hello_timeout, Duration::from_secs(5));
+        let zero = OriginArgs { link_max_unauthenticated: Some(0), ..args.clone() };
+        let err = OriginConfig::from_args(zero, env("0123456789abcdef0123")).unwrap_err();
+        assert!(err.contains("--link-max-unauthenticated"), "{err}");
+        let hasty = OriginArgs { http_header_timeout_ms: Some(5), ..args };
+        let err = OriginConfig::from_args(hasty, env("0123456789abcdef0123")).unwrap_err();
+        assert!(err.contains("--http-header-timeout-ms"), "{err}");
     }
 
     #[test]

@@ -38,8 +38,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{OriginArgs, OriginConfig};
 
+use crate::http_server::HttpLimits;
+use crate::limits::{Limit, Trusted};
 use metrics::Metrics;
 use proposer::Proposer;
+
+/// A quarter of `--http-max-connections` is kept for the cluster's own members.
+const PEER_RESERVE_DIVISOR: usize = 4;
 
 /// How long shutdown waits for in-flight HTTP requests before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -119,12 +124,15 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let link_task = tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(
         media_listener,
         links.clone(),
+        link_server::LinkCaps::new(&config.caps),
         shutdown.clone(),
     )));
+    let members = Arc::new(Trusted::default());
     tokio::spawn(tracing::Instrument::in_current_span(watch_raft(
         raft.clone(),
         metrics.clone(),
         liveness.clone(),
+        members.clone(),
         shutdown.clone(),
     )));
     let failover = failover::Supervisor {
@@ -164,6 +172,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         admin_token: config.admin_token.as_deref().map(Arc::from),
         shutdown: shutdown.clone(),
     };
+    let long_polls = Limit::new("http_long_polls", config.caps.long_polls_per_address, config.caps.http_connections);
     let internal = Router::new()
         .route("/raft/forward", post(proposer::forward_route))
         .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), rpc::require_secret))
@@ -173,6 +182,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .merge(
             Router::new()
                 .route("/internal/objects/{name}/events", get(shared_objects::feed_route))
+                .route_layer(axum::middleware::from_fn_with_state(long_polls, crate::http_server::long_lived))
                 .route("/internal/objects/{name}/messages", post(shared_objects::message_route))
                 .route(shared_objects::WATCHED_ROUTE, get(shared_objects::watched_route))
                 .route(shared_objects::TOKEN_KEYS_ROUTE, get(shared_objects::token_keys_route))
@@ -189,24 +199,29 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         http = %config.http, media = %config.media, data_dir = %store_dir.display(),
         orphan_grace = ?config.orphan_grace, owner_dead_after = ?config.owner_dead_after, "origin serving"
     );
-    // Without TCP_NODELAY a response split over two segments waits for the peer's
-    // delayed ACK (40 ms): one Raft round trip would cost 40 ms on loopback.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move { shutdown.cancelled().await }
-    });
-    let server = tokio::spawn(async move { server.await });
+    // The listener's caps (`--http-max-connections[-per-address]`, header and body
+    // timeouts); feeds are capped per address above (`--max-long-polls-per-address`).
+    // Raft RPC shares this listener. A flood of idle connections from elsewhere once
+    // filled the cap and Raft's new connections were reset: elections followed. So the
+    // last [`PEER_RESERVE_DIVISOR`]th of the cap is kept for the addresses of the
+    // cluster's members (`watch_raft` keeps the set current).
+    let http_limits = HttpLimits {
+        header_timeout: config.caps.http_header_timeout,
+        body_timeout: config.caps.http_body_timeout,
+        connections: Limit::with_reserve(
+            "http_connections",
+            config.caps.http_connections_per_address,
+            config.caps.http_connections,
+            config.caps.http_connections / PEER_RESERVE_DIVISOR,
+        ),
+        trusted: Some(members.clone()),
+    };
+    let server = tokio::spawn(crate::http_server::serve(listener, router, http_limits, shutdown.clone()));
     crate::logging::terminated().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still open after {SHUTDOWN_GRACE:?}; stopping anyway"),
     }
@@ -241,14 +256,30 @@ async fn confirm_current(proposer: Proposer, links: link_server::LinkContext, sh
 }
 
 /// Follows openraft's metrics for leader changes, logs role transitions and notes
-/// when this node starts leading (the failover bound counts from then).
-async fn watch_raft(raft: Raft, metrics: Arc<Metrics>, liveness: liveness::Liveness, shutdown: CancellationToken) {
+/// when this node starts leading (the failover bound counts from then); keeps the
+/// set of member addresses trusted with the HTTP cap's reserve.
+async fn watch_raft(
+    raft: Raft,
+    metrics: Arc<Metrics>,
+    liveness: liveness::Liveness,
+    members: Arc<Trusted>,
+    shutdown: CancellationToken,
+) {
     let mut rx = raft.metrics();
     let mut last = (None, None);
+    let mut last_members = None;
     loop {
         {
             let m = rx.borrow_and_update();
             metrics.observe_raft(&m);
+            // The members' addresses may use the HTTP connection cap's reserve.
+            let membership = m.membership_config.membership();
+            if last_members.as_ref() != Some(membership) {
+                // Addresses given as host names are not trusted (no lookups here).
+                let ip = |a: &str| a.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+                members.set(membership.nodes().flat_map(|(_, node)| [ip(&node.http), ip(&node.media)]).flatten());
+                last_members = Some(membership.clone());
+            }
             liveness.observe(&m, std::time::Instant::now());
             let now = (m.current_leader, Some(m.state));
             if now != last {

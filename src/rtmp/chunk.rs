@@ -226,6 +226,18 @@ impl ChunkDecoder {
         self.consumed
     }
 
+    /// Payload bytes held now for partially received messages (what a byte budget
+    /// over many connections counts).
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Changes the most payload bytes held for partial messages: a connection may be
+    /// given a small bound until it has said who it is, a larger one after.
+    pub fn set_max_buffered(&mut self, max: usize) {
+        self.limits.max_buffered = max;
+    }
+
     /// Parses the chunk at the front of `input` against the current state, changing nothing.
     fn parse(&self, mut input: &[u8]) -> Result<Chunk, Parse> {
         let total = input.len();

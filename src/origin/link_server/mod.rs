@@ -36,16 +36,43 @@ use tracing::Instrument;
 pub use held::{PENDING_BYTES, PENDING_FRAMES};
 pub use registry::LinkContext;
 
+use crate::limits::{Limit, Permit};
+use crate::link::frame::{MAX_FRAME, MAX_UNAUTHENTICATED};
 use crate::link::{Control, FrameCodec, LinkFrame, PROTOCOL_VERSION};
 use link::Link;
 
-/// Most edge links an origin accepts at once; more wait in the listen backlog.
+/// Most authenticated edge links an origin holds at once; a link that says a valid
+/// `Hello` while all are taken is refused (the edge retries with backoff).
 pub const MAX_LINKS: usize = 256;
 /// Frames queued for one link's writer. Pumps wait when it is full; the hub's reader
 /// queue behind each pump is what drops (to a keyframe) when an edge cannot keep up.
 pub const LINK_SEND_QUEUE: usize = 1024;
-/// An edge must say `Hello` within this long after connecting.
+/// Default of `--link-hello-timeout-ms`: an edge must have sent its whole `Hello`
+/// within this long after connecting (one deadline, not one per read).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The media-link port's caps, stated beside its accept loop ([`serve`]).
+#[derive(Debug, Clone)]
+pub struct LinkCaps {
+    /// Connections that have not said `Hello` yet: per address and in all. They wait
+    /// in this pool of their own and never hold one of the [`MAX_LINKS`] slots.
+    pub unauthenticated: Arc<Limit>,
+    /// The whole `Hello` must arrive within this long.
+    pub hello_timeout: Duration,
+}
+
+impl LinkCaps {
+    pub fn new(caps: &crate::origin::config::OriginCaps) -> LinkCaps {
+        LinkCaps {
+            unauthenticated: Limit::new(
+                "link_unauthenticated",
+                caps.link_unauthenticated_per_address,
+                caps.link_unauthenticated,
+            ),
+            hello_timeout: caps.link_hello_timeout,
+        }
+    }
+}
 /// A link silent for this long is dead (edges ping every 100 ms).
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(2);
 /// How long a publish waits for this origin to apply the claim it names.
@@ -63,7 +90,8 @@ pub struct LinkStats {
     /// Bytes read from and written to links.
     pub bytes_in: Counter,
     pub bytes_out: Counter,
-    /// Links refused at `Hello` (wrong secret or protocol).
+    /// Links refused: at accept (caps before `Hello`), at `Hello` (silent, too large,
+    /// wrong secret or protocol), or with every link slot taken.
     pub refused: Counter,
     /// Media frames dropped while their publish waited for its claim (overflow, or the
     /// publish was refused or withdrawn).
@@ -98,12 +126,17 @@ async fn follow_claims(ctx: LinkContext, shutdown: CancellationToken) {
     }
 }
 
-/// Accepts links until `shutdown`.
-pub async fn serve(listener: TcpListener, ctx: LinkContext, shutdown: CancellationToken) {
+/// Accepts links until `shutdown`. Caps:
+///
+/// - before `Hello`: `--link-max-unauthenticated[-per-address]` connections (over it,
+///   closed at accept), frames of at most [`MAX_UNAUTHENTICATED`] bytes, and the whole
+///   `Hello` within `--link-hello-timeout-ms`; none of this holds a link slot;
+/// - after `Hello`: [`MAX_LINKS`] authenticated links (over it, `Refused`), frames up
+///   to [`crate::link::frame::MAX_FRAME`].
+pub async fn serve(listener: TcpListener, ctx: LinkContext, caps: LinkCaps, shutdown: CancellationToken) {
     tokio::spawn(follow_claims(ctx.clone(), shutdown.clone()).in_current_span());
-    let permits = Arc::new(Semaphore::new(MAX_LINKS));
+    let slots = Arc::new(Semaphore::new(MAX_LINKS));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => return,
@@ -116,18 +149,27 @@ pub async fn serve(listener: TcpListener, ctx: LinkContext, shutdown: Cancellati
                 continue;
             }
         };
+        let unauthenticated = match caps.unauthenticated.try_acquire(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                ctx.stats.refused.inc();
+                tracing::debug!(%peer, %refused, "link refused at accept");
+                continue;
+            }
+        };
         let _ = socket.set_nodelay(true);
         let link = ctx.next_link.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
+        let slots = slots.clone();
+        let hello_timeout = caps.hello_timeout;
         let span = tracing::info_span!("link", link, peer = %peer);
         tokio::spawn(
             async move {
-                match run_link(socket, link, &ctx, shutdown).await {
+                match run_link(socket, link, &ctx, unauthenticated, &slots, hello_timeout, shutdown).await {
                     Ok(()) => tracing::info!("link closed"),
                     Err(e) => tracing::warn!(error = %e, "link closed"),
                 }
-                drop(permit);
             }
             .instrument(span),
         );
@@ -140,9 +182,10 @@ async fn read_frame(
     buf: &mut BytesMut,
     stats: &LinkStats,
     limit: Duration,
+    max_frame: usize,
 ) -> Result<LinkFrame, String> {
     loop {
-        if let Some(frame) = FrameCodec::decode(buf).map_err(|e| e.to_string())? {
+        if let Some(frame) = FrameCodec::decode_within(buf, max_frame).map_err(|e| e.to_string())? {
             return Ok(frame);
         }
         let n = tokio::time::timeout(limit, socket.read_buf(buf))
@@ -156,11 +199,34 @@ async fn read_frame(
     }
 }
 
-async fn run_link(socket: TcpStream, link: u64, ctx: &LinkContext, shutdown: CancellationToken) -> Result<(), String> {
+async fn run_link(
+    socket: TcpStream,
+    link: u64,
+    ctx: &LinkContext,
+    unauthenticated: Permit,
+    slots: &Arc<Semaphore>,
+    hello_timeout: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let (mut reader, mut writer) = socket.into_split();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    // Authenticate before anything else; only a small control frame is accepted here.
-    let edge = match read_frame(&mut reader, &mut buf, &ctx.stats, HELLO_TIMEOUT).await? {
+    let mut buf = BytesMut::with_capacity(MAX_UNAUTHENTICATED);
+    // Authenticate before anything else; only a small frame is accepted here, and the
+    // whole of it must come within one deadline (a drip does not reset it).
+    let hello = tokio::time::timeout(
+        hello_timeout,
+        read_frame(&mut reader, &mut buf, &ctx.stats, hello_timeout, MAX_UNAUTHENTICATED),
+    )
+    .await
+    .map_err(|_| format!("no Hello within {hello_timeout:?}"))
+    .and_then(|read| read);
+    let hello = match hello {
+        Ok(hello) => hello,
+        Err(e) => {
+            ctx.stats.refused.inc();
+            return Err(e);
+        }
+    };
+    let edge = match hello {
         LinkFrame::Control(Control::Hello { protocol, edge, secret })
             if protocol == PROTOCOL_VERSION && constant_time_eq(secret.as_bytes(), ctx.secret.as_str().as_bytes()) =>
         {
@@ -181,6 +247,15 @@ async fn run_link(socket: TcpStream, link: u64, ctx: &LinkContext, shutdown: Can
             return Err(reason);
         }
     };
+    drop(unauthenticated);
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        ctx.stats.refused.inc();
+        let reason = format!("this origin already holds {MAX_LINKS} links");
+        let mut out = BytesMut::new();
+        FrameCodec::encode(&LinkFrame::Control(Control::Refused { reason: reason.clone() }), &mut out);
+        let _ = writer.write_all(&out).await;
+        return Err(reason);
+    };
     tracing::info!(edge, "link up");
     ctx.stats.links.inc();
     let (tx, rx) = mpsc::channel::<LinkFrame>(LINK_SEND_QUEUE);
@@ -190,7 +265,7 @@ async fn run_link(socket: TcpStream, link: u64, ctx: &LinkContext, shutdown: Can
     let result = loop {
         // `read_frame` is cancel-safe: bytes read so far stay in `buf`.
         tokio::select! {
-            frame = read_frame(&mut reader, &mut buf, &ctx.stats, SILENCE_LIMIT) => match frame {
+            frame = read_frame(&mut reader, &mut buf, &ctx.stats, SILENCE_LIMIT, MAX_FRAME) => match frame {
                 Ok(frame) => link.handle(frame).await,
                 Err(e) => break Err(e),
             },

@@ -161,6 +161,19 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
+    /// Bytes received and held, not yet whole messages: partial payloads plus the
+    /// partial chunk at the front of the input (what a byte budget counts).
+    pub fn buffered_input(&self) -> usize {
+        self.wire.decoder.buffered() + self.wire.input.len()
+    }
+
+    /// The most payload bytes held for partially received messages
+    /// ([`crate::rtmp::chunk::DecoderLimits::max_buffered`]); over it, `handle_input`
+    /// fails and the driver closes the connection.
+    pub fn set_max_buffered(&mut self, max: usize) {
+        self.wire.decoder.set_max_buffered(max);
+    }
+
     /// A session for a connection whose handshake just completed.
     pub fn new(config: ServerConfig) -> Self {
         Self {

@@ -1,0 +1,212 @@
+//! The HTTP server loop shared by edges and origins: hyper's HTTP/1 connection driver
+//! around an axum [`Router`], with the caps every listener states (STYLE: "every
+//! listener states its caps beside its accept loop").
+//!
+//! - a global and a per-address cap on open connections ([`crate::limits::Limit`]):
+//!   a connection over either is closed at accept, counted, never served;
+//! - a header-read timeout: from the moment a connection waits for a request (its
+//!   first, or the next one on a kept-alive connection) until the whole head has
+//!   arrived; it is also what closes idle keep-alive connections (hyper starts the
+//!   same timer while waiting for the next request);
+//! - a request-body deadline: the whole body must arrive within it, counted from the
+//!   first poll of the body (a drip that resets a per-read timer does not help);
+//! - a reserve of the global cap for trusted addresses (an origin's fellow members):
+//!   a flood from elsewhere fills the rest and is refused, Raft RPC still connects;
+//! - graceful shutdown: stop accepting, let each connection finish the request in
+//!   flight, then wait for every connection task.
+//!
+//! Handlers see the peer as axum's `ConnectInfo<SocketAddr>`, for the per-address caps
+//! on long-lived requests (SSE, HTTP-FLV, long polls). Never knows routes.
+
+use std::future::Future as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::limits::{Limit, Trusted};
+
+/// The caps and timeouts of one HTTP listener.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// A connection waiting for a request, or for the rest of its head, is closed after
+    /// this long.
+    pub header_timeout: Duration,
+    /// A request body must have arrived whole within this long.
+    pub body_timeout: Duration,
+    /// Open connections: per address and in all (a [`Limit`] of class `http_connections`).
+    pub connections: Arc<Limit>,
+    /// Addresses that may use the connection cap's reserve (an origin's fellow Raft
+    /// members, so a flood cannot refuse the connections Raft RPC needs).
+    pub trusted: Option<Arc<Trusted>>,
+}
+
+/// Serves `router` on `listener` until `shutdown`, then drains the connections.
+/// Returns when every connection has ended.
+pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let (socket, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of descriptors, most likely: back off instead of spinning.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
+        let permit = match limits.connections.try_acquire_as(peer.ip(), trusted) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                tracing::debug!(%peer, %refused, "HTTP connection refused");
+                drop(socket);
+                continue;
+            }
+        };
+        // Without TCP_NODELAY a response split over two segments waits for the peer's
+        // delayed ACK (40 ms): one Raft round trip would cost 40 ms on loopback.
+        let _ = socket.set_nodelay(true);
+        let router = router.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(
+            async move {
+                connection(socket, peer, router, &limits, shutdown).await;
+                drop(permit);
+            }
+            .instrument(tracing::debug_span!("http", %peer)),
+        );
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(
+    socket: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: &HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let body_timeout = limits.body_timeout;
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let mut router = router.clone();
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(ConnectInfo(peer));
+        let body = axum::body::Body::new(DeadlineBody::new(body, body_timeout));
+        let req = hyper::Request::from_parts(parts, body);
+        tower_service::Service::call(&mut router, req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(socket), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+/// Why a request body was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body did not arrive whole within the deadline.
+    #[error("the request body did not arrive within {0:?}")]
+    TimedOut(Duration),
+    /// The connection failed while reading it.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+/// A request body that must arrive whole before a deadline, armed on its first poll.
+struct DeadlineBody {
+    inner: Incoming,
+    limit: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, limit: Duration) -> DeadlineBody {
+        DeadlineBody { inner, limit, deadline: None }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(BodyError::from)));
+        }
+        let limit = this.limit;
+        let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::TimedOut(limit)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware for long-lived routes: takes a permit of `limit` for the peer's address
+/// (429 `too_many_requests` with `Retry-After: 1` when refused) and holds it until the
+/// response body ends, so a stream that lasts for hours keeps counting.
+pub async fn long_lived(
+    axum::extract::State(limit): axum::extract::State<Arc<Limit>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let permit = match limit.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            let body = serde_json::json!({ "error": { "code": "too_many_requests", "message": refused.to_string() } });
+            return (hyper::StatusCode::TOO_MANY_REQUESTS, [(hyper::header::RETRY_AFTER, "1")], axum::Json(body))
+                .into_response();
+        }
+    };
+    let response = next.run(request).await;
+    response.map(|body| {
+        let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+            let _held = &permit;
+            chunk
+        });
+        axum::body::Body::from_stream(stream)
+    })
+}
