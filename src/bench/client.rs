@@ -26,6 +26,24 @@ pub struct RtmpClient {
     pub bytes_in: u64,
 }
 
+/// The source address of the next load connection to a loopback server: a different
+/// 127.0.x.y per [`CONNECTIONS_PER_SOURCE`] connections. A load of thousands of players
+/// from one process then looks like many hosts, as it would in production, and stays
+/// under an edge's per-address caps (`--max-connections-per-address`, 128 by default)
+/// without raising them. Loopback answers for all of 127.0.0.0/8 on Linux.
+fn loopback_source(server: SocketAddr) -> Option<std::net::Ipv4Addr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    /// Connections that share one source address: well under the per-address caps.
+    const CONNECTIONS_PER_SOURCE: u32 = 32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let SocketAddr::V4(v4) = server else { return None };
+    if !v4.ip().is_loopback() {
+        return None;
+    }
+    let host = NEXT.fetch_add(1, Ordering::Relaxed) / CONNECTIONS_PER_SOURCE % (250 * 250);
+    Some(std::net::Ipv4Addr::new(127, 1 + (host / 250) as u8, 0, 1 + (host % 250) as u8))
+}
+
 impl RtmpClient {
     /// Connects, shakes hands and sends `connect` for `app`; returns once the server
     /// accepted it.
@@ -41,14 +59,14 @@ impl RtmpClient {
         recv_buffer: Option<u32>,
         config: ClientConfig,
     ) -> anyhow::Result<RtmpClient> {
-        let socket = if let Some(size) = recv_buffer {
-            let s = tokio::net::TcpSocket::new_v4()?;
+        let s = tokio::net::TcpSocket::new_v4()?;
+        if let Some(size) = recv_buffer {
             s.set_recv_buffer_size(size)?;
-            s.connect(addr).await
-        } else {
-            TcpStream::connect(addr).await
         }
-        .with_context(|| format!("connecting to {addr}"))?;
+        if let Some(source) = loopback_source(addr) {
+            s.bind(SocketAddr::from((source, 0)))?;
+        }
+        let socket = s.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         socket.set_nodelay(true)?;
         let mut client = RtmpClient {
             socket,
