@@ -209,7 +209,8 @@ pub struct AttackReport {
     pub params_connections: u32,
     /// Connections the attack had open at once, at most.
     pub peak_open: u64,
-    /// Connections established.
+    /// Connections established (socket attacks and publishes; the HTTP request floods
+    /// go through a client pool and count `requests` only).
     pub connections: u64,
     /// Connection attempts refused, reset or timed out.
     pub connect_failures: u64,
