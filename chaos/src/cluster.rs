@@ -69,6 +69,7 @@ impl Cluster {
         let token = format!("chaos-admin-token-{:016x}", rand::random::<u64>());
         std::fs::write(opts.dir.join("cluster-secret"), &secret)?;
         std::fs::write(opts.dir.join("admin-token"), &token)?;
+        plant_www(&opts.dir)?;
         let mut addrs = BTreeMap::new();
         for node in crate::net::NODES {
             let ip = backend.ip(node);
@@ -157,6 +158,7 @@ impl Cluster {
                 argv.extend(["edge".into(), "--id".into(), format!("edge-{e}")]);
                 argv.extend(["--rtmp".into(), a.media.to_string(), "--http".into(), a.http.to_string()]);
                 argv.extend(["--origins".into(), origins.join(",")]);
+                argv.extend(["--www".into(), dir.join("www").to_string_lossy().into()]);
             }
         }
         argv.extend(["--cluster-secret-file".into(), dir.join("cluster-secret").to_string_lossy().into()]);
@@ -336,6 +338,25 @@ impl Cluster {
     pub fn data_bytes(&self, origin: u32) -> u64 {
         dir_bytes(&self.data_dir(origin))
     }
+}
+
+/// The edges' `--www` folder: a page, plus what a careless deploy leaves beside it and
+/// the `www-escape` attack asks for (`attack::http::WWW_FORBIDDEN`): a symlink out of the
+/// folder to the cluster secret, `node_modules`, `test/` and dotfiles.
+fn plant_www(dir: &Path) -> anyhow::Result<()> {
+    let www = dir.join("www");
+    std::fs::create_dir_all(www.join("node_modules/pkg"))?;
+    std::fs::create_dir_all(www.join("test"))?;
+    std::fs::write(www.join("index.html"), "<!doctype html><title>chaos</title>\n")?;
+    std::fs::write(www.join("node_modules/pkg/package.json"), "{\"name\": \"pkg\"}\n")?;
+    std::fs::write(www.join("test/secret.txt"), "test fixture\n")?;
+    std::fs::write(www.join(".npmrc"), "//registry.example/:_authToken=chaos\n")?;
+    std::fs::write(www.join(".env"), "SECRET=chaos\n")?;
+    let secret = std::fs::canonicalize(dir.join("cluster-secret"))?;
+    let link = www.join("leak");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(secret, link)?;
+    Ok(())
 }
 
 fn dir_bytes(path: &Path) -> u64 {

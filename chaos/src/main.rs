@@ -6,12 +6,14 @@
 //! It drives the product from outside only: processes, sockets, HTTP and RTMP; it never
 //! links the product's internals beyond its RTMP client and synthetic stream.
 
+mod attack;
 mod check;
 mod cleanup;
 mod cluster;
 mod history;
 mod nemesis;
 mod net;
+mod probe;
 mod proxy;
 mod report;
 mod run;
@@ -51,6 +53,49 @@ enum Cmd {
     Smoke {
         #[command(flatten)]
         common: Common,
+    },
+    /// The nightly abuse suite: every attack alone at the size, then the 64 KiB
+    /// write flood for 5 minutes while a follower is stopped and catches up.
+    Suite {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One attack against one address, no cluster started: prints its report as JSON.
+    Abuse {
+        /// The attack (see `docs/chaos.md`): write-flood-edge, rtmp-drip, …
+        #[arg(long)]
+        attack: String,
+        /// The listener attacked (an edge's HTTP or RTMP port, an origin's admin API
+        /// or media-link port, as the attack needs).
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// An origin's admin API, for write tokens and the victim slot.
+        #[arg(long)]
+        origin: Option<std::net::SocketAddr>,
+        /// File holding the admin bearer token (for tokens, the victim and origin floods).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// Concurrent clients or connections [default: the attack's smoke size].
+        #[arg(long)]
+        connections: Option<u32>,
+        /// How long: `30s`, `5m`.
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// New connections or requests per second over all clients (0: as fast as they go).
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// Drip interval / pause between probing requests, in ms [default: the attack's].
+        #[arg(long)]
+        interval_ms: Option<u64>,
+        /// Bind this source address before connecting.
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
+        /// Slot value size of the write floods (at most 65 000).
+        #[arg(long)]
+        value_bytes: Option<usize>,
+        /// Use the connection counts instead of the smoke size.
+        #[arg(long)]
+        full: bool,
     },
     /// Re-checks a saved register history (`DIR/<schedule>/registers.jsonl`).
     Check {
@@ -125,6 +170,46 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
     if let Cmd::Check { history } = &cli.command {
         return recheck(history);
     }
+    if let Cmd::Abuse {
+        attack,
+        target,
+        origin,
+        admin_token_file,
+        connections,
+        duration,
+        rate,
+        interval_ms,
+        source,
+        value_bytes,
+        full,
+    } = cli.command
+    {
+        let kind = attack::AttackKind::parse(&attack).ok_or_else(|| {
+            let known: Vec<&str> = attack::AttackKind::ALL.iter().map(|k| k.name()).collect();
+            anyhow::anyhow!("unknown attack {attack:?}; known: {}", known.join(", "))
+        })?;
+        let mut params = kind.default_params(full);
+        params.duration = parse_duration(&duration).map_err(anyhow::Error::msg)?;
+        params.rate = rate;
+        params.source = source;
+        if let Some(c) = connections {
+            params.connections = c;
+        }
+        if let Some(ms) = interval_ms {
+            params.interval = Duration::from_millis(ms);
+        }
+        if let Some(v) = value_bytes {
+            params.value_bytes = v;
+        }
+        let admin_token = match admin_token_file {
+            Some(p) => Some(std::fs::read_to_string(p)?.trim().to_string()),
+            None => None,
+        };
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        let report = attack::run(kind, attack::Targets { target, origin, admin_token }, params, rx).await;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(true);
+    }
     cleanup::install_signal_handler();
     let (schedules, common, seed) = match cli.command {
         Cmd::Run { schedule, common, seed, duration } => {
@@ -132,13 +217,20 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
                 schedule::random(seed, parse_duration(&duration).map_err(anyhow::Error::msg)?)
             } else {
                 schedule::named(&schedule).ok_or_else(|| {
-                    anyhow::anyhow!("unknown schedule {schedule:?}; known: random, {}", schedule::NAMED.join(", "))
+                    anyhow::anyhow!(
+                        "unknown schedule {schedule:?}; known: random, {}, {}",
+                        schedule::NAMED.join(", "),
+                        schedule::abuse_suite().join(", ")
+                    )
                 })?
             };
             (vec![s], common, seed)
         }
         Cmd::Smoke { common } => (schedule::NAMED.iter().filter_map(|n| schedule::named(n)).collect(), common, 1),
-        Cmd::Check { .. } => unreachable!("handled above"),
+        Cmd::Suite { common } => {
+            (schedule::abuse_suite().iter().filter_map(|n| schedule::named(n)).collect(), common, 1)
+        }
+        Cmd::Check { .. } | Cmd::Abuse { .. } => unreachable!("handled above"),
     };
     let bin = common.bin.or_else(default_bin).ok_or_else(|| {
         anyhow::anyhow!("no raftcast binary beside this program: build it (cargo build --release) or pass --bin")

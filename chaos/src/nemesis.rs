@@ -1,6 +1,8 @@
 //! Nemeses: each fault is aimed at whoever holds a role when it starts (the leader, the
 //! owner of the chaos stream), applied to the real processes or the network, and healed
 //! at the end of its window. Knows the cluster and the network, not the workloads.
+//! Abuse faults run attack generators ([`crate::attack`]) from the attacker's own
+//! address against the edges' and origins' listeners for the window.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +13,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::attack::{self, Aim, AttackKind, AttackReport, Targets};
 use crate::cluster::{Cluster, ORIGINS};
 use crate::net::{Node, Rules, NODES};
 use crate::proxy::DelayProxy;
@@ -54,7 +57,37 @@ pub enum Fault {
     RollingRestart,
     /// One origin's wall clock moves `secs` away (libfaketime).
     ClockSkew { target: Target, secs: i64 },
+    /// These attacks at once for the window (`full`: the connection counts,
+    /// else smoke-sized ones); with `stop_follower_secs`, a follower is also stopped for
+    /// that long at the start and must catch up while the attacks go on.
+    Abuse { attacks: AttackSet, full: bool, stop_follower_secs: u32 },
 }
+
+/// A set of attacks (a bit per [`AttackKind::ALL`] entry), `Copy` like every fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttackSet(pub u32);
+
+impl AttackSet {
+    pub fn of(kinds: &[AttackKind]) -> AttackSet {
+        AttackSet(kinds.iter().map(|k| 1 << Self::bit(*k)).fold(0, |a, b| a | b))
+    }
+
+    fn bit(k: AttackKind) -> u32 {
+        AttackKind::ALL.iter().position(|x| *x == k).unwrap_or(0) as u32
+    }
+
+    pub fn kinds(&self) -> Vec<AttackKind> {
+        AttackKind::ALL.into_iter().filter(|k| self.0 & (1 << Self::bit(*k)) != 0).collect()
+    }
+
+    pub fn names(&self) -> String {
+        self.kinds().iter().map(|k| k.name()).collect::<Vec<_>>().join("+")
+    }
+}
+
+/// The longest an abuse fault's attacks run if nobody heals them (they are stopped at
+/// the end of their window; this bounds them if the harness fails in between).
+pub const ABUSE_MAX: Duration = Duration::from_secs(15 * 60);
 
 impl Fault {
     pub fn name(&self) -> String {
@@ -70,6 +103,7 @@ impl Fault {
             Fault::Latency { .. } => "latency",
             Fault::RollingRestart => "rolling-restart",
             Fault::ClockSkew { .. } => "clock-skew",
+            Fault::Abuse { attacks, .. } => return format!("abuse:{}", attacks.names()),
         }
         .into()
     }
@@ -88,6 +122,11 @@ pub enum Active {
     Resume(Node),
     Rules,
     Skew(u32),
+    /// Attacks running until told to stop.
+    Abuse {
+        stop: tokio::sync::watch::Sender<bool>,
+        tasks: Vec<tokio::task::JoinHandle<AttackReport>>,
+    },
     Nothing,
 }
 
@@ -167,6 +206,40 @@ pub async fn inject(
                 count: 3,
             });
         }
+        Fault::Abuse { attacks, full, .. } => {
+            let source = cluster.backend.attacker_ip().ok();
+            let leader = cluster.leader().await.unwrap_or(1);
+            let owner = roles.lock().unwrap_or_else(|p| p.into_inner()).owner.map(|(_, o)| o).unwrap_or(2);
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            let mut tasks = Vec::new();
+            let mut aimed = Vec::new();
+            for kind in attacks.kinds() {
+                let target = match kind.aim() {
+                    Aim::EdgeHttp => cluster.addrs(Node::Edge(1)).http,
+                    Aim::EdgeRtmp => cluster.addrs(Node::Edge(1)).media,
+                    Aim::OriginHttp => cluster.addrs(Node::Origin(leader)).http,
+                    // The canary stream's owner: its publishes are what a full link
+                    // port would refuse.
+                    Aim::OriginMedia => cluster.addrs(Node::Origin(owner)).media,
+                };
+                let mut params = kind.default_params(full);
+                params.duration = ABUSE_MAX;
+                params.source = source;
+                let targets = Targets {
+                    target,
+                    origin: Some(cluster.addrs(Node::Origin(leader)).http),
+                    admin_token: Some(cluster.token.clone()),
+                };
+                aimed.push(format!("{} x{} -> {target}", kind.name(), params.connections));
+                tasks.push(tokio::spawn(attack::run(kind, targets, params, rx.clone())));
+            }
+            let from = source.map_or("the harness's address".to_string(), |s| s.to_string());
+            return Ok(Injected {
+                active: Active::Abuse { stop, tasks },
+                detail: format!("from {from}: {}", aimed.join(", ")),
+                count: 1,
+            });
+        }
         Fault::Latency { ms } => {
             let via = cluster.backend.harness_ip()?;
             let mut proxies = Vec::new();
@@ -239,8 +312,24 @@ pub async fn inject(
     Ok(Injected { active: Active::Rules, detail, count: 1 })
 }
 
-/// Undoes an injected fault.
-pub async fn heal(active: Active, cluster: &mut Cluster) -> anyhow::Result<()> {
+/// Undoes an injected fault; an abuse fault's attacks report what they did.
+pub async fn heal(active: Active, cluster: &mut Cluster) -> anyhow::Result<Vec<AttackReport>> {
+    if let Active::Abuse { stop, tasks } = active {
+        let _ = stop.send(true);
+        let mut reports = Vec::new();
+        for t in tasks {
+            match tokio::time::timeout(Duration::from_secs(30), t).await {
+                Ok(Ok(r)) => reports.push(r),
+                Ok(Err(e)) => bail!("an attack task failed: {e}"),
+                Err(_) => bail!("an attack did not stop within 30 s"),
+            }
+        }
+        return Ok(reports);
+    }
+    heal_fault(active, cluster).await.map(|()| Vec::new())
+}
+
+async fn heal_fault(active: Active, cluster: &mut Cluster) -> anyhow::Result<()> {
     match active {
         Active::Restart(node) => cluster.spawn(node).await,
         Active::Resume(node) => cluster.resume(node).await,
@@ -257,6 +346,6 @@ pub async fn heal(active: Active, cluster: &mut Cluster) -> anyhow::Result<()> {
             Ok(())
         }
         Active::Skew(n) => cluster.set_skew(n, 0),
-        Active::Nothing => Ok(()),
+        Active::Nothing | Active::Abuse { .. } => Ok(()),
     }
 }

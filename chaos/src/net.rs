@@ -87,6 +87,9 @@ impl Rules {
 }
 
 /// Where the nodes run.
+/// The attacker's host number on the bridge's /24 (the harness is `.254`).
+const ATTACKER_HOST: u8 = 250;
+
 pub enum Backend {
     Netns(Netns),
     Loopback,
@@ -140,6 +143,15 @@ impl Backend {
         match self {
             Backend::Netns(n) => Ok(IpAddr::V4(Ipv4Addr::new(10, n.prefix.0, n.prefix.1, 254))),
             Backend::Loopback => bail!("the loopback backend cannot redirect links through a proxy"),
+        }
+    }
+
+    /// The address attacks come from: its own host on the bridge (netns), `127.0.0.2`
+    /// on loopback; either way not the address of the harness's legitimate clients.
+    pub fn attacker_ip(&self) -> anyhow::Result<IpAddr> {
+        match self {
+            Backend::Netns(n) => Ok(IpAddr::V4(Ipv4Addr::new(10, n.prefix.0, n.prefix.1, ATTACKER_HOST))),
+            Backend::Loopback => Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
         }
     }
 
@@ -231,6 +243,9 @@ impl Netns {
         run(&["ip", "link", "add", &br, "type", "bridge"]).await?;
         cleanup::add_link(&br);
         run(&["ip", "addr", "add", &format!("{}.254/24", netns.net_prefix()), "dev", &br]).await?;
+        // The attacker's own address (abuse faults): per-address caps must tell it
+        // apart from the harness's legitimate clients at .254.
+        run(&["ip", "addr", "add", &format!("{}.{ATTACKER_HOST}/24", netns.net_prefix()), "dev", &br]).await?;
         run(&["ip", "link", "set", &br, "up"]).await?;
         for node in NODES {
             let ns = netns.ns(node);

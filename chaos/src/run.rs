@@ -16,11 +16,14 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::attack::AttackReport;
 use crate::check;
+use crate::check::recovery::RecoveryRecord;
 use crate::cluster::{Cluster, ClusterOptions, FAKETIME_LIB, ORIGINS};
 use crate::history::{AddOutcome, FaultRecord, RegisterOutput};
-use crate::nemesis;
+use crate::nemesis::{self, Fault};
 use crate::net::{Backend, Node, NODES};
+use crate::probe;
 use crate::report::{NodeStats, Outcome, ScheduleReport};
 use crate::schedule::Schedule;
 use crate::workload::{self, media, observer, register, set, Ctx};
@@ -29,6 +32,10 @@ use crate::workload::{self, media, observer, register, set, Ctx};
 const KEYS: u32 = 4;
 /// Register clients per origin.
 const CLIENTS_PER_ORIGIN: u32 = 2;
+/// How long unknown set adds are resent after the run before the rest stay unknown
+/// (which the lost-write checker allows): a cluster an attack left without a working
+/// Raft would otherwise hold every add for three request timeouts.
+const RESOLVE_WITHIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -182,22 +189,51 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut faults = Vec::new();
     let mut fault_count = 0;
-    for step in &schedule.steps {
+    let mut attack_reports = Vec::new();
+    let mut recoveries = Vec::new();
+    let mut abused = false;
+    for (i, step) in schedule.steps.iter().enumerate() {
         let start_us = ctx.now_us();
+        let is_abuse = matches!(step.fault, Fault::Abuse { .. });
+        abused |= is_abuse;
+        let rss_before = probe::rss_now(&cluster);
         match nemesis::inject(step.fault, &mut cluster, &roles, &mut rng).await {
             Ok(injected) => {
                 println!("[{tag}] {:>6.1}s {}: {}", start_us as f64 / 1e6, step.fault.name(), injected.detail);
                 fault_count += injected.count;
-                tokio::time::sleep(step.hold).await;
-                if let Err(e) = nemesis::heal(injected.active, &mut cluster).await {
-                    problems.push(format!("healing {}: {e:#}", step.fault.name()));
+                let mut detail = injected.detail;
+                match step.fault {
+                    Fault::Abuse { stop_follower_secs, .. } if stop_follower_secs > 0 => {
+                        let stop = Duration::from_secs(u64::from(stop_follower_secs));
+                        match catch_up_during(&mut cluster, step.hold, stop).await {
+                            Ok(d) => {
+                                println!("[{tag}] {:>6.1}s {d}", ctx.now_us() as f64 / 1e6);
+                                detail = format!("{detail}; {d}");
+                            }
+                            Err(e) => problems.push(format!("follower during {}: {e:#}", step.fault.name())),
+                        }
+                    }
+                    _ => tokio::time::sleep(step.hold).await,
                 }
-                faults.push(FaultRecord {
-                    kind: step.fault.name(),
-                    detail: injected.detail,
-                    start_us,
-                    end_us: ctx.now_us(),
-                });
+                match nemesis::heal(injected.active, &mut cluster).await {
+                    Ok(reports) => {
+                        for r in &reports {
+                            println!("[{tag}] {}", attack_line(r));
+                            for f in &r.findings {
+                                problems.push(format!("{}: {f}", r.attack));
+                            }
+                        }
+                        attack_reports.extend(reports);
+                    }
+                    Err(e) => problems.push(format!("healing {}: {e:#}", step.fault.name())),
+                }
+                faults.push(FaultRecord { kind: step.fault.name(), detail, start_us, end_us: ctx.now_us() });
+                if is_abuse {
+                    let rec = probe::after_attack(&cluster, step.fault.name(), &rss_before, i as u64).await;
+                    println!("[{tag}] {:>6.1}s after the attack: {}", ctx.now_us() as f64 / 1e6, recovery_line(&rec));
+                    problems.extend(check::recovery::check(&rec));
+                    recoveries.push(rec);
+                }
             }
             Err(e) => problems.push(format!("injecting {}: {e:#}", step.fault.name())),
         }
@@ -237,7 +273,9 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
     // Resolve unknown adds through their idempotency keys (unknown register writes were
     // resent by their clients at once), then read the set.
     let addrs: Vec<SocketAddr> = origin_addrs.iter().map(|(_, a)| *a).collect();
-    set::resolve(&ctx, &mut adds, &addrs).await;
+    if tokio::time::timeout(RESOLVE_WITHIN, set::resolve(&ctx, &mut adds, &addrs)).await.is_err() {
+        println!("[{tag}] unknown set adds not all resolved within {RESOLVE_WITHIN:?}: the rest stay unknown");
+    }
     let mut reads = Vec::new();
     let periods = work_end_us / 1_000_000 / workload::PERIOD_SECS + 1;
     for (origin, addr) in &origin_addrs {
@@ -257,6 +295,10 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
     write_jsonl(&dir.join("statuses.jsonl"), &observed.statuses)?;
     write_jsonl(&dir.join("claims.jsonl"), &observed.claims)?;
     write_jsonl(&dir.join("faults.jsonl"), &faults)?;
+    if abused {
+        write_jsonl(&dir.join("attacks.jsonl"), &attack_reports)?;
+        write_jsonl(&dir.join("recovery.jsonl"), &recoveries)?;
+    }
     let mut traces = vec![pub_trace.clone()];
     traces.extend(player_traces.iter().cloned());
     write_jsonl(&dir.join("media.jsonl"), &traces)?;
@@ -295,6 +337,9 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
         if v.frames == 0 {
             problems.push(format!("{}: no frames at all", t.client));
         }
+    }
+    if abused {
+        problems.extend(check::recovery::canary(max_stall));
     }
     if disconnects > 0 {
         let whys: Vec<String> = traces
@@ -345,4 +390,93 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
         owners.claims
     );
     Ok(Outcome { report, problems, nodes, wall_secs: 0.0 })
+}
+
+/// One line per attack for the log: what it sent and what came back.
+fn attack_line(r: &AttackReport) -> String {
+    format!(
+        "attack {} from {} -> {}: {} connections (peak {} open, {} failed, {} closed by the server, {} held to the end), {} requests, {:.1} MB sent, {}{:?}{}",
+        r.attack,
+        r.source.as_deref().unwrap_or("-"),
+        r.target,
+        r.connections,
+        r.peak_open,
+        r.connect_failures,
+        r.closed_by_server,
+        r.held_at_end,
+        r.requests,
+        r.bytes_sent as f64 / 1e6,
+        if r.token { "with a write token, " } else { "" },
+        r.outcomes,
+        if r.findings.is_empty() { String::new() } else { format!("; FINDINGS {:?}", r.findings) }
+    )
+}
+
+fn recovery_line(r: &RecoveryRecord) -> String {
+    let edges: Vec<String> = r
+        .edges
+        .iter()
+        .map(|e| match (e.first_frame_ms, &e.error) {
+            (Some(ms), _) => format!("{} new pub+play {ms} ms", e.edge),
+            (None, why) => format!("{} new pub+play FAILED ({})", e.edge, why.as_deref().unwrap_or("?")),
+        })
+        .collect();
+    let rss: Vec<String> = r
+        .rss
+        .iter()
+        .map(|t| {
+            let last = t.samples.last().map_or(0, |s| s.1);
+            let back =
+                check::recovery::rss_back_at(t).map_or("not back".to_string(), |ms| format!("back at {} s", ms / 1000));
+            format!("{} {:.0}->{:.0} MiB {back}", t.node, t.before_kib as f64 / 1024.0, last as f64 / 1024.0)
+        })
+        .collect();
+    format!(
+        "commit {}; {}; rss {}",
+        r.commit_ms.map_or("NONE".to_string(), |ms| format!("{ms} ms")),
+        edges.join(", "),
+        rss.join(", ")
+    )
+}
+
+/// For `hold`: stops a follower (SIGKILL) for `stopped`, restarts it, and waits until
+/// its applied index reaches the leader's last log index as read just before (while
+/// the writes go on); describes how long that took, or fails if it never did.
+async fn catch_up_during(cluster: &mut Cluster, hold: Duration, stopped: Duration) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let leader = cluster.leader().await.context("no leader")?;
+    let follower = ORIGINS.iter().copied().find(|o| *o != leader).context("no follower")?;
+    cluster.kill(Node::Origin(follower)).await?;
+    tokio::time::sleep(stopped).await;
+    cluster.spawn(Node::Origin(follower)).await?;
+    let restarted = Instant::now();
+    let mut caught = None;
+    let mut lag = None;
+    while started.elapsed() < hold {
+        if caught.is_none() {
+            if let Some(l) = cluster.leader().await {
+                let target = cluster.status(l).await.and_then(|s| s["last_log_index"].as_u64());
+                let applied = cluster.status(follower).await.and_then(|s| s["applied_index"].as_u64());
+                if let (Some(t), Some(a)) = (target, applied) {
+                    lag = Some(t.saturating_sub(a));
+                    if a >= t {
+                        caught = Some(restarted.elapsed());
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    match caught {
+        Some(d) => Ok(format!(
+            "origin-{follower} stopped {} s, caught up {:.1} s after its restart, during the writes",
+            stopped.as_secs(),
+            d.as_secs_f64()
+        )),
+        None => anyhow::bail!(
+            "origin-{follower}, stopped {} s, had not caught up {:.0} s after its restart (last lag {lag:?} entries)",
+            stopped.as_secs(),
+            restarted.elapsed().as_secs_f64()
+        ),
+    }
 }

@@ -6,3 +6,4 @@ pub mod linearizable;
 pub mod lost;
 pub mod media;
 pub mod owners;
+pub mod recovery;
