@@ -28,6 +28,9 @@ const LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogReader {
     log: sled::Tree,
+    /// Most encoded bytes of entries one AppendEntries carries (at least one entry
+    /// goes, however large): see [`RaftLogReader::limited_get_log_entries`] below.
+    max_append_bytes: usize,
 }
 
 /// The log store openraft writes through.
@@ -48,7 +51,7 @@ fn read_logs_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl LogStore {
     /// Opens the trees and checks that what is stored decodes and has no gaps.
-    pub(crate) fn open(db: &sled::Db, syncer: Syncer) -> Result<Self, String> {
+    pub(crate) fn open(db: &sled::Db, syncer: Syncer, max_append_bytes: usize) -> Result<Self, String> {
         let log = db.open_tree("log").map_err(|e| e.to_string())?;
         let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
         for key in [VOTE, COMMITTED, LAST_PURGED] {
@@ -79,7 +82,7 @@ impl LogStore {
         }
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
         tokio::spawn(flusher(syncer.clone(), rx));
-        Ok(LogStore { reader: LogReader { log }, meta, syncer, flushes: tx })
+        Ok(LogStore { reader: LogReader { log, max_append_bytes }, meta, syncer, flushes: tx })
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
@@ -142,6 +145,30 @@ impl RaftLogReader<TypeConfig> for LogReader {
                 decode::<Entry>(&value).map_err(read_logs_err)
             })
             .collect()
+        })
+        .await
+        .map_err(read_logs_err)?
+    }
+
+    /// What the leader sends a follower in one AppendEntries: the entries from `start`
+    /// up to `end` (exclusive) while their encoded size stays within the byte budget,
+    /// and always at least one. openraft 0.9 gives an AppendEntries only the heartbeat
+    /// interval to be sent, appended and synced by the follower; an unbounded range
+    /// (megabytes of 64 KiB slot values) never fits and the follower never catches up.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let (log, budget) = (self.log.clone(), self.max_append_bytes);
+        tokio::task::spawn_blocking(move || {
+            let mut entries = Vec::new();
+            let mut bytes = 0usize;
+            for item in log.range(key_of(start)..key_of(end.max(start))) {
+                let (_, value) = item.map_err(read_logs_err)?;
+                bytes = bytes.saturating_add(value.len());
+                if bytes > budget && !entries.is_empty() {
+                    break;
+                }
+                entries.push(decode::<Entry>(&value).map_err(read_logs_err)?);
+            }
+            Ok(entries)
         })
         .await
         .map_err(read_logs_err)?
