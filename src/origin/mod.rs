@@ -75,7 +75,8 @@ pub fn main(args: OriginArgs) -> ExitCode {
 /// Runs an origin until SIGINT or SIGTERM.
 pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let store_dir = config.data_dir.clone();
-    let (log, sm) = raftcast_storage::open(&store_dir, &StoreOptions::default())?;
+    let options = StoreOptions { max_append_bytes: config.max_append_bytes, ..StoreOptions::default() };
+    let (log, sm) = raftcast_storage::open(&store_dir, &options)?;
     let state = sm.handle();
     let metrics = Arc::new(Metrics::new());
     {
@@ -101,6 +102,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         state.clone(),
         liveness.clone(),
         watch::StreamWatch::new(state.clone(), shutdown.clone()),
+        config.limits,
     );
     let links = link_server::LinkContext::new(
         config.id,
