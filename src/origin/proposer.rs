@@ -1126,6 +1126,18 @@ mod tests {
         StreamKey::new("live", name).unwrap()
     }
 
+    /// [`next_batch`] of what is queued now: a batch that would wait fails the test.
+    async fn batch_now(
+        rx: &mut mpsc::Receiver<usize>,
+        carry: &mut Option<usize>,
+        max_items: usize,
+        max_bytes: usize,
+        size: impl Fn(&usize) -> usize,
+    ) -> Vec<usize> {
+        let next = next_batch(rx, carry, max_items, max_bytes, size);
+        tokio::time::timeout(Duration::from_secs(1), next).await.expect("a batch of what is queued, at once")
+    }
+
     #[tokio::test]
     async fn a_batch_closes_at_its_byte_budget_and_a_large_item_goes_alone() {
         let (tx, mut rx) = mpsc::channel(16);
@@ -1135,17 +1147,17 @@ mod tests {
         let mut carry = None;
         let mut batches = Vec::new();
         for _ in 0..4 {
-            batches.push(next_batch(&mut rx, &mut carry, 10, 250, |n| *n).await);
+            batches.push(batch_now(&mut rx, &mut carry, 10, 250, |n| *n).await);
         }
         // 100+100 fit 250; the third 100 waits; 1000 alone; then the small ones.
         assert_eq!(batches, vec![vec![100, 100], vec![100], vec![1000], vec![50, 50]]);
         tx.send(1).await.unwrap();
         tx.send(1).await.unwrap();
         tx.send(1).await.unwrap();
-        assert_eq!(next_batch(&mut rx, &mut carry, 2, 250, |n| *n).await, vec![1, 1], "the count bound holds too");
+        assert_eq!(batch_now(&mut rx, &mut carry, 2, 250, |n| *n).await, vec![1, 1], "the count bound holds too");
         drop(tx);
-        assert_eq!(next_batch(&mut rx, &mut carry, 2, 250, |n| *n).await, vec![1]);
-        assert!(next_batch(&mut rx, &mut carry, 2, 250, |n| *n).await.is_empty());
+        assert_eq!(batch_now(&mut rx, &mut carry, 2, 250, |n| *n).await, vec![1]);
+        assert!(batch_now(&mut rx, &mut carry, 2, 250, |n| *n).await.is_empty());
     }
 
     #[test]
