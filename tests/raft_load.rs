@@ -143,6 +143,63 @@ async fn paused_follower_catches_up(args: &[&str], entries: u64) {
     assert_eq!(tally.other.load(Ordering::Relaxed), 0, "every write was committed or refused with 429");
     let m = metrics(&cluster, leader).await;
     assert!(m.contains("raftcast_raft_running 1"), "{m}");
+    eprintln!("RSS after the flood (MiB): {:?}", (1..=3).map(|id| (id, rss_mib(&cluster, id))).collect::<Vec<_>>());
+}
+
+/// Resident memory of origin `id`'s process, in MiB (Linux).
+fn rss_mib(cluster: &Cluster, id: u64) -> u64 {
+    let pid = cluster.origins[&id].child.as_ref().expect("origin running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok());
+    kb.unwrap_or(0) / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_beyond_the_budgets_are_refused_with_429_before_proposal() {
+    let _one_at_a_time = FLOODS.lock().await;
+    // The smallest budgets the config accepts: one entry's worth of waiting writes.
+    let args = ["--max-pending-write-bytes", "262144", "--max-apply-lag", "2"];
+    let cluster = Arc::new(Cluster::start_with(3, &args).await);
+    let leader = cluster.wait_leader(None, Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    // A refusal's answer, straight from the admin API.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut writers = flood(&cluster, leader, 16, &stop, &tally);
+    writers.extend(flood(&cluster, follower, 16, &stop, &tally));
+    let refused = eventually(Duration::from_secs(60), "a write refused as overloaded", || async {
+        let res = cluster
+            .client
+            .put(format!("http://{}/shared-objects/flood/slots/probe", cluster.http(leader)))
+            .bearer_auth(&cluster.token)
+            .json(&big_value(0))
+            .send()
+            .await
+            .ok()?;
+        (res.status() == StatusCode::TOO_MANY_REQUESTS).then_some(res)
+    })
+    .await;
+    assert_eq!(refused.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    eventually(Duration::from_secs(60), "writes refused through a follower too", || async {
+        let m = metrics(&cluster, follower).await;
+        let pending =
+            m.lines().find(|l| l.starts_with("raftcast_raft_writes_refused_total{reason=\"pending_bytes\"}"))?;
+        (pending != "raftcast_raft_writes_refused_total{reason=\"pending_bytes\"} 0").then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let (committed, overloaded) = (tally.committed.load(Ordering::Relaxed), tally.overloaded.load(Ordering::Relaxed));
+    eprintln!("{committed} writes committed, {overloaded} refused with 429");
+    assert!(committed > 0, "writes within the budgets still commit");
+    assert_eq!(tally.other.load(Ordering::Relaxed), 0, "every write was committed or refused with 429");
+    let m = metrics(&cluster, leader).await;
+    assert!(m.contains("raftcast_raft_pending_write_bytes 0"), "nothing waits once the flood is over:\n{m}");
 }
 
 async fn metrics(cluster: &Cluster, id: u64) -> String {
