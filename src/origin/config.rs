@@ -80,7 +80,7 @@ pub struct OriginArgs {
     /// Most bytes of log entries the leader sends a follower in one AppendEntries (at
     /// least one entry goes), and the size of one snapshot chunk. One AppendEntries must
     /// be sent, appended and synced by the follower within a heartbeat (openraft 0.9
-    /// times it out then): see docs/origin-cluster.md [default: 1048576].
+    /// times it out then): see docs/origin-cluster.md [default: 524288].
     #[arg(long, env = "RAFTCAST_MAX_APPEND_BYTES")]
     pub max_append_bytes: Option<usize>,
     /// Most bytes of writes that may wait on this origin at once (queued for a log entry,

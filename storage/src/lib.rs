@@ -70,7 +70,7 @@ pub struct StoreOptions {
 }
 
 /// Default of [`StoreOptions::max_append_bytes`].
-pub const DEFAULT_MAX_APPEND_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_APPEND_BYTES: usize = 512 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
