@@ -97,6 +97,11 @@ pub struct OriginArgs {
     /// may take, in ms [default: 10000].
     #[arg(long, env = "RAFTCAST_SNAPSHOT_TIMEOUT_MS")]
     pub snapshot_timeout_ms: Option<u64>,
+    /// Also take a snapshot (and purge the log behind it) once this many bytes of log
+    /// entries were appended since the last one, at least --max-append-bytes
+    /// [default: 67108864].
+    #[arg(long, env = "RAFTCAST_SNAPSHOT_EVERY_BYTES")]
+    pub snapshot_every_bytes: Option<u64>,
 }
 
 /// Validated origin configuration.
@@ -121,6 +126,8 @@ pub struct OriginConfig {
     pub limits: WriteLimits,
     /// Most bytes of log entries in one AppendEntries (also one snapshot chunk).
     pub max_append_bytes: usize,
+    /// A snapshot is also taken after this many bytes of appended entries.
+    pub snapshot_every_bytes: u64,
 }
 
 /// How much the write path may hold, in bytes and entries; beyond it writes are refused
@@ -143,6 +150,8 @@ pub const DEFAULT_MAX_APPEND_BYTES: usize = raftcast_storage::DEFAULT_MAX_APPEND
 pub const DEFAULT_MAX_PENDING_WRITE_BYTES: usize = 16 * 1024 * 1024;
 /// Default of `--max-apply-lag`.
 pub const DEFAULT_MAX_APPLY_LAG: u64 = 256;
+/// Default of `--snapshot-every-bytes`.
+pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 * 1024 * 1024;
 /// Default of `--snapshot-timeout-ms`.
 pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -235,6 +244,7 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         max_pending_write_bytes: cli.max_pending_write_bytes.or(file.max_pending_write_bytes),
         max_apply_lag: cli.max_apply_lag.or(file.max_apply_lag),
         snapshot_timeout_ms: cli.snapshot_timeout_ms.or(file.snapshot_timeout_ms),
+        snapshot_every_bytes: cli.snapshot_every_bytes.or(file.snapshot_every_bytes),
     }
 }
 
@@ -291,6 +301,12 @@ impl OriginConfig {
         };
         let max_append_bytes = a.max_append_bytes.unwrap_or(DEFAULT_MAX_APPEND_BYTES);
         validate_budgets(&limits, max_append_bytes)?;
+        let snapshot_every_bytes = a.snapshot_every_bytes.unwrap_or(DEFAULT_SNAPSHOT_EVERY_BYTES);
+        if snapshot_every_bytes < max_append_bytes as u64 {
+            return Err(format!(
+                "--snapshot-every-bytes ({snapshot_every_bytes}) must be at least --max-append-bytes ({max_append_bytes})"
+            ));
+        }
         let snapshot_timeout = a.snapshot_timeout_ms.map_or(DEFAULT_SNAPSHOT_TIMEOUT, Duration::from_millis);
         if snapshot_timeout < Duration::from_millis(4 * heartbeat) {
             return Err(format!(
@@ -345,6 +361,7 @@ impl OriginConfig {
             id,
             limits,
             max_append_bytes,
+            snapshot_every_bytes,
             temporary_grace,
             http,
             media,
@@ -452,6 +469,9 @@ mod tests {
         let err = config(|a| a.snapshot_timeout_ms = Some(100)).unwrap_err();
         assert!(err.contains("four heartbeats"), "{err}");
         assert!(config(|a| a.max_apply_lag = Some(1)).is_err());
+        assert_eq!(c.snapshot_every_bytes, DEFAULT_SNAPSHOT_EVERY_BYTES);
+        let err = config(|a| a.snapshot_every_bytes = Some(1000)).unwrap_err();
+        assert!(err.contains("--snapshot-every-bytes"), "{err}");
     }
 
     #[test]

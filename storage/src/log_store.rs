@@ -13,6 +13,8 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use raftcast_raft::rpc::{decode, encode};
 use raftcast_raft::typ::{Entry, LogId, Vote};
 use raftcast_raft::{NodeId, TypeConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::sync::Syncer;
@@ -36,6 +38,9 @@ pub struct LogReader {
 /// The log store openraft writes through.
 pub struct LogStore {
     reader: LogReader,
+    /// Encoded bytes of every entry appended since this store was opened (see
+    /// [`LogStore::appended_bytes`]).
+    appended: Arc<AtomicU64>,
     meta: sled::Tree,
     syncer: Syncer,
     flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
@@ -82,7 +87,19 @@ impl LogStore {
         }
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
         tokio::spawn(flusher(syncer.clone(), rx));
-        Ok(LogStore { reader: LogReader { log, max_append_bytes }, meta, syncer, flushes: tx })
+        Ok(LogStore {
+            reader: LogReader { log, max_append_bytes },
+            appended: Arc::default(),
+            meta,
+            syncer,
+            flushes: tx,
+        })
+    }
+
+    /// A counter of the encoded bytes appended to this log since it was opened, for
+    /// taking snapshots (and so purging the log) by bytes as well as by entries.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
@@ -229,9 +246,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut bytes = 0u64;
         for entry in entries {
-            batch.insert(&key_of(entry.log_id.index), encode(&entry));
+            let encoded = encode(&entry);
+            bytes += encoded.len() as u64;
+            batch.insert(&key_of(entry.log_id.index), encoded);
         }
+        self.appended.fetch_add(bytes, Ordering::Relaxed);
         self.reader.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Durable when the flusher's next sync completes; it then calls back.
         self.flushes.send(callback).await.map_err(|e| {
