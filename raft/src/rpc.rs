@@ -150,8 +150,23 @@ pub fn reply<T: Serialize>(value: &T) -> Response {
 }
 
 async fn append(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
-    match admit(&s.secret, &headers, &body) {
-        Ok(req) => reply(&s.raft.append_entries(req).await),
+    let started = std::time::Instant::now();
+    match admit::<openraft::raft::AppendEntriesRequest<crate::TypeConfig>>(&s.secret, &headers, &body) {
+        Ok(req) => {
+            let entries = req.entries.len();
+            let answer = reply(&s.raft.append_entries(req).await);
+            // What one AppendEntries costs this follower (decode, append, sync): it must
+            // fit in the leader's heartbeat interval (docs/origin-cluster.md).
+            if entries > 0 {
+                tracing::debug!(
+                    entries,
+                    bytes = body.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "append entries handled"
+                );
+            }
+            answer
+        }
         Err(refused) => refused.into_response(),
     }
 }

@@ -68,8 +68,13 @@ struct Report {
     origins: Vec<String>,
     writes: u64,
     errors: u64,
+    /// Writes refused with 429 `overloaded` (admission control); each worker waits the
+    /// `Retry-After` (1 s) before its next write, as a polite client would.
+    overloaded: u64,
     seconds: f64,
     writes_per_sec: f64,
+    /// Value bytes of the acknowledged writes per second.
+    value_bytes_per_sec: f64,
     latency: Option<Latency>,
 }
 
@@ -87,6 +92,7 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         .context("HTTP client")?;
     let budget = Arc::new(AtomicU64::new(args.writes.unwrap_or(u64::MAX)));
     let errors = Arc::new(AtomicU64::new(0));
+    let overloaded = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let value = "v".repeat(args.value_bytes);
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
@@ -114,7 +120,7 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         let token = token.clone();
         let origins = args.origins.clone();
         let budget = budget.clone();
-        let (errors, done) = (errors.clone(), done.clone());
+        let (errors, done, overloaded) = (errors.clone(), done.clone(), overloaded.clone());
         let value = value.clone();
         let object = format!("bench-{}", w % args.objects);
         let target = args.target;
@@ -141,6 +147,11 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
                 }
                 let t0 = Instant::now();
                 let ok = match req.send().await {
+                    Ok(res) if res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                        overloaded.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                     Ok(res) if res.status().is_success() => match res.bytes().await {
                         Ok(body) => target == Target::Raftcast || etcd_put_revision(&body).is_ok(),
                         Err(_) => false,
@@ -170,8 +181,10 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         origins: args.origins,
         writes: samples.len() as u64,
         errors: errors.load(Ordering::Relaxed),
+        overloaded: overloaded.load(Ordering::Relaxed),
         seconds,
         writes_per_sec: samples.len() as f64 / seconds,
+        value_bytes_per_sec: (samples.len() * args.value_bytes) as f64 / seconds,
         latency: Latency::of(&mut samples),
     };
     Ok(serde_json::to_string_pretty(&report)?)

@@ -96,6 +96,36 @@ pub struct OriginArgs {
     /// A media-link connection must have sent its whole Hello within this many ms of connecting [default: 5000]
     #[arg(long, env = "RAFTCAST_ORIGIN_LINK_HELLO_TIMEOUT_MS")]
     pub link_hello_timeout_ms: Option<u64>,
+    /// Most bytes of requests (bincode-encoded) the leader puts into one log entry, and
+    /// a follower into one batch of writes it forwards; a single larger request still
+    /// goes, alone [default: 262144].
+    #[arg(long, env = "RAFTCAST_MAX_ENTRY_BYTES")]
+    pub max_entry_bytes: Option<usize>,
+    /// Most bytes of log entries the leader sends a follower in one AppendEntries (at
+    /// least one entry goes), and the size of one snapshot chunk. One AppendEntries must
+    /// be sent, appended and synced by the follower within a heartbeat (openraft 0.9
+    /// times it out then): see docs/origin-cluster.md [default: 524288].
+    #[arg(long, env = "RAFTCAST_MAX_APPEND_BYTES")]
+    pub max_append_bytes: Option<usize>,
+    /// Most bytes of writes that may wait on this origin at once (queued for a log entry,
+    /// proposed and not yet answered, or on their way to the leader); a write beyond it is
+    /// refused at once with 429 `overloaded` [default: 16777216].
+    #[arg(long, env = "RAFTCAST_MAX_PENDING_WRITE_BYTES")]
+    pub max_pending_write_bytes: Option<usize>,
+    /// While this origin leads: most log entries it may hold appended but not yet applied
+    /// (not committed by a majority, or committed and not applied); new writes are
+    /// refused with 429 `overloaded` beyond it [default: 256].
+    #[arg(long, env = "RAFTCAST_MAX_APPLY_LAG")]
+    pub max_apply_lag: Option<u64>,
+    /// How long sending one snapshot chunk (and installing the snapshot, for the last)
+    /// may take, in ms [default: 10000].
+    #[arg(long, env = "RAFTCAST_SNAPSHOT_TIMEOUT_MS")]
+    pub snapshot_timeout_ms: Option<u64>,
+    /// Also take a snapshot (and purge the log behind it) once this many bytes of log
+    /// entries were appended since the last one, at least --max-append-bytes
+    /// [default: 67108864].
+    #[arg(long, env = "RAFTCAST_SNAPSHOT_EVERY_BYTES")]
+    pub snapshot_every_bytes: Option<u64>,
 }
 
 /// Validated origin configuration.
@@ -118,6 +148,12 @@ pub struct OriginConfig {
     pub owner_dead_after: Duration,
     /// Caps on the HTTP listener and the media-link port.
     pub caps: OriginCaps,
+    /// Byte budgets of the write path (see [`WriteLimits`]).
+    pub limits: WriteLimits,
+    /// Most bytes of log entries in one AppendEntries (also one snapshot chunk).
+    pub max_append_bytes: usize,
+    /// A snapshot is also taken after this many bytes of appended entries.
+    pub snapshot_every_bytes: u64,
 }
 
 /// Caps on what one peer may hold of an origin's listeners (see [`crate::limits`]).
@@ -131,6 +167,41 @@ pub struct OriginCaps {
     pub link_unauthenticated: usize,
     pub link_unauthenticated_per_address: usize,
     pub link_hello_timeout: Duration,
+}
+
+/// How much the write path may hold, in bytes and entries; beyond it writes are refused
+/// (admission control) rather than queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// Most encoded request bytes in one log entry (or one forwarded batch).
+    pub max_entry_bytes: usize,
+    /// Most bytes of writes waiting on this origin.
+    pub max_pending_bytes: usize,
+    /// Most entries the leader holds appended but not applied.
+    pub max_apply_lag: u64,
+}
+
+/// Default of `--max-entry-bytes`: four 64 KiB slot values.
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 256 * 1024;
+/// Default of `--max-append-bytes`.
+pub const DEFAULT_MAX_APPEND_BYTES: usize = raftcast_storage::DEFAULT_MAX_APPEND_BYTES;
+/// Default of `--max-pending-write-bytes`.
+pub const DEFAULT_MAX_PENDING_WRITE_BYTES: usize = 16 * 1024 * 1024;
+/// Default of `--max-apply-lag`.
+pub const DEFAULT_MAX_APPLY_LAG: u64 = 256;
+/// Default of `--snapshot-every-bytes`.
+pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 * 1024 * 1024;
+/// Default of `--snapshot-timeout-ms`.
+pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for WriteLimits {
+    fn default() -> Self {
+        WriteLimits {
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            max_pending_bytes: DEFAULT_MAX_PENDING_WRITE_BYTES,
+            max_apply_lag: DEFAULT_MAX_APPLY_LAG,
+        }
+    }
 }
 
 /// Default of `--orphan-grace`.
@@ -156,6 +227,37 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     ms.map(Duration::from_millis).ok_or_else(bad)
+}
+
+/// The byte budgets must fit each other: an AppendEntries holds at least one full log
+/// entry, a node may hold at least one full entry of writes, and one AppendEntries or
+/// snapshot chunk fits a Raft RPC body with room to spare.
+fn validate_budgets(limits: &WriteLimits, max_append_bytes: usize) -> Result<(), String> {
+    const KIB: usize = 1024;
+    if limits.max_entry_bytes < 64 * KIB {
+        return Err(format!("--max-entry-bytes ({}) must be at least 65536 (one slot value)", limits.max_entry_bytes));
+    }
+    if max_append_bytes < limits.max_entry_bytes {
+        return Err(format!(
+            "--max-append-bytes ({max_append_bytes}) must be at least --max-entry-bytes ({}): one AppendEntries \
+             carries at least one full log entry",
+            limits.max_entry_bytes
+        ));
+    }
+    let rpc_limit = raftcast_raft::rpc::MAX_RPC_BODY / 4;
+    if max_append_bytes > rpc_limit {
+        return Err(format!("--max-append-bytes ({max_append_bytes}) must be at most {rpc_limit}"));
+    }
+    if limits.max_pending_bytes < limits.max_entry_bytes {
+        return Err(format!(
+            "--max-pending-write-bytes ({}) must be at least --max-entry-bytes ({})",
+            limits.max_pending_bytes, limits.max_entry_bytes
+        ));
+    }
+    if limits.max_apply_lag < 2 {
+        return Err("--max-apply-lag must be at least 2 (two batches are proposed at once)".into());
+    }
+    Ok(())
 }
 
 fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
@@ -188,6 +290,12 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
             .link_max_unauthenticated_per_address
             .or(file.link_max_unauthenticated_per_address),
         link_hello_timeout_ms: cli.link_hello_timeout_ms.or(file.link_hello_timeout_ms),
+        max_entry_bytes: cli.max_entry_bytes.or(file.max_entry_bytes),
+        max_append_bytes: cli.max_append_bytes.or(file.max_append_bytes),
+        max_pending_write_bytes: cli.max_pending_write_bytes.or(file.max_pending_write_bytes),
+        max_apply_lag: cli.max_apply_lag.or(file.max_apply_lag),
+        snapshot_timeout_ms: cli.snapshot_timeout_ms.or(file.snapshot_timeout_ms),
+        snapshot_every_bytes: cli.snapshot_every_bytes.or(file.snapshot_every_bytes),
     }
 }
 
@@ -237,7 +345,30 @@ impl OriginConfig {
             }
         }
         let heartbeat = a.heartbeat_ms.unwrap_or(50);
+        let limits = WriteLimits {
+            max_entry_bytes: a.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES),
+            max_pending_bytes: a.max_pending_write_bytes.unwrap_or(DEFAULT_MAX_PENDING_WRITE_BYTES),
+            max_apply_lag: a.max_apply_lag.unwrap_or(DEFAULT_MAX_APPLY_LAG),
+        };
+        let max_append_bytes = a.max_append_bytes.unwrap_or(DEFAULT_MAX_APPEND_BYTES);
+        validate_budgets(&limits, max_append_bytes)?;
+        let snapshot_every_bytes = a.snapshot_every_bytes.unwrap_or(DEFAULT_SNAPSHOT_EVERY_BYTES);
+        if snapshot_every_bytes < max_append_bytes as u64 {
+            return Err(format!(
+                "--snapshot-every-bytes ({snapshot_every_bytes}) must be at least --max-append-bytes ({max_append_bytes})"
+            ));
+        }
+        let snapshot_timeout = a.snapshot_timeout_ms.map_or(DEFAULT_SNAPSHOT_TIMEOUT, Duration::from_millis);
+        if snapshot_timeout < Duration::from_millis(4 * heartbeat) {
+            return Err(format!(
+                "--snapshot-timeout-ms ({}) must be at least four heartbeats ({} ms)",
+                snapshot_timeout.as_millis(),
+                4 * heartbeat
+            ));
+        }
         let raft = openraft::Config {
+            snapshot_max_chunk_size: max_append_bytes as u64,
+            install_snapshot_timeout: snapshot_timeout.as_millis() as u64,
             cluster_name: "raftcast".into(),
             heartbeat_interval: heartbeat,
             election_timeout_min: a.election_min_ms.unwrap_or(200),
@@ -313,6 +444,9 @@ impl OriginConfig {
         Ok(OriginConfig {
             id,
             caps,
+            limits,
+            max_append_bytes,
+            snapshot_every_bytes,
             temporary_grace,
             http,
             media,
@@ -409,6 +543,34 @@ mod tests {
         let args = OriginArgs { config: Some(path), ..Default::default() };
         let c = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap();
         assert_eq!(c.owner_dead_after, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn write_budgets_have_defaults_and_must_fit_each_other() {
+        let config = |f: fn(&mut OriginArgs)| {
+            let mut args = OriginArgs { id: Some(1), ..Default::default() };
+            f(&mut args);
+            OriginConfig::from_args(args, env("0123456789abcdef0123"))
+        };
+        let c = config(|_| {}).unwrap();
+        assert_eq!(c.limits, WriteLimits::default());
+        assert_eq!(c.max_append_bytes, DEFAULT_MAX_APPEND_BYTES);
+        assert_eq!(c.raft.snapshot_max_chunk_size, DEFAULT_MAX_APPEND_BYTES as u64);
+        assert_eq!(c.raft.install_snapshot_timeout, 10_000);
+        let err = config(|a| a.max_append_bytes = Some(100_000)).unwrap_err();
+        assert!(err.contains("at least --max-entry-bytes"), "{err}");
+        let err = config(|a| a.max_entry_bytes = Some(1000)).unwrap_err();
+        assert!(err.contains("one slot value"), "{err}");
+        let err = config(|a| a.max_append_bytes = Some(64 * 1024 * 1024)).unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+        let err = config(|a| a.max_pending_write_bytes = Some(100_000)).unwrap_err();
+        assert!(err.contains("--max-pending-write-bytes"), "{err}");
+        let err = config(|a| a.snapshot_timeout_ms = Some(100)).unwrap_err();
+        assert!(err.contains("four heartbeats"), "{err}");
+        assert!(config(|a| a.max_apply_lag = Some(1)).is_err());
+        assert_eq!(c.snapshot_every_bytes, DEFAULT_SNAPSHOT_EVERY_BYTES);
+        let err = config(|a| a.snapshot_every_bytes = Some(1000)).unwrap_err();
+        assert!(err.contains("--snapshot-every-bytes"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Scrape {
     pub subscriptions: usize,
     /// `WatchStream` requests waiting on this origin.
     pub watches: usize,
+    /// Bytes of writes waiting on this origin (admission control's budget in use).
+    pub pending_write_bytes: usize,
 }
 
 /// Every metric an origin exports.
@@ -86,6 +88,12 @@ pub struct Metrics {
     /// Streams this origin (as leader) moved to another owner, by reason.
     pub streams_reassigned: Family<ReasonLabel, Counter>,
     stream_watches: Gauge,
+    /// Writes refused by admission control before proposal, by reason (`pending_bytes`,
+    /// `apply_lag`).
+    pub writes_refused: Family<ReasonLabel, Counter>,
+    pending_write_bytes: Gauge,
+    /// 1 while this node's Raft core runs, 0 once it stopped on a fatal error.
+    raft_running: Gauge,
 }
 
 impl Metrics {
@@ -114,11 +122,17 @@ impl Metrics {
             orphans_released: Counter::default(),
             streams_reassigned: Family::default(),
             stream_watches: Gauge::default(),
+            writes_refused: Family::default(),
+            pending_write_bytes: Gauge::default(),
+            raft_running: Gauge::default(),
             registry: Registry::default(),
         };
         // Both reasons are exported from the start, at 0.
         for reason in ["unreachable", "edge"] {
             m.streams_reassigned.get_or_create(&ReasonLabel { reason }).inc_by(0);
+        }
+        for reason in ["pending_bytes", "apply_lag"] {
+            m.writes_refused.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }
         registry.register("raft_term", "Current Raft term", m.term.clone());
         registry.register("raft_leader_id", "Node id of the known leader (0: none)", m.leader.clone());
@@ -183,6 +197,21 @@ impl Metrics {
             m.streams_reassigned.clone(),
         );
         registry.register("stream_watches", "WatchStream requests waiting on this origin", m.stream_watches.clone());
+        registry.register(
+            "raft_writes_refused",
+            "Writes refused by admission control before proposal, by reason",
+            m.writes_refused.clone(),
+        );
+        registry.register(
+            "raft_pending_write_bytes",
+            "Bytes of writes waiting on this origin (queued, proposed or forwarded, not yet answered)",
+            m.pending_write_bytes.clone(),
+        );
+        registry.register(
+            "raft_running",
+            "1 while the Raft core runs, 0 once it stopped on a fatal error",
+            m.raft_running.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -213,6 +242,8 @@ impl Metrics {
         set(&self.link_publishers, scrape.publishing as u64);
         set(&self.link_subscriptions, scrape.subscriptions as u64);
         set(&self.stream_watches, scrape.watches as u64);
+        set(&self.pending_write_bytes, scrape.pending_write_bytes as u64);
+        set(&self.raft_running, u64::from(m.running_state.is_ok()));
         set(&self.term, m.current_term);
         set(&self.leader, m.current_leader.unwrap_or(0));
         set(&self.is_leader, u64::from(m.current_leader == Some(m.id)));
@@ -263,7 +294,14 @@ mod tests {
         metrics.links.bytes_in.inc_by(1234);
         metrics.links.refused.inc();
         metrics.streams_reassigned.get_or_create(&ReasonLabel { reason: "unreachable" }).inc_by(2);
-        let scrape = Scrape { owned: BTreeMap::from([(1, 2), (2, 0)]), publishing: 1, subscriptions: 3, watches: 4 };
+        metrics.writes_refused.get_or_create(&ReasonLabel { reason: "apply_lag" }).inc();
+        let scrape = Scrape {
+            owned: BTreeMap::from([(1, 2), (2, 0)]),
+            publishing: 1,
+            subscriptions: 3,
+            watches: 4,
+            pending_write_bytes: 65536,
+        };
         let text = metrics.render(&RaftMetrics::new_initial(1), &scrape);
         for line in [
             "raftcast_link_connections 1",
@@ -277,6 +315,10 @@ mod tests {
             "raftcast_stream_watches 4",
             "raftcast_streams_reassigned_total{reason=\"unreachable\"} 2",
             "raftcast_streams_reassigned_total{reason=\"edge\"} 0",
+            "raftcast_raft_writes_refused_total{reason=\"apply_lag\"} 1",
+            "raftcast_raft_writes_refused_total{reason=\"pending_bytes\"} 0",
+            "raftcast_raft_pending_write_bytes 65536",
+            "raftcast_raft_running 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

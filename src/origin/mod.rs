@@ -10,6 +10,7 @@
 //! not, and `watch` lets edges wait for ownership changes.
 
 pub mod api;
+pub mod compaction;
 pub mod config;
 pub mod failover;
 pub mod ingest;
@@ -80,7 +81,9 @@ pub fn main(args: OriginArgs) -> ExitCode {
 /// Runs an origin until SIGINT or SIGTERM.
 pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let store_dir = config.data_dir.clone();
-    let (log, sm) = raftcast_storage::open(&store_dir, &StoreOptions::default())?;
+    let options = StoreOptions { max_append_bytes: config.max_append_bytes, ..StoreOptions::default() };
+    let (log, sm) = raftcast_storage::open(&store_dir, &options)?;
+    let appended = log.appended_bytes();
     let state = sm.handle();
     let metrics = Arc::new(Metrics::new());
     {
@@ -106,6 +109,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         state.clone(),
         liveness.clone(),
         watch::StreamWatch::new(state.clone(), shutdown.clone()),
+        config.limits,
     );
     let links = link_server::LinkContext::new(
         config.id,
@@ -133,6 +137,12 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         metrics.clone(),
         liveness.clone(),
         members.clone(),
+        shutdown.clone(),
+    )));
+    tokio::spawn(tracing::Instrument::in_current_span(compaction::snapshot_by_bytes(
+        raft.clone(),
+        appended,
+        config.snapshot_every_bytes,
         shutdown.clone(),
     )));
     let failover = failover::Supervisor {

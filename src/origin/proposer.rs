@@ -12,6 +12,14 @@
 //! for many writes instead of one each (the leader puts them in one log entry anyway);
 //! a lone write goes out at once, alone.
 //!
+//! Writes are admitted before they are queued (admission control, [`Admission`]): a
+//! write that would take this node's waiting writes over `--max-pending-write-bytes`,
+//! or that reaches a leader holding more than `--max-apply-lag` entries it has not
+//! applied, is refused at once with [`FailKind::Overloaded`] and never proposed. Log
+//! entries and forwarded batches close at `--max-entry-bytes` as well as at
+//! [`MAX_BATCH`] requests. Memory held by the write path is thereby bounded in bytes,
+//! and a flood of large values slows nobody's heartbeats.
+//!
 //! Some requests are answered by whichever node receives them, from its own applied
 //! state, and never travel to the leader: owner lookups and stream watches
 //! ([`Forward::answered_locally`]).
@@ -32,8 +40,9 @@ use raftcast_raft::{
 };
 use raftcast_storage::StateHandle;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::config::WriteLimits;
 use super::failover::Reason;
 use super::liveness::Liveness;
 use super::metrics::{Metrics, ReasonLabel, ResultLabel};
@@ -41,7 +50,8 @@ use super::watch::StreamWatch;
 
 /// Most requests the leader puts into one log entry.
 pub const MAX_BATCH: usize = 256;
-/// Requests waiting for the batcher. When full, callers wait: Raft sets the pace.
+/// Requests waiting for the batcher. When full, callers wait: Raft sets the pace. The
+/// bytes they hold are bounded separately, by admission (`--max-pending-write-bytes`).
 pub const BATCH_QUEUE: usize = 4096;
 /// Batches proposed at once. openraft 0.9 appends one entry at a time anyway; a second
 /// batch in flight keeps the next one ready while the first is flushed.
@@ -116,6 +126,90 @@ pub struct Proposer {
     watch: StreamWatch,
     /// Writes on their way to the leader, batched (see [`forward_loop`]).
     forwards: mpsc::Sender<Outgoing>,
+    /// Admission control of writes.
+    admission: Admission,
+}
+
+/// Admission control: the byte budget of writes waiting on this node, and the leader's
+/// unapplied-entries bound. Cheap to clone.
+#[derive(Clone)]
+pub struct Admission {
+    limits: WriteLimits,
+    /// One permit per byte of writes waiting here (queued, proposed, or forwarded and
+    /// not yet answered); a write holds its permits until it is answered.
+    bytes: Arc<Semaphore>,
+}
+
+/// Why admission refused a write (the `reason` label of `raftcast_raft_writes_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The writes waiting on this node hold `--max-pending-write-bytes`.
+    PendingBytes,
+    /// The leader holds more than `--max-apply-lag` entries it has not applied: a
+    /// majority does not keep up with replication, or apply does not keep up.
+    ApplyLag,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::PendingBytes => "pending_bytes",
+            Refusal::ApplyLag => "apply_lag",
+        }
+    }
+
+    fn reply(self, limits: &WriteLimits) -> ForwardReply {
+        let why = match self {
+            Refusal::PendingBytes => {
+                format!("more than {} bytes of writes are waiting on this origin", limits.max_pending_bytes)
+            }
+            Refusal::ApplyLag => {
+                format!("the leader has more than {} log entries not yet applied", limits.max_apply_lag)
+            }
+        };
+        failed(FailKind::Overloaded, format!("overloaded: {why}; retry in a second"))
+    }
+}
+
+impl Admission {
+    pub fn new(limits: WriteLimits) -> Self {
+        Admission { limits, bytes: Arc::new(Semaphore::new(limits.max_pending_bytes)) }
+    }
+
+    /// Reserves `bytes` of the pending-writes budget (a write larger than the whole
+    /// budget reserves all of it, so it still goes when nothing else waits).
+    pub fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Refusal> {
+        let n = bytes.clamp(1, self.limits.max_pending_bytes);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.bytes.clone().try_acquire_many_owned(n).map_err(|_| Refusal::PendingBytes)
+    }
+
+    /// Bytes of writes waiting on this node now.
+    pub fn pending_bytes(&self) -> usize {
+        self.limits.max_pending_bytes.saturating_sub(self.bytes.available_permits())
+    }
+
+    /// Whether a leader with these metrics takes new writes.
+    pub fn check_lag(&self, m: &raftcast_raft::typ::RaftMetrics) -> Result<(), Refusal> {
+        let last = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        if m.current_leader == Some(m.id) && last.saturating_sub(applied) > self.limits.max_apply_lag {
+            return Err(Refusal::ApplyLag);
+        }
+        Ok(())
+    }
+}
+
+/// Whether admission applies to `command`. Stream-ownership commands are exempt: they
+/// are a few hundred bytes, one per publish, and refusing them would stop publishers
+/// because shared-object writers flood the log.
+fn admitted_by_budget(command: &Command) -> bool {
+    command.batchable()
+}
+
+/// The bytes a request takes in a log entry (its bincode encoding).
+fn encoded_len(request: &Request) -> usize {
+    rpc::encode(request).len()
 }
 
 /// A write this follower passes on to `leader`, and where the answer goes (with
@@ -123,6 +217,8 @@ pub struct Proposer {
 struct Outgoing {
     leader: NodeId,
     request: Request,
+    /// Encoded size of `request`.
+    bytes: usize,
     reply: oneshot::Sender<(ForwardReply, bool)>,
 }
 
@@ -137,7 +233,11 @@ type Moves = HashMap<StreamKey, Instant>;
 /// A request waiting to be proposed, and where its answer goes.
 struct Pending {
     request: Request,
+    /// Encoded size of `request`.
+    bytes: usize,
     reply: oneshot::Sender<ForwardReply>,
+    /// This write's share of the pending-bytes budget, released once it is answered.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 fn failed(kind: FailKind, message: impl Into<String>) -> ForwardReply {
@@ -161,6 +261,7 @@ impl Proposer {
         state: StateHandle,
         liveness: Liveness,
         watch: StreamWatch,
+        limits: WriteLimits,
     ) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(250))
@@ -168,7 +269,7 @@ impl Proposer {
             .build()
             .expect("a plain HTTP client always builds");
         let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
-        tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone()));
+        tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone(), limits.max_entry_bytes));
         let (forwards, outgoing) = mpsc::channel(BATCH_QUEUE);
         let proposer = Proposer {
             raft,
@@ -184,9 +285,21 @@ impl Proposer {
             liveness,
             watch,
             forwards,
+            admission: Admission::new(limits),
         };
         tokio::spawn(forward_loop(proposer.clone(), outgoing));
         proposer
+    }
+
+    /// Admission control of this node's writes.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Counts a refused write and returns its answer.
+    fn refuse(&self, refusal: Refusal) -> ForwardReply {
+        self.metrics.writes_refused.get_or_create(&ReasonLabel { reason: refusal.label() }).inc();
+        refusal.reply(&self.admission.limits)
     }
 
     /// `WatchStream` requests waiting on this origin now.
@@ -496,8 +609,19 @@ impl Proposer {
     /// Passes a write on to `leader` in the next batch (see [`forward_loop`]); answers
     /// like [`Proposer::forward`].
     async fn forward_write(&self, leader: NodeId, request: Request, remaining: Duration) -> (ForwardReply, bool) {
+        let bytes = encoded_len(&request);
+        // Held until the answer comes (or this attempt gives up): the bytes waiting on
+        // this follower are bounded, and a flood is refused here, before the leader.
+        let _permit = if admitted_by_budget(&request.command) {
+            match self.admission.reserve(bytes) {
+                Ok(permit) => Some(permit),
+                Err(refusal) => return (self.refuse(refusal), false),
+            }
+        } else {
+            None
+        };
         let (reply, answer) = oneshot::channel();
-        let outgoing = Outgoing { leader, request, reply };
+        let outgoing = Outgoing { leader, request, bytes, reply };
         if tokio::time::timeout(remaining, self.forwards.send(outgoing)).await.is_err() {
             return (ForwardReply::NotLeader { leader: None }, false);
         }
@@ -743,8 +867,19 @@ impl Proposer {
 
     /// Queues `request` for the batcher and waits for its answer.
     async fn write_here(&self, request: &Request) -> ForwardReply {
+        let bytes = encoded_len(request);
+        let mut permit = None;
+        if admitted_by_budget(&request.command) {
+            if let Err(refusal) = self.admission.check_lag(&self.raft.metrics().borrow()) {
+                return self.refuse(refusal);
+            }
+            match self.admission.reserve(bytes) {
+                Ok(p) => permit = Some(p),
+                Err(refusal) => return self.refuse(refusal),
+            }
+        }
         let (reply, answer) = oneshot::channel();
-        if self.batcher.send(Pending { request: request.clone(), reply }).await.is_err() {
+        if self.batcher.send(Pending { request: request.clone(), bytes, reply, permit }).await.is_err() {
             return failed(FailKind::Unavailable, "the proposer has stopped");
         }
         answer.await.unwrap_or_else(|_| failed(FailKind::Unavailable, "the proposer has stopped"))
@@ -784,15 +919,49 @@ pub fn place(
     Placement::ByLoad { owner, pinned_not_live: pinned }
 }
 
+/// Takes the next batch from `queue`: waits for one item, then takes what is queued
+/// while the batch stays within `max_items` and `max_bytes` (the first item always goes,
+/// however large). An item that does not fit waits in `carry` for the next batch. Empty
+/// once the queue is closed and drained.
+async fn next_batch<T>(
+    queue: &mut mpsc::Receiver<T>,
+    carry: &mut Option<T>,
+    max_items: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<T> {
+    let first = match carry.take() {
+        Some(item) => item,
+        None => match queue.recv().await {
+            Some(item) => item,
+            None => return Vec::new(),
+        },
+    };
+    let mut bytes = size(&first);
+    let mut batch = vec![first];
+    while batch.len() < max_items {
+        let Ok(item) = queue.try_recv() else { break };
+        bytes = bytes.saturating_add(size(&item));
+        if bytes > max_bytes {
+            *carry = Some(item);
+            break;
+        }
+        batch.push(item);
+    }
+    batch
+}
+
 /// Collects writes this follower passes on to the leader: waits for a free slot among
-/// [`FORWARDS_IN_FLIGHT`], then sends everything queued (up to [`MAX_BATCH`], at least
-/// one) as one request.
+/// [`FORWARDS_IN_FLIGHT`], then sends what is queued (up to [`MAX_BATCH`] and
+/// `--max-entry-bytes`, at least one) as one request.
 async fn forward_loop(proposer: Proposer, mut outgoing: mpsc::Receiver<Outgoing>) {
     let slots = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
+    let max_bytes = proposer.admission.limits.max_entry_bytes;
+    let mut carry = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = Vec::new();
-        if outgoing.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        let batch = next_batch(&mut outgoing, &mut carry, MAX_BATCH, max_bytes, |o| o.bytes).await;
+        if batch.is_empty() {
             return;
         }
         let proposer = proposer.clone();
@@ -803,16 +972,18 @@ async fn forward_loop(proposer: Proposer, mut outgoing: mpsc::Receiver<Outgoing>
     }
 }
 
-/// Takes every request queued while earlier batches were in flight and proposes them as
-/// one log entry (stream-ownership commands as entries of their own).
-async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>, metrics: Arc<Metrics>) {
+/// Takes the requests queued while earlier batches were in flight (up to [`MAX_BATCH`]
+/// and `max_entry_bytes`) and proposes them as one log entry (stream-ownership commands
+/// as entries of their own).
+async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>, metrics: Arc<Metrics>, max_entry_bytes: usize) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    let mut taken = Vec::with_capacity(MAX_BATCH);
+    let mut carry = None;
     loop {
-        // A free slot first, then everything queued: requests that arrive while both
+        // A free slot first, then what is queued: requests that arrive while both
         // batches are in flight leave together in the next, not one by one.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        if queue.recv_many(&mut taken, MAX_BATCH).await == 0 {
+        let mut taken = next_batch(&mut queue, &mut carry, MAX_BATCH, max_entry_bytes, |p| p.bytes).await;
+        if taken.is_empty() {
             return;
         }
         let (batch, alone): (Vec<Pending>, Vec<Pending>) = taken.drain(..).partition(|p| p.request.command.batchable());
@@ -841,8 +1012,16 @@ async fn batch_loop(raft: Raft, mut queue: mpsc::Receiver<Pending>, metrics: Arc
 async fn propose(raft: &Raft, batch: Vec<Pending>, metrics: &Metrics) {
     // The leader stamps the time; the state machine never reads a clock.
     let at_ms = now_ms();
-    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardReply>>) =
-        batch.into_iter().map(|p| (Request { at_ms, ..p.request }, p.reply)).unzip();
+    let mut permits = Vec::with_capacity(batch.len());
+    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardReply>>) = batch
+        .into_iter()
+        .map(|p| {
+            permits.push(p.permit);
+            (Request { at_ms, ..p.request }, p.reply)
+        })
+        .unzip();
+    // The budget is given back once every caller has its answer (end of this function).
+    let _permits = permits;
     let started = Instant::now();
     let count =
         |result: &'static str, n: usize| metrics.proposals.get_or_create(&ResultLabel { result }).inc_by(n as u64);
@@ -945,6 +1124,72 @@ mod tests {
 
     fn key(name: &str) -> StreamKey {
         StreamKey::new("live", name).unwrap()
+    }
+
+    /// [`next_batch`] of what is queued now: a batch that would wait fails the test.
+    async fn batch_now(
+        rx: &mut mpsc::Receiver<usize>,
+        carry: &mut Option<usize>,
+        max_items: usize,
+        max_bytes: usize,
+        size: impl Fn(&usize) -> usize,
+    ) -> Vec<usize> {
+        let next = next_batch(rx, carry, max_items, max_bytes, size);
+        tokio::time::timeout(Duration::from_secs(1), next).await.expect("a batch of what is queued, at once")
+    }
+
+    #[tokio::test]
+    async fn a_batch_closes_at_its_byte_budget_and_a_large_item_goes_alone() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for size in [100, 100, 100, 1000, 50, 50] {
+            tx.send(size).await.unwrap();
+        }
+        let mut carry = None;
+        let mut batches = Vec::new();
+        for _ in 0..4 {
+            batches.push(batch_now(&mut rx, &mut carry, 10, 250, |n| *n).await);
+        }
+        // 100+100 fit 250; the third 100 waits; 1000 alone; then the small ones.
+        assert_eq!(batches, vec![vec![100, 100], vec![100], vec![1000], vec![50, 50]]);
+        tx.send(1).await.unwrap();
+        tx.send(1).await.unwrap();
+        tx.send(1).await.unwrap();
+        assert_eq!(batch_now(&mut rx, &mut carry, 2, 250, |n| *n).await, vec![1, 1], "the count bound holds too");
+        drop(tx);
+        assert_eq!(batch_now(&mut rx, &mut carry, 2, 250, |n| *n).await, vec![1]);
+        assert!(batch_now(&mut rx, &mut carry, 2, 250, |n| *n).await.is_empty());
+    }
+
+    #[test]
+    fn admission_bounds_pending_bytes_and_the_leaders_apply_lag() {
+        let limits = WriteLimits { max_entry_bytes: 64 * 1024, max_pending_bytes: 200_000, max_apply_lag: 10 };
+        let admission = Admission::new(limits);
+        let a = admission.reserve(100_000).unwrap();
+        let b = admission.reserve(90_000).unwrap();
+        assert_eq!(admission.pending_bytes(), 190_000);
+        assert_eq!(admission.reserve(20_000).err(), Some(Refusal::PendingBytes));
+        drop(a);
+        let c = admission.reserve(20_000).unwrap();
+        drop((b, c));
+        // A write larger than the whole budget goes when nothing else waits.
+        let huge = admission.reserve(10_000_000).unwrap();
+        assert_eq!(admission.reserve(1).err(), Some(Refusal::PendingBytes));
+        drop(huge);
+        assert_eq!(admission.pending_bytes(), 0);
+
+        let mut m = raftcast_raft::typ::RaftMetrics::new_initial(1);
+        m.current_leader = Some(1);
+        m.last_log_index = Some(100);
+        m.last_applied = Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 90));
+        assert_eq!(admission.check_lag(&m), Ok(()));
+        m.last_log_index = Some(101);
+        assert_eq!(admission.check_lag(&m), Err(Refusal::ApplyLag));
+        // A follower's own lag is not its writers' business: the leader decides.
+        m.current_leader = Some(2);
+        assert_eq!(admission.check_lag(&m), Ok(()));
+        let ForwardReply::Failed { kind, message } = Refusal::ApplyLag.reply(&limits) else { panic!() };
+        assert_eq!(kind, FailKind::Overloaded);
+        assert!(message.contains("10 log entries"), "{message}");
     }
 
     #[test]

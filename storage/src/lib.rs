@@ -64,11 +64,17 @@ pub enum OpenError {
 pub struct StoreOptions {
     /// sled's page cache, in bytes (sled's default of 1 GiB is far more than needed).
     pub cache_bytes: u64,
+    /// Most encoded bytes of log entries the leader puts into one AppendEntries (at
+    /// least one entry goes, however large).
+    pub max_append_bytes: usize,
 }
+
+/// Default of [`StoreOptions::max_append_bytes`].
+pub const DEFAULT_MAX_APPEND_BYTES: usize = 512 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 64 * 1024 * 1024 }
+        StoreOptions { cache_bytes: 64 * 1024 * 1024, max_append_bytes: DEFAULT_MAX_APPEND_BYTES }
     }
 }
 
@@ -111,7 +117,7 @@ pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<(LogStore, StateM
         None => return Err(corrupted("the format marker is missing".into())),
     }
     let syncer = sync::Syncer::new(db.clone(), layout.sled.clone());
-    let log = LogStore::open(&db, syncer.clone()).map_err(corrupted)?;
+    let log = LogStore::open(&db, syncer.clone(), options.max_append_bytes).map_err(corrupted)?;
     let sm = StateMachineStore::open(&layout.snapshots)
         .map_err(|reason| OpenError::Corrupted { path: layout.snapshots.clone(), reason })?;
     Ok((log, sm))

@@ -13,6 +13,8 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, S
 use raftcast_raft::rpc::{decode, encode};
 use raftcast_raft::typ::{Entry, LogId, Vote};
 use raftcast_raft::{NodeId, TypeConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::sync::Syncer;
@@ -28,11 +30,17 @@ const LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogReader {
     log: sled::Tree,
+    /// Most encoded bytes of entries one AppendEntries carries (at least one entry
+    /// goes, however large): see [`RaftLogReader::limited_get_log_entries`] below.
+    max_append_bytes: usize,
 }
 
 /// The log store openraft writes through.
 pub struct LogStore {
     reader: LogReader,
+    /// Encoded bytes of every entry appended since this store was opened (see
+    /// [`LogStore::appended_bytes`]).
+    appended: Arc<AtomicU64>,
     meta: sled::Tree,
     syncer: Syncer,
     flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
@@ -48,7 +56,7 @@ fn read_logs_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 impl LogStore {
     /// Opens the trees and checks that what is stored decodes and has no gaps.
-    pub(crate) fn open(db: &sled::Db, syncer: Syncer) -> Result<Self, String> {
+    pub(crate) fn open(db: &sled::Db, syncer: Syncer, max_append_bytes: usize) -> Result<Self, String> {
         let log = db.open_tree("log").map_err(|e| e.to_string())?;
         let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
         for key in [VOTE, COMMITTED, LAST_PURGED] {
@@ -79,7 +87,19 @@ impl LogStore {
         }
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
         tokio::spawn(flusher(syncer.clone(), rx));
-        Ok(LogStore { reader: LogReader { log }, meta, syncer, flushes: tx })
+        Ok(LogStore {
+            reader: LogReader { log, max_append_bytes },
+            appended: Arc::default(),
+            meta,
+            syncer,
+            flushes: tx,
+        })
+    }
+
+    /// A counter of the encoded bytes appended to this log since it was opened, for
+    /// taking snapshots (and so purging the log) by bytes as well as by entries.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError<NodeId>> {
@@ -146,6 +166,30 @@ impl RaftLogReader<TypeConfig> for LogReader {
         .await
         .map_err(read_logs_err)?
     }
+
+    /// What the leader sends a follower in one AppendEntries: the entries from `start`
+    /// up to `end` (exclusive) while their encoded size stays within the byte budget,
+    /// and always at least one. openraft 0.9 gives an AppendEntries only the heartbeat
+    /// interval to be sent, appended and synced by the follower; an unbounded range
+    /// (megabytes of 64 KiB slot values) never fits and the follower never catches up.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let (log, budget) = (self.log.clone(), self.max_append_bytes);
+        tokio::task::spawn_blocking(move || {
+            let mut entries = Vec::new();
+            let mut bytes = 0usize;
+            for item in log.range(key_of(start)..key_of(end.max(start))) {
+                let (_, value) = item.map_err(read_logs_err)?;
+                bytes = bytes.saturating_add(value.len());
+                if bytes > budget && !entries.is_empty() {
+                    break;
+                }
+                entries.push(decode::<Entry>(&value).map_err(read_logs_err)?);
+            }
+            Ok(entries)
+        })
+        .await
+        .map_err(read_logs_err)?
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -202,9 +246,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut bytes = 0u64;
         for entry in entries {
-            batch.insert(&key_of(entry.log_id.index), encode(&entry));
+            let encoded = encode(&entry);
+            bytes += encoded.len() as u64;
+            batch.insert(&key_of(entry.log_id.index), encoded);
         }
+        self.appended.fetch_add(bytes, Ordering::Relaxed);
         self.reader.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Durable when the flusher's next sync completes; it then calls back.
         self.flushes.send(callback).await.map_err(|e| {

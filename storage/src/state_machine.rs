@@ -21,9 +21,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
-/// Committed changes buffered for watchers. A watcher that falls further behind
-/// receives `Lagged` and must re-read the state.
-pub const NOTICE_BUFFER: usize = 4096;
+/// Committed changes buffered for watchers, in applied entries. A watcher that falls
+/// further behind receives `Lagged` and must re-read the state. The channel keeps the
+/// last this many notices whether anyone reads them or not, and a notice carries the
+/// values its entry wrote (up to `--max-entry-bytes`, 256 KiB by default): 4,096 of them
+/// could hold 1 GiB under a flood of 64 KiB values; 256 hold at most 64 MiB.
+pub const NOTICE_BUFFER: usize = 256;
 
 const SNAPSHOT_FILE: &str = "current.snap";
 

@@ -60,9 +60,7 @@ impl Syncer {
             let listing = listing(&blobs)?;
             if synced.blob_listing.as_ref() != Some(&listing) {
                 let known = synced.blob_listing.take().unwrap_or_default();
-                for name in listing.difference(&known) {
-                    fsync(&blobs.join(name))?;
-                }
+                sync_new_blobs(&blobs, &listing, &known)?;
                 fsync(&blobs)?;
                 synced.blob_listing = Some(listing);
             }
@@ -87,6 +85,23 @@ impl Syncer {
 /// The names in a directory.
 fn listing(dir: &Path) -> io::Result<BTreeSet<OsString>> {
     std::fs::read_dir(dir)?.map(|entry| entry.map(|e| e.file_name())).collect()
+}
+
+/// fsyncs each blob in `listing` that is not in `known`. sled removes blobs on its own
+/// threads (a value overwritten or deleted, a log entry purged), so a blob listed a
+/// moment ago may be gone by the time it is opened: it was removed, there is nothing
+/// left to make durable, and that is not an error (it once stopped a leader's Raft
+/// core with `LogFlush error: No such file or directory`).
+fn sync_new_blobs(dir: &Path, listing: &BTreeSet<OsString>, known: &BTreeSet<OsString>) -> io::Result<()> {
+    for name in listing.difference(known) {
+        match fsync(&dir.join(name)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::trace!(blob = ?name, "blob removed before its sync");
+            }
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// fsyncs a file or directory.
@@ -133,5 +148,21 @@ mod tests {
         let synced = syncer.synced.lock().unwrap();
         assert!(listed(&synced.dir_listing, "snap.new"));
         assert!(listed(&synced.blob_listing, "42"));
+    }
+
+    #[test]
+    fn a_blob_removed_between_listing_and_sync_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("1"), b"kept").unwrap();
+        std::fs::write(dir.path().join("2"), b"removed").unwrap();
+        let listing = listing(dir.path()).unwrap();
+        // sled removes blob 2 after the listing, before its fsync.
+        std::fs::remove_file(dir.path().join("2")).unwrap();
+        sync_new_blobs(dir.path(), &listing, &BTreeSet::new()).expect("a vanished blob is nothing to sync");
+        // Any other failure still is an error: a "blob" that cannot be opened for
+        // another reason (here a name under a file, not a directory).
+        let mut bad = BTreeSet::new();
+        bad.insert(OsString::from("1/x"));
+        assert!(sync_new_blobs(dir.path(), &bad, &BTreeSet::new()).is_err());
     }
 }

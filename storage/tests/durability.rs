@@ -190,3 +190,39 @@ async fn a_damaged_snapshot_is_refused() {
     std::fs::write(&snap, bytes).unwrap();
     assert_refused(dir.path(), "flipped snapshot byte");
 }
+
+/// An entry carrying one slot of `bytes` characters.
+fn big_entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
+    let mut e = entry(index, "big");
+    if let EntryPayload::Normal(p) = &mut e.payload {
+        if let Command::SetSlots { slots, .. } = &mut p.requests[0].command {
+            slots[0].1 = Value::String("x".repeat(bytes));
+        }
+    }
+    e
+}
+
+#[tokio::test]
+async fn one_append_entries_carries_at_most_the_byte_budget_and_at_least_one_entry() {
+    let dir = TempDir::new().unwrap();
+    let options = StoreOptions { max_append_bytes: 200 * 1024, ..StoreOptions::default() };
+    let (mut log, _sm) = raftcast_storage::open(dir.path(), &options).unwrap();
+    // Ten entries of about 64 KiB, one of 1 MiB, then small ones.
+    log.blocking_append((1..=10).map(|i| big_entry(i, 64 * 1024))).await.unwrap();
+    log.blocking_append([big_entry(11, 1024 * 1024)]).await.unwrap();
+    log.blocking_append((12..=20).map(|i| entry(i, "s"))).await.unwrap();
+    let mut reader = log.get_log_reader().await;
+    let first = reader.limited_get_log_entries(1, 21).await.unwrap();
+    assert_eq!(
+        first.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "three 64 KiB entries fit 200 KiB"
+    );
+    // An entry larger than the whole budget still goes, alone.
+    let alone = reader.limited_get_log_entries(11, 21).await.unwrap();
+    assert_eq!(alone.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![11]);
+    // Small entries all fit; the range end is exclusive.
+    let small = reader.limited_get_log_entries(12, 20).await.unwrap();
+    assert_eq!(small.len(), 8);
+    assert_eq!(small, (12..20).map(|i| entry(i, "s")).collect::<Vec<_>>());
+}

@@ -144,11 +144,32 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
         .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+/// Why this node cannot serve at all: its Raft core stopped on a fatal error (a
+/// storage failure, a panic in the core). openraft publishes it in its metrics at once,
+/// so `/health` and `/ready` turn 503 as soon as the core stops.
+fn raft_stopped(app: &AppState) -> Option<Response> {
+    let fatal = match &app.raft.metrics().borrow().running_state {
+        Ok(()) => return None,
+        Err(fatal) => fatal.to_string(),
+    };
+    let body = serde_json::json!({
+        "status": "raft_stopped",
+        "error": { "code": "raft_stopped", "message": format!("the Raft core has stopped: {fatal}") },
+    });
+    Some((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response())
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    if let Some(stopped) = raft_stopped(&app) {
+        return stopped;
+    }
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
 async fn ready(State(app): State<AppState>) -> Response {
+    if let Some(stopped) = raft_stopped(&app) {
+        return stopped;
+    }
     let leader = app.raft.metrics().borrow().current_leader;
     match leader {
         Some(leader) => axum::Json(serde_json::json!({ "status": "ready", "leader_id": leader })).into_response(),
@@ -168,7 +189,13 @@ async fn metrics(State(app): State<AppState>) -> Response {
         }
     });
     let (publishing, subscriptions) = app.live.links().counts();
-    let scrape = Scrape { owned, publishing, subscriptions, watches: app.proposer.stream_watches() };
+    let scrape = Scrape {
+        owned,
+        publishing,
+        subscriptions,
+        watches: app.proposer.stream_watches(),
+        pending_write_bytes: app.proposer.admission().pending_bytes(),
+    };
     let body = app.metrics.render(&raft, &scrape);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
