@@ -1,8 +1,11 @@
 //! Schedules: which faults, when and for how long. Named schedules are short and fixed
 //! (two windows each, for `smoke`); `random` draws faults from a seed, so the same seed
 //! gives the same fault sequence (the targets are whoever holds the role then).
-//! `overload` (in `smoke`) runs every attack, in three groups, at smoke size; the abuse
-//! suite ([`ABUSE`], nightly) runs each attack alone at the size, plus the
+//! `overload` (in `smoke`) runs every attack that does not store writes, in two groups,
+//! at smoke size; `overload-writes` runs the write floods and the object flood at smoke
+//! size (nightly, not in `smoke`: after any burst of writes the origins' RSS stays
+//! 45-75 % above where it started, so they fail the recovery check; see docs/chaos.md). The abuse suite
+//! ([`abuse_suite`], nightly) runs each attack alone at the size, plus the
 //! 64 KiB write flood sustained for 5 minutes while a follower is stopped and catches up.
 
 use std::time::Duration;
@@ -48,6 +51,7 @@ pub const NAMED: [&str; 11] = [
 /// The nightly abuse suite: `abuse-<attack>` for every attack, then `flood-catchup`.
 pub fn abuse_suite() -> Vec<String> {
     let mut names: Vec<String> = AttackKind::ALL.iter().map(|k| format!("abuse-{}", k.name())).collect();
+    names.push("overload-writes".into());
     names.push("flood-catchup".into());
     names
 }
@@ -103,10 +107,13 @@ pub fn named(name: &str) -> Option<Schedule> {
         "overload" => {
             use AttackKind::*;
             vec![
-                abuse(&[WriteFloodEdge, WriteFloodOrigin, ObjectFlood, UnauthWrites], false, 8, 1),
                 abuse(&[RtmpDrip, RtmpHalfOpen, RtmpPartial, HttpIdle, LinkDrip, LinkOversized], false, 8, 1),
-                abuse(&[SseNames, FlvMissing, Publishes, WwwEscape, NameTraversal], false, 8, 1),
+                abuse(&[SseNames, FlvMissing, Publishes, WwwEscape, NameTraversal, UnauthWrites], false, 8, 1),
             ]
+        }
+        "overload-writes" => {
+            use AttackKind::*;
+            vec![abuse(&[WriteFloodEdge, WriteFloodOrigin, ObjectFlood], false, 8, 1)]
         }
         "flood-catchup" => vec![Step {
             fault: Fault::Abuse {
@@ -175,11 +182,10 @@ mod tests {
         for n in abuse_suite() {
             assert!(named(&n).is_some(), "{n}");
         }
-        // Every attack is in the overload schedule, once.
-        let mut in_overload: Vec<AttackKind> = named("overload")
-            .unwrap()
-            .steps
+        // Every attack is in the overload schedules, once.
+        let mut in_overload: Vec<AttackKind> = [named("overload").unwrap(), named("overload-writes").unwrap()]
             .iter()
+            .flat_map(|schedule| schedule.steps.iter())
             .flat_map(|st| match st.fault {
                 Fault::Abuse { attacks, .. } => attacks.kinds(),
                 _ => Vec::new(),

@@ -108,6 +108,18 @@ pub(super) async fn write_flood(
         }));
     }
     join(tasks, tally).await;
+    if kind == AttackKind::WriteFloodOrigin {
+        // The admin's flood stored persistent objects, which are data, not a leak: the
+        // operator deletes them, and only then must the origins' memory come back (the
+        // edge's flood wrote temporary objects, which go by themselves).
+        for i in 0..16 {
+            let mut req = http.delete(format!("http://{target}/shared-objects/{prefix}{i}"));
+            if let Some(t) = &auth {
+                req = req.bearer_auth(t);
+            }
+            let _ = req.send().await;
+        }
+    }
 }
 
 /// Overwrites, deletes and broadcasts on an object the admin wrote, through the edge,
