@@ -1,7 +1,7 @@
 //! Schedules: which faults, when and for how long. Named schedules are short and fixed
 //! (two windows each, for `smoke`); `random` draws faults from a seed, so the same seed
 //! gives the same fault sequence (the targets are whoever holds the role then).
-//! `overload` (in `smoke`) runs every attack that does not store writes, in two groups,
+//! `overload` (in `smoke`) runs every attack that does not store writes, in three groups,
 //! at smoke size; `overload-writes` runs the write floods and the object flood at smoke
 //! size (nightly, not in `smoke`: after any burst of writes the origins' RSS stays
 //! 45-75 % above where it started, so they fail the recovery check; see docs/chaos.md). The abuse suite
@@ -108,7 +108,10 @@ pub fn named(name: &str) -> Option<Schedule> {
             use AttackKind::*;
             vec![
                 abuse(&[RtmpDrip, RtmpHalfOpen, RtmpPartial, HttpIdle, LinkDrip, LinkOversized], false, 8, 1),
-                abuse(&[SseNames, FlvMissing, Publishes, WwwEscape, NameTraversal, UnauthWrites], false, 8, 1),
+                abuse(&[SseNames, FlvMissing, Publishes, WwwEscape, NameTraversal], false, 8, 1),
+                // Alone: beside the floods its requests met the attacker's per-address
+                // HTTP cap (117 of 120 refused at connect) and never reached the token check.
+                abuse(&[UnauthWrites], false, 3, 1),
             ]
         }
         "overload-writes" => {
