@@ -65,6 +65,30 @@ async fn authorize(
     ctx.objects.authorize(token.as_deref(), name, Rights::Write).await.map_err(|e| denied(&e))
 }
 
+/// A slot write or delete that passed its checks: both names parsed, the token
+/// authorized for the object, `If-Match` read.
+struct SlotWrite {
+    name: ObjectName,
+    slot: ObjectName,
+    claims: Claims,
+    if_version: Option<u64>,
+}
+
+/// The checks `PUT` and `DELETE` of a slot share, in the order they answer.
+async fn slot_write(
+    ctx: &EdgeContext,
+    name: &str,
+    slot: &str,
+    query: &Option<String>,
+    headers: &HeaderMap,
+) -> Result<SlotWrite, Response> {
+    let name = check("object name", name).map_err(IntoResponse::into_response)?;
+    let slot = check("slot name", slot).map_err(IntoResponse::into_response)?;
+    let claims = authorize(ctx, headers, query.as_deref(), &name).await?;
+    let if_version = if_match(headers).map_err(IntoResponse::into_response)?;
+    Ok(SlotWrite { name, slot, claims, if_version })
+}
+
 /// 401 for a missing or invalid token, 403 for one that covers something else.
 fn denied(e: &AuthError) -> Response {
     match e {
@@ -189,17 +213,9 @@ pub async fn put_slot(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (name, slot) = match check("object name", &name).and_then(|n| Ok((n, check("slot name", &slot)?))) {
-        Ok(names) => names,
-        Err(r) => return r.into_response(),
-    };
-    let claims = match authorize(&ctx, &headers, query.as_deref(), &name).await {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let if_version = match if_match(&headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
+    let SlotWrite { name, slot, claims, if_version } = match slot_write(&ctx, &name, &slot, &query, &headers).await {
+        Ok(w) => w,
+        Err(r) => return r,
     };
     if body.len() > MAX_BODY {
         return error(
@@ -233,17 +249,11 @@ pub async fn delete_slot(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (name, slot) = match check("object name", &name).and_then(|n| Ok((n, check("slot name", &slot)?))) {
-        Ok(names) => names,
-        Err(r) => return r.into_response(),
-    };
-    let claims = match authorize(&ctx, &headers, query.as_deref(), &name).await {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    match if_match(&headers) {
-        Ok(if_version) => written(ctx.objects.delete(&claims, &name, &slot, if_version).await),
-        Err(r) => r.into_response(),
+    match slot_write(&ctx, &name, &slot, &query, &headers).await {
+        Ok(SlotWrite { name, slot, claims, if_version }) => {
+            written(ctx.objects.delete(&claims, &name, &slot, if_version).await)
+        }
+        Err(r) => r,
     }
 }
 
