@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod ctl;
 pub mod edge;
+pub mod hls;
 pub mod http_server;
 pub mod limits;
 pub mod link;

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::hls::mark::HlsMark;
 use crate::rtmp::flv;
 
 /// What a frame carries (the FLV tag type).
@@ -34,6 +35,9 @@ pub struct Frame {
     pub wire: WireCache,
     /// When this process got the frame (see [`crate::media::hop`]).
     pub arrived: Arrival,
+    /// Its place in the stream's HLS timeline, set by the publishing edge (`None` on
+    /// headers and before the stamper has seen the frame).
+    pub hls: Option<HlsMark>,
 }
 
 /// When a process got a frame: what its hop latency is measured from. Not part of a
@@ -108,7 +112,7 @@ impl std::fmt::Debug for WireCache {
 impl Frame {
     /// A frame with the given facts, arriving now, not yet serialized for anyone.
     pub fn new(kind: FrameKind, timestamp: u32, keyframe: bool, header: bool, payload: Bytes) -> Frame {
-        Frame { kind, timestamp, keyframe, header, payload, wire: WireCache::default(), arrived: Arrival::now() }
+        Frame { kind, timestamp, keyframe, header, payload, wire: WireCache::default(), arrived: Arrival::now(), hls: None }
     }
 
     /// An audio frame; AAC and Enhanced sequence headers are recognised.
