@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod ctl;
 pub mod edge;
+pub mod heap;
 pub mod hls;
 pub mod http_server;
 pub mod limits;

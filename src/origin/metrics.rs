@@ -94,6 +94,8 @@ pub struct Metrics {
     pending_write_bytes: Gauge,
     /// 1 while this node's Raft core runs, 0 once it stopped on a fatal error.
     raft_running: Gauge,
+    heap_allocated: Gauge,
+    heap_resident: Gauge,
 }
 
 impl Metrics {
@@ -125,6 +127,8 @@ impl Metrics {
             writes_refused: Family::default(),
             pending_write_bytes: Gauge::default(),
             raft_running: Gauge::default(),
+            heap_allocated: Gauge::default(),
+            heap_resident: Gauge::default(),
             registry: Registry::default(),
         };
         // Both reasons are exported from the start, at 0.
@@ -212,6 +216,16 @@ impl Metrics {
             "1 while the Raft core runs, 0 once it stopped on a fatal error",
             m.raft_running.clone(),
         );
+        registry.register(
+            "heap_allocated_bytes",
+            "Bytes the process has allocated and not freed (jemalloc stats.allocated)",
+            m.heap_allocated.clone(),
+        );
+        registry.register(
+            "heap_resident_bytes",
+            "Bytes of pages the allocator keeps resident (jemalloc stats.resident)",
+            m.heap_resident.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -244,6 +258,10 @@ impl Metrics {
         set(&self.stream_watches, scrape.watches as u64);
         set(&self.pending_write_bytes, scrape.pending_write_bytes as u64);
         set(&self.raft_running, u64::from(m.running_state.is_ok()));
+        if let Some(heap) = crate::heap::stats() {
+            set(&self.heap_allocated, heap.allocated);
+            set(&self.heap_resident, heap.resident);
+        }
         set(&self.term, m.current_term);
         set(&self.leader, m.current_leader.unwrap_or(0));
         set(&self.is_leader, u64::from(m.current_leader == Some(m.id)));

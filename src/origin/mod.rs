@@ -81,9 +81,10 @@ pub fn main(args: OriginArgs) -> ExitCode {
 /// Runs an origin until SIGINT or SIGTERM.
 pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let store_dir = config.data_dir.clone();
-    let options = StoreOptions { max_append_bytes: config.max_append_bytes, ..StoreOptions::default() };
+    let options = StoreOptions { max_append_bytes: config.max_append_bytes, cache_bytes: config.store_cache_bytes };
     let (log, sm) = raftcast_storage::open(&store_dir, &options)?;
     let appended = log.appended_bytes();
+    let log_reader = log.reader();
     let state = sm.handle();
     let metrics = Arc::new(Metrics::new());
     {
@@ -142,6 +143,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     tokio::spawn(tracing::Instrument::in_current_span(compaction::snapshot_by_bytes(
         raft.clone(),
         appended,
+        log_reader,
         config.snapshot_every_bytes,
         shutdown.clone(),
     )));

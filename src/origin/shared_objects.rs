@@ -232,7 +232,7 @@ pub fn change_json(version: u64, change: &ObjectChange) -> serde_json::Value {
 struct Feed {
     hub: ObjectHub,
     name: String,
-    notices: broadcast::Receiver<Notice>,
+    notices: raftcast_storage::NoticeReceiver,
     messages: broadcast::Receiver<Arc<Broadcast>>,
     /// The version the watcher said it has.
     since: Option<u64>,

@@ -15,8 +15,8 @@ use std::time::Duration;
 use raftcast_raft::command::StreamClaim;
 use raftcast_raft::state::Event;
 use raftcast_raft::StreamKey;
+use raftcast_storage::RecvError;
 use raftcast_storage::{Notice, StateHandle};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -120,11 +120,7 @@ impl Drop for Watcher<'_> {
 }
 
 /// Wakes the watchers of every stream whose claim changed.
-async fn follow(
-    mut notices: tokio::sync::broadcast::Receiver<Notice>,
-    watchers: Registry,
-    shutdown: CancellationToken,
-) {
+async fn follow(mut notices: raftcast_storage::NoticeReceiver, watchers: Registry, shutdown: CancellationToken) {
     loop {
         let notice = tokio::select! {
             notice = notices.recv() => notice,

@@ -15,12 +15,14 @@
 // return the same type so `?` works without conversions.
 #![allow(clippy::result_large_err)]
 
+pub mod feed;
 mod log_store;
 mod state_machine;
 pub mod sync;
 
 use std::path::{Path, PathBuf};
 
+pub use feed::{NoticeReceiver, RecvError};
 pub use log_store::{LogReader, LogStore};
 pub use state_machine::{Notice, SnapshotBuilder, StateHandle, StateMachineStore};
 

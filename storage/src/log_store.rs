@@ -96,6 +96,11 @@ impl LogStore {
         })
     }
 
+    /// A reader of this log (for the compaction task's purge point, [`LogReader::keep_from`]).
+    pub fn reader(&self) -> LogReader {
+        self.reader.clone()
+    }
+
     /// A counter of the encoded bytes appended to this log since it was opened, for
     /// taking snapshots (and so purging the log) by bytes as well as by entries.
     pub fn appended_bytes(&self) -> Arc<AtomicU64> {
@@ -133,6 +138,26 @@ fn key_of(index: u64) -> [u8; 8] {
 
 fn index_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+impl LogReader {
+    /// The first index to keep when at most `max_bytes` of encoded entries up to and
+    /// including `last` stay in the log (at least `last` itself stays): everything
+    /// before it may be purged. Reads keys and value lengths only.
+    pub fn keep_from(&self, last: u64, max_bytes: u64) -> Result<u64, sled::Error> {
+        let mut held = 0u64;
+        let mut keep = last;
+        for item in self.log.range(..=key_of(last)).rev() {
+            let (key, value) = item?;
+            let Some(index) = index_of(&key) else { break };
+            held += value.len() as u64;
+            if held > max_bytes && index != last {
+                break;
+            }
+            keep = index;
+        }
+        Ok(keep)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {

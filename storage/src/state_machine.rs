@@ -19,14 +19,8 @@ use raftcast_raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership}
 use raftcast_raft::{NodeId, Responses, StateMachine, TypeConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::broadcast;
 
-/// Committed changes buffered for watchers, in applied entries. A watcher that falls
-/// further behind receives `Lagged` and must re-read the state. The channel keeps the
-/// last this many notices whether anyone reads them or not, and a notice carries the
-/// values its entry wrote (up to `--max-entry-bytes`, 256 KiB by default): 4,096 of them
-/// could hold 1 GiB under a flood of 64 KiB values; 256 hold at most 64 MiB.
-pub const NOTICE_BUFFER: usize = 256;
+use crate::feed::{Feed, NoticeReceiver};
 
 const SNAPSHOT_FILE: &str = "current.snap";
 
@@ -94,7 +88,7 @@ pub type ApplyObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
 
 struct Shared {
     image: RwLock<Image>,
-    notices: broadcast::Sender<Notice>,
+    notices: Feed,
     observer: RwLock<Option<ApplyObserver>>,
 }
 
@@ -118,7 +112,7 @@ impl StateHandle {
     }
 
     /// Subscribes to committed changes from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+    pub fn subscribe(&self) -> NoticeReceiver {
         self.shared.notices.subscribe()
     }
 
@@ -155,8 +149,7 @@ impl StateMachineStore {
             }
             None => Image::default(),
         };
-        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
-        let shared = Arc::new(Shared { image: RwLock::new(image), notices, observer: RwLock::new(None) });
+        let shared = Arc::new(Shared { image: RwLock::new(image), notices: Feed::new(), observer: RwLock::new(None) });
         Ok(StateMachineStore { shared, dir: dir.to_owned() })
     }
 
@@ -250,8 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         for notice in notices {
-            // No receivers is fine: nobody is watching.
-            let _ = self.shared.notices.send(notice);
+            self.shared.notices.send(notice);
         }
         let observer = self.shared.observer.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(observe) = observer {
@@ -281,7 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         persist_snapshot(self.dir.clone(), meta.clone(), data).await?;
         // Replace everything: no key of the old state survives.
         *self.shared.image.write().unwrap_or_else(|p| p.into_inner()) = image;
-        let _ = self.shared.notices.send(Notice::Replaced { index: meta.last_log_id.map_or(0, |l| l.index) });
+        self.shared.notices.send(Notice::Replaced { index: meta.last_log_id.map_or(0, |l| l.index) });
         Ok(())
     }
 
