@@ -286,7 +286,9 @@ fn avc_config(record: Bytes) -> Result<VideoConfig, CodecError> {
     if head[5] & 0x1F == 0 {
         return Err(CodecError::Malformed("avcC without SPS"));
     }
-    let len = usize::from(u16::from_be_bytes(record.get(6..8).ok_or(CodecError::Truncated("avcC"))?.try_into().unwrap_or_default()));
+    let len = usize::from(u16::from_be_bytes(
+        record.get(6..8).ok_or(CodecError::Truncated("avcC"))?.try_into().unwrap_or_default(),
+    ));
     let sps = record.get(8..8 + len).ok_or(CodecError::Truncated("avcC SPS"))?;
     let (width, height) = avc_sps_size(sps).ok_or(CodecError::Malformed("H.264 SPS"))?;
     Ok(VideoConfig { codec: VideoCodec::Avc, record, width, height })
@@ -379,7 +381,8 @@ fn opus_config(head: &[u8]) -> Result<AudioConfig, CodecError> {
     dops.extend_from_slice(&i16::from_le_bytes([fixed[16], fixed[17]]).to_be_bytes());
     dops.push(family);
     if family != 0 {
-        let table = head.get(19..21 + usize::from(channels)).ok_or(CodecError::Truncated("OpusHead channel mapping"))?;
+        let table =
+            head.get(19..21 + usize::from(channels)).ok_or(CodecError::Truncated("OpusHead channel mapping"))?;
         dops.extend_from_slice(table);
     }
     Ok(AudioConfig {
@@ -652,7 +655,8 @@ pub(crate) mod tests {
     pub(crate) const AVC_SEQUENCE_TAG: &str =
         "17000000000164000dffe100196764000dacd94141fb0110000003001000000303c0f142996001000668ebe3cb22c0fdf8f800";
     pub(crate) const AAC_SEQUENCE_TAG: &str = "af00120856e500";
-    pub(crate) const HVCC: &str = "0101600000009000000000003cf000fcfdf8f800000f03200001001840010c01ffff016000000300900000\
+    pub(crate) const HVCC: &str =
+        "0101600000009000000000003cf000fcfdf8f800000f03200001001840010c01ffff016000000300900000\
         03000003003c959809210001002a42010101600000030090000003000003003ca00a080f165959a4932bc05a020000030002000003003c\
         1022000100074401c172b46240";
     pub(crate) const AV1C: &str = "81000c000a0b000000043cffbc02f80040";
@@ -750,7 +754,11 @@ pub(crate) mod tests {
         assert_eq!((c.width, c.height), (320, 240));
         assert_eq!(c.codecs(), "av01.0.00M.08");
         let Video::Sample(s) = parse_video(&enhanced(0x91, b"av01", &[0x12, 0x00, 0x0A])).unwrap() else { panic!() };
-        assert_eq!((s.composition_ms, &s.data[..]), (0, &[0x12, 0x00, 0x0A][..]), "AV1 frames have no composition time");
+        assert_eq!(
+            (s.composition_ms, &s.data[..]),
+            (0, &[0x12, 0x00, 0x0A][..]),
+            "AV1 frames have no composition time"
+        );
     }
 
     #[test]
@@ -786,7 +794,11 @@ pub(crate) mod tests {
             hex(AAC_SEQUENCE_TAG),
             enhanced(0x90, b"hvc1", &hex(HVCC)),
             enhanced(0x90, b"av01", &hex(AV1C)),
-            enhanced(0x90, b"Opus", &[b"OpusHead".as_slice(), &[1, 2, 0, 0, 0x80, 0xBB, 0, 0, 0, 0, 1, 1, 1, 0, 1]].concat()),
+            enhanced(
+                0x90,
+                b"Opus",
+                &[b"OpusHead".as_slice(), &[1, 2, 0, 0, 0x80, 0xBB, 0, 0, 0, 0, 1, 1, 1, 0, 1]].concat(),
+            ),
         ];
         for tag in &tags {
             for len in 0..tag.len() {

@@ -411,9 +411,12 @@ impl OpenSegment {
             None => {
                 // The stream ended: up to the end of the last sample of any track.
                 let video_end = part.video.last().zip(video.last()).map(|(p, s)| (p.dts + u64::from(s.duration)) / 90);
-                let audio_end = part.audio.last().zip(audio.last()).zip(self.audio.as_ref()).map(|((p, s), c)| {
-                    (p.dts + u64::from(s.duration)) * 1000 / u64::from(c.sample_rate.max(1))
-                });
+                let audio_end = part
+                    .audio
+                    .last()
+                    .zip(audio.last())
+                    .zip(self.audio.as_ref())
+                    .map(|((p, s), c)| (p.dts + u64::from(s.duration)) * 1000 / u64::from(c.sample_rate.max(1)));
                 video_end.max(audio_end).unwrap_or(part.start_ms).saturating_sub(part.start_ms)
             }
         };
