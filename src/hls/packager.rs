@@ -410,13 +410,11 @@ impl OpenSegment {
             Some(n) => n.time_ms.saturating_sub(part.start_ms),
             None => {
                 // The stream ended: up to the end of the last sample of any track.
-                let video_end = part.video.last().zip(video.last()).map(|(p, s)| (p.dts + u64::from(s.duration)) / 90);
-                let audio_end = part
-                    .audio
-                    .last()
-                    .zip(audio.last())
-                    .zip(self.audio.as_ref())
-                    .map(|((p, s), c)| (p.dts + u64::from(s.duration)) * 1000 / u64::from(c.sample_rate.max(1)));
+                let video_end =
+                    part.video.last().zip(video.last()).map(|(p, s)| (p.dts + u64::from(s.duration)).div_ceil(90));
+                let audio_end = part.audio.last().zip(audio.last()).zip(self.audio.as_ref()).map(|((p, s), c)| {
+                    ((p.dts + u64::from(s.duration)) * 1000).div_ceil(u64::from(c.sample_rate.max(1)))
+                });
                 video_end.max(audio_end).unwrap_or(part.start_ms).saturating_sub(part.start_ms)
             }
         };
@@ -440,4 +438,347 @@ fn video_dts(time_ms: u64) -> u64 {
 /// 32-bit FNV-1a: names an init segment after its bytes.
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hls::codec::tests::{hex, AAC_SEQUENCE_TAG, AVC_SEQUENCE_TAG};
+    use crate::hls::mark::SegmentOpen;
+
+    const OPEN: SegmentOpen = SegmentOpen { discontinuity: 0, wall_ms: 1_000, target_ms: 2000, part_target_ms: 200 };
+
+    fn marked(mut frame: Frame, msn: u64, part: u32, time_ms: u64, boundary: Option<Boundary>) -> Frame {
+        frame.hls = Some(HlsMark { msn, part, time_ms, boundary });
+        frame
+    }
+
+    /// A video frame (legacy AVC, one length-prefixed NAL unit whose bytes say `n`).
+    fn video(n: u32, keyframe: bool, composition_ms: u8) -> Frame {
+        let mut body = vec![if keyframe { 0x17 } else { 0x27 }, 1, 0, 0, composition_ms, 0, 0, 0, 5];
+        body.push(if keyframe { 0x65 } else { 0x41 });
+        body.extend_from_slice(&n.to_be_bytes());
+        Frame::video(n, Bytes::from(body))
+    }
+
+    fn audio(n: u32) -> Frame {
+        let mut body = vec![0xAF, 1, 0x21];
+        body.extend_from_slice(&n.to_be_bytes());
+        Frame::audio(n, Bytes::from(body))
+    }
+
+    fn headers() -> Vec<Frame> {
+        vec![Frame::video(0, hex(AVC_SEQUENCE_TAG)), Frame::audio(0, hex(AAC_SEQUENCE_TAG))]
+    }
+
+    /// Headers, then `seconds` of 30 fps video with a keyframe every second and AAC
+    /// (44.1 kHz, ~23.2 ms a frame, in ms as RTMP carries it), marked like a stamper:
+    /// segments at keyframes every 2 s, parts every 200 ms.
+    fn stream(seconds: u64) -> Vec<Frame> {
+        let mut frames = headers();
+        let (mut msn, mut part, mut part_start, mut segment_start) = (0u64, 0u32, 0u64, None);
+        let mut audio_n = 0u64;
+        for v in 0..seconds * 30 {
+            let t = v * 1000 / 30;
+            while audio_n * 1024 * 1000 / 44100 <= t {
+                let at = audio_n * 1024 * 1000 / 44100;
+                if segment_start.is_some() {
+                    let boundary = (at >= part_start + 200).then(|| {
+                        part += 1;
+                        part_start = at;
+                        Boundary::Part { independent: false }
+                    });
+                    frames.push(marked(audio(at as u32), msn, part, at, boundary));
+                }
+                audio_n += 1;
+            }
+            let key = v % 30 == 0;
+            let boundary = if key && segment_start.is_none_or(|s| t >= s + 2000) {
+                if segment_start.is_some() {
+                    msn += 1;
+                }
+                part = 0;
+                part_start = t;
+                segment_start = Some(t);
+                Some(Boundary::Segment(OPEN))
+            } else if t >= part_start + 200 {
+                part += 1;
+                part_start = t;
+                Some(Boundary::Part { independent: key })
+            } else {
+                None
+            };
+            frames.push(marked(video(v as u32, key, if key { 0 } else { 33 }), msn, part, t, boundary));
+        }
+        frames
+    }
+
+    fn run(frames: &[Frame]) -> (Vec<Packaged>, PackagerStats) {
+        let mut p = Packager::new();
+        let mut out: Vec<Packaged> = frames.iter().flat_map(|f| p.push(f)).collect();
+        out.extend(p.finish());
+        (out, p.stats())
+    }
+
+    /// The boxes at the top level of `bytes`: (type, body).
+    fn boxes(mut bytes: &[u8]) -> Vec<([u8; 4], &[u8])> {
+        let mut out = Vec::new();
+        while bytes.len() >= 8 {
+            let size = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+            assert!(size >= 8 && size <= bytes.len(), "box size {size} within its parent");
+            out.push((bytes[4..8].try_into().unwrap(), &bytes[8..size]));
+            bytes = &bytes[size..];
+        }
+        assert!(bytes.is_empty(), "no trailing bytes");
+        out
+    }
+
+    fn child<'a>(body: &'a [u8], kind: &[u8; 4]) -> &'a [u8] {
+        boxes(body)
+            .into_iter()
+            .find(|(k, _)| k == kind)
+            .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(kind)))
+            .1
+    }
+
+    fn be32(b: &[u8]) -> u32 {
+        u32::from_be_bytes(b[..4].try_into().unwrap())
+    }
+
+    #[test]
+    fn segments_and_parts_follow_the_marks() {
+        let (events, stats) = run(&stream(5));
+        assert_eq!(stats, PackagerStats::default());
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Packaged::Init(_) => "init".into(),
+                Packaged::SegmentStart(s) => format!("start {}", s.msn),
+                Packaged::Part(p) => format!("{}.{}", p.msn, p.index),
+                Packaged::SegmentEnd(s) => format!("end {} {} {}", s.msn, s.parts, s.duration_ms),
+            })
+            .collect();
+        let seg0: Vec<String> = (0..10).map(|i| format!("0.{i}")).collect();
+        assert_eq!(kinds[..2], ["init", "start 0"]);
+        assert_eq!(kinds[2..12], seg0[..]);
+        assert_eq!(kinds[12..14], ["end 0 10 2000", "start 1"]);
+        assert_eq!(kinds.last().unwrap(), "end 2 5 999", "finish closes the last segment: {kinds:?}");
+        let Packaged::SegmentStart(start) = &events[1] else { panic!() };
+        let Packaged::Init(init) = &events[0] else { panic!() };
+        assert_eq!(
+            *start,
+            SegmentStart {
+                msn: 0,
+                discontinuity: 0,
+                wall_ms: 1000,
+                init_version: init.version,
+                target_ms: 2000,
+                part_target_ms: 200
+            }
+        );
+        assert_eq!(init.codecs, "avc1.64000d,mp4a.40.2");
+        let parts: Vec<&Part> =
+            events.iter().filter_map(|e| if let Packaged::Part(p) = e { Some(p) } else { None }).collect();
+        assert!(
+            parts.iter().all(|p| p.independent == (p.index % 5 == 0)),
+            "keyframes every second open independent parts"
+        );
+        let durations: Vec<u32> = parts[..parts.len() - 1].iter().map(|p| p.duration_ms).collect();
+        assert!(durations.iter().all(|&d| d == 200), "parts of 200 ms, the last to its last sample: {durations:?}");
+    }
+
+    #[test]
+    fn init_segment_layout() {
+        let (events, _) = run(&stream(1));
+        let Packaged::Init(init) = &events[0] else { panic!() };
+        let top = boxes(&init.bytes);
+        assert_eq!(top.iter().map(|b| &b.0).collect::<Vec<_>>(), [b"ftyp", b"moov"]);
+        let moov = top[1].1;
+        let kinds: Vec<[u8; 4]> = boxes(moov).iter().map(|b| b.0).collect();
+        assert_eq!(kinds, [*b"mvhd", *b"trak", *b"trak", *b"mvex"]);
+        let traks: Vec<&[u8]> = boxes(moov).into_iter().filter(|b| &b.0 == b"trak").map(|b| b.1).collect();
+        for (trak, (id, timescale, handler, entry)) in
+            traks.iter().zip([(1, 90000, b"vide", b"avc1"), (2, 44100, b"soun", b"mp4a")])
+        {
+            assert_eq!(be32(&child(trak, b"tkhd")[12..]), id, "track id");
+            let mdia = child(trak, b"mdia");
+            assert_eq!(be32(&child(mdia, b"mdhd")[12..]), timescale);
+            assert_eq!(&child(mdia, b"hdlr")[8..12], handler);
+            let stsd = child(child(child(mdia, b"minf"), b"stbl"), b"stsd");
+            let entries = boxes(&stsd[8..]);
+            assert_eq!(entries.len(), 1);
+            assert_eq!(&entries[0].0, entry);
+        }
+        let tkhd = child(traks[0], b"tkhd");
+        assert_eq!((be32(&tkhd[76..]) >> 16, be32(&tkhd[80..]) >> 16), (320, 240), "picture size from the SPS");
+        let avc1 = boxes(&child(child(child(child(traks[0], b"mdia"), b"minf"), b"stbl"), b"stsd")[8..])[0].1;
+        assert_eq!(child(&avc1[78..], b"avcC"), &hex(AVC_SEQUENCE_TAG)[5..]);
+        let mp4a = boxes(&child(child(child(child(traks[1], b"mdia"), b"minf"), b"stbl"), b"stsd")[8..])[0].1;
+        let esds = child(&mp4a[28..], b"esds");
+        assert!(esds.windows(2).any(|w| w == &hex(AAC_SEQUENCE_TAG)[2..4]), "the ASC is in the esds");
+        let trex: Vec<u32> = boxes(child(moov, b"mvex")).iter().map(|b| be32(&b.1[4..])).collect();
+        assert_eq!(trex, [1, 2]);
+    }
+
+    #[test]
+    fn part_layout_times_and_sample_table() {
+        let frames = stream(1);
+        let (events, _) = run(&frames);
+        // Part 0.1: from the 7th video frame (200 ms).
+        let part = events.iter().find_map(|e| match e {
+            Packaged::Part(p) if p.index == 1 => Some(p),
+            _ => None,
+        });
+        let part = part.unwrap();
+        let top = boxes(&part.bytes);
+        assert_eq!(top.iter().map(|b| &b.0).collect::<Vec<_>>(), [b"moof", b"mdat"]);
+        let moof = top[0].1;
+        assert_eq!(be32(&child(moof, b"mfhd")[4..]), 2, "msn 0, part 1");
+        let trafs: Vec<&[u8]> = boxes(moof).into_iter().filter(|b| &b.0 == b"traf").map(|b| b.1).collect();
+        assert_eq!(trafs.len(), 2, "a traf per track present");
+        let mdat_start = 8 + moof.len() + 8;
+        let mut data_end = mdat_start;
+        for (traf, (id, first_dts)) in trafs.iter().zip([(1u32, 200 * 90u64), (2, 209 * 44100 / 1000)]) {
+            let tfhd = child(traf, b"tfhd");
+            assert_eq!((be32(tfhd) & 0xFF_FFFF, be32(&tfhd[4..])), (0x02_0000, id), "default-base-is-moof");
+            let tfdt = child(traf, b"tfdt");
+            assert_eq!(tfdt[0], 1, "64-bit tfdt");
+            let base = u64::from_be_bytes(tfdt[4..12].try_into().unwrap());
+            let trun = child(traf, b"trun");
+            assert_eq!(be32(trun), 0x0100_0F01, "version 1: offset, duration, size, flags, composition");
+            let count = be32(&trun[4..]) as usize;
+            let offset = be32(&trun[8..]) as usize;
+            assert_eq!(offset, data_end, "samples follow each other in the mdat");
+            let entries: Vec<[u32; 4]> =
+                (0..count).map(|i| std::array::from_fn(|k| be32(&trun[12 + 16 * i + 4 * k..]))).collect();
+            data_end += entries.iter().map(|e| e[1] as usize).sum::<usize>();
+            if id == 1 {
+                assert_eq!(base, first_dts, "decode time from the mark, 90 kHz");
+                assert_eq!(count, 6, "200..400 ms at 30 fps");
+                assert!(
+                    entries.iter().all(|e| e[0] == 33 * 90 || e[0] == 34 * 90),
+                    "durations from the ms timeline: {entries:?}"
+                );
+                assert!(entries.iter().all(|e| e[2] == NON_SYNC_SAMPLE && e[3] == 33 * 90));
+                // The first sample's bytes are the frame's NAL units.
+                let sample = &part.bytes[offset..offset + entries[0][1] as usize];
+                assert_eq!(&sample[4..], &[0x41, 0, 0, 0, 6], "video frame 6, untouched");
+            } else {
+                // The audio keeps its ms time at the part's first audio frame and
+                // advances by whole AAC frames.
+                assert!(base.abs_diff(first_dts) <= 44, "{base} vs {first_dts}");
+                assert!(entries.iter().all(|e| e[0] == 1024 && e[2] == SYNC_SAMPLE && e[3] == 0));
+            }
+        }
+        assert_eq!(data_end, part.bytes.len(), "the mdat holds exactly the samples");
+    }
+
+    #[test]
+    fn the_same_frames_give_the_same_bytes() {
+        let frames = stream(5);
+        assert_eq!(run(&frames).0, run(&frames).0);
+    }
+
+    #[test]
+    fn a_packager_started_late_writes_the_same_segments_from_its_first_boundary() {
+        let frames = stream(7);
+        let (all, _) = run(&frames);
+        // A late edge: the headers, then the stream from the middle of segment 1.
+        let middle = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 1 && m.part == 4)).unwrap();
+        let late: Vec<Frame> = headers().into_iter().chain(frames[middle..].iter().cloned()).collect();
+        let (events, stats) = run(&late);
+        assert!(stats.before_segment > 0, "the rest of segment 1 is skipped");
+        let Packaged::Init(first_init) = &all[0] else { panic!() };
+        assert_eq!(events[0], Packaged::Init(first_init.clone()), "the same init segment, named the same");
+        let from = all.iter().position(|e| matches!(e, Packaged::SegmentStart(s) if s.msn == 2)).unwrap();
+        assert_eq!(events[1..], all[from..], "every segment both have is identical");
+    }
+
+    #[test]
+    fn new_sequence_headers_make_a_new_init_used_from_the_next_segment() {
+        let mut frames = stream(5);
+        // New audio config (stereo) in the middle of segment 0.
+        let at = frames.iter().position(|f| f.hls.is_some_and(|m| m.part == 3)).unwrap();
+        frames.insert(at, Frame::audio(300, Bytes::from_static(&[0xAF, 0x00, 0x12, 0x10])));
+        let (events, _) = run(&frames);
+        let inits: Vec<&Init> =
+            events.iter().filter_map(|e| if let Packaged::Init(i) = e { Some(i) } else { None }).collect();
+        assert_eq!(inits.len(), 2);
+        assert_ne!(inits[0].version, inits[1].version);
+        assert_ne!(inits[0].bytes, inits[1].bytes);
+        let starts: Vec<(u64, u32)> = events
+            .iter()
+            .filter_map(|e| if let Packaged::SegmentStart(s) = e { Some((s.msn, s.init_version)) } else { None })
+            .collect();
+        assert_eq!(starts, [(0, inits[0].version), (1, inits[1].version), (2, inits[1].version)]);
+        let second =
+            events.iter().position(|e| matches!(e, Packaged::Init(i) if i.version == inits[1].version)).unwrap();
+        assert!(
+            matches!(events[second + 1], Packaged::SegmentStart(SegmentStart { msn: 1, .. })),
+            "the new init comes right before the segment that uses it"
+        );
+    }
+
+    #[test]
+    fn a_missed_boundary_skips_the_rest_of_that_segment_only() {
+        let mut frames = stream(5);
+        let lost = frames
+            .iter()
+            .position(|f| f.hls.is_some_and(|m| m.msn == 0 && m.part == 4 && m.boundary.is_some()))
+            .unwrap();
+        frames.remove(lost);
+        let (events, stats) = run(&frames);
+        assert!(stats.lost > 0);
+        let parts: Vec<(u64, u32)> = events
+            .iter()
+            .filter_map(|e| if let Packaged::Part(p) = e { Some((p.msn, p.index)) } else { None })
+            .collect();
+        assert_eq!(parts[..3], [(0, 0), (0, 1), (0, 2)], "part 0.3 may miss frames: dropped, so are the rest");
+        assert_eq!(parts[3], (1, 0));
+        let (complete, _) = run(&stream(5));
+        let from =
+            |e: &[Packaged]| e.iter().position(|e| matches!(e, Packaged::SegmentStart(s) if s.msn == 1)).unwrap();
+        assert_eq!(events[from(&events)..], complete[from(&complete)..], "the next segment is whole again");
+    }
+
+    #[test]
+    fn an_oversized_part_is_dropped_and_counted() {
+        let mut frames = stream(3);
+        let big = frames
+            .iter()
+            .position(|f| f.hls.is_some_and(|m| m.msn == 0 && m.part == 2 && m.boundary.is_some()))
+            .unwrap();
+        let mut body = vec![0x27, 1, 0, 0, 0];
+        body.resize(MAX_PART_BYTES + 1, 0);
+        let mut frame = Frame::video(0, Bytes::from(body));
+        frame.hls = frames[big + 1].hls;
+        frames.insert(big + 1, frame);
+        let (events, stats) = run(&frames);
+        assert_eq!(stats.dropped_parts, 1);
+        let parts: Vec<(u64, u32)> = events
+            .iter()
+            .filter_map(|e| if let Packaged::Part(p) = e { Some((p.msn, p.index)) } else { None })
+            .collect();
+        assert_eq!(parts[..3], [(0, 0), (0, 1), (1, 0)]);
+    }
+
+    #[test]
+    fn garbage_and_unmarked_frames_are_skipped_and_counted() {
+        let mut frames = stream(3);
+        let at = frames.iter().position(|f| f.hls.is_some_and(|m| m.part == 2)).unwrap();
+        let mark = frames[at].hls.map(|m| HlsMark { boundary: None, ..m });
+        for body in [&[0x27u8][..], &[0x27, 1, 0], &[0x9F, 0xFF], &[0xAF], &[0x91, b'x', b'y', b'z', b'w']] {
+            let mut f = if body[0] == 0xAF {
+                Frame::audio(0, Bytes::copy_from_slice(body))
+            } else {
+                Frame::video(0, Bytes::copy_from_slice(body))
+            };
+            f.hls = mark;
+            frames.insert(at + 1, f);
+        }
+        frames.insert(at + 1, video(9999, false, 0)); // no mark: ignored
+        let (events, stats) = run(&frames);
+        assert_eq!(stats.unparsed, 5);
+        assert_eq!(events.len(), run(&stream(3)).0.len());
+    }
 }
