@@ -688,7 +688,8 @@ mod tests {
         let at = frames.iter().position(|f| f.hls.is_some_and(|m| m.part == 3)).unwrap();
         frames.insert(at, headers().remove(1));
         let (all, _) = run(&frames);
-        let inits: Vec<&Init> = all.iter().filter_map(|e| if let Packaged::Init(i) = e { Some(i) } else { None }).collect();
+        let inits: Vec<&Init> =
+            all.iter().filter_map(|e| if let Packaged::Init(i) = e { Some(i) } else { None }).collect();
         assert_eq!(inits.len(), 2);
         // A late edge: the headers, then the stream from the middle of segment 1.
         let middle = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 1 && m.part == 4)).unwrap();
