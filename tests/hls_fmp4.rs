@@ -407,7 +407,7 @@ fn read_fragmented_mp4(file: &[u8]) -> Vec<Mp4Track> {
 /// The AudioSpecificConfig inside an `esds` box body.
 fn asc_of_esds(esds: &[u8]) -> Vec<u8> {
     let mut at = 4;
-    let mut descriptor = |at: &mut usize| {
+    let descriptor = |at: &mut usize| {
         let tag = esds[*at];
         *at += 1;
         let mut len = 0usize;

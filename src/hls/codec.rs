@@ -724,7 +724,7 @@ pub(crate) mod tests {
         // An escaped object type (31, then 6 bits: 0 → 32) and an explicit 24-bit rate.
         let c = aac_config(Bytes::from_static(&[0xF8, 0x1F, 0xFA, 0x00, 0x01, 0x00])).unwrap();
         assert_eq!(c.object_type, 32);
-        assert_eq!(c.sample_rate, 0b1_1111_1010_0000_0000_0000_000);
+        assert_eq!(c.sample_rate, 0b1111_1101_0000_0000_0000_0000);
     }
 
     #[test]
