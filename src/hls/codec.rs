@@ -77,7 +77,8 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Video {
     Config(VideoConfig),
-    Sample(Sample),
+    /// A frame, and the codec its tag names (it must match the track's).
+    Sample(VideoCodec, Sample),
     /// Not a picture: end of sequence, metadata, a command frame.
     Skip,
 }
@@ -86,7 +87,7 @@ pub enum Video {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audio {
     Config(AudioConfig),
-    Sample(Sample),
+    Sample(AudioCodec, Sample),
     Skip,
 }
 
@@ -100,6 +101,8 @@ const SEQUENCE_END: u8 = 2;
 const CODED_FRAMES_X: u8 = 3;
 const METADATA: u8 = 4;
 const MULTITRACK: u8 = 6;
+/// An AV1 temporal delimiter OBU with an empty payload.
+const AV1_TEMPORAL_DELIMITER: [u8; 2] = [0x12, 0x00];
 
 /// Parses a video tag body.
 pub fn parse_video(body: &Bytes) -> Result<Video, CodecError> {
@@ -114,7 +117,9 @@ pub fn parse_video(body: &Bytes) -> Result<Video, CodecError> {
         let head = body.get(..5).ok_or(CodecError::Truncated("AVC tag header"))?;
         return match head[1] {
             0 => avc_config(body.slice(5..)).map(Video::Config),
-            1 => Ok(Video::Sample(Sample { data: body.slice(5..), composition_ms: si24(&head[2..5]) })),
+            1 => {
+                Ok(Video::Sample(VideoCodec::Avc, Sample { data: body.slice(5..), composition_ms: si24(&head[2..5]) }))
+            }
             _ => Ok(Video::Skip),
         };
     }
@@ -145,9 +150,16 @@ pub fn parse_video(body: &Bytes) -> Result<Video, CodecError> {
         }
         CODED_FRAMES if codec != VideoCodec::Av1 => {
             let cts = body.get(data..data + 3).ok_or(CodecError::Truncated("composition time"))?;
-            Ok(Video::Sample(Sample { data: body.slice(data + 3..), composition_ms: si24(cts) }))
+            Ok(Video::Sample(codec, Sample { data: body.slice(data + 3..), composition_ms: si24(cts) }))
         }
-        CODED_FRAMES | CODED_FRAMES_X => Ok(Video::Sample(Sample { data: body.slice(data..), composition_ms: 0 })),
+        CODED_FRAMES | CODED_FRAMES_X => {
+            let mut data = body.slice(data..);
+            if codec == VideoCodec::Av1 && data.starts_with(&AV1_TEMPORAL_DELIMITER) {
+                // AV1 in ISOBMFF §2.4: samples carry no temporal delimiter.
+                data = data.slice(AV1_TEMPORAL_DELIMITER.len()..);
+            }
+            Ok(Video::Sample(codec, Sample { data, composition_ms: 0 }))
+        }
         SEQUENCE_END | METADATA => Ok(Video::Skip),
         _ => Err(CodecError::Unsupported("video packet type")),
     }
@@ -161,7 +173,7 @@ pub fn parse_audio(body: &Bytes) -> Result<Audio, CodecError> {
             let kind = *body.get(1).ok_or(CodecError::Truncated("AAC packet type"))?;
             match kind {
                 0 => aac_config(body.slice(2..)).map(Audio::Config),
-                1 => Ok(Audio::Sample(Sample { data: body.slice(2..), composition_ms: 0 })),
+                1 => Ok(Audio::Sample(AudioCodec::Aac, Sample { data: body.slice(2..), composition_ms: 0 })),
                 _ => Err(CodecError::Malformed("AAC packet type")),
             }
         }
@@ -183,7 +195,7 @@ pub fn parse_audio(body: &Bytes) -> Result<Audio, CodecError> {
                     AudioCodec::Opus => opus_config(&body[data..]),
                 }
                 .map(Audio::Config),
-                CODED_FRAMES => Ok(Audio::Sample(Sample { data: body.slice(data..), composition_ms: 0 })),
+                CODED_FRAMES => Ok(Audio::Sample(codec, Sample { data: body.slice(data..), composition_ms: 0 })),
                 SEQUENCE_END => Ok(Audio::Skip),
                 _ => Err(CodecError::Unsupported("audio packet type")),
             }
@@ -704,11 +716,11 @@ pub(crate) mod tests {
     #[test]
     fn avc_frames_carry_their_composition_time() {
         let tag = Bytes::from_static(&[0x27, 0x01, 0x00, 0x00, 0x42, 0, 0, 0, 1, 0x41]);
-        let Video::Sample(s) = parse_video(&tag).unwrap() else { panic!() };
+        let Video::Sample(_, s) = parse_video(&tag).unwrap() else { panic!() };
         assert_eq!(s.composition_ms, 0x42);
         assert_eq!(&s.data[..], &[0, 0, 0, 1, 0x41]);
         let negative = Bytes::from_static(&[0x27, 0x01, 0xFF, 0xFF, 0xFE, 0x41]);
-        let Video::Sample(s) = parse_video(&negative).unwrap() else { panic!() };
+        let Video::Sample(_, s) = parse_video(&negative).unwrap() else { panic!() };
         assert_eq!(s.composition_ms, -2);
         assert_eq!(parse_video(&Bytes::from_static(&[0x17, 0x02, 0, 0, 0])), Ok(Video::Skip), "end of sequence");
     }
@@ -719,7 +731,9 @@ pub(crate) mod tests {
         assert_eq!((c.codec, c.sample_rate, c.channels, c.object_type), (AudioCodec::Aac, 44100, 1, 2));
         assert_eq!(c.codecs(), "mp4a.40.2");
         assert_eq!(&c.config[..], &hex(AAC_SEQUENCE_TAG)[2..]);
-        let Audio::Sample(s) = parse_audio(&Bytes::from_static(&[0xAF, 0x01, 0x21, 0x10])).unwrap() else { panic!() };
+        let Audio::Sample(_, s) = parse_audio(&Bytes::from_static(&[0xAF, 0x01, 0x21, 0x10])).unwrap() else {
+            panic!()
+        };
         assert_eq!(&s.data[..], &[0x21, 0x10]);
         // An escaped object type (31, then 6 bits: 0 → 32) and an explicit 24-bit rate.
         let c = aac_config(Bytes::from_static(&[0xF8, 0x1F, 0xFA, 0x00, 0x01, 0x00])).unwrap();
@@ -734,16 +748,16 @@ pub(crate) mod tests {
         assert_eq!((c.width, c.height), (320, 240));
         assert_eq!(c.codecs(), "hvc1.1.6.L60.90");
         // CodedFrames: SI24 composition time, then NAL units.
-        let Video::Sample(s) = parse_video(&enhanced(0x91, b"hvc1", &[0, 0, 33, 0, 0, 0, 1, 0x26])).unwrap() else {
+        let Video::Sample(_, s) = parse_video(&enhanced(0x91, b"hvc1", &[0, 0, 33, 0, 0, 0, 1, 0x26])).unwrap() else {
             panic!()
         };
         assert_eq!((s.composition_ms, &s.data[..]), (33, &[0, 0, 0, 1, 0x26][..]));
         // CodedFramesX: no composition time.
-        let Video::Sample(s) = parse_video(&enhanced(0xA3, b"hvc1", &[0, 0, 0, 1, 0x02])).unwrap() else { panic!() };
+        let Video::Sample(_, s) = parse_video(&enhanced(0xA3, b"hvc1", &[0, 0, 0, 1, 0x02])).unwrap() else { panic!() };
         assert_eq!((s.composition_ms, &s.data[..]), (0, &[0, 0, 0, 1, 0x02][..]));
         // Wrapped in a ModEx packet (size-1 = 2, then [modex type | CodedFramesX]).
         let modex = Bytes::from_static(&[0x97, 0x02, 0, 0, 0, 0x03, b'h', b'v', b'c', b'1', 0x11]);
-        let Video::Sample(s) = parse_video(&modex).unwrap() else { panic!() };
+        let Video::Sample(_, s) = parse_video(&modex).unwrap() else { panic!() };
         assert_eq!(&s.data[..], &[0x11]);
     }
 
@@ -753,11 +767,15 @@ pub(crate) mod tests {
         assert_eq!(c.codec, VideoCodec::Av1);
         assert_eq!((c.width, c.height), (320, 240));
         assert_eq!(c.codecs(), "av01.0.00M.08");
-        let Video::Sample(s) = parse_video(&enhanced(0x91, b"av01", &[0x12, 0x00, 0x0A])).unwrap() else { panic!() };
+        let Video::Sample(codec, s) = parse_video(&enhanced(0x91, b"av01", &[0x12, 0x00, 0x32, 0x01, 0x0A])).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(codec, VideoCodec::Av1);
         assert_eq!(
             (s.composition_ms, &s.data[..]),
-            (0, &[0x12, 0x00, 0x0A][..]),
-            "AV1 frames have no composition time"
+            (0, &[0x32, 0x01, 0x0A][..]),
+            "no composition time; the temporal delimiter is removed"
         );
     }
 

@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use super::codec::{self, Audio, AudioConfig, Video, VideoConfig};
+use super::codec::{self, Audio, AudioConfig, Video, VideoCodec, VideoConfig};
 use super::fmp4::{self, FragmentSample, TrackConfig, TrackRun, NON_SYNC_SAMPLE, SYNC_SAMPLE, VIDEO_TIMESCALE};
 use super::mark::{Boundary, HlsMark};
 use super::{Init, Packaged, Part, SegmentEnd, SegmentStart};
@@ -80,7 +80,8 @@ struct OpenSegment {
     /// A frame was missed or a part dropped: nothing more of this segment is emitted.
     broken: bool,
     part: Option<OpenPart>,
-    video: bool,
+    /// The tracks of the segment's init segment.
+    video: Option<VideoCodec>,
     audio: Option<AudioConfig>,
     /// The last video sample duration written in this segment.
     video_delta: Option<u32>,
@@ -169,7 +170,7 @@ impl Packager {
                     duration_ms: 0,
                     broken: false,
                     part: Some(OpenPart::new(0, true, mark.time_ms)),
-                    video: init.is_some_and(|i| i.video.is_some()),
+                    video: init.and_then(|i| i.video.as_ref()).map(|v| v.codec),
                     audio: init.and_then(|i| i.audio.clone()),
                     video_delta: None,
                     audio_next: None,
@@ -286,9 +287,9 @@ impl Packager {
             self.stats.lost += 1;
             return;
         }
-        let sample = match frame.kind {
+        let (sample, matches) = match frame.kind {
             FrameKind::Video => match codec::parse_video(&frame.payload) {
-                Ok(Video::Sample(s)) => s,
+                Ok(Video::Sample(c, s)) => (s, segment.video == Some(c)),
                 Ok(_) => return,
                 Err(_) => {
                     self.stats.unparsed += 1;
@@ -296,7 +297,7 @@ impl Packager {
                 }
             },
             FrameKind::Audio => match codec::parse_audio(&frame.payload) {
-                Ok(Audio::Sample(s)) => s,
+                Ok(Audio::Sample(c, s)) => (s, segment.audio.as_ref().is_some_and(|a| a.codec == c)),
                 Ok(_) => return,
                 Err(_) => {
                     self.stats.unparsed += 1;
@@ -307,7 +308,11 @@ impl Packager {
         };
         let Some(part) = segment.part.as_mut() else { return };
         let pending = match frame.kind {
-            FrameKind::Video if segment.video => {
+            _ if !matches => {
+                self.stats.untracked += 1;
+                return;
+            }
+            FrameKind::Video => {
                 let mut dts = video_dts(mark.time_ms);
                 if let Some(last) = part.video.last() {
                     dts = dts.max(last.dts + 1);
@@ -320,7 +325,7 @@ impl Packager {
                     data: sample.data,
                 }
             }
-            FrameKind::Audio if segment.audio.is_some() => {
+            FrameKind::Audio => {
                 let Some(config) = segment.audio.as_ref() else { return };
                 let Some(nominal) = codec::audio_frame_samples(config, &sample.data) else {
                     self.stats.unparsed += 1;
@@ -784,8 +789,17 @@ mod tests {
             frames.insert(at + 1, f);
         }
         frames.insert(at + 1, video(9999, false, 0)); // no mark: ignored
+        // Well-formed frames of codecs the init segment has no track for.
+        for mut f in [
+            Frame::video(0, Bytes::from_static(&[0xA3, b'h', b'v', b'c', b'1', 0, 0, 0, 1, 2])),
+            Frame::audio(0, Bytes::from_static(&[0x91, b'O', b'p', b'u', b's', 0xF8])),
+        ] {
+            f.hls = mark;
+            frames.insert(at + 1, f);
+        }
         let (events, stats) = run(&frames);
         assert_eq!(stats.unparsed, 5);
-        assert_eq!(events.len(), run(&stream(3)).0.len());
+        assert_eq!(stats.untracked, 2);
+        assert_eq!(events, run(&stream(3)).0, "not a byte changed");
     }
 }
