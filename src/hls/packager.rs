@@ -789,7 +789,7 @@ mod tests {
             frames.insert(at + 1, f);
         }
         frames.insert(at + 1, video(9999, false, 0)); // no mark: ignored
-        // Well-formed frames of codecs the init segment has no track for.
+                                                      // Well-formed frames of codecs the init segment has no track for.
         for mut f in [
             Frame::video(0, Bytes::from_static(&[0xA3, b'h', b'v', b'c', b'1', 0, 0, 0, 1, 2])),
             Frame::audio(0, Bytes::from_static(&[0x91, b'O', b'p', b'u', b's', 0xF8])),
@@ -801,5 +801,61 @@ mod tests {
         assert_eq!(stats.unparsed, 5);
         assert_eq!(stats.untracked, 2);
         assert_eq!(events, run(&stream(3)).0, "not a byte changed");
+    }
+
+    mod hostile {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// A frame of any kind with any body (often a real header or a plausible
+        /// tag start) and any mark.
+        fn frame() -> impl Strategy<Value = Frame> {
+            let body = prop_oneof![
+                vec(any::<u8>(), 0..64).prop_map(Bytes::from),
+                Just(hex(AVC_SEQUENCE_TAG)),
+                Just(hex(AAC_SEQUENCE_TAG)),
+                (any::<u8>(), vec(any::<u8>(), 0..32)).prop_map(|(b, rest)| {
+                    let head = [[0x17, 1], [0x27, 1], [0xAF, 1], [0x91, b'h'], [0xAF, 0]][usize::from(b % 5)];
+                    Bytes::from([&head[..], &rest].concat())
+                }),
+            ];
+            let boundary = prop_oneof![
+                Just(None),
+                any::<bool>().prop_map(|independent| Some(Boundary::Part { independent })),
+                Just(Some(Boundary::Segment(OPEN))),
+            ];
+            let mark = (0u64..4, 0u32..4, 0u64..10_000, boundary).prop_map(|(msn, part, time_ms, boundary)| HlsMark {
+                msn,
+                part,
+                time_ms,
+                boundary,
+            });
+            (0u8..3, body, proptest::option::weighted(0.9, mark)).prop_map(|(kind, body, mark)| {
+                let mut f = match kind {
+                    0 => Frame::video(0, body),
+                    1 => Frame::audio(0, body),
+                    _ => Frame::data(0, body),
+                };
+                f.hls = mark;
+                f
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_frames_and_marks_never_panic_and_parts_stay_well_formed(frames in vec(frame(), 0..200)) {
+                let (events, _) = run(&frames);
+                for e in &events {
+                    if let Packaged::Part(p) = e {
+                        let top = boxes(&p.bytes);
+                        prop_assert_eq!(top.len(), 2);
+                        prop_assert!(p.bytes.len() <= MAX_PART_BYTES + 4096);
+                    }
+                }
+                // The same frames again give the same events.
+                prop_assert_eq!(run(&frames).0, events);
+            }
+        }
     }
 }
