@@ -8,6 +8,19 @@
 //! for every segment from there as an edge that has run from the start. The decode
 //! times are the marks' timeline (`time_ms`), not the RTMP timestamps.
 //!
+//! Sample durations, all deterministic: a video sample lasts until the next video
+//! sample of its part, or until the frame that opens the next part when that is video,
+//! else as long as the segment's previous video sample. Audio keeps sample-exact times
+//! within a segment (each frame lasts the codec's frame duration, 1024 samples for AAC,
+//! the TOC's for Opus) and starts again from the timeline at a segment boundary or a
+//! jump of more than half a frame. A part lasts until the frame that opens the next
+//! one (at [`Packager::finish`], until the end of its last sample).
+//!
+//! A segment in which a frame was missed (a boundary not seen) or whose part grew past
+//! [`MAX_PART_BYTES`] emits nothing more after the loss; its [`SegmentEnd`] still
+//! comes, counting only the parts emitted. An edge never publishes a part that differs
+//! from another edge's under the same name.
+//!
 //! Knows no sockets, no clock and no playlists.
 
 use bytes::Bytes;
