@@ -536,3 +536,63 @@ fn av1_and_opus_over_enhanced_rtmp_decode_frame_for_frame_from_the_hls_stream() 
     assert!(init.codecs.starts_with("av01.0."), "{}", init.codecs);
     assert!(init.codecs.ends_with(",opus"), "{}", init.codecs);
 }
+
+/// Packaging cost: run with
+/// `cargo test --release --test hls_fmp4 packaging_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn packaging_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.flv");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "20",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-b:v",
+        "4M",
+        "-g",
+        "30",
+        "-c:a",
+        "aac",
+        "-f",
+        "flv",
+        source.to_str().unwrap(),
+    ]);
+    let mut frames = read_flv(&std::fs::read(&source).unwrap());
+    let mut marker = Marker::new(2000, 200, true);
+    for frame in &mut frames {
+        marker.mark(frame);
+    }
+    let bytes: usize = frames.iter().map(|f| f.payload.len()).sum();
+    let rounds = 50;
+    let start = std::time::Instant::now();
+    let mut out = 0usize;
+    for _ in 0..rounds {
+        let mut packager = Packager::new();
+        for frame in &frames {
+            out += packager.push(frame).len();
+        }
+        out += packager.finish().len();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let total = (bytes * rounds) as f64;
+    println!(
+        "packaged {rounds} x {} frames ({:.1} MB of tag bodies, {out} events) in {elapsed:.3} s: {:.0} MB/s, {:.2} us/frame, {:.2} CPU-s per GB",
+        frames.len(),
+        total / 1e6,
+        total / 1e6 / elapsed,
+        elapsed * 1e6 / (frames.len() * rounds) as f64,
+        elapsed / (total / 1e9),
+    );
+}

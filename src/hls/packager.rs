@@ -18,8 +18,8 @@
 //!
 //! A segment in which a frame was missed (a boundary not seen) or whose part grew past
 //! [`MAX_PART_BYTES`] emits nothing more after the loss; its [`SegmentEnd`] still
-//! comes, counting only the parts emitted. An edge never publishes a part that differs
-//! from another edge's under the same name.
+//! comes, counting only the parts emitted: an edge does not publish a part it knows
+//! to be incomplete under a name another edge publishes whole.
 //!
 //! Knows no sockets, no clock and no playlists.
 
