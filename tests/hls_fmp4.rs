@@ -170,6 +170,26 @@ fn assert_hls_decodes_like(source: &Path, mut frames: Vec<Frame>, dir: &Path) ->
     let segments = events.iter().filter(|e| matches!(e, Packaged::SegmentEnd(_))).count();
     assert!(segments >= 3, "several segments were cut: {segments}");
 
+    // An edge that joins in the middle of segment 1 (the sequence headers first, as a
+    // hub gives them) writes the same files for every segment and part it has.
+    let late_dir = dir.join("late");
+    std::fs::create_dir(&late_dir).unwrap();
+    let middle = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 1 && m.part == 3)).unwrap();
+    let headers = frames.iter().filter(|f| f.header && f.kind != FrameKind::Data).cloned();
+    let late: Vec<Frame> = headers.chain(frames[middle..].iter().cloned()).collect();
+    package_to(&late_dir, &late);
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&late_dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".m4s") || name.ends_with(".mp4") {
+            let late = std::fs::read(late_dir.join(&name)).unwrap();
+            assert!(late == std::fs::read(dir.join(&name)).unwrap(), "{name} is the same on both edges");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 10 && late_dir.join("seg-2.m4s").exists(), "segments and parts compared: {compared}");
+    assert!(!late_dir.join("seg-1.m4s").exists(), "the late edge starts at a segment boundary");
+
     let expected = frame_hashes(source, &[]);
     let got = frame_hashes(&dir.join("index.m3u8"), &[]);
     assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "the same streams");
