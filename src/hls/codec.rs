@@ -497,7 +497,7 @@ fn avc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
                     let (mut last, mut next) = (8i32, 8i32);
                     for _ in 0..size {
                         if next != 0 {
-                            next = (last + r.se()? + 256).rem_euclid(256);
+                            next = (i64::from(last) + i64::from(r.se()?)).rem_euclid(256) as i32;
                         }
                         if next != 0 {
                             last = next;

@@ -328,7 +328,7 @@ impl Packager {
             FrameKind::Video => {
                 let mut dts = video_dts(mark.time_ms);
                 if let Some(last) = part.video.last() {
-                    dts = dts.max(last.dts + 1);
+                    dts = dts.max(last.dts.saturating_add(1));
                 }
                 Pending {
                     dts,
@@ -353,9 +353,9 @@ impl Packager {
                     _ => from_ms,
                 };
                 if let Some(last) = part.audio.last() {
-                    dts = dts.max(last.dts + 1);
+                    dts = dts.max(last.dts.saturating_add(1));
                 }
-                segment.audio_next = Some(dts + u64::from(nominal));
+                segment.audio_next = Some(dts.saturating_add(u64::from(nominal)));
                 Pending { dts, composition_offset: 0, flags: SYNC_SAMPLE, nominal: Some(nominal), data: sample.data }
             }
             _ => {
@@ -428,10 +428,16 @@ impl OpenSegment {
             Some(n) => n.time_ms.saturating_sub(part.start_ms),
             None => {
                 // The stream ended: up to the end of the last sample of any track.
-                let video_end =
-                    part.video.last().zip(video.last()).map(|(p, s)| (p.dts + u64::from(s.duration)).div_ceil(90));
+                let video_end = part
+                    .video
+                    .last()
+                    .zip(video.last())
+                    .map(|(p, s)| p.dts.saturating_add(u64::from(s.duration)).div_ceil(90));
                 let audio_end = part.audio.last().zip(audio.last()).zip(self.audio.as_ref()).map(|((p, s), c)| {
-                    ((p.dts + u64::from(s.duration)) * 1000).div_ceil(u64::from(c.sample_rate.max(1)))
+                    p.dts
+                        .saturating_add(u64::from(s.duration))
+                        .saturating_mul(1000)
+                        .div_ceil(u64::from(c.sample_rate.max(1)))
                 });
                 video_end.max(audio_end).unwrap_or(part.start_ms).saturating_sub(part.start_ms)
             }
@@ -445,7 +451,7 @@ impl OpenSegment {
             bytes: fmp4::fragment(sequence, &runs),
         }));
         self.parts += 1;
-        self.duration_ms += duration_ms;
+        self.duration_ms = self.duration_ms.saturating_add(duration_ms);
     }
 }
 
@@ -838,7 +844,8 @@ mod tests {
                 any::<bool>().prop_map(|independent| Some(Boundary::Part { independent })),
                 Just(Some(Boundary::Segment(OPEN))),
             ];
-            let mark = (0u64..4, 0u32..4, 0u64..10_000, boundary).prop_map(|(msn, part, time_ms, boundary)| HlsMark {
+            let time = prop_oneof![0u64..10_000, u64::MAX - 10_000..=u64::MAX];
+            let mark = (0u64..4, 0u32..4, time, boundary).prop_map(|(msn, part, time_ms, boundary)| HlsMark {
                 msn,
                 part,
                 time_ms,
