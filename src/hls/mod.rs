@@ -17,6 +17,8 @@
 //!   media playlist, blocking playlist reloads;
 //! - `crate::edge::hls`: the HTTP routes and each stream's packaging task.
 
+pub mod codec;
+pub mod fmp4;
 pub mod mark;
 pub mod packager;
 

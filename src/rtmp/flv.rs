@@ -64,7 +64,7 @@ const MOD_EX: u8 = 7;
 /// Reads an Enhanced RTMP packet type that may be wrapped in ModEx packets: returns the
 /// real packet type and the bytes after it. `first` is the packet type from byte 0,
 /// `rest` the bytes after byte 0.
-fn resolve_packet_type(mut packet_type: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
+pub(crate) fn resolve_packet_type(mut packet_type: u8, mut rest: &[u8]) -> Option<(u8, &[u8])> {
     while packet_type == MOD_EX {
         // ModEx: data size (u8 + 1, or 0xFF then u16 + 1), data, then
         // [modex type:4][packet type:4].
