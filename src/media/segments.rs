@@ -131,3 +131,84 @@ impl SegmentWindow {
         headers.chain(self.segments.iter().flat_map(|s| s.frames.iter()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hls::mark::{HlsMark, SegmentOpen};
+    use bytes::Bytes;
+
+    /// A video frame of `size` bytes at `ms`, opening segment `msn` when `opens`.
+    fn frame(msn: u64, ms: u64, opens: bool, size: usize) -> Frame {
+        let mut body = vec![0u8; size.max(6)];
+        body[0] = if opens { 0x17 } else { 0x27 };
+        body[1] = 1;
+        let mut f = Frame::video(ms as u32, Bytes::from(body));
+        let open = SegmentOpen { discontinuity: 0, wall_ms: ms, target_ms: 2000, part_target_ms: 250 };
+        f.hls = Some(HlsMark { msn, part: 0, time_ms: ms, boundary: opens.then_some(Boundary::Segment(open)) });
+        f
+    }
+
+    fn header(n: u8) -> Frame {
+        Frame::video(0, Bytes::from(vec![0x17, 0, 0, 0, 0, n]))
+    }
+
+    fn msns(w: &SegmentWindow) -> Vec<u64> {
+        let mut out: Vec<u64> = w.replay().filter_map(|f| f.hls.map(|m| m.msn)).collect();
+        out.dedup();
+        out
+    }
+
+    /// Segments of 2 s, 10 frames each, numbered from 100.
+    fn segments(w: &mut SegmentWindow, from: u64, n: u64, size: usize) {
+        for msn in from..from + n {
+            for i in 0..10 {
+                w.push(&frame(100 + msn, msn * 2000 + i * 200, i == 0, size));
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_complete_segments_and_the_open_one() {
+        let mut w = SegmentWindow::new(WindowLimits { segments: 3, max_bytes: usize::MAX, max_ms: 60_000 });
+        w.push(&header(1));
+        w.push(&frame(99, 0, false, 10)); // before any segment start: not kept
+        segments(&mut w, 0, 8, 10);
+        assert_eq!(msns(&w), vec![104, 105, 106, 107]);
+        assert!(w.replay().next().unwrap().header, "the header in effect comes first");
+        assert_eq!(w.frames(), 1 + 40);
+    }
+
+    #[test]
+    fn a_header_changed_inside_the_window_is_replayed_in_place() {
+        let mut w = SegmentWindow::new(WindowLimits { segments: 2, max_bytes: usize::MAX, max_ms: 60_000 });
+        w.push(&header(1));
+        segments(&mut w, 0, 2, 10);
+        w.push(&header(2));
+        segments(&mut w, 2, 2, 10);
+        let headers: Vec<u8> = w.replay().filter(|f| f.header).map(|f| f.payload[5]).collect();
+        assert_eq!(headers, vec![1, 2], "the old header at the front, the new one where it came");
+        segments(&mut w, 4, 2, 10);
+        let headers: Vec<u8> = w.replay().filter(|f| f.header).map(|f| f.payload[5]).collect();
+        assert_eq!(headers, vec![2], "once the change is at the front, only it");
+    }
+
+    #[test]
+    fn bytes_and_time_bound_the_window() {
+        let cost = frame(0, 0, false, 1000).cost();
+        let mut w = SegmentWindow::new(WindowLimits { segments: 6, max_bytes: 25 * cost, max_ms: 60_000 });
+        segments(&mut w, 0, 5, 1000);
+        assert!(w.bytes() <= 25 * cost);
+        assert_eq!(msns(&w), vec![103, 104], "whole segments go, oldest first");
+        let mut w = SegmentWindow::new(WindowLimits { segments: 6, max_bytes: usize::MAX, max_ms: 5_000 });
+        segments(&mut w, 0, 5, 10);
+        assert_eq!(msns(&w), vec![103, 104], "at most 5 s from the oldest start to the newest frame");
+        // An open segment alone over the bytes is dropped, and keeping resumes at the
+        // next start.
+        let mut w = SegmentWindow::new(WindowLimits { segments: 6, max_bytes: 5 * cost, max_ms: 60_000 });
+        segments(&mut w, 0, 1, 1000);
+        assert!(w.is_empty());
+        w.push(&frame(200, 30_000, true, 1000));
+        assert_eq!(msns(&w), vec![200]);
+    }
+}
