@@ -122,7 +122,7 @@ impl Hub {
     /// Records a frame that precedes the live stream (the HLS window an origin sends
     /// a new relay ahead of its live start): kept in the window and the GOP cache and
     /// given only to window readers ([`Hub::subscribe_window`]), never to players,
-    /// which start at the live GOP.
+    /// which start at the live GOP; headers excepted, which every reader gets.
     pub fn publish_history(&self, frame: Frame) {
         self.deliver(frame, true)
     }
@@ -143,7 +143,10 @@ impl Hub {
             state.last_mark = Continuation::after(state.last_mark, mark);
         }
         let start = state.gop.is_start(&frame);
-        for reader in state.readers.iter().filter(|r| r.window || !history_only) {
+        // Headers of the history go to every reader: a player already waiting needs
+        // them, and the relay's continuity drops their live repeat as unchanged.
+        let everyone = !history_only || frame.header;
+        for reader in state.readers.iter().filter(|r| r.window || everyone) {
             let mut queue = lock(&reader.queue);
             let before = queue.dropped();
             queue.push(frame.clone(), start);
@@ -555,12 +558,15 @@ mod tests {
         for f in history {
             edge.publish_history(f);
         }
+        // The relay's continuity drops the live repeat of unchanged headers.
         for f in live.iter().filter(|f| !f.header) {
             edge.publish(f.clone());
         }
         let player_got: Vec<Frame> = std::iter::from_fn(|| player.try_recv()).collect();
-        assert!(player_got[0].keyframe, "players start at the live GOP");
-        assert_eq!(player_got, live.iter().filter(|f| !f.header).cloned().collect::<Vec<_>>());
+        assert!(player_got[0].header, "a waiting player gets the headers of the history: {:?}", player_got[0]);
+        let media: Vec<Frame> = player_got.iter().filter(|f| !f.header).cloned().collect();
+        assert!(media[0].keyframe, "players start at the live GOP");
+        assert_eq!(media, live.iter().filter(|f| !f.header).cloned().collect::<Vec<_>>());
         let hls_got: Vec<Frame> = std::iter::from_fn(|| hls.try_recv()).collect();
         let first_start = stream.iter().position(segment_opens).unwrap();
         assert_eq!(&hls_got[1..], &stream[first_start..], "history then live: every frame once, in order");
