@@ -255,3 +255,45 @@ async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_
     drop(edge2);
     drop(edge1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_back_through_another_edge_after_its_edge_died_continues_the_numbering() {
+    let name = "phoenix";
+    let stream = StreamKey::new("live", name).unwrap();
+    let c = Cluster::start(3).await;
+    let leader = c.leader(None).await.expect("a leader");
+    let mut edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
+    let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
+    let dir = c.dir.path().to_owned();
+    let publisher = ffmpeg_publish(&edge1.rtmp_url("live", name), dir.join("publisher-1.log"));
+    let owner = eventually(Duration::from_secs(15), "the stream to be published", || owner_of(&c, leader, name)).await;
+    let a = Probe::start(&c, "probe-a", &stream);
+    eventually(Duration::from_secs(20), "three segments at A", || async {
+        let s = a.sessions();
+        (s.first()?.iter().filter(|g| opens_segment(g).is_some()).count() >= 3).then_some(())
+    })
+    .await;
+
+    // edge-1 dies with the claim committed: the publisher comes back through edge-2 and
+    // takes the dead session's stream over, on the same owner, which remembers.
+    edge1.kill();
+    drop(publisher);
+    let _publisher = ffmpeg_publish(&edge2.rtmp_url("live", name), dir.join("publisher-2.log"));
+    eventually(Duration::from_secs(30), "three segments of the new session at A", || async {
+        let s = a.sessions();
+        assert!(s.len() <= 2, "one new session only");
+        (s.get(1)?.iter().filter(|g| opens_segment(g).is_some()).count() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(owner_of(&c, leader, name).await, Some(owner), "the takeover stayed on the owner");
+    let s = a.sessions();
+    for session in &s {
+        check_session(session);
+    }
+    let (end, start) = (s[0].last().unwrap(), &s[1][0]);
+    let (d0, d1) = (opens_segment(&s[0][0]).unwrap(), opens_segment(start).unwrap());
+    eprintln!("session 0 ended at msn {} ({d0}); session 1 starts at msn {} ({d1})", end.mark.msn, start.mark.msn);
+    assert_eq!((start.mark.msn, d1), (end.mark.msn + 1, d0 + 1), "msn + 1, discontinuity + 1");
+    assert!(start.mark.time_ms > end.mark.time_ms, "the timeline goes on");
+    drop(edge2);
+}
