@@ -37,6 +37,8 @@ struct Got {
 /// An edge's relay side in this process, reading the stream like the HLS task does.
 struct Probe {
     got: Arc<Mutex<Vec<Got>>>,
+    /// The relay hub's HLS window: (segments, frames, bytes), sampled as frames come.
+    window: Arc<Mutex<(usize, usize, usize)>>,
     stop: CancellationToken,
 }
 
@@ -52,7 +54,8 @@ impl Probe {
         let stop = CancellationToken::new();
         let ctx = EdgeContext::new(&config, stop.clone(), stop.clone()).unwrap();
         let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-        let (out, stream, cancel) = (got.clone(), stream.clone(), stop.clone());
+        let window: Arc<Mutex<(usize, usize, usize)>> = Arc::default();
+        let (out, stream, cancel, sizes) = (got.clone(), stream.clone(), stop.clone(), window.clone());
         tokio::spawn(async move {
             let lease = ctx.relays.join(&ctx, &stream);
             let mut hubs = lease.relay.hub();
@@ -77,6 +80,7 @@ impl Probe {
                     frame.payload.hash(&mut h);
                     let g = Got { generation, kind: frame.kind, mark, payload: h.finish() };
                     out.lock().unwrap().push(g);
+                    *sizes.lock().unwrap() = hub.window_size();
                 }
                 generation += 1;
                 // The next session's hub (the ended one may still be current briefly).
@@ -84,7 +88,7 @@ impl Probe {
                 let _ = hubs.wait_for(|h| h.as_ref().is_some_and(|h| !Arc::ptr_eq(h, &ended))).await;
             }
         });
-        Probe { got, stop }
+        Probe { got, window, stop }
     }
 
     fn got(&self) -> Vec<Got> {
@@ -209,6 +213,8 @@ async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_
     })
     .await;
     eprintln!("owner {owner} killed at msn {at_kill}; origin {moved} owns the stream");
+    let (segments, frames, bytes) = *a.window.lock().unwrap();
+    eprintln!("relay A's HLS window: {segments} segments, {frames} frames, {bytes} bytes");
 
     // The publisher reconnects through edge-2: a new session.
     drop(publisher);
