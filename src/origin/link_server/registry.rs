@@ -269,6 +269,12 @@ impl LinkContext {
     /// waits for the new claim's publisher with its hub and subscribers kept.
     pub fn reconcile(&self, stream: &StreamKey) {
         let mut streams = self.streams();
+        if self.claim(stream).is_some_and(|(owner, _)| owner != self.id) {
+            // Another origin numbers the stream's sessions from now on: what this one
+            // remembers is older than what that one may hand out, and must never be
+            // continued after (it would reuse numbers).
+            self.remembered.lock().unwrap_or_else(|p| p.into_inner()).marks.remove(stream);
+        }
         let Some(s) = streams.get_mut(stream) else { return };
         match self.claim(stream) {
             Some((owner, epoch)) if owner == self.id => {
@@ -281,7 +287,9 @@ impl LinkContext {
             claim => {
                 if let Some(s) = streams.remove(stream) {
                     tracing::info!(%stream, owner = ?claim.map(|c| c.0), "the claim left this origin; the stream ends here");
-                    self.remember(stream, &s);
+                    if claim.is_none() {
+                        self.remember(stream, &s);
+                    }
                     s.fence.store(RETIRED, Ordering::Relaxed);
                     s.hub.end();
                 }
@@ -291,7 +299,8 @@ impl LinkContext {
 
     /// [`LinkContext::reconcile`] for every stream this origin serves.
     pub fn reconcile_all(&self) {
-        let keys: Vec<StreamKey> = self.streams().keys().cloned().collect();
+        let mut keys: Vec<StreamKey> = self.streams().keys().cloned().collect();
+        keys.extend(self.remembered.lock().unwrap_or_else(|p| p.into_inner()).marks.keys().cloned());
         for stream in &keys {
             self.reconcile(stream);
         }
@@ -327,5 +336,23 @@ impl LinkContext {
         let streams = self.streams();
         let publishing = streams.values().filter(|s| s.publisher.is_some()).count();
         (publishing, streams.values().map(|s| s.subscribers.len()).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_marks_are_bounded_and_forget_the_oldest() {
+        let mut r = Remembered::default();
+        let mark = |msn| Continuation { msn, discontinuity: 0, time_ms: 0 };
+        for i in 0..(REMEMBERED_MARKS as u64 + 10) {
+            r.keep(&StreamKey::new("live", &format!("s{i}")).unwrap(), mark(i));
+        }
+        assert_eq!(r.marks.len(), REMEMBERED_MARKS);
+        assert_eq!(r.get(&StreamKey::new("live", "s0").unwrap()), None, "the oldest went first");
+        let newest = StreamKey::new("live", &format!("s{}", REMEMBERED_MARKS + 9)).unwrap();
+        assert_eq!(r.get(&newest), Some(mark(REMEMBERED_MARKS as u64 + 9)));
     }
 }
