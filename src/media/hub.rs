@@ -255,7 +255,13 @@ impl Hub {
             (Some(window), None) => window.replay().cloned().collect(),
             _ => Vec::new(),
         };
-        let mut queue = Queue::new(self.limits.queue);
+        // Live frames wait while the history is sent: room for as much again, so a
+        // slow link does not make the live part skip to a keyframe (a hole in HLS).
+        let limits = QueueLimits {
+            max_frames: self.limits.queue.max_frames + history.len(),
+            max_bytes: self.limits.queue.max_bytes.saturating_add(history.iter().map(Frame::cost).sum()),
+        };
+        let mut queue = Queue::new(limits);
         for frame in state.gop.start_frames() {
             queue.push(frame.clone(), state.gop.is_start(frame));
         }
