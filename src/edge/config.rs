@@ -8,8 +8,10 @@ use std::time::Duration;
 use raftcast_raft::rpc::ClusterSecret;
 use serde::Deserialize;
 
+use crate::hls::mark::{StamperConfig, DEFAULT_PART_MS, DEFAULT_SEGMENT_MS};
 use crate::link::client::LinkTiming;
 use crate::media::queue::QueueLimits;
+use crate::media::segments::WindowLimits;
 
 /// Command-line flags of `raftcast edge`. Every flag has an environment twin, and a TOML
 /// file (`--config`) may carry the same settings (kebab-case keys); flags and
@@ -131,6 +133,20 @@ pub struct EdgeArgs {
     /// interactive-webcast page) [default: none].
     #[arg(long, env = "RAFTCAST_EDGE_WWW")]
     pub www: Option<std::path::PathBuf>,
+    /// HLS segment target of streams published through this edge, in ms: a segment
+    /// opens on a keyframe once the open one lasted this long [default: 2000].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_SEGMENT_MS")]
+    pub hls_segment_ms: Option<u32>,
+    /// LL-HLS part target of streams published through this edge, in ms [default: 250].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_PART_MS")]
+    pub hls_part_ms: Option<u32>,
+    /// Complete HLS segments a relayed stream's window keeps for HLS readers that
+    /// start late [default: 6].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_WINDOW_SEGMENTS")]
+    pub hls_window_segments: Option<usize>,
+    /// Bytes of frames a relayed stream's HLS window keeps at most [default: 48 MiB].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_WINDOW_BYTES")]
+    pub hls_window_bytes: Option<usize>,
 }
 
 /// Caps on what clients may hold at once, per address (an IPv4 address or an IPv6 /64)
@@ -178,6 +194,28 @@ pub struct EdgeConfig {
     pub www: Option<std::path::PathBuf>,
     /// Caps on what clients may hold (see [`EdgeCaps`]).
     pub caps: EdgeCaps,
+    /// How streams published here are cut into HLS segments and parts.
+    pub hls: StamperConfig,
+    /// What each relayed stream's hub keeps for HLS readers that start late.
+    pub hls_window: WindowLimits,
+}
+
+/// The HLS window bounds from `--hls-window-segments` and `--hls-window-bytes` (shared
+/// by edges and origins).
+pub fn hls_window(segments: Option<usize>, bytes: Option<usize>) -> Result<WindowLimits, String> {
+    let defaults = WindowLimits::default();
+    let window = WindowLimits {
+        segments: segments.unwrap_or(defaults.segments),
+        max_bytes: bytes.unwrap_or(defaults.max_bytes),
+        ..defaults
+    };
+    if !(1..=64).contains(&window.segments) {
+        return Err(format!("--hls-window-segments {} is outside 1..=64", window.segments));
+    }
+    if window.max_bytes < 1024 * 1024 {
+        return Err("--hls-window-bytes must be at least 1 MiB".into());
+    }
+    Ok(window)
 }
 
 fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
@@ -202,6 +240,10 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
         drain_ms: cli.drain_ms.or(file.drain_ms),
         www: cli.www.or(file.www),
+        hls_segment_ms: cli.hls_segment_ms.or(file.hls_segment_ms),
+        hls_part_ms: cli.hls_part_ms.or(file.hls_part_ms),
+        hls_window_segments: cli.hls_window_segments.or(file.hls_window_segments),
+        hls_window_bytes: cli.hls_window_bytes.or(file.hls_window_bytes),
         max_connections_per_address: cli.max_connections_per_address.or(file.max_connections_per_address),
         max_handshakes: cli.max_handshakes.or(file.max_handshakes),
         max_handshakes_per_address: cli.max_handshakes_per_address.or(file.max_handshakes_per_address),
@@ -299,6 +341,12 @@ impl EdgeConfig {
             long_requests_per_address: a.max_long_requests_per_address.unwrap_or(64),
         };
         caps.validate()?;
+        let hls = StamperConfig {
+            target_ms: a.hls_segment_ms.unwrap_or(DEFAULT_SEGMENT_MS),
+            part_target_ms: a.hls_part_ms.unwrap_or(DEFAULT_PART_MS),
+        };
+        hls.validate()?;
+        let hls_window = hls_window(a.hls_window_segments, a.hls_window_bytes)?;
         Ok(EdgeConfig {
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
@@ -318,6 +366,8 @@ impl EdgeConfig {
             drain: ms(a.drain_ms, 2_000),
             www: a.www,
             caps,
+            hls,
+            hls_window,
         })
     }
 }

@@ -130,6 +130,42 @@ pub struct EdgeContext {
     pub started_ms: u128,
 }
 
+impl EdgeContext {
+    /// The context of an edge, its links and relays not started yet (they start on
+    /// demand). `clients` stops relays and players; `links` the links to origins.
+    /// Without listeners this is also an edge's relay side in-process (tests of what
+    /// relays receive, e.g. `tests/hls_marks.rs`).
+    pub fn new(
+        config: &EdgeConfig,
+        clients: CancellationToken,
+        links: CancellationToken,
+    ) -> anyhow::Result<Arc<EdgeContext>> {
+        let control = control::Control::new(config.origins.clone(), config.secret.clone(), config.request_deadline)
+            .context("building the control client")?;
+        let upstreams = upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, links);
+        let started_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let objects = shared_objects::SharedObjects::new(
+            config.origins.clone(),
+            config.secret.clone(),
+            control.clone(),
+            clients.clone(),
+        );
+        Ok(Arc::new(EdgeContext {
+            config: config.clone(),
+            control,
+            objects,
+            upstreams,
+            relays: streams::Relays::default(),
+            stats: EdgeStats::default(),
+            limits: EdgeLimits::new(config),
+            shutdown: clients,
+            started: Instant::now(),
+            started_ms,
+        }))
+    }
+}
+
 /// Entry point of `raftcast edge`.
 pub fn main(args: EdgeArgs) -> ExitCode {
     crate::logging::init();
@@ -171,28 +207,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     // Clients are stopped first; links to the origins last, after the drain.
     let clients = CancellationToken::new();
     let links = CancellationToken::new();
-    let control = control::Control::new(config.origins.clone(), config.secret.clone(), config.request_deadline)
-        .context("building the control client")?;
-    let upstreams = upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, links.clone());
-    let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let objects = shared_objects::SharedObjects::new(
-        config.origins.clone(),
-        config.secret.clone(),
-        control.clone(),
-        clients.clone(),
-    );
-    let ctx = Arc::new(EdgeContext {
-        config: config.clone(),
-        control,
-        objects,
-        upstreams,
-        relays: streams::Relays::default(),
-        stats: EdgeStats::default(),
-        limits: EdgeLimits::new(&config),
-        shutdown: clients.clone(),
-        started: Instant::now(),
-        started_ms,
-    });
+    let ctx = EdgeContext::new(&config, clients.clone(), links.clone())?;
     let rtmp_task =
         tokio::spawn(tracing::Instrument::in_current_span(rtmp_conn::serve(rtmp, ctx.clone(), clients.clone())));
     // HTTP caps: `--http-max-connections[-per-address]`, `--http-header-timeout-ms`,

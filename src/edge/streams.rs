@@ -19,7 +19,7 @@
 //! [`Relay::hub`] for the current hub.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::control::Owner;
 use super::upstream::{ChannelEvent, Sink, Upstream};
 use super::EdgeContext;
+use crate::hls::mark::Stamper;
 use crate::link::{ChannelId, Control, MediaFrame};
 use crate::media::continuity::Continuity;
 use crate::media::retain::{RetainLimits, Retained};
@@ -112,8 +113,9 @@ impl Publication {
             up.close(channel);
             return released(format!("link to origin {}: {e}", owner.claim.owner));
         }
-        match wait_answer(&mut events).await {
-            Some(Control::PublishAccepted { .. }) => {}
+        let continue_after = match wait_answer(&mut events).await {
+            Some(Control::PublishAccepted { .. }) => None,
+            Some(Control::PublishAcceptedAt { continue_after, .. }) => continue_after,
             Some(Control::PublishRefused { reason, .. }) => {
                 up.close(channel);
                 // A just-restarted owner that has not confirmed its state asks for a
@@ -126,8 +128,8 @@ impl Publication {
                 up.close(channel);
                 return released(format!("origin {} did not accept {stream} in time", owner.claim.owner));
             }
-        }
-        tracing::info!(%stream, epoch = claim.epoch, owner = owner.claim.owner, "publishing");
+        };
+        tracing::info!(%stream, epoch = claim.epoch, owner = owner.claim.owner, ?continue_after, "publishing");
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let task = Forwarder {
@@ -139,7 +141,8 @@ impl Publication {
             key,
             epoch: claim.epoch,
             owner: owner.claim.owner,
-            retained: Retained::new(RetainLimits::default()),
+            retained: Retained::new(retain_limits(&ctx.config)),
+            stamper: Stamper::new(ctx.config.hls, continue_after),
             dropped: dropped.clone(),
             fenced,
         };
@@ -198,6 +201,9 @@ struct Forwarder {
     epoch: u64,
     owner: u64,
     retained: Retained,
+    /// Cuts and numbers this session's HLS segments; kept across owner changes, so
+    /// frames re-sent to a new owner carry the marks they had.
+    stamper: Stamper,
     dropped: Arc<AtomicU64>,
     fenced: CancellationToken,
 }
@@ -232,7 +238,8 @@ impl Forwarder {
         loop {
             let lost: Option<String> = tokio::select! {
                 frame = frames.recv() => {
-                    let Some(frame) = frame else { break };
+                    let Some(mut frame) = frame else { break };
+                    frame.hls = self.stamper.mark(&frame, wall_ms());
                     let live = moving.is_none();
                     self.retained.push(frame.clone(), live);
                     if live {
@@ -325,6 +332,22 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// The wall clock, ms since the Unix epoch (`EXT-X-PROGRAM-DATE-TIME`, and the base of
+/// the numbering of a stream nobody remembers).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a publication keeps for a new owner: the usual 2 s back to a keyframe, or the
+/// whole HLS window when it is longer, so a new owner after a failover can give edges
+/// that start the stream later the same window the old one had.
+fn retain_limits(config: &super::config::EdgeConfig) -> RetainLimits {
+    let defaults = RetainLimits::default();
+    let window_ms = u64::from(config.hls.target_ms) * (config.hls_window.segments as u64 + 1);
+    let history_ms = window_ms.clamp(u64::from(defaults.history_ms), u64::from(defaults.max_ms) * 5 / 6) as u32;
+    RetainLimits { history_ms, ..defaults }
 }
 
 /// Resolves with the epoch of the stream's claim once it is newer than `epoch` (the
@@ -427,7 +450,9 @@ async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner) -> Result<
         return Err(e.to_string());
     }
     match wait_answer(&mut events).await {
-        Some(Control::PublishAccepted { .. }) => {
+        // The same session on a new owner: its own stamper goes on numbering, whatever
+        // the new owner remembers.
+        Some(Control::PublishAccepted { .. } | Control::PublishAcceptedAt { .. }) => {
             Ok(Attached { up, channel, events, epoch: owner.claim.epoch, owner: owner.claim.owner })
         }
         other => {
@@ -586,14 +611,23 @@ struct Generation {
     hub: Arc<Hub>,
     continuity: Arc<Mutex<Continuity>>,
     session: String,
+    /// A subscription of this generation was taken: later ones never ask for the
+    /// window again (the hub has it, and a new session's window would repeat frames).
+    subscribed: AtomicBool,
 }
 
 impl Generation {
     fn start(ctx: &EdgeContext, relay: &Relay, owner: &Owner) -> Generation {
-        let limits = HubLimits { queue: ctx.config.player_queue, ..HubLimits::default() };
+        let limits =
+            HubLimits { queue: ctx.config.player_queue, window: Some(ctx.config.hls_window), ..HubLimits::default() };
         let hub = Hub::with_drop_counter(limits, ctx.stats.player_drops.clone());
         relay.hub.send_replace(Some(hub.clone()));
-        Generation { hub, continuity: Arc::default(), session: owner.claim.session.clone() }
+        Generation {
+            hub,
+            continuity: Arc::default(),
+            session: owner.claim.session.clone(),
+            subscribed: AtomicBool::new(false),
+        }
     }
 
     fn end(self, relay: &Relay) {
@@ -623,13 +657,18 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner)
     if !up.live(LINK_WAIT).await {
         return Followed::LostOwner;
     }
-    let sink = Sink { hub: g.hub.clone(), continuity: g.continuity.clone() };
     let resume = g.continuity.lock().unwrap_or_else(|p| p.into_inner()).resume_point();
+    // The generation's first subscription brings the owner's HLS window as history
+    // (kept for HLS readers, not given to players) ahead of the live GOP.
+    let window = resume.is_none() && !g.subscribed.load(Ordering::Relaxed);
+    let sink =
+        Sink { hub: g.hub.clone(), continuity: g.continuity.clone(), history: Arc::new(AtomicBool::new(window)) };
     let (channel, mut events) = up.open(Some(sink));
     // Following the same session to a new owner: ask for what comes after what players
     // have, so a keyframe the new owner got meanwhile cannot make us skip frames.
     let subscribe = match resume {
         Some(at) => Control::SubscribeAfter { channel, stream: stream.clone(), audio_ts: at.audio, video_ts: at.video },
+        None if window => Control::SubscribeWindow { channel, stream: stream.clone() },
         None => Control::Subscribe { channel, stream: stream.clone() },
     };
     if up.control(subscribe).is_err() {
@@ -637,7 +676,7 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner)
         return Followed::LostOwner;
     }
     match wait_answer(&mut events).await {
-        Some(Control::Subscribed { .. }) => {}
+        Some(Control::Subscribed { .. }) => g.subscribed.store(true, Ordering::Relaxed),
         other => {
             tracing::debug!(%stream, ?other, "subscription not taken");
             up.close(channel);

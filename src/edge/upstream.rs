@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,13 +50,21 @@ struct Channel {
 pub struct Sink {
     pub hub: Arc<Hub>,
     pub continuity: Arc<Mutex<Continuity>>,
+    /// Set while the origin sends the HLS window ahead of the live stream
+    /// (`SubscribeWindow`, until `WindowEnd`): those frames are history, for HLS
+    /// readers only ([`Hub::publish_history`]).
+    pub history: Arc<AtomicBool>,
 }
 
 impl Sink {
     fn deliver(&self, frame: crate::media::Frame) {
         let admitted = self.continuity.lock().unwrap_or_else(|p| p.into_inner()).admit(frame);
         if let Some(frame) = admitted {
-            self.hub.publish(frame);
+            if self.history.load(Ordering::Relaxed) {
+                self.hub.publish_history(frame);
+            } else {
+                self.hub.publish(frame);
+            }
         }
     }
 }
@@ -187,6 +195,12 @@ async fn dispatch(up: Arc<Upstream>, mut events: mpsc::Receiver<LinkEvent>) {
                     tracing::debug!(?control, "control frame for no channel");
                     continue;
                 };
+                if let Control::WindowEnd { .. } = control {
+                    // In order with the media: what follows on the channel is live.
+                    if let Some(sink) = lock(&up.channels).get(&channel).and_then(|c| c.sink.as_ref()) {
+                        sink.history.store(false, Ordering::Relaxed);
+                    }
+                }
                 let tx = lock(&up.channels).get(&channel).map(|c| c.events.clone());
                 if let Some(tx) = tx {
                     if tx.try_send(ChannelEvent::Control(control)).is_err() {
@@ -210,6 +224,8 @@ fn broadcast(up: &Upstream, event: ChannelEvent) {
 fn channel_of(control: &Control) -> Option<ChannelId> {
     match control {
         Control::PublishAccepted { channel }
+        | Control::PublishAcceptedAt { channel, .. }
+        | Control::WindowEnd { channel }
         | Control::PublishRefused { channel, .. }
         | Control::Subscribed { channel }
         | Control::NotFound { channel }

@@ -5,12 +5,18 @@
 //! - `0x02` media: `channel: u32 BE, kind: u8 (FLV tag type 8/9/18), flags: u8,
 //!   timestamp: u32 BE`, then the FLV tag body, untouched.
 //!
-//! Media flags: bit 0 keyframe, bit 1 header (sequence header or metadata). Decoded
-//! media payloads share the receive buffer (no copy).
+//! Media flags: bit 0 keyframe, bit 1 header (sequence header or metadata), bit 2 the
+//! frame carries its HLS mark ([`HlsMark`]), which then follows the timestamp:
+//! `msn: u64 BE, part: u32 BE, time_ms: u64 BE, boundary: u8` (0 none, 1 a part, 2 an
+//! independent part, 3 a segment), and for a segment `discontinuity: u32 BE, wall_ms:
+//! u64 BE, target_ms: u32 BE, part_target_ms: u32 BE`: 21 bytes a frame, 41 where a
+//! segment opens. Other flag bits are refused. Decoded media payloads share the
+//! receive buffer (no copy).
 
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::protocol::{ChannelId, Control};
+use crate::hls::mark::{Boundary, HlsMark, SegmentOpen};
 use crate::media::{Frame, FrameKind};
 
 /// Largest frame body: an RTMP message can be 16 MiB - 1, plus the media header.
@@ -26,6 +32,13 @@ const TAG_MEDIA: u8 = 0x02;
 const MEDIA_HEADER: usize = 4 + 1 + 1 + 4;
 const FLAG_KEYFRAME: u8 = 0b01;
 const FLAG_HEADER: u8 = 0b10;
+const FLAG_MARK: u8 = 0b100;
+const MARK: usize = 8 + 4 + 8 + 1;
+const SEGMENT_OPEN: usize = 4 + 8 + 4 + 4;
+const BOUNDARY_NONE: u8 = 0;
+const BOUNDARY_PART: u8 = 1;
+const BOUNDARY_INDEPENDENT: u8 = 2;
+const BOUNDARY_SEGMENT: u8 = 3;
 
 /// A media frame on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,13 +100,23 @@ impl FrameCodec {
             }
             LinkFrame::Media(m) => {
                 let f = &m.frame;
-                out.reserve(5 + MEDIA_HEADER + f.payload.len());
-                out.put_u32((1 + MEDIA_HEADER + f.payload.len()) as u32);
+                let mark_len = f.hls.map_or(0, |m| {
+                    MARK + if matches!(m.boundary, Some(Boundary::Segment(_))) { SEGMENT_OPEN } else { 0 }
+                });
+                out.reserve(5 + MEDIA_HEADER + mark_len + f.payload.len());
+                out.put_u32((1 + MEDIA_HEADER + mark_len + f.payload.len()) as u32);
                 out.put_u8(TAG_MEDIA);
                 out.put_u32(m.channel.0);
                 out.put_u8(kind_byte(f.kind));
-                out.put_u8(if f.keyframe { FLAG_KEYFRAME } else { 0 } | if f.header { FLAG_HEADER } else { 0 });
+                out.put_u8(
+                    if f.keyframe { FLAG_KEYFRAME } else { 0 }
+                        | if f.header { FLAG_HEADER } else { 0 }
+                        | if f.hls.is_some() { FLAG_MARK } else { 0 },
+                );
                 out.put_u32(f.timestamp);
+                if let Some(mark) = &f.hls {
+                    put_mark(mark, out);
+                }
                 out.put_slice(&f.payload);
             }
         }
@@ -144,12 +167,63 @@ impl FrameCodec {
                     _ => return Err(LinkError::BadMedia("unknown media kind")),
                 };
                 let flags = body.get_u8();
+                if flags & !(FLAG_KEYFRAME | FLAG_HEADER | FLAG_MARK) != 0 {
+                    return Err(LinkError::BadMedia("unknown media flags"));
+                }
                 let timestamp = body.get_u32();
-                let frame = Frame::new(kind, timestamp, flags & FLAG_KEYFRAME != 0, flags & FLAG_HEADER != 0, body);
+                let hls = if flags & FLAG_MARK != 0 { Some(get_mark(&mut body)?) } else { None };
+                let mut frame = Frame::new(kind, timestamp, flags & FLAG_KEYFRAME != 0, flags & FLAG_HEADER != 0, body);
+                frame.hls = hls;
                 Ok(Some(LinkFrame::Media(MediaFrame { channel, frame })))
             }
         }
     }
+}
+
+fn put_mark(mark: &HlsMark, out: &mut BytesMut) {
+    out.put_u64(mark.msn);
+    out.put_u32(mark.part);
+    out.put_u64(mark.time_ms);
+    match mark.boundary {
+        None => out.put_u8(BOUNDARY_NONE),
+        Some(Boundary::Part { independent: false }) => out.put_u8(BOUNDARY_PART),
+        Some(Boundary::Part { independent: true }) => out.put_u8(BOUNDARY_INDEPENDENT),
+        Some(Boundary::Segment(open)) => {
+            out.put_u8(BOUNDARY_SEGMENT);
+            out.put_u32(open.discontinuity);
+            out.put_u64(open.wall_ms);
+            out.put_u32(open.target_ms);
+            out.put_u32(open.part_target_ms);
+        }
+    }
+}
+
+/// Reads a mark from the front of `body`, checking every length first.
+fn get_mark(body: &mut bytes::Bytes) -> Result<HlsMark, LinkError> {
+    if body.len() < MARK {
+        return Err(LinkError::BadMedia("a mark shorter than its fields"));
+    }
+    let msn = body.get_u64();
+    let part = body.get_u32();
+    let time_ms = body.get_u64();
+    let boundary = match body.get_u8() {
+        BOUNDARY_NONE => None,
+        BOUNDARY_PART => Some(Boundary::Part { independent: false }),
+        BOUNDARY_INDEPENDENT => Some(Boundary::Part { independent: true }),
+        BOUNDARY_SEGMENT => {
+            if body.len() < SEGMENT_OPEN {
+                return Err(LinkError::BadMedia("a segment mark shorter than its fields"));
+            }
+            Some(Boundary::Segment(SegmentOpen {
+                discontinuity: body.get_u32(),
+                wall_ms: body.get_u64(),
+                target_ms: body.get_u32(),
+                part_target_ms: body.get_u32(),
+            }))
+        }
+        _ => return Err(LinkError::BadMedia("unknown mark boundary")),
+    };
+    Ok(HlsMark { msn, part, time_ms, boundary })
 }
 
 #[cfg(test)]
@@ -248,7 +322,86 @@ mod tests {
         assert!(matches!(FrameCodec::decode(&mut control), Err(LinkError::BadControl(_))));
     }
 
+    fn marked(channel: u32, mark: HlsMark) -> LinkFrame {
+        let mut frame = Frame::new(FrameKind::Video, 40, true, false, Bytes::from_static(b"\x17\x01pay"));
+        frame.hls = Some(mark);
+        LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })
+    }
+
+    fn segment_mark() -> HlsMark {
+        let open = SegmentOpen { discontinuity: 3, wall_ms: 1_764_892_800_123, target_ms: 2000, part_target_ms: 250 };
+        HlsMark { msn: 882_446_400, part: 0, time_ms: 1_764_892_800_000, boundary: Some(Boundary::Segment(open)) }
+    }
+
+    #[test]
+    fn marks_round_trip_and_have_the_documented_size() {
+        let plain = encode_to_bytes(&media(1, 40, true, b"\x17\x01pay"));
+        for (mark, extra) in [
+            (HlsMark { msn: 7, part: 2, time_ms: 99, boundary: None }, MARK),
+            (HlsMark { msn: 7, part: 3, time_ms: 100, boundary: Some(Boundary::Part { independent: false }) }, MARK),
+            (HlsMark { msn: 7, part: 4, time_ms: 101, boundary: Some(Boundary::Part { independent: true }) }, MARK),
+            (segment_mark(), MARK + SEGMENT_OPEN),
+        ] {
+            let frame = marked(1, mark);
+            let bytes = encode_to_bytes(&frame);
+            assert_eq!(bytes.len(), plain.len() + extra);
+            assert_eq!(bytes[10] & FLAG_MARK, FLAG_MARK);
+            let mut buf = BytesMut::from(&bytes[..]);
+            let got = FrameCodec::decode(&mut buf).unwrap().unwrap();
+            assert_eq!(got, frame);
+            let LinkFrame::Media(m) = got else { unreachable!() };
+            assert_eq!(m.frame.hls, Some(mark), "the mark itself, not only equal frames");
+            assert_eq!(&m.frame.payload[..], b"\x17\x01pay", "the payload follows the mark");
+        }
+    }
+
+    #[test]
+    fn truncated_or_invalid_marks_are_refused_without_panicking() {
+        let bytes = encode_to_bytes(&marked(1, segment_mark()));
+        let payload = 5;
+        // Every truncation of the mark (re-framed with a consistent length prefix).
+        for cut in 1..=(MARK + SEGMENT_OPEN + payload) {
+            let body = &bytes[4..bytes.len() - cut];
+            let mut buf = BytesMut::new();
+            buf.put_u32(body.len() as u32);
+            buf.put_slice(body);
+            match FrameCodec::decode(&mut buf) {
+                Err(LinkError::BadMedia(_)) => assert!(cut > payload, "cut {cut}"),
+                // Cutting only payload bytes leaves a valid, shorter frame.
+                Ok(Some(_)) => assert!(cut <= payload, "cut {cut}"),
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+        let mut bad = BytesMut::from(&bytes[..]);
+        bad[4 + 1 + 4 + 1 + 1 + 4 + 20] = 9; // the boundary byte
+        assert_eq!(FrameCodec::decode(&mut bad), Err(LinkError::BadMedia("unknown mark boundary")));
+        let mut flags = BytesMut::from(&bytes[..]);
+        flags[10] |= 0x80;
+        assert_eq!(FrameCodec::decode(&mut flags), Err(LinkError::BadMedia("unknown media flags")));
+    }
+
     proptest! {
+        #[test]
+        fn marked_media_round_trips(msn: u64, part: u32, time_ms: u64, boundary in 0..4u8, disc: u32, wall: u64,
+                                    target: u32, part_target: u32,
+                                    payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let boundary = match boundary {
+                0 => None,
+                1 => Some(Boundary::Part { independent: false }),
+                2 => Some(Boundary::Part { independent: true }),
+                _ => Some(Boundary::Segment(SegmentOpen {
+                    discontinuity: disc, wall_ms: wall, target_ms: target, part_target_ms: part_target,
+                })),
+            };
+            let mut frame = Frame::new(FrameKind::Audio, 5, false, false, Bytes::from(payload));
+            frame.hls = Some(HlsMark { msn, part, time_ms, boundary });
+            let f = LinkFrame::Media(MediaFrame { channel: ChannelId(3), frame });
+            let mut buf = BytesMut::new();
+            FrameCodec::encode(&f, &mut buf);
+            prop_assert_eq!(FrameCodec::decode(&mut buf).unwrap(), Some(f));
+            prop_assert!(buf.is_empty());
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut buf = BytesMut::from(&bytes[..]);

@@ -5,6 +5,8 @@
 use raftcast_raft::{NodeId, StreamKey};
 use serde::{Deserialize, Serialize};
 
+use crate::hls::mark::Continuation;
+
 /// Version spoken on the link; the origin refuses a `Hello` with another one.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -87,5 +89,25 @@ pub enum Control {
         stream: StreamKey,
         audio_ts: Option<u32>,
         video_ts: Option<u32>,
+    },
+    /// Origin → edge: the publish is accepted, and the stream's HLS numbering must
+    /// continue after `continue_after` (the last mark this origin forwarded of an
+    /// earlier session: a takeover, or a publisher back through another edge). Sent
+    /// instead of `PublishAccepted` when the origin remembers one.
+    PublishAcceptedAt {
+        channel: ChannelId,
+        continue_after: Option<Continuation>,
+    },
+    /// Edge → origin: like `Subscribe`, for an edge starting the stream (its HLS
+    /// needs the window): the frames of the origin's HLS window that precede the live
+    /// start come first, then `WindowEnd`, then the stream from the GOP as for
+    /// `Subscribe`.
+    SubscribeWindow {
+        channel: ChannelId,
+        stream: StreamKey,
+    },
+    /// Origin → edge: the window's frames on `channel` are over; what follows is live.
+    WindowEnd {
+        channel: ChannelId,
     },
 }

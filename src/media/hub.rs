@@ -16,6 +16,8 @@ use super::frame::FrameKind;
 use super::gop::{GopCache, GopLimits};
 use super::queue::{Queue, QueueLimits};
 use super::retain::{RetainLimits, Retained};
+use super::segments::{SegmentWindow, WindowLimits};
+use crate::hls::mark::Continuation;
 
 /// Limits of a hub and of each of its readers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,6 +27,9 @@ pub struct HubLimits {
     /// Keep this much history for readers that resume after an owner change
     /// ([`Hub::subscribe_after`]); `None`: no history (edge hubs).
     pub history: Option<RetainLimits>,
+    /// Keep the frames of the last HLS segments for readers that start late
+    /// ([`Hub::subscribe_window`]); `None`: no window.
+    pub window: Option<WindowLimits>,
 }
 
 /// Where a resuming reader left off: the publisher's timestamps of the last audio and
@@ -59,6 +64,9 @@ pub struct Hub {
 struct HubState {
     gop: GopCache,
     history: Option<Retained>,
+    window: Option<SegmentWindow>,
+    /// Where the HLS numbering of the frames published so far stands.
+    last_mark: Option<Continuation>,
     readers: Vec<Arc<Reader>>,
     next_id: u64,
     ended: bool,
@@ -69,6 +77,8 @@ struct Reader {
     queue: Mutex<Queue>,
     wake: Notify,
     ended: AtomicBool,
+    /// Also gets frames published as history ([`Hub::publish_history`]).
+    window: bool,
 }
 
 /// A reader's end of a hub. Dropping it unsubscribes.
@@ -95,6 +105,8 @@ impl Hub {
             state: Mutex::new(HubState {
                 gop: GopCache::new(limits.gop),
                 history: limits.history.map(Retained::new),
+                window: limits.window.map(SegmentWindow::new),
+                last_mark: None,
                 readers: Vec::new(),
                 next_id: 0,
                 ended: false,
@@ -104,6 +116,18 @@ impl Hub {
 
     /// Delivers a frame to every reader and the GOP cache. Never blocks on readers.
     pub fn publish(&self, frame: Frame) {
+        self.deliver(frame, false)
+    }
+
+    /// Records a frame that precedes the live stream (the HLS window an origin sends
+    /// a new relay ahead of its live start): kept in the window and the GOP cache and
+    /// given only to window readers ([`Hub::subscribe_window`]), never to players,
+    /// which start at the live GOP; headers excepted, which every reader gets.
+    pub fn publish_history(&self, frame: Frame) {
+        self.deliver(frame, true)
+    }
+
+    fn deliver(&self, frame: Frame, history_only: bool) {
         let mut state = lock(&self.state);
         if state.ended {
             return;
@@ -112,8 +136,17 @@ impl Hub {
         if let Some(history) = &mut state.history {
             history.push(frame.clone(), true);
         }
+        if let Some(window) = &mut state.window {
+            window.push(&frame);
+        }
+        if let Some(mark) = &frame.hls {
+            state.last_mark = Continuation::after(state.last_mark, mark);
+        }
         let start = state.gop.is_start(&frame);
-        for reader in &state.readers {
+        // Headers of the history go to every reader: a player already waiting needs
+        // them, and the relay's continuity drops their live repeat as unchanged.
+        let everyone = !history_only || frame.header;
+        for reader in state.readers.iter().filter(|r| r.window || everyone) {
             let mut queue = lock(&reader.queue);
             let before = queue.dropped();
             queue.push(frame.clone(), start);
@@ -161,15 +194,91 @@ impl Hub {
                 }
             }
         }
+        let reader = self.add_reader(&mut state, queue, false);
+        (Subscription { hub: self.clone(), reader }, resumed)
+    }
+
+    fn add_reader(&self, state: &mut HubState, queue: Queue, window: bool) -> Arc<Reader> {
         let reader = Arc::new(Reader {
             id: state.next_id,
             queue: Mutex::new(queue),
             wake: Notify::new(),
             ended: AtomicBool::new(state.ended),
+            window,
         });
         state.next_id += 1;
         state.readers.push(reader.clone());
-        (Subscription { hub: self.clone(), reader }, resumed)
+        reader
+    }
+
+    /// Subscribes an HLS reader: primed with the HLS window (the headers in effect at
+    /// its start, then every frame from the oldest segment start the hub holds), then
+    /// live, history included ([`Hub::publish_history`]). Without a window it starts
+    /// like [`Hub::subscribe`], at the GOP. Its queue has room for the window on top of
+    /// a player's.
+    pub fn subscribe_window(self: &Arc<Self>) -> Subscription {
+        let mut state = lock(&self.state);
+        let held = state.window.as_ref().filter(|w| !w.is_empty());
+        let limits = QueueLimits {
+            max_frames: self.limits.queue.max_frames + held.map_or(0, |w| w.frames()),
+            max_bytes: self.limits.queue.max_bytes.saturating_add(held.map_or(0, |w| w.bytes())),
+        };
+        let mut queue = Queue::new(limits);
+        match held {
+            Some(window) => {
+                for frame in window.replay() {
+                    queue.push(frame.clone(), state.gop.is_start(frame));
+                }
+            }
+            None => {
+                for frame in state.gop.start_frames() {
+                    queue.push(frame.clone(), state.gop.is_start(frame));
+                }
+            }
+        }
+        let reader = self.add_reader(&mut state, queue, true);
+        Subscription { hub: self.clone(), reader }
+    }
+
+    /// Subscribes a relay for an edge that starts the stream (an origin's side of
+    /// `SubscribeWindow`): the window's frames that precede the live start, to be sent
+    /// as history, and a subscription from the GOP like [`Hub::subscribe`]. Taken
+    /// under one lock, so the two neither overlap nor leave a gap.
+    pub fn subscribe_with_window(self: &Arc<Self>) -> (Vec<Frame>, Subscription) {
+        let mut state = lock(&self.state);
+        let live_start = state.gop.start_frames().find(|f| !f.header).cloned();
+        let history: Vec<Frame> = match (&state.window, &live_start) {
+            (Some(window), Some(first)) if window.replay().any(|f| f == first) => {
+                window.replay().take_while(|f| *f != first).cloned().collect()
+            }
+            // The GOP overflowed: everything kept precedes the next start.
+            (Some(window), None) => window.replay().cloned().collect(),
+            _ => Vec::new(),
+        };
+        // Live frames wait while the history is sent: room for as much again, so a
+        // slow link does not make the live part skip to a keyframe (a hole in HLS).
+        let limits = QueueLimits {
+            max_frames: self.limits.queue.max_frames + history.len(),
+            max_bytes: self.limits.queue.max_bytes.saturating_add(history.iter().map(Frame::cost).sum()),
+        };
+        let mut queue = Queue::new(limits);
+        for frame in state.gop.start_frames() {
+            queue.push(frame.clone(), state.gop.is_start(frame));
+        }
+        let reader = self.add_reader(&mut state, queue, false);
+        (history, Subscription { hub: self.clone(), reader })
+    }
+
+    /// Where the HLS numbering of this hub's frames stands (the last mark published):
+    /// what a new publishing session continues after.
+    pub fn last_mark(&self) -> Option<Continuation> {
+        lock(&self.state).last_mark
+    }
+
+    /// (segments, frames, bytes) of the HLS window held.
+    pub fn window_size(&self) -> (usize, usize, usize) {
+        let state = lock(&self.state);
+        state.window.as_ref().map_or((0, 0, 0), |w| (w.segments(), w.frames(), w.bytes()))
     }
 
     /// The stream ended: readers get what is queued, then `None`.
@@ -243,6 +352,7 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
     use crate::media::frame::FrameKind;
+    use crate::media::segments::WindowLimits;
     use bytes::Bytes;
     use std::time::Duration;
 
@@ -381,5 +491,106 @@ mod tests {
         assert_eq!(hub.reader_count(), 1);
         drop(b);
         assert_eq!(hub.reader_count(), 0);
+    }
+
+    /// A marked stream: AVC header, then 30 fps video with a keyframe every second
+    /// (2 s segments: two GOPs each) and no audio.
+    fn marked_stream(frames: u32) -> Vec<Frame> {
+        use crate::hls::mark::{Stamper, StamperConfig};
+        let mut stamper = Stamper::new(StamperConfig { target_ms: 2000, part_target_ms: 250 }, None);
+        let mut out = vec![Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1]))];
+        out.extend((0..frames).map(|i| video(i * 1000 / 30, i % 30 == 0)));
+        for f in &mut out {
+            f.hls = stamper.mark(f, 1_764_892_800_000 + u64::from(f.timestamp));
+        }
+        out
+    }
+
+    fn with_window(segments: usize) -> HubLimits {
+        HubLimits {
+            window: Some(WindowLimits { segments, max_bytes: usize::MAX, max_ms: 60_000 }),
+            queue: QueueLimits { max_frames: 64, max_bytes: usize::MAX },
+            ..HubLimits::default()
+        }
+    }
+
+    fn segment_opens(f: &Frame) -> bool {
+        f.hls.is_some_and(|m| matches!(m.boundary, Some(crate::hls::mark::Boundary::Segment(_))))
+    }
+
+    #[tokio::test]
+    async fn a_window_reader_gets_the_last_complete_segments_then_live() {
+        let hub = Hub::new(with_window(3));
+        let stream = marked_stream(30 * 15); // 15 s: segments of 2 s, the last one open
+        for f in &stream[..stream.len() - 10] {
+            hub.publish(f.clone());
+        }
+        let sub = hub.subscribe_window();
+        let player = hub.subscribe();
+        for f in &stream[stream.len() - 10..] {
+            hub.publish(f.clone());
+        }
+        let got: Vec<Frame> = std::iter::from_fn(|| sub.try_recv()).collect();
+        assert!(got[0].header, "the header in effect comes first");
+        assert!(segment_opens(&got[1]), "then a segment start");
+        let msns: Vec<u64> = got[1..].iter().filter(|f| segment_opens(f)).map(|f| f.hls.unwrap().msn).collect();
+        assert_eq!(msns.len(), 4, "three complete segments and the open one: {msns:?}");
+        // Exactly the published frames from that start on: nothing missing, nothing twice.
+        let from = stream.iter().position(|f| *f == got[1]).unwrap();
+        assert_eq!(&got[1..], &stream[from..], "every frame from the oldest kept segment start");
+        assert_eq!(hub.window_size().0, 4);
+        // A player still starts at the live GOP, not seconds back.
+        let first = std::iter::from_fn(|| player.try_recv()).find(|f| !f.header).unwrap();
+        let last_key = stream[..stream.len() - 10].iter().rposition(|f| f.keyframe).unwrap();
+        assert_eq!(first, stream[last_key]);
+        assert_eq!(hub.last_mark().unwrap().msn, stream.last().unwrap().hls.unwrap().msn);
+    }
+
+    #[tokio::test]
+    async fn history_reaches_window_readers_only_and_joins_the_live_start_exactly() {
+        // The origin's hub: window and GOP.
+        let origin = Hub::new(with_window(6));
+        let stream = marked_stream(30 * 9);
+        for f in &stream {
+            origin.publish(f.clone());
+        }
+        let (history, live) = origin.subscribe_with_window();
+        let live: Vec<Frame> = std::iter::from_fn(|| live.try_recv()).collect();
+        // A new relay's hub on an edge, with an HLS reader and a player already waiting.
+        let edge =
+            Hub::new(HubLimits { queue: QueueLimits { max_frames: 1024, max_bytes: usize::MAX }, ..with_window(6) });
+        let hls = edge.subscribe_window();
+        let player = edge.subscribe();
+        for f in history {
+            edge.publish_history(f);
+        }
+        // The relay's continuity drops the live repeat of unchanged headers.
+        for f in live.iter().filter(|f| !f.header) {
+            edge.publish(f.clone());
+        }
+        let player_got: Vec<Frame> = std::iter::from_fn(|| player.try_recv()).collect();
+        assert!(player_got[0].header, "a waiting player gets the headers of the history: {:?}", player_got[0]);
+        let media: Vec<Frame> = player_got.iter().filter(|f| !f.header).cloned().collect();
+        assert!(media[0].keyframe, "players start at the live GOP");
+        assert_eq!(media, live.iter().filter(|f| !f.header).cloned().collect::<Vec<_>>());
+        let hls_got: Vec<Frame> = std::iter::from_fn(|| hls.try_recv()).collect();
+        let first_start = stream.iter().position(segment_opens).unwrap();
+        assert_eq!(&hls_got[1..], &stream[first_start..], "history then live: every frame once, in order");
+        // A window reader arriving later gets the same from the edge's own window.
+        let late_sub = edge.subscribe_window();
+        let late: Vec<Frame> = std::iter::from_fn(|| late_sub.try_recv()).collect();
+        assert_eq!(late, hls_got);
+    }
+
+    #[tokio::test]
+    async fn without_marks_a_window_reader_starts_at_the_gop() {
+        let hub = Hub::new(with_window(6));
+        hub.publish(video(0, true));
+        hub.publish(video(40, false));
+        let sub = hub.subscribe_window();
+        assert_eq!(std::iter::from_fn(|| sub.try_recv()).count(), 2);
+        let (history, _) = hub.subscribe_with_window();
+        assert!(history.is_empty());
+        assert_eq!(hub.last_mark(), None);
     }
 }

@@ -12,6 +12,7 @@ pub mod hop;
 pub mod hub;
 pub mod queue;
 pub mod retain;
+pub mod segments;
 
 pub use frame::{Frame, FrameKind};
 pub use hub::{Hub, HubLimits, ResumePoint, Subscription};

@@ -131,6 +131,13 @@ pub struct OriginArgs {
     /// stays resident after a burst of writes [default: 8388608].
     #[arg(long, env = "RAFTCAST_STORE_CACHE_BYTES")]
     pub store_cache_bytes: Option<u64>,
+    /// Complete HLS segments each owned stream's window keeps, for edges that start
+    /// the stream late or restart [default: 6].
+    #[arg(long, env = "RAFTCAST_ORIGIN_HLS_WINDOW_SEGMENTS")]
+    pub hls_window_segments: Option<usize>,
+    /// Bytes of frames each owned stream's HLS window keeps at most [default: 48 MiB].
+    #[arg(long, env = "RAFTCAST_ORIGIN_HLS_WINDOW_BYTES")]
+    pub hls_window_bytes: Option<usize>,
 }
 
 /// Validated origin configuration.
@@ -161,6 +168,8 @@ pub struct OriginConfig {
     pub snapshot_every_bytes: u64,
     /// sled's page cache, in bytes.
     pub store_cache_bytes: u64,
+    /// What each owned stream's hub keeps for edges that start it late.
+    pub hls_window: crate::media::segments::WindowLimits,
 }
 
 /// Caps on what one peer may hold of an origin's listeners (see [`crate::limits`]).
@@ -307,6 +316,8 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         max_entry_bytes: cli.max_entry_bytes.or(file.max_entry_bytes),
         max_append_bytes: cli.max_append_bytes.or(file.max_append_bytes),
         max_pending_write_bytes: cli.max_pending_write_bytes.or(file.max_pending_write_bytes),
+        hls_window_segments: cli.hls_window_segments.or(file.hls_window_segments),
+        hls_window_bytes: cli.hls_window_bytes.or(file.hls_window_bytes),
         max_apply_lag: cli.max_apply_lag.or(file.max_apply_lag),
         snapshot_timeout_ms: cli.snapshot_timeout_ms.or(file.snapshot_timeout_ms),
         snapshot_every_bytes: cli.snapshot_every_bytes.or(file.snapshot_every_bytes),
@@ -456,7 +467,9 @@ impl OriginConfig {
                 return Err(format!("{flag} must be at least 100"));
             }
         }
+        let hls_window = crate::edge::config::hls_window(a.hls_window_segments, a.hls_window_bytes)?;
         Ok(OriginConfig {
+            hls_window,
             id,
             caps,
             limits,

@@ -118,7 +118,8 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         raft.clone(),
         state.clone(),
         metrics.links.clone(),
-    );
+    )
+    .with_hls_window(config.hls_window);
     tokio::spawn(tracing::Instrument::in_current_span(confirm_current(
         proposer.clone(),
         links.clone(),

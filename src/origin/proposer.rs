@@ -731,6 +731,10 @@ impl Proposer {
                 // A takeover replaces only a dead session: one whose owner has no
                 // publisher attached under its epoch (an edge that died, a publisher
                 // that went away without a release). A live one keeps the stream.
+                // A takeover stays on the dead session's owner while it is live: that
+                // origin's hub holds the stream's last HLS mark, which the new session's
+                // numbering continues after (docs/hls.md, "Numbering").
+                let mut keep = None;
                 if *takeover {
                     let current = self.state.read(|sm| sm.streams.get(stream).cloned());
                     if let Some(current) = current.filter(|c| c.edge != *edge || c.session != *session) {
@@ -743,10 +747,11 @@ impl Proposer {
                             return ForwardReply::Written(Response::Rejected(rejection));
                         }
                         tracing::info!(%stream, epoch = current.epoch, edge = current.edge, "taking over a dead session");
+                        keep = Some(current.owner).filter(|o| self.live_voters().1.contains(o));
                     }
                 }
                 // This node is always live itself, so there is always an owner.
-                let owner = self.pick_owner(stream, None).unwrap_or(self.id);
+                let owner = keep.or_else(|| self.pick_owner(stream, None)).unwrap_or(self.id);
                 let command = Command::ClaimStream {
                     stream: stream.clone(),
                     owner,

@@ -52,6 +52,17 @@ pub(super) struct ClaimReady {
     wait: u64,
 }
 
+/// Where a subscription starts.
+enum Start {
+    /// At the GOP (`Subscribe`).
+    Gop,
+    /// Right after what the edge has, if the history reaches back that far
+    /// (`SubscribeAfter`).
+    After(ResumePoint),
+    /// The HLS window's earlier frames as history, then at the GOP (`SubscribeWindow`).
+    Window,
+}
+
 /// The state of one authenticated link.
 pub(super) struct Link {
     id: u64,
@@ -120,10 +131,15 @@ impl Link {
                 self.publish(channel, stream, epoch).await
             }
             LinkFrame::Control(Control::Unpublish { channel }) => self.unpublish(channel),
-            LinkFrame::Control(Control::Subscribe { channel, stream }) => self.subscribe(channel, stream, None).await,
+            LinkFrame::Control(Control::Subscribe { channel, stream }) => {
+                self.subscribe(channel, stream, Start::Gop).await
+            }
+            LinkFrame::Control(Control::SubscribeWindow { channel, stream }) => {
+                self.subscribe(channel, stream, Start::Window).await
+            }
             LinkFrame::Control(Control::SubscribeAfter { channel, stream, audio_ts, video_ts }) => {
                 let after = ResumePoint { audio: audio_ts, video: video_ts };
-                self.subscribe(channel, stream, Some(after)).await
+                self.subscribe(channel, stream, Start::After(after)).await
             }
             LinkFrame::Control(Control::Unsubscribe { channel }) => self.unsubscribe(channel),
             LinkFrame::Control(other) => tracing::debug!(?other, "ignored control frame"),
@@ -132,7 +148,7 @@ impl Link {
 
     async fn publish(&mut self, channel: ChannelId, stream: StreamKey, epoch: u64) {
         if self.publishing.get(&channel).is_some_and(|p| p.stream == stream && p.epoch == epoch) {
-            // A repeat: still accepted.
+            // A repeat: still accepted (the numbering is the one this session has).
             self.send(Control::PublishAccepted { channel }).await;
             return;
         }
@@ -178,7 +194,7 @@ impl Link {
     /// frames `held` while it waited go into the hub first, in order.
     async fn decide(&mut self, channel: ChannelId, stream: StreamKey, epoch: u64, held: VecDeque<Frame>) {
         let accepted = self.ctx.attach(&stream, Publisher { link: self.id, channel, epoch, edge: self.edge.clone() });
-        let Attached { hub, ingest, fence } = match accepted {
+        let Attached { hub, ingest, fence, continue_after } = match accepted {
             Ok(attached) => attached,
             Err(reason) => {
                 tracing::info!(%stream, epoch, reason, "publish refused");
@@ -196,7 +212,12 @@ impl Link {
             hub.publish(frame);
         }
         self.publishing.insert(channel, Publishing { stream, epoch, hub, ingest, fence });
-        self.send(Control::PublishAccepted { channel }).await;
+        // A session before this one left marks here: the new one continues after them.
+        // (An edge following its own session here after a failover ignores it.)
+        match continue_after {
+            Some(_) => self.send(Control::PublishAcceptedAt { channel, continue_after }).await,
+            None => self.send(Control::PublishAccepted { channel }).await,
+        }
     }
 
     /// A newer publisher took the stream, or its claim was released: stop taking this
@@ -225,7 +246,7 @@ impl Link {
     /// Subscribes `channel` to `stream`: from the GOP, or right after `after` (an edge
     /// that followed the stream here from another owner) when the hub's history reaches
     /// back that far.
-    async fn subscribe(&mut self, channel: ChannelId, stream: StreamKey, after: Option<ResumePoint>) {
+    async fn subscribe(&mut self, channel: ChannelId, stream: StreamKey, start: Start) {
         // A channel carries one subscription: a new one replaces the old.
         self.unsubscribe(channel);
         let Some(hub) = self.ctx.subscribe(&stream, self.id, channel, &self.edge) else {
@@ -235,14 +256,34 @@ impl Link {
         // Frames that came before the subscription (the GOP, a resume's history) are
         // replays, not waits: the hop latency counts frames that arrive after it.
         let since = std::time::Instant::now();
-        let (subscription, resumed) = hub.subscribe_after(after);
-        if after.is_some() {
-            tracing::debug!(%stream, ?after, resumed, "subscription following the stream here");
-        }
+        let (subscription, history) = match start {
+            Start::Gop => (hub.subscribe(), None),
+            Start::After(after) => {
+                let (subscription, resumed) = hub.subscribe_after(Some(after));
+                tracing::debug!(%stream, ?after, resumed, "subscription following the stream here");
+                (subscription, None)
+            }
+            Start::Window => {
+                let (history, subscription) = hub.subscribe_with_window();
+                (subscription, Some(history))
+            }
+        };
         let tx = self.tx.clone();
         self.send(Control::Subscribed { channel }).await;
         let stats = self.ctx.stats.clone();
         let pump = tokio::spawn(async move {
+            // The window's frames before the live start, then its end: the edge keeps
+            // them for HLS and gives its players the live stream only.
+            if let Some(history) = history {
+                for frame in history {
+                    if tx.send(LinkFrame::Media(MediaFrame { channel, frame })).await.is_err() {
+                        return;
+                    }
+                }
+                if tx.send(LinkFrame::Control(Control::WindowEnd { channel })).await.is_err() {
+                    return;
+                }
+            }
             while let Some(frame) = subscription.recv().await {
                 let arrived = frame.arrived.0;
                 if tx.send(LinkFrame::Media(MediaFrame { channel, frame })).await.is_err() {

@@ -13,8 +13,10 @@ use raftcast_storage::StateHandle;
 use tokio::sync::watch;
 
 use super::LinkStats;
+use crate::hls::mark::Continuation;
 use crate::link::ChannelId;
 use crate::media::retain::RetainLimits;
+use crate::media::segments::WindowLimits;
 use crate::media::{Hub, HubLimits};
 use crate::origin::ingest::IngestStats;
 use crate::origin::live::LiveStream;
@@ -45,12 +47,47 @@ struct Stream {
 /// [`Stream::fence`] of a stream whose claim was released or moved away.
 const RETIRED: u64 = u64::MAX;
 
+/// Streams whose last mark an origin remembers after their hub is gone (the publisher
+/// left): one entry per stream, the oldest forgotten first past this many. A few
+/// dozen bytes each.
+pub const REMEMBERED_MARKS: usize = 16_384;
+
+/// The last HLS marks of streams that ended here, for the next session to continue
+/// after ([`LinkContext::attach`]). Bounded by [`REMEMBERED_MARKS`].
+#[derive(Default)]
+struct Remembered {
+    marks: HashMap<StreamKey, (Continuation, u64)>,
+    next: u64,
+}
+
+impl Remembered {
+    fn keep(&mut self, stream: &StreamKey, mark: Continuation) {
+        if self.marks.len() >= REMEMBERED_MARKS && !self.marks.contains_key(stream) {
+            if let Some(oldest) = self.marks.iter().min_by_key(|(_, (_, n))| *n).map(|(k, _)| k.clone()) {
+                self.marks.remove(&oldest);
+            }
+        }
+        self.next += 1;
+        self.marks.insert(stream.clone(), (mark, self.next));
+    }
+
+    fn get(&self, stream: &StreamKey) -> Option<Continuation> {
+        self.marks.get(stream).map(|(c, _)| *c)
+    }
+}
+
 impl Stream {
-    fn new() -> Self {
+    fn new(window: WindowLimits) -> Self {
         Stream {
             // History lets an edge that followed the stream here resume exactly where its
-            // players are (`SubscribeAfter`), whatever keyframes came meanwhile.
-            hub: Hub::new(HubLimits { history: Some(RetainLimits::default_history()), ..HubLimits::default() }),
+            // players are (`SubscribeAfter`), whatever keyframes came meanwhile; the HLS
+            // window lets an edge that starts the stream build the same playlist as the
+            // others (`SubscribeWindow`).
+            hub: Hub::new(HubLimits {
+                history: Some(RetainLimits::default_history()),
+                window: Some(window),
+                ..HubLimits::default()
+            }),
             publisher: None,
             subscribers: HashMap::new(),
             ingest: Arc::new(IngestStats::new(Instant::now())),
@@ -65,6 +102,9 @@ pub(super) struct Attached {
     pub ingest: Arc<IngestStats>,
     /// The stream's fence: a value above the publisher's epoch means it was fenced.
     pub fence: Arc<AtomicU64>,
+    /// Where the HLS numbering of the stream stands here: the new publisher's
+    /// session continues after it.
+    pub continue_after: Option<Continuation>,
 }
 
 /// What every link task shares.
@@ -82,6 +122,9 @@ pub struct LinkContext {
     /// remembers from before a crash, moved elsewhere while it was away: no publisher
     /// is accepted on their strength.
     current: Arc<watch::Sender<bool>>,
+    /// Bounds of each stream's HLS window (`--hls-window-*`).
+    window: WindowLimits,
+    remembered: Arc<Mutex<Remembered>>,
 }
 
 impl LinkContext {
@@ -95,7 +138,28 @@ impl LinkContext {
             streams: Arc::default(),
             next_link: Arc::default(),
             current: Arc::new(watch::Sender::new(false)),
+            window: WindowLimits::default(),
+            remembered: Arc::default(),
         }
+    }
+
+    /// Each stream's HLS window is kept within `window`.
+    pub fn with_hls_window(mut self, window: WindowLimits) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Remembers where a departing stream's numbering stood.
+    fn remember(&self, stream: &StreamKey, s: &Stream) {
+        if let Some(mark) = s.hub.last_mark() {
+            self.remembered.lock().unwrap_or_else(|p| p.into_inner()).keep(stream, mark);
+        }
+    }
+
+    /// The last mark this origin knows of `stream` (its hub's, or remembered).
+    pub fn last_mark(&self, stream: &StreamKey) -> Option<Continuation> {
+        let live = self.streams().get(stream).and_then(|s| s.hub.last_mark());
+        live.or_else(|| self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(stream))
     }
 
     /// This origin has confirmed with the cluster that its applied state is current;
@@ -135,7 +199,7 @@ impl LinkContext {
         if !streams.contains_key(stream) && self.claim(stream).is_none_or(|(owner, _)| owner != self.id) {
             return None;
         }
-        let s = streams.entry(stream.clone()).or_insert_with(Stream::new);
+        let s = streams.entry(stream.clone()).or_insert_with(|| Stream::new(self.window));
         s.subscribers.insert((link, channel), edge.to_owned());
         Some(s.hub.clone())
     }
@@ -156,10 +220,12 @@ impl LinkContext {
             }
             Some((owner, _)) if owner != self.id => Err(format!("origin {owner} owns this stream")),
             Some(_) => {
-                let s = streams.entry(stream.clone()).or_insert_with(Stream::new);
+                let s = streams.entry(stream.clone()).or_insert_with(|| Stream::new(self.window));
                 s.publisher = Some(publisher);
                 s.fence.store(epoch, Ordering::Relaxed);
-                Ok(Attached { hub: s.hub.clone(), ingest: s.ingest.clone(), fence: s.fence.clone() })
+                let continue_after =
+                    s.hub.last_mark().or_else(|| self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(stream));
+                Ok(Attached { hub: s.hub.clone(), ingest: s.ingest.clone(), fence: s.fence.clone(), continue_after })
             }
         }
     }
@@ -171,6 +237,7 @@ impl LinkContext {
         let ours = |s: &Stream| s.publisher.as_ref().is_some_and(|p| p.link == link && p.channel == channel);
         if streams.get(stream).is_some_and(ours) {
             if let Some(s) = streams.remove(stream) {
+                self.remember(stream, &s);
                 s.hub.end();
             }
         }
@@ -183,8 +250,10 @@ impl LinkContext {
         let Some(s) = streams.get_mut(stream) else { return };
         s.subscribers.remove(&(link, channel));
         if s.publisher.is_none() && s.subscribers.is_empty() {
-            s.hub.end();
-            streams.remove(stream);
+            if let Some(s) = streams.remove(stream) {
+                self.remember(stream, &s);
+                s.hub.end();
+            }
         }
     }
 
@@ -200,6 +269,12 @@ impl LinkContext {
     /// waits for the new claim's publisher with its hub and subscribers kept.
     pub fn reconcile(&self, stream: &StreamKey) {
         let mut streams = self.streams();
+        if self.claim(stream).is_some_and(|(owner, _)| owner != self.id) {
+            // Another origin numbers the stream's sessions from now on: what this one
+            // remembers is older than what that one may hand out, and must never be
+            // continued after (it would reuse numbers).
+            self.remembered.lock().unwrap_or_else(|p| p.into_inner()).marks.remove(stream);
+        }
         let Some(s) = streams.get_mut(stream) else { return };
         match self.claim(stream) {
             Some((owner, epoch)) if owner == self.id => {
@@ -212,6 +287,9 @@ impl LinkContext {
             claim => {
                 if let Some(s) = streams.remove(stream) {
                     tracing::info!(%stream, owner = ?claim.map(|c| c.0), "the claim left this origin; the stream ends here");
+                    if claim.is_none() {
+                        self.remember(stream, &s);
+                    }
                     s.fence.store(RETIRED, Ordering::Relaxed);
                     s.hub.end();
                 }
@@ -221,7 +299,8 @@ impl LinkContext {
 
     /// [`LinkContext::reconcile`] for every stream this origin serves.
     pub fn reconcile_all(&self) {
-        let keys: Vec<StreamKey> = self.streams().keys().cloned().collect();
+        let mut keys: Vec<StreamKey> = self.streams().keys().cloned().collect();
+        keys.extend(self.remembered.lock().unwrap_or_else(|p| p.into_inner()).marks.keys().cloned());
         for stream in &keys {
             self.reconcile(stream);
         }
@@ -257,5 +336,23 @@ impl LinkContext {
         let streams = self.streams();
         let publishing = streams.values().filter(|s| s.publisher.is_some()).count();
         (publishing, streams.values().map(|s| s.subscribers.len()).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_marks_are_bounded_and_forget_the_oldest() {
+        let mut r = Remembered::default();
+        let mark = |msn| Continuation { msn, discontinuity: 0, time_ms: 0 };
+        for i in 0..(REMEMBERED_MARKS as u64 + 10) {
+            r.keep(&StreamKey::new("live", &format!("s{i}")).unwrap(), mark(i));
+        }
+        assert_eq!(r.marks.len(), REMEMBERED_MARKS);
+        assert_eq!(r.get(&StreamKey::new("live", "s0").unwrap()), None, "the oldest went first");
+        let newest = StreamKey::new("live", &format!("s{}", REMEMBERED_MARKS + 9)).unwrap();
+        assert_eq!(r.get(&newest), Some(mark(REMEMBERED_MARKS as u64 + 9)));
     }
 }
