@@ -19,6 +19,8 @@
 
 pub mod mark;
 pub mod packager;
+pub mod playlist;
+pub mod window;
 
 use bytes::Bytes;
 
