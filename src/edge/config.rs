@@ -8,6 +8,8 @@ use std::time::Duration;
 use raftcast_raft::rpc::ClusterSecret;
 use serde::Deserialize;
 
+use super::hls::HlsConfig;
+use crate::hls::window::{WindowLimits, WINDOW_MAX_BYTES, WINDOW_SEGMENTS};
 use crate::link::client::LinkTiming;
 use crate::media::queue::QueueLimits;
 
@@ -131,6 +133,25 @@ pub struct EdgeArgs {
     /// interactive-webcast page) [default: none].
     #[arg(long, env = "RAFTCAST_EDGE_WWW")]
     pub www: Option<std::path::PathBuf>,
+    /// Complete HLS segments each stream's window keeps (the open one comes on top)
+    /// [default: 6].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_WINDOW_SEGMENTS")]
+    pub hls_window_segments: Option<usize>,
+    /// Bytes one stream's HLS window may hold; the oldest segments go first
+    /// [default: 67108864 (64 MiB)].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_WINDOW_BYTES")]
+    pub hls_window_bytes: Option<usize>,
+    /// A stream no HLS request asked for in this many ms stops being packaged (its
+    /// window and relay are let go) [default: 30000].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_IDLE_MS")]
+    pub hls_idle_ms: Option<u64>,
+    /// HLS requests waiting at once in all: blocking playlist reloads, hinted parts,
+    /// requests for a stream that has no segment yet; more get 429 [default: 8192].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_MAX_WAITING")]
+    pub hls_max_waiting: Option<usize>,
+    /// Streams packaged for HLS at once; requests for more get 503 [default: 1000].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_MAX_STREAMS")]
+    pub hls_max_streams: Option<usize>,
 }
 
 /// Caps on what clients may hold at once, per address (an IPv4 address or an IPv6 /64)
@@ -178,6 +199,8 @@ pub struct EdgeConfig {
     pub www: Option<std::path::PathBuf>,
     /// Caps on what clients may hold (see [`EdgeCaps`]).
     pub caps: EdgeCaps,
+    /// HLS windows, idle time and caps.
+    pub hls: HlsConfig,
 }
 
 fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
@@ -202,6 +225,11 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
         drain_ms: cli.drain_ms.or(file.drain_ms),
         www: cli.www.or(file.www),
+        hls_window_segments: cli.hls_window_segments.or(file.hls_window_segments),
+        hls_window_bytes: cli.hls_window_bytes.or(file.hls_window_bytes),
+        hls_idle_ms: cli.hls_idle_ms.or(file.hls_idle_ms),
+        hls_max_waiting: cli.hls_max_waiting.or(file.hls_max_waiting),
+        hls_max_streams: cli.hls_max_streams.or(file.hls_max_streams),
         max_connections_per_address: cli.max_connections_per_address.or(file.max_connections_per_address),
         max_handshakes: cli.max_handshakes.or(file.max_handshakes),
         max_handshakes_per_address: cli.max_handshakes_per_address.or(file.max_handshakes_per_address),
@@ -299,6 +327,27 @@ impl EdgeConfig {
             long_requests_per_address: a.max_long_requests_per_address.unwrap_or(64),
         };
         caps.validate()?;
+        let hls = HlsConfig {
+            window: WindowLimits {
+                segments: a.hls_window_segments.unwrap_or(WINDOW_SEGMENTS),
+                max_bytes: a.hls_window_bytes.unwrap_or(WINDOW_MAX_BYTES),
+            },
+            idle: ms(a.hls_idle_ms, 30_000),
+            stream_wait: ms(a.play_wait_ms, 5_000),
+            max_waiting: a.hls_max_waiting.unwrap_or(8192),
+            max_streams: a.hls_max_streams.unwrap_or(1000),
+        };
+        if hls.window.segments < 3 {
+            return Err("--hls-window-segments must be at least 3 (players start three segments from the end)".into());
+        }
+        if hls.window.max_bytes < 1 << 20 {
+            return Err("--hls-window-bytes must be at least 1 MiB".into());
+        }
+        if hls.idle < Duration::from_secs(1) || hls.max_waiting == 0 || hls.max_streams == 0 {
+            return Err(
+                "--hls-idle-ms must be at least 1000, --hls-max-waiting and --hls-max-streams at least 1".into()
+            );
+        }
         Ok(EdgeConfig {
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
@@ -318,6 +367,7 @@ impl EdgeConfig {
             drain: ms(a.drain_ms, 2_000),
             www: a.www,
             caps,
+            hls,
         })
     }
 }

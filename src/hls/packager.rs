@@ -19,4 +19,10 @@ impl Packager {
         // Placeholder of the interface commit; the packager work replaces it.
         Vec::new()
     }
+
+    /// The stream's publishing generation ended: completes what is open. (Placeholder
+    /// of the serve branch, so the HLS task can call it; the packager work replaces it.)
+    pub fn finish(&mut self) -> Vec<Packaged> {
+        Vec::new()
+    }
 }

@@ -112,7 +112,16 @@ impl std::fmt::Debug for WireCache {
 impl Frame {
     /// A frame with the given facts, arriving now, not yet serialized for anyone.
     pub fn new(kind: FrameKind, timestamp: u32, keyframe: bool, header: bool, payload: Bytes) -> Frame {
-        Frame { kind, timestamp, keyframe, header, payload, wire: WireCache::default(), arrived: Arrival::now(), hls: None }
+        Frame {
+            kind,
+            timestamp,
+            keyframe,
+            header,
+            payload,
+            wire: WireCache::default(),
+            arrived: Arrival::now(),
+            hls: None,
+        }
     }
 
     /// An audio frame; AAC and Enhanced sequence headers are recognised.
