@@ -185,29 +185,34 @@ impl Hls {
     }
 
     /// Retires `stream` if no request came for `--hls-idle-ms`.
+    /// Decided under the same lock a request takes to find the stream and stamp its
+    /// use, so a stream a request just found is never retired under it.
     pub fn retire_if_idle(&self, stream: &Arc<HlsStream>) -> bool {
-        let idle = {
-            let streams = lock(&self.streams);
-            let last = stream.last_used.load(Ordering::Relaxed);
-            let idle = self.now_ms().saturating_sub(last) >= self.config.idle.as_millis() as u64;
-            drop(streams);
-            idle
-        };
-        if idle {
-            self.retire(stream);
+        let mut streams = lock(&self.streams);
+        let last = stream.last_used.load(Ordering::Relaxed);
+        if self.now_ms().saturating_sub(last) < self.config.idle.as_millis() as u64 {
+            return false;
         }
-        idle
+        Self::unlist(&mut streams, stream);
+        drop(streams);
+        self.let_go(stream);
+        true
     }
 
     /// Stops packaging `stream` and lets go of its window.
     pub fn retire(&self, stream: &Arc<HlsStream>) {
-        {
-            let mut streams = lock(&self.streams);
-            if streams.get(&stream.key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
-                streams.remove(&stream.key);
-                tracing::info!(stream = %stream.key, "HLS packaging stops");
-            }
+        Self::unlist(&mut lock(&self.streams), stream);
+        self.let_go(stream);
+    }
+
+    fn unlist(streams: &mut HashMap<StreamKey, Arc<HlsStream>>, stream: &Arc<HlsStream>) {
+        if streams.get(&stream.key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            streams.remove(&stream.key);
+            tracing::info!(stream = %stream.key, "HLS packaging stops");
         }
+    }
+
+    fn let_go(&self, stream: &HlsStream) {
         stream.stop.cancel();
         let mut window = lock(&stream.window);
         let bytes = window.bytes() as u64;
@@ -254,12 +259,17 @@ impl Hls {
 impl HlsStream {
     /// Feeds the window what the packager produced and wakes the requests waiting.
     pub fn apply(&self, hls: &Hls, events: Vec<Packaged>) {
-        if events.is_empty() || self.stop.is_cancelled() {
+        if events.is_empty() {
             return;
         }
         let mut woke = false;
         {
             let mut window = lock(&self.window);
+            // Checked under the lock: a retired stream's window stays empty (retiring
+            // cancels `stop` before it takes the lock to let the window go).
+            if self.stop.is_cancelled() {
+                return;
+            }
             let before = window.bytes() as u64;
             for event in events {
                 match window.push(event) {
@@ -347,11 +357,9 @@ pub struct HlsRoutes {
     pub shutdown: CancellationToken,
 }
 
-/// The routes under `/{app}/{name}/`. The path's middle parameter is called `file`
-/// because the HTTP-FLV route `/{app}/{file}` shares the prefix and the router wants
-/// one name per position.
+/// The routes under `/{app}/{name}/` (merged beside HTTP-FLV's `/{app}/{file}`).
 pub fn router(routes: HlsRoutes) -> Router {
-    Router::new().route("/{app}/{file}/{resource}", get(serve).options(preflight)).with_state(routes)
+    Router::new().route("/{app}/{name}/{resource}", get(serve).options(preflight)).with_state(routes)
 }
 
 const KIND_OPTIONS: usize = 4;
