@@ -950,16 +950,40 @@ mod tests {
         assert!(r.text().await.unwrap().contains("seg-1.m4s"));
     }
 
-    #[tokio::test]
-    async fn the_edge_router_takes_the_hls_routes() {
+    fn edge_config() -> crate::edge::EdgeConfig {
         let args = crate::edge::EdgeArgs {
             id: Some("edge-1".into()),
+            // The discard port: nothing answers, lookups fail at once.
             origins: Some(vec!["127.0.0.1:9".parse().unwrap()]),
             ..Default::default()
         };
-        let config =
-            crate::edge::EdgeConfig::from_args(args, |k| (k == "RAFTCAST_CLUSTER_SECRET").then(|| "x".repeat(20)))
-                .unwrap();
+        crate::edge::EdgeConfig::from_args(args, |k| (k == "RAFTCAST_CLUSTER_SECRET").then(|| "x".repeat(20))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idle_hls_stream_lets_go_of_its_relay() {
+        let mut config = edge_config();
+        config.hls.idle = Duration::from_millis(200);
+        let ctx = crate::edge::tests::context(config);
+        let key = StreamKey::new("live", "idle").unwrap();
+        let stream = ctx.hls.stream(&key, &RelayFeed(ctx.clone())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ctx.relays.snapshot().is_empty() {
+            assert!(Instant::now() < deadline, "the task never joined the relay");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Nobody asks again: the task retires the stream and drops its lease.
+        while !ctx.relays.snapshot().is_empty() || ctx.hls.stream_count() > 0 {
+            assert!(Instant::now() < deadline, "the idle stream is still packaged");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(stream.stop.is_cancelled());
+        ctx.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_edge_router_takes_the_hls_routes() {
+        let config = edge_config();
         assert_eq!((config.hls.window.segments, config.hls.idle), (6, Duration::from_secs(30)));
         let ctx = crate::edge::tests::context(config);
         // Building the router checks the routes do not clash (axum panics if they do).
