@@ -138,7 +138,7 @@ pub struct EdgeArgs {
     #[arg(long, env = "RAFTCAST_EDGE_HLS_WINDOW_SEGMENTS")]
     pub hls_window_segments: Option<usize>,
     /// Bytes one stream's HLS window may hold; the oldest segments go first
-    /// [default: 67108864 (64 MiB)].
+    /// [default: 50331648 (48 MiB)].
     #[arg(long, env = "RAFTCAST_EDGE_HLS_WINDOW_BYTES")]
     pub hls_window_bytes: Option<usize>,
     /// A stream no HLS request asked for in this many ms stops being packaged (its
@@ -199,8 +199,9 @@ pub struct EdgeConfig {
     pub www: Option<std::path::PathBuf>,
     /// Caps on what clients may hold (see [`EdgeCaps`]).
     pub caps: EdgeCaps,
-    /// HLS windows, idle time and caps.
-    pub hls: HlsConfig,
+    /// Serving HLS: windows, idle time and caps (named apart from the stamper's
+    /// settings, which the marks work calls `hls`).
+    pub hls_serve: HlsConfig,
 }
 
 fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
@@ -327,7 +328,7 @@ impl EdgeConfig {
             long_requests_per_address: a.max_long_requests_per_address.unwrap_or(64),
         };
         caps.validate()?;
-        let hls = HlsConfig {
+        let hls_serve = HlsConfig {
             window: WindowLimits {
                 segments: a.hls_window_segments.unwrap_or(WINDOW_SEGMENTS),
                 max_bytes: a.hls_window_bytes.unwrap_or(WINDOW_MAX_BYTES),
@@ -337,13 +338,13 @@ impl EdgeConfig {
             max_waiting: a.hls_max_waiting.unwrap_or(8192),
             max_streams: a.hls_max_streams.unwrap_or(1000),
         };
-        if hls.window.segments < 3 {
+        if hls_serve.window.segments < 3 {
             return Err("--hls-window-segments must be at least 3 (players start three segments from the end)".into());
         }
-        if hls.window.max_bytes < 1 << 20 {
+        if hls_serve.window.max_bytes < 1 << 20 {
             return Err("--hls-window-bytes must be at least 1 MiB".into());
         }
-        if hls.idle < Duration::from_secs(1) || hls.max_waiting == 0 || hls.max_streams == 0 {
+        if hls_serve.idle < Duration::from_secs(1) || hls_serve.max_waiting == 0 || hls_serve.max_streams == 0 {
             return Err(
                 "--hls-idle-ms must be at least 1000, --hls-max-waiting and --hls-max-streams at least 1".into()
             );
@@ -367,7 +368,7 @@ impl EdgeConfig {
             drain: ms(a.drain_ms, 2_000),
             www: a.www,
             caps,
-            hls,
+            hls_serve,
         })
     }
 }

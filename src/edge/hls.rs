@@ -963,7 +963,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_hls_stream_lets_go_of_its_relay() {
         let mut config = edge_config();
-        config.hls.idle = Duration::from_millis(200);
+        config.hls_serve.idle = Duration::from_millis(200);
         let ctx = crate::edge::tests::context(config);
         let key = StreamKey::new("live", "idle").unwrap();
         let stream = ctx.hls.stream(&key, &RelayFeed(ctx.clone())).unwrap();
@@ -984,7 +984,7 @@ mod tests {
     #[tokio::test]
     async fn the_edge_router_takes_the_hls_routes() {
         let config = edge_config();
-        assert_eq!((config.hls.window.segments, config.hls.idle), (6, Duration::from_secs(30)));
+        assert_eq!((config.hls_serve.window.segments, config.hls_serve.idle), (6, Duration::from_secs(30)));
         let ctx = crate::edge::tests::context(config);
         // Building the router checks the routes do not clash (axum panics if they do).
         let _ = crate::edge::http::router(ctx);

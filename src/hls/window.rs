@@ -19,11 +19,12 @@ use super::{Init, Packaged, SegmentStart};
 
 /// Complete segments a window keeps by default (`--hls-window-segments`).
 pub const WINDOW_SEGMENTS: usize = 6;
-/// Bytes a window holds at most by default (`--hls-window-bytes`): init segments and
+/// Bytes a window holds at most by default (`--hls-window-bytes`, 48 MiB: 14 s of a
+/// 25 Mbit/s stream, the same bound the hubs' frame windows keep): init segments and
 /// every segment and part. Going over evicts the oldest complete segments; an open
 /// segment that alone exceeds it is abandoned (a publisher that never sends a keyframe
 /// cannot make the edge hold its whole stream).
-pub const WINDOW_MAX_BYTES: usize = 64 << 20;
+pub const WINDOW_MAX_BYTES: usize = 48 << 20;
 /// Init segments kept besides those a kept segment needs: the newest one only.
 const SPARE_INITS: usize = 1;
 
