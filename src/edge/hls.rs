@@ -179,6 +179,22 @@ impl Hls {
         Some(stream)
     }
 
+    /// Every packaged stream: (stream, first and last listed segment numbers, the newest
+    /// part, window bytes), for `/status`.
+    pub fn snapshot(&self) -> Vec<(StreamKey, Option<(u64, u64)>, Option<(u64, u32)>, usize)> {
+        let streams: Vec<Arc<HlsStream>> = lock(&self.streams).values().cloned().collect();
+        let mut all: Vec<_> = streams
+            .iter()
+            .map(|s| {
+                let w = s.window();
+                let listed = w.media_sequence().zip(w.open().map(|o| o.msn()).or(w.last_complete()));
+                (s.key.clone(), listed, w.last_part(), w.bytes())
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Streams packaged now.
     pub fn stream_count(&self) -> usize {
         lock(&self.streams).len()
@@ -859,6 +875,9 @@ mod tests {
         assert!(metrics.contains("edge_hls_parts_total 14\n"));
         assert!(metrics.contains(&format!("edge_hls_window_bytes {}\n", 100 + 14 * 10)));
         assert!(metrics.contains("edge_hls_requests_total{kind=\"part\",status=\"200\"} 1\n"));
+        let status = s.hls.snapshot();
+        assert_eq!(status.len(), 1);
+        assert_eq!((status[0].1, status[0].2, status[0].3), (Some((0, 3)), Some((3, 1)), 100 + 14 * 10));
 
         // Idle: retired, its bytes let go.
         let idle = Hls::new(HlsConfig { idle: Duration::ZERO, ..config(1) });

@@ -267,6 +267,18 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
             })
         })
         .collect();
+    let hls: Vec<_> = ctx
+        .hls
+        .snapshot()
+        .into_iter()
+        .map(|(stream, listed, last_part, bytes)| {
+            json!({
+                "app": stream.app, "name": stream.name, "first_msn": listed.map(|l| l.0),
+                "last_msn": listed.map(|l| l.1), "last_part": last_part.map(|(m, i)| [m, u64::from(i)]),
+                "window_bytes": bytes,
+            })
+        })
+        .collect();
     Json(json!({
         "id": ctx.config.id,
         "rtmp": ctx.config.rtmp.to_string(),
@@ -276,6 +288,7 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
         "publishers": s.publishers.load(Ordering::Relaxed),
         "players": {"rtmp": s.players_rtmp.load(Ordering::Relaxed), "flv": s.players_flv.load(Ordering::Relaxed)},
         "relays": streams,
+        "hls": hls,
         "upstreams": upstreams,
     }))
 }
