@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,8 @@ pub struct HlsStream {
     last_used: AtomicU64,
     /// The window's part count already added to [`HlsStats::parts`].
     counted_parts: AtomicU64,
+    /// Requests being answered now: a stream is never retired under one.
+    active: AtomicUsize,
     /// Cancelled when the stream is retired: its task ends.
     pub stop: CancellationToken,
 }
@@ -156,9 +158,23 @@ impl Hls {
     /// The stream `key`, started through `feed` if it is not packaged yet; `None` when
     /// `--hls-max-streams` are packaged already.
     pub fn stream(self: &Arc<Self>, key: &StreamKey, feed: &dyn Feed) -> Option<Arc<HlsStream>> {
+        self.find(key, feed, false)
+    }
+
+    /// Like [`Hls::stream`], for a request: the stream is not retired until the
+    /// request ends (the guard's drop stamps its last use).
+    fn enter(self: &Arc<Self>, key: &StreamKey, feed: &dyn Feed) -> Option<InUse> {
+        let stream = self.find(key, feed, true)?;
+        Some(InUse { hls: self.clone(), stream })
+    }
+
+    fn find(self: &Arc<Self>, key: &StreamKey, feed: &dyn Feed, enter: bool) -> Option<Arc<HlsStream>> {
         let mut streams = lock(&self.streams);
         if let Some(stream) = streams.get(key) {
             stream.last_used.store(self.now_ms(), Ordering::Relaxed);
+            if enter {
+                stream.active.fetch_add(1, Ordering::Relaxed);
+            }
             return Some(stream.clone());
         }
         if streams.len() >= self.config.max_streams {
@@ -170,6 +186,7 @@ impl Hls {
             changed: watch::Sender::new(0),
             last_used: AtomicU64::new(self.now_ms()),
             counted_parts: AtomicU64::new(0),
+            active: AtomicUsize::new(usize::from(enter)),
             stop: CancellationToken::new(),
         });
         streams.insert(key.clone(), stream.clone());
@@ -206,13 +223,24 @@ impl Hls {
     pub fn retire_if_idle(&self, stream: &Arc<HlsStream>) -> bool {
         let mut streams = lock(&self.streams);
         let last = stream.last_used.load(Ordering::Relaxed);
-        if self.now_ms().saturating_sub(last) < self.config.idle.as_millis() as u64 {
+        let idle = self.now_ms().saturating_sub(last) >= self.config.idle.as_millis() as u64;
+        if !idle || stream.active.load(Ordering::Relaxed) > 0 {
             return false;
         }
         Self::unlist(&mut streams, stream);
         drop(streams);
         self.let_go(stream);
         true
+    }
+
+    /// Retires `stream` unless a request other than the caller's is on it.
+    fn retire_unless_used(&self, stream: &Arc<HlsStream>) {
+        let mut streams = lock(&self.streams);
+        if stream.active.load(Ordering::Relaxed) <= 1 {
+            Self::unlist(&mut streams, stream);
+            drop(streams);
+            self.let_go(stream);
+        }
     }
 
     /// Stops packaging `stream` and lets go of its window.
@@ -463,13 +491,26 @@ async fn answer(
     if routes.shutdown.is_cancelled() {
         return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down"));
     }
-    let Some(stream) = routes.hls.stream(&key, &*routes.feed) else {
+    let Some(used) = routes.hls.enter(&key, &*routes.feed) else {
         return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", "this edge packages enough streams"));
     };
-    let mut waiter = Waiter { routes, peer, stream, held: None };
-    let response = waiter.answer(resource, reload).await;
-    waiter.stream.last_used.store(routes.hls.now_ms(), Ordering::Relaxed);
-    response
+    let mut waiter = Waiter { routes, peer, stream: used.stream.clone(), held: None };
+    waiter.answer(resource, reload).await
+}
+
+/// A request's hold on its stream.
+struct InUse {
+    hls: Arc<Hls>,
+    stream: Arc<HlsStream>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        // Under the lock the idle check takes: it sees the stamp and the count together.
+        let _streams = lock(&self.hls.streams);
+        self.stream.last_used.store(self.hls.now_ms(), Ordering::Relaxed);
+        self.stream.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One request that may wait for its stream's window.
@@ -492,8 +533,9 @@ impl Waiter<'_> {
         // first segment.
         if self.until(self.routes.hls.config.stream_wait, |w| w.is_ready().then_some(())).await?.is_none() {
             if self.stream.window().media_sequence().is_none() {
-                // Nothing ever came: do not keep a relay for a stream nobody publishes.
-                self.routes.hls.retire(&self.stream);
+                // Nothing ever came: do not keep a relay for a stream nobody publishes
+                // (unless another request is waiting for it too).
+                self.routes.hls.retire_unless_used(&self.stream);
             }
             return Err(fail(StatusCode::NOT_FOUND, "stream_not_found", "the stream is not being published"));
         }
@@ -884,6 +926,9 @@ mod tests {
         let quiet = idle.stream(&StreamKey::new("live", "quiet").unwrap(), &Manual).unwrap();
         live(&quiet, &idle);
         assert!(idle.stats.window_bytes.load(Ordering::Relaxed) > 0);
+        let request = idle.enter(&quiet.key, &Manual).unwrap();
+        assert!(!idle.retire_if_idle(&quiet), "never retired under a request");
+        drop(request);
         assert!(idle.retire_if_idle(&quiet));
         assert_eq!((idle.stream_count(), idle.stats.window_bytes.load(Ordering::Relaxed)), (0, 0));
         assert!(quiet.stop.is_cancelled());
