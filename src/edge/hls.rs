@@ -103,6 +103,18 @@ pub struct HlsStream {
     pub stop: CancellationToken,
 }
 
+/// One packaged stream as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStatus {
+    pub stream: StreamKey,
+    /// First and last listed segment numbers (the last is the open one's).
+    pub listed: Option<(u64, u64)>,
+    /// The newest part, (msn, index).
+    pub last_part: Option<(u64, u32)>,
+    /// Bytes its window holds.
+    pub bytes: usize,
+}
+
 /// The resources under `/{app}/{name}/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -196,19 +208,18 @@ impl Hls {
         Some(stream)
     }
 
-    /// Every packaged stream: (stream, first and last listed segment numbers, the newest
-    /// part, window bytes), for `/status`.
-    pub fn snapshot(&self) -> Vec<(StreamKey, Option<(u64, u64)>, Option<(u64, u32)>, usize)> {
+    /// Every packaged stream, for `/status`.
+    pub fn snapshot(&self) -> Vec<StreamStatus> {
         let streams: Vec<Arc<HlsStream>> = lock(&self.streams).values().cloned().collect();
         let mut all: Vec<_> = streams
             .iter()
             .map(|s| {
                 let w = s.window();
                 let listed = w.media_sequence().zip(w.open().map(|o| o.msn()).or(w.last_complete()));
-                (s.key.clone(), listed, w.last_part(), w.bytes())
+                StreamStatus { stream: s.key.clone(), listed, last_part: w.last_part(), bytes: w.bytes() }
             })
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| a.stream.cmp(&b.stream));
         all
     }
 
@@ -919,7 +930,7 @@ mod tests {
         assert!(metrics.contains("edge_hls_requests_total{kind=\"part\",status=\"200\"} 1\n"));
         let status = s.hls.snapshot();
         assert_eq!(status.len(), 1);
-        assert_eq!((status[0].1, status[0].2, status[0].3), (Some((0, 3)), Some((3, 1)), 100 + 14 * 10));
+        assert_eq!((status[0].listed, status[0].last_part, status[0].bytes), (Some((0, 3)), Some((3, 1)), 240));
 
         // Idle: retired, its bytes let go.
         let idle = Hls::new(HlsConfig { idle: Duration::ZERO, ..config(1) });

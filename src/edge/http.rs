@@ -271,11 +271,11 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
         .hls
         .snapshot()
         .into_iter()
-        .map(|(stream, listed, last_part, bytes)| {
+        .map(|s| {
             json!({
-                "app": stream.app, "name": stream.name, "first_msn": listed.map(|l| l.0),
-                "last_msn": listed.map(|l| l.1), "last_part": last_part.map(|(m, i)| [m, u64::from(i)]),
-                "window_bytes": bytes,
+                "app": s.stream.app, "name": s.stream.name, "first_msn": s.listed.map(|l| l.0),
+                "last_msn": s.listed.map(|l| l.1), "last_part": s.last_part.map(|(m, i)| [m, u64::from(i)]),
+                "window_bytes": s.bytes,
             })
         })
         .collect();
