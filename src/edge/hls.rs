@@ -1062,6 +1062,20 @@ mod tests {
         assert_eq!((config.hls_serve.window.segments, config.hls_serve.idle), (6, Duration::from_secs(30)));
         let ctx = crate::edge::tests::context(config);
         // Building the router checks the routes do not clash (axum panics if they do).
-        let _ = crate::edge::http::router(ctx);
+        let router = crate::edge::http::router(ctx.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(crate::http_server::serve(listener, router, ctx.limits.http.clone(), ctx.shutdown.clone()));
+        let status = |path: &'static str| {
+            let url = format!("{base}{path}");
+            async move { reqwest::get(url).await.unwrap().status().as_u16() }
+        };
+        // Static routes of the same depth win over the HLS ones: POST-only is a 405.
+        assert_eq!(status("/shared-objects/chat/messages").await, 405);
+        assert_eq!(status("/health").await, 200);
+        assert_eq!(status("/live/test/nothing.txt").await, 404);
+        let r = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(r.contains("edge_hls_streams 0\n") && r.contains("edge_limit_in_use{class=\"hls_waiting\"} 0"));
+        ctx.shutdown.cancel();
     }
 }
