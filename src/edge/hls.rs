@@ -445,21 +445,53 @@ async fn preflight(State(routes): State<HlsRoutes>) -> Response {
     cors((StatusCode::NO_CONTENT, headers).into_response())
 }
 
-/// An error: JSON, never stored by a cache (a 404 for a part that is about to exist
-/// must not outlive the moment).
-fn fail(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = Json(json!({ "error": { "code": code, "message": message } }));
-    (status, [(header::CACHE_CONTROL, "no-store")], body).into_response()
+/// Why an HLS request is refused; [`HlsError::into_response`] is the one place that
+/// maps these to HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HlsError {
+    /// Not a resource name, an invalid stream name, or not in the window (404).
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// Nothing came for the stream within the wait (404).
+    #[error("the stream is not being published")]
+    StreamNotFound,
+    /// A malformed blocking-reload query (400).
+    #[error("{0}")]
+    BadQuery(&'static str),
+    /// `_HLS_msn` or `_HLS_part` further ahead than a client may ask (400).
+    #[error("_HLS_msn/_HLS_part is too far ahead")]
+    TooFarAhead,
+    /// A waiting request over the per-address or global cap (429, `Retry-After: 1`).
+    #[error(transparent)]
+    TooMany(#[from] Refused),
+    /// `--hls-max-streams` are packaged already (503).
+    #[error("this edge packages enough streams")]
+    TooManyStreams,
+    /// The edge is shutting down (503).
+    #[error("the edge is shutting down")]
+    ShuttingDown,
 }
 
-fn not_found(message: &str) -> Response {
-    fail(StatusCode::NOT_FOUND, "not_found", message)
-}
-
-fn too_many(refused: &Refused) -> Response {
-    let mut response = fail(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", &refused.to_string());
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+impl IntoResponse for HlsError {
+    /// JSON, never stored by a cache (a 404 for a part that is about to exist must not
+    /// outlive the moment).
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            HlsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            HlsError::StreamNotFound => (StatusCode::NOT_FOUND, "stream_not_found"),
+            HlsError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            HlsError::TooFarAhead => (StatusCode::BAD_REQUEST, "too_far_ahead"),
+            HlsError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            HlsError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+            HlsError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        let body = Json(json!({ "error": { "code": code, "message": self.to_string() } }));
+        let mut response = (status, [(header::CACHE_CONTROL, "no-store")], body).into_response();
+        if matches!(self, HlsError::TooMany(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
 }
 
 /// A segment, part or init segment: immutable.
@@ -476,10 +508,10 @@ async fn serve(
     RawQuery(query): RawQuery,
 ) -> Response {
     let (kind, response) = match parse_resource(&file) {
-        None => (KIND_INVALID, not_found("no such resource")),
+        None => (KIND_INVALID, HlsError::NotFound("resource").into_response()),
         Some(resource) => {
             let response = answer(&routes, peer, &app, &name, resource, query.as_deref()).await;
-            (kind(resource), response.unwrap_or_else(|e| e))
+            (kind(resource), response.unwrap_or_else(IntoResponse::into_response))
         }
     };
     routes.hls.stats.count(kind, response.status());
@@ -493,17 +525,17 @@ async fn answer(
     name: &str,
     resource: Resource,
     query: Option<&str>,
-) -> Result<Response, Response> {
-    let Ok(key) = StreamKey::new(app, name) else { return Err(not_found("no such stream")) };
+) -> Result<Response, HlsError> {
+    let Ok(key) = StreamKey::new(app, name) else { return Err(HlsError::NotFound("stream")) };
     let reload = match resource {
-        Resource::Playlist => parse_reload(query).map_err(|m| fail(StatusCode::BAD_REQUEST, "bad_request", m))?,
+        Resource::Playlist => parse_reload(query).map_err(HlsError::BadQuery)?,
         _ => None,
     };
     if routes.shutdown.is_cancelled() {
-        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down"));
+        return Err(HlsError::ShuttingDown);
     }
     let Some(used) = routes.hls.enter(&key, &*routes.feed) else {
-        return Err(fail(StatusCode::SERVICE_UNAVAILABLE, "too_many_streams", "this edge packages enough streams"));
+        return Err(HlsError::TooManyStreams);
     };
     let mut waiter = Waiter { routes, peer, stream: used.stream.clone(), held: None };
     waiter.answer(resource, reload).await
@@ -539,7 +571,7 @@ fn block_limit(window: &Window) -> Duration {
 }
 
 impl Waiter<'_> {
-    async fn answer(&mut self, resource: Resource, reload: Option<(u64, Option<u32>)>) -> Result<Response, Response> {
+    async fn answer(&mut self, resource: Resource, reload: Option<(u64, Option<u32>)>) -> Result<Response, HlsError> {
         // A stream with nothing to list yet (new, or not published): wait for its
         // first segment.
         if self.until(self.routes.hls.config.stream_wait, |w| w.is_ready().then_some(())).await?.is_none() {
@@ -548,13 +580,13 @@ impl Waiter<'_> {
                 // (unless another request is waiting for it too).
                 self.routes.hls.retire_unless_used(&self.stream);
             }
-            return Err(fail(StatusCode::NOT_FOUND, "stream_not_found", "the stream is not being published"));
+            return Err(HlsError::StreamNotFound);
         }
         match resource {
             Resource::Playlist => self.playlist(reload).await,
             Resource::Init(version) => match self.stream.window().init(version) {
                 Some(init) => Ok(media("video/mp4", init.bytes.clone())),
-                None => Err(not_found("no such init segment")),
+                None => Err(HlsError::NotFound("init segment")),
             },
             Resource::Segment(_) | Resource::Part(..) => {
                 let find = |w: &Window| match resource {
@@ -572,13 +604,13 @@ impl Waiter<'_> {
                 };
                 match found {
                     Some(Found::Here(bytes)) => Ok(media("video/iso.segment", bytes)),
-                    _ => Err(not_found("no such segment or part")),
+                    _ => Err(HlsError::NotFound("segment or part")),
                 }
             }
         }
     }
 
-    async fn playlist(&mut self, reload: Option<(u64, Option<u32>)>) -> Result<Response, Response> {
+    async fn playlist(&mut self, reload: Option<(u64, Option<u32>)>) -> Result<Response, HlsError> {
         let cache = match reload {
             None => {
                 let part_target = playlist::part_target_ms(&self.stream.window());
@@ -590,13 +622,7 @@ impl Waiter<'_> {
                     (w.reload(msn, part), block_limit(&w))
                 };
                 match verdict {
-                    Reload::TooFar => {
-                        return Err(fail(
-                            StatusCode::BAD_REQUEST,
-                            "too_far_ahead",
-                            "_HLS_msn/_HLS_part is too far ahead",
-                        ))
-                    }
+                    Reload::TooFar => return Err(HlsError::TooFarAhead),
                     Reload::Ready => {}
                     // Past the limit the playlist is answered as it is.
                     Reload::Wait => {
@@ -607,7 +633,7 @@ impl Waiter<'_> {
             }
         };
         let Some(text) = playlist::render(&self.stream.window()) else {
-            return Err(fail(StatusCode::NOT_FOUND, "stream_not_found", "the stream is not being published"));
+            return Err(HlsError::StreamNotFound);
         };
         Ok(([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl".to_owned()), (header::CACHE_CONTROL, cache)], text)
             .into_response())
@@ -616,15 +642,15 @@ impl Waiter<'_> {
     /// Waits until `check` finds what it wants in the window, for at most `limit`;
     /// `None` when the time is up, the stream retired or the edge shuts down. Takes
     /// the request's permits the first time it has to wait (429 without them).
-    async fn until<T>(&mut self, limit: Duration, check: impl Fn(&Window) -> Option<T>) -> Result<Option<T>, Response> {
+    async fn until<T>(&mut self, limit: Duration, check: impl Fn(&Window) -> Option<T>) -> Result<Option<T>, HlsError> {
         // Subscribed before looking: a change after the look is not missed.
         let mut changed = self.stream.changed.subscribe();
         if let Some(found) = check(&self.stream.window()) {
             return Ok(Some(found));
         }
         if self.held.is_none() {
-            let long = self.routes.long_requests.try_acquire(self.peer.ip()).map_err(|r| too_many(&r))?;
-            let wait = self.routes.hls.waiting.try_acquire(self.peer.ip()).map_err(|r| too_many(&r))?;
+            let long = self.routes.long_requests.try_acquire(self.peer.ip())?;
+            let wait = self.routes.hls.waiting.try_acquire(self.peer.ip())?;
             self.held = Some((long, wait));
         }
         let deadline = tokio::time::Instant::now() + limit;
