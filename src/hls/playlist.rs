@@ -267,6 +267,120 @@ mod tests {
         assert_eq!(render(&w), None);
     }
 
+    /// An arbitrary event, numbers kept small so that some fit the window's order.
+    fn event() -> impl proptest::strategy::Strategy<Value = Packaged> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u32..3).prop_map(init),
+            (0u64..12, 0u32..3, 0u32..2, 1u32..4000, 1u32..1000).prop_map(|(msn, d, v, target, part)| {
+                Packaged::SegmentStart(SegmentStart {
+                    msn,
+                    discontinuity: d,
+                    wall_ms: msn * 1000,
+                    init_version: v,
+                    target_ms: target,
+                    part_target_ms: part,
+                })
+            }),
+            (0u64..12, 0u32..6, 0usize..300, 0u32..1500, any::<bool>()).prop_map(|(msn, index, len, d, key)| {
+                Packaged::Part(crate::hls::Part {
+                    msn,
+                    index,
+                    independent: key,
+                    duration_ms: d,
+                    bytes: bytes::Bytes::from(vec![7; len]),
+                })
+            }),
+            (0u64..12, 0u32..6000).prop_map(|(msn, d)| Packaged::SegmentEnd(crate::hls::SegmentEnd {
+                msn,
+                duration_ms: d,
+                parts: 0
+            })),
+        ]
+    }
+
+    /// Mostly well-formed segments (numbers that step by 0, 1 or 2, some never ended)
+    /// with arbitrary events between them.
+    fn stream() -> impl proptest::strategy::Strategy<Value = Vec<Packaged>> {
+        use proptest::prelude::*;
+        let parts = proptest::collection::vec((0usize..400, 1u32..1200), 0..6);
+        let segment = (0u64..3, parts, proptest::bool::weighted(0.9), 1u32..4000, 1u32..1000, 0u32..2);
+        // `None`: one arbitrary event from the noise instead of a segment.
+        let item = prop_oneof![9 => segment.prop_map(Some), 1 => Just(None)];
+        (proptest::collection::vec(item, 0..40), proptest::collection::vec(event(), 0..20)).prop_map(|(plan, noise)| {
+            let mut events = Vec::new();
+            let mut noise = noise.into_iter();
+            let mut msn = 0u64;
+            for step in plan {
+                let Some((delta, parts, ended, target, part_target, version)) = step else {
+                    events.extend(noise.next());
+                    continue;
+                };
+                msn += delta;
+                events.push(Packaged::SegmentStart(SegmentStart {
+                    msn,
+                    discontinuity: 0,
+                    wall_ms: msn * 1000,
+                    init_version: version,
+                    target_ms: target,
+                    part_target_ms: part_target,
+                }));
+                let mut total = 0;
+                for (index, (len, duration_ms)) in parts.iter().enumerate() {
+                    total += duration_ms;
+                    events.push(Packaged::Part(crate::hls::Part {
+                        msn,
+                        index: index as u32,
+                        independent: index == 0,
+                        duration_ms: *duration_ms,
+                        bytes: bytes::Bytes::from(vec![1; *len]),
+                    }));
+                }
+                if ended {
+                    events.push(Packaged::SegmentEnd(crate::hls::SegmentEnd {
+                        msn,
+                        duration_ms: total,
+                        parts: parts.len() as u32,
+                    }));
+                }
+            }
+            events
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the packager sends, the window stays in its bounds and every
+        /// playlist it renders keeps the RFC rules.
+        #[test]
+        fn any_events_keep_the_bounds_and_the_rules(events in stream()) {
+            let limits = WindowLimits { segments: 3, max_bytes: 2000 };
+            let mut w = Window::new(limits);
+            for e in events {
+                w.push(e);
+                proptest::prop_assert!(w.bytes() <= limits.max_bytes);
+                proptest::prop_assert!(w.segments().len() <= limits.segments);
+                let Some(text) = render(&w) else { continue };
+                let target: u64 = text.lines().find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:")).unwrap().parse().unwrap();
+                let part_inf = text.lines().find(|l| l.starts_with("#EXT-X-PART-INF:")).unwrap();
+                let part_target: f64 = attr(part_inf, "PART-TARGET").unwrap().parse().unwrap();
+                let mut msn: u64 = text.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).unwrap().parse().unwrap();
+                let lines: Vec<&str> = text.lines().collect();
+                for (i, line) in lines.iter().enumerate() {
+                    if let Some(extinf) = line.strip_prefix("#EXTINF:") {
+                        let d: f64 = extinf.trim_end_matches(',').parse().unwrap();
+                        proptest::prop_assert!(d.round() as u64 <= target, "{}", text);
+                        let uri = format!("seg-{msn}.m4s");
+                        proptest::prop_assert_eq!(lines[i + 1], uri.as_str());
+                        msn += 1;
+                    }
+                    if line.starts_with("#EXT-X-PART:") {
+                        proptest::prop_assert!(secs(attr(line, "DURATION").unwrap()) <= part_target, "{}", text);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn dates_are_iso_8601_utc_with_milliseconds() {
         assert_eq!(date_time(0), "1970-01-01T00:00:00.000Z");

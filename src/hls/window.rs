@@ -27,6 +27,9 @@ pub const WINDOW_SEGMENTS: usize = 6;
 pub const WINDOW_MAX_BYTES: usize = 48 << 20;
 /// Init segments kept besides those a kept segment needs: the newest one only.
 const SPARE_INITS: usize = 1;
+/// An init segment larger than this share of the window's bytes is refused (codec
+/// configuration is a few hundred bytes; a huge one is an attack or a bug).
+const MAX_INIT_SHARE: usize = 4;
 
 /// How much one window keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,11 +173,15 @@ impl Window {
     pub fn push(&mut self, event: Packaged) -> Change {
         match event {
             Packaged::Init(init) => {
+                if init.bytes.len() > self.limits.max_bytes / MAX_INIT_SHARE {
+                    self.counters.rejected += 1;
+                    return Change::None;
+                }
                 self.bytes += init.bytes.len();
                 if let Some(old) = self.inits.insert(init.version, init) {
                     self.bytes -= old.bytes.len();
                 }
-                self.prune_inits();
+                self.fit();
                 Change::Init
             }
             Packaged::SegmentStart(start) => self.open_segment(start),
@@ -195,9 +202,7 @@ impl Window {
                     bytes: part.bytes,
                 });
                 self.counters.parts += 1;
-                if self.bytes > self.limits.max_bytes {
-                    self.evict_for_bytes();
-                }
+                self.fit();
                 Change::Part
             }
             Packaged::SegmentEnd(end) => {
@@ -224,8 +229,7 @@ impl Window {
                 while self.segments.len() > self.limits.segments {
                     self.drop_oldest();
                 }
-                self.evict_for_bytes();
-                self.prune_inits();
+                self.fit();
                 Change::Segment
             }
         }
@@ -251,7 +255,7 @@ impl Window {
         }
         self.highest = Some(start.msn);
         self.open = Some(Segment { start, parts: Vec::new(), duration_ms: None, bytes: None });
-        self.prune_inits();
+        self.fit();
         Change::Part
     }
 
@@ -261,17 +265,24 @@ impl Window {
         }
     }
 
-    /// Evicts the oldest complete segments until the window fits its bytes; an open
-    /// segment that alone does not fit is abandoned.
-    fn evict_for_bytes(&mut self) {
-        while self.bytes > self.limits.max_bytes && !self.segments.is_empty() {
-            self.drop_oldest();
-            self.counters.evicted_for_bytes += 1;
-        }
-        if self.bytes > self.limits.max_bytes {
-            if let Some(open) = self.open.take() {
+    /// Lets go of the init segments nothing needs, then evicts the oldest complete
+    /// segments until the window fits its bytes; an open segment that alone does not
+    /// fit is abandoned. What is left then is the newest init segment, which fits
+    /// ([`MAX_INIT_SHARE`]).
+    fn fit(&mut self) {
+        loop {
+            self.prune_inits();
+            if self.bytes <= self.limits.max_bytes {
+                return;
+            }
+            if !self.segments.is_empty() {
+                self.drop_oldest();
+                self.counters.evicted_for_bytes += 1;
+            } else if let Some(open) = self.open.take() {
                 self.bytes -= open.len();
                 self.counters.restarts += 1;
+            } else {
+                return;
             }
         }
     }
@@ -503,6 +514,23 @@ pub(crate) mod tests {
             w.push(part(10, i, 10));
             assert!(w.bytes() <= 100);
         }
+    }
+
+    #[test]
+    fn init_segments_count_against_the_bytes_too() {
+        // Found by the playlist's property test: an init segment arriving over a full
+        // window took it past its bound.
+        let mut w = Window::new(WindowLimits { segments: 100, max_bytes: 400 });
+        for msn in 0..9 {
+            feed_segment(&mut w, msn);
+        }
+        w.push(init(0));
+        assert!(w.bytes() <= 400, "{} bytes", w.bytes());
+        assert!(w.init(0).is_some());
+        // One larger than a quarter of the window is refused.
+        w.push(Packaged::Init(Init { version: 1, codecs: String::new(), bytes: Bytes::from(vec![0; 101]) }));
+        assert!(w.init(1).is_none());
+        assert_eq!(w.counters().rejected, 1);
     }
 
     #[test]
