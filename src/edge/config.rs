@@ -8,7 +8,9 @@ use std::time::Duration;
 use raftcast_raft::rpc::ClusterSecret;
 use serde::Deserialize;
 
+use super::hls::HlsConfig;
 use crate::hls::mark::{StamperConfig, DEFAULT_PART_MS, DEFAULT_SEGMENT_MS};
+use crate::hls::window::{WindowLimits as ServeWindow, WINDOW_MAX_BYTES, WINDOW_SEGMENTS};
 use crate::link::client::LinkTiming;
 use crate::media::queue::QueueLimits;
 use crate::media::segments::WindowLimits;
@@ -140,13 +142,25 @@ pub struct EdgeArgs {
     /// LL-HLS part target of streams published through this edge, in ms [default: 250].
     #[arg(long, env = "RAFTCAST_EDGE_HLS_PART_MS")]
     pub hls_part_ms: Option<u32>,
-    /// Complete HLS segments a relayed stream's window keeps for HLS readers that
-    /// start late [default: 6].
+    /// Complete HLS segments each stream's window keeps (the open one comes on top)
+    /// [default: 6].
     #[arg(long, env = "RAFTCAST_EDGE_HLS_WINDOW_SEGMENTS")]
     pub hls_window_segments: Option<usize>,
-    /// Bytes of frames a relayed stream's HLS window keeps at most [default: 48 MiB].
+    /// Bytes one stream's HLS window may hold; the oldest segments go first
+    /// [default: 50331648 (48 MiB)].
     #[arg(long, env = "RAFTCAST_EDGE_HLS_WINDOW_BYTES")]
     pub hls_window_bytes: Option<usize>,
+    /// A stream no HLS request asked for in this many ms stops being packaged (its
+    /// window and relay are let go) [default: 30000].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_IDLE_MS")]
+    pub hls_idle_ms: Option<u64>,
+    /// HLS requests waiting at once in all: blocking playlist reloads, hinted parts,
+    /// requests for a stream that has no segment yet; more get 429 [default: 8192].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_MAX_WAITING")]
+    pub hls_max_waiting: Option<usize>,
+    /// Streams packaged for HLS at once; requests for more get 503 [default: 1000].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_MAX_STREAMS")]
+    pub hls_max_streams: Option<usize>,
 }
 
 /// Caps on what clients may hold at once, per address (an IPv4 address or an IPv6 /64)
@@ -198,6 +212,9 @@ pub struct EdgeConfig {
     pub hls: StamperConfig,
     /// What each relayed stream's hub keeps for HLS readers that start late.
     pub hls_window: WindowLimits,
+    /// Serving HLS: windows, idle time and caps (named apart from the stamper's
+    /// settings, which the marks work calls `hls`).
+    pub hls_serve: HlsConfig,
 }
 
 /// The HLS window bounds from `--hls-window-segments` and `--hls-window-bytes` (shared
@@ -244,6 +261,9 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         hls_part_ms: cli.hls_part_ms.or(file.hls_part_ms),
         hls_window_segments: cli.hls_window_segments.or(file.hls_window_segments),
         hls_window_bytes: cli.hls_window_bytes.or(file.hls_window_bytes),
+        hls_idle_ms: cli.hls_idle_ms.or(file.hls_idle_ms),
+        hls_max_waiting: cli.hls_max_waiting.or(file.hls_max_waiting),
+        hls_max_streams: cli.hls_max_streams.or(file.hls_max_streams),
         max_connections_per_address: cli.max_connections_per_address.or(file.max_connections_per_address),
         max_handshakes: cli.max_handshakes.or(file.max_handshakes),
         max_handshakes_per_address: cli.max_handshakes_per_address.or(file.max_handshakes_per_address),
@@ -347,6 +367,27 @@ impl EdgeConfig {
         };
         hls.validate()?;
         let hls_window = hls_window(a.hls_window_segments, a.hls_window_bytes)?;
+        let hls_serve = HlsConfig {
+            window: ServeWindow {
+                segments: a.hls_window_segments.unwrap_or(WINDOW_SEGMENTS),
+                max_bytes: a.hls_window_bytes.unwrap_or(WINDOW_MAX_BYTES),
+            },
+            idle: ms(a.hls_idle_ms, 30_000),
+            stream_wait: ms(a.play_wait_ms, 5_000),
+            max_waiting: a.hls_max_waiting.unwrap_or(8192),
+            max_streams: a.hls_max_streams.unwrap_or(1000),
+        };
+        if hls_serve.window.segments < 3 {
+            return Err("--hls-window-segments must be at least 3 (players start three segments from the end)".into());
+        }
+        if hls_serve.window.max_bytes < 1 << 20 {
+            return Err("--hls-window-bytes must be at least 1 MiB".into());
+        }
+        if hls_serve.idle < Duration::from_secs(1) || hls_serve.max_waiting == 0 || hls_serve.max_streams == 0 {
+            return Err(
+                "--hls-idle-ms must be at least 1000, --hls-max-waiting and --hls-max-streams at least 1".into()
+            );
+        }
         Ok(EdgeConfig {
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
@@ -368,6 +409,7 @@ impl EdgeConfig {
             caps,
             hls,
             hls_window,
+            hls_serve,
         })
     }
 }

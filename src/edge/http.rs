@@ -1,6 +1,6 @@
 //! The edge's HTTP side: HTTP-FLV players (`GET /{app}/{name}.flv`), shared objects
 //! (`/shared-objects/…`, see `http_objects`), static files at `/webcast/` (`--www`),
-//! `/status`, `/metrics`, `/health`.
+//! `/status`, `/metrics`, `/health`; HLS under `/{app}/{name}/` (routes in `hls`).
 //!
 //! Caps: the listener's own (connections, header and body timeouts) are in
 //! [`crate::http_server`]; HTTP-FLV plays and SSE hold a `long_requests` permit
@@ -45,7 +45,13 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
             .route("/webcast/{*path}", get(www)),
         None => router,
     };
-    router.fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(ctx)
+    let hls = super::hls::router(super::hls::HlsRoutes {
+        hls: ctx.hls.clone(),
+        long_requests: ctx.limits.long_requests.clone(),
+        feed: Arc::new(super::hls::RelayFeed(ctx.clone())),
+        shutdown: ctx.shutdown.clone(),
+    });
+    router.fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(ctx).merge(hls)
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -261,6 +267,18 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
             })
         })
         .collect();
+    let hls: Vec<_> = ctx
+        .hls
+        .snapshot()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "app": s.stream.app, "name": s.stream.name, "first_msn": s.listed.map(|l| l.0),
+                "last_msn": s.listed.map(|l| l.1), "last_part": s.last_part.map(|(m, i)| [m, u64::from(i)]),
+                "window_bytes": s.bytes,
+            })
+        })
+        .collect();
     Json(json!({
         "id": ctx.config.id,
         "rtmp": ctx.config.rtmp.to_string(),
@@ -270,6 +288,7 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
         "publishers": s.publishers.load(Ordering::Relaxed),
         "players": {"rtmp": s.players_rtmp.load(Ordering::Relaxed), "flv": s.players_flv.load(Ordering::Relaxed)},
         "relays": streams,
+        "hls": hls,
         "upstreams": upstreams,
     }))
 }
@@ -354,7 +373,9 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
                 delivery, from the link to a player's socket (RTMP players, merge window included)";
     s.hop_ingest.render(&mut out, "edge_hop_seconds", help, "hop=\"ingest\"");
     s.hop_delivery.render(&mut out, "edge_hop_seconds", help, "hop=\"delivery\"");
-    crate::limits::render(&mut out, "edge", &ctx.limits.all());
+    let [a, b, c, d, e, f] = ctx.limits.all();
+    crate::limits::render(&mut out, "edge", &[a, b, c, d, e, f, &ctx.hls.waiting]);
+    ctx.hls.render_metrics(&mut out);
     let partial = &ctx.limits.partial;
     let _ = writeln!(
         out,

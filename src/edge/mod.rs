@@ -9,11 +9,13 @@
 //! - `shared_objects`: the edge's copy of each shared object its clients use, kept by
 //!   one change feed from an origin; writes and broadcasts through the cluster;
 //! - `so_session`: one RTMP connection's shared-object messages;
+//! - `hls`: HLS and LL-HLS routes and one packaging task per stream asked for;
 //! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
 //!   `/metrics`, `/health`.
 
 pub mod config;
 pub mod control;
+pub mod hls;
 pub mod http;
 pub mod http_objects;
 pub mod rtmp_conn;
@@ -121,6 +123,8 @@ pub struct EdgeContext {
     pub upstreams: upstream::Upstreams,
     pub relays: streams::Relays,
     pub objects: shared_objects::SharedObjects,
+    /// Streams packaged for HLS, their windows and counters.
+    pub hls: Arc<hls::Hls>,
     pub stats: EdgeStats,
     pub limits: EdgeLimits,
     /// Cancelled when the edge stops serving clients (relays and players end with it).
@@ -157,6 +161,7 @@ impl EdgeContext {
             objects,
             upstreams,
             relays: streams::Relays::default(),
+            hls: hls::Hls::new(config.hls_serve.clone()),
             stats: EdgeStats::default(),
             limits: EdgeLimits::new(config),
             shutdown: clients,
@@ -244,4 +249,34 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     links.cancel();
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An edge's shared context with nothing started (no listener, no link, no task).
+    pub fn context(config: EdgeConfig) -> Arc<EdgeContext> {
+        let clients = CancellationToken::new();
+        let control = control::Control::new(config.origins.clone(), config.secret.clone(), config.request_deadline)
+            .expect("control client");
+        Arc::new(EdgeContext {
+            upstreams: upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, clients.clone()),
+            objects: shared_objects::SharedObjects::new(
+                config.origins.clone(),
+                config.secret.clone(),
+                control.clone(),
+                clients.clone(),
+            ),
+            control,
+            relays: streams::Relays::default(),
+            hls: hls::Hls::new(config.hls_serve.clone()),
+            stats: EdgeStats::default(),
+            limits: EdgeLimits::new(&config),
+            shutdown: clients,
+            started: Instant::now(),
+            started_ms: 0,
+            config,
+        })
+    }
 }

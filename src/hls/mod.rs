@@ -21,6 +21,8 @@ pub mod codec;
 pub mod fmp4;
 pub mod mark;
 pub mod packager;
+pub mod playlist;
+pub mod window;
 
 use bytes::Bytes;
 

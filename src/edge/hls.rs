@@ -1,0 +1,1107 @@
+//! HLS and LL-HLS on the edge: the routes under `/{app}/{name}/` and one packaging
+//! task per stream that someone asks for.
+//!
+//! - Routes: `index.m3u8` (the media playlist, with blocking reloads `_HLS_msn` /
+//!   `_HLS_part`), `init-{v}.mp4`, `seg-{msn}.m4s`, `part-{msn}.{i}.m4s`; names are
+//!   parsed strictly (one spelling per resource), anything else is a 404. Segments,
+//!   parts and init segments are immutable for caches; playlists live at most a part
+//!   target; blocking answers and errors are `no-store`. CORS for browser players.
+//! - Streams: the first request for a stream starts its task ([`Feed`]): it joins the
+//!   stream's relay, follows its hub across publishing generations, pushes every frame
+//!   through a [`Packager`] and feeds the stream's [`Window`]. It stops, dropping the
+//!   relay lease and the window, once no request came for `--hls-idle-ms`.
+//! - Caps: a request that waits (for a new stream, a blocking reload, the hinted part)
+//!   holds a long-request permit (per address, like HTTP-FLV and SSE) and one of
+//!   `--hls-max-waiting` in all; over either it gets 429. At most `--hls-max-streams`
+//!   streams are packaged at once.
+//!
+//! Never knows the packager's formats or how marks are made.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use raftcast_raft::StreamKey;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::EdgeContext;
+use crate::hls::packager::Packager;
+use crate::hls::playlist;
+use crate::hls::window::{Change, Found, Reload, Window, WindowLimits};
+use crate::hls::Packaged;
+use crate::limits::{Limit, Permit, Refused};
+use crate::media::Hub;
+
+/// How long caches may keep a segment, part or init segment, in seconds. A URI never
+/// names other media (the numbering never goes back), so this only needs to outlast
+/// the window; it is short enough that a cluster restarted from nothing does not meet
+/// stale entries for long.
+const MEDIA_MAX_AGE_S: u64 = 600;
+/// How long a blocking request waits, in target durations (RFC 8216bis 6.2.5.2: then
+/// the playlist is answered as it is; a part or segment that did not come is a 404).
+const BLOCK_TARGETS: u32 = 3;
+/// Longest name of a resource under `/{app}/{name}/` worth parsing.
+const MAX_NAME: usize = 64;
+
+/// HLS settings of an edge (`--hls-*`).
+#[derive(Debug, Clone)]
+pub struct HlsConfig {
+    /// What each stream's window keeps (`--hls-window-segments`, `--hls-window-bytes`).
+    pub window: WindowLimits,
+    /// A stream nobody asked for in this long stops being packaged (`--hls-idle-ms`).
+    pub idle: Duration,
+    /// How long a request for a stream that has no segment yet waits for one
+    /// (`--play-wait-ms`), then 404.
+    pub stream_wait: Duration,
+    /// Requests waiting at once, in all (`--hls-max-waiting`).
+    pub max_waiting: usize,
+    /// Streams packaged at once (`--hls-max-streams`).
+    pub max_streams: usize,
+}
+
+/// What starts feeding a new stream's window; the edge's is [`RelayFeed`].
+pub trait Feed: Send + Sync + 'static {
+    fn start(&self, hls: Arc<Hls>, stream: Arc<HlsStream>);
+}
+
+/// The HLS streams of one edge and their counters.
+pub struct Hls {
+    config: HlsConfig,
+    streams: Mutex<HashMap<StreamKey, Arc<HlsStream>>>,
+    pub stats: HlsStats,
+    /// Requests waiting (global cap `--hls-max-waiting`; the per-address cap is the
+    /// long-request one).
+    pub waiting: Arc<Limit>,
+    /// Time base of [`HlsStream`]'s last-use stamps.
+    base: Instant,
+}
+
+/// One packaged stream.
+pub struct HlsStream {
+    pub key: StreamKey,
+    window: Mutex<Window>,
+    /// Bumped when a part, segment or init segment completes: blocked requests wait on it.
+    changed: watch::Sender<u64>,
+    /// ms since [`Hls::base`] of the last request.
+    last_used: AtomicU64,
+    /// The window's part count already added to [`HlsStats::parts`].
+    counted_parts: AtomicU64,
+    /// Requests being answered now: a stream is never retired under one.
+    active: AtomicUsize,
+    /// Cancelled when the stream is retired: its task ends.
+    pub stop: CancellationToken,
+}
+
+/// One packaged stream as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStatus {
+    pub stream: StreamKey,
+    /// First and last listed segment numbers (the last is the open one's).
+    pub listed: Option<(u64, u64)>,
+    /// The newest part, (msn, index).
+    pub last_part: Option<(u64, u32)>,
+    /// Bytes its window holds.
+    pub bytes: usize,
+}
+
+/// The resources under `/{app}/{name}/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Playlist,
+    Init(u32),
+    Segment(u64),
+    Part(u64, u32),
+}
+
+/// Request kinds for `/metrics`.
+const KINDS: [&str; 6] = ["playlist", "init", "segment", "part", "options", "invalid"];
+/// Statuses counted for `/metrics`; anything else is counted as `other`.
+const STATUSES: [u16; 7] = [200, 204, 400, 404, 429, 503, 0];
+
+/// HLS counters of an edge.
+#[derive(Debug, Default)]
+pub struct HlsStats {
+    /// Bytes held by every stream's window.
+    pub window_bytes: AtomicU64,
+    pub parts: AtomicU64,
+    pub segments: AtomicU64,
+    requests: [[AtomicU64; STATUSES.len()]; KINDS.len()],
+}
+
+impl HlsStats {
+    fn count(&self, kind: usize, status: StatusCode) {
+        let at = STATUSES.iter().position(|s| *s == status.as_u16()).unwrap_or(STATUSES.len() - 1);
+        self.requests[kind][at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered so far with this kind and status.
+    pub fn requests(&self, kind: &str, status: u16) -> u64 {
+        let k = KINDS.iter().position(|k| *k == kind);
+        let s = STATUSES.iter().position(|s| *s == status);
+        k.zip(s).map_or(0, |(k, s)| self.requests[k][s].load(Ordering::Relaxed))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hls {
+    pub fn new(config: HlsConfig) -> Arc<Hls> {
+        let waiting = Limit::new("hls_waiting", config.max_waiting, config.max_waiting);
+        Arc::new(Hls { config, streams: Mutex::default(), stats: HlsStats::default(), waiting, base: Instant::now() })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// The stream `key`, started through `feed` if it is not packaged yet; `None` when
+    /// `--hls-max-streams` are packaged already.
+    pub fn stream(self: &Arc<Self>, key: &StreamKey, feed: &dyn Feed) -> Option<Arc<HlsStream>> {
+        self.find(key, feed, false)
+    }
+
+    /// Like [`Hls::stream`], for a request: the stream is not retired until the
+    /// request ends (the guard's drop stamps its last use).
+    fn enter(self: &Arc<Self>, key: &StreamKey, feed: &dyn Feed) -> Option<InUse> {
+        let stream = self.find(key, feed, true)?;
+        Some(InUse { hls: self.clone(), stream })
+    }
+
+    fn find(self: &Arc<Self>, key: &StreamKey, feed: &dyn Feed, enter: bool) -> Option<Arc<HlsStream>> {
+        let mut streams = lock(&self.streams);
+        if let Some(stream) = streams.get(key) {
+            stream.last_used.store(self.now_ms(), Ordering::Relaxed);
+            if enter {
+                stream.active.fetch_add(1, Ordering::Relaxed);
+            }
+            return Some(stream.clone());
+        }
+        if streams.len() >= self.config.max_streams {
+            return None;
+        }
+        let stream = Arc::new(HlsStream {
+            key: key.clone(),
+            window: Mutex::new(Window::new(self.config.window)),
+            changed: watch::Sender::new(0),
+            last_used: AtomicU64::new(self.now_ms()),
+            counted_parts: AtomicU64::new(0),
+            active: AtomicUsize::new(usize::from(enter)),
+            stop: CancellationToken::new(),
+        });
+        streams.insert(key.clone(), stream.clone());
+        drop(streams);
+        tracing::info!(stream = %key, "HLS packaging starts");
+        feed.start(self.clone(), stream.clone());
+        Some(stream)
+    }
+
+    /// Every packaged stream, for `/status`.
+    pub fn snapshot(&self) -> Vec<StreamStatus> {
+        let streams: Vec<Arc<HlsStream>> = lock(&self.streams).values().cloned().collect();
+        let mut all: Vec<_> = streams
+            .iter()
+            .map(|s| {
+                let w = s.window();
+                let listed = w.media_sequence().zip(w.open().map(|o| o.msn()).or(w.last_complete()));
+                StreamStatus { stream: s.key.clone(), listed, last_part: w.last_part(), bytes: w.bytes() }
+            })
+            .collect();
+        all.sort_by(|a, b| a.stream.cmp(&b.stream));
+        all
+    }
+
+    /// Streams packaged now.
+    pub fn stream_count(&self) -> usize {
+        lock(&self.streams).len()
+    }
+
+    /// Retires `stream` if no request came for `--hls-idle-ms`.
+    /// Decided under the same lock a request takes to find the stream and stamp its
+    /// use, so a stream a request just found is never retired under it.
+    pub fn retire_if_idle(&self, stream: &Arc<HlsStream>) -> bool {
+        let mut streams = lock(&self.streams);
+        let last = stream.last_used.load(Ordering::Relaxed);
+        let idle = self.now_ms().saturating_sub(last) >= self.config.idle.as_millis() as u64;
+        if !idle || stream.active.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        Self::unlist(&mut streams, stream);
+        drop(streams);
+        self.let_go(stream);
+        true
+    }
+
+    /// Retires `stream` unless a request other than the caller's is on it.
+    fn retire_unless_used(&self, stream: &Arc<HlsStream>) {
+        let mut streams = lock(&self.streams);
+        if stream.active.load(Ordering::Relaxed) <= 1 {
+            Self::unlist(&mut streams, stream);
+            drop(streams);
+            self.let_go(stream);
+        }
+    }
+
+    /// Stops packaging `stream` and lets go of its window.
+    pub fn retire(&self, stream: &Arc<HlsStream>) {
+        Self::unlist(&mut lock(&self.streams), stream);
+        self.let_go(stream);
+    }
+
+    fn unlist(streams: &mut HashMap<StreamKey, Arc<HlsStream>>, stream: &Arc<HlsStream>) {
+        if streams.get(&stream.key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            streams.remove(&stream.key);
+            tracing::info!(stream = %stream.key, "HLS packaging stops");
+        }
+    }
+
+    fn let_go(&self, stream: &HlsStream) {
+        stream.stop.cancel();
+        let mut window = lock(&stream.window);
+        let bytes = window.bytes() as u64;
+        *window = Window::new(self.config.window);
+        self.stats.window_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Writes the HLS metrics in Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = &self.stats;
+        let _ = writeln!(
+            out,
+            "# HELP edge_hls_streams Streams packaged for HLS now\n# TYPE edge_hls_streams gauge\n\
+             edge_hls_streams {}\n\
+             # HELP edge_hls_window_bytes Bytes held by every HLS stream's window\n\
+             # TYPE edge_hls_window_bytes gauge\nedge_hls_window_bytes {}\n\
+             # HELP edge_hls_waiting HLS requests waiting now (blocking reloads, hinted parts, new streams)\n\
+             # TYPE edge_hls_waiting gauge\nedge_hls_waiting {}\n\
+             # HELP edge_hls_parts_total Parts produced by this edge's packagers\n\
+             # TYPE edge_hls_parts_total counter\nedge_hls_parts_total {}\n\
+             # HELP edge_hls_segments_total Segments completed by this edge's packagers\n\
+             # TYPE edge_hls_segments_total counter\nedge_hls_segments_total {}\n\
+             # HELP edge_hls_requests_total HLS requests by kind and status\n\
+             # TYPE edge_hls_requests_total counter",
+            self.stream_count(),
+            s.window_bytes.load(Ordering::Relaxed),
+            self.waiting.in_use(),
+            s.parts.load(Ordering::Relaxed),
+            s.segments.load(Ordering::Relaxed),
+        );
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (i, status) in STATUSES.iter().enumerate() {
+                let n = s.requests[k][i].load(Ordering::Relaxed);
+                if n > 0 {
+                    let status = if *status == 0 { "other".to_owned() } else { status.to_string() };
+                    let _ = writeln!(out, "edge_hls_requests_total{{kind=\"{kind}\",status=\"{status}\"}} {n}");
+                }
+            }
+        }
+    }
+}
+
+impl HlsStream {
+    /// Feeds the window what the packager produced and wakes the requests waiting.
+    pub fn apply(&self, hls: &Hls, events: Vec<Packaged>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut woke = false;
+        {
+            let mut window = lock(&self.window);
+            // Checked under the lock: a retired stream's window stays empty (retiring
+            // cancels `stop` before it takes the lock to let the window go).
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let before = window.bytes() as u64;
+            for event in events {
+                match window.push(event) {
+                    Change::None => {}
+                    Change::Init | Change::Part => woke = true,
+                    Change::Segment => {
+                        woke = true;
+                        hls.stats.segments.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            // Added before subtracted: the sum over streams never wraps below zero.
+            hls.stats.window_bytes.fetch_add(window.bytes() as u64, Ordering::Relaxed);
+            hls.stats.window_bytes.fetch_sub(before, Ordering::Relaxed);
+            let parts = window.counters().parts;
+            let counted = self.counted_parts.swap(parts, Ordering::Relaxed);
+            hls.stats.parts.fetch_add(parts.saturating_sub(counted), Ordering::Relaxed);
+        }
+        if woke {
+            self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// A look at the window (a short lock, never held across an await).
+    pub fn window(&self) -> MutexGuard<'_, Window> {
+        lock(&self.window)
+    }
+}
+
+/// A decimal number in its one canonical spelling: digits only, no leading zero, no
+/// overflow.
+fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
+    let canonical = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
+/// The resource a name under `/{app}/{name}/` names, or `None` (a 404).
+pub fn parse_resource(name: &str) -> Option<Resource> {
+    if name.len() > MAX_NAME {
+        return None;
+    }
+    if name == "index.m3u8" {
+        return Some(Resource::Playlist);
+    }
+    if let Some(v) = name.strip_prefix("init-").and_then(|r| r.strip_suffix(".mp4")) {
+        return number(v).map(Resource::Init);
+    }
+    if let Some(m) = name.strip_prefix("seg-").and_then(|r| r.strip_suffix(".m4s")) {
+        return number(m).map(Resource::Segment);
+    }
+    let (m, i) = name.strip_prefix("part-")?.strip_suffix(".m4s")?.split_once('.')?;
+    Some(Resource::Part(number(m)?, number(i)?))
+}
+
+/// A blocking reload's `_HLS_msn` and `_HLS_part`, if the query asks for one. Other
+/// parameters are ignored; a bad or repeated value, or a part without a segment
+/// number, is an error (400).
+pub fn parse_reload(query: Option<&str>) -> Result<Option<(u64, Option<u32>)>, &'static str> {
+    let (mut msn, mut part) = (None, None);
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "_HLS_msn" if msn.is_none() => msn = Some(number(value).ok_or("_HLS_msn is not a segment number")?),
+            "_HLS_part" if part.is_none() => part = Some(number(value).ok_or("_HLS_part is not a part index")?),
+            "_HLS_msn" | "_HLS_part" => return Err("_HLS_msn and _HLS_part may be given once"),
+            _ => {}
+        }
+    }
+    match (msn, part) {
+        (None, Some(_)) => Err("_HLS_part needs _HLS_msn"),
+        (None, None) => Ok(None),
+        (Some(msn), part) => Ok(Some((msn, part))),
+    }
+}
+
+/// What the HLS routes need: the streams, the long-request cap, what starts a stream.
+#[derive(Clone)]
+pub struct HlsRoutes {
+    pub hls: Arc<Hls>,
+    /// The edge's long-lived request cap (per address; HTTP-FLV and SSE share it).
+    pub long_requests: Arc<Limit>,
+    pub feed: Arc<dyn Feed>,
+    /// Cancelled when the edge stops serving: new requests get 503, waiting ones
+    /// are answered with what there is.
+    pub shutdown: CancellationToken,
+}
+
+/// The routes under `/{app}/{name}/` (merged beside HTTP-FLV's `/{app}/{file}`).
+pub fn router(routes: HlsRoutes) -> Router {
+    Router::new().route("/{app}/{name}/{resource}", get(serve).options(preflight)).with_state(routes)
+}
+
+const KIND_OPTIONS: usize = 4;
+const KIND_INVALID: usize = 5;
+
+fn kind(resource: Resource) -> usize {
+    match resource {
+        Resource::Playlist => 0,
+        Resource::Init(_) => 1,
+        Resource::Segment(_) => 2,
+        Resource::Part(..) => 3,
+    }
+}
+
+fn cors(mut response: Response) -> Response {
+    response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    response
+}
+
+/// `OPTIONS`: a browser's CORS preflight.
+async fn preflight(State(routes): State<HlsRoutes>) -> Response {
+    routes.hls.stats.count(KIND_OPTIONS, StatusCode::NO_CONTENT);
+    let headers = [
+        (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, OPTIONS"),
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+        (header::ACCESS_CONTROL_MAX_AGE, "86400"),
+    ];
+    cors((StatusCode::NO_CONTENT, headers).into_response())
+}
+
+/// Why an HLS request is refused; [`HlsError::into_response`] is the one place that
+/// maps these to HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HlsError {
+    /// Not a resource name, an invalid stream name, or not in the window (404).
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// Nothing came for the stream within the wait (404).
+    #[error("the stream is not being published")]
+    StreamNotFound,
+    /// A malformed blocking-reload query (400).
+    #[error("{0}")]
+    BadQuery(&'static str),
+    /// `_HLS_msn` or `_HLS_part` further ahead than a client may ask (400).
+    #[error("_HLS_msn/_HLS_part is too far ahead")]
+    TooFarAhead,
+    /// A waiting request over the per-address or global cap (429, `Retry-After: 1`).
+    #[error(transparent)]
+    TooMany(#[from] Refused),
+    /// `--hls-max-streams` are packaged already (503).
+    #[error("this edge packages enough streams")]
+    TooManyStreams,
+    /// The edge is shutting down (503).
+    #[error("the edge is shutting down")]
+    ShuttingDown,
+}
+
+impl IntoResponse for HlsError {
+    /// JSON, never stored by a cache (a 404 for a part that is about to exist must not
+    /// outlive the moment).
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            HlsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            HlsError::StreamNotFound => (StatusCode::NOT_FOUND, "stream_not_found"),
+            HlsError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            HlsError::TooFarAhead => (StatusCode::BAD_REQUEST, "too_far_ahead"),
+            HlsError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            HlsError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+            HlsError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        let body = Json(json!({ "error": { "code": code, "message": self.to_string() } }));
+        let mut response = (status, [(header::CACHE_CONTROL, "no-store")], body).into_response();
+        if matches!(self, HlsError::TooMany(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A segment, part or init segment: immutable.
+fn media(content_type: &'static str, bytes: Bytes) -> Response {
+    let cache = format!("public, max-age={MEDIA_MAX_AGE_S}, immutable");
+    ([(header::CONTENT_TYPE, content_type.to_owned()), (header::CACHE_CONTROL, cache)], Body::from(bytes))
+        .into_response()
+}
+
+async fn serve(
+    State(routes): State<HlsRoutes>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((app, name, file)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let (kind, response) = match parse_resource(&file) {
+        None => (KIND_INVALID, HlsError::NotFound("resource").into_response()),
+        Some(resource) => {
+            let response = answer(&routes, peer, &app, &name, resource, query.as_deref()).await;
+            (kind(resource), response.unwrap_or_else(IntoResponse::into_response))
+        }
+    };
+    routes.hls.stats.count(kind, response.status());
+    cors(response)
+}
+
+async fn answer(
+    routes: &HlsRoutes,
+    peer: SocketAddr,
+    app: &str,
+    name: &str,
+    resource: Resource,
+    query: Option<&str>,
+) -> Result<Response, HlsError> {
+    let Ok(key) = StreamKey::new(app, name) else { return Err(HlsError::NotFound("stream")) };
+    let reload = match resource {
+        Resource::Playlist => parse_reload(query).map_err(HlsError::BadQuery)?,
+        _ => None,
+    };
+    if routes.shutdown.is_cancelled() {
+        return Err(HlsError::ShuttingDown);
+    }
+    let Some(used) = routes.hls.enter(&key, &*routes.feed) else {
+        return Err(HlsError::TooManyStreams);
+    };
+    let mut waiter = Waiter { routes, peer, stream: used.stream.clone(), held: None };
+    waiter.answer(resource, reload).await
+}
+
+/// A request's hold on its stream.
+struct InUse {
+    hls: Arc<Hls>,
+    stream: Arc<HlsStream>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        // Under the lock the idle check takes: it sees the stamp and the count together.
+        let _streams = lock(&self.hls.streams);
+        self.stream.last_used.store(self.hls.now_ms(), Ordering::Relaxed);
+        self.stream.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One request that may wait for its stream's window.
+struct Waiter<'a> {
+    routes: &'a HlsRoutes,
+    peer: SocketAddr,
+    stream: Arc<HlsStream>,
+    /// Taken when the request starts waiting: a long-request permit and a waiter's.
+    held: Option<(Permit, Permit)>,
+}
+
+/// How long a blocking request may wait: three target durations.
+fn block_limit(window: &Window) -> Duration {
+    Duration::from_secs(playlist::target_duration(window)) * BLOCK_TARGETS
+}
+
+impl Waiter<'_> {
+    async fn answer(&mut self, resource: Resource, reload: Option<(u64, Option<u32>)>) -> Result<Response, HlsError> {
+        // A stream with nothing to list yet (new, or not published): wait for its
+        // first segment.
+        if self.until(self.routes.hls.config.stream_wait, |w| w.is_ready().then_some(())).await?.is_none() {
+            if self.stream.window().media_sequence().is_none() {
+                // Nothing ever came: do not keep a relay for a stream nobody publishes
+                // (unless another request is waiting for it too).
+                self.routes.hls.retire_unless_used(&self.stream);
+            }
+            return Err(HlsError::StreamNotFound);
+        }
+        match resource {
+            Resource::Playlist => self.playlist(reload).await,
+            Resource::Init(version) => match self.stream.window().init(version) {
+                Some(init) => Ok(media("video/mp4", init.bytes.clone())),
+                None => Err(HlsError::NotFound("init segment")),
+            },
+            Resource::Segment(_) | Resource::Part(..) => {
+                let find = |w: &Window| match resource {
+                    Resource::Segment(msn) => w.find_segment(msn),
+                    Resource::Part(msn, index) => w.find_part(msn, index),
+                    _ => Found::Missing,
+                };
+                let (found, limit) = {
+                    let w = self.stream.window();
+                    (find(&w), block_limit(&w))
+                };
+                let found = match found {
+                    Found::Coming => self.until(limit, |w| Some(find(w)).filter(|f| *f != Found::Coming)).await?,
+                    found => Some(found),
+                };
+                match found {
+                    Some(Found::Here(bytes)) => Ok(media("video/iso.segment", bytes)),
+                    _ => Err(HlsError::NotFound("segment or part")),
+                }
+            }
+        }
+    }
+
+    async fn playlist(&mut self, reload: Option<(u64, Option<u32>)>) -> Result<Response, HlsError> {
+        let cache = match reload {
+            None => {
+                let part_target = playlist::part_target_ms(&self.stream.window());
+                format!("public, max-age={}", part_target / 1000)
+            }
+            Some((msn, part)) => {
+                let (verdict, limit) = {
+                    let w = self.stream.window();
+                    (w.reload(msn, part), block_limit(&w))
+                };
+                match verdict {
+                    Reload::TooFar => return Err(HlsError::TooFarAhead),
+                    Reload::Ready => {}
+                    // Past the limit the playlist is answered as it is.
+                    Reload::Wait => {
+                        self.until(limit, |w| (w.reload(msn, part) != Reload::Wait).then_some(())).await?;
+                    }
+                }
+                "no-store".to_owned()
+            }
+        };
+        let Some(text) = playlist::render(&self.stream.window()) else {
+            return Err(HlsError::StreamNotFound);
+        };
+        Ok(([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl".to_owned()), (header::CACHE_CONTROL, cache)], text)
+            .into_response())
+    }
+
+    /// Waits until `check` finds what it wants in the window, for at most `limit`;
+    /// `None` when the time is up, the stream retired or the edge shuts down. Takes
+    /// the request's permits the first time it has to wait (429 without them).
+    async fn until<T>(&mut self, limit: Duration, check: impl Fn(&Window) -> Option<T>) -> Result<Option<T>, HlsError> {
+        // Subscribed before looking: a change after the look is not missed.
+        let mut changed = self.stream.changed.subscribe();
+        if let Some(found) = check(&self.stream.window()) {
+            return Ok(Some(found));
+        }
+        if self.held.is_none() {
+            let long = self.routes.long_requests.try_acquire(self.peer.ip())?;
+            let wait = self.routes.hls.waiting.try_acquire(self.peer.ip())?;
+            self.held = Some((long, wait));
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            tokio::select! {
+                changed = changed.changed() => if changed.is_err() { return Ok(None) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = self.routes.shutdown.cancelled() => return Ok(None),
+                _ = self.stream.stop.cancelled() => return Ok(None),
+            }
+            if let Some(found) = check(&self.stream.window()) {
+                return Ok(Some(found));
+            }
+        }
+    }
+}
+
+/// The edge's [`Feed`]: one task per stream, fed by the stream's relay.
+pub struct RelayFeed(pub Arc<EdgeContext>);
+
+impl Feed for RelayFeed {
+    fn start(&self, hls: Arc<Hls>, stream: Arc<HlsStream>) {
+        let span = tracing::info_span!("hls", stream.key = %stream.key);
+        tokio::spawn(tracing::Instrument::instrument(package(self.0.clone(), hls, stream), span));
+    }
+}
+
+/// One stream's packaging task: joins the relay, follows its hub across publishing
+/// generations, packages every frame and feeds the window, until the stream is idle
+/// (`--hls-idle-ms`), retired or the edge stops.
+async fn package(ctx: Arc<EdgeContext>, hls: Arc<Hls>, stream: Arc<HlsStream>) {
+    let lease = ctx.relays.join(&ctx, &stream.key);
+    let mut hubs = lease.relay.hub();
+    let mut packager = Packager::new();
+    let mut idle = tokio::time::interval((hls.config.idle / 4).max(Duration::from_millis(50)));
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Arc<Hub>> = None;
+    'generations: loop {
+        let fresh = |h: &Option<Arc<Hub>>| h.as_ref().is_some_and(|h| last.as_ref().is_none_or(|l| !Arc::ptr_eq(h, l)));
+        let hub = tokio::select! {
+            hub = hubs.wait_for(fresh) => match hub {
+                Ok(hub) => hub.clone(),
+                Err(_) => break,
+            },
+            _ = idle.tick() => {
+                if hls.retire_if_idle(&stream) {
+                    break;
+                }
+                continue;
+            }
+            _ = stream.stop.cancelled() => break,
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let Some(hub) = hub else { continue };
+        last = Some(hub.clone());
+        // From the oldest segment start the relay's hub holds: an edge that starts late
+        // (or restarted) builds the same window as the others.
+        let subscription = hub.subscribe_window();
+        loop {
+            tokio::select! {
+                frame = subscription.recv() => match frame {
+                    Some(frame) => stream.apply(&hls, packager.push(&frame)),
+                    None => {
+                        // The generation ended: close the open segment.
+                        stream.apply(&hls, packager.finish());
+                        break;
+                    }
+                },
+                _ = idle.tick() => {
+                    if hls.retire_if_idle(&stream) {
+                        break 'generations;
+                    }
+                }
+                _ = stream.stop.cancelled() => break 'generations,
+                _ = ctx.shutdown.cancelled() => break 'generations,
+            }
+        }
+    }
+    hls.retire(&stream);
+    drop(lease);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hls::window::tests::{end, init, part, start};
+    use crate::hls::SegmentStart;
+    use crate::http_server::HttpLimits;
+
+    #[test]
+    fn names_are_parsed_strictly() {
+        assert_eq!(parse_resource("index.m3u8"), Some(Resource::Playlist));
+        assert_eq!(parse_resource("init-0.mp4"), Some(Resource::Init(0)));
+        assert_eq!(parse_resource("init-12.mp4"), Some(Resource::Init(12)));
+        assert_eq!(parse_resource("seg-18446744073709551615.m4s"), Some(Resource::Segment(u64::MAX)));
+        assert_eq!(parse_resource("part-7.0.m4s"), Some(Resource::Part(7, 0)));
+        for bad in [
+            "",
+            "index.m3u",
+            "index.m3u8.bak",
+            "INDEX.M3U8",
+            "init-.mp4",
+            "init-01.mp4",
+            "init--1.mp4",
+            "init-+1.mp4",
+            "init-4294967296.mp4",
+            "seg-18446744073709551616.m4s",
+            "seg-1.m4s/",
+            "seg-1 .m4s",
+            "seg-0x1.m4s",
+            "part-1.m4s",
+            "part-1.2.3.m4s",
+            "part-1..m4s",
+            "part-.1.m4s",
+            "../../etc/passwd",
+            "..",
+            "seg-../1.m4s",
+            "part-1.99999999999.m4s",
+            &format!("seg-{}.m4s", "1".repeat(70)),
+        ] {
+            assert_eq!(parse_resource(bad), None, "{bad:?} must be a 404");
+        }
+    }
+
+    #[test]
+    fn blocking_reload_queries() {
+        assert_eq!(parse_reload(None), Ok(None));
+        assert_eq!(parse_reload(Some("")), Ok(None));
+        assert_eq!(parse_reload(Some("_HLS_msn=5")), Ok(Some((5, None))));
+        assert_eq!(parse_reload(Some("_HLS_msn=5&_HLS_part=2&x=1")), Ok(Some((5, Some(2)))));
+        assert_eq!(parse_reload(Some("_HLS_part=2&_HLS_msn=5")), Ok(Some((5, Some(2)))));
+        assert_eq!(parse_reload(Some("_HLS_skip=YES")), Ok(None));
+        for bad in ["_HLS_part=1", "_HLS_msn=", "_HLS_msn=-1", "_HLS_msn=1&_HLS_msn=2", "_HLS_msn=99999999999999999999"]
+        {
+            assert!(parse_reload(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    /// A feed that starts nothing: the test feeds windows itself.
+    #[derive(Default)]
+    struct Manual;
+
+    impl Feed for Manual {
+        fn start(&self, _: Arc<Hls>, _: Arc<HlsStream>) {}
+    }
+
+    struct Served {
+        base: String,
+        hls: Arc<Hls>,
+        client: reqwest::Client,
+        stop: CancellationToken,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    fn config(max_waiting: usize) -> HlsConfig {
+        HlsConfig {
+            window: WindowLimits::default(),
+            idle: Duration::from_secs(60),
+            stream_wait: Duration::from_millis(300),
+            max_waiting,
+            max_streams: 4,
+        }
+    }
+
+    async fn serve_routes(config: HlsConfig) -> Served {
+        let hls = Hls::new(config);
+        let stop = CancellationToken::new();
+        let routes = HlsRoutes {
+            hls: hls.clone(),
+            long_requests: Limit::new("http_long_requests", 64, 1000),
+            feed: Arc::new(Manual),
+            shutdown: stop.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let limits = HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            connections: Limit::new("http_connections", 1000, 1000),
+            trusted: None,
+        };
+        tokio::spawn(crate::http_server::serve(listener, router(routes), limits, stop.clone()));
+        Served { base, hls, client: reqwest::Client::new(), stop }
+    }
+
+    impl Served {
+        fn stream(&self, app: &str, name: &str) -> Arc<HlsStream> {
+            self.hls.stream(&StreamKey::new(app, name).unwrap(), &Manual).unwrap()
+        }
+
+        async fn get(&self, path: &str) -> reqwest::Response {
+            self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
+        }
+
+        /// Waits (with a deadline) until `n` requests wait.
+        async fn until_waiting(&self, n: usize) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.hls.waiting.in_use() != n {
+                assert!(Instant::now() < deadline, "{} requests wait, not {n}", self.hls.waiting.in_use());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+        r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// Segments 0..3 complete, segment 3 open with two parts.
+    fn live(stream: &HlsStream, hls: &Hls) {
+        let mut events = vec![init(0)];
+        for msn in 0..3 {
+            events.extend([start(msn, 0), part(msn, 0, 10), part(msn, 1, 10), part(msn, 2, 10), part(msn, 3, 10)]);
+            events.push(end(msn, 4));
+        }
+        events.extend([start(3, 0), part(3, 0, 10), part(3, 1, 10)]);
+        stream.apply(hls, events);
+    }
+
+    #[tokio::test]
+    async fn hls_routes_serve_the_window() {
+        let s = serve_routes(config(16)).await;
+        let stream = s.stream("live", "test");
+        live(&stream, &s.hls);
+
+        let r = s.get("/live/test/index.m3u8").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "content-type"), "application/vnd.apple.mpegurl");
+        assert_eq!(header(&r, "cache-control"), "public, max-age=0");
+        assert_eq!(header(&r, "access-control-allow-origin"), "*");
+        let expected = playlist::render(&stream.window()).unwrap();
+        assert_eq!(r.text().await.unwrap(), expected);
+
+        let r = s.get("/live/test/init-0.mp4").await;
+        assert_eq!((r.status().as_u16(), header(&r, "content-type")), (200, "video/mp4"));
+        assert_eq!(header(&r, "cache-control"), "public, max-age=600, immutable");
+        assert_eq!(r.bytes().await.unwrap().len(), 100);
+        let r = s.get("/live/test/seg-2.m4s").await;
+        assert_eq!((r.status().as_u16(), header(&r, "content-type")), (200, "video/iso.segment"));
+        assert!(header(&r, "cache-control").ends_with("immutable"));
+        assert_eq!(header(&r, "access-control-allow-origin"), "*");
+        assert_eq!(r.bytes().await.unwrap(), Bytes::from([[0x20; 10], [0x21; 10], [0x22; 10], [0x23; 10]].concat()));
+        let r = s.get("/live/test/part-3.1.m4s").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap(), Bytes::from(vec![0x31; 10]));
+
+        for missing in [
+            "/live/test/seg-02.m4s",
+            "/live/test/seg-9.m4s",
+            "/live/test/part-3.5.m4s",
+            "/live/test/init-7.mp4",
+            "/live/test/..%2F..%2Fetc%2Fpasswd",
+            "/live/test/seg-99999999999999999999999.m4s",
+            "/live/test/index.m3u8.bak",
+            "/live/te%2Fst/index.m3u8",
+        ] {
+            let r = s.get(missing).await;
+            assert_eq!(r.status(), 404, "{missing}");
+            assert_eq!(header(&r, "cache-control"), "no-store", "{missing}");
+        }
+        // A client's URL library resolves dot segments: no route at all.
+        assert_eq!(s.get("/live/test/%2e%2e/%2e%2e/x").await.status(), 404);
+        for bad in ["?_HLS_msn=6", "?_HLS_msn=3&_HLS_part=99", "?_HLS_part=1", "?_HLS_msn=x"] {
+            let r = s.get(&format!("/live/test/index.m3u8{bad}")).await;
+            assert_eq!(r.status(), 400, "{bad}");
+            assert_eq!(header(&r, "cache-control"), "no-store");
+        }
+        // What is already there is answered at once, never stored by a cache.
+        let r = s.get("/live/test/index.m3u8?_HLS_msn=3&_HLS_part=1").await;
+        assert_eq!((r.status().as_u16(), header(&r, "cache-control")), (200, "no-store"));
+
+        let r = s
+            .client
+            .request(reqwest::Method::OPTIONS, format!("{}/live/test/index.m3u8", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(header(&r, "access-control-allow-origin"), "*");
+        assert!(header(&r, "access-control-allow-methods").contains("GET"));
+
+        // A stream nobody publishes: a short wait, a 404, and nothing kept for it.
+        let started = Instant::now();
+        let r = s.get("/live/nobody/index.m3u8").await;
+        assert_eq!(r.status(), 404);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(s.hls.stream_count(), 1);
+
+        assert_eq!(s.hls.stats.requests("segment", 200), 1);
+        assert_eq!(s.hls.stats.requests("playlist", 400), 4);
+        assert_eq!(s.hls.stats.requests("invalid", 404), 4);
+        let mut metrics = String::new();
+        s.hls.render_metrics(&mut metrics);
+        assert!(metrics.contains("edge_hls_streams 1\n"));
+        assert!(metrics.contains("edge_hls_segments_total 3\n"), "{metrics}");
+        assert!(metrics.contains("edge_hls_parts_total 14\n"));
+        assert!(metrics.contains(&format!("edge_hls_window_bytes {}\n", 100 + 14 * 10)));
+        assert!(metrics.contains("edge_hls_requests_total{kind=\"part\",status=\"200\"} 1\n"));
+        let status = s.hls.snapshot();
+        assert_eq!(status.len(), 1);
+        assert_eq!((status[0].listed, status[0].last_part, status[0].bytes), (Some((0, 3)), Some((3, 1)), 240));
+
+        // Idle: retired, its bytes let go.
+        let idle = Hls::new(HlsConfig { idle: Duration::ZERO, ..config(1) });
+        let quiet = idle.stream(&StreamKey::new("live", "quiet").unwrap(), &Manual).unwrap();
+        live(&quiet, &idle);
+        assert!(idle.stats.window_bytes.load(Ordering::Relaxed) > 0);
+        let request = idle.enter(&quiet.key, &Manual).unwrap();
+        assert!(!idle.retire_if_idle(&quiet), "never retired under a request");
+        drop(request);
+        assert!(idle.retire_if_idle(&quiet));
+        assert_eq!((idle.stream_count(), idle.stats.window_bytes.load(Ordering::Relaxed)), (0, 0));
+        assert!(quiet.stop.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn hls_blocking_requests_wait_for_the_window() {
+        let s = serve_routes(config(2)).await;
+        let stream = s.stream("live", "test");
+        live(&stream, &s.hls);
+        let get = |path: &str| {
+            let (client, url) = (s.client.clone(), format!("{}{path}", s.base));
+            tokio::spawn(async move { client.get(url).send().await.unwrap() })
+        };
+
+        // The next part of the playlist: held until it exists.
+        let reload = get("/live/test/index.m3u8?_HLS_msn=3&_HLS_part=2");
+        s.until_waiting(1).await;
+        assert!(!reload.is_finished());
+        // The hinted part: held until it completes.
+        let hinted = get("/live/test/part-3.2.m4s");
+        s.until_waiting(2).await;
+        // Over --hls-max-waiting: refused at once.
+        let r = s.get("/live/test/seg-3.m4s").await;
+        assert_eq!((r.status().as_u16(), header(&r, "retry-after")), (429, "1"));
+
+        stream.apply(&s.hls, vec![part(3, 2, 10)]);
+        let r = reload.await.unwrap();
+        assert_eq!((r.status().as_u16(), header(&r, "cache-control")), (200, "no-store"));
+        let text = r.text().await.unwrap();
+        assert!(text.contains("URI=\"part-3.2.m4s\"") && text.contains("PRELOAD-HINT:TYPE=PART,URI=\"part-3.3.m4s\""));
+        let r = hinted.await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap(), Bytes::from(vec![0x32; 10]));
+
+        // The open segment: held until it is complete.
+        let segment = get("/live/test/seg-3.m4s");
+        s.until_waiting(1).await;
+        stream.apply(&s.hls, vec![part(3, 3, 10), end(3, 4), start(4, 0)]);
+        let r = segment.await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), 40);
+        s.until_waiting(0).await;
+
+        // A hinted part that never comes (the segment ended first) is a 404.
+        let never = get("/live/test/part-4.0.m4s");
+        s.until_waiting(1).await;
+        stream.apply(
+            &s.hls,
+            vec![Packaged::SegmentStart(SegmentStart {
+                msn: 5,
+                discontinuity: 1,
+                wall_ms: 0,
+                init_version: 0,
+                target_ms: 1000,
+                part_target_ms: 250,
+            })],
+        );
+        assert_eq!(never.await.unwrap().status(), 404);
+    }
+
+    #[tokio::test]
+    async fn hls_blocking_reload_answers_what_is_there_after_three_targets() {
+        let s = serve_routes(config(2)).await;
+        let stream = s.stream("live", "slow");
+        let target = |msn| {
+            Packaged::SegmentStart(SegmentStart {
+                msn,
+                discontinuity: 0,
+                wall_ms: 0,
+                init_version: 0,
+                target_ms: 1000,
+                part_target_ms: 500,
+            })
+        };
+        let ones = (0..2).flat_map(|msn| [target(msn), part(msn, 0, 10), part(msn, 1, 10), end(msn, 2)]);
+        stream.apply(&s.hls, ones.chain([target(2)]).collect());
+        let started = Instant::now();
+        let r = s.get("/live/slow/index.m3u8?_HLS_msn=2").await;
+        let waited = started.elapsed();
+        assert_eq!((r.status().as_u16(), header(&r, "cache-control")), (200, "no-store"));
+        assert!(waited >= Duration::from_secs(3) && waited < Duration::from_secs(5), "{waited:?}");
+        assert!(r.text().await.unwrap().contains("seg-1.m4s"));
+    }
+
+    fn edge_config() -> crate::edge::EdgeConfig {
+        let args = crate::edge::EdgeArgs {
+            id: Some("edge-1".into()),
+            // The discard port: nothing answers, lookups fail at once.
+            origins: Some(vec!["127.0.0.1:9".parse().unwrap()]),
+            ..Default::default()
+        };
+        crate::edge::EdgeConfig::from_args(args, |k| (k == "RAFTCAST_CLUSTER_SECRET").then(|| "x".repeat(20))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idle_hls_stream_lets_go_of_its_relay() {
+        let mut config = edge_config();
+        config.hls_serve.idle = Duration::from_millis(200);
+        let ctx = crate::edge::tests::context(config);
+        let key = StreamKey::new("live", "idle").unwrap();
+        let stream = ctx.hls.stream(&key, &RelayFeed(ctx.clone())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ctx.relays.snapshot().is_empty() {
+            assert!(Instant::now() < deadline, "the task never joined the relay");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Nobody asks again: the task retires the stream and drops its lease.
+        while !ctx.relays.snapshot().is_empty() || ctx.hls.stream_count() > 0 {
+            assert!(Instant::now() < deadline, "the idle stream is still packaged");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(stream.stop.is_cancelled());
+        ctx.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_edge_router_takes_the_hls_routes() {
+        let config = edge_config();
+        assert_eq!((config.hls_serve.window.segments, config.hls_serve.idle), (6, Duration::from_secs(30)));
+        let ctx = crate::edge::tests::context(config);
+        // Building the router checks the routes do not clash (axum panics if they do).
+        let router = crate::edge::http::router(ctx.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(crate::http_server::serve(listener, router, ctx.limits.http.clone(), ctx.shutdown.clone()));
+        let status = |path: &'static str| {
+            let url = format!("{base}{path}");
+            async move { reqwest::get(url).await.unwrap().status().as_u16() }
+        };
+        // Static routes of the same depth win over the HLS ones: POST-only is a 405.
+        assert_eq!(status("/shared-objects/chat/messages").await, 405);
+        assert_eq!(status("/health").await, 200);
+        assert_eq!(status("/live/test/nothing.txt").await, 404);
+        let r = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(r.contains("edge_hls_streams 0\n") && r.contains("edge_limit_in_use{class=\"hls_waiting\"} 0"));
+        ctx.shutdown.cancel();
+    }
+}

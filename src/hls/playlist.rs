@@ -1,0 +1,390 @@
+//! The LL-HLS media playlist of one stream, rendered from its [`Window`] alone: no
+//! clock, no edge name, no client, so every edge holding the same window serves the
+//! same bytes. Players without low-latency support read it as plain HLS (they ignore
+//! `EXT-X-PART`, `EXT-X-PRELOAD-HINT` and `EXT-X-SERVER-CONTROL`).
+//!
+//! Rules kept (RFC 8216bis): `EXTINF` rounded is at most `EXT-X-TARGETDURATION`; every
+//! part at most `PART-TARGET`; parts listed only for the segments less than three
+//! target durations from the live end; `PART-HOLD-BACK` three part targets; a preload
+//! hint for the next part. Never knows HTTP.
+
+use std::fmt::Write;
+
+use super::window::{Segment, Window};
+
+/// `EXT-X-VERSION`: version 6 is what `EXT-X-MAP` in a playlist that is not I-frames
+/// only needs; the low-latency tags need no higher version (the RFC's own LL-HLS
+/// examples say 6).
+pub const VERSION: u32 = 6;
+/// Segments whose end is this many target durations or more behind the live end are
+/// listed without their parts (RFC 8216bis 4.4.4.9: three).
+const PART_HORIZON_TARGETS: u64 = 3;
+
+/// The media playlist's URIs, relative to the playlist (`/{app}/{name}/`).
+pub fn init_uri(version: u32) -> String {
+    format!("init-{version}.mp4")
+}
+
+pub fn segment_uri(msn: u64) -> String {
+    format!("seg-{msn}.m4s")
+}
+
+pub fn part_uri(msn: u64, index: u32) -> String {
+    format!("part-{msn}.{index}.m4s")
+}
+
+/// `EXT-X-TARGETDURATION` in seconds: the segment target, or the longest listed
+/// segment rounded up if one is longer.
+pub fn target_duration(window: &Window) -> u64 {
+    let target = window.segments().chain(window.open()).map(|s| u64::from(s.start.target_ms)).max().unwrap_or(0);
+    let longest = window.segments().map(Segment::elapsed_ms).max().unwrap_or(0);
+    target.max(longest).div_ceil(1000).max(1)
+}
+
+/// `PART-TARGET` in ms: the part target, or the longest listed part if one is longer
+/// (a part must never exceed it).
+pub fn part_target_ms(window: &Window) -> u64 {
+    let target = window.part_target_ms().map_or(0, u64::from);
+    let longest = window
+        .segments()
+        .chain(window.open())
+        .flat_map(|s| &s.parts)
+        .map(|p| u64::from(p.duration_ms))
+        .max()
+        .unwrap_or(0);
+    target.max(longest).max(1)
+}
+
+/// Seconds with three decimals from ms (`2.000`).
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// `EXT-X-PROGRAM-DATE-TIME` value: ms since the Unix epoch as ISO 8601 UTC with
+/// milliseconds (`2026-12-05T00:00:00.000Z`).
+pub fn date_time(ms: u64) -> String {
+    let days = ms / 86_400_000;
+    let in_day = ms % 86_400_000;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+}
+
+/// The media playlist, or `None` while the window has no complete segment.
+pub fn render(window: &Window) -> Option<String> {
+    if !window.is_ready() {
+        return None;
+    }
+    let first = window.segments().next()?;
+    let target = target_duration(window);
+    let part_target = part_target_ms(window);
+    let mut out = String::with_capacity(256 + 160 * window.segments().len());
+    let _ = write!(
+        out,
+        "#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{target}\n\
+         #EXT-X-PART-INF:PART-TARGET={}\n\
+         #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}\n\
+         #EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
+        seconds(part_target),
+        seconds(3 * part_target),
+        first.msn(),
+        first.start.discontinuity,
+    );
+    // Where parts stop being listed: segments that end within three target durations
+    // of the live end (the end of the last part).
+    let all: Vec<&Segment> = window.segments().chain(window.open()).collect();
+    let mut behind = 0u64;
+    let mut with_parts = vec![false; all.len()];
+    for (i, segment) in all.iter().enumerate().rev() {
+        with_parts[i] = behind < PART_HORIZON_TARGETS * target * 1000;
+        behind += segment.elapsed_ms();
+    }
+    let mut previous: Option<&Segment> = None;
+    for (segment, with_parts) in all.iter().zip(with_parts) {
+        let s = &segment.start;
+        if previous.is_some_and(|p| p.start.discontinuity != s.discontinuity) {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        if previous.is_none_or(|p| p.start.init_version != s.init_version) {
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", init_uri(s.init_version));
+        }
+        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", date_time(s.wall_ms));
+        if with_parts {
+            for part in &segment.parts {
+                let _ = writeln!(
+                    out,
+                    "#EXT-X-PART:DURATION={},URI=\"{}\"{}",
+                    seconds(u64::from(part.duration_ms)),
+                    part_uri(segment.msn(), part.index),
+                    if part.independent { ",INDEPENDENT=YES" } else { "" }
+                );
+            }
+        }
+        if let Some(duration) = segment.duration_ms {
+            let _ = writeln!(out, "#EXTINF:{},\n{}", seconds(u64::from(duration)), segment_uri(segment.msn()));
+        }
+        previous = Some(segment);
+    }
+    if let Some((msn, index)) = window.next_part() {
+        if window.open().is_some() {
+            let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"", part_uri(msn, index));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hls::window::tests::{end, feed_segment, init, part, start};
+    use crate::hls::window::WindowLimits;
+    use crate::hls::{Packaged, SegmentStart};
+
+    fn live_window() -> Window {
+        let mut w = Window::new(WindowLimits::default());
+        w.push(init(0));
+        for msn in 100..110 {
+            feed_segment(&mut w, msn);
+        }
+        w.push(start(110, 0));
+        w.push(part(110, 0, 10));
+        w.push(part(110, 1, 10));
+        w
+    }
+
+    /// Tag name → attribute value or the value after `:`.
+    fn attr<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+        let rest = line.split_once(':')?.1;
+        rest.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    }
+
+    fn secs(v: &str) -> f64 {
+        v.parse().unwrap()
+    }
+
+    #[test]
+    fn follows_the_rfc_rules() {
+        let text = render(&live_window()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "#EXTM3U");
+        let value = |tag: &str| lines.iter().find_map(|l| l.strip_prefix(tag)).unwrap();
+        let target: f64 = secs(value("#EXT-X-TARGETDURATION:"));
+        let part_inf = lines.iter().find(|l| l.starts_with("#EXT-X-PART-INF:")).unwrap();
+        let part_target = secs(attr(part_inf, "PART-TARGET").unwrap());
+        let control = lines.iter().find(|l| l.starts_with("#EXT-X-SERVER-CONTROL:")).unwrap();
+        assert_eq!(attr(control, "CAN-BLOCK-RELOAD"), Some("YES"));
+        assert!(secs(attr(control, "PART-HOLD-BACK").unwrap()) >= 3.0 * part_target);
+        let mut msn: u64 = value("#EXT-X-MEDIA-SEQUENCE:").parse().unwrap();
+        assert_eq!(msn, 104, "six complete segments");
+        let mut segments = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(extinf) = line.strip_prefix("#EXTINF:") {
+                let d = secs(extinf.trim_end_matches(','));
+                assert!(d.round() <= target, "EXTINF {d} > TARGETDURATION {target}");
+                assert_eq!(lines[i + 1], format!("seg-{msn}.m4s"), "consecutive numbers");
+                msn += 1;
+                segments += 1;
+            }
+            if line.starts_with("#EXT-X-PART:") {
+                assert!(secs(attr(line, "DURATION").unwrap()) <= part_target);
+            }
+        }
+        assert_eq!(segments, 6);
+        assert_eq!(*lines.last().unwrap(), "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-110.2.m4s\"");
+        assert!(text.contains("#EXT-X-PART:DURATION=0.500,URI=\"part-110.1.m4s\"\n"));
+        assert!(text.contains("#EXT-X-MAP:URI=\"init-0.mp4\"\n"));
+        assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:2025-12-05T00:03:28.000Z\n"), "{text}");
+    }
+
+    #[test]
+    fn lists_parts_only_near_the_live_end() {
+        let text = render(&live_window()).unwrap();
+        // Target 2 s: parts of segments ending less than 6 s before the live end
+        // (1 s into segment 110): 107, 108, 109 and 110.
+        for msn in 104..=106 {
+            assert!(!text.contains(&format!("part-{msn}.")), "segment {msn}'s parts are too old\n{text}");
+        }
+        for msn in 107..=110 {
+            assert!(text.contains(&format!("part-{msn}.0.m4s\",INDEPENDENT=YES")), "{msn}\n{text}");
+        }
+    }
+
+    #[test]
+    fn is_the_same_for_the_same_events() {
+        assert_eq!(render(&live_window()), render(&live_window()));
+    }
+
+    #[test]
+    fn marks_discontinuities_and_init_changes() {
+        let mut w = Window::new(WindowLimits::default());
+        w.push(init(0));
+        feed_segment(&mut w, 0);
+        w.push(init(1));
+        w.push(Packaged::SegmentStart(SegmentStart {
+            msn: 1,
+            discontinuity: 1,
+            wall_ms: 0,
+            init_version: 1,
+            target_ms: 2000,
+            part_target_ms: 500,
+        }));
+        w.push(part(1, 0, 10));
+        w.push(end(1, 1));
+        let text = render(&w).unwrap();
+        assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:0\n"));
+        assert!(text.contains(
+            "seg-0.m4s\n#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:1970-01-01T00:00:00.000Z\n"
+        ));
+        // No open segment: no hint (the next segment's number is not certain).
+        assert!(!text.contains("PRELOAD-HINT"));
+    }
+
+    #[test]
+    fn target_duration_covers_a_long_segment() {
+        let mut w = Window::new(WindowLimits::default());
+        w.push(start(0, 0));
+        w.push(part(0, 0, 10));
+        w.push(Packaged::SegmentEnd(crate::hls::SegmentEnd { msn: 0, duration_ms: 3400, parts: 1 }));
+        assert_eq!(target_duration(&w), 4);
+        assert!(render(&w).unwrap().contains("#EXT-X-TARGETDURATION:4\n"));
+    }
+
+    #[test]
+    fn nothing_to_list_is_no_playlist() {
+        let mut w = Window::new(WindowLimits::default());
+        assert_eq!(render(&w), None);
+        w.push(start(0, 0));
+        w.push(part(0, 0, 10));
+        assert_eq!(render(&w), None);
+    }
+
+    /// An arbitrary event, numbers kept small so that some fit the window's order.
+    fn event() -> impl proptest::strategy::Strategy<Value = Packaged> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u32..3).prop_map(init),
+            (0u64..12, 0u32..3, 0u32..2, 1u32..4000, 1u32..1000).prop_map(|(msn, d, v, target, part)| {
+                Packaged::SegmentStart(SegmentStart {
+                    msn,
+                    discontinuity: d,
+                    wall_ms: msn * 1000,
+                    init_version: v,
+                    target_ms: target,
+                    part_target_ms: part,
+                })
+            }),
+            (0u64..12, 0u32..6, 0usize..300, 0u32..1500, any::<bool>()).prop_map(|(msn, index, len, d, key)| {
+                Packaged::Part(crate::hls::Part {
+                    msn,
+                    index,
+                    independent: key,
+                    duration_ms: d,
+                    bytes: bytes::Bytes::from(vec![7; len]),
+                })
+            }),
+            (0u64..12, 0u32..6000).prop_map(|(msn, d)| Packaged::SegmentEnd(crate::hls::SegmentEnd {
+                msn,
+                duration_ms: d,
+                parts: 0
+            })),
+        ]
+    }
+
+    /// Mostly well-formed segments (numbers that step by 0, 1 or 2, some never ended)
+    /// with arbitrary events between them.
+    fn stream() -> impl proptest::strategy::Strategy<Value = Vec<Packaged>> {
+        use proptest::prelude::*;
+        let parts = proptest::collection::vec((0usize..400, 1u32..1200), 0..6);
+        let segment = (0u64..3, parts, proptest::bool::weighted(0.9), 1u32..4000, 1u32..1000, 0u32..2);
+        // `None`: one arbitrary event from the noise instead of a segment.
+        let item = prop_oneof![9 => segment.prop_map(Some), 1 => Just(None)];
+        (proptest::collection::vec(item, 0..40), proptest::collection::vec(event(), 0..20)).prop_map(|(plan, noise)| {
+            let mut events = Vec::new();
+            let mut noise = noise.into_iter();
+            let mut msn = 0u64;
+            for step in plan {
+                let Some((delta, parts, ended, target, part_target, version)) = step else {
+                    events.extend(noise.next());
+                    continue;
+                };
+                msn += delta;
+                events.push(Packaged::SegmentStart(SegmentStart {
+                    msn,
+                    discontinuity: 0,
+                    wall_ms: msn * 1000,
+                    init_version: version,
+                    target_ms: target,
+                    part_target_ms: part_target,
+                }));
+                let mut total = 0;
+                for (index, (len, duration_ms)) in parts.iter().enumerate() {
+                    total += duration_ms;
+                    events.push(Packaged::Part(crate::hls::Part {
+                        msn,
+                        index: index as u32,
+                        independent: index == 0,
+                        duration_ms: *duration_ms,
+                        bytes: bytes::Bytes::from(vec![1; *len]),
+                    }));
+                }
+                if ended {
+                    events.push(Packaged::SegmentEnd(crate::hls::SegmentEnd {
+                        msn,
+                        duration_ms: total,
+                        parts: parts.len() as u32,
+                    }));
+                }
+            }
+            events
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the packager sends, the window stays in its bounds and every
+        /// playlist it renders keeps the RFC rules.
+        #[test]
+        fn any_events_keep_the_bounds_and_the_rules(events in stream()) {
+            let limits = WindowLimits { segments: 3, max_bytes: 2000 };
+            let mut w = Window::new(limits);
+            for e in events {
+                w.push(e);
+                proptest::prop_assert!(w.bytes() <= limits.max_bytes);
+                proptest::prop_assert!(w.segments().len() <= limits.segments);
+                let Some(text) = render(&w) else { continue };
+                let target: u64 = text.lines().find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:")).unwrap().parse().unwrap();
+                let part_inf = text.lines().find(|l| l.starts_with("#EXT-X-PART-INF:")).unwrap();
+                let part_target: f64 = attr(part_inf, "PART-TARGET").unwrap().parse().unwrap();
+                let mut msn: u64 = text.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).unwrap().parse().unwrap();
+                let lines: Vec<&str> = text.lines().collect();
+                for (i, line) in lines.iter().enumerate() {
+                    if let Some(extinf) = line.strip_prefix("#EXTINF:") {
+                        let d: f64 = extinf.trim_end_matches(',').parse().unwrap();
+                        proptest::prop_assert!(d.round() as u64 <= target, "{}", text);
+                        let uri = format!("seg-{msn}.m4s");
+                        proptest::prop_assert_eq!(lines[i + 1], uri.as_str());
+                        msn += 1;
+                    }
+                    if line.starts_with("#EXT-X-PART:") {
+                        proptest::prop_assert!(secs(attr(line, "DURATION").unwrap()) <= part_target, "{}", text);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dates_are_iso_8601_utc_with_milliseconds() {
+        assert_eq!(date_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(date_time(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(date_time(1_764_892_800_000 + 86_399_999), "2025-12-05T23:59:59.999Z");
+    }
+}
