@@ -131,6 +131,13 @@ pub struct EdgeArgs {
     /// interactive-webcast page) [default: none].
     #[arg(long, env = "RAFTCAST_EDGE_WWW")]
     pub www: Option<std::path::PathBuf>,
+    /// Load balancers (IP addresses, comma-separated) whose connections to the RTMP and
+    /// HTTP listeners must open with a PROXY protocol header (v1 or v2); the client
+    /// address it carries is what per-address caps and logs see. A connection from one
+    /// of them without a valid header within 5 s is closed; other addresses connect
+    /// directly as before [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
+    pub proxy_protocol_from: Option<Vec<std::net::IpAddr>>,
 }
 
 /// Caps on what clients may hold at once, per address (an IPv4 address or an IPv6 /64)
@@ -176,6 +183,8 @@ pub struct EdgeConfig {
     pub request_deadline: Duration,
     pub drain: Duration,
     pub www: Option<std::path::PathBuf>,
+    /// Trusted load balancers that send PROXY protocol headers (empty: none).
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
     /// Caps on what clients may hold (see [`EdgeCaps`]).
     pub caps: EdgeCaps,
 }
@@ -202,6 +211,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
         drain_ms: cli.drain_ms.or(file.drain_ms),
         www: cli.www.or(file.www),
+        proxy_protocol_from: cli.proxy_protocol_from.or(file.proxy_protocol_from),
         max_connections_per_address: cli.max_connections_per_address.or(file.max_connections_per_address),
         max_handshakes: cli.max_handshakes.or(file.max_handshakes),
         max_handshakes_per_address: cli.max_handshakes_per_address.or(file.max_handshakes_per_address),
@@ -317,6 +327,7 @@ impl EdgeConfig {
             request_deadline: ms(a.request_deadline_ms, 5_000),
             drain: ms(a.drain_ms, 2_000),
             www: a.www,
+            proxy_protocol_from: a.proxy_protocol_from.unwrap_or_default(),
             caps,
         })
     }
@@ -382,6 +393,7 @@ mod tests {
         let c = EdgeConfig::from_args(args(), env).unwrap();
         assert_eq!((c.rtmp.to_string(), c.http.to_string()), ("127.0.0.1:1935".into(), "127.0.0.1:8081".into()));
         assert_eq!((c.play_wait, c.chunk_size), (Duration::from_secs(5), 4096));
+        assert!(c.proxy_protocol_from.is_empty(), "PROXY protocol is off by default");
     }
 
     #[test]
