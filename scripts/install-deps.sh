@@ -17,7 +17,10 @@ set -euo pipefail
 #   nftables    the chaos harness's partitions, one-way drops and packet loss
 #   iptables    (nf_tables backend) for poking at the same rules by hand
 #   libfaketime the chaos harness's wall-clock skew (LD_PRELOAD), and faketime(1)
-PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump chromium fonts-noto-color-emoji iproute2 nftables iptables libfaketime faketime)
+#   haproxy     the load balancer RAFTCAST_LB=1 scripts/bootstrap.sh runs in front of the edges
+#   nginx       serves the same HLS segment files statically in scripts/bench-hls.sh
+#   wrk         the HTTP load client of scripts/bench-hls.sh
+PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump chromium fonts-noto-color-emoji iproute2 nftables iptables libfaketime faketime haproxy nginx wrk)
 command -v node >/dev/null || PACKAGES+=(nodejs npm)
 
 missing=()
@@ -32,16 +35,19 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
-# The webcast example's npm packages (player library, playwright-core), reinstalled
-# when package-lock.json changed since the last install.
-webcast="$(dirname "$0")/../examples/webcast"
-stamp="$webcast/node_modules/.raftcast-lock-sha256"
-lock_sum=$(sha256sum "$webcast/package-lock.json" | cut -d' ' -f1)
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$lock_sum" ]]; then
-  echo "installing examples/webcast/node_modules (npm ci)"
-  (cd "$webcast" && npm ci --no-audit --no-fund --loglevel=error)
-  echo "$lock_sum" >"$stamp"
-fi
+# npm packages of the webcast example (player libraries, playwright-core) and of the HLS
+# harness in tests/hls (hls.js, m3u8-parser, playwright-core), each reinstalled when its
+# package-lock.json changed since the last install.
+for dir in examples/webcast tests/hls; do
+  pkg="$(dirname "$0")/../$dir"
+  stamp="$pkg/node_modules/.raftcast-lock-sha256"
+  lock_sum=$(sha256sum "$pkg/package-lock.json" | cut -d' ' -f1)
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$lock_sum" ]]; then
+    echo "installing $dir/node_modules (npm ci)"
+    (cd "$pkg" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$lock_sum" >"$stamp"
+  fi
+done
 
 # Rust components CI checks with.
 if command -v rustup >/dev/null; then

@@ -13,10 +13,15 @@
 //! - a reserve of the global cap for trusted addresses (an origin's fellow members):
 //!   a flood from elsewhere fills the rest and is refused, Raft RPC still connects;
 //! - graceful shutdown: stop accepting, let each connection finish the request in
-//!   flight, then wait for every connection task.
+//!   flight, then wait for every connection task;
+//! - behind a load balancer (`HttpLimits::proxy`), connections from the trusted
+//!   balancers must open with a PROXY protocol header ([`crate::proxy_protocol`]); the
+//!   client it carries is the peer for every cap and log, and a trusted connection
+//!   without a valid header within the deadline is closed.
 //!
-//! Handlers see the peer as axum's `ConnectInfo<SocketAddr>`, for the per-address caps
-//! on long-lived requests (SSE, HTTP-FLV, long polls). Never knows routes.
+//! Handlers see the peer (the real client behind a trusted balancer) as axum's
+//! `ConnectInfo<SocketAddr>`, for the per-address caps on long-lived requests (SSE,
+//! HTTP-FLV, long polls). Never knows routes.
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -37,6 +42,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::limits::{Limit, Trusted};
+use crate::proxy_protocol::{Prefixed, ProxyTrust};
 
 /// The caps and timeouts of one HTTP listener.
 #[derive(Debug, Clone)]
@@ -51,6 +57,9 @@ pub struct HttpLimits {
     /// Addresses that may use the connection cap's reserve (an origin's fellow Raft
     /// members, so a flood cannot refuse the connections Raft RPC needs).
     pub trusted: Option<Arc<Trusted>>,
+    /// Load balancers whose connections carry the client's address in a PROXY
+    /// protocol header (`--proxy-protocol-from`); none by default.
+    pub proxy: Option<Arc<ProxyTrust>>,
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains the connections.
@@ -71,35 +80,71 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
                 continue;
             }
         };
-        let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
-        let permit = match limits.connections.try_acquire_as(peer.ip(), trusted) {
-            Ok(permit) => permit,
-            Err(refused) => {
-                tracing::debug!(%peer, %refused, "HTTP connection refused");
-                drop(socket);
-                continue;
-            }
-        };
         // Without TCP_NODELAY a response split over two segments waits for the peer's
         // delayed ACK (40 ms): one Raft round trip would cost 40 ms on loopback.
         let _ = socket.set_nodelay(true);
-        let router = router.clone();
-        let limits = limits.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(
-            async move {
-                connection(socket, peer, router, &limits, shutdown).await;
-                drop(permit);
-            }
-            .instrument(tracing::debug_span!("http", %peer)),
-        );
+        if let Some(proxy) = limits.proxy.as_ref().filter(|p| p.trusts(peer.ip())) {
+            // The client is known only once the header is read: off the accept loop,
+            // holding one of the bounded slots for headers in flight.
+            let Some(pending) = proxy.pending(peer.ip()) else {
+                tracing::debug!(%peer, "HTTP connection refused: too many PROXY headers pending");
+                continue;
+            };
+            let (router, limits, shutdown, tracker) =
+                (router.clone(), limits.clone(), shutdown.clone(), tracker.clone());
+            tracker.clone().spawn(async move {
+                let mut socket = socket;
+                let read = tokio::select! {
+                    read = crate::proxy_protocol::read_header(&mut socket, crate::proxy_protocol::HEADER_DEADLINE) => read,
+                    _ = shutdown.cancelled() => return,
+                };
+                drop(pending);
+                match read {
+                    Ok((header, rest)) => {
+                        let client = header.client(peer);
+                        admit(Prefixed::new(rest, socket), client, router, limits, shutdown, &tracker);
+                    }
+                    Err(e) => tracing::info!(balancer = %peer, error = %e, "HTTP connection closed"),
+                }
+            });
+            continue;
+        }
+        let (router, limits, shutdown) = (router.clone(), limits.clone(), shutdown.clone());
+        admit(Prefixed::new(Default::default(), socket), peer, router, limits, shutdown, &tracker);
     }
     tracker.close();
     tracker.wait().await;
 }
 
+/// Takes the connection permit for `peer` (the client) and serves the connection, or
+/// closes it when a cap refuses.
+fn admit(
+    socket: Prefixed<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
+    let permit = match limits.connections.try_acquire_as(peer.ip(), trusted) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            tracing::debug!(%peer, %refused, "HTTP connection refused");
+            return;
+        }
+    };
+    tracker.spawn(
+        async move {
+            connection(socket, peer, router, &limits, shutdown).await;
+            drop(permit);
+        }
+        .instrument(tracing::debug_span!("http", %peer)),
+    );
+}
+
 async fn connection(
-    socket: tokio::net::TcpStream,
+    socket: Prefixed<tokio::net::TcpStream>,
     peer: SocketAddr,
     router: Router,
     limits: &HttpLimits,

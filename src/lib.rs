@@ -15,5 +15,6 @@ pub mod link;
 pub mod logging;
 pub mod media;
 pub mod origin;
+pub mod proxy_protocol;
 pub mod rtmp;
 pub mod secrets;

@@ -27,6 +27,13 @@ fn amf0_regressions_decode_without_panicking() {
 }
 
 #[test]
+fn proxy_protocol_regressions_keep_the_invariants() {
+    for (_name, bytes) in inputs("proxy_protocol") {
+        raftcast::proxy_protocol::check_invariants(&bytes);
+    }
+}
+
+#[test]
 fn link_frame_regressions_decode_without_panicking() {
     use bytes::BytesMut;
     use raftcast::link::FrameCodec;

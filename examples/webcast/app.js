@@ -1,4 +1,4 @@
-// The interactive webcast: an HTTP-FLV player (mpegts.js), a chat and a poll built on
+// The interactive webcast: a player (LL-HLS with hls.js, or HTTP-FLV with mpegts.js), a chat and a poll built on
 // raftcast shared objects over the edge's HTTP API (PUT/DELETE slots, Server-Sent
 // Events for changes, POST messages for broadcasts). No build step; served by the edge
 // at /webcast/ (`raftcast edge --www examples/webcast`).
@@ -378,7 +378,71 @@
     el.hidden = state === 'playing';
   }
 
+  /** `?player=hls` (the default) or `?player=flv`: how the video is fetched. */
+  const playerKind = params.get('player') === 'flv' ? 'flv' : 'hls';
+
   function startPlayer() {
+    const choice = $('player-choice');
+    choice.value = playerKind;
+    choice.addEventListener('change', () => {
+      const next = new URL(location.href);
+      next.searchParams.set('player', choice.value);
+      location.assign(next.href);
+    });
+    video.addEventListener('playing', () => playerStatus('playing', 'Playing'));
+    video.addEventListener('waiting', () => playerStatus('buffering', 'Buffering…'));
+    if (playerKind === 'flv') startFlv();
+    else startHls();
+  }
+
+  // LL-HLS from the same edge (`GET /APP/NAME/index.m3u8`): hls.js in low-latency mode
+  // wherever Media Source Extensions exist, the browser's own HLS elsewhere (Safari on
+  // iPhone).
+  function startHls() {
+    const url = new URL(`/${stream}/index.m3u8`, location.href).href;
+    const Hls = window.Hls;
+    if (!(Hls && Hls.isSupported())) {
+      if (video.canPlayType('application/vnd.apple.mpegurl')) {
+        playerStatus('connecting', 'Connecting to the stream (native HLS)…');
+        video.src = url;
+        video.addEventListener('error', () => {
+          playerStatus('waiting', 'The stream is not available. Retrying…');
+          setTimeout(() => { video.src = url; video.load(); }, PLAYER_RETRY_MS);
+        });
+        video.play().catch(() => {});
+        return;
+      }
+      playerStatus('error', Hls ? 'This browser cannot play HLS.' : 'The player library is missing (run npm ci in examples/webcast).');
+      return;
+    }
+    let hls = null;
+    const retry = (why) => {
+      if (hls) { hls.destroy(); hls = null; }
+      playerStatus('waiting', `${why} Retrying…`);
+      setTimeout(start, PLAYER_RETRY_MS);
+    };
+    function start() {
+      playerStatus('connecting', 'Connecting to the stream…');
+      hls = new Hls({ lowLatencyMode: true, backBufferLength: 30 });
+      hls.on(Hls.Events.ERROR, (event, data) => {
+        if (!data.fatal) return; // hls.js retries those itself
+        if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
+          hls.recoverMediaError();
+        } else if (data.details === Hls.ErrorDetails.MANIFEST_LOAD_ERROR && data.response && data.response.code === 404) {
+          retry('Nobody is publishing this stream yet.');
+        } else {
+          retry(`Playback error (${data.details}).`);
+        }
+      });
+      hls.loadSource(url);
+      hls.attachMedia(video);
+      video.play().catch(() => { /* autoplay refused: the controls remain */ });
+    }
+    start();
+  }
+
+  // HTTP-FLV from the same edge (`GET /APP/NAME.flv`) with mpegts.js.
+  function startFlv() {
     const mpegts = window.mpegts;
     if (!mpegts) {
       playerStatus('error', 'The player library is missing (run npm ci in examples/webcast).');
@@ -409,8 +473,6 @@
       const p = player.play();
       if (p && p.catch) p.catch(() => { /* autoplay refused: the controls remain */ });
     }
-    video.addEventListener('playing', () => playerStatus('playing', 'Playing'));
-    video.addEventListener('waiting', () => playerStatus('buffering', 'Buffering…'));
     start();
   }
 

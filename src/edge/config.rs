@@ -161,6 +161,13 @@ pub struct EdgeArgs {
     /// Streams packaged for HLS at once; requests for more get 503 [default: 1000].
     #[arg(long, env = "RAFTCAST_EDGE_HLS_MAX_STREAMS")]
     pub hls_max_streams: Option<usize>,
+    /// Load balancers (IP addresses, comma-separated) whose connections to the RTMP and
+    /// HTTP listeners must open with a PROXY protocol header (v1 or v2); the client
+    /// address it carries is what per-address caps and logs see. A connection from one
+    /// of them without a valid header within 5 s is closed; other addresses connect
+    /// directly as before [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_PROXY_PROTOCOL_FROM", value_delimiter = ',')]
+    pub proxy_protocol_from: Option<Vec<std::net::IpAddr>>,
 }
 
 /// Caps on what clients may hold at once, per address (an IPv4 address or an IPv6 /64)
@@ -206,6 +213,8 @@ pub struct EdgeConfig {
     pub request_deadline: Duration,
     pub drain: Duration,
     pub www: Option<std::path::PathBuf>,
+    /// Trusted load balancers that send PROXY protocol headers (empty: none).
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
     /// Caps on what clients may hold (see [`EdgeCaps`]).
     pub caps: EdgeCaps,
     /// How streams published here are cut into HLS segments and parts.
@@ -264,6 +273,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         hls_idle_ms: cli.hls_idle_ms.or(file.hls_idle_ms),
         hls_max_waiting: cli.hls_max_waiting.or(file.hls_max_waiting),
         hls_max_streams: cli.hls_max_streams.or(file.hls_max_streams),
+        proxy_protocol_from: cli.proxy_protocol_from.or(file.proxy_protocol_from),
         max_connections_per_address: cli.max_connections_per_address.or(file.max_connections_per_address),
         max_handshakes: cli.max_handshakes.or(file.max_handshakes),
         max_handshakes_per_address: cli.max_handshakes_per_address.or(file.max_handshakes_per_address),
@@ -406,6 +416,7 @@ impl EdgeConfig {
             request_deadline: ms(a.request_deadline_ms, 5_000),
             drain: ms(a.drain_ms, 2_000),
             www: a.www,
+            proxy_protocol_from: a.proxy_protocol_from.unwrap_or_default(),
             caps,
             hls,
             hls_window,
@@ -474,6 +485,7 @@ mod tests {
         let c = EdgeConfig::from_args(args(), env).unwrap();
         assert_eq!((c.rtmp.to_string(), c.http.to_string()), ("127.0.0.1:1935".into(), "127.0.0.1:8081".into()));
         assert_eq!((c.play_wait, c.chunk_size), (Duration::from_secs(5), 4096));
+        assert!(c.proxy_protocol_from.is_empty(), "PROXY protocol is off by default");
     }
 
     #[test]

@@ -373,8 +373,9 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
                 delivery, from the link to a player's socket (RTMP players, merge window included)";
     s.hop_ingest.render(&mut out, "edge_hop_seconds", help, "hop=\"ingest\"");
     s.hop_delivery.render(&mut out, "edge_hop_seconds", help, "hop=\"delivery\"");
-    let [a, b, c, d, e, f] = ctx.limits.all();
-    crate::limits::render(&mut out, "edge", &[a, b, c, d, e, f, &ctx.hls.waiting]);
+    let mut limits = ctx.limits.all();
+    limits.push(&ctx.hls.waiting);
+    crate::limits::render(&mut out, "edge", &limits);
     ctx.hls.render_metrics(&mut out);
     let partial = &ctx.limits.partial;
     let _ = writeln!(

@@ -82,11 +82,16 @@ pub struct EdgeLimits {
     pub http: HttpLimits,
     /// Partially received RTMP messages, over every connection.
     pub partial: Arc<ByteBudget>,
+    /// Load balancers trusted to send PROXY protocol headers (`--proxy-protocol-from`),
+    /// on both listeners.
+    pub proxy: Option<Arc<crate::proxy_protocol::ProxyTrust>>,
 }
 
 impl EdgeLimits {
     pub fn new(config: &EdgeConfig) -> EdgeLimits {
         let c = &config.caps;
+        let proxy = (!config.proxy_protocol_from.is_empty())
+            .then(|| crate::proxy_protocol::ProxyTrust::new(config.proxy_protocol_from.iter().copied()));
         EdgeLimits {
             rtmp_connections: Limit::new("rtmp_connections", c.connections_per_address, config.max_connections),
             handshakes: Limit::new("rtmp_handshakes", c.handshakes_per_address, c.handshakes),
@@ -98,21 +103,26 @@ impl EdgeLimits {
                 body_timeout: c.http_body_timeout,
                 connections: Limit::new("http_connections", c.http_connections_per_address, c.http_connections),
                 trusted: None,
+                proxy: proxy.clone(),
             },
             partial: ByteBudget::new(c.partial_bytes),
+            proxy,
         }
     }
 
-    /// Every counted class, for `/metrics`.
-    pub fn all(&self) -> [&Limit; 6] {
-        [
+    /// Every counted class, for `/metrics` (PROXY headers being read only when a
+    /// balancer is trusted).
+    pub fn all(&self) -> Vec<&Limit> {
+        let mut all: Vec<&Limit> = vec![
             &self.rtmp_connections,
             &self.handshakes,
             &self.unstarted,
             &self.publishes,
             &self.long_requests,
             &self.http.connections,
-        ]
+        ];
+        all.extend(self.proxy.as_deref().map(|p| p.limit()));
+        all
     }
 }
 

@@ -74,7 +74,11 @@ const READ_CHUNK: usize = 64 * 1024;
 ///   `--max-partial-bytes-per-connection`, and `--max-partial-bytes` over all
 ///   connections; going over closes that connection;
 /// - progress: a connection that completes no message for `--idle-timeout-ms`, and
-///   plays nothing, is closed (bytes that never make a message do not count).
+///   plays nothing, is closed (bytes that never make a message do not count);
+/// - behind a load balancer (`--proxy-protocol-from`): a connection from a trusted
+///   balancer must open with a PROXY protocol header within 5 s (or it is closed), at
+///   most [`crate::proxy_protocol::MAX_PENDING_HEADERS`] being read at once; every cap
+///   above then counts the client the header names, not the balancer.
 pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: CancellationToken) {
     let mut next = 0u64;
     loop {
@@ -90,43 +94,87 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
                 continue;
             }
         };
-        let permits = ctx
-            .limits
-            .rtmp_connections
-            .try_acquire(peer.ip())
-            .and_then(|conn| Ok((conn, ctx.limits.handshakes.try_acquire(peer.ip())?)));
-        let (permit, handshake_permit) = match permits {
-            Ok(permits) => permits,
-            Err(refused) => {
-                ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-                // Counted per class in /metrics; a flood must not flood the log too.
-                tracing::debug!(%peer, %refused, "RTMP connection refused");
-                drop(socket);
-                continue;
-            }
-        };
         let _ = socket.set_nodelay(true);
         next += 1;
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
-        // A debug span: an enabled span is entered and left on every wakeup of the
-        // task, which costs more than the rest of a player's wakeup; the info lines
-        // below carry the connection and peer themselves.
-        let span = tracing::debug_span!("rtmp", conn = next, %peer);
-        tokio::spawn(
-            async move {
-                ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-                ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-                match connection(socket, peer, next, &ctx, handshake_permit, shutdown).await {
-                    Ok(()) => tracing::debug!("closed"),
-                    Err(e) => tracing::info!(conn = next, %peer, error = %e, "closed"),
+        if let Some(proxy) = ctx.limits.proxy.as_ref().filter(|p| p.trusts(peer.ip())) {
+            // Behind a trusted balancer the client is known once its PROXY header is
+            // read: off the accept loop, in one of the bounded slots for headers.
+            let Some(pending) = proxy.pending(peer.ip()) else {
+                ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "RTMP connection refused: too many PROXY headers pending");
+                continue;
+            };
+            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut socket = socket;
+                let read = tokio::select! {
+                    read = crate::proxy_protocol::read_header(&mut socket, crate::proxy_protocol::HEADER_DEADLINE) => read,
+                    _ = shutdown.cancelled() => return,
+                };
+                drop(pending);
+                match read {
+                    Ok((header, rest)) => {
+                        let client = header.client(peer);
+                        if let Some(permits) = admit(&ctx, client) {
+                            run(socket, client, rest.to_vec(), next, ctx, permits, shutdown).await;
+                        }
+                    }
+                    Err(e) => tracing::info!(conn = next, balancer = %peer, error = %e, "closed"),
                 }
-                ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
-            }
-            .instrument(span),
-        );
+            });
+            continue;
+        }
+        let Some(permits) = admit(&ctx, peer) else { continue };
+        tokio::spawn(run(socket, peer, Vec::new(), next, ctx.clone(), permits, shutdown.clone()));
     }
+}
+
+/// Takes the connection and handshake permits for the client at `peer`, or counts the
+/// refusal (the caller closes the socket).
+fn admit(ctx: &EdgeContext, peer: SocketAddr) -> Option<(Permit, Permit)> {
+    let permits = ctx
+        .limits
+        .rtmp_connections
+        .try_acquire(peer.ip())
+        .and_then(|conn| Ok((conn, ctx.limits.handshakes.try_acquire(peer.ip())?)));
+    match permits {
+        Ok(permits) => Some(permits),
+        Err(refused) => {
+            ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            // Counted per class in /metrics; a flood must not flood the log too.
+            tracing::debug!(%peer, %refused, "RTMP connection refused");
+            None
+        }
+    }
+}
+
+/// One connection's task: `peer` is the client (the address a PROXY header carried,
+/// when a balancer relays it), `early` the bytes that came with that header.
+async fn run(
+    socket: TcpStream,
+    peer: SocketAddr,
+    early: Vec<u8>,
+    id: u64,
+    ctx: Arc<EdgeContext>,
+    (permit, handshake_permit): (Permit, Permit),
+    shutdown: CancellationToken,
+) {
+    // A debug span: an enabled span is entered and left on every wakeup of the
+    // task, which costs more than the rest of a player's wakeup; the info lines
+    // below carry the connection and peer themselves.
+    let span = tracing::debug_span!("rtmp", conn = id, %peer);
+    async move {
+        ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        match connection(socket, peer, early, id, &ctx, handshake_permit, shutdown).await {
+            Ok(()) => tracing::debug!("closed"),
+            Err(e) => tracing::info!(conn = id, %peer, error = %e, "closed"),
+        }
+        ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+    }
+    .instrument(span)
+    .await
 }
 
 /// What the play pumps yield to their connection.
@@ -173,10 +221,21 @@ struct Conn {
     partial: Reservation,
 }
 
-async fn handshake(socket: &mut TcpStream, ctx: &EdgeContext) -> Result<Vec<u8>, String> {
+/// The server side of the handshake; `early` is what arrived before it was started
+/// (bytes that followed a PROXY header).
+async fn handshake(socket: &mut TcpStream, early: Vec<u8>, ctx: &EdgeContext) -> Result<Vec<u8>, String> {
     let mut hs = Handshake::server();
     let mut buf = vec![0u8; 4096];
     let work = async {
+        if !early.is_empty() {
+            match hs.feed(&early).map_err(|e| e.to_string())? {
+                Progress::InProgress { send } => socket.write_all(&send).await.map_err(|e| e.to_string())?,
+                Progress::Done { send, leftover } => {
+                    socket.write_all(&send).await.map_err(|e| e.to_string())?;
+                    return Ok(leftover);
+                }
+            }
+        }
         loop {
             let n = socket.read(&mut buf).await.map_err(|e| format!("handshake read: {e}"))?;
             if n == 0 {
@@ -200,12 +259,13 @@ async fn handshake(socket: &mut TcpStream, ctx: &EdgeContext) -> Result<Vec<u8>,
 async fn connection(
     mut socket: TcpStream,
     peer: SocketAddr,
+    early: Vec<u8>,
     id: u64,
     ctx: &Arc<EdgeContext>,
     handshake_permit: Permit,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let leftover = handshake(&mut socket, ctx).await?;
+    let leftover = handshake(&mut socket, early, ctx).await?;
     drop(handshake_permit);
     tracing::debug!(%peer, "handshake done");
     let unstarted = ctx.limits.unstarted.try_acquire(peer.ip()).map_err(|e| format!("refused: {e}"))?;

@@ -228,6 +228,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
             config.caps.http_connections / PEER_RESERVE_DIVISOR,
         ),
         trusted: Some(members.clone()),
+        proxy: None,
     };
     let server = tokio::spawn(crate::http_server::serve(listener, router, http_limits, shutdown.clone()));
     crate::logging::terminated().await;

@@ -3,9 +3,11 @@
 // and play the live stream over HTTP-FLV.
 //
 //   node test/chat.mjs EDGE_A EDGE_B [--out DIR] [--stream APP/NAME] [--token T] [--no-video]
+//       [--players A,B]
 //
 // --token is a write token for the stream's webcast objects (`webcast/APP/NAME/…`);
-// the pages get it in their URL.
+// the pages get it in their URL. --players picks each page's player, `hls` (LL-HLS with
+// hls.js) or `flv` (HTTP-FLV with mpegts.js): $WEBCAST_PLAYERS, by default `flv,flv`.
 //
 // EDGE_A/EDGE_B are base URLs (http://127.0.0.1:8081) or host:port; they default to
 // $WEBCAST_EDGE_A and $WEBCAST_EDGE_B. Screenshots go to --out ($WEBCAST_OUT, default
@@ -29,6 +31,7 @@ function parseArgs(argv) {
     stream: process.env.WEBCAST_STREAM || 'live/test',
     token: process.env.WEBCAST_TOKEN || '',
     video: process.env.WEBCAST_NO_VIDEO ? false : true,
+    players: (process.env.WEBCAST_PLAYERS || 'flv,flv').split(','),
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -36,10 +39,12 @@ function parseArgs(argv) {
     else if (a === '--stream') opts.stream = argv[++i];
     else if (a === '--token') opts.token = argv[++i];
     else if (a === '--no-video') opts.video = false;
+    else if (a === '--players') opts.players = argv[++i].split(',');
     else if (a.startsWith('--')) fail(`unknown option ${a}`);
     else opts.edges.push(a);
   }
   if (opts.edges.length === 0) opts.edges = [process.env.WEBCAST_EDGE_A, process.env.WEBCAST_EDGE_B].filter(Boolean);
+  if (opts.players.length !== 2 || opts.players.some((p) => p !== 'hls' && p !== 'flv')) fail('--players takes two of hls|flv, e.g. hls,flv');
   if (opts.edges.length !== 2) fail('usage: node test/chat.mjs EDGE_A EDGE_B [--out DIR] [--stream APP/NAME] [--token T] [--no-video]');
   opts.edges = opts.edges.map((e) => (/^https?:\/\//.test(e) ? e : `http://${e}`).replace(/\/+$/, ''));
   return opts;
@@ -63,14 +68,14 @@ async function until(page, what, fn, arg) {
   }
 }
 
-async function openPage(browser, label, edge, opts, name) {
+async function openPage(browser, label, edge, opts, name, player) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
-  page.label = `${label} (${edge})`;
   page.problems = [];
   page.on('console', (m) => { if (m.type() === 'error') page.problems.push(`console: ${m.text()}`); });
   page.on('pageerror', (e) => page.problems.push(`page error: ${e.message}`));
-  const url = `${edge}/webcast/?stream=${encodeURIComponent(opts.stream)}&name=${encodeURIComponent(name)}`
+  page.label = `${label} (${edge}, ${player})`;
+  const url = `${edge}/webcast/?stream=${encodeURIComponent(opts.stream)}&name=${encodeURIComponent(name)}&player=${player}`
     + (opts.token ? `&token=${encodeURIComponent(opts.token)}` : '');
   const res = await page.goto(url, { timeout: STEP_MS, waitUntil: 'load' }).catch((e) => {
     throw new Error(`${page.label}: could not load ${url}: ${e.message.split('\n')[0]}`);
@@ -130,8 +135,8 @@ async function run(opts) {
   const pages = [];
   try {
     const tag = Math.random().toString(36).slice(2, 8);
-    const a = await openPage(browser, 'page A', opts.edges[0], opts, 'Alice');
-    const b = await openPage(browser, 'page B', opts.edges[1], opts, 'Bob');
+    const a = await openPage(browser, 'page A', opts.edges[0], opts, 'Alice', opts.players[0]);
+    const b = await openPage(browser, 'page B', opts.edges[1], opts, 'Bob', opts.players[1]);
     pages.push(a, b);
     await Promise.all(pages.map((p) => until(p, 'chat and poll event streams to connect', bothConnected)));
     log('both pages connected to their edges');

@@ -1,0 +1,168 @@
+//! `RAFTCAST_LB=1 scripts/bootstrap.sh start`: HAProxy in front of the two edges. One
+//! address for everything: a publisher on the balancer's RTMP port, a player on its HTTP
+//! port; the edges see the clients' addresses (PROXY v2 from 127.0.0.2) while clients
+//! on 127.0.0.1 still reach them directly; SIGKILL an edge and idempotent GETs through
+//! the balancer keep answering 200 (retried on the other edge); `status` shows HAProxy
+//! and `stop` stops it.
+
+mod common;
+#[path = "common/edges.rs"]
+mod edges;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::eventually;
+use edges::{ffmpeg_publish, ffprobe_video_packets};
+
+struct Ports {
+    base: u16,
+}
+
+impl Ports {
+    /// Origins on base+1..3 (HTTP) and base+11..13 (media); edges' RTMP on base+5..6
+    /// and HTTP on base+15..16; the balancer on base+4 (RTMP) and base+14 (HTTP); its
+    /// stats page on base+19.
+    fn lb_http(&self) -> String {
+        format!("127.0.0.1:{}", self.base + 14)
+    }
+    fn lb_rtmp(&self) -> String {
+        format!("127.0.0.1:{}", self.base + 4)
+    }
+    fn edge_http(&self, i: u16) -> String {
+        format!("127.0.0.1:{}", self.base + 14 + i)
+    }
+}
+
+fn script(data: &Path, p: &Ports, action: &str) -> Output {
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bootstrap.sh"))
+        .arg(action)
+        .env("RAFTCAST_BIN", data.with_file_name("rc-node"))
+        .env("RAFTCAST_DATA_DIR", data)
+        .env("RAFTCAST_HTTP_BASE", p.base.to_string())
+        .env("RAFTCAST_MEDIA_BASE", (p.base + 10).to_string())
+        .env("RAFTCAST_RTMP_BASE", (p.base + 4).to_string())
+        .env("RAFTCAST_EDGE_HTTP_BASE", (p.base + 14).to_string())
+        .env("RAFTCAST_LB_STATS", format!("127.0.0.1:{}", p.base + 19))
+        .env("RAFTCAST_LB", "1")
+        .env_remove("RAFTCAST_ADMIN_TOKEN")
+        .env_remove("RAFTCAST_CLUSTER_SECRET")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bootstrap failed:\n{text}");
+    text
+}
+
+/// A base port whose next twenty ports are free.
+fn free_base() -> u16 {
+    for _ in 0..100 {
+        let base = 20_000 + (rand::random::<u16>() % 30_000);
+        if (1..=20).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+fn pid(data: &Path, name: &str) -> u32 {
+    std::fs::read_to_string(data.join(format!("pids/{name}.pid"))).unwrap().trim().parse().unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+struct StopOnDrop<'a> {
+    data: &'a Path,
+    ports: &'a Ports,
+    dir: PathBuf,
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in ["haproxy", "edge-1", "edge-2"] {
+                let text = std::fs::read_to_string(self.dir.join(format!("data/logs/{log}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("--- {log} ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        let _ = script(self.data, self.ports, "stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_in_front_of_the_edges_hides_an_edge_death_from_gets() {
+    edges::require("haproxy");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::copy(common::BIN, data.with_file_name("rc-node")).unwrap();
+    let ports = Ports { base: free_base() };
+    let _stop = StopOnDrop { data: &data, ports: &ports, dir: dir.path().to_owned() };
+    let out = ok(script(&data, &ports, "start"));
+    assert!(out.contains("started haproxy"), "{out}");
+    let cfg = std::fs::read_to_string(data.join("haproxy.cfg")).unwrap();
+    for setting in ["balance roundrobin", "option redispatch", "retry-on conn-failure", "send-proxy-v2"] {
+        assert!(cfg.contains(setting), "haproxy.cfg lacks {setting}");
+    }
+
+    let client = reqwest::Client::new();
+    let get = |url: String| {
+        let client = client.clone();
+        async move { client.get(&url).send().await.map(|r| r.status().as_u16()).map_err(|e| e.to_string()) }
+    };
+    // Direct clients (127.0.0.1, not the trusted 127.0.0.2) still reach the edges.
+    assert_eq!(get(format!("http://{}/health", ports.edge_http(1))).await, Ok(200));
+
+    // One address for everything: publish and play through the balancer.
+    let _ffmpeg = ffmpeg_publish(&format!("rtmp://{}/live/lb", ports.lb_rtmp()), dir.path().join("ffmpeg.log"));
+    let flv = format!("http://{}/live/lb.flv", ports.lb_http());
+    let packets = eventually(Duration::from_secs(30), "HTTP-FLV through the balancer", || {
+        let flv = flv.clone();
+        async move { ffprobe_video_packets(&flv, 2).await.ok().filter(|n| *n > 0) }
+    })
+    .await;
+    assert!(packets > 0);
+
+    // SIGKILL edge-1: GETs through the balancer keep answering, retried on edge-2. The
+    // first request after the kill may find a kept-alive connection to the dead edge,
+    // or edge-1 still in rotation: both must be retried, not answered with an error.
+    let page = format!("http://{}/webcast/app.js", ports.lb_http());
+    for _ in 0..20 {
+        assert_eq!(get(page.clone()).await, Ok(200));
+    }
+    let edge1 = pid(&data, "edge-1");
+    assert!(Command::new("kill").args(["-KILL", &edge1.to_string()]).status().unwrap().success());
+    eventually(Duration::from_secs(5), "edge-1 to die", || async move { (!alive(edge1)).then_some(()) }).await;
+    let mut failed = Vec::new();
+    for i in 0..200 {
+        match get(page.clone()).await {
+            Ok(200) => {}
+            other => failed.push((i, other)),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 200 GETs through the balancer failed after edge-1 died, first: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // A fresh client (no kept-alive connections) too.
+    for _ in 0..20 {
+        let status = reqwest::Client::new().get(&page).send().await.map(|r| r.status().as_u16());
+        assert_eq!(status.map_err(|e| e.to_string()), Ok(200));
+    }
+
+    let status = ok(script(&data, &ports, "status"));
+    assert!(status.contains("haproxy running"), "{status}");
+    let haproxy = pid(&data, "haproxy");
+    ok(script(&data, &ports, "stop"));
+    assert!(!alive(haproxy), "stop left HAProxy running");
+}

@@ -1,0 +1,158 @@
+// Fetches one stream's media playlist from several edges (and optionally through the
+// load balancer) over and over, validates every playlist (lib/rules.mjs: m3u8-parser
+// + RFC 8216bis rules), checks that no reload goes backwards, that every edge names
+// each sequence number the same way, and that a segment (and its init segment and
+// parts) fetched from each edge is byte-identical.
+//
+//   node check-playlists.mjs --edge URL --edge URL [--lb URL] [--seconds 30]
+//       [--interval-ms 500] [--ll] [--pdt] [--no-media] [--parts] [--min-segments N]
+//       [--out report.json]
+//
+// URL is a media playlist URL (http://127.0.0.1:8081/live/x/index.m3u8). Prints a JSON
+// report and exits 1 when any rule broke or fewer than --min-segments segments were
+// compared across every edge. Every request has a 5 s deadline; the run ends after
+// --seconds.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import { checkPlaylist, checkReload, compareEdges } from './lib/rules.mjs';
+
+function parseArgs(argv) {
+  const o = { edges: [], lb: null, seconds: 30, intervalMs: 500, ll: false, pdt: false, media: true, parts: false, minSegments: 0, out: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => { if (i + 1 >= argv.length) usage(`${a} needs a value`); return argv[++i]; };
+    if (a === '--edge') o.edges.push(next());
+    else if (a === '--lb') o.lb = next();
+    else if (a === '--seconds') o.seconds = Number(next());
+    else if (a === '--interval-ms') o.intervalMs = Number(next());
+    else if (a === '--ll') o.ll = true;
+    else if (a === '--pdt') o.pdt = true;
+    else if (a === '--no-media') o.media = false;
+    else if (a === '--parts') o.parts = true;
+    else if (a === '--min-segments') o.minSegments = Number(next());
+    else if (a === '--out') o.out = next();
+    else usage(`unknown argument ${a}`);
+  }
+  if (!o.edges.length) usage('at least one --edge');
+  return o;
+}
+
+function usage(why) {
+  console.error(`check-playlists: ${why}\nusage: node check-playlists.mjs --edge URL [--edge URL…] [--lb URL] [--seconds N] [--interval-ms N] [--ll] [--pdt] [--no-media] [--parts] [--min-segments N] [--out FILE]`);
+  process.exit(2);
+}
+
+const REQUEST_MS = 5000;
+/** A segment not yet on every edge is retried for this many rounds, then reported. */
+const PENDING_ROUNDS = 20;
+
+async function get(url, binary) {
+  const res = await fetch(url, { signal: AbortSignal.timeout(REQUEST_MS), cache: 'no-store' });
+  const body = binary ? Buffer.from(await res.arrayBuffer()) : await res.text();
+  return { status: res.status, body, headers: res.headers };
+}
+
+const sha = (b) => crypto.createHash('sha256').update(b).digest('hex').slice(0, 16);
+
+async function main() {
+  const o = parseArgs(process.argv.slice(2));
+  const sources = [...o.edges.map((u, i) => ({ name: `edge${i + 1}`, url: u })), ...(o.lb ? [{ name: 'lb', url: o.lb }] : [])];
+  const report = {
+    sources: sources.map((s) => s.url), rounds: 0, playlists: 0, errors: [], fetch_errors: 0,
+    segments_compared: 0, inits_compared: 0, parts_compared: 0, first_msn: null, last_msn: null,
+    max_edge_lag_segments: 0, discontinuities_seen: 0,
+  };
+  const prev = new Map();
+  const compared = new Set(); // URIs already compared across edges
+  const pending = new Map(); // uri -> rounds waited
+  const error = (e) => { if (report.errors.length < 200) report.errors.push(e); };
+  const deadline = Date.now() + o.seconds * 1000;
+
+  while (Date.now() < deadline) {
+    const round = Date.now();
+    report.rounds++;
+    const got = await Promise.all(sources.map(async (s) => {
+      try {
+        const r = await get(s.url, false);
+        if (r.status !== 200) { report.fetch_errors++; return null; }
+        return { s, text: r.body };
+      } catch (e) {
+        report.fetch_errors++;
+        return null;
+      }
+    }));
+    const summaries = new Map();
+    for (const g of got.filter(Boolean)) {
+      report.playlists++;
+      const { errors, summary } = checkPlaylist(g.text, { requirePdt: o.pdt, requireLowLatency: o.ll });
+      for (const e of errors) error(`${g.s.name}: ${e}`);
+      const before = prev.get(g.s.name);
+      if (before) for (const e of checkReload(before, summary, `${g.s.name} reload`)) error(e);
+      prev.set(g.s.name, summary);
+      summaries.set(g.s.name, summary);
+      report.first_msn ??= summary.mediaSequence;
+      report.last_msn = Math.max(report.last_msn ?? 0, summary.lastMsn);
+      report.discontinuities_seen = Math.max(report.discontinuities_seen, summary.discontinuitySequence + summary.discontinuities);
+    }
+    const edgeViews = o.edges.map((_, i) => summaries.get(`edge${i + 1}`)).filter(Boolean);
+    for (let i = 1; i < edgeViews.length; i++) {
+      for (const e of compareEdges(edgeViews[0], edgeViews[i], `edge1 vs edge${i + 1}`)) error(e);
+    }
+    if (edgeViews.length > 1) {
+      const lasts = edgeViews.map((v) => v.lastMsn);
+      report.max_edge_lag_segments = Math.max(report.max_edge_lag_segments, Math.max(...lasts) - Math.min(...lasts));
+    }
+
+    if (o.media && edgeViews.length) {
+      // Every URI listed by the first edge's latest playlist: whole segments, the init
+      // segment, and (with --parts) parts of completed segments.
+      const v = edgeViews[0];
+      const uris = [];
+      if (v.map) uris.push({ uri: v.map, kind: 'init' });
+      for (const s of v.segments) {
+        uris.push({ uri: s.uri, kind: 'segment' });
+        if (o.parts) for (const p of s.parts) uris.push({ uri: p.uri, kind: 'part' });
+      }
+      for (const { uri, kind } of uris) {
+        if (compared.has(uri)) continue;
+        const bodies = await Promise.all(o.edges.map(async (edge) => {
+          try {
+            const r = await get(new URL(uri, edge), true);
+            return r.status === 200 ? r.body : null;
+          } catch { return null; }
+        }));
+        if (bodies.some((b) => b === null)) {
+          const waited = (pending.get(uri) || 0) + 1;
+          pending.set(uri, waited);
+          if (waited >= PENDING_ROUNDS) {
+            error(`${kind} ${uri}: not served by every edge after ${waited} rounds`);
+            compared.add(uri);
+            pending.delete(uri);
+          }
+          continue;
+        }
+        pending.delete(uri);
+        compared.add(uri);
+        const hashes = bodies.map(sha);
+        if (new Set(hashes).size !== 1) error(`${kind} ${uri}: bytes differ between edges (${hashes.join(' ')})`);
+        if (kind === 'segment') report.segments_compared++;
+        else if (kind === 'init') report.inits_compared++;
+        else report.parts_compared++;
+      }
+    }
+    const wait = o.intervalMs - (Date.now() - round);
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  }
+
+  report.ok = report.errors.length === 0 && report.segments_compared >= o.minSegments && report.playlists > 0;
+  if (report.segments_compared < o.minSegments) {
+    report.errors.push(`only ${report.segments_compared} segments compared, ${o.minSegments} required`);
+  }
+  const text = JSON.stringify(report, null, 2);
+  if (o.out) fs.writeFileSync(o.out, text);
+  console.log(text);
+  process.exit(report.ok ? 0 : 1);
+}
+
+main().catch((e) => { console.error(`check-playlists: ${e.stack || e}`); process.exit(1); });

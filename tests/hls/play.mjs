@@ -1,0 +1,162 @@
+// Plays an HLS stream with hls.js (from npm, low-latency mode by default) in headless
+// Chromium (Debian's /usr/bin/chromium through playwright-core) for SECONDS and prints
+// a JSON report: fatal errors, stalls longer than --stall-ms with their wall-clock
+// times, and latency samples = wall clock − the playhead's program date time
+// (hls.js `playingDate`, from EXT-X-PROGRAM-DATE-TIME), with p50/p95.
+//
+//   node play.mjs URL SECONDS [--plain] [--stall-ms 250] [--max-stall-ms N]
+//       [--max-p50-ms N] [--out report.json]
+//
+// The page is served on the stream's own origin (intercepted by playwright), so the
+// stream needs no CORS headers. --plain turns hls.js's low-latency mode off (parts and
+// blocking reloads unused). Exits 1 on a fatal error, when playback never started, or
+// when a --max-* bound is broken. Every wait has a deadline.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const HLS_JS = path.join(here, 'node_modules/hls.js/dist/hls.min.js');
+/** How long the player may take to show its first frame. */
+const START_MS = 20_000;
+
+function parseArgs(argv) {
+  const o = { url: null, seconds: null, ll: true, stallMs: 250, maxStallMs: null, maxP50Ms: null, out: null };
+  const rest = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => argv[++i];
+    if (a === '--plain') o.ll = false;
+    else if (a === '--stall-ms') o.stallMs = Number(next());
+    else if (a === '--max-stall-ms') o.maxStallMs = Number(next());
+    else if (a === '--max-p50-ms') o.maxP50Ms = Number(next());
+    else if (a === '--out') o.out = next();
+    else if (a.startsWith('--')) usage(`unknown option ${a}`);
+    else rest.push(a);
+  }
+  [o.url, o.seconds] = [rest[0], Number(rest[1])];
+  if (!o.url || !(o.seconds > 0)) usage('URL and SECONDS are required');
+  return o;
+}
+
+function usage(why) {
+  console.error(`play: ${why}\nusage: node play.mjs URL SECONDS [--plain] [--stall-ms N] [--max-stall-ms N] [--max-p50-ms N] [--out FILE]`);
+  process.exit(2);
+}
+
+const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>hls harness</title></head>
+<body><video id="v" muted autoplay playsinline></video>
+<script src="hls.min.js"></script>
+<script>
+window.harness = { fatal: [], nonfatal: {}, samples: [], stalls: [], started: null, levels: null };
+function start(url, ll, stallMs) {
+  const h = window.harness, v = document.getElementById('v');
+  if (!Hls.isSupported()) { h.fatal.push({ at: Date.now(), type: 'unsupported', details: 'MSE missing' }); return; }
+  const hls = new Hls({ lowLatencyMode: ll, backBufferLength: 10 });
+  window.hls = hls;
+  hls.on(Hls.Events.ERROR, (e, d) => {
+    if (d.fatal) h.fatal.push({ at: Date.now(), type: d.type, details: d.details, url: d.url || (d.frag && d.frag.url) || null });
+    else h.nonfatal[d.details] = (h.nonfatal[d.details] || 0) + 1;
+  });
+  hls.on(Hls.Events.LEVEL_LOADED, (e, d) => { h.levels = { live: d.details.live, partTarget: d.details.partTarget, targetduration: d.details.targetduration, canBlockReload: d.details.canBlockReload }; });
+  hls.loadSource(url);
+  hls.attachMedia(v);
+  v.play().catch(() => {});
+  let lastT = -1, lastAdvance = 0, stalledSince = null;
+  setInterval(() => {
+    const now = Date.now();
+    if (v.currentTime !== lastT) {
+      if (h.started === null && v.currentTime > 0) h.started = now;
+      if (stalledSince !== null && now - stalledSince > stallMs) h.stalls.push({ at: stalledSince, ms: now - stalledSince });
+      stalledSince = null;
+      lastT = v.currentTime; lastAdvance = now;
+    } else if (h.started !== null && stalledSince === null) {
+      stalledSince = lastAdvance;
+    }
+    h.stalledSince = stalledSince;
+    const pd = hls.playingDate;
+    if (h.started !== null && pd && !v.paused) {
+      h.samples.push({ at: now, latency: now - pd.getTime(), hlsLatency: hls.latency, buffered: v.buffered.length ? v.buffered.end(v.buffered.length - 1) - v.currentTime : 0 });
+    }
+  }, 100);
+}
+</script></body></html>`;
+
+const pct = (xs, p) => {
+  if (!xs.length) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+};
+
+async function main() {
+  const o = parseArgs(process.argv.slice(2));
+  const exe = process.env.CHROMIUM || '/usr/bin/chromium';
+  if (!fs.existsSync(exe)) throw new Error(`${exe} not found: run scripts/install-deps.sh`);
+  if (!fs.existsSync(HLS_JS)) throw new Error(`${HLS_JS} not found: run scripts/install-deps.sh (npm ci in tests/hls)`);
+  const origin = new URL(o.url).origin;
+  const browser = await chromium.launch({
+    executablePath: exe, headless: true, timeout: START_MS,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--autoplay-policy=no-user-gesture-required'],
+  });
+  const responses = {};
+  try {
+    const page = await browser.newPage();
+    await page.route(`${origin}/__hls_harness__/page.html`, (r) => r.fulfill({ contentType: 'text/html', body: PAGE }));
+    await page.route(`${origin}/__hls_harness__/hls.min.js`, (r) => r.fulfill({ contentType: 'application/javascript', body: fs.readFileSync(HLS_JS) }));
+    page.on('response', (r) => { if (!r.url().includes('__hls_harness__')) responses[r.status()] = (responses[r.status()] || 0) + 1; });
+    page.on('requestfailed', () => { responses.failed = (responses.failed || 0) + 1; });
+    await page.goto(`${origin}/__hls_harness__/page.html`, { timeout: START_MS });
+    const t0 = Date.now();
+    await page.evaluate(([u, ll, s]) => start(u, ll, s), [o.url, o.ll, o.stallMs]);
+    await page.waitForFunction(() => window.harness.started !== null || window.harness.fatal.length > 0, null, { timeout: START_MS, polling: 100 })
+      .catch(() => {});
+    const startedAt = await page.evaluate(() => window.harness.started);
+    if (startedAt) await page.waitForTimeout(o.seconds * 1000);
+    const h = await page.evaluate(() => {
+      const v = document.getElementById('v');
+      const q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : {};
+      return { ...window.harness, decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames, currentTime: v.currentTime };
+    });
+    // A stall still going on at the end counts too.
+    if (h.stalledSince !== null && h.stalledSince !== undefined && Date.now() - h.stalledSince > o.stallMs) {
+      h.stalls.push({ at: h.stalledSince, ms: Date.now() - h.stalledSince, ongoing: true });
+    }
+    const lat = h.samples.map((s) => s.latency);
+    const report = {
+      url: o.url, mode: o.ll ? 'low-latency' : 'plain', seconds: o.seconds,
+      started_after_ms: h.started ? h.started - t0 : null,
+      playlist: h.levels,
+      fatal_errors: h.fatal,
+      nonfatal_errors: h.nonfatal,
+      stall_threshold_ms: o.stallMs,
+      stalls: h.stalls.map((s) => ({ at: new Date(s.at).toISOString(), ms: s.ms, ...(s.ongoing ? { ongoing: true } : {}) })),
+      longest_stall_ms: Math.max(0, ...h.stalls.map((s) => s.ms)),
+      latency_ms: { samples: lat.length, p50: pct(lat, 50), p95: pct(lat, 95), min: pct(lat, 0), max: pct(lat, 100) },
+      hlsjs_latency_s: { p50: pct(h.samples.map((s) => s.hlsLatency), 50), p95: pct(h.samples.map((s) => s.hlsLatency), 95) },
+      frames: { decoded: h.decoded, dropped: h.dropped },
+      played_s: h.currentTime,
+      responses,
+    };
+    const problems = [];
+    if (!h.started) problems.push(`playback never started within ${START_MS} ms`);
+    if (h.fatal.length) problems.push(`${h.fatal.length} fatal error(s)`);
+    if (o.maxStallMs !== null && report.longest_stall_ms > o.maxStallMs) problems.push(`a stall of ${report.longest_stall_ms} ms (max ${o.maxStallMs})`);
+    if (o.maxP50Ms !== null && !(report.latency_ms.p50 <= o.maxP50Ms)) problems.push(`latency p50 ${report.latency_ms.p50} ms (max ${o.maxP50Ms})`);
+    report.problems = problems;
+    report.ok = problems.length === 0;
+    const text = JSON.stringify(report, null, 2);
+    if (o.out) fs.writeFileSync(o.out, text);
+    console.log(text);
+    return report.ok;
+  } finally {
+    await browser.close().catch(() => {});
+  }
+}
+
+const watchdog = setTimeout(() => { console.error('play: the run overran its deadline'); process.exit(1); }, (Number(process.argv[3]) || 60) * 1000 + 3 * START_MS);
+main().then((ok) => { clearTimeout(watchdog); process.exit(ok ? 0 : 1); })
+  .catch((e) => { console.error(`play: ${e.stack || e}`); process.exit(1); });
