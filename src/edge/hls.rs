@@ -836,6 +836,7 @@ mod tests {
             body_timeout: Duration::from_secs(10),
             connections: Limit::new("http_connections", 1000, 1000),
             trusted: None,
+            proxy: None,
         };
         tokio::spawn(crate::http_server::serve(listener, router(routes), limits, stop.clone()));
         Served { base, hls, client: reqwest::Client::new(), stop }

@@ -134,8 +134,11 @@ struct Open {
 /// - With video (a video frame or sequence header seen), a segment opens on a keyframe
 ///   once the open one has lasted `target_ms` on the timeline; frames before the first
 ///   keyframe get no mark. Without video, segments open on audio frames by time.
-/// - A part opens on any audio or video frame once the open one has lasted
-///   `part_target_ms`, and on every keyframe (`independent`).
+/// - A part opens on any audio or video frame once the open one would otherwise outlast
+///   `part_target_ms` (its duration so far plus the longest of the last
+///   [`GAP_HISTORY`] gaps between frames reaches the target), and on every keyframe
+///   (`independent`). So parts stay within the target, which playlists declare as
+///   `PART-TARGET` whatever an edge's window holds, unless the stream stalls.
 /// - Sequence headers and metadata get no mark; other data frames get the open part's.
 /// - The timeline follows the publisher's timestamps, kept monotonic per kind: a small
 ///   step back is held at the last position, a reset or a leap continues just after
@@ -156,11 +159,29 @@ pub struct Stamper {
     /// The latest timeline position of any kind.
     latest: u64,
     open: Option<Open>,
+    /// The last gaps between consecutive audio/video frames on the timeline, ms.
+    gaps: std::collections::VecDeque<u64>,
+    /// Timeline position of the previous audio/video frame.
+    previous: Option<u64>,
 }
+
+/// How many of the latest gaps between frames predict the next one.
+pub const GAP_HISTORY: usize = 16;
 
 impl Stamper {
     pub fn new(config: StamperConfig, start: Option<Continuation>) -> Stamper {
-        Stamper { config, start, has_video: false, offset: 0, mapped: false, last: [None; 2], latest: 0, open: None }
+        Stamper {
+            config,
+            start,
+            has_video: false,
+            offset: 0,
+            mapped: false,
+            last: [None; 2],
+            latest: 0,
+            open: None,
+            gaps: std::collections::VecDeque::with_capacity(GAP_HISTORY + 1),
+            previous: None,
+        }
     }
 
     /// Where the numbering stands now (`None` before the first segment).
@@ -178,6 +199,16 @@ impl Stamper {
             return None;
         }
         let time_ms = self.timeline(frame, wall_ms);
+        if frame.kind != FrameKind::Data {
+            if let Some(previous) = self.previous {
+                self.gaps.push_back(time_ms.saturating_sub(previous));
+                if self.gaps.len() > GAP_HISTORY {
+                    self.gaps.pop_front();
+                }
+            }
+            self.previous = Some(time_ms);
+        }
+        let next_gap = self.gaps.iter().copied().max().unwrap_or(0);
         let Some(open) = self.open.as_mut() else {
             let starts = match frame.kind {
                 FrameKind::Video => frame.keyframe,
@@ -207,7 +238,8 @@ impl Stamper {
             let (msn, discontinuity) = (open.msn, open.discontinuity);
             return Some(self.segment_mark(msn, discontinuity, time_ms, wall_ms));
         }
-        let part_due = time_ms.saturating_sub(open.part_start) >= u64::from(self.config.part_target_ms);
+        let elapsed = time_ms.saturating_sub(open.part_start);
+        let part_due = elapsed > 0 && elapsed.saturating_add(next_gap) >= u64::from(self.config.part_target_ms);
         if frame.keyframe || part_due {
             open.part += 1;
             open.part_start = time_ms;
@@ -315,6 +347,20 @@ mod tests {
 
     fn run(s: &mut Stamper, frames: &[Frame]) -> Vec<(Frame, Option<HlsMark>)> {
         frames.iter().map(|f| (f.clone(), s.mark(f, WALL + u64::from(f.timestamp)))).collect()
+    }
+
+    #[test]
+    fn parts_never_outlast_the_part_target_of_a_steady_stream() {
+        let mut s = Stamper::new(config(), None);
+        let marked = run(&mut s, &av(0, 900, 30));
+        // Part durations: from one boundary's time to the next one's.
+        let starts: Vec<u64> =
+            marked.iter().filter_map(|(_, m)| m.filter(|m| m.boundary.is_some()).map(|m| m.time_ms)).collect();
+        assert!(starts.len() > 100);
+        let longest = starts.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(longest <= 250, "a part lasted {longest} ms, the target is 250");
+        let shortest_full = starts.windows(2).map(|w| w[1] - w[0]).filter(|d| *d > 100).min().unwrap();
+        assert!(shortest_full >= 200, "parts stay near the target: {shortest_full} ms");
     }
 
     #[test]
