@@ -103,7 +103,10 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
     let base = free_base();
     let _stop = StopOnDrop(&data, base);
     ok(script(&data, base, "start"));
-    let (lb_http, lb_rtmp) = (base + 14, base + 4);
+    // The publisher is on edge-1 (directly: an RTMP connection through the balancer dies
+    // with its edge, and ffmpeg does not reconnect); the players' edge that dies below
+    // is edge-2, the next time it served the player's last request.
+    let (lb_http, publish_rtmp) = (base + 14, base + 4 + 1);
     let source = dir.path().join("source.flv");
     let _ffmpeg = Reaped(
         Command::new("ffmpeg")
@@ -111,7 +114,7 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
             .args(["-f", "lavfi", "-i", "sine=frequency=440", "-map", "0:v", "-map", "1:a"])
             .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-c:a", "aac"])
             .args(["-t", &(secs + 30).to_string(), "-f", "tee"])
-            .arg(format!("[f=flv]{}|[f=flv]rtmp://127.0.0.1:{lb_rtmp}/live/lbtest", source.display()))
+            .arg(format!("[f=flv]{}|[f=flv]rtmp://127.0.0.1:{publish_rtmp}/live/lbtest", source.display()))
             .stdin(Stdio::null())
             .spawn()
             .unwrap(),
@@ -135,9 +138,17 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
 
     // A third in: the edge that served the player's last request dies, and comes back.
     std::thread::sleep(Duration::from_secs(secs / 3));
-    let log = std::fs::read_to_string(data.join("logs/haproxy.log")).unwrap_or_default();
-    let last = log.lines().rev().find(|l| l.contains("/live/lbtest/")).unwrap_or_default();
-    let victim = if last.contains("edges_http/edge-2") { "edge-2" } else { "edge-1" };
+    let victim = "edge-2";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(data.join("logs/haproxy.log")).unwrap_or_default();
+        let last = log.lines().rev().find(|l| l.contains("/live/lbtest/")).unwrap_or_default().to_owned();
+        if last.contains("edges_http/edge-2") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "edge-2 served none of the player's requests: {last}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill(&data, victim);
     std::thread::sleep(Duration::from_secs(3));
     ok(script(&data, base, "start"));

@@ -668,6 +668,10 @@ impl Waiter<'_> {
     }
 }
 
+/// How long a stream's packaging waits for the owner's HLS window on a new relay
+/// before it starts with what is live.
+const HISTORY_WAIT: Duration = Duration::from_secs(3);
+
 /// The edge's [`Feed`]: one task per stream, fed by the stream's relay.
 pub struct RelayFeed(pub Arc<EdgeContext>);
 
@@ -707,8 +711,23 @@ async fn package(ctx: Arc<EdgeContext>, hls: Arc<Hls>, stream: Arc<HlsStream>) {
         let Some(hub) = hub else { continue };
         last = Some(hub.clone());
         // From the oldest segment start the relay's hub holds: an edge that starts late
-        // (or restarted) builds the same window as the others.
+        // (or restarted) builds the same window as the others. Wait until the owner has
+        // sent that history, then package all of it in one step: a playlist served
+        // meanwhile would list a shorter window than the other edges' (numbers going
+        // backwards for a client balanced between them), and a segment they list would
+        // be missing here.
+        tokio::select! {
+            _ = hub.history_ended() => {}
+            _ = tokio::time::sleep(HISTORY_WAIT) => tracing::debug!("no HLS window from the owner; starting live"),
+            _ = stream.stop.cancelled() => break 'generations,
+            _ = ctx.shutdown.cancelled() => break 'generations,
+        }
         let subscription = hub.subscribe_window();
+        let mut backlog = Vec::new();
+        while let Some(frame) = subscription.try_recv() {
+            backlog.extend(packager.push(&frame));
+        }
+        stream.apply(&hls, backlog);
         loop {
             tokio::select! {
                 frame = subscription.recv() => match frame {

@@ -199,6 +199,7 @@ async fn dispatch(up: Arc<Upstream>, mut events: mpsc::Receiver<LinkEvent>) {
                     // In order with the media: what follows on the channel is live.
                     if let Some(sink) = lock(&up.channels).get(&channel).and_then(|c| c.sink.as_ref()) {
                         sink.history.store(false, Ordering::Relaxed);
+                        sink.hub.end_history();
                     }
                 }
                 let tx = lock(&up.channels).get(&channel).map(|c| c.events.clone());

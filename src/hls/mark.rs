@@ -295,12 +295,20 @@ impl Stamper {
     }
 }
 
+/// 2026-01-01T00:00:00Z in ms since the Unix epoch: where fresh discontinuity
+/// sequences count from.
+pub const DISCONTINUITY_EPOCH_MS: u64 = 1_767_225_600_000;
+
 /// The first numbers of a session nobody remembers: from the wall clock, so they are
-/// above any earlier session's (see `docs/hls.md`, "Numbering").
+/// above any earlier session's (see `docs/hls.md`, "Numbering"). The discontinuity
+/// sequence counts hours since [`DISCONTINUITY_EPOCH_MS`], not seconds since 1970:
+/// hls.js keeps a sparse array indexed by it and walks it from 0 on every playlist
+/// reload, and at ~1.8e9 that walk froze the player's page (measured: hls.js 1.7.4 in
+/// Chromium played nothing for 58 s, then stalled).
 pub fn fresh_numbers(wall_ms: u64, target_ms: u32) -> (u64, u32) {
     let msn = wall_ms / u64::from((target_ms / 2).max(1));
-    let discontinuity = (wall_ms / 1000).min(u64::from(u32::MAX / 2)) as u32;
-    (msn, discontinuity)
+    let hours = wall_ms.saturating_sub(DISCONTINUITY_EPOCH_MS) / 3_600_000;
+    (msn, hours.min(u64::from(u32::MAX / 2)) as u32)
 }
 
 #[cfg(test)]
@@ -308,7 +316,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    const WALL: u64 = 1_764_892_800_000;
+    const WALL: u64 = 1_796_428_800_000; // 2026-12-05
 
     fn key(ts: u32) -> Frame {
         Frame::video(ts, Bytes::from_static(&[0x17, 0x01, 0, 0, 0, 0xAA]))
@@ -468,7 +476,11 @@ mod tests {
         // earlier session's for a stream whose segments last their target.
         let later = WALL + 200 * 1000 / 30 + 1000;
         let (msn, disc) = fresh_numbers(later, 2000);
-        assert!(msn > end.msn && disc > end.discontinuity);
+        assert!(msn > end.msn && disc >= end.discontinuity);
+        // The discontinuity sequence counts hours (hls.js walks it from 0 on every
+        // reload): thousands, not billions, and above once an hour has passed.
+        assert!(disc < 100_000, "{disc}");
+        assert!(fresh_numbers(later + 3_600_000, 2000).1 > end.discontinuity);
     }
 
     #[test]

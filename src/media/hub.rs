@@ -59,6 +59,11 @@ pub struct Hub {
     /// Frames dropped from any reader's queue, counted as they are dropped (a reader
     /// stuck on a slow socket never looks at its own counter).
     drops: Arc<AtomicU64>,
+    /// Set once the history an origin sends ahead of the live stream is all here
+    /// ([`Hub::end_history`]); HLS readers wait for it so a late edge's window is
+    /// complete before its first playlist.
+    history_done: AtomicBool,
+    history_notify: Notify,
 }
 
 struct HubState {
@@ -102,6 +107,8 @@ impl Hub {
         Arc::new(Hub {
             limits,
             drops,
+            history_done: AtomicBool::new(false),
+            history_notify: Notify::new(),
             state: Mutex::new(HubState {
                 gop: GopCache::new(limits.gop),
                 history: limits.history.map(Retained::new),
@@ -112,6 +119,23 @@ impl Hub {
                 ended: false,
             }),
         })
+    }
+
+    /// The history ahead of the live stream is complete (the link's `WindowEnd`).
+    pub fn end_history(&self) {
+        self.history_done.store(true, Ordering::Release);
+        self.history_notify.notify_waiters();
+    }
+
+    /// Resolves once [`Hub::end_history`] was called (at once if it was).
+    pub async fn history_ended(&self) {
+        loop {
+            let notified = self.history_notify.notified();
+            if self.history_done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Delivers a frame to every reader and the GOP cache. Never blocks on readers.
