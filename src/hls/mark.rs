@@ -163,7 +163,12 @@ pub struct Stamper {
     gaps: std::collections::VecDeque<u64>,
     /// Timeline position of the previous audio/video frame.
     previous: Option<u64>,
+    /// Timeline position of the first frame seen, for [`AUDIO_ONLY_AFTER_MS`].
+    first_seen: Option<u64>,
 }
+
+/// A stream whose first this-many ms brought no video is packaged as audio only.
+pub const AUDIO_ONLY_AFTER_MS: u64 = 1000;
 
 /// How many of the latest gaps between frames predict the next one.
 pub const GAP_HISTORY: usize = 16;
@@ -181,6 +186,7 @@ impl Stamper {
             open: None,
             gaps: std::collections::VecDeque::with_capacity(GAP_HISTORY + 1),
             previous: None,
+            first_seen: None,
         }
     }
 
@@ -210,9 +216,13 @@ impl Stamper {
         }
         let next_gap = self.gaps.iter().copied().max().unwrap_or(0);
         let Some(open) = self.open.as_mut() else {
+            // A stream's first frames are often audio (ffmpeg sends its AAC header and
+            // frames around the first keyframe): wait for video a little before calling
+            // the stream audio-only, or its first segment and init would lack video.
+            let first_seen = *self.first_seen.get_or_insert(time_ms);
             let starts = match frame.kind {
                 FrameKind::Video => frame.keyframe,
-                FrameKind::Audio => !self.has_video,
+                FrameKind::Audio => !self.has_video && time_ms.saturating_sub(first_seen) >= AUDIO_ONLY_AFTER_MS,
                 FrameKind::Data => false,
             };
             if !starts {
@@ -419,18 +429,33 @@ mod tests {
         s.mark(&aac_header(), WALL);
         let frames: Vec<Frame> = (0..500).map(|i| aac(i * 21)).collect();
         let marked = run(&mut s, &frames);
+        // Frames of the first second get no mark: video may still come.
+        let unmarked = marked.iter().take_while(|(_, m)| m.is_none()).count();
+        assert_eq!(unmarked as u64, AUDIO_ONLY_AFTER_MS.div_ceil(21), "audio-only after a second without video");
         let starts: Vec<u64> = marked
             .iter()
-            .filter_map(|(_, m)| match m.unwrap().boundary {
+            .filter_map(|(_, m)| match m.as_ref()?.boundary {
                 Some(Boundary::Segment(_)) => Some(m.unwrap().time_ms - WALL),
                 _ => None,
             })
             .collect();
-        assert_eq!(starts[0], 0, "the first audio frame opens the first segment");
+        assert_eq!(starts[0], 1008, "the first audio frame after a second opens the first segment");
         for w in starts.windows(2) {
             assert!((2000..2021).contains(&(w[1] - w[0])), "{w:?}");
         }
-        assert!(marked.iter().all(|(_, m)| !matches!(m.unwrap().boundary, Some(Boundary::Part { independent: true }))));
+        assert!(marked
+            .iter()
+            .all(|(_, m)| !matches!(m.and_then(|m| m.boundary), Some(Boundary::Part { independent: true }))));
+    }
+
+    #[test]
+    fn a_stream_that_starts_with_audio_opens_its_first_segment_on_video() {
+        let mut s = Stamper::new(config(), None);
+        let mut frames: Vec<Frame> = (0..10).map(|i| aac(i * 21)).collect();
+        frames.extend(av(210, 60, 30));
+        let marked = run(&mut s, &frames);
+        let first = marked.iter().find(|(_, m)| m.is_some()).unwrap();
+        assert!(first.0.kind == FrameKind::Video && first.0.keyframe, "the first segment starts on the keyframe");
     }
 
     #[test]
