@@ -179,9 +179,10 @@ async fn run(
 
 /// What the play pumps yield to their connection.
 enum Out {
-    /// Chunk bytes for the socket, and when a live frame reached the edge (`None` for
-    /// the frames a play starts with, which came before it).
-    Media(Bytes, Option<std::time::Instant>),
+    /// Chunk bytes for the socket, when a live frame reached the edge (`None` for
+    /// the frames a play starts with, which came before it), and whether the frame is
+    /// a codec header or metadata.
+    Media(Bytes, Option<std::time::Instant>, bool),
     /// The stream (re)appeared: `NetStream.Play.PublishNotify`.
     Published(u32),
     /// The publisher left: `NetStream.Play.UnpublishNotify`.
@@ -212,6 +213,9 @@ struct Conn {
     objects: ConnObjects,
     /// A play just started: its first media is written without a merge window.
     started_play: bool,
+    /// Media other than headers went out since the play started: only then is the play
+    /// past its first frames (a relay's headers can come well before its first GOP).
+    wrote_media: bool,
     peer: SocketAddr,
     /// Held until the session publishes, plays or uses a shared object.
     unstarted: Option<Permit>,
@@ -287,6 +291,7 @@ async fn connection(
         fenced: CancellationToken::new(),
         objects: ConnObjects::new(ctx.objects.clone()),
         started_play: false,
+        wrote_media: false,
         peer,
         unstarted: Some(unstarted),
         publish_permits: HashMap::new(),
@@ -362,7 +367,9 @@ async fn connection(
                     if merge.is_zero() || !idle || conn.started_play || pending.len() >= MERGE_FLUSH_BYTES {
                         // A play's first frames (the cached GOP) are not held: the time
                         // to first frame stays what it was.
-                        conn.started_play = false;
+                        if conn.wrote_media {
+                            conn.started_play = false;
+                        }
                         pending.release(&ctx.stats.hop_delivery);
                     } else {
                         window = true;
@@ -576,6 +583,7 @@ impl Conn {
                 };
                 self.session.accept_play(stream_id);
                 self.started_play = true;
+                self.wrote_media = false;
                 self.started();
                 let pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease);
                 self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
@@ -616,7 +624,8 @@ impl Conn {
 
     fn out(&mut self, out: Out, pending: &mut Outbox) {
         match out {
-            Out::Media(bytes, arrived) => {
+            Out::Media(bytes, arrived, header) => {
+                self.wrote_media |= !header;
                 // Whatever the session queued goes first; the shared chunks follow
                 // without a copy.
                 pending.push(self.session.take_output());
@@ -796,7 +805,7 @@ impl Pump {
                     Some(frame) => {
                         if let Some(bytes) = chunks(&frame, self.chunk_size, self.stream_id) {
                             let live = (frame.arrived.0 >= *since).then_some(frame.arrived.0);
-                            return Some(Out::Media(bytes, live));
+                            return Some(Out::Media(bytes, live, frame.header));
                         }
                     }
                     None => {
