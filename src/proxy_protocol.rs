@@ -140,6 +140,12 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyError> {
         Some(_) => return Err(ProxyError::BadV1("a CR not followed by LF")),
     }
     let len = cr + 2;
+    // A LF before the CRLF is a bare LF whether or not the CRLF has arrived yet, so a
+    // header and its prefixes get the same verdict (found by the fuzz target: an
+    // `UNKNOWN` line with a LF in it parsed whole, while its prefix was an error).
+    if buf[..cr].contains(&b'\n') {
+        return Err(ProxyError::BadV1("a bare LF"));
+    }
     let line = std::str::from_utf8(&buf[..cr]).map_err(|_| ProxyError::BadV1("not ASCII"))?;
     let mut fields = line.split(' ');
     fields.next(); // "PROXY", checked by the caller
