@@ -464,6 +464,58 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
+/// What must hold for any input, checked by the `hls_tags` fuzz target and the replay
+/// of its regressions: the codec parsers never panic on a tag body, and the packager,
+/// fed the frames [`fuzz_frames`] builds from the same bytes, never panics and gives
+/// the same events twice.
+pub fn check_invariants(data: &[u8]) {
+    let _ = codec::parse_video(&Bytes::copy_from_slice(data));
+    let _ = codec::parse_audio(&Bytes::copy_from_slice(data));
+    let frames = fuzz_frames(data);
+    let run = || {
+        let mut p = Packager::new();
+        let mut out: Vec<_> = frames.iter().flat_map(|f| p.push(f)).collect();
+        out.extend(p.finish());
+        out
+    };
+    assert_eq!(run(), run());
+}
+
+/// Frames with arbitrary marks from fuzz input, `[kind][mark][len][body; len]…`: kind
+/// picks video/audio/data and whether the frame is marked; mark picks the boundary,
+/// msn and part; the time advances by the mark byte.
+fn fuzz_frames(mut data: &[u8]) -> Vec<Frame> {
+    use super::mark::SegmentOpen;
+    let mut frames = Vec::new();
+    let mut time_ms = 0u64;
+    while let [kind, mark, len, rest @ ..] = data {
+        let body = Bytes::copy_from_slice(&rest[..usize::from(*len).min(rest.len())]);
+        data = &rest[body.len()..];
+        let mut frame = match kind % 3 {
+            0 => Frame::video(0, body),
+            1 => Frame::audio(0, body),
+            _ => Frame::data(0, body),
+        };
+        time_ms += u64::from(*mark);
+        let boundary = match mark % 4 {
+            0 => Some(Boundary::Segment(SegmentOpen {
+                discontinuity: 0,
+                wall_ms: 0,
+                target_ms: 2000,
+                part_target_ms: 200,
+            })),
+            1 => Some(Boundary::Part { independent: kind & 0x80 != 0 }),
+            _ => None,
+        };
+        if kind & 0x40 == 0 {
+            frame.hls =
+                Some(HlsMark { msn: u64::from(mark >> 5), part: u32::from((mark >> 2) & 7), time_ms, boundary });
+        }
+        frames.push(frame);
+    }
+    frames
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
