@@ -197,8 +197,30 @@ impl StateMachine {
                 self.recount(object);
             }
         }
-        self.remember(req.id, response.clone());
+        // A refusal for quota or limits changed nothing, and executing the command
+        // again can only be refused again or applied once: no need to remember it.
+        // (Floods of refused writes would otherwise fill the table.)
+        if !matches!(response, Response::Rejected(Rejection::QuotaExceeded { .. } | Rejection::LimitExceeded { .. })) {
+            self.remember(req.id, response.clone());
+        }
         Applied { response, events }
+    }
+
+    /// Why `command` would be refused for a quota or a limit if it were applied now, if
+    /// it would be: what `apply` decides, asked ahead, so the proposer can refuse a
+    /// flood of such writes before they reach the log. `apply` still decides: a delete
+    /// committed meanwhile may let through a write this refused (its client retries).
+    pub fn refusal_ahead(&self, command: &Command) -> Option<Rejection> {
+        match command {
+            Command::SetSlots { object, slots, .. } => self.over_limits(object, slots),
+            Command::ClientWrite { subject, quota, command } => match &**command {
+                Command::SetSlots { object, slots, .. } => {
+                    self.over_quota(subject, quota, object, slots).or_else(|| self.over_limits(object, slots))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// The answer already given to request `id`, if it applied within the
@@ -902,6 +924,45 @@ mod tests {
         sm.apply(4, &req(4, Command::AddTokenKey { key: key(4), only_if_none: false }));
         assert_eq!(sm.token_keys.keys().copied().collect::<Vec<_>>(), vec![2, 3], "the oldest is dropped");
         assert_eq!(sm.token_keys[&3], key(4));
+    }
+
+    #[test]
+    fn refusals_for_quota_or_limits_are_known_ahead_and_not_remembered() {
+        let mut sm = StateMachine::default();
+        let quota = Quota { objects: 1, slots: 4, bytes: 1_000 };
+        let ok = |r: &Response| matches!(r, Response::ObjectVersion { .. });
+        let first = client("alice", quota, temp_set("a1", "x", Value::Null));
+        assert_eq!(sm.refusal_ahead(&first), None);
+        assert!(ok(&sm.apply(1, &req(1, first)).response));
+        // A second object is over alice's quota: known ahead, and what apply says.
+        let second = client("alice", quota, temp_set("a2", "x", Value::Null));
+        let ahead = sm.refusal_ahead(&second).expect("refused ahead");
+        assert!(matches!(ahead, Rejection::QuotaExceeded { .. }));
+        assert_eq!(sm.apply(2, &req(2, second.clone())).response, Response::Rejected(ahead));
+        // A refusal is not remembered: once alice's object is gone, the same request
+        // (a retry) applies, once.
+        assert_eq!(sm.answered(&RequestId(2)), None);
+        sm.apply(3, &req(3, Command::DeleteObject { object: "a1".into(), if_version: None }));
+        assert_eq!(sm.refusal_ahead(&second), None);
+        assert!(ok(&sm.apply(4, &req(2, second.clone())).response));
+        let again = sm.apply(5, &req(2, second)).response;
+        assert_eq!(sm.objects["a2"].version, 1, "a retry of an applied write changes nothing: {again:?}");
+        // Limits too, for the admin: a value over the size limit.
+        let huge = Value::String("x".repeat(MAX_VALUE_BYTES + 1));
+        let admin = Command::SetSlots {
+            object: "b".into(),
+            slots: vec![("s".into(), huge)],
+            if_version: None,
+            persistent: true,
+        };
+        assert!(matches!(sm.refusal_ahead(&admin), Some(Rejection::LimitExceeded { .. })));
+        assert!(matches!(sm.apply(6, &req(6, admin)).response, Response::Rejected(Rejection::LimitExceeded { .. })));
+        assert_eq!(sm.answered(&RequestId(6)), None);
+        // Other refusals are remembered (a conditional write that lost stays lost).
+        let stale = set("a2", "x", 1.0, Some(99));
+        assert_eq!(sm.refusal_ahead(&stale), None, "only quotas and limits are decided ahead");
+        assert!(matches!(sm.apply(7, &req(7, stale)).response, Response::Rejected(Rejection::VersionMismatch { .. })));
+        assert!(sm.answered(&RequestId(7)).is_some());
     }
 
     #[test]

@@ -700,13 +700,22 @@ impl Proposer {
     /// Executes `req` if this node leads; otherwise says who does.
     pub async fn execute_here(&self, req: &Forward) -> ForwardReply {
         match req {
-            Forward::Write(req) => self.write_here(req).await,
+            Forward::Write(req) => match self.refused_ahead(req) {
+                Some(refused) => refused,
+                None => self.write_here(req).await,
+            },
             Forward::WriteBatch(reqs) if reqs.len() > MAX_BATCH => {
                 failed(FailKind::BadRequest, format!("{} writes in one batch; at most {MAX_BATCH}", reqs.len()))
             }
-            Forward::WriteBatch(reqs) => {
-                ForwardReply::Batch(futures::future::join_all(reqs.iter().map(|req| self.write_here(req))).await)
-            }
+            Forward::WriteBatch(reqs) => ForwardReply::Batch(
+                futures::future::join_all(reqs.iter().map(|req| async move {
+                    match self.refused_ahead(req) {
+                        Some(refused) => refused,
+                        None => self.write_here(req).await,
+                    }
+                }))
+                .await,
+            ),
             Forward::Lookup { stream } => {
                 let claim = self.state.read(|sm| sm.streams.get(stream).cloned());
                 self.owner_reply(claim)
@@ -868,6 +877,21 @@ impl Proposer {
                 ),
             ),
         }
+    }
+
+    /// The refusal of `request` when the local state already refuses it for a quota or
+    /// a limit ([`StateMachine::refusal_ahead`]): answered on the origin that received
+    /// it, leader or not, so a flood of such writes costs no log entries. A retry of a
+    /// write that applied gets its first answer from the log instead.
+    ///
+    /// [`StateMachine::refusal_ahead`]: raftcast_raft::StateMachine::refusal_ahead
+    fn refused_ahead(&self, request: &Request) -> Option<ForwardReply> {
+        let rejection = self.state.read(|sm| match sm.answered(&request.id) {
+            Some(_) => None,
+            None => sm.refusal_ahead(&request.command),
+        })?;
+        self.metrics.proposals.get_or_create(&ResultLabel { result: "refused_ahead" }).inc();
+        Some(ForwardReply::Written(Response::Rejected(rejection)))
     }
 
     /// Queues `request` for the batcher and waits for its answer.
