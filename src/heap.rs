@@ -23,3 +23,20 @@ pub fn stats() -> Option<HeapStats> {
     let resident = tikv_jemalloc_ctl::stats::resident::read().ok()? as u64;
     Some(HeapStats { allocated, resident })
 }
+
+/// How long, in ms, freed pages stay in the allocator before they go back to the
+/// kernel: every arena now and every arena made later. jemalloc's default is 10 s,
+/// paced by a smoothed curve, and its background threads are what purge an idle arena:
+/// an origin 60 s after a flood of refused writes still held ~18 MiB of freed pages
+/// with the default and gave them back with 1 s (docs/origin-cluster.md, "Memory
+/// after a burst"). Origins set it; edges keep the default, whose frames churn through
+/// the same pages all the time. Errors (another allocator) are ignored.
+pub fn set_dirty_decay_ms(ms: isize) {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    let _ = b"arenas.dirty_decay_ms\0".name().write(ms);
+    let arenas: u32 = b"arenas.narenas\0".name().read().unwrap_or(0);
+    for i in 0..arenas {
+        // Arenas not made yet refuse; `arenas.dirty_decay_ms` covers them.
+        let _ = format!("arena.{i}.dirty_decay_ms\0").as_bytes().name().write(ms);
+    }
+}

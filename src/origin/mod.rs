@@ -51,6 +51,9 @@ const PEER_RESERVE_DIVISOR: usize = 4;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Entry point of `raftcast origin`.
+/// How long an origin's allocator keeps freed pages (see [`crate::heap::set_dirty_decay_ms`]).
+const DIRTY_DECAY_MS: isize = 1000;
+
 pub fn main(args: OriginArgs) -> ExitCode {
     crate::logging::init();
     let config = match OriginConfig::from_args(args, |k| std::env::var(k).ok()) {
@@ -60,6 +63,7 @@ pub fn main(args: OriginArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    crate::heap::set_dirty_decay_ms(DIRTY_DECAY_MS);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
