@@ -6,7 +6,7 @@
 //
 //   node check-playlists.mjs --edge URL --edge URL [--lb URL] [--seconds 30]
 //       [--interval-ms 500] [--ll] [--pdt] [--no-media] [--parts] [--min-segments N]
-//       [--discontinuities N] [--out report.json]
+//       [--discontinuities N] [--no-skips] [--out report.json]
 //
 // URL is a media playlist URL (http://127.0.0.1:8081/live/x/index.m3u8). Prints a JSON
 // report and exits 1 when any rule broke or fewer than --min-segments segments were
@@ -19,13 +19,18 @@
 // numbering ran on across the break). The report lists each with the program date
 // times on either side, so a caller can check that it is where the timeline really
 // broke.
+//
+// --no-skips: a reload whose first segment is past the previous reload's last + 1 is
+// an error (numbers that were never listed: the numbering jumped, or the window
+// started over). For runs where every source answers every round; an edge that was
+// down for longer than its window would trip it.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { checkPlaylist, checkReload, compareEdges, discontinuityPoints } from './lib/rules.mjs';
 
 function parseArgs(argv) {
-  const o = { edges: [], lb: null, seconds: 30, intervalMs: 500, ll: false, pdt: false, media: true, parts: false, minSegments: 0, discontinuities: null, out: null };
+  const o = { edges: [], lb: null, seconds: 30, intervalMs: 500, ll: false, pdt: false, media: true, parts: false, minSegments: 0, discontinuities: null, noSkips: false, out: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => { if (i + 1 >= argv.length) usage(`${a} needs a value`); return argv[++i]; };
@@ -39,6 +44,7 @@ function parseArgs(argv) {
     else if (a === '--parts') o.parts = true;
     else if (a === '--min-segments') o.minSegments = Number(next());
     else if (a === '--discontinuities') o.discontinuities = Number(next());
+    else if (a === '--no-skips') o.noSkips = true;
     else if (a === '--out') o.out = next();
     else usage(`unknown argument ${a}`);
   }
@@ -47,7 +53,7 @@ function parseArgs(argv) {
 }
 
 function usage(why) {
-  console.error(`check-playlists: ${why}\nusage: node check-playlists.mjs --edge URL [--edge URL…] [--lb URL] [--seconds N] [--interval-ms N] [--ll] [--pdt] [--no-media] [--parts] [--min-segments N] [--discontinuities N] [--out FILE]`);
+  console.error(`check-playlists: ${why}\nusage: node check-playlists.mjs --edge URL [--edge URL…] [--lb URL] [--seconds N] [--interval-ms N] [--ll] [--pdt] [--no-media] [--parts] [--min-segments N] [--discontinuities N] [--no-skips] [--out FILE]`);
   process.exit(2);
 }
 
@@ -98,6 +104,9 @@ async function main() {
       for (const e of errors) error(`${g.s.name}: ${e}`);
       const before = prev.get(g.s.name);
       if (before) for (const e of checkReload(before, summary, `${g.s.name} reload`)) error(e);
+      if (before && o.noSkips && summary.mediaSequence > before.lastMsn + 1) {
+        error(`${g.s.name} reload: segments ${before.lastMsn + 1}..${summary.mediaSequence - 1} never listed (the numbering jumped from ${before.lastMsn} to ${summary.mediaSequence})`);
+      }
       prev.set(g.s.name, summary);
       summaries.set(g.s.name, summary);
       report.first_msn ??= summary.mediaSequence;
