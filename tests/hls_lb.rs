@@ -16,7 +16,7 @@
 //! enough for 100 segments of 1 s).
 //!
 //! The second test does the same across a publisher reconnecting through the other
-//! edge (about 70 s).
+//! edge (about 60 s).
 
 mod common;
 
@@ -206,7 +206,7 @@ const TESTSRC: &str = "testsrc=size=640x360:rate=30";
 /// both edges' playlists are checked. Expected: no stall over 2 s, every frame of both
 /// sources exactly once and in order, the same segments and bytes on both edges, and
 /// the timeline breaking exactly once (`EXT-X-DISCONTINUITY`), at the reconnect, with
-/// the numbering running on (msn + 1, discontinuity sequence + 1). About 70 s.
+/// the numbering running on (msn + 1, discontinuity sequence + 1). About 60 s.
 #[test]
 fn players_behind_haproxy_never_notice_the_publisher_reconnecting_through_the_other_edge() {
     let first: u64 = std::env::var("HLS_RECONNECT_AFTER").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
