@@ -14,6 +14,9 @@
 //!
 //! About 130 s of wall clock. HLS_LB_SECONDS sets the run's length (default 120,
 //! enough for 100 segments of 1 s).
+//!
+//! The second test does the same across a publisher reconnecting through the other
+//! edge (about 60 s).
 
 mod common;
 
@@ -62,6 +65,34 @@ fn kill(data: &Path, name: &str) {
     assert!(Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap().success(), "kill {name}");
 }
 
+/// The first publisher's picture: a test pattern with a running clock, so every frame
+/// differs from every other.
+const TESTSRC2: &str = "testsrc2=size=640x360:rate=30";
+
+/// ffmpeg publishing `lavfi` (and a 440 Hz tone) for `secs` to
+/// `rtmp://127.0.0.1:{rtmp}/live/{name}`, keeping the encoded stream in `source` (FLV).
+fn publish(lavfi: &str, secs: u64, source: &Path, rtmp: u16, name: &str) -> Child {
+    Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", lavfi])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-map", "0:v", "-map", "1:a"])
+        // ffmpeg's tee muxer gives x264 no global header unless asked: the FLV then
+        // carries an empty AVC sequence header and Annex-B frames, which the HLS
+        // packager does not take (noted in docs/hls.md).
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-c:a", "aac"])
+        .args(["-flags", "+global_header"])
+        // 4:2:0, what players decode (an RGB source such as testsrc would make x264
+        // encode 4:4:4, which browsers do not play).
+        .args(["-pix_fmt", "yuv420p"])
+        .args(["-t", &secs.to_string(), "-f", "tee"])
+        // The file flushed at every packet: the recorder reads it while this still
+        // runs, and unflushed it lagged the stream by more than the recorder's latency
+        // (a growing FLV read 0 frames 4 s into a run; flushed, 117 of 120).
+        .arg(format!("[f=flv:flush_packets=1]{}|[f=flv]rtmp://127.0.0.1:{rtmp}/live/{name}", source.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn node(args: &[&str], out: &Path) -> Child {
     Command::new("node")
         .args(args)
@@ -108,21 +139,7 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
     // is edge-2, the next time it served the player's last request.
     let (lb_http, publish_rtmp) = (base + 14, base + 4 + 1);
     let source = dir.path().join("source.flv");
-    let _ffmpeg = Reaped(
-        Command::new("ffmpeg")
-            .args(["-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440", "-map", "0:v", "-map", "1:a"])
-            // ffmpeg's tee muxer gives x264 no global header unless asked: the FLV then
-            // carries an empty AVC sequence header and Annex-B frames, which the HLS
-            // packager does not take (noted in docs/hls.md).
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-c:a", "aac"])
-            .args(["-flags", "+global_header"])
-            .args(["-t", &(secs + 30).to_string(), "-f", "tee"])
-            .arg(format!("[f=flv]{}|[f=flv]rtmp://127.0.0.1:{publish_rtmp}/live/lbtest", source.display()))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _ffmpeg = Reaped(publish(TESTSRC2, secs + 30, &source, publish_rtmp, "lbtest"));
     let url = format!("http://127.0.0.1:{lb_http}/live/lbtest/index.m3u8");
     let edge = |i: u16| format!("http://127.0.0.1:{}/live/lbtest/index.m3u8", lb_http + i);
     common_wait_playlist(&url);
@@ -174,6 +191,81 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
     assert!(p.success(), "player: {:?}", p_json["problems"]);
     assert!(r.success(), "recorder: {}", r_json["firstProblem"]);
     assert!(c.success(), "playlists: {:?}", c_json["errors"]);
+}
+
+/// The second publisher's picture: `testsrc` draws other bars and its own counter, so
+/// none of its decoded frames equals one of `testsrc2`'s (both counters restart at 0: a
+/// second `testsrc2` would repeat the first one's opening frames, and a repeat is what
+/// the recorder must catch).
+const TESTSRC: &str = "testsrc=size=640x360:rate=30";
+
+/// "The same across a publisher reconnect through the other edge": ffmpeg publishes
+/// through edge-1 for `HLS_RECONNECT_AFTER` s (default 25) and ends cleanly; as soon as
+/// it has exited a second ffmpeg publishes the same stream, another picture, through
+/// edge-2. Through HAProxy meanwhile: hls.js (LL) plays, the recorder records, and
+/// both edges' playlists are checked. Expected: no stall over 2 s, every frame of both
+/// sources exactly once and in order, the same segments and bytes on both edges, and
+/// the timeline breaking exactly once (`EXT-X-DISCONTINUITY`), at the reconnect, with
+/// the numbering running on (msn + 1, discontinuity sequence + 1). About 60 s.
+#[test]
+fn players_behind_haproxy_never_notice_the_publisher_reconnecting_through_the_other_edge() {
+    let first: u64 = std::env::var("HLS_RECONNECT_AFTER").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = free_base();
+    let _stop = StopOnDrop(&data, base);
+    ok(script(&data, base, "start"));
+    let (lb_http, edge1_rtmp, edge2_rtmp) = (base + 14, base + 4 + 1, base + 4 + 2);
+    let (source1, source2) = (dir.path().join("source1.flv"), dir.path().join("source2.flv"));
+    let mut publisher1 = Reaped(publish(TESTSRC2, first, &source1, edge1_rtmp, "reconnect"));
+    let url = format!("http://127.0.0.1:{lb_http}/live/reconnect/index.m3u8");
+    let edge = |i: u16| format!("http://127.0.0.1:{}/live/reconnect/index.m3u8", lb_http + i);
+    common_wait_playlist(&url);
+
+    // The harness runs until well after the reconnect: as long again as what is left of
+    // the first session, and at least 20 s.
+    let secs = (2 * first).saturating_sub(5).max(first + 20);
+    let (play_out, rec_out, check_out) =
+        (dir.path().join("play.json"), dir.path().join("record.json"), dir.path().join("check.json"));
+    let s = secs.to_string();
+    // No latency bound here (it is reported): the new session's timeline continues just
+    // after the old one's end, so the time the publisher was away stays in the
+    // player's latency from then on (hls.js does not catch up at playback rate 1).
+    let mut play = node(&["play.mjs", &url, &s, "--max-stall-ms", "2000"], &play_out);
+    let (src1, src2) = (source1.display().to_string(), source2.display().to_string());
+    let mut rec = node(&["record.mjs", &url, &s, "--source", &src1, "--source", &src2], &rec_out);
+    let mut check = node(
+        &["check-playlists.mjs", "--edge", &edge(1), "--edge", &edge(2), "--lb", &url, "--seconds", &s]
+            .into_iter()
+            .chain(["--ll", "--pdt", "--parts", "--discontinuities", "1", "--no-skips"])
+            .chain(["--min-segments", &(secs - 10).to_string()])
+            .collect::<Vec<_>>(),
+        &check_out,
+    );
+
+    // The first publisher ends on its own (`-t`), cleanly; the second starts at once.
+    let status = publisher1.0.wait().unwrap();
+    assert!(status.success(), "publisher 1: {status}");
+    let ended = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let _publisher2 = Reaped(publish(TESTSRC, secs + 30, &source2, edge2_rtmp, "reconnect"));
+
+    let (p, r, c) = (play.wait().unwrap(), rec.wait().unwrap(), check.wait().unwrap());
+    let (p_json, r_json, c_json) = (report(&play_out), report(&rec_out), report(&check_out));
+    eprintln!("play: {p_json:#}\nrecord: {r_json:#}\ncheck: {c_json:#}");
+    assert!(p.success(), "player: {:?}", p_json["problems"]);
+    assert!(r.success(), "recorder: {}", r_json["firstProblem"]);
+    assert!(c.success(), "playlists: {:?}", c_json["errors"]);
+    // The one break is the reconnect: the segment before it started before publisher 1
+    // had exited, the one after it after (program date times are the publishing edge's
+    // wall clock at a segment's first frame, ms; the edges run on this machine).
+    let point = &c_json["discontinuity_points"][0];
+    let pdt = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("a program date time: {point}"));
+    eprintln!(
+        "publisher 1 exited at {ended} ms; publisher 2's first segment began {} ms later",
+        pdt(&point["pdt_ms"]).saturating_sub(ended)
+    );
+    assert!(pdt(&point["before"]["pdt_ms"]) < ended, "the segment before the break is publisher 1's: {point}");
+    assert!(pdt(&point["pdt_ms"]) >= ended, "the segment after the break is publisher 2's: {point}");
 }
 
 /// Until the balancer serves the stream's playlist with a segment (30 s at most).

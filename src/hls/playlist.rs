@@ -134,10 +134,14 @@ pub fn render(window: &Window) -> Option<String> {
         }
         previous = Some(segment);
     }
+    // Between publishing sessions (no open segment) too: the next session continues at
+    // the last segment + 1 (`docs/hls.md`, "Numbering"), a request for that part waits
+    // for it like any hinted part (404 if it does not come), and hls.js 1.7 needs a tag
+    // after the last segment's URI: without one it takes that segment for the next
+    // one's hint and calls the reconnect's `EXT-X-DISCONTINUITY` a "discontinuity
+    // sequence mismatch", a fatal error (seen in `tests/hls_lb.rs`).
     if let Some((msn, index)) = window.next_part() {
-        if window.open().is_some() {
-            let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"", part_uri(msn, index));
-        }
+        let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"", part_uri(msn, index));
     }
     Some(out)
 }
@@ -244,8 +248,9 @@ mod tests {
         assert!(text.contains(
             "seg-0.m4s\n#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1.mp4\"\n#EXT-X-PROGRAM-DATE-TIME:1970-01-01T00:00:00.000Z\n"
         ));
-        // No open segment: no hint (the next segment's number is not certain).
-        assert!(!text.contains("PRELOAD-HINT"));
+        // No open segment (between publishing sessions): the hint names the next
+        // segment's first part, right after the last segment.
+        assert!(text.ends_with("seg-1.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-2.0.m4s\"\n"), "{text}");
     }
 
     #[test]

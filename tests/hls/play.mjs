@@ -57,7 +57,9 @@ function start(url, ll, stallMs) {
   const hls = new Hls({ lowLatencyMode: ll, backBufferLength: 10 });
   window.hls = hls;
   hls.on(Hls.Events.ERROR, (e, d) => {
-    if (d.fatal) h.fatal.push({ at: Date.now(), type: d.type, details: d.details, url: d.url || (d.frag && d.frag.url) || null });
+    // The reason too (a parsing error's names both playlists), cut to keep the report short.
+    if (d.fatal) h.fatal.push({ at: Date.now(), type: d.type, details: d.details, url: d.url || (d.frag && d.frag.url) || null,
+      reason: String(d.reason || (d.error && d.error.message) || '').slice(0, 4000) });
     else h.nonfatal[d.details] = (h.nonfatal[d.details] || 0) + 1;
   });
   hls.on(Hls.Events.LEVEL_LOADED, (e, d) => { h.levels = { live: d.details.live, partTarget: d.details.partTarget, targetduration: d.details.targetduration, canBlockReload: d.details.canBlockReload }; });

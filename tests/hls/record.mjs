@@ -2,9 +2,11 @@
 // as decoded-frame checksums (`-f framemd5`) and checks them against the source: every
 // source frame exactly once, in order (lib/framemd5.mjs), from wherever the recording
 // joined. The source is a media file the publisher also wrote (ffmpeg's tee muxer) or
-// its framemd5.
+// its framemd5. --source may be given more than once, for a publisher that reconnected:
+// the expected frames are the sources' frames concatenated in order, and the recording
+// must run from the first source into the last (lib/framemd5.mjs, compareWithSources).
 //
-//   node record.mjs URL SECONDS --source FILE [--stream v|a] [--out DIR]
+//   node record.mjs URL SECONDS --source FILE [--source FILE…] [--stream v|a] [--out DIR]
 //
 // Decoded frames, not packet counts: a frame delivered twice, dropped or damaged shows.
 // Video by default (AAC frames decoded from a segment boundary depend on the previous
@@ -14,26 +16,26 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { compareFrames, parseFramemd5 } from './lib/framemd5.mjs';
+import { compareWithSources, parseFramemd5 } from './lib/framemd5.mjs';
 
 function parseArgs(argv) {
-  const o = { url: null, seconds: null, source: null, stream: 'v', out: null };
+  const o = { url: null, seconds: null, sources: [], stream: 'v', out: null };
   const rest = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === '--source') o.source = argv[++i];
+    if (a === '--source') o.sources.push(argv[++i]);
     else if (a === '--stream') o.stream = argv[++i];
     else if (a === '--out') o.out = argv[++i];
     else if (a.startsWith('--')) usage(`unknown option ${a}`);
     else rest.push(a);
   }
   [o.url, o.seconds] = [rest[0], Number(rest[1])];
-  if (!o.url || !(o.seconds > 0) || !o.source || !['v', 'a'].includes(o.stream)) usage('URL, SECONDS and --source are required');
+  if (!o.url || !(o.seconds > 0) || !o.sources.length || !['v', 'a'].includes(o.stream)) usage('URL, SECONDS and --source are required');
   return o;
 }
 
 function usage(why) {
-  console.error(`record: ${why}\nusage: node record.mjs URL SECONDS --source FILE [--stream v|a] [--out DIR]`);
+  console.error(`record: ${why}\nusage: node record.mjs URL SECONDS --source FILE [--source FILE…] [--stream v|a] [--out DIR]`);
   process.exit(2);
 }
 
@@ -60,14 +62,17 @@ async function main() {
   // the frames it has). -rw_timeout: a request that hangs 5 s is an error, not a wait.
   const rec = await framemd5(o.url, o.stream, ['-rw_timeout', '5000000'], o.seconds * 1000);
   const recorded = parseFramemd5(rec.out);
-  const sourceText = o.source.endsWith('.framemd5') ? fs.readFileSync(o.source, 'utf8')
-    : (await framemd5(o.source, o.stream, [], 600_000)).out;
-  const source = parseFramemd5(sourceText);
-  const result = compareFrames(source, recorded);
+  const sourceTexts = [];
+  for (const file of o.sources) {
+    sourceTexts.push(file.endsWith('.framemd5') ? fs.readFileSync(file, 'utf8')
+      : (await framemd5(file, o.stream, [], 600_000)).out);
+  }
+  const result = compareWithSources(sourceTexts.map((t) => parseFramemd5(t)), recorded);
   if (o.out) {
     fs.mkdirSync(o.out, { recursive: true });
     fs.writeFileSync(path.join(o.out, 'recorded.framemd5'), rec.out);
-    fs.writeFileSync(path.join(o.out, 'source.framemd5'), sourceText);
+    // One source keeps its old name; several are numbered in order.
+    sourceTexts.forEach((t, i) => fs.writeFileSync(path.join(o.out, sourceTexts.length === 1 ? 'source.framemd5' : `source${i + 1}.framemd5`), t));
   }
   const report = { url: o.url, stream: o.stream, seconds: o.seconds, wall_ms: Date.now() - started, ffmpeg_exit: rec.code,
     ffmpeg_errors: rec.err.split('\n').filter(Boolean).slice(0, 20), ...result };

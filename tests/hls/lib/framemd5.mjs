@@ -58,3 +58,26 @@ export function compareFrames(source, recorded) {
   result.ok = result.missing === 0 && result.repeated === 0 && result.foreign === 0;
   return result;
 }
+
+/**
+ * Compares a recording with several sources published one after the other (a
+ * publisher that reconnected): the expected frames are the sources' frames
+ * concatenated in order, and the recording must be a contiguous run of them that
+ * starts in the first source and reaches the last, so it crossed every reconnect (a
+ * recorder that stopped at the first one would otherwise pass). `sources` is an array
+ * of hash arrays; with one source this is `compareFrames` exactly. Adds `sources`:
+ * each source's frame count and the index where it starts in the concatenation.
+ */
+export function compareWithSources(sources, recorded) {
+  if (sources.length === 1) return compareFrames(sources[0], recorded);
+  const starts = [];
+  let total = 0;
+  for (const s of sources) { starts.push(total); total += s.length; }
+  const result = compareFrames(sources.flat(), recorded);
+  result.sources = sources.map((s, i) => ({ frames: s.length, starts_at: starts[i] }));
+  if (result.start >= 0 && (result.start >= starts[1] || result.end < starts[sources.length - 1])) {
+    result.firstProblem ??= `the recording (source frames ${result.start}..${result.end}) does not run from the first source into the last (starting at ${starts[sources.length - 1]})`;
+    result.ok = false;
+  }
+  return result;
+}

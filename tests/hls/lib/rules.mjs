@@ -7,6 +7,7 @@
 //   checkReload(prev, next)        -> [errors]                       rules between two reloads
 //   segmentMap(summary)            -> Map(msn -> {uri, duration, parts: [...]})
 //   compareEdges(a, b)             -> [errors]                       two edges' views of one stream
+//   discontinuityPoints(summary)   -> [{msn, dseq, pdt, before}]     where the media timeline breaks
 
 import m3u8 from 'm3u8-parser';
 
@@ -54,7 +55,14 @@ export function checkPlaylist(text, opts = {}) {
 
   // Partial segments (LL-HLS).
   const partTarget = m.partInf?.partTarget;
-  const live = segments.map((s, i) => ({ msn: msn0 + i, uri: s.uri, duration: s.duration, parts: s.parts || [] }));
+  // Each segment's discontinuity sequence number: the playlist's, plus one per
+  // EXT-X-DISCONTINUITY up to and including the segment's own (4.4.3.3).
+  let dseq = m.discontinuitySequence ?? 0;
+  const live = segments.map((s, i) => {
+    if (s.discontinuity) dseq++;
+    return { msn: msn0 + i, uri: s.uri, duration: s.duration, parts: s.parts || [], discontinuity: Boolean(s.discontinuity),
+      dseq, pdt: s.programDateTime ?? null };
+  });
   const open = m.preloadSegment; // the segment being written: parts, no URI yet
   const allParts = [...live.flatMap((s) => s.parts.map((p) => ({ msn: s.msn, ...p }))),
     ...((open && open.parts) || []).map((p) => ({ msn: msn0 + segments.length, ...p }))];
@@ -147,6 +155,9 @@ export function sameSegments(a, b, label) {
     if (Math.abs(t.duration - s.duration) > EPS) {
       errors.push(`${label}: segment ${s.msn} lasts ${s.duration} in one and ${t.duration} in the other`);
     }
+    if (t.dseq !== s.dseq) {
+      errors.push(`${label}: segment ${s.msn} has discontinuity sequence ${s.dseq} in one and ${t.dseq} in the other`);
+    }
     // Parts listed in both must agree (one side may have dropped them already).
     if (s.parts.length && t.parts.length) {
       const pa = s.parts.map((p) => `${p.uri}@${p.duration}`).join(' ');
@@ -164,4 +175,21 @@ export function compareEdges(a, b, label = 'edges') {
     errors.push(`${label}: EXT-X-MAP ${a.map} in one and ${b.map} in the other`);
   }
   return errors;
+}
+
+/**
+ * The segments of one playlist that open with an EXT-X-DISCONTINUITY, each with its
+ * discontinuity sequence number, program date time, and the segment listed before it
+ * (`before`: null when the discontinuity opens the playlist, so what it follows is not
+ * shown). Used to check that the timeline breaks exactly where it really does, and that
+ * the numbering runs on across the break (`before.msn === msn - 1`).
+ */
+export function discontinuityPoints(summary) {
+  const out = [];
+  summary.segments.forEach((s, i) => {
+    if (!s.discontinuity) return;
+    const b = i > 0 ? summary.segments[i - 1] : null;
+    out.push({ msn: s.msn, dseq: s.dseq, pdt: s.pdt, before: b && { msn: b.msn, dseq: b.dseq, pdt: b.pdt } });
+  });
+  return out;
 }

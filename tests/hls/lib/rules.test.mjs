@@ -4,8 +4,8 @@
 
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { checkPlaylist, checkReload, compareEdges } from './rules.mjs';
-import { compareFrames, parseFramemd5 } from './framemd5.mjs';
+import { checkPlaylist, checkReload, compareEdges, discontinuityPoints } from './rules.mjs';
+import { compareFrames, compareWithSources, parseFramemd5 } from './framemd5.mjs';
 
 const LL = (msn, { extinf = '2.000', part = '0.500', hint = true, hold = '1.500', last = 3 } = {}) => `#EXTM3U
 #EXT-X-VERSION:9
@@ -117,4 +117,74 @@ test('framemd5: a missing, a repeated and a foreign frame are each caught', () =
   const foreign = compareFrames(src, parseFramemd5(md5(['b', 'c', 'x', 'd'])));
   assert.equal(foreign.ok, false);
   assert.equal(foreign.foreign, 1);
+});
+
+test('framemd5: with one source, compareWithSources is compareFrames', () => {
+  const src = parseFramemd5(md5(['a', 'b', 'c', 'd', 'e', 'f']));
+  for (const rec of [['c', 'd', 'e'], ['b', 'c', 'e', 'f'], ['b', 'c', 'x', 'd'], []]) {
+    assert.deepEqual(compareWithSources([src], rec), compareFrames(src, rec));
+  }
+});
+
+test('framemd5: a recording across a reconnect runs from one source into the next', () => {
+  const one = parseFramemd5(md5(['a', 'b', 'c', 'd']));
+  const two = parseFramemd5(md5(['p', 'q', 'r', 's']));
+  const ok = compareWithSources([one, two], ['b', 'c', 'd', 'p', 'q']);
+  assert.equal(ok.ok, true, ok.firstProblem);
+  assert.deepEqual(ok.sources, [{ frames: 4, starts_at: 0 }, { frames: 4, starts_at: 4 }]);
+  // The first source's last frame lost at the reconnect.
+  const lostTail = compareWithSources([one, two], ['b', 'c', 'p', 'q']);
+  assert.equal(lostTail.ok, false);
+  assert.equal(lostTail.missing, 1);
+  // The second source's first frame lost.
+  assert.equal(compareWithSources([one, two], ['c', 'd', 'q', 'r']).missing, 1);
+  // The first source's tail delivered again after the second began.
+  const again = compareWithSources([one, two], ['c', 'd', 'p', 'd', 'q']);
+  assert.equal(again.ok, false);
+  assert.equal(again.repeated, 1);
+  // The sources in the wrong order.
+  assert.equal(compareWithSources([one, two], ['p', 'q', 'c', 'd']).ok, false);
+});
+
+test('framemd5: a recording that never reaches the last source, or starts after the first, fails', () => {
+  const one = parseFramemd5(md5(['a', 'b', 'c', 'd']));
+  const two = parseFramemd5(md5(['p', 'q', 'r', 's']));
+  const stopped = compareWithSources([one, two], ['b', 'c', 'd']);
+  assert.equal(stopped.ok, false);
+  assert.match(stopped.firstProblem, /does not run from the first source/);
+  assert.equal(compareWithSources([one, two], ['q', 'r']).ok, false);
+});
+
+const RECONNECT = (msn, { dseq = 7, before = true } = {}) => `#EXTM3U
+#EXT-X-VERSION:6
+#EXT-X-TARGETDURATION:2
+#EXT-X-MEDIA-SEQUENCE:${msn}
+#EXT-X-DISCONTINUITY-SEQUENCE:${dseq}
+${before ? `#EXT-X-PROGRAM-DATE-TIME:2026-12-05T00:00:00.000Z
+#EXTINF:1.500,
+seg-${msn}.m4s
+#EXT-X-DISCONTINUITY
+` : ''}#EXT-X-PROGRAM-DATE-TIME:2026-12-05T00:00:03.000Z
+#EXTINF:2.000,
+seg-${msn + 1}.m4s
+#EXT-X-PROGRAM-DATE-TIME:2026-12-05T00:00:05.000Z
+#EXTINF:2.000,
+seg-${msn + 2}.m4s
+`;
+
+test('a discontinuity is found with the segment before it and both sequence numbers', () => {
+  const { errors, summary } = checkPlaylist(RECONNECT(20));
+  assert.deepEqual(errors, []);
+  assert.deepEqual(discontinuityPoints(summary), [{
+    msn: 21, dseq: 8, pdt: Date.parse('2026-12-05T00:00:03.000Z'),
+    before: { msn: 20, dseq: 7, pdt: Date.parse('2026-12-05T00:00:00.000Z') },
+  }]);
+  assert.deepEqual(discontinuityPoints(checkPlaylist(RECONNECT(20, { before: false })).summary), []);
+});
+
+test('two views giving one segment different discontinuity sequences are caught', () => {
+  const a = checkPlaylist(RECONNECT(20)).summary;
+  const b = checkPlaylist(RECONNECT(20).replace('#EXT-X-DISCONTINUITY\n', '')).summary;
+  assert.deepEqual(compareEdges(a, checkPlaylist(RECONNECT(20)).summary), []);
+  assert.ok(compareEdges(a, b).some((e) => /segment 21 has discontinuity sequence 8 in one and 7/.test(e)), compareEdges(a, b).join('\n'));
 });
