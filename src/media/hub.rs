@@ -440,7 +440,7 @@ mod tests {
     #[tokio::test]
     async fn a_resuming_reader_gets_exactly_what_follows_its_point() {
         let limits = HubLimits {
-            history: Some(RetainLimits { history_ms: 1000, max_bytes: usize::MAX, max_ms: 10_000 }),
+            history: Some(RetainLimits { history_ms: 1000, max_bytes: usize::MAX, max_ms: 10_000, window_segments: 0 }),
             queue: QueueLimits { max_frames: 1024, max_bytes: usize::MAX },
             ..HubLimits::default()
         };
