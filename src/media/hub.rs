@@ -19,6 +19,13 @@ use super::retain::{RetainLimits, Retained};
 use super::segments::{SegmentWindow, WindowLimits};
 use crate::hls::mark::Continuation;
 
+/// How far before a resuming reader's point a live frame may be and still be taken for
+/// one the reader has (a re-send): a publishing edge re-sends at most 30 s
+/// (`RetainLimits::default`), so a frame further back means the timestamps started
+/// over (a new session on the same hub, the 32-bit wrap) and the reader's point no
+/// longer applies to that kind.
+const RESUME_SPAN_MS: u32 = 60_000;
+
 /// Limits of a hub and of each of its readers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HubLimits {
@@ -53,8 +60,9 @@ impl ResumePoint {
 
     /// For a live frame: whether the reader may already have it (a timestamp before
     /// the point of its kind; equal timestamps pass, the relay tells them apart by
-    /// content). A frame past the point ends the check for its kind, so timestamps are
-    /// compared only until the stream has moved beyond where the reader was.
+    /// content). A frame past the point, or too far before it to be a re-send
+    /// ([`RESUME_SPAN_MS`]), ends the check for its kind, so timestamps are compared
+    /// only until the stream has moved beyond where the reader was.
     fn passed(&mut self, frame: &Frame) -> bool {
         let slot = match frame.kind {
             FrameKind::Audio => &mut self.audio,
@@ -62,9 +70,9 @@ impl ResumePoint {
             FrameKind::Data => return true,
         };
         match *slot {
-            Some(ts) if frame.timestamp < ts => false,
+            Some(ts) if frame.timestamp < ts && ts - frame.timestamp <= RESUME_SPAN_MS => false,
             Some(ts) => {
-                if frame.timestamp > ts {
+                if frame.timestamp != ts {
                     *slot = None;
                 }
                 true
@@ -531,6 +539,13 @@ mod tests {
         let want: Vec<(FrameKind, u32)> = stream.iter().filter(at_or_after).map(|f| (f.kind, f.timestamp)).collect();
         assert_eq!(sub.dropped(), 0, "nothing the players lack is dropped");
         assert_eq!(got, want, "every frame from the point on, in order, and nothing before it");
+
+        // Timestamps that start over far below a point (the 32-bit wrap, a new session
+        // on the same hub) are not held back.
+        let (sub, _) = hub.subscribe_after(Some(ResumePoint { audio: None, video: Some(u32::MAX - 100) }));
+        hub.publish(video(20, true));
+        let got: Vec<u32> = std::iter::from_fn(|| sub.try_recv()).filter(|f| !f.header).map(|f| f.timestamp).collect();
+        assert!(got.ends_with(&[20]), "{got:?}");
     }
 
     #[tokio::test]
