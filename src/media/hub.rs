@@ -254,6 +254,7 @@ impl Hub {
     /// re-subscribing at a new owner): primed with the headers and every kept frame
     /// after that point, when the history reaches back that far. Otherwise (or with
     /// `None`) it starts like a new reader, at the GOP; the flag says whether it resumed.
+    /// Either way it is given no live frame older than `after` (see `Entry::after`).
     pub fn subscribe_after(self: &Arc<Self>, after: Option<ResumePoint>) -> (Subscription, bool) {
         let mut state = lock(&self.state);
         let mut queue = Queue::new(self.limits.queue);
