@@ -303,3 +303,99 @@ async fn a_publisher_back_through_another_edge_after_its_edge_died_continues_the
     assert!(start.mark.time_ms > end.mark.time_ms, "the timeline goes on");
     drop(edge2);
 }
+
+/// A media playlist's segment list: `EXT-X-MEDIA-SEQUENCE` and the segment URIs.
+fn segment_list(playlist: &str) -> (u64, Vec<String>) {
+    let sequence = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no media sequence in\n{playlist}"));
+    let uris = playlist.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+    (sequence, uris)
+}
+
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<bytes::Bytes, String> {
+    let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("{url}: {}", r.status()));
+    }
+    r.bytes().await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_starting_hls_after_an_owner_failover_serves_the_whole_window_of_the_others() {
+    let name = "latewindow";
+    let mut c = Cluster::start(3).await;
+    // Owned by a follower, so killing the owner does not also cost an election.
+    let leader = c.leader(None).await.expect("a leader");
+    let pinned = (1..=3).find(|i| *i != leader).unwrap();
+    let body = serde_json::json!({ "origin": pinned });
+    let (s, v) = c.call(leader, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
+    assert!(s.is_success(), "{v}");
+    let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
+    let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
+    let dir = c.dir.path().to_owned();
+    let _publisher = ffmpeg_publish(&edge1.rtmp_url("live", name), dir.join("publisher.log"));
+    let owner = eventually(Duration::from_secs(15), "the stream to be published", || owner_of(&c, leader, name)).await;
+    let client = reqwest::Client::new();
+    let playlist = |edge: &EdgeProc| format!("http://{}/live/{name}/index.m3u8", edge.http);
+
+    // edge-2 serves HLS from the start, until its window is full (six complete
+    // segments, the default).
+    let url2 = playlist(&edge2);
+    eventually(Duration::from_secs(40), "a full window on edge-2", || async {
+        let text = String::from_utf8(fetch(&client, &url2).await.ok()?.to_vec()).ok()?;
+        (segment_list(&text).1.len() >= 6).then_some(())
+    })
+    .await;
+
+    // SIGKILL the owner; once the publishing edge re-sent its retained frames to the new
+    // owner, an edge that never served the stream starts serving it.
+    c.kill(owner);
+    let via = if leader == owner { (1..=3).find(|i| *i != owner).unwrap() } else { leader };
+    let moved = eventually(Duration::from_secs(15), "the stream to move", || async {
+        owner_of(&c, via, name).await.filter(|o| *o != owner)
+    })
+    .await;
+    eventually(Duration::from_secs(10), "edge-1 to publish on the new owner", || async {
+        let log = std::fs::read_to_string(&edge1.log).unwrap_or_default();
+        log.contains("publishing on a new owner").then_some(())
+    })
+    .await;
+    let edge3 = EdgeProc::start(&c, "edge-3", &[]).await;
+    let url3 = playlist(&edge3);
+    let first3 = String::from_utf8(fetch(&client, &url3).await.expect("edge-3's first playlist").to_vec()).unwrap();
+    eprintln!("owner {owner} killed, origin {moved} owns the stream; edge-3's first playlist:\n{first3}");
+
+    // The same moment on both edges: the playlist once segment M is complete, for an M
+    // neither has yet.
+    let (seq3, uris3) = segment_list(&first3);
+    let m = seq3 + uris3.len() as u64 + 1;
+    let at = |url: &str| format!("{url}?_HLS_msn={m}");
+    let (at2, at3) = (at(&url2), at(&url3));
+    let (p2, p3) = tokio::join!(fetch(&client, &at2), fetch(&client, &at3));
+    let (p2, p3) = (String::from_utf8(p2.unwrap().to_vec()).unwrap(), String::from_utf8(p3.unwrap().to_vec()).unwrap());
+    let (list2, list3) = (segment_list(&p2), segment_list(&p3));
+    eprintln!("at msn {m}: edge-2 lists {list2:?}; edge-3 lists {list3:?}");
+    assert!(list3.1.len() >= 6, "edge-3 lists a whole window: {list3:?}");
+    assert_eq!(list3, list2, "the same media sequence and segment URIs on both edges");
+    // The same bytes under each URI, init segments included.
+    let mut uris: Vec<String> = list2.1.clone();
+    for p in [&p2, &p3] {
+        for l in p.lines().filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\"")) {
+            uris.push(l.trim_end_matches('"').to_owned());
+        }
+    }
+    uris.dedup();
+    for uri in &uris {
+        let base = |edge: &EdgeProc| format!("http://{}/live/{name}/{uri}", edge.http);
+        let (b2, b3) = (fetch(&client, &base(&edge2)).await.unwrap(), fetch(&client, &base(&edge3)).await.unwrap());
+        assert!(!b2.is_empty());
+        assert!(b2 == b3, "{uri}: {} bytes on edge-2, {} on edge-3, not the same", b2.len(), b3.len());
+    }
+    eprintln!("{} URIs identical on both edges", uris.len());
+    drop(edge3);
+    drop(edge2);
+    drop(edge1);
+}

@@ -269,6 +269,7 @@ impl Forwarder {
                             tracing::info!(
                                 stream = %self.stream, epoch = self.epoch, owner = self.owner,
                                 took = ?since.elapsed(), resent = self.retained.len(),
+                                resent_bytes = self.retained.bytes(),
                                 "publishing on a new owner"
                             );
                         }
@@ -340,13 +341,13 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What a publication keeps for a new owner: the frames back to a keyframe at least 2 s
-/// old. (Keeping the whole HLS window here, so a new owner could give later edges the
-/// window the old one had, made the re-sent frames after an owner failover reach RTMP
-/// players out of order: `tests/failover.rs`, twenty owner kills, failed on it. Until
-/// that is understood a new owner's window starts at the failover; see docs/hls.md.)
-fn retain_limits(_config: &super::config::EdgeConfig) -> RetainLimits {
-    RetainLimits::default()
+/// What a publication keeps for a new owner: the frames back to a keyframe at least
+/// 2 s old, and back to the start of the HLS window's oldest segment
+/// (`--hls-window-segments` complete ones before the open one), so a new owner after a
+/// failover rebuilds the window the old one had and an edge that starts the stream
+/// later gets the same segments. Bounded as before: 64 MiB and 30 s of stream time.
+fn retain_limits(config: &super::config::EdgeConfig) -> RetainLimits {
+    RetainLimits { window_segments: config.hls_window.segments, ..RetainLimits::default() }
 }
 
 /// Resolves with the epoch of the stream's claim once it is newer than `epoch` (the

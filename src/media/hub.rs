@@ -19,6 +19,13 @@ use super::retain::{RetainLimits, Retained};
 use super::segments::{SegmentWindow, WindowLimits};
 use crate::hls::mark::Continuation;
 
+/// How far before a resuming reader's point a live frame may be and still be taken for
+/// one the reader has (a re-send): a publishing edge re-sends at most 30 s
+/// (`RetainLimits::default`), so a frame further back means the timestamps started
+/// over (a new session on the same hub, the 32-bit wrap) and the reader's point no
+/// longer applies to that kind.
+const RESUME_SPAN_MS: u32 = 60_000;
+
 /// Limits of a hub and of each of its readers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HubLimits {
@@ -50,6 +57,33 @@ impl ResumePoint {
         };
         after.is_none_or(|ts| frame.timestamp > ts)
     }
+
+    /// For a live frame: whether the reader may already have it (a timestamp before
+    /// the point of its kind; equal timestamps pass, the relay tells them apart by
+    /// content). A frame past the point, or too far before it to be a re-send
+    /// ([`RESUME_SPAN_MS`]), ends the check for its kind, so timestamps are compared
+    /// only until the stream has moved beyond where the reader was.
+    fn passed(&mut self, frame: &Frame) -> bool {
+        let slot = match frame.kind {
+            FrameKind::Audio => &mut self.audio,
+            FrameKind::Video => &mut self.video,
+            FrameKind::Data => return true,
+        };
+        match *slot {
+            Some(ts) if frame.timestamp < ts && ts - frame.timestamp <= RESUME_SPAN_MS => false,
+            Some(ts) => {
+                if frame.timestamp != ts {
+                    *slot = None;
+                }
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.audio.is_none() && self.video.is_none()
+    }
 }
 
 /// One stream's hub.
@@ -72,9 +106,20 @@ struct HubState {
     window: Option<SegmentWindow>,
     /// Where the HLS numbering of the frames published so far stands.
     last_mark: Option<Continuation>,
-    readers: Vec<Arc<Reader>>,
+    readers: Vec<Entry>,
     next_id: u64,
     ended: bool,
+}
+
+/// A reader as the hub's state holds it.
+struct Entry {
+    reader: Arc<Reader>,
+    /// A reader that resumed ([`Hub::subscribe_after`]) skips live frames older than
+    /// where it was, per kind, until the stream passes that point: after an owner
+    /// change the publishing edge re-sends everything it retained (up to the whole HLS
+    /// window), and queueing what the reader already has would overflow its queue and
+    /// skip past frames it lacks.
+    after: Option<ResumePoint>,
 }
 
 struct Reader {
@@ -170,7 +215,19 @@ impl Hub {
         // Headers of the history go to every reader: a player already waiting needs
         // them, and the relay's continuity drops their live repeat as unchanged.
         let everyone = !history_only || frame.header;
-        for reader in state.readers.iter().filter(|r| r.window || everyone) {
+        for entry in state.readers.iter_mut().filter(|e| e.reader.window || everyone) {
+            if !frame.header {
+                if let Some(after) = &mut entry.after {
+                    let wanted = after.passed(&frame);
+                    if after.is_empty() {
+                        entry.after = None;
+                    }
+                    if !wanted {
+                        continue;
+                    }
+                }
+            }
+            let reader = &entry.reader;
             let mut queue = lock(&reader.queue);
             let before = queue.dropped();
             queue.push(frame.clone(), start);
@@ -197,6 +254,7 @@ impl Hub {
     /// re-subscribing at a new owner): primed with the headers and every kept frame
     /// after that point, when the history reaches back that far. Otherwise (or with
     /// `None`) it starts like a new reader, at the GOP; the flag says whether it resumed.
+    /// Either way it is given no live frame older than `after` (see `Entry::after`).
     pub fn subscribe_after(self: &Arc<Self>, after: Option<ResumePoint>) -> (Subscription, bool) {
         let mut state = lock(&self.state);
         let mut queue = Queue::new(self.limits.queue);
@@ -218,11 +276,11 @@ impl Hub {
                 }
             }
         }
-        let reader = self.add_reader(&mut state, queue, false);
+        let reader = self.add_reader(&mut state, queue, false, after);
         (Subscription { hub: self.clone(), reader }, resumed)
     }
 
-    fn add_reader(&self, state: &mut HubState, queue: Queue, window: bool) -> Arc<Reader> {
+    fn add_reader(&self, state: &mut HubState, queue: Queue, window: bool, after: Option<ResumePoint>) -> Arc<Reader> {
         let reader = Arc::new(Reader {
             id: state.next_id,
             queue: Mutex::new(queue),
@@ -231,7 +289,7 @@ impl Hub {
             window,
         });
         state.next_id += 1;
-        state.readers.push(reader.clone());
+        state.readers.push(Entry { reader: reader.clone(), after: after.filter(|a| !a.is_empty()) });
         reader
     }
 
@@ -260,7 +318,7 @@ impl Hub {
                 }
             }
         }
-        let reader = self.add_reader(&mut state, queue, true);
+        let reader = self.add_reader(&mut state, queue, true, None);
         Subscription { hub: self.clone(), reader }
     }
 
@@ -289,7 +347,7 @@ impl Hub {
         for frame in state.gop.start_frames() {
             queue.push(frame.clone(), state.gop.is_start(frame));
         }
-        let reader = self.add_reader(&mut state, queue, false);
+        let reader = self.add_reader(&mut state, queue, false, None);
         (history, Subscription { hub: self.clone(), reader })
     }
 
@@ -309,7 +367,7 @@ impl Hub {
     pub fn end(&self) {
         let mut state = lock(&self.state);
         state.ended = true;
-        for reader in &state.readers {
+        for Entry { reader, .. } in &state.readers {
             reader.ended.store(true, Ordering::Release);
             reader.wake.notify_one();
         }
@@ -368,7 +426,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let id = self.reader.id;
-        lock(&self.hub.state).readers.retain(|r| r.id != id);
+        lock(&self.hub.state).readers.retain(|e| e.reader.id != id);
     }
 }
 
@@ -391,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn a_resuming_reader_gets_exactly_what_follows_its_point() {
         let limits = HubLimits {
-            history: Some(RetainLimits { history_ms: 1000, max_bytes: usize::MAX, max_ms: 10_000 }),
+            history: Some(RetainLimits { history_ms: 1000, max_bytes: usize::MAX, max_ms: 10_000, window_segments: 0 }),
             queue: QueueLimits { max_frames: 1024, max_bytes: usize::MAX },
             ..HubLimits::default()
         };
@@ -437,6 +495,58 @@ mod tests {
         assert!(resumed, "the history reaches back 9 s");
         let got: Vec<u32> = std::iter::from_fn(|| sub.try_recv()).filter(|f| !f.header).map(|f| f.timestamp).collect();
         assert_eq!(got, (275..500).map(|i| i * 40).collect::<Vec<_>>(), "every frame after the point");
+    }
+
+    #[tokio::test]
+    async fn a_long_resend_after_an_owner_change_reaches_a_resuming_reader_whole() {
+        // Found by tests/failover.rs with the publishing edge retaining 14 s: the relay
+        // of a player edge re-subscribed at the new owner (`SubscribeAfter`) before the
+        // publishing edge had re-sent anything, so the reader started at an empty GOP;
+        // then the 14 s re-send (about 1 000 frames, most of them already delivered)
+        // poured into its 512-frame queue, which overflowed and skipped to a keyframe,
+        // and the players lost the frames between their point and that keyframe.
+        let limits = HubLimits { history: Some(RetainLimits::default_history()), ..HubLimits::default() };
+        let hub = Hub::new(limits);
+        // 30 fps video with a keyframe every 2 s, 43 AAC frames a second.
+        let mut stream: Vec<Frame> = Vec::new();
+        for i in 0..(16 * 30) {
+            stream.push(video(i * 1000 / 30, i % 60 == 0));
+        }
+        for i in 0..(16 * 43) {
+            stream.push(Frame::audio(i * 1000 / 43, Bytes::from(vec![0xAF, 1, i as u8, (i >> 8) as u8])));
+        }
+        stream.sort_by_key(|f| f.timestamp);
+        // Players have everything up to 15 s, mid-GOP; the new owner has nothing yet.
+        let last = |kind: FrameKind| {
+            stream.iter().filter(|f| f.kind == kind && f.timestamp <= 15_000).map(|f| f.timestamp).max()
+        };
+        let point = ResumePoint { audio: last(FrameKind::Audio), video: last(FrameKind::Video) };
+        let (sub, resumed) = hub.subscribe_after(Some(point));
+        assert!(!resumed, "nothing to resume from yet");
+        // The publishing edge re-sends its 16 s, headers first, faster than the reader
+        // takes them.
+        hub.publish(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])));
+        for f in &stream {
+            hub.publish(f.clone());
+        }
+        let got: Vec<(FrameKind, u32)> =
+            std::iter::from_fn(|| sub.try_recv()).filter(|f| !f.header).map(|f| (f.kind, f.timestamp)).collect();
+        // The frames at the point itself may come again (the relay's continuity tells
+        // equal timestamps apart by content); nothing older does.
+        let at_or_after = |f: &&Frame| match f.kind {
+            FrameKind::Audio => f.timestamp >= point.audio.unwrap(),
+            _ => f.timestamp >= point.video.unwrap(),
+        };
+        let want: Vec<(FrameKind, u32)> = stream.iter().filter(at_or_after).map(|f| (f.kind, f.timestamp)).collect();
+        assert_eq!(sub.dropped(), 0, "nothing the players lack is dropped");
+        assert_eq!(got, want, "every frame from the point on, in order, and nothing before it");
+
+        // Timestamps that start over far below a point (the 32-bit wrap, a new session
+        // on the same hub) are not held back.
+        let (sub, _) = hub.subscribe_after(Some(ResumePoint { audio: None, video: Some(u32::MAX - 100) }));
+        hub.publish(video(20, true));
+        let got: Vec<u32> = std::iter::from_fn(|| sub.try_recv()).filter(|f| !f.header).map(|f| f.timestamp).collect();
+        assert!(got.ends_with(&[20]), "{got:?}");
     }
 
     #[tokio::test]

@@ -3,7 +3,9 @@
 //!
 //! While the link to the owner is up, [`Retained`] keeps the frames back to the latest
 //! keyframe that is at least `history_ms` old (frames in flight when an owner dies are
-//! lost with its socket buffers; a player edge drops what it already delivered). While
+//! lost with its socket buffers; a player edge drops what it already delivered), and,
+//! with `window_segments`, back to the start of the HLS window's oldest segment (by the
+//! frames' HLS marks), so a new owner rebuilds the window the old one had. While
 //! the link is down it keeps everything, so frames sent during the outage are delivered
 //! late, not lost. Both are bounded by bytes and by duration: past a bound the oldest
 //! frames go, up to the next keyframe, and are counted as lost. The latest codec
@@ -14,6 +16,7 @@
 use std::collections::VecDeque;
 
 use super::frame::{Frame, FrameKind};
+use crate::hls::mark::Boundary;
 
 /// Bounds of what a publication keeps.
 #[derive(Debug, Clone, Copy)]
@@ -24,13 +27,17 @@ pub struct RetainLimits {
     pub max_bytes: usize,
     /// ...and this much stream time, live or not.
     pub max_ms: u32,
+    /// While live: also keep back to the start of the segment that opened this many
+    /// segment starts before the newest (the complete segments of an HLS window, the
+    /// open one on top); 0 keeps no segments. Bounded by the two limits above.
+    pub window_segments: usize,
 }
 
 impl Default for RetainLimits {
     fn default() -> Self {
         // 2 s covers what sits in socket buffers; 30 s / 64 MiB covers any outage the
         // cluster should take to route around (about 3 s at worst), with room to spare.
-        RetainLimits { history_ms: 2_000, max_bytes: 64 * 1024 * 1024, max_ms: 30_000 }
+        RetainLimits { history_ms: 2_000, max_bytes: 64 * 1024 * 1024, max_ms: 30_000, window_segments: 0 }
     }
 }
 
@@ -41,7 +48,7 @@ impl RetainLimits {
     /// and a reconnect; 4 s of history lost frames after a 4 s cut (chaos harness,
     /// `edge-owner-cut`).
     pub fn default_history() -> Self {
-        RetainLimits { history_ms: 10_000, max_bytes: 16 * 1024 * 1024, max_ms: 20_000 }
+        RetainLimits { history_ms: 10_000, max_bytes: 16 * 1024 * 1024, max_ms: 20_000, window_segments: 0 }
     }
 }
 
@@ -108,6 +115,10 @@ impl Retained {
                 .filter(|(_, f)| self.is_start(f) && newest.saturating_sub(f.timestamp) >= self.limits.history_ms)
                 .map(|(i, _)| i)
                 .next_back();
+            let cut = match (cut, self.window_start()) {
+                (Some(by_time), Some(by_window)) => Some(by_time.min(by_window)),
+                (cut, _) => cut,
+            };
             if let Some(cut) = cut {
                 for _ in 0..cut {
                     self.pop_front(false);
@@ -124,6 +135,18 @@ impl Retained {
                 break;
             }
         }
+    }
+
+    /// With `window_segments`: the index of the frame opening the HLS window's oldest
+    /// segment (the `window_segments + 1`-th newest segment start), or 0 while fewer
+    /// segments are kept. `None` without `window_segments`.
+    fn window_start(&self) -> Option<usize> {
+        if self.limits.window_segments == 0 {
+            return None;
+        }
+        let opens = |f: &Frame| f.hls.is_some_and(|m| matches!(m.boundary, Some(Boundary::Segment(_))));
+        let oldest = self.frames.iter().enumerate().rev().filter(|(_, f)| opens(f)).nth(self.limits.window_segments);
+        Some(oldest.map_or(0, |(i, _)| i))
     }
 
     /// Removes front frames until a start frame leads, counting them as lost if `lost`.
@@ -184,7 +207,7 @@ mod tests {
     }
 
     fn limits() -> RetainLimits {
-        RetainLimits { history_ms: 1000, max_bytes: usize::MAX, max_ms: 5000 }
+        RetainLimits { history_ms: 1000, max_bytes: usize::MAX, max_ms: 5000, window_segments: 0 }
     }
 
     #[test]
@@ -235,6 +258,34 @@ mod tests {
             assert!(small.bytes() <= 2000);
         }
         assert!(small.lost() > 0);
+    }
+
+    #[test]
+    fn with_window_segments_live_keeps_the_whole_hls_window() {
+        use crate::hls::mark::{Stamper, StamperConfig};
+        // 2 s segments over 1.5 s GOPs (segments of 3 s on the timeline), 30 fps: the
+        // window's oldest segment starts further back than any fixed time would say.
+        let mut stamper = Stamper::new(StamperConfig { target_ms: 2000, part_target_ms: 250 }, None);
+        let mut r = Retained::new(RetainLimits { window_segments: 3, max_ms: 30_000, ..limits() });
+        let mut opened = Vec::new();
+        for i in 0..(30 * 20) {
+            let mut f = video(i * 1000 / 30, i % 45 == 0);
+            f.hls = stamper.mark(&f, 1_764_892_800_000 + u64::from(f.timestamp));
+            if f.hls.is_some_and(|m| matches!(m.boundary, Some(Boundary::Segment(_)))) {
+                opened.push(f.timestamp);
+            }
+            r.push(f, true);
+        }
+        // Three complete segments and the open one: from the fourth newest start on.
+        let from = opened[opened.len() - 4];
+        assert_eq!(stamps(&r).first(), Some(&from), "segment starts {opened:?}");
+        assert_eq!(r.lost(), 0);
+        // Without window segments, the usual keyframe at least 1 s old.
+        let mut plain = Retained::new(limits());
+        for i in 0..(30 * 20) {
+            plain.push(video(i * 1000 / 30, i % 45 == 0), true);
+        }
+        assert!(stamps(&plain)[0] > from);
     }
 
     #[test]
