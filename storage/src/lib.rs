@@ -23,7 +23,7 @@ pub mod sync;
 use std::path::{Path, PathBuf};
 
 pub use feed::{NoticeReceiver, RecvError};
-pub use log_store::{LogReader, LogStore};
+pub use log_store::{LogReader, LogStore, CHUNK_BYTES};
 pub use state_machine::{Notice, SnapshotBuilder, StateHandle, StateMachineStore};
 
 /// Marker stored in every store; a store without it is not ours (or is damaged).
