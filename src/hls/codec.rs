@@ -77,6 +77,10 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Video {
     Config(VideoConfig),
+    /// A sequence header with an empty configuration record: the parameter sets come
+    /// in band, in the keyframes ([`inband_config`]). ffmpeg's `tee` muxer sends this
+    /// for libx264 without `-flags +global_header`.
+    ConfigInBand(VideoCodec),
     /// A frame, and the codec its tag names (it must match the track's).
     Sample(VideoCodec, Sample),
     /// Not a picture: end of sequence, metadata, a command frame.
@@ -116,6 +120,7 @@ pub fn parse_video(body: &Bytes) -> Result<Video, CodecError> {
         }
         let head = body.get(..5).ok_or(CodecError::Truncated("AVC tag header"))?;
         return match head[1] {
+            0 if body.len() == 5 => Ok(Video::ConfigInBand(VideoCodec::Avc)),
             0 => avc_config(body.slice(5..)).map(Video::Config),
             1 => {
                 Ok(Video::Sample(VideoCodec::Avc, Sample { data: body.slice(5..), composition_ms: si24(&head[2..5]) }))
@@ -141,6 +146,9 @@ pub fn parse_video(body: &Bytes) -> Result<Video, CodecError> {
     match packet_type {
         SEQUENCE_START => {
             let record = body.slice(data..);
+            if record.is_empty() && codec != VideoCodec::Av1 {
+                return Ok(Video::ConfigInBand(codec));
+            }
             match codec {
                 VideoCodec::Avc => avc_config(record),
                 VideoCodec::Hevc => hevc_config(record),
@@ -244,6 +252,17 @@ pub fn opus_packet_samples(packet: &[u8]) -> Option<u32> {
 }
 
 impl VideoConfig {
+    /// Bytes of the length before each NAL unit in this track's samples (from the
+    /// record's `lengthSizeMinusOne`); `None` for AV1, whose samples are OBUs.
+    pub fn nal_length_size(&self) -> Option<usize> {
+        let at = match self.codec {
+            VideoCodec::Avc => 4,
+            VideoCodec::Hevc => 21,
+            VideoCodec::Av1 => return None,
+        };
+        Some(usize::from(self.record.get(at).map_or(3, |b| b & 3)) + 1)
+    }
+
     /// The RFC 6381 codec string: `avc1.PPCCLL`, `hvc1.…`, `av01.…`.
     pub fn codecs(&self) -> String {
         let r = &self.record;
@@ -406,6 +425,174 @@ fn opus_config(head: &[u8]) -> Result<AudioConfig, CodecError> {
     })
 }
 
+/// Most parameter sets of one kind an in-band configuration keeps (the first ones of
+/// the keyframe, in order); `avcC` counts SPS in 5 bits. More are ignored.
+const MAX_PARAMETER_SETS: usize = 31;
+
+/// The NAL units of an H.264 or HEVC sample, in order, as ranges of `data`: from an
+/// Annex-B byte stream when the sample is one ([`is_annexb`]), else from its
+/// `length_size`-byte lengths. `None` when it is neither.
+fn nal_units(data: &[u8], length_size: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    if is_annexb(data, length_size) {
+        Some(annexb_units(data))
+    } else {
+        length_prefixed_units(data, length_size)
+    }
+}
+
+/// Whether a sample is an Annex-B byte stream: it starts with a start code
+/// (`00 00 01` or `00 00 00 01`) and does not read as well-formed `length_size`-byte
+/// length-prefixed NAL units. The bytes alone decide, so every edge decides the same;
+/// a length-prefixed sample whose first length happens to begin `00 00 01` (a NAL
+/// unit of 256 to 511 bytes) stays length-prefixed.
+pub fn is_annexb(data: &[u8], length_size: usize) -> bool {
+    (data.starts_with(&[0, 0, 1]) || data.starts_with(&[0, 0, 0, 1]))
+        && length_prefixed_units(data, length_size).is_none()
+}
+
+/// NAL units behind `length_size`-byte lengths that cover `data` exactly, each
+/// non-empty with its forbidden zero bit clear; `None` otherwise.
+fn length_prefixed_units(data: &[u8], length_size: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    if !(1..=4).contains(&length_size) || data.is_empty() {
+        return None;
+    }
+    let mut units = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let len = data.get(at..at + length_size)?.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+        let start = at + length_size;
+        let end = start.checked_add(len).filter(|&e| e <= data.len() && len > 0)?;
+        if data[start] & 0x80 != 0 {
+            return None;
+        }
+        units.push(start..end);
+        at = end;
+    }
+    Some(units)
+}
+
+/// The NAL units of an Annex-B byte stream that starts with a start code: each runs
+/// from after its start code to the next one, without trailing zero bytes; empty ones
+/// are left out. (A NAL unit never contains `00 00 01`: emulation prevention.)
+fn annexb_units(data: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut starts = Vec::new();
+    let mut zeros = 0usize;
+    for (i, &b) in data.iter().enumerate() {
+        if b == 1 && zeros >= 2 {
+            starts.push(i + 1);
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+    }
+    let mut units = Vec::with_capacity(starts.len());
+    for (k, &start) in starts.iter().enumerate() {
+        let mut end = starts.get(k + 1).map_or(data.len(), |next| next - 3);
+        while end > start && data[end - 1] == 0 {
+            end -= 1;
+        }
+        if end > start {
+            units.push(start..end);
+        }
+    }
+    units
+}
+
+/// The NAL unit type: 5 bits of the first byte (H.264), 6 bits after the forbidden bit
+/// (HEVC).
+fn nal_type(codec: VideoCodec, nal: &[u8]) -> u8 {
+    match codec {
+        VideoCodec::Hevc => (nal[0] >> 1) & 0x3F,
+        _ => nal[0] & 0x1F,
+    }
+}
+
+/// Access unit delimiters: carried by some encoders, not part of an ISO BMFF sample.
+fn is_access_unit_delimiter(codec: VideoCodec, nal: &[u8]) -> bool {
+    match codec {
+        VideoCodec::Avc => nal_type(codec, nal) == 9,
+        VideoCodec::Hevc => nal_type(codec, nal) == 35,
+        VideoCodec::Av1 => false,
+    }
+}
+
+/// A video sample as fMP4 stores it: NAL units each behind its length in
+/// `length_size` bytes. A sample already in that form comes back as it is
+/// (zero-copy); an Annex-B one is rewritten: start codes become lengths, trailing
+/// zeros and access unit delimiters go, parameter sets stay (ffmpeg's MP4 muxer keeps
+/// them too, and decoders take them in band). AV1 samples pass through.
+pub fn length_prefixed(codec: VideoCodec, data: Bytes, length_size: usize) -> Result<Bytes, CodecError> {
+    if codec == VideoCodec::Av1 || !is_annexb(&data, length_size) {
+        return Ok(data);
+    }
+    if !(1..=4).contains(&length_size) {
+        return Err(CodecError::Malformed("NAL unit length size"));
+    }
+    let units = annexb_units(&data);
+    let mut out = Vec::with_capacity(data.len() + units.len());
+    for unit in units {
+        let nal = &data[unit];
+        if is_access_unit_delimiter(codec, nal) {
+            continue;
+        }
+        let len = u32::try_from(nal.len()).map_err(|_| CodecError::Malformed("NAL unit length"))?;
+        if length_size < 4 && len >> (8 * length_size) != 0 {
+            return Err(CodecError::Malformed("NAL unit longer than its length field"));
+        }
+        out.extend_from_slice(&len.to_be_bytes()[4 - length_size..]);
+        out.extend_from_slice(nal);
+    }
+    if out.is_empty() {
+        return Err(CodecError::Malformed("sample without NAL units"));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The track configuration a keyframe's in-band parameter sets give, for a stream
+/// whose sequence header carries none ([`Video::ConfigInBand`]): H.264 SPS and PPS
+/// (Annex-B or 4-byte length-prefixed) become an `avcC` with 4-byte lengths, its
+/// profile, compatibility and level from the first SPS, as ffmpeg builds it from the
+/// same frames. `None` when the frame lacks an SPS or a PPS, or its SPS does not
+/// parse. HEVC is not built from in-band parameter sets (`None`).
+pub fn inband_config(codec: VideoCodec, data: &[u8]) -> Option<VideoConfig> {
+    if codec != VideoCodec::Avc {
+        return None;
+    }
+    let (mut sps, mut pps): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
+    for unit in nal_units(data, 4)? {
+        let nal = &data[unit];
+        let set = match nal_type(codec, nal) {
+            7 => &mut sps,
+            8 => &mut pps,
+            _ => continue,
+        };
+        if nal.len() <= usize::from(u16::MAX) && set.len() < MAX_PARAMETER_SETS && !set.contains(&nal) {
+            set.push(nal);
+        }
+    }
+    let first = *sps.first()?;
+    if pps.is_empty() || first.len() < 4 {
+        return None;
+    }
+    let info = avc_sps(first)?;
+    let mut record = vec![1, first[1], first[2], first[3], 0xFF, 0xE0 | sps.len() as u8];
+    for set in &sps {
+        record.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        record.extend_from_slice(set);
+    }
+    record.push(pps.len() as u8);
+    for set in &pps {
+        record.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        record.extend_from_slice(set);
+    }
+    if matches!(first[1], 100 | 110 | 122 | 144) {
+        // ISO/IEC 14496-15 §5.3.3.1.2: the high profiles' extension.
+        record.push(0xFC | (info.chroma_format & 3) as u8);
+        record.push(0xF8 | (info.bit_depth_luma_minus8 & 7) as u8);
+        record.push(0xF8 | (info.bit_depth_chroma_minus8 & 7) as u8);
+        record.push(0);
+    }
+    Some(VideoConfig { codec, record: Bytes::from(record), width: info.width, height: info.height })
+}
+
 /// Reads bits MSB first from a NAL unit's payload with emulation prevention bytes
 /// (`00 00 03`) removed.
 struct BitReader {
@@ -477,18 +664,34 @@ fn dimension(v: u64) -> Option<u16> {
 
 /// Width and height of an H.264 SPS NAL unit (ITU-T H.264 §7.3.2.1.1).
 fn avc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
+    avc_sps(nal).map(|s| (s.width, s.height))
+}
+
+/// What an `avcC` needs from an H.264 SPS besides its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AvcSps {
+    width: u16,
+    height: u16,
+    chroma_format: u32,
+    bit_depth_luma_minus8: u32,
+    bit_depth_chroma_minus8: u32,
+}
+
+/// Reads an H.264 SPS NAL unit (ITU-T H.264 §7.3.2.1.1) up to the frame cropping.
+fn avc_sps(nal: &[u8]) -> Option<AvcSps> {
     let mut r = BitReader::rbsp(nal.get(1..)?);
     let profile = r.bits(8)?;
     r.skip(16)?;
     r.ue()?;
     let mut chroma = 1;
+    let (mut depth_luma, mut depth_chroma) = (0, 0);
     if matches!(profile, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
         chroma = r.ue()?;
         if chroma == 3 {
             r.skip(1)?;
         }
-        r.ue()?;
-        r.ue()?;
+        depth_luma = r.ue()?;
+        depth_chroma = r.ue()?;
         r.skip(1)?;
         if r.bit()? == 1 {
             for i in 0..if chroma == 3 { 12 } else { 8 } {
@@ -544,7 +747,13 @@ fn avc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
     }
     let width = (width_mbs * 16).checked_sub(crop_x)?;
     let height = ((2 - frame_mbs_only) * height_units * 16).checked_sub(crop_y)?;
-    Some((dimension(width)?, dimension(height)?))
+    Some(AvcSps {
+        width: dimension(width)?,
+        height: dimension(height)?,
+        chroma_format: chroma,
+        bit_depth_luma_minus8: depth_luma,
+        bit_depth_chroma_minus8: depth_chroma,
+    })
 }
 
 /// Width and height of an HEVC SPS NAL unit (ITU-T H.265 §7.3.2.2).
@@ -667,6 +876,16 @@ pub(crate) mod tests {
     pub(crate) const AVC_SEQUENCE_TAG: &str =
         "17000000000164000dffe100196764000dacd94141fb0110000003001000000303c0f142996001000668ebe3cb22c0fdf8f800";
     pub(crate) const AAC_SEQUENCE_TAG: &str = "af00120856e500";
+    /// The same encoder through ffmpeg's `tee` muxer without `-flags +global_header`:
+    /// the sequence header is empty and the first keyframe is Annex-B, SPS and PPS
+    /// (4-byte start codes) first. Kept: the tag header, SPS, PPS and the first 16
+    /// bytes of the IDR slice (3-byte start code); its SEI and the rest of the slice
+    /// are cut.
+    pub(crate) const AVC_EMPTY_SEQUENCE_TAG: &str = "1700000000";
+    pub(crate) const AVC_ANNEXB_KEYFRAME_TAG: &str = "1701000043\
+        000000016764000dacd94141fb0110000003001000000303c0f1429960\
+        0000000168ebe3cb22c0\
+        000001658884009fd9674d6278ad3ceb112683";
     pub(crate) const HVCC: &str =
         "0101600000009000000000003cf000fcfdf8f800000f03200001001840010c01ffff016000000300900000\
         03000003003c959809210001002a42010101600000030090000003000003003ca00a080f165959a4932bc05a020000030002000003003c\
@@ -723,6 +942,73 @@ pub(crate) mod tests {
         let Video::Sample(_, s) = parse_video(&negative).unwrap() else { panic!() };
         assert_eq!(s.composition_ms, -2);
         assert_eq!(parse_video(&Bytes::from_static(&[0x17, 0x02, 0, 0, 0])), Ok(Video::Skip), "end of sequence");
+    }
+
+    fn sample(tag: &Bytes) -> Sample {
+        match parse_video(tag).unwrap() {
+            Video::Sample(VideoCodec::Avc, s) => s,
+            other => panic!("not an AVC sample: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn annexb_keyframe_gives_the_avcc_ffmpeg_writes_and_length_prefixed_nal_units() {
+        assert_eq!(parse_video(&hex(AVC_EMPTY_SEQUENCE_TAG)), Ok(Video::ConfigInBand(VideoCodec::Avc)));
+        assert_eq!(
+            parse_video(&enhanced(0x90, b"avc1", &[])),
+            Ok(Video::ConfigInBand(VideoCodec::Avc)),
+            "the same through Enhanced RTMP"
+        );
+        let key = sample(&hex(AVC_ANNEXB_KEYFRAME_TAG));
+        assert!(is_annexb(&key.data, 4));
+        let config = inband_config(VideoCodec::Avc, &key.data).expect("SPS and PPS in band");
+        // The record ffmpeg writes for the same encoder with a global header: the
+        // profile, compatibility and level of the SPS, and the High profile extension.
+        assert_eq!(config, video_config(hex(AVC_SEQUENCE_TAG)));
+        assert_eq!(config.codecs(), "avc1.64000d");
+        let sps = &hex(AVC_ANNEXB_KEYFRAME_TAG)[9..34];
+        let pps = &hex(AVC_ANNEXB_KEYFRAME_TAG)[38..44];
+        let idr = &hex(AVC_ANNEXB_KEYFRAME_TAG)[47..];
+        let expected = [&[0, 0, 0, 25][..], sps, &[0, 0, 0, 6], pps, &[0, 0, 0, 16], idr].concat();
+        assert_eq!(&length_prefixed(VideoCodec::Avc, key.data.clone(), 4).unwrap()[..], &expected[..]);
+        // Already length-prefixed: the same bytes, not a copy.
+        let converted = Bytes::from(expected);
+        let again = length_prefixed(VideoCodec::Avc, converted.clone(), 4).unwrap();
+        assert_eq!(again.as_ptr(), converted.as_ptr());
+        assert_eq!(inband_config(VideoCodec::Avc, &converted), Some(config), "parameter sets behind lengths too");
+        // An inter frame has none.
+        let inter = hex("270100008500000001419a236c49ffb7ee3d1a1b7ebabb74");
+        assert_eq!(inband_config(VideoCodec::Avc, &sample(&inter).data), None);
+    }
+
+    #[test]
+    fn annexb_rewriting_drops_delimiters_and_trailing_zeros_and_keeps_lengths_as_the_track_says() {
+        // AUD, then a slice with a trailing zero before a 4-byte start code, then a
+        // slice after a 3-byte one, trailing zeros at the end.
+        let data = Bytes::from_static(&[0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x41, 0xAA, 0, 0, 0, 0, 1, 0x01, 0xBB, 0, 0]);
+        let out = length_prefixed(VideoCodec::Avc, data.clone(), 4).unwrap();
+        assert_eq!(&out[..], &[0, 0, 0, 2, 0x41, 0xAA, 0, 0, 0, 2, 0x01, 0xBB]);
+        let out = length_prefixed(VideoCodec::Avc, data.clone(), 2).unwrap();
+        assert_eq!(&out[..], &[0, 2, 0x41, 0xAA, 0, 2, 0x01, 0xBB], "2-byte lengths, as the avcC says");
+        // HEVC: AUD is type 35 (0x46 0x01).
+        let hevc = Bytes::from_static(&[0, 0, 1, 0x46, 0x01, 0x50, 0, 0, 1, 0x26, 0x01, 0xAF]);
+        assert_eq!(&length_prefixed(VideoCodec::Hevc, hevc, 4).unwrap()[..], &[0, 0, 0, 3, 0x26, 0x01, 0xAF]);
+        // A NAL unit too long for 1-byte lengths, and a sample of delimiters only.
+        let long = Bytes::from([&[0, 0, 1, 0x41][..], &[0xAA; 300]].concat());
+        assert!(length_prefixed(VideoCodec::Avc, long, 1).is_err());
+        assert!(length_prefixed(VideoCodec::Avc, Bytes::from_static(&[0, 0, 1, 0x09, 0xF0]), 4).is_err());
+    }
+
+    #[test]
+    fn a_length_prefixed_sample_that_starts_like_a_start_code_stays_as_it_is() {
+        // One NAL unit of 0x100 + 0x41 bytes: its length reads `00 00 01 41`.
+        let mut data = vec![0, 0, 1, 0x41, 0x41];
+        data.resize(4 + 0x141, 0x55);
+        let data = Bytes::from(data);
+        assert!(!is_annexb(&data, 4));
+        assert_eq!(length_prefixed(VideoCodec::Avc, data.clone(), 4).unwrap(), data);
+        // Cut by one byte it no longer reads as lengths: Annex-B.
+        assert!(is_annexb(&data[..data.len() - 1], 4));
     }
 
     #[test]
@@ -818,6 +1104,23 @@ pub(crate) mod tests {
                 &[b"OpusHead".as_slice(), &[1, 2, 0, 0, 0x80, 0xBB, 0, 0, 0, 0, 1, 1, 1, 0, 1]].concat(),
             ),
         ];
+        let annexb = hex(AVC_ANNEXB_KEYFRAME_TAG);
+        for len in 0..annexb.len() {
+            let data = annexb.slice(5.min(len)..len);
+            for size in 0..=5 {
+                let _ = length_prefixed(VideoCodec::Avc, data.clone(), size);
+                let _ = length_prefixed(VideoCodec::Hevc, data.clone(), size);
+            }
+            let _ = inband_config(VideoCodec::Avc, &data);
+        }
+        for i in 5..annexb.len() {
+            for flip in [0x01u8, 0x80, 0xFF] {
+                let mut bad = annexb[5..].to_vec();
+                bad[i - 5] ^= flip;
+                let _ = length_prefixed(VideoCodec::Avc, Bytes::from(bad.clone()), 4);
+                let _ = inband_config(VideoCodec::Avc, &bad);
+            }
+        }
         for tag in &tags {
             for len in 0..tag.len() {
                 let _ = parse_video(&tag.slice(..len));

@@ -68,7 +68,9 @@ pub struct PackagerStats {
 /// One stream's packager on one edge.
 #[derive(Debug, Default)]
 pub struct Packager {
-    /// The latest sequence headers: used from the next segment.
+    /// The latest sequence headers: used from the next segment. No video header, or
+    /// one whose record is empty ([`Video::ConfigInBand`]), makes each segment take its
+    /// video configuration from the parameter sets in its first keyframe.
     video: Option<VideoConfig>,
     audio: Option<AudioConfig>,
     /// The init segment the open segment uses.
@@ -94,12 +96,20 @@ struct OpenSegment {
     broken: bool,
     part: Option<OpenPart>,
     /// The tracks of the segment's init segment.
-    video: Option<VideoCodec>,
+    video: Option<VideoTrack>,
     audio: Option<AudioConfig>,
     /// The last video sample duration written in this segment.
     video_delta: Option<u32>,
     /// Where the next audio sample falls if the audio is continuous.
     audio_next: Option<u64>,
+}
+
+/// The video track of a segment's init segment.
+#[derive(Debug, Clone, Copy)]
+struct VideoTrack {
+    codec: VideoCodec,
+    /// Bytes of each NAL unit's length in its samples (H.264, HEVC).
+    nal_length_size: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -164,7 +174,8 @@ impl Packager {
                     self.break_segment();
                 }
                 self.close_segment(Some(next), &mut out);
-                let Some(init_version) = self.open_init(&mut out) else {
+                let video = self.segment_video(frame);
+                let Some(init_version) = self.open_init(video, &mut out) else {
                     self.stats.untracked += 1;
                     return out;
                 };
@@ -183,7 +194,10 @@ impl Packager {
                     duration_ms: 0,
                     broken: false,
                     part: Some(OpenPart::new(0, true, mark.time_ms)),
-                    video: init.and_then(|i| i.video.as_ref()).map(|v| v.codec),
+                    video: init.and_then(|i| i.video.as_ref()).map(|v| VideoTrack {
+                        codec: v.codec,
+                        nal_length_size: v.nal_length_size(),
+                    }),
                     audio: init.and_then(|i| i.audio.clone()),
                     video_delta: None,
                     audio_next: None,
@@ -230,6 +244,7 @@ impl Packager {
         match frame.kind {
             FrameKind::Video => match codec::parse_video(&frame.payload) {
                 Ok(Video::Config(config)) => self.video = Some(config),
+                Ok(Video::ConfigInBand(_)) => self.video = None,
                 Ok(_) => {}
                 Err(_) => self.stats.unparsed += 1,
             },
@@ -242,18 +257,34 @@ impl Packager {
         }
     }
 
-    /// The init segment for the latest headers: emitted when it differs from the one
-    /// in use. Its version is derived from its bytes, so every edge names the same
-    /// init segment the same, however many it saw before. `None` without any header.
-    fn open_init(&mut self, out: &mut Vec<Packaged>) -> Option<u32> {
+    /// The video configuration of a segment that `opening` opens: the latest sequence
+    /// header's, or without one the parameter sets in band in `opening` itself (a
+    /// keyframe). The segment's first frame alone decides, so an edge that starts at
+    /// this segment decides the same as one that saw every earlier keyframe; a
+    /// segment whose first keyframe carries no parameter sets has no video track.
+    fn segment_video(&self, opening: &Frame) -> Option<VideoConfig> {
+        if self.video.is_some() || opening.kind != FrameKind::Video {
+            return self.video.clone();
+        }
+        match codec::parse_video(&opening.payload) {
+            Ok(Video::Sample(c, sample)) => codec::inband_config(c, &sample.data),
+            _ => None,
+        }
+    }
+
+    /// The init segment for the latest audio header and `video`: emitted when it
+    /// differs from the one in use. Its version is derived from its bytes, so every
+    /// edge names the same init segment the same, however many it saw before. `None`
+    /// without any track.
+    fn open_init(&mut self, video: Option<VideoConfig>, out: &mut Vec<Packaged>) -> Option<u32> {
         if let Some(init) = &self.init {
-            if init.video == self.video && init.audio == self.audio {
+            if init.video == video && init.audio == self.audio {
                 return Some(init.version);
             }
         }
         let mut tracks = Vec::new();
         let mut codecs = Vec::new();
-        if let Some(v) = &self.video {
+        if let Some(v) = &video {
             codecs.push(v.codecs());
             tracks.push(TrackConfig::Video(v.clone()));
         }
@@ -268,7 +299,7 @@ impl Packager {
         let bytes = fmp4::init_segment(&tracks);
         let version = fnv1a(&bytes);
         out.push(Packaged::Init(Init { version, codecs: codecs.join(","), bytes }));
-        self.init = Some(CurrentInit { video: self.video.clone(), audio: self.audio.clone(), version });
+        self.init = Some(CurrentInit { video, audio: self.audio.clone(), version });
         Some(version)
     }
 
@@ -302,7 +333,21 @@ impl Packager {
         }
         let (sample, matches) = match frame.kind {
             FrameKind::Video => match codec::parse_video(&frame.payload) {
-                Ok(Video::Sample(c, s)) => (s, segment.video == Some(c)),
+                Ok(Video::Sample(c, mut s)) => match segment.video {
+                    Some(track) if track.codec == c => {
+                        if let Some(size) = track.nal_length_size {
+                            match codec::length_prefixed(c, s.data, size) {
+                                Ok(data) => s.data = data,
+                                Err(_) => {
+                                    self.stats.unparsed += 1;
+                                    return;
+                                }
+                            }
+                        }
+                        (s, true)
+                    }
+                    _ => (s, false),
+                },
                 Ok(_) => return,
                 Err(_) => {
                     self.stats.unparsed += 1;
