@@ -564,7 +564,9 @@ fn fuzz_frames(mut data: &[u8]) -> Vec<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hls::codec::tests::{hex, AAC_SEQUENCE_TAG, AVC_SEQUENCE_TAG};
+    use crate::hls::codec::tests::{
+        hex, AAC_SEQUENCE_TAG, AVC_ANNEXB_KEYFRAME_TAG, AVC_EMPTY_SEQUENCE_TAG, AVC_SEQUENCE_TAG,
+    };
     use crate::hls::mark::SegmentOpen;
 
     const OPEN: SegmentOpen = SegmentOpen { discontinuity: 0, wall_ms: 1_000, target_ms: 2000, part_target_ms: 200 };
@@ -847,6 +849,128 @@ mod tests {
         );
     }
 
+    /// The SPS and PPS of [`AVC_SEQUENCE_TAG`]'s record.
+    fn parameter_sets() -> (Bytes, Bytes) {
+        let record = hex(AVC_SEQUENCE_TAG).slice(5..);
+        (record.slice(8..33), record.slice(36..42))
+    }
+
+    /// `frames` (from [`stream`]) with their H.264 as an in-band publisher sends it:
+    /// every keyframe carries `sps` and the PPS before its slice, the slices have no
+    /// zero bytes (as emulation prevention guarantees). With `annexb`, the sequence
+    /// header is empty and the NAL units follow start codes (4 bytes before the
+    /// parameter sets, 3 before the slice, an AUD first), else the header is the
+    /// record and NAL units are length-prefixed, as with `+global_header`.
+    fn in_band(frames: &[Frame], annexb: bool, sps: impl Fn(u64) -> Bytes) -> Vec<Frame> {
+        let (_, pps) = parameter_sets();
+        frames
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                if f.kind != FrameKind::Video {
+                    return f;
+                }
+                if f.header {
+                    if annexb {
+                        f.payload = hex(AVC_EMPTY_SEQUENCE_TAG);
+                    }
+                    return f;
+                }
+                let n = u32::from_be_bytes(f.payload[10..14].try_into().unwrap());
+                let slice = [f.payload[9], 0xAB, 0x80 | (n >> 7) as u8, 0x80 | (n & 0x7F) as u8];
+                let mut nals: Vec<(&[u8], &[u8])> = Vec::new();
+                let sps = sps(f.hls.map_or(0, |m| m.time_ms));
+                if annexb {
+                    nals.push((&[0, 0, 0, 1], &[0x09, 0xF0]));
+                }
+                if f.keyframe {
+                    nals.push((&[0, 0, 0, 1], &sps));
+                    nals.push((&[0, 0, 0, 1], &pps));
+                }
+                nals.push((&[0, 0, 1], &slice));
+                let mut body = f.payload[..5].to_vec();
+                for (start, nal) in nals {
+                    if annexb {
+                        body.extend_from_slice(start);
+                    } else {
+                        body.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                    }
+                    body.extend_from_slice(nal);
+                }
+                f.payload = Bytes::from(body);
+                f
+            })
+            .collect()
+    }
+
+    fn inits(events: &[Packaged]) -> Vec<&Init> {
+        events.iter().filter_map(|e| if let Packaged::Init(i) = e { Some(i) } else { None }).collect()
+    }
+
+    #[test]
+    fn annexb_without_a_sequence_header_packages_like_the_same_stream_with_one() {
+        let (sps, _) = parameter_sets();
+        let frames = stream(5);
+        let (annexb, stats) = run(&in_band(&frames, true, |_| sps.clone()));
+        assert_eq!(stats, PackagerStats::default());
+        let (reference, _) = run(&in_band(&frames, false, |_| sps.clone()));
+        assert_eq!(inits(&annexb).len(), 1);
+        assert_eq!(inits(&annexb)[0].codecs, "avc1.64000d,mp4a.40.2", "video from the in-band SPS");
+        assert!(annexb == reference, "the same init segment and every part byte for byte");
+        // The video samples are length-prefixed, without the AUD.
+        let Packaged::Part(part) = &annexb[2] else { panic!("{:?}", annexb[2]) };
+        let (sps, pps) = parameter_sets();
+        let key = [&[0, 0, 0, 25][..], &sps, &[0, 0, 0, 6], &pps, &[0, 0, 0, 4, 0x65, 0xAB, 0x80, 0x80]].concat();
+        assert!(part.bytes.windows(key.len()).any(|w| w == key), "the first keyframe, length-prefixed");
+    }
+
+    #[test]
+    fn annexb_from_a_later_keyframe_gives_the_same_segments() {
+        let (sps, _) = parameter_sets();
+        let frames = in_band(&stream(7), true, |_| sps.clone());
+        let (all, _) = run(&frames);
+        let middle = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 1 && m.part == 4)).unwrap();
+        let headers = frames.iter().filter(|f| f.header).cloned();
+        let late: Vec<Frame> = headers.chain(frames[middle..].iter().cloned()).collect();
+        let (events, _) = run(&late);
+        assert_eq!(events[0], Packaged::Init(inits(&all)[0].clone()), "the same init segment, named the same");
+        let from = all.iter().position(|e| matches!(e, Packaged::SegmentStart(s) if s.msn == 2)).unwrap();
+        assert!(events[1..] == all[from..], "every segment both have is identical");
+    }
+
+    #[test]
+    fn changed_in_band_parameter_sets_make_a_new_init_from_the_next_segment_on() {
+        // From 3 s on, keyframes carry an SPS of another level (3.0): the keyframe at
+        // 3 s is inside segment 1, the one at 4 s opens segment 2.
+        let (sps, _) = parameter_sets();
+        let mut level30 = sps.to_vec();
+        level30[3] = 0x1E;
+        let level30 = Bytes::from(level30);
+        let pick = |t: u64| if t >= 3000 { level30.clone() } else { sps.clone() };
+        let frames = in_band(&stream(7), true, pick);
+        let (events, stats) = run(&frames);
+        assert_eq!(stats, PackagerStats::default());
+        let inits = inits(&events);
+        let codecs: Vec<&str> = inits.iter().map(|i| i.codecs.as_str()).collect();
+        assert_eq!(codecs, ["avc1.64000d,mp4a.40.2", "avc1.64001e,mp4a.40.2"]);
+        let starts: Vec<(u64, u32)> = events
+            .iter()
+            .filter_map(|e| if let Packaged::SegmentStart(s) = e { Some((s.msn, s.init_version)) } else { None })
+            .collect();
+        let (v0, v1) = (inits[0].version, inits[1].version);
+        assert_eq!(starts, [(0, v0), (1, v0), (2, v1), (3, v1)]);
+        // An edge starting at segment 2 names and writes the new init the same.
+        let at = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 2)).unwrap();
+        let late: Vec<Frame> = frames.iter().filter(|f| f.header).cloned().chain(frames[at..].iter().cloned()).collect();
+        let (late, _) = run(&late);
+        assert_eq!(late[0], Packaged::Init(inits[1].clone()));
+        // And back to no video when a segment's first keyframe carries none.
+        let bare = in_band(&stream(5), true, |_| Bytes::new());
+        let (events, stats) = run(&bare);
+        assert_eq!(self::inits(&events)[0].codecs, "mp4a.40.2");
+        assert!(stats.untracked > 0);
+    }
+
     #[test]
     fn a_missed_boundary_skips_the_rest_of_that_segment_only() {
         let mut frames = stream(5);
@@ -931,6 +1055,14 @@ mod tests {
                 vec(any::<u8>(), 0..64).prop_map(Bytes::from),
                 Just(hex(AVC_SEQUENCE_TAG)),
                 Just(hex(AAC_SEQUENCE_TAG)),
+                Just(hex(AVC_EMPTY_SEQUENCE_TAG)),
+                Just(hex(AVC_ANNEXB_KEYFRAME_TAG)),
+                (0usize..64, vec(any::<u8>(), 0..32)).prop_map(|(at, noise)| {
+                    // The Annex-B keyframe with its tail replaced by noise.
+                    let key = hex(AVC_ANNEXB_KEYFRAME_TAG);
+                    let at = at.min(key.len());
+                    Bytes::from([&key[..at], &noise].concat())
+                }),
                 (any::<u8>(), vec(any::<u8>(), 0..32)).prop_map(|(b, rest)| {
                     let head = [[0x17, 1], [0x27, 1], [0xAF, 1], [0x91, b'h'], [0xAF, 0]][usize::from(b % 5)];
                     Bytes::from([&head[..], &rest].concat())
