@@ -929,6 +929,7 @@ mod tests {
         let (sps, _) = parameter_sets();
         let frames = in_band(&stream(7), true, |_| sps.clone());
         let (all, _) = run(&frames);
+        assert_eq!(inits(&all)[0].codecs, "avc1.64000d,mp4a.40.2");
         let middle = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 1 && m.part == 4)).unwrap();
         let headers = frames.iter().filter(|f| f.header).cloned();
         let late: Vec<Frame> = headers.chain(frames[middle..].iter().cloned()).collect();
