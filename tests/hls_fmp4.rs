@@ -270,6 +270,55 @@ fn h264_and_aac_from_ffmpeg_flv_decode_frame_for_frame_from_the_hls_stream() {
     assert_eq!(init.codecs, "avc1.4d400d,mp4a.40.2");
 }
 
+/// ffmpeg's `tee` muxer does not ask libx264 for a global header, so the FLV has an
+/// empty AVC sequence header and Annex-B frames with SPS and PPS in every keyframe;
+/// the packager builds the `avcC` from them and rewrites the start codes.
+#[test]
+fn h264_with_in_band_parameter_sets_from_ffmpegs_tee_muxer_decodes_frame_for_frame() {
+    let dir = keep(tempfile::tempdir().unwrap(), "h264-annexb-aac");
+    let source = dir.path().join("source.flv");
+    let tee = format!("[f=flv]{}", source.to_str().unwrap());
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        "7",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-bf",
+        "2",
+        "-g",
+        "30",
+        "-c:a",
+        "aac",
+        "-f",
+        "tee",
+        &tee,
+    ]);
+    let frames = read_flv(&std::fs::read(&source).unwrap());
+    let header = frames.iter().find(|f| f.kind == FrameKind::Video && f.header).expect("a video sequence header");
+    assert_eq!(&header.payload[..], &[0x17, 0, 0, 0, 0], "the sequence header is empty");
+    let key = frames.iter().find(|f| f.kind == FrameKind::Video && f.keyframe && !f.header).unwrap();
+    assert_eq!(&key.payload[5..10], &[0, 0, 0, 1, 0x67], "Annex-B, the SPS first");
+    let out = dir.path().join("hls");
+    std::fs::create_dir(&out).unwrap();
+    let events = assert_hls_decodes_like(&source, frames, &out);
+    let Some(Packaged::Init(init)) = events.first() else { panic!("an init segment comes first") };
+    assert_eq!(init.codecs, "avc1.4d400d,mp4a.40.2", "the profile and level of the in-band SPS");
+}
+
 /// One track of an ffmpeg fragmented MP4: its codec box and samples.
 #[derive(Default)]
 struct Mp4Track {
