@@ -317,6 +317,28 @@ fn h264_with_in_band_parameter_sets_from_ffmpegs_tee_muxer_decodes_frame_for_fra
     let events = assert_hls_decodes_like(&source, frames, &out);
     let Some(Packaged::Init(init)) = events.first() else { panic!("an init segment comes first") };
     assert_eq!(init.codecs, "avc1.4d400d,mp4a.40.2", "the profile and level of the in-band SPS");
+
+    // ffmpeg decodes Annex-B even behind an avcC, so compare the bytes too: the avcC
+    // and every video sample are what ffmpeg's MP4 muxer makes of the same FLV
+    // (length-prefixed NAL units, parameter sets kept in the keyframes).
+    let mut ours = init.bytes.to_vec();
+    for event in &events {
+        if let Packaged::SegmentEnd(end) = event {
+            ours.extend(std::fs::read(out.join(format!("seg-{}.m4s", end.msn))).unwrap());
+        }
+    }
+    let remuxed = dir.path().join("remuxed.mp4");
+    let flags = "frag_keyframe+empty_moov+default_base_moof";
+    ffmpeg(&["-i", source.to_str().unwrap(), "-c", "copy", "-movflags", flags, remuxed.to_str().unwrap()]);
+    let video = |tracks: Vec<Mp4Track>| tracks.into_iter().find(|t| &t.entry == b"avc1").expect("an avc1 track");
+    let (ours, theirs) =
+        (video(read_fragmented_mp4(&ours)), video(read_fragmented_mp4(&std::fs::read(remuxed).unwrap())));
+    assert_eq!(ours.config, theirs.config, "the same avcC");
+    assert_eq!(ours.samples.len(), theirs.samples.len());
+    for (i, (a, b)) in ours.samples.iter().zip(&theirs.samples).enumerate() {
+        assert!(a.data == b.data, "video sample {i}: the same NAL units behind the same lengths");
+        assert_eq!(a.sync, b.sync, "video sample {i}");
+    }
 }
 
 /// One track of an ffmpeg fragmented MP4: its codec box and samples.

@@ -985,7 +985,8 @@ pub(crate) mod tests {
     fn annexb_rewriting_drops_delimiters_and_trailing_zeros_and_keeps_lengths_as_the_track_says() {
         // AUD, then a slice with a trailing zero before a 4-byte start code, then a
         // slice after a 3-byte one, trailing zeros at the end.
-        let data = Bytes::from_static(&[0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x41, 0xAA, 0, 0, 0, 0, 1, 0x01, 0xBB, 0, 0]);
+        let data =
+            Bytes::from_static(&[0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x41, 0xAA, 0, 0, 0, 0, 1, 0x01, 0xBB, 0, 0]);
         let out = length_prefixed(VideoCodec::Avc, data.clone(), 4).unwrap();
         assert_eq!(&out[..], &[0, 0, 0, 2, 0x41, 0xAA, 0, 0, 0, 2, 0x01, 0xBB]);
         let out = length_prefixed(VideoCodec::Avc, data.clone(), 2).unwrap();

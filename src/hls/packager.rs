@@ -194,10 +194,9 @@ impl Packager {
                     duration_ms: 0,
                     broken: false,
                     part: Some(OpenPart::new(0, true, mark.time_ms)),
-                    video: init.and_then(|i| i.video.as_ref()).map(|v| VideoTrack {
-                        codec: v.codec,
-                        nal_length_size: v.nal_length_size(),
-                    }),
+                    video: init
+                        .and_then(|i| i.video.as_ref())
+                        .map(|v| VideoTrack { codec: v.codec, nal_length_size: v.nal_length_size() }),
                     audio: init.and_then(|i| i.audio.clone()),
                     video_delta: None,
                     audio_next: None,
@@ -962,7 +961,8 @@ mod tests {
         assert_eq!(starts, [(0, v0), (1, v0), (2, v1), (3, v1)]);
         // An edge starting at segment 2 names and writes the new init the same.
         let at = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 2)).unwrap();
-        let late: Vec<Frame> = frames.iter().filter(|f| f.header).cloned().chain(frames[at..].iter().cloned()).collect();
+        let late: Vec<Frame> =
+            frames.iter().filter(|f| f.header).cloned().chain(frames[at..].iter().cloned()).collect();
         let (late, _) = run(&late);
         assert_eq!(late[0], Packaged::Init(inits[1].clone()));
         // And back to no video when a segment's first keyframe carries none.
