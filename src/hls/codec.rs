@@ -550,36 +550,44 @@ pub fn length_prefixed(codec: VideoCodec, data: Bytes, length_size: usize) -> Re
 /// whose sequence header carries none ([`Video::ConfigInBand`]): H.264 SPS and PPS
 /// (Annex-B or 4-byte length-prefixed) become an `avcC` with 4-byte lengths, its
 /// profile, compatibility and level from the first SPS, as ffmpeg builds it from the
-/// same frames. `None` when the frame lacks an SPS or a PPS, or its SPS does not
-/// parse. HEVC is not built from in-band parameter sets (`None`).
+/// same frames; HEVC VPS, SPS and PPS become an `hvcC` ([`hevc_record`]). `None` when
+/// the frame lacks one of them or its SPS does not parse.
 pub fn inband_config(codec: VideoCodec, data: &[u8]) -> Option<VideoConfig> {
-    if codec != VideoCodec::Avc {
-        return None;
-    }
-    let (mut sps, mut pps): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
+    let types: [u8; 3] = match codec {
+        VideoCodec::Avc => [0, 7, 8],
+        VideoCodec::Hevc => [32, 33, 34],
+        VideoCodec::Av1 => return None,
+    };
+    // Parameter sets by type: VPS (HEVC only), SPS, PPS.
+    let mut sets: [Vec<&[u8]>; 3] = Default::default();
     for unit in nal_units(data, 4)? {
         let nal = &data[unit];
-        let set = match nal_type(codec, nal) {
-            7 => &mut sps,
-            8 => &mut pps,
-            _ => continue,
-        };
+        let kind = nal_type(codec, nal);
+        let Some(set) = types.iter().position(|&t| t == kind && t != 0).map(|i| &mut sets[i]) else { continue };
         if nal.len() <= usize::from(u16::MAX) && set.len() < MAX_PARAMETER_SETS && !set.contains(&nal) {
             set.push(nal);
         }
     }
+    match codec {
+        VideoCodec::Avc => avc_record(&sets[1], &sets[2]),
+        _ => hevc_record(&sets),
+    }
+}
+
+/// An `avcC` (4-byte lengths) from in-band SPS and PPS.
+fn avc_record(sps: &[&[u8]], pps: &[&[u8]]) -> Option<VideoConfig> {
     let first = *sps.first()?;
     if pps.is_empty() || first.len() < 4 {
         return None;
     }
     let info = avc_sps(first)?;
     let mut record = vec![1, first[1], first[2], first[3], 0xFF, 0xE0 | sps.len() as u8];
-    for set in &sps {
+    for set in sps {
         record.extend_from_slice(&(set.len() as u16).to_be_bytes());
         record.extend_from_slice(set);
     }
     record.push(pps.len() as u8);
-    for set in &pps {
+    for set in pps {
         record.extend_from_slice(&(set.len() as u16).to_be_bytes());
         record.extend_from_slice(set);
     }
@@ -590,7 +598,35 @@ pub fn inband_config(codec: VideoCodec, data: &[u8]) -> Option<VideoConfig> {
         record.push(0xF8 | (info.bit_depth_chroma_minus8 & 7) as u8);
         record.push(0);
     }
-    Some(VideoConfig { codec, record: Bytes::from(record), width: info.width, height: info.height })
+    Some(VideoConfig { codec: VideoCodec::Avc, record: Bytes::from(record), width: info.width, height: info.height })
+}
+
+/// An `hvcC` (4-byte lengths) from in-band VPS, SPS and PPS, as ffmpeg writes it
+/// except for what needs the VUI or the PPS parsed: `min_spatial_segmentation_idc`
+/// and `parallelismType` are 0 (unknown), `avgFrameRate` 0 (unspecified).
+fn hevc_record(sets: &[Vec<&[u8]>; 3]) -> Option<VideoConfig> {
+    if sets.iter().any(Vec::is_empty) {
+        return None;
+    }
+    let info = hevc_sps(sets[1][0])?;
+    let mut record = vec![1];
+    record.extend_from_slice(&info.general_profile_tier_level);
+    record.extend_from_slice(&[0xF0, 0x00, 0xFC]);
+    record.push(0xFC | (info.chroma_format & 3) as u8);
+    record.push(0xF8 | (info.bit_depth_luma_minus8 & 7) as u8);
+    record.push(0xF8 | (info.bit_depth_chroma_minus8 & 7) as u8);
+    record.extend_from_slice(&[0, 0]);
+    record.push((((info.sub_layers_minus1 + 1) & 7) << 3 | (info.temporal_id_nesting & 1) << 2 | 3) as u8);
+    record.push(3);
+    for (kind, set) in [32u8, 33, 34].into_iter().zip(sets) {
+        record.push(kind);
+        record.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        for nal in set {
+            record.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+            record.extend_from_slice(nal);
+        }
+    }
+    Some(VideoConfig { codec: VideoCodec::Hevc, record: Bytes::from(record), width: info.width, height: info.height })
 }
 
 /// Reads bits MSB first from a NAL unit's payload with emulation prevention bytes
@@ -758,12 +794,35 @@ fn avc_sps(nal: &[u8]) -> Option<AvcSps> {
 
 /// Width and height of an HEVC SPS NAL unit (ITU-T H.265 §7.3.2.2).
 fn hevc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
+    hevc_sps(nal).map(|s| (s.width, s.height))
+}
+
+/// What an `hvcC` needs from an HEVC SPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HevcSps {
+    width: u16,
+    height: u16,
+    /// `sps_max_sub_layers_minus1` and `sps_temporal_id_nesting_flag`.
+    sub_layers_minus1: u32,
+    temporal_id_nesting: u32,
+    /// The general profile, tier and level: 96 bits, as `hvcC` carries them.
+    general_profile_tier_level: [u8; 12],
+    chroma_format: u32,
+    bit_depth_luma_minus8: u32,
+    bit_depth_chroma_minus8: u32,
+}
+
+/// Reads an HEVC SPS NAL unit (ITU-T H.265 §7.3.2.2) up to the bit depths.
+fn hevc_sps(nal: &[u8]) -> Option<HevcSps> {
     let mut r = BitReader::rbsp(nal.get(2..)?);
     r.skip(4)?;
     let sub_layers = r.bits(3)?;
-    r.skip(1)?;
+    let temporal_id_nesting = r.bit()?;
     // profile_tier_level(1, sub_layers)
-    r.skip(96)?;
+    let mut general_profile_tier_level = [0u8; 12];
+    for b in &mut general_profile_tier_level {
+        *b = r.bits(8)? as u8;
+    }
     let mut present = Vec::new();
     for _ in 0..sub_layers {
         present.push((r.bit()?, r.bit()?));
@@ -789,7 +848,22 @@ fn hevc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
         crop_x = unit_x * (u64::from(left) + u64::from(right));
         crop_y = unit_y * (u64::from(top) + u64::from(bottom));
     }
-    Some((dimension(width.checked_sub(crop_x)?)?, dimension(height.checked_sub(crop_y)?)?))
+    let width = dimension(width.checked_sub(crop_x)?)?;
+    let height = dimension(height.checked_sub(crop_y)?)?;
+    // Bit depths are read only when the size parsed; a stream whose SPS ends early
+    // still has a size.
+    let bit_depth_luma_minus8 = r.ue().unwrap_or(0);
+    let bit_depth_chroma_minus8 = r.ue().unwrap_or(0);
+    Some(HevcSps {
+        width,
+        height,
+        sub_layers_minus1: sub_layers,
+        temporal_id_nesting,
+        general_profile_tier_level,
+        chroma_format: chroma,
+        bit_depth_luma_minus8,
+        bit_depth_chroma_minus8,
+    })
 }
 
 /// Max frame size from the sequence header OBU among `obus` (AV1 §5.5.1).
@@ -979,6 +1053,30 @@ pub(crate) mod tests {
         // An inter frame has none.
         let inter = hex("270100008500000001419a236c49ffb7ee3d1a1b7ebabb74");
         assert_eq!(inband_config(VideoCodec::Avc, &sample(&inter).data), None);
+    }
+
+    #[test]
+    fn hevc_parameter_sets_in_band_give_the_hvcc_ffmpeg_writes() {
+        assert_eq!(parse_video(&enhanced(0x90, b"hvc1", &[])), Ok(Video::ConfigInBand(VideoCodec::Hevc)));
+        // The VPS, SPS and PPS of ffmpeg's record, as an Annex-B keyframe with an AUD
+        // first and an IDR slice head after them.
+        let record = hex(HVCC);
+        let mut at = 23;
+        let mut keyframe = vec![0, 0, 0, 1, 0x46, 0x01, 0x10];
+        for _ in 0..record[22] {
+            at += 3;
+            let len = usize::from(u16::from_be_bytes([record[at], record[at + 1]]));
+            keyframe.extend_from_slice(&[0, 0, 0, 1]);
+            keyframe.extend_from_slice(&record[at + 2..at + 2 + len]);
+            at += 2 + len;
+        }
+        keyframe.extend_from_slice(&[0, 0, 1, 0x26, 0x01, 0xAF, 0x12]);
+        let config = inband_config(VideoCodec::Hevc, &keyframe).expect("VPS, SPS and PPS in band");
+        assert_eq!(config, video_config(enhanced(0x90, b"hvc1", &hex(HVCC))));
+        assert_eq!(config.codecs(), "hvc1.1.6.L60.90");
+        let samples = length_prefixed(VideoCodec::Hevc, Bytes::from(keyframe), 4).unwrap();
+        assert_eq!(inband_config(VideoCodec::Hevc, &samples), Some(config), "the same behind lengths");
+        assert_eq!(inband_config(VideoCodec::Hevc, &[0, 0, 1, 0x26, 0x01, 0xAF]), None, "no parameter sets");
     }
 
     #[test]
