@@ -1,7 +1,10 @@
 //! FLV and Enhanced RTMP tag bodies to what fMP4 needs: each track's codec
 //! configuration (avcC, hvcC, av1C, AAC AudioSpecificConfig, Opus `dOps`) with its
 //! RFC 6381 `CODECS` string and picture size or sample rate, and samples (the coded
-//! bytes, zero-copy, with their composition offset).
+//! bytes, zero-copy, with their composition offset). H.264 and HEVC whose parameter
+//! sets come in band get their `avcC`/`hvcC` built from a keyframe's
+//! ([`inband_config`]), and Annex-B samples are rewritten as length-prefixed NAL units
+//! ([`length_prefixed`]).
 //!
 //! Pure functions over bytes; every length is checked and a body that does not parse
 //! is an [`CodecError`], never a panic. Knows nothing of boxes, marks or segments.
@@ -429,14 +432,17 @@ fn opus_config(head: &[u8]) -> Result<AudioConfig, CodecError> {
 /// the keyframe, in order); `avcC` counts SPS in 5 bits. More are ignored.
 const MAX_PARAMETER_SETS: usize = 31;
 
-/// The NAL units of an H.264 or HEVC sample, in order, as ranges of `data`: from an
-/// Annex-B byte stream when the sample is one ([`is_annexb`]), else from its
-/// `length_size`-byte lengths. `None` when it is neither.
-fn nal_units(data: &[u8], length_size: usize) -> Option<Vec<std::ops::Range<usize>>> {
+/// The NAL units of an H.264 or HEVC sample, in order: from an Annex-B byte stream
+/// when the sample is one ([`is_annexb`]), else from its `length_size`-byte lengths.
+/// `None` when it is neither. Lazy: nothing is allocated per NAL unit, so a hostile
+/// sample of nothing but start codes costs no memory.
+fn nal_units(data: &[u8], length_size: usize) -> Option<NalUnits<'_>> {
     if is_annexb(data, length_size) {
-        Some(annexb_units(data))
+        Some(NalUnits::AnnexB(AnnexB::new(data)))
+    } else if length_prefixed_ok(data, length_size) {
+        Some(NalUnits::Lengths { data, length_size })
     } else {
-        length_prefixed_units(data, length_size)
+        None
     }
 }
 
@@ -446,54 +452,85 @@ fn nal_units(data: &[u8], length_size: usize) -> Option<Vec<std::ops::Range<usiz
 /// a length-prefixed sample whose first length happens to begin `00 00 01` (a NAL
 /// unit of 256 to 511 bytes) stays length-prefixed.
 pub fn is_annexb(data: &[u8], length_size: usize) -> bool {
-    (data.starts_with(&[0, 0, 1]) || data.starts_with(&[0, 0, 0, 1]))
-        && length_prefixed_units(data, length_size).is_none()
+    (data.starts_with(&[0, 0, 1]) || data.starts_with(&[0, 0, 0, 1])) && !length_prefixed_ok(data, length_size)
 }
 
-/// NAL units behind `length_size`-byte lengths that cover `data` exactly, each
-/// non-empty with its forbidden zero bit clear; `None` otherwise.
-fn length_prefixed_units(data: &[u8], length_size: usize) -> Option<Vec<std::ops::Range<usize>>> {
+/// Whether `length_size`-byte lengths cover `data` exactly, each NAL unit non-empty
+/// with its forbidden zero bit clear.
+fn length_prefixed_ok(data: &[u8], length_size: usize) -> bool {
     if !(1..=4).contains(&length_size) || data.is_empty() {
-        return None;
+        return false;
     }
-    let mut units = Vec::new();
-    let mut at = 0;
-    while at < data.len() {
-        let len = data.get(at..at + length_size)?.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
-        let start = at + length_size;
-        let end = start.checked_add(len).filter(|&e| e <= data.len() && len > 0)?;
-        if data[start] & 0x80 != 0 {
-            return None;
+    let mut units = NalUnits::Lengths { data, length_size };
+    let mut covered = 0;
+    for nal in units.by_ref() {
+        if nal[0] & 0x80 != 0 {
+            return false;
         }
-        units.push(start..end);
-        at = end;
+        covered += length_size + nal.len();
     }
-    Some(units)
+    covered == data.len()
+}
+
+/// An iterator over NAL units; see [`nal_units`].
+enum NalUnits<'a> {
+    AnnexB(AnnexB<'a>),
+    /// Stops at the first length that is zero or runs past the end.
+    Lengths {
+        data: &'a [u8],
+        length_size: usize,
+    },
+}
+
+impl<'a> Iterator for NalUnits<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            NalUnits::AnnexB(units) => units.next(),
+            NalUnits::Lengths { data, length_size } => {
+                let len = data.get(..*length_size)?.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+                let nal = data.get(*length_size..*length_size + len).filter(|n| !n.is_empty())?;
+                *data = &data[*length_size + len..];
+                Some(nal)
+            }
+        }
+    }
 }
 
 /// The NAL units of an Annex-B byte stream that starts with a start code: each runs
 /// from after its start code to the next one, without trailing zero bytes; empty ones
 /// are left out. (A NAL unit never contains `00 00 01`: emulation prevention.)
-fn annexb_units(data: &[u8]) -> Vec<std::ops::Range<usize>> {
-    let mut starts = Vec::new();
-    let mut zeros = 0usize;
-    for (i, &b) in data.iter().enumerate() {
-        if b == 1 && zeros >= 2 {
-            starts.push(i + 1);
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
+struct AnnexB<'a> {
+    data: &'a [u8],
+    /// Where the next NAL unit starts.
+    at: usize,
+}
+
+impl<'a> AnnexB<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        AnnexB { data, at: if data.starts_with(&[0, 0, 1]) { 3 } else { 4 } }
     }
-    let mut units = Vec::with_capacity(starts.len());
-    for (k, &start) in starts.iter().enumerate() {
-        let mut end = starts.get(k + 1).map_or(data.len(), |next| next - 3);
-        while end > start && data[end - 1] == 0 {
-            end -= 1;
+}
+
+impl<'a> Iterator for AnnexB<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.at < self.data.len() {
+            let start = self.at;
+            let code = self.data[start..].windows(3).position(|w| w == [0, 0, 1]);
+            let mut end = code.map_or(self.data.len(), |i| start + i);
+            self.at = code.map_or(self.data.len(), |i| start + i + 3);
+            while end > start && self.data[end - 1] == 0 {
+                end -= 1;
+            }
+            if end > start {
+                return Some(&self.data[start..end]);
+            }
         }
-        if end > start {
-            units.push(start..end);
-        }
+        None
     }
-    units
 }
 
 /// The NAL unit type: 5 bits of the first byte (H.264), 6 bits after the forbidden bit
@@ -526,10 +563,10 @@ pub fn length_prefixed(codec: VideoCodec, data: Bytes, length_size: usize) -> Re
     if !(1..=4).contains(&length_size) {
         return Err(CodecError::Malformed("NAL unit length size"));
     }
-    let units = annexb_units(&data);
-    let mut out = Vec::with_capacity(data.len() + units.len());
-    for unit in units {
-        let nal = &data[unit];
+    // At most one more byte per NAL unit than the input (a 3-byte start code before a
+    // 1-byte unit becomes a 4-byte length), and every unit takes at least 4 bytes.
+    let mut out = Vec::with_capacity(data.len() + data.len() / 4 + 1);
+    for nal in AnnexB::new(&data) {
         if is_access_unit_delimiter(codec, nal) {
             continue;
         }
@@ -560,8 +597,7 @@ pub fn inband_config(codec: VideoCodec, data: &[u8]) -> Option<VideoConfig> {
     };
     // Parameter sets by type: VPS (HEVC only), SPS, PPS.
     let mut sets: [Vec<&[u8]>; 3] = Default::default();
-    for unit in nal_units(data, 4)? {
-        let nal = &data[unit];
+    for nal in nal_units(data, 4)? {
         let kind = nal_type(codec, nal);
         let Some(set) = types.iter().position(|&t| t == kind && t != 0).map(|i| &mut sets[i]) else { continue };
         if nal.len() <= usize::from(u16::MAX) && set.len() < MAX_PARAMETER_SETS && !set.contains(&nal) {
@@ -1235,6 +1271,10 @@ pub(crate) mod tests {
                 }
             }
         }
+        // Nothing but start codes: no NAL unit, and nothing allocated per start code.
+        let codes = Bytes::from([0u8, 0, 1].repeat(1 << 20));
+        assert!(length_prefixed(VideoCodec::Avc, codes.clone(), 4).is_err());
+        assert_eq!(inband_config(VideoCodec::Avc, &codes), None);
         // An SPS of all ones: Exp-Golomb values that never end must not loop or panic.
         assert_eq!(avc_sps_size(&[0x67, 0x64, 0, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF]), None);
         assert_eq!(hevc_sps_size(&[0x42, 0x01, 0xFF, 0xFF, 0xFF]), None);

@@ -3,7 +3,9 @@
 //!
 //! What a part or segment holds and every byte of it depend only on the frames marked
 //! with its numbers, the boundary frame that follows it, and the sequence headers in
-//! force when its segment opened: never on what this packager saw earlier. So an edge
+//! force when its segment opened (for H.264 and HEVC without a usable header: the
+//! parameter sets in the segment's own first keyframe): never on what this packager
+//! saw earlier. So an edge
 //! that starts at any segment boundary (late, or after a restart) writes the same bytes
 //! for every segment from there as an edge that has run from the start. The decode
 //! times are the marks' timeline (`time_ms`), not the RTMP timestamps.
@@ -509,12 +511,19 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 }
 
 /// What must hold for any input, checked by the `hls_tags` fuzz target and the replay
-/// of its regressions: the codec parsers never panic on a tag body, and the packager,
+/// of its regressions: the codec parsers never panic on a tag body (nor the NAL unit
+/// framing and in-band parameter set parsers on a sample), and the packager,
 /// fed the frames [`fuzz_frames`] builds from the same bytes, never panics and gives
 /// the same events twice.
 pub fn check_invariants(data: &[u8]) {
     let _ = codec::parse_video(&Bytes::copy_from_slice(data));
     let _ = codec::parse_audio(&Bytes::copy_from_slice(data));
+    for video in [VideoCodec::Avc, VideoCodec::Hevc] {
+        let _ = codec::inband_config(video, data);
+        for size in 0..=4 {
+            let _ = codec::length_prefixed(video, Bytes::copy_from_slice(data), size);
+        }
+    }
     let frames = fuzz_frames(data);
     let run = || {
         let mut p = Packager::new();
