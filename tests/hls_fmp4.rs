@@ -573,7 +573,7 @@ fn enhanced_rtmp_frames(tracks: &[Mp4Track], annexb: bool) -> Vec<Frame> {
                 let annexb = annexb && fourcc == b"hvc1";
                 let config: &[u8] = if annexb { &[] } else { &track.config };
                 frames.push(Frame::video(0, Bytes::from([&[0x90u8][..], fourcc, config].concat())));
-                let sets = hvcc_parameter_sets(&track.config);
+                let sets = if annexb { hvcc_parameter_sets(&track.config) } else { Vec::new() };
                 for s in &track.samples {
                     let data = if annexb { hevc_annexb(s, &sets) } else { s.data.clone() };
                     let frame_type = if s.sync { 0x10 } else { 0x20 };
