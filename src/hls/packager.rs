@@ -1102,6 +1102,49 @@ mod tests {
         }
 
         proptest! {
+            /// In-band H.264 whose keyframes carry one of three SPS or none, Annex-B or
+            /// length-prefixed: a packager that starts at any segment (with the
+            /// headers) writes that segment and every later one, and the init
+            /// segments they name, exactly as one that saw the whole stream.
+            #[test]
+            fn in_band_streams_package_the_same_from_every_segment(
+                choices in vec(0u8..4, 6),
+                annexb in any::<bool>(),
+            ) {
+                let (sps, _) = parameter_sets();
+                let variant = |t: u64| -> Bytes {
+                    let mut s = sps.to_vec();
+                    match choices[(t / 1000) as usize % choices.len()] {
+                        0 => return Bytes::new(),
+                        1 => {}
+                        level => s[3] = 0x0D + level,
+                    }
+                    Bytes::from(s)
+                };
+                let frames = in_band(&stream(6), annexb, variant);
+                let (all, _) = run(&frames);
+                let by_version: std::collections::HashMap<u32, &Init> =
+                    inits(&all).into_iter().map(|i| (i.version, i)).collect();
+                let media = |e: &[Packaged]| -> Vec<Packaged> {
+                    e.iter().filter(|e| !matches!(e, Packaged::Init(_))).cloned().collect()
+                };
+                let openers = frames.iter().enumerate().filter(|(_, f)| {
+                    f.hls.is_some_and(|m| matches!(m.boundary, Some(Boundary::Segment(_))))
+                });
+                for (at, opener) in openers {
+                    let msn = opener.hls.unwrap().msn;
+                    let late: Vec<Frame> =
+                        frames.iter().filter(|f| f.header).cloned().chain(frames[at..].iter().cloned()).collect();
+                    let (events, _) = run(&late);
+                    for init in inits(&events) {
+                        prop_assert_eq!(Some(&init), by_version.get(&init.version), "init {}", init.version);
+                    }
+                    let from = all.iter().position(|e| matches!(e, Packaged::SegmentStart(s) if s.msn == msn));
+                    let expected = media(&all[from.unwrap()..]);
+                    prop_assert!(media(&events) == expected, "from segment {}", msn);
+                }
+            }
+
             #[test]
             fn any_frames_and_marks_never_panic_and_parts_stay_well_formed(frames in vec(frame(), 0..200)) {
                 let (events, _) = run(&frames);
