@@ -5,10 +5,10 @@
 //! with its numbers, the boundary frame that follows it, and the sequence headers in
 //! force when its segment opened (for H.264 and HEVC without a usable header: the
 //! parameter sets in the segment's own first keyframe): never on what this packager
-//! saw earlier. So an edge
-//! that starts at any segment boundary (late, or after a restart) writes the same bytes
-//! for every segment from there as an edge that has run from the start. The decode
-//! times are the marks' timeline (`time_ms`), not the RTMP timestamps.
+//! saw earlier. So an edge that starts at any segment boundary (late, or after a
+//! restart) writes the same bytes for every segment from there as an edge that has run
+//! from the start. The decode times are the marks' timeline (`time_ms`), not the RTMP
+//! timestamps.
 //!
 //! Sample durations, all deterministic: a video sample lasts until the next video
 //! sample of its part, or until the frame that opens the next part when that is video,
