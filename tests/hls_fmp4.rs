@@ -270,6 +270,77 @@ fn h264_and_aac_from_ffmpeg_flv_decode_frame_for_frame_from_the_hls_stream() {
     assert_eq!(init.codecs, "avc1.4d400d,mp4a.40.2");
 }
 
+/// ffmpeg's `tee` muxer does not ask libx264 for a global header, so the FLV has an
+/// empty AVC sequence header and Annex-B frames with SPS and PPS in every keyframe;
+/// the packager builds the `avcC` from them and rewrites the start codes.
+#[test]
+fn h264_with_in_band_parameter_sets_from_ffmpegs_tee_muxer_decodes_frame_for_frame() {
+    let dir = keep(tempfile::tempdir().unwrap(), "h264-annexb-aac");
+    let source = dir.path().join("source.flv");
+    let tee = format!("[f=flv]{}", source.to_str().unwrap());
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        "7",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-bf",
+        "2",
+        "-g",
+        "30",
+        "-c:a",
+        "aac",
+        "-f",
+        "tee",
+        &tee,
+    ]);
+    let frames = read_flv(&std::fs::read(&source).unwrap());
+    let header = frames.iter().find(|f| f.kind == FrameKind::Video && f.header).expect("a video sequence header");
+    assert_eq!(&header.payload[..], &[0x17, 0, 0, 0, 0], "the sequence header is empty");
+    let key = frames.iter().find(|f| f.kind == FrameKind::Video && f.keyframe && !f.header).unwrap();
+    assert_eq!(&key.payload[5..10], &[0, 0, 0, 1, 0x67], "Annex-B, the SPS first");
+    let out = dir.path().join("hls");
+    std::fs::create_dir(&out).unwrap();
+    let events = assert_hls_decodes_like(&source, frames, &out);
+    let Some(Packaged::Init(init)) = events.first() else { panic!("an init segment comes first") };
+    assert_eq!(init.codecs, "avc1.4d400d,mp4a.40.2", "the profile and level of the in-band SPS");
+
+    // ffmpeg decodes Annex-B even behind an avcC, so compare the bytes too: the avcC
+    // and every video sample are what ffmpeg's MP4 muxer makes of the same FLV
+    // (length-prefixed NAL units, parameter sets kept in the keyframes).
+    let mut ours = init.bytes.to_vec();
+    for event in &events {
+        if let Packaged::SegmentEnd(end) = event {
+            ours.extend(std::fs::read(out.join(format!("seg-{}.m4s", end.msn))).unwrap());
+        }
+    }
+    let remuxed = dir.path().join("remuxed.mp4");
+    let flags = "frag_keyframe+empty_moov+default_base_moof";
+    ffmpeg(&["-i", source.to_str().unwrap(), "-c", "copy", "-movflags", flags, remuxed.to_str().unwrap()]);
+    let video = |tracks: Vec<Mp4Track>| tracks.into_iter().find(|t| &t.entry == b"avc1").expect("an avc1 track");
+    let (ours, theirs) =
+        (video(read_fragmented_mp4(&ours)), video(read_fragmented_mp4(&std::fs::read(remuxed).unwrap())));
+    assert_eq!(ours.config, theirs.config, "the same avcC");
+    assert_eq!(ours.samples.len(), theirs.samples.len());
+    for (i, (a, b)) in ours.samples.iter().zip(&theirs.samples).enumerate() {
+        assert!(a.data == b.data, "video sample {i}: the same NAL units behind the same lengths");
+        assert_eq!(a.sync, b.sync, "video sample {i}");
+    }
+}
+
 /// One track of an ffmpeg fragmented MP4: its codec box and samples.
 #[derive(Default)]
 struct Mp4Track {
@@ -451,9 +522,47 @@ fn asc_of_esds(esds: &[u8]) -> Vec<u8> {
     esds[at..at + len].to_vec()
 }
 
+/// The parameter sets of an `hvcC` body, in order.
+fn hvcc_parameter_sets(hvcc: &[u8]) -> Vec<&[u8]> {
+    let mut sets = Vec::new();
+    let mut at = 23;
+    for _ in 0..hvcc[22] {
+        let count = u16::from_be_bytes([hvcc[at + 1], hvcc[at + 2]]);
+        at += 3;
+        for _ in 0..count {
+            let len = usize::from(u16::from_be_bytes([hvcc[at], hvcc[at + 1]]));
+            sets.push(&hvcc[at + 2..at + 2 + len]);
+            at += 2 + len;
+        }
+    }
+    sets
+}
+
+/// An HEVC sample (4-byte lengths) as an Annex-B publisher sends it: start codes, an
+/// access unit delimiter first, and a keyframe led by the parameter sets.
+fn hevc_annexb(sample: &Mp4Sample, parameter_sets: &[&[u8]]) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 1, 0x46, 0x01, 0x10];
+    if sample.sync {
+        for set in parameter_sets {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(set);
+        }
+    }
+    let mut data = &sample.data[..];
+    while !data.is_empty() {
+        let len = be32(data) as usize;
+        out.extend_from_slice(&[0, 0, 1]);
+        out.extend_from_slice(&data[4..4 + len]);
+        data = &data[4 + len..];
+    }
+    out
+}
+
 /// The tracks as an Enhanced RTMP publisher would send them: sequence headers, then
-/// every sample as a tag with its ms timestamp, interleaved by decode time.
-fn enhanced_rtmp_frames(tracks: &[Mp4Track]) -> Vec<Frame> {
+/// every sample as a tag with its ms timestamp, interleaved by decode time. With
+/// `annexb`, HEVC goes as an in-band publisher sends it: an empty `hvcC`, Annex-B
+/// samples with the parameter sets in every keyframe.
+fn enhanced_rtmp_frames(tracks: &[Mp4Track], annexb: bool) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut tagged = Vec::new();
     for track in tracks {
@@ -461,14 +570,18 @@ fn enhanced_rtmp_frames(tracks: &[Mp4Track]) -> Vec<Frame> {
         match &track.entry {
             b"hvc1" | b"hev1" | b"av01" => {
                 let fourcc: &[u8; 4] = if &track.entry == b"av01" { b"av01" } else { b"hvc1" };
-                frames.push(Frame::video(0, Bytes::from([&[0x90u8][..], fourcc, &track.config].concat())));
+                let annexb = annexb && fourcc == b"hvc1";
+                let config: &[u8] = if annexb { &[] } else { &track.config };
+                frames.push(Frame::video(0, Bytes::from([&[0x90u8][..], fourcc, config].concat())));
+                let sets = if annexb { hvcc_parameter_sets(&track.config) } else { Vec::new() };
                 for s in &track.samples {
+                    let data = if annexb { hevc_annexb(s, &sets) } else { s.data.clone() };
                     let frame_type = if s.sync { 0x10 } else { 0x20 };
                     let body = if fourcc == b"av01" {
-                        [&[0x80 | frame_type | 1][..], fourcc, &s.data].concat()
+                        [&[0x80 | frame_type | 1][..], fourcc, &data].concat()
                     } else {
                         let cts = (s.composition * 1000 / i64::from(track.timescale)) as i32;
-                        [&[0x80 | frame_type | 1][..], fourcc, &cts.to_be_bytes()[1..], &s.data].concat()
+                        [&[0x80 | frame_type | 1][..], fourcc, &cts.to_be_bytes()[1..], &data].concat()
                     };
                     tagged.push((ms(s.dts), 0, Frame::video(ms(s.dts) as u32, Bytes::from(body))));
                 }
@@ -508,7 +621,7 @@ fn enhanced_rtmp_frames(tracks: &[Mp4Track]) -> Vec<Frame> {
 
 /// Encodes 7 s of test pattern and tone with `video` and `audio` into a fragmented
 /// MP4, turns it into Enhanced RTMP tags and checks the HLS stream made of them.
-fn enhanced_rtmp_roundtrip(name: &str, video: &[&str], audio: &[&str], rate: &str) -> Vec<Packaged> {
+fn enhanced_rtmp_roundtrip(name: &str, video: &[&str], audio: &[&str], rate: &str, annexb: bool) -> Vec<Packaged> {
     let dir = keep(tempfile::tempdir().unwrap(), name);
     let source = dir.path().join("source.mp4");
     let sine = format!("sine=frequency=440:sample_rate={rate}");
@@ -518,7 +631,7 @@ fn enhanced_rtmp_roundtrip(name: &str, video: &[&str], audio: &[&str], rate: &st
     args.extend_from_slice(&["-movflags", "frag_keyframe+empty_moov+default_base_moof", source.to_str().unwrap()]);
     ffmpeg(&args);
     let tracks = read_fragmented_mp4(&std::fs::read(&source).unwrap());
-    let frames = enhanced_rtmp_frames(&tracks);
+    let frames = enhanced_rtmp_frames(&tracks, annexb);
     let out = dir.path().join("hls");
     std::fs::create_dir(&out).unwrap();
     assert_hls_decodes_like(&source, frames, &out)
@@ -538,10 +651,45 @@ fn hevc_and_aac_over_enhanced_rtmp_decode_frame_for_frame_from_the_hls_stream() 
         ],
         &["-c:a", "aac"],
         "44100",
+        false,
     );
     let Some(Packaged::Init(init)) = events.first() else { panic!("an init segment comes first") };
     assert!(init.codecs.starts_with("hvc1.1.6.L"), "{}", init.codecs);
     assert!(init.codecs.ends_with(",mp4a.40.2"), "{}", init.codecs);
+}
+
+#[test]
+fn hevc_with_in_band_parameter_sets_decodes_frame_for_frame_with_ffmpegs_hvcc() {
+    let x265 = [
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        "keyint=30:min-keyint=30:bframes=2:log-level=error",
+    ];
+    let events = enhanced_rtmp_roundtrip("hevc-annexb-aac", &x265, &["-c:a", "aac"], "44100", true);
+    let Some(Packaged::Init(init)) = events.first() else { panic!("an init segment comes first") };
+    assert!(init.codecs.starts_with("hvc1.1.6.L"), "{}", init.codecs);
+    // The hvcC built from the in-band parameter sets is the one ffmpeg wrote, but for
+    // the SEI array x265's record also carries (its options, not a parameter set).
+    let with_header = enhanced_rtmp_roundtrip("hevc-header-aac", &x265, &["-c:a", "aac"], "44100", false);
+    let Some(Packaged::Init(theirs)) = with_header.first() else { panic!() };
+    let hvcc = |init: &[u8]| {
+        let at = init.windows(4).position(|w| w == b"hvcC").unwrap();
+        init[at + 4..at - 4 + be32(&init[at - 4..]) as usize].to_vec()
+    };
+    let (ours, theirs) = (hvcc(&init.bytes), hvcc(&theirs.bytes));
+    assert_eq!(ours[..22], theirs[..22], "profile, tier, level, chroma, depths, layers, length size");
+    let sets = |hvcc: &[u8]| -> Vec<Vec<u8>> {
+        hvcc_parameter_sets(hvcc)
+            .into_iter()
+            .filter(|n| (32..=34).contains(&((n[0] >> 1) & 0x3F)))
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    assert_eq!(sets(&ours).len(), 3);
+    assert_eq!(sets(&ours), sets(&theirs), "the same VPS, SPS and PPS");
 }
 
 #[test]
@@ -551,6 +699,7 @@ fn av1_and_opus_over_enhanced_rtmp_decode_frame_for_frame_from_the_hls_stream() 
         &["-c:v", "libsvtav1", "-preset", "12", "-g", "30"],
         &["-c:a", "libopus"],
         "48000",
+        false,
     );
     let Some(Packaged::Init(init)) = events.first() else { panic!("an init segment comes first") };
     assert!(init.codecs.starts_with("av01.0."), "{}", init.codecs);

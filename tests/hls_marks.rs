@@ -399,3 +399,108 @@ async fn an_edge_starting_hls_after_an_owner_failover_serves_the_whole_window_of
     drop(edge2);
     drop(edge1);
 }
+
+/// ffmpeg publishing like [`ffmpeg_publish`] but through its `tee` muxer, which does not
+/// ask libx264 for a global header: the FLV sequence header is empty and every keyframe
+/// carries SPS and PPS in band, behind Annex-B start codes.
+fn ffmpeg_publish_annexb(url: &str, log: std::path::PathBuf) -> edges::Proc {
+    edges::require("ffmpeg");
+    let child = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args(["-map", "0:v", "-map", "1:a"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "60", "-threads", "1"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "tee", &format!("[f=flv]{url}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    edges::Proc(child)
+}
+
+/// The `EXT-X-MAP` URI and the segment URIs of a media playlist.
+fn playlist_uris(text: &str) -> (Option<String>, Vec<String>) {
+    let map = text.lines().rev().find_map(|l| Some(l.strip_prefix("#EXT-X-MAP:URI=\"")?.strip_suffix('"')?.to_owned()));
+    let segments = text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+    (map, segments)
+}
+
+async fn get(url: &str) -> Option<bytes::Bytes> {
+    let response = reqwest::get(url).await.ok()?;
+    response.status().is_success().then_some(())?;
+    response.bytes().await.ok()
+}
+
+/// `ffprobe -count_frames` of a file: (codec name, frames decoded) per stream, and
+/// whatever it reported as an error.
+fn ffprobe_frames(path: &std::path::Path) -> (Vec<(String, u64)>, String) {
+    edges::require("ffprobe");
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_name,nb_read_frames", "-of", "json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let streams = json["streams"].as_array().cloned().unwrap_or_default();
+    let streams = streams
+        .iter()
+        .map(|s| {
+            let frames = s["nb_read_frames"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
+            (s["codec_name"].as_str().unwrap_or("").to_owned(), frames)
+        })
+        .collect();
+    (streams, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_without_a_global_header_is_packaged_the_same_on_both_edges() {
+    let name = "annexb";
+    let c = Cluster::start(3).await;
+    let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
+    let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
+    let dir = c.dir.path().to_owned();
+    let _publisher = ffmpeg_publish_annexb(&edge1.rtmp_url("live", name), dir.join("publisher.log"));
+    let playlist = |edge: &EdgeProc| format!("http://{}/live/{name}/index.m3u8", edge.http);
+
+    // Edge-1 packages from the start; edge-2 starts once edge-1 lists three segments,
+    // from the owner's window (a later keyframe than the stream's first).
+    eventually(Duration::from_secs(30), "three segments on edge-1", || async {
+        let text = get(&playlist(&edge1)).await?;
+        (playlist_uris(std::str::from_utf8(&text).ok()?).1.len() >= 3).then_some(())
+    })
+    .await;
+    let (map, common) = eventually(Duration::from_secs(30), "three segments both edges list", || async {
+        let one = get(&playlist(&edge1)).await?;
+        let two = get(&playlist(&edge2)).await?;
+        let (map1, one) = playlist_uris(std::str::from_utf8(&one).ok()?);
+        let (map2, two) = playlist_uris(std::str::from_utf8(&two).ok()?);
+        let common: Vec<String> = one.into_iter().filter(|u| two.contains(u)).collect();
+        (common.len() >= 3 && map1 == map2).then_some((map1?, common))
+    })
+    .await;
+    let base = |edge: &EdgeProc| format!("http://{}/live/{name}/", edge.http);
+    let init = get(&format!("{}{map}", base(&edge1))).await.expect("the init segment");
+    assert_eq!(get(&format!("{}{map}", base(&edge2))).await, Some(init.clone()), "{map} is the same on both edges");
+    for uri in &common {
+        let one = get(&format!("{}{uri}", base(&edge1))).await.expect("the segment on edge-1");
+        let two = get(&format!("{}{uri}", base(&edge2))).await.expect("the segment on edge-2");
+        assert!(one == two, "{uri} is the same on both edges");
+        // The init segment and the segment make a file ffprobe decodes: H.264 video
+        // (about 60 frames in 2 s at 30 fps) and AAC, without an error.
+        let file = dir.join(uri.replace(".m4s", ".mp4"));
+        std::fs::write(&file, [&init[..], &one[..]].concat()).unwrap();
+        let (streams, errors) = ffprobe_frames(&file);
+        eprintln!("{uri}: {streams:?}");
+        assert!(errors.is_empty(), "{uri}: {errors}");
+        let frames = |codec: &str| streams.iter().find(|s| s.0 == codec).map(|s| s.1);
+        assert!(frames("h264").is_some_and(|n| n >= 30), "{uri}: H.264 video decodes: {streams:?}");
+        assert!(frames("aac").is_some_and(|n| n >= 30), "{uri}: AAC decodes: {streams:?}");
+    }
+    // And a player reading the live playlist finds H.264 video in it.
+    let packets = edges::ffprobe_video_packets(&playlist(&edge2), 2).await;
+    assert!(packets.as_ref().is_ok_and(|n| *n > 0), "ffprobe of edge-2's playlist: {packets:?}");
+    drop(edge2);
+    drop(edge1);
+}

@@ -1,7 +1,10 @@
 //! FLV and Enhanced RTMP tag bodies to what fMP4 needs: each track's codec
 //! configuration (avcC, hvcC, av1C, AAC AudioSpecificConfig, Opus `dOps`) with its
 //! RFC 6381 `CODECS` string and picture size or sample rate, and samples (the coded
-//! bytes, zero-copy, with their composition offset).
+//! bytes, zero-copy, with their composition offset). H.264 and HEVC whose parameter
+//! sets come in band get their `avcC`/`hvcC` built from a keyframe's
+//! ([`inband_config`]), and Annex-B samples are rewritten as length-prefixed NAL units
+//! ([`length_prefixed`]).
 //!
 //! Pure functions over bytes; every length is checked and a body that does not parse
 //! is an [`CodecError`], never a panic. Knows nothing of boxes, marks or segments.
@@ -77,6 +80,10 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Video {
     Config(VideoConfig),
+    /// A sequence header with an empty configuration record: the parameter sets come
+    /// in band, in the keyframes ([`inband_config`]). ffmpeg's `tee` muxer sends this
+    /// for libx264 without `-flags +global_header`.
+    ConfigInBand(VideoCodec),
     /// A frame, and the codec its tag names (it must match the track's).
     Sample(VideoCodec, Sample),
     /// Not a picture: end of sequence, metadata, a command frame.
@@ -116,6 +123,7 @@ pub fn parse_video(body: &Bytes) -> Result<Video, CodecError> {
         }
         let head = body.get(..5).ok_or(CodecError::Truncated("AVC tag header"))?;
         return match head[1] {
+            0 if body.len() == 5 => Ok(Video::ConfigInBand(VideoCodec::Avc)),
             0 => avc_config(body.slice(5..)).map(Video::Config),
             1 => {
                 Ok(Video::Sample(VideoCodec::Avc, Sample { data: body.slice(5..), composition_ms: si24(&head[2..5]) }))
@@ -141,6 +149,9 @@ pub fn parse_video(body: &Bytes) -> Result<Video, CodecError> {
     match packet_type {
         SEQUENCE_START => {
             let record = body.slice(data..);
+            if record.is_empty() && codec != VideoCodec::Av1 {
+                return Ok(Video::ConfigInBand(codec));
+            }
             match codec {
                 VideoCodec::Avc => avc_config(record),
                 VideoCodec::Hevc => hevc_config(record),
@@ -244,6 +255,17 @@ pub fn opus_packet_samples(packet: &[u8]) -> Option<u32> {
 }
 
 impl VideoConfig {
+    /// Bytes of the length before each NAL unit in this track's samples (from the
+    /// record's `lengthSizeMinusOne`); `None` for AV1, whose samples are OBUs.
+    pub fn nal_length_size(&self) -> Option<usize> {
+        let at = match self.codec {
+            VideoCodec::Avc => 4,
+            VideoCodec::Hevc => 21,
+            VideoCodec::Av1 => return None,
+        };
+        Some(usize::from(self.record.get(at).map_or(3, |b| b & 3)) + 1)
+    }
+
     /// The RFC 6381 codec string: `avc1.PPCCLL`, `hvc1.…`, `av01.…`.
     pub fn codecs(&self) -> String {
         let r = &self.record;
@@ -406,6 +428,243 @@ fn opus_config(head: &[u8]) -> Result<AudioConfig, CodecError> {
     })
 }
 
+/// Most parameter sets of one kind an in-band configuration keeps (the first ones of
+/// the keyframe, in order); `avcC` counts SPS in 5 bits. More are ignored.
+const MAX_PARAMETER_SETS: usize = 31;
+
+/// The NAL units of an H.264 or HEVC sample, in order: from an Annex-B byte stream
+/// when the sample is one ([`is_annexb`]), else from its `length_size`-byte lengths.
+/// `None` when it is neither. Lazy: nothing is allocated per NAL unit, so a hostile
+/// sample of nothing but start codes costs no memory.
+fn nal_units(data: &[u8], length_size: usize) -> Option<NalUnits<'_>> {
+    if is_annexb(data, length_size) {
+        Some(NalUnits::AnnexB(AnnexB::new(data)))
+    } else if length_prefixed_ok(data, length_size) {
+        Some(NalUnits::Lengths { data, length_size })
+    } else {
+        None
+    }
+}
+
+/// Whether a sample is an Annex-B byte stream: it starts with a start code
+/// (`00 00 01` or `00 00 00 01`) and does not read as well-formed `length_size`-byte
+/// length-prefixed NAL units. The bytes alone decide, so every edge decides the same;
+/// a length-prefixed sample whose first length happens to begin `00 00 01` (a NAL
+/// unit of 256 to 511 bytes) stays length-prefixed.
+pub fn is_annexb(data: &[u8], length_size: usize) -> bool {
+    (data.starts_with(&[0, 0, 1]) || data.starts_with(&[0, 0, 0, 1])) && !length_prefixed_ok(data, length_size)
+}
+
+/// Whether `length_size`-byte lengths cover `data` exactly, each NAL unit non-empty
+/// with its forbidden zero bit clear.
+fn length_prefixed_ok(data: &[u8], length_size: usize) -> bool {
+    if !(1..=4).contains(&length_size) || data.is_empty() {
+        return false;
+    }
+    let mut units = NalUnits::Lengths { data, length_size };
+    let mut covered = 0;
+    for nal in units.by_ref() {
+        if nal[0] & 0x80 != 0 {
+            return false;
+        }
+        covered += length_size + nal.len();
+    }
+    covered == data.len()
+}
+
+/// An iterator over NAL units; see [`nal_units`].
+enum NalUnits<'a> {
+    AnnexB(AnnexB<'a>),
+    /// Stops at the first length that is zero or runs past the end.
+    Lengths {
+        data: &'a [u8],
+        length_size: usize,
+    },
+}
+
+impl<'a> Iterator for NalUnits<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            NalUnits::AnnexB(units) => units.next(),
+            NalUnits::Lengths { data, length_size } => {
+                let len = data.get(..*length_size)?.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+                let nal = data.get(*length_size..*length_size + len).filter(|n| !n.is_empty())?;
+                *data = &data[*length_size + len..];
+                Some(nal)
+            }
+        }
+    }
+}
+
+/// The NAL units of an Annex-B byte stream that starts with a start code: each runs
+/// from after its start code to the next one, without trailing zero bytes; empty ones
+/// are left out. (A NAL unit never contains `00 00 01`: emulation prevention.)
+struct AnnexB<'a> {
+    data: &'a [u8],
+    /// Where the next NAL unit starts.
+    at: usize,
+}
+
+impl<'a> AnnexB<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        AnnexB { data, at: if data.starts_with(&[0, 0, 1]) { 3 } else { 4 } }
+    }
+}
+
+impl<'a> Iterator for AnnexB<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.at < self.data.len() {
+            let start = self.at;
+            let code = self.data[start..].windows(3).position(|w| w == [0, 0, 1]);
+            let mut end = code.map_or(self.data.len(), |i| start + i);
+            self.at = code.map_or(self.data.len(), |i| start + i + 3);
+            while end > start && self.data[end - 1] == 0 {
+                end -= 1;
+            }
+            if end > start {
+                return Some(&self.data[start..end]);
+            }
+        }
+        None
+    }
+}
+
+/// The NAL unit type: 5 bits of the first byte (H.264), 6 bits after the forbidden bit
+/// (HEVC).
+fn nal_type(codec: VideoCodec, nal: &[u8]) -> u8 {
+    match codec {
+        VideoCodec::Hevc => (nal[0] >> 1) & 0x3F,
+        _ => nal[0] & 0x1F,
+    }
+}
+
+/// Access unit delimiters: carried by some encoders, not part of an ISO BMFF sample.
+fn is_access_unit_delimiter(codec: VideoCodec, nal: &[u8]) -> bool {
+    match codec {
+        VideoCodec::Avc => nal_type(codec, nal) == 9,
+        VideoCodec::Hevc => nal_type(codec, nal) == 35,
+        VideoCodec::Av1 => false,
+    }
+}
+
+/// A video sample as fMP4 stores it: NAL units each behind its length in
+/// `length_size` bytes. A sample already in that form comes back as it is
+/// (zero-copy); an Annex-B one is rewritten: start codes become lengths, trailing
+/// zeros and access unit delimiters go, parameter sets stay (ffmpeg's MP4 muxer keeps
+/// them too, and decoders take them in band). AV1 samples pass through.
+pub fn length_prefixed(codec: VideoCodec, data: Bytes, length_size: usize) -> Result<Bytes, CodecError> {
+    if codec == VideoCodec::Av1 || !is_annexb(&data, length_size) {
+        return Ok(data);
+    }
+    if !(1..=4).contains(&length_size) {
+        return Err(CodecError::Malformed("NAL unit length size"));
+    }
+    // At most one more byte per NAL unit than the input (a 3-byte start code before a
+    // 1-byte unit becomes a 4-byte length), and every unit takes at least 4 bytes.
+    let mut out = Vec::with_capacity(data.len() + data.len() / 4 + 1);
+    for nal in AnnexB::new(&data) {
+        if is_access_unit_delimiter(codec, nal) {
+            continue;
+        }
+        let len = u32::try_from(nal.len()).map_err(|_| CodecError::Malformed("NAL unit length"))?;
+        if length_size < 4 && len >> (8 * length_size) != 0 {
+            return Err(CodecError::Malformed("NAL unit longer than its length field"));
+        }
+        out.extend_from_slice(&len.to_be_bytes()[4 - length_size..]);
+        out.extend_from_slice(nal);
+    }
+    if out.is_empty() {
+        return Err(CodecError::Malformed("sample without NAL units"));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The track configuration a keyframe's in-band parameter sets give, for a stream
+/// whose sequence header carries none ([`Video::ConfigInBand`]): H.264 SPS and PPS
+/// (Annex-B or 4-byte length-prefixed) become an `avcC` with 4-byte lengths, its
+/// profile, compatibility and level from the first SPS, as ffmpeg builds it from the
+/// same frames; HEVC VPS, SPS and PPS become an `hvcC` ([`hevc_record`]). `None` when
+/// the frame lacks one of them or its SPS does not parse.
+pub fn inband_config(codec: VideoCodec, data: &[u8]) -> Option<VideoConfig> {
+    let types: [u8; 3] = match codec {
+        VideoCodec::Avc => [0, 7, 8],
+        VideoCodec::Hevc => [32, 33, 34],
+        VideoCodec::Av1 => return None,
+    };
+    // Parameter sets by type: VPS (HEVC only), SPS, PPS.
+    let mut sets: [Vec<&[u8]>; 3] = Default::default();
+    for nal in nal_units(data, 4)? {
+        let kind = nal_type(codec, nal);
+        let Some(set) = types.iter().position(|&t| t == kind && t != 0).map(|i| &mut sets[i]) else { continue };
+        if nal.len() <= usize::from(u16::MAX) && set.len() < MAX_PARAMETER_SETS && !set.contains(&nal) {
+            set.push(nal);
+        }
+    }
+    match codec {
+        VideoCodec::Avc => avc_record(&sets[1], &sets[2]),
+        _ => hevc_record(&sets),
+    }
+}
+
+/// An `avcC` (4-byte lengths) from in-band SPS and PPS.
+fn avc_record(sps: &[&[u8]], pps: &[&[u8]]) -> Option<VideoConfig> {
+    let first = *sps.first()?;
+    if pps.is_empty() || first.len() < 4 {
+        return None;
+    }
+    let info = avc_sps(first)?;
+    let mut record = vec![1, first[1], first[2], first[3], 0xFF, 0xE0 | sps.len() as u8];
+    for set in sps {
+        record.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        record.extend_from_slice(set);
+    }
+    record.push(pps.len() as u8);
+    for set in pps {
+        record.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        record.extend_from_slice(set);
+    }
+    if matches!(first[1], 100 | 110 | 122 | 144) {
+        // ISO/IEC 14496-15 §5.3.3.1.2: the high profiles' extension.
+        record.push(0xFC | (info.chroma_format & 3) as u8);
+        record.push(0xF8 | (info.bit_depth_luma_minus8 & 7) as u8);
+        record.push(0xF8 | (info.bit_depth_chroma_minus8 & 7) as u8);
+        record.push(0);
+    }
+    Some(VideoConfig { codec: VideoCodec::Avc, record: Bytes::from(record), width: info.width, height: info.height })
+}
+
+/// An `hvcC` (4-byte lengths) from in-band VPS, SPS and PPS, as ffmpeg writes it
+/// except for what needs the VUI or the PPS parsed: `min_spatial_segmentation_idc`
+/// and `parallelismType` are 0 (unknown), `avgFrameRate` 0 (unspecified).
+fn hevc_record(sets: &[Vec<&[u8]>; 3]) -> Option<VideoConfig> {
+    if sets.iter().any(Vec::is_empty) {
+        return None;
+    }
+    let info = hevc_sps(sets[1][0])?;
+    let mut record = vec![1];
+    record.extend_from_slice(&info.general_profile_tier_level);
+    record.extend_from_slice(&[0xF0, 0x00, 0xFC]);
+    record.push(0xFC | (info.chroma_format & 3) as u8);
+    record.push(0xF8 | (info.bit_depth_luma_minus8 & 7) as u8);
+    record.push(0xF8 | (info.bit_depth_chroma_minus8 & 7) as u8);
+    record.extend_from_slice(&[0, 0]);
+    record.push((((info.sub_layers_minus1 + 1) & 7) << 3 | (info.temporal_id_nesting & 1) << 2 | 3) as u8);
+    record.push(3);
+    for (kind, set) in [32u8, 33, 34].into_iter().zip(sets) {
+        record.push(kind);
+        record.extend_from_slice(&(set.len() as u16).to_be_bytes());
+        for nal in set {
+            record.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+            record.extend_from_slice(nal);
+        }
+    }
+    Some(VideoConfig { codec: VideoCodec::Hevc, record: Bytes::from(record), width: info.width, height: info.height })
+}
+
 /// Reads bits MSB first from a NAL unit's payload with emulation prevention bytes
 /// (`00 00 03`) removed.
 struct BitReader {
@@ -477,18 +736,34 @@ fn dimension(v: u64) -> Option<u16> {
 
 /// Width and height of an H.264 SPS NAL unit (ITU-T H.264 §7.3.2.1.1).
 fn avc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
+    avc_sps(nal).map(|s| (s.width, s.height))
+}
+
+/// What an `avcC` needs from an H.264 SPS besides its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AvcSps {
+    width: u16,
+    height: u16,
+    chroma_format: u32,
+    bit_depth_luma_minus8: u32,
+    bit_depth_chroma_minus8: u32,
+}
+
+/// Reads an H.264 SPS NAL unit (ITU-T H.264 §7.3.2.1.1) up to the frame cropping.
+fn avc_sps(nal: &[u8]) -> Option<AvcSps> {
     let mut r = BitReader::rbsp(nal.get(1..)?);
     let profile = r.bits(8)?;
     r.skip(16)?;
     r.ue()?;
     let mut chroma = 1;
+    let (mut depth_luma, mut depth_chroma) = (0, 0);
     if matches!(profile, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
         chroma = r.ue()?;
         if chroma == 3 {
             r.skip(1)?;
         }
-        r.ue()?;
-        r.ue()?;
+        depth_luma = r.ue()?;
+        depth_chroma = r.ue()?;
         r.skip(1)?;
         if r.bit()? == 1 {
             for i in 0..if chroma == 3 { 12 } else { 8 } {
@@ -544,17 +819,46 @@ fn avc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
     }
     let width = (width_mbs * 16).checked_sub(crop_x)?;
     let height = ((2 - frame_mbs_only) * height_units * 16).checked_sub(crop_y)?;
-    Some((dimension(width)?, dimension(height)?))
+    Some(AvcSps {
+        width: dimension(width)?,
+        height: dimension(height)?,
+        chroma_format: chroma,
+        bit_depth_luma_minus8: depth_luma,
+        bit_depth_chroma_minus8: depth_chroma,
+    })
 }
 
 /// Width and height of an HEVC SPS NAL unit (ITU-T H.265 §7.3.2.2).
 fn hevc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
+    hevc_sps(nal).map(|s| (s.width, s.height))
+}
+
+/// What an `hvcC` needs from an HEVC SPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HevcSps {
+    width: u16,
+    height: u16,
+    /// `sps_max_sub_layers_minus1` and `sps_temporal_id_nesting_flag`.
+    sub_layers_minus1: u32,
+    temporal_id_nesting: u32,
+    /// The general profile, tier and level: 96 bits, as `hvcC` carries them.
+    general_profile_tier_level: [u8; 12],
+    chroma_format: u32,
+    bit_depth_luma_minus8: u32,
+    bit_depth_chroma_minus8: u32,
+}
+
+/// Reads an HEVC SPS NAL unit (ITU-T H.265 §7.3.2.2) up to the bit depths.
+fn hevc_sps(nal: &[u8]) -> Option<HevcSps> {
     let mut r = BitReader::rbsp(nal.get(2..)?);
     r.skip(4)?;
     let sub_layers = r.bits(3)?;
-    r.skip(1)?;
+    let temporal_id_nesting = r.bit()?;
     // profile_tier_level(1, sub_layers)
-    r.skip(96)?;
+    let mut general_profile_tier_level = [0u8; 12];
+    for b in &mut general_profile_tier_level {
+        *b = r.bits(8)? as u8;
+    }
     let mut present = Vec::new();
     for _ in 0..sub_layers {
         present.push((r.bit()?, r.bit()?));
@@ -580,7 +884,22 @@ fn hevc_sps_size(nal: &[u8]) -> Option<(u16, u16)> {
         crop_x = unit_x * (u64::from(left) + u64::from(right));
         crop_y = unit_y * (u64::from(top) + u64::from(bottom));
     }
-    Some((dimension(width.checked_sub(crop_x)?)?, dimension(height.checked_sub(crop_y)?)?))
+    let width = dimension(width.checked_sub(crop_x)?)?;
+    let height = dimension(height.checked_sub(crop_y)?)?;
+    // Bit depths are read only when the size parsed; a stream whose SPS ends early
+    // still has a size.
+    let bit_depth_luma_minus8 = r.ue().unwrap_or(0);
+    let bit_depth_chroma_minus8 = r.ue().unwrap_or(0);
+    Some(HevcSps {
+        width,
+        height,
+        sub_layers_minus1: sub_layers,
+        temporal_id_nesting,
+        general_profile_tier_level,
+        chroma_format: chroma,
+        bit_depth_luma_minus8,
+        bit_depth_chroma_minus8,
+    })
 }
 
 /// Max frame size from the sequence header OBU among `obus` (AV1 §5.5.1).
@@ -667,6 +986,16 @@ pub(crate) mod tests {
     pub(crate) const AVC_SEQUENCE_TAG: &str =
         "17000000000164000dffe100196764000dacd94141fb0110000003001000000303c0f142996001000668ebe3cb22c0fdf8f800";
     pub(crate) const AAC_SEQUENCE_TAG: &str = "af00120856e500";
+    /// The same encoder through ffmpeg's `tee` muxer without `-flags +global_header`:
+    /// the sequence header is empty and the first keyframe is Annex-B, SPS and PPS
+    /// (4-byte start codes) first. Kept: the tag header, SPS, PPS and the first 16
+    /// bytes of the IDR slice (3-byte start code); its SEI and the rest of the slice
+    /// are cut.
+    pub(crate) const AVC_EMPTY_SEQUENCE_TAG: &str = "1700000000";
+    pub(crate) const AVC_ANNEXB_KEYFRAME_TAG: &str = "1701000043\
+        000000016764000dacd94141fb0110000003001000000303c0f1429960\
+        0000000168ebe3cb22c0\
+        000001658884009fd9674d6278ad3ceb112683";
     pub(crate) const HVCC: &str =
         "0101600000009000000000003cf000fcfdf8f800000f03200001001840010c01ffff016000000300900000\
         03000003003c959809210001002a42010101600000030090000003000003003ca00a080f165959a4932bc05a020000030002000003003c\
@@ -723,6 +1052,98 @@ pub(crate) mod tests {
         let Video::Sample(_, s) = parse_video(&negative).unwrap() else { panic!() };
         assert_eq!(s.composition_ms, -2);
         assert_eq!(parse_video(&Bytes::from_static(&[0x17, 0x02, 0, 0, 0])), Ok(Video::Skip), "end of sequence");
+    }
+
+    fn sample(tag: &Bytes) -> Sample {
+        match parse_video(tag).unwrap() {
+            Video::Sample(VideoCodec::Avc, s) => s,
+            other => panic!("not an AVC sample: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn annexb_keyframe_gives_the_avcc_ffmpeg_writes_and_length_prefixed_nal_units() {
+        assert_eq!(parse_video(&hex(AVC_EMPTY_SEQUENCE_TAG)), Ok(Video::ConfigInBand(VideoCodec::Avc)));
+        assert_eq!(
+            parse_video(&enhanced(0x90, b"avc1", &[])),
+            Ok(Video::ConfigInBand(VideoCodec::Avc)),
+            "the same through Enhanced RTMP"
+        );
+        let key = sample(&hex(AVC_ANNEXB_KEYFRAME_TAG));
+        assert!(is_annexb(&key.data, 4));
+        let config = inband_config(VideoCodec::Avc, &key.data).expect("SPS and PPS in band");
+        // The record ffmpeg writes for the same encoder with a global header: the
+        // profile, compatibility and level of the SPS, and the High profile extension.
+        assert_eq!(config, video_config(hex(AVC_SEQUENCE_TAG)));
+        assert_eq!(config.codecs(), "avc1.64000d");
+        let sps = &hex(AVC_ANNEXB_KEYFRAME_TAG)[9..34];
+        let pps = &hex(AVC_ANNEXB_KEYFRAME_TAG)[38..44];
+        let idr = &hex(AVC_ANNEXB_KEYFRAME_TAG)[47..];
+        let expected = [&[0, 0, 0, 25][..], sps, &[0, 0, 0, 6], pps, &[0, 0, 0, 16], idr].concat();
+        assert_eq!(&length_prefixed(VideoCodec::Avc, key.data.clone(), 4).unwrap()[..], &expected[..]);
+        // Already length-prefixed: the same bytes, not a copy.
+        let converted = Bytes::from(expected);
+        let again = length_prefixed(VideoCodec::Avc, converted.clone(), 4).unwrap();
+        assert_eq!(again.as_ptr(), converted.as_ptr());
+        assert_eq!(inband_config(VideoCodec::Avc, &converted), Some(config), "parameter sets behind lengths too");
+        // An inter frame has none.
+        let inter = hex("270100008500000001419a236c49ffb7ee3d1a1b7ebabb74");
+        assert_eq!(inband_config(VideoCodec::Avc, &sample(&inter).data), None);
+    }
+
+    #[test]
+    fn hevc_parameter_sets_in_band_give_the_hvcc_ffmpeg_writes() {
+        assert_eq!(parse_video(&enhanced(0x90, b"hvc1", &[])), Ok(Video::ConfigInBand(VideoCodec::Hevc)));
+        // The VPS, SPS and PPS of ffmpeg's record, as an Annex-B keyframe with an AUD
+        // first and an IDR slice head after them.
+        let record = hex(HVCC);
+        let mut at = 23;
+        let mut keyframe = vec![0, 0, 0, 1, 0x46, 0x01, 0x10];
+        for _ in 0..record[22] {
+            at += 3;
+            let len = usize::from(u16::from_be_bytes([record[at], record[at + 1]]));
+            keyframe.extend_from_slice(&[0, 0, 0, 1]);
+            keyframe.extend_from_slice(&record[at + 2..at + 2 + len]);
+            at += 2 + len;
+        }
+        keyframe.extend_from_slice(&[0, 0, 1, 0x26, 0x01, 0xAF, 0x12]);
+        let config = inband_config(VideoCodec::Hevc, &keyframe).expect("VPS, SPS and PPS in band");
+        assert_eq!(config, video_config(enhanced(0x90, b"hvc1", &hex(HVCC))));
+        assert_eq!(config.codecs(), "hvc1.1.6.L60.90");
+        let samples = length_prefixed(VideoCodec::Hevc, Bytes::from(keyframe), 4).unwrap();
+        assert_eq!(inband_config(VideoCodec::Hevc, &samples), Some(config), "the same behind lengths");
+        assert_eq!(inband_config(VideoCodec::Hevc, &[0, 0, 1, 0x26, 0x01, 0xAF]), None, "no parameter sets");
+    }
+
+    #[test]
+    fn annexb_rewriting_drops_delimiters_and_trailing_zeros_and_keeps_lengths_as_the_track_says() {
+        // AUD, then a slice with a trailing zero before a 4-byte start code, then a
+        // slice after a 3-byte one, trailing zeros at the end.
+        let data =
+            Bytes::from_static(&[0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x41, 0xAA, 0, 0, 0, 0, 1, 0x01, 0xBB, 0, 0]);
+        let out = length_prefixed(VideoCodec::Avc, data.clone(), 4).unwrap();
+        assert_eq!(&out[..], &[0, 0, 0, 2, 0x41, 0xAA, 0, 0, 0, 2, 0x01, 0xBB]);
+        let out = length_prefixed(VideoCodec::Avc, data.clone(), 2).unwrap();
+        assert_eq!(&out[..], &[0, 2, 0x41, 0xAA, 0, 2, 0x01, 0xBB], "2-byte lengths, as the avcC says");
+        // HEVC: AUD is type 35 (0x46 0x01).
+        let hevc = Bytes::from_static(&[0, 0, 1, 0x46, 0x01, 0x50, 0, 0, 1, 0x26, 0x01, 0xAF]);
+        assert_eq!(&length_prefixed(VideoCodec::Hevc, hevc, 4).unwrap()[..], &[0, 0, 0, 3, 0x26, 0x01, 0xAF]);
+        // A NAL unit too long for 1-byte lengths, and a sample of delimiters only.
+        let long = Bytes::from([&[0, 0, 1, 0x41][..], &[0xAA; 300]].concat());
+        assert!(length_prefixed(VideoCodec::Avc, long, 1).is_err());
+        assert!(length_prefixed(VideoCodec::Avc, Bytes::from_static(&[0, 0, 1, 0x09, 0xF0]), 4).is_err());
+    }
+
+    #[test]
+    fn a_length_prefixed_sample_that_starts_like_a_start_code_stays_as_it_is() {
+        // One NAL unit of 0x100 + 0x41 bytes: its length reads `00 00 01 41`.
+        let mut data = vec![0, 0, 1, 0x41, 0x41];
+        data.resize(4 + 0x141, 0x55);
+        let data = Bytes::from(data);
+        assert!(!is_annexb(&data, 4));
+        assert_eq!(length_prefixed(VideoCodec::Avc, data.clone(), 4).unwrap(), data);
+        // Cut by one byte it no longer reads as lengths: Annex-B.
+        assert!(is_annexb(&data[..data.len() - 1], 4));
     }
 
     #[test]
@@ -818,6 +1239,23 @@ pub(crate) mod tests {
                 &[b"OpusHead".as_slice(), &[1, 2, 0, 0, 0x80, 0xBB, 0, 0, 0, 0, 1, 1, 1, 0, 1]].concat(),
             ),
         ];
+        let annexb = hex(AVC_ANNEXB_KEYFRAME_TAG);
+        for len in 0..annexb.len() {
+            let data = annexb.slice(5.min(len)..len);
+            for size in 0..=5 {
+                let _ = length_prefixed(VideoCodec::Avc, data.clone(), size);
+                let _ = length_prefixed(VideoCodec::Hevc, data.clone(), size);
+            }
+            let _ = inband_config(VideoCodec::Avc, &data);
+        }
+        for i in 5..annexb.len() {
+            for flip in [0x01u8, 0x80, 0xFF] {
+                let mut bad = annexb[5..].to_vec();
+                bad[i - 5] ^= flip;
+                let _ = length_prefixed(VideoCodec::Avc, Bytes::from(bad.clone()), 4);
+                let _ = inband_config(VideoCodec::Avc, &bad);
+            }
+        }
         for tag in &tags {
             for len in 0..tag.len() {
                 let _ = parse_video(&tag.slice(..len));
@@ -833,6 +1271,10 @@ pub(crate) mod tests {
                 }
             }
         }
+        // Nothing but start codes: no NAL unit, and nothing allocated per start code.
+        let codes = Bytes::from([0u8, 0, 1].repeat(1 << 20));
+        assert!(length_prefixed(VideoCodec::Avc, codes.clone(), 4).is_err());
+        assert_eq!(inband_config(VideoCodec::Avc, &codes), None);
         // An SPS of all ones: Exp-Golomb values that never end must not loop or panic.
         assert_eq!(avc_sps_size(&[0x67, 0x64, 0, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF]), None);
         assert_eq!(hevc_sps_size(&[0x42, 0x01, 0xFF, 0xFF, 0xFF]), None);

@@ -3,10 +3,12 @@
 //!
 //! What a part or segment holds and every byte of it depend only on the frames marked
 //! with its numbers, the boundary frame that follows it, and the sequence headers in
-//! force when its segment opened: never on what this packager saw earlier. So an edge
-//! that starts at any segment boundary (late, or after a restart) writes the same bytes
-//! for every segment from there as an edge that has run from the start. The decode
-//! times are the marks' timeline (`time_ms`), not the RTMP timestamps.
+//! force when its segment opened (for H.264 and HEVC without a usable header: the
+//! parameter sets in the segment's own first keyframe): never on what this packager
+//! saw earlier. So an edge that starts at any segment boundary (late, or after a
+//! restart) writes the same bytes for every segment from there as an edge that has run
+//! from the start. The decode times are the marks' timeline (`time_ms`), not the RTMP
+//! timestamps.
 //!
 //! Sample durations, all deterministic: a video sample lasts until the next video
 //! sample of its part, or until the frame that opens the next part when that is video,
@@ -68,7 +70,9 @@ pub struct PackagerStats {
 /// One stream's packager on one edge.
 #[derive(Debug, Default)]
 pub struct Packager {
-    /// The latest sequence headers: used from the next segment.
+    /// The latest sequence headers: used from the next segment. No video header, or
+    /// one whose record is empty ([`Video::ConfigInBand`]), makes each segment take its
+    /// video configuration from the parameter sets in its first keyframe.
     video: Option<VideoConfig>,
     audio: Option<AudioConfig>,
     /// The init segment the open segment uses.
@@ -94,12 +98,20 @@ struct OpenSegment {
     broken: bool,
     part: Option<OpenPart>,
     /// The tracks of the segment's init segment.
-    video: Option<VideoCodec>,
+    video: Option<VideoTrack>,
     audio: Option<AudioConfig>,
     /// The last video sample duration written in this segment.
     video_delta: Option<u32>,
     /// Where the next audio sample falls if the audio is continuous.
     audio_next: Option<u64>,
+}
+
+/// The video track of a segment's init segment.
+#[derive(Debug, Clone, Copy)]
+struct VideoTrack {
+    codec: VideoCodec,
+    /// Bytes of each NAL unit's length in its samples (H.264, HEVC).
+    nal_length_size: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -164,7 +176,8 @@ impl Packager {
                     self.break_segment();
                 }
                 self.close_segment(Some(next), &mut out);
-                let Some(init_version) = self.open_init(&mut out) else {
+                let video = self.segment_video(frame);
+                let Some(init_version) = self.open_init(video, &mut out) else {
                     self.stats.untracked += 1;
                     return out;
                 };
@@ -183,7 +196,9 @@ impl Packager {
                     duration_ms: 0,
                     broken: false,
                     part: Some(OpenPart::new(0, true, mark.time_ms)),
-                    video: init.and_then(|i| i.video.as_ref()).map(|v| v.codec),
+                    video: init
+                        .and_then(|i| i.video.as_ref())
+                        .map(|v| VideoTrack { codec: v.codec, nal_length_size: v.nal_length_size() }),
                     audio: init.and_then(|i| i.audio.clone()),
                     video_delta: None,
                     audio_next: None,
@@ -230,6 +245,7 @@ impl Packager {
         match frame.kind {
             FrameKind::Video => match codec::parse_video(&frame.payload) {
                 Ok(Video::Config(config)) => self.video = Some(config),
+                Ok(Video::ConfigInBand(_)) => self.video = None,
                 Ok(_) => {}
                 Err(_) => self.stats.unparsed += 1,
             },
@@ -242,18 +258,34 @@ impl Packager {
         }
     }
 
-    /// The init segment for the latest headers: emitted when it differs from the one
-    /// in use. Its version is derived from its bytes, so every edge names the same
-    /// init segment the same, however many it saw before. `None` without any header.
-    fn open_init(&mut self, out: &mut Vec<Packaged>) -> Option<u32> {
+    /// The video configuration of a segment that `opening` opens: the latest sequence
+    /// header's, or without one the parameter sets in band in `opening` itself (a
+    /// keyframe). The segment's first frame alone decides, so an edge that starts at
+    /// this segment decides the same as one that saw every earlier keyframe; a
+    /// segment whose first keyframe carries no parameter sets has no video track.
+    fn segment_video(&self, opening: &Frame) -> Option<VideoConfig> {
+        if self.video.is_some() || opening.kind != FrameKind::Video {
+            return self.video.clone();
+        }
+        match codec::parse_video(&opening.payload) {
+            Ok(Video::Sample(c, sample)) => codec::inband_config(c, &sample.data),
+            _ => None,
+        }
+    }
+
+    /// The init segment for the latest audio header and `video`: emitted when it
+    /// differs from the one in use. Its version is derived from its bytes, so every
+    /// edge names the same init segment the same, however many it saw before. `None`
+    /// without any track.
+    fn open_init(&mut self, video: Option<VideoConfig>, out: &mut Vec<Packaged>) -> Option<u32> {
         if let Some(init) = &self.init {
-            if init.video == self.video && init.audio == self.audio {
+            if init.video == video && init.audio == self.audio {
                 return Some(init.version);
             }
         }
         let mut tracks = Vec::new();
         let mut codecs = Vec::new();
-        if let Some(v) = &self.video {
+        if let Some(v) = &video {
             codecs.push(v.codecs());
             tracks.push(TrackConfig::Video(v.clone()));
         }
@@ -268,7 +300,7 @@ impl Packager {
         let bytes = fmp4::init_segment(&tracks);
         let version = fnv1a(&bytes);
         out.push(Packaged::Init(Init { version, codecs: codecs.join(","), bytes }));
-        self.init = Some(CurrentInit { video: self.video.clone(), audio: self.audio.clone(), version });
+        self.init = Some(CurrentInit { video, audio: self.audio.clone(), version });
         Some(version)
     }
 
@@ -302,7 +334,21 @@ impl Packager {
         }
         let (sample, matches) = match frame.kind {
             FrameKind::Video => match codec::parse_video(&frame.payload) {
-                Ok(Video::Sample(c, s)) => (s, segment.video == Some(c)),
+                Ok(Video::Sample(c, mut s)) => match segment.video {
+                    Some(track) if track.codec == c => {
+                        if let Some(size) = track.nal_length_size {
+                            match codec::length_prefixed(c, s.data, size) {
+                                Ok(data) => s.data = data,
+                                Err(_) => {
+                                    self.stats.unparsed += 1;
+                                    return;
+                                }
+                            }
+                        }
+                        (s, true)
+                    }
+                    _ => (s, false),
+                },
                 Ok(_) => return,
                 Err(_) => {
                     self.stats.unparsed += 1;
@@ -465,12 +511,19 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 }
 
 /// What must hold for any input, checked by the `hls_tags` fuzz target and the replay
-/// of its regressions: the codec parsers never panic on a tag body, and the packager,
+/// of its regressions: the codec parsers never panic on a tag body (nor the NAL unit
+/// framing and in-band parameter set parsers on a sample), and the packager,
 /// fed the frames [`fuzz_frames`] builds from the same bytes, never panics and gives
 /// the same events twice.
 pub fn check_invariants(data: &[u8]) {
     let _ = codec::parse_video(&Bytes::copy_from_slice(data));
     let _ = codec::parse_audio(&Bytes::copy_from_slice(data));
+    for video in [VideoCodec::Avc, VideoCodec::Hevc] {
+        let _ = codec::inband_config(video, data);
+        for size in 0..=4 {
+            let _ = codec::length_prefixed(video, Bytes::copy_from_slice(data), size);
+        }
+    }
     let frames = fuzz_frames(data);
     let run = || {
         let mut p = Packager::new();
@@ -519,7 +572,9 @@ fn fuzz_frames(mut data: &[u8]) -> Vec<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hls::codec::tests::{hex, AAC_SEQUENCE_TAG, AVC_SEQUENCE_TAG};
+    use crate::hls::codec::tests::{
+        hex, AAC_SEQUENCE_TAG, AVC_ANNEXB_KEYFRAME_TAG, AVC_EMPTY_SEQUENCE_TAG, AVC_SEQUENCE_TAG,
+    };
     use crate::hls::mark::SegmentOpen;
 
     const OPEN: SegmentOpen = SegmentOpen { discontinuity: 0, wall_ms: 1_000, target_ms: 2000, part_target_ms: 200 };
@@ -802,6 +857,130 @@ mod tests {
         );
     }
 
+    /// The SPS and PPS of [`AVC_SEQUENCE_TAG`]'s record.
+    fn parameter_sets() -> (Bytes, Bytes) {
+        let record = hex(AVC_SEQUENCE_TAG).slice(5..);
+        (record.slice(8..33), record.slice(36..42))
+    }
+
+    /// `frames` (from [`stream`]) with their H.264 as an in-band publisher sends it:
+    /// every keyframe carries `sps` and the PPS before its slice, the slices have no
+    /// zero bytes (as emulation prevention guarantees). With `annexb`, the sequence
+    /// header is empty and the NAL units follow start codes (4 bytes before the
+    /// parameter sets, 3 before the slice, an AUD first), else the header is the
+    /// record and NAL units are length-prefixed, as with `+global_header`.
+    fn in_band(frames: &[Frame], annexb: bool, sps: impl Fn(u64) -> Bytes) -> Vec<Frame> {
+        let (_, pps) = parameter_sets();
+        frames
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                if f.kind != FrameKind::Video {
+                    return f;
+                }
+                if f.header {
+                    if annexb {
+                        f.payload = hex(AVC_EMPTY_SEQUENCE_TAG);
+                    }
+                    return f;
+                }
+                let n = u32::from_be_bytes(f.payload[10..14].try_into().unwrap());
+                let slice = [f.payload[9], 0xAB, 0x80 | (n >> 7) as u8, 0x80 | (n & 0x7F) as u8];
+                let mut nals: Vec<(&[u8], &[u8])> = Vec::new();
+                let sps = sps(f.hls.map_or(0, |m| m.time_ms));
+                if annexb {
+                    nals.push((&[0, 0, 0, 1], &[0x09, 0xF0]));
+                }
+                if f.keyframe {
+                    nals.push((&[0, 0, 0, 1], &sps));
+                    nals.push((&[0, 0, 0, 1], &pps));
+                }
+                nals.push((&[0, 0, 1], &slice));
+                let mut body = f.payload[..5].to_vec();
+                for (start, nal) in nals {
+                    if annexb {
+                        body.extend_from_slice(start);
+                    } else {
+                        body.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                    }
+                    body.extend_from_slice(nal);
+                }
+                f.payload = Bytes::from(body);
+                f
+            })
+            .collect()
+    }
+
+    fn inits(events: &[Packaged]) -> Vec<&Init> {
+        events.iter().filter_map(|e| if let Packaged::Init(i) = e { Some(i) } else { None }).collect()
+    }
+
+    #[test]
+    fn annexb_without_a_sequence_header_packages_like_the_same_stream_with_one() {
+        let (sps, _) = parameter_sets();
+        let frames = stream(5);
+        let (annexb, stats) = run(&in_band(&frames, true, |_| sps.clone()));
+        assert_eq!(stats, PackagerStats::default());
+        let (reference, _) = run(&in_band(&frames, false, |_| sps.clone()));
+        assert_eq!(inits(&annexb).len(), 1);
+        assert_eq!(inits(&annexb)[0].codecs, "avc1.64000d,mp4a.40.2", "video from the in-band SPS");
+        assert!(annexb == reference, "the same init segment and every part byte for byte");
+        // The video samples are length-prefixed, without the AUD.
+        let Packaged::Part(part) = &annexb[2] else { panic!("{:?}", annexb[2]) };
+        let (sps, pps) = parameter_sets();
+        let key = [&[0, 0, 0, 25][..], &sps, &[0, 0, 0, 6], &pps, &[0, 0, 0, 4, 0x65, 0xAB, 0x80, 0x80]].concat();
+        assert!(part.bytes.windows(key.len()).any(|w| w == key), "the first keyframe, length-prefixed");
+    }
+
+    #[test]
+    fn annexb_from_a_later_keyframe_gives_the_same_segments() {
+        let (sps, _) = parameter_sets();
+        let frames = in_band(&stream(7), true, |_| sps.clone());
+        let (all, _) = run(&frames);
+        assert_eq!(inits(&all)[0].codecs, "avc1.64000d,mp4a.40.2");
+        let middle = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 1 && m.part == 4)).unwrap();
+        let headers = frames.iter().filter(|f| f.header).cloned();
+        let late: Vec<Frame> = headers.chain(frames[middle..].iter().cloned()).collect();
+        let (events, _) = run(&late);
+        assert_eq!(events[0], Packaged::Init(inits(&all)[0].clone()), "the same init segment, named the same");
+        let from = all.iter().position(|e| matches!(e, Packaged::SegmentStart(s) if s.msn == 2)).unwrap();
+        assert!(events[1..] == all[from..], "every segment both have is identical");
+    }
+
+    #[test]
+    fn changed_in_band_parameter_sets_make_a_new_init_from_the_next_segment_on() {
+        // From 3 s on, keyframes carry an SPS of another level (3.0): the keyframe at
+        // 3 s is inside segment 1, the one at 4 s opens segment 2.
+        let (sps, _) = parameter_sets();
+        let mut level30 = sps.to_vec();
+        level30[3] = 0x1E;
+        let level30 = Bytes::from(level30);
+        let pick = |t: u64| if t >= 3000 { level30.clone() } else { sps.clone() };
+        let frames = in_band(&stream(7), true, pick);
+        let (events, stats) = run(&frames);
+        assert_eq!(stats, PackagerStats::default());
+        let inits = inits(&events);
+        let codecs: Vec<&str> = inits.iter().map(|i| i.codecs.as_str()).collect();
+        assert_eq!(codecs, ["avc1.64000d,mp4a.40.2", "avc1.64001e,mp4a.40.2"]);
+        let starts: Vec<(u64, u32)> = events
+            .iter()
+            .filter_map(|e| if let Packaged::SegmentStart(s) = e { Some((s.msn, s.init_version)) } else { None })
+            .collect();
+        let (v0, v1) = (inits[0].version, inits[1].version);
+        assert_eq!(starts, [(0, v0), (1, v0), (2, v1), (3, v1)]);
+        // An edge starting at segment 2 names and writes the new init the same.
+        let at = frames.iter().position(|f| f.hls.is_some_and(|m| m.msn == 2)).unwrap();
+        let late: Vec<Frame> =
+            frames.iter().filter(|f| f.header).cloned().chain(frames[at..].iter().cloned()).collect();
+        let (late, _) = run(&late);
+        assert_eq!(late[0], Packaged::Init(inits[1].clone()));
+        // And back to no video when a segment's first keyframe carries none.
+        let bare = in_band(&stream(5), true, |_| Bytes::new());
+        let (events, stats) = run(&bare);
+        assert_eq!(self::inits(&events)[0].codecs, "mp4a.40.2");
+        assert!(stats.untracked > 0);
+    }
+
     #[test]
     fn a_missed_boundary_skips_the_rest_of_that_segment_only() {
         let mut frames = stream(5);
@@ -886,6 +1065,14 @@ mod tests {
                 vec(any::<u8>(), 0..64).prop_map(Bytes::from),
                 Just(hex(AVC_SEQUENCE_TAG)),
                 Just(hex(AAC_SEQUENCE_TAG)),
+                Just(hex(AVC_EMPTY_SEQUENCE_TAG)),
+                Just(hex(AVC_ANNEXB_KEYFRAME_TAG)),
+                (0usize..64, vec(any::<u8>(), 0..32)).prop_map(|(at, noise)| {
+                    // The Annex-B keyframe with its tail replaced by noise.
+                    let key = hex(AVC_ANNEXB_KEYFRAME_TAG);
+                    let at = at.min(key.len());
+                    Bytes::from([&key[..at], &noise].concat())
+                }),
                 (any::<u8>(), vec(any::<u8>(), 0..32)).prop_map(|(b, rest)| {
                     let head = [[0x17, 1], [0x27, 1], [0xAF, 1], [0x91, b'h'], [0xAF, 0]][usize::from(b % 5)];
                     Bytes::from([&head[..], &rest].concat())
@@ -915,6 +1102,49 @@ mod tests {
         }
 
         proptest! {
+            /// In-band H.264 whose keyframes carry one of three SPS or none, Annex-B or
+            /// length-prefixed: a packager that starts at any segment (with the
+            /// headers) writes that segment and every later one, and the init
+            /// segments they name, exactly as one that saw the whole stream.
+            #[test]
+            fn in_band_streams_package_the_same_from_every_segment(
+                choices in vec(0u8..4, 6),
+                annexb in any::<bool>(),
+            ) {
+                let (sps, _) = parameter_sets();
+                let variant = |t: u64| -> Bytes {
+                    let mut s = sps.to_vec();
+                    match choices[(t / 1000) as usize % choices.len()] {
+                        0 => return Bytes::new(),
+                        1 => {}
+                        level => s[3] = 0x0D + level,
+                    }
+                    Bytes::from(s)
+                };
+                let frames = in_band(&stream(6), annexb, variant);
+                let (all, _) = run(&frames);
+                let by_version: std::collections::HashMap<u32, &Init> =
+                    inits(&all).into_iter().map(|i| (i.version, i)).collect();
+                let media = |e: &[Packaged]| -> Vec<Packaged> {
+                    e.iter().filter(|e| !matches!(e, Packaged::Init(_))).cloned().collect()
+                };
+                let openers = frames.iter().enumerate().filter(|(_, f)| {
+                    f.hls.is_some_and(|m| matches!(m.boundary, Some(Boundary::Segment(_))))
+                });
+                for (at, opener) in openers {
+                    let msn = opener.hls.unwrap().msn;
+                    let late: Vec<Frame> =
+                        frames.iter().filter(|f| f.header).cloned().chain(frames[at..].iter().cloned()).collect();
+                    let (events, _) = run(&late);
+                    for init in inits(&events) {
+                        prop_assert_eq!(Some(&init), by_version.get(&init.version), "init {}", init.version);
+                    }
+                    let from = all.iter().position(|e| matches!(e, Packaged::SegmentStart(s) if s.msn == msn));
+                    let expected = media(&all[from.unwrap()..]);
+                    prop_assert!(media(&events) == expected, "from segment {}", msn);
+                }
+            }
+
             #[test]
             fn any_frames_and_marks_never_panic_and_parts_stay_well_formed(frames in vec(frame(), 0..200)) {
                 let (events, _) = run(&frames);
