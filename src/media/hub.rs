@@ -28,7 +28,8 @@ pub struct HubLimits {
     /// ([`Hub::subscribe_after`]); `None`: no history (edge hubs).
     pub history: Option<RetainLimits>,
     /// Keep the frames of the last HLS segments for readers that start late
-    /// ([`Hub::subscribe_window`]); `None`: no window.
+    /// ([`Hub::subscribe_window`]); `None`: no window. Also the bounds of a window
+    /// started later ([`Hub::start_window`]) on a hub whose window was stopped.
     pub window: Option<WindowLimits>,
 }
 
@@ -70,6 +71,9 @@ struct HubState {
     gop: GopCache,
     history: Option<Retained>,
     window: Option<SegmentWindow>,
+    /// While a window started late waits for the earlier frames
+    /// ([`Hub::start_window`] until [`Hub::splice_window`]): the frames published since.
+    tail: Option<Tail>,
     /// Where the HLS numbering of the frames published so far stands.
     last_mark: Option<Continuation>,
     readers: Vec<Arc<Reader>>,
@@ -113,6 +117,7 @@ impl Hub {
                 gop: GopCache::new(limits.gop),
                 history: limits.history.map(Retained::new),
                 window: limits.window.map(SegmentWindow::new),
+                tail: None,
                 last_mark: None,
                 readers: Vec::new(),
                 next_id: 0,
@@ -162,6 +167,18 @@ impl Hub {
         }
         if let Some(window) = &mut state.window {
             window.push(&frame);
+        }
+        let tail_over = state.tail.as_mut().is_some_and(|tail| {
+            tail.bytes += frame.cost();
+            tail.frames.push(frame.clone());
+            tail.bytes > self.limits.window.map_or(0, |w| w.max_bytes)
+        });
+        if tail_over {
+            // The earlier frames are taking too long: the window starts with what came
+            // since (the tail is never held past the window's own bound).
+            tracing::debug!("HLS window tail over its bound; starting the window from it");
+            Self::join_window(&mut state, self.limits, Vec::new());
+            self.end_history();
         }
         if let Some(mark) = &frame.hls {
             state.last_mark = Continuation::after(state.last_mark, mark);
@@ -299,10 +316,80 @@ impl Hub {
         lock(&self.state).last_mark
     }
 
-    /// (segments, frames, bytes) of the HLS window held.
+    /// (segments, frames, bytes) of the HLS window held (a tail waiting for the
+    /// window's earlier frames counts as frames and bytes).
     pub fn window_size(&self) -> (usize, usize, usize) {
         let state = lock(&self.state);
-        state.window.as_ref().map_or((0, 0, 0), |w| (w.segments(), w.frames(), w.bytes()))
+        let (segments, frames, bytes) =
+            state.window.as_ref().map_or((0, 0, 0), |w| (w.segments(), w.frames(), w.bytes()));
+        let (tail_frames, tail_bytes) = state.tail.as_ref().map_or((0, 0), |t| (t.frames.len(), t.bytes));
+        (segments, frames + tail_frames, bytes + tail_bytes)
+    }
+
+    /// Whether this hub keeps an HLS window now (or is starting one).
+    pub fn keeps_window(&self) -> bool {
+        let state = lock(&self.state);
+        state.window.is_some() || state.tail.is_some()
+    }
+
+    /// Every frame of the HLS window, in order (an origin's answer to `FetchWindow`).
+    pub fn window_frames(&self) -> Vec<Frame> {
+        lock(&self.state).window.as_ref().map_or_else(Vec::new, |w| w.replay().cloned().collect())
+    }
+
+    /// Stops keeping the HLS window and lets go of its frames (nobody on this edge
+    /// reads the stream over HLS). Players are not affected.
+    pub fn stop_window(&self) {
+        let mut state = lock(&self.state);
+        state.window = None;
+        state.tail = None;
+        self.history_done.store(false, Ordering::Release);
+    }
+
+    /// Starts keeping the HLS window on a hub that has none (HLS starts on an edge
+    /// whose relay carried players only): frames published from now on are kept apart
+    /// until [`Hub::splice_window`] brings the earlier ones. `false` when the hub keeps
+    /// a window already (nothing to fetch). Players are not affected.
+    pub fn start_window(&self) -> bool {
+        let mut state = lock(&self.state);
+        if state.window.is_some() || state.tail.is_some() || self.limits.window.is_none() {
+            return false;
+        }
+        self.history_done.store(false, Ordering::Release);
+        state.tail = Some(Tail::default());
+        true
+    }
+
+    /// Joins the window's earlier frames (what the owner held, `FetchWindow`) to the
+    /// frames published since [`Hub::start_window`], and keeps the window from then on
+    /// as if the hub had always kept it; then the history is over
+    /// ([`Hub::history_ended`]). `fetched` must reach the first frame published since
+    /// (it was taken after it); where it does not, or is empty, the window starts with
+    /// what was published since. Returns whether the two joined. Does nothing (`false`)
+    /// when the window was stopped or already joined meanwhile.
+    pub fn splice_window(&self, fetched: Vec<Frame>) -> bool {
+        let mut state = lock(&self.state);
+        if state.tail.is_none() {
+            return false;
+        }
+        let joined = Self::join_window(&mut state, self.limits, fetched);
+        drop(state);
+        self.end_history();
+        joined
+    }
+
+    fn join_window(state: &mut HubState, limits: HubLimits, fetched: Vec<Frame>) -> bool {
+        let Some(tail) = state.tail.take() else { return false };
+        let mut window = SegmentWindow::new(limits.window.unwrap_or_default());
+        let at = join_point(&fetched, &tail.frames);
+        for frame in &fetched[..at.unwrap_or(0)] {
+            window.push(frame);
+        }
+        for frame in &tail.frames {
+            window.push(frame);
+        }
+        state.window = Some(window);
+        at.is_some()
     }
 
     /// The stream ended: readers get what is queued, then `None`.
@@ -318,6 +405,42 @@ impl Hub {
     pub fn reader_count(&self) -> usize {
         lock(&self.state).readers.len()
     }
+}
+
+/// Frames published while a late window waits for its earlier frames.
+#[derive(Default)]
+struct Tail {
+    frames: Vec<Frame>,
+    bytes: usize,
+}
+
+/// The same frame on both sides of a splice: everything but the RTMP timestamp, which
+/// a relay's continuity may have rebased (HLS packages the mark's timeline, never the
+/// timestamp).
+fn same_frame(a: &Frame, b: &Frame) -> bool {
+    a.kind == b.kind && a.header == b.header && a.keyframe == b.keyframe && a.hls == b.hls && a.payload == b.payload
+}
+
+/// Where `fetched` (a window taken after `tail` began) reaches the start of `tail`:
+/// the index of `tail`'s first frame in `fetched`, from which the rest of `fetched`
+/// is `tail`'s beginning (headers the relay's continuity dropped as unchanged
+/// repeats aside). `None` when they do not meet. An empty tail joins at the end.
+fn join_point(fetched: &[Frame], tail: &[Frame]) -> Option<usize> {
+    let Some(first) = tail.first() else { return Some(fetched.len()) };
+    (0..fetched.len()).filter(|&p| same_frame(&fetched[p], first)).find(|&p| {
+        let mut t = tail.iter().peekable();
+        for f in &fetched[p..] {
+            match t.peek() {
+                None => return true,
+                Some(next) if same_frame(f, next) => {
+                    t.next();
+                }
+                Some(_) if f.header => {}
+                Some(_) => return false,
+            }
+        }
+        true
+    })
 }
 
 /// Whether `history` holds everything after `point`: it reaches back to (or before) the
@@ -604,6 +727,91 @@ mod tests {
         let late_sub = edge.subscribe_window();
         let late: Vec<Frame> = std::iter::from_fn(|| late_sub.try_recv()).collect();
         assert_eq!(late, hls_got);
+    }
+
+    #[tokio::test]
+    async fn a_window_started_late_joins_the_owners_exactly_and_players_see_nothing_of_it() {
+        let stream = marked_stream(30 * 16);
+        let origin = Hub::new(with_window(6));
+        // An edge relaying to a player only: no window.
+        let limits = HubLimits { queue: QueueLimits { max_frames: 4096, max_bytes: usize::MAX }, ..with_window(6) };
+        let edge = Hub::new(limits);
+        edge.stop_window();
+        assert!(!edge.keeps_window());
+        let player = edge.subscribe();
+        // The relay's continuity may have rebased the edge's timestamps: the join must
+        // not depend on them.
+        let relayed = |f: &Frame| Frame { timestamp: f.timestamp.wrapping_add(7), ..f.clone() };
+        let (a, b, c) = (30 * 8, 30 * 8 + 17, 30 * 9 + 5);
+        for f in &stream[..a] {
+            origin.publish(f.clone());
+            edge.publish(relayed(f));
+        }
+        assert_eq!(edge.window_size(), (0, 0, 0), "players only: nothing kept for HLS");
+        // HLS starts: the edge keeps what comes from now on; the owner's window is taken
+        // after that (the fetch), while frames keep coming to both.
+        assert!(edge.start_window());
+        assert!(!edge.start_window(), "started once");
+        for f in &stream[a..b] {
+            origin.publish(f.clone());
+            edge.publish(relayed(f));
+        }
+        let fetched = origin.window_frames();
+        for f in &stream[b..c] {
+            origin.publish(f.clone());
+            edge.publish(relayed(f));
+        }
+        let hls = {
+            let waiting = edge.clone();
+            tokio::spawn(async move { waiting.history_ended().await })
+        };
+        assert!(edge.splice_window(fetched), "the owner's window reaches the first frame kept since");
+        tokio::time::timeout(Duration::from_secs(5), hls).await.unwrap().unwrap();
+        for f in &stream[c..] {
+            origin.publish(f.clone());
+            edge.publish(relayed(f));
+        }
+        // The edge's window is the owner's: same frames, same marks, same segments.
+        let ours: Vec<Frame> = std::iter::from_fn({
+            let sub = edge.subscribe_window();
+            move || sub.try_recv()
+        })
+        .collect();
+        let theirs = origin.window_frames();
+        assert_eq!(ours.len(), theirs.len());
+        assert!(ours.iter().zip(&theirs).all(|(x, y)| same_frame(x, y)), "the same window as the owner's");
+        assert_eq!(edge.window_size().0, origin.window_size().0);
+        // The player got the live stream, every frame once, in order, nothing else.
+        let got: Vec<Frame> = std::iter::from_fn(|| player.try_recv()).collect();
+        let want: Vec<Frame> = stream.iter().map(relayed).collect();
+        assert!(got == want, "a player sees no change when HLS starts: {} frames of {}", got.len(), want.len());
+        // HLS stops: the window goes, players go on.
+        edge.stop_window();
+        assert_eq!(edge.window_size(), (0, 0, 0));
+        assert!(!edge.keeps_window());
+        let more = video(100_000, true);
+        edge.publish(more.clone());
+        assert_eq!(player.try_recv(), Some(more), "nor when it stops");
+    }
+
+    #[test]
+    fn a_fetched_window_that_misses_the_live_frames_is_not_joined() {
+        let stream = marked_stream(30 * 10);
+        let edge = Hub::new(with_window(6));
+        edge.stop_window();
+        assert!(edge.start_window());
+        for f in &stream[200..] {
+            edge.publish(f.clone());
+        }
+        // Frames that end before the tail starts: a gap, so they are left out.
+        assert!(!edge.splice_window(stream[..150].to_vec()));
+        let kept: Vec<Frame> = edge.window_frames();
+        let first_start = 200 + stream[200..].iter().position(segment_opens).unwrap();
+        assert!(kept == stream[first_start..], "the window starts with what came live (no header came since)");
+        // Stopped meanwhile: a late answer changes nothing.
+        edge.stop_window();
+        assert!(!edge.splice_window(stream.clone()));
+        assert!(!edge.keeps_window());
     }
 
     #[tokio::test]
