@@ -76,6 +76,8 @@ struct HubState {
     tail: Option<Tail>,
     /// Where the HLS numbering of the frames published so far stands.
     last_mark: Option<Continuation>,
+    /// The last frame published (where a window started late joins what came before).
+    last: Option<Frame>,
     readers: Vec<Arc<Reader>>,
     next_id: u64,
     ended: bool,
@@ -119,6 +121,7 @@ impl Hub {
                 window: limits.window.map(SegmentWindow::new),
                 tail: None,
                 last_mark: None,
+                last: None,
                 readers: Vec::new(),
                 next_id: 0,
                 ended: false,
@@ -127,7 +130,15 @@ impl Hub {
     }
 
     /// The history ahead of the live stream is complete (the link's `WindowEnd`).
+    /// Ignored while the hub keeps no window: a `WindowEnd` that arrives after the
+    /// window was stopped must not let a later window's reader start before that
+    /// window's earlier frames are here.
     pub fn end_history(&self) {
+        let state = lock(&self.state);
+        if state.window.is_none() && state.tail.is_none() {
+            return;
+        }
+        drop(state);
         self.history_done.store(true, Ordering::Release);
         self.history_notify.notify_waiters();
     }
@@ -178,11 +189,13 @@ impl Hub {
             // since (the tail is never held past the window's own bound).
             tracing::debug!("HLS window tail over its bound; starting the window from it");
             Self::join_window(&mut state, self.limits, Vec::new());
-            self.end_history();
+            self.history_done.store(true, Ordering::Release);
+            self.history_notify.notify_waiters();
         }
         if let Some(mark) = &frame.hls {
             state.last_mark = Continuation::after(state.last_mark, mark);
         }
+        state.last = Some(frame.clone());
         let start = state.gop.is_start(&frame);
         // Headers of the history go to every reader: a player already waiting needs
         // them, and the relay's continuity drops their live repeat as unchanged.
@@ -356,7 +369,7 @@ impl Hub {
             return false;
         }
         self.history_done.store(false, Ordering::Release);
-        state.tail = Some(Tail::default());
+        state.tail = Some(Tail { anchor: state.last.clone(), ..Tail::default() });
         true
     }
 
@@ -381,7 +394,7 @@ impl Hub {
     fn join_window(state: &mut HubState, limits: HubLimits, fetched: Vec<Frame>) -> bool {
         let Some(tail) = state.tail.take() else { return false };
         let mut window = SegmentWindow::new(limits.window.unwrap_or_default());
-        let at = join_point(&fetched, &tail.frames);
+        let at = join_point(&fetched, tail.anchor.as_ref(), &tail.frames);
         for frame in &fetched[..at.unwrap_or(0)] {
             window.push(frame);
         }
@@ -410,6 +423,9 @@ impl Hub {
 /// Frames published while a late window waits for its earlier frames.
 #[derive(Default)]
 struct Tail {
+    /// The last frame published before the tail began: where the fetched frames
+    /// must join it.
+    anchor: Option<Frame>,
     frames: Vec<Frame>,
     bytes: usize,
 }
@@ -421,15 +437,16 @@ fn same_frame(a: &Frame, b: &Frame) -> bool {
     a.kind == b.kind && a.header == b.header && a.keyframe == b.keyframe && a.hls == b.hls && a.payload == b.payload
 }
 
-/// Where `fetched` (a window taken after `tail` began) reaches the start of `tail`:
-/// the index of `tail`'s first frame in `fetched`, from which the rest of `fetched`
-/// is `tail`'s beginning (headers the relay's continuity dropped as unchanged
-/// repeats aside). `None` when they do not meet. An empty tail joins at the end.
-fn join_point(fetched: &[Frame], tail: &[Frame]) -> Option<usize> {
-    let Some(first) = tail.first() else { return Some(fetched.len()) };
-    (0..fetched.len()).filter(|&p| same_frame(&fetched[p], first)).find(|&p| {
+/// How many of the `fetched` frames (a window taken after the tail began) come before
+/// the `tail`: up to and including the `anchor` (the last frame published before the
+/// tail), or up to the tail's first frame, such that whatever `fetched` holds after
+/// that point is the tail's beginning (headers the relay's continuity dropped as
+/// unchanged repeats aside). The anchor also joins a window taken before any tail
+/// frame reached the edge (no overlap at all). `None` when they do not meet.
+fn join_point(fetched: &[Frame], anchor: Option<&Frame>, tail: &[Frame]) -> Option<usize> {
+    let leads_into_tail = |rest: &[Frame]| {
         let mut t = tail.iter().peekable();
-        for f in &fetched[p..] {
+        for f in rest {
             match t.peek() {
                 None => return true,
                 Some(next) if same_frame(f, next) => {
@@ -440,7 +457,18 @@ fn join_point(fetched: &[Frame], tail: &[Frame]) -> Option<usize> {
             }
         }
         true
-    })
+    };
+    let after_anchor = anchor.and_then(|anchor| {
+        (0..fetched.len())
+            .rev()
+            .filter(|&p| same_frame(&fetched[p], anchor))
+            .find(|&p| leads_into_tail(&fetched[p + 1..]))
+    });
+    if let Some(p) = after_anchor {
+        return Some(p + 1);
+    }
+    let first = tail.first()?;
+    (0..fetched.len()).filter(|&p| same_frame(&fetched[p], first)).find(|&p| leads_into_tail(&fetched[p..]))
 }
 
 /// Whether `history` holds everything after `point`: it reaches back to (or before) the
@@ -792,6 +820,27 @@ mod tests {
         let more = video(100_000, true);
         edge.publish(more.clone());
         assert_eq!(player.try_recv(), Some(more), "nor when it stops");
+    }
+
+    #[test]
+    fn a_window_taken_before_any_tail_frame_joins_at_the_last_frame_before_it() {
+        // The owner answered before the next frame reached the edge: no overlap.
+        let stream = marked_stream(30 * 12);
+        let origin = Hub::new(with_window(6));
+        let edge = Hub::new(with_window(6));
+        edge.stop_window();
+        for f in &stream[..250] {
+            origin.publish(f.clone());
+            edge.publish(f.clone());
+        }
+        assert!(edge.start_window());
+        let fetched = origin.window_frames();
+        for f in &stream[250..] {
+            origin.publish(f.clone());
+            edge.publish(f.clone());
+        }
+        assert!(edge.splice_window(fetched));
+        assert!(edge.window_frames() == origin.window_frames(), "the same window as the owner's");
     }
 
     #[test]
