@@ -727,7 +727,8 @@ async fn package(ctx: Arc<EdgeContext>, hls: Arc<Hls>, stream: Arc<HlsStream>) {
             _ = stream.stop.cancelled() => break 'generations,
             _ = ctx.shutdown.cancelled() => break 'generations,
         }
-        let subscription = hub.subscribe_window();
+        // The hub's window comes to this task and is not kept beside the packaged one.
+        let subscription = hub.take_window();
         let mut backlog = Vec::new();
         while let Some(frame) = subscription.try_recv() {
             backlog.extend(packager.push(&frame));

@@ -74,6 +74,9 @@ struct HubState {
     /// While a window started late waits for the earlier frames
     /// ([`Hub::start_window`] until [`Hub::splice_window`]): the frames published since.
     tail: Option<Tail>,
+    /// The window went to the reader that packages the stream ([`Hub::take_window`]):
+    /// none is kept or started until [`Hub::stop_window`].
+    handed_over: bool,
     /// Where the HLS numbering of the frames published so far stands.
     last_mark: Option<Continuation>,
     /// The last frame published (where a window started late joins what came before).
@@ -120,6 +123,7 @@ impl Hub {
                 history: limits.history.map(Retained::new),
                 window: limits.window.map(SegmentWindow::new),
                 tail: None,
+                handed_over: false,
                 last_mark: None,
                 last: None,
                 readers: Vec::new(),
@@ -294,6 +298,20 @@ impl Hub {
         Subscription { hub: self.clone(), reader }
     }
 
+    /// [`Hub::subscribe_window`] for the one reader that packages the stream on this
+    /// edge: the window goes to it and the hub keeps none after (the packaged window
+    /// holds the same media from then on; keeping both doubled an HLS stream's memory),
+    /// nor starts one, until [`Hub::stop_window`]. A window still waiting for its
+    /// earlier frames is given up: the reader starts with what is here.
+    pub fn take_window(self: &Arc<Self>) -> Subscription {
+        let subscription = self.subscribe_window();
+        let mut state = lock(&self.state);
+        state.window = None;
+        state.tail = None;
+        state.handed_over = true;
+        subscription
+    }
+
     /// Subscribes a relay for an edge that starts the stream (an origin's side of
     /// `SubscribeWindow`): the window's frames that precede the live start, to be sent
     /// as history, and a subscription from the GOP like [`Hub::subscribe`]. Taken
@@ -356,6 +374,7 @@ impl Hub {
         let mut state = lock(&self.state);
         state.window = None;
         state.tail = None;
+        state.handed_over = false;
         self.history_done.store(false, Ordering::Release);
     }
 
@@ -365,7 +384,7 @@ impl Hub {
     /// a window already (nothing to fetch). Players are not affected.
     pub fn start_window(&self) -> bool {
         let mut state = lock(&self.state);
-        if state.window.is_some() || state.tail.is_some() || self.limits.window.is_none() {
+        if state.window.is_some() || state.tail.is_some() || state.handed_over || self.limits.window.is_none() {
             return false;
         }
         self.history_done.store(false, Ordering::Release);
@@ -813,10 +832,18 @@ mod tests {
         let got: Vec<Frame> = std::iter::from_fn(|| player.try_recv()).collect();
         let want: Vec<Frame> = stream.iter().map(relayed).collect();
         assert!(got == want, "a player sees no change when HLS starts: {} frames of {}", got.len(), want.len());
+        // The packager takes the window: the same frames, and the hub keeps none after.
+        let packager = edge.take_window();
+        let taken: Vec<Frame> = std::iter::from_fn(|| packager.try_recv()).collect();
+        assert!(taken.len() == ours.len() && taken.iter().zip(&ours).all(|(x, y)| same_frame(x, y)));
+        assert_eq!(edge.window_size(), (0, 0, 0), "not kept twice");
+        assert!(!edge.start_window(), "nor started again while the packager reads");
         // HLS stops: the window goes, players go on.
         edge.stop_window();
         assert_eq!(edge.window_size(), (0, 0, 0));
         assert!(!edge.keeps_window());
+        assert!(edge.start_window(), "HLS may start again");
+        edge.stop_window();
         let more = video(100_000, true);
         edge.publish(more.clone());
         assert_eq!(player.try_recv(), Some(more), "nor when it stops");
