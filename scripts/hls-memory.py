@@ -14,7 +14,9 @@ running). On edge-2 (the relay side), reading /proc/PID/status (VmRSS), /proc/PI
    an HLS reader (a plain playlist reload every second); RSS and edge_hls_window_bytes +
    edge_relay_window_bytes once the windows are full (default window: 6 segments of 2 s),
    divided by N; then after the readers stop, once HLS is retired (--hls-idle-ms);
-2. per 1,000 LL-HLS clients on one stream: each client does what hls.js does in
+2. per 1,000 LL-HLS clients on one stream, on edge-2 restarted (fresh allocator), with
+   the stream packaged and its window full before the baseline: each client does what
+   hls.js does in
    low-latency mode, on one keep-alive connection: a blocking playlist reload for the
    preload hint's part (_HLS_msn/_HLS_part), then that part, and again; RSS and
    descriptors of edge-2 before and while they run, and the requests answered.
@@ -193,9 +195,26 @@ def main():
               f"edge_hls_window_bytes {f['edge_hls_window_bytes'] / n / 1024:.0f} KiB, "
               f"edge_relay_window_bytes {f['edge_relay_window_bytes'] / n / 1024:.0f} KiB")
 
-        # 1,000 LL-HLS clients on stream mem0.
-        get("/live/mem0/index.m3u8")
+        # 1,000 LL-HLS clients on stream mem0, on a fresh edge-2 (the allocator keeps
+        # pages the windows above freed, which would hide what the clients take): the
+        # RTMP players go, edge-2 is restarted, one stream is packaged and its window
+        # filled before the baseline.
+        for p in procs[n:]:
+            p.terminate()
+            p.wait()
+        os.kill(pid, 9)
+        wait("edge-2 to exit", lambda: not os.path.exists(f"/proc/{pid}") or
+             open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=10)
+        subprocess.run([bootstrap, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+        pid = int(open(os.path.join(work, "data/pids/edge-2.pid")).read())
+        fresh = (rss_kib(pid), fds(pid))
+        fill = time.time() + 20
+        while time.time() < fill:
+            get("/live/mem0/index.m3u8")
+            time.sleep(1)
         before = (rss_kib(pid), fds(pid))
+        print(f"fresh edge-2: {fresh[0]} KiB, {fresh[1]} fds; packaging one stream (window full): "
+              f"{before[0]} KiB, {before[1]} fds")
         samples, rate, errors, total = asyncio.run(ll_clients(args.clients, args.seconds, pid))
         peak_rss = max(s[0] for s in samples)
         mean_rss = sum(s[0] for s in samples) / len(samples)
