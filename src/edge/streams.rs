@@ -548,8 +548,10 @@ impl Relays {
         all
     }
 
-    /// (relays whose hub keeps an HLS window, the bytes of those windows): what
-    /// relaying costs for HLS beyond the packaged windows (`edge_relay_window_*`).
+    /// (relays whose hub keeps an HLS window of frames, the bytes of those windows):
+    /// what relaying costs for HLS beyond the packaged windows (`edge_relay_hls_windows`,
+    /// `edge_relay_window_bytes`). A hub keeps one only while HLS starts on its stream:
+    /// the packaging task takes it ([`Hub::take_window`]).
     pub fn windows(&self) -> (usize, usize) {
         let relays: Vec<Arc<Relay>> = self.relays.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         relays
