@@ -1,6 +1,6 @@
 //! HLS marks across the cluster, with real origins, real edges and ffmpeg: the stream
 //! is published through edge-1, and two edges' relays (in this process, the real relay
-//! code: `EdgeContext`, `Relays::join`, `Hub::subscribe_window`) read it, one from the
+//! code: `EdgeContext`, `Relays::join_hls`, `Hub::subscribe_window`) read it, one from the
 //! start and one joining late. Both must see the same frames with the same marks (the
 //! late one from the owner's window on), through a SIGKILL of the owner origin, and
 //! across the publisher reconnecting through edge-2 (a new session: discontinuity + 1,
@@ -57,7 +57,7 @@ impl Probe {
         let window: Arc<Mutex<(usize, usize, usize)>> = Arc::default();
         let (out, stream, cancel, sizes) = (got.clone(), stream.clone(), stop.clone(), window.clone());
         tokio::spawn(async move {
-            let lease = ctx.relays.join(&ctx, &stream);
+            let lease = ctx.relays.join_hls(&ctx, &stream);
             let mut hubs = lease.relay.hub();
             let mut generation = 0;
             loop {

@@ -9,7 +9,9 @@
 //! - Streams: the first request for a stream starts its task ([`Feed`]): it joins the
 //!   stream's relay, follows its hub across publishing generations, pushes every frame
 //!   through a [`Packager`] and feeds the stream's [`Window`]. It stops, dropping the
-//!   relay lease and the window, once no request came for `--hls-idle-ms`.
+//!   relay lease and the window, once no request came for `--hls-idle-ms`. Its lease
+//!   is an HLS one: only while it is held does the relay keep the stream's window of
+//!   frames (a stream relayed to RTMP and HTTP-FLV players only holds none).
 //! - Caps: a request that waits (for a new stream, a blocking reload, the hinted part)
 //!   holds a long-request permit (per address, like HTTP-FLV and SSE) and one of
 //!   `--hls-max-waiting` in all; over either it gets 429. At most `--hls-max-streams`
@@ -686,7 +688,10 @@ impl Feed for RelayFeed {
 /// generations, packages every frame and feeds the window, until the stream is idle
 /// (`--hls-idle-ms`), retired or the edge stops.
 async fn package(ctx: Arc<EdgeContext>, hls: Arc<Hls>, stream: Arc<HlsStream>) {
-    let lease = ctx.relays.join(&ctx, &stream.key);
+    // An HLS lease: the relay keeps the HLS window for as long as this task runs
+    // (fetching the owner's if it relayed to players only so far), and `/status` does
+    // not count this task as a player.
+    let lease = ctx.relays.join_hls(&ctx, &stream.key);
     let mut hubs = lease.relay.hub();
     let mut packager = Packager::new();
     let mut idle = tokio::time::interval((hls.config.idle / 4).max(Duration::from_millis(50)));
@@ -722,7 +727,8 @@ async fn package(ctx: Arc<EdgeContext>, hls: Arc<Hls>, stream: Arc<HlsStream>) {
             _ = stream.stop.cancelled() => break 'generations,
             _ = ctx.shutdown.cancelled() => break 'generations,
         }
-        let subscription = hub.subscribe_window();
+        // The hub's window comes to this task and is not kept beside the packaged one.
+        let subscription = hub.take_window();
         let mut backlog = Vec::new();
         while let Some(frame) = subscription.try_recv() {
             backlog.extend(packager.push(&frame));

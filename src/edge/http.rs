@@ -361,6 +361,19 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
         "Frames a relay dropped because its players already had them (replays after a move)",
         &[(String::new(), load(&s.relay_duplicates))],
     );
+    let (windows, window_bytes) = ctx.relays.windows();
+    metric(
+        "edge_relay_hls_windows",
+        "gauge",
+        "Relayed streams whose hub keeps the HLS window of frames (only while HLS is packaged here)",
+        &[(String::new(), windows as u64)],
+    );
+    metric(
+        "edge_relay_window_bytes",
+        "gauge",
+        "Bytes of frames those relay hubs keep for HLS (besides edge_hls_window_bytes)",
+        &[(String::new(), window_bytes as u64)],
+    );
     let ups = ctx.upstreams.all();
     let label = |u: &super::upstream::Upstream| format!("{{origin_addr=\"{}\"}}", u.addr);
     let states: Vec<_> = ups.iter().map(|u| (label(u), u64::from(link_state(&u.state()).1))).collect();

@@ -16,7 +16,12 @@
 //! owner's link, re-subscribes at the new owner when ownership changes, and feeds one
 //! local [`Hub`] per publishing generation through a [`Continuity`] filter that drops
 //! what players already have and keeps timestamps monotonic; players wait on
-//! [`Relay::hub`] for the current hub.
+//! [`Relay::hub`] for the current hub. Its hub keeps the HLS window (and the first
+//! subscription asks the owner for the window's earlier frames) only while an HLS
+//! packaging task holds an HLS lease ([`Relays::join_hls`]): a stream relayed to RTMP
+//! and HTTP-FLV players only costs no window memory and no window transfer. When HLS
+//! starts on a relay already subscribed, it fetches the owner's window on a channel of
+//! its own (`FetchWindow`) and joins it to the live frames ([`Hub::splice_window`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +55,9 @@ const LINK_WAIT: Duration = Duration::from_secs(2);
 const RELAY_RETRY: Duration = Duration::from_millis(200);
 /// How long one change-feed request waits for an ownership change.
 const WATCH_WAIT: Duration = Duration::from_secs(10);
+/// How long fetching the owner's HLS window (`FetchWindow`) may take before the
+/// relay's window starts with the live frames only.
+const WINDOW_FETCH_WAIT: Duration = Duration::from_secs(3);
 /// After losing its owner's link, how long a relay waits for the claim to move before
 /// trying the same owner again (its link may just have blinked).
 const LOST_OWNER_WAIT: Duration = Duration::from_millis(1500);
@@ -472,21 +480,38 @@ pub struct Relays {
 pub struct Relay {
     pub stream: StreamKey,
     hub: watch::Sender<Option<Arc<Hub>>>,
+    /// Leases held: players and HLS packaging tasks.
     players: AtomicUsize,
+    /// HLS leases among them: while there is one, the hub keeps the HLS window.
+    hls: watch::Sender<usize>,
     stop: CancellationToken,
     /// The owner this relay is subscribed to (0: none).
     owner: AtomicU64,
 }
 
-/// A player's hold on a relay; the last one dropped stops it.
+/// A player's (or an HLS packaging task's) hold on a relay; the last one dropped
+/// stops it.
 pub struct Lease {
     ctx: Arc<EdgeContext>,
     pub relay: Arc<Relay>,
+    /// An HLS lease ([`Relays::join_hls`]).
+    hls: bool,
 }
 
 impl Relays {
     /// Joins the relay of `stream`, starting it if this is its first player.
     pub fn join(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey) -> Lease {
+        self.join_as(ctx, stream, false)
+    }
+
+    /// Joins the relay of `stream` for HLS packaging: while the lease is held the
+    /// relay's hub keeps the HLS window, fetched from the owner if the relay was
+    /// subscribed without it. Not counted as a player.
+    pub fn join_hls(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey) -> Lease {
+        self.join_as(ctx, stream, true)
+    }
+
+    fn join_as(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey, hls: bool) -> Lease {
         let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
         let relay = relays
             .entry(stream.clone())
@@ -495,6 +520,7 @@ impl Relays {
                     stream: stream.clone(),
                     hub: watch::Sender::new(None),
                     players: AtomicUsize::new(0),
+                    hls: watch::Sender::new(0),
                     stop: ctx.shutdown.child_token(),
                     owner: AtomicU64::new(0),
                 });
@@ -503,23 +529,45 @@ impl Relays {
             })
             .clone();
         relay.players.fetch_add(1, Ordering::Relaxed);
-        Lease { ctx: ctx.clone(), relay }
+        if hls {
+            relay.hls.send_modify(|n| *n += 1);
+        }
+        Lease { ctx: ctx.clone(), relay, hls }
     }
 
-    /// (stream, players, owner) of every relay.
+    /// (stream, players, owner) of every relay; HLS packaging tasks are not players.
     pub fn snapshot(&self) -> Vec<(StreamKey, usize, u64)> {
         let relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
         let mut all: Vec<_> = relays
             .values()
-            .map(|r| (r.stream.clone(), r.players.load(Ordering::Relaxed), r.owner.load(Ordering::Relaxed)))
+            .map(|r| {
+                let players = r.players.load(Ordering::Relaxed).saturating_sub(*r.hls.borrow());
+                (r.stream.clone(), players, r.owner.load(Ordering::Relaxed))
+            })
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// (relays whose hub keeps an HLS window of frames, the bytes of those windows):
+    /// what relaying costs for HLS beyond the packaged windows (`edge_relay_hls_windows`,
+    /// `edge_relay_window_bytes`). A hub keeps one only while HLS starts on its stream:
+    /// the packaging task takes it ([`Hub::take_window`]).
+    pub fn windows(&self) -> (usize, usize) {
+        let relays: Vec<Arc<Relay>> = self.relays.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        relays
+            .iter()
+            .filter_map(|r| r.hub.borrow().clone())
+            .filter(|h| h.keeps_window())
+            .fold((0, 0), |(n, b), h| (n + 1, b + h.window_size().2))
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.hls {
+            self.relay.hls.send_modify(|n| *n = n.saturating_sub(1));
+        }
         let mut relays = self.ctx.relays.relays.lock().unwrap_or_else(|p| p.into_inner());
         if self.relay.players.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.relay.stop.cancel();
@@ -621,6 +669,10 @@ impl Generation {
         let limits =
             HubLimits { queue: ctx.config.player_queue, window: Some(ctx.config.hls_window), ..HubLimits::default() };
         let hub = Hub::with_drop_counter(limits, ctx.stats.player_drops.clone());
+        if *relay.hls.borrow() == 0 {
+            // Players only: no window until HLS asks for one.
+            hub.stop_window();
+        }
         relay.hub.send_replace(Some(hub.clone()));
         Generation {
             hub,
@@ -659,8 +711,9 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner)
     }
     let resume = g.continuity.lock().unwrap_or_else(|p| p.into_inner()).resume_point();
     // The generation's first subscription brings the owner's HLS window as history
-    // (kept for HLS readers, not given to players) ahead of the live GOP.
-    let window = resume.is_none() && !g.subscribed.load(Ordering::Relaxed);
+    // (kept for HLS readers, not given to players) ahead of the live GOP, if HLS is
+    // packaged here (the hub keeps a window); a window wanted later is fetched.
+    let window = resume.is_none() && !g.subscribed.load(Ordering::Relaxed) && g.hub.keeps_window();
     let sink =
         Sink { hub: g.hub.clone(), continuity: g.continuity.clone(), history: Arc::new(AtomicBool::new(window)) };
     let (channel, mut events) = up.open(Some(sink));
@@ -685,6 +738,8 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner)
     }
     tracing::info!(%stream, owner = owner.claim.owner, epoch = owner.claim.epoch, "relaying");
     relay.owner.store(owner.claim.owner, Ordering::Relaxed);
+    let mut hls = relay.hls.subscribe();
+    hls.mark_changed();
     let epoch = owner.claim.epoch;
     let watch = async {
         loop {
@@ -706,6 +761,10 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner)
                 Some(_) => {}
             },
             next = &mut watch => break Followed::Moved(next),
+            changed = hls.changed() => if changed.is_ok() {
+                let wanted = *hls.borrow_and_update() > 0;
+                sync_window(ctx, relay, g, &up, wanted);
+            },
             _ = relay.stop.cancelled() => {
                 let _ = up.control(Control::Unsubscribe { channel });
                 break Followed::Stopped;
@@ -719,6 +778,53 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner)
     let duplicates = std::mem::take(&mut g.continuity.lock().unwrap_or_else(|p| p.into_inner()).duplicates);
     ctx.stats.relay_duplicates.fetch_add(duplicates, Ordering::Relaxed);
     outcome
+}
+
+/// Keeps the generation's HLS window while HLS is `wanted` and lets it go when not.
+/// A window started on a hub already relaying is fetched from the owner on a channel
+/// of its own and joined to what came live meanwhile; players see nothing of it.
+fn sync_window(ctx: &EdgeContext, relay: &Relay, g: &Generation, up: &Arc<Upstream>, wanted: bool) {
+    if !wanted {
+        if g.hub.keeps_window() {
+            tracing::debug!(stream = %relay.stream, "no HLS here any more: the relay's window goes");
+        }
+        g.hub.stop_window();
+        return;
+    }
+    if !g.hub.start_window() {
+        return;
+    }
+    let (up, hub, stream, stop) = (up.clone(), g.hub.clone(), relay.stream.clone(), relay.stop.clone());
+    let max_bytes = ctx.config.hls_window.max_bytes;
+    tokio::spawn(async move {
+        let fetched = tokio::select! {
+            fetched = fetch_window(&up, &stream, max_bytes) => fetched,
+            _ = stop.cancelled() => None,
+        };
+        let count = fetched.as_ref().map_or(0, Vec::len);
+        let joined = hub.splice_window(fetched.unwrap_or_default());
+        tracing::info!(%stream, frames = count, joined, "HLS window fetched from the owner");
+    });
+}
+
+/// Asks `up`'s origin for `stream`'s HLS window (`FetchWindow`); `None` if it has
+/// none, does not answer in [`WINDOW_FETCH_WAIT`], or sends more than `max_bytes`.
+async fn fetch_window(up: &Upstream, stream: &StreamKey, max_bytes: usize) -> Option<Vec<Frame>> {
+    let (channel, mut events, collected) = up.open_collect(max_bytes);
+    let fetch = async {
+        up.control(Control::FetchWindow { channel, stream: stream.clone() }).ok()?;
+        loop {
+            match events.recv().await? {
+                // In order with the media: everything sent is collected.
+                ChannelEvent::Control(Control::WindowEnd { .. }) => return collected.take(),
+                ChannelEvent::Control(_) | ChannelEvent::Down(_) => return None,
+                ChannelEvent::Up => {}
+            }
+        }
+    };
+    let fetched = tokio::time::timeout(WINDOW_FETCH_WAIT, fetch).await.ok().flatten();
+    up.close(channel);
+    fetched
 }
 
 async fn pause(relay: &Relay, d: Duration) {

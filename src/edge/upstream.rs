@@ -41,6 +41,40 @@ struct Channel {
     events: mpsc::Sender<ChannelEvent>,
     /// Where media arriving on the channel goes (subscriptions).
     sink: Option<Sink>,
+    /// Or what collects it (a fetched HLS window).
+    collect: Option<Arc<Collected>>,
+}
+
+/// The frames of a fetched HLS window (`FetchWindow`), collected as they arrive.
+/// Bounded by bytes: past the bound the rest is dropped and the fetch counts as
+/// failed (the edge then starts its window with what is live).
+pub struct Collected {
+    max_bytes: usize,
+    inner: Mutex<(Vec<crate::media::Frame>, usize, bool)>,
+}
+
+impl Collected {
+    fn push(&self, frame: crate::media::Frame) {
+        let mut inner = lock(&self.inner);
+        let (frames, bytes, over) = &mut *inner;
+        if *over {
+            return;
+        }
+        *bytes += frame.cost();
+        if *bytes > self.max_bytes {
+            *over = true;
+            frames.clear();
+        } else {
+            frames.push(frame);
+        }
+    }
+
+    /// What arrived, or `None` if it went over the bound.
+    pub fn take(&self) -> Option<Vec<crate::media::Frame>> {
+        let mut inner = lock(&self.inner);
+        let (frames, _, over) = &mut *inner;
+        (!*over).then(|| std::mem::take(frames))
+    }
 }
 
 /// Where a subscription's media goes: through the relay's continuity filter (shared by
@@ -150,8 +184,17 @@ impl Upstream {
     pub fn open(&self, sink: Option<Sink>) -> (ChannelId, mpsc::Receiver<ChannelEvent>) {
         let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
         let id = ChannelId(self.next_channel.fetch_add(1, Ordering::Relaxed));
-        lock(&self.channels).insert(id, Channel { events: tx, sink });
+        lock(&self.channels).insert(id, Channel { events: tx, sink, collect: None });
         (id, rx)
+    }
+
+    /// Opens a channel whose media is collected, up to `max_bytes` (`FetchWindow`).
+    pub fn open_collect(&self, max_bytes: usize) -> (ChannelId, mpsc::Receiver<ChannelEvent>, Arc<Collected>) {
+        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        let id = ChannelId(self.next_channel.fetch_add(1, Ordering::Relaxed));
+        let collect = Arc::new(Collected { max_bytes, inner: Mutex::default() });
+        lock(&self.channels).insert(id, Channel { events: tx, sink: None, collect: Some(collect.clone()) });
+        (id, rx, collect)
     }
 
     /// Forgets a channel: nothing more is routed to it.
@@ -185,9 +228,14 @@ async fn dispatch(up: Arc<Upstream>, mut events: mpsc::Receiver<LinkEvent>) {
             LinkEvent::Frame(LinkFrame::Media(MediaFrame { channel, frame })) => {
                 up.frames_in.fetch_add(1, Ordering::Relaxed);
                 up.bytes_in.fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
-                let sink = lock(&up.channels).get(&channel).and_then(|c| c.sink.clone());
+                let (sink, collect) = match lock(&up.channels).get(&channel) {
+                    Some(c) => (c.sink.clone(), c.collect.clone()),
+                    None => (None, None),
+                };
                 if let Some(sink) = sink {
                     sink.deliver(frame);
+                } else if let Some(collect) = collect {
+                    collect.push(frame);
                 }
             }
             LinkEvent::Frame(LinkFrame::Control(control)) => {

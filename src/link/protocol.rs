@@ -110,4 +110,15 @@ pub enum Control {
     WindowEnd {
         channel: ChannelId,
     },
+    /// Edge → origin: send `stream`'s HLS window on `channel` (a channel of its own,
+    /// not a subscription): every frame of the window as the origin holds it now (the
+    /// headers in effect at its start, then from the oldest segment start to the
+    /// newest frame), then `WindowEnd`; `NotFound` if this origin has no such stream.
+    /// Nothing live follows. An edge whose relay was subscribed without the window
+    /// (its players play RTMP or HTTP-FLV only) asks for it when HLS starts there, and
+    /// joins it to the live frames its relay already has.
+    FetchWindow {
+        channel: ChannelId,
+        stream: StreamKey,
+    },
 }

@@ -35,7 +35,8 @@ pub struct HubLimits {
     /// ([`Hub::subscribe_after`]); `None`: no history (edge hubs).
     pub history: Option<RetainLimits>,
     /// Keep the frames of the last HLS segments for readers that start late
-    /// ([`Hub::subscribe_window`]); `None`: no window.
+    /// ([`Hub::subscribe_window`]); `None`: no window. Also the bounds of a window
+    /// started later ([`Hub::start_window`]) on a hub whose window was stopped.
     pub window: Option<WindowLimits>,
 }
 
@@ -104,8 +105,16 @@ struct HubState {
     gop: GopCache,
     history: Option<Retained>,
     window: Option<SegmentWindow>,
+    /// While a window started late waits for the earlier frames
+    /// ([`Hub::start_window`] until [`Hub::splice_window`]): the frames published since.
+    tail: Option<Tail>,
+    /// The window went to the reader that packages the stream ([`Hub::take_window`]):
+    /// none is kept or started until [`Hub::stop_window`].
+    handed_over: bool,
     /// Where the HLS numbering of the frames published so far stands.
     last_mark: Option<Continuation>,
+    /// The last frame published (where a window started late joins what came before).
+    last: Option<Frame>,
     readers: Vec<Entry>,
     next_id: u64,
     ended: bool,
@@ -158,7 +167,10 @@ impl Hub {
                 gop: GopCache::new(limits.gop),
                 history: limits.history.map(Retained::new),
                 window: limits.window.map(SegmentWindow::new),
+                tail: None,
+                handed_over: false,
                 last_mark: None,
+                last: None,
                 readers: Vec::new(),
                 next_id: 0,
                 ended: false,
@@ -167,7 +179,15 @@ impl Hub {
     }
 
     /// The history ahead of the live stream is complete (the link's `WindowEnd`).
+    /// Ignored while the hub keeps no window: a `WindowEnd` that arrives after the
+    /// window was stopped must not let a later window's reader start before that
+    /// window's earlier frames are here.
     pub fn end_history(&self) {
+        let state = lock(&self.state);
+        if state.window.is_none() && state.tail.is_none() {
+            return;
+        }
+        drop(state);
         self.history_done.store(true, Ordering::Release);
         self.history_notify.notify_waiters();
     }
@@ -208,9 +228,23 @@ impl Hub {
         if let Some(window) = &mut state.window {
             window.push(&frame);
         }
+        let tail_over = state.tail.as_mut().is_some_and(|tail| {
+            tail.bytes += frame.cost();
+            tail.frames.push(frame.clone());
+            tail.bytes > self.limits.window.map_or(0, |w| w.max_bytes)
+        });
+        if tail_over {
+            // The earlier frames are taking too long: the window starts with what came
+            // since (the tail is never held past the window's own bound).
+            tracing::debug!("HLS window tail over its bound; starting the window from it");
+            Self::join_window(&mut state, self.limits, Vec::new());
+            self.history_done.store(true, Ordering::Release);
+            self.history_notify.notify_waiters();
+        }
         if let Some(mark) = &frame.hls {
             state.last_mark = Continuation::after(state.last_mark, mark);
         }
+        state.last = Some(frame.clone());
         let start = state.gop.is_start(&frame);
         // Headers of the history go to every reader: a player already waiting needs
         // them, and the relay's continuity drops their live repeat as unchanged.
@@ -322,6 +356,20 @@ impl Hub {
         Subscription { hub: self.clone(), reader }
     }
 
+    /// [`Hub::subscribe_window`] for the one reader that packages the stream on this
+    /// edge: the window goes to it and the hub keeps none after (the packaged window
+    /// holds the same media from then on; keeping both doubled an HLS stream's memory),
+    /// nor starts one, until [`Hub::stop_window`]. A window still waiting for its
+    /// earlier frames is given up: the reader starts with what is here.
+    pub fn take_window(self: &Arc<Self>) -> Subscription {
+        let subscription = self.subscribe_window();
+        let mut state = lock(&self.state);
+        state.window = None;
+        state.tail = None;
+        state.handed_over = true;
+        subscription
+    }
+
     /// Subscribes a relay for an edge that starts the stream (an origin's side of
     /// `SubscribeWindow`): the window's frames that precede the live start, to be sent
     /// as history, and a subscription from the GOP like [`Hub::subscribe`]. Taken
@@ -357,10 +405,81 @@ impl Hub {
         lock(&self.state).last_mark
     }
 
-    /// (segments, frames, bytes) of the HLS window held.
+    /// (segments, frames, bytes) of the HLS window held (a tail waiting for the
+    /// window's earlier frames counts as frames and bytes).
     pub fn window_size(&self) -> (usize, usize, usize) {
         let state = lock(&self.state);
-        state.window.as_ref().map_or((0, 0, 0), |w| (w.segments(), w.frames(), w.bytes()))
+        let (segments, frames, bytes) =
+            state.window.as_ref().map_or((0, 0, 0), |w| (w.segments(), w.frames(), w.bytes()));
+        let (tail_frames, tail_bytes) = state.tail.as_ref().map_or((0, 0), |t| (t.frames.len(), t.bytes));
+        (segments, frames + tail_frames, bytes + tail_bytes)
+    }
+
+    /// Whether this hub keeps an HLS window now (or is starting one).
+    pub fn keeps_window(&self) -> bool {
+        let state = lock(&self.state);
+        state.window.is_some() || state.tail.is_some()
+    }
+
+    /// Every frame of the HLS window, in order (an origin's answer to `FetchWindow`).
+    pub fn window_frames(&self) -> Vec<Frame> {
+        lock(&self.state).window.as_ref().map_or_else(Vec::new, |w| w.replay().cloned().collect())
+    }
+
+    /// Stops keeping the HLS window and lets go of its frames (nobody on this edge
+    /// reads the stream over HLS). Players are not affected.
+    pub fn stop_window(&self) {
+        let mut state = lock(&self.state);
+        state.window = None;
+        state.tail = None;
+        state.handed_over = false;
+        self.history_done.store(false, Ordering::Release);
+    }
+
+    /// Starts keeping the HLS window on a hub that has none (HLS starts on an edge
+    /// whose relay carried players only): frames published from now on are kept apart
+    /// until [`Hub::splice_window`] brings the earlier ones. `false` when the hub keeps
+    /// a window already (nothing to fetch). Players are not affected.
+    pub fn start_window(&self) -> bool {
+        let mut state = lock(&self.state);
+        if state.window.is_some() || state.tail.is_some() || state.handed_over || self.limits.window.is_none() {
+            return false;
+        }
+        self.history_done.store(false, Ordering::Release);
+        state.tail = Some(Tail { anchor: state.last.clone(), ..Tail::default() });
+        true
+    }
+
+    /// Joins the window's earlier frames (what the owner held, `FetchWindow`) to the
+    /// frames published since [`Hub::start_window`], and keeps the window from then on
+    /// as if the hub had always kept it; then the history is over
+    /// ([`Hub::history_ended`]). `fetched` must reach the first frame published since
+    /// (it was taken after it); where it does not, or is empty, the window starts with
+    /// what was published since. Returns whether the two joined. Does nothing (`false`)
+    /// when the window was stopped or already joined meanwhile.
+    pub fn splice_window(&self, fetched: Vec<Frame>) -> bool {
+        let mut state = lock(&self.state);
+        if state.tail.is_none() {
+            return false;
+        }
+        let joined = Self::join_window(&mut state, self.limits, fetched);
+        drop(state);
+        self.end_history();
+        joined
+    }
+
+    fn join_window(state: &mut HubState, limits: HubLimits, fetched: Vec<Frame>) -> bool {
+        let Some(tail) = state.tail.take() else { return false };
+        let mut window = SegmentWindow::new(limits.window.unwrap_or_default());
+        let at = join_point(&fetched, tail.anchor.as_ref(), &tail.frames);
+        for frame in &fetched[..at.unwrap_or(0)] {
+            window.push(frame);
+        }
+        for frame in &tail.frames {
+            window.push(frame);
+        }
+        state.window = Some(window);
+        at.is_some()
     }
 
     /// The stream ended: readers get what is queued, then `None`.
@@ -376,6 +495,57 @@ impl Hub {
     pub fn reader_count(&self) -> usize {
         lock(&self.state).readers.len()
     }
+}
+
+/// Frames published while a late window waits for its earlier frames.
+#[derive(Default)]
+struct Tail {
+    /// The last frame published before the tail began: where the fetched frames
+    /// must join it.
+    anchor: Option<Frame>,
+    frames: Vec<Frame>,
+    bytes: usize,
+}
+
+/// The same frame on both sides of a splice: everything but the RTMP timestamp, which
+/// a relay's continuity may have rebased (HLS packages the mark's timeline, never the
+/// timestamp).
+fn same_frame(a: &Frame, b: &Frame) -> bool {
+    a.kind == b.kind && a.header == b.header && a.keyframe == b.keyframe && a.hls == b.hls && a.payload == b.payload
+}
+
+/// How many of the `fetched` frames (a window taken after the tail began) come before
+/// the `tail`: up to and including the `anchor` (the last frame published before the
+/// tail), or up to the tail's first frame, such that whatever `fetched` holds after
+/// that point is the tail's beginning (headers the relay's continuity dropped as
+/// unchanged repeats aside). The anchor also joins a window taken before any tail
+/// frame reached the edge (no overlap at all). `None` when they do not meet.
+fn join_point(fetched: &[Frame], anchor: Option<&Frame>, tail: &[Frame]) -> Option<usize> {
+    let leads_into_tail = |rest: &[Frame]| {
+        let mut t = tail.iter().peekable();
+        for f in rest {
+            match t.peek() {
+                None => return true,
+                Some(next) if same_frame(f, next) => {
+                    t.next();
+                }
+                Some(_) if f.header => {}
+                Some(_) => return false,
+            }
+        }
+        true
+    };
+    let after_anchor = anchor.and_then(|anchor| {
+        (0..fetched.len())
+            .rev()
+            .filter(|&p| same_frame(&fetched[p], anchor))
+            .find(|&p| leads_into_tail(&fetched[p + 1..]))
+    });
+    if let Some(p) = after_anchor {
+        return Some(p + 1);
+    }
+    let first = tail.first()?;
+    (0..fetched.len()).filter(|&p| same_frame(&fetched[p], first)).find(|&p| leads_into_tail(&fetched[p..]))
 }
 
 /// Whether `history` holds everything after `point`: it reaches back to (or before) the
@@ -714,6 +884,120 @@ mod tests {
         let late_sub = edge.subscribe_window();
         let late: Vec<Frame> = std::iter::from_fn(|| late_sub.try_recv()).collect();
         assert_eq!(late, hls_got);
+    }
+
+    #[tokio::test]
+    async fn a_window_started_late_joins_the_owners_exactly_and_players_see_nothing_of_it() {
+        let stream = marked_stream(30 * 16);
+        let origin = Hub::new(with_window(6));
+        // An edge relaying to a player only: no window.
+        let limits = HubLimits { queue: QueueLimits { max_frames: 4096, max_bytes: usize::MAX }, ..with_window(6) };
+        let edge = Hub::new(limits);
+        edge.stop_window();
+        assert!(!edge.keeps_window());
+        let player = edge.subscribe();
+        // The relay's continuity may have rebased the edge's timestamps: the join must
+        // not depend on them.
+        let relayed = |f: &Frame| Frame { timestamp: f.timestamp.wrapping_add(7), ..f.clone() };
+        let (a, b, c) = (30 * 8, 30 * 8 + 17, 30 * 9 + 5);
+        for f in &stream[..a] {
+            origin.publish(f.clone());
+            edge.publish(relayed(f));
+        }
+        assert_eq!(edge.window_size(), (0, 0, 0), "players only: nothing kept for HLS");
+        // HLS starts: the edge keeps what comes from now on; the owner's window is taken
+        // after that (the fetch), while frames keep coming to both.
+        assert!(edge.start_window());
+        assert!(!edge.start_window(), "started once");
+        for f in &stream[a..b] {
+            origin.publish(f.clone());
+            edge.publish(relayed(f));
+        }
+        let fetched = origin.window_frames();
+        for f in &stream[b..c] {
+            origin.publish(f.clone());
+            edge.publish(relayed(f));
+        }
+        let hls = {
+            let waiting = edge.clone();
+            tokio::spawn(async move { waiting.history_ended().await })
+        };
+        assert!(edge.splice_window(fetched), "the owner's window reaches the first frame kept since");
+        tokio::time::timeout(Duration::from_secs(5), hls).await.unwrap().unwrap();
+        for f in &stream[c..] {
+            origin.publish(f.clone());
+            edge.publish(relayed(f));
+        }
+        // The edge's window is the owner's: same frames, same marks, same segments.
+        let ours: Vec<Frame> = std::iter::from_fn({
+            let sub = edge.subscribe_window();
+            move || sub.try_recv()
+        })
+        .collect();
+        let theirs = origin.window_frames();
+        assert_eq!(ours.len(), theirs.len());
+        assert!(ours.iter().zip(&theirs).all(|(x, y)| same_frame(x, y)), "the same window as the owner's");
+        assert_eq!(edge.window_size().0, origin.window_size().0);
+        // The player got the live stream, every frame once, in order, nothing else.
+        let got: Vec<Frame> = std::iter::from_fn(|| player.try_recv()).collect();
+        let want: Vec<Frame> = stream.iter().map(relayed).collect();
+        assert!(got == want, "a player sees no change when HLS starts: {} frames of {}", got.len(), want.len());
+        // The packager takes the window: the same frames, and the hub keeps none after.
+        let packager = edge.take_window();
+        let taken: Vec<Frame> = std::iter::from_fn(|| packager.try_recv()).collect();
+        assert!(taken.len() == ours.len() && taken.iter().zip(&ours).all(|(x, y)| same_frame(x, y)));
+        assert_eq!(edge.window_size(), (0, 0, 0), "not kept twice");
+        assert!(!edge.start_window(), "nor started again while the packager reads");
+        // HLS stops: the window goes, players go on.
+        edge.stop_window();
+        assert_eq!(edge.window_size(), (0, 0, 0));
+        assert!(!edge.keeps_window());
+        assert!(edge.start_window(), "HLS may start again");
+        edge.stop_window();
+        let more = video(100_000, true);
+        edge.publish(more.clone());
+        assert_eq!(player.try_recv(), Some(more), "nor when it stops");
+    }
+
+    #[test]
+    fn a_window_taken_before_any_tail_frame_joins_at_the_last_frame_before_it() {
+        // The owner answered before the next frame reached the edge: no overlap.
+        let stream = marked_stream(30 * 12);
+        let origin = Hub::new(with_window(6));
+        let edge = Hub::new(with_window(6));
+        edge.stop_window();
+        for f in &stream[..250] {
+            origin.publish(f.clone());
+            edge.publish(f.clone());
+        }
+        assert!(edge.start_window());
+        let fetched = origin.window_frames();
+        for f in &stream[250..] {
+            origin.publish(f.clone());
+            edge.publish(f.clone());
+        }
+        assert!(edge.splice_window(fetched));
+        assert!(edge.window_frames() == origin.window_frames(), "the same window as the owner's");
+    }
+
+    #[test]
+    fn a_fetched_window_that_misses_the_live_frames_is_not_joined() {
+        let stream = marked_stream(30 * 10);
+        let edge = Hub::new(with_window(6));
+        edge.stop_window();
+        assert!(edge.start_window());
+        for f in &stream[200..] {
+            edge.publish(f.clone());
+        }
+        // Frames that end before the tail starts: a gap, so they are left out.
+        assert!(!edge.splice_window(stream[..150].to_vec()));
+        let kept: Vec<Frame> = edge.window_frames();
+        let first_start = 200 + stream[200..].iter().position(segment_opens).unwrap();
+        assert!(kept == stream[first_start..], "the window starts with what came live (no header came since)");
+        // Stopped meanwhile: a late answer changes nothing.
+        edge.stop_window();
+        assert!(!edge.splice_window(stream.clone()));
+        assert!(!edge.keeps_window());
     }
 
     #[tokio::test]

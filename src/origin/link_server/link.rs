@@ -142,6 +142,7 @@ impl Link {
                 self.subscribe(channel, stream, Start::After(after)).await
             }
             LinkFrame::Control(Control::Unsubscribe { channel }) => self.unsubscribe(channel),
+            LinkFrame::Control(Control::FetchWindow { channel, stream }) => self.fetch_window(channel, stream).await,
             LinkFrame::Control(other) => tracing::debug!(?other, "ignored control frame"),
         }
     }
@@ -296,6 +297,27 @@ impl Link {
             let _ = tx.send(LinkFrame::Control(Control::Ended { channel })).await;
         });
         self.pumps.insert(channel, (stream, pump));
+    }
+
+    /// Sends `stream`'s HLS window on `channel`, then `WindowEnd` (`FetchWindow`). Off
+    /// the read loop: the frames go through the link's bounded send queue like a
+    /// pump's. The window is bounded (`--hls-window-*`), so is what this sends.
+    async fn fetch_window(&mut self, channel: ChannelId, stream: StreamKey) {
+        let Some(hub) = self.ctx.hub(&stream) else {
+            self.send(Control::NotFound { channel }).await;
+            return;
+        };
+        let frames = hub.window_frames();
+        tracing::debug!(%stream, ?channel, frames = frames.len(), "sending the HLS window");
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            for frame in frames {
+                if tx.send(LinkFrame::Media(MediaFrame { channel, frame })).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(LinkFrame::Control(Control::WindowEnd { channel })).await;
+        });
     }
 
     fn unsubscribe(&mut self, channel: ChannelId) {

@@ -204,6 +204,12 @@ impl LinkContext {
         Some(s.hub.clone())
     }
 
+    /// The hub of `stream` if this origin has one now (nothing is created or
+    /// registered: `FetchWindow` only reads its window).
+    pub(super) fn hub(&self, stream: &StreamKey) -> Option<Arc<Hub>> {
+        self.streams().get(stream).map(|s| s.hub.clone())
+    }
+
     /// Attaches `publisher` to `stream` if the applied claim is exactly the one it
     /// names and this origin owns it; whoever published before is fenced. Otherwise
     /// says why not.
