@@ -126,8 +126,14 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// The two tests take turns: each is a whole cluster, Chromium and three ffmpegs, and
+/// side by side on two cores hls.js started ~2 s behind live (p50 1,975 ms, no stall)
+/// and failed the latency bound.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let secs: u64 = std::env::var("HLS_LB_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -209,6 +215,7 @@ const TESTSRC: &str = "testsrc=size=640x360:rate=30";
 /// the numbering running on (msn + 1, discontinuity sequence + 1). About 60 s.
 #[test]
 fn players_behind_haproxy_never_notice_the_publisher_reconnecting_through_the_other_edge() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let first: u64 = std::env::var("HLS_RECONNECT_AFTER").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
