@@ -72,9 +72,14 @@ pub async fn snapshot_by_bytes(
                 return;
             }
         }
-        let (snapshot, purged) = {
+        let (snapshot, purged, slowest_follower) = {
             let m = raft.metrics().borrow().clone();
-            (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index))
+            // On the leader, the least index every follower has (`None` elsewhere).
+            let slowest = m
+                .replication
+                .as_ref()
+                .map(|r| r.iter().filter(|(id, _)| **id != m.id).map(|(_, l)| l.as_ref().map_or(0, |l| l.index)).min());
+            (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index), slowest.flatten())
         };
         let Some(snapshot) = snapshot else { continue };
         if purged_behind == Some(snapshot) {
@@ -86,6 +91,15 @@ pub async fn snapshot_by_bytes(
             _ => continue,
         };
         // Beyond what openraft's `--snapshot-keep` purge left, when that is too many bytes.
+        // On the leader only once every follower has those entries: openraft defers a
+        // purge replication still reads, and a purge still pending when the next
+        // snapshot schedules its own, lower one trips openraft's `purge_upto` must not
+        // go back (a debug assertion: `tests/raft_load.rs` panicked the leader on it).
+        // A follower behind holds this purge back until it catches up (or openraft's
+        // own purge and the snapshot take over).
+        if keep > 0 && slowest_follower.is_some_and(|s| s < keep - 1) {
+            continue;
+        }
         if keep > 0 && purged.is_none_or(|p| p < keep - 1) {
             tracing::debug!(snapshot, upto = keep - 1, "purge by bytes");
             if raft.trigger().purge_log(keep - 1).await.is_err() {

@@ -320,6 +320,10 @@ impl Cluster {
     pub fn dump_logs(&self) {
         for id in self.origins.keys() {
             if let Ok(log) = std::fs::read_to_string(self.log_path(*id)) {
+                // A panic's message is usually far above the tail.
+                for line in log.lines().filter(|l| l.contains("panicked")).take(5) {
+                    eprintln!("origin-{id}: {line}");
+                }
                 let tail: Vec<&str> = log.lines().rev().take(80).collect();
                 eprintln!("--- origin-{id} log (last 40 lines) ---");
                 for line in tail.iter().rev() {
