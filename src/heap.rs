@@ -27,9 +27,9 @@ pub fn stats() -> Option<HeapStats> {
 /// How long, in ms, freed pages stay in the allocator before they go back to the
 /// kernel: every arena now and every arena made later. jemalloc's default is 10 s,
 /// paced by a smoothed curve, and its background threads are what purge an idle arena:
-/// an origin 60 s after a flood of refused writes still held ~18 MiB of freed pages
-/// with the default and gave them back with 1 s (docs/origin-cluster.md, "Memory
-/// after a burst"). Origins set it; edges keep the default, whose frames churn through
+/// 60 s after a flood of refused writes the origins held 54-56 MiB with the default
+/// and 41-43 MiB with 1 s, the same flood (docs/origin-cluster.md, "Memory after a
+/// burst"). Origins set it; edges keep the default, whose frames churn through
 /// the same pages all the time. Errors (another allocator) are ignored.
 pub fn set_dirty_decay_ms(ms: isize) {
     use tikv_jemalloc_ctl::{Access, AsName};
