@@ -171,17 +171,23 @@ async fn owner_of(c: &Cluster, via: u64, name: &str) -> Option<u64> {
     e["owner"].as_u64()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_reconnect() {
-    let name = "marks";
-    let stream = StreamKey::new("live", name).unwrap();
-    let mut c = Cluster::start(3).await;
-    // Owned by a follower, so killing the owner does not also cost an election.
+/// Pins `live/{name}` to an origin that does not lead, so killing the stream's owner
+/// does not also cost an election; returns the leader and the pinned origin.
+async fn pin_to_a_follower(c: &Cluster, name: &str) -> (u64, u64) {
     let leader = c.leader(None).await.expect("a leader");
     let pinned = (1..=3).find(|i| *i != leader).unwrap();
     let body = serde_json::json!({ "origin": pinned });
     let (s, v) = c.call(leader, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
     assert!(s.is_success(), "{v}");
+    (leader, pinned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_reconnect() {
+    let name = "marks";
+    let stream = StreamKey::new("live", name).unwrap();
+    let mut c = Cluster::start(3).await;
+    let (leader, pinned) = pin_to_a_follower(&c, name).await;
     let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
     let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
     let dir = c.dir.path().to_owned();
@@ -327,12 +333,7 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<bytes::Bytes, Stri
 async fn an_edge_starting_hls_after_an_owner_failover_serves_the_whole_window_of_the_others() {
     let name = "latewindow";
     let mut c = Cluster::start(3).await;
-    // Owned by a follower, so killing the owner does not also cost an election.
-    let leader = c.leader(None).await.expect("a leader");
-    let pinned = (1..=3).find(|i| *i != leader).unwrap();
-    let body = serde_json::json!({ "origin": pinned });
-    let (s, v) = c.call(leader, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
-    assert!(s.is_success(), "{v}");
+    let (leader, _) = pin_to_a_follower(&c, name).await;
     let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
     let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
     let dir = c.dir.path().to_owned();

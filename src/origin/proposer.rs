@@ -700,22 +700,13 @@ impl Proposer {
     /// Executes `req` if this node leads; otherwise says who does.
     pub async fn execute_here(&self, req: &Forward) -> ForwardReply {
         match req {
-            Forward::Write(req) => match self.refused_ahead(req) {
-                Some(refused) => refused,
-                None => self.write_here(req).await,
-            },
+            Forward::Write(req) => self.write_here(req).await,
             Forward::WriteBatch(reqs) if reqs.len() > MAX_BATCH => {
                 failed(FailKind::BadRequest, format!("{} writes in one batch; at most {MAX_BATCH}", reqs.len()))
             }
-            Forward::WriteBatch(reqs) => ForwardReply::Batch(
-                futures::future::join_all(reqs.iter().map(|req| async move {
-                    match self.refused_ahead(req) {
-                        Some(refused) => refused,
-                        None => self.write_here(req).await,
-                    }
-                }))
-                .await,
-            ),
+            Forward::WriteBatch(reqs) => {
+                ForwardReply::Batch(futures::future::join_all(reqs.iter().map(|req| self.write_here(req))).await)
+            }
             Forward::Lookup { stream } => {
                 let claim = self.state.read(|sm| sm.streams.get(stream).cloned());
                 self.owner_reply(claim)
@@ -894,8 +885,12 @@ impl Proposer {
         Some(ForwardReply::Written(Response::Rejected(rejection)))
     }
 
-    /// Queues `request` for the batcher and waits for its answer.
+    /// Queues `request` for the batcher and waits for its answer (unless it is
+    /// [refused ahead](Self::refused_ahead)).
     async fn write_here(&self, request: &Request) -> ForwardReply {
+        if let Some(refused) = self.refused_ahead(request) {
+            return refused;
+        }
         let bytes = encoded_len(request);
         let mut permit = None;
         if admitted_by_budget(&request.command) {
