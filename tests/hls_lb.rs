@@ -153,12 +153,20 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
     let (play_out, rec_out, check_out) =
         (dir.path().join("play.json"), dir.path().join("record.json"), dir.path().join("check.json"));
     let s = secs.to_string();
-    let mut play = node(&["play.mjs", &url, &s, "--max-stall-ms", "2000", "--max-p50-ms", "1500"], &play_out);
+    let min_segments = (secs * 5 / 6).to_string();
+    // A low-latency player catches up after a slow start or a stall (AVPlayer does so on
+    // its own; hls.js when maxLiveSyncPlaybackRate > 1): the bound is then on the latency
+    // the edges allow, not on how busy the machine was when Chromium started.
+    let mut play = node(
+        &["play.mjs", &url, &s, "--max-stall-ms", "2000", "--max-p50-ms", "1500", "--catch-up", "1.25"],
+        &play_out,
+    );
     let mut rec = node(&["record.mjs", &url, &s, "--source", &source.display().to_string()], &rec_out);
     let mut check = node(
         &["check-playlists.mjs", "--edge", &edge(1), "--edge", &edge(2), "--lb", &url, "--seconds", &s]
             .into_iter()
-            .chain(["--ll", "--pdt", "--parts", "--min-segments", "100"])
+            // 1 s segments: all but the first fifth of the run, whatever HLS_LB_SECONDS says.
+            .chain(["--ll", "--pdt", "--parts", "--min-segments", &min_segments])
             .collect::<Vec<_>>(),
         &check_out,
     );
@@ -276,14 +284,17 @@ fn players_behind_haproxy_never_notice_the_publisher_reconnecting_through_the_ot
 }
 
 /// Until the balancer serves the stream's playlist with a segment (30 s at most).
+/// Waits until the playlist holds three whole segments: the players join a stream that is
+/// already running, as viewers do. With one segment listed hls.js cannot start a hold-back
+/// behind the live edge and started up to ~0.7 s further behind on a busy CI machine.
 fn common_wait_playlist(url: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let out = Command::new("curl").args(["-fsS", "--max-time", "5", url]).output().unwrap();
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("#EXTINF") {
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).matches("#EXTINF").count() >= 3 {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "no playlist at {url} within 30 s");
+        assert!(std::time::Instant::now() < deadline, "no playlist of 3 segments at {url} within 30 s");
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -5,7 +5,13 @@
 // (hls.js `playingDate`, from EXT-X-PROGRAM-DATE-TIME), with p50/p95.
 //
 //   node play.mjs URL SECONDS [--plain] [--stall-ms 250] [--max-stall-ms N]
-//       [--max-p50-ms N] [--out report.json]
+//       [--max-p50-ms N] [--catch-up RATE] [--out report.json]
+//
+// --catch-up sets hls.js's maxLiveSyncPlaybackRate (default 1: hls.js's own default, no
+// catch-up): a player that fell behind its target latency (a slow start on a busy
+// machine, a stall) plays up to RATE× until it is back. Without it hls.js keeps whatever
+// latency it started at. The report gives the latency of the first sample beside the
+// percentiles, so a start far behind live shows as such.
 //
 // The page is served on the stream's own origin (intercepted by playwright), so the
 // stream needs no CORS headers. --plain turns hls.js's low-latency mode off (parts and
@@ -23,7 +29,7 @@ const HLS_JS = path.join(here, 'node_modules/hls.js/dist/hls.min.js');
 const START_MS = 20_000;
 
 function parseArgs(argv) {
-  const o = { url: null, seconds: null, ll: true, stallMs: 250, maxStallMs: null, maxP50Ms: null, out: null };
+  const o = { url: null, seconds: null, ll: true, stallMs: 250, maxStallMs: null, maxP50Ms: null, catchUp: 1, out: null };
   const rest = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -32,6 +38,7 @@ function parseArgs(argv) {
     else if (a === '--stall-ms') o.stallMs = Number(next());
     else if (a === '--max-stall-ms') o.maxStallMs = Number(next());
     else if (a === '--max-p50-ms') o.maxP50Ms = Number(next());
+    else if (a === '--catch-up') o.catchUp = Number(next());
     else if (a === '--out') o.out = next();
     else if (a.startsWith('--')) usage(`unknown option ${a}`);
     else rest.push(a);
@@ -42,7 +49,7 @@ function parseArgs(argv) {
 }
 
 function usage(why) {
-  console.error(`play: ${why}\nusage: node play.mjs URL SECONDS [--plain] [--stall-ms N] [--max-stall-ms N] [--max-p50-ms N] [--out FILE]`);
+  console.error(`play: ${why}\nusage: node play.mjs URL SECONDS [--plain] [--stall-ms N] [--max-stall-ms N] [--max-p50-ms N] [--catch-up RATE] [--out FILE]`);
   process.exit(2);
 }
 
@@ -51,10 +58,10 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>hls harnes
 <script src="hls.min.js"></script>
 <script>
 window.harness = { fatal: [], nonfatal: {}, samples: [], stalls: [], started: null, levels: null };
-function start(url, ll, stallMs) {
+function start(url, ll, stallMs, catchUp) {
   const h = window.harness, v = document.getElementById('v');
   if (!Hls.isSupported()) { h.fatal.push({ at: Date.now(), type: 'unsupported', details: 'MSE missing' }); return; }
-  const hls = new Hls({ lowLatencyMode: ll, backBufferLength: 10 });
+  const hls = new Hls({ lowLatencyMode: ll, backBufferLength: 10, maxLiveSyncPlaybackRate: catchUp });
   window.hls = hls;
   hls.on(Hls.Events.ERROR, (e, d) => {
     // The reason too (a parsing error's names both playlists), cut to keep the report short.
@@ -113,7 +120,7 @@ async function main() {
     page.on('requestfailed', () => { responses.failed = (responses.failed || 0) + 1; });
     await page.goto(`${origin}/__hls_harness__/page.html`, { timeout: START_MS });
     const t0 = Date.now();
-    await page.evaluate(([u, ll, s]) => start(u, ll, s), [o.url, o.ll, o.stallMs]);
+    await page.evaluate(([u, ll, s, c]) => start(u, ll, s, c), [o.url, o.ll, o.stallMs, o.catchUp]);
     await page.waitForFunction(() => window.harness.started !== null || window.harness.fatal.length > 0, null, { timeout: START_MS, polling: 100 })
       .catch(() => {});
     const startedAt = await page.evaluate(() => window.harness.started);
@@ -137,7 +144,8 @@ async function main() {
       stall_threshold_ms: o.stallMs,
       stalls: h.stalls.map((s) => ({ at: new Date(s.at).toISOString(), ms: s.ms, ...(s.ongoing ? { ongoing: true } : {}) })),
       longest_stall_ms: Math.max(0, ...h.stalls.map((s) => s.ms)),
-      latency_ms: { samples: lat.length, p50: pct(lat, 50), p95: pct(lat, 95), min: pct(lat, 0), max: pct(lat, 100) },
+      catch_up_rate: o.catchUp,
+      latency_ms: { samples: lat.length, first: lat.length ? lat[0] : null, p50: pct(lat, 50), p95: pct(lat, 95), min: pct(lat, 0), max: pct(lat, 100) },
       hlsjs_latency_s: { p50: pct(h.samples.map((s) => s.hlsLatency), 50), p95: pct(h.samples.map((s) => s.hlsLatency), 95) },
       frames: { decoded: h.decoded, dropped: h.dropped },
       played_s: h.currentTime,
