@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::bans::{BanPolicy, Gate, GateStats};
 use crate::limits::{Limit, Trusted};
 use crate::proxy_protocol::{Prefixed, ProxyTrust};
 
@@ -60,12 +61,17 @@ pub struct HttpLimits {
     /// Load balancers whose connections carry the client's address in a PROXY
     /// protocol header (`--proxy-protocol-from`); none by default.
     pub proxy: Option<Arc<ProxyTrust>>,
+    /// When an address refused too often is banned below accept ([`crate::bans`]);
+    /// trusted addresses and balancers never are.
+    pub bans: BanPolicy,
+    pub ban_stats: Arc<GateStats>,
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains the connections.
 /// Returns when every connection has ended.
 pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
+    let mut gate = Gate::new("http", limits.bans, limits.ban_stats.clone());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -102,22 +108,31 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
                 match read {
                     Ok((header, rest)) => {
                         let client = header.client(peer);
-                        admit(Prefixed::new(rest, socket), client, router, limits, shutdown, &tracker);
+                        // Behind a balancer a refusal bans nobody: the SYNs are the balancer's.
+                        drop(admit(Prefixed::new(rest, socket), client, router, limits, shutdown, &tracker));
                     }
                     Err(e) => tracing::info!(balancer = %peer, error = %e, "HTTP connection closed"),
                 }
             });
             continue;
         }
+        let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
+        if !trusted && !gate.admit(&listener, &socket, peer.ip()) {
+            continue;
+        }
         let (router, limits, shutdown) = (router.clone(), limits.clone(), shutdown.clone());
-        admit(Prefixed::new(Default::default(), socket), peer, router, limits, shutdown, &tracker);
+        if let Some(refused) =
+            admit(Prefixed::new(Default::default(), socket), peer, router, limits, shutdown, &tracker)
+        {
+            gate.refused(&listener, refused.get_ref(), peer.ip());
+        }
     }
     tracker.close();
     tracker.wait().await;
 }
 
 /// Takes the connection permit for `peer` (the client) and serves the connection, or
-/// closes it when a cap refuses.
+/// gives the socket back when a cap refuses (dropping it closes it).
 fn admit(
     socket: Prefixed<tokio::net::TcpStream>,
     peer: SocketAddr,
@@ -125,13 +140,13 @@ fn admit(
     limits: HttpLimits,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
-) {
+) -> Option<Prefixed<tokio::net::TcpStream>> {
     let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
     let permit = match limits.connections.try_acquire_as(peer.ip(), trusted) {
         Ok(permit) => permit,
         Err(refused) => {
             tracing::debug!(%peer, %refused, "HTTP connection refused");
-            return;
+            return Some(socket);
         }
     };
     tracker.spawn(
@@ -141,6 +156,7 @@ fn admit(
         }
         .instrument(tracing::debug_span!("http", %peer)),
     );
+    None
 }
 
 async fn connection(

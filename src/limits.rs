@@ -46,6 +46,11 @@ impl AddrKey {
             },
         }
     }
+
+    /// The IPv4 address, or the IPv6 /64's first address.
+    pub fn ip(&self) -> IpAddr {
+        self.0
+    }
 }
 
 #[derive(Debug, Default)]

@@ -331,6 +331,11 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
+    /// The stream under the prefix.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     pub fn new(prefix: BytesMut, inner: S) -> Prefixed<S> {
         Prefixed { prefix, inner }
     }

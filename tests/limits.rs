@@ -30,6 +30,18 @@ async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
     socket.connect(addr).await.unwrap()
 }
 
+/// Whether a connection from `source` is refused at accept within `within`: closed or
+/// reset. The edge resets what it refuses, and the reset can come before the connect
+/// is seen to complete, so the connect itself may fail with it.
+async fn refused_at_accept(source: &str, addr: SocketAddr, within: Duration) -> bool {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    match socket.connect(addr).await {
+        Ok(mut s) => closed_within(&mut s, within).await,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
 /// Whether the server closes `socket` (end of stream or reset) within `within`,
 /// draining what it sends meanwhile.
 async fn closed_within(socket: &mut TcpStream, within: Duration) -> bool {
@@ -185,9 +197,8 @@ async fn rtmp_floods_from_one_address_leave_another_publishing_and_playing() {
     for _ in 0..4 {
         half_open.push(connect_from(STRANGER, edge.rtmp).await);
     }
-    let mut fifth = connect_from(STRANGER, edge.rtmp).await;
     assert!(
-        closed_within(&mut fifth, Duration::from_millis(700)).await,
+        refused_at_accept(STRANGER, edge.rtmp, Duration::from_millis(700)).await,
         "a fifth handshake from one address is refused at once"
     );
     canary(edge.rtmp, "canary-1").await;
@@ -363,8 +374,10 @@ async fn http_floods_from_one_address_leave_another_served() {
     for _ in 0..10 {
         idle.push(connect_from(STRANGER, edge.http).await);
     }
-    let mut eleventh = connect_from(STRANGER, edge.http).await;
-    assert!(closed_within(&mut eleventh, Duration::from_millis(500)).await, "the eleventh connection is refused");
+    assert!(
+        refused_at_accept(STRANGER, edge.http, Duration::from_millis(500)).await,
+        "the eleventh connection is refused"
+    );
     let health = reqwest::get(format!("http://{}/health", edge.http)).await.unwrap();
     assert!(health.status().is_success(), "127.0.0.1 is still served");
     for s in &mut idle {
@@ -515,7 +528,13 @@ async fn an_idle_flood_on_an_origin_leaves_the_members_their_reserve() {
     let mut flood = Vec::new();
     let mut refused = false;
     for i in 0..40u32 {
-        let mut s = connect_from(&format!("127.0.3.{}", i + 1), http).await;
+        let source = format!("127.0.3.{}", i + 1);
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+        let Ok(mut s) = socket.connect(http).await else {
+            refused = true; // reset before the connect was seen to complete
+            break;
+        };
         if closed_within(&mut s, Duration::from_millis(200)).await {
             refused = true;
             break;
@@ -531,4 +550,66 @@ async fn an_idle_flood_on_an_origin_leaves_the_members_their_reserve() {
     let (status, body) = c.put_slot(target, "reserve", "s", &serde_json::json!(1), None).await.unwrap();
     assert!(status.is_success(), "a write through the flooded origin commits: {status} {body}");
     drop(flood);
+}
+
+/// Whether the edge answers a TCP connect from `source` within `within`: the connect
+/// completes, or is reset (a refused connection is reset, and a new connect can meet
+/// the reset of the last one on the same port). A banned address's SYNs are dropped,
+/// so its connect does neither.
+async fn connects_from(source: &str, addr: SocketAddr, within: Duration) -> bool {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    match tokio::time::timeout(within, socket.connect(addr)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Err(_) => false,
+    }
+}
+
+/// One address that keeps reconnecting as fast as it is refused is banned below accept:
+/// the edge's socket filter drops its SYNs, so its connects stop completing, while
+/// another address connects and a canary publishes and plays; when the ban runs out
+/// it connects again. With bans off (`--ban-refusals-per-second 0`) the flood's
+/// connects all complete, and this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_refused_too_often_is_banned_below_accept_and_others_are_not() {
+    let c = Cluster::start(3).await;
+    let edge = EdgeProc::start(
+        &c,
+        "edge-1",
+        &["--max-handshakes-per-address", "4", "--ban-refusals-per-second", "50", "--ban-seconds", "3"],
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(STRANGER, edge.rtmp).await);
+    }
+    // Reconnect as fast as the edge refuses, for up to 2 s: the ban stops it.
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        if !connects_from(STRANGER, edge.rtmp, Duration::from_millis(300)).await {
+            break;
+        }
+        refused += 1;
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "still connecting after {refused} refusals: not banned");
+    assert!(refused > 50, "banned after {refused} refusals, fewer than the policy's 50 a second");
+    let banned_at = std::time::Instant::now();
+    assert!(!connects_from(STRANGER, edge.rtmp, Duration::from_millis(500)).await, "the banned address connects");
+    assert!(connects_from("127.0.0.3", edge.rtmp, Duration::from_millis(500)).await, "another address is banned too");
+    canary(edge.rtmp, "canary-ban").await;
+    assert_eq!(edge.metric("edge_banned_addresses{listener=\"rtmp\"}").await, 1.0);
+    assert_eq!(edge.metric("edge_bans_total{listener=\"rtmp\"}").await, 1.0);
+    drop(held);
+    // The ban is lifted at the first accept after it ran out: the canary's
+    // connections and this loop's own attempts from 127.0.0.3 bring one.
+    eventually(Duration::from_secs(10), "the ban to run out", || async {
+        let _ = connects_from("127.0.0.3", edge.rtmp, Duration::from_millis(200)).await;
+        connects_from(STRANGER, edge.rtmp, Duration::from_millis(300)).await.then_some(())
+    })
+    .await;
+    let lasted = banned_at.elapsed();
+    assert!(lasted >= Duration::from_millis(2500), "the 3 s ban ended after {lasted:?}");
+    edge_logs(&edge, "address banned: too many refused connections").await;
 }

@@ -131,6 +131,15 @@ pub struct EdgeArgs {
     /// Long-lived HTTP requests (HTTP-FLV plays, including those waiting for a missing stream, and shared-object SSE) from one address [default: 64]
     #[arg(long, env = "RAFTCAST_EDGE_MAX_LONG_REQUESTS_PER_ADDRESS")]
     pub max_long_requests_per_address: Option<usize>,
+    /// An address refused more than this many connections in one second (RTMP or
+    /// HTTP, by the caps above) is banned: the listener's socket filter drops its SYNs
+    /// for --ban-seconds, doubling for each repeat within 10 minutes up to 300 s. 0
+    /// never bans. Addresses of trusted load balancers are never banned [default: 200].
+    #[arg(long, env = "RAFTCAST_EDGE_BAN_REFUSALS_PER_SECOND")]
+    pub ban_refusals_per_second: Option<u32>,
+    /// The first ban's length, in seconds [default: 10].
+    #[arg(long, env = "RAFTCAST_EDGE_BAN_SECONDS")]
+    pub ban_seconds: Option<u64>,
     /// A folder of static files served at `/webcast/` (e.g. examples/webcast, the
     /// interactive-webcast page) [default: none].
     #[arg(long, env = "RAFTCAST_EDGE_WWW")]
@@ -190,6 +199,8 @@ pub struct EdgeCaps {
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
     pub long_requests_per_address: usize,
+    /// When an address is banned below accept.
+    pub bans: crate::bans::BanPolicy,
 }
 
 /// Validated edge configuration.
@@ -295,6 +306,8 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         http_header_timeout_ms: cli.http_header_timeout_ms.or(file.http_header_timeout_ms),
         http_body_timeout_ms: cli.http_body_timeout_ms.or(file.http_body_timeout_ms),
         max_long_requests_per_address: cli.max_long_requests_per_address.or(file.max_long_requests_per_address),
+        ban_refusals_per_second: cli.ban_refusals_per_second.or(file.ban_refusals_per_second),
+        ban_seconds: cli.ban_seconds.or(file.ban_seconds),
     }
 }
 
@@ -369,6 +382,18 @@ impl EdgeConfig {
             http_header_timeout: ms(a.http_header_timeout_ms, 10_000),
             http_body_timeout: ms(a.http_body_timeout_ms, 30_000),
             long_requests_per_address: a.max_long_requests_per_address.unwrap_or(64),
+            bans: {
+                let d = crate::bans::BanPolicy::default();
+                let first = a.ban_seconds.map_or(d.first, Duration::from_secs);
+                if first.is_zero() {
+                    return Err("--ban-seconds must be at least 1".into());
+                }
+                crate::bans::BanPolicy {
+                    refusals_per_second: a.ban_refusals_per_second.unwrap_or(d.refusals_per_second),
+                    first,
+                    longest: d.longest.max(first),
+                }
+            },
         };
         caps.validate()?;
         let hls = StamperConfig {

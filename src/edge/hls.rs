@@ -862,6 +862,8 @@ mod tests {
             connections: Limit::new("http_connections", 1000, 1000),
             trusted: None,
             proxy: None,
+            bans: Default::default(),
+            ban_stats: Default::default(),
         };
         tokio::spawn(crate::http_server::serve(listener, router(routes), limits, stop.clone()));
         Served { base, hls, client: reqwest::Client::new(), stop }

@@ -317,6 +317,18 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
         "RTMP connections closed at accept because of the connection limit",
         &[(String::new(), load(&s.connections_refused))],
     );
+    let gates = [("rtmp", &ctx.limits.rtmp_bans), ("http", &ctx.limits.http.ban_stats)];
+    let per_listener = |f: fn(&crate::bans::GateStats) -> &std::sync::atomic::AtomicU64| -> Vec<(String, u64)> {
+        gates.iter().map(|(l, g)| (format!("{{listener=\"{l}\"}}"), f(g).load(Ordering::Relaxed))).collect()
+    };
+    metric("edge_banned_addresses", "gauge", "Addresses banned below accept now", &per_listener(|g| &g.banned));
+    metric("edge_bans_total", "counter", "Bans of addresses refused too often", &per_listener(|g| &g.bans_total));
+    metric(
+        "edge_refused_banned_total",
+        "counter",
+        "Connections from banned addresses reset at accept (the kernel filter drops the rest)",
+        &per_listener(|g| &g.refused_banned),
+    );
     metric("edge_publishers", "gauge", "Publishing sessions", &[(String::new(), load(&s.publishers))]);
     metric(
         "edge_players",

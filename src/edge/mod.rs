@@ -85,6 +85,9 @@ pub struct EdgeLimits {
     /// Load balancers trusted to send PROXY protocol headers (`--proxy-protocol-from`),
     /// on both listeners.
     pub proxy: Option<Arc<crate::proxy_protocol::ProxyTrust>>,
+    /// Addresses refused too often at the RTMP listener are banned below accept.
+    pub bans: crate::bans::BanPolicy,
+    pub rtmp_bans: Arc<crate::bans::GateStats>,
 }
 
 impl EdgeLimits {
@@ -104,9 +107,13 @@ impl EdgeLimits {
                 connections: Limit::new("http_connections", c.http_connections_per_address, c.http_connections),
                 trusted: None,
                 proxy: proxy.clone(),
+                bans: c.bans,
+                ban_stats: Default::default(),
             },
             partial: ByteBudget::new(c.partial_bytes),
             proxy,
+            bans: c.bans,
+            rtmp_bans: Default::default(),
         }
     }
 

@@ -78,9 +78,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// - behind a load balancer (`--proxy-protocol-from`): a connection from a trusted
 ///   balancer must open with a PROXY protocol header within 5 s (or it is closed), at
 ///   most [`crate::proxy_protocol::MAX_PENDING_HEADERS`] being read at once; every cap
-///   above then counts the client the header names, not the balancer.
+///   above then counts the client the header names, not the balancer;
+/// - bans: a client address refused at accept more than `--ban-refusals-per-second`
+///   is banned below accept ([`crate::bans`]); its connections are reset, not closed.
 pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: CancellationToken) {
     let mut next = 0u64;
+    let mut gate = crate::bans::Gate::new("rtmp", ctx.limits.bans, ctx.limits.rtmp_bans.clone());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -124,7 +127,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
             });
             continue;
         }
-        let Some(permits) = admit(&ctx, peer) else { continue };
+        if !gate.admit(&listener, &socket, peer.ip()) {
+            ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let Some(permits) = admit(&ctx, peer) else {
+            gate.refused(&listener, &socket, peer.ip());
+            continue;
+        };
         tokio::spawn(run(socket, peer, Vec::new(), next, ctx.clone(), permits, shutdown.clone()));
     }
 }

@@ -233,6 +233,10 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         ),
         trusted: Some(members.clone()),
         proxy: None,
+        // No bans: an origin's clients are edges and operators, not the public, and an
+        // edge must not be banned for the floods it relays.
+        bans: crate::bans::BanPolicy { refusals_per_second: 0, ..Default::default() },
+        ban_stats: Default::default(),
     };
     let server = tokio::spawn(crate::http_server::serve(listener, router, http_limits, shutdown.clone()));
     crate::logging::terminated().await;
