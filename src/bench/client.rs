@@ -59,12 +59,28 @@ impl RtmpClient {
         recv_buffer: Option<u32>,
         config: ClientConfig,
     ) -> anyhow::Result<RtmpClient> {
-        let s = tokio::net::TcpSocket::new_v4()?;
+        Self::dial(addr, app, None, recv_buffer, config).await
+    }
+
+    /// Like [`connect`](Self::connect), from the local address `source` (an attacker's
+    /// own address in the chaos harness).
+    pub async fn connect_from(addr: SocketAddr, app: &str, source: std::net::IpAddr) -> anyhow::Result<RtmpClient> {
+        Self::dial(addr, app, Some(source), None, ClientConfig::default()).await
+    }
+
+    async fn dial(
+        addr: SocketAddr,
+        app: &str,
+        source: Option<std::net::IpAddr>,
+        recv_buffer: Option<u32>,
+        config: ClientConfig,
+    ) -> anyhow::Result<RtmpClient> {
+        let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
         if let Some(size) = recv_buffer {
             s.set_recv_buffer_size(size)?;
         }
-        if let Some(source) = loopback_source(addr) {
-            s.bind(SocketAddr::from((source, 0)))?;
+        if let Some(source) = source.or_else(|| loopback_source(addr).map(std::net::IpAddr::V4)) {
+            s.bind(SocketAddr::new(source, 0))?;
         }
         let socket = s.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         socket.set_nodelay(true)?;

@@ -254,13 +254,18 @@ fn short(s: &str) -> String {
 pub(super) async fn publishes(target: SocketAddr, params: &AttackParams, tally: &Arc<Tally>, stop: Stop) {
     let mut tasks = Vec::new();
     for i in 0..params.connections {
-        let (tally, mut stop, rate) = (tally.clone(), stop.clone(), params.rate);
+        let (tally, mut stop, rate, source) = (tally.clone(), stop.clone(), params.rate, params.source);
         tasks.push(tokio::spawn(async move {
             if !stop.sleep(start_delay(i, rate)).await {
                 return;
             }
             let attempt = async {
-                let mut c = RtmpClient::connect(target, "live").await?;
+                // From the attacker's own address, like every other attack: from the
+                // harness's, a ban would also shut out the probes and the canary.
+                let mut c = match source {
+                    Some(ip) => RtmpClient::connect_from(target, "live", ip).await?,
+                    None => RtmpClient::connect(target, "live").await?,
+                };
                 c.publish(&format!("pubflood-{i}")).await?;
                 anyhow::Ok(c)
             };
