@@ -1,6 +1,6 @@
 //! Edges with real processes and real clients: ffmpeg publishes through one edge,
-//! ffprobe, rtmpdump and HTTP-FLV play from the other, through the stream's owner
-//! origin.
+//! ffprobe, rtmpdump, an ffmpeg stream copy and HTTP-FLV play from the other, through
+//! the stream's owner origin.
 
 mod common;
 #[path = "common/edges.rs"]
@@ -86,6 +86,41 @@ async fn ffmpeg_publishes_on_one_edge_and_ffprobe_rtmpdump_and_http_flv_play_fro
         .unwrap();
     let probe = String::from_utf8_lossy(&probe.stdout);
     assert!(probe.contains("h264") && probe.contains("aac"), "rtmpdump's file: {probe}");
+
+    // A play lists exactly the published streams: no data stream of codec "none" (an
+    // `onStatus NetStream.Data.Start` data message made one), so ffmpeg can copy every
+    // stream into an MP4 and stops after 4 s.
+    let streams = tokio::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "10000000",
+            "-show_entries",
+            "stream=codec_type,codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&rtmp_url)
+        .output();
+    let streams = tokio::time::timeout(Duration::from_secs(20), streams).await.unwrap().unwrap();
+    let mut listed: Vec<_> = String::from_utf8_lossy(&streams.stdout).lines().map(str::to_owned).collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["aac,audio", "h264,video"],
+        "ffprobe -show_streams: {}",
+        String::from_utf8_lossy(&streams.stderr)
+    );
+    let mp4 = c.dir.path().join("copy.mp4");
+    let copy = tokio::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i", &rtmp_url, "-map", "0", "-c", "copy", "-t", "4"])
+        .arg(&mp4)
+        .kill_on_drop(true)
+        .output();
+    let copy = tokio::time::timeout(Duration::from_secs(30), copy).await.expect("ffmpeg -t 4 stops").unwrap();
+    assert!(copy.status.success(), "ffmpeg -map 0 -c copy: {}", String::from_utf8_lossy(&copy.stderr));
+    assert!(std::fs::metadata(&mp4).map(|m| m.len()).unwrap_or(0) > 50_000, "the MP4 has media");
     assert!(ffmpeg.running(), "the publisher kept running");
 }
 

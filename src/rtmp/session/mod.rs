@@ -14,7 +14,7 @@
 //! |------|---------|
 //! | [`CSID_PROTOCOL`] (2) | protocol control and user control messages, on message stream 0 |
 //! | [`CSID_COMMAND`] (3) | commands and their `_result` / `_error` replies |
-//! | [`CSID_DATA`] (4) | data messages: `onMetaData`, `\|RtmpSampleAccess`, `NetStream.Data.Start` |
+//! | [`CSID_DATA`] (4) | data messages: `onMetaData`, `\|RtmpSampleAccess` |
 //! | [`CSID_STATUS`] (5) | `onStatus` commands, on the message stream concerned |
 //! | [`CSID_AUDIO`] (6) | audio |
 //! | [`CSID_VIDEO`] (7) | video |

@@ -281,7 +281,10 @@ impl ServerSession {
     }
 
     /// Accepts a pending play: StreamBegin, `NetStream.Play.Reset`, `NetStream.Play.Start`, then
-    /// the data messages `|RtmpSampleAccess` and `NetStream.Data.Start`, as FMS and nginx-rtmp do.
+    /// the data message `|RtmpSampleAccess`, as nginx-rtmp does. No `onStatus
+    /// NetStream.Data.Start` data message (FMS sends one): ffmpeg and VLC take a data
+    /// message they do not know for a third stream of codec "none", and `ffmpeg -map 0
+    /// -c copy out.mp4` then fails ("Could not find tag for codec none").
     pub fn accept_play(&mut self, stream_id: u32) {
         let Some(stream) = self.streams.get_mut(&stream_id) else { return };
         let Stream::PlayPending { name } = stream else { return };
@@ -294,8 +297,6 @@ impl ServerSession {
         let sample_access =
             [Amf0Value::String("|RtmpSampleAccess".into()), Amf0Value::Boolean(true), Amf0Value::Boolean(true)];
         self.wire.send_data(stream_id, &sample_access);
-        let data_start = Amf0Value::object([("code", Amf0Value::String("NetStream.Data.Start".into()))]);
-        self.wire.send_data(stream_id, &[Amf0Value::String("onStatus".into()), data_start]);
         *stream = Stream::Playing { name };
     }
 

@@ -215,6 +215,16 @@ fn publish_and_play_conversation() {
         [("status".into(), "NetStream.Play.Reset".into()), ("status".into(), "NetStream.Play.Start".into())]
     );
     assert!(events.contains(&ClientEvent::PlayStarted { stream_id: play_id }));
+    // The data messages of a play: `|RtmpSampleAccess` and the publisher's own, no
+    // `onStatus` (ffmpeg would list it as a stream of codec "none").
+    let data_names: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Data { payload, .. } => message::data_name(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data_names, ["|RtmpSampleAccess", "onMetaData"]);
     let media: Vec<_> = events
         .into_iter()
         .filter(|e| match e {
