@@ -121,6 +121,11 @@ impl Bans {
         self.banned != before
     }
 
+    /// When the first ban in force at `now` ends.
+    pub fn next_end(&self, now: Instant) -> Option<Instant> {
+        self.strikes.values().map(|s| s.until).filter(|until| *until > now).min()
+    }
+
     /// Whether `ip` is banned at `now`.
     pub fn banned(&self, ip: IpAddr, now: Instant) -> bool {
         self.is_banned(AddrKey::of(ip), now)
@@ -245,6 +250,14 @@ pub fn reset(socket: &impl AsFd) {
     let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
 
+/// Waits until `at` (from [`Gate::next_lift`]), or forever when it is `None`.
+pub async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One listener's bans, kept by its accept loop: counts refusals, refuses banned
 /// addresses, keeps the kernel filter in step, and counts for `/metrics`.
 #[derive(Debug)]
@@ -291,6 +304,22 @@ impl Gate {
             return false;
         }
         true
+    }
+
+    /// When the next ban runs out, for the accept loop to wait on beside `accept`: a
+    /// banned address cannot bring an accept itself (its SYNs never arrive), so with
+    /// nobody else connecting only this lifts its ban. `None`: nobody is banned.
+    pub fn next_lift(&self) -> Option<tokio::time::Instant> {
+        self.bans.next_end(Instant::now()).map(tokio::time::Instant::from_std)
+    }
+
+    /// Lifts the bans that ran out and updates the filter; for when [`Gate::next_lift`]
+    /// came.
+    pub fn lift_expired(&mut self, listener: &impl AsFd) {
+        let now = Instant::now();
+        if self.bans.expire(now) {
+            self.sync(listener, now);
+        }
     }
 
     /// Counts a connection from `peer` refused by a cap (the caller drops it);

@@ -73,8 +73,13 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
     let tracker = TaskTracker::new();
     let mut gate = Gate::new("http", limits.bans, limits.ban_stats.clone());
     loop {
+        let lift = gate.next_lift();
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
+            _ = crate::bans::until(lift) => {
+                gate.lift_expired(&listener);
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
         let (socket, peer) = match accepted {

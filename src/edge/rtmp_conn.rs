@@ -85,8 +85,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
     let mut next = 0u64;
     let mut gate = crate::bans::Gate::new("rtmp", ctx.limits.bans, ctx.limits.rtmp_bans.clone());
     loop {
+        let lift = gate.next_lift();
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
+            _ = crate::bans::until(lift) => {
+                gate.lift_expired(&listener);
+                continue;
+            }
             _ = shutdown.cancelled() => return,
         };
         let (socket, peer) = match accepted {
