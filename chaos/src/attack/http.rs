@@ -12,11 +12,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{connect, join, start_delay, AttackKind, AttackParams, Stop, Tally, Targets, ATTEMPT_TIMEOUT};
 
+/// How long an HTTP attack's connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Most bytes of a response head read by a raw request.
 const MAX_HEAD: usize = 8 * 1024;
 
 fn client(params: &AttackParams) -> Option<reqwest::Client> {
-    let mut b = reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).pool_max_idle_per_host(1);
+    // A banned attacker's connects hang in SYN retransmission: give up on a connect
+    // soon, so an attack stops within the harness's 30 s of being told to.
+    let mut b =
+        reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).connect_timeout(CONNECT_TIMEOUT).pool_max_idle_per_host(1);
     if let Some(ip) = params.source {
         b = b.local_address(ip);
     }
@@ -161,7 +167,10 @@ pub(super) async fn unauth_writes(
                 if let Some(t) = token {
                     req = req.bearer_auth(t);
                 }
-                let res = req.send().await;
+                let res = tokio::select! {
+                    r = req.send() => r,
+                    _ = stop.wait() => return,
+                };
                 if let Some(s) = record(tally, &res) {
                     if (200..300).contains(&s) {
                         tally.finding(format!("{what} with {creds} through the edge: {s}"));
