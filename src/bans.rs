@@ -23,11 +23,13 @@
 //! process; `SO_ATTACH_FILTER` as tcpdump uses it.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::limits::AddrKey;
 
@@ -72,12 +74,11 @@ pub struct Bans {
     /// Banned now or recently (`until` in the past): the length of the last ban.
     strikes: HashMap<AddrKey, Strikes>,
     banned: usize,
-    total: u64,
 }
 
 impl Bans {
     pub fn new(policy: BanPolicy) -> Bans {
-        Bans { policy, second: Instant::now(), counts: HashMap::new(), strikes: HashMap::new(), banned: 0, total: 0 }
+        Bans { policy, second: Instant::now(), counts: HashMap::new(), strikes: HashMap::new(), banned: 0 }
     }
 
     /// Counts a refused connection from `ip` at `now`; true when that banned it.
@@ -108,7 +109,6 @@ impl Bans {
         };
         self.strikes.insert(key, Strikes { until: now + length, length });
         self.banned += 1;
-        self.total += 1;
         true
     }
 
@@ -138,11 +138,6 @@ impl Bans {
     /// Addresses banned now.
     pub fn banned_now(&self) -> usize {
         self.banned
-    }
-
-    /// Bans made since start.
-    pub fn total(&self) -> u64 {
-        self.total
     }
 
     /// The socket filter dropping the banned addresses' packets at `now`.
@@ -250,8 +245,8 @@ pub fn reset(socket: &impl AsFd) {
     let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
 
-/// Waits until `at` (from [`Gate::next_lift`]), or forever when it is `None`.
-pub async fn until(at: Option<tokio::time::Instant>) {
+/// Waits until `at`, or forever when it is `None`.
+async fn until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -267,7 +262,6 @@ pub struct Gate {
     /// The filter could not be attached: banned addresses are refused at accept.
     kernel: bool,
     attached: bool,
-    next_expiry: Instant,
     stats: Arc<GateStats>,
 }
 
@@ -281,24 +275,17 @@ pub struct GateStats {
 
 impl Gate {
     pub fn new(what: &'static str, policy: BanPolicy, stats: Arc<GateStats>) -> Gate {
-        Gate { bans: Bans::new(policy), what, kernel: true, attached: false, next_expiry: Instant::now(), stats }
+        Gate { bans: Bans::new(policy), what, kernel: true, attached: false, stats }
     }
 
     /// Called for every accepted connection before any cap: false when `peer` is
-    /// banned (the caller drops the socket, already set to reset). Also lifts bans
-    /// that ran out, and detaches the inherited filter from accepted sockets.
-    pub fn admit(&mut self, listener: &impl AsFd, socket: &impl AsFd, peer: IpAddr) -> bool {
-        let now = Instant::now();
-        if now >= self.next_expiry {
-            self.next_expiry = now + Duration::from_secs(1);
-            if self.bans.expire(now) {
-                self.sync(listener, now);
-            }
-        }
+    /// banned (the caller drops the socket, already set to reset). Also detaches the
+    /// inherited filter from accepted sockets. Bans are lifted by [`Gate::accept`].
+    pub fn admit(&mut self, socket: &impl AsFd, peer: IpAddr) -> bool {
         if self.attached {
             detach(socket);
         }
-        if self.bans.banned(peer, now) {
+        if self.bans.banned(peer, Instant::now()) {
             reset(socket);
             self.stats.refused_banned.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -306,19 +293,21 @@ impl Gate {
         true
     }
 
-    /// When the next ban runs out, for the accept loop to wait on beside `accept`: a
-    /// banned address cannot bring an accept itself (its SYNs never arrive), so with
-    /// nobody else connecting only this lifts its ban. `None`: nobody is banned.
-    pub fn next_lift(&self) -> Option<tokio::time::Instant> {
-        self.bans.next_end(Instant::now()).map(tokio::time::Instant::from_std)
-    }
-
-    /// Lifts the bans that ran out and updates the filter; for when [`Gate::next_lift`]
-    /// came.
-    pub fn lift_expired(&mut self, listener: &impl AsFd) {
-        let now = Instant::now();
-        if self.bans.expire(now) {
-            self.sync(listener, now);
+    /// The listener's next connection. Meanwhile lifts bans as they run out: a banned
+    /// address cannot bring an accept itself (its SYNs never arrive), so with nobody
+    /// else connecting only this timer lifts its ban.
+    pub async fn accept(&mut self, listener: &TcpListener) -> std::io::Result<(TcpStream, SocketAddr)> {
+        loop {
+            let lift = self.bans.next_end(Instant::now()).map(tokio::time::Instant::from_std);
+            tokio::select! {
+                accepted = listener.accept() => return accepted,
+                _ = until(lift) => {
+                    let now = Instant::now();
+                    if self.bans.expire(now) {
+                        self.sync(listener, now);
+                    }
+                }
+            }
         }
     }
 

@@ -73,13 +73,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
     let tracker = TaskTracker::new();
     let mut gate = Gate::new("http", limits.bans, limits.ban_stats.clone());
     loop {
-        let lift = gate.next_lift();
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = crate::bans::until(lift) => {
-                gate.lift_expired(&listener);
-                continue;
-            }
+            accepted = gate.accept(&listener) => accepted,
             _ = shutdown.cancelled() => break,
         };
         let (socket, peer) = match accepted {
@@ -122,7 +117,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
             continue;
         }
         let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
-        if !trusted && !gate.admit(&listener, &socket, peer.ip()) {
+        if !trusted && !gate.admit(&socket, peer.ip()) {
             continue;
         }
         let (router, limits, shutdown) = (router.clone(), limits.clone(), shutdown.clone());

@@ -24,19 +24,22 @@ use tokio::net::{TcpSocket, TcpStream};
 /// The flood's source address.
 const STRANGER: &str = "127.0.0.2";
 
-async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+/// A client socket bound to `source` (any 127.x address answers on loopback).
+fn socket_from(source: &str) -> TcpSocket {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
-    socket.connect(addr).await.unwrap()
+    socket
+}
+
+async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    socket_from(source).connect(addr).await.unwrap()
 }
 
 /// Whether a connection from `source` is refused at accept within `within`: closed or
 /// reset. The edge resets what it refuses, and the reset can come before the connect
 /// is seen to complete, so the connect itself may fail with it.
 async fn refused_at_accept(source: &str, addr: SocketAddr, within: Duration) -> bool {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
-    match socket.connect(addr).await {
+    match socket_from(source).connect(addr).await {
         Ok(mut s) => closed_within(&mut s, within).await,
         Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
     }
@@ -528,10 +531,7 @@ async fn an_idle_flood_on_an_origin_leaves_the_members_their_reserve() {
     let mut flood = Vec::new();
     let mut refused = false;
     for i in 0..40u32 {
-        let source = format!("127.0.3.{}", i + 1);
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
-        let Ok(mut s) = socket.connect(http).await else {
+        let Ok(mut s) = socket_from(&format!("127.0.3.{}", i + 1)).connect(http).await else {
             refused = true; // reset before the connect was seen to complete
             break;
         };
@@ -557,9 +557,7 @@ async fn an_idle_flood_on_an_origin_leaves_the_members_their_reserve() {
 /// the reset of the last one on the same port). A banned address's SYNs are dropped,
 /// so its connect does neither.
 async fn connects_from(source: &str, addr: SocketAddr, within: Duration) -> bool {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
-    match tokio::time::timeout(within, socket.connect(addr)).await {
+    match tokio::time::timeout(within, socket_from(source).connect(addr)).await {
         Ok(Ok(_)) => true,
         Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionReset,
         Err(_) => false,

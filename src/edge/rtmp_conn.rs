@@ -85,13 +85,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
     let mut next = 0u64;
     let mut gate = crate::bans::Gate::new("rtmp", ctx.limits.bans, ctx.limits.rtmp_bans.clone());
     loop {
-        let lift = gate.next_lift();
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = crate::bans::until(lift) => {
-                gate.lift_expired(&listener);
-                continue;
-            }
+            accepted = gate.accept(&listener) => accepted,
             _ = shutdown.cancelled() => return,
         };
         let (socket, peer) = match accepted {
@@ -132,7 +127,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
             });
             continue;
         }
-        if !gate.admit(&listener, &socket, peer.ip()) {
+        if !gate.admit(&socket, peer.ip()) {
             ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
