@@ -123,7 +123,8 @@ pub struct OriginArgs {
     pub snapshot_timeout_ms: Option<u64>,
     /// Also take a snapshot (and purge the log behind it) once this many bytes of log
     /// entries were appended since the last one, at least --max-append-bytes
-    /// [default: 67108864].
+    /// [default: 16777216]. sled keeps the log's values in memory until a purge, so
+    /// this bounds an origin's memory under a write flood.
     #[arg(long, env = "RAFTCAST_SNAPSHOT_EVERY_BYTES")]
     pub snapshot_every_bytes: Option<u64>,
     /// sled's page cache for the Raft log, in bytes. The log is read back only to
@@ -211,7 +212,7 @@ pub const DEFAULT_MAX_APPLY_LAG: u64 = 256;
 /// snapshot, which is how Raft catches it up anyway.
 pub const DEFAULT_SNAPSHOT_KEEP: u64 = 64;
 /// Default of `--snapshot-every-bytes`.
-pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 16 * 1024 * 1024;
 /// Default of `--store-cache-bytes`.
 pub const DEFAULT_STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Default of `--snapshot-timeout-ms`.
