@@ -26,6 +26,48 @@ pub fn rss_now(cluster: &Cluster) -> BTreeMap<String, u64> {
     NODES.iter().filter_map(|n| Some((n.to_string(), cluster.rss_kib(*n)?))).collect()
 }
 
+/// Bytes of 64 KiB values [`warm_store`] writes: one `--snapshot-every-bytes` at the
+/// default, so the warm-up also takes a snapshot by bytes and purges behind it.
+pub const WARM_STORE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Stores [`WARM_STORE_BYTES`] of 64 KiB values in one object through the admin API
+/// (four writers, each slot rewritten), then deletes the object; returns the writes
+/// that were answered 200. What a cluster with shared objects has done before any
+/// attack: see `schedule::STORE_WARMUP`.
+pub async fn warm_store(cluster: &Cluster) -> usize {
+    // The largest values the attacks write (a slot value takes at most 64 KiB, its
+    // JSON quotes included, as the server counts it).
+    const VALUE: usize = 65_000;
+    const WRITERS: usize = 4; // the join below
+    let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else { return 0 };
+    let body = serde_json::json!("w".repeat(VALUE - 2));
+    let per_writer = WARM_STORE_BYTES.div_ceil(VALUE * WRITERS);
+    let writer = |w: usize| {
+        let (http, body) = (http.clone(), body.clone());
+        async move {
+            let mut ok = 0;
+            for i in 0..per_writer {
+                let origin = ORIGINS[(w + i) % ORIGINS.len()];
+                let path = format!("/shared-objects/chaos-warm/slots/w{w}-{}", i % 4);
+                if let Ok((200, _)) = cluster.call(&http, origin, reqwest::Method::PUT, &path, Some(&body), &[]).await {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    };
+    let (a, b, c, d) = tokio::join!(writer(0), writer(1), writer(2), writer(3));
+    let ok = a + b + c + d;
+    for origin in ORIGINS {
+        if let Ok((200 | 204 | 404, _)) =
+            cluster.call(&http, origin, reqwest::Method::DELETE, "/shared-objects/chaos-warm", None, &[]).await
+        {
+            break;
+        }
+    }
+    ok
+}
+
 /// Milliseconds until a probe write commits through some origin (each tried in turn).
 pub async fn commit(cluster: &Cluster, n: u64) -> Option<u64> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;

@@ -185,7 +185,16 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
     let work_start_us = ctx.now_us();
     let start_sample = node_sample(&cluster);
 
-    tokio::time::sleep(schedule.warmup).await;
+    let warm_until = tokio::time::Instant::now() + schedule.warmup;
+    if schedule.warm_store {
+        let ok = probe::warm_store(&cluster).await;
+        println!(
+            "[{tag}] {:>6.1}s warm-up: {ok} writes of 64 KiB stored and deleted ({} MiB asked)",
+            ctx.now_us() as f64 / 1e6,
+            probe::WARM_STORE_BYTES >> 20
+        );
+    }
+    tokio::time::sleep_until(warm_until).await;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut faults = Vec::new();
     let mut fault_count = 0;

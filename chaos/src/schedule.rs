@@ -31,6 +31,10 @@ pub struct Schedule {
     pub name: String,
     /// Workloads run alone this long before the first fault.
     pub warmup: Duration,
+    /// Whether the warm-up starts by storing [`crate::probe::WARM_STORE_BYTES`] of
+    /// 64 KiB values (then deleted): set when an attack floods the store, whose RSS
+    /// check must compare with an origin that has stored large values before.
+    pub warm_store: bool,
     pub steps: Vec<Step>,
 }
 
@@ -71,6 +75,15 @@ fn suite_hold(kind: AttackKind) -> u64 {
 /// their first seconds (18 -> 23 MiB over the first 30 s in the first suite run, and
 /// ~+25 MiB more at about 75 s), which a 2 s warm-up counted as the attack's.
 const ABUSE_WARMUP: Duration = Duration::from_secs(20);
+
+/// Warm-up of the schedules whose attacks flood the store. An origin that never stored a
+/// large value has an empty sled page cache and unwarmed allocator arenas; the first
+/// 64 KiB writes of anyone warm them once, by ~20 MiB over a fresh 17 MiB process, and
+/// later floods come back to the same plateau (three 20 s floods, 60 s apart, on the
+/// bootstrap cluster: origins 36, 38-39, 37-39 MiB). So these schedules store
+/// [`crate::probe::WARM_STORE_BYTES`] of such values first, as any cluster with shared
+/// objects has, and take the baseline once that has settled (about 30 s).
+const STORE_WARMUP: Duration = Duration::from_secs(60);
 
 fn abuse(kinds: &[AttackKind], full: bool, hold: u64, recover: u64) -> Step {
     let fault = Fault::Abuse { attacks: AttackSet::of(kinds), full, stop_follower_secs: 0 };
@@ -133,7 +146,16 @@ pub fn named(name: &str) -> Option<Schedule> {
         }
     };
     let abused = steps.iter().any(|st| matches!(st.fault, Fault::Abuse { .. }));
-    Some(Schedule { name: name.into(), warmup: if abused { ABUSE_WARMUP } else { s(2) }, steps })
+    let warm_store = steps.iter().any(|st| match st.fault {
+        Fault::Abuse { attacks, .. } => attacks.kinds().iter().any(|k| k.floods_store()),
+        _ => false,
+    });
+    let warmup = match (abused, warm_store) {
+        (_, true) => STORE_WARMUP,
+        (true, false) => ABUSE_WARMUP,
+        (false, false) => s(2),
+    };
+    Some(Schedule { name: name.into(), warmup, warm_store, steps })
 }
 
 /// Faults drawn from `seed` until `duration` is filled.
@@ -170,7 +192,7 @@ pub fn random(seed: u64, duration: Duration) -> Schedule {
         total += hold + recover + if fault == Fault::RollingRestart { s(15) } else { Duration::ZERO };
         steps.push(Step { fault, hold, recover });
     }
-    Schedule { name: format!("random-{seed}"), warmup: s(5), steps }
+    Schedule { name: format!("random-{seed}"), warmup: s(5), warm_store: false, steps }
 }
 
 #[cfg(test)]
@@ -201,5 +223,19 @@ mod tests {
         let c: Vec<Fault> = random(8, s(600)).steps.iter().map(|s| s.fault).collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn only_schedules_that_flood_the_store_warm_it_first() {
+        for name in ["overload-writes", "flood-catchup", "abuse-write-flood-edge", "abuse-object-flood"] {
+            let sch = named(name).unwrap();
+            assert!(sch.warm_store, "{name}");
+            assert_eq!(sch.warmup, STORE_WARMUP, "{name}");
+        }
+        for name in ["overload", "abuse-rtmp-drip", "kill-leader"] {
+            assert!(!named(name).unwrap().warm_store, "{name}");
+        }
+        assert_eq!(named("overload").unwrap().warmup, ABUSE_WARMUP);
+        assert!(!random(7, s(600)).warm_store);
     }
 }

@@ -98,6 +98,11 @@ impl AttackKind {
         AttackKind::NameTraversal,
     ];
 
+    /// Whether the attack stores data through Raft (large values or many objects).
+    pub fn floods_store(self) -> bool {
+        matches!(self, AttackKind::WriteFloodEdge | AttackKind::WriteFloodOrigin | AttackKind::ObjectFlood)
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             AttackKind::WriteFloodEdge => "write-flood-edge",
