@@ -4,6 +4,7 @@
 //! The replicated state machine and Raft transport live in `raftcast-raft`, durable
 //! storage in `raftcast-storage`; this crate wires them into processes.
 
+pub mod backoff;
 pub mod bans;
 pub mod bench;
 pub mod ctl;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{FrameCodec, LinkFrame};
 use super::protocol::{Control, PROTOCOL_VERSION};
+use crate::backoff::Backoff;
 
 /// Frames waiting to be written to the origin; `send` fails fast when it is full.
 pub const SEND_QUEUE: usize = 1024;
@@ -154,7 +155,7 @@ async fn run(
     events: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = timing.backoff.0;
+    let mut backoff = Backoff::new(timing.backoff.0, timing.backoff.1);
     loop {
         state.send_replace(LinkState::Connecting);
         let connected = tokio::select! {
@@ -164,7 +165,7 @@ async fn run(
         let reason = match connected {
             Ok(Ok((socket, origin, buf))) => {
                 tracing::info!(origin, "link up");
-                backoff = timing.backoff.0;
+                backoff.reset();
                 // Frames queued for a previous connection belong to it.
                 while outgoing.try_recv().is_ok() {}
                 state.send_replace(LinkState::Live { origin });
@@ -184,13 +185,13 @@ async fn run(
             Ok(Err(e)) => e,
             Err(_) => format!("no welcome within {:?}", timing.connect_timeout),
         };
-        tracing::warn!(reason, ?backoff, "link down");
+        let pause = backoff.next_pause();
+        tracing::warn!(reason, ?pause, "link down");
         state.send_replace(LinkState::Backoff { reason });
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(timing.backoff.1);
     }
 }
 

@@ -47,6 +47,7 @@ use super::failover::Reason;
 use super::liveness::Liveness;
 use super::metrics::{Metrics, ReasonLabel, ResultLabel};
 use super::watch::StreamWatch;
+use crate::backoff::Backoff;
 
 /// Most requests the leader puts into one log entry.
 pub const MAX_BATCH: usize = 256;
@@ -524,7 +525,7 @@ impl Proposer {
                 _ => left,
             }
         };
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         // Whether some attempt may have been proposed without our seeing the answer.
         let mut uncertain = false;
         loop {
@@ -550,7 +551,7 @@ impl Proposer {
                 ForwardReply::Failed { kind, message } => return Err(ProposeError::Failed { kind, message }),
                 ok => return Ok(ok),
             }
-            if started.elapsed() + backoff > self.deadline {
+            if started.elapsed() + backoff.peek() > self.deadline {
                 let is_write = matches!(req, Forward::Write(_) | Forward::Claim { .. } | Forward::Reassign { .. });
                 if is_write {
                     self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
@@ -561,8 +562,7 @@ impl Proposer {
                     ProposeError::Unavailable(self.deadline)
                 });
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::time::sleep(backoff.next_pause()).await;
         }
     }
 
