@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::Cluster;
-use raftcast::link::{ChannelId, Control, FrameCodec, LinkFrame, MediaFrame, PROTOCOL_VERSION};
+use raftcast::link::{ChannelId, Control, FrameCodec, LinkFrame, MediaFrame, PublishRefusal, PROTOCOL_VERSION};
 use raftcast::media::Frame;
 use raftcast_raft::command::StreamClaim;
 use raftcast_raft::{Forward, ForwardReply, RequestId, Response, StreamKey};
@@ -271,7 +271,11 @@ async fn links_with_a_wrong_secret_stale_epochs_and_non_owners_are_refused() {
         epoch: first.epoch,
     }))
     .await;
-    assert!(matches!(edge.control().await, Control::PublishRefused { .. }));
+    let refused = edge.control().await;
+    assert!(
+        matches!(refused, Control::PublishRefused { reason: PublishRefusal::StaleEpoch { .. }, .. }),
+        "{refused:?}"
+    );
 
     // An origin that does not own the stream refuses its media and has nothing to play.
     let other = (1..=3).find(|id| *id != second.owner).unwrap();
@@ -282,7 +286,9 @@ async fn links_with_a_wrong_secret_stale_epochs_and_non_owners_are_refused() {
         epoch: second.epoch,
     }))
     .await;
-    assert!(matches!(edge.control().await, Control::PublishRefused { .. }));
+    let refused = edge.control().await;
+    let expected = PublishRefusal::NotOwner { owner: second.owner };
+    assert!(matches!(refused, Control::PublishRefused { reason, .. } if reason == expected), "{refused:?}");
     edge.send(LinkFrame::Control(Control::Subscribe { channel: ChannelId(3), stream })).await;
     assert_eq!(edge.control().await, Control::NotFound { channel: ChannelId(3) });
 
@@ -588,7 +594,7 @@ async fn publishers_of_a_superseded_or_moved_claim_are_fenced() {
     a.send(LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame: video(1000, true) })).await;
     let fenced = a.control().await;
     assert!(
-        matches!(&fenced, Control::PublishRefused { channel: ChannelId(1), reason } if reason.contains("fenced")),
+        matches!(&fenced, Control::PublishRefused { channel: ChannelId(1), reason: PublishRefusal::Fenced }),
         "{fenced:?}"
     );
     b.send(LinkFrame::Media(MediaFrame { channel: ChannelId(4), frame: video(5000, true) })).await;
@@ -601,7 +607,11 @@ async fn publishers_of_a_superseded_or_moved_claim_are_fenced() {
     assert_eq!(third.owner, 3);
     assert_eq!(player.control().await, Control::Ended { channel: ChannelId(9) });
     b.send(LinkFrame::Media(MediaFrame { channel: ChannelId(4), frame: video(5066, false) })).await;
-    assert!(matches!(b.control().await, Control::PublishRefused { channel: ChannelId(4), .. }));
+    let fenced = b.control().await;
+    assert!(
+        matches!(fenced, Control::PublishRefused { channel: ChannelId(4), reason: PublishRefusal::Fenced }),
+        "{fenced:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

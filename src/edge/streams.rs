@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::control::Owner;
 use super::upstream::{ChannelEvent, Sink, Upstream};
 use super::EdgeContext;
+use crate::backoff::Backoff;
 use crate::hls::mark::Stamper;
 use crate::link::{ChannelId, Control, MediaFrame};
 use crate::media::continuity::Continuity;
@@ -126,10 +127,9 @@ impl Publication {
             Some(Control::PublishAcceptedAt { continue_after, .. }) => continue_after,
             Some(Control::PublishRefused { reason, .. }) => {
                 up.close(channel);
-                // A just-restarted owner that has not confirmed its state asks for a
-                // retry (the publisher may try again); anything else means the claim
-                // is not ours any more.
-                let code = if reason.contains("retry") { PublishRejection::Failed } else { PublishRejection::BadName };
+                // A just-restarted or busy owner asks for a retry (the publisher may
+                // try again); anything else means the claim is not ours any more.
+                let code = if reason.retryable() { PublishRejection::Failed } else { PublishRejection::BadName };
                 return Err((code, format!("origin {} refused {stream}: {reason}", owner.claim.owner)));
             }
             _ => {
@@ -387,7 +387,7 @@ async fn relocate(
     mut lost: u64,
 ) -> Result<Attached, Lost> {
     let me = ctx.config.id.clone();
-    let mut pause = Duration::from_millis(20);
+    let mut pause = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
     loop {
         if ctx.shutdown.is_cancelled() {
             return Err(Lost::Stopped);
@@ -440,8 +440,7 @@ async fn relocate(
                 }
             }
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+        tokio::time::sleep(pause.next_pause()).await;
     }
 }
 

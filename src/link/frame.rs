@@ -280,6 +280,10 @@ mod tests {
             }),
             media(2, 40, false, b""),
             LinkFrame::Control(Control::Ping { seq: 9 }),
+            LinkFrame::Control(Control::PublishRefused {
+                channel: ChannelId(3),
+                reason: crate::link::PublishRefusal::StaleEpoch { epoch: 4, current: 5 },
+            }),
         ];
         let mut wire = BytesMut::new();
         for f in &frames {

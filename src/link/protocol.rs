@@ -8,7 +8,45 @@ use serde::{Deserialize, Serialize};
 use crate::hls::mark::Continuation;
 
 /// Version spoken on the link; the origin refuses a `Hello` with another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `PublishRefused` carries a [`PublishRefusal`] instead of text. `Hello`, `Welcome`
+/// and `Refused` (the first three variants) never change: they are how two versions
+/// find out they differ.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Why an origin refused a publish. The edge decides what to do on this, never on
+/// the text, which is for logs and clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PublishRefusal {
+    /// The origin restarted and has not confirmed its state with the cluster yet.
+    #[error("this origin has not confirmed its state with the cluster since it started; retry")]
+    NotConfirmed,
+    /// Too many publishes on this link already wait for their claims to apply.
+    #[error("{0} publishes already wait for their claims; retry")]
+    Busy(u32),
+    /// The applied state has no claim for the stream.
+    #[error("the stream has no claim")]
+    NoClaim,
+    /// The publish names an epoch that is not the stream's current one.
+    #[error("stale epoch {epoch}; the current epoch is {current}")]
+    StaleEpoch { epoch: u64, current: u64 },
+    /// Another origin owns the stream.
+    #[error("origin {owner} owns this stream")]
+    NotOwner { owner: NodeId },
+    /// A newer epoch publishes the stream here, or its claim was released: the
+    /// publisher learns that its claim moved on.
+    #[error("fenced: a newer epoch publishes this stream, or its claim was released")]
+    Fenced,
+}
+
+impl PublishRefusal {
+    /// Whether the same publish may succeed if sent again (the claim is still the
+    /// edge's; the origin is not ready for it yet). Otherwise the claim is not the
+    /// edge's any more.
+    pub fn retryable(self) -> bool {
+        matches!(self, PublishRefusal::NotConfirmed | PublishRefusal::Busy(_))
+    }
+}
 
 /// Names one stream's media on one link, assigned by the edge when it publishes or
 /// subscribes, so media frames need not repeat the stream's name.
@@ -50,10 +88,11 @@ pub enum Control {
     PublishAccepted {
         channel: ChannelId,
     },
-    /// Origin → edge: the publish is refused (a stale epoch, not the owner, …).
+    /// Origin → edge: the publish is refused, or a publish it had accepted is over
+    /// (`Fenced`).
     PublishRefused {
         channel: ChannelId,
-        reason: String,
+        reason: PublishRefusal,
     },
     /// Edge → origin: the publisher stopped.
     Unpublish {
@@ -121,4 +160,34 @@ pub enum Control {
         channel: ChannelId,
         stream: StreamKey,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_origin_not_ready_yet_asks_for_a_retry() {
+        use PublishRefusal::*;
+        for r in [NotConfirmed, Busy(8)] {
+            assert!(r.retryable(), "{r}");
+        }
+        for r in [NoClaim, StaleEpoch { epoch: 1, current: 2 }, NotOwner { owner: 3 }, Fenced] {
+            assert!(!r.retryable(), "{r}");
+        }
+        // The text is for people; it still says what happened.
+        assert_eq!(StaleEpoch { epoch: 1, current: 2 }.to_string(), "stale epoch 1; the current epoch is 2");
+    }
+
+    #[test]
+    fn the_messages_that_negotiate_versions_keep_their_place() {
+        // `Hello`, `Welcome` and `Refused` are variants 0, 1 and 2 in every version: an
+        // edge and an origin of different versions must still decode them.
+        use raftcast_raft::rpc::encode;
+        let starts_with_variant = |c: &Control, index: u32| encode(c).starts_with(&encode(&index));
+        let hello = Control::Hello { protocol: 1, edge: "e".into(), secret: "s".into() };
+        assert!(starts_with_variant(&hello, 0));
+        assert!(starts_with_variant(&Control::Welcome { protocol: 1, origin: 1 }, 1));
+        assert!(starts_with_variant(&Control::Refused { reason: "r".into() }, 2));
+    }
 }

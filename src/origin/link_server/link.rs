@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::held::HeldFrames;
 use super::registry::{Attached, LinkContext, Publisher};
 use super::{CLAIM_WAIT, MAX_PENDING_PUBLISHES};
-use crate::link::{ChannelId, Control, LinkFrame, MediaFrame};
+use crate::link::{ChannelId, Control, LinkFrame, MediaFrame, PublishRefusal};
 use crate::media::{Frame, Hub, ResumePoint};
 use crate::origin::ingest::IngestStats;
 
@@ -160,7 +160,7 @@ impl Link {
             return;
         }
         if self.pending.len() >= MAX_PENDING_PUBLISHES {
-            let reason = format!("{MAX_PENDING_PUBLISHES} publishes already wait for their claims; retry");
+            let reason = PublishRefusal::Busy(MAX_PENDING_PUBLISHES as u32);
             self.send(Control::PublishRefused { channel, reason }).await;
             return;
         }
@@ -198,7 +198,7 @@ impl Link {
         let Attached { hub, ingest, fence, continue_after } = match accepted {
             Ok(attached) => attached,
             Err(reason) => {
-                tracing::info!(%stream, epoch, reason, "publish refused");
+                tracing::info!(%stream, epoch, %reason, "publish refused");
                 if !held.is_empty() {
                     self.ctx.stats.pending_dropped.inc_by(held.len() as u64);
                 }
@@ -227,8 +227,7 @@ impl Link {
         if let Some(p) = self.publishing.remove(&channel) {
             tracing::info!(stream = %p.stream, epoch = p.epoch, ?channel, "publisher fenced");
         }
-        let reason = "fenced: a newer epoch publishes this stream, or its claim was released".to_owned();
-        self.send(Control::PublishRefused { channel, reason }).await;
+        self.send(Control::PublishRefused { channel, reason: PublishRefusal::Fenced }).await;
     }
 
     /// Ends what `channel` publishes (or withdraws its waiting publish).

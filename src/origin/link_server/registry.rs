@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::LinkStats;
 use crate::hls::mark::Continuation;
-use crate::link::ChannelId;
+use crate::link::{ChannelId, PublishRefusal};
 use crate::media::retain::RetainLimits;
 use crate::media::segments::WindowLimits;
 use crate::media::{Hub, HubLimits};
@@ -213,18 +213,16 @@ impl LinkContext {
     /// Attaches `publisher` to `stream` if the applied claim is exactly the one it
     /// names and this origin owns it; whoever published before is fenced. Otherwise
     /// says why not.
-    pub(super) fn attach(&self, stream: &StreamKey, publisher: Publisher) -> Result<Attached, String> {
+    pub(super) fn attach(&self, stream: &StreamKey, publisher: Publisher) -> Result<Attached, PublishRefusal> {
         if !self.is_current() {
-            return Err("this origin has not confirmed its state with the cluster since it started; retry".to_owned());
+            return Err(PublishRefusal::NotConfirmed);
         }
         let mut streams = self.streams();
         let epoch = publisher.epoch;
         match self.claim(stream) {
-            None => Err("the stream has no claim".to_owned()),
-            Some((_, current)) if current != epoch => {
-                Err(format!("stale epoch {epoch}; the current epoch is {current}"))
-            }
-            Some((owner, _)) if owner != self.id => Err(format!("origin {owner} owns this stream")),
+            None => Err(PublishRefusal::NoClaim),
+            Some((_, current)) if current != epoch => Err(PublishRefusal::StaleEpoch { epoch, current }),
+            Some((owner, _)) if owner != self.id => Err(PublishRefusal::NotOwner { owner }),
             Some(_) => {
                 let s = streams.entry(stream.clone()).or_insert_with(|| Stream::new(self.window));
                 s.publisher = Some(publisher);
