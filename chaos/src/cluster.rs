@@ -54,6 +54,8 @@ pub struct Cluster {
     /// Delaying proxies of healed latency faults: their connections run on at zero
     /// delay until the cluster stops.
     pub retired: Vec<crate::proxy::DelayProxy>,
+    /// Abuse windows started so far; each takes the next attacker address.
+    pub abuse_windows: u32,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -85,7 +87,16 @@ impl Cluster {
             addrs.insert(node, a);
         }
         let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
-        let mut c = Cluster { backend, opts, addrs, procs: BTreeMap::new(), token, client, retired: Vec::new() };
+        let mut c = Cluster {
+            backend,
+            opts,
+            addrs,
+            procs: BTreeMap::new(),
+            token,
+            client,
+            retired: Vec::new(),
+            abuse_windows: 0,
+        };
         for id in ORIGINS {
             if c.opts.faketime {
                 c.set_skew(id, 0)?;

@@ -207,7 +207,8 @@ pub async fn inject(
             });
         }
         Fault::Abuse { attacks, full, .. } => {
-            let source = cluster.backend.attacker_ip().ok();
+            let source = cluster.backend.attacker_ip(cluster.abuse_windows).ok();
+            cluster.abuse_windows += 1;
             let leader = cluster.leader().await.unwrap_or(1);
             let owner = roles.lock().unwrap_or_else(|p| p.into_inner()).owner.map(|(_, o)| o).unwrap_or(2);
             let (stop, rx) = tokio::sync::watch::channel(false);

@@ -89,6 +89,9 @@ impl Rules {
 /// Where the nodes run.
 /// The attacker's host number on the bridge's /24 (the harness is `.254`).
 const ATTACKER_HOST: u8 = 250;
+/// Attack windows take their address in turn from this many (`.250`, `.249`, …): a
+/// window must meet the caps it aims at, not a ban an earlier window earned.
+pub const ATTACKER_ADDRESSES: u8 = 4;
 
 pub enum Backend {
     Netns(Netns),
@@ -146,12 +149,14 @@ impl Backend {
         }
     }
 
-    /// The address attacks come from: its own host on the bridge (netns), `127.0.0.2`
-    /// on loopback; either way not the address of the harness's legitimate clients.
-    pub fn attacker_ip(&self) -> anyhow::Result<IpAddr> {
+    /// The address the attacks of abuse window `window` (0, 1, …) come from: a host of
+    /// its own on the bridge (netns: `.250`, `.249`, … in turn), `127.0.0.2`, `.3`, … on
+    /// loopback; never the address of the harness's legitimate clients.
+    pub fn attacker_ip(&self, window: u32) -> anyhow::Result<IpAddr> {
+        let turn = (window % u32::from(ATTACKER_ADDRESSES)) as u8;
         match self {
-            Backend::Netns(n) => Ok(IpAddr::V4(Ipv4Addr::new(10, n.prefix.0, n.prefix.1, ATTACKER_HOST))),
-            Backend::Loopback => Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+            Backend::Netns(n) => Ok(IpAddr::V4(Ipv4Addr::new(10, n.prefix.0, n.prefix.1, ATTACKER_HOST - turn))),
+            Backend::Loopback => Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + turn))),
         }
     }
 
@@ -245,7 +250,10 @@ impl Netns {
         run(&["ip", "addr", "add", &format!("{}.254/24", netns.net_prefix()), "dev", &br]).await?;
         // The attacker's own address (abuse faults): per-address caps must tell it
         // apart from the harness's legitimate clients at .254.
-        run(&["ip", "addr", "add", &format!("{}.{ATTACKER_HOST}/24", netns.net_prefix()), "dev", &br]).await?;
+        for turn in 0..ATTACKER_ADDRESSES {
+            let host = ATTACKER_HOST - turn;
+            run(&["ip", "addr", "add", &format!("{}.{host}/24", netns.net_prefix()), "dev", &br]).await?;
+        }
         run(&["ip", "link", "set", &br, "up"]).await?;
         for node in NODES {
             let ns = netns.ns(node);
