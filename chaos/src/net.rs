@@ -91,7 +91,7 @@ impl Rules {
 const ATTACKER_HOST: u8 = 250;
 /// Attack windows take their address in turn from this many (`.250`, `.249`, …): a
 /// window must meet the caps it aims at, not a ban an earlier window earned.
-pub const ATTACKER_ADDRESSES: u8 = 4;
+const ATTACKER_ADDRESSES: u8 = 4;
 
 pub enum Backend {
     Netns(Netns),

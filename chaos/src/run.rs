@@ -186,7 +186,7 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
     let start_sample = node_sample(&cluster);
 
     let warm_until = tokio::time::Instant::now() + schedule.warmup;
-    if schedule.warm_store {
+    if schedule.warms_store() {
         let ok = probe::warm_store(&cluster).await;
         println!(
             "[{tag}] {:>6.1}s warm-up: {ok} writes of 64 KiB stored and deleted ({} MiB asked)",

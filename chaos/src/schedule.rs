@@ -31,11 +31,23 @@ pub struct Schedule {
     pub name: String,
     /// Workloads run alone this long before the first fault.
     pub warmup: Duration,
-    /// Whether the warm-up starts by storing [`crate::probe::WARM_STORE_BYTES`] of
-    /// 64 KiB values (then deleted): set when an attack floods the store, whose RSS
-    /// check must compare with an origin that has stored large values before.
-    pub warm_store: bool,
     pub steps: Vec<Step>,
+}
+
+impl Schedule {
+    /// Whether the warm-up starts by storing [`crate::probe::WARM_STORE_BYTES`] of
+    /// 64 KiB values (then deleted): when an attack floods the store, whose RSS check
+    /// must compare with an origin that has stored large values before.
+    pub fn warms_store(&self) -> bool {
+        warms_store(&self.steps)
+    }
+}
+
+fn warms_store(steps: &[Step]) -> bool {
+    steps.iter().any(|st| match st.fault {
+        Fault::Abuse { attacks, .. } => attacks.kinds().iter().any(|k| k.floods_store()),
+        _ => false,
+    })
 }
 
 pub const NAMED: [&str; 11] = [
@@ -146,16 +158,12 @@ pub fn named(name: &str) -> Option<Schedule> {
         }
     };
     let abused = steps.iter().any(|st| matches!(st.fault, Fault::Abuse { .. }));
-    let warm_store = steps.iter().any(|st| match st.fault {
-        Fault::Abuse { attacks, .. } => attacks.kinds().iter().any(|k| k.floods_store()),
-        _ => false,
-    });
-    let warmup = match (abused, warm_store) {
+    let warmup = match (abused, warms_store(&steps)) {
         (_, true) => STORE_WARMUP,
         (true, false) => ABUSE_WARMUP,
         (false, false) => s(2),
     };
-    Some(Schedule { name: name.into(), warmup, warm_store, steps })
+    Some(Schedule { name: name.into(), warmup, steps })
 }
 
 /// Faults drawn from `seed` until `duration` is filled.
@@ -192,7 +200,7 @@ pub fn random(seed: u64, duration: Duration) -> Schedule {
         total += hold + recover + if fault == Fault::RollingRestart { s(15) } else { Duration::ZERO };
         steps.push(Step { fault, hold, recover });
     }
-    Schedule { name: format!("random-{seed}"), warmup: s(5), warm_store: false, steps }
+    Schedule { name: format!("random-{seed}"), warmup: s(5), steps }
 }
 
 #[cfg(test)]
@@ -229,13 +237,13 @@ mod tests {
     fn only_schedules_that_flood_the_store_warm_it_first() {
         for name in ["overload-writes", "flood-catchup", "abuse-write-flood-edge", "abuse-object-flood"] {
             let sch = named(name).unwrap();
-            assert!(sch.warm_store, "{name}");
+            assert!(sch.warms_store(), "{name}");
             assert_eq!(sch.warmup, STORE_WARMUP, "{name}");
         }
         for name in ["overload", "abuse-rtmp-drip", "kill-leader"] {
-            assert!(!named(name).unwrap().warm_store, "{name}");
+            assert!(!named(name).unwrap().warms_store(), "{name}");
         }
         assert_eq!(named("overload").unwrap().warmup, ABUSE_WARMUP);
-        assert!(!random(7, s(600)).warm_store);
+        assert!(!random(7, s(600)).warms_store());
     }
 }
