@@ -58,8 +58,22 @@ pub struct Cluster {
     pub abuse_windows: u32,
 }
 
+/// A loopback port that binds now, for a node to bind later. Taken below the kernel's
+/// ephemeral range (32768–60999): a `:0` port comes from the pool every outgoing
+/// connection draws from, and one could take it before the node binds it.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id().wrapping_mul(7919) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 impl Cluster {
