@@ -40,3 +40,18 @@ pub fn set_dirty_decay_ms(ms: isize) {
         let _ = format!("arena.{i}.dirty_decay_ms\0").as_bytes().name().write(ms);
     }
 }
+
+/// Makes the calling thread allocate from arena 0 from now on. Origins call it on the
+/// main thread and on every runtime thread as it starts (workers and the blocking
+/// pool), so their heap is one arena instead of jemalloc's four per CPU: after a burst
+/// of large writes each arena keeps its own partly used pages and metadata, and one
+/// arena keeps less. `raftcast-chaos abuse --attack write-flood-edge`, 30 s, origins
+/// 60 s after: 34-38 MiB with the default arenas, 32-33 with one (narenas:1 from the
+/// environment, the same effect for every thread; docs/origin-cluster.md). An origin's
+/// allocations are not contended enough for one arena to matter (requests, log
+/// entries, media relayed to a few edges); edges keep the default. Errors (another
+/// allocator) are ignored.
+pub fn use_first_arena() {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    let _ = b"thread.arena\0".name().write(0u32);
+}

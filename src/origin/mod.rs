@@ -64,7 +64,12 @@ pub fn main(args: OriginArgs) -> ExitCode {
         }
     };
     crate::heap::set_dirty_decay_ms(DIRTY_DECAY_MS);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    crate::heap::use_first_arena();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(crate::heap::use_first_arena)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("raftcast origin: cannot start the runtime: {e}");
