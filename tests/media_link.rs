@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::Cluster;
-use raftcast::link::{ChannelId, Control, FrameCodec, LinkFrame, MediaFrame, PublishRefusal, PROTOCOL_VERSION};
+use raftcast::link::{
+    ChannelId, Control, FrameCodec, LinkFrame, MediaFrame, PublishRefusal, OLDEST_PROTOCOL, PROTOCOL_VERSION,
+};
 use raftcast::media::Frame;
 use raftcast_raft::command::StreamClaim;
 use raftcast_raft::{Forward, ForwardReply, RequestId, Response, StreamKey};
@@ -91,14 +93,18 @@ impl FakeEdge {
     }
 
     async fn connect_as(addr: std::net::SocketAddr, secret: &str, name: &str) -> (FakeEdge, Control) {
+        Self::connect_speaking(addr, secret, name, PROTOCOL_VERSION).await
+    }
+
+    async fn connect_speaking(
+        addr: std::net::SocketAddr,
+        secret: &str,
+        name: &str,
+        protocol: u32,
+    ) -> (FakeEdge, Control) {
         let socket = TcpStream::connect(addr).await.unwrap();
         let mut edge = FakeEdge { socket, buf: BytesMut::new() };
-        edge.send(LinkFrame::Control(Control::Hello {
-            protocol: PROTOCOL_VERSION,
-            edge: name.into(),
-            secret: secret.into(),
-        }))
-        .await;
+        edge.send(LinkFrame::Control(Control::Hello { protocol, edge: name.into(), secret: secret.into() })).await;
         let answer = edge.control().await;
         (edge, answer)
     }
@@ -258,6 +264,16 @@ async fn links_with_a_wrong_secret_stale_epochs_and_non_owners_are_refused() {
     let (mut edge, answer) = FakeEdge::connect(c.origins[&1].media, "not-the-secret-at-all").await;
     assert!(matches!(answer, Control::Refused { .. }), "{answer:?}");
     assert_eq!(edge.next().await, None, "the origin closes a refused link");
+    // Versions: the oldest one still spoken is welcomed in its own version (an edge
+    // not upgraded yet), one older or one newer than this origin is refused.
+    let media = c.origins[&1].media;
+    let (_old, answer) = FakeEdge::connect_speaking(media, &c.secret, "edge-old", OLDEST_PROTOCOL).await;
+    assert_eq!(answer, Control::Welcome { protocol: OLDEST_PROTOCOL, origin: 1 });
+    for protocol in [OLDEST_PROTOCOL - 1, PROTOCOL_VERSION + 1] {
+        let (mut edge, answer) = FakeEdge::connect_speaking(media, &c.secret, "edge-x", protocol).await;
+        assert!(matches!(&answer, Control::Refused { reason } if reason.contains("protocol")), "{answer:?}");
+        assert_eq!(edge.next().await, None, "the origin closes a refused link");
+    }
 
     let stream = StreamKey::new("live", "bar").unwrap();
     let Response::Claimed(first) = claim(&c, &stream, "edge-1", false).await else { panic!() };

@@ -455,6 +455,9 @@ pub enum Forward {
     /// clients sent while its previous requests were in flight. Answered `Batch`, one
     /// reply per request in the same order, each as `Write` would be answered.
     WriteBatch(Vec<Request>),
+    /// Every member's media-link address as this node knows it (answered locally,
+    /// `Origins`): where an edge finds an origin to follow claims on.
+    Origins,
 }
 
 /// Longest wait of a [`Forward::WatchStream`]; longer requests wait this long.
@@ -464,7 +467,7 @@ impl Forward {
     /// Whether the node that receives this request answers it from its own applied
     /// state, never forwarding it to the leader nor retrying it there.
     pub fn answered_locally(&self) -> bool {
-        matches!(self, Forward::Lookup { .. } | Forward::WatchStream { .. })
+        matches!(self, Forward::Lookup { .. } | Forward::WatchStream { .. } | Forward::Origins)
     }
 }
 
@@ -485,6 +488,8 @@ pub enum ForwardReply {
     Owner { claim: Option<StreamClaim>, media: Option<String> },
     /// The answers to `WriteBatch`, in its order.
     Batch(Vec<ForwardReply>),
+    /// The answer to `Origins`: (node, media-link address) of every member.
+    Origins(Vec<(NodeId, String)>),
 }
 
 /// Classes of non-retryable failure, mapped to HTTP status codes by the admin API.

@@ -57,6 +57,27 @@ impl Reachability {
     }
 }
 
+/// When this node last accepted an AppendEntries (heartbeats included) from a leader:
+/// a follower's evidence that the cluster is keeping its log current. Recorded by the
+/// `/raft/append` route; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderContact {
+    last: Arc<Mutex<Option<Instant>>>,
+}
+
+impl LeaderContact {
+    /// When a leader's AppendEntries was last accepted, if ever.
+    pub fn last(&self) -> Option<Instant> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an accepted AppendEntries at `at`.
+    pub fn record(&self, at: Instant) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some(last.map_or(at, |l| l.max(at)));
+    }
+}
+
 /// Creates one [`PeerClient`] per replication target; they share one connection pool
 /// and one [`Reachability`].
 #[derive(Clone)]

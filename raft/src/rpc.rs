@@ -98,14 +98,15 @@ pub enum DecodeError {
 }
 
 /// The Raft RPC routes, served next to the admin API.
-pub fn routes(raft: Raft, secret: ClusterSecret) -> Router {
+/// Accepted AppendEntries are recorded in `contact`.
+pub fn routes(raft: Raft, secret: ClusterSecret, contact: crate::network::LeaderContact) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route_layer(axum::middleware::from_fn_with_state(secret.clone(), require_secret))
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
-        .with_state(RpcState { raft, secret })
+        .with_state(RpcState { raft, secret, contact })
 }
 
 /// Middleware: refuses a request without the cluster secret before its body is read.
@@ -124,6 +125,7 @@ pub async fn require_secret(
 struct RpcState {
     raft: Raft,
     secret: ClusterSecret,
+    contact: crate::network::LeaderContact,
 }
 
 /// Authenticates and decodes an RPC body, or answers why not.
@@ -154,7 +156,11 @@ async fn append(State(s): State<RpcState>, headers: HeaderMap, body: Bytes) -> R
     match admit::<openraft::raft::AppendEntriesRequest<crate::TypeConfig>>(&s.secret, &headers, &body) {
         Ok(req) => {
             let entries = req.entries.len();
-            let answer = reply(&s.raft.append_entries(req).await);
+            let result = s.raft.append_entries(req).await;
+            if matches!(&result, Ok(r) if r.is_success()) {
+                s.contact.record(std::time::Instant::now());
+            }
+            let answer = reply(&result);
             // What one AppendEntries costs this follower (decode, append, sync): it must
             // fit in the leader's heartbeat interval (docs/origin-cluster.md).
             if entries > 0 {

@@ -41,7 +41,7 @@ pub struct Owner {
     pub media: SocketAddr,
 }
 
-/// The owner in a `Lookup` or `WatchStream` answer.
+/// The owner in a `Lookup` answer.
 fn owner_of(reply: ForwardReply) -> Result<Option<Owner>, ControlError> {
     match reply {
         ForwardReply::Owner { claim: Some(claim), media: Some(media) } => {
@@ -188,18 +188,15 @@ impl Control {
         self.write(&req).await
     }
 
-    /// Waits up to `wait` until an origin's applied claim of `stream` differs from
-    /// `known` (the change feed players follow), then says who owns it now.
-    pub async fn watch(
-        &self,
-        stream: &StreamKey,
-        known: Option<u64>,
-        wait: Duration,
-    ) -> Result<Option<Owner>, ControlError> {
-        let wait_ms = wait.as_millis().min(30_000) as u32;
-        let req = Forward::WatchStream { stream: stream.clone(), known_epoch: known, wait_ms };
-        let attempt = wait + ATTEMPT_TIMEOUT;
-        owner_of(self.send_within(&req, attempt, attempt + self.deadline).await?)
+    /// Every origin's media-link address, as the first origin to answer knows them.
+    pub async fn origins(&self) -> Result<Vec<(raftcast_raft::NodeId, SocketAddr)>, ControlError> {
+        match self.send(&Forward::Origins).await? {
+            ForwardReply::Origins(all) => {
+                Ok(all.into_iter().filter_map(|(id, a)| Some((id, a.parse().ok()?))).collect())
+            }
+            ForwardReply::Failed { kind, message } => Err(ControlError::Failed { kind, message }),
+            other => Err(ControlError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     /// Who owns `stream` and where its media link is, as the first origin to answer

@@ -367,6 +367,19 @@ async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
             ("{side=\"relay\"}".into(), load(&s.relay_failovers)),
         ],
     );
+    let (followed, restarts) = ctx.claims.stats();
+    metric(
+        "edge_claims_followed",
+        "gauge",
+        "Streams whose claims this edge follows on its claims feed (publications and relays)",
+        &[(String::new(), followed as u64)],
+    );
+    metric(
+        "edge_claims_feed_restarts_total",
+        "counter",
+        "Fresh starts of the claims feed: another origin, a lost message, an origin that did not answer",
+        &[(String::new(), restarts)],
+    );
     metric(
         "edge_relay_duplicates_total",
         "counter",

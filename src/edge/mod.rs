@@ -13,6 +13,7 @@
 //! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
 //!   `/metrics`, `/health`.
 
+pub mod claims;
 pub mod config;
 pub mod control;
 pub mod hls;
@@ -139,6 +140,8 @@ pub struct EdgeContext {
     pub control: control::Control,
     pub upstreams: upstream::Upstreams,
     pub relays: streams::Relays,
+    /// Who owns each stream this edge publishes or relays.
+    pub claims: claims::ClaimFeed,
     pub objects: shared_objects::SharedObjects,
     /// Streams packaged for HLS, their windows and counters.
     pub hls: Arc<hls::Hls>,
@@ -178,6 +181,7 @@ impl EdgeContext {
             objects,
             upstreams,
             relays: streams::Relays::default(),
+            claims: claims::ClaimFeed::default(),
             hls: hls::Hls::new(config.hls_serve.clone()),
             stats: EdgeStats::default(),
             limits: EdgeLimits::new(config),
@@ -287,6 +291,7 @@ pub(crate) mod tests {
             ),
             control,
             relays: streams::Relays::default(),
+            claims: claims::ClaimFeed::default(),
             hls: hls::Hls::new(config.hls_serve.clone()),
             stats: EdgeStats::default(),
             limits: EdgeLimits::new(&config),

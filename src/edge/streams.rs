@@ -12,7 +12,7 @@
 //! off from the other origins but not from this edge cannot fence it).
 //!
 //! A [`Relay`] exists while at least one player holds a [`Lease`] on it. It follows the
-//! stream through the cluster's change feed (`Forward::WatchStream`): subscribes on the
+//! stream through the edge's claims feed ([`super::claims`]): subscribes on the
 //! owner's link, re-subscribes at the new owner when ownership changes, and feeds one
 //! local [`Hub`] per publishing generation through a [`Continuity`] filter that drops
 //! what players already have and keeps timestamps monotonic; players wait on
@@ -32,6 +32,7 @@ use raftcast_raft::{Rejection, Response, StreamKey};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::claims::ClaimWatch;
 use super::control::Owner;
 use super::upstream::{ChannelEvent, Sink, Upstream};
 use super::EdgeContext;
@@ -54,7 +55,7 @@ const ANSWER_WAIT: Duration = Duration::from_secs(3);
 const LINK_WAIT: Duration = Duration::from_secs(2);
 /// Pause between lookups while a watched stream is not published.
 const RELAY_RETRY: Duration = Duration::from_millis(200);
-/// How long one change-feed request waits for an ownership change.
+/// How long one wait on the claims feed lasts before looking again.
 const WATCH_WAIT: Duration = Duration::from_secs(10);
 /// How long fetching the owner's HLS window (`FetchWindow`) may take before the
 /// relay's window starts with the live frames only.
@@ -359,12 +360,13 @@ fn retain_limits(config: &super::config::EdgeConfig) -> RetainLimits {
 }
 
 /// Resolves with the epoch of the stream's claim once it is newer than `epoch` (the
-/// change feed relays follow); never while the claim stays at `epoch` or is released
+/// claims feed relays follow too); never while the claim stays at `epoch` or is released
 /// (the owner's refusal or the link says the rest).
 fn watch_claim(ctx: Arc<EdgeContext>, stream: StreamKey, epoch: u64) -> futures::future::BoxFuture<'static, u64> {
     Box::pin(async move {
+        let claim = ctx.claims.follow(&ctx, &stream);
         loop {
-            match ctx.control.watch(&stream, Some(epoch), WATCH_WAIT).await {
+            match claim.changed(Some(epoch), WATCH_WAIT).await {
                 Ok(Some(o)) if o.claim.epoch > epoch => return o.claim.epoch,
                 Ok(Some(o)) if o.claim.epoch == epoch => {}
                 // An origin behind us, or the claim released: look again shortly.
@@ -589,6 +591,7 @@ impl Relay {
 /// generation when the claim is released.
 async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
     let stream = relay.stream.clone();
+    let claim = ctx.claims.follow(&ctx, &stream);
     let mut generation: Option<Generation> = None;
     // The claim epoch we know; `wait` says to wait for it to change rather than look now.
     let mut known: Option<u64> = None;
@@ -596,7 +599,7 @@ async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
     while !relay.stop.is_cancelled() {
         let found = match wait {
             Some(d) => tokio::select! {
-                found = ctx.control.watch(&stream, known, d) => found,
+                found = claim.changed(known, d) => found,
                 _ = relay.stop.cancelled() => break,
             },
             None => tokio::select! {
@@ -633,7 +636,7 @@ async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
             }
             None => generation.insert(Generation::start(&ctx, &relay, &owner)),
         };
-        match follow(&ctx, &relay, g, &owner).await {
+        match follow(&ctx, &relay, g, &owner, &claim).await {
             Followed::Moved(next) => {
                 ctx.stats.relay_failovers.fetch_add(1, Ordering::Relaxed);
                 known = Some(next);
@@ -702,7 +705,7 @@ enum Followed {
 }
 
 /// Subscribes at `owner` and relays until the subscription ends or the claim moves.
-async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner) -> Followed {
+async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner, claim: &ClaimWatch) -> Followed {
     let stream = &relay.stream;
     let up = ctx.upstreams.get(owner.media);
     if !up.live(LINK_WAIT).await {
@@ -742,7 +745,7 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner)
     let epoch = owner.claim.epoch;
     let watch = async {
         loop {
-            match ctx.control.watch(stream, Some(epoch), WATCH_WAIT).await {
+            match claim.changed(Some(epoch), WATCH_WAIT).await {
                 Ok(Some(o)) if o.claim.epoch == epoch => {}
                 Ok(Some(o)) => return o.claim.epoch,
                 // Released: the owner's `Ended` says the rest.

@@ -182,7 +182,13 @@ impl Upstream {
     /// Opens a channel; its events arrive on the returned receiver, and media on it goes
     /// to `sink` when given. Close it with [`close`](Self::close).
     pub fn open(&self, sink: Option<Sink>) -> (ChannelId, mpsc::Receiver<ChannelEvent>) {
-        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        self.open_with(sink, CHANNEL_EVENTS)
+    }
+
+    /// [`open`](Self::open) with room for `events` queued events (the claims feed's
+    /// channel sees many more than a stream's).
+    pub fn open_with(&self, sink: Option<Sink>, events: usize) -> (ChannelId, mpsc::Receiver<ChannelEvent>) {
+        let (tx, rx) = mpsc::channel(events);
         let id = ChannelId(self.next_channel.fetch_add(1, Ordering::Relaxed));
         lock(&self.channels).insert(id, Channel { events: tx, sink, collect: None });
         (id, rx)
@@ -278,7 +284,8 @@ fn channel_of(control: &Control) -> Option<ChannelId> {
         | Control::PublishRefused { channel, .. }
         | Control::Subscribed { channel }
         | Control::NotFound { channel }
-        | Control::Ended { channel } => Some(*channel),
+        | Control::Ended { channel }
+        | Control::Claims { channel, .. } => Some(*channel),
         _ => None,
     }
 }

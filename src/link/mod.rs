@@ -10,4 +10,4 @@ pub mod protocol;
 
 pub use client::{LinkEvent, LinkHandle, LinkState, LinkTiming};
 pub use frame::{FrameCodec, LinkError, LinkFrame, MediaFrame};
-pub use protocol::{ChannelId, Control, PublishRefusal, PROTOCOL_VERSION};
+pub use protocol::{ChannelId, Control, PublishRefusal, OLDEST_PROTOCOL, PROTOCOL_VERSION};

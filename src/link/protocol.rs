@@ -9,10 +9,17 @@ use crate::hls::mark::Continuation;
 
 /// Version spoken on the link; the origin refuses a `Hello` with another one.
 ///
+/// 3: the claims feed (`WatchClaims`, `Claims`).
 /// 2: `PublishRefused` carries a [`PublishRefusal`] instead of text. `Hello`, `Welcome`
 /// and `Refused` (the first three variants) never change: they are how two versions
 /// find out they differ.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest version an origin still accepts at `Hello`, answering `Welcome` with the
+/// edge's version: what protocol 3 added is asked for by the edge, so a protocol-2 edge
+/// (which follows claims with `Forward::WatchStream`) works unchanged on a protocol-3
+/// origin. Origins upgrade first; an edge newer than its origin is refused.
+pub const OLDEST_PROTOCOL: u32 = 2;
 
 /// Why an origin refused a publish. The edge decides what to do on this, never on
 /// the text, which is for logs and clients.
@@ -160,6 +167,40 @@ pub enum Control {
         channel: ChannelId,
         stream: StreamKey,
     },
+    /// Edge → origin: the claims feed of this link, on `channel` (one per link; a
+    /// `WatchClaims` on another channel starts the feed afresh with nothing watched).
+    /// Stop following `remove`, start following `add`: the origin answers each added
+    /// stream's current claim with `Claims`, then every change of a followed stream's
+    /// claim, as it applies them. Nothing is sent before the origin's applied state
+    /// reaches log index `at_least` (what the edge already saw from another origin), so
+    /// a claim the edge follows never goes back. At most [`MAX_FEED_BATCH`] names each.
+    WatchClaims {
+        channel: ChannelId,
+        add: Vec<StreamKey>,
+        remove: Vec<StreamKey>,
+        at_least: u64,
+    },
+    /// Origin → edge: claims of followed streams as of applied log index `applied`
+    /// (`None`: not claimed), with the owners' media addresses. `seq` counts the
+    /// feed's messages from 0: a gap means the edge lost one and starts afresh.
+    Claims {
+        channel: ChannelId,
+        seq: u64,
+        applied: u64,
+        claims: Vec<(StreamKey, Option<FeedClaim>)>,
+    },
+}
+
+/// Most streams named in one `WatchClaims` or answered in one `Claims`: with names of
+/// at most 128 bytes a message stays well inside [`crate::link::frame::MAX_CONTROL`].
+pub const MAX_FEED_BATCH: usize = 64;
+
+/// A stream's claim in the claims feed, and where its owner takes media.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedClaim {
+    pub claim: raftcast_raft::command::StreamClaim,
+    /// The owner's media address (`None`: not in the membership this origin knows).
+    pub media: Option<String>,
 }
 
 #[cfg(test)]

@@ -64,6 +64,20 @@ impl Liveness {
         silence(self.reach.last_ok(node), leading_since, now)
     }
 
+    /// Whether the cluster keeps this node's applied state current now: as leader, a
+    /// majority of voters (itself included) answered within `within`; otherwise a
+    /// leader's AppendEntries was accepted within `within` (`contact`). A node cut off
+    /// from the others, or removed from them, stops being in touch within `within`.
+    pub fn in_touch(&self, m: &RaftMetrics, contact: Option<Instant>, now: Instant, within: Duration) -> bool {
+        let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= within);
+        if m.state != ServerState::Leader {
+            return recent(contact);
+        }
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let answered = voters.iter().filter(|v| **v == self.id || recent(self.reach.last_ok(**v))).count();
+        answered > voters.len() / 2
+    }
+
     /// Whether `node` is this node or has answered within the bound.
     pub fn reachable(&self, node: NodeId, leading_since: Instant, now: Instant) -> bool {
         node == self.id || self.silence(node, leading_since, now) <= self.bound
@@ -102,6 +116,29 @@ mod tests {
         assert!(!live.reachable(2, t0, ms(t0, 1_101)));
         assert!(!live.reachable(3, t0, ms(t0, 1_001)), "never answered, leading for more than the bound");
         assert!(live.reachable(1, t0, ms(t0, 60_000)), "this node itself");
+    }
+
+    #[test]
+    fn in_touch_means_a_recent_leader_for_a_follower_and_a_recent_quorum_for_a_leader() {
+        use openraft::{LogId, Membership, StoredMembership};
+        use std::collections::BTreeSet;
+        let t0 = Instant::now();
+        let within = Duration::from_secs(1);
+        let reach = Reachability::default();
+        let live = Liveness::new(1, reach.clone(), BOUND);
+        let mut m = RaftMetrics::new_initial(1);
+        assert!(!live.in_touch(&m, None, t0, within), "a follower that never heard a leader");
+        assert!(live.in_touch(&m, Some(t0), ms(t0, 1_000), within));
+        assert!(!live.in_touch(&m, Some(t0), ms(t0, 1_001), within), "a follower the leader stopped talking to");
+        m.state = ServerState::Leader;
+        let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+        let membership = Membership::new(vec![voters], None);
+        let stored = StoredMembership::new(Some(LogId::default()), membership);
+        m.membership_config = Arc::new(stored);
+        assert!(!live.in_touch(&m, None, t0, within), "a leader alone of three");
+        reach.record(3, ms(t0, 500));
+        assert!(live.in_touch(&m, None, ms(t0, 1_500), within), "itself and node 3");
+        assert!(!live.in_touch(&m, None, ms(t0, 1_501), within), "node 3 went quiet");
     }
 
     #[test]

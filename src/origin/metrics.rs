@@ -49,6 +49,8 @@ pub struct Scrape {
     pub subscriptions: usize,
     /// `WatchStream` requests waiting on this origin.
     pub watches: usize,
+    /// Claims feeds of edge links.
+    pub claim_feeds: usize,
     /// Bytes of writes waiting on this origin (admission control's budget in use).
     pub pending_write_bytes: usize,
 }
@@ -88,6 +90,7 @@ pub struct Metrics {
     /// Streams this origin (as leader) moved to another owner, by reason.
     pub streams_reassigned: Family<ReasonLabel, Counter>,
     stream_watches: Gauge,
+    claim_feeds: Gauge,
     /// Writes refused by admission control before proposal, by reason (`pending_bytes`,
     /// `apply_lag`).
     pub writes_refused: Family<ReasonLabel, Counter>,
@@ -124,6 +127,7 @@ impl Metrics {
             orphans_released: Counter::default(),
             streams_reassigned: Family::default(),
             stream_watches: Gauge::default(),
+            claim_feeds: Gauge::default(),
             writes_refused: Family::default(),
             pending_write_bytes: Gauge::default(),
             raft_running: Gauge::default(),
@@ -201,6 +205,7 @@ impl Metrics {
             m.streams_reassigned.clone(),
         );
         registry.register("stream_watches", "WatchStream requests waiting on this origin", m.stream_watches.clone());
+        registry.register("link_claim_feeds", "Claims feeds open on edge links", m.claim_feeds.clone());
         registry.register(
             "raft_writes_refused",
             "Writes refused by admission control before proposal, by reason",
@@ -256,6 +261,7 @@ impl Metrics {
         set(&self.link_publishers, scrape.publishing as u64);
         set(&self.link_subscriptions, scrape.subscriptions as u64);
         set(&self.stream_watches, scrape.watches as u64);
+        set(&self.claim_feeds, scrape.claim_feeds as u64);
         set(&self.pending_write_bytes, scrape.pending_write_bytes as u64);
         set(&self.raft_running, u64::from(m.running_state.is_ok()));
         if let Some(heap) = crate::heap::stats() {
@@ -318,6 +324,7 @@ mod tests {
             publishing: 1,
             subscriptions: 3,
             watches: 4,
+            claim_feeds: 2,
             pending_write_bytes: 65536,
         };
         let text = metrics.render(&RaftMetrics::new_initial(1), &scrape);
@@ -331,6 +338,7 @@ mod tests {
             "raftcast_link_publishers 1",
             "raftcast_link_subscriptions 3",
             "raftcast_stream_watches 4",
+            "raftcast_link_claim_feeds 2",
             "raftcast_streams_reassigned_total{reason=\"unreachable\"} 2",
             "raftcast_streams_reassigned_total{reason=\"edge\"} 0",
             "raftcast_raft_writes_refused_total{reason=\"apply_lag\"} 1",

@@ -121,6 +121,9 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         watch::StreamWatch::new(state.clone(), shutdown.clone()),
         config.limits,
     );
+    // When a leader's AppendEntries was last accepted here (the Raft RPC route records
+    // it): whether this origin's state is current enough to feed edges claims.
+    let contact = raftcast_raft::network::LeaderContact::default();
     let links = link_server::LinkContext::new(
         config.id,
         config.secret.clone(),
@@ -128,7 +131,8 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         state.clone(),
         metrics.links.clone(),
     )
-    .with_hls_window(config.hls_window);
+    .with_hls_window(config.hls_window)
+    .with_touch(liveness.clone(), contact.clone());
     tokio::spawn(tracing::Instrument::in_current_span(confirm_current(
         proposer.clone(),
         links.clone(),
@@ -211,7 +215,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
                 .with_state((objects, shutdown.clone())),
         );
     let router = api::router(app)
-        .merge(rpc::routes(raft.clone(), config.secret.clone()))
+        .merge(rpc::routes(raft.clone(), config.secret.clone(), contact.clone()))
         .merge(internal)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)

@@ -707,6 +707,9 @@ impl Proposer {
             Forward::WriteBatch(reqs) => {
                 ForwardReply::Batch(futures::future::join_all(reqs.iter().map(|req| self.write_here(req))).await)
             }
+            Forward::Origins => {
+                ForwardReply::Origins(self.membership().1.into_iter().map(|(id, a)| (id, a.media)).collect())
+            }
             Forward::Lookup { stream } => {
                 let claim = self.state.read(|sm| sm.streams.get(stream).cloned());
                 self.owner_reply(claim)

@@ -29,7 +29,12 @@ pub fn free_addr() -> SocketAddr {
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000; // up to 31999, below the ephemeral range
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(u32::MAX, std::process::id().wrapping_mul(7919) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     for _ in 0..SPAN {
         let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {

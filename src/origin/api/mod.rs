@@ -194,6 +194,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
         publishing,
         subscriptions,
         watches: app.proposer.stream_watches(),
+        claim_feeds: app.live.links().feeds.count(),
         pending_write_bytes: app.proposer.admission().pending_bytes(),
     };
     let body = app.metrics.render(&raft, &scrape);

@@ -10,9 +10,11 @@ use raftcast_raft::StreamKey;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::feed::Feed;
 use super::held::HeldFrames;
 use super::registry::{Attached, LinkContext, Publisher};
 use super::{CLAIM_WAIT, MAX_PENDING_PUBLISHES};
+use crate::link::protocol::MAX_FEED_BATCH;
 use crate::link::{ChannelId, Control, LinkFrame, MediaFrame, PublishRefusal};
 use crate::media::{Frame, Hub, ResumePoint};
 use crate::origin::ingest::IngestStats;
@@ -79,6 +81,8 @@ pub(super) struct Link {
     /// Where waits for claims report; the read loop takes them in turn with frames.
     applied_tx: mpsc::Sender<ClaimReady>,
     next_wait: u64,
+    /// The edge's claims feed, once it asked for one.
+    feed: Option<Feed>,
 }
 
 impl Link {
@@ -101,6 +105,7 @@ impl Link {
             pumps: HashMap::new(),
             applied_tx,
             next_wait: 0,
+            feed: None,
         };
         (link, applied)
     }
@@ -143,6 +148,9 @@ impl Link {
             }
             LinkFrame::Control(Control::Unsubscribe { channel }) => self.unsubscribe(channel),
             LinkFrame::Control(Control::FetchWindow { channel, stream }) => self.fetch_window(channel, stream).await,
+            LinkFrame::Control(Control::WatchClaims { channel, add, remove, at_least }) => {
+                self.watch_claims(channel, add, remove, at_least)
+            }
             LinkFrame::Control(other) => tracing::debug!(?other, "ignored control frame"),
         }
     }
@@ -319,6 +327,24 @@ impl Link {
         });
     }
 
+    /// `WatchClaims`: the feed on `channel` (a new one if the edge started afresh on
+    /// another channel) follows `add` and no longer `remove`.
+    fn watch_claims(&mut self, channel: ChannelId, add: Vec<StreamKey>, remove: Vec<StreamKey>, at_least: u64) {
+        if add.len() > MAX_FEED_BATCH || remove.len() > MAX_FEED_BATCH {
+            tracing::warn!(edge = %self.edge, add = add.len(), remove = remove.len(), "oversized WatchClaims ignored");
+            return;
+        }
+        if self.feed.as_ref().is_none_or(|f| f.channel != channel) {
+            self.feed = None; // unregisters the old one first
+            let (state, raft) = (self.ctx.state.clone(), self.ctx.raft.clone());
+            self.feed = Some(self.ctx.feeds.open(self.id, channel, state, raft, self.tx.clone()));
+        }
+        let over = self.feed.as_ref().map_or(0, |f| f.update(add, remove, at_least));
+        if over > 0 {
+            tracing::warn!(edge = %self.edge, over, "claims feed full; streams not followed");
+        }
+    }
+
     fn unsubscribe(&mut self, channel: ChannelId) {
         if let Some((stream, pump)) = self.pumps.remove(&channel) {
             pump.abort();
@@ -328,6 +354,7 @@ impl Link {
 
     /// The link is gone: stop its pumps and waits, and end the streams it published.
     pub(super) fn close(&mut self) {
+        self.feed = None;
         for channel in self.pumps.keys().copied().collect::<Vec<_>>() {
             self.unsubscribe(channel);
         }

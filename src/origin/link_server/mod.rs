@@ -12,6 +12,7 @@
 //! Per stream, the owner knows the attached publisher, the subscribed edges and the
 //! ingest counters; [`LinkContext::live_streams`] reports them. Never knows RTMP.
 
+mod feed;
 mod held;
 mod link;
 mod registry;
@@ -33,12 +34,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use feed::MAX_FEED_STREAMS;
 pub use held::{PENDING_BYTES, PENDING_FRAMES};
 pub use registry::LinkContext;
 
 use crate::limits::{Limit, Permit};
 use crate::link::frame::{MAX_FRAME, MAX_UNAUTHENTICATED};
-use crate::link::{Control, FrameCodec, LinkFrame, PROTOCOL_VERSION};
+use crate::link::{Control, FrameCodec, LinkFrame, OLDEST_PROTOCOL, PROTOCOL_VERSION};
 use link::Link;
 
 /// Most authenticated edge links an origin holds at once; a link that says a valid
@@ -116,11 +118,15 @@ async fn follow_claims(ctx: LinkContext, shutdown: CancellationToken) {
                 for event in events.iter() {
                     if let Event::Stream { stream, .. } = event {
                         ctx.reconcile(stream);
+                        ctx.feeds.changed(stream);
                     }
                 }
             }
             // Missed changes, or a whole new state: look at everything.
-            Ok(Notice::Replaced { .. }) | Err(RecvError::Lagged(_)) => ctx.reconcile_all(),
+            Ok(Notice::Replaced { .. }) | Err(RecvError::Lagged(_)) => {
+                ctx.reconcile_all();
+                ctx.feeds.changed_all();
+            }
             Err(RecvError::Closed) => return,
         }
     }
@@ -226,17 +232,18 @@ async fn run_link(
             return Err(e);
         }
     };
-    let edge = match hello {
+    let spoken = OLDEST_PROTOCOL..=PROTOCOL_VERSION;
+    let (edge, protocol) = match hello {
         LinkFrame::Control(Control::Hello { protocol, edge, secret })
-            if protocol == PROTOCOL_VERSION && constant_time_eq(secret.as_bytes(), ctx.secret.as_str().as_bytes()) =>
+            if spoken.contains(&protocol) && constant_time_eq(secret.as_bytes(), ctx.secret.as_str().as_bytes()) =>
         {
-            edge
+            (edge, protocol)
         }
         other => {
             ctx.stats.refused.inc();
             let reason = match other {
-                LinkFrame::Control(Control::Hello { protocol, .. }) if protocol != PROTOCOL_VERSION => {
-                    format!("protocol {protocol} is not {PROTOCOL_VERSION}")
+                LinkFrame::Control(Control::Hello { protocol, .. }) if !spoken.contains(&protocol) => {
+                    format!("protocol {protocol} is not one of {OLDEST_PROTOCOL} to {PROTOCOL_VERSION}")
                 }
                 LinkFrame::Control(Control::Hello { .. }) => "wrong cluster secret".to_owned(),
                 _ => "the first frame must be Hello".to_owned(),
@@ -260,7 +267,7 @@ async fn run_link(
     ctx.stats.links.inc();
     let (tx, rx) = mpsc::channel::<LinkFrame>(LINK_SEND_QUEUE);
     let writer_task = tokio::spawn(write_link(writer, rx, ctx.stats.clone()));
-    let _ = tx.send(LinkFrame::Control(Control::Welcome { protocol: PROTOCOL_VERSION, origin: ctx.id })).await;
+    let _ = tx.send(LinkFrame::Control(Control::Welcome { protocol, origin: ctx.id })).await;
     let (mut link, mut applied) = Link::new(link, edge, ctx.clone(), tx);
     let result = loop {
         // `read_frame` is cancel-safe: bytes read so far stay in `buf`.

@@ -125,6 +125,8 @@ pub struct LinkContext {
     /// Bounds of each stream's HLS window (`--hls-window-*`).
     window: WindowLimits,
     remembered: Arc<Mutex<Remembered>>,
+    /// The links' claims feeds.
+    pub feeds: super::feed::ClaimFeeds,
 }
 
 impl LinkContext {
@@ -140,7 +142,19 @@ impl LinkContext {
             current: Arc::new(watch::Sender::new(false)),
             window: WindowLimits::default(),
             remembered: Arc::default(),
+            feeds: Default::default(),
         }
+    }
+
+    /// Claims feeds go quiet while this origin is out of touch with the cluster
+    /// ([`crate::origin::liveness::Liveness::in_touch`]), so edges move theirs.
+    pub fn with_touch(
+        mut self,
+        liveness: crate::origin::liveness::Liveness,
+        contact: raftcast_raft::network::LeaderContact,
+    ) -> Self {
+        self.feeds = super::feed::ClaimFeeds::with_touch(liveness, contact);
+        self
     }
 
     /// Each stream's HLS window is kept within `window`.
