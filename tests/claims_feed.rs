@@ -103,6 +103,10 @@ async fn each_edge_follows_all_its_streams_on_one_feed_which_moves_when_its_orig
         })
         .await;
     }
+    eventually(Duration::from_secs(20), "every player to get frames", || async {
+        latest.iter().all(|l| l.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
     let all = [1, 2, 3];
     eventually(Duration::from_secs(10), "one feed per edge", || async {
         (origins_sum(&c, &all, "raftcast_link_claim_feeds").await == 2.0).then_some(())

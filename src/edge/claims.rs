@@ -33,9 +33,9 @@ use crate::link::Control;
 /// `seq`) and costs a fresh start, not a wrong claim.
 const FEED_EVENTS: usize = 1024;
 /// How long a feed may stay silent before the edge moves it to another origin. An
-/// origin in touch with the cluster sends at least an empty `Claims` every 200 ms; one
+/// origin in touch with the cluster sends at least an empty `Claims` every 100 ms; one
 /// cut off from the others, or behind the index the edge asked for, says nothing.
-const FEED_SILENCE: Duration = Duration::from_millis(1000);
+const FEED_SILENCE: Duration = Duration::from_millis(500);
 /// How long to wait for a link to come up.
 const LINK_WAIT: Duration = Duration::from_secs(2);
 
@@ -121,6 +121,20 @@ impl ClaimWatch {
         self.rx.borrow().clone()
     }
 
+    /// The owner once the stream's claim is at `epoch` or later (a claim just
+    /// committed may not be applied on the feed's origin yet); `Unavailable` after
+    /// `wait`.
+    pub async fn at_least(&self, epoch: u64, wait: Duration) -> Result<Owner, ControlError> {
+        let reached = |k: &Known| matches!(k, Known::Claim(Some(o)) if o.claim.epoch >= epoch);
+        let mut rx = self.rx.clone();
+        if let Ok(Ok(known)) = tokio::time::timeout(wait, rx.wait_for(reached)).await {
+            if let Known::Claim(Some(owner)) = &*known {
+                return Ok(owner.clone());
+            }
+        }
+        Err(ControlError::Unavailable(wait))
+    }
+
     /// The claim once its epoch differs from `known` (a new epoch, a release, or a
     /// first claim when `known` is `None`), or when `wait` passed, what the feed knows
     /// then; `Unavailable` if no origin has answered for the stream by then.
@@ -135,6 +149,16 @@ impl ClaimWatch {
             Known::Claim(owner) => Ok(owner),
             Known::Unknown => Err(ControlError::Unavailable(wait)),
         }
+    }
+}
+
+impl Clone for ClaimWatch {
+    fn clone(&self) -> Self {
+        // Our entry lives while any watch holds it (holders counts them).
+        if let Some(entry) = lock(&self.shared.entries).get_mut(&self.stream) {
+            entry.holders += 1;
+        }
+        ClaimWatch { shared: self.shared.clone(), stream: self.stream.clone(), rx: self.rx.clone() }
     }
 }
 

@@ -86,6 +86,9 @@ impl Publication {
         key: Option<String>,
         fenced: CancellationToken,
     ) -> Result<Publication, Refusal> {
+        // Followed before the claim, so the feed names the stream at its origin by the
+        // time the claim applies there.
+        let watch = ctx.claims.follow(ctx, &stream);
         let mut answer = ctx.control.claim(&stream, &ctx.config.id, &session, false, key.clone()).await;
         if matches!(answer, Ok(Response::Rejected(Rejection::StreamOwned { .. }))) {
             // Someone holds the stream: the leader lets this publisher take it over
@@ -108,7 +111,7 @@ impl Publication {
             tokio::spawn(async move { release(&ctx, &stream, claim.epoch).await });
             Err((PublishRejection::Failed, why))
         };
-        let owner = match ctx.control.lookup_at_least(&stream, claim.epoch).await {
+        let owner = match watch.at_least(claim.epoch, ctx.config.request_deadline).await {
             Ok(owner) if owner.claim.epoch == claim.epoch => owner,
             Ok(_) => return Err((PublishRejection::BadName, format!("{stream} was claimed by another session"))),
             Err(e) => return released(format!("cannot find the owner of {stream}: {e}")),
@@ -154,6 +157,7 @@ impl Publication {
             stamper: Stamper::new(ctx.config.hls, continue_after),
             dropped: dropped.clone(),
             fenced,
+            watch,
         };
         tokio::spawn(task.run(rx, events));
         ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +219,8 @@ struct Forwarder {
     stamper: Stamper,
     dropped: Arc<AtomicU64>,
     fenced: CancellationToken,
+    /// The stream's claim on the edge's claims feed.
+    watch: ClaimWatch,
 }
 
 /// A publication attached to a (new) owner.
@@ -243,7 +249,7 @@ impl Forwarder {
         // from the other origins, but not from this edge, keeps accepting our frames
         // after the leader moved the stream away from it; players follow the claim to
         // the new owner, so we must too, or they get nothing until the partition heals.
-        let mut claim_moved = watch_claim(self.ctx.clone(), self.stream.clone(), self.epoch);
+        let mut claim_moved = watch_claim(self.watch.clone(), self.epoch);
         loop {
             let lost: Option<String> = tokio::select! {
                 frame = frames.recv() => {
@@ -273,7 +279,7 @@ impl Forwarder {
                     match moved {
                         Ok(attached) => {
                             self.attach(attached, &mut events).await;
-                            claim_moved = watch_claim(self.ctx.clone(), self.stream.clone(), self.epoch);
+                            claim_moved = watch_claim(self.watch.clone(), self.epoch);
                             self.ctx.stats.publisher_failovers.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(
                                 stream = %self.stream, epoch = self.epoch, owner = self.owner,
@@ -362,9 +368,8 @@ fn retain_limits(config: &super::config::EdgeConfig) -> RetainLimits {
 /// Resolves with the epoch of the stream's claim once it is newer than `epoch` (the
 /// claims feed relays follow too); never while the claim stays at `epoch` or is released
 /// (the owner's refusal or the link says the rest).
-fn watch_claim(ctx: Arc<EdgeContext>, stream: StreamKey, epoch: u64) -> futures::future::BoxFuture<'static, u64> {
+fn watch_claim(claim: ClaimWatch, epoch: u64) -> futures::future::BoxFuture<'static, u64> {
     Box::pin(async move {
-        let claim = ctx.claims.follow(&ctx, &stream);
         loop {
             match claim.changed(Some(epoch), WATCH_WAIT).await {
                 Ok(Some(o)) if o.claim.epoch > epoch => return o.claim.epoch,

@@ -71,10 +71,10 @@ impl Shared {
 
 /// How often a feed says it is alive (an empty `Claims` with the applied index)
 /// while this origin is in touch with the cluster.
-pub const FEED_HEARTBEAT: Duration = Duration::from_millis(200);
+pub const FEED_HEARTBEAT: Duration = Duration::from_millis(100);
 /// In touch: a leader's AppendEntries within this long (a follower), or a quorum's
 /// answers (the leader).
-pub const TOUCH_WITHIN: Duration = Duration::from_millis(500);
+pub const TOUCH_WITHIN: Duration = Duration::from_millis(250);
 
 /// Whether this origin is in touch with the cluster.
 #[derive(Clone)]
