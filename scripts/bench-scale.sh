@@ -4,8 +4,9 @@
 # `raftcast bench publish`. Prints what the bench reports (publishers and players live,
 # latency, time to first frame, errors) and what the redesign must change: the TCP
 # connections each edge holds to the origins' HTTP ports (one long-poll per stream
-# today) and to their media ports (one link per origin), and the origins' waiting
-# stream watches. CPU and RSS of every process come from the bench's --watch-pid.
+# before the claims feed) and to their media ports (one link per origin), the origins'
+# waiting stream watches and their claims feeds (one per edge since session 11). CPU
+# and RSS of every process come from the bench's --watch-pid.
 #
 #   scripts/bench-scale.sh [--publishers 2000] [--kbps 30] [--seconds 60] [--ramp 100]
 #                          [--out DIR]
@@ -56,7 +57,7 @@ sample() {
   token=$(cat "$RAFTCAST_DATA_DIR/admin-token")
   for i in 1 2 3; do
     echo "  origin-$i: $(curl -s -H "Authorization: Bearer $token" "127.0.0.1:810$i/metrics" |
-      grep -E '^raftcast_(stream_watches|link_publishers|link_subscriptions) ' | tr '\n' ' ')"
+      grep -E '^raftcast_(stream_watches|link_claim_feeds|link_publishers|link_subscriptions) ' | tr '\n' ' ')"
   done
 }
 

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod heap;
 pub mod hls;
 pub mod http_server;
+pub mod lease;
 pub mod limits;
 pub mod link;
 pub mod logging;

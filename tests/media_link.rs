@@ -691,3 +691,78 @@ async fn orphaned_claims_are_released_after_the_grace_while_published_streams_st
     };
     assert!(gone_after >= GRACE, "released {gone_after:?} after the publisher left, before the grace");
 }
+
+/// The next `Claims` of feed `channel` that names streams, checking that every
+/// message of the feed (heartbeats included) follows the last without a gap.
+async fn next_claims(
+    edge: &mut FakeEdge,
+    channel: ChannelId,
+    next_seq: &mut u64,
+) -> Vec<(StreamKey, Option<raftcast::link::protocol::FeedClaim>)> {
+    loop {
+        match edge.control_keepalive().await {
+            Control::Claims { channel: got, seq, claims, .. } => {
+                assert_eq!(got, channel);
+                assert_eq!(seq, *next_seq, "the feed's messages are numbered without a gap");
+                *next_seq += 1;
+                if !claims.is_empty() {
+                    return claims;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn origin_metric(c: &Cluster, id: u64, series: &str) -> f64 {
+    let (_, body) = c.call(id, Method::GET, "/metrics", None, &[]).await.unwrap();
+    let text = body.as_str().map(str::to_owned).unwrap_or_else(|| body.to_string());
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).expect(series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claims_feed_answers_added_streams_then_every_change_and_stops_when_unwatched() {
+    let c = Cluster::start(3).await;
+    let fed = StreamKey::new("live", "fed").unwrap();
+    let other = StreamKey::new("live", "other").unwrap();
+    let (mut edge, welcome) = FakeEdge::connect(c.origins[&1].media, &c.secret).await;
+    assert!(matches!(welcome, Control::Welcome { .. }), "{welcome:?}");
+    let feed = ChannelId(7);
+    let mut seq = 0;
+    let watch = Control::WatchClaims { channel: feed, add: vec![fed.clone()], remove: vec![], at_least: 0 };
+    edge.send(LinkFrame::Control(watch)).await;
+    assert_eq!(next_claims(&mut edge, feed, &mut seq).await, vec![(fed.clone(), None)], "not claimed yet");
+    assert_eq!(origin_metric(&c, 1, "raftcast_link_claim_feeds").await, 1.0);
+
+    // Claimed: the claim and its owner's media address, as soon as origin 1 applies it.
+    let Response::Claimed(claimed) = claim(&c, &fed, "edge-1", false).await else { panic!("claimed") };
+    let claims = next_claims(&mut edge, feed, &mut seq).await;
+    let (name, Some(got)) = &claims[0] else { panic!("{claims:?}") };
+    assert_eq!(name, &fed);
+    assert_eq!((got.claim.epoch, got.claim.owner), (claimed.epoch, claimed.owner));
+    assert_eq!(got.media, Some(c.origins[&claimed.owner].media.to_string()));
+
+    // A stream nobody follows here says nothing; the followed one's release does.
+    assert!(matches!(claim(&c, &other, "edge-1", false).await, Response::Claimed(_)));
+    let release = raftcast_raft::Command::ReleaseStream { stream: fed.clone(), epoch: claimed.epoch };
+    let req = Forward::Write(raftcast_raft::Request { id: RequestId::random(), at_ms: 0, command: release });
+    assert!(matches!(forward(&c, &req).await, ForwardReply::Written(Response::Released)));
+    assert_eq!(next_claims(&mut edge, feed, &mut seq).await, vec![(fed.clone(), None)], "released");
+
+    // Following `other` now answers its current claim at once.
+    let watch = Control::WatchClaims { channel: feed, add: vec![other.clone()], remove: vec![fed], at_least: 0 };
+    edge.send(LinkFrame::Control(watch)).await;
+    let claims = next_claims(&mut edge, feed, &mut seq).await;
+    assert!(matches!(&claims[..], [(name, Some(_))] if name == &other), "{claims:?}");
+
+    // Abandoned: the origin drops the feed (and stops its heartbeats).
+    edge.send(LinkFrame::Control(Control::UnwatchClaims { channel: feed })).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while origin_metric(&c, 1, "raftcast_link_claim_feeds").await != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the feed outlived UnwatchClaims");
+        // The link stays up (an origin closes a link silent for 2 s, which would end
+        // the feed anyway).
+        edge.send(LinkFrame::Control(Control::Ping { seq: 1 })).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -13,10 +13,10 @@
 //! until its applied state reaches the highest index this edge has seen, so a claim
 //! never goes back to an older one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use raftcast_raft::StreamKey;
@@ -26,6 +26,7 @@ use super::control::{ControlError, Owner};
 use super::upstream::{ChannelEvent, Upstream};
 use super::EdgeContext;
 use crate::backoff::Backoff;
+use crate::lease::{Lease, Leases, Released};
 use crate::link::protocol::{FeedClaim, MAX_FEED_BATCH};
 use crate::link::Control;
 
@@ -48,9 +49,23 @@ pub enum Known {
     Claim(Option<Owner>),
 }
 
+/// One followed stream: what the feed says of it, for its watches.
 struct Entry {
+    stream: StreamKey,
     tx: watch::Sender<Known>,
-    holders: usize,
+    feed: Weak<Shared>,
+}
+
+impl Released for Arc<Entry> {
+    /// The last watch went: the feed stops following the stream.
+    fn released(&self) {
+        if let Some(feed) = self.feed.upgrade() {
+            let mut changes = lock(&feed.changes);
+            changes.add.remove(&self.stream);
+            changes.remove.insert(self.stream.clone());
+            feed.wake.notify_one();
+        }
+    }
 }
 
 /// Additions and removals not yet sent.
@@ -62,7 +77,7 @@ struct Changes {
 
 #[derive(Default)]
 struct Shared {
-    entries: Mutex<HashMap<StreamKey, Entry>>,
+    entries: Leases<StreamKey, Arc<Entry>>,
     changes: Mutex<Changes>,
     wake: Notify,
     /// The highest applied index of any answer taken.
@@ -90,28 +105,30 @@ impl ClaimFeed {
         if !self.shared.started.swap(true, Ordering::AcqRel) {
             tokio::spawn(tracing::Instrument::in_current_span(run(ctx.clone(), self.shared.clone())));
         }
-        let mut entries = lock(&self.shared.entries);
-        let entry = entries.entry(stream.clone()).or_insert_with(|| {
-            let mut changes = lock(&self.shared.changes);
+        let shared = &self.shared;
+        let lease = shared.entries.acquire(stream, || {
+            let mut changes = lock(&shared.changes);
             changes.remove.remove(stream);
             changes.add.insert(stream.clone());
-            self.shared.wake.notify_one();
-            Entry { tx: watch::Sender::new(Known::Unknown), holders: 0 }
+            shared.wake.notify_one();
+            let tx = watch::Sender::new(Known::Unknown);
+            Arc::new(Entry { stream: stream.clone(), tx, feed: Arc::downgrade(shared) })
         });
-        entry.holders += 1;
-        ClaimWatch { shared: self.shared.clone(), stream: stream.clone(), rx: entry.tx.subscribe() }
+        let rx = lease.value().tx.subscribe();
+        ClaimWatch { _lease: lease, rx }
     }
 
     /// (streams followed, fresh starts of the feed so far).
     pub fn stats(&self) -> (usize, u64) {
-        (lock(&self.shared.entries).len(), self.shared.restarts.load(Ordering::Relaxed))
+        (self.shared.entries.len(), self.shared.restarts.load(Ordering::Relaxed))
     }
 }
 
 /// A hold on one stream's claim in the feed.
+#[derive(Clone)]
 pub struct ClaimWatch {
-    shared: Arc<Shared>,
-    stream: StreamKey,
+    /// Held for its drop: the last one stops following the stream.
+    _lease: Lease<StreamKey, Arc<Entry>>,
     rx: watch::Receiver<Known>,
 }
 
@@ -148,31 +165,6 @@ impl ClaimWatch {
         match self.now() {
             Known::Claim(owner) => Ok(owner),
             Known::Unknown => Err(ControlError::Unavailable(wait)),
-        }
-    }
-}
-
-impl Clone for ClaimWatch {
-    fn clone(&self) -> Self {
-        // Our entry lives while any watch holds it (holders counts them).
-        if let Some(entry) = lock(&self.shared.entries).get_mut(&self.stream) {
-            entry.holders += 1;
-        }
-        ClaimWatch { shared: self.shared.clone(), stream: self.stream.clone(), rx: self.rx.clone() }
-    }
-}
-
-impl Drop for ClaimWatch {
-    fn drop(&mut self) {
-        let mut entries = lock(&self.shared.entries);
-        let Some(entry) = entries.get_mut(&self.stream) else { return };
-        entry.holders -= 1;
-        if entry.holders == 0 {
-            entries.remove(&self.stream);
-            let mut changes = lock(&self.shared.changes);
-            changes.add.remove(&self.stream);
-            changes.remove.insert(self.stream.clone());
-            self.shared.wake.notify_one();
         }
     }
 }
@@ -221,12 +213,9 @@ async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> &'st
     let (channel, mut events) = up.open_with(None, FEED_EVENTS);
     let why = async {
         // Afresh: every stream followed now, and nothing pending.
-        let all: Vec<StreamKey> = {
-            let entries = lock(&shared.entries);
-            let mut changes = lock(&shared.changes);
-            *changes = Changes::default();
-            entries.keys().cloned().collect()
-        };
+        // Every name followed now; changes still pending are sent after them (an add
+        // twice, or a remove of a name never added, changes nothing at the origin).
+        let all: Vec<StreamKey> = shared.entries.keys();
         let at_least = shared.applied.load(Ordering::Acquire);
         let mut answered = false;
         let mut silent_from = tokio::time::Instant::now();
@@ -267,6 +256,10 @@ async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> &'st
         }
     }
     .await;
+    if why != "link down" {
+        // The link may still be up: the origin stops feeding this channel.
+        let _ = up.control(Control::UnwatchClaims { channel });
+    }
     up.close(channel);
     why
 }
@@ -294,9 +287,8 @@ fn send(
 
 /// Stores what an origin said of followed streams (others were removed meanwhile).
 fn store(shared: &Shared, claims: Vec<(StreamKey, Option<FeedClaim>)>) {
-    let entries = lock(&shared.entries);
     for (stream, claim) in claims {
-        let Some(entry) = entries.get(&stream) else { continue };
+        let Some(entry) = shared.entries.get(&stream) else { continue };
         let owner = claim.and_then(|c| Some(Owner { media: c.media?.parse().ok()?, claim: c.claim }));
         entry.tx.send_if_modified(|k| {
             let new = Known::Claim(owner);

@@ -23,7 +23,7 @@
 //!
 //! Knows nothing of RTMP or HTTP framing: `so_session` and `http` translate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +41,7 @@ use raftcast_raft::command::escape_segment;
 
 use super::control::{Control, ControlError};
 use super::tokens::{AuthError, Verifier};
+use crate::lease::{Lease, Leases, Released};
 
 /// Updates buffered per object for its slowest subscriber; one that falls further
 /// behind gets the whole state again instead of the updates it missed.
@@ -109,7 +110,7 @@ struct Registry {
     secret: ClusterSecret,
     control: Control,
     verifier: Verifier,
-    objects: Mutex<HashMap<String, Arc<Object>>>,
+    objects: Leases<String, Arc<Object>>,
     /// [`MAX_EDGE_OBJECTS`], smaller in tests.
     max_objects: usize,
     shutdown: CancellationToken,
@@ -124,17 +125,24 @@ pub struct Object {
     stop: CancellationToken,
 }
 
+impl Released for Arc<Object> {
+    /// The last local subscriber left: the feed stops.
+    fn released(&self) {
+        self.stop.cancel();
+    }
+}
+
 #[derive(Default)]
 struct Local {
     /// The first `state` has arrived.
     known: bool,
     snapshot: Snapshot,
-    subscribers: usize,
 }
 
 /// A local client's use of an object; releases it when dropped.
 pub struct Subscription {
-    registry: Arc<Registry>,
+    /// Held for its drop: the last one stops the object's feed.
+    _lease: Lease<String, Arc<Object>>,
     object: Arc<Object>,
     /// Updates from the moment of subscribing.
     pub updates: broadcast::Receiver<Arc<Update>>,
@@ -155,20 +163,6 @@ impl Subscription {
     }
 }
 
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let mut objects = self.registry.objects.lock().unwrap_or_else(|p| p.into_inner());
-        let mut local = self.object.state.lock().unwrap_or_else(|p| p.into_inner());
-        local.subscribers -= 1;
-        if local.subscribers == 0 {
-            self.object.stop.cancel();
-            if objects.get(&self.object.name).is_some_and(|o| Arc::ptr_eq(o, &self.object)) {
-                objects.remove(&self.object.name);
-            }
-        }
-    }
-}
-
 impl SharedObjects {
     pub fn new(origins: Vec<SocketAddr>, secret: ClusterSecret, control: Control, shutdown: CancellationToken) -> Self {
         let http = reqwest::Client::builder()
@@ -185,7 +179,7 @@ impl SharedObjects {
                 secret,
                 control,
                 verifier,
-                objects: Mutex::default(),
+                objects: Leases::default(),
                 max_objects: MAX_EDGE_OBJECTS,
                 shutdown,
             }),
@@ -213,37 +207,34 @@ impl SharedObjects {
 
     /// Objects in use here.
     pub fn in_use(&self) -> usize {
-        self.inner.objects.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.inner.objects.len()
     }
 
     /// Starts using `name` (opening its feed if nobody here uses it yet); refused when
     /// it is not in use yet and [`MAX_EDGE_OBJECTS`] are.
     pub fn subscribe(&self, name: &ObjectName) -> Result<Subscription, TooManyObjects> {
         let name = name.as_str();
-        let mut objects = self.inner.objects.lock().unwrap_or_else(|p| p.into_inner());
-        if !objects.contains_key(name) && objects.len() >= self.inner.max_objects {
-            return Err(TooManyObjects(self.inner.max_objects));
-        }
-        let object = objects
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                let (updates, _) = broadcast::channel(UPDATE_QUEUE);
-                let object = Arc::new(Object {
-                    name: name.to_owned(),
-                    state: Mutex::default(),
-                    updates,
-                    stop: self.inner.shutdown.child_token(),
-                });
-                tokio::spawn(tracing::Instrument::in_current_span(feed(self.inner.clone(), object.clone())));
-                object
-            })
-            .clone();
-        let mut local = object.state.lock().unwrap_or_else(|p| p.into_inner());
-        local.subscribers += 1;
+        let max = self.inner.max_objects;
+        let lease = self.inner.objects.try_acquire(&name.to_owned(), |in_use| {
+            if in_use >= max {
+                return Err(TooManyObjects(max));
+            }
+            let (updates, _) = broadcast::channel(UPDATE_QUEUE);
+            let object = Arc::new(Object {
+                name: name.to_owned(),
+                state: Mutex::default(),
+                updates,
+                stop: self.inner.shutdown.child_token(),
+            });
+            tokio::spawn(tracing::Instrument::in_current_span(feed(self.inner.clone(), object.clone())));
+            Ok(object)
+        })?;
+        let object = lease.value().clone();
+        let local = object.state.lock().unwrap_or_else(|p| p.into_inner());
         let updates = object.updates.subscribe();
         let initial = local.known.then(|| local.snapshot.clone());
         drop(local);
-        Ok(Subscription { registry: self.inner.clone(), object, updates, initial })
+        Ok(Subscription { _lease: lease, object, updates, initial })
     }
 
     /// Sets `slot` of `name` through Raft for the holder of `claims` (only at version

@@ -23,8 +23,7 @@
 //! starts on a relay already subscribed, it fetches the owner's window on a channel of
 //! its own (`FetchWindow`) and joins it to the live frames ([`Hub::splice_window`]).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +37,7 @@ use super::upstream::{ChannelEvent, Sink, Upstream};
 use super::EdgeContext;
 use crate::backoff::Backoff;
 use crate::hls::mark::Stamper;
+use crate::lease::{Leases, Released};
 use crate::link::{ChannelId, Control, MediaFrame};
 use crate::media::continuity::Continuity;
 use crate::media::retain::{RetainLimits, Retained};
@@ -313,7 +313,7 @@ impl Forwarder {
             }
         }
         if moving.is_none() {
-            let _ = self.up.control(Control::Unpublish { channel: self.channel });
+            let _ = self.up.control_after_media(Control::Unpublish { channel: self.channel }, LINK_SEND_WAIT).await;
         }
         self.up.close(self.channel);
         let lost = self.retained.lost();
@@ -479,29 +479,35 @@ async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner) -> Result<
 /// The relays of this edge, one per stream with players.
 #[derive(Default)]
 pub struct Relays {
-    relays: Mutex<HashMap<StreamKey, Arc<Relay>>>,
+    relays: Leases<StreamKey, Arc<Relay>>,
 }
 
 /// One stream's upstream subscription on this edge.
 pub struct Relay {
     pub stream: StreamKey,
     hub: watch::Sender<Option<Arc<Hub>>>,
-    /// Leases held: players and HLS packaging tasks.
-    players: AtomicUsize,
-    /// HLS leases among them: while there is one, the hub keeps the HLS window.
+    /// HLS leases held: while there is one, the hub keeps the HLS window.
     hls: watch::Sender<usize>,
     stop: CancellationToken,
     /// The owner this relay is subscribed to (0: none).
     owner: AtomicU64,
 }
 
+impl Released for Arc<Relay> {
+    /// The last player (or HLS packaging task) left: the relay stops.
+    fn released(&self) {
+        self.stop.cancel();
+    }
+}
+
 /// A player's (or an HLS packaging task's) hold on a relay; the last one dropped
 /// stops it.
 pub struct Lease {
-    ctx: Arc<EdgeContext>,
     pub relay: Arc<Relay>,
     /// An HLS lease ([`Relays::join_hls`]).
     hls: bool,
+    /// Held for its drop (after `hls` is counted down).
+    _lease: crate::lease::Lease<StreamKey, Arc<Relay>>,
 }
 
 impl Relays {
@@ -518,37 +524,33 @@ impl Relays {
     }
 
     fn join_as(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey, hls: bool) -> Lease {
-        let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
-        let relay = relays
-            .entry(stream.clone())
-            .or_insert_with(|| {
-                let relay = Arc::new(Relay {
-                    stream: stream.clone(),
-                    hub: watch::Sender::new(None),
-                    players: AtomicUsize::new(0),
-                    hls: watch::Sender::new(0),
-                    stop: ctx.shutdown.child_token(),
-                    owner: AtomicU64::new(0),
-                });
-                tokio::spawn(run_relay(ctx.clone(), relay.clone()));
-                relay
-            })
-            .clone();
-        relay.players.fetch_add(1, Ordering::Relaxed);
+        let lease = self.relays.acquire(stream, || {
+            let relay = Arc::new(Relay {
+                stream: stream.clone(),
+                hub: watch::Sender::new(None),
+                hls: watch::Sender::new(0),
+                stop: ctx.shutdown.child_token(),
+                owner: AtomicU64::new(0),
+            });
+            tokio::spawn(run_relay(ctx.clone(), relay.clone()));
+            relay
+        });
+        let relay = lease.value().clone();
         if hls {
             relay.hls.send_modify(|n| *n += 1);
         }
-        Lease { ctx: ctx.clone(), relay, hls }
+        Lease { relay, hls, _lease: lease }
     }
 
     /// (stream, players, owner) of every relay; HLS packaging tasks are not players.
     pub fn snapshot(&self) -> Vec<(StreamKey, usize, u64)> {
-        let relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<_> = relays
-            .values()
-            .map(|r| {
-                let players = r.players.load(Ordering::Relaxed).saturating_sub(*r.hls.borrow());
-                (r.stream.clone(), players, r.owner.load(Ordering::Relaxed))
+        let mut all: Vec<_> = self
+            .relays
+            .entries()
+            .into_iter()
+            .map(|(stream, r, holders)| {
+                let players = holders.saturating_sub(*r.hls.borrow());
+                (stream, players, r.owner.load(Ordering::Relaxed))
             })
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -560,10 +562,10 @@ impl Relays {
     /// `edge_relay_window_bytes`). A hub keeps one only while HLS starts on its stream:
     /// the packaging task takes it ([`Hub::take_window`]).
     pub fn windows(&self) -> (usize, usize) {
-        let relays: Vec<Arc<Relay>> = self.relays.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        relays
+        self.relays
+            .entries()
             .iter()
-            .filter_map(|r| r.hub.borrow().clone())
+            .filter_map(|(_, r, _)| r.hub.borrow().clone())
             .filter(|h| h.keeps_window())
             .fold((0, 0), |(n, b), h| (n + 1, b + h.window_size().2))
     }
@@ -573,13 +575,6 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if self.hls {
             self.relay.hls.send_modify(|n| *n = n.saturating_sub(1));
-        }
-        let mut relays = self.ctx.relays.relays.lock().unwrap_or_else(|p| p.into_inner());
-        if self.relay.players.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.relay.stop.cancel();
-            if relays.get(&self.relay.stream).is_some_and(|r| Arc::ptr_eq(r, &self.relay)) {
-                relays.remove(&self.relay.stream);
-            }
         }
     }
 }

@@ -213,6 +213,13 @@ impl Upstream {
         self.handle.send(LinkFrame::Control(control))
     }
 
+    /// Queues a control frame behind the media already queued (the control lane
+    /// would overtake them), waiting up to `limit` for room: `Unpublish` must reach
+    /// the origin after the publication's last frames.
+    pub async fn control_after_media(&self, control: Control, limit: Duration) -> Result<(), SendError> {
+        self.handle.send_wait(LinkFrame::Control(control), limit).await
+    }
+
     /// Queues a media frame, waiting up to `limit` for room in the link's send queue.
     pub async fn media(&self, frame: MediaFrame, limit: Duration) -> Result<(), SendError> {
         let bytes = frame.frame.payload.len() as u64;

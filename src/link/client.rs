@@ -20,8 +20,11 @@ use super::frame::{FrameCodec, LinkFrame};
 use super::protocol::{Control, PROTOCOL_VERSION};
 use crate::backoff::Backoff;
 
-/// Frames waiting to be written to the origin; `send` fails fast when it is full.
+/// Media frames waiting to be written to the origin; `send_wait` waits for room.
 pub const SEND_QUEUE: usize = 1024;
+/// Control frames waiting to be written to the origin, ahead of media; `send` fails
+/// fast when it is full.
+pub const CONTROL_QUEUE: usize = 1024;
 
 /// Timing of a link.
 #[derive(Debug, Clone, Copy)]
@@ -84,16 +87,21 @@ pub enum SendError {
 #[derive(Clone)]
 pub struct LinkHandle {
     tx: mpsc::Sender<LinkFrame>,
+    control: mpsc::Sender<LinkFrame>,
     state: watch::Receiver<LinkState>,
 }
 
 impl LinkHandle {
-    /// Queues a frame for the origin if the link is live.
+    /// Queues a control frame for the origin if the link is live. Control frames have
+    /// a queue of their own ([`CONTROL_QUEUE`]), written before any media waiting, so
+    /// a publish or a feed message never waits behind a burst of media; a control
+    /// frame that must stay in order with a channel's media goes with the media
+    /// ([`send_wait`](Self::send_wait)).
     pub fn send(&self, frame: LinkFrame) -> Result<(), SendError> {
         if !matches!(*self.state.borrow(), LinkState::Live { .. }) {
             return Err(SendError::NotLive);
         }
-        self.tx.try_send(frame).map_err(|e| match e {
+        self.control.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::NotLive,
         })
@@ -134,14 +142,21 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> LinkHandle {
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (state_tx, state) = watch::channel(LinkState::Connecting);
     // Detached from whichever session happened to open the link first.
     let span = tracing::info_span!(parent: None, "uplink", origin.addr = %addr);
     tokio::spawn(tracing::Instrument::instrument(
-        run(addr, edge, secret, timing, rx, state_tx, events, shutdown),
+        run(addr, edge, secret, timing, Outgoing { control: control_rx, media: rx }, state_tx, events, shutdown),
         span,
     ));
-    LinkHandle { tx, state }
+    LinkHandle { tx, control, state }
+}
+
+/// What the edge queued for the origin: control first, then media.
+struct Outgoing {
+    control: mpsc::Receiver<LinkFrame>,
+    media: mpsc::Receiver<LinkFrame>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -150,7 +165,7 @@ async fn run(
     edge: String,
     secret: ClusterSecret,
     timing: LinkTiming,
-    mut outgoing: mpsc::Receiver<LinkFrame>,
+    mut outgoing: Outgoing,
     state: watch::Sender<LinkState>,
     events: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
@@ -167,7 +182,8 @@ async fn run(
                 tracing::info!(origin, "link up");
                 backoff.reset();
                 // Frames queued for a previous connection belong to it.
-                while outgoing.try_recv().is_ok() {}
+                while outgoing.control.try_recv().is_ok() {}
+                while outgoing.media.try_recv().is_ok() {}
                 state.send_replace(LinkState::Live { origin });
                 if events.send(LinkEvent::Up { origin }).await.is_err() {
                     return;
@@ -227,7 +243,7 @@ async fn live(
     socket: TcpStream,
     mut buf: BytesMut,
     timing: &LinkTiming,
-    outgoing: &mut mpsc::Receiver<LinkFrame>,
+    outgoing: &mut Outgoing,
     events: &mpsc::Sender<LinkEvent>,
 ) -> String {
     let (mut reader, mut writer) = socket.into_split();
@@ -236,6 +252,7 @@ async fn live(
     let mut seq = 0u64;
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut batch = Vec::with_capacity(64);
+    let mut control_batch = Vec::with_capacity(64);
     let mut last_heard = tokio::time::Instant::now();
     loop {
         // Deliver everything already decoded before waiting again.
@@ -264,12 +281,23 @@ async fn live(
         }
         let silence = tokio::time::sleep_until(last_heard + timing.dead_after);
         tokio::select! {
+            // Control before media: a publish or a feed message never queues behind a
+            // burst of frames.
+            biased;
+            n = outgoing.control.recv_many(&mut control_batch, 64) => {
+                if n == 0 {
+                    return "the edge stopped".into();
+                }
+                for frame in control_batch.drain(..) {
+                    FrameCodec::encode(&frame, &mut out);
+                }
+            }
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) => return "closed by the origin".into(),
                 Ok(_) => last_heard = tokio::time::Instant::now(),
                 Err(e) => return format!("read: {e}"),
             },
-            n = outgoing.recv_many(&mut batch, 64) => {
+            n = outgoing.media.recv_many(&mut batch, 64) => {
                 if n == 0 {
                     return "the edge stopped".into();
                 }

@@ -9,7 +9,7 @@ use crate::hls::mark::Continuation;
 
 /// Version spoken on the link; the origin refuses a `Hello` with another one.
 ///
-/// 3: the claims feed (`WatchClaims`, `Claims`).
+/// 3: the claims feed (`WatchClaims`, `Claims`, `UnwatchClaims`).
 /// 2: `PublishRefused` carries a [`PublishRefusal`] instead of text. `Hello`, `Welcome`
 /// and `Refused` (the first three variants) never change: they are how two versions
 /// find out they differ.
@@ -188,6 +188,11 @@ pub enum Control {
         seq: u64,
         applied: u64,
         claims: Vec<(StreamKey, Option<FeedClaim>)>,
+    },
+    /// Edge → origin: the feed on `channel` is abandoned (the edge moved it to another
+    /// origin while this link stayed up): stop following and sending.
+    UnwatchClaims {
+        channel: ChannelId,
     },
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -37,6 +37,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::proposer::Proposer;
+use crate::lease::{Lease, Leases};
 use raftcast_raft::typ::Raft;
 
 /// Send-message broadcasts waiting for this origin's slowest feed; a feed that falls
@@ -77,7 +78,8 @@ struct Inner {
     proposer: Proposer,
     messages: broadcast::Sender<Arc<Broadcast>>,
     /// Open feeds per object.
-    watchers: Mutex<HashMap<String, usize>>,
+    /// Open feeds, by object.
+    watchers: Leases<String, ()>,
 }
 
 impl ObjectHub {
@@ -90,14 +92,13 @@ impl ObjectHub {
             .expect("a plain HTTP client always builds");
         let (messages, _) = broadcast::channel(MESSAGE_QUEUE);
         ObjectHub {
-            inner: Arc::new(Inner { id, secret, client, raft, state, proposer, messages, watchers: Mutex::default() }),
+            inner: Arc::new(Inner { id, secret, client, raft, state, proposer, messages, watchers: Leases::default() }),
         }
     }
 
     /// Objects with at least one open feed here.
     pub fn watched(&self) -> Vec<String> {
-        let watchers = self.inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        watchers.iter().filter(|(_, n)| **n > 0).map(|(k, _)| k.clone()).collect()
+        self.inner.watchers.keys()
     }
 
     /// The change feed of `name` as Server-Sent Events, ending at shutdown.
@@ -115,7 +116,7 @@ impl ObjectHub {
         shutdown: CancellationToken,
     ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
         let feed = Feed {
-            _watching: WatchGuard::new(self.clone(), name.clone()),
+            _watching: self.inner.watchers.acquire(&name, || ()),
             notices: self.inner.state.subscribe(),
             messages: self.inner.messages.subscribe(),
             hub: self.clone(),
@@ -184,31 +185,6 @@ impl ObjectHub {
     }
 }
 
-/// Counts one open feed of an object while it lives.
-struct WatchGuard {
-    hub: ObjectHub,
-    name: String,
-}
-
-impl WatchGuard {
-    fn new(hub: ObjectHub, name: String) -> Self {
-        *hub.inner.watchers.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default() += 1;
-        WatchGuard { hub, name }
-    }
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        let mut watchers = self.hub.inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = watchers.get_mut(&self.name) {
-            *n -= 1;
-            if *n == 0 {
-                watchers.remove(&self.name);
-            }
-        }
-    }
-}
-
 /// The whole object as feeds and the admin API show it.
 pub fn object_json(name: &str, obj: &SharedObject) -> serde_json::Value {
     let slots: serde_json::Map<String, serde_json::Value> =
@@ -240,7 +216,7 @@ struct Feed {
     version: Option<u64>,
     pending: VecDeque<SseEvent>,
     /// Counts this feed as a watcher of the object while it lives.
-    _watching: WatchGuard,
+    _watching: Lease<String, ()>,
 }
 
 impl Feed {

@@ -8,8 +8,7 @@
 //! at most [`MAX_WATCHES`] at once, and all end at shutdown. Never proposes anything
 //! and never holds a lock across an `.await`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftcast_raft::command::StreamClaim;
@@ -20,17 +19,16 @@ use raftcast_storage::{Notice, StateHandle};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::lease::{Lease, Leases, Released};
+
 /// Watches one origin holds at once. A watch beyond this is answered at once with the
 /// current state (the edge asks again, which paces it).
 pub const MAX_WATCHES: usize = 4096;
 
-/// The watchers of one stream.
-struct Watchers {
-    notify: Arc<Notify>,
-    count: usize,
-}
+/// The watchers of each stream share one `Notify`, there while any waits.
+type Registry = Leases<StreamKey, Arc<Notify>>;
 
-type Registry = Arc<Mutex<HashMap<StreamKey, Watchers>>>;
+impl Released for Arc<Notify> {}
 
 /// Waits for claim changes. Cheap to clone.
 #[derive(Clone)]
@@ -92,30 +90,15 @@ impl StreamWatch {
 
 /// One waiting watch of one stream; unregisters when dropped (also when the request
 /// is abandoned mid-wait).
-struct Watcher<'a> {
-    watchers: &'a Registry,
-    stream: StreamKey,
+struct Watcher {
     notify: Arc<Notify>,
+    _lease: Lease<StreamKey, Arc<Notify>>,
 }
 
-impl<'a> Watcher<'a> {
-    fn register(watchers: &'a Registry, stream: &StreamKey) -> Self {
-        let mut map = watchers.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(stream.clone()).or_insert_with(|| Watchers { notify: Arc::default(), count: 0 });
-        entry.count += 1;
-        Watcher { watchers, stream: stream.clone(), notify: entry.notify.clone() }
-    }
-}
-
-impl Drop for Watcher<'_> {
-    fn drop(&mut self) {
-        let mut map = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = map.get_mut(&self.stream) {
-            entry.count -= 1;
-            if entry.count == 0 {
-                map.remove(&self.stream);
-            }
-        }
+impl Watcher {
+    fn register(watchers: &Registry, stream: &StreamKey) -> Self {
+        let lease = watchers.acquire(stream, Arc::default);
+        Watcher { notify: lease.value().clone(), _lease: lease }
     }
 }
 
@@ -126,21 +109,20 @@ async fn follow(mut notices: raftcast_storage::NoticeReceiver, watchers: Registr
             notice = notices.recv() => notice,
             _ = shutdown.cancelled() => return,
         };
-        let map = watchers.lock().unwrap_or_else(|p| p.into_inner());
         match notice {
             Ok(Notice::Applied { events, .. }) => {
                 for event in events.iter() {
                     if let Event::Stream { stream, .. } = event {
-                        if let Some(w) = map.get(stream) {
-                            w.notify.notify_waiters();
+                        if let Some(notify) = watchers.get(stream) {
+                            notify.notify_waiters();
                         }
                     }
                 }
             }
             // A new state, or changes we missed: everyone re-reads.
             Ok(Notice::Replaced { .. }) | Err(RecvError::Lagged(_)) => {
-                for w in map.values() {
-                    w.notify.notify_waiters();
+                for (_, notify, _) in watchers.entries() {
+                    notify.notify_waiters();
                 }
             }
             Err(RecvError::Closed) => return,
@@ -213,7 +195,7 @@ mod tests {
         assert_eq!(claim.map(|c| c.epoch), Some(2));
         assert!(took < Duration::from_secs(1), "{took:?}");
         assert_eq!(watch.waiting(), 0);
-        assert!(watch.watchers.lock().unwrap().is_empty(), "the watcher unregistered");
+        assert!(watch.watchers.is_empty(), "the watcher unregistered");
         // Nothing happens: the deadline answers with the unchanged claim.
         let started = Instant::now();
         let claim = watch.wait(&key("a"), Some(2), Duration::from_millis(300)).await;

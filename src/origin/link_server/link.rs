@@ -71,6 +71,9 @@ pub(super) struct Link {
     /// The edge's name, from its `Hello`.
     edge: String,
     ctx: LinkContext,
+    /// Control frames: written ahead of media.
+    control: mpsc::Sender<LinkFrame>,
+    /// Media, and the control frames that must stay in order with it.
     tx: mpsc::Sender<LinkFrame>,
     /// Channels this edge publishes on.
     publishing: HashMap<ChannelId, Publishing>,
@@ -92,6 +95,7 @@ impl Link {
         id: u64,
         edge: String,
         ctx: LinkContext,
+        control: mpsc::Sender<LinkFrame>,
         tx: mpsc::Sender<LinkFrame>,
     ) -> (Link, mpsc::Receiver<ClaimReady>) {
         let (applied_tx, applied) = mpsc::channel(MAX_PENDING_PUBLISHES);
@@ -99,6 +103,7 @@ impl Link {
             id,
             edge,
             ctx,
+            control,
             tx,
             publishing: HashMap::new(),
             pending: HashMap::new(),
@@ -111,7 +116,7 @@ impl Link {
     }
 
     async fn send(&self, control: Control) {
-        let _ = self.tx.send(LinkFrame::Control(control)).await;
+        let _ = self.control.send(LinkFrame::Control(control)).await;
     }
 
     pub(super) async fn handle(&mut self, frame: LinkFrame) {
@@ -150,6 +155,11 @@ impl Link {
             LinkFrame::Control(Control::FetchWindow { channel, stream }) => self.fetch_window(channel, stream).await,
             LinkFrame::Control(Control::WatchClaims { channel, add, remove, at_least }) => {
                 self.watch_claims(channel, add, remove, at_least)
+            }
+            LinkFrame::Control(Control::UnwatchClaims { channel }) => {
+                if self.feed.as_ref().is_some_and(|f| f.channel == channel) {
+                    self.feed = None;
+                }
             }
             LinkFrame::Control(other) => tracing::debug!(?other, "ignored control frame"),
         }
@@ -337,7 +347,7 @@ impl Link {
         if self.feed.as_ref().is_none_or(|f| f.channel != channel) {
             self.feed = None; // unregisters the old one first
             let (state, raft) = (self.ctx.state.clone(), self.ctx.raft.clone());
-            self.feed = Some(self.ctx.feeds.open(self.id, channel, state, raft, self.tx.clone()));
+            self.feed = Some(self.ctx.feeds.open(self.id, channel, state, raft, self.control.clone()));
         }
         let over = self.feed.as_ref().map_or(0, |f| f.update(add, remove, at_least));
         if over > 0 {

@@ -49,6 +49,8 @@ pub const MAX_LINKS: usize = 256;
 /// Frames queued for one link's writer. Pumps wait when it is full; the hub's reader
 /// queue behind each pump is what drops (to a keyframe) when an edge cannot keep up.
 pub const LINK_SEND_QUEUE: usize = 1024;
+/// Control frames queued for one link's writer, written ahead of media.
+pub const LINK_CONTROL_QUEUE: usize = 1024;
 /// Default of `--link-hello-timeout-ms`: an edge must have sent its whole `Hello`
 /// within this long after connecting (one deadline, not one per read).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -266,9 +268,10 @@ async fn run_link(
     tracing::info!(edge, "link up");
     ctx.stats.links.inc();
     let (tx, rx) = mpsc::channel::<LinkFrame>(LINK_SEND_QUEUE);
-    let writer_task = tokio::spawn(write_link(writer, rx, ctx.stats.clone()));
-    let _ = tx.send(LinkFrame::Control(Control::Welcome { protocol, origin: ctx.id })).await;
-    let (mut link, mut applied) = Link::new(link, edge, ctx.clone(), tx);
+    let (control_tx, control_rx) = mpsc::channel::<LinkFrame>(LINK_CONTROL_QUEUE);
+    let writer_task = tokio::spawn(write_link(writer, control_rx, rx, ctx.stats.clone()));
+    let _ = control_tx.send(LinkFrame::Control(Control::Welcome { protocol, origin: ctx.id })).await;
+    let (mut link, mut applied) = Link::new(link, edge, ctx.clone(), control_tx, tx);
     let result = loop {
         // `read_frame` is cancel-safe: bytes read so far stay in `buf`.
         tokio::select! {
@@ -289,13 +292,26 @@ async fn run_link(
 
 async fn write_link(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut control: mpsc::Receiver<LinkFrame>,
     mut rx: mpsc::Receiver<LinkFrame>,
     stats: Arc<LinkStats>,
 ) {
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut frames = Vec::with_capacity(64);
-    while rx.recv_many(&mut frames, 64).await > 0 {
-        for frame in frames.drain(..) {
+    let mut controls = Vec::with_capacity(64);
+    loop {
+        // Control first (answers, refusals, the claims feed), then media: a burst of
+        // frames never delays what the edge waits for. What must stay in order with a
+        // channel's media (`Ended`, `WindowEnd`) goes with the media.
+        let n = tokio::select! {
+            biased;
+            n = control.recv_many(&mut controls, 64) => n,
+            n = rx.recv_many(&mut frames, 64) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        for frame in controls.drain(..).chain(frames.drain(..)) {
             FrameCodec::encode(&frame, &mut out);
         }
         let n = out.len();
