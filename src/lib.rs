@@ -18,6 +18,7 @@ pub mod link;
 pub mod logging;
 pub mod media;
 pub mod origin;
+pub mod peer;
 pub mod proxy_protocol;
 pub mod rtmp;
 pub mod secrets;

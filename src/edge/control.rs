@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use raftcast_raft::command::StreamClaim;
-use raftcast_raft::rpc::{self, ClusterSecret, SECRET_HEADER};
+use raftcast_raft::rpc;
 use raftcast_raft::{Command, FailKind, Forward, ForwardReply, Request, RequestId, Response, StreamKey};
 use tokio::time::Instant;
+
+use crate::peer::PeerClient;
 
 /// One attempt at one origin may take this long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -59,23 +61,16 @@ fn owner_of(reply: ForwardReply) -> Result<Option<Owner>, ControlError> {
 /// Sends control requests to the cluster.
 #[derive(Clone)]
 pub struct Control {
-    http: reqwest::Client,
+    peers: PeerClient,
     origins: std::sync::Arc<[SocketAddr]>,
-    secret: ClusterSecret,
     /// The origin to try first: the last one that answered a write.
     preferred: std::sync::Arc<AtomicUsize>,
     deadline: Duration,
 }
 
 impl Control {
-    pub fn new(origins: Vec<SocketAddr>, secret: ClusterSecret, deadline: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(ATTEMPT_TIMEOUT)
-            .connect_timeout(Duration::from_millis(300))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
-        Ok(Control { http, origins: origins.into(), secret, preferred: std::sync::Arc::default(), deadline })
+    pub fn new(origins: Vec<SocketAddr>, peers: PeerClient, deadline: Duration) -> Self {
+        Control { peers, origins: origins.into(), preferred: std::sync::Arc::default(), deadline }
     }
 
     /// Index (in the configured origins) of the origin that answered the last write:
@@ -105,13 +100,7 @@ impl Control {
             for i in 0..n {
                 let at = (first + i) % n;
                 let url = format!("http://{}/raft/forward", self.origins[at]);
-                let attempt = self
-                    .http
-                    .post(url)
-                    .timeout(attempt_timeout)
-                    .header(SECRET_HEADER, self.secret.as_str())
-                    .body(body.clone())
-                    .send();
+                let attempt = self.peers.post(url).timeout(attempt_timeout).body(body.clone()).send();
                 let remaining = deadline.saturating_sub(started.elapsed());
                 let Ok(Ok(res)) = tokio::time::timeout(remaining, attempt).await else { continue };
                 let Ok(bytes) = res.bytes().await else { continue };

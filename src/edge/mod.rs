@@ -164,17 +164,14 @@ impl EdgeContext {
         clients: CancellationToken,
         links: CancellationToken,
     ) -> anyhow::Result<Arc<EdgeContext>> {
-        let control = control::Control::new(config.origins.clone(), config.secret.clone(), config.request_deadline)
-            .context("building the control client")?;
+        // One client for every request to the origins.
+        let peers = crate::peer::PeerClient::new(config.secret.clone());
+        let control = control::Control::new(config.origins.clone(), peers.clone(), config.request_deadline);
         let upstreams = upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, links);
         let started_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let objects = shared_objects::SharedObjects::new(
-            config.origins.clone(),
-            config.secret.clone(),
-            control.clone(),
-            clients.clone(),
-        );
+        let objects =
+            shared_objects::SharedObjects::new(config.origins.clone(), peers, control.clone(), clients.clone());
         Ok(Arc::new(EdgeContext {
             config: config.clone(),
             control,
@@ -279,13 +276,13 @@ pub(crate) mod tests {
     /// An edge's shared context with nothing started (no listener, no link, no task).
     pub fn context(config: EdgeConfig) -> Arc<EdgeContext> {
         let clients = CancellationToken::new();
-        let control = control::Control::new(config.origins.clone(), config.secret.clone(), config.request_deadline)
-            .expect("control client");
+        let peers = crate::peer::PeerClient::new(config.secret.clone());
+        let control = control::Control::new(config.origins.clone(), peers.clone(), config.request_deadline);
         Arc::new(EdgeContext {
             upstreams: upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, clients.clone()),
             objects: shared_objects::SharedObjects::new(
                 config.origins.clone(),
-                config.secret.clone(),
+                peers,
                 control.clone(),
                 clients.clone(),
             ),

@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use raftcast_raft::rpc::{ClusterSecret, SECRET_HEADER};
 use raftcast_raft::state::ObjectChange;
 use raftcast_raft::token::{Claims, Rights};
 use raftcast_raft::value::Value;
@@ -42,6 +41,7 @@ use raftcast_raft::command::escape_segment;
 use super::control::{Control, ControlError};
 use super::tokens::{AuthError, Verifier};
 use crate::lease::{Lease, Leases, Released};
+use crate::peer::PeerClient;
 
 /// Updates buffered per object for its slowest subscriber; one that falls further
 /// behind gets the whole state again instead of the updates it missed.
@@ -105,9 +105,8 @@ pub struct SharedObjects {
 }
 
 struct Registry {
-    http: reqwest::Client,
+    peers: PeerClient,
     origins: Arc<[SocketAddr]>,
-    secret: ClusterSecret,
     control: Control,
     verifier: Verifier,
     objects: Leases<String, Arc<Object>>,
@@ -164,19 +163,13 @@ impl Subscription {
 }
 
 impl SharedObjects {
-    pub fn new(origins: Vec<SocketAddr>, secret: ClusterSecret, control: Control, shutdown: CancellationToken) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(300))
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client always builds");
+    pub fn new(origins: Vec<SocketAddr>, peers: PeerClient, control: Control, shutdown: CancellationToken) -> Self {
         let origins: Arc<[SocketAddr]> = origins.into();
-        let verifier = Verifier::new(http.clone(), origins.clone(), secret.clone());
+        let verifier = Verifier::new(peers.clone(), origins.clone());
         SharedObjects {
             inner: Arc::new(Registry {
-                http,
+                peers,
                 origins,
-                secret,
                 control,
                 verifier,
                 objects: Leases::default(),
@@ -292,10 +285,9 @@ impl SharedObjects {
         for origin in self.inner.origins.iter() {
             let attempt = self
                 .inner
-                .http
+                .peers
                 .post(format!("http://{origin}/internal/objects/{segment}/messages"))
                 .timeout(BROADCAST_TIMEOUT)
-                .header(SECRET_HEADER, self.inner.secret.as_str())
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()
@@ -446,13 +438,7 @@ async fn follow(
     if let Some(v) = since {
         url.push_str(&format!("?since={v}"));
     }
-    let res = registry
-        .http
-        .get(url)
-        .header(SECRET_HEADER, registry.secret.as_str())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+    let res = registry.peers.get(url).send().await.map_err(|e| e.to_string())?;
     if !res.status().is_success() {
         return Err(format!("status {}", res.status()));
     }
@@ -530,9 +516,10 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_cap_new_objects_are_refused_and_those_in_use_carry_on() {
-        let secret = ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
-        let control = Control::new(Vec::new(), secret.clone(), Duration::from_secs(1)).unwrap();
-        let objects = SharedObjects::new(Vec::new(), secret, control, CancellationToken::new()).with_max_objects(2);
+        let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
+        let peers = PeerClient::new(secret);
+        let control = Control::new(Vec::new(), peers.clone(), Duration::from_secs(1));
+        let objects = SharedObjects::new(Vec::new(), peers, control, CancellationToken::new()).with_max_objects(2);
         let name = |s: &str| ObjectName::parse("object name", s).unwrap();
         let a = objects.subscribe(&name("a")).unwrap();
         let _b = objects.subscribe(&name("b")).unwrap();

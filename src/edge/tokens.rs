@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use raftcast_raft::rpc::{ClusterSecret, SECRET_HEADER};
 use raftcast_raft::token::{self, Claims, Rights, TokenError, TokenKey, TokenKeys};
+
+use crate::peer::PeerClient;
 
 /// Least time between two fetches of the keys (a flood of tokens naming unknown keys
 /// costs the origins one request per this interval).
@@ -56,9 +57,8 @@ pub struct Verifier {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    peers: PeerClient,
     origins: Arc<[SocketAddr]>,
-    secret: ClusterSecret,
     keys: Mutex<KeyCache>,
     /// Serializes fetches; holds when the last one started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
@@ -69,15 +69,9 @@ fn now_secs() -> u64 {
 }
 
 impl Verifier {
-    pub fn new(http: reqwest::Client, origins: Arc<[SocketAddr]>, secret: ClusterSecret) -> Self {
+    pub fn new(peers: PeerClient, origins: Arc<[SocketAddr]>) -> Self {
         Verifier {
-            inner: Arc::new(Inner {
-                http,
-                origins,
-                secret,
-                keys: Mutex::default(),
-                fetching: tokio::sync::Mutex::new(None),
-            }),
+            inner: Arc::new(Inner { peers, origins, keys: Mutex::default(), fetching: tokio::sync::Mutex::new(None) }),
         }
     }
 
@@ -149,15 +143,7 @@ impl Verifier {
 
     async fn fetch_from(&self, origin: SocketAddr) -> Result<TokenKeys, String> {
         let url = format!("http://{origin}{}", crate::origin::shared_objects::TOKEN_KEYS_ROUTE);
-        let res = self
-            .inner
-            .http
-            .get(url)
-            .timeout(FETCH_TIMEOUT)
-            .header(SECRET_HEADER, self.inner.secret.as_str())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let res = self.inner.peers.get(url).timeout(FETCH_TIMEOUT).send().await.map_err(|e| e.to_string())?;
         if !res.status().is_success() {
             return Err(format!("status {}", res.status()));
         }
@@ -205,8 +191,8 @@ mod tests {
     async fn requests_waiting_for_keys_share_fetches_even_when_origins_are_unreachable() {
         // A port nobody listens on: every fetch fails at once.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let secret = ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
-        let verifier = Verifier::new(reqwest::Client::new(), vec![closed].into(), secret);
+        let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
+        let verifier = Verifier::new(PeerClient::new(secret), vec![closed].into());
         let claims = Claims {
             key_id: 9,
             object: Some("o".into()),

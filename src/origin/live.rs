@@ -14,11 +14,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use raftcast_raft::rpc::{ClusterSecret, SECRET_HEADER};
 use raftcast_raft::{NodeId, StreamKey};
 use serde::{Deserialize, Serialize};
 
 use super::link_server::LinkContext;
+use crate::peer::PeerClient;
 
 /// The internal route on which an origin serves the live facts of its streams.
 pub const LIVE_ROUTE: &str = "/internal/streams";
@@ -67,20 +67,13 @@ pub type OwnerFacts = Option<HashMap<StreamKey, LiveStream>>;
 #[derive(Clone)]
 pub struct LiveFacts {
     id: NodeId,
-    secret: ClusterSecret,
     links: LinkContext,
-    client: reqwest::Client,
+    peers: PeerClient,
 }
 
 impl LiveFacts {
-    pub fn new(id: NodeId, secret: ClusterSecret, links: LinkContext) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(LIVE_FETCH_TIMEOUT)
-            .timeout(LIVE_FETCH_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client always builds");
-        LiveFacts { id, secret, links, client }
+    pub fn new(id: NodeId, peers: PeerClient, links: LinkContext) -> Self {
+        LiveFacts { id, peers, links }
     }
 
     /// The link server whose streams these are.
@@ -115,9 +108,9 @@ impl LiveFacts {
     async fn fetch(&self, owner: NodeId, http: &str) -> Option<LiveReport> {
         let attempt = async {
             let res = self
-                .client
+                .peers
                 .get(format!("http://{http}{LIVE_ROUTE}"))
-                .header(SECRET_HEADER, self.secret.as_str())
+                .timeout(LIVE_FETCH_TIMEOUT)
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -154,7 +147,7 @@ impl LiveFacts {
 
 /// [`LIVE_ROUTE`]: this origin's live facts, for origins presenting the cluster secret.
 pub async fn route(State(live): State<LiveFacts>, headers: HeaderMap) -> Response {
-    if !live.secret.admits(&headers) {
+    if !live.peers.secret().admits(&headers) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
     }
     Json(live.local()).into_response()

@@ -110,10 +110,12 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.media))?;
     let shutdown = CancellationToken::new();
+    // One client for every request to another origin.
+    let peers = crate::peer::PeerClient::new(config.secret.clone());
     let proposer = Proposer::new(
         raft.clone(),
         config.id,
-        config.secret.clone(),
+        peers.clone(),
         config.request_deadline,
         metrics.clone(),
         state.clone(),
@@ -138,7 +140,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         links.clone(),
         shutdown.clone(),
     )));
-    let live = live::LiveFacts::new(config.id, config.secret.clone(), links.clone());
+    let live = live::LiveFacts::new(config.id, peers.clone(), links.clone());
     proposer.set_live(live.clone());
     let link_task = tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(
         media_listener,
@@ -180,7 +182,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     tokio::spawn(tracing::Instrument::in_current_span(orphans::supervise(supervisor, shutdown.clone())));
 
     let objects =
-        shared_objects::ObjectHub::new(config.id, config.secret.clone(), raft.clone(), state.clone(), proposer.clone());
+        shared_objects::ObjectHub::new(config.id, peers.clone(), raft.clone(), state.clone(), proposer.clone());
     tokio::spawn(tracing::Instrument::in_current_span(shared_objects::sweep_temporary(
         objects.clone(),
         config.temporary_grace,

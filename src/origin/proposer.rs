@@ -33,7 +33,7 @@ use axum::http::HeaderMap;
 use axum::response::Response as HttpResponse;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use raftcast_raft::rpc::{self, ClusterSecret, SECRET_HEADER};
+use raftcast_raft::rpc;
 use raftcast_raft::typ::Raft;
 use raftcast_raft::{
     Command, FailKind, Forward, ForwardReply, NodeAddr, NodeId, Proposal, Request, RequestId, Response, StreamKey,
@@ -48,6 +48,7 @@ use super::liveness::Liveness;
 use super::metrics::{Metrics, ReasonLabel, ResultLabel};
 use super::watch::StreamWatch;
 use crate::backoff::Backoff;
+use crate::peer::PeerClient;
 
 /// Most requests the leader puts into one log entry.
 pub const MAX_BATCH: usize = 256;
@@ -109,8 +110,8 @@ pub enum ProposeError {
 pub struct Proposer {
     raft: Raft,
     id: NodeId,
-    secret: ClusterSecret,
-    client: reqwest::Client,
+    /// Requests to the leader (with the cluster secret, which also checks requests).
+    peers: PeerClient,
     deadline: Duration,
     metrics: Arc<Metrics>,
     batcher: mpsc::Sender<Pending>,
@@ -256,7 +257,7 @@ impl Proposer {
     pub fn new(
         raft: Raft,
         id: NodeId,
-        secret: ClusterSecret,
+        peers: PeerClient,
         deadline: Duration,
         metrics: Arc<Metrics>,
         state: StateHandle,
@@ -264,19 +265,13 @@ impl Proposer {
         watch: StreamWatch,
         limits: WriteLimits,
     ) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(250))
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client always builds");
         let (batcher, queue) = mpsc::channel(BATCH_QUEUE);
         tokio::spawn(batch_loop(raft.clone(), queue, metrics.clone(), limits.max_entry_bytes));
         let (forwards, outgoing) = mpsc::channel(BATCH_QUEUE);
         let proposer = Proposer {
             raft,
             id,
-            secret,
-            client,
+            peers,
             deadline,
             metrics,
             batcher,
@@ -578,9 +573,8 @@ impl Proposer {
         let not_leader = ForwardReply::NotLeader { leader: None };
         let Some(addr) = self.node_addr(leader) else { return (not_leader, false) };
         let res = self
-            .client
+            .peers
             .post(format!("http://{}/raft/forward", addr.http))
-            .header(SECRET_HEADER, self.secret.as_str())
             .header(FORWARDED_HEADER, "1")
             .timeout(remaining.max(Duration::from_millis(50)))
             .body(body)
@@ -1129,7 +1123,7 @@ const EDGE_HOP_TIMEOUT: Duration = Duration::from_millis(800);
 /// passed on. Mounted behind [`rpc::require_secret`] and a body limit of
 /// [`MAX_FORWARD_BODY`].
 pub async fn forward_route(State(proposer): State<Proposer>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    match rpc::admit::<Forward>(&proposer.secret, &headers, &body) {
+    match rpc::admit::<Forward>(proposer.peers.secret(), &headers, &body) {
         Ok(req) => {
             let reply = proposer.execute_here(&req).await;
             let from_edge = !headers.contains_key(FORWARDED_HEADER);

@@ -26,7 +26,6 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raftcast_raft::command::escape_segment;
-use raftcast_raft::rpc::{ClusterSecret, SECRET_HEADER};
 use raftcast_raft::state::{Event, ObjectChange, SharedObject};
 use raftcast_raft::{Command, NodeId, ObjectName, Response as SmResponse};
 use raftcast_storage::{Notice, StateHandle};
@@ -38,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::proposer::Proposer;
 use crate::lease::{Lease, Leases};
+use crate::peer::PeerClient;
 use raftcast_raft::typ::Raft;
 
 /// Send-message broadcasts waiting for this origin's slowest feed; a feed that falls
@@ -71,8 +71,7 @@ pub struct ObjectHub {
 
 struct Inner {
     id: NodeId,
-    secret: ClusterSecret,
-    client: reqwest::Client,
+    peers: PeerClient,
     raft: Raft,
     state: StateHandle,
     proposer: Proposer,
@@ -83,17 +82,9 @@ struct Inner {
 }
 
 impl ObjectHub {
-    pub fn new(id: NodeId, secret: ClusterSecret, raft: Raft, state: StateHandle, proposer: Proposer) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(PEER_TIMEOUT)
-            .timeout(PEER_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client always builds");
+    pub fn new(id: NodeId, peers: PeerClient, raft: Raft, state: StateHandle, proposer: Proposer) -> Self {
         let (messages, _) = broadcast::channel(MESSAGE_QUEUE);
-        ObjectHub {
-            inner: Arc::new(Inner { id, secret, client, raft, state, proposer, messages, watchers: Leases::default() }),
-        }
+        ObjectHub { inner: Arc::new(Inner { id, peers, raft, state, proposer, messages, watchers: Leases::default() }) }
     }
 
     /// Objects with at least one open feed here.
@@ -140,9 +131,9 @@ impl ObjectHub {
                 let url = format!("http://{http}/internal/objects/{}/messages?relayed=true", escape_segment(&object));
                 let req = self
                     .inner
-                    .client
+                    .peers
                     .post(url)
-                    .header(SECRET_HEADER, self.inner.secret.as_str())
+                    .timeout(PEER_TIMEOUT)
                     .header("content-type", "application/json")
                     .body(body.clone());
                 tokio::spawn(async move {
@@ -166,14 +157,8 @@ impl ObjectHub {
 
     /// The objects watched at `peer`, `None` when it did not answer.
     async fn watched_at(&self, http: &str) -> Option<Vec<String>> {
-        let res = self
-            .inner
-            .client
-            .get(format!("http://{http}{WATCHED_ROUTE}"))
-            .header(SECRET_HEADER, self.inner.secret.as_str())
-            .send()
-            .await
-            .ok()?;
+        let res =
+            self.inner.peers.get(format!("http://{http}{WATCHED_ROUTE}")).timeout(PEER_TIMEOUT).send().await.ok()?;
         if !res.status().is_success() || res.content_length().is_some_and(|n| n > MAX_WATCHED_ANSWER as u64) {
             return None;
         }
@@ -285,7 +270,7 @@ struct WatchedAnswer {
 }
 
 fn refuse_without_secret(hub: &ObjectHub, headers: &HeaderMap) -> Option<Response> {
-    (!hub.inner.secret.admits(headers))
+    (!hub.inner.peers.secret().admits(headers))
         .then(|| (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response())
 }
 
