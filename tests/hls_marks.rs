@@ -58,7 +58,7 @@ impl Probe {
         let (out, stream, cancel, sizes) = (got.clone(), stream.clone(), stop.clone(), window.clone());
         tokio::spawn(async move {
             let lease = ctx.relays.join_hls(&ctx, &stream);
-            let mut hubs = lease.relay.hub();
+            let mut hubs = lease.relay().hub();
             let mut generation = 0;
             loop {
                 let hub = tokio::select! {

@@ -3,7 +3,9 @@
 //! is registered with [`crate::cleanup`] while it runs.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
+
+use raftcast::bench::free_loopback_port;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -58,29 +60,6 @@ pub struct Cluster {
     pub abuse_windows: u32,
 }
 
-/// A loopback port that binds now, for a node to bind later. Taken below the kernel's
-/// ephemeral range (32768–60999): a `:0` port comes from the pool every outgoing
-/// connection draws from, and one could take it before the node binds it.
-fn free_port() -> anyhow::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % SPAN,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free loopback port in {LOW}..{}", LOW + SPAN)
-}
-
 impl Cluster {
     /// Starts three origins, initializes the cluster, waits for a leader and three
     /// voters, then starts two edges and waits for their `/health`.
@@ -99,9 +78,10 @@ impl Cluster {
                     Node::Origin(_) => Addrs { http: SocketAddr::new(ip, 8100), media: SocketAddr::new(ip, 9100) },
                     Node::Edge(_) => Addrs { http: SocketAddr::new(ip, 8080), media: SocketAddr::new(ip, 1935) },
                 },
-                Backend::Loopback => {
-                    Addrs { http: SocketAddr::new(ip, free_port()?), media: SocketAddr::new(ip, free_port()?) }
-                }
+                Backend::Loopback => Addrs {
+                    http: SocketAddr::new(ip, free_loopback_port()?),
+                    media: SocketAddr::new(ip, free_loopback_port()?),
+                },
             };
             addrs.insert(node, a);
         }

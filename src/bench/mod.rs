@@ -7,6 +7,30 @@ pub mod so;
 pub mod so_rtmp;
 pub mod synth;
 
+/// A loopback port that binds now, for a server process (a node the test harness or
+/// `raftcast-chaos` starts) to bind later.
+///
+/// Taken from below the kernel's ephemeral range (32768–60999 on Linux), never from
+/// it: a port the kernel hands out for `:0` is the same pool every outgoing connection
+/// draws from, so between our release and the server's bind a client could take it
+/// ("Address already in use"). Ports are handed out once per process (a counter from a
+/// pid-derived start), and only if they bind now.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000; // up to 31999, below the ephemeral range
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no free loopback port in {LOW}..{}", LOW + SPAN)))
+}
+
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -196,8 +196,8 @@ async fn run(ctx: Arc<EdgeContext>, shared: Arc<Shared>) {
         if up.live(LINK_WAIT).await {
             let why = feed_on(&ctx, &shared, &up).await;
             shared.restarts.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(origin = %up.addr, why, "claims feed starts afresh");
-            if why == "took answers" {
+            tracing::info!(origin = %up.addr, ?why, "claims feed starts afresh");
+            if matches!(why, FeedEnd::LinkDown { answered: true }) {
                 pause.reset();
             }
         }
@@ -208,11 +208,24 @@ async fn run(ctx: Arc<EdgeContext>, shared: Arc<Shared>) {
     }
 }
 
+/// Why a feed on one origin ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FeedEnd {
+    /// The link went down (after the origin had answered, or before).
+    LinkDown {
+        answered: bool,
+    },
+    /// A gap in `seq`: a message was lost.
+    LostMessage,
+    /// Nothing for [`FEED_SILENCE`]: the origin is out of touch or behind.
+    Silent,
+    Shutdown,
+}
+
 /// The feed on `up`'s link, until it breaks; says why.
-async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> &'static str {
+async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> FeedEnd {
     let (channel, mut events) = up.open_with(None, FEED_EVENTS);
     let why = async {
-        // Afresh: every stream followed now, and nothing pending.
         // Every name followed now; changes still pending are sent after them (an add
         // twice, or a remove of a name never added, changes nothing at the origin).
         let all: Vec<StreamKey> = shared.entries.keys();
@@ -220,7 +233,7 @@ async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> &'st
         let mut answered = false;
         let mut silent_from = tokio::time::Instant::now();
         if send(up, channel, all, Vec::new(), at_least).is_err() {
-            return "link down";
+            return FeedEnd::LinkDown { answered };
         }
         let mut seq = 0u64;
         loop {
@@ -232,14 +245,14 @@ async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> &'st
                 (changes.add.drain().collect::<Vec<_>>(), changes.remove.drain().collect::<Vec<_>>())
             };
             if (!add.is_empty() || !remove.is_empty()) && send(up, channel, add, remove, at_least).is_err() {
-                return "link down";
+                return FeedEnd::LinkDown { answered };
             }
             tokio::select! {
                 _ = &mut woken => {}
                 event = events.recv() => match event {
                     Some(ChannelEvent::Control(Control::Claims { seq: got, applied, claims, .. })) => {
                         if got != seq {
-                            return "lost a message";
+                            return FeedEnd::LostMessage;
                         }
                         seq += 1;
                         shared.applied.fetch_max(applied, Ordering::AcqRel);
@@ -247,17 +260,17 @@ async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> &'st
                         answered = true;
                         silent_from = tokio::time::Instant::now();
                     }
-                    Some(ChannelEvent::Down(_)) | None => return if answered { "took answers" } else { "link down" },
+                    Some(ChannelEvent::Down(_)) | None => return FeedEnd::LinkDown { answered },
                     Some(_) => {}
                 },
-                _ = tokio::time::sleep_until(silent_from + FEED_SILENCE) => return "the origin went silent",
-                _ = ctx.shutdown.cancelled() => return "shutdown",
+                _ = tokio::time::sleep_until(silent_from + FEED_SILENCE) => return FeedEnd::Silent,
+                _ = ctx.shutdown.cancelled() => return FeedEnd::Shutdown,
             }
         }
     }
     .await;
-    if why != "link down" {
-        // The link may still be up: the origin stops feeding this channel.
+    if !matches!(why, FeedEnd::LinkDown { .. }) {
+        // The link is still up: the origin stops feeding this channel.
         let _ = up.control(Control::UnwatchClaims { channel });
     }
     up.close(channel);

@@ -692,7 +692,7 @@ async fn package(ctx: Arc<EdgeContext>, hls: Arc<Hls>, stream: Arc<HlsStream>) {
     // (fetching the owner's if it relayed to players only so far), and `/status` does
     // not count this task as a player.
     let lease = ctx.relays.join_hls(&ctx, &stream.key);
-    let mut hubs = lease.relay.hub();
+    let mut hubs = lease.relay().hub();
     let mut packager = Packager::new();
     let mut idle = tokio::time::interval((hls.config.idle / 4).max(Duration::from_millis(50)));
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

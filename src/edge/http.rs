@@ -166,7 +166,7 @@ async fn flv_play(
         Err(refused) => return too_many(&refused),
     };
     let lease = ctx.relays.join(&ctx, &stream);
-    let mut hubs = lease.relay.hub();
+    let mut hubs = lease.relay().hub();
     let hub = match tokio::time::timeout(ctx.config.play_wait, hubs.wait_for(Option::is_some)).await {
         Ok(Ok(hub)) => hub.clone(),
         _ => return error(StatusCode::NOT_FOUND, "stream_not_found", &format!("{stream} is not being published")),

@@ -556,7 +556,7 @@ impl Conn {
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
             let lease = ctx.relays.join(&ctx, &stream);
-            let mut hub = lease.relay.hub();
+            let mut hub = lease.relay().hub();
             let found = tokio::time::timeout(ctx.config.play_wait, hub.wait_for(Option::is_some)).await;
             let lease = matches!(found, Ok(Ok(_))).then_some(lease);
             Decision::Play { stream_id, name, lease }
@@ -781,7 +781,7 @@ enum PumpState {
 
 impl Pump {
     fn new(stream_id: u32, chunk_size: u32, lease: Lease) -> Pump {
-        let hubs = lease.relay.hub();
+        let hubs = lease.relay().hub();
         Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, _lease: lease }
     }
 

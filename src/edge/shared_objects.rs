@@ -140,9 +140,8 @@ struct Local {
 
 /// A local client's use of an object; releases it when dropped.
 pub struct Subscription {
-    /// Held for its drop: the last one stops the object's feed.
-    _lease: Lease<String, Arc<Object>>,
-    object: Arc<Object>,
+    /// The object; the last one dropped stops its feed.
+    object: Lease<String, Arc<Object>>,
     /// Updates from the moment of subscribing.
     pub updates: broadcast::Receiver<Arc<Update>>,
     /// The state at that moment, when already known (otherwise a `Sync` comes first).
@@ -151,13 +150,13 @@ pub struct Subscription {
 
 impl Subscription {
     pub fn name(&self) -> &str {
-        &self.object.name
+        &self.object.value().name
     }
 
     /// The object's whole state now, if known: what a subscriber that fell behind
     /// starts again from.
     pub fn snapshot(&self) -> Option<Snapshot> {
-        let local = self.object.state.lock().unwrap_or_else(|p| p.into_inner());
+        let local = self.object.value().state.lock().unwrap_or_else(|p| p.into_inner());
         local.known.then(|| local.snapshot.clone())
     }
 }
@@ -222,12 +221,12 @@ impl SharedObjects {
             tokio::spawn(tracing::Instrument::in_current_span(feed(self.inner.clone(), object.clone())));
             Ok(object)
         })?;
-        let object = lease.value().clone();
+        let object = lease.value();
         let local = object.state.lock().unwrap_or_else(|p| p.into_inner());
         let updates = object.updates.subscribe();
         let initial = local.known.then(|| local.snapshot.clone());
         drop(local);
-        Ok(Subscription { _lease: lease, object, updates, initial })
+        Ok(Subscription { object: lease, updates, initial })
     }
 
     /// Sets `slot` of `name` through Raft for the holder of `claims` (only at version

@@ -503,11 +503,16 @@ impl Released for Arc<Relay> {
 /// A player's (or an HLS packaging task's) hold on a relay; the last one dropped
 /// stops it.
 pub struct Lease {
-    pub relay: Arc<Relay>,
     /// An HLS lease ([`Relays::join_hls`]).
     hls: bool,
-    /// Held for its drop (after `hls` is counted down).
-    _lease: crate::lease::Lease<StreamKey, Arc<Relay>>,
+    /// The relay; its drop (after `hls` is counted down) may stop it.
+    lease: crate::lease::Lease<StreamKey, Arc<Relay>>,
+}
+
+impl Lease {
+    pub fn relay(&self) -> &Arc<Relay> {
+        self.lease.value()
+    }
 }
 
 impl Relays {
@@ -535,11 +540,10 @@ impl Relays {
             tokio::spawn(run_relay(ctx.clone(), relay.clone()));
             relay
         });
-        let relay = lease.value().clone();
         if hls {
-            relay.hls.send_modify(|n| *n += 1);
+            lease.value().hls.send_modify(|n| *n += 1);
         }
-        Lease { relay, hls, _lease: lease }
+        Lease { hls, lease }
     }
 
     /// (stream, players, owner) of every relay; HLS packaging tasks are not players.
@@ -574,7 +578,7 @@ impl Relays {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.hls {
-            self.relay.hls.send_modify(|n| *n = n.saturating_sub(1));
+            self.relay().hls.send_modify(|n| *n = n.saturating_sub(1));
         }
     }
 }

@@ -71,7 +71,7 @@ impl StreamWatch {
         let deadline = tokio::time::Instant::now() + wait;
         let watcher = Watcher::register(&self.watchers, stream);
         loop {
-            let notified = watcher.notify.notified();
+            let notified = watcher.notify().notified();
             tokio::pin!(notified);
             // Enabled before reading: a change applied after the read wakes it.
             notified.as_mut().enable();
@@ -90,15 +90,15 @@ impl StreamWatch {
 
 /// One waiting watch of one stream; unregisters when dropped (also when the request
 /// is abandoned mid-wait).
-struct Watcher {
-    notify: Arc<Notify>,
-    _lease: Lease<StreamKey, Arc<Notify>>,
-}
+struct Watcher(Lease<StreamKey, Arc<Notify>>);
 
 impl Watcher {
     fn register(watchers: &Registry, stream: &StreamKey) -> Self {
-        let lease = watchers.acquire(stream, Arc::default);
-        Watcher { notify: lease.value().clone(), _lease: lease }
+        Watcher(watchers.acquire(stream, Arc::default))
+    }
+
+    fn notify(&self) -> &Notify {
+        self.0.value()
     }
 }
 

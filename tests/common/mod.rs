@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,31 +17,10 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raftcast");
 
-/// A free loopback port (bound, then released) for a server process to bind later.
-///
-/// Taken from below the kernel's ephemeral range (32768–60999 on Linux), never from
-/// it: a port the kernel hands out for `:0` is the same pool every outgoing connection
-/// draws from, so between our release and the server's bind another test's client
-/// could take it ("Address already in use"). Ports here are handed out once per test
-/// process (a counter from a pid-derived start), and only if they bind now.
+/// A free loopback address for a server process to bind later
+/// ([`raftcast::bench::free_loopback_port`]: below the ephemeral range).
 pub fn free_addr() -> SocketAddr {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000; // up to 31999, below the ephemeral range
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % SPAN,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..SPAN {
-        let port = LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
-            return l.local_addr().unwrap();
-        }
-    }
-    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
+    SocketAddr::from(([127, 0, 0, 1], raftcast::bench::free_loopback_port().expect("a free loopback port")))
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
