@@ -50,10 +50,10 @@ const PEER_RESERVE_DIVISOR: usize = 4;
 /// How long shutdown waits for in-flight HTTP requests before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Entry point of `raftcast origin`.
 /// How long an origin's allocator keeps freed pages (see [`crate::heap::set_dirty_decay_ms`]).
 const DIRTY_DECAY_MS: isize = 1000;
 
+/// Entry point of `raftcast origin`.
 pub fn main(args: OriginArgs) -> ExitCode {
     crate::logging::init();
     let config = match OriginConfig::from_args(args, |k| std::env::var(k).ok()) {
