@@ -31,7 +31,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::Router;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -42,7 +44,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::bans::{BanPolicy, Gate, GateStats};
-use crate::limits::{Limit, Trusted};
+use crate::limits::{Limit, Refused, Trusted};
 use crate::proxy_protocol::{Prefixed, ProxyTrust};
 
 /// The caps and timeouts of one HTTP listener.
@@ -270,4 +272,18 @@ pub async fn long_lived(
         });
         axum::body::Body::from_stream(stream)
     })
+}
+
+/// An error answer in the shape every HTTP API of raftcast uses:
+/// `{"error": {"code": …, "message": …}}`.
+pub fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let message = message.into();
+    (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response()
+}
+
+/// A long-lived request over a cap: 429 `too_many_requests` with `Retry-After`.
+pub fn too_many(refused: &Refused) -> Response {
+    let mut response = json_error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", refused.to_string());
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }

@@ -9,7 +9,7 @@ use raftcast_raft::rpc::ClusterSecret;
 use serde::Deserialize;
 
 use super::hls::HlsConfig;
-use crate::hls::mark::{StamperConfig, DEFAULT_PART_MS, DEFAULT_SEGMENT_MS};
+use crate::hls::stamper::{StamperConfig, DEFAULT_PART_MS, DEFAULT_SEGMENT_MS};
 use crate::hls::window::{WindowLimits as ServeWindow, WINDOW_MAX_BYTES, WINDOW_SEGMENTS};
 use crate::link::client::LinkTiming;
 use crate::media::queue::QueueLimits;

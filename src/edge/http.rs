@@ -23,7 +23,8 @@ use serde_json::json;
 use super::http_objects;
 use super::streams::Lease;
 use super::EdgeContext;
-use crate::limits::{Permit, Refused};
+use crate::http_server::{json_error as error, too_many};
+use crate::limits::Permit;
 use crate::link::LinkState;
 use crate::media::{Frame, FrameKind, Subscription};
 use crate::rtmp::flv;
@@ -52,17 +53,6 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
         shutdown: ctx.shutdown.clone(),
     });
     router.fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(ctx).merge(hls)
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
-}
-
-/// A long-lived request over a cap: 429 `too_many_requests` with `Retry-After`.
-pub fn too_many(refused: &Refused) -> Response {
-    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", &refused.to_string());
-    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    response
 }
 
 /// Extensions served from `--www`: what a web page needs, nothing else.
@@ -169,7 +159,7 @@ async fn flv_play(
     let mut hubs = lease.relay().hub();
     let hub = match tokio::time::timeout(ctx.config.play_wait, hubs.wait_for(Option::is_some)).await {
         Ok(Ok(hub)) => hub.clone(),
-        _ => return error(StatusCode::NOT_FOUND, "stream_not_found", &format!("{stream} is not being published")),
+        _ => return error(StatusCode::NOT_FOUND, "stream_not_found", format!("{stream} is not being published")),
     };
     let Some(hub) = hub else { return error(StatusCode::NOT_FOUND, "stream_not_found", "not published") };
     let subscription = hub.subscribe();

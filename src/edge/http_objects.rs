@@ -28,6 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::shared_objects::{Snapshot, Subscription, TooManyObjects, Update, WriteError};
 use super::tokens::{self, AuthError};
 use super::EdgeContext;
+use crate::http_server::json_error as error;
 use crate::origin::shared_objects::{change_json, check_broadcast};
 
 /// How long a read waits for the object's first state from the cluster (an election
@@ -35,10 +36,6 @@ use crate::origin::shared_objects::{change_json, check_broadcast};
 const FIRST_STATE_WAIT: Duration = Duration::from_secs(10);
 /// Largest request body (a JSON slot value or a broadcast).
 const MAX_BODY: usize = 256 * 1024;
-
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response()
-}
 
 /// A refused request, answered as a JSON error.
 struct Refusal(StatusCode, &'static str, String);
@@ -305,7 +302,7 @@ pub async fn events(
     // `--max-long-requests-per-address`: held by the stream for as long as it lasts.
     let permit = match ctx.limits.long_requests.try_acquire(peer.ip()) {
         Ok(permit) => permit,
-        Err(refused) => return super::http::too_many(&refused),
+        Err(refused) => return crate::http_server::too_many(&refused),
     };
     // The response starts at once; when this edge does not know the object yet, its
     // `state` event follows as soon as the feed delivers it.

@@ -36,7 +36,7 @@ use super::control::Owner;
 use super::upstream::{ChannelEvent, Sink, Upstream};
 use super::EdgeContext;
 use crate::backoff::Backoff;
-use crate::hls::mark::Stamper;
+use crate::hls::stamper::Stamper;
 use crate::lease::{Leases, Released};
 use crate::link::{ChannelId, Control, MediaFrame};
 use crate::media::continuity::Continuity;

@@ -1,7 +1,7 @@
 //! HLS and Low-Latency HLS on the edges, the same on every edge.
 //!
 //! A stream's segments and parts are cut and numbered **once**, by the edge its
-//! publisher is connected to ([`mark::Stamper`]), and the decision travels with every
+//! publisher is connected to ([`stamper::Stamper`]), and the decision travels with every
 //! frame ([`mark::HlsMark`]) over the link, through the owner origin, to every edge.
 //! Each edge then packages the frames it relays ([`packager::Packager`]: CMAF/fMP4
 //! init segment, parts and segments) deterministically from the frames and their marks
@@ -22,6 +22,7 @@ pub mod fmp4;
 pub mod mark;
 pub mod packager;
 pub mod playlist;
+pub mod stamper;
 pub mod window;
 
 use bytes::Bytes;

@@ -800,7 +800,7 @@ mod tests {
     /// A marked stream: AVC header, then 30 fps video with a keyframe every second
     /// (2 s segments: two GOPs each) and no audio.
     fn marked_stream(frames: u32) -> Vec<Frame> {
-        use crate::hls::mark::{Stamper, StamperConfig};
+        use crate::hls::stamper::{Stamper, StamperConfig};
         let mut stamper = Stamper::new(StamperConfig { target_ms: 2000, part_target_ms: 250 }, None);
         let mut out = vec![Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1]))];
         out.extend((0..frames).map(|i| video(i * 1000 / 30, i % 30 == 0)));

@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn with_window_segments_live_keeps_the_whole_hls_window() {
-        use crate::hls::mark::{Stamper, StamperConfig};
+        use crate::hls::stamper::{Stamper, StamperConfig};
         // 2 s segments over 1.5 s GOPs (segments of 3 s on the timeline), 30 fps: the
         // window's oldest segment starts further back than any fixed time would say.
         let mut stamper = Stamper::new(StamperConfig { target_ms: 2000, part_target_ms: 250 }, None);

@@ -198,6 +198,12 @@ pub struct WriteLimits {
     pub max_apply_lag: u64,
 }
 
+/// Default of `--temporary-grace`: how long a temporary object may go unwatched
+/// everywhere before the leader removes it.
+pub const DEFAULT_TEMPORARY_GRACE: Duration = Duration::from_secs(5);
+/// Default of `--link-hello-timeout-ms`: an edge must have sent its whole `Hello`
+/// within this long after connecting (one deadline, not one per read).
+pub const DEFAULT_LINK_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default of `--max-entry-bytes`: four 64 KiB slot values.
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 256 * 1024;
 /// Default of `--max-append-bytes`.
@@ -430,7 +436,7 @@ impl OriginConfig {
         }
         let temporary_grace = match a.temporary_grace.as_deref() {
             Some(text) => parse_duration(text).map_err(|e| format!("--temporary-grace: {e}"))?,
-            None => crate::origin::shared_objects::TEMPORARY_GRACE,
+            None => DEFAULT_TEMPORARY_GRACE,
         };
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&temporary_grace) {
             return Err(format!("--temporary-grace must be between 1s and 24h, not {temporary_grace:?}"));
@@ -444,9 +450,7 @@ impl OriginConfig {
             long_polls_per_address: a.max_long_polls_per_address.unwrap_or(1024),
             link_unauthenticated: a.link_max_unauthenticated.unwrap_or(64),
             link_unauthenticated_per_address: a.link_max_unauthenticated_per_address.unwrap_or(8),
-            link_hello_timeout: a
-                .link_hello_timeout_ms
-                .map_or(crate::origin::link_server::HELLO_TIMEOUT, Duration::from_millis),
+            link_hello_timeout: a.link_hello_timeout_ms.map_or(DEFAULT_LINK_HELLO_TIMEOUT, Duration::from_millis),
         };
         for (flag, n) in [
             ("--http-max-connections", caps.http_connections),

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::liveness::Liveness;
-use super::proposer::Proposer;
+use super::ownership::{Ownership, Reason};
 
 /// How often the leader looks for dead owners.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -31,24 +31,6 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Re-assignments proposed at once; streams beyond wait for the next tick. Each is one
 /// log entry, so a dead origin with many streams costs this many entries in flight.
 pub const REASSIGNS_IN_FLIGHT: usize = 16;
-
-/// Why a stream is moved (the `reason` label of `raftcast_streams_reassigned_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// The leader could not reach the owner within the bound.
-    Unreachable,
-    /// An edge that cannot reach the owner asked (`Forward::Reassign`).
-    Edge,
-}
-
-impl Reason {
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::Unreachable => "unreachable",
-            Reason::Edge => "edge",
-        }
-    }
-}
 
 /// The voters other than `me` that have been silent for longer than `bound`, as a
 /// leader leading since `leading_since` judges them at `now` (`silence` gives each
@@ -67,7 +49,7 @@ pub struct Supervisor {
     pub id: NodeId,
     pub raft: Raft,
     pub state: StateHandle,
-    pub proposer: Proposer,
+    pub ownership: Ownership,
     pub liveness: Liveness,
 }
 
@@ -113,12 +95,12 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
             let Ok(permit) = permits.clone().try_acquire_owned() else { break };
             in_flight.insert((stream.clone(), epoch));
             let silent = s.liveness.silence(owner, since, now);
-            let (proposer, done_tx) = (s.proposer.clone(), done_tx.clone());
+            let (ownership, done_tx) = (s.ownership.clone(), done_tx.clone());
             tokio::spawn(tracing::Instrument::in_current_span(async move {
                 tracing::debug!(%stream, owner, epoch, ?silent, "the owner does not answer; moving its stream");
                 // Only here: if this node no longer leads (or lost its quorum), the
                 // leader judges for itself. Success is logged at info by `reassign`.
-                match proposer.reassign(RequestId::random(), &stream, epoch, owner, Reason::Unreachable).await {
+                match ownership.reassign(RequestId::random(), &stream, epoch, owner, Reason::Unreachable).await {
                     ForwardReply::Written(Response::Claimed(_)) => {}
                     ForwardReply::Written(Response::Rejected(why)) => {
                         tracing::debug!(%stream, epoch, %why, "the claim changed meanwhile; nothing to move");

@@ -18,6 +18,7 @@ use raftcast_raft::{NodeId, StreamKey};
 use serde::{Deserialize, Serialize};
 
 use super::link_server::LinkContext;
+pub use super::link_server::LiveStream;
 use crate::peer::PeerClient;
 
 /// The internal route on which an origin serves the live facts of its streams.
@@ -28,30 +29,6 @@ pub const LIVE_FETCH_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Largest answer accepted from a peer (about 2,000 streams with a few subscribers each).
 const MAX_LIVE_ANSWER: usize = 4 * 1024 * 1024;
-
-/// One stream as its owner sees it right now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LiveStream {
-    pub app: String,
-    pub name: String,
-    /// Epoch under which the attached publisher was accepted.
-    pub epoch: Option<u64>,
-    /// Edge of the attached publisher.
-    pub edge: Option<String>,
-    /// One edge name per link subscription, sorted.
-    pub subscribers: Vec<String>,
-    /// Payload bytes and frames received since this origin started the stream's hub.
-    pub bytes_in: u64,
-    pub frames_in: u64,
-    /// Received bitrate over the last few seconds.
-    pub bitrate_kbps: f64,
-}
-
-impl LiveStream {
-    pub fn key(&self) -> Option<StreamKey> {
-        StreamKey::new(&self.app, &self.name).ok()
-    }
-}
 
 /// What an origin answers on [`LIVE_ROUTE`].
 #[derive(Debug, Clone, Serialize, Deserialize)]

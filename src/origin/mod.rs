@@ -10,6 +10,7 @@
 //! not, and `watch` lets edges wait for ownership changes.
 
 pub mod api;
+pub mod commit;
 pub mod compaction;
 pub mod config;
 pub mod failover;
@@ -17,8 +18,10 @@ pub mod ingest;
 pub mod link_server;
 pub mod live;
 pub mod liveness;
+pub mod membership;
 pub mod metrics;
 pub mod orphans;
+pub mod ownership;
 pub mod proposer;
 pub mod shared_objects;
 pub mod watch;
@@ -112,17 +115,6 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // One client for every request to another origin.
     let peers = crate::peer::PeerClient::new(config.secret.clone());
-    let proposer = Proposer::new(
-        raft.clone(),
-        config.id,
-        peers.clone(),
-        config.request_deadline,
-        metrics.clone(),
-        state.clone(),
-        liveness.clone(),
-        watch::StreamWatch::new(state.clone(), shutdown.clone()),
-        config.limits,
-    );
     // When a leader's AppendEntries was last accepted here (the Raft RPC route records
     // it): whether this origin's state is current enough to feed edges claims.
     let contact = raftcast_raft::network::LeaderContact::default();
@@ -135,17 +127,41 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     )
     .with_hls_window(config.hls_window)
     .with_touch(liveness.clone(), contact.clone());
+    let live = live::LiveFacts::new(config.id, peers.clone(), links.clone());
+    let committer = commit::Committer::new(raft.clone(), state.clone(), metrics.clone(), config.limits);
+    let ownership = ownership::Ownership::new(
+        config.id,
+        raft.clone(),
+        state.clone(),
+        committer.clone(),
+        live.clone(),
+        liveness.clone(),
+        watch::StreamWatch::new(state.clone(), shutdown.clone()),
+        metrics.clone(),
+    );
+    let proposer = Proposer::new(
+        raft.clone(),
+        config.id,
+        peers.clone(),
+        config.request_deadline,
+        metrics.clone(),
+        committer,
+        ownership.clone(),
+        membership::Membership::new(raft.clone(), config.request_deadline),
+    );
     tokio::spawn(tracing::Instrument::in_current_span(confirm_current(
         proposer.clone(),
         links.clone(),
         shutdown.clone(),
     )));
-    let live = live::LiveFacts::new(config.id, peers.clone(), links.clone());
-    proposer.set_live(live.clone());
     let link_task = tokio::spawn(tracing::Instrument::in_current_span(link_server::serve(
         media_listener,
         links.clone(),
-        link_server::LinkCaps::new(&config.caps),
+        link_server::LinkCaps::new(
+            config.caps.link_unauthenticated_per_address,
+            config.caps.link_unauthenticated,
+            config.caps.link_hello_timeout,
+        ),
         shutdown.clone(),
     )));
     let members = Arc::new(Trusted::default());
@@ -163,13 +179,8 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         config.snapshot_every_bytes,
         shutdown.clone(),
     )));
-    let failover = failover::Supervisor {
-        id: config.id,
-        raft: raft.clone(),
-        state: state.clone(),
-        proposer: proposer.clone(),
-        liveness,
-    };
+    let failover =
+        failover::Supervisor { id: config.id, raft: raft.clone(), state: state.clone(), ownership, liveness };
     tokio::spawn(tracing::Instrument::in_current_span(failover::supervise(failover, shutdown.clone())));
     let supervisor = orphans::Supervisor {
         id: config.id,
@@ -202,9 +213,9 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     };
     let long_polls = Limit::new("http_long_polls", config.caps.long_polls_per_address, config.caps.http_connections);
     let internal = Router::new()
-        .route("/raft/forward", post(proposer::forward_route))
+        .route("/raft/forward", post(api::forward::route))
         .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), rpc::require_secret))
-        .layer(DefaultBodyLimit::max(proposer::MAX_FORWARD_BODY))
+        .layer(DefaultBodyLimit::max(proposer::forward::MAX_FORWARD_BODY))
         .with_state(proposer)
         .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live))
         .merge(

@@ -10,7 +10,7 @@
 //! origin) while any of its clients uses it; a web page or bot watching the admin SSE
 //! counts too. Each origin counts the feeds it serves. The leader asks every member
 //! once a second which objects are watched there; a temporary object that no member
-//! reports for [`TEMPORARY_GRACE`] — and only when every member answered — is removed
+//! reports for `--temporary-grace` ([`DEFAULT_TEMPORARY_GRACE`](crate::origin::config::DEFAULT_TEMPORARY_GRACE)) — and only when every member answered — is removed
 //! with a version-guarded `DeleteObject`, so a write in between keeps it. A dead edge's
 //! feeds end with its TCP connections; an edge that loses an origin re-opens its feeds
 //! at another within about a second, well inside the grace.
@@ -45,8 +45,6 @@ use raftcast_raft::typ::Raft;
 const MESSAGE_QUEUE: usize = 1024;
 /// Largest send-message body accepted, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// How long a temporary object may go unwatched everywhere before the leader removes it.
-pub const TEMPORARY_GRACE: Duration = Duration::from_secs(5);
 /// How often the leader looks for unwatched temporary objects.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// One peer request (a relayed broadcast, a watched-objects query) may take this long.
@@ -387,7 +385,7 @@ pub async fn watched_route(State((hub, _)): State<(ObjectHub, CancellationToken)
 }
 
 /// The leader's sweep: removes temporary objects nobody has watched for
-/// [`TEMPORARY_GRACE`] (see the module doc). Runs until `shutdown`.
+/// `--temporary-grace` ([`DEFAULT_TEMPORARY_GRACE`](crate::origin::config::DEFAULT_TEMPORARY_GRACE)) (see the module doc). Runs until `shutdown`.
 pub async fn sweep_temporary(hub: ObjectHub, grace: Duration, shutdown: CancellationToken) {
     let mut unwatched_since: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(SWEEP_EVERY);

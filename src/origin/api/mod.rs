@@ -7,6 +7,7 @@
 mod cluster;
 mod error;
 mod extract;
+pub mod forward;
 mod objects;
 mod pins;
 mod streams;

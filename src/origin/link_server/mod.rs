@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 pub use feed::MAX_FEED_STREAMS;
 pub use held::{PENDING_BYTES, PENDING_FRAMES};
-pub use registry::LinkContext;
+pub use registry::{LinkContext, LiveStream};
 
 use crate::limits::{Limit, Permit};
 use crate::link::frame::{MAX_FRAME, MAX_UNAUTHENTICATED};
@@ -51,9 +51,6 @@ pub const MAX_LINKS: usize = 256;
 pub const LINK_SEND_QUEUE: usize = 1024;
 /// Control frames queued for one link's writer, written ahead of media.
 pub const LINK_CONTROL_QUEUE: usize = 1024;
-/// Default of `--link-hello-timeout-ms`: an edge must have sent its whole `Hello`
-/// within this long after connecting (one deadline, not one per read).
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The media-link port's caps, stated beside its accept loop ([`serve`]).
 #[derive(Debug, Clone)]
@@ -66,15 +63,10 @@ pub struct LinkCaps {
 }
 
 impl LinkCaps {
-    pub fn new(caps: &crate::origin::config::OriginCaps) -> LinkCaps {
-        LinkCaps {
-            unauthenticated: Limit::new(
-                "link_unauthenticated",
-                caps.link_unauthenticated_per_address,
-                caps.link_unauthenticated,
-            ),
-            hello_timeout: caps.link_hello_timeout,
-        }
+    /// At most `per_address` and `total` connections before their `Hello`, each within
+    /// `hello_timeout`.
+    pub fn new(per_address: usize, total: usize, hello_timeout: Duration) -> LinkCaps {
+        LinkCaps { unauthenticated: Limit::new("link_unauthenticated", per_address, total), hello_timeout }
     }
 }
 /// A link silent for this long is dead (edges ping every 100 ms).

@@ -10,6 +10,7 @@ use raftcast_raft::rpc::ClusterSecret;
 use raftcast_raft::typ::Raft;
 use raftcast_raft::{NodeId, StreamKey};
 use raftcast_storage::StateHandle;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::LinkStats;
@@ -19,7 +20,30 @@ use crate::media::retain::RetainLimits;
 use crate::media::segments::WindowLimits;
 use crate::media::{Hub, HubLimits};
 use crate::origin::ingest::IngestStats;
-use crate::origin::live::LiveStream;
+
+/// One stream as its owner sees it right now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveStream {
+    pub app: String,
+    pub name: String,
+    /// Epoch under which the attached publisher was accepted.
+    pub epoch: Option<u64>,
+    /// Edge of the attached publisher.
+    pub edge: Option<String>,
+    /// One edge name per link subscription, sorted.
+    pub subscribers: Vec<String>,
+    /// Payload bytes and frames received since this origin started the stream's hub.
+    pub bytes_in: u64,
+    pub frames_in: u64,
+    /// Received bitrate over the last few seconds.
+    pub bitrate_kbps: f64,
+}
+
+impl LiveStream {
+    pub fn key(&self) -> Option<StreamKey> {
+        StreamKey::new(&self.app, &self.name).ok()
+    }
+}
 
 /// The publisher attached to a stream.
 #[derive(Debug, Clone)]

@@ -1,0 +1,395 @@
+//! Stream ownership, decided on the leader: claims (with the publish-key check and the
+//! takeover of a dead session), placement of new streams, and reassignment of a stream
+//! whose owner is lost (asked by the failover supervisor or by an edge). Owner lookups
+//! and stream watches are answered by any origin from its own applied state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftcast_raft::command::StreamClaim;
+use raftcast_raft::typ::Raft;
+use raftcast_raft::{Command, FailKind, ForwardReply, NodeId, Rejection, Request, RequestId, Response, StreamKey};
+use raftcast_storage::StateHandle;
+
+use super::commit::{failed, leadership_error, Committer};
+use super::live::LiveFacts;
+use super::liveness::Liveness;
+use super::membership::node_addr;
+use super::metrics::{Metrics, ReasonLabel};
+use super::watch::StreamWatch;
+
+/// A follower this many entries behind the leader is not given new streams (it is
+/// probably catching up after a restart).
+const LIVE_LAG: u64 = 64;
+
+/// A claim younger than this counts as alive even before its publisher attached: the
+/// edge is still between its claim and its `Publish`. The same holds for a stream
+/// moved to a new owner this recently.
+const TAKEOVER_YOUNG_CLAIM: Duration = Duration::from_secs(3);
+
+/// When this leader last re-assigned each stream (see `holder_alive`).
+type Moves = HashMap<StreamKey, Instant>;
+
+/// Why a stream moved to another owner (the `reason` label of
+/// `raftcast_streams_reassigned_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The leader could not reach the owner within the bound.
+    Unreachable,
+    /// An edge that cannot reach the owner asked (`Forward::Reassign`).
+    Edge,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Unreachable => "unreachable",
+            Reason::Edge => "edge",
+        }
+    }
+}
+
+/// A publisher's claim on a stream (`Forward::Claim`).
+pub struct ClaimRequest<'a> {
+    pub id: RequestId,
+    pub stream: &'a StreamKey,
+    pub edge: &'a str,
+    pub session: &'a str,
+    pub takeover: bool,
+    pub key: Option<&'a str>,
+}
+
+/// Decides who owns which stream. Cheap to clone.
+#[derive(Clone)]
+pub struct Ownership {
+    id: NodeId,
+    raft: Raft,
+    state: StateHandle,
+    committer: Committer,
+    /// Live stream facts, to tell a dead publishing session from a live one when a
+    /// publisher asks to take a stream over.
+    live: LiveFacts,
+    /// Which origins answer the leader: placement gives streams only to those.
+    liveness: Liveness,
+    /// Answers `Forward::WatchStream`.
+    watch: StreamWatch,
+    metrics: Arc<Metrics>,
+    /// Streams this leader moved recently: a takeover must not take them (see
+    /// `holder_alive`).
+    moves: Arc<Mutex<Moves>>,
+}
+
+impl Ownership {
+    // Each argument is a distinct collaborator wired once in `origin::run`; a parameter
+    // struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        state: StateHandle,
+        committer: Committer,
+        live: LiveFacts,
+        liveness: Liveness,
+        watch: StreamWatch,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Ownership { id, raft, state, committer, live, liveness, watch, metrics, moves: Arc::default() }
+    }
+
+    /// `WatchStream` requests waiting on this origin now.
+    pub fn stream_watches(&self) -> usize {
+        self.watch.waiting()
+    }
+
+    /// The claim of `stream` and its owner's media address, from this node's state.
+    pub fn lookup(&self, stream: &StreamKey) -> ForwardReply {
+        let claim = self.state.read(|sm| sm.streams.get(stream).cloned());
+        self.owner_reply(claim)
+    }
+
+    /// Waits (at most `wait_ms`, capped) until the claim of `stream` differs from
+    /// `known_epoch`, then answers as [`Ownership::lookup`].
+    pub async fn watch(&self, stream: &StreamKey, known_epoch: Option<u64>, wait_ms: u32) -> ForwardReply {
+        let wait = Duration::from_millis(u64::from(wait_ms.min(raftcast_raft::command::MAX_WATCH_MS)));
+        let claim = self.watch.wait(stream, known_epoch, wait).await;
+        self.owner_reply(claim)
+    }
+
+    /// Claims a stream for a publisher, on the leader: checks the publish key, refuses
+    /// a takeover of a live session, places the stream and commits the claim.
+    pub async fn claim(&self, req: ClaimRequest<'_>) -> ForwardReply {
+        let ClaimRequest { id, stream, edge, session, takeover, key } = req;
+        // Leading and up to date, so the key check and the owner choice use current
+        // state.
+        if let Err(e) = self.raft.ensure_linearizable().await {
+            return leadership_error(e);
+        }
+        if !self.state.read(|sm| sm.publish_allowed(stream, key)) {
+            return ForwardReply::Written(Response::Rejected(Rejection::PublishDenied));
+        }
+        // A takeover replaces only a dead session: one whose owner has no publisher
+        // attached under its epoch (an edge that died, a publisher that went away
+        // without a release). A live one keeps the stream. A takeover stays on the dead
+        // session's owner while it is live: that origin's hub holds the stream's last
+        // HLS mark, which the new session's numbering continues after (docs/hls.md,
+        // "Numbering").
+        let mut keep = None;
+        if takeover {
+            let current = self.state.read(|sm| sm.streams.get(stream).cloned());
+            if let Some(current) = current.filter(|c| c.edge != edge || c.session != session) {
+                if self.holder_alive(stream, &current).await {
+                    let rejection = Rejection::StreamOwned {
+                        owner: current.owner,
+                        epoch: current.epoch,
+                        edge: current.edge.clone(),
+                    };
+                    return ForwardReply::Written(Response::Rejected(rejection));
+                }
+                tracing::info!(%stream, epoch = current.epoch, edge = current.edge, "taking over a dead session");
+                keep = Some(current.owner).filter(|o| self.live_voters().1.contains(o));
+            }
+        }
+        // This node is always live itself, so there is always an owner.
+        let owner = keep.or_else(|| self.pick_owner(stream, None)).unwrap_or(self.id);
+        let command = Command::ClaimStream {
+            stream: stream.clone(),
+            owner,
+            edge: edge.to_string(),
+            session: session.to_string(),
+            takeover,
+        };
+        self.committer.commit(&Request { id, at_ms: 0, command }).await
+    }
+
+    /// Moves `stream` from its claim at `expected_epoch` to a live voter other than
+    /// `away_from`, as [`raftcast_raft::Forward::Reassign`] describes; only on the
+    /// leader (otherwise `NotLeader`), never forwarded. A request id that already
+    /// applied gets its first answer without any check or proposal.
+    pub async fn reassign(
+        &self,
+        id: RequestId,
+        stream: &StreamKey,
+        expected_epoch: u64,
+        away_from: NodeId,
+        reason: Reason,
+    ) -> ForwardReply {
+        // Leading and up to date, so the epoch check and the placement use current
+        // state (and, on a retry, the first attempt's answer is applied if it was).
+        if let Err(e) = self.raft.ensure_linearizable().await {
+            return leadership_error(e);
+        }
+        let (answered, current) =
+            self.state.read(|sm| (sm.answered(&id).cloned(), sm.streams.get(stream).map(|c| c.epoch)));
+        if let Some(first) = answered {
+            return ForwardReply::Written(first);
+        }
+        if current != Some(expected_epoch) {
+            return ForwardReply::Written(Response::Rejected(Rejection::StaleEpoch { current }));
+        }
+        let Some(owner) = self.pick_owner(stream, Some(away_from)) else {
+            return failed(
+                FailKind::Unavailable,
+                format!("no live origin other than {away_from} can take {stream}; retry when one is back"),
+            );
+        };
+        let command = Command::ReassignStream { stream: stream.clone(), expected_epoch, owner };
+        let reply = self.committer.commit(&Request { id, at_ms: 0, command }).await;
+        if let ForwardReply::Written(Response::Claimed(claim)) = &reply {
+            self.note_moved(stream);
+            self.metrics.streams_reassigned.get_or_create(&ReasonLabel { reason: reason.label() }).inc();
+            tracing::info!(
+                %stream, from = away_from, to = claim.owner, epoch = claim.epoch, expected_epoch,
+                reason = reason.label(), "stream re-assigned"
+            );
+        }
+        reply
+    }
+
+    /// The answer to `Lookup` and `WatchStream`: the claim and its owner's media address.
+    fn owner_reply(&self, claim: Option<StreamClaim>) -> ForwardReply {
+        let media = claim.as_ref().and_then(|c| node_addr(&self.raft, c.owner)).map(|a| a.media);
+        ForwardReply::Owner { claim, media }
+    }
+
+    /// Whether the session holding `claim` still publishes: its owner has a publisher
+    /// attached under the claim's epoch, or the claim is too young to tell. An owner
+    /// that does not answer cannot be receiving that publisher's media: dead.
+    async fn holder_alive(&self, stream: &StreamKey, claim: &StreamClaim) -> bool {
+        if now_ms().saturating_sub(claim.since_ms) < TAKEOVER_YOUNG_CLAIM.as_millis() as u64 {
+            return true;
+        }
+        // A stream this leader moved moments ago is between owners: its publisher is
+        // re-attaching, not gone. A new leader does not know what was moved before it,
+        // so it treats every claim that way for its first moments.
+        if self.recently_moved(stream) {
+            return true;
+        }
+        let http = node_addr(&self.raft, claim.owner).map(|a| a.http);
+        let facts = self.live.gather(BTreeMap::from([(claim.owner, http)])).await;
+        match facts.get(&claim.owner) {
+            Some(Some(streams)) => streams.get(stream).is_some_and(|s| s.epoch == Some(claim.epoch)),
+            // The owner does not answer: its publisher may be alive and moving to a new
+            // owner (the move comes within the owner-dead bound). Only an owner that
+            // answers can say its publisher is gone.
+            _ => true,
+        }
+    }
+
+    /// Whether `stream` was re-assigned by this leader, or this node became leader,
+    /// within [`TAKEOVER_YOUNG_CLAIM`].
+    fn recently_moved(&self, stream: &StreamKey) -> bool {
+        let now = Instant::now();
+        let leading_since = self.liveness.observe(&self.raft.metrics().borrow(), now);
+        if leading_since.is_none_or(|since| now.duration_since(since) < TAKEOVER_YOUNG_CLAIM) {
+            return true;
+        }
+        let moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+        moves.get(stream).is_some_and(|at| at.elapsed() < TAKEOVER_YOUNG_CLAIM)
+    }
+
+    fn note_moved(&self, stream: &StreamKey) {
+        let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
+        moves.retain(|_, at| at.elapsed() < TAKEOVER_YOUNG_CLAIM);
+        moves.insert(stream.clone(), Instant::now());
+    }
+
+    /// The voters that may own streams: this node, and followers that answered within
+    /// `--owner-dead-after-ms` (see [`Liveness`]) and are at most [`LIVE_LAG`] entries
+    /// behind.
+    fn live_voters(&self) -> (NodeId, Vec<NodeId>) {
+        let m = self.raft.metrics().borrow().clone();
+        let now = Instant::now();
+        // Not leading (a race with losing leadership): nobody has been judged yet.
+        let since = self.liveness.observe(&m, now).unwrap_or(now);
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.clone().unwrap_or_default();
+        let live = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| {
+                *v == m.id
+                    || (self.liveness.reachable(*v, since, now)
+                        && replication
+                            .get(v)
+                            .is_some_and(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)) <= LIVE_LAG))
+            })
+            .collect();
+        (m.id, live)
+    }
+
+    /// The origin that should own `stream`: the origin a pin rule names when it is a
+    /// live voter, otherwise (see [`place`]) the least loaded live voter; never
+    /// `exclude`. `None` when no live voter but `exclude` exists.
+    fn pick_owner(&self, stream: &StreamKey, exclude: Option<NodeId>) -> Option<NodeId> {
+        let (me, mut live) = self.live_voters();
+        live.retain(|v| Some(*v) != exclude);
+        if live.is_empty() {
+            return None;
+        }
+        let (load, pin) = self.state.read(|sm| {
+            let mut load = HashMap::<NodeId, usize>::new();
+            for claim in sm.streams.values() {
+                *load.entry(claim.owner).or_default() += 1;
+            }
+            (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)))
+        });
+        let rule = || pin.as_ref().map(|(scope, _)| scope.to_string()).unwrap_or_default();
+        Some(match place(stream, me, &live, &load, pin.as_ref().map(|(_, origin)| *origin)) {
+            Placement::Pinned(owner) => {
+                tracing::debug!(%stream, owner, pin = %rule(), "placed by a pin rule");
+                owner
+            }
+            Placement::ByLoad { owner, pinned_not_live: Some(pinned) } if Some(pinned) == exclude => {
+                tracing::info!(%stream, pin = %rule(), pinned, owner, "moving a pinned stream off its origin");
+                owner
+            }
+            Placement::ByLoad { owner, pinned_not_live: Some(pinned) } => {
+                tracing::warn!(
+                    %stream, pin = %rule(), pinned, owner, ?live,
+                    "the pinned origin is not a live voter; placing the stream by load instead"
+                );
+                owner
+            }
+            Placement::ByLoad { owner, pinned_not_live: None } => owner,
+        })
+    }
+}
+
+/// Where a new stream goes, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A pin rule names this live voter.
+    Pinned(NodeId),
+    /// The least loaded live voter; `pinned_not_live` is the origin a pin rule named
+    /// but which is not a live voter (down, lagging, a learner or removed).
+    ByLoad { owner: NodeId, pinned_not_live: Option<NodeId> },
+}
+
+/// Chooses the owner of a new stream: the pinned origin if it is live, otherwise the
+/// live origin owning the fewest streams, ties spread by a hash of the stream key (so
+/// equal loads do not all land on the same origin); `me` when nothing is live.
+pub fn place(
+    stream: &StreamKey,
+    me: NodeId,
+    live: &[NodeId],
+    load: &HashMap<NodeId, usize>,
+    pinned: Option<NodeId>,
+) -> Placement {
+    if let Some(pinned) = pinned.filter(|p| live.contains(p)) {
+        return Placement::Pinned(pinned);
+    }
+    let spread = |node: NodeId| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (stream, node).hash(&mut h);
+        h.finish()
+    };
+    let owner = live.iter().copied().min_by_key(|n| (load.get(n).copied().unwrap_or(0), spread(*n))).unwrap_or(me);
+    Placement::ByLoad { owner, pinned_not_live: pinned }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> StreamKey {
+        StreamKey::new("live", name).unwrap()
+    }
+
+    #[test]
+    fn a_live_pinned_origin_wins_over_load() {
+        let load = HashMap::from([(1, 0), (2, 0), (3, 9)]);
+        assert_eq!(place(&key("a"), 1, &[1, 2, 3], &load, Some(3)), Placement::Pinned(3));
+    }
+
+    #[test]
+    fn a_pinned_origin_that_is_not_live_falls_back_to_the_least_loaded() {
+        let load = HashMap::from([(1, 4), (2, 1), (3, 0)]);
+        // Origin 3 is pinned but not live (down, lagging or only a learner).
+        assert_eq!(
+            place(&key("a"), 1, &[1, 2], &load, Some(3)),
+            Placement::ByLoad { owner: 2, pinned_not_live: Some(3) }
+        );
+        assert_eq!(place(&key("a"), 1, &[1, 2], &load, None), Placement::ByLoad { owner: 2, pinned_not_live: None });
+    }
+
+    #[test]
+    fn without_pins_streams_spread_by_load() {
+        let mut load = HashMap::new();
+        for i in 0..30 {
+            let Placement::ByLoad { owner, .. } = place(&key(&format!("s{i}")), 1, &[1, 2, 3], &load, None) else {
+                panic!()
+            };
+            *load.entry(owner).or_default() += 1;
+        }
+        assert_eq!(load, HashMap::from([(1, 10), (2, 10), (3, 10)]));
+        // With nothing live, this node takes it.
+        assert_eq!(place(&key("x"), 7, &[], &load, None), Placement::ByLoad { owner: 7, pinned_not_live: None });
+    }
+}
