@@ -19,6 +19,7 @@ pub mod logging;
 pub mod media;
 pub mod origin;
 pub mod peer;
+pub mod process;
 pub mod proxy_protocol;
 pub mod rtmp;
 pub mod secrets;

@@ -191,30 +191,13 @@ impl EdgeContext {
 
 /// Entry point of `raftcast edge`.
 pub fn main(args: EdgeArgs) -> ExitCode {
-    crate::logging::init();
-    let config = match EdgeConfig::from_args(args, |k| std::env::var(k).ok()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("raftcast edge: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("raftcast edge: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let span = tracing::info_span!("edge", edge.id = %config.id);
-    match runtime.block_on(tracing::Instrument::instrument(run(config), span)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("raftcast edge: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::process::main(
+        "edge",
+        || EdgeConfig::from_args(args, |k| std::env::var(k).ok()),
+        tokio::runtime::Builder::new_multi_thread(),
+        |config| tracing::info_span!("edge", edge.id = %config.id),
+        run,
+    )
 }
 
 /// Runs an edge until SIGINT or SIGTERM, then shuts down gracefully: stops accepting,

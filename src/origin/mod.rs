@@ -58,36 +58,17 @@ const DIRTY_DECAY_MS: isize = 1000;
 
 /// Entry point of `raftcast origin`.
 pub fn main(args: OriginArgs) -> ExitCode {
-    crate::logging::init();
-    let config = match OriginConfig::from_args(args, |k| std::env::var(k).ok()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("raftcast origin: {e}");
-            return ExitCode::from(2);
-        }
-    };
     crate::heap::set_dirty_decay_ms(DIRTY_DECAY_MS);
     crate::heap::use_first_arena();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_start(crate::heap::use_first_arena)
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("raftcast origin: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let span = tracing::info_span!("origin", node.id = config.id);
-    match runtime.block_on(tracing::Instrument::instrument(run(config), span)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("raftcast origin: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.on_thread_start(crate::heap::use_first_arena);
+    crate::process::main(
+        "origin",
+        || OriginConfig::from_args(args, |k| std::env::var(k).ok()),
+        runtime,
+        |config| tracing::info_span!("origin", node.id = config.id),
+        run,
+    )
 }
 
 /// Runs an origin until SIGINT or SIGTERM.
