@@ -17,6 +17,7 @@ pub mod limits;
 pub mod link;
 pub mod logging;
 pub mod media;
+pub mod metrics;
 pub mod origin;
 pub mod peer;
 pub mod process;

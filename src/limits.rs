@@ -13,10 +13,13 @@
 //! Never knows sockets or protocols: callers pass the peer's address.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write;
+use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 
 /// Why a permit was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -173,23 +176,53 @@ impl Drop for Permit {
     }
 }
 
-/// Writes Prometheus gauges and counters for `limits` under `prefix`
-/// (`{prefix}_limit_in_use{class}`, `{prefix}_limit_refused_total{class,scope}`).
-pub fn render(out: &mut String, prefix: &str, limits: &[&Limit]) {
-    let _ =
-        writeln!(out, "# HELP {prefix}_limit_in_use Resources held now, by class\n# TYPE {prefix}_limit_in_use gauge");
-    for l in limits {
-        let _ = writeln!(out, "{prefix}_limit_in_use{{class=\"{}\"}} {}", l.class, l.in_use());
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {prefix}_limit_refused_total Refused because a cap was reached: per address or global\n\
-         # TYPE {prefix}_limit_refused_total counter"
-    );
-    for l in limits {
-        let (address, global) = l.refused();
-        let _ = writeln!(out, "{prefix}_limit_refused_total{{class=\"{}\",scope=\"address\"}} {address}", l.class);
-        let _ = writeln!(out, "{prefix}_limit_refused_total{{class=\"{}\",scope=\"global\"}} {global}", l.class);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabel {
+    class: &'static str,
+    /// `address` or `global`: which cap refused.
+    scope: &'static str,
+}
+
+/// The `/metrics` of some limits, read at scrape time: `{prefix}_limit_in_use{class}`
+/// and `{prefix}_limit_refused_total{class,scope}`.
+#[derive(Debug)]
+pub struct LimitMetrics {
+    pub prefix: &'static str,
+    pub limits: Vec<Arc<Limit>>,
+}
+
+impl Collector for LimitMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let prefix = self.prefix;
+        let in_use: Vec<_> = self.limits.iter().map(|l| (ClassLabel { class: l.class }, l.in_use() as u64)).collect();
+        crate::metrics::gauges(
+            &mut encoder,
+            &format!("{prefix}_limit_in_use"),
+            "Resources held now, by class",
+            &in_use,
+        )?;
+        let refused: Vec<_> = self
+            .limits
+            .iter()
+            .flat_map(|l| {
+                let (address, global) = l.refused();
+                [
+                    (RefusedLabel { class: l.class, scope: "address" }, address),
+                    (RefusedLabel { class: l.class, scope: "global" }, global),
+                ]
+            })
+            .collect();
+        crate::metrics::counters(
+            &mut encoder,
+            &format!("{prefix}_limit_refused_total"),
+            "Refused because a cap was reached: per address or global",
+            &refused,
+        )
     }
 }
 
@@ -348,9 +381,11 @@ mod tests {
     fn metrics_name_every_class_and_scope() {
         let limit = Limit::new("handshakes", 0, 1);
         let _ = limit.try_acquire(ip("127.0.0.1"));
-        let mut out = String::new();
-        render(&mut out, "edge", &[&limit]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(LimitMetrics { prefix: "edge", limits: vec![limit] }));
+        let out = crate::metrics::encode(&registry, |_| {});
         assert!(out.contains("edge_limit_in_use{class=\"handshakes\"} 0"));
         assert!(out.contains("edge_limit_refused_total{class=\"handshakes\",scope=\"address\"} 1"));
+        assert!(out.contains("edge_limit_refused_total{class=\"handshakes\",scope=\"global\"} 0"));
     }
 }

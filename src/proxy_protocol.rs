@@ -283,7 +283,7 @@ impl ProxyTrust {
     }
 
     /// The cap on headers being read, for `/metrics`.
-    pub fn limit(&self) -> &Limit {
+    pub fn limit(&self) -> &Arc<Limit> {
         &self.pending
     }
 }

@@ -93,7 +93,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// This edge's claims feed.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct ClaimFeed {
     shared: Arc<Shared>,
 }

@@ -32,6 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use raftcast_raft::StreamKey;
 use serde_json::json;
 use tokio::sync::watch;
@@ -276,40 +278,55 @@ impl Hls {
         *window = Window::new(self.config.window);
         self.stats.window_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
+}
 
-    /// Writes the HLS metrics in Prometheus text.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let s = &self.stats;
-        let _ = writeln!(
-            out,
-            "# HELP edge_hls_streams Streams packaged for HLS now\n# TYPE edge_hls_streams gauge\n\
-             edge_hls_streams {}\n\
-             # HELP edge_hls_window_bytes Bytes held by every HLS stream's window\n\
-             # TYPE edge_hls_window_bytes gauge\nedge_hls_window_bytes {}\n\
-             # HELP edge_hls_waiting HLS requests waiting now (blocking reloads, hinted parts, new streams)\n\
-             # TYPE edge_hls_waiting gauge\nedge_hls_waiting {}\n\
-             # HELP edge_hls_parts_total Parts produced by this edge's packagers\n\
-             # TYPE edge_hls_parts_total counter\nedge_hls_parts_total {}\n\
-             # HELP edge_hls_segments_total Segments completed by this edge's packagers\n\
-             # TYPE edge_hls_segments_total counter\nedge_hls_segments_total {}\n\
-             # HELP edge_hls_requests_total HLS requests by kind and status\n\
-             # TYPE edge_hls_requests_total counter",
-            self.stream_count(),
-            s.window_bytes.load(Ordering::Relaxed),
-            self.waiting.in_use(),
-            s.parts.load(Ordering::Relaxed),
-            s.segments.load(Ordering::Relaxed),
-        );
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    kind: &'static str,
+    /// The status code, or `other`.
+    status: String,
+}
+
+/// The HLS part of the edge's `/metrics`, read at scrape time.
+pub struct HlsMetrics(pub Arc<Hls>);
+
+impl std::fmt::Debug for HlsMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HlsMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Collector for HlsMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use crate::metrics::{counter, counters, gauge};
+        let (hls, s) = (&self.0, &self.0.stats);
+        let e = &mut encoder;
+        gauge(e, "edge_hls_streams", "Streams packaged for HLS now", hls.stream_count() as u64)?;
+        let window_bytes = s.window_bytes.load(Ordering::Relaxed);
+        gauge(e, "edge_hls_window_bytes", "Bytes held by every HLS stream's window", window_bytes)?;
+        let waiting = hls.waiting.in_use() as u64;
+        gauge(
+            e,
+            "edge_hls_waiting",
+            "HLS requests waiting now (blocking reloads, hinted parts, new streams)",
+            waiting,
+        )?;
+        let parts = s.parts.load(Ordering::Relaxed);
+        counter(e, "edge_hls_parts_total", "Parts produced by this edge's packagers", parts)?;
+        let segments = s.segments.load(Ordering::Relaxed);
+        counter(e, "edge_hls_segments_total", "Segments completed by this edge's packagers", segments)?;
+        // Only the pairs seen so far: most of the 42 never happen.
+        let mut requests = Vec::new();
         for (k, kind) in KINDS.iter().enumerate() {
             for (i, status) in STATUSES.iter().enumerate() {
                 let n = s.requests[k][i].load(Ordering::Relaxed);
                 if n > 0 {
                     let status = if *status == 0 { "other".to_owned() } else { status.to_string() };
-                    let _ = writeln!(out, "edge_hls_requests_total{{kind=\"{kind}\",status=\"{status}\"}} {n}");
+                    requests.push((RequestLabel { kind, status }, n));
                 }
             }
         }
+        counters(e, "edge_hls_requests_total", "HLS requests by kind and status", &requests)
     }
 }
 
@@ -975,8 +992,9 @@ mod tests {
         assert_eq!(s.hls.stats.requests("segment", 200), 1);
         assert_eq!(s.hls.stats.requests("playlist", 400), 4);
         assert_eq!(s.hls.stats.requests("invalid", 404), 4);
-        let mut metrics = String::new();
-        s.hls.render_metrics(&mut metrics);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(HlsMetrics(s.hls.clone())));
+        let metrics = crate::metrics::encode(&registry, |_| {});
         assert!(metrics.contains("edge_hls_streams 1\n"));
         assert!(metrics.contains("edge_hls_segments_total 3\n"), "{metrics}");
         assert!(metrics.contains("edge_hls_parts_total 14\n"));

@@ -224,7 +224,8 @@ fn tag(frame: &Frame) -> Bytes {
     out.freeze()
 }
 
-fn link_state(state: &LinkState) -> (&'static str, u8) {
+/// A link's state as `/status` names it and `/metrics` numbers it.
+pub(super) fn link_state(state: &LinkState) -> (&'static str, u8) {
     match state {
         LinkState::Connecting => ("connecting", 0),
         LinkState::Live { .. } => ("live", 1),
@@ -284,138 +285,7 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
 }
 
 async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
-    use std::fmt::Write;
-    let s = &ctx.stats;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    metric("edge_connections", "gauge", "Open RTMP connections", &[(String::new(), load(&s.connections))]);
-    metric(
-        "edge_connections_total",
-        "counter",
-        "RTMP connections accepted",
-        &[(String::new(), load(&s.connections_total))],
-    );
-    metric(
-        "edge_connections_refused_total",
-        "counter",
-        "RTMP connections closed at accept because of the connection limit",
-        &[(String::new(), load(&s.connections_refused))],
-    );
-    let gates = [("rtmp", &ctx.limits.rtmp_bans), ("http", &ctx.limits.http.ban_stats)];
-    let per_listener = |f: fn(&crate::bans::GateStats) -> &std::sync::atomic::AtomicU64| -> Vec<(String, u64)> {
-        gates.iter().map(|(l, g)| (format!("{{listener=\"{l}\"}}"), f(g).load(Ordering::Relaxed))).collect()
-    };
-    metric("edge_banned_addresses", "gauge", "Addresses banned below accept now", &per_listener(|g| &g.banned));
-    metric("edge_bans_total", "counter", "Bans of addresses refused too often", &per_listener(|g| &g.bans_total));
-    metric(
-        "edge_refused_banned_total",
-        "counter",
-        "Connections from banned addresses reset at accept (the kernel filter drops the rest)",
-        &per_listener(|g| &g.refused_banned),
-    );
-    metric("edge_publishers", "gauge", "Publishing sessions", &[(String::new(), load(&s.publishers))]);
-    metric(
-        "edge_players",
-        "gauge",
-        "Playing sessions by protocol",
-        &[("{protocol=\"rtmp\"}".into(), load(&s.players_rtmp)), ("{protocol=\"flv\"}".into(), load(&s.players_flv))],
-    );
-    metric("edge_client_bytes_in_total", "counter", "Bytes read from clients", &[(String::new(), load(&s.bytes_in))]);
-    metric(
-        "edge_client_bytes_out_total",
-        "counter",
-        "Bytes written to clients",
-        &[(String::new(), load(&s.bytes_out))],
-    );
-    metric(
-        "edge_frames_published_total",
-        "counter",
-        "Media frames received from publishers",
-        &[(String::new(), load(&s.frames_published))],
-    );
-    metric(
-        "edge_frames_dropped_total",
-        "counter",
-        "Frames dropped: players that fell behind skip to the next keyframe; publishers' frames the link could not take",
-        &[
-            ("{side=\"player\"}".into(), load(&s.player_drops)),
-            ("{side=\"publisher\"}".into(), load(&s.publisher_drops)),
-        ],
-    );
-    metric(
-        "edge_failovers_total",
-        "counter",
-        "Moves to a new owner: publications re-attached, relays re-subscribed",
-        &[
-            ("{side=\"publisher\"}".into(), load(&s.publisher_failovers)),
-            ("{side=\"relay\"}".into(), load(&s.relay_failovers)),
-        ],
-    );
-    let (followed, restarts) = ctx.claims.stats();
-    metric(
-        "edge_claims_followed",
-        "gauge",
-        "Streams whose claims this edge follows on its claims feed (publications and relays)",
-        &[(String::new(), followed as u64)],
-    );
-    metric(
-        "edge_claims_feed_restarts_total",
-        "counter",
-        "Fresh starts of the claims feed: another origin, a lost message, an origin that did not answer",
-        &[(String::new(), restarts)],
-    );
-    metric(
-        "edge_relay_duplicates_total",
-        "counter",
-        "Frames a relay dropped because its players already had them (replays after a move)",
-        &[(String::new(), load(&s.relay_duplicates))],
-    );
-    let (windows, window_bytes) = ctx.relays.windows();
-    metric(
-        "edge_relay_hls_windows",
-        "gauge",
-        "Relayed streams whose hub keeps the HLS window of frames (only while HLS is packaged here)",
-        &[(String::new(), windows as u64)],
-    );
-    metric(
-        "edge_relay_window_bytes",
-        "gauge",
-        "Bytes of frames those relay hubs keep for HLS (besides edge_hls_window_bytes)",
-        &[(String::new(), window_bytes as u64)],
-    );
-    let ups = ctx.upstreams.all();
-    let label = |u: &super::upstream::Upstream| format!("{{origin_addr=\"{}\"}}", u.addr);
-    let states: Vec<_> = ups.iter().map(|u| (label(u), u64::from(link_state(&u.state()).1))).collect();
-    metric("edge_upstream_link_state", "gauge", "Link to an origin: 0 connecting, 1 live, 2 backoff", &states);
-    let bytes_in: Vec<_> = ups.iter().map(|u| (label(u), load(&u.bytes_in))).collect();
-    metric("edge_upstream_bytes_in_total", "counter", "Media payload bytes received from an origin", &bytes_in);
-    let bytes_out: Vec<_> = ups.iter().map(|u| (label(u), load(&u.bytes_out))).collect();
-    metric("edge_upstream_bytes_out_total", "counter", "Media payload bytes sent to an origin", &bytes_out);
-    let help = "How long frames wait in the edge: ingest, from a publisher to the owner's link; \
-                delivery, from the link to a player's socket (RTMP players, merge window included)";
-    s.hop_ingest.render(&mut out, "edge_hop_seconds", help, "hop=\"ingest\"");
-    s.hop_delivery.render(&mut out, "edge_hop_seconds", help, "hop=\"delivery\"");
-    let mut limits = ctx.limits.all();
-    limits.push(&ctx.hls.waiting);
-    crate::limits::render(&mut out, "edge", &limits);
-    ctx.hls.render_metrics(&mut out);
-    let partial = &ctx.limits.partial;
-    let _ = writeln!(
-        out,
-        "# HELP edge_rtmp_partial_bytes Bytes of partially received RTMP messages held, all connections\n\
-         # TYPE edge_rtmp_partial_bytes gauge\nedge_rtmp_partial_bytes {}\n\
-         # HELP edge_rtmp_partial_refused_total Connections closed for going over the partial-message budget\n\
-         # TYPE edge_rtmp_partial_refused_total counter\nedge_rtmp_partial_refused_total {}",
-        partial.used(),
-        partial.refused()
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], ctx.metrics.render()).into_response()
 }
 
 #[cfg(test)]

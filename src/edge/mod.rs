@@ -11,7 +11,8 @@
 //! - `so_session`: one RTMP connection's shared-object messages;
 //! - `hls`: HLS and LL-HLS routes and one packaging task per stream asked for;
 //! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
-//!   `/metrics`, `/health`.
+//!   `/metrics`, `/health`;
+//! - `metrics`: the `/metrics` registry, read from the counters where they are kept.
 
 pub mod claims;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod control;
 pub mod hls;
 pub mod http;
 pub mod http_objects;
+pub mod metrics;
 pub mod rtmp_conn;
 pub mod shared_objects;
 pub mod so_session;
@@ -120,16 +122,16 @@ impl EdgeLimits {
 
     /// Every counted class, for `/metrics` (PROXY headers being read only when a
     /// balancer is trusted).
-    pub fn all(&self) -> Vec<&Limit> {
-        let mut all: Vec<&Limit> = vec![
-            &self.rtmp_connections,
-            &self.handshakes,
-            &self.unstarted,
-            &self.publishes,
-            &self.long_requests,
-            &self.http.connections,
+    pub fn all(&self) -> Vec<Arc<Limit>> {
+        let mut all = vec![
+            self.rtmp_connections.clone(),
+            self.handshakes.clone(),
+            self.unstarted.clone(),
+            self.publishes.clone(),
+            self.long_requests.clone(),
+            self.http.connections.clone(),
         ];
-        all.extend(self.proxy.as_deref().map(|p| p.limit()));
+        all.extend(self.proxy.as_deref().map(|p| p.limit().clone()));
         all
     }
 }
@@ -138,15 +140,17 @@ impl EdgeLimits {
 pub struct EdgeContext {
     pub config: EdgeConfig,
     pub control: control::Control,
-    pub upstreams: upstream::Upstreams,
+    pub upstreams: Arc<upstream::Upstreams>,
     pub relays: streams::Relays,
     /// Who owns each stream this edge publishes or relays.
     pub claims: claims::ClaimFeed,
     pub objects: shared_objects::SharedObjects,
     /// Streams packaged for HLS, their windows and counters.
     pub hls: Arc<hls::Hls>,
-    pub stats: EdgeStats,
+    pub stats: Arc<EdgeStats>,
     pub limits: EdgeLimits,
+    /// `/metrics`, reading `stats`, `limits`, `hls`, `relays`, `claims` and `upstreams`.
+    pub metrics: metrics::EdgeMetrics,
     /// Cancelled when the edge stops serving clients (relays and players end with it).
     pub shutdown: CancellationToken,
     pub started: Instant,
@@ -167,21 +171,26 @@ impl EdgeContext {
         // One client for every request to the origins.
         let peers = crate::peer::PeerClient::new(config.secret.clone());
         let control = control::Control::new(config.origins.clone(), peers.clone(), config.request_deadline);
-        let upstreams = upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, links);
+        let upstreams =
+            Arc::new(upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, links));
         let started_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let objects =
             shared_objects::SharedObjects::new(config.origins.clone(), peers, control.clone(), clients.clone());
+        let (relays, claims) = (streams::Relays::default(), claims::ClaimFeed::default());
+        let (hls, stats, limits) = (hls::Hls::new(config.hls_serve.clone()), Arc::default(), EdgeLimits::new(config));
+        let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams);
         Ok(Arc::new(EdgeContext {
             config: config.clone(),
             control,
             objects,
             upstreams,
-            relays: streams::Relays::default(),
-            claims: claims::ClaimFeed::default(),
-            hls: hls::Hls::new(config.hls_serve.clone()),
-            stats: EdgeStats::default(),
-            limits: EdgeLimits::new(config),
+            relays,
+            claims,
+            hls,
+            stats,
+            limits,
+            metrics,
             shutdown: clients,
             started: Instant::now(),
             started_ms,
@@ -261,8 +270,13 @@ pub(crate) mod tests {
         let clients = CancellationToken::new();
         let peers = crate::peer::PeerClient::new(config.secret.clone());
         let control = control::Control::new(config.origins.clone(), peers.clone(), config.request_deadline);
+        let upstreams =
+            Arc::new(upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, clients.clone()));
+        let (relays, claims) = (streams::Relays::default(), claims::ClaimFeed::default());
+        let (hls, stats, limits) = (hls::Hls::new(config.hls_serve.clone()), Arc::default(), EdgeLimits::new(&config));
+        let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams);
         Arc::new(EdgeContext {
-            upstreams: upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, clients.clone()),
+            upstreams,
             objects: shared_objects::SharedObjects::new(
                 config.origins.clone(),
                 peers,
@@ -270,11 +284,12 @@ pub(crate) mod tests {
                 clients.clone(),
             ),
             control,
-            relays: streams::Relays::default(),
-            claims: claims::ClaimFeed::default(),
-            hls: hls::Hls::new(config.hls_serve.clone()),
-            stats: EdgeStats::default(),
-            limits: EdgeLimits::new(&config),
+            relays,
+            claims,
+            hls,
+            stats,
+            limits,
+            metrics,
             shutdown: clients,
             started: Instant::now(),
             started_ms: 0,

@@ -476,8 +476,8 @@ async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner) -> Result<
     }
 }
 
-/// The relays of this edge, one per stream with players.
-#[derive(Default)]
+/// The relays of this edge, one per stream with players. Clones share them.
+#[derive(Clone, Default)]
 pub struct Relays {
     relays: Leases<StreamKey, Arc<Relay>>,
 }

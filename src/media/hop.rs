@@ -1,8 +1,9 @@
 //! How long frames wait inside one process — a *hop*: from the moment the process got
 //! a frame (decoded from a publisher's RTMP or from a link) to the moment it handed the
 //! frame to the next socket's writer. Lock-free fixed buckets, rendered in the
-//! Prometheus text format; `raftcast bench` and `scripts/bench-compare.sh` read them
-//! to report the latency each hop adds.
+//! Prometheus text format by hand after each process's registry (the bounds keep their
+//! spelling, see [`crate::metrics::encode`]); `raftcast bench` and
+//! `scripts/bench-compare.sh` read them to report the latency each hop adds.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

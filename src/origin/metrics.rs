@@ -285,19 +285,14 @@ impl Metrics {
                 set(&self.replication_lag.get_or_create(&FollowerLabel { follower: follower.to_string() }), lag);
             }
         }
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        // Our own histogram goes before the OpenMetrics end marker.
-        let eof = out.rfind("# EOF").unwrap_or(out.len());
-        let tail = out.split_off(eof);
-        self.links.hop.render(
-            &mut out,
-            "raftcast_link_hop_seconds",
-            "How long live frames wait in this origin, from an ingest link to an edge's link",
-            "",
-        );
-        out + &tail
+        crate::metrics::encode(&self.registry, |out| {
+            self.links.hop.render(
+                out,
+                "raftcast_link_hop_seconds",
+                "How long live frames wait in this origin, from an ingest link to an edge's link",
+                "",
+            )
+        })
     }
 }
 

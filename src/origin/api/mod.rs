@@ -199,7 +199,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
         pending_write_bytes: app.proposer.admission().pending_bytes(),
     };
     let body = app.metrics.render(&raft, &scrape);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 #[cfg(test)]

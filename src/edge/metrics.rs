@@ -1,0 +1,255 @@
+//! The edge's `/metrics`: one prometheus-client [`Registry`], as on the origins.
+//!
+//! The counters stay where the edge keeps them (atomics in [`EdgeStats`], the gates'
+//! [`GateStats`], the limits, the HLS stats, the upstream links); [`Collector`]s read
+//! them at scrape time, so no hot path learns about prometheus-client. The registry is
+//! built once, with the context: its collectors hold the handles they read rather than
+//! the whole `EdgeContext`, which would then own a registry that points back at it.
+//!
+//! Names, types and labels are what scrapers, tests, `chaos/` and `scripts/` have read
+//! since the text was written by hand; counters are named here as sampled, `_total`
+//! included (see [`crate::metrics::counter`]).
+//!
+//! Never knows how a value is counted, only where to read it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::registry::Registry;
+
+use super::claims::ClaimFeed;
+use super::hls::{Hls, HlsMetrics};
+use super::streams::Relays;
+use super::upstream::Upstreams;
+use super::{EdgeLimits, EdgeStats};
+use crate::bans::GateStats;
+use crate::limits::{ByteBudget, LimitMetrics};
+use crate::metrics::{counter, counters, gauge, gauges};
+
+/// Which listener a ban counter belongs to: `rtmp` or `http`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+/// A player's protocol: `rtmp` or `flv`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+/// `player` or `publisher` (drops), `publisher` or `relay` (failovers).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SideLabel {
+    side: &'static str,
+}
+
+/// The address of the origin at the other end of an upstream link.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginAddrLabel {
+    origin_addr: String,
+}
+
+/// Every metric an edge exports.
+pub struct EdgeMetrics {
+    registry: Registry,
+    /// The hop histograms, rendered by hand (see [`crate::metrics::encode`]).
+    stats: Arc<EdgeStats>,
+}
+
+impl EdgeMetrics {
+    pub fn new(
+        stats: &Arc<EdgeStats>,
+        limits: &EdgeLimits,
+        hls: &Arc<Hls>,
+        relays: &Relays,
+        claims: &ClaimFeed,
+        upstreams: &Arc<Upstreams>,
+    ) -> EdgeMetrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(EdgeCollector {
+            stats: stats.clone(),
+            gates: [("rtmp", limits.rtmp_bans.clone()), ("http", limits.http.ban_stats.clone())],
+            claims: claims.clone(),
+            relays: relays.clone(),
+            upstreams: upstreams.clone(),
+            partial: limits.partial.clone(),
+        }));
+        let mut all = limits.all();
+        all.push(hls.waiting.clone());
+        registry.register_collector(Box::new(LimitMetrics { prefix: "edge", limits: all }));
+        registry.register_collector(Box::new(HlsMetrics(hls.clone())));
+        EdgeMetrics { registry, stats: stats.clone() }
+    }
+
+    /// The page for `/metrics`.
+    pub fn render(&self) -> String {
+        crate::metrics::encode(&self.registry, |out| {
+            let help = "How long frames wait in the edge: ingest, from a publisher to the owner's link; \
+                        delivery, from the link to a player's socket (RTMP players, merge window included)";
+            self.stats.hop_ingest.render(out, "edge_hop_seconds", help, "hop=\"ingest\"");
+            self.stats.hop_delivery.render(out, "edge_hop_seconds", help, "hop=\"delivery\"");
+        })
+    }
+}
+
+/// Connections, sessions, bytes, frames, failovers, claims, relays, upstream links and
+/// the partial-message budget.
+struct EdgeCollector {
+    stats: Arc<EdgeStats>,
+    gates: [(&'static str, Arc<GateStats>); 2],
+    claims: ClaimFeed,
+    relays: Relays,
+    upstreams: Arc<Upstreams>,
+    partial: Arc<ByteBudget>,
+}
+
+impl fmt::Debug for EdgeCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EdgeCollector").finish_non_exhaustive()
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Collector for EdgeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let s = &self.stats;
+        let e = &mut encoder;
+        gauge(e, "edge_connections_open", "Open RTMP connections", load(&s.connections))?;
+        counter(e, "edge_connections_total", "RTMP connections accepted", load(&s.connections_total))?;
+        counter(
+            e,
+            "edge_connections_refused_total",
+            "RTMP connections closed at accept because of the connection limit",
+            load(&s.connections_refused),
+        )?;
+        let per_listener = |f: fn(&GateStats) -> &AtomicU64| -> Vec<(ListenerLabel, u64)> {
+            self.gates.iter().map(|(listener, g)| (ListenerLabel { listener }, load(f(g)))).collect()
+        };
+        gauges(e, "edge_banned_addresses", "Addresses banned below accept now", &per_listener(|g| &g.banned))?;
+        counters(e, "edge_bans_total", "Bans of addresses refused too often", &per_listener(|g| &g.bans_total))?;
+        counters(
+            e,
+            "edge_refused_banned_total",
+            "Connections from banned addresses reset at accept (the kernel filter drops the rest)",
+            &per_listener(|g| &g.refused_banned),
+        )?;
+        gauge(e, "edge_publishers", "Publishing sessions", load(&s.publishers))?;
+        let players = [
+            (ProtocolLabel { protocol: "rtmp" }, load(&s.players_rtmp)),
+            (ProtocolLabel { protocol: "flv" }, load(&s.players_flv)),
+        ];
+        gauges(e, "edge_players", "Playing sessions by protocol", &players)?;
+        counter(e, "edge_client_bytes_in_total", "Bytes read from clients", load(&s.bytes_in))?;
+        counter(e, "edge_client_bytes_out_total", "Bytes written to clients", load(&s.bytes_out))?;
+        let published = load(&s.frames_published);
+        counter(e, "edge_frames_published_total", "Media frames received from publishers", published)?;
+        counters(
+            e,
+            "edge_frames_dropped_total",
+            "Frames dropped: players that fell behind skip to the next keyframe; publishers' frames the link could \
+             not take",
+            &[
+                (SideLabel { side: "player" }, load(&s.player_drops)),
+                (SideLabel { side: "publisher" }, load(&s.publisher_drops)),
+            ],
+        )?;
+        counters(
+            e,
+            "edge_failovers_total",
+            "Moves to a new owner: publications re-attached, relays re-subscribed",
+            &[
+                (SideLabel { side: "publisher" }, load(&s.publisher_failovers)),
+                (SideLabel { side: "relay" }, load(&s.relay_failovers)),
+            ],
+        )?;
+        let (followed, restarts) = self.claims.stats();
+        gauge(
+            e,
+            "edge_claims_followed",
+            "Streams whose claims this edge follows on its claims feed (publications and relays)",
+            followed as u64,
+        )?;
+        counter(
+            e,
+            "edge_claims_feed_restarts_total",
+            "Fresh starts of the claims feed: another origin, a lost message, an origin that did not answer",
+            restarts,
+        )?;
+        counter(
+            e,
+            "edge_relay_duplicates_total",
+            "Frames a relay dropped because its players already had them (replays after a move)",
+            load(&s.relay_duplicates),
+        )?;
+        let (windows, window_bytes) = self.relays.windows();
+        gauge(
+            e,
+            "edge_relay_hls_windows",
+            "Relayed streams whose hub keeps the HLS window of frames (only while HLS is packaged here)",
+            windows as u64,
+        )?;
+        gauge(
+            e,
+            "edge_relay_window_bytes",
+            "Bytes of frames those relay hubs keep for HLS (besides edge_hls_window_bytes)",
+            window_bytes as u64,
+        )?;
+        let ups = self.upstreams.all();
+        let label = |u: &super::upstream::Upstream| OriginAddrLabel { origin_addr: u.addr.to_string() };
+        let states: Vec<_> = ups.iter().map(|u| (label(u), u64::from(super::http::link_state(&u.state()).1))).collect();
+        gauges(e, "edge_upstream_link_state", "Link to an origin: 0 connecting, 1 live, 2 backoff", &states)?;
+        let bytes_in: Vec<_> = ups.iter().map(|u| (label(u), load(&u.bytes_in))).collect();
+        counters(e, "edge_upstream_bytes_in_total", "Media payload bytes received from an origin", &bytes_in)?;
+        let bytes_out: Vec<_> = ups.iter().map(|u| (label(u), load(&u.bytes_out))).collect();
+        counters(e, "edge_upstream_bytes_out_total", "Media payload bytes sent to an origin", &bytes_out)?;
+        gauge(
+            e,
+            "edge_rtmp_partial_bytes",
+            "Bytes of partially received RTMP messages held, all connections",
+            self.partial.used() as u64,
+        )?;
+        counter(
+            e,
+            "edge_rtmp_partial_refused_total",
+            "Connections closed for going over the partial-message budget",
+            self.partial.refused(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn every_family_is_typed_once_and_the_page_ends_with_eof() {
+        let args = crate::edge::EdgeArgs {
+            id: Some("edge-1".into()),
+            origins: Some(vec!["127.0.0.1:8101".parse().unwrap()]),
+            ..Default::default()
+        };
+        let config =
+            crate::edge::EdgeConfig::from_args(args, |k| (k == "RAFTCAST_CLUSTER_SECRET").then(|| "x".repeat(20)))
+                .unwrap();
+        let page = crate::edge::tests::context(config).metrics.render();
+        let mut typed = BTreeMap::<&str, usize>::new();
+        for line in page.lines().filter(|l| l.starts_with("# TYPE ")) {
+            *typed.entry(line.split(' ').nth(2).unwrap()).or_default() += 1;
+        }
+        let twice: Vec<_> = typed.iter().filter(|(_, n)| **n > 1).collect();
+        // A gauge and a counter's family under one name confuse Prometheus's parser
+        // (the last `# TYPE` wins) and fail `promtool check metrics`.
+        assert!(twice.is_empty(), "families typed more than once: {twice:?}");
+        for family in ["edge_connections_open", "edge_connections", "edge_hop_seconds", "edge_hls_requests"] {
+            assert!(typed.contains_key(family), "{family} missing from\n{page}");
+        }
+        assert_eq!(page.lines().last(), Some("# EOF"));
+    }
+}
