@@ -21,6 +21,7 @@ pub mod hls;
 pub mod http;
 pub mod http_objects;
 pub mod metrics;
+pub mod publication;
 pub mod rtmp_conn;
 pub mod shared_objects;
 pub mod so_session;

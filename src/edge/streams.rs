@@ -9,7 +9,9 @@
 //! expected epoch), or follows a move the leader made, attaches to the new owner and
 //! re-sends from that keyframe — reading from the publisher all along. It also watches
 //! the claim, and follows a move even while the old owner still answers (an owner cut
-//! off from the other origins but not from this edge cannot fence it).
+//! off from the other origins but not from this edge cannot fence it). Those decisions
+//! are [`Publishing`]'s ([`super::publication`], no sockets, no clock); the forwarder
+//! here only carries them out.
 //!
 //! A [`Relay`] exists while at least one player holds a [`Lease`] on it. It follows the
 //! stream through the edge's claims feed ([`super::claims`]): subscribes on the
@@ -33,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims::ClaimWatch;
 use super::control::Owner;
+use super::publication::{Input, Output, Publishing};
 use super::upstream::{ChannelEvent, Sink, Upstream};
 use super::EdgeContext;
-use crate::backoff::Backoff;
 use crate::hls::stamper::Stamper;
 use crate::lease::{Leases, Released};
 use crate::link::{ChannelId, Control, MediaFrame};
@@ -144,6 +146,14 @@ impl Publication {
         tracing::info!(%stream, epoch = claim.epoch, owner = owner.claim.owner, ?continue_after, "publishing");
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
+        let machine = Publishing::new(
+            ctx.config.id.clone(),
+            session.clone(),
+            claim.epoch,
+            owner.claim.owner,
+            Retained::new(retain_limits(&ctx.config)),
+            Stamper::new(ctx.config.hls, continue_after),
+        );
         let task = Forwarder {
             ctx: ctx.clone(),
             up,
@@ -151,10 +161,7 @@ impl Publication {
             stream: stream.clone(),
             session,
             key,
-            epoch: claim.epoch,
-            owner: owner.claim.owner,
-            retained: Retained::new(retain_limits(&ctx.config)),
-            stamper: Stamper::new(ctx.config.hls, continue_after),
+            machine,
             dropped: dropped.clone(),
             fenced,
             watch,
@@ -201,8 +208,9 @@ async fn release(ctx: &EdgeContext, stream: &StreamKey, epoch: u64) {
     }
 }
 
-/// Moves one publication's frames onto the owner's link, and moves the publication to
-/// a new owner when that link is lost.
+/// Carries out a publication's decisions ([`Publishing`]): writes frames on the owner's
+/// link, sends the control requests of a move one at a time, and feeds back what
+/// happens (link events, the claims feed, answers, wake-ups, the publisher's end).
 struct Forwarder {
     ctx: Arc<EdgeContext>,
     up: Arc<Upstream>,
@@ -211,12 +219,7 @@ struct Forwarder {
     /// This publishing session: a claim with this edge and session is ours.
     session: String,
     key: Option<String>,
-    epoch: u64,
-    owner: u64,
-    retained: Retained,
-    /// Cuts and numbers this session's HLS segments; kept across owner changes, so
-    /// frames re-sent to a new owner carry the marks they had.
-    stamper: Stamper,
+    machine: Publishing,
     dropped: Arc<AtomicU64>,
     fenced: CancellationToken,
     /// The stream's claim on the edge's claims feed.
@@ -228,102 +231,126 @@ struct Attached {
     up: Arc<Upstream>,
     channel: ChannelId,
     events: mpsc::Receiver<ChannelEvent>,
-    epoch: u64,
-    owner: u64,
 }
 
-/// Why a move to a new owner ended without one.
-enum Lost {
-    /// Another session holds the stream now.
-    Fenced(String),
-    /// The edge is shutting down.
-    Stopped,
-}
+/// The request of a move under way: its answer, and the channel an attach opened.
+type Request = futures::future::BoxFuture<'static, (Input, Option<Attached>)>;
 
 impl Forwarder {
     async fn run(mut self, mut frames: mpsc::Receiver<Frame>, mut events: mpsc::Receiver<ChannelEvent>) {
-        // While a move is under way: the future doing it and when the owner was lost.
-        let mut moving: Option<(futures::future::BoxFuture<'static, Result<Attached, Lost>>, tokio::time::Instant)> =
-            None;
         // While attached: waits for the claim to move past our epoch. An owner cut off
         // from the other origins, but not from this edge, keeps accepting our frames
         // after the leader moved the stream away from it; players follow the claim to
         // the new owner, so we must too, or they get nothing until the partition heals.
-        let mut claim_moved = watch_claim(self.watch.clone(), self.epoch);
-        loop {
-            let lost: Option<String> = tokio::select! {
-                frame = frames.recv() => {
-                    let Some(mut frame) = frame else { break };
-                    frame.hls = self.stamper.mark(&frame, wall_ms());
-                    let live = moving.is_none();
-                    self.retained.push(frame.clone(), live);
-                    if live {
-                        self.send(frame).await.err()
-                    } else {
-                        None
-                    }
-                }
-                event = events.recv(), if moving.is_none() => match event {
-                    Some(ChannelEvent::Down(reason)) => Some(format!("link down: {reason}")),
+        let mut claim_moved = watch_claim(self.watch.clone(), self.machine.epoch());
+        let mut request: Option<Request> = None;
+        let mut wake: Option<tokio::time::Instant> = None;
+        while !self.machine.is_ended() {
+            let moving = self.machine.is_moving();
+            let input = tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(frame) => Input::Frame(frame, wall_ms()),
+                    None => Input::PublisherLeft,
+                },
+                event = events.recv(), if !moving => match event {
+                    Some(ChannelEvent::Down(reason)) => Input::OwnerLost(format!("link down: {reason}")),
                     // The owner fenced us: the claim moved on. Ours still (the leader
                     // moved it), or someone else's: finding out is the same move.
-                    Some(ChannelEvent::Control(Control::PublishRefused { reason, .. })) => Some(format!("refused: {reason}")),
-                    Some(_) => None,
-                    None => Some("channel closed".to_owned()),
-                },
-                epoch = &mut claim_moved, if moving.is_none() => {
-                    Some(format!("the claim moved on to epoch {epoch}"))
-                }
-                moved = async { moving.as_mut().expect("guarded").0.as_mut().await }, if moving.is_some() => {
-                    let since = moving.take().expect("guarded").1;
-                    match moved {
-                        Ok(attached) => {
-                            self.attach(attached, &mut events).await;
-                            claim_moved = watch_claim(self.watch.clone(), self.epoch);
-                            self.ctx.stats.publisher_failovers.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(
-                                stream = %self.stream, epoch = self.epoch, owner = self.owner,
-                                took = ?since.elapsed(), resent = self.retained.len(),
-                                resent_bytes = self.retained.bytes(),
-                                "publishing on a new owner"
-                            );
-                        }
-                        Err(Lost::Fenced(why)) => {
-                            tracing::warn!(stream = %self.stream, epoch = self.epoch, why, "fenced");
-                            self.fenced.cancel();
-                            break;
-                        }
-                        Err(Lost::Stopped) => break,
+                    Some(ChannelEvent::Control(Control::PublishRefused { reason, .. })) => {
+                        Input::OwnerLost(format!("refused: {reason}"))
                     }
-                    None
+                    Some(_) => continue,
+                    None => Input::OwnerLost("channel closed".to_owned()),
+                },
+                epoch = &mut claim_moved, if !moving => Input::ClaimMoved(epoch),
+                answer = async { request.as_mut().expect("guarded").await }, if request.is_some() => {
+                    request = None;
+                    let (input, attached) = answer;
+                    if let Some(attached) = attached {
+                        // Publishing there from now on: what the machine sends next
+                        // (the replay first) goes on this channel.
+                        self.up = attached.up;
+                        self.channel = attached.channel;
+                        events = attached.events;
+                    }
+                    input
                 }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                    wake = None;
+                    Input::Woke
+                }
+                _ = self.ctx.shutdown.cancelled(), if moving => Input::Shutdown,
             };
-            if let Some(why) = lost {
-                tracing::warn!(stream = %self.stream, epoch = self.epoch, owner = self.owner, why, "lost the owner; moving");
-                self.up.close(self.channel);
-                let work = relocate(
-                    self.ctx.clone(),
-                    self.stream.clone(),
-                    self.session.clone(),
-                    self.key.clone(),
-                    self.epoch,
-                    self.owner,
-                );
-                moving = Some((Box::pin(work), tokio::time::Instant::now()));
+            let mut inputs = std::collections::VecDeque::from([input]);
+            while let Some(input) = inputs.pop_front() {
+                for output in self.machine.handle(input, std::time::Instant::now()) {
+                    match output {
+                        Output::Send(frame) => {
+                            if let Err(e) = self.send(frame).await {
+                                inputs.push_back(Input::OwnerLost(e));
+                            }
+                        }
+                        Output::Replay(frames) => {
+                            for frame in frames {
+                                if self.send(frame).await.is_err() {
+                                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Output::CloseChannel => self.up.close(self.channel),
+                        Output::WatchClaim(epoch) => claim_moved = watch_claim(self.watch.clone(), epoch),
+                        Output::WakeAt(at) => wake = Some(at.into()),
+                        Output::Moved { owner, epoch, took, resent } => {
+                            self.ctx.stats.publisher_failovers.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(stream = %self.stream, epoch, owner, ?took, resent, "publishing on a new owner");
+                        }
+                        Output::Fenced(why) => {
+                            tracing::warn!(stream = %self.stream, epoch = self.machine.epoch(), why, "fenced");
+                            self.fenced.cancel();
+                        }
+                        Output::Unpublish => {
+                            let unpublish = Control::Unpublish { channel: self.channel };
+                            let _ = self.up.control_after_media(unpublish, LINK_SEND_WAIT).await;
+                        }
+                        Output::Release(epoch) => release(&self.ctx, &self.stream, epoch).await,
+                        request_output => request = Some(self.request(request_output)),
+                    }
+                }
             }
         }
-        if moving.is_none() {
-            let _ = self.up.control_after_media(Control::Unpublish { channel: self.channel }, LINK_SEND_WAIT).await;
-        }
         self.up.close(self.channel);
-        let lost = self.retained.lost();
+        let lost = self.machine.lost();
         self.ctx.stats.publisher_drops.fetch_add(self.dropped.load(Ordering::Relaxed) + lost, Ordering::Relaxed);
-        if !self.fenced.is_cancelled() {
-            release(&self.ctx, &self.stream, self.epoch).await;
-        }
         // Counted down only after the release, so a shutdown can wait for it.
         self.ctx.stats.publishers.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(stream = %self.stream, epoch = self.epoch, "unpublished");
+        tracing::info!(stream = %self.stream, epoch = self.machine.epoch(), "unpublished");
+    }
+
+    /// The control request `output` asks for, as a future of its answer.
+    fn request(&self, output: Output) -> Request {
+        let (ctx, stream) = (self.ctx.clone(), self.stream.clone());
+        let (me, session, key) = (ctx.config.id.clone(), self.session.clone(), self.key.clone());
+        let text = |e: super::control::ControlError| e.to_string();
+        Box::pin(async move {
+            match output {
+                Output::Lookup => (Input::Looked(ctx.control.lookup(&stream).await.map_err(text)), None),
+                Output::Reassign { epoch, away_from } => {
+                    (Input::Reassigned(ctx.control.reassign(&stream, epoch, away_from).await.map_err(text)), None)
+                }
+                Output::Claim => {
+                    let claimed = ctx.control.claim(&stream, &me, &session, false, key).await;
+                    (Input::Claimed(claimed.map_err(text)), None)
+                }
+                Output::LookupAtLeast(epoch) => {
+                    (Input::Confirmed(ctx.control.lookup_at_least(&stream, epoch).await.map_err(text)), None)
+                }
+                Output::Attach(owner) => match attach(&ctx, &stream, &owner).await {
+                    Ok(attached) => (Input::Attached(Ok(())), Some(attached)),
+                    Err(why) => (Input::Attached(Err(why)), None),
+                },
+                other => unreachable!("not a request: {other:?}"),
+            }
+        })
     }
 
     async fn send(&self, frame: Frame) -> Result<(), String> {
@@ -331,22 +358,6 @@ impl Forwarder {
         self.up.media(MediaFrame { channel: self.channel, frame }, LINK_SEND_WAIT).await.map_err(|e| e.to_string())?;
         self.ctx.stats.hop_ingest.observe_since(arrived);
         Ok(())
-    }
-
-    /// Switches to the new owner and re-sends what is retained: headers, then the frames
-    /// from a keyframe on (players' edges drop what they already delivered).
-    async fn attach(&mut self, attached: Attached, events: &mut mpsc::Receiver<ChannelEvent>) {
-        self.up = attached.up;
-        self.channel = attached.channel;
-        *events = attached.events;
-        self.epoch = attached.epoch;
-        self.owner = attached.owner;
-        let replay: Vec<Frame> = self.retained.replay().cloned().collect();
-        for frame in replay {
-            if self.send(frame).await.is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
     }
 }
 
@@ -381,76 +392,6 @@ fn watch_claim(claim: ClaimWatch, epoch: u64) -> futures::future::BoxFuture<'sta
     })
 }
 
-/// Moves a publication whose owner was lost: follows a move the leader already made,
-/// or asks for one away from `lost`, re-claims a claim that was released meanwhile,
-/// and attaches to whichever owner results. Retries until attached, fenced (another
-/// session holds the stream) or the edge stops.
-async fn relocate(
-    ctx: Arc<EdgeContext>,
-    stream: StreamKey,
-    session: String,
-    key: Option<String>,
-    mut epoch: u64,
-    mut lost: u64,
-) -> Result<Attached, Lost> {
-    let me = ctx.config.id.clone();
-    let mut pause = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
-    loop {
-        if ctx.shutdown.is_cancelled() {
-            return Err(Lost::Stopped);
-        }
-        let ours = |o: &Owner| o.claim.edge == me && o.claim.session == session;
-        let owner = match ctx.control.lookup(&stream).await {
-            Ok(Some(o)) if ours(&o) && o.claim.epoch == epoch && o.claim.owner == lost => {
-                // Still on the lost owner: ask for a move.
-                match ctx.control.reassign(&stream, epoch, lost).await {
-                    Ok(Response::Claimed(c)) if c.edge == me && c.session == session => {
-                        ctx.control.lookup_at_least(&stream, c.epoch).await.ok()
-                    }
-                    Ok(other) => {
-                        tracing::debug!(%stream, ?other, "reassign changed nothing; looking again");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::debug!(%stream, error = %e, "reassign failed");
-                        None
-                    }
-                }
-            }
-            Ok(Some(o)) if ours(&o) => Some(o),
-            Ok(Some(o)) if o.claim.epoch < epoch => None, // an origin behind; ask again
-            Ok(Some(o)) => {
-                return Err(Lost::Fenced(format!("{stream} is held by {} (epoch {})", o.claim.edge, o.claim.epoch)))
-            }
-            Ok(None) => {
-                // Released meanwhile (an owner gave up on it): claim it again.
-                match ctx.control.claim(&stream, &me, &session, false, key.clone()).await {
-                    Ok(Response::Claimed(c)) => ctx.control.lookup_at_least(&stream, c.epoch).await.ok(),
-                    Ok(Response::Rejected(Rejection::StreamOwned { edge, .. })) => {
-                        return Err(Lost::Fenced(format!("{stream} was claimed on {edge}")))
-                    }
-                    _ => None,
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%stream, error = %e, "lookup failed");
-                None
-            }
-        };
-        if let Some(o) = owner.filter(|o| o.claim.edge == me && o.claim.session == session) {
-            epoch = o.claim.epoch;
-            match attach(&ctx, &stream, &o).await {
-                Ok(attached) => return Ok(attached),
-                Err(why) => {
-                    tracing::warn!(%stream, owner = o.claim.owner, why, "new owner unusable");
-                    lost = o.claim.owner;
-                }
-            }
-        }
-        tokio::time::sleep(pause.next_pause()).await;
-    }
-}
-
 /// Opens a channel on `owner`'s link and publishes under its epoch.
 async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner) -> Result<Attached, String> {
     let up = ctx.upstreams.get(owner.media);
@@ -467,7 +408,7 @@ async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner) -> Result<
         // The same session on a new owner: its own stamper goes on numbering, whatever
         // the new owner remembers.
         Some(Control::PublishAccepted { .. } | Control::PublishAcceptedAt { .. }) => {
-            Ok(Attached { up, channel, events, epoch: owner.claim.epoch, owner: owner.claim.owner })
+            Ok(Attached { up, channel, events })
         }
         other => {
             up.close(channel);

@@ -1,0 +1,589 @@
+//! What a publication decides once it publishes, as a state machine with no sockets and
+//! no clock of its own ([`Publishing`]): where each frame goes, when the owner is lost,
+//! how a new owner is found (follow the leader's move, ask for one, claim again after a
+//! release), when it is fenced, and what is released at the end. The caller
+//! ([`super::streams`]) feeds it [`Input`]s with the time and carries out the
+//! [`Output`]s: link writes, control requests, one at a time, and wake-ups.
+//!
+//! Tests drive it through every path `tests/failover.rs` takes with real processes
+//! (owner lost, moved by the leader, fenced, a leader change mid-move, a release
+//! meanwhile, an outage longer than what is retained) in simulated time, in
+//! milliseconds.
+
+use std::time::{Duration, Instant};
+
+use raftcast_raft::command::StreamClaim;
+use raftcast_raft::{NodeId, Rejection, Response};
+
+use super::control::Owner;
+use crate::backoff::Backoff;
+use crate::hls::stamper::Stamper;
+use crate::media::retain::Retained;
+use crate::media::Frame;
+
+/// First pause between attempts to find a new owner; doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// Something that happened to the publication.
+#[derive(Debug)]
+pub enum Input {
+    /// A frame from the publisher, and the wall clock (ms since the Unix epoch) when
+    /// it arrived.
+    Frame(Frame, u64),
+    /// The owner's channel is unusable: the link went down, the owner refused (fenced
+    /// us), the channel closed, or a frame could not be written.
+    OwnerLost(String),
+    /// The claims feed says the claim moved past our epoch.
+    ClaimMoved(u64),
+    /// Answer to [`Output::Lookup`].
+    Looked(Result<Option<Owner>, String>),
+    /// Answer to [`Output::Reassign`].
+    Reassigned(Result<Response, String>),
+    /// Answer to [`Output::Claim`].
+    Claimed(Result<Response, String>),
+    /// Answer to [`Output::LookupAtLeast`].
+    Confirmed(Result<Owner, String>),
+    /// Answer to [`Output::Attach`]: publishing on the new owner's channel.
+    Attached(Result<(), String>),
+    /// The wake-up asked for with [`Output::WakeAt`].
+    Woke,
+    /// The edge is shutting down.
+    Shutdown,
+    /// The publisher is gone.
+    PublisherLeft,
+}
+
+/// Something the caller must do, in order.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Write a live frame on the current owner's channel; a failure is
+    /// [`Input::OwnerLost`].
+    Send(Frame),
+    /// Write what is retained on the channel just attached (headers, then frames from a
+    /// keyframe on); a failure only counts the frame as dropped.
+    Replay(Vec<Frame>),
+    /// Close the current owner's channel.
+    CloseChannel,
+    /// Follow the claim on the claims feed past this epoch ([`Input::ClaimMoved`]).
+    WatchClaim(u64),
+    /// Ask any origin who owns the stream ([`Input::Looked`]).
+    Lookup,
+    /// Ask the leader to move the stream away from `away_from` ([`Input::Reassigned`]).
+    Reassign { epoch: u64, away_from: NodeId },
+    /// Claim the stream again for this session ([`Input::Claimed`]).
+    Claim,
+    /// Wait for an origin that has applied `epoch` and ask it ([`Input::Confirmed`]).
+    LookupAtLeast(u64),
+    /// Open a channel on the owner's link and publish under its epoch
+    /// ([`Input::Attached`]).
+    Attach(Owner),
+    /// Feed [`Input::Woke`] at this time.
+    WakeAt(Instant),
+    /// Publishing on a new owner, `took` after the old one was lost.
+    Moved { owner: NodeId, epoch: u64, took: Duration, resent: usize },
+    /// Another session holds the stream: tell the publisher, release nothing.
+    Fenced(String),
+    /// End the stream on the owner (behind the media already queued).
+    Unpublish,
+    /// Release the claim at this epoch.
+    Release(u64),
+}
+
+/// Where the publication stands.
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    /// Publishing on `owner` at `epoch`.
+    Attached,
+    /// The owner was lost at `since`; `lost` is the origin to move away from.
+    Moving { since: Instant, lost: NodeId, step: Step },
+    /// Fenced, stopped, or the publisher left.
+    Ended,
+}
+
+/// The request a move is waiting for.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Looking,
+    Reassigning,
+    Claiming,
+    Confirming,
+    Attaching(Owner),
+    Pausing,
+}
+
+/// One publishing session after its first owner accepted it.
+#[derive(Debug)]
+pub struct Publishing {
+    me: String,
+    session: String,
+    epoch: u64,
+    owner: NodeId,
+    state: State,
+    retained: Retained,
+    /// Cuts and numbers this session's HLS segments; kept across owner changes, so
+    /// frames re-sent to a new owner carry the marks they had.
+    stamper: Stamper,
+    pause: Backoff,
+    fenced: bool,
+}
+
+impl Publishing {
+    /// A session of `me` (edge) and `session`, accepted by `owner` at `epoch`.
+    pub fn new(
+        me: String,
+        session: String,
+        epoch: u64,
+        owner: NodeId,
+        retained: Retained,
+        stamper: Stamper,
+    ) -> Publishing {
+        Publishing {
+            me,
+            session,
+            epoch,
+            owner,
+            state: State::Attached,
+            retained,
+            stamper,
+            pause: Backoff::new(FIRST_PAUSE, MAX_PAUSE),
+            fenced: false,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn owner(&self) -> NodeId {
+        self.owner
+    }
+
+    /// Looking for a new owner.
+    pub fn is_moving(&self) -> bool {
+        matches!(self.state, State::Moving { .. })
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// Frames lost because the outage outlasted what is retained.
+    pub fn lost(&self) -> u64 {
+        self.retained.lost()
+    }
+
+    /// Takes `input` at `now`; returns what to do.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Frame(mut frame, wall_ms) => {
+                if self.state == State::Ended {
+                    return out;
+                }
+                frame.hls = self.stamper.mark(&frame, wall_ms);
+                let live = self.state == State::Attached;
+                self.retained.push(frame.clone(), live);
+                if live {
+                    out.push(Output::Send(frame));
+                }
+            }
+            Input::OwnerLost(why) if self.state == State::Attached => {
+                tracing::warn!(epoch = self.epoch, owner = self.owner, why, "lost the owner; moving");
+                self.start_moving(now, &mut out);
+            }
+            Input::ClaimMoved(epoch) if self.state == State::Attached && epoch > self.epoch => {
+                tracing::warn!(epoch = self.epoch, owner = self.owner, moved_to = epoch, "the claim moved on; moving");
+                self.start_moving(now, &mut out);
+            }
+            Input::OwnerLost(_) | Input::ClaimMoved(_) => {}
+            Input::Looked(answer) if self.step() == Some(&Step::Looking) => self.looked(answer, now, &mut out),
+            Input::Reassigned(answer) if self.step() == Some(&Step::Reassigning) => match answer {
+                Ok(Response::Claimed(c)) if self.ours(&c) => self.confirm(c.epoch, &mut out),
+                other => {
+                    tracing::debug!(?other, "reassign changed nothing; looking again");
+                    self.retry(now, &mut out);
+                }
+            },
+            Input::Claimed(answer) if self.step() == Some(&Step::Claiming) => match answer {
+                Ok(Response::Claimed(c)) => self.confirm(c.epoch, &mut out),
+                Ok(Response::Rejected(Rejection::StreamOwned { edge, .. })) => {
+                    self.fence(format!("the stream was claimed on {edge}"), &mut out)
+                }
+                _ => self.retry(now, &mut out),
+            },
+            Input::Confirmed(answer) if self.step() == Some(&Step::Confirming) => match answer {
+                Ok(owner) if self.ours(&owner.claim) => self.attach(owner, &mut out),
+                _ => self.retry(now, &mut out),
+            },
+            Input::Attached(result) => {
+                let State::Moving { since, lost, step: Step::Attaching(owner) } = &mut self.state else {
+                    return out;
+                };
+                match result {
+                    Ok(()) => {
+                        let took = now.saturating_duration_since(*since);
+                        self.owner = owner.claim.owner;
+                        self.state = State::Attached;
+                        let replay: Vec<Frame> = self.retained.replay().cloned().collect();
+                        let resent = replay.len();
+                        out.push(Output::Replay(replay));
+                        out.push(Output::WatchClaim(self.epoch));
+                        out.push(Output::Moved { owner: self.owner, epoch: self.epoch, took, resent });
+                    }
+                    Err(why) => {
+                        tracing::warn!(owner = owner.claim.owner, why, "new owner unusable");
+                        *lost = owner.claim.owner;
+                        self.retry(now, &mut out);
+                    }
+                }
+            }
+            Input::Woke if self.step() == Some(&Step::Pausing) => {
+                self.set_step(Step::Looking);
+                out.push(Output::Lookup);
+            }
+            Input::Shutdown if self.is_moving() => {
+                self.state = State::Ended;
+                out.push(Output::Release(self.epoch));
+            }
+            Input::PublisherLeft if self.state != State::Ended => {
+                if self.state == State::Attached {
+                    out.push(Output::Unpublish);
+                    out.push(Output::CloseChannel);
+                }
+                self.state = State::Ended;
+                out.push(Output::Release(self.epoch));
+            }
+            // An answer to a request this state no longer waits for, a wake-up that
+            // came late, or an end already handled.
+            Input::Looked(_)
+            | Input::Reassigned(_)
+            | Input::Claimed(_)
+            | Input::Confirmed(_)
+            | Input::Woke
+            | Input::Shutdown
+            | Input::PublisherLeft => {}
+        }
+        out
+    }
+
+    fn step(&self) -> Option<&Step> {
+        match &self.state {
+            State::Moving { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
+    fn set_step(&mut self, next: Step) {
+        if let State::Moving { step, .. } = &mut self.state {
+            *step = next;
+        }
+    }
+
+    fn lost_owner(&self) -> NodeId {
+        match &self.state {
+            State::Moving { lost, .. } => *lost,
+            _ => self.owner,
+        }
+    }
+
+    /// A claim of this session on this edge.
+    fn ours(&self, claim: &StreamClaim) -> bool {
+        claim.edge == self.me && claim.session == self.session
+    }
+
+    fn start_moving(&mut self, now: Instant, out: &mut Vec<Output>) {
+        out.push(Output::CloseChannel);
+        self.pause.reset();
+        self.state = State::Moving { since: now, lost: self.owner, step: Step::Looking };
+        out.push(Output::Lookup);
+    }
+
+    /// Decides from who owns the stream now: ask the leader to move it off the lost
+    /// owner, follow a move already made, wait for an origin that is behind, claim it
+    /// again after a release, or give up to another session.
+    fn looked(&mut self, answer: Result<Option<Owner>, String>, now: Instant, out: &mut Vec<Output>) {
+        let lost = self.lost_owner();
+        match answer {
+            Ok(Some(o)) if self.ours(&o.claim) && o.claim.epoch == self.epoch && o.claim.owner == lost => {
+                self.set_step(Step::Reassigning);
+                out.push(Output::Reassign { epoch: self.epoch, away_from: lost });
+            }
+            Ok(Some(o)) if self.ours(&o.claim) => self.attach(o, out),
+            // An origin behind us: ask again.
+            Ok(Some(o)) if o.claim.epoch < self.epoch => self.retry(now, out),
+            Ok(Some(o)) => self.fence(format!("held by {} (epoch {})", o.claim.edge, o.claim.epoch), out),
+            // Released meanwhile (an owner gave up on it): claim it again.
+            Ok(None) => {
+                self.set_step(Step::Claiming);
+                out.push(Output::Claim);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "lookup failed");
+                self.retry(now, out);
+            }
+        }
+    }
+
+    fn confirm(&mut self, epoch: u64, out: &mut Vec<Output>) {
+        self.set_step(Step::Confirming);
+        out.push(Output::LookupAtLeast(epoch));
+    }
+
+    fn attach(&mut self, owner: Owner, out: &mut Vec<Output>) {
+        self.epoch = owner.claim.epoch;
+        self.set_step(Step::Attaching(owner.clone()));
+        out.push(Output::Attach(owner));
+    }
+
+    fn retry(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.set_step(Step::Pausing);
+        out.push(Output::WakeAt(now + self.pause.next_pause()));
+    }
+
+    fn fence(&mut self, why: String, out: &mut Vec<Output>) {
+        self.fenced = true;
+        self.state = State::Ended;
+        out.push(Output::Fenced(why));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::hls::stamper::StamperConfig;
+    use crate::media::retain::RetainLimits;
+
+    const ME: &str = "edge-1";
+    const SESSION: &str = "s1";
+    const WALL: u64 = 1_796_428_800_000;
+
+    fn owner(node: NodeId, epoch: u64, edge: &str, session: &str) -> Owner {
+        let claim = StreamClaim { owner: node, epoch, edge: edge.into(), session: session.into(), since_ms: 0 };
+        Owner { claim, media: format!("127.0.0.1:{}", 9100 + node).parse().unwrap() }
+    }
+
+    fn ours(node: NodeId, epoch: u64) -> Owner {
+        owner(node, epoch, ME, SESSION)
+    }
+
+    fn claimed(node: NodeId, epoch: u64) -> Response {
+        Response::Claimed(ours(node, epoch).claim)
+    }
+
+    /// A 25 fps video stream: a keyframe every `gop` frames, each frame's payload its
+    /// index (so a test can tell which frames arrived).
+    fn frame(i: u32, gop: u32) -> Frame {
+        let kind = if i.is_multiple_of(gop) { 0x17 } else { 0x27 };
+        let mut payload = vec![kind, 0x01, 0, 0, 0];
+        payload.extend_from_slice(&i.to_be_bytes());
+        Frame::video(i * 40, Bytes::from(payload))
+    }
+
+    fn index(frame: &Frame) -> u32 {
+        u32::from_be_bytes(frame.payload[5..9].try_into().unwrap())
+    }
+
+    /// A publication on origin 1 at epoch 10, with the default retain limits.
+    fn publishing() -> Publishing {
+        publishing_with(RetainLimits::default())
+    }
+
+    fn publishing_with(limits: RetainLimits) -> Publishing {
+        let stamper = Stamper::new(StamperConfig::default(), None);
+        Publishing::new(ME.into(), SESSION.into(), 10, 1, Retained::new(limits), stamper)
+    }
+
+    /// Feeds frames `range` at 40 ms each from `t0`; returns the indexes sent live.
+    fn feed(p: &mut Publishing, range: std::ops::Range<u32>, t0: Instant) -> Vec<u32> {
+        let mut sent = Vec::new();
+        for i in range {
+            let now = t0 + Duration::from_millis(u64::from(i) * 40);
+            for o in p.handle(Input::Frame(frame(i, 25), WALL + u64::from(i) * 40), now) {
+                match o {
+                    Output::Send(f) => sent.push(index(&f)),
+                    other => panic!("a frame only sends, not {other:?}"),
+                }
+            }
+        }
+        sent
+    }
+
+    fn replayed(out: &[Output]) -> Vec<u32> {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Replay(frames) => Some(frames.iter().map(index).collect()),
+                _ => None,
+            })
+            .expect("a replay")
+    }
+
+    #[test]
+    fn a_lost_owner_is_moved_away_from_and_every_frame_reaches_the_new_one() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        assert_eq!(feed(&mut p, 0..60, t0), (0..60).collect::<Vec<_>>());
+        let lost_at = t0 + Duration::from_millis(2400);
+        assert_eq!(p.handle(Input::OwnerLost("link down".into()), lost_at), vec![Output::CloseChannel, Output::Lookup]);
+        // Frames keep coming while the move is under way; none is sent.
+        assert!(feed(&mut p, 60..70, t0).is_empty());
+        let now = lost_at + Duration::from_millis(30);
+        // Still on the lost owner at our epoch: ask the leader to move it.
+        assert_eq!(
+            p.handle(Input::Looked(Ok(Some(ours(1, 10)))), now),
+            vec![Output::Reassign { epoch: 10, away_from: 1 }]
+        );
+        assert_eq!(p.handle(Input::Reassigned(Ok(claimed(2, 15))), now), vec![Output::LookupAtLeast(15)]);
+        assert_eq!(p.handle(Input::Confirmed(Ok(ours(2, 15))), now), vec![Output::Attach(ours(2, 15))]);
+        let out = p.handle(Input::Attached(Ok(())), lost_at + Duration::from_millis(90));
+        // Re-sent from the newest keyframe at least 2 s old (frame 0: frame 25 is only
+        // 1.4 s older than frame 59) through everything that arrived during the move;
+        // receivers drop what they already have.
+        assert_eq!(replayed(&out), (0..70).collect::<Vec<_>>());
+        assert_eq!(out[1], Output::WatchClaim(15));
+        assert_eq!(out[2], Output::Moved { owner: 2, epoch: 15, took: Duration::from_millis(90), resent: 70 });
+        assert_eq!((p.owner(), p.epoch(), p.lost()), (2, 15, 0));
+        assert_eq!(feed(&mut p, 70..72, t0), vec![70, 71], "live again");
+    }
+
+    #[test]
+    fn a_move_the_leader_made_is_followed_without_asking_for_another() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        feed(&mut p, 0..10, t0);
+        // An older epoch on the feed changes nothing.
+        assert!(p.handle(Input::ClaimMoved(9), t0).is_empty());
+        assert_eq!(p.handle(Input::ClaimMoved(12), t0), vec![Output::CloseChannel, Output::Lookup]);
+        assert_eq!(p.handle(Input::Looked(Ok(Some(ours(3, 12)))), t0), vec![Output::Attach(ours(3, 12))]);
+        let out = p.handle(Input::Attached(Ok(())), t0);
+        assert_eq!(replayed(&out), (0..10).collect::<Vec<_>>());
+        assert_eq!((p.owner(), p.epoch()), (3, 12));
+    }
+
+    #[test]
+    fn another_session_holding_the_stream_fences_the_publication_and_nothing_is_released() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        p.handle(Input::OwnerLost("refused: fenced".into()), t0);
+        let out = p.handle(Input::Looked(Ok(Some(owner(2, 14, "edge-2", "s9")))), t0);
+        assert!(matches!(&out[..], [Output::Fenced(why)] if why.contains("edge-2")), "{out:?}");
+        assert!(p.is_ended());
+        assert!(p.handle(Input::PublisherLeft, t0).is_empty(), "a fenced session releases nothing");
+        assert!(p.handle(Input::Frame(frame(1, 25), WALL), t0).is_empty());
+    }
+
+    #[test]
+    fn a_leader_change_mid_move_is_retried_with_a_growing_pause() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        p.handle(Input::OwnerLost("link down".into()), t0);
+        let mut now = t0;
+        let mut pauses = Vec::new();
+        for _ in 0..7 {
+            let out = p.handle(Input::Looked(Ok(Some(ours(1, 10)))), now);
+            assert_eq!(out, vec![Output::Reassign { epoch: 10, away_from: 1 }]);
+            // No leader: the reassign fails; look again after a pause.
+            let out = p.handle(Input::Reassigned(Err("the cluster did not answer".into())), now);
+            let [Output::WakeAt(at)] = out[..] else { panic!("{out:?}") };
+            pauses.push(at - now);
+            // Early or stale inputs change nothing while pausing.
+            assert!(p.handle(Input::Looked(Ok(None)), now).is_empty());
+            now = at;
+            assert_eq!(p.handle(Input::Woke, now), vec![Output::Lookup]);
+        }
+        let ms: Vec<u128> = pauses.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![20, 40, 80, 160, 320, 500, 500]);
+        // The new leader moves it.
+        p.handle(Input::Looked(Ok(Some(ours(1, 10)))), now);
+        assert_eq!(p.handle(Input::Reassigned(Ok(claimed(3, 20))), now), vec![Output::LookupAtLeast(20)]);
+        assert_eq!(p.handle(Input::Confirmed(Ok(ours(3, 20))), now), vec![Output::Attach(ours(3, 20))]);
+        assert!(matches!(p.handle(Input::Attached(Ok(())), now)[..], [Output::Replay(_), _, _]));
+        // A later loss starts with the first pause again.
+        p.handle(Input::OwnerLost("link down".into()), now);
+        let out = p.handle(Input::Looked(Err("no answer".into())), now);
+        assert_eq!(out, vec![Output::WakeAt(now + Duration::from_millis(20))]);
+    }
+
+    #[test]
+    fn an_origin_behind_is_asked_again_and_a_released_claim_is_claimed_again() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        p.handle(Input::OwnerLost("link down".into()), t0);
+        // An origin that has not applied our epoch yet.
+        let out = p.handle(Input::Looked(Ok(Some(owner(2, 7, "edge-9", "old")))), t0);
+        assert!(matches!(out[..], [Output::WakeAt(_)]), "{out:?}");
+        assert_eq!(p.handle(Input::Woke, t0), vec![Output::Lookup]);
+        // Released meanwhile (the owner gave up on it).
+        assert_eq!(p.handle(Input::Looked(Ok(None)), t0), vec![Output::Claim]);
+        assert_eq!(p.handle(Input::Claimed(Ok(claimed(2, 30))), t0), vec![Output::LookupAtLeast(30)]);
+        assert_eq!(p.handle(Input::Confirmed(Ok(ours(2, 30))), t0), vec![Output::Attach(ours(2, 30))]);
+        p.handle(Input::Attached(Ok(())), t0);
+        assert_eq!((p.owner(), p.epoch()), (2, 30));
+        // A claim lost to a rival while released fences.
+        p.handle(Input::OwnerLost("link down".into()), t0);
+        p.handle(Input::Looked(Ok(None)), t0);
+        let rival = Response::Rejected(Rejection::StreamOwned { owner: 3, epoch: 31, edge: "edge-2".into() });
+        assert!(matches!(&p.handle(Input::Claimed(Ok(rival)), t0)[..], [Output::Fenced(_)]));
+    }
+
+    #[test]
+    fn a_new_owner_that_cannot_be_reached_is_moved_away_from_in_turn() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        p.handle(Input::OwnerLost("link down".into()), t0);
+        p.handle(Input::Looked(Ok(Some(ours(1, 10)))), t0);
+        p.handle(Input::Reassigned(Ok(claimed(2, 15))), t0);
+        p.handle(Input::Confirmed(Ok(ours(2, 15))), t0);
+        let out = p.handle(Input::Attached(Err("no link to 127.0.0.1:9102".into())), t0);
+        assert!(matches!(out[..], [Output::WakeAt(_)]));
+        p.handle(Input::Woke, t0);
+        // Ours on origin 2 at epoch 15: now origin 2 is the one to move away from.
+        assert_eq!(
+            p.handle(Input::Looked(Ok(Some(ours(2, 15)))), t0),
+            vec![Output::Reassign { epoch: 15, away_from: 2 }]
+        );
+    }
+
+    #[test]
+    fn an_outage_longer_than_what_is_retained_loses_the_oldest_frames_and_resumes_at_a_keyframe() {
+        let t0 = Instant::now();
+        // Retains at most 2 s of stream time.
+        let limits = RetainLimits { history_ms: 1_000, max_ms: 2_000, ..RetainLimits::default() };
+        let mut p = publishing_with(limits);
+        feed(&mut p, 0..50, t0);
+        p.handle(Input::OwnerLost("link down".into()), t0 + Duration::from_secs(2));
+        // 6 s of frames while no owner can be found.
+        feed(&mut p, 50..200, t0);
+        p.handle(Input::Looked(Ok(Some(ours(2, 12)))), t0 + Duration::from_secs(8));
+        let out = p.handle(Input::Attached(Ok(())), t0 + Duration::from_secs(8));
+        let replay = replayed(&out);
+        assert_eq!(replay.first(), Some(&150), "resumes at a keyframe: {replay:?}");
+        assert_eq!(replay.last(), Some(&199));
+        assert!(p.lost() > 0, "what did not fit is counted lost");
+    }
+
+    #[test]
+    fn the_end_unpublishes_only_on_a_live_owner_and_releases_once() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        assert_eq!(
+            p.handle(Input::PublisherLeft, t0),
+            vec![Output::Unpublish, Output::CloseChannel, Output::Release(10)]
+        );
+        assert!(p.handle(Input::PublisherLeft, t0).is_empty());
+
+        let mut p = publishing();
+        p.handle(Input::OwnerLost("link down".into()), t0);
+        assert_eq!(p.handle(Input::PublisherLeft, t0), vec![Output::Release(10)], "the channel is closed already");
+        // A late answer to the lookup that was under way does nothing.
+        assert!(p.handle(Input::Looked(Ok(Some(ours(2, 12)))), t0).is_empty());
+
+        let mut p = publishing();
+        assert!(p.handle(Input::Shutdown, t0).is_empty(), "a live publication ends with its connection");
+        p.handle(Input::OwnerLost("link down".into()), t0);
+        assert_eq!(p.handle(Input::Shutdown, t0), vec![Output::Release(10)]);
+        assert!(p.is_ended());
+    }
+}
