@@ -22,6 +22,7 @@ pub mod http;
 pub mod http_objects;
 pub mod metrics;
 pub mod publication;
+pub mod relaying;
 pub mod rtmp_conn;
 pub mod shared_objects;
 pub mod so_session;

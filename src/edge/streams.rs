@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims::ClaimWatch;
 use super::control::Owner;
-use super::publication::{Input, Output, Publishing};
+use super::publication::{self, Publishing};
+use super::relaying::{self, Followed, Relaying, RELAY_RETRY, WATCH_WAIT};
 use super::upstream::{ChannelEvent, Sink, Upstream};
 use super::EdgeContext;
 use crate::hls::stamper::Stamper;
@@ -55,16 +56,9 @@ const LINK_SEND_WAIT: Duration = Duration::from_millis(500);
 const ANSWER_WAIT: Duration = Duration::from_secs(3);
 /// How long to wait for a link to come up before trying again.
 const LINK_WAIT: Duration = Duration::from_secs(2);
-/// Pause between lookups while a watched stream is not published.
-const RELAY_RETRY: Duration = Duration::from_millis(200);
-/// How long one wait on the claims feed lasts before looking again.
-const WATCH_WAIT: Duration = Duration::from_secs(10);
 /// How long fetching the owner's HLS window (`FetchWindow`) may take before the
 /// relay's window starts with the live frames only.
 const WINDOW_FETCH_WAIT: Duration = Duration::from_secs(3);
-/// After losing its owner's link, how long a relay waits for the claim to move before
-/// trying the same owner again (its link may just have blinked).
-const LOST_OWNER_WAIT: Duration = Duration::from_millis(1500);
 
 /// A refused publish: the status code for the publisher and why.
 pub type Refusal = (PublishRejection, String);
@@ -234,7 +228,7 @@ struct Attached {
 }
 
 /// The request of a move under way: its answer, and the channel an attach opened.
-type Request = futures::future::BoxFuture<'static, (Input, Option<Attached>)>;
+type Request = futures::future::BoxFuture<'static, (publication::Input, Option<Attached>)>;
 
 impl Forwarder {
     async fn run(mut self, mut frames: mpsc::Receiver<Frame>, mut events: mpsc::Receiver<ChannelEvent>) {
@@ -249,20 +243,20 @@ impl Forwarder {
             let moving = self.machine.is_moving();
             let input = tokio::select! {
                 frame = frames.recv() => match frame {
-                    Some(frame) => Input::Frame(frame, wall_ms()),
-                    None => Input::PublisherLeft,
+                    Some(frame) => publication::Input::Frame(frame, wall_ms()),
+                    None => publication::Input::PublisherLeft,
                 },
                 event = events.recv(), if !moving => match event {
-                    Some(ChannelEvent::Down(reason)) => Input::OwnerLost(format!("link down: {reason}")),
+                    Some(ChannelEvent::Down(reason)) => publication::Input::OwnerLost(format!("link down: {reason}")),
                     // The owner fenced us: the claim moved on. Ours still (the leader
                     // moved it), or someone else's: finding out is the same move.
                     Some(ChannelEvent::Control(Control::PublishRefused { reason, .. })) => {
-                        Input::OwnerLost(format!("refused: {reason}"))
+                        publication::Input::OwnerLost(format!("refused: {reason}"))
                     }
                     Some(_) => continue,
-                    None => Input::OwnerLost("channel closed".to_owned()),
+                    None => publication::Input::OwnerLost("channel closed".to_owned()),
                 },
-                epoch = &mut claim_moved, if !moving => Input::ClaimMoved(epoch),
+                epoch = &mut claim_moved, if !moving => publication::Input::ClaimMoved(epoch),
                 answer = async { request.as_mut().expect("guarded").await }, if request.is_some() => {
                     request = None;
                     let (input, attached) = answer;
@@ -277,42 +271,42 @@ impl Forwarder {
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                     wake = None;
-                    Input::Woke
+                    publication::Input::Woke
                 }
-                _ = self.ctx.shutdown.cancelled(), if moving => Input::Shutdown,
+                _ = self.ctx.shutdown.cancelled(), if moving => publication::Input::Shutdown,
             };
             let mut inputs = std::collections::VecDeque::from([input]);
             while let Some(input) = inputs.pop_front() {
                 for output in self.machine.handle(input, std::time::Instant::now()) {
                     match output {
-                        Output::Send(frame) => {
+                        publication::Output::Send(frame) => {
                             if let Err(e) = self.send(frame).await {
-                                inputs.push_back(Input::OwnerLost(e));
+                                inputs.push_back(publication::Input::OwnerLost(e));
                             }
                         }
-                        Output::Replay(frames) => {
+                        publication::Output::Replay(frames) => {
                             for frame in frames {
                                 if self.send(frame).await.is_err() {
                                     self.dropped.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
                         }
-                        Output::CloseChannel => self.up.close(self.channel),
-                        Output::WatchClaim(epoch) => claim_moved = watch_claim(self.watch.clone(), epoch),
-                        Output::WakeAt(at) => wake = Some(at.into()),
-                        Output::Moved { owner, epoch, took, resent } => {
+                        publication::Output::CloseChannel => self.up.close(self.channel),
+                        publication::Output::WatchClaim(epoch) => claim_moved = watch_claim(self.watch.clone(), epoch),
+                        publication::Output::WakeAt(at) => wake = Some(at.into()),
+                        publication::Output::Moved { owner, epoch, took, resent } => {
                             self.ctx.stats.publisher_failovers.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(stream = %self.stream, epoch, owner, ?took, resent, "publishing on a new owner");
                         }
-                        Output::Fenced(why) => {
+                        publication::Output::Fenced(why) => {
                             tracing::warn!(stream = %self.stream, epoch = self.machine.epoch(), why, "fenced");
                             self.fenced.cancel();
                         }
-                        Output::Unpublish => {
+                        publication::Output::Unpublish => {
                             let unpublish = Control::Unpublish { channel: self.channel };
                             let _ = self.up.control_after_media(unpublish, LINK_SEND_WAIT).await;
                         }
-                        Output::Release(epoch) => release(&self.ctx, &self.stream, epoch).await,
+                        publication::Output::Release(epoch) => release(&self.ctx, &self.stream, epoch).await,
                         request_output => request = Some(self.request(request_output)),
                     }
                 }
@@ -327,26 +321,30 @@ impl Forwarder {
     }
 
     /// The control request `output` asks for, as a future of its answer.
-    fn request(&self, output: Output) -> Request {
+    fn request(&self, output: publication::Output) -> Request {
         let (ctx, stream) = (self.ctx.clone(), self.stream.clone());
         let (me, session, key) = (ctx.config.id.clone(), self.session.clone(), self.key.clone());
         let text = |e: super::control::ControlError| e.to_string();
         Box::pin(async move {
             match output {
-                Output::Lookup => (Input::Looked(ctx.control.lookup(&stream).await.map_err(text)), None),
-                Output::Reassign { epoch, away_from } => {
-                    (Input::Reassigned(ctx.control.reassign(&stream, epoch, away_from).await.map_err(text)), None)
+                publication::Output::Lookup => {
+                    (publication::Input::Looked(ctx.control.lookup(&stream).await.map_err(text)), None)
                 }
-                Output::Claim => {
+                publication::Output::Reassign { epoch, away_from } => (
+                    publication::Input::Reassigned(ctx.control.reassign(&stream, epoch, away_from).await.map_err(text)),
+                    None,
+                ),
+                publication::Output::Claim => {
                     let claimed = ctx.control.claim(&stream, &me, &session, false, key).await;
-                    (Input::Claimed(claimed.map_err(text)), None)
+                    (publication::Input::Claimed(claimed.map_err(text)), None)
                 }
-                Output::LookupAtLeast(epoch) => {
-                    (Input::Confirmed(ctx.control.lookup_at_least(&stream, epoch).await.map_err(text)), None)
-                }
-                Output::Attach(owner) => match attach(&ctx, &stream, &owner).await {
-                    Ok(attached) => (Input::Attached(Ok(())), Some(attached)),
-                    Err(why) => (Input::Attached(Err(why)), None),
+                publication::Output::LookupAtLeast(epoch) => (
+                    publication::Input::Confirmed(ctx.control.lookup_at_least(&stream, epoch).await.map_err(text)),
+                    None,
+                ),
+                publication::Output::Attach(owner) => match attach(&ctx, &stream, &owner).await {
+                    Ok(attached) => (publication::Input::Attached(Ok(())), Some(attached)),
+                    Err(why) => (publication::Input::Attached(Err(why)), None),
                 },
                 other => unreachable!("not a request: {other:?}"),
             }
@@ -531,70 +529,68 @@ impl Relay {
     }
 }
 
-/// Follows one stream for its players until the last one leaves: subscribes at the
-/// owner, re-subscribes wherever the claim moves (the change feed), and ends a
-/// generation when the claim is released.
+/// Follows one stream for its players until the last one leaves, carrying out what
+/// [`Relaying`] decides: subscribes at the owner, re-subscribes wherever the claim
+/// moves (the claims feed), and ends a generation when the claim is released.
 async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
     let stream = relay.stream.clone();
     let claim = ctx.claims.follow(&ctx, &stream);
     let mut generation: Option<Generation> = None;
-    // The claim epoch we know; `wait` says to wait for it to change rather than look now.
-    let mut known: Option<u64> = None;
-    let mut wait: Option<Duration> = None;
-    while !relay.stop.is_cancelled() {
-        let found = match wait {
-            Some(d) => tokio::select! {
-                found = claim.changed(known, d) => found,
-                _ = relay.stop.cancelled() => break,
-            },
-            None => tokio::select! {
-                found = ctx.control.lookup(&stream) => found,
-                _ = relay.stop.cancelled() => break,
-            },
-        };
-        let owner = match found {
-            Ok(Some(owner)) => owner,
-            Ok(None) => {
-                // Not published (or released): the generation, if any, is over.
-                if let Some(g) = generation.take() {
-                    g.end(&relay);
+    let mut machine = Relaying::default();
+    let mut next = machine.start();
+    'relay: while !relay.stop.is_cancelled() {
+        let mut input = None;
+        for output in next.drain(..) {
+            input = match output {
+                relaying::Output::StartGeneration(session) => {
+                    tracing::debug!(%stream, session, "a publishing generation starts");
+                    generation = Some(Generation::start(&ctx, &relay));
+                    None
                 }
-                known = None;
-                wait = Some(WATCH_WAIT);
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(%stream, error = %e, "owner lookup failed");
-                pause(&relay, RELAY_RETRY).await;
-                continue;
-            }
-        };
-        known = Some(owner.claim.epoch);
-        let g = match &mut generation {
-            Some(g) => {
-                if g.session != owner.claim.session {
-                    // Another publishing session took over: new timestamps, same players.
-                    g.continuity.lock().unwrap_or_else(|p| p.into_inner()).new_session();
-                    g.session = owner.claim.session.clone();
+                relaying::Output::NewSession(session) => {
+                    tracing::debug!(%stream, session, "another publishing session took over");
+                    if let Some(g) = &generation {
+                        g.continuity.lock().unwrap_or_else(|p| p.into_inner()).new_session();
+                    }
+                    None
                 }
-                g
-            }
-            None => generation.insert(Generation::start(&ctx, &relay, &owner)),
-        };
-        match follow(&ctx, &relay, g, &owner, &claim).await {
-            Followed::Moved(next) => {
-                ctx.stats.relay_failovers.fetch_add(1, Ordering::Relaxed);
-                known = Some(next);
-                wait = None;
-            }
-            Followed::LostOwner => wait = Some(LOST_OWNER_WAIT),
-            Followed::Ended => wait = Some(Duration::from_millis(500)),
-            Followed::Refused => {
-                pause(&relay, RELAY_RETRY).await;
-                wait = None;
-            }
-            Followed::Stopped => break,
+                relaying::Output::EndGeneration => {
+                    if let Some(g) = generation.take() {
+                        g.end(&relay);
+                    }
+                    None
+                }
+                relaying::Output::CountFailover => {
+                    ctx.stats.relay_failovers.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                relaying::Output::Lookup => tokio::select! {
+                    found = ctx.control.lookup(&stream) => Some(relaying::Input::Found(found.map_err(|e| e.to_string()))),
+                    _ = relay.stop.cancelled() => break 'relay,
+                },
+                relaying::Output::WaitChange { known, wait } => tokio::select! {
+                    found = claim.changed(known, wait) => Some(relaying::Input::Found(found.map_err(|e| e.to_string()))),
+                    _ = relay.stop.cancelled() => break 'relay,
+                },
+                relaying::Output::Pause(d) => {
+                    pause(&relay, d).await;
+                    Some(relaying::Input::Woke)
+                }
+                relaying::Output::Follow(owner) => {
+                    let Some(g) = generation.as_ref() else { break 'relay };
+                    match follow(&ctx, &relay, g, &owner, &claim).await {
+                        Some(followed) => Some(relaying::Input::Followed(followed)),
+                        None => break 'relay,
+                    }
+                }
+            };
         }
+        let Some(input) = input else {
+            // Every decision ends in one request; none means a bug, not a reason to spin.
+            tracing::error!(%stream, "relay decision without a request; stopping the relay");
+            break;
+        };
+        next = machine.handle(input);
     }
     if let Some(g) = generation.take() {
         g.end(&relay);
@@ -605,14 +601,13 @@ async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
 struct Generation {
     hub: Arc<Hub>,
     continuity: Arc<Mutex<Continuity>>,
-    session: String,
     /// A subscription of this generation was taken: later ones never ask for the
     /// window again (the hub has it, and a new session's window would repeat frames).
     subscribed: AtomicBool,
 }
 
 impl Generation {
-    fn start(ctx: &EdgeContext, relay: &Relay, owner: &Owner) -> Generation {
+    fn start(ctx: &EdgeContext, relay: &Relay) -> Generation {
         let limits =
             HubLimits { queue: ctx.config.player_queue, window: Some(ctx.config.hls_window), ..HubLimits::default() };
         let hub = Hub::with_drop_counter(limits, ctx.stats.player_drops.clone());
@@ -621,12 +616,7 @@ impl Generation {
             hub.stop_window();
         }
         relay.hub.send_replace(Some(hub.clone()));
-        Generation {
-            hub,
-            continuity: Arc::default(),
-            session: owner.claim.session.clone(),
-            subscribed: AtomicBool::new(false),
-        }
+        Generation { hub, continuity: Arc::default(), subscribed: AtomicBool::new(false) }
     }
 
     fn end(self, relay: &Relay) {
@@ -636,25 +626,19 @@ impl Generation {
     }
 }
 
-/// How following one owner ended.
-enum Followed {
-    /// The claim moved to this epoch (another owner, or another session).
-    Moved(u64),
-    /// The owner's link went down: wait a little for the claim to move.
-    LostOwner,
-    /// The owner said the stream ended: released, or moving.
-    Ended,
-    /// The owner would not take the subscription (not applied there yet).
-    Refused,
-    Stopped,
-}
-
-/// Subscribes at `owner` and relays until the subscription ends or the claim moves.
-async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner, claim: &ClaimWatch) -> Followed {
+/// Subscribes at `owner` and relays until the subscription ends or the claim moves;
+/// `None` when the relay stops.
+async fn follow(
+    ctx: &EdgeContext,
+    relay: &Relay,
+    g: &Generation,
+    owner: &Owner,
+    claim: &ClaimWatch,
+) -> Option<Followed> {
     let stream = &relay.stream;
     let up = ctx.upstreams.get(owner.media);
     if !up.live(LINK_WAIT).await {
-        return Followed::LostOwner;
+        return Some(Followed::LostOwner);
     }
     let resume = g.continuity.lock().unwrap_or_else(|p| p.into_inner()).resume_point();
     // The generation's first subscription brings the owner's HLS window as history
@@ -673,14 +657,14 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner,
     };
     if up.control(subscribe).is_err() {
         up.close(channel);
-        return Followed::LostOwner;
+        return Some(Followed::LostOwner);
     }
     match wait_answer(&mut events).await {
         Some(Control::Subscribed { .. }) => g.subscribed.store(true, Ordering::Relaxed),
         other => {
             tracing::debug!(%stream, ?other, "subscription not taken");
             up.close(channel);
-            return Followed::Refused;
+            return Some(Followed::Refused);
         }
     }
     tracing::info!(%stream, owner = owner.claim.owner, epoch = owner.claim.epoch, "relaying");
@@ -703,22 +687,22 @@ async fn follow(ctx: &EdgeContext, relay: &Relay, g: &Generation, owner: &Owner,
     let outcome = loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(ChannelEvent::Control(Control::Ended { .. })) => break Followed::Ended,
-                Some(ChannelEvent::Down(_)) | None => break Followed::LostOwner,
+                Some(ChannelEvent::Control(Control::Ended { .. })) => break Some(Followed::Ended),
+                Some(ChannelEvent::Down(_)) | None => break Some(Followed::LostOwner),
                 Some(_) => {}
             },
-            next = &mut watch => break Followed::Moved(next),
+            next = &mut watch => break Some(Followed::Moved(next)),
             changed = hls.changed() => if changed.is_ok() {
                 let wanted = *hls.borrow_and_update() > 0;
                 sync_window(ctx, relay, g, &up, wanted);
             },
             _ = relay.stop.cancelled() => {
                 let _ = up.control(Control::Unsubscribe { channel });
-                break Followed::Stopped;
+                break None;
             }
         }
     };
-    if matches!(outcome, Followed::Moved(_)) {
+    if matches!(outcome, Some(Followed::Moved(_))) {
         let _ = up.control(Control::Unsubscribe { channel });
     }
     up.close(channel);
