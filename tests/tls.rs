@@ -237,3 +237,81 @@ async fn rtmps_and_https_with_http2_serve_real_clients_and_a_new_certificate_rea
     let (version, status) = curl(&playlist, &ca);
     assert_eq!((version.as_str(), status), ("2", 200), "HTTPS still served after a refused reload");
 }
+
+/// A TLS client session to `addr` that trusts `ca`, after `prefix` in clear text
+/// (a PROXY header), from the local address `from`.
+async fn tls_connect(
+    from: &str,
+    addr: SocketAddr,
+    prefix: &[u8],
+    ca: &Path,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::AsyncWriteExt;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    // The provider the edges use (see src/tls.rs for why ring).
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    tcp.write_all(prefix).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .expect("a TLS handshake in time")
+        .expect("a verified TLS handshake")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_balancer_the_proxy_header_comes_before_tls_on_both_listeners() {
+    use tokio::io::AsyncWriteExt;
+    require("openssl");
+    let c = Cluster::start(1).await;
+    let dir = c.dir.path().join("tls");
+    std::fs::create_dir(&dir).unwrap();
+    let ca = make_ca(&dir);
+    let (cert, key) = (dir.join("edge.pem"), dir.join("edge-key.pem"));
+    make_cert(&dir, "edge", 1, &cert, &key);
+    let (rtmps, https) = (free_addr(), free_addr());
+    let (rtmps_s, https_s) = (rtmps.to_string(), https.to_string());
+    let args = [
+        "--rtmps",
+        &rtmps_s,
+        "--https",
+        &https_s,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--proxy-protocol-from",
+        "127.0.0.5",
+    ];
+    let _edge = EdgeProc::start(&c, "edge-1", &args).await;
+    let header = |to: SocketAddr| format!("PROXY TCP4 127.0.0.2 127.0.0.1 40000 {}\r\n", to.port()).into_bytes();
+
+    // HTTPS: the header, TLS (HTTP/1.1 by ALPN), a request.
+    let mut conn = tls_connect("127.0.0.5", https, &header(https), &ca, &[b"http/1.1"]).await;
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+
+    // RTMPS: the header, TLS, then C0+C1 gets S0+S1.
+    let mut conn = tls_connect("127.0.0.5", rtmps, &header(rtmps), &ca, &[]).await;
+    let mut c01 = vec![3u8];
+    c01.extend_from_slice(&[0u8; 1536]);
+    conn.write_all(&c01).await.unwrap();
+    let mut s0 = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut s0)).await.unwrap().unwrap();
+    assert_eq!(s0[0], 3, "S0 over TLS after a PROXY header");
+}
