@@ -30,6 +30,10 @@
 #   RAFTCAST_EDGES       how many edges                    [2]
 #   RAFTCAST_LB          1: also run HAProxy in front of the edges [0]
 #   RAFTCAST_LB_STATS    HAProxy's stats page address      [127.0.0.1:EDGE_HTTP_BASE+400]
+#   RAFTCAST_TLS         1: also RTMPS and HTTPS (HTTP/2) on the edges, with a
+#                        throw-away CA made under $RAFTCAST_DATA_DIR/tls/ [0]
+#   RAFTCAST_RTMPS_BASE  edge-N serves RTMPS on BASE+N     [1944]
+#   RAFTCAST_HTTPS_BASE  edge-N serves HTTPS on BASE+N     [8442]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,6 +46,9 @@ WAIT_SECS=${RAFTCAST_WAIT_SECS:-30}
 read -ra ORIGINS <<<"$(seq 1 "${RAFTCAST_ORIGINS:-3}" | tr '\n' ' ')"
 read -ra EDGES <<<"$(seq 1 "${RAFTCAST_EDGES:-2}" | tr '\n' ' ')"
 LB=${RAFTCAST_LB:-0}
+TLS=${RAFTCAST_TLS:-0}
+RTMPS_BASE=${RAFTCAST_RTMPS_BASE:-1944}
+HTTPS_BASE=${RAFTCAST_HTTPS_BASE:-8442}
 # The address HAProxy connects to the edges from: the one address the edges trust to
 # send PROXY headers. Clients on 127.0.0.1 still reach the edges directly.
 LB_SOURCE=127.0.0.2
@@ -65,6 +72,8 @@ http_addr() { echo "127.0.0.1:$((HTTP_BASE + $1))"; }
 media_addr() { echo "127.0.0.1:$((MEDIA_BASE + $1))"; }
 rtmp_addr() { echo "127.0.0.1:$((RTMP_BASE + $1))"; }
 edge_http_addr() { echo "127.0.0.1:$((EDGE_HTTP_BASE + $1))"; }
+rtmps_addr() { echo "127.0.0.1:$((RTMPS_BASE + $1))"; }
+https_addr() { echo "127.0.0.1:$((HTTPS_BASE + $1))"; }
 # Every process this script runs, origins first.
 names() { for i in "${ORIGINS[@]}"; do echo "origin-$i"; done; for i in "${EDGES[@]}"; do echo "edge-$i"; done; }
 origin_list() { local a=(); for i in "${ORIGINS[@]}"; do a+=("$(http_addr "$i")"); done; (IFS=,; echo "${a[*]}"); }
@@ -97,6 +106,32 @@ secret_file() {
   chmod 600 "$f"
 }
 
+# A throw-away CA and one certificate for every edge (127.0.0.1 and localhost) in
+# $DATA/tls/: ca.pem (give it to clients), edge.pem (the chain), keys 0600. Kept across
+# restarts; delete the folder for new ones. The edges reload edge.pem/edge-key.pem when
+# they change (or on SIGHUP).
+tls_files() {
+  local dir="$DATA/tls"
+  command -v openssl >/dev/null || die "RAFTCAST_TLS=1 needs openssl (scripts/install-deps.sh)"
+  [[ -f "$dir/edge.pem" && -f "$dir/edge-key.pem" && -f "$dir/ca.pem" ]] && return
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  (
+    umask 077
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -subj "/CN=raftcast bootstrap CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=raftcast edge" \
+      -keyout edge-key.pem -out edge.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >edge.ext
+    openssl x509 -req -in edge.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+      -extfile edge.ext -out edge.pem 2>/dev/null
+    rm -f edge.csr edge.ext
+    chmod 644 ca.pem edge.pem
+  ) || die "could not make the TLS certificates in $dir"
+  echo "made a throw-away CA and edge certificate in $dir"
+}
+
 ctl() { "$BIN" ctl --origin "$(origin_list)" --token-file "$DATA/admin-token" "$@"; }
 
 start() {
@@ -104,6 +139,7 @@ start() {
   DATA=$(cd "$DATA" && pwd)
   secret_file cluster-secret
   secret_file admin-token
+  [[ "$TLS" == 1 ]] && tls_files
   BIN=$(binary)
   local started=0
   for i in "${ORIGINS[@]}"; do
@@ -148,12 +184,18 @@ start() {
     fi
     local proxy=()
     [[ "$LB" == 1 ]] && proxy=(--proxy-protocol-from "$LB_SOURCE")
+    local tls=() listening=""
+    if [[ "$TLS" == 1 ]]; then
+      tls=(--rtmps "$(rtmps_addr "$i")" --https "$(https_addr "$i")"
+        --tls-cert "$DATA/tls/edge.pem" --tls-key "$DATA/tls/edge-key.pem")
+      listening=" rtmps=$(rtmps_addr "$i") https=$(https_addr "$i")"
+    fi
     setsid "$BIN" edge --id "$name" \
       --rtmp "$(rtmp_addr "$i")" --http "$(edge_http_addr "$i")" --origins "$(origin_list)" \
-      --cluster-secret-file "$DATA/cluster-secret" --www "$ROOT/examples/webcast" "${proxy[@]}" \
+      --cluster-secret-file "$DATA/cluster-secret" --www "$ROOT/examples/webcast" "${proxy[@]}" "${tls[@]}" \
       </dev/null >>"$DATA/logs/$name.log" 2>&1 &
     echo $! >"$DATA/pids/$name.pid"
-    echo "started $name (pid $!) rtmp=$(rtmp_addr "$i") http=$(edge_http_addr "$i")"
+    echo "started $name (pid $!) rtmp=$(rtmp_addr "$i") http=$(edge_http_addr "$i")$listening"
   done
   for i in "${EDGES[@]}"; do
     local deadline=$((SECONDS + WAIT_SECS))
@@ -194,6 +236,14 @@ start() {
     echo "hls:     http://$(edge_http_addr 0)/live/test/index.m3u8"
     echo "page:    http://$(edge_http_addr 0)/webcast/?stream=live/test&token=$webcast_token"
     echo "haproxy: $DATA/haproxy.cfg, stats at http://$LB_STATS/"
+  fi
+  if [[ "$TLS" == 1 ]]; then
+    echo
+    echo "# over TLS (CA: $DATA/tls/ca.pem; ffmpeg/ffplay take -tls_verify 1 -ca_file CA):"
+    echo "publish: rtmps://$(rtmps_addr 1)/live/test"
+    echo "play:    rtmps://$(rtmps_addr "$last")/live/test"
+    echo "hls:     https://$(https_addr "$last")/live/test/index.m3u8   (HTTP/2; curl --cacert CA)"
+    echo "page:    https://localhost:$((HTTPS_BASE + 1))/webcast/?stream=live/test&token=$webcast_token"
   fi
   echo
   echo "logs:    $DATA/logs/"

@@ -7,7 +7,8 @@ set -euo pipefail
 #   util-linux  setsid (scripts/bootstrap.sh detaches the nodes with it)
 #   procps      kill/pgrep used by scripts
 #   python3     scripts/bench-origin.py (figures, not the tests)
-#   curl        scripts/bootstrap.sh waits for the edges' /health
+#   curl        scripts/bootstrap.sh waits for the edges' /health; HTTP/2 over TLS in tests/tls.rs
+#   openssl     the throw-away CA of RAFTCAST_TLS=1 scripts/bootstrap.sh and tests/tls.rs
 #   ffmpeg      real publisher and players (ffmpeg, ffprobe) in tests/edge.rs
 #   rtmpdump    a librtmp player in tests/edge.rs
 #   chromium    headless browser for tests/webcast.rs (examples/webcast/test/chat.mjs)
@@ -20,7 +21,7 @@ set -euo pipefail
 #   haproxy     the load balancer RAFTCAST_LB=1 scripts/bootstrap.sh runs in front of the edges
 #   nginx       serves the same HLS segment files statically in scripts/bench-hls.sh
 #   wrk         the HTTP load client of scripts/bench-hls.sh
-PACKAGES=(util-linux procps python3 curl ffmpeg rtmpdump chromium fonts-noto-color-emoji iproute2 nftables iptables libfaketime faketime haproxy nginx wrk)
+PACKAGES=(util-linux procps python3 curl openssl ffmpeg rtmpdump chromium fonts-noto-color-emoji iproute2 nftables iptables libfaketime faketime haproxy nginx wrk)
 command -v node >/dev/null || PACKAGES+=(nodejs npm)
 
 missing=()

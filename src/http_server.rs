@@ -1,5 +1,6 @@
 //! The HTTP server loop shared by edges and origins: hyper's HTTP/1 connection driver
-//! around an axum [`Router`], with the caps every listener states (STYLE: "every
+//! (or, over TLS, hyper-util's HTTP/1 + HTTP/2 driver chosen by ALPN) around an axum
+//! [`Router`], with the caps every listener states (STYLE: "every
 //! listener states its caps beside its accept loop").
 //!
 //! - a global and a per-address cap on open connections ([`crate::limits::Limit`]):
@@ -17,7 +18,12 @@
 //! - behind a load balancer (`HttpLimits::proxy`), connections from the trusted
 //!   balancers must open with a PROXY protocol header ([`crate::proxy_protocol`]); the
 //!   client it carries is the peer for every cap and log, and a trusted connection
-//!   without a valid header within the deadline is closed.
+//!   without a valid header within the deadline is closed;
+//! - over TLS ([`serve_tls`]): every cap above applies to the TCP connection before
+//!   the TLS handshake, which must finish within the header timeout; HTTP/2 requests
+//!   get the same body deadline, at most [`H2_MAX_STREAMS`] at once per connection.
+//!   An idle HTTP/2 connection is not closed by the header timeout (hyper has no
+//!   such timer for HTTP/2): it holds its connection permit until the client leaves.
 //!
 //! Handlers see the peer (the real client behind a trusted balancer) as axum's
 //! `ConnectInfo<SocketAddr>`, for the per-address caps on long-lived requests (SSE,
@@ -37,8 +43,9 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -46,6 +53,10 @@ use tracing::Instrument;
 use crate::bans::{BanPolicy, Gate, GateStats};
 use crate::limits::{Limit, Refused, Trusted};
 use crate::proxy_protocol::{Prefixed, ProxyTrust};
+
+/// Concurrent HTTP/2 requests (streams) one TLS connection may hold; more are refused
+/// with `REFUSED_STREAM` by hyper.
+pub const H2_MAX_STREAMS: u32 = 128;
 
 /// The caps and timeouts of one HTTP listener.
 #[derive(Debug, Clone)]
@@ -72,6 +83,28 @@ pub struct HttpLimits {
 /// Serves `router` on `listener` until `shutdown`, then drains the connections.
 /// Returns when every connection has ended.
 pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, shutdown: CancellationToken) {
+    serve_with(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`] over TLS: HTTPS with HTTP/2 or HTTP/1.1 as the client's ALPN asks (the
+/// acceptor should offer both, [`crate::tls::ALPN_HTTP`]), with the same caps.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: TlsAcceptor,
+    shutdown: CancellationToken,
+) {
+    serve_with(listener, router, limits, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let mut gate = Gate::new("http", limits.bans, limits.ban_stats.clone());
     loop {
@@ -98,8 +131,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
                 tracing::debug!(%peer, "HTTP connection refused: too many PROXY headers pending");
                 continue;
             };
-            let (router, limits, shutdown, tracker) =
-                (router.clone(), limits.clone(), shutdown.clone(), tracker.clone());
+            let (router, limits, tls, shutdown, tracker) =
+                (router.clone(), limits.clone(), tls.clone(), shutdown.clone(), tracker.clone());
             tracker.clone().spawn(async move {
                 let mut socket = socket;
                 let read = tokio::select! {
@@ -111,7 +144,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
                     Ok((header, rest)) => {
                         let client = header.client(peer);
                         // Behind a balancer a refusal bans nobody: the SYNs are the balancer's.
-                        drop(admit(Prefixed::new(rest, socket), client, router, limits, shutdown, &tracker));
+                        drop(admit(Prefixed::new(rest, socket), client, router, limits, tls, shutdown, &tracker));
                     }
                     Err(e) => tracing::info!(balancer = %peer, error = %e, "HTTP connection closed"),
                 }
@@ -122,9 +155,9 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
         if !trusted && !gate.admit(&socket, peer.ip()) {
             continue;
         }
-        let (router, limits, shutdown) = (router.clone(), limits.clone(), shutdown.clone());
+        let (router, limits, tls, shutdown) = (router.clone(), limits.clone(), tls.clone(), shutdown.clone());
         if let Some(refused) =
-            admit(Prefixed::new(Default::default(), socket), peer, router, limits, shutdown, &tracker)
+            admit(Prefixed::new(Default::default(), socket), peer, router, limits, tls, shutdown, &tracker)
         {
             gate.refused(&listener, refused.get_ref(), peer.ip());
         }
@@ -136,13 +169,14 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
 /// Takes the connection permit for `peer` (the client) and serves the connection, or
 /// gives the socket back when a cap refuses (dropping it closes it).
 fn admit(
-    socket: Prefixed<tokio::net::TcpStream>,
+    socket: Prefixed<TcpStream>,
     peer: SocketAddr,
     router: Router,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
-) -> Option<Prefixed<tokio::net::TcpStream>> {
+) -> Option<Prefixed<TcpStream>> {
     let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
     let permit = match limits.connections.try_acquire_as(peer.ip(), trusted) {
         Ok(permit) => permit,
@@ -153,7 +187,10 @@ fn admit(
     };
     tracker.spawn(
         async move {
-            connection(socket, peer, router, &limits, shutdown).await;
+            match tls {
+                None => connection(socket, peer, router, &limits, shutdown).await,
+                Some(tls) => tls_connection(socket, tls, peer, router, &limits, shutdown).await,
+            }
             drop(permit);
         }
         .instrument(tracing::debug_span!("http", %peer)),
@@ -161,22 +198,31 @@ fn admit(
     None
 }
 
-async fn connection(
-    socket: Prefixed<tokio::net::TcpStream>,
-    peer: SocketAddr,
+/// The router as a request handler for one connection from `peer`: the peer as
+/// `ConnectInfo`, each request body under the body deadline.
+fn handler(
     router: Router,
-    limits: &HttpLimits,
-    shutdown: CancellationToken,
-) {
-    let body_timeout = limits.body_timeout;
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    peer: SocketAddr,
+    body_timeout: Duration,
+) -> impl Fn(hyper::Request<Incoming>) -> axum::routing::future::RouteFuture<std::convert::Infallible> + Clone {
+    move |req: hyper::Request<Incoming>| {
         let mut router = router.clone();
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(ConnectInfo(peer));
         let body = axum::body::Body::new(DeadlineBody::new(body, body_timeout));
         let req = hyper::Request::from_parts(parts, body);
         tower_service::Service::call(&mut router, req)
-    });
+    }
+}
+
+async fn connection(
+    socket: Prefixed<TcpStream>,
+    peer: SocketAddr,
+    router: Router,
+    limits: &HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(handler(router, peer, limits.body_timeout));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(socket), service);
@@ -190,6 +236,46 @@ async fn connection(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+/// One HTTPS connection: the TLS handshake within the header timeout, then HTTP/2 or
+/// HTTP/1.1 (ALPN, else a look at the first bytes) with the same timeouts and the same
+/// graceful shutdown as [`connection`].
+async fn tls_connection(
+    socket: Prefixed<TcpStream>,
+    tls: TlsAcceptor,
+    peer: SocketAddr,
+    router: Router,
+    limits: &HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(limits.header_timeout, tls.accept(socket)) => done,
+        _ = shutdown.cancelled() => return,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => {
+            return tracing::debug!(timeout = ?limits.header_timeout, "no TLS handshake within the header timeout")
+        }
+    };
+    let service = hyper::service::service_fn(handler(router, peer, limits.body_timeout));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(H2_MAX_STREAMS);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTPS connection ended");
     }
 }
 

@@ -24,3 +24,4 @@ pub mod process;
 pub mod proxy_protocol;
 pub mod rtmp;
 pub mod secrets;
+pub mod tls;

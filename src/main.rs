@@ -18,9 +18,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run an origin: Raft voter, admin API and media origin.
-    Origin(raftcast::origin::OriginArgs),
+    Origin(Box<raftcast::origin::OriginArgs>),
     /// Run an edge: RTMP and HTTP-FLV front door for publishers and players.
-    Edge(raftcast::edge::EdgeArgs),
+    Edge(Box<raftcast::edge::EdgeArgs>),
     /// Administer a running cluster through any origin's admin API.
     Ctl(raftcast::ctl::CtlArgs),
     /// Load generators with a JSON report.
@@ -34,8 +34,8 @@ fn main() -> std::process::ExitCode {
     // idle process after a burst would keep the pages; ignore failure (no threads).
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
     match cli.command {
-        Cmd::Origin(args) => raftcast::origin::main(args),
-        Cmd::Edge(args) => raftcast::edge::main(args),
+        Cmd::Origin(args) => raftcast::origin::main(*args),
+        Cmd::Edge(args) => raftcast::edge::main(*args),
         Cmd::Ctl(args) => raftcast::ctl::main(args),
         Cmd::Bench(cmd) => raftcast::bench::main(cmd),
     }

@@ -14,6 +14,7 @@ use crate::hls::window::{WindowLimits as ServeWindow, WINDOW_MAX_BYTES, WINDOW_S
 use crate::link::client::LinkTiming;
 use crate::media::queue::QueueLimits;
 use crate::media::segments::WindowLimits;
+use crate::tls::CertPaths;
 
 /// Command-line flags of `raftcast edge`. Every flag has an environment twin, and a TOML
 /// file (`--config`) may carry the same settings (kebab-case keys); flags and
@@ -34,6 +35,20 @@ pub struct EdgeArgs {
     /// HTTP listener: HTTP-FLV, /status, /metrics, /health [default: 127.0.0.1:8081].
     #[arg(long, env = "RAFTCAST_EDGE_HTTP")]
     pub http: Option<SocketAddr>,
+    /// RTMPS listener (RTMP over TLS; needs --tls-cert and --tls-key) [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_RTMPS")]
+    pub rtmps: Option<SocketAddr>,
+    /// HTTPS listener, HTTP/2 and HTTP/1.1 by ALPN, serving what the HTTP listener
+    /// serves (needs --tls-cert and --tls-key) [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_HTTPS")]
+    pub https: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) for RTMPS and HTTPS; reloaded on SIGHUP and
+    /// when it changes on disk [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Admin/RPC HTTP addresses of the origins, comma-separated (any subset works; the
     /// edge finds the leader and the owners' media links through them).
     #[arg(long, env = "RAFTCAST_EDGE_ORIGINS", value_delimiter = ',')]
@@ -203,12 +218,39 @@ pub struct EdgeCaps {
     pub bans: crate::bans::BanPolicy,
 }
 
+/// The TLS listeners (at least one) and their certificate files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListeners {
+    pub rtmps: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub certs: CertPaths,
+}
+
+impl TlsListeners {
+    /// `None` without listeners; an error for listeners without both files, or files
+    /// without listeners (most likely a forgotten flag).
+    fn from_args(a: &EdgeArgs) -> Result<Option<TlsListeners>, String> {
+        match (a.rtmps.is_some() || a.https.is_some(), &a.tls_cert, &a.tls_key) {
+            (false, None, None) => Ok(None),
+            (false, _, _) => Err("--tls-cert/--tls-key given without --rtmps or --https".into()),
+            (true, Some(cert), Some(key)) => Ok(Some(TlsListeners {
+                rtmps: a.rtmps,
+                https: a.https,
+                certs: CertPaths { cert: cert.clone(), key: key.clone() },
+            })),
+            (true, _, _) => Err("--rtmps and --https need both --tls-cert and --tls-key (PEM files)".into()),
+        }
+    }
+}
+
 /// Validated edge configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     pub id: String,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
+    /// RTMPS and HTTPS listeners, and the certificate they serve (set when either is).
+    pub tls: Option<TlsListeners>,
     pub origins: Vec<SocketAddr>,
     pub secret: ClusterSecret,
     pub max_connections: usize,
@@ -261,6 +303,10 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         id: cli.id.or(file.id),
         rtmp: cli.rtmp.or(file.rtmp),
         http: cli.http.or(file.http),
+        rtmps: cli.rtmps.or(file.rtmps),
+        https: cli.https.or(file.https),
+        tls_cert: cli.tls_cert.or(file.tls_cert),
+        tls_key: cli.tls_key.or(file.tls_key),
         origins: cli.origins.or(file.origins),
         cluster_secret_file: cli.cluster_secret_file.or(file.cluster_secret_file),
         max_connections: cli.max_connections.or(file.max_connections),
@@ -325,6 +371,7 @@ impl EdgeConfig {
             None => EdgeArgs::default(),
         };
         let a = merge(args, file);
+        let tls = TlsListeners::from_args(&a)?;
         let id = a.id.ok_or("--id is required")?;
         raftcast_raft::command::validate_name("edge id", &id).map_err(|e| e.to_string())?;
         let origins = a.origins.unwrap_or_default();
@@ -427,6 +474,7 @@ impl EdgeConfig {
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
             http: a.http.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            tls,
             origins,
             secret,
             max_connections,
@@ -532,6 +580,13 @@ mod tests {
         assert!(EdgeConfig::from_args(inverted, env).unwrap_err().contains("partial-message caps"));
         let hasty = EdgeArgs { http_header_timeout_ms: Some(1), ..args() };
         assert!(EdgeConfig::from_args(hasty, env).unwrap_err().contains("--http-header-timeout-ms"));
+        let keyless = EdgeArgs { rtmps: Some("127.0.0.1:1945".parse().unwrap()), ..args() };
+        assert!(EdgeConfig::from_args(keyless, env).unwrap_err().contains("--tls-cert and --tls-key"));
+        let half =
+            EdgeArgs { https: Some("127.0.0.1:8443".parse().unwrap()), tls_cert: Some("edge.pem".into()), ..args() };
+        assert!(EdgeConfig::from_args(half, env).unwrap_err().contains("--tls-cert and --tls-key"));
+        let idle = EdgeArgs { tls_cert: Some("edge.pem".into()), tls_key: Some("k.pem".into()), ..args() };
+        assert!(EdgeConfig::from_args(idle, env).unwrap_err().contains("without --rtmps or --https"));
     }
 
     #[test]
@@ -539,8 +594,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("edge.toml");
         std::fs::write(&path, "id = \"edge-9\"\nplay-wait-ms = 100\norigins = [\"127.0.0.1:8101\"]\n").unwrap();
-        let cli = EdgeArgs { config: Some(path), play_wait_ms: Some(250), ..Default::default() };
+        let cli = EdgeArgs { config: Some(path.clone()), play_wait_ms: Some(250), ..Default::default() };
         let c = EdgeConfig::from_args(cli, env).unwrap();
         assert_eq!((c.id.as_str(), c.play_wait), ("edge-9", Duration::from_millis(250)));
+        assert!(c.tls.is_none(), "no TLS listener by default");
+        let tls = "rtmps = \"127.0.0.1:1945\"\ntls-cert = \"e.pem\"\ntls-key = \"k.pem\"\n";
+        std::fs::write(&path, format!("id = \"edge-9\"\norigins = [\"127.0.0.1:8101\"]\n{tls}")).unwrap();
+        let cli = EdgeArgs { config: Some(path), https: Some("127.0.0.1:8443".parse().unwrap()), ..Default::default() };
+        let tls = EdgeConfig::from_args(cli, env).unwrap().tls.unwrap();
+        assert_eq!((tls.rtmps.unwrap().port(), tls.https.unwrap().port()), (1945, 8443));
+        assert_eq!(tls.certs.key, PathBuf::from("k.pem"));
     }
 }

@@ -274,6 +274,8 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
         "id": ctx.config.id,
         "rtmp": ctx.config.rtmp.to_string(),
         "http": ctx.config.http.to_string(),
+        "rtmps": ctx.config.tls.as_ref().and_then(|t| t.rtmps).map(|a| a.to_string()),
+        "https": ctx.config.tls.as_ref().and_then(|t| t.https).map(|a| a.to_string()),
         "uptime_s": ctx.started.elapsed().as_secs(),
         "connections": s.connections.load(Ordering::Relaxed),
         "publishers": s.publishers.load(Ordering::Relaxed),

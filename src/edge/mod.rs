@@ -1,7 +1,7 @@
 //! `raftcast edge`: the RTMP and HTTP-FLV front door. Stateless: it holds client
 //! connections and nothing that must survive them.
 //!
-//! - `rtmp_conn`: the RTMP accept loop and one task per connection;
+//! - `rtmp_conn`: the RTMP (and RTMPS) accept loop and one task per connection;
 //! - `streams`: publications (claim, forward to the owner, release) and relays (one
 //!   upstream subscription per stream, fanned out to local players);
 //! - `upstream`: one link per origin, channels multiplexed over it;
@@ -38,7 +38,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{EdgeArgs, EdgeCaps, EdgeConfig};
+pub use config::{EdgeArgs, EdgeCaps, EdgeConfig, TlsListeners};
 
 use crate::http_server::HttpLimits;
 use crate::limits::{ByteBudget, Limit};
@@ -221,12 +221,16 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen on {} (HTTP)", config.http))?;
+    let tls = match &config.tls {
+        Some(tls) => Some(TlsServing::bind(tls).await?),
+        None => None,
+    };
     // Clients are stopped first; links to the origins last, after the drain.
     let clients = CancellationToken::new();
     let links = CancellationToken::new();
     let ctx = EdgeContext::new(&config, clients.clone(), links.clone())?;
     let rtmp_task =
-        tokio::spawn(tracing::Instrument::in_current_span(rtmp_conn::serve(rtmp, ctx.clone(), clients.clone())));
+        tokio::spawn(tracing::Instrument::in_current_span(rtmp_conn::serve(rtmp, ctx.clone(), None, clients.clone())));
     // HTTP caps: `--http-max-connections[-per-address]`, `--http-header-timeout-ms`,
     // `--http-body-timeout-ms`; long-lived requests are capped in their handlers
     // (`--max-long-requests-per-address`).
@@ -236,12 +240,20 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         ctx.limits.http.clone(),
         clients.clone(),
     ));
+    let tls_tasks = tls.map(|tls| tls.spawn(&ctx, &clients));
     tracing::info!(rtmp = %config.rtmp, http = %config.http, origins = ?config.origins, "edge serving");
 
     crate::logging::terminated().await;
     tracing::info!("shutting down: no new connections, draining players");
     clients.cancel();
     let _ = rtmp_task.await;
+    let mut https_task = None;
+    if let Some((rtmps, https)) = tls_tasks {
+        if let Some(rtmps) = rtmps {
+            let _ = rtmps.await;
+        }
+        https_task = https;
+    }
     // Connection tasks end themselves after their drain; give them that long.
     let drained = async {
         while ctx.stats.connections.load(std::sync::atomic::Ordering::Relaxed) > 0 {
@@ -250,6 +262,9 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     };
     let _ = tokio::time::timeout(config.drain + std::time::Duration::from_millis(500), drained).await;
     let _ = tokio::time::timeout(config.drain, http_task).await;
+    if let Some(https) = https_task {
+        let _ = tokio::time::timeout(config.drain, https).await;
+    }
     // Publications released their claims as their connections closed; let the last
     // releases reach the cluster before the links go.
     let _ = tokio::time::timeout(config.drain, async {
@@ -261,6 +276,56 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     links.cancel();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The RTMPS and HTTPS listeners, bound, and the certificate they share.
+struct TlsServing {
+    certs: Arc<crate::tls::Certificates>,
+    rtmps: Option<tokio::net::TcpListener>,
+    https: Option<tokio::net::TcpListener>,
+}
+
+impl TlsServing {
+    async fn bind(config: &TlsListeners) -> anyhow::Result<TlsServing> {
+        let paths = config.certs.clone();
+        let certs = tokio::task::spawn_blocking(move || crate::tls::Certificates::load(paths)).await??;
+        let bind = |addr: Option<std::net::SocketAddr>, what: &'static str| async move {
+            match addr {
+                Some(addr) => tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map(Some)
+                    .with_context(|| format!("cannot listen on {addr} ({what})")),
+                None => Ok(None),
+            }
+        };
+        Ok(TlsServing { certs, rtmps: bind(config.rtmps, "RTMPS").await?, https: bind(config.https, "HTTPS").await? })
+    }
+
+    /// Starts the accept loops and the certificate reloads, all until `clients` is
+    /// cancelled; returns the RTMPS and HTTPS tasks.
+    fn spawn(
+        self,
+        ctx: &Arc<EdgeContext>,
+        clients: &CancellationToken,
+    ) -> (Option<tokio::task::JoinHandle<()>>, Option<tokio::task::JoinHandle<()>>) {
+        use tracing::Instrument as _;
+        tokio::spawn(crate::tls::watch(self.certs.clone(), clients.clone()).in_current_span());
+        let rtmps = self.rtmps.map(|listener| {
+            let tls = self.certs.acceptor(crate::tls::ALPN_NONE);
+            tracing::info!(rtmps = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "RTMPS serving");
+            tokio::spawn(rtmp_conn::serve(listener, ctx.clone(), Some(tls), clients.clone()).in_current_span())
+        });
+        let https = self.https.map(|listener| {
+            let tls = self.certs.acceptor(crate::tls::ALPN_HTTP);
+            tracing::info!(https = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTPS serving");
+            let router = http::router(ctx.clone());
+            tokio::spawn(
+                crate::http_server::serve_tls(listener, router, ctx.limits.http.clone(), tls, clients.clone())
+                    .in_current_span(),
+            )
+        });
+        (rtmps, https)
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,10 @@
 //! vectored write, so a player costs one syscall and one TCP segment per window instead
 //! of one per frame (SRS's "merged write", with a bound in milliseconds rather than
 //! its 350 ms default). Control messages are never held.
+//!
+//! RTMPS is the same loop and the same task over a TLS stream ([`ClientStream`]): the
+//! TLS handshake runs in the connection's task, under the RTMP handshake's permit and
+//! deadline.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
@@ -29,10 +33,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use raftcast_raft::StreamKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -61,12 +66,43 @@ const WRITE_SLICES: usize = 64;
 /// Read buffer size.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Accepts RTMP connections until `shutdown`. Caps, each refused at once (closed,
+/// A client's byte stream, TCP or TLS over TCP, split into the halves the connection
+/// task polls side by side.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Reader: AsyncRead + Unpin + Send;
+    type Writer: AsyncWrite + Unpin + Send;
+    /// Whether a write may leave bytes inside the stream until it is flushed (TLS
+    /// records); a plain socket's flush does nothing.
+    const BUFFERS_WRITES: bool;
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+impl ClientStream for TcpStream {
+    type Reader = tokio::net::tcp::OwnedReadHalf;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+    const BUFFERS_WRITES: bool = false;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for tokio_rustls::server::TlsStream<S> {
+    type Reader = tokio::io::ReadHalf<Self>;
+    type Writer = tokio::io::WriteHalf<Self>;
+    const BUFFERS_WRITES: bool = true;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self)
+    }
+}
+
+/// Accepts RTMP connections until `shutdown`; with `tls`, RTMPS (each connection's TLS
+/// handshake then its RTMP handshake). Caps, each refused at once (closed,
 /// counted in `edge_limit_refused_total`) rather than left waiting in the backlog:
 ///
 /// - connections: `--max-connections` in all, `--max-connections-per-address`;
 /// - handshakes in progress: `--max-handshakes[-per-address]`, each finished within
-///   `--handshake-timeout-ms` in all (not per read);
+///   `--handshake-timeout-ms` in all (not per read; for RTMPS the TLS and RTMP
+///   handshakes together, on one permit);
 /// - sessions that have not published, played or used a shared object:
 ///   `--max-unstarted[-per-address]`, closed `--start-timeout-ms` after the handshake;
 /// - publishes: `--max-publishes-per-address` (refused with `NetStream.Publish.Failed`);
@@ -81,9 +117,15 @@ const READ_CHUNK: usize = 64 * 1024;
 ///   above then counts the client the header names, not the balancer;
 /// - bans: a client address refused at accept more than `--ban-refusals-per-second`
 ///   is banned below accept ([`crate::bans`]); its connections are reset, not closed.
-pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<EdgeContext>,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let mut next = 0u64;
-    let mut gate = crate::bans::Gate::new("rtmp", ctx.limits.bans, ctx.limits.rtmp_bans.clone());
+    let what = if tls.is_some() { "rtmps" } else { "rtmp" };
+    let mut gate = crate::bans::Gate::new(what, ctx.limits.bans, ctx.limits.rtmp_bans.clone());
     loop {
         let accepted = tokio::select! {
             accepted = gate.accept(&listener) => accepted,
@@ -107,7 +149,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
                 tracing::debug!(%peer, "RTMP connection refused: too many PROXY headers pending");
                 continue;
             };
-            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            let (ctx, tls, shutdown) = (ctx.clone(), tls.clone(), shutdown.clone());
             tokio::spawn(async move {
                 let mut socket = socket;
                 let read = tokio::select! {
@@ -118,8 +160,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
                 match read {
                     Ok((header, rest)) => {
                         let client = header.client(peer);
-                        if let Some(permits) = admit(&ctx, client) {
-                            run(socket, client, rest.to_vec(), next, ctx, permits, shutdown).await;
+                        let Some(permits) = admit(&ctx, client) else { return };
+                        match tls {
+                            None => run(socket, client, rest.to_vec(), next, ctx, permits, shutdown).await,
+                            Some(tls) => {
+                                let socket = crate::proxy_protocol::Prefixed::new(rest, socket);
+                                run_tls(socket, tls, client, next, ctx, permits, shutdown).await
+                            }
                         }
                     }
                     Err(e) => tracing::info!(conn = next, balancer = %peer, error = %e, "closed"),
@@ -135,7 +182,33 @@ pub async fn serve(listener: TcpListener, ctx: Arc<EdgeContext>, shutdown: Cance
             gate.refused(&listener, &socket, peer.ip());
             continue;
         };
-        tokio::spawn(run(socket, peer, Vec::new(), next, ctx.clone(), permits, shutdown.clone()));
+        match &tls {
+            None => tokio::spawn(run(socket, peer, Vec::new(), next, ctx.clone(), permits, shutdown.clone())),
+            Some(tls) => tokio::spawn(run_tls(socket, tls.clone(), peer, next, ctx.clone(), permits, shutdown.clone())),
+        };
+    }
+}
+
+/// An RTMPS connection: the TLS handshake, then [`run`] over the TLS stream with
+/// what is left of the handshake deadline.
+async fn run_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    socket: S,
+    tls: TlsAcceptor,
+    peer: SocketAddr,
+    id: u64,
+    ctx: Arc<EdgeContext>,
+    permits: (Permit, Permit),
+    shutdown: CancellationToken,
+) {
+    let deadline = Instant::now() + ctx.config.handshake_timeout;
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout_at(deadline, tls.accept(socket)) => accepted,
+        _ = shutdown.cancelled() => return,
+    };
+    match accepted {
+        Ok(Ok(stream)) => run_until(stream, peer, Vec::new(), id, ctx, permits, deadline, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(conn = id, %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(conn = id, %peer, "no TLS handshake within {:?}", ctx.config.handshake_timeout),
     }
 }
 
@@ -166,7 +239,23 @@ async fn run(
     early: Vec<u8>,
     id: u64,
     ctx: Arc<EdgeContext>,
+    permits: (Permit, Permit),
+    shutdown: CancellationToken,
+) {
+    let deadline = Instant::now() + ctx.config.handshake_timeout;
+    run_until(socket, peer, early, id, ctx, permits, deadline, shutdown).await
+}
+
+/// [`run`] over any client stream, the RTMP handshake due by `handshake_deadline`.
+#[allow(clippy::too_many_arguments)]
+async fn run_until<S: ClientStream>(
+    socket: S,
+    peer: SocketAddr,
+    early: Vec<u8>,
+    id: u64,
+    ctx: Arc<EdgeContext>,
     (permit, handshake_permit): (Permit, Permit),
+    handshake_deadline: Instant,
     shutdown: CancellationToken,
 ) {
     // A debug span: an enabled span is entered and left on every wakeup of the
@@ -176,7 +265,7 @@ async fn run(
     async move {
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        match connection(socket, peer, early, id, &ctx, handshake_permit, shutdown).await {
+        match connection(socket, peer, early, id, &ctx, (handshake_permit, handshake_deadline), shutdown).await {
             Ok(()) => tracing::debug!("closed"),
             Err(e) => tracing::info!(conn = id, %peer, error = %e, "closed"),
         }
@@ -235,17 +324,22 @@ struct Conn {
     partial: Reservation,
 }
 
-/// The server side of the handshake; `early` is what arrived before it was started
-/// (bytes that followed a PROXY header).
-async fn handshake(socket: &mut TcpStream, early: Vec<u8>, ctx: &EdgeContext) -> Result<Vec<u8>, String> {
+/// The server side of the handshake, due by `deadline`; `early` is what arrived before
+/// it was started (bytes that followed a PROXY header).
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut S,
+    early: Vec<u8>,
+    deadline: Instant,
+    ctx: &EdgeContext,
+) -> Result<Vec<u8>, String> {
     let mut hs = Handshake::server();
     let mut buf = vec![0u8; 4096];
     let work = async {
         if !early.is_empty() {
             match hs.feed(&early).map_err(|e| e.to_string())? {
-                Progress::InProgress { send } => socket.write_all(&send).await.map_err(|e| e.to_string())?,
+                Progress::InProgress { send } => send_all(socket, &send).await?,
                 Progress::Done { send, leftover } => {
-                    socket.write_all(&send).await.map_err(|e| e.to_string())?;
+                    send_all(socket, &send).await?;
                     return Ok(leftover);
                 }
             }
@@ -257,34 +351,42 @@ async fn handshake(socket: &mut TcpStream, early: Vec<u8>, ctx: &EdgeContext) ->
             }
             ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             match hs.feed(&buf[..n]).map_err(|e| e.to_string())? {
-                Progress::InProgress { send } => socket.write_all(&send).await.map_err(|e| e.to_string())?,
+                Progress::InProgress { send } => send_all(socket, &send).await?,
                 Progress::Done { send, leftover } => {
-                    socket.write_all(&send).await.map_err(|e| e.to_string())?;
+                    send_all(socket, &send).await?;
                     return Ok(leftover);
                 }
             }
         }
     };
-    tokio::time::timeout(ctx.config.handshake_timeout, work)
+    tokio::time::timeout_at(deadline, work)
         .await
         .map_err(|_| format!("no handshake within {:?}", ctx.config.handshake_timeout))?
 }
 
-async fn connection(
-    mut socket: TcpStream,
+/// Writes and flushes (a TLS stream holds its last record until flushed).
+async fn send_all<S: AsyncWrite + Unpin>(socket: &mut S, bytes: &[u8]) -> Result<(), String> {
+    socket.write_all(bytes).await.map_err(|e| e.to_string())?;
+    socket.flush().await.map_err(|e| e.to_string())
+}
+
+async fn connection<S: ClientStream>(
+    mut socket: S,
     peer: SocketAddr,
     early: Vec<u8>,
     id: u64,
     ctx: &Arc<EdgeContext>,
-    handshake_permit: Permit,
+    (handshake_permit, handshake_deadline): (Permit, Instant),
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let leftover = handshake(&mut socket, early, ctx).await?;
+    let leftover = handshake(&mut socket, early, handshake_deadline, ctx).await?;
     drop(handshake_permit);
     tracing::debug!(%peer, "handshake done");
     let unstarted = ctx.limits.unstarted.try_acquire(peer.ip()).map_err(|e| format!("refused: {e}"))?;
     let start_deadline = Instant::now() + ctx.config.caps.start_timeout;
-    let (mut reader, mut writer) = socket.into_split();
+    let (mut reader, mut writer) = socket.split();
+    // Bytes a TLS stream took but may still hold (see `ClientStream::BUFFERS_WRITES`).
+    let mut unflushed = false;
     let config = ServerConfig { chunk_size: ctx.config.chunk_size, ..ServerConfig::default() };
     let mut session = ServerSession::new(config);
     session.set_max_buffered(ctx.config.caps.partial_bytes_before_connect);
@@ -391,14 +493,18 @@ async fn connection(
                     pending.release(&ctx.stats.hop_delivery);
                     window = false;
                 }
-                written = pending.write_to(&mut writer), if pending.ready() > 0 => {
+                written = pending.write_or_flush(&mut writer), if pending.ready() > 0 || unflushed => {
                     match written {
-                        Ok(0) => return Err("write: closed".to_owned()),
-                        Ok(n) => {
+                        // Only once the outbox is written out: each write already sends
+                        // what the socket takes, the flush pushes out the rest.
+                        Ok(None) => unflushed = false,
+                        Ok(Some(0)) => return Err("write: closed".to_owned()),
+                        Ok(Some(n)) => {
                             ctx.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                             pending.advance(n);
                             last_write = Instant::now();
                             last_progress = last_write;
+                            unflushed = S::BUFFERS_WRITES;
                         }
                         Err(e) => return Err(format!("write: {e}")),
                     }
@@ -411,7 +517,7 @@ async fn connection(
                     if idle && last_progress.elapsed() >= ctx.config.idle_timeout {
                         return Err(format!("no complete message for {:?}", ctx.config.idle_timeout));
                     }
-                    if pending.ready() > 0 && last_write.elapsed() >= ctx.config.write_timeout {
+                    if (pending.ready() > 0 || unflushed) && last_write.elapsed() >= ctx.config.write_timeout {
                         return Err(format!("the client read nothing for {:?}", ctx.config.write_timeout));
                     }
                 }
@@ -424,7 +530,7 @@ async fn connection(
                 _ = &mut fenced => return Err("a newer publisher took the stream over".to_owned()),
                 _ = &mut stopping => return Ok(()),
             }
-            if pending.ready() == 0 {
+            if pending.ready() == 0 && !unflushed {
                 last_write = Instant::now();
             }
         }
@@ -727,7 +833,16 @@ impl Outbox {
 
     /// One vectored write of the first released buffers; the caller advances by what
     /// was written.
-    async fn write_to(&self, writer: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<usize> {
+    /// Writes released bytes (`Some(written)`), or with none released flushes the
+    /// stream (`None`).
+    async fn write_or_flush<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> std::io::Result<Option<usize>> {
+        if self.ready() == 0 {
+            return writer.flush().await.map(|()| None);
+        }
+        self.write_to(writer).await.map(Some)
+    }
+
+    async fn write_to<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> std::io::Result<usize> {
         let (slices, n) = self.slices();
         writer.write_vectored(&slices[..n]).await
     }

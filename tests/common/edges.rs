@@ -160,6 +160,11 @@ pub fn require(tool: &str) {
 
 /// ffmpeg publishing a libx264 + AAC test pattern (30 fps, 2 s GOP) in real time to `url`.
 pub fn ffmpeg_publish(url: &str, log: PathBuf) -> Proc {
+    ffmpeg_publish_with(url, &[], log)
+}
+
+/// [`ffmpeg_publish`] with output options `extra` (e.g. `-tls_verify 1 -ca_file CA`).
+pub fn ffmpeg_publish_with(url: &str, extra: &[&str], log: PathBuf) -> Proc {
     require("ffmpeg");
     let file = std::fs::File::create(log).unwrap();
     let child = Command::new("ffmpeg")
@@ -167,7 +172,9 @@ pub fn ffmpeg_publish(url: &str, log: PathBuf) -> Proc {
         .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "60", "-threads", "1"])
-        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv", url])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"])
+        .args(extra)
+        .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(file)
@@ -178,8 +185,14 @@ pub fn ffmpeg_publish(url: &str, log: PathBuf) -> Proc {
 
 /// Video packets ffprobe reads from `url` in `secs` seconds of stream time.
 pub async fn ffprobe_video_packets(url: &str, secs: u32) -> Result<u64, String> {
+    ffprobe_video_packets_with(url, &[], secs).await
+}
+
+/// [`ffprobe_video_packets`] with input options `extra` (e.g. `-tls_verify 1 -ca_file CA`).
+pub async fn ffprobe_video_packets_with(url: &str, extra: &[&str], secs: u32) -> Result<u64, String> {
     require("ffprobe");
     let out = tokio::process::Command::new("ffprobe")
+        .args(extra)
         .args(["-v", "error", "-rw_timeout", "5000000", "-select_streams", "v:0", "-count_packets"])
         .args(["-read_intervals", &format!("%+{secs}"), "-show_entries", "stream=nb_read_packets,codec_name"])
         .args(["-of", "json", url])
