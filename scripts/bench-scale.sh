@@ -8,23 +8,27 @@
 # waiting stream watches and their claims feeds (one per edge since session 11). CPU
 # and RSS of every process come from the bench's --watch-pid.
 #
-#   scripts/bench-scale.sh [--publishers 2000] [--kbps 30] [--seconds 60] [--ramp 100]
-#                          [--out DIR]
+#   scripts/bench-scale.sh [--publishers 2000] [--kbps 30] [--fps 10] [--no-audio]
+#                          [--seconds 60] [--ramp 100] [--out DIR]
 #
+# --no-audio --fps 1 makes each stream about 1 kbit/s: many such streams measure the
+# control plane (claims, feeds, links, per-stream state) rather than media throughput.
 # The edges' per-address caps are raised for the run (every client is 127.0.0.1).
 # The report is DIR/publish-N.json (default DIR: a new /tmp/raftcast-scale.*).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-N=2000 KBPS=30 SECS=60 RAMP=100 OUT=""
+N=2000 KBPS=30 FPS=10 AUDIO=() SECS=60 RAMP=100 OUT=""
 while (($#)); do
   case "$1" in
     --publishers) N=$2; shift 2 ;;
     --kbps) KBPS=$2; shift 2 ;;
+    --fps) FPS=$2; shift 2 ;;
+    --no-audio) AUDIO=(--no-audio); shift ;;
     --seconds) SECS=$2; shift 2 ;;
     --ramp) RAMP=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    *) echo "usage: $0 [--publishers N] [--kbps K] [--seconds S] [--ramp PER_SECOND] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--publishers N] [--kbps K] [--fps F] [--no-audio] [--seconds S] [--ramp PER_SECOND] [--out DIR]" >&2; exit 2 ;;
   esac
 done
 OUT=${OUT:-$(mktemp -d /tmp/raftcast-scale.XXXXXX)}
@@ -36,7 +40,9 @@ command -v ss >/dev/null || { echo "bench-scale: needs ss (iproute2; scripts/ins
 export RAFTCAST_DATA_DIR=$OUT/cluster RAFTCAST_BIN=$BIN
 export RAFTCAST_EDGE_MAX_CONNECTIONS_PER_ADDRESS=$((4 * N + 100)) RAFTCAST_EDGE_MAX_PUBLISHES_PER_ADDRESS=$((N + 100)) \
   RAFTCAST_EDGE_MAX_HANDSHAKES_PER_ADDRESS=1000 RAFTCAST_EDGE_MAX_UNSTARTED_PER_ADDRESS=$((N + 100)) \
-  RAFTCAST_EDGE_MAX_UNSTARTED=$((2 * N + 100))
+  RAFTCAST_EDGE_MAX_UNSTARTED=$((2 * N + 100)) RAFTCAST_EDGE_MAX_CONNECTIONS=$((2 * N + 1000))
+# Every client is a socket here and on an edge: 10,000 streams are 40,000 descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 rm -rf "$RAFTCAST_DATA_DIR"
 "$ROOT/scripts/bootstrap.sh" start >/dev/null
 trap '"$ROOT/scripts/bootstrap.sh" stop >/dev/null 2>&1 || true' EXIT
@@ -63,7 +69,7 @@ sample() {
 
 echo "idle:"; sample
 "$BIN" bench publish --publish 127.0.0.1:1935 --play 127.0.0.1:1936 --publishers "$N" --players-per-stream 1 \
-  --kbps "$KBPS" --fps 10 --gop 20 --duration "$SECS" --publisher-ramp "$RAMP" --ramp "$((2 * RAMP))" "${watch[@]}" \
+  --kbps "$KBPS" --fps "$FPS" --gop $((2 * FPS)) "${AUDIO[@]}" --duration "$SECS" --publisher-ramp "$RAMP" --ramp "$((2 * RAMP))" "${watch[@]}" \
   >"$OUT/publish-$N.json" 2>"$OUT/publish-$N.log" &
 bench=$!
 # Sample in the middle of the measured hold (after the ramp).

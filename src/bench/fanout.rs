@@ -76,6 +76,10 @@ struct CommonArgs {
     /// Frames per GOP.
     #[arg(long, default_value_t = 60)]
     gop: u32,
+    /// Leave out the ~64 kbit/s of AAC audio: many light streams measure the control
+    /// plane (claims, feeds, links) rather than media throughput.
+    #[arg(long)]
+    no_audio: bool,
     /// Seconds measured, after every publisher and player has started.
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
@@ -216,7 +220,13 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
         args.fps > 0 && args.gop > 0 && args.ramp > 0.0 && args.publisher_ramp > 0.0,
         "--fps, --gop, --ramp and --publisher-ramp must be positive"
     );
-    let shape = StreamShape { video_kbps: args.kbps, fps: args.fps, gop: args.gop, ..StreamShape::default() };
+    let shape = StreamShape {
+        video_kbps: args.kbps,
+        fps: args.fps,
+        gop: args.gop,
+        audio: !args.no_audio,
+        ..StreamShape::default()
+    };
     let rss_before: Vec<_> = args.watch_pids.iter().map(|p| proc_rss_kib(*p)).collect();
     let epoch = Instant::now();
     let publisher_ramp = Duration::from_secs_f64((plan.streams - 1) as f64 / args.publisher_ramp);
@@ -624,6 +634,7 @@ mod tests {
             kbps: 600,
             fps: 30,
             gop: 60,
+            no_audio: false,
             duration: 10.0,
             ramp: 100.0,
             publisher_ramp: 100.0,
