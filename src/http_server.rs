@@ -225,7 +225,16 @@ async fn connection(
     let service = hyper::service::service_fn(handler(router, peer, limits.body_timeout));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(socket), service);
+    drive(builder.serve_connection(TokioIo::new(socket), service), &shutdown, "HTTP").await;
+}
+
+/// Serves `conn` until it ends, or until `shutdown`; then hyper's graceful shutdown lets
+/// requests under way finish.
+async fn drive<C>(conn: C, shutdown: &CancellationToken, what: &str)
+where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -235,7 +244,7 @@ async fn connection(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTP connection ended");
+        tracing::debug!(error = %e, "{what} connection ended");
     }
 }
 
@@ -265,18 +274,7 @@ async fn tls_connection(
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(H2_MAX_STREAMS);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTPS connection ended");
-    }
+    drive(builder.serve_connection(TokioIo::new(stream), service), &shutdown, "HTTPS").await;
 }
 
 /// Why a request body was cut off.

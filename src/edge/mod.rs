@@ -334,33 +334,7 @@ pub(crate) mod tests {
 
     /// An edge's shared context with nothing started (no listener, no link, no task).
     pub fn context(config: EdgeConfig) -> Arc<EdgeContext> {
-        let clients = CancellationToken::new();
-        let peers = crate::peer::PeerClient::new(config.secret.clone());
-        let control = control::Control::new(config.origins.clone(), peers.clone(), config.request_deadline);
-        let upstreams =
-            Arc::new(upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, clients.clone()));
-        let (relays, claims) = (streams::Relays::default(), claims::ClaimFeed::default());
-        let (hls, stats, limits) = (hls::Hls::new(config.hls_serve.clone()), Arc::default(), EdgeLimits::new(&config));
-        let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams);
-        Arc::new(EdgeContext {
-            upstreams,
-            objects: shared_objects::SharedObjects::new(
-                config.origins.clone(),
-                peers,
-                control.clone(),
-                clients.clone(),
-            ),
-            control,
-            relays,
-            claims,
-            hls,
-            stats,
-            limits,
-            metrics,
-            shutdown: clients,
-            started: Instant::now(),
-            started_ms: 0,
-            config,
-        })
+        let stop = CancellationToken::new();
+        EdgeContext::new(&config, stop.clone(), stop).expect("an edge context")
     }
 }
