@@ -114,7 +114,10 @@ impl Publication {
         };
         let up = ctx.upstreams.get(owner.media);
         if !up.live(LINK_WAIT).await {
-            return released(format!("origin {} is unreachable at {}", owner.claim.owner, owner.media));
+            // The address stays in the log: publishers are strangers, the cluster's
+            // internal addresses are not theirs to learn.
+            tracing::warn!(%stream, origin = owner.claim.owner, media = %owner.media, "owner unreachable");
+            return released(format!("origin {} is unreachable", owner.claim.owner));
         }
         let (channel, mut events) = up.open(None);
         let publish = Control::Publish { channel, stream: stream.clone(), epoch: claim.epoch };

@@ -90,6 +90,12 @@ pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<(LogStore, StateM
         move |source| OpenError::Io { path, source }
     };
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    // The log holds every shared-object value and publish key: only the origin's own
+    // user may enter the directory (files sled creates inside follow the umask).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(io(data_dir))?;
+    }
     if !fresh && !layout.sled.join("db").exists() {
         return Err(OpenError::Corrupted {
             path: layout.sled.clone(),

@@ -226,3 +226,17 @@ async fn one_append_entries_carries_at_most_the_byte_budget_and_at_least_one_ent
     assert_eq!(small.len(), 8);
     assert_eq!(small, (12..20).map(|i| entry(i, "s")).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn the_data_directory_is_private_to_the_origin_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = TempDir::new().unwrap();
+    let dir = parent.path().join("origin-1");
+    std::fs::create_dir(&dir).unwrap();
+    // Made readable by everyone beforehand (a umask of 022, or an operator's mkdir).
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = raftcast_storage::open(&dir, &StoreOptions::default()).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the log holds every value and key: {mode:o}");
+    drop(store);
+}
