@@ -38,17 +38,6 @@ fn ok(out: Output) -> String {
     text
 }
 
-/// A base port whose next twenty ports are free.
-fn free_base() -> u16 {
-    for _ in 0..100 {
-        let base = 20_000 + (rand::random::<u16>() % 30_000);
-        if (1..=20).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range");
-}
-
 const NAMES: [&str; 5] = ["origin-1", "origin-2", "origin-3", "edge-1", "edge-2"];
 
 fn pids(data: &Path) -> Vec<(String, u32)> {
@@ -97,7 +86,7 @@ fn bootstrap_starts_three_voters_and_two_edges_restarts_the_dead_and_stops_clean
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::copy(common::BIN, node_bin(&data)).unwrap();
-    let base = free_base();
+    let base = common::free_base();
     let _cleanup = StopOnDrop { data: &data, base };
     let out = ok(script(&data, base, "start"));
     assert!(out.contains("cluster initialized"), "{out}");

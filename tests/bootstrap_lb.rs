@@ -58,17 +58,6 @@ fn ok(out: Output) -> String {
     text
 }
 
-/// A base port whose next twenty ports are free.
-fn free_base() -> u16 {
-    for _ in 0..100 {
-        let base = 20_000 + (rand::random::<u16>() % 30_000);
-        if (1..=20).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range");
-}
-
 fn pid(data: &Path, name: &str) -> u32 {
     std::fs::read_to_string(data.join(format!("pids/{name}.pid"))).unwrap().trim().parse().unwrap()
 }
@@ -104,7 +93,7 @@ async fn haproxy_in_front_of_the_edges_hides_an_edge_death_from_gets() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::copy(common::BIN, data.with_file_name("rc-node")).unwrap();
-    let ports = Ports { base: free_base() };
+    let ports = Ports { base: common::free_base() };
     let _stop = StopOnDrop { data: &data, ports: &ports, dir: dir.path().to_owned() };
     let out = ok(script(&data, &ports, "start"));
     assert!(out.contains("started haproxy"), "{out}");

@@ -46,10 +46,8 @@ fn playlist_rules_and_frame_comparison_catch_each_break() {
 fn the_harness_on_ffmpegs_own_hls_behind_haproxy_with_a_server_killed() {
     require_deps();
     // Ports base..base+2 must be free.
-    let base = (0..100)
-        .map(|_| 20_000 + (rand::random::<u16>() % 30_000))
-        .find(|b| (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
-        .expect("a free port range");
+    // Below the ephemeral range, so no outgoing connection takes one meanwhile.
+    let base = raftcast::bench::free_loopback_range(3).expect("three free loopback ports in a row");
     let out = run(Command::new(harness().join("prove-ffmpeg.sh")).arg("30").env("PROVE_PORT_BASE", base.to_string()));
     eprintln!("{out}");
     for want in ["\"fatal\": 0", "\"missing\": 0", "\"repeated\": 0"] {

@@ -53,13 +53,6 @@ fn ok(out: Output) -> String {
     text
 }
 
-fn free_base() -> u16 {
-    (0..100)
-        .map(|_| 20_000 + (rand::random::<u16>() % 30_000))
-        .find(|b| (1..=20).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()))
-        .expect("a free port range")
-}
-
 fn kill(data: &Path, name: &str) {
     let pid = std::fs::read_to_string(data.join(format!("pids/{name}.pid"))).unwrap();
     assert!(Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap().success(), "kill {name}");
@@ -137,7 +130,7 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
     let secs: u64 = std::env::var("HLS_LB_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let base = free_base();
+    let base = common::free_base();
     let _stop = StopOnDrop(&data, base);
     ok(script(&data, base, "start"));
     // The publisher is on edge-1 (directly: an RTMP connection through the balancer dies
@@ -227,7 +220,7 @@ fn players_behind_haproxy_never_notice_the_publisher_reconnecting_through_the_ot
     let first: u64 = std::env::var("HLS_RECONNECT_AFTER").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let base = free_base();
+    let base = common::free_base();
     let _stop = StopOnDrop(&data, base);
     ok(script(&data, base, "start"));
     let (lb_http, edge1_rtmp, edge2_rtmp) = (base + 14, base + 4 + 1, base + 4 + 2);

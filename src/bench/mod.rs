@@ -16,19 +16,34 @@ pub mod synth;
 /// ("Address already in use"). Ports are handed out once per process (a counter from a
 /// pid-derived start), and only if they bind now.
 pub fn free_loopback_port() -> std::io::Result<u16> {
+    free_loopback_range(1)
+}
+
+/// The first of `len` consecutive loopback ports that all bind now, from the same pool
+/// and for the same reason as [`free_loopback_port`] (below the ephemeral range), for a
+/// script that numbers its nodes' ports from a base (`scripts/bootstrap.sh`).
+pub fn free_loopback_range(len: u16) -> std::io::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000; // up to 31999, below the ephemeral range
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let len = u32::from(len.max(1));
     let start = std::process::id().wrapping_mul(7919) % SPAN;
     let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
     for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
+        let base = LOW + NEXT.fetch_add(len, Ordering::SeqCst) % SPAN;
+        if base + len > LOW + SPAN {
+            continue;
+        }
+        let free = (base..base + len).all(|port| std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok());
+        if free {
+            return Ok(base as u16);
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no free loopback port in {LOW}..{}", LOW + SPAN)))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no {len} free loopback ports in a row in {LOW}..{}", LOW + SPAN),
+    ))
 }
 
 use std::process::ExitCode;

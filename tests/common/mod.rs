@@ -23,6 +23,13 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], raftcast::bench::free_loopback_port().expect("a free loopback port")))
 }
 
+/// A base port whose next twenty ports (base+1 ..= base+20) bind now, for
+/// `scripts/bootstrap.sh`'s `RAFTCAST_*_BASE` variables; below the ephemeral range like
+/// [`free_addr`], so no outgoing connection takes one before its node binds it.
+pub fn free_base() -> u16 {
+    raftcast::bench::free_loopback_range(21).expect("21 free loopback ports in a row")
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
