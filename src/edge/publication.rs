@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use raftcast_raft::command::StreamClaim;
-use raftcast_raft::{NodeId, Rejection, Response};
+use raftcast_raft::{NodeId, Rejection, Response, StreamKey};
 
 use super::control::Owner;
 use crate::backoff::Backoff;
@@ -28,11 +28,9 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 /// Something that happened to the publication.
 #[derive(Debug)]
 pub enum Input {
-    /// A frame from the publisher, and the wall clock (ms since the Unix epoch) when
-    /// it arrived.
-    Frame(Frame, u64),
     /// The owner's channel is unusable: the link went down, the owner refused (fenced
-    /// us), the channel closed, or a frame could not be written.
+    /// us), the channel closed, or a frame from [`Publishing::frame`] could not be
+    /// written.
     OwnerLost(String),
     /// The claims feed says the claim moved past our epoch.
     ClaimMoved(u64),
@@ -57,9 +55,6 @@ pub enum Input {
 /// Something the caller must do, in order.
 #[derive(Debug, PartialEq)]
 pub enum Output {
-    /// Write a live frame on the current owner's channel; a failure is
-    /// [`Input::OwnerLost`].
-    Send(Frame),
     /// Write what is retained on the channel just attached (headers, then frames from a
     /// keyframe on); a failure only counts the frame as dropped.
     Replay(Vec<Frame>),
@@ -115,6 +110,7 @@ enum Step {
 /// One publishing session after its first owner accepted it.
 #[derive(Debug)]
 pub struct Publishing {
+    stream: StreamKey,
     me: String,
     session: String,
     epoch: u64,
@@ -125,12 +121,13 @@ pub struct Publishing {
     /// frames re-sent to a new owner carry the marks they had.
     stamper: Stamper,
     pause: Backoff,
-    fenced: bool,
 }
 
 impl Publishing {
-    /// A session of `me` (edge) and `session`, accepted by `owner` at `epoch`.
+    /// A session of `me` (edge) and `session` publishing `stream`, accepted by `owner`
+    /// at `epoch`.
     pub fn new(
+        stream: StreamKey,
         me: String,
         session: String,
         epoch: u64,
@@ -139,6 +136,7 @@ impl Publishing {
         stamper: Stamper,
     ) -> Publishing {
         Publishing {
+            stream,
             me,
             session,
             epoch,
@@ -147,8 +145,15 @@ impl Publishing {
             retained,
             stamper,
             pause: Backoff::new(FIRST_PAUSE, MAX_PAUSE),
-            fenced: false,
         }
+    }
+
+    pub fn stream(&self) -> &StreamKey {
+        &self.stream
+    }
+
+    pub fn session(&self) -> &str {
+        &self.session
     }
 
     pub fn epoch(&self) -> u64 {
@@ -173,27 +178,34 @@ impl Publishing {
         self.retained.lost()
     }
 
+    /// Takes a frame from the publisher, with the wall clock (ms since the Unix epoch)
+    /// when it arrived: marks it and keeps it for a new owner. Returns it when it is to
+    /// be written on the current owner's channel now (a failure to write it is
+    /// [`Input::OwnerLost`]). Every frame passes here, so it allocates nothing beyond
+    /// what it keeps.
+    pub fn frame(&mut self, mut frame: Frame, wall_ms: u64) -> Option<Frame> {
+        if self.state == State::Ended {
+            return None;
+        }
+        frame.hls = self.stamper.mark(&frame, wall_ms);
+        let live = self.state == State::Attached;
+        self.retained.push(frame.clone(), live);
+        live.then_some(frame)
+    }
+
     /// Takes `input` at `now`; returns what to do.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Output> {
         let mut out = Vec::new();
         match input {
-            Input::Frame(mut frame, wall_ms) => {
-                if self.state == State::Ended {
-                    return out;
-                }
-                frame.hls = self.stamper.mark(&frame, wall_ms);
-                let live = self.state == State::Attached;
-                self.retained.push(frame.clone(), live);
-                if live {
-                    out.push(Output::Send(frame));
-                }
-            }
             Input::OwnerLost(why) if self.state == State::Attached => {
-                tracing::warn!(epoch = self.epoch, owner = self.owner, why, "lost the owner; moving");
+                tracing::warn!(stream = %self.stream, epoch = self.epoch, owner = self.owner, why, "lost the owner; moving");
                 self.start_moving(now, &mut out);
             }
             Input::ClaimMoved(epoch) if self.state == State::Attached && epoch > self.epoch => {
-                tracing::warn!(epoch = self.epoch, owner = self.owner, moved_to = epoch, "the claim moved on; moving");
+                tracing::warn!(
+                    stream = %self.stream, epoch = self.epoch, owner = self.owner, moved_to = epoch,
+                    "the claim moved on; moving"
+                );
                 self.start_moving(now, &mut out);
             }
             Input::OwnerLost(_) | Input::ClaimMoved(_) => {}
@@ -201,7 +213,7 @@ impl Publishing {
             Input::Reassigned(answer) if self.step() == Some(&Step::Reassigning) => match answer {
                 Ok(Response::Claimed(c)) if self.ours(&c) => self.confirm(c.epoch, &mut out),
                 other => {
-                    tracing::debug!(?other, "reassign changed nothing; looking again");
+                    tracing::debug!(stream = %self.stream, ?other, "reassign changed nothing; looking again");
                     self.retry(now, &mut out);
                 }
             },
@@ -232,7 +244,7 @@ impl Publishing {
                         out.push(Output::Moved { owner: self.owner, epoch: self.epoch, took, resent });
                     }
                     Err(why) => {
-                        tracing::warn!(owner = owner.claim.owner, why, "new owner unusable");
+                        tracing::warn!(stream = %self.stream, owner = owner.claim.owner, why, "new owner unusable");
                         *lost = owner.claim.owner;
                         self.retry(now, &mut out);
                     }
@@ -319,7 +331,7 @@ impl Publishing {
                 out.push(Output::Claim);
             }
             Err(e) => {
-                tracing::debug!(error = %e, "lookup failed");
+                tracing::debug!(stream = %self.stream, error = %e, "lookup failed");
                 self.retry(now, out);
             }
         }
@@ -342,7 +354,6 @@ impl Publishing {
     }
 
     fn fence(&mut self, why: String, out: &mut Vec<Output>) {
-        self.fenced = true;
         self.state = State::Ended;
         out.push(Output::Fenced(why));
     }
@@ -393,19 +404,23 @@ mod tests {
 
     fn publishing_with(limits: RetainLimits) -> Publishing {
         let stamper = Stamper::new(StamperConfig::default(), None);
-        Publishing::new(ME.into(), SESSION.into(), 10, 1, Retained::new(limits), stamper)
+        Publishing::new(
+            StreamKey::new("live", "p").unwrap(),
+            ME.into(),
+            SESSION.into(),
+            10,
+            1,
+            Retained::new(limits),
+            stamper,
+        )
     }
 
-    /// Feeds frames `range` at 40 ms each from `t0`; returns the indexes sent live.
-    fn feed(p: &mut Publishing, range: std::ops::Range<u32>, t0: Instant) -> Vec<u32> {
+    /// Feeds frames `range` (40 ms apart on the wall clock); returns the indexes sent live.
+    fn feed(p: &mut Publishing, range: std::ops::Range<u32>) -> Vec<u32> {
         let mut sent = Vec::new();
         for i in range {
-            let now = t0 + Duration::from_millis(u64::from(i) * 40);
-            for o in p.handle(Input::Frame(frame(i, 25), WALL + u64::from(i) * 40), now) {
-                match o {
-                    Output::Send(f) => sent.push(index(&f)),
-                    other => panic!("a frame only sends, not {other:?}"),
-                }
+            if let Some(f) = p.frame(frame(i, 25), WALL + u64::from(i) * 40) {
+                sent.push(index(&f));
             }
         }
         sent
@@ -424,11 +439,11 @@ mod tests {
     fn a_lost_owner_is_moved_away_from_and_every_frame_reaches_the_new_one() {
         let t0 = Instant::now();
         let mut p = publishing();
-        assert_eq!(feed(&mut p, 0..60, t0), (0..60).collect::<Vec<_>>());
+        assert_eq!(feed(&mut p, 0..60), (0..60).collect::<Vec<_>>());
         let lost_at = t0 + Duration::from_millis(2400);
         assert_eq!(p.handle(Input::OwnerLost("link down".into()), lost_at), vec![Output::CloseChannel, Output::Lookup]);
         // Frames keep coming while the move is under way; none is sent.
-        assert!(feed(&mut p, 60..70, t0).is_empty());
+        assert!(feed(&mut p, 60..70).is_empty());
         let now = lost_at + Duration::from_millis(30);
         // Still on the lost owner at our epoch: ask the leader to move it.
         assert_eq!(
@@ -445,14 +460,14 @@ mod tests {
         assert_eq!(out[1], Output::WatchClaim(15));
         assert_eq!(out[2], Output::Moved { owner: 2, epoch: 15, took: Duration::from_millis(90), resent: 70 });
         assert_eq!((p.owner(), p.epoch(), p.lost()), (2, 15, 0));
-        assert_eq!(feed(&mut p, 70..72, t0), vec![70, 71], "live again");
+        assert_eq!(feed(&mut p, 70..72), vec![70, 71], "live again");
     }
 
     #[test]
     fn a_move_the_leader_made_is_followed_without_asking_for_another() {
         let t0 = Instant::now();
         let mut p = publishing();
-        feed(&mut p, 0..10, t0);
+        feed(&mut p, 0..10);
         // An older epoch on the feed changes nothing.
         assert!(p.handle(Input::ClaimMoved(9), t0).is_empty());
         assert_eq!(p.handle(Input::ClaimMoved(12), t0), vec![Output::CloseChannel, Output::Lookup]);
@@ -471,7 +486,7 @@ mod tests {
         assert!(matches!(&out[..], [Output::Fenced(why)] if why.contains("edge-2")), "{out:?}");
         assert!(p.is_ended());
         assert!(p.handle(Input::PublisherLeft, t0).is_empty(), "a fenced session releases nothing");
-        assert!(p.handle(Input::Frame(frame(1, 25), WALL), t0).is_empty());
+        assert!(p.frame(frame(1, 25), WALL).is_none());
     }
 
     #[test]
@@ -552,10 +567,10 @@ mod tests {
         // Retains at most 2 s of stream time.
         let limits = RetainLimits { history_ms: 1_000, max_ms: 2_000, ..RetainLimits::default() };
         let mut p = publishing_with(limits);
-        feed(&mut p, 0..50, t0);
+        feed(&mut p, 0..50);
         p.handle(Input::OwnerLost("link down".into()), t0 + Duration::from_secs(2));
         // 6 s of frames while no owner can be found.
-        feed(&mut p, 50..200, t0);
+        feed(&mut p, 50..200);
         p.handle(Input::Looked(Ok(Some(ours(2, 12)))), t0 + Duration::from_secs(8));
         let out = p.handle(Input::Attached(Ok(())), t0 + Duration::from_secs(8));
         let replay = replayed(&out);

@@ -144,25 +144,15 @@ impl Publication {
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let machine = Publishing::new(
+            stream.clone(),
             ctx.config.id.clone(),
-            session.clone(),
+            session,
             claim.epoch,
             owner.claim.owner,
             Retained::new(retain_limits(&ctx.config)),
             Stamper::new(ctx.config.hls, continue_after),
         );
-        let task = Forwarder {
-            ctx: ctx.clone(),
-            up,
-            channel,
-            stream: stream.clone(),
-            session,
-            key,
-            machine,
-            dropped: dropped.clone(),
-            fenced,
-            watch,
-        };
+        let task = Forwarder { ctx: ctx.clone(), up, channel, key, machine, dropped: dropped.clone(), fenced, watch };
         tokio::spawn(task.run(rx, events));
         ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
         Ok(Publication { stream, epoch: claim.epoch, owner: owner.claim.owner, frames: tx, dropped })
@@ -212,10 +202,8 @@ struct Forwarder {
     ctx: Arc<EdgeContext>,
     up: Arc<Upstream>,
     channel: ChannelId,
-    stream: StreamKey,
-    /// This publishing session: a claim with this edge and session is ours.
-    session: String,
     key: Option<String>,
+    /// The decisions; also the stream and the session.
     machine: Publishing,
     dropped: Arc<AtomicU64>,
     fenced: CancellationToken,
@@ -246,7 +234,14 @@ impl Forwarder {
             let moving = self.machine.is_moving();
             let input = tokio::select! {
                 frame = frames.recv() => match frame {
-                    Some(frame) => publication::Input::Frame(frame, wall_ms()),
+                    // The per-frame path: no decision to make unless the write fails.
+                    Some(frame) => match self.machine.frame(frame, wall_ms()) {
+                        Some(live) => match self.send(live).await {
+                            Ok(()) => continue,
+                            Err(e) => publication::Input::OwnerLost(e),
+                        },
+                        None => continue,
+                    },
                     None => publication::Input::PublisherLeft,
                 },
                 event = events.recv(), if !moving => match event {
@@ -278,40 +273,32 @@ impl Forwarder {
                 }
                 _ = self.ctx.shutdown.cancelled(), if moving => publication::Input::Shutdown,
             };
-            let mut inputs = std::collections::VecDeque::from([input]);
-            while let Some(input) = inputs.pop_front() {
-                for output in self.machine.handle(input, std::time::Instant::now()) {
-                    match output {
-                        publication::Output::Send(frame) => {
-                            if let Err(e) = self.send(frame).await {
-                                inputs.push_back(publication::Input::OwnerLost(e));
+            for output in self.machine.handle(input, std::time::Instant::now()) {
+                match output {
+                    publication::Output::Replay(frames) => {
+                        for frame in frames {
+                            if self.send(frame).await.is_err() {
+                                self.dropped.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        publication::Output::Replay(frames) => {
-                            for frame in frames {
-                                if self.send(frame).await.is_err() {
-                                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                        publication::Output::CloseChannel => self.up.close(self.channel),
-                        publication::Output::WatchClaim(epoch) => claim_moved = watch_claim(self.watch.clone(), epoch),
-                        publication::Output::WakeAt(at) => wake = Some(at.into()),
-                        publication::Output::Moved { owner, epoch, took, resent } => {
-                            self.ctx.stats.publisher_failovers.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(stream = %self.stream, epoch, owner, ?took, resent, "publishing on a new owner");
-                        }
-                        publication::Output::Fenced(why) => {
-                            tracing::warn!(stream = %self.stream, epoch = self.machine.epoch(), why, "fenced");
-                            self.fenced.cancel();
-                        }
-                        publication::Output::Unpublish => {
-                            let unpublish = Control::Unpublish { channel: self.channel };
-                            let _ = self.up.control_after_media(unpublish, LINK_SEND_WAIT).await;
-                        }
-                        publication::Output::Release(epoch) => release(&self.ctx, &self.stream, epoch).await,
-                        request_output => request = Some(self.request(request_output)),
                     }
+                    publication::Output::CloseChannel => self.up.close(self.channel),
+                    publication::Output::WatchClaim(epoch) => claim_moved = watch_claim(self.watch.clone(), epoch),
+                    publication::Output::WakeAt(at) => wake = Some(at.into()),
+                    publication::Output::Moved { owner, epoch, took, resent } => {
+                        self.ctx.stats.publisher_failovers.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(stream = %self.machine.stream(), epoch, owner, ?took, resent, "publishing on a new owner");
+                    }
+                    publication::Output::Fenced(why) => {
+                        tracing::warn!(stream = %self.machine.stream(), epoch = self.machine.epoch(), why, "fenced");
+                        self.fenced.cancel();
+                    }
+                    publication::Output::Unpublish => {
+                        let unpublish = Control::Unpublish { channel: self.channel };
+                        let _ = self.up.control_after_media(unpublish, LINK_SEND_WAIT).await;
+                    }
+                    publication::Output::Release(epoch) => release(&self.ctx, self.machine.stream(), epoch).await,
+                    request_output => request = Some(self.request(request_output)),
                 }
             }
         }
@@ -320,13 +307,13 @@ impl Forwarder {
         self.ctx.stats.publisher_drops.fetch_add(self.dropped.load(Ordering::Relaxed) + lost, Ordering::Relaxed);
         // Counted down only after the release, so a shutdown can wait for it.
         self.ctx.stats.publishers.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(stream = %self.stream, epoch = self.machine.epoch(), "unpublished");
+        tracing::info!(stream = %self.machine.stream(), epoch = self.machine.epoch(), "unpublished");
     }
 
     /// The control request `output` asks for, as a future of its answer.
     fn request(&self, output: publication::Output) -> Request {
-        let (ctx, stream) = (self.ctx.clone(), self.stream.clone());
-        let (me, session, key) = (ctx.config.id.clone(), self.session.clone(), self.key.clone());
+        let (ctx, stream) = (self.ctx.clone(), self.machine.stream().clone());
+        let (me, session, key) = (ctx.config.id.clone(), self.machine.session().to_owned(), self.key.clone());
         let text = |e: super::control::ControlError| e.to_string();
         Box::pin(async move {
             match output {
@@ -479,7 +466,9 @@ impl Relays {
                 stop: ctx.shutdown.child_token(),
                 owner: AtomicU64::new(0),
             });
-            tokio::spawn(run_relay(ctx.clone(), relay.clone()));
+            // Relaying's own log lines name no stream: the span does.
+            let span = tracing::info_span!("relay", %stream);
+            tokio::spawn(tracing::Instrument::instrument(run_relay(ctx.clone(), relay.clone()), span));
             relay
         });
         if hls {

@@ -12,7 +12,7 @@ use raftcast_raft::typ::Raft;
 use raftcast_raft::{Command, FailKind, ForwardReply, NodeId, Rejection, Request, RequestId, Response, StreamKey};
 use raftcast_storage::StateHandle;
 
-use super::commit::{failed, leadership_error, Committer};
+use super::commit::{failed, leadership_error, now_ms, Committer};
 use super::live::LiveFacts;
 use super::liveness::Liveness;
 use super::membership::node_addr;
@@ -348,10 +348,6 @@ pub fn place(
     };
     let owner = live.iter().copied().min_by_key(|n| (load.get(n).copied().unwrap_or(0), spread(*n))).unwrap_or(me);
     Placement::ByLoad { owner, pinned_not_live: pinned }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

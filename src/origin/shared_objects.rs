@@ -273,8 +273,7 @@ fn refuse_without_secret(hub: &ObjectHub, headers: &HeaderMap) -> Option<Respons
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
-    let body = json!({ "error": { "code": "bad_request", "message": message.into() } });
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    crate::http_server::json_error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
 /// Whether `data` is a broadcast: `{"handler": string, "args": array}` of at most

@@ -9,7 +9,7 @@ use raftcast_raft::typ::Raft;
 use raftcast_raft::{FailKind, ForwardReply, Proposal, Request, Response};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::failed;
+use super::{failed, now_ms};
 use crate::origin::metrics::{Metrics, ResultLabel};
 
 /// Most requests the leader puts into one log entry.
@@ -148,10 +148,6 @@ async fn propose(raft: &Raft, batch: Vec<Pending>, metrics: &Metrics) {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -108,6 +108,12 @@ impl Committer {
     }
 }
 
+/// The leader's clock, ms since the Unix epoch: it stamps proposals (the state machine
+/// never reads a clock) and judges how young a claim is.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 pub fn failed(kind: FailKind, message: impl Into<String>) -> ForwardReply {
     ForwardReply::Failed { kind, message: message.into() }
 }
