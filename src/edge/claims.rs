@@ -191,13 +191,20 @@ async fn run(ctx: Arc<EdgeContext>, shared: Arc<Shared>) {
                 }
             }
         }
-        let up = ctx.upstreams.get(origins[(first + next) % origins.len()]);
-        next += 1;
+        // The next origin in the round whose link is up now; only when none is does the
+        // feed wait for one (a dead origin's link may stay down for good, and a player
+        // waiting on the feed must not wait on it while another origin can answer).
+        let round: Vec<SocketAddr> = (next..origins.len()).map(|i| origins[(first + i) % origins.len()]).collect();
+        let skip = round.iter().position(|a| ctx.upstreams.get(*a).is_live()).unwrap_or(0);
+        let up = ctx.upstreams.get(round[skip]);
+        next += skip + 1;
         if up.live(LINK_WAIT).await {
-            let why = feed_on(&ctx, &shared, &up).await;
+            let (why, answered) = feed_on(&ctx, &shared, &up).await;
             shared.restarts.fetch_add(1, Ordering::Relaxed);
             tracing::info!(origin = %up.addr, ?why, "claims feed starts afresh");
-            if matches!(why, FeedEnd::LinkDown { answered: true }) {
+            // An origin that answered and then failed is not a sign that all of them
+            // are failing: try the next at once.
+            if answered {
                 pause.reset();
             }
         }
@@ -211,10 +218,8 @@ async fn run(ctx: Arc<EdgeContext>, shared: Arc<Shared>) {
 /// Why a feed on one origin ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FeedEnd {
-    /// The link went down (after the origin had answered, or before).
-    LinkDown {
-        answered: bool,
-    },
+    /// The link went down.
+    LinkDown,
     /// A gap in `seq`: a message was lost.
     LostMessage,
     /// Nothing for [`FEED_SILENCE`]: the origin is out of touch or behind.
@@ -222,18 +227,18 @@ enum FeedEnd {
     Shutdown,
 }
 
-/// The feed on `up`'s link, until it breaks; says why.
-async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> FeedEnd {
+/// The feed on `up`'s link, until it breaks; says why, and whether the origin answered.
+async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> (FeedEnd, bool) {
     let (channel, mut events) = up.open_with(None, FEED_EVENTS);
+    let mut answered = false;
     let why = async {
         // Every name followed now; changes still pending are sent after them (an add
         // twice, or a remove of a name never added, changes nothing at the origin).
         let all: Vec<StreamKey> = shared.entries.keys();
         let at_least = shared.applied.load(Ordering::Acquire);
-        let mut answered = false;
         let mut silent_from = tokio::time::Instant::now();
         if send(up, channel, all, Vec::new(), at_least).is_err() {
-            return FeedEnd::LinkDown { answered };
+            return FeedEnd::LinkDown;
         }
         let mut seq = 0u64;
         loop {
@@ -245,7 +250,7 @@ async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> Feed
                 (changes.add.drain().collect::<Vec<_>>(), changes.remove.drain().collect::<Vec<_>>())
             };
             if (!add.is_empty() || !remove.is_empty()) && send(up, channel, add, remove, at_least).is_err() {
-                return FeedEnd::LinkDown { answered };
+                return FeedEnd::LinkDown;
             }
             tokio::select! {
                 _ = &mut woken => {}
@@ -260,7 +265,7 @@ async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> Feed
                         answered = true;
                         silent_from = tokio::time::Instant::now();
                     }
-                    Some(ChannelEvent::Down(_)) | None => return FeedEnd::LinkDown { answered },
+                    Some(ChannelEvent::Down(_)) | None => return FeedEnd::LinkDown,
                     Some(_) => {}
                 },
                 _ = tokio::time::sleep_until(silent_from + FEED_SILENCE) => return FeedEnd::Silent,
@@ -269,12 +274,12 @@ async fn feed_on(ctx: &EdgeContext, shared: &Shared, up: &Arc<Upstream>) -> Feed
         }
     }
     .await;
-    if !matches!(why, FeedEnd::LinkDown { .. }) {
+    if why != FeedEnd::LinkDown {
         // The link is still up: the origin stops feeding this channel.
         let _ = up.control(Control::UnwatchClaims { channel });
     }
     up.close(channel);
-    why
+    (why, answered)
 }
 
 /// Sends additions and removals in messages of at most [`MAX_FEED_BATCH`] names

@@ -172,6 +172,11 @@ impl Upstream {
         self.handle.state()
     }
 
+    /// Whether the link is live now.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state(), LinkState::Live { .. })
+    }
+
     /// Waits until the link is live, at most `limit`.
     pub async fn live(&self, limit: Duration) -> bool {
         let mut watch = self.handle.watch();
