@@ -342,6 +342,11 @@ pub enum Command {
     /// admin always has room. Answers what the inner command answers, or
     /// `Rejected(QuotaExceeded)`.
     ClientWrite { subject: String, quota: crate::token::Quota, command: Box<Command> },
+    /// Which stream tokens `app` requires (neither: remove the rule). Answers `Stored`.
+    SetAppTokens { app: String, tokens: crate::state::AppTokens },
+    /// Drop every token signing key but the newest: tokens signed with older keys stop
+    /// verifying. Answers `Stored`.
+    RetireTokenKeys,
 }
 
 /// A stream's current claim.

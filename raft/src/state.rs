@@ -121,6 +121,49 @@ pub struct StateMachine {
     pub client_objects: BTreeMap<String, ClientObject>,
     /// Quota and usage per token subject (only subjects owning an object).
     pub subjects: BTreeMap<String, SubjectUsage>,
+    /// Apps that require stream tokens, and for what. Added after token keys.
+    pub app_tokens: BTreeMap<String, AppTokens>,
+}
+
+/// Which signed stream tokens an app requires (see [`crate::token::StreamClaims`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppTokens {
+    pub play: bool,
+    pub publish: bool,
+}
+
+/// The layout of [`StateMachine`] in snapshots written before app token rules.
+/// Decoding only; converts into the current state with no rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StateMachineV3 {
+    streams: BTreeMap<StreamKey, StreamClaim>,
+    objects: BTreeMap<String, SharedObject>,
+    publish_keys: BTreeMap<KeyScope, String>,
+    key_required_apps: BTreeSet<String>,
+    recent: HashMap<RequestId, Response>,
+    recent_order: VecDeque<RequestId>,
+    pins: BTreeMap<PinScope, NodeId>,
+    token_keys: TokenKeys,
+    client_objects: BTreeMap<String, ClientObject>,
+    subjects: BTreeMap<String, SubjectUsage>,
+}
+
+impl From<StateMachineV3> for StateMachine {
+    fn from(v3: StateMachineV3) -> Self {
+        StateMachine {
+            streams: v3.streams,
+            objects: v3.objects,
+            publish_keys: v3.publish_keys,
+            key_required_apps: v3.key_required_apps,
+            recent: v3.recent,
+            recent_order: v3.recent_order,
+            pins: v3.pins,
+            token_keys: v3.token_keys,
+            client_objects: v3.client_objects,
+            subjects: v3.subjects,
+            app_tokens: BTreeMap::new(),
+        }
+    }
 }
 
 /// The layout of [`StateMachine`] in snapshots written before token keys and quotas.
@@ -380,6 +423,20 @@ impl StateMachine {
                 let id = self.token_keys.keys().next_back().map_or(1, |k| k + 1);
                 self.token_keys.insert(id, key.clone());
                 while self.token_keys.len() > MAX_TOKEN_KEYS {
+                    self.token_keys.pop_first();
+                }
+                Response::Stored
+            }
+            Command::SetAppTokens { app, tokens } => {
+                if *tokens == AppTokens::default() {
+                    self.app_tokens.remove(app);
+                } else {
+                    self.app_tokens.insert(app.clone(), *tokens);
+                }
+                Response::Stored
+            }
+            Command::RetireTokenKeys => {
+                while self.token_keys.len() > 1 {
                     self.token_keys.pop_first();
                 }
                 Response::Stored
@@ -858,7 +915,7 @@ mod tests {
         // The old layout is the new one without the trailing (empty) maps — pins, token
         // keys, client objects, subjects — each encoded as its length: one zero byte.
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..4 {
+        for _ in 0..5 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV1 = crate::rpc::decode(&bytes).unwrap();
@@ -896,7 +953,7 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, pin("live", "vip-*", 3)));
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..3 {
+        for _ in 0..4 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV2 = crate::rpc::decode(&bytes).unwrap();
@@ -908,6 +965,35 @@ mod tests {
         let back: StateMachine = crate::rpc::decode(&crate::rpc::encode(&sm)).unwrap();
         assert_eq!(back, sm);
         assert_eq!(back.subjects["alice"].objects, 1);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_app_token_rules_decodes_without_them() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, Command::AddTokenKey { key: crate::token::TokenKey([1; 32]), only_if_none: false }));
+        let mut bytes = crate::rpc::encode(&sm);
+        assert_eq!(bytes.pop(), Some(0));
+        let old: StateMachineV3 = crate::rpc::decode(&bytes).unwrap();
+        assert_eq!(StateMachine::from(old), sm);
+        assert!(crate::rpc::decode::<StateMachine>(&bytes).is_err());
+        let tokens = AppTokens { play: true, publish: false };
+        sm.apply(2, &req(2, Command::SetAppTokens { app: "live".into(), tokens }));
+        let back: StateMachine = crate::rpc::decode(&crate::rpc::encode(&sm)).unwrap();
+        assert_eq!(back.app_tokens["live"], tokens);
+        sm.apply(3, &req(3, Command::SetAppTokens { app: "live".into(), tokens: AppTokens::default() }));
+        assert!(sm.app_tokens.is_empty(), "a rule requiring nothing is removed");
+    }
+
+    #[test]
+    fn retiring_keys_keeps_only_the_newest() {
+        let mut sm = StateMachine::default();
+        let key = |b: u8| crate::token::TokenKey([b; 32]);
+        sm.apply(1, &req(1, Command::AddTokenKey { key: key(1), only_if_none: false }));
+        sm.apply(2, &req(2, Command::AddTokenKey { key: key(2), only_if_none: false }));
+        sm.apply(3, &req(3, Command::RetireTokenKeys));
+        assert_eq!(sm.token_keys.keys().copied().collect::<Vec<_>>(), vec![2]);
+        sm.apply(4, &req(4, Command::RetireTokenKeys));
+        assert_eq!(sm.token_keys.keys().copied().collect::<Vec<_>>(), vec![2], "the last key stays");
     }
 
     #[test]

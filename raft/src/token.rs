@@ -1,5 +1,6 @@
-//! Signed access tokens for shared objects: what a web application hands its clients so
-//! they may read or write some objects through an edge, without any cluster secret.
+//! Signed access tokens: what a web application hands its clients so they may read or
+//! write some shared objects ([`Claims`], prefix `rc1`), or play or publish some streams
+//! ([`StreamClaims`], prefix `rs1`), through any edge, without any cluster secret.
 //!
 //! A token is `rc1.<claims>.<mac>`: `claims` is base64url (no padding) of a compact JSON
 //! object, `mac` base64url of HMAC-SHA256 over `rc1.<claims>` with the signing key the
@@ -11,8 +12,14 @@
 //! Tokens are hostile input: a length bound, strict base64 (canonical, no padding),
 //! claims that reject unknown fields (a verifier never ignores a restriction it does not
 //! understand: a newer claim makes an older verifier refuse), and a constant-time MAC
-//! comparison. The format is versioned by its prefix; play/publish scopes can be added
-//! as new claim fields under a new prefix.
+//! comparison. The format is versioned by its prefix, and the prefix is signed: a token
+//! of one kind never verifies as the other.
+//!
+//! HLS segment requests carry a [`segment_token`] instead of the viewer's token: one
+//! value per stream and [`SEGMENT_WINDOW_SECS`] window, derived from the newest key, so
+//! every edge writes the same segment URLs into its playlists and every viewer of a
+//! stream fetches the same URLs (cacheable by a CDN) while a URL stops working within
+//! two windows.
 //!
 //! Pure: no clock (callers pass `now`), no I/O, no logging of keys.
 
@@ -216,32 +223,48 @@ pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Signs `claims` with `key` (whose id must be `claims.key_id`).
-pub fn sign(claims: &Claims, key: &TokenKey) -> String {
+/// `<prefix>.<claims>.<mac>` for `claims` signed with `key`.
+fn sign_as(prefix: &str, claims: &impl Serialize, key: &TokenKey) -> String {
     let json = serde_json::to_vec(claims).expect("claims always serialize");
-    let signed = format!("{TOKEN_PREFIX}.{}", b64url_encode(&json));
+    let signed = format!("{prefix}.{}", b64url_encode(&json));
     let mac = hmac_sha256(&key.0, signed.as_bytes());
     format!("{signed}.{}", b64url_encode(&mac))
 }
 
-/// Verifies `token` with `keys` at `now` (Unix seconds); its claims when it holds.
-pub fn verify(token: &str, keys: &TokenKeys, now: u64) -> Result<Claims, TokenError> {
+/// The claims of a `prefix` token whose signature verifies with the key they name
+/// (`key_id`). Checks nothing else.
+fn open_as<C: serde::de::DeserializeOwned>(
+    prefix: &str,
+    token: &str,
+    keys: &TokenKeys,
+    key_id: impl Fn(&C) -> u32,
+) -> Result<C, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed("too long"));
     }
-    let rest = token
-        .strip_prefix(TOKEN_PREFIX)
-        .and_then(|r| r.strip_prefix('.'))
-        .ok_or(TokenError::Malformed("unknown format"))?;
+    let rest =
+        token.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')).ok_or(TokenError::Malformed("unknown format"))?;
     let (claims_b64, mac_b64) = rest.split_once('.').ok_or(TokenError::Malformed("no signature"))?;
     let json = b64url_decode(claims_b64).ok_or(TokenError::Malformed("claims are not base64url"))?;
     let mac = b64url_decode(mac_b64).ok_or(TokenError::Malformed("signature is not base64url"))?;
-    let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("claims do not parse"))?;
-    let key = keys.get(&claims.key_id).ok_or(TokenError::UnknownKey(claims.key_id))?;
-    let signed = &token[..TOKEN_PREFIX.len() + 1 + claims_b64.len()];
+    let claims: C = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("claims do not parse"))?;
+    let id = key_id(&claims);
+    let key = keys.get(&id).ok_or(TokenError::UnknownKey(id))?;
+    let signed = &token[..prefix.len() + 1 + claims_b64.len()];
     if !constant_time_eq(&hmac_sha256(&key.0, signed.as_bytes()), &mac) {
         return Err(TokenError::BadSignature);
     }
+    Ok(claims)
+}
+
+/// Signs `claims` with `key` (whose id must be `claims.key_id`).
+pub fn sign(claims: &Claims, key: &TokenKey) -> String {
+    sign_as(TOKEN_PREFIX, claims, key)
+}
+
+/// Verifies `token` with `keys` at `now` (Unix seconds); its claims when it holds.
+pub fn verify(token: &str, keys: &TokenKeys, now: u64) -> Result<Claims, TokenError> {
+    let claims: Claims = open_as(TOKEN_PREFIX, token, keys, |c: &Claims| c.key_id)?;
     if claims.object.is_some() == claims.object_prefix.is_some() {
         return Err(TokenError::Malformed("exactly one of object and object prefix"));
     }
@@ -249,6 +272,126 @@ pub fn verify(token: &str, keys: &TokenKeys, now: u64) -> Result<Claims, TokenEr
         return Err(TokenError::Expired);
     }
     Ok(claims)
+}
+
+/// Prefix naming the stream token format.
+pub const STREAM_TOKEN_PREFIX: &str = "rs1";
+
+/// What a stream token allows. Separate rights: a publish token does not play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StreamRight {
+    #[serde(rename = "play")]
+    Play,
+    #[serde(rename = "publish")]
+    Publish,
+}
+
+impl fmt::Display for StreamRight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StreamRight::Play => "play",
+            StreamRight::Publish => "publish",
+        })
+    }
+}
+
+/// The claims of a stream token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamClaims {
+    /// Id of the signing key.
+    #[serde(rename = "k")]
+    pub key_id: u32,
+    #[serde(rename = "a")]
+    pub app: String,
+    /// Exactly this stream of the app…
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// …or every stream of the app whose name starts with this (empty: all of them;
+    /// exactly one of the two is set).
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub name_prefix: Option<String>,
+    #[serde(rename = "r")]
+    pub right: StreamRight,
+    /// Expiry, Unix seconds.
+    #[serde(rename = "e")]
+    pub expires_at: u64,
+}
+
+impl StreamClaims {
+    /// Whether these claims allow `right` on stream `app`/`name`.
+    pub fn allows(&self, app: &str, name: &str, right: StreamRight) -> bool {
+        let in_scope = match (&self.name, &self.name_prefix) {
+            (Some(n), None) => n == name,
+            (None, Some(p)) => name.starts_with(p.as_str()),
+            _ => false,
+        };
+        self.app == app && in_scope && self.right == right
+    }
+}
+
+/// Signs stream `claims` with `key` (whose id must be `claims.key_id`).
+pub fn sign_stream(claims: &StreamClaims, key: &TokenKey) -> String {
+    sign_as(STREAM_TOKEN_PREFIX, claims, key)
+}
+
+/// Verifies stream `token` with `keys` at `now` (Unix seconds); its claims when it holds.
+pub fn verify_stream(token: &str, keys: &TokenKeys, now: u64) -> Result<StreamClaims, TokenError> {
+    let claims: StreamClaims = open_as(STREAM_TOKEN_PREFIX, token, keys, |c: &StreamClaims| c.key_id)?;
+    if claims.name.is_some() == claims.name_prefix.is_some() {
+        return Err(TokenError::Malformed("exactly one of name and name prefix"));
+    }
+    if now >= claims.expires_at {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// Length of one segment-token window, in seconds. A segment URL from a playlist works
+/// until the end of the window after the one it was written in: at least this long.
+pub const SEGMENT_WINDOW_SECS: u64 = 600;
+/// Bytes of a segment token's MAC (truncated HMAC-SHA256: 128 bits).
+const SEGMENT_MAC_BYTES: usize = 16;
+
+fn segment_mac(key: &TokenKey, app: &str, name: &str, window: u64) -> [u8; SEGMENT_MAC_BYTES] {
+    let mac = hmac_sha256(&key.0, format!("rseg1\n{app}\n{name}\n{window}").as_bytes());
+    mac[..SEGMENT_MAC_BYTES].try_into().expect("a prefix of the MAC")
+}
+
+/// The segment token of stream `app`/`name` at `now`: `<key id>.<window>.<mac>`, signed
+/// with the newest key (`None` when there is none). The same on every edge and for
+/// every viewer during one window.
+pub fn segment_token(keys: &TokenKeys, app: &str, name: &str, now: u64) -> Option<String> {
+    let (id, key) = keys.last_key_value()?;
+    let window = now / SEGMENT_WINDOW_SECS;
+    Some(format!("{id}.{window}.{}", b64url_encode(&segment_mac(key, app, name, window))))
+}
+
+/// Checks a segment token of stream `app`/`name` at `now`: made with a known key for
+/// this stream, in the current window or the one before.
+pub fn verify_segment_token(token: &str, keys: &TokenKeys, app: &str, name: &str, now: u64) -> Result<(), TokenError> {
+    if token.len() > 64 {
+        return Err(TokenError::Malformed("too long"));
+    }
+    let mut parts = token.split('.');
+    let (Some(id), Some(window), Some(mac), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(TokenError::Malformed("not a segment token"));
+    };
+    let id: u32 = id.parse().map_err(|_| TokenError::Malformed("not a segment token"))?;
+    let window: u64 = window.parse().map_err(|_| TokenError::Malformed("not a segment token"))?;
+    let mac = b64url_decode(mac).ok_or(TokenError::Malformed("signature is not base64url"))?;
+    let key = keys.get(&id).ok_or(TokenError::UnknownKey(id))?;
+    if !constant_time_eq(&segment_mac(key, app, name, window), &mac) {
+        return Err(TokenError::BadSignature);
+    }
+    let current = now / SEGMENT_WINDOW_SECS;
+    if window > current {
+        return Err(TokenError::Malformed("a segment token from the future"));
+    }
+    if current - window > 1 {
+        return Err(TokenError::Expired);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -339,6 +482,76 @@ mod tests {
         let signed = format!("rc1.{}", b64url_encode(json));
         let token = format!("{signed}.{}", b64url_encode(&hmac_sha256(&[7; KEY_BYTES], signed.as_bytes())));
         assert!(matches!(verify(&token, &keys(), 0), Err(TokenError::Malformed(_))));
+    }
+
+    fn stream(name: Option<&str>, prefix: Option<&str>, right: StreamRight, expires_at: u64) -> StreamClaims {
+        StreamClaims {
+            key_id: 1,
+            app: "live".into(),
+            name: name.map(Into::into),
+            name_prefix: prefix.map(Into::into),
+            right,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn stream_tokens_allow_their_app_stream_and_right_only() {
+        let token = sign_stream(&stream(Some("cam"), None, StreamRight::Play, 100), &keys()[&1]);
+        assert!(token.starts_with("rs1."));
+        let got = verify_stream(&token, &keys(), 99).unwrap();
+        assert!(got.allows("live", "cam", StreamRight::Play));
+        assert!(!got.allows("live", "cam", StreamRight::Publish), "play does not publish");
+        assert!(!got.allows("live", "cam2", StreamRight::Play));
+        assert!(!got.allows("other", "cam", StreamRight::Play));
+        let publish =
+            verify_stream(&sign_stream(&stream(Some("cam"), None, StreamRight::Publish, 100), &keys()[&1]), &keys(), 0)
+                .unwrap();
+        assert!(!publish.allows("live", "cam", StreamRight::Play), "publish does not play");
+        let all = verify_stream(&sign_stream(&stream(None, Some(""), StreamRight::Play, 100), &keys()[&1]), &keys(), 0)
+            .unwrap();
+        assert!(all.allows("live", "anything", StreamRight::Play));
+        let some =
+            verify_stream(&sign_stream(&stream(None, Some("team-"), StreamRight::Play, 100), &keys()[&1]), &keys(), 0)
+                .unwrap();
+        assert!(some.allows("live", "team-a", StreamRight::Play) && !some.allows("live", "x", StreamRight::Play));
+        assert_eq!(verify_stream(&token, &keys(), 100), Err(TokenError::Expired));
+        let other: TokenKeys = [(1, TokenKey([8; KEY_BYTES]))].into();
+        assert_eq!(verify_stream(&token, &other, 0), Err(TokenError::BadSignature));
+        let both = sign_stream(&stream(Some("a"), Some("b"), StreamRight::Play, 100), &keys()[&1]);
+        assert!(matches!(verify_stream(&both, &keys(), 0), Err(TokenError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_two_kinds_of_token_never_pass_for_each_other() {
+        let object = sign(&claims("chat", Rights::Write, 100), &keys()[&1]);
+        assert!(matches!(verify_stream(&object, &keys(), 0), Err(TokenError::Malformed(_))));
+        let stream = sign_stream(&stream(Some("cam"), None, StreamRight::Play, 100), &keys()[&1]);
+        assert!(matches!(verify(&stream, &keys(), 0), Err(TokenError::Malformed(_))));
+        // The same claims bytes under the other prefix: the signature covers the prefix.
+        let swapped = stream.replacen("rs1.", "rc1.", 1);
+        assert!(verify(&swapped, &keys(), 0).is_err());
+    }
+
+    #[test]
+    fn segment_tokens_are_per_stream_and_window_and_last_two_windows() {
+        let w = SEGMENT_WINDOW_SECS;
+        let t = segment_token(&keys(), "live", "cam", 10 * w + 5).unwrap();
+        assert_eq!(
+            segment_token(&keys(), "live", "cam", 10 * w + w - 1).as_deref(),
+            Some(t.as_str()),
+            "one per window"
+        );
+        assert!(verify_segment_token(&t, &keys(), "live", "cam", 10 * w).is_ok());
+        assert!(verify_segment_token(&t, &keys(), "live", "cam", 11 * w + w - 1).is_ok(), "the next window too");
+        assert_eq!(verify_segment_token(&t, &keys(), "live", "cam", 12 * w), Err(TokenError::Expired));
+        assert_eq!(verify_segment_token(&t, &keys(), "live", "cam2", 10 * w), Err(TokenError::BadSignature));
+        assert!(verify_segment_token(&t, &keys(), "live", "cam", 9 * w).is_err(), "from the future");
+        assert_eq!(verify_segment_token("2.10.AAAA", &keys(), "live", "cam", 10 * w), Err(TokenError::UnknownKey(2)));
+        for bad in ["", "1", "1.2", "1.2.3.4", "x.1.AA", &"1".repeat(100)] {
+            assert!(verify_segment_token(bad, &keys(), "live", "cam", 10 * w).is_err(), "{bad:?}");
+        }
+        assert_eq!(segment_token(&TokenKeys::new(), "live", "cam", 0), None);
     }
 
     #[test]

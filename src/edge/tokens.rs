@@ -1,9 +1,12 @@
-//! Token verification on the edge: checks a client's shared-object token locally with
-//! the cluster's signing keys, fetched from any origin over the cluster-secret channel
-//! and cached. A token naming a key this edge does not know triggers one refetch (at
+//! Token verification on the edge: checks a client's shared-object token, or its play or
+//! publish token, locally with the cluster's signing keys and the apps' token rules,
+//! fetched from any origin over the cluster-secret channel and cached. A token naming a key this edge does not know triggers one refetch (at
 //! most one per [`REFETCH_EVERY`], however many clients present such tokens), and keys
 //! older than [`KEYS_MAX_AGE`] are refetched before use, so a key a rotation dropped
-//! stops verifying here within that time.
+//! stops verifying here within that time, and a changed app rule applies here within
+//! that time too. An edge that never fetched the rules refuses plays and publishes
+//! (503) rather than guess; one whose last fetch is old keeps using it while no origin
+//! answers.
 //!
 //! Knows nothing of HTTP routes or RTMP: callers pass the token string they found.
 
@@ -11,7 +14,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use raftcast_raft::token::{self, Claims, Rights, TokenError, TokenKey, TokenKeys};
+use std::collections::BTreeMap;
+
+use raftcast_raft::state::AppTokens;
+use raftcast_raft::token::{self, Claims, Rights, StreamRight, TokenError, TokenKey, TokenKeys};
 
 use crate::peer::PeerClient;
 
@@ -39,10 +45,40 @@ pub enum AuthError {
     Forbidden { object: String, rights: &'static str },
 }
 
-/// The keys as last fetched.
+/// Why a play or publish (or an HLS request) is not authorized.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StreamAuthError {
+    /// The app requires a token and none was given (HTTP 401).
+    #[error("this stream requires a {0} token")]
+    Missing(StreamRight),
+    /// The token does not verify or expired (HTTP 401).
+    #[error("{0}")]
+    Invalid(TokenError),
+    /// The token is valid but for another stream or right (HTTP 403).
+    #[error("the token does not allow {right} on {app}/{name}")]
+    Forbidden { app: String, name: String, right: StreamRight },
+    /// The app rules are not known yet and no origin answers (HTTP 503).
+    #[error("authorization is unavailable; retry")]
+    Unavailable,
+}
+
+impl StreamAuthError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            StreamAuthError::Missing(_) | StreamAuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
+            StreamAuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            StreamAuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// The keys and app rules as last fetched.
 #[derive(Default)]
 struct KeyCache {
     keys: TokenKeys,
+    apps: BTreeMap<String, AppTokens>,
     /// When they were fetched (`None`: never).
     fetched: Option<Instant>,
     /// Fetch attempts so far, successful or not: callers that waited for a fetch see
@@ -81,10 +117,7 @@ impl Verifier {
         if token.len() > token::MAX_TOKEN_LEN {
             return Err(AuthError::Invalid(TokenError::Malformed("too long")));
         }
-        let (fetched, attempts) = self.cache(|c| (c.fetched, c.attempts));
-        if fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE) {
-            self.refetch(attempts).await;
-        }
+        self.fresh().await;
         let claims = match self.verify(token) {
             Err(TokenError::UnknownKey(_)) => {
                 self.refetch(self.cache(|c| c.attempts)).await;
@@ -98,6 +131,96 @@ impl Verifier {
             return Err(AuthError::Forbidden { object: object.to_owned(), rights });
         }
         Ok(claims)
+    }
+
+    /// Checks that `token` allows `right` on stream `app`/`name` when the app requires
+    /// such a token; returns at once (after a refetch of stale rules) when it does not.
+    pub async fn authorize_stream(
+        &self,
+        token: Option<&str>,
+        app: &str,
+        name: &str,
+        right: StreamRight,
+    ) -> Result<(), StreamAuthError> {
+        if !self.requires(app, right).await? {
+            return Ok(());
+        }
+        self.check_stream_token(token, app, name, right).await
+    }
+
+    /// Whether stream tokens for `right` are required in `app`, by the current rules.
+    async fn requires(&self, app: &str, right: StreamRight) -> Result<bool, StreamAuthError> {
+        self.fresh().await;
+        let (fetched, rule) = self.cache(|c| (c.fetched, c.apps.get(app).copied().unwrap_or_default()));
+        if fetched.is_none() {
+            return Err(StreamAuthError::Unavailable);
+        }
+        Ok(match right {
+            StreamRight::Play => rule.play,
+            StreamRight::Publish => rule.publish,
+        })
+    }
+
+    async fn check_stream_token(
+        &self,
+        token: Option<&str>,
+        app: &str,
+        name: &str,
+        right: StreamRight,
+    ) -> Result<(), StreamAuthError> {
+        let token = token.ok_or(StreamAuthError::Missing(right))?;
+        let claims = match self.cache(|c| token::verify_stream(token, &c.keys, now_secs())) {
+            Err(TokenError::UnknownKey(_)) => {
+                self.refetch(self.cache(|c| c.attempts)).await;
+                self.cache(|c| token::verify_stream(token, &c.keys, now_secs()))
+            }
+            other => other,
+        }
+        .map_err(StreamAuthError::Invalid)?;
+        if !claims.allows(app, name, right) {
+            return Err(StreamAuthError::Forbidden { app: app.to_owned(), name: name.to_owned(), right });
+        }
+        Ok(())
+    }
+
+    /// The segment token to write into the HLS playlists of `app`/`name`, when its app
+    /// requires play tokens (see [`token::segment_token`]).
+    pub async fn segment_token(&self, app: &str, name: &str) -> Option<String> {
+        if !self.requires(app, StreamRight::Play).await.unwrap_or(false) {
+            return None;
+        }
+        self.cache(|c| token::segment_token(&c.keys, app, name, now_secs()))
+    }
+
+    /// Checks an HLS media request (init, segment, part) of `app`/`name`: when its app
+    /// requires play tokens, it carries a valid segment token (`st`) or a play token.
+    pub async fn authorize_segment(
+        &self,
+        segment_token: Option<&str>,
+        play_token: Option<&str>,
+        app: &str,
+        name: &str,
+    ) -> Result<(), StreamAuthError> {
+        if !self.requires(app, StreamRight::Play).await? {
+            return Ok(());
+        }
+        if let Some(st) = segment_token {
+            let checked = self.cache(|c| token::verify_segment_token(st, &c.keys, app, name, now_secs()));
+            return match (checked, play_token) {
+                (Ok(()), _) => Ok(()),
+                (Err(_), Some(t)) => self.check_stream_token(Some(t), app, name, StreamRight::Play).await,
+                (Err(e), None) => Err(StreamAuthError::Invalid(e)),
+            };
+        }
+        self.check_stream_token(play_token, app, name, StreamRight::Play).await
+    }
+
+    /// Refetches keys and rules older than [`KEYS_MAX_AGE`].
+    async fn fresh(&self) {
+        let (fetched, attempts) = self.cache(|c| (c.fetched, c.attempts));
+        if fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE) {
+            self.refetch(attempts).await;
+        }
     }
 
     fn cache<T>(&self, f: impl FnOnce(&mut KeyCache) -> T) -> T {
@@ -122,7 +245,7 @@ impl Verifier {
             tokio::time::sleep_until((t + REFETCH_EVERY).into()).await;
         }
         *last = Some(Instant::now());
-        let mut fetched = None;
+        let mut fetched: Option<(TokenKeys, BTreeMap<String, AppTokens>)> = None;
         for origin in self.inner.origins.iter() {
             match self.fetch_from(*origin).await {
                 Ok(keys) => {
@@ -134,14 +257,15 @@ impl Verifier {
         }
         self.cache(|c| {
             c.attempts += 1;
-            if let Some(keys) = fetched {
+            if let Some((keys, apps)) = fetched {
                 c.keys = keys;
+                c.apps = apps;
                 c.fetched = Some(Instant::now());
             }
         });
     }
 
-    async fn fetch_from(&self, origin: SocketAddr) -> Result<TokenKeys, String> {
+    async fn fetch_from(&self, origin: SocketAddr) -> Result<(TokenKeys, BTreeMap<String, AppTokens>), String> {
         let url = format!("http://{origin}{}", crate::origin::shared_objects::TOKEN_KEYS_ROUTE);
         let res = self.inner.peers.get(url).timeout(FETCH_TIMEOUT).send().await.map_err(|e| e.to_string())?;
         if !res.status().is_success() {
@@ -156,11 +280,12 @@ impl Verifier {
         }
         let answer: crate::origin::shared_objects::TokenKeysAnswer =
             serde_json::from_slice(&body).map_err(|e| format!("answer does not parse: {e}"))?;
-        answer
+        let keys = answer
             .keys
             .into_iter()
             .map(|(id, hex)| TokenKey::from_hex(&hex).map(|k| (id, k)).ok_or_else(|| format!("key {id} is not hex")))
-            .collect()
+            .collect::<Result<TokenKeys, String>>()?;
+        Ok((keys, answer.apps))
     }
 }
 

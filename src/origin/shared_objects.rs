@@ -293,10 +293,13 @@ pub fn check_broadcast(data: &serde_json::Value) -> Result<(), String> {
 /// Route where edges fetch the token signing keys (cluster secret required).
 pub const TOKEN_KEYS_ROUTE: &str = "/internal/token-keys";
 
-/// The signing keys as [`TOKEN_KEYS_ROUTE`] answers them: `{"keys": {"<id>": "<hex>"}}`.
+/// The signing keys as [`TOKEN_KEYS_ROUTE`] answers them, with the apps' stream token
+/// rules: `{"keys": {"<id>": "<hex>"}, "apps": {"<app>": {"play": b, "publish": b}}}`.
 #[derive(Debug, Default, serde::Serialize, Deserialize)]
 pub struct TokenKeysAnswer {
     pub keys: std::collections::BTreeMap<u32, String>,
+    #[serde(default)]
+    pub apps: std::collections::BTreeMap<String, raftcast_raft::state::AppTokens>,
 }
 
 /// [`TOKEN_KEYS_ROUTE`]: the replicated token signing keys, for edges, which verify
@@ -305,8 +308,11 @@ pub async fn token_keys_route(State((hub, _)): State<(ObjectHub, CancellationTok
     if let Some(refused) = refuse_without_secret(&hub, &headers) {
         return refused;
     }
-    let keys = hub.inner.state.read(|sm| sm.token_keys.iter().map(|(id, k)| (*id, k.to_hex())).collect());
-    Json(TokenKeysAnswer { keys }).into_response()
+    let answer = hub.inner.state.read(|sm| TokenKeysAnswer {
+        keys: sm.token_keys.iter().map(|(id, k)| (*id, k.to_hex())).collect(),
+        apps: sm.app_tokens.clone(),
+    });
+    Json(answer).into_response()
 }
 
 #[derive(Debug, Deserialize)]

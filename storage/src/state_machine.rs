@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError};
 use raftcast_raft::rpc::{decode, encode, DecodeError};
-use raftcast_raft::state::{Event, StateMachineV1, StateMachineV2};
+use raftcast_raft::state::{Event, StateMachineV1, StateMachineV2, StateMachineV3};
 use raftcast_raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use raftcast_raft::{NodeId, Responses, StateMachine, TypeConfig};
 use serde::{Deserialize, Serialize};
@@ -57,8 +57,16 @@ struct ImageV2 {
     sm: StateMachineV2,
 }
 
+/// [`Image`] as snapshots held it before app token rules.
+#[derive(Deserialize)]
+struct ImageV3 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    sm: StateMachineV3,
+}
+
 /// Decodes snapshot data in the current layout or, failing that, the layouts before
-/// token keys and before pin rules (snapshots taken by an older build, on disk or sent
+/// app token rules, before token keys and before pin rules (snapshots taken by an older build, on disk or sent
 /// by an older leader). No two decode the same bytes: each newer layout is the older
 /// one plus trailing fields.
 fn decode_image(data: &[u8]) -> Result<Image, DecodeError> {
@@ -66,6 +74,9 @@ fn decode_image(data: &[u8]) -> Result<Image, DecodeError> {
         Ok(image) => return Ok(image),
         Err(e) => e,
     };
+    if let Ok(old) = decode::<ImageV3>(data) {
+        return Ok(Image { last_applied: old.last_applied, membership: old.membership, sm: old.sm.into() });
+    }
     if let Ok(old) = decode::<ImageV2>(data) {
         return Ok(Image { last_applied: old.last_applied, membership: old.membership, sm: old.sm.into() });
     }
@@ -365,8 +376,12 @@ mod tests {
             (snap.snapshot.into_inner(), snap.meta)
         };
         // The old layout is the current one without the trailing empty maps (pins,
-        // token keys, client objects, subjects: one zero byte each, their lengths).
+        // token keys, client objects, subjects, app token rules: one zero byte each,
+        // their lengths).
         let mut old = current.clone();
+        assert_eq!(old.pop(), Some(0));
+        assert!(decode::<Image>(&old).is_err());
+        assert!(decode_image(&old).is_ok(), "the layout before app token rules");
         for _ in 0..3 {
             assert_eq!(old.pop(), Some(0));
         }
