@@ -81,6 +81,19 @@ enum CtlCommand {
         /// Require a publish key (`?key=`) to publish to the app.
         #[arg(long, value_name = "on|off", requires = "app")]
         publish_key: Option<OnOff>,
+        /// Set the app's webhooks (replacing all of them): EVENT=URL, EVENT one of
+        /// on_connect, on_publish, on_publish_done, on_play, on_play_done; repeat it.
+        #[arg(long = "hook", value_name = "EVENT=URL", requires = "app")]
+        hooks: Vec<String>,
+        /// With --hook: how long one call may take (default 2000).
+        #[arg(long, requires = "hooks")]
+        hook_timeout_ms: Option<u32>,
+        /// With --hook: admit clients when a hook cannot be reached (default: refuse).
+        #[arg(long, requires = "hooks")]
+        hook_fail_open: bool,
+        /// Remove the app's webhooks.
+        #[arg(long, requires = "app", conflicts_with = "hooks")]
+        no_hooks: bool,
         #[arg(long)]
         stale: bool,
     },
@@ -469,7 +482,25 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             let out = client.call(Method::POST, "/tokens/retire", None, &[]).await?;
             print(json_mode, &out, |v| println!("keys kept: {}", v["key_ids"]));
         }
-        CtlCommand::Apps { app, play_token, publish_token, publish_key, stale } => {
+        CtlCommand::Apps { app: Some(app), hooks, hook_timeout_ms, hook_fail_open, .. } if !hooks.is_empty() => {
+            let mut body = json!({ "fail_open": hook_fail_open });
+            if let Some(t) = hook_timeout_ms {
+                body["timeout_ms"] = t.into();
+            }
+            for hook in hooks {
+                let Some((event, url)) = hook.split_once('=') else {
+                    return Err(CtlError::Usage(format!("--hook {hook:?}: expected EVENT=URL")));
+                };
+                body[event] = url.into();
+            }
+            let out = client.call(Method::PUT, &format!("/apps/{app}/hooks"), Some(&body), &[]).await?;
+            print(json_mode, &out, |v| print_app(&app, v));
+        }
+        CtlCommand::Apps { app: Some(app), no_hooks: true, .. } => {
+            let out = client.call(Method::DELETE, &format!("/apps/{app}/hooks"), None, &[]).await?;
+            print(json_mode, &out, |_| println!("{app}: no webhooks"));
+        }
+        CtlCommand::Apps { app, play_token, publish_token, publish_key, stale, .. } => {
             let on = |v: Option<OnOff>| v.map(|v| Value::from(v == OnOff::On));
             let changes = [
                 ("play_token_required", on(play_token)),
@@ -514,6 +545,16 @@ fn print_app(app: &str, rules: &Value) {
         on("publish_token_required"),
         on("publish_key_required")
     );
+    if let Some(hooks) = rules["hooks"].as_object() {
+        for (event, url) in hooks.iter().filter(|(k, v)| k.starts_with("on_") && !v.is_null()) {
+            println!("  {event} -> {}", url.as_str().unwrap_or("?"));
+        }
+        println!(
+            "  hook timeout {} ms, {} when a hook does not answer",
+            hooks.get("timeout_ms").unwrap_or(&Value::Null),
+            if hooks.get("fail_open").and_then(Value::as_bool) == Some(true) { "admit" } else { "refuse" }
+        );
+    }
 }
 
 /// The streams table. Live columns show `?` when the owner did not answer.

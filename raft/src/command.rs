@@ -344,6 +344,8 @@ pub enum Command {
     ClientWrite { subject: String, quota: crate::token::Quota, command: Box<Command> },
     /// Which stream tokens `app` requires (neither: remove the rule). Answers `Stored`.
     SetAppTokens { app: String, tokens: crate::state::AppTokens },
+    /// Set (or with `None` remove) `app`'s webhooks. Answers `Stored`.
+    SetAppHooks { app: String, hooks: Option<crate::state::AppHooks> },
     /// Drop every token signing key but the newest: tokens signed with older keys stop
     /// verifying. Answers `Stored`.
     RetireTokenKeys,

@@ -123,6 +123,24 @@ pub struct StateMachine {
     pub subjects: BTreeMap<String, SubjectUsage>,
     /// Apps that require stream tokens, and for what. Added after token keys.
     pub app_tokens: BTreeMap<String, AppTokens>,
+    /// Apps' webhooks. Added with app token rules.
+    pub app_hooks: BTreeMap<String, AppHooks>,
+}
+
+/// An app's webhooks: URLs the edges call when a client connects, publishes or plays
+/// (their answer admits or refuses it) and when it stops (notices, retried).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppHooks {
+    pub on_connect: Option<String>,
+    pub on_publish: Option<String>,
+    pub on_publish_done: Option<String>,
+    pub on_play: Option<String>,
+    pub on_play_done: Option<String>,
+    /// How long one call may take.
+    pub timeout_ms: u32,
+    /// Whether a client is admitted when its hook cannot be reached or answers late
+    /// (otherwise it is refused).
+    pub fail_open: bool,
 }
 
 /// Which signed stream tokens an app requires (see [`crate::token::StreamClaims`]).
@@ -132,7 +150,7 @@ pub struct AppTokens {
     pub publish: bool,
 }
 
-/// The layout of [`StateMachine`] in snapshots written before app token rules.
+/// The layout of [`StateMachine`] in snapshots written before app token rules and hooks.
 /// Decoding only; converts into the current state with no rules.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct StateMachineV3 {
@@ -162,6 +180,7 @@ impl From<StateMachineV3> for StateMachine {
             client_objects: v3.client_objects,
             subjects: v3.subjects,
             app_tokens: BTreeMap::new(),
+            app_hooks: BTreeMap::new(),
         }
     }
 }
@@ -433,6 +452,13 @@ impl StateMachine {
                 } else {
                     self.app_tokens.insert(app.clone(), *tokens);
                 }
+                Response::Stored
+            }
+            Command::SetAppHooks { app, hooks } => {
+                match hooks {
+                    Some(hooks) => self.app_hooks.insert(app.clone(), hooks.clone()),
+                    None => self.app_hooks.remove(app),
+                };
                 Response::Stored
             }
             Command::RetireTokenKeys => {
@@ -915,7 +941,7 @@ mod tests {
         // The old layout is the new one without the trailing (empty) maps — pins, token
         // keys, client objects, subjects — each encoded as its length: one zero byte.
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..5 {
+        for _ in 0..6 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV1 = crate::rpc::decode(&bytes).unwrap();
@@ -953,7 +979,7 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, pin("live", "vip-*", 3)));
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..4 {
+        for _ in 0..5 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV2 = crate::rpc::decode(&bytes).unwrap();
@@ -968,11 +994,13 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_from_before_app_token_rules_decodes_without_them() {
+    fn a_snapshot_from_before_app_rules_decodes_without_them() {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, Command::AddTokenKey { key: crate::token::TokenKey([1; 32]), only_if_none: false }));
         let mut bytes = crate::rpc::encode(&sm);
-        assert_eq!(bytes.pop(), Some(0));
+        for _ in 0..2 {
+            assert_eq!(bytes.pop(), Some(0));
+        }
         let old: StateMachineV3 = crate::rpc::decode(&bytes).unwrap();
         assert_eq!(StateMachine::from(old), sm);
         assert!(crate::rpc::decode::<StateMachine>(&bytes).is_err());
@@ -982,6 +1010,13 @@ mod tests {
         assert_eq!(back.app_tokens["live"], tokens);
         sm.apply(3, &req(3, Command::SetAppTokens { app: "live".into(), tokens: AppTokens::default() }));
         assert!(sm.app_tokens.is_empty(), "a rule requiring nothing is removed");
+        let hooks =
+            AppHooks { on_publish: Some("http://127.0.0.1:9/p".into()), timeout_ms: 500, ..AppHooks::default() };
+        sm.apply(4, &req(4, Command::SetAppHooks { app: "live".into(), hooks: Some(hooks.clone()) }));
+        let back: StateMachine = crate::rpc::decode(&crate::rpc::encode(&sm)).unwrap();
+        assert_eq!(back.app_hooks["live"], hooks);
+        sm.apply(5, &req(5, Command::SetAppHooks { app: "live".into(), hooks: None }));
+        assert!(sm.app_hooks.is_empty());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod claims;
 pub mod config;
 pub mod control;
 pub mod hls;
+pub mod hooks;
 pub mod http;
 pub mod http_objects;
 pub mod metrics;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeMap;
 
-use raftcast_raft::state::AppTokens;
+use raftcast_raft::state::{AppHooks, AppTokens};
 use raftcast_raft::token::{self, Claims, Rights, StreamRight, TokenError, TokenKey, TokenKeys};
 
 use crate::peer::PeerClient;
@@ -29,7 +29,7 @@ pub const KEYS_MAX_AGE: Duration = Duration::from_secs(5);
 /// One key fetch at one origin may take this long.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest key answer accepted from an origin.
-const MAX_KEYS_ANSWER: usize = 64 * 1024;
+const MAX_KEYS_ANSWER: usize = 1024 * 1024;
 
 /// Why a request is not authorized.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -44,6 +44,9 @@ pub enum AuthError {
     #[error("the token does not allow {rights} on object {object:?}")]
     Forbidden { object: String, rights: &'static str },
 }
+
+/// What one fetch brings: keys, token rules and hooks.
+type Rules = (TokenKeys, BTreeMap<String, AppTokens>, BTreeMap<String, AppHooks>);
 
 /// Why a play or publish (or an HLS request) is not authorized.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -79,6 +82,7 @@ impl StreamAuthError {
 struct KeyCache {
     keys: TokenKeys,
     apps: BTreeMap<String, AppTokens>,
+    hooks: BTreeMap<String, AppHooks>,
     /// When they were fetched (`None`: never).
     fetched: Option<Instant>,
     /// Fetch attempts so far, successful or not: callers that waited for a fetch see
@@ -215,6 +219,16 @@ impl Verifier {
         self.check_stream_token(play_token, app, name, StreamRight::Play).await
     }
 
+    /// `app`'s webhooks, by the current rules (`Err`: the rules are not known yet).
+    pub async fn hooks(&self, app: &str) -> Result<Option<AppHooks>, StreamAuthError> {
+        self.fresh().await;
+        let (fetched, hooks) = self.cache(|c| (c.fetched, c.hooks.get(app).cloned()));
+        if fetched.is_none() {
+            return Err(StreamAuthError::Unavailable);
+        }
+        Ok(hooks)
+    }
+
     /// Refetches keys and rules older than [`KEYS_MAX_AGE`].
     async fn fresh(&self) {
         let (fetched, attempts) = self.cache(|c| (c.fetched, c.attempts));
@@ -245,7 +259,7 @@ impl Verifier {
             tokio::time::sleep_until((t + REFETCH_EVERY).into()).await;
         }
         *last = Some(Instant::now());
-        let mut fetched: Option<(TokenKeys, BTreeMap<String, AppTokens>)> = None;
+        let mut fetched: Option<Rules> = None;
         for origin in self.inner.origins.iter() {
             match self.fetch_from(*origin).await {
                 Ok(keys) => {
@@ -257,15 +271,16 @@ impl Verifier {
         }
         self.cache(|c| {
             c.attempts += 1;
-            if let Some((keys, apps)) = fetched {
+            if let Some((keys, apps, hooks)) = fetched {
                 c.keys = keys;
                 c.apps = apps;
+                c.hooks = hooks;
                 c.fetched = Some(Instant::now());
             }
         });
     }
 
-    async fn fetch_from(&self, origin: SocketAddr) -> Result<(TokenKeys, BTreeMap<String, AppTokens>), String> {
+    async fn fetch_from(&self, origin: SocketAddr) -> Result<Rules, String> {
         let url = format!("http://{origin}{}", crate::origin::shared_objects::TOKEN_KEYS_ROUTE);
         let res = self.inner.peers.get(url).timeout(FETCH_TIMEOUT).send().await.map_err(|e| e.to_string())?;
         if !res.status().is_success() {
@@ -285,7 +300,7 @@ impl Verifier {
             .into_iter()
             .map(|(id, hex)| TokenKey::from_hex(&hex).map(|k| (id, k)).ok_or_else(|| format!("key {id} is not hex")))
             .collect::<Result<TokenKeys, String>>()?;
-        Ok((keys, answer.apps))
+        Ok((keys, answer.apps, answer.hooks))
     }
 }
 

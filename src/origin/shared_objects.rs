@@ -300,6 +300,8 @@ pub struct TokenKeysAnswer {
     pub keys: std::collections::BTreeMap<u32, String>,
     #[serde(default)]
     pub apps: std::collections::BTreeMap<String, raftcast_raft::state::AppTokens>,
+    #[serde(default)]
+    pub hooks: std::collections::BTreeMap<String, raftcast_raft::state::AppHooks>,
 }
 
 /// [`TOKEN_KEYS_ROUTE`]: the replicated token signing keys, for edges, which verify
@@ -311,6 +313,7 @@ pub async fn token_keys_route(State((hub, _)): State<(ObjectHub, CancellationTok
     let answer = hub.inner.state.read(|sm| TokenKeysAnswer {
         keys: sm.token_keys.iter().map(|(id, k)| (*id, k.to_hex())).collect(),
         apps: sm.app_tokens.clone(),
+        hooks: sm.app_hooks.clone(),
     });
     Json(answer).into_response()
 }

@@ -99,6 +99,7 @@ pub fn router(app: AppState) -> Router {
         .route("/keys", post(streams::add_key))
         .route("/apps", get(streams::apps))
         .route("/apps/{app}", put(streams::set_app))
+        .route("/apps/{app}/hooks", put(streams::set_hooks).delete(streams::delete_hooks))
         .route("/pins", get(pins::list))
         .route("/pins/{app}/{pattern}", put(pins::put).delete(pins::delete))
         .route("/shared-objects/{name}", get(objects::get).delete(objects::delete_object))

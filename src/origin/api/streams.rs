@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raftcast_raft::command::{validate_name, KeyScope, StreamClaim};
-use raftcast_raft::state::{hash_publish_key, AppTokens};
+use raftcast_raft::state::{hash_publish_key, AppHooks, AppTokens};
 use raftcast_raft::{Command, NodeId, StreamKey};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -84,7 +84,94 @@ fn app_rules(sm: &raftcast_raft::state::StateMachine, app: &str) -> Value {
         "publish_key_required": sm.key_required_apps.contains(app),
         "play_token_required": tokens.play,
         "publish_token_required": tokens.publish,
+        "hooks": sm.app_hooks.get(app),
     })
+}
+
+/// Longest webhook URL accepted.
+pub const MAX_HOOK_URL: usize = 512;
+/// Default, least and most time one webhook call may take, in ms.
+pub const DEFAULT_HOOK_TIMEOUT_MS: u32 = 2000;
+const HOOK_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 50..=30_000;
+
+/// `PUT /apps/{app}/hooks` body: the whole hook configuration of the app.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksBody {
+    on_connect: Option<String>,
+    on_publish: Option<String>,
+    on_publish_done: Option<String>,
+    on_play: Option<String>,
+    on_play_done: Option<String>,
+    timeout_ms: Option<u32>,
+    #[serde(default)]
+    fail_open: bool,
+}
+
+/// The hooks `body` asks for, checked: `http://` URLs with a host, within
+/// [`MAX_HOOK_URL`], at least one of them.
+pub fn hooks_of(body: HooksBody) -> Result<AppHooks, ApiError> {
+    let url = |what: &str, u: Option<String>| -> Result<Option<String>, ApiError> {
+        let Some(u) = u else { return Ok(None) };
+        let parsed = reqwest::Url::parse(&u).map_err(|e| ApiError::bad_request(format!("{what}: {e}")))?;
+        // Edges call hooks in clear text (they hold no web PKI roots): keep hooks on a
+        // network you trust, or behind a local TLS-originating proxy.
+        if parsed.scheme() != "http" || parsed.host_str().is_none() || u.len() > MAX_HOOK_URL {
+            return Err(ApiError::bad_request(format!(
+                "{what} must be an http:// URL of at most {MAX_HOOK_URL} bytes"
+            )));
+        }
+        Ok(Some(u))
+    };
+    let timeout_ms = body.timeout_ms.unwrap_or(DEFAULT_HOOK_TIMEOUT_MS);
+    if !HOOK_TIMEOUT_MS.contains(&timeout_ms) {
+        return Err(ApiError::bad_request(format!(
+            "timeout_ms must be {} to {}",
+            HOOK_TIMEOUT_MS.start(),
+            HOOK_TIMEOUT_MS.end()
+        )));
+    }
+    let hooks = AppHooks {
+        on_connect: url("on_connect", body.on_connect)?,
+        on_publish: url("on_publish", body.on_publish)?,
+        on_publish_done: url("on_publish_done", body.on_publish_done)?,
+        on_play: url("on_play", body.on_play)?,
+        on_play_done: url("on_play_done", body.on_play_done)?,
+        timeout_ms,
+        fail_open: body.fail_open,
+    };
+    if [&hooks.on_connect, &hooks.on_publish, &hooks.on_publish_done, &hooks.on_play, &hooks.on_play_done]
+        .iter()
+        .all(|u| u.is_none())
+    {
+        return Err(ApiError::bad_request("give at least one hook URL (or DELETE the hooks)"));
+    }
+    Ok(hooks)
+}
+
+/// `PUT /apps/{app}/hooks`: replaces the app's webhooks; answers the app's rules.
+pub async fn set_hooks(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<HooksBody>,
+) -> Result<Json<Value>, ApiError> {
+    validate_name("app", &name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let hooks = hooks_of(body)?;
+    app.proposer.write(Command::SetAppHooks { app: name.clone(), hooks: Some(hooks) }).await?;
+    app.read_point(None).await?;
+    let mut rules = app.state.read(|sm| app_rules(sm, &name));
+    rules["app"] = json!(name);
+    Ok(Json(rules))
+}
+
+/// `DELETE /apps/{app}/hooks`: the app calls no webhooks any more.
+pub async fn delete_hooks(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    validate_name("app", &name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    app.proposer.write(Command::SetAppHooks { app: name.clone(), hooks: None }).await?;
+    Ok(Json(json!({ "app": name, "hooks": null })))
 }
 
 /// `GET /apps`: every app with a rule (`apps`), plus the older flat lists.
@@ -92,7 +179,7 @@ pub async fn apps(State(app): State<AppState>, RawQuery(query): RawQuery) -> Res
     app.read_point(query.as_deref()).await?;
     Ok(Json(app.state.read(|sm| {
         let names: std::collections::BTreeSet<&String> =
-            sm.key_required_apps.iter().chain(sm.app_tokens.keys()).collect();
+            sm.key_required_apps.iter().chain(sm.app_tokens.keys()).chain(sm.app_hooks.keys()).collect();
         let rules: serde_json::Map<String, Value> = names.into_iter().map(|n| (n.clone(), app_rules(sm, n))).collect();
         json!({
             "apps": rules,
@@ -144,4 +231,30 @@ pub async fn set_app(
     let mut rules = app.state.read(|sm| app_rules(sm, &name));
     rules["app"] = json!(name);
     Ok(Json(rules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_configurations_are_checked() {
+        let body = |v: Value| serde_json::from_value::<HooksBody>(v).unwrap();
+        let h = hooks_of(body(json!({"on_publish": "http://127.0.0.1:9000/hook"}))).unwrap();
+        assert_eq!(
+            (h.on_publish.as_deref(), h.timeout_ms, h.fail_open),
+            (Some("http://127.0.0.1:9000/hook"), 2000, false)
+        );
+        for bad in [
+            json!({}),
+            json!({"on_play": "ftp://x/y"}),
+            json!({"on_play": "https://x/y"}),
+            json!({"on_play": "not a url"}),
+            json!({"on_play": format!("http://x/{}", "a".repeat(MAX_HOOK_URL))}),
+            json!({"on_play": "http://x/", "timeout_ms": 10}),
+        ] {
+            assert!(hooks_of(body(bad.clone())).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_value::<HooksBody>(json!({"on_everything": "http://x/"})).is_err());
+    }
 }
