@@ -164,7 +164,7 @@ pub struct Hooks {
 impl Hooks {
     /// Starts the notice sender (it ends when the last `Hooks` is dropped). Must be
     /// called on the runtime.
-    pub fn new() -> Hooks {
+    pub fn start() -> Hooks {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(4)
@@ -354,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn a_hook_admits_on_2xx_and_refuses_otherwise() {
         let (url, seen) = endpoint(vec![200, 403]).await;
-        let h = Hooks::new();
+        let h = Hooks::start();
         let app = hooks(&url, false);
         assert_eq!(h.admit(Some(&app), HookEvent::Publish, call()).await, Ok(()));
         assert_eq!(
@@ -379,7 +379,7 @@ mod tests {
     async fn an_unreachable_hook_fails_closed_or_open_as_configured() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let url = format!("http://{closed}/hook");
-        let h = Hooks::new();
+        let h = Hooks::start();
         assert_eq!(
             h.admit(Some(&hooks(&url, false)), HookEvent::Publish, call()).await,
             Err(HookRefusal::Unreachable { event: "on_publish" })
@@ -391,7 +391,7 @@ mod tests {
     #[tokio::test]
     async fn a_done_notice_goes_once_when_its_guard_drops_and_is_retried() {
         let (url, seen) = endpoint(vec![500]).await;
-        let h = Hooks::new();
+        let h = Hooks::start();
         let guard = h.on_drop(Some(hooks(&url, false)), HookEvent::PublishDone, call());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(seen.lock().unwrap().is_empty(), "nothing before the session ends");
