@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::rtmp::handshake::{Handshake, Progress};
@@ -16,9 +20,65 @@ use crate::rtmp::session::{ClientConfig, ClientEvent, ClientSession};
 /// How long connect, publish and play wait for the server's answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
 
+/// The connection under a client: TCP, or TLS over TCP (RTMPS).
+enum Socket {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A TLS client configuration trusting the CA certificates in the PEM file `ca` (e.g.
+/// the bootstrap cluster's `$RAFTCAST_DATA_DIR/tls/ca.pem`), for RTMPS.
+pub fn tls_client_config(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+        roots.add(cert.with_context(|| format!("parsing {}", ca.display()))?)?;
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// One RTMP client connection.
 pub struct RtmpClient {
-    socket: TcpStream,
+    socket: Socket,
     session: ClientSession,
     buf: BytesMut,
     events: VecDeque<ClientEvent>,
@@ -68,12 +128,33 @@ impl RtmpClient {
         Self::dial(addr, app, Some(source), None, ClientConfig::default()).await
     }
 
+    /// Like [`connect`](Self::connect) over TLS (RTMPS) with `tls` (see
+    /// [`tls_client_config`]), checking the server's certificate for `localhost`.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        app: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<RtmpClient> {
+        Self::dial_over(addr, app, None, None, ClientConfig::default(), Some(tls)).await
+    }
+
     async fn dial(
         addr: SocketAddr,
         app: &str,
         source: Option<std::net::IpAddr>,
         recv_buffer: Option<u32>,
         config: ClientConfig,
+    ) -> anyhow::Result<RtmpClient> {
+        Self::dial_over(addr, app, source, recv_buffer, config, None).await
+    }
+
+    async fn dial_over(
+        addr: SocketAddr,
+        app: &str,
+        source: Option<std::net::IpAddr>,
+        recv_buffer: Option<u32>,
+        config: ClientConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> anyhow::Result<RtmpClient> {
         let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
         if let Some(size) = recv_buffer {
@@ -82,8 +163,20 @@ impl RtmpClient {
         if let Some(source) = source.or_else(|| loopback_source(addr).map(std::net::IpAddr::V4)) {
             s.bind(SocketAddr::new(source, 0))?;
         }
-        let socket = s.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        socket.set_nodelay(true)?;
+        let tcp = s.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let (socket, scheme) = match tls {
+            None => (Socket::Plain(tcp), "rtmp"),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+                let connecting = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+                let stream = tokio::time::timeout(ANSWER_WAIT, connecting)
+                    .await
+                    .map_err(|_| anyhow!("TLS handshake timed out"))?
+                    .context("TLS handshake")?;
+                (Socket::Tls(Box::new(stream)), "rtmps")
+            }
+        };
         let mut client = RtmpClient {
             socket,
             session: ClientSession::new(config),
@@ -92,7 +185,7 @@ impl RtmpClient {
             bytes_in: 0,
         };
         tokio::time::timeout(ANSWER_WAIT, client.handshake()).await.map_err(|_| anyhow!("handshake timed out"))??;
-        client.session.connect(app, &format!("rtmp://{addr}/{app}"))?;
+        client.session.connect(app, &format!("{scheme}://{addr}/{app}"))?;
         client.flush().await?;
         match client.wait(|e| matches!(e, ClientEvent::Connected | ClientEvent::ConnectRejected { .. })).await? {
             ClientEvent::Connected => Ok(client),
@@ -103,6 +196,7 @@ impl RtmpClient {
     async fn handshake(&mut self) -> anyhow::Result<()> {
         let (mut hs, c0c1) = Handshake::client()?;
         self.socket.write_all(&c0c1).await?;
+        self.socket.flush().await?;
         let mut buf = vec![0u8; 8192];
         loop {
             let n = self.socket.read(&mut buf).await?;
@@ -110,9 +204,13 @@ impl RtmpClient {
                 bail!("closed during the handshake");
             }
             match hs.feed(&buf[..n])? {
-                Progress::InProgress { send } => self.socket.write_all(&send).await?,
+                Progress::InProgress { send } => {
+                    self.socket.write_all(&send).await?;
+                    self.socket.flush().await?;
+                }
                 Progress::Done { send, leftover } => {
                     self.socket.write_all(&send).await?;
+                    self.socket.flush().await?;
                     self.buf.extend_from_slice(&leftover);
                     return Ok(());
                 }
@@ -236,6 +334,7 @@ impl RtmpClient {
     /// Writes raw bytes as they are (for tests of hostile or unusual input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.socket.write_all(bytes).await?;
+        self.socket.flush().await?;
         Ok(())
     }
 
@@ -249,6 +348,7 @@ impl RtmpClient {
         let out = self.session.take_output();
         if !out.is_empty() {
             self.socket.write_all(&out).await?;
+            self.socket.flush().await?;
         }
         Ok(())
     }

@@ -96,6 +96,11 @@ struct CommonArgs {
     /// its p99 send delay (from when a frame was due to when the server took it) does.
     #[arg(long, default_value_t = 1000.0)]
     lag_ms: f64,
+    /// Players connect with RTMPS (to the --play addresses, e.g. an edge's --rtmps
+    /// port), trusting the CA certificate(s) in this PEM file and checking the name
+    /// `localhost` (the bootstrap cluster's `$RAFTCAST_DATA_DIR/tls/ca.pem`).
+    #[arg(long, value_name = "CA_PEM")]
+    play_tls_ca: Option<std::path::PathBuf>,
 }
 
 /// What to run: the same engine serves `fanout` and `publish`.
@@ -248,16 +253,17 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
         }));
     }
     // Publishers get a moment to be accepted before players ask for the streams.
+    let tls = args.play_tls_ca.as_deref().map(super::client::tls_client_config).transpose()?;
     let mut players = Vec::new();
     for i in 0..plan.players {
         let addr = plan.play[i % plan.play.len()];
-        let (app, name, live) = (args.app.clone(), names[i % names.len()].clone(), live.clone());
+        let (app, name, live, tls) = (args.app.clone(), names[i % names.len()].clone(), live.clone(), tls.clone());
         let start_at =
             tokio::time::Instant::from_std(epoch + players_from) + Duration::from_secs_f64(i as f64 / args.ramp);
         let gop = u64::from(args.gop);
         players.push(tokio::spawn(async move {
             tokio::time::sleep_until(start_at).await;
-            play(addr, &app, &name, epoch, gop, window, &live).await
+            play(addr, tls, &app, &name, epoch, gop, window, &live).await
         }));
     }
     let progress = tokio::spawn({
@@ -475,8 +481,10 @@ async fn publish_frames(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn play(
     addr: SocketAddr,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     app: &str,
     name: &str,
     epoch: Instant,
@@ -486,7 +494,11 @@ async fn play(
 ) -> PlayerResult {
     let (from, to) = (window.from, window.to);
     let mut result = PlayerResult::default();
-    let mut client = match RtmpClient::connect(addr, app).await {
+    let connected = match tls {
+        Some(tls) => RtmpClient::connect_tls(addr, app, tls).await,
+        None => RtmpClient::connect(addr, app).await,
+    };
+    let mut client = match connected {
         Ok(c) => c,
         Err(e) => return PlayerResult { failed: Some(format!("{e:#}")), ..result },
     };
@@ -640,6 +652,7 @@ mod tests {
             publisher_ramp: 100.0,
             watch_pids: vec![],
             lag_ms: 100.0,
+            play_tls_ca: None,
         };
         let addr: SocketAddr = "127.0.0.1:1935".parse().unwrap();
         Plan { workload: "fanout", publish: addr, play: vec![addr], streams: 2, players, common }
