@@ -6,6 +6,10 @@
 //!   parsed strictly (one spelling per resource), anything else is a 404. Segments,
 //!   parts and init segments are immutable for caches; playlists live at most a part
 //!   target; blocking answers and errors are `no-store`. CORS for browser players.
+//! - Tokens: when the app requires play tokens, a playlist needs one (`?token=` or
+//!   `Authorization: Bearer`) and lists every URI with `?st=` and the stream's segment
+//!   token (the same on every edge); media needs that `st` or a play token. Refused
+//!   before the stream is entered (401, 403, 503; `docs/tokens.md`).
 //! - Streams: the first request for a stream starts its task ([`Feed`]): it joins the
 //!   stream's relay, follows its hub across publishing generations, pushes every frame
 //!   through a [`Packager`] and feeds the stream's [`Window`]. It stops, dropping the
@@ -27,18 +31,20 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use raftcast_raft::token::StreamRight::Play;
 use raftcast_raft::StreamKey;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::tokens::{self, Protocol, Refusals, StreamAuthError, Verifier};
 use super::EdgeContext;
 use crate::hls::packager::Packager;
 use crate::hls::playlist;
@@ -131,7 +137,7 @@ pub enum Resource {
 /// Request kinds for `/metrics`.
 const KINDS: [&str; 6] = ["playlist", "init", "segment", "part", "options", "invalid"];
 /// Statuses counted for `/metrics`; anything else is counted as `other`.
-const STATUSES: [u16; 7] = [200, 204, 400, 404, 429, 503, 0];
+const STATUSES: [u16; 9] = [200, 204, 400, 401, 403, 404, 429, 503, 0];
 
 /// HLS counters of an edge.
 #[derive(Debug, Default)]
@@ -315,7 +321,7 @@ impl Collector for HlsMetrics {
         counter(e, "edge_hls_parts_total", "Parts produced by this edge's packagers", parts)?;
         let segments = s.segments.load(Ordering::Relaxed);
         counter(e, "edge_hls_segments_total", "Segments completed by this edge's packagers", segments)?;
-        // Only the pairs seen so far: most of the 42 never happen.
+        // Only the pairs seen so far: most of the 54 never happen.
         let mut requests = Vec::new();
         for (k, kind) in KINDS.iter().enumerate() {
             for (i, status) in STATUSES.iter().enumerate() {
@@ -426,6 +432,10 @@ pub struct HlsRoutes {
     /// The edge's long-lived request cap (per address; HTTP-FLV and SSE share it).
     pub long_requests: Arc<Limit>,
     pub feed: Arc<dyn Feed>,
+    /// Checks play tokens and makes segment tokens, for apps that require them.
+    pub tokens: Verifier,
+    /// Where token refusals are counted.
+    pub refusals: Arc<Refusals>,
     /// Cancelled when the edge stops serving: new requests get 503, waiting ones
     /// are answered with what there is.
     pub shutdown: CancellationToken,
@@ -458,7 +468,8 @@ async fn preflight(State(routes): State<HlsRoutes>) -> Response {
     routes.hls.stats.count(KIND_OPTIONS, StatusCode::NO_CONTENT);
     let headers = [
         (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, OPTIONS"),
-        (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+        // The wildcard does not cover `Authorization` (Fetch standard): named too.
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, "*, Authorization"),
         (header::ACCESS_CONTROL_MAX_AGE, "86400"),
     ];
     cors((StatusCode::NO_CONTENT, headers).into_response())
@@ -489,6 +500,10 @@ pub enum HlsError {
     /// The edge is shutting down (503).
     #[error("the edge is shutting down")]
     ShuttingDown,
+    /// The app requires play tokens and the request's does not allow it (401, 403,
+    /// or 503 while the rules are unknown).
+    #[error(transparent)]
+    Unauthorized(StreamAuthError),
 }
 
 impl IntoResponse for HlsError {
@@ -496,6 +511,7 @@ impl IntoResponse for HlsError {
     /// outlive the moment).
     fn into_response(self) -> Response {
         let (status, code) = match &self {
+            HlsError::Unauthorized(e) => return super::http::refused(e.clone()),
             HlsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             HlsError::StreamNotFound => (StatusCode::NOT_FOUND, "stream_not_found"),
             HlsError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -524,12 +540,13 @@ async fn serve(
     State(routes): State<HlsRoutes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((app, name, file)): Path<(String, String, String)>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let (kind, response) = match parse_resource(&file) {
         None => (KIND_INVALID, HlsError::NotFound("resource").into_response()),
         Some(resource) => {
-            let response = answer(&routes, peer, &app, &name, resource, query.as_deref()).await;
+            let response = answer(&routes, peer, &app, &name, resource, &headers, query.as_deref()).await;
             (kind(resource), response.unwrap_or_else(IntoResponse::into_response))
         }
     };
@@ -537,12 +554,14 @@ async fn serve(
     cors(response)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     routes: &HlsRoutes,
     peer: SocketAddr,
     app: &str,
     name: &str,
     resource: Resource,
+    headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, HlsError> {
     let Ok(key) = StreamKey::new(app, name) else { return Err(HlsError::NotFound("stream")) };
@@ -553,11 +572,40 @@ async fn answer(
     if routes.shutdown.is_cancelled() {
         return Err(HlsError::ShuttingDown);
     }
+    // Before the stream is entered: a refused request starts no packaging.
+    let segment_token = authorize(routes, &key, resource, headers, query).await?;
     let Some(used) = routes.hls.enter(&key, &*routes.feed) else {
         return Err(HlsError::TooManyStreams);
     };
-    let mut waiter = Waiter { routes, peer, stream: used.stream.clone(), held: None };
+    let mut waiter = Waiter { routes, peer, stream: used.stream.clone(), held: None, segment_token };
     waiter.answer(resource, reload).await
+}
+
+/// Checks a request's tokens when the stream's app requires play tokens: a playlist
+/// needs a play token (`Authorization: Bearer` or `?token=`); media (init, segments,
+/// parts) a segment token (`?st=`, the one the playlists list) or a play token. For
+/// a playlist, returns the segment token its URIs carry (`None`: the app requires no
+/// token, and the playlist is exactly what it was without token rules).
+async fn authorize(
+    routes: &HlsRoutes,
+    key: &StreamKey,
+    resource: Resource,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<String>, HlsError> {
+    let token = tokens::from_request(headers, query);
+    let checked = match resource {
+        Resource::Playlist => routes.tokens.authorize_stream(token.as_deref(), &key.app, &key.name, Play).await,
+        Resource::Init(_) | Resource::Segment(_) | Resource::Part(..) => {
+            let st = tokens::query_param(query, "st");
+            routes.tokens.authorize_segment(st.as_deref(), token.as_deref(), &key.app, &key.name).await
+        }
+    };
+    checked.map_err(|e| HlsError::Unauthorized(routes.refusals.count(Protocol::Hls, e)))?;
+    Ok(match resource {
+        Resource::Playlist => routes.tokens.segment_token(&key.app, &key.name).await,
+        _ => None,
+    })
 }
 
 /// A request's hold on its stream.
@@ -582,6 +630,8 @@ struct Waiter<'a> {
     stream: Arc<HlsStream>,
     /// Taken when the request starts waiting: a long-request permit and a waiter's.
     held: Option<(Permit, Permit)>,
+    /// What a playlist's URIs carry (`st=` this), when the app requires play tokens.
+    segment_token: Option<String>,
 }
 
 /// How long a blocking request may wait: three target durations.
@@ -651,7 +701,8 @@ impl Waiter<'_> {
                 "no-store".to_owned()
             }
         };
-        let Some(text) = playlist::render(&self.stream.window()) else {
+        let query = self.segment_token.as_ref().map(|st| format!("st={st}"));
+        let Some(text) = playlist::render_with_query(&self.stream.window(), query.as_deref()) else {
             return Err(HlsError::StreamNotFound);
         };
         Ok(([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl".to_owned()), (header::CACHE_CONTROL, cache)], text)
@@ -863,12 +914,18 @@ mod tests {
     }
 
     async fn serve_routes(config: HlsConfig) -> Served {
+        serve_routes_with(config, Verifier::with_rules(Default::default(), Default::default())).await
+    }
+
+    async fn serve_routes_with(config: HlsConfig, tokens: Verifier) -> Served {
         let hls = Hls::new(config);
         let stop = CancellationToken::new();
         let routes = HlsRoutes {
             hls: hls.clone(),
             long_requests: Limit::new("http_long_requests", 64, 1000),
             feed: Arc::new(Manual),
+            tokens,
+            refusals: Arc::default(),
             shutdown: stop.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
