@@ -893,6 +893,7 @@ mod tests {
     struct Served {
         base: String,
         hls: Arc<Hls>,
+        refusals: Arc<Refusals>,
         client: reqwest::Client,
         stop: CancellationToken,
     }
@@ -919,13 +920,14 @@ mod tests {
 
     async fn serve_routes_with(config: HlsConfig, tokens: Verifier) -> Served {
         let hls = Hls::new(config);
+        let refusals = Arc::<Refusals>::default();
         let stop = CancellationToken::new();
         let routes = HlsRoutes {
             hls: hls.clone(),
             long_requests: Limit::new("http_long_requests", 64, 1000),
             feed: Arc::new(Manual),
             tokens,
-            refusals: Arc::default(),
+            refusals: refusals.clone(),
             shutdown: stop.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -940,7 +942,7 @@ mod tests {
             ban_stats: Default::default(),
         };
         tokio::spawn(crate::http_server::serve(listener, router(routes), limits, stop.clone()));
-        Served { base, hls, client: reqwest::Client::new(), stop }
+        Served { base, hls, refusals, client: reqwest::Client::new(), stop }
     }
 
     impl Served {
@@ -1072,6 +1074,91 @@ mod tests {
         assert!(idle.retire_if_idle(&quiet));
         assert_eq!((idle.stream_count(), idle.stats.window_bytes.load(Ordering::Relaxed)), (0, 0));
         assert!(quiet.stop.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn hls_play_tokens_guard_playlists_and_segment_tokens_guard_media() {
+        use raftcast_raft::state::AppTokens;
+        use raftcast_raft::token::{self, StreamClaims, StreamRight, TokenKey};
+        let key = TokenKey([7; 32]);
+        let keys = [(1, key.clone())].into();
+        let apps = [("live".to_owned(), AppTokens { play: true, publish: true })].into();
+        let s = serve_routes_with(config(16), Verifier::with_rules(keys, apps)).await;
+        let (stream, open) = (s.stream("live", "test"), s.stream("open", "test"));
+        live(&stream, &s.hls);
+        live(&open, &s.hls);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let sign = |name: &str, right, expires_at| {
+            let claims = StreamClaims {
+                key_id: 1,
+                app: "live".into(),
+                name: Some(name.into()),
+                name_prefix: None,
+                right,
+                expires_at,
+            };
+            token::sign_stream(&claims, &key)
+        };
+        let play = sign("test", StreamRight::Play, now + 60);
+        let st = token::segment_token(&[(1, key.clone())].into(), "live", "test", now).unwrap();
+        let other_st = token::segment_token(&[(1, key.clone())].into(), "live", "other", now).unwrap();
+        // A character inside the MAC (the last one may carry only padding bits).
+        let mut forged = play.clone().into_bytes();
+        let at = forged.len() - 5;
+        forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+
+        let playlist = |q: &str| format!("/live/test/index.m3u8{q}");
+        for (query, status) in [
+            (String::new(), 401),
+            (format!("?token={forged}"), 401),
+            (format!("?token={}", sign("test", StreamRight::Play, now - 1)), 401),
+            (format!("?token={}", sign("other", StreamRight::Play, now + 60)), 403),
+            (format!("?token={}", sign("test", StreamRight::Publish, now + 60)), 403),
+            // A segment token is not a play token.
+            (format!("?st={st}"), 401),
+        ] {
+            let r = s.get(&playlist(&query)).await;
+            assert_eq!(r.status(), status, "{query}");
+            assert_eq!(header(&r, "cache-control"), "no-store", "{query}");
+            assert_eq!(header(&r, "www-authenticate"), if status == 401 { "Bearer" } else { "" }, "{query}");
+        }
+        assert_eq!(s.refusals.get(Protocol::Hls, tokens::Reason::Missing), 2);
+        assert_eq!(s.refusals.get(Protocol::Hls, tokens::Reason::Invalid), 2);
+        assert_eq!(s.refusals.get(Protocol::Hls, tokens::Reason::Forbidden), 2);
+        assert_eq!(s.hls.stats.requests("playlist", 403), 2);
+
+        // A valid token, in the query or the header: every URI carries the stream's
+        // segment token, and nothing else differs from the plain playlist.
+        let r = s.get(&playlist(&format!("?token={play}"))).await;
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        let expected = playlist::render_with_query(&stream.window(), Some(&format!("st={st}"))).unwrap();
+        assert_eq!(text, expected);
+        assert!(text.contains(&format!("\nseg-2.m4s?st={st}\n")), "{text}");
+        let r = s.client.get(format!("{}{}", s.base, playlist(""))).bearer_auth(&play).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), expected);
+        // A blocking reload with the token among its parameters.
+        let r = s.get(&playlist(&format!("?_HLS_msn=3&_HLS_part=1&token={play}"))).await;
+        assert_eq!((r.status().as_u16(), header(&r, "cache-control")), (200, "no-store"));
+        assert_eq!(r.text().await.unwrap(), expected);
+
+        // Media: the playlist's st, or a play token.
+        for path in ["seg-2.m4s", "part-3.1.m4s", "init-0.mp4"] {
+            let url = |q: &str| format!("/live/test/{path}{q}");
+            assert_eq!(s.get(&url("")).await.status(), 401, "{path}");
+            assert_eq!(s.get(&url(&format!("?st={other_st}"))).await.status(), 401, "{path}");
+            assert_eq!(s.get(&url("?st=1.0.AAAA")).await.status(), 401, "{path}");
+            assert_eq!(s.get(&url(&format!("?st={st}"))).await.status(), 200, "{path}");
+            assert_eq!(s.get(&url(&format!("?token={play}"))).await.status(), 200, "{path}");
+            // A stale st beside a good token: the token decides.
+            assert_eq!(s.get(&url(&format!("?st={other_st}&token={play}"))).await.status(), 200, "{path}");
+        }
+
+        // An app without rules: no token needed, the playlist as it always was.
+        let r = s.get("/open/test/index.m3u8").await;
+        assert_eq!(r.text().await.unwrap(), playlist::render(&open.window()).unwrap());
+        assert_eq!(s.get("/open/test/seg-2.m4s").await.status(), 200);
     }
 
     #[tokio::test]
