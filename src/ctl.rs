@@ -64,9 +64,26 @@ enum CtlCommand {
     /// Publish keys.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Shared-object access tokens for clients of the edges.
+    /// Signed tokens for clients of the edges: play/publish tokens for streams, and
+    /// shared-object tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Apps' access rules: publish keys, play tokens, publish tokens. Without flags,
+    /// shows the rules (of APP, or of every app with one).
+    Apps {
+        app: Option<String>,
+        /// Require a play token to play the app's streams (every protocol).
+        #[arg(long, value_name = "on|off", requires = "app")]
+        play_token: Option<OnOff>,
+        /// Require a publish token to publish to the app.
+        #[arg(long, value_name = "on|off", requires = "app")]
+        publish_token: Option<OnOff>,
+        /// Require a publish key (`?key=`) to publish to the app.
+        #[arg(long, value_name = "on|off", requires = "app")]
+        publish_key: Option<OnOff>,
+        #[arg(long)]
+        stale: bool,
+    },
     /// Pin rules: new streams of APP whose name matches PATTERN go to one origin
     /// (while it is a live voter). Lists the rules without a subcommand.
     Pins {
@@ -115,16 +132,36 @@ enum SoCommand {
     },
 }
 
+/// A rule switched on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, Subcommand)]
 enum TokensCommand {
-    /// Print a signed token for one object (--object) or every object whose name starts
-    /// with a prefix (--object-prefix), to read (--read) or write (--write).
+    /// Print a signed token. A stream token: --app APP with --name NAME (one stream) or
+    /// --prefix P (every stream whose name starts with P; "" for all), and --play or
+    /// --publish; clients pass it as `?token=…` on the stream URL. A shared-object
+    /// token: --object or --object-prefix, with --read or --write.
     Sign {
-        #[arg(long, conflicts_with = "object_prefix", required_unless_present = "object_prefix")]
+        /// The app of a stream token.
+        #[arg(long, conflicts_with_all = ["object", "object_prefix", "read", "write"])]
+        app: Option<String>,
+        #[arg(long, requires = "app", conflicts_with = "prefix")]
+        name: Option<String>,
+        #[arg(long, requires = "app")]
+        prefix: Option<String>,
+        #[arg(long, requires = "app", conflicts_with = "publish")]
+        play: bool,
+        #[arg(long, requires = "app")]
+        publish: bool,
+        #[arg(long, conflicts_with = "object_prefix")]
         object: Option<String>,
         #[arg(long)]
         object_prefix: Option<String>,
-        #[arg(long, conflicts_with = "write", required_unless_present = "write")]
+        #[arg(long, conflicts_with = "write")]
         read: bool,
         #[arg(long)]
         write: bool,
@@ -148,8 +185,10 @@ enum TokensCommand {
         quota_bytes: Option<u64>,
     },
     /// Sign new tokens with a new key; the previous key still verifies until the next
-    /// rotation drops it.
+    /// rotation drops it, or until `retire`.
     Rotate,
+    /// Stop accepting tokens signed with any key but the newest.
+    Retire,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,18 +393,49 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 println!("publishing to {app} {} a key", if off { "no longer requires" } else { "now requires" })
             });
         }
+        CtlCommand::Tokens(TokensCommand::Sign { app: Some(app), name, prefix, play, publish, ttl, .. }) => {
+            if name.is_some() == prefix.is_some() {
+                return Err(CtlError::Usage("a stream token needs exactly one of --name and --prefix".into()));
+            }
+            if play == publish {
+                return Err(CtlError::Usage("a stream token needs exactly one of --play and --publish".into()));
+            }
+            let mut body = json!({ "app": app, "right": if play { "play" } else { "publish" } });
+            let extra = [
+                ("name", name.map(Value::from)),
+                ("name_prefix", prefix.map(Value::from)),
+                ("ttl_secs", ttl.map(Value::from)),
+            ];
+            for (k, v) in extra {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            let out = client.call(Method::POST, "/tokens/stream", Some(&body), &[]).await?;
+            print(json_mode, &out, |v| println!("{}", v["token"].as_str().unwrap_or("?")));
+        }
         CtlCommand::Tokens(TokensCommand::Sign {
+            app: None,
             object,
             object_prefix,
             read,
-            write: _,
+            write,
             ttl,
             subject,
             persistent,
             quota_objects,
             quota_slots,
             quota_bytes,
+            ..
         }) => {
+            if object.is_none() && object_prefix.is_none() {
+                return Err(CtlError::Usage(
+                    "give --app (a stream token) or --object/--object-prefix (a shared-object token)".into(),
+                ));
+            }
+            if read == write {
+                return Err(CtlError::Usage("a shared-object token needs exactly one of --read and --write".into()));
+            }
             let mut body = json!({ "rights": if read { "read" } else { "write" }, "persistent": persistent });
             if quota_objects.is_some() || quota_slots.is_some() || quota_bytes.is_some() {
                 let d = raftcast_raft::token::DEFAULT_QUOTA;
@@ -395,12 +465,55 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 println!("new tokens are signed with key {}; keys kept: {}", v["key_id"], v["key_ids"])
             });
         }
+        CtlCommand::Tokens(TokensCommand::Retire) => {
+            let out = client.call(Method::POST, "/tokens/retire", None, &[]).await?;
+            print(json_mode, &out, |v| println!("keys kept: {}", v["key_ids"]));
+        }
+        CtlCommand::Apps { app, play_token, publish_token, publish_key, stale } => {
+            let on = |v: Option<OnOff>| v.map(|v| Value::from(v == OnOff::On));
+            let changes = [
+                ("play_token_required", on(play_token)),
+                ("publish_token_required", on(publish_token)),
+                ("publish_key_required", on(publish_key)),
+            ];
+            if let (Some(app), true) = (&app, changes.iter().any(|(_, v)| v.is_some())) {
+                let mut body = json!({});
+                for (k, v) in changes {
+                    if let Some(v) = v {
+                        body[k] = v;
+                    }
+                }
+                let out = client.call(Method::PUT, &format!("/apps/{app}"), Some(&body), &[]).await?;
+                print(json_mode, &out, |v| print_app(app, v));
+            } else {
+                let out = client.call(Method::GET, if stale { "/apps?stale=true" } else { "/apps" }, None, &[]).await?;
+                print(json_mode, &out, |v| {
+                    let rules = v["apps"].as_object().cloned().unwrap_or_default();
+                    match &app {
+                        Some(app) => print_app(app, rules.get(app).unwrap_or(&json!({}))),
+                        None if rules.is_empty() => println!("no app has a rule: every app is open"),
+                        None => rules.iter().for_each(|(name, r)| print_app(name, r)),
+                    }
+                });
+            }
+        }
         CtlCommand::Pins { command } => {
             pins(&client, json_mode, command.unwrap_or(PinsCommand::List { stale: false })).await?
         }
         CtlCommand::Wait { voters, timeout_secs } => wait(&client, voters, Duration::from_secs(timeout_secs)).await?,
     }
     Ok(())
+}
+
+/// One app's rules on one line.
+fn print_app(app: &str, rules: &Value) {
+    let on = |k: &str| if rules[k].as_bool().unwrap_or(false) { "required" } else { "open" };
+    println!(
+        "{app}: play token {}, publish token {}, publish key {}",
+        on("play_token_required"),
+        on("publish_token_required"),
+        on("publish_key_required")
+    );
 }
 
 /// The streams table. Live columns show `?` when the owner did not answer.

@@ -104,6 +104,8 @@ pub fn router(app: AppState) -> Router {
         .route("/shared-objects/{name}", get(objects::get).delete(objects::delete_object))
         .route("/tokens", post(tokens::issue))
         .route("/tokens/rotate", post(tokens::rotate))
+        .route("/tokens/retire", post(tokens::retire))
+        .route("/tokens/stream", post(tokens::issue_stream))
         .route("/shared-objects/{name}/slots/{slot}", put(objects::put_slot).delete(objects::delete_slot))
         .route("/shared-objects/{name}/events", get(objects::events))
         .route("/shared-objects/{name}/messages", post(objects::post_message))

@@ -1,5 +1,5 @@
 //! `/streams`, `/keys` and `/apps`: stream ownership with the owners' live facts
-//! (read-only here) and publish keys.
+//! (read-only here), publish keys, and each app's access rules.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raftcast_raft::command::{validate_name, KeyScope, StreamClaim};
-use raftcast_raft::state::hash_publish_key;
+use raftcast_raft::state::{hash_publish_key, AppTokens};
 use raftcast_raft::{Command, NodeId, StreamKey};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -77,30 +77,71 @@ pub async fn add_key(State(app): State<AppState>, ApiJson(body): ApiJson<KeyBody
     Ok((StatusCode::CREATED, Json(json!({ "key": key, "scope": scope_text }))).into_response())
 }
 
-pub async fn apps(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
-    app.read_point(query.as_deref()).await?;
-    let (required, scopes) = app.state.read(|sm| {
-        (
-            sm.key_required_apps.iter().cloned().collect::<Vec<_>>(),
-            sm.publish_keys.keys().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-    });
-    Ok(Json(json!({ "publish_key_required": required, "key_scopes": scopes })))
+/// One app's access rules, as `/apps` shows them.
+fn app_rules(sm: &raftcast_raft::state::StateMachine, app: &str) -> Value {
+    let tokens = sm.app_tokens.get(app).copied().unwrap_or_default();
+    json!({
+        "publish_key_required": sm.key_required_apps.contains(app),
+        "play_token_required": tokens.play,
+        "publish_token_required": tokens.publish,
+    })
 }
 
+/// `GET /apps`: every app with a rule (`apps`), plus the older flat lists.
+pub async fn apps(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+    app.read_point(query.as_deref()).await?;
+    Ok(Json(app.state.read(|sm| {
+        let names: std::collections::BTreeSet<&String> =
+            sm.key_required_apps.iter().chain(sm.app_tokens.keys()).collect();
+        let rules: serde_json::Map<String, Value> = names.into_iter().map(|n| (n.clone(), app_rules(sm, n))).collect();
+        json!({
+            "apps": rules,
+            "publish_key_required": sm.key_required_apps.iter().collect::<Vec<_>>(),
+            "key_scopes": sm.publish_keys.keys().map(|s| s.to_string()).collect::<Vec<_>>(),
+        })
+    })))
+}
+
+/// `PUT /apps/{app}` body: the rules to change (the others stay).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppBody {
-    publish_key_required: bool,
+    publish_key_required: Option<bool>,
+    play_token_required: Option<bool>,
+    publish_token_required: Option<bool>,
 }
 
+/// `PUT /apps/{app}`: changes the app's rules; answers all of them.
 pub async fn set_app(
     State(app): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<AppBody>,
 ) -> Result<Json<Value>, ApiError> {
     validate_name("app", &name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let command = Command::SetAppPolicy { app: name.clone(), publish_key_required: body.publish_key_required };
-    app.proposer.write(command).await?;
-    Ok(Json(json!({ "app": name, "publish_key_required": body.publish_key_required })))
+    if body.publish_key_required.is_none()
+        && body.play_token_required.is_none()
+        && body.publish_token_required.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "give at least one of publish_key_required, play_token_required, publish_token_required",
+        ));
+    }
+    if let Some(required) = body.publish_key_required {
+        app.proposer.write(Command::SetAppPolicy { app: name.clone(), publish_key_required: required }).await?;
+    }
+    if body.play_token_required.is_some() || body.publish_token_required.is_some() {
+        // The rule not named keeps its current value (two admins changing different
+        // rules of one app at once may race; the last write wins).
+        app.read_point(None).await?;
+        let current = app.state.read(|sm| sm.app_tokens.get(&name).copied().unwrap_or_default());
+        let tokens = AppTokens {
+            play: body.play_token_required.unwrap_or(current.play),
+            publish: body.publish_token_required.unwrap_or(current.publish),
+        };
+        app.proposer.write(Command::SetAppTokens { app: name.clone(), tokens }).await?;
+    }
+    app.read_point(None).await?;
+    let mut rules = app.state.read(|sm| app_rules(sm, &name));
+    rules["app"] = json!(name);
+    Ok(Json(rules))
 }
