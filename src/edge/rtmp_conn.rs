@@ -18,6 +18,11 @@
 //! of one per frame (SRS's "merged write", with a bound in milliseconds rather than
 //! its 350 ms default). Control messages are never held.
 //!
+//! Plays and publishes of apps that require stream tokens are checked first (the token
+//! from `name?token=…`, else the connect URL's query), in the decision future:
+//! `NetStream.Publish.Unauthorized` before any claim, `NetStream.Play.Failed` before
+//! any relay (`docs/tokens.md`).
+//!
 //! RTMPS is the same loop and the same task over a TLS stream ([`ClientStream`]): the
 //! TLS handshake runs in the connection's task, under the RTMP handshake's permit and
 //! deadline.
