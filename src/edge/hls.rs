@@ -6,6 +6,10 @@
 //!   parsed strictly (one spelling per resource), anything else is a 404. Segments,
 //!   parts and init segments are immutable for caches; playlists live at most a part
 //!   target; blocking answers and errors are `no-store`. CORS for browser players.
+//! - Tokens: when the app requires play tokens, a playlist needs one (`?token=` or
+//!   `Authorization: Bearer`) and lists every URI with `?st=` and the stream's segment
+//!   token (the same on every edge); media needs that `st` or a play token. Refused
+//!   before the stream is entered (401, 403, 503; `docs/tokens.md`).
 //! - Streams: the first request for a stream starts its task ([`Feed`]): it joins the
 //!   stream's relay, follows its hub across publishing generations, pushes every frame
 //!   through a [`Packager`] and feeds the stream's [`Window`]. It stops, dropping the
@@ -27,18 +31,20 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use raftcast_raft::token::StreamRight::Play;
 use raftcast_raft::StreamKey;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::tokens::{self, Protocol, Refusals, StreamAuthError, Verifier};
 use super::EdgeContext;
 use crate::hls::packager::Packager;
 use crate::hls::playlist;
@@ -131,7 +137,7 @@ pub enum Resource {
 /// Request kinds for `/metrics`.
 const KINDS: [&str; 6] = ["playlist", "init", "segment", "part", "options", "invalid"];
 /// Statuses counted for `/metrics`; anything else is counted as `other`.
-const STATUSES: [u16; 7] = [200, 204, 400, 404, 429, 503, 0];
+const STATUSES: [u16; 9] = [200, 204, 400, 401, 403, 404, 429, 503, 0];
 
 /// HLS counters of an edge.
 #[derive(Debug, Default)]
@@ -315,7 +321,7 @@ impl Collector for HlsMetrics {
         counter(e, "edge_hls_parts_total", "Parts produced by this edge's packagers", parts)?;
         let segments = s.segments.load(Ordering::Relaxed);
         counter(e, "edge_hls_segments_total", "Segments completed by this edge's packagers", segments)?;
-        // Only the pairs seen so far: most of the 42 never happen.
+        // Only the pairs seen so far: most of the 54 never happen.
         let mut requests = Vec::new();
         for (k, kind) in KINDS.iter().enumerate() {
             for (i, status) in STATUSES.iter().enumerate() {
@@ -426,6 +432,10 @@ pub struct HlsRoutes {
     /// The edge's long-lived request cap (per address; HTTP-FLV and SSE share it).
     pub long_requests: Arc<Limit>,
     pub feed: Arc<dyn Feed>,
+    /// Checks play tokens and makes segment tokens, for apps that require them.
+    pub tokens: Verifier,
+    /// Where token refusals are counted.
+    pub refusals: Arc<Refusals>,
     /// Cancelled when the edge stops serving: new requests get 503, waiting ones
     /// are answered with what there is.
     pub shutdown: CancellationToken,
@@ -458,7 +468,8 @@ async fn preflight(State(routes): State<HlsRoutes>) -> Response {
     routes.hls.stats.count(KIND_OPTIONS, StatusCode::NO_CONTENT);
     let headers = [
         (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, OPTIONS"),
-        (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+        // The wildcard does not cover `Authorization` (Fetch standard): named too.
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, "*, Authorization"),
         (header::ACCESS_CONTROL_MAX_AGE, "86400"),
     ];
     cors((StatusCode::NO_CONTENT, headers).into_response())
@@ -489,6 +500,10 @@ pub enum HlsError {
     /// The edge is shutting down (503).
     #[error("the edge is shutting down")]
     ShuttingDown,
+    /// The app requires play tokens and the request's does not allow it (401, 403,
+    /// or 503 while the rules are unknown).
+    #[error(transparent)]
+    Unauthorized(StreamAuthError),
 }
 
 impl IntoResponse for HlsError {
@@ -496,6 +511,7 @@ impl IntoResponse for HlsError {
     /// outlive the moment).
     fn into_response(self) -> Response {
         let (status, code) = match &self {
+            HlsError::Unauthorized(e) => return super::http::refused(e.clone()),
             HlsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             HlsError::StreamNotFound => (StatusCode::NOT_FOUND, "stream_not_found"),
             HlsError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -524,12 +540,13 @@ async fn serve(
     State(routes): State<HlsRoutes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((app, name, file)): Path<(String, String, String)>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let (kind, response) = match parse_resource(&file) {
         None => (KIND_INVALID, HlsError::NotFound("resource").into_response()),
         Some(resource) => {
-            let response = answer(&routes, peer, &app, &name, resource, query.as_deref()).await;
+            let response = answer(&routes, peer, &app, &name, resource, &headers, query.as_deref()).await;
             (kind(resource), response.unwrap_or_else(IntoResponse::into_response))
         }
     };
@@ -537,12 +554,14 @@ async fn serve(
     cors(response)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     routes: &HlsRoutes,
     peer: SocketAddr,
     app: &str,
     name: &str,
     resource: Resource,
+    headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Response, HlsError> {
     let Ok(key) = StreamKey::new(app, name) else { return Err(HlsError::NotFound("stream")) };
@@ -553,11 +572,40 @@ async fn answer(
     if routes.shutdown.is_cancelled() {
         return Err(HlsError::ShuttingDown);
     }
+    // Before the stream is entered: a refused request starts no packaging.
+    let segment_token = authorize(routes, &key, resource, headers, query).await?;
     let Some(used) = routes.hls.enter(&key, &*routes.feed) else {
         return Err(HlsError::TooManyStreams);
     };
-    let mut waiter = Waiter { routes, peer, stream: used.stream.clone(), held: None };
+    let mut waiter = Waiter { routes, peer, stream: used.stream.clone(), held: None, segment_token };
     waiter.answer(resource, reload).await
+}
+
+/// Checks a request's tokens when the stream's app requires play tokens: a playlist
+/// needs a play token (`Authorization: Bearer` or `?token=`); media (init, segments,
+/// parts) a segment token (`?st=`, the one the playlists list) or a play token. For
+/// a playlist, returns the segment token its URIs carry (`None`: the app requires no
+/// token, and the playlist is exactly what it was without token rules).
+async fn authorize(
+    routes: &HlsRoutes,
+    key: &StreamKey,
+    resource: Resource,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<String>, HlsError> {
+    let token = tokens::from_request(headers, query);
+    let checked = match resource {
+        Resource::Playlist => routes.tokens.authorize_stream(token.as_deref(), &key.app, &key.name, Play).await,
+        Resource::Init(_) | Resource::Segment(_) | Resource::Part(..) => {
+            let st = tokens::query_param(query, "st");
+            routes.tokens.authorize_segment(st.as_deref(), token.as_deref(), &key.app, &key.name).await
+        }
+    };
+    checked.map_err(|e| HlsError::Unauthorized(routes.refusals.count(Protocol::Hls, e)))?;
+    Ok(match resource {
+        Resource::Playlist => routes.tokens.segment_token(&key.app, &key.name).await,
+        _ => None,
+    })
 }
 
 /// A request's hold on its stream.
@@ -582,6 +630,8 @@ struct Waiter<'a> {
     stream: Arc<HlsStream>,
     /// Taken when the request starts waiting: a long-request permit and a waiter's.
     held: Option<(Permit, Permit)>,
+    /// What a playlist's URIs carry (`st=` this), when the app requires play tokens.
+    segment_token: Option<String>,
 }
 
 /// How long a blocking request may wait: three target durations.
@@ -651,7 +701,8 @@ impl Waiter<'_> {
                 "no-store".to_owned()
             }
         };
-        let Some(text) = playlist::render(&self.stream.window()) else {
+        let query = self.segment_token.as_ref().map(|st| format!("st={st}"));
+        let Some(text) = playlist::render_with_query(&self.stream.window(), query.as_deref()) else {
             return Err(HlsError::StreamNotFound);
         };
         Ok(([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl".to_owned()), (header::CACHE_CONTROL, cache)], text)
@@ -842,6 +893,7 @@ mod tests {
     struct Served {
         base: String,
         hls: Arc<Hls>,
+        refusals: Arc<Refusals>,
         client: reqwest::Client,
         stop: CancellationToken,
     }
@@ -863,12 +915,19 @@ mod tests {
     }
 
     async fn serve_routes(config: HlsConfig) -> Served {
+        serve_routes_with(config, Verifier::with_rules(Default::default(), Default::default())).await
+    }
+
+    async fn serve_routes_with(config: HlsConfig, tokens: Verifier) -> Served {
         let hls = Hls::new(config);
+        let refusals = Arc::<Refusals>::default();
         let stop = CancellationToken::new();
         let routes = HlsRoutes {
             hls: hls.clone(),
             long_requests: Limit::new("http_long_requests", 64, 1000),
             feed: Arc::new(Manual),
+            tokens,
+            refusals: refusals.clone(),
             shutdown: stop.clone(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -883,7 +942,7 @@ mod tests {
             ban_stats: Default::default(),
         };
         tokio::spawn(crate::http_server::serve(listener, router(routes), limits, stop.clone()));
-        Served { base, hls, client: reqwest::Client::new(), stop }
+        Served { base, hls, refusals, client: reqwest::Client::new(), stop }
     }
 
     impl Served {
@@ -1015,6 +1074,91 @@ mod tests {
         assert!(idle.retire_if_idle(&quiet));
         assert_eq!((idle.stream_count(), idle.stats.window_bytes.load(Ordering::Relaxed)), (0, 0));
         assert!(quiet.stop.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn hls_play_tokens_guard_playlists_and_segment_tokens_guard_media() {
+        use raftcast_raft::state::AppTokens;
+        use raftcast_raft::token::{self, StreamClaims, StreamRight, TokenKey};
+        let key = TokenKey([7; 32]);
+        let keys = [(1, key.clone())].into();
+        let apps = [("live".to_owned(), AppTokens { play: true, publish: true })].into();
+        let s = serve_routes_with(config(16), Verifier::with_rules(keys, apps)).await;
+        let (stream, open) = (s.stream("live", "test"), s.stream("open", "test"));
+        live(&stream, &s.hls);
+        live(&open, &s.hls);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let sign = |name: &str, right, expires_at| {
+            let claims = StreamClaims {
+                key_id: 1,
+                app: "live".into(),
+                name: Some(name.into()),
+                name_prefix: None,
+                right,
+                expires_at,
+            };
+            token::sign_stream(&claims, &key)
+        };
+        let play = sign("test", StreamRight::Play, now + 60);
+        let st = token::segment_token(&[(1, key.clone())].into(), "live", "test", now).unwrap();
+        let other_st = token::segment_token(&[(1, key.clone())].into(), "live", "other", now).unwrap();
+        // A character inside the MAC (the last one may carry only padding bits).
+        let mut forged = play.clone().into_bytes();
+        let at = forged.len() - 5;
+        forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+
+        let playlist = |q: &str| format!("/live/test/index.m3u8{q}");
+        for (query, status) in [
+            (String::new(), 401),
+            (format!("?token={forged}"), 401),
+            (format!("?token={}", sign("test", StreamRight::Play, now - 1)), 401),
+            (format!("?token={}", sign("other", StreamRight::Play, now + 60)), 403),
+            (format!("?token={}", sign("test", StreamRight::Publish, now + 60)), 403),
+            // A segment token is not a play token.
+            (format!("?st={st}"), 401),
+        ] {
+            let r = s.get(&playlist(&query)).await;
+            assert_eq!(r.status(), status, "{query}");
+            assert_eq!(header(&r, "cache-control"), "no-store", "{query}");
+            assert_eq!(header(&r, "www-authenticate"), if status == 401 { "Bearer" } else { "" }, "{query}");
+        }
+        assert_eq!(s.refusals.get(Protocol::Hls, tokens::Reason::Missing), 2);
+        assert_eq!(s.refusals.get(Protocol::Hls, tokens::Reason::Invalid), 2);
+        assert_eq!(s.refusals.get(Protocol::Hls, tokens::Reason::Forbidden), 2);
+        assert_eq!(s.hls.stats.requests("playlist", 403), 2);
+
+        // A valid token, in the query or the header: every URI carries the stream's
+        // segment token, and nothing else differs from the plain playlist.
+        let r = s.get(&playlist(&format!("?token={play}"))).await;
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        let expected = playlist::render_with_query(&stream.window(), Some(&format!("st={st}"))).unwrap();
+        assert_eq!(text, expected);
+        assert!(text.contains(&format!("\nseg-2.m4s?st={st}\n")), "{text}");
+        let r = s.client.get(format!("{}{}", s.base, playlist(""))).bearer_auth(&play).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), expected);
+        // A blocking reload with the token among its parameters.
+        let r = s.get(&playlist(&format!("?_HLS_msn=3&_HLS_part=1&token={play}"))).await;
+        assert_eq!((r.status().as_u16(), header(&r, "cache-control")), (200, "no-store"));
+        assert_eq!(r.text().await.unwrap(), expected);
+
+        // Media: the playlist's st, or a play token.
+        for path in ["seg-2.m4s", "part-3.1.m4s", "init-0.mp4"] {
+            let url = |q: &str| format!("/live/test/{path}{q}");
+            assert_eq!(s.get(&url("")).await.status(), 401, "{path}");
+            assert_eq!(s.get(&url(&format!("?st={other_st}"))).await.status(), 401, "{path}");
+            assert_eq!(s.get(&url("?st=1.0.AAAA")).await.status(), 401, "{path}");
+            assert_eq!(s.get(&url(&format!("?st={st}"))).await.status(), 200, "{path}");
+            assert_eq!(s.get(&url(&format!("?token={play}"))).await.status(), 200, "{path}");
+            // A stale st beside a good token: the token decides.
+            assert_eq!(s.get(&url(&format!("?st={other_st}&token={play}"))).await.status(), 200, "{path}");
+        }
+
+        // An app without rules: no token needed, the playlist as it always was.
+        let r = s.get("/open/test/index.m3u8").await;
+        assert_eq!(r.text().await.unwrap(), playlist::render(&open.window()).unwrap());
+        assert_eq!(s.get("/open/test/seg-2.m4s").await.status(), 200);
     }
 
     #[tokio::test]

@@ -2,6 +2,9 @@
 //! (`/shared-objects/…`, see `http_objects`), static files at `/webcast/` (`--www`),
 //! `/status`, `/metrics`, `/health`; HLS under `/{app}/{name}/` (routes in `hls`).
 //!
+//! Plays (HTTP-FLV and HLS) check the play token of apps that require one (see
+//! `docs/tokens.md`): `Authorization: Bearer T` or `?token=T`.
+//!
 //! Caps: the listener's own (connections, header and body timeouts) are in
 //! [`crate::http_server`]; HTTP-FLV plays and SSE hold a `long_requests` permit
 //! (`--max-long-requests-per-address`, 429 over it).
@@ -11,17 +14,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
+use raftcast_raft::token::StreamRight;
 use raftcast_raft::StreamKey;
 use serde_json::json;
 
 use super::http_objects;
 use super::streams::Lease;
+use super::tokens::{self, Protocol, StreamAuthError};
 use super::EdgeContext;
 use crate::http_server::{json_error as error, too_many};
 use crate::limits::Permit;
@@ -50,6 +55,8 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
         hls: ctx.hls.clone(),
         long_requests: ctx.limits.long_requests.clone(),
         feed: Arc::new(super::hls::RelayFeed(ctx.clone())),
+        tokens: ctx.tokens.clone(),
+        refusals: ctx.stats.auth_refused.clone(),
         shutdown: ctx.shutdown.clone(),
     });
     router.fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(ctx).merge(hls)
@@ -139,6 +146,8 @@ async fn flv_play(
     State(ctx): State<Arc<EdgeContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((app, file)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let Some(name) = file.strip_suffix(".flv") else {
         return error(StatusCode::NOT_FOUND, "not_found", "players ask for /{app}/{name}.flv");
@@ -148,6 +157,11 @@ async fn flv_play(
     };
     if ctx.shutdown.is_cancelled() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down");
+    }
+    // Before the permit and the relay: a refused player holds neither.
+    let token = tokens::from_request(&headers, query.as_deref());
+    if let Err(e) = ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, StreamRight::Play).await {
+        return refused(ctx.stats.auth_refused.count(Protocol::Flv, e));
     }
     // Held while the play waits for its stream too: a flood of plays for missing
     // streams costs one address at most `--max-long-requests-per-address`.
@@ -175,6 +189,20 @@ async fn flv_play(
         .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A play or HLS request a token check refused: 401 (no token, or one that does not
+/// verify or expired; with `WWW-Authenticate: Bearer`), 403 (a valid token for another
+/// stream or right) or 503 (the rules are not known yet), as JSON
+/// `{"error":{"code","message"}}` with the reason as the code. Never stored by a cache.
+pub(super) fn refused(e: StreamAuthError) -> Response {
+    let mut response = error(e.status(), e.reason().label(), e.to_string());
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if e.status() == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 /// One HTTP-FLV player: the body pulls from it only as fast as the client reads, so a

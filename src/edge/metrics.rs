@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use super::claims::ClaimFeed;
 use super::hls::{Hls, HlsMetrics};
 use super::streams::Relays;
+use super::tokens::{Protocol, Reason};
 use super::upstream::Upstreams;
 use super::{EdgeLimits, EdgeStats};
 use crate::bans::GateStats;
@@ -39,6 +40,14 @@ struct ListenerLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabel {
     protocol: &'static str,
+}
+
+/// A stream token refusal: the protocol (`rtmp`, `flv`, `hls`) and why (`missing`,
+/// `invalid`, `forbidden`, `unavailable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabel {
+    protocol: &'static str,
+    reason: &'static str,
 }
 
 /// `player` or `publisher` (drops), `publisher` or `relay` (failovers).
@@ -169,6 +178,17 @@ impl Collector for EdgeCollector {
                 (SideLabel { side: "relay" }, load(&s.relay_failovers)),
             ],
         )?;
+        let refusals: Vec<_> = Protocol::ALL
+            .iter()
+            .flat_map(|p| Reason::ALL.map(|r| (*p, r)))
+            .map(|(p, r)| (RefusalLabel { protocol: p.label(), reason: r.label() }, s.auth_refused.get(p, r)))
+            .collect();
+        counters(
+            e,
+            "edge_auth_refused_total",
+            "Plays, publishes and HLS requests refused by a stream token check, by protocol and reason",
+            &refusals,
+        )?;
         let (followed, restarts) = self.claims.stats();
         gauge(
             e,
@@ -247,9 +267,12 @@ mod tests {
         // A gauge and a counter's family under one name confuse Prometheus's parser
         // (the last `# TYPE` wins) and fail `promtool check metrics`.
         assert!(twice.is_empty(), "families typed more than once: {twice:?}");
-        for family in ["edge_connections_open", "edge_connections", "edge_hop_seconds", "edge_hls_requests"] {
+        for family in
+            ["edge_connections_open", "edge_connections", "edge_hop_seconds", "edge_hls_requests", "edge_auth_refused"]
+        {
             assert!(typed.contains_key(family), "{family} missing from\n{page}");
         }
         assert_eq!(page.lines().last(), Some("# EOF"));
+        assert!(page.contains("edge_auth_refused_total{protocol=\"hls\",reason=\"forbidden\"} 0\n"), "{page}");
     }
 }

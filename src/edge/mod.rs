@@ -61,6 +61,8 @@ pub struct EdgeStats {
     pub publisher_drops: AtomicU64,
     /// Publications moved to a new owner after losing theirs.
     pub publisher_failovers: AtomicU64,
+    /// Plays, publishes and HLS requests refused by a stream token check.
+    pub auth_refused: Arc<tokens::Refusals>,
     /// Relays that re-subscribed at a new owner.
     pub relay_failovers: AtomicU64,
     /// Frames a relay dropped because its players already had them (replays after a move).
@@ -148,6 +150,8 @@ pub struct EdgeContext {
     /// Who owns each stream this edge publishes or relays.
     pub claims: claims::ClaimFeed,
     pub objects: shared_objects::SharedObjects,
+    /// Checks play, publish and shared-object tokens (one key cache for all of them).
+    pub tokens: tokens::Verifier,
     /// Streams packaged for HLS, their windows and counters.
     pub hls: Arc<hls::Hls>,
     pub stats: Arc<EdgeStats>,
@@ -178,8 +182,14 @@ impl EdgeContext {
             Arc::new(upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, links));
         let started_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let objects =
-            shared_objects::SharedObjects::new(config.origins.clone(), peers, control.clone(), clients.clone());
+        let tokens = tokens::Verifier::new(peers.clone(), config.origins.clone().into());
+        let objects = shared_objects::SharedObjects::new(
+            config.origins.clone(),
+            peers,
+            control.clone(),
+            tokens.clone(),
+            clients.clone(),
+        );
         let (relays, claims) = (streams::Relays::default(), claims::ClaimFeed::default());
         let (hls, stats, limits) = (hls::Hls::new(config.hls_serve.clone()), Arc::default(), EdgeLimits::new(config));
         let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams);
@@ -187,6 +197,7 @@ impl EdgeContext {
             config: config.clone(),
             control,
             objects,
+            tokens,
             upstreams,
             relays,
             claims,

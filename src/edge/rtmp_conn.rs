@@ -18,6 +18,11 @@
 //! of one per frame (SRS's "merged write", with a bound in milliseconds rather than
 //! its 350 ms default). Control messages are never held.
 //!
+//! Plays and publishes of apps that require stream tokens are checked first (the token
+//! from `name?token=…`, else the connect URL's query), in the decision future:
+//! `NetStream.Publish.Unauthorized` before any claim, `NetStream.Play.Failed` before
+//! any relay (`docs/tokens.md`).
+//!
 //! RTMPS is the same loop and the same task over a TLS stream ([`ClientStream`]): the
 //! TLS handshake runs in the connection's task, under the RTMP handshake's permit and
 //! deadline.
@@ -32,6 +37,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
+use raftcast_raft::token::StreamRight::{Play, Publish};
 use raftcast_raft::StreamKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +50,7 @@ use tracing::Instrument;
 
 use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
+use super::tokens::{Protocol, StreamAuthError};
 use super::EdgeContext;
 use crate::limits::{Permit, Reservation};
 use crate::media::hop::HopLatency;
@@ -290,8 +297,20 @@ enum Out {
 
 /// The answer to a decision the cluster had to help with.
 enum Decision {
-    Publish { stream_id: u32, result: Result<Publication, Refusal> },
-    Play { stream_id: u32, name: String, lease: Option<Lease> },
+    Publish {
+        stream_id: u32,
+        result: Result<Publication, Refusal>,
+    },
+    Play {
+        stream_id: u32,
+        name: String,
+        lease: Option<Lease>,
+    },
+    /// The play token does not allow the play (`NetStream.Play.Failed`, `why`).
+    PlayRefused {
+        stream_id: u32,
+        why: String,
+    },
 }
 
 struct Conn {
@@ -596,7 +615,7 @@ impl Conn {
             }
             ServerEvent::CreateStream { .. } => {}
             ServerEvent::Publish { stream_id, name, query, .. } => self.publish(stream_id, name, query),
-            ServerEvent::Play { stream_id, name, .. } => self.play(stream_id, name),
+            ServerEvent::Play { stream_id, name, query } => self.play(stream_id, name, query),
             ServerEvent::Audio { stream_id, timestamp, payload } => {
                 self.media(stream_id, || Frame::audio(timestamp, payload));
             }
@@ -642,25 +661,54 @@ impl Conn {
             }
         };
         self.publish_permits.insert(stream_id, permit);
-        let key = query_param(query.as_deref(), "key").or_else(|| query_param(self.connect_query.as_deref(), "key"));
+        let key = self.credential(query.as_deref(), "key");
+        let token = self.credential(query.as_deref(), "token");
         let ctx = self.ctx.clone();
         let session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
         let fenced = self.fenced.clone();
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
-            let result = Publication::start(&ctx, stream, session, key, fenced).await;
+            // The token first: a refused publisher never claims the stream. A static
+            // key, if the app has one, is checked by the origin on the claim.
+            let authorized = ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, Publish).await;
+            let result = match authorized {
+                Ok(()) => Publication::start(&ctx, stream, session, key, fenced).await,
+                Err(e) => {
+                    let e = ctx.stats.auth_refused.count(Protocol::Rtmp, e);
+                    let code = match e {
+                        // No origin answered for the rules: worth a retry, not a
+                        // credentials problem.
+                        StreamAuthError::Unavailable => PublishRejection::Failed,
+                        _ => PublishRejection::Unauthorized,
+                    };
+                    Err((code, e.to_string()))
+                }
+            };
             Decision::Publish { stream_id, result }
         }));
     }
 
-    fn play(&mut self, stream_id: u32, name: String) {
+    /// The value of `name` in the stream name's query (`name?token=…`), else in the
+    /// connect query (`rtmp://host/app?token=…`).
+    fn credential(&self, query: Option<&str>, name: &str) -> Option<String> {
+        query_param(query, name).or_else(|| query_param(self.connect_query.as_deref(), name))
+    }
+
+    fn play(&mut self, stream_id: u32, name: String, query: Option<String>) {
         let Some(stream) = self.stream_key(&name) else {
             self.session.play_not_found(stream_id, &name);
             return;
         };
+        let token = self.credential(query.as_deref(), "token");
         let ctx = self.ctx.clone();
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
+            // Checked before the relay is joined: a refused player costs no upstream.
+            let authorized = ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, Play).await;
+            if let Err(e) = authorized {
+                let why = ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string();
+                return Decision::PlayRefused { stream_id, why };
+            }
             let lease = ctx.relays.join(&ctx, &stream);
             let mut hub = lease.relay().hub();
             let found = tokio::time::timeout(ctx.config.play_wait, hub.wait_for(Option::is_some)).await;
@@ -687,6 +735,12 @@ impl Conn {
                         tracing::info!(conn = self.id, code = code.code(), why, "publish refused");
                         self.session.reject_publish(stream_id, code, &why);
                     }
+                }
+            }
+            Decision::PlayRefused { stream_id, why } => {
+                if self.pending_ids.remove(&stream_id) {
+                    tracing::info!(conn = self.id, why, "play refused");
+                    self.session.reject_play(stream_id, &why);
                 }
             }
             Decision::Play { stream_id, name, lease } => {

@@ -162,9 +162,14 @@ impl Subscription {
 }
 
 impl SharedObjects {
-    pub fn new(origins: Vec<SocketAddr>, peers: PeerClient, control: Control, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        origins: Vec<SocketAddr>,
+        peers: PeerClient,
+        control: Control,
+        verifier: Verifier,
+        shutdown: CancellationToken,
+    ) -> Self {
         let origins: Arc<[SocketAddr]> = origins.into();
-        let verifier = Verifier::new(peers.clone(), origins.clone());
         SharedObjects {
             inner: Arc::new(Registry {
                 peers,
@@ -518,7 +523,9 @@ mod tests {
         let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
         let peers = PeerClient::new(secret);
         let control = Control::new(Vec::new(), peers.clone(), Duration::from_secs(1));
-        let objects = SharedObjects::new(Vec::new(), peers, control, CancellationToken::new()).with_max_objects(2);
+        let verifier = Verifier::new(peers.clone(), Vec::new().into());
+        let objects =
+            SharedObjects::new(Vec::new(), peers, control, verifier, CancellationToken::new()).with_max_objects(2);
         let name = |s: &str| ObjectName::parse("object name", s).unwrap();
         let a = objects.subscribe(&name("a")).unwrap();
         let _b = objects.subscribe(&name("b")).unwrap();

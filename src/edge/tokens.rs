@@ -49,7 +49,7 @@ pub enum AuthError {
 type Rules = (TokenKeys, BTreeMap<String, AppTokens>, BTreeMap<String, AppHooks>);
 
 /// Why a play or publish (or an HLS request) is not authorized.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamAuthError {
     /// The app requires a token and none was given (HTTP 401).
     #[error("this stream requires a {0} token")]
@@ -74,6 +74,79 @@ impl StreamAuthError {
             StreamAuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
             StreamAuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+
+    /// The refusal's reason as `/metrics` labels it and error bodies name it.
+    pub fn reason(&self) -> Reason {
+        match self {
+            StreamAuthError::Missing(_) => Reason::Missing,
+            StreamAuthError::Invalid(_) => Reason::Invalid,
+            StreamAuthError::Forbidden { .. } => Reason::Forbidden,
+            StreamAuthError::Unavailable => Reason::Unavailable,
+        }
+    }
+}
+
+/// The protocol a play or publish was refused on, for `/metrics` (RTMPS counts as
+/// `rtmp`: the same connection code after TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Rtmp,
+    Flv,
+    Hls,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Rtmp, Protocol::Flv, Protocol::Hls];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Rtmp => "rtmp",
+            Protocol::Flv => "flv",
+            Protocol::Hls => "hls",
+        }
+    }
+}
+
+/// Why a stream token check refused, one per [`StreamAuthError`] variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Missing,
+    Invalid,
+    Forbidden,
+    Unavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 4] = [Reason::Missing, Reason::Invalid, Reason::Forbidden, Reason::Unavailable];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Invalid => "invalid",
+            Reason::Forbidden => "forbidden",
+            Reason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Plays, publishes and HLS requests refused by a token check, by protocol and reason
+/// (`edge_auth_refused_total`).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [[std::sync::atomic::AtomicU64; Reason::ALL.len()]; Protocol::ALL.len()],
+}
+
+impl Refusals {
+    /// Counts `error` on `protocol` and hands it back.
+    pub fn count(&self, protocol: Protocol, error: StreamAuthError) -> StreamAuthError {
+        self.counts[protocol as usize][error.reason() as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        error
+    }
+
+    /// Refusals so far on `protocol` for `reason`.
+    pub fn get(&self, protocol: Protocol, reason: Reason) -> u64 {
+        self.counts[protocol as usize][reason as usize].load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -113,6 +186,18 @@ impl Verifier {
         Verifier {
             inner: Arc::new(Inner { peers, origins, keys: Mutex::default(), fetching: tokio::sync::Mutex::new(None) }),
         }
+    }
+
+    /// A verifier that starts with these keys and app rules and has no origin to
+    /// refetch them from (unit tests of the routes that check tokens).
+    #[cfg(test)]
+    pub fn with_rules(keys: TokenKeys, apps: BTreeMap<String, AppTokens>) -> Self {
+        let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").expect("a secret");
+        let verifier = Verifier::new(PeerClient::new(secret), Vec::new().into());
+        verifier.cache(|c| {
+            (c.keys, c.apps, c.fetched) = (keys, apps, Some(Instant::now()));
+        });
+        verifier
     }
 
     /// The claims of `token` when it allows `rights` on `object`.
@@ -209,7 +294,16 @@ impl Verifier {
             return Ok(());
         }
         if let Some(st) = segment_token {
-            let checked = self.cache(|c| token::verify_segment_token(st, &c.keys, app, name, now_secs()));
+            let verify = || self.cache(|c| token::verify_segment_token(st, &c.keys, app, name, now_secs()));
+            // Another edge may have fetched a new key first and listed its segment
+            // token: fetch it here too rather than refuse the player for seconds.
+            let checked = match verify() {
+                Err(TokenError::UnknownKey(_)) => {
+                    self.refetch(self.cache(|c| c.attempts)).await;
+                    verify()
+                }
+                other => other,
+            };
             return match (checked, play_token) {
                 (Ok(()), _) => Ok(()),
                 (Err(_), Some(t)) => self.check_stream_token(Some(t), app, name, StreamRight::Play).await,

@@ -81,6 +81,15 @@ pub fn date_time(ms: u64) -> String {
 
 /// The media playlist, or `None` while the window has no complete segment.
 pub fn render(window: &Window) -> Option<String> {
+    render_with_query(window, None)
+}
+
+/// [`render`], every URI it names (map, parts, segments, preload hint) followed by
+/// `?{query}` when there is one (an edge's segment token, `st=…`: the same for every
+/// player and every edge, so the text stays identical across edges). Without a query
+/// the text is exactly [`render`]'s.
+pub fn render_with_query(window: &Window, query: Option<&str>) -> Option<String> {
+    let q = query.map(|q| format!("?{q}")).unwrap_or_default();
     if !window.is_ready() {
         return None;
     }
@@ -115,14 +124,14 @@ pub fn render(window: &Window) -> Option<String> {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
         if previous.is_none_or(|p| p.start.init_version != s.init_version) {
-            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", init_uri(s.init_version));
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}{q}\"", init_uri(s.init_version));
         }
         let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", date_time(s.wall_ms));
         if with_parts {
             for part in &segment.parts {
                 let _ = writeln!(
                     out,
-                    "#EXT-X-PART:DURATION={},URI=\"{}\"{}",
+                    "#EXT-X-PART:DURATION={},URI=\"{}{q}\"{}",
                     seconds(u64::from(part.duration_ms)),
                     part_uri(segment.msn(), part.index),
                     if part.independent { ",INDEPENDENT=YES" } else { "" }
@@ -130,7 +139,7 @@ pub fn render(window: &Window) -> Option<String> {
             }
         }
         if let Some(duration) = segment.duration_ms {
-            let _ = writeln!(out, "#EXTINF:{},\n{}", seconds(u64::from(duration)), segment_uri(segment.msn()));
+            let _ = writeln!(out, "#EXTINF:{},\n{}{q}", seconds(u64::from(duration)), segment_uri(segment.msn()));
         }
         previous = Some(segment);
     }
@@ -141,7 +150,7 @@ pub fn render(window: &Window) -> Option<String> {
     // one's hint and calls the reconnect's `EXT-X-DISCONTINUITY` a "discontinuity
     // sequence mismatch", a fatal error (seen in `tests/hls_lb.rs`).
     if let Some((msn, index)) = window.next_part() {
-        let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"", part_uri(msn, index));
+        let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}{q}\"", part_uri(msn, index));
     }
     Some(out)
 }
@@ -220,6 +229,35 @@ mod tests {
         for msn in 107..=110 {
             assert!(text.contains(&format!("part-{msn}.0.m4s\",INDEPENDENT=YES")), "{msn}\n{text}");
         }
+    }
+
+    #[test]
+    fn a_query_follows_every_uri_and_nothing_else_changes() {
+        let window = live_window();
+        let plain = render(&window).unwrap();
+        assert_eq!(render_with_query(&window, None).as_deref(), Some(plain.as_str()));
+        let signed = render_with_query(&window, Some("st=1.2928.abc_-")).unwrap();
+        // Every URI, wherever it is, carries the query once.
+        let mut uris = 0;
+        for (p, s) in plain.lines().zip(signed.lines()) {
+            let with = |uri: &str| (uri.to_owned(), format!("{uri}?st=1.2928.abc_-"));
+            match p.find("URI=\"") {
+                Some(at) => {
+                    let uri = p[at + 5..].split('"').next().unwrap();
+                    let (bare, queried) = with(uri);
+                    assert_eq!(s, p.replacen(&format!("\"{bare}\""), &format!("\"{queried}\""), 1));
+                    uris += 1;
+                }
+                None if !p.starts_with('#') => {
+                    assert_eq!(s, with(p).1);
+                    uris += 1;
+                }
+                None => assert_eq!(s, p),
+            }
+        }
+        assert_eq!(plain.lines().count(), signed.lines().count());
+        // The map, 6 segments, the parts of 107..=110 (3 × 4 + 2) and the hint.
+        assert_eq!(uris, 1 + 6 + 14 + 1, "{signed}");
     }
 
     #[test]

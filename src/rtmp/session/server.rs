@@ -66,6 +66,9 @@ pub enum PublishRejection {
     Denied,
     /// The server cannot take the stream now (e.g. no cluster leader): `NetStream.Publish.Failed`.
     Failed,
+    /// The stream's publish token is missing, invalid or for another stream:
+    /// `NetStream.Publish.Unauthorized`.
+    Unauthorized,
 }
 
 impl PublishRejection {
@@ -75,6 +78,7 @@ impl PublishRejection {
             PublishRejection::BadName => "NetStream.Publish.BadName",
             PublishRejection::Denied => "NetStream.Publish.Denied",
             PublishRejection::Failed => "NetStream.Publish.Failed",
+            PublishRejection::Unauthorized => "NetStream.Publish.Unauthorized",
         }
     }
 }
@@ -96,7 +100,8 @@ pub enum ServerEvent {
     CreateStream { stream_id: u32 },
     /// The client asked to publish: answer with `accept_publish` or `reject_publish`.
     Publish { stream_id: u32, name: String, query: Option<String>, mode: PublishMode },
-    /// The client asked to play: answer with `accept_play` or `play_not_found`.
+    /// The client asked to play: answer with `accept_play`, `play_not_found` or
+    /// `reject_play`.
     Play { stream_id: u32, name: String, query: Option<String> },
     /// Audio from a publisher.
     Audio { stream_id: u32, timestamp: u32, payload: Bytes },
@@ -311,6 +316,17 @@ impl ServerSession {
         let name = truncate(name, MAX_NAME_LEN);
         let description = format!("Failed to play {name}; stream not found.");
         self.wire.send_status(stream_id, Status::error("NetStream.Play.StreamNotFound", &description).details(name));
+    }
+
+    /// Refuses a pending play for another reason than a missing stream (e.g. its play
+    /// token does not allow it): `onStatus` error `NetStream.Play.Failed` with
+    /// `description`; the stream returns to idle and the client may try again.
+    pub fn reject_play(&mut self, stream_id: u32, description: &str) {
+        let Some(stream) = self.streams.get_mut(&stream_id) else { return };
+        let Stream::PlayPending { name } = stream else { return };
+        let name = std::mem::take(name);
+        *stream = Stream::Idle;
+        self.wire.send_status(stream_id, Status::error("NetStream.Play.Failed", description).details(&name));
     }
 
     /// The publisher of a playing stream went away: `NetStream.Play.UnpublishNotify`, then

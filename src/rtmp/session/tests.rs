@@ -284,6 +284,40 @@ fn play_not_found_and_publish_rejected() {
     server.reject_publish(id, PublishRejection::Denied, "bad key");
     let events = server_to_client(&mut server, &mut client);
     assert_eq!(statuses(&events), [("error".into(), "NetStream.Publish.Denied".into())]);
+    client.publish(id, "guarded?token=x").unwrap();
+    let events = client_to_server(&mut client, &mut server);
+    assert!(matches!(&events[..], [ServerEvent::Publish { query: Some(q), .. }] if q == "token=x"));
+    server.reject_publish(id, PublishRejection::Unauthorized, "this stream requires a publish token");
+    let events = server_to_client(&mut server, &mut client);
+    assert_eq!(statuses(&events), [("error".into(), "NetStream.Publish.Unauthorized".into())]);
+}
+
+#[test]
+fn play_rejected_for_its_token_and_tried_again() {
+    let mut server = ServerSession::new(ServerConfig::default());
+    let mut client = ClientSession::default();
+    let id = connect_and_create(&mut client, &mut server, "k=v");
+
+    client.play(id, "cam?token=rs1.a.b").unwrap();
+    let events = client_to_server(&mut client, &mut server);
+    assert_eq!(events, [ServerEvent::Play { stream_id: id, name: "cam".into(), query: Some("token=rs1.a.b".into()) }]);
+    server.reject_play(id, "the token expired");
+    let events = server_to_client(&mut server, &mut client);
+    let [ClientEvent::Status { stream_id, level, code, description }] = &events[..] else { panic!("{events:?}") };
+    assert_eq!((*stream_id, level.as_str(), code.as_str()), (id, "error", "NetStream.Play.Failed"));
+    assert_eq!(description, "the token expired");
+    server.send_video(id, 0, avc(true, 1, 4));
+    assert!(server.take_output().is_empty(), "no media to a refused player");
+    // Rejecting a stream that is not waiting for a decision does nothing.
+    server.reject_play(id, "again");
+    assert!(server.take_output().is_empty());
+
+    // Idle again: the same stream may play with another token.
+    client.play(id, "cam?token=good").unwrap();
+    client_to_server(&mut client, &mut server);
+    server.accept_play(id);
+    let events = server_to_client(&mut server, &mut client);
+    assert!(statuses(&events).contains(&("status".into(), "NetStream.Play.Start".into())));
 }
 
 #[test]
