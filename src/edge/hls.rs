@@ -595,7 +595,9 @@ async fn authorize(
 ) -> Result<Option<String>, HlsError> {
     let token = tokens::from_request(headers, query);
     let checked = match resource {
-        Resource::Playlist => routes.tokens.authorize_stream(token.as_deref(), &key.app, &key.name, Play).await,
+        Resource::Playlist => {
+            routes.tokens.authorize_stream(token.as_deref(), &key.app, &key.name, Play).await.map(drop)
+        }
         Resource::Init(_) | Resource::Segment(_) | Resource::Part(..) => {
             let st = tokens::query_param(query, "st");
             routes.tokens.authorize_segment(st.as_deref(), token.as_deref(), &key.app, &key.name).await

@@ -129,7 +129,7 @@ impl Outcome {
 }
 
 /// Calls per event and outcome, for `/metrics`.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct HookStats {
     counts: [[AtomicU64; 4]; 5],
 }
@@ -162,16 +162,16 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    /// Starts the notice sender (it ends when the last `Hooks` is dropped). Must be
-    /// called on the runtime.
-    pub fn start() -> Hooks {
+    /// Starts the notice sender (it ends when the last `Hooks` is dropped), counting
+    /// into `stats`. Must be called on the runtime.
+    pub fn start(stats: Arc<HookStats>) -> Hooks {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(4)
             .build()
             .expect("a plain HTTP client builds");
         let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
-        let hooks = Hooks { client, notices: tx, stats: Arc::default() };
+        let hooks = Hooks { client, notices: tx, stats };
         tokio::spawn(send_notices(hooks.client.clone(), hooks.stats.clone(), rx));
         hooks
     }
@@ -227,12 +227,37 @@ impl Hooks {
     }
 }
 
+/// Asks the app's `event` hook (if it has one) whether to admit the session `call`
+/// describes; once admitted, the session holds the returned guard, which sends `done`'s
+/// notice when dropped. Every admitted session thus gets exactly one `_done`, even one
+/// that fails to start afterwards.
+pub async fn admit_session(
+    rules: &super::tokens::Verifier,
+    hooks: &Hooks,
+    event: HookEvent,
+    done: HookEvent,
+    mut call: HookCall,
+) -> Result<DoneNotice, HookRefusal> {
+    // Rules never fetched: the token check before this one already refused.
+    let app_hooks = rules.hooks(&call.app).await.ok().flatten();
+    call.at_ms = now_ms();
+    hooks.admit(app_hooks.as_ref(), event, call.clone()).await?;
+    Ok(hooks.on_drop(app_hooks, done, call))
+}
+
 /// Sends a notice when dropped (see [`Hooks::on_drop`]).
 pub struct DoneNotice {
     hooks: Hooks,
     app_hooks: Option<AppHooks>,
     event: HookEvent,
     call: Option<HookCall>,
+}
+
+impl DoneNotice {
+    /// Drops the guard without a notice.
+    pub fn disarm(mut self) {
+        self.call = None;
+    }
 }
 
 impl Drop for DoneNotice {
@@ -354,7 +379,7 @@ mod tests {
     #[tokio::test]
     async fn a_hook_admits_on_2xx_and_refuses_otherwise() {
         let (url, seen) = endpoint(vec![200, 403]).await;
-        let h = Hooks::start();
+        let h = Hooks::start(Arc::default());
         let app = hooks(&url, false);
         assert_eq!(h.admit(Some(&app), HookEvent::Publish, call()).await, Ok(()));
         assert_eq!(
@@ -379,7 +404,7 @@ mod tests {
     async fn an_unreachable_hook_fails_closed_or_open_as_configured() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let url = format!("http://{closed}/hook");
-        let h = Hooks::start();
+        let h = Hooks::start(Arc::default());
         assert_eq!(
             h.admit(Some(&hooks(&url, false)), HookEvent::Publish, call()).await,
             Err(HookRefusal::Unreachable { event: "on_publish" })
@@ -391,7 +416,7 @@ mod tests {
     #[tokio::test]
     async fn a_done_notice_goes_once_when_its_guard_drops_and_is_retried() {
         let (url, seen) = endpoint(vec![500]).await;
-        let h = Hooks::start();
+        let h = Hooks::start(Arc::default());
         let guard = h.on_drop(Some(hooks(&url, false)), HookEvent::PublishDone, call());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(seen.lock().unwrap().is_empty(), "nothing before the session ends");

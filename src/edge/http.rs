@@ -24,6 +24,7 @@ use raftcast_raft::token::StreamRight;
 use raftcast_raft::StreamKey;
 use serde_json::json;
 
+use super::hooks::{admit_session, DoneNotice, HookCall, HookEvent, HookRefusal};
 use super::http_objects;
 use super::streams::Lease;
 use super::tokens::{self, Protocol, StreamAuthError};
@@ -160,9 +161,30 @@ async fn flv_play(
     }
     // Before the permit and the relay: a refused player holds neither.
     let token = tokens::from_request(&headers, query.as_deref());
-    if let Err(e) = ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, StreamRight::Play).await {
-        return refused(ctx.stats.auth_refused.count(Protocol::Flv, e));
-    }
+    let claims = match ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, StreamRight::Play).await
+    {
+        Ok(claims) => claims,
+        Err(e) => return refused(ctx.stats.auth_refused.count(Protocol::Flv, e)),
+    };
+    let call = HookCall {
+        event: "",
+        edge: ctx.config.id.clone(),
+        client: peer.to_string(),
+        protocol: "flv",
+        app: stream.app.clone(),
+        stream: Some(stream.name.clone()),
+        query: query.clone(),
+        session: format!("{}-flv-{}", ctx.started_ms, ctx.stats.flv_sessions.fetch_add(1, Ordering::Relaxed)),
+        token: claims,
+        at_ms: 0,
+    };
+    let done = match admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await {
+        Ok(done) => done,
+        Err(e @ HookRefusal::Denied { .. }) => return error(StatusCode::FORBIDDEN, "refused_by_hook", e.to_string()),
+        Err(e @ HookRefusal::Unreachable { .. }) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "hook_unreachable", e.to_string())
+        }
+    };
     // Held while the play waits for its stream too: a flood of plays for missing
     // streams costs one address at most `--max-long-requests-per-address`.
     let permit = match ctx.limits.long_requests.try_acquire(peer.ip()) {
@@ -178,7 +200,8 @@ async fn flv_play(
     let Some(hub) = hub else { return error(StatusCode::NOT_FOUND, "stream_not_found", "not published") };
     let subscription = hub.subscribe();
     ctx.stats.players_flv.fetch_add(1, Ordering::Relaxed);
-    let player = FlvPlayer { ctx: ctx.clone(), _lease: lease, _permit: permit, subscription, header_sent: false };
+    let player =
+        FlvPlayer { ctx: ctx.clone(), _lease: lease, _permit: permit, _done: done, subscription, header_sent: false };
     let body = futures::stream::unfold(player, |mut p| async move {
         let chunk = p.next().await?;
         Some((Ok::<Bytes, std::convert::Infallible>(chunk), p))
@@ -211,6 +234,8 @@ struct FlvPlayer {
     ctx: Arc<EdgeContext>,
     _lease: Lease,
     _permit: Permit,
+    /// Sends `on_play_done` when the response ends.
+    _done: DoneNotice,
     subscription: Subscription,
     header_sent: bool,
 }

@@ -22,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use super::claims::ClaimFeed;
 use super::hls::{Hls, HlsMetrics};
+use super::hooks::{HookEvent, Outcome};
 use super::streams::Relays;
 use super::tokens::{Protocol, Reason};
 use super::upstream::Upstreams;
@@ -48,6 +49,13 @@ struct ProtocolLabel {
 struct RefusalLabel {
     protocol: &'static str,
     reason: &'static str,
+}
+
+/// A webhook event (`on_publish`, …) and how the call ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabel {
+    event: &'static str,
+    outcome: &'static str,
 }
 
 /// `player` or `publisher` (drops), `publisher` or `relay` (failovers).
@@ -188,6 +196,18 @@ impl Collector for EdgeCollector {
             "edge_auth_refused_total",
             "Plays, publishes and HLS requests refused by a stream token check, by protocol and reason",
             &refusals,
+        )?;
+        let hook_calls: Vec<_> = HookEvent::ALL
+            .iter()
+            .flat_map(|ev| Outcome::ALL.map(|o| (*ev, o)))
+            .map(|(ev, o)| (HookLabel { event: ev.name(), outcome: o.name() }, s.hook_calls.get(ev, o)))
+            .collect();
+        counters(
+            e,
+            "edge_hook_calls_total",
+            "Webhook calls by event and outcome (ok: 2xx; denied: another status; failed: not reached \
+             or late, per try; dropped: a notice the full queue dropped)",
+            &hook_calls,
         )?;
         let (followed, restarts) = self.claims.stats();
         gauge(

@@ -63,6 +63,10 @@ pub struct EdgeStats {
     pub publisher_failovers: AtomicU64,
     /// Plays, publishes and HLS requests refused by a stream token check.
     pub auth_refused: Arc<tokens::Refusals>,
+    /// HTTP-FLV plays so far (names their webhook sessions).
+    pub flv_sessions: AtomicU64,
+    /// Webhook calls by event and outcome.
+    pub hook_calls: Arc<hooks::HookStats>,
     /// Relays that re-subscribed at a new owner.
     pub relay_failovers: AtomicU64,
     /// Frames a relay dropped because its players already had them (replays after a move).
@@ -150,6 +154,8 @@ pub struct EdgeContext {
     /// Who owns each stream this edge publishes or relays.
     pub claims: claims::ClaimFeed,
     pub objects: shared_objects::SharedObjects,
+    /// Calls the apps' webhooks.
+    pub hooks: hooks::Hooks,
     /// Checks play, publish and shared-object tokens (one key cache for all of them).
     pub tokens: tokens::Verifier,
     /// Streams packaged for HLS, their windows and counters.
@@ -193,11 +199,13 @@ impl EdgeContext {
         let (relays, claims) = (streams::Relays::default(), claims::ClaimFeed::default());
         let (hls, stats, limits) = (hls::Hls::new(config.hls_serve.clone()), Arc::default(), EdgeLimits::new(config));
         let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams);
+        let hooks = hooks::Hooks::start(stats.hook_calls.clone());
         Ok(Arc::new(EdgeContext {
             config: config.clone(),
             control,
             objects,
             tokens,
+            hooks,
             upstreams,
             relays,
             claims,

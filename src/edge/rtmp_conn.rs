@@ -48,6 +48,7 @@ use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::hooks::{admit_session, DoneNotice, HookCall, HookEvent};
 use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
 use super::tokens::{Protocol, StreamAuthError};
@@ -81,6 +82,8 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether a write may leave bytes inside the stream until it is flushed (TLS
     /// records); a plain socket's flush does nothing.
     const BUFFERS_WRITES: bool;
+    /// `rtmp` or `rtmps`, as webhooks name it.
+    const PROTOCOL: &'static str;
     fn split(self) -> (Self::Reader, Self::Writer);
 }
 
@@ -88,6 +91,7 @@ impl ClientStream for TcpStream {
     type Reader = tokio::net::tcp::OwnedReadHalf;
     type Writer = tokio::net::tcp::OwnedWriteHalf;
     const BUFFERS_WRITES: bool = false;
+    const PROTOCOL: &'static str = "rtmp";
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
     }
@@ -97,6 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for tokio_
     type Reader = tokio::io::ReadHalf<Self>;
     type Writer = tokio::io::WriteHalf<Self>;
     const BUFFERS_WRITES: bool = true;
+    const PROTOCOL: &'static str = "rtmps";
     fn split(self) -> (Self::Reader, Self::Writer) {
         tokio::io::split(self)
     }
@@ -295,16 +300,19 @@ enum Out {
     Unpublished(u32),
 }
 
-/// The answer to a decision the cluster had to help with.
+/// The answer to a decision the cluster (or an app's webhook) had to help with.
 enum Decision {
+    /// The app's `on_connect` hook answered (`Err`: why the connect is rejected).
+    Connect(Result<(), String>),
     Publish {
         stream_id: u32,
-        result: Result<Publication, Refusal>,
+        result: Result<(Publication, DoneNotice), Refusal>,
     },
     Play {
         stream_id: u32,
         name: String,
         lease: Option<Lease>,
+        done: DoneNotice,
     },
     /// The play token does not allow the play (`NetStream.Play.Failed`, `why`).
     PlayRefused {
@@ -320,6 +328,11 @@ struct Conn {
     app: Option<String>,
     connect_query: Option<String>,
     publishing: HashMap<u32, Publication>,
+    /// `rtmp` or `rtmps`.
+    protocol: &'static str,
+    /// Per publish or play admitted by the app's hooks: sends its `_done` notice when
+    /// the stream closes or the connection ends.
+    done: HashMap<u32, DoneNotice>,
     /// One pump per play, polled by this task; a pump never ends by itself.
     playing: StreamMap<u32, BoxStream<'static, Out>>,
     /// Streams with a decision pending; a stream closed meanwhile is dropped from here.
@@ -416,6 +429,8 @@ async fn connection<S: ClientStream>(
         app: None,
         connect_query: None,
         publishing: HashMap::new(),
+        protocol: S::PROTOCOL,
+        done: HashMap::new(),
         playing: StreamMap::new(),
         pending_ids: HashSet::new(),
         decisions: FuturesUnordered::new(),
@@ -607,11 +622,17 @@ impl Conn {
         match event {
             ServerEvent::Connect { app, query, tc_url, .. } => {
                 tracing::debug!(app, ?tc_url, "connect");
-                self.app = Some(app);
+                self.app = Some(app.clone());
                 self.objects.set_token(crate::edge::tokens::query_param(query.as_deref(), "token"));
-                self.connect_query = query;
-                self.session.set_max_buffered(self.ctx.config.caps.partial_bytes_per_connection);
-                self.session.accept_connect();
+                self.connect_query = query.clone();
+                let ctx = self.ctx.clone();
+                let call = self.hook_call(&app, None, query);
+                self.decisions.push(Box::pin(async move {
+                    let admitted =
+                        admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Connect, HookEvent::Connect, call).await;
+                    // No `on_connect_done`: the guard's notice names no URL.
+                    Decision::Connect(admitted.map(|guard| guard.disarm()).map_err(|e| e.to_string()))
+                }));
             }
             ServerEvent::CreateStream { .. } => {}
             ServerEvent::Publish { stream_id, name, query, .. } => self.publish(stream_id, name, query),
@@ -642,6 +663,22 @@ impl Conn {
         Ok(())
     }
 
+    /// What the app's webhooks are told of this client and `stream`.
+    fn hook_call(&self, app: &str, stream: Option<&str>, query: Option<String>) -> HookCall {
+        HookCall {
+            event: "",
+            edge: self.ctx.config.id.clone(),
+            client: self.peer.to_string(),
+            protocol: self.protocol,
+            app: app.to_owned(),
+            stream: stream.map(str::to_owned),
+            query,
+            session: format!("{}-{}", self.ctx.started_ms, self.id),
+            token: None,
+            at_ms: 0,
+        }
+    }
+
     fn stream_key(&self, name: &str) -> Option<StreamKey> {
         StreamKey::new(self.app.as_deref()?, name).ok()
     }
@@ -665,14 +702,24 @@ impl Conn {
         let token = self.credential(query.as_deref(), "token");
         let ctx = self.ctx.clone();
         let session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
+        let mut call = self.hook_call(&stream.app, Some(&stream.name), query);
+        call.session = session.clone();
         let fenced = self.fenced.clone();
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
-            // The token first: a refused publisher never claims the stream. A static
-            // key, if the app has one, is checked by the origin on the claim.
+            // The token first, then the app's hook: a refused publisher never claims
+            // the stream. A static key, if the app has one, is checked by the origin
+            // on the claim.
             let authorized = ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, Publish).await;
             let result = match authorized {
-                Ok(()) => Publication::start(&ctx, stream, session, key, fenced).await,
+                Ok(claims) => {
+                    call.token = claims;
+                    match admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Publish, HookEvent::PublishDone, call).await
+                    {
+                        Ok(done) => Publication::start(&ctx, stream, session, key, fenced).await.map(|p| (p, done)),
+                        Err(refused) => Err((PublishRejection::Unauthorized, refused.to_string())),
+                    }
+                }
                 Err(e) => {
                     let e = ctx.stats.auth_refused.count(Protocol::Rtmp, e);
                     let code = match e {
@@ -701,33 +748,51 @@ impl Conn {
         };
         let token = self.credential(query.as_deref(), "token");
         let ctx = self.ctx.clone();
+        let mut call = self.hook_call(&stream.app, Some(&stream.name), query);
+        call.session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
             // Checked before the relay is joined: a refused player costs no upstream.
             let authorized = ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, Play).await;
-            if let Err(e) = authorized {
-                let why = ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string();
-                return Decision::PlayRefused { stream_id, why };
+            match authorized {
+                Ok(claims) => call.token = claims,
+                Err(e) => {
+                    let why = ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string();
+                    return Decision::PlayRefused { stream_id, why };
+                }
             }
+            let done = match admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await {
+                Ok(done) => done,
+                Err(refused) => return Decision::PlayRefused { stream_id, why: refused.to_string() },
+            };
             let lease = ctx.relays.join(&ctx, &stream);
             let mut hub = lease.relay().hub();
             let found = tokio::time::timeout(ctx.config.play_wait, hub.wait_for(Option::is_some)).await;
             let lease = matches!(found, Ok(Ok(_))).then_some(lease);
-            Decision::Play { stream_id, name, lease }
+            Decision::Play { stream_id, name, lease, done }
         }));
     }
 
     fn decided(&mut self, decision: Decision) {
         match decision {
+            Decision::Connect(Ok(())) => {
+                self.session.set_max_buffered(self.ctx.config.caps.partial_bytes_per_connection);
+                self.session.accept_connect();
+            }
+            Decision::Connect(Err(why)) => {
+                tracing::info!(conn = self.id, peer = %self.peer, why, "connect refused");
+                self.session.reject_connect(&why);
+            }
             Decision::Publish { stream_id, result } => {
                 if !self.pending_ids.remove(&stream_id) {
                     // Closed meanwhile: dropping the publication unpublishes and releases.
                     return;
                 }
                 match result {
-                    Ok(publication) => {
+                    Ok((publication, done)) => {
                         self.session.accept_publish(stream_id);
                         self.publishing.insert(stream_id, publication);
+                        self.done.insert(stream_id, done);
                         self.started();
                     }
                     Err((code, why)) => {
@@ -743,7 +808,7 @@ impl Conn {
                     self.session.reject_play(stream_id, &why);
                 }
             }
-            Decision::Play { stream_id, name, lease } => {
+            Decision::Play { stream_id, name, lease, done } => {
                 if !self.pending_ids.remove(&stream_id) {
                     return;
                 }
@@ -752,6 +817,7 @@ impl Conn {
                     return;
                 };
                 self.session.accept_play(stream_id);
+                self.done.insert(stream_id, done);
                 self.started_play = true;
                 self.wrote_media = false;
                 self.started();
@@ -773,6 +839,7 @@ impl Conn {
 
     fn stream_closed(&mut self, stream_id: u32) {
         self.pending_ids.remove(&stream_id);
+        self.done.remove(&stream_id);
         self.publish_permits.remove(&stream_id);
         if let Some(publication) = self.publishing.remove(&stream_id) {
             self.ctx.stats.publisher_drops.fetch_add(publication.dropped(), Ordering::Relaxed);

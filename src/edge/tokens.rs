@@ -1,10 +1,11 @@
 //! Token verification on the edge: checks a client's shared-object token, or its play or
 //! publish token, locally with the cluster's signing keys and the apps' token rules,
-//! fetched from any origin over the cluster-secret channel and cached. A token naming a key this edge does not know triggers one refetch (at
-//! most one per [`REFETCH_EVERY`], however many clients present such tokens), and keys
-//! older than [`KEYS_MAX_AGE`] are refetched before use, so a key a rotation dropped
-//! stops verifying here within that time, and a changed app rule applies here within
-//! that time too. An edge that never fetched the rules refuses plays and publishes
+//! fetched from any origin over the cluster-secret channel and cached. A token naming a
+//! key this edge does not know triggers one refetch (at most one per [`REFETCH_EVERY`],
+//! however many clients present such tokens), and keys older than [`KEYS_MAX_AGE`] are
+//! refetched in the background, so a key a rotation dropped stops verifying here within
+//! about that time (plus one fetch), and a changed app rule or webhook applies here
+//! within that time too. An edge that never fetched the rules refuses plays and publishes
 //! (503) rather than guess; one whose last fetch is old keeps using it while no origin
 //! answers.
 //!
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::collections::BTreeMap;
 
 use raftcast_raft::state::{AppHooks, AppTokens};
-use raftcast_raft::token::{self, Claims, Rights, StreamRight, TokenError, TokenKey, TokenKeys};
+use raftcast_raft::token::{self, Claims, Rights, StreamClaims, StreamRight, TokenError, TokenKey, TokenKeys};
 
 use crate::peer::PeerClient;
 
@@ -175,6 +176,8 @@ struct Inner {
     keys: Mutex<KeyCache>,
     /// Serializes fetches; holds when the last one started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
+    /// A background refetch of stale keys is under way.
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 fn now_secs() -> u64 {
@@ -184,7 +187,13 @@ fn now_secs() -> u64 {
 impl Verifier {
     pub fn new(peers: PeerClient, origins: Arc<[SocketAddr]>) -> Self {
         Verifier {
-            inner: Arc::new(Inner { peers, origins, keys: Mutex::default(), fetching: tokio::sync::Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                peers,
+                origins,
+                keys: Mutex::default(),
+                fetching: tokio::sync::Mutex::new(None),
+                refreshing: Default::default(),
+            }),
         }
     }
 
@@ -223,18 +232,19 @@ impl Verifier {
     }
 
     /// Checks that `token` allows `right` on stream `app`/`name` when the app requires
-    /// such a token; returns at once (after a refetch of stale rules) when it does not.
+    /// such a token, and returns its claims; returns `None` at once (after a refetch of
+    /// stale rules) when the app does not require one.
     pub async fn authorize_stream(
         &self,
         token: Option<&str>,
         app: &str,
         name: &str,
         right: StreamRight,
-    ) -> Result<(), StreamAuthError> {
+    ) -> Result<Option<StreamClaims>, StreamAuthError> {
         if !self.requires(app, right).await? {
-            return Ok(());
+            return Ok(None);
         }
-        self.check_stream_token(token, app, name, right).await
+        self.check_stream_token(token, app, name, right).await.map(Some)
     }
 
     /// Whether stream tokens for `right` are required in `app`, by the current rules.
@@ -256,7 +266,7 @@ impl Verifier {
         app: &str,
         name: &str,
         right: StreamRight,
-    ) -> Result<(), StreamAuthError> {
+    ) -> Result<StreamClaims, StreamAuthError> {
         let token = token.ok_or(StreamAuthError::Missing(right))?;
         let claims = match self.cache(|c| token::verify_stream(token, &c.keys, now_secs())) {
             Err(TokenError::UnknownKey(_)) => {
@@ -269,7 +279,7 @@ impl Verifier {
         if !claims.allows(app, name, right) {
             return Err(StreamAuthError::Forbidden { app: app.to_owned(), name: name.to_owned(), right });
         }
-        Ok(())
+        Ok(claims)
     }
 
     /// The segment token to write into the HLS playlists of `app`/`name`, when its app
@@ -306,11 +316,11 @@ impl Verifier {
             };
             return match (checked, play_token) {
                 (Ok(()), _) => Ok(()),
-                (Err(_), Some(t)) => self.check_stream_token(Some(t), app, name, StreamRight::Play).await,
+                (Err(_), Some(t)) => self.check_stream_token(Some(t), app, name, StreamRight::Play).await.map(drop),
                 (Err(e), None) => Err(StreamAuthError::Invalid(e)),
             };
         }
-        self.check_stream_token(play_token, app, name, StreamRight::Play).await
+        self.check_stream_token(play_token, app, name, StreamRight::Play).await.map(drop)
     }
 
     /// `app`'s webhooks, by the current rules (`Err`: the rules are not known yet).
@@ -324,10 +334,30 @@ impl Verifier {
     }
 
     /// Refetches keys and rules older than [`KEYS_MAX_AGE`].
+    ///
+    /// Only a cache that never fetched waits; a stale one answers at once and is
+    /// refetched in the background (one refetch at a time), so an origin that answers
+    /// slowly never adds its delay to clients' connects, plays and publishes.
     async fn fresh(&self) {
+        use std::sync::atomic::Ordering::{AcqRel, Release};
         let (fetched, attempts) = self.cache(|c| (c.fetched, c.attempts));
-        if fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE) {
-            self.refetch(attempts).await;
+        match fetched {
+            None => self.refetch(attempts).await,
+            Some(t) if t.elapsed() > KEYS_MAX_AGE => {
+                if self
+                    .inner
+                    .refreshing
+                    .compare_exchange(false, true, AcqRel, std::sync::atomic::Ordering::Acquire)
+                    .is_ok()
+                {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.refetch(attempts).await;
+                        me.inner.refreshing.store(false, Release);
+                    });
+                }
+            }
+            Some(_) => {}
         }
     }
 
