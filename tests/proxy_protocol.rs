@@ -132,3 +132,47 @@ async fn caps_count_the_client_behind_the_balancer() {
     assert_eq!(edge.metric("edge_limit_in_use{class=\"proxy_headers\"}").await, 0.0);
     drop((held, rtmp_held));
 }
+
+/// Sends `prefix` then `GET path` (with `bearer`); the status code.
+async fn get_via(edge: SocketAddr, prefix: &[u8], path: &str, bearer: Option<&str>) -> Option<u16> {
+    let mut conn = connect_from(BALANCER, edge).await;
+    let mut req = prefix.to_vec();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    req.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: edge\r\n{auth}Connection: close\r\n\r\n").as_bytes());
+    conn.write_all(&req).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await.expect("an answer").ok()?;
+    String::from_utf8_lossy(&buf).strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_answer_strangers_only_with_the_ops_token() {
+    let c = Cluster::start(1).await;
+    let token_file = c.dir.path().join("ops-token");
+    std::fs::write(&token_file, "an-ops-token-for-tests\n").unwrap();
+    let open = EdgeProc::start(&c, "edge-1", &["--proxy-protocol-from", BALANCER]).await;
+    let guarded = EdgeProc::start(
+        &c,
+        "edge-2",
+        &["--proxy-protocol-from", BALANCER, "--ops-token-file", token_file.to_str().unwrap()],
+    )
+    .await;
+    let stranger = |edge: SocketAddr| v2_header("203.0.113.7", edge);
+    let local = |edge: SocketAddr| v2_header("127.0.0.9", edge);
+    for path in ["/status", "/metrics"] {
+        // No token configured: loopback clients only.
+        assert_eq!(get_via(open.http, &stranger(open.http), path, None).await, Some(403), "{path}");
+        assert_eq!(get_via(open.http, &local(open.http), path, None).await, Some(200), "{path}");
+        // A token configured: strangers with it, loopback without.
+        assert_eq!(get_via(guarded.http, &stranger(guarded.http), path, None).await, Some(401), "{path}");
+        assert_eq!(get_via(guarded.http, &stranger(guarded.http), path, Some("wrong-token-xxxxxxx")).await, Some(401));
+        assert_eq!(
+            get_via(guarded.http, &stranger(guarded.http), path, Some("an-ops-token-for-tests")).await,
+            Some(200),
+            "{path}"
+        );
+        assert_eq!(get_via(guarded.http, &local(guarded.http), path, None).await, Some(200), "{path}");
+    }
+    // What players use stays open to strangers.
+    assert_eq!(get_via(open.http, &stranger(open.http), "/health", None).await, Some(200));
+}

@@ -56,6 +56,12 @@ pub struct EdgeArgs {
     /// File holding the cluster secret (or set RAFTCAST_CLUSTER_SECRET).
     #[arg(long, env = "RAFTCAST_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// File holding a token for `/status` and `/metrics` (or set RAFTCAST_EDGE_OPS_TOKEN):
+    /// clients other than loopback ones need `Authorization: Bearer <token>` for them.
+    /// Without one, only loopback clients (the real client behind a trusted balancer)
+    /// get them [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_OPS_TOKEN_FILE")]
+    pub ops_token_file: Option<PathBuf>,
     /// Most RTMP connections at once; more are closed at accept [default: 10000].
     #[arg(long, env = "RAFTCAST_EDGE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -266,6 +272,8 @@ pub struct EdgeConfig {
     pub request_deadline: Duration,
     pub drain: Duration,
     pub www: Option<std::path::PathBuf>,
+    /// Bearer token for `/status` and `/metrics` from non-loopback clients.
+    pub ops_token: Option<String>,
     /// Trusted load balancers that send PROXY protocol headers (empty: none).
     pub proxy_protocol_from: Vec<std::net::IpAddr>,
     /// Caps on what clients may hold (see [`EdgeCaps`]).
@@ -309,6 +317,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         tls_key: cli.tls_key.or(file.tls_key),
         origins: cli.origins.or(file.origins),
         cluster_secret_file: cli.cluster_secret_file.or(file.cluster_secret_file),
+        ops_token_file: cli.ops_token_file.or(file.ops_token_file),
         max_connections: cli.max_connections.or(file.max_connections),
         handshake_timeout_ms: cli.handshake_timeout_ms.or(file.handshake_timeout_ms),
         idle_timeout_ms: cli.idle_timeout_ms.or(file.idle_timeout_ms),
@@ -381,6 +390,10 @@ impl EdgeConfig {
         let secret = crate::secrets::load(env("RAFTCAST_CLUSTER_SECRET").as_deref(), a.cluster_secret_file.as_deref())?
             .ok_or("a cluster secret is required: set RAFTCAST_CLUSTER_SECRET or --cluster-secret-file")?;
         let secret = ClusterSecret::new(&secret)?;
+        let ops_token = crate::secrets::load(env("RAFTCAST_EDGE_OPS_TOKEN").as_deref(), a.ops_token_file.as_deref())?;
+        if ops_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err("the ops token must be at least 16 characters".into());
+        }
         let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
         let chunk_size = a.chunk_size.unwrap_or(4096);
         if !(128..=65536).contains(&chunk_size) {
@@ -489,6 +502,7 @@ impl EdgeConfig {
             request_deadline: ms(a.request_deadline_ms, 5_000),
             drain: ms(a.drain_ms, 2_000),
             www: a.www,
+            ops_token,
             proxy_protocol_from: a.proxy_protocol_from.unwrap_or_default(),
             caps,
             hls,

@@ -38,8 +38,8 @@ use crate::rtmp::flv;
 pub fn router(ctx: Arc<EdgeContext>) -> Router {
     let router = Router::new()
         .route("/health", get(|| async { "ok\n" }))
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
+        .route("/status", get(status).route_layer(axum::middleware::from_fn_with_state(ctx.clone(), ops_only)))
+        .route("/metrics", get(metrics).route_layer(axum::middleware::from_fn_with_state(ctx.clone(), ops_only)))
         .route("/shared-objects/{name}", get(http_objects::get))
         .route("/shared-objects/{name}/slots/{slot}", put(http_objects::put_slot).delete(http_objects::delete_slot))
         .route("/shared-objects/{name}/events", get(http_objects::events))
@@ -337,6 +337,34 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
         "hls": hls,
         "upstreams": upstreams,
     }))
+}
+
+/// Guards `/status` and `/metrics`, which name every stream the edge serves (protected
+/// ones too) and its internal links: loopback clients (the real client behind a
+/// trusted balancer), or `Authorization: Bearer <--ops-token-file>`.
+async fn ops_only(
+    State(ctx): State<Arc<EdgeContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if peer.ip().is_loopback() {
+        return next.run(req).await;
+    }
+    let Some(expected) = &ctx.config.ops_token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "/status and /metrics answer loopback clients only on this edge (it has no --ops-token-file)",
+        );
+    };
+    let given = tokens::from_request(req.headers(), None);
+    if given.is_some_and(|g| raftcast_raft::rpc::constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+        return next.run(req).await;
+    }
+    let mut refused = error(StatusCode::UNAUTHORIZED, "unauthorized", "an ops token is required");
+    refused.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    refused
 }
 
 async fn metrics(State(ctx): State<Arc<EdgeContext>>) -> Response {
