@@ -22,8 +22,10 @@
 //! - over TLS ([`serve_tls`]): every cap above applies to the TCP connection before
 //!   the TLS handshake, which must finish within the header timeout; HTTP/2 requests
 //!   get the same body deadline, at most [`H2_MAX_STREAMS`] at once per connection.
-//!   An idle HTTP/2 connection is not closed by the header timeout (hyper has no
-//!   such timer for HTTP/2): it holds its connection permit until the client leaves.
+//!   hyper has no idle timer for HTTP/2, so [`Idle`] keeps one: a TLS connection with
+//!   no request in flight (bodies included) for the header timeout is shut down
+//!   gracefully (GOAWAY), so an idle HTTP/2 client cannot hold its permit for ever.
+//!   Handshakes are counted ([`crate::tls::HandshakeStats`]).
 //!
 //! Handlers see the peer (the real client behind a trusted balancer) as axum's
 //! `ConnectInfo<SocketAddr>`, for the per-address caps on long-lived requests (SSE,
@@ -92,7 +94,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
-    tls: TlsAcceptor,
+    tls: (TlsAcceptor, Arc<crate::tls::HandshakeStats>),
     shutdown: CancellationToken,
 ) {
     serve_with(listener, router, limits, Some(tls), shutdown).await
@@ -102,7 +104,7 @@ async fn serve_with(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Arc<crate::tls::HandshakeStats>)>,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -173,7 +175,7 @@ fn admit(
     peer: SocketAddr,
     router: Router,
     limits: HttpLimits,
-    tls: Option<TlsAcceptor>,
+    tls: Option<(TlsAcceptor, Arc<crate::tls::HandshakeStats>)>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Option<Prefixed<TcpStream>> {
@@ -253,7 +255,7 @@ where
 /// graceful shutdown as [`connection`].
 async fn tls_connection(
     socket: Prefixed<TcpStream>,
-    tls: TlsAcceptor,
+    (tls, stats): (TlsAcceptor, Arc<crate::tls::HandshakeStats>),
     peer: SocketAddr,
     router: Router,
     limits: &HttpLimits,
@@ -263,18 +265,122 @@ async fn tls_connection(
         done = tokio::time::timeout(limits.header_timeout, tls.accept(socket)) => done,
         _ = shutdown.cancelled() => return,
     };
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-        Err(_) => {
-            return tracing::debug!(timeout = ?limits.header_timeout, "no TLS handshake within the header timeout")
-        }
+    let stream = match stats.record(handshake) {
+        Ok(stream) => stream,
+        Err(why) => return tracing::debug!(why, "TLS handshake failed"),
     };
-    let service = hyper::service::service_fn(handler(router, peer, limits.body_timeout));
+    // Shut down when the edge does, or when the connection idles (see `Idle`).
+    let conn_shutdown = shutdown.child_token();
+    let idle_stop = CancellationToken::new();
+    let idle = Idle::new();
+    let watch = tokio::spawn(idle.clone().watch(limits.header_timeout, [conn_shutdown.clone(), idle_stop.clone()]));
+    let handle = handler(router, peer, limits.body_timeout);
+    let service = hyper::service::service_fn(move |req| {
+        let busy = idle.busy();
+        let answer = handle(req);
+        async move {
+            let response = answer.await?;
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| axum::body::Body::new(BusyBody { inner: body, _busy: busy })),
+            )
+        }
+    });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(H2_MAX_STREAMS);
-    drive(builder.serve_connection(TokioIo::new(stream), service), &shutdown, "HTTPS").await;
+    let served = drive(builder.serve_connection(TokioIo::new(stream), service), &conn_shutdown, "HTTPS");
+    // An idle HTTP/2 client gets a graceful GOAWAY; one that does not answer its PING
+    // (hyper's graceful shutdown waits for it) is dropped one header timeout later.
+    let limit = limits.header_timeout;
+    tokio::select! {
+        _ = served => {}
+        _ = async { idle_stop.cancelled().await; tokio::time::sleep(limit).await } => {
+            tracing::debug!("idle connection dropped: no answer to the graceful shutdown");
+        }
+    }
+    watch.abort();
+}
+
+/// A connection's requests in flight and when the last one ended, for an idle timer
+/// hyper does not have on HTTP/2. Cheap to clone.
+#[derive(Clone)]
+struct Idle(Arc<IdleState>);
+
+struct IdleState {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// When the connection last had no request in flight.
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Idle {
+    fn new() -> Idle {
+        Idle(Arc::new(IdleState {
+            in_flight: Default::default(),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }))
+    }
+
+    /// A request begins; it ends when the guard (held by its response body) drops.
+    fn busy(&self) -> Busy {
+        self.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Cancels `stop` once no request has been in flight for `limit`.
+    async fn watch(self, limit: Duration, stop: [CancellationToken; 2]) {
+        loop {
+            let since = *self.0.since.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = self.0.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0;
+            if idle && since.elapsed() >= limit {
+                tracing::debug!(?limit, "idle connection shut down");
+                stop.iter().for_each(CancellationToken::cancel);
+                return;
+            }
+            let next = if idle { since + limit } else { tokio::time::Instant::now() + limit };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop[0].cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One request in flight (see [`Idle::busy`]).
+struct Busy(Idle);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let state = &self.0 .0;
+        if state.in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            *state.since.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it ends.
+struct BusyBody {
+    inner: axum::body::Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for BusyBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Why a request body was cut off.

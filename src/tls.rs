@@ -262,3 +262,34 @@ mod tests {
         CertificateDer::from_pem_slice(pem).unwrap().to_vec()
     }
 }
+
+/// TLS handshakes on one listener, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HandshakeStats {
+    pub ok: std::sync::atomic::AtomicU64,
+    /// The client's hello or the handshake was bad (or the client gave up).
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Not finished within the listener's deadline.
+    pub timed_out: std::sync::atomic::AtomicU64,
+}
+
+impl HandshakeStats {
+    /// Counts the outcome of a handshake under a deadline; the stream, or why not.
+    pub fn record<S>(&self, outcome: Result<std::io::Result<S>, tokio::time::error::Elapsed>) -> Result<S, String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match outcome {
+            Ok(Ok(stream)) => {
+                self.ok.fetch_add(1, Relaxed);
+                Ok(stream)
+            }
+            Ok(Err(e)) => {
+                self.failed.fetch_add(1, Relaxed);
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.timed_out.fetch_add(1, Relaxed);
+                Err("no handshake within the deadline".to_owned())
+            }
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{eventually, free_addr, Cluster};
-use edges::{ffmpeg_publish_with, ffprobe_video_packets_with, require, EdgeProc, Proc};
+use edges::{ffmpeg_publish_with, ffprobe_video_packets_with, metric_value, require, EdgeProc, Proc};
 use tokio::io::AsyncReadExt;
 
 fn openssl(args: &[&str]) {
@@ -314,4 +314,84 @@ async fn behind_a_balancer_the_proxy_header_comes_before_tls_on_both_listeners()
     let mut s0 = [0u8; 1];
     tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut s0)).await.unwrap().unwrap();
     assert_eq!(s0[0], 3, "S0 over TLS after a PROXY header");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_and_handshakes_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    require("openssl");
+    let c = Cluster::start(1).await;
+    let dir = c.dir.path().join("tls");
+    std::fs::create_dir(&dir).unwrap();
+    let ca = make_ca(&dir);
+    let (cert, key) = (dir.join("edge.pem"), dir.join("edge-key.pem"));
+    make_cert(&dir, "edge", 1, &cert, &key);
+    let (rtmps, https) = (free_addr(), free_addr());
+    let (rtmps_s, https_s) = (rtmps.to_string(), https.to_string());
+    let args = [
+        "--rtmps",
+        &rtmps_s,
+        "--https",
+        &https_s,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--http-header-timeout-ms",
+        "1000",
+    ];
+    let edge = EdgeProc::start(&c, "edge-1", &args).await;
+
+    // An HTTP/2 client that sends its preface and settings, then nothing: hyper has no
+    // idle timer for HTTP/2; the edge's closes it after the header timeout (1 s).
+    let mut h2 = tls_connect("127.0.0.1", https, b"", &ca, &[b"h2"]).await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    h2.flush().await.unwrap();
+    let opened = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match h2.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let after = opened.elapsed();
+    assert!(closed.is_ok(), "an idle HTTP/2 connection stayed open for 8 s");
+    assert!(after >= Duration::from_millis(900), "closed after {after:?}, before the idle timeout");
+    // The server's frames (9-byte headers: length, type, flags, stream): a GOAWAY
+    // (type 7) came before the close, a graceful shutdown.
+    let (mut at, mut types) = (0, Vec::new());
+    while at + 9 <= seen.len() {
+        let len = usize::from(seen[at]) << 16 | usize::from(seen[at + 1]) << 8 | usize::from(seen[at + 2]);
+        types.push(seen[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&7), "no GOAWAY among the server's frames {types:?}");
+    eprintln!("idle HTTP/2 connection closed after {after:?}");
+
+    // A good handshake and a bad one on each listener are counted.
+    for addr in [rtmps, https] {
+        let mut bad = tokio::net::TcpStream::connect(addr).await.unwrap();
+        bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), bad.read(&mut [0u8; 64])).await;
+    }
+    drop(tls_connect("127.0.0.1", rtmps, b"", &ca, &[]).await);
+    eventually(Duration::from_secs(5), "handshakes counted", || async {
+        let m = edge.metrics().await;
+        let n = |listener: &str, outcome: &str| {
+            metric_value(&m, &format!("edge_tls_handshakes_total{{listener=\"{listener}\",outcome=\"{outcome}\"}}"))
+                .unwrap_or(0.0)
+        };
+        (n("https", "ok") >= 1.0
+            && n("https", "failed") >= 1.0
+            && n("rtmps", "ok") >= 1.0
+            && n("rtmps", "failed") >= 1.0)
+            .then_some(())
+    })
+    .await;
 }

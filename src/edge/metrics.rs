@@ -51,6 +51,13 @@ struct RefusalLabel {
     reason: &'static str,
 }
 
+/// A TLS listener (`rtmps`, `https`) and how a handshake ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabel {
+    listener: &'static str,
+    outcome: &'static str,
+}
+
 /// A webhook event (`on_publish`, …) and how the call ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HookLabel {
@@ -208,6 +215,20 @@ impl Collector for EdgeCollector {
             "Webhook calls by event and outcome (ok: 2xx; denied: another status; failed: not reached \
              or late, per try; dropped: a notice the full queue dropped)",
             &hook_calls,
+        )?;
+        let handshakes: Vec<_> = [("rtmps", &s.tls_rtmps), ("https", &s.tls_https)]
+            .into_iter()
+            .flat_map(|(listener, h)| {
+                [("ok", &h.ok), ("failed", &h.failed), ("timed_out", &h.timed_out)]
+                    .map(|(outcome, n)| (HandshakeLabel { listener, outcome }, load(n)))
+            })
+            .collect();
+        counters(
+            e,
+            "edge_tls_handshakes_total",
+            "TLS handshakes on the RTMPS and HTTPS listeners: ok, failed (a bad or abandoned handshake), \
+             timed_out",
+            &handshakes,
         )?;
         let (followed, restarts) = self.claims.stats();
         gauge(

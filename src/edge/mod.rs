@@ -63,6 +63,9 @@ pub struct EdgeStats {
     pub publisher_failovers: AtomicU64,
     /// Plays, publishes and HLS requests refused by a stream token check.
     pub auth_refused: Arc<tokens::Refusals>,
+    /// TLS handshakes on the RTMPS and HTTPS listeners.
+    pub tls_rtmps: Arc<crate::tls::HandshakeStats>,
+    pub tls_https: Arc<crate::tls::HandshakeStats>,
     /// HTTP-FLV plays so far (names their webhook sessions).
     pub flv_sessions: AtomicU64,
     /// Webhook calls by event and outcome.
@@ -340,8 +343,14 @@ impl TlsServing {
             tracing::info!(https = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTPS serving");
             let router = http::router(ctx.clone());
             tokio::spawn(
-                crate::http_server::serve_tls(listener, router, ctx.limits.http.clone(), tls, clients.clone())
-                    .in_current_span(),
+                crate::http_server::serve_tls(
+                    listener,
+                    router,
+                    ctx.limits.http.clone(),
+                    (tls, ctx.stats.tls_https.clone()),
+                    clients.clone(),
+                )
+                .in_current_span(),
             )
         });
         (rtmps, https)

@@ -217,10 +217,9 @@ async fn run_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         accepted = tokio::time::timeout_at(deadline, tls.accept(socket)) => accepted,
         _ = shutdown.cancelled() => return,
     };
-    match accepted {
-        Ok(Ok(stream)) => run_until(stream, peer, Vec::new(), id, ctx, permits, deadline, shutdown).await,
-        Ok(Err(e)) => tracing::debug!(conn = id, %peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(conn = id, %peer, "no TLS handshake within {:?}", ctx.config.handshake_timeout),
+    match ctx.stats.tls_rtmps.record(accepted) {
+        Ok(stream) => run_until(stream, peer, Vec::new(), id, ctx, permits, deadline, shutdown).await,
+        Err(why) => tracing::debug!(conn = id, %peer, why, "TLS handshake failed"),
     }
 }
 
