@@ -273,10 +273,13 @@ impl SharedObjects {
         match self.inner.control.write_command(command).await {
             Ok(Response::ObjectVersion { version }) => Ok(version),
             Ok(Response::Rejected(r)) => Err(WriteError::Rejected(r)),
-            Ok(other) => Err(WriteError::Unavailable(format!("unexpected answer {other:?}"))),
             Err(ControlError::Failed { kind: FailKind::Overloaded, message }) => Err(WriteError::Overloaded(message)),
-            Err(ControlError::Failed { message, .. }) => Err(WriteError::Unavailable(message)),
-            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+            Err(e @ ControlError::Unavailable(_)) => Err(WriteError::Unavailable(e.to_string())),
+            // What went wrong inside the cluster is logged, not told to the client.
+            other => {
+                tracing::warn!(answer = ?other, "shared-object write failed");
+                Err(WriteError::Unavailable("the write did not go through; retry".into()))
+            }
         }
     }
 
@@ -298,14 +301,17 @@ impl SharedObjects {
                 .await;
             match attempt {
                 Ok(res) if res.status().is_success() => return Ok(()),
+                // Origins' addresses are logged, never told to the client.
                 Ok(res) if res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                    return Err(WriteError::Overloaded(format!("origin {origin} is overloaded")))
+                    tracing::info!(%origin, object = %name, "broadcast refused: origin overloaded");
+                    return Err(WriteError::Overloaded("the cluster is busy; retry in a second".into()));
                 }
                 Ok(res) => last = format!("origin {origin} answered {}", res.status()),
                 Err(e) => last = format!("origin {origin}: {e}"),
             }
         }
-        Err(WriteError::Unavailable(last))
+        tracing::warn!(object = %name, last, "broadcast failed on every origin");
+        Err(WriteError::Unavailable("no origin took the message; retry".into()))
     }
 }
 

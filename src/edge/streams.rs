@@ -63,6 +63,14 @@ const WINDOW_FETCH_WAIT: Duration = Duration::from_secs(3);
 /// A refused publish: the status code for the publisher and why.
 pub type Refusal = (PublishRejection, String);
 
+/// A publish refused for a reason inside the cluster: the reason (which may name
+/// origins, their addresses or internal answers) goes to the log; the publisher hears
+/// only that it may retry.
+fn internal(stream: &StreamKey, why: String) -> Refusal {
+    tracing::warn!(%stream, why, "publish refused");
+    (PublishRejection::Failed, format!("{stream} cannot be published now; retry"))
+}
+
 /// One publishing session on this edge.
 pub struct Publication {
     pub stream: StreamKey,
@@ -94,30 +102,30 @@ impl Publication {
         let claim = match answer {
             Ok(Response::Claimed(claim)) => claim,
             Ok(Response::Rejected(Rejection::StreamOwned { edge, .. })) => {
-                return Err((PublishRejection::BadName, format!("{stream} is already being published (on {edge})")))
+                tracing::info!(%stream, held_on = edge, "publish refused: the stream is held");
+                return Err((PublishRejection::BadName, format!("{stream} is already being published")));
             }
             Ok(Response::Rejected(Rejection::PublishDenied)) => {
                 return Err((PublishRejection::Denied, format!("publishing {stream} needs a valid key")))
             }
-            Ok(other) => return Err((PublishRejection::Failed, format!("unexpected claim answer {other:?}"))),
-            Err(e) => return Err((PublishRejection::Failed, format!("cannot claim {stream}: {e}"))),
+            // What went wrong inside the cluster is logged, not told to the publisher.
+            Ok(other) => return Err(internal(&stream, format!("unexpected claim answer {other:?}"))),
+            Err(e) => return Err(internal(&stream, format!("cannot claim: {e}"))),
         };
         let released = |why: String| {
             let (ctx, stream) = (ctx.clone(), stream.clone());
+            let refusal = internal(&stream, why);
             tokio::spawn(async move { release(&ctx, &stream, claim.epoch).await });
-            Err((PublishRejection::Failed, why))
+            Err(refusal)
         };
         let owner = match watch.at_least(claim.epoch, ctx.config.request_deadline).await {
             Ok(owner) if owner.claim.epoch == claim.epoch => owner,
             Ok(_) => return Err((PublishRejection::BadName, format!("{stream} was claimed by another session"))),
-            Err(e) => return released(format!("cannot find the owner of {stream}: {e}")),
+            Err(e) => return released(format!("cannot find the owner: {e}")),
         };
         let up = ctx.upstreams.get(owner.media);
         if !up.live(LINK_WAIT).await {
-            // The address stays in the log: publishers are strangers, the cluster's
-            // internal addresses are not theirs to learn.
-            tracing::warn!(%stream, origin = owner.claim.owner, media = %owner.media, "owner unreachable");
-            return released(format!("origin {} is unreachable", owner.claim.owner));
+            return released(format!("owner {} unreachable at {}", owner.claim.owner, owner.media));
         }
         let (channel, mut events) = up.open(None);
         let publish = Control::Publish { channel, stream: stream.clone(), epoch: claim.epoch };
@@ -132,8 +140,11 @@ impl Publication {
                 up.close(channel);
                 // A just-restarted or busy owner asks for a retry (the publisher may
                 // try again); anything else means the claim is not ours any more.
-                let code = if reason.retryable() { PublishRejection::Failed } else { PublishRejection::BadName };
-                return Err((code, format!("origin {} refused {stream}: {reason}", owner.claim.owner)));
+                tracing::info!(%stream, origin = owner.claim.owner, %reason, "the owner refused the publish");
+                if reason.retryable() {
+                    return Err((PublishRejection::Failed, format!("{stream} cannot be published yet; retry")));
+                }
+                return Err((PublishRejection::BadName, format!("{stream} is published by another session")));
             }
             _ => {
                 up.close(channel);
