@@ -11,9 +11,9 @@
 //! Needs node 20+, chromium, ffmpeg, openssl, curl and `tests/hls/node_modules`
 //! (scripts/install-deps.sh); a missing one fails the test with that command.
 
-mod common;
 #[path = "common/certs.rs"]
 mod certs;
+mod common;
 #[path = "common/edges.rs"]
 mod edges;
 
@@ -51,9 +51,7 @@ fn require_player() {
 /// cannot be fetched yet).
 fn segments(url: &str, ca: &Path) -> usize {
     let out = Command::new("curl").args(["-fsS", "--max-time", "5", "--cacert"]).arg(ca).arg(url).output();
-    out.ok()
-        .filter(|o| o.status.success())
-        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).matches("#EXTINF").count())
+    out.ok().filter(|o| o.status.success()).map_or(0, |o| String::from_utf8_lossy(&o.stdout).matches("#EXTINF").count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

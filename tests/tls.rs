@@ -4,14 +4,14 @@
 //! connected before keeps receiving frames. Certificates come from a throw-away CA
 //! made with openssl.
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 #[path = "common/edges.rs"]
 mod edges;
-#[path = "common/certs.rs"]
-mod certs;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
