@@ -4,88 +4,21 @@
 //! connected before keeps receiving frames. Certificates come from a throw-away CA
 //! made with openssl.
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 #[path = "common/edges.rs"]
 mod edges;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use certs::{make_ca, make_cert};
 use common::{eventually, free_addr, Cluster};
 use edges::{ffmpeg_publish_with, ffprobe_video_packets_with, metric_value, require, EdgeProc, Proc};
 use tokio::io::AsyncReadExt;
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA (`ca.pem`, `ca-key.pem`) in `dir`.
-fn make_ca(dir: &Path) -> PathBuf {
-    let (ca, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=raftcast test CA",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        ca.to_str().unwrap(),
-    ]);
-    ca
-}
-
-/// An edge certificate for 127.0.0.1 and localhost named `cn`, signed by the CA in
-/// `dir`, written to `cert` and `key` by renaming (as a deployment tool would).
-fn make_cert(dir: &Path, cn: &str, serial: u32, cert: &Path, key: &Path) {
-    let (tmp_cert, tmp_key, csr, ext) =
-        (dir.join("new.pem"), dir.join("new-key.pem"), dir.join("new.csr"), dir.join("ext.cnf"));
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        &format!("/CN={cn}"),
-        "-keyout",
-        tmp_key.to_str().unwrap(),
-        "-out",
-        csr.to_str().unwrap(),
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        csr.to_str().unwrap(),
-        "-CA",
-        dir.join("ca.pem").to_str().unwrap(),
-        "-CAkey",
-        dir.join("ca-key.pem").to_str().unwrap(),
-        "-set_serial",
-        &serial.to_string(),
-        "-days",
-        "1",
-        "-extfile",
-        ext.to_str().unwrap(),
-        "-out",
-        tmp_cert.to_str().unwrap(),
-    ]);
-    std::fs::rename(&tmp_cert, cert).unwrap();
-    std::fs::rename(&tmp_key, key).unwrap();
-}
 
 /// The subject of the certificate a new TLS connection to `addr` is served, verified
 /// against `ca` (openssl s_client).

@@ -5,7 +5,16 @@
 // (hls.js `playingDate`, from EXT-X-PROGRAM-DATE-TIME), with p50/p95.
 //
 //   node play.mjs URL SECONDS [--plain] [--stall-ms 250] [--max-stall-ms N]
-//       [--max-p50-ms N] [--catch-up RATE] [--out report.json]
+//       [--max-p50-ms N] [--catch-up RATE] [--trust-spki BASE64] [--out report.json]
+//
+// An https:// URL is played as Chromium would play it in production: certificates are
+// verified. --trust-spki (repeatable) adds a leaf whose SubjectPublicKeyInfo has that
+// base64 SHA-256 (`openssl x509 -pubkey -noout | openssl pkey -pubin -outform der |
+// openssl dgst -sha256 -binary | base64`) through Chromium's
+// --ignore-certificate-errors-spki-list, so an edge with a test CA's certificate is
+// accepted and every other certificate error still fails. The report's `protocols`
+// gives the negotiated protocol (`nextHopProtocol` of the page's resource timing
+// entries: "h2", "http/1.1") of every playlist and media request.
 //
 // --catch-up sets hls.js's maxLiveSyncPlaybackRate (default 1: hls.js's own default, no
 // catch-up): a player that fell behind its target latency (a slow start on a busy
@@ -29,7 +38,7 @@ const HLS_JS = path.join(here, 'node_modules/hls.js/dist/hls.min.js');
 const START_MS = 20_000;
 
 function parseArgs(argv) {
-  const o = { url: null, seconds: null, ll: true, stallMs: 250, maxStallMs: null, maxP50Ms: null, catchUp: 1, out: null };
+  const o = { url: null, seconds: null, ll: true, stallMs: 250, maxStallMs: null, maxP50Ms: null, catchUp: 1, trustSpki: [], out: null };
   const rest = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -39,6 +48,7 @@ function parseArgs(argv) {
     else if (a === '--max-stall-ms') o.maxStallMs = Number(next());
     else if (a === '--max-p50-ms') o.maxP50Ms = Number(next());
     else if (a === '--catch-up') o.catchUp = Number(next());
+    else if (a === '--trust-spki') o.trustSpki.push(next());
     else if (a === '--out') o.out = next();
     else if (a.startsWith('--')) usage(`unknown option ${a}`);
     else rest.push(a);
@@ -49,7 +59,7 @@ function parseArgs(argv) {
 }
 
 function usage(why) {
-  console.error(`play: ${why}\nusage: node play.mjs URL SECONDS [--plain] [--stall-ms N] [--max-stall-ms N] [--max-p50-ms N] [--catch-up RATE] [--out FILE]`);
+  console.error(`play: ${why}\nusage: node play.mjs URL SECONDS [--plain] [--stall-ms N] [--max-stall-ms N] [--max-p50-ms N] [--catch-up RATE] [--trust-spki BASE64] [--out FILE]`);
   process.exit(2);
 }
 
@@ -57,7 +67,26 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>hls harnes
 <body><video id="v" muted autoplay playsinline></video>
 <script src="hls.min.js"></script>
 <script>
-window.harness = { fatal: [], nonfatal: {}, samples: [], stalls: [], started: null, levels: null };
+window.harness = { fatal: [], nonfatal: {}, samples: [], stalls: [], started: null, levels: null,
+  protocols: { playlist: {}, media: {} } };
+// Resource timing keeps 250 entries by default; LL-HLS makes several requests a second.
+// Entries are counted and cleared every 100 ms so none is lost to a full buffer.
+performance.setResourceTimingBufferSize(10000);
+function countProtocols() {
+  const p = window.harness.protocols;
+  for (const e of performance.getEntriesByType('resource')) {
+    // hls.js loads with XHR (fetch for some loaders); the browser's own requests
+    // (favicon.ico) and the harness's page are not the stream's.
+    if (!['xmlhttprequest', 'fetch'].includes(e.initiatorType) || e.name.includes('/__hls_harness__/')) continue;
+    const kind = new URL(e.name).pathname.endsWith('.m3u8') ? 'playlist' : 'media';
+    const proto = e.nextHopProtocol || 'unknown';
+    p[kind][proto] = (p[kind][proto] || 0) + 1;
+    if (proto === 'unknown' && (p.unknown ||= []).length < 5) {
+      p.unknown.push({ url: e.name, initiator: e.initiatorType, status: e.responseStatus, ms: Math.round(e.duration), bytes: e.transferSize });
+    }
+  }
+  performance.clearResourceTimings();
+}
 function start(url, ll, stallMs, catchUp) {
   const h = window.harness, v = document.getElementById('v');
   if (!Hls.isSupported()) { h.fatal.push({ at: Date.now(), type: 'unsupported', details: 'MSE missing' }); return; }
@@ -75,9 +104,10 @@ function start(url, ll, stallMs, catchUp) {
   v.play().catch(() => {});
   let lastT = -1, lastAdvance = 0, stalledSince = null;
   setInterval(() => {
+    countProtocols();
     const now = Date.now();
     if (v.currentTime !== lastT) {
-      if (h.started === null && v.currentTime > 0) h.started = now;
+      if (h.started === null && v.currentTime > 0) { h.started = now; h.startedAtS = v.currentTime; }
       if (stalledSince !== null && now - stalledSince > stallMs) h.stalls.push({ at: stalledSince, ms: now - stalledSince });
       stalledSince = null;
       lastT = v.currentTime; lastAdvance = now;
@@ -109,7 +139,10 @@ async function main() {
     executablePath: exe, headless: true, timeout: START_MS,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--autoplay-policy=no-user-gesture-required'],
+      '--autoplay-policy=no-user-gesture-required',
+      // Honoured only with a --user-data-dir, which playwright always passes (a fresh
+      // profile per launch).
+      ...(o.trustSpki.length ? [`--ignore-certificate-errors-spki-list=${o.trustSpki.join(',')}`] : [])],
   });
   const responses = {};
   try {
@@ -126,6 +159,7 @@ async function main() {
     const startedAt = await page.evaluate(() => window.harness.started);
     if (startedAt) await page.waitForTimeout(o.seconds * 1000);
     const h = await page.evaluate(() => {
+      countProtocols();
       const v = document.getElementById('v');
       const q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : {};
       return { ...window.harness, decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames, currentTime: v.currentTime };
@@ -149,7 +183,11 @@ async function main() {
       hlsjs_latency_s: { p50: pct(h.samples.map((s) => s.hlsLatency), 50), p95: pct(h.samples.map((s) => s.hlsLatency), 95) },
       frames: { decoded: h.decoded, dropped: h.dropped },
       played_s: h.currentTime,
+      // How far the playhead moved from the first frame shown (played_s is the
+      // stream's timeline, which a live stream joins part-way).
+      progress_s: h.started ? h.currentTime - h.startedAtS : 0,
       responses,
+      protocols: h.protocols,
     };
     const problems = [];
     if (!h.started) problems.push(`playback never started within ${START_MS} ms`);
