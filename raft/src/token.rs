@@ -21,7 +21,8 @@
 //! stream fetches the same URLs (cacheable by a CDN) while a URL stops working within
 //! two windows.
 //!
-//! Pure: no clock (callers pass `now`), no I/O, no logging of keys.
+//! Pure: no clock (callers pass `now`), no I/O, no logging of keys. Holds the wire
+//! shape of the key route too ([`TokenKeysAnswer`]), shared by origins and edges.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -161,6 +162,21 @@ pub enum TokenError {
     BadSignature,
     #[error("the token expired")]
     Expired,
+}
+
+/// Route where edges fetch the token signing keys (cluster secret required).
+pub const TOKEN_KEYS_ROUTE: &str = "/internal/token-keys";
+
+/// The signing keys as [`TOKEN_KEYS_ROUTE`] answers them (origins serve it, edges
+/// fetch it), with the apps' stream token rules and webhooks: `{"keys": {"<id>":
+/// "<hex>"}, "apps": {"<app>": {"play": b, "publish": b}}, "hooks": {"<app>": {…}}}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TokenKeysAnswer {
+    pub keys: std::collections::BTreeMap<u32, String>,
+    #[serde(default)]
+    pub apps: std::collections::BTreeMap<String, crate::state::AppTokens>,
+    #[serde(default)]
+    pub hooks: std::collections::BTreeMap<String, crate::state::AppHooks>,
 }
 
 /// HMAC-SHA256 (RFC 2104).

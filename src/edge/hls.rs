@@ -511,7 +511,7 @@ impl IntoResponse for HlsError {
     /// outlive the moment).
     fn into_response(self) -> Response {
         let (status, code) = match &self {
-            HlsError::Unauthorized(e) => return super::http::refused(e.clone()),
+            HlsError::Unauthorized(e) => return super::tokens::refused(e.clone()),
             HlsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             HlsError::StreamNotFound => (StatusCode::NOT_FOUND, "stream_not_found"),
             HlsError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -27,7 +27,7 @@ use serde_json::json;
 use super::hooks::{admit_session, DoneNotice, HookCall, HookEvent, HookRefusal};
 use super::http_objects;
 use super::streams::Lease;
-use super::tokens::{self, Protocol, StreamAuthError};
+use super::tokens::{self, Protocol};
 use super::EdgeContext;
 use crate::http_server::{json_error as error, too_many};
 use crate::limits::Permit;
@@ -164,7 +164,7 @@ async fn flv_play(
     let claims = match ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, StreamRight::Play).await
     {
         Ok(claims) => claims,
-        Err(e) => return refused(ctx.stats.auth_refused.count(Protocol::Flv, e)),
+        Err(e) => return tokens::refused(ctx.stats.auth_refused.count(Protocol::Flv, e)),
     };
     let call = HookCall {
         event: "",
@@ -212,20 +212,6 @@ async fn flv_play(
         .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// A play or HLS request a token check refused: 401 (no token, or one that does not
-/// verify or expired; with `WWW-Authenticate: Bearer`), 403 (a valid token for another
-/// stream or right) or 503 (the rules are not known yet), as JSON
-/// `{"error":{"code","message"}}` with the reason as the code. Never stored by a cache.
-pub(super) fn refused(e: StreamAuthError) -> Response {
-    let mut response = error(e.status(), e.reason().label(), e.to_string());
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if e.status() == StatusCode::UNAUTHORIZED {
-        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
 }
 
 /// One HTTP-FLV player: the body pulls from it only as fast as the client reads, so a

@@ -46,6 +46,20 @@ pub enum AuthError {
     Forbidden { object: String, rights: &'static str },
 }
 
+/// A play or HLS request a token check refused: 401 (no token, or one that does not
+/// verify or expired; with `WWW-Authenticate: Bearer`), 403 (a valid token for another
+/// stream or right) or 503 (the rules are not known yet), as JSON
+/// `{"error":{"code","message"}}` with the reason as the code. Never stored by a cache.
+pub fn refused(e: StreamAuthError) -> axum::response::Response {
+    let mut response = crate::http_server::json_error(e.status(), e.reason().label(), e.to_string());
+    let headers = response.headers_mut();
+    headers.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    if e.status() == axum::http::StatusCode::UNAUTHORIZED {
+        headers.insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
 /// What one fetch brings: keys, token rules and hooks.
 type Rules = (TokenKeys, BTreeMap<String, AppTokens>, BTreeMap<String, AppHooks>);
 
@@ -405,7 +419,7 @@ impl Verifier {
     }
 
     async fn fetch_from(&self, origin: SocketAddr) -> Result<Rules, String> {
-        let url = format!("http://{origin}{}", crate::origin::shared_objects::TOKEN_KEYS_ROUTE);
+        let url = format!("http://{origin}{}", token::TOKEN_KEYS_ROUTE);
         let res = self.inner.peers.get(url).timeout(FETCH_TIMEOUT).send().await.map_err(|e| e.to_string())?;
         if !res.status().is_success() {
             return Err(format!("status {}", res.status()));
@@ -417,7 +431,7 @@ impl Verifier {
         if body.len() > MAX_KEYS_ANSWER {
             return Err("answer too large".to_owned());
         }
-        let answer: crate::origin::shared_objects::TokenKeysAnswer =
+        let answer: token::TokenKeysAnswer =
             serde_json::from_slice(&body).map_err(|e| format!("answer does not parse: {e}"))?;
         let keys = answer
             .keys

@@ -290,19 +290,7 @@ pub fn check_broadcast(data: &serde_json::Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Route where edges fetch the token signing keys (cluster secret required).
-pub const TOKEN_KEYS_ROUTE: &str = "/internal/token-keys";
-
-/// The signing keys as [`TOKEN_KEYS_ROUTE`] answers them, with the apps' stream token
-/// rules: `{"keys": {"<id>": "<hex>"}, "apps": {"<app>": {"play": b, "publish": b}}}`.
-#[derive(Debug, Default, serde::Serialize, Deserialize)]
-pub struct TokenKeysAnswer {
-    pub keys: std::collections::BTreeMap<u32, String>,
-    #[serde(default)]
-    pub apps: std::collections::BTreeMap<String, raftcast_raft::state::AppTokens>,
-    #[serde(default)]
-    pub hooks: std::collections::BTreeMap<String, raftcast_raft::state::AppHooks>,
-}
+pub use raftcast_raft::token::{TokenKeysAnswer, TOKEN_KEYS_ROUTE};
 
 /// [`TOKEN_KEYS_ROUTE`]: the replicated token signing keys, for edges, which verify
 /// tokens locally. Only with the cluster secret; the answer is never logged.
