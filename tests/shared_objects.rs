@@ -751,3 +751,51 @@ async fn quotas_refuse_a_client_while_the_admin_still_writes_and_objects_can_be_
     assert_eq!(status, 404);
     assert!(ctl(&["tokens", "rotate"]).contains("keys kept"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_an_app_that_requires_play_tokens_need_a_read_token() {
+    let c = Cluster::start(1).await;
+    let edge = EdgeProc::start(&c, "edge-1", &[]).await;
+    let http = reqwest::Client::new();
+    // live/room/chat belongs to app live, which requires play tokens; lobby is open.
+    let (status, v) =
+        c.call(1, Method::PUT, "/apps/live", Some(&json!({"play_token_required": true})), &[]).await.unwrap();
+    assert!(status.is_success(), "{v}");
+    for object in ["live%2Froom%2Fchat", "lobby"] {
+        let (status, _) = c
+            .call(1, Method::PUT, &format!("/shared-objects/{object}/slots/topic"), Some(&json!("hi")), &[])
+            .await
+            .unwrap();
+        assert!(status.is_success());
+    }
+    let reader = issue(&c, json!({ "object": "live/room/chat", "rights": "read" })).await;
+    let other = issue(&c, json!({ "object": "live/room/other", "rights": "read" })).await;
+    let get = |object: &str, token: Option<&str>| {
+        let mut req = http.get(format!("http://{}/shared-objects/{object}", edge.http));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // The edge learns the rule within its cache's age (5 s).
+    eventually(Duration::from_secs(15), "the edge to protect live/…", || async {
+        (get("live%2Froom%2Fchat", None).await == 401).then_some(())
+    })
+    .await;
+    assert_eq!(get("live%2Froom%2Fchat", Some(&other)).await, 403);
+    assert_eq!(get("live%2Froom%2Fchat", Some(&reader)).await, 200);
+    assert_eq!(get("lobby", None).await, 200, "objects of no protected app stay open");
+    let events = |token: &str| format!("http://{}/shared-objects/live%2Froom%2Fchat/events?token={token}", edge.http);
+    assert_eq!(http.get(events("")).send().await.unwrap().status(), 401, "the feed too");
+    let feed = http.get(events(&reader)).send().await.unwrap();
+    assert_eq!(feed.status(), 200);
+    drop(feed);
+
+    // Over RTMP: using it needs the token on the connect URL.
+    let mut stranger = SoClient::connect(edge.rtmp, None).await;
+    stranger.send("live/room/chat", false, vec![SoEvent::Use]).await;
+    stranger.until(Duration::from_secs(10), |m| m.events.contains(&status_event("SharedObject.Unauthorized"))).await;
+    assert!(!stranger.log.iter().any(|m| m.events.contains(&SoEvent::UseSuccess)), "{:?}", stranger.log);
+    let mut member = SoClient::connect(edge.rtmp, Some(&reader)).await;
+    member.use_object("live/room/chat", false).await;
+}

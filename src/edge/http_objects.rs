@@ -95,6 +95,7 @@ fn denied(e: &AuthError) -> Response {
             resp
         }
         AuthError::Forbidden { .. } => error(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+        AuthError::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }
 }
 
@@ -145,11 +146,20 @@ fn unavailable() -> Response {
 }
 
 /// `GET /shared-objects/{name}`: the whole object (version 0 when it does not exist).
-pub async fn get(State(ctx): State<Arc<EdgeContext>>, Path(name): Path<String>) -> Response {
+pub async fn get(
+    State(ctx): State<Arc<EdgeContext>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let name = match check("object name", &name) {
         Ok(n) => n,
         Err(r) => return r.into_response(),
     };
+    let token = tokens::from_request(&headers, query.as_deref());
+    if let Err(e) = ctx.objects.authorize_read_fetched(token.as_deref(), &name).await {
+        return denied(&e);
+    }
     let mut sub = match ctx.objects.subscribe(&name) {
         Ok(sub) => sub,
         Err(e) => return too_many(e),
@@ -294,11 +304,17 @@ pub async fn events(
     State(ctx): State<Arc<EdgeContext>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let name = match check("object name", &name) {
         Ok(n) => n,
         Err(r) => return r.into_response(),
     };
+    let token = tokens::from_request(&headers, query.as_deref());
+    if let Err(e) = ctx.objects.authorize_read_fetched(token.as_deref(), &name).await {
+        return denied(&e);
+    }
     // `--max-long-requests-per-address`: held by the stream for as long as it lasts.
     let permit = match ctx.limits.long_requests.try_acquire(peer.ip()) {
         Ok(permit) => permit,

@@ -192,6 +192,19 @@ impl SharedObjects {
         self
     }
 
+    /// Whether `token` may read `object` (see [`Verifier::authorize_object_read`]), by
+    /// the rules as cached: for RTMP, whose `connect` already fetched them.
+    pub fn authorize_read(&self, token: Option<&str>, object: &ObjectName) -> Result<(), AuthError> {
+        self.inner.verifier.authorize_object_read(token, object.as_str())
+    }
+
+    /// [`authorize_read`](Self::authorize_read) after the first fetch of the rules, if
+    /// this edge has not made one yet (HTTP requests may be a fresh edge's first).
+    pub async fn authorize_read_fetched(&self, token: Option<&str>, object: &ObjectName) -> Result<(), AuthError> {
+        self.inner.verifier.fetched_once().await;
+        self.authorize_read(token, object)
+    }
+
     /// The claims of `token` when it allows `rights` on `object` (verified locally).
     pub async fn authorize(
         &self,

@@ -13,7 +13,9 @@
 //! object, passed on the connect URL (`rtmp://edge/app?token=T`); without a fitting one
 //! the client gets a `status` event (`SharedObject.Unauthorized` or
 //! `SharedObject.Forbidden`) and, for a change, the slot's committed value back.
-//! Using (reading) an object needs no token.
+//! Using (reading) an object needs no token, unless it is named `APP/…` for an app that
+//! requires play tokens: then a token allowing reads of it (`SharedObject.Unauthorized`
+//! or `SharedObject.Forbidden` otherwise).
 //!
 //! Limits: [`MAX_OBJECTS_PER_CONNECTION`] objects in use, a value size of
 //! `MAX_VALUE_BYTES`, and [`MESSAGE_RATE`] shared-object messages per second
@@ -230,6 +232,10 @@ impl ConnObjects {
         let Ok(object) = ObjectName::parse("object name", name) else {
             return Some(status(name, amf3, "SharedObject.BadName", vec![]));
         };
+        if let Err(e) = self.shared.authorize_read(self.token.as_deref(), &object) {
+            tracing::debug!(object = %name, error = %e, "shared object use refused");
+            return Some(status(name, amf3, error_code(&WriteError::Denied(e)), vec![]));
+        }
         let mut sub = match self.shared.subscribe(&object) {
             Ok(sub) => sub,
             Err(e) => {

@@ -44,6 +44,9 @@ pub enum AuthError {
     /// The token is valid but does not cover this object or these rights (HTTP 403).
     #[error("the token does not allow {rights} on object {object:?}")]
     Forbidden { object: String, rights: &'static str },
+    /// The app rules are not known yet (HTTP 503).
+    #[error("authorization is unavailable; retry")]
+    Unavailable,
 }
 
 /// A play or HLS request a token check refused: 401 (no token, or one that does not
@@ -261,6 +264,38 @@ impl Verifier {
         self.check_stream_token(token, app, name, right).await.map(Some)
     }
 
+    /// Checks a read of shared object `object` (its state or its feed, over HTTP or
+    /// RTMP): objects named `APP/…` of an app that requires play tokens need a
+    /// shared-object token allowing reads of them; others are open. Never waits: the
+    /// cached rules decide (stale ones are refetched in the background), and an edge
+    /// that never fetched them refuses reads of every object named like an app's.
+    pub fn authorize_object_read(&self, token: Option<&str>, object: &str) -> Result<(), AuthError> {
+        let Some((app, _)) = object.split_once('/') else { return Ok(()) };
+        let (fetched, stale, attempts, rule) = self.cache(|c| {
+            let stale = c.fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE);
+            (c.fetched, stale, c.attempts, c.apps.get(app).copied().unwrap_or_default())
+        });
+        if stale && !self.inner.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.refetch(attempts).await;
+                me.inner.refreshing.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        if fetched.is_none() {
+            return Err(AuthError::Unavailable);
+        }
+        if !rule.play {
+            return Ok(());
+        }
+        let token = token.ok_or(AuthError::Missing)?;
+        let claims = self.verify(token).map_err(AuthError::Invalid)?;
+        if !claims.allows(object, Rights::Read) {
+            return Err(AuthError::Forbidden { object: object.to_owned(), rights: "reads" });
+        }
+        Ok(())
+    }
+
     /// Whether stream tokens for `right` are required in `app`, by the current rules.
     async fn requires(&self, app: &str, right: StreamRight) -> Result<bool, StreamAuthError> {
         self.fresh().await;
@@ -345,6 +380,12 @@ impl Verifier {
             return Err(StreamAuthError::Unavailable);
         }
         Ok(hooks)
+    }
+
+    /// Waits for a first fetch of the keys and rules if there was none yet (stale ones
+    /// are refetched in the background; see [`fresh`](Self::fresh)).
+    pub async fn fetched_once(&self) {
+        self.fresh().await;
     }
 
     /// Refetches keys and rules older than [`KEYS_MAX_AGE`].
