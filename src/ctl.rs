@@ -419,11 +419,7 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 ("name_prefix", prefix.map(Value::from)),
                 ("ttl_secs", ttl.map(Value::from)),
             ];
-            for (k, v) in extra {
-                if let Some(v) = v {
-                    body[k] = v;
-                }
-            }
+            set_given(&mut body, extra);
             let out = client.call(Method::POST, "/tokens/stream", Some(&body), &[]).await?;
             print(json_mode, &out, |v| println!("{}", v["token"].as_str().unwrap_or("?")));
         }
@@ -464,11 +460,7 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 ("ttl_secs", ttl.map(Value::from)),
                 ("subject", subject.map(Value::from)),
             ];
-            for (k, v) in extra {
-                if let Some(v) = v {
-                    body[k] = v;
-                }
-            }
+            set_given(&mut body, extra);
             let out = client.call(Method::POST, "/tokens", Some(&body), &[]).await?;
             print(json_mode, &out, |v| println!("{}", v["token"].as_str().unwrap_or("?")));
         }
@@ -509,11 +501,7 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             ];
             if let (Some(app), true) = (&app, changes.iter().any(|(_, v)| v.is_some())) {
                 let mut body = json!({});
-                for (k, v) in changes {
-                    if let Some(v) = v {
-                        body[k] = v;
-                    }
-                }
+                set_given(&mut body, changes);
                 let out = client.call(Method::PUT, &format!("/apps/{app}"), Some(&body), &[]).await?;
                 print(json_mode, &out, |v| print_app(app, v));
             } else {
@@ -534,6 +522,15 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Wait { voters, timeout_secs } => wait(&client, voters, Duration::from_secs(timeout_secs)).await?,
     }
     Ok(())
+}
+
+/// Sets the fields of `body` whose values were given.
+fn set_given<const N: usize>(body: &mut Value, fields: [(&str, Option<Value>); N]) {
+    for (k, v) in fields {
+        if let Some(v) = v {
+            body[k] = v;
+        }
+    }
 }
 
 /// One app's rules on one line.

@@ -11,7 +11,7 @@ mod common;
 mod edges;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -180,18 +180,9 @@ async fn tls_connect(
     ca: &Path,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
     use tokio::io::AsyncWriteExt;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
-    // The provider the edges use (see src/tls.rs for why ring).
-    #[allow(deprecated)]
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    // The client the load tool uses (ring, like the edges; see src/tls.rs), with ALPN.
+    let mut config = (*raftcast::bench::client::tls_client_config(ca).unwrap()).clone();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
@@ -205,11 +196,10 @@ async fn tls_connect(
         .expect("a verified TLS handshake")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_a_balancer_the_proxy_header_comes_before_tls_on_both_listeners() {
-    use tokio::io::AsyncWriteExt;
-    require("openssl");
-    let c = Cluster::start(1).await;
+/// Edge `edge-1` of `c` with RTMPS and HTTPS on fresh ports, a certificate for
+/// `localhost` from a fresh CA, and `extra` flags; the edge, the CA file and the two
+/// TLS addresses.
+async fn tls_edge(c: &Cluster, extra: &[&str]) -> (EdgeProc, PathBuf, SocketAddr, SocketAddr) {
     let dir = c.dir.path().join("tls");
     std::fs::create_dir(&dir).unwrap();
     let ca = make_ca(&dir);
@@ -217,7 +207,7 @@ async fn behind_a_balancer_the_proxy_header_comes_before_tls_on_both_listeners()
     make_cert(&dir, "edge", 1, &cert, &key);
     let (rtmps, https) = (free_addr(), free_addr());
     let (rtmps_s, https_s) = (rtmps.to_string(), https.to_string());
-    let args = [
+    let mut args = vec![
         "--rtmps",
         &rtmps_s,
         "--https",
@@ -226,10 +216,17 @@ async fn behind_a_balancer_the_proxy_header_comes_before_tls_on_both_listeners()
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
-        "--proxy-protocol-from",
-        "127.0.0.5",
     ];
-    let _edge = EdgeProc::start(&c, "edge-1", &args).await;
+    args.extend_from_slice(extra);
+    (EdgeProc::start(c, "edge-1", &args).await, ca, rtmps, https)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_balancer_the_proxy_header_comes_before_tls_on_both_listeners() {
+    use tokio::io::AsyncWriteExt;
+    require("openssl");
+    let c = Cluster::start(1).await;
+    let (_edge, ca, rtmps, https) = tls_edge(&c, &["--proxy-protocol-from", "127.0.0.5"]).await;
     let header = |to: SocketAddr| format!("PROXY TCP4 127.0.0.2 127.0.0.1 40000 {}\r\n", to.port()).into_bytes();
 
     // HTTPS: the header, TLS (HTTP/1.1 by ALPN), a request.
@@ -254,26 +251,7 @@ async fn an_idle_http2_connection_is_closed_and_handshakes_are_counted() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     require("openssl");
     let c = Cluster::start(1).await;
-    let dir = c.dir.path().join("tls");
-    std::fs::create_dir(&dir).unwrap();
-    let ca = make_ca(&dir);
-    let (cert, key) = (dir.join("edge.pem"), dir.join("edge-key.pem"));
-    make_cert(&dir, "edge", 1, &cert, &key);
-    let (rtmps, https) = (free_addr(), free_addr());
-    let (rtmps_s, https_s) = (rtmps.to_string(), https.to_string());
-    let args = [
-        "--rtmps",
-        &rtmps_s,
-        "--https",
-        &https_s,
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--http-header-timeout-ms",
-        "1000",
-    ];
-    let edge = EdgeProc::start(&c, "edge-1", &args).await;
+    let (edge, ca, rtmps, https) = tls_edge(&c, &["--http-header-timeout-ms", "1000"]).await;
 
     // An HTTP/2 client that sends its preface and settings, then nothing: hyper has no
     // idle timer for HTTP/2; the edge's closes it after the header timeout (1 s).

@@ -91,6 +91,33 @@ pub struct HookCall {
     pub at_ms: u64,
 }
 
+impl HookCall {
+    /// A call about `client`'s session `session` on `edge` (no token, no time yet:
+    /// [`admit_session`] stamps the time).
+    pub fn new(
+        edge: &str,
+        client: std::net::SocketAddr,
+        protocol: &'static str,
+        app: &str,
+        stream: Option<&str>,
+        query: Option<String>,
+        session: String,
+    ) -> HookCall {
+        HookCall {
+            event: "",
+            edge: edge.to_owned(),
+            client: client.to_string(),
+            protocol,
+            app: app.to_owned(),
+            stream: stream.map(str::to_owned),
+            query,
+            session,
+            token: None,
+            at_ms: 0,
+        }
+    }
+}
+
 /// Why a client was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HookRefusal {

@@ -166,18 +166,9 @@ async fn flv_play(
         Ok(claims) => claims,
         Err(e) => return tokens::refused(ctx.stats.auth_refused.count(Protocol::Flv, e)),
     };
-    let call = HookCall {
-        event: "",
-        edge: ctx.config.id.clone(),
-        client: peer.to_string(),
-        protocol: "flv",
-        app: stream.app.clone(),
-        stream: Some(stream.name.clone()),
-        query: query.clone(),
-        session: format!("{}-flv-{}", ctx.started_ms, ctx.stats.flv_sessions.fetch_add(1, Ordering::Relaxed)),
-        token: claims,
-        at_ms: 0,
-    };
+    let session = format!("{}-flv-{}", ctx.started_ms, ctx.stats.flv_sessions.fetch_add(1, Ordering::Relaxed));
+    let mut call = HookCall::new(&ctx.config.id, peer, "flv", &stream.app, Some(&stream.name), query.clone(), session);
+    call.token = claims;
     let done = match admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await {
         Ok(done) => done,
         Err(e @ HookRefusal::Denied { .. }) => return error(StatusCode::FORBIDDEN, "refused_by_hook", e.to_string()),

@@ -664,18 +664,8 @@ impl Conn {
 
     /// What the app's webhooks are told of this client and `stream`.
     fn hook_call(&self, app: &str, stream: Option<&str>, query: Option<String>) -> HookCall {
-        HookCall {
-            event: "",
-            edge: self.ctx.config.id.clone(),
-            client: self.peer.to_string(),
-            protocol: self.protocol,
-            app: app.to_owned(),
-            stream: stream.map(str::to_owned),
-            query,
-            session: format!("{}-{}", self.ctx.started_ms, self.id),
-            token: None,
-            at_ms: 0,
-        }
+        let session = format!("{}-{}", self.ctx.started_ms, self.id);
+        HookCall::new(&self.ctx.config.id, self.peer, self.protocol, app, stream, query, session)
     }
 
     fn stream_key(&self, name: &str) -> Option<StreamKey> {

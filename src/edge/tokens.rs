@@ -271,16 +271,10 @@ impl Verifier {
     /// that never fetched them refuses reads of every object named like an app's.
     pub fn authorize_object_read(&self, token: Option<&str>, object: &str) -> Result<(), AuthError> {
         let Some((app, _)) = object.split_once('/') else { return Ok(()) };
-        let (fetched, stale, attempts, rule) = self.cache(|c| {
-            let stale = c.fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE);
-            (c.fetched, stale, c.attempts, c.apps.get(app).copied().unwrap_or_default())
-        });
-        if stale && !self.inner.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            let me = self.clone();
-            tokio::spawn(async move {
-                me.refetch(attempts).await;
-                me.inner.refreshing.store(false, std::sync::atomic::Ordering::Release);
-            });
+        let (fetched, attempts, rule) =
+            self.cache(|c| (c.fetched, c.attempts, c.apps.get(app).copied().unwrap_or_default()));
+        if fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE) {
+            self.refetch_in_background(attempts);
         }
         if fetched.is_none() {
             return Err(AuthError::Unavailable);
@@ -394,26 +388,25 @@ impl Verifier {
     /// refetched in the background (one refetch at a time), so an origin that answers
     /// slowly never adds its delay to clients' connects, plays and publishes.
     async fn fresh(&self) {
-        use std::sync::atomic::Ordering::{AcqRel, Release};
         let (fetched, attempts) = self.cache(|c| (c.fetched, c.attempts));
         match fetched {
             None => self.refetch(attempts).await,
-            Some(t) if t.elapsed() > KEYS_MAX_AGE => {
-                if self
-                    .inner
-                    .refreshing
-                    .compare_exchange(false, true, AcqRel, std::sync::atomic::Ordering::Acquire)
-                    .is_ok()
-                {
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        me.refetch(attempts).await;
-                        me.inner.refreshing.store(false, Release);
-                    });
-                }
-            }
+            Some(t) if t.elapsed() > KEYS_MAX_AGE => self.refetch_in_background(attempts),
             Some(_) => {}
         }
+    }
+
+    /// Starts a refetch in the background unless one is under way.
+    fn refetch_in_background(&self, attempts: u64) {
+        use std::sync::atomic::Ordering::{AcqRel, Release};
+        if self.inner.refreshing.swap(true, AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.refetch(attempts).await;
+            me.inner.refreshing.store(false, Release);
+        });
     }
 
     fn cache<T>(&self, f: impl FnOnce(&mut KeyCache) -> T) -> T {
