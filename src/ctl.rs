@@ -20,6 +20,17 @@ pub struct CtlArgs {
     /// File with the admin token [default: $RAFTCAST_DATA_DIR/admin-token when it exists].
     #[arg(long, env = "RAFTCAST_ADMIN_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The cluster CA (PEM), when the origins speak mutual TLS (`--peer-tls-*` on the
+    /// nodes): with --peer-tls-cert and --peer-tls-key, ctl talks HTTPS and presents a
+    /// certificate the CA signed.
+    #[arg(long, env = "RAFTCAST_PEER_TLS_CA")]
+    peer_tls_ca: Option<PathBuf>,
+    /// ctl's certificate (PEM, signed by the cluster CA).
+    #[arg(long, env = "RAFTCAST_PEER_TLS_CERT")]
+    peer_tls_cert: Option<PathBuf>,
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "RAFTCAST_PEER_TLS_KEY")]
+    peer_tls_key: Option<PathBuf>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -242,13 +253,15 @@ enum CtlError {
 
 struct Client {
     http: reqwest::Client,
+    /// `http`, or `https` with the cluster's TLS.
+    scheme: &'static str,
     origins: Vec<String>,
     token: Option<String>,
 }
 
 impl Client {
     fn request(&self, origin: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut req = self.http.request(method, format!("http://{origin}{path}"));
+        let mut req = self.http.request(method, format!("{}://{origin}{path}", self.scheme));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -329,13 +342,26 @@ fn print(json_mode: bool, value: &Value, human: impl FnOnce(&Value)) {
 }
 
 async fn run(args: CtlArgs) -> Result<(), CtlError> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(args.timeout))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| CtlError::Usage(e.to_string()))?;
+    let tls = crate::tls::peer::PeerTlsPaths::from_flags(
+        args.peer_tls_ca.clone(),
+        args.peer_tls_cert.clone(),
+        args.peer_tls_key.clone(),
+    )
+    .map_err(CtlError::Usage)?;
+    let tls = match tls {
+        Some(paths) => Some(crate::tls::peer::PeerTls::load(&paths).map_err(|e| CtlError::Usage(e.to_string()))?),
+        None => None,
+    };
+    let builder =
+        reqwest::Client::builder().timeout(Duration::from_secs(args.timeout)).connect_timeout(Duration::from_secs(2));
+    let builder = match &tls {
+        Some(tls) => builder.use_preconfigured_tls(tls.client_config()).https_only(true),
+        None => builder,
+    };
+    let http = builder.build().map_err(|e| CtlError::Usage(e.to_string()))?;
     let client = Client {
         http,
+        scheme: crate::peer::scheme(tls.is_some()),
         origins: args.origin.clone(),
         token: crate::secrets::admin_token(args.token_file.as_deref()).map_err(CtlError::Usage)?,
     };

@@ -348,7 +348,8 @@ async fn the_edge_link_notices_dead_and_paused_origins_and_reconnects() {
     let (tx, mut events) = tokio::sync::mpsc::channel(64);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let secret = raftcast_raft::rpc::ClusterSecret::new(&c.secret).unwrap();
-    let link = spawn(c.origins[&target].media, "edge-t".into(), secret, LinkTiming::default(), tx, shutdown.clone());
+    let link =
+        spawn(c.origins[&target].media, "edge-t".into(), secret, None, LinkTiming::default(), tx, shutdown.clone());
     assert_eq!(next_transition(&mut events, Duration::from_secs(5)).await, LinkEvent::Up { origin: target });
     assert!(link.send(LinkFrame::Control(Control::Ping { seq: 1 })).is_ok());
 

@@ -84,18 +84,27 @@ impl LeaderContact {
 pub struct HttpNetwork {
     id: NodeId,
     client: reqwest::Client,
+    /// `http`, or `https` when `client` speaks the cluster's mutual TLS.
+    scheme: &'static str,
     secret: ClusterSecret,
     reachability: Reachability,
 }
 
 impl HttpNetwork {
+    /// Raft RPC over plain HTTP.
     pub fn new(id: NodeId, secret: ClusterSecret) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
-        Ok(HttpNetwork { id, client, secret, reachability: Reachability::default() })
+        Ok(Self::with_client(id, secret, client, "http"))
+    }
+
+    /// Raft RPC through `client` to `{scheme}://{peer}/raft/…` (the origin passes its
+    /// peer client, which speaks HTTPS with the cluster's TLS).
+    pub fn with_client(id: NodeId, secret: ClusterSecret, client: reqwest::Client, scheme: &'static str) -> Self {
+        HttpNetwork { id, client, scheme, secret, reachability: Reachability::default() }
     }
 
     /// When each peer last answered this node's Raft RPCs.
@@ -138,7 +147,7 @@ impl PeerClient {
         let res = self
             .net
             .client
-            .post(format!("http://{}{}", self.addr, path))
+            .post(format!("{}://{}{}", self.net.scheme, self.addr, path))
             .header(SECRET_HEADER, self.net.secret.as_str())
             .timeout(timeout)
             .body(rpc::encode(req))

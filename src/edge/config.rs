@@ -56,6 +56,18 @@ pub struct EdgeArgs {
     /// File holding the cluster secret (or set RAFTCAST_CLUSTER_SECRET).
     #[arg(long, env = "RAFTCAST_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster CA (PEM) for mutual TLS between members: with it (and --peer-tls-cert,
+    /// --peer-tls-key) every connection to and from other members is TLS and accepts
+    /// only certificates this CA signed; every member must have it [default: none].
+    #[arg(long, env = "RAFTCAST_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM chain, signed by --peer-tls-ca, naming the addresses
+    /// peers dial as IP subject alternative names; reloaded on SIGHUP or change).
+    #[arg(long, env = "RAFTCAST_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "RAFTCAST_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
     /// File holding a token for `/status` and `/metrics` (or set RAFTCAST_EDGE_OPS_TOKEN):
     /// clients other than loopback ones need `Authorization: Bearer <token>` for them.
     /// Without one, only loopback clients (the real client behind a trusted balancer)
@@ -253,6 +265,8 @@ impl TlsListeners {
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     pub id: String,
+    /// The cluster's mutual TLS between members (`--peer-tls-*`), if configured.
+    pub peer_tls: Option<crate::tls::peer::PeerTlsPaths>,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
     /// RTMPS and HTTPS listeners, and the certificate they serve (set when either is).
@@ -317,6 +331,9 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         tls_key: cli.tls_key.or(file.tls_key),
         origins: cli.origins.or(file.origins),
         cluster_secret_file: cli.cluster_secret_file.or(file.cluster_secret_file),
+        peer_tls_ca: cli.peer_tls_ca.or(file.peer_tls_ca),
+        peer_tls_cert: cli.peer_tls_cert.or(file.peer_tls_cert),
+        peer_tls_key: cli.peer_tls_key.or(file.peer_tls_key),
         ops_token_file: cli.ops_token_file.or(file.ops_token_file),
         max_connections: cli.max_connections.or(file.max_connections),
         handshake_timeout_ms: cli.handshake_timeout_ms.or(file.handshake_timeout_ms),
@@ -381,6 +398,11 @@ impl EdgeConfig {
         };
         let a = merge(args, file);
         let tls = TlsListeners::from_args(&a)?;
+        let peer_tls = crate::tls::peer::PeerTlsPaths::from_flags(
+            a.peer_tls_ca.clone(),
+            a.peer_tls_cert.clone(),
+            a.peer_tls_key.clone(),
+        )?;
         let id = a.id.ok_or("--id is required")?;
         raftcast_raft::command::validate_name("edge id", &id).map_err(|e| e.to_string())?;
         let origins = a.origins.unwrap_or_default();
@@ -484,6 +506,7 @@ impl EdgeConfig {
             );
         }
         Ok(EdgeConfig {
+            peer_tls,
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
             http: a.http.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),

@@ -99,7 +99,7 @@ impl Control {
             let first = self.preferred.load(Ordering::Relaxed);
             for i in 0..n {
                 let at = (first + i) % n;
-                let url = format!("http://{}/raft/forward", self.origins[at]);
+                let url = self.peers.url(self.origins[at], "/raft/forward");
                 let attempt = self.peers.post(url).timeout(attempt_timeout).body(body.clone()).send();
                 let remaining = deadline.saturating_sub(started.elapsed());
                 let Ok(Ok(res)) = tokio::time::timeout(remaining, attempt).await else { continue };

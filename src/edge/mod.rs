@@ -157,6 +157,8 @@ pub struct EdgeContext {
     /// Who owns each stream this edge publishes or relays.
     pub claims: claims::ClaimFeed,
     pub objects: shared_objects::SharedObjects,
+    /// The cluster's mutual TLS toward the origins, if configured.
+    pub peer_tls: Option<Arc<crate::tls::peer::PeerTls>>,
     /// Calls the apps' webhooks.
     pub hooks: hooks::Hooks,
     /// Checks play, publish and shared-object tokens (one key cache for all of them).
@@ -184,11 +186,22 @@ impl EdgeContext {
         clients: CancellationToken,
         links: CancellationToken,
     ) -> anyhow::Result<Arc<EdgeContext>> {
+        // The cluster's mutual TLS, when configured, wraps the links and every request
+        // to the origins.
+        let peer_tls = match &config.peer_tls {
+            Some(paths) => Some(crate::tls::peer::PeerTls::load(paths).context("loading the cluster TLS files")?),
+            None => None,
+        };
         // One client for every request to the origins.
-        let peers = crate::peer::PeerClient::new(config.secret.clone());
+        let peers = crate::peer::PeerClient::new(config.secret.clone(), peer_tls.clone());
         let control = control::Control::new(config.origins.clone(), peers.clone(), config.request_deadline);
-        let upstreams =
-            Arc::new(upstream::Upstreams::new(config.id.clone(), config.secret.clone(), config.link, links));
+        let upstreams = Arc::new(upstream::Upstreams::new(
+            config.id.clone(),
+            config.secret.clone(),
+            peer_tls.clone(),
+            config.link,
+            links,
+        ));
         let started_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let tokens = tokens::Verifier::new(peers.clone(), config.origins.clone().into());
@@ -205,6 +218,7 @@ impl EdgeContext {
         let hooks = hooks::Hooks::start(stats.hook_calls.clone());
         Ok(Arc::new(EdgeContext {
             config: config.clone(),
+            peer_tls,
             control,
             objects,
             tokens,
@@ -252,6 +266,9 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let clients = CancellationToken::new();
     let links = CancellationToken::new();
     let ctx = EdgeContext::new(&config, clients.clone(), links.clone())?;
+    if let Some(tls) = &ctx.peer_tls {
+        tokio::spawn(crate::tls::watch(tls.identity().clone(), links.clone()));
+    }
     let rtmp_task =
         tokio::spawn(tracing::Instrument::in_current_span(rtmp_conn::serve(rtmp, ctx.clone(), None, clients.clone())));
     // HTTP caps: `--http-max-connections[-per-address]`, `--http-header-timeout-ms`,

@@ -306,7 +306,7 @@ impl SharedObjects {
             let attempt = self
                 .inner
                 .peers
-                .post(format!("http://{origin}/internal/objects/{segment}/messages"))
+                .post(self.inner.peers.url(origin, &format!("/internal/objects/{segment}/messages")))
                 .timeout(BROADCAST_TIMEOUT)
                 .header("content-type", "application/json")
                 .body(body.clone())
@@ -457,7 +457,7 @@ async fn follow(
     origin: SocketAddr,
     since: &mut Option<u64>,
 ) -> Result<(), String> {
-    let mut url = format!("http://{origin}/internal/objects/{}/events", escape_segment(&object.name));
+    let mut url = registry.peers.url(origin, &format!("/internal/objects/{}/events", escape_segment(&object.name)));
     if let Some(v) = since {
         url.push_str(&format!("?since={v}"));
     }
@@ -540,7 +540,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_cap_new_objects_are_refused_and_those_in_use_carry_on() {
         let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
-        let peers = PeerClient::new(secret);
+        let peers = PeerClient::new(secret, None);
         let control = Control::new(Vec::new(), peers.clone(), Duration::from_secs(1));
         let verifier = Verifier::new(peers.clone(), Vec::new().into());
         let objects =

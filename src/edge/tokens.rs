@@ -219,7 +219,7 @@ impl Verifier {
     #[cfg(test)]
     pub fn with_rules(keys: TokenKeys, apps: BTreeMap<String, AppTokens>) -> Self {
         let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").expect("a secret");
-        let verifier = Verifier::new(PeerClient::new(secret), Vec::new().into());
+        let verifier = Verifier::new(PeerClient::new(secret, None), Vec::new().into());
         verifier.cache(|c| {
             (c.keys, c.apps, c.fetched) = (keys, apps, Some(Instant::now()));
         });
@@ -453,7 +453,7 @@ impl Verifier {
     }
 
     async fn fetch_from(&self, origin: SocketAddr) -> Result<Rules, String> {
-        let url = format!("http://{origin}{}", token::TOKEN_KEYS_ROUTE);
+        let url = self.inner.peers.url(origin, token::TOKEN_KEYS_ROUTE);
         let res = self.inner.peers.get(url).timeout(FETCH_TIMEOUT).send().await.map_err(|e| e.to_string())?;
         if !res.status().is_success() {
             return Err(format!("status {}", res.status()));
@@ -504,7 +504,7 @@ mod tests {
         // A port nobody listens on: every fetch fails at once.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
-        let verifier = Verifier::new(PeerClient::new(secret), vec![closed].into());
+        let verifier = Verifier::new(PeerClient::new(secret, None), vec![closed].into());
         let claims = Claims {
             key_id: 9,
             object: Some("o".into()),

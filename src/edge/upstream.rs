@@ -20,6 +20,7 @@ use crate::link::client::{self, LinkHandle, LinkState, LinkTiming, SendError};
 use crate::link::{ChannelId, Control, LinkEvent, LinkFrame, MediaFrame};
 use crate::media::continuity::Continuity;
 use crate::media::Hub;
+use crate::tls::peer::PeerTls;
 
 /// Control events queued for one channel's owner; a channel sees a handful in its life.
 const CHANNEL_EVENTS: usize = 32;
@@ -107,6 +108,7 @@ impl Sink {
 pub struct Upstreams {
     edge: String,
     secret: ClusterSecret,
+    tls: Option<Arc<PeerTls>>,
     timing: LinkTiming,
     shutdown: CancellationToken,
     links: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
@@ -131,8 +133,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Upstreams {
-    pub fn new(edge: String, secret: ClusterSecret, timing: LinkTiming, shutdown: CancellationToken) -> Self {
-        Upstreams { edge, secret, timing, shutdown, links: Mutex::default() }
+    pub fn new(
+        edge: String,
+        secret: ClusterSecret,
+        tls: Option<Arc<PeerTls>>,
+        timing: LinkTiming,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Upstreams { edge, secret, tls, timing, shutdown, links: Mutex::default() }
     }
 
     /// The link to `addr`, started on first use.
@@ -142,8 +150,8 @@ impl Upstreams {
             return up.clone();
         }
         let (tx, rx) = mpsc::channel(LINK_EVENTS);
-        let handle =
-            client::spawn(addr, self.edge.clone(), self.secret.clone(), self.timing, tx, self.shutdown.clone());
+        let (edge, secret, tls) = (self.edge.clone(), self.secret.clone(), self.tls.clone());
+        let handle = client::spawn(addr, edge, secret, tls, self.timing, tx, self.shutdown.clone());
         let up = Arc::new(Upstream {
             addr,
             handle,

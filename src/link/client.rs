@@ -6,19 +6,21 @@
 //! `Up` (and resends what it buffered), so nothing here queues across reconnects.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use raftcast_raft::rpc::ClusterSecret;
 use raftcast_raft::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{FrameCodec, LinkFrame};
 use super::protocol::{Control, PROTOCOL_VERSION};
+use super::stream::{LinkReader, LinkStream, LinkWriter};
 use crate::backoff::Backoff;
+use crate::tls::peer::PeerTls;
 
 /// Media frames waiting to be written to the origin; `send_wait` waits for room.
 pub const SEND_QUEUE: usize = 1024;
@@ -131,12 +133,14 @@ impl LinkHandle {
     }
 }
 
-/// Starts a link to the origin at `addr`. Events go to `events` (bounded: the link
-/// waits for the layer above to keep up).
+/// Starts a link to the origin at `addr` (over mutual TLS with `tls`). Events go to
+/// `events` (bounded: the link waits for the layer above to keep up).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     addr: SocketAddr,
     edge: String,
     secret: ClusterSecret,
+    tls: Option<Arc<PeerTls>>,
     timing: LinkTiming,
     events: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
@@ -147,7 +151,7 @@ pub fn spawn(
     // Detached from whichever session happened to open the link first.
     let span = tracing::info_span!(parent: None, "uplink", origin.addr = %addr);
     tokio::spawn(tracing::Instrument::instrument(
-        run(addr, edge, secret, timing, Outgoing { control: control_rx, media: rx }, state_tx, events, shutdown),
+        run(addr, edge, secret, tls, timing, Outgoing { control: control_rx, media: rx }, state_tx, events, shutdown),
         span,
     ));
     LinkHandle { tx, control, state }
@@ -164,6 +168,7 @@ async fn run(
     addr: SocketAddr,
     edge: String,
     secret: ClusterSecret,
+    tls: Option<Arc<PeerTls>>,
     timing: LinkTiming,
     mut outgoing: Outgoing,
     state: watch::Sender<LinkState>,
@@ -174,11 +179,12 @@ async fn run(
     loop {
         state.send_replace(LinkState::Connecting);
         let connected = tokio::select! {
-            c = tokio::time::timeout(timing.connect_timeout, connect(addr, &edge, &secret)) => c,
+            c = tokio::time::timeout(timing.connect_timeout, connect(addr, &edge, &secret, tls.as_deref())) => c,
             _ = shutdown.cancelled() => return,
         };
         let reason = match connected {
             Ok(Ok((socket, origin, buf))) => {
+                let (reader, writer) = socket;
                 tracing::info!(origin, "link up");
                 backoff.reset();
                 // Frames queued for a previous connection belong to it.
@@ -189,7 +195,7 @@ async fn run(
                     return;
                 }
                 let reason = tokio::select! {
-                    r = live(socket, buf, &timing, &mut outgoing, &events) => r,
+                    r = live(reader, writer, buf, &timing, &mut outgoing, &events) => r,
                     _ = shutdown.cancelled() => return,
                 };
                 // The state leaves `Live` before anyone hears `Down`, so a sender that
@@ -211,28 +217,30 @@ async fn run(
     }
 }
 
-/// Connects and exchanges `Hello`/`Welcome`.
+/// Connects (with `tls`, a TLS handshake too) and exchanges `Hello`/`Welcome`.
 async fn connect(
     addr: SocketAddr,
     edge: &str,
     secret: &ClusterSecret,
-) -> Result<(TcpStream, NodeId, BytesMut), String> {
-    let mut socket = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = socket.set_nodelay(true);
+    tls: Option<&PeerTls>,
+) -> Result<((LinkReader, LinkWriter), NodeId, BytesMut), String> {
+    let socket = LinkStream::connect(addr, tls).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut reader, mut writer) = socket.split();
     let hello =
         Control::Hello { protocol: PROTOCOL_VERSION, edge: edge.to_owned(), secret: secret.as_str().to_owned() };
     let mut out = BytesMut::new();
     FrameCodec::encode(&LinkFrame::Control(hello), &mut out);
-    socket.write_all(&out).await.map_err(|e| format!("hello: {e}"))?;
+    writer.write_all(&out).await.map_err(|e| format!("hello: {e}"))?;
+    writer.flush().await.map_err(|e| format!("hello: {e}"))?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         match FrameCodec::decode(&mut buf).map_err(|e| e.to_string())? {
-            Some(LinkFrame::Control(Control::Welcome { origin, .. })) => return Ok((socket, origin, buf)),
+            Some(LinkFrame::Control(Control::Welcome { origin, .. })) => return Ok(((reader, writer), origin, buf)),
             Some(LinkFrame::Control(Control::Refused { reason })) => return Err(format!("refused: {reason}")),
             Some(other) => return Err(format!("expected Welcome, got {other:?}")),
             None => {}
         }
-        if socket.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+        if reader.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
             return Err("closed before Welcome".into());
         }
     }
@@ -240,13 +248,13 @@ async fn connect(
 
 /// Runs a live connection until it fails; returns why.
 async fn live(
-    socket: TcpStream,
+    mut reader: LinkReader,
+    mut writer: LinkWriter,
     mut buf: BytesMut,
     timing: &LinkTiming,
     outgoing: &mut Outgoing,
     events: &mpsc::Sender<LinkEvent>,
 ) -> String {
-    let (mut reader, mut writer) = socket.into_split();
     let mut ping = tokio::time::interval(timing.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
@@ -273,7 +281,11 @@ async fn live(
         }
         if !out.is_empty() {
             // A paused origin stops reading: bound the write by the same silence limit.
-            match tokio::time::timeout_at(last_heard + timing.dead_after, writer.write_all(&out)).await {
+            let write = async {
+                writer.write_all(&out).await?;
+                writer.flush().await
+            };
+            match tokio::time::timeout_at(last_heard + timing.dead_after, write).await {
                 Ok(Ok(())) => out.clear(),
                 Ok(Err(e)) => return format!("write: {e}"),
                 Err(_) => return format!("origin silent for {:?}", timing.dead_after),

@@ -37,6 +37,18 @@ pub struct OriginArgs {
     /// File holding the admin bearer token (or set RAFTCAST_ADMIN_TOKEN).
     #[arg(long, env = "RAFTCAST_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// The cluster CA (PEM) for mutual TLS between members: with it (and --peer-tls-cert,
+    /// --peer-tls-key) every connection to and from other members is TLS and accepts
+    /// only certificates this CA signed; every member must have it [default: none].
+    #[arg(long, env = "RAFTCAST_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM chain, signed by --peer-tls-ca, naming the addresses
+    /// peers dial as IP subject alternative names; reloaded on SIGHUP or change).
+    #[arg(long, env = "RAFTCAST_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "RAFTCAST_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
     /// Leader heartbeat period in ms [default: 50].
     #[arg(long, env = "RAFTCAST_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -145,6 +157,8 @@ pub struct OriginArgs {
 #[derive(Debug, Clone)]
 pub struct OriginConfig {
     pub id: NodeId,
+    /// The cluster's mutual TLS between members (`--peer-tls-*`), if configured.
+    pub peer_tls: Option<crate::tls::peer::PeerTlsPaths>,
     pub http: SocketAddr,
     pub media: SocketAddr,
     pub data_dir: PathBuf,
@@ -299,6 +313,9 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         data_dir: cli.data_dir.or(file.data_dir),
         cluster_secret_file: cli.cluster_secret_file.or(file.cluster_secret_file),
         admin_token_file: cli.admin_token_file.or(file.admin_token_file),
+        peer_tls_ca: cli.peer_tls_ca.or(file.peer_tls_ca),
+        peer_tls_cert: cli.peer_tls_cert.or(file.peer_tls_cert),
+        peer_tls_key: cli.peer_tls_key.or(file.peer_tls_key),
         heartbeat_ms: cli.heartbeat_ms.or(file.heartbeat_ms),
         election_min_ms: cli.election_min_ms.or(file.election_min_ms),
         election_max_ms: cli.election_max_ms.or(file.election_max_ms),
@@ -473,7 +490,9 @@ impl OriginConfig {
             }
         }
         let hls_window = crate::edge::config::hls_window(a.hls_window_segments, a.hls_window_bytes)?;
+        let peer_tls = crate::tls::peer::PeerTlsPaths::from_flags(a.peer_tls_ca, a.peer_tls_cert, a.peer_tls_key)?;
         Ok(OriginConfig {
+            peer_tls,
             hls_window,
             id,
             caps,

@@ -86,7 +86,7 @@ impl LiveFacts {
         let attempt = async {
             let res = self
                 .peers
-                .get(format!("http://{http}{LIVE_ROUTE}"))
+                .get(self.peers.url(http, LIVE_ROUTE))
                 .timeout(LIVE_FETCH_TIMEOUT)
                 .send()
                 .await

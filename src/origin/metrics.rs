@@ -99,6 +99,17 @@ pub struct Metrics {
     raft_running: Gauge,
     heap_allocated: Gauge,
     heap_resident: Gauge,
+    /// TLS handshakes from other members (with the cluster's mutual TLS): the HTTP
+    /// port's (Raft RPC, edges' requests, ctl) and the media-link port's.
+    pub peer_tls_http: Arc<crate::tls::HandshakeStats>,
+    pub peer_tls_media: Arc<crate::tls::HandshakeStats>,
+    peer_tls_handshakes: Family<HandshakeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabel {
+    pub listener: &'static str,
+    pub outcome: &'static str,
 }
 
 impl Metrics {
@@ -133,6 +144,9 @@ impl Metrics {
             raft_running: Gauge::default(),
             heap_allocated: Gauge::default(),
             heap_resident: Gauge::default(),
+            peer_tls_http: Arc::default(),
+            peer_tls_media: Arc::default(),
+            peer_tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
         // Both reasons are exported from the start, at 0.
@@ -222,6 +236,12 @@ impl Metrics {
             m.raft_running.clone(),
         );
         registry.register(
+            "peer_tls_handshakes",
+            "TLS handshakes of other members (the cluster's mutual TLS) by listener (http, media) and outcome \
+             (ok; failed: a bad hello, no certificate or one the cluster CA did not sign; timed_out)",
+            m.peer_tls_handshakes.clone(),
+        );
+        registry.register(
             "heap_allocated_bytes",
             "Bytes the process has allocated and not freed (jemalloc stats.allocated)",
             m.heap_allocated.clone(),
@@ -264,6 +284,14 @@ impl Metrics {
         set(&self.claim_feeds, scrape.claim_feeds as u64);
         set(&self.pending_write_bytes, scrape.pending_write_bytes as u64);
         set(&self.raft_running, u64::from(m.running_state.is_ok()));
+        use std::sync::atomic::Ordering::Relaxed;
+        for (listener, stats) in [("http", &self.peer_tls_http), ("media", &self.peer_tls_media)] {
+            for (outcome, n) in [("ok", &stats.ok), ("failed", &stats.failed), ("timed_out", &stats.timed_out)] {
+                // Counters only rise: add what was counted since the last scrape.
+                let counter = self.peer_tls_handshakes.get_or_create(&HandshakeLabel { listener, outcome });
+                counter.inc_by(n.load(Relaxed).saturating_sub(counter.get()));
+            }
+        }
         if let Some(heap) = crate::heap::stats() {
             set(&self.heap_allocated, heap.allocated);
             set(&self.heap_resident, heap.resident);

@@ -84,7 +84,21 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         let metrics = metrics.clone();
         state.set_apply_observer(Arc::new(move |took, n| metrics.observe_apply(took, n)));
     }
-    let network = HttpNetwork::new(config.id, config.secret.clone()).context("building the Raft HTTP client")?;
+    // The cluster's mutual TLS, when configured, wraps Raft RPC, every request between
+    // members and the media links alike.
+    let peer_tls = match &config.peer_tls {
+        Some(paths) => Some(crate::tls::peer::PeerTls::load(paths).context("loading the cluster TLS files")?),
+        None => None,
+    };
+    let network = match &peer_tls {
+        Some(tls) => HttpNetwork::with_client(
+            config.id,
+            config.secret.clone(),
+            crate::peer::http_client(Some(tls)),
+            crate::peer::scheme(true),
+        ),
+        None => HttpNetwork::new(config.id, config.secret.clone()).context("building the Raft HTTP client")?,
+    };
     let liveness = liveness::Liveness::new(config.id, network.reachability(), config.owner_dead_after);
     let raft = Raft::new(config.id, Arc::new(config.raft.clone()), network, log, sm).await.context("starting Raft")?;
     let listener = tokio::net::TcpListener::bind(config.http)
@@ -95,7 +109,10 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.media))?;
     let shutdown = CancellationToken::new();
     // One client for every request to another origin.
-    let peers = crate::peer::PeerClient::new(config.secret.clone());
+    let peers = crate::peer::PeerClient::new(config.secret.clone(), peer_tls.clone());
+    if let Some(tls) = &peer_tls {
+        tokio::spawn(crate::tls::watch(tls.identity().clone(), shutdown.clone()));
+    }
     // When a leader's AppendEntries was last accepted here (the Raft RPC route records
     // it): whether this origin's state is current enough to feed edges claims.
     let contact = raftcast_raft::network::LeaderContact::default();
@@ -143,6 +160,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
             config.caps.link_unauthenticated,
             config.caps.link_hello_timeout,
         ),
+        peer_tls.clone().map(|tls| (tls, metrics.peer_tls_media.clone())),
         shutdown.clone(),
     )));
     let members = Arc::new(Trusted::default());
@@ -180,6 +198,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         config.temporary_grace,
         shutdown.clone(),
     )));
+    let peer_tls_http = metrics.peer_tls_http.clone();
     let app = api::AppState {
         id: config.id,
         http: config.http,
@@ -216,7 +235,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .layer(tower_http::catch_panic::CatchPanicLayer::new());
 
     tracing::info!(
-        http = %config.http, media = %config.media, data_dir = %store_dir.display(),
+        http = %config.http, media = %config.media, data_dir = %store_dir.display(), peer_tls = peer_tls.is_some(),
         orphan_grace = ?config.orphan_grace, owner_dead_after = ?config.owner_dead_after, "origin serving"
     );
     // The listener's caps (`--http-max-connections[-per-address]`, header and body
@@ -241,7 +260,18 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         bans: crate::bans::BanPolicy { refusals_per_second: 0, ..Default::default() },
         ban_stats: Default::default(),
     };
-    let server = tokio::spawn(crate::http_server::serve(listener, router, http_limits, shutdown.clone()));
+    let server = match &peer_tls {
+        // Members only: the acceptor requires a certificate the cluster CA signed (edges,
+        // origins, and `ctl` with one).
+        Some(tls) => tokio::spawn(crate::http_server::serve_tls(
+            listener,
+            router,
+            http_limits,
+            (tls.acceptor(), peer_tls_http),
+            shutdown.clone(),
+        )),
+        None => tokio::spawn(crate::http_server::serve(listener, router, http_limits, shutdown.clone())),
+    };
     crate::logging::terminated().await;
     tracing::info!("shutting down");
     shutdown.cancel();

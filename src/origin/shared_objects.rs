@@ -126,7 +126,8 @@ impl ObjectHub {
             let peers = self.peers();
             let body = data.to_string();
             for (peer, http) in peers {
-                let url = format!("http://{http}/internal/objects/{}/messages?relayed=true", escape_segment(&object));
+                let path = format!("/internal/objects/{}/messages?relayed=true", escape_segment(&object));
+                let url = self.inner.peers.url(http, &path);
                 let req = self
                     .inner
                     .peers
@@ -156,7 +157,7 @@ impl ObjectHub {
     /// The objects watched at `peer`, `None` when it did not answer.
     async fn watched_at(&self, http: &str) -> Option<Vec<String>> {
         let res =
-            self.inner.peers.get(format!("http://{http}{WATCHED_ROUTE}")).timeout(PEER_TIMEOUT).send().await.ok()?;
+            self.inner.peers.get(self.inner.peers.url(http, WATCHED_ROUTE)).timeout(PEER_TIMEOUT).send().await.ok()?;
         if !res.status().is_success() || res.content_length().is_some_and(|n| n > MAX_WATCHED_ANSWER as u64) {
             return None;
         }

@@ -29,7 +29,7 @@ use raftcast_raft::state::Event;
 use raftcast_storage::Notice;
 use raftcast_storage::RecvError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -40,7 +40,10 @@ pub use registry::{LinkContext, LiveStream};
 
 use crate::limits::{Limit, Permit};
 use crate::link::frame::{MAX_FRAME, MAX_UNAUTHENTICATED};
+use crate::link::stream::{LinkReader, LinkStream, LinkWriter};
 use crate::link::{Control, FrameCodec, LinkFrame, OLDEST_PROTOCOL, PROTOCOL_VERSION};
+use crate::tls::peer::PeerTls;
+use crate::tls::HandshakeStats;
 use link::Link;
 
 /// Most authenticated edge links an origin holds at once; a link that says a valid
@@ -133,7 +136,16 @@ async fn follow_claims(ctx: LinkContext, shutdown: CancellationToken) {
 ///   `Hello` within `--link-hello-timeout-ms`; none of this holds a link slot;
 /// - after `Hello`: [`MAX_LINKS`] authenticated links (over it, `Refused`), frames up
 ///   to [`crate::link::frame::MAX_FRAME`].
-pub async fn serve(listener: TcpListener, ctx: LinkContext, caps: LinkCaps, shutdown: CancellationToken) {
+///
+/// With `tls` (the cluster's mutual TLS) a link first completes a TLS handshake with a
+/// member's certificate, within the same `Hello` deadline.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: LinkContext,
+    caps: LinkCaps,
+    tls: Option<(Arc<PeerTls>, Arc<HandshakeStats>)>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(follow_claims(ctx.clone(), shutdown.clone()).in_current_span());
     let slots = Arc::new(Semaphore::new(MAX_LINKS));
     loop {
@@ -157,8 +169,8 @@ pub async fn serve(listener: TcpListener, ctx: LinkContext, caps: LinkCaps, shut
                 continue;
             }
         };
-        let _ = socket.set_nodelay(true);
         let link = ctx.next_link.fetch_add(1, Ordering::Relaxed);
+        let tls = tls.clone();
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let slots = slots.clone();
@@ -166,7 +178,23 @@ pub async fn serve(listener: TcpListener, ctx: LinkContext, caps: LinkCaps, shut
         let span = tracing::info_span!("link", link, peer = %peer);
         tokio::spawn(
             async move {
-                match run_link(socket, link, &ctx, unauthenticated, &slots, hello_timeout, shutdown).await {
+                let deadline = tokio::time::Instant::now() + hello_timeout;
+                let stream = match &tls {
+                    None => LinkStream::Plain(socket),
+                    Some((tls, handshakes)) => {
+                        let accepted = tokio::time::timeout_at(deadline, LinkStream::accept(socket, Some(tls))).await;
+                        match handshakes.record(accepted) {
+                            Ok(stream) => stream,
+                            Err(why) => {
+                                // Not a member: no certificate, another CA's, or none in time.
+                                ctx.stats.refused.inc();
+                                tracing::warn!(error = %why, "link refused at the TLS handshake");
+                                return;
+                            }
+                        }
+                    }
+                };
+                match run_link(stream, link, &ctx, unauthenticated, &slots, deadline, shutdown).await {
                     Ok(()) => tracing::info!("link closed"),
                     Err(e) => tracing::warn!(error = %e, "link closed"),
                 }
@@ -178,7 +206,7 @@ pub async fn serve(listener: TcpListener, ctx: LinkContext, caps: LinkCaps, shut
 
 /// Reads one frame, waiting at most `limit`.
 async fn read_frame(
-    socket: &mut tokio::net::tcp::OwnedReadHalf,
+    socket: &mut LinkReader,
     buf: &mut BytesMut,
     stats: &LinkStats,
     limit: Duration,
@@ -200,25 +228,24 @@ async fn read_frame(
 }
 
 async fn run_link(
-    socket: TcpStream,
+    socket: LinkStream,
     link: u64,
     ctx: &LinkContext,
     unauthenticated: Permit,
     slots: &Arc<Semaphore>,
-    hello_timeout: Duration,
+    hello_by: tokio::time::Instant,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let (mut reader, mut writer) = socket.into_split();
+    let (mut reader, mut writer) = socket.split();
     let mut buf = BytesMut::with_capacity(MAX_UNAUTHENTICATED);
     // Authenticate before anything else; only a small frame is accepted here, and the
     // whole of it must come within one deadline (a drip does not reset it).
-    let hello = tokio::time::timeout(
-        hello_timeout,
-        read_frame(&mut reader, &mut buf, &ctx.stats, hello_timeout, MAX_UNAUTHENTICATED),
-    )
-    .await
-    .map_err(|_| format!("no Hello within {hello_timeout:?}"))
-    .and_then(|read| read);
+    let left = hello_by.saturating_duration_since(tokio::time::Instant::now());
+    let hello =
+        tokio::time::timeout_at(hello_by, read_frame(&mut reader, &mut buf, &ctx.stats, left, MAX_UNAUTHENTICATED))
+            .await
+            .map_err(|_| "no Hello in time after connecting".to_owned())
+            .and_then(|read| read);
     let hello = match hello {
         Ok(hello) => hello,
         Err(e) => {
@@ -244,7 +271,7 @@ async fn run_link(
             };
             let mut out = BytesMut::new();
             FrameCodec::encode(&LinkFrame::Control(Control::Refused { reason: reason.clone() }), &mut out);
-            let _ = writer.write_all(&out).await;
+            let _ = write_flushed(&mut writer, &out).await;
             return Err(reason);
         }
     };
@@ -254,7 +281,7 @@ async fn run_link(
         let reason = format!("this origin already holds {MAX_LINKS} links");
         let mut out = BytesMut::new();
         FrameCodec::encode(&LinkFrame::Control(Control::Refused { reason: reason.clone() }), &mut out);
-        let _ = writer.write_all(&out).await;
+        let _ = write_flushed(&mut writer, &out).await;
         return Err(reason);
     };
     tracing::info!(edge, "link up");
@@ -282,8 +309,14 @@ async fn run_link(
     result
 }
 
+/// Writes `out` and flushes it (a TLS stream may otherwise hold it).
+async fn write_flushed(writer: &mut LinkWriter, out: &[u8]) -> std::io::Result<()> {
+    writer.write_all(out).await?;
+    writer.flush().await
+}
+
 async fn write_link(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut writer: LinkWriter,
     mut control: mpsc::Receiver<LinkFrame>,
     mut rx: mpsc::Receiver<LinkFrame>,
     stats: Arc<LinkStats>,
@@ -307,7 +340,7 @@ async fn write_link(
             FrameCodec::encode(&frame, &mut out);
         }
         let n = out.len();
-        if writer.write_all(&out).await.is_err() {
+        if write_flushed(&mut writer, &out).await.is_err() {
             return;
         }
         stats.bytes_out.inc_by(n as u64);

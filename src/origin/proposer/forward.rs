@@ -83,7 +83,7 @@ impl Forwarder {
         let Some(addr) = node_addr(&self.raft, leader) else { return (not_leader, false) };
         let res = self
             .peers
-            .post(format!("http://{}/raft/forward", addr.http))
+            .post(self.peers.url(&addr.http, "/raft/forward"))
             .header(FORWARDED_HEADER, "1")
             .timeout(remaining.max(Duration::from_millis(50)))
             .body(body)

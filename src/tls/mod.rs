@@ -8,7 +8,11 @@
 //! [`POLL_EVERY`]); a pair that does not parse or whose key does not match its
 //! certificate is refused with an error in the log and the old pair stays.
 //!
+//! [`peer`] is the other use of TLS: mutual, between the members of a cluster.
+//!
 //! Knows no listener, no session and no route: it hands out acceptors.
+
+pub mod peer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,9 @@ pub enum TlsError {
     /// The key file holds no PKCS#8, PKCS#1 or SEC1 PEM key, or a malformed one.
     #[error("{path}: no usable PEM private key ({reason})")]
     Key { path: PathBuf, reason: String },
+    /// The CA file holds no usable certificate.
+    #[error("{path}: no usable CA certificate ({reason})")]
+    Ca { path: PathBuf, reason: String },
     /// The key is of a kind rustls cannot sign with, or is not the certificate's key.
     #[error("the key in {key} does not fit the certificate in {cert}: {reason}")]
     Mismatch { cert: PathBuf, key: PathBuf, reason: String },
@@ -118,6 +125,11 @@ impl Certificates {
         let fresh = Arc::new(self.paths.load(&self.provider)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
+    }
+
+    /// The crypto provider the pair was loaded with.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        self.provider.clone()
     }
 
     /// The pair new connections get.
