@@ -34,6 +34,11 @@
 #                        throw-away CA made under $RAFTCAST_DATA_DIR/tls/ [0]
 #   RAFTCAST_RTMPS_BASE  edge-N serves RTMPS on BASE+N     [1944]
 #   RAFTCAST_HTTPS_BASE  edge-N serves HTTPS on BASE+N     [8442]
+#   RAFTCAST_PEER_TLS    1: mutual TLS between all members (Raft RPC, the origins' HTTP
+#                        API, the media links), with a throw-away cluster CA and one
+#                        certificate per node (and one for ctl) made under
+#                        $RAFTCAST_DATA_DIR/tls/peer/; sticky: a data dir started with it
+#                        keeps it [0]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,6 +52,8 @@ read -ra ORIGINS <<<"$(seq 1 "${RAFTCAST_ORIGINS:-3}" | tr '\n' ' ')"
 read -ra EDGES <<<"$(seq 1 "${RAFTCAST_EDGES:-2}" | tr '\n' ' ')"
 LB=${RAFTCAST_LB:-0}
 TLS=${RAFTCAST_TLS:-0}
+PEER_TLS=${RAFTCAST_PEER_TLS:-0}
+[[ -f "${RAFTCAST_DATA_DIR:-./data}/tls/peer/ca.pem" ]] && PEER_TLS=1
 RTMPS_BASE=${RAFTCAST_RTMPS_BASE:-1944}
 HTTPS_BASE=${RAFTCAST_HTTPS_BASE:-8442}
 # The address HAProxy connects to the edges from: the one address the edges trust to
@@ -132,7 +139,48 @@ tls_files() {
   echo "made a throw-away CA and edge certificate in $dir"
 }
 
-ctl() { "$BIN" ctl --origin "$(origin_list)" --token-file "$DATA/admin-token" "$@"; }
+# A throw-away cluster CA in $DATA/tls/peer/ (apart from the clients' CA: it vouches for
+# members, not for public names) and a certificate for every node and for ctl, each
+# usable as server and client, naming 127.0.0.1 and localhost. Keys 0600; kept across
+# restarts (a node that is added later gets its certificate at its first start).
+peer_tls_files() {
+  local dir="$DATA/tls/peer" name
+  command -v openssl >/dev/null || die "RAFTCAST_PEER_TLS=1 needs openssl (scripts/install-deps.sh)"
+  mkdir -p "$dir"
+  chmod 700 "$DATA/tls" "$dir"
+  (
+    umask 077
+    cd "$dir"
+    if [[ ! -f ca.pem || ! -f ca-key.pem ]]; then
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=raftcast bootstrap cluster CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+      echo "made a throw-away cluster CA in $dir" >&2
+    fi
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >node.ext
+    for name in $(names) ctl; do
+      [[ -f "$name.pem" && -f "$name-key.pem" ]] && continue
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=raftcast $name" \
+        -keyout "$name-key.pem" -out "$name.csr" 2>/dev/null
+      openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 30 \
+        -extfile node.ext -out "$name.pem" 2>/dev/null
+      rm -f "$name.csr"
+    done
+    rm -f node.ext
+    chmod 644 ca.pem
+  ) || die "could not make the cluster TLS certificates in $dir"
+}
+
+# The --peer-tls-* flags of node $1 (origin-N, edge-N or ctl), when peer TLS is on.
+peer_tls_flags() {
+  [[ "$PEER_TLS" == 1 ]] || return 0
+  local dir="$DATA/tls/peer"
+  echo "--peer-tls-ca $dir/ca.pem --peer-tls-cert $dir/$1.pem --peer-tls-key $dir/$1-key.pem"
+}
+
+ctl() {
+  # shellcheck disable=SC2046 # the flags are paths without spaces under $DATA
+  "$BIN" ctl --origin "$(origin_list)" --token-file "$DATA/admin-token" $(peer_tls_flags ctl) "$@"
+}
 
 start() {
   mkdir -p "$DATA/logs" "$DATA/pids"
@@ -140,6 +188,7 @@ start() {
   secret_file cluster-secret
   secret_file admin-token
   [[ "$TLS" == 1 ]] && tls_files
+  [[ "$PEER_TLS" == 1 ]] && peer_tls_files
   BIN=$(binary)
   local started=0
   for i in "${ORIGINS[@]}"; do
@@ -152,7 +201,7 @@ start() {
       --http "$(http_addr "$i")" --media "$(media_addr "$i")" \
       --data-dir "$DATA/$name" \
       --cluster-secret-file "$DATA/cluster-secret" --admin-token-file "$DATA/admin-token" \
-      </dev/null >>"$DATA/logs/$name.log" 2>&1 &
+      $(peer_tls_flags "$name") </dev/null >>"$DATA/logs/$name.log" 2>&1 &
     echo $! >"$DATA/pids/$name.pid"
     echo "started $name (pid $!) http=$(http_addr "$i") media=$(media_addr "$i")"
     started=$((started + 1))
@@ -161,7 +210,9 @@ start() {
     local nodes=() deadline=$((SECONDS + WAIT_SECS))
     for i in "${ORIGINS[@]}"; do nodes+=(--node "$i=$(http_addr "$i"),$(media_addr "$i")"); done
     # The first origin may still be binding its port.
-    until out=$("$BIN" ctl --origin "$(http_addr 1)" --token-file "$DATA/admin-token" init "${nodes[@]}" 2>&1); do
+    # shellcheck disable=SC2046
+    until out=$("$BIN" ctl --origin "$(http_addr 1)" --token-file "$DATA/admin-token" $(peer_tls_flags ctl) \
+      init "${nodes[@]}" 2>&1); do
       # An origin that exited (a port in use, a bad data dir) explains itself in its log;
       # another process on its port would answer "unauthorized" below.
       for i in "${ORIGINS[@]}"; do
@@ -193,7 +244,7 @@ start() {
     setsid "$BIN" edge --id "$name" \
       --rtmp "$(rtmp_addr "$i")" --http "$(edge_http_addr "$i")" --origins "$(origin_list)" \
       --cluster-secret-file "$DATA/cluster-secret" --www "$ROOT/examples/webcast" "${proxy[@]}" "${tls[@]}" \
-      </dev/null >>"$DATA/logs/$name.log" 2>&1 &
+      $(peer_tls_flags "$name") </dev/null >>"$DATA/logs/$name.log" 2>&1 &
     echo $! >"$DATA/pids/$name.pid"
     echo "started $name (pid $!) rtmp=$(rtmp_addr "$i") http=$(edge_http_addr "$i")$listening"
   done
@@ -248,8 +299,11 @@ start() {
   echo
   echo "logs:    $DATA/logs/"
   echo "secrets: $DATA/cluster-secret, $DATA/admin-token"
-  echo "admin:   $BIN ctl --origin $(origin_list) status"
-  echo "streams: $BIN ctl --origin $(origin_list) streams"
+  echo "admin:   $BIN ctl --origin $(origin_list) $(peer_tls_flags ctl) status"
+  echo "streams: $BIN ctl --origin $(origin_list) $(peer_tls_flags ctl) streams"
+  if [[ "$PEER_TLS" == 1 ]]; then
+    echo "members: mutual TLS with the cluster CA $DATA/tls/peer/ca.pem (ctl's certificate: ctl.pem)"
+  fi
 }
 
 # Writes $DATA/haproxy.cfg. Why each setting is there: docs/hls.md, "Load balancer".

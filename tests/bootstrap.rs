@@ -18,8 +18,14 @@ fn node_bin(data: &Path) -> std::path::PathBuf {
 }
 
 fn script(data: &Path, http_base: u16, action: &str) -> Output {
+    script_with(data, http_base, action, &[])
+}
+
+/// [`script`] with more environment: `env` pairs.
+fn script_with(data: &Path, http_base: u16, action: &str, env: &[(&str, String)]) -> Output {
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bootstrap.sh"))
         .arg(action)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RAFTCAST_BIN", node_bin(data))
         .env("RAFTCAST_DATA_DIR", data)
         .env("RAFTCAST_HTTP_BASE", http_base.to_string())
@@ -157,4 +163,91 @@ fn bootstrap_starts_three_voters_and_two_edges_restarts_the_dead_and_stops_clean
         assert!(!alive(pid), "{name} (pid {pid}) still running after stop");
     }
     assert!(!alive(victim));
+}
+
+#[test]
+fn bootstrap_with_tls_serves_rtmps_and_https_and_members_speak_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::copy(common::BIN, node_bin(&data)).unwrap();
+    let base = common::free_base();
+    // RTMPS on base+7/8 and HTTPS on base+17/18 for edge-1/edge-2.
+    let env = [
+        ("RAFTCAST_TLS", "1".to_owned()),
+        ("RAFTCAST_PEER_TLS", "1".to_owned()),
+        ("RAFTCAST_RTMPS_BASE", (base + 6).to_string()),
+        ("RAFTCAST_HTTPS_BASE", (base + 16).to_string()),
+    ];
+    let _cleanup = StopOnDrop { data: &data, base };
+    let out = ok(script_with(&data, base, "start", &env));
+    assert!(out.contains("cluster initialized") && out.contains("members: mutual TLS"), "{out}");
+    let (ca, peer) = (data.join("tls/ca.pem"), data.join("tls/peer"));
+    for file in ["ca-key.pem", "origin-1-key.pem", "edge-2-key.pem", "ctl-key.pem"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(peer.join(file)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+
+    // ctl: refused without the cluster certificate, answered with it.
+    let origins: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
+    let ctl = |tls: bool| {
+        let mut cmd = Command::new(common::BIN);
+        cmd.args(["ctl", "--json", "--timeout", "3", "--origin", &origins.join(","), "--token-file"])
+            .arg(data.join("admin-token"));
+        if tls {
+            cmd.arg("--peer-tls-ca").arg(peer.join("ca.pem"));
+            cmd.arg("--peer-tls-cert").arg(peer.join("ctl.pem"));
+            cmd.arg("--peer-tls-key").arg(peer.join("ctl-key.pem"));
+        }
+        cmd.arg("status").env_remove("RAFTCAST_PEER_TLS_CA").output().unwrap()
+    };
+    assert!(!ctl(false).status.success(), "plain ctl is refused");
+    let answer = ctl(true);
+    assert!(answer.status.success(), "{}", String::from_utf8_lossy(&answer.stderr));
+    let s: Value = serde_json::from_slice(&answer.stdout).unwrap();
+    assert_eq!(s["cluster"]["voters"].as_array().unwrap().len(), 3, "{s}");
+    // `status` finds the cluster's TLS on its own (sticky with the data dir).
+    let status = ok(script(&data, base, "status"));
+    assert!(status.contains("voters: [1, 2, 3]"), "{status}");
+
+    // RTMPS through the edges, verified against the throw-away CA.
+    let (rtmps1, rtmps2, https2) = (base + 7, base + 8, base + 18);
+    let verify = ["-tls_verify", "1", "-ca_file", ca.to_str().unwrap()];
+    let publish = format!("rtmps://127.0.0.1:{rtmps1}/live/tls");
+    let mut publisher = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-f", "flv"])
+        .args(verify)
+        .arg(&publish)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg runs (scripts/install-deps.sh)");
+    let play = format!("rtmps://127.0.0.1:{rtmps2}/live/tls");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let packets = loop {
+        let out = Command::new("ffprobe")
+            .args(verify)
+            .args(["-v", "error", "-select_streams", "v:0", "-count_packets", "-read_intervals", "%+2"])
+            .args(["-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", &play])
+            .output()
+            .unwrap();
+        let n: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        if n > 0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    assert!(packets > 0, "ffprobe read no video over RTMPS from edge-2");
+
+    // HTTPS on edge-2 answers over HTTP/2.
+    let https = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "--http2", "--cacert"])
+        .arg(&ca)
+        .arg(format!("https://127.0.0.1:{https2}/health"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&https.stdout), "2 200", "{}", String::from_utf8_lossy(&https.stderr));
+    ok(script(&data, base, "stop"));
 }

@@ -4,6 +4,8 @@
 //! in-process player measures stalls. Faults hit the stream's owner or the leader; the
 //! players must keep running and receive every frame, in order, once.
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 #[path = "common/edges.rs"]
 mod edges;
@@ -184,6 +186,8 @@ async fn owner_of(c: &Cluster, via: u64, name: &str) -> Option<(u64, u64)> {
 /// The whole scene: a cluster, two edges, a publisher and three players.
 struct Scene {
     c: Cluster,
+    /// The cluster's certificates, when its members speak mutual TLS.
+    _certs: Option<tempfile::TempDir>,
     _edges: (EdgeProc, EdgeProc),
     reference: Vec<String>,
     publisher: Proc,
@@ -199,7 +203,22 @@ impl Scene {
     /// `on_follower`: pin the stream to an origin that does not lead, so killing the
     /// leader and killing the owner are different faults.
     async fn start(name: &str, on_follower: bool) -> Scene {
-        let c = Cluster::start(3).await;
+        Self::start_in(name, on_follower, false).await
+    }
+
+    /// [`Scene::start`]; with `peer_tls`, every origin and edge speaks the cluster's
+    /// mutual TLS (Raft RPC, requests, media links), each with its own certificate.
+    async fn start_in(name: &str, on_follower: bool, peer_tls: bool) -> Scene {
+        let (c, certs) = if peer_tls {
+            let certs = tempfile::tempdir().unwrap();
+            certs::make_ca(certs.path());
+            for (serial, member) in ["origin-1", "origin-2", "origin-3", "edge-1", "edge-2", "ctl"].iter().enumerate() {
+                certs::make_member(certs.path(), member, serial as u32 + 1);
+            }
+            (Cluster::start_with_peer_tls(3, certs.path()).await, Some(certs))
+        } else {
+            (Cluster::start(3).await, None)
+        };
         if on_follower {
             let leader = c.leader(None).await.expect("a leader");
             let follower = (1..=3).find(|i| *i != leader).unwrap();
@@ -210,8 +229,10 @@ impl Scene {
         let dir = c.dir.path().to_owned();
         let source = source(&dir);
         let reference = reference(&source, &dir);
-        let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
-        let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
+        let flags = |edge: &str| c.peer_tls_flags(edge);
+        let (flags1, flags2) = (flags("edge-1"), flags("edge-2"));
+        let edge1 = EdgeProc::start(&c, "edge-1", &flags1.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        let edge2 = EdgeProc::start(&c, "edge-2", &flags2.iter().map(String::as_str).collect::<Vec<_>>()).await;
         let publisher = publish_file(&source, &edge1.rtmp_url("live", name), dir.join("publisher.log"));
         eventually(Duration::from_secs(15), "the stream to be published", || owner_of(&c, 1, name)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -227,6 +248,7 @@ impl Scene {
         .await;
         Scene {
             c,
+            _certs: certs,
             _edges: (edge1, edge2),
             reference,
             publisher,
@@ -266,7 +288,25 @@ impl Scene {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_owner_drops_no_client_and_loses_no_frame() {
-    let mut scene = Scene::start("killowner", true).await;
+    kill_the_owner(Scene::start("killowner", true).await).await;
+}
+
+/// The same over the cluster's mutual TLS: elections, the claims feed, the moved
+/// stream's new link and the restarted origin all go through TLS handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_over_mutual_tls_drops_no_client_and_loses_no_frame() {
+    let scene = Scene::start_in("killowner", true, true).await;
+    let text = scene.c.call(1, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+    let handshakes = |listener: &str| -> f64 {
+        let series = format!("raftcast_peer_tls_handshakes_total{{listener=\"{listener}\",outcome=\"ok\"}} ");
+        text.as_str().unwrap().lines().find_map(|l| l.strip_prefix(series.as_str())?.parse().ok()).unwrap_or(0.0)
+    };
+    assert!(handshakes("http") > 0.0 && handshakes("media") > 0.0, "members connected over TLS:\n{text}");
+    kill_the_owner(scene).await;
+}
+
+/// Kills the stream's owner, waits for the move, restarts it: no reclaim, no lost frame.
+async fn kill_the_owner(mut scene: Scene) {
     let (owner, epoch) = owner_of(&scene.c, 1, "killowner").await.unwrap();
     let killed_at = Instant::now();
     scene.c.kill(owner);

@@ -38,9 +38,20 @@ pub fn make_ca(dir: &Path) -> PathBuf {
 /// An edge certificate for 127.0.0.1 and localhost named `cn`, signed by the CA in
 /// `dir`, written to `cert` and `key` by renaming (as a deployment tool would).
 pub fn make_cert(dir: &Path, cn: &str, serial: u32, cert: &Path, key: &Path) {
+    sign(dir, cn, serial, cert, key, "serverAuth");
+}
+
+/// A member's certificate for the cluster's mutual TLS (server and client, for
+/// 127.0.0.1), signed by the CA in `dir`: `dir/NAME.pem` and `dir/NAME-key.pem`.
+pub fn make_member(dir: &Path, name: &str, serial: u32) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+    sign(dir, name, serial, &cert, &key, "serverAuth,clientAuth");
+}
+
+fn sign(dir: &Path, cn: &str, serial: u32, cert: &Path, key: &Path, usage: &str) {
     let (tmp_cert, tmp_key, csr, ext) =
         (dir.join("new.pem"), dir.join("new-key.pem"), dir.join("new.csr"), dir.join("ext.cnf"));
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(&ext, format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n")).unwrap();
     openssl(&[
         "req",
         "-newkey",

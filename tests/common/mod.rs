@@ -62,6 +62,9 @@ pub struct Cluster {
     pub client: reqwest::Client,
     /// Extra flags for every origin started from now on.
     pub extra_args: Vec<String>,
+    /// With the cluster's mutual TLS: the folder holding `ca.pem` and each member's
+    /// `NAME.pem`/`NAME-key.pem` (origins `origin-ID`, this harness's client `ctl`).
+    pub peer_tls: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -84,6 +87,50 @@ impl Cluster {
         c
     }
 
+    /// Like [`Cluster::start`], every origin speaking mutual TLS with the certificates
+    /// in `certs` (see [`Cluster::peer_tls`]).
+    pub async fn start_with_peer_tls(n: u64, certs: &std::path::Path) -> Cluster {
+        let mut c = Cluster::new();
+        c.peer_tls = Some(certs.to_owned());
+        let paths = raftcast::tls::peer::PeerTlsPaths {
+            ca: certs.join("ca.pem"),
+            identity: raftcast::tls::CertPaths { cert: certs.join("ctl.pem"), key: certs.join("ctl-key.pem") },
+        };
+        let tls = raftcast::tls::peer::PeerTls::load(&paths).expect("the test client's cluster certificate");
+        c.client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .use_preconfigured_tls(tls.client_config())
+            .build()
+            .unwrap();
+        for id in 1..=n {
+            c.add_origin(id);
+        }
+        c.wait_listening().await;
+        c.init().await;
+        c.wait_voters(n as usize).await;
+        c
+    }
+
+    /// The `--peer-tls-*` flags of member `name` (none without the cluster's TLS).
+    pub fn peer_tls_flags(&self, name: &str) -> Vec<String> {
+        let Some(dir) = &self.peer_tls else { return Vec::new() };
+        let path = |file: String| dir.join(file).to_str().unwrap().to_owned();
+        vec![
+            "--peer-tls-ca".into(),
+            path("ca.pem".into()),
+            "--peer-tls-cert".into(),
+            path(format!("{name}.pem")),
+            "--peer-tls-key".into(),
+            path(format!("{name}-key.pem")),
+        ]
+    }
+
+    /// `http://` or (with the cluster's TLS) `https://` origin `id`, then `path`.
+    pub fn url(&self, id: u64, path: &str) -> String {
+        let scheme = if self.peer_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.http(id))
+    }
+
     pub fn new() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let secret = "cluster-secret-for-tests-0123456789".to_owned();
@@ -91,7 +138,7 @@ impl Cluster {
         std::fs::write(dir.path().join("cluster-secret"), &secret).unwrap();
         std::fs::write(dir.path().join("admin-token"), &token).unwrap();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
-        Cluster { dir, token, secret, origins: BTreeMap::new(), client, extra_args: Vec::new() }
+        Cluster { dir, token, secret, origins: BTreeMap::new(), client, extra_args: Vec::new(), peer_tls: None }
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -119,7 +166,7 @@ impl Cluster {
             for attempt in 1.. {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 let up = loop {
-                    let url = format!("http://{}/health", self.origins[&id].http);
+                    let url = self.url(id, "/health");
                     if self.client.get(&url).send().await.is_ok() {
                         break true;
                     }
@@ -159,6 +206,7 @@ impl Cluster {
             .arg("--admin-token-file")
             .arg(self.dir.path().join("admin-token"))
             .args(&self.extra_args)
+            .args(self.peer_tls_flags(&format!("origin-{id}")))
             .env_remove("RAFTCAST_CLUSTER_SECRET")
             .env_remove("RAFTCAST_ADMIN_TOKEN")
             .stdin(Stdio::null())
@@ -218,8 +266,7 @@ impl Cluster {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, Value), reqwest::Error> {
-        let mut req =
-            self.client.request(method, format!("http://{}{}", self.http(via), path)).bearer_auth(&self.token);
+        let mut req = self.client.request(method, self.url(via, path)).bearer_auth(&self.token);
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -298,7 +345,7 @@ impl Cluster {
     pub async fn forward_to(&self, id: u64, req: &raftcast_raft::Forward) -> Option<raftcast_raft::ForwardReply> {
         let res = self
             .client
-            .post(format!("http://{}/raft/forward", self.http(id)))
+            .post(self.url(id, "/raft/forward"))
             .header(raftcast_raft::rpc::SECRET_HEADER, &self.secret)
             .body(raftcast_raft::rpc::encode(req))
             .send()
