@@ -130,6 +130,20 @@ fn bootstrap_starts_three_voters_and_two_edges_restarts_the_dead_and_stops_clean
     for port in [rtmp1, rtmp2] {
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "no RTMP listener on {port}");
     }
+    // The origin's data: owner-only (the process's umask is 077).
+    let mut todo = vec![data.join("origin-1")];
+    while let Some(dir) = todo.pop() {
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            let want = if entry.file_type().unwrap().is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{}", entry.path().display());
+            if want == 0o700 {
+                todo.push(entry.path());
+            }
+        }
+    }
     for secret in ["cluster-secret", "admin-token"] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(data.join(secret)).unwrap().permissions().mode();

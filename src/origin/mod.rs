@@ -58,6 +58,9 @@ const DIRTY_DECAY_MS: isize = 1000;
 
 /// Entry point of `raftcast origin`.
 pub fn main(args: OriginArgs) -> ExitCode {
+    // Everything an origin creates (sled's files, snapshots) holds shared-object values
+    // and publish keys: owner-only, 0600 files in 0700 directories.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     crate::heap::set_dirty_decay_ms(DIRTY_DECAY_MS);
     crate::heap::use_first_arena();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

@@ -80,6 +80,22 @@ impl Default for StoreOptions {
     }
 }
 
+/// Makes `dir` 0700 and everything under it 0700 (directories) or 0600 (files).
+fn owner_only(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            owner_only(&entry.path())?;
+        } else if kind.is_file() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens (or on first use creates) the store in `data_dir`. Must run inside a tokio
 /// runtime: it starts the log's flusher task.
 pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<(LogStore, StateMachineStore), OpenError> {
@@ -91,11 +107,10 @@ pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<(LogStore, StateM
     };
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     // The log holds every shared-object value and publish key: only the origin's own
-    // user may enter the directory (files sled creates inside follow the umask).
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(io(data_dir))?;
-    }
+    // user may enter the directory, and what is already inside (from a release that
+    // followed the umask) becomes owner-only too; the origin's umask (077) covers what
+    // sled and the snapshots create from now on.
+    owner_only(data_dir).map_err(io(data_dir))?;
     if !fresh && !layout.sled.join("db").exists() {
         return Err(OpenError::Corrupted {
             path: layout.sled.clone(),

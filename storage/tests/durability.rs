@@ -239,4 +239,36 @@ async fn the_data_directory_is_private_to_the_origin_user() {
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "the log holds every value and key: {mode:o}");
     drop(store);
+    // sled made its files under this test's umask (022): the next open tightens them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store_with_data(&dir).await;
+    let walk = |dir: &std::path::Path| -> Vec<(std::path::PathBuf, u32)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_owned()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(e.path());
+                }
+                out.push((e.path(), mode));
+            }
+        }
+        out
+    };
+    let before = walk(&dir);
+    assert!(before.iter().any(|(_, mode)| mode & 0o044 != 0), "sled's files start world-readable here");
+    let store = raftcast_storage::open(&dir, &StoreOptions::default()).unwrap();
+    // What existed before the open (sled may add files of its own, under the umask,
+    // which is 077 in an origin).
+    let after: std::collections::BTreeMap<_, _> = walk(&dir).into_iter().collect();
+    // (sled may also replace its own snapshot files: those left are checked.)
+    let kept: Vec<_> = before.into_iter().filter(|(path, _)| after.contains_key(path)).collect();
+    assert!(kept.iter().any(|(path, _)| path.ends_with("db")), "{kept:?}");
+    for (path, _) in kept {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(after[&path], want, "{}", path.display());
+    }
+    drop(store);
 }
