@@ -42,6 +42,19 @@ pub struct CtlArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum StreamsAction {
+    /// Move a live stream to another origin (planned: its publisher and players stay
+    /// connected).
+    Move {
+        /// APP/NAME.
+        stream: String,
+        /// The origin to move it to [default: the least loaded other live origin].
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum CtlCommand {
     /// Show every node's view of the cluster.
     Status,
@@ -64,10 +77,12 @@ enum CtlCommand {
     Voters { ids: Vec<u64> },
     /// Remove a node from the cluster.
     Remove { id: u64 },
-    /// List live streams and their owners.
+    /// List live streams and their owners (or `streams move`).
     Streams {
         #[arg(long)]
         stale: bool,
+        #[command(subcommand)]
+        action: Option<StreamsAction>,
     },
     /// Shared objects.
     #[command(subcommand)]
@@ -407,10 +422,25 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             let out = client.call(Method::DELETE, &format!("/cluster/nodes/{id}"), None, &[]).await?;
             print(json_mode, &out, |_| println!("node {id} removed"));
         }
-        CtlCommand::Streams { stale } => {
+        CtlCommand::Streams { stale, action: None } => {
             let path = if stale { "/streams?stale=true" } else { "/streams" };
             let out = client.call(Method::GET, path, None, &[]).await?;
             print(json_mode, &out, print_streams);
+        }
+        CtlCommand::Streams { action: Some(StreamsAction::Move { stream, to }), .. } => {
+            let Some((app, name)) = stream.split_once('/') else {
+                return Err(CtlError::Usage(format!("{stream}: expected APP/NAME")));
+            };
+            let body = json!({ "to": to });
+            let out = client.call(Method::POST, &format!("/streams/{app}/{name}/move"), Some(&body), &[]).await?;
+            print(json_mode, &out, |v| {
+                let (from, to, epoch) = (&v["from"], &v["to"], &v["epoch"]);
+                if from == to {
+                    println!("{stream} already on origin {to} (epoch {epoch})");
+                } else {
+                    println!("{stream} moved from origin {from} to origin {to} (epoch {epoch})");
+                }
+            });
         }
         CtlCommand::So(cmd) => so(&client, json_mode, cmd).await?,
         CtlCommand::Keys(KeysCommand::Add { app, name }) => {

@@ -465,6 +465,13 @@ pub enum Forward {
     /// Every member's media-link address as this node knows it (answered locally,
     /// `Origins`): where an edge finds an origin to follow claims on.
     Origins,
+    /// An operator's planned move of `stream` (claimed at `expected_epoch`) to origin
+    /// `to`, or with `None` to the least loaded live voter other than its owner: the
+    /// leader proposes `ReassignStream { expected_epoch }` under `id`. Answers as
+    /// `Reassign` does; `to` already owning it answers its current claim (nothing
+    /// moves); `to` not a live voter fails `Unavailable`. (Appended last: the variants'
+    /// wire numbers of older nodes stay as they were.)
+    Move { id: RequestId, stream: StreamKey, expected_epoch: u64, to: Option<NodeId> },
 }
 
 /// Longest wait of a [`Forward::WatchStream`]; longer requests wait this long.

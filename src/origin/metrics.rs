@@ -150,7 +150,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         // Both reasons are exported from the start, at 0.
-        for reason in ["unreachable", "edge"] {
+        for reason in ["unreachable", "edge", "planned"] {
             m.streams_reassigned.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }
         for reason in ["pending_bytes", "apply_lag"] {
@@ -214,8 +214,8 @@ impl Metrics {
         registry.register(
             "streams_reassigned",
             "Streams this origin, as leader, moved to another owner: reason=unreachable (the owner left the \
-             leader's Raft RPCs unanswered past --owner-dead-after-ms) or edge (an edge that cannot reach the \
-             owner asked)",
+             leader's Raft RPCs unanswered past --owner-dead-after-ms), edge (an edge that cannot reach the \
+             owner asked) or planned (an operator's move)",
             m.streams_reassigned.clone(),
         );
         registry.register("stream_watches", "WatchStream requests waiting on this origin", m.stream_watches.clone());

@@ -39,6 +39,19 @@ pub enum Reason {
     Unreachable,
     /// An edge that cannot reach the owner asked (`Forward::Reassign`).
     Edge,
+    /// An operator moved it (`Forward::Move`).
+    Planned,
+}
+
+/// Where a moved stream goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The least loaded live voter other than this one (the owner is unreachable).
+    AwayFrom(NodeId),
+    /// The least loaded live voter other than the current owner.
+    Elsewhere,
+    /// This origin, if it is a live voter.
+    To(NodeId),
 }
 
 impl Reason {
@@ -46,6 +59,7 @@ impl Reason {
         match self {
             Reason::Unreachable => "unreachable",
             Reason::Edge => "edge",
+            Reason::Planned => "planned",
         }
     }
 }
@@ -174,20 +188,55 @@ impl Ownership {
         away_from: NodeId,
         reason: Reason,
     ) -> ForwardReply {
+        self.move_claim(id, stream, expected_epoch, Target::AwayFrom(away_from), reason).await
+    }
+
+    /// Moves `stream` from its claim at `expected_epoch` to `target` (see
+    /// [`Ownership::reassign`], whose checks and answers it shares).
+    pub async fn move_claim(
+        &self,
+        id: RequestId,
+        stream: &StreamKey,
+        expected_epoch: u64,
+        target: Target,
+        reason: Reason,
+    ) -> ForwardReply {
         // Leading and up to date, so the epoch check and the placement use current
         // state (and, on a retry, the first attempt's answer is applied if it was).
         if let Err(e) = self.raft.ensure_linearizable().await {
             return leadership_error(e);
         }
-        let (answered, current) =
-            self.state.read(|sm| (sm.answered(&id).cloned(), sm.streams.get(stream).map(|c| c.epoch)));
+        let (answered, current) = self.state.read(|sm| (sm.answered(&id).cloned(), sm.streams.get(stream).cloned()));
         if let Some(first) = answered {
             return ForwardReply::Written(first);
         }
-        if current != Some(expected_epoch) {
-            return ForwardReply::Written(Response::Rejected(Rejection::StaleEpoch { current }));
-        }
-        let Some(owner) = self.pick_owner(stream, Some(away_from)) else {
+        let current = match current {
+            Some(claim) if claim.epoch == expected_epoch => claim,
+            other => {
+                return ForwardReply::Written(Response::Rejected(Rejection::StaleEpoch {
+                    current: other.map(|c| c.epoch),
+                }))
+            }
+        };
+        let away_from = match target {
+            Target::AwayFrom(origin) => origin,
+            Target::Elsewhere => current.owner,
+            Target::To(origin) if origin == current.owner => return ForwardReply::Written(Response::Claimed(current)),
+            Target::To(origin) => {
+                if !self.live_voters().1.contains(&origin) {
+                    return failed(
+                        FailKind::Unavailable,
+                        format!("origin {origin} is not a live voter; {stream} stays on origin {}", current.owner),
+                    );
+                }
+                current.owner
+            }
+        };
+        let picked = match target {
+            Target::To(origin) => Some(origin),
+            _ => self.pick_owner(stream, Some(away_from)),
+        };
+        let Some(owner) = picked else {
             return failed(
                 FailKind::Unavailable,
                 format!("no live origin other than {away_from} can take {stream}; retry when one is back"),

@@ -96,6 +96,7 @@ pub fn router(app: AppState) -> Router {
         .route("/cluster/voters", put(cluster::set_voters))
         .route("/cluster/nodes/{id}", delete(cluster::remove_node))
         .route("/streams", get(streams::list))
+        .route("/streams/{app}/{name}/move", post(streams::move_stream))
         .route("/keys", post(streams::add_key))
         .route("/apps", get(streams::apps))
         .route("/apps/{app}", put(streams::set_app))

@@ -8,8 +8,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raftcast_raft::command::{validate_name, KeyScope, StreamClaim};
+use raftcast_raft::command::{Rejection, Response as SmResponse};
 use raftcast_raft::state::{hash_publish_key, AppHooks, AppTokens};
-use raftcast_raft::{Command, NodeId, StreamKey};
+use raftcast_raft::{Command, Forward, ForwardReply, NodeId, StreamKey};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -50,6 +51,51 @@ pub async fn list(State(app): State<AppState>, RawQuery(query): RawQuery) -> Res
         })
         .collect();
     Ok(Json(json!({ "streams": streams })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveBody {
+    /// The origin to move to; none: the least loaded live origin other than the owner.
+    to: Option<NodeId>,
+}
+
+/// `POST /streams/{app}/{name}/move` with `{"to": N}` (or `{}`): a planned move of a
+/// live stream to origin N (or the least loaded other live origin). The publisher's
+/// edge re-attaches to the new owner and resends what the new owner lacks; players'
+/// edges follow the claim. Answers `{app, name, from, to, epoch}`; 404 for a stream
+/// nobody publishes, 409 when its claim changed meanwhile (retry), 503 when `to` is not
+/// a live voter.
+pub async fn move_stream(
+    State(app): State<AppState>,
+    ApiPath((app_name, name)): ApiPath<(String, String)>,
+    headers: axum::http::HeaderMap,
+    ApiJson(body): ApiJson<MoveBody>,
+) -> Result<Json<Value>, ApiError> {
+    let stream = StreamKey::new(&app_name, &name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream", e.to_string()))?;
+    app.read_point(None).await?;
+    let Some(claim) = app.state.read(|sm| sm.streams.get(&stream).cloned()) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_live", format!("nobody publishes {stream}")));
+    };
+    let id = super::request_id(&headers, &format!("POST /streams/{stream}/move"))?;
+    let req = Forward::Move { id, stream: stream.clone(), expected_epoch: claim.epoch, to: body.to };
+    match app.proposer.submit(req).await? {
+        ForwardReply::Written(SmResponse::Claimed(moved)) => Ok(Json(json!({
+            "app": stream.app, "name": stream.name, "from": claim.owner, "to": moved.owner, "epoch": moved.epoch,
+        }))),
+        ForwardReply::Written(SmResponse::Rejected(Rejection::StaleEpoch { current })) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "claim_changed",
+            format!(
+                "the claim of {stream} changed while moving it (epoch {} now); retry",
+                current.map_or("none".into(), |e| e.to_string())
+            ),
+        )),
+        other => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {other:?}")))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

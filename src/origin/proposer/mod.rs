@@ -28,7 +28,7 @@ use super::commit::batch::MAX_BATCH;
 use super::commit::{failed, Admission, Committer};
 use super::membership::Membership;
 use super::metrics::{Metrics, ResultLabel};
-use super::ownership::{ClaimRequest, Ownership, Reason};
+use super::ownership::{ClaimRequest, Ownership, Reason, Target};
 use crate::backoff::Backoff;
 use crate::peer::PeerClient;
 use forward::Forwarder;
@@ -159,9 +159,11 @@ impl Proposer {
         let remaining = || {
             let left = self.deadline.saturating_sub(started.elapsed());
             match req {
-                Forward::Write(_) | Forward::ReadIndex | Forward::Claim { .. } | Forward::Reassign { .. } => {
-                    left.min(ATTEMPT_TIMEOUT)
-                }
+                Forward::Write(_)
+                | Forward::ReadIndex
+                | Forward::Claim { .. }
+                | Forward::Reassign { .. }
+                | Forward::Move { .. } => left.min(ATTEMPT_TIMEOUT),
                 _ => left,
             }
         };
@@ -192,7 +194,10 @@ impl Proposer {
                 ok => return Ok(ok),
             }
             if started.elapsed() + backoff.peek() > self.deadline {
-                let is_write = matches!(req, Forward::Write(_) | Forward::Claim { .. } | Forward::Reassign { .. });
+                let is_write = matches!(
+                    req,
+                    Forward::Write(_) | Forward::Claim { .. } | Forward::Reassign { .. } | Forward::Move { .. }
+                );
                 if is_write {
                     self.metrics.proposals.get_or_create(&ResultLabel { result: "failed" }).inc();
                 }
@@ -224,6 +229,10 @@ impl Proposer {
             }
             Forward::Reassign { id, stream, expected_epoch, away_from } => {
                 self.ownership.reassign(*id, stream, *expected_epoch, *away_from, Reason::Edge).await
+            }
+            Forward::Move { id, stream, expected_epoch, to } => {
+                let target = to.map_or(Target::Elsewhere, Target::To);
+                self.ownership.move_claim(*id, stream, *expected_epoch, target, Reason::Planned).await
             }
             Forward::Claim { id, stream, edge, session, takeover, key } => {
                 let claim = ClaimRequest { id: *id, stream, edge, session, takeover: *takeover, key: key.as_deref() };
