@@ -119,6 +119,10 @@ pub struct EdgeArgs {
     /// How long shutdown drains players before closing them, in ms [default: 2000].
     #[arg(long, env = "RAFTCAST_EDGE_DRAIN_MS")]
     pub drain_ms: Option<u64>,
+    /// Once draining (SIGUSR1 or `POST /drain`), stop at the latest after this long even
+    /// if clients remain, in ms [default: 300000].
+    #[arg(long, env = "RAFTCAST_EDGE_DRAIN_DEADLINE_MS")]
+    pub drain_deadline_ms: Option<u64>,
     /// RTMP connections one address (an IPv4 address or an IPv6 /64) may hold [default: 128]
     #[arg(long, env = "RAFTCAST_EDGE_MAX_CONNECTIONS_PER_ADDRESS")]
     pub max_connections_per_address: Option<usize>,
@@ -285,6 +289,8 @@ pub struct EdgeConfig {
     pub link: LinkTiming,
     pub request_deadline: Duration,
     pub drain: Duration,
+    /// How long a draining edge waits for its clients to leave before it stops.
+    pub drain_deadline: Duration,
     pub www: Option<std::path::PathBuf>,
     /// Bearer token for `/status` and `/metrics` from non-loopback clients.
     pub ops_token: Option<String>,
@@ -348,6 +354,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         link_dead_ms: cli.link_dead_ms.or(file.link_dead_ms),
         request_deadline_ms: cli.request_deadline_ms.or(file.request_deadline_ms),
         drain_ms: cli.drain_ms.or(file.drain_ms),
+        drain_deadline_ms: cli.drain_deadline_ms.or(file.drain_deadline_ms),
         www: cli.www.or(file.www),
         hls_segment_ms: cli.hls_segment_ms.or(file.hls_segment_ms),
         hls_part_ms: cli.hls_part_ms.or(file.hls_part_ms),
@@ -524,6 +531,7 @@ impl EdgeConfig {
             link,
             request_deadline: ms(a.request_deadline_ms, 5_000),
             drain: ms(a.drain_ms, 2_000),
+            drain_deadline: ms(a.drain_deadline_ms, 300_000),
             www: a.www,
             ops_token,
             proxy_protocol_from: a.proxy_protocol_from.unwrap_or_default(),

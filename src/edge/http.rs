@@ -37,7 +37,8 @@ use crate::rtmp::flv;
 
 pub fn router(ctx: Arc<EdgeContext>) -> Router {
     let router = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+        .route("/health", get(health))
+        .route("/drain", post(drain).route_layer(axum::middleware::from_fn_with_state(ctx.clone(), ops_only)))
         .route("/status", get(status).route_layer(axum::middleware::from_fn_with_state(ctx.clone(), ops_only)))
         .route("/metrics", get(metrics).route_layer(axum::middleware::from_fn_with_state(ctx.clone(), ops_only)))
         .route("/shared-objects/{name}", get(http_objects::get))
@@ -61,6 +62,24 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
         shutdown: ctx.shutdown.clone(),
     });
     router.fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(ctx).merge(hls)
+}
+
+/// `GET /health`: 200 `ok`, or 503 `draining` once the edge drains, so a load
+/// balancer's health check sends it no new clients.
+async fn health(State(ctx): State<Arc<EdgeContext>>) -> Response {
+    if ctx.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ok\n".into_response()
+    }
+}
+
+/// `POST /drain` (loopback or the ops token, like `/status`): starts draining, as
+/// SIGUSR1 does (see `edge::drain`). Idempotent.
+async fn drain(State(ctx): State<Arc<EdgeContext>>) -> Response {
+    let already = ctx.draining.is_cancelled();
+    ctx.draining.cancel();
+    axum::Json(serde_json::json!({ "draining": true, "already": already })).into_response()
 }
 
 /// Extensions served from `--www`: what a web page needs, nothing else.

@@ -170,6 +170,12 @@ impl Collector for EdgeCollector {
             (ProtocolLabel { protocol: "flv" }, load(&s.players_flv)),
         ];
         gauges(e, "edge_players", "Playing sessions by protocol", &players)?;
+        counter(
+            e,
+            "edge_reconnect_requests_total",
+            "RTMP clients sent NetConnection.Connect.ReconnectRequest while the edge drains",
+            load(&s.reconnect_requests),
+        )?;
         counter(e, "edge_client_bytes_in_total", "Bytes read from clients", load(&s.bytes_in))?;
         counter(e, "edge_client_bytes_out_total", "Bytes written to clients", load(&s.bytes_out))?;
         let published = load(&s.frames_published);

@@ -17,6 +17,7 @@
 pub mod claims;
 pub mod config;
 pub mod control;
+pub mod drain;
 pub mod hls;
 pub mod hooks;
 pub mod http;
@@ -61,6 +62,8 @@ pub struct EdgeStats {
     pub publisher_drops: AtomicU64,
     /// Publications moved to a new owner after losing theirs.
     pub publisher_failovers: AtomicU64,
+    /// RTMP clients asked to reconnect elsewhere while the edge drains.
+    pub reconnect_requests: AtomicU64,
     /// Plays, publishes and HLS requests refused by a stream token check.
     pub auth_refused: Arc<tokens::Refusals>,
     /// TLS handshakes on the RTMPS and HTTPS listeners.
@@ -171,6 +174,9 @@ pub struct EdgeContext {
     pub metrics: metrics::EdgeMetrics,
     /// Cancelled when the edge stops serving clients (relays and players end with it).
     pub shutdown: CancellationToken,
+    /// Cancelled when the edge starts draining (SIGUSR1 or `POST /drain`): `/health`
+    /// answers 503 and RTMP clients that can reconnect are asked to ([`drain`]).
+    pub draining: CancellationToken,
     pub started: Instant,
     /// Start time in Unix ms: makes session names unique across restarts of this edge.
     pub started_ms: u128,
@@ -231,6 +237,7 @@ impl EdgeContext {
             limits,
             metrics,
             shutdown: clients,
+            draining: CancellationToken::new(),
             started: Instant::now(),
             started_ms,
         }))
@@ -283,7 +290,11 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let tls_tasks = tls.map(|tls| tls.spawn(&ctx, &clients));
     tracing::info!(rtmp = %config.rtmp, http = %config.http, origins = ?config.origins, "edge serving");
 
-    crate::logging::terminated().await;
+    tokio::spawn(drain::on_signal(ctx.draining.clone(), clients.clone()));
+    tokio::select! {
+        _ = crate::logging::terminated() => {}
+        _ = drain::until_empty(ctx.clone(), config.drain_deadline) => {}
+    }
     tracing::info!("shutting down: no new connections, draining players");
     clients.cancel();
     let _ = rtmp_task.await;

@@ -472,6 +472,10 @@ async fn connection<S: ClientStream>(
     tokio::pin!(fenced);
     let stopping = shutdown.cancelled();
     tokio::pin!(stopping);
+    // While the edge drains, a client that can reconnect is asked to, once.
+    let draining = ctx.draining.cancelled();
+    tokio::pin!(draining);
+    let mut asked_to_reconnect = false;
     let result = async {
         conn.input(&leftover)?;
         loop {
@@ -559,6 +563,13 @@ async fn connection<S: ClientStream>(
                         "neither published, played nor used a shared object within {:?}",
                         ctx.config.caps.start_timeout
                     ));
+                }
+                _ = &mut draining, if !asked_to_reconnect && conn.session.is_connected() => {
+                    asked_to_reconnect = true;
+                    if conn.session.request_reconnect("This edge is draining: reconnect to go on.", None) {
+                        ctx.stats.reconnect_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(conn = id, %peer, "asked to reconnect: the edge drains");
+                    }
                 }
                 _ = &mut fenced => return Err("a newer publisher took the stream over".to_owned()),
                 _ = &mut stopping => return Ok(()),

@@ -92,6 +92,22 @@ impl EdgeProc {
         .await
     }
 
+    /// Waits up to `limit` for the edge to exit on its own; its status, or `None`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn status(&self) -> Value {
         reqwest::get(format!("http://{}/status", self.http)).await.unwrap().json().await.unwrap()
     }

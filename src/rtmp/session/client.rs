@@ -19,11 +19,14 @@ pub struct ClientConfig {
     pub chunk_size: u32,
     /// Buffer length announced before `play`, in milliseconds.
     pub buffer_ms: u32,
+    /// Enhanced RTMP's `capsEx` sent in `connect` (0: none; e.g.
+    /// [`super::CAPS_EX_RECONNECT`] to hear reconnect requests).
+    pub caps_ex: u32,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        Self { chunk_size: 4096, buffer_ms: 3000 }
+        Self { chunk_size: 4096, buffer_ms: 3000, caps_ex: 0 }
     }
 }
 
@@ -137,7 +140,7 @@ impl ClientSession {
         }
         self.connection = Connection::Connecting;
         let text = |s: &str| Amf0Value::String(s.to_owned());
-        let object = Amf0Value::object([
+        let mut props = vec![
             ("app", text(app)),
             ("type", text("nonprivate")),
             ("flashVer", text("FMLE/3.0 (compatible; raftcast)")),
@@ -148,7 +151,11 @@ impl ClientSession {
             ("videoCodecs", Amf0Value::Number(252.0)),
             ("videoFunction", Amf0Value::Number(1.0)),
             ("objectEncoding", Amf0Value::Number(0.0)),
-        ]);
+        ];
+        if self.config.caps_ex != 0 {
+            props.push(("capsEx", Amf0Value::Number(f64::from(self.config.caps_ex))));
+        }
+        let object = Amf0Value::object(props);
         self.call(Call::Connect, "connect", 0, object, Vec::new());
         Ok(())
     }

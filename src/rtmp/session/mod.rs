@@ -29,7 +29,7 @@ mod server;
 mod tests;
 
 pub use client::{ClientConfig, ClientEvent, ClientSession};
-pub use server::{PublishMode, PublishRejection, ServerConfig, ServerEvent, ServerSession};
+pub use server::{PublishMode, PublishRejection, ServerConfig, ServerEvent, ServerSession, CAPS_EX_RECONNECT};
 
 use bytes::{Buf, Bytes, BytesMut};
 

@@ -10,7 +10,7 @@ use super::super::chunk::RawMessage;
 use super::super::message::{self, Command, Message, UserControl};
 use super::{
     as_u32, split_aggregate, split_query, stream_name, MediaKind, SessionError, Status, Wire, CSID_AUDIO, CSID_COMMAND,
-    CSID_DATA, CSID_PROTOCOL, CSID_VIDEO, MAX_NAME_LEN,
+    CSID_DATA, CSID_PROTOCOL, CSID_STATUS, CSID_VIDEO, MAX_NAME_LEN,
 };
 
 /// The server's side of the connection parameters.
@@ -163,7 +163,13 @@ pub struct ServerSession {
     next_stream_id: u32,
     /// Messages ignored: media on streams not publishing, unknown message types.
     ignored: u64,
+    /// The client's `connect` advertised Enhanced RTMP's reconnect capability
+    /// (`capsEx` bit [`CAPS_EX_RECONNECT`]).
+    can_reconnect: bool,
 }
+
+/// Enhanced RTMP's `capsEx` bit for "understands `NetConnection.Connect.ReconnectRequest`".
+pub const CAPS_EX_RECONNECT: u32 = 0x01;
 
 impl ServerSession {
     /// Bytes received and held, not yet whole messages: partial payloads plus the
@@ -188,6 +194,7 @@ impl ServerSession {
             streams: BTreeMap::new(),
             next_stream_id: 1,
             ignored: 0,
+            can_reconnect: false,
         }
     }
 
@@ -252,6 +259,27 @@ impl ServerSession {
         let args = vec![Amf0Value::Object(info)];
         let command = Command { name: "_result".into(), transaction_id, object: properties, args };
         self.wire.send(CSID_COMMAND, 0, 0, &Message::Command { command, amf3: false });
+    }
+
+    /// Whether the client advertised Enhanced RTMP's reconnect capability in its `connect`.
+    pub fn can_reconnect(&self) -> bool {
+        self.can_reconnect
+    }
+
+    /// Asks a connected client that advertised the capability to reconnect (Enhanced
+    /// RTMP): `onStatus` `NetConnection.Connect.ReconnectRequest` on stream 0, with
+    /// `tc_url` when it should go elsewhere (none: the same URL, e.g. through a load
+    /// balancer). Returns whether it was sent.
+    pub fn request_reconnect(&mut self, description: &str, tc_url: Option<&str>) -> bool {
+        if self.connection != Connection::Connected || !self.can_reconnect {
+            return false;
+        }
+        let mut info = Status::new("NetConnection.Connect.ReconnectRequest", description).properties();
+        if let Some(url) = tc_url {
+            info.push(("tcUrl".into(), Amf0Value::String(url.to_owned())));
+        }
+        self.wire.send_command(CSID_STATUS, 0, "onStatus", 0.0, vec![Amf0Value::Object(info)]);
+        true
     }
 
     /// Refuses the pending `connect` with `_error` `NetConnection.Connect.Rejected`. The driver
@@ -472,6 +500,8 @@ impl ServerSession {
         let query = app_query.or_else(|| tc_url.and_then(|url| split_query(url).1));
         let object_encoding =
             cmd.object.property("objectEncoding").and_then(Amf0Value::as_f64).filter(|n| n.is_finite()).unwrap_or(0.0);
+        let caps_ex = cmd.object.property("capsEx").and_then(Amf0Value::as_f64).filter(|n| n.is_finite() && *n >= 0.0);
+        self.can_reconnect = caps_ex.is_some_and(|caps| (caps as u64) & u64::from(CAPS_EX_RECONNECT) != 0);
         events.push(ServerEvent::Connect {
             app: app.to_owned(),
             tc_url: tc_url.map(str::to_owned),

@@ -796,3 +796,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_reconnect_request_goes_only_to_clients_that_advertise_the_capability() {
+    // capsEx absent, without the reconnect bit, with it (alone or with others), and junk.
+    for (caps, capable) in [
+        (None, false),
+        (Some(0.0), false),
+        (Some(2.0), false),
+        (Some(1.0), true),
+        (Some(3.0), true),
+        (Some(-1.0), false),
+    ] {
+        let mut server = ServerSession::new(ServerConfig::default());
+        let (mut client, mut peer) = (RawClient::new(), Peer::new());
+        let mut props = vec![("app", text("live")), ("tcUrl", text("rtmp://edge/live"))];
+        if let Some(caps) = caps {
+            props.push(("capsEx", Amf0Value::Number(caps)));
+        }
+        server.handle_input(&client.command(0, "connect", 1.0, Amf0Value::object(props), Vec::new())).unwrap();
+        assert!(!server.request_reconnect("too early", None), "nothing before the connect is accepted");
+        server.accept_connect();
+        peer.read(&server.take_output());
+        assert_eq!(server.can_reconnect(), capable, "capsEx {caps:?}");
+        assert_eq!(server.request_reconnect("draining", Some("rtmp://lb/live")), capable, "capsEx {caps:?}");
+        let sent = peer.read(&server.take_output());
+        if !capable {
+            assert!(sent.is_empty(), "capsEx {caps:?}: {sent:?}");
+            continue;
+        }
+        let [(raw, Message::Command { command, .. })] = &sent[..] else { panic!("{sent:?}") };
+        assert_eq!((raw.stream_id, command.name.as_str()), (0, "onStatus"));
+        let info = &command.args[0];
+        assert_eq!(info.property("code").and_then(Amf0Value::as_str), Some("NetConnection.Connect.ReconnectRequest"));
+        assert_eq!(info.property("tcUrl").and_then(Amf0Value::as_str), Some("rtmp://lb/live"));
+        assert_eq!(info.property("level").and_then(Amf0Value::as_str), Some("status"));
+    }
+}

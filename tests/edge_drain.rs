@@ -1,0 +1,88 @@
+//! Draining an edge (issue 17): SIGUSR1 (or `POST /drain`) turns its `/health` to 503
+//! for the balancer; an RTMP player whose `connect` advertised Enhanced RTMP's reconnect
+//! capability gets `NetConnection.Connect.ReconnectRequest` and keeps playing until it
+//! goes, one that did not advertise it hears nothing and keeps playing; the player that
+//! reconnects elsewhere plays there; the edge exits once its last client left. The
+//! publisher on the other edge is not disturbed.
+
+mod common;
+#[path = "common/edges.rs"]
+mod edges;
+
+use std::time::Duration;
+
+use common::{eventually, Cluster};
+use edges::{ffmpeg_publish, EdgeProc};
+use raftcast::bench::client::RtmpClient;
+use raftcast::rtmp::session::{ClientConfig, ClientEvent, CAPS_EX_RECONNECT};
+
+const RECONNECT: &str = "NetConnection.Connect.ReconnectRequest";
+
+/// A player of `live/drain` on `edge`, advertising `caps_ex`.
+async fn player(edge: &EdgeProc, caps_ex: u32) -> RtmpClient {
+    eventually(Duration::from_secs(20), "a player to start", || async {
+        let config = ClientConfig { caps_ex, ..ClientConfig::default() };
+        let mut client = RtmpClient::connect_with(edge.rtmp, "live", None, config).await.ok()?;
+        client.play("drain").await.ok()?;
+        Some(client)
+    })
+    .await
+}
+
+/// What `client` hears within `limit`: video frames, and whether a reconnect request came.
+async fn listen(client: &mut RtmpClient, limit: Duration) -> (usize, bool) {
+    let (mut frames, mut asked) = (0, false);
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(event) = tokio::time::timeout_at(deadline, client.next_event()).await {
+        match event.expect("the connection stays up") {
+            Some(ClientEvent::Video { .. }) => frames += 1,
+            Some(ClientEvent::Status { stream_id: 0, code, .. }) if code == RECONNECT => asked = true,
+            Some(_) => {}
+            None => panic!("the draining edge closed a player's connection"),
+        }
+    }
+    (frames, asked)
+}
+
+async fn health(edge: &EdgeProc) -> u16 {
+    reqwest::get(format!("http://{}/health", edge.http)).await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_edge_fails_its_health_check_asks_players_to_reconnect_and_exits_when_empty() {
+    let c = Cluster::start(3).await;
+    let mut draining = EdgeProc::start(&c, "edge-1", &["--drain-deadline-ms", "30000"]).await;
+    let other = EdgeProc::start(&c, "edge-2", &[]).await;
+    let mut publisher = ffmpeg_publish(&other.rtmp_url("live", "drain"), c.dir.path().join("publisher.log"));
+    let mut capable = player(&draining, CAPS_EX_RECONNECT).await;
+    let mut plain = player(&draining, 0).await;
+    assert_eq!(health(&draining).await, 200);
+    let (frames, asked) = listen(&mut capable, Duration::from_secs(1)).await;
+    assert!(frames > 0 && !asked, "playing, and nobody asked to reconnect yet");
+
+    std::process::Command::new("kill").args(["-USR1", &draining.pid().to_string()]).status().unwrap();
+    eventually(Duration::from_secs(2), "/health to answer 503", || async {
+        (health(&draining).await == 503).then_some(())
+    })
+    .await;
+    let (frames, asked) = listen(&mut capable, Duration::from_secs(2)).await;
+    assert!(asked, "the capable player was asked to reconnect");
+    assert!(frames > 0, "and kept playing meanwhile");
+    let (frames, asked) = listen(&mut plain, Duration::from_secs(1)).await;
+    assert!(!asked && frames > 0, "the other player heard nothing and kept playing");
+    assert_eq!(draining.metric("edge_reconnect_requests_total").await, 1.0);
+
+    // The capable player goes where the balancer sends it now: the other edge.
+    drop(capable);
+    let mut moved = player(&other, CAPS_EX_RECONNECT).await;
+    let (frames, asked) = listen(&mut moved, Duration::from_secs(1)).await;
+    assert!(frames > 0 && !asked, "the reconnected player plays on the other edge");
+    assert!(draining.wait_exit(Duration::from_secs(1)).await.is_none(), "a client is left: the edge stays");
+
+    // The last client leaves: the edge stops on its own, cleanly.
+    drop(plain);
+    let status = draining.wait_exit(Duration::from_secs(10)).await.expect("the drained edge exits");
+    assert!(status.success(), "{status}");
+    assert_eq!(health(&other).await, 200);
+    assert!(publisher.running(), "the publisher on the other edge was not disturbed");
+}
