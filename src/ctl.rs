@@ -363,17 +363,11 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
         args.peer_tls_key.clone(),
     )
     .map_err(CtlError::Usage)?;
-    let tls = match tls {
-        Some(paths) => Some(crate::tls::peer::PeerTls::load(&paths).map_err(|e| CtlError::Usage(e.to_string()))?),
-        None => None,
-    };
+    let tls =
+        tls.as_ref().map(crate::tls::peer::PeerTls::load).transpose().map_err(|e| CtlError::Usage(e.to_string()))?;
     let builder =
         reqwest::Client::builder().timeout(Duration::from_secs(args.timeout)).connect_timeout(Duration::from_secs(2));
-    let builder = match &tls {
-        Some(tls) => builder.use_preconfigured_tls(tls.client_config()).https_only(true),
-        None => builder,
-    };
-    let http = builder.build().map_err(|e| CtlError::Usage(e.to_string()))?;
+    let http = crate::peer::with_tls(builder, tls.as_deref()).build().map_err(|e| CtlError::Usage(e.to_string()))?;
     let client = Client {
         http,
         scheme: crate::peer::scheme(tls.is_some()),

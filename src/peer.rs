@@ -78,9 +78,14 @@ pub fn http_client(tls: Option<&PeerTls>) -> reqwest::Client {
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(30));
-    let builder = match tls {
+    with_tls(builder, tls).build().expect("an HTTP client with a rustls configuration always builds")
+}
+
+/// `builder` speaking only HTTPS with the cluster's TLS when `tls` is given (this
+/// node's certificate, the cluster CA as the only root); unchanged without.
+pub fn with_tls(builder: reqwest::ClientBuilder, tls: Option<&PeerTls>) -> reqwest::ClientBuilder {
+    match tls {
         Some(tls) => builder.use_preconfigured_tls(tls.client_config()).https_only(true),
         None => builder,
-    };
-    builder.build().expect("an HTTP client with a rustls configuration always builds")
+    }
 }

@@ -194,10 +194,12 @@ impl EdgeContext {
     ) -> anyhow::Result<Arc<EdgeContext>> {
         // The cluster's mutual TLS, when configured, wraps the links and every request
         // to the origins.
-        let peer_tls = match &config.peer_tls {
-            Some(paths) => Some(crate::tls::peer::PeerTls::load(paths).context("loading the cluster TLS files")?),
-            None => None,
-        };
+        let peer_tls = config
+            .peer_tls
+            .as_ref()
+            .map(crate::tls::peer::PeerTls::load)
+            .transpose()
+            .context("loading the cluster TLS files")?;
         // One client for every request to the origins.
         let peers = crate::peer::PeerClient::new(config.secret.clone(), peer_tls.clone());
         let control = control::Control::new(config.origins.clone(), peers.clone(), config.request_deadline);

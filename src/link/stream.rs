@@ -39,16 +39,11 @@ impl LinkStream {
         }
     }
 
-    /// The origin's side: with `tls`, a handshake that requires a member's certificate.
-    pub async fn accept(socket: TcpStream, tls: Option<&PeerTls>) -> io::Result<LinkStream> {
-        let _ = socket.set_nodelay(true);
-        match tls {
-            None => Ok(LinkStream::Plain(socket)),
-            Some(tls) => {
-                let stream = tls.acceptor().accept(socket).await?;
-                Ok(LinkStream::Tls(Box::new(TlsStream::Server(stream))))
-            }
-        }
+    /// The origin's side over TLS: a handshake that requires a member's certificate (a
+    /// plain link is `LinkStream::Plain` as accepted).
+    pub async fn accept(socket: TcpStream, tls: &PeerTls) -> io::Result<LinkStream> {
+        let stream = tls.acceptor().accept(socket).await?;
+        Ok(LinkStream::Tls(Box::new(TlsStream::Server(stream))))
     }
 
     /// Splits into halves that may be used from different tasks.

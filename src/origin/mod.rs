@@ -89,10 +89,12 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     }
     // The cluster's mutual TLS, when configured, wraps Raft RPC, every request between
     // members and the media links alike.
-    let peer_tls = match &config.peer_tls {
-        Some(paths) => Some(crate::tls::peer::PeerTls::load(paths).context("loading the cluster TLS files")?),
-        None => None,
-    };
+    let peer_tls = config
+        .peer_tls
+        .as_ref()
+        .map(crate::tls::peer::PeerTls::load)
+        .transpose()
+        .context("loading the cluster TLS files")?;
     let network = match &peer_tls {
         Some(tls) => HttpNetwork::with_client(
             config.id,

@@ -218,29 +218,27 @@ impl Ownership {
                 }))
             }
         };
-        let away_from = match target {
-            Target::AwayFrom(origin) => origin,
-            Target::Elsewhere => current.owner,
+        let owner = match target {
             Target::To(origin) if origin == current.owner => return ForwardReply::Written(Response::Claimed(current)),
+            Target::To(origin) if self.live_voters().1.contains(&origin) => origin,
             Target::To(origin) => {
-                if !self.live_voters().1.contains(&origin) {
-                    return failed(
-                        FailKind::Unavailable,
-                        format!("origin {origin} is not a live voter; {stream} stays on origin {}", current.owner),
-                    );
-                }
-                current.owner
+                return failed(
+                    FailKind::Unavailable,
+                    format!("origin {origin} is not a live voter; {stream} stays on origin {}", current.owner),
+                )
             }
-        };
-        let picked = match target {
-            Target::To(origin) => Some(origin),
-            _ => self.pick_owner(stream, Some(away_from)),
-        };
-        let Some(owner) = picked else {
-            return failed(
-                FailKind::Unavailable,
-                format!("no live origin other than {away_from} can take {stream}; retry when one is back"),
-            );
+            Target::AwayFrom(_) | Target::Elsewhere => {
+                let away_from = if let Target::AwayFrom(origin) = target { origin } else { current.owner };
+                match self.pick_owner(stream, Some(away_from)) {
+                    Some(owner) => owner,
+                    None => {
+                        return failed(
+                            FailKind::Unavailable,
+                            format!("no live origin other than {away_from} can take {stream}; retry when one is back"),
+                        )
+                    }
+                }
+            }
         };
         let command = Command::ReassignStream { stream: stream.clone(), expected_epoch, owner };
         let reply = self.committer.commit(&Request { id, at_ms: 0, command }).await;
@@ -248,7 +246,7 @@ impl Ownership {
             self.note_moved(stream);
             self.metrics.streams_reassigned.get_or_create(&ReasonLabel { reason: reason.label() }).inc();
             tracing::info!(
-                %stream, from = away_from, to = claim.owner, epoch = claim.epoch, expected_epoch,
+                %stream, from = current.owner, to = claim.owner, epoch = claim.epoch, expected_epoch,
                 reason = reason.label(), "stream re-assigned"
             );
         }

@@ -169,6 +169,7 @@ pub async fn serve(
                 continue;
             }
         };
+        let _ = socket.set_nodelay(true);
         let link = ctx.next_link.fetch_add(1, Ordering::Relaxed);
         let tls = tls.clone();
         let ctx = ctx.clone();
@@ -182,7 +183,7 @@ pub async fn serve(
                 let stream = match &tls {
                     None => LinkStream::Plain(socket),
                     Some((tls, handshakes)) => {
-                        let accepted = tokio::time::timeout_at(deadline, LinkStream::accept(socket, Some(tls))).await;
+                        let accepted = tokio::time::timeout_at(deadline, LinkStream::accept(socket, tls)).await;
                         match handshakes.record(accepted) {
                             Ok(stream) => stream,
                             Err(why) => {
