@@ -326,7 +326,7 @@ global
 defaults
     log global
     option dontlognull
-    timeout connect 1s
+    timeout connect 300ms
     timeout client 60s
     timeout server 60s
     timeout client-fin 5s
@@ -335,7 +335,7 @@ defaults
     timeout queue 1s
     retries 3
     option redispatch 1
-    default-server source $LB_SOURCE send-proxy-v2 check inter 500ms fastinter 250ms downinter 1s rise 2 fall 2 observe layer4 error-limit 1 on-error mark-down
+    default-server source $LB_SOURCE send-proxy-v2 check inter 500ms fastinter 250ms downinter 1s rise 2 fall 2 observe layer4 error-limit 1 on-error fastinter
 
 frontend http
     mode http

@@ -178,6 +178,7 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
         std::thread::sleep(Duration::from_millis(20));
     }
     kill(&data, victim);
+    eprintln!("{} SIGKILL {victim}", common_now());
     std::thread::sleep(Duration::from_secs(3));
     ok(script(&data, base, "start"));
     // Two thirds in: the stream's owner origin dies.
@@ -190,7 +191,15 @@ fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
         .unwrap());
     let streams: serde_json::Value = serde_json::from_str(&streams).unwrap();
     let owner = streams["streams"][0]["owner"].as_u64().expect("the stream's owner");
+    let status = Command::new(common::BIN)
+        .args(["ctl", "--origin", &format!("127.0.0.1:{}", base + 1), "--token-file"])
+        .arg(data.join("admin-token"))
+        .arg("status")
+        .output()
+        .unwrap();
+    eprintln!("before the owner's kill:\n{}", String::from_utf8_lossy(&status.stdout));
     kill(&data, &format!("origin-{owner}"));
+    eprintln!("{} SIGKILL origin-{owner} (the owner)", common_now());
 
     let (p, r, c) = (play.wait().unwrap(), rec.wait().unwrap(), check.wait().unwrap());
     let (p_json, r_json, c_json) = (report(&play_out), report(&rec_out), report(&check_out));
@@ -290,4 +299,10 @@ fn common_wait_playlist(url: &str) {
         assert!(std::time::Instant::now() < deadline, "no playlist of 3 segments at {url} within 30 s");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The wall clock as UTC `HH:MM:SS.mmm`, the form of play.mjs's stall times.
+fn common_now() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
 }

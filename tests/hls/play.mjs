@@ -68,7 +68,7 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>hls harnes
 <script src="hls.min.js"></script>
 <script>
 window.harness = { fatal: [], nonfatal: {}, samples: [], stalls: [], started: null, levels: null,
-  protocols: { playlist: {}, media: {} } };
+  protocols: { playlist: {}, media: {} }, requests: [] };
 // Resource timing keeps 250 entries by default; LL-HLS makes several requests a second.
 // Entries are counted and cleared every 100 ms so none is lost to a full buffer.
 performance.setResourceTimingBufferSize(10000);
@@ -81,6 +81,10 @@ function countProtocols() {
     const kind = new URL(e.name).pathname.endsWith('.m3u8') ? 'playlist' : 'media';
     const proto = e.nextHopProtocol || 'unknown';
     p[kind][proto] = (p[kind][proto] || 0) + 1;
+    // The last 30 s of requests (wall clock), for the report's view of each stall.
+    const at = performance.timeOrigin + e.startTime, r = window.harness.requests;
+    r.push({ at: Math.round(at), ms: Math.round(e.duration), status: e.responseStatus, url: (() => { const u = new URL(e.name); return u.pathname + u.search; })() });
+    while (r.length && r[0].at < at - 30000) r.shift();
     if (proto === 'unknown' && (p.unknown ||= []).length < 5) {
       p.unknown.push({ url: e.name, initiator: e.initiatorType, status: e.responseStatus, ms: Math.round(e.duration), bytes: e.transferSize });
     }
@@ -96,7 +100,11 @@ function start(url, ll, stallMs, catchUp) {
     // The reason too (a parsing error's names both playlists), cut to keep the report short.
     if (d.fatal) h.fatal.push({ at: Date.now(), type: d.type, details: d.details, url: d.url || (d.frag && d.frag.url) || null,
       reason: String(d.reason || (d.error && d.error.message) || '').slice(0, 4000) });
-    else h.nonfatal[d.details] = (h.nonfatal[d.details] || 0) + 1;
+    else {
+      h.nonfatal[d.details] = (h.nonfatal[d.details] || 0) + 1;
+      // When, too (the first 50): a stall or a timeout is matched with what the test did.
+      if ((h.nonfatalAt ||= []).length < 50) h.nonfatalAt.push({ at: new Date().toISOString().slice(11, 23), details: d.details, url: d.url || (d.frag && d.frag.url) || undefined });
+    }
   });
   hls.on(Hls.Events.LEVEL_LOADED, (e, d) => { h.levels = { live: d.details.live, partTarget: d.details.partTarget, targetduration: d.details.targetduration, canBlockReload: d.details.canBlockReload }; });
   hls.loadSource(url);
@@ -108,7 +116,11 @@ function start(url, ll, stallMs, catchUp) {
     const now = Date.now();
     if (v.currentTime !== lastT) {
       if (h.started === null && v.currentTime > 0) { h.started = now; h.startedAtS = v.currentTime; }
-      if (stalledSince !== null && now - stalledSince > stallMs) h.stalls.push({ at: stalledSince, ms: now - stalledSince });
+      if (stalledSince !== null && now - stalledSince > stallMs) {
+        // What hls.js asked for from 3 s before the stall to its end, and how long each took.
+        const around = h.requests.filter((q) => q.at + q.ms >= stalledSince - 3000 && q.at <= now);
+        h.stalls.push({ at: stalledSince, ms: now - stalledSince, requests: around.map((q) => ({ ...q, at: q.at - stalledSince })) });
+      }
       stalledSince = null;
       lastT = v.currentTime; lastAdvance = now;
     } else if (h.started !== null && stalledSince === null) {
@@ -175,8 +187,10 @@ async function main() {
       playlist: h.levels,
       fatal_errors: h.fatal,
       nonfatal_errors: h.nonfatal,
+      nonfatal_errors_at: h.nonfatalAt || [],
       stall_threshold_ms: o.stallMs,
-      stalls: h.stalls.map((s) => ({ at: new Date(s.at).toISOString(), ms: s.ms, ...(s.ongoing ? { ongoing: true } : {}) })),
+      stalls: h.stalls.map((s) => ({ at: new Date(s.at).toISOString(), ms: s.ms, ...(s.ongoing ? { ongoing: true } : {}),
+        ...(s.requests ? { requests_ms_from_stall: s.requests } : {}) })),
       longest_stall_ms: Math.max(0, ...h.stalls.map((s) => s.ms)),
       catch_up_rate: o.catchUp,
       latency_ms: { samples: lat.length, first: lat.length ? lat[0] : null, p50: pct(lat, 50), p95: pct(lat, 95), min: pct(lat, 0), max: pct(lat, 100) },
