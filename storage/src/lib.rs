@@ -17,6 +17,7 @@
 
 pub mod feed;
 mod log_store;
+mod snapshot_file;
 mod state_machine;
 pub mod sync;
 
