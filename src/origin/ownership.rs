@@ -180,7 +180,7 @@ impl Ownership {
             return leadership_error(e);
         }
         let (answered, current) =
-            self.state.read(|sm| (sm.answered(&id).cloned(), sm.streams.get(stream).map(|c| c.epoch)));
+            self.state.read(|sm| (sm.answered(&id), sm.streams.get(stream).map(|c| c.epoch)));
         if let Some(first) = answered {
             return ForwardReply::Written(first);
         }
