@@ -9,6 +9,7 @@ pub mod command;
 pub mod network;
 pub mod node;
 pub mod rpc;
+pub mod snapshot_data;
 pub mod state;
 pub mod token;
 pub mod value;
@@ -18,6 +19,7 @@ pub use command::{
     Responses, StreamKey,
 };
 pub use node::NodeAddr;
+pub use snapshot_data::SnapshotData;
 pub use state::{Event, StateMachine};
 pub use value::Value;
 
@@ -31,7 +33,7 @@ openraft::declare_raft_types!(
         R = Responses,
         NodeId = NodeId,
         Node = NodeAddr,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = snapshot_data::SnapshotData,
 );
 
 /// Aliases of openraft's generic types for this configuration.

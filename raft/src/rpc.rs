@@ -88,6 +88,28 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
+/// How many bytes [`encode`] would produce for `value`, without producing them.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config()).expect("raftcast types always encode with bincode");
+    size.bytes_written
+}
+
+/// Encodes a value into `out` (the same bytes as [`encode`]), without a copy in memory.
+/// Returns the bytes written; an error is `out`'s.
+pub fn encode_into<T: Serialize, W: std::io::Write + ?Sized>(value: &T, out: &mut W) -> std::io::Result<usize> {
+    bincode::serde::encode_into_std_write(value, &mut &mut *out, config()).map_err(|e| match e {
+        bincode::error::EncodeError::Io { inner, .. } => inner,
+        other => std::io::Error::other(other.to_string()),
+    })
+}
+
+/// Decodes one value from `input`, reading no further than its end (wrap a file in a
+/// `BufReader`: this reads a few bytes at a time). Bytes after it are not looked at.
+pub fn decode_from<T: DeserializeOwned>(input: &mut impl std::io::Read) -> Result<T, DecodeError> {
+    bincode::serde::decode_from_std_read(input, config()).map_err(DecodeError::Bincode)
+}
+
 /// A body that is not a valid encoding of the expected type.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -95,6 +117,9 @@ pub enum DecodeError {
     Bincode(bincode::error::DecodeError),
     #[error("{0} trailing bytes after the value")]
     Trailing(usize),
+    /// The bytes could not be read (a value decoded from a file).
+    #[error("cannot read: {0}")]
+    Io(std::io::Error),
 }
 
 /// The Raft RPC routes, served next to the admin API.

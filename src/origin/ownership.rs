@@ -206,7 +206,7 @@ impl Ownership {
         if let Err(e) = self.raft.ensure_linearizable().await {
             return leadership_error(e);
         }
-        let (answered, current) = self.state.read(|sm| (sm.answered(&id).cloned(), sm.streams.get(stream).cloned()));
+        let (answered, current) = self.state.read(|sm| (sm.answered(&id), sm.streams.get(stream).cloned()));
         if let Some(first) = answered {
             return ForwardReply::Written(first);
         }

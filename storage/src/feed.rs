@@ -8,8 +8,12 @@
 //! beyond [`NOTICE_BUFFER_BYTES`] (keeping at least the newest), so what an idle origin
 //! holds for its watchers is bounded by bytes. A watcher that falls further behind gets
 //! `Lagged` and re-reads the state, as with `broadcast`.
+//!
+//! The ring also knows where each receiver is, and keeps only what some receiver has not
+//! read yet: once every watcher has caught up after a burst, it holds nothing (it used to
+//! keep the burst's last 2 MiB of values for as long as the origin stayed quiet).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use raftcast_raft::state::{Event, ObjectChange};
@@ -49,11 +53,48 @@ struct Ring {
     /// Sequence number of `notices[0]`.
     first: u64,
     bytes: usize,
+    /// How many receivers read next from each sequence number.
+    readers: BTreeMap<u64, usize>,
 }
 
 impl Ring {
     fn next(&self) -> u64 {
         self.first + self.notices.len() as u64
+    }
+
+    fn drop_front(&mut self) {
+        if let Some((_, size)) = self.notices.pop_front() {
+            self.bytes -= size;
+            self.first += 1;
+        }
+    }
+
+    /// Drops the notices every receiver has read (all of them when nobody listens).
+    fn drop_read(&mut self) {
+        let slowest = self.readers.keys().next().copied().unwrap_or(u64::MAX);
+        while self.first < slowest && !self.notices.is_empty() {
+            self.drop_front();
+        }
+    }
+
+    fn add_reader(&mut self, at: u64) {
+        *self.readers.entry(at).or_default() += 1;
+    }
+
+    fn remove_reader(&mut self, at: u64) {
+        if let Some(n) = self.readers.get_mut(&at) {
+            *n -= 1;
+            if *n == 0 {
+                self.readers.remove(&at);
+            }
+        }
+    }
+
+    /// A receiver moved from `from` to `to`.
+    fn move_reader(&mut self, from: u64, to: u64) {
+        self.remove_reader(from);
+        self.add_reader(to);
+        self.drop_read();
     }
 }
 
@@ -76,7 +117,7 @@ impl Default for Feed {
 
 impl Feed {
     pub fn new() -> Self {
-        let ring = Ring { notices: VecDeque::new(), first: 0, bytes: 0 };
+        let ring = Ring { notices: VecDeque::new(), first: 0, bytes: 0, readers: BTreeMap::new() };
         Feed { ring: Arc::new(Mutex::new(ring)), next: watch::Sender::new(0) }
     }
 
@@ -88,11 +129,9 @@ impl Feed {
             ring.notices.push_back((notice, size));
             ring.bytes += size;
             while ring.notices.len() > NOTICE_BUFFER || (ring.bytes > NOTICE_BUFFER_BYTES && ring.notices.len() > 1) {
-                if let Some((_, size)) = ring.notices.pop_front() {
-                    ring.bytes -= size;
-                    ring.first += 1;
-                }
+                ring.drop_front();
             }
+            ring.drop_read();
             ring.next()
         };
         self.next.send_replace(next);
@@ -101,7 +140,12 @@ impl Feed {
     /// A receiver of the notices sent from now on.
     pub fn subscribe(&self) -> NoticeReceiver {
         let rx = self.next.subscribe();
-        let next = lock(&self.ring).next();
+        let next = {
+            let mut ring = lock(&self.ring);
+            let next = ring.next();
+            ring.add_reader(next);
+            next
+        };
         NoticeReceiver { ring: self.ring.clone(), next, rx }
     }
 
@@ -126,21 +170,33 @@ impl NoticeReceiver {
     pub async fn recv(&mut self) -> Result<Notice, RecvError> {
         loop {
             {
-                let ring = lock(&self.ring);
+                let mut ring = lock(&self.ring);
                 if self.next < ring.first {
                     let missed = ring.first - self.next;
-                    self.next = ring.first;
+                    let first = ring.first;
+                    ring.move_reader(self.next, first);
+                    self.next = first;
                     return Err(RecvError::Lagged(missed));
                 }
                 if let Some((notice, _)) = ring.notices.get((self.next - ring.first) as usize) {
+                    let notice = notice.clone();
+                    ring.move_reader(self.next, self.next + 1);
                     self.next += 1;
-                    return Ok(notice.clone());
+                    return Ok(notice);
                 }
             }
             if self.rx.changed().await.is_err() {
                 return Err(RecvError::Closed);
             }
         }
+    }
+}
+
+impl Drop for NoticeReceiver {
+    fn drop(&mut self) {
+        let mut ring = lock(&self.ring);
+        ring.remove_reader(self.next);
+        ring.drop_read();
     }
 }
 
@@ -200,6 +256,29 @@ mod tests {
             }
         }
         assert_eq!(last, 65);
+    }
+
+    #[tokio::test]
+    async fn notices_every_receiver_has_read_are_let_go() {
+        let feed = Feed::new();
+        feed.send(write(1, 1000));
+        assert_eq!(feed.held_bytes(), 0, "nobody listens: nothing is kept");
+        let mut a = feed.subscribe();
+        let mut b = feed.subscribe();
+        feed.send(write(2, 1000));
+        feed.send(write(3, 1000));
+        let two = feed.held_bytes();
+        assert!(two > 2000);
+        assert_eq!(index(&a.recv().await.unwrap()), 2);
+        assert_eq!(index(&a.recv().await.unwrap()), 3);
+        assert_eq!(feed.held_bytes(), two, "b has read neither");
+        assert_eq!(index(&b.recv().await.unwrap()), 2);
+        assert!(feed.held_bytes() < two && feed.held_bytes() > 0, "b still needs 3");
+        drop(b);
+        assert_eq!(feed.held_bytes(), 0, "a read everything; b is gone");
+        feed.send(write(4, 10));
+        assert_eq!(index(&a.recv().await.unwrap()), 4);
+        assert_eq!(feed.held_bytes(), 0);
     }
 
     #[tokio::test]
