@@ -70,7 +70,9 @@ impl AsyncSeek for SnapshotData {
     fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
         let position = match position {
             SeekFrom::Start(n) => SeekFrom::Start(
-                self.start.checked_add(n).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek overflow"))?,
+                self.start
+                    .checked_add(n)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek overflow"))?,
             ),
             // Relative seeks may not go before the window: checked in `poll_complete`.
             relative => relative,
@@ -89,9 +91,11 @@ impl AsyncSeek for SnapshotData {
         if !std::mem::take(&mut self.seeking) {
             return Poll::Ready(Ok(at.saturating_sub(start)));
         }
-        Poll::Ready(at.checked_sub(start).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the snapshot data")
-        }))
+        Poll::Ready(
+            at.checked_sub(start).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the snapshot data")
+            }),
+        )
     }
 }
 

@@ -325,8 +325,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, unique_suffix()),
                 None => format!("empty-{}", unique_suffix()),
             };
-            let meta =
-                SnapshotMeta { last_log_id: image.last_applied, last_membership: image.membership.clone(), snapshot_id };
+            let meta = SnapshotMeta {
+                last_log_id: image.last_applied,
+                last_membership: image.membership.clone(),
+                snapshot_id,
+            };
             let len = snapshot_file::data_len(&*image);
             let written = snapshot_file::write(&dir, &meta, len, move |out| {
                 let encoded = encode_into(&*image, out);
@@ -460,7 +463,12 @@ mod tests {
 
     fn big_value(object: &str, slot: usize) -> Command {
         let value = raftcast_raft::Value::String(char::from(b'a' + slot as u8).to_string().repeat(60_000));
-        Command::SetSlots { object: object.into(), slots: vec![(format!("s{slot}"), value)], if_version: None, persistent: true }
+        Command::SetSlots {
+            object: object.into(),
+            slots: vec![(format!("s{slot}"), value)],
+            if_version: None,
+            persistent: true,
+        }
     }
 
     #[tokio::test]
