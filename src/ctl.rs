@@ -129,12 +129,36 @@ enum CtlCommand {
         #[command(subcommand)]
         command: Option<PinsCommand>,
     },
+    /// Edges: `edges drain EDGE` (talks to the edge's HTTP port, not to an origin).
+    #[command(subcommand)]
+    Edges(EdgesCommand),
     /// Wait until the cluster has a leader and this many voters, all answering.
     Wait {
         #[arg(long, default_value_t = 3)]
         voters: usize,
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EdgesCommand {
+    /// Drain an edge (as SIGUSR1 does): its /health answers 503 so the load balancer
+    /// sends it no new clients, RTMP clients that can reconnect are asked to, and it
+    /// exits once no RTMP or HTTP-FLV client is left (or at its --drain-deadline-ms).
+    Drain {
+        /// The edge's HTTP address (host:port).
+        edge: String,
+        /// The edge's ops token (its --ops-token-file); not needed on loopback.
+        #[arg(long, env = "RAFTCAST_EDGE_OPS_TOKEN_FILE")]
+        ops_token_file: Option<PathBuf>,
+        /// Follow the clients left until the edge has exited.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (the edge's own deadline is
+        /// 300 s by default).
+        #[arg(long, default_value_t = 330)]
+        wait_secs: u64,
     },
 }
 
@@ -437,6 +461,10 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             });
         }
         CtlCommand::So(cmd) => so(&client, json_mode, cmd).await?,
+        CtlCommand::Edges(EdgesCommand::Drain { edge, ops_token_file, wait, wait_secs }) => {
+            drain_edge(&client.http, &edge, ops_token_file.as_deref(), wait, Duration::from_secs(wait_secs), json_mode)
+                .await?
+        }
         CtlCommand::Keys(KeysCommand::Add { app, name }) => {
             let body = json!({ "app": app, "name": name });
             let out = client.call(Method::POST, "/keys", Some(&body), &[]).await?;
@@ -789,6 +817,76 @@ async fn pins(client: &Client, json_mode: bool, cmd: PinsCommand) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// `ctl edges drain`: `POST /drain` to the edge, then with `wait` the same request
+/// every half second (it is idempotent and answers the clients left) until the edge no
+/// longer answers: it has exited.
+async fn drain_edge(
+    http: &reqwest::Client,
+    edge: &str,
+    token_file: Option<&std::path::Path>,
+    wait: bool,
+    wait_for: Duration,
+    json_mode: bool,
+) -> Result<(), CtlError> {
+    let token = match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let post = || {
+        let mut req = http.post(format!("http://{edge}/drain"));
+        if let Some(token) = &token {
+            req = req.bearer_auth(token);
+        }
+        req
+    };
+    let first = match post().send().await {
+        Ok(res) => decode(res).await?,
+        Err(e) => return Err(CtlError::Unreachable(format!("{edge}: {e}"))),
+    };
+    let clients = |v: &Value| (v["rtmp_connections"].as_u64().unwrap_or(0), v["flv_players"].as_u64().unwrap_or(0));
+    print(json_mode, &first, |v| {
+        let (rtmp, flv) = clients(v);
+        let how = if v["already"] == Value::Bool(true) { "was already draining" } else { "draining" };
+        println!("edge {edge} {how}: {rtmp} RTMP connection(s), {flv} HTTP-FLV player(s) left");
+    });
+    if !wait {
+        return Ok(());
+    }
+    let deadline = Instant::now() + wait_for;
+    let mut last = clients(&first);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match post().send().await {
+            // Refused (or cut): the edge has exited.
+            Err(e) if e.is_connect() || e.is_request() => {
+                if !json_mode {
+                    println!("edge {edge} has exited");
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(CtlError::Unreachable(format!("{edge}: {e}"))),
+            Ok(res) => {
+                let now = clients(&decode(res).await?);
+                if now != last && !json_mode {
+                    println!("edge {edge}: {} RTMP connection(s), {} HTTP-FLV player(s) left", now.0, now.1);
+                }
+                last = now;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CtlError::Usage(format!(
+                "edge {edge} still running after {wait_for:?} ({} RTMP, {} HTTP-FLV left)",
+                last.0, last.1
+            )));
+        }
+    }
 }
 
 async fn wait(client: &Client, voters: usize, timeout: Duration) -> Result<(), CtlError> {

@@ -86,3 +86,40 @@ async fn a_draining_edge_fails_its_health_check_asks_players_to_reconnect_and_ex
     assert_eq!(health(&other).await, 200);
     assert!(publisher.running(), "the publisher on the other edge was not disturbed");
 }
+
+/// `ctl edges drain EDGE --wait` drains the edge over HTTP, follows the clients left,
+/// and returns once the edge has exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_edges_drain_waits_until_the_edge_has_exited() {
+    let c = Cluster::start(3).await;
+    let mut draining = EdgeProc::start(&c, "edge-1", &["--drain-deadline-ms", "30000"]).await;
+    let other = EdgeProc::start(&c, "edge-2", &[]).await;
+    let mut publisher = ffmpeg_publish(&other.rtmp_url("live", "drain"), c.dir.path().join("publisher.log"));
+    let mut plain = player(&draining, 0).await;
+    let ctl = tokio::process::Command::new(common::BIN)
+        .args(["ctl", "edges", "drain", &draining.http.to_string(), "--wait", "--wait-secs", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(5), "/health to answer 503", || async {
+        (health(&draining).await == 503).then_some(())
+    })
+    .await;
+    // A client is left: the edge, and ctl, wait.
+    let (frames, _) = listen(&mut plain, Duration::from_secs(2)).await;
+    assert!(frames > 0, "the player keeps playing while the edge drains");
+    assert!(draining.wait_exit(Duration::from_millis(100)).await.is_none(), "a client is left: the edge stays");
+
+    drop(plain);
+    let out =
+        tokio::time::timeout(Duration::from_secs(15), ctl.wait_with_output()).await.expect("ctl returns").unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ctl: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("draining: 1 RTMP connection(s)"), "ctl reported the player left: {text}");
+    assert!(text.contains("has exited"), "{text}");
+    let status = draining.wait_exit(Duration::from_secs(5)).await.expect("the drained edge has exited");
+    assert!(status.success(), "{status}");
+    assert!(publisher.running(), "the publisher on the other edge was not disturbed");
+}

@@ -75,11 +75,19 @@ async fn health(State(ctx): State<Arc<EdgeContext>>) -> Response {
 }
 
 /// `POST /drain` (loopback or the ops token, like `/status`): starts draining, as
-/// SIGUSR1 does (see `edge::drain`). Idempotent.
+/// SIGUSR1 does (see `edge::drain`). Idempotent, so `ctl edges drain --wait` repeats it
+/// to follow the clients left (the edge exits once there are none).
 async fn drain(State(ctx): State<Arc<EdgeContext>>) -> Response {
     let already = ctx.draining.is_cancelled();
     ctx.draining.cancel();
-    axum::Json(serde_json::json!({ "draining": true, "already": already })).into_response()
+    let stats = &ctx.stats;
+    axum::Json(serde_json::json!({
+        "draining": true,
+        "already": already,
+        "rtmp_connections": stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+        "flv_players": stats.players_flv.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+    .into_response()
 }
 
 /// Extensions served from `--www`: what a web page needs, nothing else.
