@@ -61,7 +61,24 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
         refusals: ctx.stats.auth_refused.clone(),
         shutdown: ctx.shutdown.clone(),
     });
-    router.fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }).with_state(ctx).merge(hls)
+    router
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(ctx.clone())
+        .merge(hls)
+        .layer(axum::middleware::from_fn_with_state(ctx, note_client_request))
+}
+
+/// Notes when a client request (not a health check or an ops call) arrived: see
+/// `edge::drain::until_empty`.
+async fn note_client_request(
+    State(ctx): State<Arc<EdgeContext>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !matches!(req.uri().path(), "/health" | "/drain" | "/status" | "/metrics") {
+        ctx.stats.last_client_request_ms.store(super::drain::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+    next.run(req).await
 }
 
 /// `GET /health`: 200 `ok`, or 503 `draining` once the edge drains, so a load

@@ -64,6 +64,10 @@ pub struct EdgeStats {
     pub publisher_failovers: AtomicU64,
     /// RTMP clients asked to reconnect elsewhere while the edge drains.
     pub reconnect_requests: AtomicU64,
+    /// When the last client HTTP request arrived (`drain::now_ms`; health checks,
+    /// `/drain`, `/status` and `/metrics` do not count): a draining edge waits until
+    /// the load balancer has stopped sending it requests.
+    pub last_client_request_ms: AtomicU64,
     /// Plays, publishes and HLS requests refused by a stream token check.
     pub auth_refused: Arc<tokens::Refusals>,
     /// TLS handshakes on the RTMPS and HTTPS listeners.

@@ -406,7 +406,14 @@ impl Window {
         Reload::Wait
     }
 
-    /// Part `index` of segment `msn`: here, coming next (the preload hint), or missing.
+    /// Part `index` of segment `msn`: here, coming (not made yet, but no further ahead
+    /// than a blocking playlist reload may ask: see [`Window::reload`]), or missing.
+    ///
+    /// Coming, not only the preload hint: behind a load balancer a player asks this
+    /// edge for what another edge's playlist listed, and this edge may be a few parts
+    /// behind that one (it restarted and is packaging the owner's window, or its relay
+    /// is a hop slower). A 404 there was an hls.js `fragLoadError` and a stall while
+    /// `scripts/rolling-restart.sh` put a restarted edge back in rotation.
     pub fn find_part(&self, msn: u64, index: u32) -> Found {
         let in_segment = |s: &Segment| s.parts.get(index as usize).map(|p| p.bytes.clone());
         let here = match &self.open {
@@ -415,16 +422,17 @@ impl Window {
         };
         match here {
             Some(bytes) => Found::Here(bytes),
-            None if self.next_part() == Some((msn, index)) => Found::Coming,
+            None if self.reload(msn, Some(index)) == Reload::Wait => Found::Coming,
             None => Found::Missing,
         }
     }
 
-    /// Complete segment `msn`: here, open (coming), or missing.
+    /// Complete segment `msn`: here, coming (open, or at most two segments ahead, as
+    /// for parts above), or missing.
     pub fn find_segment(&self, msn: u64) -> Found {
         match self.segment(msn).and_then(|s| s.bytes.clone()) {
             Some(bytes) => Found::Here(bytes),
-            None if self.open.as_ref().is_some_and(|o| o.msn() == msn) => Found::Coming,
+            None if self.reload(msn, None) == Reload::Wait => Found::Coming,
             None => Found::Missing,
         }
     }
@@ -493,8 +501,16 @@ pub(crate) mod tests {
         );
         assert_eq!(w.find_part(18, 2), Found::Here(Bytes::from(vec![0x22; 10])));
         assert_eq!(w.find_part(20, 1), Found::Coming);
-        assert_eq!(w.find_part(20, 2), Found::Missing);
+        // Ahead of the preload hint, within the Advance Part Limit (three part targets):
+        // another edge may have made it already.
+        assert_eq!(w.find_part(20, 3), Found::Coming);
+        assert_eq!(w.find_part(21, 0), Found::Coming);
+        assert_eq!(w.find_part(20, 40), Found::Missing, "past the Advance Part Limit");
+        assert_eq!(w.find_part(19, 4), Found::Missing, "segment 19 ended with four parts");
+        assert_eq!(w.find_part(16, 0), Found::Missing, "left the window");
         assert_eq!(w.find_segment(20), Found::Coming);
+        assert_eq!(w.find_segment(22), Found::Coming);
+        assert_eq!(w.find_segment(23), Found::Missing, "more than two segments ahead");
         assert_eq!(w.find_segment(16), Found::Missing);
         assert_eq!(w.counters().segments, 10);
     }
