@@ -349,6 +349,13 @@ pub enum Command {
     /// Drop every token signing key but the newest: tokens signed with older keys stop
     /// verifying. Answers `Stored`.
     RetireTokenKeys,
+    /// Start (`draining: true`) or stop draining `origin`: the leader places no new
+    /// stream there while another live origin is not draining, and moves the streams it
+    /// owns to other origins by planned moves. Which ids are members is the leader's
+    /// check (the state machine does not know the membership). Answers `Stored`, or
+    /// `Rejected(LimitExceeded)` beyond [`crate::state::MAX_DRAINING`] draining origins.
+    /// (Appended last: bincode numbers variants by position.)
+    SetDraining { origin: NodeId, draining: bool },
 }
 
 /// A stream's current claim.
