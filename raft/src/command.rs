@@ -476,8 +476,9 @@ pub enum Forward {
     /// `to`, or with `None` to the least loaded live voter other than its owner: the
     /// leader proposes `ReassignStream { expected_epoch }` under `id`. Answers as
     /// `Reassign` does; `to` already owning it answers its current claim (nothing
-    /// moves); `to` not a live voter fails `Unavailable`. (Appended last: the variants'
-    /// wire numbers of older nodes stay as they were.)
+    /// moves); `to` not a live voter fails `Unavailable`, `to` draining fails `Conflict`,
+    /// and without `to`, only draining voters besides the owner fails `Unavailable`.
+    /// (Appended last: the variants' wire numbers of older nodes stay as they were.)
     Move { id: RequestId, stream: StreamKey, expected_epoch: u64, to: Option<NodeId> },
 }
 
