@@ -689,7 +689,16 @@ fn parse_nodes(specs: &[String]) -> Result<BTreeMap<String, Value>, CtlError> {
 }
 
 fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
-    println!(
+    print!("{}", status_table(first, views));
+}
+
+/// The `ctl status` table: one line per node (`(learner)`, `(draining)` after the
+/// addresses), then the voters, learners and draining origins.
+fn status_table(first: &Value, views: &BTreeMap<String, Value>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}",
         "NODE", "STATE", "LEADER", "TERM", "LAST_LOG", "APPLIED", "HTTP", "MEDIA"
     );
@@ -702,7 +711,8 @@ fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
             role.push_str(" (draining)");
         }
         if s.is_null() {
-            println!(
+            let _ = writeln!(
+                out,
                 "{id:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}",
                 "DOWN",
                 "-",
@@ -714,7 +724,8 @@ fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
             );
         } else {
             let leader = s["leader_id"].as_u64().map_or("-".to_owned(), |l| l.to_string());
-            println!(
+            let _ = writeln!(
+                out,
                 "{id:<5} {:<10} {leader:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}",
                 s["state"].as_str().unwrap_or("?"),
                 s["term"].to_string(),
@@ -725,12 +736,12 @@ fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
             );
         }
     }
-    print!("voters: [{}]  learners: {}", voters.join(", "), first["learners"]);
-    if draining.is_empty() {
-        println!();
-    } else {
-        println!("  draining: [{}]", draining.join(", "));
+    let _ = write!(out, "voters: [{}]  learners: {}", voters.join(", "), first["learners"]);
+    if !draining.is_empty() {
+        let _ = write!(out, "  draining: [{}]", draining.join(", "));
     }
+    out.push('\n');
+    out
 }
 
 /// `ctl drain ID --wait`: follows `GET /cluster/nodes/ID/drain` until the origin owns
@@ -917,4 +928,32 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_marks_learners_and_draining_origins() {
+        let first = json!({ "voters": [1, 2], "learners": [3], "draining": [2, 3] });
+        let node = |state: Value| json!({ "http": "127.0.0.1:8101", "media": "127.0.0.1:9101", "status": state });
+        let up = json!({ "state": "Follower", "leader_id": 1, "term": 2, "last_log_index": 9, "applied_index": 9 });
+        let views = BTreeMap::from([
+            ("1".to_owned(), node(up.clone())),
+            ("2".to_owned(), node(up)),
+            ("3".to_owned(), node(Value::Null)),
+        ]);
+        let table = status_table(&first, &views);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(!lines[1].contains('('), "{table}");
+        assert!(lines[2].starts_with("2 ") && lines[2].ends_with(" (draining)"), "{table}");
+        assert!(lines[3].contains("DOWN") && lines[3].ends_with(" (learner) (draining)"), "{table}");
+        assert_eq!(lines[4], "voters: [1, 2]  learners: [3]  draining: [2, 3]");
+        // Nothing draining: no mark, no list (an older origin does not send the field).
+        let first = json!({ "voters": [1, 2], "learners": [3] });
+        let table = status_table(&first, &views);
+        assert!(!table.contains("draining"), "{table}");
+    }
 }
