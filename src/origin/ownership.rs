@@ -168,8 +168,10 @@ impl Ownership {
                     return ForwardReply::Written(Response::Rejected(rejection));
                 }
                 tracing::info!(%stream, epoch = current.epoch, edge = current.edge, "taking over a dead session");
-                let draining = self.state.read(|sm| sm.draining.clone());
-                keep = Some(current.owner).filter(|o| open_origins(&self.live_voters().1, &draining).contains(o));
+                // Even on a draining owner: it is the origin that remembers the HLS
+                // numbering, and the drain then moves the stream with its new
+                // publisher's marks (placing it elsewhere would make the numbers jump).
+                keep = Some(current.owner).filter(|o| self.live_voters().1.contains(o));
             }
         }
         // This node is always live itself, so there is always an owner.
