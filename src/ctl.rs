@@ -77,6 +77,20 @@ enum CtlCommand {
     Voters { ids: Vec<u64> },
     /// Remove a node from the cluster.
     Remove { id: u64 },
+    /// Drain an origin: it gets no new streams, and the leader moves the streams it owns
+    /// to the other origins by planned moves (publishers and players stay connected).
+    Drain {
+        id: u64,
+        /// Wait until the origin owns no stream, printing progress.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 60, requires = "wait")]
+        wait_secs: u64,
+    },
+    /// Stop draining an origin: it takes new streams again (streams that left it stay
+    /// where they are).
+    Undrain { id: u64 },
     /// List live streams and their owners (or `streams move`).
     Streams {
         #[arg(long)]
@@ -440,6 +454,23 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
             let out = client.call(Method::DELETE, &format!("/cluster/nodes/{id}"), None, &[]).await?;
             print(json_mode, &out, |_| println!("node {id} removed"));
         }
+        CtlCommand::Drain { id, wait, wait_secs } => {
+            let out = client.call(Method::PUT, &format!("/cluster/nodes/{id}/drain"), None, &[]).await?;
+            if wait {
+                let last = wait_drained(&client, json_mode, id, &out, Duration::from_secs(wait_secs)).await?;
+                print(json_mode, &last, |_| {});
+            } else {
+                print(json_mode, &out, |v| {
+                    println!("origin {id} is draining; it owns {} streams", v["streams_owned"]);
+                });
+            }
+        }
+        CtlCommand::Undrain { id } => {
+            let out = client.call(Method::DELETE, &format!("/cluster/nodes/{id}/drain"), None, &[]).await?;
+            print(json_mode, &out, |v| {
+                println!("origin {id} is not draining; it takes new streams ({} owned now)", v["streams_owned"])
+            });
+        }
         CtlCommand::Streams { stale, action: None } => {
             let path = if stale { "/streams?stale=true" } else { "/streams" };
             let out = client.call(Method::GET, path, None, &[]).await?;
@@ -686,16 +717,30 @@ fn parse_nodes(specs: &[String]) -> Result<BTreeMap<String, Value>, CtlError> {
 }
 
 fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
-    println!(
+    print!("{}", status_table(first, views));
+}
+
+/// The `ctl status` table: one line per node (`(learner)`, `(draining)` after the
+/// addresses), then the voters, learners and draining origins.
+fn status_table(first: &Value, views: &BTreeMap<String, Value>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}",
         "NODE", "STATE", "LEADER", "TERM", "LAST_LOG", "APPLIED", "HTTP", "MEDIA"
     );
     let voters: Vec<String> = first["voters"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
+    let draining: Vec<String> = first["draining"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
     for (id, view) in views {
         let s = &view["status"];
-        let role = if voters.contains(id) { "" } else { " (learner)" };
+        let mut role = if voters.contains(id) { "" } else { " (learner)" }.to_owned();
+        if draining.contains(id) {
+            role.push_str(" (draining)");
+        }
         if s.is_null() {
-            println!(
+            let _ = writeln!(
+                out,
                 "{id:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}",
                 "DOWN",
                 "-",
@@ -707,7 +752,8 @@ fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
             );
         } else {
             let leader = s["leader_id"].as_u64().map_or("-".to_owned(), |l| l.to_string());
-            println!(
+            let _ = writeln!(
+                out,
                 "{id:<5} {:<10} {leader:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}",
                 s["state"].as_str().unwrap_or("?"),
                 s["term"].to_string(),
@@ -718,7 +764,52 @@ fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
             );
         }
     }
-    println!("voters: [{}]  learners: {}", voters.join(", "), first["learners"]);
+    let _ = write!(out, "voters: [{}]  learners: {}", voters.join(", "), first["learners"]);
+    if !draining.is_empty() {
+        let _ = write!(out, "  draining: [{}]", draining.join(", "));
+    }
+    out.push('\n');
+    out
+}
+
+/// `ctl drain ID --wait`: follows `GET /cluster/nodes/ID/drain` until the origin owns
+/// no stream, printing each change of its count (unless `json_mode`); returns the last
+/// answer. Fails when the origin stops draining meanwhile, or after `timeout`.
+async fn wait_drained(
+    client: &Client,
+    json_mode: bool,
+    id: u64,
+    first: &Value,
+    timeout: Duration,
+) -> Result<Value, CtlError> {
+    let started = Instant::now();
+    let path = format!("/cluster/nodes/{id}/drain");
+    let mut last = first.clone();
+    let mut shown: Option<u64> = None;
+    loop {
+        let owned = last["streams_owned"].as_u64().unwrap_or(0);
+        if !json_mode && shown != Some(owned) {
+            println!("origin {id} is draining; it owns {owned} streams ({:.1} s)", started.elapsed().as_secs_f64());
+            shown = Some(owned);
+        }
+        if last["draining"] != json!(true) {
+            return Err(CtlError::Usage(format!("origin {id} stopped draining (ctl undrain?) before it was empty")));
+        }
+        if owned == 0 {
+            if !json_mode {
+                println!("origin {id} is drained after {:.1} s", started.elapsed().as_secs_f64());
+            }
+            return Ok(last);
+        }
+        if started.elapsed() >= timeout {
+            return Err(CtlError::Usage(format!(
+                "origin {id} still owns {owned} streams after {timeout:?}; the leader moves them only while \
+                 another live origin is not draining (ctl status, ctl streams)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last = client.call(reqwest::Method::GET, &path, None, &[]).await?;
+    }
 }
 
 async fn so(client: &Client, json_mode: bool, cmd: SoCommand) -> Result<(), CtlError> {
@@ -935,4 +1026,32 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_marks_learners_and_draining_origins() {
+        let first = json!({ "voters": [1, 2], "learners": [3], "draining": [2, 3] });
+        let node = |state: Value| json!({ "http": "127.0.0.1:8101", "media": "127.0.0.1:9101", "status": state });
+        let up = json!({ "state": "Follower", "leader_id": 1, "term": 2, "last_log_index": 9, "applied_index": 9 });
+        let views = BTreeMap::from([
+            ("1".to_owned(), node(up.clone())),
+            ("2".to_owned(), node(up)),
+            ("3".to_owned(), node(Value::Null)),
+        ]);
+        let table = status_table(&first, &views);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(!lines[1].contains('('), "{table}");
+        assert!(lines[2].starts_with("2 ") && lines[2].ends_with(" (draining)"), "{table}");
+        assert!(lines[3].contains("DOWN") && lines[3].ends_with(" (learner) (draining)"), "{table}");
+        assert_eq!(lines[4], "voters: [1, 2]  learners: [3]  draining: [2, 3]");
+        // Nothing draining: no mark, no list (an older origin does not send the field).
+        let first = json!({ "voters": [1, 2], "learners": [3] });
+        let table = status_table(&first, &views);
+        assert!(!table.contains("draining"), "{table}");
+    }
 }

@@ -174,6 +174,19 @@ fn signal(pid: u32, sig: &str) {
     assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
 }
 
+/// Runs `raftcast ctl --json ARGS` against the cluster: (success, stdout, stderr).
+fn ctl(c: &Cluster, args: &[&str]) -> (bool, String, String) {
+    let origins: Vec<String> = (1..=3).map(|i| c.http(i).to_string()).collect();
+    let out = Command::new(common::BIN)
+        .args(["ctl", "--json", "--origin", &origins.join(","), "--token-file"])
+        .arg(c.dir.path().join("admin-token"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success(), text, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 async fn owner_of(c: &Cluster, via: u64, name: &str) -> Option<(u64, u64)> {
     let (s, v) = c.call(via, Method::GET, "/streams", None, &[]).await.ok()?;
     if !s.is_success() {
@@ -470,17 +483,7 @@ async fn a_rival_publisher_racing_a_failover_never_gets_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_moves_lose_no_frame_and_drop_no_client() {
     let scene = Scene::start("planned", false).await;
-    let ctl = |args: &[&str]| {
-        let origins: Vec<String> = (1..=3).map(|i| scene.c.http(i).to_string()).collect();
-        let out = Command::new(common::BIN)
-            .args(["ctl", "--json", "--origin", &origins.join(","), "--token-file"])
-            .arg(scene.c.dir.path().join("admin-token"))
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.success(), text, String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let ctl = |args: &[&str]| ctl(&scene.c, args);
     let (mut owner, mut epoch) = owner_of(&scene.c, 1, "planned").await.unwrap();
     // Moving to the owner moves nothing; to an origin that is not a member fails.
     let (ok, out, _) = ctl(&["streams", "move", "live/planned", "--to", &owner.to_string()]);
@@ -517,5 +520,128 @@ async fn planned_moves_lose_no_frame_and_drop_no_client() {
     // Issue 17 asks for under 200 ms; the default 100 ms write merge alone makes gaps of
     // 100-180 ms between a player's writes with no move at all (see the other tests'
     // stall lists), so the bound here is looser and the figure is reported.
+    assert!(probe.longest_gap < Duration::from_millis(400), "longest stall {:?}", probe.longest_gap);
+}
+
+/// The streams each origin owns, as origin `via` sees them (linearizable).
+async fn owners(c: &Cluster, via: u64) -> std::collections::BTreeMap<String, u64> {
+    let (s, v) = c.call(via, Method::GET, "/streams", None, &[]).await.unwrap();
+    assert!(s.is_success(), "{v}");
+    v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["owner"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Waits until every origin's `/cluster/status` lists `draining`.
+async fn draining_everywhere(c: &Cluster, draining: serde_json::Value) {
+    for via in 1..=3 {
+        eventually(Duration::from_secs(2), &format!("origin {via} to list draining {draining}"), || async {
+            c.status(via).await.filter(|s| s["draining"] == draining)
+        })
+        .await;
+    }
+}
+
+/// Issue 17's origin drain (`ctl drain N`): three streams, one per origin; the origin
+/// owning the one the players watch is drained. Within seconds it owns no stream, every
+/// player got every frame once and in order with nobody disconnected, a new publish
+/// lands elsewhere and a planned move to it is refused; once undrained it is placed
+/// new streams again. Then the leader drains itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_an_origin_moves_its_streams_away_and_loses_no_frame() {
+    let scene = Scene::start("drained", false).await;
+    let source = scene.c.dir.path().join("source.flv");
+    let edge1 = &scene._edges.0;
+    let mut publishers = Vec::new();
+    let mut publish = |name: &str| {
+        let log = scene.c.dir.path().join(format!("publisher-{name}.log"));
+        publishers.push(publish_file(&source, &edge1.rtmp_url("live", name), log));
+    };
+    // One after the other: placement reads the load before concurrent claims commit.
+    for name in ["drain-b", "drain-c"] {
+        publish(name);
+        eventually(Duration::from_secs(15), "the stream to be claimed", || owner_of(&scene.c, 1, name)).await;
+    }
+    let (n, _) = owner_of(&scene.c, 1, "drained").await.unwrap();
+    let placed = owners(&scene.c, 1).await;
+    // Placement by load: one stream per origin.
+    let mut per_origin: Vec<u64> = placed.values().copied().collect();
+    per_origin.sort();
+    assert_eq!(per_origin, [1, 2, 3], "{placed:?}");
+    let leader = scene.c.leader(None).await.unwrap();
+    eprintln!("draining origin {n} (leader {leader}); owners before {placed:?}");
+
+    // Only members can be drained.
+    let (ok, _, err) = ctl(&scene.c, &["drain", "9"]);
+    assert!(!ok && err.contains("unknown_origin"), "{err}");
+    let started = Instant::now();
+    let (ok, out, err) = ctl(&scene.c, &["drain", &n.to_string(), "--wait", "--wait-secs", "10"]);
+    let drained_after = started.elapsed();
+    assert!(ok, "ctl drain --wait failed: {err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((answer["draining"].as_bool(), answer["streams_owned"].as_u64()), (Some(true), Some(0)), "{answer}");
+    let after = owners(&scene.c, 1).await;
+    eprintln!("origin {n} drained in {drained_after:?}; owners after {after:?}");
+    assert_eq!(after.len(), 3, "every stream is still claimed: {after:?}");
+    assert!(after.values().all(|o| *o != n), "{after:?}");
+    assert!(drained_after < Duration::from_secs(5), "drained in {drained_after:?}");
+    // Replicated and shown: every origin's status lists it.
+    draining_everywhere(&scene.c, serde_json::json!([n])).await;
+    let (ok, out, _) = ctl(&scene.c, &["status"]);
+    assert!(
+        ok && serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster"]["draining"] == serde_json::json!([n])
+    );
+    // Nothing goes to it: neither a move nor a new publish.
+    let (ok, _, err) = ctl(&scene.c, &["streams", "move", "live/drain-b", "--to", &n.to_string()]);
+    assert!(!ok && err.contains("draining"), "{err}");
+    publish("drain-new");
+    let (new_owner, _) =
+        eventually(Duration::from_secs(15), "the new stream to be claimed", || owner_of(&scene.c, 1, "drain-new"))
+            .await;
+    assert_ne!(new_owner, n, "a new publish goes to an origin that is not draining");
+    // The drained streams stay away while the players keep playing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(owners(&scene.c, 1).await.values().all(|o| *o != n));
+    let moved: f64 = {
+        let mut total = 0.0;
+        for via in 1..=3 {
+            let text = scene.c.call(via, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+            total += edges::metric_value(text.as_str().unwrap(), "raftcast_streams_reassigned_total{reason=\"drain\"}")
+                .unwrap_or(0.0);
+        }
+        total
+    };
+    assert_eq!(moved, 1.0, "one stream moved by the drain");
+
+    // Undrained, it takes new streams again: it owns none, so the next goes there.
+    let (ok, out, err) = ctl(&scene.c, &["undrain", &n.to_string()]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["draining"], false, "{out}");
+    draining_everywhere(&scene.c, serde_json::json!([])).await;
+    publish("drain-after");
+    let (after_owner, _) = eventually(Duration::from_secs(15), "the stream after the undrain to be claimed", || {
+        owner_of(&scene.c, 1, "drain-after")
+    })
+    .await;
+    assert_eq!(after_owner, n, "the undrained origin, owning nothing, is the least loaded");
+    // The leader drains itself the same way (it proposes its own streams' moves).
+    let leader = scene.c.leader(None).await.unwrap();
+    let before = owners(&scene.c, 1).await;
+    let (ok, _, err) = ctl(&scene.c, &["drain", &leader.to_string(), "--wait", "--wait-secs", "10"]);
+    assert!(ok, "draining the leader: {err}");
+    let after = owners(&scene.c, 1).await;
+    eprintln!("leader {leader} drained: owners before {before:?}, after {after:?}");
+    assert!(after.values().all(|o| *o != leader) && after.len() == before.len(), "{after:?}");
+    let (ok, _, err) = ctl(&scene.c, &["undrain", &leader.to_string()]);
+    assert!(ok, "{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for p in &mut publishers {
+        assert!(p.running(), "every publisher kept running");
+    }
+    let probe = scene.finish().await;
+    eprintln!("longest stall across the drain: {:?}", probe.longest_gap);
     assert!(probe.longest_gap < Duration::from_millis(400), "longest stall {:?}", probe.longest_gap);
 }

@@ -349,6 +349,13 @@ pub enum Command {
     /// Drop every token signing key but the newest: tokens signed with older keys stop
     /// verifying. Answers `Stored`.
     RetireTokenKeys,
+    /// Start (`draining: true`) or stop draining `origin`: the leader places no new
+    /// stream there while another live origin is not draining, and moves the streams it
+    /// owns to other origins by planned moves. Which ids are members is the leader's
+    /// check (the state machine does not know the membership). Answers `Stored`, or
+    /// `Rejected(LimitExceeded)` beyond [`crate::state::MAX_DRAINING`] draining origins.
+    /// (Appended last: bincode numbers variants by position.)
+    SetDraining { origin: NodeId, draining: bool },
 }
 
 /// A stream's current claim.
@@ -469,8 +476,9 @@ pub enum Forward {
     /// `to`, or with `None` to the least loaded live voter other than its owner: the
     /// leader proposes `ReassignStream { expected_epoch }` under `id`. Answers as
     /// `Reassign` does; `to` already owning it answers its current claim (nothing
-    /// moves); `to` not a live voter fails `Unavailable`. (Appended last: the variants'
-    /// wire numbers of older nodes stay as they were.)
+    /// moves); `to` not a live voter fails `Unavailable`, `to` draining fails `Conflict`,
+    /// and without `to`, only draining voters besides the owner fails `Unavailable`.
+    /// (Appended last: the variants' wire numbers of older nodes stay as they were.)
     Move { id: RequestId, stream: StreamKey, expected_epoch: u64, to: Option<NodeId> },
 }
 

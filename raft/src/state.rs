@@ -27,6 +27,9 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Most objects clients (token holders) may have created together; the rest of
 /// [`MAX_OBJECTS`] is the admin's, so no client load can lock the admin out.
 pub const MAX_CLIENT_OBJECTS: usize = MAX_OBJECTS * 4 / 5;
+/// Most origins draining at once. Clusters have 3 or 5 origins and the leader only
+/// accepts members, so this only bounds what a log written by hand could hold.
+pub const MAX_DRAINING: usize = 64;
 
 /// An object a client created: who it is charged to and what it holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +102,7 @@ pub struct Applied {
 ///
 /// Snapshots encode this struct with bincode, field by field in declaration order: new
 /// fields go at the end, and a snapshot written before a field existed is read through
-/// the matching legacy layout ([`StateMachineV1`]).
+/// the matching legacy layout ([`StateMachineV4`] … [`StateMachineV1`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateMachine {
     pub streams: BTreeMap<StreamKey, StreamClaim>,
@@ -125,6 +128,9 @@ pub struct StateMachine {
     pub app_tokens: BTreeMap<String, AppTokens>,
     /// Apps' webhooks. Added with app token rules.
     pub app_hooks: BTreeMap<String, AppHooks>,
+    /// Origins being drained (`Command::SetDraining`): placement skips them and the
+    /// leader moves their streams away. Added after app hooks.
+    pub draining: BTreeSet<NodeId>,
 }
 
 /// One answer in the de-duplication window, small in memory: nearly every remembered
@@ -181,6 +187,44 @@ pub struct AppTokens {
     pub publish: bool,
 }
 
+/// The layout of [`StateMachine`] in snapshots written before draining origins.
+/// Decoding only; converts into the current state with no origin draining.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StateMachineV4 {
+    streams: BTreeMap<StreamKey, StreamClaim>,
+    objects: BTreeMap<String, SharedObject>,
+    publish_keys: BTreeMap<KeyScope, String>,
+    key_required_apps: BTreeSet<String>,
+    recent: HashMap<RequestId, Remembered>,
+    recent_order: VecDeque<RequestId>,
+    pins: BTreeMap<PinScope, NodeId>,
+    token_keys: TokenKeys,
+    client_objects: BTreeMap<String, ClientObject>,
+    subjects: BTreeMap<String, SubjectUsage>,
+    app_tokens: BTreeMap<String, AppTokens>,
+    app_hooks: BTreeMap<String, AppHooks>,
+}
+
+impl From<StateMachineV4> for StateMachine {
+    fn from(v4: StateMachineV4) -> Self {
+        StateMachine {
+            streams: v4.streams,
+            objects: v4.objects,
+            publish_keys: v4.publish_keys,
+            key_required_apps: v4.key_required_apps,
+            recent: v4.recent,
+            recent_order: v4.recent_order,
+            pins: v4.pins,
+            token_keys: v4.token_keys,
+            client_objects: v4.client_objects,
+            subjects: v4.subjects,
+            app_tokens: v4.app_tokens,
+            app_hooks: v4.app_hooks,
+            draining: BTreeSet::new(),
+        }
+    }
+}
+
 /// The layout of [`StateMachine`] in snapshots written before app token rules and hooks.
 /// Decoding only; converts into the current state with no rules.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -212,6 +256,7 @@ impl From<StateMachineV3> for StateMachine {
             subjects: v3.subjects,
             app_tokens: BTreeMap::new(),
             app_hooks: BTreeMap::new(),
+            draining: BTreeSet::new(),
         }
     }
 }
@@ -496,6 +541,19 @@ impl StateMachine {
                 while self.token_keys.len() > 1 {
                     self.token_keys.pop_first();
                 }
+                Response::Stored
+            }
+            Command::SetDraining { origin, draining: true } => {
+                if !self.draining.contains(origin) && self.draining.len() >= MAX_DRAINING {
+                    return Response::Rejected(Rejection::LimitExceeded {
+                        what: format!("{MAX_DRAINING} origins are draining already; undrain one first"),
+                    });
+                }
+                self.draining.insert(*origin);
+                Response::Stored
+            }
+            Command::SetDraining { origin, draining: false } => {
+                self.draining.remove(origin);
                 Response::Stored
             }
             Command::ClientWrite { subject, quota, command } => match &**command {
@@ -994,9 +1052,10 @@ mod tests {
         sm.apply(1, &req(1, claim("edge-1", "s1", 2, false)));
         sm.apply(2, &req(2, set("chat", "a", 1.0, None)));
         // The old layout is the new one without the trailing (empty) maps — pins, token
-        // keys, client objects, subjects — each encoded as its length: one zero byte.
+        // keys, client objects, subjects, app token rules, hooks, draining origins —
+        // each encoded as its length: one zero byte.
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..6 {
+        for _ in 0..7 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV1 = crate::rpc::decode(&bytes).unwrap();
@@ -1034,7 +1093,7 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, pin("live", "vip-*", 3)));
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..5 {
+        for _ in 0..6 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV2 = crate::rpc::decode(&bytes).unwrap();
@@ -1053,7 +1112,7 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, Command::AddTokenKey { key: crate::token::TokenKey([1; 32]), only_if_none: false }));
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..2 {
+        for _ in 0..3 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV3 = crate::rpc::decode(&bytes).unwrap();
@@ -1072,6 +1131,61 @@ mod tests {
         assert_eq!(back.app_hooks["live"], hooks);
         sm.apply(5, &req(5, Command::SetAppHooks { app: "live".into(), hooks: None }));
         assert!(sm.app_hooks.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_from_before_draining_decodes_with_no_origin_draining() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, claim("edge-1", "s1", 2, false)));
+        let hooks = AppHooks { on_play: Some("http://127.0.0.1:9/p".into()), ..AppHooks::default() };
+        sm.apply(2, &req(2, Command::SetAppHooks { app: "live".into(), hooks: Some(hooks) }));
+        // The V4 layout is the current one without the trailing empty draining set.
+        let mut bytes = crate::rpc::encode(&sm);
+        assert_eq!(bytes.pop(), Some(0));
+        let old: StateMachineV4 = crate::rpc::decode(&bytes).unwrap();
+        assert_eq!(StateMachine::from(old), sm);
+        assert!(crate::rpc::decode::<StateMachine>(&bytes).is_err());
+        // The draining set survives a round trip.
+        sm.apply(3, &req(3, Command::SetDraining { origin: 3, draining: true }));
+        let back: StateMachine = crate::rpc::decode(&crate::rpc::encode(&sm)).unwrap();
+        assert_eq!(back.draining, BTreeSet::from([3]));
+        assert_eq!(back, sm);
+    }
+
+    #[test]
+    fn draining_is_set_and_cleared_idempotently_and_bounded() {
+        let mut sm = StateMachine::default();
+        let drain = |origin, draining| Command::SetDraining { origin, draining };
+        assert_eq!(sm.apply(1, &req(1, drain(2, true))).response, Response::Stored);
+        assert_eq!(sm.apply(2, &req(2, drain(2, true))).response, Response::Stored, "draining twice is fine");
+        assert_eq!(sm.apply(3, &req(3, drain(3, true))).response, Response::Stored);
+        assert_eq!(sm.draining, BTreeSet::from([2, 3]));
+        assert_eq!(sm.apply(4, &req(4, drain(2, false))).response, Response::Stored);
+        assert_eq!(sm.apply(5, &req(5, drain(2, false))).response, Response::Stored, "undraining twice too");
+        assert_eq!(sm.apply(6, &req(6, drain(9, false))).response, Response::Stored, "and a node never drained");
+        assert_eq!(sm.draining, BTreeSet::from([3]));
+        // A retry of the first request gets its answer and changes nothing.
+        assert_eq!(sm.apply(7, &req(1, drain(2, true))).response, Response::Stored);
+        assert_eq!(sm.draining, BTreeSet::from([3]));
+        // Draining touches no claim.
+        sm.apply(8, &req(8, claim("edge-1", "s1", 3, false)));
+        let out = sm.apply(9, &req(9, drain(3, true)));
+        assert!(out.events.is_empty());
+        assert_eq!(sm.streams[&foo()].owner, 3);
+        // Bounded: beyond MAX_DRAINING origins, refused (and not remembered).
+        for i in 0..MAX_DRAINING as u64 {
+            sm.apply(100 + i, &req(100 + u128::from(i), drain(100 + i, true)));
+        }
+        assert_eq!(sm.draining.len(), MAX_DRAINING);
+        let refused = sm.apply(1_000, &req(1_000, drain(1_000, true))).response;
+        assert!(matches!(refused, Response::Rejected(Rejection::LimitExceeded { .. })), "{refused:?}");
+        assert!(!sm.draining.contains(&1_000));
+        assert_eq!(sm.apply(1_001, &req(1_001, drain(3, true))).response, Response::Stored, "one already draining");
+    }
+
+    #[test]
+    fn drain_commands_share_log_entries() {
+        assert!(Command::SetDraining { origin: 1, draining: true }.batchable());
     }
 
     #[test]

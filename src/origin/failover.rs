@@ -1,16 +1,20 @@
 //! The leader's failover supervisor: moves the streams of an origin that stopped
 //! answering to live origins, so player edges follow the new owner even when no
-//! publishing edge asks.
+//! publishing edge asks; and the streams of a draining origin to origins that are not
+//! draining, by the same planned moves an operator makes.
 //!
 //! While this node leads, every [`TICK`] it asks [`Liveness`] which voters have left
 //! its Raft RPCs unanswered for longer than `--owner-dead-after-ms` (counted from when
 //! it became leader at the earliest), and re-assigns every stream such an origin owns
 //! in the applied state, at the claim's current epoch, to an owner chosen by the same
-//! placement as claims (never an unreachable origin). The expected epoch makes every
-//! proposal safe to repeat and to race: under a leader change, against an edge's own
-//! `Reassign`, or against the owner coming back (its stream then stays moved).
+//! placement as claims (never an unreachable origin). Then, with what the bound on
+//! moves in flight leaves, it moves the streams of draining origins that are alive
+//! ([`drained_origins`]). The expected epoch makes every proposal safe to repeat and to
+//! race: under a leader change, against an edge's own `Reassign`, or against the owner
+//! coming back (its stream then stays moved).
 //!
-//! [`dead_voters`] decides (pure); [`supervise`] feeds it and proposes.
+//! [`dead_voters`] and [`drained_origins`] decide (pure); [`supervise`] feeds them and
+//! proposes.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -44,6 +48,22 @@ pub fn dead_voters(
     voters.into_iter().filter(|v| *v != me && silence(*v) > bound).collect()
 }
 
+/// The draining origins whose streams the leader moves away now: voters that are not
+/// `dead` (a dead one's streams move as unreachable), and only while some `live` origin
+/// is not draining. Without one, placement could only put the streams on another
+/// draining origin, which would move them on again: they stay where they are.
+pub fn drained_origins(
+    voters: &[NodeId],
+    dead: &BTreeSet<NodeId>,
+    draining: &BTreeSet<NodeId>,
+    live: &[NodeId],
+) -> BTreeSet<NodeId> {
+    if live.iter().all(|n| draining.contains(n)) {
+        return BTreeSet::new();
+    }
+    draining.iter().copied().filter(|d| voters.contains(d) && !dead.contains(d)).collect()
+}
+
 /// Everything the supervisor needs.
 pub struct Supervisor {
     pub id: NodeId,
@@ -53,13 +73,16 @@ pub struct Supervisor {
     pub liveness: Liveness,
 }
 
-/// Runs until `shutdown`: while this node leads, moves the streams of dead owners.
+/// Runs until `shutdown`: while this node leads, moves the streams of dead owners, then
+/// those of draining ones.
 pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(REASSIGNS_IN_FLIGHT));
     // Streams (at an epoch) with a re-assignment in flight; each holds a permit until
     // its end is sent, so this channel never fills up.
     let mut in_flight: HashSet<(StreamKey, u64)> = HashSet::new();
     let (done_tx, mut done) = mpsc::channel::<(StreamKey, u64)>(REASSIGNS_IN_FLIGHT);
+    // Draining origins already reported as owning no stream (logged once per drain).
+    let mut emptied: BTreeSet<NodeId> = BTreeSet::new();
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -77,18 +100,41 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
             (s.liveness.observe(&m, now), m.membership_config.membership().voter_ids().collect::<Vec<_>>())
         };
         let Some(since) = leading_since else { continue };
-        let dead = dead_voters(s.id, voters, |v| s.liveness.silence(v, since, now), s.liveness.bound());
-        if dead.is_empty() {
+        let dead = dead_voters(s.id, voters.iter().copied(), |v| s.liveness.silence(v, since, now), s.liveness.bound());
+        let draining = s.state.read(|sm| sm.draining.clone());
+        let drained = if draining.is_empty() {
+            BTreeSet::new()
+        } else {
+            drained_origins(&voters, &dead, &draining, &s.ownership.live_voters().1)
+        };
+        emptied.retain(|o| draining.contains(o));
+        if dead.is_empty() && drained.is_empty() {
             continue;
         }
-        let orphaned: Vec<(StreamKey, u64, NodeId)> = s.state.read(|sm| {
-            sm.streams
-                .iter()
-                .filter(|(_, c)| dead.contains(&c.owner))
-                .map(|(k, c)| (k.clone(), c.epoch, c.owner))
-                .collect()
+        // The streams to move, a dead owner's first: they are the ones nobody receives.
+        let (mut owed, drains, owners): (Vec<_>, Vec<_>, BTreeSet<NodeId>) = s.state.read(|sm| {
+            let of = |owners: &BTreeSet<NodeId>, reason: Reason| -> Vec<(StreamKey, u64, NodeId, Reason)> {
+                sm.streams
+                    .iter()
+                    .filter(|(_, c)| owners.contains(&c.owner))
+                    .map(|(k, c)| (k.clone(), c.epoch, c.owner, reason))
+                    .collect()
+            };
+            (
+                of(&dead, Reason::Unreachable),
+                of(&drained, Reason::Drain),
+                sm.streams.values().map(|c| c.owner).collect(),
+            )
         });
-        for (stream, epoch, owner) in orphaned {
+        owed.extend(drains);
+        for origin in &drained {
+            if owners.contains(origin) {
+                emptied.remove(origin);
+            } else if emptied.insert(*origin) {
+                tracing::info!(origin, "the draining origin owns no stream any more");
+            }
+        }
+        for (stream, epoch, owner, reason) in owed {
             if in_flight.contains(&(stream.clone(), epoch)) {
                 continue;
             }
@@ -97,16 +143,26 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
             let silent = s.liveness.silence(owner, since, now);
             let (ownership, done_tx) = (s.ownership.clone(), done_tx.clone());
             tokio::spawn(tracing::Instrument::in_current_span(async move {
-                tracing::debug!(%stream, owner, epoch, ?silent, "the owner does not answer; moving its stream");
+                match reason {
+                    Reason::Drain => tracing::debug!(%stream, owner, epoch, "the owner is draining; moving its stream"),
+                    _ => {
+                        tracing::debug!(%stream, owner, epoch, ?silent, "the owner does not answer; moving its stream")
+                    }
+                }
                 // Only here: if this node no longer leads (or lost its quorum), the
                 // leader judges for itself. Success is logged at info by `reassign`.
-                match ownership.reassign(RequestId::random(), &stream, epoch, owner, Reason::Unreachable).await {
+                match ownership.reassign(RequestId::random(), &stream, epoch, owner, reason).await {
                     ForwardReply::Written(Response::Claimed(_)) => {}
                     ForwardReply::Written(Response::Rejected(why)) => {
                         tracing::debug!(%stream, epoch, %why, "the claim changed meanwhile; nothing to move");
                     }
                     ForwardReply::NotLeader { .. } => {
                         tracing::debug!(%stream, epoch, "not leading with a quorum; not moving the stream");
+                    }
+                    // A drain is not urgent and is retried at the next tick: no warning
+                    // every 100 ms while, say, no other origin can take the stream.
+                    other if reason == Reason::Drain => {
+                        tracing::debug!(%stream, epoch, ?other, "moving a stream off a draining origin failed; retrying")
                     }
                     other => {
                         tracing::warn!(%stream, epoch, ?other, ?silent, "moving the stream of a dead owner failed")
@@ -159,6 +215,24 @@ mod tests {
         // A pause past the bound: dead at the first tick after it.
         assert!(judge(ms(t0, 11_000)).is_empty());
         assert_eq!(judge(ms(t0, 11_100)), BTreeSet::from([2]));
+    }
+
+    #[test]
+    fn only_live_draining_voters_are_drained_and_only_while_another_origin_is_open() {
+        let voters = [1, 2, 3];
+        let none = BTreeSet::new();
+        // Origin 3 drains; 1 and 2 are live and open.
+        assert_eq!(drained_origins(&voters, &none, &BTreeSet::from([3]), &[1, 2, 3]), BTreeSet::from([3]));
+        // Dead: its streams move as unreachable, not as drained.
+        assert_eq!(drained_origins(&voters, &BTreeSet::from([3]), &BTreeSet::from([3]), &[1, 2]), none);
+        // Not a voter (removed, or a learner): the supervisor looks at voters only.
+        assert_eq!(drained_origins(&voters, &none, &BTreeSet::from([4]), &[1, 2, 3]), none);
+        // Every live origin drains: nothing moves (it would only go round them).
+        assert_eq!(drained_origins(&voters, &none, &BTreeSet::from([1, 2, 3]), &[1, 2, 3]), none);
+        // The only open origin is down (not live): the same.
+        assert_eq!(drained_origins(&voters, &BTreeSet::from([1]), &BTreeSet::from([2, 3]), &[2, 3]), none);
+        // Two drain, one is open: both are drained onto it.
+        assert_eq!(drained_origins(&voters, &none, &BTreeSet::from([1, 3]), &[1, 2, 3]), BTreeSet::from([1, 3]));
     }
 
     #[test]

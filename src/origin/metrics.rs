@@ -27,7 +27,9 @@ pub struct FollowerLabel {
 }
 
 /// Why a stream moved to another owner: `unreachable` (the leader's failover
-/// supervisor) or `edge` (an edge that cannot reach the owner asked).
+/// supervisor), `edge` (an edge that cannot reach the owner asked), `planned` (an
+/// operator's move) or `drain` (its owner is draining); also why admission refused a
+/// write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -149,8 +151,8 @@ impl Metrics {
             peer_tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
-        // Both reasons are exported from the start, at 0.
-        for reason in ["unreachable", "edge", "planned"] {
+        // Every reason is exported from the start, at 0.
+        for reason in ["unreachable", "edge", "planned", "drain"] {
             m.streams_reassigned.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }
         for reason in ["pending_bytes", "apply_lag"] {
@@ -215,7 +217,7 @@ impl Metrics {
             "streams_reassigned",
             "Streams this origin, as leader, moved to another owner: reason=unreachable (the owner left the \
              leader's Raft RPCs unanswered past --owner-dead-after-ms), edge (an edge that cannot reach the \
-             owner asked) or planned (an operator's move)",
+             owner asked), planned (an operator's move) or drain (its owner is draining)",
             m.streams_reassigned.clone(),
         );
         registry.register("stream_watches", "WatchStream requests waiting on this origin", m.stream_watches.clone());
@@ -364,6 +366,7 @@ mod tests {
             "raftcast_link_claim_feeds 2",
             "raftcast_streams_reassigned_total{reason=\"unreachable\"} 2",
             "raftcast_streams_reassigned_total{reason=\"edge\"} 0",
+            "raftcast_streams_reassigned_total{reason=\"drain\"} 0",
             "raftcast_raft_writes_refused_total{reason=\"apply_lag\"} 1",
             "raftcast_raft_writes_refused_total{reason=\"pending_bytes\"} 0",
             "raftcast_raft_pending_write_bytes 65536",

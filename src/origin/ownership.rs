@@ -1,9 +1,11 @@
 //! Stream ownership, decided on the leader: claims (with the publish-key check and the
-//! takeover of a dead session), placement of new streams, and reassignment of a stream
-//! whose owner is lost (asked by the failover supervisor or by an edge). Owner lookups
-//! and stream watches are answered by any origin from its own applied state.
+//! takeover of a dead session), placement of new streams (never on a draining origin
+//! while another can take them), and reassignment of a stream whose owner is lost,
+//! drained or moved by an operator (asked by the failover supervisor, an edge or the
+//! admin API). Owner lookups and stream watches are answered by any origin from its own
+//! applied state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,16 +43,20 @@ pub enum Reason {
     Edge,
     /// An operator moved it (`Forward::Move`).
     Planned,
+    /// Its owner is draining: the failover supervisor moved it away.
+    Drain,
 }
 
 /// Where a moved stream goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// The least loaded live voter other than this one (the owner is unreachable).
+    /// The least loaded live voter other than this one (the owner is unreachable or
+    /// draining), preferring those that are not draining.
     AwayFrom(NodeId),
-    /// The least loaded live voter other than the current owner.
+    /// The least loaded live voter other than the current owner, preferring those that
+    /// are not draining.
     Elsewhere,
-    /// This origin, if it is a live voter.
+    /// This origin, if it is a live voter and not draining.
     To(NodeId),
 }
 
@@ -60,6 +66,7 @@ impl Reason {
             Reason::Unreachable => "unreachable",
             Reason::Edge => "edge",
             Reason::Planned => "planned",
+            Reason::Drain => "drain",
         }
     }
 }
@@ -161,6 +168,9 @@ impl Ownership {
                     return ForwardReply::Written(Response::Rejected(rejection));
                 }
                 tracing::info!(%stream, epoch = current.epoch, edge = current.edge, "taking over a dead session");
+                // Even on a draining owner: it is the origin that remembers the HLS
+                // numbering, and the drain then moves the stream with its new
+                // publisher's marks (placing it elsewhere would make the numbers jump).
                 keep = Some(current.owner).filter(|o| self.live_voters().1.contains(o));
             }
         }
@@ -218,18 +228,41 @@ impl Ownership {
                 }))
             }
         };
+        let draining = self.state.read(|sm| sm.draining.clone());
         let owner = match target {
             Target::To(origin) if origin == current.owner => return ForwardReply::Written(Response::Claimed(current)),
-            Target::To(origin) if self.live_voters().1.contains(&origin) => origin,
-            Target::To(origin) => {
+            Target::To(origin) if !self.live_voters().1.contains(&origin) => {
                 return failed(
                     FailKind::Unavailable,
                     format!("origin {origin} is not a live voter; {stream} stays on origin {}", current.owner),
                 )
             }
+            Target::To(origin) if draining.contains(&origin) => {
+                return failed(
+                    FailKind::Conflict,
+                    format!(
+                        "origin {origin} is draining and takes no streams; {stream} stays on origin {} \
+                         (undrain it first: ctl undrain {origin})",
+                        current.owner
+                    ),
+                )
+            }
+            Target::To(origin) => origin,
             Target::AwayFrom(_) | Target::Elsewhere => {
                 let away_from = if let Target::AwayFrom(origin) = target { origin } else { current.owner };
                 match self.pick_owner(stream, Some(away_from)) {
+                    // A drain or an operator's move never puts a stream on a draining
+                    // origin (placement falls back to those only when nothing else is
+                    // live): the drain would move it on again, round and round.
+                    Some(owner) if matches!(reason, Reason::Drain | Reason::Planned) && draining.contains(&owner) => {
+                        return failed(
+                            FailKind::Unavailable,
+                            format!(
+                                "every live origin other than {away_from} is draining; {stream} stays on origin {}",
+                                current.owner
+                            ),
+                        )
+                    }
                     Some(owner) => owner,
                     None => {
                         return failed(
@@ -303,8 +336,8 @@ impl Ownership {
 
     /// The voters that may own streams: this node, and followers that answered within
     /// `--owner-dead-after-ms` (see [`Liveness`]) and are at most [`LIVE_LAG`] entries
-    /// behind.
-    fn live_voters(&self) -> (NodeId, Vec<NodeId>) {
+    /// behind. Draining ones included (see [`open_origins`]).
+    pub fn live_voters(&self) -> (NodeId, Vec<NodeId>) {
         let m = self.raft.metrics().borrow().clone();
         let now = Instant::now();
         // Not leading (a race with losing leadership): nobody has been judged yet.
@@ -327,7 +360,8 @@ impl Ownership {
     }
 
     /// The origin that should own `stream`: the origin a pin rule names when it is a
-    /// live voter, otherwise (see [`place`]) the least loaded live voter; never
+    /// live voter that is not draining, otherwise (see [`place`]) the least loaded live
+    /// voter that is not draining (any live voter when all of them drain); never
     /// `exclude`. `None` when no live voter but `exclude` exists.
     fn pick_owner(&self, stream: &StreamKey, exclude: Option<NodeId>) -> Option<NodeId> {
         let (me, mut live) = self.live_voters();
@@ -335,17 +369,21 @@ impl Ownership {
         if live.is_empty() {
             return None;
         }
-        let (load, pin) = self.state.read(|sm| {
+        let (load, pin, draining) = self.state.read(|sm| {
             let mut load = HashMap::<NodeId, usize>::new();
             for claim in sm.streams.values() {
                 *load.entry(claim.owner).or_default() += 1;
             }
-            (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)))
+            (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)), sm.draining.clone())
         });
         let rule = || pin.as_ref().map(|(scope, _)| scope.to_string()).unwrap_or_default();
-        Some(match place(stream, me, &live, &load, pin.as_ref().map(|(_, origin)| *origin)) {
+        Some(match place(stream, me, &live, &draining, &load, pin.as_ref().map(|(_, origin)| *origin)) {
             Placement::Pinned(owner) => {
                 tracing::debug!(%stream, owner, pin = %rule(), "placed by a pin rule");
+                owner
+            }
+            Placement::PinnedDraining { owner, pinned } => {
+                tracing::info!(%stream, pin = %rule(), pinned, owner, "the pinned origin is draining; placed by load");
                 owner
             }
             Placement::ByLoad { owner, pinned_not_live: Some(pinned) } if Some(pinned) == exclude => {
@@ -372,19 +410,36 @@ pub enum Placement {
     /// The least loaded live voter; `pinned_not_live` is the origin a pin rule named
     /// but which is not a live voter (down, lagging, a learner or removed).
     ByLoad { owner: NodeId, pinned_not_live: Option<NodeId> },
+    /// A pin rule names `pinned`, a live voter that is draining while others are not:
+    /// the pin yields and the stream goes to the least loaded of those.
+    PinnedDraining { owner: NodeId, pinned: NodeId },
 }
 
-/// Chooses the owner of a new stream: the pinned origin if it is live, otherwise the
-/// live origin owning the fewest streams, ties spread by a hash of the stream key (so
-/// equal loads do not all land on the same origin); `me` when nothing is live.
+/// The live origins that may take new streams: those not draining, or every live one
+/// when all of them drain (a drain never makes a publish fail).
+pub fn open_origins(live: &[NodeId], draining: &BTreeSet<NodeId>) -> Vec<NodeId> {
+    let open: Vec<NodeId> = live.iter().copied().filter(|n| !draining.contains(n)).collect();
+    if open.is_empty() {
+        live.to_vec()
+    } else {
+        open
+    }
+}
+
+/// Chooses the owner of a new stream among the [`open_origins`]: the pinned origin if
+/// it is one, otherwise the one owning the fewest streams, ties spread by a hash of the
+/// stream key (so equal loads do not all land on the same origin); `me` when nothing is
+/// live.
 pub fn place(
     stream: &StreamKey,
     me: NodeId,
     live: &[NodeId],
+    draining: &BTreeSet<NodeId>,
     load: &HashMap<NodeId, usize>,
     pinned: Option<NodeId>,
 ) -> Placement {
-    if let Some(pinned) = pinned.filter(|p| live.contains(p)) {
+    let open = open_origins(live, draining);
+    if let Some(pinned) = pinned.filter(|p| open.contains(p)) {
         return Placement::Pinned(pinned);
     }
     let spread = |node: NodeId| {
@@ -393,8 +448,11 @@ pub fn place(
         (stream, node).hash(&mut h);
         h.finish()
     };
-    let owner = live.iter().copied().min_by_key(|n| (load.get(n).copied().unwrap_or(0), spread(*n))).unwrap_or(me);
-    Placement::ByLoad { owner, pinned_not_live: pinned }
+    let owner = open.iter().copied().min_by_key(|n| (load.get(n).copied().unwrap_or(0), spread(*n))).unwrap_or(me);
+    match pinned {
+        Some(pinned) if live.contains(&pinned) => Placement::PinnedDraining { owner, pinned },
+        _ => Placement::ByLoad { owner, pinned_not_live: pinned },
+    }
 }
 
 #[cfg(test)]
@@ -405,10 +463,14 @@ mod tests {
         StreamKey::new("live", name).unwrap()
     }
 
+    fn none() -> BTreeSet<NodeId> {
+        BTreeSet::new()
+    }
+
     #[test]
     fn a_live_pinned_origin_wins_over_load() {
         let load = HashMap::from([(1, 0), (2, 0), (3, 9)]);
-        assert_eq!(place(&key("a"), 1, &[1, 2, 3], &load, Some(3)), Placement::Pinned(3));
+        assert_eq!(place(&key("a"), 1, &[1, 2, 3], &none(), &load, Some(3)), Placement::Pinned(3));
     }
 
     #[test]
@@ -416,23 +478,79 @@ mod tests {
         let load = HashMap::from([(1, 4), (2, 1), (3, 0)]);
         // Origin 3 is pinned but not live (down, lagging or only a learner).
         assert_eq!(
-            place(&key("a"), 1, &[1, 2], &load, Some(3)),
+            place(&key("a"), 1, &[1, 2], &none(), &load, Some(3)),
             Placement::ByLoad { owner: 2, pinned_not_live: Some(3) }
         );
-        assert_eq!(place(&key("a"), 1, &[1, 2], &load, None), Placement::ByLoad { owner: 2, pinned_not_live: None });
+        assert_eq!(
+            place(&key("a"), 1, &[1, 2], &none(), &load, None),
+            Placement::ByLoad { owner: 2, pinned_not_live: None }
+        );
     }
 
     #[test]
     fn without_pins_streams_spread_by_load() {
         let mut load = HashMap::new();
         for i in 0..30 {
-            let Placement::ByLoad { owner, .. } = place(&key(&format!("s{i}")), 1, &[1, 2, 3], &load, None) else {
+            let Placement::ByLoad { owner, .. } = place(&key(&format!("s{i}")), 1, &[1, 2, 3], &none(), &load, None)
+            else {
                 panic!()
             };
             *load.entry(owner).or_default() += 1;
         }
         assert_eq!(load, HashMap::from([(1, 10), (2, 10), (3, 10)]));
         // With nothing live, this node takes it.
-        assert_eq!(place(&key("x"), 7, &[], &load, None), Placement::ByLoad { owner: 7, pinned_not_live: None });
+        assert_eq!(
+            place(&key("x"), 7, &[], &none(), &load, None),
+            Placement::ByLoad { owner: 7, pinned_not_live: None }
+        );
+    }
+
+    #[test]
+    fn a_draining_origin_gets_no_stream_while_another_is_open() {
+        // Origin 3 drains and owns nothing: the least loaded by far, yet never chosen.
+        let draining = BTreeSet::from([3]);
+        let mut load = HashMap::from([(1, 5), (2, 5), (3, 0)]);
+        for i in 0..50 {
+            let Placement::ByLoad { owner, pinned_not_live: None } =
+                place(&key(&format!("s{i}")), 3, &[1, 2, 3], &draining, &load, None)
+            else {
+                panic!("s{i}")
+            };
+            assert_ne!(owner, 3, "s{i}");
+            *load.entry(owner).or_default() += 1;
+        }
+        assert_eq!(load[&1] + load[&2], 60);
+        assert_eq!(load[&1], load[&2], "still spread by load among the others");
+        // Two of three drain: the one left takes everything.
+        let two = BTreeSet::from([1, 3]);
+        assert_eq!(
+            place(&key("a"), 1, &[1, 2, 3], &two, &load, None),
+            Placement::ByLoad { owner: 2, pinned_not_live: None }
+        );
+        // A pin to a draining origin yields to load while another is open.
+        let load = HashMap::from([(1, 0), (2, 4), (3, 0)]);
+        assert_eq!(
+            place(&key("a"), 2, &[1, 2, 3], &draining, &load, Some(3)),
+            Placement::PinnedDraining { owner: 1, pinned: 3 }
+        );
+        // A pin to an open origin still wins.
+        assert_eq!(place(&key("a"), 1, &[1, 2, 3], &draining, &load, Some(2)), Placement::Pinned(2));
+    }
+
+    #[test]
+    fn when_every_live_origin_drains_streams_are_still_placed_among_them() {
+        let all = BTreeSet::from([1, 2, 3]);
+        let load = HashMap::from([(1, 4), (2, 1), (3, 0)]);
+        // Origin 3 is down; 1 and 2 drain: the publish is placed anyway, by load.
+        assert_eq!(open_origins(&[1, 2], &all), vec![1, 2]);
+        assert_eq!(
+            place(&key("a"), 1, &[1, 2], &all, &load, None),
+            Placement::ByLoad { owner: 2, pinned_not_live: None }
+        );
+        // And the pin holds among them.
+        assert_eq!(place(&key("a"), 1, &[1, 2], &all, &load, Some(1)), Placement::Pinned(1));
+        // Draining ids that are not live change nothing.
+        assert_eq!(open_origins(&[1, 2], &BTreeSet::from([3, 9])), vec![1, 2]);
+        assert_eq!(open_origins(&[1, 2], &BTreeSet::from([1])), vec![2]);
     }
 }

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
 
+/// `GET /cluster/status`: this node's own view (no read barrier): its Raft state,
+/// the membership, and the origins draining in its applied state.
 pub async fn status(State(app): State<AppState>) -> Json<Value> {
     let m = app.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
@@ -21,6 +23,7 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
     let learners: Vec<NodeId> = membership.learner_ids().collect();
     let nodes: BTreeMap<String, Value> =
         membership.nodes().map(|(id, n)| (id.to_string(), json!({ "http": n.http, "media": n.media }))).collect();
+    let draining: Vec<NodeId> = app.state.read(|sm| sm.draining.iter().copied().collect());
     Json(json!({
         "id": m.id,
         "state": format!("{:?}", m.state),
@@ -31,6 +34,7 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
         "voters": voters,
         "learners": learners,
         "nodes": nodes,
+        "draining": draining,
     }))
 }
 

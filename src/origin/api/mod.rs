@@ -5,6 +5,7 @@
 //! the [`Proposer`]; they never touch storage or Raft internals directly.
 
 mod cluster;
+mod drain;
 mod error;
 mod extract;
 pub mod forward;
@@ -95,6 +96,7 @@ pub fn router(app: AppState) -> Router {
         .route("/cluster/learners", post(cluster::add_learner))
         .route("/cluster/voters", put(cluster::set_voters))
         .route("/cluster/nodes/{id}", delete(cluster::remove_node))
+        .route("/cluster/nodes/{id}/drain", get(drain::show).put(drain::start).delete(drain::stop))
         .route("/streams", get(streams::list))
         .route("/streams/{app}/{name}/move", post(streams::move_stream))
         .route("/keys", post(streams::add_key))

@@ -64,8 +64,8 @@ pub struct MoveBody {
 /// live stream to origin N (or the least loaded other live origin). The publisher's
 /// edge re-attaches to the new owner and resends what the new owner lacks; players'
 /// edges follow the claim. Answers `{app, name, from, to, epoch}`; 404 for a stream
-/// nobody publishes, 409 when its claim changed meanwhile (retry), 503 when `to` is not
-/// a live voter.
+/// nobody publishes, 409 when its claim changed meanwhile (retry) or `to` is draining,
+/// 503 when `to` is not a live voter (or, without `to`, every other one is draining).
 pub async fn move_stream(
     State(app): State<AppState>,
     ApiPath((app_name, name)): ApiPath<(String, String)>,
