@@ -198,12 +198,7 @@ impl EdgeContext {
     ) -> anyhow::Result<Arc<EdgeContext>> {
         // The cluster's mutual TLS, when configured, wraps the links and every request
         // to the origins.
-        let peer_tls = config
-            .peer_tls
-            .as_ref()
-            .map(crate::tls::peer::PeerTls::load)
-            .transpose()
-            .context("loading the cluster TLS files")?;
+        let peer_tls = crate::tls::peer::PeerTls::load_configured(config.peer_tls.as_ref())?;
         // One client for every request to the origins.
         let peers = crate::peer::PeerClient::new(config.secret.clone(), peer_tls.clone());
         let control = control::Control::new(config.origins.clone(), peers.clone(), config.request_deadline);

@@ -91,12 +91,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     }
     // The cluster's mutual TLS, when configured, wraps Raft RPC, every request between
     // members and the media links alike.
-    let peer_tls = config
-        .peer_tls
-        .as_ref()
-        .map(crate::tls::peer::PeerTls::load)
-        .transpose()
-        .context("loading the cluster TLS files")?;
+    let peer_tls = crate::tls::peer::PeerTls::load_configured(config.peer_tls.as_ref())?;
     let network = match &peer_tls {
         Some(tls) => HttpNetwork::with_client(
             config.id,

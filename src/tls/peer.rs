@@ -67,6 +67,13 @@ impl std::fmt::Debug for PeerTls {
 const ALPN_PEER_HTTP: &[&[u8]] = &[b"http/1.1"];
 
 impl PeerTls {
+    /// The cluster's mutual TLS when the node is configured with it (`--peer-tls-*`);
+    /// blocking file reads, like [`PeerTls::load`].
+    pub fn load_configured(paths: Option<&PeerTlsPaths>) -> anyhow::Result<Option<Arc<PeerTls>>> {
+        use anyhow::Context;
+        paths.map(PeerTls::load).transpose().context("loading the cluster TLS files")
+    }
+
     /// Reads the CA and this node's pair (blocking file reads: call at start-up).
     pub fn load(paths: &PeerTlsPaths) -> Result<Arc<PeerTls>, TlsError> {
         let identity = Certificates::load(paths.identity.clone())?;
