@@ -1,0 +1,175 @@
+//! RTMPT on the edges' HTTP port with real clients: ffmpeg publishes over
+//! `rtmpt://`, ffmpeg (ffprobe) and rtmpdump play over `rtmpt://`, and players over RTMP
+//! and HLS see the same stream; then the tunnel's protocol by hand: `/fcs/ident2`,
+//! `/open/1`, the RTMP handshake through `/send` and `/idle`, sequence numbers, the
+//! per-address cap, idle expiry and `/close`.
+
+mod common;
+#[path = "common/edges.rs"]
+mod edges;
+
+use std::time::Duration;
+
+use common::{eventually, Cluster};
+use edges::{ffmpeg_publish_with, ffprobe_video_packets, metric_value, require, EdgeProc};
+use reqwest::{Method, StatusCode};
+
+/// Waits until the stream is published and the owner has received frames.
+async fn wait_publishing(c: &Cluster, app: &str, name: &str) {
+    eventually(Duration::from_secs(20), "the owner to receive frames", || async {
+        let (s, v) = c.call(1, Method::GET, "/streams", None, &[]).await.ok()?;
+        if !s.is_success() {
+            return None;
+        }
+        let e = v["streams"].as_array()?.iter().find(|e| e["app"] == app && e["name"] == name)?.clone();
+        (e["publishing"] == true && e["frames_in"].as_u64().unwrap_or(0) > 30).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_publishes_over_rtmpt_and_rtmpt_rtmp_rtmpdump_and_hls_players_get_it() {
+    require("ffmpeg");
+    require("rtmpdump");
+    let c = Cluster::start(1).await;
+    let edge = EdgeProc::start(&c, "edge-1", &[]).await;
+    let rtmpt_url = format!("rtmpt://{}/live/x", edge.http);
+    let _ffmpeg = ffmpeg_publish_with(&rtmpt_url, &[], c.dir.path().join("ffmpeg.log"));
+    wait_publishing(&c, "live", "x").await;
+    let text = edge.metrics().await;
+    assert_eq!(metric_value(&text, "edge_rtmpt_sessions"), Some(1.0), "the publisher's session");
+
+    // About 150 video packets in 5 s of a 30 fps stream, over RTMPT and RTMP at once.
+    let rtmp_url = edge.rtmp_url("live", "x");
+    let (tunnelled, direct) = tokio::join!(ffprobe_video_packets(&rtmpt_url, 5), ffprobe_video_packets(&rtmp_url, 5));
+    let (tunnelled, direct) = (tunnelled.unwrap(), direct.unwrap());
+    eprintln!("ffprobe over 5 s: rtmpt {tunnelled} video packets, rtmp {direct}");
+    assert!((120..=190).contains(&tunnelled), "RTMPT: {tunnelled} packets in 5 s");
+    assert!((120..=190).contains(&direct), "RTMP: {direct} packets in 5 s");
+
+    // HLS of the same stream, packaged by the edge the publisher tunnels into.
+    let hls = format!("http://{}/live/x/index.m3u8", edge.http);
+    let playlist = eventually(Duration::from_secs(15), "an HLS playlist with a segment", || async {
+        let r = reqwest::get(&hls).await.ok()?;
+        let text = r.text().await.ok()?;
+        text.contains("#EXTINF").then_some(text)
+    })
+    .await;
+    assert!(playlist.contains("#EXT-X-PART"), "{playlist}");
+
+    // rtmpdump (librtmp's own RTMPT) plays for 4 s into a file ffprobe can read.
+    let dump = c.dir.path().join("dump.flv");
+    let mut rtmpdump = tokio::process::Command::new("rtmpdump")
+        .args(["--live", "-r", &rtmpt_url, "-o"])
+        .arg(&dump)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    if rtmpdump.try_wait().unwrap().is_some() {
+        let out = rtmpdump.wait_with_output().await.unwrap();
+        panic!("rtmpdump stopped within 4 s: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = std::process::Command::new("kill").args(["-INT", &rtmpdump.id().unwrap().to_string()]).status();
+    let out = tokio::time::timeout(Duration::from_secs(10), rtmpdump.wait_with_output()).await.unwrap().unwrap();
+    let size = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 50_000, "rtmpdump wrote {size} bytes: {}", String::from_utf8_lossy(&out.stderr));
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_packets", "-show_entries", "stream=codec_name,nb_read_packets", "-of", "csv=p=0"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    let probe = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.contains("h264") && probe.contains("aac"), "rtmpdump's file: {probe}");
+
+    let text = edge.metrics().await;
+    for kind in ["open", "send", "idle"] {
+        let n = metric_value(&text, &format!("edge_rtmpt_requests_total{{kind=\"{kind}\"}}")).unwrap();
+        assert!(n >= 1.0, "{kind} requests: {n}");
+    }
+    let out = metric_value(&text, "edge_rtmpt_bytes_total{direction=\"out\"}").unwrap();
+    assert!(out > 1_000_000.0, "the tunnelled players got {out} bytes");
+}
+
+/// An RTMPT request: (status, body).
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    let r = client
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/x-fcs")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtmpt_session_checks_sequence_numbers_repeats_replies_is_capped_and_expires() {
+    let c = Cluster::start(1).await;
+    let flags = ["--max-rtmpt-sessions-per-address", "2", "--rtmpt-idle-timeout-ms", "1500"];
+    let edge = EdgeProc::start(&c, "edge-1", &flags).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", edge.http);
+
+    assert_eq!(post(&client, &base, "/fcs/ident2", vec![0]).await.0, StatusCode::NOT_FOUND);
+    let r = client.post(format!("{base}/open/1")).body(vec![0]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/x-fcs");
+    let id = r.text().await.unwrap().trim_end().to_owned();
+    assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "session id {id:?}");
+
+    // C0 C1 through /send, S0 S1 S2 back through the replies (polls with /idle).
+    let mut c0c1 = vec![3u8];
+    c0c1.extend((0..1536).map(|i| (i % 251) as u8));
+    let (status, reply) = post(&client, &base, &format!("/send/{id}/0"), c0c1).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply[0], 1, "the polling byte while data flows");
+    let mut got = reply[1..].to_vec();
+    let mut seq = 0;
+    let mut last = reply;
+    while got.len() < 1 + 2 * 1536 {
+        seq += 1;
+        let (status, reply) = post(&client, &base, &format!("/idle/{id}/{seq}"), vec![0]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!((1..=0x21).contains(&reply[0]), "polling byte {}", reply[0]);
+        got.extend_from_slice(&reply[1..]);
+        last = reply;
+        assert!(seq < 50, "no handshake after {seq} polls: {} bytes", got.len());
+    }
+    assert_eq!(got.len(), 1 + 2 * 1536, "S0 S1 S2 and nothing more");
+    assert_eq!(got[0], 3, "S0: RTMP version 3");
+
+    // A repeat gets the same reply; a gap is refused; an unknown session is a 404.
+    assert_eq!(post(&client, &base, &format!("/idle/{id}/{seq}"), vec![0]).await, (StatusCode::OK, last));
+    let skipped = format!("/idle/{id}/{}", seq + 2);
+    assert_eq!(post(&client, &base, &skipped, vec![0]).await.0, StatusCode::BAD_REQUEST);
+    let unknown = format!("/idle/{}/1", "0".repeat(32));
+    assert_eq!(post(&client, &base, &unknown, vec![0]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(post(&client, &base, &format!("/send/{id}/x"), vec![0]).await.0, StatusCode::BAD_REQUEST);
+
+    // Two sessions per address: a third is refused until one closes.
+    let (status, second) = post(&client, &base, "/open/1", vec![0]).await;
+    assert_eq!(status, StatusCode::OK);
+    let second = String::from_utf8(second).unwrap().trim_end().to_owned();
+    assert_eq!(post(&client, &base, "/open/1", vec![0]).await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(post(&client, &base, &format!("/close/{second}/0"), vec![0]).await, (StatusCode::OK, vec![0]));
+    assert_eq!(post(&client, &base, &format!("/idle/{second}/1"), vec![0]).await.0, StatusCode::NOT_FOUND);
+
+    // The first session, left without requests, expires; its RTMP connection with it.
+    eventually(Duration::from_secs(5), "the idle session to expire", || async {
+        let text = edge.metrics().await;
+        (metric_value(&text, "edge_rtmpt_expired_total") == Some(1.0)).then_some(())
+    })
+    .await;
+    let next = format!("/idle/{id}/{}", seq + 1);
+    assert_eq!(post(&client, &base, &next, vec![0]).await.0, StatusCode::NOT_FOUND);
+    eventually(Duration::from_secs(5), "no session and no RTMP connection left", || async {
+        let text = edge.metrics().await;
+        let open = metric_value(&text, "edge_rtmpt_sessions");
+        (open == Some(0.0) && metric_value(&text, "edge_connections_open") == Some(0.0)).then_some(())
+    })
+    .await;
+    let (status, _) = post(&client, &base, "/open/1", vec![0]).await;
+    assert_eq!(status, StatusCode::OK, "the cap is free again");
+}
