@@ -4,13 +4,15 @@
 //! `/open/1`, the RTMP handshake through `/send` and `/idle`, sequence numbers, the
 //! per-address cap, idle expiry and `/close`.
 
+#[path = "common/certs.rs"]
+mod certs;
 mod common;
 #[path = "common/edges.rs"]
 mod edges;
 
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use common::{eventually, free_addr, Cluster};
 use edges::{ffmpeg_publish_with, ffprobe_video_packets, metric_value, require, EdgeProc};
 use reqwest::{Method, StatusCode};
 
@@ -84,6 +86,16 @@ async fn ffmpeg_publishes_over_rtmpt_and_rtmpt_rtmp_rtmpdump_and_hls_players_get
     assert!(probe.contains("h264") && probe.contains("aac"), "rtmpdump's file: {probe}");
 
     let text = edge.metrics().await;
+    let series = |s: &str| metric_value(&text, &format!("edge_rtmpt_{s}")).unwrap_or(-1.0);
+    eprintln!(
+        "rtmpt requests: open {} send {} idle {} close {}; bytes in {} out {}",
+        series("requests_total{kind=\"open\"}"),
+        series("requests_total{kind=\"send\"}"),
+        series("requests_total{kind=\"idle\"}"),
+        series("requests_total{kind=\"close\"}"),
+        series("bytes_total{direction=\"in\"}"),
+        series("bytes_total{direction=\"out\"}"),
+    );
     for kind in ["open", "send", "idle"] {
         let n = metric_value(&text, &format!("edge_rtmpt_requests_total{{kind=\"{kind}\"}}")).unwrap();
         assert!(n >= 1.0, "{kind} requests: {n}");
@@ -172,4 +184,28 @@ async fn an_rtmpt_session_checks_sequence_numbers_repeats_replies_is_capped_and_
     .await;
     let (status, _) = post(&client, &base, "/open/1", vec![0]).await;
     assert_eq!(status, StatusCode::OK, "the cap is free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmpts_on_the_https_port_publishes_and_plays() {
+    require("openssl");
+    let c = Cluster::start(1).await;
+    let dir = c.dir.path().join("tls");
+    std::fs::create_dir(&dir).unwrap();
+    certs::make_ca(&dir);
+    let (cert, key) = (dir.join("edge.pem"), dir.join("edge-key.pem"));
+    certs::make_cert(&dir, "edge", 1, &cert, &key);
+    let https = free_addr().to_string();
+    let flags = ["--https", &https, "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let edge = EdgeProc::start(&c, "edge-1", &flags).await;
+    // ffmpeg does not verify the certificate of RTMPTS (its HTTPS requests take no TLS
+    // options); the point here is the tunnel over TLS.
+    let url = format!("rtmpts://{https}/live/s");
+    let _ffmpeg = ffmpeg_publish_with(&url, &[], c.dir.path().join("ffmpeg.log"));
+    wait_publishing(&c, "live", "s").await;
+    let packets = ffprobe_video_packets(&url, 3).await.unwrap();
+    eprintln!("ffprobe over 3 s of rtmpts: {packets} video packets");
+    assert!((70..=120).contains(&packets), "RTMPTS: {packets} packets in 3 s");
+    let text = edge.metrics().await;
+    assert!(metric_value(&text, "edge_tls_handshakes_total{listener=\"https\",outcome=\"ok\"}").unwrap() >= 2.0);
 }
