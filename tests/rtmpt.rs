@@ -186,6 +186,7 @@ async fn an_rtmpt_session_checks_sequence_numbers_repeats_replies_is_capped_and_
     assert_eq!(status, StatusCode::OK, "the cap is free again");
 }
 
+/// The tunnel over the HTTPS listener, and what a webhook is told of its publisher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmpts_on_the_https_port_publishes_and_plays() {
     require("openssl");
@@ -195,6 +196,23 @@ async fn rtmpts_on_the_https_port_publishes_and_plays() {
     certs::make_ca(&dir);
     let (cert, key) = (dir.join("edge.pem"), dir.join("edge-key.pem"));
     certs::make_cert(&dir, "edge", 1, &cert, &key);
+    // A webhook endpoint that records what the edge tells it of publishers.
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let recorder = calls.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            recorder.lock().unwrap().push(body);
+            async { StatusCode::NO_CONTENT }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    let hooks = serde_json::json!({ "on_publish": hook_url, "timeout_ms": 2000 });
+    let (status, answer) = c.call(1, Method::PUT, "/apps/live/hooks", Some(&hooks), &[]).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
     let https = free_addr().to_string();
     let flags = ["--https", &https, "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
     let edge = EdgeProc::start(&c, "edge-1", &flags).await;
@@ -208,4 +226,8 @@ async fn rtmpts_on_the_https_port_publishes_and_plays() {
     assert!((70..=120).contains(&packets), "RTMPTS: {packets} packets in 3 s");
     let text = edge.metrics().await;
     assert!(metric_value(&text, "edge_tls_handshakes_total{listener=\"https\",outcome=\"ok\"}").unwrap() >= 2.0);
+    // The hook saw an RTMPT publisher (over HTTPS too: the tunnel does not know).
+    let published: Vec<_> = calls.lock().unwrap().iter().filter(|c| c["event"] == "on_publish").cloned().collect();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0]["protocol"], "rtmpt", "{}", published[0]);
 }
