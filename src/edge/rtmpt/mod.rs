@@ -261,16 +261,18 @@ async fn session(
             }
         };
         let Request { seq, body, close, answer } = request;
+        if close {
+            // Whatever its number: the id is the credential, and a client that closes
+            // wants nothing more.
+            let _ = answer.send(Answer::Reply(Bytes::from_static(&[PollingDelay::CLOSED])));
+            break "closed by the client";
+        }
         let reply = match exchange.check(seq) {
             Verdict::OutOfOrder { expected } => {
                 let _ = answer.send(Answer::OutOfOrder { expected });
                 continue;
             }
             Verdict::Repeat(reply) => reply,
-            Verdict::Fresh if close => {
-                let _ = answer.send(Answer::Reply(Bytes::from_static(&[PollingDelay::CLOSED])));
-                break "closed by the client";
-            }
             Verdict::Fresh => {
                 let sent = !body.is_empty();
                 if sent && !closed {
@@ -322,4 +324,94 @@ async fn gather(pipe: &mut DuplexStream, hold: bool, closed: &mut bool) -> Bytes
         }
     }
     data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> Arc<EdgeContext> {
+        let args = crate::edge::EdgeArgs {
+            id: Some("edge-1".into()),
+            origins: Some(vec!["127.0.0.1:8101".parse().unwrap()]),
+            rtmpt_idle_timeout_ms: Some(1000),
+            ..Default::default()
+        };
+        let env = |k: &str| (k == "RAFTCAST_CLUSTER_SECRET").then(|| "x".repeat(20));
+        crate::edge::tests::context(crate::edge::EdgeConfig::from_args(args, env).unwrap())
+    }
+
+    /// Sends one request to a session task and waits for its answer.
+    async fn ask(queue: &mpsc::Sender<Request>, seq: u64, body: &[u8], close: bool) -> Bytes {
+        let (answer, answered) = oneshot::channel();
+        let body = Bytes::copy_from_slice(body);
+        queue.send(Request { seq, body, close, answer }).await.unwrap();
+        match answered.await.unwrap() {
+            Answer::Reply(reply) => reply,
+            Answer::OutOfOrder { expected } => panic!("out of order, expected {expected}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_go_into_the_pipe_replies_carry_what_came_out_and_the_end_is_the_closed_byte() {
+        let ctx = context();
+        let (near, mut far) = tokio::io::duplex(PIPE_BYTES);
+        let (queue, requests) = mpsc::channel(QUEUED_REQUESTS);
+        ctx.tunnels.insert("s".into(), queue.clone());
+        let permit = ctx.limits.rtmpt_sessions.try_acquire([127, 0, 0, 1].into()).unwrap();
+        let task = tokio::spawn(session("s".into(), near, requests, ctx.clone(), permit));
+
+        assert_eq!(&ask(&queue, 0, b"C0C1", false).await[..], b"\x01");
+        let mut got = [0u8; 4];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"C0C1");
+        far.write_all(b"S0S1").await.unwrap();
+        assert_eq!(&ask(&queue, 1, b"", false).await[..], b"\x01S0S1");
+        // An idle poll waits for the server's next bytes, up to the hold.
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(IDLE_HOLD / 2).await;
+            far.write_all(b"late").await.unwrap();
+            far
+        });
+        let started = tokio::time::Instant::now();
+        assert_eq!(&ask(&queue, 2, b"", false).await[..], b"\x01late");
+        let waited = started.elapsed();
+        assert!(waited >= IDLE_HOLD / 2 && waited < IDLE_HOLD, "answered after {waited:?}");
+        let far = writer.await.unwrap();
+        // Nothing at all: the hold runs out and the reply is the polling byte alone.
+        let started = tokio::time::Instant::now();
+        assert_eq!(&ask(&queue, 3, b"", false).await[..], b"\x01");
+        assert!(started.elapsed() >= IDLE_HOLD, "answered after {:?}", started.elapsed());
+        // A /send is answered at once, with nothing to wait for.
+        let started = tokio::time::Instant::now();
+        assert_eq!(&ask(&queue, 4, b"x", false).await[..], b"\x01");
+        assert!(started.elapsed() < IDLE_HOLD / 2, "a send waited {:?}", started.elapsed());
+
+        // The connection ends: its end of the pipe closes, the next reply says so, and
+        // the session is gone.
+        drop(far);
+        assert_eq!(&ask(&queue, 5, b"", false).await[..], &[PollingDelay::CLOSED]);
+        task.await.unwrap();
+        assert!(ctx.tunnels.is_empty());
+        assert_eq!(ctx.limits.rtmpt_sessions.in_use(), 0, "the permit is released");
+    }
+
+    #[tokio::test]
+    async fn a_session_without_requests_expires_and_close_ends_one_at_any_number() {
+        let ctx = context();
+        let (near, _far) = tokio::io::duplex(PIPE_BYTES);
+        let (_queue, requests) = mpsc::channel(QUEUED_REQUESTS);
+        let permit = ctx.limits.rtmpt_sessions.try_acquire([127, 0, 0, 1].into()).unwrap();
+        session("idle".into(), near, requests, ctx.clone(), permit).await;
+        assert_eq!(ctx.stats.rtmpt.expired.load(Ordering::Relaxed), 1);
+
+        let (near, _far) = tokio::io::duplex(PIPE_BYTES);
+        let (queue, requests) = mpsc::channel(QUEUED_REQUESTS);
+        let permit = ctx.limits.rtmpt_sessions.try_acquire([127, 0, 0, 1].into()).unwrap();
+        let task = tokio::spawn(session("closed".into(), near, requests, ctx.clone(), permit));
+        assert_eq!(&ask(&queue, 0, b"", false).await[..], b"\x01");
+        assert_eq!(&ask(&queue, 7, b"", true).await[..], &[PollingDelay::CLOSED]);
+        task.await.unwrap();
+        assert_eq!(ctx.stats.rtmpt.expired.load(Ordering::Relaxed), 1, "closed, not expired");
+    }
 }
