@@ -159,6 +159,8 @@ async fn an_rtmpt_session_checks_sequence_numbers_repeats_replies_is_capped_and_
     let unknown = format!("/idle/{}/1", "0".repeat(32));
     assert_eq!(post(&client, &base, &unknown, vec![0]).await.0, StatusCode::NOT_FOUND);
     assert_eq!(post(&client, &base, &format!("/send/{id}/x"), vec![0]).await.0, StatusCode::BAD_REQUEST);
+    let huge = vec![0u8; 2 * 1024 * 1024 + 1];
+    assert_eq!(post(&client, &base, &format!("/send/{id}/{}", seq + 1), huge).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 
     // Two sessions per address: a third is refused until one closes.
     let (status, second) = post(&client, &base, "/open/1", vec![0]).await;

@@ -55,9 +55,12 @@ use crate::limits::{Permit, Refused};
 pub const PIPE_BYTES: usize = 64 * 1024;
 /// Server bytes one reply carries at most; the rest waits for the next request.
 pub const REPLY_BYTES: usize = 64 * 1024;
-/// Largest request body (ffmpeg sends one RTMP message per `/send`; a keyframe of a
-/// 1080p stream at 8 Mb/s is about 500 KB). Larger bodies get 413.
-pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest request body; larger ones get 413. ffmpeg sends ten RTMP messages per
+/// `/send` while publishing (`-rtmp_flush_interval`): with a keyframe of a 1080p
+/// stream at 8 Mb/s (about 500 KB) that is under 1 MB. The same bound as axum's
+/// default for the edge's other request bodies. Only a request for an open session
+/// has its body read.
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
 /// Requests of one session queued for its task; more get 429 (a client sends one at
 /// a time).
 const QUEUED_REQUESTS: usize = 2;
@@ -155,29 +158,38 @@ pub async fn handle(ctx: Arc<EdgeContext>, command: Command, req: axum::extract:
     let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no client address");
     };
+    let unknown = || {
+        stats.unknown.fetch_add(1, Ordering::Relaxed);
+        error(StatusCode::NOT_FOUND, "unknown_session", "no such RTMPT session (closed or expired)")
+    };
+    let (id, seq, carries_body, close) = match command {
+        Command::Ident => return error(StatusCode::NOT_FOUND, "not_found", "no FCS identity here"),
+        Command::Open => return open(&ctx, peer),
+        Command::Send { id, seq } => (id, seq, true, false),
+        Command::Idle { id, seq } => (id, seq, false, false),
+        Command::Close { id, seq } => (id, seq, false, true),
+    };
+    let Some(session) = ctx.tunnels.get(&id) else { return unknown() };
+    // Read whole even when it is not the session's (`/idle` and `/close`: ffmpeg sends
+    // one zero byte): a body left unread makes hyper close the connection, and
+    // ffmpeg's keep-alive requests fail with it.
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(body) => body,
+        Ok(body) if carries_body => body,
+        Ok(_) => Bytes::new(),
         Err(_) => {
             let why = format!("an RTMPT request body is at most {MAX_BODY} bytes (or it came too slowly)");
             return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", why);
         }
     };
-    let (id, seq, body, close) = match command {
-        Command::Ident => return error(StatusCode::NOT_FOUND, "not_found", "no FCS identity here"),
-        Command::Open => return open(&ctx, peer),
-        Command::Send { id, seq } => (id, seq, body, false),
-        Command::Idle { id, seq } => (id, seq, Bytes::new(), false),
-        Command::Close { id, seq } => (id, seq, Bytes::new(), true),
-    };
-    let Some(session) = ctx.tunnels.get(&id) else {
-        stats.unknown.fetch_add(1, Ordering::Relaxed);
-        return error(StatusCode::NOT_FOUND, "unknown_session", "no such RTMPT session (closed or expired)");
-    };
     let (answer, answered) = oneshot::channel();
-    if session.try_send(Request { seq, body, close, answer }).is_err() {
-        let mut busy = error(StatusCode::TOO_MANY_REQUESTS, "busy", "this session already has a request waiting");
-        busy.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return busy;
+    match session.try_send(Request { seq, body, close, answer }) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Closed(_)) => return unknown(),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            let mut busy = error(StatusCode::TOO_MANY_REQUESTS, "busy", "this session already has requests waiting");
+            busy.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return busy;
+        }
     }
     match tokio::time::timeout(ANSWER_TIMEOUT, answered).await {
         Ok(Ok(Answer::Reply(reply))) => fcs(reply),
