@@ -162,6 +162,44 @@ async fn an_rtmpt_session_checks_sequence_numbers_repeats_replies_is_capped_and_
     let huge = vec![0u8; 2 * 1024 * 1024 + 1];
     assert_eq!(post(&client, &base, &format!("/send/{id}/{}", seq + 1), huge).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 
+    // Refusals read the body too, so the keep-alive connection goes on (pipelined
+    // here, as librtmp does); header names are Title-Case for librtmp.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        let request = |path: &str| format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n\0");
+        let pipelined = request(&unknown) + &request(&format!("/idle/{id}/x")) + &request("/fcs/ident2");
+        raw.write_all(pipelined.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.windows(12).filter(|w| w.starts_with(b"HTTP/1.1 ")).count() < 3 {
+            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed after: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        let statuses: Vec<_> = text.match_indices("HTTP/1.1 ").map(|(i, _)| &text[i + 9..i + 12]).collect();
+        assert_eq!(statuses, ["404", "400", "404"], "{text}");
+        assert!(text.contains("Content-Length: "), "{text}");
+
+        // The body after the head, as reqwest and ffmpeg send it: the 404 waits for it
+        // and the connection serves the next request.
+        let mut raw = tokio::net::TcpStream::connect(edge.http).await.unwrap();
+        let head = format!("POST {unknown} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n");
+        raw.write_all(head.as_bytes()).await.unwrap();
+        // Not a synchronization: gives a server that answered without the body the
+        // time to close the connection.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        raw.write_all(b"\0").await.unwrap();
+        let mut answers = Vec::new();
+        for next in [request("/fcs/ident2"), String::new()] {
+            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.unwrap().unwrap_or(0);
+            answers.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = raw.write_all(next.as_bytes()).await;
+        }
+        assert!(answers.iter().all(|a| a.starts_with("HTTP/1.1 404")), "{answers:?}");
+    }
+
     // Two sessions per address: a third is refused until one closes.
     let (status, second) = post(&client, &base, "/open/1", vec![0]).await;
     assert_eq!(status, StatusCode::OK);
@@ -232,4 +270,39 @@ async fn rtmpts_on_the_https_port_publishes_and_plays() {
     let published: Vec<_> = calls.lock().unwrap().iter().filter(|c| c["event"] == "on_publish").cloned().collect();
     assert_eq!(published.len(), 1, "{published:?}");
     assert_eq!(published[0]["protocol"], "rtmpt", "{}", published[0]);
+}
+
+/// An RTMPT session holds an RTMP connection: the RTMP listener's per-address cap
+/// counts it, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmpt_sessions_count_against_the_rtmp_connection_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(1).await;
+    let edge = EdgeProc::start(&c, "edge-1", &["--max-connections-per-address", "1"]).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", edge.http);
+    let (status, id) = post(&client, &base, "/open/1", vec![0]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, refused) = post(&client, &base, "/open/1", vec![0]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&refused));
+    assert!(String::from_utf8_lossy(&refused).contains("rtmp_connections"));
+
+    // An RTMP client from the same address is closed at accept: C0 C1 get no S0.
+    let mut tcp = tokio::net::TcpStream::connect(edge.rtmp).await.unwrap();
+    let _ = tcp.write_all(&[3u8; 1537]).await;
+    let mut s0 = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut s0)).await.unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "the RTMP connection was served: {read:?}");
+
+    // Closing the session frees the connection for RTMP.
+    let id = String::from_utf8(id).unwrap().trim_end().to_owned();
+    assert_eq!(post(&client, &base, &format!("/close/{id}/0"), vec![0]).await.0, StatusCode::OK);
+    eventually(Duration::from_secs(5), "an RTMP handshake once the session is closed", || async {
+        let mut tcp = tokio::net::TcpStream::connect(edge.rtmp).await.ok()?;
+        tcp.write_all(&[3u8; 1537]).await.ok()?;
+        let mut s0 = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut s0)).await.ok()?.ok()?;
+        (n == 1 && s0[0] == 3).then_some(())
+    })
+    .await;
 }

@@ -80,10 +80,8 @@ async fn rtmpt_posts(
     next: axum::middleware::Next,
 ) -> Response {
     if req.method() == axum::http::Method::POST {
-        match rtmpt::exchange::Command::parse(req.uri().path()) {
-            Some(Ok(command)) => return rtmpt::handle(ctx, command, req).await,
-            Some(Err(bad)) => return error(StatusCode::BAD_REQUEST, "bad_request", bad.to_string()),
-            None => {}
+        if let Some(parsed) = rtmpt::exchange::Command::parse(req.uri().path()) {
+            return rtmpt::handle(ctx, parsed, req).await;
         }
     }
     next.run(req).await

@@ -42,7 +42,7 @@ use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 
-use self::exchange::{Command, Exchange, Kind, PollingDelay, Verdict};
+use self::exchange::{BadPath, Command, Exchange, Kind, PollingDelay, Verdict};
 use super::rtmp_conn::{self, ClientStream};
 use super::EdgeContext;
 use crate::http_server::{json_error as error, too_many};
@@ -151,40 +151,63 @@ impl Tunnels {
     }
 }
 
-/// Answers a `POST` whose path is a tunnel command.
-pub async fn handle(ctx: Arc<EdgeContext>, command: Command, req: axum::extract::Request) -> Response {
+/// Answers a `POST` whose path is a tunnel command (or starts like one: `parsed`).
+pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req: axum::extract::Request) -> Response {
+    let command = match parsed {
+        Ok(command) => command,
+        Err(bad) => {
+            if let Err(refused) = discard_body(req).await {
+                return refused;
+            }
+            return error(StatusCode::BAD_REQUEST, "bad_request", bad.to_string());
+        }
+    };
     let stats = &ctx.stats.rtmpt;
     stats.requests[command.kind() as usize].fetch_add(1, Ordering::Relaxed);
     let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no client address");
     };
-    let unknown = || {
+    let unknown = |req: axum::extract::Request| async move {
         stats.unknown.fetch_add(1, Ordering::Relaxed);
+        if let Err(refused) = discard_body(req).await {
+            return refused;
+        }
         error(StatusCode::NOT_FOUND, "unknown_session", "no such RTMPT session (closed or expired)")
     };
     let (id, seq, carries_body, close) = match command {
-        Command::Ident => return error(StatusCode::NOT_FOUND, "not_found", "no FCS identity here"),
-        Command::Open => return open(&ctx, peer),
+        Command::Ident | Command::Open => {
+            if let Err(refused) = discard_body(req).await {
+                return refused;
+            }
+            return match command {
+                Command::Open => open(&ctx, peer),
+                _ => error(StatusCode::NOT_FOUND, "not_found", "no FCS identity here"),
+            };
+        }
         Command::Send { id, seq } => (id, seq, true, false),
         Command::Idle { id, seq } => (id, seq, false, false),
         Command::Close { id, seq } => (id, seq, false, true),
     };
-    let Some(session) = ctx.tunnels.get(&id) else { return unknown() };
-    // Read whole even when it is not the session's (`/idle` and `/close`: ffmpeg sends
-    // one zero byte): a body left unread makes hyper close the connection, and
-    // ffmpeg's keep-alive requests fail with it.
-    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(body) if carries_body => body,
-        Ok(_) => Bytes::new(),
-        Err(_) => {
-            let why = format!("an RTMPT request body is at most {MAX_BODY} bytes (or it came too slowly)");
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", why);
+    // Only a request for an open session has its body kept.
+    let Some(session) = ctx.tunnels.get(&id) else { return unknown(req).await };
+    let body = if carries_body {
+        match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+            Ok(body) => body,
+            Err(_) => return too_large(),
+        }
+    } else {
+        match discard_body(req).await {
+            Ok(()) => Bytes::new(),
+            Err(refused) => return refused,
         }
     };
     let (answer, answered) = oneshot::channel();
     match session.try_send(Request { seq, body, close, answer }) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Closed(_)) => return unknown(),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            stats.unknown.fetch_add(1, Ordering::Relaxed);
+            return error(StatusCode::NOT_FOUND, "unknown_session", "the RTMPT session ended");
+        }
         Err(mpsc::error::TrySendError::Full(_)) => {
             let mut busy = error(StatusCode::TOO_MANY_REQUESTS, "busy", "this session already has requests waiting");
             busy.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
@@ -205,6 +228,28 @@ pub async fn handle(ctx: Arc<EdgeContext>, command: Command, req: axum::extract:
         Ok(Err(_)) => error(StatusCode::NOT_FOUND, "unknown_session", "the RTMPT session ended"),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "timed_out", "the session did not answer in time"),
     }
+}
+
+/// Reads a body nobody needs (`/open`, `/idle`, `/close`, where ffmpeg sends one zero
+/// byte; requests answered with an error) and drops it as it comes, up to
+/// [`MAX_BODY`]: a body left unread makes hyper close the connection, and the
+/// client's next keep-alive request fails with it.
+async fn discard_body(req: axum::extract::Request) -> Result<(), Response> {
+    use futures::StreamExt;
+    let mut frames = req.into_body().into_data_stream();
+    let mut read = 0;
+    while let Some(frame) = frames.next().await {
+        read += frame.map_err(|_| too_large())?.len();
+        if read > MAX_BODY {
+            return Err(too_large());
+        }
+    }
+    Ok(())
+}
+
+fn too_large() -> Response {
+    let why = format!("an RTMPT request body is at most {MAX_BODY} bytes (or it came too slowly)");
+    error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", why)
 }
 
 /// A `200` with the tunnel's content type.
