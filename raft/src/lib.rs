@@ -6,6 +6,7 @@
 //! [`state::StateMachine::apply`] is a pure function of the log: no clock, no I/O.
 
 pub mod command;
+pub mod dedup;
 pub mod network;
 pub mod node;
 pub mod rpc;

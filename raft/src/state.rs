@@ -4,19 +4,18 @@
 //! Every command is idempotent by request id (a retried command gets its first answer
 //! back and changes nothing) or guarded by an epoch or version.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{Command, KeyScope, PinScope, Rejection, Request, RequestId, Response, StreamClaim, StreamKey};
+use crate::dedup;
 use crate::token::{Quota, TokenKeys, DEFAULT_QUOTA, MAX_TOKEN_KEYS};
 use crate::value::Value;
 use crate::NodeId;
 
-/// How many recent request ids the state machine remembers for de-duplication. A retry
-/// older than this many writes is applied again (writers retry within seconds).
-pub const DEDUP_WINDOW: usize = 65_536;
+pub use crate::dedup::DEDUP_WINDOW;
 
 /// Most shared objects the cluster holds; a write that would create one more is refused.
 pub const MAX_OBJECTS: usize = 10_000;
@@ -111,10 +110,9 @@ pub struct StateMachine {
     pub publish_keys: BTreeMap<KeyScope, String>,
     /// Apps that require a publish key.
     pub key_required_apps: BTreeSet<String>,
-    /// Answers of recent requests, for idempotent retries.
-    recent: HashMap<RequestId, Remembered>,
-    /// Order in which `recent` was filled, oldest first.
-    recent_order: VecDeque<RequestId>,
+    /// Answers of recent requests, for idempotent retries. Encoded as two fields, the
+    /// answers by id and the ids oldest first, as in every earlier layout.
+    recent: dedup::Window<Remembered>,
     /// Pin rules: the streams a scope covers go to this origin (see
     /// [`StateMachine::pin_for`]). Added after format 1's first layout.
     pub pins: BTreeMap<PinScope, NodeId>,
@@ -195,8 +193,7 @@ pub struct StateMachineV4 {
     objects: BTreeMap<String, SharedObject>,
     publish_keys: BTreeMap<KeyScope, String>,
     key_required_apps: BTreeSet<String>,
-    recent: HashMap<RequestId, Remembered>,
-    recent_order: VecDeque<RequestId>,
+    recent: dedup::Window<Remembered>,
     pins: BTreeMap<PinScope, NodeId>,
     token_keys: TokenKeys,
     client_objects: BTreeMap<String, ClientObject>,
@@ -213,7 +210,6 @@ impl From<StateMachineV4> for StateMachine {
             publish_keys: v4.publish_keys,
             key_required_apps: v4.key_required_apps,
             recent: v4.recent,
-            recent_order: v4.recent_order,
             pins: v4.pins,
             token_keys: v4.token_keys,
             client_objects: v4.client_objects,
@@ -233,8 +229,7 @@ pub struct StateMachineV3 {
     objects: BTreeMap<String, SharedObject>,
     publish_keys: BTreeMap<KeyScope, String>,
     key_required_apps: BTreeSet<String>,
-    recent: HashMap<RequestId, Remembered>,
-    recent_order: VecDeque<RequestId>,
+    recent: dedup::Window<Remembered>,
     pins: BTreeMap<PinScope, NodeId>,
     token_keys: TokenKeys,
     client_objects: BTreeMap<String, ClientObject>,
@@ -249,7 +244,6 @@ impl From<StateMachineV3> for StateMachine {
             publish_keys: v3.publish_keys,
             key_required_apps: v3.key_required_apps,
             recent: v3.recent,
-            recent_order: v3.recent_order,
             pins: v3.pins,
             token_keys: v3.token_keys,
             client_objects: v3.client_objects,
@@ -269,8 +263,7 @@ pub struct StateMachineV2 {
     objects: BTreeMap<String, SharedObject>,
     publish_keys: BTreeMap<KeyScope, String>,
     key_required_apps: BTreeSet<String>,
-    recent: HashMap<RequestId, Remembered>,
-    recent_order: VecDeque<RequestId>,
+    recent: dedup::Window<Remembered>,
     pins: BTreeMap<PinScope, NodeId>,
 }
 
@@ -282,7 +275,6 @@ impl From<StateMachineV2> for StateMachine {
             publish_keys: v2.publish_keys,
             key_required_apps: v2.key_required_apps,
             recent: v2.recent,
-            recent_order: v2.recent_order,
             pins: v2.pins,
             ..StateMachine::default()
         }
@@ -297,8 +289,7 @@ pub struct StateMachineV1 {
     objects: BTreeMap<String, SharedObject>,
     publish_keys: BTreeMap<KeyScope, String>,
     key_required_apps: BTreeSet<String>,
-    recent: HashMap<RequestId, Remembered>,
-    recent_order: VecDeque<RequestId>,
+    recent: dedup::Window<Remembered>,
 }
 
 impl From<StateMachineV1> for StateMachine {
@@ -309,7 +300,6 @@ impl From<StateMachineV1> for StateMachine {
             publish_keys: v1.publish_keys,
             key_required_apps: v1.key_required_apps,
             recent: v1.recent,
-            recent_order: v1.recent_order,
             ..StateMachine::default()
         }
     }
@@ -368,12 +358,6 @@ impl StateMachine {
     }
 
     fn remember(&mut self, id: RequestId, response: Response) {
-        if self.recent_order.len() >= DEDUP_WINDOW {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
-            }
-        }
-        self.recent_order.push_back(id);
         self.recent.insert(id, response.into());
     }
 
@@ -724,6 +708,7 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{HashMap, VecDeque};
 
     fn req(id: u128, command: Command) -> Request {
         Request { id: RequestId(id), at_ms: 1_000 + id as u64, command }
@@ -901,7 +886,8 @@ mod tests {
             sm.apply(i as u64 + 1, &req(i, set("o", "s", i as f64, None)));
         }
         assert_eq!(sm.recent.len(), DEDUP_WINDOW);
-        assert_eq!(sm.recent_order.len(), DEDUP_WINDOW);
+        assert!(sm.answered(&RequestId(9)).is_none(), "the oldest were forgotten");
+        assert!(sm.answered(&RequestId(DEDUP_WINDOW as u128 + 9)).is_some());
     }
 
     #[test]
@@ -924,7 +910,8 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, set("o", "s", 1.0, None)));
         let old: HashMap<RequestId, Response> = sm.recent.iter().map(|(k, v)| (*k, v.clone().into())).collect();
-        assert_eq!(encode(&sm.recent), encode(&old));
+        let order: VecDeque<RequestId> = sm.recent.iter().map(|(k, _)| *k).collect();
+        assert_eq!(encode(&sm.recent), encode(&(old, order)));
         assert_eq!(decode::<StateMachine>(&encode(&sm)).unwrap(), sm);
     }
 
