@@ -342,7 +342,7 @@ defaults
     timeout queue 1s
     retries 3
     option redispatch 1
-    default-server source $LB_SOURCE send-proxy-v2 check inter 500ms fastinter 250ms downinter 1s rise 2 fall 2 observe layer4 error-limit 1 on-error fastinter
+    default-server source $LB_SOURCE send-proxy-v2 weight 100 check inter 500ms fastinter 250ms downinter 1s rise 2 fall 2 observe layer4 error-limit 1 on-error fastinter
 
 frontend http
     mode http
