@@ -613,3 +613,56 @@ async fn internal_routes_check_the_secret_before_the_body_and_forward_bodies_are
     assert_eq!(res.status(), reqwest::StatusCode::BAD_REQUEST);
     assert!(matches!(c.forward_to(1, &Forward::Lookup { stream: key("x") }).await, Some(ForwardReply::Owner { .. })));
 }
+
+/// The owner of each of `streams` in origin `via`'s applied state.
+async fn owners(c: &Cluster, via: u64, streams: &[StreamKey]) -> Vec<u64> {
+    let mut owners = Vec::with_capacity(streams.len());
+    for stream in streams {
+        owners.push(lookup(c, via, stream).await.unwrap_or_else(|| panic!("{stream} has no claim")).owner);
+    }
+    owners
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_origin_s_streams_spread_over_the_survivors() {
+    let _serial = SERIAL.lock().await;
+    // Claims without a publisher would be released by their owner after the grace.
+    let mut c = Cluster::start_with(3, &["--orphan-grace", "10m"]).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let victim = follower(&c, leader);
+    let other = *c.origins.keys().find(|id| **id != leader && **id != victim).unwrap();
+    // 30 streams: 10 on the victim, 11 on the leader, 9 on the other survivor, placed
+    // by pins so the survivors start unequal. Moves that read the load before any of
+    // them commits all pick the least loaded survivor: 19 against 11.
+    let groups = [(victim, "v", 10), (leader, "l", 11), (other, "o", 9)];
+    let mut streams = Vec::new();
+    for (origin, prefix, n) in groups {
+        put_pin(&c, &format!("{prefix}-%2A"), origin).await;
+        for i in 0..n {
+            let stream = key(&format!("{prefix}-{i}"));
+            assert_eq!(claim(&c, &stream, "edge-1").await.owner, origin, "{stream}");
+            streams.push(stream);
+        }
+    }
+
+    let killed_at = Instant::now();
+    c.kill(victim);
+    let after = eventually(Duration::from_secs(15), "every stream of the dead origin to move", || async {
+        let owners = owners(&c, leader, &streams).await;
+        (!owners.contains(&victim)).then_some(owners)
+    })
+    .await;
+    let took = killed_at.elapsed();
+    let on = |o: u64| after.iter().filter(|x| **x == o).count();
+    let (on_leader, on_other) = (on(leader), on(other));
+    eprintln!(
+        "kill -> all 10 moved: {took:?}; survivors own {on_leader} (leader, had 11) and {on_other} (had 9); \
+         streams_reassigned {:?}",
+        metric(&c, leader, "raftcast_streams_reassigned_total{reason=\"unreachable\"}").await
+    );
+    assert_eq!(on_leader + on_other, 30);
+    let (most, least) = (on_leader.max(on_other), on_leader.min(on_other));
+    assert!(most * 2 <= least * 3, "the survivors own {on_leader} and {on_other}: more than 1.5x apart");
+    // Not just within the ratio: the moves filled the gap.
+    assert!(most - least <= 2, "the survivors own {on_leader} and {on_other}");
+}

@@ -99,6 +99,9 @@ pub struct Ownership {
     /// Streams this leader moved recently: a takeover must not take them (see
     /// `holder_alive`).
     moves: Arc<Mutex<Moves>>,
+    /// Placements decided here whose claim or move has not committed yet: they count
+    /// as load, so concurrent placements do not all pick the same origin.
+    reserved: Reservations,
 }
 
 impl Ownership {
@@ -115,7 +118,18 @@ impl Ownership {
         watch: StreamWatch,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Ownership { id, raft, state, committer, live, liveness, watch, metrics, moves: Arc::default() }
+        Ownership {
+            id,
+            raft,
+            state,
+            committer,
+            live,
+            liveness,
+            watch,
+            metrics,
+            moves: Arc::default(),
+            reserved: Reservations::default(),
+        }
     }
 
     /// `WatchStream` requests waiting on this origin now.
@@ -174,8 +188,16 @@ impl Ownership {
                 keep = Some(current.owner).filter(|o| self.live_voters().1.contains(o));
             }
         }
-        // This node is always live itself, so there is always an owner.
-        let owner = keep.or_else(|| self.pick_owner(stream, None)).unwrap_or(self.id);
+        // This node is always live itself, so there is always an owner. A placement
+        // stays reserved until its claim committed or failed (`_reserved` drops then);
+        // a takeover kept on its owner is counted there already.
+        let (owner, _reserved) = match keep {
+            Some(owner) => (owner, None),
+            None => match self.pick_owner(stream, None) {
+                Some((owner, reservation)) => (owner, Some(reservation)),
+                None => (self.id, None),
+            },
+        };
         let command = Command::ClaimStream {
             stream: stream.clone(),
             owner,
@@ -229,7 +251,8 @@ impl Ownership {
             }
         };
         let draining = self.state.read(|sm| sm.draining.clone());
-        let owner = match target {
+        // Held until the move committed or failed (see `Reservations`).
+        let (owner, _reserved) = match target {
             Target::To(origin) if origin == current.owner => return ForwardReply::Written(Response::Claimed(current)),
             Target::To(origin) if !self.live_voters().1.contains(&origin) => {
                 return failed(
@@ -247,14 +270,16 @@ impl Ownership {
                     ),
                 )
             }
-            Target::To(origin) => origin,
+            Target::To(origin) => (origin, self.reserved.reserve(origin)),
             Target::AwayFrom(_) | Target::Elsewhere => {
                 let away_from = if let Target::AwayFrom(origin) = target { origin } else { current.owner };
                 match self.pick_owner(stream, Some(away_from)) {
                     // A drain or an operator's move never puts a stream on a draining
                     // origin (placement falls back to those only when nothing else is
                     // live): the drain would move it on again, round and round.
-                    Some(owner) if matches!(reason, Reason::Drain | Reason::Planned) && draining.contains(&owner) => {
+                    Some((owner, _))
+                        if matches!(reason, Reason::Drain | Reason::Planned) && draining.contains(&owner) =>
+                    {
                         return failed(
                             FailKind::Unavailable,
                             format!(
@@ -263,7 +288,7 @@ impl Ownership {
                             ),
                         )
                     }
-                    Some(owner) => owner,
+                    Some(picked) => picked,
                     None => {
                         return failed(
                             FailKind::Unavailable,
@@ -362,22 +387,34 @@ impl Ownership {
     /// The origin that should own `stream`: the origin a pin rule names when it is a
     /// live voter that is not draining, otherwise (see [`place`]) the least loaded live
     /// voter that is not draining (any live voter when all of them drain); never
-    /// `exclude`. `None` when no live voter but `exclude` exists.
-    fn pick_owner(&self, stream: &StreamKey, exclude: Option<NodeId>) -> Option<NodeId> {
+    /// `exclude`. `None` when no live voter but `exclude` exists. The load counts the
+    /// placements still in flight on this leader, and the one made here is reserved
+    /// until the returned [`Reservation`] drops.
+    fn pick_owner(&self, stream: &StreamKey, exclude: Option<NodeId>) -> Option<(NodeId, Reservation)> {
         let (me, mut live) = self.live_voters();
         live.retain(|v| Some(*v) != exclude);
         if live.is_empty() {
             return None;
         }
-        let (load, pin, draining) = self.state.read(|sm| {
-            let mut load = HashMap::<NodeId, usize>::new();
-            for claim in sm.streams.values() {
-                *load.entry(claim.owner).or_default() += 1;
-            }
-            (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)), sm.draining.clone())
+        let mut pin = None;
+        let (placement, reservation) = self.reserved.decide(|in_flight| {
+            // Read under the reservations' lock: a placement that commits meanwhile is
+            // then counted twice for a moment (in the state and in flight), never not
+            // at all.
+            let (load, pinned, draining) = self.state.read(|sm| {
+                let mut load = HashMap::<NodeId, usize>::new();
+                for claim in sm.streams.values() {
+                    *load.entry(claim.owner).or_default() += 1;
+                }
+                (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)), sm.draining.clone())
+            });
+            let pinned_origin = pinned.as_ref().map(|(_, origin)| *origin);
+            let placement = place_counting(stream, me, &live, &draining, load, in_flight, pinned_origin);
+            pin = pinned;
+            (placement.owner(), placement)
         });
         let rule = || pin.as_ref().map(|(scope, _)| scope.to_string()).unwrap_or_default();
-        Some(match place(stream, me, &live, &draining, &load, pin.as_ref().map(|(_, origin)| *origin)) {
+        let owner = match placement {
             Placement::Pinned(owner) => {
                 tracing::debug!(%stream, owner, pin = %rule(), "placed by a pin rule");
                 owner
@@ -398,7 +435,60 @@ impl Ownership {
                 owner
             }
             Placement::ByLoad { owner, pinned_not_live: None } => owner,
-        })
+        };
+        Some((owner, reservation))
+    }
+}
+
+/// Streams placed on each origin by this leader whose claim or move has not committed
+/// yet. Placement reads the load from the applied state, where a placement shows only
+/// once committed; without these, concurrent placements (the failover supervisor moves
+/// up to [`super::failover::REASSIGNS_IN_FLIGHT`] streams at once) would all read the
+/// same load and pick the same origin. Soft state of the leader: a new leader starts
+/// with none, and every count is bounded by the placements awaiting their commit.
+#[derive(Clone, Default)]
+pub struct Reservations(Arc<Mutex<HashMap<NodeId, usize>>>);
+
+/// One placement in flight on `owner`; released when dropped, that is when its command
+/// committed (the state counts it from then on) or failed.
+#[must_use = "a reservation counts only while it is held"]
+pub struct Reservation {
+    owner: NodeId,
+    board: Reservations,
+}
+
+impl Reservations {
+    /// Decides a placement with the counts in flight and reserves the origin chosen,
+    /// both under one lock, so no two decisions see the same counts. `decide` gets the
+    /// placements in flight per origin and returns the chosen origin and anything else.
+    pub fn decide<T>(&self, decide: impl FnOnce(&HashMap<NodeId, usize>) -> (NodeId, T)) -> (T, Reservation) {
+        let mut in_flight = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (owner, out) = decide(&in_flight);
+        *in_flight.entry(owner).or_default() += 1;
+        (out, Reservation { owner, board: self.clone() })
+    }
+
+    /// Reserves a placement on `owner` chosen without a decision (an operator's move to
+    /// a named origin).
+    pub fn reserve(&self, owner: NodeId) -> Reservation {
+        self.decide(|_| (owner, ())).1
+    }
+
+    /// The placements in flight per origin.
+    pub fn in_flight(&self) -> HashMap<NodeId, usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut in_flight = self.board.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.owner);
+            }
+        }
     }
 }
 
@@ -415,6 +505,17 @@ pub enum Placement {
     PinnedDraining { owner: NodeId, pinned: NodeId },
 }
 
+impl Placement {
+    /// The origin chosen.
+    pub fn owner(self) -> NodeId {
+        match self {
+            Placement::Pinned(owner) | Placement::ByLoad { owner, .. } | Placement::PinnedDraining { owner, .. } => {
+                owner
+            }
+        }
+    }
+}
+
 /// The live origins that may take new streams: those not draining, or every live one
 /// when all of them drain (a drain never makes a publish fail).
 pub fn open_origins(live: &[NodeId], draining: &BTreeSet<NodeId>) -> Vec<NodeId> {
@@ -424,6 +525,22 @@ pub fn open_origins(live: &[NodeId], draining: &BTreeSet<NodeId>) -> Vec<NodeId>
     } else {
         open
     }
+}
+
+/// [`place`], counting the placements `in_flight` (see [`Reservations`]) as load.
+pub fn place_counting(
+    stream: &StreamKey,
+    me: NodeId,
+    live: &[NodeId],
+    draining: &BTreeSet<NodeId>,
+    mut load: HashMap<NodeId, usize>,
+    in_flight: &HashMap<NodeId, usize>,
+    pinned: Option<NodeId>,
+) -> Placement {
+    for (node, n) in in_flight {
+        *load.entry(*node).or_default() += n;
+    }
+    place(stream, me, live, draining, &load, pinned)
 }
 
 /// Chooses the owner of a new stream among the [`open_origins`]: the pinned origin if
@@ -552,5 +669,71 @@ mod tests {
         // Draining ids that are not live change nothing.
         assert_eq!(open_origins(&[1, 2], &BTreeSet::from([3, 9])), vec![1, 2]);
         assert_eq!(open_origins(&[1, 2], &BTreeSet::from([1])), vec![2]);
+    }
+
+    /// Places `n` streams at once, each holding its reservation (none has committed),
+    /// from threads that all decide before any releases; returns the owners chosen.
+    fn concurrent_placements(reserved: &Reservations, load: &HashMap<NodeId, usize>, n: usize) -> Vec<NodeId> {
+        let decided = std::sync::Barrier::new(n);
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..n)
+                .map(|i| {
+                    let decided = &decided;
+                    scope.spawn(move || {
+                        let stream = key(&format!("moved-{i}"));
+                        let (owner, held) = reserved.decide(|in_flight| {
+                            let p = place_counting(&stream, 2, &[2, 3], &none(), load.clone(), in_flight, None);
+                            (p.owner(), p.owner())
+                        });
+                        // Nothing commits until every placement is decided.
+                        decided.wait();
+                        drop(held);
+                        owner
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn concurrent_placements_spread_by_the_load_in_flight() {
+        // Origin 1 died with 10 streams; the survivors own 10 and 9. Ten moves decided
+        // at once, before any commits: without reservations all ten would read
+        // {2: 10, 3: 9} and land on origin 3 (19 against 10).
+        let load = HashMap::from([(1, 10), (2, 10), (3, 9)]);
+        let reserved = Reservations::default();
+        let owners = concurrent_placements(&reserved, &load, 10);
+        let on = |o: NodeId| owners.iter().filter(|x| **x == o).count();
+        assert_eq!(on(2) + on(3), 10, "{owners:?}");
+        assert!(on(3) == 5 || on(3) == 6, "{owners:?}");
+        assert!(reserved.in_flight().is_empty(), "every reservation is released once dropped");
+    }
+
+    #[test]
+    fn a_reservation_counts_until_dropped_and_a_named_target_counts_too() {
+        let reserved = Reservations::default();
+        let load = HashMap::from([(2, 3), (3, 3)]);
+        let pick = |name: &str| {
+            reserved.decide(|in_flight| {
+                let p = place_counting(&key(name), 2, &[2, 3], &none(), load.clone(), in_flight, None);
+                (p.owner(), p.owner())
+            })
+        };
+        let (first, held) = pick("a");
+        let other = if first == 2 { 3 } else { 2 };
+        // While the first is in flight, the next goes to the other origin whatever the
+        // hash says; once it is dropped (say, the claim failed), the counts are even.
+        let (second, held_2) = pick("b");
+        assert_eq!(second, other);
+        assert_eq!(reserved.in_flight(), HashMap::from([(2, 1), (3, 1)]));
+        drop((held, held_2));
+        assert!(reserved.in_flight().is_empty());
+        // An operator's move to origin 3 is in flight: the next placement goes to 2.
+        let _to_3 = reserved.reserve(3);
+        assert_eq!(pick("c").0, 2);
+        // A pin still wins over the load in flight.
+        let pinned = place_counting(&key("d"), 2, &[2, 3], &none(), load.clone(), &reserved.in_flight(), Some(3));
+        assert_eq!(pinned, Placement::Pinned(3));
     }
 }
