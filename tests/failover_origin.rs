@@ -1,6 +1,6 @@
 //! Origin failover, cluster side, with real origin processes: the leader moves the
 //! streams of an owner it cannot reach (killed or paused past `--owner-dead-after-ms`)
-//! and only those; edges move a stream with `Forward::Reassign` and follow ownership
+//! and only those, spread over the survivors; new streams are placed by measured load; edges move a stream with `Forward::Reassign` and follow ownership
 //! with `Forward::WatchStream`; an owner that comes back claims nothing; a leader's
 //! death moves nothing but the streams it owned itself.
 //!
@@ -665,4 +665,77 @@ async fn a_dead_origin_s_streams_spread_over_the_survivors() {
     assert!(most * 2 <= least * 3, "the survivors own {on_leader} and {on_other}: more than 1.5x apart");
     // Not just within the ratio: the moves filled the gap.
     assert!(most - least <= 2, "the survivors own {on_leader} and {on_other}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_streams_avoid_an_origin_with_a_few_heavy_streams() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start_with(3, &["--orphan-grace", "10m"]).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let heavy = follower(&c, leader);
+    let idle = *c.origins.keys().find(|id| **id != leader && **id != heavy).unwrap();
+    // The leader drains (it owns nothing, so nothing moves): the two followers compete.
+    let (status, body) =
+        c.call(leader, Method::PUT, &format!("/cluster/nodes/{leader}/drain"), None, &[]).await.unwrap();
+    assert!(status.is_success(), "{body}");
+    // 3 streams publishing 2 Mbit/s each on one follower, 20 idle claims on the other.
+    put_pin(&c, "h-%2A", heavy).await;
+    put_pin(&c, "i-%2A", idle).await;
+    let mut edge = FakeEdge::connect(c.origins[&heavy].media, &c.secret).await;
+    for i in 0..3u32 {
+        let claim = claim(&c, &key(&format!("h-{i}")), "edge-f").await;
+        assert_eq!(claim.owner, heavy);
+        let accepted = edge.publish(i + 1, &key(&format!("h-{i}")), claim.epoch).await;
+        assert_eq!(accepted, Control::PublishAccepted { channel: ChannelId(i + 1) });
+    }
+    for i in 0..20 {
+        assert_eq!(claim(&c, &key(&format!("i-{i}")), "edge-1").await.owner, idle);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            // 25 frames of 10 kB a second per stream: 2,000 kbit/s.
+            let mut ticks = tokio::time::interval(Duration::from_millis(40));
+            let payload = Bytes::from([&[0x27u8, 0x01, 0, 0, 0][..], &[7u8; 9_995][..]].concat());
+            for n in 0u32.. {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                for channel in 1..=3 {
+                    let frame = Frame::video(n * 40, payload.clone());
+                    edge.send(LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })).await;
+                }
+            }
+        })
+    };
+    let series = format!("raftcast_origin_ingest_kbps{{origin=\"{heavy}\"}}");
+    let measured = eventually(Duration::from_secs(10), "the leader to learn the heavy origin's bitrate", || async {
+        let kbps: f64 = metric(&c, leader, &series).await?.parse().ok()?;
+        (kbps > 5_000.0).then_some(kbps)
+    })
+    .await;
+    let score = |origin: u64| {
+        let series = format!("raftcast_origin_load_score{{origin=\"{origin}\"}}");
+        let c = &c;
+        async move { metric(c, leader, &series).await }
+    };
+    eprintln!(
+        "the leader's view: heavy origin {measured:.0} kbit/s, scores heavy {:?}, idle {:?}",
+        score(heavy).await,
+        score(idle).await
+    );
+
+    let mut on = std::collections::BTreeMap::<u64, usize>::new();
+    for i in 0..20 {
+        *on.entry(claim(&c, &key(&format!("n-{i}")), "edge-1").await.owner).or_default() += 1;
+    }
+    stop.cancel();
+    sender.await.unwrap();
+    let (on_heavy, on_idle) = (on.get(&heavy).copied().unwrap_or(0), on.get(&idle).copied().unwrap_or(0));
+    eprintln!("20 new streams: {on_heavy} on the origin with 3 heavy streams, {on_idle} on the one with 20 idle");
+    assert_eq!(on.get(&leader), None, "the draining leader took a stream");
+    // By stream count the heavy origin (3) would take the first 17.
+    assert!(on_heavy < on_idle, "{on_heavy} new streams on the heavy origin, {on_idle} on the idle one");
 }

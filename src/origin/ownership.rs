@@ -17,6 +17,7 @@ use raftcast_storage::StateHandle;
 use super::commit::{failed, leadership_error, now_ms, Committer};
 use super::live::LiveFacts;
 use super::liveness::Liveness;
+use super::load::{claims_per_origin, scores, LoadBoard};
 use super::membership::node_addr;
 use super::metrics::{Metrics, ReasonLabel};
 use super::watch::StreamWatch;
@@ -95,6 +96,8 @@ pub struct Ownership {
     liveness: Liveness,
     /// Answers `Forward::WatchStream`.
     watch: StreamWatch,
+    /// Every origin's latest load report (polled while this node leads).
+    board: LoadBoard,
     metrics: Arc<Metrics>,
     /// Streams this leader moved recently: a takeover must not take them (see
     /// `holder_alive`).
@@ -116,6 +119,7 @@ impl Ownership {
         live: LiveFacts,
         liveness: Liveness,
         watch: StreamWatch,
+        board: LoadBoard,
         metrics: Arc<Metrics>,
     ) -> Self {
         Ownership {
@@ -126,6 +130,7 @@ impl Ownership {
             live,
             liveness,
             watch,
+            board,
             metrics,
             moves: Arc::default(),
             reserved: Reservations::default(),
@@ -401,15 +406,12 @@ impl Ownership {
             // Read under the reservations' lock: a placement that commits meanwhile is
             // then counted twice for a moment (in the state and in flight), never not
             // at all.
-            let (load, pinned, draining) = self.state.read(|sm| {
-                let mut load = HashMap::<NodeId, usize>::new();
-                for claim in sm.streams.values() {
-                    *load.entry(claim.owner).or_default() += 1;
-                }
-                (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)), sm.draining.clone())
+            let (claims, pinned, draining) = self.state.read(|sm| {
+                let pin = sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin));
+                (claims_per_origin(sm.streams.values()), pin, sm.draining.clone())
             });
-            let pinned_origin = pinned.as_ref().map(|(_, origin)| *origin);
-            let placement = place_counting(stream, me, &live, &draining, load, in_flight, pinned_origin);
+            let load = scores(&live, &claims, &self.board.fresh(Instant::now()), in_flight);
+            let placement = place(stream, me, &live, &draining, &load, pinned.as_ref().map(|(_, origin)| *origin));
             pin = pinned;
             (placement.owner(), placement)
         });
@@ -527,32 +529,16 @@ pub fn open_origins(live: &[NodeId], draining: &BTreeSet<NodeId>) -> Vec<NodeId>
     }
 }
 
-/// [`place`], counting the placements `in_flight` (see [`Reservations`]) as load.
-pub fn place_counting(
-    stream: &StreamKey,
-    me: NodeId,
-    live: &[NodeId],
-    draining: &BTreeSet<NodeId>,
-    mut load: HashMap<NodeId, usize>,
-    in_flight: &HashMap<NodeId, usize>,
-    pinned: Option<NodeId>,
-) -> Placement {
-    for (node, n) in in_flight {
-        *load.entry(*node).or_default() += n;
-    }
-    place(stream, me, live, draining, &load, pinned)
-}
-
 /// Chooses the owner of a new stream among the [`open_origins`]: the pinned origin if
-/// it is one, otherwise the one owning the fewest streams, ties spread by a hash of the
-/// stream key (so equal loads do not all land on the same origin); `me` when nothing is
-/// live.
+/// it is one, otherwise the one with the lowest `load` (a score from
+/// [`super::load::scores`]), ties spread by a hash of the stream key (so equal loads do
+/// not all land on the same origin); `me` when nothing is live.
 pub fn place(
     stream: &StreamKey,
     me: NodeId,
     live: &[NodeId],
     draining: &BTreeSet<NodeId>,
-    load: &HashMap<NodeId, usize>,
+    load: &HashMap<NodeId, u64>,
     pinned: Option<NodeId>,
 ) -> Placement {
     let open = open_origins(live, draining);
@@ -669,6 +655,52 @@ mod tests {
         // Draining ids that are not live change nothing.
         assert_eq!(open_origins(&[1, 2], &BTreeSet::from([3, 9])), vec![1, 2]);
         assert_eq!(open_origins(&[1, 2], &BTreeSet::from([1])), vec![2]);
+    }
+
+    /// What `pick_owner` does with the applied state's claims per origin and no load
+    /// report: [`place`] by the [`scores`] of `live`.
+    fn place_counting(
+        stream: &StreamKey,
+        me: NodeId,
+        live: &[NodeId],
+        draining: &BTreeSet<NodeId>,
+        claims: HashMap<NodeId, usize>,
+        in_flight: &HashMap<NodeId, usize>,
+        pinned: Option<NodeId>,
+    ) -> Placement {
+        place(stream, me, live, draining, &scores(live, &claims, &HashMap::new(), in_flight), pinned)
+    }
+
+    #[test]
+    fn an_origin_with_a_few_heavy_streams_gets_fewer_new_ones_than_one_with_many_idle_ones() {
+        use crate::origin::load::LoadReport;
+        // Origin 1: 4 streams at 5 Mbit/s, one of them watched through two edges.
+        // Origin 2: 40 idle streams (claimed, no media yet). Origin 3 drains.
+        let heavy = [(5000.0, 2), (5000.0, 0), (5000.0, 0), (5000.0, 0)];
+        let reports = HashMap::from([
+            (1, LoadReport::new(1, heavy, 0.1)),
+            (2, LoadReport::new(2, vec![(0.0, 0); 40], 0.1)),
+            (3, LoadReport::new(3, [], 0.0)),
+        ]);
+        let mut claims = HashMap::from([(1, 4), (2, 40), (3, 0)]);
+        let draining = BTreeSet::from([3]);
+        let live = [1, 2, 3];
+        let mut got = HashMap::<NodeId, usize>::new();
+        for i in 0..40 {
+            let load = scores(&live, &claims, &reports, &HashMap::new());
+            let owner = place(&key(&format!("new-{i}")), 1, &live, &draining, &load, None).owner();
+            // Committed, not yet in the next report: counted as an average stream.
+            *claims.get_mut(&owner).unwrap() += 1;
+            *got.entry(owner).or_default() += 1;
+        }
+        assert_eq!(got.get(&3), None, "a draining origin gets nothing, however idle");
+        let (on_1, on_2) = (got.get(&1).copied().unwrap_or(0), got.get(&2).copied().unwrap_or(0));
+        eprintln!("40 new streams: {on_1} on the heavy origin, {on_2} on the idle one");
+        // By count, origin 1 (4 streams) would have taken all 40.
+        assert!(on_1 < on_2, "heavy origin got {on_1}, idle one {on_2}");
+        // A pin to the heavy origin still wins.
+        let load = scores(&live, &claims, &reports, &HashMap::new());
+        assert_eq!(place(&key("vip"), 1, &live, &draining, &load, Some(1)), Placement::Pinned(1));
     }
 
     /// Places `n` streams at once, each holding its reservation (none has committed),
