@@ -739,3 +739,96 @@ async fn new_streams_avoid_an_origin_with_a_few_heavy_streams() {
     // By stream count the heavy origin (3) would take the first 17.
     assert!(on_heavy < on_idle, "{on_heavy} new streams on the heavy origin, {on_idle} on the idle one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalancing_moves_one_stream_at_a_time_off_a_hot_origin_and_then_stops() {
+    let _serial = SERIAL.lock().await;
+    let after = Duration::from_secs(2);
+    let c = Cluster::start_with(3, &["--orphan-grace", "10m", "--rebalance", "--rebalance-after", "2s"]).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let hot = follower(&c, leader);
+    // Four streams of 1 Mbit/s on one follower; the other origins own nothing. The fake
+    // edge does not follow a move: a moved stream is idle on its new owner.
+    put_pin(&c, "p-%2A", hot).await;
+    let mut edge = FakeEdge::connect(c.origins[&hot].media, &c.secret).await;
+    let mut streams = Vec::new();
+    for i in 0..4u32 {
+        let stream = key(&format!("p-{i}"));
+        let claim = claim(&c, &stream, "edge-f").await;
+        assert_eq!(claim.owner, hot);
+        assert_eq!(
+            edge.publish(i + 1, &stream, claim.epoch).await,
+            Control::PublishAccepted { channel: ChannelId(i + 1) }
+        );
+        streams.push(stream);
+    }
+    // The pins placed them; rebalancing must not be held back by them.
+    for name in ["p-%2A"] {
+        let (status, body) = c.call(1, Method::DELETE, &format!("/pins/live/{name}"), None, &[]).await.unwrap();
+        assert!(status.is_success(), "{body}");
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            // 25 frames of 5 kB a second per stream: 1,000 kbit/s.
+            let mut ticks = tokio::time::interval(Duration::from_millis(40));
+            let payload = Bytes::from([&[0x27u8, 0x01, 0, 0, 0][..], &[7u8; 4_995][..]].concat());
+            for n in 0u32.. {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                for channel in 1..=4 {
+                    let frame = Frame::video(n * 40, payload.clone());
+                    edge.send(LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })).await;
+                }
+            }
+        })
+    };
+
+    // Follow the owners, noting each change, until two moves happened (a leader change
+    // on a busy machine restarts the streak: hence the generous deadline) and then for
+    // three more periods.
+    let started = Instant::now();
+    let mut last = owners(&c, leader, &streams).await;
+    let mut moves: Vec<(Duration, usize, u64)> = Vec::new();
+    let mut quiet_until = None;
+    while quiet_until.is_none_or(|until| Instant::now() < until) {
+        assert!(started.elapsed() < Duration::from_secs(40), "moves so far: {moves:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = owners(&c, leader, &streams).await;
+        for (i, (was, is)) in last.iter().zip(&now).enumerate() {
+            if was != is {
+                moves.push((started.elapsed(), i, *is));
+            }
+        }
+        last = now;
+        if moves.len() == 2 && quiet_until.is_none() {
+            quiet_until = Some(Instant::now() + 3 * after);
+        }
+    }
+    // The leader may have changed on a busy machine: ask the current one, and count
+    // the moves of every origin.
+    let now_leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let mut scores = Vec::new();
+    let mut rebalanced = 0;
+    for origin in 1..=3u64 {
+        let series = format!("raftcast_origin_load_score{{origin=\"{origin}\"}}");
+        scores.push((origin, metric(&c, now_leader, &series).await));
+        let moved = metric(&c, origin, "raftcast_streams_reassigned_total{reason=\"rebalance\"}").await;
+        rebalanced += moved.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    }
+    stop.cancel();
+    sender.await.unwrap();
+    eprintln!("moves (after, stream, to): {moves:?}; owners at the end {last:?}; scores at the end {scores:?}");
+    // 4,000 against 0 and 0: one stream to each idle origin, a period apart. Then 2,000
+    // against about 100 and 100: moving a 1,000 kbit/s stream would leave the gap as it
+    // is reversed, so nothing more moves.
+    assert_eq!(moves.len(), 2, "{moves:?}");
+    assert!(moves[1].0 - moves[0].0 >= after, "moves only {:?} apart", moves[1].0 - moves[0].0);
+    assert_ne!(moves[0].2, moves[1].2, "each move to the least loaded origin");
+    assert!(moves.iter().all(|(_, _, to)| *to != hot));
+    assert_eq!(last.iter().filter(|o| **o == hot).count(), 2);
+    assert_eq!(rebalanced, 2, "moves counted as rebalancing");
+}

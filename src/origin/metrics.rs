@@ -30,8 +30,8 @@ pub struct FollowerLabel {
 
 /// Why a stream moved to another owner: `unreachable` (the leader's failover
 /// supervisor), `edge` (an edge that cannot reach the owner asked), `planned` (an
-/// operator's move) or `drain` (its owner is draining); also why admission refused a
-/// write.
+/// operator's move), `drain` (its owner is draining) or `rebalance` (its owner stayed
+/// hot); also why admission refused a write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -164,7 +164,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         // Every reason is exported from the start, at 0.
-        for reason in ["unreachable", "edge", "planned", "drain"] {
+        for reason in ["unreachable", "edge", "planned", "drain", "rebalance"] {
             m.streams_reassigned.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }
         for reason in ["pending_bytes", "apply_lag"] {

@@ -8,7 +8,8 @@
 //! `orphans` releases owned claims whose publisher stays away. For failover, `liveness`
 //! tells which origins answer the leader, `failover` moves the streams of those that do
 //! not, and `watch` lets edges wait for ownership changes. For placement, `load_probe`
-//! measures each origin's load and brings it to the leader, and `load` scores it.
+//! measures each origin's load and brings it to the leader, `load` scores it, and
+//! `rebalance` decides when the leader moves a stream off a hot origin.
 
 pub mod api;
 pub mod commit;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod orphans;
 pub mod ownership;
 pub mod proposer;
+pub mod rebalance;
 pub mod shared_objects;
 pub mod watch;
 
@@ -196,8 +198,14 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         config.snapshot_every_bytes,
         shutdown.clone(),
     )));
-    let failover =
-        failover::Supervisor { id: config.id, raft: raft.clone(), state: state.clone(), ownership, liveness };
+    let failover = failover::Supervisor {
+        id: config.id,
+        raft: raft.clone(),
+        state: state.clone(),
+        ownership,
+        liveness,
+        rebalance: config.rebalance,
+    };
     tokio::spawn(tracing::Instrument::in_current_span(failover::supervise(failover, shutdown.clone())));
     let supervisor = orphans::Supervisor {
         id: config.id,

@@ -17,9 +17,10 @@ use raftcast_storage::StateHandle;
 use super::commit::{failed, leadership_error, now_ms, Committer};
 use super::live::LiveFacts;
 use super::liveness::Liveness;
-use super::load::{claims_per_origin, scores, LoadBoard};
+use super::load::{claims_per_origin, scores, stream_cost, LoadBoard};
 use super::membership::node_addr;
 use super::metrics::{Metrics, ReasonLabel};
+use super::rebalance::{Candidate, REST};
 use super::watch::StreamWatch;
 
 /// A follower this many entries behind the leader is not given new streams (it is
@@ -46,6 +47,9 @@ pub enum Reason {
     Planned,
     /// Its owner is draining: the failover supervisor moved it away.
     Drain,
+    /// Its owner stayed hot: the failover supervisor moved it to the least loaded open
+    /// origin (`--rebalance`, see [`super::rebalance`]).
+    Rebalance,
 }
 
 /// Where a moved stream goes.
@@ -68,6 +72,7 @@ impl Reason {
             Reason::Edge => "edge",
             Reason::Planned => "planned",
             Reason::Drain => "drain",
+            Reason::Rebalance => "rebalance",
         }
     }
 }
@@ -354,14 +359,56 @@ impl Ownership {
         if leading_since.is_none_or(|since| now.duration_since(since) < TAKEOVER_YOUNG_CLAIM) {
             return true;
         }
+        self.moved_within(stream, TAKEOVER_YOUNG_CLAIM)
+    }
+
+    /// Whether this leader re-assigned `stream` within `within` (at most
+    /// [`super::rebalance::REST`] or [`TAKEOVER_YOUNG_CLAIM`], which are remembered).
+    fn moved_within(&self, stream: &StreamKey, within: Duration) -> bool {
         let moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
-        moves.get(stream).is_some_and(|at| at.elapsed() < TAKEOVER_YOUNG_CLAIM)
+        moves.get(stream).is_some_and(|at| at.elapsed() < within)
     }
 
     fn note_moved(&self, stream: &StreamKey) {
         let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
-        moves.retain(|_, at| at.elapsed() < TAKEOVER_YOUNG_CLAIM);
+        moves.retain(|_, at| at.elapsed() < REST.max(TAKEOVER_YOUNG_CLAIM));
         moves.insert(stream.clone(), Instant::now());
+    }
+
+    /// The load scores of the live origins that take new streams ([`open_origins`]),
+    /// counting placements in flight: what rebalancing compares.
+    pub fn open_scores(&self) -> HashMap<NodeId, u64> {
+        let (_, live) = self.live_voters();
+        let in_flight = self.reserved.in_flight();
+        let (claims, draining) = self.state.read(|sm| (claims_per_origin(sm.streams.values()), sm.draining.clone()));
+        scores(&open_origins(&live, &draining), &claims, &self.board.fresh(Instant::now()), &in_flight)
+    }
+
+    /// The streams of `hot` that rebalancing may move, each with what it costs now
+    /// (from `hot`'s own live facts): neither pinned to `hot` (pins win) nor moved by
+    /// this leader within [`REST`]. Empty when `hot` does not answer: nothing is moved
+    /// blind.
+    pub async fn rebalance_candidates(&self, hot: NodeId) -> Vec<Candidate> {
+        let http = node_addr(&self.raft, hot).map(|a| a.http);
+        let facts = self.live.gather(BTreeMap::from([(hot, http)])).await;
+        let Some(Some(facts)) = facts.get(&hot) else { return Vec::new() };
+        let owned: Vec<(StreamKey, u64)> = self.state.read(|sm| {
+            sm.streams
+                .iter()
+                .filter(|(key, claim)| claim.owner == hot && sm.pin_for(key).map(|(_, o)| o) != Some(hot))
+                .map(|(key, claim)| (key.clone(), claim.epoch))
+                .collect()
+        });
+        owned
+            .into_iter()
+            .filter(|(stream, _)| !self.moved_within(stream, REST))
+            .map(|(stream, epoch)| {
+                let cost_kbps = facts
+                    .get(&stream)
+                    .map_or(stream_cost(0.0, 0), |s| stream_cost(s.bitrate_kbps, s.subscribers.len()));
+                Candidate { stream, epoch, cost_kbps }
+            })
+            .collect()
     }
 
     /// The voters that may own streams: this node, and followers that answered within
