@@ -54,7 +54,7 @@ pub enum ProbeError {
     /// The peer answered with an error status.
     #[error("status {0}")]
     Status(StatusCode),
-    /// The answer was larger than [`MAX_REPORT`].
+    /// The answer was larger than `MAX_REPORT`.
     #[error("answer too large")]
     TooLarge,
     /// The answer was not a report.
