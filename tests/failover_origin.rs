@@ -595,14 +595,14 @@ async fn internal_routes_check_the_secret_before_the_body_and_forward_bodies_are
         assert_eq!(res.status(), reqwest::StatusCode::BAD_REQUEST, "{route}");
     }
     // With it: bodies past 4 MiB are refused, garbage is a 400, and the origin serves on.
-    let res = client
-        .post(&url)
-        .header(raftcast_raft::rpc::SECRET_HEADER, &c.secret)
-        .body(vec![0u8; 5 << 20])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    // The origin answers 413 and closes without reading the rest, so on a busy machine
+    // the client may see the connection close before its body is sent: refused too.
+    let res =
+        client.post(&url).header(raftcast_raft::rpc::SECRET_HEADER, &c.secret).body(vec![0u8; 5 << 20]).send().await;
+    assert!(
+        res.as_ref().map_or(true, |r| r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE),
+        "a body past 4 MiB is refused: {res:?}"
+    );
     let res = client
         .post(&url)
         .header(raftcast_raft::rpc::SECRET_HEADER, &c.secret)
