@@ -8,6 +8,7 @@
 pub mod command;
 pub mod network;
 pub mod node;
+pub mod recording;
 pub mod rpc;
 pub mod snapshot_data;
 pub mod state;
