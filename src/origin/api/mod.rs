@@ -54,6 +54,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Cancelled when the process shuts down; ends long-lived responses (SSE).
     pub shutdown: CancellationToken,
+    /// This origin's recorder: piece files, the joined read of a recording.
+    pub recorder: crate::origin::recording::Recorder,
 }
 
 impl AppState {
