@@ -11,6 +11,7 @@ mod extract;
 pub mod forward;
 mod objects;
 mod pins;
+mod recordings;
 mod streams;
 mod tokens;
 
@@ -115,6 +116,11 @@ pub fn router(app: AppState) -> Router {
         .route("/shared-objects/{name}/slots/{slot}", put(objects::put_slot).delete(objects::delete_slot))
         .route("/shared-objects/{name}/events", get(objects::events))
         .route("/shared-objects/{name}/messages", post(objects::post_message))
+        .route("/recordings", get(recordings::list))
+        .route("/recordings/{id}", get(recordings::get).delete(recordings::delete))
+        .route("/recording-rules", get(recordings::rules))
+        .route("/recording-rules/{app}", put(recordings::put_app).delete(recordings::delete_app))
+        .route("/recording-rules/{app}/{name}", put(recordings::put_stream).delete(recordings::delete_stream))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));

@@ -132,6 +132,8 @@ impl TagReader {
 pub struct Tally {
     pub bytes: u64,
     pub frames: u64,
+    /// Timestamps of the first and last media frame (codec headers and metadata, which
+    /// a new owner is re-sent first with their original timestamps, do not count).
     pub first_ts: Option<u32>,
     pub last_ts: u32,
 }
@@ -146,8 +148,10 @@ impl Tally {
     pub fn add(&mut self, frame: &Frame, len: usize) {
         self.bytes += len as u64;
         self.frames += 1;
-        self.first_ts.get_or_insert(frame.timestamp);
-        self.last_ts = self.last_ts.max(frame.timestamp);
+        if !frame.header {
+            self.first_ts.get_or_insert(frame.timestamp);
+            self.last_ts = self.last_ts.max(frame.timestamp);
+        }
     }
 }
 

@@ -399,7 +399,10 @@ impl Recorder {
     /// they started (from their GOP), and stops those switched off.
     fn follow_rules(&self, live: &LiveHubs) {
         for (stream, epoch, hub) in live() {
-            if !lock(&self.inner.writing).get(&stream).is_some_and(|w| w.epoch == epoch) {
+            let running = lock(&self.inner.writing).get(&stream).is_some_and(|w| w.epoch == epoch);
+            // A piece of this epoch that ended already is never started again (it would
+            // be refused: a piece file is never overwritten).
+            if !running && self.inner.state.read(|sm| sm.recordings.piece(epoch).is_none()) {
                 self.start(&stream, epoch, &hub, true);
             }
         }
