@@ -324,6 +324,17 @@ enum RecordingsCommand {
     Get { id: u64, file: std::path::PathBuf },
     /// Delete a recording (every origin removes its files).
     Delete { id: u64 },
+    /// Show the retention bounds, or with `--set` replace them: finished recordings older
+    /// than --max-age-secs, and the oldest beyond --max-bytes in all, are deleted (a
+    /// bound left out: none).
+    Retention {
+        #[arg(long)]
+        set: bool,
+        #[arg(long, requires = "set")]
+        max_age_secs: Option<u64>,
+        #[arg(long, requires = "set")]
+        max_bytes: Option<u64>,
+    },
 }
 
 /// A failed call, printed as `error: ...`.
@@ -1011,6 +1022,19 @@ async fn recordings(client: &Client, json_mode: bool, cmd: RecordingsCommand) ->
                 std::fs::write(&file, &bytes).map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
                 eprintln!("recording {id}: {} bytes written to {}", bytes.len(), file.display());
             }
+        }
+        RecordingsCommand::Retention { set, max_age_secs, max_bytes } => {
+            let out = if set {
+                let body = json!({ "max_age_secs": max_age_secs, "max_bytes": max_bytes });
+                client.call(Method::PUT, "/recording-retention", Some(&body), &[]).await?
+            } else {
+                client.call(Method::GET, "/recording-retention", None, &[]).await?
+            };
+            print(json_mode, &out, |v| {
+                let or_none = |v: &Value| if v.is_null() { "no bound".to_owned() } else { v.to_string() };
+                println!("max age (s): {}", or_none(&v["max_age_secs"]));
+                println!("max bytes:   {}", or_none(&v["max_bytes"]));
+            });
         }
         RecordingsCommand::Delete { id } => {
             let out = client.call(Method::DELETE, &format!("/recordings/{id}"), None, &[]).await?;

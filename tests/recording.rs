@@ -4,7 +4,7 @@
 //! read back as one FLV file through the admin API, must hold every video frame the
 //! publisher sent, once and in order (packet hashes compared with the source's), with
 //! increasing timestamps; and still read whole from the replicas once one origin's
-//! piece files are gone.
+//! piece files are gone; bad ids are refused; the retention bound deletes it.
 
 mod common;
 #[path = "common/edges.rs"]
@@ -224,10 +224,15 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "show", "999999999"]);
     assert!(!ok && err.contains("404"), "{err}");
 
-    // Deleting it removes it from the catalog.
-    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["recordings", "delete", &id.to_string()]);
-    assert!(ok, "{out} {err}");
-    let (s, _) = c.call(leader, Method::GET, &format!("/recordings/{id}"), None, &[]).await.unwrap();
-    assert_eq!(s.as_u16(), 404);
+    // Retention: with at most one byte kept, the leader deletes the finished recording.
+    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["recordings", "retention", "--set", "--max-bytes", "1"]);
+    assert!(ok && out.contains("\"max_bytes\": 1"), "{out} {err}");
+    eventually(Duration::from_secs(10), "retention to delete the recording", || async {
+        let (s, _) = c.call(leader, Method::GET, &format!("/recordings/{id}"), None, &[]).await.ok()?;
+        (s.as_u16() == 404).then_some(())
+    })
+    .await;
+    let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "delete", &id.to_string()]);
+    assert!(!ok && err.contains("404"), "deleted already: {err}");
     drop(edge);
 }

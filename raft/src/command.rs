@@ -377,6 +377,10 @@ pub enum Command {
     /// Remove a recording from the catalog; origins then delete its piece files.
     /// Answers `Stored` or `NotFound`.
     DeleteRecording { recording: u64 },
+    /// Set how long and how much finished recordings are kept (the leader deletes the
+    /// oldest beyond either bound with `DeleteRecording`). Answers `Stored`. (Appended
+    /// last.)
+    SetRecordingRetention { retention: crate::recording::Retention },
 }
 
 /// A stream's current claim.

@@ -77,7 +77,24 @@ pub struct Recordings {
     pub rules: BTreeMap<KeyScope, bool>,
     /// Recordings by id (the log index of the entry that opened the first piece).
     pub catalog: BTreeMap<u64, Recording>,
+    /// How long and how much finished recordings are kept (the leader deletes the
+    /// oldest beyond either bound).
+    pub retention: Retention,
 }
+
+/// Bounds on finished recordings; `None`: no bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// A recording whose last piece finished longer ago than this (ms) is deleted.
+    pub max_age_ms: Option<u64>,
+    /// Finished recordings together hold at most this many bytes (one copy counted);
+    /// the oldest are deleted first.
+    pub max_bytes: Option<u64>,
+}
+
+/// Most recordings [`Recordings::expired`] names at once (the leader deletes them in
+/// rounds).
+pub const MAX_EXPIRED: usize = 64;
 
 fn limit(what: String) -> Response {
     Response::Rejected(Rejection::LimitExceeded { what })
@@ -182,6 +199,37 @@ impl Recordings {
         }
     }
 
+    /// The recordings retention wants deleted at `now_ms` (leader time), oldest first,
+    /// at most [`MAX_EXPIRED`]: finished ones (every piece finished) that ended longer
+    /// than `max_age_ms` ago, then the oldest finished ones while all finished ones hold
+    /// more than `max_bytes`. A recording still being written is never named.
+    pub fn expired(&self, now_ms: u64) -> Vec<u64> {
+        let finished: Vec<(u64, u64, u64)> = self
+            .catalog
+            .iter()
+            .filter_map(|(id, r)| {
+                let facts: Option<Vec<PieceFacts>> = r.pieces.iter().map(|p| p.finished).collect();
+                let facts = facts?;
+                let ended = facts.iter().map(|f| f.closed_ms).max().unwrap_or(r.started_ms);
+                Some((*id, ended, facts.iter().map(|f| f.bytes).sum()))
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut total: u64 = finished.iter().map(|(_, _, b)| b).sum();
+        for (id, ended, bytes) in &finished {
+            let too_old = self.retention.max_age_ms.is_some_and(|age| now_ms.saturating_sub(*ended) > age);
+            let too_much = self.retention.max_bytes.is_some_and(|max| total > max);
+            if too_old || too_much {
+                out.push(*id);
+                total -= bytes;
+                if out.len() == MAX_EXPIRED {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     fn piece_mut(&mut self, recording: u64, epoch: u64) -> Option<&mut Piece> {
         self.catalog.get_mut(&recording)?.pieces.iter_mut().find(|p| p.epoch == epoch)
     }
@@ -263,6 +311,28 @@ mod tests {
         assert_eq!(r.finish_piece(5, 6, facts(), 0), Response::Rejected(Rejection::NotFound));
         assert_eq!(r.delete(5), Response::Stored);
         assert_eq!(r.delete(5), Response::Rejected(Rejection::NotFound));
+    }
+
+    #[test]
+    fn retention_names_the_oldest_finished_recordings_beyond_age_or_bytes() {
+        let mut r = Recordings::default();
+        let s = stream();
+        // Three finished recordings of 10 bytes, ending at 1_000, 2_000 and 3_000; one
+        // still being written.
+        for (i, session) in ["a", "b", "c", "d"].iter().enumerate() {
+            let epoch = 1 + i as u64;
+            r.open_piece(epoch, 0, open(&s, epoch, 1, session));
+            if *session != "d" {
+                r.finish_piece(epoch, epoch, facts(), 1_000 * epoch);
+            }
+        }
+        assert!(r.expired(1_000_000).is_empty(), "no bound, nothing expires");
+        r.retention = Retention { max_age_ms: Some(1_500), max_bytes: None };
+        assert_eq!(r.expired(3_600), vec![1, 2], "ended more than 1.5 s before");
+        r.retention = Retention { max_age_ms: None, max_bytes: Some(15) };
+        assert_eq!(r.expired(0), vec![1, 2], "30 bytes down to 10");
+        r.retention = Retention { max_age_ms: Some(0), max_bytes: None };
+        assert_eq!(r.expired(10_000), vec![1, 2, 3], "never the one being written");
     }
 
     #[test]

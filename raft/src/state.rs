@@ -615,6 +615,10 @@ impl StateMachine {
                 self.recordings.add_holder(*recording, *epoch, *holder)
             }
             Command::DeleteRecording { recording } => self.recordings.delete(*recording),
+            Command::SetRecordingRetention { retention } => {
+                self.recordings.retention = *retention;
+                Response::Stored
+            }
             Command::ClientWrite { subject, quota, command } => match &**command {
                 Command::SetSlots { object, slots, .. } => {
                     if let Some(refused) = self.over_quota(subject, quota, object, slots) {
@@ -1114,7 +1118,7 @@ mod tests {
         // keys, client objects, subjects, app token rules, hooks, draining origins —
         // each encoded as its length: one zero byte.
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..9 {
+        for _ in 0..11 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV1 = crate::rpc::decode(&bytes).unwrap();
@@ -1152,7 +1156,7 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, pin("live", "vip-*", 3)));
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..8 {
+        for _ in 0..10 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV2 = crate::rpc::decode(&bytes).unwrap();
@@ -1171,7 +1175,7 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, Command::AddTokenKey { key: crate::token::TokenKey([1; 32]), only_if_none: false }));
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..5 {
+        for _ in 0..7 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV3 = crate::rpc::decode(&bytes).unwrap();
@@ -1201,7 +1205,7 @@ mod tests {
         // The V4 layout is the current one without the trailing empty draining set (and
         // the empty recording rules and catalog after it).
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..3 {
+        for _ in 0..5 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV4 = crate::rpc::decode(&bytes).unwrap();
@@ -1218,9 +1222,10 @@ mod tests {
     fn a_snapshot_from_before_recordings_decodes_with_none() {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, Command::SetDraining { origin: 3, draining: true }));
-        // The V5 layout is the current one without the two trailing empty maps.
+        // The V5 layout is the current one without the recordings: two empty maps and
+        // a retention of two `None`s, one zero byte each.
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..2 {
+        for _ in 0..4 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV5 = crate::rpc::decode(&bytes).unwrap();

@@ -458,9 +458,9 @@ mod tests {
         // The old layout is the current one without the trailing empty maps (pins,
         // token keys, client objects, subjects, app token rules, app hooks, draining
         // origins, recording rules, the recording catalog: one zero byte each, their
-        // lengths).
+        // lengths; then the recording retention, two `None`s).
         let mut old = current.clone();
-        for _ in 0..2 {
+        for _ in 0..4 {
             assert_eq!(old.pop(), Some(0));
         }
         assert!(decode::<Image>(&old).is_err());

@@ -119,6 +119,7 @@ pub fn router(app: AppState) -> Router {
         .route("/recordings", get(recordings::list))
         .route("/recordings/{id}", get(recordings::get).delete(recordings::delete))
         .route("/recording-rules", get(recordings::rules))
+        .route("/recording-retention", get(recordings::retention).put(recordings::set_retention))
         .route("/recording-rules/{app}", put(recordings::put_app).delete(recordings::delete_app))
         .route("/recording-rules/{app}/{name}", put(recordings::put_stream).delete(recordings::delete_stream))
         .route("/metrics", get(metrics))

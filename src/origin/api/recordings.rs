@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use raftcast_raft::command::KeyScope;
-use raftcast_raft::recording::{Piece, Recording};
+use raftcast_raft::recording::{Piece, Recording, Retention};
 use raftcast_raft::{Command, Response as SmResponse, StreamKey};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -213,6 +213,46 @@ pub async fn delete_stream(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     set_rule(&app, &headers, stream_scope(&app_name, &name)?, None).await
+}
+
+fn retention_json(r: &Retention) -> Value {
+    json!({ "max_age_secs": r.max_age_ms.map(|ms| ms / 1000), "max_bytes": r.max_bytes })
+}
+
+/// `GET /recording-retention`: how long and how much finished recordings are kept.
+pub async fn retention(State(app): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+    app.read_point(query.as_deref()).await?;
+    Ok(Json(app.state.read(|sm| retention_json(&sm.recordings.retention))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionBody {
+    #[serde(default)]
+    max_age_secs: Option<u64>,
+    #[serde(default)]
+    max_bytes: Option<u64>,
+}
+
+/// `PUT /recording-retention` with `{"max_age_secs"?: N, "max_bytes"?: N}`: exactly these
+/// bounds (one left out: no bound); the leader deletes the oldest finished recordings
+/// beyond them.
+pub async fn set_retention(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RetentionBody>,
+) -> Result<Json<Value>, ApiError> {
+    let max_age_ms = match body.max_age_secs {
+        Some(secs) => Some(secs.checked_mul(1000).ok_or_else(|| ApiError::bad_request("max_age_secs is too large"))?),
+        None => None,
+    };
+    let retention = Retention { max_age_ms, max_bytes: body.max_bytes };
+    let request = super::request_id(&headers, "PUT /recording-retention")?;
+    match app.proposer.write_as(request, Command::SetRecordingRetention { retention }).await? {
+        SmResponse::Stored => Ok(Json(retention_json(&retention))),
+        SmResponse::Rejected(r) => Err(r.into()),
+        other => Err(unexpected(other)),
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,10 @@ use crate::rtmp::flv;
 /// Bytes the writer gathers before a write; it also writes whenever its queue is
 /// empty, so frames reach the kernel (and survive a SIGKILL) as soon as nothing waits.
 const WRITE_BUFFER: usize = 256 * 1024;
+/// How often a piece being written is synced to the disk (`fdatasync`): what a power
+/// loss of the owner can take from it beyond what its edge re-sends the next owner.
+/// A SIGKILL takes nothing the writer had written: the kernel has it.
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bytes read at a time when scanning or recovering a piece.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -119,6 +123,7 @@ pub fn write_piece(dir: &Path, epoch: u64, mut frames: mpsc::Receiver<Frame>) ->
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
     out.write_all(&flv::FILE_HEADER).map_err(io("writing", &part))?;
     let mut tally = Tally::header();
+    let mut synced = std::time::Instant::now();
     while let Some(frame) = frames.blocking_recv() {
         let tag = flv_file::tag(&frame);
         if tag.is_empty() {
@@ -128,6 +133,10 @@ pub fn write_piece(dir: &Path, epoch: u64, mut frames: mpsc::Receiver<Frame>) ->
         tally.add(&frame, tag.len());
         if frames.is_empty() {
             out.flush().map_err(io("writing", &part))?;
+            if synced.elapsed() >= SYNC_EVERY {
+                out.get_ref().sync_data().map_err(io("syncing", &part))?;
+                synced = std::time::Instant::now();
+            }
         }
     }
     let file = out.into_inner().map_err(|e| io("writing", &part)(e.into_error()))?;

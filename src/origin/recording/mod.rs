@@ -11,7 +11,8 @@
 //! - [`maintain`]: once a second, from the catalog and the recordings folder: finishes
 //!   pieces whose writer died (a `.part` file after a SIGKILL), starts and stops
 //!   pieces when rules change, copies finished pieces this origin should hold a
-//!   replica of ([`replica`]) and removes the files of deleted recordings.
+//!   replica of ([`replica`]) and removes the files of deleted recordings; on the
+//!   leader, deletes the recordings the retention bounds (age, bytes) want gone.
 //! - [`read`]: a recording as one FLV stream, pieces from this origin's disk or a peer.
 //!
 //! Knows hubs and frames, never the link protocol or RTMP; never blocks the runtime
@@ -386,11 +387,29 @@ impl Recorder {
         for epoch in &local {
             self.settle(*epoch, catalog.get(epoch)).await;
         }
-        let voters: Vec<NodeId> =
-            self.inner.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let (voters, leader): (Vec<NodeId>, _) = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            (m.membership_config.membership().voter_ids().collect(), m.current_leader)
+        };
+        if leader == Some(self.inner.id) {
+            self.retain().await;
+        }
         for (epoch, (recording, piece)) in &catalog {
             if !local.contains(epoch) && replica::assigned(piece, &voters) == Some(self.inner.id) {
                 replica::start(self, *recording, piece.clone());
+            }
+        }
+    }
+
+    /// On the leader: deletes the recordings retention wants gone (oldest first; the
+    /// origins remove their files within [`ORPHAN_AGE`]).
+    async fn retain(&self) {
+        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let expired = self.inner.state.read(|sm| sm.recordings.expired(now_ms));
+        for recording in expired {
+            if self.propose(Command::DeleteRecording { recording }).await {
+                tracing::info!(recording, "recording deleted by the retention rule");
             }
         }
     }
