@@ -171,6 +171,20 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     .await;
     let id = done["id"].as_u64().unwrap();
     eprintln!("recording {id}: {done}");
+    let metric = |id: u64, series: &'static str| {
+        let c = &c;
+        async move {
+            let text = c.call(id, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+            edges::metric_value(text.as_str().unwrap(), series).unwrap_or(0.0)
+        }
+    };
+    let written = metric(new_owner, "raftcast_recording_written_bytes_total").await;
+    assert_eq!(written as u64, done["pieces"][1]["bytes"].as_u64().unwrap(), "the new owner counts what it wrote");
+    let mut copies = 0.0;
+    for i in 1..=3 {
+        copies += metric(i, "raftcast_recording_copies_total").await;
+    }
+    assert_eq!(copies, 2.0, "one copy of each piece");
 
     // Read it whole through ctl, from any origin.
     let file = dir.join("recording.flv");

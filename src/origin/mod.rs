@@ -159,6 +159,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         proposer.clone(),
         peers.clone(),
         raft.clone(),
+        metrics.recording.clone(),
         shutdown.clone(),
     );
     {

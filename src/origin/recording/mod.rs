@@ -26,7 +26,6 @@ pub mod replica;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::media::{Frame, Hub, Subscription};
+use crate::origin::metrics::RecordStats;
 use crate::origin::proposer::Proposer;
 use crate::peer::PeerClient;
 use files::Found;
@@ -57,18 +57,6 @@ pub const COPIES: usize = 2;
 /// Streams with a publisher attached here: (stream, epoch, hub). Given by the link
 /// server, which this module does not know.
 pub type LiveHubs = Arc<dyn Fn() -> Vec<(StreamKey, u64, Arc<Hub>)> + Send + Sync>;
-
-/// Counters of this origin's recording, for `/metrics` and `GET /recordings`.
-#[derive(Debug, Default)]
-pub struct RecordStats {
-    /// Bytes of pieces written here (finished or recovered).
-    pub bytes_written: AtomicU64,
-    /// Frames recorded pieces lost because the writer was behind.
-    pub frames_dropped: AtomicU64,
-    /// Pieces copied here from another origin, and their bytes.
-    pub copies: AtomicU64,
-    pub bytes_copied: AtomicU64,
-}
 
 /// How long a piece whose hub ended waits for the same epoch's publisher to attach
 /// here again (its edge's link to this origin broke and came back) before it ends.
@@ -97,7 +85,7 @@ struct Inner {
     raft: raftcast_raft::typ::Raft,
     writing: Mutex<HashMap<StreamKey, Writing>>,
     copying: Mutex<HashSet<u64>>,
-    stats: RecordStats,
+    stats: Arc<RecordStats>,
     shutdown: CancellationToken,
 }
 
@@ -107,6 +95,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Recorder {
     /// A recorder keeping its pieces in `dir`.
+    #[allow(clippy::too_many_arguments)] // each a collaborator wired once in `origin::run`
     pub fn new(
         id: NodeId,
         dir: PathBuf,
@@ -114,6 +103,7 @@ impl Recorder {
         proposer: Proposer,
         peers: PeerClient,
         raft: raftcast_raft::typ::Raft,
+        stats: Arc<RecordStats>,
         shutdown: CancellationToken,
     ) -> Recorder {
         let inner = Inner {
@@ -125,7 +115,7 @@ impl Recorder {
             raft,
             writing: Mutex::default(),
             copying: Mutex::default(),
-            stats: RecordStats::default(),
+            stats,
             shutdown,
         };
         Recorder { inner: Arc::new(inner) }
@@ -254,8 +244,8 @@ impl Recorder {
                 return;
             }
         };
-        self.inner.stats.bytes_written.fetch_add(tally.bytes, Ordering::Relaxed);
-        self.inner.stats.frames_dropped.fetch_add(dropped, Ordering::Relaxed);
+        self.inner.stats.bytes_written.inc_by(tally.bytes);
+        self.inner.stats.frames_dropped.inc_by(dropped);
         tracing::info!(%stream, epoch, frames = tally.frames, bytes = tally.bytes, dropped, "recording piece complete");
         let Ok(Some(recording)) = opening.await else { return };
         let facts = facts(tally, dropped);
@@ -367,7 +357,7 @@ impl Recorder {
                     match tokio::task::spawn_blocking(move || files::recover(&dir, epoch)).await {
                         Ok(Ok(tally)) => {
                             tracing::info!(epoch, frames = tally.frames, "recovered a recording piece");
-                            self.inner.stats.bytes_written.fetch_add(tally.bytes, Ordering::Relaxed);
+                            self.inner.stats.bytes_written.inc_by(tally.bytes);
                             local.insert(epoch);
                         }
                         Ok(Err(e)) => tracing::warn!(epoch, error = %e, "cannot recover a recording piece"),

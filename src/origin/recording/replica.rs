@@ -7,8 +7,6 @@
 //! piece from a holder over the peer HTTP route ([`PIECE_ROUTE`], cluster secret),
 //! checks its length against the catalog, syncs it, and records itself as a holder.
 
-use std::sync::atomic::Ordering;
-
 use futures::StreamExt;
 use raftcast_raft::recording::Piece;
 use raftcast_raft::{Command, NodeId};
@@ -47,8 +45,8 @@ pub fn start(recorder: &Recorder, recording: u64, piece: Piece) {
         let epoch = piece.epoch;
         match copy(&recorder, &piece).await {
             Ok(bytes) => {
-                recorder.inner.stats.copies.fetch_add(1, Ordering::Relaxed);
-                recorder.inner.stats.bytes_copied.fetch_add(bytes, Ordering::Relaxed);
+                recorder.inner.stats.copies.inc();
+                recorder.inner.stats.bytes_copied.inc_by(bytes);
                 tracing::info!(epoch, bytes, "copied a recording piece");
                 let holder = recorder.inner.id;
                 recorder.propose(Command::AddPieceHolder { recording, epoch, holder }).await;
