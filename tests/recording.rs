@@ -1,6 +1,7 @@
 //! Recordings that survive failover (issue 16, phase 1), with real processes: ffmpeg
 //! publishes a pre-encoded file through an edge while `ctl record` has the stream
-//! recorded; its owner origin is SIGKILLed mid-recording and restarted. The recording,
+//! recorded; its owner origin is SIGKILLed mid-recording and restarted, and a planned
+//! move gives the stream back to it. The recording,
 //! read back as one FLV file through the admin API, must hold every video frame the
 //! publisher sent, once and in order (packet hashes compared with the source's), with
 //! increasing timestamps; and still read whole from the replicas once one origin's
@@ -154,9 +155,20 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     .await;
     assert_eq!(two["pieces"][1]["owner"], new_owner, "{two}");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    // The killed origin comes back and finishes its torn piece from its disk.
+    // The killed origin comes back and finishes its torn piece from its disk; then a
+    // planned move hands the stream back to it: a third piece of the same recording.
     c.spawn(first_owner);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let to = first_owner.to_string();
+    eventually(Duration::from_secs(15), "a planned move back to the restarted origin", || async {
+        ctl(&c, &[1, 2, 3], &["streams", "move", "live/rec", "--to", &to]).0.then_some(())
+    })
+    .await;
+    let three = eventually(Duration::from_secs(10), "a third piece", || async {
+        recording(&c, leader, "rec").await.filter(|r| r["pieces"].as_array().is_some_and(|p| p.len() == 3))
+    })
+    .await;
+    assert_eq!(three["pieces"][2]["owner"], first_owner, "{three}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let published_for = started.elapsed();
     publisher.0.kill().unwrap();
     let _ = publisher.0.wait();
@@ -164,7 +176,7 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let done = eventually(Duration::from_secs(20), "every piece finished and copied to a second origin", || async {
         recording(&c, leader, "rec").await.filter(|r| {
             r["pieces"].as_array().is_some_and(|ps| {
-                ps.len() == 2 && ps.iter().all(|p| p["finished"] == true && p["holders"].as_array().unwrap().len() == 2)
+                ps.len() == 3 && ps.iter().all(|p| p["finished"] == true && p["holders"].as_array().unwrap().len() == 2)
             })
         })
     })
@@ -184,7 +196,7 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     for i in 1..=3 {
         copies += metric(i, "raftcast_recording_copies_total").await;
     }
-    assert_eq!(copies, 2.0, "one copy of each piece");
+    assert_eq!(copies, 3.0, "one copy of each piece");
 
     // Read it whole through ctl, from any origin.
     let file = dir.join("recording.flv");
@@ -200,19 +212,23 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
         got.len()
     );
     let p = &done["pieces"];
+    let overlap = |a: usize| p[a]["last_ts"].as_i64().unwrap() - p[a + 1]["first_ts"].as_i64().unwrap();
     eprintln!(
         "recorded {} video frames in order, once each, across the owner's SIGKILL at {killed_at:?} \
-         (piece 1: ts {}..{}, piece 2: ts {}..{}; overlap {} ms joined away)",
+         and a planned move (pieces: ts {}..{}, {}..{}, {}..{}; overlaps {} and {} ms joined away)",
         got.len(),
         p[0]["first_ts"],
         p[0]["last_ts"],
         p[1]["first_ts"],
         p[1]["last_ts"],
-        p[0]["last_ts"].as_i64().unwrap() - p[1]["first_ts"].as_i64().unwrap()
+        p[2]["first_ts"],
+        p[2]["last_ts"],
+        overlap(0),
+        overlap(1),
     );
 
-    // Lose the first owner's files: the recording still reads whole, through that very
-    // origin, from the replicas.
+    // Lose the first owner's files (two of the three pieces): the recording still reads
+    // whole, through that very origin, from the replicas.
     for entry in std::fs::read_dir(c.data_dir(first_owner).join("recordings")).unwrap() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
