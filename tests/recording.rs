@@ -236,6 +236,15 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let (ok, out, err) = ctl(&c, &[first_owner], &["recordings", "get", &id.to_string(), again.to_str().unwrap()]);
     assert!(ok, "ctl recordings get after the loss: {out} {err}");
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&file).unwrap(), "the same file from the replicas");
+    // And the origin fetches again the pieces the catalog says it holds.
+    let pieces_dir = c.data_dir(first_owner).join("recordings");
+    let held = p.as_array().unwrap().iter().filter(|p| p["holders"].as_array().unwrap().contains(&first_owner.into()));
+    let held: Vec<PathBuf> = held.map(|p| pieces_dir.join(format!("{}.flv", p["epoch"]))).collect();
+    eventually(Duration::from_secs(10), "the lost copies to be fetched again", || {
+        let back = held.iter().all(|f| f.exists());
+        async move { back.then_some(()) }
+    })
+    .await;
 
     // Hostile and unknown ids.
     for (path, status) in [

@@ -386,7 +386,13 @@ impl Recorder {
             self.retain().await;
         }
         for (epoch, (recording, piece)) in &catalog {
-            if !local.contains(epoch) && replica::assigned(piece, &voters) == Some(self.inner.id) {
+            if local.contains(epoch) || self.writing(*epoch) {
+                continue;
+            }
+            // A copy this origin should make, or one it is listed as holding but lost
+            // (its files were deleted or its disk replaced): fetched from another holder.
+            let lost = piece.finished.is_some() && piece.holders.contains(&self.inner.id);
+            if lost || replica::assigned(piece, &voters) == Some(self.inner.id) {
                 replica::start(self, *recording, piece.clone());
             }
         }
