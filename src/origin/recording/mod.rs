@@ -314,14 +314,31 @@ struct PieceJob {
     stop: CancellationToken,
 }
 
-/// Every piece of the catalog by epoch: (recording, piece).
-fn catalog_pieces(state: &StateHandle) -> HashMap<u64, (u64, Piece)> {
+/// What one maintain pass needs of the catalog, read in one go: every piece's epoch,
+/// and (recording, piece) of those this origin has something to do about — a local
+/// file the catalog does not show as held here yet, or a finished piece it should
+/// (again) hold but has no file of. In a steady state that is nothing, so the pass
+/// copies no more than the epochs.
+struct CatalogView {
+    epochs: HashSet<u64>,
+    todo: HashMap<u64, (u64, Piece)>,
+}
+
+fn catalog_view(state: &StateHandle, me: NodeId, local: &HashSet<u64>, voters: &[NodeId]) -> CatalogView {
     state.read(|sm| {
-        sm.recordings
-            .catalog
-            .iter()
-            .flat_map(|(id, r)| r.pieces.iter().map(move |p| (p.epoch, (*id, p.clone()))))
-            .collect()
+        let mut view = CatalogView { epochs: HashSet::new(), todo: HashMap::new() };
+        for (id, r) in &sm.recordings.catalog {
+            for p in &r.pieces {
+                view.epochs.insert(p.epoch);
+                let held = p.finished.is_some() && p.holders.contains(&me);
+                let todo =
+                    if local.contains(&p.epoch) { !held } else { held || replica::assigned(p, voters) == Some(me) };
+                if todo {
+                    view.todo.insert(p.epoch, (*id, p.clone()));
+                }
+            }
+        }
+        view
     })
 }
 
@@ -347,7 +364,6 @@ impl Recorder {
             Ok(Err(e)) => return tracing::warn!(error = %e, "cannot list the recordings folder"),
             Err(_) => return,
         };
-        let catalog = catalog_pieces(&self.inner.state);
         let mut local = HashSet::new();
         for f in found {
             match f {
@@ -374,9 +390,6 @@ impl Recorder {
                 _ => {}
             }
         }
-        for epoch in &local {
-            self.settle(*epoch, catalog.get(epoch)).await;
-        }
         let (voters, leader): (Vec<NodeId>, _) = {
             let m = self.inner.raft.metrics();
             let m = m.borrow();
@@ -385,16 +398,21 @@ impl Recorder {
         if leader == Some(self.inner.id) {
             self.retain().await;
         }
-        for (epoch, (recording, piece)) in &catalog {
+        let view = catalog_view(&self.inner.state, self.inner.id, &local, &voters);
+        for epoch in &local {
+            match view.todo.get(epoch) {
+                Some(listed) => self.settle(*epoch, Some(listed)).await,
+                None if !view.epochs.contains(epoch) => self.settle(*epoch, None).await,
+                None => {}
+            }
+        }
+        for (epoch, (recording, piece)) in &view.todo {
             if local.contains(epoch) || self.writing(*epoch) {
                 continue;
             }
             // A copy this origin should make, or one it is listed as holding but lost
             // (its files were deleted or its disk replaced): fetched from another holder.
-            let lost = piece.finished.is_some() && piece.holders.contains(&self.inner.id);
-            if lost || replica::assigned(piece, &voters) == Some(self.inner.id) {
-                replica::start(self, *recording, piece.clone());
-            }
+            replica::start(self, *recording, piece.clone());
         }
     }
 
@@ -417,7 +435,9 @@ impl Recorder {
             let running = lock(&self.inner.writing).get(&stream).is_some_and(|w| w.epoch == epoch);
             // A piece of this epoch that ended already is never started again (it would
             // be refused: a piece file is never overwritten).
-            if !running && self.inner.state.read(|sm| sm.recordings.piece(epoch).is_none()) {
+            if !running
+                && self.inner.state.read(|sm| sm.recordings.wanted(&stream) && sm.recordings.piece(epoch).is_none())
+            {
                 self.start(&stream, epoch, &hub, true);
             }
         }
