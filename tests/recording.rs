@@ -104,7 +104,7 @@ async fn recording(c: &Cluster, via: u64, name: &str) -> Option<Value> {
 /// Checks that `got` is `reference` from its first frame on, looped: none missing,
 /// none twice, in order, with increasing decode timestamps.
 fn assert_whole_from_the_start(reference: &[String], got: &[(i64, String)]) {
-    assert!(got.len() > 300, "the recording holds only {} video frames", got.len());
+    assert!(got.len() > 150, "the recording holds only {} video frames", got.len());
     for (i, (_, h)) in got.iter().enumerate() {
         let want = &reference[i % reference.len()];
         if h != want {
@@ -138,9 +138,9 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let edge = EdgeProc::start(&c, "edge-1", &[]).await;
     let started = Instant::now();
     let mut publisher = publish_file(&source, &edge.rtmp_url("live", "rec"), dir.join("publisher.log"));
-    let first = eventually(Duration::from_secs(15), "the recording to start", || recording(&c, leader, "rec")).await;
+    let first = eventually(Duration::from_secs(25), "the recording to start", || recording(&c, leader, "rec")).await;
     assert_eq!(first["pieces"][0]["owner"], first_owner, "{first}");
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
 
     // SIGKILL the owner mid-recording: the new owner continues the same recording.
     c.kill(first_owner);
@@ -154,13 +154,18 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     })
     .await;
     assert_eq!(two["pieces"][1]["owner"], new_owner, "{two}");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     // The killed origin comes back and finishes its torn piece from its disk; then a
     // planned move hands the stream back to it: a third piece of the same recording.
     c.spawn(first_owner);
     let to = first_owner.to_string();
-    eventually(Duration::from_secs(15), "a planned move back to the restarted origin", || async {
-        ctl(&c, &[1, 2, 3], &["streams", "move", "live/rec", "--to", &to]).0.then_some(())
+    eventually(Duration::from_secs(20), "a planned move back to the restarted origin", || async {
+        let (ok, _, err) = ctl(&c, &[1, 2, 3], &["streams", "move", "live/rec", "--to", &to]);
+        if !ok {
+            eprintln!("move: {}", err.trim());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ok.then_some(())
     })
     .await;
     let three = eventually(Duration::from_secs(10), "a third piece", || async {
@@ -168,7 +173,7 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     })
     .await;
     assert_eq!(three["pieces"][2]["owner"], first_owner, "{three}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let published_for = started.elapsed();
     publisher.0.kill().unwrap();
     let _ = publisher.0.wait();
@@ -183,6 +188,11 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     .await;
     let id = done["id"].as_u64().unwrap();
     eprintln!("recording {id}: {done}");
+    for piece in done["pieces"].as_array().unwrap() {
+        // A new owner's piece takes the edge's re-sent frames in one burst: its reader
+        // must not skip any of them.
+        assert_eq!(piece["dropped"], 0, "no frame skipped by a writer behind: {piece}");
+    }
     let metric = |id: u64, series: &'static str| {
         let c = &c;
         async move {

@@ -15,8 +15,8 @@
 //!   leader, deletes the recordings the retention bounds (age, bytes) want gone.
 //! - [`read`]: a recording as one FLV stream, pieces from this origin's disk or a peer.
 //!
-//! Knows hubs and frames, never the link protocol or RTMP; never blocks the runtime
-//! (every file operation is on the blocking pool).
+//! Knows hubs, frames and FLV tags, never the link protocol, sessions or sockets of
+//! the edges; never blocks the runtime (every file operation is on the blocking pool).
 
 pub mod files;
 pub mod flv_file;
@@ -35,6 +35,7 @@ use raftcast_storage::StateHandle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::media::queue::QueueLimits;
 use crate::media::{Frame, Hub, Subscription};
 use crate::origin::metrics::RecordStats;
 use crate::origin::proposer::Proposer;
@@ -46,6 +47,12 @@ use files::Found;
 /// and skips to the next keyframe (the drop is counted in the piece's facts): the
 /// publisher never waits for the disk.
 pub const WRITE_QUEUE: usize = 256;
+/// Bounds of a piece's hub reader queue. A new owner gets the publishing edge's
+/// retained frames in one burst (at most 30 s and 64 MiB, `RetainLimits::default`),
+/// far faster than a writer takes them; a player's queue (512 frames, 4 MiB) would
+/// skip to a keyframe in the middle of it and lose frames the previous piece never
+/// had. This holds a whole burst, and is only filled while the writer is behind.
+pub const READER_QUEUE: QueueLimits = QueueLimits { max_frames: 8192, max_bytes: 80 * 1024 * 1024 };
 /// How often [`maintain`] looks at the catalog and the recordings folder.
 pub const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// A complete piece file the catalog does not list (its recording was deleted, or its
@@ -164,7 +171,7 @@ impl Recorder {
         });
         let Some((edge, session)) = session else { return };
         let mut writing = lock(&self.inner.writing);
-        let subscription = hub.subscribe();
+        let subscription = hub.subscribe_with_queue(READER_QUEUE);
         if !from_gop {
             while subscription.try_recv().is_some() {}
         }
