@@ -1014,13 +1014,24 @@ async fn recordings(client: &Client, json_mode: bool, cmd: RecordingsCommand) ->
             });
         }
         RecordingsCommand::Get { id, file } => {
-            let bytes = download(client, &format!("/recordings/{id}.flv")).await?;
+            let path = format!("/recordings/{id}.flv");
             if file.as_os_str() == "-" {
-                use std::io::Write;
-                std::io::stdout().write_all(&bytes).map_err(|e| CtlError::Usage(e.to_string()))?;
+                download(client, &path, &mut std::io::stdout().lock()).await?;
             } else {
-                std::fs::write(&file, &bytes).map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
-                eprintln!("recording {id}: {} bytes written to {}", bytes.len(), file.display());
+                // Into a temporary name, renamed once complete: a cut-off download never
+                // leaves a short file under the name asked for.
+                let part = file.with_extension("part");
+                let mut out =
+                    std::fs::File::create(&part).map_err(|e| CtlError::Usage(format!("{}: {e}", part.display())))?;
+                let written = match download(client, &path, &mut out).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&part);
+                        return Err(e);
+                    }
+                };
+                std::fs::rename(&part, &file).map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
+                eprintln!("recording {id}: {written} bytes written to {}", file.display());
             }
         }
         RecordingsCommand::Retention { set, max_age_secs, max_bytes } => {
@@ -1044,12 +1055,17 @@ async fn recordings(client: &Client, json_mode: bool, cmd: RecordingsCommand) ->
     Ok(())
 }
 
-/// The whole body of `GET path` from the first origin that answers; a body cut off
-/// (a piece could not be read) is an error, never a short file.
-async fn download(client: &Client, path: &str) -> Result<bytes::Bytes, CtlError> {
+/// How long a download may take in all (`--timeout` bounds each other request, and a
+/// recording may take minutes to read).
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Streams the body of `GET path`, from the first origin that answers, into `out`;
+/// returns its length. A body cut off (a piece could not be read) is an error.
+async fn download(client: &Client, path: &str, out: &mut impl std::io::Write) -> Result<u64, CtlError> {
     let mut last_error = String::new();
     for origin in &client.origins {
-        let res = match client.request(origin, reqwest::Method::GET, path).send().await {
+        let req = client.request(origin, reqwest::Method::GET, path).timeout(DOWNLOAD_TIMEOUT);
+        let mut res = match req.send().await {
             Ok(res) => res,
             Err(e) => {
                 last_error = format!("{origin}: {e}");
@@ -1057,12 +1073,21 @@ async fn download(client: &Client, path: &str) -> Result<bytes::Bytes, CtlError>
             }
         };
         if !res.status().is_success() {
-            return decode(res).await.map(|_| bytes::Bytes::new());
+            return decode(res).await.map(|_| 0);
         }
-        return res
-            .bytes()
-            .await
-            .map_err(|e| CtlError::Unreachable(format!("{origin}: the recording was cut off: {e}")));
+        let mut written = 0u64;
+        loop {
+            match res.chunk().await {
+                Ok(Some(chunk)) => {
+                    out.write_all(&chunk).map_err(|e| CtlError::Usage(e.to_string()))?;
+                    written += chunk.len() as u64;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(CtlError::Unreachable(format!("{origin}: the recording was cut off: {e}"))),
+            }
+        }
+        out.flush().map_err(|e| CtlError::Usage(e.to_string()))?;
+        return Ok(written);
     }
     Err(CtlError::Unreachable(last_error))
 }
