@@ -575,7 +575,29 @@ fn covers(history: &Retained, point: &ResumePoint) -> bool {
         && ok(FrameKind::Video, point.video)
 }
 
+/// Ends one reader from outside its task: it gets no frame published after
+/// [`ReaderCloser::close`], but still what was queued before, then `None`.
+#[derive(Clone)]
+pub struct ReaderCloser {
+    hub: Arc<Hub>,
+    reader: Arc<Reader>,
+}
+
+impl ReaderCloser {
+    pub fn close(&self) {
+        let id = self.reader.id;
+        lock(&self.hub.state).readers.retain(|e| e.reader.id != id);
+        self.reader.ended.store(true, Ordering::Release);
+        self.reader.wake.notify_one();
+    }
+}
+
 impl Subscription {
+    /// A handle that ends this reader (see [`ReaderCloser`]).
+    pub fn closer(&self) -> ReaderCloser {
+        ReaderCloser { hub: self.hub.clone(), reader: self.reader.clone() }
+    }
+
     /// The next frame, waiting for one; `None` once the stream has ended and the queue
     /// is drained.
     pub async fn recv(&self) -> Option<Frame> {
@@ -642,6 +664,20 @@ mod tests {
         assert_eq!(recorder.dropped(), 0);
         let got: Vec<u32> = std::iter::from_fn(|| recorder.try_recv()).map(|f| f.timestamp).collect();
         assert_eq!(got, (0..300).map(|i| i * 33).collect::<Vec<_>>(), "every frame, in order");
+    }
+
+    #[tokio::test]
+    async fn a_closed_reader_gets_what_was_queued_and_nothing_after() {
+        let hub = Hub::new(small());
+        let sub = hub.subscribe();
+        hub.publish(video(0, true));
+        hub.publish(video(33, false));
+        sub.closer().close();
+        hub.publish(video(66, false));
+        assert_eq!(sub.recv().await.map(|f| f.timestamp), Some(0));
+        assert_eq!(sub.recv().await.map(|f| f.timestamp), Some(33));
+        assert!(sub.recv().await.is_none(), "nothing published after the close");
+        assert_eq!(hub.reader_count(), 0);
     }
 
     #[tokio::test]

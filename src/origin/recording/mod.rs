@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::media::queue::QueueLimits;
-use crate::media::{Frame, Hub, Subscription};
+use crate::media::{Frame, Hub, ReaderCloser, Subscription};
 use crate::origin::metrics::RecordStats;
 use crate::origin::proposer::Proposer;
 use crate::peer::PeerClient;
@@ -72,6 +72,9 @@ pub const LINGER: Duration = Duration::from_secs(3);
 /// A piece being written here.
 struct Writing {
     epoch: u64,
+    /// Ends its current hub reader: no frame published after this, what was queued
+    /// before still written.
+    closer: ReaderCloser,
     stop: CancellationToken,
     /// A new hub reader for the same epoch (the publisher attached again).
     resume: mpsc::Sender<Subscription>,
@@ -179,14 +182,24 @@ impl Recorder {
             if w.epoch == epoch {
                 // The same publisher attached again: the running piece goes on reading
                 // the new hub (a full queue means it has one waiting already).
-                let _ = w.resume.try_send(subscription);
+                let closer = subscription.closer();
+                if w.resume.try_send(subscription).is_ok() {
+                    if let Some(w) = writing.get_mut(stream) {
+                        w.closer = closer;
+                    }
+                }
                 return;
             }
+            // A newer epoch here (on the same hub, if it was kept): the old piece gets
+            // nothing published from now on — this runs before the new publisher's
+            // first frame — and writes what it had queued.
+            w.closer.close();
             w.stop.cancel();
         }
         let stop = CancellationToken::new();
         let (resume, resumed) = mpsc::channel(1);
-        writing.insert(stream.clone(), Writing { epoch, stop: stop.clone(), resume });
+        let closer = subscription.closer();
+        writing.insert(stream.clone(), Writing { epoch, closer, stop: stop.clone(), resume });
         drop(writing);
         tracing::info!(%stream, epoch, "recording a piece");
         let job = PieceJob { stream: stream.clone(), epoch, edge, session, subscription, resumed, stop };
@@ -204,14 +217,31 @@ impl Recorder {
         let open = Command::OpenPiece { stream: stream.clone(), epoch, owner: self.inner.id, edge, session };
         let opening = tokio::spawn(self.clone().open(open));
         let mut dropped = 0;
+        let mut stopping = false;
         loop {
-            let frame = tokio::select! {
-                frame = subscription.recv() => frame,
-                _ = stop.cancelled() => break,
-                _ = self.inner.shutdown.cancelled() => break,
+            let frame = if stopping {
+                // Closed: only what was queued before the stop is left.
+                subscription.recv().await
+            } else {
+                tokio::select! {
+                    frame = subscription.recv() => frame,
+                    _ = stop.cancelled() => None,
+                    _ = self.inner.shutdown.cancelled() => None,
+                }
             };
+            if frame.is_none() && !stopping && (stop.is_cancelled() || self.inner.shutdown.is_cancelled()) {
+                // Stopped (a newer epoch, recording switched off, shutdown): take no
+                // more frames, but write those queued.
+                subscription.closer().close();
+                stopping = true;
+                continue;
+            }
+            if frame.is_none() && stopping {
+                break;
+            }
             let Some(frame) = frame else {
-                // The hub ended: the piece goes on if the same epoch attaches again soon.
+                // The hub ended (or this reader was closed for a newer epoch, which also
+                // cancelled `stop`): the piece goes on if the same epoch attaches again.
                 let next = tokio::select! {
                     next = tokio::time::timeout(LINGER, resumed.recv()) => next.ok().flatten(),
                     _ = stop.cancelled() => None,
