@@ -270,6 +270,10 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let internal = c.url(leader, &format!("/internal/recordings/{}", p[0]["epoch"]));
     let res = reqwest::get(&internal).await.unwrap();
     assert_eq!(res.status().as_u16(), 401, "pieces are for members only");
+    for path in ["/recordings".to_owned(), format!("/recordings/{id}.flv"), "/recording-rules".to_owned()] {
+        let res = reqwest::get(c.url(leader, &path)).await.unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{path} needs the admin token");
+    }
     let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "show", "999999999"]);
     assert!(!ok && err.contains("404"), "{err}");
 
