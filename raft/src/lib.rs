@@ -9,6 +9,7 @@ pub mod command;
 pub mod dedup;
 pub mod network;
 pub mod node;
+pub mod recording;
 pub mod rpc;
 pub mod snapshot_data;
 pub mod state;

@@ -59,6 +59,19 @@ pub struct Scrape {
     pub pending_write_bytes: usize,
 }
 
+/// Counters of this origin's recording (`origin::recording`), shared with the
+/// recorder, which counts where it works.
+#[derive(Debug, Default)]
+pub struct RecordStats {
+    /// Bytes of pieces written here (finished or recovered after a crash).
+    pub bytes_written: Counter,
+    /// Frames recorded pieces lost because their writer fell behind.
+    pub frames_dropped: Counter,
+    /// Pieces copied here from another origin, and their bytes.
+    pub copies: Counter,
+    pub bytes_copied: Counter,
+}
+
 /// Every metric an origin exports.
 pub struct Metrics {
     registry: Registry,
@@ -105,6 +118,8 @@ pub struct Metrics {
     /// `apply_lag`).
     pub writes_refused: Family<ReasonLabel, Counter>,
     pending_write_bytes: Gauge,
+    /// Recording at this origin.
+    pub recording: Arc<RecordStats>,
     /// 1 while this node's Raft core runs, 0 once it stopped on a fatal error.
     raft_running: Gauge,
     heap_allocated: Gauge,
@@ -155,6 +170,7 @@ impl Metrics {
             claim_feeds: Gauge::default(),
             writes_refused: Family::default(),
             pending_write_bytes: Gauge::default(),
+            recording: Arc::default(),
             raft_running: Gauge::default(),
             heap_allocated: Gauge::default(),
             heap_resident: Gauge::default(),
@@ -254,6 +270,19 @@ impl Metrics {
         );
         registry.register("stream_watches", "WatchStream requests waiting on this origin", m.stream_watches.clone());
         registry.register("link_claim_feeds", "Claims feeds open on edge links", m.claim_feeds.clone());
+        let rec = &m.recording;
+        registry.register(
+            "recording_written_bytes",
+            "Bytes of recording pieces written here",
+            rec.bytes_written.clone(),
+        );
+        registry.register(
+            "recording_frames_dropped",
+            "Frames recording pieces lost because their writer fell behind",
+            rec.frames_dropped.clone(),
+        );
+        registry.register("recording_copies", "Recording pieces copied here from another origin", rec.copies.clone());
+        registry.register("recording_copied_bytes", "Bytes of recording pieces copied here", rec.bytes_copied.clone());
         registry.register(
             "raft_writes_refused",
             "Writes refused by admission control before proposal, by reason",

@@ -9,7 +9,9 @@
 //! tells which origins answer the leader, `failover` moves the streams of those that do
 //! not, and `watch` lets edges wait for ownership changes. For placement, `load_probe`
 //! measures each origin's load and brings it to the leader, `load` scores it, and
-//! `rebalance` decides when the leader moves a stream off a hot origin.
+//! `rebalance` decides when the leader moves a stream off a hot origin. `recording`
+//! writes recorded streams to disk at their owner, copies finished pieces and reads
+//! recordings back.
 
 pub mod api;
 pub mod commit;
@@ -28,6 +30,7 @@ pub mod orphans;
 pub mod ownership;
 pub mod proposer;
 pub mod rebalance;
+pub mod recording;
 pub mod shared_objects;
 pub mod watch;
 
@@ -167,6 +170,24 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         ownership.clone(),
         membership::Membership::new(raft.clone(), config.request_deadline),
     );
+    // Recordings: the link server tells the recorder of every accepted publisher.
+    let recorder = recording::Recorder::new(
+        config.id,
+        store_dir.join("recordings"),
+        state.clone(),
+        proposer.clone(),
+        peers.clone(),
+        raft.clone(),
+        metrics.recording.clone(),
+        shutdown.clone(),
+    );
+    {
+        let hooked = recorder.clone();
+        links.set_attach_hook(Arc::new(move |stream, epoch, hub| hooked.attached(stream, epoch, hub)));
+        let links = links.clone();
+        let live_hubs: recording::LiveHubs = Arc::new(move || links.attached_hubs());
+        tokio::spawn(tracing::Instrument::in_current_span(recording::maintain(recorder.clone(), live_hubs)));
+    }
     tokio::spawn(tracing::Instrument::in_current_span(confirm_current(
         proposer.clone(),
         links.clone(),
@@ -236,6 +257,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         objects: objects.clone(),
         admin_token: config.admin_token.as_deref().map(Arc::from),
         shutdown: shutdown.clone(),
+        recorder: recorder.clone(),
     };
     let long_polls = Limit::new("http_long_polls", config.caps.long_polls_per_address, config.caps.http_connections);
     let internal = Router::new()
@@ -245,6 +267,11 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .with_state(proposer)
         .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live))
         .merge(Router::new().route(load_probe::LOAD_ROUTE, get(load_probe::route)).with_state(probe))
+        .merge(
+            Router::new()
+                .route(recording::replica::PIECE_ROUTE, get(recording::read::piece_route))
+                .with_state(recorder),
+        )
         .merge(
             Router::new()
                 .route("/internal/objects/{name}/events", get(shared_objects::feed_route))
