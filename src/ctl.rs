@@ -146,6 +146,16 @@ enum CtlCommand {
     /// Edges: `edges drain EDGE` (talks to the edge's HTTP port, not to an origin).
     #[command(subcommand)]
     Edges(EdgesCommand),
+    /// Record an app's streams or one stream (`APP` or `APP/NAME`): `on`, `off` (for a
+    /// stream: not even when its app is recorded) or `clear` (remove the rule).
+    /// Without arguments, lists the rules.
+    Record { target: Option<String>, rule: Option<RecordRule> },
+    /// Recordings: list (default), `show ID`, `get ID FILE` (the whole recording as one
+    /// FLV file), `delete ID`.
+    Recordings {
+        #[command(subcommand)]
+        command: Option<RecordingsCommand>,
+    },
     /// Wait until the cluster has a leader and this many voters, all answering.
     Wait {
         #[arg(long, default_value_t = 3)]
@@ -291,6 +301,40 @@ enum PinsCommand {
     Set { app: String, pattern: String, origin: u64 },
     /// Remove the rule for exactly APP/PATTERN.
     Del { app: String, pattern: String },
+}
+
+/// What `ctl record` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RecordRule {
+    On,
+    Off,
+    Clear,
+}
+
+#[derive(Debug, Subcommand)]
+enum RecordingsCommand {
+    /// Every recording.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// One recording and its pieces (owner, holders, time range, bytes).
+    Show { id: u64 },
+    /// Download the whole recording as one FLV file (`-` for stdout).
+    Get { id: u64, file: std::path::PathBuf },
+    /// Delete a recording (every origin removes its files).
+    Delete { id: u64 },
+    /// Show the retention bounds, or with `--set` replace them: finished recordings older
+    /// than --max-age-secs, and the oldest beyond --max-bytes in all, are deleted (a
+    /// bound left out: none).
+    Retention {
+        #[arg(long)]
+        set: bool,
+        #[arg(long, requires = "set")]
+        max_age_secs: Option<u64>,
+        #[arg(long, requires = "set")]
+        max_bytes: Option<u64>,
+    },
 }
 
 /// A failed call, printed as `error: ...`.
@@ -625,6 +669,10 @@ async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 });
             }
         }
+        CtlCommand::Record { target, rule } => record(&client, json_mode, target, rule).await?,
+        CtlCommand::Recordings { command } => {
+            recordings(&client, json_mode, command.unwrap_or(RecordingsCommand::List { stale: false })).await?
+        }
         CtlCommand::Pins { command } => {
             pins(&client, json_mode, command.unwrap_or(PinsCommand::List { stale: false })).await?
         }
@@ -876,6 +924,172 @@ async fn so(client: &Client, json_mode: bool, cmd: SoCommand) -> Result<(), CtlE
         }
     }
     Ok(())
+}
+
+async fn record(
+    client: &Client,
+    json_mode: bool,
+    target: Option<String>,
+    rule: Option<RecordRule>,
+) -> Result<(), CtlError> {
+    use reqwest::Method;
+    let (target, rule) = match (target, rule) {
+        (None, _) => {
+            let out = client.call(Method::GET, "/recording-rules", None, &[]).await?;
+            print(json_mode, &out, |v| {
+                println!("{:<16} {:<32} {:>6}", "APP", "NAME", "RECORD");
+                for r in v["rules"].as_array().into_iter().flatten() {
+                    let name = r["name"].as_str().unwrap_or("*");
+                    let record = if r["record"] == true { "on" } else { "off" };
+                    println!("{:<16} {:<32} {:>6}", r["app"].as_str().unwrap_or("?"), name, record);
+                }
+            });
+            return Ok(());
+        }
+        (Some(target), Some(rule)) => (target, rule),
+        (Some(_), None) => return Err(CtlError::Usage("say on, off or clear after APP[/NAME]".into())),
+    };
+    let path = match target.split_once('/') {
+        Some((app, name)) => format!("/recording-rules/{}/{}", urlencode(app), urlencode(name)),
+        None => format!("/recording-rules/{}", urlencode(&target)),
+    };
+    let out = match rule {
+        RecordRule::On => client.call(Method::PUT, &path, Some(&json!({ "record": true })), &[]).await?,
+        RecordRule::Off => client.call(Method::PUT, &path, Some(&json!({ "record": false })), &[]).await?,
+        RecordRule::Clear => client.call(Method::DELETE, &path, None, &[]).await?,
+    };
+    let said = match rule {
+        RecordRule::On => "is recorded",
+        RecordRule::Off => "is not recorded",
+        RecordRule::Clear => "has no recording rule",
+    };
+    print(json_mode, &out, |_| println!("{target} {said}"));
+    Ok(())
+}
+
+async fn recordings(client: &Client, json_mode: bool, cmd: RecordingsCommand) -> Result<(), CtlError> {
+    use reqwest::Method;
+    match cmd {
+        RecordingsCommand::List { stale } => {
+            let path = if stale { "/recordings?stale=true" } else { "/recordings" };
+            let out = client.call(Method::GET, path, None, &[]).await?;
+            print(json_mode, &out, |v| {
+                println!(
+                    "{:>10} {:<28} {:>6} {:>10} {:>12} {:>9} {:>10}",
+                    "ID", "STREAM", "PIECES", "SECONDS", "BYTES", "FINISHED", "REPLICATED"
+                );
+                for r in v["recordings"].as_array().into_iter().flatten() {
+                    let stream = format!("{}/{}", r["app"].as_str().unwrap_or("?"), r["name"].as_str().unwrap_or("?"));
+                    let secs = r["duration_ms"].as_u64().map_or("-".to_owned(), |ms| format!("{:.1}", ms as f64 / 1e3));
+                    println!(
+                        "{:>10} {:<28} {:>6} {:>10} {:>12} {:>9} {:>10}",
+                        r["id"], stream, r["pieces"], secs, r["bytes"], r["finished"], r["replicated"]
+                    );
+                }
+            });
+        }
+        RecordingsCommand::Show { id } => {
+            let out = client.call(Method::GET, &format!("/recordings/{id}"), None, &[]).await?;
+            print(json_mode, &out, |v| {
+                println!("recording {id}: {}/{}", v["app"].as_str().unwrap_or("?"), v["name"].as_str().unwrap_or("?"));
+                println!(
+                    "{:>10} {:>6} {:<10} {:>10} {:>10} {:>12} {:>8}",
+                    "EPOCH", "OWNER", "HOLDERS", "FIRST_MS", "LAST_MS", "BYTES", "DROPPED"
+                );
+                for p in v["pieces"].as_array().into_iter().flatten() {
+                    let holders: Vec<String> =
+                        p["holders"].as_array().into_iter().flatten().map(|h| h.to_string()).collect();
+                    let or_dash = |v: &Value| if v.is_null() { "-".to_owned() } else { v.to_string() };
+                    println!(
+                        "{:>10} {:>6} {:<10} {:>10} {:>10} {:>12} {:>8}",
+                        p["epoch"],
+                        p["owner"],
+                        holders.join(","),
+                        or_dash(&p["first_ts"]),
+                        or_dash(&p["last_ts"]),
+                        or_dash(&p["bytes"]),
+                        or_dash(&p["dropped"])
+                    );
+                }
+            });
+        }
+        RecordingsCommand::Get { id, file } => {
+            let path = format!("/recordings/{id}.flv");
+            if file.as_os_str() == "-" {
+                download(client, &path, &mut std::io::stdout().lock()).await?;
+            } else {
+                // Into a temporary name, renamed once complete: a cut-off download never
+                // leaves a short file under the name asked for.
+                let part = file.with_extension("part");
+                let mut out =
+                    std::fs::File::create(&part).map_err(|e| CtlError::Usage(format!("{}: {e}", part.display())))?;
+                let written = match download(client, &path, &mut out).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&part);
+                        return Err(e);
+                    }
+                };
+                std::fs::rename(&part, &file).map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
+                eprintln!("recording {id}: {written} bytes written to {}", file.display());
+            }
+        }
+        RecordingsCommand::Retention { set, max_age_secs, max_bytes } => {
+            let out = if set {
+                let body = json!({ "max_age_secs": max_age_secs, "max_bytes": max_bytes });
+                client.call(Method::PUT, "/recording-retention", Some(&body), &[]).await?
+            } else {
+                client.call(Method::GET, "/recording-retention", None, &[]).await?
+            };
+            print(json_mode, &out, |v| {
+                let or_none = |v: &Value| if v.is_null() { "no bound".to_owned() } else { v.to_string() };
+                println!("max age (s): {}", or_none(&v["max_age_secs"]));
+                println!("max bytes:   {}", or_none(&v["max_bytes"]));
+            });
+        }
+        RecordingsCommand::Delete { id } => {
+            let out = client.call(Method::DELETE, &format!("/recordings/{id}"), None, &[]).await?;
+            print(json_mode, &out, |_| println!("recording {id} deleted"));
+        }
+    }
+    Ok(())
+}
+
+/// How long a download may take in all (`--timeout` bounds each other request, and a
+/// recording may take minutes to read).
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Streams the body of `GET path`, from the first origin that answers, into `out`;
+/// returns its length. A body cut off (a piece could not be read) is an error.
+async fn download(client: &Client, path: &str, out: &mut impl std::io::Write) -> Result<u64, CtlError> {
+    let mut last_error = String::new();
+    for origin in &client.origins {
+        let req = client.request(origin, reqwest::Method::GET, path).timeout(DOWNLOAD_TIMEOUT);
+        let mut res = match req.send().await {
+            Ok(res) => res,
+            Err(e) => {
+                last_error = format!("{origin}: {e}");
+                continue;
+            }
+        };
+        if !res.status().is_success() {
+            return decode(res).await.map(|_| 0);
+        }
+        let mut written = 0u64;
+        loop {
+            match res.chunk().await {
+                Ok(Some(chunk)) => {
+                    out.write_all(&chunk).map_err(|e| CtlError::Usage(e.to_string()))?;
+                    written += chunk.len() as u64;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(CtlError::Unreachable(format!("{origin}: the recording was cut off: {e}"))),
+            }
+        }
+        out.flush().map_err(|e| CtlError::Usage(e.to_string()))?;
+        return Ok(written);
+    }
+    Err(CtlError::Unreachable(last_error))
 }
 
 async fn pins(client: &Client, json_mode: bool, cmd: PinsCommand) -> Result<(), CtlError> {

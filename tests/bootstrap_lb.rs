@@ -44,6 +44,8 @@ fn script(data: &Path, p: &Ports, action: &str) -> Output {
         .env("RAFTCAST_MEDIA_BASE", (p.base + 10).to_string())
         .env("RAFTCAST_RTMP_BASE", (p.base + 4).to_string())
         .env("RAFTCAST_EDGE_HTTP_BASE", (p.base + 14).to_string())
+        // HAProxy's agent checks: base+9 and base+10, free in this layout.
+        .env("RAFTCAST_AGENT_BASE", (p.base + 8).to_string())
         .env("RAFTCAST_LB_STATS", format!("127.0.0.1:{}", p.base + 19))
         .env("RAFTCAST_LB", "1")
         .env_remove("RAFTCAST_ADMIN_TOKEN")

@@ -123,3 +123,60 @@ async fn ctl_edges_drain_waits_until_the_edge_has_exited() {
     assert!(status.success(), "{status}");
     assert!(publisher.running(), "the publisher on the other edge was not disturbed");
 }
+
+/// The line the edge's HAProxy agent answers on `addr`.
+async fn agent_line(addr: std::net::SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(2), socket.read_to_string(&mut line)).await.unwrap().unwrap();
+    line
+}
+
+/// The weight in a `ready W%` answer.
+fn agent_weight(line: &str) -> Option<u32> {
+    line.strip_prefix("ready ")?.strip_suffix("%\n")?.parse().ok()
+}
+
+/// HAProxy's agent on an edge (issue 17): full weight when idle, less as its egress
+/// grows towards `--agent-egress-mbps`, and `drain` once it drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_lowers_the_weight_with_egress_and_says_drain_while_draining() {
+    let c = Cluster::start(3).await;
+    let agent = common::free_addr();
+    let edge = EdgeProc::start(
+        &c,
+        "edge-1",
+        &["--agent", &agent.to_string(), "--agent-egress-mbps", "1", "--drain-deadline-ms", "30000"],
+    )
+    .await;
+    let line = agent_line(agent).await;
+    assert!(agent_weight(&line).is_some_and(|w| w >= 90), "an idle edge answers (nearly) full weight: {line:?}");
+
+    // Four players of a stream of some hundreds of kbit/s: more than 1 Mbit/s out.
+    let mut publisher = ffmpeg_publish(&edge.rtmp_url("live", "drain"), c.dir.path().join("publisher.log"));
+    let mut players = Vec::new();
+    for _ in 0..4 {
+        players.push(player(&edge, 0).await);
+    }
+    let readers: Vec<_> = players
+        .into_iter()
+        .map(|mut p| tokio::spawn(async move { listen(&mut p, Duration::from_secs(8)).await }))
+        .collect();
+    let low = eventually(Duration::from_secs(8), "the weight to fall below 50 %", || async {
+        agent_weight(&agent_line(agent).await).filter(|w| *w < 50)
+    })
+    .await;
+    let egress = edge.metric("edge_load_egress_bytes_per_second").await;
+    assert!(egress > 125_000.0, "the egress behind the weight ({low} %) is over 1 Mbit/s: {egress} B/s");
+    assert!(edge.metric("edge_agent_weight_percent").await <= 50.0, "/metrics shows the same weight");
+
+    let drain = reqwest::Client::new().post(format!("http://{}/drain", edge.http)).send().await.unwrap();
+    assert!(drain.status().is_success());
+    assert_eq!(agent_line(agent).await, "drain\n");
+    for r in readers {
+        let (frames, _) = r.await.unwrap();
+        assert!(frames > 0);
+    }
+    assert!(publisher.running());
+}

@@ -37,6 +37,8 @@ fn script(data: &Path, base: u16, action: &str) -> Output {
         .env("RAFTCAST_MEDIA_BASE", (base + 10).to_string())
         .env("RAFTCAST_RTMP_BASE", (base + 4).to_string())
         .env("RAFTCAST_EDGE_HTTP_BASE", (base + 14).to_string())
+        // HAProxy's agent checks: base+9 and base+10, free in this layout.
+        .env("RAFTCAST_AGENT_BASE", (base + 8).to_string())
         .env("RAFTCAST_LB_STATS", format!("127.0.0.1:{}", base + 19))
         .env("RAFTCAST_LB", "1")
         // One-second segments (the GOP is 1 s): 100 of them in the default 120 s.

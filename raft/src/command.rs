@@ -356,6 +356,31 @@ pub enum Command {
     /// `Rejected(LimitExceeded)` beyond [`crate::state::MAX_DRAINING`] draining origins.
     /// (Appended last: bincode numbers variants by position.)
     SetDraining { origin: NodeId, draining: bool },
+    /// Record the streams `scope` covers (`Some(true)`), except them from their app's
+    /// rule (`Some(false)`, for a stream), or remove the rule (`None`; `NotFound` when
+    /// there is none). Admin only. Answers `Stored`, or `Rejected(LimitExceeded)` beyond
+    /// [`crate::recording::MAX_RECORD_RULES`]. (This and the four below were appended
+    /// together, after `SetDraining`.)
+    SetRecording { scope: KeyScope, record: Option<bool> },
+    /// The owner `owner` of `stream` started writing a recording piece under the claim
+    /// at `epoch` of the publishing session `edge`/`session`: the piece joins the latest
+    /// recording of that session, or opens a new one (its id is this entry's index).
+    /// Answers `Recording { id }`, the same for a piece opened before; `LimitExceeded`
+    /// beyond the catalog's bounds ([`crate::recording`]).
+    OpenPiece { stream: StreamKey, epoch: u64, owner: NodeId, edge: String, session: String },
+    /// The piece written under `epoch` is complete: its owner holds it. Answers
+    /// `Stored` (also when finished before: the first facts stay), or `NotFound`.
+    FinishPiece { recording: u64, epoch: u64, facts: crate::recording::PieceFacts },
+    /// `holder` has a complete copy of the finished piece written under `epoch`.
+    /// Answers `Stored`, `NotFound` (no such piece, or not finished), `LimitExceeded`.
+    AddPieceHolder { recording: u64, epoch: u64, holder: NodeId },
+    /// Remove a recording from the catalog; origins then delete its piece files.
+    /// Answers `Stored` or `NotFound`.
+    DeleteRecording { recording: u64 },
+    /// Set how long and how much finished recordings are kept (the leader deletes the
+    /// oldest beyond either bound with `DeleteRecording`). Answers `Stored`. (Appended
+    /// last.)
+    SetRecordingRetention { retention: crate::recording::Retention },
 }
 
 /// A stream's current claim.
@@ -388,6 +413,8 @@ pub enum Response {
     Stored,
     /// The command was refused; nothing changed.
     Rejected(Rejection),
+    /// The recording a piece belongs to (`OpenPiece`). (Appended last.)
+    Recording { id: u64 },
 }
 
 /// Why a command changed nothing.

@@ -6,8 +6,10 @@
 //! [`state::StateMachine::apply`] is a pure function of the log: no clock, no I/O.
 
 pub mod command;
+pub mod dedup;
 pub mod network;
 pub mod node;
+pub mod recording;
 pub mod rpc;
 pub mod snapshot_data;
 pub mod state;

@@ -4,19 +4,19 @@
 //! Every command is idempotent by request id (a retried command gets its first answer
 //! back and changes nothing) or guarded by an epoch or version.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{Command, KeyScope, PinScope, Rejection, Request, RequestId, Response, StreamClaim, StreamKey};
+use crate::dedup;
+use crate::recording::{OpenPiece, Recordings};
 use crate::token::{Quota, TokenKeys, DEFAULT_QUOTA, MAX_TOKEN_KEYS};
 use crate::value::Value;
 use crate::NodeId;
 
-/// How many recent request ids the state machine remembers for de-duplication. A retry
-/// older than this many writes is applied again (writers retry within seconds).
-pub const DEDUP_WINDOW: usize = 65_536;
+pub use crate::dedup::DEDUP_WINDOW;
 
 /// Most shared objects the cluster holds; a write that would create one more is refused.
 pub const MAX_OBJECTS: usize = 10_000;
@@ -102,7 +102,7 @@ pub struct Applied {
 ///
 /// Snapshots encode this struct with bincode, field by field in declaration order: new
 /// fields go at the end, and a snapshot written before a field existed is read through
-/// the matching legacy layout ([`StateMachineV4`] … [`StateMachineV1`]).
+/// the matching legacy layout ([`StateMachineV5`] … [`StateMachineV1`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateMachine {
     pub streams: BTreeMap<StreamKey, StreamClaim>,
@@ -111,10 +111,9 @@ pub struct StateMachine {
     pub publish_keys: BTreeMap<KeyScope, String>,
     /// Apps that require a publish key.
     pub key_required_apps: BTreeSet<String>,
-    /// Answers of recent requests, for idempotent retries.
-    recent: HashMap<RequestId, Remembered>,
-    /// Order in which `recent` was filled, oldest first.
-    recent_order: VecDeque<RequestId>,
+    /// Answers of recent requests, for idempotent retries. Encoded as two fields, the
+    /// answers by id and the ids oldest first, as in every earlier layout.
+    recent: dedup::Window<Remembered>,
     /// Pin rules: the streams a scope covers go to this origin (see
     /// [`StateMachine::pin_for`]). Added after format 1's first layout.
     pub pins: BTreeMap<PinScope, NodeId>,
@@ -131,6 +130,9 @@ pub struct StateMachine {
     /// Origins being drained (`Command::SetDraining`): placement skips them and the
     /// leader moves their streams away. Added after app hooks.
     pub draining: BTreeSet<NodeId>,
+    /// Recording rules and the catalog of recordings ([`crate::recording`]). Added
+    /// after draining origins.
+    pub recordings: Recordings,
 }
 
 /// One answer in the de-duplication window, small in memory: nearly every remembered
@@ -187,6 +189,44 @@ pub struct AppTokens {
     pub publish: bool,
 }
 
+/// The layout of [`StateMachine`] in snapshots written before recordings.
+/// Decoding only; converts into the current state with no rule and no recording.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StateMachineV5 {
+    streams: BTreeMap<StreamKey, StreamClaim>,
+    objects: BTreeMap<String, SharedObject>,
+    publish_keys: BTreeMap<KeyScope, String>,
+    key_required_apps: BTreeSet<String>,
+    recent: dedup::Window<Remembered>,
+    pins: BTreeMap<PinScope, NodeId>,
+    token_keys: TokenKeys,
+    client_objects: BTreeMap<String, ClientObject>,
+    subjects: BTreeMap<String, SubjectUsage>,
+    app_tokens: BTreeMap<String, AppTokens>,
+    app_hooks: BTreeMap<String, AppHooks>,
+    draining: BTreeSet<NodeId>,
+}
+
+impl From<StateMachineV5> for StateMachine {
+    fn from(v5: StateMachineV5) -> Self {
+        StateMachine {
+            streams: v5.streams,
+            objects: v5.objects,
+            publish_keys: v5.publish_keys,
+            key_required_apps: v5.key_required_apps,
+            recent: v5.recent,
+            pins: v5.pins,
+            token_keys: v5.token_keys,
+            client_objects: v5.client_objects,
+            subjects: v5.subjects,
+            app_tokens: v5.app_tokens,
+            app_hooks: v5.app_hooks,
+            draining: v5.draining,
+            recordings: Recordings::default(),
+        }
+    }
+}
+
 /// The layout of [`StateMachine`] in snapshots written before draining origins.
 /// Decoding only; converts into the current state with no origin draining.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -195,8 +235,7 @@ pub struct StateMachineV4 {
     objects: BTreeMap<String, SharedObject>,
     publish_keys: BTreeMap<KeyScope, String>,
     key_required_apps: BTreeSet<String>,
-    recent: HashMap<RequestId, Remembered>,
-    recent_order: VecDeque<RequestId>,
+    recent: dedup::Window<Remembered>,
     pins: BTreeMap<PinScope, NodeId>,
     token_keys: TokenKeys,
     client_objects: BTreeMap<String, ClientObject>,
@@ -213,7 +252,6 @@ impl From<StateMachineV4> for StateMachine {
             publish_keys: v4.publish_keys,
             key_required_apps: v4.key_required_apps,
             recent: v4.recent,
-            recent_order: v4.recent_order,
             pins: v4.pins,
             token_keys: v4.token_keys,
             client_objects: v4.client_objects,
@@ -221,6 +259,7 @@ impl From<StateMachineV4> for StateMachine {
             app_tokens: v4.app_tokens,
             app_hooks: v4.app_hooks,
             draining: BTreeSet::new(),
+            recordings: Recordings::default(),
         }
     }
 }
@@ -233,8 +272,7 @@ pub struct StateMachineV3 {
     objects: BTreeMap<String, SharedObject>,
     publish_keys: BTreeMap<KeyScope, String>,
     key_required_apps: BTreeSet<String>,
-    recent: HashMap<RequestId, Remembered>,
-    recent_order: VecDeque<RequestId>,
+    recent: dedup::Window<Remembered>,
     pins: BTreeMap<PinScope, NodeId>,
     token_keys: TokenKeys,
     client_objects: BTreeMap<String, ClientObject>,
@@ -249,7 +287,6 @@ impl From<StateMachineV3> for StateMachine {
             publish_keys: v3.publish_keys,
             key_required_apps: v3.key_required_apps,
             recent: v3.recent,
-            recent_order: v3.recent_order,
             pins: v3.pins,
             token_keys: v3.token_keys,
             client_objects: v3.client_objects,
@@ -257,6 +294,7 @@ impl From<StateMachineV3> for StateMachine {
             app_tokens: BTreeMap::new(),
             app_hooks: BTreeMap::new(),
             draining: BTreeSet::new(),
+            recordings: Recordings::default(),
         }
     }
 }
@@ -269,8 +307,7 @@ pub struct StateMachineV2 {
     objects: BTreeMap<String, SharedObject>,
     publish_keys: BTreeMap<KeyScope, String>,
     key_required_apps: BTreeSet<String>,
-    recent: HashMap<RequestId, Remembered>,
-    recent_order: VecDeque<RequestId>,
+    recent: dedup::Window<Remembered>,
     pins: BTreeMap<PinScope, NodeId>,
 }
 
@@ -282,7 +319,6 @@ impl From<StateMachineV2> for StateMachine {
             publish_keys: v2.publish_keys,
             key_required_apps: v2.key_required_apps,
             recent: v2.recent,
-            recent_order: v2.recent_order,
             pins: v2.pins,
             ..StateMachine::default()
         }
@@ -297,8 +333,7 @@ pub struct StateMachineV1 {
     objects: BTreeMap<String, SharedObject>,
     publish_keys: BTreeMap<KeyScope, String>,
     key_required_apps: BTreeSet<String>,
-    recent: HashMap<RequestId, Remembered>,
-    recent_order: VecDeque<RequestId>,
+    recent: dedup::Window<Remembered>,
 }
 
 impl From<StateMachineV1> for StateMachine {
@@ -309,7 +344,6 @@ impl From<StateMachineV1> for StateMachine {
             publish_keys: v1.publish_keys,
             key_required_apps: v1.key_required_apps,
             recent: v1.recent,
-            recent_order: v1.recent_order,
             ..StateMachine::default()
         }
     }
@@ -368,12 +402,6 @@ impl StateMachine {
     }
 
     fn remember(&mut self, id: RequestId, response: Response) {
-        if self.recent_order.len() >= DEDUP_WINDOW {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
-            }
-        }
-        self.recent_order.push_back(id);
         self.recent.insert(id, response.into());
     }
 
@@ -556,6 +584,23 @@ impl StateMachine {
                 self.draining.remove(origin);
                 Response::Stored
             }
+            Command::SetRecording { scope, record } => self.recordings.set_rule(scope, *record),
+            Command::OpenPiece { stream, epoch, owner, edge, session } => self.recordings.open_piece(
+                index,
+                at_ms,
+                OpenPiece { stream, epoch: *epoch, owner: *owner, edge, session },
+            ),
+            Command::FinishPiece { recording, epoch, facts } => {
+                self.recordings.finish_piece(*recording, *epoch, *facts, at_ms)
+            }
+            Command::AddPieceHolder { recording, epoch, holder } => {
+                self.recordings.add_holder(*recording, *epoch, *holder)
+            }
+            Command::DeleteRecording { recording } => self.recordings.delete(*recording),
+            Command::SetRecordingRetention { retention } => {
+                self.recordings.retention = *retention;
+                Response::Stored
+            }
             Command::ClientWrite { subject, quota, command } => match &**command {
                 Command::SetSlots { object, slots, .. } => {
                     if let Some(refused) = self.over_quota(subject, quota, object, slots) {
@@ -724,6 +769,7 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{HashMap, VecDeque};
 
     fn req(id: u128, command: Command) -> Request {
         Request { id: RequestId(id), at_ms: 1_000 + id as u64, command }
@@ -901,7 +947,8 @@ mod tests {
             sm.apply(i as u64 + 1, &req(i, set("o", "s", i as f64, None)));
         }
         assert_eq!(sm.recent.len(), DEDUP_WINDOW);
-        assert_eq!(sm.recent_order.len(), DEDUP_WINDOW);
+        assert!(sm.answered(&RequestId(9)).is_none(), "the oldest were forgotten");
+        assert!(sm.answered(&RequestId(DEDUP_WINDOW as u128 + 9)).is_some());
     }
 
     #[test]
@@ -924,7 +971,8 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, set("o", "s", 1.0, None)));
         let old: HashMap<RequestId, Response> = sm.recent.iter().map(|(k, v)| (*k, v.clone().into())).collect();
-        assert_eq!(encode(&sm.recent), encode(&old));
+        let order: VecDeque<RequestId> = sm.recent.iter().map(|(k, _)| *k).collect();
+        assert_eq!(encode(&sm.recent), encode(&(old, order)));
         assert_eq!(decode::<StateMachine>(&encode(&sm)).unwrap(), sm);
     }
 
@@ -1055,7 +1103,7 @@ mod tests {
         // keys, client objects, subjects, app token rules, hooks, draining origins —
         // each encoded as its length: one zero byte.
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..7 {
+        for _ in 0..11 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV1 = crate::rpc::decode(&bytes).unwrap();
@@ -1093,7 +1141,7 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, pin("live", "vip-*", 3)));
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..6 {
+        for _ in 0..10 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV2 = crate::rpc::decode(&bytes).unwrap();
@@ -1112,7 +1160,7 @@ mod tests {
         let mut sm = StateMachine::default();
         sm.apply(1, &req(1, Command::AddTokenKey { key: crate::token::TokenKey([1; 32]), only_if_none: false }));
         let mut bytes = crate::rpc::encode(&sm);
-        for _ in 0..3 {
+        for _ in 0..7 {
             assert_eq!(bytes.pop(), Some(0));
         }
         let old: StateMachineV3 = crate::rpc::decode(&bytes).unwrap();
@@ -1139,9 +1187,12 @@ mod tests {
         sm.apply(1, &req(1, claim("edge-1", "s1", 2, false)));
         let hooks = AppHooks { on_play: Some("http://127.0.0.1:9/p".into()), ..AppHooks::default() };
         sm.apply(2, &req(2, Command::SetAppHooks { app: "live".into(), hooks: Some(hooks) }));
-        // The V4 layout is the current one without the trailing empty draining set.
+        // The V4 layout is the current one without the trailing empty draining set (and
+        // the empty recording rules and catalog after it).
         let mut bytes = crate::rpc::encode(&sm);
-        assert_eq!(bytes.pop(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(bytes.pop(), Some(0));
+        }
         let old: StateMachineV4 = crate::rpc::decode(&bytes).unwrap();
         assert_eq!(StateMachine::from(old), sm);
         assert!(crate::rpc::decode::<StateMachine>(&bytes).is_err());
@@ -1150,6 +1201,39 @@ mod tests {
         let back: StateMachine = crate::rpc::decode(&crate::rpc::encode(&sm)).unwrap();
         assert_eq!(back.draining, BTreeSet::from([3]));
         assert_eq!(back, sm);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_recordings_decodes_with_none() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &req(1, Command::SetDraining { origin: 3, draining: true }));
+        // The V5 layout is the current one without the recordings: two empty maps and
+        // a retention of two `None`s, one zero byte each.
+        let mut bytes = crate::rpc::encode(&sm);
+        for _ in 0..4 {
+            assert_eq!(bytes.pop(), Some(0));
+        }
+        let old: StateMachineV5 = crate::rpc::decode(&bytes).unwrap();
+        assert_eq!(StateMachine::from(old), sm);
+        assert!(crate::rpc::decode::<StateMachine>(&bytes).is_err());
+        // Rules and the catalog survive a round trip.
+        let rule = Command::SetRecording { scope: KeyScope::App("live".into()), record: Some(true) };
+        assert_eq!(sm.apply(2, &req(2, rule)).response, Response::Stored);
+        let open = Command::OpenPiece { stream: foo(), epoch: 1, owner: 2, edge: "e".into(), session: "s".into() };
+        assert_eq!(sm.apply(3, &req(3, open)).response, Response::Recording { id: 3 });
+        let facts =
+            crate::recording::PieceFacts { bytes: 1, frames: 1, first_ts: 0, last_ts: 0, dropped: 0, closed_ms: 0 };
+        sm.apply(4, &req(4, Command::FinishPiece { recording: 3, epoch: 1, facts }));
+        let back: StateMachine = crate::rpc::decode(&crate::rpc::encode(&sm)).unwrap();
+        assert_eq!(back, sm);
+        assert!(back.recordings.wanted(&foo()));
+        assert_eq!(back.recordings.catalog[&3].pieces[0].finished.map(|f| f.closed_ms), Some(1_004));
+    }
+
+    #[test]
+    fn recording_commands_share_log_entries() {
+        assert!(Command::SetRecording { scope: KeyScope::App("a".into()), record: None }.batchable());
+        assert!(Command::DeleteRecording { recording: 1 }.batchable());
     }
 
     #[test]

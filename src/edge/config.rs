@@ -35,6 +35,13 @@ pub struct EdgeArgs {
     /// HTTP listener: HTTP-FLV, /status, /metrics, /health [default: 127.0.0.1:8081].
     #[arg(long, env = "RAFTCAST_EDGE_HTTP")]
     pub http: Option<SocketAddr>,
+    /// HAProxy agent-check listener: answers each connection with this edge's weight
+    /// (`ready 63%`, from its CPU, egress and connections) or `drain` [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_AGENT")]
+    pub agent: Option<SocketAddr>,
+    /// Egress the agent counts as a full edge, in Mbit/s [default: 1000].
+    #[arg(long, env = "RAFTCAST_EDGE_AGENT_EGRESS_MBPS")]
+    pub agent_egress_mbps: Option<u64>,
     /// RTMPS listener (RTMP over TLS; needs --tls-cert and --tls-key) [default: none].
     #[arg(long, env = "RAFTCAST_EDGE_RTMPS")]
     pub rtmps: Option<SocketAddr>,
@@ -288,6 +295,10 @@ pub struct EdgeConfig {
     pub peer_tls: Option<crate::tls::peer::PeerTlsPaths>,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
+    /// The HAProxy agent-check listener, if any ([`super::agent`]).
+    pub agent: Option<SocketAddr>,
+    /// Egress the agent counts as a full edge, in bytes per second.
+    pub agent_egress_bytes_per_s: u64,
     /// RTMPS and HTTPS listeners, and the certificate they serve (set when either is).
     pub tls: Option<TlsListeners>,
     pub origins: Vec<SocketAddr>,
@@ -346,6 +357,8 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         id: cli.id.or(file.id),
         rtmp: cli.rtmp.or(file.rtmp),
         http: cli.http.or(file.http),
+        agent: cli.agent.or(file.agent),
+        agent_egress_mbps: cli.agent_egress_mbps.or(file.agent_egress_mbps),
         rtmps: cli.rtmps.or(file.rtmps),
         https: cli.https.or(file.https),
         tls_cert: cli.tls_cert.or(file.tls_cert),
@@ -538,6 +551,8 @@ impl EdgeConfig {
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
             http: a.http.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            agent: a.agent,
+            agent_egress_bytes_per_s: a.agent_egress_mbps.unwrap_or(1_000).max(1).saturating_mul(1_000_000 / 8),
             tls,
             origins,
             secret,

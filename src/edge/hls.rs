@@ -146,6 +146,8 @@ pub struct HlsStats {
     pub window_bytes: AtomicU64,
     pub parts: AtomicU64,
     pub segments: AtomicU64,
+    /// Bytes of playlists, segments and parts answered (the body sizes).
+    pub bytes_served: AtomicU64,
     requests: [[AtomicU64; STATUSES.len()]; KINDS.len()],
 }
 
@@ -321,6 +323,8 @@ impl Collector for HlsMetrics {
         counter(e, "edge_hls_parts_total", "Parts produced by this edge's packagers", parts)?;
         let segments = s.segments.load(Ordering::Relaxed);
         counter(e, "edge_hls_segments_total", "Segments completed by this edge's packagers", segments)?;
+        let served = s.bytes_served.load(Ordering::Relaxed);
+        counter(e, "edge_hls_bytes_served_total", "Bytes of playlists, segments and parts answered", served)?;
         // Only the pairs seen so far: most of the 54 never happen.
         let mut requests = Vec::new();
         for (k, kind) in KINDS.iter().enumerate() {
@@ -551,6 +555,9 @@ async fn serve(
         }
     };
     routes.hls.stats.count(kind, response.status());
+    if let Some(bytes) = http_body::Body::size_hint(response.body()).exact() {
+        routes.hls.stats.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+    }
     cors(response)
 }
 

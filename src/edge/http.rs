@@ -375,6 +375,12 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
         "players": {"rtmp": s.players_rtmp.load(Ordering::Relaxed), "flv": s.players_flv.load(Ordering::Relaxed)},
         "rtmpt_sessions": ctx.tunnels.len(),
         "relays": streams,
+        "load": {
+            "cpu_permille": s.load.cpu_permille.load(Ordering::Relaxed),
+            "egress_bytes_per_s": s.load.egress_bytes_per_s.load(Ordering::Relaxed),
+            "connections_permille": s.load.connections_permille.load(Ordering::Relaxed),
+            "agent_weight_percent": s.load.weight(),
+        },
         "hls": hls,
         "upstreams": upstreams,
     }))

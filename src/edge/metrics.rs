@@ -196,7 +196,13 @@ impl Collector for EdgeCollector {
             load(&s.reconnect_requests),
         )?;
         counter(e, "edge_client_bytes_in_total", "Bytes read from clients", load(&s.bytes_in))?;
-        counter(e, "edge_client_bytes_out_total", "Bytes written to clients", load(&s.bytes_out))?;
+        counter(e, "edge_client_bytes_out_total", "Bytes written to RTMP and HTTP-FLV clients", load(&s.bytes_out))?;
+        let cpu = u64::from(s.load.cpu_permille.load(Ordering::Relaxed));
+        gauge(e, "edge_load_cpu_permille", "CPU used in the last second, in thousandths of the usable cores", cpu)?;
+        let egress = s.load.egress_bytes_per_s.load(Ordering::Relaxed);
+        gauge(e, "edge_load_egress_bytes_per_second", "Bytes written to clients in the last second", egress)?;
+        let weight = u64::from(s.load.weight());
+        gauge(e, "edge_agent_weight_percent", "The weight the HAProxy agent answers (100: idle, 1: full)", weight)?;
         let published = load(&s.frames_published);
         counter(e, "edge_frames_published_total", "Media frames received from publishers", published)?;
         counters(

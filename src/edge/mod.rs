@@ -15,6 +15,7 @@
 //!   `/metrics`, `/health`;
 //! - `metrics`: the `/metrics` registry, read from the counters where they are kept.
 
+pub mod agent;
 pub mod claims;
 pub mod config;
 pub mod control;
@@ -73,6 +74,8 @@ pub struct EdgeStats {
     /// `/drain`, `/status` and `/metrics` do not count): a draining edge waits until
     /// the load balancer has stopped sending it requests.
     pub last_client_request_ms: AtomicU64,
+    /// The load the HAProxy agent reports ([`agent`]), sampled every second.
+    pub load: agent::LoadGauge,
     /// Plays, publishes and HLS requests refused by a stream token check.
     pub auth_refused: Arc<tokens::Refusals>,
     /// TLS handshakes on the RTMPS and HTTPS listeners.
@@ -280,6 +283,12 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http)
         .await
         .with_context(|| format!("cannot listen on {} (HTTP)", config.http))?;
+    let agent_listener = match config.agent {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (agent)"))?,
+        ),
+        None => None,
+    };
     let tls = match &config.tls {
         Some(tls) => Some(TlsServing::bind(tls).await?),
         None => None,
@@ -303,6 +312,12 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         clients.clone(),
     ));
     let tls_tasks = tls.map(|tls| tls.spawn(&ctx, &clients));
+    use tracing::Instrument;
+    tokio::spawn(agent::sample(ctx.clone(), config.agent_egress_bytes_per_s, clients.clone()).in_current_span());
+    if let (Some(listener), Some(addr)) = (agent_listener, config.agent) {
+        tracing::info!(agent = %addr, "HAProxy agent serving");
+        tokio::spawn(agent::serve(listener, ctx.clone(), clients.clone()).in_current_span());
+    }
     tracing::info!(rtmp = %config.rtmp, http = %config.http, origins = ?config.origins, "edge serving");
 
     tokio::spawn(drain::on_signal(ctx.draining.clone(), clients.clone()));

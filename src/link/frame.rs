@@ -13,7 +13,7 @@
 //! segment opens. Other flag bits are refused. Decoded media payloads share the
 //! receive buffer (no copy).
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::protocol::{ChannelId, Control};
 use crate::hls::mark::{Boundary, HlsMark, SegmentOpen};
@@ -172,7 +172,15 @@ impl FrameCodec {
                 }
                 let timestamp = body.get_u32();
                 let hls = if flags & FLAG_MARK != 0 { Some(get_mark(&mut body)?) } else { None };
-                let mut frame = Frame::new(kind, timestamp, flags & FLAG_KEYFRAME != 0, flags & FLAG_HEADER != 0, body);
+                let header = flags & FLAG_HEADER != 0;
+                if header {
+                    // Sequence headers and metadata live as long as the stream (hubs keep
+                    // them for every new player); as a slice of the read buffer one would
+                    // keep that whole buffer (64 KiB or more) alive with it. They are
+                    // small and rare: a copy of their own.
+                    body = Bytes::copy_from_slice(&body);
+                }
+                let mut frame = Frame::new(kind, timestamp, flags & FLAG_KEYFRAME != 0, header, body);
                 frame.hls = hls;
                 Ok(Some(LinkFrame::Media(MediaFrame { channel, frame })))
             }
@@ -229,7 +237,6 @@ fn get_mark(body: &mut bytes::Bytes) -> Result<HlsMark, LinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use proptest::prelude::*;
     use raftcast_raft::StreamKey;
 
@@ -261,6 +268,23 @@ mod tests {
     fn media(channel: u32, ts: u32, key: bool, payload: &'static [u8]) -> LinkFrame {
         let frame = Frame::new(FrameKind::Video, ts, key, false, Bytes::from_static(payload));
         LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })
+    }
+
+    #[test]
+    fn headers_get_their_own_bytes_and_other_frames_stay_slices_of_the_read_buffer() {
+        let header = Frame::new(FrameKind::Video, 0, true, true, Bytes::from_static(b"\x17\x00avcC"));
+        let mut wire = BytesMut::new();
+        FrameCodec::encode(&LinkFrame::Media(MediaFrame { channel: ChannelId(1), frame: header }), &mut wire);
+        FrameCodec::encode(&media(1, 40, false, b"\x27\x01slice"), &mut wire);
+        let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+        let within = |f: &LinkFrame| match f {
+            LinkFrame::Media(m) => range.contains(&(m.frame.payload.as_ptr() as usize)),
+            _ => unreachable!(),
+        };
+        let first = FrameCodec::decode(&mut wire).unwrap().unwrap();
+        let second = FrameCodec::decode(&mut wire).unwrap().unwrap();
+        assert!(!within(&first), "a sequence header does not keep the read buffer alive");
+        assert!(within(&second), "media is not copied");
     }
 
     #[test]

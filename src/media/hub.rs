@@ -284,6 +284,20 @@ impl Hub {
         self.subscribe_after(None).0
     }
 
+    /// Subscribes a reader, primed like [`Hub::subscribe`], whose queue has `queue` for
+    /// bounds instead of a player's: a reader that must take a burst whole (a recorder
+    /// given a publishing edge's re-sent frames at once after an owner change).
+    pub fn subscribe_with_queue(self: &Arc<Self>, queue: QueueLimits) -> Subscription {
+        let mut state = lock(&self.state);
+        let mut q = Queue::new(queue);
+        for frame in state.gop.start_frames() {
+            let start = state.gop.is_start(frame);
+            q.push(frame.clone(), start);
+        }
+        let reader = self.add_reader(&mut state, q, false, None);
+        Subscription { hub: self.clone(), reader }
+    }
+
     /// Subscribes a reader that already has the stream up to `after` (an edge
     /// re-subscribing at a new owner): primed with the headers and every kept frame
     /// after that point, when the history reaches back that far. Otherwise (or with
@@ -561,7 +575,29 @@ fn covers(history: &Retained, point: &ResumePoint) -> bool {
         && ok(FrameKind::Video, point.video)
 }
 
+/// Ends one reader from outside its task: it gets no frame published after
+/// [`ReaderCloser::close`], but still what was queued before, then `None`.
+#[derive(Clone)]
+pub struct ReaderCloser {
+    hub: Arc<Hub>,
+    reader: Arc<Reader>,
+}
+
+impl ReaderCloser {
+    pub fn close(&self) {
+        let id = self.reader.id;
+        lock(&self.hub.state).readers.retain(|e| e.reader.id != id);
+        self.reader.ended.store(true, Ordering::Release);
+        self.reader.wake.notify_one();
+    }
+}
+
 impl Subscription {
+    /// A handle that ends this reader (see [`ReaderCloser`]).
+    pub fn closer(&self) -> ReaderCloser {
+        ReaderCloser { hub: self.hub.clone(), reader: self.reader.clone() }
+    }
+
     /// The next frame, waiting for one; `None` once the stream has ended and the queue
     /// is drained.
     pub async fn recv(&self) -> Option<Frame> {
@@ -614,6 +650,34 @@ mod tests {
 
     fn small() -> HubLimits {
         HubLimits { queue: QueueLimits { max_frames: 64, max_bytes: usize::MAX }, ..HubLimits::default() }
+    }
+
+    #[test]
+    fn a_reader_with_its_own_bounds_takes_a_burst_a_player_would_skip() {
+        let hub = Hub::new(small());
+        let player = hub.subscribe();
+        let recorder = hub.subscribe_with_queue(QueueLimits { max_frames: 1024, max_bytes: usize::MAX });
+        for i in 0..300u32 {
+            hub.publish(video(i * 33, i % 60 == 0));
+        }
+        assert!(player.dropped() > 0, "a player's queue of 64 skipped");
+        assert_eq!(recorder.dropped(), 0);
+        let got: Vec<u32> = std::iter::from_fn(|| recorder.try_recv()).map(|f| f.timestamp).collect();
+        assert_eq!(got, (0..300).map(|i| i * 33).collect::<Vec<_>>(), "every frame, in order");
+    }
+
+    #[tokio::test]
+    async fn a_closed_reader_gets_what_was_queued_and_nothing_after() {
+        let hub = Hub::new(small());
+        let sub = hub.subscribe();
+        hub.publish(video(0, true));
+        hub.publish(video(33, false));
+        sub.closer().close();
+        hub.publish(video(66, false));
+        assert_eq!(sub.recv().await.map(|f| f.timestamp), Some(0));
+        assert_eq!(sub.recv().await.map(|f| f.timestamp), Some(33));
+        assert!(sub.recv().await.is_none(), "nothing published after the close");
+        assert_eq!(hub.reader_count(), 0);
     }
 
     #[tokio::test]

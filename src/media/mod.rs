@@ -15,4 +15,4 @@ pub mod retain;
 pub mod segments;
 
 pub use frame::{Frame, FrameKind};
-pub use hub::{Hub, HubLimits, ResumePoint, Subscription};
+pub use hub::{Hub, HubLimits, ReaderCloser, ResumePoint, Subscription};

@@ -7,7 +7,11 @@
 //! send; `live` shares the owner's view of its streams with the other origins;
 //! `orphans` releases owned claims whose publisher stays away. For failover, `liveness`
 //! tells which origins answer the leader, `failover` moves the streams of those that do
-//! not, and `watch` lets edges wait for ownership changes.
+//! not, and `watch` lets edges wait for ownership changes. For placement, `load_probe`
+//! measures each origin's load and brings it to the leader, `load` scores it, and
+//! `rebalance` decides when the leader moves a stream off a hot origin. `recording`
+//! writes recorded streams to disk at their owner, copies finished pieces and reads
+//! recordings back.
 
 pub mod api;
 pub mod commit;
@@ -18,11 +22,15 @@ pub mod ingest;
 pub mod link_server;
 pub mod live;
 pub mod liveness;
+pub mod load;
+pub mod load_probe;
 pub mod membership;
 pub mod metrics;
 pub mod orphans;
 pub mod ownership;
 pub mod proposer;
+pub mod rebalance;
+pub mod recording;
 pub mod shared_objects;
 pub mod watch;
 
@@ -129,6 +137,18 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     .with_touch(liveness.clone(), contact.clone());
     let live = live::LiveFacts::new(config.id, peers.clone(), links.clone());
     let committer = commit::Committer::new(raft.clone(), state.clone(), metrics.clone(), config.limits);
+    // Each origin's load: measured here, polled by the leader, read by placement.
+    let cpu = load_probe::CpuMeter::default();
+    tokio::spawn(tracing::Instrument::in_current_span(load_probe::sample_cpu(cpu.clone(), shutdown.clone())));
+    let probe = load_probe::LoadProbe::new(config.id, links.clone(), state.clone(), cpu, peers.clone());
+    let board = load::LoadBoard::default();
+    tokio::spawn(tracing::Instrument::in_current_span(load_probe::poll(
+        probe.clone(),
+        raft.clone(),
+        board.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )));
     let ownership = ownership::Ownership::new(
         config.id,
         raft.clone(),
@@ -137,6 +157,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         live.clone(),
         liveness.clone(),
         watch::StreamWatch::new(state.clone(), shutdown.clone()),
+        board,
         metrics.clone(),
     );
     let proposer = Proposer::new(
@@ -149,6 +170,24 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         ownership.clone(),
         membership::Membership::new(raft.clone(), config.request_deadline),
     );
+    // Recordings: the link server tells the recorder of every accepted publisher.
+    let recorder = recording::Recorder::new(
+        config.id,
+        store_dir.join("recordings"),
+        state.clone(),
+        proposer.clone(),
+        peers.clone(),
+        raft.clone(),
+        metrics.recording.clone(),
+        shutdown.clone(),
+    );
+    {
+        let hooked = recorder.clone();
+        links.set_attach_hook(Arc::new(move |stream, epoch, hub| hooked.attached(stream, epoch, hub)));
+        let links = links.clone();
+        let live_hubs: recording::LiveHubs = Arc::new(move || links.attached_hubs());
+        tokio::spawn(tracing::Instrument::in_current_span(recording::maintain(recorder.clone(), live_hubs)));
+    }
     tokio::spawn(tracing::Instrument::in_current_span(confirm_current(
         proposer.clone(),
         links.clone(),
@@ -180,8 +219,14 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         config.snapshot_every_bytes,
         shutdown.clone(),
     )));
-    let failover =
-        failover::Supervisor { id: config.id, raft: raft.clone(), state: state.clone(), ownership, liveness };
+    let failover = failover::Supervisor {
+        id: config.id,
+        raft: raft.clone(),
+        state: state.clone(),
+        ownership,
+        liveness,
+        rebalance: config.rebalance,
+    };
     tokio::spawn(tracing::Instrument::in_current_span(failover::supervise(failover, shutdown.clone())));
     let supervisor = orphans::Supervisor {
         id: config.id,
@@ -212,6 +257,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         objects: objects.clone(),
         admin_token: config.admin_token.as_deref().map(Arc::from),
         shutdown: shutdown.clone(),
+        recorder: recorder.clone(),
     };
     let long_polls = Limit::new("http_long_polls", config.caps.long_polls_per_address, config.caps.http_connections);
     let internal = Router::new()
@@ -220,6 +266,12 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .layer(DefaultBodyLimit::max(proposer::forward::MAX_FORWARD_BODY))
         .with_state(proposer)
         .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live))
+        .merge(Router::new().route(load_probe::LOAD_ROUTE, get(load_probe::route)).with_state(probe))
+        .merge(
+            Router::new()
+                .route(recording::replica::PIECE_ROUTE, get(recording::read::piece_route))
+                .with_state(recorder),
+        )
         .merge(
             Router::new()
                 .route("/internal/objects/{name}/events", get(shared_objects::feed_route))

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError};
 use raftcast_raft::rpc::{decode_from, encode_into, DecodeError};
-use raftcast_raft::state::{Event, StateMachineV1, StateMachineV2, StateMachineV3, StateMachineV4};
+use raftcast_raft::state::{Event, StateMachineV1, StateMachineV2, StateMachineV3, StateMachineV4, StateMachineV5};
 use raftcast_raft::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use raftcast_raft::{NodeId, Responses, SnapshotData, StateMachine, TypeConfig};
 use serde::de::DeserializeOwned;
@@ -68,6 +68,14 @@ struct ImageV3 {
     sm: StateMachineV3,
 }
 
+/// [`Image`] as snapshots held it before recordings.
+#[derive(Deserialize)]
+struct ImageV5 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    sm: StateMachineV5,
+}
+
 /// [`Image`] as snapshots held it before draining origins.
 #[derive(Deserialize)]
 struct ImageV4 {
@@ -77,7 +85,7 @@ struct ImageV4 {
 }
 
 /// Decodes snapshot data in the current layout or, failing that, the layouts before
-/// draining origins, before app token rules, before token keys and before pin rules
+/// recordings, before draining origins, before app token rules, before token keys and before pin rules
 /// (snapshots taken by an older build, on disk or sent by an older leader). No two
 /// decode the same bytes: each newer layout is the older one plus trailing fields.
 /// `data` opens the data from its start, once per layout tried.
@@ -86,6 +94,9 @@ fn decode_image<R: Read>(mut data: impl FnMut() -> std::io::Result<R>) -> Result
         Ok(image) => return Ok(image),
         Err(e) => e,
     };
+    if let Ok(old) = whole::<ImageV5, R>(data()) {
+        return Ok(Image { last_applied: old.last_applied, membership: old.membership, sm: old.sm.into() });
+    }
     if let Ok(old) = whole::<ImageV4, R>(data()) {
         return Ok(Image { last_applied: old.last_applied, membership: old.membership, sm: old.sm.into() });
     }
@@ -446,8 +457,14 @@ mod tests {
         };
         // The old layout is the current one without the trailing empty maps (pins,
         // token keys, client objects, subjects, app token rules, app hooks, draining
-        // origins: one zero byte each, their lengths).
+        // origins, recording rules, the recording catalog: one zero byte each, their
+        // lengths; then the recording retention, two `None`s).
         let mut old = current.clone();
+        for _ in 0..4 {
+            assert_eq!(old.pop(), Some(0));
+        }
+        assert!(decode::<Image>(&old).is_err());
+        assert!(decode_image(|| Ok(&old[..])).is_ok(), "the layout before recordings");
         assert_eq!(old.pop(), Some(0));
         assert!(decode::<Image>(&old).is_err());
         assert!(decode_image(|| Ok(&old[..])).is_ok(), "the layout before draining origins");

@@ -11,6 +11,7 @@ mod extract;
 pub mod forward;
 mod objects;
 mod pins;
+mod recordings;
 mod streams;
 mod tokens;
 
@@ -54,6 +55,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Cancelled when the process shuts down; ends long-lived responses (SSE).
     pub shutdown: CancellationToken,
+    /// This origin's recorder: piece files, the joined read of a recording.
+    pub recorder: crate::origin::recording::Recorder,
 }
 
 impl AppState {
@@ -113,6 +116,12 @@ pub fn router(app: AppState) -> Router {
         .route("/shared-objects/{name}/slots/{slot}", put(objects::put_slot).delete(objects::delete_slot))
         .route("/shared-objects/{name}/events", get(objects::events))
         .route("/shared-objects/{name}/messages", post(objects::post_message))
+        .route("/recordings", get(recordings::list))
+        .route("/recordings/{id}", get(recordings::get).delete(recordings::delete))
+        .route("/recording-rules", get(recordings::rules))
+        .route("/recording-retention", get(recordings::retention).put(recordings::set_retention))
+        .route("/recording-rules/{app}", put(recordings::put_app).delete(recordings::delete_app))
+        .route("/recording-rules/{app}/{name}", put(recordings::put_stream).delete(recordings::delete_stream))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY));

@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 pub use feed::MAX_FEED_STREAMS;
 pub use held::{PENDING_BYTES, PENDING_FRAMES};
-pub use registry::{LinkContext, LiveStream};
+pub use registry::{AttachHook, LinkContext, LiveStream};
 
 use crate::limits::{Limit, Permit};
 use crate::link::frame::{MAX_FRAME, MAX_UNAUTHENTICATED};

@@ -131,6 +131,10 @@ pub(super) struct Attached {
     pub continue_after: Option<Continuation>,
 }
 
+/// Called with (stream, epoch, hub) when a publisher is accepted, before any of its
+/// frames goes into the hub; it must not block (it runs under the streams' lock).
+pub type AttachHook = Arc<dyn Fn(&StreamKey, u64, &Arc<Hub>) + Send + Sync>;
+
 /// What every link task shares.
 #[derive(Clone)]
 pub struct LinkContext {
@@ -148,6 +152,8 @@ pub struct LinkContext {
     current: Arc<watch::Sender<bool>>,
     /// Bounds of each stream's HLS window (`--hls-window-*`).
     window: WindowLimits,
+    /// Told of every publisher accepted here, before its first frame (the recorder).
+    on_attach: Arc<std::sync::OnceLock<AttachHook>>,
     remembered: Arc<Mutex<Remembered>>,
     /// The links' claims feeds.
     pub feeds: super::feed::ClaimFeeds,
@@ -167,7 +173,21 @@ impl LinkContext {
             window: WindowLimits::default(),
             remembered: Arc::default(),
             feeds: Default::default(),
+            on_attach: Arc::default(),
         }
+    }
+
+    /// Sets what is told of every accepted publisher (once; later calls are ignored).
+    pub fn set_attach_hook(&self, hook: AttachHook) {
+        let _ = self.on_attach.set(hook);
+    }
+
+    /// Every stream with a publisher attached here: (stream, its epoch, its hub).
+    pub fn attached_hubs(&self) -> Vec<(StreamKey, u64, Arc<Hub>)> {
+        self.streams()
+            .iter()
+            .filter_map(|(k, s)| Some((k.clone(), s.publisher.as_ref()?.epoch, s.hub.clone())))
+            .collect()
     }
 
     /// Claims feeds go quiet while this origin is out of touch with the cluster
@@ -265,6 +285,9 @@ impl LinkContext {
                 let s = streams.entry(stream.clone()).or_insert_with(|| Stream::new(self.window));
                 s.publisher = Some(publisher);
                 s.fence.store(epoch, Ordering::Relaxed);
+                if let Some(hook) = self.on_attach.get() {
+                    hook(stream, epoch, &s.hub);
+                }
                 let continue_after =
                     s.hub.last_mark().or_else(|| self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(stream));
                 Ok(Attached { hub: s.hub.clone(), ingest: s.ingest.clone(), fence: s.fence.clone(), continue_after })

@@ -1,0 +1,291 @@
+//! Recordings that survive failover (issue 16, phase 1), with real processes: ffmpeg
+//! publishes a pre-encoded file through an edge while `ctl record` has the stream
+//! recorded; its owner origin is SIGKILLed mid-recording and restarted, and a planned
+//! move gives the stream back to it. The recording,
+//! read back as one FLV file through the admin API, must hold every video frame the
+//! publisher sent, once and in order (packet hashes compared with the source's), with
+//! increasing timestamps; and still read whole from the replicas once one origin's
+//! piece files are gone; bad ids are refused; the retention bound deletes it.
+
+mod common;
+#[path = "common/edges.rs"]
+mod edges;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, Cluster};
+use edges::{require, EdgeProc, Proc};
+use reqwest::Method;
+use serde_json::Value;
+
+/// A 20 s libx264 + AAC file whose every video frame differs (temporal noise).
+fn source(dir: &Path) -> PathBuf {
+    require("ffmpeg");
+    let path = dir.join("source.flv");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30,noise=alls=12:allf=t+u"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440"])
+        .args(["-t", "20", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-threads", "1"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "encoding the source failed");
+    path
+}
+
+/// Each video packet of `file` as ffmpeg's framehash muxer prints it: (dts, sha256).
+fn packets(file: &Path, out: &Path) -> Vec<(i64, String)> {
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
+        .arg(file)
+        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg could not read {}", file.display());
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("0,"))
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').map(str::trim).collect();
+            (fields[1].parse().unwrap(), fields.last().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// ffmpeg publishing `source` in a loop, in real time, to `url`.
+fn publish_file(source: &Path, url: &str, log: PathBuf) -> Proc {
+    let child = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i"])
+        .arg(source)
+        .args(["-c", "copy", "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// `raftcast ctl --json ARGS` against the cluster: (success, stdout, stderr).
+fn ctl(c: &Cluster, origins: &[u64], args: &[&str]) -> (bool, String, String) {
+    let origins: Vec<String> = origins.iter().map(|i| c.http(*i).to_string()).collect();
+    let out = Command::new(common::BIN)
+        .args(["ctl", "--json", "--origin", &origins.join(","), "--token-file"])
+        .arg(c.dir.path().join("admin-token"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success(), text, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+async fn owner_of(c: &Cluster, via: u64, name: &str) -> Option<(u64, u64)> {
+    let (s, v) = c.call(via, Method::GET, "/streams", None, &[]).await.ok()?;
+    let e = v["streams"].as_array()?.iter().find(|e| e["app"] == "live" && e["name"] == name)?.clone();
+    s.is_success().then_some(())?;
+    Some((e["owner"].as_u64()?, e["epoch"].as_u64()?))
+}
+
+/// The recording of live/`name`, as `GET /recordings/{id}` shows it.
+async fn recording(c: &Cluster, via: u64, name: &str) -> Option<Value> {
+    let (s, v) = c.call(via, Method::GET, "/recordings", None, &[]).await.ok()?;
+    s.is_success().then_some(())?;
+    let id = v["recordings"].as_array()?.iter().find(|r| r["app"] == "live" && r["name"] == name)?["id"].as_u64()?;
+    let (s, v) = c.call(via, Method::GET, &format!("/recordings/{id}"), None, &[]).await.ok()?;
+    s.is_success().then_some(v)
+}
+
+/// Checks that `got` is `reference` from its first frame on, looped: none missing,
+/// none twice, in order, with increasing decode timestamps.
+fn assert_whole_from_the_start(reference: &[String], got: &[(i64, String)]) {
+    assert!(got.len() > 150, "the recording holds only {} video frames", got.len());
+    for (i, (_, h)) in got.iter().enumerate() {
+        let want = &reference[i % reference.len()];
+        if h != want {
+            let at = reference.iter().position(|r| r == h);
+            panic!("recorded frame {i} of {} is source frame {at:?}, expected {}", got.len(), i % reference.len());
+        }
+    }
+    for pair in got.windows(2) {
+        assert!(pair[1].0 > pair[0].0, "timestamps go {} then {}", pair[0].0, pair[1].0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
+    let mut c = Cluster::start(3).await;
+    let dir = c.dir.path().to_owned();
+    // The stream goes to a follower, so killing its owner is not also a leader change.
+    let leader = c.leader(None).await.expect("a leader");
+    let first_owner = (1..=3).find(|i| *i != leader).unwrap();
+    let body = serde_json::json!({ "origin": first_owner });
+    let (s, v) = c.call(leader, Method::PUT, "/pins/live/rec", Some(&body), &[]).await.unwrap();
+    assert!(s.is_success(), "{v}");
+    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["record", "live/rec", "on"]);
+    assert!(ok, "ctl record: {out} {err}");
+    let (ok, out, _) = ctl(&c, &[1, 2, 3], &["record"]);
+    assert!(ok && out.contains("\"rec\""), "the rule is listed: {out}");
+
+    let source = source(&dir);
+    let reference: Vec<String> = packets(&source, &dir.join("reference.hash")).into_iter().map(|(_, h)| h).collect();
+    assert!(reference.len() >= 590, "{} reference frames", reference.len());
+    let edge = EdgeProc::start(&c, "edge-1", &[]).await;
+    let started = Instant::now();
+    let mut publisher = publish_file(&source, &edge.rtmp_url("live", "rec"), dir.join("publisher.log"));
+    let first = eventually(Duration::from_secs(25), "the recording to start", || recording(&c, leader, "rec")).await;
+    assert_eq!(first["pieces"][0]["owner"], first_owner, "{first}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // SIGKILL the owner mid-recording: the new owner continues the same recording.
+    c.kill(first_owner);
+    let killed_at = started.elapsed();
+    let (new_owner, _) = eventually(Duration::from_secs(10), "the stream to move", || async {
+        owner_of(&c, leader, "rec").await.filter(|(o, _)| *o != first_owner)
+    })
+    .await;
+    let two = eventually(Duration::from_secs(10), "a second piece", || async {
+        recording(&c, leader, "rec").await.filter(|r| r["pieces"].as_array().is_some_and(|p| p.len() == 2))
+    })
+    .await;
+    assert_eq!(two["pieces"][1]["owner"], new_owner, "{two}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The killed origin comes back and finishes its torn piece from its disk; then a
+    // planned move hands the stream back to it: a third piece of the same recording.
+    c.spawn(first_owner);
+    let to = first_owner.to_string();
+    eventually(Duration::from_secs(20), "a planned move back to the restarted origin", || async {
+        let (ok, _, err) = ctl(&c, &[1, 2, 3], &["streams", "move", "live/rec", "--to", &to]);
+        if !ok {
+            eprintln!("move: {}", err.trim());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ok.then_some(())
+    })
+    .await;
+    let three = eventually(Duration::from_secs(10), "a third piece", || async {
+        recording(&c, leader, "rec").await.filter(|r| r["pieces"].as_array().is_some_and(|p| p.len() == 3))
+    })
+    .await;
+    assert_eq!(three["pieces"][2]["owner"], first_owner, "{three}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let published_for = started.elapsed();
+    publisher.0.kill().unwrap();
+    let _ = publisher.0.wait();
+
+    let done = eventually(Duration::from_secs(20), "every piece finished and copied to a second origin", || async {
+        recording(&c, leader, "rec").await.filter(|r| {
+            r["pieces"].as_array().is_some_and(|ps| {
+                ps.len() == 3 && ps.iter().all(|p| p["finished"] == true && p["holders"].as_array().unwrap().len() == 2)
+            })
+        })
+    })
+    .await;
+    let id = done["id"].as_u64().unwrap();
+    eprintln!("recording {id}: {done}");
+    for piece in done["pieces"].as_array().unwrap() {
+        // A new owner's piece takes the edge's re-sent frames in one burst: its reader
+        // must not skip any of them.
+        assert_eq!(piece["dropped"], 0, "no frame skipped by a writer behind: {piece}");
+    }
+    let metric = |id: u64, series: &'static str| {
+        let c = &c;
+        async move {
+            let text = c.call(id, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+            edges::metric_value(text.as_str().unwrap(), series).unwrap_or(0.0)
+        }
+    };
+    let written = metric(new_owner, "raftcast_recording_written_bytes_total").await;
+    assert_eq!(written as u64, done["pieces"][1]["bytes"].as_u64().unwrap(), "the new owner counts what it wrote");
+    let mut copies = 0.0;
+    for i in 1..=3 {
+        copies += metric(i, "raftcast_recording_copies_total").await;
+    }
+    assert_eq!(copies, 3.0, "one copy of each piece");
+
+    // Read it whole through ctl, from any origin.
+    let file = dir.join("recording.flv");
+    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["recordings", "get", &id.to_string(), file.to_str().unwrap()]);
+    assert!(ok, "ctl recordings get: {out} {err}");
+    let got = packets(&file, &dir.join("recording.hash"));
+    assert_whole_from_the_start(&reference, &got);
+    // Everything ffmpeg sent until it was killed, but for its start-up and what was in
+    // flight at the end (ffmpeg's and the edge's buffers): two seconds at 30 fps.
+    assert!(
+        got.len() as f64 >= (published_for.as_secs_f64() - 2.0) * 30.0,
+        "{} frames recorded in {published_for:?} of publishing",
+        got.len()
+    );
+    let p = &done["pieces"];
+    let overlap = |a: usize| p[a]["last_ts"].as_i64().unwrap() - p[a + 1]["first_ts"].as_i64().unwrap();
+    eprintln!(
+        "recorded {} video frames in order, once each, across the owner's SIGKILL at {killed_at:?} \
+         and a planned move (pieces: ts {}..{}, {}..{}, {}..{}; overlaps {} and {} ms joined away)",
+        got.len(),
+        p[0]["first_ts"],
+        p[0]["last_ts"],
+        p[1]["first_ts"],
+        p[1]["last_ts"],
+        p[2]["first_ts"],
+        p[2]["last_ts"],
+        overlap(0),
+        overlap(1),
+    );
+
+    // Lose the first owner's files (two of the three pieces): the recording still reads
+    // whole, through that very origin, from the replicas.
+    for entry in std::fs::read_dir(c.data_dir(first_owner).join("recordings")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let again = dir.join("again.flv");
+    let (ok, out, err) = ctl(&c, &[first_owner], &["recordings", "get", &id.to_string(), again.to_str().unwrap()]);
+    assert!(ok, "ctl recordings get after the loss: {out} {err}");
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&file).unwrap(), "the same file from the replicas");
+    // And the origin fetches again the pieces the catalog says it holds.
+    let pieces_dir = c.data_dir(first_owner).join("recordings");
+    let held = p.as_array().unwrap().iter().filter(|p| p["holders"].as_array().unwrap().contains(&first_owner.into()));
+    let held: Vec<PathBuf> = held.map(|p| pieces_dir.join(format!("{}.flv", p["epoch"]))).collect();
+    eventually(Duration::from_secs(10), "the lost copies to be fetched again", || {
+        let back = held.iter().all(|f| f.exists());
+        async move { back.then_some(()) }
+    })
+    .await;
+
+    // Hostile and unknown ids.
+    for (path, status) in [
+        ("/recordings/999999999", 404),
+        ("/recordings/999999999.flv", 404),
+        ("/recordings/..%2F..%2Fcluster-secret", 400),
+        ("/recordings/1.mp4", 400),
+        ("/recordings/-1.flv", 400),
+    ] {
+        let (s, v) = c.call(leader, Method::GET, path, None, &[]).await.unwrap();
+        assert_eq!(s.as_u16(), status, "{path}: {v}");
+    }
+    let internal = c.url(leader, &format!("/internal/recordings/{}", p[0]["epoch"]));
+    let res = reqwest::get(&internal).await.unwrap();
+    assert_eq!(res.status().as_u16(), 401, "pieces are for members only");
+    for path in ["/recordings".to_owned(), format!("/recordings/{id}.flv"), "/recording-rules".to_owned()] {
+        let res = reqwest::get(c.url(leader, &path)).await.unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{path} needs the admin token");
+    }
+    let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "show", "999999999"]);
+    assert!(!ok && err.contains("404"), "{err}");
+
+    // Retention: with at most one byte kept, the leader deletes the finished recording.
+    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["recordings", "retention", "--set", "--max-bytes", "1"]);
+    assert!(ok && out.contains("\"max_bytes\": 1"), "{out} {err}");
+    eventually(Duration::from_secs(10), "retention to delete the recording", || async {
+        let (s, _) = c.call(leader, Method::GET, &format!("/recordings/{id}"), None, &[]).await.ok()?;
+        (s.as_u16() == 404).then_some(())
+    })
+    .await;
+    let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "delete", &id.to_string()]);
+    assert!(!ok && err.contains("404"), "deleted already: {err}");
+    drop(edge);
+}
