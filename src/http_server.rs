@@ -226,7 +226,10 @@ async fn connection(
 ) {
     let service = hyper::service::service_fn(handler(router, peer, limits.body_timeout));
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // Title-Case header names: librtmp's RTMPT (rtmpdump) looks for `Content-Length`
+    // case-sensitively; names are case-insensitive to everyone else.
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder.title_case_headers(true);
     drive(builder.serve_connection(TokioIo::new(socket), service), &shutdown, "HTTP").await;
 }
 
@@ -287,6 +290,8 @@ async fn tls_connection(
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    // As over plain HTTP: librtmp's RTMPTS needs `Content-Length` spelled so.
+    builder.http1().title_case_headers(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(H2_MAX_STREAMS);
     let served = drive(builder.serve_connection(TokioIo::new(stream), service), &conn_shutdown, "HTTPS");
     // An idle HTTP/2 client gets a graceful GOAWAY; one that does not answer its PING

@@ -175,6 +175,17 @@ pub struct EdgeArgs {
     /// Long-lived HTTP requests (HTTP-FLV plays, including those waiting for a missing stream, and shared-object SSE) from one address [default: 64]
     #[arg(long, env = "RAFTCAST_EDGE_MAX_LONG_REQUESTS_PER_ADDRESS")]
     pub max_long_requests_per_address: Option<usize>,
+    /// RTMPT sessions open at once in all; more `POST /open` get 503. Each also counts
+    /// as an RTMP connection [default: 1000]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_RTMPT_SESSIONS")]
+    pub max_rtmpt_sessions: Option<usize>,
+    /// RTMPT sessions open at once from one address; more get 429 [default: 32]
+    #[arg(long, env = "RAFTCAST_EDGE_MAX_RTMPT_SESSIONS_PER_ADDRESS")]
+    pub max_rtmpt_sessions_per_address: Option<usize>,
+    /// An RTMPT session that gets no request for this many ms is closed (and its RTMP
+    /// connection with it) [default: 30000]
+    #[arg(long, env = "RAFTCAST_EDGE_RTMPT_IDLE_TIMEOUT_MS")]
+    pub rtmpt_idle_timeout_ms: Option<u64>,
     /// An address refused more than this many connections in one second (RTMP or
     /// HTTP, by the caps above) is banned: the listener's socket filter drops its SYNs
     /// for --ban-seconds, doubling for each repeat within 10 minutes up to 300 s. 0
@@ -243,6 +254,10 @@ pub struct EdgeCaps {
     pub http_header_timeout: Duration,
     pub http_body_timeout: Duration,
     pub long_requests_per_address: usize,
+    pub rtmpt_sessions: usize,
+    pub rtmpt_sessions_per_address: usize,
+    /// An RTMPT session with no request for this long is closed.
+    pub rtmpt_idle_timeout: Duration,
     /// When an address is banned below accept.
     pub bans: crate::bans::BanPolicy,
 }
@@ -398,6 +413,9 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         http_header_timeout_ms: cli.http_header_timeout_ms.or(file.http_header_timeout_ms),
         http_body_timeout_ms: cli.http_body_timeout_ms.or(file.http_body_timeout_ms),
         max_long_requests_per_address: cli.max_long_requests_per_address.or(file.max_long_requests_per_address),
+        max_rtmpt_sessions: cli.max_rtmpt_sessions.or(file.max_rtmpt_sessions),
+        max_rtmpt_sessions_per_address: cli.max_rtmpt_sessions_per_address.or(file.max_rtmpt_sessions_per_address),
+        rtmpt_idle_timeout_ms: cli.rtmpt_idle_timeout_ms.or(file.rtmpt_idle_timeout_ms),
         ban_refusals_per_second: cli.ban_refusals_per_second.or(file.ban_refusals_per_second),
         ban_seconds: cli.ban_seconds.or(file.ban_seconds),
     }
@@ -484,6 +502,9 @@ impl EdgeConfig {
             http_header_timeout: ms(a.http_header_timeout_ms, 10_000),
             http_body_timeout: ms(a.http_body_timeout_ms, 30_000),
             long_requests_per_address: a.max_long_requests_per_address.unwrap_or(64),
+            rtmpt_sessions: a.max_rtmpt_sessions.unwrap_or(1000),
+            rtmpt_sessions_per_address: a.max_rtmpt_sessions_per_address.unwrap_or(32),
+            rtmpt_idle_timeout: ms(a.rtmpt_idle_timeout_ms, 30_000),
             bans: {
                 let d = crate::bans::BanPolicy::default();
                 let first = a.ban_seconds.map_or(d.first, Duration::from_secs);
@@ -570,9 +591,15 @@ impl EdgeCaps {
             ("--http-max-connections", self.http_connections),
             ("--http-max-connections-per-address", self.http_connections_per_address),
             ("--max-long-requests-per-address", self.long_requests_per_address),
+            ("--max-rtmpt-sessions", self.rtmpt_sessions),
+            ("--max-rtmpt-sessions-per-address", self.rtmpt_sessions_per_address),
         ];
         if let Some((flag, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(format!("{flag} must be at least 1"));
+        }
+        // A client polls at most every 0x21 (33) tens of ms; a second is plenty more.
+        if self.rtmpt_idle_timeout < Duration::from_secs(1) {
+            return Err("--rtmpt-idle-timeout-ms must be at least 1000".into());
         }
         // A legal chunk (up to 64 KiB + headers) must fit before connect.
         if self.partial_bytes_before_connect < 4096 {

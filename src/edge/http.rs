@@ -1,6 +1,7 @@
 //! The edge's HTTP side: HTTP-FLV players (`GET /{app}/{name}.flv`), shared objects
 //! (`/shared-objects/…`, see `http_objects`), static files at `/webcast/` (`--www`),
-//! `/status`, `/metrics`, `/health`; HLS under `/{app}/{name}/` (routes in `hls`).
+//! `/status`, `/metrics`, `/health`; HLS under `/{app}/{name}/` (routes in `hls`);
+//! RTMPT `POST`s (handled in `rtmpt`).
 //!
 //! Plays (HTTP-FLV and HLS) check the play token of apps that require one (see
 //! `docs/tokens.md`): `Authorization: Bearer T` or `?token=T`.
@@ -26,6 +27,7 @@ use serde_json::json;
 
 use super::hooks::{admit_session, DoneNotice, HookCall, HookEvent, HookRefusal};
 use super::http_objects;
+use super::rtmpt;
 use super::streams::Lease;
 use super::tokens::{self, Protocol};
 use super::EdgeContext;
@@ -65,7 +67,24 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(ctx.clone())
         .merge(hls)
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), rtmpt_posts))
         .layer(axum::middleware::from_fn_with_state(ctx, note_client_request))
+}
+
+/// RTMPT (`POST /open/1`, `/send/…`, `/idle/…`, `/close/…`, `/fcs/ident2`) goes to
+/// [`rtmpt`] before routing: its paths are taken for `POST`s only, so an app named
+/// `send` or `idle` keeps its HTTP-FLV and HLS routes.
+async fn rtmpt_posts(
+    State(ctx): State<Arc<EdgeContext>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.method() == axum::http::Method::POST {
+        if let Some(parsed) = rtmpt::exchange::Command::parse(req.uri().path()) {
+            return rtmpt::handle(ctx, parsed, req).await;
+        }
+    }
+    next.run(req).await
 }
 
 /// Notes when a client request (not a health check or an ops call) arrived: see
@@ -354,6 +373,7 @@ async fn status(State(ctx): State<Arc<EdgeContext>>) -> Json<serde_json::Value> 
         "connections": s.connections.load(Ordering::Relaxed),
         "publishers": s.publishers.load(Ordering::Relaxed),
         "players": {"rtmp": s.players_rtmp.load(Ordering::Relaxed), "flv": s.players_flv.load(Ordering::Relaxed)},
+        "rtmpt_sessions": ctx.tunnels.len(),
         "relays": streams,
         "load": {
             "cpu_permille": s.load.cpu_permille.load(Ordering::Relaxed),

@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use super::claims::ClaimFeed;
 use super::hls::{Hls, HlsMetrics};
 use super::hooks::{HookEvent, Outcome};
+use super::rtmpt::exchange::Kind;
 use super::streams::Relays;
 use super::tokens::{Protocol, Reason};
 use super::upstream::Upstreams;
@@ -69,6 +70,24 @@ struct HookLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SideLabel {
     side: &'static str,
+}
+
+/// An RTMPT request kind (`open`, `send`, `idle`, `close`, `ident`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// `in` (to the server) or `out` (to the client).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+/// Why an RTMPT request was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 /// The address of the origin at the other end of an upstream link.
@@ -242,6 +261,29 @@ impl Collector for EdgeCollector {
              timed_out",
             &handshakes,
         )?;
+        let t = &s.rtmpt;
+        gauge(e, "edge_rtmpt_sessions", "RTMPT sessions open", load(&t.open))?;
+        let kinds: Vec<_> = Kind::ALL.iter().map(|k| (KindLabel { kind: k.label() }, t.requests(*k))).collect();
+        counters(e, "edge_rtmpt_requests_total", "RTMPT requests by kind", &kinds)?;
+        counters(
+            e,
+            "edge_rtmpt_bytes_total",
+            "RTMPT bytes: request bodies written into sessions (in), replies (out)",
+            &[
+                (DirectionLabel { direction: "in" }, load(&t.bytes_in)),
+                (DirectionLabel { direction: "out" }, load(&t.bytes_out)),
+            ],
+        )?;
+        counters(
+            e,
+            "edge_rtmpt_rejected_total",
+            "RTMPT requests refused: unknown_session (404), out_of_order (400)",
+            &[
+                (ReasonLabel { reason: "unknown_session" }, load(&t.unknown)),
+                (ReasonLabel { reason: "out_of_order" }, load(&t.out_of_order)),
+            ],
+        )?;
+        counter(e, "edge_rtmpt_expired_total", "RTMPT sessions closed for getting no request", load(&t.expired))?;
         let (followed, restarts) = self.claims.stats();
         gauge(
             e,
@@ -320,9 +362,15 @@ mod tests {
         // A gauge and a counter's family under one name confuse Prometheus's parser
         // (the last `# TYPE` wins) and fail `promtool check metrics`.
         assert!(twice.is_empty(), "families typed more than once: {twice:?}");
-        for family in
-            ["edge_connections_open", "edge_connections", "edge_hop_seconds", "edge_hls_requests", "edge_auth_refused"]
-        {
+        for family in [
+            "edge_connections_open",
+            "edge_connections",
+            "edge_hop_seconds",
+            "edge_hls_requests",
+            "edge_auth_refused",
+            "edge_rtmpt_requests",
+            "edge_rtmpt_sessions",
+        ] {
             assert!(typed.contains_key(family), "{family} missing from\n{page}");
         }
         assert_eq!(page.lines().last(), Some("# EOF"));

@@ -10,6 +10,7 @@
 //!   one change feed from an origin; writes and broadcasts through the cluster;
 //! - `so_session`: one RTMP connection's shared-object messages;
 //! - `hls`: HLS and LL-HLS routes and one packaging task per stream asked for;
+//! - `rtmpt`: RTMP tunnelled in HTTP POSTs, into the same connection task;
 //! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
 //!   `/metrics`, `/health`;
 //! - `metrics`: the `/metrics` registry, read from the counters where they are kept.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod publication;
 pub mod relaying;
 pub mod rtmp_conn;
+pub mod rtmpt;
 pub mod shared_objects;
 pub mod so_session;
 pub mod streams;
@@ -51,6 +53,9 @@ use crate::limits::{ByteBudget, Limit};
 pub struct EdgeStats {
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
+    /// The last connection id given (RTMP, RTMPS and RTMPT share them: webhook
+    /// session names are built from them).
+    pub connection_ids: AtomicU64,
     pub connections_refused: AtomicU64,
     pub publishers: AtomicU64,
     pub players_rtmp: AtomicU64,
@@ -89,6 +94,8 @@ pub struct EdgeStats {
     /// Players' live frames: from the link to the player's socket (merge window
     /// included).
     pub hop_delivery: crate::media::hop::HopLatency,
+    /// RTMPT sessions, requests and bytes.
+    pub rtmpt: rtmpt::TunnelStats,
 }
 
 /// The caps the edge's listeners enforce (see [`crate::limits`] and [`EdgeCaps`]).
@@ -101,6 +108,8 @@ pub struct EdgeLimits {
     pub unstarted: Arc<Limit>,
     /// Publishes, from the request until the stream ends.
     pub publishes: Arc<Limit>,
+    /// RTMPT sessions (each also holds an `rtmp_connections` permit).
+    pub rtmpt_sessions: Arc<Limit>,
     /// Long-lived HTTP requests: HTTP-FLV plays (waiting ones too) and shared-object SSE.
     pub long_requests: Arc<Limit>,
     /// The HTTP listener's connection cap and timeouts.
@@ -125,6 +134,7 @@ impl EdgeLimits {
             handshakes: Limit::new("rtmp_handshakes", c.handshakes_per_address, c.handshakes),
             unstarted: Limit::new("rtmp_unstarted", c.unstarted_per_address, c.unstarted),
             publishes: Limit::new("publishes", c.publishes_per_address, config.max_connections),
+            rtmpt_sessions: Limit::new("rtmpt_sessions", c.rtmpt_sessions_per_address, c.rtmpt_sessions),
             long_requests: Limit::new("http_long_requests", c.long_requests_per_address, c.http_connections),
             http: HttpLimits {
                 header_timeout: c.http_header_timeout,
@@ -150,6 +160,7 @@ impl EdgeLimits {
             self.handshakes.clone(),
             self.unstarted.clone(),
             self.publishes.clone(),
+            self.rtmpt_sessions.clone(),
             self.long_requests.clone(),
             self.http.connections.clone(),
         ];
@@ -175,6 +186,8 @@ pub struct EdgeContext {
     pub tokens: tokens::Verifier,
     /// Streams packaged for HLS, their windows and counters.
     pub hls: Arc<hls::Hls>,
+    /// Open RTMPT sessions.
+    pub tunnels: rtmpt::Tunnels,
     pub stats: Arc<EdgeStats>,
     pub limits: EdgeLimits,
     /// `/metrics`, reading `stats`, `limits`, `hls`, `relays`, `claims` and `upstreams`.
@@ -237,6 +250,7 @@ impl EdgeContext {
             relays,
             claims,
             hls,
+            tunnels: rtmpt::Tunnels::default(),
             stats,
             limits,
             metrics,

@@ -25,7 +25,8 @@
 //!
 //! RTMPS is the same loop and the same task over a TLS stream ([`ClientStream`]): the
 //! TLS handshake runs in the connection's task, under the RTMP handshake's permit and
-//! deadline.
+//! deadline. RTMPT is the same task over an in-memory pipe (`edge::rtmpt` feeds it from
+//! HTTP requests; [`run_stream`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSlice;
@@ -53,7 +54,7 @@ use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
 use super::tokens::{Protocol, StreamAuthError};
 use super::EdgeContext;
-use crate::limits::{Permit, Reservation};
+use crate::limits::{Permit, Refused, Reservation};
 use crate::media::hop::HopLatency;
 use crate::media::{Frame, FrameKind, Hub, Subscription};
 use crate::rtmp::chunk::RawMessage;
@@ -74,7 +75,7 @@ const WRITE_SLICES: usize = 64;
 /// Read buffer size.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// A client's byte stream, TCP or TLS over TCP, split into the halves the connection
+/// A client's byte stream, TCP, TLS over TCP or an RTMPT tunnel's pipe, split into the halves the connection
 /// task polls side by side.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Reader: AsyncRead + Unpin + Send;
@@ -82,7 +83,7 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether a write may leave bytes inside the stream until it is flushed (TLS
     /// records); a plain socket's flush does nothing.
     const BUFFERS_WRITES: bool;
-    /// `rtmp` or `rtmps`, as webhooks name it.
+    /// `rtmp`, `rtmps` or `rtmpt`, as webhooks name it.
     const PROTOCOL: &'static str;
     fn split(self) -> (Self::Reader, Self::Writer);
 }
@@ -135,7 +136,6 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let mut next = 0u64;
     let what = if tls.is_some() { "rtmps" } else { "rtmp" };
     let mut gate = crate::bans::Gate::new(what, ctx.limits.bans, ctx.limits.rtmp_bans.clone());
     loop {
@@ -152,7 +152,7 @@ pub async fn serve(
             }
         };
         let _ = socket.set_nodelay(true);
-        next += 1;
+        let next = ctx.stats.connection_ids.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(proxy) = ctx.limits.proxy.as_ref().filter(|p| p.trusts(peer.ip())) {
             // Behind a trusted balancer the client is known once its PROXY header is
             // read: off the accept loop, in one of the bounded slots for headers.
@@ -172,7 +172,7 @@ pub async fn serve(
                 match read {
                     Ok((header, rest)) => {
                         let client = header.client(peer);
-                        let Some(permits) = admit(&ctx, client) else { return };
+                        let Ok(permits) = admit(&ctx, client) else { return };
                         match tls {
                             None => run(socket, client, rest.to_vec(), next, ctx, permits, shutdown).await,
                             Some(tls) => {
@@ -190,7 +190,7 @@ pub async fn serve(
             ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let Some(permits) = admit(&ctx, peer) else {
+        let Ok(permits) = admit(&ctx, peer) else {
             gate.refused(&listener, &socket, peer.ip());
             continue;
         };
@@ -224,22 +224,19 @@ async fn run_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 }
 
 /// Takes the connection and handshake permits for the client at `peer`, or counts the
-/// refusal (the caller closes the socket).
-fn admit(ctx: &EdgeContext, peer: SocketAddr) -> Option<(Permit, Permit)> {
+/// refusal (the caller closes the socket, or refuses the RTMPT session).
+pub(super) fn admit(ctx: &EdgeContext, peer: SocketAddr) -> Result<(Permit, Permit), Refused> {
     let permits = ctx
         .limits
         .rtmp_connections
         .try_acquire(peer.ip())
         .and_then(|conn| Ok((conn, ctx.limits.handshakes.try_acquire(peer.ip())?)));
-    match permits {
-        Ok(permits) => Some(permits),
-        Err(refused) => {
-            ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-            // Counted per class in /metrics; a flood must not flood the log too.
-            tracing::debug!(%peer, %refused, "RTMP connection refused");
-            None
-        }
+    if let Err(refused) = &permits {
+        ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+        // Counted per class in /metrics; a flood must not flood the log too.
+        tracing::debug!(%peer, %refused, "RTMP connection refused");
     }
+    permits
 }
 
 /// One connection's task: `peer` is the client (the address a PROXY header carried,
@@ -255,6 +252,20 @@ async fn run(
 ) {
     let deadline = Instant::now() + ctx.config.handshake_timeout;
     run_until(socket, peer, early, id, ctx, permits, deadline, shutdown).await
+}
+
+/// A connection over a stream no listener accepted (an RTMPT session's pipe), with
+/// the permits [`admit`] gave: the same task as a TCP client's.
+pub(super) async fn run_stream<S: ClientStream>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<EdgeContext>,
+    permits: (Permit, Permit),
+    shutdown: CancellationToken,
+) {
+    let id = ctx.stats.connection_ids.fetch_add(1, Ordering::Relaxed) + 1;
+    let deadline = Instant::now() + ctx.config.handshake_timeout;
+    run_until(stream, peer, Vec::new(), id, ctx, permits, deadline, shutdown).await
 }
 
 /// [`run`] over any client stream, the RTMP handshake due by `handshake_deadline`.
