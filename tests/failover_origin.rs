@@ -662,11 +662,9 @@ async fn a_dead_origin_s_streams_spread_over_the_survivors() {
     );
     assert_eq!(on_leader + on_other, 30);
     let (most, least) = (on_leader.max(on_other), on_leader.min(on_other));
-    // The bound. Not an exact split: placement weighs each origin's measured
-    // CPU too, and on a busy machine the leader (which also runs the moves) measures
-    // higher and gets fewer (13 against 17 in one CI run). Without the reservations
-    // every move picks the same survivor: 11 against 19, which fails this.
     assert!(most * 2 <= least * 3, "the survivors own {on_leader} and {on_other}: more than 1.5x apart");
+    // Not just within the ratio: the moves filled the gap.
+    assert!(most - least <= 2, "the survivors own {on_leader} and {on_other}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
