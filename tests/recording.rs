@@ -16,26 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster};
-use edges::{require, EdgeProc, Proc};
+use edges::{noisy_source as source, EdgeProc, Proc};
 use reqwest::Method;
 use serde_json::Value;
-
-/// A 20 s libx264 + AAC file whose every video frame differs (temporal noise).
-fn source(dir: &Path) -> PathBuf {
-    require("ffmpeg");
-    let path = dir.join("source.flv");
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30,noise=alls=12:allf=t+u"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440"])
-        .args(["-t", "20", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-threads", "1"])
-        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success(), "encoding the source failed");
-    path
-}
 
 /// Each video packet of `file` as ffmpeg's framehash muxer prints it: (dts, sha256).
 fn packets(file: &Path, out: &Path) -> Vec<(i64, String)> {

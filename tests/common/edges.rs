@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -229,4 +229,21 @@ pub async fn ffprobe_video_packets_with(url: &str, extra: &[&str], secs: u32) ->
         .as_str()
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("no packet count in {json}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `dir/source.flv`: a 20 s libx264 + AAC file whose every video frame differs (temporal noise).
+pub fn noisy_source(dir: &Path) -> PathBuf {
+    require("ffmpeg");
+    let path = dir.join("source.flv");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=30,noise=alls=12:allf=t+u"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440"])
+        .args(["-t", "20", "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-threads", "1"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "encoding the source failed");
+    path
 }
