@@ -103,7 +103,8 @@ function start(url, ll, stallMs, catchUp) {
     else {
       h.nonfatal[d.details] = (h.nonfatal[d.details] || 0) + 1;
       // When, too (the first 50): a stall or a timeout is matched with what the test did.
-      if ((h.nonfatalAt ||= []).length < 50) h.nonfatalAt.push({ at: new Date().toISOString().slice(11, 23), details: d.details, url: d.url || (d.frag && d.frag.url) || undefined });
+      if ((h.nonfatalAt ||= []).length < 50) h.nonfatalAt.push({ at: new Date().toISOString().slice(11, 23), details: d.details, url: d.url || (d.frag && d.frag.url) || undefined,
+        reason: String(d.reason || (d.error && d.error.message) || '').slice(0, 300) || undefined });
     }
   });
   hls.on(Hls.Events.LEVEL_LOADED, (e, d) => { h.levels = { live: d.details.live, partTarget: d.details.partTarget, targetduration: d.details.targetduration, canBlockReload: d.details.canBlockReload }; });
