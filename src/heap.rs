@@ -55,3 +55,37 @@ pub fn use_first_arena() {
     use tikv_jemalloc_ctl::{Access, AsName};
     let _ = b"thread.arena\0".name().write(0u32);
 }
+
+/// How often a thread going idle empties its allocation cache, at most.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Empties the calling thread's jemalloc cache (what it freed and kept for its own
+/// next allocations), at most every [`FLUSH_EVERY`]; origins call it when a runtime
+/// worker parks. A worker that served a burst and then went idle keeps its cache until
+/// it allocates again: jemalloc's own cache GC runs on allocations, not on time, and the
+/// background threads do not touch a thread's cache. After the 5-minute
+/// `flood-catchup` chaos schedule the leader's threads held 2.6 MB there. Switching the
+/// cache off and on is how jemalloc's control interface flushes it. Errors (another
+/// allocator) are ignored.
+pub fn flush_thread_cache() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    use tikv_jemalloc_ctl::{Access, AsName};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| match last.get() {
+        Some(at) if now.duration_since(at) < FLUSH_EVERY => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        let name = b"thread.tcache.enabled\0".name();
+        if name.write(false).is_ok() {
+            let _ = name.write(true);
+        }
+    }
+}

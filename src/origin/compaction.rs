@@ -74,12 +74,13 @@ pub async fn snapshot_by_bytes(
         }
         let (snapshot, purged, slowest_follower) = {
             let m = raft.metrics().borrow().clone();
-            // On the leader, the least index every follower has (`None` elsewhere).
-            let slowest = m
-                .replication
-                .as_ref()
-                .map(|r| r.iter().filter(|(id, _)| **id != m.id).map(|(_, l)| l.as_ref().map_or(0, |l| l.index)).min());
-            (m.snapshot.map(|l| l.index), m.purged.map(|l| l.index), slowest.flatten())
+            let purged = m.purged.map(|l| l.index);
+            // On the leader, the least index every follower still replicating from the
+            // log has (`None` elsewhere).
+            let slowest = m.replication.as_ref().map(|r| {
+                r.iter().filter(|(id, _)| **id != m.id).filter_map(|(_, l)| from_log(l.map(|l| l.index), purged)).min()
+            });
+            (m.snapshot.map(|l| l.index), purged, slowest.flatten())
         };
         let Some(snapshot) = snapshot else { continue };
         if purged_behind == Some(snapshot) {
@@ -95,8 +96,11 @@ pub async fn snapshot_by_bytes(
         // purge replication still reads, and a purge still pending when the next
         // snapshot schedules its own, lower one trips openraft's `purge_upto` must not
         // go back (a debug assertion: `tests/raft_load.rs` panicked the leader on it).
-        // A follower behind holds this purge back until it catches up (or openraft's
-        // own purge and the snapshot take over).
+        // A follower behind holds this purge back until it catches up, unless it is
+        // already behind what openraft purged: that one gets the snapshot whatever this
+        // task does (and a snapshot in flight defers no purge), so waiting for it only
+        // kept the whole flood in the leader's log while a follower was down: the
+        // leader's sled file grew to 235 MB in `flood-catchup`, the followers' 2.6 MB.
         if keep > 0 && slowest_follower.is_some_and(|s| s < keep - 1) {
             continue;
         }
@@ -107,6 +111,16 @@ pub async fn snapshot_by_bytes(
             }
         }
         purged_behind = Some(snapshot);
+    }
+}
+
+/// The index a follower has matched, when it still replicates from the log: it is not
+/// behind the `purged` index (a follower behind that needs the snapshot).
+fn from_log(matched: Option<u64>, purged: Option<u64>) -> Option<u64> {
+    match (matched, purged) {
+        (_, None) => Some(matched.unwrap_or(0)),
+        (Some(m), Some(p)) if m >= p => Some(m),
+        _ => None,
     }
 }
 
@@ -124,6 +138,19 @@ fn burst_over(since: u64, lately: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_follower_that_still_replicates_from_the_log_holds_the_purge() {
+        // Nothing purged yet: every follower needs the log, one with nothing from 0.
+        assert_eq!(from_log(None, None), Some(0));
+        assert_eq!(from_log(Some(7), None), Some(7));
+        // At or past the purged index: it reads the log.
+        assert_eq!(from_log(Some(100), Some(100)), Some(100));
+        assert_eq!(from_log(Some(150), Some(100)), Some(150));
+        // Behind it: the snapshot catches it up; it holds nothing back.
+        assert_eq!(from_log(Some(99), Some(100)), None);
+        assert_eq!(from_log(None, Some(100)), None);
+    }
 
     #[test]
     fn a_snapshot_is_due_once_enough_bytes_were_appended() {

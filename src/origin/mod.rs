@@ -67,8 +67,12 @@ pub fn main(args: OriginArgs) -> ExitCode {
     crate::heap::use_first_arena();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.on_thread_start(crate::heap::use_first_arena);
-    // sled's replaced pages wait in each thread's own epoch bag until it is handed on.
-    runtime.on_thread_park(raftcast_storage::release_deferred);
+    // sled's replaced pages wait in each thread's own epoch bag until it is handed on,
+    // and freed memory in the thread's allocator cache until it allocates again.
+    runtime.on_thread_park(|| {
+        raftcast_storage::release_deferred();
+        crate::heap::flush_thread_cache();
+    });
     crate::process::main(
         "origin",
         || OriginConfig::from_args(args, |k| std::env::var(k).ok()),
