@@ -290,6 +290,7 @@ start() {
     echo "# through HAProxy (any edge, no stickiness):"
     echo "publish: rtmp://$(rtmp_addr 0)/live/test"
     echo "hls:     http://$(edge_http_addr 0)/live/test/index.m3u8"
+    echo "rtmpt:   rtmpt://$(edge_http_addr 0)/live/test (each session stays on the edge that opened it)"
     echo "page:    http://$(edge_http_addr 0)/webcast/?stream=live/test&token=$webcast_token"
     echo "haproxy: $DATA/haproxy.cfg, stats at http://$LB_STATS/"
   fi
@@ -329,6 +330,9 @@ haproxy_config() {
 global
     log stderr format raw local0 info
     hard-stop-after 5s
+    # HAProxy writes header names in lower case; librtmp (rtmpdump's RTMPT) finds the
+    # reply's length only as "Content-Length" (see h1-case-adjust-bogus-client below).
+    h1-case-adjust content-length Content-Length
 
 defaults
     log global
@@ -348,6 +352,7 @@ frontend http
     mode http
     bind $(edge_http_addr 0)
     option httplog
+    option h1-case-adjust-bogus-client
     timeout http-request 10s
     timeout http-keep-alive 10s
     default_backend edges_http
@@ -360,6 +365,12 @@ backend edges_http
     http-check expect status 200
     retry-on conn-failure empty-response junk-response response-timeout 0rtt-rejected 502 503 504
     http-request disable-l7-retry unless METH_GET || METH_HEAD
+    # RTMPT (docs/rtmpt.md): a session lives on the edge that opened it, which names it
+    # in X-Rtmpt-Session; its /send, /idle and /close POSTs (id in the path's third
+    # field) go to that edge. Everything else stays round-robin.
+    stick-table type string len 32 size 100k expire 60s
+    stick store-response res.hdr(X-Rtmpt-Session)
+    stick match path,field(3,/) if METH_POST { path_reg ^/(send|idle|close)/[0-9a-f]+/ }
 $http_servers
 frontend rtmp
     mode tcp

@@ -157,3 +157,70 @@ async fn haproxy_in_front_of_the_edges_hides_an_edge_death_from_gets() {
     ok(script(&data, &ports, "stop"));
     assert!(!alive(haproxy), "stop left HAProxy running");
 }
+
+/// RTMPT through the balancer's HTTP port, which deals requests round-robin: each
+/// session's requests must reach the edge that opened it (HAProxy's stick table on the
+/// `X-Rtmpt-Session` header of the `/open` reply), or the second request of every
+/// session would meet the other edge's `404 unknown_session`. ffmpeg publishes over
+/// `rtmpt://` through the balancer; ffprobe and rtmpdump play over `rtmpt://` through
+/// it, and ffprobe over RTMP through it too: the same packet counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmpt_through_the_round_robin_balancer_publishes_and_plays() {
+    edges::require("haproxy");
+    edges::require("rtmpdump");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::copy(common::BIN, data.with_file_name("rc-node")).unwrap();
+    let ports = Ports { base: common::free_base() };
+    let _stop = StopOnDrop { data: &data, ports: &ports, dir: dir.path().to_owned() };
+    ok(script(&data, &ports, "start"));
+
+    let rtmpt = format!("rtmpt://{}/live/tunnelled", ports.lb_http());
+    let _ffmpeg = edges::ffmpeg_publish(&rtmpt, dir.path().join("ffmpeg.log"));
+    let rtmp = format!("rtmp://{}/live/tunnelled", ports.lb_rtmp());
+    eventually(Duration::from_secs(30), "the tunnelled stream over RTMP through the balancer", || {
+        let rtmp = rtmp.clone();
+        async move { ffprobe_video_packets(&rtmp, 1).await.ok().filter(|n| *n > 0) }
+    })
+    .await;
+
+    // About 150 video packets in 5 s of the 30 fps stream, tunnelled and not.
+    let (tunnelled, direct) = tokio::join!(ffprobe_video_packets(&rtmpt, 5), ffprobe_video_packets(&rtmp, 5));
+    let (tunnelled, direct) = (tunnelled.unwrap(), direct.unwrap());
+    eprintln!("ffprobe through the balancer over 5 s: rtmpt {tunnelled} video packets, rtmp {direct}");
+    assert!((120..=190).contains(&tunnelled), "RTMPT: {tunnelled} packets in 5 s");
+    assert!((120..=190).contains(&direct), "RTMP: {direct} packets in 5 s");
+
+    // rtmpdump (librtmp's own RTMPT) through the balancer for 4 s.
+    let dump = dir.path().join("dump.flv");
+    let mut rtmpdump = tokio::process::Command::new("rtmpdump")
+        .args(["--live", "-r", &rtmpt, "-o"])
+        .arg(&dump)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    if rtmpdump.try_wait().unwrap().is_some() {
+        let out = rtmpdump.wait_with_output().await.unwrap();
+        panic!("rtmpdump stopped within 4 s: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = Command::new("kill").args(["-INT", &rtmpdump.id().unwrap().to_string()]).status();
+    let out = tokio::time::timeout(Duration::from_secs(10), rtmpdump.wait_with_output()).await.unwrap().unwrap();
+    let size = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 50_000, "rtmpdump wrote {size} bytes: {}", String::from_utf8_lossy(&out.stderr));
+
+    // The balancer dealt the sessions to both edges, and no request of a session
+    // reached an edge that did not hold it.
+    let mut per_edge = Vec::new();
+    for i in 1..=2 {
+        let text = reqwest::get(format!("http://{}/metrics", ports.edge_http(i))).await.unwrap().text().await.unwrap();
+        let value = |name: &str| edges::metric_value(&text, name).unwrap_or(-1.0);
+        per_edge.push((
+            value("edge_rtmpt_requests_total{kind=\"open\"}"),
+            value("edge_rtmpt_rejected_total{reason=\"unknown_session\"}"),
+        ));
+    }
+    eprintln!("per edge (sessions opened, requests for an unknown session): {per_edge:?}");
+    assert!(per_edge.iter().all(|(opened, _)| *opened >= 1.0), "sessions on both edges: {per_edge:?}");
+}

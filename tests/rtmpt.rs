@@ -128,8 +128,10 @@ async fn an_rtmpt_session_checks_sequence_numbers_repeats_replies_is_capped_and_
     let r = client.post(format!("{base}/open/1")).body(vec![0]).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "application/x-fcs");
+    let named = r.headers()["x-rtmpt-session"].to_str().unwrap().to_owned();
     let id = r.text().await.unwrap().trim_end().to_owned();
     assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "session id {id:?}");
+    assert_eq!(named, id, "the header a balancer sticks on names the session");
 
     // C0 C1 through /send, S0 S1 S2 back through the replies (polls with /idle).
     let mut c0c1 = vec![3u8];

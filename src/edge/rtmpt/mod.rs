@@ -283,8 +283,17 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr) -> Response {
     tracing::debug!(%peer, session = id, "RTMPT session opened");
     tokio::spawn(session(id.clone(), near, queue, ctx.clone(), session_permit));
     tokio::spawn(rtmp_conn::run_stream(far, peer, ctx.clone(), permits, ctx.shutdown.clone()));
-    fcs(Bytes::from(format!("{id}\n")))
+    let mut reply = fcs(Bytes::from(format!("{id}\n")));
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        reply.headers_mut().insert(SESSION_HEADER, value);
+    }
+    reply
 }
+
+/// The `/open` reply names the new session in this header too, for a load balancer to
+/// send the session's later requests (`/send/{id}/…`) to this edge: `RAFTCAST_LB=1`'s
+/// HAProxy keeps it in a stick table (docs/rtmpt.md, "Through the load balancer").
+pub const SESSION_HEADER: &str = "x-rtmpt-session";
 
 /// 128 random bits in hex: unguessable, so the id is the session's credential.
 fn session_id() -> String {
