@@ -200,17 +200,27 @@ fn admit(
     None
 }
 
+/// In a request's extensions when it came over TLS (the HTTPS listener), for handlers
+/// that name the transport (RTMPT's webhooks say `rtmpts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverTls;
+
 /// The router as a request handler for one connection from `peer`: the peer as
-/// `ConnectInfo`, each request body under the body deadline.
+/// `ConnectInfo` (and [`OverTls`] when `tls`), each request body under the body
+/// deadline.
 fn handler(
     router: Router,
     peer: SocketAddr,
+    tls: bool,
     body_timeout: Duration,
 ) -> impl Fn(hyper::Request<Incoming>) -> axum::routing::future::RouteFuture<std::convert::Infallible> + Clone {
     move |req: hyper::Request<Incoming>| {
         let mut router = router.clone();
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(ConnectInfo(peer));
+        if tls {
+            parts.extensions.insert(OverTls);
+        }
         let body = axum::body::Body::new(DeadlineBody::new(body, body_timeout));
         let req = hyper::Request::from_parts(parts, body);
         tower_service::Service::call(&mut router, req)
@@ -224,7 +234,7 @@ async fn connection(
     limits: &HttpLimits,
     shutdown: CancellationToken,
 ) {
-    let service = hyper::service::service_fn(handler(router, peer, limits.body_timeout));
+    let service = hyper::service::service_fn(handler(router, peer, false, limits.body_timeout));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Title-Case header names: librtmp's RTMPT (rtmpdump) looks for `Content-Length`
     // case-sensitively; names are case-insensitive to everyone else.
@@ -277,7 +287,7 @@ async fn tls_connection(
     let idle_stop = CancellationToken::new();
     let idle = Idle::new();
     let watch = tokio::spawn(idle.clone().watch(limits.header_timeout, [conn_shutdown.clone(), idle_stop.clone()]));
-    let handle = handler(router, peer, limits.body_timeout);
+    let handle = handler(router, peer, true, limits.body_timeout);
     let service = hyper::service::service_fn(move |req| {
         let busy = idle.busy();
         let answer = handle(req);

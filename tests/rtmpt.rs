@@ -268,10 +268,10 @@ async fn rtmpts_on_the_https_port_publishes_and_plays() {
     assert!((70..=120).contains(&packets), "RTMPTS: {packets} packets in 3 s");
     let text = edge.metrics().await;
     assert!(metric_value(&text, "edge_tls_handshakes_total{listener=\"https\",outcome=\"ok\"}").unwrap() >= 2.0);
-    // The hook saw an RTMPT publisher (over HTTPS too: the tunnel does not know).
+    // The hook saw an RTMPT publisher over HTTPS: `rtmpts`.
     let published: Vec<_> = calls.lock().unwrap().iter().filter(|c| c["event"] == "on_publish").cloned().collect();
     assert_eq!(published.len(), 1, "{published:?}");
-    assert_eq!(published[0]["protocol"], "rtmpt", "{}", published[0]);
+    assert_eq!(published[0]["protocol"], "rtmpts", "{}", published[0]);
 }
 
 /// An RTMPT session holds an RTMP connection: the RTMP listener's per-address cap

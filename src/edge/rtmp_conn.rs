@@ -83,7 +83,7 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether a write may leave bytes inside the stream until it is flushed (TLS
     /// records); a plain socket's flush does nothing.
     const BUFFERS_WRITES: bool;
-    /// `rtmp`, `rtmps` or `rtmpt`, as webhooks name it.
+    /// `rtmp`, `rtmps`, `rtmpt` or `rtmpts`, as webhooks name it.
     const PROTOCOL: &'static str;
     fn split(self) -> (Self::Reader, Self::Writer);
 }

@@ -85,6 +85,51 @@ impl ClientStream for DuplexStream {
     }
 }
 
+/// The pipe of a session opened over HTTPS: webhooks name it `rtmpts`.
+struct OverHttps(DuplexStream);
+
+impl tokio::io::AsyncRead for OverHttps {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for OverHttps {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl ClientStream for OverHttps {
+    type Reader = tokio::io::ReadHalf<DuplexStream>;
+    type Writer = tokio::io::WriteHalf<DuplexStream>;
+    const BUFFERS_WRITES: bool = false;
+    const PROTOCOL: &'static str = "rtmpts";
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self.0)
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct TunnelStats {
@@ -167,6 +212,7 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
     let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no client address");
     };
+    let over_tls = req.extensions().get::<crate::http_server::OverTls>().is_some();
     let unknown = |req: axum::extract::Request| async move {
         stats.unknown.fetch_add(1, Ordering::Relaxed);
         if let Err(refused) = discard_body(req).await {
@@ -180,7 +226,7 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
                 return refused;
             }
             return match command {
-                Command::Open => open(&ctx, peer),
+                Command::Open => open(&ctx, peer, over_tls),
                 _ => error(StatusCode::NOT_FOUND, "not_found", "no FCS identity here"),
             };
         }
@@ -259,7 +305,7 @@ fn fcs(body: Bytes) -> Response {
 
 /// `POST /open/1`: takes the permits, starts the session's task and its RTMP
 /// connection task, answers the id.
-fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr) -> Response {
+fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
     if ctx.shutdown.is_cancelled() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down");
     }
@@ -282,7 +328,11 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr) -> Response {
     ctx.stats.rtmpt.open.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, session = id, "RTMPT session opened");
     tokio::spawn(session(id.clone(), near, queue, ctx.clone(), session_permit));
-    tokio::spawn(rtmp_conn::run_stream(far, peer, ctx.clone(), permits, ctx.shutdown.clone()));
+    if over_tls {
+        tokio::spawn(rtmp_conn::run_stream(OverHttps(far), peer, ctx.clone(), permits, ctx.shutdown.clone()));
+    } else {
+        tokio::spawn(rtmp_conn::run_stream(far, peer, ctx.clone(), permits, ctx.shutdown.clone()));
+    }
     let mut reply = fcs(Bytes::from(format!("{id}\n")));
     if let Ok(value) = header::HeaderValue::from_str(&id) {
         reply.headers_mut().insert(SESSION_HEADER, value);
