@@ -128,6 +128,26 @@ fn sessions(got: &[Got]) -> Vec<Vec<Got>> {
 
 impl Drop for Probe {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What this relay got, by hub generation: how many frames, and where each
+            // discontinuity's segments start and end.
+            let got = self.got();
+            let mut runs: Vec<(usize, Option<u32>, u64, u64, usize)> = Vec::new();
+            for g in &got {
+                let d = opens_segment(g);
+                match runs.last_mut() {
+                    Some(r) if r.0 == g.generation && (d.is_none() || d == r.1) => {
+                        r.3 = g.mark.msn;
+                        r.4 += 1;
+                    }
+                    _ => runs.push((g.generation, d, g.mark.msn, g.mark.msn, 1)),
+                }
+            }
+            eprintln!(
+                "a probe got {} frames: (generation, discontinuity, first msn, last msn, frames) {runs:?}",
+                got.len()
+            );
+        }
         self.stop.cancel();
     }
 }
@@ -182,11 +202,40 @@ async fn pin_to_a_follower(c: &Cluster, name: &str) -> (u64, u64) {
     (leader, pinned)
 }
 
+/// `HLS_MARKS_TRACE=1`: the in-process relays log to stderr (`RUST_LOG`, default
+/// `raftcast=debug`). `HLS_MARKS_KEEP=DIR`: every process's log is copied to DIR at the
+/// end of the test, passed or failed.
+fn trace_probes() {
+    if std::env::var_os("HLS_MARKS_TRACE").is_some() {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("raftcast=debug"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+}
+
+/// Copies the cluster's logs to `$HLS_MARKS_KEEP/{test}/` when dropped.
+struct KeepLogs(std::path::PathBuf, &'static str);
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        let Some(keep) = std::env::var_os("HLS_MARKS_KEEP") else { return };
+        let to = std::path::Path::new(&keep).join(self.1);
+        let _ = std::fs::create_dir_all(&to);
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let _ = std::fs::copy(entry.path(), to.join(entry.file_name()));
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_reconnect() {
+    trace_probes();
     let name = "marks";
     let stream = StreamKey::new("live", name).unwrap();
     let mut c = Cluster::start(3).await;
+    let _keep = KeepLogs(c.dir.path().to_owned(), name);
     let (leader, pinned) = pin_to_a_follower(&c, name).await;
     let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
     let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
