@@ -100,6 +100,22 @@ impl Probe {
         sessions(&self.got())
     }
 
+    /// The frames of each hub generation (one per claim: a release and a new claim
+    /// make a new hub), from the first segment start of each.
+    fn generations(&self) -> Vec<Vec<Got>> {
+        let mut out: Vec<Vec<Got>> = Vec::new();
+        for g in self.got() {
+            while out.len() <= g.generation {
+                out.push(Vec::new());
+            }
+            let current = &mut out[g.generation];
+            if !current.is_empty() || opens_segment(&g).is_some() {
+                current.push(g);
+            }
+        }
+        out
+    }
+
     /// The newest media sequence number of session `n`.
     fn msn(&self, n: usize) -> Option<u64> {
         self.sessions().get(n)?.last().map(|g| g.mark.msn)
@@ -202,6 +218,24 @@ async fn pin_to_a_follower(c: &Cluster, name: &str) -> (u64, u64) {
     (leader, pinned)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_reconnect() {
+    owner_kill_then_reconnect("marks", false).await;
+}
+
+/// The same, with the reconnect's claim placed on the origin that neither died nor
+/// took the stream over (a pin put there after the move): the relays, which followed
+/// the stream to the second owner, must find the third and get the same frames and
+/// marks there. That origin never held the stream, so it remembers no numbering and
+/// the new session is numbered from the wall clock (`docs/hls.md`, "Nobody
+/// remembers"): its numbers jump and, within the same hour, its discontinuity sequence
+/// is the first session's. The sessions are told apart by the relays' hubs (a release
+/// and a new claim make a new one), not by the discontinuity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_are_the_same_on_every_relay_when_the_reconnect_lands_on_a_third_origin() {
+    owner_kill_then_reconnect("marks3", true).await;
+}
+
 /// `HLS_MARKS_TRACE=1`: the in-process relays log to stderr (`RUST_LOG`, default
 /// `raftcast=debug`). `HLS_MARKS_KEEP=DIR`: every process's log is copied to DIR at the
 /// end of the test, passed or failed.
@@ -229,10 +263,8 @@ impl Drop for KeepLogs {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_reconnect() {
+async fn owner_kill_then_reconnect(name: &'static str, reconnect_at_third: bool) {
     trace_probes();
-    let name = "marks";
     let stream = StreamKey::new("live", name).unwrap();
     let mut c = Cluster::start(3).await;
     let _keep = KeepLogs(c.dir.path().to_owned(), name);
@@ -271,18 +303,34 @@ async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_
     let (segments, frames, bytes) = *a.window.lock().unwrap();
     eprintln!("relay A's HLS window: {segments} segments, {frames} frames, {bytes} bytes");
 
+    if reconnect_at_third {
+        // The next claim goes to the origin that is neither the dead one nor the owner.
+        let third = (1..=3).find(|i| *i != owner && *i != moved).unwrap();
+        let body = serde_json::json!({ "origin": third });
+        let (s, v) = c.call(via, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
+        assert!(s.is_success(), "{v}");
+        eprintln!("live/{name} pinned to origin {third} for the reconnect");
+    }
+
     // The publisher reconnects through edge-2: a new session.
     drop(publisher);
     let _publisher = ffmpeg_publish(&edge2.rtmp_url("live", name), dir.join("publisher-2.log"));
+    // Sessions as the marks tell them (a discontinuity + 1), or, after a claim on an
+    // origin that remembers no numbering, as the relays' hubs do.
+    let split = |p: &Probe| if reconnect_at_third { p.generations() } else { p.sessions() };
     eventually(Duration::from_secs(30), "three segments of the new session at A and B", || async {
-        let (a, b) = (a.sessions(), b.sessions());
+        let (a, b) = (split(&a), split(&b));
         assert!(a.len() <= 2 && b.len() <= 2, "one new session only");
         let four = |s: &Vec<Vec<Got>>| Some(s.get(1)?.iter().filter(|g| opens_segment(g).is_some()).count() >= 4);
         (four(&a)? && four(&b)?).then_some(())
     })
     .await;
+    if reconnect_at_third {
+        let third = (1..=3).find(|i| *i != owner && *i != moved).unwrap();
+        assert_eq!(owner_of(&c, via, name).await, Some(third), "the new session is on the third origin");
+    }
 
-    let (a, b) = (a.sessions(), b.sessions());
+    let (a, b) = (split(&a), split(&b));
     assert_eq!((a.len(), b.len()), (2, 2), "two sessions on each relay");
     for (who, got) in [("A", &a), ("B", &b)] {
         for session in got {
@@ -299,8 +347,13 @@ async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_
         end.mark.msn, start.mark.msn
     );
     assert!(start.mark.time_ms > end.mark.time_ms, "the timeline goes on");
-    assert_eq!(d1, d0 + 1, "discontinuity + 1");
-    assert_eq!(start.mark.msn, end.mark.msn + 1, "continued right after the last segment");
+    if reconnect_at_third {
+        // Numbered from the wall clock: above every earlier number, never below.
+        assert!(start.mark.msn > end.mark.msn && d1 >= d0, "numbers never go back");
+    } else {
+        assert_eq!(d1, d0 + 1, "discontinuity + 1");
+        assert_eq!(start.mark.msn, end.mark.msn + 1, "continued right after the last segment");
+    }
     assert!(b[1][0].mark.msn > b[0].last().unwrap().mark.msn);
     // B's frames are A's frames, marks included, from B's first on.
     for n in 0..2 {
