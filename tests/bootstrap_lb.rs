@@ -192,23 +192,8 @@ async fn rtmpt_through_the_round_robin_balancer_publishes_and_plays() {
     assert!((120..=190).contains(&direct), "RTMP: {direct} packets in 5 s");
 
     // rtmpdump (librtmp's own RTMPT) through the balancer for 4 s.
-    let dump = dir.path().join("dump.flv");
-    let mut rtmpdump = tokio::process::Command::new("rtmpdump")
-        .args(["--live", "-r", &rtmpt, "-o"])
-        .arg(&dump)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    if rtmpdump.try_wait().unwrap().is_some() {
-        let out = rtmpdump.wait_with_output().await.unwrap();
-        panic!("rtmpdump stopped within 4 s: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let _ = Command::new("kill").args(["-INT", &rtmpdump.id().unwrap().to_string()]).status();
-    let out = tokio::time::timeout(Duration::from_secs(10), rtmpdump.wait_with_output()).await.unwrap().unwrap();
-    let size = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 50_000, "rtmpdump wrote {size} bytes: {}", String::from_utf8_lossy(&out.stderr));
+    let probe = edges::rtmpdump_records(&rtmpt, &dir.path().join("dump.flv"), 4).await;
+    assert!(probe.contains("h264") && probe.contains("aac"), "rtmpdump's file: {probe}");
 
     // The balancer dealt the sessions to both edges, and no request of a session
     // reached an edge that did not hold it.

@@ -65,26 +65,7 @@ async fn ffmpeg_publishes_on_one_edge_and_ffprobe_rtmpdump_and_http_flv_play_fro
 
     // rtmpdump (librtmp, which sends FCSubscribe) plays for 4 s into a file ffprobe can
     // read; SIGINT makes it finish the file.
-    let dump = c.dir.path().join("dump.flv");
-    let mut rtmpdump = tokio::process::Command::new("rtmpdump")
-        .args(["-q", "--live", "-r", &edge2.rtmp_url("live", "test"), "-o"])
-        .arg(&dump)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(rtmpdump.try_wait().unwrap().is_none(), "rtmpdump is still playing after 4 s");
-    let _ = std::process::Command::new("kill").args(["-INT", &rtmpdump.id().unwrap().to_string()]).status();
-    let out = tokio::time::timeout(Duration::from_secs(10), rtmpdump.wait_with_output()).await.unwrap().unwrap();
-    let size = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 50_000, "rtmpdump wrote {size} bytes: {}", String::from_utf8_lossy(&out.stderr));
-    let probe = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_packets", "-show_entries", "stream=codec_name,nb_read_packets", "-of", "csv=p=0"])
-        .arg(&dump)
-        .output()
-        .unwrap();
-    let probe = String::from_utf8_lossy(&probe.stdout);
+    let probe = edges::rtmpdump_records(&edge2.rtmp_url("live", "test"), &c.dir.path().join("dump.flv"), 4).await;
     assert!(probe.contains("h264") && probe.contains("aac"), "rtmpdump's file: {probe}");
 
     // A play lists exactly the published streams: no data stream of codec "none" (an

@@ -60,29 +60,7 @@ async fn ffmpeg_publishes_over_rtmpt_and_rtmpt_rtmp_rtmpdump_and_hls_players_get
     assert!(playlist.contains("#EXT-X-PART"), "{playlist}");
 
     // rtmpdump (librtmp's own RTMPT) plays for 4 s into a file ffprobe can read.
-    let dump = c.dir.path().join("dump.flv");
-    let mut rtmpdump = tokio::process::Command::new("rtmpdump")
-        .args(["--live", "-r", &rtmpt_url, "-o"])
-        .arg(&dump)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    if rtmpdump.try_wait().unwrap().is_some() {
-        let out = rtmpdump.wait_with_output().await.unwrap();
-        panic!("rtmpdump stopped within 4 s: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let _ = std::process::Command::new("kill").args(["-INT", &rtmpdump.id().unwrap().to_string()]).status();
-    let out = tokio::time::timeout(Duration::from_secs(10), rtmpdump.wait_with_output()).await.unwrap().unwrap();
-    let size = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 50_000, "rtmpdump wrote {size} bytes: {}", String::from_utf8_lossy(&out.stderr));
-    let probe = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_packets", "-show_entries", "stream=codec_name,nb_read_packets", "-of", "csv=p=0"])
-        .arg(&dump)
-        .output()
-        .unwrap();
-    let probe = String::from_utf8_lossy(&probe.stdout);
+    let probe = edges::rtmpdump_records(&rtmpt_url, &c.dir.path().join("dump.flv"), 4).await;
     assert!(probe.contains("h264") && probe.contains("aac"), "rtmpdump's file: {probe}");
 
     let text = edge.metrics().await;

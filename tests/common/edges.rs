@@ -247,3 +247,32 @@ pub fn noisy_source(dir: &Path) -> PathBuf {
     assert!(status.success(), "encoding the source failed");
     path
 }
+
+/// rtmpdump (librtmp: RTMP or its own RTMPT) plays `url` live into `out` for `secs`,
+/// then SIGINT makes it finish the file. Panics if it stopped before that or wrote
+/// under 50 KB; returns ffprobe's `codec_name,nb_read_packets` lines for the file.
+pub async fn rtmpdump_records(url: &str, out: &Path, secs: u64) -> String {
+    require("rtmpdump");
+    let mut rtmpdump = tokio::process::Command::new("rtmpdump")
+        .args(["--live", "-r", url, "-o"])
+        .arg(out)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    if rtmpdump.try_wait().unwrap().is_some() {
+        let done = rtmpdump.wait_with_output().await.unwrap();
+        panic!("rtmpdump stopped within {secs} s: {}", String::from_utf8_lossy(&done.stderr));
+    }
+    let _ = Command::new("kill").args(["-INT", &rtmpdump.id().unwrap().to_string()]).status();
+    let done = tokio::time::timeout(Duration::from_secs(10), rtmpdump.wait_with_output()).await.unwrap().unwrap();
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 50_000, "rtmpdump wrote {size} bytes: {}", String::from_utf8_lossy(&done.stderr));
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_packets", "-show_entries", "stream=codec_name,nb_read_packets", "-of", "csv=p=0"])
+        .arg(out)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&probe.stdout).into_owned()
+}
