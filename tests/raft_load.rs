@@ -25,6 +25,22 @@ struct Tally {
     committed: AtomicU64,
     overloaded: AtomicU64,
     other: AtomicU64,
+    /// The first few of those other answers, for the failure message.
+    others: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn other(&self, what: String) -> u64 {
+        let mut seen = self.others.lock().unwrap();
+        if seen.len() < 5 {
+            seen.push(what);
+        }
+        self.other.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn others(&self) -> Vec<String> {
+        self.others.lock().unwrap().clone()
+    }
 }
 
 /// `clients` writers PUTting 64 KiB values through origin `via` until `stop` is set,
@@ -51,7 +67,8 @@ fn flood(
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             0
                         }
-                        _ => tally.other.fetch_add(1, Ordering::Relaxed),
+                        Ok((s, body)) => tally.other(format!("{s}: {body}")),
+                        Err(e) => tally.other(format!("no answer: {e}")),
                     };
                     i += clients;
                 }
@@ -140,7 +157,12 @@ async fn paused_follower_catches_up(args: &[&str], entries: u64) {
         Some(())
     })
     .await;
-    assert_eq!(tally.other.load(Ordering::Relaxed), 0, "every write was committed or refused with 429");
+    assert_eq!(
+        tally.other.load(Ordering::Relaxed),
+        0,
+        "every write was committed or refused with 429: {:?}",
+        tally.others()
+    );
     let m = metrics(&cluster, leader).await;
     assert!(m.contains("raftcast_raft_running 1"), "{m}");
     eprintln!("RSS after the flood (MiB): {:?}", (1..=3).map(|id| (id, rss_mib(&cluster, id))).collect::<Vec<_>>());
@@ -197,7 +219,12 @@ async fn writes_beyond_the_budgets_are_refused_with_429_before_proposal() {
     let (committed, overloaded) = (tally.committed.load(Ordering::Relaxed), tally.overloaded.load(Ordering::Relaxed));
     eprintln!("{committed} writes committed, {overloaded} refused with 429");
     assert!(committed > 0, "writes within the budgets still commit");
-    assert_eq!(tally.other.load(Ordering::Relaxed), 0, "every write was committed or refused with 429");
+    assert_eq!(
+        tally.other.load(Ordering::Relaxed),
+        0,
+        "every write was committed or refused with 429: {:?}",
+        tally.others()
+    );
     let m = metrics(&cluster, leader).await;
     assert!(m.contains("raftcast_raft_pending_write_bytes 0"), "nothing waits once the flood is over:\n{m}");
 }
