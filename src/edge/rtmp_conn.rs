@@ -83,8 +83,6 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether a write may leave bytes inside the stream until it is flushed (TLS
     /// records); a plain socket's flush does nothing.
     const BUFFERS_WRITES: bool;
-    /// `rtmp`, `rtmps`, `rtmpt` or `rtmpts`, as webhooks name it.
-    const PROTOCOL: &'static str;
     fn split(self) -> (Self::Reader, Self::Writer);
 }
 
@@ -92,7 +90,6 @@ impl ClientStream for TcpStream {
     type Reader = tokio::net::tcp::OwnedReadHalf;
     type Writer = tokio::net::tcp::OwnedWriteHalf;
     const BUFFERS_WRITES: bool = false;
-    const PROTOCOL: &'static str = "rtmp";
     fn split(self) -> (Self::Reader, Self::Writer) {
         self.into_split()
     }
@@ -102,7 +99,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for tokio_
     type Reader = tokio::io::ReadHalf<Self>;
     type Writer = tokio::io::WriteHalf<Self>;
     const BUFFERS_WRITES: bool = true;
-    const PROTOCOL: &'static str = "rtmps";
     fn split(self) -> (Self::Reader, Self::Writer) {
         tokio::io::split(self)
     }
@@ -218,7 +214,7 @@ async fn run_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         _ = shutdown.cancelled() => return,
     };
     match ctx.stats.tls_rtmps.record(accepted) {
-        Ok(stream) => run_until(stream, peer, Vec::new(), id, ctx, permits, deadline, shutdown).await,
+        Ok(stream) => run_until(stream, "rtmps", peer, Vec::new(), id, ctx, permits, deadline, shutdown).await,
         Err(why) => tracing::debug!(conn = id, %peer, why, "TLS handshake failed"),
     }
 }
@@ -251,13 +247,15 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let deadline = Instant::now() + ctx.config.handshake_timeout;
-    run_until(socket, peer, early, id, ctx, permits, deadline, shutdown).await
+    run_until(socket, "rtmp", peer, early, id, ctx, permits, deadline, shutdown).await
 }
 
 /// A connection over a stream no listener accepted (an RTMPT session's pipe), with
-/// the permits [`admit`] gave: the same task as a TCP client's.
+/// the permits [`admit`] gave: the same task as a TCP client's. `protocol` is what
+/// webhooks call it (`rtmpt`, `rtmpts`).
 pub(super) async fn run_stream<S: ClientStream>(
     stream: S,
+    protocol: &'static str,
     peer: SocketAddr,
     ctx: Arc<EdgeContext>,
     permits: (Permit, Permit),
@@ -265,13 +263,15 @@ pub(super) async fn run_stream<S: ClientStream>(
 ) {
     let id = ctx.stats.connection_ids.fetch_add(1, Ordering::Relaxed) + 1;
     let deadline = Instant::now() + ctx.config.handshake_timeout;
-    run_until(stream, peer, Vec::new(), id, ctx, permits, deadline, shutdown).await
+    run_until(stream, protocol, peer, Vec::new(), id, ctx, permits, deadline, shutdown).await
 }
 
-/// [`run`] over any client stream, the RTMP handshake due by `handshake_deadline`.
+/// [`run`] over any client stream, the RTMP handshake due by `handshake_deadline`;
+/// `protocol` (`rtmp`, `rtmps`, `rtmpt` or `rtmpts`) is what webhooks call it.
 #[allow(clippy::too_many_arguments)]
 async fn run_until<S: ClientStream>(
     socket: S,
+    protocol: &'static str,
     peer: SocketAddr,
     early: Vec<u8>,
     id: u64,
@@ -287,7 +287,9 @@ async fn run_until<S: ClientStream>(
     async move {
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        match connection(socket, peer, early, id, &ctx, (handshake_permit, handshake_deadline), shutdown).await {
+        match connection(socket, protocol, peer, early, id, &ctx, (handshake_permit, handshake_deadline), shutdown)
+            .await
+        {
             Ok(()) => tracing::debug!("closed"),
             Err(e) => tracing::info!(conn = id, %peer, error = %e, "closed"),
         }
@@ -412,8 +414,10 @@ async fn send_all<S: AsyncWrite + Unpin>(socket: &mut S, bytes: &[u8]) -> Result
     socket.flush().await.map_err(|e| e.to_string())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection<S: ClientStream>(
     mut socket: S,
+    protocol: &'static str,
     peer: SocketAddr,
     early: Vec<u8>,
     id: u64,
@@ -439,7 +443,7 @@ async fn connection<S: ClientStream>(
         app: None,
         connect_query: None,
         publishing: HashMap::new(),
-        protocol: S::PROTOCOL,
+        protocol,
         done: HashMap::new(),
         playing: StreamMap::new(),
         pending_ids: HashSet::new(),

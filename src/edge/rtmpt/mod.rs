@@ -74,59 +74,13 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replies are `application/x-fcs`, as Flash Player expects.
 const CONTENT_TYPE: &str = "application/x-fcs";
 
-/// The tunnel's pipe is an RTMP client's byte stream, as webhooks name it `rtmpt`.
+/// The tunnel's pipe is an RTMP client's byte stream.
 impl ClientStream for DuplexStream {
     type Reader = tokio::io::ReadHalf<DuplexStream>;
     type Writer = tokio::io::WriteHalf<DuplexStream>;
     const BUFFERS_WRITES: bool = false;
-    const PROTOCOL: &'static str = "rtmpt";
     fn split(self) -> (Self::Reader, Self::Writer) {
         tokio::io::split(self)
-    }
-}
-
-/// The pipe of a session opened over HTTPS: webhooks name it `rtmpts`.
-struct OverHttps(DuplexStream);
-
-impl tokio::io::AsyncRead for OverHttps {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for OverHttps {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl ClientStream for OverHttps {
-    type Reader = tokio::io::ReadHalf<DuplexStream>;
-    type Writer = tokio::io::WriteHalf<DuplexStream>;
-    const BUFFERS_WRITES: bool = false;
-    const PROTOCOL: &'static str = "rtmpts";
-    fn split(self) -> (Self::Reader, Self::Writer) {
-        tokio::io::split(self.0)
     }
 }
 
@@ -328,11 +282,8 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
     ctx.stats.rtmpt.open.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, session = id, "RTMPT session opened");
     tokio::spawn(session(id.clone(), near, queue, ctx.clone(), session_permit));
-    if over_tls {
-        tokio::spawn(rtmp_conn::run_stream(OverHttps(far), peer, ctx.clone(), permits, ctx.shutdown.clone()));
-    } else {
-        tokio::spawn(rtmp_conn::run_stream(far, peer, ctx.clone(), permits, ctx.shutdown.clone()));
-    }
+    let protocol = if over_tls { "rtmpts" } else { "rtmpt" };
+    tokio::spawn(rtmp_conn::run_stream(far, protocol, peer, ctx.clone(), permits, ctx.shutdown.clone()));
     let mut reply = fcs(Bytes::from(format!("{id}\n")));
     if let Ok(value) = header::HeaderValue::from_str(&id) {
         reply.headers_mut().insert(SESSION_HEADER, value);
