@@ -68,6 +68,46 @@ pub async fn warm_store(cluster: &Cluster) -> usize {
     ok
 }
 
+/// Small writes [`fill_dedup_window`] makes: as many as the de-duplication window holds.
+pub const WARM_WINDOW_WRITES: usize = raftcast_raft::dedup::DEDUP_WINDOW;
+
+/// Commits [`WARM_WINDOW_WRITES`] small slot writes through the admin API (many
+/// writers, spread over the origins), then deletes their object; returns the writes
+/// answered 200. Every committed request leaves its answer in the de-duplication window
+/// of every origin, which any long run of writes fills and which then stays full by
+/// design (`raft/src/dedup.rs`, about 2.6 MB): a cluster that has served that many
+/// writes before an attack has it full already, so the RSS baseline of the schedules
+/// that flood the store is taken with it full.
+pub async fn fill_dedup_window(cluster: &Cluster) -> usize {
+    const WRITERS: usize = 48;
+    let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else { return 0 };
+    let per_writer = WARM_WINDOW_WRITES.div_ceil(WRITERS);
+    let writers = (0..WRITERS).map(|w| {
+        let http = http.clone();
+        async move {
+            let mut ok = 0;
+            for i in 0..per_writer {
+                let origin = ORIGINS[(w + i) % ORIGINS.len()];
+                let path = format!("/shared-objects/chaos-warm-window/slots/w{w}");
+                let body = serde_json::json!(i);
+                if let Ok((200, _)) = cluster.call(&http, origin, reqwest::Method::PUT, &path, Some(&body), &[]).await {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    });
+    let ok = futures::future::join_all(writers).await.into_iter().sum();
+    for origin in ORIGINS {
+        if let Ok((200 | 204 | 404, _)) =
+            cluster.call(&http, origin, reqwest::Method::DELETE, "/shared-objects/chaos-warm-window", None, &[]).await
+        {
+            break;
+        }
+    }
+    ok
+}
+
 /// Milliseconds until a probe write commits through some origin (each tried in turn).
 pub async fn commit(cluster: &Cluster, n: u64) -> Option<u64> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;

@@ -193,6 +193,12 @@ async fn execute(backend: Arc<Backend>, schedule: &Schedule, opts: &RunOptions, 
             ctx.now_us() as f64 / 1e6,
             probe::WARM_STORE_BYTES >> 20
         );
+        let ok = probe::fill_dedup_window(&cluster).await;
+        println!(
+            "[{tag}] {:>6.1}s warm-up: {ok} small writes committed (the de-duplication window holds {})",
+            ctx.now_us() as f64 / 1e6,
+            probe::WARM_WINDOW_WRITES
+        );
     }
     tokio::time::sleep_until(warm_until).await;
     let mut rng = StdRng::seed_from_u64(opts.seed);

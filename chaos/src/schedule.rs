@@ -94,7 +94,9 @@ const ABUSE_WARMUP: Duration = Duration::from_secs(20);
 /// later floods come back to the same plateau (three 20 s floods, 60 s apart, on the
 /// bootstrap cluster: origins 36, 38-39, 37-39 MiB). So these schedules store
 /// [`crate::probe::WARM_STORE_BYTES`] of such values first, as any cluster with shared
-/// objects has, and take the baseline once that has settled (about 30 s).
+/// objects has, then fill the de-duplication window with small writes
+/// ([`crate::probe::fill_dedup_window`], about 23 s), and take the baseline once that
+/// has settled.
 const STORE_WARMUP: Duration = Duration::from_secs(60);
 
 fn abuse(kinds: &[AttackKind], full: bool, hold: u64, recover: u64) -> Step {
