@@ -5,6 +5,7 @@
 //! graceful shutdown); the pieces live in `config`, `proposer`, `api` and `metrics`.
 //! `link_server` serves the edges' media links, with `ingest` counting what publishers
 //! send; `live` shares the owner's view of its streams with the other origins;
+//! `handover` lets a stream's new owner learn where its HLS numbering stood;
 //! `orphans` releases owned claims whose publisher stays away. For failover, `liveness`
 //! tells which origins answer the leader, `failover` moves the streams of those that do
 //! not, and `watch` lets edges wait for ownership changes. `recording` writes recorded
@@ -15,6 +16,7 @@ pub mod commit;
 pub mod compaction;
 pub mod config;
 pub mod failover;
+pub mod handover;
 pub mod ingest;
 pub mod link_server;
 pub mod live;
@@ -132,7 +134,8 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         metrics.links.clone(),
     )
     .with_hls_window(config.hls_window)
-    .with_touch(liveness.clone(), contact.clone());
+    .with_touch(liveness.clone(), contact.clone())
+    .with_previous_owner(handover::asker(peers.clone(), raft.clone()));
     let live = live::LiveFacts::new(config.id, peers.clone(), links.clone());
     let committer = commit::Committer::new(raft.clone(), state.clone(), metrics.clone(), config.limits);
     let ownership = ownership::Ownership::new(
@@ -245,6 +248,11 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .layer(DefaultBodyLimit::max(proposer::forward::MAX_FORWARD_BODY))
         .with_state(proposer)
         .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live))
+        .merge(Router::new().route(handover::MARK_ROUTE, get(handover::route)).with_state(handover::MarkServer::new(
+            config.id,
+            config.secret.clone(),
+            links.clone(),
+        )))
         .merge(
             Router::new()
                 .route(recording::replica::PIECE_ROUTE, get(recording::read::piece_route))
