@@ -1,6 +1,6 @@
 //! Origin failover, cluster side, with real origin processes: the leader moves the
 //! streams of an owner it cannot reach (killed or paused past `--owner-dead-after-ms`)
-//! and only those; edges move a stream with `Forward::Reassign` and follow ownership
+//! and only those, spread over the survivors; new streams are placed by measured load; edges move a stream with `Forward::Reassign` and follow ownership
 //! with `Forward::WatchStream`; an owner that comes back claims nothing; a leader's
 //! death moves nothing but the streams it owned itself.
 //!
@@ -612,4 +612,223 @@ async fn internal_routes_check_the_secret_before_the_body_and_forward_bodies_are
         .unwrap();
     assert_eq!(res.status(), reqwest::StatusCode::BAD_REQUEST);
     assert!(matches!(c.forward_to(1, &Forward::Lookup { stream: key("x") }).await, Some(ForwardReply::Owner { .. })));
+}
+
+/// The owner of each of `streams` in origin `via`'s applied state.
+async fn owners(c: &Cluster, via: u64, streams: &[StreamKey]) -> Vec<u64> {
+    let mut owners = Vec::with_capacity(streams.len());
+    for stream in streams {
+        owners.push(lookup(c, via, stream).await.unwrap_or_else(|| panic!("{stream} has no claim")).owner);
+    }
+    owners
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_origin_s_streams_spread_over_the_survivors() {
+    let _serial = SERIAL.lock().await;
+    // Claims without a publisher would be released by their owner after the grace.
+    let mut c = Cluster::start_with(3, &["--orphan-grace", "10m"]).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let victim = follower(&c, leader);
+    let other = *c.origins.keys().find(|id| **id != leader && **id != victim).unwrap();
+    // 30 streams: 10 on the victim, 11 on the leader, 9 on the other survivor, placed
+    // by pins so the survivors start unequal. Moves that read the load before any of
+    // them commits all pick the least loaded survivor: 19 against 11.
+    let groups = [(victim, "v", 10), (leader, "l", 11), (other, "o", 9)];
+    let mut streams = Vec::new();
+    for (origin, prefix, n) in groups {
+        put_pin(&c, &format!("{prefix}-%2A"), origin).await;
+        for i in 0..n {
+            let stream = key(&format!("{prefix}-{i}"));
+            assert_eq!(claim(&c, &stream, "edge-1").await.owner, origin, "{stream}");
+            streams.push(stream);
+        }
+    }
+
+    let killed_at = Instant::now();
+    c.kill(victim);
+    let after = eventually(Duration::from_secs(15), "every stream of the dead origin to move", || async {
+        let owners = owners(&c, leader, &streams).await;
+        (!owners.contains(&victim)).then_some(owners)
+    })
+    .await;
+    let took = killed_at.elapsed();
+    let on = |o: u64| after.iter().filter(|x| **x == o).count();
+    let (on_leader, on_other) = (on(leader), on(other));
+    eprintln!(
+        "kill -> all 10 moved: {took:?}; survivors own {on_leader} (leader, had 11) and {on_other} (had 9); \
+         streams_reassigned {:?}",
+        metric(&c, leader, "raftcast_streams_reassigned_total{reason=\"unreachable\"}").await
+    );
+    assert_eq!(on_leader + on_other, 30);
+    let (most, least) = (on_leader.max(on_other), on_leader.min(on_other));
+    assert!(most * 2 <= least * 3, "the survivors own {on_leader} and {on_other}: more than 1.5x apart");
+    // Not just within the ratio: the moves filled the gap.
+    assert!(most - least <= 2, "the survivors own {on_leader} and {on_other}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_streams_avoid_an_origin_with_a_few_heavy_streams() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start_with(3, &["--orphan-grace", "10m"]).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let heavy = follower(&c, leader);
+    let idle = *c.origins.keys().find(|id| **id != leader && **id != heavy).unwrap();
+    // The leader drains (it owns nothing, so nothing moves): the two followers compete.
+    let (status, body) =
+        c.call(leader, Method::PUT, &format!("/cluster/nodes/{leader}/drain"), None, &[]).await.unwrap();
+    assert!(status.is_success(), "{body}");
+    // 3 streams publishing 2 Mbit/s each on one follower, 20 idle claims on the other.
+    put_pin(&c, "h-%2A", heavy).await;
+    put_pin(&c, "i-%2A", idle).await;
+    let mut edge = FakeEdge::connect(c.origins[&heavy].media, &c.secret).await;
+    for i in 0..3u32 {
+        let claim = claim(&c, &key(&format!("h-{i}")), "edge-f").await;
+        assert_eq!(claim.owner, heavy);
+        let accepted = edge.publish(i + 1, &key(&format!("h-{i}")), claim.epoch).await;
+        assert_eq!(accepted, Control::PublishAccepted { channel: ChannelId(i + 1) });
+    }
+    for i in 0..20 {
+        assert_eq!(claim(&c, &key(&format!("i-{i}")), "edge-1").await.owner, idle);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            // 25 frames of 10 kB a second per stream: 2,000 kbit/s.
+            let mut ticks = tokio::time::interval(Duration::from_millis(40));
+            let payload = Bytes::from([&[0x27u8, 0x01, 0, 0, 0][..], &[7u8; 9_995][..]].concat());
+            for n in 0u32.. {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                for channel in 1..=3 {
+                    let frame = Frame::video(n * 40, payload.clone());
+                    edge.send(LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })).await;
+                }
+            }
+        })
+    };
+    let series = format!("raftcast_origin_ingest_kbps{{origin=\"{heavy}\"}}");
+    let measured = eventually(Duration::from_secs(10), "the leader to learn the heavy origin's bitrate", || async {
+        let kbps: f64 = metric(&c, leader, &series).await?.parse().ok()?;
+        (kbps > 5_000.0).then_some(kbps)
+    })
+    .await;
+    let score = |origin: u64| {
+        let series = format!("raftcast_origin_load_score{{origin=\"{origin}\"}}");
+        let c = &c;
+        async move { metric(c, leader, &series).await }
+    };
+    eprintln!(
+        "the leader's view: heavy origin {measured:.0} kbit/s, scores heavy {:?}, idle {:?}",
+        score(heavy).await,
+        score(idle).await
+    );
+
+    let mut on = std::collections::BTreeMap::<u64, usize>::new();
+    for i in 0..20 {
+        *on.entry(claim(&c, &key(&format!("n-{i}")), "edge-1").await.owner).or_default() += 1;
+    }
+    stop.cancel();
+    sender.await.unwrap();
+    let (on_heavy, on_idle) = (on.get(&heavy).copied().unwrap_or(0), on.get(&idle).copied().unwrap_or(0));
+    eprintln!("20 new streams: {on_heavy} on the origin with 3 heavy streams, {on_idle} on the one with 20 idle");
+    assert_eq!(on.get(&leader), None, "the draining leader took a stream");
+    // By stream count the heavy origin (3) would take the first 17.
+    assert!(on_heavy < on_idle, "{on_heavy} new streams on the heavy origin, {on_idle} on the idle one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalancing_moves_one_stream_at_a_time_off_a_hot_origin_and_then_stops() {
+    let _serial = SERIAL.lock().await;
+    let after = Duration::from_secs(2);
+    let c = Cluster::start_with(3, &["--orphan-grace", "10m", "--rebalance", "--rebalance-after", "2s"]).await;
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let hot = follower(&c, leader);
+    // Four streams of 1 Mbit/s on one follower; the other origins own nothing. The fake
+    // edge does not follow a move: a moved stream is idle on its new owner.
+    put_pin(&c, "p-%2A", hot).await;
+    let mut edge = FakeEdge::connect(c.origins[&hot].media, &c.secret).await;
+    let mut streams = Vec::new();
+    for i in 0..4u32 {
+        let stream = key(&format!("p-{i}"));
+        let claim = claim(&c, &stream, "edge-f").await;
+        assert_eq!(claim.owner, hot);
+        assert_eq!(
+            edge.publish(i + 1, &stream, claim.epoch).await,
+            Control::PublishAccepted { channel: ChannelId(i + 1) }
+        );
+        streams.push(stream);
+    }
+    // The pins placed them; rebalancing must not be held back by them.
+    for name in ["p-%2A"] {
+        let (status, body) = c.call(1, Method::DELETE, &format!("/pins/live/{name}"), None, &[]).await.unwrap();
+        assert!(status.is_success(), "{body}");
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sender = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            // 25 frames of 5 kB a second per stream: 1,000 kbit/s.
+            let mut ticks = tokio::time::interval(Duration::from_millis(40));
+            let payload = Bytes::from([&[0x27u8, 0x01, 0, 0, 0][..], &[7u8; 4_995][..]].concat());
+            for n in 0u32.. {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                for channel in 1..=4 {
+                    let frame = Frame::video(n * 40, payload.clone());
+                    edge.send(LinkFrame::Media(MediaFrame { channel: ChannelId(channel), frame })).await;
+                }
+            }
+        })
+    };
+
+    // Follow the owners, noting each change, until two moves happened (a leader change
+    // on a busy machine restarts the streak: hence the generous deadline) and then for
+    // three more periods.
+    let started = Instant::now();
+    let mut last = owners(&c, leader, &streams).await;
+    let mut moves: Vec<(Duration, usize, u64)> = Vec::new();
+    let mut quiet_until = None;
+    while quiet_until.is_none_or(|until| Instant::now() < until) {
+        assert!(started.elapsed() < Duration::from_secs(40), "moves so far: {moves:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = owners(&c, leader, &streams).await;
+        for (i, (was, is)) in last.iter().zip(&now).enumerate() {
+            if was != is {
+                moves.push((started.elapsed(), i, *is));
+            }
+        }
+        last = now;
+        if moves.len() == 2 && quiet_until.is_none() {
+            quiet_until = Some(Instant::now() + 3 * after);
+        }
+    }
+    // The leader may have changed on a busy machine: ask the current one, and count
+    // the moves of every origin.
+    let now_leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let mut scores = Vec::new();
+    let mut rebalanced = 0;
+    for origin in 1..=3u64 {
+        let series = format!("raftcast_origin_load_score{{origin=\"{origin}\"}}");
+        scores.push((origin, metric(&c, now_leader, &series).await));
+        let moved = metric(&c, origin, "raftcast_streams_reassigned_total{reason=\"rebalance\"}").await;
+        rebalanced += moved.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    }
+    stop.cancel();
+    sender.await.unwrap();
+    eprintln!("moves (after, stream, to): {moves:?}; owners at the end {last:?}; scores at the end {scores:?}");
+    // 4,000 against 0 and 0: one stream to each idle origin, a period apart. Then 2,000
+    // against about 100 and 100: moving a 1,000 kbit/s stream would leave the gap as it
+    // is reversed, so nothing more moves.
+    assert_eq!(moves.len(), 2, "{moves:?}");
+    assert!(moves[1].0 - moves[0].0 >= after, "moves only {:?} apart", moves[1].0 - moves[0].0);
+    assert_ne!(moves[0].2, moves[1].2, "each move to the least loaded origin");
+    assert!(moves.iter().all(|(_, _, to)| *to != hot));
+    assert_eq!(last.iter().filter(|o| **o == hot).count(), 2);
+    assert_eq!(rebalanced, 2, "moves counted as rebalancing");
 }

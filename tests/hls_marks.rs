@@ -226,11 +226,9 @@ async fn marks_are_the_same_on_every_relay_across_an_owner_kill_and_a_publisher_
 /// The same, with the reconnect's claim placed on the origin that neither died nor
 /// took the stream over (a pin put there after the move): the relays, which followed
 /// the stream to the second owner, must find the third and get the same frames and
-/// marks there. That origin never held the stream, so it remembers no numbering and
-/// the new session is numbered from the wall clock (`docs/hls.md`, "Nobody
-/// remembers"): its numbers jump and, within the same hour, its discontinuity sequence
-/// is the first session's. The sessions are told apart by the relays' hubs (a release
-/// and a new claim make a new one), not by the discontinuity.
+/// marks there. That origin never held the stream: it asks the second owner, which
+/// held the claim before, where the numbering stood (`docs/hls.md`, "Numbering"), so
+/// the new session continues it exactly as on the same origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marks_are_the_same_on_every_relay_when_the_reconnect_lands_on_a_third_origin() {
     owner_kill_then_reconnect("marks3", true).await;
@@ -315,9 +313,8 @@ async fn owner_kill_then_reconnect(name: &'static str, reconnect_at_third: bool)
     // The publisher reconnects through edge-2: a new session.
     drop(publisher);
     let _publisher = ffmpeg_publish(&edge2.rtmp_url("live", name), dir.join("publisher-2.log"));
-    // Sessions as the marks tell them (a discontinuity + 1), or, after a claim on an
-    // origin that remembers no numbering, as the relays' hubs do.
-    let split = |p: &Probe| if reconnect_at_third { p.generations() } else { p.sessions() };
+    // Sessions as the marks tell them: a discontinuity + 1.
+    let split = |p: &Probe| p.sessions();
     eventually(Duration::from_secs(30), "three segments of the new session at A and B", || async {
         let (a, b) = (split(&a), split(&b));
         assert!(a.len() <= 2 && b.len() <= 2, "one new session only");
@@ -347,13 +344,8 @@ async fn owner_kill_then_reconnect(name: &'static str, reconnect_at_third: bool)
         end.mark.msn, start.mark.msn
     );
     assert!(start.mark.time_ms > end.mark.time_ms, "the timeline goes on");
-    if reconnect_at_third {
-        // Numbered from the wall clock: above every earlier number, never below.
-        assert!(start.mark.msn > end.mark.msn && d1 >= d0, "numbers never go back");
-    } else {
-        assert_eq!(d1, d0 + 1, "discontinuity + 1");
-        assert_eq!(start.mark.msn, end.mark.msn + 1, "continued right after the last segment");
-    }
+    assert_eq!(d1, d0 + 1, "discontinuity + 1");
+    assert_eq!(start.mark.msn, end.mark.msn + 1, "continued right after the last segment");
     assert!(b[1][0].mark.msn > b[0].last().unwrap().mark.msn);
     // B's frames are A's frames, marks included, from B's first on.
     for n in 0..2 {
@@ -366,6 +358,77 @@ async fn owner_kill_then_reconnect(name: &'static str, reconnect_at_third: bool)
         let b_marks: Vec<_> = b[n][..len].iter().map(strip).collect();
         assert_eq!(a_marks, b_marks, "session {n}: the same frames and marks on both relays");
     }
+    drop(edge2);
+    drop(edge1);
+}
+
+/// The origin that held the stream's claim before is dead when the publisher comes back
+/// on another origin: nobody can say where the numbering stood, so the new session is
+/// numbered from the wall clock (`docs/hls.md`, "Nobody remembers"): its numbers go up,
+/// never back. Asking the dead origin costs the publish no more than
+/// `PREVIOUS_OWNER_WAIT`. The sessions are told apart by the relays' hubs (a release
+/// and a new claim make a new one): within the same hour the wall clock's discontinuity
+/// sequence is the first session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_after_the_previous_owner_died_is_numbered_from_the_wall_clock_at_once() {
+    let name = "orphaned";
+    let stream = StreamKey::new("live", name).unwrap();
+    let mut c = Cluster::start(3).await;
+    let (leader, pinned) = pin_to_a_follower(&c, name).await;
+    let edge1 = EdgeProc::start(&c, "edge-1", &[]).await;
+    let edge2 = EdgeProc::start(&c, "edge-2", &[]).await;
+    let dir = c.dir.path().to_owned();
+    let publisher = ffmpeg_publish(&edge1.rtmp_url("live", name), dir.join("publisher-1.log"));
+    let owner = eventually(Duration::from_secs(15), "the stream to be published", || owner_of(&c, leader, name)).await;
+    assert_eq!(owner, pinned);
+    let a = Probe::start(&c, "probe-a", &stream);
+    eventually(Duration::from_secs(20), "three segments at A", || async {
+        let s = a.generations();
+        (s.first()?.iter().filter(|g| opens_segment(g).is_some()).count() >= 3).then_some(())
+    })
+    .await;
+
+    // The publisher leaves (its claim is released), then its owner dies: the next
+    // claim goes to the third origin, which never held the stream.
+    drop(publisher);
+    eventually(Duration::from_secs(15), "the claim to be released", || async {
+        owner_of(&c, leader, name).await.is_none().then_some(())
+    })
+    .await;
+    c.kill(pinned);
+    let third = (1..=3).find(|i| *i != leader && *i != pinned).unwrap();
+    let body = serde_json::json!({ "origin": third });
+    let (s, v) = c.call(leader, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
+    assert!(s.is_success(), "{v}");
+    let _publisher = ffmpeg_publish(&edge2.rtmp_url("live", name), dir.join("publisher-2.log"));
+    eventually(Duration::from_secs(30), "three segments of the new session at A", || async {
+        let s = a.generations();
+        assert!(s.len() <= 2, "one new session only");
+        (s.get(1)?.iter().filter(|g| opens_segment(g).is_some()).count() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(owner_of(&c, leader, name).await, Some(third), "the new session is on the third origin");
+
+    let s = a.generations();
+    for session in &s {
+        check_session(session);
+    }
+    let (end, start) = (s[0].last().unwrap(), &s[1][0]);
+    let (d0, d1) = (opens_segment(&s[0][0]).unwrap(), opens_segment(start).unwrap());
+    eprintln!("session 0 ended at msn {} ({d0}); session 1 starts at msn {} ({d1})", end.mark.msn, start.mark.msn);
+    assert!(start.mark.msn > end.mark.msn && d1 >= d0, "numbers never go back");
+    assert!(start.mark.time_ms > end.mark.time_ms, "the timeline goes on");
+
+    // The third origin asked the dead one, and did not wait for it.
+    let log = std::fs::read_to_string(c.log_path(third)).unwrap();
+    let asked = log.lines().find(|l| l.contains("asked the previous owner")).expect("the previous owner was asked");
+    eprintln!("origin {third}: {asked}");
+    assert!(asked.contains(&format!("previous.owner={pinned}")) && asked.contains("Err("), "{asked}");
+    let waited: u64 = asked.split("waited_ms=").nth(1).and_then(|w| w.split(' ').next()?.parse().ok()).unwrap();
+    let limit = raftcast::origin::link_server::PREVIOUS_OWNER_WAIT.as_millis() as u64;
+    assert!(waited <= limit + 50, "the publish waited {waited} ms for a dead origin");
+    let publishing = log.lines().find(|l| l.contains("publishing") && l.contains("from the wall clock"));
+    eprintln!("origin {third}: {}", publishing.expect("the session is numbered from the wall clock"));
     drop(edge2);
     drop(edge1);
 }

@@ -9,6 +9,8 @@ use raftcast_raft::rpc::ClusterSecret;
 use raftcast_raft::NodeId;
 use serde::Deserialize;
 
+use super::rebalance::RebalanceConfig;
+
 /// Command-line flags of `raftcast origin`. Every flag has an environment twin, and
 /// a TOML file (`--config`) may carry the same settings (kebab-case keys); flags and
 /// environment win over the file.
@@ -151,6 +153,25 @@ pub struct OriginArgs {
     /// Bytes of frames each owned stream's HLS window keeps at most [default: 48 MiB].
     #[arg(long, env = "RAFTCAST_ORIGIN_HLS_WINDOW_BYTES")]
     pub hls_window_bytes: Option<usize>,
+    /// While this origin leads: move streams, one at a time by planned moves, off an
+    /// origin whose load score stays above the mean of the open origins (see
+    /// --rebalance-ratio, --rebalance-slack-kbps, --rebalance-after; docs/failover.md)
+    /// [default: off]. `--rebalance` alone means on. Give every origin the same setting:
+    /// only the leader's counts.
+    #[arg(long, env = "RAFTCAST_REBALANCE", num_args = 0..=1, default_missing_value = "true")]
+    pub rebalance: Option<bool>,
+    /// An origin is hot when its load score exceeds the mean of the open origins this
+    /// many times, from 1.1 to 10 [default: 1.5] ...
+    #[arg(long, env = "RAFTCAST_REBALANCE_RATIO")]
+    pub rebalance_ratio: Option<f64>,
+    /// ... and by more than this many kbit/s [default: 1000].
+    #[arg(long, env = "RAFTCAST_REBALANCE_SLACK_KBPS")]
+    pub rebalance_slack_kbps: Option<u64>,
+    /// How long an origin must stay hot before one of its streams moves, and the least
+    /// time between two moves, with a unit (`ms`, `s`, `m`, `h`), from 1s to 1h
+    /// [default: 10s].
+    #[arg(long, env = "RAFTCAST_REBALANCE_AFTER")]
+    pub rebalance_after: Option<String>,
 }
 
 /// Validated origin configuration.
@@ -185,6 +206,8 @@ pub struct OriginConfig {
     pub store_cache_bytes: u64,
     /// What each owned stream's hub keeps for edges that start it late.
     pub hls_window: crate::media::segments::WindowLimits,
+    /// Rebalancing by the leader (`--rebalance`), when on.
+    pub rebalance: Option<RebalanceConfig>,
 }
 
 /// Caps on what one peer may hold of an origin's listeners (see [`crate::limits`]).
@@ -304,6 +327,30 @@ fn validate_budgets(limits: &WriteLimits, max_append_bytes: usize) -> Result<(),
     Ok(())
 }
 
+/// `--rebalance*` validated: `None` when rebalancing is off. The other flags are
+/// checked even then, so a typo shows before it is switched on.
+fn rebalance_config(
+    on: Option<bool>,
+    ratio: Option<f64>,
+    slack_kbps: Option<u64>,
+    after: Option<String>,
+) -> Result<Option<RebalanceConfig>, String> {
+    let defaults = RebalanceConfig::default();
+    let ratio = ratio.unwrap_or(defaults.ratio);
+    if !(1.1..=10.0).contains(&ratio) {
+        return Err(format!("--rebalance-ratio must be between 1.1 and 10, not {ratio}"));
+    }
+    let after = match after.as_deref() {
+        Some(text) => parse_duration(text).map_err(|e| format!("--rebalance-after: {e}"))?,
+        None => defaults.after,
+    };
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&after) {
+        return Err(format!("--rebalance-after must be between 1s and 1h, not {after:?}"));
+    }
+    let config = RebalanceConfig { ratio, slack_kbps: slack_kbps.unwrap_or(defaults.slack_kbps), after };
+    Ok(on.unwrap_or(false).then_some(config))
+}
+
 fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
     OriginArgs {
         config: cli.config,
@@ -342,6 +389,10 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         max_pending_write_bytes: cli.max_pending_write_bytes.or(file.max_pending_write_bytes),
         hls_window_segments: cli.hls_window_segments.or(file.hls_window_segments),
         hls_window_bytes: cli.hls_window_bytes.or(file.hls_window_bytes),
+        rebalance: cli.rebalance.or(file.rebalance),
+        rebalance_ratio: cli.rebalance_ratio.or(file.rebalance_ratio),
+        rebalance_slack_kbps: cli.rebalance_slack_kbps.or(file.rebalance_slack_kbps),
+        rebalance_after: cli.rebalance_after.or(file.rebalance_after),
         max_apply_lag: cli.max_apply_lag.or(file.max_apply_lag),
         snapshot_timeout_ms: cli.snapshot_timeout_ms.or(file.snapshot_timeout_ms),
         snapshot_every_bytes: cli.snapshot_every_bytes.or(file.snapshot_every_bytes),
@@ -490,6 +541,7 @@ impl OriginConfig {
             }
         }
         let hls_window = crate::edge::config::hls_window(a.hls_window_segments, a.hls_window_bytes)?;
+        let rebalance = rebalance_config(a.rebalance, a.rebalance_ratio, a.rebalance_slack_kbps, a.rebalance_after)?;
         let peer_tls = crate::tls::peer::PeerTlsPaths::from_flags(a.peer_tls_ca, a.peer_tls_cert, a.peer_tls_key)?;
         Ok(OriginConfig {
             peer_tls,
@@ -510,6 +562,7 @@ impl OriginConfig {
             request_deadline,
             orphan_grace,
             owner_dead_after,
+            rebalance,
         })
     }
 }
@@ -638,5 +691,25 @@ mod tests {
         std::fs::write(&path, "id = 3\nbogus = 1\n").unwrap();
         let args = OriginArgs { config: Some(path), ..Default::default() };
         assert!(OriginConfig::from_args(args, env("0123456789abcdef0123")).is_err());
+    }
+
+    #[test]
+    fn rebalancing_is_off_by_default_and_its_flags_are_checked() {
+        let config =
+            |args: OriginArgs| OriginConfig::from_args(OriginArgs { id: Some(1), ..args }, env("0123456789abcdef0123"));
+        assert_eq!(config(OriginArgs::default()).unwrap().rebalance, None);
+        let on = config(OriginArgs { rebalance: Some(true), ..Default::default() }).unwrap();
+        assert_eq!(on.rebalance, Some(RebalanceConfig::default()));
+        let tuned = OriginArgs {
+            rebalance: Some(true),
+            rebalance_ratio: Some(2.0),
+            rebalance_slack_kbps: Some(500),
+            rebalance_after: Some("30s".into()),
+            ..Default::default()
+        };
+        let expected = RebalanceConfig { ratio: 2.0, slack_kbps: 500, after: Duration::from_secs(30) };
+        assert_eq!(config(tuned).unwrap().rebalance, Some(expected));
+        assert!(config(OriginArgs { rebalance_ratio: Some(1.0), ..Default::default() }).is_err());
+        assert!(config(OriginArgs { rebalance_after: Some("100ms".into()), ..Default::default() }).is_err());
     }
 }

@@ -13,8 +13,11 @@
 //! race: under a leader change, against an edge's own `Reassign`, or against the owner
 //! coming back (its stream then stays moved).
 //!
-//! [`dead_voters`] and [`drained_origins`] decide (pure); [`supervise`] feeds them and
-//! proposes.
+//! With `--rebalance`, when no origin is dead or drained and no move is in flight, it
+//! also moves one stream at a time off an origin that stays hot ([`super::rebalance`]).
+//!
+//! [`dead_voters`], [`drained_origins`] and the rebalancing [`Hysteresis`] and
+//! [`choose`] decide (pure); [`supervise`] feeds them and proposes.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -27,10 +30,15 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::liveness::Liveness;
-use super::ownership::{Ownership, Reason};
+use super::ownership::{Ownership, Reason, Target};
+use super::rebalance::{choose, Hysteresis, RebalanceConfig};
 
 /// How often the leader looks for dead owners.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// How often the leader looks at the load scores for a hot origin (the reports behind
+/// them come once a second).
+pub const REBALANCE_LOOK: Duration = Duration::from_secs(1);
 
 /// Re-assignments proposed at once; streams beyond wait for the next tick. Each is one
 /// log entry, so a dead origin with many streams costs this many entries in flight.
@@ -71,6 +79,8 @@ pub struct Supervisor {
     pub state: StateHandle,
     pub ownership: Ownership,
     pub liveness: Liveness,
+    /// `--rebalance`: `None` when off.
+    pub rebalance: Option<RebalanceConfig>,
 }
 
 /// Runs until `shutdown`: while this node leads, moves the streams of dead owners, then
@@ -83,6 +93,11 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
     let (done_tx, mut done) = mpsc::channel::<(StreamKey, u64)>(REASSIGNS_IN_FLIGHT);
     // Draining origins already reported as owning no stream (logged once per drain).
     let mut emptied: BTreeSet<NodeId> = BTreeSet::new();
+    // Rebalancing: how long the hot origin has been hot, the one move it may have under
+    // way, and when the scores were last looked at.
+    let mut hysteresis = s.rebalance.map(Hysteresis::new);
+    let mut rebalancing: Option<tokio::task::JoinHandle<()>> = None;
+    let mut looked = Instant::now();
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -99,7 +114,12 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
             let m = s.raft.metrics().borrow().clone();
             (s.liveness.observe(&m, now), m.membership_config.membership().voter_ids().collect::<Vec<_>>())
         };
-        let Some(since) = leading_since else { continue };
+        let Some(since) = leading_since else {
+            if let Some(h) = hysteresis.as_mut() {
+                h.restart();
+            }
+            continue;
+        };
         let dead = dead_voters(s.id, voters.iter().copied(), |v| s.liveness.silence(v, since, now), s.liveness.bound());
         let draining = s.state.read(|sm| sm.draining.clone());
         let drained = if draining.is_empty() {
@@ -108,6 +128,28 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
             drained_origins(&voters, &dead, &draining, &s.ownership.live_voters().1)
         };
         emptied.retain(|o| draining.contains(o));
+        if let Some(h) = hysteresis.as_mut() {
+            // Only in a quiet cluster: failover and drains move load around themselves.
+            if !dead.is_empty() || !drained.is_empty() || !in_flight.is_empty() {
+                h.restart();
+            } else if now.duration_since(looked) >= REBALANCE_LOOK
+                && rebalancing.as_ref().is_none_or(|task| task.is_finished())
+            {
+                looked = now;
+                let scores = s.ownership.open_scores();
+                if let Some((hot, target)) = h.observe(&scores, now) {
+                    // Decided: the next move needs a full streak again, made or not.
+                    h.restart();
+                    let (hot_score, target_score) = (scores[&hot], scores[&target]);
+                    let ownership = s.ownership.clone();
+                    rebalancing = Some(tokio::spawn(tracing::Instrument::in_current_span(rebalance_one(
+                        ownership,
+                        (hot, hot_score),
+                        (target, target_score),
+                    ))));
+                }
+            }
+        }
         if dead.is_empty() && drained.is_empty() {
             continue;
         }
@@ -172,6 +214,34 @@ pub async fn supervise(s: Supervisor, shutdown: CancellationToken) {
                 drop(permit);
             }));
         }
+    }
+}
+
+/// Moves one stream from `hot` to `target` (each with its load score) if one fits
+/// ([`choose`]), by a planned move to exactly `target`.
+async fn rebalance_one(ownership: Ownership, (hot, hot_score): (NodeId, u64), (target, target_score): (NodeId, u64)) {
+    let candidates = ownership.rebalance_candidates(hot).await;
+    let Some(pick) = choose(hot_score, target_score, &candidates) else {
+        tracing::debug!(
+            hot,
+            hot_score,
+            target,
+            target_score,
+            candidates = candidates.len(),
+            "the origin stays hot, but moving any of its streams would make the target hotter; nothing moves"
+        );
+        return;
+    };
+    tracing::info!(
+        stream = %pick.stream, hot, hot_score, target, target_score, cost_kbps = pick.cost_kbps,
+        "the origin stays hot; moving one stream to the least loaded origin"
+    );
+    match ownership
+        .move_claim(RequestId::random(), &pick.stream, pick.epoch, Target::To(target), Reason::Rebalance)
+        .await
+    {
+        ForwardReply::Written(Response::Claimed(_)) => {}
+        other => tracing::debug!(stream = %pick.stream, ?other, "rebalancing move not made"),
     }
 }
 

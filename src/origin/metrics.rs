@@ -1,7 +1,8 @@
 //! Prometheus metrics of an origin: Raft progress (refreshed from openraft's metrics at
 //! scrape time), proposals, apply latency, the edge links, and streams.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use raftcast_raft::typ::RaftMetrics;
 use raftcast_raft::NodeId;
 
 use super::link_server::LinkStats;
+use super::load::LoadReport;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -28,8 +30,8 @@ pub struct FollowerLabel {
 
 /// Why a stream moved to another owner: `unreachable` (the leader's failover
 /// supervisor), `edge` (an edge that cannot reach the owner asked), `planned` (an
-/// operator's move) or `drain` (its owner is draining); also why admission refused a
-/// write.
+/// operator's move), `drain` (its owner is draining) or `rebalance` (its owner stayed
+/// hot); also why admission refused a write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -98,6 +100,12 @@ pub struct Metrics {
     /// The link server's counters (updated by the link tasks themselves).
     pub links: Arc<LinkStats>,
     streams_owned: Family<OriginLabel, Gauge>,
+    /// Each origin's latest load report and score, on the leader only (see
+    /// [`Metrics::set_origin_loads`]).
+    origin_ingest_kbps: Family<OriginLabel, Gauge<f64, AtomicU64>>,
+    origin_subscriber_edges: Family<OriginLabel, Gauge>,
+    origin_cpu: Family<OriginLabel, Gauge<f64, AtomicU64>>,
+    origin_load_score: Family<OriginLabel, Gauge>,
     link_publishers: Gauge,
     link_subscriptions: Gauge,
     /// Claims this origin released because their publisher stayed away.
@@ -150,6 +158,10 @@ impl Metrics {
             last_leader: Mutex::new(None),
             links: Arc::default(),
             streams_owned: Family::default(),
+            origin_ingest_kbps: Family::default(),
+            origin_subscriber_edges: Family::default(),
+            origin_cpu: Family::default(),
+            origin_load_score: Family::default(),
             link_publishers: Gauge::default(),
             link_subscriptions: Gauge::default(),
             orphans_released: Counter::default(),
@@ -168,7 +180,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         // Every reason is exported from the start, at 0.
-        for reason in ["unreachable", "edge", "planned", "drain"] {
+        for reason in ["unreachable", "edge", "planned", "drain", "rebalance"] {
             m.streams_reassigned.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }
         for reason in ["pending_bytes", "apply_lag"] {
@@ -213,6 +225,26 @@ impl Metrics {
             "streams_owned",
             "Streams each origin owns (replicated claims, as applied on this node)",
             m.streams_owned.clone(),
+        );
+        registry.register(
+            "origin_ingest_kbps",
+            "Ingest bitrate of the streams each origin owns, as it last reported (on the leader)",
+            m.origin_ingest_kbps.clone(),
+        );
+        registry.register(
+            "origin_subscriber_edges",
+            "Edges subscribed to the streams each origin owns, as it last reported (on the leader)",
+            m.origin_subscriber_edges.clone(),
+        );
+        registry.register(
+            "origin_cpu_cores",
+            "Process CPU of each origin over its last seconds, as it last reported (on the leader)",
+            m.origin_cpu.clone(),
+        );
+        registry.register(
+            "origin_load_score",
+            "The load placement compares for each live origin, kbit/s-equivalent (on the leader)",
+            m.origin_load_score.clone(),
         );
         registry.register(
             "link_publishers",
@@ -286,6 +318,27 @@ impl Metrics {
     }
 
     /// Records one apply batch.
+    /// Exports the fresh load `reports` and the placement `scores` (only these: an
+    /// origin without a fresh report disappears, and a node that stops leading exports
+    /// none).
+    pub fn set_origin_loads(&self, reports: &HashMap<NodeId, LoadReport>, scores: &HashMap<NodeId, u64>) {
+        for family in [&self.origin_ingest_kbps, &self.origin_cpu] {
+            family.clear();
+        }
+        self.origin_subscriber_edges.clear();
+        self.origin_load_score.clear();
+        for (origin, r) in reports {
+            let label = OriginLabel { origin: origin.to_string() };
+            self.origin_ingest_kbps.get_or_create(&label).set(r.ingest_kbps);
+            self.origin_subscriber_edges.get_or_create(&label).set(i64::from(r.subscriber_edges));
+            self.origin_cpu.get_or_create(&label).set(r.cpu);
+        }
+        for (origin, score) in scores {
+            let label = OriginLabel { origin: origin.to_string() };
+            self.origin_load_score.get_or_create(&label).set(i64::try_from(*score).unwrap_or(i64::MAX));
+        }
+    }
+
     pub fn observe_apply(&self, took: Duration, entries: usize) {
         self.apply_seconds.observe(took.as_secs_f64());
         self.applied_entries.inc_by(entries as u64);

@@ -5,25 +5,33 @@
 //! graceful shutdown); the pieces live in `config`, `proposer`, `api` and `metrics`.
 //! `link_server` serves the edges' media links, with `ingest` counting what publishers
 //! send; `live` shares the owner's view of its streams with the other origins;
+//! `handover` lets a stream's new owner learn where its HLS numbering stood;
 //! `orphans` releases owned claims whose publisher stays away. For failover, `liveness`
 //! tells which origins answer the leader, `failover` moves the streams of those that do
-//! not, and `watch` lets edges wait for ownership changes. `recording` writes recorded
-//! streams to disk at their owner, copies finished pieces and reads recordings back.
+//! not, and `watch` lets edges wait for ownership changes. For placement, `load_probe`
+//! measures each origin's load and brings it to the leader, `load` scores it, and
+//! `rebalance` decides when the leader moves a stream off a hot origin. `recording`
+//! writes recorded streams to disk at their owner, copies finished pieces and reads
+//! recordings back.
 
 pub mod api;
 pub mod commit;
 pub mod compaction;
 pub mod config;
 pub mod failover;
+pub mod handover;
 pub mod ingest;
 pub mod link_server;
 pub mod live;
 pub mod liveness;
+pub mod load;
+pub mod load_probe;
 pub mod membership;
 pub mod metrics;
 pub mod orphans;
 pub mod ownership;
 pub mod proposer;
+pub mod rebalance;
 pub mod recording;
 pub mod shared_objects;
 pub mod watch;
@@ -132,9 +140,22 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         metrics.links.clone(),
     )
     .with_hls_window(config.hls_window)
-    .with_touch(liveness.clone(), contact.clone());
+    .with_touch(liveness.clone(), contact.clone())
+    .with_previous_owner(handover::asker(peers.clone(), raft.clone()));
     let live = live::LiveFacts::new(config.id, peers.clone(), links.clone());
     let committer = commit::Committer::new(raft.clone(), state.clone(), metrics.clone(), config.limits);
+    // Each origin's load: measured here, polled by the leader, read by placement.
+    let cpu = load_probe::CpuMeter::default();
+    tokio::spawn(tracing::Instrument::in_current_span(load_probe::sample_cpu(cpu.clone(), shutdown.clone())));
+    let probe = load_probe::LoadProbe::new(config.id, links.clone(), state.clone(), cpu, peers.clone());
+    let board = load::LoadBoard::default();
+    tokio::spawn(tracing::Instrument::in_current_span(load_probe::poll(
+        probe.clone(),
+        raft.clone(),
+        board.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )));
     let ownership = ownership::Ownership::new(
         config.id,
         raft.clone(),
@@ -143,6 +164,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         live.clone(),
         liveness.clone(),
         watch::StreamWatch::new(state.clone(), shutdown.clone()),
+        board,
         metrics.clone(),
     );
     let proposer = Proposer::new(
@@ -204,8 +226,14 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         config.snapshot_every_bytes,
         shutdown.clone(),
     )));
-    let failover =
-        failover::Supervisor { id: config.id, raft: raft.clone(), state: state.clone(), ownership, liveness };
+    let failover = failover::Supervisor {
+        id: config.id,
+        raft: raft.clone(),
+        state: state.clone(),
+        ownership,
+        liveness,
+        rebalance: config.rebalance,
+    };
     tokio::spawn(tracing::Instrument::in_current_span(failover::supervise(failover, shutdown.clone())));
     let supervisor = orphans::Supervisor {
         id: config.id,
@@ -245,6 +273,12 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .layer(DefaultBodyLimit::max(proposer::forward::MAX_FORWARD_BODY))
         .with_state(proposer)
         .merge(Router::new().route(live::LIVE_ROUTE, get(live::route)).with_state(live))
+        .merge(Router::new().route(handover::MARK_ROUTE, get(handover::route)).with_state(handover::MarkServer::new(
+            config.id,
+            config.secret.clone(),
+            links.clone(),
+        )))
+        .merge(Router::new().route(load_probe::LOAD_ROUTE, get(load_probe::route)).with_state(probe))
         .merge(
             Router::new()
                 .route(recording::replica::PIECE_ROUTE, get(recording::read::piece_route))

@@ -17,8 +17,10 @@ use raftcast_storage::StateHandle;
 use super::commit::{failed, leadership_error, now_ms, Committer};
 use super::live::LiveFacts;
 use super::liveness::Liveness;
+use super::load::{claims_per_origin, scores, stream_cost, LoadBoard};
 use super::membership::node_addr;
 use super::metrics::{Metrics, ReasonLabel};
+use super::rebalance::{Candidate, REST};
 use super::watch::StreamWatch;
 
 /// A follower this many entries behind the leader is not given new streams (it is
@@ -45,6 +47,9 @@ pub enum Reason {
     Planned,
     /// Its owner is draining: the failover supervisor moved it away.
     Drain,
+    /// Its owner stayed hot: the failover supervisor moved it to the least loaded open
+    /// origin (`--rebalance`, see [`super::rebalance`]).
+    Rebalance,
 }
 
 /// Where a moved stream goes.
@@ -67,6 +72,7 @@ impl Reason {
             Reason::Edge => "edge",
             Reason::Planned => "planned",
             Reason::Drain => "drain",
+            Reason::Rebalance => "rebalance",
         }
     }
 }
@@ -95,10 +101,15 @@ pub struct Ownership {
     liveness: Liveness,
     /// Answers `Forward::WatchStream`.
     watch: StreamWatch,
+    /// Every origin's latest load report (polled while this node leads).
+    board: LoadBoard,
     metrics: Arc<Metrics>,
     /// Streams this leader moved recently: a takeover must not take them (see
     /// `holder_alive`).
     moves: Arc<Mutex<Moves>>,
+    /// Placements decided here whose claim or move has not committed yet: they count
+    /// as load, so concurrent placements do not all pick the same origin.
+    reserved: Reservations,
 }
 
 impl Ownership {
@@ -113,9 +124,22 @@ impl Ownership {
         live: LiveFacts,
         liveness: Liveness,
         watch: StreamWatch,
+        board: LoadBoard,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Ownership { id, raft, state, committer, live, liveness, watch, metrics, moves: Arc::default() }
+        Ownership {
+            id,
+            raft,
+            state,
+            committer,
+            live,
+            liveness,
+            watch,
+            board,
+            metrics,
+            moves: Arc::default(),
+            reserved: Reservations::default(),
+        }
     }
 
     /// `WatchStream` requests waiting on this origin now.
@@ -174,8 +198,16 @@ impl Ownership {
                 keep = Some(current.owner).filter(|o| self.live_voters().1.contains(o));
             }
         }
-        // This node is always live itself, so there is always an owner.
-        let owner = keep.or_else(|| self.pick_owner(stream, None)).unwrap_or(self.id);
+        // This node is always live itself, so there is always an owner. A placement
+        // stays reserved until its claim committed or failed (`_reserved` drops then);
+        // a takeover kept on its owner is counted there already.
+        let (owner, _reserved) = match keep {
+            Some(owner) => (owner, None),
+            None => match self.pick_owner(stream, None) {
+                Some((owner, reservation)) => (owner, Some(reservation)),
+                None => (self.id, None),
+            },
+        };
         let command = Command::ClaimStream {
             stream: stream.clone(),
             owner,
@@ -229,7 +261,8 @@ impl Ownership {
             }
         };
         let draining = self.state.read(|sm| sm.draining.clone());
-        let owner = match target {
+        // Held until the move committed or failed (see `Reservations`).
+        let (owner, _reserved) = match target {
             Target::To(origin) if origin == current.owner => return ForwardReply::Written(Response::Claimed(current)),
             Target::To(origin) if !self.live_voters().1.contains(&origin) => {
                 return failed(
@@ -247,14 +280,16 @@ impl Ownership {
                     ),
                 )
             }
-            Target::To(origin) => origin,
+            Target::To(origin) => (origin, self.reserved.reserve(origin)),
             Target::AwayFrom(_) | Target::Elsewhere => {
                 let away_from = if let Target::AwayFrom(origin) = target { origin } else { current.owner };
                 match self.pick_owner(stream, Some(away_from)) {
                     // A drain or an operator's move never puts a stream on a draining
                     // origin (placement falls back to those only when nothing else is
                     // live): the drain would move it on again, round and round.
-                    Some(owner) if matches!(reason, Reason::Drain | Reason::Planned) && draining.contains(&owner) => {
+                    Some((owner, _))
+                        if matches!(reason, Reason::Drain | Reason::Planned) && draining.contains(&owner) =>
+                    {
                         return failed(
                             FailKind::Unavailable,
                             format!(
@@ -263,7 +298,7 @@ impl Ownership {
                             ),
                         )
                     }
-                    Some(owner) => owner,
+                    Some(picked) => picked,
                     None => {
                         return failed(
                             FailKind::Unavailable,
@@ -324,14 +359,56 @@ impl Ownership {
         if leading_since.is_none_or(|since| now.duration_since(since) < TAKEOVER_YOUNG_CLAIM) {
             return true;
         }
+        self.moved_within(stream, TAKEOVER_YOUNG_CLAIM)
+    }
+
+    /// Whether this leader re-assigned `stream` within `within` (at most
+    /// [`super::rebalance::REST`] or [`TAKEOVER_YOUNG_CLAIM`], which are remembered).
+    fn moved_within(&self, stream: &StreamKey, within: Duration) -> bool {
         let moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
-        moves.get(stream).is_some_and(|at| at.elapsed() < TAKEOVER_YOUNG_CLAIM)
+        moves.get(stream).is_some_and(|at| at.elapsed() < within)
     }
 
     fn note_moved(&self, stream: &StreamKey) {
         let mut moves = self.moves.lock().unwrap_or_else(|p| p.into_inner());
-        moves.retain(|_, at| at.elapsed() < TAKEOVER_YOUNG_CLAIM);
+        moves.retain(|_, at| at.elapsed() < REST.max(TAKEOVER_YOUNG_CLAIM));
         moves.insert(stream.clone(), Instant::now());
+    }
+
+    /// The load scores of the live origins that take new streams ([`open_origins`]),
+    /// counting placements in flight: what rebalancing compares.
+    pub fn open_scores(&self) -> HashMap<NodeId, u64> {
+        let (_, live) = self.live_voters();
+        let in_flight = self.reserved.in_flight();
+        let (claims, draining) = self.state.read(|sm| (claims_per_origin(sm.streams.values()), sm.draining.clone()));
+        scores(&open_origins(&live, &draining), &claims, &self.board.fresh(Instant::now()), &in_flight)
+    }
+
+    /// The streams of `hot` that rebalancing may move, each with what it costs now
+    /// (from `hot`'s own live facts): neither pinned to `hot` (pins win) nor moved by
+    /// this leader within [`REST`]. Empty when `hot` does not answer: nothing is moved
+    /// blind.
+    pub async fn rebalance_candidates(&self, hot: NodeId) -> Vec<Candidate> {
+        let http = node_addr(&self.raft, hot).map(|a| a.http);
+        let facts = self.live.gather(BTreeMap::from([(hot, http)])).await;
+        let Some(Some(facts)) = facts.get(&hot) else { return Vec::new() };
+        let owned: Vec<(StreamKey, u64)> = self.state.read(|sm| {
+            sm.streams
+                .iter()
+                .filter(|(key, claim)| claim.owner == hot && sm.pin_for(key).map(|(_, o)| o) != Some(hot))
+                .map(|(key, claim)| (key.clone(), claim.epoch))
+                .collect()
+        });
+        owned
+            .into_iter()
+            .filter(|(stream, _)| !self.moved_within(stream, REST))
+            .map(|(stream, epoch)| {
+                let cost_kbps = facts
+                    .get(&stream)
+                    .map_or(stream_cost(0.0, 0), |s| stream_cost(s.bitrate_kbps, s.subscribers.len()));
+                Candidate { stream, epoch, cost_kbps }
+            })
+            .collect()
     }
 
     /// The voters that may own streams: this node, and followers that answered within
@@ -362,22 +439,31 @@ impl Ownership {
     /// The origin that should own `stream`: the origin a pin rule names when it is a
     /// live voter that is not draining, otherwise (see [`place`]) the least loaded live
     /// voter that is not draining (any live voter when all of them drain); never
-    /// `exclude`. `None` when no live voter but `exclude` exists.
-    fn pick_owner(&self, stream: &StreamKey, exclude: Option<NodeId>) -> Option<NodeId> {
+    /// `exclude`. `None` when no live voter but `exclude` exists. The load counts the
+    /// placements still in flight on this leader, and the one made here is reserved
+    /// until the returned [`Reservation`] drops.
+    fn pick_owner(&self, stream: &StreamKey, exclude: Option<NodeId>) -> Option<(NodeId, Reservation)> {
         let (me, mut live) = self.live_voters();
         live.retain(|v| Some(*v) != exclude);
         if live.is_empty() {
             return None;
         }
-        let (load, pin, draining) = self.state.read(|sm| {
-            let mut load = HashMap::<NodeId, usize>::new();
-            for claim in sm.streams.values() {
-                *load.entry(claim.owner).or_default() += 1;
-            }
-            (load, sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin)), sm.draining.clone())
+        let mut pin = None;
+        let (placement, reservation) = self.reserved.decide(|in_flight| {
+            // Read under the reservations' lock: a placement that commits meanwhile is
+            // then counted twice for a moment (in the state and in flight), never not
+            // at all.
+            let (claims, pinned, draining) = self.state.read(|sm| {
+                let pin = sm.pin_for(stream).map(|(scope, origin)| (scope.clone(), origin));
+                (claims_per_origin(sm.streams.values()), pin, sm.draining.clone())
+            });
+            let load = scores(&live, &claims, &self.board.fresh(Instant::now()), in_flight);
+            let placement = place(stream, me, &live, &draining, &load, pinned.as_ref().map(|(_, origin)| *origin));
+            pin = pinned;
+            (placement.owner(), placement)
         });
         let rule = || pin.as_ref().map(|(scope, _)| scope.to_string()).unwrap_or_default();
-        Some(match place(stream, me, &live, &draining, &load, pin.as_ref().map(|(_, origin)| *origin)) {
+        let owner = match placement {
             Placement::Pinned(owner) => {
                 tracing::debug!(%stream, owner, pin = %rule(), "placed by a pin rule");
                 owner
@@ -398,7 +484,60 @@ impl Ownership {
                 owner
             }
             Placement::ByLoad { owner, pinned_not_live: None } => owner,
-        })
+        };
+        Some((owner, reservation))
+    }
+}
+
+/// Streams placed on each origin by this leader whose claim or move has not committed
+/// yet. Placement reads the load from the applied state, where a placement shows only
+/// once committed; without these, concurrent placements (the failover supervisor moves
+/// up to [`super::failover::REASSIGNS_IN_FLIGHT`] streams at once) would all read the
+/// same load and pick the same origin. Soft state of the leader: a new leader starts
+/// with none, and every count is bounded by the placements awaiting their commit.
+#[derive(Clone, Default)]
+pub struct Reservations(Arc<Mutex<HashMap<NodeId, usize>>>);
+
+/// One placement in flight on `owner`; released when dropped, that is when its command
+/// committed (the state counts it from then on) or failed.
+#[must_use = "a reservation counts only while it is held"]
+pub struct Reservation {
+    owner: NodeId,
+    board: Reservations,
+}
+
+impl Reservations {
+    /// Decides a placement with the counts in flight and reserves the origin chosen,
+    /// both under one lock, so no two decisions see the same counts. `decide` gets the
+    /// placements in flight per origin and returns the chosen origin and anything else.
+    pub fn decide<T>(&self, decide: impl FnOnce(&HashMap<NodeId, usize>) -> (NodeId, T)) -> (T, Reservation) {
+        let mut in_flight = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (owner, out) = decide(&in_flight);
+        *in_flight.entry(owner).or_default() += 1;
+        (out, Reservation { owner, board: self.clone() })
+    }
+
+    /// Reserves a placement on `owner` chosen without a decision (an operator's move to
+    /// a named origin).
+    pub fn reserve(&self, owner: NodeId) -> Reservation {
+        self.decide(|_| (owner, ())).1
+    }
+
+    /// The placements in flight per origin.
+    pub fn in_flight(&self) -> HashMap<NodeId, usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut in_flight = self.board.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.owner);
+            }
+        }
     }
 }
 
@@ -415,6 +554,17 @@ pub enum Placement {
     PinnedDraining { owner: NodeId, pinned: NodeId },
 }
 
+impl Placement {
+    /// The origin chosen.
+    pub fn owner(self) -> NodeId {
+        match self {
+            Placement::Pinned(owner) | Placement::ByLoad { owner, .. } | Placement::PinnedDraining { owner, .. } => {
+                owner
+            }
+        }
+    }
+}
+
 /// The live origins that may take new streams: those not draining, or every live one
 /// when all of them drain (a drain never makes a publish fail).
 pub fn open_origins(live: &[NodeId], draining: &BTreeSet<NodeId>) -> Vec<NodeId> {
@@ -427,15 +577,15 @@ pub fn open_origins(live: &[NodeId], draining: &BTreeSet<NodeId>) -> Vec<NodeId>
 }
 
 /// Chooses the owner of a new stream among the [`open_origins`]: the pinned origin if
-/// it is one, otherwise the one owning the fewest streams, ties spread by a hash of the
-/// stream key (so equal loads do not all land on the same origin); `me` when nothing is
-/// live.
+/// it is one, otherwise the one with the lowest `load` (a score from
+/// [`super::load::scores`]), ties spread by a hash of the stream key (so equal loads do
+/// not all land on the same origin); `me` when nothing is live.
 pub fn place(
     stream: &StreamKey,
     me: NodeId,
     live: &[NodeId],
     draining: &BTreeSet<NodeId>,
-    load: &HashMap<NodeId, usize>,
+    load: &HashMap<NodeId, u64>,
     pinned: Option<NodeId>,
 ) -> Placement {
     let open = open_origins(live, draining);
@@ -552,5 +702,117 @@ mod tests {
         // Draining ids that are not live change nothing.
         assert_eq!(open_origins(&[1, 2], &BTreeSet::from([3, 9])), vec![1, 2]);
         assert_eq!(open_origins(&[1, 2], &BTreeSet::from([1])), vec![2]);
+    }
+
+    /// What `pick_owner` does with the applied state's claims per origin and no load
+    /// report: [`place`] by the [`scores`] of `live`.
+    fn place_counting(
+        stream: &StreamKey,
+        me: NodeId,
+        live: &[NodeId],
+        draining: &BTreeSet<NodeId>,
+        claims: HashMap<NodeId, usize>,
+        in_flight: &HashMap<NodeId, usize>,
+        pinned: Option<NodeId>,
+    ) -> Placement {
+        place(stream, me, live, draining, &scores(live, &claims, &HashMap::new(), in_flight), pinned)
+    }
+
+    #[test]
+    fn an_origin_with_a_few_heavy_streams_gets_fewer_new_ones_than_one_with_many_idle_ones() {
+        use crate::origin::load::LoadReport;
+        // Origin 1: 4 streams at 5 Mbit/s, one of them watched through two edges.
+        // Origin 2: 40 idle streams (claimed, no media yet). Origin 3 drains.
+        let heavy = [(5000.0, 2), (5000.0, 0), (5000.0, 0), (5000.0, 0)];
+        let reports = HashMap::from([
+            (1, LoadReport::new(1, heavy, 0.1)),
+            (2, LoadReport::new(2, vec![(0.0, 0); 40], 0.1)),
+            (3, LoadReport::new(3, [], 0.0)),
+        ]);
+        let mut claims = HashMap::from([(1, 4), (2, 40), (3, 0)]);
+        let draining = BTreeSet::from([3]);
+        let live = [1, 2, 3];
+        let mut got = HashMap::<NodeId, usize>::new();
+        for i in 0..40 {
+            let load = scores(&live, &claims, &reports, &HashMap::new());
+            let owner = place(&key(&format!("new-{i}")), 1, &live, &draining, &load, None).owner();
+            // Committed, not yet in the next report: counted as an average stream.
+            *claims.get_mut(&owner).unwrap() += 1;
+            *got.entry(owner).or_default() += 1;
+        }
+        assert_eq!(got.get(&3), None, "a draining origin gets nothing, however idle");
+        let (on_1, on_2) = (got.get(&1).copied().unwrap_or(0), got.get(&2).copied().unwrap_or(0));
+        eprintln!("40 new streams: {on_1} on the heavy origin, {on_2} on the idle one");
+        // By count, origin 1 (4 streams) would have taken all 40.
+        assert!(on_1 < on_2, "heavy origin got {on_1}, idle one {on_2}");
+        // A pin to the heavy origin still wins.
+        let load = scores(&live, &claims, &reports, &HashMap::new());
+        assert_eq!(place(&key("vip"), 1, &live, &draining, &load, Some(1)), Placement::Pinned(1));
+    }
+
+    /// Places `n` streams at once, each holding its reservation (none has committed),
+    /// from threads that all decide before any releases; returns the owners chosen.
+    fn concurrent_placements(reserved: &Reservations, load: &HashMap<NodeId, usize>, n: usize) -> Vec<NodeId> {
+        let decided = std::sync::Barrier::new(n);
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..n)
+                .map(|i| {
+                    let decided = &decided;
+                    scope.spawn(move || {
+                        let stream = key(&format!("moved-{i}"));
+                        let (owner, held) = reserved.decide(|in_flight| {
+                            let p = place_counting(&stream, 2, &[2, 3], &none(), load.clone(), in_flight, None);
+                            (p.owner(), p.owner())
+                        });
+                        // Nothing commits until every placement is decided.
+                        decided.wait();
+                        drop(held);
+                        owner
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn concurrent_placements_spread_by_the_load_in_flight() {
+        // Origin 1 died with 10 streams; the survivors own 10 and 9. Ten moves decided
+        // at once, before any commits: without reservations all ten would read
+        // {2: 10, 3: 9} and land on origin 3 (19 against 10).
+        let load = HashMap::from([(1, 10), (2, 10), (3, 9)]);
+        let reserved = Reservations::default();
+        let owners = concurrent_placements(&reserved, &load, 10);
+        let on = |o: NodeId| owners.iter().filter(|x| **x == o).count();
+        assert_eq!(on(2) + on(3), 10, "{owners:?}");
+        assert!(on(3) == 5 || on(3) == 6, "{owners:?}");
+        assert!(reserved.in_flight().is_empty(), "every reservation is released once dropped");
+    }
+
+    #[test]
+    fn a_reservation_counts_until_dropped_and_a_named_target_counts_too() {
+        let reserved = Reservations::default();
+        let load = HashMap::from([(2, 3), (3, 3)]);
+        let pick = |name: &str| {
+            reserved.decide(|in_flight| {
+                let p = place_counting(&key(name), 2, &[2, 3], &none(), load.clone(), in_flight, None);
+                (p.owner(), p.owner())
+            })
+        };
+        let (first, held) = pick("a");
+        let other = if first == 2 { 3 } else { 2 };
+        // While the first is in flight, the next goes to the other origin whatever the
+        // hash says; once it is dropped (say, the claim failed), the counts are even.
+        let (second, held_2) = pick("b");
+        assert_eq!(second, other);
+        assert_eq!(reserved.in_flight(), HashMap::from([(2, 1), (3, 1)]));
+        drop((held, held_2));
+        assert!(reserved.in_flight().is_empty());
+        // An operator's move to origin 3 is in flight: the next placement goes to 2.
+        let _to_3 = reserved.reserve(3);
+        assert_eq!(pick("c").0, 2);
+        // A pin still wins over the load in flight.
+        let pinned = place_counting(&key("d"), 2, &[2, 3], &none(), load.clone(), &reserved.in_flight(), Some(3));
+        assert_eq!(pinned, Placement::Pinned(3));
     }
 }

@@ -9,9 +9,11 @@ use std::time::Instant;
 use raftcast_raft::StreamKey;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::feed::Feed;
 use super::held::HeldFrames;
+use super::numbering::{Answered, Numbering};
 use super::registry::{Attached, LinkContext, Publisher};
 use super::{CLAIM_WAIT, MAX_PENDING_PUBLISHES};
 use crate::link::protocol::MAX_FEED_BATCH;
@@ -48,10 +50,12 @@ struct PendingPublish {
     held: HeldFrames,
 }
 
-/// A pending publish's wait for its claim is over (applied, or timed out).
+/// A pending publish's wait for its claim is over (applied, or timed out), and for
+/// the previous owner's answer when one was asked.
 pub(super) struct ClaimReady {
     channel: ChannelId,
     wait: u64,
+    answered: Option<Answered>,
 }
 
 /// Where a subscription starts.
@@ -173,8 +177,8 @@ impl Link {
         }
         // Whatever this channel carried before ends here.
         self.unpublish(channel);
-        if self.ctx.is_current() && self.ctx.state.applied_index() >= epoch {
-            self.decide(channel, stream, epoch, VecDeque::new()).await;
+        if self.ctx.is_current() && self.ctx.state.applied_index() >= epoch && !self.ctx.must_ask(&stream, epoch) {
+            self.decide(channel, stream, epoch, VecDeque::new(), None).await;
             return;
         }
         if self.pending.len() >= MAX_PENDING_PUBLISHES {
@@ -182,20 +186,29 @@ impl Link {
             self.send(Control::PublishRefused { channel, reason }).await;
             return;
         }
-        // The claim's entry is not applied here yet, or this origin has not confirmed
-        // its state since it started: wait for both off the read loop.
+        // The claim's entry is not applied here yet, this origin has not confirmed its
+        // state since it started, or the origin that held the claim before must say
+        // where the numbering stood: wait for all that off the read loop.
         self.next_wait += 1;
         let wait = self.next_wait;
-        let (raft, ready, mut current) = (self.ctx.raft.clone(), self.applied_tx.clone(), self.ctx.current_watch());
-        let waiter = tokio::spawn(async move {
-            // Timing out is fine: `decide` then finds no matching claim and refuses.
-            let _ = tokio::time::timeout(CLAIM_WAIT, async {
-                let _ = current.wait_for(|current| *current).await;
-                let _ = raft.wait(None).applied_index_at_least(Some(epoch), "claim applied").await;
-            })
-            .await;
-            let _ = ready.send(ClaimReady { channel, wait }).await;
-        });
+        let (ctx, ready, mut current) = (self.ctx.clone(), self.applied_tx.clone(), self.ctx.current_watch());
+        let key = stream.clone();
+        let waiter = tokio::spawn(
+            async move {
+                // Timing out is fine: `decide` then finds no matching claim and refuses.
+                let applied = tokio::time::timeout(CLAIM_WAIT, async {
+                    let _ = current.wait_for(|current| *current).await;
+                    let _ = ctx.raft.wait(None).applied_index_at_least(Some(epoch), "claim applied").await;
+                })
+                .await;
+                let answered = match applied {
+                    Ok(()) => ctx.ask_previous_owner(&key, epoch).await,
+                    Err(_) => None,
+                };
+                let _ = ready.send(ClaimReady { channel, wait, answered }).await;
+            }
+            .in_current_span(),
+        );
         self.pending.insert(channel, PendingPublish { stream, epoch, wait, waiter, held: HeldFrames::default() });
     }
 
@@ -205,15 +218,24 @@ impl Link {
             return; // withdrawn or replaced meanwhile
         }
         if let Some(p) = self.pending.remove(&ready.channel) {
-            self.decide(ready.channel, p.stream, p.epoch, p.held.into_frames()).await;
+            self.decide(ready.channel, p.stream, p.epoch, p.held.into_frames(), ready.answered).await;
         }
     }
 
     /// Accepts or refuses a publish against the applied claim; on acceptance the
-    /// frames `held` while it waited go into the hub first, in order.
-    async fn decide(&mut self, channel: ChannelId, stream: StreamKey, epoch: u64, held: VecDeque<Frame>) {
-        let accepted = self.ctx.attach(&stream, Publisher { link: self.id, channel, epoch, edge: self.edge.clone() });
-        let Attached { hub, ingest, fence, continue_after } = match accepted {
+    /// frames `held` while it waited go into the hub first, in order. `answered`: what
+    /// the owner of the claim before said of the numbering, if it was asked.
+    async fn decide(
+        &mut self,
+        channel: ChannelId,
+        stream: StreamKey,
+        epoch: u64,
+        held: VecDeque<Frame>,
+        answered: Option<Answered>,
+    ) {
+        let publisher = Publisher { link: self.id, channel, epoch, edge: self.edge.clone() };
+        let accepted = self.ctx.attach(&stream, publisher, answered);
+        let Attached { hub, ingest, fence, numbering } = match accepted {
             Ok(attached) => attached,
             Err(reason) => {
                 tracing::info!(%stream, epoch, %reason, "publish refused");
@@ -224,18 +246,21 @@ impl Link {
                 return;
             }
         };
-        tracing::info!(%stream, epoch, ?channel, held = held.len(), "publishing");
+        tracing::info!(%stream, epoch, ?channel, held = held.len(), %numbering, "publishing");
         let now = Instant::now();
         for frame in held {
             ingest.record(frame.payload.len(), now);
             hub.publish(frame);
         }
         self.publishing.insert(channel, Publishing { stream, epoch, hub, ingest, fence });
-        // A session before this one left marks here: the new one continues after them.
-        // (An edge following its own session here after a failover ignores it.)
-        match continue_after {
-            Some(_) => self.send(Control::PublishAcceptedAt { channel, continue_after }).await,
-            None => self.send(Control::PublishAccepted { channel }).await,
+        // The session before this one left marks, here or on the origin that held its
+        // claim: the new one continues after them. (An edge following its own session
+        // here after a failover ignores it.)
+        match numbering {
+            Numbering::After(mark) => {
+                self.send(Control::PublishAcceptedAt { channel, continue_after: Some(mark) }).await
+            }
+            Numbering::SameSession | Numbering::WallClock(_) => self.send(Control::PublishAccepted { channel }).await,
         }
     }
 

@@ -10,11 +10,17 @@
 //! released, moved to another origin or superseded.
 //!
 //! Per stream, the owner knows the attached publisher, the subscribed edges and the
-//! ingest counters; [`LinkContext::live_streams`] reports them. Never knows RTMP.
+//! ingest counters; [`LinkContext::live_streams`] reports them. A new publishing
+//! session's HLS numbering continues after the last mark of the claim right before its
+//! own (`numbering`, `history`), asked of that claim's owner when it was another
+//! origin. Never knows RTMP.
 
 mod feed;
 mod held;
+mod history;
 mod link;
+mod numbering;
+mod recent;
 mod registry;
 
 use std::sync::atomic::Ordering;
@@ -36,6 +42,8 @@ use tracing::Instrument;
 
 pub use feed::MAX_FEED_STREAMS;
 pub use held::{PENDING_BYTES, PENDING_FRAMES};
+pub use history::CLAIMS_SEEN;
+pub use numbering::{Ask, AskPrevious, NotFinal, REMEMBERED_MARKS};
 pub use registry::{AttachHook, LinkContext, LiveStream};
 
 use crate::limits::{Limit, Permit};
@@ -80,6 +88,15 @@ const READ_BUFFER_START: usize = 16 * 1024;
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(2);
 /// How long a publish waits for this origin to apply the claim it names.
 pub const CLAIM_WAIT: Duration = Duration::from_secs(2);
+/// How long a new session's publish waits, its claim applied, for the owner of the
+/// claim before (another origin) to say where the stream's numbering stood; without
+/// an answer in time the session is numbered from the wall clock. A live owner answers
+/// within a round trip once it has applied the new claim (it learns the commit within
+/// a heartbeat, 50 ms); a dead one refuses the connection at once or misses the
+/// 300 ms connect timeout (`crate::peer::CONNECT_TIMEOUT`). The publish's media is
+/// held meanwhile ([`PENDING_FRAMES`]), and [`CLAIM_WAIT`] plus this stays within the
+/// 3 s an edge waits for the answer to its `Publish`.
+pub const PREVIOUS_OWNER_WAIT: Duration = Duration::from_millis(750);
 /// Publishes one link may have waiting for their claims at once; more are refused
 /// (the edge retries). Also the capacity of the link's queue of finished waits, so a
 /// waiter never waits for room in it for long.
@@ -108,6 +125,7 @@ pub struct LinkStats {
 async fn follow_claims(ctx: LinkContext, shutdown: CancellationToken) {
     let mut notices = ctx.state.subscribe();
     // Whatever changed before we subscribed.
+    ctx.claims_resync();
     ctx.reconcile_all();
     loop {
         let notice = tokio::select! {
@@ -115,16 +133,19 @@ async fn follow_claims(ctx: LinkContext, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         };
         match notice {
-            Ok(Notice::Applied { events, .. }) => {
+            Ok(Notice::Applied { index, events }) => {
                 for event in events.iter() {
-                    if let Event::Stream { stream, .. } = event {
+                    if let Event::Stream { stream, claim } = event {
+                        ctx.claim_changed(stream, claim.as_ref());
                         ctx.reconcile(stream);
                         ctx.feeds.changed(stream);
                     }
                 }
+                ctx.claims_followed(index);
             }
             // Missed changes, or a whole new state: look at everything.
             Ok(Notice::Replaced { .. }) | Err(RecvError::Lagged(_)) => {
+                ctx.claims_resync();
                 ctx.reconcile_all();
                 ctx.feeds.changed_all();
             }

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use raftcast_raft::command::StreamClaim;
 use raftcast_raft::rpc::ClusterSecret;
 use raftcast_raft::typ::Raft;
 use raftcast_raft::{NodeId, StreamKey};
@@ -13,7 +14,9 @@ use raftcast_storage::StateHandle;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::LinkStats;
+use super::history::{Before, ClaimHistory};
+use super::numbering::{self, Answered, Ask, AskPrevious, NotFinal, Numbering, Remembered};
+use super::{LinkStats, PREVIOUS_OWNER_WAIT};
 use crate::hls::mark::Continuation;
 use crate::link::{ChannelId, PublishRefusal};
 use crate::media::retain::RetainLimits;
@@ -66,39 +69,14 @@ struct Stream {
     /// (one relaxed load), so a publisher fenced from another link, by a newer claim
     /// or by a release learns it at its next frame.
     fence: Arc<AtomicU64>,
+    /// Epoch of the last publisher attached to the hub: the claim its marks were
+    /// stamped under (a hub kept across a takeover here holds the older session's
+    /// last mark until the new one's first; nothing was numbered past it meanwhile).
+    marked_under: Option<u64>,
 }
 
 /// [`Stream::fence`] of a stream whose claim was released or moved away.
 const RETIRED: u64 = u64::MAX;
-
-/// Streams whose last mark an origin remembers after their hub is gone (the publisher
-/// left): one entry per stream, the oldest forgotten first past this many. A few
-/// dozen bytes each.
-pub const REMEMBERED_MARKS: usize = 16_384;
-
-/// The last HLS marks of streams that ended here, for the next session to continue
-/// after ([`LinkContext::attach`]). Bounded by [`REMEMBERED_MARKS`].
-#[derive(Default)]
-struct Remembered {
-    marks: HashMap<StreamKey, (Continuation, u64)>,
-    next: u64,
-}
-
-impl Remembered {
-    fn keep(&mut self, stream: &StreamKey, mark: Continuation) {
-        if self.marks.len() >= REMEMBERED_MARKS && !self.marks.contains_key(stream) {
-            if let Some(oldest) = self.marks.iter().min_by_key(|(_, (_, n))| *n).map(|(k, _)| k.clone()) {
-                self.marks.remove(&oldest);
-            }
-        }
-        self.next += 1;
-        self.marks.insert(stream.clone(), (mark, self.next));
-    }
-
-    fn get(&self, stream: &StreamKey) -> Option<Continuation> {
-        self.marks.get(stream).map(|(c, _)| *c)
-    }
-}
 
 impl Stream {
     fn new(window: WindowLimits) -> Self {
@@ -116,6 +94,7 @@ impl Stream {
             subscribers: HashMap::new(),
             ingest: Arc::new(IngestStats::new(Instant::now())),
             fence: Arc::new(AtomicU64::new(0)),
+            marked_under: None,
         }
     }
 }
@@ -126,9 +105,8 @@ pub(super) struct Attached {
     pub ingest: Arc<IngestStats>,
     /// The stream's fence: a value above the publisher's epoch means it was fenced.
     pub fence: Arc<AtomicU64>,
-    /// Where the HLS numbering of the stream stands here: the new publisher's
-    /// session continues after it.
-    pub continue_after: Option<Continuation>,
+    /// How the new publisher's session is numbered.
+    pub numbering: Numbering,
 }
 
 /// Called with (stream, epoch, hub) when a publisher is accepted, before any of its
@@ -155,6 +133,13 @@ pub struct LinkContext {
     /// Told of every publisher accepted here, before its first frame (the recorder).
     on_attach: Arc<std::sync::OnceLock<AttachHook>>,
     remembered: Arc<Mutex<Remembered>>,
+    /// Each stream's last claims as applied here: what came before a new claim.
+    claims_seen: Arc<Mutex<ClaimHistory>>,
+    /// [`ClaimHistory::followed_through`], for waits on it.
+    followed: Arc<watch::Sender<u64>>,
+    /// Asks another origin for its last mark of a stream (the peer route); none in
+    /// tests that run no HTTP.
+    ask_previous: Option<AskPrevious>,
     /// The links' claims feeds.
     pub feeds: super::feed::ClaimFeeds,
 }
@@ -172,6 +157,9 @@ impl LinkContext {
             current: Arc::new(watch::Sender::new(false)),
             window: WindowLimits::default(),
             remembered: Arc::default(),
+            claims_seen: Arc::default(),
+            followed: Arc::new(watch::Sender::new(0)),
+            ask_previous: None,
             feeds: Default::default(),
             on_attach: Arc::default(),
         }
@@ -207,17 +195,130 @@ impl LinkContext {
         self
     }
 
-    /// Remembers where a departing stream's numbering stood.
-    fn remember(&self, stream: &StreamKey, s: &Stream) {
-        if let Some(mark) = s.hub.last_mark() {
-            self.remembered.lock().unwrap_or_else(|p| p.into_inner()).keep(stream, mark);
+    /// A new owner asks the previous one for its last mark of a stream with `ask`.
+    pub fn with_previous_owner(mut self, ask: AskPrevious) -> Self {
+        self.ask_previous = Some(ask);
+        self
+    }
+
+    /// Ends a departing stream's hub and remembers where its numbering stood, under
+    /// the epoch it was stamped under. The hub is ended first: a frame that raced past
+    /// its publisher's fence is either in the mark or never delivered.
+    fn end_and_remember(&self, stream: &StreamKey, s: &Stream) {
+        s.hub.end();
+        if let (Some(mark), Some(epoch)) = (s.hub.last_mark(), s.marked_under) {
+            self.remembered().keep(stream, mark, epoch);
         }
     }
 
-    /// The last mark this origin knows of `stream` (its hub's, or remembered).
-    pub fn last_mark(&self, stream: &StreamKey) -> Option<Continuation> {
-        let live = self.streams().get(stream).and_then(|s| s.hub.last_mark());
-        live.or_else(|| self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(stream))
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        self.remembered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn claims_seen(&self) -> std::sync::MutexGuard<'_, ClaimHistory> {
+        self.claims_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This origin's own last mark of `stream` stamped under `epoch`: its hub's, or
+    /// remembered.
+    fn own_mark(&self, stream: &StreamKey, s: Option<&Stream>, epoch: u64) -> Option<Continuation> {
+        let live = s.filter(|s| s.marked_under == Some(epoch)).and_then(|s| s.hub.last_mark());
+        live.or_else(|| self.remembered().get(stream, epoch))
+    }
+
+    /// The claims follower applied `stream`'s change to `claim` (`None`: released).
+    pub(super) fn claim_changed(&self, stream: &StreamKey, claim: Option<&StreamClaim>) {
+        self.claims_seen().applied(stream, claim);
+    }
+
+    /// The claims follower handled every change up to `index`.
+    pub(super) fn claims_followed(&self, index: u64) {
+        let through = {
+            let mut seen = self.claims_seen();
+            seen.followed(index);
+            seen.followed_through()
+        };
+        self.followed.send_replace(through);
+    }
+
+    /// The claims follower may have missed changes (it started, lagged, or the state
+    /// was replaced): no claim known so far tells what came before a later one.
+    pub(super) fn claims_resync(&self) {
+        let through = {
+            let mut seen = self.claims_seen();
+            seen.resync(self.state.applied_index());
+            seen.followed_through()
+        };
+        self.followed.send_replace(through);
+    }
+
+    /// Whether a publish under `epoch` (its claim applied here) needs another origin's
+    /// answer before [`LinkContext::attach`], or the claim's change is not followed yet.
+    pub(super) fn must_ask(&self, stream: &StreamKey, epoch: u64) -> bool {
+        match self.claims_seen().before(stream, epoch) {
+            Before::NotYet => true,
+            Before::Claim(prev) => prev.owner != self.id && self.ask_previous.is_some(),
+            Before::Unknown | Before::SameSession => false,
+        }
+    }
+
+    /// For a publish under `epoch`, whose claim is applied here: when the claim before
+    /// it was another origin's, asks that origin for its last mark under that claim.
+    /// Within [`PREVIOUS_OWNER_WAIT`] in all; `None` when nobody was asked.
+    pub(super) async fn ask_previous_owner(&self, stream: &StreamKey, epoch: u64) -> Option<Answered> {
+        let started = Instant::now();
+        let mut followed = self.followed.subscribe();
+        // The claim's change is usually followed by now; if not, it is within moments.
+        let prev = tokio::time::timeout(PREVIOUS_OWNER_WAIT, async {
+            let _ = followed.wait_for(|through| *through >= epoch).await;
+            match self.claims_seen().before(stream, epoch) {
+                Before::Claim(prev) if prev.owner != self.id => Some(prev),
+                _ => None,
+            }
+        })
+        .await
+        .ok()
+        .flatten()?;
+        let ask = self.ask_previous.clone()?;
+        let question = Ask { owner: prev.owner, stream: stream.clone(), epoch: prev.epoch, after: epoch };
+        let left = PREVIOUS_OWNER_WAIT.saturating_sub(started.elapsed());
+        let mark = match tokio::time::timeout(left, ask(question)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {PREVIOUS_OWNER_WAIT:?}")),
+        };
+        tracing::info!(
+            %stream, epoch, previous.owner = prev.owner, previous.epoch = prev.epoch, ?mark,
+            waited_ms = started.elapsed().as_millis() as u64, "asked the previous owner for the stream's last mark"
+        );
+        Some(Answered { from: prev, mark })
+    }
+
+    /// This origin's last mark of `stream` stamped under `epoch`, once it is final: this
+    /// origin applied `after` (a later claim of the stream), so no publisher is attached
+    /// under `epoch` here or can be again. What the previous owner answers a new one.
+    pub async fn handed_over_mark(
+        &self,
+        stream: &StreamKey,
+        epoch: u64,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<Continuation>, NotFinal> {
+        if epoch >= after {
+            return Err(NotFinal::Order { epoch, after });
+        }
+        let applied = self.raft.wait(Some(wait)).applied_index_at_least(Some(after), "a later claim applied").await;
+        if applied.is_err() || self.state.applied_index() < after {
+            return Err(NotFinal::Behind { after, wait });
+        }
+        // The follower of the claims may not have reached `after` yet: end what the
+        // claim under `epoch` served here now, as it would.
+        self.reconcile(stream);
+        let streams = self.streams();
+        let s = streams.get(stream);
+        if s.and_then(|s| s.publisher.as_ref()).is_some_and(|p| p.epoch <= epoch) {
+            return Err(NotFinal::Attached { epoch });
+        }
+        Ok(self.own_mark(stream, s, epoch))
     }
 
     /// This origin has confirmed with the cluster that its applied state is current;
@@ -271,7 +372,17 @@ impl LinkContext {
     /// Attaches `publisher` to `stream` if the applied claim is exactly the one it
     /// names and this origin owns it; whoever published before is fenced. Otherwise
     /// says why not.
-    pub(super) fn attach(&self, stream: &StreamKey, publisher: Publisher) -> Result<Attached, PublishRefusal> {
+    ///
+    /// The new session is numbered after the last mark stamped under the claim right
+    /// before its own ([`numbering::decide`]): this origin's own, or what that claim's
+    /// owner `answered` ([`LinkContext::ask_previous_owner`], asked beforehand: this
+    /// runs under the streams' lock and never waits).
+    pub(super) fn attach(
+        &self,
+        stream: &StreamKey,
+        publisher: Publisher,
+        answered: Option<Answered>,
+    ) -> Result<Attached, PublishRefusal> {
         if !self.is_current() {
             return Err(PublishRefusal::NotConfirmed);
         }
@@ -282,15 +393,17 @@ impl LinkContext {
             Some((_, current)) if current != epoch => Err(PublishRefusal::StaleEpoch { epoch, current }),
             Some((owner, _)) if owner != self.id => Err(PublishRefusal::NotOwner { owner }),
             Some(_) => {
+                let before = self.claims_seen().before(stream, epoch);
+                let numbering =
+                    numbering::decide(self.id, before, |e| self.own_mark(stream, streams.get(stream), e), answered);
                 let s = streams.entry(stream.clone()).or_insert_with(|| Stream::new(self.window));
                 s.publisher = Some(publisher);
                 s.fence.store(epoch, Ordering::Relaxed);
+                s.marked_under = Some(epoch);
                 if let Some(hook) = self.on_attach.get() {
                     hook(stream, epoch, &s.hub);
                 }
-                let continue_after =
-                    s.hub.last_mark().or_else(|| self.remembered.lock().unwrap_or_else(|p| p.into_inner()).get(stream));
-                Ok(Attached { hub: s.hub.clone(), ingest: s.ingest.clone(), fence: s.fence.clone(), continue_after })
+                Ok(Attached { hub: s.hub.clone(), ingest: s.ingest.clone(), fence: s.fence.clone(), numbering })
             }
         }
     }
@@ -302,8 +415,7 @@ impl LinkContext {
         let ours = |s: &Stream| s.publisher.as_ref().is_some_and(|p| p.link == link && p.channel == channel);
         if streams.get(stream).is_some_and(ours) {
             if let Some(s) = streams.remove(stream) {
-                self.remember(stream, &s);
-                s.hub.end();
+                self.end_and_remember(stream, &s);
             }
         }
     }
@@ -316,8 +428,7 @@ impl LinkContext {
         s.subscribers.remove(&(link, channel));
         if s.publisher.is_none() && s.subscribers.is_empty() {
             if let Some(s) = streams.remove(stream) {
-                self.remember(stream, &s);
-                s.hub.end();
+                self.end_and_remember(stream, &s);
             }
         }
     }
@@ -334,12 +445,6 @@ impl LinkContext {
     /// waits for the new claim's publisher with its hub and subscribers kept.
     pub fn reconcile(&self, stream: &StreamKey) {
         let mut streams = self.streams();
-        if self.claim(stream).is_some_and(|(owner, _)| owner != self.id) {
-            // Another origin numbers the stream's sessions from now on: what this one
-            // remembers is older than what that one may hand out, and must never be
-            // continued after (it would reuse numbers).
-            self.remembered.lock().unwrap_or_else(|p| p.into_inner()).marks.remove(stream);
-        }
         let Some(s) = streams.get_mut(stream) else { return };
         match self.claim(stream) {
             Some((owner, epoch)) if owner == self.id => {
@@ -352,11 +457,10 @@ impl LinkContext {
             claim => {
                 if let Some(s) = streams.remove(stream) {
                     tracing::info!(%stream, owner = ?claim.map(|c| c.0), "the claim left this origin; the stream ends here");
-                    if claim.is_none() {
-                        self.remember(stream, &s);
-                    }
+                    // Remembered under its epoch, whoever numbers next: it is only ever
+                    // continued after by the claim right after that epoch's.
                     s.fence.store(RETIRED, Ordering::Relaxed);
-                    s.hub.end();
+                    self.end_and_remember(stream, &s);
                 }
             }
         }
@@ -364,8 +468,7 @@ impl LinkContext {
 
     /// [`LinkContext::reconcile`] for every stream this origin serves.
     pub fn reconcile_all(&self) {
-        let mut keys: Vec<StreamKey> = self.streams().keys().cloned().collect();
-        keys.extend(self.remembered.lock().unwrap_or_else(|p| p.into_inner()).marks.keys().cloned());
+        let keys: Vec<StreamKey> = self.streams().keys().cloned().collect();
         for stream in &keys {
             self.reconcile(stream);
         }
@@ -401,23 +504,5 @@ impl LinkContext {
         let streams = self.streams();
         let publishing = streams.values().filter(|s| s.publisher.is_some()).count();
         (publishing, streams.values().map(|s| s.subscribers.len()).sum())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remembered_marks_are_bounded_and_forget_the_oldest() {
-        let mut r = Remembered::default();
-        let mark = |msn| Continuation { msn, discontinuity: 0, time_ms: 0 };
-        for i in 0..(REMEMBERED_MARKS as u64 + 10) {
-            r.keep(&StreamKey::new("live", &format!("s{i}")).unwrap(), mark(i));
-        }
-        assert_eq!(r.marks.len(), REMEMBERED_MARKS);
-        assert_eq!(r.get(&StreamKey::new("live", "s0").unwrap()), None, "the oldest went first");
-        let newest = StreamKey::new("live", &format!("s{}", REMEMBERED_MARKS + 9)).unwrap();
-        assert_eq!(r.get(&newest), Some(mark(REMEMBERED_MARKS as u64 + 9)));
     }
 }
