@@ -454,12 +454,17 @@ fn recovery_line(r: &RecoveryRecord) -> String {
     )
 }
 
+/// How long [`catch_up_during`] waits for a leader before it picks the follower.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
 /// For `hold`: stops a follower (SIGKILL) for `stopped`, restarts it, and waits until
 /// its applied index reaches the leader's last log index as read just before (while
 /// the writes go on); describes how long that took, or fails if it never did.
 async fn catch_up_during(cluster: &mut Cluster, hold: Duration, stopped: Duration) -> anyhow::Result<String> {
     let started = Instant::now();
-    let leader = cluster.leader().await.context("no leader")?;
+    // The flood starts at the same moment, and may cost an election: a leader within
+    // seconds is what the schedule needs (the availability checker counts the gap).
+    let leader = cluster.wait_for(LEADER_WAIT, "a leader to pick a follower against", || cluster.leader()).await?;
     let follower = ORIGINS.iter().copied().find(|o| *o != leader).context("no follower")?;
     cluster.kill(Node::Origin(follower)).await?;
     tokio::time::sleep(stopped).await;
