@@ -58,14 +58,18 @@ pub async fn warm_store(cluster: &Cluster) -> usize {
     };
     let (a, b, c, d) = tokio::join!(writer(0), writer(1), writer(2), writer(3));
     let ok = a + b + c + d;
+    delete_object(cluster, &http, "chaos-warm").await;
+    ok
+}
+
+/// Deletes shared object `name` through the first origin that answers for it.
+async fn delete_object(cluster: &Cluster, http: &reqwest::Client, name: &str) {
+    let path = format!("/shared-objects/{name}");
     for origin in ORIGINS {
-        if let Ok((200 | 204 | 404, _)) =
-            cluster.call(&http, origin, reqwest::Method::DELETE, "/shared-objects/chaos-warm", None, &[]).await
-        {
+        if let Ok((200 | 204 | 404, _)) = cluster.call(http, origin, reqwest::Method::DELETE, &path, None, &[]).await {
             break;
         }
     }
-    ok
 }
 
 /// Small writes [`fill_dedup_window`] makes: as many as the de-duplication window holds.
@@ -98,13 +102,7 @@ pub async fn fill_dedup_window(cluster: &Cluster) -> usize {
         }
     });
     let ok = futures::future::join_all(writers).await.into_iter().sum();
-    for origin in ORIGINS {
-        if let Ok((200 | 204 | 404, _)) =
-            cluster.call(&http, origin, reqwest::Method::DELETE, "/shared-objects/chaos-warm-window", None, &[]).await
-        {
-            break;
-        }
-    }
+    delete_object(cluster, &http, "chaos-warm-window").await;
     ok
 }
 
