@@ -61,6 +61,35 @@ impl PeerClient {
     }
 }
 
+/// Why a peer's answer was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The answer declared, or sent, more than the caller's bound.
+    #[error("answer larger than {max} bytes")]
+    TooLarge { max: usize },
+    /// The body did not arrive (reset, timeout).
+    #[error("answer not read: {0}")]
+    Read(#[from] reqwest::Error),
+}
+
+/// The body of `res`, read chunk by chunk and refused as soon as it passes `max`
+/// bytes, whether or not it declared its length: a member's answer is parsed only
+/// once whole, and no answer, chunked or not, holds more than `max` here.
+pub async fn body_within(mut res: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    let declared = res.content_length();
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge { max });
+    }
+    let mut body = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = res.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge { max });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The URL scheme between members: `https` with the cluster's TLS.
 pub fn scheme(tls: bool) -> &'static str {
     if tls {
@@ -87,5 +116,48 @@ pub fn with_tls(builder: reqwest::ClientBuilder, tls: Option<&PeerTls>) -> reqwe
     match tls {
         Some(tls) => builder.use_preconfigured_tls(tls.client_config()).https_only(true),
         None => builder,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// Serves `/declared` (a 100-byte body with its length) and `/chunked` (ten
+    /// 10-byte chunks, no length) on a loopback port.
+    async fn server() -> String {
+        let app = Router::new().route("/declared", get(|| async { vec![7u8; 100] })).route(
+            "/chunked",
+            get(|| async {
+                let chunks = (0..10).map(|_| Ok::<_, Infallible>(Bytes::from(vec![7u8; 10])));
+                Body::from_stream(futures::stream::iter(chunks))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn answers_past_the_bound_are_refused_with_or_without_a_length() {
+        let base = server().await;
+        let http = reqwest::Client::new();
+        for path in ["/declared", "/chunked"] {
+            let res = http.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(body_within(res, 100).await.unwrap(), vec![7u8; 100], "{path}");
+            let res = http.get(format!("{base}{path}")).send().await.unwrap();
+            let err = body_within(res, 99).await.unwrap_err();
+            assert!(matches!(err, BodyError::TooLarge { max: 99 }), "{path}: {err}");
+        }
+        let res = http.get(format!("{base}/chunked")).send().await.unwrap();
+        assert!(res.content_length().is_none(), "the chunked answer declares no length");
     }
 }

@@ -15,7 +15,7 @@ use raftcast_raft::rpc;
 use raftcast_raft::{Command, FailKind, Forward, ForwardReply, Request, RequestId, Response, StreamKey};
 use tokio::time::Instant;
 
-use crate::peer::PeerClient;
+use crate::peer::{self, PeerClient};
 
 /// One attempt at one origin may take this long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -103,7 +103,7 @@ impl Control {
                 let attempt = self.peers.post(url).timeout(attempt_timeout).body(body.clone()).send();
                 let remaining = deadline.saturating_sub(started.elapsed());
                 let Ok(Ok(res)) = tokio::time::timeout(remaining, attempt).await else { continue };
-                let Ok(bytes) = res.bytes().await else { continue };
+                let Ok(bytes) = peer::body_within(res, rpc::MAX_RPC_BODY).await else { continue };
                 match rpc::decode::<ForwardReply>(&bytes) {
                     Ok(ForwardReply::NotLeader { .. }) => {}
                     Ok(reply) => {

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use raftcast_raft::state::{AppHooks, AppTokens};
 use raftcast_raft::token::{self, Claims, Rights, StreamClaims, StreamRight, TokenError, TokenKey, TokenKeys};
 
-use crate::peer::PeerClient;
+use crate::peer::{self, PeerClient};
 
 /// Least time between two fetches of the keys (a flood of tokens naming unknown keys
 /// costs the origins one request per this interval).
@@ -458,13 +458,7 @@ impl Verifier {
         if !res.status().is_success() {
             return Err(format!("status {}", res.status()));
         }
-        if res.content_length().is_some_and(|n| n > MAX_KEYS_ANSWER as u64) {
-            return Err("answer too large".to_owned());
-        }
-        let body = res.bytes().await.map_err(|e| e.to_string())?;
-        if body.len() > MAX_KEYS_ANSWER {
-            return Err("answer too large".to_owned());
-        }
+        let body = peer::body_within(res, MAX_KEYS_ANSWER).await.map_err(|e| e.to_string())?;
         let answer: token::TokenKeysAnswer =
             serde_json::from_slice(&body).map_err(|e| format!("answer does not parse: {e}"))?;
         let keys = answer

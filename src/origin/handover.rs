@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::link_server::{Ask, AskPrevious, LinkContext, NotFinal, PREVIOUS_OWNER_WAIT};
 use super::membership::node_addr;
 use crate::hls::mark::Continuation;
-use crate::peer::PeerClient;
+use crate::peer::{self, PeerClient};
 
 /// The internal route on which an origin tells its last mark of a stream under a claim.
 pub const MARK_ROUTE: &str = "/internal/marks";
@@ -140,7 +140,7 @@ pub async fn ask_at(peers: &PeerClient, http: &str, ask: &Ask) -> Result<Option<
     let query =
         MarkQuery { app: ask.stream.app.clone(), name: ask.stream.name.clone(), epoch: ask.epoch, after: ask.after };
     let attempt = async {
-        let mut res = peers
+        let res = peers
             .get(peers.url(http, MARK_ROUTE))
             .query(&query)
             .timeout(PREVIOUS_OWNER_WAIT)
@@ -150,16 +150,7 @@ pub async fn ask_at(peers: &PeerClient, http: &str, ask: &Ask) -> Result<Option<
         if !res.status().is_success() {
             return Err(format!("status {}", res.status()));
         }
-        if res.content_length().is_some_and(|n| n > MAX_MARK_ANSWER as u64) {
-            return Err("answer too large".to_owned());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > MAX_MARK_ANSWER {
-                return Err("answer too large".to_owned());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = peer::body_within(res, MAX_MARK_ANSWER).await.map_err(|e| e.to_string())?;
         parse_answer(&body, ask)
     };
     // The client's own timeout covers the request; this one covers the body too.

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::link_server::LinkContext;
 pub use super::link_server::LiveStream;
-use crate::peer::PeerClient;
+use crate::peer::{self, PeerClient};
 
 /// The internal route on which an origin serves the live facts of its streams.
 pub const LIVE_ROUTE: &str = "/internal/streams";
@@ -94,13 +94,7 @@ impl LiveFacts {
             if !res.status().is_success() {
                 return Err(format!("status {}", res.status()));
             }
-            if res.content_length().is_some_and(|n| n > MAX_LIVE_ANSWER as u64) {
-                return Err("answer too large".to_owned());
-            }
-            let body = res.bytes().await.map_err(|e| e.to_string())?;
-            if body.len() > MAX_LIVE_ANSWER {
-                return Err("answer too large".to_owned());
-            }
+            let body = peer::body_within(res, MAX_LIVE_ANSWER).await.map_err(|e| e.to_string())?;
             let report: LiveReport = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
             if report.origin != owner {
                 return Err(format!("origin {} answered at {http}", report.origin));

@@ -26,7 +26,7 @@ use super::link_server::LinkContext;
 use super::load::{claims_per_origin, scores, LoadBoard, LoadReport};
 use super::membership::members;
 use super::metrics::Metrics;
-use crate::peer::PeerClient;
+use crate::peer::{self, BodyError, PeerClient};
 
 /// The internal route on which an origin serves its own [`LoadReport`].
 pub const LOAD_ROUTE: &str = "/internal/load";
@@ -54,9 +54,9 @@ pub enum ProbeError {
     /// The peer answered with an error status.
     #[error("status {0}")]
     Status(StatusCode),
-    /// The answer was larger than `MAX_REPORT`.
-    #[error("answer too large")]
-    TooLarge,
+    /// The answer was larger than `MAX_REPORT`, or did not arrive whole.
+    #[error("{0}")]
+    Body(#[from] BodyError),
     /// The answer was not a report.
     #[error("not a load report: {0}")]
     Decode(#[from] serde_json::Error),
@@ -155,13 +155,7 @@ impl LoadProbe {
             if !res.status().is_success() {
                 return Err(ProbeError::Status(res.status()));
             }
-            if res.content_length().is_some_and(|n| n > MAX_REPORT as u64) {
-                return Err(ProbeError::TooLarge);
-            }
-            let body = res.bytes().await?;
-            if body.len() > MAX_REPORT {
-                return Err(ProbeError::TooLarge);
-            }
+            let body = peer::body_within(res, MAX_REPORT).await?;
             let report: LoadReport = serde_json::from_slice(&body)?;
             if report.origin != origin {
                 return Err(ProbeError::WrongOrigin(report.origin));

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::proposer::Proposer;
 use crate::lease::{Lease, Leases};
-use crate::peer::PeerClient;
+use crate::peer::{self, PeerClient};
 use raftcast_raft::typ::Raft;
 
 /// Send-message broadcasts waiting for this origin's slowest feed; a feed that falls
@@ -158,13 +158,10 @@ impl ObjectHub {
     async fn watched_at(&self, http: &str) -> Option<Vec<String>> {
         let res =
             self.inner.peers.get(self.inner.peers.url(http, WATCHED_ROUTE)).timeout(PEER_TIMEOUT).send().await.ok()?;
-        if !res.status().is_success() || res.content_length().is_some_and(|n| n > MAX_WATCHED_ANSWER as u64) {
+        if !res.status().is_success() {
             return None;
         }
-        let body = res.bytes().await.ok()?;
-        if body.len() > MAX_WATCHED_ANSWER {
-            return None;
-        }
+        let body = peer::body_within(res, MAX_WATCHED_ANSWER).await.ok()?;
         serde_json::from_slice::<WatchedAnswer>(&body).ok().map(|a| a.objects)
     }
 }

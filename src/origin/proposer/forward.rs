@@ -18,7 +18,7 @@ use crate::origin::commit::batch::{next_batch, BATCH_QUEUE, MAX_BATCH};
 use crate::origin::commit::{admitted_by_budget, encoded_len, Committer};
 use crate::origin::membership::node_addr;
 use crate::origin::metrics::Metrics;
-use crate::peer::PeerClient;
+use crate::peer::{self, PeerClient};
 
 /// Batches of writes a follower has on their way to the leader at once; writes that
 /// arrive meanwhile wait and leave together in the next.
@@ -90,7 +90,7 @@ impl Forwarder {
             .send()
             .await;
         let body = match res {
-            Ok(res) if res.status().is_success() => res.bytes().await,
+            Ok(res) if res.status().is_success() => peer::body_within(res, rpc::MAX_RPC_BODY).await,
             Ok(res) => {
                 tracing::warn!(leader, status = %res.status(), "leader refused a forwarded request");
                 return (not_leader, false);
