@@ -198,6 +198,47 @@ fn check_session(frames: &[Got]) {
     }
 }
 
+/// How many segments open in `frames`.
+fn segments(frames: &[Got]) -> usize {
+    frames.iter().filter(|g| opens_segment(g).is_some()).count()
+}
+
+/// Waits until the second session that `split` finds in `probe` (its
+/// [`Probe::sessions`] or [`Probe::generations`]) holds `n` segments; never more
+/// than two sessions.
+async fn second_session(probe: &Probe, split: fn(&Probe) -> Vec<Vec<Got>>, n: usize, who: &str) {
+    eventually(Duration::from_secs(30), &format!("{n} segments of the new session at {who}"), || async {
+        let s = split(probe);
+        assert!(s.len() <= 2, "one new session only at {who}");
+        (segments(s.get(1)?) >= n).then_some(())
+    })
+    .await;
+}
+
+/// Where the first of two publishing sessions ended and the second began, and the
+/// discontinuity sequence numbers of each.
+struct Seam {
+    end: HlsMark,
+    start: HlsMark,
+    d0: u32,
+    d1: u32,
+}
+
+/// Checks each of the two `sessions` ([`check_session`]) and that the timeline goes
+/// on between them; returns (and prints) where they meet.
+fn seam(sessions: &[Vec<Got>]) -> Seam {
+    assert_eq!(sessions.len(), 2, "two sessions");
+    for session in sessions {
+        assert!(!session.is_empty());
+        check_session(session);
+    }
+    let (end, start) = (sessions[0].last().unwrap().mark, sessions[1][0].mark);
+    let (d0, d1) = (opens_segment(&sessions[0][0]).unwrap(), opens_segment(&sessions[1][0]).unwrap());
+    eprintln!("session 0 ended at msn {} ({d0}); session 1 starts at msn {} ({d1})", end.msn, start.msn);
+    assert!(start.time_ms > end.time_ms, "the timeline goes on");
+    Seam { end, start, d0, d1 }
+}
+
 async fn owner_of(c: &Cluster, via: u64, name: &str) -> Option<u64> {
     let (s, v) = c.call(via, Method::GET, "/streams", None, &[]).await.ok()?;
     if !s.is_success() {
@@ -314,39 +355,20 @@ async fn owner_kill_then_reconnect(name: &'static str, reconnect_at_third: bool)
     drop(publisher);
     let _publisher = ffmpeg_publish(&edge2.rtmp_url("live", name), dir.join("publisher-2.log"));
     // Sessions as the marks tell them: a discontinuity + 1.
-    let split = |p: &Probe| p.sessions();
-    eventually(Duration::from_secs(30), "three segments of the new session at A and B", || async {
-        let (a, b) = (split(&a), split(&b));
-        assert!(a.len() <= 2 && b.len() <= 2, "one new session only");
-        let four = |s: &Vec<Vec<Got>>| Some(s.get(1)?.iter().filter(|g| opens_segment(g).is_some()).count() >= 4);
-        (four(&a)? && four(&b)?).then_some(())
-    })
-    .await;
+    second_session(&a, Probe::sessions, 4, "A").await;
+    second_session(&b, Probe::sessions, 4, "B").await;
     if reconnect_at_third {
         let third = (1..=3).find(|i| *i != owner && *i != moved).unwrap();
         assert_eq!(owner_of(&c, via, name).await, Some(third), "the new session is on the third origin");
     }
 
-    let (a, b) = (split(&a), split(&b));
-    assert_eq!((a.len(), b.len()), (2, 2), "two sessions on each relay");
-    for (who, got) in [("A", &a), ("B", &b)] {
-        for session in got {
-            assert!(!session.is_empty(), "{who}");
-            check_session(session);
-        }
-    }
-    // The new session continues the numbering after a discontinuity.
-    let end = a[0].last().unwrap();
-    let start = &a[1][0];
-    let (d0, d1) = (opens_segment(&a[0][0]).unwrap(), opens_segment(start).unwrap());
-    eprintln!(
-        "session 0 ended at msn {} (discontinuity {d0}); session 1 starts at msn {} ({d1})",
-        end.mark.msn, start.mark.msn
-    );
-    assert!(start.mark.time_ms > end.mark.time_ms, "the timeline goes on");
-    assert_eq!(d1, d0 + 1, "discontinuity + 1");
-    assert_eq!(start.mark.msn, end.mark.msn + 1, "continued right after the last segment");
-    assert!(b[1][0].mark.msn > b[0].last().unwrap().mark.msn);
+    // The new session continues the numbering after a discontinuity, on both relays.
+    let (a, b) = (a.sessions(), b.sessions());
+    let at_a = seam(&a);
+    assert_eq!(at_a.d1, at_a.d0 + 1, "discontinuity + 1");
+    assert_eq!(at_a.start.msn, at_a.end.msn + 1, "continued right after the last segment");
+    let at_b = seam(&b);
+    assert!(at_b.start.msn > at_b.end.msn);
     // B's frames are A's frames, marks included, from B's first on.
     for n in 0..2 {
         let from = a[n].iter().position(|g| g.mark == b[n][0].mark && g.payload == b[n][0].payload);
@@ -383,8 +405,7 @@ async fn a_reconnect_after_the_previous_owner_died_is_numbered_from_the_wall_clo
     assert_eq!(owner, pinned);
     let a = Probe::start(&c, "probe-a", &stream);
     eventually(Duration::from_secs(20), "three segments at A", || async {
-        let s = a.generations();
-        (s.first()?.iter().filter(|g| opens_segment(g).is_some()).count() >= 3).then_some(())
+        (segments(a.generations().first()?) >= 3).then_some(())
     })
     .await;
 
@@ -401,23 +422,10 @@ async fn a_reconnect_after_the_previous_owner_died_is_numbered_from_the_wall_clo
     let (s, v) = c.call(leader, Method::PUT, &format!("/pins/live/{name}"), Some(&body), &[]).await.unwrap();
     assert!(s.is_success(), "{v}");
     let _publisher = ffmpeg_publish(&edge2.rtmp_url("live", name), dir.join("publisher-2.log"));
-    eventually(Duration::from_secs(30), "three segments of the new session at A", || async {
-        let s = a.generations();
-        assert!(s.len() <= 2, "one new session only");
-        (s.get(1)?.iter().filter(|g| opens_segment(g).is_some()).count() >= 3).then_some(())
-    })
-    .await;
+    second_session(&a, Probe::generations, 3, "A").await;
     assert_eq!(owner_of(&c, leader, name).await, Some(third), "the new session is on the third origin");
-
-    let s = a.generations();
-    for session in &s {
-        check_session(session);
-    }
-    let (end, start) = (s[0].last().unwrap(), &s[1][0]);
-    let (d0, d1) = (opens_segment(&s[0][0]).unwrap(), opens_segment(start).unwrap());
-    eprintln!("session 0 ended at msn {} ({d0}); session 1 starts at msn {} ({d1})", end.mark.msn, start.mark.msn);
-    assert!(start.mark.msn > end.mark.msn && d1 >= d0, "numbers never go back");
-    assert!(start.mark.time_ms > end.mark.time_ms, "the timeline goes on");
+    let seam = seam(&a.generations());
+    assert!(seam.start.msn > seam.end.msn && seam.d1 >= seam.d0, "numbers never go back");
 
     // The third origin asked the dead one, and did not wait for it.
     let log = std::fs::read_to_string(c.log_path(third)).unwrap();
@@ -446,8 +454,7 @@ async fn a_publisher_back_through_another_edge_after_its_edge_died_continues_the
     let owner = eventually(Duration::from_secs(15), "the stream to be published", || owner_of(&c, leader, name)).await;
     let a = Probe::start(&c, "probe-a", &stream);
     eventually(Duration::from_secs(20), "three segments at A", || async {
-        let s = a.sessions();
-        (s.first()?.iter().filter(|g| opens_segment(g).is_some()).count() >= 3).then_some(())
+        (segments(a.sessions().first()?) >= 3).then_some(())
     })
     .await;
 
@@ -456,22 +463,10 @@ async fn a_publisher_back_through_another_edge_after_its_edge_died_continues_the
     edge1.kill();
     drop(publisher);
     let _publisher = ffmpeg_publish(&edge2.rtmp_url("live", name), dir.join("publisher-2.log"));
-    eventually(Duration::from_secs(30), "three segments of the new session at A", || async {
-        let s = a.sessions();
-        assert!(s.len() <= 2, "one new session only");
-        (s.get(1)?.iter().filter(|g| opens_segment(g).is_some()).count() >= 3).then_some(())
-    })
-    .await;
+    second_session(&a, Probe::sessions, 3, "A").await;
     assert_eq!(owner_of(&c, leader, name).await, Some(owner), "the takeover stayed on the owner");
-    let s = a.sessions();
-    for session in &s {
-        check_session(session);
-    }
-    let (end, start) = (s[0].last().unwrap(), &s[1][0]);
-    let (d0, d1) = (opens_segment(&s[0][0]).unwrap(), opens_segment(start).unwrap());
-    eprintln!("session 0 ended at msn {} ({d0}); session 1 starts at msn {} ({d1})", end.mark.msn, start.mark.msn);
-    assert_eq!((start.mark.msn, d1), (end.mark.msn + 1, d0 + 1), "msn + 1, discontinuity + 1");
-    assert!(start.mark.time_ms > end.mark.time_ms, "the timeline goes on");
+    let seam = seam(&a.sessions());
+    assert_eq!((seam.start.msn, seam.d1), (seam.end.msn + 1, seam.d0 + 1), "msn + 1, discontinuity + 1");
     drop(edge2);
 }
 
