@@ -768,15 +768,17 @@ fn print_status(first: &Value, views: &BTreeMap<String, Value>) {
     print!("{}", status_table(first, views));
 }
 
-/// The `ctl status` table: one line per node (`(learner)`, `(draining)` after the
-/// addresses), then the voters, learners and draining origins.
+/// The `ctl status` table: one line per node with its Raft state and its load (streams
+/// it owns, their ingest kbit/s and subscribed edges, CPU in cores: what placement
+/// weighs), `(learner)` and `(draining)` after the addresses; then the voters, learners
+/// and draining origins.
 fn status_table(first: &Value, views: &BTreeMap<String, Value>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}",
-        "NODE", "STATE", "LEADER", "TERM", "LAST_LOG", "APPLIED", "HTTP", "MEDIA"
+        "{:<5} {:<10} {:>6} {:>6} {:>9} {:>9} {:>7} {:>8} {:>5} {:>4}  {:<22} {:<22}",
+        "NODE", "STATE", "LEADER", "TERM", "LAST_LOG", "APPLIED", "STREAMS", "IN_KBPS", "EDGES", "CPU", "HTTP", "MEDIA"
     );
     let voters: Vec<String> = first["voters"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
     let draining: Vec<String> = first["draining"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
@@ -789,8 +791,12 @@ fn status_table(first: &Value, views: &BTreeMap<String, Value>) -> String {
         if s.is_null() {
             let _ = writeln!(
                 out,
-                "{id:<5} {:<10} {:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}",
+                "{id:<5} {:<10} {:>6} {:>6} {:>9} {:>9} {:>7} {:>8} {:>5} {:>4}  {:<22} {:<22}{role}",
                 "DOWN",
+                "-",
+                "-",
+                "-",
+                "-",
                 "-",
                 "-",
                 "-",
@@ -800,9 +806,21 @@ fn status_table(first: &Value, views: &BTreeMap<String, Value>) -> String {
             );
         } else {
             let leader = s["leader_id"].as_u64().map_or("-".to_owned(), |l| l.to_string());
+            // An origin of an older build sends no load.
+            let load = &s["load"];
+            let (streams, kbps, edges, cpu) = if load.is_object() {
+                (
+                    load["streams"].to_string(),
+                    format!("{:.0}", load["ingest_kbps"].as_f64().unwrap_or(0.0)),
+                    load["subscriber_edges"].to_string(),
+                    format!("{:.2}", load["cpu"].as_f64().unwrap_or(0.0)),
+                )
+            } else {
+                ("-".into(), "-".into(), "-".into(), "-".into())
+            };
             let _ = writeln!(
                 out,
-                "{id:<5} {:<10} {leader:>6} {:>6} {:>9} {:>9}  {:<22} {:<22}{role}",
+                "{id:<5} {:<10} {leader:>6} {:>6} {:>9} {:>9} {streams:>7} {kbps:>8} {edges:>5} {cpu:>4}  {:<22} {:<22}{role}",
                 s["state"].as_str().unwrap_or("?"),
                 s["term"].to_string(),
                 s["last_log_index"].to_string(),
@@ -1251,8 +1269,10 @@ mod tests {
         let first = json!({ "voters": [1, 2], "learners": [3], "draining": [2, 3] });
         let node = |state: Value| json!({ "http": "127.0.0.1:8101", "media": "127.0.0.1:9101", "status": state });
         let up = json!({ "state": "Follower", "leader_id": 1, "term": 2, "last_log_index": 9, "applied_index": 9 });
+        let mut loaded = up.clone();
+        loaded["load"] = json!({ "origin": 1, "streams": 3, "ingest_kbps": 2500.4, "subscriber_edges": 2, "traffic_kbps": 1.0, "cpu": 0.25 });
         let views = BTreeMap::from([
-            ("1".to_owned(), node(up.clone())),
+            ("1".to_owned(), node(loaded)),
             ("2".to_owned(), node(up)),
             ("3".to_owned(), node(Value::Null)),
         ]);
@@ -1260,6 +1280,10 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 5, "{table}");
         assert!(!lines[1].contains('('), "{table}");
+        let columns = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(columns(lines[0])[6..10], ["STREAMS", "IN_KBPS", "EDGES", "CPU"], "{table}");
+        assert_eq!(columns(lines[1])[6..10], ["3", "2500", "2", "0.25"], "the load of origin 1: {table}");
+        assert_eq!(columns(lines[2])[6..10], ["-", "-", "-", "-"], "no load from an older origin: {table}");
         assert!(lines[2].starts_with("2 ") && lines[2].ends_with(" (draining)"), "{table}");
         assert!(lines[3].contains("DOWN") && lines[3].ends_with(" (learner) (draining)"), "{table}");
         assert_eq!(lines[4], "voters: [1, 2]  learners: [3]  draining: [2, 3]");

@@ -265,6 +265,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         admin_token: config.admin_token.as_deref().map(Arc::from),
         shutdown: shutdown.clone(),
         recorder: recorder.clone(),
+        load: probe.clone(),
     };
     let long_polls = Limit::new("http_long_polls", config.caps.long_polls_per_address, config.caps.http_connections);
     let internal = Router::new()

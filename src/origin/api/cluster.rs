@@ -15,7 +15,9 @@ use super::extract::{ApiJson, ApiPath};
 use super::{ApiError, AppState};
 
 /// `GET /cluster/status`: this node's own view (no read barrier): its Raft state,
-/// the membership, and the origins draining in its applied state.
+/// the membership, the origins draining in its applied state, and its own load as
+/// placement measures it (`load`: streams it owns, their ingest kbit/s and subscribed
+/// edges, its CPU in cores; see docs/failover.md, "Placement").
 pub async fn status(State(app): State<AppState>) -> Json<Value> {
     let m = app.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
@@ -35,6 +37,7 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
         "learners": learners,
         "nodes": nodes,
         "draining": draining,
+        "load": app.load.local(),
     }))
 }
 

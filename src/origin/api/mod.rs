@@ -57,6 +57,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// This origin's recorder: piece files, the joined read of a recording.
     pub recorder: crate::origin::recording::Recorder,
+    /// This origin's load (streams owned, ingest, subscribed edges, CPU), for
+    /// `/cluster/status`.
+    pub load: crate::origin::load_probe::LoadProbe,
 }
 
 impl AppState {
