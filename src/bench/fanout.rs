@@ -143,6 +143,12 @@ struct FanoutReport {
     players_lagging: usize,
     players_failed: usize,
     frames_lost: u64,
+    /// Video frames that arrived with a sequence number at or below one already
+    /// seen (a duplicate or a frame out of order), in the measured window.
+    frames_out_of_order: u64,
+    /// Each player's longest wait between two video frames in the measured window
+    /// (a failover's or a move's stall shows here), summarized over the players.
+    longest_gap: Option<Latency>,
     /// Publish→play latency of live video frames in the measured window.
     latency: Option<Latency>,
     /// From `play` to the first video frame.
@@ -165,6 +171,9 @@ struct PlayerResult {
     ttff: Option<Duration>,
     latencies: Vec<Duration>,
     lost: u64,
+    out_of_order: u64,
+    /// The longest time between two video frames, both in the measured window.
+    longest_gap: Option<Duration>,
     failed: Option<String>,
 }
 
@@ -372,8 +381,8 @@ fn summarize(
         }
         delays.extend(p.delays);
     }
-    let (mut latencies, mut ttffs) = (Vec::new(), Vec::new());
-    let (mut keeping_up, mut lagging, mut failed, mut lost) = (0, 0, 0, 0);
+    let (mut latencies, mut ttffs, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut keeping_up, mut lagging, mut failed, mut lost, mut out_of_order) = (0, 0, 0, 0, 0);
     for r in players {
         if let Some(e) = r.failed {
             failed += 1;
@@ -383,9 +392,11 @@ fn summarize(
             continue;
         }
         lost += r.lost;
+        out_of_order += r.out_of_order;
+        gaps.extend(r.longest_gap);
         let mut own = r.latencies.clone();
         let p99 = Latency::of(&mut own).map_or(f64::INFINITY, |l| l.p99_ms);
-        if r.lost == 0 && p99 <= lag_ms {
+        if r.lost == 0 && r.out_of_order == 0 && p99 <= lag_ms {
             keeping_up += 1;
         } else {
             lagging += 1;
@@ -405,6 +416,8 @@ fn summarize(
         players_lagging: lagging,
         players_failed: failed,
         frames_lost: lost,
+        frames_out_of_order: out_of_order,
+        longest_gap: Latency::of(&mut gaps),
         latency: Latency::of(&mut latencies),
         time_to_first_frame: Latency::of(&mut ttffs),
         bytes_published: totals.bytes_published,
@@ -507,7 +520,8 @@ async fn play(
         return PlayerResult { failed: Some(format!("{e:#}")), ..result };
     }
     live.playing.fetch_add(1, Ordering::Relaxed);
-    let (mut first, mut last): (Option<u64>, Option<u64>) = (None, None);
+    let mut first = None;
+    let mut seen = Continuity::new(from);
     loop {
         let event = tokio::select! {
             e = client.next_event() => e,
@@ -534,12 +548,9 @@ async fn play(
         let Some((seq, sent_us)) = synth::read_stamp(&payload) else { continue };
         result.ttff.get_or_insert_with(|| asked.elapsed());
         let now = Instant::now();
-        if let Some(prev) = last {
-            if now >= from && seq > prev + 1 {
-                result.lost += seq - prev - 1;
-            }
+        if !seen.frame(seq, now) {
+            continue;
         }
-        last = Some(seq);
         // The first GOP comes from the cache and was sent before the player joined.
         if now >= from && seq >= *first.get_or_insert(seq) + gop {
             let sent = epoch + Duration::from_micros(sent_us);
@@ -547,7 +558,48 @@ async fn play(
         }
     }
     live.playing.fetch_sub(1, Ordering::Relaxed);
+    (result.lost, result.out_of_order, result.longest_gap) = (seen.lost, seen.out_of_order, seen.longest_gap);
     result
+}
+
+/// A player's view of a stream's video sequence numbers, counted from `from` (the
+/// measured window): frames skipped, frames at or below one already seen (a
+/// duplicate or out of order), and the longest wait between two frames in order.
+struct Continuity {
+    from: Instant,
+    /// The newest sequence number and when it came.
+    last: Option<(u64, Instant)>,
+    lost: u64,
+    out_of_order: u64,
+    longest_gap: Option<Duration>,
+}
+
+impl Continuity {
+    fn new(from: Instant) -> Self {
+        Continuity { from, last: None, lost: 0, out_of_order: 0, longest_gap: None }
+    }
+
+    /// Takes frame `seq`, arrived at `now`: false when it is a duplicate or out of
+    /// order (the caller ignores it).
+    fn frame(&mut self, seq: u64, now: Instant) -> bool {
+        if let Some((prev, at)) = self.last {
+            if seq <= prev {
+                if now >= self.from {
+                    self.out_of_order += 1;
+                }
+                return false;
+            }
+            if now >= self.from {
+                self.lost += seq - prev - 1;
+            }
+            if at >= self.from {
+                let gap = now - at;
+                self.longest_gap = Some(self.longest_gap.map_or(gap, |g| g.max(gap)));
+            }
+        }
+        self.last = Some((seq, now));
+        true
+    }
 }
 
 /// `raftcast bench idle`: holds connected RTMP sessions that do nothing.
@@ -665,9 +717,20 @@ mod tests {
     #[test]
     fn the_report_counts_players_and_publishers_by_outcome() {
         let players = vec![
-            PlayerResult { ttff: Some(Duration::from_millis(3)), latencies: ms(&[1, 2, 3]), ..Default::default() },
-            // Lost frames make a player lag whatever its latency.
-            PlayerResult { latencies: ms(&[1]), lost: 2, ..Default::default() },
+            PlayerResult {
+                ttff: Some(Duration::from_millis(3)),
+                latencies: ms(&[1, 2, 3]),
+                longest_gap: Some(Duration::from_millis(40)),
+                ..Default::default()
+            },
+            // Lost frames, or frames out of order, make a player lag whatever its latency.
+            PlayerResult {
+                latencies: ms(&[1]),
+                lost: 2,
+                longest_gap: Some(Duration::from_millis(250)),
+                ..Default::default()
+            },
+            PlayerResult { latencies: ms(&[1]), out_of_order: 1, ..Default::default() },
             PlayerResult { latencies: ms(&[500]), ..Default::default() },
             PlayerResult { failed: Some("refused".into()), ..Default::default() },
         ];
@@ -677,8 +740,10 @@ mod tests {
             PublisherResult { failed: Some("reset".into()), ..Default::default() },
         ];
         let totals = Totals { seconds: 10.0, bytes_delivered: 125_000_000, bytes_published: 1_000 };
-        let r = summarize(&plan(4), totals, players, publishers, vec![]);
-        assert_eq!((r.players_keeping_up, r.players_lagging, r.players_failed, r.frames_lost), (1, 2, 1, 2));
+        let r = summarize(&plan(5), totals, players, publishers, vec![]);
+        assert_eq!((r.players_keeping_up, r.players_lagging, r.players_failed, r.frames_lost), (1, 3, 1, 2));
+        assert_eq!(r.frames_out_of_order, 1);
+        assert_eq!(r.longest_gap.as_ref().map(|g| g.max_ms), Some(250.0));
         assert_eq!((r.publishers_keeping_up, r.publishers_lagging, r.publishers_failed), (1, 1, 1));
         assert_eq!(r.egress_mbit_per_sec, 100.0);
         assert_eq!(r.latency.as_ref().unwrap().max_ms, 500.0);
@@ -703,6 +768,23 @@ mod tests {
         }
         assert_eq!(json["latency"]["p50_ms"], 2.0);
         assert_eq!(json["time_to_first_frame"]["p99_ms"], 3.0);
+    }
+
+    #[test]
+    fn continuity_counts_gaps_duplicates_and_the_longest_wait_in_the_window_only() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = Continuity::new(at(1000));
+        // Before the window: a skip, a duplicate and a long wait count for nothing.
+        assert!(c.frame(1, at(0)) && c.frame(5, at(500)));
+        assert!(!c.frame(5, at(600)));
+        // In it: 6 → 9 loses two, 8 and 9 again are out of order, the waits are
+        // 1000→1100 (from a frame before the window: not counted), then 100, 300, 50.
+        assert!(c.frame(6, at(1100)) && c.frame(7, at(1200)) && c.frame(10, at(1500)));
+        assert!(!c.frame(8, at(1510)) && !c.frame(10, at(1520)));
+        assert!(c.frame(11, at(1550)));
+        assert_eq!((c.lost, c.out_of_order), (2, 2));
+        assert_eq!(c.longest_gap, Some(Duration::from_millis(300)));
     }
 
     #[test]
