@@ -262,6 +262,6 @@ mod tests {
         });
         let answer = ask_at(&peers(), &addr.to_string(), &ask()).await;
         server.abort();
-        assert_eq!(answer, Err("answer too large".to_owned()));
+        assert_eq!(answer, Err(format!("answer larger than {MAX_MARK_ANSWER} bytes")));
     }
 }
