@@ -1,7 +1,8 @@
 //! The one retry pause of the code base: doubling from a first pause up to a ceiling,
 //! reset after a success. Used by the origin's proposer (retries while no leader is
-//! known), the edge's link to each origin (reconnects) and the edge's publisher
-//! relocation (looking for a stream's new owner).
+//! known), the edge's link to each origin (reconnects), the edge's publisher
+//! relocation (looking for a stream's new owner) and its relays (subscriptions an owner
+//! refused).
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use super::control::Owner;
+use crate::backoff::Backoff;
 
 /// After losing its owner's link, how long a relay waits for the claim to move before
 /// trying the same owner again (its link may just have blinked).
@@ -17,8 +18,14 @@ pub const LOST_OWNER_WAIT: Duration = Duration::from_millis(1500);
 pub const ENDED_WAIT: Duration = Duration::from_millis(500);
 /// How long one wait on the claims feed lasts before looking again.
 pub const WATCH_WAIT: Duration = Duration::from_secs(10);
-/// Pause after a failed lookup or a refused subscription.
+/// Pause after a failed lookup, and the longest pause after refused subscriptions.
 pub const RELAY_RETRY: Duration = Duration::from_millis(200);
+/// The first pause after a refused subscription; doubles up to [`RELAY_RETRY`]. A
+/// refusal is mostly an owner that has not applied the claim the relay followed it
+/// for (a move the relay learned from an origin ahead of it), which takes it
+/// milliseconds: a flat 200 ms pause was most of a player's longest stall through a
+/// planned move (docs/failover.md, "Moves, a drain and a kill under load").
+pub const REFUSED_FIRST_RETRY: Duration = Duration::from_millis(10);
 
 /// How following one owner ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +76,7 @@ pub enum Output {
 }
 
 /// One relay's decisions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Relaying {
     /// The claim epoch last seen.
     known: Option<u64>,
@@ -77,6 +84,14 @@ pub struct Relaying {
     wait: Option<Duration>,
     /// The session of the current generation, if one is under way.
     session: Option<String>,
+    /// Pauses after refused subscriptions in a row; reset by one that was taken.
+    refused: Backoff,
+}
+
+impl Default for Relaying {
+    fn default() -> Self {
+        Relaying { known: None, wait: None, session: None, refused: Backoff::new(REFUSED_FIRST_RETRY, RELAY_RETRY) }
+    }
 }
 
 impl Relaying {
@@ -117,21 +132,24 @@ impl Relaying {
                 vec![Output::Pause(RELAY_RETRY)]
             }
             Input::Followed(Followed::Moved(next)) => {
+                self.refused.reset();
                 self.known = Some(next);
                 self.wait = None;
                 vec![Output::CountFailover, self.find()]
             }
             Input::Followed(Followed::LostOwner) => {
+                self.refused.reset();
                 self.wait = Some(LOST_OWNER_WAIT);
                 vec![self.find()]
             }
             Input::Followed(Followed::Ended) => {
+                self.refused.reset();
                 self.wait = Some(ENDED_WAIT);
                 vec![self.find()]
             }
             Input::Followed(Followed::Refused) => {
                 self.wait = None;
-                vec![Output::Pause(RELAY_RETRY)]
+                vec![Output::Pause(self.refused.next_pause())]
             }
             Input::Woke => vec![self.find()],
         }
@@ -215,6 +233,31 @@ mod tests {
     }
 
     #[test]
+    fn refusals_in_a_row_pause_from_milliseconds_up_to_the_retry_and_a_taken_subscription_resets() {
+        let ms = Duration::from_millis;
+        let mut r = Relaying::default();
+        r.start();
+        r.handle(Input::Found(Ok(Some(owner(1, 10, "s1")))));
+        // The claim moved to an origin that has not applied it yet: it refuses a few
+        // times, the pauses short at first.
+        r.handle(Input::Followed(Followed::Moved(12)));
+        let mut pauses = Vec::new();
+        for _ in 0..7 {
+            r.handle(Input::Found(Ok(Some(owner(2, 12, "s1")))));
+            let out = r.handle(Input::Followed(Followed::Refused));
+            let [Output::Pause(p)] = out[..] else { panic!("{out:?}") };
+            pauses.push(p);
+            assert_eq!(r.handle(Input::Woke), vec![Output::Lookup]);
+        }
+        assert_eq!(pauses, [ms(10), ms(20), ms(40), ms(80), ms(160), ms(200), ms(200)]);
+        // Taken at last, then moved again: the next refusal starts short again.
+        r.handle(Input::Found(Ok(Some(owner(2, 12, "s1")))));
+        r.handle(Input::Followed(Followed::Moved(14)));
+        r.handle(Input::Found(Ok(Some(owner(3, 14, "s1")))));
+        assert_eq!(r.handle(Input::Followed(Followed::Refused)), vec![Output::Pause(REFUSED_FIRST_RETRY)]);
+    }
+
+    #[test]
     fn failures_pause_and_keep_the_way_of_looking() {
         let mut r = Relaying::default();
         r.start();
@@ -222,7 +265,7 @@ mod tests {
         assert_eq!(r.handle(Input::Woke), vec![Output::Lookup]);
         r.handle(Input::Found(Ok(Some(owner(1, 10, "s1")))));
         // Refused (the owner has not applied the claim yet): pause, then look up.
-        assert_eq!(r.handle(Input::Followed(Followed::Refused)), vec![Output::Pause(RELAY_RETRY)]);
+        assert_eq!(r.handle(Input::Followed(Followed::Refused)), vec![Output::Pause(REFUSED_FIRST_RETRY)]);
         assert_eq!(r.handle(Input::Woke), vec![Output::Lookup]);
         // A failed wait on the feed pauses and then waits again, with what it knew.
         r.handle(Input::Found(Ok(Some(owner(1, 10, "s1")))));
