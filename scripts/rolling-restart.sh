@@ -8,7 +8,8 @@
 # Every origin in turn: `ctl drain N` (its streams move to the other origins by planned
 # moves and no new stream is placed on it), wait until it owns no stream, SIGTERM it,
 # start it again (with NEW when given), wait until every voter answers and names the
-# same leader (`ctl wait`), `ctl undrain N`. Then every edge in turn: `ctl edges drain`
+# same leader (`ctl wait`) and until every edge's media link to it is back (at most
+# 5 s: an edge that never linked to it does not come), `ctl undrain N`. Then every edge in turn: `ctl edges drain`
 # (its /health answers 503, so HAProxy sends it nothing new; RTMP clients that
 # advertised the reconnect capability are asked to reconnect; HLS clients move with
 # their next request), wait until it exits, or SIGTERM it after --edge-grace seconds
@@ -82,6 +83,32 @@ owned_by() {
   ctl --json streams | python3 -c "import json,sys; print(sum(1 for s in json.load(sys.stdin)['streams'] if s.get('owner') == $1))"
 }
 
+# Edge links open on origin $1 now (its raftcast_link_connections), empty if it does not answer.
+links_on() {
+  local tls=() scheme=http
+  if [[ -f "$DATA/tls/peer/ca.pem" ]]; then
+    tls=(--cacert "$DATA/tls/peer/ca.pem" --cert "$DATA/tls/peer/ctl.pem" --key "$DATA/tls/peer/ctl-key.pem")
+    scheme=https
+  fi
+  curl -fsS --max-time 2 "${tls[@]}" -H "Authorization: Bearer $(cat "$DATA/admin-token")" \
+    "$scheme://127.0.0.1:$((HTTP_BASE + $1))/metrics" 2>/dev/null |
+    awk '$1 == "raftcast_link_connections" { print int($2) }'
+}
+
+# Waits until origin $1 has a media link from every edge, at most 5 s. Streams placed
+# on it before an edge's link is back would wait for that edge's reconnect.
+wait_links() {
+  local i=$1 want=${RAFTCAST_EDGES:-2} deadline=$((SECONDS + 5)) links=""
+  until links=$(links_on "$i") && [[ -n "$links" ]] && ((links >= want)); do
+    if ((SECONDS >= deadline)); then
+      log "origin-$i: ${links:-no} edge links of $want after 5 s; undraining anyway"
+      return
+    fi
+    sleep 0.2
+  done
+  log "origin-$i: $links edge links back"
+}
+
 restart_origin() {
   local i=$1 pid left deadline
   log "origin-$i: drain"
@@ -98,6 +125,7 @@ restart_origin() {
   log "origin-$i: start${NEW:+ ($NEW)}"
   bootstrap start >/dev/null
   ctl wait --voters "${#ORIGINS[@]}" --timeout-secs 60 >/dev/null || die "the cluster did not come back with every voter"
+  wait_links "$i"
   ctl undrain "$i" >/dev/null
   log "origin-$i: back, undrained"
 }

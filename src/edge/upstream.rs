@@ -185,8 +185,10 @@ impl Upstream {
         matches!(self.state(), LinkState::Live { .. })
     }
 
-    /// Waits until the link is live, at most `limit`.
+    /// Waits until the link is live, at most `limit`; a link pausing between reconnects
+    /// tries again at once ([`client::LinkHandle::want`]).
     pub async fn live(&self, limit: Duration) -> bool {
+        self.handle.want();
         let mut watch = self.handle.watch();
         let ready = tokio::time::timeout(limit, watch.wait_for(|s| matches!(s, LinkState::Live { .. }))).await;
         matches!(ready, Ok(Ok(_)))

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use raftcast_raft::rpc::ClusterSecret;
 use raftcast_raft::NodeId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{FrameCodec, LinkFrame};
@@ -91,6 +91,8 @@ pub struct LinkHandle {
     tx: mpsc::Sender<LinkFrame>,
     control: mpsc::Sender<LinkFrame>,
     state: watch::Receiver<LinkState>,
+    /// Cuts a reconnect pause short: someone waits for this link ([`LinkHandle::want`]).
+    wanted: Arc<Notify>,
 }
 
 impl LinkHandle {
@@ -131,7 +133,24 @@ impl LinkHandle {
     pub fn watch(&self) -> watch::Receiver<LinkState> {
         self.state.clone()
     }
+
+    /// Someone needs this link now (a stream was placed on this origin): if it is
+    /// pausing between reconnects, the next attempt comes at once, or
+    /// [`MIN_RECONNECT_GAP`] after the last one if that was more recent. The pauses
+    /// double up to seconds while an origin is down; without this, an origin that came
+    /// back and was given streams at once (an undrain in a rolling restart) made their
+    /// publishers and players wait out the rest of the pause: a second's stall in
+    /// `scripts/moves-under-load.sh`. Many callers wanting a dead origin cost at most
+    /// one attempt per [`MIN_RECONNECT_GAP`].
+    pub fn want(&self) {
+        if !matches!(*self.state.borrow(), LinkState::Live { .. }) {
+            self.wanted.notify_one();
+        }
+    }
 }
+
+/// The shortest time between two connection attempts that [`LinkHandle::want`] causes.
+pub const MIN_RECONNECT_GAP: Duration = Duration::from_millis(50);
 
 /// Starts a link to the origin at `addr` (over mutual TLS with `tls`). Events go to
 /// `events` (bounded: the link waits for the layer above to keep up).
@@ -148,13 +167,13 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let (state_tx, state) = watch::channel(LinkState::Connecting);
+    let wanted = Arc::new(Notify::new());
     // Detached from whichever session happened to open the link first.
     let span = tracing::info_span!(parent: None, "uplink", origin.addr = %addr);
-    tokio::spawn(tracing::Instrument::instrument(
-        run(addr, edge, secret, tls, timing, Outgoing { control: control_rx, media: rx }, state_tx, events, shutdown),
-        span,
-    ));
-    LinkHandle { tx, control, state }
+    let outgoing = Outgoing { control: control_rx, media: rx };
+    let link = Link { addr, edge, secret, tls, timing, wanted: wanted.clone() };
+    tokio::spawn(tracing::Instrument::instrument(run(link, outgoing, state_tx, events, shutdown), span));
+    LinkHandle { tx, control, state, wanted }
 }
 
 /// What the edge queued for the origin: control first, then media.
@@ -163,20 +182,27 @@ struct Outgoing {
     media: mpsc::Receiver<LinkFrame>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
+/// Where a link goes and how it behaves.
+struct Link {
     addr: SocketAddr,
     edge: String,
     secret: ClusterSecret,
     tls: Option<Arc<PeerTls>>,
     timing: LinkTiming,
+    wanted: Arc<Notify>,
+}
+
+async fn run(
+    link: Link,
     mut outgoing: Outgoing,
     state: watch::Sender<LinkState>,
     events: mpsc::Sender<LinkEvent>,
     shutdown: CancellationToken,
 ) {
+    let Link { addr, edge, secret, tls, timing, wanted } = link;
     let mut backoff = Backoff::new(timing.backoff.0, timing.backoff.1);
     loop {
+        let attempted = tokio::time::Instant::now();
         state.send_replace(LinkState::Connecting);
         let connected = tokio::select! {
             c = tokio::time::timeout(timing.connect_timeout, connect(addr, &edge, &secret, tls.as_deref())) => c,
@@ -210,8 +236,14 @@ async fn run(
         let pause = backoff.next_pause();
         tracing::warn!(reason, ?pause, "link down");
         state.send_replace(LinkState::Backoff { reason });
+        // A want during the attempt that just failed wakes this pause at once: the next
+        // attempt still waits out MIN_RECONNECT_GAP from that one.
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
+            _ = wanted.notified() => {
+                tracing::debug!("link wanted: reconnecting before the pause ends");
+                tokio::time::sleep_until(attempted + MIN_RECONNECT_GAP).await;
+            }
             _ = shutdown.cancelled() => return,
         }
     }
@@ -323,5 +355,61 @@ async fn live(
             }
             _ = silence => return format!("origin silent for {:?}", timing.dead_after),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Answers every link's `Hello` with `Welcome` from origin 7, then holds it.
+    async fn fake_origin(listener: TcpListener) {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while !matches!(FrameCodec::decode(&mut buf), Ok(Some(_))) {
+                    if socket.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                let mut out = BytesMut::new();
+                FrameCodec::encode(
+                    &LinkFrame::Control(Control::Welcome { protocol: PROTOCOL_VERSION, origin: 7 }),
+                    &mut out,
+                );
+                let _ = socket.write_all(&out).await;
+                while socket.read_buf(&mut buf).await.unwrap_or(0) > 0 {}
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wanted_link_reconnects_before_its_pause_ends() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // Nothing listens there yet: the first attempt fails, then a 5 s pause.
+        let timing = LinkTiming { backoff: (Duration::from_secs(5), Duration::from_secs(5)), ..LinkTiming::default() };
+        let (events, _keep) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let secret = ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
+        let link = spawn(addr, "edge-t".into(), secret, None, timing, events, shutdown.clone());
+        let mut state = link.watch();
+        tokio::time::timeout(Duration::from_secs(2), state.wait_for(|s| matches!(s, LinkState::Backoff { .. })))
+            .await
+            .expect("the first attempt fails")
+            .unwrap();
+        // The origin comes up and a stream needs it: the link does not wait out 5 s.
+        tokio::spawn(fake_origin(TcpListener::bind(addr).await.unwrap()));
+        let wanted = Instant::now();
+        link.want();
+        tokio::time::timeout(Duration::from_secs(1), state.wait_for(|s| matches!(s, LinkState::Live { origin: 7 })))
+            .await
+            .expect("live within a second of being wanted")
+            .unwrap();
+        assert!(wanted.elapsed() < Duration::from_millis(500), "{:?}", wanted.elapsed());
+        shutdown.cancel();
     }
 }
