@@ -11,6 +11,8 @@
 #   moved  every stream is moved once with `ctl streams move` (one every MOVE_EVERY
 #          seconds, to the least loaded other origin), then the origin owning the most
 #          streams is drained (`ctl drain N`, until it owns none) and undrained
+#   rolling  `scripts/rolling-restart.sh --only origins`: every origin in turn drained,
+#          SIGTERMed, started again and undrained, under the same load
 #   killed KILL_STREAMS streams (30 by default); the origin owning the most is
 #          SIGKILLed: its streams fail over, and the survivors must end with at most
 #          1.5 times the streams of each other (all streams have the same bitrate)
@@ -23,6 +25,7 @@
 #
 #   scripts/moves-under-load.sh [--streams 20] [--kill-streams 30] [--kbps 600]
 #                               [--quiet-seconds 20] [--move-every 1] [--out DIR]
+#                               [--windows "quiet moved rolling killed"]
 #
 # Needs a release build (built when missing), haproxy, python3, curl
 # (scripts/install-deps.sh). About 2 minutes with the defaults. Not part of CI: it
@@ -30,7 +33,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-N=20 KILL_N=30 KBPS=600 QUIET=20 EVERY=1 OUT=""
+N=20 KILL_N=30 KBPS=600 QUIET=20 EVERY=1 OUT="" WINDOWS="quiet moved rolling killed"
 while (($#)); do
   case "$1" in
     --streams) N=$2; shift 2 ;;
@@ -39,7 +42,8 @@ while (($#)); do
     --quiet-seconds) QUIET=$2; shift 2 ;;
     --move-every) EVERY=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    *) echo "usage: $0 [--streams N] [--kill-streams N] [--kbps K] [--quiet-seconds S] [--move-every S] [--out DIR]" >&2; exit 2 ;;
+    --windows) WINDOWS=$2; shift 2 ;;
+    *) echo "usage: $0 [--streams N] [--kill-streams N] [--kbps K] [--quiet-seconds S] [--move-every S] [--out DIR] [--windows LIST]" >&2; exit 2 ;;
   esac
 done
 OUT=${OUT:-$(mktemp -d /tmp/raftcast-moves.XXXXXX)}
@@ -107,6 +111,13 @@ move_all() {
   sleep 4
 }
 
+rolling_origins() {
+  local started=$SECONDS
+  RAFTCAST_BIN=$BIN "$ROOT/scripts/rolling-restart.sh" --only origins >"$OUT/rolling.log" 2>&1 \
+    || log "rolling restart failed (see rolling.log)"
+  log "rolling restart of the origins took $((SECONDS - started)) s; owners now: $(owners "$1" | tr '\n' ' ')"
+}
+
 kill_busiest() {
   local name=$1 busiest leader pid
   busiest=$(owners "$name" | head -1 | cut -d' ' -f1)
@@ -121,19 +132,30 @@ kill_busiest() {
   log "owners 15 s after: $(tr '\n' ' ' <"$OUT/survivors")"
 }
 
-log "cluster up (HAProxy on 127.0.0.1:1934 and :8080); quiet window, $QUIET s"
-window quiet "$QUIET" true "$N" || true
-MOVES_SECS=$((N * EVERY + 20))
-log "moves window, $MOVES_SECS s"
-window moved "$MOVES_SECS" move_all "$N" || true
-log "kill window, 30 s"
-window killed 30 kill_busiest "$KILL_N" || true
+wanted() { [[ " $WINDOWS " == *" $1 "* ]]; }
+log "cluster up (HAProxy on 127.0.0.1:1934 and :8080); windows: $WINDOWS"
+if wanted quiet; then
+  log "quiet window, $QUIET s"
+  window quiet "$QUIET" true "$N" || true
+fi
+if wanted moved; then
+  log "moves window, $((N * EVERY + 20)) s"
+  window moved "$((N * EVERY + 20))" move_all "$N" || true
+fi
+if wanted rolling; then
+  log "rolling window, 60 s"
+  window rolling 60 rolling_origins "$N" || true
+fi
+if wanted killed; then
+  log "kill window, 30 s"
+  window killed 30 kill_busiest "$KILL_N" || true
+fi
 
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" $WINDOWS <<'EOF'
 import json, sys
 out = sys.argv[1]
 bad = False
-for name in ("quiet", "moved", "killed"):
+for name in sys.argv[2:]:
     d = json.load(open(f"{out}/{name}.json"))
     h = json.load(open(f"{out}/{name}-hls.json"))["total"]
     g, l = d.get("longest_gap") or {}, d.get("latency") or {}
@@ -151,13 +173,14 @@ for name in ("quiet", "moved", "killed"):
     bad |= bool(d["frames_lost"] or d["frames_out_of_order"] or d["players_failed"] or d["publishers_failed"]
                 or h["lost"] or h["out_of_order"] or h["skipped_segments"] or h["failed_requests"]
                 or h["streams_without_frames"])
-killed, leader = open(f"{out}/killed").read().split()
-counts = [int(line.split()[1]) for line in open(f"{out}/survivors") if line.strip()]
-owners = [line.split()[0] for line in open(f"{out}/survivors") if line.strip()]
-spread = max(counts) / max(min(counts), 1) if len(counts) == 2 else float("inf")
-print(f"killed origin {killed} (leader {leader}): survivors {dict(zip(owners, counts))}, "
-      f"ratio {spread:.2f} (at most 1.5)")
-bad |= killed in owners or spread > 1.5
+if "killed" in sys.argv[2:]:
+    killed, leader = open(f"{out}/killed").read().split()
+    counts = [int(line.split()[1]) for line in open(f"{out}/survivors") if line.strip()]
+    owners = [line.split()[0] for line in open(f"{out}/survivors") if line.strip()]
+    spread = max(counts) / max(min(counts), 1) if len(counts) == 2 else float("inf")
+    print(f"killed origin {killed} (leader {leader}): survivors {dict(zip(owners, counts))}, "
+          f"ratio {spread:.2f} (at most 1.5)")
+    bad |= killed in owners or spread > 1.5
 print(f"reports in {out}")
 sys.exit(1 if bad else 0)
 EOF

@@ -548,8 +548,18 @@ async fn play(
         let Some((seq, sent_us)) = synth::read_stamp(&payload) else { continue };
         result.ttff.get_or_insert_with(|| asked.elapsed());
         let now = Instant::now();
+        let waited = seen.last.map(|(_, at)| now.saturating_duration_since(at));
         if !seen.frame(seq, now) {
             continue;
+        }
+        // Stalls are rare and worth placing in time: say when one ended.
+        if let Some(gap) = waited.filter(|g| *g >= STALL_REPORT && now >= from) {
+            eprintln!(
+                "{name} at {addr}: {} ms without a video frame, until {:.3} s into the run (Unix time {:.3})",
+                gap.as_millis(),
+                now.duration_since(epoch).as_secs_f64(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+            );
         }
         // The first GOP comes from the cache and was sent before the player joined.
         if now >= from && seq >= *first.get_or_insert(seq) + gop {
@@ -561,6 +571,9 @@ async fn play(
     (result.lost, result.out_of_order, result.longest_gap) = (seen.lost, seen.out_of_order, seen.longest_gap);
     result
 }
+
+/// A wait between two video frames at least this long is printed (stderr) as it ends.
+const STALL_REPORT: Duration = Duration::from_millis(300);
 
 /// A player's view of a stream's video sequence numbers, counted from `from` (the
 /// measured window): frames skipped, frames at or below one already seen (a
