@@ -65,6 +65,12 @@ async fn a_draining_edge_fails_its_health_check_asks_players_to_reconnect_and_ex
         (health(&draining).await == 503).then_some(())
     })
     .await;
+    // New RTMP connections are refused (the listener closed): a balancer redispatches
+    // them to another edge rather than landing them here to be asked to leave again.
+    eventually(Duration::from_secs(2), "the RTMP listener to close", || async {
+        tokio::net::TcpStream::connect(draining.rtmp).await.is_err().then_some(())
+    })
+    .await;
     let (frames, asked) = listen(&mut capable, Duration::from_secs(2)).await;
     assert!(asked, "the capable player was asked to reconnect");
     assert!(frames > 0, "and kept playing meanwhile");

@@ -3,6 +3,8 @@
 //!
 //! - `/health` answers 503 `draining`, so a load balancer's health check sends no new
 //!   clients (HLS and HTTP clients move with their next request);
+//! - the RTMP and RTMPS listeners close: a new RTMP connection is refused, which a
+//!   balancer redispatches to another edge;
 //! - every RTMP client whose `connect` advertised Enhanced RTMP's reconnect capability
 //!   gets `NetConnection.Connect.ReconnectRequest` once (`rtmp_conn`), and reconnects
 //!   through the balancer to another edge;

@@ -138,6 +138,16 @@ pub async fn serve(
         let accepted = tokio::select! {
             accepted = gate.accept(&listener) => accepted,
             _ = shutdown.cancelled() => return,
+            // A draining edge takes no new RTMP client: the listener closes, so a
+            // connection attempt is refused and a balancer redispatches it to another
+            // edge (HAProxy's `retries` and `option redispatch`). Accepting it would
+            // only ask it to reconnect again: players bounced about 85 times each
+            // between a draining edge and the other one before HAProxy's health checks
+            // took the drained edge out (`scripts/moves-under-load.sh`, "edges").
+            _ = ctx.draining.cancelled() => {
+                tracing::info!("draining: the {what} listener closes; clients connected stay");
+                return;
+            }
         };
         let (socket, peer) = match accepted {
             Ok(conn) => conn,
