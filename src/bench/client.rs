@@ -135,7 +135,17 @@ impl RtmpClient {
         app: &str,
         tls: Arc<rustls::ClientConfig>,
     ) -> anyhow::Result<RtmpClient> {
-        Self::dial_over(addr, app, None, None, ClientConfig::default(), Some(tls)).await
+        Self::connect_tls_with(addr, app, tls, ClientConfig::default()).await
+    }
+
+    /// [`connect_tls`](Self::connect_tls) with session settings.
+    pub async fn connect_tls_with(
+        addr: SocketAddr,
+        app: &str,
+        tls: Arc<rustls::ClientConfig>,
+        config: ClientConfig,
+    ) -> anyhow::Result<RtmpClient> {
+        Self::dial_over(addr, app, None, None, config, Some(tls)).await
     }
 
     async fn dial(
@@ -243,7 +253,14 @@ impl RtmpClient {
         self.session.play(stream_id, name)?;
         self.flush().await?;
         loop {
-            match self.wait(|e| matches!(e, ClientEvent::PlayStarted { .. } | ClientEvent::Status { .. })).await? {
+            // Only this stream's statuses: one on stream 0 (a draining edge's reconnect
+            // request) stays queued for `next_event`.
+            let ours = |e: &ClientEvent| match e {
+                ClientEvent::PlayStarted { .. } => true,
+                ClientEvent::Status { stream_id: s, .. } => *s == stream_id,
+                _ => false,
+            };
+            match self.wait(ours).await? {
                 ClientEvent::PlayStarted { .. } => return Ok(stream_id),
                 ClientEvent::Status { code, description, level, .. }
                     if level == "error" || code.ends_with("NotFound") =>

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::client::RtmpClient;
 use super::synth::{self, StreamShape, Synth, SynthFrame};
 use super::Latency;
-use crate::rtmp::session::ClientEvent;
+use crate::rtmp::session::{ClientConfig, ClientEvent, CAPS_EX_RECONNECT};
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
@@ -96,6 +96,13 @@ struct CommonArgs {
     /// its p99 send delay (from when a frame was due to when the server took it) does.
     #[arg(long, default_value_t = 1000.0)]
     lag_ms: f64,
+    /// Players advertise Enhanced RTMP's reconnect capability and, when an edge asks
+    /// them to reconnect (`NetConnection.Connect.ReconnectRequest` from a draining
+    /// edge), connect again through this address (a load balancer), play on, then
+    /// close the old connection; the frames the new edge repeats from its GOP are not
+    /// counted out of order.
+    #[arg(long, value_name = "ADDR")]
+    reconnect_via: Option<SocketAddr>,
     /// Players connect with RTMPS (to the --play addresses, e.g. an edge's --rtmps
     /// port), trusting the CA certificate(s) in this PEM file and checking the name
     /// `localhost` (the bootstrap cluster's `$RAFTCAST_DATA_DIR/tls/ca.pem`).
@@ -149,6 +156,11 @@ struct FanoutReport {
     /// Each player's longest wait between two video frames in the measured window
     /// (a failover's or a move's stall shows here), summarized over the players.
     longest_gap: Option<Latency>,
+    /// Reconnects an edge asked players for and that succeeded (`--reconnect-via`).
+    player_reconnects: u64,
+    /// The players by the address they first played from: who noticed what when one
+    /// edge is drained or dies.
+    players_by_address: Vec<AddressReport>,
     /// Publish→play latency of live video frames in the measured window.
     latency: Option<Latency>,
     /// From `play` to the first video frame.
@@ -165,6 +177,38 @@ struct FanoutReport {
     processes: Vec<ProcessCost>,
 }
 
+/// The players of one `--play` address.
+#[derive(Debug, Default, Serialize, PartialEq)]
+struct AddressReport {
+    addr: String,
+    players: usize,
+    failed: usize,
+    reconnected: usize,
+    frames_lost: u64,
+    frames_out_of_order: u64,
+    /// The longest wait between two video frames at any of them.
+    longest_gap_ms: Option<f64>,
+}
+
+/// [`AddressReport`]s of `players`, by address (`?` for a player that never started).
+fn by_address(players: &[PlayerResult]) -> Vec<AddressReport> {
+    let mut out: std::collections::BTreeMap<String, AddressReport> = std::collections::BTreeMap::new();
+    for p in players {
+        let addr = p.addr.map_or_else(|| "?".to_owned(), |a| a.to_string());
+        let r = out.entry(addr.clone()).or_insert_with(|| AddressReport { addr, ..AddressReport::default() });
+        r.players += 1;
+        r.failed += usize::from(p.failed.is_some());
+        r.reconnected += usize::from(p.reconnects > 0);
+        r.frames_lost += p.lost;
+        r.frames_out_of_order += p.out_of_order;
+        if let Some(gap) = p.longest_gap {
+            let ms = gap.as_secs_f64() * 1000.0;
+            r.longest_gap_ms = Some(r.longest_gap_ms.map_or(ms, |g| g.max(ms)));
+        }
+    }
+    out.into_values().collect()
+}
+
 /// What one player saw in the measured window.
 #[derive(Default)]
 struct PlayerResult {
@@ -174,6 +218,10 @@ struct PlayerResult {
     out_of_order: u64,
     /// The longest time between two video frames, both in the measured window.
     longest_gap: Option<Duration>,
+    /// Where it first played.
+    addr: Option<SocketAddr>,
+    /// Reconnects an edge asked for and that succeeded.
+    reconnects: u32,
     failed: Option<String>,
 }
 
@@ -266,13 +314,14 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
     let mut players = Vec::new();
     for i in 0..plan.players {
         let addr = plan.play[i % plan.play.len()];
-        let (app, name, live, tls) = (args.app.clone(), names[i % names.len()].clone(), live.clone(), tls.clone());
+        let target = PlayTarget { addr, tls: tls.clone(), reconnect_via: args.reconnect_via };
+        let (app, name, live) = (args.app.clone(), names[i % names.len()].clone(), live.clone());
         let start_at =
             tokio::time::Instant::from_std(epoch + players_from) + Duration::from_secs_f64(i as f64 / args.ramp);
         let gop = u64::from(args.gop);
         players.push(tokio::spawn(async move {
             tokio::time::sleep_until(start_at).await;
-            play(addr, tls, &app, &name, epoch, gop, window, &live).await
+            play(target, &app, &name, epoch, gop, window, &live).await
         }));
     }
     let progress = tokio::spawn({
@@ -381,6 +430,8 @@ fn summarize(
         }
         delays.extend(p.delays);
     }
+    let players_by_address = by_address(&players);
+    let player_reconnects = players.iter().map(|p| u64::from(p.reconnects)).sum();
     let (mut latencies, mut ttffs, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
     let (mut keeping_up, mut lagging, mut failed, mut lost, mut out_of_order) = (0, 0, 0, 0, 0);
     for r in players {
@@ -418,6 +469,8 @@ fn summarize(
         frames_lost: lost,
         frames_out_of_order: out_of_order,
         longest_gap: Latency::of(&mut gaps),
+        player_reconnects,
+        players_by_address,
         latency: Latency::of(&mut latencies),
         time_to_first_frame: Latency::of(&mut ttffs),
         bytes_published: totals.bytes_published,
@@ -494,10 +547,34 @@ async fn publish_frames(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn play(
+/// Where a player plays from.
+#[derive(Clone)]
+struct PlayTarget {
     addr: SocketAddr,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Where to connect again when an edge asks for a reconnect; `None`: the player
+    /// does not advertise the capability.
+    reconnect_via: Option<SocketAddr>,
+}
+
+impl PlayTarget {
+    /// Connects to `addr`, advertising the reconnect capability when it has somewhere
+    /// to reconnect to.
+    async fn connect(&self, addr: SocketAddr, app: &str) -> anyhow::Result<RtmpClient> {
+        let caps_ex = if self.reconnect_via.is_some() { CAPS_EX_RECONNECT } else { 0 };
+        let config = ClientConfig { caps_ex, ..ClientConfig::default() };
+        match &self.tls {
+            Some(tls) => RtmpClient::connect_tls_with(addr, app, tls.clone(), config).await,
+            None => RtmpClient::connect_with(addr, app, None, config).await,
+        }
+    }
+}
+
+/// The `onStatus` code of a draining edge's request to reconnect elsewhere.
+const RECONNECT_REQUEST: &str = "NetConnection.Connect.ReconnectRequest";
+
+async fn play(
+    target: PlayTarget,
     app: &str,
     name: &str,
     epoch: Instant,
@@ -506,12 +583,9 @@ async fn play(
     live: &Live,
 ) -> PlayerResult {
     let (from, to) = (window.from, window.to);
-    let mut result = PlayerResult::default();
-    let connected = match tls {
-        Some(tls) => RtmpClient::connect_tls(addr, app, tls).await,
-        None => RtmpClient::connect(addr, app).await,
-    };
-    let mut client = match connected {
+    let addr = target.addr;
+    let mut result = PlayerResult { addr: Some(addr), ..PlayerResult::default() };
+    let mut client = match target.connect(addr, app).await {
         Ok(c) => c,
         Err(e) => return PlayerResult { failed: Some(format!("{e:#}")), ..result },
     };
@@ -531,6 +605,28 @@ async fn play(
             Ok(Some(ClientEvent::Video { payload, .. })) => payload,
             Ok(Some(ClientEvent::Audio { payload, .. })) => {
                 live.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                continue;
+            }
+            Ok(Some(ClientEvent::Status { code, .. })) if code == RECONNECT_REQUEST => {
+                let Some(via) = target.reconnect_via else { continue };
+                // The new connection plays before the old one closes.
+                let again = async {
+                    let mut next = target.connect(via, app).await?;
+                    next.play(name).await?;
+                    anyhow::Ok(next)
+                };
+                match again.await {
+                    Ok(next) => {
+                        client = next;
+                        result.reconnects += 1;
+                        seen.resume();
+                        eprintln!("{name} at {addr}: asked to reconnect; playing again through {via}");
+                    }
+                    Err(e) => {
+                        result.failed = Some(format!("reconnect through {via}: {e:#}"));
+                        break;
+                    }
+                }
                 continue;
             }
             Ok(Some(_)) => continue,
@@ -585,11 +681,19 @@ struct Continuity {
     lost: u64,
     out_of_order: u64,
     longest_gap: Option<Duration>,
+    /// Reconnected: frames up to the newest one seen come again (the new server's
+    /// GOP) and are not out of order, until a newer one arrives.
+    resuming: bool,
 }
 
 impl Continuity {
     fn new(from: Instant) -> Self {
-        Continuity { from, last: None, lost: 0, out_of_order: 0, longest_gap: None }
+        Continuity { from, last: None, lost: 0, out_of_order: 0, longest_gap: None, resuming: false }
+    }
+
+    /// The player connected again: what the new connection repeats is expected.
+    fn resume(&mut self) {
+        self.resuming = true;
     }
 
     /// Takes frame `seq`, arrived at `now`: false when it is a duplicate or out of
@@ -597,7 +701,7 @@ impl Continuity {
     fn frame(&mut self, seq: u64, now: Instant) -> bool {
         if let Some((prev, at)) = self.last {
             if seq <= prev {
-                if now >= self.from {
+                if now >= self.from && !self.resuming {
                     self.out_of_order += 1;
                 }
                 return false;
@@ -611,6 +715,7 @@ impl Continuity {
             }
         }
         self.last = Some((seq, now));
+        self.resuming = false;
         true
     }
 }
@@ -718,6 +823,7 @@ mod tests {
             watch_pids: vec![],
             lag_ms: 100.0,
             play_tls_ca: None,
+            reconnect_via: None,
         };
         let addr: SocketAddr = "127.0.0.1:1935".parse().unwrap();
         Plan { workload: "fanout", publish: addr, play: vec![addr], streams: 2, players, common }
@@ -798,6 +904,40 @@ mod tests {
         assert!(c.frame(11, at(1550)));
         assert_eq!((c.lost, c.out_of_order), (2, 2));
         assert_eq!(c.longest_gap, Some(Duration::from_millis(300)));
+        // Reconnected: the new server's GOP repeats 5..=11 (not out of order), then 12
+        // goes on; the wait across the reconnect counts.
+        c.resume();
+        for seq in 5..=11 {
+            assert!(!c.frame(seq, at(1600)));
+        }
+        assert!(c.frame(12, at(2000)) && !c.frame(12, at(2010)));
+        assert_eq!((c.lost, c.out_of_order), (2, 3), "only the repeat after the resume counts");
+        assert_eq!(c.longest_gap, Some(Duration::from_millis(450)));
+    }
+
+    #[test]
+    fn players_are_reported_by_the_address_they_played_from() {
+        let a: SocketAddr = "127.0.0.1:1935".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1936".parse().unwrap();
+        let players = vec![
+            PlayerResult { addr: Some(a), longest_gap: Some(Duration::from_millis(120)), ..Default::default() },
+            PlayerResult {
+                addr: Some(a),
+                reconnects: 1,
+                longest_gap: Some(Duration::from_millis(300)),
+                ..Default::default()
+            },
+            PlayerResult { addr: Some(b), failed: Some("closed".into()), lost: 4, ..Default::default() },
+            PlayerResult { failed: Some("panicked".into()), ..Default::default() },
+        ];
+        let r = by_address(&players);
+        let row = |addr: &str| r.iter().find(|r| r.addr == addr).unwrap();
+        assert_eq!(r.len(), 3);
+        let at_a = row("127.0.0.1:1935");
+        assert_eq!((at_a.players, at_a.failed, at_a.reconnected, at_a.longest_gap_ms), (2, 0, 1, Some(300.0)));
+        let at_b = row("127.0.0.1:1936");
+        assert_eq!((at_b.players, at_b.failed, at_b.frames_lost, at_b.longest_gap_ms), (1, 1, 4, None));
+        assert_eq!(row("?").failed, 1);
     }
 
     #[test]
