@@ -13,6 +13,10 @@
 #          streams is drained (`ctl drain N`, until it owns none) and undrained
 #   rolling  `scripts/rolling-restart.sh --only origins`: every origin in turn drained,
 #          SIGTERMed, started again and undrained, under the same load
+#   edges  `scripts/rolling-restart.sh --only edges --edges 2`: edge-2 (the players'
+#          edge, not the publisher's) drained, restarted and checked; its RTMP players
+#          advertise the reconnect capability and reconnect through HAProxy's RTMP port
+#          when asked (`raftcast bench --reconnect-via`), the others must not notice
 #   killed KILL_STREAMS streams (30 by default); the origin owning the most is
 #          SIGKILLed: its streams fail over, and the survivors must end with at most
 #          1.5 times the streams of each other (all streams have the same bitrate)
@@ -25,7 +29,7 @@
 #
 #   scripts/moves-under-load.sh [--streams 20] [--kill-streams 30] [--kbps 600]
 #                               [--quiet-seconds 20] [--move-every 1] [--out DIR]
-#                               [--windows "quiet moved rolling killed"]
+#                               [--windows "quiet moved rolling edges killed"]
 #
 # Needs a release build (built when missing), haproxy, python3, curl
 # (scripts/install-deps.sh). About 2 minutes with the defaults. Not part of CI: it
@@ -33,7 +37,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-N=20 KILL_N=30 KBPS=600 QUIET=20 EVERY=1 OUT="" WINDOWS="quiet moved rolling killed"
+N=20 KILL_N=30 KBPS=600 QUIET=20 EVERY=1 OUT="" WINDOWS="quiet moved rolling edges killed"
 while (($#)); do
   case "$1" in
     --streams) N=$2; shift 2 ;;
@@ -79,7 +83,8 @@ window() {
   names=$(seq 0 $((n - 1)) | sed "s/^/$name-/" | paste -sd,)
   "$BIN" bench publish --publish 127.0.0.1:1935 --play 127.0.0.1:1935 --play 127.0.0.1:1936 \
     --publishers "$n" --players-per-stream 2 --name "$name" --kbps "$KBPS" --fps 30 --gop 60 \
-    --publisher-ramp 20 --ramp 40 --duration "$secs" >"$OUT/$name.json" 2>"$OUT/$name.log" &
+    --publisher-ramp 20 --ramp 40 --duration "$secs" --reconnect-via 127.0.0.1:1934 \
+    >"$OUT/$name.json" 2>"$OUT/$name.log" &
   bench=$!
   # The bench measures from about 4 s on (publishers, then players, then 0.5 s).
   python3 "$ROOT/scripts/hls-follow.py" --base http://127.0.0.1:8080 --names "$names" \
@@ -118,6 +123,13 @@ rolling_origins() {
   log "rolling restart of the origins took $((SECONDS - started)) s; owners now: $(owners "$1" | tr '\n' ' ')"
 }
 
+restart_edge2() {
+  local started=$SECONDS
+  RAFTCAST_BIN=$BIN "$ROOT/scripts/rolling-restart.sh" --only edges --edges 2 --edge-grace 20 >"$OUT/edges.log" 2>&1 \
+    || log "edge restart failed (see edges.log)"
+  log "edge-2 restarted in $((SECONDS - started)) s"
+}
+
 kill_busiest() {
   local name=$1 busiest leader pid
   busiest=$(owners "$name" | head -1 | cut -d' ' -f1)
@@ -146,6 +158,10 @@ if wanted rolling; then
   log "rolling window, 60 s"
   window rolling 60 rolling_origins "$N" || true
 fi
+if wanted edges; then
+  log "edge restart window, 45 s"
+  window edges 45 restart_edge2 "$N" || true
+fi
 if wanted killed; then
   log "kill window, 30 s"
   window killed 30 kill_busiest "$KILL_N" || true
@@ -168,6 +184,11 @@ for name in sys.argv[2:]:
     print(f"  HLS: {h['segments']} segments, {h['frames']} frames, lost {h['lost']}, out of order {h['out_of_order']}, "
           f"segments skipped {h['skipped_segments']}, failed requests {h['failed_requests']}, "
           f"streams without frames {h['streams_without_frames']}, longest wait for a segment {h['longest_wait_s']} s")
+    for a in d["players_by_address"]:
+        gap = a["longest_gap_ms"]
+        print(f"  players at {a['addr']}: {a['players']}, cut off {a['failed']}, reconnected {a['reconnected']}, "
+              f"lost {a['frames_lost']}, out of order {a['frames_out_of_order']}, "
+              f"longest gap {gap if gap is None else round(gap)} ms")
     if d["errors"]:
         print(f"  errors: {d['errors'][:3]}")
     bad |= bool(d["frames_lost"] or d["frames_out_of_order"] or d["players_failed"] or d["publishers_failed"]
