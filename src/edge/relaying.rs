@@ -24,7 +24,8 @@ pub const RELAY_RETRY: Duration = Duration::from_millis(200);
 /// refusal is mostly an owner that has not applied the claim the relay followed it
 /// for (a move the relay learned from an origin ahead of it), which takes it
 /// milliseconds: a flat 200 ms pause was most of a player's longest stall through a
-/// planned move (docs/failover.md, "Moves, a drain and a kill under load").
+/// planned move (docs/failover.md, "Moves, a drain, a rolling restart and a kill under
+/// load").
 pub const REFUSED_FIRST_RETRY: Duration = Duration::from_millis(10);
 
 /// How following one owner ended.

@@ -236,8 +236,8 @@ async fn run(
         let pause = backoff.next_pause();
         tracing::warn!(reason, ?pause, "link down");
         state.send_replace(LinkState::Backoff { reason });
-        // A want during the attempt that just failed wakes this pause at once: the next
-        // attempt still waits out MIN_RECONNECT_GAP from that one.
+        // A want stored since the last pause (during an attempt) wakes this one at once:
+        // the next attempt still waits out MIN_RECONNECT_GAP from the last.
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = wanted.notified() => {
