@@ -10,9 +10,9 @@
 # start it again (with NEW when given), wait until every voter answers and names the
 # same leader (`ctl wait`) and until every edge's media link to it is back (at most
 # 5 s: an edge that never linked to it does not come), `ctl undrain N`. Then every
-# edge in turn: `ctl edges drain` (its /health answers 503, so HAProxy sends it nothing new; RTMP clients that
-# advertised the reconnect capability are asked to reconnect; HLS clients move with
-# their next request), wait until it exits, or SIGTERM it after --edge-grace seconds
+# edge in turn: `ctl edges drain` (its /health answers 503, so HAProxy sends it
+# nothing new; RTMP clients that advertised the reconnect capability are asked to
+# reconnect; HLS clients move with their next request), wait until it exits, or SIGTERM it after --edge-grace seconds
 # (default 30) when clients that cannot reconnect are left (ffmpeg, rtmpdump: they are
 # cut), start it again, wait until it is healthy (and up in HAProxy's view with
 # RAFTCAST_LB=1; bootstrap.sh start waits for that).
