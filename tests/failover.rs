@@ -498,6 +498,16 @@ async fn planned_moves_lose_no_frame_and_drop_no_client() {
         assert_eq!(owner_of(&scene.c, 1, "planned").await, Some((owner, epoch)), "the move held");
     }
     eprintln!("planned moves to origins {moves:?}");
+    // Make-before-break: each old owner kept taking the publisher's frames until the
+    // publisher had attached to the new owner and left; none waited out its grace.
+    let (mut completed, mut expired) = (0.0, 0.0);
+    for via in 1..=3 {
+        let text = scene.c.call(via, Method::GET, "/metrics", None, &[]).await.unwrap().1;
+        let value = |series: &str| edges::metric_value(text.as_str().unwrap(), series).unwrap_or(0.0);
+        completed += value("raftcast_link_handovers_completed_total");
+        expired += value("raftcast_link_handovers_expired_total");
+    }
+    assert_eq!((completed, expired), (4.0, 0.0), "handovers completed and expired across the four moves");
     let probe = scene.finish().await;
     eprintln!("longest stall across the planned moves: {:?}", probe.longest_gap);
     // Issue 17 asks for under 200 ms; the default 100 ms write merge alone makes gaps of

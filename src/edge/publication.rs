@@ -60,6 +60,9 @@ pub enum Output {
     Replay(Vec<Frame>),
     /// Close the current owner's channel.
     CloseChannel,
+    /// End the stream on the previous owner's channel, behind the media queued on it,
+    /// and close it: a make-before-break move attached to the new owner.
+    ClosePrevious,
     /// Follow the claim on the claims feed past this epoch ([`Input::ClaimMoved`]).
     WatchClaim(u64),
     /// Ask any origin who owns the stream ([`Input::Looked`]).
@@ -90,8 +93,11 @@ pub enum Output {
 enum State {
     /// Publishing on `owner` at `epoch`.
     Attached,
-    /// The owner was lost at `since`; `lost` is the origin to move away from.
-    Moving { since: Instant, lost: NodeId, step: Step },
+    /// The owner was lost at `since`; `lost` is the origin to move away from. `old`:
+    /// the claim moved with the old owner still up (a planned move), whose channel
+    /// stays open and takes the frames until the new owner has them
+    /// (make-before-break).
+    Moving { since: Instant, lost: NodeId, step: Step, old: bool },
     /// Fenced, stopped, or the publisher left.
     Ended,
 }
@@ -169,6 +175,11 @@ impl Publishing {
         matches!(self.state, State::Moving { .. })
     }
 
+    /// Moving, with the old owner's channel still taking the frames.
+    pub fn keeps_old(&self) -> bool {
+        matches!(self.state, State::Moving { old: true, .. })
+    }
+
     pub fn is_ended(&self) -> bool {
         self.state == State::Ended
     }
@@ -188,7 +199,7 @@ impl Publishing {
             return None;
         }
         frame.hls = self.stamper.mark(&frame, wall_ms);
-        let live = self.state == State::Attached;
+        let live = self.state == State::Attached || self.keeps_old();
         self.retained.push(frame.clone(), live);
         live.then_some(frame)
     }
@@ -202,11 +213,28 @@ impl Publishing {
                 self.start_moving(now, &mut out);
             }
             Input::ClaimMoved(epoch) if self.state == State::Attached && epoch > self.epoch => {
-                tracing::warn!(
+                // The owner is still up (it answered or its link is fine): a planned
+                // move, a drain, a rebalance, or a leader that gave up on it. It keeps
+                // taking our frames while we attach to the new one, which is asked for
+                // by the new claim's epoch: a lookup could reach an origin that has
+                // not applied it yet.
+                tracing::info!(
                     stream = %self.stream, epoch = self.epoch, owner = self.owner, moved_to = epoch,
-                    "the claim moved on; moving"
+                    "the claim moved on; moving, make-before-break"
                 );
-                self.start_moving(now, &mut out);
+                self.pause.reset();
+                self.state = State::Moving { since: now, lost: self.owner, step: Step::Confirming, old: true };
+                out.push(Output::LookupAtLeast(epoch));
+            }
+            Input::OwnerLost(why) if self.keeps_old() => {
+                // The old owner stopped taking frames before the new one has them (it
+                // gave up waiting, restarted, or is an older version): from now on the
+                // frames are only kept for the new owner.
+                tracing::warn!(stream = %self.stream, owner = self.owner, why, "lost the old owner while moving");
+                if let State::Moving { old, .. } = &mut self.state {
+                    *old = false;
+                }
+                out.push(Output::CloseChannel);
             }
             Input::OwnerLost(_) | Input::ClaimMoved(_) => {}
             Input::Looked(answer) if self.step() == Some(&Step::Looking) => self.looked(answer, now, &mut out),
@@ -229,9 +257,10 @@ impl Publishing {
                 _ => self.retry(now, &mut out),
             },
             Input::Attached(result) => {
-                let State::Moving { since, lost, step: Step::Attaching(owner) } = &mut self.state else {
+                let State::Moving { since, lost, step: Step::Attaching(owner), old } = &mut self.state else {
                     return out;
                 };
+                let old = *old;
                 match result {
                     Ok(()) => {
                         let took = now.saturating_duration_since(*since);
@@ -240,6 +269,9 @@ impl Publishing {
                         let replay: Vec<Frame> = self.retained.replay().cloned().collect();
                         let resent = replay.len();
                         out.push(Output::Replay(replay));
+                        if old {
+                            out.push(Output::ClosePrevious);
+                        }
                         out.push(Output::WatchClaim(self.epoch));
                         out.push(Output::Moved { owner: self.owner, epoch: self.epoch, took, resent });
                     }
@@ -259,7 +291,7 @@ impl Publishing {
                 out.push(Output::Release(self.epoch));
             }
             Input::PublisherLeft if self.state != State::Ended => {
-                if self.state == State::Attached {
+                if self.state == State::Attached || self.keeps_old() {
                     out.push(Output::Unpublish);
                     out.push(Output::CloseChannel);
                 }
@@ -307,7 +339,7 @@ impl Publishing {
     fn start_moving(&mut self, now: Instant, out: &mut Vec<Output>) {
         out.push(Output::CloseChannel);
         self.pause.reset();
-        self.state = State::Moving { since: now, lost: self.owner, step: Step::Looking };
+        self.state = State::Moving { since: now, lost: self.owner, step: Step::Looking, old: false };
         out.push(Output::Lookup);
     }
 
@@ -464,17 +496,58 @@ mod tests {
     }
 
     #[test]
-    fn a_move_the_leader_made_is_followed_without_asking_for_another() {
+    fn a_move_the_leader_made_is_make_before_break_the_old_owner_takes_frames_until_the_new_one_has_them() {
         let t0 = Instant::now();
         let mut p = publishing();
         feed(&mut p, 0..10);
         // An older epoch on the feed changes nothing.
         assert!(p.handle(Input::ClaimMoved(9), t0).is_empty());
-        assert_eq!(p.handle(Input::ClaimMoved(12), t0), vec![Output::CloseChannel, Output::Lookup]);
-        assert_eq!(p.handle(Input::Looked(Ok(Some(ours(3, 12)))), t0), vec![Output::Attach(ours(3, 12))]);
+        // No channel closed: the new owner is asked for by the new epoch.
+        assert_eq!(p.handle(Input::ClaimMoved(12), t0), vec![Output::LookupAtLeast(12)]);
+        assert!(p.is_moving() && p.keeps_old());
+        assert_eq!(feed(&mut p, 10..13), vec![10, 11, 12], "the old owner still gets every frame");
+        assert_eq!(p.handle(Input::Confirmed(Ok(ours(3, 12))), t0), vec![Output::Attach(ours(3, 12))]);
+        assert_eq!(feed(&mut p, 13..15), vec![13, 14], "and while the attach is under way");
+        let out = p.handle(Input::Attached(Ok(())), t0 + Duration::from_millis(7));
+        // The new owner gets everything from the keyframe, then the old one ends the
+        // stream behind what it was sent.
+        assert_eq!(replayed(&out), (0..15).collect::<Vec<_>>());
+        assert_eq!(out[1], Output::ClosePrevious);
+        assert_eq!(out[2], Output::WatchClaim(12));
+        assert_eq!(out[3], Output::Moved { owner: 3, epoch: 12, took: Duration::from_millis(7), resent: 15 });
+        assert_eq!((p.owner(), p.epoch(), p.lost()), (3, 12, 0));
+        assert!(!p.keeps_old());
+        assert_eq!(feed(&mut p, 15..17), vec![15, 16]);
+    }
+
+    #[test]
+    fn an_old_owner_lost_mid_move_closes_its_channel_and_frames_wait_for_the_new_one() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        feed(&mut p, 0..10);
+        p.handle(Input::ClaimMoved(12), t0);
+        feed(&mut p, 10..12);
+        // The old owner's grace ran out (or it restarted): it refuses.
+        assert_eq!(p.handle(Input::OwnerLost("refused: fenced".into()), t0), vec![Output::CloseChannel]);
+        assert!(p.is_moving() && !p.keeps_old());
+        assert!(feed(&mut p, 12..14).is_empty(), "kept, not sent");
+        assert!(p.handle(Input::OwnerLost("again".into()), t0).is_empty(), "lost once");
+        assert_eq!(p.handle(Input::Confirmed(Ok(ours(3, 12))), t0), vec![Output::Attach(ours(3, 12))]);
         let out = p.handle(Input::Attached(Ok(())), t0);
-        assert_eq!(replayed(&out), (0..10).collect::<Vec<_>>());
-        assert_eq!((p.owner(), p.epoch()), (3, 12));
+        assert_eq!(replayed(&out), (0..14).collect::<Vec<_>>());
+        assert!(!out.contains(&Output::ClosePrevious), "closed already: {out:?}");
+    }
+
+    #[test]
+    fn a_publisher_leaving_mid_move_ends_the_stream_on_the_old_owner_still_taking_frames() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        p.handle(Input::ClaimMoved(12), t0);
+        assert_eq!(
+            p.handle(Input::PublisherLeft, t0),
+            vec![Output::Unpublish, Output::CloseChannel, Output::Release(10)]
+        );
+        assert!(p.is_ended());
     }
 
     #[test]

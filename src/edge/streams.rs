@@ -163,7 +163,17 @@ impl Publication {
             Retained::new(retain_limits(&ctx.config)),
             Stamper::new(ctx.config.hls, continue_after),
         );
-        let task = Forwarder { ctx: ctx.clone(), up, channel, key, machine, dropped: dropped.clone(), fenced, watch };
+        let task = Forwarder {
+            ctx: ctx.clone(),
+            up,
+            channel,
+            key,
+            machine,
+            dropped: dropped.clone(),
+            fenced,
+            watch,
+            previous: None,
+        };
         tokio::spawn(task.run(rx, events));
         ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
         Ok(Publication { stream, epoch: claim.epoch, owner: owner.claim.owner, frames: tx, dropped })
@@ -220,6 +230,9 @@ struct Forwarder {
     fenced: CancellationToken,
     /// The stream's claim on the edge's claims feed.
     watch: ClaimWatch,
+    /// The old owner's channel while a make-before-break move attaches to the new one
+    /// ([`publication::Output::ClosePrevious`]).
+    previous: Option<(Arc<Upstream>, ChannelId)>,
 }
 
 /// A publication attached to a (new) owner.
@@ -243,6 +256,9 @@ impl Forwarder {
         let mut wake: Option<tokio::time::Instant> = None;
         while !self.machine.is_ended() {
             let moving = self.machine.is_moving();
+            // The owner's channel is heard while frames go on it: attached, or the old
+            // owner of a make-before-break move.
+            let writing = !moving || self.machine.keeps_old();
             let input = tokio::select! {
                 frame = frames.recv() => match frame {
                     // The per-frame path: no decision to make unless the write fails.
@@ -255,7 +271,7 @@ impl Forwarder {
                     },
                     None => publication::Input::PublisherLeft,
                 },
-                event = events.recv(), if !moving => match event {
+                event = events.recv(), if writing => match event {
                     Some(ChannelEvent::Down(reason)) => publication::Input::OwnerLost(format!("link down: {reason}")),
                     // The owner fenced us: the claim moved on. Ours still (the leader
                     // moved it), or someone else's: finding out is the same move.
@@ -272,8 +288,11 @@ impl Forwarder {
                     if let Some(attached) = attached {
                         // Publishing there from now on: what the machine sends next
                         // (the replay first) goes on this channel.
-                        self.up = attached.up;
-                        self.channel = attached.channel;
+                        let old_up = std::mem::replace(&mut self.up, attached.up);
+                        let old_channel = std::mem::replace(&mut self.channel, attached.channel);
+                        if self.machine.keeps_old() {
+                            self.previous = Some((old_up, old_channel));
+                        }
                         events = attached.events;
                     }
                     input
@@ -294,6 +313,14 @@ impl Forwarder {
                         }
                     }
                     publication::Output::CloseChannel => self.up.close(self.channel),
+                    publication::Output::ClosePrevious => {
+                        if let Some((up, channel)) = self.previous.take() {
+                            // Behind the frames queued there, so the old owner's
+                            // players get every one of them before the stream ends.
+                            let _ = up.control_after_media(Control::Unpublish { channel }, LINK_SEND_WAIT).await;
+                            up.close(channel);
+                        }
+                    }
                     publication::Output::WatchClaim(epoch) => claim_moved = watch_claim(self.watch.clone(), epoch),
                     publication::Output::WakeAt(at) => wake = Some(at.into()),
                     publication::Output::Moved { owner, epoch, took, resent } => {
@@ -679,7 +706,7 @@ async fn follow(
         loop {
             match claim.changed(Some(epoch), WATCH_WAIT).await {
                 Ok(Some(o)) if o.claim.epoch == epoch => {}
-                Ok(Some(o)) => return o.claim.epoch,
+                Ok(Some(o)) => return o,
                 // Released: the owner's `Ended` says the rest.
                 Ok(None) => std::future::pending::<()>().await,
                 Err(_) => tokio::time::sleep(RELAY_RETRY).await,
@@ -687,6 +714,7 @@ async fn follow(
         }
     };
     tokio::pin!(watch);
+    let mut tail = false;
     let outcome = loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -694,7 +722,15 @@ async fn follow(
                 Some(ChannelEvent::Down(_)) | None => break Some(Followed::LostOwner),
                 Some(_) => {}
             },
-            next = &mut watch => break Some(Followed::Moved(next)),
+            next = &mut watch => {
+                // The same session moved on (a planned move, a drain): its old owner
+                // goes on relaying what the publisher still sends it until the new owner
+                // has the stream, so the subscription stays open beside the new one;
+                // the continuity filter passes each frame once, from whichever brings
+                // it first.
+                tail = next.claim.edge == owner.claim.edge && next.claim.session == owner.claim.session;
+                break Some(Followed::Moved(next.claim.epoch));
+            }
             changed = hls.changed() => if changed.is_ok() {
                 let wanted = *hls.borrow_and_update() > 0;
                 sync_window(ctx, relay, g, &up, wanted);
@@ -705,13 +741,50 @@ async fn follow(
             }
         }
     };
-    if matches!(outcome, Some(Followed::Moved(_))) {
-        let _ = up.control(Control::Unsubscribe { channel });
+    if tail {
+        tail_old_owner(up.clone(), channel, events, relay.stop.clone());
+    } else {
+        if matches!(outcome, Some(Followed::Moved(_))) {
+            let _ = up.control(Control::Unsubscribe { channel });
+        }
+        up.close(channel);
     }
-    up.close(channel);
     let duplicates = std::mem::take(&mut g.continuity.lock().unwrap_or_else(|p| p.into_inner()).duplicates);
     ctx.stats.relay_duplicates.fetch_add(duplicates, Ordering::Relaxed);
     outcome
+}
+
+/// How long a relay keeps its subscription at a stream's old owner after a
+/// make-before-break move: a little more than the old owner's own grace
+/// (`HANDOVER_GRACE` in `origin/link_server/registry.rs`).
+const OLD_OWNER_TAIL: Duration = Duration::from_secs(3);
+
+/// Keeps `channel`, a subscription at a stream's old owner, open until that owner ends
+/// the stream (its publisher attached to the new owner and left), its link goes down,
+/// [`OLD_OWNER_TAIL`] passes or the relay stops; then unsubscribes.
+fn tail_old_owner(
+    up: Arc<Upstream>,
+    channel: ChannelId,
+    mut events: mpsc::Receiver<ChannelEvent>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let ended = async {
+            loop {
+                match events.recv().await {
+                    Some(ChannelEvent::Control(Control::Ended { .. }) | ChannelEvent::Down(_)) | None => return,
+                    Some(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = ended => {}
+            _ = tokio::time::sleep(OLD_OWNER_TAIL) => {}
+            _ = stop.cancelled() => {}
+        }
+        let _ = up.control(Control::Unsubscribe { channel });
+        up.close(channel);
+    });
 }
 
 /// Keeps the generation's HLS window while HLS is `wanted` and lets it go when not.

@@ -222,6 +222,16 @@ impl Metrics {
             m.links.pending_dropped.clone(),
         );
         registry.register(
+            "link_handovers_completed",
+            "Streams moved away whose publisher left this origin after attaching to the new owner",
+            m.links.handovers_completed.clone(),
+        );
+        registry.register(
+            "link_handovers_expired",
+            "Streams moved away whose publisher was still here when the handover grace ran out",
+            m.links.handovers_expired.clone(),
+        );
+        registry.register(
             "streams_owned",
             "Streams each origin owns (replicated claims, as applied on this node)",
             m.streams_owned.clone(),

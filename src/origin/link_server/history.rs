@@ -22,6 +22,13 @@ pub struct SeenClaim {
     session: (String, String),
 }
 
+impl SeenClaim {
+    /// Held by the same publishing session as `claim`.
+    pub fn same_session(&self, claim: &StreamClaim) -> bool {
+        self.session.0 == claim.edge && self.session.1 == claim.session
+    }
+}
+
 impl From<&StreamClaim> for SeenClaim {
     fn from(c: &StreamClaim) -> Self {
         SeenClaim { owner: c.owner, epoch: c.epoch, session: (c.edge.clone(), c.session.clone()) }
@@ -98,6 +105,17 @@ impl ClaimHistory {
         self.followed
     }
 
+    /// `stream`'s claim right before its latest one, when that latest one has `epoch`
+    /// and this origin saw both applied; unlike [`ClaimHistory::before`], whether the
+    /// changes were all followed up to `epoch` is not asked (the follower itself calls
+    /// this while it handles the change).
+    pub fn replaced(&self, stream: &StreamKey, epoch: u64) -> Option<&SeenClaim> {
+        match self.streams.get(stream) {
+            Some(Seen { latest, before }) if latest.epoch == epoch => before.as_ref(),
+            _ => None,
+        }
+    }
+
     /// What came before `stream`'s claim of `epoch`.
     pub fn before(&self, stream: &StreamKey, epoch: u64) -> Before {
         if self.followed < epoch {
@@ -148,6 +166,21 @@ mod tests {
         assert_eq!(h.before(&s, 9), Before::Claim(seen(3, 7, "a")), "the released claim came before");
         assert_eq!(h.before(&s, 7), Before::Unknown, "7 is not the latest claim any more");
         assert_eq!(h.before(&key("other"), 9), Before::Unknown);
+    }
+
+    #[test]
+    fn the_replaced_claim_is_known_while_its_change_is_being_followed() {
+        let mut h = ClaimHistory::default();
+        let s = key("s");
+        h.applied(&s, Some(&claim(2, 5, "a")));
+        h.applied(&s, Some(&claim(3, 7, "a")));
+        // The follower handles index 7 now: `before` would say "not yet".
+        assert_eq!(h.before(&s, 7), Before::NotYet);
+        let replaced = h.replaced(&s, 7).unwrap();
+        assert_eq!(replaced, &seen(2, 5, "a"));
+        assert!(replaced.same_session(&claim(3, 7, "a")));
+        assert!(!replaced.same_session(&claim(3, 7, "b")));
+        assert_eq!(h.replaced(&s, 5), None, "5 is not the latest claim");
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub struct LinkStats {
     /// Media frames dropped while their publish waited for its claim (overflow, or the
     /// publish was refused or withdrawn).
     pub pending_dropped: Counter,
+    /// Make-before-break moves away from this origin: the publisher left once it had
+    /// attached to the new owner, or the grace ran out first.
+    pub handovers_completed: Counter,
+    pub handovers_expired: Counter,
     /// Live frames: from an ingest link to an edge's link (see [`crate::media::hop`]).
     pub hop: crate::media::hop::HopLatency,
 }

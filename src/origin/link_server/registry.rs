@@ -73,10 +73,20 @@ struct Stream {
     /// stamped under (a hub kept across a takeover here holds the older session's
     /// last mark until the new one's first; nothing was numbered past it meanwhile).
     marked_under: Option<u64>,
+    /// The claim moved to another origin with the same publishing session: until this
+    /// time the publisher may go on publishing here while it attaches there
+    /// ([`LinkContext::reconcile`]).
+    handover_until: Option<Instant>,
 }
 
 /// [`Stream::fence`] of a stream whose claim was released or moved away.
 const RETIRED: u64 = u64::MAX;
+
+/// How long an origin keeps taking a moved stream's frames from its publisher, who is
+/// attaching to the new owner meanwhile (milliseconds, normally): a publishing edge
+/// that never heard of the move (cut off from every claims feed) learns it from the
+/// refusal at the end, as it did at once before make-before-break moves.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
 
 impl Stream {
     fn new(window: WindowLimits) -> Self {
@@ -95,6 +105,7 @@ impl Stream {
             ingest: Arc::new(IngestStats::new(Instant::now())),
             fence: Arc::new(AtomicU64::new(0)),
             marked_under: None,
+            handover_until: None,
         }
     }
 }
@@ -398,6 +409,7 @@ impl LinkContext {
                     numbering::decide(self.id, before, |e| self.own_mark(stream, streams.get(stream), e), answered);
                 let s = streams.entry(stream.clone()).or_insert_with(|| Stream::new(self.window));
                 s.publisher = Some(publisher);
+                s.handover_until = None;
                 s.fence.store(epoch, Ordering::Relaxed);
                 s.marked_under = Some(epoch);
                 if let Some(hook) = self.on_attach.get() {
@@ -415,6 +427,10 @@ impl LinkContext {
         let ours = |s: &Stream| s.publisher.as_ref().is_some_and(|p| p.link == link && p.channel == channel);
         if streams.get(stream).is_some_and(ours) {
             if let Some(s) = streams.remove(stream) {
+                if s.handover_until.is_some() {
+                    tracing::info!(%stream, "the publisher left for the new owner; the stream ends here");
+                    self.stats.handovers_completed.inc();
+                }
                 self.end_and_remember(stream, &s);
             }
         }
@@ -454,8 +470,31 @@ impl LinkContext {
                     s.publisher = None;
                 }
             }
+            Some((owner, epoch)) if self.hands_over(stream, s, epoch) => {
+                // Make-before-break: the same session's publisher goes on feeding this
+                // hub, and its subscribers, until it has attached to the new owner and
+                // closes its channel here (or the grace ends, or it is lost).
+                if s.handover_until.is_none() {
+                    tracing::info!(
+                        %stream, epoch, owner, grace = ?HANDOVER_GRACE,
+                        "the claim moved on with its publisher; taking its frames until it leaves"
+                    );
+                    s.handover_until = Some(Instant::now() + HANDOVER_GRACE);
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        let (ctx, stream) = (self.clone(), stream.clone());
+                        runtime.spawn(async move {
+                            tokio::time::sleep(HANDOVER_GRACE).await;
+                            ctx.reconcile(&stream);
+                        });
+                    }
+                }
+            }
             claim => {
                 if let Some(s) = streams.remove(stream) {
+                    if s.handover_until.is_some() {
+                        tracing::warn!(%stream, "the publisher did not leave within the handover grace");
+                        self.stats.handovers_expired.inc();
+                    }
                     tracing::info!(%stream, owner = ?claim.map(|c| c.0), "the claim left this origin; the stream ends here");
                     // Remembered under its epoch, whoever numbers next: it is only ever
                     // continued after by the claim right after that epoch's.
@@ -464,6 +503,21 @@ impl LinkContext {
                 }
             }
         }
+    }
+
+    /// Whether `s`, whose claim moved on to another origin at `epoch`, is handed over
+    /// make-before-break: its publisher is attached here under the claim right before,
+    /// which the same session held, and the grace has not run out.
+    fn hands_over(&self, stream: &StreamKey, s: &Stream, epoch: u64) -> bool {
+        let Some(publisher) = &s.publisher else { return false };
+        if s.handover_until.is_some_and(|until| Instant::now() >= until) {
+            return false;
+        }
+        let Some(latest) = self.state.read(|sm| sm.streams.get(stream).cloned()) else { return false };
+        let seen = self.claims_seen();
+        seen.replaced(stream, epoch).is_some_and(|before| {
+            before.owner == self.id && before.epoch == publisher.epoch && before.same_session(&latest)
+        })
     }
 
     /// [`LinkContext::reconcile`] for every stream this origin serves.
