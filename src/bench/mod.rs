@@ -2,9 +2,9 @@
 //! file; they share the latency summary here.
 
 pub mod client;
-pub mod fanout;
-pub mod so;
-pub mod so_rtmp;
+pub(crate) mod fanout;
+pub(crate) mod so;
+pub(crate) mod so_rtmp;
 pub mod synth;
 
 /// A loopback port that binds now, for a server process (a node the test harness or

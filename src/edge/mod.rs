@@ -15,25 +15,27 @@
 //!   `/metrics`, `/health`;
 //! - `metrics`: the `/metrics` registry, read from the counters where they are kept.
 
-pub mod agent;
-pub mod claims;
+pub(crate) mod agent;
+pub(crate) mod claims;
 pub mod config;
-pub mod control;
-pub mod drain;
-pub mod hls;
-pub mod hooks;
-pub mod http;
-pub mod http_objects;
-pub mod metrics;
+pub(crate) mod control;
+pub(crate) mod drain;
+pub(crate) mod hls;
+pub(crate) mod hooks;
+pub(crate) mod http;
+pub(crate) mod http_objects;
+pub(crate) mod metrics;
+// Still `pub` while parallel work changes it: as `pub(crate)` it shows unused items.
 pub mod publication;
-pub mod relaying;
-pub mod rtmp_conn;
-pub mod rtmpt;
-pub mod shared_objects;
-pub mod so_session;
+pub(crate) mod relaying;
+pub(crate) mod rtmp_conn;
+pub(crate) mod rtmpt;
+pub(crate) mod shared_objects;
+pub(crate) mod so_session;
+// Still `pub` while parallel work changes it: as `pub(crate)` it shows unused items.
 pub mod streams;
-pub mod tokens;
-pub mod upstream;
+pub(crate) mod tokens;
+pub(crate) mod upstream;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;

@@ -17,13 +17,13 @@
 //!   media playlist, blocking playlist reloads;
 //! - `crate::edge::hls`: the HTTP routes and each stream's packaging task.
 
-pub mod codec;
-pub mod fmp4;
+pub(crate) mod codec;
+pub(crate) mod fmp4;
 pub mod mark;
 pub mod packager;
-pub mod playlist;
-pub mod stamper;
-pub mod window;
+pub(crate) mod playlist;
+pub(crate) mod stamper;
+pub(crate) mod window;
 
 use bytes::Bytes;
 

@@ -25,7 +25,7 @@
 //!
 //! Never knows RTMP: the bytes are the connection task's business.
 
-pub mod exchange;
+pub(crate) mod exchange;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -122,6 +122,7 @@ impl TagReader {
 
     /// Bytes pushed that do not make a complete tag yet (a torn tail once the file
     /// has ended).
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
