@@ -292,6 +292,7 @@ impl Reservation {
         }
     }
 
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held
     }

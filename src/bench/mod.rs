@@ -99,16 +99,16 @@ pub fn main(command: BenchCommand) -> ExitCode {
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Serialize)]
-pub struct Latency {
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+pub(crate) struct Latency {
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 impl Latency {
     /// Summarizes samples (sorted in place).
-    pub fn of(samples: &mut [Duration]) -> Option<Latency> {
+    pub(crate) fn of(samples: &mut [Duration]) -> Option<Latency> {
         if samples.is_empty() {
             return None;
         }

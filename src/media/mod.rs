@@ -15,4 +15,4 @@ pub(crate) mod retain;
 pub(crate) mod segments;
 
 pub use frame::{Frame, FrameKind};
-pub use hub::{Hub, HubLimits, ReaderCloser, ResumePoint, Subscription};
+pub(crate) use hub::{Hub, HubLimits, ReaderCloser, ResumePoint, Subscription};

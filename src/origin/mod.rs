@@ -50,7 +50,8 @@ use raftcast_raft::typ::Raft;
 use raftcast_storage::StoreOptions;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{OriginArgs, OriginConfig};
+pub use config::OriginArgs;
+use config::OriginConfig;
 
 use crate::http_server::HttpLimits;
 use crate::limits::{Limit, Trusted};
@@ -91,7 +92,7 @@ pub fn main(args: OriginArgs) -> ExitCode {
 }
 
 /// Runs an origin until SIGINT or SIGTERM.
-pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
+pub(crate) async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let store_dir = config.data_dir.clone();
     let options = StoreOptions { max_append_bytes: config.max_append_bytes, cache_bytes: config.store_cache_bytes };
     let (log, sm) = raftcast_storage::open(&store_dir, &options)?;
