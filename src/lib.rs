@@ -3,6 +3,9 @@
 //!
 //! The replicated state machine and Raft transport live in `raftcast-raft`, durable
 //! storage in `raftcast-storage`; this crate wires them into processes.
+//!
+//! Only what the binary (`main.rs`), `tests/`, `chaos/` and `fuzz/` use is `pub`; the
+//! rest is `pub(crate)`, so the dead-code lint sees items nothing calls.
 
 pub(crate) mod backoff;
 pub(crate) mod bans;
