@@ -88,6 +88,7 @@ impl<K: Eq + Hash + Clone, V: Clone + Released> Leases<K, V> {
         lock(&self.map).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -111,10 +112,6 @@ pub struct Lease<K: Eq + Hash, V: Released> {
 }
 
 impl<K: Eq + Hash, V: Released> Lease<K, V> {
-    pub fn key(&self) -> &K {
-        &self.key
-    }
-
     pub fn value(&self) -> &V {
         &self.value
     }

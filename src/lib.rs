@@ -3,25 +3,28 @@
 //!
 //! The replicated state machine and Raft transport live in `raftcast-raft`, durable
 //! storage in `raftcast-storage`; this crate wires them into processes.
+//!
+//! Only what the binary (`main.rs`), `tests/`, `chaos/` and `fuzz/` use is `pub`; the
+//! rest is `pub(crate)`, so the dead-code lint sees items nothing calls.
 
-pub mod backoff;
-pub mod bans;
+pub(crate) mod backoff;
+pub(crate) mod bans;
 pub mod bench;
 pub mod ctl;
 pub mod edge;
-pub mod heap;
+pub(crate) mod heap;
 pub mod hls;
-pub mod http_server;
-pub mod lease;
-pub mod limits;
+pub(crate) mod http_server;
+pub(crate) mod lease;
+pub(crate) mod limits;
 pub mod link;
-pub mod logging;
+pub(crate) mod logging;
 pub mod media;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod origin;
-pub mod peer;
-pub mod process;
+pub(crate) mod peer;
+pub(crate) mod process;
 pub mod proxy_protocol;
 pub mod rtmp;
-pub mod secrets;
+pub(crate) mod secrets;
 pub mod tls;

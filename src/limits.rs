@@ -131,10 +131,6 @@ impl Limit {
         (self.refused_address.load(Ordering::Relaxed), self.refused_global.load(Ordering::Relaxed))
     }
 
-    pub fn class(&self) -> &'static str {
-        self.class
-    }
-
     fn release(&self, key: AddrKey) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.total = held.total.saturating_sub(1);
@@ -292,6 +288,7 @@ impl Reservation {
         }
     }
 
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held
     }

@@ -40,11 +40,6 @@ impl PeerClient {
         format!("{}://{addr}{path}", scheme(self.tls.is_some()))
     }
 
-    /// The cluster TLS this client speaks, if any (the media link speaks the same).
-    pub fn tls(&self) -> Option<&Arc<PeerTls>> {
-        self.tls.as_ref()
-    }
-
     /// `GET url` with the cluster secret.
     pub fn get(&self, url: impl IntoUrl) -> RequestBuilder {
         self.http.get(url).header(SECRET_HEADER, self.secret.as_str())

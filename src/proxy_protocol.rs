@@ -29,25 +29,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use crate::limits::{Limit, Permit};
 
 /// The longest v1 line, `PROXY UNKNOWN <39> <39> <5> <5>\r\n` (spec, section 2.1).
-pub const V1_MAX: usize = 107;
+pub(crate) const V1_MAX: usize = 107;
 /// The 12-byte signature that opens every v2 header.
-pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+pub(crate) const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// A v2 header's fixed part: signature, version/command, family/protocol, length.
 const V2_FIXED: usize = 16;
 /// The longest v2 header: the fixed part plus a 16-bit length.
-pub const V2_MAX: usize = V2_FIXED + u16::MAX as usize;
+pub(crate) const V2_MAX: usize = V2_FIXED + u16::MAX as usize;
 /// How long a trusted connection may take to deliver its whole header. A load balancer
 /// sends it with (or before) the client's first bytes, so this only ever expires for a
 /// connection that is not a balancer's.
-pub const HEADER_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const HEADER_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections from trusted balancers whose header has not arrived yet, at most; more
 /// are closed at accept (their bytes are not yet attributed to any client, so they are
 /// capped as a class of their own, not per client).
-pub const MAX_PENDING_HEADERS: usize = 1024;
+pub(crate) const MAX_PENDING_HEADERS: usize = 1024;
 
 /// What a valid header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyHeader {
+pub(crate) enum ProxyHeader {
     /// A relayed connection: the client's address and the address it connected to.
     Proxied { source: SocketAddr, destination: SocketAddr },
     /// v2 `LOCAL` (the balancer's own health check) or v1 `UNKNOWN`, or a v2 family
@@ -57,7 +57,7 @@ pub enum ProxyHeader {
 
 impl ProxyHeader {
     /// The client's address: the carried source, or `peer` when the header carries none.
-    pub fn client(&self, peer: SocketAddr) -> SocketAddr {
+    pub(crate) fn client(&self, peer: SocketAddr) -> SocketAddr {
         match self {
             ProxyHeader::Proxied { source, .. } => *source,
             ProxyHeader::Local => peer,
@@ -67,7 +67,7 @@ impl ProxyHeader {
 
 /// Where [`parse`] stands on the bytes received so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// A valid prefix of a header: more bytes are needed.
     Incomplete,
     /// A whole header in the first `len` bytes.
@@ -76,7 +76,7 @@ pub enum Parsed {
 
 /// Why bytes are not a PROXY header. The connection that sent them is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// Neither the v1 `PROXY ` prefix nor the v2 signature.
     #[error("no PROXY protocol header")]
     NotProxy,
@@ -98,7 +98,7 @@ pub enum ProxyError {
 }
 
 /// Parses the header at the start of `buf` (sans-IO; never reads past the header).
-pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
+pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
     const V1_PREFIX: &[u8] = b"PROXY ";
     let signature: &[u8] = match buf.first() {
         None => return Ok(Parsed::Incomplete),
@@ -257,7 +257,7 @@ pub fn check_invariants(data: &[u8]) {
 
 /// The balancers a listener trusts to speak the PROXY protocol (`--proxy-protocol-from`).
 #[derive(Debug)]
-pub struct ProxyTrust {
+pub(crate) struct ProxyTrust {
     from: HashSet<IpAddr>,
     /// Connections from them whose header is still being read.
     pending: Arc<Limit>,
@@ -265,7 +265,7 @@ pub struct ProxyTrust {
 
 impl ProxyTrust {
     /// Trusts exactly `from` (IPv4-mapped IPv6 addresses count as IPv4).
-    pub fn new(from: impl IntoIterator<Item = IpAddr>) -> Arc<ProxyTrust> {
+    pub(crate) fn new(from: impl IntoIterator<Item = IpAddr>) -> Arc<ProxyTrust> {
         Arc::new(ProxyTrust {
             from: from.into_iter().map(canonical).collect(),
             pending: Limit::new("proxy_headers", MAX_PENDING_HEADERS, MAX_PENDING_HEADERS),
@@ -273,17 +273,17 @@ impl ProxyTrust {
     }
 
     /// Whether connections from `peer` must start with a PROXY header.
-    pub fn trusts(&self, peer: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, peer: IpAddr) -> bool {
         self.from.contains(&canonical(peer))
     }
 
     /// A slot to read one header from `peer` in, or `None` when too many are pending.
-    pub fn pending(&self, peer: IpAddr) -> Option<Permit> {
+    pub(crate) fn pending(&self, peer: IpAddr) -> Option<Permit> {
         self.pending.try_acquire(peer).ok()
     }
 
     /// The cap on headers being read, for `/metrics`.
-    pub fn limit(&self) -> &Arc<Limit> {
+    pub(crate) fn limit(&self) -> &Arc<Limit> {
         &self.pending
     }
 }
@@ -298,7 +298,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// Reads a PROXY header from `io` within `deadline` (the listeners use
 /// [`HEADER_DEADLINE`]): the header and the bytes that arrived after it (the client's
 /// first bytes, to be handed to its protocol).
-pub async fn read_header<S: AsyncRead + Unpin>(
+pub(crate) async fn read_header<S: AsyncRead + Unpin>(
     io: &mut S,
     deadline: Duration,
 ) -> Result<(ProxyHeader, BytesMut), ProxyError> {
@@ -325,18 +325,18 @@ pub async fn read_header<S: AsyncRead + Unpin>(
 
 /// A stream that yields `prefix` (bytes read past a PROXY header) before the rest.
 #[derive(Debug)]
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: BytesMut,
     inner: S,
 }
 
 impl<S> Prefixed<S> {
     /// The stream under the prefix.
-    pub fn get_ref(&self) -> &S {
+    pub(crate) fn get_ref(&self) -> &S {
         &self.inner
     }
 
-    pub fn new(prefix: BytesMut, inner: S) -> Prefixed<S> {
+    pub(crate) fn new(prefix: BytesMut, inner: S) -> Prefixed<S> {
         Prefixed { prefix, inner }
     }
 }

@@ -83,7 +83,7 @@ pub struct RtmpClient {
     buf: BytesMut,
     events: VecDeque<ClientEvent>,
     /// Bytes read from the server so far.
-    pub bytes_in: u64,
+    pub(crate) bytes_in: u64,
 }
 
 /// The source address of the next load connection to a loopback server: a different
@@ -128,18 +128,9 @@ impl RtmpClient {
         Self::dial(addr, app, Some(source), None, ClientConfig::default()).await
     }
 
-    /// Like [`connect`](Self::connect) over TLS (RTMPS) with `tls` (see
+    /// Like [`connect_with`](Self::connect_with) over TLS (RTMPS) with `tls` (see
     /// [`tls_client_config`]), checking the server's certificate for `localhost`.
-    pub async fn connect_tls(
-        addr: SocketAddr,
-        app: &str,
-        tls: Arc<rustls::ClientConfig>,
-    ) -> anyhow::Result<RtmpClient> {
-        Self::connect_tls_with(addr, app, tls, ClientConfig::default()).await
-    }
-
-    /// [`connect_tls`](Self::connect_tls) with session settings.
-    pub async fn connect_tls_with(
+    pub(crate) async fn connect_tls_with(
         addr: SocketAddr,
         app: &str,
         tls: Arc<rustls::ClientConfig>,
@@ -353,12 +344,6 @@ impl RtmpClient {
         self.socket.write_all(bytes).await?;
         self.socket.flush().await?;
         Ok(())
-    }
-
-    /// Sends `closeStream` for a stream.
-    pub async fn close_stream(&mut self, stream_id: u32) -> anyhow::Result<()> {
-        self.session.close_stream(stream_id)?;
-        self.flush().await
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {

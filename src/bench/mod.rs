@@ -2,9 +2,9 @@
 //! file; they share the latency summary here.
 
 pub mod client;
-pub mod fanout;
-pub mod so;
-pub mod so_rtmp;
+pub(crate) mod fanout;
+pub(crate) mod so;
+pub(crate) mod so_rtmp;
 pub mod synth;
 
 /// A loopback port that binds now, for a server process (a node the test harness or
@@ -99,16 +99,16 @@ pub fn main(command: BenchCommand) -> ExitCode {
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Serialize)]
-pub struct Latency {
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+pub(crate) struct Latency {
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 impl Latency {
     /// Summarizes samples (sorted in place).
-    pub fn of(samples: &mut [Duration]) -> Option<Latency> {
+    pub(crate) fn of(samples: &mut [Duration]) -> Option<Latency> {
         if samples.is_empty() {
             return None;
         }

@@ -36,7 +36,7 @@ impl Default for StreamShape {
 
 impl StreamShape {
     /// (keyframe bytes, inter-frame bytes) giving the bitrate on average.
-    pub fn frame_sizes(&self) -> (usize, usize) {
+    pub(crate) fn frame_sizes(&self) -> (usize, usize) {
         let gop_bytes = u64::from(self.video_kbps) * 1000 / 8 * u64::from(self.gop) / u64::from(self.fps.max(1));
         let units = u64::from(self.keyframe_ratio) + u64::from(self.gop.saturating_sub(1));
         let inter = (gop_bytes / units.max(1)).max(STAMP as u64 + 8) as usize;
@@ -136,7 +136,8 @@ impl Synth {
     }
 
     /// Video frames produced so far.
-    pub fn video_frames(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn video_frames(&self) -> u64 {
         self.video_seq
     }
 }

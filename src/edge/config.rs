@@ -237,37 +237,37 @@ pub struct EdgeArgs {
 /// Caps on what clients may hold at once, per address (an IPv4 address or an IPv6 /64)
 /// and in all; see [`crate::limits`].
 #[derive(Debug, Clone)]
-pub struct EdgeCaps {
-    pub connections_per_address: usize,
-    pub handshakes: usize,
-    pub handshakes_per_address: usize,
-    pub unstarted: usize,
-    pub unstarted_per_address: usize,
+pub(crate) struct EdgeCaps {
+    pub(crate) connections_per_address: usize,
+    pub(crate) handshakes: usize,
+    pub(crate) handshakes_per_address: usize,
+    pub(crate) unstarted: usize,
+    pub(crate) unstarted_per_address: usize,
     /// A session must publish, play or use a shared object within this after its handshake.
-    pub start_timeout: Duration,
-    pub publishes_per_address: usize,
-    pub partial_bytes: usize,
-    pub partial_bytes_before_connect: usize,
-    pub partial_bytes_per_connection: usize,
-    pub http_connections: usize,
-    pub http_connections_per_address: usize,
-    pub http_header_timeout: Duration,
-    pub http_body_timeout: Duration,
-    pub long_requests_per_address: usize,
-    pub rtmpt_sessions: usize,
-    pub rtmpt_sessions_per_address: usize,
+    pub(crate) start_timeout: Duration,
+    pub(crate) publishes_per_address: usize,
+    pub(crate) partial_bytes: usize,
+    pub(crate) partial_bytes_before_connect: usize,
+    pub(crate) partial_bytes_per_connection: usize,
+    pub(crate) http_connections: usize,
+    pub(crate) http_connections_per_address: usize,
+    pub(crate) http_header_timeout: Duration,
+    pub(crate) http_body_timeout: Duration,
+    pub(crate) long_requests_per_address: usize,
+    pub(crate) rtmpt_sessions: usize,
+    pub(crate) rtmpt_sessions_per_address: usize,
     /// An RTMPT session with no request for this long is closed.
-    pub rtmpt_idle_timeout: Duration,
+    pub(crate) rtmpt_idle_timeout: Duration,
     /// When an address is banned below accept.
-    pub bans: crate::bans::BanPolicy,
+    pub(crate) bans: crate::bans::BanPolicy,
 }
 
 /// The TLS listeners (at least one) and their certificate files.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsListeners {
-    pub rtmps: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
-    pub certs: CertPaths,
+pub(crate) struct TlsListeners {
+    pub(crate) rtmps: Option<SocketAddr>,
+    pub(crate) https: Option<SocketAddr>,
+    pub(crate) certs: CertPaths,
 }
 
 impl TlsListeners {
@@ -290,52 +290,52 @@ impl TlsListeners {
 /// Validated edge configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
-    pub id: String,
+    pub(crate) id: String,
     /// The cluster's mutual TLS between members (`--peer-tls-*`), if configured.
-    pub peer_tls: Option<crate::tls::peer::PeerTlsPaths>,
-    pub rtmp: SocketAddr,
-    pub http: SocketAddr,
+    pub(crate) peer_tls: Option<crate::tls::peer::PeerTlsPaths>,
+    pub(crate) rtmp: SocketAddr,
+    pub(crate) http: SocketAddr,
     /// The HAProxy agent-check listener, if any ([`super::agent`]).
-    pub agent: Option<SocketAddr>,
+    pub(crate) agent: Option<SocketAddr>,
     /// Egress the agent counts as a full edge, in bytes per second.
-    pub agent_egress_bytes_per_s: u64,
+    pub(crate) agent_egress_bytes_per_s: u64,
     /// RTMPS and HTTPS listeners, and the certificate they serve (set when either is).
-    pub tls: Option<TlsListeners>,
-    pub origins: Vec<SocketAddr>,
-    pub secret: ClusterSecret,
-    pub max_connections: usize,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
+    pub(crate) tls: Option<TlsListeners>,
+    pub(crate) origins: Vec<SocketAddr>,
+    pub(crate) secret: ClusterSecret,
+    pub(crate) max_connections: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     /// How long a player's media may be gathered before it is written (0: never).
-    pub write_merge: Duration,
-    pub play_wait: Duration,
-    pub chunk_size: u32,
-    pub player_queue: QueueLimits,
-    pub link: LinkTiming,
-    pub request_deadline: Duration,
-    pub drain: Duration,
+    pub(crate) write_merge: Duration,
+    pub(crate) play_wait: Duration,
+    pub(crate) chunk_size: u32,
+    pub(crate) player_queue: QueueLimits,
+    pub(crate) link: LinkTiming,
+    pub(crate) request_deadline: Duration,
+    pub(crate) drain: Duration,
     /// How long a draining edge waits for its clients to leave before it stops.
-    pub drain_deadline: Duration,
-    pub www: Option<std::path::PathBuf>,
+    pub(crate) drain_deadline: Duration,
+    pub(crate) www: Option<std::path::PathBuf>,
     /// Bearer token for `/status` and `/metrics` from non-loopback clients.
-    pub ops_token: Option<String>,
+    pub(crate) ops_token: Option<String>,
     /// Trusted load balancers that send PROXY protocol headers (empty: none).
-    pub proxy_protocol_from: Vec<std::net::IpAddr>,
+    pub(crate) proxy_protocol_from: Vec<std::net::IpAddr>,
     /// Caps on what clients may hold (see [`EdgeCaps`]).
-    pub caps: EdgeCaps,
+    pub(crate) caps: EdgeCaps,
     /// How streams published here are cut into HLS segments and parts.
-    pub hls: StamperConfig,
+    pub(crate) hls: StamperConfig,
     /// What each relayed stream's hub keeps for HLS readers that start late.
-    pub hls_window: WindowLimits,
+    pub(crate) hls_window: WindowLimits,
     /// Serving HLS: windows, idle time and caps (named apart from the stamper's
     /// settings, which the marks work calls `hls`).
-    pub hls_serve: HlsConfig,
+    pub(crate) hls_serve: HlsConfig,
 }
 
 /// The HLS window bounds from `--hls-window-segments` and `--hls-window-bytes` (shared
 /// by edges and origins).
-pub fn hls_window(segments: Option<usize>, bytes: Option<usize>) -> Result<WindowLimits, String> {
+pub(crate) fn hls_window(segments: Option<usize>, bytes: Option<usize>) -> Result<WindowLimits, String> {
     let defaults = WindowLimits::default();
     let window = WindowLimits {
         segments: segments.unwrap_or(defaults.segments),

@@ -158,6 +158,7 @@ impl HlsStats {
     }
 
     /// Requests answered so far with this kind and status.
+    #[cfg(test)]
     pub fn requests(&self, kind: &str, status: u16) -> u64 {
         let k = KINDS.iter().position(|k| *k == kind);
         let s = STATUSES.iter().position(|s| *s == status);
@@ -181,6 +182,7 @@ impl Hls {
 
     /// The stream `key`, started through `feed` if it is not packaged yet; `None` when
     /// `--hls-max-streams` are packaged already.
+    #[cfg(test)]
     pub fn stream(self: &Arc<Self>, key: &StreamKey, feed: &dyn Feed) -> Option<Arc<HlsStream>> {
         self.find(key, feed, false)
     }

@@ -15,25 +15,27 @@
 //!   `/metrics`, `/health`;
 //! - `metrics`: the `/metrics` registry, read from the counters where they are kept.
 
-pub mod agent;
-pub mod claims;
+pub(crate) mod agent;
+pub(crate) mod claims;
 pub mod config;
-pub mod control;
-pub mod drain;
-pub mod hls;
-pub mod hooks;
-pub mod http;
-pub mod http_objects;
-pub mod metrics;
+pub(crate) mod control;
+pub(crate) mod drain;
+pub(crate) mod hls;
+pub(crate) mod hooks;
+pub(crate) mod http;
+pub(crate) mod http_objects;
+pub(crate) mod metrics;
+// Still `pub` while parallel work changes it: as `pub(crate)` it shows unused items.
 pub mod publication;
-pub mod relaying;
-pub mod rtmp_conn;
-pub mod rtmpt;
-pub mod shared_objects;
-pub mod so_session;
+pub(crate) mod relaying;
+pub(crate) mod rtmp_conn;
+pub(crate) mod rtmpt;
+pub(crate) mod shared_objects;
+pub(crate) mod so_session;
+// Still `pub` while parallel work changes it: as `pub(crate)` it shows unused items.
 pub mod streams;
-pub mod tokens;
-pub mod upstream;
+pub(crate) mod tokens;
+pub(crate) mod upstream;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
@@ -43,89 +45,90 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{EdgeArgs, EdgeCaps, EdgeConfig, TlsListeners};
+use config::TlsListeners;
+pub use config::{EdgeArgs, EdgeConfig};
 
 use crate::http_server::HttpLimits;
 use crate::limits::{ByteBudget, Limit};
 
 /// Counters of an edge, for `/status` and `/metrics`.
 #[derive(Debug, Default)]
-pub struct EdgeStats {
-    pub connections: AtomicU64,
-    pub connections_total: AtomicU64,
+pub(crate) struct EdgeStats {
+    pub(crate) connections: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
     /// The last connection id given (RTMP, RTMPS and RTMPT share them: webhook
     /// session names are built from them).
-    pub connection_ids: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub publishers: AtomicU64,
-    pub players_rtmp: AtomicU64,
-    pub players_flv: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub frames_published: AtomicU64,
+    pub(crate) connection_ids: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) publishers: AtomicU64,
+    pub(crate) players_rtmp: AtomicU64,
+    pub(crate) players_flv: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) frames_published: AtomicU64,
     /// Shared by every relay hub: drops are counted the moment a queue drops.
-    pub player_drops: Arc<AtomicU64>,
-    pub publisher_drops: AtomicU64,
+    pub(crate) player_drops: Arc<AtomicU64>,
+    pub(crate) publisher_drops: AtomicU64,
     /// Publications moved to a new owner after losing theirs.
-    pub publisher_failovers: AtomicU64,
+    pub(crate) publisher_failovers: AtomicU64,
     /// RTMP clients asked to reconnect elsewhere while the edge drains.
-    pub reconnect_requests: AtomicU64,
+    pub(crate) reconnect_requests: AtomicU64,
     /// When the last client HTTP request arrived (`drain::now_ms`; health checks,
     /// `/drain`, `/status` and `/metrics` do not count): a draining edge waits until
     /// the load balancer has stopped sending it requests.
-    pub last_client_request_ms: AtomicU64,
+    pub(crate) last_client_request_ms: AtomicU64,
     /// The load the HAProxy agent reports ([`agent`]), sampled every second.
-    pub load: agent::LoadGauge,
+    pub(crate) load: agent::LoadGauge,
     /// Plays, publishes and HLS requests refused by a stream token check.
-    pub auth_refused: Arc<tokens::Refusals>,
+    pub(crate) auth_refused: Arc<tokens::Refusals>,
     /// TLS handshakes on the RTMPS and HTTPS listeners.
-    pub tls_rtmps: Arc<crate::tls::HandshakeStats>,
-    pub tls_https: Arc<crate::tls::HandshakeStats>,
+    pub(crate) tls_rtmps: Arc<crate::tls::HandshakeStats>,
+    pub(crate) tls_https: Arc<crate::tls::HandshakeStats>,
     /// HTTP-FLV plays so far (names their webhook sessions).
-    pub flv_sessions: AtomicU64,
+    pub(crate) flv_sessions: AtomicU64,
     /// Webhook calls by event and outcome.
-    pub hook_calls: Arc<hooks::HookStats>,
+    pub(crate) hook_calls: Arc<hooks::HookStats>,
     /// Relays that re-subscribed at a new owner.
-    pub relay_failovers: AtomicU64,
+    pub(crate) relay_failovers: AtomicU64,
     /// Frames a relay dropped because its players already had them (replays after a move).
-    pub relay_duplicates: AtomicU64,
+    pub(crate) relay_duplicates: AtomicU64,
     /// Publishers' frames: from the edge getting them to their link to the owner.
-    pub hop_ingest: crate::media::hop::HopLatency,
+    pub(crate) hop_ingest: crate::media::hop::HopLatency,
     /// Players' live frames: from the link to the player's socket (merge window
     /// included).
-    pub hop_delivery: crate::media::hop::HopLatency,
+    pub(crate) hop_delivery: crate::media::hop::HopLatency,
     /// RTMPT sessions, requests and bytes.
-    pub rtmpt: rtmpt::TunnelStats,
+    pub(crate) rtmpt: rtmpt::TunnelStats,
 }
 
-/// The caps the edge's listeners enforce (see [`crate::limits`] and [`EdgeCaps`]).
-pub struct EdgeLimits {
+/// The caps the edge's listeners enforce (see [`crate::limits`] and [`config::EdgeCaps`]).
+pub(crate) struct EdgeLimits {
     /// RTMP connections: `--max-connections-per-address`, `--max-connections`.
-    pub rtmp_connections: Arc<Limit>,
+    pub(crate) rtmp_connections: Arc<Limit>,
     /// RTMP handshakes in progress.
-    pub handshakes: Arc<Limit>,
+    pub(crate) handshakes: Arc<Limit>,
     /// RTMP sessions that have not yet published, played or used a shared object.
-    pub unstarted: Arc<Limit>,
+    pub(crate) unstarted: Arc<Limit>,
     /// Publishes, from the request until the stream ends.
-    pub publishes: Arc<Limit>,
+    pub(crate) publishes: Arc<Limit>,
     /// RTMPT sessions (each also holds an `rtmp_connections` permit).
-    pub rtmpt_sessions: Arc<Limit>,
+    pub(crate) rtmpt_sessions: Arc<Limit>,
     /// Long-lived HTTP requests: HTTP-FLV plays (waiting ones too) and shared-object SSE.
-    pub long_requests: Arc<Limit>,
+    pub(crate) long_requests: Arc<Limit>,
     /// The HTTP listener's connection cap and timeouts.
-    pub http: HttpLimits,
+    pub(crate) http: HttpLimits,
     /// Partially received RTMP messages, over every connection.
-    pub partial: Arc<ByteBudget>,
+    pub(crate) partial: Arc<ByteBudget>,
     /// Load balancers trusted to send PROXY protocol headers (`--proxy-protocol-from`),
     /// on both listeners.
-    pub proxy: Option<Arc<crate::proxy_protocol::ProxyTrust>>,
+    pub(crate) proxy: Option<Arc<crate::proxy_protocol::ProxyTrust>>,
     /// Addresses refused too often at the RTMP listener are banned below accept.
-    pub bans: crate::bans::BanPolicy,
-    pub rtmp_bans: Arc<crate::bans::GateStats>,
+    pub(crate) bans: crate::bans::BanPolicy,
+    pub(crate) rtmp_bans: Arc<crate::bans::GateStats>,
 }
 
 impl EdgeLimits {
-    pub fn new(config: &EdgeConfig) -> EdgeLimits {
+    pub(crate) fn new(config: &EdgeConfig) -> EdgeLimits {
         let c = &config.caps;
         let proxy = (!config.proxy_protocol_from.is_empty())
             .then(|| crate::proxy_protocol::ProxyTrust::new(config.proxy_protocol_from.iter().copied()));
@@ -154,7 +157,7 @@ impl EdgeLimits {
 
     /// Every counted class, for `/metrics` (PROXY headers being read only when a
     /// balancer is trusted).
-    pub fn all(&self) -> Vec<Arc<Limit>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Limit>> {
         let mut all = vec![
             self.rtmp_connections.clone(),
             self.handshakes.clone(),
@@ -171,35 +174,35 @@ impl EdgeLimits {
 
 /// What every task of the edge shares.
 pub struct EdgeContext {
-    pub config: EdgeConfig,
-    pub control: control::Control,
-    pub upstreams: Arc<upstream::Upstreams>,
+    pub(crate) config: EdgeConfig,
+    pub(crate) control: control::Control,
+    pub(crate) upstreams: Arc<upstream::Upstreams>,
     pub relays: streams::Relays,
     /// Who owns each stream this edge publishes or relays.
-    pub claims: claims::ClaimFeed,
-    pub objects: shared_objects::SharedObjects,
+    pub(crate) claims: claims::ClaimFeed,
+    pub(crate) objects: shared_objects::SharedObjects,
     /// The cluster's mutual TLS toward the origins, if configured.
-    pub peer_tls: Option<Arc<crate::tls::peer::PeerTls>>,
+    pub(crate) peer_tls: Option<Arc<crate::tls::peer::PeerTls>>,
     /// Calls the apps' webhooks.
-    pub hooks: hooks::Hooks,
+    pub(crate) hooks: hooks::Hooks,
     /// Checks play, publish and shared-object tokens (one key cache for all of them).
-    pub tokens: tokens::Verifier,
+    pub(crate) tokens: tokens::Verifier,
     /// Streams packaged for HLS, their windows and counters.
-    pub hls: Arc<hls::Hls>,
+    pub(crate) hls: Arc<hls::Hls>,
     /// Open RTMPT sessions.
-    pub tunnels: rtmpt::Tunnels,
-    pub stats: Arc<EdgeStats>,
-    pub limits: EdgeLimits,
+    pub(crate) tunnels: rtmpt::Tunnels,
+    pub(crate) stats: Arc<EdgeStats>,
+    pub(crate) limits: EdgeLimits,
     /// `/metrics`, reading `stats`, `limits`, `hls`, `relays`, `claims` and `upstreams`.
-    pub metrics: metrics::EdgeMetrics,
+    pub(crate) metrics: metrics::EdgeMetrics,
     /// Cancelled when the edge stops serving clients (relays and players end with it).
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Cancelled when the edge starts draining (SIGUSR1 or `POST /drain`): `/health`
     /// answers 503 and RTMP clients that can reconnect are asked to ([`drain`]).
-    pub draining: CancellationToken,
-    pub started: Instant,
+    pub(crate) draining: CancellationToken,
+    pub(crate) started: Instant,
     /// Start time in Unix ms: makes session names unique across restarts of this edge.
-    pub started_ms: u128,
+    pub(crate) started_ms: u128,
 }
 
 impl EdgeContext {
@@ -276,7 +279,7 @@ pub fn main(args: EdgeArgs) -> ExitCode {
 /// Runs an edge until SIGINT or SIGTERM, then shuts down gracefully: stops accepting,
 /// tells players their stream ended, unpublishes and releases publishers' streams, and
 /// drains what is queued for at most the configured drain time.
-pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
+pub(crate) async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let rtmp = tokio::net::TcpListener::bind(config.rtmp)
         .await
         .with_context(|| format!("cannot listen on {} (RTMP)", config.rtmp))?;
@@ -420,7 +423,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// An edge's shared context with nothing started (no listener, no link, no task).
-    pub fn context(config: EdgeConfig) -> Arc<EdgeContext> {
+    pub(crate) fn context(config: EdgeConfig) -> Arc<EdgeContext> {
         let stop = CancellationToken::new();
         EdgeContext::new(&config, stop.clone(), stop).expect("an edge context")
     }

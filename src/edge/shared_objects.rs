@@ -149,10 +149,6 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn name(&self) -> &str {
-        &self.object.value().name
-    }
-
     /// The object's whole state now, if known: what a subscriber that fell behind
     /// starts again from.
     pub fn snapshot(&self) -> Option<Snapshot> {
@@ -185,6 +181,7 @@ impl SharedObjects {
 
     /// The same registry with at most `n` objects in use (instead of
     /// [`MAX_EDGE_OBJECTS`]); only right after [`new`](Self::new).
+    #[cfg(test)]
     pub fn with_max_objects(mut self, n: usize) -> Self {
         if let Some(registry) = Arc::get_mut(&mut self.inner) {
             registry.max_objects = n;
@@ -216,6 +213,7 @@ impl SharedObjects {
     }
 
     /// Objects in use here.
+    #[cfg(test)]
     pub fn in_use(&self) -> usize {
         self.inner.objects.len()
     }

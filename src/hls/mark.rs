@@ -45,17 +45,17 @@ pub struct SegmentOpen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Continuation {
     /// The last segment's media sequence number.
-    pub msn: u64,
+    pub(crate) msn: u64,
     /// The last segment's discontinuity sequence number.
-    pub discontinuity: u32,
+    pub(crate) discontinuity: u32,
     /// The latest timeline position of the session, ms.
-    pub time_ms: u64,
+    pub(crate) time_ms: u64,
 }
 
 impl Continuation {
     /// Extends what is known with a mark that followed it (segment facts come from
     /// segment boundaries).
-    pub fn after(prev: Option<Continuation>, mark: &HlsMark) -> Option<Continuation> {
+    pub(crate) fn after(prev: Option<Continuation>, mark: &HlsMark) -> Option<Continuation> {
         let discontinuity = match mark.boundary {
             Some(Boundary::Segment(open)) => open.discontinuity,
             _ => prev?.discontinuity,

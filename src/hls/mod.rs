@@ -17,13 +17,13 @@
 //!   media playlist, blocking playlist reloads;
 //! - `crate::edge::hls`: the HTTP routes and each stream's packaging task.
 
-pub mod codec;
-pub mod fmp4;
+pub(crate) mod codec;
+pub(crate) mod fmp4;
 pub mod mark;
 pub mod packager;
-pub mod playlist;
-pub mod stamper;
-pub mod window;
+pub(crate) mod playlist;
+pub(crate) mod stamper;
+pub(crate) mod window;
 
 use bytes::Bytes;
 
@@ -57,19 +57,19 @@ pub struct Init {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentStart {
     /// Media sequence number.
-    pub msn: u64,
+    pub(crate) msn: u64,
     /// `EXT-X-DISCONTINUITY-SEQUENCE` of this segment; one more than the previous
     /// segment's where the media timeline breaks (`EXT-X-DISCONTINUITY` before it).
-    pub discontinuity: u32,
+    pub(crate) discontinuity: u32,
     /// Wall clock at the publishing edge when the segment's first frame arrived, ms
     /// since the Unix epoch (`EXT-X-PROGRAM-DATE-TIME`).
-    pub wall_ms: u64,
+    pub(crate) wall_ms: u64,
     /// The [`Init::version`] this segment's media needs.
     pub init_version: u32,
     /// The targets the publishing edge cut with, in ms (`EXT-X-TARGETDURATION` is
     /// derived from the segments' durations, `PART-TARGET` from this).
-    pub target_ms: u32,
-    pub part_target_ms: u32,
+    pub(crate) target_ms: u32,
+    pub(crate) part_target_ms: u32,
 }
 
 /// One part (`EXT-X-PART`): a CMAF chunk, `moof` + `mdat`.
@@ -79,9 +79,9 @@ pub struct Part {
     /// Index of the part in its segment, from 0.
     pub index: u32,
     /// Starts with a keyframe (`INDEPENDENT=YES`).
-    pub independent: bool,
+    pub(crate) independent: bool,
     /// Duration, ms.
-    pub duration_ms: u32,
+    pub(crate) duration_ms: u32,
     pub bytes: Bytes,
 }
 
@@ -91,5 +91,5 @@ pub struct SegmentEnd {
     pub msn: u64,
     /// Duration, ms (`EXTINF`): the sum of its parts'.
     pub duration_ms: u32,
-    pub parts: u32,
+    pub(crate) parts: u32,
 }

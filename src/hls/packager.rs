@@ -37,7 +37,7 @@ use crate::media::{Frame, FrameKind};
 /// sending far more than any sane bitrate, or marks that never cut a part) is dropped
 /// with the rest of its segment, counted in [`PackagerStats::dropped_parts`], instead of
 /// growing without bound.
-pub const MAX_PART_BYTES: usize = 8 << 20;
+pub(crate) const MAX_PART_BYTES: usize = 8 << 20;
 
 /// What a sample costs in a part besides its bytes (its `trun` entry and bookkeeping).
 const SAMPLE_OVERHEAD: usize = 64;
@@ -57,14 +57,14 @@ pub struct PackagerStats {
     /// not carry here.
     pub unparsed: u64,
     /// Marked frames before the first segment boundary this packager saw.
-    pub before_segment: u64,
+    pub(crate) before_segment: u64,
     /// Frames of a segment in which a frame was missed (a part or segment boundary
     /// not seen): the rest of that segment is skipped, never published different.
     pub lost: u64,
     /// Frames of a track that the segment's init segment has no configuration for.
-    pub untracked: u64,
+    pub(crate) untracked: u64,
     /// Parts dropped for growing past [`MAX_PART_BYTES`].
-    pub dropped_parts: u64,
+    pub(crate) dropped_parts: u64,
 }
 
 /// One stream's packager on one edge.

@@ -79,15 +79,16 @@ pub fn date_time(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
-/// The media playlist, or `None` while the window has no complete segment.
+/// The media playlist without a query: what the unit tests compare.
+#[cfg(test)]
 pub fn render(window: &Window) -> Option<String> {
     render_with_query(window, None)
 }
 
-/// [`render`], every URI it names (map, parts, segments, preload hint) followed by
-/// `?{query}` when there is one (an edge's segment token, `st=…`: the same for every
-/// player and every edge, so the text stays identical across edges). Without a query
-/// the text is exactly [`render`]'s.
+/// The media playlist, or `None` while the window has no complete segment, every URI
+/// it names (map, parts, segments, preload hint) followed by `?{query}` when there is
+/// one (an edge's segment token, `st=…`: the same for every player and every edge, so
+/// the text stays identical across edges).
 pub fn render_with_query(window: &Window, query: Option<&str>) -> Option<String> {
     let q = query.map(|q| format!("?{q}")).unwrap_or_default();
     if !window.is_ready() {

@@ -129,6 +129,7 @@ impl Stamper {
     }
 
     /// Where the numbering stands now (`None` before the first segment).
+    #[cfg(test)]
     pub fn continuation(&self) -> Option<Continuation> {
         self.open.map(|o| Continuation { msn: o.msn, discontinuity: o.discontinuity, time_ms: self.latest })
     }

@@ -77,10 +77,6 @@ impl Segment {
         self.parts.iter().map(|p| p.bytes.len()).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
-    }
-
     /// Duration so far: its `EXTINF` when complete, else the sum of its parts.
     pub fn elapsed_ms(&self) -> u64 {
         match self.duration_ms {

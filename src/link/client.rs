@@ -23,22 +23,22 @@ use crate::backoff::Backoff;
 use crate::tls::peer::PeerTls;
 
 /// Media frames waiting to be written to the origin; `send_wait` waits for room.
-pub const SEND_QUEUE: usize = 1024;
+pub(crate) const SEND_QUEUE: usize = 1024;
 /// Control frames waiting to be written to the origin, ahead of media; `send` fails
 /// fast when it is full.
-pub const CONTROL_QUEUE: usize = 1024;
+pub(crate) const CONTROL_QUEUE: usize = 1024;
 
 /// Timing of a link.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkTiming {
     /// How often to ping the origin.
-    pub ping_every: Duration,
+    pub(crate) ping_every: Duration,
     /// Silence (no frame at all) after which the origin is considered dead.
-    pub dead_after: Duration,
+    pub(crate) dead_after: Duration,
     /// Connect + Hello must finish within this.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// First and longest pause between reconnect attempts (doubling).
-    pub backoff: (Duration, Duration),
+    pub(crate) backoff: (Duration, Duration),
 }
 
 impl Default for LinkTiming {
@@ -114,7 +114,7 @@ impl LinkHandle {
     /// Queues a frame for the origin if the link is live, waiting up to `limit` for room
     /// in the send queue (a publisher's frames wait briefly rather than being lost to a
     /// momentary burst).
-    pub async fn send_wait(&self, frame: LinkFrame, limit: Duration) -> Result<(), SendError> {
+    pub(crate) async fn send_wait(&self, frame: LinkFrame, limit: Duration) -> Result<(), SendError> {
         if !matches!(*self.state.borrow(), LinkState::Live { .. }) {
             return Err(SendError::NotLive);
         }
@@ -125,12 +125,12 @@ impl LinkHandle {
         }
     }
 
-    pub fn state(&self) -> LinkState {
+    pub(crate) fn state(&self) -> LinkState {
         self.state.borrow().clone()
     }
 
     /// A receiver that sees every state change.
-    pub fn watch(&self) -> watch::Receiver<LinkState> {
+    pub(crate) fn watch(&self) -> watch::Receiver<LinkState> {
         self.state.clone()
     }
 
@@ -142,7 +142,7 @@ impl LinkHandle {
     /// publishers and players wait out the rest of the pause: a second's stall in
     /// `scripts/moves-under-load.sh`. Many callers wanting a dead origin cost at most
     /// one attempt per [`MIN_RECONNECT_GAP`].
-    pub fn want(&self) {
+    pub(crate) fn want(&self) {
         if !matches!(*self.state.borrow(), LinkState::Live { .. }) {
             self.wanted.notify_one();
         }
@@ -150,7 +150,7 @@ impl LinkHandle {
 }
 
 /// The shortest time between two connection attempts that [`LinkHandle::want`] causes.
-pub const MIN_RECONNECT_GAP: Duration = Duration::from_millis(50);
+pub(crate) const MIN_RECONNECT_GAP: Duration = Duration::from_millis(50);
 
 /// Starts a link to the origin at `addr` (over mutual TLS with `tls`). Events go to
 /// `events` (bounded: the link waits for the layer above to keep up).

@@ -20,12 +20,12 @@ use crate::hls::mark::{Boundary, HlsMark, SegmentOpen};
 use crate::media::{Frame, FrameKind};
 
 /// Largest frame body: an RTMP message can be 16 MiB - 1, plus the media header.
-pub const MAX_FRAME: usize = 16 * 1024 * 1024 + 16;
+pub(crate) const MAX_FRAME: usize = 16 * 1024 * 1024 + 16;
 /// Largest control frame body (control messages are small).
-pub const MAX_CONTROL: usize = 64 * 1024;
+pub(crate) const MAX_CONTROL: usize = 64 * 1024;
 /// Largest frame body before the peer has authenticated (a `Hello` is a few dozen
 /// bytes): a stranger cannot make a link buffer more than this.
-pub const MAX_UNAUTHENTICATED: usize = 4 * 1024;
+pub(crate) const MAX_UNAUTHENTICATED: usize = 4 * 1024;
 
 const TAG_CONTROL: u8 = 0x01;
 const TAG_MEDIA: u8 = 0x02;
@@ -130,7 +130,7 @@ impl FrameCodec {
 
     /// [`decode`](Self::decode) with a lower bound on the frame length, e.g.
     /// [`MAX_UNAUTHENTICATED`] until the peer has said `Hello`.
-    pub fn decode_within(buf: &mut BytesMut, max: usize) -> Result<Option<LinkFrame>, LinkError> {
+    pub(crate) fn decode_within(buf: &mut BytesMut, max: usize) -> Result<Option<LinkFrame>, LinkError> {
         let Some(prefix) = buf.get(..4) else { return Ok(None) };
         let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
         if len == 0 {

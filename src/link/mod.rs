@@ -6,7 +6,7 @@
 //! The codec knows no sockets and no clock.
 
 pub mod client;
-pub mod frame;
+pub(crate) mod frame;
 pub mod protocol;
 pub mod stream;
 

@@ -50,7 +50,7 @@ impl PublishRefusal {
     /// Whether the same publish may succeed if sent again (the claim is still the
     /// edge's; the origin is not ready for it yet). Otherwise the claim is not the
     /// edge's any more.
-    pub fn retryable(self) -> bool {
+    pub(crate) fn retryable(self) -> bool {
         matches!(self, PublishRefusal::NotConfirmed | PublishRefusal::Busy(_))
     }
 }
@@ -198,7 +198,7 @@ pub enum Control {
 
 /// Most streams named in one `WatchClaims` or answered in one `Claims`: with names of
 /// at most 128 bytes a message stays well inside [`crate::link::frame::MAX_CONTROL`].
-pub const MAX_FEED_BATCH: usize = 64;
+pub(crate) const MAX_FEED_BATCH: usize = 64;
 
 /// A stream's claim in the claims feed, and where its owner takes media.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

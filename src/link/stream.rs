@@ -41,7 +41,7 @@ impl LinkStream {
 
     /// The origin's side over TLS: a handshake that requires a member's certificate (a
     /// plain link is `LinkStream::Plain` as accepted).
-    pub async fn accept(socket: TcpStream, tls: &PeerTls) -> io::Result<LinkStream> {
+    pub(crate) async fn accept(socket: TcpStream, tls: &PeerTls) -> io::Result<LinkStream> {
         let stream = tls.acceptor().accept(socket).await?;
         Ok(LinkStream::Tls(Box::new(TlsStream::Server(stream))))
     }

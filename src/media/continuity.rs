@@ -67,6 +67,7 @@ pub struct Continuity {
 }
 
 impl Continuity {
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }

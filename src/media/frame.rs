@@ -32,9 +32,9 @@ pub struct Frame {
     pub payload: Bytes,
     /// This frame serialized for players, computed by the first player that needs it
     /// and shared by every clone (see [`WireCache`]).
-    pub wire: WireCache,
+    pub(crate) wire: WireCache,
     /// When this process got the frame (see [`crate::media::hop`]).
-    pub arrived: Arrival,
+    pub(crate) arrived: Arrival,
     /// Its place in the stream's HLS timeline, set by the publishing edge (`None` on
     /// headers and before the stamper has seen the frame).
     pub hls: Option<HlsMark>,
@@ -43,10 +43,10 @@ pub struct Frame {
 /// When a process got a frame: what its hop latency is measured from. Not part of a
 /// frame's identity (two frames with the same content are equal whenever they came).
 #[derive(Debug, Clone, Copy)]
-pub struct Arrival(pub Instant);
+pub(crate) struct Arrival(pub Instant);
 
 impl Arrival {
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Arrival(Instant::now())
     }
 }
@@ -63,7 +63,7 @@ impl Eq for Arrival {}
 /// once for all players with the same parameters instead of once per player. The
 /// media plane does not know the formats: callers pass the encoder.
 #[derive(Clone, Default)]
-pub struct WireCache(Arc<WireForms>);
+pub(crate) struct WireCache(Arc<WireForms>);
 
 #[derive(Default)]
 struct WireForms {
@@ -76,7 +76,7 @@ struct WireForms {
 impl WireCache {
     /// The RTMP chunks of the frame for `chunk_size` and `stream_id`: cached for the
     /// first parameters asked for, encoded afresh (not cached) for any others.
-    pub fn rtmp(&self, chunk_size: u32, stream_id: u32, encode: impl FnOnce() -> Bytes) -> Bytes {
+    pub(crate) fn rtmp(&self, chunk_size: u32, stream_id: u32, encode: impl FnOnce() -> Bytes) -> Bytes {
         let mut encode = Some(encode);
         let (size, id, bytes) = self.0.rtmp.get_or_init(|| (chunk_size, stream_id, (encode.take().unwrap())()));
         if (*size, *id) == (chunk_size, stream_id) {
@@ -89,7 +89,7 @@ impl WireCache {
     }
 
     /// The FLV tag of the frame, encoded once.
-    pub fn flv(&self, encode: impl FnOnce() -> Bytes) -> Bytes {
+    pub(crate) fn flv(&self, encode: impl FnOnce() -> Bytes) -> Bytes {
         self.0.flv.get_or_init(encode).clone()
     }
 }
@@ -111,7 +111,7 @@ impl std::fmt::Debug for WireCache {
 
 impl Frame {
     /// A frame with the given facts, arriving now, not yet serialized for anyone.
-    pub fn new(kind: FrameKind, timestamp: u32, keyframe: bool, header: bool, payload: Bytes) -> Frame {
+    pub(crate) fn new(kind: FrameKind, timestamp: u32, keyframe: bool, header: bool, payload: Bytes) -> Frame {
         Frame {
             kind,
             timestamp,
@@ -143,12 +143,12 @@ impl Frame {
     }
 
     /// Any other data message (`onCuePoint`, …): delivered in order, not cached.
-    pub fn data(timestamp: u32, payload: Bytes) -> Frame {
+    pub(crate) fn data(timestamp: u32, payload: Bytes) -> Frame {
         Frame::new(FrameKind::Data, timestamp, false, false, payload)
     }
 
     /// Bytes this frame accounts for in queue and cache limits.
-    pub fn cost(&self) -> usize {
+    pub(crate) fn cost(&self) -> usize {
         self.payload.len() + 32
     }
 }

@@ -41,6 +41,7 @@ impl GopCache {
     }
 
     /// Whether the stream has video (then only video keyframes are places to start).
+    #[cfg(test)]
     pub fn has_video(&self) -> bool {
         self.has_video
     }
@@ -126,6 +127,7 @@ impl GopCache {
     }
 
     /// Bytes of frames cached.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

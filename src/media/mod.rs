@@ -5,14 +5,14 @@
 //! Knows no sockets and no RTMP: publishers push [`Frame`]s, readers pull them. A slow
 //! reader never blocks the publisher or other readers.
 
-pub mod continuity;
-pub mod frame;
-pub mod gop;
-pub mod hop;
-pub mod hub;
-pub mod queue;
-pub mod retain;
-pub mod segments;
+pub(crate) mod continuity;
+pub(crate) mod frame;
+pub(crate) mod gop;
+pub(crate) mod hop;
+pub(crate) mod hub;
+pub(crate) mod queue;
+pub(crate) mod retain;
+pub(crate) mod segments;
 
 pub use frame::{Frame, FrameKind};
-pub use hub::{Hub, HubLimits, ReaderCloser, ResumePoint, Subscription};
+pub(crate) use hub::{Hub, HubLimits, ReaderCloser, ResumePoint, Subscription};

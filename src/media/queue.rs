@@ -76,6 +76,7 @@ impl Queue {
         self.frames.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }

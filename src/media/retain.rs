@@ -180,14 +180,7 @@ impl Retained {
         self.lost
     }
 
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

@@ -20,246 +20,246 @@ pub struct OriginArgs {
     /// TOML file with any of these settings.
     #[arg(long, env = "RAFTCAST_ORIGIN_CONFIG")]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Node id, unique in the cluster and never reused after a data dir is wiped.
     #[arg(long, env = "RAFTCAST_ORIGIN_ID")]
-    pub id: Option<NodeId>,
+    pub(crate) id: Option<NodeId>,
     /// Admin API and Raft RPC listener [default: 127.0.0.1:8100+id].
     #[arg(long, env = "RAFTCAST_ORIGIN_HTTP")]
-    pub http: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
     /// Media link listener, for edges [default: 127.0.0.1:9100+id].
     #[arg(long, env = "RAFTCAST_ORIGIN_MEDIA")]
-    pub media: Option<SocketAddr>,
+    pub(crate) media: Option<SocketAddr>,
     /// Where the Raft log, vote and snapshots live [default: ./data/origin-<id>].
     #[arg(long, env = "RAFTCAST_ORIGIN_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// File holding the cluster secret (or set RAFTCAST_CLUSTER_SECRET).
     #[arg(long, env = "RAFTCAST_CLUSTER_SECRET_FILE")]
-    pub cluster_secret_file: Option<PathBuf>,
+    pub(crate) cluster_secret_file: Option<PathBuf>,
     /// File holding the admin bearer token (or set RAFTCAST_ADMIN_TOKEN).
     #[arg(long, env = "RAFTCAST_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// The cluster CA (PEM) for mutual TLS between members: with it (and --peer-tls-cert,
     /// --peer-tls-key) every connection to and from other members is TLS and accepts
     /// only certificates this CA signed; every member must have it [default: none].
     #[arg(long, env = "RAFTCAST_PEER_TLS_CA")]
-    pub peer_tls_ca: Option<PathBuf>,
+    pub(crate) peer_tls_ca: Option<PathBuf>,
     /// This node's certificate (PEM chain, signed by --peer-tls-ca, naming the addresses
     /// peers dial as IP subject alternative names; reloaded on SIGHUP or change).
     #[arg(long, env = "RAFTCAST_PEER_TLS_CERT")]
-    pub peer_tls_cert: Option<PathBuf>,
+    pub(crate) peer_tls_cert: Option<PathBuf>,
     /// The private key of --peer-tls-cert (PEM).
     #[arg(long, env = "RAFTCAST_PEER_TLS_KEY")]
-    pub peer_tls_key: Option<PathBuf>,
+    pub(crate) peer_tls_key: Option<PathBuf>,
     /// Leader heartbeat period in ms [default: 50].
     #[arg(long, env = "RAFTCAST_HEARTBEAT_MS")]
-    pub heartbeat_ms: Option<u64>,
+    pub(crate) heartbeat_ms: Option<u64>,
     /// Shortest election timeout in ms [default: 200].
     #[arg(long, env = "RAFTCAST_ELECTION_MIN_MS")]
-    pub election_min_ms: Option<u64>,
+    pub(crate) election_min_ms: Option<u64>,
     /// Longest election timeout in ms [default: 350].
     #[arg(long, env = "RAFTCAST_ELECTION_MAX_MS")]
-    pub election_max_ms: Option<u64>,
+    pub(crate) election_max_ms: Option<u64>,
     /// Take a snapshot after this many log entries [default: 10000].
     #[arg(long, env = "RAFTCAST_SNAPSHOT_EVERY")]
-    pub snapshot_every: Option<u64>,
+    pub(crate) snapshot_every: Option<u64>,
     /// Log entries kept behind a snapshot for lagging followers [default: 64]; a follower
     /// further behind receives the snapshot instead.
     #[arg(long, env = "RAFTCAST_SNAPSHOT_KEEP")]
-    pub snapshot_keep: Option<u64>,
+    pub(crate) snapshot_keep: Option<u64>,
     /// How long a write or linearizable read may wait for a leader, in ms [default: 5000].
     #[arg(long, env = "RAFTCAST_REQUEST_DEADLINE_MS")]
-    pub request_deadline_ms: Option<u64>,
+    pub(crate) request_deadline_ms: Option<u64>,
     /// How long a stream this origin owns may have no publisher before its claim is
     /// released (an edge died, or its release failed): a number with a unit, `ms`,
     /// `s`, `m` or `h` (a bare number means seconds), from 100ms to 24h [default: 10s].
     #[arg(long, env = "RAFTCAST_ORPHAN_GRACE")]
-    pub orphan_grace: Option<String>,
+    pub(crate) orphan_grace: Option<String>,
     /// While this origin leads: how long another origin may leave its Raft RPCs
     /// unanswered before it counts as dead, its streams are moved to live origins and
     /// it gets no new ones, in ms (at least three heartbeats, at most 600000)
     /// [default: 1000].
     #[arg(long, env = "RAFTCAST_OWNER_DEAD_AFTER_MS")]
-    pub owner_dead_after_ms: Option<u64>,
+    pub(crate) owner_dead_after_ms: Option<u64>,
     /// While this origin leads: how long a temporary shared object may go unwatched by
     /// every edge and SSE client before it is removed, with a unit (`ms`, `s`, `m`,
     /// `h`), from 1s to 24h [default: 5s].
     #[arg(long, env = "RAFTCAST_TEMPORARY_GRACE")]
-    pub temporary_grace: Option<String>,
+    pub(crate) temporary_grace: Option<String>,
     /// HTTP connections (admin API, Raft RPC, edges' requests) at once; more are closed at accept [default: 8192]
     #[arg(long, env = "RAFTCAST_ORIGIN_HTTP_MAX_CONNECTIONS")]
-    pub http_max_connections: Option<usize>,
+    pub(crate) http_max_connections: Option<usize>,
     /// HTTP connections from one address (an IPv4 address or an IPv6 /64); edges and peers keep pools of connections, so this is generous [default: 2048]
     #[arg(long, env = "RAFTCAST_ORIGIN_HTTP_MAX_CONNECTIONS_PER_ADDRESS")]
-    pub http_max_connections_per_address: Option<usize>,
+    pub(crate) http_max_connections_per_address: Option<usize>,
     /// An HTTP connection waiting for a request, or for the rest of its head, longer than this is closed (also the keep-alive idle timeout) [default: 10000]
     #[arg(long, env = "RAFTCAST_ORIGIN_HTTP_HEADER_TIMEOUT_MS")]
-    pub http_header_timeout_ms: Option<u64>,
+    pub(crate) http_header_timeout_ms: Option<u64>,
     /// A request body must arrive whole within this many ms [default: 30000]
     #[arg(long, env = "RAFTCAST_ORIGIN_HTTP_BODY_TIMEOUT_MS")]
-    pub http_body_timeout_ms: Option<u64>,
+    pub(crate) http_body_timeout_ms: Option<u64>,
     /// Long-lived HTTP requests from one address: shared-object feeds and SSE, stream watches [default: 1024]
     #[arg(long, env = "RAFTCAST_ORIGIN_MAX_LONG_POLLS_PER_ADDRESS")]
-    pub max_long_polls_per_address: Option<usize>,
+    pub(crate) max_long_polls_per_address: Option<usize>,
     /// Media-link connections that have not said Hello yet, in all; they never take one of the 256 link slots [default: 64]
     #[arg(long, env = "RAFTCAST_ORIGIN_LINK_MAX_UNAUTHENTICATED")]
-    pub link_max_unauthenticated: Option<usize>,
+    pub(crate) link_max_unauthenticated: Option<usize>,
     /// Such connections from one address [default: 8]
     #[arg(long, env = "RAFTCAST_ORIGIN_LINK_MAX_UNAUTHENTICATED_PER_ADDRESS")]
-    pub link_max_unauthenticated_per_address: Option<usize>,
+    pub(crate) link_max_unauthenticated_per_address: Option<usize>,
     /// A media-link connection must have sent its whole Hello within this many ms of connecting [default: 5000]
     #[arg(long, env = "RAFTCAST_ORIGIN_LINK_HELLO_TIMEOUT_MS")]
-    pub link_hello_timeout_ms: Option<u64>,
+    pub(crate) link_hello_timeout_ms: Option<u64>,
     /// Most bytes of requests (bincode-encoded) the leader puts into one log entry, and
     /// a follower into one batch of writes it forwards; a single larger request still
     /// goes, alone [default: 262144].
     #[arg(long, env = "RAFTCAST_MAX_ENTRY_BYTES")]
-    pub max_entry_bytes: Option<usize>,
+    pub(crate) max_entry_bytes: Option<usize>,
     /// Most bytes of log entries the leader sends a follower in one AppendEntries (at
     /// least one entry goes), and the size of one snapshot chunk. One AppendEntries must
     /// be sent, appended and synced by the follower within a heartbeat (openraft 0.9
     /// times it out then): see docs/origin-cluster.md [default: 524288].
     #[arg(long, env = "RAFTCAST_MAX_APPEND_BYTES")]
-    pub max_append_bytes: Option<usize>,
+    pub(crate) max_append_bytes: Option<usize>,
     /// Most bytes of writes that may wait on this origin at once (queued for a log entry,
     /// proposed and not yet answered, or on their way to the leader); a write beyond it is
     /// refused at once with 429 `overloaded` [default: 16777216].
     #[arg(long, env = "RAFTCAST_MAX_PENDING_WRITE_BYTES")]
-    pub max_pending_write_bytes: Option<usize>,
+    pub(crate) max_pending_write_bytes: Option<usize>,
     /// While this origin leads: most log entries it may hold appended but not yet applied
     /// (not committed by a majority, or committed and not applied); new writes are
     /// refused with 429 `overloaded` beyond it [default: 256].
     #[arg(long, env = "RAFTCAST_MAX_APPLY_LAG")]
-    pub max_apply_lag: Option<u64>,
+    pub(crate) max_apply_lag: Option<u64>,
     /// How long sending one snapshot chunk (and installing the snapshot, for the last)
     /// may take, in ms [default: 10000].
     #[arg(long, env = "RAFTCAST_SNAPSHOT_TIMEOUT_MS")]
-    pub snapshot_timeout_ms: Option<u64>,
+    pub(crate) snapshot_timeout_ms: Option<u64>,
     /// Also take a snapshot (and purge the log behind it) once this many bytes of log
     /// entries were appended since the last one, at least --max-append-bytes
     /// [default: 16777216]. sled keeps the log's values in memory until a purge, so
     /// this bounds an origin's memory under a write flood.
     #[arg(long, env = "RAFTCAST_SNAPSHOT_EVERY_BYTES")]
-    pub snapshot_every_bytes: Option<u64>,
+    pub(crate) snapshot_every_bytes: Option<u64>,
     /// sled's page cache for the Raft log, in bytes. The log is read back only to
     /// replicate recent entries, so a small cache costs little, and whatever it holds
     /// stays resident after a burst of writes [default: 8388608].
     #[arg(long, env = "RAFTCAST_STORE_CACHE_BYTES")]
-    pub store_cache_bytes: Option<u64>,
+    pub(crate) store_cache_bytes: Option<u64>,
     /// Complete HLS segments each owned stream's window keeps, for edges that start
     /// the stream late or restart [default: 6].
     #[arg(long, env = "RAFTCAST_ORIGIN_HLS_WINDOW_SEGMENTS")]
-    pub hls_window_segments: Option<usize>,
+    pub(crate) hls_window_segments: Option<usize>,
     /// Bytes of frames each owned stream's HLS window keeps at most [default: 48 MiB].
     #[arg(long, env = "RAFTCAST_ORIGIN_HLS_WINDOW_BYTES")]
-    pub hls_window_bytes: Option<usize>,
+    pub(crate) hls_window_bytes: Option<usize>,
     /// While this origin leads: move streams, one at a time by planned moves, off an
     /// origin whose load score stays above the mean of the open origins (see
     /// --rebalance-ratio, --rebalance-slack-kbps, --rebalance-after; docs/failover.md)
     /// [default: off]. `--rebalance` alone means on. Give every origin the same setting:
     /// only the leader's counts.
     #[arg(long, env = "RAFTCAST_REBALANCE", num_args = 0..=1, default_missing_value = "true")]
-    pub rebalance: Option<bool>,
+    pub(crate) rebalance: Option<bool>,
     /// An origin is hot when its load score exceeds the mean of the open origins this
     /// many times, from 1.1 to 10 [default: 1.5] ...
     #[arg(long, env = "RAFTCAST_REBALANCE_RATIO")]
-    pub rebalance_ratio: Option<f64>,
+    pub(crate) rebalance_ratio: Option<f64>,
     /// ... and by more than this many kbit/s [default: 1000].
     #[arg(long, env = "RAFTCAST_REBALANCE_SLACK_KBPS")]
-    pub rebalance_slack_kbps: Option<u64>,
+    pub(crate) rebalance_slack_kbps: Option<u64>,
     /// How long an origin must stay hot before one of its streams moves, and the least
     /// time between two moves, with a unit (`ms`, `s`, `m`, `h`), from 1s to 1h
     /// [default: 10s].
     #[arg(long, env = "RAFTCAST_REBALANCE_AFTER")]
-    pub rebalance_after: Option<String>,
+    pub(crate) rebalance_after: Option<String>,
 }
 
 /// Validated origin configuration.
 #[derive(Debug, Clone)]
-pub struct OriginConfig {
-    pub id: NodeId,
+pub(crate) struct OriginConfig {
+    pub(crate) id: NodeId,
     /// The cluster's mutual TLS between members (`--peer-tls-*`), if configured.
-    pub peer_tls: Option<crate::tls::peer::PeerTlsPaths>,
-    pub http: SocketAddr,
-    pub media: SocketAddr,
-    pub data_dir: PathBuf,
-    pub secret: ClusterSecret,
-    pub admin_token: Option<String>,
-    pub raft: openraft::Config,
-    pub request_deadline: Duration,
+    pub(crate) peer_tls: Option<crate::tls::peer::PeerTlsPaths>,
+    pub(crate) http: SocketAddr,
+    pub(crate) media: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) secret: ClusterSecret,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) raft: openraft::Config,
+    pub(crate) request_deadline: Duration,
     /// How long an owned stream may have no publisher before its claim is released.
-    pub orphan_grace: Duration,
+    pub(crate) orphan_grace: Duration,
     /// How long a temporary shared object may go unwatched before the leader removes it.
-    pub temporary_grace: Duration,
+    pub(crate) temporary_grace: Duration,
     /// How long an origin may leave the leader's Raft RPCs unanswered before the leader
     /// moves its streams and stops placing new ones there.
-    pub owner_dead_after: Duration,
+    pub(crate) owner_dead_after: Duration,
     /// Caps on the HTTP listener and the media-link port.
-    pub caps: OriginCaps,
+    pub(crate) caps: OriginCaps,
     /// Byte budgets of the write path (see [`WriteLimits`]).
-    pub limits: WriteLimits,
+    pub(crate) limits: WriteLimits,
     /// Most bytes of log entries in one AppendEntries (also one snapshot chunk).
-    pub max_append_bytes: usize,
+    pub(crate) max_append_bytes: usize,
     /// A snapshot is also taken after this many bytes of appended entries.
-    pub snapshot_every_bytes: u64,
+    pub(crate) snapshot_every_bytes: u64,
     /// sled's page cache, in bytes.
-    pub store_cache_bytes: u64,
+    pub(crate) store_cache_bytes: u64,
     /// What each owned stream's hub keeps for edges that start it late.
-    pub hls_window: crate::media::segments::WindowLimits,
+    pub(crate) hls_window: crate::media::segments::WindowLimits,
     /// Rebalancing by the leader (`--rebalance`), when on.
-    pub rebalance: Option<RebalanceConfig>,
+    pub(crate) rebalance: Option<RebalanceConfig>,
 }
 
 /// Caps on what one peer may hold of an origin's listeners (see [`crate::limits`]).
 #[derive(Debug, Clone)]
-pub struct OriginCaps {
-    pub http_connections: usize,
-    pub http_connections_per_address: usize,
-    pub http_header_timeout: Duration,
-    pub http_body_timeout: Duration,
-    pub long_polls_per_address: usize,
-    pub link_unauthenticated: usize,
-    pub link_unauthenticated_per_address: usize,
-    pub link_hello_timeout: Duration,
+pub(crate) struct OriginCaps {
+    pub(crate) http_connections: usize,
+    pub(crate) http_connections_per_address: usize,
+    pub(crate) http_header_timeout: Duration,
+    pub(crate) http_body_timeout: Duration,
+    pub(crate) long_polls_per_address: usize,
+    pub(crate) link_unauthenticated: usize,
+    pub(crate) link_unauthenticated_per_address: usize,
+    pub(crate) link_hello_timeout: Duration,
 }
 
 /// How much the write path may hold, in bytes and entries; beyond it writes are refused
 /// (admission control) rather than queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteLimits {
+pub(crate) struct WriteLimits {
     /// Most encoded request bytes in one log entry (or one forwarded batch).
-    pub max_entry_bytes: usize,
+    pub(crate) max_entry_bytes: usize,
     /// Most bytes of writes waiting on this origin.
-    pub max_pending_bytes: usize,
+    pub(crate) max_pending_bytes: usize,
     /// Most entries the leader holds appended but not applied.
-    pub max_apply_lag: u64,
+    pub(crate) max_apply_lag: u64,
 }
 
 /// Default of `--temporary-grace`: how long a temporary object may go unwatched
 /// everywhere before the leader removes it.
-pub const DEFAULT_TEMPORARY_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_TEMPORARY_GRACE: Duration = Duration::from_secs(5);
 /// Default of `--link-hello-timeout-ms`: an edge must have sent its whole `Hello`
 /// within this long after connecting (one deadline, not one per read).
-pub const DEFAULT_LINK_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_LINK_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default of `--max-entry-bytes`: four 64 KiB slot values.
-pub const DEFAULT_MAX_ENTRY_BYTES: usize = 256 * 1024;
+pub(crate) const DEFAULT_MAX_ENTRY_BYTES: usize = 256 * 1024;
 /// Default of `--max-append-bytes`.
-pub const DEFAULT_MAX_APPEND_BYTES: usize = raftcast_storage::DEFAULT_MAX_APPEND_BYTES;
+pub(crate) const DEFAULT_MAX_APPEND_BYTES: usize = raftcast_storage::DEFAULT_MAX_APPEND_BYTES;
 /// Default of `--max-pending-write-bytes`.
-pub const DEFAULT_MAX_PENDING_WRITE_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_PENDING_WRITE_BYTES: usize = 16 * 1024 * 1024;
 /// Default of `--max-apply-lag`.
-pub const DEFAULT_MAX_APPLY_LAG: u64 = 256;
+pub(crate) const DEFAULT_MAX_APPLY_LAG: u64 = 256;
 /// Default of `--snapshot-keep`. The log behind a snapshot is kept in sled and costs
 /// memory: 1,000 entries of 256 KiB held an origin at ~260 MiB after a write flood (the
 /// `overload` chaos schedule), 64 at ~60 MiB. A follower further behind gets the
 /// snapshot, which is how Raft catches it up anyway.
-pub const DEFAULT_SNAPSHOT_KEEP: u64 = 64;
+pub(crate) const DEFAULT_SNAPSHOT_KEEP: u64 = 64;
 /// Default of `--snapshot-every-bytes`.
-pub const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_SNAPSHOT_EVERY_BYTES: u64 = 16 * 1024 * 1024;
 /// Default of `--store-cache-bytes`.
-pub const DEFAULT_STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const DEFAULT_STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Default of `--snapshot-timeout-ms`.
-pub const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for WriteLimits {
     fn default() -> Self {
@@ -272,15 +272,15 @@ impl Default for WriteLimits {
 }
 
 /// Default of `--orphan-grace`.
-pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
 /// Default of `--owner-dead-after-ms`: twenty heartbeats. Well above a GC-like pause or
 /// a busy machine's scheduling hiccup (no flapping), and short enough that players
 /// stall for about a second when an origin dies.
-pub const DEFAULT_OWNER_DEAD_AFTER: Duration = Duration::from_millis(1_000);
+pub(crate) const DEFAULT_OWNER_DEAD_AFTER: Duration = Duration::from_millis(1_000);
 
 /// Parses a duration such as `500ms`, `10s`, `2m`, `1h` or `10` (seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
@@ -408,7 +408,7 @@ fn read_file(path: &Path) -> Result<OriginArgs, String> {
 impl OriginConfig {
     /// Validates the raw settings. `env` looks up environment variables (injectable
     /// for tests).
-    pub fn from_args(args: OriginArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub(crate) fn from_args(args: OriginArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => OriginArgs::default(),

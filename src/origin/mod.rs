@@ -14,27 +14,27 @@
 //! writes recorded streams to disk at their owner, copies finished pieces and reads
 //! recordings back.
 
-pub mod api;
-pub mod commit;
-pub mod compaction;
-pub mod config;
-pub mod failover;
-pub mod handover;
-pub mod ingest;
+pub(crate) mod api;
+pub(crate) mod commit;
+pub(crate) mod compaction;
+pub(crate) mod config;
+pub(crate) mod failover;
+pub(crate) mod handover;
+pub(crate) mod ingest;
 pub mod link_server;
-pub mod live;
-pub mod liveness;
-pub mod load;
-pub mod load_probe;
-pub mod membership;
-pub mod metrics;
-pub mod orphans;
-pub mod ownership;
-pub mod proposer;
-pub mod rebalance;
-pub mod recording;
-pub mod shared_objects;
-pub mod watch;
+pub(crate) mod live;
+pub(crate) mod liveness;
+pub(crate) mod load;
+pub(crate) mod load_probe;
+pub(crate) mod membership;
+pub(crate) mod metrics;
+pub(crate) mod orphans;
+pub(crate) mod ownership;
+pub(crate) mod proposer;
+pub(crate) mod rebalance;
+pub(crate) mod recording;
+pub(crate) mod shared_objects;
+pub(crate) mod watch;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,7 +50,8 @@ use raftcast_raft::typ::Raft;
 use raftcast_storage::StoreOptions;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{OriginArgs, OriginConfig};
+pub use config::OriginArgs;
+use config::OriginConfig;
 
 use crate::http_server::HttpLimits;
 use crate::limits::{Limit, Trusted};
@@ -91,7 +92,7 @@ pub fn main(args: OriginArgs) -> ExitCode {
 }
 
 /// Runs an origin until SIGINT or SIGTERM.
-pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
+pub(crate) async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let store_dir = config.data_dir.clone();
     let options = StoreOptions { max_append_bytes: config.max_append_bytes, cache_bytes: config.store_cache_bytes };
     let (log, sm) = raftcast_storage::open(&store_dir, &options)?;

@@ -5,7 +5,7 @@
 
 /// The deepest nesting of objects, ECMA arrays, strict arrays and typed objects that [`decode`]
 /// accepts; deeper input is [`Amf0Error::TooDeep`].
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// The most strict-array elements reserved up front, whatever count the input claims.
 const MAX_PREALLOC: usize = 256;
@@ -75,12 +75,12 @@ pub enum Amf0Value {
 
 impl Amf0Value {
     /// Builds an [`Amf0Value::Object`], e.g. the command object of an RTMP `connect`.
-    pub fn object<'a>(props: impl IntoIterator<Item = (&'a str, Amf0Value)>) -> Amf0Value {
+    pub(crate) fn object<'a>(props: impl IntoIterator<Item = (&'a str, Amf0Value)>) -> Amf0Value {
         Amf0Value::Object(props.into_iter().map(|(name, value)| (name.to_owned(), value)).collect())
     }
 
     /// The text of a [`String`](Amf0Value::String) or [`LongString`](Amf0Value::LongString).
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Amf0Value::String(s) | Amf0Value::LongString(s) => Some(s),
             _ => None,
@@ -88,7 +88,7 @@ impl Amf0Value {
     }
 
     /// The value of a [`Number`](Amf0Value::Number).
-    pub fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match self {
             Amf0Value::Number(n) => Some(*n),
             _ => None,
@@ -96,7 +96,8 @@ impl Amf0Value {
     }
 
     /// The value of a [`Boolean`](Amf0Value::Boolean).
-    pub fn as_bool(&self) -> Option<bool> {
+    #[cfg(test)]
+    pub(crate) fn as_bool(&self) -> Option<bool> {
         match self {
             Amf0Value::Boolean(b) => Some(*b),
             _ => None,
@@ -104,7 +105,7 @@ impl Amf0Value {
     }
 
     /// The first property called `name` of an object, ECMA array or typed object.
-    pub fn property(&self, name: &str) -> Option<&Amf0Value> {
+    pub(crate) fn property(&self, name: &str) -> Option<&Amf0Value> {
         match self {
             Amf0Value::Object(props)
             | Amf0Value::EcmaArray(props)
@@ -152,7 +153,7 @@ pub enum Amf0Error {
 ///
 /// Only an empty property name followed by 0x09 ends an object; an empty name followed by any
 /// other marker is read as a property with an empty name. On error `buf` is left somewhere inside the bad value and should be discarded.
-pub fn decode(buf: &mut &[u8]) -> Result<Amf0Value, Amf0Error> {
+pub(crate) fn decode(buf: &mut &[u8]) -> Result<Amf0Value, Amf0Error> {
     decode_value(buf, 0)
 }
 
@@ -174,7 +175,7 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Amf0Value>, Amf0Error> {
 /// `u32::MAX` bytes are cut at a UTF-8 character boundary, and strict arrays beyond `u32::MAX`
 /// elements are cut short. None of these occur in RTMP. An empty property name is written as-is;
 /// [`decode`] reads it back, but strict decoders may take it for the end of the object.
-pub fn encode(value: &Amf0Value, out: &mut Vec<u8>) {
+pub(crate) fn encode(value: &Amf0Value, out: &mut Vec<u8>) {
     match value {
         Amf0Value::Number(n) => {
             out.push(NUMBER);

@@ -83,11 +83,11 @@ pub enum ChunkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderLimits {
     /// Largest accepted message length in bytes.
-    pub max_message_len: u32,
+    pub(crate) max_message_len: u32,
     /// Largest number of payload bytes held for partially received messages, over all chunk streams.
-    pub max_buffered: usize,
+    pub(crate) max_buffered: usize,
     /// Largest number of distinct chunk stream ids the peer may use.
-    pub max_chunk_streams: usize,
+    pub(crate) max_chunk_streams: usize,
 }
 
 impl Default for DecoderLimits {
@@ -217,24 +217,25 @@ impl ChunkDecoder {
     }
 
     /// The chunk size currently in force for incoming chunks.
-    pub fn chunk_size(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn chunk_size(&self) -> u32 {
         self.chunk_size
     }
 
     /// Total number of bytes consumed from the input so far, for acknowledgements.
-    pub fn bytes_consumed(&self) -> u64 {
+    pub(crate) fn bytes_consumed(&self) -> u64 {
         self.consumed
     }
 
     /// Payload bytes held now for partially received messages (what a byte budget
     /// over many connections counts).
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.buffered
     }
 
     /// Changes the most payload bytes held for partial messages: a connection may be
     /// given a small bound until it has said who it is, a larger one after.
-    pub fn set_max_buffered(&mut self, max: usize) {
+    pub(crate) fn set_max_buffered(&mut self, max: usize) {
         self.limits.max_buffered = max;
     }
 
@@ -369,7 +370,7 @@ struct OutHeader {
 
 /// Splits outgoing messages into chunks, compressing headers per chunk stream.
 #[derive(Debug)]
-pub struct ChunkEncoder {
+pub(crate) struct ChunkEncoder {
     chunk_size: u32,
     streams: HashMap<u32, OutHeader>,
 }
@@ -382,7 +383,7 @@ impl Default for ChunkEncoder {
 
 impl ChunkEncoder {
     /// Creates an encoder for a new connection; the outgoing chunk size starts at 128.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -391,12 +392,12 @@ impl ChunkEncoder {
     ///
     /// # Panics
     /// If `size` is 0 or above 16 777 215.
-    pub fn set_chunk_size(&mut self, size: u32) {
+    pub(crate) fn set_chunk_size(&mut self, size: u32) {
         self.chunk_size = checked_chunk_size(size);
     }
 
     /// The chunk size currently used for outgoing chunks.
-    pub fn chunk_size(&self) -> u32 {
+    pub(crate) fn chunk_size(&self) -> u32 {
         self.chunk_size
     }
 
@@ -408,7 +409,7 @@ impl ChunkEncoder {
     ///
     /// # Panics
     /// If the payload is longer than 16 777 215 bytes or `msg.csid` is outside `2..=65599`.
-    pub fn encode(&mut self, msg: &RawMessage, out: &mut BytesMut) {
+    pub(crate) fn encode(&mut self, msg: &RawMessage, out: &mut BytesMut) {
         let length = payload_len(msg);
         let step = self
             .streams
@@ -427,13 +428,14 @@ impl ChunkEncoder {
 
     /// Tells the encoder a message was sent on `msg.csid` by other means (see
     /// [`encode_standalone`]), so its next compressed header refers to it.
-    pub fn note_sent(&mut self, msg: &RawMessage) {
+    #[cfg(test)]
+    pub(crate) fn note_sent(&mut self, msg: &RawMessage) {
         self.remember(msg, None);
     }
 
     /// Forgets what was last sent on `csid`, so the next message there gets a full
     /// type-0 header (after bytes chunked elsewhere whose headers are unknown).
-    pub fn forget(&mut self, csid: u32) {
+    pub(crate) fn forget(&mut self, csid: u32) {
         self.streams.remove(&csid);
     }
 

@@ -7,10 +7,6 @@
 
 use rml_rtmp::handshake::{Handshake as RmlHandshake, HandshakeProcessResult, PeerType};
 
-/// C0 + C1 + C2: the most a peer sends before the handshake completes. The driver never
-/// needs to feed more than this (plus whatever arrives in the same read).
-pub const HANDSHAKE_BYTES: usize = 1 + 1536 + 1536;
-
 /// Why a handshake failed. The connection is closed; nothing else is affected.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -36,7 +32,7 @@ pub struct Handshake {
 
 impl Handshake {
     /// The server side: waits for C0 and C1.
-    pub fn server() -> Self {
+    pub(crate) fn server() -> Self {
         Handshake { inner: RmlHandshake::new(PeerType::Server) }
     }
 

@@ -10,21 +10,21 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::amf0::{self, Amf0Error, Amf0Value};
 use super::chunk::RawMessage;
 
-pub const SET_CHUNK_SIZE: u8 = 1;
-pub const ABORT: u8 = 2;
-pub const ACKNOWLEDGEMENT: u8 = 3;
-pub const USER_CONTROL: u8 = 4;
-pub const WINDOW_ACK_SIZE: u8 = 5;
-pub const SET_PEER_BANDWIDTH: u8 = 6;
-pub const AUDIO: u8 = 8;
-pub const VIDEO: u8 = 9;
-pub const DATA_AMF3: u8 = 15;
-pub const SHARED_OBJECT_AMF3: u8 = 16;
-pub const COMMAND_AMF3: u8 = 17;
-pub const DATA_AMF0: u8 = 18;
-pub const SHARED_OBJECT_AMF0: u8 = 19;
-pub const COMMAND_AMF0: u8 = 20;
-pub const AGGREGATE: u8 = 22;
+pub(crate) const SET_CHUNK_SIZE: u8 = 1;
+pub(crate) const ABORT: u8 = 2;
+pub(crate) const ACKNOWLEDGEMENT: u8 = 3;
+pub(crate) const USER_CONTROL: u8 = 4;
+pub(crate) const WINDOW_ACK_SIZE: u8 = 5;
+pub(crate) const SET_PEER_BANDWIDTH: u8 = 6;
+pub(crate) const AUDIO: u8 = 8;
+pub(crate) const VIDEO: u8 = 9;
+pub(crate) const DATA_AMF3: u8 = 15;
+pub(crate) const SHARED_OBJECT_AMF3: u8 = 16;
+pub(crate) const COMMAND_AMF3: u8 = 17;
+pub(crate) const DATA_AMF0: u8 = 18;
+pub(crate) const SHARED_OBJECT_AMF0: u8 = 19;
+pub(crate) const COMMAND_AMF0: u8 = 20;
+pub(crate) const AGGREGATE: u8 = 22;
 
 /// A user control event (message type 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,11 +49,11 @@ pub enum UserControl {
 /// A command: `name`, transaction id, command object, then arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
-    pub name: String,
-    pub transaction_id: f64,
+    pub(crate) name: String,
+    pub(crate) transaction_id: f64,
     /// Usually an object, or null.
-    pub object: Amf0Value,
-    pub args: Vec<Amf0Value>,
+    pub(crate) object: Amf0Value,
+    pub(crate) args: Vec<Amf0Value>,
 }
 
 /// A typed RTMP message.
@@ -155,7 +155,7 @@ impl Message {
 
     /// The message type id and payload this message is sent as. Commands and data are
     /// sent as AMF0 (types 20 and 18) unless they arrived as AMF3 envelopes.
-    pub fn encode(&self) -> (u8, Bytes) {
+    pub(crate) fn encode(&self) -> (u8, Bytes) {
         let word = |t: u8, v: u32| (t, Bytes::copy_from_slice(&v.to_be_bytes()));
         match self {
             Message::SetChunkSize(n) => word(SET_CHUNK_SIZE, *n & 0x7FFF_FFFF),
@@ -271,7 +271,7 @@ fn encode_user_control(uc: &UserControl) -> Bytes {
 
 /// If `payload` (an AMF0 data message) starts with `@setDataFrame`, the bytes after
 /// that first value: what players receive (e.g. `onMetaData`, {…}), otherwise untouched.
-pub fn strip_set_data_frame(payload: &Bytes) -> Bytes {
+pub(crate) fn strip_set_data_frame(payload: &Bytes) -> Bytes {
     let mut rest: &[u8] = payload;
     match amf0::decode(&mut rest) {
         Ok(Amf0Value::String(name)) if name == "@setDataFrame" => payload.slice(payload.len() - rest.len()..),
@@ -281,7 +281,7 @@ pub fn strip_set_data_frame(payload: &Bytes) -> Bytes {
 
 /// The name of a data message (`onMetaData`, `onCuePoint`, …), if its first value is a
 /// string.
-pub fn data_name(payload: &[u8]) -> Option<String> {
+pub(crate) fn data_name(payload: &[u8]) -> Option<String> {
     let mut rest = payload;
     match amf0::decode(&mut rest) {
         Ok(Amf0Value::String(s)) => Some(s),

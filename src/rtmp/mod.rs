@@ -6,7 +6,7 @@
 
 pub mod amf0;
 pub mod chunk;
-pub mod flv;
+pub(crate) mod flv;
 pub mod handshake;
 pub mod message;
 pub mod session;

@@ -27,23 +27,23 @@
 use super::amf0::{self, Amf0Error, Amf0Value};
 
 /// Most events one message may carry; Flash sends a handful.
-pub const MAX_EVENTS: usize = 1024;
+pub(crate) const MAX_EVENTS: usize = 1024;
 /// The persistence flag of a persistent object.
 const PERSISTENT_FLAG: u32 = 2;
 
 /// Event type bytes.
 mod kind {
-    pub const USE: u8 = 1;
-    pub const RELEASE: u8 = 2;
-    pub const REQUEST_CHANGE: u8 = 3;
-    pub const CHANGE: u8 = 4;
-    pub const SUCCESS: u8 = 5;
-    pub const SEND_MESSAGE: u8 = 6;
-    pub const STATUS: u8 = 7;
-    pub const CLEAR: u8 = 8;
-    pub const REMOVE: u8 = 9;
-    pub const REQUEST_REMOVE: u8 = 10;
-    pub const USE_SUCCESS: u8 = 11;
+    pub(crate) const USE: u8 = 1;
+    pub(crate) const RELEASE: u8 = 2;
+    pub(crate) const REQUEST_CHANGE: u8 = 3;
+    pub(crate) const CHANGE: u8 = 4;
+    pub(crate) const SUCCESS: u8 = 5;
+    pub(crate) const SEND_MESSAGE: u8 = 6;
+    pub(crate) const STATUS: u8 = 7;
+    pub(crate) const CLEAR: u8 = 8;
+    pub(crate) const REMOVE: u8 = 9;
+    pub(crate) const REQUEST_REMOVE: u8 = 10;
+    pub(crate) const USE_SUCCESS: u8 = 11;
 }
 
 /// One shared-object message: which object, its version and persistence, and events.

@@ -28,12 +28,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// How often the certificate and key files' modification times are checked.
-pub const POLL_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const POLL_EVERY: Duration = Duration::from_secs(2);
 
 /// ALPN for RTMPS: none (clients do not offer any).
-pub const ALPN_NONE: &[&[u8]] = &[];
+pub(crate) const ALPN_NONE: &[&[u8]] = &[];
 /// ALPN for HTTPS: HTTP/2 first, then HTTP/1.1.
-pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+pub(crate) const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Why a certificate/key pair was not loaded.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ pub struct CertPaths {
 
 impl CertPaths {
     /// Reads and checks the pair (blocking file reads: call off the runtime).
-    pub fn load(&self, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    pub(crate) fn load(&self, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
         let read = |path: &Path| std::fs::read(path).map_err(|source| TlsError::Read { path: path.into(), source });
         let (cert_pem, key_pem) = (read(&self.cert)?, read(&self.key)?);
         let chain = CertificateDer::pem_slice_iter(&cert_pem)
@@ -95,7 +95,7 @@ impl CertPaths {
 }
 
 /// The certificate served to new TLS connections, replaceable while they run.
-pub struct Certificates {
+pub(crate) struct Certificates {
     paths: CertPaths,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
@@ -109,7 +109,7 @@ impl fmt::Debug for Certificates {
 
 impl Certificates {
     /// Loads the pair once; a failure here is a start-up error.
-    pub fn load(paths: CertPaths) -> Result<Arc<Certificates>, TlsError> {
+    pub(crate) fn load(paths: CertPaths) -> Result<Arc<Certificates>, TlsError> {
         // ring rather than aws-lc-rs: no C toolchain beyond cc (aws-lc wants cmake).
         // rustls 0.23.48 deprecates it for lacking post-quantum key exchange
         // (X25519MLKEM768); classical key exchange is what every RTMPS client offers.
@@ -121,24 +121,24 @@ impl Certificates {
 
     /// Reads the files again and, if the pair is good, serves it to new connections.
     /// On an error the pair in use stays. Blocking file reads: call off the runtime.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let fresh = Arc::new(self.paths.load(&self.provider)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
 
     /// The crypto provider the pair was loaded with.
-    pub fn provider(&self) -> Arc<CryptoProvider> {
+    pub(crate) fn provider(&self) -> Arc<CryptoProvider> {
         self.provider.clone()
     }
 
     /// The pair new connections get.
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    pub(crate) fn current(&self) -> Arc<CertifiedKey> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// An acceptor offering `alpn` (e.g. [`ALPN_HTTP`]) with this certificate.
-    pub fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> TlsAcceptor {
+    pub(crate) fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> TlsAcceptor {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")
@@ -157,7 +157,7 @@ impl ResolvesServerCert for Certificates {
 
 /// Reloads `certs` on SIGHUP and whenever the cert or key file's modification time
 /// changes, until `shutdown`. Errors are logged; the pair in use stays.
-pub async fn watch(certs: Arc<Certificates>, shutdown: CancellationToken) {
+pub(crate) async fn watch(certs: Arc<Certificates>, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(hup) => Some(hup),
@@ -278,16 +278,19 @@ mod tests {
 /// TLS handshakes on one listener, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct HandshakeStats {
-    pub ok: std::sync::atomic::AtomicU64,
+    pub(crate) ok: std::sync::atomic::AtomicU64,
     /// The client's hello or the handshake was bad (or the client gave up).
-    pub failed: std::sync::atomic::AtomicU64,
+    pub(crate) failed: std::sync::atomic::AtomicU64,
     /// Not finished within the listener's deadline.
-    pub timed_out: std::sync::atomic::AtomicU64,
+    pub(crate) timed_out: std::sync::atomic::AtomicU64,
 }
 
 impl HandshakeStats {
     /// Counts the outcome of a handshake under a deadline; the stream, or why not.
-    pub fn record<S>(&self, outcome: Result<std::io::Result<S>, tokio::time::error::Elapsed>) -> Result<S, String> {
+    pub(crate) fn record<S>(
+        &self,
+        outcome: Result<std::io::Result<S>, tokio::time::error::Elapsed>,
+    ) -> Result<S, String> {
         use std::sync::atomic::Ordering::Relaxed;
         match outcome {
             Ok(Ok(stream)) => {

@@ -36,7 +36,7 @@ pub struct PeerTlsPaths {
 
 impl PeerTlsPaths {
     /// All three files or none; naming only some is an error (most likely a typo).
-    pub fn from_flags(
+    pub(crate) fn from_flags(
         ca: Option<PathBuf>,
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
@@ -69,7 +69,7 @@ const ALPN_PEER_HTTP: &[&[u8]] = &[b"http/1.1"];
 impl PeerTls {
     /// The cluster's mutual TLS when the node is configured with it (`--peer-tls-*`);
     /// blocking file reads, like [`PeerTls::load`].
-    pub fn load_configured(paths: Option<&PeerTlsPaths>) -> anyhow::Result<Option<Arc<PeerTls>>> {
+    pub(crate) fn load_configured(paths: Option<&PeerTlsPaths>) -> anyhow::Result<Option<Arc<PeerTls>>> {
         use anyhow::Context;
         paths.map(PeerTls::load).transpose().context("loading the cluster TLS files")
     }
@@ -97,18 +97,18 @@ impl PeerTls {
     }
 
     /// This node's certificate, for [`super::watch`] to reload.
-    pub fn identity(&self) -> &Arc<Certificates> {
+    pub(crate) fn identity(&self) -> &Arc<Certificates> {
         &self.identity
     }
 
     /// Accepts members only (a client certificate signed by the CA), offering HTTP/1.1
     /// by ALPN to clients that ask (the media link asks for nothing).
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.server.clone())
     }
 
     /// Connects to members only, presenting this node's certificate.
-    pub fn connector(&self) -> TlsConnector {
+    pub(crate) fn connector(&self) -> TlsConnector {
         TlsConnector::from(self.client.clone())
     }
 
@@ -120,7 +120,7 @@ impl PeerTls {
     }
 
     /// The name a member at `addr` must carry in its certificate.
-    pub fn server_name(addr: std::net::SocketAddr) -> ServerName<'static> {
+    pub(crate) fn server_name(addr: std::net::SocketAddr) -> ServerName<'static> {
         ServerName::IpAddress(addr.ip().into())
     }
 }

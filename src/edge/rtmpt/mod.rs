@@ -25,7 +25,7 @@
 //!
 //! Never knows RTMP: the bytes are the connection task's business.
 
-pub mod exchange;
+pub(crate) mod exchange;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -145,6 +145,7 @@ impl Tunnels {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

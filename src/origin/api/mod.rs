@@ -8,7 +8,7 @@ mod cluster;
 mod drain;
 mod error;
 mod extract;
-pub mod forward;
+pub(crate) mod forward;
 mod objects;
 mod pins;
 mod recordings;

@@ -8,7 +8,7 @@
 //! refuses the proposal and the caller gets `NotLeader` with the leader's id.
 
 mod admission;
-pub mod batch;
+pub(crate) mod batch;
 
 use std::sync::Arc;
 

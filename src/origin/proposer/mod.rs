@@ -15,7 +15,7 @@
 //! state, and never travel to the leader: owner lookups and stream watches
 //! ([`Forward::answered_locally`]).
 
-pub mod forward;
+pub(crate) mod forward;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -166,7 +166,7 @@ fn scan_file(path: &Path) -> Result<(Tally, u64), FileError> {
                 Ok(Some(frame)) => tally.add(&frame, (reader.complete_len() - before) as usize),
                 Ok(None) => break,
                 // A damaged tag ends what can be used of the piece.
-                Err(FlvError::BadBackPointer(_) | FlvError::BadTagType(..)) => {
+                Err(FlvError::WrongBackPointer(_) | FlvError::UnknownTagType(..)) => {
                     return Ok((tally, reader.complete_len()))
                 }
                 Err(source) => return Err(FileError::Flv { path: path.to_owned(), source }),

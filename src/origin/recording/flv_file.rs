@@ -24,13 +24,13 @@ const BACK_POINTER: usize = 4;
 pub enum FlvError {
     /// The file does not start with an FLV header.
     #[error("not an FLV file (bad header)")]
-    BadHeader,
+    NotFlv,
     /// A tag's type is not audio, video or script data.
     #[error("tag of unknown type {0} at byte {1}")]
-    BadTagType(u8, u64),
+    UnknownTagType(u8, u64),
     /// A tag's back pointer disagrees with its size: the bytes are corrupt.
     #[error("tag at byte {0} has a wrong back pointer")]
-    BadBackPointer(u64),
+    WrongBackPointer(u64),
 }
 
 /// The FLV tag of `frame` (empty for a body FLV cannot describe).
@@ -83,7 +83,7 @@ impl TagReader {
             }
             let header = self.buf.split_to(flv::FILE_HEADER.len());
             if &header[..3] != b"FLV" || header[5..9] != [0, 0, 0, 9] {
-                return Err(FlvError::BadHeader);
+                return Err(FlvError::NotFlv);
             }
             self.started = true;
             self.offset += flv::FILE_HEADER.len() as u64;
@@ -93,7 +93,7 @@ impl TagReader {
         }
         let tag_type = self.buf[0] & 0x1F;
         if !matches!(tag_type, AUDIO | VIDEO | SCRIPT) {
-            return Err(FlvError::BadTagType(tag_type, self.offset));
+            return Err(FlvError::UnknownTagType(tag_type, self.offset));
         }
         let size = u32::from_be_bytes([0, self.buf[1], self.buf[2], self.buf[3]]) as usize;
         let total = TAG_HEADER + size + BACK_POINTER;
@@ -105,7 +105,7 @@ impl TagReader {
             u32::from_be_bytes([self.buf[total - 4], self.buf[total - 3], self.buf[total - 2], self.buf[total - 1]])
                 as usize;
         if back != TAG_HEADER + size {
-            return Err(FlvError::BadBackPointer(self.offset));
+            return Err(FlvError::WrongBackPointer(self.offset));
         }
         self.buf.advance(TAG_HEADER);
         let body = self.buf.split_to(size).freeze();
@@ -122,6 +122,7 @@ impl TagReader {
 
     /// Bytes pushed that do not make a complete tag yet (a torn tail once the file
     /// has ended).
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
@@ -219,7 +220,7 @@ mod tests {
     fn garbage_is_refused() {
         let mut reader = TagReader::new();
         reader.push(b"GIF89a-not-an-flv-file");
-        assert_eq!(reader.next_frame(), Err(FlvError::BadHeader));
+        assert_eq!(reader.next_frame(), Err(FlvError::NotFlv));
         let mut bytes = file(&frames());
         let last = bytes.len() - 1;
         bytes[last] ^= 0xFF;
@@ -232,6 +233,6 @@ mod tests {
                 break;
             }
         }
-        assert!(matches!(result, Err(FlvError::BadBackPointer(_))), "{result:?}");
+        assert!(matches!(result, Err(FlvError::WrongBackPointer(_))), "{result:?}");
     }
 }

@@ -18,11 +18,11 @@
 //! Knows hubs, frames and FLV tags, never the link protocol, sessions or sockets of
 //! the edges; never blocks the runtime (every file operation is on the blocking pool).
 
-pub mod files;
-pub mod flv_file;
-pub mod join;
-pub mod read;
-pub mod replica;
+pub(crate) mod files;
+pub(crate) mod flv_file;
+pub(crate) mod join;
+pub(crate) mod read;
+pub(crate) mod replica;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -138,10 +138,6 @@ impl Recorder {
 
     pub fn id(&self) -> NodeId {
         self.inner.id
-    }
-
-    pub fn stats(&self) -> &RecordStats {
-        &self.inner.stats
     }
 
     pub fn peers(&self) -> &PeerClient {

@@ -123,11 +123,6 @@ impl ClientSession {
         }
     }
 
-    /// Whether the server accepted `connect`.
-    pub fn is_connected(&self) -> bool {
-        self.connection == Connection::Connected
-    }
-
     /// Bytes to write to the socket (drains the outbox).
     pub fn take_output(&mut self) -> Bytes {
         self.wire.take_output()
@@ -161,7 +156,7 @@ impl ClientSession {
     }
 
     /// Sends `createStream`; [`ClientEvent::StreamCreated`] follows.
-    pub fn create_stream(&mut self) -> Result<(), SessionError> {
+    pub(crate) fn create_stream(&mut self) -> Result<(), SessionError> {
         self.require_connected("createStream")?;
         self.call(Call::CreateStream, "createStream", 0, Amf0Value::Null, Vec::new());
         Ok(())
@@ -169,7 +164,7 @@ impl ClientSession {
 
     /// Sends `publish` (`name`, "live") on a created stream; [`ClientEvent::PublishStarted`] follows
     /// once the server accepts.
-    pub fn publish(&mut self, stream_id: u32, name: &str) -> Result<(), SessionError> {
+    pub(crate) fn publish(&mut self, stream_id: u32, name: &str) -> Result<(), SessionError> {
         self.stream_command(
             stream_id,
             Stream::PublishRequested,
@@ -180,7 +175,7 @@ impl ClientSession {
 
     /// Announces a buffer length and sends `play` (`name`, start -2: live or recorded) on a
     /// created stream; [`ClientEvent::PlayStarted`] follows once the server accepts.
-    pub fn play(&mut self, stream_id: u32, name: &str) -> Result<(), SessionError> {
+    pub(crate) fn play(&mut self, stream_id: u32, name: &str) -> Result<(), SessionError> {
         self.require_idle_stream(stream_id)?;
         self.wire.send_user_control(UserControl::SetBufferLength { stream_id, millis: self.config.buffer_ms });
         self.stream_command(
@@ -192,7 +187,8 @@ impl ClientSession {
     }
 
     /// Sends `closeStream` on a stream; it can be published or played again.
-    pub fn close_stream(&mut self, stream_id: u32) -> Result<(), SessionError> {
+    #[cfg(test)]
+    pub(crate) fn close_stream(&mut self, stream_id: u32) -> Result<(), SessionError> {
         self.require_connected("closeStream")?;
         let stream = self.streams.get_mut(&stream_id).ok_or(SessionError::UnknownStream(stream_id))?;
         *stream = Stream::Created;
@@ -200,33 +196,24 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Sends `deleteStream` for a stream, which is forgotten.
-    pub fn delete_stream(&mut self, stream_id: u32) -> Result<(), SessionError> {
-        self.require_connected("deleteStream")?;
-        self.streams.remove(&stream_id).ok_or(SessionError::UnknownStream(stream_id))?;
-        let args = vec![Amf0Value::Number(f64::from(stream_id))];
-        self.wire.send_command(CSID_COMMAND, 0, "deleteStream", 0.0, args);
-        Ok(())
-    }
-
     /// Sends audio on a stream we publish.
-    pub fn send_audio(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
+    pub(crate) fn send_audio(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
         self.send_media(CSID_AUDIO, message::AUDIO, stream_id, timestamp, payload)
     }
 
     /// Sends video on a stream we publish.
-    pub fn send_video(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
+    pub(crate) fn send_video(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
         self.send_media(CSID_VIDEO, message::VIDEO, stream_id, timestamp, payload)
     }
 
     /// Sends an AMF0 data message as-is (e.g. `@setDataFrame`, `onMetaData`, {…}) on a stream we publish.
-    pub fn send_data(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
+    pub(crate) fn send_data(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
         self.send_media(CSID_DATA, message::DATA_AMF0, stream_id, timestamp, payload)
     }
 
     /// Sends a shared-object message body (see [`crate::rtmp::shared_object`]) as type 19,
     /// or type 16 when `amf3`.
-    pub fn send_shared_object(&mut self, body: Bytes, amf3: bool) -> Result<(), SessionError> {
+    pub(crate) fn send_shared_object(&mut self, body: Bytes, amf3: bool) -> Result<(), SessionError> {
         self.require_connected("a shared-object message")?;
         self.wire.send(CSID_COMMAND, 0, 0, &Message::SharedObject { payload: body, amf3 });
         Ok(())
@@ -234,7 +221,7 @@ impl ClientSession {
 
     /// Feed bytes read from the socket. Returns what the server said or sent; replies (acks,
     /// pings) accumulate in the outbox. An error is fatal.
-    pub fn handle_input(&mut self, bytes: &[u8]) -> Result<Vec<ClientEvent>, SessionError> {
+    pub(crate) fn handle_input(&mut self, bytes: &[u8]) -> Result<Vec<ClientEvent>, SessionError> {
         if self.connection == Connection::Failed {
             return Err(SessionError::Failed);
         }

@@ -38,20 +38,20 @@ use super::chunk::{self, ChunkDecoder, ChunkEncoder, ChunkError, DecoderLimits, 
 use super::message::{self, Command, Message, MessageError};
 
 /// Chunk stream of protocol control and user control messages.
-pub const CSID_PROTOCOL: u32 = 2;
+pub(crate) const CSID_PROTOCOL: u32 = 2;
 /// Chunk stream of commands and their replies.
-pub const CSID_COMMAND: u32 = 3;
+pub(crate) const CSID_COMMAND: u32 = 3;
 /// Chunk stream of data messages (`onMetaData` and friends).
-pub const CSID_DATA: u32 = 4;
+pub(crate) const CSID_DATA: u32 = 4;
 /// Chunk stream of `onStatus` messages.
-pub const CSID_STATUS: u32 = 5;
+pub(crate) const CSID_STATUS: u32 = 5;
 /// Chunk stream of audio messages.
-pub const CSID_AUDIO: u32 = 6;
+pub(crate) const CSID_AUDIO: u32 = 6;
 /// Chunk stream of video messages.
-pub const CSID_VIDEO: u32 = 7;
+pub(crate) const CSID_VIDEO: u32 = 7;
 
 /// Longest app, tcUrl or stream name (query included) accepted from a peer, in bytes.
-pub const MAX_NAME_LEN: usize = 4096;
+pub(crate) const MAX_NAME_LEN: usize = 4096;
 
 /// Largest payload a message header can announce (24-bit length).
 const MAX_PAYLOAD: usize = 0xFF_FFFF;
@@ -179,6 +179,7 @@ impl Wire {
 
     /// Appends bytes chunked elsewhere and makes the encoder forget what it last sent on `csids`,
     /// so its next message on each of them has a type-0 header whatever those bytes said.
+    #[cfg(test)]
     fn send_foreign(&mut self, bytes: &[u8], csids: &[u32]) {
         self.outbox.extend_from_slice(bytes);
         self.forget(csids);
@@ -308,7 +309,7 @@ fn split_aggregate(timestamp: u32, mut body: Bytes) -> Vec<(MediaKind, u32, Byte
 
 /// Encodes `msg` once for fan-out with [`chunk::encode_standalone`], checking what would panic.
 /// Returns `None` for a payload longer than a message can carry or an out-of-range chunk size or csid.
-pub fn prechunk(msg: &RawMessage, chunk_size: u32) -> Option<Bytes> {
+pub(crate) fn prechunk(msg: &RawMessage, chunk_size: u32) -> Option<Bytes> {
     let valid = msg.payload.len() <= MAX_PAYLOAD
         && (1..=MAX_CHUNK_SIZE).contains(&chunk_size)
         && (2..=65599).contains(&msg.csid);

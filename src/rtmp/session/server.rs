@@ -17,13 +17,13 @@ use super::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Outgoing chunk size announced after `connect` is accepted, clamped to `1..=16_777_215`.
-    pub chunk_size: u32,
+    pub(crate) chunk_size: u32,
     /// Window Acknowledgement Size asked of the client.
-    pub window_ack_size: u32,
+    pub(crate) window_ack_size: u32,
     /// Set Peer Bandwidth sent to the client (limit type dynamic).
-    pub peer_bandwidth: u32,
+    pub(crate) peer_bandwidth: u32,
     /// Most message streams the client may hold at once; more `createStream` calls get `_error`.
-    pub max_streams: usize,
+    pub(crate) max_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -46,7 +46,7 @@ pub enum PublishMode {
 
 impl PublishMode {
     /// Parses the mode argument; anything unrecognised is [`PublishMode::Live`].
-    pub fn parse(mode: &str) -> Self {
+    pub(crate) fn parse(mode: &str) -> Self {
         if mode.eq_ignore_ascii_case("record") {
             PublishMode::Record
         } else if mode.eq_ignore_ascii_case("append") || mode.eq_ignore_ascii_case("appendWithGap") {
@@ -73,7 +73,7 @@ pub enum PublishRejection {
 
 impl PublishRejection {
     /// The `onStatus` code sent to the publisher.
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             PublishRejection::BadName => "NetStream.Publish.BadName",
             PublishRejection::Denied => "NetStream.Publish.Denied",
@@ -174,14 +174,14 @@ pub const CAPS_EX_RECONNECT: u32 = 0x01;
 impl ServerSession {
     /// Bytes received and held, not yet whole messages: partial payloads plus the
     /// partial chunk at the front of the input (what a byte budget counts).
-    pub fn buffered_input(&self) -> usize {
+    pub(crate) fn buffered_input(&self) -> usize {
         self.wire.decoder.buffered() + self.wire.input.len()
     }
 
     /// The most payload bytes held for partially received messages
     /// ([`crate::rtmp::chunk::DecoderLimits::max_buffered`]); over it, `handle_input`
     /// fails and the driver closes the connection.
-    pub fn set_max_buffered(&mut self, max: usize) {
+    pub(crate) fn set_max_buffered(&mut self, max: usize) {
         self.wire.decoder.set_max_buffered(max);
     }
 
@@ -222,22 +222,24 @@ impl ServerSession {
     }
 
     /// The chunk size of outgoing chunks: 128 until `accept_connect`, the configured one after.
-    pub fn outgoing_chunk_size(&self) -> u32 {
+    pub(crate) fn outgoing_chunk_size(&self) -> u32 {
         self.wire.encoder.chunk_size()
     }
 
     /// Whether `connect` has been accepted.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connection == Connection::Connected
     }
 
     /// Messages ignored so far: media on streams that are not publishing, unknown message types.
-    pub fn ignored_messages(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn ignored_messages(&self) -> u64 {
         self.ignored
     }
 
     /// Outgoing messages dropped because their payload exceeds 16 777 215 bytes.
-    pub fn dropped_messages(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn dropped_messages(&self) -> u64 {
         self.wire.dropped
     }
 
@@ -262,7 +264,8 @@ impl ServerSession {
     }
 
     /// Whether the client advertised Enhanced RTMP's reconnect capability in its `connect`.
-    pub fn can_reconnect(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn can_reconnect(&self) -> bool {
         self.can_reconnect
     }
 
@@ -270,7 +273,7 @@ impl ServerSession {
     /// RTMP): `onStatus` `NetConnection.Connect.ReconnectRequest` on stream 0, with
     /// `tc_url` when it should go elsewhere (none: the same URL, e.g. through a load
     /// balancer). Returns whether it was sent.
-    pub fn request_reconnect(&mut self, description: &str, tc_url: Option<&str>) -> bool {
+    pub(crate) fn request_reconnect(&mut self, description: &str, tc_url: Option<&str>) -> bool {
         if self.connection != Connection::Connected || !self.can_reconnect {
             return false;
         }
@@ -284,7 +287,7 @@ impl ServerSession {
 
     /// Refuses the pending `connect` with `_error` `NetConnection.Connect.Rejected`. The driver
     /// closes the connection once the output is sent.
-    pub fn reject_connect(&mut self, description: &str) {
+    pub(crate) fn reject_connect(&mut self, description: &str) {
         let Connection::ConnectPending { transaction_id, .. } = self.connection else { return };
         self.connection = Connection::Rejected;
         let info = Status::error("NetConnection.Connect.Rejected", description).info();
@@ -305,7 +308,7 @@ impl ServerSession {
 
     /// Refuses a pending publish, or ends an accepted one, with an `onStatus` error; the stream
     /// returns to idle and the client may try again.
-    pub fn reject_publish(&mut self, stream_id: u32, code: PublishRejection, description: &str) {
+    pub(crate) fn reject_publish(&mut self, stream_id: u32, code: PublishRejection, description: &str) {
         let Some(stream) = self.streams.get_mut(&stream_id) else { return };
         let (Stream::PublishPending { name } | Stream::Publishing { name }) = stream else { return };
         let name = std::mem::take(name);
@@ -335,7 +338,7 @@ impl ServerSession {
 
     /// Refuses a pending play: `onStatus` error `NetStream.Play.StreamNotFound`; the stream
     /// returns to idle.
-    pub fn play_not_found(&mut self, stream_id: u32, name: &str) {
+    pub(crate) fn play_not_found(&mut self, stream_id: u32, name: &str) {
         let Some(stream) = self.streams.get_mut(&stream_id) else { return };
         if !matches!(stream, Stream::PlayPending { .. } | Stream::Playing { .. }) {
             return;
@@ -349,7 +352,7 @@ impl ServerSession {
     /// Refuses a pending play for another reason than a missing stream (e.g. its play
     /// token does not allow it): `onStatus` error `NetStream.Play.Failed` with
     /// `description`; the stream returns to idle and the client may try again.
-    pub fn reject_play(&mut self, stream_id: u32, description: &str) {
+    pub(crate) fn reject_play(&mut self, stream_id: u32, description: &str) {
         let Some(stream) = self.streams.get_mut(&stream_id) else { return };
         let Stream::PlayPending { name } = stream else { return };
         let name = std::mem::take(name);
@@ -359,7 +362,7 @@ impl ServerSession {
 
     /// The publisher of a playing stream went away: `NetStream.Play.UnpublishNotify`, then
     /// StreamEOF. The stream stays playing (see [`publish_notify`](Self::publish_notify)).
-    pub fn end_of_stream(&mut self, stream_id: u32) {
+    pub(crate) fn end_of_stream(&mut self, stream_id: u32) {
         let Some(Stream::Playing { name }) = self.streams.get(&stream_id) else { return };
         let description = format!("{name} is now unpublished.");
         let status = Status::new("NetStream.Play.UnpublishNotify", &description).details(name);
@@ -368,7 +371,7 @@ impl ServerSession {
     }
 
     /// A publisher (re)appeared for a playing stream: StreamBegin, then `NetStream.Play.PublishNotify`.
-    pub fn publish_notify(&mut self, stream_id: u32) {
+    pub(crate) fn publish_notify(&mut self, stream_id: u32) {
         let Some(Stream::Playing { name }) = self.streams.get(&stream_id) else { return };
         let description = format!("{name} is now published.");
         let status = Status::new("NetStream.Play.PublishNotify", &description).details(name);
@@ -378,14 +381,15 @@ impl ServerSession {
 
     /// Sends a shared-object message body (see [`crate::rtmp::shared_object`]) on message
     /// stream 0, as type 19 or, when `amf3`, type 16. Ignored unless connected.
-    pub fn send_shared_object(&mut self, body: Bytes, amf3: bool) {
+    pub(crate) fn send_shared_object(&mut self, body: Bytes, amf3: bool) {
         if self.connection == Connection::Connected {
             self.wire.send(CSID_COMMAND, 0, 0, &Message::SharedObject { payload: body, amf3 });
         }
     }
 
     /// Sends audio to a playing stream (ignored on any other stream).
-    pub fn send_audio(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) {
+    #[cfg(test)]
+    pub(crate) fn send_audio(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) {
         self.send_media(CSID_AUDIO, message::AUDIO, stream_id, timestamp, payload);
     }
 
@@ -395,7 +399,8 @@ impl ServerSession {
     }
 
     /// Sends an AMF0 data message (e.g. `onMetaData`) to a playing stream (ignored on any other).
-    pub fn send_data(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) {
+    #[cfg(test)]
+    pub(crate) fn send_data(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) {
         self.send_media(CSID_DATA, message::DATA_AMF0, stream_id, timestamp, payload);
     }
 
@@ -403,7 +408,8 @@ impl ServerSession {
     /// [`prechunk`](super::prechunk)) at this session's [`outgoing_chunk_size`](Self::outgoing_chunk_size)
     /// and the player's message stream id, on [`CSID_AUDIO`], [`CSID_VIDEO`] or [`CSID_DATA`];
     /// appended to the outbox as-is (fan-out path). Ignored unless connected.
-    pub fn send_prechunked(&mut self, bytes: Bytes) {
+    #[cfg(test)]
+    pub(crate) fn send_prechunked(&mut self, bytes: Bytes) {
         if self.connection == Connection::Connected {
             self.wire.send_foreign(&bytes, &[CSID_AUDIO, CSID_VIDEO, CSID_DATA]);
         }
@@ -413,7 +419,7 @@ impl ServerSession {
     /// the shared bytes itself, right after everything [`take_output`](Self::take_output)
     /// returned before this call. Returns whether to send them (only when connected);
     /// the session makes its encoder forget the media chunk streams either way.
-    pub fn prechunked_by_driver(&mut self) -> bool {
+    pub(crate) fn prechunked_by_driver(&mut self) -> bool {
         self.wire.forget(&[CSID_AUDIO, CSID_VIDEO, CSID_DATA]);
         self.connection == Connection::Connected
     }
