@@ -433,7 +433,7 @@ async fn a_reconnect_after_the_previous_owner_died_is_numbered_from_the_wall_clo
     eprintln!("origin {third}: {asked}");
     assert!(asked.contains(&format!("previous.owner={pinned}")) && asked.contains("Err("), "{asked}");
     let waited: u64 = asked.split("waited_ms=").nth(1).and_then(|w| w.split(' ').next()?.parse().ok()).unwrap();
-    let limit = raftcast::origin::link_server::PREVIOUS_OWNER_WAIT.as_millis() as u64;
+    let limit = raftcast::origin::PREVIOUS_OWNER_WAIT.as_millis() as u64;
     assert!(waited <= limit + 50, "the publish waited {waited} ms for a dead origin");
     let publishing = log.lines().find(|l| l.contains("publishing") && l.contains("from the wall clock"));
     eprintln!("origin {third}: {}", publishing.expect("the session is numbered from the wall clock"));

@@ -25,15 +25,13 @@ pub(crate) mod hooks;
 pub(crate) mod http;
 pub(crate) mod http_objects;
 pub(crate) mod metrics;
-// Still `pub` while parallel work changes it: as `pub(crate)` it shows unused items.
-pub mod publication;
+pub(crate) mod publication;
 pub(crate) mod relaying;
 pub(crate) mod rtmp_conn;
 pub(crate) mod rtmpt;
 pub(crate) mod shared_objects;
 pub(crate) mod so_session;
-// Still `pub` while parallel work changes it: as `pub(crate)` it shows unused items.
-pub mod streams;
+pub(crate) mod streams;
 pub(crate) mod tokens;
 pub(crate) mod upstream;
 

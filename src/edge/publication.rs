@@ -166,6 +166,7 @@ impl Publishing {
         self.epoch
     }
 
+    #[cfg(test)]
     pub fn owner(&self) -> NodeId {
         self.owner
     }

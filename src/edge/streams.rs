@@ -73,9 +73,6 @@ fn internal(stream: &StreamKey, why: String) -> Refusal {
 
 /// One publishing session on this edge.
 pub struct Publication {
-    pub stream: StreamKey,
-    pub epoch: u64,
-    pub owner: u64,
     frames: mpsc::Sender<Frame>,
     dropped: Arc<AtomicU64>,
 }
@@ -176,7 +173,7 @@ impl Publication {
         };
         tokio::spawn(task.run(rx, events));
         ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
-        Ok(Publication { stream, epoch: claim.epoch, owner: owner.claim.owner, frames: tx, dropped })
+        Ok(Publication { frames: tx, dropped })
     }
 
     /// Hands a frame to the forwarder; never waits. A full queue drops the frame

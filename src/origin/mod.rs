@@ -21,7 +21,7 @@ pub(crate) mod config;
 pub(crate) mod failover;
 pub(crate) mod handover;
 pub(crate) mod ingest;
-pub mod link_server;
+pub(crate) mod link_server;
 pub(crate) mod live;
 pub(crate) mod liveness;
 pub(crate) mod load;
@@ -52,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::OriginArgs;
 use config::OriginConfig;
+pub use link_server::PREVIOUS_OWNER_WAIT;
 
 use crate::http_server::HttpLimits;
 use crate::limits::{Limit, Trusted};

@@ -40,11 +40,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use feed::MAX_FEED_STREAMS;
-pub use held::{PENDING_BYTES, PENDING_FRAMES};
-pub use history::CLAIMS_SEEN;
-pub use numbering::{Ask, AskPrevious, NotFinal, REMEMBERED_MARKS};
-pub use registry::{AttachHook, LinkContext, LiveStream};
+pub use numbering::{Ask, AskPrevious, NotFinal};
+pub use registry::{LinkContext, LiveStream};
 
 use crate::limits::{Limit, Permit};
 use crate::link::frame::{MAX_FRAME, MAX_UNAUTHENTICATED};
