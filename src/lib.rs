@@ -28,3 +28,4 @@ pub mod proxy_protocol;
 pub mod rtmp;
 pub(crate) mod secrets;
 pub mod tls;
+pub mod vod;
