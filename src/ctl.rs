@@ -874,7 +874,22 @@ async fn wait_drained(
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        last = client.call(reqwest::Method::GET, &path, None, &[]).await?;
+        last = match client.call(reqwest::Method::GET, &path, None, &[]).await {
+            Ok(answer) => answer,
+            // No leader for a moment (an election while the drain moves streams), or
+            // no origin answering (one restarting): the drain goes on; so does the
+            // wait, until its timeout.
+            Err(e @ (CtlError::Api { status: 503, .. } | CtlError::Unreachable(_))) => {
+                if started.elapsed() >= timeout {
+                    return Err(e);
+                }
+                if !json_mode {
+                    println!("origin {id}: no answer now ({e}); asking again");
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
     }
 }
 
@@ -1263,6 +1278,39 @@ fn urlencode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An origin that answers the drain's progress with 503 (no leader) twice, then
+    /// owns 1 stream, then none.
+    async fn flaky_origin() -> String {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let asked = Arc::new(AtomicUsize::new(0));
+        let route = axum::routing::get(move || {
+            let n = asked.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let unavailable = json!({ "error": { "code": "no_leader", "message": "no leader" } });
+                match n {
+                    0 | 1 => (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(unavailable)),
+                    2 => (axum::http::StatusCode::OK, axum::Json(json!({ "draining": true, "streams_owned": 1 }))),
+                    _ => (axum::http::StatusCode::OK, axum::Json(json!({ "draining": true, "streams_owned": 0 }))),
+                }
+            }
+        });
+        let app = axum::Router::new().route("/cluster/nodes/2/drain", route);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr.to_string()
+    }
+
+    #[tokio::test]
+    async fn a_drain_wait_rides_out_an_election() {
+        let origin = flaky_origin().await;
+        let client = Client { http: reqwest::Client::new(), scheme: "http", origins: vec![origin], token: None };
+        let first = json!({ "draining": true, "streams_owned": 3 });
+        let last = wait_drained(&client, true, 2, &first, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(last["streams_owned"], 0);
+    }
 
     #[test]
     fn status_marks_learners_and_draining_origins() {
