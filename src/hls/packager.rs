@@ -79,6 +79,8 @@ pub struct Packager {
     init: Option<CurrentInit>,
     segment: Option<OpenSegment>,
     stats: PackagerStats,
+    /// [`Packager::unusable_header`] said so already.
+    warned: bool,
 }
 
 #[derive(Debug)]
@@ -247,14 +249,25 @@ impl Packager {
                 Ok(Video::Config(config)) => self.video = Some(config),
                 Ok(Video::ConfigInBand(_)) => self.video = None,
                 Ok(_) => {}
-                Err(_) => self.stats.unparsed += 1,
+                Err(e) => self.unusable_header("video", &e),
             },
             FrameKind::Audio => match codec::parse_audio(&frame.payload) {
                 Ok(Audio::Config(config)) => self.audio = Some(config),
                 Ok(_) => {}
-                Err(_) => self.stats.unparsed += 1,
+                Err(e) => self.unusable_header("audio", &e),
             },
             FrameKind::Data => {}
+        }
+    }
+
+    /// A sequence header the segments cannot use: counted, and said once per packager
+    /// (the caller's span names the stream), since the track silently missing from
+    /// every segment is otherwise a mystery to whoever watches.
+    fn unusable_header(&mut self, track: &'static str, error: &codec::CodecError) {
+        self.stats.unparsed += 1;
+        if !self.warned {
+            self.warned = true;
+            tracing::warn!(track, %error, "a sequence header HLS cannot use; segments carry no such track until one it can");
         }
     }
 
