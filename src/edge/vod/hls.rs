@@ -856,25 +856,51 @@ mod tests {
         streams
     }
 
+    /// The source of the ffmpeg tests: 6 s of H.264 (a keyframe a second) and AAC,
+    /// written by ffmpeg as `{dir}/src.flv` with `output` (`-f flv SRC` or a tee).
+    fn encode(dir: &Path, output: &[&str]) -> std::path::PathBuf {
+        let source = dir.join("src.flv");
+        let args = "-f lavfi -i testsrc=size=320x240:rate=25 -f lavfi -i sine=frequency=440 -t 6 \
+                    -map 0:v -map 1:a -c:v libx264 -g 25 -c:a aac";
+        let mut args: Vec<&std::ffi::OsStr> = args.split_whitespace().map(|a| a.as_ref()).collect();
+        let output = output.iter().map(|o| o.replace("SRC", source.to_str().unwrap())).collect::<Vec<_>>();
+        args.extend(output.iter().map(std::ffi::OsStr::new));
+        ffmpeg(&args);
+        source
+    }
+
     #[test]
     fn ffmpeg_decodes_the_vod_stream_as_it_decodes_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("src.flv");
-        let args = "-f lavfi -i testsrc=size=320x240:rate=25 -f lavfi -i sine=frequency=440 -t 6 \
-                    -c:v libx264 -g 25 -c:a aac -f flv";
-        let mut args: Vec<&std::ffi::OsStr> = args.split_whitespace().map(|a| a.as_ref()).collect();
-        args.push(source.as_os_str());
-        ffmpeg(&args);
-        let file = File::open(&source).unwrap();
+        let source = encode(dir.path(), &["-f", "flv", "SRC"]);
+        assert_vod_decodes_like(&source);
+    }
+
+    /// ffmpeg's `tee` muxer gives libx264 no global header: an empty AVC sequence
+    /// header and SPS and PPS in band, behind start codes, in every keyframe.
+    #[test]
+    fn ffmpeg_decodes_a_vod_stream_with_parameter_sets_in_band() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = encode(dir.path(), &["-f", "tee", "[f=flv]SRC"]);
+        let bytes = std::fs::read(&source).unwrap();
+        assert!(bytes.windows(5).any(|w| w == [0x17, 0, 0, 0, 0]), "an empty AVC sequence header");
+        assert_vod_decodes_like(&source);
+    }
+
+    /// Packages `source` as HLS VOD in its folder and checks that ffmpeg decodes the
+    /// same frames at the same times from the playlist as from the file.
+    fn assert_vod_decodes_like(source: &Path) {
+        let dir = source.parent().unwrap();
+        let file = File::open(source).unwrap();
         let index = VodIndex::build(&file, file.metadata().unwrap().len(), Duration::from_secs(2)).unwrap();
         assert_eq!(index.segments(), 3);
-        std::fs::write(dir.path().join("index.m3u8"), index.playlist(None)).unwrap();
-        std::fs::write(dir.path().join("init.mp4"), index.init()).unwrap();
+        std::fs::write(dir.join("index.m3u8"), index.playlist(None)).unwrap();
+        std::fs::write(dir.join("init.mp4"), index.init()).unwrap();
         for n in 0..index.segments() {
-            std::fs::write(dir.path().join(format!("{n}.m4s")), index.segment(&file, n).unwrap()).unwrap();
+            std::fs::write(dir.join(format!("{n}.m4s")), index.segment(&file, n).unwrap()).unwrap();
         }
-        let expected = decoded(&source);
-        let got = decoded(&dir.path().join("index.m3u8"));
+        let expected = decoded(source);
+        let got = decoded(&dir.join("index.m3u8"));
         assert_eq!(got.keys().collect::<Vec<_>>(), ["0", "1"], "video and audio");
         assert_eq!(expected.keys().collect::<Vec<_>>(), ["0", "1"]);
         assert_eq!(expected["0"].len(), 150, "6 s at 25 fps");
