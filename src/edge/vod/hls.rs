@@ -98,8 +98,9 @@ pub(crate) enum VodHlsError {
 /// **Cost.** 24 bytes per audio or video frame (offset, size, time, audio samples,
 /// kind), 40 per segment, plus the first codec headers and the init segment: at 30 fps
 /// video and 44.1 kHz AAC (73 frames a second), 1.75 KB a second, about 6.3 MB an hour.
-/// A hostile file of the smallest frames (17 bytes each) costs 1.4 times its length,
-/// and at most [`MAX_FRAMES`] frames are indexed.
+/// A hostile file of the smallest frames (17-byte AAC tags) costs at most 24/17 (1.41)
+/// times its length, and at most [`MAX_FRAMES`] frames are indexed; while the file is
+/// read, the growing list may hold up to twice its final size.
 pub(crate) struct VodIndex {
     /// Audio and video frames (not headers, not script data) of the tracks played,
     /// segment after segment; in file order but for segment 0, whose first keyframe
