@@ -10,6 +10,7 @@
 //!   one change feed from an origin; writes and broadcasts through the cluster;
 //! - `so_session`: one RTMP connection's shared-object messages;
 //! - `hls`: HLS and LL-HLS routes and one packaging task per stream asked for;
+//! - `vod`: recordings and media-library files from the edge's cache, as HLS VOD;
 //! - `rtmpt`: RTMP tunnelled in HTTP POSTs, into the same connection task;
 //! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
 //!   `/metrics`, `/health`;
@@ -34,6 +35,7 @@ pub(crate) mod so_session;
 pub(crate) mod streams;
 pub(crate) mod tokens;
 pub(crate) mod upstream;
+pub(crate) mod vod;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;

@@ -44,7 +44,7 @@ const SAMPLE_OVERHEAD: usize = 64;
 
 /// Duration of the last video sample of a part when nothing better is known (the
 /// part's only sample and the segment's first, the next frame not video): 1/30 s.
-const DEFAULT_VIDEO_DURATION: u32 = VIDEO_TIMESCALE / 30;
+pub(crate) const DEFAULT_VIDEO_DURATION: u32 = VIDEO_TIMESCALE / 30;
 
 /// `mfhd` sequence numbers: `msn * PARTS_PER_SEQUENCE + part + 1`, wrapping, so they
 /// derive from the part's numbers alone and increase for any segment of fewer parts.
@@ -81,6 +81,9 @@ pub struct Packager {
     stats: PackagerStats,
     /// [`Packager::unusable_header`] said so already.
     warned: bool,
+    /// Where the next segment's audio continues ([`Packager::continue_audio_at`]);
+    /// `None` (always, live): from the timeline.
+    audio_seed: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -155,6 +158,16 @@ impl Packager {
         self.stats
     }
 
+    /// The next segment's audio continues sample-exactly from `dts` (in the audio
+    /// track's timescale) rather than from the timeline, as it would inside one segment
+    /// ([`audio_dts`]). VOD (`crate::edge::vod::hls`) packages one segment of a file at a
+    /// time and knows where the audio before it ended, so its segments join without a
+    /// gap or overlap; live segments never call this (an edge that starts at any segment
+    /// must write the same bytes as one that saw the earlier ones).
+    pub(crate) fn continue_audio_at(&mut self, dts: u64) {
+        self.audio_seed = Some(dts);
+    }
+
     /// Takes the stream's next frame (headers included, in the order the relay got
     /// them) and returns what it completed. Frames without a mark are ignored.
     pub fn push(&mut self, frame: &Frame) -> Vec<Packaged> {
@@ -203,7 +216,7 @@ impl Packager {
                         .map(|v| VideoTrack { codec: v.codec, nal_length_size: v.nal_length_size() }),
                     audio: init.and_then(|i| i.audio.clone()),
                     video_delta: None,
-                    audio_next: None,
+                    audio_next: self.audio_seed.take(),
                 });
             }
             Some(Boundary::Part { independent }) => {
@@ -403,17 +416,13 @@ impl Packager {
                     self.stats.unparsed += 1;
                     return;
                 };
-                let rate = u64::from(config.sample_rate);
-                let from_ms = (u128::from(mark.time_ms) * u128::from(rate) / 1000).min(u128::from(u64::MAX)) as u64;
-                // Continuous audio keeps sample-exact times (the ms timeline rounds);
-                // a jump of more than half a frame starts again from the timeline.
-                let mut dts = match segment.audio_next {
-                    Some(expected) if expected.abs_diff(from_ms) <= u64::from(nominal / 2) => expected,
-                    _ => from_ms,
-                };
-                if let Some(last) = part.audio.last() {
-                    dts = dts.max(last.dts.saturating_add(1));
-                }
+                let dts = audio_dts(
+                    segment.audio_next,
+                    part.audio.last().map(|p| p.dts),
+                    mark.time_ms,
+                    config.sample_rate,
+                    nominal,
+                );
                 segment.audio_next = Some(dts.saturating_add(u64::from(nominal)));
                 Pending { dts, composition_offset: 0, flags: SYNC_SAMPLE, nominal: Some(nominal), data: sample.data }
             }
@@ -514,7 +523,25 @@ impl OpenSegment {
     }
 }
 
-fn video_dts(time_ms: u64) -> u64 {
+/// The decode time of an audio frame at `time_ms` on the timeline lasting `nominal`
+/// samples at `rate`, in samples: where the audio before it ended (`expected`) when
+/// that is within half a frame of the timeline (continuous audio keeps sample-exact
+/// times; the ms timeline rounds), else the timeline's; and after the part's previous
+/// audio sample (`previous`) in any case.
+pub(crate) fn audio_dts(expected: Option<u64>, previous: Option<u64>, time_ms: u64, rate: u32, nominal: u32) -> u64 {
+    let from_ms = (u128::from(time_ms) * u128::from(rate) / 1000).min(u128::from(u64::MAX)) as u64;
+    let dts = match expected {
+        Some(expected) if expected.abs_diff(from_ms) <= u64::from(nominal / 2) => expected,
+        _ => from_ms,
+    };
+    match previous {
+        Some(last) => dts.max(last.saturating_add(1)),
+        None => dts,
+    }
+}
+
+/// A video frame's decode time at `time_ms` on the timeline, in [`VIDEO_TIMESCALE`] units.
+pub(crate) fn video_dts(time_ms: u64) -> u64 {
     time_ms.saturating_mul(u64::from(VIDEO_TIMESCALE / 1000))
 }
 
@@ -583,7 +610,7 @@ fn fuzz_frames(mut data: &[u8]) -> Vec<Frame> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hls::codec::tests::{
         hex, AAC_SEQUENCE_TAG, AVC_ANNEXB_KEYFRAME_TAG, AVC_EMPTY_SEQUENCE_TAG, AVC_SEQUENCE_TAG,
@@ -665,7 +692,7 @@ mod tests {
     }
 
     /// The boxes at the top level of `bytes`: (type, body).
-    fn boxes(mut bytes: &[u8]) -> Vec<([u8; 4], &[u8])> {
+    pub(crate) fn boxes(mut bytes: &[u8]) -> Vec<([u8; 4], &[u8])> {
         let mut out = Vec::new();
         while bytes.len() >= 8 {
             let size = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
@@ -677,7 +704,8 @@ mod tests {
         out
     }
 
-    fn child<'a>(body: &'a [u8], kind: &[u8; 4]) -> &'a [u8] {
+    /// The body of the first `kind` box in `body`.
+    pub(crate) fn child<'a>(body: &'a [u8], kind: &[u8; 4]) -> &'a [u8] {
         boxes(body)
             .into_iter()
             .find(|(k, _)| k == kind)

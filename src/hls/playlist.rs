@@ -56,7 +56,7 @@ pub fn part_target_ms(window: &Window) -> u64 {
 }
 
 /// Seconds with three decimals from ms (`2.000`).
-fn seconds(ms: u64) -> String {
+pub(crate) fn seconds(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
