@@ -13,6 +13,8 @@
 //! - `rtmpt`: RTMP tunnelled in HTTP POSTs, into the same connection task;
 //! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
 //!   `/metrics`, `/health`;
+//! - `vod`: recordings and library files fetched from the origins into a bounded disk
+//!   cache, served at `/vod/{id}.flv`;
 //! - `metrics`: the `/metrics` registry, read from the counters where they are kept.
 
 pub(crate) mod agent;
@@ -34,6 +36,7 @@ pub(crate) mod so_session;
 pub(crate) mod streams;
 pub(crate) mod tokens;
 pub(crate) mod upstream;
+pub(crate) mod vod;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
@@ -189,6 +192,8 @@ pub struct EdgeContext {
     pub(crate) hls: Arc<hls::Hls>,
     /// Open RTMPT sessions.
     pub(crate) tunnels: rtmpt::Tunnels,
+    /// The VOD cache (`--vod-cache-dir`); `None`: VOD is off.
+    pub(crate) vod: Option<vod::VodCache>,
     pub(crate) stats: Arc<EdgeStats>,
     pub(crate) limits: EdgeLimits,
     /// `/metrics`, reading `stats`, `limits`, `hls`, `relays`, `claims` and `upstreams`.
@@ -229,6 +234,10 @@ impl EdgeContext {
         let started_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let tokens = tokens::Verifier::new(peers.clone(), config.origins.clone().into());
+        let vod = config.vod.as_ref().map(|c| {
+            let origins = vod::origins::Origins::new(peers.clone(), config.origins.clone().into());
+            vod::VodCache::new(c.dir.clone(), c.max_bytes, Arc::new(origins))
+        });
         let objects = shared_objects::SharedObjects::new(
             config.origins.clone(),
             peers,
@@ -238,7 +247,7 @@ impl EdgeContext {
         );
         let (relays, claims) = (streams::Relays::default(), claims::ClaimFeed::default());
         let (hls, stats, limits) = (hls::Hls::new(config.hls_serve.clone()), Arc::default(), EdgeLimits::new(config));
-        let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams);
+        let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams, vod.as_ref());
         let hooks = hooks::Hooks::start(stats.hook_calls.clone());
         Ok(Arc::new(EdgeContext {
             config: config.clone(),
@@ -252,6 +261,7 @@ impl EdgeContext {
             claims,
             hls,
             tunnels: rtmpt::Tunnels::default(),
+            vod,
             stats,
             limits,
             metrics,
@@ -298,6 +308,11 @@ pub(crate) async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let clients = CancellationToken::new();
     let links = CancellationToken::new();
     let ctx = EdgeContext::new(&config, clients.clone(), links.clone())?;
+    // The VOD cache's index, from its directory, before the first request: a
+    // directory that cannot be used stops the edge here with the reason.
+    if let Some(vod) = &ctx.vod {
+        vod.load().await.context("the VOD cache (--vod-cache-dir)")?;
+    }
     if let Some(tls) = &ctx.peer_tls {
         tokio::spawn(crate::tls::watch(tls.identity().clone(), links.clone()));
     }

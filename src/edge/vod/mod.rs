@@ -1,0 +1,27 @@
+//! VOD on the edge (`docs/vod.md`): recordings and media-library files, fetched whole
+//! from the origins into a bounded on-disk cache and served from it.
+//!
+//! - `cache`: the cache ([`VodCache`]): single-flight fetches, LRU eviction to a byte
+//!   bound, the index rebuilt from the directory at start; [`VodFile`] to read from;
+//! - `origins`: where misses come from, the origins' `GET /internal/vod/{id}`;
+//! - `range`: the `Range` header, sans-IO;
+//! - `flv`: `GET /vod/{id}.flv` and its errors as HTTP answers.
+//!
+//! Never knows live streams: a VOD file is a finished file.
+
+pub(crate) mod cache;
+pub(crate) mod flv;
+pub(crate) mod origins;
+pub(crate) mod range;
+
+pub(crate) use cache::{VodCache, VodError, VodFile};
+
+use crate::vod::VodId;
+
+/// `id` from `cache`, or [`VodError::Off`] on an edge without one.
+pub(crate) async fn open(cache: Option<&VodCache>, id: &VodId) -> Result<VodFile, VodError> {
+    match cache {
+        Some(cache) => cache.open(id).await,
+        None => Err(VodError::Off),
+    }
+}
