@@ -591,6 +591,7 @@ mod tests {
         assert_eq!(c.http.to_string(), "127.0.0.1:8102");
         assert_eq!(c.media.to_string(), "127.0.0.1:9102");
         assert_eq!(c.data_dir, PathBuf::from("data/origin-2"));
+        assert_eq!(c.media_dir, None, "no media library unless asked");
     }
 
     #[test]

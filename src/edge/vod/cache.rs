@@ -60,8 +60,8 @@ pub(crate) struct VodFile {
 }
 
 impl VodFile {
-    /// `len` bytes from `offset`, read on the blocking pool. Short only at the end of
-    /// the file (an error if the file is shorter than [`VodFile::len`] says).
+    /// Exactly `len` bytes from `offset`, read on the blocking pool into a buffer of
+    /// that size (callers read in bounded chunks); an error if the file ends before.
     pub(crate) async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         let file = self.file.clone();
         let join = tokio::task::spawn_blocking(move || {
