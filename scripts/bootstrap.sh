@@ -201,9 +201,11 @@ start() {
       echo "$name already running (pid $pid)"
       continue
     fi
+    # The media library (VOD `lib-NAME`: `NAME.flv` here; docs/vod.md).
+    mkdir -p "$DATA/$name/media"
     setsid "$BIN" origin --id "$i" \
       --http "$(http_addr "$i")" --media "$(media_addr "$i")" \
-      --data-dir "$DATA/$name" \
+      --data-dir "$DATA/$name" --media-dir "$DATA/$name/media" \
       --cluster-secret-file "$DATA/cluster-secret" --admin-token-file "$DATA/admin-token" \
       $(peer_tls_flags "$name") </dev/null >>"$DATA/logs/$name.log" 2>&1 &
     echo $! >"$DATA/pids/$name.pid"
@@ -246,9 +248,11 @@ start() {
         --tls-cert "$DATA/tls/edge.pem" --tls-key "$DATA/tls/edge-key.pem")
       listening=" rtmps=$(rtmps_addr "$i") https=$(https_addr "$i")"
     fi
+    mkdir -p "$DATA/$name/vod-cache"
     setsid "$BIN" edge --id "$name" \
       --rtmp "$(rtmp_addr "$i")" --http "$(edge_http_addr "$i")" --origins "$(origin_list)" "${agent[@]}" \
       --cluster-secret-file "$DATA/cluster-secret" --www "$ROOT/examples/webcast" "${proxy[@]}" "${tls[@]}" \
+      --vod-cache-dir "$DATA/$name/vod-cache" \
       $(peer_tls_flags "$name") </dev/null >>"$DATA/logs/$name.log" 2>&1 &
     echo $! >"$DATA/pids/$name.pid"
     echo "started $name (pid $!) rtmp=$(rtmp_addr "$i") http=$(edge_http_addr "$i")$listening"

@@ -225,6 +225,15 @@ pub struct EdgeArgs {
     /// Streams packaged for HLS at once; requests for more get 503 [default: 1000].
     #[arg(long, env = "RAFTCAST_EDGE_HLS_MAX_STREAMS")]
     pub hls_max_streams: Option<usize>,
+    /// VOD (`GET /vod/{id}.flv`, docs/vod.md): the folder where this edge keeps the
+    /// recordings and library files it fetched from the origins. Without it VOD is off
+    /// [default: none].
+    #[arg(long, env = "RAFTCAST_EDGE_VOD_CACHE_DIR")]
+    pub vod_cache_dir: Option<PathBuf>,
+    /// Bytes of files the VOD cache keeps at most; the least recently opened go first
+    /// [default: 1073741824 (1 GiB)].
+    #[arg(long, env = "RAFTCAST_EDGE_VOD_CACHE_BYTES")]
+    pub vod_cache_bytes: Option<u64>,
     /// Load balancers (IP addresses, comma-separated) whose connections to the RTMP and
     /// HTTP listeners must open with a PROXY protocol header (v1 or v2); the client
     /// address it carries is what per-address caps and logs see. A connection from one
@@ -331,6 +340,37 @@ pub struct EdgeConfig {
     /// Serving HLS: windows, idle time and caps (named apart from the stamper's
     /// settings, which the marks work calls `hls`).
     pub(crate) hls_serve: HlsConfig,
+    /// The VOD cache (`--vod-cache-dir`, `--vod-cache-bytes`); `None`: VOD is off.
+    pub(crate) vod: Option<VodCacheConfig>,
+}
+
+/// Where the VOD cache lives and how much it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VodCacheConfig {
+    pub(crate) dir: PathBuf,
+    /// The bound on the bytes of files kept.
+    pub(crate) max_bytes: u64,
+}
+
+/// Default of `--vod-cache-bytes`.
+pub(crate) const DEFAULT_VOD_CACHE_BYTES: u64 = 1 << 30;
+
+impl VodCacheConfig {
+    /// `None` without a directory; an error for a bound without a directory (most
+    /// likely a forgotten flag) or a zero bound.
+    fn from_args(dir: Option<PathBuf>, max_bytes: Option<u64>) -> Result<Option<VodCacheConfig>, String> {
+        let Some(dir) = dir else {
+            return match max_bytes {
+                Some(_) => Err("--vod-cache-bytes given without --vod-cache-dir".into()),
+                None => Ok(None),
+            };
+        };
+        let max_bytes = max_bytes.unwrap_or(DEFAULT_VOD_CACHE_BYTES);
+        if max_bytes == 0 {
+            return Err("--vod-cache-bytes must be at least 1".into());
+        }
+        Ok(Some(VodCacheConfig { dir, max_bytes }))
+    }
 }
 
 /// The HLS window bounds from `--hls-window-segments` and `--hls-window-bytes` (shared
@@ -392,6 +432,8 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         hls_max_waiting: cli.hls_max_waiting.or(file.hls_max_waiting),
         hls_max_streams: cli.hls_max_streams.or(file.hls_max_streams),
         proxy_protocol_from: cli.proxy_protocol_from.or(file.proxy_protocol_from),
+        vod_cache_dir: cli.vod_cache_dir.or(file.vod_cache_dir),
+        vod_cache_bytes: cli.vod_cache_bytes.or(file.vod_cache_bytes),
         max_connections_per_address: cli.max_connections_per_address.or(file.max_connections_per_address),
         max_handshakes: cli.max_handshakes.or(file.max_handshakes),
         max_handshakes_per_address: cli.max_handshakes_per_address.or(file.max_handshakes_per_address),
@@ -546,7 +588,9 @@ impl EdgeConfig {
                 "--hls-idle-ms must be at least 1000, --hls-max-waiting and --hls-max-streams at least 1".into()
             );
         }
+        let vod = VodCacheConfig::from_args(a.vod_cache_dir, a.vod_cache_bytes)?;
         Ok(EdgeConfig {
+            vod,
             peer_tls,
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
@@ -691,5 +735,23 @@ mod tests {
         let tls = EdgeConfig::from_args(cli, env).unwrap().tls.unwrap();
         assert_eq!((tls.rtmps.unwrap().port(), tls.https.unwrap().port()), (1945, 8443));
         assert_eq!(tls.certs.key, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn vod_is_off_without_a_cache_dir_and_its_bound_has_a_default() {
+        assert_eq!(EdgeConfig::from_args(args(), env).unwrap().vod, None);
+        let on = EdgeArgs { vod_cache_dir: Some("/var/cache/vod".into()), ..args() };
+        let vod = EdgeConfig::from_args(on.clone(), env).unwrap().vod.unwrap();
+        assert_eq!((vod.dir, vod.max_bytes), (PathBuf::from("/var/cache/vod"), 1 << 30));
+        let zero = EdgeArgs { vod_cache_bytes: Some(0), ..on };
+        assert!(EdgeConfig::from_args(zero, env).unwrap_err().contains("--vod-cache-bytes"));
+        let orphan = EdgeArgs { vod_cache_bytes: Some(5), ..args() };
+        assert!(EdgeConfig::from_args(orphan, env).unwrap_err().contains("without --vod-cache-dir"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.toml");
+        let toml = "id = \"e\"\norigins = [\"127.0.0.1:8101\"]\nvod-cache-dir = \"c\"\nvod-cache-bytes = 1000\n";
+        std::fs::write(&path, toml).unwrap();
+        let vod = EdgeConfig::from_args(EdgeArgs { config: Some(path), ..Default::default() }, env).unwrap().vod;
+        assert_eq!(vod, Some(VodCacheConfig { dir: "c".into(), max_bytes: 1000 }));
     }
 }

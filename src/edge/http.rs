@@ -1,13 +1,13 @@
 //! The edge's HTTP side: HTTP-FLV players (`GET /{app}/{name}.flv`), shared objects
 //! (`/shared-objects/…`, see `http_objects`), static files at `/webcast/` (`--www`),
 //! `/status`, `/metrics`, `/health`; HLS under `/{app}/{name}/` (routes in `hls`);
-//! RTMPT `POST`s (handled in `rtmpt`).
+//! RTMPT `POST`s (handled in `rtmpt`); VOD files at `/vod/{id}.flv` (`vod::flv`).
 //!
 //! Plays (HTTP-FLV and HLS) check the play token of apps that require one (see
 //! `docs/tokens.md`): `Authorization: Bearer T` or `?token=T`.
 //!
 //! Caps: the listener's own (connections, header and body timeouts) are in
-//! [`crate::http_server`]; HTTP-FLV plays and SSE hold a `long_requests` permit
+//! [`crate::http_server`]; HTTP-FLV plays, VOD responses and SSE hold a `long_requests` permit
 //! (`--max-long-requests-per-address`, 429 over it).
 
 use std::net::SocketAddr;
@@ -47,6 +47,9 @@ pub fn router(ctx: Arc<EdgeContext>) -> Router {
         .route("/shared-objects/{name}/slots/{slot}", put(http_objects::put_slot).delete(http_objects::delete_slot))
         .route("/shared-objects/{name}/events", get(http_objects::events))
         .route("/shared-objects/{name}/messages", post(http_objects::post_message))
+        // Before `/{app}/{file}`, which it would otherwise be: VOD, not the app `vod`.
+        .route("/vod/{file}", get(super::vod::flv::file))
+        .route("/vod/{id}/{file}", get(super::vod::hls_http::file))
         .route("/{app}/{file}", get(flv_play));
     let router = match &ctx.config.www {
         Some(_) => router

@@ -27,6 +27,8 @@ use super::rtmpt::exchange::Kind;
 use super::streams::Relays;
 use super::tokens::{Protocol, Reason};
 use super::upstream::Upstreams;
+use super::vod::cache::VodStats;
+use super::vod::VodCache;
 use super::{EdgeLimits, EdgeStats};
 use crate::bans::GateStats;
 use crate::limits::{ByteBudget, LimitMetrics};
@@ -111,6 +113,7 @@ impl EdgeMetrics {
         relays: &Relays,
         claims: &ClaimFeed,
         upstreams: &Arc<Upstreams>,
+        vod: Option<&VodCache>,
     ) -> EdgeMetrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(EdgeCollector {
@@ -125,6 +128,9 @@ impl EdgeMetrics {
         all.push(hls.waiting.clone());
         registry.register_collector(Box::new(LimitMetrics { prefix: "edge", limits: all }));
         registry.register_collector(Box::new(HlsMetrics(hls.clone())));
+        if let Some(vod) = vod {
+            registry.register_collector(Box::new(VodMetrics(vod.stats().clone())));
+        }
         EdgeMetrics { registry, stats: stats.clone() }
     }
 
@@ -336,6 +342,42 @@ impl Collector for EdgeCollector {
             "Connections closed for going over the partial-message budget",
             self.partial.refused(),
         )
+    }
+}
+
+/// The VOD cache's counters and size (only on an edge with `--vod-cache-dir`).
+#[derive(Debug)]
+struct VodMetrics(Arc<VodStats>);
+
+impl Collector for VodMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let (s, e) = (&self.0, &mut encoder);
+        counter(e, "raftcast_edge_vod_cache_hits_total", "VOD opens served from files already cached", load(&s.hits))?;
+        counter(
+            e,
+            "raftcast_edge_vod_cache_misses_total",
+            "VOD opens that waited for a fetch from the origins (their own or one under way)",
+            load(&s.misses),
+        )?;
+        counter(
+            e,
+            "raftcast_edge_vod_cache_evictions_total",
+            "Cached VOD files removed to stay within --vod-cache-bytes",
+            load(&s.evictions),
+        )?;
+        counter(
+            e,
+            "raftcast_edge_vod_cache_fetched_bytes_total",
+            "Bytes of VOD files received from the origins (cut-off attempts included)",
+            load(&s.fetched_bytes),
+        )?;
+        counter(
+            e,
+            "raftcast_edge_vod_cache_fetch_failures_total",
+            "VOD fetches that ended without the file: not found, unfinished or unavailable everywhere",
+            load(&s.fetch_failures),
+        )?;
+        gauge(e, "raftcast_edge_vod_cache_bytes", "Bytes of the VOD files cached now", load(&s.bytes))
     }
 }
 

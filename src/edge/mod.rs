@@ -14,6 +14,8 @@
 //! - `rtmpt`: RTMP tunnelled in HTTP POSTs, into the same connection task;
 //! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
 //!   `/metrics`, `/health`;
+//! - `vod`: recordings and library files fetched from the origins into a bounded disk
+//!   cache, served at `/vod/{id}.flv`;
 //! - `metrics`: the `/metrics` registry, read from the counters where they are kept.
 
 pub(crate) mod agent;
@@ -191,6 +193,10 @@ pub struct EdgeContext {
     pub(crate) hls: Arc<hls::Hls>,
     /// Open RTMPT sessions.
     pub(crate) tunnels: rtmpt::Tunnels,
+    /// The VOD cache (`--vod-cache-dir`); `None`: VOD is off.
+    pub(crate) vod: Option<vod::VodCache>,
+    /// The HLS VOD indexes of recently played VOD files.
+    pub(crate) vod_indexes: vod::hls_http::Indexes,
     pub(crate) stats: Arc<EdgeStats>,
     pub(crate) limits: EdgeLimits,
     /// `/metrics`, reading `stats`, `limits`, `hls`, `relays`, `claims` and `upstreams`.
@@ -231,6 +237,10 @@ impl EdgeContext {
         let started_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let tokens = tokens::Verifier::new(peers.clone(), config.origins.clone().into());
+        let vod = config.vod.as_ref().map(|c| {
+            let origins = vod::origins::Origins::new(peers.clone(), config.origins.clone().into());
+            vod::VodCache::new(c.dir.clone(), c.max_bytes, Arc::new(origins))
+        });
         let objects = shared_objects::SharedObjects::new(
             config.origins.clone(),
             peers,
@@ -240,7 +250,7 @@ impl EdgeContext {
         );
         let (relays, claims) = (streams::Relays::default(), claims::ClaimFeed::default());
         let (hls, stats, limits) = (hls::Hls::new(config.hls_serve.clone()), Arc::default(), EdgeLimits::new(config));
-        let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams);
+        let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams, vod.as_ref());
         let hooks = hooks::Hooks::start(stats.hook_calls.clone());
         Ok(Arc::new(EdgeContext {
             config: config.clone(),
@@ -254,6 +264,8 @@ impl EdgeContext {
             claims,
             hls,
             tunnels: rtmpt::Tunnels::default(),
+            vod,
+            vod_indexes: Default::default(),
             stats,
             limits,
             metrics,
@@ -300,6 +312,11 @@ pub(crate) async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let clients = CancellationToken::new();
     let links = CancellationToken::new();
     let ctx = EdgeContext::new(&config, clients.clone(), links.clone())?;
+    // The VOD cache's index, from its directory, before the first request: a
+    // directory that cannot be used stops the edge here with the reason.
+    if let Some(vod) = &ctx.vod {
+        vod.load().await.context("the VOD cache (--vod-cache-dir)")?;
+    }
     if let Some(tls) = &ctx.peer_tls {
         tokio::spawn(crate::tls::watch(tls.identity().clone(), links.clone()));
     }

@@ -33,6 +33,11 @@ pub struct OriginArgs {
     /// Where the Raft log, vote and snapshots live [default: ./data/origin-<id>].
     #[arg(long, env = "RAFTCAST_ORIGIN_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// The media library: `NAME.flv` here plays as VOD `lib-NAME` from every edge
+    /// (docs/vod.md). Files are not replicated: copy them to every origin (or some; edges
+    /// try the others) [default: none, no library].
+    #[arg(long, env = "RAFTCAST_MEDIA_DIR")]
+    pub(crate) media_dir: Option<PathBuf>,
     /// File holding the cluster secret (or set RAFTCAST_CLUSTER_SECRET).
     #[arg(long, env = "RAFTCAST_CLUSTER_SECRET_FILE")]
     pub(crate) cluster_secret_file: Option<PathBuf>,
@@ -183,6 +188,8 @@ pub(crate) struct OriginConfig {
     pub(crate) http: SocketAddr,
     pub(crate) media: SocketAddr,
     pub(crate) data_dir: PathBuf,
+    /// The media library (`--media-dir`), if any.
+    pub(crate) media_dir: Option<PathBuf>,
     pub(crate) secret: ClusterSecret,
     pub(crate) admin_token: Option<String>,
     pub(crate) raft: openraft::Config,
@@ -358,6 +365,7 @@ fn merge(cli: OriginArgs, file: OriginArgs) -> OriginArgs {
         http: cli.http.or(file.http),
         media: cli.media.or(file.media),
         data_dir: cli.data_dir.or(file.data_dir),
+        media_dir: cli.media_dir.or(file.media_dir),
         cluster_secret_file: cli.cluster_secret_file.or(file.cluster_secret_file),
         admin_token_file: cli.admin_token_file.or(file.admin_token_file),
         peer_tls_ca: cli.peer_tls_ca.or(file.peer_tls_ca),
@@ -556,6 +564,7 @@ impl OriginConfig {
             http,
             media,
             data_dir,
+            media_dir: a.media_dir,
             secret,
             admin_token,
             raft,
@@ -582,6 +591,7 @@ mod tests {
         assert_eq!(c.http.to_string(), "127.0.0.1:8102");
         assert_eq!(c.media.to_string(), "127.0.0.1:9102");
         assert_eq!(c.data_dir, PathBuf::from("data/origin-2"));
+        assert_eq!(c.media_dir, None, "no media library unless asked");
     }
 
     #[test]
@@ -688,6 +698,10 @@ mod tests {
         let c = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap();
         assert_eq!((c.id, c.raft.heartbeat_interval, c.raft.election_timeout_min), (3, 60, 300));
         assert_eq!(c.orphan_grace, Duration::from_secs(30));
+        std::fs::write(&path, "id = 3\nmedia-dir = \"/srv/media\"\n").unwrap();
+        let args = OriginArgs { config: Some(path.clone()), ..Default::default() };
+        let c = OriginConfig::from_args(args, env("0123456789abcdef0123")).unwrap();
+        assert_eq!(c.media_dir, Some(PathBuf::from("/srv/media")), "the media library from the file");
         std::fs::write(&path, "id = 3\nbogus = 1\n").unwrap();
         let args = OriginArgs { config: Some(path), ..Default::default() };
         assert!(OriginConfig::from_args(args, env("0123456789abcdef0123")).is_err());

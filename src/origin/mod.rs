@@ -12,7 +12,7 @@
 //! measures each origin's load and brings it to the leader, `load` scores it, and
 //! `rebalance` decides when the leader moves a stream off a hot origin. `recording`
 //! writes recorded streams to disk at their owner, copies finished pieces and reads
-//! recordings back.
+//! recordings back; `vod` serves finished recordings and the media library to edges.
 
 pub(crate) mod api;
 pub(crate) mod commit;
@@ -34,6 +34,7 @@ pub(crate) mod proposer;
 pub(crate) mod rebalance;
 pub(crate) mod recording;
 pub(crate) mod shared_objects;
+pub(crate) mod vod;
 pub(crate) mod watch;
 
 use std::process::ExitCode;
@@ -269,6 +270,7 @@ pub(crate) async fn run(config: OriginConfig) -> anyhow::Result<()> {
         recorder: recorder.clone(),
         load: probe.clone(),
     };
+    let vod = vod::VodServer::new(app.state.clone(), recorder.clone(), config.media_dir.clone());
     let long_polls = Limit::new("http_long_polls", config.caps.long_polls_per_address, config.caps.http_connections);
     let internal = Router::new()
         .route("/raft/forward", post(api::forward::route))
@@ -289,6 +291,12 @@ pub(crate) async fn run(config: OriginConfig) -> anyhow::Result<()> {
         )
         .merge(
             Router::new()
+                .route(vod::VOD_ROUTE, get(vod::route))
+                .route_layer(axum::middleware::from_fn_with_state(config.secret.clone(), rpc::require_secret))
+                .with_state(vod),
+        )
+        .merge(
+            Router::new()
                 .route("/internal/objects/{name}/events", get(shared_objects::feed_route))
                 .route_layer(axum::middleware::from_fn_with_state(long_polls, crate::http_server::long_lived))
                 .route("/internal/objects/{name}/messages", post(shared_objects::message_route))
@@ -305,6 +313,7 @@ pub(crate) async fn run(config: OriginConfig) -> anyhow::Result<()> {
 
     tracing::info!(
         http = %config.http, media = %config.media, data_dir = %store_dir.display(), peer_tls = peer_tls.is_some(),
+        media_dir = ?config.media_dir,
         orphan_grace = ?config.orphan_grace, owner_dead_after = ?config.owner_dead_after, "origin serving"
     );
     // The listener's caps (`--http-max-connections[-per-address]`, header and body

@@ -62,6 +62,8 @@ pub struct Cluster {
     pub client: reqwest::Client,
     /// Extra flags for every origin started from now on.
     pub extra_args: Vec<String>,
+    /// Extra flags for one origin (after `extra_args`), by id.
+    pub origin_args: BTreeMap<u64, Vec<String>>,
     /// With the cluster's mutual TLS: the folder holding `ca.pem` and each member's
     /// `NAME.pem`/`NAME-key.pem` (origins `origin-ID`, this harness's client `ctl`).
     pub peer_tls: Option<PathBuf>,
@@ -138,7 +140,16 @@ impl Cluster {
         std::fs::write(dir.path().join("cluster-secret"), &secret).unwrap();
         std::fs::write(dir.path().join("admin-token"), &token).unwrap();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
-        Cluster { dir, token, secret, origins: BTreeMap::new(), client, extra_args: Vec::new(), peer_tls: None }
+        Cluster {
+            dir,
+            token,
+            secret,
+            origins: BTreeMap::new(),
+            client,
+            extra_args: Vec::new(),
+            origin_args: BTreeMap::new(),
+            peer_tls: None,
+        }
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -206,6 +217,7 @@ impl Cluster {
             .arg("--admin-token-file")
             .arg(self.dir.path().join("admin-token"))
             .args(&self.extra_args)
+            .args(self.origin_args.get(&id).into_iter().flatten())
             .args(self.peer_tls_flags(&format!("origin-{id}")))
             .env_remove("RAFTCAST_CLUSTER_SECRET")
             .env_remove("RAFTCAST_ADMIN_TOKEN")

@@ -236,7 +236,8 @@ impl VodIndex {
         self.duration
     }
 
-    /// Where segment `n` starts on the timeline (for seeks later).
+    /// Where segment `n` starts on the timeline (RTMP seeks will use it; tests do now).
+    #[cfg(test)]
     pub(crate) fn segment_start(&self, n: usize) -> Option<Duration> {
         self.segments.get(n).map(|s| Duration::from_millis(s.start_ms))
     }

@@ -1,11 +1,35 @@
-//! VOD on the edges (`docs/vod.md`): one cached FLV file served as HTTP-FLV and as
+//! VOD on the edge (`docs/vod.md`): recordings and media-library files, fetched whole
+//! from the origins into a bounded on-disk cache and served from it as HTTP-FLV and as
 //! HLS VOD.
 //!
+//! - `cache`: the cache ([`VodCache`]): single-flight fetches, LRU eviction to a byte
+//!   bound, the index rebuilt from the directory at start; [`VodFile`] to read from;
+//! - `origins`: where misses come from, the origins' `GET /internal/vod/{id}`;
+//! - `range`: the `Range` header, sans-IO;
+//! - `flv`: `GET /vod/{id}.flv` and its errors as HTTP answers;
 //! - `hls`: the index of one file's tags, cut into segments at keyframes, and its
-//!   playlist, init segment and segments (fMP4, as the live packager writes them).
+//!   playlist, init segment and segments (fMP4, as the live packager writes them), no
+//!   sockets;
+//! - `hls_http`: `GET /vod/{id}/index.m3u8`, `init.mp4` and `{n}.m4s`, with the
+//!   indexes of recently played files kept in memory.
 //!
-//! Knows no sockets: the HTTP routes read through these with the file the cache gives.
+//! Never knows live streams: a VOD file is a finished file.
 
-// The `/vod/` routes wire it; until then only its tests use it.
-#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod cache;
+pub(crate) mod flv;
 pub(crate) mod hls;
+pub(crate) mod hls_http;
+pub(crate) mod origins;
+pub(crate) mod range;
+
+pub(crate) use cache::{VodCache, VodError, VodFile};
+
+use crate::vod::VodId;
+
+/// `id` from `cache`, or [`VodError::Off`] on an edge without one.
+pub(crate) async fn open(cache: Option<&VodCache>, id: &VodId) -> Result<VodFile, VodError> {
+    match cache {
+        Some(cache) => cache.open(id).await,
+        None => Err(VodError::Off),
+    }
+}

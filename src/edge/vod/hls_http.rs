@@ -1,0 +1,198 @@
+//! `GET /vod/{id}/index.m3u8`, `/vod/{id}/init.mp4` and `/vod/{id}/{n}.m4s`: a VOD file
+//! from the cache as HLS VOD (`docs/vod.md`, "Edges: HTTP").
+//!
+//! The file's index ([`VodIndex`]) is built once, on the blocking pool, the first time
+//! any of its URLs is asked for, and kept for the [`MAX_INDEXES`] files asked for most
+//! recently: a player asks for the playlist, the init segment and then every segment,
+//! each of which needs it. A VOD id names the same bytes for as long as they are
+//! cached (a recording's joined file is the same on every origin), so an index is
+//! kept by id and length. Each request holds a long-request permit while the file is
+//! fetched and its index built, as `/vod/{id}.flv` does; segments are read with
+//! positional reads on the blocking pool.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::hls::{VodHlsError, VodIndex};
+use super::VodFile;
+use crate::edge::EdgeContext;
+use crate::http_server::{json_error as error, too_many};
+use crate::vod::VodId;
+
+/// Indexes kept in memory (each about 24 bytes per frame: ~6 MB for an hour).
+pub(crate) const MAX_INDEXES: usize = 64;
+/// How long players and caches may keep what these routes answer: a VOD file does not
+/// change under its id.
+const CACHE_CONTROL: &str = "public, max-age=3600";
+
+/// The indexes of recently played VOD files.
+#[derive(Default)]
+pub(crate) struct Indexes {
+    kept: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    by_id: HashMap<VodId, (u64, Arc<VodIndex>, u64)>,
+    /// Bumped at every use: the entry with the lowest goes first.
+    clock: u64,
+}
+
+impl Indexes {
+    fn get(&self, vod: &VodFile) -> Option<Arc<VodIndex>> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.clock += 1;
+        let now = kept.clock;
+        let (len, index, used) = kept.by_id.get_mut(&vod.id)?;
+        if *len != vod.len {
+            return None;
+        }
+        *used = now;
+        Some(index.clone())
+    }
+
+    fn keep(&self, vod: &VodFile, index: Arc<VodIndex>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.clock += 1;
+        let now = kept.clock;
+        if kept.by_id.len() >= MAX_INDEXES && !kept.by_id.contains_key(&vod.id) {
+            if let Some(oldest) = kept.by_id.iter().min_by_key(|(_, (_, _, used))| *used).map(|(id, _)| id.clone()) {
+                kept.by_id.remove(&oldest);
+            }
+        }
+        kept.by_id.insert(vod.id.clone(), (vod.len, index, now));
+    }
+}
+
+/// What a URL under `/vod/{id}/` asks for.
+#[derive(Debug, PartialEq)]
+enum Asked {
+    Playlist,
+    Init,
+    Segment(usize),
+}
+
+fn asked(file: &str) -> Option<Asked> {
+    match file {
+        "index.m3u8" => Some(Asked::Playlist),
+        "init.mp4" => Some(Asked::Init),
+        _ => {
+            let n = file.strip_suffix(".m4s")?;
+            // Digits only, one spelling per segment.
+            if n.is_empty()
+                || n.len() > 9
+                || !n.bytes().all(|b| b.is_ascii_digit())
+                || (n.len() > 1 && n.starts_with('0'))
+            {
+                return None;
+            }
+            n.parse().ok().map(Asked::Segment)
+        }
+    }
+}
+
+/// The route's handler.
+pub(crate) async fn file(
+    State(ctx): State<Arc<EdgeContext>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((id, file)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let id = match VodId::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let Some(asked) = asked(&file) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "HLS VOD serves index.m3u8, init.mp4 and {n}.m4s");
+    };
+    if ctx.shutdown.is_cancelled() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down");
+    }
+    let _permit = match ctx.limits.long_requests.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refused) => return too_many(&refused),
+    };
+    let vod = match super::open(ctx.vod.as_ref(), &id).await {
+        Ok(vod) => vod,
+        Err(e) => return super::flv::refusal(&e),
+    };
+    let index = match ctx.vod_indexes.get(&vod) {
+        Some(index) => index,
+        None => {
+            let target = Duration::from_millis(u64::from(ctx.config.hls.target_ms));
+            let file = vod.file.clone();
+            let len = vod.len;
+            match tokio::task::spawn_blocking(move || VodIndex::build(&file, len, target)).await {
+                Ok(Ok(index)) => {
+                    tracing::info!(
+                        vod.id = %vod.id, bytes = vod.len, segments = index.segments(), duration = ?index.duration(),
+                        "VOD file indexed for HLS"
+                    );
+                    let index = Arc::new(index);
+                    ctx.vod_indexes.keep(&vod, index.clone());
+                    index
+                }
+                Ok(Err(e)) => return unplayable(&vod, &e),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+            }
+        }
+    };
+    let (content_type, body) = match asked {
+        Asked::Playlist => ("application/vnd.apple.mpegurl", index.playlist(query.as_deref()).into()),
+        Asked::Init => ("video/mp4", index.init()),
+        Asked::Segment(n) if n >= index.segments() => {
+            return error(StatusCode::NOT_FOUND, "not_found", format!("{id} has {} segments", index.segments()))
+        }
+        Asked::Segment(n) => {
+            let file = vod.file.clone();
+            let read = index.clone();
+            match tokio::task::spawn_blocking(move || read.segment(&file, n)).await {
+                Ok(Ok(bytes)) => ("video/iso.segment", bytes),
+                Ok(Err(e)) => return unplayable(&vod, &e),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+            }
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, CACHE_CONTROL),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A cached file HLS cannot be made of (not FLV, no H.264/HEVC/AV1/AAC/Opus track, a
+/// segment too large): the client hears why; the file stays playable as `.flv`.
+fn unplayable(vod: &VodFile, e: &VodHlsError) -> Response {
+    tracing::info!(vod.id = %vod.id, error = %e, "a VOD file cannot be served as HLS");
+    let status = match e {
+        VodHlsError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, "unplayable", format!("{} cannot be served as HLS: {e}", vod.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_playlist_the_init_segment_and_numbered_segments_are_asked_for() {
+        assert_eq!(asked("index.m3u8"), Some(Asked::Playlist));
+        assert_eq!(asked("init.mp4"), Some(Asked::Init));
+        assert_eq!(asked("0.m4s"), Some(Asked::Segment(0)));
+        assert_eq!(asked("17.m4s"), Some(Asked::Segment(17)));
+        for bad in ["", ".m4s", "01.m4s", "-1.m4s", "1.ts", "a.m4s", "1234567890.m4s", "../x", "index.m3u8x"] {
+            assert_eq!(asked(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! VOD through an edge (`docs/vod.md`), with real processes: ffmpeg publishes a short
+//! recorded stream through an edge; once the recording is finished, `GET
+//! /vod/{id}.flv` on the edge gives the same bytes as the origins' admin route
+//! `/recordings/{id}.flv`, fetched from the origins once and then served from the
+//! edge's cache (its metrics say so); byte ranges, a range past the end, a hostile id,
+//! an unknown one and an edge without a cache get the answers the contract names; a
+//! media-library file on one origin only plays through the edge (the edge tries the
+//! origins in turn). The same recording plays as HLS VOD from the cached file, with
+//! the same decoded video frames as the file.
+
+mod common;
+#[path = "common/edges.rs"]
+mod edges;
+
+use std::time::Duration;
+
+use common::{eventually, Cluster};
+use edges::{ffmpeg_publish, EdgeProc};
+use reqwest::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// The id of the recording of live/`name` once it is finished, as the catalog says.
+async fn finished_recording(c: &Cluster, name: &str) -> Option<u64> {
+    let (s, v) = c.call(1, Method::GET, "/recordings", None, &[]).await.ok()?;
+    s.is_success().then_some(())?;
+    let r = v["recordings"].as_array()?.iter().find(|r| r["app"] == "live" && r["name"] == name)?;
+    (r["finished"] == true).then(|| r["id"].as_u64()).flatten()
+}
+
+/// The edge's `/metrics` sample `series`, 0 when absent.
+async fn metric(edge: &EdgeProc, series: &str) -> f64 {
+    edges::metric_value(&edge.metrics().await, series).unwrap_or(0.0)
+}
+
+/// The MD5 of each decoded video frame of `url`, in order (ffmpeg's framemd5; the
+/// timestamps are left out: HLS VOD starts its timeline at 0, the file at the
+/// publisher's first timestamp).
+async fn video_frames(url: String) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i", &url, "-map", "0:v", "-f", "framemd5", "-"])
+            .output()
+            .expect("ffmpeg (scripts/install-deps.sh)");
+        assert!(out.status.success(), "ffmpeg {url}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_owned()))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+const HITS: &str = "raftcast_edge_vod_cache_hits_total";
+const MISSES: &str = "raftcast_edge_vod_cache_misses_total";
+const FETCHED: &str = "raftcast_edge_vod_cache_fetched_bytes_total";
+const CACHED: &str = "raftcast_edge_vod_cache_bytes";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_and_library_files_play_through_an_edges_cache() {
+    // Three origins; only origin 3 has a media library.
+    let mut c = Cluster::new();
+    let library = c.dir.path().join("media-3");
+    std::fs::create_dir_all(&library).unwrap();
+    c.origin_args.insert(3, vec!["--media-dir".into(), library.to_str().unwrap().into()]);
+    for id in 1..=3 {
+        c.add_origin(id);
+    }
+    c.wait_listening().await;
+    c.init().await;
+    c.wait_voters(3).await;
+    let rule = serde_json::json!({ "record": true });
+    let (s, v) = c.call(1, Method::PUT, "/recording-rules/live/vod", Some(&rule), &[]).await.unwrap();
+    assert!(s.is_success(), "{v}");
+
+    let cache = c.dir.path().join("edge-1-vod");
+    let edge = EdgeProc::start(&c, "edge-1", &["--vod-cache-dir", cache.to_str().unwrap()]).await;
+    let plain = EdgeProc::start(&c, "edge-2", &[]).await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let vod = |edge: &EdgeProc, file: &str| format!("http://{}/vod/{file}", edge.http);
+
+    // A short recording: about four seconds of ffmpeg's test pattern.
+    let mut publisher = ffmpeg_publish(&edge.rtmp_url("live", "vod"), c.dir.path().join("publisher.log"));
+    eventually(Duration::from_secs(20), "the recording to start", || async {
+        let (_, v) = c.call(1, Method::GET, "/recordings", None, &[]).await.ok()?;
+        v["recordings"].as_array()?.iter().any(|r| r["name"] == "vod").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    publisher.0.kill().unwrap();
+    let _ = publisher.0.wait();
+    let id = eventually(Duration::from_secs(20), "the recording to finish", || finished_recording(&c, "vod")).await;
+
+    // The origins' own copy, through the admin route.
+    let admin = c.client.get(c.url(1, &format!("/recordings/{id}.flv"))).bearer_auth(&c.token).send().await.unwrap();
+    assert_eq!(admin.status(), StatusCode::OK);
+    let original = admin.bytes().await.unwrap();
+    assert!(original.len() > 10_000, "a recording of {} bytes", original.len());
+
+    // First GET: a miss, fetched from an origin. (The publisher's claim may take a
+    // moment to go after the pieces finish: 409 until then.)
+    let url = vod(&edge, &format!("{id}.flv"));
+    let first = eventually(Duration::from_secs(10), "the edge to serve the recording", || async {
+        let res = http.get(&url).send().await.ok()?;
+        match res.status() {
+            StatusCode::OK => Some(res),
+            StatusCode::CONFLICT => None,
+            other => panic!("GET {url}: {other} {}", res.text().await.unwrap_or_default()),
+        }
+    })
+    .await;
+    assert_eq!(first.headers()[CONTENT_TYPE], "video/x-flv");
+    assert_eq!(first.headers()[ACCEPT_RANGES], "bytes");
+    assert_eq!(first.headers()[CONTENT_LENGTH], original.len().to_string().as_str());
+    let got = first.bytes().await.unwrap();
+    assert!(got == original, "the edge's file ({} bytes) is the origins' ({} bytes)", got.len(), original.len());
+    let (hits, misses, fetched) =
+        (metric(&edge, HITS).await, metric(&edge, MISSES).await, metric(&edge, FETCHED).await);
+    assert!(misses >= 1.0, "a miss (one more for each 409 while the claim went)");
+    assert_eq!(fetched, original.len() as f64, "fetched once, whole");
+    assert_eq!(metric(&edge, CACHED).await, original.len() as f64);
+    assert!(cache.join(format!("{id}.flv")).exists(), "kept on the edge's disk");
+
+    // Second GET: a hit, nothing fetched.
+    let again = http.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.bytes().await.unwrap() == original, "the same bytes from the cache");
+    assert_eq!(metric(&edge, HITS).await, hits + 1.0, "the second GET is a cache hit");
+    assert_eq!(metric(&edge, FETCHED).await, fetched, "and fetches nothing");
+
+    // HEAD: the length, no body.
+    let head = http.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()[CONTENT_LENGTH], original.len().to_string().as_str());
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    // One range: exactly that slice, with Content-Range.
+    let len = original.len();
+    let tail = format!("bytes={}-", len - 50);
+    for (range, start, end) in
+        [("bytes=100-4195", 100, 4195), (tail.as_str(), len - 50, len - 1), ("bytes=-7", len - 7, len - 1)]
+    {
+        let res = http.get(&url).header(RANGE, range).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(res.headers()[CONTENT_RANGE], format!("bytes {start}-{end}/{len}").as_str(), "{range}");
+        assert!(res.bytes().await.unwrap() == original[start..=end], "{range}: exactly the slice");
+    }
+    // Several ranges: the whole file.
+    let res = http.get(&url).header(RANGE, "bytes=0-1,5-6").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap().len(), len);
+    // Past the end: 416 and the length.
+    let res = http.get(&url).header(RANGE, format!("bytes={len}-")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(res.headers()[CONTENT_RANGE], format!("bytes */{len}").as_str());
+
+    // A hostile id never reaches a file system; an unknown one is a 404; an edge with
+    // no cache says VOD is off.
+    let status = |res: reqwest::Response| async move {
+        let status = res.status();
+        (status, res.json::<Value>().await.unwrap_or_default())
+    };
+    let (s, v) = status(http.get(vod(&edge, "lib-..%2Fx.flv")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = status(http.get(vod(&edge, "999999999.flv")).send().await.unwrap()).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{v}");
+    let (s, v) = status(http.get(vod(&plain, &format!("{id}.flv"))).send().await.unwrap()).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("vod_off")), "{v}");
+    // The peer route is for members only.
+    let res = reqwest::get(c.url(1, &format!("/internal/vod/{id}"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // The same recording as HLS VOD from the cached file: ffmpeg decodes the same video
+    // frames from the playlist as from the file, and nothing more is fetched.
+    let fetched = metric(&edge, FETCHED).await;
+    let res = http.get(vod(&edge, &format!("{id}/index.m3u8"))).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[CONTENT_TYPE], "application/vnd.apple.mpegurl");
+    let playlist = res.text().await.unwrap();
+    assert!(
+        playlist.contains("#EXT-X-PLAYLIST-TYPE:VOD") && playlist.trim_end().ends_with("#EXT-X-ENDLIST"),
+        "{playlist}"
+    );
+    let from_file = video_frames(url.clone()).await;
+    let from_hls = video_frames(vod(&edge, &format!("{id}/index.m3u8"))).await;
+    assert!(from_file.len() > 50, "{} video frames decoded from the file", from_file.len());
+    assert!(from_hls == from_file, "HLS VOD: {} frames, the file: {}", from_hls.len(), from_file.len());
+    assert_eq!(metric(&edge, FETCHED).await, fetched, "HLS VOD reads the cached file");
+    let segments = playlist.lines().filter(|l| l.ends_with(".m4s")).count();
+    let (s, v) = status(http.get(vod(&edge, &format!("{id}/{segments}.m4s"))).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "past the last segment: {v}");
+    let (s, v) = status(http.get(vod(&edge, &format!("{id}/0.ts"))).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = status(http.get(vod(&edge, "lib-..%2Fx/index.m3u8")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // A library file on origin 3 alone: the edge asks the origins in turn until one has it.
+    let clip: Vec<u8> = original.iter().rev().copied().collect();
+    std::fs::write(library.join("clip.flv"), &clip).unwrap();
+    let res = http.get(vod(&edge, "lib-clip.flv")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.bytes().await.unwrap() == clip, "the library file, byte for byte");
+    assert_eq!(metric(&edge, CACHED).await, (original.len() + clip.len()) as f64, "both kept");
+    let (s, v) = status(http.get(vod(&edge, "lib-nothing.flv")).send().await.unwrap()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    drop((edge, plain));
+}
