@@ -44,6 +44,20 @@ pub(crate) fn refusal(e: &VodError) -> Response {
     }
 }
 
+/// What every `/vod/` request does first: parse the id, take a long-request permit (held
+/// while the file is fetched, too: a flood of misses costs one address at most
+/// `--max-long-requests-per-address` requests in progress) and open the file from the
+/// cache. Any failure is the answer.
+pub(crate) async fn admit(ctx: &EdgeContext, peer: SocketAddr, id: &str) -> Result<(Permit, VodFile), Response> {
+    let id = VodId::parse(id).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    if ctx.shutdown.is_cancelled() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down"));
+    }
+    let permit = ctx.limits.long_requests.try_acquire(peer.ip()).map_err(|refused| too_many(&refused))?;
+    let vod = super::open(ctx.vod.as_ref(), &id).await.map_err(|e| refusal(&e))?;
+    Ok((permit, vod))
+}
+
 /// The route's handler: `/vod/{file}` where `file` is `{id}.flv`.
 pub(crate) async fn file(
     State(ctx): State<Arc<EdgeContext>>,
@@ -55,22 +69,9 @@ pub(crate) async fn file(
     let Some(id) = file.strip_suffix(".flv") else {
         return error(StatusCode::NOT_FOUND, "not_found", "VOD files are /vod/{id}.flv");
     };
-    let id = match VodId::parse(id) {
-        Ok(id) => id,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-    };
-    if ctx.shutdown.is_cancelled() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down");
-    }
-    // Held while the file is fetched, too: a flood of misses costs one address at
-    // most `--max-long-requests-per-address` requests in progress.
-    let permit = match ctx.limits.long_requests.try_acquire(peer.ip()) {
-        Ok(permit) => permit,
-        Err(refused) => return too_many(&refused),
-    };
-    let vod = match super::open(ctx.vod.as_ref(), &id).await {
-        Ok(vod) => vod,
-        Err(e) => return refusal(&e),
+    let (permit, vod) = match admit(&ctx, peer, id).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
     };
     // A validator we never sent cannot match: an If-Range means the whole file.
     let range = if headers.contains_key(header::IF_RANGE) {

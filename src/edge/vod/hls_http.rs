@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use super::hls::{VodHlsError, VodIndex};
 use super::VodFile;
 use crate::edge::EdgeContext;
-use crate::http_server::{json_error as error, too_many};
+use crate::http_server::json_error as error;
 use crate::vod::VodId;
 
 /// Indexes kept in memory (each about 24 bytes per frame: ~6 MB for an hour).
@@ -104,23 +104,15 @@ pub(crate) async fn file(
     Path((id, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let id = match VodId::parse(&id) {
-        Ok(id) => id,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-    };
+    if let Err(e) = VodId::parse(&id) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+    }
     let Some(asked) = asked(&file) else {
         return error(StatusCode::NOT_FOUND, "not_found", "HLS VOD serves index.m3u8, init.mp4 and {n}.m4s");
     };
-    if ctx.shutdown.is_cancelled() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down");
-    }
-    let _permit = match ctx.limits.long_requests.try_acquire(peer.ip()) {
-        Ok(permit) => permit,
-        Err(refused) => return too_many(&refused),
-    };
-    let vod = match super::open(ctx.vod.as_ref(), &id).await {
-        Ok(vod) => vod,
-        Err(e) => return super::flv::refusal(&e),
+    let (_permit, vod) = match super::flv::admit(&ctx, peer, &id).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
     };
     let index = match ctx.vod_indexes.get(&vod) {
         Some(index) => index,
