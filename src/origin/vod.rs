@@ -14,12 +14,13 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use futures::TryStreamExt;
 use raftcast_raft::recording::Piece;
 use raftcast_raft::StateMachine;
 use raftcast_storage::StateHandle;
 use tokio::io::AsyncReadExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::io::ReaderStream;
 
 use super::recording::read::recording_stream;
 use super::recording::Recorder;
@@ -114,20 +115,8 @@ async fn library_file(dir: Option<&std::path::Path>, name: &str) -> Response {
         Ok(meta) if meta.is_file() => meta.len(),
         _ => return not_found(),
     };
-    let body = futures::stream::unfold(Some((file.take(len), path)), |state| async move {
-        let (mut file, path) = state?;
-        let mut buf = vec![0u8; CHUNK];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), Some((file, path))))
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "a library file could not be read");
-                Some((Err(e), None))
-            }
-        }
+    let body = ReaderStream::with_capacity(file.take(len), CHUNK).inspect_err(move |e| {
+        tracing::warn!(path = %path.display(), error = %e, "a library file could not be read");
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "video/x-flv")

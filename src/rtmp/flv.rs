@@ -144,6 +144,54 @@ pub fn audio_facts(body: &[u8]) -> Option<AudioFacts> {
 /// `PreviousTagSize0` (zero): what an HTTP-FLV response starts with.
 pub const FILE_HEADER: [u8; 13] = [b'F', b'L', b'V', 1, 0x05, 0, 0, 0, 9, 0, 0, 0, 0];
 
+/// FLV tag types.
+pub(crate) const TAG_AUDIO: u8 = 8;
+pub(crate) const TAG_VIDEO: u8 = 9;
+pub(crate) const TAG_SCRIPT: u8 = 18;
+
+/// Bytes of a tag header, and of the previous tag's size that follows each tag.
+pub(crate) const TAG_HEADER: usize = 11;
+pub(crate) const BACK_POINTER: usize = 4;
+
+/// Whether `header` starts like [`FILE_HEADER`]: `FLV`, then a header of 9 bytes.
+pub(crate) fn is_file_header(header: &[u8]) -> bool {
+    header.len() >= 9 && &header[..3] == b"FLV" && header[5..9] == [0, 0, 0, 9]
+}
+
+/// A tag header read back (what [`write_tag`] writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TagHeader {
+    pub(crate) tag_type: u8,
+    /// Bytes of the body.
+    pub(crate) size: u32,
+    pub(crate) timestamp: u32,
+}
+
+impl TagHeader {
+    pub(crate) fn parse(h: &[u8; TAG_HEADER]) -> TagHeader {
+        TagHeader {
+            tag_type: h[0] & 0x1F,
+            size: u32::from_be_bytes([0, h[1], h[2], h[3]]),
+            timestamp: u32::from_be_bytes([h[7], h[4], h[5], h[6]]),
+        }
+    }
+
+    /// Audio, video or script data: the only types an FLV file holds.
+    pub(crate) fn known_type(&self) -> bool {
+        matches!(self.tag_type, TAG_AUDIO | TAG_VIDEO | TAG_SCRIPT)
+    }
+
+    /// Bytes of the whole tag: header, body and the back pointer after it.
+    pub(crate) fn total(&self) -> u64 {
+        (TAG_HEADER + BACK_POINTER) as u64 + u64::from(self.size)
+    }
+
+    /// Whether `back`, the 4 bytes after the body, is this tag's size as it must be.
+    pub(crate) fn back_pointer_matches(&self, back: [u8; BACK_POINTER]) -> bool {
+        u64::from(u32::from_be_bytes(back)) == TAG_HEADER as u64 + u64::from(self.size)
+    }
+}
+
 /// Largest tag body FLV can describe (a 24-bit size).
 pub const MAX_TAG_BODY: usize = 0xFF_FFFF;
 
@@ -156,14 +204,14 @@ pub fn write_tag(tag_type: u8, timestamp: u32, body: &[u8], out: &mut bytes::Byt
         return false;
     }
     let size = body.len() as u32;
-    out.reserve(11 + body.len() + 4);
+    out.reserve(TAG_HEADER + body.len() + BACK_POINTER);
     out.put_u8(tag_type);
     out.put_slice(&size.to_be_bytes()[1..]);
     out.put_slice(&(timestamp & 0xFF_FFFF).to_be_bytes()[1..]);
     out.put_u8((timestamp >> 24) as u8);
     out.put_slice(&[0, 0, 0]);
     out.put_slice(body);
-    out.put_u32(size + 11);
+    out.put_u32(size + TAG_HEADER as u32);
     true
 }
 

@@ -44,17 +44,16 @@ pub(crate) fn refusal(e: &VodError) -> Response {
     }
 }
 
-/// What every `/vod/` request does first: parse the id, take a long-request permit (held
+/// What every `/vod/` request does once its id is parsed: take a long-request permit (held
 /// while the file is fetched, too: a flood of misses costs one address at most
 /// `--max-long-requests-per-address` requests in progress) and open the file from the
 /// cache. Any failure is the answer.
-pub(crate) async fn admit(ctx: &EdgeContext, peer: SocketAddr, id: &str) -> Result<(Permit, VodFile), Response> {
-    let id = VodId::parse(id).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+pub(crate) async fn admit(ctx: &EdgeContext, peer: SocketAddr, id: &VodId) -> Result<(Permit, VodFile), Response> {
     if ctx.shutdown.is_cancelled() {
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down"));
     }
     let permit = ctx.limits.long_requests.try_acquire(peer.ip()).map_err(|refused| too_many(&refused))?;
-    let vod = super::open(ctx.vod.as_ref(), &id).await.map_err(|e| refusal(&e))?;
+    let vod = super::open(ctx.vod.as_ref(), id).await.map_err(|e| refusal(&e))?;
     Ok((permit, vod))
 }
 
@@ -69,7 +68,11 @@ pub(crate) async fn file(
     let Some(id) = file.strip_suffix(".flv") else {
         return error(StatusCode::NOT_FOUND, "not_found", "VOD files are /vod/{id}.flv");
     };
-    let (permit, vod) = match admit(&ctx, peer, id).await {
+    let id = match VodId::parse(id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let (permit, vod) = match admit(&ctx, peer, &id).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };

@@ -28,13 +28,7 @@ use crate::hls::{playlist, Packaged};
 use crate::media::Frame;
 use crate::rtmp::flv;
 
-/// FLV tag types.
-const AUDIO: u8 = 8;
-const VIDEO: u8 = 9;
-const SCRIPT: u8 = 18;
-/// Bytes of a tag header and of the size that follows each tag.
-const TAG_HEADER: u64 = 11;
-const BACK_POINTER: u64 = 4;
+use crate::rtmp::flv::{TagHeader, BACK_POINTER, TAG_HEADER, TAG_SCRIPT, TAG_VIDEO};
 
 /// Bytes read from the file at once while indexing (more for a larger tag).
 const READ_CHUNK: usize = 256 << 10;
@@ -297,36 +291,35 @@ impl Scan {
         if len < start {
             return Err(VodHlsError::NotFlv);
         }
-        let header = reader.read(0, start as usize)?;
-        if &header[..3] != b"FLV" || header[5..9] != [0, 0, 0, 9] {
+        if !flv::is_file_header(reader.read(0, start as usize)?) {
             return Err(VodHlsError::NotFlv);
         }
         let mut scan = Scan { tags: Vec::new(), video_header: None, audio_header: None, audio: None };
         let mut at = start;
         while at < len {
-            if len - at < TAG_HEADER {
+            if len - at < TAG_HEADER as u64 {
                 return Err(VodHlsError::Truncated(at));
             }
-            let h: [u8; TAG_HEADER as usize] = reader.read(at, TAG_HEADER as usize)?.try_into().unwrap_or_default();
-            let tag_type = h[0] & 0x1F;
-            let size = u32::from_be_bytes([0, h[1], h[2], h[3]]);
-            let timestamp = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
-            let total = TAG_HEADER + u64::from(size) + BACK_POINTER;
+            let mut h = [0; TAG_HEADER];
+            h.copy_from_slice(reader.read(at, TAG_HEADER)?);
+            let header = TagHeader::parse(&h);
+            let total = header.total();
             // Checked before anything of the size is read or allocated.
             if total > len - at {
                 return Err(VodHlsError::Truncated(at));
             }
-            if !matches!(tag_type, AUDIO | VIDEO | SCRIPT) {
+            if !header.known_type() {
                 return Err(VodHlsError::Corrupt { at, what: "tag of unknown type" });
             }
-            let back = reader.read(at + total - BACK_POINTER, BACK_POINTER as usize)?;
-            if u32::from_be_bytes([back[0], back[1], back[2], back[3]]) != TAG_HEADER as u32 + size {
+            let mut back = [0; BACK_POINTER];
+            back.copy_from_slice(reader.read(at + total - BACK_POINTER as u64, BACK_POINTER)?);
+            if !header.back_pointer_matches(back) {
                 return Err(VodHlsError::Corrupt { at, what: "wrong back pointer" });
             }
-            let body_at = at + TAG_HEADER;
-            if tag_type != SCRIPT {
-                let body = Bytes::copy_from_slice(reader.read(body_at, size as usize)?);
-                scan.add(tag_type, timestamp, body_at, body)?;
+            let body_at = at + TAG_HEADER as u64;
+            if header.tag_type != TAG_SCRIPT {
+                let body = Bytes::copy_from_slice(reader.read(body_at, header.size as usize)?);
+                scan.add(header.tag_type, header.timestamp, body_at, body)?;
             }
             at += total;
         }
@@ -337,7 +330,7 @@ impl Scan {
     fn add(&mut self, tag_type: u8, timestamp: u32, body_at: u64, body: Bytes) -> Result<(), VodHlsError> {
         let size = body.len() as u32;
         let tag = |kind, samples| Tag { body_at, size, time_ms: timestamp, samples, kind };
-        let tag = if tag_type == VIDEO {
+        let tag = if tag_type == TAG_VIDEO {
             let frame = Frame::video(timestamp, body);
             match codec::parse_video(&frame.payload) {
                 Ok(Video::Config(_) | Video::ConfigInBand(_)) => {
@@ -794,7 +787,7 @@ mod tests {
         }
         // A tag claiming 16 MiB in a file of 40 bytes: refused before it is read.
         let mut huge = flv::FILE_HEADER.to_vec();
-        huge.extend_from_slice(&[VIDEO, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0x17, 1, 0, 0, 0]);
+        huge.extend_from_slice(&[TAG_VIDEO, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0x17, 1, 0, 0, 0]);
         assert!(matches!(build(&huge), Err(VodHlsError::Truncated(13))));
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 0xFF;

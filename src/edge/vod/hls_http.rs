@@ -104,9 +104,10 @@ pub(crate) async fn file(
     Path((id, file)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if let Err(e) = VodId::parse(&id) {
-        return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
-    }
+    let id = match VodId::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
     let Some(asked) = asked(&file) else {
         return error(StatusCode::NOT_FOUND, "not_found", "HLS VOD serves index.m3u8, init.mp4 and {n}.m4s");
     };

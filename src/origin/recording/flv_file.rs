@@ -10,14 +10,9 @@ use crate::media::{Frame, FrameKind};
 use crate::rtmp::flv;
 use crate::rtmp::message;
 
-/// FLV tag types.
-const AUDIO: u8 = 8;
-const VIDEO: u8 = 9;
-const SCRIPT: u8 = 18;
-
-/// Bytes of a tag header and of the size that follows each tag.
-const TAG_HEADER: usize = 11;
-const BACK_POINTER: usize = 4;
+use crate::rtmp::flv::{
+    TagHeader, BACK_POINTER, TAG_AUDIO as AUDIO, TAG_HEADER, TAG_SCRIPT as SCRIPT, TAG_VIDEO as VIDEO,
+};
 
 /// Why bytes are not an FLV piece.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +77,7 @@ impl TagReader {
                 return Ok(None);
             }
             let header = self.buf.split_to(flv::FILE_HEADER.len());
-            if &header[..3] != b"FLV" || header[5..9] != [0, 0, 0, 9] {
+            if !flv::is_file_header(&header) {
                 return Err(FlvError::NotFlv);
             }
             self.started = true;
@@ -91,27 +86,26 @@ impl TagReader {
         if self.buf.len() < TAG_HEADER {
             return Ok(None);
         }
-        let tag_type = self.buf[0] & 0x1F;
-        if !matches!(tag_type, AUDIO | VIDEO | SCRIPT) {
-            return Err(FlvError::UnknownTagType(tag_type, self.offset));
+        let mut h = [0; TAG_HEADER];
+        h.copy_from_slice(&self.buf[..TAG_HEADER]);
+        let header = TagHeader::parse(&h);
+        if !header.known_type() {
+            return Err(FlvError::UnknownTagType(header.tag_type, self.offset));
         }
-        let size = u32::from_be_bytes([0, self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        let total = TAG_HEADER + size + BACK_POINTER;
+        let total = header.total() as usize;
         if self.buf.len() < total {
             return Ok(None);
         }
-        let timestamp = u32::from_be_bytes([self.buf[7], self.buf[4], self.buf[5], self.buf[6]]);
-        let back =
-            u32::from_be_bytes([self.buf[total - 4], self.buf[total - 3], self.buf[total - 2], self.buf[total - 1]])
-                as usize;
-        if back != TAG_HEADER + size {
+        let mut back = [0; BACK_POINTER];
+        back.copy_from_slice(&self.buf[total - BACK_POINTER..total]);
+        if !header.back_pointer_matches(back) {
             return Err(FlvError::WrongBackPointer(self.offset));
         }
         self.buf.advance(TAG_HEADER);
-        let body = self.buf.split_to(size).freeze();
+        let body = self.buf.split_to(header.size as usize).freeze();
         self.buf.advance(BACK_POINTER);
         self.offset += total as u64;
-        Ok(Some(frame(tag_type, timestamp, body)))
+        Ok(Some(frame(header.tag_type, header.timestamp, body)))
     }
 
     /// Bytes of the file read so far that end with a complete tag (or the header):
