@@ -377,7 +377,10 @@ impl Collector for VodMetrics {
             "VOD fetches that ended without the file: not found, unfinished or unavailable everywhere",
             load(&s.fetch_failures),
         )?;
-        gauge(e, "raftcast_edge_vod_cache_bytes", "Bytes of the VOD files cached now", load(&s.bytes))
+        gauge(e, "raftcast_edge_vod_cache_bytes", "Bytes of the VOD files cached now", load(&s.bytes))?;
+        counter(e, "raftcast_edge_vod_rtmp_plays_total", "RTMP VOD plays started", load(&s.rtmp_plays))?;
+        counter(e, "raftcast_edge_vod_rtmp_seeks_total", "Seeks made by RTMP VOD players", load(&s.rtmp_seeks))?;
+        counter(e, "raftcast_edge_vod_rtmp_pauses_total", "Pauses made by RTMP VOD players", load(&s.rtmp_pauses))
     }
 }
 

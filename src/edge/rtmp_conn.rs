@@ -42,7 +42,7 @@ use raftcast_raft::token::StreamRight::{Play, Publish};
 use raftcast_raft::StreamKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::StreamMap;
@@ -53,6 +53,10 @@ use super::hooks::{admit_session, DoneNotice, HookCall, HookEvent};
 use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
 use super::tokens::{Protocol, StreamAuthError};
+use super::vod::hls::VodIndex;
+use super::vod::player::{Control, Note};
+use super::vod::rtmp::{VodOut, VodPlay};
+use super::vod::{self, VodError, VodFile, VOD_APP};
 use super::EdgeContext;
 use crate::limits::{Permit, Refused, Reservation};
 use crate::media::hop::HopLatency;
@@ -63,6 +67,7 @@ use crate::rtmp::message;
 use crate::rtmp::session::{
     prechunk, PublishRejection, ServerConfig, ServerEvent, ServerSession, CSID_AUDIO, CSID_DATA, CSID_VIDEO,
 };
+use crate::vod::VodId;
 
 /// Bytes waiting for the socket beyond which no more media is taken from the pumps
 /// (their hub reader queues then fill and skip to the next keyframe).
@@ -320,6 +325,10 @@ enum Out {
     Published(u32),
     /// The publisher left: `NetStream.Play.UnpublishNotify`.
     Unpublished(u32),
+    /// A VOD play's note for its session (`edge::vod::rtmp`), and the file's duration.
+    Vod(u32, Note, Duration),
+    /// A VOD play's file could not be read: the play ends.
+    VodFailed(u32, String),
 }
 
 /// The answer to a decision the cluster (or an app's webhook) had to help with.
@@ -341,6 +350,21 @@ enum Decision {
         stream_id: u32,
         why: String,
     },
+    /// A play of app `vod` (`rtmp://EDGE/vod/{id}`): the file and its index, or `None`
+    /// when there is no such file (`NetStream.Play.StreamNotFound`).
+    VodPlay {
+        stream_id: u32,
+        name: String,
+        /// Where to start and how long to play, ms (`None`: from the start, to the end).
+        span: (Option<u64>, Option<u64>),
+        found: Option<(VodFile, Arc<VodIndex>)>,
+        done: DoneNotice,
+    },
+    /// The answer to a `getStreamLength`, in seconds.
+    StreamLength {
+        transaction_id: f64,
+        secs: f64,
+    },
 }
 
 struct Conn {
@@ -357,6 +381,8 @@ struct Conn {
     done: HashMap<u32, DoneNotice>,
     /// One pump per play, polled by this task; a pump never ends by itself.
     playing: StreamMap<u32, BoxStream<'static, Out>>,
+    /// The controls (`seek`, `pause`, buffer length) of each VOD play.
+    vod_controls: HashMap<u32, mpsc::Sender<Control>>,
     /// Streams with a decision pending; a stream closed meanwhile is dropped from here.
     pending_ids: HashSet<u32>,
     decisions: FuturesUnordered<BoxFuture<'static, Decision>>,
@@ -456,6 +482,7 @@ async fn connection<S: ClientStream>(
         protocol,
         done: HashMap::new(),
         playing: StreamMap::new(),
+        vod_controls: HashMap::new(),
         pending_ids: HashSet::new(),
         decisions: FuturesUnordered::new(),
         fenced: CancellationToken::new(),
@@ -671,7 +698,23 @@ impl Conn {
             }
             ServerEvent::CreateStream { .. } => {}
             ServerEvent::Publish { stream_id, name, query, .. } => self.publish(stream_id, name, query),
-            ServerEvent::Play { stream_id, name, query } => self.play(stream_id, name, query),
+            ServerEvent::Play { stream_id, name, query, start, length } => {
+                if self.app.as_deref() == Some(VOD_APP) {
+                    // `-2` and `-1` (live first, live only) mean from the start here;
+                    // a negative length, to the end.
+                    let start_ms = start.filter(|s| *s >= 0.0).map(|s| s as u64);
+                    let length_ms = length.filter(|l| *l >= 0.0).map(|l| l as u64);
+                    self.play_vod(stream_id, name, query, start_ms, length_ms);
+                } else {
+                    self.play(stream_id, name, query);
+                }
+            }
+            ServerEvent::Seek { stream_id, ms } => self.vod_control(stream_id, Control::Seek(ms.max(0.0) as u64)),
+            ServerEvent::Pause { stream_id, pause, .. } => self.vod_control(stream_id, Control::Pause(pause)),
+            ServerEvent::BufferLength { stream_id, ms } => {
+                self.vod_control(stream_id, Control::Buffer(Duration::from_millis(u64::from(ms))));
+            }
+            ServerEvent::StreamLength { transaction_id, name } => self.stream_length(transaction_id, name),
             ServerEvent::Audio { stream_id, timestamp, payload } => {
                 self.media(stream_id, || Frame::audio(timestamp, payload));
             }
@@ -798,6 +841,82 @@ impl Conn {
         }));
     }
 
+    /// A play of app `vod`: `name` is a VOD id (`docs/vod.md`). The app's token rule
+    /// and webhooks apply as to a live play; then the file is opened through the
+    /// edge's cache (fetched first on a miss) and indexed.
+    fn play_vod(
+        &mut self,
+        stream_id: u32,
+        name: String,
+        query: Option<String>,
+        start_ms: Option<u64>,
+        length_ms: Option<u64>,
+    ) {
+        let Ok(id) = VodId::parse(&name) else {
+            self.session.play_not_found(stream_id, &name);
+            return;
+        };
+        let token = self.credential(query.as_deref(), "token");
+        let ctx = self.ctx.clone();
+        let mut call = self.hook_call(VOD_APP, Some(&name), query);
+        call.session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
+        self.pending_ids.insert(stream_id);
+        self.decisions.push(Box::pin(async move {
+            // Checked before the cache is asked: a refused player costs no fetch.
+            match vod::authorize_play(&ctx, token.as_deref(), &id).await {
+                Ok(claims) => call.token = claims,
+                Err(e) => {
+                    let why = ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string();
+                    return Decision::PlayRefused { stream_id, why };
+                }
+            }
+            let done = match admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await {
+                Ok(done) => done,
+                Err(refused) => return Decision::PlayRefused { stream_id, why: refused.to_string() },
+            };
+            let vod = match vod::open(ctx.vod.as_ref(), &id).await {
+                Ok(vod) => vod,
+                Err(VodError::Off | VodError::NotFound) => {
+                    return Decision::VodPlay { stream_id, name, span: (start_ms, length_ms), found: None, done }
+                }
+                Err(e) => return Decision::PlayRefused { stream_id, why: e.to_string() },
+            };
+            match vod::hls_http::index(&ctx, &vod).await {
+                Ok(index) => {
+                    Decision::VodPlay { stream_id, name, span: (start_ms, length_ms), found: Some((vod, index)), done }
+                }
+                Err(e) => Decision::PlayRefused { stream_id, why: format!("{id} cannot be played: {e}") },
+            }
+        }));
+    }
+
+    /// Hands a client's control to its VOD play; a live play has none to take.
+    fn vod_control(&mut self, stream_id: u32, control: Control) {
+        if let Some(controls) = self.vod_controls.get(&stream_id) {
+            if controls.try_send(control).is_err() {
+                tracing::debug!(conn = self.id, stream_id, ?control, "VOD control ignored: too many in flight");
+            }
+        }
+    }
+
+    /// `getStreamLength`: a VOD file's duration (opened and indexed as a play would);
+    /// 0 for anything else.
+    fn stream_length(&mut self, transaction_id: f64, name: String) {
+        let id = VodId::parse(crate::rtmp::session::split_query(&name).0);
+        let (Some(VOD_APP), Ok(id)) = (self.app.as_deref(), id) else {
+            self.session.answer_stream_length(transaction_id, 0.0);
+            return;
+        };
+        let ctx = self.ctx.clone();
+        self.decisions.push(Box::pin(async move {
+            let secs = match vod::open(ctx.vod.as_ref(), &id).await {
+                Ok(vod) => vod::hls_http::index(&ctx, &vod).await.map_or(0.0, |index| index.duration().as_secs_f64()),
+                Err(_) => 0.0,
+            };
+            Decision::StreamLength { transaction_id, secs }
+        }));
+    }
+
     fn decided(&mut self, decision: Decision) {
         match decision {
             Decision::Connect(Ok(())) => {
@@ -831,6 +950,41 @@ impl Conn {
                 if self.pending_ids.remove(&stream_id) {
                     tracing::info!(conn = self.id, why, "play refused");
                     self.session.reject_play(stream_id, &why);
+                }
+            }
+            Decision::StreamLength { transaction_id, secs } => self.session.answer_stream_length(transaction_id, secs),
+            Decision::VodPlay { stream_id, name, span, found, done } => {
+                if !self.pending_ids.remove(&stream_id) {
+                    return;
+                }
+                let Some((vod, index)) = found else {
+                    self.session.play_not_found(stream_id, &name);
+                    return;
+                };
+                tracing::info!(conn = self.id, vod.id = %vod.id, start_ms = ?span.0, length_ms = ?span.1, "VOD play");
+                self.session.accept_play(stream_id);
+                self.done.insert(stream_id, done);
+                self.started_play = true;
+                self.wrote_media = false;
+                self.started();
+                let chunk_size = self.session.outgoing_chunk_size();
+                let (play, controls) = VodPlay::new(stream_id, chunk_size, vod, index, span);
+                if let Some(ms) = self.session.buffer_length(stream_id) {
+                    let _ = controls.try_send(Control::Buffer(Duration::from_millis(u64::from(ms))));
+                }
+                let pump = play
+                    .into_stream()
+                    .map(move |out| match out {
+                        VodOut::Media(bytes) => Out::Media(bytes, None, false),
+                        VodOut::Note(note, duration) => Out::Vod(stream_id, note, duration),
+                        VodOut::Failed(why) => Out::VodFailed(stream_id, why),
+                    })
+                    .chain(futures::stream::pending())
+                    .boxed();
+                self.vod_controls.insert(stream_id, controls);
+                self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
+                if self.playing.insert(stream_id, pump).is_some() {
+                    self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
                 }
             }
             Decision::Play { stream_id, name, lease, done } => {
@@ -869,6 +1023,7 @@ impl Conn {
         if let Some(publication) = self.publishing.remove(&stream_id) {
             self.ctx.stats.publisher_drops.fetch_add(publication.dropped(), Ordering::Relaxed);
         }
+        self.vod_controls.remove(&stream_id);
         if self.playing.remove(&stream_id).is_some() {
             self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
         }
@@ -897,12 +1052,39 @@ impl Conn {
             }
             Out::Published(stream_id) => self.session.publish_notify(stream_id),
             Out::Unpublished(stream_id) => self.session.end_of_stream(stream_id),
+            Out::Vod(stream_id, note, duration) => {
+                let secs = duration.as_secs_f64();
+                if let Some(stats) = self.ctx.vod.as_ref().map(|vod| vod.stats()) {
+                    match note {
+                        Note::Seeked(_) => stats.rtmp_seeks.fetch_add(1, Ordering::Relaxed),
+                        Note::Paused(true, _) => stats.rtmp_pauses.fetch_add(1, Ordering::Relaxed),
+                        Note::Metadata => stats.rtmp_plays.fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                }
+                match note {
+                    Note::Metadata => self.session.send_metadata(stream_id, secs),
+                    Note::Seeked(at) => self.session.seek_notify(stream_id, at),
+                    Note::Paused(paused, at) => self.session.pause_notify(stream_id, paused, at),
+                    Note::Complete => self.session.play_complete(stream_id, secs),
+                    Note::BufferEmpty => self.session.buffer_empty(stream_id),
+                }
+            }
+            Out::VodFailed(stream_id, why) => {
+                tracing::warn!(conn = self.id, stream_id, why, "VOD play failed");
+                self.vod_controls.remove(&stream_id);
+                if self.playing.remove(&stream_id).is_some() {
+                    self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.session.play_complete(stream_id, 0.0);
+            }
         }
     }
 
     /// Ends every publication and play of the connection.
     fn close(&mut self) {
         self.publishing.clear();
+        self.vod_controls.clear();
         self.publish_permits.clear();
         let ids: Vec<u32> = self.playing.keys().copied().collect();
         for stream_id in ids {

@@ -96,7 +96,6 @@ impl Amf0Value {
     }
 
     /// The value of a [`Boolean`](Amf0Value::Boolean).
-    #[cfg(test)]
     pub(crate) fn as_bool(&self) -> Option<bool> {
         match self {
             Amf0Value::Boolean(b) => Some(*b),

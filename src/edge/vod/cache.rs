@@ -125,6 +125,10 @@ pub(crate) struct VodStats {
     pub(crate) fetch_failures: AtomicU64,
     /// Bytes of the files kept now.
     pub(crate) bytes: AtomicU64,
+    /// RTMP VOD plays started, and the seeks and pauses their clients made.
+    pub(crate) rtmp_plays: AtomicU64,
+    pub(crate) rtmp_seeks: AtomicU64,
+    pub(crate) rtmp_pauses: AtomicU64,
 }
 
 /// Which files the cache holds and in what order they were last opened. Pure: the

@@ -112,13 +112,13 @@ pub(crate) struct VodIndex {
 
 /// One audio or video frame of the file.
 #[derive(Debug, Clone, Copy)]
-struct Tag {
+pub(crate) struct Tag {
     /// Offset of the tag's body in the file.
-    body_at: u64,
+    pub(crate) body_at: u64,
     /// Bytes of the body (FLV: at most 2^24 - 1).
-    size: u32,
+    pub(crate) size: u32,
     /// Position on the index's timeline, ms.
-    time_ms: u32,
+    pub(crate) time_ms: u32,
     /// Audio: samples of the decoded frame (the codec's frame duration).
     samples: u32,
     kind: Kind,
@@ -230,7 +230,37 @@ impl VodIndex {
         self.duration
     }
 
-    /// Where segment `n` starts on the timeline (RTMP seeks will use it; tests do now).
+    /// The frames, in the order they are played (RTMP VOD reads them one by one).
+    pub(crate) fn frames(&self) -> &[Tag] {
+        &self.tags
+    }
+
+    /// The first video and audio sequence headers (tag bodies) of the tracks played.
+    pub(crate) fn headers(&self) -> [Option<&Bytes>; 2] {
+        [self.video_header.as_ref(), self.audio_header.as_ref()]
+    }
+
+    /// Where a play from `ms` on the timeline starts: the last keyframe at or before
+    /// it (the first one if it is earlier; the last one if `ms` is past the end), so a
+    /// seek lands within one GOP of its target; without video, the last audio frame
+    /// at or before it.
+    pub(crate) fn start_for(&self, ms: u64) -> usize {
+        let n = self.segments.partition_point(|s| s.start_ms <= ms).saturating_sub(1);
+        let Some(segment) = self.segments.get(n) else { return 0 };
+        let end = self.segments.get(n + 1).map_or(self.tags.len(), |s| s.first);
+        // Segments open on keyframes (audio frames without video): the segment's
+        // first frame always qualifies.
+        let opens = self.tags[0].kind;
+        let mut start = segment.first;
+        for (i, tag) in self.tags.iter().enumerate().take(end).skip(segment.first) {
+            if tag.kind == opens && u64::from(tag.time_ms) <= ms {
+                start = i;
+            }
+        }
+        start
+    }
+
+    /// Where segment `n` starts on the timeline (tests).
     #[cfg(test)]
     pub(crate) fn segment_start(&self, n: usize) -> Option<Duration> {
         self.segments.get(n).map(|s| Duration::from_millis(s.start_ms))
@@ -262,6 +292,15 @@ impl VodIndex {
 }
 
 impl Tag {
+    pub(crate) fn is_audio(&self) -> bool {
+        self.kind == Kind::Audio
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_keyframe(&self) -> bool {
+        self.kind == Kind::Keyframe
+    }
+
     fn frame(&self, body: Bytes) -> Frame {
         match self.kind {
             Kind::Audio => Frame::audio(self.time_ms, body),
@@ -529,7 +568,7 @@ impl Reader<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::io::Write as _;
     use std::path::Path;
@@ -545,7 +584,7 @@ mod tests {
     use crate::origin::recording::flv_file;
 
     /// The FLV file of `frames`.
-    fn flv(frames: &[Frame]) -> Vec<u8> {
+    pub(crate) fn flv(frames: &[Frame]) -> Vec<u8> {
         let mut out = flv::FILE_HEADER.to_vec();
         for frame in frames {
             out.extend_from_slice(&flv_file::tag(frame));
@@ -553,7 +592,7 @@ mod tests {
         out
     }
 
-    fn temp_file(bytes: &[u8]) -> (File, u64) {
+    pub(crate) fn temp_file(bytes: &[u8]) -> (File, u64) {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(bytes).unwrap();
         (file, bytes.len() as u64)
@@ -568,7 +607,7 @@ mod tests {
 
     /// `seconds` of the synthetic H.264 + AAC stream (a keyframe every `gop` frames at
     /// `fps`), headers and metadata first.
-    fn synthetic(seconds: u64, fps: u32, gop: u32) -> Vec<Frame> {
+    pub(crate) fn synthetic(seconds: u64, fps: u32, gop: u32) -> Vec<Frame> {
         let mut frames = headers().to_vec();
         let shape = StreamShape { video_kbps: 300, fps, gop, keyframe_ratio: 4, audio: true };
         let mut synth = Synth::new(shape, Instant::now());
@@ -636,6 +675,28 @@ mod tests {
             assert_eq!(video.samples[0].1, SYNC_SAMPLE, "segment {n} opens on a keyframe");
             assert_eq!(video.samples.iter().filter(|s| s.1 == SYNC_SAMPLE).count(), 2, "two GOPs in segment {n}");
         }
+    }
+
+    #[test]
+    fn a_play_starts_on_the_last_keyframe_at_or_before_its_position() {
+        // A keyframe every 1.2 s, segments of 2.4 s: keyframes inside segments count.
+        let (file, len) = temp_file(&flv(&synthetic(10, 25, 30)));
+        let index = VodIndex::build(&file, len, Duration::from_secs(2)).unwrap();
+        let at = |ms| {
+            let tag = index.frames()[index.start_for(ms)];
+            assert!(tag.is_keyframe(), "{ms} ms starts on a keyframe");
+            tag.time_ms
+        };
+        for (ms, keyframe) in [(0, 0), (1199, 0), (1200, 1200), (3599, 2400), (5000, 4800), (9700, 9600)] {
+            assert_eq!(at(ms), keyframe, "from {ms} ms");
+        }
+        assert_eq!(at(3_600_000), 9600, "past the end: the last keyframe");
+        // Audio only: the last audio frame at or before.
+        let frames: Vec<Frame> = synthetic(3, 25, 25).into_iter().filter(|f| f.kind != FrameKind::Video).collect();
+        let (file, len) = temp_file(&flv(&frames));
+        let index = VodIndex::build(&file, len, Duration::from_secs(2)).unwrap();
+        let tag = index.frames()[index.start_for(1000)];
+        assert!(tag.is_audio() && tag.time_ms <= 1000 && tag.time_ms > 970, "{tag:?}");
     }
 
     /// `(EXTINF in ms, URI)` of each segment of a playlist.

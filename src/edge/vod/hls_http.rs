@@ -70,6 +70,27 @@ impl Indexes {
     }
 }
 
+/// The index of `vod`: the one kept, or built on the blocking pool and kept. Shared
+/// by HLS VOD and RTMP VOD.
+pub(crate) async fn index(ctx: &EdgeContext, vod: &VodFile) -> Result<Arc<VodIndex>, VodHlsError> {
+    if let Some(index) = ctx.vod_indexes.get(vod) {
+        return Ok(index);
+    }
+    let target = Duration::from_millis(u64::from(ctx.config.hls.target_ms));
+    let file = vod.file.clone();
+    let len = vod.len;
+    let index = tokio::task::spawn_blocking(move || VodIndex::build(&file, len, target))
+        .await
+        .map_err(|e| VodHlsError::Io(std::io::Error::other(e)))??;
+    tracing::info!(
+        vod.id = %vod.id, bytes = vod.len, segments = index.segments(), duration = ?index.duration(),
+        "VOD file indexed"
+    );
+    let index = Arc::new(index);
+    ctx.vod_indexes.keep(vod, index.clone());
+    Ok(index)
+}
+
 /// What a URL under `/vod/{id}/` asks for.
 #[derive(Debug, PartialEq)]
 enum Asked {
@@ -115,26 +136,9 @@ pub(crate) async fn file(
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
-    let index = match ctx.vod_indexes.get(&vod) {
-        Some(index) => index,
-        None => {
-            let target = Duration::from_millis(u64::from(ctx.config.hls.target_ms));
-            let file = vod.file.clone();
-            let len = vod.len;
-            match tokio::task::spawn_blocking(move || VodIndex::build(&file, len, target)).await {
-                Ok(Ok(index)) => {
-                    tracing::info!(
-                        vod.id = %vod.id, bytes = vod.len, segments = index.segments(), duration = ?index.duration(),
-                        "VOD file indexed for HLS"
-                    );
-                    let index = Arc::new(index);
-                    ctx.vod_indexes.keep(&vod, index.clone());
-                    index
-                }
-                Ok(Err(e)) => return unplayable(&vod, &e),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-            }
-        }
+    let index = match index(&ctx, &vod).await {
+        Ok(index) => index,
+        Err(e) => return unplayable(&vod, &e),
     };
     let (content_type, body) = match asked {
         Asked::Playlist => ("application/vnd.apple.mpegurl", index.playlist(query.as_deref()).into()),

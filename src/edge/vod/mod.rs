@@ -11,7 +11,11 @@
 //!   playlist, init segment and segments (fMP4, as the live packager writes them), no
 //!   sockets;
 //! - `hls_http`: `GET /vod/{id}/index.m3u8`, `init.mp4` and `{n}.m4s`, with the
-//!   indexes of recently played files kept in memory.
+//!   indexes of recently played files kept in memory;
+//! - `player`: which frames of a file an RTMP play sends and when (start position,
+//!   pacing, `seek`, `pause`, the end), sans-IO;
+//! - `rtmp`: one RTMP play (`rtmp://EDGE/vod/{id}`), the player driven with the clock
+//!   and the file.
 //!
 //! Never knows live streams: a VOD file is a finished file.
 
@@ -20,7 +24,9 @@ pub(crate) mod flv;
 pub(crate) mod hls;
 pub(crate) mod hls_http;
 pub(crate) mod origins;
+pub(crate) mod player;
 pub(crate) mod range;
+pub(crate) mod rtmp;
 
 pub(crate) use cache::{VodCache, VodError, VodFile};
 
@@ -32,4 +38,19 @@ pub(crate) async fn open(cache: Option<&VodCache>, id: &VodId) -> Result<VodFile
         Some(cache) => cache.open(id).await,
         None => Err(VodError::Off),
     }
+}
+
+/// The app whose streams are VOD ids: `rtmp://EDGE/vod/{id}`, and the app whose token
+/// rules (`ctl apps vod ...`) VOD plays follow.
+pub(crate) const VOD_APP: &str = "vod";
+
+/// Whether `token` allows playing `id`: the rules of the app [`VOD_APP`], the stream
+/// name being the id.
+pub(crate) async fn authorize_play(
+    ctx: &crate::edge::EdgeContext,
+    token: Option<&str>,
+    id: &VodId,
+) -> Result<Option<raftcast_raft::token::StreamClaims>, crate::edge::tokens::StreamAuthError> {
+    let right = raftcast_raft::token::StreamRight::Play;
+    ctx.tokens.authorize_stream(token, VOD_APP, &id.to_string(), right).await
 }

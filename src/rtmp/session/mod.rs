@@ -240,7 +240,7 @@ impl<'a> Status<'a> {
 }
 
 /// Splits `s` at its first `?`: `("foo", Some("key=abc"))` for `"foo?key=abc"`. An empty query is none.
-fn split_query(s: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_query(s: &str) -> (&str, Option<&str>) {
     match s.split_once('?') {
         Some((name, query)) => (name, (!query.is_empty()).then_some(query)),
         None => (s, None),

@@ -101,8 +101,23 @@ pub enum ServerEvent {
     /// The client asked to publish: answer with `accept_publish` or `reject_publish`.
     Publish { stream_id: u32, name: String, query: Option<String>, mode: PublishMode },
     /// The client asked to play: answer with `accept_play`, `play_not_found` or
-    /// `reject_play`.
-    Play { stream_id: u32, name: String, query: Option<String> },
+    /// `reject_play`. `start`: `play`'s second argument when it is a number (`-2`
+    /// live or recorded, `-1` live only, `0` or more: a recorded stream from that
+    /// position, in ms); `length`: the third, when it is a number (`-1` to the end,
+    /// otherwise how many ms of a recorded stream to play).
+    Play { stream_id: u32, name: String, query: Option<String>, start: Option<f64>, length: Option<f64> },
+    /// A playing client asked to move to `ms` (`seek`): a recorded stream answers with
+    /// `seek_notify`; a live one ignores it.
+    Seek { stream_id: u32, ms: f64 },
+    /// A playing client paused (`pause` true) or resumed (`pause` false) at `ms`: a
+    /// recorded stream answers with `pause_notify`; a live one ignores it.
+    Pause { stream_id: u32, pause: bool, ms: f64 },
+    /// The client's buffer length for a stream (User Control `SetBufferLength`): how
+    /// far ahead of real time a recorded stream may be sent.
+    BufferLength { stream_id: u32, ms: u32 },
+    /// The client asked for a stream's length in seconds (`getStreamLength`): answer
+    /// with `answer_stream_length`.
+    StreamLength { transaction_id: f64, name: String },
     /// Audio from a publisher.
     Audio { stream_id: u32, timestamp: u32, payload: Bytes },
     /// Video from a publisher.
@@ -166,7 +181,13 @@ pub struct ServerSession {
     /// The client's `connect` advertised Enhanced RTMP's reconnect capability
     /// (`capsEx` bit [`CAPS_EX_RECONNECT`]).
     can_reconnect: bool,
+    /// The last buffer length (ms) the client set for each of its streams (clients set
+    /// it before `play`).
+    buffer_lengths: BTreeMap<u32, u32>,
 }
+
+/// User Control event type `BufferEmpty` (Flash Media Server 3.5 and later).
+const USER_CONTROL_BUFFER_EMPTY: u16 = 31;
 
 /// Enhanced RTMP's `capsEx` bit for "understands `NetConnection.Connect.ReconnectRequest`".
 pub const CAPS_EX_RECONNECT: u32 = 0x01;
@@ -195,6 +216,7 @@ impl ServerSession {
             next_stream_id: 1,
             ignored: 0,
             can_reconnect: false,
+            buffer_lengths: BTreeMap::new(),
         }
     }
 
@@ -224,6 +246,11 @@ impl ServerSession {
     /// The chunk size of outgoing chunks: 128 until `accept_connect`, the configured one after.
     pub(crate) fn outgoing_chunk_size(&self) -> u32 {
         self.wire.encoder.chunk_size()
+    }
+
+    /// The buffer length (ms) the client last set for `stream_id`.
+    pub(crate) fn buffer_length(&self, stream_id: u32) -> Option<u32> {
+        self.buffer_lengths.get(&stream_id).copied()
     }
 
     /// Whether `connect` has been accepted.
@@ -379,6 +406,80 @@ impl ServerSession {
         self.wire.send_status(stream_id, status);
     }
 
+    /// A recorded stream's `onMetaData` data message, with its `duration` in seconds
+    /// (what players show as the stream's length; rtmpdump reads it too).
+    pub fn send_metadata(&mut self, stream_id: u32, duration_secs: f64) {
+        if !self.is_playing(stream_id) {
+            return;
+        }
+        let metadata = Amf0Value::EcmaArray(vec![("duration".into(), Amf0Value::Number(duration_secs))]);
+        self.wire.send_data(stream_id, &[Amf0Value::String("onMetaData".into()), metadata]);
+    }
+
+    /// The answer to `seek` on a recorded stream, before its media from the new
+    /// position: StreamBegin, `NetStream.Seek.Notify` and `NetStream.Play.Start`
+    /// (ffmpeg drops what arrives between its `seek` and one of those two).
+    pub fn seek_notify(&mut self, stream_id: u32, at_ms: u64) {
+        let Some(Stream::Playing { name }) = self.streams.get(&stream_id) else { return };
+        let name = name.clone();
+        self.wire.send_user_control(UserControl::StreamBegin(stream_id));
+        let description = format!("Seeking {at_ms} (stream ID: {stream_id}).");
+        self.wire.send_status(stream_id, Status::new("NetStream.Seek.Notify", &description).details(&name));
+        let start = format!("Started playing {name}.");
+        self.wire.send_status(stream_id, Status::new("NetStream.Play.Start", &start).details(&name));
+    }
+
+    /// The answer to `pause` on a recorded stream: `NetStream.Pause.Notify` after
+    /// StreamEOF, or StreamBegin and `NetStream.Unpause.Notify`. (librtmp, pausing to
+    /// refill its buffer, answers the first with its unpause.)
+    pub fn pause_notify(&mut self, stream_id: u32, paused: bool, at_ms: u64) {
+        let Some(Stream::Playing { name }) = self.streams.get(&stream_id) else { return };
+        let name = name.clone();
+        let (code, what) = if paused {
+            self.wire.send_user_control(UserControl::StreamEof(stream_id));
+            ("NetStream.Pause.Notify", "Pausing")
+        } else {
+            self.wire.send_user_control(UserControl::StreamBegin(stream_id));
+            ("NetStream.Unpause.Notify", "Unpausing")
+        };
+        let description = format!("{what} {name} at {at_ms}.");
+        self.wire.send_status(stream_id, Status::new(code, &description).details(&name));
+    }
+
+    /// A recorded stream was sent to its end: the data message `onPlayStatus`
+    /// `NetStream.Play.Complete`, `onStatus` `NetStream.Play.Stop` and StreamEOF. The
+    /// stream stays playing: a `seek` plays it again.
+    pub fn play_complete(&mut self, stream_id: u32, duration_secs: f64) {
+        let Some(Stream::Playing { name }) = self.streams.get(&stream_id) else { return };
+        let name = name.clone();
+        let complete = Amf0Value::object([
+            ("code", Amf0Value::String("NetStream.Play.Complete".into())),
+            ("level", Amf0Value::String("status".into())),
+            ("duration", Amf0Value::Number(duration_secs)),
+        ]);
+        self.wire.send_data(stream_id, &[Amf0Value::String("onPlayStatus".into()), complete]);
+        let description = format!("Stopped playing {name}.");
+        self.wire.send_status(stream_id, Status::new("NetStream.Play.Stop", &description).details(&name));
+        self.wire.send_user_control(UserControl::StreamEof(stream_id));
+    }
+
+    /// User Control `BufferEmpty` (31), as Flash Media Server sends it when it has sent
+    /// a buffer's worth of a recorded stream ahead of real time and waits: librtmp
+    /// (rtmpdump) then pauses and resumes to have the next buffer's worth at once.
+    pub fn buffer_empty(&mut self, stream_id: u32) {
+        if self.is_playing(stream_id) {
+            let data = Bytes::copy_from_slice(&stream_id.to_be_bytes());
+            self.wire.send_user_control(UserControl::Other { event: USER_CONTROL_BUFFER_EMPTY, data });
+        }
+    }
+
+    /// Answers a `getStreamLength` with the length in seconds (0 for a live stream).
+    pub fn answer_stream_length(&mut self, transaction_id: f64, secs: f64) {
+        if self.connection == Connection::Connected {
+            self.result(transaction_id, Amf0Value::Number(secs));
+        }
+    }
+
     /// Sends a shared-object message body (see [`crate::rtmp::shared_object`]) on message
     /// stream 0, as type 19 or, when `amf3`, type 16. Ignored unless connected.
     pub(crate) fn send_shared_object(&mut self, body: Bytes, amf3: bool) {
@@ -441,6 +542,12 @@ impl ServerSession {
                 Message::UserControl(UserControl::PingRequest(time)) => {
                     self.wire.send_user_control(UserControl::PingResponse(time));
                 }
+                Message::UserControl(UserControl::SetBufferLength { stream_id, millis }) => {
+                    if self.streams.contains_key(&stream_id) {
+                        self.buffer_lengths.insert(stream_id, millis);
+                        events.push(ServerEvent::BufferLength { stream_id, ms: millis });
+                    }
+                }
                 Message::UserControl(_) => {}
                 Message::Audio(payload) => self.media(MediaKind::Audio, stream_id, timestamp, payload, events),
                 Message::Video(payload) => self.media(MediaKind::Video, stream_id, timestamp, payload, events),
@@ -462,6 +569,10 @@ impl ServerSession {
             }
         }
         Ok(())
+    }
+
+    fn is_playing(&self, stream_id: u32) -> bool {
+        matches!(self.streams.get(&stream_id), Some(Stream::Playing { .. }))
     }
 
     fn is_publishing(&self, stream_id: u32) -> bool {
@@ -536,7 +647,27 @@ impl ServerSession {
                 }
             }
             "releaseStream" | "_checkbw" => self.result(txn, Amf0Value::Null),
-            "getStreamLength" => self.result(txn, Amf0Value::Number(0.0)),
+            "getStreamLength" => match (txn != 0.0, name_arg()) {
+                (true, Some(name)) => {
+                    let name = truncate(name, MAX_NAME_LEN).to_owned();
+                    events.push(ServerEvent::StreamLength { transaction_id: txn, name });
+                }
+                _ => self.result(txn, Amf0Value::Number(0.0)),
+            },
+            "seek" => {
+                if let Some(ms) = cmd.args.first().and_then(Amf0Value::as_f64).filter(|ms| ms.is_finite()) {
+                    if self.is_playing(stream_id) {
+                        events.push(ServerEvent::Seek { stream_id, ms });
+                    }
+                }
+            }
+            "pause" => {
+                let pause = cmd.args.first().and_then(Amf0Value::as_bool);
+                let ms = cmd.args.get(1).and_then(Amf0Value::as_f64).filter(|ms| ms.is_finite()).unwrap_or(0.0);
+                if let (Some(pause), true) = (pause, self.is_playing(stream_id)) {
+                    events.push(ServerEvent::Pause { stream_id, pause, ms });
+                }
+            }
             "FCPublish" => {
                 self.result(txn, Amf0Value::Null);
                 let name = truncate(name_arg().unwrap_or(""), MAX_NAME_LEN).to_owned();
@@ -559,9 +690,8 @@ impl ServerSession {
                 let name = truncate(name_arg().unwrap_or(""), MAX_NAME_LEN).to_owned();
                 self.notify("onFCSubscribe", "NetStream.Play.Start", &name);
             }
-            // Replies and notifications to us, and stream controls a live server has nothing to say to.
-            "_result" | "_error" | "onStatus" | "onBWDone" | "FCUnsubscribe" | "receiveAudio" | "receiveVideo"
-            | "pause" | "seek" => {}
+            // Replies and notifications to us, and what a server need not act on.
+            "_result" | "_error" | "onStatus" | "onBWDone" | "FCUnsubscribe" | "receiveAudio" | "receiveVideo" => {}
             _ => self.call_failed(txn, "Method not found."),
         }
     }
@@ -613,13 +743,16 @@ impl ServerSession {
             self.wire.send_status(stream_id, Status::error("NetStream.Play.StreamNotFound", "Invalid stream name."));
             return;
         };
+        let number = |at: usize| args.get(at).and_then(Amf0Value::as_f64).filter(|n| n.is_finite());
+        let (start, length) = (number(1), number(2));
         *stream = Stream::PlayPending { name: name.clone() };
-        events.push(ServerEvent::Play { stream_id, name, query });
+        events.push(ServerEvent::Play { stream_id, name, query, start, length });
     }
 
     /// Returns a stream to idle (or removes it), reporting the end of a publish or play.
     fn close_stream(&mut self, stream_id: u32, remove: bool, events: &mut Vec<ServerEvent>) {
         let previous = if remove {
+            self.buffer_lengths.remove(&stream_id);
             self.streams.remove(&stream_id)
         } else {
             self.streams.get_mut(&stream_id).map(|stream| std::mem::replace(stream, Stream::Idle))

@@ -201,7 +201,13 @@ fn publish_and_play_conversation() {
     let play_id = connect_and_create(&mut player, &mut player_server, "token=t");
     player.play(play_id, "cam").unwrap();
     let events = client_to_server(&mut player, &mut player_server);
-    assert_eq!(events, [ServerEvent::Play { stream_id: play_id, name: "cam".into(), query: None }]);
+    assert_eq!(
+        events,
+        [
+            ServerEvent::BufferLength { stream_id: play_id, ms: 3000 },
+            ServerEvent::Play { stream_id: play_id, name: "cam".into(), query: None, start: Some(-2.0), length: None }
+        ]
+    );
     player_server.accept_play(play_id);
     player_server.send_data(play_id, 0, meta.clone());
     player_server.send_video(play_id, 0, header.clone());
@@ -261,7 +267,13 @@ fn play_not_found_and_publish_rejected() {
 
     client.play(id, "missing").unwrap();
     let events = client_to_server(&mut client, &mut server);
-    assert_eq!(events, [ServerEvent::Play { stream_id: id, name: "missing".into(), query: None }]);
+    assert_eq!(
+        events,
+        [
+            ServerEvent::BufferLength { stream_id: id, ms: 3000 },
+            ServerEvent::Play { stream_id: id, name: "missing".into(), query: None, start: Some(-2.0), length: None }
+        ]
+    );
     server.play_not_found(id, "missing");
     let events = server_to_client(&mut server, &mut client);
     assert_eq!(statuses(&events), [("error".into(), "NetStream.Play.StreamNotFound".into())]);
@@ -300,7 +312,19 @@ fn play_rejected_for_its_token_and_tried_again() {
 
     client.play(id, "cam?token=rs1.a.b").unwrap();
     let events = client_to_server(&mut client, &mut server);
-    assert_eq!(events, [ServerEvent::Play { stream_id: id, name: "cam".into(), query: Some("token=rs1.a.b".into()) }]);
+    assert_eq!(
+        events,
+        [
+            ServerEvent::BufferLength { stream_id: id, ms: 3000 },
+            ServerEvent::Play {
+                stream_id: id,
+                name: "cam".into(),
+                query: Some("token=rs1.a.b".into()),
+                start: Some(-2.0),
+                length: None
+            }
+        ]
+    );
     server.reject_play(id, "the token expired");
     let events = server_to_client(&mut server, &mut client);
     let [ClientEvent::Status { stream_id, level, code, description }] = &events[..] else { panic!("{events:?}") };
@@ -832,4 +856,91 @@ fn a_reconnect_request_goes_only_to_clients_that_advertise_the_capability() {
         assert_eq!(info.property("tcUrl").and_then(Amf0Value::as_str), Some("rtmp://lb/live"));
         assert_eq!(info.property("level").and_then(Amf0Value::as_str), Some("status"));
     }
+}
+
+/// A recorded stream's conversation: the start position, buffer length, `seek`,
+/// `pause`, `getStreamLength` reach the driver as events, only on a playing stream,
+/// and the answers are what ffmpeg and librtmp wait for.
+#[test]
+fn recorded_stream_controls_and_answers() {
+    let (mut server, mut client, mut peer) = connected_server(ServerConfig::default());
+    let created = server.handle_input(&client.command(0, "createStream", 2.0, Amf0Value::Null, vec![])).unwrap();
+    let [ServerEvent::CreateStream { stream_id: id }] = created[..] else { panic!("{created:?}") };
+    peer.read(&server.take_output());
+    // Before the play: a seek is not reported; the buffer length is kept.
+    let seek =
+        |client: &mut RawClient, ms: f64| client.command(id, "seek", 0.0, Amf0Value::Null, vec![Amf0Value::Number(ms)]);
+    assert_eq!(server.handle_input(&seek(&mut client, 1000.0)).unwrap(), []);
+    let buffer = UserControl::SetBufferLength { stream_id: id, millis: 36_000_000 };
+    let events = server.handle_input(&client.message(2, 0, 0, &Message::UserControl(buffer))).unwrap();
+    assert_eq!(events, [ServerEvent::BufferLength { stream_id: id, ms: 36_000_000 }]);
+    assert_eq!(server.buffer_length(id), Some(36_000_000));
+    let args = vec![text("42"), Amf0Value::Number(5000.0), Amf0Value::Number(4000.0)];
+    let events = server.handle_input(&client.command(id, "play", 0.0, Amf0Value::Null, args)).unwrap();
+    let play =
+        ServerEvent::Play { stream_id: id, name: "42".into(), query: None, start: Some(5000.0), length: Some(4000.0) };
+    assert_eq!(events, [play]);
+    server.accept_play(id);
+    server.send_metadata(id, 61.5);
+    peer.read(&server.take_output());
+
+    let events = server.handle_input(&seek(&mut client, 20_000.0)).unwrap();
+    assert_eq!(events, [ServerEvent::Seek { stream_id: id, ms: 20_000.0 }]);
+    server.seek_notify(id, 19_200);
+    let pause = |client: &mut RawClient, p: bool| {
+        client.command(id, "pause", 0.0, Amf0Value::Null, vec![Amf0Value::Boolean(p), Amf0Value::Number(19_500.0)])
+    };
+    let events = server.handle_input(&pause(&mut client, true)).unwrap();
+    assert_eq!(events, [ServerEvent::Pause { stream_id: id, pause: true, ms: 19_500.0 }]);
+    server.pause_notify(id, true, 19_500);
+    server.handle_input(&pause(&mut client, false)).unwrap();
+    server.pause_notify(id, false, 19_500);
+    server.buffer_empty(id);
+    server.play_complete(id, 61.5);
+    // No name: 0 at once.
+    let length = client.command(0, "getStreamLength", 6.0, Amf0Value::Null, vec![Amf0Value::Null]);
+    let events = server.handle_input(&length).unwrap();
+    assert_eq!(events, []);
+    let length = client.command(0, "getStreamLength", 7.0, Amf0Value::Null, vec![text("42")]);
+    let events = server.handle_input(&length).unwrap();
+    assert_eq!(events, [ServerEvent::StreamLength { transaction_id: 7.0, name: "42".into() }]);
+    server.answer_stream_length(7.0, 61.5);
+
+    let messages = peer.read(&server.take_output());
+    let codes: Vec<String> =
+        commands(&messages).iter().filter_map(|(_, _, c)| info_code(c).map(str::to_owned)).collect();
+    assert_eq!(
+        codes,
+        [
+            "NetStream.Seek.Notify",
+            "NetStream.Play.Start",
+            "NetStream.Pause.Notify",
+            "NetStream.Unpause.Notify",
+            "NetStream.Play.Stop"
+        ]
+    );
+    let controls: Vec<&UserControl> =
+        messages.iter().filter_map(|(_, m)| if let Message::UserControl(u) = m { Some(u) } else { None }).collect();
+    assert_eq!(
+        controls,
+        [
+            &UserControl::StreamBegin(id),
+            &UserControl::StreamEof(id),
+            &UserControl::StreamBegin(id),
+            &UserControl::Other { event: 31, data: Bytes::copy_from_slice(&id.to_be_bytes()) },
+            &UserControl::StreamEof(id),
+        ]
+    );
+    let data: Vec<Vec<Amf0Value>> = messages
+        .iter()
+        .filter_map(|(_, m)| if let Message::Data { payload, .. } = m { amf0::decode_all(payload).ok() } else { None })
+        .collect();
+    assert_eq!(data[0][0], text("onPlayStatus"));
+    assert_eq!(data[0][1].property("code").and_then(Amf0Value::as_str), Some("NetStream.Play.Complete"));
+    let results: Vec<f64> = commands(&messages)
+        .iter()
+        .filter(|(_, _, c)| c.name == "_result")
+        .filter_map(|(_, _, c)| c.args.first().and_then(Amf0Value::as_f64))
+        .collect();
+    assert_eq!(results, [0.0, 61.5], "no length without a name, then the stream's");
 }

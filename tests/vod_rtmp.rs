@@ -1,0 +1,129 @@
+//! RTMP VOD through an edge (`rtmp://EDGE/vod/{id}`, `docs/vod.md`), with real clients
+//! and a media-library file of 20 s (a keyframe every 2 s) on the origins:
+//!
+//! - rtmpdump downloads it whole: it pauses and resumes whenever the edge says its
+//!   buffer's worth was sent (librtmp's BUFX hack against Flash Media Server), and
+//!   every video frame arrives once, in order (packet hashes equal the file's);
+//! - ffmpeg plays it to `NetStream.Play.Stop` and exits by itself, with every frame;
+//! - rtmpdump with a start and a stop time (`play`'s start and length) gets exactly
+//!   the frames from the keyframe at or before the start up to the stop;
+//! - ffprobe seeks (RTMP `seek`) and its first frame is within one GOP before the
+//!   target;
+//! - an unknown or malformed id is `NetStream.Play.StreamNotFound`.
+
+mod common;
+#[path = "common/edges.rs"]
+mod edges;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Cluster;
+use edges::{noisy_source, require, EdgeProc};
+use tokio::process::Command;
+
+/// The GOP of `noisy_source`: 60 frames at 30 fps.
+const GOP_SECS: f64 = 2.0;
+
+/// The sha256 of each video packet of `input` (a file or a URL), in order, as ffmpeg
+/// copies them (`extra`: input options).
+async fn video_packets(input: &str, extra: &[&str]) -> Vec<String> {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
+        .args(extra)
+        .args(["-i", input, "-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256", "-"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await.expect("ffmpeg ends by itself").unwrap();
+    assert!(out.status.success(), "ffmpeg {input}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("0,"))
+        .map(|l| l.rsplit(',').next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// rtmpdump (not live: a recorded stream) into `out`; its stderr.
+async fn rtmpdump(url: &str, out: &Path, extra: &[&str]) -> String {
+    let run = Command::new("rtmpdump").args(["-r", url, "-o"]).arg(out).args(extra).kill_on_drop(true).output();
+    let run = tokio::time::timeout(Duration::from_secs(60), run).await.expect("rtmpdump ends by itself").unwrap();
+    String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
+async fn metric(edge: &EdgeProc, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", edge.http)).await.unwrap().text().await.unwrap();
+    edges::metric_value(&text, series).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_file_plays_seeks_pauses_and_ends_over_rtmp() {
+    require("rtmpdump");
+    require("ffprobe");
+    let mut c = Cluster::new();
+    let source = noisy_source(c.dir.path());
+    for id in 1..=3 {
+        let library = c.dir.path().join(format!("media-{id}"));
+        std::fs::create_dir_all(&library).unwrap();
+        std::fs::copy(&source, library.join("clip.flv")).unwrap();
+        c.origin_args.insert(id, vec!["--media-dir".into(), library.to_str().unwrap().into()]);
+        c.add_origin(id);
+    }
+    c.wait_listening().await;
+    c.init().await;
+    c.wait_voters(3).await;
+    let cache = c.dir.path().join("edge-vod");
+    let edge = EdgeProc::start(&c, "edge-1", &["--vod-cache-dir", cache.to_str().unwrap()]).await;
+    let url = edge.rtmp_url("vod", "lib-clip");
+    let reference = video_packets(source.to_str().unwrap(), &[]).await;
+    assert_eq!(reference.len(), 600, "20 s at 30 fps");
+
+    // rtmpdump, as fast as the edge lets it: a buffer's worth, BufferEmpty, pause and
+    // resume, the next buffer's worth...
+    let whole = c.dir.path().join("whole.flv");
+    let said = rtmpdump(&url, &whole, &[]).await;
+    assert!(said.contains("duration") && said.contains("20.0"), "onMetaData gives the duration: {said}");
+    let got = video_packets(whole.to_str().unwrap(), &[]).await;
+    assert!(got == reference, "rtmpdump: {} frames, the file {}; rtmpdump said {said}", got.len(), reference.len());
+    assert!(metric(&edge, "raftcast_edge_vod_rtmp_pauses_total").await >= 1.0, "rtmpdump paused and resumed");
+    assert_eq!(metric(&edge, "raftcast_edge_vod_cache_misses_total").await, 1.0, "fetched once");
+
+    // ffmpeg with a large buffer (the edge sends 10 s ahead at most, then real time)
+    // and, meanwhile, rtmpdump from 8 s to 12 s.
+    let part = c.dir.path().join("part.flv");
+    let (from_ffmpeg, said) = tokio::join!(
+        video_packets(&url, &["-rtmp_buffer", "100000"]),
+        rtmpdump(&url, &part, &["--start", "8", "--stop", "12"]),
+    );
+    assert!(from_ffmpeg == reference, "ffmpeg: {} frames, the file {}", from_ffmpeg.len(), reference.len());
+    // The keyframe at or before 8 s is the one at 6 s (frame 180); 12 s is frame 360.
+    let got = video_packets(part.to_str().unwrap(), &[]).await;
+    assert!(
+        got == reference[180..=360] || got == reference[180..360],
+        "from 8 s to 12 s: {} frames; {said}",
+        got.len()
+    );
+
+    // ffprobe seeks to 12 s: the first frame it gets is the keyframe at or before 12 s.
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-rtmp_buffer", "100000", "-read_intervals", "12%+#3", "-select_streams", "v"])
+        .args(["-show_entries", "packet=pts_time,flags", "-of", "csv=p=0", &url])
+        .kill_on_drop(true)
+        .output();
+    let probe = tokio::time::timeout(Duration::from_secs(60), probe).await.expect("ffprobe ends").unwrap();
+    let text = String::from_utf8_lossy(&probe.stdout);
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let (pts, flags) = first.split_once(',').unwrap_or_default();
+    let pts: f64 = pts.parse().unwrap_or(-1.0);
+    assert!((12.0 - GOP_SECS..=12.0).contains(&pts) && flags.starts_with('K'), "seek to 12 s lands on {first:?}");
+    assert!(metric(&edge, "raftcast_edge_vod_rtmp_seeks_total").await >= 1.0);
+    assert_eq!(metric(&edge, "raftcast_edge_vod_rtmp_plays_total").await, 4.0);
+
+    // Unknown and malformed ids.
+    for name in ["lib-missing", "..%2Fx", "12a"] {
+        let said = rtmpdump(&edge.rtmp_url("vod", name), &c.dir.path().join("none.flv"), &[]).await;
+        assert!(said.contains("StreamNotFound"), "{name}: {said}");
+    }
+}
