@@ -79,6 +79,9 @@ const MERGE_FLUSH_BYTES: usize = 64 * 1024;
 const WRITE_SLICES: usize = 64;
 /// Read buffer size.
 const READ_CHUNK: usize = 64 * 1024;
+/// Decisions a connection may have pending before a `getStreamLength` of a VOD file is
+/// answered 0 rather than looked up (each lookup may fetch and index a file).
+const MAX_PENDING_LENGTHS: usize = 8;
 
 /// A client's byte stream, TCP, TLS over TCP or an RTMPT tunnel's pipe, split into the halves the connection
 /// task polls side by side.
@@ -903,7 +906,9 @@ impl Conn {
     /// 0 for anything else.
     fn stream_length(&mut self, transaction_id: f64, name: String) {
         let id = VodId::parse(crate::rtmp::session::split_query(&name).0);
-        let (Some(VOD_APP), Ok(id)) = (self.app.as_deref(), id) else {
+        // Bounded like everything a client can start: past the limit, the length is 0.
+        let (Some(VOD_APP), Ok(id), true) = (self.app.as_deref(), id, self.decisions.len() < MAX_PENDING_LENGTHS)
+        else {
             self.session.answer_stream_length(transaction_id, 0.0);
             return;
         };
