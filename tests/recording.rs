@@ -5,12 +5,18 @@
 //! read back as one FLV file through the admin API, must hold every video frame the
 //! publisher sent, once and in order (packet hashes compared with the source's), with
 //! increasing timestamps; and still read whole from the replicas once one origin's
-//! piece files are gone; bad ids are refused; the retention bound deletes it.
+//! piece files are gone; bad ids are refused; the retention bound deletes it. Played
+//! through an edge's VOD cache (`docs/vod.md`) as `.flv` and as HLS VOD it holds the
+//! same frames; and once an origin holding pieces dies with its whole data directory, a
+//! fresh edge (cold cache, that origin asked first) still plays it whole from the
+//! other holders. The long variant (`#[ignore]`d, `scripts/vod-failover.sh`) records
+//! a minute across two owner SIGKILLs and plays it back the same way.
 
 mod common;
 #[path = "common/edges.rs"]
 mod edges;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,8 +26,11 @@ use edges::{noisy_source as source, EdgeProc, Proc};
 use reqwest::Method;
 use serde_json::Value;
 
-/// Each video packet of `file` as ffmpeg's framehash muxer prints it: (dts, sha256).
-fn packets(file: &Path, out: &Path) -> Vec<(i64, String)> {
+/// Each video packet of `file` (a path or a URL) as ffmpeg's framehash muxer prints
+/// it: (dts, sha256). HLS VOD's fMP4 carries the FLV file's H.264 packets unchanged, so
+/// the hashes compare across the two.
+fn packets(file: impl AsRef<OsStr>, out: &Path) -> Vec<(i64, String)> {
+    let file = file.as_ref();
     let status = Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
         .arg(file)
@@ -29,7 +38,7 @@ fn packets(file: &Path, out: &Path) -> Vec<(i64, String)> {
         .arg(out)
         .status()
         .unwrap();
-    assert!(status.success(), "ffmpeg could not read {}", file.display());
+    assert!(status.success(), "ffmpeg could not read {}", file.to_string_lossy());
     std::fs::read_to_string(out)
         .unwrap()
         .lines()
@@ -100,6 +109,43 @@ fn assert_whole_from_the_start(reference: &[String], got: &[(i64, String)]) {
     }
 }
 
+/// `GET url` of an edge's VOD route: the body, once the recording plays (409 while its
+/// publisher's claim outlives the last piece for a moment).
+async fn vod_body(url: &str) -> Vec<u8> {
+    eventually(Duration::from_secs(10), "the edge to serve the recording", || async {
+        let res = reqwest::get(url).await.ok()?;
+        match res.status().as_u16() {
+            200 => Some(res.bytes().await.unwrap().to_vec()),
+            409 => None,
+            other => panic!("GET {url}: {other} {}", res.text().await.unwrap_or_default()),
+        }
+    })
+    .await
+}
+
+/// Plays recording `id` through `edge`'s VOD cache as `.flv` and as HLS VOD, and checks
+/// that each holds every frame of `reference` once, in order, from the start, and the
+/// same frames both ways: the `.flv` bytes and the HLS VOD packets.
+async fn play_through(edge: &EdgeProc, id: u64, reference: &[String], dir: &Path) -> (Vec<u8>, Vec<(i64, String)>) {
+    let flv_url = format!("http://{}/vod/{id}.flv", edge.http);
+    let played = vod_body(&flv_url).await;
+    let flv = packets(&flv_url, &dir.join(format!("{}-flv.hash", edge.name)));
+    assert_whole_from_the_start(reference, &flv);
+    let hls =
+        packets(format!("http://{}/vod/{id}/index.m3u8", edge.http), &dir.join(format!("{}-hls.hash", edge.name)));
+    assert_whole_from_the_start(reference, &hls);
+    assert_eq!(hls.len(), flv.len(), "HLS VOD holds every frame of the .flv");
+    (played, hls)
+}
+
+/// The position in an edge's `--origins` its VOD cache asks first for `id` (FNV-1a of
+/// the id, `docs/vod.md`), so a test can put a dead origin there.
+fn asked_first(id: u64, origins: usize) -> usize {
+    let hash =
+        id.to_string().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (hash % origins as u64) as usize
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let mut c = Cluster::start(3).await;
@@ -118,7 +164,8 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let source = source(&dir);
     let reference: Vec<String> = packets(&source, &dir.join("reference.hash")).into_iter().map(|(_, h)| h).collect();
     assert!(reference.len() >= 590, "{} reference frames", reference.len());
-    let edge = EdgeProc::start(&c, "edge-1", &[]).await;
+    let cache = dir.join("edge-1-vod");
+    let edge = EdgeProc::start(&c, "edge-1", &["--vod-cache-dir", cache.to_str().unwrap()]).await;
     let started = Instant::now();
     let mut publisher = publish_file(&source, &edge.rtmp_url("live", "rec"), dir.join("publisher.log"));
     let first = eventually(Duration::from_secs(25), "the recording to start", || recording(&c, leader, "rec")).await;
@@ -220,6 +267,12 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
         overlap(1),
     );
 
+    // Played back through the edge, from its VOD cache, as `.flv` (the origins' bytes)
+    // and as HLS VOD: every frame once.
+    let (played, hls) = play_through(&edge, id, &reference, &dir).await;
+    assert!(played == std::fs::read(&file).unwrap(), "the edge's .flv is the origins' file");
+    assert_eq!(hls.len(), got.len(), "HLS VOD holds every frame of the file");
+
     // Lose the first owner's files (two of the three pieces): the recording still reads
     // whole, through that very origin, from the replicas.
     for entry in std::fs::read_dir(c.data_dir(first_owner).join("recordings")).unwrap() {
@@ -238,6 +291,21 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
         async move { back.then_some(()) }
     })
     .await;
+
+    // That origin dies with its disk (its whole data directory): a fresh edge, cold
+    // cache, asks it first and plays the recording from the other holders, whole.
+    assert!(!held.is_empty(), "origin {first_owner} holds pieces: {done}");
+    c.kill(first_owner);
+    std::fs::remove_dir_all(c.data_dir(first_owner)).unwrap();
+    let mut order: Vec<u64> = (1..=3).filter(|i| *i != first_owner).collect();
+    order.insert(asked_first(id, 3), first_owner);
+    let cold = dir.join("edge-2-vod");
+    let fresh = EdgeProc::start_with_origins(&c, "edge-2", &order, &["--vod-cache-dir", cold.to_str().unwrap()]).await;
+    let (replayed, replayed_hls) = play_through(&fresh, id, &reference, &dir).await;
+    assert!(replayed == played, "the same {} bytes from the replicas ({})", played.len(), replayed.len());
+    let fetched = fresh.metric("raftcast_edge_vod_cache_fetched_bytes_total").await;
+    assert_eq!(fetched, played.len() as f64, "fetched once, whole, past the dead origin");
+    assert!(replayed_hls == hls, "the same HLS VOD: {} frames, {} before", replayed_hls.len(), hls.len());
 
     // Hostile and unknown ids.
     for (path, status) in [
@@ -270,5 +338,104 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     .await;
     let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "delete", &id.to_string()]);
     assert!(!ok && err.contains("404"), "deleted already: {err}");
-    drop(edge);
+    drop((edge, fresh));
+}
+
+/// The long variant, nightly-style (`scripts/vod-failover.sh`): a minute of the looped
+/// source recorded while its owner is SIGKILLed twice, at about 15 s and 35 s (each
+/// killed origin restarted once the stream has moved, so the cluster keeps three),
+/// then played through an edge as `.flv` and as HLS VOD: every frame once, in order,
+/// with increasing timestamps (the source's frames repeat every 20 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "records for a minute: scripts/vod-failover.sh runs it"]
+async fn a_minute_recorded_across_two_owner_sigkills_plays_whole_through_an_edge() {
+    let test_started = Instant::now();
+    let mut c = Cluster::start(3).await;
+    let dir = c.dir.path().to_owned();
+    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["record", "live/long", "on"]);
+    assert!(ok, "ctl record: {out} {err}");
+    let source = source(&dir);
+    let reference: Vec<String> = packets(&source, &dir.join("reference.hash")).into_iter().map(|(_, h)| h).collect();
+    let cache = dir.join("edge-1-vod");
+    let edge = EdgeProc::start(&c, "edge-1", &["--vod-cache-dir", cache.to_str().unwrap()]).await;
+    let started = Instant::now();
+    let mut publisher = publish_file(&source, &edge.rtmp_url("live", "long"), dir.join("publisher.log"));
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    eventually(Duration::from_secs(25), "the recording to start", || recording(&c, leader, "long")).await;
+
+    // Whichever origin owns the stream is SIGKILLed at about 15 s and 35 s (the
+    // leader, too, if it is the owner); it comes back once the stream has moved.
+    let mut kills = Vec::new();
+    for at in [15, 35] {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(started + Duration::from_secs(at))).await;
+        let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+        let (owner, _) = owner_of(&c, leader, "long").await.expect("the stream has an owner");
+        c.kill(owner);
+        kills.push((owner, started.elapsed()));
+        let leader = c.wait_leader(Some(owner), Duration::from_secs(10)).await;
+        eventually(Duration::from_secs(10), "the stream to move", || async {
+            owner_of(&c, leader, "long").await.filter(|(o, _)| *o != owner)
+        })
+        .await;
+        c.spawn(owner);
+    }
+    tokio::time::sleep_until(tokio::time::Instant::from_std(started + Duration::from_secs(60))).await;
+    let published_for = started.elapsed();
+    publisher.0.kill().unwrap();
+    let _ = publisher.0.wait();
+
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let done = eventually(Duration::from_secs(30), "every piece finished and copied to a second origin", || async {
+        recording(&c, leader, "long").await.filter(|r| {
+            r["pieces"].as_array().is_some_and(|ps| {
+                ps.len() >= 3 && ps.iter().all(|p| p["finished"] == true && p["holders"].as_array().unwrap().len() == 2)
+            })
+        })
+    })
+    .await;
+    let id = done["id"].as_u64().unwrap();
+    let pieces = done["pieces"].as_array().unwrap();
+    for piece in pieces {
+        assert_eq!(piece["dropped"], 0, "no frame skipped by a writer behind: {piece}");
+    }
+
+    // The origins' file, then the same through the edge as `.flv` and as HLS VOD.
+    let file = dir.join("recording.flv");
+    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["recordings", "get", &id.to_string(), file.to_str().unwrap()]);
+    assert!(ok, "ctl recordings get: {out} {err}");
+    let got = packets(&file, &dir.join("recording.hash"));
+    assert_whole_from_the_start(&reference, &got);
+    assert!(
+        got.len() as f64 >= (published_for.as_secs_f64() - 2.0) * 30.0,
+        "{} frames recorded in {published_for:?} of publishing",
+        got.len()
+    );
+    let (played, hls) = play_through(&edge, id, &reference, &dir).await;
+    assert!(played == std::fs::read(&file).unwrap(), "the edge's .flv is the origins' file");
+    assert_eq!(hls.len(), got.len(), "HLS VOD holds every frame of the file");
+    let playlist = reqwest::get(format!("http://{}/vod/{id}/index.m3u8", edge.http)).await.unwrap();
+    let segments = playlist.text().await.unwrap().lines().filter(|l| l.ends_with(".m4s")).count();
+
+    eprintln!(
+        "recorded {} video frames ({:.1} loops of the {}-frame source) in {published_for:?} of publishing, \
+         owners SIGKILLed: {}",
+        got.len(),
+        got.len() as f64 / reference.len() as f64,
+        reference.len(),
+        kills.iter().map(|(o, t)| format!("origin {o} at {t:.1?}")).collect::<Vec<_>>().join(", "),
+    );
+    for p in pieces {
+        eprintln!(
+            "  piece {}: owner {}, holders {}, {} frames, {} bytes, ts {}..{}",
+            p["epoch"], p["owner"], p["holders"], p["frames"], p["bytes"], p["first_ts"], p["last_ts"]
+        );
+    }
+    eprintln!(
+        "played through {}: .flv {} bytes, every frame once; HLS VOD {} frames in {segments} segments; \
+         test took {:.1?}",
+        edge.name,
+        played.len(),
+        hls.len(),
+        test_started.elapsed()
+    );
 }

@@ -6,12 +6,16 @@
 //! an unknown one and an edge without a cache get the answers the contract names; a
 //! media-library file on one origin only plays through the edge (the edge tries the
 //! origins in turn). The same recording plays as HLS VOD from the cached file, with
-//! the same decoded video frames as the file.
+//! the same decoded video frames as the file. An edge whose cache has room for two of
+//! ten library clips keeps the two used last (on disk, in its gauge), evicts the
+//! others (fetched again on the next GET, the same bytes) and still has the kept ones
+//! after a restart.
 
 mod common;
 #[path = "common/edges.rs"]
 mod edges;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{eventually, Cluster};
@@ -57,6 +61,7 @@ const HITS: &str = "raftcast_edge_vod_cache_hits_total";
 const MISSES: &str = "raftcast_edge_vod_cache_misses_total";
 const FETCHED: &str = "raftcast_edge_vod_cache_fetched_bytes_total";
 const CACHED: &str = "raftcast_edge_vod_cache_bytes";
+const EVICTIONS: &str = "raftcast_edge_vod_cache_evictions_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recordings_and_library_files_play_through_an_edges_cache() {
@@ -206,4 +211,106 @@ async fn recordings_and_library_files_play_through_an_edges_cache() {
     let (s, v) = status(http.get(vod(&edge, "lib-nothing.flv")).send().await.unwrap()).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     drop((edge, plain));
+}
+
+/// The `.flv` files in an edge's cache directory: (name, bytes), by name.
+fn cached_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".flv"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The edge keeps exactly the clips `which` in `cache`, within `bound`, and its gauge
+/// says so.
+async fn assert_kept(edge: &EdgeProc, cache: &Path, bound: usize, clips: &[Vec<u8>], which: [usize; 2]) {
+    let mut want: Vec<(String, u64)> = which.map(|i| (format!("lib-clip{i}.flv"), clips[i].len() as u64)).into();
+    want.sort();
+    let total: u64 = want.iter().map(|(_, len)| len).sum();
+    assert!(total <= bound as u64, "{want:?} exceed {bound} bytes");
+    assert_eq!(metric(edge, CACHED).await, total as f64, "the gauge counts {want:?}");
+    // An evicted file is unlinked just after the answer that evicted it.
+    let what = format!("the cache directory to hold {want:?} alone");
+    eventually(Duration::from_secs(5), &what, || {
+        let found = cached_files(cache);
+        let done = found == want;
+        async move { done.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edges_cache_keeps_the_most_recently_used_files_within_its_bound() {
+    // One origin whose media library holds ten different clips of about the same size:
+    // one ffmpeg run, cut into ten FLV files of one second each.
+    let mut c = Cluster::new();
+    let library = c.dir.path().join("media");
+    std::fs::create_dir_all(&library).unwrap();
+    edges::require("ffmpeg");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=160x120:rate=30,noise=alls=12:allf=t+u", "-t", "10"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-threads", "1"])
+        .args(["-f", "segment", "-segment_time", "1", "-reset_timestamps", "1", "-segment_format", "flv"])
+        .arg(library.join("clip%d.flv"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg could not make the clips");
+    let clips: Vec<Vec<u8>> = (0..10).map(|i| std::fs::read(library.join(format!("clip{i}.flv"))).unwrap()).collect();
+    c.origin_args.insert(1, vec!["--media-dir".into(), library.to_str().unwrap().into()]);
+    c.add_origin(1);
+    c.wait_listening().await;
+    c.init().await;
+    c.wait_voters(1).await;
+
+    // Room for two clips, never three.
+    let (min, max) = (clips.iter().map(Vec::len).min().unwrap(), clips.iter().map(Vec::len).max().unwrap());
+    let bound = 2 * max + min / 2;
+    assert!(bound < 3 * min, "clips of {min} to {max} bytes are too unlike for a bound of two");
+    let cache = c.dir.path().join("edge-vod");
+    let args = ["--vod-cache-dir", cache.to_str().unwrap(), "--vod-cache-bytes", &bound.to_string()];
+    let mut edge = EdgeProc::start(&c, "edge-1", &args).await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let get = |edge: &EdgeProc, i: usize| {
+        let (http, clips) = (&http, &clips);
+        let url = format!("http://{}/vod/lib-clip{i}.flv", edge.http);
+        async move {
+            let res = http.get(&url).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "GET {url}");
+            assert!(res.bytes().await.unwrap() == clips[i], "clip {i}, byte for byte");
+        }
+    };
+    // Ten clips through an edge with room for two: eight evicted, the last two kept.
+    for i in 0..10 {
+        get(&edge, i).await;
+    }
+    assert_eq!((metric(&edge, HITS).await, metric(&edge, MISSES).await), (0.0, 10.0));
+    let fetched = metric(&edge, FETCHED).await;
+    assert_eq!(fetched, clips.iter().map(Vec::len).sum::<usize>() as f64, "each clip fetched once");
+    assert_kept(&edge, &cache, bound, &clips, [8, 9]).await;
+    // (Counted before the unlinks that assert_kept waited for.)
+    assert_eq!(metric(&edge, EVICTIONS).await, 8.0);
+    // A kept clip is a hit, nothing fetched; an evicted one is fetched again (a miss)
+    // and evicts the least recently used, clip 9.
+    get(&edge, 8).await;
+    assert_eq!((metric(&edge, HITS).await, metric(&edge, FETCHED).await), (1.0, fetched), "clip 8 is a hit");
+    get(&edge, 0).await;
+    assert_eq!(metric(&edge, MISSES).await, 11.0, "clip 0 is a miss");
+    assert_eq!(metric(&edge, FETCHED).await, fetched + clips[0].len() as f64, "clip 0 is fetched again");
+    assert_kept(&edge, &cache, bound, &clips, [8, 0]).await;
+    assert_eq!(metric(&edge, EVICTIONS).await, 9.0);
+
+    // Restarted on the same directory, the edge still has them: hits, nothing fetched.
+    assert!(edge.terminate().await.success());
+    let edge = EdgeProc::start(&c, "edge-1", &args).await;
+    assert_kept(&edge, &cache, bound, &clips, [8, 0]).await;
+    for i in [0, 8] {
+        get(&edge, i).await;
+    }
+    assert_eq!((metric(&edge, HITS).await, metric(&edge, MISSES).await), (2.0, 0.0), "both kept clips are hits");
+    assert_eq!((metric(&edge, FETCHED).await, metric(&edge, EVICTIONS).await), (0.0, 0.0));
 }
