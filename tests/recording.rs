@@ -6,8 +6,8 @@
 //! publisher sent, once and in order (packet hashes compared with the source's), with
 //! increasing timestamps; and still read whole from the replicas once one origin's
 //! piece files are gone; bad ids are refused; the retention bound deletes it. Played
-//! through an edge's VOD cache (`docs/vod.md`) as `.flv` and as HLS VOD it holds the
-//! same frames; and once an origin holding pieces dies with its whole data directory, a
+//! through an edge's VOD cache (`docs/vod.md`) as `.flv`, as HLS VOD and over RTMP
+//! (rtmpdump) it holds the same frames; and once an origin holding pieces dies with its whole data directory, a
 //! fresh edge (cold cache, that origin asked first) still plays it whole from the
 //! other holders. The long variant (`#[ignore]`d, `scripts/vod-failover.sh`) records
 //! a minute across two owner SIGKILLs and plays it back the same way.
@@ -123,9 +123,9 @@ async fn vod_body(url: &str) -> Vec<u8> {
     .await
 }
 
-/// Plays recording `id` through `edge`'s VOD cache as `.flv` and as HLS VOD, and checks
-/// that each holds every frame of `reference` once, in order, from the start, and the
-/// same frames both ways: the `.flv` bytes and the HLS VOD packets.
+/// Plays recording `id` through `edge`'s VOD cache as `.flv`, as HLS VOD and over RTMP,
+/// and checks that each holds every frame of `reference` once, in order, from the
+/// start, and the same frames every way: the `.flv` bytes and the HLS VOD packets.
 async fn play_through(edge: &EdgeProc, id: u64, reference: &[String], dir: &Path) -> (Vec<u8>, Vec<(i64, String)>) {
     let flv_url = format!("http://{}/vod/{id}.flv", edge.http);
     let played = vod_body(&flv_url).await;
@@ -135,6 +135,19 @@ async fn play_through(edge: &EdgeProc, id: u64, reference: &[String], dir: &Path
         packets(format!("http://{}/vod/{id}/index.m3u8", edge.http), &dir.join(format!("{}-hls.hash", edge.name)));
     assert_whole_from_the_start(reference, &hls);
     assert_eq!(hls.len(), flv.len(), "HLS VOD holds every frame of the .flv");
+    // RTMP VOD: rtmpdump downloads it, pausing and resuming at each buffer's worth the
+    // edge sends ahead (its exit status says "incomplete" below 99.9 % of the
+    // duration, which the last frame's timestamp may be: the frames decide).
+    let saved = dir.join(format!("{}-rtmp.flv", edge.name));
+    let rtmpdump = Command::new("rtmpdump")
+        .args(["-q", "-r", &format!("rtmp://{}/vod/{id}", edge.rtmp), "-o"])
+        .arg(&saved)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    let rtmp = packets(&saved, &dir.join(format!("{}-rtmp.hash", edge.name)));
+    assert_whole_from_the_start(reference, &rtmp);
+    assert_eq!(rtmp.len(), flv.len(), "RTMP VOD holds every frame of the .flv (rtmpdump: {rtmpdump})");
     (played, hls)
 }
 
