@@ -357,7 +357,7 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
 /// The long variant, nightly-style (`scripts/vod-failover.sh`): a minute of the looped
 /// source recorded while its owner is SIGKILLed twice, at about 15 s and 35 s (each
 /// killed origin restarted once the stream has moved, so the cluster keeps three),
-/// then played through an edge as `.flv` and as HLS VOD: every frame once, in order,
+/// then played through an edge as `.flv`, as HLS VOD and over RTMP: every frame once, in order,
 /// with increasing timestamps (the source's frames repeat every 20 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "records for a minute: scripts/vod-failover.sh runs it"]
@@ -444,7 +444,7 @@ async fn a_minute_recorded_across_two_owner_sigkills_plays_whole_through_an_edge
         );
     }
     eprintln!(
-        "played through {}: .flv {} bytes, every frame once; HLS VOD {} frames in {segments} segments; \
+        "played through {}: .flv {} bytes, every frame once; HLS VOD {} frames in {segments} segments; RTMP VOD the same frames; \
          test took {:.1?}",
         edge.name,
         played.len(),
