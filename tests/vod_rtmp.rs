@@ -9,13 +9,17 @@
 //!   the frames from the keyframe at or before the start up to the stop;
 //! - ffprobe seeks (RTMP `seek`) and its first frame is within one GOP before the
 //!   target;
-//! - an unknown or malformed id is `NetStream.Play.StreamNotFound`.
+//! - an unknown or malformed id is `NetStream.Play.StreamNotFound`;
+//! - and the same file as HLS VOD: hls.js in headless Chromium (`tests/hls/play.mjs
+//!   --seek`) seeks to 12 s, loads the segment holding 12 s first, lands there and plays
+//!   on. (ffmpeg 5.1 cannot seek an fMP4 HLS playlist at all, its own `-hls_segment_type
+//!   fmp4` output included: `docs/vod.md`.)
 
 mod common;
 #[path = "common/edges.rs"]
 mod edges;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -51,6 +55,10 @@ async fn rtmpdump(url: &str, out: &Path, extra: &[&str]) -> String {
     let run = Command::new("rtmpdump").args(["-r", url, "-o"]).arg(out).args(extra).kill_on_drop(true).output();
     let run = tokio::time::timeout(Duration::from_secs(60), run).await.expect("rtmpdump ends by itself").unwrap();
     String::from_utf8_lossy(&run.stderr).into_owned()
+}
+
+fn harness() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hls")
 }
 
 async fn metric(edge: &EdgeProc, series: &str) -> f64 {
@@ -120,6 +128,33 @@ async fn a_library_file_plays_seeks_pauses_and_ends_over_rtmp() {
     assert!((12.0 - GOP_SECS..=12.0).contains(&pts) && flags.starts_with('K'), "seek to 12 s lands on {first:?}");
     assert!(metric(&edge, "raftcast_edge_vod_rtmp_seeks_total").await >= 1.0);
     assert_eq!(metric(&edge, "raftcast_edge_vod_rtmp_plays_total").await, 4.0);
+
+    // HLS VOD of the same file: hls.js seeks to 12 s (buffering 4 s ahead, so the seek
+    // loads the segment it lands in: segments are the 2 s GOPs here).
+    let module = harness().join("node_modules/hls.js/dist/hls.min.js");
+    assert!(module.exists(), "{} is missing: run scripts/install-deps.sh", module.display());
+    let report = c.dir.path().join("seek.json");
+    let playlist = format!("http://{}/vod/lib-clip/index.m3u8", edge.http);
+    let play = Command::new("node")
+        .args(["play.mjs", &playlist, "3", "--plain", "--seek", "12", "--out"])
+        .arg(&report)
+        .current_dir(harness())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(90), play).await.expect("play.mjs ends").expect("node runs");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("play.mjs ({status}) wrote no report: {e}"));
+    assert!(status.success(), "hls.js: {}", report["problems"]);
+    let seek = &report["seek"];
+    let landed = seek["landed"].as_f64().unwrap_or(-1.0);
+    let fragment = seek["first_fragment"]["start"].as_f64().unwrap_or(-1.0);
+    assert!((12.0..12.5).contains(&landed), "the playhead landed at {landed} s: {seek}");
+    assert!(
+        (12.0 - GOP_SECS - 0.1..=12.0).contains(&fragment),
+        "the first segment loaded starts at {fragment} s: {seek}"
+    );
 
     // Unknown and malformed ids.
     for name in ["lib-missing", "..%2Fx", "12a"] {

@@ -5,7 +5,15 @@
 // (hls.js `playingDate`, from EXT-X-PROGRAM-DATE-TIME), with p50/p95.
 //
 //   node play.mjs URL SECONDS [--plain] [--stall-ms 250] [--max-stall-ms N]
-//       [--max-p50-ms N] [--catch-up RATE] [--trust-spki BASE64] [--out report.json]
+//       [--max-p50-ms N] [--catch-up RATE] [--trust-spki BASE64] [--seek S]
+//       [--out report.json]
+//
+// --seek S (a VOD playlist): hls.js buffers only 4 s ahead; once playback has
+// started, the playhead is set to S seconds; the report's `seek` says where it landed (`currentTime` at the `seeked`
+// event), the first fragment hls.js loaded for it (its start on the playlist's
+// timeline) and how far the playhead moved after it in SECONDS. A seek that never
+// completes, lands before S or more than 0.5 s after it, or does not play on is a
+// problem.
 //
 // An https:// URL is played as Chromium would play it in production: certificates are
 // verified. --trust-spki (repeatable) adds a leaf whose SubjectPublicKeyInfo has that
@@ -38,7 +46,7 @@ const HLS_JS = path.join(here, 'node_modules/hls.js/dist/hls.min.js');
 const START_MS = 20_000;
 
 function parseArgs(argv) {
-  const o = { url: null, seconds: null, ll: true, stallMs: 250, maxStallMs: null, maxP50Ms: null, catchUp: 1, trustSpki: [], out: null };
+  const o = { url: null, seconds: null, ll: true, stallMs: 250, maxStallMs: null, maxP50Ms: null, catchUp: 1, trustSpki: [], seek: null, out: null };
   const rest = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -49,6 +57,7 @@ function parseArgs(argv) {
     else if (a === '--max-p50-ms') o.maxP50Ms = Number(next());
     else if (a === '--catch-up') o.catchUp = Number(next());
     else if (a === '--trust-spki') o.trustSpki.push(next());
+    else if (a === '--seek') o.seek = Number(next());
     else if (a === '--out') o.out = next();
     else if (a.startsWith('--')) usage(`unknown option ${a}`);
     else rest.push(a);
@@ -59,7 +68,7 @@ function parseArgs(argv) {
 }
 
 function usage(why) {
-  console.error(`play: ${why}\nusage: node play.mjs URL SECONDS [--plain] [--stall-ms N] [--max-stall-ms N] [--max-p50-ms N] [--catch-up RATE] [--trust-spki BASE64] [--out FILE]`);
+  console.error(`play: ${why}\nusage: node play.mjs URL SECONDS [--plain] [--stall-ms N] [--max-stall-ms N] [--max-p50-ms N] [--catch-up RATE] [--trust-spki BASE64] [--seek S] [--out FILE]`);
   process.exit(2);
 }
 
@@ -91,10 +100,12 @@ function countProtocols() {
   }
   performance.clearResourceTimings();
 }
-function start(url, ll, stallMs, catchUp) {
+function start(url, ll, stallMs, catchUp, shortBuffer) {
   const h = window.harness, v = document.getElementById('v');
   if (!Hls.isSupported()) { h.fatal.push({ at: Date.now(), type: 'unsupported', details: 'MSE missing' }); return; }
-  const hls = new Hls({ lowLatencyMode: ll, backBufferLength: 10, maxLiveSyncPlaybackRate: catchUp });
+  // With a seek to come, hls.js buffers 4 s ahead only, so the seek loads what it lands on.
+  const buffer = shortBuffer ? { maxBufferLength: 4, maxMaxBufferLength: 4 } : {};
+  const hls = new Hls({ lowLatencyMode: ll, backBufferLength: 10, maxLiveSyncPlaybackRate: catchUp, ...buffer });
   window.hls = hls;
   hls.on(Hls.Events.ERROR, (e, d) => {
     // The reason too (a parsing error's names both playlists), cut to keep the report short.
@@ -107,6 +118,8 @@ function start(url, ll, stallMs, catchUp) {
         reason: String(d.reason || (d.error && d.error.message) || '').slice(0, 300) || undefined });
     }
   });
+  h.frags = [];
+  hls.on(Hls.Events.FRAG_LOADED, (e, d) => { if (h.frags.length < 1000) h.frags.push({ at: Date.now(), sn: d.frag.sn, start: d.frag.start }); });
   hls.on(Hls.Events.LEVEL_LOADED, (e, d) => { h.levels = { live: d.details.live, partTarget: d.details.partTarget, targetduration: d.details.targetduration, canBlockReload: d.details.canBlockReload }; });
   hls.loadSource(url);
   hls.attachMedia(v);
@@ -166,16 +179,31 @@ async function main() {
     page.on('requestfailed', () => { responses.failed = (responses.failed || 0) + 1; });
     await page.goto(`${origin}/__hls_harness__/page.html`, { timeout: START_MS });
     const t0 = Date.now();
-    await page.evaluate(([u, ll, s, c]) => start(u, ll, s, c), [o.url, o.ll, o.stallMs, o.catchUp]);
+    await page.evaluate(([u, ll, s, c, b]) => start(u, ll, s, c, b), [o.url, o.ll, o.stallMs, o.catchUp, o.seek !== null]);
     await page.waitForFunction(() => window.harness.started !== null || window.harness.fatal.length > 0, null, { timeout: START_MS, polling: 100 })
       .catch(() => {});
     const startedAt = await page.evaluate(() => window.harness.started);
+    let seek = null;
+    if (startedAt && o.seek !== null) {
+      await page.waitForTimeout(1000);
+      seek = await page.evaluate((to) => new Promise((done) => {
+        const v = document.getElementById('v'), h = window.harness, asked = Date.now();
+        const timer = setTimeout(() => done({ to, landed: null, after_ms: null }), 15000);
+        v.addEventListener('seeked', () => {
+          clearTimeout(timer);
+          h.seekedAtS = v.currentTime;
+          const frag = h.frags.find((f) => f.at >= asked);
+          done({ to, landed: v.currentTime, after_ms: Date.now() - asked, first_fragment: frag ? { sn: frag.sn, start: frag.start } : null });
+        }, { once: true });
+        v.currentTime = to;
+      }), o.seek);
+    }
     if (startedAt) await page.waitForTimeout(o.seconds * 1000);
     const h = await page.evaluate(() => {
       countProtocols();
       const v = document.getElementById('v');
       const q = v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality() : {};
-      return { ...window.harness, decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames, currentTime: v.currentTime };
+      return { ...window.harness, frags: undefined, decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames, currentTime: v.currentTime };
     });
     // A stall still going on at the end counts too.
     if (h.stalledSince !== null && h.stalledSince !== undefined && Date.now() - h.stalledSince > o.stallMs) {
@@ -201,6 +229,7 @@ async function main() {
       // How far the playhead moved from the first frame shown (played_s is the
       // stream's timeline, which a live stream joins part-way).
       progress_s: h.started ? h.currentTime - h.startedAtS : 0,
+      ...(seek ? { seek: { ...seek, played_after_s: seek.landed === null ? 0 : h.currentTime - seek.landed } } : {}),
       responses,
       protocols: h.protocols,
     };
@@ -209,6 +238,12 @@ async function main() {
     if (h.fatal.length) problems.push(`${h.fatal.length} fatal error(s)`);
     if (o.maxStallMs !== null && report.longest_stall_ms > o.maxStallMs) problems.push(`a stall of ${report.longest_stall_ms} ms (max ${o.maxStallMs})`);
     if (o.maxP50Ms !== null && !(report.latency_ms.p50 <= o.maxP50Ms)) problems.push(`latency p50 ${report.latency_ms.p50} ms (max ${o.maxP50Ms})`);
+    if (o.seek !== null && h.started) {
+      const sk = report.seek;
+      if (!sk || sk.landed === null) problems.push(`the seek to ${o.seek} s never completed`);
+      else if (sk.landed < o.seek - 0.05 || sk.landed > o.seek + 0.5) problems.push(`the seek to ${o.seek} s landed at ${sk.landed} s`);
+      else if (!(sk.played_after_s >= o.seconds / 2)) problems.push(`after the seek the playhead moved ${sk.played_after_s} s in ${o.seconds} s`);
+    }
     report.problems = problems;
     report.ok = problems.length === 0;
     const text = JSON.stringify(report, null, 2);
