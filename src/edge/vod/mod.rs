@@ -13,6 +13,9 @@
 //! - `hls_http`: `GET /vod/{id}/index.m3u8`, `init.mp4` and `{n}.m4s`, with the
 //!   indexes of recently played files kept in memory.
 //!
+//! Plays follow the token rules of the app [`VOD_APP`] (`ctl apps vod ...`), the VOD id
+//! as the stream name: [`authorize_play`] is the one check every protocol makes.
+//!
 //! Never knows live streams: a VOD file is a finished file.
 
 pub(crate) mod cache;
@@ -24,7 +27,17 @@ pub(crate) mod range;
 
 pub(crate) use cache::{VodCache, VodError, VodFile};
 
+use raftcast_raft::token::{StreamClaims, StreamRight};
+
+use crate::edge::tokens::StreamAuthError;
+use crate::edge::EdgeContext;
 use crate::vod::VodId;
+
+/// The app whose token rules VOD plays follow, a VOD id (`42`, `lib-intro`) being the
+/// stream name: an operator protects VOD with `ctl apps vod --play-token on` and signs
+/// play tokens for `--app vod --name 42`, as for a live app. The edges' HTTP routes
+/// put `/vod/` before `/{app}/`, so no live app `vod` can be played over HTTP anyway.
+pub(crate) const VOD_APP: &str = "vod";
 
 /// `id` from `cache`, or [`VodError::Off`] on an edge without one.
 pub(crate) async fn open(cache: Option<&VodCache>, id: &VodId) -> Result<VodFile, VodError> {
@@ -32,4 +45,16 @@ pub(crate) async fn open(cache: Option<&VodCache>, id: &VodId) -> Result<VodFile
         Some(cache) => cache.open(id).await,
         None => Err(VodError::Off),
     }
+}
+
+/// Checks a play of `id` (`.flv`, the HLS playlist, RTMP) against the rules of
+/// [`VOD_APP`]: `Ok(None)` when the app requires no play token, the token's claims when
+/// it requires one and `token` allows playing `id`. Callers check before they take a
+/// long-request permit or ask the cache, so a refused client costs no fetch.
+pub(crate) async fn authorize_play(
+    ctx: &EdgeContext,
+    token: Option<&str>,
+    id: &VodId,
+) -> Result<Option<StreamClaims>, StreamAuthError> {
+    ctx.tokens.authorize_stream(token, VOD_APP, &id.to_string(), StreamRight::Play).await
 }
