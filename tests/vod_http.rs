@@ -9,7 +9,11 @@
 //! the same decoded video frames as the file. An edge whose cache has room for two of
 //! ten library clips keeps the two used last (on disk, in its gauge), evicts the
 //! others (fetched again on the next GET, the same bytes) and still has the kept ones
-//! after a restart.
+//! after a restart. Without a rule for the app `vod` all of
+//! it needs no token; once `vod` requires play tokens, `.flv` and the playlist are
+//! refused without one or with another id's (as live, counted, before any fetch), and a
+//! play token for the id plays both, the playlist listing segment-token URIs that play
+//! without the play token.
 
 mod common;
 #[path = "common/edges.rs"]
@@ -200,6 +204,11 @@ async fn recordings_and_library_files_play_through_an_edges_cache() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     let (s, v) = status(http.get(vod(&edge, "lib-..%2Fx/index.m3u8")).send().await.unwrap()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // With no rule for the app `vod`, the URIs carry the playlist's query as it came.
+    let res = http.get(vod(&edge, &format!("{id}/index.m3u8?x=1"))).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let asked = res.text().await.unwrap();
+    assert!(asked.contains("\n0.m4s?x=1\n") && asked.contains("init.mp4?x=1"), "{asked}");
 
     // A library file on origin 3 alone: the edge asks the origins in turn until one has it.
     let clip: Vec<u8> = original.iter().rev().copied().collect();
@@ -210,6 +219,91 @@ async fn recordings_and_library_files_play_through_an_edges_cache() {
     assert_eq!(metric(&edge, CACHED).await, (original.len() + clip.len()) as f64, "both kept");
     let (s, v) = status(http.get(vod(&edge, "lib-nothing.flv")).send().await.unwrap()).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+    // The app `vod` requires play tokens: the rule reaches the edge within 5 s.
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let rule = serde_json::json!({ "play_token_required": true });
+    let (s, v) = c.call(leader, Method::PUT, "/apps/vod", Some(&rule), &[]).await.unwrap();
+    assert!(s.is_success(), "{v}");
+    let sign = |name: String, right: &'static str| {
+        let body = serde_json::json!({ "app": "vod", "name": name, "right": right, "ttl_secs": 600 });
+        let c = &c;
+        async move {
+            let (s, v) = c.call(leader, Method::POST, "/tokens/stream", Some(&body), &[]).await.unwrap();
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            v["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let play = sign(id.to_string(), "play").await;
+    let play_other = sign("lib-clip".to_owned(), "play").await;
+    let publish = sign(id.to_string(), "publish").await;
+    let plain_url = vod(&plain, &format!("{id}.flv"));
+    for url in [&url, &plain_url] {
+        eventually(Duration::from_secs(10), "the edges to require VOD play tokens", || async {
+            (http.get(url).send().await.ok()?.status() == StatusCode::UNAUTHORIZED).then_some(())
+        })
+        .await;
+    }
+
+    // Refused as live refuses, and before the cache is asked: an id this edge never
+    // fetched costs no fetch. The edge without a cache refuses the same way.
+    let misses = metric(&edge, MISSES).await;
+    let with = |file: &str, token: &str| vod(&edge, &format!("{file}?token={token}"));
+    for (url, code) in [
+        (url.clone(), StatusCode::UNAUTHORIZED),
+        (with(&format!("{id}.flv"), &play_other), StatusCode::FORBIDDEN),
+        (with(&format!("{id}.flv"), &publish), StatusCode::FORBIDDEN),
+        (vod(&edge, &format!("{id}/index.m3u8")), StatusCode::UNAUTHORIZED),
+        (with(&format!("{id}/index.m3u8"), &play_other), StatusCode::FORBIDDEN),
+        (vod(&edge, "999999998.flv"), StatusCode::UNAUTHORIZED),
+        (vod(&edge, "999999998/index.m3u8"), StatusCode::UNAUTHORIZED),
+        (plain_url.clone(), StatusCode::UNAUTHORIZED),
+    ] {
+        let res = http.get(&url).send().await.unwrap();
+        assert_eq!(res.headers()["cache-control"], "no-store", "{url}");
+        let (s, v) = status(res).await;
+        let reason = if code == StatusCode::UNAUTHORIZED { "missing" } else { "forbidden" };
+        assert_eq!((s, v["error"]["code"].as_str()), (code, Some(reason)), "{url}: {v}");
+    }
+    assert_eq!(metric(&edge, MISSES).await, misses, "a refused request asks the cache nothing");
+    let refused = |protocol: &str, reason: &str| {
+        format!("edge_auth_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(metric(&edge, &refused("flv", "missing")).await, 3.0, "and the one that saw the rule");
+    assert_eq!(metric(&edge, &refused("flv", "forbidden")).await, 2.0);
+    assert_eq!(metric(&edge, &refused("hls", "missing")).await, 2.0);
+    assert_eq!(metric(&edge, &refused("hls", "forbidden")).await, 1.0);
+
+    // A play token for the id plays the file, in the query or as a Bearer token.
+    let res = http.get(with(&format!("{id}.flv"), &play)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.bytes().await.unwrap() == original, "the file, with a token");
+    let res = http.get(&url).bearer_auth(&play).header(RANGE, "bytes=0-2").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&res.bytes().await.unwrap()[..], b"FLV");
+
+    // And the playlist, whose URIs carry the segment token, not the play token: they
+    // play without it, as a CDN would fetch them; a bare URI is refused.
+    let res = http.get(with(&format!("{id}/index.m3u8"), &play)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let guarded = res.text().await.unwrap();
+    let map = guarded.split("URI=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_owned();
+    let st = map.strip_prefix("init.mp4?st=").unwrap_or_else(|| panic!("{map} in\n{guarded}")).to_owned();
+    let listed: Vec<&str> = guarded.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(listed.len(), segments, "{guarded}");
+    for uri in listed.iter().copied().chain([map.as_str()]) {
+        assert!(uri.ends_with(&format!(".m4s?st={st}")) || uri == map, "{uri} in\n{guarded}");
+        let res = http.get(vod(&edge, &format!("{id}/{uri}"))).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{uri}");
+    }
+    let bare = vod(&edge, &format!("{id}/0.m4s"));
+    assert_eq!(http.get(&bare).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(http.get(format!("{bare}?token={play}")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(http.get(format!("{bare}?token={play_other}")).send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    // A player follows them: the same frames as the file.
+    let from_guarded = video_frames(with(&format!("{id}/index.m3u8"), &play)).await;
+    assert!(from_guarded == from_file, "HLS VOD with a token: {} frames", from_guarded.len());
     drop((edge, plain));
 }
 

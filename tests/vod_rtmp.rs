@@ -9,7 +9,9 @@
 //!   the frames from the keyframe at or before the start up to the stop;
 //! - ffprobe seeks (RTMP `seek`) and its first frame is within one GOP before the
 //!   target;
-//! - an unknown or malformed id is `NetStream.Play.StreamNotFound`;
+//! - an unknown or malformed id is `NetStream.Play.StreamNotFound`; once the app `vod`
+//!   requires play tokens, a play without one or with another id's is
+//!   `NetStream.Play.Failed` and one with the id's token plays;
 //! - and the same file as HLS VOD: hls.js in headless Chromium (`tests/hls/play.mjs
 //!   --seek`) seeks to 12 s, loads the segment holding 12 s first, lands there and plays
 //!   on. (ffmpeg 5.1 cannot seek an fMP4 HLS playlist at all, its own `-hls_segment_type
@@ -23,8 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::Cluster;
+use common::{eventually, Cluster};
 use edges::{noisy_source, require, EdgeProc};
+use reqwest::Method;
 use tokio::process::Command;
 
 /// The GOP of `noisy_source`: 60 frames at 30 fps.
@@ -161,4 +164,31 @@ async fn a_library_file_plays_seeks_pauses_and_ends_over_rtmp() {
         let said = rtmpdump(&edge.rtmp_url("vod", name), &c.dir.path().join("none.flv"), &[]).await;
         assert!(said.contains("StreamNotFound"), "{name}: {said}");
     }
+
+    // The app `vod` requires play tokens: RTMP VOD follows the rule as HTTP VOD does.
+    let leader = c.wait_leader(None, Duration::from_secs(10)).await;
+    let rule = serde_json::json!({ "play_token_required": true });
+    let (s, v) = c.call(leader, Method::PUT, "/apps/vod", Some(&rule), &[]).await.unwrap();
+    assert!(s.is_success(), "{v}");
+    let sign = |name: &str| {
+        let body = serde_json::json!({ "app": "vod", "name": name, "right": "play", "ttl_secs": 600 });
+        let c = &c;
+        async move {
+            let (s, v) = c.call(leader, Method::POST, "/tokens/stream", Some(&body), &[]).await.unwrap();
+            assert!(s.is_success(), "{v}");
+            v["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let (mine, other) = (sign("lib-clip").await, sign("lib-other").await);
+    let refused = c.dir.path().join("refused.flv");
+    eventually(Duration::from_secs(10), "the edge to require VOD play tokens", || async {
+        rtmpdump(&url, &refused, &[]).await.contains("NetStream.Play.Failed").then_some(())
+    })
+    .await;
+    let said = rtmpdump(&format!("{url}?token={other}"), &refused, &[]).await;
+    assert!(said.contains("NetStream.Play.Failed"), "another id's token: {said}");
+    let allowed = c.dir.path().join("allowed.flv");
+    let said = rtmpdump(&format!("{url}?token={mine}"), &allowed, &["--stop", "2"]).await;
+    let got = video_packets(allowed.to_str().unwrap(), &[]).await;
+    assert!(got.len() >= 30 && got[..] == reference[..got.len()], "the id's token plays: {} frames; {said}", got.len());
 }

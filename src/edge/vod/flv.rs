@@ -2,24 +2,28 @@
 //! range of it (`docs/vod.md`, "Edges: HTTP").
 //!
 //! The router cannot match `{id}.flv` inside one path segment, so the route is
-//! `/vod/{file}` and the suffix is taken off here. Each response holds a long-request
-//! permit (`--max-long-requests-per-address`, 429 over it) from before the cache is
-//! asked until its body is sent: a download can last as long as a play. The body is
-//! read from the file with positional reads on the blocking pool, [`READ_CHUNK`] at a
-//! time, one chunk ahead of the client at most.
+//! `/vod/{file}` and the suffix is taken off here. When the app `vod` requires play
+//! tokens ([`super::authorize_play`]), the request carries one (`?token=` or
+//! `Authorization: Bearer`), checked before anything is held or fetched and refused as
+//! live HTTP-FLV refuses (401, 403, 503; counted as `flv`). Each response holds a
+//! long-request permit (`--max-long-requests-per-address`, 429 over it) from before
+//! the cache is asked until its body is sent: a download can last as long as a play.
+//! The body is read from the file with positional reads on the blocking pool,
+//! [`READ_CHUNK`] at a time, one chunk ahead of the client at most.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::cache::{VodError, VodFile};
 use super::range::{self, Ranged};
+use crate::edge::tokens::{self, Protocol};
 use crate::edge::EdgeContext;
 use crate::http_server::{json_error as error, too_many};
 use crate::limits::Permit;
@@ -44,10 +48,10 @@ pub(crate) fn refusal(e: &VodError) -> Response {
     }
 }
 
-/// What every `/vod/` request does once its id is parsed: take a long-request permit (held
-/// while the file is fetched, too: a flood of misses costs one address at most
-/// `--max-long-requests-per-address` requests in progress) and open the file from the
-/// cache. Any failure is the answer.
+/// What every `/vod/` request does once its id is parsed and its token checked: take a
+/// long-request permit (held while the file is fetched, too: a flood of misses costs one
+/// address at most `--max-long-requests-per-address` requests in progress) and open the
+/// file from the cache. Any failure is the answer.
 pub(crate) async fn admit(ctx: &EdgeContext, peer: SocketAddr, id: &VodId) -> Result<(Permit, VodFile), Response> {
     if ctx.shutdown.is_cancelled() {
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down"));
@@ -64,6 +68,7 @@ pub(crate) async fn file(
     method: Method,
     Path(file): Path<String>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let Some(id) = file.strip_suffix(".flv") else {
         return error(StatusCode::NOT_FOUND, "not_found", "VOD files are /vod/{id}.flv");
@@ -72,6 +77,11 @@ pub(crate) async fn file(
         Ok(id) => id,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
+    // Before the permit and the cache: a refused client holds nothing and fetches nothing.
+    let token = tokens::from_request(&headers, query.as_deref());
+    if let Err(e) = super::authorize_play(&ctx, token.as_deref(), &id).await {
+        return tokens::refused(ctx.stats.auth_refused.count(Protocol::Flv, e));
+    }
     let (permit, vod) = match admit(&ctx, peer, &id).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,

@@ -9,6 +9,13 @@
 //! kept by id and length. Each request holds a long-request permit while the file is
 //! fetched and its index built, as `/vod/{id}.flv` does; segments are read with
 //! positional reads on the blocking pool.
+//!
+//! Tokens, as live HLS checks them, before the permit and the cache: when the app `vod`
+//! requires play tokens, the playlist needs one ([`super::authorize_play`]) and lists
+//! every URI with `?st=` and the file's segment token (the same for every viewer, so a
+//! CDN can cache the media); `init.mp4` and segments need that `st` or a play token.
+//! Refusals are counted as `hls`. Without the rule, the URIs carry the playlist's query,
+//! whatever it is.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,11 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::hls::{VodHlsError, VodIndex};
-use super::VodFile;
+use super::{VodFile, VOD_APP};
+use crate::edge::tokens::{self, Protocol, StreamAuthError};
 use crate::edge::EdgeContext;
 use crate::http_server::json_error as error;
 use crate::vod::VodId;
@@ -30,6 +38,10 @@ pub(crate) const MAX_INDEXES: usize = 64;
 /// How long players and caches may keep what these routes answer: a VOD file does not
 /// change under its id.
 const CACHE_CONTROL: &str = "public, max-age=3600";
+/// The `Cache-Control` of a playlist that needed a play token: it must not be served to
+/// a request without one (a shared cache may keep a `public` answer to a request with
+/// `Authorization`), and the segment token it lists expires within 20 minutes.
+const TOKEN_PLAYLIST_CACHE_CONTROL: &str = "no-store";
 
 /// The indexes of recently played VOD files.
 #[derive(Default)]
@@ -123,6 +135,7 @@ pub(crate) async fn file(
     State(ctx): State<Arc<EdgeContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((id, file)): Path<(String, String)>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let id = match VodId::parse(&id) {
@@ -132,6 +145,11 @@ pub(crate) async fn file(
     let Some(asked) = asked(&file) else {
         return error(StatusCode::NOT_FOUND, "not_found", "HLS VOD serves index.m3u8, init.mp4 and {n}.m4s");
     };
+    // Before the permit and the cache: a refused client holds nothing and fetches nothing.
+    let uri_query = match authorize(&ctx, &id, &asked, &headers, query).await {
+        Ok(uri_query) => uri_query,
+        Err(e) => return tokens::refused(ctx.stats.auth_refused.count(Protocol::Hls, e)),
+    };
     let (_permit, vod) = match super::flv::admit(&ctx, peer, &id).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
@@ -140,8 +158,14 @@ pub(crate) async fn file(
         Ok(index) => index,
         Err(e) => return unplayable(&vod, &e),
     };
+    let mut cache_control = CACHE_CONTROL;
     let (content_type, body) = match asked {
-        Asked::Playlist => ("application/vnd.apple.mpegurl", index.playlist(query.as_deref()).into()),
+        Asked::Playlist => {
+            if let Some(UriQuery::SegmentToken(_)) = uri_query {
+                cache_control = TOKEN_PLAYLIST_CACHE_CONTROL;
+            }
+            ("application/vnd.apple.mpegurl", index.playlist(uri_query.as_ref().and_then(UriQuery::query)).into())
+        }
         Asked::Init => ("video/mp4", index.init()),
         Asked::Segment(n) if n >= index.segments() => {
             return error(StatusCode::NOT_FOUND, "not_found", format!("{id} has {} segments", index.segments()))
@@ -159,12 +183,57 @@ pub(crate) async fn file(
     (
         [
             (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, CACHE_CONTROL),
+            (header::CACHE_CONTROL, cache_control),
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         body,
     )
         .into_response()
+}
+
+/// What a playlist's URIs carry after them.
+enum UriQuery {
+    /// The app `vod` requires no token: the playlist request's own query, as it came.
+    AsAsked(Option<String>),
+    /// It requires play tokens: `st=` the file's segment token (`None`: there is no
+    /// signing key to make one, so nothing).
+    SegmentToken(Option<String>),
+}
+
+impl UriQuery {
+    fn query(&self) -> Option<&str> {
+        match self {
+            UriQuery::AsAsked(query) | UriQuery::SegmentToken(query) => query.as_deref(),
+        }
+    }
+}
+
+/// Checks a request's tokens by the rules of the app `vod`, as live HLS does: the
+/// playlist needs a play token (`Authorization: Bearer` or `?token=`); `init.mp4` and
+/// segments a segment token (`?st=`, the one the playlist lists) or a play token. For a
+/// playlist, what its URIs carry (`None` for the others).
+async fn authorize(
+    ctx: &EdgeContext,
+    id: &VodId,
+    asked: &Asked,
+    headers: &HeaderMap,
+    query: Option<String>,
+) -> Result<Option<UriQuery>, StreamAuthError> {
+    let token = tokens::from_request(headers, query.as_deref());
+    match asked {
+        Asked::Playlist => match super::authorize_play(ctx, token.as_deref(), id).await? {
+            None => Ok(Some(UriQuery::AsAsked(query))),
+            Some(_) => {
+                let st = ctx.tokens.segment_token(VOD_APP, &id.to_string()).await;
+                Ok(Some(UriQuery::SegmentToken(st.map(|st| format!("st={st}")))))
+            }
+        },
+        Asked::Init | Asked::Segment(_) => {
+            let st = tokens::query_param(query.as_deref(), "st");
+            ctx.tokens.authorize_segment(st.as_deref(), token.as_deref(), VOD_APP, &id.to_string()).await?;
+            Ok(None)
+        }
+    }
 }
 
 /// A cached file HLS cannot be made of (not FLV, no H.264/HEVC/AV1/AAC/Opus track, a

@@ -17,6 +17,9 @@
 //! - `rtmp`: one RTMP play (`rtmp://EDGE/vod/{id}`), the player driven with the clock
 //!   and the file.
 //!
+//! Plays follow the token rules of the app [`VOD_APP`] (`ctl apps vod ...`), the VOD id
+//! as the stream name: [`authorize_play`] is the one check every protocol makes.
+//!
 //! Never knows live streams: a VOD file is a finished file.
 
 pub(crate) mod cache;
@@ -30,7 +33,17 @@ pub(crate) mod rtmp;
 
 pub(crate) use cache::{VodCache, VodError, VodFile};
 
+use raftcast_raft::token::{StreamClaims, StreamRight};
+
+use crate::edge::tokens::StreamAuthError;
+use crate::edge::EdgeContext;
 use crate::vod::VodId;
+
+/// The app whose token rules VOD plays follow, a VOD id (`42`, `lib-intro`) being the
+/// stream name: an operator protects VOD with `ctl apps vod --play-token on` and signs
+/// play tokens for `--app vod --name 42`, as for a live app. The edges' HTTP routes
+/// put `/vod/` before `/{app}/`, so no live app `vod` can be played over HTTP anyway.
+pub(crate) const VOD_APP: &str = "vod";
 
 /// `id` from `cache`, or [`VodError::Off`] on an edge without one.
 pub(crate) async fn open(cache: Option<&VodCache>, id: &VodId) -> Result<VodFile, VodError> {
@@ -40,17 +53,14 @@ pub(crate) async fn open(cache: Option<&VodCache>, id: &VodId) -> Result<VodFile
     }
 }
 
-/// The app whose streams are VOD ids: `rtmp://EDGE/vod/{id}`, and the app whose token
-/// rules (`ctl apps vod ...`) VOD plays follow.
-pub(crate) const VOD_APP: &str = "vod";
-
-/// Whether `token` allows playing `id`: the rules of the app [`VOD_APP`], the stream
-/// name being the id.
+/// Checks a play of `id` (`.flv`, the HLS playlist, RTMP) against the rules of
+/// [`VOD_APP`]: `Ok(None)` when the app requires no play token, the token's claims when
+/// it requires one and `token` allows playing `id`. Callers check before they take a
+/// long-request permit or ask the cache, so a refused client costs no fetch.
 pub(crate) async fn authorize_play(
-    ctx: &crate::edge::EdgeContext,
+    ctx: &EdgeContext,
     token: Option<&str>,
     id: &VodId,
-) -> Result<Option<raftcast_raft::token::StreamClaims>, crate::edge::tokens::StreamAuthError> {
-    let right = raftcast_raft::token::StreamRight::Play;
-    ctx.tokens.authorize_stream(token, VOD_APP, &id.to_string(), right).await
+) -> Result<Option<StreamClaims>, StreamAuthError> {
+    ctx.tokens.authorize_stream(token, VOD_APP, &id.to_string(), StreamRight::Play).await
 }
