@@ -123,6 +123,30 @@ async fn vod_body(url: &str) -> Vec<u8> {
     .await
 }
 
+/// Reads recording `id` whole through `ctl recordings get` (any origin) into
+/// `recording.flv` and checks it holds every frame of `reference` once, in order, from
+/// the start: everything ffmpeg sent in `published_for`, but for its start-up and what
+/// was in flight at the end (ffmpeg's and the edge's buffers), two seconds at 30 fps.
+fn read_whole(
+    c: &Cluster,
+    id: u64,
+    reference: &[String],
+    published_for: Duration,
+    dir: &Path,
+) -> (PathBuf, Vec<(i64, String)>) {
+    let file = dir.join("recording.flv");
+    let (ok, out, err) = ctl(c, &[1, 2, 3], &["recordings", "get", &id.to_string(), file.to_str().unwrap()]);
+    assert!(ok, "ctl recordings get: {out} {err}");
+    let got = packets(&file, &dir.join("recording.hash"));
+    assert_whole_from_the_start(reference, &got);
+    assert!(
+        got.len() as f64 >= (published_for.as_secs_f64() - 2.0) * 30.0,
+        "{} frames recorded in {published_for:?} of publishing",
+        got.len()
+    );
+    (file, got)
+}
+
 /// Plays recording `id` through `edge`'s VOD cache as `.flv`, as HLS VOD and over RTMP,
 /// and checks that each holds every frame of `reference` once, in order, from the
 /// start, and the same frames every way: the `.flv` bytes and the HLS VOD packets.
@@ -252,18 +276,7 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     assert_eq!(copies, 3.0, "one copy of each piece");
 
     // Read it whole through ctl, from any origin.
-    let file = dir.join("recording.flv");
-    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["recordings", "get", &id.to_string(), file.to_str().unwrap()]);
-    assert!(ok, "ctl recordings get: {out} {err}");
-    let got = packets(&file, &dir.join("recording.hash"));
-    assert_whole_from_the_start(&reference, &got);
-    // Everything ffmpeg sent until it was killed, but for its start-up and what was in
-    // flight at the end (ffmpeg's and the edge's buffers): two seconds at 30 fps.
-    assert!(
-        got.len() as f64 >= (published_for.as_secs_f64() - 2.0) * 30.0,
-        "{} frames recorded in {published_for:?} of publishing",
-        got.len()
-    );
+    let (file, got) = read_whole(&c, id, &reference, published_for, &dir);
     let p = &done["pieces"];
     let overlap = |a: usize| p[a]["last_ts"].as_i64().unwrap() - p[a + 1]["first_ts"].as_i64().unwrap();
     eprintln!(
@@ -413,16 +426,7 @@ async fn a_minute_recorded_across_two_owner_sigkills_plays_whole_through_an_edge
     }
 
     // The origins' file, then the same through the edge as `.flv` and as HLS VOD.
-    let file = dir.join("recording.flv");
-    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["recordings", "get", &id.to_string(), file.to_str().unwrap()]);
-    assert!(ok, "ctl recordings get: {out} {err}");
-    let got = packets(&file, &dir.join("recording.hash"));
-    assert_whole_from_the_start(&reference, &got);
-    assert!(
-        got.len() as f64 >= (published_for.as_secs_f64() - 2.0) * 30.0,
-        "{} frames recorded in {published_for:?} of publishing",
-        got.len()
-    );
+    let (file, got) = read_whole(&c, id, &reference, published_for, &dir);
     let (played, hls) = play_through(&edge, id, &reference, &dir).await;
     assert!(played == std::fs::read(&file).unwrap(), "the edge's .flv is the origins' file");
     assert_eq!(hls.len(), got.len(), "HLS VOD holds every frame of the file");

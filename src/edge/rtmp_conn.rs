@@ -824,17 +824,9 @@ impl Conn {
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
             // Checked before the relay is joined: a refused player costs no upstream.
-            let authorized = ctx.tokens.authorize_stream(token.as_deref(), &stream.app, &stream.name, Play).await;
-            match authorized {
-                Ok(claims) => call.token = claims,
-                Err(e) => {
-                    let why = ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string();
-                    return Decision::PlayRefused { stream_id, why };
-                }
-            }
-            let done = match admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await {
+            let done = match admit_play(&ctx, token, &stream.app, &stream.name, call).await {
                 Ok(done) => done,
-                Err(refused) => return Decision::PlayRefused { stream_id, why: refused.to_string() },
+                Err(why) => return Decision::PlayRefused { stream_id, why },
             };
             let lease = ctx.relays.join(&ctx, &stream);
             let mut hub = lease.relay().hub();
@@ -865,17 +857,11 @@ impl Conn {
         call.session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
-            // Checked before the cache is asked: a refused player costs no fetch.
-            match vod::authorize_play(&ctx, token.as_deref(), &id).await {
-                Ok(claims) => call.token = claims,
-                Err(e) => {
-                    let why = ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string();
-                    return Decision::PlayRefused { stream_id, why };
-                }
-            }
-            let done = match admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await {
+            // Checked before the cache is asked: a refused player costs no fetch. The
+            // rules of the app `vod`, the id as the stream name (`vod::authorize_play`).
+            let done = match admit_play(&ctx, token, VOD_APP, &id.to_string(), call).await {
                 Ok(done) => done,
-                Err(refused) => return Decision::PlayRefused { stream_id, why: refused.to_string() },
+                Err(why) => return Decision::PlayRefused { stream_id, why },
             };
             let vod = match vod::open(ctx.vod.as_ref(), &id).await {
                 Ok(vod) => vod,
@@ -1097,6 +1083,22 @@ impl Conn {
             self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A play's token rule, then its app's `on_play` hook (a refused player costs nothing
+/// behind them): the `_done` notice to hold while it plays, or why it is refused.
+async fn admit_play(
+    ctx: &EdgeContext,
+    token: Option<String>,
+    app: &str,
+    name: &str,
+    mut call: HookCall,
+) -> Result<DoneNotice, String> {
+    match ctx.tokens.authorize_stream(token.as_deref(), app, name, Play).await {
+        Ok(claims) => call.token = claims,
+        Err(e) => return Err(ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string()),
+    }
+    admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await.map_err(|e| e.to_string())
 }
 
 /// Bytes waiting for the socket, as the shared buffers they came in (media chunks are
