@@ -290,6 +290,9 @@ async fn recordings_and_library_files_play_through_an_edges_cache() {
     let guarded = res.text().await.unwrap();
     let map = guarded.split("URI=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_owned();
     let st = map.strip_prefix("init.mp4?st=").unwrap_or_else(|| panic!("{map} in\n{guarded}")).to_owned();
+    // Made to last the file's duration (a few seconds: one extra 10-minute window), as
+    // a VOD playlist is read once.
+    assert!(st.split('.').nth(1).is_some_and(|window| window.ends_with("+1")), "a lasting segment token: {st}");
     let listed: Vec<&str> = guarded.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(listed.len(), segments, "{guarded}");
     for uri in listed.iter().copied().chain([map.as_str()]) {

@@ -369,22 +369,43 @@ pub const SEGMENT_WINDOW_SECS: u64 = 600;
 /// Bytes of a segment token's MAC (truncated HMAC-SHA256: 128 bits).
 const SEGMENT_MAC_BYTES: usize = 16;
 
-fn segment_mac(key: &TokenKey, app: &str, name: &str, window: u64) -> [u8; SEGMENT_MAC_BYTES] {
-    let mac = hmac_sha256(&key.0, format!("rseg1\n{app}\n{name}\n{window}").as_bytes());
-    mac[..SEGMENT_MAC_BYTES].try_into().expect("a prefix of the MAC")
-}
+/// Most extra windows a lasting segment token may name ([`segment_token_lasting`]):
+/// a week.
+pub const MAX_SEGMENT_EXTRA_WINDOWS: u64 = 7 * 24 * 3600 / SEGMENT_WINDOW_SECS;
 
 /// The segment token of stream `app`/`name` at `now`: `<key id>.<window>.<mac>`, signed
 /// with the newest key (`None` when there is none). The same on every edge and for
 /// every viewer during one window.
 pub fn segment_token(keys: &TokenKeys, app: &str, name: &str, now: u64) -> Option<String> {
+    segment_token_lasting(keys, app, name, now, 0)
+}
+
+/// A segment token that stays valid `lasting_secs` longer than [`segment_token`]'s
+/// (rounded up to whole windows, at most [`MAX_SEGMENT_EXTRA_WINDOWS`]):
+/// `<key id>.<window>+<extra windows>.<mac>`, the extra windows under the MAC. For a
+/// playlist read once and played for that long (a VOD file's duration): still the
+/// same on every edge and for every viewer of that file during one window.
+pub fn segment_token_lasting(keys: &TokenKeys, app: &str, name: &str, now: u64, lasting_secs: u64) -> Option<String> {
     let (id, key) = keys.last_key_value()?;
     let window = now / SEGMENT_WINDOW_SECS;
-    Some(format!("{id}.{window}.{}", b64url_encode(&segment_mac(key, app, name, window))))
+    let extra = lasting_secs.div_ceil(SEGMENT_WINDOW_SECS).min(MAX_SEGMENT_EXTRA_WINDOWS);
+    let mac = b64url_encode(&segment_mac(key, app, name, window, extra));
+    Some(if extra == 0 { format!("{id}.{window}.{mac}") } else { format!("{id}.{window}+{extra}.{mac}") })
+}
+
+fn segment_mac(key: &TokenKey, app: &str, name: &str, window: u64, extra: u64) -> [u8; SEGMENT_MAC_BYTES] {
+    let signed = if extra == 0 {
+        format!("rseg1\n{app}\n{name}\n{window}")
+    } else {
+        format!("rseg2\n{app}\n{name}\n{window}\n{extra}")
+    };
+    let mac = hmac_sha256(&key.0, signed.as_bytes());
+    mac[..SEGMENT_MAC_BYTES].try_into().expect("a prefix of the MAC")
 }
 
 /// Checks a segment token of stream `app`/`name` at `now`: made with a known key for
-/// this stream, in the current window or the one before.
+/// this stream, in the current window or the one before (or, for a lasting one, up to
+/// its extra windows later).
 pub fn verify_segment_token(token: &str, keys: &TokenKeys, app: &str, name: &str, now: u64) -> Result<(), TokenError> {
     if token.len() > 64 {
         return Err(TokenError::Malformed("too long"));
@@ -393,18 +414,29 @@ pub fn verify_segment_token(token: &str, keys: &TokenKeys, app: &str, name: &str
     let (Some(id), Some(window), Some(mac), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed("not a segment token"));
     };
-    let id: u32 = id.parse().map_err(|_| TokenError::Malformed("not a segment token"))?;
-    let window: u64 = window.parse().map_err(|_| TokenError::Malformed("not a segment token"))?;
+    let malformed = |_| TokenError::Malformed("not a segment token");
+    let id: u32 = id.parse().map_err(malformed)?;
+    let (window, extra) = match window.split_once('+') {
+        None => (window.parse::<u64>().map_err(malformed)?, 0),
+        Some((window, extra)) => {
+            let extra: u64 = extra.parse().map_err(malformed)?;
+            // One spelling per token: a lasting token names at least one extra window.
+            if extra == 0 || extra > MAX_SEGMENT_EXTRA_WINDOWS {
+                return Err(TokenError::Malformed("not a segment token"));
+            }
+            (window.parse::<u64>().map_err(malformed)?, extra)
+        }
+    };
     let mac = b64url_decode(mac).ok_or(TokenError::Malformed("signature is not base64url"))?;
     let key = keys.get(&id).ok_or(TokenError::UnknownKey(id))?;
-    if !constant_time_eq(&segment_mac(key, app, name, window), &mac) {
+    if !constant_time_eq(&segment_mac(key, app, name, window, extra), &mac) {
         return Err(TokenError::BadSignature);
     }
     let current = now / SEGMENT_WINDOW_SECS;
     if window > current {
         return Err(TokenError::Malformed("a segment token from the future"));
     }
-    if current - window > 1 {
+    if current - window > 1 + extra {
         return Err(TokenError::Expired);
     }
     Ok(())
@@ -568,6 +600,33 @@ mod tests {
             assert!(verify_segment_token(bad, &keys(), "live", "cam", 10 * w).is_err(), "{bad:?}");
         }
         assert_eq!(segment_token(&TokenKeys::new(), "live", "cam", 0), None);
+    }
+
+    #[test]
+    fn a_lasting_segment_token_lasts_its_extra_windows_and_no_more() {
+        let w = SEGMENT_WINDOW_SECS;
+        // An hour and a minute: 7 extra windows, the same for a whole window.
+        let t = segment_token_lasting(&keys(), "vod", "42", 10 * w + 5, 3660).unwrap();
+        assert!(t.starts_with("1.10+7."), "{t}");
+        assert_eq!(segment_token_lasting(&keys(), "vod", "42", 10 * w + w - 1, 3660), Some(t.clone()));
+        assert!(verify_segment_token(&t, &keys(), "vod", "42", 18 * w + w - 1).is_ok(), "1 + 7 windows later");
+        assert_eq!(verify_segment_token(&t, &keys(), "vod", "42", 19 * w), Err(TokenError::Expired));
+        assert_eq!(verify_segment_token(&t, &keys(), "vod", "43", 10 * w), Err(TokenError::BadSignature));
+        // The extra windows are signed: changing them breaks the MAC.
+        let stretched = t.replacen("+7.", "+70.", 1);
+        assert_eq!(verify_segment_token(&stretched, &keys(), "vod", "42", 10 * w), Err(TokenError::BadSignature));
+        let short = t.replacen("+7.", ".", 1);
+        assert_eq!(verify_segment_token(&short, &keys(), "vod", "42", 10 * w), Err(TokenError::BadSignature));
+        for bad in [t.replacen("+7.", "+0.", 1), t.replacen("+7.", "+.", 1), t.replacen("+7.", "+1009.", 1)] {
+            assert!(
+                matches!(verify_segment_token(&bad, &keys(), "vod", "42", 10 * w), Err(TokenError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        // Nothing to add: the plain token; a week at most.
+        assert_eq!(segment_token_lasting(&keys(), "vod", "42", 10 * w, 0), segment_token(&keys(), "vod", "42", 10 * w));
+        let week = segment_token_lasting(&keys(), "vod", "42", 10 * w, u64::MAX).unwrap();
+        assert!(week.starts_with(&format!("1.10+{MAX_SEGMENT_EXTRA_WINDOWS}.")), "{week}");
     }
 
     #[test]

@@ -334,6 +334,16 @@ impl Verifier {
         self.cache(|c| token::segment_token(&c.keys, app, name, now_secs()))
     }
 
+    /// [`segment_token`](Self::segment_token) made to last `lasting` longer (rounded up
+    /// to whole 10-minute windows, a week at most): for a VOD playlist, read once and
+    /// played for the file's duration (`token::segment_token_lasting`).
+    pub async fn segment_token_lasting(&self, app: &str, name: &str, lasting: Duration) -> Option<String> {
+        if !self.requires(app, StreamRight::Play).await.unwrap_or(false) {
+            return None;
+        }
+        self.cache(|c| token::segment_token_lasting(&c.keys, app, name, now_secs(), lasting.as_secs()))
+    }
+
     /// Checks an HLS media request (init, segment, part) of `app`/`name`: when its app
     /// requires play tokens, it carries a valid segment token (`st`) or a play token.
     pub async fn authorize_segment(

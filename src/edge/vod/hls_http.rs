@@ -161,10 +161,17 @@ pub(crate) async fn file(
     let mut cache_control = CACHE_CONTROL;
     let (content_type, body) = match asked {
         Asked::Playlist => {
-            if let Some(UriQuery::SegmentToken(_)) = uri_query {
-                cache_control = TOKEN_PLAYLIST_CACHE_CONTROL;
-            }
-            ("application/vnd.apple.mpegurl", index.playlist(uri_query.as_ref().and_then(UriQuery::query)).into())
+            let query = match uri_query {
+                Some(UriQuery::AsAsked(query)) => query,
+                Some(UriQuery::SegmentToken) => {
+                    cache_control = TOKEN_PLAYLIST_CACHE_CONTROL;
+                    // No signing key to make one: nothing (media then need a play token).
+                    let lasting = ctx.tokens.segment_token_lasting(VOD_APP, &id.to_string(), index.duration()).await;
+                    lasting.map(|st| format!("st={st}"))
+                }
+                None => None,
+            };
+            ("application/vnd.apple.mpegurl", index.playlist(query.as_deref()).into())
         }
         Asked::Init => ("video/mp4", index.init()),
         Asked::Segment(n) if n >= index.segments() => {
@@ -195,17 +202,9 @@ pub(crate) async fn file(
 enum UriQuery {
     /// The app `vod` requires no token: the playlist request's own query, as it came.
     AsAsked(Option<String>),
-    /// It requires play tokens: `st=` the file's segment token (`None`: there is no
-    /// signing key to make one, so nothing).
-    SegmentToken(Option<String>),
-}
-
-impl UriQuery {
-    fn query(&self) -> Option<&str> {
-        match self {
-            UriQuery::AsAsked(query) | UriQuery::SegmentToken(query) => query.as_deref(),
-        }
-    }
+    /// It requires play tokens: `st=` the file's segment token, made to last the file's
+    /// duration (a VOD playlist is read once), once the file is indexed.
+    SegmentToken,
 }
 
 /// Checks a request's tokens by the rules of the app `vod`, as live HLS does: the
@@ -223,10 +222,7 @@ async fn authorize(
     match asked {
         Asked::Playlist => match super::authorize_play(ctx, token.as_deref(), id).await? {
             None => Ok(Some(UriQuery::AsAsked(query))),
-            Some(_) => {
-                let st = ctx.tokens.segment_token(VOD_APP, &id.to_string()).await;
-                Ok(Some(UriQuery::SegmentToken(st.map(|st| format!("st={st}")))))
-            }
+            Some(_) => Ok(Some(UriQuery::SegmentToken)),
         },
         Asked::Init | Asked::Segment(_) => {
             let st = tokens::query_param(query.as_deref(), "st");
