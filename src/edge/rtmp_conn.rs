@@ -1014,6 +1014,11 @@ impl Conn {
         if let Some(publication) = self.publishing.remove(&stream_id) {
             self.ctx.stats.publisher_drops.fetch_add(publication.dropped(), Ordering::Relaxed);
         }
+        self.stop_playing(stream_id);
+    }
+
+    /// Drops a play's pump (and a VOD play's controls), counted out of the players.
+    fn stop_playing(&mut self, stream_id: u32) {
         self.vod_controls.remove(&stream_id);
         if self.playing.remove(&stream_id).is_some() {
             self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
@@ -1046,12 +1051,15 @@ impl Conn {
             Out::Vod(stream_id, note, duration) => {
                 let secs = duration.as_secs_f64();
                 if let Some(stats) = self.ctx.vod.as_ref().map(|vod| vod.stats()) {
-                    match note {
-                        Note::Seeked(_) => stats.rtmp_seeks.fetch_add(1, Ordering::Relaxed),
-                        Note::Paused(true, _) => stats.rtmp_pauses.fetch_add(1, Ordering::Relaxed),
-                        Note::Metadata => stats.rtmp_plays.fetch_add(1, Ordering::Relaxed),
-                        _ => 0,
+                    let counter = match note {
+                        Note::Metadata => Some(&stats.rtmp_plays),
+                        Note::Seeked(_) => Some(&stats.rtmp_seeks),
+                        Note::Paused(true, _) => Some(&stats.rtmp_pauses),
+                        _ => None,
                     };
+                    if let Some(counter) = counter {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 match note {
                     Note::Metadata => self.session.send_metadata(stream_id, secs),
@@ -1063,10 +1071,7 @@ impl Conn {
             }
             Out::VodFailed(stream_id, why) => {
                 tracing::warn!(conn = self.id, stream_id, why, "VOD play failed");
-                self.vod_controls.remove(&stream_id);
-                if self.playing.remove(&stream_id).is_some() {
-                    self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
-                }
+                self.stop_playing(stream_id);
                 self.session.play_complete(stream_id, 0.0);
             }
         }
@@ -1075,12 +1080,10 @@ impl Conn {
     /// Ends every publication and play of the connection.
     fn close(&mut self) {
         self.publishing.clear();
-        self.vod_controls.clear();
         self.publish_permits.clear();
         let ids: Vec<u32> = self.playing.keys().copied().collect();
         for stream_id in ids {
-            self.playing.remove(&stream_id);
-            self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
+            self.stop_playing(stream_id);
         }
     }
 }

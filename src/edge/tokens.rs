@@ -331,7 +331,7 @@ impl Verifier {
         if !self.requires(app, StreamRight::Play).await.unwrap_or(false) {
             return None;
         }
-        self.cache(|c| token::segment_token(&c.keys, app, name, now_secs()))
+        self.segment_token_lasting(app, name, Duration::ZERO).await
     }
 
     /// [`segment_token`](Self::segment_token) made to last `lasting` longer (rounded up

@@ -40,7 +40,8 @@ pub(crate) const MAX_INDEXES: usize = 64;
 const CACHE_CONTROL: &str = "public, max-age=3600";
 /// The `Cache-Control` of a playlist that needed a play token: it must not be served to
 /// a request without one (a shared cache may keep a `public` answer to a request with
-/// `Authorization`), and the segment token it lists expires within 20 minutes.
+/// `Authorization`), and the segment token it lists expires (the file's duration after
+/// a live one's 10 to 20 minutes).
 const TOKEN_PLAYLIST_CACHE_CONTROL: &str = "no-store";
 
 /// The indexes of recently played VOD files.

@@ -18,7 +18,9 @@
 //!   and the file.
 //!
 //! Plays follow the token rules of the app [`VOD_APP`] (`ctl apps vod ...`), the VOD id
-//! as the stream name: [`authorize_play`] is the one check every protocol makes.
+//! as the stream name: [`authorize_play`] over HTTP; an RTMP play goes through the
+//! connection's admission of every play (`rtmp_conn::admit_play`) with that app and
+//! name, the same rule.
 //!
 //! Never knows live streams: a VOD file is a finished file.
 
@@ -53,7 +55,7 @@ pub(crate) async fn open(cache: Option<&VodCache>, id: &VodId) -> Result<VodFile
     }
 }
 
-/// Checks a play of `id` (`.flv`, the HLS playlist, RTMP) against the rules of
+/// Checks a play of `id` (`.flv`, the HLS playlist) against the rules of
 /// [`VOD_APP`]: `Ok(None)` when the app requires no play token, the token's claims when
 /// it requires one and `token` allows playing `id`. Callers check before they take a
 /// long-request permit or ask the cache, so a refused client costs no fetch.

@@ -23,7 +23,7 @@ use super::player::{Control, Note, Player, Step};
 use super::VodFile;
 use crate::rtmp::chunk::RawMessage;
 use crate::rtmp::message;
-use crate::rtmp::session::{prechunk, CSID_AUDIO, CSID_VIDEO};
+use crate::rtmp::session::{prechunk_into, CSID_AUDIO, CSID_VIDEO};
 
 /// Controls a client may have in flight before more are ignored.
 pub(crate) const MAX_CONTROLS: usize = 16;
@@ -80,7 +80,7 @@ impl VodPlay {
                     let mut out = BytesMut::new();
                     for (header, audio) in [(video, false), (audio, true)] {
                         if let Some(body) = header {
-                            out.extend_from_slice(&self.chunks(audio, time_ms, body.clone()));
+                            self.chunk_into(audio, time_ms, body.clone(), &mut out);
                         }
                     }
                     if !out.is_empty() {
@@ -113,7 +113,7 @@ impl VodPlay {
                     self.player.sent(range.end);
                     let mut out = BytesMut::new();
                     for (tag, body) in frames {
-                        out.extend_from_slice(&self.chunks(tag.is_audio(), tag.time_ms, body));
+                        self.chunk_into(tag.is_audio(), tag.time_ms, body, &mut out);
                     }
                     return Some(VodOut::Media(out.freeze()));
                 }
@@ -131,10 +131,11 @@ impl VodPlay {
         }
     }
 
-    /// One message's chunks (type-0 headers: each message stands alone).
-    fn chunks(&self, audio: bool, time_ms: u32, payload: Bytes) -> Bytes {
+    /// One message's chunks appended to `out` (type-0 headers: each message stands
+    /// alone).
+    fn chunk_into(&self, audio: bool, time_ms: u32, payload: Bytes, out: &mut BytesMut) {
         let (csid, type_id) = if audio { (CSID_AUDIO, message::AUDIO) } else { (CSID_VIDEO, message::VIDEO) };
         let msg = RawMessage { csid, timestamp: time_ms, type_id, stream_id: self.stream_id, payload };
-        prechunk(&msg, self.chunk_size).unwrap_or_default()
+        prechunk_into(&msg, self.chunk_size, out);
     }
 }

@@ -310,12 +310,18 @@ fn split_aggregate(timestamp: u32, mut body: Bytes) -> Vec<(MediaKind, u32, Byte
 /// Encodes `msg` once for fan-out with [`chunk::encode_standalone`], checking what would panic.
 /// Returns `None` for a payload longer than a message can carry or an out-of-range chunk size or csid.
 pub(crate) fn prechunk(msg: &RawMessage, chunk_size: u32) -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    prechunk_into(msg, chunk_size, &mut out).then(|| out.freeze())
+}
+
+/// [`prechunk`] appended to `out`, for a driver that gathers several messages into one
+/// buffer; returns whether `msg` could be chunked (nothing is appended otherwise).
+pub(crate) fn prechunk_into(msg: &RawMessage, chunk_size: u32, out: &mut BytesMut) -> bool {
     let valid = msg.payload.len() <= MAX_PAYLOAD
         && (1..=MAX_CHUNK_SIZE).contains(&chunk_size)
         && (2..=65599).contains(&msg.csid);
-    valid.then(|| {
-        let mut out = BytesMut::new();
-        chunk::encode_standalone(msg, chunk_size, &mut out);
-        out.freeze()
-    })
+    if valid {
+        chunk::encode_standalone(msg, chunk_size, out);
+    }
+    valid
 }
