@@ -15,9 +15,12 @@
 //! - `codec`, `fmp4`, [`packager`]: FLV / Enhanced RTMP payloads to fMP4 bytes;
 //! - `window`, `playlist`: the per-stream sliding window of parts and segments, the
 //!   media playlist, blocking playlist reloads;
+//! - `dvr`: live rewind's wire (origin to edge) and the packaging of an old segment
+//!   from its recorded frames;
 //! - `crate::edge::hls`: the HTTP routes and each stream's packaging task.
 
 pub(crate) mod codec;
+pub(crate) mod dvr;
 pub(crate) mod fmp4;
 pub mod mark;
 pub mod packager;

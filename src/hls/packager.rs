@@ -645,7 +645,7 @@ pub(crate) mod tests {
     /// Headers, then `seconds` of 30 fps video with a keyframe every second and AAC
     /// (44.1 kHz, ~23.2 ms a frame, in ms as RTMP carries it), marked like a stamper:
     /// segments at keyframes every 2 s, parts every 200 ms.
-    fn stream(seconds: u64) -> Vec<Frame> {
+    pub(crate) fn stream(seconds: u64) -> Vec<Frame> {
         let mut frames = headers();
         let (mut msn, mut part, mut part_start, mut segment_start) = (0u64, 0u32, 0u64, None);
         let mut audio_n = 0u64;

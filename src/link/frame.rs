@@ -100,9 +100,7 @@ impl FrameCodec {
             }
             LinkFrame::Media(m) => {
                 let f = &m.frame;
-                let mark_len = f.hls.map_or(0, |m| {
-                    MARK + if matches!(m.boundary, Some(Boundary::Segment(_))) { SEGMENT_OPEN } else { 0 }
-                });
+                let mark_len = f.hls.as_ref().map_or(0, mark_len);
                 out.reserve(5 + MEDIA_HEADER + mark_len + f.payload.len());
                 out.put_u32((1 + MEDIA_HEADER + mark_len + f.payload.len()) as u32);
                 out.put_u8(TAG_MEDIA);
@@ -188,7 +186,13 @@ impl FrameCodec {
     }
 }
 
-fn put_mark(mark: &HlsMark, out: &mut BytesMut) {
+/// Bytes [`put_mark`] writes for `mark`.
+pub(crate) fn mark_len(mark: &HlsMark) -> usize {
+    MARK + if matches!(mark.boundary, Some(Boundary::Segment(_))) { SEGMENT_OPEN } else { 0 }
+}
+
+/// Appends `mark` as the link carries it (also the DVR frames body, `crate::hls::dvr`).
+pub(crate) fn put_mark(mark: &HlsMark, out: &mut BytesMut) {
     out.put_u64(mark.msn);
     out.put_u32(mark.part);
     out.put_u64(mark.time_ms);
@@ -207,7 +211,7 @@ fn put_mark(mark: &HlsMark, out: &mut BytesMut) {
 }
 
 /// Reads a mark from the front of `body`, checking every length first.
-fn get_mark(body: &mut bytes::Bytes) -> Result<HlsMark, LinkError> {
+pub(crate) fn get_mark(body: &mut bytes::Bytes) -> Result<HlsMark, LinkError> {
     if body.len() < MARK {
         return Err(LinkError::BadMedia("a mark shorter than its fields"));
     }
