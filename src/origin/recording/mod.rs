@@ -18,6 +18,7 @@
 //! Knows hubs, frames and FLV tags, never the link protocol, sessions or sockets of
 //! the edges; never blocks the runtime (every file operation is on the blocking pool).
 
+pub(crate) mod dvr;
 pub(crate) mod files;
 pub(crate) mod flv_file;
 pub(crate) mod join;
