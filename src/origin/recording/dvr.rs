@@ -95,6 +95,10 @@ pub struct SegmentLoc {
     pub span: TagLoc,
 }
 
+/// Gives the init version of a segment from the codec headers in effect and its
+/// opening record (whose tag ends at the `u64`), reading their tags.
+pub type InitOf<'a> = dyn FnMut(&[TagLoc], &MarkRecord, u64) -> Option<u32> + 'a;
+
 /// The segment being followed while scanning.
 #[derive(Debug, Clone)]
 struct Open {
@@ -137,12 +141,7 @@ impl Scanner {
     /// Consumes the next record, whose tag ends at `end` (and is on disk). `init`
     /// gives the init version of a segment from the headers in effect and its opening
     /// (reading them); a segment without one is not listed (it cannot be packaged).
-    pub fn feed(
-        &mut self,
-        record: MarkRecord,
-        end: u64,
-        init: &mut dyn FnMut(&[TagLoc], &MarkRecord, u64) -> Option<u32>,
-    ) {
+    pub fn feed(&mut self, record: MarkRecord, end: u64, init: &mut InitOf<'_>) {
         let index = self.consumed;
         self.consumed += 1;
         self.last_offset = record.offset;
@@ -179,14 +178,7 @@ impl Scanner {
         }
     }
 
-    fn close(
-        &mut self,
-        open: Open,
-        next: &MarkRecord,
-        index: u64,
-        end: u64,
-        init: &mut dyn FnMut(&[TagLoc], &MarkRecord, u64) -> Option<u32>,
-    ) {
+    fn close(&mut self, open: Open, next: &MarkRecord, index: u64, end: u64, init: &mut InitOf<'_>) {
         let msn = open.opener.msn;
         if self.segments.contains_key(&msn) {
             // Replayed after the publisher's link came back to the same piece.
