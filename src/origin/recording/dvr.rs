@@ -359,6 +359,9 @@ fn read_segment(dir: &Path, epoch: u64, loc: &SegmentLoc) -> Result<Option<Vec<F
         let at = base + reader.complete_len().max(flv::FILE_HEADER.len() as u64);
         match reader.next_frame() {
             Ok(Some(mut frame)) if at == record.offset && kind_matches(&frame, record) => {
+                // As the frame was when recorded (a data tag's header flag is not in
+                // its bytes alone).
+                frame.header = record.header;
                 frame.hls = record.mark();
                 frames.push(frame);
             }
