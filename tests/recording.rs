@@ -275,6 +275,8 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     }
     assert_eq!(copies, 3.0, "one copy of each piece");
 
+    check_dvr(&c, &done).await;
+
     // Read it whole through ctl, from any origin.
     let (file, got) = read_whole(&c, id, &reference, published_for, &dir);
     let p = &done["pieces"];
@@ -365,6 +367,67 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "delete", &id.to_string()]);
     assert!(!ok && err.contains("404"), "deleted already: {err}");
     drop((edge, fresh));
+}
+
+/// Live rewind at the origins (`docs/vod.md`, "Live rewind"): every origin answers the
+/// stream's DVR index the same, from its own pieces and the others' (merged across the
+/// owner changes): contiguous segments lasting about as long as the recording; one
+/// segment's frames are given back; strangers and garbage are refused.
+async fn check_dvr(c: &Cluster, done: &Value) {
+    let get = |id: u64, path: String, secret: bool| async move {
+        let mut req = reqwest::Client::new().get(c.url(id, &path));
+        if secret {
+            req = req.header(raftcast_raft::rpc::SECRET_HEADER, &c.secret);
+        }
+        let res = req.send().await.unwrap();
+        (res.status().as_u16(), res.bytes().await.unwrap())
+    };
+    let mut bodies = Vec::new();
+    for id in 1..=3 {
+        let (status, body) = get(id, "/internal/dvr/live/rec?from=0".into(), true).await;
+        assert_eq!(status, 200, "origin {id}");
+        bodies.push(body);
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "every origin lists the same segments");
+    let body = &bodies[0];
+    let count = u32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+    assert_eq!(body.len(), 4 + count * 36);
+    let entry = |i: usize| {
+        let e = &body[4 + i * 36..4 + (i + 1) * 36];
+        (u64::from_be_bytes(e[..8].try_into().unwrap()), u32::from_be_bytes(e[8..12].try_into().unwrap()))
+    };
+    let segments: Vec<(u64, u32)> = (0..count).map(entry).collect();
+    assert!(segments.len() >= 3, "{segments:?}");
+    assert!(segments.windows(2).all(|w| w[1].0 == w[0].0 + 1), "contiguous msns: {segments:?}");
+    let listed: i64 = segments.iter().map(|s| i64::from(s.1)).sum();
+    let longest = segments.iter().map(|s| i64::from(s.1)).max().unwrap();
+    let p = &done["pieces"];
+    let recorded = p[2]["last_ts"].as_i64().unwrap() - p[0]["first_ts"].as_i64().unwrap();
+    eprintln!("DVR: {count} segments, {listed} ms listed of {recorded} ms recorded (longest {longest} ms)");
+    assert!(listed <= recorded + 500 && listed >= recorded - 2 * longest - 1500, "{listed} ms of {recorded} ms");
+    // From a later msn on: the tail of the same list.
+    let from = segments[count / 2].0;
+    let (status, tail) = get(1, format!("/internal/dvr/live/rec?from={from}"), true).await;
+    assert_eq!(status, 200);
+    assert_eq!(&tail[4..], &body[4 + (count / 2) * 36..], "from {from} on");
+    // One segment's frames: a sane count, then the frames.
+    let (status, frames) = get(2, format!("/internal/dvr/live/rec/{from}"), true).await;
+    assert_eq!(status, 200);
+    let n = u32::from_be_bytes(frames[..4].try_into().unwrap());
+    assert!(n > 10 && n < 1 << 16 && frames.len() > 1000, "{n} frames in {} bytes", frames.len());
+    for (path, secret, status) in [
+        ("/internal/dvr/live/rec?from=0".to_owned(), false, 401),
+        (format!("/internal/dvr/live/rec/{from}"), false, 401),
+        ("/internal/dvr/live/rec?from=-1".to_owned(), true, 400),
+        ("/internal/dvr/live/rec/1x".to_owned(), true, 400),
+        ("/internal/dvr/live/..%2Frec?from=0".to_owned(), true, 400),
+        ("/internal/dvr/live/nobody?from=0".to_owned(), true, 404),
+        ("/internal/dvr/live/rec/1".to_owned(), true, 404),
+        (format!("/internal/recordings/{}/dvr?from=x", p[0]["epoch"]), true, 400),
+        ("/internal/recordings/999999/dvr/1".to_owned(), true, 404),
+    ] {
+        assert_eq!(get(3, path.clone(), secret).await.0, status, "{path}");
+    }
 }
 
 /// The long variant, nightly-style (`scripts/vod-failover.sh`): a minute of the looped

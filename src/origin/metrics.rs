@@ -70,6 +70,11 @@ pub struct RecordStats {
     /// Pieces copied here from another origin, and their bytes.
     pub copies: Counter,
     pub bytes_copied: Counter,
+    /// Live-rewind (DVR) answers given here, piece-level and stream-level alike: index
+    /// answers, segment frames answers and the bytes of those frames bodies.
+    pub dvr_index_requests: Counter,
+    pub dvr_segment_requests: Counter,
+    pub dvr_bytes_served: Counter,
 }
 
 /// Every metric an origin exports.
@@ -293,6 +298,21 @@ impl Metrics {
         );
         registry.register("recording_copies", "Recording pieces copied here from another origin", rec.copies.clone());
         registry.register("recording_copied_bytes", "Bytes of recording pieces copied here", rec.bytes_copied.clone());
+        registry.register(
+            "recording_dvr_index_requests",
+            "Live-rewind index answers given here (piece and stream level)",
+            rec.dvr_index_requests.clone(),
+        );
+        registry.register(
+            "recording_dvr_segment_requests",
+            "Live-rewind segment frames answers given here (piece and stream level)",
+            rec.dvr_segment_requests.clone(),
+        );
+        registry.register(
+            "recording_dvr_served_bytes",
+            "Bytes of live-rewind segment frames served here",
+            rec.dvr_bytes_served.clone(),
+        );
         registry.register(
             "raft_writes_refused",
             "Writes refused by admission control before proposal, by reason",

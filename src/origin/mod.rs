@@ -271,6 +271,7 @@ pub(crate) async fn run(config: OriginConfig) -> anyhow::Result<()> {
         load: probe.clone(),
     };
     let vod = vod::VodServer::new(app.state.clone(), recorder.clone(), config.media_dir.clone());
+    let dvr = recording::dvr::DvrServer::new(recorder.clone());
     let long_polls = Limit::new("http_long_polls", config.caps.long_polls_per_address, config.caps.http_connections);
     let internal = Router::new()
         .route("/raft/forward", post(api::forward::route))
@@ -288,6 +289,17 @@ pub(crate) async fn run(config: OriginConfig) -> anyhow::Result<()> {
             Router::new()
                 .route(recording::replica::PIECE_ROUTE, get(recording::read::piece_route))
                 .with_state(recorder),
+        )
+        .merge(
+            // Live rewind: piece-level (origin to origin) and stream-level (edge to any
+            // origin) routes, each checking the cluster secret itself.
+            Router::new()
+                .route(recording::dvr::PIECE_INDEX_ROUTE, get(recording::dvr::piece_index_route))
+                .route(recording::dvr::PIECE_SEGMENT_ROUTE, get(recording::dvr::piece_segment_route))
+                .route(recording::dvr::MARKS_ROUTE, get(recording::dvr::marks_route))
+                .route(crate::hls::dvr::INDEX_ROUTE, get(recording::dvr::index_route))
+                .route(crate::hls::dvr::SEGMENT_ROUTE, get(recording::dvr::segment_route))
+                .with_state(dvr),
         )
         .merge(
             Router::new()

@@ -18,9 +18,11 @@
 //! Knows hubs, frames and FLV tags, never the link protocol, sessions or sockets of
 //! the edges; never blocks the runtime (every file operation is on the blocking pool).
 
+pub(crate) mod dvr;
 pub(crate) mod files;
 pub(crate) mod flv_file;
 pub(crate) mod join;
+pub(crate) mod marks;
 pub(crate) mod read;
 pub(crate) mod replica;
 
@@ -397,6 +399,13 @@ impl Recorder {
             Ok(Err(e)) => return tracing::warn!(error = %e, "cannot list the recordings folder"),
             Err(_) => return,
         };
+        let pieces: HashSet<u64> = found
+            .iter()
+            .filter_map(|f| match f {
+                Found::Piece(e) | Found::Part(e) => Some(*e),
+                _ => None,
+            })
+            .collect();
         let mut local = HashSet::new();
         for f in found {
             match f {
@@ -419,6 +428,26 @@ impl Recorder {
                 }
                 Found::Piece(epoch) => {
                     local.insert(epoch);
+                }
+                Found::MarksCopy(epoch) if !lock(&self.inner.copying).contains(&epoch) => {
+                    let dir = self.inner.dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || files::remove(&dir, Found::MarksCopy(epoch))).await;
+                }
+                Found::Marks(epoch)
+                    if !pieces.contains(&epoch)
+                        && !self.writing(epoch)
+                        && !lock(&self.inner.copying).contains(&epoch) =>
+                {
+                    // Marks whose piece is gone (removed by an older build, or a
+                    // crash between moving a replica's marks and its piece).
+                    let dir = self.inner.dir.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let path = files::marks_path(&dir, epoch);
+                        let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+                        let old = SystemTime::now().duration_since(age).ok()? > ORPHAN_AGE;
+                        old.then(|| files::remove(&dir, Found::Marks(epoch)))
+                    })
+                    .await;
                 }
                 _ => {}
             }

@@ -131,6 +131,8 @@ async fn copy(recorder: &Recorder, piece: &Piece) -> Result<u64, CopyError> {
         if got != want {
             return Err(CopyError::WrongLength { got, want });
         }
+        let frames = piece.finished.map_or(0, |f| f.frames);
+        copy_marks(recorder, holder, &http, piece.epoch, frames).await;
         let epoch = piece.epoch;
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || files::commit_copy(&dir, epoch))
@@ -139,6 +141,41 @@ async fn copy(recorder: &Recorder, piece: &Piece) -> Result<u64, CopyError> {
         return Ok(got);
     }
     Err(CopyError::Unreachable(last))
+}
+
+/// Fetches the marks of the piece of `epoch` (`frames` tags) from `holder` into
+/// `{epoch}.marks.copy`, which [`files::commit_copy`] then moves into place with the
+/// piece. Best effort: a holder without marks (an older build, a piece recorded
+/// before them) or a failed fetch leaves the replica without marks (its segments are
+/// not listed for live rewind here), never fails the copy.
+async fn copy_marks(recorder: &Recorder, holder: NodeId, http: &str, epoch: u64, frames: u64) {
+    let dir = recorder.dir().to_owned();
+    let path = files::marks_copy_path(&dir, epoch);
+    let url = recorder.peers().url(http, &super::dvr::marks_path(epoch));
+    let most = frames.saturating_mul(super::marks::RECORD as u64);
+    let fetched: Result<(), String> = async {
+        let res = recorder.peers().get(url).send().await.map_err(|e| e.to_string())?;
+        if !res.status().is_success() {
+            return Err(format!("answered {}", res.status()));
+        }
+        let mut out = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+        let mut body = res.bytes_stream();
+        let mut got = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            got += chunk.len() as u64;
+            if got > most {
+                return Err(format!("more than {frames} records"));
+            }
+            out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        out.flush().await.map_err(|e| e.to_string())
+    }
+    .await;
+    if let Err(why) = fetched {
+        tracing::debug!(epoch, holder, why, "a replica is made without its piece's marks");
+        let _ = tokio::fs::remove_file(&path).await;
+    }
 }
 
 #[cfg(test)]
