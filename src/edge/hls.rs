@@ -44,8 +44,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::dvr::{Dvr, DvrFail, DvrSettings, DvrStats, StreamIndex, DVR_KINDS, OUTCOMES};
 use super::tokens::{self, Protocol, Refusals, StreamAuthError, Verifier};
 use super::EdgeContext;
+use crate::hls::dvr::DvrSegment;
 use crate::hls::packager::Packager;
 use crate::hls::playlist;
 use crate::hls::window::{Change, Found, Reload, Window, WindowLimits};
@@ -63,6 +65,8 @@ const MEDIA_MAX_AGE_S: u64 = 600;
 const BLOCK_TARGETS: u32 = 3;
 /// Longest name of a resource under `/{app}/{name}/` worth parsing.
 const MAX_NAME: usize = 64;
+/// How long a request for an old segment waits for the stream's first DVR index.
+const DVR_INDEX_WAIT: Duration = Duration::from_secs(2);
 
 /// HLS settings of an edge (`--hls-*`).
 #[derive(Debug, Clone)]
@@ -78,6 +82,8 @@ pub struct HlsConfig {
     pub max_waiting: usize,
     /// Streams packaged at once (`--hls-max-streams`).
     pub max_streams: usize,
+    /// Live rewind (`--hls-dvr-secs`, `--hls-dvr-cache-bytes`).
+    pub dvr: DvrSettings,
 }
 
 /// What starts feeding a new stream's window; the edge's is [`RelayFeed`].
@@ -95,6 +101,8 @@ pub struct Hls {
     pub waiting: Arc<Limit>,
     /// Time base of [`HlsStream`]'s last-use stamps.
     base: Instant,
+    /// Live rewind, when on (`--hls-dvr-secs`).
+    pub dvr: Option<Arc<Dvr>>,
 }
 
 /// One packaged stream.
@@ -111,6 +119,11 @@ pub struct HlsStream {
     active: AtomicUsize,
     /// Cancelled when the stream is retired: its task ends.
     pub stop: CancellationToken,
+    /// The stream's DVR index (empty while live rewind is off).
+    dvr: Mutex<StreamIndex>,
+    /// Bumped when an index fetch ends: a request for a segment the index may list
+    /// waits on it.
+    dvr_done: watch::Sender<u64>,
 }
 
 /// One packaged stream as `/status` shows it.
@@ -137,7 +150,7 @@ pub enum Resource {
 /// Request kinds for `/metrics`.
 const KINDS: [&str; 6] = ["playlist", "init", "segment", "part", "options", "invalid"];
 /// Statuses counted for `/metrics`; anything else is counted as `other`.
-const STATUSES: [u16; 9] = [200, 204, 400, 401, 403, 404, 429, 503, 0];
+const STATUSES: [u16; 10] = [200, 204, 400, 401, 403, 404, 429, 502, 503, 0];
 
 /// HLS counters of an edge.
 #[derive(Debug, Default)]
@@ -171,9 +184,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hls {
+    /// Without live rewind.
+    #[cfg(test)]
     pub fn new(config: HlsConfig) -> Arc<Hls> {
+        Hls::with_dvr(config, None)
+    }
+
+    /// With live rewind through `dvr` (`None`: off).
+    pub fn with_dvr(config: HlsConfig, dvr: Option<Arc<Dvr>>) -> Arc<Hls> {
         let waiting = Limit::new("hls_waiting", config.max_waiting, config.max_waiting);
-        Arc::new(Hls { config, streams: Mutex::default(), stats: HlsStats::default(), waiting, base: Instant::now() })
+        let (streams, stats, base) = (Mutex::default(), HlsStats::default(), Instant::now());
+        Arc::new(Hls { config, streams, stats, waiting, base, dvr })
+    }
+
+    /// Starts fetching `stream`'s DVR index from where it stands, unless live rewind
+    /// is off, a fetch is under way or the last one was less than a second ago (or
+    /// failed, then backing off). Whether a fetch is under way now.
+    pub fn refresh_dvr(self: &Arc<Self>, stream: &Arc<HlsStream>) -> bool {
+        let Some(dvr) = self.dvr.clone() else { return false };
+        let from = {
+            let mut index = stream.dvr_index();
+            match index.begin(Instant::now()) {
+                Some(from) => from,
+                None => return index.is_fetching(),
+            }
+        };
+        let stream = stream.clone();
+        tokio::spawn(async move { index_answer(&dvr, &stream, from).await });
+        true
     }
 
     fn now_ms(&self) -> u64 {
@@ -214,6 +252,8 @@ impl Hls {
             counted_parts: AtomicU64::new(0),
             active: AtomicUsize::new(usize::from(enter)),
             stop: CancellationToken::new(),
+            dvr: Mutex::default(),
+            dvr_done: watch::Sender::new(0),
         });
         streams.insert(key.clone(), stream.clone());
         drop(streams);
@@ -338,23 +378,88 @@ impl Collector for HlsMetrics {
                 }
             }
         }
-        counters(e, "edge_hls_requests_total", "HLS requests by kind and status", &requests)
+        counters(e, "edge_hls_requests_total", "HLS requests by kind and status", &requests)?;
+        if let Some(dvr) = &hls.dvr {
+            dvr_metrics(e, &dvr.stats)?;
+        }
+        Ok(())
     }
 }
 
-impl HlsStream {
-    /// Feeds the window what the packager produced and wakes the requests waiting.
-    pub fn apply(&self, hls: &Hls, events: Vec<Packaged>) {
-        if events.is_empty() {
-            return;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DvrLabel {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Live rewind's part of `/metrics` (only on an edge with `--hls-dvr-secs`).
+fn dvr_metrics(e: &mut DescriptorEncoder, s: &DvrStats) -> std::fmt::Result {
+    use crate::metrics::{counters, gauge};
+    use prometheus_client::encoding::EncodeMetric;
+    let mut requests = Vec::new();
+    for kind in DVR_KINDS {
+        for outcome in OUTCOMES {
+            requests.push((DvrLabel { kind, outcome }, s.requests(kind, outcome)));
         }
-        let mut woke = false;
+    }
+    counters(
+        e,
+        "edge_hls_dvr_requests_total",
+        "DVR segment and init requests by outcome: hit (cache), fetched (from the origins), failed",
+        &requests,
+    )?;
+    let index = [
+        (OutcomeLabel { outcome: "ok" }, s.index_ok.load(Ordering::Relaxed)),
+        (OutcomeLabel { outcome: "failed" }, s.index_failed.load(Ordering::Relaxed)),
+    ];
+    counters(e, "edge_hls_dvr_index_fetches_total", "DVR index fetches: answered, or failed on every origin", &index)?;
+    let help = "Origin requests for a DVR segment's frames, seconds";
+    let metric = e.encode_descriptor("edge_hls_dvr_fetch_seconds", help, None, s.fetch_seconds.metric_type())?;
+    s.fetch_seconds.encode(metric)?;
+    let cached = s.cache_bytes.load(Ordering::Relaxed);
+    gauge(e, "edge_hls_dvr_cache_bytes", "Bytes of packaged DVR segments and init segments cached", cached)
+}
+
+/// The answer to a DVR index fetch from `from`, into `stream`'s index.
+async fn index_answer(dvr: &Dvr, stream: &HlsStream, from: u64) {
+    let result = dvr.fetch_index(&stream.key, from).await;
+    let first = stream.window().media_sequence();
+    {
+        let mut index = stream.dvr_index();
+        match result {
+            Ok(entries) => {
+                index.answered(Instant::now(), entries, first, dvr.span_ms());
+                dvr.stats.index_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(stream = %stream.key, error = %e, "DVR index not fetched");
+                index.failed(Instant::now());
+                dvr.stats.index_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    stream.dvr_done.send_modify(|v| *v = v.wrapping_add(1));
+}
+
+impl HlsStream {
+    /// Feeds the window what the packager produced and wakes the requests waiting;
+    /// whether a segment completed.
+    pub fn apply(&self, hls: &Hls, events: Vec<Packaged>) -> bool {
+        if events.is_empty() {
+            return false;
+        }
+        let (mut woke, mut completed) = (false, false);
         {
             let mut window = lock(&self.window);
             // Checked under the lock: a retired stream's window stays empty (retiring
             // cancels `stop` before it takes the lock to let the window go).
             if self.stop.is_cancelled() {
-                return;
+                return false;
             }
             let before = window.bytes() as u64;
             for event in events {
@@ -362,7 +467,7 @@ impl HlsStream {
                     Change::None => {}
                     Change::Init | Change::Part => woke = true,
                     Change::Segment => {
-                        woke = true;
+                        (woke, completed) = (true, true);
                         hls.stats.segments.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -377,6 +482,12 @@ impl HlsStream {
         if woke {
             self.changed.send_modify(|v| *v = v.wrapping_add(1));
         }
+        completed
+    }
+
+    /// The stream's DVR index (a short lock, never held across an await).
+    pub fn dvr_index(&self) -> MutexGuard<'_, StreamIndex> {
+        lock(&self.dvr)
     }
 
     /// A look at the window (a short lock, never held across an await).
@@ -510,6 +621,11 @@ pub enum HlsError {
     /// or 503 while the rules are unknown).
     #[error(transparent)]
     Unauthorized(StreamAuthError),
+    /// A DVR segment the index lists could not be had: 404 from every origin, 503
+    /// (`Retry-After: 1`) when none answered or too many fetches are under way, 502
+    /// when what they sent does not make the listed segment.
+    #[error(transparent)]
+    Dvr(#[from] DvrFail),
 }
 
 impl IntoResponse for HlsError {
@@ -525,10 +641,13 @@ impl IntoResponse for HlsError {
             HlsError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             HlsError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
             HlsError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            HlsError::Dvr(DvrFail::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+            HlsError::Dvr(DvrFail::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "dvr_unavailable"),
+            HlsError::Dvr(DvrFail::Bad) => (StatusCode::BAD_GATEWAY, "dvr_bad_gateway"),
         };
         let body = Json(json!({ "error": { "code": code, "message": self.to_string() } }));
         let mut response = (status, [(header::CACHE_CONTROL, "no-store")], body).into_response();
-        if matches!(self, HlsError::TooMany(_)) {
+        if matches!(self, HlsError::TooMany(_) | HlsError::Dvr(DvrFail::Unavailable)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
@@ -664,10 +783,13 @@ impl Waiter<'_> {
         }
         match resource {
             Resource::Playlist => self.playlist(reload).await,
-            Resource::Init(version) => match self.stream.window().init(version) {
-                Some(init) => Ok(media("video/mp4", init.bytes.clone())),
-                None => Err(HlsError::NotFound("init segment")),
-            },
+            Resource::Init(version) => {
+                let here = self.stream.window().init(version).map(|init| init.bytes.clone());
+                match here {
+                    Some(bytes) => Ok(media("video/mp4", bytes)),
+                    None => self.dvr_init(version).await,
+                }
+            }
             Resource::Segment(_) | Resource::Part(..) => {
                 let find = |w: &Window| match resource {
                     Resource::Segment(msn) => w.find_segment(msn),
@@ -682,8 +804,11 @@ impl Waiter<'_> {
                     Found::Coming => self.until(limit, |w| Some(find(w)).filter(|f| *f != Found::Coming)).await?,
                     found => Some(found),
                 };
-                match found {
-                    Some(Found::Here(bytes)) => Ok(media("video/iso.segment", bytes)),
+                match (found, resource) {
+                    (Some(Found::Here(bytes)), _) => Ok(media("video/iso.segment", bytes)),
+                    // Not in the window: an old segment the DVR index may list (parts
+                    // of old segments are not served).
+                    (Some(Found::Missing), Resource::Segment(msn)) => self.dvr_segment(msn).await,
                     _ => Err(HlsError::NotFound("segment or part")),
                 }
             }
@@ -713,11 +838,56 @@ impl Waiter<'_> {
             }
         };
         let query = self.segment_token.as_ref().map(|st| format!("st={st}"));
-        let Some(text) = playlist::render_with_query(&self.stream.window(), query.as_deref()) else {
+        let (dvr, span_ms) = match &self.routes.hls.dvr {
+            Some(dvr) => (self.stream.dvr_index().entries(), dvr.span_ms()),
+            None => (Arc::default(), 0),
+        };
+        let Some(text) = playlist::render_with_query(&self.stream.window(), &dvr, span_ms, query.as_deref()) else {
             return Err(HlsError::StreamNotFound);
         };
         Ok(([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl".to_owned()), (header::CACHE_CONTROL, cache)], text)
             .into_response())
+    }
+
+    /// Old segment `msn`, when the stream's DVR index lists it.
+    async fn dvr_segment(&self, msn: u64) -> Result<Response, HlsError> {
+        let Some(dvr) = self.routes.hls.dvr.clone() else { return Err(HlsError::NotFound("segment or part")) };
+        let Some(entry) = self.dvr_entry(|index| index.entry(msn)).await else {
+            return Err(HlsError::NotFound("segment or part"));
+        };
+        let bytes = dvr.segment(&self.stream.key, entry).await?;
+        Ok(media("video/iso.segment", bytes))
+    }
+
+    /// Init segment `version` the window no longer has, when a segment the stream's
+    /// DVR index lists needs it.
+    async fn dvr_init(&self, version: u32) -> Result<Response, HlsError> {
+        let Some(dvr) = self.routes.hls.dvr.clone() else { return Err(HlsError::NotFound("init segment")) };
+        let Some(entry) = self.dvr_entry(|index| index.with_init(version)).await else {
+            return Err(HlsError::NotFound("init segment"));
+        };
+        let bytes = dvr.init(&self.stream.key, version, entry).await?;
+        Ok(media("video/mp4", bytes))
+    }
+
+    /// What `find` finds in the stream's DVR index; if the index has never been
+    /// answered (the stream just started on this edge), after waiting up to
+    /// [`DVR_INDEX_WAIT`] for a fetch.
+    async fn dvr_entry(&self, find: impl Fn(&StreamIndex) -> Option<DvrSegment>) -> Option<DvrSegment> {
+        let mut done = self.stream.dvr_done.subscribe();
+        {
+            let index = self.stream.dvr_index();
+            if let Some(entry) = find(&index) {
+                return Some(entry);
+            }
+            if index.is_loaded() {
+                return None;
+            }
+        }
+        if self.routes.hls.refresh_dvr(&self.stream) {
+            let _ = tokio::time::timeout(DVR_INDEX_WAIT, done.changed()).await;
+        }
+        find(&self.stream.dvr_index())
     }
 
     /// Waits until `check` finds what it wants in the window, for at most `limit`;
@@ -812,11 +982,18 @@ async fn package(ctx: Arc<EdgeContext>, hls: Arc<Hls>, stream: Arc<HlsStream>) {
         while let Some(frame) = subscription.try_recv() {
             backlog.extend(packager.push(&frame));
         }
-        stream.apply(&hls, backlog);
+        // Each completed segment asks for the DVR index's news (at most once a second,
+        // one fetch at a time, in a task of its own: the window is never locked across
+        // it).
+        if stream.apply(&hls, backlog) {
+            hls.refresh_dvr(&stream);
+        }
         loop {
             tokio::select! {
                 frame = subscription.recv() => match frame {
-                    Some(frame) => stream.apply(&hls, packager.push(&frame)),
+                    Some(frame) => if stream.apply(&hls, packager.push(&frame)) {
+                        hls.refresh_dvr(&stream);
+                    },
                     None => {
                         // The generation ended: close the open segment.
                         stream.apply(&hls, packager.finish());
@@ -922,6 +1099,7 @@ mod tests {
             stream_wait: Duration::from_millis(300),
             max_waiting,
             max_streams: 4,
+            dvr: DvrSettings::default(),
         }
     }
 
@@ -1144,7 +1322,7 @@ mod tests {
         let r = s.get(&playlist(&format!("?token={play}"))).await;
         assert_eq!(r.status(), 200);
         let text = r.text().await.unwrap();
-        let expected = playlist::render_with_query(&stream.window(), Some(&format!("st={st}"))).unwrap();
+        let expected = playlist::render_with_query(&stream.window(), &[], 0, Some(&format!("st={st}"))).unwrap();
         assert_eq!(text, expected);
         assert!(text.contains(&format!("\nseg-2.m4s?st={st}\n")), "{text}");
         let r = s.client.get(format!("{}{}", s.base, playlist(""))).bearer_auth(&play).send().await.unwrap();
