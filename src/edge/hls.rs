@@ -1108,7 +1108,10 @@ mod tests {
     }
 
     async fn serve_routes_with(config: HlsConfig, tokens: Verifier) -> Served {
-        let hls = Hls::new(config);
+        serve_hls(Hls::new(config), tokens).await
+    }
+
+    async fn serve_hls(hls: Arc<Hls>, tokens: Verifier) -> Served {
         let refusals = Arc::<Refusals>::default();
         let stop = CancellationToken::new();
         let routes = HlsRoutes {
@@ -1428,6 +1431,216 @@ mod tests {
         assert_eq!((r.status().as_u16(), header(&r, "cache-control")), (200, "no-store"));
         assert!(waited >= Duration::from_secs(3) && waited < Duration::from_secs(5), "{waited:?}");
         assert!(r.text().await.unwrap().contains("seg-1.m4s"));
+    }
+
+    /// What a packager that saw all of `frames` made: its events and, per complete
+    /// segment, the DVR index entry an origin would list for it.
+    fn recorded(frames: &[crate::media::Frame]) -> (Vec<Packaged>, Vec<DvrSegment>) {
+        let mut packager = Packager::new();
+        let events: Vec<Packaged> = frames.iter().flat_map(|f| packager.push(f)).collect();
+        let mut starts = HashMap::new();
+        let mut index = Vec::new();
+        for e in &events {
+            match e {
+                Packaged::SegmentStart(s) => {
+                    starts.insert(s.msn, *s);
+                }
+                Packaged::SegmentEnd(end) => {
+                    let s = starts[&end.msn];
+                    index.push(DvrSegment {
+                        msn: end.msn,
+                        duration_ms: end.duration_ms,
+                        discontinuity: s.discontinuity,
+                        wall_ms: s.wall_ms,
+                        init_version: s.init_version,
+                        target_ms: s.target_ms,
+                        part_target_ms: s.part_target_ms,
+                    });
+                }
+                _ => {}
+            }
+        }
+        (events, index)
+    }
+
+    /// Segment `msn`'s bytes as the live packager made them.
+    fn live_segment(events: &[Packaged], msn: u64) -> Bytes {
+        let parts = events.iter().filter_map(|e| match e {
+            Packaged::Part(p) if p.msn == msn => Some(p.bytes.to_vec()),
+            _ => None,
+        });
+        Bytes::from(parts.flatten().collect::<Vec<u8>>())
+    }
+
+    /// An origin's DVR routes over a recording of `frames` listing `index`, counting
+    /// the requests; `failing`: 503 to everything.
+    struct FakeOrigin {
+        addr: SocketAddr,
+        index_requests: Arc<AtomicUsize>,
+        segment_requests: Arc<AtomicUsize>,
+    }
+
+    async fn fake_origin(frames: Vec<crate::media::Frame>, index: Vec<DvrSegment>, failing: bool) -> FakeOrigin {
+        use crate::hls::dvr;
+        let (frames, index) = (Arc::new(frames), Arc::new(index));
+        let index_requests = Arc::new(AtomicUsize::new(0));
+        let segment_requests = Arc::new(AtomicUsize::new(0));
+        let (ir, sr) = (index_requests.clone(), segment_requests.clone());
+        let router = Router::new()
+            .route(
+                dvr::INDEX_ROUTE,
+                get(move |RawQuery(q): RawQuery| async move {
+                    ir.fetch_add(1, Ordering::Relaxed);
+                    if failing {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    let from: u64 = q.as_deref().and_then(|q| q.strip_prefix("from=")).unwrap().parse().unwrap();
+                    let listed: Vec<DvrSegment> = index.iter().filter(|s| s.msn >= from).copied().collect();
+                    dvr::encode_index(&listed).into_response()
+                }),
+            )
+            .route(
+                dvr::SEGMENT_ROUTE,
+                get(move |Path((_, _, msn)): Path<(String, String, u64)>| async move {
+                    sr.fetch_add(1, Ordering::Relaxed);
+                    // Slow enough for concurrent requests to meet.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if failing {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    let of = |m: u64| move |f: &&crate::media::Frame| f.hls.is_some_and(|h| h.msn == m);
+                    let mut sent: Vec<crate::media::Frame> = frames.iter().filter(|f| f.header).cloned().collect();
+                    sent.extend(frames.iter().filter(of(msn)).cloned());
+                    sent.extend(frames.iter().find(of(msn + 1)).cloned());
+                    dvr::encode_frames(&sent).into_response()
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        FakeOrigin { addr, index_requests, segment_requests }
+    }
+
+    #[tokio::test]
+    async fn dvr_lists_and_serves_old_segments_from_the_origins() {
+        let frames = crate::hls::packager::tests::stream(24);
+        let (events, index) = recorded(&frames);
+        assert!(index.len() >= 10, "{} segments", index.len());
+        // Segment 0 is not in the recording; segment 1's duration is listed wrong.
+        let mut listed = index[1..].to_vec();
+        listed[0].duration_ms += 1;
+        let good = fake_origin(frames.clone(), listed.clone(), false).await;
+        // The first origin answers 503 to everything: every fetch falls over.
+        let bad = fake_origin(frames, Vec::new(), true).await;
+        let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
+        let settings = DvrSettings { span_ms: 3_600_000, cache_bytes: 8 << 20 };
+        let dvr = Dvr::new(settings, crate::peer::PeerClient::new(secret, None), [bad.addr, good.addr].into());
+        let s = serve_hls(
+            Hls::with_dvr(config(16), Some(dvr.clone())),
+            Verifier::with_rules(Default::default(), Default::default()),
+        )
+        .await;
+        let stream = s.stream("live", "test");
+        // The window gets the live events, its init segment aside (so that the DVR
+        // serves it).
+        let init = events.iter().find_map(|e| match e {
+            Packaged::Init(i) => Some(i.clone()),
+            _ => None,
+        });
+        let init = init.unwrap();
+        assert!(stream.apply(&s.hls, events.iter().filter(|e| !matches!(e, Packaged::Init(_))).cloned().collect()));
+        let first = stream.window().media_sequence().unwrap();
+        assert!(first > 4, "the window starts at {first}");
+
+        // A request for an old segment before the index came: it waits for the first fetch.
+        let r = s.get("/live/test/seg-2.m4s").await;
+        assert_eq!((r.status().as_u16(), header(&r, "content-type")), (200, "video/iso.segment"));
+        assert_eq!(header(&r, "cache-control"), "public, max-age=600, immutable");
+        assert_eq!(r.bytes().await.unwrap(), live_segment(&events, 2), "the live packager's bytes");
+        assert_eq!((bad.index_requests.load(Ordering::Relaxed), good.index_requests.load(Ordering::Relaxed)), (1, 1));
+        assert_eq!(
+            (bad.segment_requests.load(Ordering::Relaxed), good.segment_requests.load(Ordering::Relaxed)),
+            (1, 1)
+        );
+        assert_eq!(dvr.stats.requests("segment", "fetched"), 1);
+        // Again: from the cache, no origin asked.
+        let r = s.get("/live/test/seg-2.m4s").await;
+        assert_eq!(r.bytes().await.unwrap(), live_segment(&events, 2));
+        assert_eq!(dvr.stats.requests("segment", "hit"), 1);
+        assert_eq!(good.segment_requests.load(Ordering::Relaxed), 1);
+
+        // The playlist lists the recording from 1 up to the window, then the window.
+        let text = s.get("/live/test/index.m3u8").await.text().await.unwrap();
+        let entries = stream.dvr_index().entries();
+        assert_eq!(text, playlist::render_with_query(&stream.window(), &entries, 3_600_000, None).unwrap());
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:1\n"), "{text}");
+        let uris: Vec<&str> = text.lines().filter(|l| l.starts_with("seg-")).collect();
+        let expected: Vec<String> = (1..=index.last().unwrap().msn).map(|m| format!("seg-{m}.m4s")).collect();
+        assert_eq!(uris, expected);
+
+        // Concurrent requests for one segment share one fetch.
+        let get = |path: &'static str| {
+            let (client, url) = (s.client.clone(), format!("{}{path}", s.base));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap() })
+        };
+        let all = [get("/live/test/seg-3.m4s"), get("/live/test/seg-3.m4s"), get("/live/test/seg-3.m4s")];
+        for r in all {
+            assert_eq!(r.await.unwrap(), live_segment(&events, 3));
+        }
+        assert_eq!(good.segment_requests.load(Ordering::Relaxed), 2);
+
+        // Not listed: 404 without asking any origin; parts of old segments are not served.
+        let asked = good.segment_requests.load(Ordering::Relaxed) + bad.segment_requests.load(Ordering::Relaxed);
+        for path in ["seg-0.m4s", "part-2.0.m4s", &format!("init-{}.mp4", init.version.wrapping_add(1))] {
+            let r = s.get(&format!("/live/test/{path}")).await;
+            assert_eq!(r.status(), 404, "{path}");
+        }
+        assert_eq!(good.segment_requests.load(Ordering::Relaxed) + bad.segment_requests.load(Ordering::Relaxed), asked);
+
+        // The init segment the window does not have: packaged with segment 2, cached.
+        let r = s.get(&format!("/live/test/init-{}.mp4", init.version)).await;
+        assert_eq!((r.status().as_u16(), header(&r, "content-type")), (200, "video/mp4"));
+        assert_eq!(r.bytes().await.unwrap(), init.bytes);
+        assert_eq!(dvr.stats.requests("init", "hit"), 1);
+
+        // Frames that do not make the listed segment (its duration differs): 502.
+        let r = s.get("/live/test/seg-1.m4s").await;
+        assert_eq!(r.status(), 502);
+        assert_eq!(dvr.stats.requests("segment", "failed"), 1);
+        assert_eq!(s.hls.stats.requests("segment", 502), 1);
+
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(HlsMetrics(s.hls.clone())));
+        let metrics = crate::metrics::encode(&registry, |_| {});
+        for line in [
+            "edge_hls_dvr_requests_total{kind=\"segment\",outcome=\"hit\"} 1\n",
+            "edge_hls_dvr_requests_total{kind=\"segment\",outcome=\"fetched\"} 4\n",
+            "edge_hls_dvr_requests_total{kind=\"segment\",outcome=\"failed\"} 1\n",
+            "edge_hls_dvr_requests_total{kind=\"init\",outcome=\"hit\"} 1\n",
+            "edge_hls_dvr_index_fetches_total{outcome=\"ok\"} 1\n",
+            "edge_hls_dvr_fetch_seconds_count 6\n",
+        ] {
+            assert!(metrics.contains(line), "{line} not in\n{metrics}");
+        }
+        let cached = live_segment(&events, 2).len() + live_segment(&events, 3).len() + init.bytes.len();
+        assert!(metrics.contains(&format!("edge_hls_dvr_cache_bytes {cached}\n")), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn without_dvr_an_old_segment_is_a_404_and_the_playlist_is_unchanged() {
+        let s = serve_routes(config(16)).await;
+        let stream = s.stream("live", "test");
+        live(&stream, &s.hls);
+        assert_eq!(s.get("/live/test/seg-0.m4s").await.status(), 200);
+        let mut events = Vec::new();
+        for msn in 4..12 {
+            events.extend([start(msn, 0), part(msn, 0, 10), end(msn, 1)]);
+        }
+        stream.apply(&s.hls, events);
+        assert_eq!(s.get("/live/test/seg-0.m4s").await.status(), 404);
+        assert!(!s.hls.refresh_dvr(&stream));
+        let text = s.get("/live/test/index.m3u8").await.text().await.unwrap();
+        assert_eq!(text, playlist::render(&stream.window()).unwrap());
     }
 
     fn edge_config() -> crate::edge::EdgeConfig {
