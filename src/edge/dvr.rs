@@ -124,15 +124,15 @@ impl StreamIndex {
         self.loaded = true;
         self.failures = 0;
         self.not_before = Some(now + REFRESH_EVERY);
-        let mut entries = (*self.entries).clone();
+        // In place unless a playlist being rendered holds the entries now.
+        let entries = Arc::make_mut(&mut self.entries);
         for s in new {
             if s.msn >= self.cursor && entries.last().is_none_or(|l| l.msn < s.msn) {
                 self.cursor = s.msn.saturating_add(1);
                 entries.push(s);
             }
         }
-        trim(&mut entries, window_first, span_ms);
-        self.entries = Arc::new(entries);
+        trim(entries, window_first, span_ms);
     }
 
     /// The fetch failed on every origin: back off (2 s, doubling, at most 30 s).
@@ -147,7 +147,9 @@ impl StreamIndex {
 /// Drops the entries no playlist of `span_ms` can list any more: below the window,
 /// only the newest whose durations add up to at most the span stay (a playlist lists
 /// no more); the window's and newer ones stay (they are listed once the window moves
-/// past them). At most [`MAX_KEPT`] in all, the newest.
+/// past them). At most [`MAX_KEPT`] in all, the newest. Entries go [`TRIM_SLACK`]
+/// at a time (a playlist lists by the span anyway): not one memmove of the whole
+/// index per segment.
 pub fn trim(entries: &mut Vec<DvrSegment>, window_first: Option<u64>, span_ms: u64) {
     if let Some(first) = window_first {
         let below = entries.partition_point(|s| s.msn < first);
@@ -156,12 +158,17 @@ pub fn trim(entries: &mut Vec<DvrSegment>, window_first: Option<u64>, span_ms: u
             sum += u64::from(entries[keep_from - 1].duration_ms);
             keep_from -= 1;
         }
-        entries.drain(..keep_from);
+        if keep_from >= TRIM_SLACK || keep_from == entries.len() {
+            entries.drain(..keep_from);
+        }
     }
     if entries.len() > MAX_KEPT {
-        entries.drain(..entries.len() - MAX_KEPT);
+        entries.drain(..entries.len() - (MAX_KEPT - TRIM_SLACK));
     }
 }
+
+/// Entries let go at once, at least (see [`trim`]).
+const TRIM_SLACK: usize = 64;
 
 /// Why a DVR segment could not be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -523,10 +530,16 @@ mod tests {
         trim(&mut entries, Some(90), 10_000);
         assert_eq!(entries.first().map(|s| s.msn), Some(85));
         assert_eq!(entries.len(), 15);
+        // One more segment: too few to let go of yet (the playlist trims by the span).
+        entries.push(seg(100));
+        trim(&mut entries, Some(91), 10_000);
+        assert_eq!(entries.first().map(|s| s.msn), Some(85));
+        assert_eq!(crate::hls::playlist::dvr_run(&entries, 91, 10_000)[0].msn, 86);
         // No window: only the count bound.
         let mut many: Vec<DvrSegment> = (0..MAX_KEPT as u64 + 5).map(seg).collect();
         trim(&mut many, None, u64::MAX);
-        assert_eq!((many.len(), many[0].msn), (MAX_KEPT, 5));
+        assert_eq!(many.len(), MAX_KEPT - TRIM_SLACK);
+        assert_eq!(many.last().map(|s| s.msn), Some(MAX_KEPT as u64 + 4));
     }
 
     #[test]
