@@ -1675,6 +1675,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_edge_with_hls_dvr_secs_has_live_rewind_and_its_metrics() {
+        assert!(crate::edge::tests::context(edge_config()).hls.dvr.is_none(), "off by default");
+        let args = crate::edge::EdgeArgs {
+            id: Some("edge-1".into()),
+            origins: Some(vec!["127.0.0.1:9".parse().unwrap()]),
+            hls_dvr_secs: Some(600),
+            ..Default::default()
+        };
+        let secret = |k: &str| (k == "RAFTCAST_CLUSTER_SECRET").then(|| "x".repeat(20));
+        let ctx = crate::edge::tests::context(crate::edge::EdgeConfig::from_args(args, secret).unwrap());
+        assert_eq!(ctx.hls.dvr.as_ref().map(|d| d.span_ms()), Some(600_000));
+        let page = ctx.metrics.render();
+        assert!(page.contains("edge_hls_dvr_cache_bytes 0\n") && page.contains("edge_hls_dvr_fetch_seconds_count 0\n"));
+        ctx.shutdown.cancel();
+    }
+
+    #[tokio::test]
     async fn the_edge_router_takes_the_hls_routes() {
         let config = edge_config();
         assert_eq!((config.hls_serve.window.segments, config.hls_serve.idle), (6, Duration::from_secs(30)));
