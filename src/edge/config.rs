@@ -8,6 +8,7 @@ use std::time::Duration;
 use raftcast_raft::rpc::ClusterSecret;
 use serde::Deserialize;
 
+use super::dvr::{DvrSettings, DEFAULT_DVR_CACHE_BYTES, MAX_DVR_SECS};
 use super::hls::HlsConfig;
 use crate::hls::stamper::{StamperConfig, DEFAULT_PART_MS, DEFAULT_SEGMENT_MS};
 use crate::hls::window::{WindowLimits as ServeWindow, WINDOW_MAX_BYTES, WINDOW_SEGMENTS};
@@ -225,6 +226,17 @@ pub struct EdgeArgs {
     /// Streams packaged for HLS at once; requests for more get 503 [default: 1000].
     #[arg(long, env = "RAFTCAST_EDGE_HLS_MAX_STREAMS")]
     pub hls_max_streams: Option<usize>,
+    /// Live rewind (DVR, docs/hls.md): how far back, in seconds, each live playlist
+    /// lists the stream's recorded segments before its in-memory window (fetched from
+    /// the origins' recording and packaged here); 0 is off, at most 21600 (6 hours)
+    /// [default: 0].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_DVR_SECS")]
+    pub hls_dvr_secs: Option<u64>,
+    /// Bytes of packaged DVR segments and init segments this edge keeps in memory;
+    /// the least recently used go first (needs --hls-dvr-secs) [default: 134217728
+    /// (128 MiB)].
+    #[arg(long, env = "RAFTCAST_EDGE_HLS_DVR_CACHE_BYTES")]
+    pub hls_dvr_cache_bytes: Option<usize>,
     /// VOD (`GET /vod/{id}.flv`, docs/vod.md): the folder where this edge keeps the
     /// recordings and library files it fetched from the origins. Without it VOD is off
     /// [default: none].
@@ -391,6 +403,24 @@ pub(crate) fn hls_window(segments: Option<usize>, bytes: Option<usize>) -> Resul
     Ok(window)
 }
 
+/// Live rewind from `--hls-dvr-secs` and `--hls-dvr-cache-bytes`: off by default; a
+/// span over six hours, a cache under 1 MiB (one segment must fit) or a cache bound
+/// without a span (most likely a forgotten flag) is an error.
+fn dvr_settings(secs: Option<u64>, cache_bytes: Option<usize>) -> Result<DvrSettings, String> {
+    let secs = secs.unwrap_or(0);
+    if secs > MAX_DVR_SECS {
+        return Err(format!("--hls-dvr-secs {secs} is over {MAX_DVR_SECS} (6 hours)"));
+    }
+    if secs == 0 && cache_bytes.is_some() {
+        return Err("--hls-dvr-cache-bytes given without --hls-dvr-secs".into());
+    }
+    let cache_bytes = cache_bytes.unwrap_or(DEFAULT_DVR_CACHE_BYTES);
+    if cache_bytes < 1 << 20 {
+        return Err("--hls-dvr-cache-bytes must be at least 1 MiB".into());
+    }
+    Ok(DvrSettings { span_ms: secs * 1000, cache_bytes })
+}
+
 fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
     EdgeArgs {
         config: cli.config,
@@ -431,6 +461,8 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         hls_idle_ms: cli.hls_idle_ms.or(file.hls_idle_ms),
         hls_max_waiting: cli.hls_max_waiting.or(file.hls_max_waiting),
         hls_max_streams: cli.hls_max_streams.or(file.hls_max_streams),
+        hls_dvr_secs: cli.hls_dvr_secs.or(file.hls_dvr_secs),
+        hls_dvr_cache_bytes: cli.hls_dvr_cache_bytes.or(file.hls_dvr_cache_bytes),
         proxy_protocol_from: cli.proxy_protocol_from.or(file.proxy_protocol_from),
         vod_cache_dir: cli.vod_cache_dir.or(file.vod_cache_dir),
         vod_cache_bytes: cli.vod_cache_bytes.or(file.vod_cache_bytes),
@@ -576,6 +608,7 @@ impl EdgeConfig {
             stream_wait: ms(a.play_wait_ms, 5_000),
             max_waiting: a.hls_max_waiting.unwrap_or(8192),
             max_streams: a.hls_max_streams.unwrap_or(1000),
+            dvr: dvr_settings(a.hls_dvr_secs, a.hls_dvr_cache_bytes)?,
         };
         if hls_serve.window.segments < 3 {
             return Err("--hls-window-segments must be at least 3 (players start three segments from the end)".into());
@@ -735,6 +768,20 @@ mod tests {
         let tls = EdgeConfig::from_args(cli, env).unwrap().tls.unwrap();
         assert_eq!((tls.rtmps.unwrap().port(), tls.https.unwrap().port()), (1945, 8443));
         assert_eq!(tls.certs.key, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn dvr_is_off_by_default_and_its_flags_are_checked() {
+        let c = EdgeConfig::from_args(args(), env).unwrap();
+        assert_eq!(c.hls_serve.dvr, DvrSettings { span_ms: 0, cache_bytes: 128 << 20 });
+        let on = EdgeArgs { hls_dvr_secs: Some(3600), ..args() };
+        assert_eq!(EdgeConfig::from_args(on.clone(), env).unwrap().hls_serve.dvr.span_ms, 3_600_000);
+        let long = EdgeArgs { hls_dvr_secs: Some(21_601), ..args() };
+        assert!(EdgeConfig::from_args(long, env).unwrap_err().contains("--hls-dvr-secs"));
+        let tiny = EdgeArgs { hls_dvr_cache_bytes: Some(1000), ..on };
+        assert!(EdgeConfig::from_args(tiny, env).unwrap_err().contains("at least 1 MiB"));
+        let orphan = EdgeArgs { hls_dvr_cache_bytes: Some(1 << 30), ..args() };
+        assert!(EdgeConfig::from_args(orphan, env).unwrap_err().contains("without --hls-dvr-secs"));
     }
 
     #[test]

@@ -44,8 +44,10 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::dvr::{Dvr, DvrFail, DvrSettings, DvrStats, StreamIndex, DVR_KINDS, OUTCOMES};
 use super::tokens::{self, Protocol, Refusals, StreamAuthError, Verifier};
 use super::EdgeContext;
+use crate::hls::dvr::DvrSegment;
 use crate::hls::packager::Packager;
 use crate::hls::playlist;
 use crate::hls::window::{Change, Found, Reload, Window, WindowLimits};
@@ -63,6 +65,8 @@ const MEDIA_MAX_AGE_S: u64 = 600;
 const BLOCK_TARGETS: u32 = 3;
 /// Longest name of a resource under `/{app}/{name}/` worth parsing.
 const MAX_NAME: usize = 64;
+/// How long a request for an old segment waits for the stream's first DVR index.
+const DVR_INDEX_WAIT: Duration = Duration::from_secs(2);
 
 /// HLS settings of an edge (`--hls-*`).
 #[derive(Debug, Clone)]
@@ -78,6 +82,8 @@ pub struct HlsConfig {
     pub max_waiting: usize,
     /// Streams packaged at once (`--hls-max-streams`).
     pub max_streams: usize,
+    /// Live rewind (`--hls-dvr-secs`, `--hls-dvr-cache-bytes`).
+    pub dvr: DvrSettings,
 }
 
 /// What starts feeding a new stream's window; the edge's is [`RelayFeed`].
@@ -95,6 +101,8 @@ pub struct Hls {
     pub waiting: Arc<Limit>,
     /// Time base of [`HlsStream`]'s last-use stamps.
     base: Instant,
+    /// Live rewind, when on (`--hls-dvr-secs`).
+    pub dvr: Option<Arc<Dvr>>,
 }
 
 /// One packaged stream.
@@ -111,6 +119,11 @@ pub struct HlsStream {
     active: AtomicUsize,
     /// Cancelled when the stream is retired: its task ends.
     pub stop: CancellationToken,
+    /// The stream's DVR index (empty while live rewind is off).
+    dvr: Mutex<StreamIndex>,
+    /// Bumped when an index fetch ends: a request for a segment the index may list
+    /// waits on it.
+    dvr_done: watch::Sender<u64>,
 }
 
 /// One packaged stream as `/status` shows it.
@@ -137,7 +150,7 @@ pub enum Resource {
 /// Request kinds for `/metrics`.
 const KINDS: [&str; 6] = ["playlist", "init", "segment", "part", "options", "invalid"];
 /// Statuses counted for `/metrics`; anything else is counted as `other`.
-const STATUSES: [u16; 9] = [200, 204, 400, 401, 403, 404, 429, 503, 0];
+const STATUSES: [u16; 10] = [200, 204, 400, 401, 403, 404, 429, 502, 503, 0];
 
 /// HLS counters of an edge.
 #[derive(Debug, Default)]
@@ -171,9 +184,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hls {
+    /// Without live rewind.
+    #[cfg(test)]
     pub fn new(config: HlsConfig) -> Arc<Hls> {
+        Hls::with_dvr(config, None)
+    }
+
+    /// With live rewind through `dvr` (`None`: off).
+    pub fn with_dvr(config: HlsConfig, dvr: Option<Arc<Dvr>>) -> Arc<Hls> {
         let waiting = Limit::new("hls_waiting", config.max_waiting, config.max_waiting);
-        Arc::new(Hls { config, streams: Mutex::default(), stats: HlsStats::default(), waiting, base: Instant::now() })
+        let (streams, stats, base) = (Mutex::default(), HlsStats::default(), Instant::now());
+        Arc::new(Hls { config, streams, stats, waiting, base, dvr })
+    }
+
+    /// Starts fetching `stream`'s DVR index from where it stands, unless live rewind
+    /// is off, a fetch is under way or the last one was less than a second ago (or
+    /// failed, then backing off). Whether a fetch is under way now.
+    pub fn refresh_dvr(self: &Arc<Self>, stream: &Arc<HlsStream>) -> bool {
+        let Some(dvr) = self.dvr.clone() else { return false };
+        let from = {
+            let mut index = stream.dvr_index();
+            match index.begin(Instant::now()) {
+                Some(from) => from,
+                None => return index.is_fetching(),
+            }
+        };
+        let stream = stream.clone();
+        tokio::spawn(async move { index_answer(&dvr, &stream, from).await });
+        true
     }
 
     fn now_ms(&self) -> u64 {
@@ -214,6 +252,8 @@ impl Hls {
             counted_parts: AtomicU64::new(0),
             active: AtomicUsize::new(usize::from(enter)),
             stop: CancellationToken::new(),
+            dvr: Mutex::default(),
+            dvr_done: watch::Sender::new(0),
         });
         streams.insert(key.clone(), stream.clone());
         drop(streams);
@@ -338,23 +378,88 @@ impl Collector for HlsMetrics {
                 }
             }
         }
-        counters(e, "edge_hls_requests_total", "HLS requests by kind and status", &requests)
+        counters(e, "edge_hls_requests_total", "HLS requests by kind and status", &requests)?;
+        if let Some(dvr) = &hls.dvr {
+            dvr_metrics(e, &dvr.stats)?;
+        }
+        Ok(())
     }
 }
 
-impl HlsStream {
-    /// Feeds the window what the packager produced and wakes the requests waiting.
-    pub fn apply(&self, hls: &Hls, events: Vec<Packaged>) {
-        if events.is_empty() {
-            return;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DvrLabel {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Live rewind's part of `/metrics` (only on an edge with `--hls-dvr-secs`).
+fn dvr_metrics(e: &mut DescriptorEncoder, s: &DvrStats) -> std::fmt::Result {
+    use crate::metrics::{counters, gauge};
+    use prometheus_client::encoding::EncodeMetric;
+    let mut requests = Vec::new();
+    for kind in DVR_KINDS {
+        for outcome in OUTCOMES {
+            requests.push((DvrLabel { kind, outcome }, s.requests(kind, outcome)));
         }
-        let mut woke = false;
+    }
+    counters(
+        e,
+        "edge_hls_dvr_requests_total",
+        "DVR segment and init requests by outcome: hit (cache), fetched (from the origins), failed",
+        &requests,
+    )?;
+    let index = [
+        (OutcomeLabel { outcome: "ok" }, s.index_ok.load(Ordering::Relaxed)),
+        (OutcomeLabel { outcome: "failed" }, s.index_failed.load(Ordering::Relaxed)),
+    ];
+    counters(e, "edge_hls_dvr_index_fetches_total", "DVR index fetches: answered, or failed on every origin", &index)?;
+    let help = "Origin requests for a DVR segment's frames, seconds";
+    let metric = e.encode_descriptor("edge_hls_dvr_fetch_seconds", help, None, s.fetch_seconds.metric_type())?;
+    s.fetch_seconds.encode(metric)?;
+    let cached = s.cache_bytes.load(Ordering::Relaxed);
+    gauge(e, "edge_hls_dvr_cache_bytes", "Bytes of packaged DVR segments and init segments cached", cached)
+}
+
+/// The answer to a DVR index fetch from `from`, into `stream`'s index.
+async fn index_answer(dvr: &Dvr, stream: &HlsStream, from: u64) {
+    let result = dvr.fetch_index(&stream.key, from).await;
+    let first = stream.window().media_sequence();
+    {
+        let mut index = stream.dvr_index();
+        match result {
+            Ok(entries) => {
+                index.answered(Instant::now(), entries, first, dvr.span_ms());
+                dvr.stats.index_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(stream = %stream.key, error = %e, "DVR index not fetched");
+                index.failed(Instant::now());
+                dvr.stats.index_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    stream.dvr_done.send_modify(|v| *v = v.wrapping_add(1));
+}
+
+impl HlsStream {
+    /// Feeds the window what the packager produced and wakes the requests waiting;
+    /// whether a segment completed.
+    pub fn apply(&self, hls: &Hls, events: Vec<Packaged>) -> bool {
+        if events.is_empty() {
+            return false;
+        }
+        let (mut woke, mut completed) = (false, false);
         {
             let mut window = lock(&self.window);
             // Checked under the lock: a retired stream's window stays empty (retiring
             // cancels `stop` before it takes the lock to let the window go).
             if self.stop.is_cancelled() {
-                return;
+                return false;
             }
             let before = window.bytes() as u64;
             for event in events {
@@ -362,7 +467,7 @@ impl HlsStream {
                     Change::None => {}
                     Change::Init | Change::Part => woke = true,
                     Change::Segment => {
-                        woke = true;
+                        (woke, completed) = (true, true);
                         hls.stats.segments.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -377,6 +482,12 @@ impl HlsStream {
         if woke {
             self.changed.send_modify(|v| *v = v.wrapping_add(1));
         }
+        completed
+    }
+
+    /// The stream's DVR index (a short lock, never held across an await).
+    pub fn dvr_index(&self) -> MutexGuard<'_, StreamIndex> {
+        lock(&self.dvr)
     }
 
     /// A look at the window (a short lock, never held across an await).
@@ -510,6 +621,11 @@ pub enum HlsError {
     /// or 503 while the rules are unknown).
     #[error(transparent)]
     Unauthorized(StreamAuthError),
+    /// A DVR segment the index lists could not be had: 404 from every origin, 503
+    /// (`Retry-After: 1`) when none answered or too many fetches are under way, 502
+    /// when what they sent does not make the listed segment.
+    #[error(transparent)]
+    Dvr(#[from] DvrFail),
 }
 
 impl IntoResponse for HlsError {
@@ -525,10 +641,13 @@ impl IntoResponse for HlsError {
             HlsError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             HlsError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
             HlsError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            HlsError::Dvr(DvrFail::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+            HlsError::Dvr(DvrFail::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "dvr_unavailable"),
+            HlsError::Dvr(DvrFail::Bad) => (StatusCode::BAD_GATEWAY, "dvr_bad_gateway"),
         };
         let body = Json(json!({ "error": { "code": code, "message": self.to_string() } }));
         let mut response = (status, [(header::CACHE_CONTROL, "no-store")], body).into_response();
-        if matches!(self, HlsError::TooMany(_)) {
+        if matches!(self, HlsError::TooMany(_) | HlsError::Dvr(DvrFail::Unavailable)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
@@ -664,10 +783,13 @@ impl Waiter<'_> {
         }
         match resource {
             Resource::Playlist => self.playlist(reload).await,
-            Resource::Init(version) => match self.stream.window().init(version) {
-                Some(init) => Ok(media("video/mp4", init.bytes.clone())),
-                None => Err(HlsError::NotFound("init segment")),
-            },
+            Resource::Init(version) => {
+                let here = self.stream.window().init(version).map(|init| init.bytes.clone());
+                match here {
+                    Some(bytes) => Ok(media("video/mp4", bytes)),
+                    None => self.dvr_init(version).await,
+                }
+            }
             Resource::Segment(_) | Resource::Part(..) => {
                 let find = |w: &Window| match resource {
                     Resource::Segment(msn) => w.find_segment(msn),
@@ -682,8 +804,11 @@ impl Waiter<'_> {
                     Found::Coming => self.until(limit, |w| Some(find(w)).filter(|f| *f != Found::Coming)).await?,
                     found => Some(found),
                 };
-                match found {
-                    Some(Found::Here(bytes)) => Ok(media("video/iso.segment", bytes)),
+                match (found, resource) {
+                    (Some(Found::Here(bytes)), _) => Ok(media("video/iso.segment", bytes)),
+                    // Not in the window: an old segment the DVR index may list (parts
+                    // of old segments are not served).
+                    (Some(Found::Missing), Resource::Segment(msn)) => self.dvr_segment(msn).await,
                     _ => Err(HlsError::NotFound("segment or part")),
                 }
             }
@@ -713,11 +838,56 @@ impl Waiter<'_> {
             }
         };
         let query = self.segment_token.as_ref().map(|st| format!("st={st}"));
-        let Some(text) = playlist::render_with_query(&self.stream.window(), query.as_deref()) else {
+        let (dvr, span_ms) = match &self.routes.hls.dvr {
+            Some(dvr) => (self.stream.dvr_index().entries(), dvr.span_ms()),
+            None => (Arc::default(), 0),
+        };
+        let Some(text) = playlist::render_with_query(&self.stream.window(), &dvr, span_ms, query.as_deref()) else {
             return Err(HlsError::StreamNotFound);
         };
         Ok(([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl".to_owned()), (header::CACHE_CONTROL, cache)], text)
             .into_response())
+    }
+
+    /// Old segment `msn`, when the stream's DVR index lists it.
+    async fn dvr_segment(&self, msn: u64) -> Result<Response, HlsError> {
+        let Some(dvr) = self.routes.hls.dvr.clone() else { return Err(HlsError::NotFound("segment or part")) };
+        let Some(entry) = self.dvr_entry(|index| index.entry(msn)).await else {
+            return Err(HlsError::NotFound("segment or part"));
+        };
+        let bytes = dvr.segment(&self.stream.key, entry).await?;
+        Ok(media("video/iso.segment", bytes))
+    }
+
+    /// Init segment `version` the window no longer has, when a segment the stream's
+    /// DVR index lists needs it.
+    async fn dvr_init(&self, version: u32) -> Result<Response, HlsError> {
+        let Some(dvr) = self.routes.hls.dvr.clone() else { return Err(HlsError::NotFound("init segment")) };
+        let Some(entry) = self.dvr_entry(|index| index.with_init(version)).await else {
+            return Err(HlsError::NotFound("init segment"));
+        };
+        let bytes = dvr.init(&self.stream.key, version, entry).await?;
+        Ok(media("video/mp4", bytes))
+    }
+
+    /// What `find` finds in the stream's DVR index; if the index has never been
+    /// answered (the stream just started on this edge), after waiting up to
+    /// [`DVR_INDEX_WAIT`] for a fetch.
+    async fn dvr_entry(&self, find: impl Fn(&StreamIndex) -> Option<DvrSegment>) -> Option<DvrSegment> {
+        let mut done = self.stream.dvr_done.subscribe();
+        {
+            let index = self.stream.dvr_index();
+            if let Some(entry) = find(&index) {
+                return Some(entry);
+            }
+            if index.is_loaded() {
+                return None;
+            }
+        }
+        if self.routes.hls.refresh_dvr(&self.stream) {
+            let _ = tokio::time::timeout(DVR_INDEX_WAIT, done.changed()).await;
+        }
+        find(&self.stream.dvr_index())
     }
 
     /// Waits until `check` finds what it wants in the window, for at most `limit`;
@@ -812,11 +982,18 @@ async fn package(ctx: Arc<EdgeContext>, hls: Arc<Hls>, stream: Arc<HlsStream>) {
         while let Some(frame) = subscription.try_recv() {
             backlog.extend(packager.push(&frame));
         }
-        stream.apply(&hls, backlog);
+        // Each completed segment asks for the DVR index's news (at most once a second,
+        // one fetch at a time, in a task of its own: the window is never locked across
+        // it).
+        if stream.apply(&hls, backlog) {
+            hls.refresh_dvr(&stream);
+        }
         loop {
             tokio::select! {
                 frame = subscription.recv() => match frame {
-                    Some(frame) => stream.apply(&hls, packager.push(&frame)),
+                    Some(frame) => if stream.apply(&hls, packager.push(&frame)) {
+                        hls.refresh_dvr(&stream);
+                    },
                     None => {
                         // The generation ended: close the open segment.
                         stream.apply(&hls, packager.finish());
@@ -922,6 +1099,7 @@ mod tests {
             stream_wait: Duration::from_millis(300),
             max_waiting,
             max_streams: 4,
+            dvr: DvrSettings::default(),
         }
     }
 
@@ -930,7 +1108,10 @@ mod tests {
     }
 
     async fn serve_routes_with(config: HlsConfig, tokens: Verifier) -> Served {
-        let hls = Hls::new(config);
+        serve_hls(Hls::new(config), tokens).await
+    }
+
+    async fn serve_hls(hls: Arc<Hls>, tokens: Verifier) -> Served {
         let refusals = Arc::<Refusals>::default();
         let stop = CancellationToken::new();
         let routes = HlsRoutes {
@@ -1144,7 +1325,7 @@ mod tests {
         let r = s.get(&playlist(&format!("?token={play}"))).await;
         assert_eq!(r.status(), 200);
         let text = r.text().await.unwrap();
-        let expected = playlist::render_with_query(&stream.window(), Some(&format!("st={st}"))).unwrap();
+        let expected = playlist::render_with_query(&stream.window(), &[], 0, Some(&format!("st={st}"))).unwrap();
         assert_eq!(text, expected);
         assert!(text.contains(&format!("\nseg-2.m4s?st={st}\n")), "{text}");
         let r = s.client.get(format!("{}{}", s.base, playlist(""))).bearer_auth(&play).send().await.unwrap();
@@ -1252,6 +1433,216 @@ mod tests {
         assert!(r.text().await.unwrap().contains("seg-1.m4s"));
     }
 
+    /// What a packager that saw all of `frames` made: its events and, per complete
+    /// segment, the DVR index entry an origin would list for it.
+    fn recorded(frames: &[crate::media::Frame]) -> (Vec<Packaged>, Vec<DvrSegment>) {
+        let mut packager = Packager::new();
+        let events: Vec<Packaged> = frames.iter().flat_map(|f| packager.push(f)).collect();
+        let mut starts = HashMap::new();
+        let mut index = Vec::new();
+        for e in &events {
+            match e {
+                Packaged::SegmentStart(s) => {
+                    starts.insert(s.msn, *s);
+                }
+                Packaged::SegmentEnd(end) => {
+                    let s = starts[&end.msn];
+                    index.push(DvrSegment {
+                        msn: end.msn,
+                        duration_ms: end.duration_ms,
+                        discontinuity: s.discontinuity,
+                        wall_ms: s.wall_ms,
+                        init_version: s.init_version,
+                        target_ms: s.target_ms,
+                        part_target_ms: s.part_target_ms,
+                    });
+                }
+                _ => {}
+            }
+        }
+        (events, index)
+    }
+
+    /// Segment `msn`'s bytes as the live packager made them.
+    fn live_segment(events: &[Packaged], msn: u64) -> Bytes {
+        let parts = events.iter().filter_map(|e| match e {
+            Packaged::Part(p) if p.msn == msn => Some(p.bytes.to_vec()),
+            _ => None,
+        });
+        Bytes::from(parts.flatten().collect::<Vec<u8>>())
+    }
+
+    /// An origin's DVR routes over a recording of `frames` listing `index`, counting
+    /// the requests; `failing`: 503 to everything.
+    struct FakeOrigin {
+        addr: SocketAddr,
+        index_requests: Arc<AtomicUsize>,
+        segment_requests: Arc<AtomicUsize>,
+    }
+
+    async fn fake_origin(frames: Vec<crate::media::Frame>, index: Vec<DvrSegment>, failing: bool) -> FakeOrigin {
+        use crate::hls::dvr;
+        let (frames, index) = (Arc::new(frames), Arc::new(index));
+        let index_requests = Arc::new(AtomicUsize::new(0));
+        let segment_requests = Arc::new(AtomicUsize::new(0));
+        let (ir, sr) = (index_requests.clone(), segment_requests.clone());
+        let router = Router::new()
+            .route(
+                dvr::INDEX_ROUTE,
+                get(move |RawQuery(q): RawQuery| async move {
+                    ir.fetch_add(1, Ordering::Relaxed);
+                    if failing {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    let from: u64 = q.as_deref().and_then(|q| q.strip_prefix("from=")).unwrap().parse().unwrap();
+                    let listed: Vec<DvrSegment> = index.iter().filter(|s| s.msn >= from).copied().collect();
+                    dvr::encode_index(&listed).into_response()
+                }),
+            )
+            .route(
+                dvr::SEGMENT_ROUTE,
+                get(move |Path((_, _, msn)): Path<(String, String, u64)>| async move {
+                    sr.fetch_add(1, Ordering::Relaxed);
+                    // Slow enough for concurrent requests to meet.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if failing {
+                        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    let of = |m: u64| move |f: &&crate::media::Frame| f.hls.is_some_and(|h| h.msn == m);
+                    let mut sent: Vec<crate::media::Frame> = frames.iter().filter(|f| f.header).cloned().collect();
+                    sent.extend(frames.iter().filter(of(msn)).cloned());
+                    sent.extend(frames.iter().find(of(msn + 1)).cloned());
+                    dvr::encode_frames(&sent).into_response()
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        FakeOrigin { addr, index_requests, segment_requests }
+    }
+
+    #[tokio::test]
+    async fn dvr_lists_and_serves_old_segments_from_the_origins() {
+        let frames = crate::hls::packager::tests::stream(24);
+        let (events, index) = recorded(&frames);
+        assert!(index.len() >= 10, "{} segments", index.len());
+        // Segment 0 is not in the recording; segment 1's duration is listed wrong.
+        let mut listed = index[1..].to_vec();
+        listed[0].duration_ms += 1;
+        let good = fake_origin(frames.clone(), listed.clone(), false).await;
+        // The first origin answers 503 to everything: every fetch falls over.
+        let bad = fake_origin(frames, Vec::new(), true).await;
+        let secret = raftcast_raft::rpc::ClusterSecret::new("a-test-secret-that-is-long-enough").unwrap();
+        let settings = DvrSettings { span_ms: 3_600_000, cache_bytes: 8 << 20 };
+        let dvr = Dvr::new(settings, crate::peer::PeerClient::new(secret, None), [bad.addr, good.addr].into());
+        let s = serve_hls(
+            Hls::with_dvr(config(16), Some(dvr.clone())),
+            Verifier::with_rules(Default::default(), Default::default()),
+        )
+        .await;
+        let stream = s.stream("live", "test");
+        // The window gets the live events, its init segment aside (so that the DVR
+        // serves it).
+        let init = events.iter().find_map(|e| match e {
+            Packaged::Init(i) => Some(i.clone()),
+            _ => None,
+        });
+        let init = init.unwrap();
+        assert!(stream.apply(&s.hls, events.iter().filter(|e| !matches!(e, Packaged::Init(_))).cloned().collect()));
+        let first = stream.window().media_sequence().unwrap();
+        assert!(first > 4, "the window starts at {first}");
+
+        // A request for an old segment before the index came: it waits for the first fetch.
+        let r = s.get("/live/test/seg-2.m4s").await;
+        assert_eq!((r.status().as_u16(), header(&r, "content-type")), (200, "video/iso.segment"));
+        assert_eq!(header(&r, "cache-control"), "public, max-age=600, immutable");
+        assert_eq!(r.bytes().await.unwrap(), live_segment(&events, 2), "the live packager's bytes");
+        assert_eq!((bad.index_requests.load(Ordering::Relaxed), good.index_requests.load(Ordering::Relaxed)), (1, 1));
+        assert_eq!(
+            (bad.segment_requests.load(Ordering::Relaxed), good.segment_requests.load(Ordering::Relaxed)),
+            (1, 1)
+        );
+        assert_eq!(dvr.stats.requests("segment", "fetched"), 1);
+        // Again: from the cache, no origin asked.
+        let r = s.get("/live/test/seg-2.m4s").await;
+        assert_eq!(r.bytes().await.unwrap(), live_segment(&events, 2));
+        assert_eq!(dvr.stats.requests("segment", "hit"), 1);
+        assert_eq!(good.segment_requests.load(Ordering::Relaxed), 1);
+
+        // The playlist lists the recording from 1 up to the window, then the window.
+        let text = s.get("/live/test/index.m3u8").await.text().await.unwrap();
+        let entries = stream.dvr_index().entries();
+        assert_eq!(text, playlist::render_with_query(&stream.window(), &entries, 3_600_000, None).unwrap());
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:1\n"), "{text}");
+        let uris: Vec<&str> = text.lines().filter(|l| l.starts_with("seg-")).collect();
+        let expected: Vec<String> = (1..=index.last().unwrap().msn).map(|m| format!("seg-{m}.m4s")).collect();
+        assert_eq!(uris, expected);
+
+        // Concurrent requests for one segment share one fetch.
+        let get = |path: &'static str| {
+            let (client, url) = (s.client.clone(), format!("{}{path}", s.base));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().bytes().await.unwrap() })
+        };
+        let all = [get("/live/test/seg-3.m4s"), get("/live/test/seg-3.m4s"), get("/live/test/seg-3.m4s")];
+        for r in all {
+            assert_eq!(r.await.unwrap(), live_segment(&events, 3));
+        }
+        assert_eq!(good.segment_requests.load(Ordering::Relaxed), 2);
+
+        // Not listed: 404 without asking any origin; parts of old segments are not served.
+        let asked = good.segment_requests.load(Ordering::Relaxed) + bad.segment_requests.load(Ordering::Relaxed);
+        for path in ["seg-0.m4s", "part-2.0.m4s", &format!("init-{}.mp4", init.version.wrapping_add(1))] {
+            let r = s.get(&format!("/live/test/{path}")).await;
+            assert_eq!(r.status(), 404, "{path}");
+        }
+        assert_eq!(good.segment_requests.load(Ordering::Relaxed) + bad.segment_requests.load(Ordering::Relaxed), asked);
+
+        // The init segment the window does not have: packaged with segment 2, cached.
+        let r = s.get(&format!("/live/test/init-{}.mp4", init.version)).await;
+        assert_eq!((r.status().as_u16(), header(&r, "content-type")), (200, "video/mp4"));
+        assert_eq!(r.bytes().await.unwrap(), init.bytes);
+        assert_eq!(dvr.stats.requests("init", "hit"), 1);
+
+        // Frames that do not make the listed segment (its duration differs): 502.
+        let r = s.get("/live/test/seg-1.m4s").await;
+        assert_eq!(r.status(), 502);
+        assert_eq!(dvr.stats.requests("segment", "failed"), 1);
+        assert_eq!(s.hls.stats.requests("segment", 502), 1);
+
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(HlsMetrics(s.hls.clone())));
+        let metrics = crate::metrics::encode(&registry, |_| {});
+        for line in [
+            "edge_hls_dvr_requests_total{kind=\"segment\",outcome=\"hit\"} 1\n",
+            "edge_hls_dvr_requests_total{kind=\"segment\",outcome=\"fetched\"} 4\n",
+            "edge_hls_dvr_requests_total{kind=\"segment\",outcome=\"failed\"} 1\n",
+            "edge_hls_dvr_requests_total{kind=\"init\",outcome=\"hit\"} 1\n",
+            "edge_hls_dvr_index_fetches_total{outcome=\"ok\"} 1\n",
+            "edge_hls_dvr_fetch_seconds_count 6\n",
+        ] {
+            assert!(metrics.contains(line), "{line} not in\n{metrics}");
+        }
+        let cached = live_segment(&events, 2).len() + live_segment(&events, 3).len() + init.bytes.len();
+        assert!(metrics.contains(&format!("edge_hls_dvr_cache_bytes {cached}\n")), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn without_dvr_an_old_segment_is_a_404_and_the_playlist_is_unchanged() {
+        let s = serve_routes(config(16)).await;
+        let stream = s.stream("live", "test");
+        live(&stream, &s.hls);
+        assert_eq!(s.get("/live/test/seg-0.m4s").await.status(), 200);
+        let mut events = Vec::new();
+        for msn in 4..12 {
+            events.extend([start(msn, 0), part(msn, 0, 10), end(msn, 1)]);
+        }
+        stream.apply(&s.hls, events);
+        assert_eq!(s.get("/live/test/seg-0.m4s").await.status(), 404);
+        assert!(!s.hls.refresh_dvr(&stream));
+        let text = s.get("/live/test/index.m3u8").await.text().await.unwrap();
+        assert_eq!(text, playlist::render(&stream.window()).unwrap());
+    }
+
     fn edge_config() -> crate::edge::EdgeConfig {
         let args = crate::edge::EdgeArgs {
             id: Some("edge-1".into()),
@@ -1280,6 +1671,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(stream.stop.is_cancelled());
+        ctx.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_edge_with_hls_dvr_secs_has_live_rewind_and_its_metrics() {
+        assert!(crate::edge::tests::context(edge_config()).hls.dvr.is_none(), "off by default");
+        let args = crate::edge::EdgeArgs {
+            id: Some("edge-1".into()),
+            origins: Some(vec!["127.0.0.1:9".parse().unwrap()]),
+            hls_dvr_secs: Some(600),
+            ..Default::default()
+        };
+        let secret = |k: &str| (k == "RAFTCAST_CLUSTER_SECRET").then(|| "x".repeat(20));
+        let ctx = crate::edge::tests::context(crate::edge::EdgeConfig::from_args(args, secret).unwrap());
+        assert_eq!(ctx.hls.dvr.as_ref().map(|d| d.span_ms()), Some(600_000));
+        let page = ctx.metrics.render();
+        assert!(page.contains("edge_hls_dvr_cache_bytes 0\n") && page.contains("edge_hls_dvr_fetch_seconds_count 0\n"));
         ctx.shutdown.cancel();
     }
 

@@ -10,6 +10,8 @@
 //!   one change feed from an origin; writes and broadcasts through the cluster;
 //! - `so_session`: one RTMP connection's shared-object messages;
 //! - `hls`: HLS and LL-HLS routes and one packaging task per stream asked for;
+//! - `dvr`: live rewind: each packaged stream's DVR index and the old segments it
+//!   lists, fetched from the origins, packaged and cached in memory;
 //! - `vod`: recordings and media-library files from the edge's cache, as HLS VOD;
 //! - `rtmpt`: RTMP tunnelled in HTTP POSTs, into the same connection task;
 //! - `http`: HTTP-FLV, shared objects over HTTP and SSE, the example page, `/status`,
@@ -23,6 +25,7 @@ pub(crate) mod claims;
 pub mod config;
 pub(crate) mod control;
 pub(crate) mod drain;
+pub(crate) mod dvr;
 pub(crate) mod hls;
 pub(crate) mod hooks;
 pub(crate) mod http;
@@ -241,6 +244,8 @@ impl EdgeContext {
             let origins = vod::origins::Origins::new(peers.clone(), config.origins.clone().into());
             vod::VodCache::new(c.dir.clone(), c.max_bytes, Arc::new(origins))
         });
+        let dvr = (config.hls_serve.dvr.span_ms > 0)
+            .then(|| dvr::Dvr::new(config.hls_serve.dvr, peers.clone(), config.origins.clone().into()));
         let objects = shared_objects::SharedObjects::new(
             config.origins.clone(),
             peers,
@@ -249,7 +254,8 @@ impl EdgeContext {
             clients.clone(),
         );
         let (relays, claims) = (streams::Relays::default(), claims::ClaimFeed::default());
-        let (hls, stats, limits) = (hls::Hls::new(config.hls_serve.clone()), Arc::default(), EdgeLimits::new(config));
+        let (hls, stats, limits) =
+            (hls::Hls::with_dvr(config.hls_serve.clone(), dvr), Arc::default(), EdgeLimits::new(config));
         let metrics = metrics::EdgeMetrics::new(&stats, &limits, &hls, &relays, &claims, &upstreams, vod.as_ref());
         let hooks = hooks::Hooks::start(stats.hook_calls.clone());
         Ok(Arc::new(EdgeContext {

@@ -20,9 +20,6 @@
 //! - `crate::edge::hls`: the HTTP routes and each stream's packaging task.
 
 pub(crate) mod codec;
-// The edge half (packaging an old segment, the stream-level paths) is used by the
-// edges' live rewind, built apart from the origins' half.
-#[allow(dead_code)]
 pub(crate) mod dvr;
 pub(crate) mod fmp4;
 pub mod mark;

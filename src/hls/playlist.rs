@@ -10,6 +10,7 @@
 
 use std::fmt::Write;
 
+use super::dvr::DvrSegment;
 use super::window::{Segment, Window};
 
 /// `EXT-X-VERSION`: version 6 is what `EXT-X-MAP` in a playlist that is not I-frames
@@ -79,55 +80,97 @@ pub fn date_time(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
 }
 
-/// The media playlist without a query: what the unit tests compare.
+/// The media playlist without a query or DVR entries: what the unit tests compare.
 #[cfg(test)]
 pub fn render(window: &Window) -> Option<String> {
-    render_with_query(window, None)
+    render_with_query(window, &[], 0, None)
+}
+
+/// The DVR entries a playlist lists before a window whose first segment is `first`:
+/// the run of `index` (increasing msn) with consecutive numbers that ends exactly at
+/// `first - 1`, trimmed from its old end so that its `EXTINF`s add up to at most
+/// `span_ms`. Empty when the index does not reach the window (a gap lists nothing
+/// rather than skip a number, which the media sequence cannot express).
+pub fn dvr_run(index: &[DvrSegment], first: u64, span_ms: u64) -> &[DvrSegment] {
+    let Some(last) = first.checked_sub(1) else { return &[] };
+    let Ok(end) = index.binary_search_by_key(&last, |s| s.msn) else { return &[] };
+    let (mut start, mut sum) = (end + 1, 0u64);
+    while start > 0 {
+        let s = &index[start - 1];
+        let follows = start > end || s.msn.checked_add(1) == Some(index[start].msn);
+        if !follows || sum + u64::from(s.duration_ms) > span_ms {
+            break;
+        }
+        sum += u64::from(s.duration_ms);
+        start -= 1;
+    }
+    &index[start..end + 1]
 }
 
 /// The media playlist, or `None` while the window has no complete segment, every URI
 /// it names (map, parts, segments, preload hint) followed by `?{query}` when there is
 /// one (an edge's segment token, `st=…`: the same for every player and every edge, so
 /// the text stays identical across edges).
-pub fn render_with_query(window: &Window, query: Option<&str>) -> Option<String> {
+///
+/// Live rewind: before the window's segments it lists [`dvr_run`]`(dvr, first,
+/// dvr_span_ms)`, the stream's recorded segments (`dvr` is the stream's DVR index;
+/// `dvr_span_ms` 0 lists none), whole, without parts. The media and discontinuity
+/// sequences then come from the first of them, and the target duration covers them.
+pub fn render_with_query(window: &Window, dvr: &[DvrSegment], dvr_span_ms: u64, query: Option<&str>) -> Option<String> {
     let q = query.map(|q| format!("?{q}")).unwrap_or_default();
     if !window.is_ready() {
         return None;
     }
     let first = window.segments().next()?;
-    let target = target_duration(window);
+    let dvr = dvr_run(dvr, first.msn(), dvr_span_ms);
+    // Parts stop being listed where the window's own target says (DVR entries do not
+    // move that line); the header's target covers every listed segment.
+    let window_target = target_duration(window);
+    let dvr_longest = dvr.iter().map(|s| u64::from(s.duration_ms).div_ceil(1000)).max().unwrap_or(0);
+    let target = window_target.max(dvr_longest);
     let part_target = part_target_ms(window);
-    let mut out = String::with_capacity(256 + 160 * window.segments().len());
+    let (media_sequence, discontinuity_sequence) = match dvr.first() {
+        Some(s) => (s.msn, s.discontinuity),
+        None => (first.msn(), first.start.discontinuity),
+    };
+    let mut out = String::with_capacity(256 + 160 * (window.segments().len() + dvr.len()));
     let _ = write!(
         out,
         "#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{target}\n\
          #EXT-X-PART-INF:PART-TARGET={}\n\
          #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}\n\
-         #EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
+         #EXT-X-MEDIA-SEQUENCE:{media_sequence}\n#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}\n",
         seconds(part_target),
         seconds(3 * part_target),
-        first.msn(),
-        first.start.discontinuity,
     );
+    // The previous listed segment's (discontinuity, init version).
+    let mut previous: Option<(u32, u32)> = None;
+    let mut opening = |out: &mut String, discontinuity: u32, init_version: u32, wall_ms: u64| {
+        if previous.is_some_and(|(d, _)| d != discontinuity) {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        if previous.is_none_or(|(_, v)| v != init_version) {
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}{q}\"", init_uri(init_version));
+        }
+        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", date_time(wall_ms));
+        previous = Some((discontinuity, init_version));
+    };
+    for s in dvr {
+        opening(&mut out, s.discontinuity, s.init_version, s.wall_ms);
+        let _ = writeln!(out, "#EXTINF:{},\n{}{q}", seconds(u64::from(s.duration_ms)), segment_uri(s.msn));
+    }
     // Where parts stop being listed: segments that end within three target durations
     // of the live end (the end of the last part).
     let all: Vec<&Segment> = window.segments().chain(window.open()).collect();
     let mut behind = 0u64;
     let mut with_parts = vec![false; all.len()];
     for (i, segment) in all.iter().enumerate().rev() {
-        with_parts[i] = behind < PART_HORIZON_TARGETS * target * 1000;
+        with_parts[i] = behind < PART_HORIZON_TARGETS * window_target * 1000;
         behind += segment.elapsed_ms();
     }
-    let mut previous: Option<&Segment> = None;
     for (segment, with_parts) in all.iter().zip(with_parts) {
         let s = &segment.start;
-        if previous.is_some_and(|p| p.start.discontinuity != s.discontinuity) {
-            out.push_str("#EXT-X-DISCONTINUITY\n");
-        }
-        if previous.is_none_or(|p| p.start.init_version != s.init_version) {
-            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}{q}\"", init_uri(s.init_version));
-        }
-        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", date_time(s.wall_ms));
+        opening(&mut out, s.discontinuity, s.init_version, s.wall_ms);
         if with_parts {
             for part in &segment.parts {
                 let _ = writeln!(
@@ -142,7 +185,6 @@ pub fn render_with_query(window: &Window, query: Option<&str>) -> Option<String>
         if let Some(duration) = segment.duration_ms {
             let _ = writeln!(out, "#EXTINF:{},\n{}{q}", seconds(u64::from(duration)), segment_uri(segment.msn()));
         }
-        previous = Some(segment);
     }
     // Between publishing sessions (no open segment) too: the next session continues at
     // the last segment + 1 (`docs/hls.md`, "Numbering"), a request for that part waits
@@ -236,8 +278,8 @@ mod tests {
     fn a_query_follows_every_uri_and_nothing_else_changes() {
         let window = live_window();
         let plain = render(&window).unwrap();
-        assert_eq!(render_with_query(&window, None).as_deref(), Some(plain.as_str()));
-        let signed = render_with_query(&window, Some("st=1.2928.abc_-")).unwrap();
+        assert_eq!(render_with_query(&window, &[], 0, None).as_deref(), Some(plain.as_str()));
+        let signed = render_with_query(&window, &[], 0, Some("st=1.2928.abc_-")).unwrap();
         // Every URI, wherever it is, carries the query once.
         let mut uris = 0;
         for (p, s) in plain.lines().zip(signed.lines()) {
@@ -423,6 +465,134 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn dvr(msns: impl IntoIterator<Item = u64>, discontinuity: u32, init_version: u32) -> Vec<DvrSegment> {
+        msns.into_iter()
+            .map(|msn| DvrSegment {
+                msn,
+                duration_ms: 2000,
+                discontinuity,
+                wall_ms: 1_764_892_800_000 + msn * 2000,
+                init_version,
+                target_ms: 2000,
+                part_target_ms: 500,
+            })
+            .collect()
+    }
+
+    /// The RFC rules every playlist keeps: consecutive numbers from the media sequence,
+    /// every `EXTINF` within the target duration, a program date on every segment.
+    /// Returns the listed segment numbers.
+    fn check_rules(text: &str) -> Vec<u64> {
+        let lines: Vec<&str> = text.lines().collect();
+        let target: f64 = secs(lines.iter().find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:")).unwrap());
+        let mut msn: u64 =
+            lines.iter().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).unwrap().parse().unwrap();
+        let mut listed = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(extinf) = line.strip_prefix("#EXTINF:") {
+                let d = secs(extinf.trim_end_matches(','));
+                assert!(d.round() <= target, "EXTINF {d} > TARGETDURATION {target}\n{text}");
+                assert_eq!(lines[i + 1], format!("seg-{msn}.m4s"), "consecutive numbers\n{text}");
+                let opening = lines[..i].iter().rev().find(|l| !l.starts_with("#EXT-X-PART:")).unwrap();
+                assert!(opening.starts_with("#EXT-X-PROGRAM-DATE-TIME:"), "{text}");
+                listed.push(msn);
+                msn += 1;
+            }
+        }
+        listed
+    }
+
+    #[test]
+    fn lists_the_dvr_run_before_the_window() {
+        let window = live_window();
+        let index = dvr(90..=109, 0, 0);
+        // 10 s of span: the five 2 s segments before the window's first (104).
+        let text = render_with_query(&window, &index, 10_000, None).unwrap();
+        assert_eq!(check_rules(&text), (99..=109).collect::<Vec<_>>());
+        assert!(text.contains(
+            "#EXT-X-MEDIA-SEQUENCE:99\n#EXT-X-DISCONTINUITY-SEQUENCE:0\n#EXT-X-MAP:URI=\"init-0.mp4\"\n\
+             #EXT-X-PROGRAM-DATE-TIME:2025-12-05T00:03:18.000Z\n#EXTINF:2.000,\nseg-99.m4s\n"
+        ));
+        // One map only (the same init), no discontinuity, no parts of DVR segments.
+        assert_eq!(text.matches("#EXT-X-MAP:").count(), 1);
+        assert!(!text.contains("#EXT-X-DISCONTINUITY\n"));
+        assert!(!text.contains("part-99.") && !text.contains("part-103."));
+        // The window's part of the text is unchanged after the DVR entries.
+        let plain = render(&window).unwrap();
+        let window_part = plain.split_once("#EXT-X-PROGRAM-DATE-TIME").unwrap().1;
+        assert!(text.ends_with(window_part));
+        // Spans that are not a whole number of segments round down; 0 is off.
+        assert_eq!(check_rules(&render_with_query(&window, &index, 11_999, None).unwrap())[0], 99);
+        assert_eq!(render_with_query(&window, &index, 0, None), render(&window));
+        assert_eq!(render_with_query(&window, &index, 1999, None), render(&window));
+        // Longer than the index: all of it from 90 (the entries in the window are not
+        // listed twice).
+        assert_eq!(check_rules(&render_with_query(&window, &index, 3_600_000, None).unwrap())[..2], [90, 91]);
+        // The same window and index, the same text; the query follows DVR URIs too.
+        assert_eq!(render_with_query(&window, &index, 10_000, None), Some(text));
+        let signed = render_with_query(&window, &index, 10_000, Some("st=x")).unwrap();
+        assert!(signed.contains("\nseg-99.m4s?st=x\n") && signed.contains("#EXT-X-MAP:URI=\"init-0.mp4?st=x\"\n"));
+    }
+
+    #[test]
+    fn only_a_contiguous_run_that_reaches_the_window_is_listed() {
+        let window = live_window();
+        // A gap at 101: only 102 and 103 are listed.
+        let gap: Vec<DvrSegment> = dvr((90..=100).chain(102..=103), 0, 0);
+        assert_eq!(dvr_run(&gap, 104, u64::MAX).iter().map(|s| s.msn).collect::<Vec<_>>(), [102, 103]);
+        assert_eq!(check_rules(&render_with_query(&window, &gap, 60_000, None).unwrap())[0], 102);
+        // The index does not reach the window yet: no DVR entry, the plain playlist.
+        let behind = dvr(90..=102, 0, 0);
+        assert!(dvr_run(&behind, 104, u64::MAX).is_empty());
+        assert_eq!(render_with_query(&window, &behind, 60_000, None), render(&window));
+        // Nothing, or a window starting at 0.
+        assert!(dvr_run(&[], 104, u64::MAX).is_empty());
+        assert!(dvr_run(&dvr(0..3, 0, 0), 0, u64::MAX).is_empty());
+        assert_eq!(dvr_run(&dvr(0..3, 0, 0), 3, 4000).len(), 2);
+    }
+
+    #[test]
+    fn marks_discontinuities_and_maps_between_dvr_and_the_window() {
+        let mut w = Window::new(WindowLimits::default());
+        w.push(init(0));
+        for msn in 100..104 {
+            w.push(start(msn, 3));
+            w.push(part(msn, 0, 10));
+            w.push(end(msn, 1));
+        }
+        // 96, 97: discontinuity 1 with init 5; 98, 99: discontinuity 2 with init 0.
+        let mut index = dvr(96..=97, 1, 5);
+        index.extend(dvr(98..=99, 2, 0));
+        let text = render_with_query(&w, &index, 60_000, None).unwrap();
+        assert_eq!(check_rules(&text), (96..=103).collect::<Vec<_>>());
+        assert!(
+            text.contains("#EXT-X-MEDIA-SEQUENCE:96\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n#EXT-X-MAP:URI=\"init-5.mp4\"\n")
+        );
+        assert!(
+            text.contains("seg-97.m4s\n#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-0.mp4\"\n#EXT-X-PROGRAM-DATE-TIME")
+        );
+        // Between the last DVR entry and the window's first segment too (same init: no map).
+        assert!(text.contains("seg-99.m4s\n#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME"), "{text}");
+        assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 2);
+        assert_eq!(text.matches("#EXT-X-MAP:").count(), 2);
+    }
+
+    #[test]
+    fn target_duration_covers_the_dvr_entries() {
+        let window = live_window();
+        let mut index = dvr(100..=103, 0, 0);
+        index[1].duration_ms = 4400;
+        let text = render_with_query(&window, &index, 60_000, None).unwrap();
+        assert!(text.contains("#EXT-X-TARGETDURATION:5\n"), "{text}");
+        assert!(text.contains("#EXTINF:4.400,\nseg-101.m4s\n"));
+        check_rules(&text);
+        // The parts listed stay those of the window's own target (2 s).
+        for msn in 104..=106 {
+            assert!(!text.contains(&format!("part-{msn}.")), "{msn}");
+        }
+        assert!(text.contains("part-107.0.m4s"));
     }
 
     #[test]
