@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster};
-use edges::{noisy_source as source, EdgeProc, Proc};
+use edges::{noisy_source as source, publish_file, EdgeProc, Proc};
 use raftcast::bench::client::RtmpClient;
 use raftcast::rtmp::session::ClientEvent;
 use reqwest::Method;
@@ -66,20 +66,6 @@ fn assert_run_of(reference: &[String], got: &[String], who: &str) -> usize {
         }
     }
     got.len()
-}
-
-/// ffmpeg publishing `source` in a loop, in real time, to `url`.
-fn publish_file(source: &Path, url: &str, log: PathBuf) -> Proc {
-    let child = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i"])
-        .arg(source)
-        .args(["-c", "copy", "-f", "flv", url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Proc(child)
 }
 
 /// ffmpeg playing `url`, writing each video packet's hash to `out`.

@@ -98,5 +98,6 @@ fn shared_object_regressions_decode_without_panicking() {
 fn hls_tag_regressions_package_without_panicking() {
     for (_name, bytes) in inputs("hls_tags") {
         raftcast::hls::packager::check_invariants(&bytes);
+        raftcast::hls::dvr::check_invariants(&bytes);
     }
 }

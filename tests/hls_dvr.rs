@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster};
-use edges::{noisy_source, require, EdgeProc, Proc};
+use edges::{noisy_source, packets, publish_file, require, EdgeProc};
 use reqwest::Method;
 
 const NAME: &str = "rewind";
@@ -33,39 +33,6 @@ const DVR_SECS: &str = "120";
 
 fn harness() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hls")
-}
-
-/// ffmpeg publishing `source` in a loop, in real time, to `url`.
-fn publish_file(source: &Path, url: &str, log: PathBuf) -> Proc {
-    let child = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i"])
-        .arg(source)
-        .args(["-c", "copy", "-f", "flv", url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-/// Each video packet of `file` as ffmpeg's framehash muxer prints it: its sha256. The
-/// fMP4 carries the FLV's H.264 packets unchanged, so the hashes compare across them.
-fn video_hashes(file: &Path, out: &Path) -> Vec<String> {
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
-        .arg(file)
-        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "ffmpeg could not read {}", file.display());
-    std::fs::read_to_string(out)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("0,"))
-        .map(|l| l.rsplit(',').next().unwrap().trim().to_owned())
-        .collect()
 }
 
 fn ctl(c: &Cluster, args: &[&str]) -> (bool, String) {
@@ -172,7 +139,7 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
     assert!(ok, "ctl record: {out}");
 
     let source = noisy_source(&dir);
-    let reference = video_hashes(&source, &dir.join("reference.hash"));
+    let reference: Vec<String> = packets(&source, &dir.join("reference.hash")).into_iter().map(|(_, h)| h).collect();
     assert!(reference.len() >= 590, "{} reference frames", reference.len());
     // A window of three segments (the least players take): the span takes over early.
     let dvr = ["--hls-dvr-secs", DVR_SECS, "--hls-window-segments", "3"];
@@ -291,7 +258,7 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
     // Decoded, the span is the source's frames, each once, in order, across the kill.
     let file = dir.join("rewound.mp4");
     std::fs::write(&file, &concatenated).unwrap();
-    let got = video_hashes(&file, &dir.join("rewound.hash"));
+    let got: Vec<String> = packets(&file, &dir.join("rewound.hash")).into_iter().map(|(_, h)| h).collect();
     let start = reference.iter().position(|r| *r == got[0]).expect("the first rewound frame is a source frame");
     for (i, h) in got.iter().enumerate() {
         let want = &reference[(start + i) % reference.len()];

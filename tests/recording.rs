@@ -16,53 +16,14 @@ mod common;
 #[path = "common/edges.rs"]
 mod edges;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster};
-use edges::{noisy_source as source, EdgeProc, Proc};
+use edges::{noisy_source as source, packets, publish_file, EdgeProc};
 use reqwest::Method;
 use serde_json::Value;
-
-/// Each video packet of `file` (a path or a URL) as ffmpeg's framehash muxer prints
-/// it: (dts, sha256). HLS VOD's fMP4 carries the FLV file's H.264 packets unchanged, so
-/// the hashes compare across the two.
-fn packets(file: impl AsRef<OsStr>, out: &Path) -> Vec<(i64, String)> {
-    let file = file.as_ref();
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
-        .arg(file)
-        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "ffmpeg could not read {}", file.to_string_lossy());
-    std::fs::read_to_string(out)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("0,"))
-        .map(|l| {
-            let fields: Vec<&str> = l.split(',').map(str::trim).collect();
-            (fields[1].parse().unwrap(), fields.last().unwrap().to_string())
-        })
-        .collect()
-}
-
-/// ffmpeg publishing `source` in a loop, in real time, to `url`.
-fn publish_file(source: &Path, url: &str, log: PathBuf) -> Proc {
-    let child = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i"])
-        .arg(source)
-        .args(["-c", "copy", "-f", "flv", url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
 
 /// `raftcast ctl --json ARGS` against the cluster: (success, stdout, stderr).
 fn ctl(c: &Cluster, origins: &[u64], args: &[&str]) -> (bool, String, String) {

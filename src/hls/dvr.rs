@@ -268,6 +268,23 @@ pub fn init_version(headers: &[Frame], opener: &Frame) -> Option<u32> {
     })
 }
 
+/// What must hold for any input, checked by the `hls_tags` fuzz target beside
+/// [`super::packager::check_invariants`] and by the replay of its regressions: the
+/// packaging of one old segment from the frames the packager's check builds never
+/// panics, and the origin-to-edge bodies parse without panicking and re-encode to the
+/// bytes they came from.
+pub fn check_invariants(data: &[u8]) {
+    let frames = super::packager::fuzz_frames(data);
+    let _ = package(frames.iter().find_map(|f| f.hls.map(|m| m.msn)).unwrap_or(0), &frames);
+    let body = Bytes::copy_from_slice(data);
+    if let Ok(index) = decode_index(body.clone()) {
+        assert_eq!(encode_index(&index), body);
+    }
+    if let Ok(decoded) = decode_frames(body.clone()) {
+        assert_eq!(encode_frames(&decoded), body);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

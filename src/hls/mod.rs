@@ -20,7 +20,7 @@
 //! - `crate::edge::hls`: the HTTP routes and each stream's packaging task.
 
 pub(crate) mod codec;
-pub(crate) mod dvr;
+pub mod dvr;
 pub(crate) mod fmp4;
 pub mod mark;
 pub mod packager;

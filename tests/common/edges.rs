@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -275,4 +276,42 @@ pub async fn rtmpdump_records(url: &str, out: &Path, secs: u64) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&probe.stdout).into_owned()
+}
+
+/// ffmpeg publishing `source` in a loop, in real time, to `url`.
+pub fn publish_file(source: &Path, url: &str, log: PathBuf) -> Proc {
+    let child = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i"])
+        .arg(source)
+        .args(["-c", "copy", "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// Each video packet of `file` (a path or a URL) as ffmpeg's framehash muxer prints
+/// it: (dts, sha256). HLS VOD's fMP4 carries the FLV file's H.264 packets unchanged, so
+/// the hashes compare across the two.
+pub fn packets(file: impl AsRef<OsStr>, out: &Path) -> Vec<(i64, String)> {
+    let file = file.as_ref();
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
+        .arg(file)
+        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ffmpeg could not read {}", file.to_string_lossy());
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("0,"))
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').map(str::trim).collect();
+            (fields[1].parse().unwrap(), fields.last().unwrap().to_string())
+        })
+        .collect()
 }
