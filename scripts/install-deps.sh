@@ -56,3 +56,22 @@ if command -v rustup >/dev/null; then
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
   done
 fi
+
+# A current FFmpeg (tests/tools/requirements.txt: a static 9.0.2 build from PyPI,
+# pinned by hash) for what Debian's 5.1 cannot do: seek an fMP4 HLS playlist. Reinstalled
+# when the requirements change.
+tools="$(dirname "$0")/../tests/tools"
+stamp="$tools/python/.raftcast-requirements-sha256"
+req_sum=$(sha256sum "$tools/requirements.txt" | cut -d' ' -f1)
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$req_sum" || ! -x "$tools/bin/ffmpeg" ]]; then
+  echo "installing tests/tools/python (pip, a static FFmpeg)"
+  rm -rf "$tools/python" "$tools/bin"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --require-hashes \
+    --target "$tools/python" -r "$tools/requirements.txt"
+  mkdir -p "$tools/bin"
+  bin=$(ls "$tools"/python/imageio_ffmpeg/binaries/ffmpeg-linux-x86_64-*)
+  chmod +x "$bin"
+  ln -sf "$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")" "$tools/bin/ffmpeg"
+  "$tools/bin/ffmpeg" -hide_banner -version | sed -n 1p
+  echo "$req_sum" >"$stamp"
+fi
