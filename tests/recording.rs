@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster};
-use edges::{noisy_source as source, packets, publish_file, EdgeProc};
+use edges::{noisy_source as source, packets, publish_file, read_framehash, EdgeProc};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -108,12 +108,24 @@ fn read_whole(
     (file, got)
 }
 
-/// Plays recording `id` through `edge`'s VOD cache as `.flv`, as HLS VOD and over RTMP,
+/// Plays recording `id` through `edge`'s VOD cache as `.flv`, as HLS VOD and over RTMP
+/// (rtmpdump, and ffmpeg to the end of the play),
 /// and checks that each holds every frame of `reference` once, in order, from the
 /// start, and the same frames every way: the `.flv` bytes and the HLS VOD packets.
 async fn play_through(edge: &EdgeProc, id: u64, reference: &[String], dir: &Path) -> (Vec<u8>, Vec<(i64, String)>) {
     let flv_url = format!("http://{}/vod/{id}.flv", edge.http);
     let played = vod_body(&flv_url).await;
+    // ffmpeg plays it over RTMP meanwhile: the edge sends 10 s ahead of real time at
+    // most, so this takes the recording's length less 10 s.
+    let rtmp_url = format!("rtmp://{}/vod/{id}", edge.rtmp);
+    let by_ffmpeg = dir.join(format!("{}-rtmp-ffmpeg.hash", edge.name));
+    let mut ffmpeg = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-rtmp_buffer", "100000", "-i", &rtmp_url])
+        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
+        .arg(&by_ffmpeg)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     let flv = packets(&flv_url, &dir.join(format!("{}-flv.hash", edge.name)));
     assert_whole_from_the_start(reference, &flv);
     let hls =
@@ -133,6 +145,11 @@ async fn play_through(edge: &EdgeProc, id: u64, reference: &[String], dir: &Path
     let rtmp = packets(&saved, &dir.join(format!("{}-rtmp.hash", edge.name)));
     assert_whole_from_the_start(reference, &rtmp);
     assert_eq!(rtmp.len(), flv.len(), "RTMP VOD holds every frame of the .flv (rtmpdump: {rtmpdump})");
+    let status = tokio::task::spawn_blocking(move || ffmpeg.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "ffmpeg playing {rtmp_url}: {status}");
+    let by_ffmpeg = read_framehash(&by_ffmpeg);
+    assert_whole_from_the_start(reference, &by_ffmpeg);
+    assert_eq!(by_ffmpeg.len(), flv.len(), "ffmpeg over RTMP VOD gets every frame of the .flv");
     (played, hls)
 }
 

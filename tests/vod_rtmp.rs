@@ -8,7 +8,7 @@
 //! - rtmpdump with a start and a stop time (`play`'s start and length) gets exactly
 //!   the frames from the keyframe at or before the start up to the stop;
 //! - ffprobe seeks (RTMP `seek`) and its first frame is within one GOP before the
-//!   target;
+//!   target; a start past the end plays the last GOP and ends;
 //! - an unknown or malformed id is `NetStream.Play.StreamNotFound`; once the app `vod`
 //!   requires play tokens, a play without one or with another id's is
 //!   `NetStream.Play.Failed` and one with the id's token plays;
@@ -187,6 +187,13 @@ async fn a_library_file_plays_seeks_pauses_and_ends_over_rtmp() {
     assert!((12.0 - GOP_SECS..=12.0).contains(&pts) && flags.starts_with('K'), "seek to 12 s lands on {first:?}");
     assert!(metric(&edge, "raftcast_edge_vod_rtmp_seeks_total").await >= 1.0);
     assert_eq!(metric(&edge, "raftcast_edge_vod_rtmp_plays_total").await, 4.0);
+
+    // A start past the end: the last GOP (the keyframe before the end, frame 540), then
+    // the end of the play, as for a seek past the end.
+    let past = c.dir.path().join("past.flv");
+    let said = rtmpdump(&url, &past, &["--start", "3600"]).await;
+    let got = video_packets(past.to_str().unwrap(), &[]).await;
+    assert!(got == reference[540..], "a start past the end: {} frames; {said}", got.len());
 
     // Unknown and malformed ids.
     for name in ["lib-missing", "..%2Fx", "12a"] {

@@ -305,6 +305,11 @@ pub fn packets(file: impl AsRef<OsStr>, out: &Path) -> Vec<(i64, String)> {
         .status()
         .unwrap();
     assert!(status.success(), "ffmpeg could not read {}", file.to_string_lossy());
+    read_framehash(out)
+}
+
+/// The video packets (stream 0) of a file ffmpeg's framehash muxer wrote: (dts, hash).
+pub fn read_framehash(out: &Path) -> Vec<(i64, String)> {
     std::fs::read_to_string(out)
         .unwrap()
         .lines()
