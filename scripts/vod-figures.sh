@@ -11,6 +11,10 @@
 #   hls cold   GET /vod/{id}/index.m3u8 on edge-2 (its cache is cold), then init.mp4
 #              and segment 0: a player's first picture
 #   hls warm   the same again on edge-2 (file cached, index in memory)
+#   rtmp cold  rtmpdump plays rtmp://edge-3/vod/{id} (its cache is cold) until it has
+#              the first 0.1 s of media: connect, handshake, play, the edge's fetch,
+#              the first frames
+#   rtmp warm  the same again on edge-3
 # Prints time to first byte, total time and throughput for each; ffmpeg decodes the
 # HLS VOD and the file and their video frames are compared (framemd5).
 #
@@ -24,7 +28,7 @@ bin=${RAFTCAST_BIN:-$PWD/target/release/raftcast}
 [[ -x "$bin" ]] || { echo "vod-figures: no $bin; cargo build --release -p raftcast" >&2; exit 1; }
 command -v ffmpeg >/dev/null || { echo "vod-figures: ffmpeg missing; run scripts/install-deps.sh" >&2; exit 1; }
 data=$(mktemp -d /tmp/vod-figures.XXXXXX)
-export RAFTCAST_BIN=$bin RAFTCAST_DATA_DIR=$data RAFTCAST_EDGES=2
+export RAFTCAST_BIN=$bin RAFTCAST_DATA_DIR=$data RAFTCAST_EDGES=3
 export RAFTCAST_HTTP_BASE=28100 RAFTCAST_MEDIA_BASE=28200 RAFTCAST_RTMP_BASE=28300
 export RAFTCAST_EDGE_HTTP_BASE=28400 RAFTCAST_AGENT_BASE=28450
 cleanup() { scripts/bootstrap.sh stop >/dev/null 2>&1 || true; rm -rf "$data"; }
@@ -75,6 +79,13 @@ for pass in cold warm; do
   read -r _ t3 b3 _ < <(get "$e2/vod/$id/0.m4s")
   awk -v l="hls $pass" -v a="$t1" -v b="$t2" -v c="$t3" -v d="$b3" \
     'BEGIN { printf "%-10s  playlist %7.1f ms, + init %5.1f ms, + segment 0 %5.1f ms (%.0f KB): first picture after %7.1f ms\n", l, a*1000, b*1000, c*1000, d/1e3, (a+b+c)*1000 }'
+done
+command -v rtmpdump >/dev/null || { echo "vod-figures: rtmpdump missing; run scripts/install-deps.sh" >&2; exit 1; }
+for pass in cold warm; do
+  t0=$(date +%s.%N)
+  rtmpdump -q -r "rtmp://127.0.0.1:28303/vod/$id" --stop 0.1 -o /dev/null || true
+  t1=$(date +%s.%N)
+  awk -v l="rtmp $pass" -v a="$t0" -v b="$t1" 'BEGIN { printf "%-10s  rtmpdump, connect to the first 0.1 s of media: %7.1f ms\n", l, (b-a)*1000 }'
 done
 frames() { ffmpeg -v error -i "$1" -map 0:v -f framemd5 - | grep -v '^#' | awk -F, '{ print $NF }'; }
 if cmp -s <(frames "$e1/vod/$id.flv") <(frames "$e2/vod/$id/index.m3u8"); then

@@ -1,7 +1,8 @@
 //! Live rewind (issue 16, `docs/vod.md` "Live rewind"), with real processes: ffmpeg
 //! publishes a recorded stream through an edge whose live playlist offers a DVR span
-//! (`--hls-dvr-secs`); the owner origin is SIGKILLed mid-stream; a second edge starts
-//! only afterwards, so it never saw the early segments. Then, on both edges:
+//! (`--hls-dvr-secs`); the owner origin is SIGKILLed mid-stream, then the publisher
+//! reconnects; a second edge starts only afterwards, so it never saw the early
+//! segments. Then, on both edges:
 //!
 //! - the live playlist lists, before its in-memory window, the older segments back to
 //!   the start of the recording (contiguous numbers, the same text on both edges at
@@ -10,7 +11,9 @@
 //!   first edge served for it live while it was in the window (the old ones are
 //!   re-packaged from the recording, `src/hls/dvr.rs`);
 //! - the rewound segments decode to the source's video frames, each once and in order,
-//!   across the owner's SIGKILL;
+//!   across the owner's SIGKILL and across the publisher reconnecting (a new
+//!   publishing session, after an `EXT-X-DISCONTINUITY`: the first session's last
+//!   segment, which ended with it, is listed and has the bytes edge-1 served live);
 //! - hls.js in Chromium, joining late, seeks back to the start of the span and plays;
 //! - a segment number the index does not list is 404 without asking an origin.
 
@@ -145,7 +148,7 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
     let dvr = ["--hls-dvr-secs", DVR_SECS, "--hls-window-segments", "3"];
     let edge1 = EdgeProc::start(&c, "edge-1", &dvr).await;
     let started = Instant::now();
-    let _publisher = publish_file(&source, &edge1.rtmp_url("live", NAME), dir.join("publisher.log"));
+    let mut publisher = publish_file(&source, &edge1.rtmp_url("live", NAME), dir.join("publisher.log"));
     let tap = LiveTap::start(&edge1);
     let client = reqwest::Client::new();
     let playlist1 = format!("http://{}/live/{NAME}/index.m3u8", edge1.http);
@@ -162,8 +165,16 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
         owner_of(&c, leader).await.filter(|o| *o != owner)
     })
     .await;
-    // Long enough after the kill that the window (three 2 s segments and the open one)
-    // no longer holds anything from before it.
+    // The publisher reconnects (a new publishing session: a new recording, numbered on
+    // from the last segment, after a discontinuity): the span reaches back across it
+    // only if the first session's last segment is listed, which ended with it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publisher.0.kill().unwrap();
+    let _ = publisher.0.wait();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _publisher = publish_file(&source, &edge1.rtmp_url("live", NAME), dir.join("publisher-2.log"));
+    // Long enough after that the window (three 2 s segments and the open one) no
+    // longer holds anything of the first session.
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     // A second edge that never served the stream starts now.
@@ -186,6 +197,7 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
     let msns: Vec<u64> = uris.iter().map(|u| msn_of(u)).collect();
     assert!(msns.windows(2).all(|w| w[1] == w[0] + 1), "contiguous numbers: {msns:?}");
     assert_eq!(msns[0], seq);
+    assert_eq!(p2.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "one reconnect in the span:\n{p2}");
     // Back to the recording's start: the first segments the tap saw live are listed.
     let live = tap.seen.lock().unwrap().clone();
     drop(tap);
@@ -255,17 +267,29 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
     let fetched = edge1.metric("edge_hls_dvr_requests_total{kind=\"segment\",outcome=\"fetched\"}").await;
     assert!(fetched >= old.len() as f64 && hits >= old.len() as f64, "edge-1 fetched {fetched}, hit {hits}");
 
-    // Decoded, the span is the source's frames, each once, in order, across the kill.
+    // Decoded, the span is the source's frames, each once, in order, across the kill;
+    // at the reconnect the second session starts the looped source over.
     let file = dir.join("rewound.mp4");
     std::fs::write(&file, &concatenated).unwrap();
     let got: Vec<String> = packets(&file, &dir.join("rewound.hash")).into_iter().map(|(_, h)| h).collect();
     let start = reference.iter().position(|r| *r == got[0]).expect("the first rewound frame is a source frame");
+    let (mut next, mut restarted) = (start, None);
     for (i, h) in got.iter().enumerate() {
-        let want = &reference[(start + i) % reference.len()];
-        assert!(h == want, "rewound frame {i} of {} is not source frame {}", got.len(), (start + i) % reference.len());
+        if *h != reference[next % reference.len()] && restarted.is_none() && *h == reference[0] {
+            restarted = Some(i);
+            next = 0;
+        }
+        let want = next % reference.len();
+        assert!(*h == reference[want], "rewound frame {i} of {} is not source frame {want}", got.len());
+        next += 1;
     }
+    assert!(restarted.is_some(), "the second session's first frame is in the span");
     assert!(got.len() as u64 >= 30 * 2 * (uris.len() as u64 - 1), "{} frames in {} segments", got.len(), uris.len());
-    eprintln!("{} frames rewound from source frame {start}, each once and in order", got.len());
+    eprintln!(
+        "{} frames rewound from source frame {start}, each once and in order; the reconnect's source frame 0 at \
+         rewound frame {restarted:?}",
+        got.len()
+    );
 
     let status =
         tokio::time::timeout(Duration::from_secs(90), play.wait()).await.expect("play.mjs ends").expect("node runs");

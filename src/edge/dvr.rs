@@ -116,9 +116,12 @@ impl StreamIndex {
         Some(self.cursor)
     }
 
-    /// The answer to the fetch [`StreamIndex::begin`] started: new entries (those past
-    /// the cursor are added), then trimmed to what a playlist of `span_ms` before a
-    /// window starting at `window_first` can list.
+    /// The answer to the fetch [`StreamIndex::begin`] started: new entries past the
+    /// cursor are added while they follow on (consecutive numbers); at a hole the index
+    /// waits for it to be filled (by a later answer, or by the window's own segments,
+    /// `bridge`) unless the window is past it already, when the index starts over after
+    /// it. Then trimmed to what a playlist of `span_ms` before a window starting at
+    /// `window_first` can list.
     pub fn answered(&mut self, now: Instant, new: Vec<DvrSegment>, window_first: Option<u64>, span_ms: u64) {
         self.fetching = false;
         self.loaded = true;
@@ -127,12 +130,49 @@ impl StreamIndex {
         // In place unless a playlist being rendered holds the entries now.
         let entries = Arc::make_mut(&mut self.entries);
         for s in new {
-            if s.msn >= self.cursor && entries.last().is_none_or(|l| l.msn < s.msn) {
+            if s.msn < self.cursor {
+                continue;
+            }
+            match entries.last() {
+                Some(l) if l.msn.checked_add(1) != Some(s.msn) => {
+                    if window_first.is_some_and(|first| s.msn <= first) {
+                        // The window is past the hole: nothing will fill it (the window
+                        // would have, `bridge`), so the run starts over after it.
+                        entries.clear();
+                    } else {
+                        // A hole the index may fill later (the last segment of a piece
+                        // being finished): asked again from there, nothing skipped.
+                        break;
+                    }
+                }
+                _ => {}
+            }
+            self.cursor = s.msn.saturating_add(1);
+            entries.push(s);
+        }
+        trim(entries, window_first, span_ms);
+    }
+
+    /// Segments the stream's window let go, in order: each that extends the index by
+    /// the next number is added (the index lagging behind the window would otherwise
+    /// break the run from the window, and a playlist never lists below what it
+    /// served). They are the same facts an origin lists for them: the same frames and
+    /// marks, packaged alike. An index never answered, or empty (the stream is not
+    /// recorded), gets none.
+    pub fn bridge(&mut self, evicted: Vec<DvrSegment>) {
+        let entries = Arc::make_mut(&mut self.entries);
+        for s in evicted {
+            if self.loaded
+                && s.msn >= self.cursor
+                && entries.last().is_some_and(|l| l.msn.checked_add(1) == Some(s.msn))
+            {
                 self.cursor = s.msn.saturating_add(1);
                 entries.push(s);
             }
         }
-        trim(entries, window_first, span_ms);
+        if entries.len() > MAX_KEPT {
+            entries.drain(..entries.len() - (MAX_KEPT - TRIM_SLACK));
+        }
     }
 
     /// The fetch failed on every origin: back off (2 s, doubling, at most 30 s).
@@ -297,6 +337,18 @@ struct Packaged {
 
 type Flight = Shared<BoxFuture<'static, Result<Packaged, DvrFail>>>;
 
+/// Removes a fetch from [`Dvr::flights`] when dropped.
+struct Landed {
+    dvr: Arc<Dvr>,
+    key: (StreamKey, u64),
+}
+
+impl Drop for Landed {
+    fn drop(&mut self) {
+        lock(&self.dvr.flights).remove(&self.key);
+    }
+}
+
 /// The DVR side of an edge: origins, cache, fetches in flight, counters.
 pub struct Dvr {
     settings: DvrSettings,
@@ -405,15 +457,16 @@ impl Dvr {
                 .or_insert_with(|| {
                     let (dvr, key) = (self.clone(), key.clone());
                     let task = tokio::spawn(async move {
+                        // Out of the flights however the fetch ends (a panic included),
+                        // after its result is cached.
+                        let _landed = Landed { dvr: dvr.clone(), key: (key.clone(), entry.msn) };
                         let result = dvr.fetch(&key, entry).await;
-                        let mut flights = lock(&dvr.flights);
                         if let Ok(p) = &result {
                             let mut cache = lock(&dvr.cache);
                             cache.insert(CacheKey::Segment(key.clone(), entry.msn), p.bytes.clone());
                             cache.insert(CacheKey::Init(key.clone(), p.init_version), p.init.clone());
                             dvr.stats.cache_bytes.store(cache.bytes as u64, Ordering::Relaxed);
                         }
-                        flights.remove(&(key, entry.msn));
                         result
                     });
                     async move { task.await.unwrap_or(Err(DvrFail::Unavailable)) }.boxed().shared()
@@ -524,6 +577,50 @@ mod tests {
     }
 
     #[test]
+    fn a_hole_in_an_answer_waits_unless_the_window_is_past_it() {
+        let t0 = Instant::now();
+        let mut ix = StreamIndex::default();
+        ix.begin(t0).unwrap();
+        ix.answered(t0, (0..5).map(seg).collect(), Some(6), 60_000);
+        // 5 is missing (a piece not finished yet), the window starts at 5: wait for it.
+        ix.begin(t0 + Duration::from_secs(1)).unwrap();
+        ix.answered(t0, (6..8).map(seg).collect(), Some(5), 60_000);
+        assert_eq!(ix.entries().len(), 5);
+        assert_eq!(ix.begin(t0 + Duration::from_secs(2)), Some(5), "asked again from the hole");
+        ix.answered(t0, (5..9).map(seg).collect(), Some(6), 60_000);
+        assert_eq!(ix.entries().iter().map(|s| s.msn).collect::<Vec<_>>(), (0..9).collect::<Vec<_>>());
+        // 9 and 10 missing for good: the window is at 12 already. After the hole.
+        ix.begin(t0 + Duration::from_secs(3)).unwrap();
+        ix.answered(t0, (11..14).map(seg).collect(), Some(12), 60_000);
+        assert_eq!(ix.entries().iter().map(|s| s.msn).collect::<Vec<_>>(), (11..14).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn segments_the_window_lets_go_extend_an_index_that_lags() {
+        let t0 = Instant::now();
+        let mut ix = StreamIndex::default();
+        // Not answered yet: nothing is bridged (the stream may not be recorded).
+        ix.bridge(vec![seg(3)]);
+        assert!(ix.entries().is_empty());
+        ix.begin(t0).unwrap();
+        ix.answered(t0, (0..5).map(seg).collect(), None, 60_000);
+        // The next numbers extend it; a gap or an old number does not.
+        ix.bridge(vec![seg(5), seg(6)]);
+        ix.bridge(vec![seg(4), seg(8)]);
+        assert_eq!(ix.entries().iter().map(|s| s.msn).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
+        // The next answer goes on from there, its own 5 and 6 not taken twice.
+        assert_eq!(ix.begin(t0 + Duration::from_secs(1)), Some(7));
+        ix.answered(t0, (5..9).map(seg).collect(), None, 60_000);
+        assert_eq!(ix.entries().iter().map(|s| s.msn).collect::<Vec<_>>(), (0..9).collect::<Vec<_>>());
+        // An empty index (no recording) gets nothing from the window.
+        let mut empty = StreamIndex::default();
+        empty.begin(t0).unwrap();
+        empty.answered(t0, Vec::new(), None, 60_000);
+        empty.bridge(vec![seg(0)]);
+        assert!(empty.entries().is_empty());
+    }
+
+    #[test]
     fn an_index_keeps_what_the_span_can_list() {
         let mut entries: Vec<DvrSegment> = (0..100).map(seg).collect();
         // Window from 90, span 10 s: five below it, and the window's.
@@ -534,7 +631,7 @@ mod tests {
         entries.push(seg(100));
         trim(&mut entries, Some(91), 10_000);
         assert_eq!(entries.first().map(|s| s.msn), Some(85));
-        assert_eq!(crate::hls::playlist::dvr_run(&entries, 91, 10_000)[0].msn, 86);
+        assert_eq!(crate::hls::playlist::dvr_run(&entries, 91, 10_000, 0, u64::MAX)[0].msn, 86);
         // No window: only the count bound.
         let mut many: Vec<DvrSegment> = (0..MAX_KEPT as u64 + 5).map(seg).collect();
         trim(&mut many, None, u64::MAX);

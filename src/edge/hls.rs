@@ -49,7 +49,7 @@ use super::tokens::{self, Protocol, Refusals, StreamAuthError, Verifier};
 use super::EdgeContext;
 use crate::hls::dvr::DvrSegment;
 use crate::hls::packager::Packager;
-use crate::hls::playlist;
+use crate::hls::playlist::{self, DvrLines, Rewind};
 use crate::hls::window::{Change, Found, Reload, Window, WindowLimits};
 use crate::hls::Packaged;
 use crate::limits::{Limit, Permit, Refused};
@@ -124,6 +124,12 @@ pub struct HlsStream {
     /// Bumped when an index fetch ends: a request for a segment the index may list
     /// waits on it.
     dvr_done: watch::Sender<u64>,
+    /// The highest `EXT-X-MEDIA-SEQUENCE` served: no later playlist lists below it
+    /// (an index that fell behind the window and caught up again would otherwise put
+    /// older segments back in front).
+    dvr_floor: AtomicU64,
+    /// The DVR lines of the last playlist, reused while its run and query stay.
+    dvr_lines: Mutex<DvrLines>,
 }
 
 /// One packaged stream as `/status` shows it.
@@ -254,6 +260,8 @@ impl Hls {
             stop: CancellationToken::new(),
             dvr: Mutex::default(),
             dvr_done: watch::Sender::new(0),
+            dvr_floor: AtomicU64::new(0),
+            dvr_lines: Mutex::default(),
         });
         streams.insert(key.clone(), stream.clone());
         drop(streams);
@@ -454,6 +462,7 @@ impl HlsStream {
             return false;
         }
         let (mut woke, mut completed) = (false, false);
+        let evicted;
         {
             let mut window = lock(&self.window);
             // Checked under the lock: a retired stream's window stays empty (retiring
@@ -462,6 +471,9 @@ impl HlsStream {
                 return false;
             }
             let before = window.bytes() as u64;
+            if hls.dvr.is_some() {
+                window.keep_evicted();
+            }
             for event in events {
                 match window.push(event) {
                     Change::None => {}
@@ -478,6 +490,13 @@ impl HlsStream {
             let parts = window.counters().parts;
             let counted = self.counted_parts.swap(parts, Ordering::Relaxed);
             hls.stats.parts.fetch_add(parts.saturating_sub(counted), Ordering::Relaxed);
+            evicted = window.take_evicted();
+        }
+        if !evicted.is_empty() {
+            // Listed from the window's own facts until the index has them: the run
+            // stays joined to the window while the index lags (a session's last
+            // segment is in the index only once its piece is finished).
+            self.dvr_index().bridge(evicted);
         }
         if woke {
             self.changed.send_modify(|v| *v = v.wrapping_add(1));
@@ -838,11 +857,24 @@ impl Waiter<'_> {
             }
         };
         let query = self.segment_token.as_ref().map(|st| format!("st={st}"));
-        let (dvr, span_ms) = match &self.routes.hls.dvr {
-            Some(dvr) => (self.stream.dvr_index().entries(), dvr.span_ms()),
-            None => (Arc::default(), 0),
+        let text = match &self.routes.hls.dvr {
+            Some(dvr) => {
+                // A stream new on this edge lists its span from its first playlist on
+                // (listed later, it would come in front of what was served).
+                self.dvr_loaded().await;
+                let entries = self.stream.dvr_index().entries();
+                let floor = self.stream.dvr_floor.load(Ordering::Relaxed);
+                let rewind = Rewind { index: &entries, span_ms: dvr.span_ms(), floor };
+                let window = self.stream.window();
+                let mut lines = lock(&self.stream.dvr_lines);
+                playlist::render_rewound(&window, rewind, query.as_deref(), &mut lines).map(|(text, sequence)| {
+                    self.stream.dvr_floor.fetch_max(sequence, Ordering::Relaxed);
+                    text
+                })
+            }
+            None => playlist::render_with_query(&self.stream.window(), &[], 0, query.as_deref()),
         };
-        let Some(text) = playlist::render_with_query(&self.stream.window(), &dvr, span_ms, query.as_deref()) else {
+        let Some(text) = text else {
             return Err(HlsError::StreamNotFound);
         };
         Ok(([(header::CONTENT_TYPE, "application/vnd.apple.mpegurl".to_owned()), (header::CACHE_CONTROL, cache)], text)
@@ -868,6 +900,18 @@ impl Waiter<'_> {
         };
         let bytes = dvr.init(&self.stream.key, version, entry).await?;
         Ok(media("video/mp4", bytes))
+    }
+
+    /// Waits up to [`DVR_INDEX_WAIT`] for the stream's first DVR index answer, unless
+    /// it came already.
+    async fn dvr_loaded(&self) {
+        let mut done = self.stream.dvr_done.subscribe();
+        if self.stream.dvr_index().is_loaded() {
+            return;
+        }
+        if self.routes.hls.refresh_dvr(&self.stream) {
+            let _ = tokio::time::timeout(DVR_INDEX_WAIT, done.changed()).await;
+        }
     }
 
     /// What `find` finds in the stream's DVR index; if the index has never been
@@ -1528,7 +1572,7 @@ mod tests {
         assert!(index.len() >= 10, "{} segments", index.len());
         // Segment 0 is not in the recording; segment 1's duration is listed wrong.
         let mut listed = index[1..].to_vec();
-        listed[0].duration_ms += 1;
+        listed[0].duration_ms -= 1;
         let good = fake_origin(frames.clone(), listed.clone(), false).await;
         // The first origin answers 503 to everything: every fetch falls over.
         let bad = fake_origin(frames, Vec::new(), true).await;

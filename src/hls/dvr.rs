@@ -224,35 +224,61 @@ pub struct DvrMedia {
 
 /// Packages segment `msn` from `frames`: the codec headers in effect where it opens,
 /// its marked frames from its opening frame on, and the next segment's opening frame
-/// last (where its duration ends). `None` when the frames do not make that segment
-/// whole (its opening or the next one's missing, a frame missed in between).
+/// last (where its duration ends). Frames that end without the next opening are a
+/// segment that ended with its publishing session: it ends with them, as the live
+/// packager ends it ([`Packager::finish`]). `None` when the frames do not make that
+/// segment whole (its opening missing, a frame missed in between).
 pub fn package(msn: u64, frames: &[Frame]) -> Option<DvrMedia> {
     let mut packager = Packager::new();
-    let mut init = None;
-    let mut opened = false;
-    let mut bytes = BytesMut::new();
-    let mut parts = 0u32;
+    let mut got = Gathered::default();
     for frame in frames {
-        for event in packager.push(frame) {
+        let events = packager.push(frame);
+        if let Some(done) = got.take(msn, events, &packager) {
+            return done;
+        }
+    }
+    let events = packager.finish();
+    got.take(msn, events, &packager).flatten()
+}
+
+/// What [`package`] has gathered of its segment so far.
+#[derive(Default)]
+struct Gathered {
+    init: Option<Init>,
+    opened: bool,
+    bytes: BytesMut,
+    parts: u32,
+}
+
+impl Gathered {
+    /// Takes the packager's next events: `Some` once segment `msn` ended (`Some(None)`:
+    /// not whole).
+    fn take(&mut self, msn: u64, events: Vec<Packaged>, packager: &Packager) -> Option<Option<DvrMedia>> {
+        for event in events {
             match event {
-                Packaged::Init(i) if !opened => init = Some(i),
-                Packaged::SegmentStart(s) if s.msn == msn => opened = true,
-                Packaged::Part(p) if opened && p.msn == msn => {
-                    bytes.extend_from_slice(&p.bytes);
-                    parts += 1;
+                Packaged::Init(i) if !self.opened => self.init = Some(i),
+                Packaged::SegmentStart(s) if s.msn == msn => self.opened = true,
+                Packaged::Part(p) if self.opened && p.msn == msn => {
+                    self.bytes.extend_from_slice(&p.bytes);
+                    self.parts += 1;
                 }
-                Packaged::SegmentEnd(end) if opened && end.msn == msn => {
-                    if end.parts != parts || parts == 0 || packager.stats().lost > 0 {
-                        return None;
+                Packaged::SegmentEnd(end) if self.opened && end.msn == msn => {
+                    if end.parts != self.parts || self.parts == 0 || packager.stats().lost > 0 {
+                        return Some(None);
                     }
-                    let init = init?;
-                    return Some(DvrMedia { msn, init, duration_ms: end.duration_ms, bytes: bytes.freeze() });
+                    let media = self.init.take().map(|init| DvrMedia {
+                        msn,
+                        init,
+                        duration_ms: end.duration_ms,
+                        bytes: std::mem::take(&mut self.bytes).freeze(),
+                    });
+                    return Some(media);
                 }
                 _ => {}
             }
         }
+        None
     }
-    None
 }
 
 /// The [`Init::version`] a segment opening with `opener` needs after `headers` (the
@@ -374,8 +400,26 @@ mod tests {
             assert_eq!(Some(&media.init), live_init.as_ref());
             let opener = &sent[headers.len()];
             assert_eq!(init_version(&headers, opener), Some(media.init.version));
-            // Without the next opening frame there is no end to the segment.
-            assert_eq!(package(msn, &sent[..sent.len() - 1]), None);
+            // Without the next opening frame the segment ends with its frames, as the
+            // live packager ends a stream's last segment.
+            let ended = package(msn, &sent[..sent.len() - 1]).expect("an ended segment");
+            let mut last = Packager::new();
+            let mut events: Vec<Packaged> = sent[..sent.len() - 1].iter().flat_map(|f| last.push(f)).collect();
+            events.extend(last.finish());
+            let finished: Vec<u8> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Packaged::Part(p) if p.msn == msn => Some(p.bytes.to_vec()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(ended.bytes, finished);
+            let ended_duration = events.iter().find_map(|e| match e {
+                Packaged::SegmentEnd(end) if end.msn == msn => Some(end.duration_ms),
+                _ => None,
+            });
+            assert_eq!(Some(ended.duration_ms), ended_duration);
             // Without its opening frame, no segment.
             let mut headless = headers.clone();
             headless.extend(sent[headers.len() + 1..].iter().cloned());

@@ -89,16 +89,23 @@ pub fn render(window: &Window) -> Option<String> {
 /// The DVR entries a playlist lists before a window whose first segment is `first`:
 /// the run of `index` (increasing msn) with consecutive numbers that ends exactly at
 /// `first - 1`, trimmed from its old end so that its `EXTINF`s add up to at most
-/// `span_ms`. Empty when the index does not reach the window (a gap lists nothing
-/// rather than skip a number, which the media sequence cannot express).
-pub fn dvr_run(index: &[DvrSegment], first: u64, span_ms: u64) -> &[DvrSegment] {
+/// `span_ms`, that it starts at `floor` or later, and that no entry is longer than
+/// `max_target_s` rounded up (one long old segment would raise
+/// `EXT-X-TARGETDURATION`, and every player's reload interval and hold-back with
+/// it, for as long as the span lists it). Empty when the index does not reach the
+/// window (a gap lists nothing rather than skip a number, which the media sequence
+/// cannot express).
+pub fn dvr_run(index: &[DvrSegment], first: u64, span_ms: u64, floor: u64, max_target_s: u64) -> &[DvrSegment] {
     let Some(last) = first.checked_sub(1) else { return &[] };
     let Ok(end) = index.binary_search_by_key(&last, |s| s.msn) else { return &[] };
     let (mut start, mut sum) = (end + 1, 0u64);
     while start > 0 {
         let s = &index[start - 1];
         let follows = start > end || s.msn.checked_add(1) == Some(index[start].msn);
-        if !follows || sum + u64::from(s.duration_ms) > span_ms {
+        let fits = sum + u64::from(s.duration_ms) <= span_ms
+            && s.msn >= floor
+            && u64::from(s.duration_ms).div_ceil(1000) <= max_target_s;
+        if !follows || !fits {
             break;
         }
         sum += u64::from(s.duration_ms);
@@ -107,33 +114,67 @@ pub fn dvr_run(index: &[DvrSegment], first: u64, span_ms: u64) -> &[DvrSegment] 
     &index[start..end + 1]
 }
 
+/// What a live playlist lists before its window (live rewind): the stream's DVR index,
+/// the span, and the lowest msn it may list (an edge never lists below a media
+/// sequence number it served already: `EXT-X-MEDIA-SEQUENCE` never goes back).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rewind<'a> {
+    pub index: &'a [DvrSegment],
+    pub span_ms: u64,
+    pub floor: u64,
+}
+
+/// The DVR lines of one run for one query, kept by the caller between renders: a
+/// long span's lines are formatted once per window move, not once per request.
+#[derive(Debug, Default)]
+pub struct DvrLines {
+    key: Option<(u64, u64, Option<String>)>,
+    text: String,
+}
+
 /// The media playlist, or `None` while the window has no complete segment, every URI
 /// it names (map, parts, segments, preload hint) followed by `?{query}` when there is
 /// one (an edge's segment token, `st=…`: the same for every player and every edge, so
 /// the text stays identical across edges).
 ///
-/// Live rewind: before the window's segments it lists [`dvr_run`]`(dvr, first,
-/// dvr_span_ms)`, the stream's recorded segments (`dvr` is the stream's DVR index;
-/// `dvr_span_ms` 0 lists none), whole, without parts. The media and discontinuity
-/// sequences then come from the first of them, and the target duration covers them.
+/// Live rewind: before the window's segments it lists the run [`dvr_run`] picks from
+/// `dvr` (the stream's DVR index) for `dvr_span_ms` (0 lists none), whole, without
+/// parts; the media and discontinuity sequences then come from the first of them.
 pub fn render_with_query(window: &Window, dvr: &[DvrSegment], dvr_span_ms: u64, query: Option<&str>) -> Option<String> {
+    let rewind = Rewind { index: dvr, span_ms: dvr_span_ms, floor: 0 };
+    render_rewound(window, rewind, query, &mut DvrLines::default()).map(|(text, _)| text)
+}
+
+/// [`render_with_query`] with a floor and a cache of the DVR lines (`lines`, reused
+/// when the run and the query are those it holds, else replaced). Also returns the
+/// playlist's `EXT-X-MEDIA-SEQUENCE`.
+pub fn render_rewound(
+    window: &Window,
+    rewind: Rewind<'_>,
+    query: Option<&str>,
+    lines: &mut DvrLines,
+) -> Option<(String, u64)> {
     let q = query.map(|q| format!("?{q}")).unwrap_or_default();
     if !window.is_ready() {
         return None;
     }
     let first = window.segments().next()?;
-    let dvr = dvr_run(dvr, first.msn(), dvr_span_ms);
-    // Parts stop being listed where the window's own target says (DVR entries do not
-    // move that line); the header's target covers every listed segment.
-    let window_target = target_duration(window);
-    let dvr_longest = dvr.iter().map(|s| u64::from(s.duration_ms).div_ceil(1000)).max().unwrap_or(0);
-    let target = window_target.max(dvr_longest);
+    let target = target_duration(window);
+    let dvr = dvr_run(rewind.index, first.msn(), rewind.span_ms, rewind.floor, target);
     let part_target = part_target_ms(window);
     let (media_sequence, discontinuity_sequence) = match dvr.first() {
         Some(s) => (s.msn, s.discontinuity),
         None => (first.msn(), first.start.discontinuity),
     };
-    let mut out = String::with_capacity(256 + 160 * (window.segments().len() + dvr.len()));
+    if let (Some(a), Some(b)) = (dvr.first(), dvr.last()) {
+        let key = Some((a.msn, b.msn, query.map(str::to_owned)));
+        if lines.key != key {
+            lines.text = dvr_lines(dvr, &q);
+            lines.key = key;
+        }
+    }
+    let dvr_text = if dvr.is_empty() { "" } else { lines.text.as_str() };
+    let mut out = String::with_capacity(256 + dvr_text.len() + 160 * window.segments().len());
     let _ = write!(
         out,
         "#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{target}\n\
@@ -143,29 +184,19 @@ pub fn render_with_query(window: &Window, dvr: &[DvrSegment], dvr_span_ms: u64, 
         seconds(part_target),
         seconds(3 * part_target),
     );
+    out.push_str(dvr_text);
     // The previous listed segment's (discontinuity, init version).
-    let mut previous: Option<(u32, u32)> = None;
+    let mut previous: Option<(u32, u32)> = dvr.last().map(|s| (s.discontinuity, s.init_version));
     let mut opening = |out: &mut String, discontinuity: u32, init_version: u32, wall_ms: u64| {
-        if previous.is_some_and(|(d, _)| d != discontinuity) {
-            out.push_str("#EXT-X-DISCONTINUITY\n");
-        }
-        if previous.is_none_or(|(_, v)| v != init_version) {
-            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}{q}\"", init_uri(init_version));
-        }
-        let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", date_time(wall_ms));
-        previous = Some((discontinuity, init_version));
+        opening_tags(out, &mut previous, discontinuity, init_version, wall_ms, &q);
     };
-    for s in dvr {
-        opening(&mut out, s.discontinuity, s.init_version, s.wall_ms);
-        let _ = writeln!(out, "#EXTINF:{},\n{}{q}", seconds(u64::from(s.duration_ms)), segment_uri(s.msn));
-    }
     // Where parts stop being listed: segments that end within three target durations
     // of the live end (the end of the last part).
     let all: Vec<&Segment> = window.segments().chain(window.open()).collect();
     let mut behind = 0u64;
     let mut with_parts = vec![false; all.len()];
     for (i, segment) in all.iter().enumerate().rev() {
-        with_parts[i] = behind < PART_HORIZON_TARGETS * window_target * 1000;
+        with_parts[i] = behind < PART_HORIZON_TARGETS * target * 1000;
         behind += segment.elapsed_ms();
     }
     for (segment, with_parts) in all.iter().zip(with_parts) {
@@ -195,7 +226,39 @@ pub fn render_with_query(window: &Window, dvr: &[DvrSegment], dvr_span_ms: u64, 
     if let Some((msn, index)) = window.next_part() {
         let _ = writeln!(out, "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}{q}\"", part_uri(msn, index));
     }
-    Some(out)
+    Some((out, media_sequence))
+}
+
+/// What precedes a listed segment's `EXTINF`: `EXT-X-DISCONTINUITY` where the
+/// discontinuity number changes, `EXT-X-MAP` where the init version does, and its
+/// `EXT-X-PROGRAM-DATE-TIME`. `previous`: the segment listed before it.
+fn opening_tags(
+    out: &mut String,
+    previous: &mut Option<(u32, u32)>,
+    discontinuity: u32,
+    init_version: u32,
+    wall_ms: u64,
+    q: &str,
+) {
+    if previous.is_some_and(|(d, _)| d != discontinuity) {
+        out.push_str("#EXT-X-DISCONTINUITY\n");
+    }
+    if previous.is_none_or(|(_, v)| v != init_version) {
+        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}{q}\"", init_uri(init_version));
+    }
+    let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", date_time(wall_ms));
+    *previous = Some((discontinuity, init_version));
+}
+
+/// The lines of a DVR run (`q`: `?{query}` or empty).
+fn dvr_lines(run: &[DvrSegment], q: &str) -> String {
+    let mut out = String::with_capacity(120 * run.len());
+    let mut previous = None;
+    for s in run {
+        opening_tags(&mut out, &mut previous, s.discontinuity, s.init_version, s.wall_ms, q);
+        let _ = writeln!(out, "#EXTINF:{},\n{}{q}", seconds(u64::from(s.duration_ms)), segment_uri(s.msn));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -541,16 +604,56 @@ mod tests {
         let window = live_window();
         // A gap at 101: only 102 and 103 are listed.
         let gap: Vec<DvrSegment> = dvr((90..=100).chain(102..=103), 0, 0);
-        assert_eq!(dvr_run(&gap, 104, u64::MAX).iter().map(|s| s.msn).collect::<Vec<_>>(), [102, 103]);
+        assert_eq!(dvr_run(&gap, 104, u64::MAX, 0, u64::MAX).iter().map(|s| s.msn).collect::<Vec<_>>(), [102, 103]);
         assert_eq!(check_rules(&render_with_query(&window, &gap, 60_000, None).unwrap())[0], 102);
         // The index does not reach the window yet: no DVR entry, the plain playlist.
         let behind = dvr(90..=102, 0, 0);
-        assert!(dvr_run(&behind, 104, u64::MAX).is_empty());
+        assert!(dvr_run(&behind, 104, u64::MAX, 0, u64::MAX).is_empty());
         assert_eq!(render_with_query(&window, &behind, 60_000, None), render(&window));
         // Nothing, or a window starting at 0.
-        assert!(dvr_run(&[], 104, u64::MAX).is_empty());
-        assert!(dvr_run(&dvr(0..3, 0, 0), 0, u64::MAX).is_empty());
-        assert_eq!(dvr_run(&dvr(0..3, 0, 0), 3, 4000).len(), 2);
+        assert!(dvr_run(&[], 104, u64::MAX, 0, u64::MAX).is_empty());
+        assert!(dvr_run(&dvr(0..3, 0, 0), 0, u64::MAX, 0, u64::MAX).is_empty());
+        assert_eq!(dvr_run(&dvr(0..3, 0, 0), 3, 4000, 0, u64::MAX).len(), 2);
+    }
+
+    #[test]
+    fn the_run_keeps_to_its_floor_and_the_windows_target() {
+        let window = live_window();
+        let index = dvr(90..=103, 0, 0);
+        // An edge that served a playlist from 100 never lists below it again.
+        let rewind = Rewind { index: &index, span_ms: 3_600_000, floor: 100 };
+        let (text, sequence) = render_rewound(&window, rewind, None, &mut DvrLines::default()).unwrap();
+        assert_eq!((check_rules(&text)[0], sequence), (100, 100));
+        // A floor above the window's first segment: the window alone.
+        let rewind = Rewind { index: &index, span_ms: 3_600_000, floor: 200 };
+        let (text, sequence) = render_rewound(&window, rewind, None, &mut DvrLines::default()).unwrap();
+        assert_eq!((text, sequence), (render(&window).unwrap(), 104));
+        // A 9 s old segment (at 97) would raise the target from 2 s: the run stops
+        // after it.
+        let mut long = index.clone();
+        long[7].duration_ms = 9000;
+        assert_eq!(dvr_run(&long, 104, u64::MAX, 0, 2).first().map(|s| s.msn), Some(98));
+        let text = render_with_query(&window, &long, 3_600_000, None).unwrap();
+        assert!(text.contains("#EXT-X-TARGETDURATION:2\n"), "{text}");
+    }
+
+    #[test]
+    fn dvr_lines_are_reused_for_the_same_run_and_query() {
+        let window = live_window();
+        let index = dvr(90..=103, 0, 0);
+        let mut lines = DvrLines::default();
+        let rewind = Rewind { index: &index, span_ms: 3_600_000, floor: 0 };
+        let first = render_rewound(&window, rewind, Some("st=a"), &mut lines).unwrap();
+        // The cache is what the next render uses: planted text shows up.
+        lines.text = lines.text.replace("seg-90.m4s", "seg-PLANTED.m4s");
+        let again = render_rewound(&window, rewind, Some("st=a"), &mut lines).unwrap();
+        assert!(again.0.contains("seg-PLANTED.m4s") && !first.0.contains("PLANTED"));
+        // Another query or another run: formatted anew.
+        let other = render_rewound(&window, rewind, Some("st=b"), &mut lines).unwrap();
+        assert!(!other.0.contains("PLANTED") && other.0.contains("seg-90.m4s?st=b"));
+        let shorter = Rewind { index: &index, span_ms: 10_000, floor: 0 };
+        let (text, _) = render_rewound(&window, shorter, Some("st=b"), &mut lines).unwrap();
+        assert_eq!(Some(text), render_with_query(&window, &index, 10_000, Some("st=b")));
     }
 
     #[test]
@@ -580,15 +683,15 @@ mod tests {
     }
 
     #[test]
-    fn target_duration_covers_the_dvr_entries() {
+    fn a_dvr_entry_longer_than_the_target_ends_the_run() {
         let window = live_window();
         let mut index = dvr(100..=103, 0, 0);
         index[1].duration_ms = 4400;
         let text = render_with_query(&window, &index, 60_000, None).unwrap();
-        assert!(text.contains("#EXT-X-TARGETDURATION:5\n"), "{text}");
-        assert!(text.contains("#EXTINF:4.400,\nseg-101.m4s\n"));
-        check_rules(&text);
-        // The parts listed stay those of the window's own target (2 s).
+        // 101 (4.4 s) would need a target of 5: the run is 102 and 103, the target 2.
+        assert!(text.contains("#EXT-X-TARGETDURATION:2\n"), "{text}");
+        assert_eq!(check_rules(&text)[..2], [102, 103]);
+        // The parts listed are those of the window's own target (2 s).
         for msn in 104..=106 {
             assert!(!text.contains(&format!("part-{msn}.")), "{msn}");
         }

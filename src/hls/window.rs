@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
+use super::dvr::DvrSegment;
 use super::{Init, Packaged, SegmentStart};
 
 /// Complete segments a window keeps by default (`--hls-window-segments`).
@@ -150,7 +151,13 @@ pub struct Window {
     highest: Option<u64>,
     bytes: usize,
     counters: WindowCounters,
+    /// Complete segments evicted since [`Window::take_evicted`] last ran, when asked
+    /// to keep them ([`Window::keep_evicted`]; at most [`EVICTED_KEPT`]).
+    evicted: Option<Vec<DvrSegment>>,
 }
+
+/// Evicted segments a window keeps for [`Window::take_evicted`] at most.
+const EVICTED_KEPT: usize = 64;
 
 impl Window {
     pub fn new(limits: WindowLimits) -> Window {
@@ -162,6 +169,7 @@ impl Window {
             highest: None,
             bytes: 0,
             counters: WindowCounters::default(),
+            evicted: None,
         }
     }
 
@@ -258,7 +266,33 @@ impl Window {
     fn drop_oldest(&mut self) {
         if let Some(old) = self.segments.pop_front() {
             self.bytes -= old.len();
+            if let (Some(evicted), Some(duration_ms)) = (&mut self.evicted, old.duration_ms) {
+                if evicted.len() < EVICTED_KEPT {
+                    let s = old.start;
+                    evicted.push(DvrSegment {
+                        msn: s.msn,
+                        duration_ms,
+                        discontinuity: s.discontinuity,
+                        wall_ms: s.wall_ms,
+                        init_version: s.init_version,
+                        target_ms: s.target_ms,
+                        part_target_ms: s.part_target_ms,
+                    });
+                }
+            }
         }
+    }
+
+    /// From now on, keeps what [`Window::take_evicted`] gives (live rewind: the edge
+    /// lists the segments its window lets go until the DVR index has them).
+    pub fn keep_evicted(&mut self) {
+        self.evicted.get_or_insert_with(Vec::new);
+    }
+
+    /// The complete segments evicted since the last call, oldest first, as a DVR
+    /// index lists them.
+    pub fn take_evicted(&mut self) -> Vec<DvrSegment> {
+        self.evicted.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Lets go of the init segments nothing needs, then evicts the oldest complete
@@ -474,6 +508,23 @@ pub(crate) mod tests {
             w.push(part(msn, i, 10));
         }
         w.push(end(msn, 4));
+    }
+
+    #[test]
+    fn evicted_segments_are_kept_for_live_rewind_when_asked() {
+        let mut w = Window::new(WindowLimits { segments: 2, max_bytes: WINDOW_MAX_BYTES });
+        w.push(init(0));
+        feed_segment(&mut w, 10);
+        feed_segment(&mut w, 11);
+        feed_segment(&mut w, 12);
+        assert!(w.take_evicted().is_empty(), "not kept unless asked");
+        w.keep_evicted();
+        feed_segment(&mut w, 13);
+        feed_segment(&mut w, 14);
+        let evicted = w.take_evicted();
+        assert_eq!(evicted.iter().map(|s| s.msn).collect::<Vec<_>>(), [11, 12]);
+        assert_eq!(evicted[0].duration_ms, w.segment(13).unwrap().duration_ms.unwrap());
+        assert!(w.take_evicted().is_empty());
     }
 
     #[test]

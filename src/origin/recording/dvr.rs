@@ -54,6 +54,8 @@ pub const REMOTE_PIECES: usize = 256;
 const INDEX_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an origin waits for another's frames of one segment.
 const FRAMES_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest index body accepted from a peer: a count and [`dvr::MAX_INDEX`] entries.
+const INDEX_BODY_MAX: usize = 4 + dvr::MAX_INDEX * 36;
 /// Mark records read at a time when scanning.
 const SCAN_RECORDS: usize = 4096;
 /// What the frames body adds to a tag at most (kind, flags, timestamp, the longest
@@ -114,9 +116,10 @@ struct Open {
 /// The segments of one piece, from its mark records fed in order (sans-IO).
 #[derive(Debug, Default)]
 pub struct Scanner {
-    /// Records consumed so far; the offset of the last one.
+    /// Records consumed so far; the offset of the last one and where its tag ends.
     consumed: u64,
     last_offset: u64,
+    last_end: u64,
     /// The latest codec header of each track (audio, video).
     headers: [Option<TagLoc>; 2],
     open: Option<Open>,
@@ -145,6 +148,7 @@ impl Scanner {
         let index = self.consumed;
         self.consumed += 1;
         self.last_offset = record.offset;
+        self.last_end = end;
         let here = TagLoc { offset: record.offset, end };
         if record.header {
             match record.tag_type {
@@ -179,34 +183,57 @@ impl Scanner {
     }
 
     fn close(&mut self, open: Open, next: &MarkRecord, index: u64, end: u64, init: &mut InitOf<'_>) {
-        let msn = open.opener.msn;
-        if self.segments.contains_key(&msn) {
-            // Replayed after the publisher's link came back to the same piece.
-            return;
+        let duration_ms = next.time_ms.saturating_sub(open.opener.time_ms).min(u64::from(u32::MAX)) as u32;
+        if let Some(loc) = self.locate(open, index, end, duration_ms, init) {
+            self.segments.insert(loc.segment.msn, loc);
         }
-        let frames = index - open.index + 1 + open.headers.len() as u64;
+    }
+
+    /// The piece is complete and every record was consumed: the segment still open,
+    /// if whole, ended with the piece (its publishing session ended there, and the live
+    /// packager ended it with `finish`). Its `EXTINF` is what [`dvr::package`] makes of
+    /// its frames, which `duration` reads.
+    fn close_ended(&mut self, init: &mut InitOf<'_>, duration: impl FnOnce(&SegmentLoc) -> Option<u32>) {
+        let Some(open) = self.open.take() else { return };
+        let (last, end) = (self.consumed.saturating_sub(1), self.last_end);
+        let Some(mut loc) = self.locate(open, last, end, 0, init) else { return };
+        let Some(duration_ms) = duration(&loc) else { return };
+        loc.segment.duration_ms = duration_ms;
+        self.segments.insert(loc.segment.msn, loc);
+    }
+
+    /// Where the segment `open` lies if its frames run through record `last`, whose
+    /// tag ends at `end`; `None` when it cannot be listed (not whole, listed already,
+    /// too large, no init segment).
+    fn locate(&self, open: Open, last: u64, end: u64, duration_ms: u32, init: &mut InitOf<'_>) -> Option<SegmentLoc> {
+        let msn = open.opener.msn;
+        if !open.whole || self.segments.contains_key(&msn) {
+            // Not whole; or replayed after the publisher's link came back to the same
+            // piece.
+            return None;
+        }
+        let frames = last - open.index + 1 + open.headers.len() as u64;
         let bytes = end - open.opener.offset + open.headers.iter().map(|h| h.end - h.offset).sum::<u64>();
         if frames > dvr::MAX_FRAMES as u64 || bytes + frames * FRAME_OVERHEAD + 4 > dvr::MAX_SEGMENT_BYTES as u64 {
-            return;
+            return None;
         }
-        let Some(init_version) = init(&open.headers, &open.opener, open.opener_end) else { return };
+        let init_version = init(&open.headers, &open.opener, open.opener_end)?;
         let segment = DvrSegment {
             msn,
-            duration_ms: next.time_ms.saturating_sub(open.opener.time_ms).min(u64::from(u32::MAX)) as u32,
+            duration_ms,
             discontinuity: open.opener.discontinuity,
             wall_ms: open.opener.wall_ms,
             init_version,
             target_ms: open.opener.target_ms,
             part_target_ms: open.opener.part_target_ms,
         };
-        let loc = SegmentLoc {
+        Some(SegmentLoc {
             segment,
             headers: open.headers,
             first: open.index,
-            last: index,
+            last,
             span: TagLoc { offset: open.opener.offset, end },
-        };
-        self.segments.insert(msn, loc);
+        })
     }
 }
 
@@ -329,8 +356,16 @@ fn scan(dir: &Path, epoch: u64, scanner: &mut Scanner) -> Result<bool, DvrReadEr
             }
         }
     }
-    // A complete piece whose every record was consumed is scanned for good.
-    scanner.done = complete && scanner.consumed * marks::RECORD as u64 == marks_len - marks_len % marks::RECORD as u64;
+    // A complete piece whose every record was consumed is scanned for good; its last
+    // segment ended with it.
+    let done = complete && scanner.consumed * marks::RECORD as u64 == marks_len - marks_len % marks::RECORD as u64;
+    if done {
+        scanner.close_ended(&mut init, |loc| {
+            let frames = read_segment(dir, epoch, loc).ok()??;
+            dvr::package(loc.segment.msn, &frames).map(|m| m.duration_ms)
+        });
+    }
+    scanner.done = done;
     Ok(true)
 }
 
@@ -566,7 +601,7 @@ impl DvrServer {
             let url = self.recorder.peers().url(&http, &piece_index_path(epoch, ask_from));
             let res = self.recorder.peers().get(url).timeout(INDEX_TIMEOUT).send().await;
             let body = match res {
-                Ok(res) if res.status().is_success() => res.bytes().await,
+                Ok(res) if res.status().is_success() => bounded_body(res, INDEX_BODY_MAX).await,
                 Ok(res) => {
                     why = format!("origin {origin} answered {}", res.status());
                     continue;
@@ -576,7 +611,7 @@ impl DvrServer {
                     continue;
                 }
             };
-            match body.map_err(|e| e.to_string()).and_then(|b| dvr::decode_index(b).map_err(|e| e.to_string())) {
+            match body.and_then(|b| dvr::decode_index(b).map_err(|e| e.to_string())) {
                 Ok(index) => {
                     let index = Arc::new(index);
                     if finished {
@@ -839,13 +874,16 @@ mod tests {
         std::fs::write(files::marks_path(dir, epoch), marks).unwrap();
     }
 
-    /// The live packager's segments: msn → (bytes, duration, init version).
+    /// The live packager's segments, the stream ending after `frames` (`finish`):
+    /// msn → (bytes, duration, init version).
     fn live(frames: &[Frame]) -> BTreeMap<u64, (Bytes, u32, u32)> {
         let mut p = Packager::new();
         let mut out: BTreeMap<u64, (Vec<u8>, u32, u32)> = BTreeMap::new();
         let mut init = 0;
-        for f in frames {
-            for e in p.push(f) {
+        let mut events: Vec<Packaged> = frames.iter().flat_map(|f| p.push(f)).collect();
+        events.extend(p.finish());
+        {
+            for e in events {
                 match e {
                     Packaged::Init(i) => init = i.version,
                     Packaged::Part(part) => out.entry(part.msn).or_default().0.extend_from_slice(&part.bytes),
@@ -877,8 +915,9 @@ mod tests {
         let scans = Scans::new(dir.path().to_owned());
         let index = scans.index(5).unwrap().unwrap();
         let (first, last) = msns(&frames);
-        // Every segment whose next opening is in the piece; not the last one.
-        assert_eq!(index.iter().map(|s| s.msn).collect::<Vec<_>>(), (first..last).collect::<Vec<_>>());
+        // Every segment whose next opening is in the piece, and the last one, which
+        // ended with the piece (packaged as the live packager ends a stream).
+        assert_eq!(index.iter().map(|s| s.msn).collect::<Vec<_>>(), (first..=last).collect::<Vec<_>>());
         let live = live(&frames);
         for s in &index {
             let (bytes, duration, init) = &live[&s.msn];
@@ -890,7 +929,11 @@ mod tests {
             // Through the wire and back: the same frames.
             assert_eq!(dvr::decode_frames(dvr::encode_frames(&got)).unwrap(), got);
         }
-        assert!(scans.frames(5, last).unwrap().is_none(), "no end, no segment");
+        // A piece still being written: its last segment has no end yet.
+        write(dir.path(), 8, &frames, false);
+        let growing = scans.index(8).unwrap().unwrap();
+        assert_eq!(growing.iter().map(|s| s.msn).collect::<Vec<_>>(), (first..last).collect::<Vec<_>>());
+        assert!(scans.frames(8, last).unwrap().is_none(), "no end, no segment");
         assert!(scans.index(6).unwrap().is_none(), "not here");
         // A piece without marks has no DVR index (a replica from an older holder).
         std::fs::remove_file(files::marks_path(dir.path(), 5)).unwrap();
@@ -918,11 +961,13 @@ mod tests {
         assert!(later.len() > early.len());
         assert_eq!(&later[..early.len()], &early[..]);
         assert_eq!(lock(&scans.scanner(7)).consumed() as usize, frames.len());
-        // Finished (renamed): scanned for good, the same segments as a fresh scan.
+        // Finished (renamed): scanned for good, the same segments as a fresh scan, and
+        // now its last one, which ended with it.
         std::fs::rename(files::part_path(dir.path(), 7), files::piece_path(dir.path(), 7)).unwrap();
-        assert_eq!(scans.index(7).unwrap().unwrap(), later);
+        let done = scans.index(7).unwrap().unwrap();
+        assert_eq!((&done[..later.len()], done.len()), (&later[..], later.len() + 1));
         assert!(lock(&scans.scanner(7)).done);
-        assert_eq!(Scans::new(dir.path().to_owned()).index(7).unwrap().unwrap(), later);
+        assert_eq!(Scans::new(dir.path().to_owned()).index(7).unwrap().unwrap(), done);
     }
 
     #[test]

@@ -143,6 +143,10 @@ async fn copy(recorder: &Recorder, piece: &Piece) -> Result<u64, CopyError> {
     Err(CopyError::Unreachable(last))
 }
 
+/// How long fetching a piece's marks may take, body included (an hour of marks is
+/// about 15 MB).
+const MARKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Fetches the marks of the piece of `epoch` (`frames` tags) from `holder` into
 /// `{epoch}.marks.copy`, which [`files::commit_copy`] then moves into place with the
 /// piece. Best effort: a holder without marks (an older build, a piece recorded
@@ -154,7 +158,7 @@ async fn copy_marks(recorder: &Recorder, holder: NodeId, http: &str, epoch: u64,
     let url = recorder.peers().url(http, &super::dvr::marks_path(epoch));
     let most = frames.saturating_mul(super::marks::RECORD as u64);
     let fetched: Result<(), String> = async {
-        let res = recorder.peers().get(url).send().await.map_err(|e| e.to_string())?;
+        let res = recorder.peers().get(url).timeout(MARKS_TIMEOUT).send().await.map_err(|e| e.to_string())?;
         if !res.status().is_success() {
             return Err(format!("answered {}", res.status()));
         }
