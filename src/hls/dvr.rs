@@ -23,8 +23,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::packager::Packager;
 use super::{Init, Packaged};
-use crate::link::frame::{get_mark, mark_len, put_mark};
-use crate::media::{Frame, FrameKind};
+use crate::link::frame::{get_mark, kind_byte, kind_of, mark_len, put_mark};
+use crate::media::Frame;
 use raftcast_raft::StreamKey;
 
 /// Stream-level index on any origin (cluster secret), `?from={msn}`: the stream's
@@ -129,14 +129,6 @@ pub fn decode_index(mut body: Bytes) -> Result<Vec<DvrSegment>, DvrError> {
     Ok(out)
 }
 
-fn kind_byte(kind: FrameKind) -> u8 {
-    match kind {
-        FrameKind::Audio => 8,
-        FrameKind::Video => 9,
-        FrameKind::Data => 18,
-    }
-}
-
 /// The frames body of `frames`.
 pub fn encode_frames(frames: &[Frame]) -> Bytes {
     let size: usize =
@@ -177,11 +169,8 @@ pub fn decode_frames(mut body: Bytes) -> Result<Vec<Frame>, DvrError> {
         if body.len() < FRAME_HEADER {
             return Err(DvrError::Short("frame header"));
         }
-        let kind = match body.get_u8() {
-            8 => FrameKind::Audio,
-            9 => FrameKind::Video,
-            18 => FrameKind::Data,
-            _ => return Err(DvrError::Invalid("unknown frame kind")),
+        let Some(kind) = kind_of(body.get_u8()) else {
+            return Err(DvrError::Invalid("unknown frame kind"));
         };
         let flags = body.get_u8();
         if flags & !(FLAG_KEYFRAME | FLAG_HEADER | FLAG_MARK) != 0 {

@@ -79,11 +79,22 @@ pub enum LinkError {
 #[derive(Debug, Default)]
 pub struct FrameCodec;
 
-fn kind_byte(kind: FrameKind) -> u8 {
+/// A frame kind as its FLV tag type (also the DVR frames body's, `crate::hls::dvr`).
+pub(crate) fn kind_byte(kind: FrameKind) -> u8 {
     match kind {
         FrameKind::Audio => 8,
         FrameKind::Video => 9,
         FrameKind::Data => 18,
+    }
+}
+
+/// The frame kind of an FLV tag type, `None` for any other byte.
+pub(crate) fn kind_of(byte: u8) -> Option<FrameKind> {
+    match byte {
+        8 => Some(FrameKind::Audio),
+        9 => Some(FrameKind::Video),
+        18 => Some(FrameKind::Data),
+        _ => None,
     }
 }
 
@@ -158,11 +169,8 @@ impl FrameCodec {
                     return Err(LinkError::BadMedia("shorter than its header"));
                 }
                 let channel = ChannelId(body.get_u32());
-                let kind = match body.get_u8() {
-                    8 => FrameKind::Audio,
-                    9 => FrameKind::Video,
-                    18 => FrameKind::Data,
-                    _ => return Err(LinkError::BadMedia("unknown media kind")),
+                let Some(kind) = kind_of(body.get_u8()) else {
+                    return Err(LinkError::BadMedia("unknown media kind"));
                 };
                 let flags = body.get_u8();
                 if flags & !(FLAG_KEYFRAME | FLAG_HEADER | FLAG_MARK) != 0 {
