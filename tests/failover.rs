@@ -143,19 +143,6 @@ fn signal(pid: u32, sig: &str) {
     assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
 }
 
-/// Runs `raftcast ctl --json ARGS` against the cluster: (success, stdout, stderr).
-fn ctl(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let origins: Vec<String> = (1..=3).map(|i| c.http(i).to_string()).collect();
-    let out = Command::new(common::BIN)
-        .args(["ctl", "--json", "--origin", &origins.join(","), "--token-file"])
-        .arg(c.dir.path().join("admin-token"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.success(), text, String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 async fn owner_of(c: &Cluster, via: u64, name: &str) -> Option<(u64, u64)> {
     let (s, v) = c.call(via, Method::GET, "/streams", None, &[]).await.ok()?;
     if !s.is_success() {
@@ -452,7 +439,7 @@ async fn a_rival_publisher_racing_a_failover_never_gets_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_moves_lose_no_frame_and_drop_no_client() {
     let scene = Scene::start("planned", false).await;
-    let ctl = |args: &[&str]| ctl(&scene.c, args);
+    let ctl = |args: &[&str]| scene.c.ctl(&[1, 2, 3], args);
     let (mut owner, mut epoch) = owner_of(&scene.c, 1, "planned").await.unwrap();
     // Moving to the owner moves nothing; to an origin that is not a member fails.
     let (ok, out, _) = ctl(&["streams", "move", "live/planned", "--to", &owner.to_string()]);
@@ -554,10 +541,10 @@ async fn draining_an_origin_moves_its_streams_away_and_loses_no_frame() {
     eprintln!("draining origin {n} (leader {leader}); owners before {placed:?}");
 
     // Only members can be drained.
-    let (ok, _, err) = ctl(&scene.c, &["drain", "9"]);
+    let (ok, _, err) = scene.c.ctl(&[1, 2, 3], &["drain", "9"]);
     assert!(!ok && err.contains("unknown_origin"), "{err}");
     let started = Instant::now();
-    let (ok, out, err) = ctl(&scene.c, &["drain", &n.to_string(), "--wait", "--wait-secs", "10"]);
+    let (ok, out, err) = scene.c.ctl(&[1, 2, 3], &["drain", &n.to_string(), "--wait", "--wait-secs", "10"]);
     let drained_after = started.elapsed();
     assert!(ok, "ctl drain --wait failed: {err}");
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -569,12 +556,12 @@ async fn draining_an_origin_moves_its_streams_away_and_loses_no_frame() {
     assert!(drained_after < Duration::from_secs(5), "drained in {drained_after:?}");
     // Replicated and shown: every origin's status lists it.
     draining_everywhere(&scene.c, serde_json::json!([n])).await;
-    let (ok, out, _) = ctl(&scene.c, &["status"]);
+    let (ok, out, _) = scene.c.ctl(&[1, 2, 3], &["status"]);
     assert!(
         ok && serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster"]["draining"] == serde_json::json!([n])
     );
     // Nothing goes to it: neither a move nor a new publish.
-    let (ok, _, err) = ctl(&scene.c, &["streams", "move", "live/drain-b", "--to", &n.to_string()]);
+    let (ok, _, err) = scene.c.ctl(&[1, 2, 3], &["streams", "move", "live/drain-b", "--to", &n.to_string()]);
     assert!(!ok && err.contains("draining"), "{err}");
     publish("drain-new");
     let (new_owner, _) =
@@ -596,7 +583,7 @@ async fn draining_an_origin_moves_its_streams_away_and_loses_no_frame() {
     assert_eq!(moved, 1.0, "one stream moved by the drain");
 
     // Undrained, it takes new streams again: it owns none, so the next goes there.
-    let (ok, out, err) = ctl(&scene.c, &["undrain", &n.to_string()]);
+    let (ok, out, err) = scene.c.ctl(&[1, 2, 3], &["undrain", &n.to_string()]);
     assert!(ok, "{err}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["draining"], false, "{out}");
     draining_everywhere(&scene.c, serde_json::json!([])).await;
@@ -609,12 +596,12 @@ async fn draining_an_origin_moves_its_streams_away_and_loses_no_frame() {
     // The leader drains itself the same way (it proposes its own streams' moves).
     let leader = scene.c.leader(None).await.unwrap();
     let before = owners(&scene.c, 1).await;
-    let (ok, _, err) = ctl(&scene.c, &["drain", &leader.to_string(), "--wait", "--wait-secs", "10"]);
+    let (ok, _, err) = scene.c.ctl(&[1, 2, 3], &["drain", &leader.to_string(), "--wait", "--wait-secs", "10"]);
     assert!(ok, "draining the leader: {err}");
     let after = owners(&scene.c, 1).await;
     eprintln!("leader {leader} drained: owners before {before:?}, after {after:?}");
     assert!(after.values().all(|o| *o != leader) && after.len() == before.len(), "{after:?}");
-    let (ok, _, err) = ctl(&scene.c, &["undrain", &leader.to_string()]);
+    let (ok, _, err) = scene.c.ctl(&[1, 2, 3], &["undrain", &leader.to_string()]);
     assert!(ok, "{err}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     for p in &mut publishers {

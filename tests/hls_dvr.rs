@@ -23,7 +23,7 @@ mod edges;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,17 +36,6 @@ const DVR_SECS: &str = "120";
 
 fn harness() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hls")
-}
-
-fn ctl(c: &Cluster, args: &[&str]) -> (bool, String) {
-    let origins: Vec<String> = c.origins.keys().map(|i| c.http(*i).to_string()).collect();
-    let out = Command::new(common::BIN)
-        .args(["ctl", "--json", "--origin", &origins.join(","), "--token-file"])
-        .arg(c.dir.path().join("admin-token"))
-        .args(args)
-        .output()
-        .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 async fn owner_of(c: &Cluster, via: u64) -> Option<u64> {
@@ -138,8 +127,8 @@ async fn a_late_viewer_rewinds_through_the_recording_on_every_edge_across_an_own
         .await
         .unwrap();
     assert!(s.is_success(), "{v}");
-    let (ok, out) = ctl(&c, &["record", &format!("live/{NAME}"), "on"]);
-    assert!(ok, "ctl record: {out}");
+    let (ok, out, err) = c.ctl(&[1, 2, 3], &["record", &format!("live/{NAME}"), "on"]);
+    assert!(ok, "ctl record: {out}{err}");
 
     let source = noisy_source(&dir);
     let reference: Vec<String> = packets(&source, &dir.join("reference.hash")).into_iter().map(|(_, h)| h).collect();

@@ -25,19 +25,6 @@ use edges::{noisy_source as source, packets, publish_file, read_framehash, EdgeP
 use reqwest::Method;
 use serde_json::Value;
 
-/// `raftcast ctl --json ARGS` against the cluster: (success, stdout, stderr).
-fn ctl(c: &Cluster, origins: &[u64], args: &[&str]) -> (bool, String, String) {
-    let origins: Vec<String> = origins.iter().map(|i| c.http(*i).to_string()).collect();
-    let out = Command::new(common::BIN)
-        .args(["ctl", "--json", "--origin", &origins.join(","), "--token-file"])
-        .arg(c.dir.path().join("admin-token"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.success(), text, String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 async fn owner_of(c: &Cluster, via: u64, name: &str) -> Option<(u64, u64)> {
     let (s, v) = c.call(via, Method::GET, "/streams", None, &[]).await.ok()?;
     let e = v["streams"].as_array()?.iter().find(|e| e["app"] == "live" && e["name"] == name)?.clone();
@@ -96,7 +83,7 @@ fn read_whole(
     dir: &Path,
 ) -> (PathBuf, Vec<(i64, String)>) {
     let file = dir.join("recording.flv");
-    let (ok, out, err) = ctl(c, &[1, 2, 3], &["recordings", "get", &id.to_string(), file.to_str().unwrap()]);
+    let (ok, out, err) = c.ctl(&[1, 2, 3], &["recordings", "get", &id.to_string(), file.to_str().unwrap()]);
     assert!(ok, "ctl recordings get: {out} {err}");
     let got = packets(&file, &dir.join("recording.hash"));
     assert_whole_from_the_start(reference, &got);
@@ -171,9 +158,9 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     let body = serde_json::json!({ "origin": first_owner });
     let (s, v) = c.call(leader, Method::PUT, "/pins/live/rec", Some(&body), &[]).await.unwrap();
     assert!(s.is_success(), "{v}");
-    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["record", "live/rec", "on"]);
+    let (ok, out, err) = c.ctl(&[1, 2, 3], &["record", "live/rec", "on"]);
     assert!(ok, "ctl record: {out} {err}");
-    let (ok, out, _) = ctl(&c, &[1, 2, 3], &["record"]);
+    let (ok, out, _) = c.ctl(&[1, 2, 3], &["record"]);
     assert!(ok && out.contains("\"rec\""), "the rule is listed: {out}");
 
     let source = source(&dir);
@@ -205,7 +192,7 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
     c.spawn(first_owner);
     let to = first_owner.to_string();
     eventually(Duration::from_secs(20), "a planned move back to the restarted origin", || async {
-        let (ok, _, err) = ctl(&c, &[1, 2, 3], &["streams", "move", "live/rec", "--to", &to]);
+        let (ok, _, err) = c.ctl(&[1, 2, 3], &["streams", "move", "live/rec", "--to", &to]);
         if !ok {
             eprintln!("move: {}", err.trim());
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -285,7 +272,7 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
         std::fs::remove_file(entry.unwrap().path()).unwrap();
     }
     let again = dir.join("again.flv");
-    let (ok, out, err) = ctl(&c, &[first_owner], &["recordings", "get", &id.to_string(), again.to_str().unwrap()]);
+    let (ok, out, err) = c.ctl(&[first_owner], &["recordings", "get", &id.to_string(), again.to_str().unwrap()]);
     assert!(ok, "ctl recordings get after the loss: {out} {err}");
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&file).unwrap(), "the same file from the replicas");
     // And the origin fetches again the pieces the catalog says it holds.
@@ -331,18 +318,18 @@ async fn a_recording_survives_its_owners_sigkill_and_the_loss_of_one_copy() {
         let res = reqwest::get(c.url(leader, &path)).await.unwrap();
         assert_eq!(res.status().as_u16(), 401, "{path} needs the admin token");
     }
-    let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "show", "999999999"]);
+    let (ok, _, err) = c.ctl(&[1, 2, 3], &["recordings", "show", "999999999"]);
     assert!(!ok && err.contains("404"), "{err}");
 
     // Retention: with at most one byte kept, the leader deletes the finished recording.
-    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["recordings", "retention", "--set", "--max-bytes", "1"]);
+    let (ok, out, err) = c.ctl(&[1, 2, 3], &["recordings", "retention", "--set", "--max-bytes", "1"]);
     assert!(ok && out.contains("\"max_bytes\": 1"), "{out} {err}");
     eventually(Duration::from_secs(10), "retention to delete the recording", || async {
         let (s, _) = c.call(leader, Method::GET, &format!("/recordings/{id}"), None, &[]).await.ok()?;
         (s.as_u16() == 404).then_some(())
     })
     .await;
-    let (ok, _, err) = ctl(&c, &[1, 2, 3], &["recordings", "delete", &id.to_string()]);
+    let (ok, _, err) = c.ctl(&[1, 2, 3], &["recordings", "delete", &id.to_string()]);
     assert!(!ok && err.contains("404"), "deleted already: {err}");
     drop((edge, fresh));
 }
@@ -419,7 +406,7 @@ async fn a_minute_recorded_across_two_owner_sigkills_plays_whole_through_an_edge
     let test_started = Instant::now();
     let mut c = Cluster::start(3).await;
     let dir = c.dir.path().to_owned();
-    let (ok, out, err) = ctl(&c, &[1, 2, 3], &["record", "live/long", "on"]);
+    let (ok, out, err) = c.ctl(&[1, 2, 3], &["record", "live/long", "on"]);
     assert!(ok, "ctl record: {out} {err}");
     let source = source(&dir);
     let reference: Vec<String> = packets(&source, &dir.join("reference.hash")).into_iter().map(|(_, h)| h).collect();

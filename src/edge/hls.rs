@@ -250,9 +250,14 @@ impl Hls {
         if streams.len() >= self.config.max_streams {
             return None;
         }
+        let mut window = Window::new(self.config.window);
+        if self.dvr.is_some() {
+            // What the window lets go extends a lagging DVR index (`HlsStream::apply`).
+            window.keep_evicted();
+        }
         let stream = Arc::new(HlsStream {
             key: key.clone(),
-            window: Mutex::new(Window::new(self.config.window)),
+            window: Mutex::new(window),
             changed: watch::Sender::new(0),
             last_used: AtomicU64::new(self.now_ms()),
             counted_parts: AtomicU64::new(0),
@@ -471,9 +476,6 @@ impl HlsStream {
                 return false;
             }
             let before = window.bytes() as u64;
-            if hls.dvr.is_some() {
-                window.keep_evicted();
-            }
             for event in events {
                 match window.push(event) {
                     Change::None => {}

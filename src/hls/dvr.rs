@@ -13,9 +13,10 @@
 //! - index: `count: u32`, then per segment `msn: u64, duration_ms: u32,
 //!   discontinuity: u32, wall_ms: u64, init_version: u32, target_ms: u32,
 //!   part_target_ms: u32` (36 bytes), in increasing `msn`;
-//! - frames: `count: u32`, then per frame `kind: u8 (8/9/18), flags: u8 (bit 0
-//!   keyframe, bit 1 header, bit 2 marked), timestamp: u32`, the mark as the link
-//!   carries it when bit 2 is set, `len: u32`, then `len` payload bytes.
+//! - frames: `count: u32`, then per frame its head as the link carries it
+//!   (`link::frame::put_head`: `kind: u8 (8/9/18), flags: u8 (bit 0 keyframe, bit 1
+//!   header, bit 2 marked), timestamp: u32`, then the mark when bit 2 is set),
+//!   `len: u32`, then `len` payload bytes.
 //!
 //! Sans-IO: bytes in, bytes out. Knows no files, sockets or HTTP.
 
@@ -23,7 +24,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::packager::Packager;
 use super::{Init, Packaged};
-use crate::link::frame::{get_mark, kind_byte, kind_of, mark_len, put_mark};
+use crate::link::frame::{get_head, head_len, put_head};
 use crate::media::Frame;
 use raftcast_raft::StreamKey;
 
@@ -40,10 +41,8 @@ pub const MAX_SEGMENT_BYTES: usize = 64 << 20;
 pub const MAX_FRAMES: usize = 1 << 16;
 
 const INDEX_ENTRY: usize = 8 + 4 + 4 + 8 + 4 + 4 + 4;
+/// A frame's head at the least (kind, flags, timestamp: `link::frame::put_head`).
 const FRAME_HEADER: usize = 1 + 1 + 4;
-const FLAG_KEYFRAME: u8 = 0b001;
-const FLAG_HEADER: u8 = 0b010;
-const FLAG_MARK: u8 = 0b100;
 
 /// The URL path of the stream's index from `from` on.
 pub fn index_path(key: &StreamKey, from: u64) -> String {
@@ -131,21 +130,11 @@ pub fn decode_index(mut body: Bytes) -> Result<Vec<DvrSegment>, DvrError> {
 
 /// The frames body of `frames`.
 pub fn encode_frames(frames: &[Frame]) -> Bytes {
-    let size: usize =
-        frames.iter().map(|f| FRAME_HEADER + f.hls.as_ref().map_or(0, mark_len) + 4 + f.payload.len()).sum();
+    let size: usize = frames.iter().map(|f| head_len(f) + 4 + f.payload.len()).sum();
     let mut out = BytesMut::with_capacity(4 + size);
     out.put_u32(frames.len() as u32);
     for f in frames {
-        out.put_u8(kind_byte(f.kind));
-        out.put_u8(
-            if f.keyframe { FLAG_KEYFRAME } else { 0 }
-                | if f.header { FLAG_HEADER } else { 0 }
-                | if f.hls.is_some() { FLAG_MARK } else { 0 },
-        );
-        out.put_u32(f.timestamp);
-        if let Some(mark) = &f.hls {
-            put_mark(mark, &mut out);
-        }
+        put_head(f, &mut out);
         out.put_u32(f.payload.len() as u32);
         out.put_slice(&f.payload);
     }
@@ -166,22 +155,7 @@ pub fn decode_frames(mut body: Bytes) -> Result<Vec<Frame>, DvrError> {
     }
     let mut out = Vec::with_capacity(count.min(body.len() / (FRAME_HEADER + 4) + 1));
     for _ in 0..count {
-        if body.len() < FRAME_HEADER {
-            return Err(DvrError::Short("frame header"));
-        }
-        let Some(kind) = kind_of(body.get_u8()) else {
-            return Err(DvrError::Invalid("unknown frame kind"));
-        };
-        let flags = body.get_u8();
-        if flags & !(FLAG_KEYFRAME | FLAG_HEADER | FLAG_MARK) != 0 {
-            return Err(DvrError::Invalid("unknown frame flags"));
-        }
-        let timestamp = body.get_u32();
-        let hls = if flags & FLAG_MARK != 0 {
-            Some(get_mark(&mut body).map_err(|_| DvrError::Short("frame mark"))?)
-        } else {
-            None
-        };
+        let head = get_head(&mut body).map_err(DvrError::Invalid)?;
         if body.len() < 4 {
             return Err(DvrError::Short("payload length"));
         }
@@ -189,10 +163,7 @@ pub fn decode_frames(mut body: Bytes) -> Result<Vec<Frame>, DvrError> {
         if body.len() < len {
             return Err(DvrError::Short("payload"));
         }
-        let payload = body.split_to(len);
-        let mut frame = Frame::new(kind, timestamp, flags & FLAG_KEYFRAME != 0, flags & FLAG_HEADER != 0, payload);
-        frame.hls = hls;
-        out.push(frame);
+        out.push(head.frame(body.split_to(len)));
     }
     if !body.is_empty() {
         return Err(DvrError::Invalid("bytes after the last frame"));
@@ -345,30 +316,32 @@ mod tests {
         assert!(decode_frames(extra.freeze()).is_err());
     }
 
+    /// Segment `msn` of a packager's `events`: its parts' bytes and its duration.
+    fn segment(events: &[Packaged], msn: u64) -> (Bytes, u32) {
+        let bytes: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match e {
+                Packaged::Part(p) if p.msn == msn => Some(p.bytes.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let duration = events
+            .iter()
+            .find_map(|e| match e {
+                Packaged::SegmentEnd(end) if end.msn == msn => Some(end.duration_ms),
+                _ => None,
+            })
+            .unwrap();
+        (Bytes::from(bytes), duration)
+    }
+
     #[test]
     fn an_old_segment_packages_to_the_live_bytes() {
         // Live: one packager over the whole stream.
         let frames = stream(8);
         let mut live = Packager::new();
         let events: Vec<Packaged> = frames.iter().flat_map(|f| live.push(f)).collect();
-        let segment = |msn: u64| -> (Bytes, u32) {
-            let bytes: Vec<u8> = events
-                .iter()
-                .filter_map(|e| match e {
-                    Packaged::Part(p) if p.msn == msn => Some(p.bytes.to_vec()),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
-            let duration = events
-                .iter()
-                .find_map(|e| match e {
-                    Packaged::SegmentEnd(end) if end.msn == msn => Some(end.duration_ms),
-                    _ => None,
-                })
-                .unwrap();
-            (Bytes::from(bytes), duration)
-        };
         let live_init = events.iter().find_map(|e| match e {
             Packaged::Init(i) => Some(i.clone()),
             _ => None,
@@ -383,7 +356,7 @@ mod tests {
             sent.extend(frames.iter().filter(|f| f.hls.is_some_and(|m| m.msn == msn)).cloned());
             sent.extend(frames.iter().find(|f| f.hls.is_some_and(|m| m.msn == msn + 1)).cloned());
             let media = package(msn, &sent).expect("a whole segment");
-            let (bytes, duration) = segment(msn);
+            let (bytes, duration) = segment(&events, msn);
             assert_eq!(media.bytes, bytes, "segment {msn}");
             assert_eq!(media.duration_ms, duration);
             assert_eq!(Some(&media.init), live_init.as_ref());
@@ -395,20 +368,9 @@ mod tests {
             let mut last = Packager::new();
             let mut events: Vec<Packaged> = sent[..sent.len() - 1].iter().flat_map(|f| last.push(f)).collect();
             events.extend(last.finish());
-            let finished: Vec<u8> = events
-                .iter()
-                .filter_map(|e| match e {
-                    Packaged::Part(p) if p.msn == msn => Some(p.bytes.to_vec()),
-                    _ => None,
-                })
-                .flatten()
-                .collect();
+            let (finished, ended_duration) = segment(&events, msn);
             assert_eq!(ended.bytes, finished);
-            let ended_duration = events.iter().find_map(|e| match e {
-                Packaged::SegmentEnd(end) if end.msn == msn => Some(end.duration_ms),
-                _ => None,
-            });
-            assert_eq!(Some(ended.duration_ms), ended_duration);
+            assert_eq!(ended.duration_ms, ended_duration);
             // Without its opening frame, no segment.
             let mut headless = headers.clone();
             headless.extend(sent[headers.len() + 1..].iter().cloned());

@@ -29,7 +29,9 @@ pub(crate) const MAX_UNAUTHENTICATED: usize = 4 * 1024;
 
 const TAG_CONTROL: u8 = 0x01;
 const TAG_MEDIA: u8 = 0x02;
-const MEDIA_HEADER: usize = 4 + 1 + 1 + 4;
+const MEDIA_HEADER: usize = 4 + FRAME_HEAD;
+/// A frame head without its mark: kind, flags, timestamp.
+const FRAME_HEAD: usize = 1 + 1 + 4;
 const FLAG_KEYFRAME: u8 = 0b01;
 const FLAG_HEADER: u8 = 0b10;
 const FLAG_MARK: u8 = 0b100;
@@ -79,8 +81,8 @@ pub enum LinkError {
 #[derive(Debug, Default)]
 pub struct FrameCodec;
 
-/// A frame kind as its FLV tag type (also the DVR frames body's, `crate::hls::dvr`).
-pub(crate) fn kind_byte(kind: FrameKind) -> u8 {
+/// A frame kind as its FLV tag type.
+fn kind_byte(kind: FrameKind) -> u8 {
     match kind {
         FrameKind::Audio => 8,
         FrameKind::Video => 9,
@@ -89,7 +91,7 @@ pub(crate) fn kind_byte(kind: FrameKind) -> u8 {
 }
 
 /// The frame kind of an FLV tag type, `None` for any other byte.
-pub(crate) fn kind_of(byte: u8) -> Option<FrameKind> {
+fn kind_of(byte: u8) -> Option<FrameKind> {
     match byte {
         8 => Some(FrameKind::Audio),
         9 => Some(FrameKind::Video),
@@ -111,21 +113,12 @@ impl FrameCodec {
             }
             LinkFrame::Media(m) => {
                 let f = &m.frame;
-                let mark_len = f.hls.as_ref().map_or(0, mark_len);
-                out.reserve(5 + MEDIA_HEADER + mark_len + f.payload.len());
-                out.put_u32((1 + MEDIA_HEADER + mark_len + f.payload.len()) as u32);
+                let len = 1 + 4 + head_len(f) + f.payload.len();
+                out.reserve(4 + len);
+                out.put_u32(len as u32);
                 out.put_u8(TAG_MEDIA);
                 out.put_u32(m.channel.0);
-                out.put_u8(kind_byte(f.kind));
-                out.put_u8(
-                    if f.keyframe { FLAG_KEYFRAME } else { 0 }
-                        | if f.header { FLAG_HEADER } else { 0 }
-                        | if f.hls.is_some() { FLAG_MARK } else { 0 },
-                );
-                out.put_u32(f.timestamp);
-                if let Some(mark) = &f.hls {
-                    put_mark(mark, out);
-                }
+                put_head(f, out);
                 out.put_slice(&f.payload);
             }
         }
@@ -169,38 +162,82 @@ impl FrameCodec {
                     return Err(LinkError::BadMedia("shorter than its header"));
                 }
                 let channel = ChannelId(body.get_u32());
-                let Some(kind) = kind_of(body.get_u8()) else {
-                    return Err(LinkError::BadMedia("unknown media kind"));
-                };
-                let flags = body.get_u8();
-                if flags & !(FLAG_KEYFRAME | FLAG_HEADER | FLAG_MARK) != 0 {
-                    return Err(LinkError::BadMedia("unknown media flags"));
-                }
-                let timestamp = body.get_u32();
-                let hls = if flags & FLAG_MARK != 0 { Some(get_mark(&mut body)?) } else { None };
-                let header = flags & FLAG_HEADER != 0;
-                if header {
+                let head = get_head(&mut body).map_err(LinkError::BadMedia)?;
+                if head.header {
                     // Sequence headers and metadata live as long as the stream (hubs keep
                     // them for every new player); as a slice of the read buffer one would
                     // keep that whole buffer (64 KiB or more) alive with it. They are
                     // small and rare: a copy of their own.
                     body = Bytes::copy_from_slice(&body);
                 }
-                let mut frame = Frame::new(kind, timestamp, flags & FLAG_KEYFRAME != 0, header, body);
-                frame.hls = hls;
-                Ok(Some(LinkFrame::Media(MediaFrame { channel, frame })))
+                Ok(Some(LinkFrame::Media(MediaFrame { channel, frame: head.frame(body) })))
             }
         }
     }
 }
 
+/// A media frame's head, as the link and live rewind's frames body (`crate::hls::dvr`)
+/// carry it before the payload: `kind: u8, flags: u8, timestamp: u32 BE`, then the
+/// mark when flagged.
+#[derive(Debug)]
+pub(crate) struct FrameHead {
+    kind: FrameKind,
+    keyframe: bool,
+    pub(crate) header: bool,
+    timestamp: u32,
+    hls: Option<HlsMark>,
+}
+
+impl FrameHead {
+    /// The frame with this head and `payload`.
+    pub(crate) fn frame(self, payload: Bytes) -> Frame {
+        let mut frame = Frame::new(self.kind, self.timestamp, self.keyframe, self.header, payload);
+        frame.hls = self.hls;
+        frame
+    }
+}
+
+/// Bytes [`put_head`] writes for `frame`.
+pub(crate) fn head_len(frame: &Frame) -> usize {
+    FRAME_HEAD + frame.hls.as_ref().map_or(0, mark_len)
+}
+
+/// Appends `frame`'s head.
+pub(crate) fn put_head(frame: &Frame, out: &mut BytesMut) {
+    out.put_u8(kind_byte(frame.kind));
+    out.put_u8(
+        if frame.keyframe { FLAG_KEYFRAME } else { 0 }
+            | if frame.header { FLAG_HEADER } else { 0 }
+            | if frame.hls.is_some() { FLAG_MARK } else { 0 },
+    );
+    out.put_u32(frame.timestamp);
+    if let Some(mark) = &frame.hls {
+        put_mark(mark, out);
+    }
+}
+
+/// Reads a frame's head from the front of `body`, checking every length first; what is
+/// wrong when it is not one.
+pub(crate) fn get_head(body: &mut Bytes) -> Result<FrameHead, &'static str> {
+    if body.len() < FRAME_HEAD {
+        return Err("shorter than its header");
+    }
+    let kind = kind_of(body.get_u8()).ok_or("unknown media kind")?;
+    let flags = body.get_u8();
+    if flags & !(FLAG_KEYFRAME | FLAG_HEADER | FLAG_MARK) != 0 {
+        return Err("unknown media flags");
+    }
+    let timestamp = body.get_u32();
+    let hls = if flags & FLAG_MARK != 0 { Some(get_mark(body)?) } else { None };
+    Ok(FrameHead { kind, keyframe: flags & FLAG_KEYFRAME != 0, header: flags & FLAG_HEADER != 0, timestamp, hls })
+}
+
 /// Bytes [`put_mark`] writes for `mark`.
-pub(crate) fn mark_len(mark: &HlsMark) -> usize {
+fn mark_len(mark: &HlsMark) -> usize {
     MARK + if matches!(mark.boundary, Some(Boundary::Segment(_))) { SEGMENT_OPEN } else { 0 }
 }
 
-/// Appends `mark` as the link carries it (also the DVR frames body, `crate::hls::dvr`).
-pub(crate) fn put_mark(mark: &HlsMark, out: &mut BytesMut) {
+fn put_mark(mark: &HlsMark, out: &mut BytesMut) {
     out.put_u64(mark.msn);
     out.put_u32(mark.part);
     out.put_u64(mark.time_ms);
@@ -219,9 +256,9 @@ pub(crate) fn put_mark(mark: &HlsMark, out: &mut BytesMut) {
 }
 
 /// Reads a mark from the front of `body`, checking every length first.
-pub(crate) fn get_mark(body: &mut bytes::Bytes) -> Result<HlsMark, LinkError> {
+fn get_mark(body: &mut Bytes) -> Result<HlsMark, &'static str> {
     if body.len() < MARK {
-        return Err(LinkError::BadMedia("a mark shorter than its fields"));
+        return Err("a mark shorter than its fields");
     }
     let msn = body.get_u64();
     let part = body.get_u32();
@@ -232,7 +269,7 @@ pub(crate) fn get_mark(body: &mut bytes::Bytes) -> Result<HlsMark, LinkError> {
         BOUNDARY_INDEPENDENT => Some(Boundary::Part { independent: true }),
         BOUNDARY_SEGMENT => {
             if body.len() < SEGMENT_OPEN {
-                return Err(LinkError::BadMedia("a segment mark shorter than its fields"));
+                return Err("a segment mark shorter than its fields");
             }
             Some(Boundary::Segment(SegmentOpen {
                 discontinuity: body.get_u32(),
@@ -241,7 +278,7 @@ pub(crate) fn get_mark(body: &mut bytes::Bytes) -> Result<HlsMark, LinkError> {
                 part_target_ms: body.get_u32(),
             }))
         }
-        _ => return Err(LinkError::BadMedia("unknown mark boundary")),
+        _ => return Err("unknown mark boundary"),
     };
     Ok(HlsMark { msn, part, time_ms, boundary })
 }

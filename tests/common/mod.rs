@@ -251,6 +251,19 @@ impl Cluster {
         self.origins[&id].http
     }
 
+    /// `raftcast ctl --json ARGS` against origins `ids`: (success, stdout, stderr).
+    pub fn ctl(&self, ids: &[u64], args: &[&str]) -> (bool, String, String) {
+        let origins: Vec<String> = ids.iter().map(|i| self.http(*i).to_string()).collect();
+        let out = Command::new(BIN)
+            .args(["ctl", "--json", "--origin", &origins.join(","), "--token-file"])
+            .arg(self.dir.path().join("admin-token"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), text, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     pub fn nodes_json(&self) -> Value {
         let nodes: serde_json::Map<String, Value> = self
             .origins
