@@ -13,7 +13,10 @@
 # ports. HAProxy connects to the edges from 127.0.0.2 and prefixes each connection with
 # a PROXY v2 header, which the edges accept from that address only
 # (--proxy-protocol-from 127.0.0.2), so their per-address caps count real clients.
-# stop and status include it whenever it runs.
+# stop and status include it whenever it runs. RTMPT requests are round-robin too, with
+# no stickiness: every edge gets --rtmpt-peers (the HTTP addresses of all edges, in
+# order, its own included), an edge forwards a tunnel request to the edge holding its
+# session, and the session outlives that edge (docs/rtmpt.md).
 #
 # Everything lives under $RAFTCAST_DATA_DIR (default ./data): one folder per node,
 # logs/, pids/, and the generated secrets cluster-secret and admin-token (mode 0600).
@@ -88,6 +91,9 @@ agent_addr() { echo "127.0.0.1:$((AGENT_BASE + $1))"; }
 # Every process this script runs, origins first.
 names() { for i in "${ORIGINS[@]}"; do echo "origin-$i"; done; for i in "${EDGES[@]}"; do echo "edge-$i"; done; }
 origin_list() { local a=(); for i in "${ORIGINS[@]}"; do a+=("$(http_addr "$i")"); done; (IFS=,; echo "${a[*]}"); }
+# Every edge's HTTP address, edge-1 first: each edge's --rtmpt-peers. The same list, in
+# the same order, on every edge (a session id starts with its holder's index in it).
+edge_http_list() { local a=(); for i in "${EDGES[@]}"; do a+=("$(edge_http_addr "$i")"); done; (IFS=,; echo "${a[*]}"); }
 
 # The pid in $1's pid file, if that process is alive and is the node we started.
 live_pid() {
@@ -252,7 +258,7 @@ start() {
     setsid "$BIN" edge --id "$name" \
       --rtmp "$(rtmp_addr "$i")" --http "$(edge_http_addr "$i")" --origins "$(origin_list)" "${agent[@]}" \
       --cluster-secret-file "$DATA/cluster-secret" --www "$ROOT/examples/webcast" "${proxy[@]}" "${tls[@]}" \
-      --vod-cache-dir "$DATA/$name/vod-cache" \
+      --vod-cache-dir "$DATA/$name/vod-cache" --rtmpt-peers "$(edge_http_list)" \
       $(peer_tls_flags "$name") </dev/null >>"$DATA/logs/$name.log" 2>&1 &
     echo $! >"$DATA/pids/$name.pid"
     echo "started $name (pid $!) rtmp=$(rtmp_addr "$i") http=$(edge_http_addr "$i")$listening"
@@ -260,6 +266,8 @@ start() {
   for i in "${EDGES[@]}"; do
     local deadline=$((SECONDS + WAIT_SECS))
     until curl -fsS "http://$(edge_http_addr "$i")/health" >/dev/null 2>&1; do
+      # An edge that exited (a flag it does not know, a port in use) says why in its log.
+      live_pid "edge-$i" >/dev/null || die "edge-$i exited: $(tail -n 3 "$DATA/logs/edge-$i.log" 2>/dev/null)"
       (( SECONDS < deadline )) || die "edge-$i does not answer on $(edge_http_addr "$i"); see $DATA/logs/edge-$i.log"
       sleep 0.2
     done
@@ -294,7 +302,7 @@ start() {
     echo "# through HAProxy (any edge, no stickiness):"
     echo "publish: rtmp://$(rtmp_addr 0)/live/test"
     echo "hls:     http://$(edge_http_addr 0)/live/test/index.m3u8"
-    echo "rtmpt:   rtmpt://$(edge_http_addr 0)/live/test (each session stays on the edge that opened it)"
+    echo "rtmpt:   rtmpt://$(edge_http_addr 0)/live/test (round-robin too; a session outlives the edge that opened it)"
     echo "page:    http://$(edge_http_addr 0)/webcast/?stream=live/test&token=$webcast_token"
     echo "haproxy: $DATA/haproxy.cfg, stats at http://$LB_STATS/"
   fi
@@ -337,6 +345,18 @@ global
     # HAProxy writes header names in lower case; librtmp (rtmpdump's RTMPT) finds the
     # reply's length only as "Content-Length" (see h1-case-adjust-bogus-client below).
     h1-case-adjust content-length Content-Length
+    # L7 retries (edges_http below) replay a request only if all of it fits in one buffer
+    # (tune.bufsize, 16 KiB by default). An RTMPT /send carries what ffmpeg buffered, ten
+    # RTMP messages while publishing: a few KB, up to a few hundred KB with a keyframe (a
+    # 1080p keyframe at 6-8 Mb/s is 200-500 KB). 512 KiB holds that, so a publisher's
+    # /send that meets a dying edge is replayed on another; a bigger one (the edges take
+    # up to 2 MiB) still passes, it is only not retried. Memory: a buffer comes from
+    # HAProxy's pool only while a transfer has bytes in it and goes back when it drains, so
+    # this costs per active transfer, not per connection: up to 1.5 MiB for one busy both
+    # ways (request, response, the retry copy), 1.5 GB at worst for 1000 at once against
+    # 48 MB with 16 KiB buffers. HAProxy's manual says to lower maxconn by the same factor
+    # when memory is tight.
+    tune.bufsize 524288
 
 defaults
     log global
@@ -368,13 +388,21 @@ backend edges_http
     http-check send meth GET uri /health ver HTTP/1.1 hdr Host haproxy
     http-check expect status 200
     retry-on conn-failure empty-response junk-response response-timeout 0rtt-rejected 502 503 504
-    http-request disable-l7-retry unless METH_GET || METH_HEAD
-    # RTMPT (docs/rtmpt.md): a session lives on the edge that opened it, which names it
-    # in X-Rtmpt-Session; its /send, /idle and /close POSTs (id in the path's third
-    # field) go to that edge. Everything else stays round-robin.
-    stick-table type string len 32 size 100k expire 60s
-    stick store-response res.hdr(X-Rtmpt-Session)
-    stick match path,field(3,/) if METH_POST { path_reg ^/(send|idle|close)/[0-9a-f]+/ }
+    # Replaying a request that reached an edge (every retry-on reason but conn-failure) is
+    # for requests that are safe to repeat: GET, HEAD, and RTMPT's /send, /idle and /close
+    # POSTs, idempotent by (session, seq): an edge answers a repeated seq with the last
+    # reply and never writes its body twice, whichever edge holds the session by then
+    # (docs/rtmpt.md). Not /open (a repeat opens a second session), nor other POSTs/PUTs.
+    # RTMPT has no stickiness: any edge forwards a request to the edge holding its session,
+    # and when that edge dies the request (replayed here) reaches its successor.
+    acl rtmpt_tunnel path_reg ^/(send|idle|close)/[^/]+/[0-9]+\$
+    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_POST rtmpt_tunnel
+    # A request is replayable only if it was whole in the buffer when first sent: hold a
+    # tunnel POST until its body is in (or the buffer is full), rather than pass the head
+    # on ahead of a body still arriving (ffmpeg writes the two separately; without this
+    # line such a /send or /idle was not retried). A body not in after 10 s (as for a head,
+    # timeout http-request) gets HAProxy's 408: a publisher that slow cannot keep up live.
+    http-request wait-for-body time 10s if METH_POST rtmpt_tunnel
 $http_servers
 frontend rtmp
     mode tcp
