@@ -77,6 +77,10 @@ pub enum ChunkError {
     /// A Set Chunk Size or Abort message whose payload is not exactly 4 bytes long.
     #[error("protocol control message of type {type_id} has a {len}-byte payload, expected 4")]
     MalformedControl { type_id: u8, len: usize },
+    /// A [`DecoderState`] to restore is inconsistent (a csid out of range or repeated, a
+    /// partial payload as long as its message).
+    #[error("invalid decoder state: {0}")]
+    BadState(&'static str),
 }
 
 /// Resource limits that bound what a peer can make a [`ChunkDecoder`] hold.
@@ -99,7 +103,7 @@ impl Default for DecoderLimits {
 }
 
 /// The last message header seen on an incoming chunk stream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct InHeader {
     timestamp: u32,
     /// Added to `timestamp` when a type-3 chunk starts a new message.
@@ -111,10 +115,31 @@ struct InHeader {
     extended: Option<u32>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct InStream {
     header: InHeader,
     /// Payload received so far of the message in progress; empty between messages.
+    partial: Vec<u8>,
+}
+
+/// A decoder's state at any point, to continue decoding the same byte stream elsewhere
+/// (an RTMPT session taken over by another edge decodes its client's chunks from where
+/// the first edge stopped). The bytes of a partial chunk are not in it: they stay in the
+/// caller's input buffer, which the caller carries along.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecoderState {
+    chunk_size: u32,
+    /// By csid, ascending, so equal decoders give equal states.
+    streams: Vec<ChunkStreamState>,
+    consumed: u64,
+}
+
+/// One incoming chunk stream of a [`DecoderState`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ChunkStreamState {
+    csid: u32,
+    header: InHeader,
+    /// Payload received of the message in progress; empty between messages.
     partial: Vec<u8>,
 }
 
@@ -169,6 +194,20 @@ fn append(partial: &mut Vec<u8>, data: &[u8], length: usize) {
     partial.extend_from_slice(data);
 }
 
+/// Checks one chunk stream of a [`DecoderState`] as [`ChunkDecoder::parse`] would have.
+fn check_stream_state(limits: &DecoderLimits, csid: u32, header: &InHeader, partial: &[u8]) -> Result<(), ChunkError> {
+    if !(2..=65599).contains(&csid) {
+        return Err(ChunkError::BadState("a chunk stream id outside 2..=65599"));
+    }
+    if header.length > limits.max_message_len {
+        return Err(ChunkError::MessageTooLarge { len: header.length, max: limits.max_message_len });
+    }
+    if !partial.is_empty() && partial.len() >= header.length as usize {
+        return Err(ChunkError::BadState("a partial payload as long as its message"));
+    }
+    Ok(())
+}
+
 /// Checks a chunk size announced by a Set Chunk Size message.
 fn valid_chunk_size(size: u32) -> Result<u32, ChunkError> {
     if (1..=MAX_FIELD).contains(&size) {
@@ -179,7 +218,7 @@ fn valid_chunk_size(size: u32) -> Result<u32, ChunkError> {
 }
 
 /// Reassembles whole messages from the chunks of one connection's incoming byte stream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChunkDecoder {
     limits: DecoderLimits,
     chunk_size: u32,
@@ -216,9 +255,53 @@ impl ChunkDecoder {
         }
     }
 
+    /// A decoder whose peer already announced `chunk_size` and whose chunk streams all
+    /// start with a type-0 header: what a reader of a re-encoded stream needs (the
+    /// encoder is fresh, the chunk size is the one the first reader had).
+    pub fn with_chunk_size(limits: DecoderLimits, chunk_size: u32) -> Result<ChunkDecoder, ChunkError> {
+        let mut decoder = ChunkDecoder::new(limits);
+        decoder.chunk_size = valid_chunk_size(chunk_size)?;
+        Ok(decoder)
+    }
+
+    /// The decoder's whole state, to [`restore`](Self::restore) elsewhere.
+    pub fn snapshot(&self) -> DecoderState {
+        let mut streams: Vec<ChunkStreamState> = self
+            .streams
+            .iter()
+            .map(|(&csid, s)| ChunkStreamState { csid, header: s.header, partial: s.partial.clone() })
+            .collect();
+        streams.sort_unstable_by_key(|s| s.csid);
+        DecoderState { chunk_size: self.chunk_size, streams, consumed: self.consumed }
+    }
+
+    /// A decoder that continues from `state`. The state may come from another machine,
+    /// so it is checked against `limits` as the bytes it stands for would have been:
+    /// a valid chunk size, at most `max_chunk_streams` distinct csids in `2..=65599`,
+    /// lengths within `max_message_len`, each partial payload shorter than its message
+    /// and all of them within `max_buffered`.
+    pub fn restore(limits: DecoderLimits, state: DecoderState) -> Result<ChunkDecoder, ChunkError> {
+        let chunk_size = valid_chunk_size(state.chunk_size)?;
+        if state.streams.len() > limits.max_chunk_streams {
+            return Err(ChunkError::TooManyChunkStreams { max: limits.max_chunk_streams });
+        }
+        let mut streams = HashMap::with_capacity(state.streams.len());
+        let mut buffered = 0usize;
+        for ChunkStreamState { csid, header, partial } in state.streams {
+            check_stream_state(&limits, csid, &header, &partial)?;
+            buffered = buffered.saturating_add(partial.len());
+            if buffered > limits.max_buffered {
+                return Err(ChunkError::BufferLimit { max: limits.max_buffered });
+            }
+            if streams.insert(csid, InStream { header, partial }).is_some() {
+                return Err(ChunkError::BadState("a chunk stream id appears twice"));
+            }
+        }
+        Ok(ChunkDecoder { limits, chunk_size, streams, buffered, consumed: state.consumed })
+    }
+
     /// The chunk size currently in force for incoming chunks.
-    #[cfg(test)]
-    pub(crate) fn chunk_size(&self) -> u32 {
+    pub fn chunk_size(&self) -> u32 {
         self.chunk_size
     }
 
@@ -911,6 +994,64 @@ mod tests {
         chunks
     }
 
+    fn on_csid(csid: u32, messages: Vec<RawMessage>) -> Vec<RawMessage> {
+        messages.into_iter().map(|m| RawMessage { csid, ..m }).collect()
+    }
+
+    /// Encodes `a` and `b` (on distinct csids) and interleaves their chunks as `picks` says.
+    fn interleave(chunk_size: u32, a: &[RawMessage], b: &[RawMessage], picks: &[bool]) -> Vec<u8> {
+        let (wire_a, wire_b) = (encode_stream(chunk_size, a, &[]).0, encode_stream(chunk_size, b, &[]).0);
+        let (chunks_a, chunks_b) = (split_chunks(&wire_a), split_chunks(&wire_b));
+        // Both streams open with the same Set Chunk Size chunk.
+        let mut wire = chunks_a[0].to_vec();
+        let (mut rest_a, mut rest_b) = (chunks_a[1..].iter(), chunks_b[1..].iter());
+        let mut picks = picks.iter();
+        loop {
+            let next = if picks.next().copied().unwrap_or(true) {
+                rest_a.next().or_else(|| rest_b.next())
+            } else {
+                rest_b.next().or_else(|| rest_a.next())
+            };
+            match next {
+                Some(chunk) => wire.extend_from_slice(chunk),
+                None => return wire,
+            }
+        }
+    }
+
+    #[test]
+    fn restore_refuses_states_the_bytes_could_not_have_made() {
+        let limits = DecoderLimits { max_message_len: 100, max_buffered: 10, max_chunk_streams: 2 };
+        let header = InHeader { timestamp: 0, delta: 0, length: 50, type_id: 9, stream_id: 1, extended: None };
+        let stream = |csid, length, partial: usize| ChunkStreamState {
+            csid,
+            header: InHeader { length, ..header },
+            partial: vec![0; partial],
+        };
+        let state = |chunk_size, streams| DecoderState { chunk_size, streams, consumed: 0 };
+        let restore = |s| ChunkDecoder::restore(limits, s).map(|_| ()).unwrap_err();
+        assert_eq!(restore(state(0, vec![])), ChunkError::BadChunkSize(0));
+        assert_eq!(
+            restore(state(128, vec![stream(1, 50, 0)])),
+            ChunkError::BadState("a chunk stream id outside 2..=65599")
+        );
+        assert_eq!(
+            restore(state(128, vec![stream(3, 50, 0), stream(3, 50, 0)])),
+            ChunkError::BadState("a chunk stream id appears twice")
+        );
+        assert_eq!(restore(state(128, vec![stream(3, 101, 0)])), ChunkError::MessageTooLarge { len: 101, max: 100 });
+        assert_eq!(
+            restore(state(128, vec![stream(3, 5, 5)])),
+            ChunkError::BadState("a partial payload as long as its message")
+        );
+        assert_eq!(restore(state(128, vec![stream(3, 50, 6), stream(4, 50, 6)])), ChunkError::BufferLimit { max: 10 });
+        assert_eq!(
+            restore(state(128, vec![stream(3, 5, 0), stream(4, 5, 0), stream(5, 5, 0)])),
+            ChunkError::TooManyChunkStreams { max: 2 }
+        );
+        assert!(ChunkDecoder::restore(limits, state(128, vec![stream(3, 50, 4), stream(4, 50, 6)])).is_ok());
+    }
+
     proptest! {
         #[test]
         fn roundtrip(chunk_size in arb_chunk_size(), messages in arb_messages()) {
@@ -942,32 +1083,47 @@ mod tests {
             b in arb_messages(),
             picks in vec(any::<bool>(), 0..512),
         ) {
-            let on = |csid, messages: Vec<RawMessage>| -> Vec<RawMessage> {
-                messages.into_iter().map(|m| RawMessage { csid, ..m }).collect()
-            };
-            let (a, b) = (on(csid_a, a), on(csid_b, b));
-            let (wire_a, wire_b) = (encode_stream(chunk_size, &a, &[]).0, encode_stream(chunk_size, &b, &[]).0);
-            let (chunks_a, chunks_b) = (split_chunks(&wire_a), split_chunks(&wire_b));
-            // Both streams open with the same Set Chunk Size chunk.
-            let mut wire = chunks_a[0].to_vec();
-            let (mut rest_a, mut rest_b) = (chunks_a[1..].iter(), chunks_b[1..].iter());
-            let mut picks = picks.into_iter();
-            loop {
-                let next = if picks.next().unwrap_or(true) {
-                    rest_a.next().or_else(|| rest_b.next())
-                } else {
-                    rest_b.next().or_else(|| rest_a.next())
-                };
-                match next {
-                    Some(chunk) => wire.extend_from_slice(chunk),
-                    None => break,
-                }
-            }
+            let (a, b) = (on_csid(csid_a, a), on_csid(csid_b, b));
+            let wire = interleave(chunk_size, &a, &b, &picks);
             let decoded = decode_all(&wire);
             let of = |csid| decoded.iter().filter(|m| m.csid == csid).cloned().collect::<Vec<_>>();
             prop_assert_eq!(decoded.len(), 1 + a.len() + b.len());
             prop_assert_eq!(of(csid_a), a);
             prop_assert_eq!(of(csid_b), b);
+        }
+
+        #[test]
+        fn snapshot_and_restore_continue_the_stream(
+            chunk_size in arb_chunk_size(),
+            a in arb_messages(),
+            b in arb_messages(),
+            picks in vec(any::<bool>(), 0..512),
+            split in any::<Index>(),
+        ) {
+            // Two interleaved chunk streams, so the split often falls inside a message
+            // while another chunk stream holds a partial one.
+            let (a, b) = (on_csid(3, a), on_csid(9, b));
+            let wire = interleave(chunk_size, &a, &b, &picks);
+            let whole = decode_all(&wire);
+            let at = split.index(wire.len() + 1);
+            let (mut decoder, mut buf, mut got) = (ChunkDecoder::new(DecoderLimits::default()), BytesMut::new(), Vec::new());
+            buf.extend_from_slice(&wire[..at]);
+            while let Some(m) = decoder.decode(&mut buf).unwrap() {
+                got.push(m);
+            }
+            let config = bincode::config::standard();
+            let encoded = bincode::serde::encode_to_vec(decoder.snapshot(), config).unwrap();
+            let (state, _): (DecoderState, usize) = bincode::serde::decode_from_slice(&encoded, config).unwrap();
+            prop_assert_eq!(&state, &decoder.snapshot());
+            let mut restored = ChunkDecoder::restore(DecoderLimits::default(), state).unwrap();
+            prop_assert_eq!(restored.chunk_size(), decoder.chunk_size());
+            buf.extend_from_slice(&wire[at..]);
+            while let Some(m) = restored.decode(&mut buf).unwrap() {
+                got.push(m);
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(restored.bytes_consumed(), wire.len() as u64);
+            prop_assert_eq!(got, whole);
         }
 
         #[test]

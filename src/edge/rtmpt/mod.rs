@@ -26,6 +26,8 @@
 //! Never knows RTMP: the bytes are the connection task's business.
 
 pub(crate) mod exchange;
+pub(crate) mod journal;
+pub(crate) mod translate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
