@@ -187,6 +187,13 @@ pub struct EdgeArgs {
     /// connection with it) [default: 30000]
     #[arg(long, env = "RAFTCAST_EDGE_RTMPT_IDLE_TIMEOUT_MS")]
     pub rtmpt_idle_timeout_ms: Option<u64>,
+    /// The HTTP addresses of every edge of the tier, comma-separated, this edge's own
+    /// --http included, in the same order on every edge. With it an RTMPT session's
+    /// requests may reach any of them (they are forwarded to the edge holding the
+    /// session) and a session outlives the edge holding it (docs/rtmpt.md, "Sessions
+    /// that survive their edge") [default: none: sessions live and die with their edge]
+    #[arg(long, env = "RAFTCAST_EDGE_RTMPT_PEERS", value_delimiter = ',')]
+    pub rtmpt_peers: Option<Vec<SocketAddr>>,
     /// An address refused more than this many connections in one second (RTMP or
     /// HTTP, by the caps above) is banned: the listener's socket filter drops its SYNs
     /// for --ban-seconds, doubling for each repeat within 10 minutes up to 300 s. 0
@@ -318,6 +325,10 @@ pub struct EdgeConfig {
     pub(crate) http: SocketAddr,
     /// The HAProxy agent-check listener, if any ([`super::agent`]).
     pub(crate) agent: Option<SocketAddr>,
+    /// The tier's edges for RTMPT sessions (`--rtmpt-peers`) and this edge's place in
+    /// the list; empty: sessions are not shared.
+    pub(crate) rtmpt_peers: Vec<SocketAddr>,
+    pub(crate) rtmpt_self: usize,
     /// Egress the agent counts as a full edge, in bytes per second.
     pub(crate) agent_egress_bytes_per_s: u64,
     /// RTMPS and HTTPS listeners, and the certificate they serve (set when either is).
@@ -421,6 +432,25 @@ fn dvr_settings(secs: Option<u64>, cache_bytes: Option<usize>) -> Result<DvrSett
     Ok(DvrSettings { span_ms: secs * 1000, cache_bytes })
 }
 
+/// `--rtmpt-peers`: at most 255 edges (a session id names its holder in two hex
+/// digits), no repeats, this edge's own `--http` among them. Returns its index.
+fn rtmpt_peers_check(peers: &[SocketAddr], http: SocketAddr) -> Result<usize, String> {
+    if peers.is_empty() {
+        return Ok(0);
+    }
+    if peers.len() > 255 {
+        return Err("--rtmpt-peers lists at most 255 edges".into());
+    }
+    let unique: std::collections::HashSet<_> = peers.iter().collect();
+    if unique.len() != peers.len() {
+        return Err("--rtmpt-peers lists an address twice".into());
+    }
+    peers
+        .iter()
+        .position(|p| *p == http)
+        .ok_or_else(|| format!("--rtmpt-peers must list this edge's own --http address ({http})"))
+}
+
 fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
     EdgeArgs {
         config: cli.config,
@@ -490,6 +520,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         max_rtmpt_sessions: cli.max_rtmpt_sessions.or(file.max_rtmpt_sessions),
         max_rtmpt_sessions_per_address: cli.max_rtmpt_sessions_per_address.or(file.max_rtmpt_sessions_per_address),
         rtmpt_idle_timeout_ms: cli.rtmpt_idle_timeout_ms.or(file.rtmpt_idle_timeout_ms),
+        rtmpt_peers: cli.rtmpt_peers.or(file.rtmpt_peers),
         ban_refusals_per_second: cli.ban_refusals_per_second.or(file.ban_refusals_per_second),
         ban_seconds: cli.ban_seconds.or(file.ban_seconds),
     }
@@ -622,12 +653,17 @@ impl EdgeConfig {
             );
         }
         let vod = VodCacheConfig::from_args(a.vod_cache_dir, a.vod_cache_bytes)?;
+        let http = a.http.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081)));
+        let rtmpt_peers = a.rtmpt_peers.unwrap_or_default();
+        let rtmpt_self = rtmpt_peers_check(&rtmpt_peers, http)?;
         Ok(EdgeConfig {
+            rtmpt_peers,
+            rtmpt_self,
             vod,
             peer_tls,
             id,
             rtmp: a.rtmp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1935))),
-            http: a.http.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            http,
             agent: a.agent,
             agent_egress_bytes_per_s: a.agent_egress_mbps.unwrap_or(1_000).max(1).saturating_mul(1_000_000 / 8),
             tls,

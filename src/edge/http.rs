@@ -86,6 +86,11 @@ async fn rtmpt_posts(
         if let Some(parsed) = rtmpt::exchange::Command::parse(req.uri().path()) {
             return rtmpt::handle(ctx, parsed, req).await;
         }
+        // A peer edge's copy of a session it holds (docs/rtmpt.md).
+        if let Some(id) = req.uri().path().strip_prefix("/internal/rtmpt/") {
+            let id = id.to_owned();
+            return rtmpt::peers::update(ctx, &id, req).await;
+        }
     }
     next.run(req).await
 }

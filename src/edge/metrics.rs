@@ -290,6 +290,40 @@ impl Collector for EdgeCollector {
             ],
         )?;
         counter(e, "edge_rtmpt_expired_total", "RTMPT sessions closed for getting no request", load(&t.expired))?;
+        let p = &t.peers;
+        counter(e, "edge_rtmpt_forwarded_total", "RTMPT requests forwarded to a peer edge", load(&p.forwarded))?;
+        counters(
+            e,
+            "edge_rtmpt_replica_updates_total",
+            "Updates of session replicas sent to buddy edges: full copies and steps",
+            &[(KindLabel { kind: "full" }, load(&p.fulls)), (KindLabel { kind: "step" }, load(&p.steps))],
+        )?;
+        counter(
+            e,
+            "edge_rtmpt_replica_bytes_total",
+            "Bytes of replica updates sent to buddy edges",
+            load(&p.step_bytes),
+        )?;
+        counter(
+            e,
+            "edge_rtmpt_unprotected_replies_total",
+            "RTMPT replies sent while no buddy edge held a copy of the session",
+            load(&p.unprotected),
+        )?;
+        counter(e, "edge_rtmpt_takeovers_total", "RTMPT sessions taken over from a dead edge", load(&p.takeovers))?;
+        counter(
+            e,
+            "edge_rtmpt_takeovers_failed_total",
+            "RTMPT takeovers refused (caps, sequence, an unresumable journal)",
+            load(&p.takeovers_failed),
+        )?;
+        gauge(e, "edge_rtmpt_replicas", "Copies of peer edges' RTMPT sessions held here", load(&p.replicas))?;
+        counter(
+            e,
+            "edge_rtmpt_fenced_total",
+            "RTMPT sessions ended here because a buddy edge had taken them over",
+            load(&p.fenced),
+        )?;
         let (followed, restarts) = self.claims.stats();
         gauge(
             e,

@@ -269,7 +269,7 @@ impl EdgeContext {
             relays,
             claims,
             hls,
-            tunnels: rtmpt::Tunnels::default(),
+            tunnels: rtmpt::Tunnels::new(config, stats.clone()),
             vod,
             vod_indexes: Default::default(),
             stats,

@@ -60,6 +60,7 @@ use super::vod::{self, VodError, VodFile, VOD_APP};
 use super::EdgeContext;
 use crate::limits::{Permit, Refused, Reservation};
 use crate::media::hop::HopLatency;
+use crate::media::hub::ResumePoint;
 use crate::media::{Frame, FrameKind, Hub, Subscription};
 use crate::rtmp::chunk::RawMessage;
 use crate::rtmp::handshake::{Handshake, Progress};
@@ -232,7 +233,9 @@ async fn run_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         _ = shutdown.cancelled() => return,
     };
     match ctx.stats.tls_rtmps.record(accepted) {
-        Ok(stream) => run_until(stream, "rtmps", peer, Vec::new(), id, ctx, permits, deadline, shutdown).await,
+        Ok(stream) => {
+            run_until(stream, "rtmps", peer, Vec::new(), id, ctx, permits, deadline, shutdown, Resume::default()).await
+        }
         Err(why) => tracing::debug!(conn = id, %peer, why, "TLS handshake failed"),
     }
 }
@@ -265,12 +268,26 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let deadline = Instant::now() + ctx.config.handshake_timeout;
-    run_until(socket, "rtmp", peer, early, id, ctx, permits, deadline, shutdown).await
+    run_until(socket, "rtmp", peer, early, id, ctx, permits, deadline, shutdown, Resume::default()).await
+}
+
+/// What a connection of an RTMPT session keeps across edges (see `edge::rtmpt`'s
+/// takeover). Empty for every other connection.
+#[derive(Debug, Default)]
+pub(super) struct Resume {
+    /// Where the plays of a connection that takes a session over resume, by message
+    /// stream id: each starts after its point rather than at the GOP.
+    pub plays: HashMap<u32, ResumePoint>,
+    /// The name of the connection's sessions in claims and webhooks, in place of this
+    /// edge's `{start}-{connection}`: an RTMPT session's is the same on every edge
+    /// that holds it, so a publish taken over continues the same publishing session
+    /// (relays drop what they already had, rather than joining a new timeline).
+    pub session: Option<String>,
 }
 
 /// A connection over a stream no listener accepted (an RTMPT session's pipe), with
 /// the permits [`admit`] gave: the same task as a TCP client's. `protocol` is what
-/// webhooks call it (`rtmpt`, `rtmpts`).
+/// webhooks call it (`rtmpt`, `rtmpts`); `resume`, where its plays resume.
 pub(super) async fn run_stream<S: ClientStream>(
     stream: S,
     protocol: &'static str,
@@ -278,10 +295,11 @@ pub(super) async fn run_stream<S: ClientStream>(
     ctx: Arc<EdgeContext>,
     permits: (Permit, Permit),
     shutdown: CancellationToken,
+    resume: Resume,
 ) {
     let id = ctx.stats.connection_ids.fetch_add(1, Ordering::Relaxed) + 1;
     let deadline = Instant::now() + ctx.config.handshake_timeout;
-    run_until(stream, protocol, peer, Vec::new(), id, ctx, permits, deadline, shutdown).await
+    run_until(stream, protocol, peer, Vec::new(), id, ctx, permits, deadline, shutdown, resume).await
 }
 
 /// [`run`] over any client stream, the RTMP handshake due by `handshake_deadline`;
@@ -297,6 +315,7 @@ async fn run_until<S: ClientStream>(
     (permit, handshake_permit): (Permit, Permit),
     handshake_deadline: Instant,
     shutdown: CancellationToken,
+    resume: Resume,
 ) {
     // A debug span: an enabled span is entered and left on every wakeup of the
     // task, which costs more than the rest of a player's wakeup; the info lines
@@ -305,9 +324,8 @@ async fn run_until<S: ClientStream>(
     async move {
         ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
         ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        match connection(socket, protocol, peer, early, id, &ctx, (handshake_permit, handshake_deadline), shutdown)
-            .await
-        {
+        let handshake = (handshake_permit, handshake_deadline);
+        match connection(socket, protocol, peer, early, id, &ctx, handshake, shutdown, resume).await {
             Ok(()) => tracing::debug!("closed"),
             Err(e) => tracing::info!(conn = id, %peer, error = %e, "closed"),
         }
@@ -405,6 +423,8 @@ struct Conn {
     publish_permits: HashMap<u32, Permit>,
     /// This connection's share of the edge's budget for partial messages.
     partial: Reservation,
+    /// Resume points of the plays of a connection that took over an RTMPT session.
+    resume: Resume,
 }
 
 /// The server side of the handshake, due by `deadline`; `early` is what arrived before
@@ -463,6 +483,7 @@ async fn connection<S: ClientStream>(
     ctx: &Arc<EdgeContext>,
     (handshake_permit, handshake_deadline): (Permit, Instant),
     shutdown: CancellationToken,
+    resume: Resume,
 ) -> Result<(), String> {
     let leftover = handshake(&mut socket, early, handshake_deadline, ctx).await?;
     drop(handshake_permit);
@@ -496,6 +517,7 @@ async fn connection<S: ClientStream>(
         unstarted: Some(unstarted),
         publish_permits: HashMap::new(),
         partial: ctx.limits.partial.reservation(),
+        resume,
     };
     let mut pending = Outbox::default();
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -746,8 +768,16 @@ impl Conn {
 
     /// What the app's webhooks are told of this client and `stream`.
     fn hook_call(&self, app: &str, stream: Option<&str>, query: Option<String>) -> HookCall {
-        let session = format!("{}-{}", self.ctx.started_ms, self.id);
+        let session = self.session_base();
         HookCall::new(&self.ctx.config.id, self.peer, self.protocol, app, stream, query, session)
+    }
+
+    /// What claims and webhooks call this connection's sessions (see [`Resume::session`]).
+    fn session_base(&self) -> String {
+        match &self.resume.session {
+            Some(session) => session.clone(),
+            None => format!("{}-{}", self.ctx.started_ms, self.id),
+        }
     }
 
     fn stream_key(&self, name: &str) -> Option<StreamKey> {
@@ -772,7 +802,7 @@ impl Conn {
         let key = self.credential(query.as_deref(), "key");
         let token = self.credential(query.as_deref(), "token");
         let ctx = self.ctx.clone();
-        let session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
+        let session = format!("{}-{stream_id}", self.session_base());
         let mut call = self.hook_call(&stream.app, Some(&stream.name), query);
         call.session = session.clone();
         let fenced = self.fenced.clone();
@@ -820,7 +850,7 @@ impl Conn {
         let token = self.credential(query.as_deref(), "token");
         let ctx = self.ctx.clone();
         let mut call = self.hook_call(&stream.app, Some(&stream.name), query);
-        call.session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
+        call.session = format!("{}-{stream_id}", self.session_base());
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
             // Checked before the relay is joined: a refused player costs no upstream.
@@ -854,7 +884,7 @@ impl Conn {
         let token = self.credential(query.as_deref(), "token");
         let ctx = self.ctx.clone();
         let mut call = self.hook_call(VOD_APP, Some(&name), query);
-        call.session = format!("{}-{}-{stream_id}", self.ctx.started_ms, self.id);
+        call.session = format!("{}-{stream_id}", self.session_base());
         self.pending_ids.insert(stream_id);
         self.decisions.push(Box::pin(async move {
             // Checked before the cache is asked: a refused player costs no fetch. The
@@ -991,7 +1021,8 @@ impl Conn {
                 self.started_play = true;
                 self.wrote_media = false;
                 self.started();
-                let pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease);
+                let resume = self.resume.plays.remove(&stream_id);
+                let pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease, resume);
                 self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
                 if self.playing.insert(stream_id, pump.into_stream()).is_some() {
                     self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
@@ -1216,6 +1247,9 @@ struct Pump {
     chunk_size: u32,
     hubs: watch::Receiver<Option<Arc<Hub>>>,
     state: PumpState,
+    /// Where the first generation's reading starts when this play takes over an RTMPT
+    /// session: after what its client already has.
+    resume: Option<ResumePoint>,
     /// Keeps the relay (the upstream subscription) alive while the play lasts.
     _lease: Lease,
 }
@@ -1233,9 +1267,9 @@ enum PumpState {
 }
 
 impl Pump {
-    fn new(stream_id: u32, chunk_size: u32, lease: Lease) -> Pump {
+    fn new(stream_id: u32, chunk_size: u32, lease: Lease, resume: Option<ResumePoint>) -> Pump {
         let hubs = lease.relay().hub();
-        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, _lease: lease }
+        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, resume, _lease: lease }
     }
 
     /// The pump as a stream that never ends (the connection decides when a play ends).
@@ -1259,7 +1293,16 @@ impl Pump {
                         self.state = PumpState::Done;
                         return None;
                     };
-                    self.state = PumpState::Reading(hub.subscribe(), hub, std::time::Instant::now());
+                    // A play that takes over a session starts after what its client has.
+                    let subscription = match self.resume.take() {
+                        Some(point) => {
+                            let (subscription, resumed) = hub.subscribe_after(Some(point));
+                            tracing::info!(?point, resumed, "play resumed after a takeover");
+                            subscription
+                        }
+                        None => hub.subscribe(),
+                    };
+                    self.state = PumpState::Reading(subscription, hub, std::time::Instant::now());
                     if !first {
                         return Some(Out::Published(self.stream_id));
                     }

@@ -624,6 +624,12 @@ async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
     }
 }
 
+/// What an edge hub keeps for RTMPT takeovers: back to a keyframe at least 3 s old
+/// (a takeover comes within about a second of the holder's death; a player that was
+/// behind by a few seconds is still covered), at most 10 s and 8 MiB per stream.
+const RTMPT_RESUME_HISTORY: RetainLimits =
+    RetainLimits { history_ms: 3_000, max_bytes: 8 << 20, max_ms: 10_000, window_segments: 0 };
+
 /// One publishing generation of a relayed stream: the hub its players read.
 struct Generation {
     hub: Arc<Hub>,
@@ -635,8 +641,16 @@ struct Generation {
 
 impl Generation {
     fn start(ctx: &EdgeContext, relay: &Relay) -> Generation {
-        let limits =
-            HubLimits { queue: ctx.config.player_queue, window: Some(ctx.config.hls_window), ..HubLimits::default() };
+        // With RTMPT sessions shared by the tier (`--rtmpt-peers`), a few seconds of
+        // history: an edge that takes over a session resumes its plays from where its
+        // client is (`Hub::subscribe_after`), which may be before the current GOP.
+        let history = (!ctx.config.rtmpt_peers.is_empty()).then_some(RTMPT_RESUME_HISTORY);
+        let limits = HubLimits {
+            queue: ctx.config.player_queue,
+            window: Some(ctx.config.hls_window),
+            history,
+            ..HubLimits::default()
+        };
         let hub = Hub::with_drop_counter(limits, ctx.stats.player_drops.clone());
         if *relay.hls.borrow() == 0 {
             // Players only: no window until HLS asks for one.

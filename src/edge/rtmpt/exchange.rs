@@ -151,6 +151,12 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The exchange of a session taken over after request `last`, whose reply this
+    /// edge never had: a repeat of `last` is the caller's to answer afresh.
+    pub fn resumed(last: u64) -> Exchange {
+        Exchange { last: Some((last, Bytes::new())), delay: PollingDelay::default() }
+    }
+
     pub fn check(&self, seq: u64) -> Verdict {
         match &self.last {
             None if seq <= 1 => Verdict::Fresh,

@@ -12,7 +12,6 @@
 
 // The session task (phase 2's integration) is what uses this; until it does, only the
 // tests do. Remove with the first caller.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -44,8 +43,10 @@ pub const MAX_RETAINED_BYTES: usize = 4 << 20;
 /// start and covers what the dead edge may not have forwarded yet.
 pub const RETAINED_HISTORY_MS: u32 = 3_000;
 /// Largest encoded [`Step`]: a request body (`super::MAX_BODY`) and its positions.
+#[cfg(test)]
 pub const MAX_STEP_BYTES: usize = 2 * 1024 * 1024 + 64 * 1024;
 /// Largest encoded [`JournalState`].
+#[cfg(test)]
 pub const MAX_STATE_BYTES: usize = 8 * 1024 * 1024;
 /// Message streams a [`Positions`] may name: the server hands out at most 16.
 pub const MAX_POSITION_STREAMS: usize = 64;
@@ -94,9 +95,11 @@ pub enum JournalError {
     BadState(&'static str),
     /// An encoded step or state larger than its bound.
     #[error("encoded {what} of {len} bytes is over {max}")]
+    #[cfg(test)]
     Oversized { what: &'static str, len: usize, max: usize },
     /// Bytes that do not decode as a step or a state.
     #[error("{what} does not decode: {reason}")]
+    #[cfg(test)]
     Decode { what: &'static str, reason: String },
 }
 
@@ -129,6 +132,7 @@ mod bytes_serde {
 }
 
 /// Encodes `value` for another edge.
+#[cfg(test)]
 fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, JournalError> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())
         .map_err(|e| JournalError::Decode { what, reason: e.to_string() })
@@ -136,6 +140,7 @@ fn encode<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, Journa
 
 /// Decodes `bytes` from another edge, refusing more than `max` bytes before it reads
 /// any, and letting no length inside claim more.
+#[cfg(test)]
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str, max: usize) -> Result<T, JournalError> {
     if bytes.len() > max {
         return Err(JournalError::Oversized { what, len: bytes.len(), max });
@@ -431,6 +436,7 @@ pub struct Step {
     pub after: Positions,
 }
 
+#[cfg(test)]
 impl Step {
     /// The step on the wire between edges.
     pub fn encode(&self) -> Result<Vec<u8>, JournalError> {
@@ -494,6 +500,7 @@ pub struct JournalState {
     retained: Vec<StoredMessage>,
 }
 
+#[cfg(test)]
 impl JournalState {
     /// The state on the wire between edges.
     pub fn encode(&self) -> Result<Vec<u8>, JournalError> {
@@ -634,8 +641,9 @@ impl Journal {
     }
 
     /// Applies one answered request: its body decoded with the client's chunk state
-    /// (once per seq: a seq at or before the last applied is ignored, so a repeated
-    /// step is a no-op), then `before = after; after = step.after; last_seq = seq`.
+    /// (once per seq: the body of a seq at or before the last applied is ignored, and
+    /// a repeat of the last only replaces `after`: the reply was answered again), then
+    /// `before = after; after = step.after; last_seq = seq`.
     ///
     /// Kept: the control log (commands but `_checkbw`, `_result`, `_error`,
     /// `getStreamLength`, `seek`, `pause` and `closeStream`; the last Window Ack Size;
@@ -647,7 +655,14 @@ impl Journal {
             return Err(JournalError::Broken);
         }
         match self.last_seq {
-            Some(last) if step.seq <= last => return Ok(()),
+            // The same request answered again (a holder that took the session over
+            // regenerates the reply the dead one sent): only where delivery stands moves.
+            Some(last) if step.seq == last => {
+                step.after.validate()?;
+                self.after = step.after.clone();
+                return Ok(());
+            }
+            Some(last) if step.seq < last => return Ok(()),
             Some(last) if step.seq != last + 1 => return Err(JournalError::Gap { last, got: step.seq }),
             _ => {}
         }
@@ -985,9 +1000,16 @@ mod tests {
         let at = |chunk_size| Positions { chunk_size, ..Positions::default() };
         journal.apply(&Step { after: at(100), ..step(0, &[3; 1537]) }).unwrap();
         journal.apply(&Step { after: at(200), ..step(1, &[0; 1536]) }).unwrap();
-        // A repeat changes nothing, even with other positions.
+        // A repeat of the last is the same request answered again (by a holder that
+        // took the session over): its body is not applied again, where delivery stands
+        // after it moves, where it stood before it does not.
         journal.apply(&Step { after: at(999), ..step(1, &[0; 1536]) }).unwrap();
         assert_eq!(journal.last_seq(), Some(1));
+        assert_eq!(journal.resume_from(2), Some(&at(999)));
+        journal.apply(&Step { after: at(200), ..step(1, &[0; 1536]) }).unwrap();
+        assert_eq!(journal.resume_from(2), Some(&at(200)));
+        // An older one changes nothing.
+        journal.apply(&Step { after: at(300), ..step(0, &[3; 1537]) }).unwrap();
         assert_eq!(journal.resume_from(2), Some(&at(200)));
         assert_eq!(journal.resume_from(1), Some(&at(100)));
         assert_eq!(journal.resume_from(0), None);

@@ -27,13 +27,14 @@
 
 pub(crate) mod exchange;
 pub(crate) mod journal;
+pub(crate) mod peers;
 pub(crate) mod translate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -45,7 +46,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 
 use self::exchange::{BadPath, Command, Exchange, Kind, PollingDelay, Verdict};
-use super::rtmp_conn::{self, ClientStream};
+use self::journal::{Journal, Outbound, Step};
+use self::peers::{Full, PeerError, Peers, Update};
+use self::translate::Translator;
+use super::rtmp_conn::{self, ClientStream, Resume};
+use super::streams::Lease;
 use super::EdgeContext;
 use crate::http_server::{json_error as error, too_many};
 use crate::limits::{Permit, Refused};
@@ -101,6 +106,8 @@ pub struct TunnelStats {
     pub unknown: AtomicU64,
     /// Requests neither next nor a repeat (400).
     pub out_of_order: AtomicU64,
+    /// Sessions shared by the tier (`--rtmpt-peers`).
+    pub peers: peers::PeerStats,
 }
 
 impl TunnelStats {
@@ -120,17 +127,39 @@ struct Request {
 
 enum Answer {
     Reply(Bytes),
-    OutOfOrder { expected: u64 },
+    OutOfOrder {
+        expected: u64,
+    },
+    /// Another edge took the session over.
+    Moved,
 }
 
-/// The open sessions of this edge, by id.
-#[derive(Debug, Default)]
+/// The open sessions of this edge, by id, and the tier's edges when sessions are
+/// shared (`--rtmpt-peers`).
+#[derive(Default)]
 pub struct Tunnels {
     /// Never held across an await.
     sessions: Mutex<HashMap<String, mpsc::Sender<Request>>>,
+    peers: Option<Arc<Peers>>,
 }
 
 impl Tunnels {
+    pub fn new(config: &crate::edge::EdgeConfig, stats: Arc<crate::edge::EdgeStats>) -> Tunnels {
+        let peers = Peers::new(
+            &config.rtmpt_peers,
+            config.rtmpt_self,
+            config.secret.clone(),
+            (config.caps.rtmpt_sessions, config.caps.rtmpt_idle_timeout),
+            stats,
+        );
+        Tunnels { sessions: Mutex::default(), peers: peers.map(Arc::new) }
+    }
+
+    /// The tier's edges, when sessions are shared.
+    pub fn peers(&self) -> Option<&Arc<Peers>> {
+        self.peers.as_ref()
+    }
+
     fn insert(&self, id: String, requests: mpsc::Sender<Request>) {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id, requests);
     }
@@ -166,9 +195,20 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
     };
     let stats = &ctx.stats.rtmpt;
     stats.requests[command.kind() as usize].fetch_add(1, Ordering::Relaxed);
-    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+    let Some(ConnectInfo(mut peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no client address");
     };
+    // A request another edge forwarded: served here or refused, never forwarded again.
+    let forwarded = req.headers().contains_key(peers::FORWARDED_HEADER);
+    if forwarded {
+        let admitted = ctx.tunnels.peers().is_some_and(|p| p.admits(req.headers()));
+        if !admitted {
+            let _ = discard_body(req).await;
+            return error(StatusCode::UNAUTHORIZED, "unauthorized", "forwarded RTMPT requests need the cluster secret");
+        }
+        let client = req.headers().get(peers::CLIENT_HEADER).and_then(|v| v.to_str().ok()?.parse().ok());
+        peer = client.unwrap_or(peer);
+    }
     let over_tls = req.extensions().get::<crate::http_server::OverTls>().is_some();
     let unknown = |req: axum::extract::Request| async move {
         stats.unknown.fetch_add(1, Ordering::Relaxed);
@@ -191,8 +231,36 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
         Command::Idle { id, seq } => (id, seq, false, false),
         Command::Close { id, seq } => (id, seq, false, true),
     };
+    let session = match (ctx.tunnels.get(&id), ctx.tunnels.peers().cloned()) {
+        (Some(session), _) => session,
+        (None, None) => return unknown(req).await,
+        (None, Some(peers)) => {
+            // Not held here: the session's chain finds it (docs/rtmpt.md, "Sessions
+            // that survive their edge").
+            let path = req.uri().path().to_owned();
+            let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+                Ok(body) => body,
+                Err(_) => return too_large(),
+            };
+            match find(&ctx, &peers, &id, seq, &path, body.clone(), peer, forwarded).await {
+                Found::Here(session) => {
+                    let body = if carries_body { body } else { Bytes::new() };
+                    return ask_session(&ctx, session, seq, body, close).await;
+                }
+                Found::There(answer) => return answer,
+                Found::Nowhere => {
+                    stats.unknown.fetch_add(1, Ordering::Relaxed);
+                    return if forwarded {
+                        peers::not_here()
+                    } else {
+                        error(StatusCode::NOT_FOUND, "unknown_session", "no such RTMPT session (closed or expired)")
+                    };
+                }
+                Found::Refused(answer) => return answer,
+            }
+        }
+    };
     // Only a request for an open session has its body kept.
-    let Some(session) = ctx.tunnels.get(&id) else { return unknown(req).await };
     let body = if carries_body {
         match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
             Ok(body) => body,
@@ -204,6 +272,18 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
             Err(refused) => return refused,
         }
     };
+    ask_session(&ctx, session, seq, body, close).await
+}
+
+/// Hands a request to its session's task and answers what it says.
+async fn ask_session(
+    ctx: &Arc<EdgeContext>,
+    session: mpsc::Sender<Request>,
+    seq: u64,
+    body: Bytes,
+    close: bool,
+) -> Response {
+    let stats = &ctx.stats.rtmpt;
     let (answer, answered) = oneshot::channel();
     match session.try_send(Request { seq, body, close, answer }) {
         Ok(()) => {}
@@ -227,10 +307,163 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
                 format!("expected request {expected} (or a repeat of the last)"),
             )
         }
+        // The session's buddy took it over (this edge was thought dead): the balancer
+        // retries a 503 elsewhere, and the walk finds the new holder.
+        Ok(Ok(Answer::Moved)) => error(StatusCode::SERVICE_UNAVAILABLE, "moved", "the session moved to another edge"),
         // The session ended (closed, expired) while the request waited.
         Ok(Err(_)) => error(StatusCode::NOT_FOUND, "unknown_session", "the RTMPT session ended"),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "timed_out", "the session did not answer in time"),
     }
+}
+
+/// Where the walk down a session's chain found it.
+enum Found {
+    /// Taken over here: this edge holds it now.
+    Here(mpsc::Sender<Request>),
+    /// A peer answered (the holder, or a buddy that took it over).
+    There(Response),
+    /// No edge has it.
+    Nowhere,
+    /// It could not be taken over here (caps, a bad sequence number).
+    Refused(Response),
+}
+
+/// Finds session `id`, which this edge does not hold: down its chain, forwarding the
+/// request to each peer in turn, or taking it over from the replica here. A request
+/// another edge forwarded is not forwarded again, except to the holder a replica
+/// here names (which is tried before taking its session over).
+#[allow(clippy::too_many_arguments)]
+async fn find(
+    ctx: &Arc<EdgeContext>,
+    peers: &Arc<Peers>,
+    id: &str,
+    seq: u64,
+    path: &str,
+    body: Bytes,
+    client: SocketAddr,
+    forwarded: bool,
+) -> Found {
+    let chain = if forwarded { vec![peers.me()] } else { peers.live_chain(id) };
+    for member in chain {
+        if member != peers.me() {
+            match peers.forward(member, path, body.clone(), client).await {
+                Ok(answer) => return Found::There(answer),
+                Err(e) => tracing::debug!(session = id, peer = member, error = %e, "RTMPT peer did not serve"),
+            }
+            continue;
+        }
+        let Some(holder) = peers.replica_holder(id) else { continue };
+        // The copy here names a holder: it answers if it is alive.
+        if holder != peers.me() {
+            match peers.forward(holder, path, body.clone(), client).await {
+                Ok(answer) => return Found::There(answer),
+                Err(e) => tracing::info!(session = id, holder, error = %e, "RTMPT holder did not answer; taking over"),
+            }
+        }
+        return match takeover(ctx, peers, id, seq) {
+            Ok(session) => Found::Here(session),
+            Err(refused) => Found::Refused(*refused),
+        };
+    }
+    Found::Nowhere
+}
+
+/// Makes this edge the holder of session `id` from its replica here, for request
+/// `seq`: a new RTMP connection driven through the translator from the journal.
+fn takeover(
+    ctx: &Arc<EdgeContext>,
+    peers: &Arc<Peers>,
+    id: &str,
+    seq: u64,
+) -> Result<mpsc::Sender<Request>, Box<Response>> {
+    if let Some(session) = ctx.tunnels.get(id) {
+        return Ok(session); // another request of the session took it over meanwhile
+    }
+    let Some(standby) = peers.take(id) else {
+        return Err(Box::new(error(StatusCode::NOT_FOUND, "unknown_session", "no such RTMPT session")));
+    };
+    let failed = |why: String, standby: Box<peers::Standby>, answer: Response| {
+        peers.stats().takeovers_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(session = id, why, "RTMPT takeover refused");
+        peers.put_back(id, standby);
+        Err(Box::new(answer))
+    };
+    let Some(resume) = standby.journal.resume_from(seq).cloned() else {
+        let expected = standby.journal.last_seq().map_or(0, |s| s + 1);
+        let why = format!("expected request {expected} (or a repeat of the last)");
+        return failed(why.clone(), standby, error(StatusCode::BAD_REQUEST, "bad_sequence", why));
+    };
+    let client = standby.client;
+    let session_permit = match ctx.limits.rtmpt_sessions.try_acquire(client.ip()) {
+        Ok(permit) => permit,
+        Err(e) => {
+            return failed(e.to_string(), standby, error(StatusCode::SERVICE_UNAVAILABLE, "server_full", e.to_string()))
+        }
+    };
+    let permits = match rtmp_conn::admit(ctx, client) {
+        Ok(permits) => permits,
+        Err(e) => {
+            return failed(e.to_string(), standby, error(StatusCode::SERVICE_UNAVAILABLE, "server_full", e.to_string()))
+        }
+    };
+    let (translator, hello) = match Translator::start(&standby.journal, &resume) {
+        Ok(started) => started,
+        Err(e) => {
+            let answer = error(StatusCode::NOT_FOUND, "unknown_session", format!("the session cannot be resumed: {e}"));
+            return failed(e.to_string(), standby, answer);
+        }
+    };
+    let outbound = match Outbound::resumed(resume.clone()) {
+        Ok(outbound) => outbound,
+        Err(e) => {
+            let answer = error(StatusCode::NOT_FOUND, "unknown_session", format!("the session cannot be resumed: {e}"));
+            return failed(e.to_string(), standby, answer);
+        }
+    };
+    let standby = *standby;
+    let last = standby.journal.last_seq().unwrap_or(0);
+    // The warm relays stay until the replay has played on them (a relay whose last
+    // lease goes stops, and a new one would start without the history to resume from).
+    let warm: Vec<_> = standby.leases.into_values().collect();
+    let (near, far) = tokio::io::duplex(PIPE_BYTES);
+    let (requests, queue) = mpsc::channel(QUEUED_REQUESTS);
+    ctx.tunnels.insert(id.to_owned(), requests.clone());
+    ctx.stats.rtmpt.open.fetch_add(1, Ordering::Relaxed);
+    peers.stats().takeovers.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(session = id, seq, last, %client, "RTMPT session taken over");
+    let protocol = if standby.tls { "rtmpts" } else { "rtmpt" };
+    let shared = Shared {
+        peers: peers.clone(),
+        journal: standby.journal,
+        outbound,
+        client,
+        tls: standby.tls,
+        buddy: None,
+        retry_buddy_at: Instant::now(),
+        resumable: true,
+    };
+    let state = Session {
+        id: id.to_owned(),
+        pipe: near,
+        exchange: Exchange::resumed(last),
+        closed: false,
+        shared: Some(shared),
+        translator: Some(translator),
+        regenerate: Some(last),
+        early: BytesMut::new(),
+        warm,
+    };
+    tokio::spawn(state.run(queue, ctx.clone(), session_permit, Some(hello)));
+    tokio::spawn(rtmp_conn::run_stream(
+        far,
+        protocol,
+        client,
+        ctx.clone(),
+        permits,
+        ctx.shutdown.clone(),
+        Resume { plays: resume.resume_points(), session: Some(format!("rtmpt-{id}")) },
+    ));
+    Ok(requests)
 }
 
 /// Reads a body nobody needs (`/open`, `/idle`, `/close`, where ffmpeg sends one zero
@@ -255,13 +488,10 @@ fn too_large() -> Response {
     error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", why)
 }
 
-/// A `200` with the tunnel's content type.
 fn fcs(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE), (header::CACHE_CONTROL, "no-cache")], Body::from(body)).into_response()
 }
 
-/// `POST /open/1`: takes the permits, starts the session's task and its RTMP
-/// connection task, answers the id.
 fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
     if ctx.shutdown.is_cancelled() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the edge is shutting down");
@@ -278,15 +508,39 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
         Ok(permits) => permits,
         Err(e) => return refused(e),
     };
-    let id = session_id();
+    let peers = ctx.tunnels.peers().cloned();
+    let id = peers.as_ref().map_or_else(session_id, |p| p.new_id());
     let (near, far) = tokio::io::duplex(PIPE_BYTES);
     let (requests, queue) = mpsc::channel(QUEUED_REQUESTS);
     ctx.tunnels.insert(id.clone(), requests);
     ctx.stats.rtmpt.open.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, session = id, "RTMPT session opened");
-    tokio::spawn(session(id.clone(), near, queue, ctx.clone(), session_permit));
+    let shared = peers.map(|peers| Shared {
+        peers,
+        journal: Journal::new(),
+        outbound: Outbound::new(),
+        client: peer,
+        tls: over_tls,
+        buddy: None,
+        retry_buddy_at: Instant::now(),
+        resumable: true,
+    });
+    let state = Session {
+        id: id.clone(),
+        pipe: near,
+        exchange: Exchange::default(),
+        closed: false,
+        shared,
+        translator: None,
+        regenerate: None,
+        early: BytesMut::new(),
+        warm: Vec::new(),
+    };
+    tokio::spawn(state.run(queue, ctx.clone(), session_permit, None));
     let protocol = if over_tls { "rtmpts" } else { "rtmpt" };
-    tokio::spawn(rtmp_conn::run_stream(far, protocol, peer, ctx.clone(), permits, ctx.shutdown.clone()));
+    // A shared session's sessions are named by its id on every edge (Resume::session).
+    let resume = Resume { session: ctx.tunnels.peers().map(|_| format!("rtmpt-{id}")), ..Resume::default() };
+    tokio::spawn(rtmp_conn::run_stream(far, protocol, peer, ctx.clone(), permits, ctx.shutdown.clone(), resume));
     let mut reply = fcs(Bytes::from(format!("{id}\n")));
     if let Ok(value) = header::HeaderValue::from_str(&id) {
         reply.headers_mut().insert(SESSION_HEADER, value);
@@ -294,84 +548,355 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
     reply
 }
 
-/// The `/open` reply names the new session in this header too, for a load balancer to
-/// send the session's later requests (`/send/{id}/…`) to this edge: `RAFTCAST_LB=1`'s
-/// HAProxy keeps it in a stick table (docs/rtmpt.md, "Through the load balancer").
 pub const SESSION_HEADER: &str = "x-rtmpt-session";
 
-/// 128 random bits in hex: unguessable, so the id is the session's credential.
 fn session_id() -> String {
     let bits: u128 = rand::random();
     format!("{bits:032x}")
 }
 
-/// One session's task: carries out its requests in order until it is closed, its RTMP
-/// connection has ended and said so, or no request came for the idle timeout.
+/// A session's task for an edge that does not share sessions (and its unit tests).
+#[cfg(test)]
 async fn session(
     id: String,
-    mut pipe: DuplexStream,
-    mut queue: mpsc::Receiver<Request>,
+    pipe: DuplexStream,
+    queue: mpsc::Receiver<Request>,
     ctx: Arc<EdgeContext>,
-    _permit: Permit,
+    permit: Permit,
 ) {
-    let stats = &ctx.stats.rtmpt;
-    let idle_timeout = ctx.config.caps.rtmpt_idle_timeout;
-    let mut exchange = Exchange::default();
-    // The connection task has closed its end: what it wrote last is still delivered.
-    let mut closed = false;
-    let why = loop {
-        let request = tokio::select! {
-            request = queue.recv() => match request {
-                Some(request) => request,
-                None => break "gone",
-            },
-            _ = tokio::time::sleep(idle_timeout) => {
-                stats.expired.fetch_add(1, Ordering::Relaxed);
-                break "expired";
-            }
-        };
-        let Request { seq, body, close, answer } = request;
-        if close {
-            // Whatever its number: the id is the credential, and a client that closes
-            // wants nothing more.
-            let _ = answer.send(Answer::Reply(Bytes::from_static(&[PollingDelay::CLOSED])));
-            break "closed by the client";
-        }
-        let reply = match exchange.check(seq) {
-            Verdict::OutOfOrder { expected } => {
-                let _ = answer.send(Answer::OutOfOrder { expected });
-                continue;
-            }
-            Verdict::Repeat(reply) => reply,
-            Verdict::Fresh => {
-                let sent = !body.is_empty();
-                if sent && !closed {
-                    stats.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
-                    match tokio::time::timeout(PIPE_WRITE_TIMEOUT, pipe.write_all(&body)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => closed = true,
-                        Err(_) => break "the connection took no input",
-                    }
-                }
-                let data = gather(&mut pipe, !sent, &mut closed).await;
-                exchange.answer(seq, sent, &data, closed)
-            }
-        };
-        stats.bytes_out.fetch_add(reply.len() as u64, Ordering::Relaxed);
-        let finished = reply.first() == Some(&PollingDelay::CLOSED);
-        let _ = answer.send(Answer::Reply(reply));
-        if finished {
-            break "the RTMP session ended";
-        }
+    let state = Session {
+        id,
+        pipe,
+        exchange: Exchange::default(),
+        closed: false,
+        shared: None,
+        translator: None,
+        regenerate: None,
+        early: BytesMut::new(),
+        warm: Vec::new(),
     };
-    ctx.tunnels.remove(&id);
-    stats.open.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(session = id, why, "RTMPT session closed");
+    state.run(queue, ctx, permit, None).await
 }
 
-/// What the server has written so far, up to [`REPLY_BYTES`]; with `hold`, when
-/// nothing is ready, waits up to [`IDLE_HOLD`] for the first bytes. Sets `closed` once
-/// the connection task has closed its end.
+/// What a session of a tier that shares sessions keeps beyond the tunnel.
+struct Shared {
+    peers: Arc<Peers>,
+    /// The client's side of the session, as the buddy holds it.
+    journal: Journal,
+    /// Cuts replies at message boundaries and says where delivery stands.
+    outbound: Outbound,
+    client: SocketAddr,
+    tls: bool,
+    /// The peer holding the replica, once one took a full copy.
+    buddy: Option<usize>,
+    /// With no buddy, when to look for one again.
+    retry_buddy_at: Instant,
+    /// False once the journal could not follow the session (a bound, bad bytes): it is
+    /// served on, unprotected.
+    resumable: bool,
+}
+
+/// One session's state, owned by its task.
+struct Session {
+    id: String,
+    pipe: DuplexStream,
+    exchange: Exchange,
+    /// The connection behind the pipe has ended.
+    closed: bool,
+    shared: Option<Shared>,
+    /// After a takeover: between the client's RTMP bytes and the new connection's.
+    translator: Option<Translator>,
+    /// After a takeover, the last request the journal had: a repeat of it is answered
+    /// afresh (its reply died with the old holder), without its body.
+    regenerate: Option<u64>,
+    /// After a takeover, what the new connection had for the client by the end of
+    /// the replay: the first reply's start.
+    early: BytesMut,
+    /// After a takeover, the buddy's warm relays, until the replay is done.
+    warm: Vec<Lease>,
+}
+
+/// How long a takeover may take to replay the session to its new connection.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Session {
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Request>,
+        ctx: Arc<EdgeContext>,
+        _permit: Permit,
+        hello: Option<Bytes>,
+    ) {
+        let stats = &ctx.stats.rtmpt;
+        let idle_timeout = ctx.config.caps.rtmpt_idle_timeout;
+        if let Some(hello) = hello {
+            if let Err(why) = self.replay(hello).await {
+                tracing::warn!(session = self.id, why, "RTMPT takeover failed");
+                self.closed = true;
+            }
+            self.warm.clear();
+        }
+        let why = loop {
+            let request = tokio::select! {
+                request = queue.recv() => match request {
+                    Some(request) => request,
+                    None => break "gone",
+                },
+                _ = tokio::time::sleep(idle_timeout) => {
+                    stats.expired.fetch_add(1, Ordering::Relaxed);
+                    break "expired";
+                }
+            };
+            let Request { seq, body, close, answer } = request;
+            if close {
+                let _ = answer.send(Answer::Reply(Bytes::from_static(&[PollingDelay::CLOSED])));
+                break "closed by the client";
+            }
+            let regenerate = self.regenerate.take() == Some(seq);
+            let verdict = if regenerate { Verdict::Fresh } else { self.exchange.check(seq) };
+            let reply = match verdict {
+                Verdict::OutOfOrder { expected } => {
+                    let _ = answer.send(Answer::OutOfOrder { expected });
+                    continue;
+                }
+                Verdict::Repeat(reply) => reply,
+                Verdict::Fresh => {
+                    // A regenerated reply's body was applied by the old holder.
+                    let body = if regenerate { Bytes::new() } else { body };
+                    match self.fresh(&ctx, seq, body).await {
+                        Ok(reply) => reply,
+                        Err(Fenced) => {
+                            let _ = answer.send(Answer::Moved);
+                            break "taken over by another edge";
+                        }
+                    }
+                }
+            };
+            stats.bytes_out.fetch_add(reply.len() as u64, Ordering::Relaxed);
+            let finished = reply.first() == Some(&PollingDelay::CLOSED);
+            let _ = answer.send(Answer::Reply(reply));
+            if finished {
+                break "the RTMP session ended";
+            }
+        };
+        if let Some(shared) = &self.shared {
+            if let (Some(buddy), true) = (shared.buddy, why != "taken over by another edge") {
+                let _ = shared.peers.send_update(buddy, &self.id, &Update::Drop).await;
+            }
+        }
+        ctx.tunnels.remove(&self.id);
+        stats.open.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(session = self.id, why, "RTMPT session closed");
+    }
+
+    /// Carries out a fresh request: its body into the connection, what the connection
+    /// has for the client back, the step to the buddy, then the reply.
+    async fn fresh(&mut self, ctx: &Arc<EdgeContext>, seq: u64, body: Bytes) -> Result<Bytes, Fenced> {
+        let stats = &ctx.stats.rtmpt;
+        let sent = !body.is_empty();
+        if sent && !self.closed {
+            stats.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+            let to_server = match &mut self.translator {
+                Some(translator) => match translator.from_client(&body) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        tracing::info!(session = self.id, error = %e, "RTMPT client bytes do not translate");
+                        self.closed = true;
+                        Bytes::new()
+                    }
+                },
+                None => body.clone(),
+            };
+            if !to_server.is_empty() {
+                match tokio::time::timeout(PIPE_WRITE_TIMEOUT, self.pipe.write_all(&to_server)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => self.closed = true,
+                }
+            }
+        }
+        let data = self.reply_data(!sent).await;
+        if let Some(shared) = &mut self.shared {
+            shared.step(&self.id, seq, body, self.closed).await?;
+        }
+        Ok(self.exchange.answer(seq, sent, &data, self.closed))
+    }
+
+    /// What goes to the client in this reply: for a plain session what the connection
+    /// wrote; for a shared one, whole messages only (the rest waits for the next
+    /// reply), translated after a takeover.
+    async fn reply_data(&mut self, hold: bool) -> Bytes {
+        if self.shared.is_none() {
+            return gather(&mut self.pipe, hold, &mut self.closed).await.freeze();
+        }
+        let deadline = tokio::time::Instant::now() + IDLE_HOLD;
+        let mut reply = std::mem::take(&mut self.early);
+        // Complete messages held back from the last reply first.
+        self.take(&[], &mut reply);
+        loop {
+            let waiting = reply.is_empty() && (hold || self.pending() > 0);
+            if self.closed || reply.len() >= REPLY_BYTES {
+                break;
+            }
+            let raw = read_some(&mut self.pipe, waiting.then_some(deadline), &mut self.closed).await;
+            let Some(raw) = raw else { break };
+            let for_client = match self.translate_server(&raw).await {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    tracing::info!(session = self.id, why, "RTMPT server bytes do not translate");
+                    self.closed = true;
+                    break;
+                }
+            };
+            self.take(&for_client, &mut reply);
+        }
+        reply.freeze()
+    }
+
+    fn pending(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.outbound.pending())
+    }
+
+    /// Feeds bytes for the client to the outbound cutter, appending what ends at a
+    /// message boundary to `reply`.
+    fn take(&mut self, for_client: &[u8], reply: &mut BytesMut) {
+        let Some(shared) = &mut self.shared else { return };
+        let room = REPLY_BYTES.saturating_sub(reply.len()).max(1);
+        match shared.outbound.take_reply(for_client, room) {
+            Ok(part) => reply.extend_from_slice(&part),
+            Err(e) => {
+                tracing::info!(session = self.id, error = %e, "RTMPT server bytes do not parse");
+                self.closed = true;
+            }
+        }
+    }
+
+    /// Server bytes through the translator after a takeover (writing what it has for
+    /// the connection back into the pipe), as they are otherwise.
+    async fn translate_server(&mut self, raw: &[u8]) -> Result<Bytes, String> {
+        let Some(translator) = &mut self.translator else { return Ok(Bytes::copy_from_slice(raw)) };
+        let (to_server, to_client) = translator.from_server(raw).map_err(|e| e.to_string())?;
+        if !to_server.is_empty() {
+            match tokio::time::timeout(PIPE_WRITE_TIMEOUT, self.pipe.write_all(&to_server)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("the connection took no input".into()),
+            }
+        }
+        Ok(to_client)
+    }
+
+    /// Drives a takeover's new connection through the handshake and the replay of the
+    /// session's commands, before the first request is answered.
+    async fn replay(&mut self, hello: Bytes) -> Result<(), String> {
+        self.pipe.write_all(&hello).await.map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
+        while !self.translator.as_ref().is_some_and(Translator::replayed) {
+            let raw = read_some(&mut self.pipe, Some(deadline), &mut self.closed).await;
+            let Some(raw) = raw else {
+                return Err(if self.closed { "the connection closed" } else { "the replay timed out" }.into());
+            };
+            let for_client = self.translate_server(&raw).await?;
+            // What passes the replay (media after the resume point) waits for the reply.
+            let mut early = std::mem::take(&mut self.early);
+            self.take(&for_client, &mut early);
+            self.early = early;
+        }
+        Ok(())
+    }
+}
+
+/// The buddy took the session over: this edge must not answer for it any more.
+struct Fenced;
+
+impl Shared {
+    /// Records request `seq` in the journal and has the buddy hold it too, before the
+    /// reply goes out.
+    async fn step(&mut self, id: &str, seq: u64, body: Bytes, closed: bool) -> Result<(), Fenced> {
+        if !self.resumable || closed {
+            return Ok(());
+        }
+        let step = Step { seq, body, after: self.outbound.positions().clone() };
+        if let Err(e) = self.journal.apply(&step) {
+            tracing::info!(session = id, error = %e, "RTMPT session no longer resumable");
+            self.resumable = false;
+            if let Some(buddy) = self.buddy.take() {
+                let _ = self.peers.send_update(buddy, id, &Update::Drop).await;
+            }
+            return Ok(());
+        }
+        if let Some(buddy) = self.buddy {
+            match self.peers.send_update(buddy, id, &Update::Step(step)).await {
+                Ok(()) => return Ok(()),
+                Err(PeerError::Status(StatusCode::CONFLICT, _)) => {
+                    self.peers.stats().fenced.fetch_add(1, Ordering::Relaxed);
+                    return Err(Fenced);
+                }
+                Err(e) => {
+                    tracing::debug!(session = id, buddy, error = %e, "RTMPT buddy lost; sending a full copy elsewhere");
+                    self.buddy = None;
+                }
+            }
+        }
+        self.find_buddy(id).await
+    }
+
+    /// Gives a full copy of the journal to the first peer of the chain that takes it.
+    async fn find_buddy(&mut self, id: &str) -> Result<(), Fenced> {
+        if Instant::now() < self.retry_buddy_at {
+            self.peers.stats().unprotected.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let full = Update::Full(Box::new(Full {
+            holder: self.peers.me(),
+            client: self.client,
+            tls: self.tls,
+            journal: self.journal.snapshot(),
+        }));
+        for member in self.peers.live_chain(id) {
+            if member == self.peers.me() {
+                continue;
+            }
+            match self.peers.send_update(member, id, &full).await {
+                Ok(()) => {
+                    self.buddy = Some(member);
+                    return Ok(());
+                }
+                Err(PeerError::Status(StatusCode::CONFLICT, _)) => {
+                    self.peers.stats().fenced.fetch_add(1, Ordering::Relaxed);
+                    return Err(Fenced);
+                }
+                Err(e) => tracing::debug!(session = id, peer = member, error = %e, "RTMPT peer refused a replica"),
+            }
+        }
+        self.retry_buddy_at = Instant::now() + Duration::from_secs(1);
+        self.peers.stats().unprotected.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Reads what the pipe has now, or, with a deadline, waits for the first bytes until
+/// it; `None` when nothing came. Sets `closed` at the connection's end.
+async fn read_some(
+    pipe: &mut DuplexStream,
+    until: Option<tokio::time::Instant>,
+    closed: &mut bool,
+) -> Option<BytesMut> {
+    let mut data = BytesMut::with_capacity(16 * 1024);
+    let read = pipe.read_buf(&mut data);
+    let read = match until {
+        Some(deadline) => tokio::time::timeout_at(deadline, read).await.ok(),
+        None => read.now_or_never(),
+    };
+    match read {
+        None => None,
+        Some(Ok(0)) | Some(Err(_)) => {
+            *closed = true;
+            None
+        }
+        Some(Ok(_)) => Some(data),
+    }
+}
+
 async fn gather(pipe: &mut DuplexStream, hold: bool, closed: &mut bool) -> BytesMut {
     let mut data = BytesMut::new();
     while !*closed && data.len() < REPLY_BYTES {
@@ -419,6 +944,7 @@ mod tests {
         match answered.await.unwrap() {
             Answer::Reply(reply) => reply,
             Answer::OutOfOrder { expected } => panic!("out of order, expected {expected}"),
+            Answer::Moved => panic!("moved"),
         }
     }
 

@@ -14,7 +14,6 @@
 
 // The session task (phase 2's integration) is what uses this; until it does, only the
 // tests do. Remove with the first caller.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::BTreeMap;
 
