@@ -775,6 +775,14 @@ impl Journal {
         }
     }
 
+    /// About the memory the journal holds (payloads and buffered input): what a
+    /// buddy counts against its budget for replicas.
+    pub fn bytes(&self) -> usize {
+        let log: usize = self.log.iter().map(|m| m.payload.len()).sum();
+        let retained: usize = self.retained.values().map(|r| r.bytes).sum();
+        log + retained + self.input.len() + self.decoder.buffered()
+    }
+
     pub fn last_seq(&self) -> Option<u64> {
         self.last_seq
     }

@@ -64,6 +64,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(12);
 /// A step's answer: the buddy applies it in memory.
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of journals a buddy holds for its peers at most (a player's is a few KB; a
+/// publisher's retains up to 4 MiB of media): past it, full copies are refused (507)
+/// and the holder tries the next peer, and a step that would pass it drops its
+/// replica (the holder then looks for another buddy).
+pub const REPLICA_BYTES: usize = 256 << 20;
 /// Largest replica update accepted: a full journal (its retained publisher media is
 /// bounded at 4 MiB) or a step (a body of at most 2 MiB).
 pub const MAX_UPDATE: usize = 8 << 20;
@@ -104,7 +109,11 @@ pub fn decode(bytes: &[u8]) -> Result<Update, String> {
         return Err(format!("a replica update is at most {MAX_UPDATE} bytes"));
     }
     let config = bincode_config().with_limit::<MAX_UPDATE>();
-    bincode::serde::decode_from_slice(bytes, config).map(|(u, _)| u).map_err(|e| e.to_string())
+    let (update, read) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| e.to_string())?;
+    if read != bytes.len() {
+        return Err("trailing bytes after a replica update".into());
+    }
+    Ok(update)
 }
 
 /// Counters for `/metrics`.
@@ -145,10 +154,41 @@ pub struct Standby {
     pub tls: bool,
     pub journal: Journal,
     touched: Instant,
+    /// The journal's bytes when last counted in [`Replicas::bytes`].
+    bytes: usize,
     /// Warm relays of the streams the session plays: the hub keeps a few seconds of
     /// history, so a takeover resumes the plays where the client is. A takeover keeps
     /// them until its connection's plays have joined the same relays.
     pub leases: HashMap<StreamKey, Lease>,
+}
+
+/// The replicas this edge holds, and the bytes of their journals.
+#[derive(Default)]
+struct Replicas {
+    by_id: HashMap<String, Replica>,
+    bytes: usize,
+}
+
+impl Replicas {
+    fn remove(&mut self, id: &str) -> Option<Replica> {
+        let gone = self.by_id.remove(id);
+        if let Some(Replica::Standby(standby)) = &gone {
+            self.bytes -= standby.bytes;
+        }
+        gone
+    }
+
+    /// Puts `replica` under `id` (the bytes of the one it replaces are given back).
+    fn insert(&mut self, id: &str, replica: Replica) -> Option<Replica> {
+        if let Replica::Standby(standby) = &replica {
+            self.bytes += standby.bytes;
+        }
+        let old = self.by_id.insert(id.to_owned(), replica);
+        if let Some(Replica::Standby(standby)) = &old {
+            self.bytes -= standby.bytes;
+        }
+        old
+    }
 }
 
 /// The tier's edges, and the replicas this edge holds for them.
@@ -158,7 +198,7 @@ pub struct Peers {
     http: reqwest::Client,
     secret: ClusterSecret,
     down: Mutex<Vec<Option<Instant>>>,
-    replicas: Mutex<HashMap<String, Replica>>,
+    replicas: Mutex<Replicas>,
     max_replicas: usize,
     idle: Duration,
     edge_stats: Arc<crate::edge::EdgeStats>,
@@ -350,66 +390,97 @@ impl Peers {
     pub fn apply(&self, ctx: &Arc<EdgeContext>, id: &str, update: Update) -> Result<(), Box<Response>> {
         let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
         self.expire(&mut replicas);
-        match update {
+        let answer = match update {
             Update::Drop => {
-                if let Some(Replica::Standby(_)) = replicas.get(id) {
+                if let Some(Replica::Standby(_)) = replicas.by_id.get(id) {
                     replicas.remove(id);
                 }
+                Ok(())
             }
-            Update::Full(full) => {
-                if let Some(Replica::Taken { .. }) = replicas.get(id) {
-                    return Err(Box::new(taken_over()));
-                }
-                if !replicas.contains_key(id) && replicas.len() >= self.max_replicas {
-                    return Err(Box::new(error(
-                        StatusCode::INSUFFICIENT_STORAGE,
-                        "replicas_full",
-                        "this edge holds its share of replicas",
-                    )));
-                }
-                let Full { holder, client, tls, journal } = *full;
-                if holder >= self.addrs.len() || holder == self.me {
-                    return Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_holder", "no such holder")));
-                }
-                let journal = Journal::restore(journal)
-                    .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_journal", e.to_string())))?;
-                let mut standby =
-                    Standby { holder, client, tls, journal, touched: Instant::now(), leases: HashMap::new() };
-                warm(ctx, &mut standby);
-                replicas.insert(id.to_owned(), Replica::Standby(Box::new(standby)));
+            Update::Full(full) => self.full(ctx, &mut replicas, id, *full),
+            Update::Step(step) => self.step(ctx, &mut replicas, id, &step),
+        };
+        self.stats().replicas.store(replicas.by_id.len() as u64, Ordering::Relaxed);
+        answer
+    }
+
+    /// The next step of a session whose replica is here.
+    fn step(
+        &self,
+        ctx: &Arc<EdgeContext>,
+        replicas: &mut Replicas,
+        id: &str,
+        step: &Step,
+    ) -> Result<(), Box<Response>> {
+        let refuse = |status, code, why: String| Err(Box::new(error(status, code, why)));
+        let total = replicas.bytes;
+        let standby = match replicas.by_id.get_mut(id) {
+            Some(Replica::Taken { .. }) => return Err(Box::new(taken_over())),
+            None => {
+                return refuse(StatusCode::PRECONDITION_FAILED, "need_full", "no replica of this session here".into())
             }
-            Update::Step(step) => match replicas.get_mut(id) {
-                Some(Replica::Taken { .. }) => return Err(Box::new(taken_over())),
-                None => {
-                    let why = "no replica of this session here";
-                    return Err(Box::new(error(StatusCode::PRECONDITION_FAILED, "need_full", why)));
-                }
-                Some(Replica::Standby(standby)) => {
-                    let fresh = standby.journal.last_seq().is_none_or(|last| step.seq <= last + 1);
-                    if !fresh {
-                        return Err(Box::new(error(StatusCode::PRECONDITION_FAILED, "need_full", "a step is missing")));
-                    }
-                    if let Err(e) = standby.journal.apply(&step) {
-                        replicas.remove(id);
-                        return Err(Box::new(error(StatusCode::UNPROCESSABLE_ENTITY, "unresumable", e.to_string())));
-                    }
-                    standby.touched = Instant::now();
-                    warm(ctx, standby);
-                }
-            },
+            Some(Replica::Standby(standby)) => standby,
+        };
+        if standby.journal.last_seq().is_some_and(|last| step.seq > last + 1) {
+            return refuse(StatusCode::PRECONDITION_FAILED, "need_full", "a step is missing".into());
         }
-        self.stats().replicas.store(replicas.len() as u64, Ordering::Relaxed);
+        if let Err(e) = standby.journal.apply(step) {
+            replicas.remove(id);
+            return refuse(StatusCode::UNPROCESSABLE_ENTITY, "unresumable", e.to_string());
+        }
+        let (old, grown) = (standby.bytes, standby.journal.bytes());
+        if total - old + grown > REPLICA_BYTES {
+            replicas.remove(id);
+            return refuse(StatusCode::INSUFFICIENT_STORAGE, "replicas_full", "over the replica budget".into());
+        }
+        standby.bytes = grown;
+        standby.touched = Instant::now();
+        warm(ctx, standby);
+        replicas.bytes = total - old + grown;
+        Ok(())
+    }
+
+    /// A full copy of a session: a new replica, or one that replaces what was here.
+    fn full(&self, ctx: &Arc<EdgeContext>, replicas: &mut Replicas, id: &str, full: Full) -> Result<(), Box<Response>> {
+        let refuse = |status, code, why: &str| Err(Box::new(error(status, code, why)));
+        let old = match replicas.by_id.get(id) {
+            Some(Replica::Taken { .. }) => return Err(Box::new(taken_over())),
+            Some(Replica::Standby(standby)) => standby.bytes,
+            None if replicas.by_id.len() >= self.max_replicas => {
+                return refuse(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "replicas_full",
+                    "this edge holds its share of replicas",
+                )
+            }
+            None => 0,
+        };
+        let Full { holder, client, tls, journal } = full;
+        if holder >= self.addrs.len() || holder == self.me {
+            return refuse(StatusCode::BAD_REQUEST, "bad_holder", "no such holder");
+        }
+        let journal = match Journal::restore(journal) {
+            Ok(journal) => journal,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_journal", &e.to_string()),
+        };
+        let bytes = journal.bytes();
+        if replicas.bytes - old + bytes > REPLICA_BYTES {
+            return refuse(StatusCode::INSUFFICIENT_STORAGE, "replicas_full", "over the replica budget");
+        }
+        let mut standby =
+            Standby { holder, client, tls, journal, touched: Instant::now(), bytes, leases: HashMap::new() };
+        warm(ctx, &mut standby);
+        replicas.insert(id, Replica::Standby(Box::new(standby)));
         Ok(())
     }
 
     /// Takes the replica of `id` to take the session over, leaving a tombstone.
     pub fn take(&self, id: &str) -> Option<Box<Standby>> {
         let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
-        match replicas.get(id) {
-            Some(Replica::Standby(_)) => {}
-            _ => return None,
+        if !matches!(replicas.by_id.get(id), Some(Replica::Standby(_))) {
+            return None;
         }
-        match replicas.insert(id.to_owned(), Replica::Taken { since: Instant::now() }) {
+        match replicas.insert(id, Replica::Taken { since: Instant::now() }) {
             Some(Replica::Standby(standby)) => Some(standby),
             _ => None,
         }
@@ -417,7 +488,7 @@ impl Peers {
 
     /// The holder a standby replica of `id` here names, if there is one.
     pub fn replica_holder(&self, id: &str) -> Option<usize> {
-        match self.replicas.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        match self.replicas.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(id) {
             Some(Replica::Standby(standby)) => Some(standby.holder),
             _ => None,
         }
@@ -425,15 +496,23 @@ impl Peers {
 
     /// Puts back a replica [`Peers::take`] took for a takeover that could not start.
     pub fn put_back(&self, id: &str, standby: Box<Standby>) {
-        self.replicas.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), Replica::Standby(standby));
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Replica::Standby(standby));
     }
 
-    fn expire(&self, replicas: &mut HashMap<String, Replica>) {
+    fn expire(&self, replicas: &mut Replicas) {
         let now = Instant::now();
-        replicas.retain(|_, r| match r {
-            Replica::Standby(s) => now.duration_since(s.touched) < self.idle,
-            Replica::Taken { since } => now.duration_since(*since) < TOMBSTONE_FOR,
-        });
+        let gone: Vec<String> = replicas
+            .by_id
+            .iter()
+            .filter(|(_, r)| match r {
+                Replica::Standby(s) => now.duration_since(s.touched) >= self.idle,
+                Replica::Taken { since } => now.duration_since(*since) >= TOMBSTONE_FOR,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            replicas.remove(&id);
+        }
     }
 }
 
@@ -504,5 +583,115 @@ pub async fn update(ctx: Arc<EdgeContext>, id: &str, req: axum::extract::Request
     match peers.apply(&ctx, id, update) {
         Ok(()) => StatusCode::OK.into_response(),
         Err(refused) => *refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An edge that is `edge-2` (index 1) of three sharing sessions.
+    fn context() -> Arc<EdgeContext> {
+        let peers = ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"].map(|a| a.parse().unwrap());
+        let args = crate::edge::EdgeArgs {
+            id: Some("edge-2".into()),
+            http: Some(peers[1]),
+            origins: Some(vec!["127.0.0.1:8101".parse().unwrap()]),
+            rtmpt_peers: Some(peers.to_vec()),
+            ..Default::default()
+        };
+        let env = |k: &str| (k == "RAFTCAST_CLUSTER_SECRET").then(|| "x".repeat(20));
+        crate::edge::tests::context(crate::edge::EdgeConfig::from_args(args, env).unwrap())
+    }
+
+    /// A journal past the client's handshake.
+    fn journal(seq: u64) -> Journal {
+        let mut journal = Journal::new();
+        let step = Step { seq, body: Bytes::from(vec![3; 1537]), after: Default::default() };
+        journal.apply(&step).unwrap();
+        journal
+    }
+
+    fn full(holder: usize, journal: &Journal) -> Update {
+        let client = "192.0.2.1:5000".parse().unwrap();
+        Update::Full(Box::new(Full { holder, client, tls: false, journal: journal.snapshot() }))
+    }
+
+    fn step(seq: u64, body: &[u8]) -> Update {
+        Update::Step(Step { seq, body: Bytes::copy_from_slice(body), after: Default::default() })
+    }
+
+    fn status(answer: Result<(), Box<Response>>) -> StatusCode {
+        answer.map_or_else(|r| r.status(), |()| StatusCode::OK)
+    }
+
+    #[tokio::test]
+    async fn replicas_follow_steps_refuse_gaps_and_fence_their_old_holder_once_taken() {
+        let ctx = context();
+        let peers = ctx.tunnels.peers().unwrap().clone();
+        let id = "00aa";
+        assert_eq!(status(peers.apply(&ctx, id, step(1, &[0; 1536]))), StatusCode::PRECONDITION_FAILED, "no base yet");
+        assert_eq!(status(peers.apply(&ctx, id, full(1, &journal(0)))), StatusCode::BAD_REQUEST, "itself as holder");
+        assert_eq!(status(peers.apply(&ctx, id, full(0, &journal(0)))), StatusCode::OK);
+        assert_eq!(peers.replica_holder(id), Some(0));
+        assert_eq!(status(peers.apply(&ctx, id, step(1, &[0; 1536]))), StatusCode::OK);
+        assert_eq!(status(peers.apply(&ctx, id, step(1, &[0; 1536]))), StatusCode::OK, "a repeat is harmless");
+        assert_eq!(status(peers.apply(&ctx, id, step(3, &[]))), StatusCode::PRECONDITION_FAILED, "a gap");
+        // Bytes that are not RTMP chunks make the session unresumable: the replica goes.
+        assert_eq!(status(peers.apply(&ctx, id, step(2, &[0xC3; 64]))), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(peers.replica_holder(id), None);
+        assert_eq!(status(peers.apply(&ctx, id, full(0, &journal(0)))), StatusCode::OK);
+        let taken = peers.take(id).expect("a standby to take over");
+        assert_eq!(taken.holder, 0);
+        assert!(peers.take(id).is_none(), "taken once");
+        // The old holder, alive after all, is fenced: its steps and full copies get 409.
+        assert_eq!(status(peers.apply(&ctx, id, step(1, &[0; 1536]))), StatusCode::CONFLICT);
+        assert_eq!(status(peers.apply(&ctx, id, full(0, &journal(0)))), StatusCode::CONFLICT);
+        assert_eq!(status(peers.apply(&ctx, "00bb", Update::Drop)), StatusCode::OK, "dropping nothing is fine");
+    }
+
+    #[tokio::test]
+    async fn the_replica_budget_counts_journal_bytes() {
+        let ctx = context();
+        let peers = ctx.tunnels.peers().unwrap().clone();
+        // A partial chunk (a type-0 header announcing a long message, then part of it)
+        // stays buffered in the journal: bytes the buddy holds.
+        let mut body = vec![0x03, 0, 0, 0, 0x10, 0, 0, 0x14, 0, 0, 0, 0];
+        body.extend(vec![0u8; 100]);
+        assert_eq!(status(peers.apply(&ctx, "00aa", full(0, &journal(0)))), StatusCode::OK);
+        assert_eq!(status(peers.apply(&ctx, "00aa", step(1, &[0; 1536]))), StatusCode::OK);
+        assert_eq!(status(peers.apply(&ctx, "00aa", step(2, &body))), StatusCode::OK);
+        let held = peers.replicas.lock().unwrap().bytes;
+        assert!(held >= 100, "{held} bytes counted");
+        assert_eq!(status(peers.apply(&ctx, "00aa", Update::Drop)), StatusCode::OK);
+        assert_eq!(peers.replicas.lock().unwrap().bytes, 0, "given back");
+        assert_eq!(peers.replica_holder("00aa"), None);
+    }
+
+    #[tokio::test]
+    async fn chains_start_at_the_holder_and_agree_on_every_edge() {
+        let ctx = context();
+        let peers = ctx.tunnels.peers().unwrap();
+        let id = peers.new_id();
+        assert!(id.starts_with("01") && id.len() == 34, "{id}");
+        let chain = peers.chain(&id);
+        assert_eq!(chain[0], 1);
+        let mut sorted = chain.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2]);
+        assert_eq!(peers.chain(&id), chain, "the same order every time");
+        // An id naming no peer is looked for in rendezvous order only.
+        assert_eq!(peers.chain("ffabc").len(), 3);
+        assert_eq!(peers.chain("").len(), 3);
+    }
+
+    #[test]
+    fn updates_from_the_wire_are_bounded() {
+        assert!(decode(&vec![0; MAX_UPDATE + 1]).is_err());
+        for junk in [&[][..], &[0xFF; 64], &[2, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]] {
+            assert!(decode(junk).is_err());
+        }
+        let round = decode(&encode(&step(7, b"abc")).unwrap()).unwrap();
+        assert!(matches!(round, Update::Step(Step { seq: 7, .. })));
     }
 }
