@@ -34,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 scripts/bootstrap.sh start >/dev/null
-edge2=$(cat "$data/pids/edge-2.pid")
+edge1=$(cat "$data/pids/edge-1.pid") edge2=$(cat "$data/pids/edge-2.pid")
 rtmp_url=rtmp://127.0.0.1:$((RAFTCAST_RTMP_BASE + 2))/live/bench
 rtmpt_url=rtmpt://127.0.0.1:$((RAFTCAST_EDGE_HTTP_BASE + 2))/live/bench
 metrics=http://127.0.0.1:$((RAFTCAST_EDGE_HTTP_BASE + 2))/metrics
@@ -47,34 +47,40 @@ ffmpeg -nostdin -loglevel error -re -f lavfi -i "testsrc=size=640x360:rate=30" -
 pids+=($!)
 sleep 3
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$edge2/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${1:-$edge2}/stat"; }
 wchar() { awk '/^wchar/ {print $2}' "/proc/$edge2/io"; }
 tunnel_requests() {
   curl -s "$metrics" | awk '/^edge_rtmpt_requests_total/ {n += $2} END {print n + 0}'
+}
+# Bytes of journal steps edge-2 sent its buddy (edge-1) to protect its sessions.
+replica_bytes() {
+  curl -s "$metrics" | awk '/^edge_rtmpt_replica_bytes_total/ {n += $2} END {print n + 0}'
 }
 hz=$(getconf CLK_TCK)
 
 # phase NAME URL: PLAYERS players for warm-up + SECONDS; prints one line.
 phase() {
-  local name=$1 url=$2 players_pids=() c0 c1 w0 w1 r0 r1 alive
+  local name=$1 url=$2 players_pids=() c0 c1 w0 w1 r0 r1 b0 b1 k0 k1 alive
   for _ in $(seq "$players"); do
     ffmpeg -nostdin -loglevel error -i "$url" -c copy -f null - 2>>"$data/players-$name.log" &
     players_pids+=($!)
   done
   sleep "$warmup"
-  c0=$(cpu_ticks) w0=$(wchar) r0=$(tunnel_requests)
+  c0=$(cpu_ticks) w0=$(wchar) r0=$(tunnel_requests) b0=$(cpu_ticks "$edge1") k0=$(replica_bytes)
   sleep "$secs"
-  c1=$(cpu_ticks) w1=$(wchar) r1=$(tunnel_requests)
+  c1=$(cpu_ticks) w1=$(wchar) r1=$(tunnel_requests) b1=$(cpu_ticks "$edge1") k1=$(replica_bytes)
   alive=0
   for p in "${players_pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
   for p in "${players_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait "${players_pids[@]}" 2>/dev/null || true
   awk -v n="$name" -v c=$((c1 - c0)) -v hz="$hz" -v w=$((w1 - w0)) -v r=$((r1 - r0)) -v p="$players" \
-    -v a="$alive" -v s="$secs" 'BEGIN {
+    -v a="$alive" -v s="$secs" -v b=$((b1 - b0)) -v k=$((k1 - k0)) 'BEGIN {
       cpu = c / hz; gb = w / 1e9
       printf "%-6s players %d (alive at the end %d)  edge CPU %.2f s  out %.3f GB  %.2f CPU s/GB  %.0f kbit/s per player",
         n, p, a, cpu, gb, (gb > 0 ? cpu / gb : 0), w * 8 / 1000 / s / p
       if (r > 0) printf "  %.1f requests/s per session", r / s / p
+      printf "  edge-1 (publisher%s) CPU %.2f s", (k > 0 ? ", buddy" : ""), b / hz
+      if (k > 0) printf "  replica steps %.0f bytes/s per session", k / s / p
       printf "\n"
     }'
   sleep 2

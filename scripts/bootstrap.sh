@@ -255,10 +255,14 @@ start() {
       listening=" rtmps=$(rtmps_addr "$i") https=$(https_addr "$i")"
     fi
     mkdir -p "$DATA/$name/vod-cache"
+    # RAFTCAST_RTMPT_SHARED=0: RTMPT sessions live and die with their edge (the
+    # benchmarks' baseline; scripts/bench-rtmpt.sh).
+    local shared=(--rtmpt-peers "$(edge_http_list)")
+    [[ "${RAFTCAST_RTMPT_SHARED:-1}" == 0 ]] && shared=()
     setsid "$BIN" edge --id "$name" \
       --rtmp "$(rtmp_addr "$i")" --http "$(edge_http_addr "$i")" --origins "$(origin_list)" "${agent[@]}" \
       --cluster-secret-file "$DATA/cluster-secret" --www "$ROOT/examples/webcast" "${proxy[@]}" "${tls[@]}" \
-      --vod-cache-dir "$DATA/$name/vod-cache" --rtmpt-peers "$(edge_http_list)" \
+      --vod-cache-dir "$DATA/$name/vod-cache" "${shared[@]}" \
       $(peer_tls_flags "$name") </dev/null >>"$DATA/logs/$name.log" 2>&1 &
     echo $! >"$DATA/pids/$name.pid"
     echo "started $name (pid $!) rtmp=$(rtmp_addr "$i") http=$(edge_http_addr "$i")$listening"

@@ -236,13 +236,24 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
         (None, None) => return unknown(req).await,
         (None, Some(peers)) => {
             // Not held here: the session's chain finds it (docs/rtmpt.md, "Sessions
-            // that survive their edge").
+            // that survive their edge"). An id no edge can have is not looked for.
+            if !peers.valid_id(&id) {
+                return unknown(req).await;
+            }
             let path = req.uri().path().to_owned();
-            let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-                Ok(body) => body,
-                Err(_) => return too_large(),
+            let body = if carries_body {
+                match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+                    Ok(body) => body,
+                    Err(_) => return too_large(),
+                }
+            } else {
+                match discard_body(req).await {
+                    Ok(()) => Bytes::new(),
+                    Err(refused) => return refused,
+                }
             };
-            match find(&ctx, &peers, &id, seq, &path, body.clone(), peer, forwarded).await {
+            let asked = Asked { id: &id, seq, close, path: &path, client: peer, forwarded };
+            match find(&ctx, &peers, &asked, body.clone()).await {
                 Found::Here(session) => {
                     let body = if carries_body { body } else { Bytes::new() };
                     return ask_session(&ctx, session, seq, body, close).await;
@@ -328,22 +339,26 @@ enum Found {
     Refused(Response),
 }
 
-/// Finds session `id`, which this edge does not hold: down its chain, forwarding the
-/// request to each peer in turn, or taking it over from the replica here. A request
-/// another edge forwarded is not forwarded again, except to the holder a replica
-/// here names (which is tried before taking its session over).
-#[allow(clippy::too_many_arguments)]
-async fn find(
-    ctx: &Arc<EdgeContext>,
-    peers: &Arc<Peers>,
-    id: &str,
+/// A tunnel request for a session this edge does not hold.
+struct Asked<'a> {
+    id: &'a str,
     seq: u64,
-    path: &str,
-    body: Bytes,
+    close: bool,
+    path: &'a str,
     client: SocketAddr,
+    /// Another edge sent it on.
     forwarded: bool,
-) -> Found {
-    let chain = if forwarded { vec![peers.me()] } else { peers.live_chain(id) };
+}
+
+/// Finds the session of `asked`: down its chain, forwarding the request to each peer
+/// in turn, or taking it over from the replica here. A request another edge forwarded
+/// is not forwarded again, except to the holder a replica here names, which is tried
+/// first: the session is taken over only if nothing listens there any more (or it
+/// answers that it lacks the session). A holder that does not answer in time may be
+/// alive: the request gets `503`, which the balancer replays.
+async fn find(ctx: &Arc<EdgeContext>, peers: &Arc<Peers>, asked: &Asked<'_>, body: Bytes) -> Found {
+    let Asked { id, path, client, .. } = *asked;
+    let chain = if asked.forwarded { vec![peers.me()] } else { peers.live_chain(id) };
     for member in chain {
         if member != peers.me() {
             match peers.forward(member, path, body.clone(), client).await {
@@ -353,17 +368,31 @@ async fn find(
             continue;
         }
         let Some(holder) = peers.replica_holder(id) else { continue };
-        // The copy here names a holder: it answers if it is alive.
-        if holder != peers.me() {
-            match peers.forward(holder, path, body.clone(), client).await {
-                Ok(answer) => return Found::There(answer),
-                Err(e) => tracing::info!(session = id, holder, error = %e, "RTMPT holder did not answer; taking over"),
+        match peers.forward(holder, path, body.clone(), client).await {
+            Ok(answer) => return Found::There(answer),
+            Err(PeerError::Down(e)) => tracing::info!(session = id, holder, error = e, "RTMPT holder down"),
+            Err(PeerError::Status(StatusCode::MISDIRECTED_REQUEST, _)) => {
+                tracing::info!(session = id, holder, "RTMPT holder lost the session")
+            }
+            Err(e) => {
+                tracing::info!(session = id, holder, error = %e, "RTMPT holder did not answer; not taking over yet");
+                let unsure =
+                    error(StatusCode::SERVICE_UNAVAILABLE, "holder_unsure", "the session's edge did not answer");
+                return Found::Refused(unsure);
             }
         }
-        return match takeover(ctx, peers, id, seq) {
-            Ok(session) => Found::Here(session),
-            Err(refused) => Found::Refused(*refused),
-        };
+        if asked.close {
+            // Nothing to take over for a client that leaves.
+            peers.drop_replica(id);
+            return Found::There(fcs(Bytes::from_static(&[PollingDelay::CLOSED])));
+        }
+        match takeover(ctx, peers, id, asked.seq) {
+            Ok(session) => return Found::Here(session),
+            // A copy behind the client (its holder moved on to another buddy): the
+            // walk goes on to the edges after this one.
+            Err(refused) if refused.status() == StatusCode::BAD_REQUEST => peers.drop_replica(id),
+            Err(refused) => return Found::Refused(*refused),
+        }
     }
     Found::Nowhere
 }
@@ -376,6 +405,7 @@ fn takeover(
     id: &str,
     seq: u64,
 ) -> Result<mpsc::Sender<Request>, Box<Response>> {
+    let _one_at_a_time = peers.takeovers.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(session) = ctx.tunnels.get(id) {
         return Ok(session); // another request of the session took it over meanwhile
     }
@@ -441,6 +471,8 @@ fn takeover(
         buddy: None,
         retry_buddy_at: Instant::now(),
         resumable: true,
+        charged: 0,
+        last_step: Instant::now(),
     };
     let state = Session {
         id: id.to_owned(),
@@ -524,6 +556,8 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
         buddy: None,
         retry_buddy_at: Instant::now(),
         resumable: true,
+        charged: 0,
+        last_step: Instant::now(),
     });
     let state = Session {
         id: id.clone(),
@@ -594,6 +628,10 @@ struct Shared {
     /// False once the journal could not follow the session (a bound, bad bytes): it is
     /// served on, unprotected.
     resumable: bool,
+    /// The journal's bytes charged to the holder's budget.
+    charged: usize,
+    /// When the last step or full copy went to a buddy (for its lease).
+    last_step: Instant,
 }
 
 /// One session's state, owned by its task.
@@ -652,7 +690,7 @@ impl Session {
                 let _ = answer.send(Answer::Reply(Bytes::from_static(&[PollingDelay::CLOSED])));
                 break "closed by the client";
             }
-            let regenerate = self.regenerate.take() == Some(seq);
+            let regenerate = self.regenerate == Some(seq);
             let verdict = if regenerate { Verdict::Fresh } else { self.exchange.check(seq) };
             let reply = match verdict {
                 Verdict::OutOfOrder { expected } => {
@@ -661,6 +699,7 @@ impl Session {
                 }
                 Verdict::Repeat(reply) => reply,
                 Verdict::Fresh => {
+                    self.regenerate = None;
                     // A regenerated reply's body was applied by the old holder.
                     let body = if regenerate { Bytes::new() } else { body };
                     match self.fresh(&ctx, seq, body).await {
@@ -679,10 +718,11 @@ impl Session {
                 break "the RTMP session ended";
             }
         };
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = &mut self.shared {
             if let (Some(buddy), true) = (shared.buddy, why != "taken over by another edge") {
                 let _ = shared.peers.send_update(buddy, &self.id, &Update::Drop).await;
             }
+            shared.release();
         }
         ctx.tunnels.remove(&self.id);
         stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -816,15 +856,17 @@ impl Shared {
             return Ok(());
         }
         let step = Step { seq, body, after: self.outbound.positions().clone() };
-        if let Err(e) = self.journal.apply(&step) {
-            tracing::info!(session = id, error = %e, "RTMPT session no longer resumable");
-            self.resumable = false;
-            if let Some(buddy) = self.buddy.take() {
-                let _ = self.peers.send_update(buddy, id, &Update::Drop).await;
-            }
+        let applied = self.journal.apply(&step).map_err(|e| e.to_string());
+        let fits = applied.is_ok() && self.peers.charge(self.client.ip(), self.charged, self.journal.bytes());
+        if !fits {
+            let why = applied.err().unwrap_or_else(|| "over the journal budget".into());
+            tracing::info!(session = id, why, "RTMPT session no longer resumable");
+            self.unprotect(id).await;
             return Ok(());
         }
+        self.charged = self.journal.bytes();
         if let Some(buddy) = self.buddy {
+            self.last_step = Instant::now();
             match self.peers.send_update(buddy, id, &Update::Step(step)).await {
                 Ok(()) => return Ok(()),
                 Err(PeerError::Status(StatusCode::CONFLICT, _)) => {
@@ -832,12 +874,51 @@ impl Shared {
                     return Err(Fenced);
                 }
                 Err(e) => {
-                    tracing::debug!(session = id, buddy, error = %e, "RTMPT buddy lost; sending a full copy elsewhere");
-                    self.buddy = None;
+                    tracing::info!(session = id, buddy, error = %e, "RTMPT buddy lost; a full copy goes elsewhere");
+                    self.leave(id, buddy, &e).await;
                 }
             }
         }
         self.find_buddy(id).await
+    }
+
+    /// Stops protecting the session: its journal goes, and its buddy's copy.
+    async fn unprotect(&mut self, id: &str) {
+        self.resumable = false;
+        self.release();
+        self.journal = Journal::new();
+        if let Some(buddy) = self.buddy.take() {
+            let error = match self.peers.send_update(buddy, id, &Update::Drop).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            self.leave(id, buddy, &error).await;
+        }
+    }
+
+    /// Gives the journal's bytes back to the holder's budget.
+    fn release(&mut self) {
+        self.peers.charge(self.client.ip(), self.charged, 0);
+        self.charged = 0;
+    }
+
+    /// Makes sure the copy on `buddy`, which failed with `error`, can take nothing
+    /// over once this edge goes on without it: gone with its process (`Down`), dropped
+    /// on request, or past its lease, which is waited out (the reply waits: a client
+    /// answered by two edges would be worse).
+    async fn leave(&mut self, id: &str, buddy: usize, error: &PeerError) {
+        self.buddy = None;
+        if matches!(error, PeerError::Down(_)) {
+            return;
+        }
+        match self.peers.send_update(buddy, id, &Update::Drop).await {
+            Ok(()) | Err(PeerError::Down(_)) => {}
+            Err(e) => {
+                let until = self.last_step + peers::REPLICA_LEASE;
+                tracing::warn!(session = id, buddy, error = %e, "RTMPT buddy unsure; waiting out its lease");
+                tokio::time::sleep_until(until.into()).await;
+            }
+        }
     }
 
     /// Gives a full copy of the journal to the first peer of the chain that takes it.
@@ -856,16 +937,20 @@ impl Shared {
             if member == self.peers.me() {
                 continue;
             }
+            self.last_step = Instant::now();
             match self.peers.send_update(member, id, &full).await {
                 Ok(()) => {
                     self.buddy = Some(member);
                     return Ok(());
                 }
-                Err(PeerError::Status(StatusCode::CONFLICT, _)) => {
-                    self.peers.stats().fenced.fetch_add(1, Ordering::Relaxed);
-                    return Err(Fenced);
+                Err(e) => {
+                    // A 409 here is a tombstone of an earlier takeover by that edge,
+                    // for another holder: not this one's fence.
+                    tracing::debug!(session = id, peer = member, error = %e, "RTMPT peer refused a replica");
+                    if !matches!(e, PeerError::Down(_) | PeerError::Status(..)) {
+                        self.leave(id, member, &e).await;
+                    }
                 }
-                Err(e) => tracing::debug!(session = id, peer = member, error = %e, "RTMPT peer refused a replica"),
             }
         }
         self.retry_buddy_at = Instant::now() + Duration::from_secs(1);

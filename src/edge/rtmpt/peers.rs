@@ -57,6 +57,21 @@ pub const CLIENT_HEADER: &str = "x-raftcast-rtmpt-client";
 pub const DOWN_FOR: Duration = Duration::from_secs(2);
 /// How long a taken-over session's tombstone fences its old holder.
 pub const TOMBSTONE_FOR: Duration = Duration::from_secs(60);
+/// A replica that got no step for this long may be stale (its holder gave the session
+/// to another buddy it could reach): it takes nothing over. A holder whose buddy
+/// failed under a step waits this long before answering, unless the buddy
+/// acknowledged dropping its copy. Clients poll at least every 330 ms.
+pub const REPLICA_LEASE: Duration = Duration::from_secs(5);
+/// Streams a replica keeps warm relays for at most.
+const MAX_WARM: usize = 4;
+/// How many edges of a session's chain a request is forwarded to at most: the holder
+/// and its first two possible buddies.
+const MAX_WALK: usize = 3;
+/// A holder's journals (a publisher's keeps seconds of media): 256 MiB in all, 32 MiB
+/// for the sessions of one client address; a session past either is served on
+/// unprotected.
+pub const JOURNAL_BYTES: usize = 256 << 20;
+pub const JOURNAL_BYTES_PER_ADDRESS: usize = 32 << 20;
 /// Connecting to a peer edge: they are on one network.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// A forwarded request's answer (an `/idle` holds up to 100 ms; a session answers
@@ -69,6 +84,9 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(2);
 /// and the holder tries the next peer, and a step that would pass it drops its
 /// replica (the holder then looks for another buddy).
 pub const REPLICA_BYTES: usize = 256 << 20;
+/// Largest answer to a forwarded request read: a reply (64 KiB, or one message) or
+/// an error.
+const MAX_ANSWER: usize = 4 << 20;
 /// Largest replica update accepted: a full journal (its retained publisher media is
 /// bounded at 4 MiB) or a step (a body of at most 2 MiB).
 pub const MAX_UPDATE: usize = 8 << 20;
@@ -139,10 +157,12 @@ pub struct PeerStats {
 /// A session's copy on its buddy.
 pub enum Replica {
     Standby(Box<Standby>),
-    /// Taken over here: steps from the old holder are refused until `since` is
-    /// [`TOMBSTONE_FOR`] old.
+    /// Taken over here from `fenced`: its steps and full copies are refused until
+    /// `since` is [`TOMBSTONE_FOR`] old (a full copy from another holder, one that took
+    /// the session over from this edge, replaces it).
     Taken {
         since: Instant,
+        fenced: usize,
     },
 }
 
@@ -200,6 +220,11 @@ pub struct Peers {
     down: Mutex<Vec<Option<Instant>>>,
     replicas: Mutex<Replicas>,
     max_replicas: usize,
+    /// Takeovers on this edge, one at a time (each is quick and never waits): a second
+    /// request of the same session finds the first one's session.
+    pub takeovers: Mutex<()>,
+    /// Bytes of the journals of the sessions held here, in all and per client address.
+    journals: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
     idle: Duration,
     edge_stats: Arc<crate::edge::EdgeStats>,
 }
@@ -207,9 +232,18 @@ pub struct Peers {
 /// Why a peer did not answer a forwarded request or a step.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    /// Could not connect, or the connection broke: the peer is treated as down.
+    /// The connection was refused: no edge runs there now (passed over for
+    /// [`DOWN_FOR`]).
+    #[error("down: {0}")]
+    Down(String),
+    /// Could not connect otherwise (a timeout): maybe down, maybe cut off (passed over
+    /// for [`DOWN_FOR`]).
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The request went out and no answer came back (a timeout, a reset): the peer
+    /// may have carried it out.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
     /// It answered, with this status.
     #[error("answered {0}: {1}")]
     Status(StatusCode, String),
@@ -229,7 +263,9 @@ impl Peers {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Under the peers' keep-alive (the header timeout, 10 s by default): a pooled
+            // connection the server is closing is a reset, not a peer down.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()
             .ok()?;
@@ -240,6 +276,8 @@ impl Peers {
             secret,
             down: Mutex::new(vec![None; addrs.len()]),
             replicas: Mutex::default(),
+            takeovers: Mutex::new(()),
+            journals: Mutex::default(),
             max_replicas: max_sessions.saturating_mul(4).max(16),
             idle,
             edge_stats,
@@ -280,12 +318,16 @@ impl Peers {
         holder.into_iter().chain(rest.into_iter().map(|(_, i)| i)).collect()
     }
 
-    /// The chain with the peers found down lately moved to its end (still tried, last).
+    /// The chain's first [`MAX_WALK`] edges, those found down lately moved to the end
+    /// (still tried, last).
     pub fn live_chain(&self, id: &str) -> Vec<usize> {
         let now = Instant::now();
         let down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut up, gone): (Vec<usize>, Vec<usize>) =
-            self.chain(id).into_iter().partition(|&i| down[i].is_none_or(|at| now.duration_since(at) > DOWN_FOR));
+        let (mut up, gone): (Vec<usize>, Vec<usize>) = self
+            .chain(id)
+            .into_iter()
+            .take(MAX_WALK)
+            .partition(|&i| down[i].is_none_or(|at| now.duration_since(at) > DOWN_FOR));
         up.extend(gone);
         up
     }
@@ -326,20 +368,18 @@ impl Peers {
             .await;
         let answer = match sent {
             Ok(answer) => answer,
-            Err(e) => {
-                self.mark_down(peer);
-                return Err(PeerError::Unreachable(e.to_string()));
-            }
+            Err(e) => return Err(self.failed(peer, e)),
         };
         self.mark_up(peer);
         let status = answer.status();
         let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+        if answer.content_length().is_none_or(|n| n > MAX_ANSWER as u64) {
+            let why = "a peer's answer without a length or too long".to_owned();
+            return Err(PeerError::Status(StatusCode::BAD_GATEWAY, why));
+        }
         let body = match answer.bytes().await {
             Ok(body) => body,
-            Err(e) => {
-                self.mark_down(peer);
-                return Err(PeerError::Unreachable(e.to_string()));
-            }
+            Err(e) => return Err(self.failed(peer, e)),
         };
         if status == StatusCode::MISDIRECTED_REQUEST {
             return Err(PeerError::Status(status, String::from_utf8_lossy(&body).into_owned()));
@@ -379,26 +419,83 @@ impl Peers {
                 let status = answer.status();
                 Err(PeerError::Status(status, answer.text().await.unwrap_or_default()))
             }
-            Err(e) => {
-                self.mark_down(peer);
-                Err(PeerError::Unreachable(e.to_string()))
-            }
+            Err(e) => Err(self.failed(peer, e)),
         }
+    }
+
+    /// A request to `peer` that failed: down if it could not connect.
+    fn failed(&self, peer: usize, e: reqwest::Error) -> PeerError {
+        if !e.is_connect() {
+            return PeerError::NoAnswer(e.to_string());
+        }
+        self.mark_down(peer);
+        // Refused: nothing listens there, so nothing it held survives (a process that
+        // restarts starts empty). A timeout may be a partition instead.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(error) = source {
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+            {
+                return PeerError::Down(e.to_string());
+            }
+            source = error.source();
+        }
+        PeerError::Unreachable(e.to_string())
+    }
+
+    /// Charges a session's journal growing from `old` to `new` bytes to the holder's
+    /// budget; `false` (nothing charged) when it does not fit.
+    pub fn charge(&self, client: std::net::IpAddr, old: usize, new: usize) -> bool {
+        let mut journals = self.journals.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_address) = &mut *journals;
+        let mine = by_address.get(&client).copied().unwrap_or(0);
+        let (total_after, mine_after) = ((*total + new).saturating_sub(old), (mine + new).saturating_sub(old));
+        if new > old && (total_after > JOURNAL_BYTES || mine_after > JOURNAL_BYTES_PER_ADDRESS) {
+            return false;
+        }
+        *total = total_after;
+        if mine_after == 0 {
+            by_address.remove(&client);
+        } else {
+            by_address.insert(client, mine_after);
+        }
+        true
+    }
+
+    /// Whether `id` is a session id of this tier: 34 lower-case hex digits, the first
+    /// two naming a peer.
+    pub fn valid_id(&self, id: &str) -> bool {
+        id.len() == 34
+            && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && usize::from_str_radix(&id[..2], 16).is_ok_and(|i| i < self.addrs.len())
     }
 
     /// Applies an update from a holder. `Err` is the answer to give it.
     pub fn apply(&self, ctx: &Arc<EdgeContext>, id: &str, update: Update) -> Result<(), Box<Response>> {
+        // The journal is checked and rebuilt before the lock is taken.
+        let update = match update {
+            Update::Full(full) => {
+                let Full { holder, client, tls, journal } = *full;
+                match Journal::restore(journal) {
+                    Ok(journal) => Ok((holder, client, tls, journal)),
+                    Err(e) => return Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_journal", e.to_string()))),
+                }
+            }
+            other => Err(other),
+        };
         let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
         self.expire(&mut replicas);
         let answer = match update {
-            Update::Drop => {
+            Ok(full) => self.full(ctx, &mut replicas, id, full),
+            Err(Update::Full(_)) => Ok(()),
+            Err(Update::Drop) => {
                 if let Some(Replica::Standby(_)) = replicas.by_id.get(id) {
                     replicas.remove(id);
                 }
                 Ok(())
             }
-            Update::Full(full) => self.full(ctx, &mut replicas, id, *full),
-            Update::Step(step) => self.step(ctx, &mut replicas, id, &step),
+            Err(Update::Step(step)) => self.step(ctx, &mut replicas, id, &step),
         };
         self.stats().replicas.store(replicas.by_id.len() as u64, Ordering::Relaxed);
         answer
@@ -441,10 +538,17 @@ impl Peers {
     }
 
     /// A full copy of a session: a new replica, or one that replaces what was here.
-    fn full(&self, ctx: &Arc<EdgeContext>, replicas: &mut Replicas, id: &str, full: Full) -> Result<(), Box<Response>> {
+    fn full(
+        &self,
+        ctx: &Arc<EdgeContext>,
+        replicas: &mut Replicas,
+        id: &str,
+        full: (usize, SocketAddr, bool, Journal),
+    ) -> Result<(), Box<Response>> {
         let refuse = |status, code, why: &str| Err(Box::new(error(status, code, why)));
         let old = match replicas.by_id.get(id) {
-            Some(Replica::Taken { .. }) => return Err(Box::new(taken_over())),
+            Some(Replica::Taken { fenced, .. }) if *fenced == full.0 => return Err(Box::new(taken_over())),
+            Some(Replica::Taken { .. }) => 0,
             Some(Replica::Standby(standby)) => standby.bytes,
             None if replicas.by_id.len() >= self.max_replicas => {
                 return refuse(
@@ -455,14 +559,10 @@ impl Peers {
             }
             None => 0,
         };
-        let Full { holder, client, tls, journal } = full;
+        let (holder, client, tls, journal) = full;
         if holder >= self.addrs.len() || holder == self.me {
             return refuse(StatusCode::BAD_REQUEST, "bad_holder", "no such holder");
         }
-        let journal = match Journal::restore(journal) {
-            Ok(journal) => journal,
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_journal", &e.to_string()),
-        };
         let bytes = journal.bytes();
         if replicas.bytes - old + bytes > REPLICA_BYTES {
             return refuse(StatusCode::INSUFFICIENT_STORAGE, "replicas_full", "over the replica budget");
@@ -474,23 +574,36 @@ impl Peers {
         Ok(())
     }
 
-    /// Takes the replica of `id` to take the session over, leaving a tombstone.
+    /// Takes the replica of `id` to take the session over, leaving a tombstone; not one
+    /// past its lease ([`REPLICA_LEASE`]).
     pub fn take(&self, id: &str) -> Option<Box<Standby>> {
         let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
-        if !matches!(replicas.by_id.get(id), Some(Replica::Standby(_))) {
-            return None;
-        }
-        match replicas.insert(id, Replica::Taken { since: Instant::now() }) {
+        let fenced = match replicas.by_id.get(id) {
+            Some(Replica::Standby(standby)) if standby.touched.elapsed() < REPLICA_LEASE => standby.holder,
+            _ => return None,
+        };
+        match replicas.insert(id, Replica::Taken { since: Instant::now(), fenced }) {
             Some(Replica::Standby(standby)) => Some(standby),
             _ => None,
         }
     }
 
-    /// The holder a standby replica of `id` here names, if there is one.
+    /// The holder a standby replica of `id` here names, if there is one within its
+    /// lease.
     pub fn replica_holder(&self, id: &str) -> Option<usize> {
-        match self.replicas.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(id) {
-            Some(Replica::Standby(standby)) => Some(standby.holder),
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        self.expire(&mut replicas);
+        match replicas.by_id.get(id) {
+            Some(Replica::Standby(standby)) if standby.touched.elapsed() < REPLICA_LEASE => Some(standby.holder),
             _ => None,
+        }
+    }
+
+    /// Drops the replica of `id` here (a session closed, or one whose copy is stale).
+    pub fn drop_replica(&self, id: &str) {
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Replica::Standby(_)) = replicas.by_id.get(id) {
+            replicas.remove(id);
         }
     }
 
@@ -506,7 +619,7 @@ impl Peers {
             .iter()
             .filter(|(_, r)| match r {
                 Replica::Standby(s) => now.duration_since(s.touched) >= self.idle,
-                Replica::Taken { since } => now.duration_since(*since) >= TOMBSTONE_FOR,
+                Replica::Taken { since, .. } => now.duration_since(*since) >= TOMBSTONE_FOR,
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -526,7 +639,8 @@ pub fn not_here() -> Response {
 
 /// Keeps a relay lease on every stream the session plays (and drops the others).
 fn warm(ctx: &Arc<EdgeContext>, standby: &mut Standby) {
-    let wanted = played_streams(standby.journal.control_log());
+    let mut wanted = played_streams(standby.journal.control_log());
+    wanted.truncate(MAX_WARM);
     standby.leases.retain(|key, _| wanted.contains(key));
     for key in wanted {
         standby.leases.entry(key).or_insert_with_key(|key| ctx.relays.join(ctx, key));
