@@ -69,6 +69,10 @@ phase() {
   c0=$(cpu_ticks) w0=$(wchar) r0=$(tunnel_requests) b0=$(cpu_ticks "$edge1") k0=$(replica_bytes)
   sleep "$secs"
   c1=$(cpu_ticks) w1=$(wchar) r1=$(tunnel_requests) b1=$(cpu_ticks "$edge1") k1=$(replica_bytes)
+  # What edge-1 holds as edge-2's sessions' buddy (to stderr, beside the line).
+  curl -s "http://127.0.0.1:$((RAFTCAST_EDGE_HTTP_BASE + 1))/metrics" |
+    awk '/^edge_rtmpt_replicas / {n = $2} /^edge_rtmpt_replica_journal_bytes / {b = $2}
+      END { if (n > 0) printf "  buddy holds %d replicas, %.0f journal bytes each\n", n, b / n }' >&2
   alive=0
   for p in "${players_pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
   for p in "${players_pids[@]}"; do kill "$p" 2>/dev/null || true; done

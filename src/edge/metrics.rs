@@ -318,6 +318,7 @@ impl Collector for EdgeCollector {
             load(&p.takeovers_failed),
         )?;
         gauge(e, "edge_rtmpt_replicas", "Copies of peer edges' RTMPT sessions held here", load(&p.replicas))?;
+        gauge(e, "edge_rtmpt_replica_journal_bytes", "Bytes of the journals of those copies", load(&p.replica_bytes))?;
         counter(
             e,
             "edge_rtmpt_fenced_total",

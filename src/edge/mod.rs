@@ -34,7 +34,7 @@ pub(crate) mod metrics;
 pub(crate) mod publication;
 pub(crate) mod relaying;
 pub(crate) mod rtmp_conn;
-pub(crate) mod rtmpt;
+pub mod rtmpt;
 pub(crate) mod shared_objects;
 pub(crate) mod so_session;
 pub(crate) mod streams;

@@ -26,9 +26,9 @@
 //! Never knows RTMP: the bytes are the connection task's business.
 
 pub(crate) mod exchange;
-pub(crate) mod journal;
+pub mod journal;
 pub(crate) mod peers;
-pub(crate) mod translate;
+pub mod translate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -144,15 +144,29 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
-    pub fn new(config: &crate::edge::EdgeConfig, stats: Arc<crate::edge::EdgeStats>) -> Tunnels {
+    pub(crate) fn new(config: &crate::edge::EdgeConfig, stats: Arc<crate::edge::EdgeStats>) -> Tunnels {
         let peers = Peers::new(
             &config.rtmpt_peers,
             config.rtmpt_self,
             config.secret.clone(),
-            (config.caps.rtmpt_sessions, config.caps.rtmpt_idle_timeout),
+            config.caps.rtmpt_sessions,
             stats,
         );
-        Tunnels { sessions: Mutex::default(), peers: peers.map(Arc::new) }
+        let peers = peers.map(Arc::new);
+        if let Some(peers) = &peers {
+            // Replicas and tombstones also expire when no update comes at all.
+            let peers = Arc::downgrade(peers);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(peers) = peers.upgrade() else { return };
+                    peers.sweep();
+                }
+            });
+        }
+        Tunnels { sessions: Mutex::default(), peers }
     }
 
     /// The tier's edges, when sessions are shared.
@@ -172,12 +186,12 @@ impl Tunnels {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

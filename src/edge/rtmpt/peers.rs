@@ -22,8 +22,8 @@
 //!   partition) gets `409 taken_over`, and the old holder ends its copy of the session
 //!   before answering anything, so a client is never answered by two holders.
 //!
-//! Replicas are bounded in number (`4 × --max-rtmpt-sessions`) and expire like
-//! sessions (`--rtmpt-idle-timeout-ms` without a step). Traffic between edges carries
+//! Replicas are bounded in number (`4 × --max-rtmpt-sessions`) and bytes, and expire
+//! after [`REPLICA_LEASE`] without a step. Traffic between edges carries
 //! the cluster secret, over the peers' plain HTTP ports.
 
 use std::collections::HashMap;
@@ -148,8 +148,9 @@ pub struct PeerStats {
     /// Sessions this edge took over from a dead holder, and takeovers that failed.
     pub takeovers: AtomicU64,
     pub takeovers_failed: AtomicU64,
-    /// Replicas held for peers now.
+    /// Replicas held for peers now, and the bytes of their journals.
     pub replicas: AtomicU64,
+    pub replica_bytes: AtomicU64,
     /// Sessions this edge ended because their buddy had taken them over.
     pub fenced: AtomicU64,
 }
@@ -225,7 +226,6 @@ pub struct Peers {
     pub takeovers: Mutex<()>,
     /// Bytes of the journals of the sessions held here, in all and per client address.
     journals: Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
-    idle: Duration,
     edge_stats: Arc<crate::edge::EdgeStats>,
 }
 
@@ -251,11 +251,11 @@ pub enum PeerError {
 
 impl Peers {
     /// `None` without `--rtmpt-peers`.
-    pub fn new(
+    pub(crate) fn new(
         addrs: &[SocketAddr],
         me: usize,
         secret: ClusterSecret,
-        (max_sessions, idle): (usize, Duration),
+        max_sessions: usize,
         edge_stats: Arc<crate::edge::EdgeStats>,
     ) -> Option<Peers> {
         if addrs.is_empty() {
@@ -279,7 +279,6 @@ impl Peers {
             takeovers: Mutex::new(()),
             journals: Mutex::default(),
             max_replicas: max_sessions.saturating_mul(4).max(16),
-            idle,
             edge_stats,
         })
     }
@@ -498,6 +497,7 @@ impl Peers {
             Err(Update::Step(step)) => self.step(ctx, &mut replicas, id, &step),
         };
         self.stats().replicas.store(replicas.by_id.len() as u64, Ordering::Relaxed);
+        self.stats().replica_bytes.store(replicas.bytes as u64, Ordering::Relaxed);
         answer
     }
 
@@ -612,13 +612,23 @@ impl Peers {
         self.replicas.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Replica::Standby(standby));
     }
 
+    /// Drops the replicas and tombstones past their time.
+    pub fn sweep(&self) {
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        self.expire(&mut replicas);
+        self.stats().replicas.store(replicas.by_id.len() as u64, Ordering::Relaxed);
+        self.stats().replica_bytes.store(replicas.bytes as u64, Ordering::Relaxed);
+    }
+
     fn expire(&self, replicas: &mut Replicas) {
         let now = Instant::now();
         let gone: Vec<String> = replicas
             .by_id
             .iter()
             .filter(|(_, r)| match r {
-                Replica::Standby(s) => now.duration_since(s.touched) >= self.idle,
+                // Past its lease a copy can take nothing over: it only held memory
+                // and warm relays.
+                Replica::Standby(s) => now.duration_since(s.touched) >= REPLICA_LEASE,
                 Replica::Taken { since, .. } => now.duration_since(*since) >= TOMBSTONE_FOR,
             })
             .map(|(id, _)| id.clone())
