@@ -70,8 +70,10 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Open connections: per address and in all (a [`Limit`] of class `http_connections`).
     pub connections: Arc<Limit>,
-    /// Addresses that may use the connection cap's reserve (an origin's fellow Raft
-    /// members, so a flood cannot refuse the connections Raft RPC needs).
+    /// Addresses that may use the connection cap's reserve, with no per-address cap and
+    /// no ban (an origin's fellow Raft members, so a flood cannot refuse the
+    /// connections Raft RPC needs; an edge's fellow edges, `--rtmpt-peers`). Only a
+    /// connection's own address counts, never one a PROXY header names.
     pub trusted: Option<Arc<Trusted>>,
     /// Load balancers whose connections carry the client's address in a PROXY
     /// protocol header (`--proxy-protocol-from`); none by default.
@@ -146,7 +148,10 @@ async fn serve_with(
                     Ok((header, rest)) => {
                         let client = header.client(peer);
                         // Behind a balancer a refusal bans nobody: the SYNs are the balancer's.
-                        drop(admit(Prefixed::new(rest, socket), client, router, limits, tls, shutdown, &tracker));
+                        // Trust goes by the connection's own address, never by one a PROXY
+                        // header names.
+                        let socket = Prefixed::new(rest, socket);
+                        drop(admit(socket, (client, false), router, limits, tls, shutdown, &tracker));
                     }
                     Err(e) => tracing::info!(balancer = %peer, error = %e, "HTTP connection closed"),
                 }
@@ -158,9 +163,8 @@ async fn serve_with(
             continue;
         }
         let (router, limits, tls, shutdown) = (router.clone(), limits.clone(), tls.clone(), shutdown.clone());
-        if let Some(refused) =
-            admit(Prefixed::new(Default::default(), socket), peer, router, limits, tls, shutdown, &tracker)
-        {
+        let socket = Prefixed::new(Default::default(), socket);
+        if let Some(refused) = admit(socket, (peer, trusted), router, limits, tls, shutdown, &tracker) {
             gate.refused(&listener, refused.get_ref(), peer.ip());
         }
     }
@@ -168,18 +172,18 @@ async fn serve_with(
     tracker.wait().await;
 }
 
-/// Takes the connection permit for `peer` (the client) and serves the connection, or
-/// gives the socket back when a cap refuses (dropping it closes it).
+/// Takes the connection permit for `peer` (the client; `trusted`: a member of the
+/// cluster, see [`HttpLimits::trusted`]) and serves the connection, or gives the
+/// socket back when a cap refuses (dropping it closes it).
 fn admit(
     socket: Prefixed<TcpStream>,
-    peer: SocketAddr,
+    (peer, trusted): (SocketAddr, bool),
     router: Router,
     limits: HttpLimits,
     tls: Option<(TlsAcceptor, Arc<crate::tls::HandshakeStats>)>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Option<Prefixed<TcpStream>> {
-    let trusted = limits.trusted.as_ref().is_some_and(|t| t.contains(peer.ip()));
     let permit = match limits.connections.try_acquire_as(peer.ip(), trusted) {
         Ok(permit) => permit,
         Err(refused) => {

@@ -102,7 +102,10 @@ impl Limit {
         self.try_acquire_as(ip, false)
     }
 
-    /// Takes one permit for `ip`; a `trusted` address may also take the reserve.
+    /// Takes one permit for `ip`; a `trusted` address (a member of the cluster, not a
+    /// stranger) may also take the reserve, and has no per-address cap: an edge
+    /// forwarding its clients' RTMPT requests to another holds a connection per request
+    /// in flight.
     pub fn try_acquire_as(self: &Arc<Self>, ip: IpAddr, trusted: bool) -> Result<Permit, Refused> {
         let key = AddrKey::of(ip);
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -112,7 +115,7 @@ impl Limit {
             return Err(Refused::Global { class: self.class, limit: global });
         }
         let mine = held.by_addr.entry(key).or_insert(0);
-        if *mine >= self.per_address {
+        if !trusted && *mine >= self.per_address {
             self.refused_address.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::PerAddress { class: self.class, limit: self.per_address });
         }
@@ -355,6 +358,12 @@ mod tests {
         assert!(limit.try_acquire_as(peer, true).is_err(), "the reserve is finite too");
         assert!(!trusted.contains(ip("10.0.0.2")));
         drop(held);
+        // No per-address cap for a member: more than 10 from one trusted address.
+        let limit = Limit::new("http", 2, 100);
+        let members: Vec<_> = (0..20).map(|_| limit.try_acquire_as(peer, true).unwrap()).collect();
+        assert!(limit.try_acquire_as(ip("10.9.9.9"), false).is_ok());
+        assert_eq!(limit.try_acquire(peer).unwrap_err(), Refused::PerAddress { class: "http", limit: 2 });
+        drop(members);
     }
 
     #[test]

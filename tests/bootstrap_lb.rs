@@ -115,6 +115,12 @@ async fn rtmpt_through_the_round_robin_balancer_publishes_and_plays() {
     let probe = edges::rtmpdump_records(&rtmpt, &dir.join("dump.flv"), 4).await;
     assert!(probe.contains("h264") && probe.contains("aac"), "rtmpdump's file: {probe}");
 
+    // HLS players through the balancer get the same stream: the window's segments, at
+    // 30 fps (2 s of media at least in the playlist ffprobe reads from its start).
+    let hls = format!("http://{}/live/tunnelled/index.m3u8", ports.lb_http());
+    let segments = ffprobe_video_packets(&hls, 2).await.unwrap();
+    assert!(segments >= 30, "HLS through the balancer: {segments} video packets");
+
     // The balancer dealt the sessions to both edges, and each edge got requests of
     // sessions the other holds and forwarded them (had one met `404 unknown_session`,
     // its session would have ended and the counts above fallen short). Requests for an

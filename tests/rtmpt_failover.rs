@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bootstrap::Bootstrapped;
 use common::eventually;
-use edges::{metric_value, noisy_source as source, publish_file, require, Proc};
+use edges::{assert_run_of, metric_value, noisy_source as source, publish_file, read_hashes, reference, require, Proc};
 use raftcast::bench::client::RtmpClient;
 use raftcast::rtmp::session::ClientEvent;
 use sha2::{Digest, Sha256};
@@ -42,55 +42,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const EDGES: u16 = 3;
 /// A 30 fps stream: 150 frames are 5 s of playing.
 const FIVE_SECONDS: usize = 150;
-
-/// The sha256 of each video packet, as ffmpeg's framehash muxer prints them.
-fn read_hashes(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with("0,"))
-        .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_owned()))
-        .collect()
-}
-
-/// The source's video packets, hashed like the players' (`tests/failover.rs`).
-fn reference(source: &Path, dir: &Path) -> Vec<String> {
-    let out = dir.join("reference.hash");
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
-        .arg(source)
-        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let hashes = read_hashes(&out);
-    assert!(hashes.len() >= 590, "{} reference frames", hashes.len());
-    let unique: std::collections::HashSet<_> = hashes.iter().collect();
-    assert_eq!(unique.len(), hashes.len(), "every source frame is distinct");
-    hashes
-}
-
-/// Checks that `got` is a run of the looped `reference`: every frame after the first,
-/// in order, none missing, none twice. Returns how many frames it covers.
-fn assert_run_of(reference: &[String], got: &[String], who: &str) -> usize {
-    assert!(got.len() > 30, "{who} received only {} video frames", got.len());
-    let start = reference.iter().position(|h| *h == got[0]).unwrap_or_else(|| panic!("{who}: unknown first frame"));
-    for (i, h) in got.iter().enumerate() {
-        let want = &reference[(start + i) % reference.len()];
-        if h != want {
-            let at = reference.iter().position(|r| r == h);
-            let expected = (start + i) % reference.len();
-            let what = match at {
-                Some(at) if at > expected => format!("{} frames skipped", at - expected),
-                Some(at) => format!("{} frames repeated", expected - at),
-                None => "not a source frame".to_owned(),
-            };
-            panic!("{who}: frame {i} of {} is source frame {at:?}, expected {expected} ({what})", got.len());
-        }
-    }
-    got.len()
-}
 
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
@@ -491,7 +442,7 @@ fn probe(edge: std::net::SocketAddr, name: &str, seen: Arc<Mutex<Seen>>, stop: C
 /// not hold the publisher's session. SIGKILL the edge holding it: the publisher goes on
 /// and the player gets every frame once, in order, none missing across the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_rtmpt_publisher_loses_no_frame_when_its_edge_dies() {
+async fn an_rtmpt_publisher_loses_no_frame_when_its_edge_then_the_owner_origin_die() {
     require("haproxy");
     require("ffmpeg");
     let _serial = SERIAL.lock().await;
@@ -501,6 +452,8 @@ async fn an_rtmpt_publisher_loses_no_frame_when_its_edge_dies() {
     let reference = reference(&source, &dir);
 
     let publisher_log = dir.join("publisher.log");
+    // On an origin that does not lead, so killing it later is not also an election.
+    pin_to_a_follower(&c, "y").await;
     let url = format!("rtmpt://{}/live/y", c.ports.lb_http());
     let mut publisher = publish_file(&source, &url, publisher_log.clone());
     let id = new_session(&c, &[], "the publisher").await;
@@ -540,7 +493,36 @@ async fn an_rtmpt_publisher_loses_no_frame_when_its_edge_dies() {
     }
     let resumed = Instant::now();
     eprintln!("after edge-{holder}'s death:\n{}", rtmpt_metrics(&c, &[holder]).await);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Then SIGKILL the stream's owner origin: the session's new holder moves the
+    // publication to the next owner, as for any RTMP publisher.
+    let (owner, epoch) = owner_of(&c, 1, "y").await.expect("the stream's owner");
+    let via = (1..=3).find(|i| u64::from(*i) != owner).unwrap();
+    let at_owner_kill = frames();
+    let owner_killed = Instant::now();
+    c.kill(&format!("origin-{owner}")).await;
+    let (moved_to, new_epoch) = eventually(Duration::from_secs(20), "the stream to move", || async {
+        owner_of(&c, via, "y").await.filter(|(o, _)| *o != owner)
+    })
+    .await;
+    assert!(new_epoch > epoch);
+    eprintln!("origin-{owner} SIGKILLed; origin-{moved_to} owns the stream after {:?}", owner_killed.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while frames() < at_owner_kill + FIVE_SECONDS {
+        assert!(
+            publisher.running(),
+            "the publisher exited after origin-{owner}'s death:\n{}",
+            log_tail(&publisher_log)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the player got {} frames in 30 s after origin-{owner}'s death",
+            frames() - at_owner_kill
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let owner_resumed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(publisher.running(), "the publisher exited:\n{}", log_tail(&publisher_log));
     stop.cancel();
     probe.await.unwrap();
@@ -552,9 +534,10 @@ async fn an_rtmpt_publisher_loses_no_frame_when_its_edge_dies() {
     let times: Vec<Instant> = seen.frames.iter().map(|(t, _)| *t).collect();
     let n = assert_run_of(&reference, &hashes, "the RTMP player");
     eprintln!(
-        "every frame once and in order: {n}. Longest stall (arrival gap) at the RTMP player: {:?} before the kill, \
-         {:?} around edge-{holder}'s death",
+        "every frame once and in order: {n}. Longest stall (arrival gap) at the RTMP player: {:?} before the kills, \
+         {:?} around edge-{holder}'s death, {:?} around origin-{owner}'s",
         longest_gap(&times, watched_from, killed),
         longest_gap(&times, killed, resumed),
+        longest_gap(&times, owner_killed, owner_resumed),
     );
 }

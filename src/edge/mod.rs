@@ -148,7 +148,13 @@ impl EdgeLimits {
                 header_timeout: c.http_header_timeout,
                 body_timeout: c.http_body_timeout,
                 connections: Limit::new("http_connections", c.http_connections_per_address, c.http_connections),
-                trusted: None,
+                // The tier's other edges forward RTMPT requests and steps here: members,
+                // not strangers (no per-address cap, no ban).
+                trusted: (!config.rtmpt_peers.is_empty()).then(|| {
+                    let trusted = crate::limits::Trusted::default();
+                    trusted.set(config.rtmpt_peers.iter().map(|p| p.ip()));
+                    Arc::new(trusted)
+                }),
                 proxy: proxy.clone(),
                 bans: c.bans,
                 ban_stats: Default::default(),

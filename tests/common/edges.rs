@@ -320,3 +320,53 @@ pub fn read_framehash(out: &Path) -> Vec<(i64, String)> {
         })
         .collect()
 }
+
+/// The sha256 of each video packet, as ffmpeg's framehash muxer prints them.
+pub fn read_hashes(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with("0,"))
+        .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_owned()))
+        .collect()
+}
+
+/// The source's video packets, hashed like the players' ([`read_hashes`]): every one
+/// distinct, so a frame is known by its hash.
+pub fn reference(source: &Path, dir: &Path) -> Vec<String> {
+    let out = dir.join("reference.hash");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
+        .arg(source)
+        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let hashes = read_hashes(&out);
+    assert!(hashes.len() >= 590, "{} reference frames", hashes.len());
+    let unique: std::collections::HashSet<_> = hashes.iter().collect();
+    assert_eq!(unique.len(), hashes.len(), "every source frame is distinct");
+    hashes
+}
+
+/// Checks that `got` is a run of the looped `reference`: every frame after the first,
+/// in order, none missing, none twice. Returns how many frames it covers.
+pub fn assert_run_of(reference: &[String], got: &[String], who: &str) -> usize {
+    assert!(got.len() > 30, "{who} received only {} video frames", got.len());
+    let start = reference.iter().position(|h| *h == got[0]).unwrap_or_else(|| panic!("{who}: unknown first frame"));
+    for (i, h) in got.iter().enumerate() {
+        let want = &reference[(start + i) % reference.len()];
+        if h != want {
+            let at = reference.iter().position(|r| r == h);
+            let expected = (start + i) % reference.len();
+            let what = match at {
+                Some(at) if at > expected => format!("{} frames skipped", at - expected),
+                Some(at) => format!("{} frames repeated", expected - at),
+                None => "not a source frame".to_owned(),
+            };
+            panic!("{who}: frame {i} of {} is source frame {at:?}, expected {expected} ({what})", got.len());
+        }
+    }
+    got.len()
+}

@@ -255,16 +255,9 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
                 return unknown(req).await;
             }
             let path = req.uri().path().to_owned();
-            let body = if carries_body {
-                match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-                    Ok(body) => body,
-                    Err(_) => return too_large(),
-                }
-            } else {
-                match discard_body(req).await {
-                    Ok(()) => Bytes::new(),
-                    Err(refused) => return refused,
-                }
+            let body = match read_body(req, carries_body).await {
+                Ok(body) => body,
+                Err(refused) => return refused,
             };
             let asked = Asked { id: &id, seq, close, path: &path, client: peer, forwarded };
             match find(&ctx, &peers, &asked, body.clone()).await {
@@ -286,18 +279,18 @@ pub async fn handle(ctx: Arc<EdgeContext>, parsed: Result<Command, BadPath>, req
         }
     };
     // Only a request for an open session has its body kept.
-    let body = if carries_body {
-        match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-            Ok(body) => body,
-            Err(_) => return too_large(),
-        }
-    } else {
-        match discard_body(req).await {
-            Ok(()) => Bytes::new(),
-            Err(refused) => return refused,
-        }
-    };
-    ask_session(&ctx, session, seq, body, close).await
+    match read_body(req, carries_body).await {
+        Ok(body) => ask_session(&ctx, session, seq, body, close).await,
+        Err(refused) => refused,
+    }
+}
+
+/// A `/send`'s body (at most [`MAX_BODY`]); the others' bodies are read and dropped.
+async fn read_body(req: axum::extract::Request, carries_body: bool) -> Result<Bytes, Response> {
+    if !carries_body {
+        return discard_body(req).await.map(|()| Bytes::new());
+    }
+    axum::body::to_bytes(req.into_body(), MAX_BODY).await.map_err(|_| too_large())
 }
 
 /// Hands a request to its session's task and answers what it says.
