@@ -500,7 +500,7 @@ fn takeover(
         ctx.clone(),
         permits,
         ctx.shutdown.clone(),
-        Resume { plays: resume.resume_points(), session: Some(format!("rtmpt-{id}")) },
+        Resume { plays: resume.resume_points(), session: Some(public_name(id)) },
     ));
     Ok(requests)
 }
@@ -580,7 +580,7 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
     tokio::spawn(state.run(queue, ctx.clone(), session_permit, None));
     let protocol = if over_tls { "rtmpts" } else { "rtmpt" };
     // A shared session's sessions are named by its id on every edge (Resume::session).
-    let resume = Resume { session: ctx.tunnels.peers().map(|_| format!("rtmpt-{id}")), ..Resume::default() };
+    let resume = Resume { session: ctx.tunnels.peers().map(|_| public_name(&id)), ..Resume::default() };
     tokio::spawn(rtmp_conn::run_stream(far, protocol, peer, ctx.clone(), permits, ctx.shutdown.clone(), resume));
     let mut reply = fcs(Bytes::from(format!("{id}\n")));
     if let Ok(value) = header::HeaderValue::from_str(&id) {
@@ -590,6 +590,17 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
 }
 
 pub const SESSION_HEADER: &str = "x-rtmpt-session";
+
+/// What claims and webhooks call a shared session's RTMP sessions on every edge
+/// (`rtmp_conn::Resume::session`): derived from its id, the same wherever it is held,
+/// but not the id itself, which is the session's only credential (claims are listed
+/// by the admin API, webhooks go to the apps' servers).
+fn public_name(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("rtmpt-{hex}")
+}
 
 fn session_id() -> String {
     let bits: u128 = rand::random();
@@ -1016,6 +1027,15 @@ async fn gather(pipe: &mut DuplexStream, hold: bool, closed: &mut bool) -> Bytes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_sessions_are_named_after_their_id_without_giving_it_away() {
+        let id = "01aabbccddeeff00112233445566778899";
+        let name = public_name(id);
+        assert_eq!(name, public_name(id), "the same on every edge");
+        assert!(name.starts_with("rtmpt-") && !name.contains(&id[2..10]), "{name}");
+        assert_ne!(name, public_name("01aabbccddeeff00112233445566778898"));
+    }
 
     fn context() -> Arc<EdgeContext> {
         let args = crate::edge::EdgeArgs {
