@@ -10,31 +10,17 @@ mod common;
 #[path = "common/edges.rs"]
 mod edges;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster};
-use edges::{assert_run_of, noisy_source as source, publish_file, read_hashes, reference, EdgeProc, Proc};
+use edges::{assert_run_of, noisy_source as source, play_hashes, publish_file, read_hashes, reference, EdgeProc, Proc};
 use raftcast::bench::client::RtmpClient;
 use raftcast::rtmp::session::ClientEvent;
 use reqwest::Method;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
-
-/// ffmpeg playing `url`, writing each video packet's hash to `out`.
-fn play_hashes(url: &str, out: &Path, log: PathBuf) -> Proc {
-    let child = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-rw_timeout", "15000000", "-i", url])
-        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256", "-flush_packets", "1", "-y"])
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
 
 /// What the in-process player saw.
 #[derive(Debug, Default)]
@@ -160,8 +146,8 @@ impl Scene {
         eventually(Duration::from_secs(15), "the stream to be published", || owner_of(&c, 1, name)).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (rtmp_out, flv_out) = (dir.join("rtmp.hash"), dir.join("flv.hash"));
-        let rtmp_player = play_hashes(&edge2.rtmp_url("live", name), &rtmp_out, dir.join("rtmp-player.log"));
-        let flv_player = play_hashes(&edge2.flv_url("live", name), &flv_out, dir.join("flv-player.log"));
+        let rtmp_player = play_hashes(&edge2.rtmp_url("live", name), &rtmp_out, &dir.join("rtmp-player.log"));
+        let flv_player = play_hashes(&edge2.flv_url("live", name), &flv_out, &dir.join("flv-player.log"));
         let stop_probe = tokio_util::sync::CancellationToken::new();
         let probe = probe(edge2.rtmp, name, stop_probe.clone());
         // Everyone is playing before any fault.

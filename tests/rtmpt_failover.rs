@@ -28,7 +28,10 @@ use std::time::{Duration, Instant};
 
 use bootstrap::Bootstrapped;
 use common::eventually;
-use edges::{assert_run_of, metric_value, noisy_source as source, publish_file, read_hashes, reference, require, Proc};
+use edges::{
+    assert_run_of, framehash, metric_value, noisy_source as source, play_hashes, publish_file, read_hashes, reference,
+    require, Proc,
+};
 use raftcast::bench::client::RtmpClient;
 use raftcast::rtmp::session::ClientEvent;
 use sha2::{Digest, Sha256};
@@ -65,20 +68,6 @@ fn log_tail(path: &Path) -> String {
     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
-/// ffmpeg playing `url`, writing each video packet's hash to `out` as it comes.
-fn ffmpeg_plays(url: &str, out: &Path, log: &Path) -> Proc {
-    let child = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-rw_timeout", "15000000", "-i", url])
-        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256", "-flush_packets", "1", "-y"])
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
 /// rtmpdump (librtmp's own RTMPT) playing `url` live into the FLV file `out`.
 fn rtmpdump_plays(url: &str, out: &Path, log: &Path) -> Proc {
     let child = Command::new("rtmpdump")
@@ -96,13 +85,7 @@ fn rtmpdump_plays(url: &str, out: &Path, log: &Path) -> Proc {
 /// tag may be cut short by the SIGINT: ffmpeg's exit status is not checked.
 fn flv_hashes(flv: &Path, dir: &Path) -> Vec<String> {
     let out = dir.join("rtmpdump.hash");
-    let _ = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
-        .arg(flv)
-        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
-        .arg(&out)
-        .status()
-        .unwrap();
+    framehash(flv, &out);
     read_hashes(&out)
 }
 
@@ -243,6 +226,22 @@ async fn owner_of(c: &Bootstrapped, via: u16, name: &str) -> Option<(u64, u64)> 
     Some((e["owner"].as_u64()?, e["epoch"].as_u64()?))
 }
 
+/// SIGKILLs the owner origin of `live/NAME` and waits for another to take the stream
+/// over at a higher epoch; returns the dead owner and when it was killed.
+async fn kill_owner(c: &Bootstrapped, name: &str) -> (u64, Instant) {
+    let (owner, epoch) = owner_of(c, 1, name).await.expect("the stream's owner");
+    let via = (1..=3).find(|i| u64::from(*i) != owner).unwrap();
+    let killed = Instant::now();
+    c.kill(&format!("origin-{owner}")).await;
+    let (moved_to, new_epoch) = eventually(Duration::from_secs(20), "the stream to move", || async {
+        owner_of(c, via, name).await.filter(|(o, _)| *o != owner)
+    })
+    .await;
+    assert!(new_epoch > epoch);
+    eprintln!("origin-{owner} SIGKILLed; origin-{moved_to} owns the stream after {:?}", killed.elapsed());
+    (owner, killed)
+}
+
 /// Pins `live/NAME` to an origin that does not lead (through the leader), so that killing
 /// the owner is not also an election.
 async fn pin_to_a_follower(c: &Bootstrapped, name: &str) -> u16 {
@@ -326,7 +325,7 @@ async fn rtmpt_players_lose_no_frame_when_their_edge_then_the_owner_origin_die()
     let url = format!("rtmpt://{}/live/x", c.ports.lb_http());
     let (ffmpeg_out, ffmpeg_log) = (dir.join("ffmpeg-player.hash"), dir.join("ffmpeg-player.log"));
     let (mut player, holder) =
-        place(&c, "the ffmpeg player", 6, || ffmpeg_plays(&url, &ffmpeg_out, &ffmpeg_log), |edge| edge != 1).await;
+        place(&c, "the ffmpeg player", 6, || play_hashes(&url, &ffmpeg_out, &ffmpeg_log), |edge| edge != 1).await;
     assert_ne!(holder, 1, "six sessions in a row on edge-1, the publisher's edge");
     let (dump, dump_log) = (dir.join("rtmpdump.flv"), dir.join("rtmpdump.log"));
     let (mut rtmpdump, dump_holder) =
@@ -361,17 +360,8 @@ async fn rtmpt_players_lose_no_frame_when_their_edge_then_the_owner_origin_die()
     eprintln!("after edge-{holder}'s death:\n{}", rtmpt_metrics(&c, &[holder]).await);
 
     // SIGKILL the stream's owner origin; another takes the stream over.
-    let (owner, epoch) = owner_of(&c, 1, "x").await.expect("the stream's owner");
-    let via = if owner == 1 { 2 } else { 1 };
     let at_owner_kill = read_hashes(&ffmpeg_out).len();
-    let owner_killed = Instant::now();
-    c.kill(&format!("origin-{owner}")).await;
-    let (moved_to, new_epoch) = eventually(Duration::from_secs(20), "the stream to move", || async {
-        owner_of(&c, via, "x").await.filter(|(o, _)| *o != owner)
-    })
-    .await;
-    assert!(new_epoch > epoch);
-    eprintln!("origin-{owner} SIGKILLed; origin-{moved_to} owns the stream after {:?}", owner_killed.elapsed());
+    let (owner, owner_killed) = kill_owner(&c, "x").await;
     let owner_resumed =
         keeps_playing(&mut player, &ffmpeg_out, &ffmpeg_log, at_owner_kill, FIVE_SECONDS, "the ffmpeg player").await;
     assert!(rtmpdump.running(), "rtmpdump exited after origin-{owner}'s death:\n{}", log_tail(&dump_log));
@@ -496,17 +486,8 @@ async fn an_rtmpt_publisher_loses_no_frame_when_its_edge_then_the_owner_origin_d
 
     // Then SIGKILL the stream's owner origin: the session's new holder moves the
     // publication to the next owner, as for any RTMP publisher.
-    let (owner, epoch) = owner_of(&c, 1, "y").await.expect("the stream's owner");
-    let via = (1..=3).find(|i| u64::from(*i) != owner).unwrap();
     let at_owner_kill = frames();
-    let owner_killed = Instant::now();
-    c.kill(&format!("origin-{owner}")).await;
-    let (moved_to, new_epoch) = eventually(Duration::from_secs(20), "the stream to move", || async {
-        owner_of(&c, via, "y").await.filter(|(o, _)| *o != owner)
-    })
-    .await;
-    assert!(new_epoch > epoch);
-    eprintln!("origin-{owner} SIGKILLed; origin-{moved_to} owns the stream after {:?}", owner_killed.elapsed());
+    let (owner, owner_killed) = kill_owner(&c, "y").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while frames() < at_owner_kill + FIVE_SECONDS {
         assert!(

@@ -297,15 +297,33 @@ pub fn publish_file(source: &Path, url: &str, log: PathBuf) -> Proc {
 /// the hashes compare across the two.
 pub fn packets(file: impl AsRef<OsStr>, out: &Path) -> Vec<(i64, String)> {
     let file = file.as_ref();
-    let status = Command::new("ffmpeg")
+    assert!(framehash(file, out).success(), "ffmpeg could not read {}", file.to_string_lossy());
+    read_framehash(out)
+}
+
+/// ffmpeg's framehash (sha256) of each video packet of `file` into `out`.
+pub fn framehash(file: impl AsRef<OsStr>, out: &Path) -> std::process::ExitStatus {
+    Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
         .arg(file)
         .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
         .arg(out)
         .status()
+        .unwrap()
+}
+
+/// ffmpeg playing `url`, writing each video packet's hash to `out` as it comes.
+pub fn play_hashes(url: &str, out: &Path, log: &Path) -> Proc {
+    let child = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "warning", "-rw_timeout", "15000000", "-i", url])
+        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256", "-flush_packets", "1", "-y"])
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
         .unwrap();
-    assert!(status.success(), "ffmpeg could not read {}", file.to_string_lossy());
-    read_framehash(out)
+    Proc(child)
 }
 
 /// The video packets (stream 0) of a file ffmpeg's framehash muxer wrote: (dts, hash).
@@ -334,16 +352,7 @@ pub fn read_hashes(path: &Path) -> Vec<String> {
 /// The source's video packets, hashed like the players' ([`read_hashes`]): every one
 /// distinct, so a frame is known by its hash.
 pub fn reference(source: &Path, dir: &Path) -> Vec<String> {
-    let out = dir.join("reference.hash");
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i"])
-        .arg(source)
-        .args(["-map", "0:v", "-c", "copy", "-f", "framehash", "-hash", "sha256"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let hashes = read_hashes(&out);
+    let hashes: Vec<String> = packets(source, &dir.join("reference.hash")).into_iter().map(|(_, h)| h).collect();
     assert!(hashes.len() >= 590, "{} reference frames", hashes.len());
     let unique: std::collections::HashSet<_> = hashes.iter().collect();
     assert_eq!(unique.len(), hashes.len(), "every source frame is distinct");

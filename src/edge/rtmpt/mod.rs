@@ -469,28 +469,13 @@ fn takeover(
     peers.stats().takeovers.fetch_add(1, Ordering::Relaxed);
     tracing::info!(session = id, seq, last, %client, "RTMPT session taken over");
     let protocol = if standby.tls { "rtmpts" } else { "rtmpt" };
-    let shared = Shared {
-        peers: peers.clone(),
-        journal: standby.journal,
-        outbound,
-        client,
-        tls: standby.tls,
-        buddy: None,
-        retry_buddy_at: Instant::now(),
-        resumable: true,
-        charged: 0,
-        last_step: Instant::now(),
-    };
+    let shared = Shared::new(peers.clone(), standby.journal, outbound, client, standby.tls);
     let state = Session {
-        id: id.to_owned(),
-        pipe: near,
         exchange: Exchange::resumed(last),
-        closed: false,
-        shared: Some(shared),
         translator: Some(translator),
         regenerate: Some(last),
-        early: BytesMut::new(),
         warm,
+        ..Session::new(id.to_owned(), near, Some(shared))
     };
     tokio::spawn(state.run(queue, ctx.clone(), session_permit, Some(hello)));
     tokio::spawn(rtmp_conn::run_stream(
@@ -554,29 +539,8 @@ fn open(ctx: &Arc<EdgeContext>, peer: SocketAddr, over_tls: bool) -> Response {
     ctx.tunnels.insert(id.clone(), requests);
     ctx.stats.rtmpt.open.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, session = id, "RTMPT session opened");
-    let shared = peers.map(|peers| Shared {
-        peers,
-        journal: Journal::new(),
-        outbound: Outbound::new(),
-        client: peer,
-        tls: over_tls,
-        buddy: None,
-        retry_buddy_at: Instant::now(),
-        resumable: true,
-        charged: 0,
-        last_step: Instant::now(),
-    });
-    let state = Session {
-        id: id.clone(),
-        pipe: near,
-        exchange: Exchange::default(),
-        closed: false,
-        shared,
-        translator: None,
-        regenerate: None,
-        early: BytesMut::new(),
-        warm: Vec::new(),
-    };
+    let shared = peers.map(|peers| Shared::new(peers, Journal::new(), Outbound::new(), peer, over_tls));
+    let state = Session::new(id.clone(), near, shared);
     tokio::spawn(state.run(queue, ctx.clone(), session_permit, None));
     let protocol = if over_tls { "rtmpts" } else { "rtmpt" };
     // A shared session's sessions are named by its id on every edge (Resume::session).
@@ -616,18 +580,7 @@ async fn session(
     ctx: Arc<EdgeContext>,
     permit: Permit,
 ) {
-    let state = Session {
-        id,
-        pipe,
-        exchange: Exchange::default(),
-        closed: false,
-        shared: None,
-        translator: None,
-        regenerate: None,
-        early: BytesMut::new(),
-        warm: Vec::new(),
-    };
-    state.run(queue, ctx, permit, None).await
+    Session::new(id, pipe, None).run(queue, ctx, permit, None).await
 }
 
 /// What a session of a tier that shares sessions keeps beyond the tunnel.
@@ -676,6 +629,21 @@ struct Session {
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Session {
+    /// A session opened here: a fresh exchange, no takeover state.
+    fn new(id: String, pipe: DuplexStream, shared: Option<Shared>) -> Session {
+        Session {
+            id,
+            pipe,
+            exchange: Exchange::default(),
+            closed: false,
+            shared,
+            translator: None,
+            regenerate: None,
+            early: BytesMut::new(),
+            warm: Vec::new(),
+        }
+    }
+
     async fn run(
         mut self,
         mut queue: mpsc::Receiver<Request>,
@@ -867,6 +835,22 @@ impl Session {
 struct Fenced;
 
 impl Shared {
+    fn new(peers: Arc<Peers>, journal: Journal, outbound: Outbound, client: SocketAddr, tls: bool) -> Shared {
+        let now = Instant::now();
+        Shared {
+            peers,
+            journal,
+            outbound,
+            client,
+            tls,
+            buddy: None,
+            retry_buddy_at: now,
+            resumable: true,
+            charged: 0,
+            last_step: now,
+        }
+    }
+
     /// Records request `seq` in the journal and has the buddy hold it too, before the
     /// reply goes out.
     async fn step(&mut self, id: &str, seq: u64, body: Bytes, closed: bool) -> Result<(), Fenced> {
