@@ -121,10 +121,13 @@ async fn rtmpt_through_the_round_robin_balancer_publishes_and_plays() {
     let segments = ffprobe_video_packets(&hls, 2).await.unwrap();
     assert!(segments >= 30, "HLS through the balancer: {segments} video packets");
 
-    // The balancer dealt the sessions to both edges, and each edge got requests of
-    // sessions the other holds and forwarded them (had one met `404 unknown_session`,
-    // its session would have ended and the counts above fallen short). Requests for an
-    // unknown session are printed, not checked: a client's last poll may follow its /close.
+    // The balancer deals every request round-robin, so a session's requests land on both
+    // edges and the edge that does not hold it forwards them (had one met
+    // `404 unknown_session`, its session would have ended and the counts above fallen
+    // short). Which edge each `/open` lands on depends on how the sessions' requests
+    // interleave: all of them may land on one edge (seen in CI), so only the totals are
+    // checked. Requests for an unknown session are printed, not checked: a client's last
+    // poll may follow its /close.
     let mut per_edge = Vec::new();
     for i in 1..=2 {
         let text = reqwest::get(format!("http://{}/metrics", ports.edge_http(i))).await.unwrap().text().await.unwrap();
@@ -138,6 +141,9 @@ async fn rtmpt_through_the_round_robin_balancer_publishes_and_plays() {
     eprintln!(
         "per edge (sessions opened, requests forwarded to a peer, requests for an unknown session): {per_edge:?}"
     );
-    assert!(per_edge.iter().all(|(opened, _, _)| *opened >= 1.0), "sessions on both edges: {per_edge:?}");
-    assert!(per_edge.iter().all(|(_, forwarded, _)| *forwarded >= 1.0), "both edges forwarded requests: {per_edge:?}");
+    let opened: f64 = per_edge.iter().map(|(opened, _, _)| opened).sum();
+    let forwarded: f64 = per_edge.iter().map(|(_, forwarded, _)| forwarded).sum();
+    // ffmpeg's publisher, ffprobe's player and rtmpdump's: three sessions at least.
+    assert!(opened >= 3.0, "sessions opened on the edges: {per_edge:?}");
+    assert!(forwarded >= 10.0, "requests forwarded to the holder: {per_edge:?}");
 }

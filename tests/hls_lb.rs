@@ -12,8 +12,9 @@
 //! (RFC 8216bis, m3u8-parser); both edges list the same segments under the same URIs
 //! with byte-identical bytes.
 //!
-//! About 130 s of wall clock. HLS_LB_SECONDS sets the run's length (default 120,
-//! enough for 100 segments of 1 s).
+//! About 70 s of wall clock. HLS_LB_SECONDS sets the run's length: default 60 (50
+//! segments of 1 s) to keep CI within its budget; `HLS_LB_SECONDS=120` is the
+//! nightly-style run issue 13 was closed on (100 segments, about 130 s).
 //!
 //! The second test does the same across a publisher reconnecting through the other
 //! edge (about 60 s).
@@ -129,7 +130,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn players_behind_haproxy_never_notice_an_edge_or_the_owner_dying() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let secs: u64 = std::env::var("HLS_LB_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let secs: u64 = std::env::var("HLS_LB_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let base = common::free_base();
