@@ -377,6 +377,120 @@ async fn merged_writes_gather_frames_within_their_bound_and_lose_none() {
     assert!(relayed > 600.0, "frames the owner relayed to the two edges: {relayed}");
 }
 
+/// Every live audio and video frame a player of `name` gets over `window`, as
+/// (video?, arrival µs after `epoch`, publish→arrival µs), after its first 60 video
+/// frames (the cached GOP and the start).
+async fn media_arrivals(edge: SocketAddr, name: &str, epoch: Instant, window: Duration) -> Vec<(bool, u64, u64)> {
+    let mut client = RtmpClient::connect(edge, "live").await.expect("player connects");
+    client.play(name).await.expect("play accepted");
+    let until = Instant::now() + window;
+    let (mut frames, mut videos) = (Vec::new(), 0);
+    loop {
+        let event = tokio::select! {
+            e = client.next_event() => e,
+            _ = tokio::time::sleep_until(until.into()) => break,
+        };
+        let (video, payload) = match event {
+            Ok(Some(ClientEvent::Video { payload, .. })) => (true, payload),
+            Ok(Some(ClientEvent::Audio { payload, .. })) => (false, payload),
+            other => {
+                assert!(matches!(other, Ok(Some(_))), "the player lost its stream: {other:?}");
+                continue;
+            }
+        };
+        let Some((_, sent)) = synth::read_stamp(&payload) else { continue };
+        let now = epoch.elapsed().as_micros() as u64;
+        videos += usize::from(video);
+        if videos > 60 {
+            frames.push((video, now, now.saturating_sub(sent)));
+        }
+    }
+    frames
+}
+
+/// The arrivals split into bursts (frames less than 2 ms apart: one socket read), as
+/// (video frames, audio frames) per burst.
+fn media_bursts(frames: &[(bool, u64, u64)]) -> Vec<(usize, usize)> {
+    let mut bursts: Vec<(usize, usize)> = Vec::new();
+    let mut last = None;
+    for &(video, at, _) in frames {
+        if last.is_none_or(|l| at - l > 2_000) {
+            bursts.push((0, 0));
+        }
+        let b = bursts.last_mut().unwrap();
+        if video {
+            b.0 += 1;
+        } else {
+            b.1 += 1;
+        }
+        last = Some(at);
+    }
+    bursts
+}
+
+/// The default (adaptive) write merge: video goes out as it comes, audio waits for the
+/// next video frame and leaves in the same write. Beside an edge that writes every frame
+/// at once (`--write-merge-ms 0`): the same video latency, and about one write (one
+/// burst at the player) per video frame instead of one per frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_merge_sends_video_at_once_and_audio_with_the_next_video_frame() {
+    let c = Cluster::start(3).await;
+    let adaptive = EdgeProc::start(&c, "edge-1", &[]).await;
+    let eager = EdgeProc::start(&c, "edge-2", &["--write-merge-ms", "0"]).await;
+    let epoch = Instant::now();
+    let shape = StreamShape { video_kbps: 600, ..StreamShape::default() };
+    let publisher = publish_synthetic(adaptive.rtmp, "adaptive", shape, epoch, Duration::from_secs(12));
+    stream_entry(&c, "live", "adaptive").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let window = Duration::from_secs(6);
+    let (held, at_once) = tokio::join!(
+        media_arrivals(adaptive.rtmp, "adaptive", epoch, window),
+        media_arrivals(eager.rtmp, "adaptive", epoch, window)
+    );
+    publisher.await.unwrap();
+    let pct = |mut values: Vec<u64>, p: usize| {
+        values.sort_unstable();
+        values[(values.len() - 1) * p / 100]
+    };
+    let latencies = |frames: &[(bool, u64, u64)], video: bool| -> Vec<u64> {
+        frames.iter().filter(|f| f.0 == video).map(|f| f.2).collect()
+    };
+    let (held_bursts, eager_bursts) = (media_bursts(&held), media_bursts(&at_once));
+    let audio_alone = |bursts: &[(usize, usize)]| bursts.iter().filter(|b| b.0 == 0).count();
+    let videos = latencies(&held, true).len();
+    eprintln!(
+        "adaptive: {videos} video frames in {} bursts, {} of them audio alone; video latency p50 {} p90 {} µs, audio p50 {} p90 {} µs",
+        held_bursts.len(),
+        audio_alone(&held_bursts),
+        pct(latencies(&held, true), 50),
+        pct(latencies(&held, true), 90),
+        pct(latencies(&held, false), 50),
+        pct(latencies(&held, false), 90),
+    );
+    eprintln!(
+        "every frame at once: {} bursts, {} of them audio alone; video latency p50 {} p90 {} µs",
+        eager_bursts.len(),
+        audio_alone(&eager_bursts),
+        pct(latencies(&at_once, true), 50),
+        pct(latencies(&at_once, true), 90),
+    );
+    assert!(videos > 120, "adaptive player got {videos} live video frames in 6 s");
+    // Writing each frame at once, most audio frames arrive alone (43 a second between
+    // 30 video frames); with the adaptive merge hardly any do (one may, at a hold's
+    // 50 ms bound on a busy machine), and no burst carries two video frames unless the
+    // socket was busy.
+    let (eager_alone, held_alone) = (audio_alone(&eager_bursts), audio_alone(&held_bursts));
+    assert!(eager_alone * 4 > eager_bursts.len(), "eager: {eager_alone} of {} bursts audio alone", eager_bursts.len());
+    assert!(held_alone * 20 < held_bursts.len(), "adaptive: {held_alone} of {} bursts audio alone", held_bursts.len());
+    assert!(held_bursts.len() * 10 >= videos * 9, "adaptive: {} bursts for {videos} video frames", held_bursts.len());
+    // Video is not held: its latency is the eager edge's, within a few ms.
+    let (p50, eager_p50) = (pct(latencies(&held, true), 50), pct(latencies(&at_once, true), 50));
+    assert!(p50 <= eager_p50 + 5_000, "video latency p50: adaptive {p50} µs, eager {eager_p50} µs");
+    // Audio waits at most one video frame interval (33 ms), never past the 50 ms bound.
+    let audio_p90 = pct(latencies(&held, false), 90);
+    assert!(audio_p90 < 50_000 + 20_000, "audio latency p90 {audio_p90} µs");
+}
+
 /// A TCP connection to `addr` that completed the RTMP handshake as a client.
 async fn handshaken(addr: SocketAddr) -> TcpStream {
     let mut socket = TcpStream::connect(addr).await.unwrap();

@@ -105,13 +105,19 @@ pub struct EdgeArgs {
     /// Bytes a player may fall behind before it skips to the next keyframe [default: 4 MiB].
     #[arg(long, env = "RAFTCAST_EDGE_PLAYER_QUEUE_BYTES")]
     pub player_queue_bytes: Option<usize>,
-    /// Media for an RTMP player is gathered for up to this many ms and written in one
-    /// go (one syscall and one TCP segment for several frames instead of one each);
-    /// 0 writes every frame as soon as it arrives (lowest latency, about twice the CPU
-    /// per player). Control messages and a play's first frames never wait
-    /// [default: 100].
+    /// A fixed merge window for RTMP players instead of the adaptive default: media
+    /// reaching an idle socket is gathered for this many ms and written in one go; 0
+    /// writes every frame as soon as it arrives. By default (unset) a player's video,
+    /// data and control messages go out at once and its audio waits for the next
+    /// video frame (at most 50 ms), so one write carries a video frame and the audio
+    /// since the last one. A play's first frames never wait.
     #[arg(long, env = "RAFTCAST_EDGE_WRITE_MERGE_MS")]
     pub write_merge_ms: Option<u64>,
+    /// `TCP_NODELAY` on RTMP client sockets [default: true]. Off, the kernel's Nagle
+    /// algorithm holds a small write while earlier bytes are unacknowledged (what
+    /// nginx-rtmp does); kept as a switch for A/B runs (`scripts/bench-ab.sh`).
+    #[arg(long, env = "RAFTCAST_EDGE_TCP_NODELAY")]
+    pub tcp_nodelay: Option<bool>,
     /// Outgoing RTMP chunk size [default: 4096].
     #[arg(long, env = "RAFTCAST_EDGE_CHUNK_SIZE")]
     pub chunk_size: Option<u32>,
@@ -315,6 +321,23 @@ impl TlsListeners {
     }
 }
 
+/// How an RTMP player's media is gathered into socket writes (`--write-merge-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteMerge {
+    /// The default: video, data, control messages and a play's first frames are
+    /// written at once; audio reaching an idle socket waits for the next video frame,
+    /// at most `audio_hold` (an audio-only stream goes out in windows of that length).
+    /// A player's connection then wakes and writes once per video frame instead of
+    /// once per frame.
+    Adaptive { audio_hold: Duration },
+    /// Media reaching an idle socket opens a window of this length, after which
+    /// everything gathered is written; zero writes each frame as it comes.
+    Window(Duration),
+}
+
+/// The adaptive merge's longest wait for a video frame: one frame interval at 20 fps.
+pub(crate) const AUDIO_HOLD: Duration = Duration::from_millis(50);
+
 /// Validated edge configuration.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -339,10 +362,12 @@ pub struct EdgeConfig {
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) write_timeout: Duration,
-    /// How long a player's media may be gathered before it is written (0: never).
-    pub(crate) write_merge: Duration,
+    /// How a player's media is gathered into writes.
+    pub(crate) write_merge: WriteMerge,
     pub(crate) play_wait: Duration,
     pub(crate) chunk_size: u32,
+    /// `TCP_NODELAY` on RTMP client sockets.
+    pub(crate) tcp_nodelay: bool,
     pub(crate) player_queue: QueueLimits,
     pub(crate) link: LinkTiming,
     pub(crate) request_deadline: Duration,
@@ -476,6 +501,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         write_merge_ms: cli.write_merge_ms.or(file.write_merge_ms),
         play_wait_ms: cli.play_wait_ms.or(file.play_wait_ms),
         chunk_size: cli.chunk_size.or(file.chunk_size),
+        tcp_nodelay: cli.tcp_nodelay.or(file.tcp_nodelay),
         player_queue_frames: cli.player_queue_frames.or(file.player_queue_frames),
         player_queue_bytes: cli.player_queue_bytes.or(file.player_queue_bytes),
         link_ping_ms: cli.link_ping_ms.or(file.link_ping_ms),
@@ -583,10 +609,11 @@ impl EdgeConfig {
         if player_queue.max_frames < 16 || player_queue.max_bytes < 64 * 1024 {
             return Err("a player queue needs at least 16 frames and 64 KiB".into());
         }
-        let write_merge = ms(a.write_merge_ms, 100);
-        if write_merge > Duration::from_millis(1000) {
-            return Err(format!("--write-merge-ms {} is above 1000: players would stutter", write_merge.as_millis()));
-        }
+        let write_merge = match a.write_merge_ms {
+            None => WriteMerge::Adaptive { audio_hold: AUDIO_HOLD },
+            Some(ms) if ms > 1000 => return Err(format!("--write-merge-ms {ms} is above 1000: players would stutter")),
+            Some(ms) => WriteMerge::Window(Duration::from_millis(ms)),
+        };
         let max_connections = a.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
@@ -676,6 +703,7 @@ impl EdgeConfig {
             write_merge,
             play_wait: ms(a.play_wait_ms, 5_000),
             chunk_size,
+            tcp_nodelay: a.tcp_nodelay.unwrap_or(true),
             player_queue,
             link,
             request_deadline: ms(a.request_deadline_ms, 5_000),
@@ -772,6 +800,12 @@ mod tests {
         assert!(EdgeConfig::from_args(tiny, env).unwrap_err().contains("chunk-size"));
         let racy = EdgeArgs { link_ping_ms: Some(300), link_dead_ms: Some(500), ..args() };
         assert!(EdgeConfig::from_args(racy, env).unwrap_err().contains("heartbeats"));
+        assert_eq!(
+            EdgeConfig::from_args(args(), env).unwrap().write_merge,
+            WriteMerge::Adaptive { audio_hold: AUDIO_HOLD }
+        );
+        let fixed = EdgeArgs { write_merge_ms: Some(0), ..args() };
+        assert_eq!(EdgeConfig::from_args(fixed, env).unwrap().write_merge, WriteMerge::Window(Duration::ZERO));
         let sluggish = EdgeArgs { write_merge_ms: Some(5000), ..args() };
         assert!(EdgeConfig::from_args(sluggish, env).unwrap_err().contains("write-merge-ms"));
         let capless = EdgeArgs { max_handshakes_per_address: Some(0), ..args() };

@@ -7,7 +7,7 @@
 //! `.await`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
@@ -138,6 +138,39 @@ struct Reader {
     ended: AtomicBool,
     /// Also gets frames published as history ([`Hub::publish_history`]).
     window: bool,
+    /// While its gate holds, audio frames are queued without waking the reader.
+    gate: OnceLock<Arc<AudioGate>>,
+}
+
+/// Lets a reader sleep through audio frames: while the gate holds, an audio frame is
+/// queued for the reader but does not wake it; any other frame does, and so does
+/// [`AudioGate::open`]. A connection that gathers a player's audio until the next
+/// video frame (`edge::rtmp_conn`'s adaptive write merge) holds the gate meanwhile: it
+/// is woken once per video frame instead of once per frame. One gate may serve every
+/// reader of a connection; it is opened and held by the task that polls them.
+#[derive(Debug, Default)]
+pub struct AudioGate {
+    held: AtomicBool,
+    kick: Notify,
+}
+
+impl AudioGate {
+    /// Audio frames stop waking the gated readers.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
+    /// Audio frames wake the gated readers again, and a reader waiting now wakes to take
+    /// what was queued meanwhile.
+    pub fn open(&self) {
+        if self.held.swap(false, Ordering::AcqRel) {
+            self.kick.notify_waiters();
+        }
+    }
+
+    pub fn holds(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
 }
 
 /// A reader's end of a hub. Dropping it unsubscribes.
@@ -270,7 +303,13 @@ impl Hub {
             if dropped > 0 {
                 self.drops.fetch_add(dropped, Ordering::Relaxed);
             }
-            reader.wake.notify_one();
+            let quiet = frame.kind == FrameKind::Audio
+                && !frame.header
+                && dropped == 0
+                && reader.gate.get().is_some_and(|gate| gate.holds());
+            if !quiet {
+                reader.wake.notify_one();
+            }
         }
     }
 
@@ -335,6 +374,7 @@ impl Hub {
             wake: Notify::new(),
             ended: AtomicBool::new(state.ended),
             window,
+            gate: OnceLock::new(),
         });
         state.next_id += 1;
         state.readers.push(Entry { reader: reader.clone(), after: after.filter(|a| !a.is_empty()) });
@@ -609,8 +649,24 @@ impl Subscription {
                 // Frames pushed before `end` are already queued.
                 return self.try_recv();
             }
-            self.reader.wake.notified().await;
+            match self.reader.gate.get() {
+                None => self.reader.wake.notified().await,
+                // The gate is opened by the task polling this future, never while it
+                // runs: both waits are registered before it can be.
+                Some(gate) => {
+                    tokio::select! {
+                        biased;
+                        () = self.reader.wake.notified() => {}
+                        () = gate.kick.notified() => {}
+                    }
+                }
+            }
         }
+    }
+
+    /// Puts this reader behind `gate` (see [`AudioGate`]); a reader has at most one.
+    pub fn set_gate(&self, gate: Arc<AudioGate>) {
+        let _ = self.reader.gate.set(gate);
     }
 
     /// The next frame if one is queued.
@@ -847,6 +903,61 @@ mod tests {
         hub.end();
         let n = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap();
         assert_eq!(n, 10);
+    }
+
+    /// A gated reader sleeps through audio while the gate holds, wakes for video or
+    /// when the gate opens, and then finds every frame queued meanwhile, in order.
+    #[tokio::test]
+    async fn a_held_gate_lets_audio_queue_without_waking_the_reader() {
+        use futures::FutureExt;
+        use std::future::Future;
+        let audio = |ts: u32| Frame::audio(ts, Bytes::from_static(&[0xAF, 0x01, 7]));
+        let hub = Hub::new(small());
+        hub.publish(video(0, true));
+        let sub = hub.subscribe();
+        let gate = Arc::new(AudioGate::default());
+        sub.set_gate(gate.clone());
+        assert_eq!(sub.recv().await.unwrap().timestamp, 0, "the GOP");
+        gate.hold();
+        let mut next = Box::pin(sub.recv());
+        assert!((&mut next).now_or_never().is_none(), "nothing queued yet");
+        let (waker, woken) = futures_test_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        hub.publish(audio(21));
+        hub.publish(audio(42));
+        assert!(!woken.load(Ordering::SeqCst), "audio woke a reader behind a held gate");
+        hub.publish(video(33, false));
+        assert!(woken.swap(false, Ordering::SeqCst), "video wakes it");
+        assert_eq!(next.await.unwrap().timestamp, 21, "audio first, in order");
+        assert_eq!(sub.try_recv().unwrap().timestamp, 42);
+        assert_eq!(sub.try_recv().unwrap().timestamp, 33);
+        // Audio alone, then the gate opens: the waiting reader wakes and takes it.
+        let mut next = Box::pin(sub.recv());
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        hub.publish(audio(63));
+        assert!(!woken.load(Ordering::SeqCst), "audio woke a reader behind a held gate");
+        gate.open();
+        assert!(woken.swap(false, Ordering::SeqCst), "opening the gate wakes it");
+        assert_eq!(next.await.unwrap().timestamp, 63);
+        // Open, audio wakes as before.
+        let mut next = Box::pin(sub.recv());
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        hub.publish(audio(84));
+        assert!(woken.load(Ordering::SeqCst), "an open gate lets audio wake the reader");
+        assert_eq!(next.await.unwrap().timestamp, 84);
+    }
+
+    /// A waker that records whether it was woken.
+    fn futures_test_waker() -> (std::task::Waker, Arc<AtomicBool>) {
+        struct Flag(Arc<AtomicBool>);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(AtomicBool::new(false));
+        (std::task::Waker::from(Arc::new(Flag(woken.clone()))), woken)
     }
 
     #[tokio::test]
