@@ -4,7 +4,10 @@
 # (publisher and players on the edge: edge -> origin -> edge).
 #
 #   scripts/bench-ab.sh BIN_A BIN_B [--players N] [--kbps "600 2500"] [--rounds R] [--duration S]
-#                       [--a-env VAR=VALUE]... [--b-env VAR=VALUE]...
+#                       [--a-env VAR=VALUE]... [--b-env VAR=VALUE]... [--pin]
+#
+# --pin puts each edge (every thread) on the last core and the origins and the load tool on
+# the others: the edge's figures at saturation are then those of one core.
 #
 # --a-env/--b-env set environment for one side's cluster only, to compare settings of
 # one binary, e.g. --a-env RAFTCAST_EDGE_WRITE_MERGE_MS=0 --b-env RAFTCAST_EDGE_WRITE_MERGE_MS=20.
@@ -20,7 +23,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [[ $# -ge 2 ]] || { echo "usage: $0 BIN_A BIN_B [--players N] [--kbps \"600 2500\"] [--rounds R] [--duration S]" >&2; exit 2; }
 A=$(readlink -f "$1") B=$(readlink -f "$2"); shift 2
-PLAYERS=500 KBPS="600 2500" ROUNDS=3 DURATION=15 SO=""
+PLAYERS=500 KBPS="600 2500" ROUNDS=3 DURATION=15 SO="" PIN=0
 A_ENV=() B_ENV=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -31,6 +34,7 @@ while [[ $# -gt 0 ]]; do
     --a-env) A_ENV+=("$2"); shift ;;
     --b-env) B_ENV+=("$2"); shift ;;
     --so) SO=$2; shift ;;
+    --pin) PIN=1 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
   shift
@@ -61,6 +65,18 @@ stop_all() {
 trap stop_all EXIT
 env $(cluster_env a 24000) "${A_ENV[@]}" RAFTCAST_BIN="$A" "$ROOT/scripts/bootstrap.sh" start >"$OUT/a.log" 2>&1
 env $(cluster_env b 25000) "${B_ENV[@]}" RAFTCAST_BIN="$B" "$ROOT/scripts/bootstrap.sh" start >"$OUT/b.log" 2>&1
+LOAD_CPUS="" LOAD=()
+if ((PIN)); then
+  last=$(($(nproc) - 1))
+  ((last > 0)) || { echo "--pin needs two cores" >&2; exit 2; }
+  LOAD_CPUS="0-$((last - 1))"
+  for side in a b; do
+    taskset -a -p -c "$last" "$(cat "$OUT/$side/pids/edge-1.pid")" >/dev/null
+    for pid in $(cat "$OUT/$side"/pids/origin-*.pid); do taskset -a -p -c "$LOAD_CPUS" "$pid" >/dev/null; done
+  done
+  LOAD=(taskset -c "$LOAD_CPUS")
+  echo "pinned: edges on core $last, origins and the load tool on $LOAD_CPUS"
+fi
 echo "A: $A ${A_ENV[*]}"
 echo "B: $B ${B_ENV[*]}"
 echo "reports: $OUT"
@@ -97,7 +113,7 @@ for round in $(seq 1 "$ROUNDS"); do
       rtmp=127.0.0.1:$((base + 301))
       edge=$(cat "$OUT/$side/pids/edge-1.pid") origin=$(cat "$OUT/$side/pids/origin-1.pid")
       load=$(cut -d' ' -f1 /proc/loadavg)
-      "$A" bench fanout --publish "$rtmp" --play "$rtmp" --players "$PLAYERS" --kbps "$kbps" --duration "$DURATION" \
+      "${LOAD[@]}" "$A" bench fanout --publish "$rtmp" --play "$rtmp" --players "$PLAYERS" --kbps "$kbps" --duration "$DURATION" \
         --name "ab$round-$kbps" --watch-pid "$edge" --watch-pid "$origin" >"$OUT/$side-$kbps-$round.json" 2>/dev/null
       jq -r --arg side "$side" --arg round "$round" --arg load "$load" \
         '"\($side | ascii_upcase) round \($round) \(.kbps) kbit/s \(.players) players: edge \(.processes[0].cpu_seconds_per_gb * 100 | round / 100) s/GB (\(.processes[0].cpu_percent | round) % core), origin \(.processes[1].cpu_seconds_per_gb * 100 | round / 100) s/GB, keeping up \(.players_keeping_up), lost \(.frames_lost), p50 \((.latency.p50_ms // -1) * 10 | round / 10) ms, p99 \((.latency.p99_ms // -1) * 10 | round / 10) ms, load \($load)"' \

@@ -44,9 +44,18 @@ pub struct LoadGauge {
     pub connections_permille: AtomicU32,
     /// The weight the agent answers, in percent of the configured one (1-100).
     pub weight_percent: AtomicU32,
+    /// The adaptive write merge's window under load, in µs (0: light load, only audio
+    /// waits for video; see [`merge_window_for`]).
+    pub merge_window_us: AtomicU32,
 }
 
 impl LoadGauge {
+    /// How long media reaching an idle player socket is gathered under the current
+    /// load (zero below [`MERGE_FROM_CPU`]).
+    pub fn merge_window(&self) -> Duration {
+        Duration::from_micros(u64::from(self.merge_window_us.load(Ordering::Relaxed)))
+    }
+
     pub fn weight(&self) -> u32 {
         match self.weight_percent.load(Ordering::Relaxed) {
             0 => 100,
@@ -74,6 +83,26 @@ impl Load {
 pub fn weight_for(load: f64) -> u32 {
     let headroom = (1.0 - load).clamp(0.0, 1.0);
     ((headroom * 100.0).round() as u32).clamp(1, 100)
+}
+
+/// Below this share of its cores the edge merges no video (latency first); from it
+/// the merge window grows with the load, so a busy edge trades a few ms of latency
+/// for the writes it saves.
+pub const MERGE_FROM_CPU: f64 = 0.5;
+/// The load at which the window reaches [`MERGE_WINDOW_MAX`].
+pub const MERGE_FULL_CPU: f64 = 0.8;
+/// The longest window under load: the fixed window's former default.
+pub const MERGE_WINDOW_MAX: Duration = Duration::from_millis(100);
+
+/// The write merge window for a (smoothed) CPU load, a fraction of the usable cores:
+/// none below [`MERGE_FROM_CPU`], growing linearly to [`MERGE_WINDOW_MAX`] at
+/// [`MERGE_FULL_CPU`].
+pub fn merge_window_for(cpu: f64) -> Duration {
+    let share = ((cpu - MERGE_FROM_CPU) / (MERGE_FULL_CPU - MERGE_FROM_CPU)).clamp(0.0, 1.0);
+    if share.is_nan() {
+        return Duration::ZERO;
+    }
+    MERGE_WINDOW_MAX.mul_f64(share)
 }
 
 /// The line the agent answers.
@@ -107,13 +136,13 @@ fn cpu_time_from_stat(stat: &str) -> Option<Duration> {
 
 /// Samples the edge's load every [`SAMPLE_EVERY`] into `ctx.stats.load` until `stop`.
 pub async fn sample(ctx: Arc<EdgeContext>, egress_capacity_bytes_per_s: u64, stop: CancellationToken) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let max_connections = ctx.config.max_connections.max(1) as f64;
     let egress_now = |ctx: &EdgeContext| {
         ctx.stats.bytes_out.load(Ordering::Relaxed) + ctx.hls.stats.bytes_served.load(Ordering::Relaxed)
     };
     let (mut at, mut cpu, mut egress) = (Instant::now(), cpu_time().await, egress_now(&ctx));
     let mut smoothed: Option<f64> = None;
+    let mut smoothed_cpu: Option<f64> = None;
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -123,6 +152,9 @@ pub async fn sample(ctx: Arc<EdgeContext>, egress_capacity_bytes_per_s: u64, sto
             _ = tick.tick() => {}
         }
         let (now, cpu_now, egress_bytes) = (Instant::now(), cpu_time().await, egress_now(&ctx));
+        // Asked each time: an operator may pin the process to fewer cores (`taskset`)
+        // or change its cgroup's quota while it runs.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let secs = now.duration_since(at).as_secs_f64().max(1e-3);
         let cpu_used = match (cpu, cpu_now) {
             (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / secs / cores,
@@ -139,7 +171,13 @@ pub async fn sample(ctx: Arc<EdgeContext>, egress_capacity_bytes_per_s: u64, sto
             None => load.max(),
         };
         smoothed = Some(s);
+        let c = match smoothed_cpu {
+            Some(c) => c + SMOOTHING * (load.cpu - c),
+            None => load.cpu,
+        };
+        smoothed_cpu = Some(c);
         let gauge = &ctx.stats.load;
+        gauge.merge_window_us.store(merge_window_for(c).as_micros() as u32, Ordering::Relaxed);
         gauge.cpu_permille.store((load.cpu * 1000.0).round() as u32, Ordering::Relaxed);
         gauge.egress_bytes_per_s.store(egress_rate as u64, Ordering::Relaxed);
         gauge.connections_permille.store((load.connections * 1000.0).round() as u32, Ordering::Relaxed);
@@ -185,6 +223,16 @@ mod tests {
         assert_eq!(weight_for(0.0), 100);
         assert_eq!(weight_for(1.0), 1, "a full edge keeps a share");
         assert_eq!(weight_for(3.5), 1);
+    }
+
+    #[test]
+    fn the_merge_window_grows_with_the_load_from_half_the_cores() {
+        assert_eq!(merge_window_for(0.0), Duration::ZERO);
+        assert_eq!(merge_window_for(MERGE_FROM_CPU), Duration::ZERO);
+        assert_eq!(merge_window_for(0.65), Duration::from_millis(50));
+        assert_eq!(merge_window_for(MERGE_FULL_CPU), MERGE_WINDOW_MAX);
+        assert_eq!(merge_window_for(3.0), MERGE_WINDOW_MAX);
+        assert_eq!(merge_window_for(f64::NAN), Duration::ZERO);
     }
 
     #[test]

@@ -110,7 +110,9 @@ pub struct EdgeArgs {
     /// writes every frame as soon as it arrives. By default (unset) a player's video,
     /// data and control messages go out at once and its audio waits for the next
     /// video frame (at most 50 ms), so one write carries a video frame and the audio
-    /// since the last one. A play's first frames never wait.
+    /// since the last one; once the edge uses over half its cores, all media is held
+    /// for a window that grows with the load (up to 100 ms at 80 %). A play's first
+    /// frames never wait.
     #[arg(long, env = "RAFTCAST_EDGE_WRITE_MERGE_MS")]
     pub write_merge_ms: Option<u64>,
     /// `TCP_NODELAY` on RTMP client sockets [default: true]. Off, the kernel's Nagle
@@ -328,7 +330,8 @@ pub(crate) enum WriteMerge {
     /// written at once; audio reaching an idle socket waits for the next video frame,
     /// at most `audio_hold` (an audio-only stream goes out in windows of that length).
     /// A player's connection then wakes and writes once per video frame instead of
-    /// once per frame.
+    /// once per frame. Under load (`agent::merge_window_for`: from half the usable
+    /// cores) every hold is a window of the load's length instead, as with `Window`.
     Adaptive { audio_hold: Duration },
     /// Media reaching an idle socket opens a window of this length, after which
     /// everything gathered is written; zero writes each frame as it comes.

@@ -205,6 +205,9 @@ impl Collector for EdgeCollector {
         counter(e, "edge_client_bytes_out_total", "Bytes written to RTMP and HTTP-FLV clients", load(&s.bytes_out))?;
         let cpu = u64::from(s.load.cpu_permille.load(Ordering::Relaxed));
         gauge(e, "edge_load_cpu_permille", "CPU used in the last second, in thousandths of the usable cores", cpu)?;
+        let merge = u64::from(s.load.merge_window_us.load(Ordering::Relaxed));
+        let help = "The adaptive write merge's window under the current load, in µs (0: only audio waits for video)";
+        gauge(e, "edge_write_merge_window_microseconds", help, merge)?;
         let egress = s.load.egress_bytes_per_s.load(Ordering::Relaxed);
         gauge(e, "edge_load_egress_bytes_per_second", "Bytes written to clients in the last second", egress)?;
         let weight = u64::from(s.load.weight());

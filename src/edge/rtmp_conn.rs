@@ -16,7 +16,10 @@
 //! leave at once, and audio reaching an idle socket waits for the next video frame (at
 //! most 50 ms) with the play's hub readers gated ([`AudioGate`]) so that audio does not
 //! wake the connection meanwhile: a player costs one wakeup, one syscall and one TCP
-//! segment per video frame instead of one per frame, and video is never held.
+//! segment per video frame instead of one per frame, and video is never held while
+//! the edge is lightly loaded. From half its cores busy (`agent::merge_window_for`),
+//! media reaching an idle socket is held for a window growing with the load, up to
+//! 100 ms at 80 %: a busy edge trades latency for the writes it saves.
 //! `--write-merge-ms N` instead holds all media reaching an idle socket for N ms (SRS's
 //! "merged write", with a bound in milliseconds rather than its 350 ms default; 0:
 //! every frame at once). Control messages are never held.
@@ -552,13 +555,10 @@ async fn connection<S: ClientStream>(
     // window, for half the added latency), with bytes still unwritten none opens (the
     // socket is the bottleneck: the next write takes whatever gathers meanwhile), and
     // control output is released at once, with whatever media precedes it.
-    let (hold, adaptive) = match ctx.config.write_merge {
-        WriteMerge::Adaptive { audio_hold } => (audio_hold, true),
-        WriteMerge::Window(window) => (window, false),
-    };
+    let merge = ctx.config.write_merge;
     let merge_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(merge_timer);
-    let mut window = false;
+    let mut hold = Hold::None;
     // Created once: a cancellation future made anew on every wakeup registers and
     // deregisters itself each time.
     let fenced = conn.fenced.clone();
@@ -601,35 +601,44 @@ async fn connection<S: ClientStream>(
                         conn.session.send_shared_object(body.into(), amf3);
                     }
                 }
-                Some((_, out)) = conn.playing.next(), if (adaptive || !window) && pending.len() < WRITE_HIGH_WATER && !conn.playing.is_empty() => {
+                Some((_, out)) = conn.playing.next(), if hold != Hold::Window && pending.len() < WRITE_HIGH_WATER && !conn.playing.is_empty() => {
                     let busy = pending.ready() > 0;
                     conn.out(out, &mut pending);
                     conn.pull_ready(&mut pending);
+                    // What a hold opened now would be: under load the adaptive merge
+                    // holds all media for the load's window, like a fixed one.
+                    let (kind, length) = match merge {
+                        WriteMerge::Window(length) => (Hold::Window, length),
+                        WriteMerge::Adaptive { audio_hold } => match ctx.stats.load.merge_window() {
+                            w if w.is_zero() => (Hold::Audio, audio_hold),
+                            w => (Hold::Window, w),
+                        },
+                    };
                     // A play's first frames (the cached GOP) are not held: the time to
                     // first frame stays what it was.
-                    let now = hold.is_zero() || busy || conn.started_play || pending.len() >= MERGE_FLUSH_BYTES
-                        || (adaptive && pending.urgent);
+                    let now = length.is_zero() || busy || conn.started_play || pending.len() >= MERGE_FLUSH_BYTES
+                        || (pending.urgent && (hold == Hold::Audio || (hold == Hold::None && kind == Hold::Audio)));
                     if now {
                         if conn.wrote_media {
                             conn.started_play = false;
                         }
                         pending.release(&ctx.stats.hop_delivery);
-                        window = false;
+                        hold = Hold::None;
                         conn.open_gate();
-                    } else if !window {
-                        window = true;
-                        merge_timer.as_mut().reset(Instant::now() + hold);
+                    } else if hold == Hold::None {
+                        hold = kind;
+                        merge_timer.as_mut().reset(Instant::now() + length);
                         if let Some(gate) = &conn.gate {
                             gate.hold();
                         }
                     }
                 }
-                _ = &mut merge_timer, if window => {
+                _ = &mut merge_timer, if hold != Hold::None => {
                     // Opened first, so the pumps give what their readers queued quietly.
                     conn.open_gate();
                     conn.pull_ready(&mut pending);
                     pending.release(&ctx.stats.hop_delivery);
-                    window = false;
+                    hold = Hold::None;
                 }
                 written = pending.write_or_flush(&mut writer), if pending.ready() > 0 || unflushed => {
                     match written {
@@ -1166,6 +1175,17 @@ async fn admit_play(
         Err(e) => return Err(ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string()),
     }
     admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await.map_err(|e| e.to_string())
+}
+
+/// What a player's connection is holding its media for (`WriteMerge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    None,
+    /// Audio, until the next video frame or the hold's bound: the pumps are polled (the
+    /// gate keeps audio from waking them) and video ends the hold.
+    Audio,
+    /// Everything, until the window closes: the pumps are not polled meanwhile.
+    Window,
 }
 
 /// Bytes waiting for the socket, as the shared buffers they came in (media chunks are
