@@ -208,6 +208,20 @@ impl Collector for EdgeCollector {
         let merge = u64::from(s.load.merge_window_us.load(Ordering::Relaxed));
         let help = "The adaptive write merge's window under the current load, in µs (0: only audio waits for video)";
         gauge(e, "edge_write_merge_window_microseconds", help, merge)?;
+        if let Some(heap) = crate::heap::stats() {
+            gauge(
+                e,
+                "edge_heap_allocated_bytes",
+                "Bytes allocated and not freed (jemalloc stats.allocated)",
+                heap.allocated,
+            )?;
+            gauge(
+                e,
+                "edge_heap_resident_bytes",
+                "Bytes of pages the allocator keeps resident (jemalloc stats.resident)",
+                heap.resident,
+            )?;
+        }
         let egress = s.load.egress_bytes_per_s.load(Ordering::Relaxed);
         gauge(e, "edge_load_egress_bytes_per_second", "Bytes written to clients in the last second", egress)?;
         let weight = u64::from(s.load.weight());

@@ -83,10 +83,16 @@ const WRITE_HIGH_WATER: usize = 512 * 1024;
 /// Media gathered beyond this is written at once instead of waiting for the merge
 /// window to close.
 const MERGE_FLUSH_BYTES: usize = 64 * 1024;
+/// An emptied outbox with room for more buffers (or frame arrivals) than this gives
+/// the room back, keeping room for `OUTBOX_SHRINK_TO`.
+const OUTBOX_SHRINK_ABOVE: usize = 64;
+const OUTBOX_SHRINK_TO: usize = 16;
 /// Buffers handed to one vectored write.
 const WRITE_SLICES: usize = 64;
-/// Read buffer size.
+/// Largest read buffer (a publisher's).
 const READ_CHUNK: usize = 64 * 1024;
+/// A connection's first read buffer, doubled up to `READ_CHUNK` each time a read fills it.
+const READ_FIRST: usize = 4 * 1024;
 /// Decisions a connection may have pending before a `getStreamLength` of a VOD file is
 /// answered 0 rather than looked up (each lookup may fetch and index a file).
 const MAX_PENDING_LENGTHS: usize = 8;
@@ -532,7 +538,8 @@ async fn connection<S: ClientStream>(
         resume,
     };
     let mut pending = Outbox::default();
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut read_size = READ_FIRST;
+    let mut inbuf = BytesMut::with_capacity(read_size);
     // Useful progress: a whole message received, or bytes a player took.
     let mut last_progress = Instant::now();
     let mut last_write = Instant::now();
@@ -584,12 +591,18 @@ async fn connection<S: ClientStream>(
                         Ok(0) => return Err("closed by the client".to_owned()),
                         Ok(n) => {
                             ctx.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                            // A read that filled the buffer asks for a larger one next
+                            // time: a publisher's reads grow to READ_CHUNK, a player's
+                            // (commands, acknowledgements) stay small.
+                            if n >= inbuf.capacity() {
+                                read_size = (read_size * 2).min(READ_CHUNK);
+                            }
                             let bytes = inbuf.split();
                             if conn.input(&bytes)? > 0 {
                                 last_progress = Instant::now();
                             }
-                            if inbuf.capacity() < READ_CHUNK / 4 {
-                                inbuf.reserve(READ_CHUNK);
+                            if inbuf.capacity() < read_size / 4 {
+                                inbuf.reserve(read_size);
                             }
                         }
                         Err(e) => return Err(format!("read: {e}")),
@@ -1228,6 +1241,9 @@ impl Outbox {
         for arrived in self.arrivals.drain(..) {
             hop.observe(now.saturating_duration_since(arrived));
         }
+        if self.arrivals.capacity() > OUTBOX_SHRINK_ABOVE {
+            self.arrivals.shrink_to(OUTBOX_SHRINK_TO);
+        }
     }
 
     fn len(&self) -> usize {
@@ -1285,6 +1301,11 @@ impl Outbox {
             }
             n -= front.len();
             self.bufs.pop_front();
+        }
+        // The play's first burst (its cached GOP) leaves room for hundreds of buffers
+        // that a player then never needs again.
+        if self.bufs.is_empty() && self.bufs.capacity() > OUTBOX_SHRINK_ABOVE {
+            self.bufs.shrink_to(OUTBOX_SHRINK_TO);
         }
     }
 }

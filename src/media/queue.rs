@@ -21,6 +21,11 @@ impl Default for QueueLimits {
     }
 }
 
+/// An emptied queue with room for more frames than this gives the room back...
+const SHRINK_ABOVE: usize = 64;
+/// ...keeping room for this many.
+const SHRINK_TO: usize = 16;
+
 /// Frames waiting for one reader.
 #[derive(Debug)]
 pub struct Queue {
@@ -69,6 +74,12 @@ impl Queue {
     pub fn pop(&mut self) -> Option<Frame> {
         let frame = self.frames.pop_front()?;
         self.bytes -= frame.cost();
+        // A play starts with the cached GOP (150 frames and more) and then holds a
+        // frame or two: give the start's room back once it is drained, or every player
+        // keeps ~30 KiB of empty queue for good.
+        if self.frames.is_empty() && self.frames.capacity() > SHRINK_ABOVE {
+            self.frames.shrink_to(SHRINK_TO);
+        }
         Some(frame)
     }
 
@@ -95,6 +106,22 @@ mod tests {
     fn video(ts: u32, key: bool) -> Frame {
         let b0 = if key { 0x17 } else { 0x27 };
         Frame::video(ts, Bytes::from(vec![b0, 0x01, 0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_room_back() {
+        let mut q = Queue::new(QueueLimits::default());
+        for i in 0..200 {
+            q.push(video(i, i == 0), i == 0);
+        }
+        assert!(q.frames.capacity() >= 200);
+        while q.pop().is_some() {}
+        assert!(q.frames.capacity() <= SHRINK_ABOVE, "room kept: {}", q.frames.capacity());
+        // A steady reader's queue is not reallocated.
+        q.push(video(200, false), false);
+        let room = q.frames.capacity();
+        q.pop();
+        assert_eq!(q.frames.capacity(), room);
     }
 
     #[test]
