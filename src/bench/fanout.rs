@@ -18,7 +18,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::client::RtmpClient;
-use super::synth::{self, StreamShape, Synth, SynthFrame};
+use super::synth::{self, StampClock, StreamShape, Synth, SynthFrame};
 use super::Latency;
 use crate::rtmp::session::{ClientConfig, ClientEvent, CAPS_EX_RECONNECT};
 
@@ -291,6 +291,9 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
     };
     let rss_before: Vec<_> = args.watch_pids.iter().map(|p| proc_rss_kib(*p)).collect();
     let epoch = Instant::now();
+    // Stamps are Unix µs (an outside player can read them); publishers and players
+    // share one clock so the players' latencies here are exact.
+    let clock = StampClock::new(epoch);
     let publisher_ramp = Duration::from_secs_f64((plan.streams - 1) as f64 / args.publisher_ramp);
     let players_from = Duration::from_millis(1500) + publisher_ramp;
     let ramp = Duration::from_secs_f64(plan.players as f64 / args.ramp);
@@ -306,7 +309,7 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
         let start_at = tokio::time::Instant::now() + Duration::from_secs_f64(i as f64 / args.publisher_ramp);
         publishers.push(tokio::spawn(async move {
             tokio::time::sleep_until(start_at).await;
-            publish(addr, &app, &name, shape, epoch, window, &live).await
+            publish(addr, &app, &name, shape, clock, window, &live).await
         }));
     }
     // Publishers get a moment to be accepted before players ask for the streams.
@@ -321,7 +324,7 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
         let gop = u64::from(args.gop);
         players.push(tokio::spawn(async move {
             tokio::time::sleep_until(start_at).await;
-            play(target, &app, &name, epoch, gop, window, &live).await
+            play(target, &app, &name, clock, gop, window, &live).await
         }));
     }
     let progress = tokio::spawn({
@@ -488,13 +491,13 @@ async fn publish(
     app: &str,
     name: &str,
     shape: StreamShape,
-    epoch: Instant,
+    clock: StampClock,
     window: Window,
     live: &Live,
 ) -> PublisherResult {
     let mut result = PublisherResult::default();
     live.publishing.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = publish_frames(addr, app, name, shape, epoch, window, live, &mut result.delays).await {
+    if let Err(e) = publish_frames(addr, app, name, shape, clock, window, live, &mut result.delays).await {
         result.failed = Some(format!("{e:#}"));
     }
     live.publishing.fetch_sub(1, Ordering::Relaxed);
@@ -507,7 +510,7 @@ async fn publish_frames(
     app: &str,
     name: &str,
     shape: StreamShape,
-    epoch: Instant,
+    clock: StampClock,
     window: Window,
     live: &Live,
     delays: &mut Vec<Duration>,
@@ -518,7 +521,7 @@ async fn publish_frames(
     client.send_data(id, 0, meta).await?;
     client.send_video(id, 0, avc).await?;
     client.send_audio(id, 0, aac).await?;
-    let mut synth = Synth::new(shape, epoch);
+    let mut synth = Synth::with_clock(shape, clock);
     let started = tokio::time::Instant::now();
     loop {
         if Instant::now() >= window.stop {
@@ -577,7 +580,7 @@ async fn play(
     target: PlayTarget,
     app: &str,
     name: &str,
-    epoch: Instant,
+    clock: StampClock,
     gop: u64,
     window: Window,
     live: &Live,
@@ -653,13 +656,13 @@ async fn play(
             eprintln!(
                 "{name} at {addr}: {} ms without a video frame, until {:.3} s into the run (Unix time {:.3})",
                 gap.as_millis(),
-                now.duration_since(epoch).as_secs_f64(),
+                now.duration_since(clock.epoch()).as_secs_f64(),
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
             );
         }
         // The first GOP comes from the cache and was sent before the player joined.
         if now >= from && seq >= *first.get_or_insert(seq) + gop {
-            let sent = epoch + Duration::from_micros(sent_us);
+            let sent = clock.instant_of(sent_us);
             result.latencies.push(now.saturating_duration_since(sent));
         }
     }
