@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use common::{eventually, Cluster};
 use edges::{ffmpeg_publish, ffprobe_video_packets, require, EdgeProc};
 use raftcast::bench::client::RtmpClient;
-use raftcast::bench::synth::{self, StreamShape, Synth, SynthFrame};
+use raftcast::bench::synth::{self, StampClock, StreamShape, Synth, SynthFrame};
 use raftcast::rtmp::chunk::{encode_standalone, RawMessage};
 use raftcast::rtmp::handshake::{Handshake, Progress};
 use raftcast::rtmp::session::{ClientConfig, ClientEvent};
@@ -183,6 +183,9 @@ async fn play(edge: SocketAddr, name: &str, epoch: Instant, until: Instant) -> P
 /// Plays on a connected client; `keep` keeps every body (byte-level tests).
 async fn play_on(client: &mut RtmpClient, name: &str, epoch: Instant, until: Instant, keep: bool) -> Played {
     let asked = Instant::now();
+    // Stamps are Unix µs from a clock at `epoch` (the publisher's, give or take the
+    // microseconds between the two reads of the wall clock).
+    let clock = StampClock::new(epoch);
     client.play(name).await.expect("play accepted");
     let mut seen = Played::default();
     loop {
@@ -202,7 +205,7 @@ async fn play_on(client: &mut RtmpClient, name: &str, epoch: Instant, until: Ins
                     // The first GOP comes from the cache, sent before the player joined:
                     // latency counts live frames only.
                     if seen.video_seqs.first().is_some_and(|first| seq >= first + 60) {
-                        seen.latencies_us.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent));
+                        seen.latencies_us.push(clock.now_us().saturating_sub(sent));
                     }
                     seen.video_seqs.push(seq);
                 }
@@ -278,6 +281,7 @@ async fn video_arrivals(
 ) -> (Vec<(u64, u64, u64)>, Duration) {
     let mut client = RtmpClient::connect(edge, "live").await.expect("player connects");
     let asked = Instant::now();
+    let clock = StampClock::new(epoch);
     client.play(name).await.expect("play accepted");
     let until = Instant::now() + window;
     let (mut frames, mut first, mut first_seq) = (Vec::new(), None, None);
@@ -291,11 +295,12 @@ async fn video_arrivals(
             continue;
         };
         let Some((seq, sent)) = synth::read_stamp(&payload) else { continue };
-        let now = epoch.elapsed().as_micros() as u64;
+        let at = Instant::now();
+        let now = at.duration_since(epoch).as_micros() as u64;
         first.get_or_insert_with(|| asked.elapsed());
         let first_seq = *first_seq.get_or_insert(seq);
         if seq >= first_seq + 60 {
-            frames.push((seq, now, now.saturating_sub(sent)));
+            frames.push((seq, now, clock.unix_us(at).saturating_sub(sent)));
         }
     }
     (frames, first.expect("a video frame"))

@@ -18,7 +18,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::client::RtmpClient;
-use super::synth::{self, StreamShape, Synth, SynthFrame};
+use super::synth::{self, StampClock, StreamShape, Synth, SynthFrame};
 use super::Latency;
 use crate::rtmp::session::{ClientConfig, ClientEvent, CAPS_EX_RECONNECT};
 
@@ -163,6 +163,10 @@ struct FanoutReport {
     players_by_address: Vec<AddressReport>,
     /// Publish→play latency of live video frames in the measured window.
     latency: Option<Latency>,
+    /// Publish→play latency of live audio frames in the measured window: those sent
+    /// after the player asked to play (the GOP cache's audio is older), each sequence
+    /// number once. Not part of keeping up.
+    audio_latency: Option<Latency>,
     /// From `play` to the first video frame.
     time_to_first_frame: Option<Latency>,
     /// Payload bytes publishers handed to the server in the measured window.
@@ -214,6 +218,7 @@ fn by_address(players: &[PlayerResult]) -> Vec<AddressReport> {
 struct PlayerResult {
     ttff: Option<Duration>,
     latencies: Vec<Duration>,
+    audio_latencies: Vec<Duration>,
     lost: u64,
     out_of_order: u64,
     /// The longest time between two video frames, both in the measured window.
@@ -291,6 +296,9 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
     };
     let rss_before: Vec<_> = args.watch_pids.iter().map(|p| proc_rss_kib(*p)).collect();
     let epoch = Instant::now();
+    // Stamps are Unix µs (an outside player can read them); publishers and players
+    // share one clock so the players' latencies here are exact.
+    let clock = StampClock::new(epoch);
     let publisher_ramp = Duration::from_secs_f64((plan.streams - 1) as f64 / args.publisher_ramp);
     let players_from = Duration::from_millis(1500) + publisher_ramp;
     let ramp = Duration::from_secs_f64(plan.players as f64 / args.ramp);
@@ -306,7 +314,7 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
         let start_at = tokio::time::Instant::now() + Duration::from_secs_f64(i as f64 / args.publisher_ramp);
         publishers.push(tokio::spawn(async move {
             tokio::time::sleep_until(start_at).await;
-            publish(addr, &app, &name, shape, epoch, window, &live).await
+            publish(addr, &app, &name, shape, clock, window, &live).await
         }));
     }
     // Publishers get a moment to be accepted before players ask for the streams.
@@ -321,7 +329,7 @@ async fn run_plan(plan: Plan) -> anyhow::Result<String> {
         let gop = u64::from(args.gop);
         players.push(tokio::spawn(async move {
             tokio::time::sleep_until(start_at).await;
-            play(target, &app, &name, epoch, gop, window, &live).await
+            play(target, &app, &name, clock, gop, window, &live).await
         }));
     }
     let progress = tokio::spawn({
@@ -432,7 +440,7 @@ fn summarize(
     }
     let players_by_address = by_address(&players);
     let player_reconnects = players.iter().map(|p| u64::from(p.reconnects)).sum();
-    let (mut latencies, mut ttffs, mut gaps) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut latencies, mut audio_latencies, mut ttffs, mut gaps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut keeping_up, mut lagging, mut failed, mut lost, mut out_of_order) = (0, 0, 0, 0, 0);
     for r in players {
         if let Some(e) = r.failed {
@@ -453,6 +461,7 @@ fn summarize(
             lagging += 1;
         }
         latencies.extend(r.latencies);
+        audio_latencies.extend(r.audio_latencies);
         ttffs.extend(r.ttff);
     }
     FanoutReport {
@@ -472,6 +481,7 @@ fn summarize(
         player_reconnects,
         players_by_address,
         latency: Latency::of(&mut latencies),
+        audio_latency: Latency::of(&mut audio_latencies),
         time_to_first_frame: Latency::of(&mut ttffs),
         bytes_published: totals.bytes_published,
         publishers_keeping_up: pub_ok,
@@ -488,13 +498,13 @@ async fn publish(
     app: &str,
     name: &str,
     shape: StreamShape,
-    epoch: Instant,
+    clock: StampClock,
     window: Window,
     live: &Live,
 ) -> PublisherResult {
     let mut result = PublisherResult::default();
     live.publishing.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = publish_frames(addr, app, name, shape, epoch, window, live, &mut result.delays).await {
+    if let Err(e) = publish_frames(addr, app, name, shape, clock, window, live, &mut result.delays).await {
         result.failed = Some(format!("{e:#}"));
     }
     live.publishing.fetch_sub(1, Ordering::Relaxed);
@@ -507,7 +517,7 @@ async fn publish_frames(
     app: &str,
     name: &str,
     shape: StreamShape,
-    epoch: Instant,
+    clock: StampClock,
     window: Window,
     live: &Live,
     delays: &mut Vec<Duration>,
@@ -518,7 +528,7 @@ async fn publish_frames(
     client.send_data(id, 0, meta).await?;
     client.send_video(id, 0, avc).await?;
     client.send_audio(id, 0, aac).await?;
-    let mut synth = Synth::new(shape, epoch);
+    let mut synth = Synth::with_clock(shape, clock);
     let started = tokio::time::Instant::now();
     loop {
         if Instant::now() >= window.stop {
@@ -577,7 +587,7 @@ async fn play(
     target: PlayTarget,
     app: &str,
     name: &str,
-    epoch: Instant,
+    clock: StampClock,
     gop: u64,
     window: Window,
     live: &Live,
@@ -596,6 +606,7 @@ async fn play(
     live.playing.fetch_add(1, Ordering::Relaxed);
     let mut first = None;
     let mut seen = Continuity::new(from);
+    let mut last_audio: Option<u64> = None;
     loop {
         let event = tokio::select! {
             e = client.next_event() => e,
@@ -605,6 +616,17 @@ async fn play(
             Ok(Some(ClientEvent::Video { payload, .. })) => payload,
             Ok(Some(ClientEvent::Audio { payload, .. })) => {
                 live.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                let Some((seq, sent_us)) = synth::read_stamp(&payload) else { continue };
+                // Live audio only: sent after `play` (the cached GOP's audio is older),
+                // and a sequence number once (a reconnect repeats the new edge's GOP).
+                if last_audio.is_some_and(|last| seq <= last) {
+                    continue;
+                }
+                last_audio = Some(seq);
+                let (now, sent) = (Instant::now(), clock.instant_of(sent_us));
+                if now >= from && sent >= asked {
+                    result.audio_latencies.push(now.saturating_duration_since(sent));
+                }
                 continue;
             }
             Ok(Some(ClientEvent::Status { code, .. })) if code == RECONNECT_REQUEST => {
@@ -653,13 +675,13 @@ async fn play(
             eprintln!(
                 "{name} at {addr}: {} ms without a video frame, until {:.3} s into the run (Unix time {:.3})",
                 gap.as_millis(),
-                now.duration_since(epoch).as_secs_f64(),
+                now.duration_since(clock.epoch()).as_secs_f64(),
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
             );
         }
         // The first GOP comes from the cache and was sent before the player joined.
         if now >= from && seq >= *first.get_or_insert(seq) + gop {
-            let sent = epoch + Duration::from_micros(sent_us);
+            let sent = clock.instant_of(sent_us);
             result.latencies.push(now.saturating_duration_since(sent));
         }
     }
@@ -836,9 +858,11 @@ mod tests {
     #[test]
     fn the_report_counts_players_and_publishers_by_outcome() {
         let players = vec![
+            // Audio latency is reported, not judged: this one keeps up all the same.
             PlayerResult {
                 ttff: Some(Duration::from_millis(3)),
                 latencies: ms(&[1, 2, 3]),
+                audio_latencies: ms(&[4, 5, 2000]),
                 longest_gap: Some(Duration::from_millis(40)),
                 ..Default::default()
             },
@@ -851,7 +875,7 @@ mod tests {
             },
             PlayerResult { latencies: ms(&[1]), out_of_order: 1, ..Default::default() },
             PlayerResult { latencies: ms(&[500]), ..Default::default() },
-            PlayerResult { failed: Some("refused".into()), ..Default::default() },
+            PlayerResult { failed: Some("refused".into()), audio_latencies: ms(&[9000]), ..Default::default() },
         ];
         let publishers = vec![
             PublisherResult { delays: ms(&[0, 1]), failed: None },
@@ -861,6 +885,8 @@ mod tests {
         let totals = Totals { seconds: 10.0, bytes_delivered: 125_000_000, bytes_published: 1_000 };
         let r = summarize(&plan(5), totals, players, publishers, vec![]);
         assert_eq!((r.players_keeping_up, r.players_lagging, r.players_failed, r.frames_lost), (1, 3, 1, 2));
+        let audio = r.audio_latency.as_ref().unwrap();
+        assert_eq!((audio.p50_ms, audio.max_ms), (5.0, 2000.0), "failed players' samples are left out");
         assert_eq!(r.frames_out_of_order, 1);
         assert_eq!(r.longest_gap.as_ref().map(|g| g.max_ms), Some(250.0));
         assert_eq!((r.publishers_keeping_up, r.publishers_lagging, r.publishers_failed), (1, 1, 1));
@@ -878,6 +904,7 @@ mod tests {
             "players_failed",
             "frames_lost",
             "latency",
+            "audio_latency",
             "time_to_first_frame",
             "publish_delay",
             "errors",
@@ -886,6 +913,7 @@ mod tests {
             assert!(json.get(field).is_some(), "{field} missing");
         }
         assert_eq!(json["latency"]["p50_ms"], 2.0);
+        assert_eq!(json["audio_latency"]["p99_ms"], 2000.0);
         assert_eq!(json["time_to_first_frame"]["p99_ms"], 3.0);
     }
 
@@ -945,7 +973,7 @@ mod tests {
         let totals = Totals { seconds: 1.0, bytes_delivered: 0, bytes_published: 0 };
         let r = summarize(&plan(0), totals, vec![], vec![], vec![]);
         let json = serde_json::to_value(&r).unwrap();
-        assert!(json["latency"].is_null() && json["publish_delay"].is_null());
+        assert!(json["latency"].is_null() && json["audio_latency"].is_null() && json["publish_delay"].is_null());
         assert_eq!(json["players_keeping_up"], 0);
     }
 

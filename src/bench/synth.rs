@@ -4,10 +4,19 @@
 //! and measure latency without decoding anything.
 //!
 //! Video body: `0x17|0x27, 0x01 (NALU), cts 0 0 0`, then the stamp; audio body:
-//! `0xAF, 0x01 (raw AAC)`, then the stamp. Stamp: `b"RCSQ"`, sequence `u64` BE, send
-//! time in µs since the generator's epoch `u64` BE, then filler.
+//! `0xAF, 0x01 (raw AAC)`, then the stamp. Stamp: `b"RCSQ"`, sequence `u64` BE (one
+//! sequence for video, another for audio), send time `u64` BE, then filler.
+//!
+//! The send time is in µs since the Unix epoch, read from a [`StampClock`]: the wall
+//! clock is read once, when the generator starts, and the monotonic time elapsed since
+//! is added to it, so stamps never jump when the wall clock is set. A player in the
+//! same process shares the generator's clock and turns a stamp back into an `Instant`
+//! exactly; a player in another process on the same machine (scripts/rtmp-players.py)
+//! computes publish→play latency as its own wall clock minus the stamp, exact up to
+//! how far the two clocks drift apart during a run (NTP slewing: well under a
+//! millisecond a second).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -75,21 +84,70 @@ pub fn headers() -> (Bytes, Bytes, Bytes) {
     (Bytes::from(m), avc, aac)
 }
 
+/// µs since the Unix epoch at the instant `epoch`: the wall clock now, less the
+/// monotonic time elapsed since `epoch`.
+pub fn unix_us_at(epoch: Instant) -> u64 {
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    wall.saturating_sub(epoch.elapsed()).as_micros() as u64
+}
+
+/// The clock send times are stamped with: µs since the Unix epoch, as the wall clock
+/// read once at `epoch` plus the monotonic time since (it never jumps). Copy it to
+/// every player of the process so their latencies are exact.
+#[derive(Debug, Clone, Copy)]
+pub struct StampClock {
+    epoch: Instant,
+    epoch_unix_us: u64,
+}
+
+impl StampClock {
+    /// A clock whose Unix time at `epoch` is read now.
+    pub fn new(epoch: Instant) -> Self {
+        StampClock { epoch, epoch_unix_us: unix_us_at(epoch) }
+    }
+
+    /// The instant the clock counts from.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// The stamp of `at`: µs since the Unix epoch.
+    pub fn unix_us(&self, at: Instant) -> u64 {
+        self.epoch_unix_us + at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// The stamp of now.
+    pub fn now_us(&self) -> u64 {
+        self.unix_us(Instant::now())
+    }
+
+    /// The instant of a stamp this clock made (the epoch for an earlier one).
+    pub fn instant_of(&self, unix_us: u64) -> Instant {
+        self.epoch + Duration::from_micros(unix_us.saturating_sub(self.epoch_unix_us))
+    }
+}
+
 /// Produces the frames of a stream in send order, with their due times.
 pub struct Synth {
     shape: StreamShape,
-    epoch: Instant,
+    clock: StampClock,
     video_seq: u64,
     audio_seq: u64,
     filler: Bytes,
 }
 
 impl Synth {
-    /// `epoch` is the instant send times are measured from (share it with the players).
+    /// A stream stamped by a clock from `epoch` (its Unix time read now): for a
+    /// generator whose players measure no latency, or only against the wall clock.
     pub fn new(shape: StreamShape, epoch: Instant) -> Self {
+        Self::with_clock(shape, StampClock::new(epoch))
+    }
+
+    /// A stream stamped by `clock` (share it with the players of the same process).
+    pub fn with_clock(shape: StreamShape, clock: StampClock) -> Self {
         let (key, _) = shape.frame_sizes();
         let filler: Vec<u8> = (0..key).map(|i| (i * 131 % 251) as u8).collect();
-        Synth { shape, epoch, video_seq: 0, audio_seq: 0, filler: Bytes::from(filler) }
+        Synth { shape, clock, video_seq: 0, audio_seq: 0, filler: Bytes::from(filler) }
     }
 
     /// When the next frame is due, relative to the stream's start: sleep until then,
@@ -115,7 +173,7 @@ impl Synth {
     /// stream's start.
     pub fn next_frame(&mut self) -> (Duration, SynthFrame) {
         let (due, video) = self.next_kind();
-        let sent_us = self.epoch.elapsed().as_micros() as u64;
+        let sent_us = self.clock.now_us();
         let timestamp = due.as_millis() as u32;
         if video {
             let keyframe = self.video_seq.is_multiple_of(u64::from(self.shape.gop.max(1)));
@@ -150,7 +208,8 @@ fn stamp(b: &mut BytesMut, seq: u64, sent_us: u64, size: usize, filler: &[u8]) {
     b.put_slice(&filler[..rest.min(filler.len())]);
 }
 
-/// The (sequence, send time in µs) stamped in a synthetic video or audio body.
+/// The (sequence, send time in µs since the Unix epoch) stamped in a synthetic video
+/// or audio body.
 pub fn read_stamp(body: &[u8]) -> Option<(u64, u64)> {
     let offset = match body.first()? {
         0x17 | 0x27 => 5,
@@ -192,5 +251,30 @@ mod tests {
         assert!((2400..=2600).contains(&kbps), "{kbps} kbit/s");
         assert_eq!(keyframes, 5);
         assert!(read_stamp(&[0x17, 1, 0, 0, 0, b'X']).is_none());
+    }
+
+    #[test]
+    fn stamps_are_unix_microseconds_that_map_back_to_instants() {
+        let epoch = Instant::now() - Duration::from_secs(5);
+        let clock = StampClock::new(epoch);
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+        let now = clock.now_us();
+        // The same moment on both clocks, give or take the time between the reads.
+        assert!(now.abs_diff(wall) < 50_000, "{now} vs {wall}");
+        assert!(clock.unix_us(epoch).abs_diff(wall - 5_000_000) < 50_000);
+        let at = epoch + Duration::from_micros(1_234_567);
+        assert_eq!(clock.instant_of(clock.unix_us(at)), at);
+        assert_eq!(clock.instant_of(0), epoch, "older than the epoch: the epoch");
+
+        let mut synth = Synth::with_clock(StreamShape::default(), clock);
+        let before = clock.now_us();
+        let (_, frame) = synth.next_frame();
+        let SynthFrame::Video { payload, .. } = frame else { panic!("video comes first") };
+        let (seq, sent) = read_stamp(&payload).unwrap();
+        assert_eq!(seq, 0);
+        assert!(sent >= before && sent <= clock.now_us());
+        let (_, frame) = synth.next_frame();
+        let SynthFrame::Audio { payload, .. } = frame else { panic!("then audio") };
+        assert_eq!(read_stamp(&payload).map(|s| s.0), Some(0));
     }
 }
