@@ -116,7 +116,7 @@ for round in $(seq 1 "$ROUNDS"); do
       "${LOAD[@]}" "$A" bench fanout --publish "$rtmp" --play "$rtmp" --players "$PLAYERS" --kbps "$kbps" --duration "$DURATION" \
         --name "ab$round-$kbps" --watch-pid "$edge" --watch-pid "$origin" >"$OUT/$side-$kbps-$round.json" 2>/dev/null
       jq -r --arg side "$side" --arg round "$round" --arg load "$load" \
-        '"\($side | ascii_upcase) round \($round) \(.kbps) kbit/s \(.players) players: edge \(.processes[0].cpu_seconds_per_gb * 100 | round / 100) s/GB (\(.processes[0].cpu_percent | round) % core), origin \(.processes[1].cpu_seconds_per_gb * 100 | round / 100) s/GB, keeping up \(.players_keeping_up), lost \(.frames_lost), p50 \((.latency.p50_ms // -1) * 10 | round / 10) ms, p99 \((.latency.p99_ms // -1) * 10 | round / 10) ms, load \($load)"' \
+        '"\($side | ascii_upcase) round \($round) \(.kbps) kbit/s \(.players) players: edge \(.processes[0].cpu_seconds_per_gb * 100 | round / 100) s/GB (\(.processes[0].cpu_percent | round) % core), origin \(.processes[1].cpu_seconds_per_gb * 100 | round / 100) s/GB, keeping up \(.players_keeping_up), lost \(.frames_lost), p50 \((.latency.p50_ms // -1) * 10 | round / 10) ms, p99 \((.latency.p99_ms // -1) * 10 | round / 10) ms, audio p50 \((.audio_latency.p50_ms // -1) * 10 | round / 10) ms, p99 \((.audio_latency.p99_ms // -1) * 10 | round / 10) ms, load \($load)"' \
         "$OUT/$side-$kbps-$round.json" || echo "$side round $round $kbps kbit/s: no report"
     done
   done

@@ -6,6 +6,12 @@
 #   scripts/bench-compare.sh [--quick] [--out DIR] [--no-etcd] [--no-media]
 #
 #   --quick     100 and 500 players, 5 s per run, one etcd concurrency (under 3 minutes)
+#               (full: 100, 500 and 2,000 players, 20 s per run, 1, 8 and 32 etcd clients)
+#
+# After the fanout runs, nginx-rtmp and rc-1e1o are measured once more with
+# scripts/rtmp-players.py, a player that shares no code with raftcast (400 players at
+# 600 kbit/s; 200 with --quick); its reports are runs/indep-*.independent.json and a
+# table of its own in table.md.
 #   --out DIR   where reports, logs, the table and the chart go [a new /tmp/raftcast-compare.*]
 #
 # Servers, each on its own ports and data dir under DIR:
@@ -36,9 +42,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 if (( QUICK )); then
-  PLAYERS=(100 500) KBPS=(600 2500) DURATION=5 RAMP=500 SO_CONC=(32) SO_SECS=4
+  PLAYERS=(100 500) KBPS=(600 2500) DURATION=5 RAMP=500 SO_CONC=(32) SO_SECS=4 INDEP_PLAYERS=200
 else
-  PLAYERS=(100 500 1000) KBPS=(600 2500) DURATION=20 RAMP=500 SO_CONC=(1 8 32) SO_SECS=10
+  PLAYERS=(100 500 2000) KBPS=(600 2500) DURATION=20 RAMP=500 SO_CONC=(1 8 32) SO_SECS=10 INDEP_PLAYERS=400
 fi
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
@@ -240,6 +246,26 @@ if (( MEDIA )); then
       fanout rc-3o2e "raftcast bootstrap cluster: publisher on edge-1, players on edge-2: edge-1 -> origin -> edge-2" \
         127.0.0.1:22301 127.0.0.1:22302 "$players" "$kbps" 1 "$FULL_EDGE2" "$FULL_EDGE1" "${FULL_ORIGINS[@]}"
     done
+  done
+  # The same servers through a load client that shares no code with raftcast
+  # (scripts/rtmp-players.py, Python's standard library): `bench fanout` only publishes.
+  for server in nginx-rtmp rc-1e1o; do
+    case $server in
+      nginx-rtmp) addr=127.0.0.1:$NGINX_RTMP watch=(--watch-pid "$NGINX_WORKER") ;;
+      rc-1e1o) addr=127.0.0.1:21301 watch=(--watch-pid "$SINGLE_EDGE") ;;
+    esac
+    name="indep-$server"
+    log "$name: $INDEP_PLAYERS independent players at 600 kbit/s, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$BIN" bench fanout --publish "$addr" --players 0 --kbps 600 --duration $((DURATION + INDEP_PLAYERS / RAMP + 15)) \
+      --name "$name" >/dev/null 2>>"$OUT/logs/$name.progress" &
+    pub=$!
+    sleep 3
+    python3 "$ROOT/scripts/rtmp-players.py" --url "rtmp://$addr/live/$name-0" --players "$INDEP_PLAYERS" --procs 1 \
+      --ramp "$RAMP" --warmup 3 --duration "$DURATION" "${watch[@]}" >"$OUT/runs/$name.independent.json" \
+      2>>"$OUT/logs/$name.progress" || echo '{"failed": true}' >"$OUT/runs/$name.independent.json"
+    wait "$pub" || true
+    jq -r '"  keeping up \(.players_keeping_up)/\(.players), lost \(.frames_lost), video p50 \(.latency.p50_ms // "-") ms, p99 \(.latency.p99_ms // "-") ms, server \(.processes[0].cpu_seconds_per_gb // "-") s/GB"' \
+      "$OUT/runs/$name.independent.json" >&2 || true
   done
   kill -TERM "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=""
   env "${SINGLE_ENV[@]}" "$ROOT/scripts/bootstrap.sh" stop >>"$OUT/logs/bootstrap.log" 2>&1

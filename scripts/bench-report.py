@@ -16,6 +16,8 @@ COLORS = {"nginx-rtmp": "#2c7a2c", "rc-1e1o": "#1f5fbf", "rc-3o2e": "#c0392b"}
 def load(dirname):
     media, so = [], []
     for path in sorted(glob.glob(os.path.join(dirname, "runs", "*.json"))):
+        if path.endswith(".independent.json"):
+            continue
         with open(path) as f:
             r = json.load(f)
         (so if "so_target" in r else media).append(r)
@@ -287,6 +289,47 @@ def hop_table(media):
     return "\n".join(lines) + "\n"
 
 
+def independent(dirname):
+    """scripts/rtmp-players.py's reports (runs/indep-SERVER.independent.json), by server."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(dirname, "runs", "indep-*.independent.json"))):
+        with open(path) as f:
+            out[os.path.basename(path)[len("indep-"):-len(".independent.json")]] = json.load(f)
+    return out
+
+
+def independent_table(reports):
+    lines = ["| server | players | keeping up (failed, frames lost) | video p50 / p99 ms (p99 ×nginx) | audio p50 / p99 ms | "
+             "CPU s/GB, player-facing process (×nginx) | RSS KiB per player (×nginx) |",
+             "|---|---|---|---|---|---|---|"]
+    base = reports.get("nginx-rtmp") or {}
+
+    def get(r, *keys):
+        for k in keys:
+            if isinstance(r, dict):
+                r = r.get(k)
+            elif isinstance(r, list) and isinstance(k, int) and k < len(r):
+                r = r[k]
+            else:
+                return None
+        return r
+
+    for server, r in reports.items():
+        if r.get("failed"):
+            lines.append(f"| {server} | failed | | | | | |")
+            continue
+        p99, bp99 = get(r, "latency", "p99_ms"), get(base, "latency", "p99_ms")
+        cpu, bcpu = get(r, "processes", 0, "cpu_seconds_per_gb"), get(base, "processes", 0, "cpu_seconds_per_gb")
+        rss, brss = get(r, "processes", 0, "rss_kib_per_player"), get(base, "processes", 0, "rss_kib_per_player")
+        mark = lambda a, b: "" if server == "nginx-rtmp" or ratio(a, b) is None else f" (**{ratio(a, b):.2f}×**)"
+        lines.append(
+            f"| {server} | {r.get('players')} | {r.get('players_keeping_up')}/{r.get('players')} "
+            f"({r.get('players_failed')}, {r.get('frames_lost')}) | {fnum(get(r, 'latency', 'p50_ms'))} / {fnum(p99)}{mark(p99, bp99)} | "
+            f"{fnum(get(r, 'audio_latency', 'p50_ms'))} / {fnum(get(r, 'audio_latency', 'p99_ms'))} | "
+            f"{fnum(cpu, 2)}{mark(cpu, bcpu)} | {fnum(rss)}{mark(rss, brss)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--hops":
         json.dump(hops_between(sys.argv[2], sys.argv[3]), sys.stdout)
@@ -308,6 +351,11 @@ def main():
         if hops:
             text.append("\nTime frames spend in each raftcast hop (edge and origin /metrics, same runs):\n")
             text.append(hops)
+    indep = independent(a.dir)
+    if indep:
+        text.append("\nThe same servers through scripts/rtmp-players.py (a player sharing no code with raftcast), "
+                    "600 kbit/s, after the runs above:\n")
+        text.append(independent_table(indep))
     if so:
         text.append("\nShared-object writes (durable on both), same tool and concurrency:\n")
         text.append(so_table(so))

@@ -387,6 +387,7 @@ async fn merged_writes_gather_frames_within_their_bound_and_lose_none() {
 /// frames (the cached GOP and the start).
 async fn media_arrivals(edge: SocketAddr, name: &str, epoch: Instant, window: Duration) -> Vec<(bool, u64, u64)> {
     let mut client = RtmpClient::connect(edge, "live").await.expect("player connects");
+    let clock = StampClock::new(epoch);
     client.play(name).await.expect("play accepted");
     let until = Instant::now() + window;
     let (mut frames, mut videos) = (Vec::new(), 0);
@@ -404,10 +405,11 @@ async fn media_arrivals(edge: SocketAddr, name: &str, epoch: Instant, window: Du
             }
         };
         let Some((_, sent)) = synth::read_stamp(&payload) else { continue };
-        let now = epoch.elapsed().as_micros() as u64;
+        let at = Instant::now();
+        let now = at.duration_since(epoch).as_micros() as u64;
         videos += usize::from(video);
         if videos > 60 {
-            frames.push((video, now, now.saturating_sub(sent)));
+            frames.push((video, now, clock.unix_us(at).saturating_sub(sent)));
         }
     }
     frames

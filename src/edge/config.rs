@@ -115,6 +115,11 @@ pub struct EdgeArgs {
     /// frames never wait.
     #[arg(long, env = "RAFTCAST_EDGE_WRITE_MERGE_MS")]
     pub write_merge_ms: Option<u64>,
+    /// The adaptive merge's longest wait of a player's audio for the next video frame,
+    /// in ms [default: 50]; 0 holds no audio (every frame at once while the edge is
+    /// lightly loaded).
+    #[arg(long, env = "RAFTCAST_EDGE_AUDIO_HOLD_MS")]
+    pub audio_hold_ms: Option<u64>,
     /// `TCP_NODELAY` on RTMP client sockets [default: true]. Off, the kernel's Nagle
     /// algorithm holds a small write while earlier bytes are unacknowledged (what
     /// nginx-rtmp does); kept as a switch for A/B runs (`scripts/bench-ab.sh`).
@@ -502,6 +507,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         idle_timeout_ms: cli.idle_timeout_ms.or(file.idle_timeout_ms),
         write_timeout_ms: cli.write_timeout_ms.or(file.write_timeout_ms),
         write_merge_ms: cli.write_merge_ms.or(file.write_merge_ms),
+        audio_hold_ms: cli.audio_hold_ms.or(file.audio_hold_ms),
         play_wait_ms: cli.play_wait_ms.or(file.play_wait_ms),
         chunk_size: cli.chunk_size.or(file.chunk_size),
         tcp_nodelay: cli.tcp_nodelay.or(file.tcp_nodelay),
@@ -613,7 +619,13 @@ impl EdgeConfig {
             return Err("a player queue needs at least 16 frames and 64 KiB".into());
         }
         let write_merge = match a.write_merge_ms {
-            None => WriteMerge::Adaptive { audio_hold: AUDIO_HOLD },
+            None => match a.audio_hold_ms {
+                Some(ms) if ms > 1000 => {
+                    return Err(format!("--audio-hold-ms {ms} is above 1000: players would stutter"))
+                }
+                Some(ms) => WriteMerge::Adaptive { audio_hold: Duration::from_millis(ms) },
+                None => WriteMerge::Adaptive { audio_hold: AUDIO_HOLD },
+            },
             Some(ms) if ms > 1000 => return Err(format!("--write-merge-ms {ms} is above 1000: players would stutter")),
             Some(ms) => WriteMerge::Window(Duration::from_millis(ms)),
         };
