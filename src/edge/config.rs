@@ -618,6 +618,11 @@ impl EdgeConfig {
         if player_queue.max_frames < 16 || player_queue.max_bytes < 64 * 1024 {
             return Err("a player queue needs at least 16 frames and 64 KiB".into());
         }
+        if a.write_merge_ms.is_some() && a.audio_hold_ms.is_some() {
+            return Err(
+                "--audio-hold-ms is the adaptive merge's; --write-merge-ms replaces it with a fixed window".into()
+            );
+        }
         let write_merge = match a.write_merge_ms {
             None => match a.audio_hold_ms {
                 Some(ms) if ms > 1000 => {
@@ -821,6 +826,8 @@ mod tests {
         );
         let fixed = EdgeArgs { write_merge_ms: Some(0), ..args() };
         assert_eq!(EdgeConfig::from_args(fixed, env).unwrap().write_merge, WriteMerge::Window(Duration::ZERO));
+        let both = EdgeArgs { write_merge_ms: Some(0), audio_hold_ms: Some(0), ..args() };
+        assert!(EdgeConfig::from_args(both, env).unwrap_err().contains("--audio-hold-ms"));
         let sluggish = EdgeArgs { write_merge_ms: Some(5000), ..args() };
         assert!(EdgeConfig::from_args(sluggish, env).unwrap_err().contains("write-merge-ms"));
         let capless = EdgeArgs { max_handshakes_per_address: Some(0), ..args() };

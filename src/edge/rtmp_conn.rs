@@ -635,10 +635,16 @@ async fn connection<S: ClientStream>(
                         if conn.wrote_media {
                             conn.started_play = false;
                         }
+                        if hold != Hold::None {
+                            // Another play's audio queued quietly behind the gate goes
+                            // in the same write.
+                            conn.open_gate();
+                            conn.pull_ready(&mut pending);
+                        }
                         pending.release(&ctx.stats.hop_delivery);
                         hold = Hold::None;
-                        conn.open_gate();
-                    } else if hold == Hold::None {
+                    } else if hold == Hold::None && pending.len() > pending.ready() {
+                        // Only media waits (a note such as `Published` queues nothing).
                         hold = kind;
                         merge_timer.as_mut().reset(Instant::now() + length);
                         if let Some(gate) = &conn.gate {
