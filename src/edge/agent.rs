@@ -85,6 +85,11 @@ pub fn weight_for(load: f64) -> u32 {
     ((headroom * 100.0).round() as u32).clamp(1, 100)
 }
 
+/// The next value of an exponential moving average ([`SMOOTHING`]) that was `prev`.
+fn moving_average(prev: Option<f64>, sample: f64) -> f64 {
+    prev.map_or(sample, |p| p + SMOOTHING * (sample - p))
+}
+
 /// Below this share of its cores the edge merges no video (latency first); from it
 /// the merge window grows with the load, so a busy edge trades a few ms of latency
 /// for the writes it saves.
@@ -166,16 +171,8 @@ pub async fn sample(ctx: Arc<EdgeContext>, egress_capacity_bytes_per_s: u64, sto
             egress: egress_rate / egress_capacity_bytes_per_s.max(1) as f64,
             connections: ctx.stats.connections.load(Ordering::Relaxed) as f64 / max_connections,
         };
-        let s = match smoothed {
-            Some(s) => s + SMOOTHING * (load.max() - s),
-            None => load.max(),
-        };
-        smoothed = Some(s);
-        let c = match smoothed_cpu {
-            Some(c) => c + SMOOTHING * (load.cpu - c),
-            None => load.cpu,
-        };
-        smoothed_cpu = Some(c);
+        let s = *smoothed.insert(moving_average(smoothed, load.max()));
+        let c = *smoothed_cpu.insert(moving_average(smoothed_cpu, load.cpu));
         let gauge = &ctx.stats.load;
         gauge.merge_window_us.store(merge_window_for(c).as_micros() as u32, Ordering::Relaxed);
         gauge.cpu_permille.store((load.cpu * 1000.0).round() as u32, Ordering::Relaxed);

@@ -618,21 +618,19 @@ impl EdgeConfig {
         if player_queue.max_frames < 16 || player_queue.max_bytes < 64 * 1024 {
             return Err("a player queue needs at least 16 frames and 64 KiB".into());
         }
-        if a.write_merge_ms.is_some() && a.audio_hold_ms.is_some() {
-            return Err(
-                "--audio-hold-ms is the adaptive merge's; --write-merge-ms replaces it with a fixed window".into()
-            );
-        }
-        let write_merge = match a.write_merge_ms {
-            None => match a.audio_hold_ms {
-                Some(ms) if ms > 1000 => {
-                    return Err(format!("--audio-hold-ms {ms} is above 1000: players would stutter"))
-                }
-                Some(ms) => WriteMerge::Adaptive { audio_hold: Duration::from_millis(ms) },
-                None => WriteMerge::Adaptive { audio_hold: AUDIO_HOLD },
-            },
-            Some(ms) if ms > 1000 => return Err(format!("--write-merge-ms {ms} is above 1000: players would stutter")),
-            Some(ms) => WriteMerge::Window(Duration::from_millis(ms)),
+        let held = |flag: &str, ms: u64| match ms {
+            0..=1000 => Ok(Duration::from_millis(ms)),
+            _ => Err(format!("--{flag} {ms} is above 1000: players would stutter")),
+        };
+        let write_merge = match (a.write_merge_ms, a.audio_hold_ms) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "--audio-hold-ms is the adaptive merge's; --write-merge-ms replaces it with a fixed window".into()
+                )
+            }
+            (Some(ms), None) => WriteMerge::Window(held("write-merge-ms", ms)?),
+            (None, Some(ms)) => WriteMerge::Adaptive { audio_hold: held("audio-hold-ms", ms)? },
+            (None, None) => WriteMerge::Adaptive { audio_hold: AUDIO_HOLD },
         };
         let max_connections = a.max_connections.unwrap_or(10_000);
         if max_connections == 0 {

@@ -628,9 +628,11 @@ async fn connection<S: ClientStream>(
                         },
                     };
                     // A play's first frames (the cached GOP) are not held: the time to
-                    // first frame stays what it was.
+                    // first frame stays what it was. Video ends an audio hold (this
+                    // branch is off during a window).
+                    let holding = if hold == Hold::None { kind } else { hold };
                     let now = length.is_zero() || busy || conn.started_play || pending.len() >= MERGE_FLUSH_BYTES
-                        || (pending.urgent && (hold == Hold::Audio || (hold == Hold::None && kind == Hold::Audio)));
+                        || (pending.urgent && holding == Hold::Audio);
                     if now {
                         if conn.wrote_media {
                             conn.started_play = false;
@@ -1074,8 +1076,7 @@ impl Conn {
                 self.wrote_media = false;
                 self.started();
                 let resume = self.resume.plays.remove(&stream_id);
-                let mut pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease, resume);
-                pump.gate = self.gate.clone();
+                let pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease, resume, self.gate.clone());
                 self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
                 if self.playing.insert(stream_id, pump.into_stream()).is_some() {
                     self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
@@ -1353,17 +1354,15 @@ enum PumpState {
 }
 
 impl Pump {
-    fn new(stream_id: u32, chunk_size: u32, lease: Lease, resume: Option<ResumePoint>) -> Pump {
+    fn new(
+        stream_id: u32,
+        chunk_size: u32,
+        lease: Lease,
+        resume: Option<ResumePoint>,
+        gate: Option<Arc<AudioGate>>,
+    ) -> Pump {
         let hubs = lease.relay().hub();
-        Pump {
-            stream_id,
-            chunk_size,
-            hubs,
-            state: PumpState::Waiting { first: true },
-            resume,
-            gate: None,
-            _lease: lease,
-        }
+        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, resume, gate, _lease: lease }
     }
 
     /// The pump as a stream that never ends (the connection decides when a play ends).
@@ -1408,8 +1407,7 @@ impl Pump {
                     Some(frame) => {
                         if let Some(bytes) = chunks(&frame, self.chunk_size, self.stream_id) {
                             let live = (frame.arrived.0 >= *since).then_some(frame.arrived.0);
-                            let holdable = frame.kind == FrameKind::Audio && !frame.header;
-                            return Some(Out::Media(bytes, live, frame.header, holdable));
+                            return Some(Out::Media(bytes, live, frame.header, frame.is_plain_audio()));
                         }
                     }
                     None => {

@@ -137,6 +137,12 @@ impl Frame {
         Frame::new(FrameKind::Video, timestamp, keyframe, facts.is_some_and(|f| f.sequence_header), payload)
     }
 
+    /// Audio other than a sequence header: what an [`AudioGate`](super::hub::AudioGate)
+    /// lets a reader sleep through, and what the edge's adaptive merge may hold.
+    pub fn is_plain_audio(&self) -> bool {
+        self.kind == FrameKind::Audio && !self.header
+    }
+
     /// Stream metadata (`onMetaData`): cached like a sequence header.
     pub fn metadata(timestamp: u32, payload: Bytes) -> Frame {
         Frame::new(FrameKind::Data, timestamp, false, true, payload)

@@ -303,10 +303,7 @@ impl Hub {
             if dropped > 0 {
                 self.drops.fetch_add(dropped, Ordering::Relaxed);
             }
-            let quiet = frame.kind == FrameKind::Audio
-                && !frame.header
-                && dropped == 0
-                && reader.gate.get().is_some_and(|gate| gate.holds());
+            let quiet = frame.is_plain_audio() && dropped == 0 && reader.gate.get().is_some_and(|gate| gate.holds());
             if !quiet {
                 reader.wake.notify_one();
             }
