@@ -496,6 +496,12 @@ async fn adaptive_merge_sends_video_at_once_and_audio_with_the_next_video_frame(
     // Audio waits at most one video frame interval (33 ms), never past the 50 ms bound.
     let audio_p90 = pct(latencies(&held, false), 90);
     assert!(audio_p90 < 50_000 + 20_000, "audio latency p90 {audio_p90} µs");
+    // Both edges wrote the live frames through the stream's fan-out (the player's
+    // connection lent it its socket), one write per burst.
+    for (edge, bursts) in [(&adaptive, held_bursts.len()), (&eager, eager_bursts.len())] {
+        let direct = edge.metric("edge_direct_writes_total").await;
+        assert!(direct as usize * 10 >= bursts * 8, "{direct} fan-out writes for {bursts} bursts");
+    }
 }
 
 /// A TCP connection to `addr` that completed the RTMP handshake as a client.
@@ -734,6 +740,10 @@ async fn a_player_that_stops_reading_slows_neither_the_publisher_nor_other_playe
     let drops = edge2.metric("edge_frames_dropped_total{side=\"player\"}").await;
     eprintln!("the stalled player's frames dropped on edge-2: {drops}");
     assert!(drops > 0.0, "the stalled player's skipped frames are counted");
+    // The stalled player's socket stopped taking the fan-out's writes: the rest went
+    // back to its connection, whose queue then skipped.
+    let spills = edge2.metric("edge_direct_spills_total").await;
+    assert!(spills >= 1.0, "the stalled socket's fan-out write spilled: {spills}");
 
     let published = publisher.await.unwrap();
     let seen = healthy.await.unwrap();

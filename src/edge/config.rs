@@ -125,6 +125,12 @@ pub struct EdgeArgs {
     /// nginx-rtmp does); kept as a switch for A/B runs (`scripts/bench-ab.sh`).
     #[arg(long, env = "RAFTCAST_EDGE_TCP_NODELAY")]
     pub tcp_nodelay: Option<bool>,
+    /// Live media for RTMP players over plain TCP is written by each stream's few
+    /// fan-out tasks while a player's connection has nothing of its own to send,
+    /// instead of waking every player's task for every frame [default: true]. Off:
+    /// every play is written by its connection's task (a switch for A/B runs).
+    #[arg(long, env = "RAFTCAST_EDGE_DIRECT_WRITES")]
+    pub direct_writes: Option<bool>,
     /// Outgoing RTMP chunk size [default: 4096].
     #[arg(long, env = "RAFTCAST_EDGE_CHUNK_SIZE")]
     pub chunk_size: Option<u32>,
@@ -376,6 +382,8 @@ pub struct EdgeConfig {
     pub(crate) chunk_size: u32,
     /// `TCP_NODELAY` on RTMP client sockets.
     pub(crate) tcp_nodelay: bool,
+    /// The direct fan-out (`media::fanout`) for players over plain TCP.
+    pub(crate) direct_writes: bool,
     pub(crate) player_queue: QueueLimits,
     pub(crate) link: LinkTiming,
     pub(crate) request_deadline: Duration,
@@ -511,6 +519,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         play_wait_ms: cli.play_wait_ms.or(file.play_wait_ms),
         chunk_size: cli.chunk_size.or(file.chunk_size),
         tcp_nodelay: cli.tcp_nodelay.or(file.tcp_nodelay),
+        direct_writes: cli.direct_writes.or(file.direct_writes),
         player_queue_frames: cli.player_queue_frames.or(file.player_queue_frames),
         player_queue_bytes: cli.player_queue_bytes.or(file.player_queue_bytes),
         link_ping_ms: cli.link_ping_ms.or(file.link_ping_ms),
@@ -722,6 +731,7 @@ impl EdgeConfig {
             play_wait: ms(a.play_wait_ms, 5_000),
             chunk_size,
             tcp_nodelay: a.tcp_nodelay.unwrap_or(true),
+            direct_writes: a.direct_writes.unwrap_or(true),
             player_queue,
             link,
             request_deadline: ms(a.request_deadline_ms, 5_000),

@@ -203,6 +203,11 @@ impl Collector for EdgeCollector {
         )?;
         counter(e, "edge_client_bytes_in_total", "Bytes read from clients", load(&s.bytes_in))?;
         counter(e, "edge_client_bytes_out_total", "Bytes written to RTMP and HTTP-FLV clients", load(&s.bytes_out))?;
+        let help = "Writes to RTMP players by the direct fan-out that the socket took whole";
+        counter(e, "edge_direct_writes_total", help, load(&s.direct_writes))?;
+        let help =
+            "Direct fan-out writes the socket did not take whole (the rest went back to the player's connection)";
+        counter(e, "edge_direct_spills_total", help, load(&s.direct_spills))?;
         let cpu = u64::from(s.load.cpu_permille.load(Ordering::Relaxed));
         gauge(e, "edge_load_cpu_permille", "CPU used in the last second, in thousandths of the usable cores", cpu)?;
         let merge = u64::from(s.load.merge_window_us.load(Ordering::Relaxed));

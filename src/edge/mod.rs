@@ -24,6 +24,7 @@ pub(crate) mod agent;
 pub(crate) mod claims;
 pub mod config;
 pub(crate) mod control;
+pub(crate) mod direct;
 pub(crate) mod drain;
 pub(crate) mod dvr;
 pub(crate) mod hls;
@@ -102,6 +103,10 @@ pub(crate) struct EdgeStats {
     /// Players' live frames: from the link to the player's socket (merge window
     /// included).
     pub(crate) hop_delivery: crate::media::hop::HopLatency,
+    /// Writes of the direct fan-out ([`direct`]) the socket took whole, and those it
+    /// did not (the rest went back to the player's connection).
+    pub(crate) direct_writes: AtomicU64,
+    pub(crate) direct_spills: AtomicU64,
     /// RTMPT sessions, requests and bytes.
     pub(crate) rtmpt: rtmpt::TunnelStats,
 }

@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::config::WriteMerge;
+use super::direct::{DirectSocket, SharedReader, SharedWriter};
 use super::hooks::{admit_session, DoneNotice, HookCall, HookEvent};
 use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
@@ -106,14 +107,23 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// records); a plain socket's flush does nothing.
     const BUFFERS_WRITES: bool;
     fn split(self) -> (Self::Reader, Self::Writer);
+    /// The socket the direct fan-out may write to for this connection (plain TCP
+    /// only: see [`super::direct`]).
+    fn direct(_writer: &Self::Writer) -> Option<Arc<TcpStream>> {
+        None
+    }
 }
 
 impl ClientStream for TcpStream {
-    type Reader = tokio::net::tcp::OwnedReadHalf;
-    type Writer = tokio::net::tcp::OwnedWriteHalf;
+    type Reader = SharedReader;
+    type Writer = SharedWriter;
     const BUFFERS_WRITES: bool = false;
     fn split(self) -> (Self::Reader, Self::Writer) {
-        self.into_split()
+        let socket = Arc::new(self);
+        (SharedReader(socket.clone()), SharedWriter(socket))
+    }
+    fn direct(writer: &Self::Writer) -> Option<Arc<TcpStream>> {
+        Some(writer.0.clone())
     }
 }
 
@@ -428,6 +438,9 @@ struct Conn {
     /// Lets the pumps' hub readers sleep through audio while the adaptive merge holds
     /// it for the next video frame (`None` with a fixed window).
     gate: Option<Arc<AudioGate>>,
+    /// The socket as the direct fan-out writes to it, when it may (plain TCP,
+    /// `--direct-writes`): lent while this task has nothing of its own to write.
+    direct: Option<Arc<DirectSocket>>,
     /// A play just started: its first media is written without a merge window.
     started_play: bool,
     /// Media other than headers went out since the play started: only then is the play
@@ -529,6 +542,9 @@ async fn connection<S: ClientStream>(
         fenced: CancellationToken::new(),
         objects: ConnObjects::new(ctx.objects.clone()),
         gate: matches!(ctx.config.write_merge, WriteMerge::Adaptive { .. }).then(Default::default),
+        direct: S::direct(&writer)
+            .filter(|_| ctx.config.direct_writes)
+            .map(|socket| Arc::new(DirectSocket::new(socket, ctx.clone(), ctx.config.chunk_size))),
         started_play: false,
         wrote_media: false,
         peer,
@@ -577,11 +593,18 @@ async fn connection<S: ClientStream>(
     let draining = ctx.draining.cancelled();
     tokio::pin!(draining);
     let mut asked_to_reconnect = false;
+    // The direct fan-out (`super::direct`): the socket is lent to it while this task
+    // has nothing of its own to write, and taken back before this task writes.
+    let direct = conn.direct.clone();
+    let mut lent = false;
     let result = async {
         conn.input(&leftover)?;
         loop {
             let control = conn.session.take_output();
-            if !control.is_empty() {
+            // A play's first frames (its cached GOP) are written by this task, never
+            // held by a merge window.
+            if !control.is_empty() || conn.started_play {
+                take_back(direct.as_deref(), &mut lent, &mut pending);
                 pending.push(control);
                 pending.release(&ctx.stats.hop_delivery);
             }
@@ -614,7 +637,17 @@ async fn connection<S: ClientStream>(
                         conn.session.send_shared_object(body.into(), amf3);
                     }
                 }
+                () = spilled(direct.as_deref()), if lent => {
+                    take_back(direct.as_deref(), &mut lent, &mut pending);
+                    pending.release(&ctx.stats.hop_delivery);
+                }
                 Some((_, out)) = conn.playing.next(), if hold != Hold::Window && pending.len() < WRITE_HIGH_WATER && !conn.playing.is_empty() => {
+                    // A pump gives media while the socket is lent only once a fan-out
+                    // write spilled: what the socket did not take goes first.
+                    if lent {
+                        take_back(direct.as_deref(), &mut lent, &mut pending);
+                        pending.release(&ctx.stats.hop_delivery);
+                    }
                     let busy = pending.ready() > 0;
                     conn.out(out, &mut pending);
                     conn.pull_ready(&mut pending);
@@ -708,9 +741,18 @@ async fn connection<S: ClientStream>(
             if pending.ready() == 0 && !unflushed {
                 last_write = Instant::now();
             }
+            if let Some(direct) = &direct {
+                let idle = pending.is_empty() && hold == Hold::None && !unflushed && !conn.started_play;
+                if !lent && idle && !conn.playing.is_empty() {
+                    direct.lend();
+                    lent = true;
+                }
+            }
         }
     }
     .await;
+    take_back(direct.as_deref(), &mut lent, &mut pending);
+    pending.release(&ctx.stats.hop_delivery);
     // Players hear that the stream ended; what is queued gets a short drain.
     let ids: Vec<u32> = conn.playing.keys().copied().collect();
     for stream_id in ids {
@@ -1076,7 +1118,9 @@ impl Conn {
                 self.wrote_media = false;
                 self.started();
                 let resume = self.resume.plays.remove(&stream_id);
-                let pump = Pump::new(stream_id, self.session.outgoing_chunk_size(), lease, resume, self.gate.clone());
+                let chunk_size = self.session.outgoing_chunk_size();
+                let direct = self.direct.clone().filter(|d| d.chunk_size() == chunk_size);
+                let pump = Pump::new(stream_id, chunk_size, lease, resume, self.gate.clone(), direct);
                 self.ctx.stats.players_rtmp.fetch_add(1, Ordering::Relaxed);
                 if self.playing.insert(stream_id, pump.into_stream()).is_some() {
                     self.ctx.stats.players_rtmp.fetch_sub(1, Ordering::Relaxed);
@@ -1195,6 +1239,24 @@ async fn admit_play(
         Err(e) => return Err(ctx.stats.auth_refused.count(Protocol::Rtmp, e).to_string()),
     }
     admit_session(&ctx.tokens, &ctx.hooks, HookEvent::Play, HookEvent::PlayDone, call).await.map_err(|e| e.to_string())
+}
+
+/// Takes the socket back from the direct fan-out if it is lent: what a fan-out write
+/// left unwritten goes first in the outbox.
+fn take_back(direct: Option<&DirectSocket>, lent: &mut bool, pending: &mut Outbox) {
+    if std::mem::take(lent) {
+        for bytes in direct.map(DirectSocket::take_back).unwrap_or_default() {
+            pending.push(bytes);
+        }
+    }
+}
+
+/// Resolves when a fan-out write spilled (never without a direct socket).
+async fn spilled(direct: Option<&DirectSocket>) {
+    match direct {
+        Some(direct) => direct.spilled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a player's connection is holding its media for (`WriteMerge`).
@@ -1337,6 +1399,8 @@ struct Pump {
     resume: Option<ResumePoint>,
     /// The connection's [`AudioGate`], put on every hub reader of the play.
     gate: Option<Arc<AudioGate>>,
+    /// The connection's socket, lent by every hub reader of the play to the fan-out.
+    direct: Option<Arc<DirectSocket>>,
     /// Keeps the relay (the upstream subscription) alive while the play lasts.
     _lease: Lease,
 }
@@ -1360,9 +1424,11 @@ impl Pump {
         lease: Lease,
         resume: Option<ResumePoint>,
         gate: Option<Arc<AudioGate>>,
+        direct: Option<Arc<DirectSocket>>,
     ) -> Pump {
         let hubs = lease.relay().hub();
-        Pump { stream_id, chunk_size, hubs, state: PumpState::Waiting { first: true }, resume, gate, _lease: lease }
+        let state = PumpState::Waiting { first: true };
+        Pump { stream_id, chunk_size, hubs, state, resume, gate, direct, _lease: lease }
     }
 
     /// The pump as a stream that never ends (the connection decides when a play ends).
@@ -1398,6 +1464,9 @@ impl Pump {
                     if let Some(gate) = &self.gate {
                         subscription.set_gate(gate.clone());
                     }
+                    if let Some(direct) = &self.direct {
+                        subscription.lend(direct.clone(), self.stream_id);
+                    }
                     self.state = PumpState::Reading(subscription, hub, std::time::Instant::now());
                     if !first {
                         return Some(Out::Published(self.stream_id));
@@ -1428,7 +1497,7 @@ impl Pump {
 
 /// The frame's chunks for a player, shared with every player of the stream using the
 /// same chunk size and message stream id.
-fn chunks(frame: &Frame, chunk_size: u32, stream_id: u32) -> Option<Bytes> {
+pub(super) fn chunks(frame: &Frame, chunk_size: u32, stream_id: u32) -> Option<Bytes> {
     let (csid, type_id) = match frame.kind {
         FrameKind::Audio => (CSID_AUDIO, message::AUDIO),
         FrameKind::Video => (CSID_VIDEO, message::VIDEO),

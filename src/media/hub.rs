@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
+use super::fanout::{Direct, DirectOut, Shard};
 use super::frame::Frame;
 use super::frame::FrameKind;
 use super::gop::{GopCache, GopLimits};
@@ -99,7 +100,13 @@ pub struct Hub {
     /// complete before its first playlist.
     history_done: AtomicBool,
     history_notify: Notify,
+    /// The direct fan-out's shards, made when the first reader lends its socket
+    /// ([`Subscription::lend`]).
+    shards: OnceLock<Vec<Arc<Shard>>>,
 }
+
+/// Shards of a stream's direct fan-out at most (one per runtime worker).
+const MAX_SHARDS: usize = 64;
 
 struct HubState {
     gop: GopCache,
@@ -131,15 +138,36 @@ struct Entry {
     after: Option<ResumePoint>,
 }
 
-struct Reader {
-    id: u64,
+pub(super) struct Reader {
+    pub(super) id: u64,
     queue: Mutex<Queue>,
-    wake: Notify,
+    pub(super) wake: Notify,
     ended: AtomicBool,
     /// Also gets frames published as history ([`Hub::publish_history`]).
     window: bool,
     /// While its gate holds, audio frames are queued without waking the reader.
     gate: OnceLock<Arc<AudioGate>>,
+    /// Its connection's socket and its shard, once it lends its socket to the fan-out.
+    direct: OnceLock<(Direct, usize)>,
+}
+
+impl Reader {
+    pub(super) fn pop(&self) -> Option<Frame> {
+        lock(&self.queue).pop()
+    }
+
+    pub(super) fn backlog(&self) -> usize {
+        lock(&self.queue).len()
+    }
+
+    pub(super) fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Its direct fan-out while the socket is lent.
+    fn lent(&self) -> Option<&Direct> {
+        self.direct.get().map(|(d, _)| d).filter(|d| d.out.is_lent())
+    }
 }
 
 /// Lets a reader sleep through audio frames: while the gate holds, an audio frame is
@@ -196,6 +224,7 @@ impl Hub {
             drops,
             history_done: AtomicBool::new(false),
             history_notify: Notify::new(),
+            shards: OnceLock::new(),
             state: Mutex::new(HubState {
                 gop: GopCache::new(limits.gop),
                 history: limits.history.map(Retained::new),
@@ -282,6 +311,8 @@ impl Hub {
         // Headers of the history go to every reader: a player already waiting needs
         // them, and the relay's continuity drops their live repeat as unchanged.
         let everyone = !history_only || frame.header;
+        // Shards (by index) with a lending reader this frame was queued for.
+        let mut lent_shards = 0u64;
         for entry in state.readers.iter_mut().filter(|e| e.reader.window || everyone) {
             if !frame.header {
                 if let Some(after) = &mut entry.after {
@@ -303,9 +334,21 @@ impl Hub {
             if dropped > 0 {
                 self.drops.fetch_add(dropped, Ordering::Relaxed);
             }
+            if let Some((_, index)) = reader.direct.get().filter(|(d, _)| d.out.is_lent()) {
+                lent_shards |= 1 << index;
+                continue;
+            }
             let quiet = frame.is_plain_audio() && dropped == 0 && reader.gate.get().is_some_and(|gate| gate.holds());
             if !quiet {
                 reader.wake.notify_one();
+            }
+        }
+        if lent_shards != 0 {
+            let shards = self.shards.get().map_or(&[][..], Vec::as_slice);
+            for (i, shard) in shards.iter().enumerate() {
+                if lent_shards & (1 << i) != 0 {
+                    shard.queued(frame.is_plain_audio(), frame.arrived.0);
+                }
             }
         }
     }
@@ -372,6 +415,7 @@ impl Hub {
             ended: AtomicBool::new(state.ended),
             window,
             gate: OnceLock::new(),
+            direct: OnceLock::new(),
         });
         state.next_id += 1;
         state.readers.push(Entry { reader: reader.clone(), after: after.filter(|a| !a.is_empty()) });
@@ -541,6 +585,19 @@ impl Hub {
             reader.ended.store(true, Ordering::Release);
             reader.wake.notify_one();
         }
+        drop(state);
+        self.stop_shards();
+    }
+
+    /// The fan-out writes what it has queued, and its tasks end once their readers left.
+    fn stop_shards(&self) {
+        for shard in self.shards.get().into_iter().flatten() {
+            shard.stop();
+        }
+    }
+
+    fn ended(&self) -> bool {
+        lock(&self.state).ended
     }
 
     pub fn reader_count(&self) -> usize {
@@ -626,6 +683,15 @@ impl ReaderCloser {
         lock(&self.hub.state).readers.retain(|e| e.reader.id != id);
         self.reader.ended.store(true, Ordering::Release);
         self.reader.wake.notify_one();
+        if let Some((direct, _)) = self.reader.direct.get() {
+            direct.shard.kick();
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop_shards();
     }
 }
 
@@ -637,26 +703,63 @@ impl Subscription {
 
     /// The next frame, waiting for one; `None` once the stream has ended and the queue
     /// is drained.
+    ///
+    /// While the reader's socket is lent to the fan-out ([`Subscription::lend`]) its
+    /// frames are the fan-out's: this waits (for the end of the stream once the fan-out
+    /// wrote everything, or for the connection to take its socket back).
     pub async fn recv(&self) -> Option<Frame> {
         loop {
-            if let Some(frame) = self.try_recv() {
-                return Some(frame);
+            let lent = self.reader.lent();
+            if lent.is_none() {
+                if let Some(frame) = self.try_recv() {
+                    return Some(frame);
+                }
             }
-            if self.reader.ended.load(Ordering::Acquire) {
+            let queued = self.reader.backlog() > 0;
+            if self.reader.ended.load(Ordering::Acquire) && !(lent.is_some() && queued) {
                 // Frames pushed before `end` are already queued.
                 return self.try_recv();
             }
-            match self.reader.gate.get() {
-                None => self.reader.wake.notified().await,
-                // The gate is opened by the task polling this future, never while it
-                // runs: both waits are registered before it can be.
-                Some(gate) => {
-                    tokio::select! {
-                        biased;
-                        () = self.reader.wake.notified() => {}
-                        () = gate.kick.notified() => {}
-                    }
+            if let Some(direct) = lent.filter(|_| queued) {
+                // Frames queued while the socket went back and forth: written now.
+                direct.shard.kick();
+            }
+            let taken_back = async {
+                match self.reader.direct.get() {
+                    Some((direct, _)) => direct.out.taken_back().notified().await,
+                    None => std::future::pending().await,
                 }
+            };
+            let kicked = async {
+                match self.reader.gate.get() {
+                    Some(gate) => gate.kick.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // The gate is opened, and the socket taken back, by the task polling this
+            // future, never while it runs: every wait is registered before they can be.
+            tokio::select! {
+                biased;
+                () = self.reader.wake.notified() => {}
+                () = kicked => {}
+                () = taken_back => {}
+            }
+        }
+    }
+
+    /// Lends the reader's connection socket `out` to the stream's direct fan-out, as
+    /// the play `tag` (see [`super::fanout`]); a reader lends at most once.
+    pub fn lend(&self, out: Arc<dyn DirectOut>, tag: u32) {
+        let shards = self.hub.shards.get_or_init(|| {
+            let workers = tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+            (0..workers.clamp(1, MAX_SHARDS)).map(|_| Shard::spawn()).collect()
+        });
+        let index = (self.reader.id % shards.len() as u64) as usize;
+        let shard = shards[index].clone();
+        if self.reader.direct.set((Direct { out: out.clone(), shard: shard.clone() }, index)).is_ok() {
+            shard.join(self.reader.clone(), out, tag);
+            if self.hub.ended() {
+                shard.stop();
             }
         }
     }
@@ -686,6 +789,9 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let id = self.reader.id;
         lock(&self.hub.state).readers.retain(|e| e.reader.id != id);
+        if let Some((direct, _)) = self.reader.direct.get() {
+            direct.shard.leave(id);
+        }
     }
 }
 

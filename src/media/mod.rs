@@ -6,6 +6,7 @@
 //! reader never blocks the publisher or other readers.
 
 pub(crate) mod continuity;
+pub(crate) mod fanout;
 pub(crate) mod frame;
 pub(crate) mod gop;
 pub(crate) mod hop;
