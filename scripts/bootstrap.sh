@@ -115,6 +115,14 @@ live_pid() {
   echo "$pid"
 }
 
+# Whether a process this run just started is still there: only its pid, not its
+# arguments (live_pid), since between the fork and the exec of the binary the
+# process still has the shell's (a loaded machine stretches that window).
+started_alive() {
+  local file="$DATA/pids/$1.pid"
+  [[ -f "$file" ]] && kill -0 "$(<"$file")" 2>/dev/null
+}
+
 secret_file() {
   local f="$DATA/$1"
   if [[ ! -s "$f" ]]; then
@@ -228,7 +236,7 @@ start() {
       # An origin that exited (a port in use, a bad data dir) explains itself in its log;
       # another process on its port would answer "unauthorized" below.
       for i in "${ORIGINS[@]}"; do
-        live_pid "origin-$i" >/dev/null \
+        started_alive "origin-$i" \
           || die "origin-$i exited: $(tail -n 1 "$DATA/logs/origin-$i.log" 2>/dev/null)"
       done
       (( SECONDS < deadline )) || die "could not initialize the cluster ($out); see $DATA/logs/origin-1.log"
@@ -271,7 +279,7 @@ start() {
     local deadline=$((SECONDS + WAIT_SECS))
     until curl -fsS "http://$(edge_http_addr "$i")/health" >/dev/null 2>&1; do
       # An edge that exited (a flag it does not know, a port in use) says why in its log.
-      live_pid "edge-$i" >/dev/null || die "edge-$i exited: $(tail -n 3 "$DATA/logs/edge-$i.log" 2>/dev/null)"
+      started_alive "edge-$i" || die "edge-$i exited: $(tail -n 3 "$DATA/logs/edge-$i.log" 2>/dev/null)"
       (( SECONDS < deadline )) || die "edge-$i does not answer on $(edge_http_addr "$i"); see $DATA/logs/edge-$i.log"
       sleep 0.2
     done
@@ -448,7 +456,7 @@ start_haproxy() {
   local deadline=$((SECONDS + WAIT_SECS))
   # Every edge up in HAProxy's own view (its health checks passed), not only listening.
   until [[ $(haproxy_up edges_http) -eq ${#EDGES[@]} && $(haproxy_up edges_rtmp) -eq ${#EDGES[@]} ]]; do
-    live_pid haproxy >/dev/null || die "haproxy exited: $(tail -n 3 "$DATA/logs/haproxy.log")"
+    started_alive haproxy || die "haproxy exited: $(tail -n 3 "$DATA/logs/haproxy.log")"
     (( SECONDS < deadline )) || die "HAProxy does not see every edge up; see http://$LB_STATS/ and $DATA/logs/haproxy.log"
     sleep 0.2
   done
