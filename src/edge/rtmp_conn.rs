@@ -5,9 +5,12 @@
 //! need the cluster (claims, lookups) run as futures polled by the same task, so the
 //! connection keeps reading (pings, acknowledgements, media) while they are pending.
 //! Each play is a [`Pump`], a stream the connection task polls itself (no task of its
-//! own, no channel: one wakeup per frame per player), turning frames of the stream's
-//! local hub into chunk bytes — encoded once per stream and shared
-//! ([`crate::media::frame::WireCache`]). When the player reads too slowly the outbox
+//! own, no channel), turning frames of the stream's local hub into chunk bytes —
+//! encoded once per stream and shared ([`crate::media::frame::WireCache`]). Over plain
+//! TCP the connection lends its socket to the stream's direct fan-out whenever it has
+//! nothing of its own to write ([`super::direct`], [`crate::media::fanout`]): the live
+//! frames are then written by a few shard tasks per stream, with no wakeup of this
+//! task, and it takes the socket back before it writes anything itself. When the player reads too slowly the outbox
 //! passes its high-water mark, the task stops pulling, and the hub's reader queue
 //! skips to the next keyframe (counted). The publisher and other players never wait
 //! for a player.
