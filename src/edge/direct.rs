@@ -28,7 +28,7 @@ use crate::media::Frame;
 /// Buffers handed to one vectored write.
 const WRITE_SLICES: usize = 64;
 /// Room for more buffers than this is given back after a write (a GOP burst).
-const SHRINK_ABOVE: usize = 64;
+const SHRINK_ABOVE: usize = 16;
 
 /// The reading half of a TCP socket whose writing half is shared ([`SharedWriter`]).
 pub struct SharedReader(pub(crate) Arc<TcpStream>);

@@ -89,14 +89,16 @@ const WRITE_HIGH_WATER: usize = 512 * 1024;
 const MERGE_FLUSH_BYTES: usize = 64 * 1024;
 /// An emptied outbox with room for more buffers (or frame arrivals) than this gives
 /// the room back, keeping room for `OUTBOX_SHRINK_TO`.
-const OUTBOX_SHRINK_ABOVE: usize = 64;
-const OUTBOX_SHRINK_TO: usize = 16;
-/// Buffers handed to one vectored write.
-const WRITE_SLICES: usize = 64;
+const OUTBOX_SHRINK_ABOVE: usize = 16;
+const OUTBOX_SHRINK_TO: usize = 4;
+/// Buffers handed to one vectored write (its slices are part of the connection task's
+/// state while the write waits: every player carries them).
+const WRITE_SLICES: usize = 16;
 /// Largest read buffer (a publisher's).
 const READ_CHUNK: usize = 64 * 1024;
-/// A connection's first read buffer, doubled up to `READ_CHUNK` each time a read fills it.
-const READ_FIRST: usize = 4 * 1024;
+/// A connection's first read buffer, doubled up to `READ_CHUNK` each time a read fills
+/// it: a player's commands and acknowledgements fit (each player keeps it).
+const READ_FIRST: usize = 1024;
 /// Decisions a connection may have pending before a `getStreamLength` of a VOD file is
 /// answered 0 rather than looked up (each lookup may fetch and index a file).
 const MAX_PENDING_LENGTHS: usize = 8;
@@ -635,7 +637,7 @@ async fn connection<S: ClientStream>(
                     }
                 }
                 Some(decision) = conn.decisions.next(), if !conn.decisions.is_empty() => conn.decided(decision),
-                Some(delivery) = conn.objects.deliveries.recv(), if conn.objects.active() => {
+                Some(delivery) = conn.objects.next_delivery(), if conn.objects.active() => {
                     for (body, amf3) in conn.objects.delivery(delivery) {
                         conn.session.send_shared_object(body.into(), amf3);
                     }

@@ -103,9 +103,10 @@ impl Drop for Used {
 pub struct ConnObjects {
     shared: SharedObjects,
     used: HashMap<String, Used>,
-    deliveries_tx: mpsc::Sender<Delivery>,
-    /// What to tell the client; the connection polls this.
-    pub deliveries: mpsc::Receiver<Delivery>,
+    /// What to tell the client ([`ConnObjects::delivery`]), made at the first use of
+    /// an object: most connections (players, publishers) never use one, and a channel
+    /// holds room for a block of deliveries from the start (~3 KiB).
+    deliveries: Option<(mpsc::Sender<Delivery>, mpsc::Receiver<Delivery>)>,
     writes: Option<mpsc::Sender<Job>>,
     /// The access token from the connect URL, checked on every write.
     token: Option<String>,
@@ -124,12 +125,10 @@ fn status(name: &str, amf3: bool, code: &str, extra: Vec<SoEvent>) -> Reply {
 
 impl ConnObjects {
     pub fn new(shared: SharedObjects) -> Self {
-        let (deliveries_tx, deliveries) = mpsc::channel(DELIVERIES);
         ConnObjects {
             shared,
             used: HashMap::new(),
-            deliveries_tx,
-            deliveries,
+            deliveries: None,
             writes: None,
             token: None,
             tokens: MESSAGE_BURST,
@@ -142,7 +141,19 @@ impl ConnObjects {
         self.token = token;
     }
 
-    /// Whether anything can arrive on `deliveries`: an object in use or a write queued
+    fn deliveries_tx(&mut self) -> mpsc::Sender<Delivery> {
+        self.deliveries.get_or_insert_with(|| mpsc::channel(DELIVERIES)).0.clone()
+    }
+
+    /// The next delivery for the client (never, before an object is used).
+    pub async fn next_delivery(&mut self) -> Option<Delivery> {
+        match &mut self.deliveries {
+            Some((_, rx)) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether anything can arrive from `next_delivery`: an object in use or a write queued
     /// once (the connection does not poll the channel before).
     pub fn active(&self) -> bool {
         !self.used.is_empty() || self.writes.is_some()
@@ -243,7 +254,7 @@ impl ConnObjects {
                 return Some(status(name, amf3, "SharedObject.TooManyObjects", vec![]));
             }
         };
-        let tx = self.deliveries_tx.clone();
+        let tx = self.deliveries_tx();
         let owned = name.to_owned();
         let forwarder = tokio::spawn(async move {
             if let Some(snapshot) = sub.initial.take() {
@@ -328,12 +339,12 @@ impl ConnObjects {
 
     /// Queues a write or broadcast behind the ones in flight; `false` when too many wait.
     fn enqueue(&mut self, job: Job) -> bool {
-        let writes = self.writes.get_or_insert_with(|| {
+        if self.writes.is_none() {
             let (tx, rx) = mpsc::channel(WRITES);
-            tokio::spawn(writer(self.shared.clone(), rx, self.deliveries_tx.clone(), self.token.clone()));
-            tx
-        });
-        writes.try_send(job).is_ok()
+            tokio::spawn(writer(self.shared.clone(), rx, self.deliveries_tx(), self.token.clone()));
+            self.writes = Some(tx);
+        }
+        self.writes.as_ref().is_some_and(|writes| writes.try_send(job).is_ok())
     }
 
     /// Turns a delivery into messages for the client.

@@ -22,9 +22,9 @@ impl Default for QueueLimits {
 }
 
 /// An emptied queue with room for more frames than this gives the room back...
-const SHRINK_ABOVE: usize = 64;
+const SHRINK_ABOVE: usize = 16;
 /// ...keeping room for this many.
-const SHRINK_TO: usize = 16;
+const SHRINK_TO: usize = 4;
 
 /// Frames waiting for one reader.
 #[derive(Debug)]
