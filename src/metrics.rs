@@ -2,7 +2,8 @@
 //! prometheus-client [`Registry`], the content type it is served with, and the helpers
 //! a [`Collector`](prometheus_client::collector::Collector) uses to export values kept
 //! elsewhere (atomics, counts taken at scrape time) without copying them into
-//! prometheus-client's own metric types.
+//! prometheus-client's own metric types; and the one process figure both export the
+//! same way, the tokio runtime's alive tasks.
 //!
 //! Never knows which process it serves or what its metrics mean.
 
@@ -74,6 +75,14 @@ pub fn counters<L: EncodeLabelSet>(
     Ok(())
 }
 
+/// Tasks alive in the tokio runtime the caller runs on (spawned and not yet finished),
+/// `None` outside a runtime. A soak reads it to tell a leak of tasks from a busy moment
+/// (`scripts/soak.sh`).
+pub fn tokio_alive_tasks() -> Option<u64> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    Some(handle.metrics().num_alive_tasks() as u64)
+}
+
 /// prometheus-client writes gauges as `i64` and refuses `u64::MAX`, which would end
 /// the page there; a count past `i64::MAX` is shown as that.
 fn const_gauge(value: u64) -> ConstGauge<i64> {
@@ -107,6 +116,24 @@ mod tests {
             gauges::<Side>(&mut encoder, "x_none", "Nothing yet", &[])?;
             counters(&mut encoder, "x_drops_total", "Drops", &[(Side { side: "a" }, 1), (Side { side: "b" }, 0)])
         }
+    }
+
+    #[tokio::test]
+    async fn alive_tasks_count_spawned_tasks_until_they_finish() {
+        let before = tokio_alive_tasks().expect("inside a runtime");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        assert_eq!(tokio_alive_tasks(), Some(before + 1));
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(tokio_alive_tasks(), Some(before));
+    }
+
+    #[test]
+    fn alive_tasks_outside_a_runtime_are_unknown() {
+        assert_eq!(tokio_alive_tasks(), None);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct SoArgs {
     /// ...or after this many writes, whichever comes first.
     #[arg(long)]
     writes: Option<u64>,
+    /// Writes per second over all clients (an open-loop pace: write k is due k/RATE s
+    /// after the start, and a client that is late sends at once); unset: as fast as the
+    /// clients go. The rate reached is at most what --concurrency clients sustain.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Objects written to (client i writes object i mod N).
     #[arg(long, default_value_t = 16)]
     objects: usize,
@@ -65,6 +70,8 @@ struct Report {
     workload: &'static str,
     target: Target,
     concurrency: usize,
+    /// The pace asked for (`--rate`), writes per second; `null`: unpaced.
+    rate: Option<f64>,
     origins: Vec<String>,
     writes: u64,
     errors: u64,
@@ -80,6 +87,10 @@ struct Report {
 
 pub async fn run(args: SoArgs) -> anyhow::Result<String> {
     anyhow::ensure!(args.concurrency > 0 && args.objects > 0, "--concurrency and --objects must be positive");
+    let pacer = match args.rate {
+        Some(rate) => Some(Arc::new(Pacer::new(rate).context("--rate must be positive and finite")?)),
+        None => None,
+    };
     let token = match args.target {
         Target::Raftcast => crate::secrets::admin_token(args.token_file.as_deref()).map_err(anyhow::Error::msg)?,
         Target::Etcd => None,
@@ -124,9 +135,17 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         let value = value.clone();
         let object = format!("bench-{}", w % args.objects);
         let target = args.target;
+        let pacer = pacer.clone();
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             for n in 0u64.. {
+                if let Some(pacer) = &pacer {
+                    let due = started + pacer.next();
+                    if due >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let took_one = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok();
                 if Instant::now() >= deadline || !took_one {
                     break;
@@ -178,6 +197,7 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         workload: "so-write",
         target: args.target,
         concurrency: args.concurrency,
+        rate: args.rate,
         origins: args.origins,
         writes: samples.len() as u64,
         errors: errors.load(Ordering::Relaxed),
@@ -188,6 +208,28 @@ pub async fn run(args: SoArgs) -> anyhow::Result<String> {
         latency: Latency::of(&mut samples),
     };
     Ok(serde_json::to_string_pretty(&report)?)
+}
+
+/// Hands out the due times of a paced run's writes, in order, to any number of
+/// clients: write k is due k/rate seconds after the start, whoever sends it.
+#[derive(Debug)]
+struct Pacer {
+    interval: Duration,
+    next: AtomicU64,
+}
+
+impl Pacer {
+    /// `None` unless `rate` (writes per second) is positive and finite.
+    fn new(rate: f64) -> Option<Pacer> {
+        (rate.is_finite() && rate > 0.0)
+            .then(|| Pacer { interval: Duration::from_secs_f64(1.0 / rate), next: 0.into() })
+    }
+
+    /// When the next write is due, counted from the start.
+    fn next(&self) -> Duration {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        self.interval.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX))
+    }
 }
 
 /// Standard base64 with padding (what etcd's JSON gateway expects for `bytes` fields).
@@ -226,6 +268,30 @@ fn etcd_put_revision(body: &[u8]) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paced_writes_are_due_one_interval_apart_whoever_takes_them() {
+        let pacer = Pacer::new(100.0).unwrap();
+        let taken: Vec<Duration> = (0..4).map(|_| pacer.next()).collect();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(taken, [ms(0), ms(10), ms(20), ms(30)]);
+        // Clients on other threads share the one sequence: no due time is handed out twice.
+        let pacer = Arc::new(Pacer::new(1000.0).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let pacer = pacer.clone();
+                std::thread::spawn(move || (0..250).map(|_| pacer.next()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 1000);
+        assert_eq!(all.last(), Some(&ms(999)));
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(Pacer::new(rate).is_none(), "{rate}");
+        }
+    }
 
     #[test]
     fn base64_matches_the_rfc_vectors() {

@@ -227,6 +227,10 @@ impl Collector for EdgeCollector {
                 heap.resident,
             )?;
         }
+        if let Some(tasks) = crate::metrics::tokio_alive_tasks() {
+            let help = "Tasks alive in the process's tokio runtime (spawned, not yet finished)";
+            gauge(e, "edge_tokio_alive_tasks", help, tasks)?;
+        }
         let egress = s.load.egress_bytes_per_s.load(Ordering::Relaxed);
         gauge(e, "edge_load_egress_bytes_per_second", "Bytes written to clients in the last second", egress)?;
         let weight = u64::from(s.load.weight());
@@ -472,6 +476,7 @@ mod tests {
             "edge_auth_refused",
             "edge_rtmpt_requests",
             "edge_rtmpt_sessions",
+            "edge_tokio_alive_tasks",
         ] {
             assert!(typed.contains_key(family), "{family} missing from\n{page}");
         }

@@ -129,6 +129,7 @@ pub struct Metrics {
     raft_running: Gauge,
     heap_allocated: Gauge,
     heap_resident: Gauge,
+    tokio_alive_tasks: Gauge,
     /// TLS handshakes from other members (with the cluster's mutual TLS): the HTTP
     /// port's (Raft RPC, edges' requests, ctl) and the media-link port's.
     pub peer_tls_http: Arc<crate::tls::HandshakeStats>,
@@ -179,6 +180,7 @@ impl Metrics {
             raft_running: Gauge::default(),
             heap_allocated: Gauge::default(),
             heap_resident: Gauge::default(),
+            tokio_alive_tasks: Gauge::default(),
             peer_tls_http: Arc::default(),
             peer_tls_media: Arc::default(),
             peer_tls_handshakes: Family::default(),
@@ -344,6 +346,11 @@ impl Metrics {
             "Bytes of pages the allocator keeps resident (jemalloc stats.resident)",
             m.heap_resident.clone(),
         );
+        registry.register(
+            "tokio_alive_tasks",
+            "Tasks alive in the process's tokio runtime (spawned, not yet finished)",
+            m.tokio_alive_tasks.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -409,6 +416,9 @@ impl Metrics {
         if let Some(heap) = crate::heap::stats() {
             set(&self.heap_allocated, heap.allocated);
             set(&self.heap_resident, heap.resident);
+        }
+        if let Some(tasks) = crate::metrics::tokio_alive_tasks() {
+            set(&self.tokio_alive_tasks, tasks);
         }
         set(&self.term, m.current_term);
         set(&self.leader, m.current_leader.unwrap_or(0));
