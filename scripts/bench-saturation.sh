@@ -30,6 +30,12 @@
 # saturated": if it did not pass, that is not counted as the server's failure, the climb
 # stops and the server's figure is a lower bound.
 #
+# taskset keeps the servers and the load tool apart, not other processes off their cores:
+# each step records how busy the machine was in the second before it, and each pinned
+# core's busy share over the window beside the pinned process's own CPU (the difference
+# is the kernel's loopback work not charged to the process, or someone else's). Steps
+# that started on a machine more than 15 % busy are named under the table.
+#
 # Output in DIR (default a new /tmp/raftcast-saturation.*): runs/SERVER-N.json per step
 # (verdict, CPU figures, the fanout report), table.md (the table and one line per
 # server: "saturation: N players kept up on one core (next step M failed: reason)",
@@ -134,7 +140,7 @@ RC_ENV=(RAFTCAST_DATA_DIR="$OUT/rc-1e1o" RAFTCAST_ORIGINS=1 RAFTCAST_EDGES=1
   RAFTCAST_EDGE_MAX_UNSTARTED="$NOFILE" RAFTCAST_EDGE_MAX_UNSTARTED_PER_ADDRESS="$NOFILE"
   RAFTCAST_EDGE_MAX_PUBLISHES_PER_ADDRESS="$NOFILE")
 
-TOOL="" VERDICT=""
+TOOL="" VERDICT="" BUSY_BEFORE=0
 cleanup() {
   set +e
   [[ -n "$TOOL" ]] && kill -TERM "$TOOL" 2>/dev/null && wait "$TOOL" 2>/dev/null
@@ -186,15 +192,19 @@ jiffies() {
 }
 
 # Waits until the process $1 uses under 5 % of a core over a second, at most 30 s: the
-# previous step's players are gone before the next step starts.
+# previous step's players are gone before the next step starts. Sets BUSY_BEFORE, how
+# busy all cores were in that last second: other processes on the machine, which
+# taskset does not keep off the pinned cores.
 settle() {
-  local deadline=$((SECONDS + 30)) a b
-  while ((SECONDS < deadline)); do
-    a=$(ticks "$1"); sleep 1; b=$(ticks "$1")
+  local deadline=$((SECONDS + 30)) a b j0 j1
+  while :; do
+    j0=$(jiffies 0 "$LAST"); a=$(ticks "$1"); sleep 1; b=$(ticks "$1"); j1=$(jiffies 0 "$LAST")
+    BUSY_BEFORE=$(awk -v a="$j0" -v b="$j1" 'BEGIN { split(a, x, " "); split(b, y, " ")
+      printf "%.1f", (y[2] > x[2]) ? (y[1] - x[1]) / (y[2] - x[2]) * 100 : 0 }')
     [[ -n $a && -n $b ]] || return 0
     (((b - a) * 100 < 5 * HZ)) && return 0
+    ((SECONDS < deadline)) || { log "  $1 still busy after 30 s"; return 0; }
   done
-  log "  $1 still busy after 30 s"
 }
 
 # One step: server, players. Writes runs/SERVER-N.json and sets VERDICT (pass, fail,
@@ -209,11 +219,13 @@ step() {
     --kbps "$KBPS" --duration "$DURATION" --ramp "$RAMP" --name "sat-$name" --watch-pid "$front" --watch-pid "$back" \
     >"$rep" 2>"$prog" &
   TOOL=$!
-  # Samples over the measured window: from the tool's first "measuring" line, for
-  # DURATION - 1 s (the window's end is not printed; the tool's wrap-up is left out).
-  local first=() last=() now
+  # Samples over the measured window: from the tool's first "measuring" line (other
+  # lines, e.g. players' gaps, come between), for DURATION - 1 s (the window's end is
+  # not printed; the tool's wrap-up is left out).
+  local first=() last=() now measuring=0
   while kill -0 "$TOOL" 2>/dev/null; do
-    if [[ $(tail -n 1 "$prog" 2>/dev/null) == measuring* ]]; then
+    ((measuring)) || ! grep -q -m 1 '^measuring' "$prog" 2>/dev/null || measuring=1
+    if ((measuring)); then
       now=("$EPOCHREALTIME" "$(ticks "$TOOL")" $(jiffies 0 $((LAST - 1))) $(jiffies "$LAST" "$LAST"))
       if [[ -z ${now[1]} ]]; then
         :
@@ -240,7 +252,7 @@ step() {
         (lb1 - lb0) / (lt1 - lt0) * 100, (sb1 - sb0) / (st1 - st0) * 100 }')
   fi
   jq -n --arg server "$server" --argjson players "$players" --argjson kbps "$KBPS" --argjson duration "$DURATION" \
-    --argjson ramp "$RAMP" --arg load_before "$load_before" --arg load_after "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --argjson ramp "$RAMP" --arg load_before "$load_before" --argjson busy_before "$BUSY_BEFORE" --arg load_after "$(cut -d' ' -f1-3 /proc/loadavg)" \
     --argjson tool "$tool_pct" --argjson load_busy "$load_busy" --argjson server_busy "$server_busy" \
     --argjson cores "$LOAD_CORES" --argjson limit "$LOAD_LIMIT" --slurpfile report "$rep" '
     $report[0] as $r
@@ -254,11 +266,12 @@ step() {
        verdict: $v,
        reason: (if $r.failed then "bench failed: \($r.error)"
          else [(if $keep < 99 then "\($keep * 10 | floor / 10) % keeping up" else empty end),
-               (if $r.frames_lost > 0 then "\($r.frames_lost) frames lost" else empty end)] | join(", ") end),
+               (if $r.frames_lost > 0 then "\($r.frames_lost) frames lost" else empty end)] | join(", ") end)
+         + (if $load_sat then "; load tool \($tool // "?") % of its core(s), those cores \($load_busy // "?") % busy" else "" end),
        keeping_up_percent: $keep, load_tool_saturated: $load_sat,
        server_cpu_percent: (if $r.failed then null else $r.processes[0].cpu_percent end),
        load_tool_cpu_percent: $tool, load_cores_busy_percent: $load_busy, server_core_busy_percent: $server_busy,
-       load_before: $load_before, load_after: $load_after, report: $r}' >"$OUT/runs/$name.json"
+       machine_busy_before_percent: $busy_before, load_before: $load_before, load_after: $load_after, report: $r}' >"$OUT/runs/$name.json"
   rm -f "$rep"
   jq -r '"  \(.verdict): keeping up \(.report.players_keeping_up // "-")/\(.players), lost \(.report.frames_lost // "-"), p50 \(.report.latency.p50_ms // "-" | if type == "number" then . * 10 | round / 10 else . end) ms, p99 \(.report.latency.p99_ms // "-" | if type == "number" then . * 10 | round / 10 else . end) ms, server \(.server_cpu_percent // "-" | if type == "number" then round else . end) %, load tool \(.load_tool_cpu_percent // "-") %, load cores \(.load_cores_busy_percent // "-") % \(.reason)"' \
     "$OUT/runs/$name.json" >&2
@@ -278,16 +291,18 @@ done
 
 # --- table and summary --------------------------------------------------------------------
 {
-  echo "| server | players | keeping up | frames lost | p50 / p99 ms | server core % | load tool core % | load cores busy % | verdict |"
+  echo "| server | players | keeping up | frames lost | p50 / p99 ms | server core % (core busy %) | load tool core % (cores busy %) | machine busy before % | verdict |"
   echo "|---|---|---|---|---|---|---|---|---|"
   jq -r 'def n: if . == null then "–" elif type == "number" then (. * 10 | round / 10 | tostring) else tostring end;
-    "| \(.server) | \(.players) | \(.report.players_keeping_up // "–")/\(.players) (\(.keeping_up_percent | n) %) | \(.report.frames_lost // "–") | \(.report.latency.p50_ms | n) / \(.report.latency.p99_ms | n) | \(.server_cpu_percent | n) | \(.load_tool_cpu_percent | n) | \(.load_cores_busy_percent | n) | \(
+    "| \(.server) | \(.players) | \(.report.players_keeping_up // "–")/\(.players) (\(.keeping_up_percent | n) %) | \(.report.frames_lost // "–") | \(.report.latency.p50_ms | n) / \(.report.latency.p99_ms | n) | \(.server_cpu_percent | n) (\(.server_core_busy_percent | n)) | \(.load_tool_cpu_percent | n) (\(.load_cores_busy_percent | n)) | \(.machine_busy_before_percent | n) | \(
       if .verdict == "pass" then (if .load_tool_saturated then "ok (load tool saturated)" else "ok" end)
       elif .verdict == "load" then "load tool saturated (\(.reason)): not a server failure"
       elif .verdict == "error" then "error: \(.reason)"
       else "failed: \(.reason)" end) |"' "${RUNS[@]}"
   echo
   [[ -n $LADDER_NOTE ]] && echo "Note: $LADDER_NOTE." && echo
+  busy=$(jq -r 'select(.machine_busy_before_percent > 15) | "\(.server)-\(.players) (\(.machine_busy_before_percent) %)"' "${RUNS[@]}" | paste -sd, - | sed 's/,/, /g')
+  [[ -n $busy ]] && echo "Note: other processes kept the machine busy before $busy: the figures are not those of a quiet machine." && echo
   jq -s -r --arg servers "$SERVERS" '
     def line($s):
       [.[] | select(.server == $s)] as $runs
