@@ -226,8 +226,8 @@ step() {
   while kill -0 "$TOOL" 2>/dev/null; do
     ((measuring)) || ! grep -q -m 1 '^measuring' "$prog" 2>/dev/null || measuring=1
     if ((measuring)); then
-      now=("$EPOCHREALTIME" "$(ticks "$TOOL")" $(jiffies 0 $((LAST - 1))) $(jiffies "$LAST" "$LAST"))
-      if [[ -z ${now[1]} ]]; then
+      read -r -a now <<<"$EPOCHREALTIME $(ticks "$TOOL" | sed 's/^$/-/') $(jiffies 0 $((LAST - 1))) $(jiffies "$LAST" "$LAST")"
+      if [[ ${now[1]} == - ]]; then
         :
       elif ((${#first[@]} == 0)); then
         first=("${now[@]}")
@@ -240,8 +240,9 @@ step() {
   local ok=1
   wait "$TOOL" || ok=0
   TOOL=""
-  ((ok)) && jq -e .players "$rep" >/dev/null 2>&1 \
-    || jq -n --arg e "$(tail -n 1 "$prog" 2>/dev/null)" '{failed: true, error: $e}' >"$rep"
+  if ! ((ok)) || ! jq -e .players "$rep" >/dev/null 2>&1; then
+    jq -n --arg e "$(tail -n 1 "$prog" 2>/dev/null)" '{failed: true, error: $e}' >"$rep"
+  fi
   local tool_pct=null load_busy=null server_busy=null
   if ((${#last[@]})); then
     read -r tool_pct load_busy server_busy < <(awk -v hz="$HZ" -v n="$LOAD_CORES" \

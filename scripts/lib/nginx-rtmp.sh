@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # nginx-rtmp as the benchmarks run it, for scripts to source (bench-compare.sh,
 # bench-saturation.sh): one worker, chunk_size 4096, `application live { live on; }`,
 # in the foreground under the caller's shell, so the caller owns its pid.
