@@ -265,10 +265,10 @@ step() {
        else "fail" end) as $v
     | {server: $server, players: $players, kbps: $kbps, duration_s: $duration, ramp: $ramp,
        verdict: $v,
-       reason: (if $r.failed then "bench failed: \($r.error)"
+       reason: ((if $r.failed then "bench failed: \($r.error)"
          else [(if $keep < 99 then "\($keep * 10 | floor / 10) % keeping up" else empty end),
                (if $r.frames_lost > 0 then "\($r.frames_lost) frames lost" else empty end)] | join(", ") end)
-         + (if $load_sat then "; load tool \($tool // "?") % of its core(s), those cores \($load_busy // "?") % busy" else "" end),
+         + (if $load_sat then "; load tool \($tool // "?") % of its core(s), those cores \($load_busy // "?") % busy" else "" end)),
        keeping_up_percent: $keep, load_tool_saturated: $load_sat,
        server_cpu_percent: (if $r.failed then null else $r.processes[0].cpu_percent end),
        load_tool_cpu_percent: $tool, load_cores_busy_percent: $load_busy, server_core_busy_percent: $server_busy,
