@@ -49,6 +49,8 @@ fi
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# nginx_rtmp_start, nginx_rtmp_stop, NGINX_PID: the nginx-rtmp every benchmark runs.
+source "$ROOT/scripts/lib/nginx-rtmp.sh"
 
 # --- packages -------------------------------------------------------------------------
 need=()
@@ -98,7 +100,7 @@ FULL_ENV=(RAFTCAST_DATA_DIR="$OUT/rc-3o2e" RAFTCAST_ORIGINS=3 RAFTCAST_EDGES=2
   RAFTCAST_HTTP_BASE=22100 RAFTCAST_MEDIA_BASE=22200 RAFTCAST_RTMP_BASE=22300 RAFTCAST_EDGE_HTTP_BASE=22400 "${LOAD_CAPS[@]}")
 ETCD_CLIENT_BASE=23790 ETCD_PEER_BASE=23890
 
-NGINX_PID="" ETCD_PIDS=()
+ETCD_PIDS=()
 cleanup() {
   set +e
   if [[ -n "$NGINX_PID" ]]; then kill -TERM "$NGINX_PID" 2>/dev/null; fi
@@ -129,33 +131,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # --- media ----------------------------------------------------------------------------
 start_nginx() {
-  local dir="$OUT/nginx"
-  mkdir -p "$dir/logs"
-  cat >"$dir/nginx.conf" <<EOF
-load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
-worker_processes 1;
-worker_rlimit_nofile 16384;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 8192; }
-rtmp {
-    server {
-        listen 127.0.0.1:$NGINX_RTMP;
-        chunk_size 4096;
-        application live { live on; }
-    }
-}
-EOF
-  nginx -t -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" >>"$OUT/logs/nginx.log" 2>&1 || die "nginx -t failed; see $OUT/logs/nginx.log"
-  nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" </dev/null >>"$OUT/logs/nginx.log" 2>&1 &
-  NGINX_PID=$!
-  local deadline=$((SECONDS + 10))
-  until NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1) && [[ -n "$NGINX_WORKER" ]] \
-    && (exec 3<>/dev/tcp/127.0.0.1/$NGINX_RTMP) 2>/dev/null; do
-    (( SECONDS < deadline )) || die "nginx did not start; see $OUT/logs/nginx.log"
-    sleep 0.2
-  done
+  nginx_rtmp_start "$OUT/nginx" "$NGINX_RTMP" "$OUT/logs/nginx.log" || die "nginx-rtmp did not start"
   log "nginx-rtmp: master $NGINX_PID, worker $NGINX_WORKER, rtmp 127.0.0.1:$NGINX_RTMP"
 }
 
@@ -267,7 +243,7 @@ if (( MEDIA )); then
     jq -r '"  keeping up \(.players_keeping_up)/\(.players), lost \(.frames_lost), video p50 \(.latency.p50_ms // "-") ms, p99 \(.latency.p99_ms // "-") ms, server \(.processes[0].cpu_seconds_per_gb // "-") s/GB"' \
       "$OUT/runs/$name.independent.json" >&2 || true
   done
-  kill -TERM "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=""
+  nginx_rtmp_stop
   env "${SINGLE_ENV[@]}" "$ROOT/scripts/bootstrap.sh" stop >>"$OUT/logs/bootstrap.log" 2>&1
 fi
 
