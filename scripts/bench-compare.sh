@@ -3,7 +3,7 @@
 # loopback, with one load tool (`raftcast bench`), in one run. Prints a table of
 # ratios and writes a chart; see BENCHMARKS.md for the method and the latest figures.
 #
-#   scripts/bench-compare.sh [--quick] [--out DIR] [--no-etcd] [--no-media]
+#   scripts/bench-compare.sh [--quick] [--out DIR] [--no-etcd] [--no-media] [--no-saturation]
 #
 #   --quick     100 and 500 players, 5 s per run, one etcd concurrency (under 3 minutes)
 #               (full: 100, 500 and 2,000 players, 20 s per run, 1, 8 and 32 etcd clients)
@@ -12,6 +12,9 @@
 # scripts/rtmp-players.py, a player that shares no code with raftcast (400 players at
 # 600 kbit/s; 200 with --quick); its reports are runs/indep-*.independent.json and a
 # table of its own in table.md.
+# The full run ends with scripts/bench-saturation.sh (players kept up on one core of
+# the player-facing process, nginx-rtmp against rc-1e1o, pinned) into DIR/saturation;
+# its table is appended to table.md. --quick and --no-saturation skip it.
 #   --out DIR   where reports, logs, the table and the chart go [a new /tmp/raftcast-compare.*]
 #
 # Servers, each on its own ports and data dir under DIR:
@@ -29,14 +32,15 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-QUICK=0 OUT="" ETCD=1 MEDIA=1
+QUICK=0 OUT="" ETCD=1 MEDIA=1 SATURATION=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
     --no-etcd) ETCD=0 ;;
     --no-media) MEDIA=0 ;;
-    *) echo "usage: $0 [--quick] [--out DIR] [--no-etcd] [--no-media]" >&2; exit 2 ;;
+    --no-saturation) SATURATION=0 ;;
+    *) echo "usage: $0 [--quick] [--out DIR] [--no-etcd] [--no-media] [--no-saturation]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -299,6 +303,17 @@ if (( ETCD )); then
   done
 fi
 
+# --- saturation -----------------------------------------------------------------------
+if (( MEDIA && SATURATION && ! QUICK )); then
+  log "saturation search (scripts/bench-saturation.sh) into $OUT/saturation"
+  RAFTCAST_BIN=$BIN "$ROOT/scripts/bench-saturation.sh" --out "$OUT/saturation" >/dev/null \
+    2>>"$OUT/logs/saturation.progress" || log "saturation search failed; see $OUT/logs/saturation.progress"
+fi
+
 # --- table and chart ------------------------------------------------------------------
 python3 "$ROOT/scripts/bench-report.py" "$OUT" --markdown "$OUT/table.md" --svg "$OUT/chart.svg"
+if [[ -f "$OUT/saturation/table.md" ]]; then
+  { echo; echo "Saturation, the same binary in the same run (scripts/bench-saturation.sh):"; echo
+    cat "$OUT/saturation/table.md"; } >>"$OUT/table.md"
+fi
 log "table: $OUT/table.md   chart: $OUT/chart.svg"
