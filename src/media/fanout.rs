@@ -145,7 +145,11 @@ impl Shard {
     /// Something is queued that should be written now (a reader found frames queued
     /// for the fan-out, the stream ended).
     pub(crate) fn kick(&self) {
-        lock(&self.state).urgent = true;
+        let mut state = lock(&self.state);
+        state.urgent = true;
+        // A window under load counts from here (not from each time the task looks).
+        state.since.get_or_insert_with(Instant::now);
+        drop(state);
         self.wake.notify_one();
     }
 
