@@ -23,7 +23,10 @@ use tokio::sync::Notify;
 use super::config::WriteMerge;
 use super::EdgeContext;
 use crate::media::fanout::{DirectOut, Merge, Written};
-use crate::media::Frame;
+use crate::media::{Frame, FrameKind};
+use crate::rtmp::chunk::RawMessage;
+use crate::rtmp::message;
+use crate::rtmp::session::{prechunk, CSID_AUDIO, CSID_DATA, CSID_VIDEO};
 
 /// Buffers handed to one vectored write.
 const WRITE_SLICES: usize = 64;
@@ -166,7 +169,7 @@ impl DirectOut for DirectSocket {
         owner.bufs.clear();
         owner.arrivals.clear();
         while let Some(frame) = next() {
-            if let Some(bytes) = super::rtmp_conn::chunks(&frame, self.chunk_size, tag) {
+            if let Some(bytes) = chunks(&frame, self.chunk_size, tag) {
                 owner.bufs.push(bytes);
                 owner.arrivals.push(frame.arrived.0);
             }
@@ -238,4 +241,19 @@ impl DirectOut for DirectSocket {
     fn taken_back(&self) -> &Notify {
         &self.taken_back
     }
+}
+
+/// The frame's chunks for a player, shared with every player of the stream using the
+/// same chunk size and message stream id.
+pub(super) fn chunks(frame: &Frame, chunk_size: u32, stream_id: u32) -> Option<Bytes> {
+    let (csid, type_id) = match frame.kind {
+        FrameKind::Audio => (CSID_AUDIO, message::AUDIO),
+        FrameKind::Video => (CSID_VIDEO, message::VIDEO),
+        FrameKind::Data => (CSID_DATA, message::DATA_AMF0),
+    };
+    let bytes = frame.wire.rtmp(chunk_size, stream_id, || {
+        let msg = RawMessage { csid, timestamp: frame.timestamp, type_id, stream_id, payload: frame.payload.clone() };
+        prechunk(&msg, chunk_size).unwrap_or_default()
+    });
+    (!bytes.is_empty()).then_some(bytes)
 }

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::config::WriteMerge;
-use super::direct::{DirectSocket, SharedReader, SharedWriter};
+use super::direct::{chunks, DirectSocket, SharedReader, SharedWriter};
 use super::hooks::{admit_session, DoneNotice, HookCall, HookEvent};
 use super::so_session::ConnObjects;
 use super::streams::{Lease, Publication, Refusal};
@@ -72,13 +72,10 @@ use super::EdgeContext;
 use crate::limits::{Permit, Refused, Reservation};
 use crate::media::hop::HopLatency;
 use crate::media::hub::{AudioGate, ResumePoint};
-use crate::media::{Frame, FrameKind, Hub, Subscription};
-use crate::rtmp::chunk::RawMessage;
+use crate::media::{Frame, Hub, Subscription};
 use crate::rtmp::handshake::{Handshake, Progress};
 use crate::rtmp::message;
-use crate::rtmp::session::{
-    prechunk, PublishRejection, ServerConfig, ServerEvent, ServerSession, CSID_AUDIO, CSID_DATA, CSID_VIDEO,
-};
+use crate::rtmp::session::{PublishRejection, ServerConfig, ServerEvent, ServerSession};
 use crate::vod::VodId;
 
 /// Bytes waiting for the socket beyond which no more media is taken from the pumps
@@ -1498,21 +1495,6 @@ impl Pump {
             }
         }
     }
-}
-
-/// The frame's chunks for a player, shared with every player of the stream using the
-/// same chunk size and message stream id.
-pub(super) fn chunks(frame: &Frame, chunk_size: u32, stream_id: u32) -> Option<Bytes> {
-    let (csid, type_id) = match frame.kind {
-        FrameKind::Audio => (CSID_AUDIO, message::AUDIO),
-        FrameKind::Video => (CSID_VIDEO, message::VIDEO),
-        FrameKind::Data => (CSID_DATA, message::DATA_AMF0),
-    };
-    let bytes = frame.wire.rtmp(chunk_size, stream_id, || {
-        let msg = RawMessage { csid, timestamp: frame.timestamp, type_id, stream_id, payload: frame.payload.clone() };
-        prechunk(&msg, chunk_size).unwrap_or_default()
-    });
-    (!bytes.is_empty()).then_some(bytes)
 }
 
 #[cfg(test)]

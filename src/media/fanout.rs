@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::frame::Frame;
-use super::hub::Reader;
 
 /// How a shard gathers a stream's frames into writes (the edge's merge setting, asked
 /// at every write so that a load-dependent window applies at once).
@@ -64,6 +63,19 @@ pub trait DirectOut: Send + Sync + 'static {
     fn taken_back(&self) -> &Notify;
 }
 
+/// A hub reader as its shard sees it (implemented by the hub's readers).
+pub(crate) trait Queued: Send + Sync + 'static {
+    fn id(&self) -> u64;
+    /// The oldest frame queued.
+    fn pop(&self) -> Option<Frame>;
+    /// Frames queued.
+    fn backlog(&self) -> usize;
+    /// The stream ended or the reader was closed.
+    fn is_ended(&self) -> bool;
+    /// Wakes the task reading it (its connection).
+    fn wake(&self);
+}
+
 /// A reader lent to the fan-out: its connection's socket and its shard.
 pub(crate) struct Direct {
     pub(crate) out: Arc<dyn DirectOut>,
@@ -72,7 +84,7 @@ pub(crate) struct Direct {
 
 #[derive(Clone)]
 struct Member {
-    reader: Arc<Reader>,
+    reader: Arc<dyn Queued>,
     out: Arc<dyn DirectOut>,
     tag: u32,
 }
@@ -109,7 +121,7 @@ impl Shard {
         shard
     }
 
-    pub(super) fn join(&self, reader: Arc<Reader>, out: Arc<dyn DirectOut>, tag: u32) {
+    pub(super) fn join(&self, reader: Arc<dyn Queued>, out: Arc<dyn DirectOut>, tag: u32) {
         let mut state = lock(&self.state);
         state.members.push(Member { reader, out, tag });
         state.version += 1;
@@ -117,7 +129,7 @@ impl Shard {
 
     pub(crate) fn leave(&self, reader_id: u64) {
         let mut state = lock(&self.state);
-        state.members.retain(|m| m.reader.id != reader_id);
+        state.members.retain(|m| m.reader.id() != reader_id);
         state.version += 1;
         drop(state);
         // The task drops its copy of the member (and the socket with it) at once.
@@ -228,13 +240,13 @@ fn write_all(members: &[Member]) {
             // The connection took its socket back after the hub looked: frames the hub
             // queued for the fan-out are its own now.
             if m.reader.backlog() > 0 {
-                m.reader.wake.notify_one();
+                m.reader.wake();
             }
             continue;
         }
         match m.out.write(m.tag, &mut || m.reader.pop()) {
-            Written::Held if m.reader.backlog() > 0 => m.reader.wake.notify_one(),
-            Written::Done if m.reader.is_ended() => m.reader.wake.notify_one(),
+            Written::Held if m.reader.backlog() > 0 => m.reader.wake(),
+            Written::Done if m.reader.is_ended() => m.reader.wake(),
             _ => {}
         }
     }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
-use super::fanout::{Direct, DirectOut, Shard};
+use super::fanout::{Direct, DirectOut, Queued, Shard};
 use super::frame::Frame;
 use super::frame::FrameKind;
 use super::gop::{GopCache, GopLimits};
@@ -138,10 +138,10 @@ struct Entry {
     after: Option<ResumePoint>,
 }
 
-pub(super) struct Reader {
-    pub(super) id: u64,
+struct Reader {
+    id: u64,
     queue: Mutex<Queue>,
-    pub(super) wake: Notify,
+    wake: Notify,
     ended: AtomicBool,
     /// Also gets frames published as history ([`Hub::publish_history`]).
     window: bool,
@@ -151,19 +151,29 @@ pub(super) struct Reader {
     direct: OnceLock<(Direct, usize)>,
 }
 
-impl Reader {
-    pub(super) fn pop(&self) -> Option<Frame> {
+impl Queued for Reader {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn pop(&self) -> Option<Frame> {
         lock(&self.queue).pop()
     }
 
-    pub(super) fn backlog(&self) -> usize {
+    fn backlog(&self) -> usize {
         lock(&self.queue).len()
     }
 
-    pub(super) fn is_ended(&self) -> bool {
+    fn is_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
 
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+impl Reader {
     /// Its direct fan-out while the socket is lent.
     fn lent(&self) -> Option<&Direct> {
         self.direct.get().map(|(d, _)| d).filter(|d| d.out.is_lent())
