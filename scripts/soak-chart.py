@@ -47,16 +47,19 @@ def nice_top(v):
 def chart(series, failovers, title):
     W, H, PW, PH, ML, MT = 1000, 490, 400, 320, 70, 50
     t_max = max(t for pts in series.values() for _, t, _, _ in pts) or 1
-    panels = [("RSS, MiB", 1), ("open descriptors", 2)]
+    # The load generators keep every latency sample (their RSS grows by design, to GBs):
+    # the RSS panel shows the servers alone, on their own scale.
+    panels = [("RSS, MiB (servers; the load generators' is in summary.txt)", 1, False), ("open descriptors", 2, True)]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
              '<rect width="100%" height="100%" fill="white"/>',
              f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
              f'<text x="{W / 2}" y="{H - 44}" text-anchor="middle" fill="#c0392b">dashed red line: an origin '
              'SIGKILLed (o2: origin-2), restarted a few seconds later; a break in a line: that origin\'s restart</text>']
     names = sorted(series, key=lambda p: (p.startswith("loader"), p))
-    for pi, (label, idx) in enumerate(panels):
+    for pi, (label, idx, loaders) in enumerate(panels):
         x0 = ML + pi * (PW + 110)
-        top = nice_top(max(p[idx + 1] for pts in series.values() for p in pts) * 1.05)
+        drawn = [n for n in names if loaders or not n.startswith("loader")]
+        top = nice_top(max(p[idx + 1] for n in drawn for p in series[n]) * 1.05)
         px = lambda t, x0=x0: x0 + PW * t / t_max
         py = lambda v, top=top: MT + PH - PH * v / top
         parts.append(f'<text x="{x0 + PW / 2}" y="{MT - 12}" text-anchor="middle">{label}</text>')
@@ -78,7 +81,7 @@ def chart(series, failovers, title):
                          'stroke-dasharray="3 3" stroke-opacity="0.6"/>')
             who = f["process"].replace("origin-", "o")
             parts.append(f'<text x="{px(t) + 2}" y="{MT + 11}" font-size="10" fill="#c0392b">{who}</text>')
-        for name in names:
+        for name in drawn:
             color = COLORS.get(name, "#333")
             dash = ' stroke-dasharray="6 4"' if name.startswith("loader") else ""
             for seg in segments(series[name]):
