@@ -55,6 +55,8 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 # nginx_rtmp_start, nginx_rtmp_stop, NGINX_PID: the nginx-rtmp every benchmark runs.
 source "$ROOT/scripts/lib/nginx-rtmp.sh"
+# bench_install, bench_binary: packages, the binary and the output folder.
+source "$ROOT/scripts/lib/bench-setup.sh"
 
 # --- packages -------------------------------------------------------------------------
 need=()
@@ -62,27 +64,10 @@ command -v nginx >/dev/null || need+=(nginx)
 [[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ]] || need+=(libnginx-mod-rtmp)
 command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
-if (( ${#need[@]} )); then
-  log "installing ${need[*]}"
-  SUDO=""; (( EUID == 0 )) || SUDO=sudo
-  $SUDO apt-get install -y "${need[@]}" >&2 || { $SUDO apt-get update >&2 && $SUDO apt-get install -y "${need[@]}" >&2; } \
-    || die "apt-get install ${need[*]} failed"
-fi
+bench_install "${need[@]}"
 
 # --- binary ---------------------------------------------------------------------------
-if [[ -z "${RAFTCAST_BIN:-}" ]]; then
-  (cd "$ROOT" && cargo build --release --quiet --bin raftcast) || die "cargo build --release failed"
-  RAFTCAST_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/raftcast"
-fi
-[[ -x "$RAFTCAST_BIN" ]] || die "$RAFTCAST_BIN is not executable"
-
-OUT=${OUT:-$(mktemp -d /tmp/raftcast-compare.XXXXXX)}
-mkdir -p "$OUT/runs" "$OUT/logs" "$OUT/bin"
-OUT=$(cd "$OUT" && pwd)
-# A copy, so a rebuild during the run changes nothing.
-cp "$RAFTCAST_BIN" "$OUT/bin/raftcast"
-BIN=$OUT/bin/raftcast
-export RAFTCAST_BIN=$BIN
+bench_binary compare
 log "results in $OUT"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 

@@ -74,6 +74,8 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 # nginx_rtmp_start, nginx_rtmp_stop, NGINX_PID, NGINX_WORKER.
 source "$ROOT/scripts/lib/nginx-rtmp.sh"
+# bench_install, bench_binary: packages, the binary and the output folder.
+source "$ROOT/scripts/lib/bench-setup.sh"
 
 # --- cores, files, ports --------------------------------------------------------------
 LAST=$(($(nproc) - 1))
@@ -112,25 +114,8 @@ if [[ " $SERVERS " == *" nginx-rtmp "* ]]; then
   command -v nginx >/dev/null || need+=(nginx)
   [[ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ]] || need+=(libnginx-mod-rtmp)
 fi
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  SUDO=""; ((EUID == 0)) || SUDO=sudo
-  $SUDO apt-get install -y "${need[@]}" >&2 || { $SUDO apt-get update >&2 && $SUDO apt-get install -y "${need[@]}" >&2; } \
-    || die "apt-get install ${need[*]} failed"
-fi
-if [[ -z "${RAFTCAST_BIN:-}" ]]; then
-  (cd "$ROOT" && cargo build --release --quiet --bin raftcast) || die "cargo build --release failed"
-  RAFTCAST_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/raftcast"
-fi
-[[ -x "$RAFTCAST_BIN" ]] || die "$RAFTCAST_BIN is not executable"
-
-OUT=${OUT:-$(mktemp -d /tmp/raftcast-saturation.XXXXXX)}
-mkdir -p "$OUT/runs" "$OUT/logs" "$OUT/bin"
-OUT=$(cd "$OUT" && pwd)
-# A copy, so a rebuild during the run changes nothing.
-cp "$RAFTCAST_BIN" "$OUT/bin/raftcast"
-BIN=$OUT/bin/raftcast
-export RAFTCAST_BIN=$BIN
+bench_install "${need[@]}"
+bench_binary saturation
 log "results in $OUT; steps ${STEPS[*]} players at $KBPS kbit/s, ${DURATION} s each"
 
 RC_ENV=(RAFTCAST_DATA_DIR="$OUT/rc-1e1o" RAFTCAST_ORIGINS=1 RAFTCAST_EDGES=1
