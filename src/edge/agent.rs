@@ -45,13 +45,13 @@ pub struct LoadGauge {
     /// The weight the agent answers, in percent of the configured one (1-100).
     pub weight_percent: AtomicU32,
     /// The adaptive write merge's window under load, in µs (0: light load, only audio
-    /// waits for video; see [`merge_window_for`]).
+    /// waits for video; see [`next_merge_window`]).
     pub merge_window_us: AtomicU32,
 }
 
 impl LoadGauge {
     /// How long media reaching an idle player socket is gathered under the current
-    /// load (zero below [`MERGE_FROM_CPU`]).
+    /// load (zero until the edge passes [`MERGE_RAISE_CPU`]).
     pub fn merge_window(&self) -> Duration {
         Duration::from_micros(u64::from(self.merge_window_us.load(Ordering::Relaxed)))
     }
@@ -90,24 +90,37 @@ fn moving_average(prev: Option<f64>, sample: f64) -> f64 {
     prev.map_or(sample, |p| p + SMOOTHING * (sample - p))
 }
 
-/// Below this share of its cores the edge merges no video (latency first); from it
-/// the merge window grows with the load, so a busy edge trades a few ms of latency
-/// for the writes it saves.
-pub const MERGE_FROM_CPU: f64 = 0.5;
-/// The load at which the window reaches [`MERGE_WINDOW_MAX`].
+/// The load window's controller (`edge::rtmp_conn`'s adaptive merge under load): the
+/// window is raised while the edge's (smoothed) CPU share is above
+/// [`MERGE_RAISE_CPU`], lowered while it is below [`MERGE_LOWER_CPU`], and held in
+/// between. Set straight from the load (0 ms at half the cores, 100 ms at 80 %) it
+/// oscillated: the window lowers the CPU it is set from, so it closed, the CPU rose
+/// and it opened again, 0 ↔ 61 ms on a 3 s cycle at 2,000 pinned players. Stepping
+/// with a dead band settles on the window that keeps the edge inside the band.
+pub const MERGE_RAISE_CPU: f64 = 0.6;
+/// Below this share the window is lowered (to none: latency first).
+pub const MERGE_LOWER_CPU: f64 = 0.4;
+/// From this share the window is raised faster.
 pub const MERGE_FULL_CPU: f64 = 0.8;
 /// The longest window under load: the fixed window's former default.
 pub const MERGE_WINDOW_MAX: Duration = Duration::from_millis(100);
+/// Steps of the window per CPU sample (one a second).
+const MERGE_STEP: Duration = Duration::from_millis(10);
+const MERGE_STEP_FULL: Duration = Duration::from_millis(25);
 
-/// The write merge window for a (smoothed) CPU load, a fraction of the usable cores:
-/// none below [`MERGE_FROM_CPU`], growing linearly to [`MERGE_WINDOW_MAX`] at
-/// [`MERGE_FULL_CPU`].
-pub fn merge_window_for(cpu: f64) -> Duration {
-    let share = ((cpu - MERGE_FROM_CPU) / (MERGE_FULL_CPU - MERGE_FROM_CPU)).clamp(0.0, 1.0);
-    if share.is_nan() {
-        return Duration::ZERO;
-    }
-    MERGE_WINDOW_MAX.mul_f64(share)
+/// The next write merge window, from the current one and the (smoothed) CPU load, a
+/// fraction of the usable cores (see [`MERGE_RAISE_CPU`]).
+pub fn next_merge_window(window: Duration, cpu: f64) -> Duration {
+    let next = if cpu.is_nan() || cpu < MERGE_LOWER_CPU {
+        window.saturating_sub(MERGE_STEP)
+    } else if cpu >= MERGE_FULL_CPU {
+        window + MERGE_STEP_FULL
+    } else if cpu >= MERGE_RAISE_CPU {
+        window + MERGE_STEP
+    } else {
+        window
+    };
+    next.min(MERGE_WINDOW_MAX)
 }
 
 /// The line the agent answers.
@@ -174,7 +187,8 @@ pub async fn sample(ctx: Arc<EdgeContext>, egress_capacity_bytes_per_s: u64, sto
         let s = *smoothed.insert(moving_average(smoothed, load.max()));
         let c = *smoothed_cpu.insert(moving_average(smoothed_cpu, load.cpu));
         let gauge = &ctx.stats.load;
-        gauge.merge_window_us.store(merge_window_for(c).as_micros() as u32, Ordering::Relaxed);
+        let window = next_merge_window(gauge.merge_window(), c);
+        gauge.merge_window_us.store(window.as_micros() as u32, Ordering::Relaxed);
         gauge.cpu_permille.store((load.cpu * 1000.0).round() as u32, Ordering::Relaxed);
         gauge.egress_bytes_per_s.store(egress_rate as u64, Ordering::Relaxed);
         gauge.connections_permille.store((load.connections * 1000.0).round() as u32, Ordering::Relaxed);
@@ -223,13 +237,19 @@ mod tests {
     }
 
     #[test]
-    fn the_merge_window_grows_with_the_load_from_half_the_cores() {
-        assert_eq!(merge_window_for(0.0), Duration::ZERO);
-        assert_eq!(merge_window_for(MERGE_FROM_CPU), Duration::ZERO);
-        assert_eq!(merge_window_for(0.65), Duration::from_millis(50));
-        assert_eq!(merge_window_for(MERGE_FULL_CPU), MERGE_WINDOW_MAX);
-        assert_eq!(merge_window_for(3.0), MERGE_WINDOW_MAX);
-        assert_eq!(merge_window_for(f64::NAN), Duration::ZERO);
+    fn the_merge_window_steps_up_above_the_band_down_below_it_and_holds_inside() {
+        let ms = Duration::from_millis;
+        // Light load: no window, and an open one closes step by step.
+        assert_eq!(next_merge_window(Duration::ZERO, 0.2), Duration::ZERO);
+        assert_eq!(next_merge_window(ms(30), 0.2), ms(20));
+        assert_eq!(next_merge_window(ms(5), f64::NAN), Duration::ZERO);
+        // In the band the window holds, whatever it is: that is where it settles.
+        assert_eq!(next_merge_window(Duration::ZERO, 0.55), Duration::ZERO);
+        assert_eq!(next_merge_window(ms(40), 0.45), ms(40));
+        // Above it the window grows, faster when the edge is nearly full, up to 100 ms.
+        assert_eq!(next_merge_window(ms(40), 0.65), ms(50));
+        assert_eq!(next_merge_window(ms(40), 0.9), ms(65));
+        assert_eq!(next_merge_window(ms(95), 3.0), MERGE_WINDOW_MAX);
     }
 
     #[test]

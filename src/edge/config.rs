@@ -341,7 +341,7 @@ pub(crate) enum WriteMerge {
     /// written at once; audio reaching an idle socket waits for the next video frame,
     /// at most `audio_hold` (an audio-only stream goes out in windows of that length).
     /// A player's connection then wakes and writes once per video frame instead of
-    /// once per frame. Under load (`agent::merge_window_for`: from half the usable
+    /// once per frame. Under load (`agent::next_merge_window`: above 60 % of the usable
     /// cores) every hold is a window of the load's length instead, as with `Window`.
     Adaptive { audio_hold: Duration },
     /// Media reaching an idle socket opens a window of this length, after which

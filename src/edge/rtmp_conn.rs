@@ -20,9 +20,10 @@
 //! most 50 ms) with the play's hub readers gated ([`AudioGate`]) so that audio does not
 //! wake the connection meanwhile: a player costs one wakeup, one syscall and one TCP
 //! segment per video frame instead of one per frame, and video is never held while
-//! the edge is lightly loaded. From half its cores busy (`agent::merge_window_for`),
-//! media reaching an idle socket is held for a window growing with the load, up to
-//! 100 ms at 80 %: a busy edge trades latency for the writes it saves.
+//! the edge is lightly loaded. Above 60 % of its cores busy (`agent::next_merge_window`),
+//! media reaching an idle socket is held for a window that grows by steps, up to
+//! 100 ms, until the load is back under 60 % (and shrinks under 40 %): a busy edge
+//! trades latency for the writes it saves.
 //! `--write-merge-ms N` instead holds all media reaching an idle socket for N ms (SRS's
 //! "merged write", with a bound in milliseconds rather than its 350 ms default; 0:
 //! every frame at once). Control messages are never held.
