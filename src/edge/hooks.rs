@@ -249,8 +249,11 @@ impl Hooks {
 
     /// A guard that sends `event`'s notice when dropped: held for as long as the
     /// session it tells of, so the notice goes exactly once, however the session ends.
+    /// A guard for an app with no hook for `event` sends nothing and holds nothing
+    /// ([`DoneNotice::is_armed`] is false): neither the call nor the app's rules.
     pub fn on_drop(&self, hooks: Option<AppHooks>, event: HookEvent, call: HookCall) -> DoneNotice {
-        DoneNotice { hooks: self.clone(), app_hooks: hooks, event, call: Some(call) }
+        let armed = hooks.as_ref().is_some_and(|h| event.url(h).is_some());
+        DoneNotice { hooks: self.clone(), app_hooks: hooks.filter(|_| armed), event, call: armed.then_some(call) }
     }
 }
 
@@ -281,6 +284,11 @@ pub struct DoneNotice {
 }
 
 impl DoneNotice {
+    /// Whether dropping the guard sends a notice (the app has a hook for its event).
+    pub fn is_armed(&self) -> bool {
+        self.call.is_some()
+    }
+
     /// Drops the guard without a notice.
     pub fn disarm(mut self) {
         self.call = None;
@@ -438,6 +446,20 @@ mod tests {
         );
         assert_eq!(h.admit(Some(&hooks(&url, true)), HookEvent::Publish, call()).await, Ok(()));
         assert_eq!(h.stats.get(HookEvent::Publish, Outcome::Failed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_done_guard_with_no_hook_for_its_event_holds_nothing() {
+        let h = Hooks::start(Arc::default());
+        let app = hooks("http://127.0.0.1:9/hook", false);
+        assert!(h.on_drop(Some(app.clone()), HookEvent::PublishDone, call()).is_armed());
+        // The app has no `on_play_done`, or no hooks at all: nothing to send, nothing kept.
+        for guard in
+            [h.on_drop(Some(app), HookEvent::PlayDone, call()), h.on_drop(None, HookEvent::PublishDone, call())]
+        {
+            assert!(!guard.is_armed());
+            assert!(guard.call.is_none() && guard.app_hooks.is_none());
+        }
     }
 
     #[tokio::test]

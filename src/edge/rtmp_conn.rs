@@ -518,7 +518,9 @@ async fn connection<S: ClientStream>(
     shutdown: CancellationToken,
     resume: Resume,
 ) -> Result<(), String> {
-    let leftover = handshake(&mut socket, early, handshake_deadline, ctx).await?;
+    // Boxed: its state (the handshake's buffers) would otherwise size this future, and
+    // so every connection's task, for the connection's whole life (1.5 KiB of 4.8).
+    let leftover = Box::pin(handshake(&mut socket, early, handshake_deadline, ctx)).await?;
     drop(handshake_permit);
     tracing::debug!(%peer, "handshake done");
     let unstarted = ctx.limits.unstarted.try_acquire(peer.ip()).map_err(|e| format!("refused: {e}"))?;
@@ -526,13 +528,16 @@ async fn connection<S: ClientStream>(
     let (mut reader, mut writer) = socket.split();
     // Bytes a TLS stream took but may still hold (see `ClientStream::BUFFERS_WRITES`).
     let mut unflushed = false;
-    let config = ServerConfig { chunk_size: ctx.config.chunk_size, ..ServerConfig::default() };
-    let mut session = ServerSession::new(config);
-    session.set_max_buffered(ctx.config.caps.partial_bytes_before_connect);
     let mut conn = Conn {
         ctx: ctx.clone(),
         id,
-        session,
+        // Made in place: a local moved in would keep its own slot in this future.
+        session: {
+            let config = ServerConfig { chunk_size: ctx.config.chunk_size, ..ServerConfig::default() };
+            let mut session = ServerSession::new(config);
+            session.set_max_buffered(ctx.config.caps.partial_bytes_before_connect);
+            session
+        },
         app: None,
         connect_query: None,
         publishing: HashMap::new(),
@@ -1056,7 +1061,7 @@ impl Conn {
                     Ok((publication, done)) => {
                         self.session.accept_publish(stream_id);
                         self.publishing.insert(stream_id, publication);
-                        self.done.insert(stream_id, done);
+                        self.keep_done(stream_id, done);
                         self.started();
                     }
                     Err((code, why)) => {
@@ -1083,7 +1088,7 @@ impl Conn {
                 };
                 tracing::info!(conn = self.id, vod.id = %vod.id, start_ms = ?span.0, length_ms = ?span.1, "VOD play");
                 self.session.accept_play(stream_id);
-                self.done.insert(stream_id, done);
+                self.keep_done(stream_id, done);
                 self.started_play = true;
                 self.wrote_media = false;
                 self.started();
@@ -1116,7 +1121,7 @@ impl Conn {
                     return;
                 };
                 self.session.accept_play(stream_id);
-                self.done.insert(stream_id, done);
+                self.keep_done(stream_id, done);
                 self.started_play = true;
                 self.wrote_media = false;
                 self.started();
@@ -1136,6 +1141,16 @@ impl Conn {
         if let Some(publication) = self.publishing.get(&stream_id) {
             self.ctx.stats.frames_published.fetch_add(1, Ordering::Relaxed);
             publication.push(frame());
+        }
+    }
+
+    /// Holds `stream_id`'s `_done` guard until the stream closes; one with nothing to
+    /// send is dropped now (a map entry holds a whole hook call, 4 slots when first used).
+    fn keep_done(&mut self, stream_id: u32, done: DoneNotice) {
+        if done.is_armed() {
+            self.done.insert(stream_id, done);
+        } else {
+            self.done.remove(&stream_id);
         }
     }
 

@@ -194,7 +194,10 @@ impl Wire {
     }
 
     fn take_output(&mut self) -> Bytes {
-        self.outbox.split().freeze()
+        // The whole buffer, not a split of it: a split leaves the rest of the
+        // allocation to the outbox, so each idle session would keep its largest burst
+        // (a play's status messages and metadata) for as long as it lives.
+        std::mem::take(&mut self.outbox).freeze()
     }
 }
 
