@@ -226,12 +226,31 @@ pub struct ChunkDecoder {
     /// Sum of the lengths of all partial payloads.
     buffered: usize,
     consumed: u64,
+    /// Every payload owns exactly its bytes (see [`set_compact`](Self::set_compact)).
+    compact: bool,
 }
 
 impl ChunkDecoder {
     /// Creates a decoder for a new connection; the incoming chunk size starts at 128.
     pub fn new(limits: DecoderLimits) -> Self {
-        Self { limits, chunk_size: DEFAULT_CHUNK_SIZE, streams: HashMap::new(), buffered: 0, consumed: 0 }
+        Self {
+            limits,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            streams: HashMap::new(),
+            buffered: 0,
+            consumed: 0,
+            compact: false,
+        }
+    }
+
+    /// For a reader that keeps messages (a server keeps published frames for its GOP
+    /// cache and history): a one-chunk payload is copied out of the read buffer instead
+    /// of sliced from it. Otherwise a kept 300-byte audio frame keeps a whole read
+    /// buffer alive (a publisher's kept frames held 4 MB of read buffers at 2.5 Mbit/s).
+    /// Off by default: a reader that drops each message at once (a player) gains
+    /// nothing from the copy.
+    pub fn set_compact(&mut self, on: bool) {
+        self.compact = on;
     }
 
     /// Consumes as many complete chunks from `buf` as possible and returns the next completed
@@ -297,7 +316,7 @@ impl ChunkDecoder {
                 return Err(ChunkError::BadState("a chunk stream id appears twice"));
             }
         }
-        Ok(ChunkDecoder { limits, chunk_size, streams, buffered, consumed: state.consumed })
+        Ok(ChunkDecoder { limits, chunk_size, streams, buffered, consumed: state.consumed, compact: false })
     }
 
     /// The chunk size currently in force for incoming chunks.
@@ -407,7 +426,11 @@ impl ChunkDecoder {
         stream.header = header;
         let length = header.length as usize;
         let payload = if stream.partial.is_empty() && data.len() == length {
-            data.freeze()
+            if self.compact {
+                Bytes::copy_from_slice(&data)
+            } else {
+                data.freeze()
+            }
         } else {
             append(&mut stream.partial, &data, length);
             self.buffered += data.len();
@@ -415,6 +438,7 @@ impl ChunkDecoder {
                 return None;
             }
             self.buffered -= stream.partial.len();
+            // `append` never grows a partial payload past its length: no spare room.
             Bytes::from(std::mem::take(&mut stream.partial))
         };
         let InHeader { timestamp, type_id, stream_id, .. } = header;
@@ -660,6 +684,24 @@ mod tests {
         let mut out = BytesMut::new();
         messages.iter().for_each(|m| encoder.encode(m, &mut out));
         out.to_vec()
+    }
+
+    #[test]
+    fn a_compact_decoder_copies_one_chunk_payloads_out_of_the_read_buffer() {
+        let audio = RawMessage { csid: 4, timestamp: 0, type_id: 8, stream_id: 1, payload: Bytes::from(body(100, 1)) };
+        let wire = encode(std::slice::from_ref(&audio));
+        for compact in [false, true] {
+            let mut decoder = ChunkDecoder::new(DecoderLimits::default());
+            decoder.set_compact(compact);
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            buf.extend_from_slice(&wire);
+            let start = buf.as_ptr() as usize;
+            let msg = decoder.decode(&mut buf).unwrap().expect("a whole message");
+            assert_eq!(msg, audio);
+            let at = msg.payload.as_ptr() as usize;
+            let in_read_buffer = (start..start + 64 * 1024).contains(&at);
+            assert_eq!(in_read_buffer, !compact, "compact {compact}: payload in the read buffer {in_read_buffer}");
+        }
     }
 
     #[test]

@@ -208,9 +208,12 @@ impl ServerSession {
 
     /// A session for a connection whose handshake just completed.
     pub fn new(config: ServerConfig) -> Self {
+        let mut wire = Wire::new();
+        // Published frames are kept (GOP cache, history): each owns just its bytes.
+        wire.decoder.set_compact(true);
         Self {
             config,
-            wire: Wire::new(),
+            wire,
             connection: Connection::AwaitingConnect,
             streams: BTreeMap::new(),
             next_stream_id: 1,
