@@ -14,6 +14,8 @@
 # Environment: HEAP_PROFILE_TARGET (default /tmp/raftcast-heap-target).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# small_cluster_start: the one-origin cluster these measurements run on.
+source "$ROOT/scripts/lib/small-cluster.sh"
 N=500 KBPS=600 EDGES=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -31,15 +33,8 @@ TARGET=${HEAP_PROFILE_TARGET:-/tmp/raftcast-heap-target}
 BIN=$TARGET/release/raftcast
 DATA=$(mktemp -d /tmp/raftcast-heap.XXXXXX)
 mkdir -p "$DATA/jeprof"
-export RAFTCAST_DATA_DIR=$DATA RAFTCAST_ORIGINS=1 RAFTCAST_EDGES=$EDGES RAFTCAST_HTTP_BASE=27100 \
-  RAFTCAST_MEDIA_BASE=27200 RAFTCAST_RTMP_BASE=27300 RAFTCAST_EDGE_HTTP_BASE=27400 RAFTCAST_BIN=$BIN \
-  RAFTCAST_EDGE_MAX_CONNECTIONS=20000 RAFTCAST_EDGE_MAX_CONNECTIONS_PER_ADDRESS=20000 \
-  RAFTCAST_EDGE_MAX_HANDSHAKES=20000 RAFTCAST_EDGE_MAX_HANDSHAKES_PER_ADDRESS=20000 \
-  RAFTCAST_EDGE_MAX_UNSTARTED=20000 RAFTCAST_EDGE_MAX_UNSTARTED_PER_ADDRESS=20000 \
-  _RJEM_MALLOC_CONF=prof:true,lg_prof_sample:12,prof_prefix:$DATA/jeprof/p
-ulimit -n 20000 2>/dev/null || true
-trap '"$ROOT/scripts/bootstrap.sh" stop >/dev/null 2>&1 || true' EXIT
-"$ROOT/scripts/bootstrap.sh" start >"$DATA/bootstrap.log" 2>&1
+export _RJEM_MALLOC_CONF=prof:true,lg_prof_sample:12,prof_prefix:$DATA/jeprof/p
+small_cluster_start "$DATA" "$BIN" "$EDGES"
 edge=$(cat "$DATA/pids/edge-$EDGES.pid")
 dump() { gdb -p "$edge" -batch -ex 'call (int)_rjem_mallctl("prof.dump", 0, 0, 0, 0)' >/dev/null 2>&1; }
 sleep 2

@@ -11,20 +11,15 @@
 # Environment: RAFTCAST_BIN (default target/release/raftcast, built when missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# small_cluster_start: the one-origin cluster these measurements run on.
+source "$ROOT/scripts/lib/small-cluster.sh"
 N=${1:-2000}
 BIN=${RAFTCAST_BIN:-$ROOT/target/release/raftcast}
 [[ -x $BIN ]] || (cd "$ROOT" && cargo build --release)
 last=$(($(nproc) - 1))
 ((last > 0)) || { echo "needs two cores" >&2; exit 2; }
 DATA=$(mktemp -d /tmp/raftcast-window.XXXXXX)
-export RAFTCAST_DATA_DIR=$DATA RAFTCAST_ORIGINS=1 RAFTCAST_EDGES=1 RAFTCAST_HTTP_BASE=27100 RAFTCAST_MEDIA_BASE=27200 \
-  RAFTCAST_RTMP_BASE=27300 RAFTCAST_EDGE_HTTP_BASE=27400 RAFTCAST_BIN=$BIN \
-  RAFTCAST_EDGE_MAX_CONNECTIONS=20000 RAFTCAST_EDGE_MAX_CONNECTIONS_PER_ADDRESS=20000 \
-  RAFTCAST_EDGE_MAX_HANDSHAKES=20000 RAFTCAST_EDGE_MAX_HANDSHAKES_PER_ADDRESS=20000 \
-  RAFTCAST_EDGE_MAX_UNSTARTED=20000 RAFTCAST_EDGE_MAX_UNSTARTED_PER_ADDRESS=20000
-ulimit -n 20000 2>/dev/null || true
-trap '"$ROOT/scripts/bootstrap.sh" stop >/dev/null 2>&1 || true' EXIT
-"$ROOT/scripts/bootstrap.sh" start >"$DATA/bootstrap.log" 2>&1
+small_cluster_start "$DATA" "$BIN"
 edge=$(cat "$DATA/pids/edge-1.pid") origin=$(cat "$DATA/pids/origin-1.pid")
 taskset -a -p -c "$last" "$edge" >/dev/null
 taskset -a -p -c "0-$((last - 1))" "$origin" >/dev/null
