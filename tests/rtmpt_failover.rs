@@ -357,6 +357,17 @@ async fn rtmpt_players_lose_no_frame_when_their_edge_then_the_owner_origin_die()
     assert!(rtmpdump.running(), "rtmpdump exited after edge-{holder}'s death:\n{}", log_tail(&dump_log));
     let grown = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0) - dump_at_kill;
     assert!(grown > 50_000, "rtmpdump wrote {grown} bytes in the 5 s after edge-{holder}'s death");
+    // The buddy's hub had the history to resume from (its warm lease), not just the GOP:
+    // without it the play starts at the next keyframe, which skips frames only when the
+    // client was behind it (one run in three), so the log line is the sharper check.
+    let takeovers: Vec<String> = (1..=EDGES)
+        .flat_map(|e| c.log(&format!("edge-{e}")).lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| l.contains("play resumed after a takeover"))
+        .collect();
+    assert!(
+        !takeovers.is_empty() && takeovers.iter().all(|l| l.contains("resumed=true")),
+        "the takeover's play resumed from the buddy's history: {takeovers:#?}"
+    );
     eprintln!("after edge-{holder}'s death:\n{}", rtmpt_metrics(&c, &[holder]).await);
 
     // SIGKILL the stream's owner origin; another takes the stream over.

@@ -452,6 +452,9 @@ pub struct Relay {
     hub: watch::Sender<Option<Arc<Hub>>>,
     /// HLS leases held: while there is one, the hub keeps the HLS window.
     hls: watch::Sender<usize>,
+    /// Warm leases held ([`Relays::join_warm`]): while there is one, the hub keeps
+    /// [`RTMPT_RESUME_HISTORY`].
+    warm: watch::Sender<usize>,
     stop: CancellationToken,
     /// The owner this relay is subscribed to (0: none).
     owner: AtomicU64,
@@ -467,10 +470,19 @@ impl Released for Arc<Relay> {
 /// A player's (or an HLS packaging task's) hold on a relay; the last one dropped
 /// stops it.
 pub struct Lease {
-    /// An HLS lease ([`Relays::join_hls`]).
-    hls: bool,
-    /// The relay; its drop (after `hls` is counted down) may stop it.
+    kind: LeaseKind,
+    /// The relay; its drop (after its kind's count is counted down) may stop it.
     lease: crate::lease::Lease<StreamKey, Arc<Relay>>,
+}
+
+/// Who holds a [`Lease`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LeaseKind {
+    Player,
+    /// HLS packaging ([`Relays::join_hls`]).
+    Hls,
+    /// An RTMPT session's replica ([`Relays::join_warm`]).
+    Warm,
 }
 
 impl Lease {
@@ -482,22 +494,31 @@ impl Lease {
 impl Relays {
     /// Joins the relay of `stream`, starting it if this is its first player.
     pub fn join(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey) -> Lease {
-        self.join_as(ctx, stream, false)
+        self.join_as(ctx, stream, LeaseKind::Player)
     }
 
     /// Joins the relay of `stream` for HLS packaging: while the lease is held the
     /// relay's hub keeps the HLS window, fetched from the owner if the relay was
     /// subscribed without it. Not counted as a player.
     pub fn join_hls(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey) -> Lease {
-        self.join_as(ctx, stream, true)
+        self.join_as(ctx, stream, LeaseKind::Hls)
     }
 
-    fn join_as(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey, hls: bool) -> Lease {
+    /// Joins the relay of `stream` for an RTMPT session whose replica this edge holds:
+    /// while the lease is held the relay's hub keeps [`RTMPT_RESUME_HISTORY`], so a
+    /// takeover resumes the session's plays where its client is. Not counted as a
+    /// player. Hubs nobody holds such a lease on keep no history.
+    pub fn join_warm(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey) -> Lease {
+        self.join_as(ctx, stream, LeaseKind::Warm)
+    }
+
+    fn join_as(&self, ctx: &Arc<EdgeContext>, stream: &StreamKey, kind: LeaseKind) -> Lease {
         let lease = self.relays.acquire(stream, || {
             let relay = Arc::new(Relay {
                 stream: stream.clone(),
                 hub: watch::Sender::new(None),
                 hls: watch::Sender::new(0),
+                warm: watch::Sender::new(0),
                 stop: ctx.shutdown.child_token(),
                 owner: AtomicU64::new(0),
             });
@@ -506,20 +527,21 @@ impl Relays {
             tokio::spawn(tracing::Instrument::instrument(run_relay(ctx.clone(), relay.clone()), span));
             relay
         });
-        if hls {
-            lease.value().hls.send_modify(|n| *n += 1);
+        if let Some(count) = lease.value().count(kind) {
+            count.send_modify(|n| *n += 1);
         }
-        Lease { hls, lease }
+        Lease { kind, lease }
     }
 
-    /// (stream, players, owner) of every relay; HLS packaging tasks are not players.
+    /// (stream, players, owner) of every relay; HLS packaging tasks and RTMPT replicas'
+    /// warm leases are not players.
     pub fn snapshot(&self) -> Vec<(StreamKey, usize, u64)> {
         let mut all: Vec<_> = self
             .relays
             .entries()
             .into_iter()
             .map(|(stream, r, holders)| {
-                let players = holders.saturating_sub(*r.hls.borrow());
+                let players = holders.saturating_sub(*r.hls.borrow() + *r.warm.borrow());
                 (stream, players, r.owner.load(Ordering::Relaxed))
             })
             .collect();
@@ -543,13 +565,22 @@ impl Relays {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.hls {
-            self.relay().hls.send_modify(|n| *n = n.saturating_sub(1));
+        if let Some(count) = self.relay().count(self.kind) {
+            count.send_modify(|n| *n = n.saturating_sub(1));
         }
     }
 }
 
 impl Relay {
+    /// The count of leases of `kind` (players are not counted apart).
+    fn count(&self, kind: LeaseKind) -> Option<&watch::Sender<usize>> {
+        match kind {
+            LeaseKind::Player => None,
+            LeaseKind::Hls => Some(&self.hls),
+            LeaseKind::Warm => Some(&self.warm),
+        }
+    }
+
     /// A receiver of the stream's current hub (`None` while it is not published).
     pub fn hub(&self) -> watch::Receiver<Option<Arc<Hub>>> {
         self.hub.subscribe()
@@ -624,8 +655,9 @@ async fn run_relay(ctx: Arc<EdgeContext>, relay: Arc<Relay>) {
     }
 }
 
-/// What an edge hub keeps for RTMPT takeovers: back to a keyframe at least 3 s old
-/// (a takeover comes within about a second of the holder's death; a player that was
+/// What an edge hub keeps for RTMPT takeovers while an RTMPT session's replica here
+/// plays the stream ([`Relays::join_warm`]): back to a keyframe at least 3 s old (a
+/// takeover comes within about a second of the holder's death; a player that was
 /// behind by a few seconds is still covered), at most 10 s and 8 MiB per stream.
 const RTMPT_RESUME_HISTORY: RetainLimits =
     RetainLimits { history_ms: 3_000, max_bytes: 8 << 20, max_ms: 10_000, window_segments: 0 };
@@ -641,10 +673,12 @@ struct Generation {
 
 impl Generation {
     fn start(ctx: &EdgeContext, relay: &Relay) -> Generation {
-        // With RTMPT sessions shared by the tier (`--rtmpt-peers`), a few seconds of
+        // While an RTMPT session's replica here plays the stream, a few seconds of
         // history: an edge that takes over a session resumes its plays from where its
         // client is (`Hub::subscribe_after`), which may be before the current GOP.
-        let history = (!ctx.config.rtmpt_peers.is_empty()).then_some(RTMPT_RESUME_HISTORY);
+        // Frames kept hold their pre-chunked copies and the link buffers they are
+        // sliced from, so hubs no replica plays keep none (`follow` turns it on and off).
+        let history = (*relay.warm.borrow() > 0).then_some(RTMPT_RESUME_HISTORY);
         let limits = HubLimits {
             queue: ctx.config.player_queue,
             window: Some(ctx.config.hls_window),
@@ -712,6 +746,8 @@ async fn follow(
     relay.owner.store(owner.claim.owner, Ordering::Relaxed);
     let mut hls = relay.hls.subscribe();
     hls.mark_changed();
+    let mut warm = relay.warm.subscribe();
+    warm.mark_changed();
     let epoch = owner.claim.epoch;
     let watch = async {
         loop {
@@ -745,6 +781,10 @@ async fn follow(
             changed = hls.changed() => if changed.is_ok() {
                 let wanted = *hls.borrow_and_update() > 0;
                 sync_window(ctx, relay, g, &up, wanted);
+            },
+            changed = warm.changed() => if changed.is_ok() {
+                let wanted = *warm.borrow_and_update() > 0;
+                g.hub.keep_history(wanted.then_some(RTMPT_RESUME_HISTORY));
             },
             _ = relay.stop.cancelled() => {
                 let _ = up.control(Control::Unsubscribe { channel });

@@ -531,6 +531,24 @@ impl Hub {
         lock(&self.state).window.as_ref().map_or_else(Vec::new, |w| w.replay().cloned().collect())
     }
 
+    /// Keeps history with `limits` for readers resuming after a takeover
+    /// ([`Hub::subscribe_after`]), starting from the current GOP; `None` lets go of it.
+    /// A hub keeping history already goes on with what it has.
+    pub fn keep_history(&self, limits: Option<RetainLimits>) {
+        let mut state = lock(&self.state);
+        match limits {
+            None => state.history = None,
+            Some(_) if state.history.is_some() => {}
+            Some(limits) => {
+                let mut history = Retained::new(limits);
+                for frame in state.gop.start_frames() {
+                    history.push(frame.clone(), true);
+                }
+                state.history = Some(history);
+            }
+        }
+    }
+
     /// Stops keeping the HLS window and lets go of its frames (nobody on this edge
     /// reads the stream over HLS). Players are not affected.
     pub fn stop_window(&self) {
@@ -875,6 +893,36 @@ mod tests {
         let plain = Hub::new(small());
         plain.publish(video(0, true));
         assert!(!plain.subscribe_after(Some(point)).1);
+    }
+
+    #[test]
+    fn history_turned_on_starts_at_the_gop_and_turned_off_resumes_nothing() {
+        let limits = RetainLimits { history_ms: 1000, max_bytes: usize::MAX, max_ms: 10_000, window_segments: 0 };
+        let hub = Hub::new(HubLimits { queue: QueueLimits { max_frames: 1024, max_bytes: usize::MAX }, ..small() });
+        hub.publish(Frame::video(0, Bytes::from_static(&[0x17, 0x00, 0, 0, 0, 1])));
+        for i in 0..40u32 {
+            hub.publish(video(i * 33, i % 30 == 0));
+        }
+        // Off: a point inside the current GOP cannot be resumed from.
+        let point = ResumePoint { audio: None, video: Some(35 * 33) };
+        assert!(!hub.subscribe_after(Some(point)).1);
+        // On: the GOP the hub holds (from the keyframe at frame 30) is history at once.
+        hub.keep_history(Some(limits));
+        let (sub, resumed) = hub.subscribe_after(Some(point));
+        assert!(resumed);
+        let got: Vec<u32> = std::iter::from_fn(|| sub.try_recv()).filter(|f| !f.header).map(|f| f.timestamp).collect();
+        assert_eq!(got, (36..40).map(|i| i * 33).collect::<Vec<_>>());
+        for i in 40..100u32 {
+            hub.publish(video(i * 33, i % 30 == 0));
+        }
+        // Kept since, past the next GOP: a point before the current keyframe (90).
+        let (_, resumed) = hub.subscribe_after(Some(ResumePoint { audio: None, video: Some(70 * 33) }));
+        assert!(resumed);
+        // Asked again, it goes on with what it has; off, it has nothing.
+        hub.keep_history(Some(limits));
+        assert!(hub.subscribe_after(Some(ResumePoint { audio: None, video: Some(70 * 33) })).1);
+        hub.keep_history(None);
+        assert!(!hub.subscribe_after(Some(ResumePoint { audio: None, video: Some(95 * 33) })).1);
     }
 
     #[tokio::test]

@@ -653,7 +653,7 @@ fn warm(ctx: &Arc<EdgeContext>, standby: &mut Standby) {
     wanted.truncate(MAX_WARM);
     standby.leases.retain(|key, _| wanted.contains(key));
     for key in wanted {
-        standby.leases.entry(key).or_insert_with_key(|key| ctx.relays.join(ctx, key));
+        standby.leases.entry(key).or_insert_with_key(|key| ctx.relays.join_warm(ctx, key));
     }
 }
 
