@@ -196,6 +196,26 @@ fn index_of(key: &[u8]) -> Option<u64> {
     }
 }
 
+/// Stores encoded entries. Entries of one chunk each are single inserts: each is
+/// atomic, and sled recovers a prefix of its writes, so a crash before the flush leaves
+/// a prefix of the append, which Raft allows (nothing was acknowledged). An append with
+/// a larger entry is one batch, so no entry is ever recovered in part. A sled batch
+/// costs two more log-buffer writes, each with its own `sync_file_range`, before the
+/// flush: on a leader that flush comes before replication (openraft 0.9 awaits it).
+fn write_entries(log: &sled::Tree, encoded: Vec<(u64, Vec<u8>)>) -> sled::Result<()> {
+    if encoded.iter().all(|(_, e)| e.len() <= CHUNK_BYTES) {
+        for (index, e) in encoded {
+            log.insert(chunk_key(index, 0), e)?;
+        }
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for (index, e) in &encoded {
+        insert_chunks(&mut batch, *index, e);
+    }
+    log.apply_batch(batch)
+}
+
 /// The inserts that store `encoded` (the entry at `index`) in chunks.
 fn insert_chunks(batch: &mut sled::Batch, index: u64, encoded: &[u8]) {
     if encoded.is_empty() {
@@ -392,16 +412,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0u64;
-        for entry in entries {
-            let encoded = encode(&entry);
-            bytes += encoded.len() as u64;
-            insert_chunks(&mut batch, entry.log_id.index, &encoded);
-        }
+        let encoded: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
+        let bytes: u64 = encoded.iter().map(|(_, e)| e.len() as u64).sum();
         let apply = {
             let log = self.reader.log.clone();
-            move || log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+            move || write_entries(&log, encoded).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
         };
         // sled copies a batch into its write buffer and may wait for one to drain: a
         // large append goes to the blocking pool (openraft awaits each append before the
