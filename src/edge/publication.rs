@@ -76,6 +76,11 @@ pub enum Output {
     /// Open a channel on the owner's link and publish under its epoch
     /// ([`Input::Attached`]).
     Attach(Owner),
+    /// Like [`Output::Attach`], on the owner the stream was lost on, and only if its
+    /// link is up now (answer [`Input::Attached`] with an error at once otherwise):
+    /// the leader could not move the stream (no other origin is live, or no leader
+    /// answered), and the link that went down may be back.
+    Reattach(Owner),
     /// Feed [`Input::Woke`] at this time.
     WakeAt(Instant),
     /// Publishing on a new owner, `took` after the old one was lost.
@@ -106,7 +111,8 @@ enum State {
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
     Looking,
-    Reassigning,
+    /// Asked to move the stream off this owner (ours, at our epoch).
+    Reassigning(Owner),
     Claiming,
     Confirming,
     Attaching(Owner),
@@ -239,11 +245,20 @@ impl Publishing {
             }
             Input::OwnerLost(_) | Input::ClaimMoved(_) => {}
             Input::Looked(answer) if self.step() == Some(&Step::Looking) => self.looked(answer, now, &mut out),
-            Input::Reassigned(answer) if self.step() == Some(&Step::Reassigning) => match answer {
+            Input::Reassigned(answer) if matches!(self.step(), Some(Step::Reassigning(_))) => match answer {
                 Ok(Response::Claimed(c)) if self.ours(&c) => self.confirm(c.epoch, &mut out),
                 other => {
-                    tracing::debug!(stream = %self.stream, ?other, "reassign changed nothing; looking again");
-                    self.retry(now, &mut out);
+                    // Nothing moved: a lone origin has nowhere to move to, and a link
+                    // that went down under load may be back, so try the same owner
+                    // (at once, if its link is up) before looking again. Without this a
+                    // one-origin cluster kept the stream off its owner for good
+                    // (bench-saturation.sh at 12,000 players: one link blip, then no
+                    // frame to any player).
+                    tracing::debug!(stream = %self.stream, ?other, "reassign changed nothing; trying the same owner");
+                    if let Some(Step::Reassigning(lost)) = self.step().cloned() {
+                        self.set_step(Step::Attaching(lost.clone()));
+                        out.push(Output::Reattach(lost));
+                    }
                 }
             },
             Input::Claimed(answer) if self.step() == Some(&Step::Claiming) => match answer {
@@ -351,8 +366,8 @@ impl Publishing {
         let lost = self.lost_owner();
         match answer {
             Ok(Some(o)) if self.ours(&o.claim) && o.claim.epoch == self.epoch && o.claim.owner == lost => {
-                self.set_step(Step::Reassigning);
                 out.push(Output::Reassign { epoch: self.epoch, away_from: lost });
+                self.set_step(Step::Reassigning(o));
             }
             Ok(Some(o)) if self.ours(&o.claim) => self.attach(o, out),
             // An origin behind us: ask again.
@@ -573,8 +588,11 @@ mod tests {
         for _ in 0..7 {
             let out = p.handle(Input::Looked(Ok(Some(ours(1, 10)))), now);
             assert_eq!(out, vec![Output::Reassign { epoch: 10, away_from: 1 }]);
-            // No leader: the reassign fails; look again after a pause.
+            // No leader: the reassign fails; the old owner is tried if its link is up
+            // (it is not), then the stream is looked up again after a pause.
             let out = p.handle(Input::Reassigned(Err("the cluster did not answer".into())), now);
+            assert_eq!(out, vec![Output::Reattach(ours(1, 10))]);
+            let out = p.handle(Input::Attached(Err("no link to 127.0.0.1:9101".into())), now);
             let [Output::WakeAt(at)] = out[..] else { panic!("{out:?}") };
             pauses.push(at - now);
             // Early or stale inputs change nothing while pausing.
@@ -593,6 +611,32 @@ mod tests {
         p.handle(Input::OwnerLost("link down".into()), now);
         let out = p.handle(Input::Looked(Err("no answer".into())), now);
         assert_eq!(out, vec![Output::WakeAt(now + Duration::from_millis(20))]);
+    }
+
+    #[test]
+    fn a_stream_no_other_origin_can_take_goes_back_to_its_owner_once_its_link_is_up() {
+        let t0 = Instant::now();
+        let mut p = publishing();
+        assert_eq!(feed(&mut p, 0..60).len(), 60);
+        p.handle(Input::OwnerLost("link down: origin silent for 500ms".into()), t0);
+        assert!(feed(&mut p, 60..65).is_empty());
+        let nowhere = "no live origin other than 1 can take live/p; retry when one is back";
+        // The link is still down: nothing to attach to, look again after a pause.
+        assert_eq!(
+            p.handle(Input::Looked(Ok(Some(ours(1, 10)))), t0),
+            vec![Output::Reassign { epoch: 10, away_from: 1 }]
+        );
+        assert_eq!(p.handle(Input::Reassigned(Err(nowhere.into())), t0), vec![Output::Reattach(ours(1, 10))]);
+        let out = p.handle(Input::Attached(Err("no link to 127.0.0.1:9101".into())), t0);
+        let [Output::WakeAt(at)] = out[..] else { panic!("{out:?}") };
+        assert_eq!(p.handle(Input::Woke, at), vec![Output::Lookup]);
+        // The link is back: the same owner, the same epoch, every frame re-sent.
+        p.handle(Input::Looked(Ok(Some(ours(1, 10)))), at);
+        assert_eq!(p.handle(Input::Reassigned(Err(nowhere.into())), at), vec![Output::Reattach(ours(1, 10))]);
+        let out = p.handle(Input::Attached(Ok(())), at);
+        assert_eq!(replayed(&out), (0..65).collect::<Vec<_>>());
+        assert_eq!((p.owner(), p.epoch(), p.lost()), (1, 10, 0));
+        assert_eq!(feed(&mut p, 65..67), vec![65, 66], "live again");
     }
 
     #[test]

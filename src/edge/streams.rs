@@ -367,7 +367,11 @@ impl Forwarder {
                     publication::Input::Confirmed(ctx.control.lookup_at_least(&stream, epoch).await.map_err(text)),
                     None,
                 ),
-                publication::Output::Attach(owner) => match attach(&ctx, &stream, &owner).await {
+                publication::Output::Attach(owner) => match attach(&ctx, &stream, &owner, LINK_WAIT).await {
+                    Ok(attached) => (publication::Input::Attached(Ok(())), Some(attached)),
+                    Err(why) => (publication::Input::Attached(Err(why)), None),
+                },
+                publication::Output::Reattach(owner) => match attach(&ctx, &stream, &owner, Duration::ZERO).await {
                     Ok(attached) => (publication::Input::Attached(Ok(())), Some(attached)),
                     Err(why) => (publication::Input::Attached(Err(why)), None),
                 },
@@ -416,9 +420,10 @@ fn watch_claim(claim: ClaimWatch, epoch: u64) -> futures::future::BoxFuture<'sta
 }
 
 /// Opens a channel on `owner`'s link and publishes under its epoch.
-async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner) -> Result<Attached, String> {
+/// Publishes on `owner`, waiting up to `link_wait` for its link to be up.
+async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner, link_wait: Duration) -> Result<Attached, String> {
     let up = ctx.upstreams.get(owner.media);
-    if !up.live(LINK_WAIT).await {
+    if !up.live(link_wait).await {
         return Err(format!("no link to {}", owner.media));
     }
     let (channel, mut events) = up.open(None);
