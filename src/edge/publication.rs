@@ -248,6 +248,7 @@ impl Publishing {
             Input::Reassigned(answer) if matches!(self.step(), Some(Step::Reassigning(_))) => match answer {
                 Ok(Response::Claimed(c)) if self.ours(&c) => self.confirm(c.epoch, &mut out),
                 other => {
+                    let Some(Step::Reassigning(lost)) = self.step().cloned() else { return out };
                     // Nothing moved: a lone origin has nowhere to move to, and a link
                     // that went down under load may be back, so try the same owner
                     // (at once, if its link is up) before looking again. Without this a
@@ -255,10 +256,8 @@ impl Publishing {
                     // (bench-saturation.sh at 12,000 players: one link blip, then no
                     // frame to any player).
                     tracing::debug!(stream = %self.stream, ?other, "reassign changed nothing; trying the same owner");
-                    if let Some(Step::Reassigning(lost)) = self.step().cloned() {
-                        self.set_step(Step::Attaching(lost.clone()));
-                        out.push(Output::Reattach(lost));
-                    }
+                    self.set_step(Step::Attaching(lost.clone()));
+                    out.push(Output::Reattach(lost));
                 }
             },
             Input::Claimed(answer) if self.step() == Some(&Step::Claiming) => match answer {

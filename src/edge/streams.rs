@@ -367,14 +367,8 @@ impl Forwarder {
                     publication::Input::Confirmed(ctx.control.lookup_at_least(&stream, epoch).await.map_err(text)),
                     None,
                 ),
-                publication::Output::Attach(owner) => match attach(&ctx, &stream, &owner, LINK_WAIT).await {
-                    Ok(attached) => (publication::Input::Attached(Ok(())), Some(attached)),
-                    Err(why) => (publication::Input::Attached(Err(why)), None),
-                },
-                publication::Output::Reattach(owner) => match attach(&ctx, &stream, &owner, Duration::ZERO).await {
-                    Ok(attached) => (publication::Input::Attached(Ok(())), Some(attached)),
-                    Err(why) => (publication::Input::Attached(Err(why)), None),
-                },
+                publication::Output::Attach(owner) => attached(attach(&ctx, &stream, &owner, LINK_WAIT).await),
+                publication::Output::Reattach(owner) => attached(attach(&ctx, &stream, &owner, Duration::ZERO).await),
                 other => unreachable!("not a request: {other:?}"),
             }
         })
@@ -419,8 +413,16 @@ fn watch_claim(claim: ClaimWatch, epoch: u64) -> futures::future::BoxFuture<'sta
     })
 }
 
-/// Opens a channel on `owner`'s link and publishes under its epoch.
-/// Publishes on `owner`, waiting up to `link_wait` for its link to be up.
+/// What an attempt to attach tells the publication, and the channel if it took.
+fn attached(result: Result<Attached, String>) -> (publication::Input, Option<Attached>) {
+    match result {
+        Ok(attached) => (publication::Input::Attached(Ok(())), Some(attached)),
+        Err(why) => (publication::Input::Attached(Err(why)), None),
+    }
+}
+
+/// Opens a channel on `owner`'s link, waiting up to `link_wait` for the link to be up,
+/// and publishes under its epoch.
 async fn attach(ctx: &EdgeContext, stream: &StreamKey, owner: &Owner, link_wait: Duration) -> Result<Attached, String> {
     let up = ctx.upstreams.get(owner.media);
     if !up.live(link_wait).await {
