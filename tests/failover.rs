@@ -217,6 +217,17 @@ async fn killing_the_owner_over_mutual_tls_drops_no_client_and_loses_no_frame() 
 /// Kills the stream's owner, waits for the move, restarts it: no reclaim, no lost frame.
 async fn kill_the_owner(mut scene: Scene) {
     let (owner, epoch) = owner_of(&scene.c, 1, "killowner").await.unwrap();
+    // Nobody plays the stream over HLS: the owner tells the publishing edge, a few
+    // seconds after accepting it, that a new owner will not need the HLS window.
+    let edge1_log = scene._edges.0.log.clone();
+    eventually(Duration::from_secs(15), "edge-1 to be told the window is not needed", || async {
+        let log = std::fs::read_to_string(&edge1_log).unwrap_or_default();
+        log.lines().any(|l| l.contains("needs the HLS window") && l.contains("keep=false")).then_some(())
+    })
+    .await;
+    // Old enough that a window (everything since the start, while it is not full)
+    // would be well over the history: 7 s and more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let killed_at = Instant::now();
     scene.c.kill(owner);
     let via = if owner == 1 { 2 } else { 1 };
@@ -226,6 +237,17 @@ async fn kill_the_owner(mut scene: Scene) {
     .await;
     eprintln!("owner {owner} killed; origin {new_owner} owns the stream after {:?}", killed_at.elapsed());
     assert!(new_epoch > epoch);
+    // So it re-sent its usual history (back to a keyframe at least 2 s old, 2 s GOPs:
+    // 2-4 s, about 73 frames a second) and what came during the move, not the HLS
+    // window (with it, 443 frames at 6 s; `tests/hls_marks.rs` has the window kept).
+    let resent: usize = eventually(Duration::from_secs(10), "edge-1 to publish on the new owner", || async {
+        let log = std::fs::read_to_string(&edge1_log).unwrap_or_default();
+        let line = log.lines().find(|l| l.contains("publishing on a new owner"))?.to_owned();
+        line.split_whitespace().find_map(|w| w.strip_prefix("resent=")?.parse().ok())
+    })
+    .await;
+    eprintln!("edge-1 re-sent {resent} frames to the new owner");
+    assert!((100..400).contains(&resent), "re-sent {resent} frames");
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     // The killed owner comes back: it must not reclaim or disturb anything.

@@ -767,3 +767,71 @@ async fn the_claims_feed_answers_added_streams_then_every_change_and_stops_when_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The next `RetainWindow` for `channel` within `within` (pinging meanwhile), or `None`.
+async fn retain_window(edge: &mut FakeEdge, within: Duration) -> Option<bool> {
+    match tokio::time::timeout(within, edge.control_keepalive()).await {
+        Ok(Control::RetainWindow { channel: ChannelId(1), keep }) => Some(keep),
+        Ok(other) => panic!("unexpected control frame {other:?}"),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_tells_the_publishing_edge_to_keep_the_hls_window_only_while_hls_is_packaged() {
+    let c = Cluster::start(1).await;
+    let stream = StreamKey::new("live", "window").unwrap();
+    let Response::Claimed(StreamClaim { owner, epoch, .. }) = claim(&c, &stream, "edge-1", false).await else {
+        panic!("claim refused")
+    };
+    let media = c.origins[&owner].media;
+    let (mut publisher, _) = FakeEdge::connect_as(media, &c.secret, "edge-1").await;
+    publisher.send(LinkFrame::Control(Control::Publish { channel: ChannelId(1), stream: stream.clone(), epoch })).await;
+    assert_eq!(publisher.control().await, Control::PublishAccepted { channel: ChannelId(1) });
+    let accepted = std::time::Instant::now();
+
+    // Nobody packages it: after the grace, the edge may let the window go.
+    assert_eq!(retain_window(&mut publisher, Duration::from_secs(10)).await, Some(false));
+    let told = accepted.elapsed();
+    assert!(told >= Duration::from_millis(4900), "told after {told:?}, within the grace");
+
+    // An edge starting the stream for HLS (`SubscribeWindow`): wanted, at once.
+    let (mut hls_edge, _) = FakeEdge::connect_as(media, &c.secret, "edge-2").await;
+    hls_edge.send(LinkFrame::Control(Control::SubscribeWindow { channel: ChannelId(7), stream: stream.clone() })).await;
+    assert_eq!(hls_edge.control().await, Control::Subscribed { channel: ChannelId(7) });
+    let asked = std::time::Instant::now();
+    assert_eq!(retain_window(&mut publisher, Duration::from_secs(5)).await, Some(true));
+    assert!(asked.elapsed() < Duration::from_secs(1), "told after {:?}", asked.elapsed());
+
+    // It stops packaging: let go at the next look (every 2 s).
+    hls_edge.send(LinkFrame::Control(Control::HlsInterest { channel: ChannelId(7), packaging: false })).await;
+    assert_eq!(retain_window(&mut publisher, Duration::from_secs(5)).await, Some(false));
+
+    // A plain subscription changes nothing until it says it feeds HLS.
+    hls_edge.send(LinkFrame::Control(Control::Subscribe { channel: ChannelId(8), stream: stream.clone() })).await;
+    assert_eq!(retain_window(&mut publisher, Duration::from_secs(3)).await, None);
+    hls_edge.send(LinkFrame::Control(Control::HlsInterest { channel: ChannelId(8), packaging: true })).await;
+    assert_eq!(retain_window(&mut publisher, Duration::from_secs(1)).await, Some(true));
+    // Its edge unsubscribes: not wanted.
+    hls_edge.send(LinkFrame::Control(Control::Unsubscribe { channel: ChannelId(8) })).await;
+    assert_eq!(retain_window(&mut publisher, Duration::from_secs(5)).await, Some(false));
+
+    // An older edge never says what feeds HLS: any subscription of its counts.
+    let (mut old_edge, _) = FakeEdge::connect_speaking(media, &c.secret, "edge-3", OLDEST_PROTOCOL).await;
+    old_edge.send(LinkFrame::Control(Control::Subscribe { channel: ChannelId(9), stream: stream.clone() })).await;
+    assert_eq!(old_edge.control().await, Control::Subscribed { channel: ChannelId(9) });
+    assert_eq!(retain_window(&mut publisher, Duration::from_secs(1)).await, Some(true));
+    drop(old_edge);
+    assert_eq!(retain_window(&mut publisher, Duration::from_secs(8)).await, Some(false));
+
+    // And an older publishing edge, which keeps the window always, is never told.
+    publisher.send(LinkFrame::Control(Control::Unpublish { channel: ChannelId(1) })).await;
+    let (mut old_publisher, _) = FakeEdge::connect_speaking(media, &c.secret, "edge-1", OLDEST_PROTOCOL).await;
+    let publish = Control::Publish { channel: ChannelId(1), stream: stream.clone(), epoch };
+    old_publisher.send(LinkFrame::Control(publish)).await;
+    assert!(matches!(
+        old_publisher.control().await,
+        Control::PublishAccepted { .. } | Control::PublishAcceptedAt { .. }
+    ));
+    assert_eq!(retain_window(&mut old_publisher, Duration::from_secs(7)).await, None);
+}

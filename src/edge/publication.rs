@@ -133,6 +133,8 @@ pub struct Publishing {
     /// frames re-sent to a new owner carry the marks they had.
     stamper: Stamper,
     pause: Backoff,
+    /// What the owner last said of the HLS window ([`Publishing::retain_window`]).
+    window: bool,
 }
 
 impl Publishing {
@@ -157,6 +159,7 @@ impl Publishing {
             retained,
             stamper,
             pause: Backoff::new(FIRST_PAUSE, MAX_PAUSE),
+            window: true,
         }
     }
 
@@ -189,6 +192,20 @@ impl Publishing {
 
     pub fn is_ended(&self) -> bool {
         self.state == State::Ended
+    }
+
+    /// The owner says whether a new owner will need the HLS window's frames
+    /// (`RetainWindow`). While moving, a "no" is ignored: it comes from an owner the
+    /// stream is leaving, whose edges packaging HLS re-subscribed at the new one
+    /// already, and the new owner says what it needs once attached. Returns whether
+    /// anything changed.
+    pub fn retain_window(&mut self, keep: bool) -> bool {
+        if (!keep && self.state != State::Attached) || self.window == keep {
+            return false;
+        }
+        self.window = keep;
+        self.retained.keep_window(keep);
+        true
     }
 
     /// Frames lost because the outage outlasted what is retained.
@@ -411,7 +428,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::hls::stamper::StamperConfig;
+    use crate::hls::stamper::{StamperConfig, DEFAULT_SEGMENT_MS};
     use crate::media::retain::RetainLimits;
 
     const ME: &str = "edge-1";
@@ -508,6 +525,50 @@ mod tests {
         assert_eq!(out[2], Output::Moved { owner: 2, epoch: 15, took: Duration::from_millis(90), resent: 70 });
         assert_eq!((p.owner(), p.epoch(), p.lost()), (2, 15, 0));
         assert_eq!(feed(&mut p, 70..72), vec![70, 71], "live again");
+    }
+
+    /// Loses the owner at `lost_at` and moves to another origin at a later epoch; the
+    /// frames re-sent there.
+    fn fail_over(p: &mut Publishing, lost_at: Instant) -> Vec<u32> {
+        let (from, epoch) = (p.owner(), p.epoch());
+        let (to, next) = (if from == 1 { 2 } else { 1 }, epoch + 5);
+        p.handle(Input::OwnerLost("link down".into()), lost_at);
+        // A "no" from the owner being left is not taken while moving.
+        assert!(!p.retain_window(false));
+        p.handle(Input::Looked(Ok(Some(ours(from, epoch)))), lost_at);
+        p.handle(Input::Reassigned(Ok(claimed(to, next))), lost_at);
+        p.handle(Input::Confirmed(Ok(ours(to, next))), lost_at);
+        let replay = replayed(&p.handle(Input::Attached(Ok(())), lost_at));
+        assert_eq!((p.owner(), p.epoch()), (to, next));
+        replay
+    }
+
+    #[test]
+    fn the_hls_window_goes_to_a_new_owner_only_while_the_owner_says_it_is_wanted() {
+        let t0 = Instant::now();
+        let limits = RetainLimits { window_segments: 3, ..RetainLimits::default() };
+        // 20 s of a stream with 1 s GOPs; kept from the start.
+        let mut wanted = publishing_with(limits);
+        feed(&mut wanted, 0..500);
+        let whole = fail_over(&mut wanted, t0);
+        // Three complete segments and the open one, at least.
+        let window_frames = (3 * DEFAULT_SEGMENT_MS / 40) as usize;
+        assert!(whole.len() > window_frames, "{} frames re-sent with the window", whole.len());
+
+        // Told it is not wanted: the usual history, back to a keyframe at least 2 s old.
+        let mut unwanted = publishing_with(limits);
+        assert!(unwanted.retain_window(false));
+        assert!(!unwanted.retain_window(false), "nothing changes twice");
+        feed(&mut unwanted, 0..500);
+        let short = fail_over(&mut unwanted, t0);
+        assert!(short.len() <= 3 * 25, "{} frames re-sent without the window", short.len());
+        assert_eq!(short.last(), Some(&499));
+
+        // Attached again, the new owner's "yes" keeps it from then on.
+        assert!(unwanted.retain_window(true));
+        feed(&mut unwanted, 500..1000);
+        let refilled = fail_over(&mut unwanted, t0);
+        assert!(refilled.len() > window_frames, "{} frames re-sent once wanted again", refilled.len());
     }
 
     #[test]

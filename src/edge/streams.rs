@@ -275,6 +275,12 @@ impl Forwarder {
                     Some(ChannelEvent::Control(Control::PublishRefused { reason, .. })) => {
                         publication::Input::OwnerLost(format!("refused: {reason}"))
                     }
+                    Some(ChannelEvent::Control(Control::RetainWindow { keep, .. })) => {
+                        if self.machine.retain_window(keep) {
+                            tracing::info!(stream = %self.machine.stream(), keep, "the owner says whether a new owner needs the HLS window");
+                        }
+                        continue;
+                    }
                     Some(_) => continue,
                     None => publication::Input::OwnerLost("channel closed".to_owned()),
                 },
@@ -753,6 +759,8 @@ async fn follow(
     relay.owner.store(owner.claim.owner, Ordering::Relaxed);
     let mut hls = relay.hls.subscribe();
     hls.mark_changed();
+    // What the owner counts this subscription as: feeding HLS if it was `SubscribeWindow`.
+    let mut packaging = resume.is_none() && window;
     let mut warm = relay.warm.subscribe();
     warm.mark_changed();
     let epoch = owner.claim.epoch;
@@ -788,6 +796,12 @@ async fn follow(
             changed = hls.changed() => if changed.is_ok() {
                 let wanted = *hls.borrow_and_update() > 0;
                 sync_window(ctx, relay, g, &up, wanted);
+                // The owner tells the publishing edge to keep the window while some
+                // edge packages the stream (a `SubscribeWindow` counts already).
+                if wanted != packaging {
+                    packaging = wanted;
+                    let _ = up.control(Control::HlsInterest { channel, packaging });
+                }
             },
             changed = warm.changed() => if changed.is_ok() {
                 let wanted = *warm.borrow_and_update() > 0;

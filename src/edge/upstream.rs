@@ -307,6 +307,7 @@ fn channel_of(control: &Control) -> Option<ChannelId> {
         | Control::Subscribed { channel }
         | Control::NotFound { channel }
         | Control::Ended { channel }
+        | Control::RetainWindow { channel, .. }
         | Control::Claims { channel, .. } => Some(*channel),
         _ => None,
     }

@@ -9,16 +9,21 @@ use crate::hls::mark::Continuation;
 
 /// Version spoken on the link; the origin refuses a `Hello` with another one.
 ///
+/// 4: the HLS window on demand (`HlsInterest`, `RetainWindow`): an origin tells a
+/// publishing edge whether to keep the window for a new owner, and only a protocol-4
+/// edge, which says which of its subscriptions feed HLS, is told.
 /// 3: the claims feed (`WatchClaims`, `Claims`, `UnwatchClaims`).
 /// 2: `PublishRefused` carries a [`PublishRefusal`] instead of text. `Hello`, `Welcome`
 /// and `Refused` (the first three variants) never change: they are how two versions
 /// find out they differ.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest version an origin still accepts at `Hello`, answering `Welcome` with the
 /// edge's version: what protocol 3 added is asked for by the edge, so a protocol-2 edge
 /// (which follows claims with `Forward::WatchStream`) works unchanged on a protocol-3
-/// origin. Origins upgrade first; an edge newer than its origin is refused.
+/// origin; what protocol 4 added is sent to protocol-4 edges only, and the
+/// subscriptions of older ones all count as feeding HLS. Origins upgrade first; an edge
+/// newer than its origin is refused.
 pub const OLDEST_PROTOCOL: u32 = 2;
 
 /// Why an origin refused a publish. The edge decides what to do on this, never on
@@ -193,6 +198,21 @@ pub enum Control {
     /// origin while this link stayed up): stop following and sending.
     UnwatchClaims {
         channel: ChannelId,
+    },
+    /// Edge → origin (protocol 4): whether the subscription on `channel` feeds an HLS
+    /// packager on the edge. A `SubscribeWindow` subscription starts as one, every
+    /// other as not; a protocol-2 or 3 edge never says, so all its subscriptions count.
+    HlsInterest {
+        channel: ChannelId,
+        packaging: bool,
+    },
+    /// Origin → edge (protocol 4), on a publish channel: whether to keep the HLS
+    /// window's frames for a new owner (`media::retain`). Kept while some edge packages
+    /// the stream as HLS or the stream is recorded; sent at acceptance and when that
+    /// changes. A publishing edge keeps the window until it is told otherwise.
+    RetainWindow {
+        channel: ChannelId,
+        keep: bool,
     },
 }
 

@@ -62,6 +62,8 @@ pub struct Retained {
     headers: [Option<Frame>; 3],
     has_video: bool,
     lost: u64,
+    /// Whether `window_segments` applies now ([`Retained::keep_window`]).
+    window: bool,
 }
 
 fn slot(kind: FrameKind) -> usize {
@@ -74,7 +76,15 @@ fn slot(kind: FrameKind) -> usize {
 
 impl Retained {
     pub fn new(limits: RetainLimits) -> Self {
-        Retained { limits, frames: VecDeque::new(), bytes: 0, headers: [None, None, None], has_video: false, lost: 0 }
+        Retained {
+            limits,
+            frames: VecDeque::new(),
+            bytes: 0,
+            headers: [None, None, None],
+            has_video: false,
+            lost: 0,
+            window: true,
+        }
     }
 
     /// Where a decoder can start: a video keyframe, or any audio frame in a stream with
@@ -107,23 +117,7 @@ impl Retained {
         // Trimmed when a start frame arrives (once per GOP), not on every frame: at most
         // one GOP more is kept, and the duration and byte bounds below still hold.
         if live && start {
-            // The latest start at least `history_ms` older than the newest frame.
-            let cut = self
-                .frames
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| self.is_start(f) && newest.saturating_sub(f.timestamp) >= self.limits.history_ms)
-                .map(|(i, _)| i)
-                .next_back();
-            let cut = match (cut, self.window_start()) {
-                (Some(by_time), Some(by_window)) => Some(by_time.min(by_window)),
-                (cut, _) => cut,
-            };
-            if let Some(cut) = cut {
-                for _ in 0..cut {
-                    self.pop_front(false);
-                }
-            }
+            self.trim_history(newest);
         }
         while self.bytes > self.limits.max_bytes
             || self.frames.front().is_some_and(|f| newest.saturating_sub(f.timestamp) > self.limits.max_ms)
@@ -137,11 +131,46 @@ impl Retained {
         }
     }
 
+    /// While live: lets go of what precedes the latest start at least `history_ms`
+    /// older than `newest` (and the window's oldest segment, while it is kept).
+    fn trim_history(&mut self, newest: u32) {
+        let cut = self
+            .frames
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| self.is_start(f) && newest.saturating_sub(f.timestamp) >= self.limits.history_ms)
+            .map(|(i, _)| i)
+            .next_back();
+        let cut = match (cut, self.window_start()) {
+            (Some(by_time), Some(by_window)) => Some(by_time.min(by_window)),
+            (cut, _) => cut,
+        };
+        if let Some(cut) = cut {
+            for _ in 0..cut {
+                self.pop_front(false);
+            }
+        }
+    }
+
+    /// Keeps the HLS window's segments (`window_segments`) or not: only a new owner
+    /// that some edge packages HLS from (or that records) needs them, and at 2.5 Mbit/s
+    /// they are about 4 MB a stream. Kept from the start; a window let go goes at
+    /// once (only while live: call it while the owner is reachable), and one wanted
+    /// again fills from what is kept then.
+    pub fn keep_window(&mut self, keep: bool) {
+        self.window = keep;
+        if !keep {
+            if let Some(newest) = self.frames.back().map(|f| f.timestamp) {
+                self.trim_history(newest);
+            }
+        }
+    }
+
     /// With `window_segments`: the index of the frame opening the HLS window's oldest
     /// segment (the `window_segments + 1`-th newest segment start), or 0 while fewer
     /// segments are kept. `None` without `window_segments`.
     fn window_start(&self) -> Option<usize> {
-        if self.limits.window_segments == 0 {
+        if self.limits.window_segments == 0 || !self.window {
             return None;
         }
         let opens = |f: &Frame| f.hls.is_some_and(|m| matches!(m.boundary, Some(Boundary::Segment(_))));
@@ -278,7 +307,31 @@ mod tests {
         for i in 0..(30 * 20) {
             plain.push(video(i * 1000 / 30, i % 45 == 0), true);
         }
-        assert!(stamps(&plain)[0] > from);
+        let usual = stamps(&plain)[0];
+        assert!(usual > from);
+
+        // Told the window is not wanted: trimmed to the usual history at once, and
+        // from then on.
+        r.keep_window(false);
+        let (oldest, newest) = (stamps(&r)[0], *stamps(&r).last().unwrap());
+        assert!(newest - oldest < 1000 + 1500, "{oldest}..{newest}: no more than a GOP past the history");
+        for i in (30 * 20)..(30 * 20 + 45) {
+            let mut f = video(i * 1000 / 30, i % 45 == 0);
+            f.hls = stamper.mark(&f, 1_764_892_800_000 + u64::from(f.timestamp));
+            r.push(f, true);
+        }
+        let newest = *stamps(&r).last().unwrap();
+        let oldest = stamps(&r)[0];
+        assert!(newest - oldest < 1000 + 1500, "{oldest}..{newest}: no more than a GOP past the history");
+        // Wanted again: kept from what is there then, growing back to the window.
+        r.keep_window(true);
+        for i in (30 * 20 + 45)..(30 * 40) {
+            let mut f = video(i * 1000 / 30, i % 45 == 0);
+            f.hls = stamper.mark(&f, 1_764_892_800_000 + u64::from(f.timestamp));
+            r.push(f, true);
+        }
+        assert!(*stamps(&r).last().unwrap() - stamps(&r)[0] > 3 * 2000, "{:?}", stamps(&r).first());
+        assert_eq!(r.lost(), 0);
     }
 
     #[test]

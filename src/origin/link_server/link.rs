@@ -29,7 +29,17 @@ struct Publishing {
     ingest: Arc<IngestStats>,
     /// The stream's [`Stream::fence`].
     fence: Arc<AtomicU64>,
+    /// When it was accepted, and what its edge was last told of the HLS window
+    /// (`RetainWindow`; `None`: nothing yet, and the edge keeps it).
+    accepted: Instant,
+    told_window: Option<bool>,
 }
+
+/// How long after accepting a publisher an origin waits before it tells the edge the
+/// HLS window is not wanted: after a failover the edges that package the stream
+/// subscribe here again within a second or two, and a window let go meanwhile would
+/// be missing if this owner failed in turn.
+pub(super) const WINDOW_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A publish waiting for this origin to apply the claim it names (and, after a
 /// restart, to confirm its state is current: see [`LinkContext::mark_current`]).
@@ -74,6 +84,11 @@ pub(super) struct Link {
     id: u64,
     /// The edge's name, from its `Hello`.
     edge: String,
+    /// The protocol its `Hello` spoke.
+    protocol: u32,
+    /// Woken when a stream published on this link becomes packaged as HLS somewhere
+    /// ([`LinkContext::set_packaging`]).
+    nudge: Arc<tokio::sync::Notify>,
     ctx: LinkContext,
     /// Control frames: written ahead of media.
     control: mpsc::Sender<LinkFrame>,
@@ -98,6 +113,7 @@ impl Link {
     pub(super) fn new(
         id: u64,
         edge: String,
+        protocol: u32,
         ctx: LinkContext,
         control: mpsc::Sender<LinkFrame>,
         tx: mpsc::Sender<LinkFrame>,
@@ -106,6 +122,8 @@ impl Link {
         let link = Link {
             id,
             edge,
+            protocol,
+            nudge: Arc::default(),
             ctx,
             control,
             tx,
@@ -159,6 +177,11 @@ impl Link {
             LinkFrame::Control(Control::FetchWindow { channel, stream }) => self.fetch_window(channel, stream).await,
             LinkFrame::Control(Control::WatchClaims { channel, add, remove, at_least }) => {
                 self.watch_claims(channel, add, remove, at_least)
+            }
+            LinkFrame::Control(Control::HlsInterest { channel, packaging }) => {
+                if let Some((stream, _)) = self.pumps.get(&channel) {
+                    self.ctx.set_packaging(stream, self.id, channel, packaging);
+                }
             }
             LinkFrame::Control(Control::UnwatchClaims { channel }) => {
                 if self.feed.as_ref().is_some_and(|f| f.channel == channel) {
@@ -233,7 +256,8 @@ impl Link {
         held: VecDeque<Frame>,
         answered: Option<Answered>,
     ) {
-        let publisher = Publisher { link: self.id, channel, epoch, edge: self.edge.clone() };
+        let nudge = self.nudge.clone();
+        let publisher = Publisher { link: self.id, channel, epoch, edge: self.edge.clone(), nudge };
         let accepted = self.ctx.attach(&stream, publisher, answered);
         let Attached { hub, ingest, fence, numbering } = match accepted {
             Ok(attached) => attached,
@@ -252,7 +276,8 @@ impl Link {
             ingest.record(frame.payload.len(), now);
             hub.publish(frame);
         }
-        self.publishing.insert(channel, Publishing { stream, epoch, hub, ingest, fence });
+        let publishing = Publishing { stream, epoch, hub, ingest, fence, accepted: now, told_window: None };
+        self.publishing.insert(channel, publishing);
         // The session before this one left marks, here or on the origin that held its
         // claim: the new one continues after them. (An edge following its own session
         // here after a failover ignores it.)
@@ -261,6 +286,37 @@ impl Link {
                 self.send(Control::PublishAcceptedAt { channel, continue_after: Some(mark) }).await
             }
             Numbering::SameSession | Numbering::WallClock(_) => self.send(Control::PublishAccepted { channel }).await,
+        }
+        self.retain_windows().await;
+    }
+
+    /// Woken when a stream published here becomes packaged as HLS somewhere.
+    pub(super) fn nudge(&self) -> Arc<tokio::sync::Notify> {
+        self.nudge.clone()
+    }
+
+    /// Tells the edge, for each stream it publishes here, whether to keep the HLS
+    /// window's frames for a new owner (`RetainWindow`), where that changed: kept while
+    /// [`LinkContext::wants_window`], let go once it is not and [`WINDOW_GRACE`] has
+    /// passed since the publisher was accepted. Protocol-4 edges only: older ones keep
+    /// the window always and could not decode the message.
+    pub(super) async fn retain_windows(&mut self) {
+        if self.protocol < 4 {
+            return;
+        }
+        let now = Instant::now();
+        let mut tell = Vec::new();
+        for (channel, p) in &mut self.publishing {
+            let keep = self.ctx.wants_window(&p.stream);
+            let due = keep || now.saturating_duration_since(p.accepted) >= WINDOW_GRACE;
+            if due && p.told_window != Some(keep) {
+                p.told_window = Some(keep);
+                tracing::debug!(stream = %p.stream, ?channel, keep, "telling the edge about the HLS window");
+                tell.push(Control::RetainWindow { channel: *channel, keep });
+            }
+        }
+        for control in tell {
+            self.send(control).await;
         }
     }
 
@@ -292,7 +348,10 @@ impl Link {
     async fn subscribe(&mut self, channel: ChannelId, stream: StreamKey, start: Start) {
         // A channel carries one subscription: a new one replaces the old.
         self.unsubscribe(channel);
-        let Some(hub) = self.ctx.subscribe(&stream, self.id, channel, &self.edge) else {
+        // An edge older than protocol 4 never says whether HLS is packaged from this
+        // subscription: count it as packaged (its publishing edges keep the window).
+        let packaging = self.protocol < 4 || matches!(start, Start::Window);
+        let Some(hub) = self.ctx.subscribe(&stream, self.id, channel, &self.edge, packaging) else {
             self.send(Control::NotFound { channel }).await;
             return;
         };

@@ -94,6 +94,9 @@ pub const CLAIM_WAIT: Duration = Duration::from_secs(2);
 /// held meanwhile ([`PENDING_FRAMES`]), and [`CLAIM_WAIT`] plus this stays within the
 /// 3 s an edge waits for the answer to its `Publish`.
 pub const PREVIOUS_OWNER_WAIT: Duration = Duration::from_millis(750);
+/// How often a link looks again at what its publishing edge should keep of each
+/// stream's HLS window (`RetainWindow`, [`link::WINDOW_GRACE`]).
+const WINDOW_SWEEP: Duration = Duration::from_secs(2);
 /// Publishes one link may have waiting for their claims at once; more are refused
 /// (the edge retries). Also the capacity of the link's queue of finished waits, so a
 /// waiter never waits for room in it for long.
@@ -317,7 +320,10 @@ async fn run_link(
     let (control_tx, control_rx) = mpsc::channel::<LinkFrame>(LINK_CONTROL_QUEUE);
     let writer_task = tokio::spawn(write_link(writer, control_rx, rx, ctx.stats.clone()));
     let _ = control_tx.send(LinkFrame::Control(Control::Welcome { protocol, origin: ctx.id })).await;
-    let (mut link, mut applied) = Link::new(link, edge, ctx.clone(), control_tx, tx);
+    let (mut link, mut applied) = Link::new(link, edge, protocol, ctx.clone(), control_tx, tx);
+    let nudge = link.nudge();
+    let mut sweep = tokio::time::interval(WINDOW_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         // `read_frame` is cancel-safe: bytes read so far stay in `buf`.
         tokio::select! {
@@ -329,6 +335,11 @@ async fn run_link(
                 Err(e) => break Err(e),
             },
             Some(ready) = applied.recv() => link.claim_ready(ready).await,
+            // What the publishing edge should keep of the HLS window: at once when a
+            // stream becomes packaged somewhere, and every few seconds for the rest
+            // (a grace ending, recording switched on or off).
+            _ = nudge.notified() => link.retain_windows().await,
+            _ = sweep.tick() => link.retain_windows().await,
             _ = shutdown.cancelled() => break Ok(()),
         }
     };

@@ -1,7 +1,7 @@
 //! The streams this origin serves: per stream the hub, the attached publisher, the
 //! subscribed edges and the ingest counters, kept in line with the applied claims.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,6 +55,9 @@ pub(super) struct Publisher {
     pub channel: ChannelId,
     pub epoch: u64,
     pub edge: String,
+    /// Wakes the publisher's link to tell it the window is wanted
+    /// ([`LinkContext::set_packaging`]).
+    pub nudge: Arc<tokio::sync::Notify>,
 }
 
 /// A live stream on this origin.
@@ -63,6 +66,9 @@ struct Stream {
     publisher: Option<Publisher>,
     /// The edge of each subscription, by (link, channel).
     subscribers: HashMap<(u64, ChannelId), String>,
+    /// The subscriptions that feed an HLS packager on their edge (all of a protocol-2
+    /// or 3 edge's): while there is one, the publishing edge keeps the window.
+    packaging: HashSet<(u64, ChannelId)>,
     ingest: Arc<IngestStats>,
     /// Epoch of the latest accepted publisher or applied claim ([`RETIRED`] once the
     /// claim is gone from this origin). Every publishing channel checks it per frame
@@ -102,6 +108,7 @@ impl Stream {
             }),
             publisher: None,
             subscribers: HashMap::new(),
+            packaging: HashSet::new(),
             ingest: Arc::new(IngestStats::new(Instant::now())),
             fence: Arc::new(AtomicU64::new(0)),
             marked_under: None,
@@ -364,14 +371,53 @@ impl LinkContext {
 
     /// Registers a subscription and returns the stream's hub, created if this origin
     /// owns the stream.
-    pub(super) fn subscribe(&self, stream: &StreamKey, link: u64, channel: ChannelId, edge: &str) -> Option<Arc<Hub>> {
+    /// `packaging`: it feeds an HLS packager on its edge ([`LinkContext::set_packaging`]).
+    pub(super) fn subscribe(
+        &self,
+        stream: &StreamKey,
+        link: u64,
+        channel: ChannelId,
+        edge: &str,
+        packaging: bool,
+    ) -> Option<Arc<Hub>> {
         let mut streams = self.streams();
         if !streams.contains_key(stream) && self.claim(stream).is_none_or(|(owner, _)| owner != self.id) {
             return None;
         }
         let s = streams.entry(stream.clone()).or_insert_with(|| Stream::new(self.window));
         s.subscribers.insert((link, channel), edge.to_owned());
-        Some(s.hub.clone())
+        s.packaging.remove(&(link, channel));
+        let hub = s.hub.clone();
+        drop(streams);
+        if packaging {
+            self.set_packaging(stream, link, channel, true);
+        }
+        Some(hub)
+    }
+
+    /// Whether the subscription on (`link`, `channel`) feeds an HLS packager on its
+    /// edge (`HlsInterest`); a first one wakes the publisher's link, which tells its
+    /// edge to keep the window ([`LinkContext::wants_window`]).
+    pub(super) fn set_packaging(&self, stream: &StreamKey, link: u64, channel: ChannelId, packaging: bool) {
+        let mut streams = self.streams();
+        let Some(s) = streams.get_mut(stream).filter(|s| s.subscribers.contains_key(&(link, channel))) else {
+            return;
+        };
+        if !packaging {
+            s.packaging.remove(&(link, channel));
+        } else if s.packaging.insert((link, channel)) && s.packaging.len() == 1 {
+            if let Some(p) = &s.publisher {
+                p.nudge.notify_one();
+            }
+        }
+    }
+
+    /// Whether a new owner of `stream` will need the HLS window's frames from its
+    /// publishing edge: some edge packages it as HLS, or it is recorded here (a
+    /// recorder that fell behind is covered further back).
+    pub(super) fn wants_window(&self, stream: &StreamKey) -> bool {
+        let packaged = self.streams().get(stream).is_some_and(|s| !s.packaging.is_empty());
+        packaged || self.state.read(|sm| sm.recordings.wanted(stream))
     }
 
     /// The hub of `stream` if this origin has one now (nothing is created or
@@ -442,6 +488,7 @@ impl LinkContext {
         let mut streams = self.streams();
         let Some(s) = streams.get_mut(stream) else { return };
         s.subscribers.remove(&(link, channel));
+        s.packaging.remove(&(link, channel));
         if s.publisher.is_none() && s.subscribers.is_empty() {
             if let Some(s) = streams.remove(stream) {
                 self.end_and_remember(stream, &s);
