@@ -133,8 +133,6 @@ pub struct Publishing {
     /// frames re-sent to a new owner carry the marks they had.
     stamper: Stamper,
     pause: Backoff,
-    /// What the owner last said of the HLS window ([`Publishing::retain_window`]).
-    window: bool,
 }
 
 impl Publishing {
@@ -159,7 +157,6 @@ impl Publishing {
             retained,
             stamper,
             pause: Backoff::new(FIRST_PAUSE, MAX_PAUSE),
-            window: true,
         }
     }
 
@@ -200,12 +197,10 @@ impl Publishing {
     /// already, and the new owner says what it needs once attached. Returns whether
     /// anything changed.
     pub fn retain_window(&mut self, keep: bool) -> bool {
-        if (!keep && self.state != State::Attached) || self.window == keep {
+        if !keep && self.state != State::Attached {
             return false;
         }
-        self.window = keep;
-        self.retained.keep_window(keep);
-        true
+        self.retained.keep_window(keep)
     }
 
     /// Frames lost because the outage outlasted what is retained.

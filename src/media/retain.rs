@@ -156,14 +156,18 @@ impl Retained {
     /// that some edge packages HLS from (or that records) needs them, and at 2.5 Mbit/s
     /// they are about 4 MB a stream. Kept from the start; a window let go goes at
     /// once (only while live: call it while the owner is reachable), and one wanted
-    /// again fills from what is kept then.
-    pub fn keep_window(&mut self, keep: bool) {
+    /// again fills from what is kept then. Returns whether anything changed.
+    pub fn keep_window(&mut self, keep: bool) -> bool {
+        if self.window == keep {
+            return false;
+        }
         self.window = keep;
         if !keep {
             if let Some(newest) = self.frames.back().map(|f| f.timestamp) {
                 self.trim_history(newest);
             }
         }
+        true
     }
 
     /// With `window_segments`: the index of the frame opening the HLS window's oldest
@@ -307,8 +311,7 @@ mod tests {
         for i in 0..(30 * 20) {
             plain.push(video(i * 1000 / 30, i % 45 == 0), true);
         }
-        let usual = stamps(&plain)[0];
-        assert!(usual > from);
+        assert!(stamps(&plain)[0] > from);
 
         // Told the window is not wanted: trimmed to the usual history at once, and
         // from then on.

@@ -95,6 +95,18 @@ const RETIRED: u64 = u64::MAX;
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(2);
 
 impl Stream {
+    /// Marks the subscription `sub` as feeding HLS or not; the first one wakes the
+    /// publisher's link.
+    fn set_packaging(&mut self, sub: (u64, ChannelId), packaging: bool) {
+        if !packaging {
+            self.packaging.remove(&sub);
+        } else if self.packaging.insert(sub) && self.packaging.len() == 1 {
+            if let Some(p) = &self.publisher {
+                p.nudge.notify_one();
+            }
+        }
+    }
+
     fn new(window: WindowLimits) -> Self {
         Stream {
             // History lets an edge that followed the stream here resume exactly where its
@@ -387,12 +399,8 @@ impl LinkContext {
         let s = streams.entry(stream.clone()).or_insert_with(|| Stream::new(self.window));
         s.subscribers.insert((link, channel), edge.to_owned());
         s.packaging.remove(&(link, channel));
-        let hub = s.hub.clone();
-        drop(streams);
-        if packaging {
-            self.set_packaging(stream, link, channel, true);
-        }
-        Some(hub)
+        s.set_packaging((link, channel), packaging);
+        Some(s.hub.clone())
     }
 
     /// Whether the subscription on (`link`, `channel`) feeds an HLS packager on its
@@ -400,15 +408,8 @@ impl LinkContext {
     /// edge to keep the window ([`LinkContext::wants_window`]).
     pub(super) fn set_packaging(&self, stream: &StreamKey, link: u64, channel: ChannelId, packaging: bool) {
         let mut streams = self.streams();
-        let Some(s) = streams.get_mut(stream).filter(|s| s.subscribers.contains_key(&(link, channel))) else {
-            return;
-        };
-        if !packaging {
-            s.packaging.remove(&(link, channel));
-        } else if s.packaging.insert((link, channel)) && s.packaging.len() == 1 {
-            if let Some(p) = &s.publisher {
-                p.nudge.notify_one();
-            }
+        if let Some(s) = streams.get_mut(stream).filter(|s| s.subscribers.contains_key(&(link, channel))) {
+            s.set_packaging((link, channel), packaging);
         }
     }
 
