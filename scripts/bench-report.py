@@ -57,6 +57,7 @@ def figures(run):
     base = run.get("rss_kib_baseline") or []
     rss_front = sum(p["rss_kib"] - (base[i] or 0) for i, p in enumerate(procs[:front]) if i < len(base))
     lat = rep.get("latency") or {}
+    audio = rep.get("audio_latency") or {}
     ttff = rep.get("time_to_first_frame") or {}
     keeping = rep["players_keeping_up"]
     front_cores = cpu_front / seconds if seconds else 0
@@ -74,6 +75,8 @@ def figures(run):
         "p50": lat.get("p50_ms"),
         "p99": lat.get("p99_ms"),
         "max": lat.get("max_ms"),
+        "audio_p50": audio.get("p50_ms"),
+        "audio_p99": audio.get("p99_ms"),
         "ttff50": ttff.get("p50_ms"),
         "ttff99": ttff.get("p99_ms"),
         "rss_per_player": rss_front / rep["players"] if rep["players"] else None,
@@ -97,9 +100,10 @@ def media_tables(media):
     out.append("")
     out.append("| kbit/s | players | server | egress Mbit/s | server CPU % | CPU s/GB, all server processes (×nginx) "
                "| CPU s/GB, player-facing process (×nginx) | keeping up (lagging/failed, frames lost) "
-               "| players per core, extrapolated (×nginx) | latency p50 / p99 ms (p99 ×nginx) | TTFF p50 ms "
+               "| players per core, extrapolated (×nginx) | video p50 / p99 ms (p99 ×nginx) "
+               "| audio p50 / p99 ms (p99 ×nginx) | TTFF p50 ms "
                "| RSS KiB per player (×nginx) | load before |")
-    out.append("|" + "---|" * 13)
+    out.append("|" + "---|" * 14)
     for kbps, players in keys:
         ref = by.get((kbps, players, "nginx-rtmp"))
         ref = figures(ref) if ref else None
@@ -109,7 +113,7 @@ def media_tables(media):
                 continue
             f = figures(run)
             if f is None:
-                out.append(f"| {kbps} | {players} | {s} | run failed |" + " |" * 9)
+                out.append(f"| {kbps} | {players} | {s} | run failed |" + " |" * 10)
                 continue
 
             def rx(key, digits=2):
@@ -123,7 +127,8 @@ def media_tables(media):
                 f"| {fnum(f['cpu_gb_all'], 2)}{rx('cpu_gb_all')} | {fnum(f['cpu_gb_front'], 2)}{rx('cpu_gb_front')} "
                 f"| {f['keeping']}/{f['players']} ({f['lagging']}/{f['failed']}, {f['lost']}) "
                 f"| {fnum(f['players_per_core'], 0)}{rx('players_per_core')} "
-                f"| {fnum(f['p50'], 1)} / {fnum(f['p99'], 1)}{rx('p99')} | {fnum(f['ttff50'], 1)} "
+                f"| {fnum(f['p50'], 1)} / {fnum(f['p99'], 1)}{rx('p99')} "
+                f"| {fnum(f['audio_p50'], 1)} / {fnum(f['audio_p99'], 1)}{rx('audio_p99')} | {fnum(f['ttff50'], 1)} "
                 f"| {fnum(f['rss_per_player'], 1)}{rx('rss_per_player')} | {f['load']} |")
     return "\n".join(out)
 
@@ -299,7 +304,7 @@ def independent(dirname):
 
 
 def independent_table(reports):
-    lines = ["| server | players | keeping up (failed, frames lost) | video p50 / p99 ms (p99 ×nginx) | audio p50 / p99 ms | "
+    lines = ["| server | players | keeping up (failed, frames lost) | video p50 / p99 ms (p99 ×nginx) | audio p50 / p99 ms (p99 ×nginx) | "
              "CPU s/GB, player-facing process (×nginx) | RSS KiB per player (×nginx) |",
              "|---|---|---|---|---|---|---|"]
     base = reports.get("nginx-rtmp") or {}
@@ -319,13 +324,14 @@ def independent_table(reports):
             lines.append(f"| {server} | failed | | | | | |")
             continue
         p99, bp99 = get(r, "latency", "p99_ms"), get(base, "latency", "p99_ms")
+        ap99, bap99 = get(r, "audio_latency", "p99_ms"), get(base, "audio_latency", "p99_ms")
         cpu, bcpu = get(r, "processes", 0, "cpu_seconds_per_gb"), get(base, "processes", 0, "cpu_seconds_per_gb")
         rss, brss = get(r, "processes", 0, "rss_kib_per_player"), get(base, "processes", 0, "rss_kib_per_player")
         mark = lambda a, b: "" if server == "nginx-rtmp" or ratio(a, b) is None else f" (**{ratio(a, b):.2f}×**)"
         lines.append(
             f"| {server} | {r.get('players')} | {r.get('players_keeping_up')}/{r.get('players')} "
             f"({r.get('players_failed')}, {r.get('frames_lost')}) | {fnum(get(r, 'latency', 'p50_ms'))} / {fnum(p99)}{mark(p99, bp99)} | "
-            f"{fnum(get(r, 'audio_latency', 'p50_ms'))} / {fnum(get(r, 'audio_latency', 'p99_ms'))} | "
+            f"{fnum(get(r, 'audio_latency', 'p50_ms'))} / {fnum(ap99)}{mark(ap99, bap99)} | "
             f"{fnum(cpu, 2)}{mark(cpu, bcpu)} | {fnum(rss)}{mark(rss, brss)} |")
     return "\n".join(lines) + "\n"
 
