@@ -437,24 +437,29 @@ fn media_bursts(frames: &[(bool, u64, u64)]) -> Vec<(usize, usize)> {
     bursts
 }
 
-/// The default (adaptive) write merge: video goes out as it comes, audio waits for the
-/// next video frame and leaves in the same write. Beside an edge that writes every frame
-/// at once (`--write-merge-ms 0`): the same video latency, and about one write (one
-/// burst at the player) per video frame instead of one per frame.
+/// The adaptive write merge: video goes out as it comes; once the edge is busy enough
+/// audio waits for the next video frame and leaves in the same write
+/// (`--audio-hold-above-cpu 0` holds it at any load here). Beside an edge that writes
+/// every frame at once (`--write-merge-ms 0`): the same video latency, and about one
+/// write (one burst at the player) per video frame instead of one per frame. And the
+/// default on a lightly loaded edge: audio is not held, its bursts and latency are the
+/// eager edge's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adaptive_merge_sends_video_at_once_and_audio_with_the_next_video_frame() {
     let c = Cluster::start(3).await;
-    let adaptive = EdgeProc::start(&c, "edge-1", &[]).await;
+    let adaptive = EdgeProc::start(&c, "edge-1", &["--audio-hold-above-cpu", "0"]).await;
     let eager = EdgeProc::start(&c, "edge-2", &["--write-merge-ms", "0"]).await;
+    let light = EdgeProc::start(&c, "edge-3", &[]).await;
     let epoch = Instant::now();
     let shape = StreamShape { video_kbps: 600, ..StreamShape::default() };
     let publisher = publish_synthetic(adaptive.rtmp, "adaptive", shape, epoch, Duration::from_secs(12));
     stream_entry(&c, "live", "adaptive").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let window = Duration::from_secs(6);
-    let (held, at_once) = tokio::join!(
+    let (held, at_once, unheld) = tokio::join!(
         media_arrivals(adaptive.rtmp, "adaptive", epoch, window),
-        media_arrivals(eager.rtmp, "adaptive", epoch, window)
+        media_arrivals(eager.rtmp, "adaptive", epoch, window),
+        media_arrivals(light.rtmp, "adaptive", epoch, window)
     );
     publisher.await.unwrap();
     let pct = |mut values: Vec<u64>, p: usize| {
@@ -464,7 +469,8 @@ async fn adaptive_merge_sends_video_at_once_and_audio_with_the_next_video_frame(
     let latencies = |frames: &[(bool, u64, u64)], video: bool| -> Vec<u64> {
         frames.iter().filter(|f| f.0 == video).map(|f| f.2).collect()
     };
-    let (held_bursts, eager_bursts) = (media_bursts(&held), media_bursts(&at_once));
+    let (held_bursts, eager_bursts, light_bursts) =
+        (media_bursts(&held), media_bursts(&at_once), media_bursts(&unheld));
     let audio_alone = |bursts: &[(usize, usize)]| bursts.iter().filter(|b| b.0 == 0).count();
     let videos = latencies(&held, true).len();
     eprintln!(
@@ -483,6 +489,13 @@ async fn adaptive_merge_sends_video_at_once_and_audio_with_the_next_video_frame(
         pct(latencies(&at_once, true), 50),
         pct(latencies(&at_once, true), 90),
     );
+    eprintln!(
+        "default, light load: {} bursts, {} of them audio alone; audio latency p50 {} p90 {} µs",
+        light_bursts.len(),
+        audio_alone(&light_bursts),
+        pct(latencies(&unheld, false), 50),
+        pct(latencies(&unheld, false), 90),
+    );
     assert!(videos > 120, "adaptive player got {videos} live video frames in 6 s");
     // Writing each frame at once, most audio frames arrive alone (43 a second between
     // 30 video frames); with the adaptive merge hardly any do (one may, at a hold's
@@ -498,9 +511,24 @@ async fn adaptive_merge_sends_video_at_once_and_audio_with_the_next_video_frame(
     // Audio waits at most one video frame interval (33 ms), never past the 50 ms bound.
     let audio_p90 = pct(latencies(&held, false), 90);
     assert!(audio_p90 < 50_000 + 20_000, "audio latency p90 {audio_p90} µs");
-    // Both edges wrote the live frames through the stream's fan-out (the player's
+    // The default edge is nearly idle: it holds no audio, so its audio arrives alone as
+    // the eager edge's does, and sooner than the holding edge's.
+    let light_alone = audio_alone(&light_bursts);
+    assert!(
+        light_alone * 4 > light_bursts.len(),
+        "default: {light_alone} of {} bursts audio alone",
+        light_bursts.len()
+    );
+    let (light_audio_p50, held_audio_p50) = (pct(latencies(&unheld, false), 50), pct(latencies(&held, false), 50));
+    assert!(
+        light_audio_p50 * 2 < held_audio_p50,
+        "audio latency p50: default {light_audio_p50} µs, held {held_audio_p50} µs"
+    );
+    assert_eq!(light.metric("edge_audio_held").await, 0.0, "a lightly loaded edge holds no audio");
+    assert_eq!(adaptive.metric("edge_audio_held").await, 1.0, "--audio-hold-above-cpu 0 holds audio");
+    // Every edge wrote the live frames through the stream's fan-out (the player's
     // connection lent it its socket), one write per burst.
-    for (edge, bursts) in [(&adaptive, held_bursts.len()), (&eager, eager_bursts.len())] {
+    for (edge, bursts) in [(&adaptive, held_bursts.len()), (&eager, eager_bursts.len()), (&light, light_bursts.len())] {
         let direct = edge.metric("edge_direct_writes_total").await;
         assert!(direct as usize * 10 >= bursts * 8, "{direct} fan-out writes for {bursts} bursts");
     }

@@ -108,11 +108,12 @@ pub struct EdgeArgs {
     /// A fixed merge window for RTMP players instead of the adaptive default: media
     /// reaching an idle socket is gathered for this many ms and written in one go; 0
     /// writes every frame as soon as it arrives. By default (unset) a player's video,
-    /// data and control messages go out at once and its audio waits for the next
-    /// video frame (at most 50 ms), so one write carries a video frame and the audio
-    /// since the last one; once the edge uses over half its cores, all media is held
-    /// for a window that grows with the load (up to 100 ms at 80 %). A play's first
-    /// frames never wait.
+    /// data and control messages go out at once; so does its audio while the edge is
+    /// lightly loaded, and from `--audio-hold-above-cpu` (30 % of its cores) audio
+    /// waits for the next video frame (at most 50 ms), so one write carries a video
+    /// frame and the audio since the last one; once the edge uses over half its cores,
+    /// all media is held for a window that grows with the load (up to 100 ms at 80 %).
+    /// A play's first frames never wait.
     #[arg(long, env = "RAFTCAST_EDGE_WRITE_MERGE_MS")]
     pub write_merge_ms: Option<u64>,
     /// The adaptive merge's longest wait of a player's audio for the next video frame,
@@ -120,6 +121,12 @@ pub struct EdgeArgs {
     /// lightly loaded).
     #[arg(long, env = "RAFTCAST_EDGE_AUDIO_HOLD_MS")]
     pub audio_hold_ms: Option<u64>,
+    /// The adaptive merge holds audio only while the edge's CPU (smoothed, in percent of
+    /// its usable cores) has reached this share, and lets it go again below half of it
+    /// [default: 30]: a lightly loaded edge writes audio as it comes, at nginx-rtmp's
+    /// latency, and a busy one saves a write per audio frame. 0 always holds.
+    #[arg(long, env = "RAFTCAST_EDGE_AUDIO_HOLD_ABOVE_CPU")]
+    pub audio_hold_above_cpu: Option<u32>,
     /// `TCP_NODELAY` on RTMP client sockets [default: true]. Off, the kernel's Nagle
     /// algorithm holds a small write while earlier bytes are unacknowledged (what
     /// nginx-rtmp does); kept as a switch for A/B runs (`scripts/bench-ab.sh`).
@@ -343,7 +350,10 @@ pub(crate) enum WriteMerge {
     /// A player's connection then wakes and writes once per video frame instead of
     /// once per frame. Under load (`agent::next_merge_window`: above 60 % of the usable
     /// cores) every hold is a window of the load's length instead, as with `Window`.
-    Adaptive { audio_hold: Duration },
+    /// Audio is held only while the edge's CPU has reached `hold_above_percent` of its
+    /// usable cores (`agent::next_audio_hold`; 0: always): a lightly loaded edge writes
+    /// audio as it comes.
+    Adaptive { audio_hold: Duration, hold_above_percent: u32 },
     /// Media reaching an idle socket opens a window of this length, after which
     /// everything gathered is written; zero writes each frame as it comes.
     Window(Duration),
@@ -351,6 +361,13 @@ pub(crate) enum WriteMerge {
 
 /// The adaptive merge's longest wait for a video frame: one frame interval at 20 fps.
 pub(crate) const AUDIO_HOLD: Duration = Duration::from_millis(50);
+/// From this share of the usable cores (percent, smoothed) the adaptive merge holds
+/// audio (`agent::next_audio_hold`). Holding audio saves about 40 % of a player's
+/// writes and of the edge's CPU per GB, for up to a video frame interval of audio
+/// latency: 100 players of a 600 kbit/s stream, 6.5 s/GB with audio held against
+/// 10.1-10.3 at once, audio p99 34 ms against 2 (BENCHMARKS.md, session 29). Below
+/// this share the CPU is there to spend on latency; above it, on capacity.
+pub(crate) const AUDIO_HOLD_ABOVE_CPU: u32 = 30;
 
 /// Validated edge configuration.
 #[derive(Debug, Clone)]
@@ -516,6 +533,7 @@ fn merge(cli: EdgeArgs, file: EdgeArgs) -> EdgeArgs {
         write_timeout_ms: cli.write_timeout_ms.or(file.write_timeout_ms),
         write_merge_ms: cli.write_merge_ms.or(file.write_merge_ms),
         audio_hold_ms: cli.audio_hold_ms.or(file.audio_hold_ms),
+        audio_hold_above_cpu: cli.audio_hold_above_cpu.or(file.audio_hold_above_cpu),
         play_wait_ms: cli.play_wait_ms.or(file.play_wait_ms),
         chunk_size: cli.chunk_size.or(file.chunk_size),
         tcp_nodelay: cli.tcp_nodelay.or(file.tcp_nodelay),
@@ -631,15 +649,22 @@ impl EdgeConfig {
             0..=1000 => Ok(Duration::from_millis(ms)),
             _ => Err(format!("--{flag} {ms} is above 1000: players would stutter")),
         };
-        let write_merge = match (a.write_merge_ms, a.audio_hold_ms) {
-            (Some(_), Some(_)) => {
-                return Err(
-                    "--audio-hold-ms is the adaptive merge's; --write-merge-ms replaces it with a fixed window".into()
-                )
+        let hold_above_percent = match a.audio_hold_above_cpu {
+            Some(p @ 0..=100) => p,
+            Some(p) => return Err(format!("--audio-hold-above-cpu {p} is a percentage of the usable cores (0-100)")),
+            None => AUDIO_HOLD_ABOVE_CPU,
+        };
+        let write_merge = match (a.write_merge_ms, a.audio_hold_ms, a.audio_hold_above_cpu) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err("--audio-hold-ms and --audio-hold-above-cpu are the adaptive merge's; \
+                     --write-merge-ms replaces it with a fixed window"
+                    .into())
             }
-            (Some(ms), None) => WriteMerge::Window(held("write-merge-ms", ms)?),
-            (None, Some(ms)) => WriteMerge::Adaptive { audio_hold: held("audio-hold-ms", ms)? },
-            (None, None) => WriteMerge::Adaptive { audio_hold: AUDIO_HOLD },
+            (Some(ms), None, None) => WriteMerge::Window(held("write-merge-ms", ms)?),
+            (None, ms, _) => WriteMerge::Adaptive {
+                audio_hold: ms.map_or(Ok(AUDIO_HOLD), |ms| held("audio-hold-ms", ms))?,
+                hold_above_percent,
+            },
         };
         let max_connections = a.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
@@ -830,12 +855,21 @@ mod tests {
         assert!(EdgeConfig::from_args(racy, env).unwrap_err().contains("heartbeats"));
         assert_eq!(
             EdgeConfig::from_args(args(), env).unwrap().write_merge,
-            WriteMerge::Adaptive { audio_hold: AUDIO_HOLD }
+            WriteMerge::Adaptive { audio_hold: AUDIO_HOLD, hold_above_percent: AUDIO_HOLD_ABOVE_CPU }
         );
         let fixed = EdgeArgs { write_merge_ms: Some(0), ..args() };
         assert_eq!(EdgeConfig::from_args(fixed, env).unwrap().write_merge, WriteMerge::Window(Duration::ZERO));
         let both = EdgeArgs { write_merge_ms: Some(0), audio_hold_ms: Some(0), ..args() };
         assert!(EdgeConfig::from_args(both, env).unwrap_err().contains("--audio-hold-ms"));
+        let fixed_and_load = EdgeArgs { write_merge_ms: Some(0), audio_hold_above_cpu: Some(10), ..args() };
+        assert!(EdgeConfig::from_args(fixed_and_load, env).unwrap_err().contains("--audio-hold-above-cpu"));
+        let always = EdgeArgs { audio_hold_above_cpu: Some(0), audio_hold_ms: Some(40), ..args() };
+        assert_eq!(
+            EdgeConfig::from_args(always, env).unwrap().write_merge,
+            WriteMerge::Adaptive { audio_hold: Duration::from_millis(40), hold_above_percent: 0 }
+        );
+        let over = EdgeArgs { audio_hold_above_cpu: Some(101), ..args() };
+        assert!(EdgeConfig::from_args(over, env).unwrap_err().contains("percentage"));
         let sluggish = EdgeArgs { write_merge_ms: Some(5000), ..args() };
         assert!(EdgeConfig::from_args(sluggish, env).unwrap_err().contains("write-merge-ms"));
         let capless = EdgeArgs { max_handshakes_per_address: Some(0), ..args() };

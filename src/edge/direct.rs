@@ -233,7 +233,10 @@ impl DirectOut for DirectSocket {
 
     fn merge(&self) -> Merge {
         match self.ctx.config.write_merge {
-            WriteMerge::Adaptive { audio_hold } => Merge { audio_hold, window: self.ctx.stats.load.merge_window() },
+            WriteMerge::Adaptive { audio_hold, hold_above_percent } => {
+                let load = &self.ctx.stats.load;
+                Merge { audio_hold: load.audio_hold(audio_hold, hold_above_percent), window: load.merge_window() }
+            }
             WriteMerge::Window(window) => Merge { audio_hold: window, window },
         }
     }

@@ -213,6 +213,9 @@ impl Collector for EdgeCollector {
         let merge = u64::from(s.load.merge_window_us.load(Ordering::Relaxed));
         let help = "The adaptive write merge's window under the current load, in µs (0: only audio waits for video)";
         gauge(e, "edge_write_merge_window_microseconds", help, merge)?;
+        let held = u64::from(s.load.audio_held.load(Ordering::Relaxed));
+        let help = "1 while the adaptive merge holds players' audio for the next video frame (the edge is busy enough)";
+        gauge(e, "edge_audio_held", help, held)?;
         if let Some(heap) = crate::heap::stats() {
             gauge(
                 e,

@@ -16,11 +16,13 @@
 //! for a player.
 //!
 //! Player writes are merged, adaptively by default: video, data and control messages
-//! leave at once, and audio reaching an idle socket waits for the next video frame (at
-//! most 50 ms) with the play's hub readers gated ([`AudioGate`]) so that audio does not
-//! wake the connection meanwhile: a player costs one wakeup, one syscall and one TCP
-//! segment per video frame instead of one per frame, and video is never held while
-//! the edge is lightly loaded. Above 60 % of its cores busy (`agent::next_merge_window`),
+//! leave at once. While the edge is lightly loaded audio does too; from 30 % of its
+//! cores busy (`agent::next_audio_hold`, `--audio-hold-above-cpu`) audio reaching an
+//! idle socket waits for the next video frame (at most 50 ms) with the play's hub
+//! readers gated ([`AudioGate`]) so that audio does not wake the connection meanwhile:
+//! a player then costs one wakeup, one syscall and one TCP segment per video frame
+//! instead of one per frame, and video is still never held. Above 60 % of its cores
+//! busy (`agent::next_merge_window`),
 //! media reaching an idle socket is held for a window that grows by steps, up to
 //! 100 ms, until the load is back under 60 % (and shrinks under 40 %): a busy edge
 //! trades latency for the writes it saves.
@@ -663,8 +665,8 @@ async fn connection<S: ClientStream>(
                     // holds all media for the load's window, like a fixed one.
                     let (kind, length) = match merge {
                         WriteMerge::Window(length) => (Hold::Window, length),
-                        WriteMerge::Adaptive { audio_hold } => match ctx.stats.load.merge_window() {
-                            w if w.is_zero() => (Hold::Audio, audio_hold),
+                        WriteMerge::Adaptive { audio_hold, hold_above_percent } => match ctx.stats.load.merge_window() {
+                            w if w.is_zero() => (Hold::Audio, ctx.stats.load.audio_hold(audio_hold, hold_above_percent)),
                             w => (Hold::Window, w),
                         },
                     };

@@ -15,8 +15,8 @@
 //! Per frame, a stream costs one wakeup per shard (one per runtime worker at most),
 //! not one per player. The adaptive merge (`edge::rtmp_conn`) is kept, stream-wide:
 //! a shard writes as soon as a frame other than plain audio is queued, and plain audio
-//! waits for the next video frame, at most the audio hold; under load every frame
-//! waits for the load's window ([`Merge`]).
+//! waits for the next video frame, at most the audio hold (none while the edge is
+//! lightly loaded); under load every frame waits for the load's window ([`Merge`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
