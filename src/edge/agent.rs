@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::WriteMerge;
 use super::EdgeContext;
+use crate::media::fanout::Merge;
 
 /// How often the load is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -60,10 +61,21 @@ impl LoadGauge {
         Duration::from_micros(u64::from(self.merge_window_us.load(Ordering::Relaxed)))
     }
 
+    /// How the edge's player writes gather frames now, under `setting`: the one answer
+    /// for the connections' own writes (`rtmp_conn`) and the direct fan-out's.
+    pub fn merge(&self, setting: WriteMerge) -> Merge {
+        match setting {
+            WriteMerge::Adaptive { audio_hold, hold_above_percent } => {
+                Merge { audio_hold: self.audio_hold(audio_hold, hold_above_percent), window: self.merge_window() }
+            }
+            WriteMerge::Window(window) => Merge { audio_hold: window, window },
+        }
+    }
+
     /// How long the adaptive merge holds a player's audio for the next video frame
     /// now: `configured` while the edge is busy enough (or always, `above_percent` 0),
     /// none while it is lightly loaded.
-    pub fn audio_hold(&self, configured: Duration, above_percent: u32) -> Duration {
+    fn audio_hold(&self, configured: Duration, above_percent: u32) -> Duration {
         if above_percent == 0 || self.audio_held.load(Ordering::Relaxed) {
             configured
         } else {

@@ -20,7 +20,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::config::WriteMerge;
 use super::EdgeContext;
 use crate::media::fanout::{DirectOut, Merge, Written};
 use crate::media::{Frame, FrameKind};
@@ -232,13 +231,7 @@ impl DirectOut for DirectSocket {
     }
 
     fn merge(&self) -> Merge {
-        match self.ctx.config.write_merge {
-            WriteMerge::Adaptive { audio_hold, hold_above_percent } => {
-                let load = &self.ctx.stats.load;
-                Merge { audio_hold: load.audio_hold(audio_hold, hold_above_percent), window: load.merge_window() }
-            }
-            WriteMerge::Window(window) => Merge { audio_hold: window, window },
-        }
+        self.ctx.stats.load.merge(self.ctx.config.write_merge)
     }
 
     fn taken_back(&self) -> &Notify {

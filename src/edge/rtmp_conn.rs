@@ -663,12 +663,9 @@ async fn connection<S: ClientStream>(
                     conn.pull_ready(&mut pending);
                     // What a hold opened now would be: under load the adaptive merge
                     // holds all media for the load's window, like a fixed one.
-                    let (kind, length) = match merge {
-                        WriteMerge::Window(length) => (Hold::Window, length),
-                        WriteMerge::Adaptive { audio_hold, hold_above_percent } => match ctx.stats.load.merge_window() {
-                            w if w.is_zero() => (Hold::Audio, ctx.stats.load.audio_hold(audio_hold, hold_above_percent)),
-                            w => (Hold::Window, w),
-                        },
+                    let (kind, length) = match ctx.stats.load.merge(merge) {
+                        m if m.window.is_zero() => (Hold::Audio, m.audio_hold),
+                        m => (Hold::Window, m.window),
                     };
                     // A play's first frames (the cached GOP) are not held: the time to
                     // first frame stays what it was. Video ends an audio hold (this
