@@ -25,6 +25,12 @@ The rules (docs/soak.md):
   and tasks at rest after must be at most before + the same slack: the players stay
   connected all run, so something left behind per connection shows only once they
   are gone. RSS at rest is listed, not judged (the allocator keeps freed pages).
+- Descriptors and tasks are judged within the last role: when an origin took or gave up
+  a role (owner or leader) after its warm-up, its counts are compared from the first
+  three samples 60 s after that change (when 3 minutes of the life remain after it;
+  otherwise from warm-up, noted). Taking a role brings its tasks and connections (the
+  leader replicates to two followers, the owner relays to both edges): a step, once. A
+  leak climbs within a role too, and a life that keeps its role is judged from warm-up.
 - Roles: an origin that becomes the stream's owner (it relays the media to both edges)
   or the leader (it replicates to two followers) steps up in RSS and tasks then, which the
   rule above counts as growth. So every life also shows its roles (roles.csv) and its
@@ -40,6 +46,8 @@ import argparse, csv, json, os, statistics, sys
 RSS_GROWTH_MAX = 0.10
 COUNT_SLACK_ABS, COUNT_SLACK_REL = 5, 0.02
 JUDGED_SPAN = 1.5  # warm-ups a life must last to be judged
+ROLE_SETTLE = 60  # s after an origin's role change before its counts are sampled again
+ROLE_SPAN_MIN = 180  # s of a life that must remain after that for the counts to rebase
 
 
 def slack(base):
@@ -70,24 +78,59 @@ def fmt(v, digits=0):
     return f"{v:,.{digits}f}"
 
 
-def judge(rows, warmup, started_at_zero):
-    """(after-warm-up rows, end rows, verdict or None, reasons) of one life."""
+def role_at(proc, roles, t):
+    """(owner?, leader?) of `proc` at the last roles.csv sample at or before t."""
+    cur = (False, False)
+    for r in roles:
+        if r["t"] > t:
+            break
+        cur = (r["owner"] == proc, r["leader"] == proc)
+    return cur
+
+
+def count_base(proc, rows, after, roles):
+    """The rows descriptors and tasks are judged from, and a note when they moved: the
+    first three after warm-up, or, when the origin took or gave up a role after that
+    (owner or leader), the first three from ROLE_SETTLE s after its last change, if at
+    least ROLE_SPAN_MIN s of the life remain to watch. A role brings its own tasks and
+    connections (the leader replicates to two followers), a step that is not a leak; a
+    leak still climbs within the last role's stretch and fails there."""
+    if not roles or not proc.startswith("origin"):
+        return after[:3], None
+    last_change, prev = None, role_at(proc, roles, after[0]["t"])
+    for r in after[1:]:
+        cur = role_at(proc, roles, r["t"])
+        if cur != prev:
+            last_change, prev = r["t"], cur
+    if last_change is None:
+        return after[:3], None
+    rebased = [r for r in after if r["t"] >= last_change + ROLE_SETTLE]
+    name = " and ".join(n for n, held in zip(("owner", "leader"), prev) if held) or "follower"
+    if not rebased or rebased[-1]["t"] - rebased[0]["t"] < ROLE_SPAN_MIN:
+        return after[:3], f"counts from warm-up: {name} from {last_change} s, too late to rebase"
+    return rebased[:3], f"counts from {rebased[0]['t']} s: {name} from {last_change} s"
+
+
+def judge(rows, warmup, started_at_zero, proc="", roles=()):
+    """(after-warm-up rows, end rows, verdict or None, reasons, count-base rows, note) of
+    one life."""
     start = 0 if started_at_zero else rows[0]["t"]
     after = [r for r in rows if r["t"] >= start + warmup]
     if not after:
-        return None, rows[-3:], None, ["no sample after warm-up"]
+        return None, rows[-3:], None, ["no sample after warm-up"], None, None
     base, end = after[:3], after[-3:]
+    counts, note = count_base(proc, rows, after, roles)
     if rows[-1]["t"] - start < JUDGED_SPAN * warmup:
-        return base, end, None, [f"lasted {rows[-1]['t'] - start} s, under {JUDGED_SPAN} warm-ups"]
+        return base, end, None, [f"lasted {rows[-1]['t'] - start} s, under {JUDGED_SPAN} warm-ups"], counts, note
     reasons = []
     rss0, rss1 = median3(base, "rss"), median3(end, "rss")
     if rss1 > rss0 * (1 + RSS_GROWTH_MAX):
         reasons.append(f"RSS +{(rss1 / rss0 - 1) * 100:.1f} %")
     for key in ("fds", "tasks"):
-        a, b = median3(base, key), median3(end, key)
+        a, b = median3(counts, key), median3(end, key)
         if a is not None and b is not None and b > a + slack(a):
             reasons.append(f"{key} {a:.0f} -> {b:.0f}")
-    return base, end, ("FAIL" if reasons else "PASS"), reasons
+    return base, end, ("FAIL" if reasons else "PASS"), reasons, counts, note
 
 
 def drift(rows, kills, warmup):
@@ -154,8 +197,9 @@ def main():
             roles = [dict(r, t=int(r["t_seconds"])) for r in csv.DictReader(f)]
 
     print(f"soak: {t_end} s sampled every 10 s; warm-up {warmup:.0f} s from each process's start")
-    print("PASS per process: RSS growth < 10 % and descriptors and tasks not growing (end <= after warm-up "
-          f"+ max({COUNT_SLACK_ABS}, {COUNT_SLACK_REL:.0%})), medians of 3 samples; a life shorter than {JUDGED_SPAN} "
+    print("PASS per process: RSS growth < 10 % and descriptors and tasks not growing (end <= after warm-up, "
+          f"or {ROLE_SETTLE} s after an origin's last role change, + max({COUNT_SLACK_ABS}, {COUNT_SLACK_REL:.0%})), "
+          f"medians of 3 samples; a life shorter than {JUDGED_SPAN} "
           "warm-ups is not judged.\ndrift: RSS change between kills only (steps at a failover, e.g. a role "
           "taken over, left out), not judged; [roles]: when an origin owned the stream or led")
     print()
@@ -168,7 +212,7 @@ def main():
     for proc, pid in order:
         rows = lives[(proc, pid)]
         loader = proc.startswith("loader")
-        base, end, verdict, reasons = judge(rows, warmup, rows[0]["t"] <= 10)
+        base, end, verdict, reasons, counts, note = judge(rows, warmup, rows[0]["t"] <= 10, proc, roles)
         if loader:
             verdict, reasons = None, ["load generator, not judged"]
         span = f"{rows[0]['t']}-{rows[-1]['t']}"
@@ -178,8 +222,8 @@ def main():
             growth = f"{(r1 / r0 - 1) * 100:+.1f}%"
             d = drift(rows, kills, warmup)
             dr = "-" if d is None else f"{d / r0 * 100:+.1f}%"
-            fds = f"{fmt(median3(base, 'fds'))} → {fmt(median3(end, 'fds'))}"
-            tasks = f"{fmt(median3(base, 'tasks'))} → {fmt(median3(end, 'tasks'))}"
+            fds = f"{fmt(median3(counts, 'fds'))} → {fmt(median3(end, 'fds'))}"
+            tasks = f"{fmt(median3(counts, 'tasks'))} → {fmt(median3(end, 'tasks'))}"
             thr = f"{fmt(median3(base, 'threads'))}→{fmt(median3(end, 'threads'))}"
         else:
             rss, growth, dr, fds, tasks, thr = f"{'-':>17}", "-", "-", "-", "-", "-"
@@ -189,6 +233,8 @@ def main():
         held = roles_of(proc, rows, roles)
         if held:
             text += f" [{held}]"
+        if note and not loader:
+            text += f" ({note})"
         print(f"{proc:<14} {pid:>8} {span:>11}  {rss:>17} {growth:>7} {dr:>7}  {fds:>11}  {tasks:>13}  {thr:>7}  {text}")
         if verdict:
             verdicts.append(verdict)
