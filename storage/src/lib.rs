@@ -5,6 +5,7 @@
 //! sled's `flush` alone only calls `sync_file_range`, so every durable point also
 //! `fsync`s sled's files, always on the blocking pool ([`sync`]). Appends are
 //! group-committed by one flusher task; votes and snapshots sync before returning.
+//! The newest entries are also kept decoded (`tail`) for the reads every write makes.
 //!
 //! Storage never recreates a store it cannot read: a damaged store is
 //! [`OpenError::Corrupted`] and the node refuses to start.
@@ -20,6 +21,7 @@ mod log_store;
 mod snapshot_file;
 mod state_machine;
 pub mod sync;
+mod tail;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::sync::Syncer;
+use crate::tail::Tail;
 
 /// Appends waiting for the flusher. When full, `append` waits: the disk sets the pace.
 pub const FLUSH_QUEUE: usize = 1024;
@@ -57,6 +58,8 @@ pub struct LogReader {
     /// Most encoded bytes of entries one AppendEntries carries (at least one entry
     /// goes, however large): see [`RaftLogReader::limited_get_log_entries`] below.
     max_append_bytes: usize,
+    /// The newest entries appended, for the reads that follow each write.
+    tail: Tail,
 }
 
 /// The log store openraft writes through.
@@ -132,7 +135,7 @@ impl LogStore {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE);
         tokio::spawn(flusher(syncer.clone(), rx));
         Ok(LogStore {
-            reader: LogReader { log, max_append_bytes },
+            reader: LogReader { log, max_append_bytes, tail: Tail::default() },
             appended: Arc::default(),
             meta,
             syncer,
@@ -308,6 +311,11 @@ impl RaftLogReader<TypeConfig> for LogReader {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
+        if let Some(end) = end {
+            if let Some(entries) = self.tail.get(start, end, usize::MAX) {
+                return Ok(entries);
+            }
+        }
         let log = self.log.clone();
         // A range scan may touch the disk: keep it off the async workers.
         tokio::task::spawn_blocking(move || {
@@ -332,6 +340,9 @@ impl RaftLogReader<TypeConfig> for LogReader {
     /// interval to be sent, appended and synced by the follower; an unbounded range
     /// (megabytes of 64 KiB slot values) never fits and the follower never catches up.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        if let Some(entries) = self.tail.get(start, end, self.max_append_bytes) {
+            return Ok(entries);
+        }
         let (log, budget) = (self.log.clone(), self.max_append_bytes);
         tokio::task::spawn_blocking(move || {
             let mut entries = Vec::new();
@@ -412,8 +423,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries.into_iter().map(|e| (e.log_id.index, encode(&e))).collect();
-        let bytes: u64 = encoded.iter().map(|(_, e)| e.len() as u64).sum();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.log_id.index, encode(e))).collect();
+        let sizes: Vec<usize> = encoded.iter().map(|(_, e)| e.len()).collect();
+        let bytes: u64 = sizes.iter().map(|&n| n as u64).sum();
         let apply = {
             let log = self.reader.log.clone();
             move || write_entries(&log, encoded).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
@@ -429,6 +442,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             blocking(apply).await?;
         }
         self.appended.fetch_add(bytes, Ordering::Relaxed);
+        self.reader.tail.appended(entries.into_iter().zip(sizes));
         // Durable when the flusher's next sync completes; it then calls back.
         self.flushes.send(callback).await.map_err(|e| {
             io_err(ErrorSubject::Logs, ErrorVerb::Write, std::io::Error::other(format!("flusher stopped: {e}")))
@@ -436,6 +450,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        self.reader.tail.truncated(log_id.index);
         let log = self.reader.log.clone();
         blocking(move || remove_range(&log, key_of(log_id.index)..)).await
     }
@@ -445,6 +460,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(LAST_PURGED, encode(&Some(log_id)))
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.reader.tail.purged(log_id.index);
         let log = self.reader.log.clone();
         blocking(move || remove_range(&log, ..key_of(log_id.index.saturating_add(1)))).await
     }
