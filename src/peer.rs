@@ -94,7 +94,8 @@ pub fn scheme(tls: bool) -> &'static str {
     }
 }
 
-/// The HTTP client every request between members goes through (Raft RPC included):
+/// The HTTP client every request between members goes through (Raft RPC has its own,
+/// [`raft_connector`]):
 /// pooled, no Nagle, a short connect timeout; with `tls`, HTTPS only, trusting the
 /// cluster CA alone and presenting this node's certificate.
 pub fn http_client(tls: Option<&PeerTls>) -> reqwest::Client {
@@ -103,6 +104,29 @@ pub fn http_client(tls: Option<&PeerTls>) -> reqwest::Client {
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(30));
     with_tls(builder, tls).build().expect("an HTTP client with a rustls configuration always builds")
+}
+
+/// How an origin's Raft RPC client ([`raftcast_raft::network::PeerClient`]) connects
+/// to another origin's HTTP address: plain TCP, or with `tls` the same HTTPS as
+/// [`http_client`] (this node's certificate, the cluster CA as the only root, the
+/// peer's IP address as the name its certificate must carry, HTTP/1.1 by ALPN).
+pub fn raft_connector(tls: Option<&PeerTls>) -> raftcast_raft::network::Connector {
+    use raftcast_raft::network::PeerStream;
+    let Some(tls) = tls else { return raftcast_raft::network::tcp_connector() };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config()));
+    Arc::new(move |addr: String| {
+        let connector = connector.clone();
+        Box::pin(async move {
+            let peer = tokio::net::lookup_host(&addr)
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))?;
+            let socket = tokio::net::TcpStream::connect(peer).await?;
+            socket.set_nodelay(true)?;
+            let stream = connector.connect(PeerTls::server_name(peer), socket).await?;
+            Ok(Box::new(stream) as PeerStream)
+        })
+    })
 }
 
 /// `builder` speaking only HTTPS with the cluster's TLS when `tls` is given (this

@@ -1,6 +1,7 @@
 //! The replicated heart of raftcast: openraft's type configuration, the commands that
 //! travel through the Raft log, the pure state machine that applies them, and the HTTP
-//! transport that carries Raft RPCs between origins.
+//! transport that carries Raft RPCs between origins (`network`: the client, `rpc`: the
+//! routes).
 //!
 //! This crate knows no storage engine (sled lives in `raftcast-storage`) and no media.
 //! [`state::StateMachine::apply`] is a pure function of the log: no clock, no I/O.

@@ -109,15 +109,8 @@ pub(crate) async fn run(config: OriginConfig) -> anyhow::Result<()> {
     // The cluster's mutual TLS, when configured, wraps Raft RPC, every request between
     // members and the media links alike.
     let peer_tls = crate::tls::peer::PeerTls::load_configured(config.peer_tls.as_ref())?;
-    let network = match &peer_tls {
-        Some(tls) => HttpNetwork::with_client(
-            config.id,
-            config.secret.clone(),
-            crate::peer::http_client(Some(tls)),
-            crate::peer::scheme(true),
-        ),
-        None => HttpNetwork::new(config.id, config.secret.clone()).context("building the Raft HTTP client")?,
-    };
+    let network =
+        HttpNetwork::with_connector(config.id, config.secret.clone(), crate::peer::raft_connector(peer_tls.as_deref()));
     let liveness = liveness::Liveness::new(config.id, network.reachability(), config.owner_dead_after);
     let raft = Raft::new(config.id, Arc::new(config.raft.clone()), network, log, sm).await.context("starting Raft")?;
     let listener = tokio::net::TcpListener::bind(config.http)

@@ -28,7 +28,7 @@ pub async fn single_node(dir: &Path) -> (Raft, StateHandle) {
     let (log, sm) = raftcast_storage::open(dir, &StoreOptions::default()).expect("open store");
     let state = sm.handle();
     let secret = ClusterSecret::new("test-secret-0123456789").unwrap();
-    let network = HttpNetwork::new(1, secret).unwrap();
+    let network = HttpNetwork::new(1, secret);
     let raft = Raft::new(1, raft_config(), network, log, sm).await.expect("start raft");
     (raft, state)
 }
