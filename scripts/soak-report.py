@@ -88,7 +88,7 @@ def role_at(proc, roles, t):
     return cur
 
 
-def count_base(proc, rows, after, roles):
+def count_base(proc, after, roles):
     """The rows descriptors and tasks are judged from, and a note when they moved: the
     first three after warm-up, or, when the origin took or gave up a role after that
     (owner or leader), the first three from ROLE_SETTLE s after its last change, if at
@@ -119,7 +119,7 @@ def judge(rows, warmup, started_at_zero, proc="", roles=()):
     if not after:
         return None, rows[-3:], None, ["no sample after warm-up"], None, None
     base, end = after[:3], after[-3:]
-    counts, note = count_base(proc, rows, after, roles)
+    counts, note = count_base(proc, after, roles)
     if rows[-1]["t"] - start < JUDGED_SPAN * warmup:
         return base, end, None, [f"lasted {rows[-1]['t'] - start} s, under {JUDGED_SPAN} warm-ups"], counts, note
     reasons = []
